@@ -1,0 +1,59 @@
+/**
+ * The I/O backend boundary: the only way the replication sender moves WAL bytes to a replica's socket.
+ *
+ * Two implementations exist: `ts` (node:fs + node:net, every OS) and `native` (the C++ addon on Linux:
+ * sendfile / writev / io_uring). The sender loop encodes every protocol byte itself and hands the backend
+ * either a small finished message or "this header, then these bytes of this segment file", so no backend
+ * knows anything about PostgreSQL. Both must put exactly the same bytes on the wire, in call order.
+ */
+import type { Socket } from 'node:net';
+
+/** A WAL segment file opened read-only by storage. The backend reads or sends from `fd`; storage closes it. */
+export interface WalFileHandle {
+  readonly fd: number;
+  readonly path: string;
+}
+
+/** A byte range of one segment file. A chunk never crosses a segment boundary. */
+export interface WalChunk {
+  readonly file: WalFileHandle;
+  /** Offset of the first byte inside the segment file. */
+  readonly fileOffset: number;
+  /** 1 .. MAX_SEND_BYTES. */
+  readonly byteCount: number;
+}
+
+export type IoBackendKind = 'ts' | 'native';
+
+export interface IoBackend {
+  readonly kind: IoBackendKind;
+  /** 'fs-net' for ts; 'sendfile' | 'writev' | 'uring' for native. */
+  readonly strategy: string;
+  /**
+   * Takes over writes to `socket` for one replication stream. Until `release()` resolves, nobody else
+   * writes to the socket; reading (replica feedback) stays with Node.
+   */
+  openStream(socket: Socket): Promise<StreamWriter>;
+  /** Frees backend-wide resources (event sources, buffer pools). */
+  close(): Promise<void>;
+}
+
+export interface StreamWriter {
+  /**
+   * Sends `header` and then the chunk's bytes as one unit, after everything sent earlier on this stream.
+   * Resolves once the backend has accepted the unit within its in-flight bound (the caller may reuse
+   * `header` then). Rejects with a StreamIoError when the peer is gone or the write fails.
+   */
+  sendChunk(header: Buffer, chunk: WalChunk): Promise<void>;
+  /** Sends a small complete message (keepalive, ErrorResponse, CopyDone ...) in order with chunks. */
+  sendMessage(bytes: Buffer): Promise<void>;
+  /**
+   * Makes sure the range is in page cache before it is sent, without blocking the event loop on disk.
+   * Best effort: resolves (never rejects) once the range is cached or the attempt failed.
+   */
+  prefetch(chunk: WalChunk): Promise<void>;
+  /** Waits until every accepted byte reached the kernel, then gives the socket back to Node. Idempotent. */
+  release(): Promise<void>;
+  /** Payload + header bytes handed to the kernel so far. */
+  readonly bytesSent: number;
+}
