@@ -1,0 +1,68 @@
+/** The upstream connection string parser: libpq quoting, defaults, and every refusal. */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { isWalcastError } from '../errors.js';
+import { formatConnInfo, parseConnInfo, tokenizeConnInfo, type UpstreamConnInfo } from './conninfo.js';
+
+function parseOk(text: string): UpstreamConnInfo {
+  const result = parseConnInfo(text, 'osuser');
+  assert.ok(!isWalcastError(result), `expected ${text} to parse: ${String(result)}`);
+  return result;
+}
+
+function parseError(text: string): string {
+  const result = parseConnInfo(text, 'osuser');
+  assert.ok(isWalcastError(result, 'WALCAST_ERR_CONFIG'), `expected ${text} to be refused`);
+  return result.message;
+}
+
+test('parses host, port, user and application_name with defaults', () => {
+  assert.deepEqual(parseOk('host=127.0.0.1 port=5433 user=repl'), {
+    host: '127.0.0.1',
+    port: 5433,
+    user: 'repl',
+    applicationName: 'walcast',
+    connectTimeoutS: undefined,
+    sslMode: 'prefer',
+  });
+  const defaults = parseOk('  host = db.example ');
+  assert.equal(defaults.port, 5432);
+  assert.equal(defaults.user, 'osuser');
+  assert.equal(parseOk('host=h application_name=relay1 connect_timeout=5 sslmode=disable').applicationName, 'relay1');
+});
+
+test('quoted values keep spaces and escaped quotes and backslashes', () => {
+  const pairs = tokenizeConnInfo(String.raw`host='a b' user='it\'s' application_name=x\ y dbname=''`);
+  assert.ok(pairs instanceof Map);
+  assert.equal(pairs.get('host'), 'a b');
+  assert.equal(pairs.get('user'), "it's");
+  assert.equal(pairs.get('application_name'), 'x y');
+  assert.equal(pairs.get('dbname'), '');
+});
+
+test('hostaddr wins over host; ignorable libpq keywords are accepted', () => {
+  assert.equal(parseOk('host=name hostaddr=10.0.0.1 dbname=replication keepalives=1').host, '10.0.0.1');
+});
+
+test('refuses passwords, unknown keywords, bad ports, TLS modes and malformed text', () => {
+  assert.match(parseError('host=h password=secret'), /password= is not allowed/);
+  assert.match(parseError('host=h passfile=/x'), /passfile/);
+  assert.match(parseError('host=h colour=blue'), /unknown keyword "colour"/);
+  assert.match(parseError('host=h port=99999'), /not a TCP port/);
+  assert.match(parseError('host=h port=12ab'), /not a TCP port/);
+  assert.match(parseError('host=h sslmode=require'), /sslmode=require/);
+  assert.match(parseError('host=h user'), /missing "="/);
+  assert.match(parseError("host='unterminated"), /unterminated/);
+  assert.match(parseError('port=5432'), /host= is required/);
+  assert.match(parseError('host=a,b'), /multiple hosts/);
+  assert.match(parseError('host=/var/run/postgresql'), /unix-domain/);
+  assert.match(parseError('host=h connect_timeout=-1'), /connect_timeout/);
+  assert.match(parseError('host=h ' + 'x'.repeat(5000)), /longer than/);
+});
+
+test('formatConnInfo round-trips through the parser', () => {
+  for (const text of ['host=127.0.0.1 port=5433 user=repl', "host='a b' user='it\\'s' application_name=r connect_timeout=3 sslmode=disable"]) {
+    const info = parseOk(text);
+    assert.deepEqual(parseOk(formatConnInfo(info)), info);
+  }
+});

@@ -1,0 +1,139 @@
+/**
+ * The upstream connection string: a libpq-style `key=value` list (PostgreSQL docs, "Connection Strings",
+ * libpq fe-connect.c conninfo_parse) narrowed to what ingest needs to reach a replication walsender. Pure: text in,
+ * a typed config or a WalcastError out.
+ *
+ * The password is refused here on purpose: the string is stored in the control file and typed on command lines,
+ * both visible to other users; the password comes from --upstream-password-file or WALCAST_UPSTREAM_PASSWORD.
+ */
+import assert from 'node:assert/strict';
+import { WalcastError } from '../errors.js';
+
+/** libpq's default port (pg_config_manual.h DEF_PGPORT). */
+export const DEFAULT_UPSTREAM_PORT = 5432;
+/** The application_name walcast announces upstream; synchronous_standby_names can name it. */
+export const DEFAULT_APPLICATION_NAME = 'walcast';
+/** A connection string is a handful of keywords; anything longer is a mistake, not a config. */
+export const CONNINFO_MAX_BYTES = 4096;
+/** Above this a connect attempt is not worth waiting for; libpq's connect_timeout is in seconds too. */
+const CONNECT_TIMEOUT_MAX_S = 3600;
+
+export interface UpstreamConnInfo {
+  readonly host: string;
+  readonly port: number;
+  readonly user: string;
+  readonly applicationName: string;
+  /** Seconds; undefined means the caller's default. */
+  readonly connectTimeoutS: number | undefined;
+  /** Only 'disable' and 'prefer'/'allow' (which fall back to plain) are supported: the wire client has no TLS. */
+  readonly sslMode: 'disable' | 'allow' | 'prefer';
+}
+
+/** Keywords accepted and ignored: they are meaningful to libpq but change nothing for a replication client. */
+const IGNORED_KEYWORDS = new Set(['dbname', 'replication', 'keepalives', 'keepalives_idle', 'keepalives_interval', 'keepalives_count', 'target_session_attrs', 'gssencmode', 'channel_binding', 'client_encoding', 'options', 'fallback_application_name']);
+const KNOWN_KEYWORDS = new Set(['host', 'hostaddr', 'port', 'user', 'application_name', 'connect_timeout', 'sslmode', 'password', 'passfile', ...IGNORED_KEYWORDS]);
+
+function configError(message: string): WalcastError {
+  return new WalcastError('WALCAST_ERR_CONFIG', `invalid upstream connection string: ${message}`);
+}
+
+/** Splits `key=value key='quoted \' value'` into pairs, as conninfo_parse does (backslash escapes inside quotes). */
+export function tokenizeConnInfo(text: string): Map<string, string> | WalcastError {
+  if (Buffer.byteLength(text) > CONNINFO_MAX_BYTES) return configError(`longer than ${CONNINFO_MAX_BYTES} bytes`);
+  const pairs = new Map<string, string>();
+  let index = 0;
+  const skipSpace = (): void => {
+    while (index < text.length && /\s/.test(text[index] ?? '')) index++;
+  };
+  for (skipSpace(); index < text.length; skipSpace()) {
+    const keyStart = index;
+    while (index < text.length && text[index] !== '=' && !/\s/.test(text[index] ?? '')) index++;
+    const key = text.slice(keyStart, index);
+    skipSpace();
+    if (text[index] !== '=') return configError(`missing "=" after "${key}"`);
+    index++;
+    skipSpace();
+    const value = readConnInfoValue(text, index);
+    if (value instanceof WalcastError) return value;
+    index = value.next;
+    if (key.length === 0) return configError('empty keyword');
+    pairs.set(key, value.text);
+  }
+  return pairs;
+}
+
+function readConnInfoValue(text: string, start: number): { text: string; next: number } | WalcastError {
+  let index = start;
+  let value = '';
+  if (text[index] !== "'") {
+    while (index < text.length && !/\s/.test(text[index] ?? '')) {
+      if (text[index] === '\\' && index + 1 < text.length) index++;
+      value += text[index];
+      index++;
+    }
+    return { text: value, next: index };
+  }
+  index++;
+  for (;;) {
+    if (index >= text.length) return configError('unterminated quoted string');
+    const char = text[index];
+    if (char === "'") return { text: value, next: index + 1 };
+    if (char === '\\' && index + 1 < text.length) index++;
+    value += text[index];
+    index++;
+  }
+}
+
+/** Parses and checks a connection string; `defaultUser` stands in for libpq's "the OS user" when user= is absent. */
+export function parseConnInfo(text: string, defaultUser: string): UpstreamConnInfo | WalcastError {
+  assert.ok(defaultUser.length > 0, 'a default user is given');
+  const pairs = tokenizeConnInfo(text);
+  if (pairs instanceof WalcastError) return pairs;
+  for (const key of pairs.keys()) {
+    if (!KNOWN_KEYWORDS.has(key)) return configError(`unknown keyword "${key}"`);
+  }
+  if (pairs.has('password')) return configError('password= is not allowed here: use --upstream-password-file or WALCAST_UPSTREAM_PASSWORD');
+  if (pairs.has('passfile')) return configError('passfile= is not supported: use --upstream-password-file or WALCAST_UPSTREAM_PASSWORD');
+  const host = pairs.get('hostaddr') ?? pairs.get('host');
+  if (host === undefined || host.length === 0) return configError('host= is required');
+  if (host.includes(',')) return configError('multiple hosts are not supported');
+  if (host.startsWith('/')) return configError('unix-domain sockets are not supported: give a TCP host');
+  const port = parsePort(pairs.get('port'));
+  if (port instanceof WalcastError) return port;
+  const connectTimeoutS = parseConnectTimeout(pairs.get('connect_timeout'));
+  if (connectTimeoutS instanceof WalcastError) return connectTimeoutS;
+  const sslMode = pairs.get('sslmode') ?? 'prefer';
+  if (sslMode !== 'disable' && sslMode !== 'allow' && sslMode !== 'prefer') return configError(`sslmode=${sslMode} is not supported (walcast's upstream client has no TLS): use disable or prefer`);
+  return {
+    host,
+    port,
+    user: pairs.get('user') ?? defaultUser,
+    applicationName: pairs.get('application_name') ?? DEFAULT_APPLICATION_NAME,
+    connectTimeoutS,
+    sslMode,
+  };
+}
+
+function parsePort(text: string | undefined): number | WalcastError {
+  if (text === undefined) return DEFAULT_UPSTREAM_PORT;
+  const port = Number(text);
+  if (!/^\d+$/.test(text) || port < 1 || port > 65535) return configError(`port=${text} is not a TCP port`);
+  return port;
+}
+
+function parseConnectTimeout(text: string | undefined): number | undefined | WalcastError {
+  if (text === undefined) return undefined;
+  const seconds = Number(text);
+  if (!/^\d+$/.test(text) || seconds > CONNECT_TIMEOUT_MAX_S) return configError(`connect_timeout=${text} is not a number of seconds up to ${CONNECT_TIMEOUT_MAX_S}`);
+  // libpq: "zero, negative, or not specified means wait indefinitely"; we keep the caller's bounded default.
+  return seconds === 0 ? undefined : seconds;
+}
+
+/** The string back in canonical form, for logs and the control file (never holds a password). */
+export function formatConnInfo(info: UpstreamConnInfo): string {
+  const quote = (value: string): string => (/^[^\s'\\]+$/.test(value) ? value : `'${value.replaceAll('\\', '\\\\').replaceAll("'", "\\'")}'`);
+  const parts = [`host=${quote(info.host)}`, `port=${info.port}`, `user=${quote(info.user)}`, `application_name=${quote(info.applicationName)}`];
+  if (info.connectTimeoutS !== undefined) parts.push(`connect_timeout=${info.connectTimeoutS}`);
+  if (info.sslMode !== 'prefer') parts.push(`sslmode=${info.sslMode}`);
+  return parts.join(' ');
+}
