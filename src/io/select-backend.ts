@@ -1,0 +1,48 @@
+/**
+ * Chooses the I/O backend at startup: `ts` everywhere; `native` (the C++ addon) on Linux when it loads and passes
+ * its self-test. `auto` picks native when it can and says why not otherwise; an explicit `native` that cannot load
+ * is a startup error, never a silent fallback (an operator who asked for it must learn it is not running).
+ */
+import { WalcastError } from '../errors.js';
+import type { IoBackend } from './backend.js';
+import { createTsBackend } from './ts-backend.js';
+
+export type IoChoice = 'auto' | 'native' | 'ts';
+export type NativeStrategyChoice = 'sendfile' | 'writev' | 'uring';
+
+export interface IoSelection {
+  readonly backend: IoBackend;
+  /** One sentence for the log and the status API: why this backend runs. */
+  readonly reason: string;
+}
+
+/** The native module's face, loaded lazily so that a missing or broken addon cannot stop the TS backend. */
+interface NativeModule {
+  readonly DEFAULT_NATIVE_STRATEGY: NativeStrategyChoice;
+  probeNative(): { ok: true } | { ok: false; reason: string };
+  createNativeBackend(strategy: NativeStrategyChoice): Promise<IoBackend>;
+}
+
+async function loadNativeModule(): Promise<NativeModule | string> {
+  if (process.platform !== 'linux') return `the native addon exists only for Linux (this is ${process.platform})`;
+  try {
+    return (await import('./native-backend.js')) as NativeModule;
+  } catch (error) {
+    return `the native backend module failed to load: ${(error as Error).message}`;
+  }
+}
+
+export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeStrategyChoice }): Promise<IoSelection> {
+  if (choice.io === 'ts') return { backend: createTsBackend(), reason: 'requested (--io ts / WALCAST_IO=ts)' };
+  const native = await loadNativeModule();
+  const probe = typeof native === 'string' ? { ok: false as const, reason: native } : native.probeNative();
+  if (typeof native === 'string' || !probe.ok) {
+    const why = probe.ok ? 'unknown' : probe.reason;
+    if (choice.io === 'native') throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `--io native was requested but the native addon is unavailable: ${why}`);
+    return { backend: createTsBackend(), reason: `auto: native addon unavailable (${why}), using the TypeScript backend` };
+  }
+  const strategy = choice.strategy ?? native.DEFAULT_NATIVE_STRATEGY;
+  const backend = await native.createNativeBackend(strategy);
+  const reason = choice.io === 'native' ? `requested (--io native), strategy ${strategy}` : `auto: native addon loaded on Linux, strategy ${strategy}`;
+  return { backend, reason };
+}

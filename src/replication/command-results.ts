@@ -1,0 +1,59 @@
+/**
+ * Result sets of the replication commands other than START_REPLICATION, in the exact shapes PostgreSQL's
+ * walsender returns (walsender.c IdentifySystem, ReadReplicationSlot, SendTimeLineHistory; printsimple.c).
+ * Pure: each function maps timeline facts to protocol messages.
+ */
+import { formatLsn, type Lsn } from '../lsn.js';
+import { simpleResultSet } from '../wire/result-set.js';
+
+export interface IdentifyFacts {
+  readonly systemId: bigint;
+  readonly pgTimelineId: number;
+  readonly xlogPos: Lsn;
+}
+
+export function identifySystemResult(facts: IdentifyFacts): Buffer[] {
+  return simpleResultSet(
+    [
+      { name: 'systemid', type: 'text' },
+      { name: 'timeline', type: 'int4' },
+      { name: 'xlogpos', type: 'text' },
+      { name: 'dbname', type: 'text' },
+    ],
+    [[facts.systemId.toString(), String(facts.pgTimelineId), formatLsn(facts.xlogPos), null]],
+    'IDENTIFY_SYSTEM',
+  );
+}
+
+/** PostgreSQL prints wal_segment_size with GUC units: "16MB", "1GB" (pg_receivewal parses "%d%2s"). */
+export function formatSegmentSize(segmentBytes: number): string {
+  const mib = segmentBytes / (1024 * 1024);
+  return mib >= 1024 && mib % 1024 === 0 ? `${mib / 1024}GB` : `${mib}MB`;
+}
+
+export function showResult(name: string, value: string): Buffer[] {
+  return simpleResultSet([{ name, type: 'text' }], [[value]], 'SHOW');
+}
+
+/** Neon's TIMELINE_STATUS: a row only when the timeline exists. */
+export function timelineStatusResult(status: { flushLsn: Lsn; commitLsn: Lsn } | undefined): Buffer[] {
+  const rows = status === undefined ? [] : [[formatLsn(status.flushLsn), formatLsn(status.commitLsn)]];
+  return simpleResultSet([{ name: 'flush_lsn', type: 'text' }, { name: 'commit_lsn', type: 'text' }], rows, 'TIMELINE_STATUS');
+}
+
+/** walcast keeps no replication slots: an unknown slot is one row of NULLs, as PostgreSQL answers. */
+export function readReplicationSlotResult(): Buffer[] {
+  return simpleResultSet(
+    [
+      { name: 'slot_type', type: 'text' },
+      { name: 'restart_lsn', type: 'text' },
+      { name: 'restart_tli', type: 'int8' },
+    ],
+    [[null, null, null]],
+    'READ_REPLICATION_SLOT',
+  );
+}
+
+export function timelineHistoryResult(fileName: string, content: string): Buffer[] {
+  return simpleResultSet([{ name: 'filename', type: 'text' }, { name: 'content', type: 'text' }], [[fileName, content]], 'TIMELINE_HISTORY');
+}

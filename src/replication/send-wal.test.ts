@@ -1,0 +1,118 @@
+/**
+ * The sender loop against in-memory fakes of storage and the I/O backend (style anchor 3): what it sends, in which
+ * order, when it keeps alive, and how each kind of stream ends.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { StreamWriter, WalChunk } from '../io/backend.js';
+import type { Lsn } from '../lsn.js';
+import { LsnWatch } from '../timeline/lsn-watch.js';
+import { sendWal, type SendWalOptions, type WalSource } from './send-wal.js';
+import { MAX_SEND_BYTES } from './stream-messages.js';
+
+const SEGMENT_BYTES = 1024 * 1024;
+
+interface Sent {
+  readonly kind: 'chunk' | 'message';
+  readonly dataStart?: Lsn;
+  readonly walEnd?: Lsn;
+  readonly bytes: number;
+  readonly type?: string;
+  readonly replyRequested?: boolean;
+}
+
+class RecordingWriter implements StreamWriter {
+  readonly sent: Sent[] = [];
+  bytesSent = 0;
+  async sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {
+    assert.equal(header.readUInt32BE(1), 4 + 25 + chunk.byteCount, 'CopyData length covers header and payload');
+    this.sent.push({ kind: 'chunk', dataStart: header.readBigUInt64BE(6), walEnd: header.readBigUInt64BE(14), bytes: chunk.byteCount });
+    this.bytesSent += 30 + chunk.byteCount;
+  }
+  async sendMessage(bytes: Buffer): Promise<void> {
+    this.sent.push({ kind: 'message', type: String.fromCharCode(bytes[5] ?? 0), bytes: bytes.length, replyRequested: bytes[22] === 1 });
+  }
+  async prefetch(): Promise<void> {}
+  async release(): Promise<void> {}
+}
+
+/** Storage fake: every segment is one pretend file; locate cuts at the segment end like the real reader. */
+const fakeSource: WalSource = {
+  async locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> {
+    const segmentEnd = (lsn / BigInt(SEGMENT_BYTES) + 1n) * BigInt(SEGMENT_BYTES);
+    const until = endLsn < segmentEnd ? endLsn : segmentEnd;
+    return { file: { fd: -1, path: 'fake' }, fileOffset: Number(lsn % BigInt(SEGMENT_BYTES)), byteCount: Number(until - lsn) };
+  },
+};
+
+function options(overrides: Partial<SendWalOptions> & { endWatch: LsnWatch; writer: StreamWriter; signal: AbortSignal }): SendWalOptions {
+  return {
+    startLsn: 0x100010n,
+    segmentBytes: SEGMENT_BYTES,
+    source: fakeSource,
+    prefetchSource: fakeSource,
+    stopAtEnd: false,
+    shouldStop: () => false,
+    onSent: () => undefined,
+    keepaliveIntervalMs: 30,
+    ...overrides,
+  };
+}
+
+test('streams contiguous chunks from exactly the start LSN up to the end, then keeps alive asking for replies', async () => {
+  const endWatch = new LsnWatch(0x100010n + 3n * BigInt(SEGMENT_BYTES) + 77n);
+  const writer = new RecordingWriter();
+  const controller = new AbortController();
+  let lastSent = 0n;
+  const running = sendWal(options({ endWatch, writer, signal: controller.signal, onSent: (lsn) => (lastSent = lsn) }));
+  while (!writer.sent.some((entry) => entry.kind === 'message')) await new Promise((resolve) => setTimeout(resolve, 5));
+  controller.abort();
+  const end = await running;
+  assert.equal(end.kind, 'aborted');
+  assert.equal(end.sentLsn, endWatch.get());
+  assert.equal(lastSent, endWatch.get());
+  const chunks = writer.sent.filter((entry) => entry.kind === 'chunk');
+  let expected = 0x100010n;
+  for (const chunk of chunks) {
+    assert.equal(chunk.dataStart, expected, 'no gap, no overlap');
+    assert.ok(chunk.bytes > 0 && chunk.bytes <= MAX_SEND_BYTES);
+    assert.equal(chunk.walEnd, endWatch.get(), 'walEnd is the current end, never 0/0');
+    expected += BigInt(chunk.bytes);
+  }
+  assert.equal(expected, endWatch.get());
+  const keepalive = writer.sent.find((entry) => entry.kind === 'message');
+  assert.equal(keepalive?.type, 'k');
+  assert.equal(keepalive?.replyRequested, true);
+});
+
+test('new WAL is sent as soon as the watch advances', async () => {
+  const endWatch = new LsnWatch(0x100010n);
+  const writer = new RecordingWriter();
+  const controller = new AbortController();
+  const running = sendWal(options({ endWatch, writer, signal: controller.signal, keepaliveIntervalMs: 60_000 }));
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.equal(writer.sent.length, 0);
+  endWatch.advance(0x100020n);
+  for (let tries = 0; tries < 100 && writer.sent.length === 0; tries++) await new Promise((resolve) => setTimeout(resolve, 2));
+  assert.deepEqual(writer.sent[0], { kind: 'chunk', dataStart: 0x100010n, walEnd: 0x100020n, bytes: 16 });
+  controller.abort();
+  assert.equal((await running).kind, 'aborted');
+});
+
+test('ends with caught_up when the stop rule says so after an idle interval', async () => {
+  const endWatch = new LsnWatch(0x100100n);
+  const writer = new RecordingWriter();
+  const end = await sendWal(options({ endWatch, writer, signal: new AbortController().signal, shouldStop: (sent) => sent === 0x100100n }));
+  assert.equal(end.kind, 'caught_up');
+  assert.ok(end.kind === 'caught_up' && /ending streaming to .* receiver is caughtup and there is no computes/.test(end.message));
+});
+
+test('a recovery stream ends at the flush LSN it started with, even if more arrives', async () => {
+  const endWatch = new LsnWatch(0x100100n);
+  const writer = new RecordingWriter();
+  const running = sendWal(options({ endWatch, writer, signal: new AbortController().signal, stopAtEnd: true }));
+  endWatch.advance(0x200000n);
+  const end = await running;
+  assert.equal(end.kind, 'recovery_finished');
+  assert.equal(end.sentLsn, 0x100100n);
+});

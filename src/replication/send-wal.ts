@@ -1,0 +1,177 @@
+/**
+ * The WAL sender loop: the seed's WalSender, in TypeScript.
+ *
+ * One call of `sendWal` streams one replica from its start LSN: wait until the end watch (commit LSN, or flush
+ * LSN for recovery streams) passes what was sent, cut the next chunk, hand "header + segment range" to the I/O
+ * backend, advance. While idle it sends a keepalive that asks for a reply every `keepaliveIntervalMs`, or ends
+ * the stream when the replica has caught up and nothing writes the timeline any more. Encoding the protocol is
+ * done here; moving bytes is the backend's job, so nothing below depends on which backend runs.
+ *
+ * It does not read the socket: the reply reader does, concurrently, and stops this loop through `signal`.
+ */
+import assert from 'node:assert/strict';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import type { StreamWriter, WalChunk } from '../io/backend.js';
+import { formatLsn, lsnDistance, type Lsn } from '../lsn.js';
+import {
+  MAX_SEND_BYTES,
+  XLOG_DATA_HEADER_BYTES,
+  decideChunkEnd,
+  encodeKeepalive,
+  pgNowMicros,
+  writeXLogDataHeader,
+} from './stream-messages.js';
+
+/** How long the sender waits for new WAL before a keepalive or a stop check (the seed's POLL_STATE_TIMEOUT). */
+export const KEEPALIVE_INTERVAL_MS = 1000;
+
+/**
+ * Bytes a sender may push before it yields to the event loop. Sends can complete without ever leaving the
+ * microtask queue (the native backend writes synchronously while the socket has room), so without this one fast
+ * replica would starve every other replica and the reply readers. 512 KiB is four full chunks.
+ */
+export const SEND_BUDGET_PER_TURN_BYTES = 512 * 1024;
+
+/**
+ * How far ahead of the send position the sender asks the backend to bring WAL into page cache. A cold segment
+ * must be read by a worker before the event-loop thread sends from it; 4 MiB keeps the disk busy while the
+ * previous window is sent, and is small enough that 1,000 catching-up replicas pin at most 4 GiB of cache.
+ */
+export const PREFETCH_WINDOW_BYTES = 4 * 1024 * 1024;
+
+assert.ok(PREFETCH_WINDOW_BYTES >= MAX_SEND_BYTES, 'a prefetch window holds at least one chunk');
+
+/** Where WAL comes from: the storage reader, or a fake in unit tests. */
+export interface WalSource {
+  /** The file range holding [lsn, endLsn), cut at the segment end. Throws WalcastError when not held. */
+  locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk>;
+}
+
+/** The LSN the stream may send up to, and a way to wait until it moves past a position. */
+export interface EndWatch {
+  get(): Lsn;
+  waitBeyond(position: Lsn, timeoutMs: number, signal?: AbortSignal): Promise<Lsn | undefined>;
+}
+
+export interface SendWalOptions {
+  readonly startLsn: Lsn;
+  readonly segmentBytes: number;
+  readonly endWatch: EndWatch;
+  readonly source: WalSource;
+  /**
+   * A second reader used only to find ranges to prefetch, so that prefetching ahead never moves the send
+   * reader's open segment (whose descriptor a backend may still be sending from).
+   */
+  readonly prefetchSource: WalSource;
+  readonly writer: StreamWriter;
+  /** Aborted when the replica ends the stream (CopyDone, disconnect, bad feedback) or the server stops. */
+  readonly signal: AbortSignal;
+  /** Recovery/term streams: end once everything up to the end watch at that moment was sent. */
+  readonly stopAtEnd: boolean;
+  /** Asked after each idle interval; returns true when the stream should end (caught up, no writer). */
+  readonly shouldStop: (sentLsn: Lsn) => boolean;
+  /** Told after every chunk, so the replica registry shows the sent position. */
+  readonly onSent: (sentLsn: Lsn, bytes: number) => void;
+  readonly keepaliveIntervalMs?: number;
+}
+
+/** Why a sender loop ended; the session turns this into the right protocol ending. */
+export type SendWalEnd =
+  | { readonly kind: 'aborted'; readonly sentLsn: Lsn }
+  | { readonly kind: 'caught_up'; readonly sentLsn: Lsn; readonly message: string }
+  | { readonly kind: 'recovery_finished'; readonly sentLsn: Lsn; readonly message: string };
+
+export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
+  const { endWatch, signal, segmentBytes } = options;
+  const keepaliveIntervalMs = options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS;
+  // One header buffer per stream: the backend copies or sends it before sendChunk resolves.
+  const header = Buffer.allocUnsafe(XLOG_DATA_HEADER_BYTES);
+  const prefetcher = new Prefetcher(options);
+  let sentLsn = options.startLsn;
+  let sentThisTurnBytes = 0;
+  // Recovery streams end at the flush LSN as it is when they start, as the seed's stop_pos.
+  const stopLsn = options.stopAtEnd ? endWatch.get() : undefined;
+
+  while (!signal.aborted) {
+    if (stopLsn !== undefined && sentLsn >= stopLsn) {
+      return { kind: 'recovery_finished', sentLsn, message: `ending streaming to walproposer at ${formatLsn(sentLsn)}, recovery finished` };
+    }
+    let endLsn = endWatch.get();
+    if (endLsn <= sentLsn) {
+      const advanced = await endWatch.waitBeyond(sentLsn, keepaliveIntervalMs, signal);
+      if (signal.aborted) break;
+      if (advanced === undefined) {
+        if (options.shouldStop(sentLsn)) {
+          // A contract: Neon's pageserver matches "ending streaming" with SQLSTATE 00000 as a clean end.
+          return { kind: 'caught_up', sentLsn, message: `ending streaming to replica at ${formatLsn(sentLsn)}, receiver is caughtup and there is no computes` };
+        }
+        await options.writer.sendMessage(encodeKeepalive(endWatch.get(), pgNowMicros(), true));
+        sentThisTurnBytes = 0;
+        continue;
+      }
+      endLsn = advanced;
+    }
+    if (stopLsn !== undefined && endLsn > stopLsn) endLsn = stopLsn;
+    const chunkEnd = decideChunkEnd(sentLsn, endLsn, segmentBytes);
+    await prefetcher.ensureCached(sentLsn, endLsn);
+    const chunk = await options.source.locate(sentLsn, chunkEnd);
+    const chunkBytes = lsnDistance(chunkEnd, sentLsn);
+    assert.equal(chunk.byteCount, chunkBytes, 'storage returned a chunk of the wrong size');
+    // walEnd is always the current end (never 0/0: Neon #3972, reconnect storms on some clients).
+    writeXLogDataHeader(header, sentLsn, endWatch.get(), pgNowMicros(), chunkBytes);
+    await options.writer.sendChunk(header, chunk);
+    sentLsn = chunkEnd;
+    options.onSent(sentLsn, chunkBytes + XLOG_DATA_HEADER_BYTES);
+    sentThisTurnBytes += chunkBytes;
+    if (sentThisTurnBytes >= SEND_BUDGET_PER_TURN_BYTES) {
+      sentThisTurnBytes = 0;
+      await yieldToEventLoop();
+    }
+  }
+  return { kind: 'aborted', sentLsn };
+}
+
+/**
+ * Keeps the window ahead of the send position in page cache. The window being sent is awaited (the first one
+ * on a cold start, or when the disk is slower than the socket); the next one is requested without waiting.
+ */
+class Prefetcher {
+  private readonly options: SendWalOptions;
+  /** Prefetch requests for window starts at or after the send position, by window start. */
+  private readonly pending = new Map<Lsn, Promise<void>>();
+
+  constructor(options: SendWalOptions) {
+    this.options = options;
+  }
+
+  async ensureCached(sentLsn: Lsn, endLsn: Lsn): Promise<void> {
+    const windowBytes = BigInt(PREFETCH_WINDOW_BYTES);
+    const current = sentLsn - (sentLsn % windowBytes);
+    for (const start of this.pending.keys()) if (start < current) this.pending.delete(start);
+    this.request(current, sentLsn, endLsn);
+    this.request(current + windowBytes, current + windowBytes, endLsn);
+    await this.pending.get(current);
+  }
+
+  private request(windowStart: Lsn, from: Lsn, endLsn: Lsn): void {
+    if (this.pending.has(windowStart) || from >= endLsn) return;
+    const windowEnd = windowStart + BigInt(PREFETCH_WINDOW_BYTES);
+    const until = windowEnd < endLsn ? windowEnd : endLsn;
+    const work = this.prefetchRange(from, until);
+    this.pending.set(windowStart, work);
+  }
+
+  /** Prefetch is advisory: a failure here surfaces, if it matters, when the range is located to be sent. */
+  private async prefetchRange(from: Lsn, until: Lsn): Promise<void> {
+    let position = from;
+    try {
+      while (position < until) {
+        const chunk = await this.options.prefetchSource.locate(position, until);
+        await this.options.writer.prefetch(chunk);
+        position += BigInt(chunk.byteCount);
+      }
+    } catch {
+      // Ignored on purpose, see above.
+    }
+  }
+}

@@ -1,0 +1,257 @@
+/**
+ * One client connection from startup to close: authentication, timeline selection, then the replication
+ * command loop (walsender.c exec_replication_command). Each command answers with a result or an ErrorResponse
+ * and the connection stays usable; only protocol violations, FATAL startup errors and stream endings that
+ * PostgreSQL or Neon end with a close, close it.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { WalcastError, isWalcastError } from '../errors.js';
+import type { IoBackend } from '../io/backend.js';
+import type { Logger } from '../log.js';
+import type { Timeline } from '../timeline/timeline.js';
+import type { TimelineRegistry } from '../timeline/timeline-registry.js';
+import { PG_SERVER_VERSION } from '../version.js';
+import type { PgConnection } from '../wire/connection.js';
+import { commandComplete, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
+import { acceptStartup, isPhysicalReplication, type AuthConfig, type StartupResult } from '../wire/startup.js';
+import { parseReplicationCommand, type ReplicationCommand } from './command-parser.js';
+import {
+  formatSegmentSize,
+  identifySystemResult,
+  readReplicationSlotResult,
+  showResult,
+  timelineHistoryResult,
+  timelineStatusResult,
+} from './command-results.js';
+import { runStartReplication, type StreamOutcome } from './start-replication.js';
+import { selectTimeline, type TimelineKey } from './timeline-selection.js';
+
+/** A client must finish startup and authentication within this time (PostgreSQL authentication_timeout: 60 s). */
+export const STARTUP_TIMEOUT_MS = 60_000;
+/** An idle command connection is closed after this long (Neon's safekeeper uses a 10-minute read timeout). */
+export const COMMAND_IDLE_TIMEOUT_MS = 10 * 60_000;
+
+export interface SessionContext {
+  readonly conn: PgConnection;
+  readonly connId: number;
+  readonly timelines: TimelineRegistry;
+  readonly backend: IoBackend;
+  readonly auth: AuthConfig;
+  readonly replicaTimeoutMs: number;
+  readonly shutdownSignal: AbortSignal;
+  readonly log: Logger;
+  /** Called once per finished stream, for logs and metrics. */
+  readonly onStreamEnd?: (outcome: StreamOutcome, applicationName: string) => void;
+  readonly onCommand?: (command: ReplicationCommand['kind']) => void;
+}
+
+interface SessionState {
+  readonly startup: StartupResult;
+  readonly timelineKey: TimelineKey | undefined;
+}
+
+export async function runSession(context: SessionContext): Promise<void> {
+  const { conn, log } = context;
+  let startup: StartupResult;
+  try {
+    startup = await acceptStartup(conn, {
+      auth: context.auth,
+      serverVersion: PG_SERVER_VERSION,
+      backendPid: context.connId,
+      secretKey: (Math.random() * 0x7fff_ffff) | 0,
+      startupTimeoutMs: STARTUP_TIMEOUT_MS,
+    });
+  } catch (error) {
+    log.info({ err: describe(error) }, 'connection refused during startup');
+    return;
+  }
+  const state = prepareSession(context, startup);
+  if (state === undefined) return;
+  await commandLoop(context, state);
+}
+
+/** Checks the startup parameters that PostgreSQL checks before ReadyForQuery would matter. */
+function prepareSession(context: SessionContext, startup: StartupResult): SessionState | undefined {
+  const { conn } = context;
+  if (startup.replication !== undefined && !isPhysicalReplication(startup.replication)) {
+    const logical = startup.replication.toLowerCase() === 'database';
+    const message = logical ? 'logical replication is not supported by walcast' : `invalid value for parameter "replication": "${startup.replication}"`;
+    void conn.close({ sqlState: logical ? '0A000' : '22023', message });
+    return undefined;
+  }
+  try {
+    const defaultKey = context.timelines.soleTimelineKey();
+    return { startup, timelineKey: selectTimeline(startup.options, defaultKey) };
+  } catch (error) {
+    const walcastError = error as WalcastError;
+    void conn.close({ sqlState: walcastError.sqlState, message: walcastError.message });
+    return undefined;
+  }
+}
+
+async function commandLoop(context: SessionContext, state: SessionState): Promise<void> {
+  const { conn } = context;
+  while (!conn.isClosed() && !context.shutdownSignal.aborted) {
+    let message;
+    try {
+      message = await conn.readMessage(COMMAND_IDLE_TIMEOUT_MS);
+    } catch (error) {
+      if (isWalcastError(error)) void conn.close({ sqlState: error.sqlState, message: error.message });
+      else void conn.close();
+      return;
+    }
+    switch (message.type) {
+      case 'query': {
+        const keep = await handleQuery(context, state, message.sql);
+        if (!keep) {
+          void conn.close();
+          return;
+        }
+        break;
+      }
+      case 'terminate':
+        void conn.close();
+        return;
+      case 'sync':
+      case 'flush':
+        await conn.write(readyForQuery('I'));
+        break;
+      case 'copyData':
+      case 'copyDone':
+      case 'copyFail':
+        // Left over from a stream that ended with an error: PostgreSQL ignores these too.
+        break;
+      case 'password':
+      case 'other': {
+        const what = message.type === 'other' ? `message type 0x${message.code.toString(16)}` : 'a password message';
+        void conn.close({ sqlState: '08P01', message: `unexpected ${what} on a replication connection` });
+        return;
+      }
+    }
+  }
+}
+
+/** Runs one simple Query; returns false when the connection must close afterwards. */
+async function handleQuery(context: SessionContext, state: SessionState, sql: string): Promise<boolean> {
+  const { conn } = context;
+  const command = parseReplicationCommand(sql);
+  context.onCommand?.(command.kind);
+  try {
+    if (command.kind === 'start_replication') {
+      const timeline = requireTimeline(context, state);
+      const recovery = command.term !== undefined || state.startup.applicationName === 'wal_proposer_recovery';
+      const outcome = await runStartReplication(
+        {
+          conn,
+          connId: context.connId,
+          backend: context.backend,
+          timeline,
+          applicationName: state.startup.applicationName,
+          replicaTimeoutMs: context.replicaTimeoutMs,
+          shutdownSignal: context.shutdownSignal,
+          log: context.log,
+        },
+        { startLsn: command.startLsn, pgTimelineId: command.pgTimelineId, recovery },
+      );
+      context.onStreamEnd?.(outcome, state.startup.applicationName);
+      return outcome.keepConnection;
+    }
+    const result = await answerCommand(context, state, command);
+    await conn.write([...result, readyForQuery('I')]);
+  } catch (error) {
+    if (!isWalcastError(error)) throw error;
+    await conn.write([errorResponse({ severity: 'ERROR', sqlState: error.sqlState, message: error.message }), readyForQuery('I')]);
+  }
+  return true;
+}
+
+async function answerCommand(context: SessionContext, state: SessionState, command: ReplicationCommand): Promise<Buffer[]> {
+  switch (command.kind) {
+    case 'identify_system': {
+      const timeline = requireTimeline(context, state);
+      // Neon: the walproposer and peer safekeepers want everything written; everyone else what is committed.
+      const appName = state.startup.applicationName;
+      const wantsFlush = appName === 'wal_proposer_recovery' || appName.startsWith('safekeeper');
+      const xlogPos = wantsFlush ? timeline.flushLsn.get() : timeline.commitLsn.get();
+      return identifySystemResult({ systemId: timeline.systemId, pgTimelineId: timeline.pgTimelineId, xlogPos });
+    }
+    case 'show':
+      return answerShow(context, state, command.name);
+    case 'timeline_status': {
+      const timeline = findTimeline(context, state);
+      return timelineStatusResult(timeline === undefined ? undefined : { flushLsn: timeline.flushLsn.get(), commitLsn: timeline.commitLsn.get() });
+    }
+    case 'read_replication_slot':
+      return readReplicationSlotResult();
+    case 'timeline_history':
+      return answerTimelineHistory(context, state, command.pgTimelineId);
+    case 'set':
+      return [commandComplete('SET')];
+    case 'empty':
+      return [emptyQueryResponse()];
+    case 'create_replication_slot':
+    case 'drop_replication_slot':
+      throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', 'replication slots are not supported by walcast; stream without a slot');
+    case 'unsupported':
+      throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', `${command.command} is not supported by walcast`);
+    case 'sql':
+      throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', 'cannot execute SQL commands in WAL sender for physical replication');
+    case 'invalid':
+      throw new WalcastError('WALCAST_ERR_SYNTAX', command.message);
+    case 'start_replication':
+      throw new Error('unreachable: START_REPLICATION is handled by handleQuery');
+  }
+}
+
+function answerShow(context: SessionContext, state: SessionState, name: string): Buffer[] {
+  switch (name.toLowerCase()) {
+    case 'wal_segment_size':
+      return showResult('wal_segment_size', formatSegmentSize(requireTimeline(context, state).segmentBytes));
+    case 'data_directory_mode':
+      return showResult('data_directory_mode', '0700');
+    case 'server_version':
+      return showResult('server_version', PG_SERVER_VERSION);
+    case 'integer_datetimes':
+      return showResult('integer_datetimes', 'on');
+    default:
+      throw new WalcastError('WALCAST_ERR_UNKNOWN_SETTING', `unrecognized configuration parameter "${name}"`);
+  }
+}
+
+async function answerTimelineHistory(context: SessionContext, state: SessionState, pgTimelineId: number): Promise<Buffer[]> {
+  const timeline = requireTimeline(context, state);
+  const fileName = `${pgTimelineId.toString(16).toUpperCase().padStart(8, '0')}.history`;
+  try {
+    const content = await readFile(join(timeline.dir, fileName), 'utf8');
+    return timelineHistoryResult(fileName, content);
+  } catch (cause) {
+    throw new WalcastError('WALCAST_ERR_WAL_REMOVED', `could not open file "${fileName}": no such file or directory`, { cause });
+  }
+}
+
+function findTimeline(context: SessionContext, state: SessionState): Timeline | undefined {
+  return state.timelineKey === undefined ? undefined : context.timelines.get(state.timelineKey.tenantId, state.timelineKey.timelineId);
+}
+
+function requireTimeline(context: SessionContext, state: SessionState): Timeline {
+  const timeline = findTimeline(context, state);
+  if (timeline !== undefined) return timeline;
+  if (state.timelineKey === undefined) {
+    throw new WalcastError('WALCAST_ERR_NO_TIMELINE', 'no timeline selected: pass -c tenant_id=... -c timeline_id=... in options (the data directory does not hold exactly one timeline)');
+  }
+  throw new WalcastError('WALCAST_ERR_NO_TIMELINE', `timeline ${state.timelineKey.tenantId}/${state.timelineKey.timelineId} not found`);
+}
+
+function emptyQueryResponse(): Buffer {
+  // 'I' EmptyQueryResponse: Int32 length 4 and no body.
+  const message = Buffer.alloc(5);
+  message.write('I', 0, 'latin1');
+  message.writeInt32BE(4, 1);
+  return message;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+

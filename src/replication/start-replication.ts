@@ -1,0 +1,200 @@
+/**
+ * START_REPLICATION: switches a connection into COPY BOTH, runs the sender and the reply reader side by side,
+ * and ends the stream the way the client expects (walsender.c StartReplication / WalSndLoop; Neon
+ * send_wal.rs handle_start_replication). The replica is registered for exactly as long as this runs.
+ */
+import { WalcastError, isWalcastError } from '../errors.js';
+import type { IoBackend, StreamWriter } from '../io/backend.js';
+import { formatLsn, type Lsn } from '../lsn.js';
+import type { Logger } from '../log.js';
+import { WalReader, startAheadError } from '../storage/wal-reader.js';
+import type { Timeline } from '../timeline/timeline.js';
+import type { PgConnection } from '../wire/connection.js';
+import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
+import { ReplyReader, type ReplicaEnd } from './reply-reader.js';
+import { sendWal, type SendWalEnd } from './send-wal.js';
+import { encodeKeepalive, pgNowMicros } from './stream-messages.js';
+import { toStreamInput } from './stream-input.js';
+
+export interface StartReplicationRequest {
+  readonly startLsn: Lsn;
+  readonly pgTimelineId: number | undefined;
+  /** Term/recovery streams (Neon walproposer) stream to the flush LSN and end there. */
+  readonly recovery: boolean;
+}
+
+export interface StreamContext {
+  readonly conn: PgConnection;
+  readonly connId: number;
+  readonly backend: IoBackend;
+  readonly timeline: Timeline;
+  readonly applicationName: string;
+  readonly replicaTimeoutMs: number;
+  readonly shutdownSignal: AbortSignal;
+  readonly log: Logger;
+}
+
+/** How the stream ended, for the connection log line and for the session: keep serving or close. */
+export interface StreamOutcome {
+  readonly how: string;
+  readonly startLsn: Lsn;
+  readonly endLsn: Lsn;
+  readonly bytesSent: number;
+  readonly keepConnection: boolean;
+}
+
+export async function runStartReplication(context: StreamContext, request: StartReplicationRequest): Promise<StreamOutcome> {
+  const { conn, timeline } = context;
+  const endWatch = request.recovery ? timeline.flushLsn : timeline.commitLsn;
+  const base = { startLsn: request.startLsn, endLsn: request.startLsn, bytesSent: 0 };
+  if (request.pgTimelineId !== undefined && request.pgTimelineId !== timeline.pgTimelineId) {
+    // PostgreSQL checks this before COPY BOTH (walsender.c StartReplication).
+    const error = new WalcastError('WALCAST_ERR_INVALID_TIMELINE', `requested timeline ${request.pgTimelineId} is not in this server's history`);
+    await conn.write([errorResponse({ severity: 'ERROR', sqlState: error.sqlState, message: error.message }), readyForQuery('I')]);
+    return { ...base, how: 'invalid timeline', keepConnection: true };
+  }
+  await conn.write(copyBothResponse());
+  // Like PostgreSQL, range errors come after CopyBothResponse, as ErrorResponse + ReadyForQuery.
+  const rangeError = checkStartRange(request.startLsn, endWatch.get(), timeline);
+  if (rangeError !== undefined) {
+    await conn.write([errorResponse({ severity: 'ERROR', sqlState: rangeError.sqlState, message: rangeError.message }), readyForQuery('I')]);
+    return { ...base, how: rangeError.code, keepConnection: true };
+  }
+  return streamToReplica(context, request, endWatch);
+}
+
+/** Refuses a start the timeline cannot serve: before its first byte, or ahead of its end. */
+function checkStartRange(startLsn: Lsn, endLsn: Lsn, timeline: Timeline): WalcastError | undefined {
+  if (startLsn > endLsn) return startAheadError(startLsn, endLsn);
+  if (startLsn < timeline.timelineStartLsn) {
+    const reader = new WalReader(timeline.dir, timeline);
+    return reader.removedError(startLsn);
+  }
+  return undefined;
+}
+
+async function streamToReplica(context: StreamContext, request: StartReplicationRequest, endWatch: Timeline['commitLsn']): Promise<StreamOutcome> {
+  const { conn, timeline, log } = context;
+  const replica = timeline.replicas.register({
+    appName: context.applicationName,
+    remoteAddress: conn.remoteAddress,
+    startLsn: request.startLsn,
+    startedAt: new Date(),
+    connId: context.connId,
+  });
+  const stopController = new AbortController();
+  const onShutdown = (): void => stopController.abort();
+  context.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
+  const source = new WalReader(timeline.dir, timeline);
+  const prefetchSource = new WalReader(timeline.dir, timeline);
+  let writer: StreamWriter | undefined;
+  const reader = new ReplyReader({
+    sink: replica,
+    onReplyRequested: () => {
+      writer?.sendMessage(encodeKeepalive(endWatch.get(), pgNowMicros(), false)).catch(() => undefined);
+    },
+    replicaTimeoutMs: context.replicaTimeoutMs,
+  });
+  conn.setMessageHandler((message) => {
+    reader.handle(toStreamInput(message));
+  });
+  void reader.ended.then(() => {
+    // Messages after the stream (a new command after CopyDone) go back to the session's queue.
+    conn.setMessageHandler(undefined);
+    stopController.abort();
+  });
+  void conn.closed.then(() => reader.handle({ kind: 'disconnected' }));
+  let sent: SendWalEnd | undefined;
+  let failure: unknown;
+  try {
+    writer = await context.backend.openStream(conn.socket);
+    sent = await sendWal({
+      startLsn: request.startLsn,
+      segmentBytes: timeline.segmentBytes,
+      endWatch,
+      source,
+      prefetchSource,
+      writer,
+      signal: stopController.signal,
+      stopAtEnd: request.recovery,
+      shouldStop: () => timeline.shouldSenderStop(replica.remoteConsistentLsn()),
+      onSent: (sentLsn, bytes) => {
+        replica.setSentLsn(sentLsn);
+        replica.addBytesSent(bytes);
+      },
+    });
+  } catch (error) {
+    failure = error;
+  } finally {
+    context.shutdownSignal.removeEventListener('abort', onShutdown);
+    replica.unregister();
+    await Promise.all([source.close(), prefetchSource.close()]);
+  }
+  const bytesSent = writer?.bytesSent ?? 0;
+  const endLsn = sent?.sentLsn ?? request.startLsn;
+  const how = await finishStream(context, writer, sent, failure, reader);
+  reader.stop();
+  log.debug({ how, endLsn: formatLsn(endLsn) }, 'stream finished');
+  return { how: how.description, startLsn: request.startLsn, endLsn, bytesSent, keepConnection: how.keepConnection };
+}
+
+interface Finish {
+  readonly description: string;
+  readonly keepConnection: boolean;
+}
+
+/** Sends the protocol ending that matches why the stream stopped. */
+async function finishStream(
+  context: StreamContext,
+  writer: StreamWriter | undefined,
+  sent: SendWalEnd | undefined,
+  failure: unknown,
+  reader: ReplyReader,
+): Promise<Finish> {
+  const { conn } = context;
+  if (failure !== undefined || sent === undefined) {
+    await writer?.release().catch(() => undefined);
+    if (isWalcastError(failure) && failure.code !== 'WALCAST_ERR_STREAM_IO' && !conn.isClosed()) {
+      // A storage error (a segment removed under the stream, invalid WAL): report it like PostgreSQL, E then Z.
+      await conn.write([errorResponse({ severity: 'ERROR', sqlState: failure.sqlState, message: failure.message }), readyForQuery('I')]).catch(() => undefined);
+      return { description: failure.code, keepConnection: true };
+    }
+    return { description: `I/O error: ${(failure as Error | undefined)?.message ?? 'unknown'}`, keepConnection: false };
+  }
+  if (sent.kind === 'caught_up' || sent.kind === 'recovery_finished') {
+    // Neon ends these with an ErrorResponse carrying SQLSTATE 00000, then closes (a contract with pageservers).
+    await writer?.sendMessage(errorResponse({ severity: 'ERROR', sqlState: '00000', message: sent.message })).catch(() => undefined);
+    await writer?.release().catch(() => undefined);
+    return { description: sent.kind, keepConnection: false };
+  }
+  const replicaEnd: ReplicaEnd = context.shutdownSignal.aborted ? { kind: 'disconnected' } : await reader.ended;
+  return finishReplicaEnd(context, writer, replicaEnd);
+}
+
+async function finishReplicaEnd(context: StreamContext, writer: StreamWriter | undefined, end: ReplicaEnd): Promise<Finish> {
+  const { conn } = context;
+  if (context.shutdownSignal.aborted) {
+    await writer?.release().catch(() => undefined);
+    return { description: 'server shutdown', keepConnection: false };
+  }
+  switch (end.kind) {
+    case 'copy_done':
+      // walsender.c: CopyDone back, then two CommandCompletes (libpqrcv_endstreaming needs both), then Z.
+      await writer?.sendMessage(copyDone()).catch(() => undefined);
+      await writer?.release().catch(() => undefined);
+      await conn.write([commandComplete('START_STREAMING'), commandComplete('START_REPLICATION'), readyForQuery('I')]).catch(() => undefined);
+      return { description: 'client CopyDone', keepConnection: true };
+    case 'copy_fail':
+      await writer?.release().catch(() => undefined);
+      await conn.write([errorResponse({ severity: 'ERROR', sqlState: '57014', message: `COPY from stdin failed: ${end.message}` }), readyForQuery('I')]).catch(() => undefined);
+      return { description: 'client CopyFail', keepConnection: true };
+    case 'error':
+      await writer?.sendMessage(errorResponse({ severity: 'FATAL', sqlState: end.error.sqlState, message: end.error.message })).catch(() => undefined);
+      await writer?.release().catch(() => undefined);
+      return { description: end.error.code, keepConnection: false };
+    case 'terminate':
+    case 'disconnected':
+      await writer?.release().catch(() => undefined);
+      return { description: `client ${end.kind}`, keepConnection: false };
+  }
+}

@@ -1,0 +1,57 @@
+/** The LSN watch: forward only, wakes waiters the moment it passes their position, times out, honours abort. */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { LsnWatch } from './lsn-watch.js';
+
+test('a waiter beyond the current value wakes when the watch passes its position, not before', async () => {
+  const watch = new LsnWatch(100n);
+  let woken: bigint | undefined | 'pending' = 'pending';
+  const waiting = watch.waitBeyond(150n, 10_000).then((lsn) => (woken = lsn));
+  watch.advance(150n);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(woken, 'pending', 'reaching the position is not passing it');
+  watch.advance(151n);
+  await waiting;
+  assert.equal(woken, 151n);
+  assert.equal(watch.waiterCount(), 0);
+});
+
+test('waitBeyond resolves at once when the value is already beyond', async () => {
+  const watch = new LsnWatch(500n);
+  assert.equal(await watch.waitBeyond(499n, 10_000), 500n);
+});
+
+test('a wait times out with undefined and leaves no waiter behind', async () => {
+  const watch = new LsnWatch(1n);
+  assert.equal(await watch.waitBeyond(1n, 20), undefined);
+  assert.equal(watch.waiterCount(), 0);
+});
+
+test('abort ends a wait with undefined', async () => {
+  const watch = new LsnWatch(1n);
+  const controller = new AbortController();
+  const waiting = watch.waitBeyond(1n, 10_000, controller.signal);
+  controller.abort();
+  assert.equal(await waiting, undefined);
+  assert.equal(watch.waiterCount(), 0);
+  assert.equal(await watch.waitBeyond(1n, 10_000, controller.signal), undefined, 'an aborted signal does not wait');
+});
+
+test('many waiters at different positions wake in the right batches', async () => {
+  const watch = new LsnWatch(0n);
+  const results = new Map<number, bigint | undefined>();
+  const waits = [10, 20, 30, 40].map((position) => watch.waitBeyond(BigInt(position), 10_000).then((lsn) => results.set(position, lsn)));
+  watch.advance(25n);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual([...results.keys()].sort(), [10, 20]);
+  watch.advance(45n);
+  await Promise.all(waits);
+  assert.equal(results.get(40), 45n);
+});
+
+test('the watch never moves back', () => {
+  const watch = new LsnWatch(10n);
+  assert.throws(() => watch.advance(9n));
+  watch.advance(10n);
+  assert.equal(watch.get(), 10n);
+});

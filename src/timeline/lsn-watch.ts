@@ -1,0 +1,79 @@
+/**
+ * A watched LSN (a timeline's commit or flush position): it only moves forward, and whoever waits for it to pass a
+ * position is woken the moment it does — no polling — or when its timeout runs out (the seed's wait_for_lsn with
+ * POLL_STATE_TIMEOUT). One watch serves every sender of a timeline, so waiting costs one entry per waiter.
+ */
+import assert from 'node:assert/strict';
+import { assertLsn, type Lsn } from '../lsn.js';
+
+/** Waiters per watch: one per connected sender; far above any sane replica count, it bounds a leak. */
+export const LSN_WATCH_WAITERS_MAX = 100_000;
+
+interface Waiter {
+  readonly position: Lsn;
+  readonly resolve: (lsn: Lsn | undefined) => void;
+}
+
+export class LsnWatch {
+  private value: Lsn;
+  private readonly waiters = new Set<Waiter>();
+  /** The smallest position any waiter waits beyond; lets `advance` skip the scan when nobody can wake. */
+  private lowestWaitPosition: Lsn | undefined;
+
+  constructor(initial: Lsn) {
+    assertLsn(initial);
+    this.value = initial;
+  }
+
+  get(): Lsn {
+    return this.value;
+  }
+
+  waiterCount(): number {
+    return this.waiters.size;
+  }
+
+  /** Moves the LSN forward (never back: a watched position that regressed would resend or skip WAL). */
+  advance(lsn: Lsn): void {
+    assertLsn(lsn);
+    assert.ok(lsn >= this.value, 'LsnWatch moves only forward');
+    if (lsn === this.value) return;
+    this.value = lsn;
+    if (this.lowestWaitPosition === undefined || lsn <= this.lowestWaitPosition) return;
+    let lowest: Lsn | undefined;
+    for (const waiter of this.waiters) {
+      if (lsn > waiter.position) {
+        this.waiters.delete(waiter);
+        waiter.resolve(lsn);
+      } else if (lowest === undefined || waiter.position < lowest) {
+        lowest = waiter.position;
+      }
+    }
+    this.lowestWaitPosition = lowest;
+  }
+
+  /**
+   * Resolves with the new LSN as soon as it is beyond `position`, or with undefined after `timeoutMs` or when
+   * `signal` aborts. Resolves at once when the LSN is already beyond.
+   */
+  waitBeyond(position: Lsn, timeoutMs: number, signal?: AbortSignal): Promise<Lsn | undefined> {
+    assert.ok(timeoutMs >= 0);
+    if (this.value > position) return Promise.resolve(this.value);
+    if (signal?.aborted === true) return Promise.resolve(undefined);
+    assert.ok(this.waiters.size < LSN_WATCH_WAITERS_MAX, 'too many LSN waiters');
+    return new Promise((resolve) => {
+      const finish = (lsn: Lsn | undefined): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        this.waiters.delete(waiter);
+        resolve(lsn);
+      };
+      const waiter: Waiter = { position, resolve: finish };
+      const onAbort = (): void => finish(undefined);
+      const timer = setTimeout(() => finish(undefined), timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiters.add(waiter);
+      if (this.lowestWaitPosition === undefined || position < this.lowestWaitPosition) this.lowestWaitPosition = position;
+    });
+  }
+}

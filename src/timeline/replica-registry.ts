@@ -1,0 +1,241 @@
+/**
+ * The replicas streaming one timeline: who they are, what they were sent, and their latest feedback of each kind
+ * ('r' standby status, 'h' hot-standby feedback, 'z' pageserver feedback), plus the timeline-wide aggregates built
+ * from them (the seed's WalSenders / ReplicaState).
+ *
+ * A replica is registered when START_REPLICATION begins and unregistered by its handle however the stream ends.
+ * Aggregates are recomputed on every feedback of any kind and on unregister (Neon recomputed only on 'h', so a
+ * standby's flush position in the aggregate lagged behind its real one).
+ */
+import assert from 'node:assert/strict';
+import { maxLsn, minLsn, type Lsn } from '../lsn.js';
+import type { Feedback, HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../replication/feedback.js';
+
+/** Replicas per timeline; the server's connection limit is lower, this bounds a leak of handles. */
+export const REPLICAS_PER_TIMELINE_MAX = 100_000;
+
+export interface ReplicaInfo {
+  readonly appName: string;
+  readonly remoteAddress: string;
+  readonly startLsn: Lsn;
+  readonly startedAt: Date;
+  readonly connId: number;
+}
+
+export interface FeedbackCounts {
+  standbyReply: number;
+  hotStandby: number;
+  pageserver: number;
+}
+
+export interface ReplicaSnapshot extends ReplicaInfo {
+  readonly replicaId: number;
+  readonly sentLsn: Lsn;
+  readonly bytesSent: number;
+  readonly standbyReply: StandbyReply | undefined;
+  readonly hotStandby: HotStandbyFeedback | undefined;
+  readonly pageserver: PageserverFeedback | undefined;
+  /** When the latest feedback of any kind arrived (undefined: none yet). */
+  readonly lastFeedbackAt: Date | undefined;
+  readonly feedbackCounts: Readonly<FeedbackCounts>;
+}
+
+/** Timeline-wide aggregates over the connected replicas (undefined where no replica reported that kind). */
+export interface ReplicaAggregates {
+  /** Minimum non-zero xmin / catalog_xmin over hot-standby feedback: what must not be vacuumed upstream. */
+  readonly hotStandbyXmin: bigint | undefined;
+  readonly hotStandbyCatalogXmin: bigint | undefined;
+  /** Minimum write/flush/apply over standby status updates. */
+  readonly standbyWriteLsn: Lsn | undefined;
+  readonly standbyFlushLsn: Lsn | undefined;
+  readonly standbyApplyLsn: Lsn | undefined;
+  /** Minimum last-received LSN over pageservers (Neon's laggard_lsn). */
+  readonly pageserverLaggardLsn: Lsn | undefined;
+  /** Maximum remote-consistent LSN ever reported by a pageserver on this timeline (never goes back). */
+  readonly remoteConsistentLsn: Lsn | undefined;
+}
+
+const EMPTY_AGGREGATES: ReplicaAggregates = {
+  hotStandbyXmin: undefined,
+  hotStandbyCatalogXmin: undefined,
+  standbyWriteLsn: undefined,
+  standbyFlushLsn: undefined,
+  standbyApplyLsn: undefined,
+  pageserverLaggardLsn: undefined,
+  remoteConsistentLsn: undefined,
+};
+
+interface ReplicaState {
+  readonly info: ReplicaInfo;
+  readonly replicaId: number;
+  sentLsn: Lsn;
+  bytesSent: number;
+  standbyReply: StandbyReply | undefined;
+  hotStandby: HotStandbyFeedback | undefined;
+  pageserver: PageserverFeedback | undefined;
+  lastFeedbackAt: Date | undefined;
+  readonly feedbackCounts: FeedbackCounts;
+}
+
+/** The per-stream handle: the reply reader feeds it, the sender reports progress to it. */
+export class ReplicaHandle {
+  private registered = true;
+
+  constructor(
+    private readonly registry: ReplicaRegistry,
+    private readonly state: ReplicaState,
+  ) {}
+
+  get replicaId(): number {
+    return this.state.replicaId;
+  }
+
+  /** FeedbackSink for the reply reader. */
+  update(feedback: Feedback): void {
+    if (!this.registered) return;
+    const state = this.state;
+    state.lastFeedbackAt = new Date();
+    switch (feedback.kind) {
+      case 'standby_reply':
+        state.standbyReply = feedback;
+        state.feedbackCounts.standbyReply++;
+        break;
+      case 'hot_standby':
+        state.hotStandby = feedback;
+        state.feedbackCounts.hotStandby++;
+        break;
+      case 'pageserver':
+        state.pageserver = feedback;
+        state.feedbackCounts.pageserver++;
+        break;
+    }
+    this.registry.onFeedback(feedback);
+  }
+
+  setSentLsn(lsn: Lsn): void {
+    assert.ok(lsn >= this.state.sentLsn, 'the sent position only moves forward');
+    this.state.sentLsn = lsn;
+  }
+
+  addBytesSent(bytes: number): void {
+    assert.ok(bytes >= 0);
+    this.state.bytesSent += bytes;
+    this.registry.bytesSentTotal += bytes;
+  }
+
+  /** This replica's own remote-consistent LSN, from pageserver feedback only (standbys never report one). */
+  remoteConsistentLsn(): Lsn | undefined {
+    return this.state.pageserver?.remoteConsistentLsn;
+  }
+
+  unregister(): void {
+    if (!this.registered) return;
+    this.registered = false;
+    this.registry.remove(this.state.replicaId);
+  }
+}
+
+export class ReplicaRegistry {
+  private readonly replicas = new Map<number, ReplicaState>();
+  private nextReplicaId = 1;
+  private aggregatesCache: ReplicaAggregates = EMPTY_AGGREGATES;
+  /** Kept across disconnects: a remote-consistent LSN once reported stays true (Neon persists it). */
+  private remoteConsistentLsnMax: Lsn | undefined;
+  /** Feedback messages received on this timeline, by kind, since the server started. */
+  readonly feedbackTotals: FeedbackCounts = { standbyReply: 0, hotStandby: 0, pageserver: 0 };
+  bytesSentTotal = 0;
+
+  register(info: ReplicaInfo): ReplicaHandle {
+    assert.ok(this.replicas.size < REPLICAS_PER_TIMELINE_MAX, 'too many replicas on one timeline');
+    const replicaId = this.nextReplicaId++;
+    const state: ReplicaState = {
+      info,
+      replicaId,
+      sentLsn: info.startLsn,
+      bytesSent: 0,
+      standbyReply: undefined,
+      hotStandby: undefined,
+      pageserver: undefined,
+      lastFeedbackAt: undefined,
+      feedbackCounts: { standbyReply: 0, hotStandby: 0, pageserver: 0 },
+    };
+    this.replicas.set(replicaId, state);
+    return new ReplicaHandle(this, state);
+  }
+
+  count(): number {
+    return this.replicas.size;
+  }
+
+  snapshot(): ReplicaSnapshot[] {
+    return [...this.replicas.values()].map((state) => ({
+      ...state.info,
+      replicaId: state.replicaId,
+      sentLsn: state.sentLsn,
+      bytesSent: state.bytesSent,
+      standbyReply: state.standbyReply,
+      hotStandby: state.hotStandby,
+      pageserver: state.pageserver,
+      lastFeedbackAt: state.lastFeedbackAt,
+      feedbackCounts: { ...state.feedbackCounts },
+    }));
+  }
+
+  aggregates(): ReplicaAggregates {
+    return this.aggregatesCache;
+  }
+
+  /** @internal called by ReplicaHandle. */
+  onFeedback(feedback: Feedback): void {
+    switch (feedback.kind) {
+      case 'standby_reply':
+        this.feedbackTotals.standbyReply++;
+        break;
+      case 'hot_standby':
+        this.feedbackTotals.hotStandby++;
+        break;
+      case 'pageserver':
+        this.feedbackTotals.pageserver++;
+        this.remoteConsistentLsnMax = maxOptional(this.remoteConsistentLsnMax, feedback.remoteConsistentLsn);
+        break;
+    }
+    this.recompute();
+  }
+
+  /** @internal called by ReplicaHandle. */
+  remove(replicaId: number): void {
+    const removed = this.replicas.delete(replicaId);
+    assert.ok(removed, 'a replica is unregistered once');
+    this.recompute();
+  }
+
+  private recompute(): void {
+    let aggregates: { -readonly [K in keyof ReplicaAggregates]: ReplicaAggregates[K] } = { ...EMPTY_AGGREGATES };
+    for (const state of this.replicas.values()) aggregates = foldReplica(aggregates, state);
+    aggregates.remoteConsistentLsn = this.remoteConsistentLsnMax;
+    this.aggregatesCache = aggregates;
+  }
+}
+
+function foldReplica(into: { -readonly [K in keyof ReplicaAggregates]: ReplicaAggregates[K] }, state: ReplicaState): typeof into {
+  const hot = state.hotStandby;
+  // A zero xmin means "no feedback" (hot_standby_feedback off): it must not pin the minimum at 0.
+  if (hot !== undefined && hot.xmin !== 0n) into.hotStandbyXmin = minOptional(into.hotStandbyXmin, hot.xmin);
+  if (hot !== undefined && hot.catalogXmin !== 0n) into.hotStandbyCatalogXmin = minOptional(into.hotStandbyCatalogXmin, hot.catalogXmin);
+  const reply = state.standbyReply;
+  if (reply !== undefined) {
+    into.standbyWriteLsn = minOptional(into.standbyWriteLsn, reply.writeLsn);
+    into.standbyFlushLsn = minOptional(into.standbyFlushLsn, reply.flushLsn);
+    into.standbyApplyLsn = minOptional(into.standbyApplyLsn, reply.applyLsn);
+  }
+  if (state.pageserver !== undefined) into.pageserverLaggardLsn = minOptional(into.pageserverLaggardLsn, state.pageserver.lastReceivedLsn);
+  return into;
+}
+
+function minOptional(current: bigint | undefined, value: bigint): bigint {
+  return current === undefined ? value : minLsn(current, value);
+}
+
+function maxOptional(current: bigint | undefined, value: bigint): bigint {
+  return current === undefined ? value : maxLsn(current, value);
+}

@@ -1,0 +1,94 @@
+/**
+ * One timeline's live state: its identity and WAL layout (from the control file), its commit and flush LSN watches,
+ * its replicas, and whether a writer (live ingest) is attached. It knows nothing of sockets or file formats; storage
+ * persists what ingest makes durable, and this object publishes it to the senders.
+ */
+import assert from 'node:assert/strict';
+import type { Lsn } from '../lsn.js';
+import { LsnWatch } from './lsn-watch.js';
+import { ReplicaRegistry } from './replica-registry.js';
+
+export interface TimelineIdentity {
+  readonly tenantId: string;
+  readonly timelineId: string;
+  /** The directory holding this timeline's segments and control file. */
+  readonly dir: string;
+  readonly systemId: bigint;
+  readonly pgVersion: number;
+  readonly segmentBytes: number;
+  /** The PostgreSQL timeline (TLI) the WAL belongs to, as IDENTIFY_SYSTEM reports it. */
+  readonly pgTimelineId: number;
+  /** The first byte of WAL this timeline holds. */
+  readonly timelineStartLsn: Lsn;
+}
+
+export interface TimelinePositions {
+  readonly flushLsn: Lsn;
+  readonly commitLsn: Lsn;
+}
+
+export class Timeline implements TimelineIdentity {
+  readonly tenantId: string;
+  readonly timelineId: string;
+  readonly dir: string;
+  readonly systemId: bigint;
+  readonly pgVersion: number;
+  readonly segmentBytes: number;
+  readonly pgTimelineId: number;
+  readonly timelineStartLsn: Lsn;
+  /** Everything durably stored; recovery (term) streams may send up to here. */
+  readonly flushLsn: LsnWatch;
+  /** Everything committed; ordinary replicas are sent up to here. Never ahead of the flush LSN. */
+  readonly commitLsn: LsnWatch;
+  readonly replicas = new ReplicaRegistry();
+  private writersAttached = 0;
+
+  constructor(identity: TimelineIdentity, positions: TimelinePositions) {
+    assert.ok(positions.commitLsn <= positions.flushLsn, 'commit LSN is never ahead of flush LSN');
+    assert.ok(positions.flushLsn >= identity.timelineStartLsn, 'flush LSN is not before the timeline start');
+    this.tenantId = identity.tenantId;
+    this.timelineId = identity.timelineId;
+    this.dir = identity.dir;
+    this.systemId = identity.systemId;
+    this.pgVersion = identity.pgVersion;
+    this.segmentBytes = identity.segmentBytes;
+    this.pgTimelineId = identity.pgTimelineId;
+    this.timelineStartLsn = identity.timelineStartLsn;
+    this.flushLsn = new LsnWatch(positions.flushLsn);
+    this.commitLsn = new LsnWatch(positions.commitLsn);
+  }
+
+  /** Publishes newly durable WAL: flush first, so that commit never passes it. */
+  publish(positions: TimelinePositions): void {
+    assert.ok(positions.commitLsn <= positions.flushLsn, 'commit LSN is never ahead of flush LSN');
+    this.flushLsn.advance(positions.flushLsn);
+    this.commitLsn.advance(positions.commitLsn);
+  }
+
+  /** Marks a live writer (ingest) attached; returns the detach function. Senders do not end while one is. */
+  attachWriter(): () => void {
+    this.writersAttached++;
+    let detached = false;
+    return () => {
+      if (detached) return;
+      detached = true;
+      this.writersAttached--;
+      assert.ok(this.writersAttached >= 0);
+    };
+  }
+
+  hasWriter(): boolean {
+    return this.writersAttached > 0;
+  }
+
+  /**
+   * The seed's should_walsender_stop: a stream may end once its replica reported (pageserver feedback) a
+   * remote-consistent LSN at or past the commit LSN and nothing writes the timeline any more. Replicas that never
+   * report one (standbys, pg_receivewal) are never ended this way.
+   */
+  shouldSenderStop(replicaRemoteConsistentLsn: Lsn | undefined): boolean {
+    if (this.hasWriter()) return false;
+    if (replicaRemoteConsistentLsn === undefined) return false;
+    return replicaRemoteConsistentLsn >= this.commitLsn.get();
+  }
+}
