@@ -1,0 +1,88 @@
+#!/usr/bin/env node
+/**
+ * The `walcast` command line: flag parsing and help for every subcommand, and nothing else. Each subcommand's
+ * work lives in its own module. Flag names are a public contract (scripts and outside tools use them).
+ * A wrong flag prints one line and exits 2; an operating error prints one line and exits 1.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { isWalcastError } from '../errors.js';
+import { LOG_LEVELS } from '../log.js';
+import { WALCAST_VERSION } from '../version.js';
+
+const EXIT_USAGE = 2;
+const EXIT_FAILURE = 1;
+
+function buildProgram(): Command {
+  const program = new Command('walcast')
+    .description('PostgreSQL WAL streaming server: serves physical replication (START_REPLICATION) from stored WAL')
+    .version(WALCAST_VERSION)
+    .showSuggestionAfterError(true)
+    .exitOverride();
+
+  program
+    .command('serve')
+    .description('serve every timeline in the data directory over the PostgreSQL replication protocol')
+    .option('--data-dir <dir>', 'data directory holding <tenant_id>/<timeline_id>/ timelines', './walcast-data')
+    .option('--listen <host:port>', 'PostgreSQL protocol listen address', '127.0.0.1:5454')
+    .addOption(new Option('--auth <method>', 'client authentication; trust is allowed only on loopback').choices(['trust', 'scram-sha-256']).default('trust'))
+    .option('--password-file <file>', 'file holding the replication password (else env WALCAST_PASSWORD)')
+    .addOption(new Option('--io <backend>', 'I/O backend (env WALCAST_IO; the flag wins)').choices(['auto', 'native', 'ts']))
+    .addOption(new Option('--native-strategy <strategy>', 'socket strategy of the native backend (env WALCAST_NATIVE_STRATEGY)').choices(['sendfile', 'writev', 'uring']))
+    .option('--max-connections <n>', 'connections served at once; more are refused with 53300', parsePositiveInt, 4096)
+    .option('--replica-timeout <ms>', 'end a stream whose replica sent nothing for this long (PostgreSQL wal_sender_timeout)', parsePositiveInt, 60_000)
+    .option('--http <host:port>', 'HTTP status/metrics listen address', '127.0.0.1:7676')
+    .option('--no-http', 'do not serve the HTTP status API')
+    .option('--http-auth-token-file <file>', 'bearer token file; required when --http is not loopback')
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS as string[]).default('info'))
+    .action(async (options: Record<string, unknown>) => {
+      const { runServe } = await import('./serve-command.js');
+      await runServe(options);
+    });
+
+  program
+    .command('import')
+    .description('validate a pg_wal or WAL archive directory and create (or extend) a timeline from it')
+    .requiredOption('--from <dir>', 'PostgreSQL pg_wal directory or WAL archive directory')
+    .option('--data-dir <dir>', 'walcast data directory', './walcast-data')
+    .option('--tenant-id <id>', 'tenant id (32 hex); a new one when omitted')
+    .option('--timeline-id <id>', 'timeline id (32 hex); a new one when omitted')
+    .option('--json', 'print the result as JSON')
+    .action(async (options: Record<string, unknown>) => {
+      const { runImport } = await import('./import-command.js');
+      await runImport(options);
+    });
+
+  return program;
+}
+
+function parsePositiveInt(text: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value <= 0) throw new CommanderError(EXIT_USAGE, 'walcast.invalidNumber', `expected a positive integer, got "${text}"`);
+  return value;
+}
+
+async function main(argv: readonly string[]): Promise<void> {
+  const program = buildProgram();
+  // Commander prints its own message to stderr; we only fix the exit code.
+  program.configureOutput({ writeErr: (text) => process.stderr.write(text.split('\n')[0] + '\n') });
+  for (const command of program.commands) command.exitOverride().configureOutput({ writeErr: (text) => process.stderr.write(text.split('\n')[0] + '\n') });
+  try {
+    await program.parseAsync(argv as string[]);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      const helpOrVersion = error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help';
+      process.exitCode = helpOrVersion ? 0 : EXIT_USAGE;
+      return;
+    }
+    if (error instanceof RangeError || error instanceof TypeError) {
+      process.stderr.write(`walcast: ${error.message}\n`);
+      process.exitCode = error instanceof RangeError ? EXIT_USAGE : EXIT_FAILURE;
+      return;
+    }
+    const prefix = isWalcastError(error) ? `walcast: ${error.code}: ` : 'walcast: ';
+    process.stderr.write(prefix + (error instanceof Error ? error.message : String(error)) + '\n');
+    process.exitCode = EXIT_FAILURE;
+  }
+}
+
+await main(process.argv);

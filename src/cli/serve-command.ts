@@ -1,0 +1,92 @@
+/**
+ * `walcast serve`: turns flags and environment into a server configuration, starts the server, and stops it on
+ * SIGINT/SIGTERM. Refuses unsafe configurations (trust auth off loopback) before opening any socket.
+ */
+import { WalcastError } from '../errors.js';
+import { createIoBackend, type IoSelection } from '../io/select-backend.js';
+import { createLogger, type Logger } from '../log.js';
+import { WalcastServer } from '../server.js';
+import { createScramVerifier } from '../wire/scram.js';
+import type { AuthConfig } from '../wire/startup.js';
+import { formatListenAddress, isLoopbackHost, parseListenAddress, type ListenAddress } from './listen-address.js';
+import { readSecret } from './secrets.js';
+
+export interface ServeFlags {
+  readonly dataDir: string;
+  readonly listen: string;
+  readonly auth: 'trust' | 'scram-sha-256';
+  readonly passwordFile?: string;
+  readonly io?: string;
+  readonly nativeStrategy?: string;
+  readonly maxConnections: number;
+  readonly replicaTimeout: number;
+  readonly http: string | false;
+  readonly httpAuthTokenFile?: string;
+  readonly logLevel: string;
+}
+
+export async function runServe(rawFlags: Record<string, unknown>): Promise<void> {
+  const flags = rawFlags as unknown as ServeFlags;
+  const log = createLogger({ level: flags.logLevel as 'info' });
+  const listen = parseListenAddress(flags.listen, '--listen');
+  const auth = await resolveAuth(flags, listen);
+  const selection = await createIoBackend(resolveIoChoice(flags));
+  log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason }, 'I/O backend selected');
+  const server = await WalcastServer.start({
+    dataDir: flags.dataDir,
+    listen,
+    auth,
+    backend: selection.backend,
+    maxConnections: flags.maxConnections,
+    replicaTimeoutMs: flags.replicaTimeout,
+    log,
+  });
+  const stopHttp = await startHttpIfWanted(flags, server, selection, log);
+  const address = server.address();
+  log.info({ listen: formatListenAddress(address), port: address.port, dataDir: flags.dataDir, timelines: server.timelines.list().length, auth: auth.method }, 'listening');
+  await waitForSignal(log);
+  await stopHttp();
+  await server.stop();
+  log.info('stopped');
+}
+
+async function resolveAuth(flags: ServeFlags, listen: ListenAddress): Promise<AuthConfig> {
+  if (flags.auth === 'trust') {
+    if (!isLoopbackHost(listen.host)) {
+      throw new WalcastError('WALCAST_ERR_CONFIG', `--auth trust is allowed only on a loopback address, not ${listen.host}: use --auth scram-sha-256 with --password-file`);
+    }
+    return { method: 'trust' };
+  }
+  const password = await readSecret({ file: flags.passwordFile, envName: 'WALCAST_PASSWORD', what: 'password' });
+  if (password === undefined) throw new WalcastError('WALCAST_ERR_CONFIG', '--auth scram-sha-256 needs --password-file FILE or the WALCAST_PASSWORD environment variable');
+  return { method: 'scram-sha-256', verifier: createScramVerifier(password) };
+}
+
+function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; strategy?: 'sendfile' | 'writev' | 'uring' } {
+  // The flag wins over the environment, as the issue asks.
+  const io = flags.io ?? process.env.WALCAST_IO ?? 'auto';
+  if (io !== 'auto' && io !== 'native' && io !== 'ts') throw new RangeError(`WALCAST_IO must be auto, native or ts, got "${io}"`);
+  const strategy = flags.nativeStrategy ?? process.env.WALCAST_NATIVE_STRATEGY;
+  if (strategy !== undefined && strategy !== 'sendfile' && strategy !== 'writev' && strategy !== 'uring') {
+    throw new RangeError(`WALCAST_NATIVE_STRATEGY must be sendfile, writev or uring, got "${strategy}"`);
+  }
+  return strategy === undefined ? { io } : { io, strategy };
+}
+
+/** The HTTP status API is wired in by the operations module; until then this is a no-op. */
+async function startHttpIfWanted(_flags: ServeFlags, _server: WalcastServer, _selection: IoSelection, _log: Logger): Promise<() => Promise<void>> {
+  return async () => undefined;
+}
+
+function waitForSignal(log: Logger): Promise<void> {
+  return new Promise((resolve) => {
+    const onSignal = (signal: NodeJS.Signals): void => {
+      log.info({ signal }, 'shutting down');
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      resolve();
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}

@@ -1,0 +1,131 @@
+/**
+ * The walcast server: the composition root that ties the layers together for `walcast serve`. It opens every
+ * timeline in the data directory, listens for PostgreSQL protocol connections, runs one session per
+ * connection, bounds how many run at once, and shuts down in order (stop accepting, end streams, close).
+ */
+import assert from 'node:assert/strict';
+import { createServer, type Server, type Socket } from 'node:net';
+import type { ListenAddress } from './cli/listen-address.js';
+import type { IoBackend } from './io/backend.js';
+import type { Logger } from './log.js';
+import { runSession } from './replication/session.js';
+import type { StreamOutcome } from './replication/start-replication.js';
+import { openTimelines } from './timeline/open-timelines.js';
+import type { TimelineRegistry } from './timeline/timeline-registry.js';
+import { formatLsn } from './lsn.js';
+import { PgConnection } from './wire/connection.js';
+import type { AuthConfig } from './wire/startup.js';
+
+/** How long shutdown waits for sessions to end after asking them to, before destroying their sockets. */
+export const SHUTDOWN_GRACE_MS = 5_000;
+
+export interface ServerOptions {
+  readonly dataDir: string;
+  readonly listen: ListenAddress;
+  readonly auth: AuthConfig;
+  readonly backend: IoBackend;
+  readonly maxConnections: number;
+  readonly replicaTimeoutMs: number;
+  readonly log: Logger;
+  /** Hooks for the operations surface (metrics); optional so tests can run a bare server. */
+  readonly hooks?: ServerHooks;
+}
+
+export interface ServerHooks {
+  onStreamEnd?(outcome: StreamOutcome, applicationName: string): void;
+  onCommand?(kind: string): void;
+  onConnectionRefused?(cause: string): void;
+}
+
+export class WalcastServer {
+  readonly timelines: TimelineRegistry;
+  readonly backend: IoBackend;
+  private readonly options: ServerOptions;
+  private readonly listener: Server;
+  private readonly sockets = new Set<Socket>();
+  private readonly sessions = new Set<Promise<void>>();
+  private readonly shutdown = new AbortController();
+  private nextConnId = 1;
+
+  private constructor(options: ServerOptions, timelines: TimelineRegistry) {
+    this.options = options;
+    this.timelines = timelines;
+    this.backend = options.backend;
+    this.listener = createServer({ noDelay: true }, (socket) => this.accept(socket));
+  }
+
+  static async start(options: ServerOptions): Promise<WalcastServer> {
+    assert.ok(options.maxConnections > 0);
+    const timelines = await openTimelines(options.dataDir, options.log);
+    const server = new WalcastServer(options, timelines);
+    await new Promise<void>((resolve, reject) => {
+      server.listener.once('error', reject);
+      server.listener.listen(options.listen.port, options.listen.host, () => {
+        server.listener.off('error', reject);
+        resolve();
+      });
+    });
+    return server;
+  }
+
+  address(): ListenAddress {
+    const address = this.listener.address();
+    assert.ok(address !== null && typeof address === 'object', 'server is listening');
+    return { host: address.address, port: address.port };
+  }
+
+  connectionCount(): number {
+    return this.sockets.size;
+  }
+
+  private accept(socket: Socket): void {
+    const connId = this.nextConnId++;
+    const log = this.options.log.child({ conn: connId, addr: `${socket.remoteAddress}:${socket.remotePort}` });
+    const conn = new PgConnection(socket);
+    if (this.sockets.size >= this.options.maxConnections || this.shutdown.signal.aborted) {
+      this.options.hooks?.onConnectionRefused?.('too_many_connections');
+      void conn.close({ sqlState: '53300', message: 'sorry, too many clients already' });
+      return;
+    }
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+    const session = runSession({
+      conn,
+      connId,
+      timelines: this.timelines,
+      backend: this.backend,
+      auth: this.options.auth,
+      replicaTimeoutMs: this.options.replicaTimeoutMs,
+      shutdownSignal: this.shutdown.signal,
+      log,
+      onCommand: (kind) => this.options.hooks?.onCommand?.(kind),
+      onStreamEnd: (outcome, applicationName) => {
+        log.info(
+          { appname: applicationName, startLsn: formatLsn(outcome.startLsn), endLsn: formatLsn(outcome.endLsn), bytesSent: outcome.bytesSent, how: outcome.how },
+          'stream ended',
+        );
+        this.options.hooks?.onStreamEnd?.(outcome, applicationName);
+      },
+    })
+      .catch((error: unknown) => {
+        // A bug, not a client's doing: log it loudly, drop this connection, keep serving everyone else.
+        log.error({ err: error }, 'session failed');
+        socket.destroy();
+      })
+      .finally(() => this.sessions.delete(session));
+    this.sessions.add(session);
+  }
+
+  /** Stops accepting, asks every session to end, waits a bounded time, then destroys what is left. */
+  async stop(): Promise<void> {
+    if (this.shutdown.signal.aborted) return;
+    this.shutdown.abort();
+    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
+    for (const socket of this.sockets) socket.end();
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS).unref());
+    await Promise.race([Promise.allSettled([...this.sessions]), grace]);
+    for (const socket of this.sockets) socket.destroy();
+    await closed;
+    await this.backend.close();
+  }
+}
