@@ -5,8 +5,13 @@
  * elsewhere are probably the fixture's, not walcast's.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { test } from 'node:test';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
 import { childPids, firstDifference, isProcessAlive, makeStandby, makeTempDir, runReceiveWal, startPrimary } from './support/postgres.js';
 
 const TEST_TIMEOUT_MS = 120_000;
@@ -60,6 +65,16 @@ test('primary + streaming standby + pg_receivewal, and nothing left running afte
   assert.ok(pids.length >= 4);
   const survivors = pids.filter(isProcessAlive);
   assert.deepEqual(survivors, [], 'no postgres process of ours is left');
+});
+
+test('a cluster the test never stops is stopped, and its dir removed, when the process exits', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const fixtureUrl = pathToFileURL(join(dirname(fileURLToPath(import.meta.url)), 'support', 'postgres.ts')).href;
+  const script = `const f = await import(${JSON.stringify(fixtureUrl)}); const p = await f.startPrimary(); console.log(JSON.stringify({ pid: p.pid, dataDir: p.dataDir }));`;
+  const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { timeout: 60_000, env: { ...process.env, WALCAST_KEEP_TMP: '0' } });
+  const started = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { pid: number; dataDir: string };
+  assert.ok(started.pid > 0);
+  assert.equal(isProcessAlive(started.pid), false, 'the exit handler stopped the postmaster');
+  assert.equal(existsSync(started.dataDir), false, 'the exit handler removed the temp dir');
 });
 
 async function waitFor(probe: () => Promise<string>, timeoutMs: number): Promise<string> {
