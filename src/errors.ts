@@ -74,6 +74,7 @@ export const ERROR_CATALOGUE = {
   // Ingest.
   WALCAST_ERR_UPSTREAM: { sqlState: SqlState.internalError, summary: 'the upstream server failed or refused' },
   WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH: { sqlState: SqlState.objectNotInPrerequisiteState, summary: 'the upstream switched PostgreSQL timeline' },
+  WALCAST_ERR_WAL_WRITE: { sqlState: SqlState.internalError, summary: 'writing or syncing received WAL failed' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type WalcastErrorCode = keyof typeof ERROR_CATALOGUE;
