@@ -141,6 +141,7 @@ function runOnce(run, index, total) {
     '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tapFile}`,
     ...run.files,
   ];
+  const startedMs = Date.now();
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, {
       cwd: ROOT,
@@ -162,7 +163,7 @@ function runOnce(run, index, total) {
       const counts = existsSync(tapFile) ? parseTapTrailer(readFileSync(tapFile, 'utf8')) : {};
       if (process.env.WALCAST_KEEP_TMP === '1') console.log(`run-tests: kept ${runDir}`);
       else rmSync(runDir, { recursive: true, force: true, maxRetries: 3 });
-      resolve({ run, code, signal, timedOut, leaked, counts });
+      resolve({ run, code, signal, timedOut, leaked, counts, seconds: Math.round((Date.now() - startedMs) / 1000) });
     });
   });
 }
@@ -194,7 +195,7 @@ async function main() {
     totals.failed += counted.failed;
     totals.skipped += counted.skipped;
     const notes = [counted.crashed ? `CRASHED (exit ${result.code ?? result.signal}${result.timedOut ? ', timed out' : ''})` : '', result.leaked > 0 ? `${result.leaked} leaked process(es)` : ''].filter(Boolean);
-    lines.push(`  ${run.name}: ${counted.passed} passed, ${counted.failed} failed, ${counted.skipped} skipped${notes.length > 0 ? ' — ' + notes.join(', ') : ''}`);
+    lines.push(`  ${run.name}: ${counted.passed} passed, ${counted.failed} failed, ${counted.skipped} skipped (${result.seconds} s)${notes.length > 0 ? ' — ' + notes.join(', ') : ''}`);
     if (process.exitCode === 130) break;
   }
   console.log('\n=== summary ===');
