@@ -1,0 +1,253 @@
+/**
+ * The HTTP operations API against in-process timelines and replicas (no PostgreSQL, no replication socket):
+ * routes, status codes, the Neon-shaped timeline document, auth, and /metrics parsed as Prometheus text.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import parsePrometheusTextFormat, { type ParsedFamily } from 'parse-prometheus-text-format';
+import { silentLogger } from '../log.js';
+import { formatLsn, parseLsnOrThrow } from '../lsn.js';
+import { Timeline } from '../timeline/timeline.js';
+import { TimelineRegistry } from '../timeline/timeline-registry.js';
+import { startHttpApi, type HttpApi } from './http-server.js';
+import { createOperationsMetrics, streamEndingLabel, type OperationsMetrics } from './metrics.js';
+import type { ServerView } from './status-model.js';
+
+const TENANT = '0123456789abcdef0123456789abcdef';
+const TIMELINE = 'fedcba9876543210fedcba9876543210';
+const SEGMENT_BYTES = 16 * 1024 * 1024;
+const COMMIT_LSN = parseLsnOrThrow('0/3000100');
+
+function makeTimeline(): Timeline {
+  return new Timeline(
+    { tenantId: TENANT, timelineId: TIMELINE, dir: '/nonexistent', systemId: 7_400_000_000_000_000_001n, pgVersion: 150018, segmentBytes: SEGMENT_BYTES, pgTimelineId: 1, timelineStartLsn: 0x1000000n },
+    { flushLsn: COMMIT_LSN, commitLsn: COMMIT_LSN },
+  );
+}
+
+function makeView(timelines: TimelineRegistry): ServerView {
+  return {
+    timelines,
+    io: { backend: 'ts', strategy: 'fs-net', reason: 'requested (--io ts / WALCAST_IO=ts)' },
+    startedAt: new Date(Date.now() - 5000),
+    listenAddresses: () => ({ postgres: '127.0.0.1:5454' }),
+    connectionCount: () => 2,
+  };
+}
+
+interface Fixture {
+  timeline: Timeline;
+  metrics: OperationsMetrics;
+  api: HttpApi;
+  base: string;
+}
+
+let fixture: Fixture;
+
+before(async () => {
+  const timelines = new TimelineRegistry();
+  const timeline = makeTimeline();
+  timelines.add(timeline);
+  const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' });
+  metrics.bindTimelines(timelines);
+  const api = await startHttpApi({ listen: { host: '127.0.0.1', port: 0 }, authToken: undefined, view: makeView(timelines), metrics, log: silentLogger() });
+  fixture = { timeline, metrics, api, base: `http://127.0.0.1:${api.address().port}` };
+});
+
+after(async () => {
+  await fixture?.api.close();
+});
+
+async function getJson(path: string, init?: RequestInit): Promise<{ status: number; body: Record<string, unknown> & unknown[] }> {
+  const response = await fetch(fixture.base + path, init);
+  assert.match(response.headers.get('content-type') ?? '', /application\/json/);
+  return { status: response.status, body: (await response.json()) as Record<string, unknown> & unknown[] };
+}
+
+async function scrape(): Promise<Map<string, ParsedFamily>> {
+  const response = await fetch(fixture.base + '/metrics');
+  assert.equal(response.status, 200);
+  assert.match(response.headers.get('content-type') ?? '', /^text\/plain/);
+  const families = parsePrometheusTextFormat(await response.text());
+  return new Map(families.map((family) => [family.name, family]));
+}
+
+function pageserverFeedback(lastReceived: bigint) {
+  return {
+    kind: 'pageserver' as const,
+    currentTimelineSize: 1234n,
+    lastReceivedLsn: lastReceived,
+    diskConsistentLsn: lastReceived - 0x100n,
+    remoteConsistentLsn: lastReceived - 0x200n,
+    replyTimeMicros: 800_000_000_000_000n,
+    shardNumber: 0,
+    corruptionDetected: false,
+  };
+}
+
+describe('HTTP operations API', () => {
+  test('GET /v1/status reports version, uptime, I/O backend and listen addresses', async () => {
+    const { status, body } = await getJson('/v1/status');
+    assert.equal(status, 200);
+    assert.equal(body.version, '0.1.0');
+    assert.ok(typeof body.uptime_seconds === 'number' && body.uptime_seconds >= 5);
+    assert.deepEqual(body.io, { backend: 'ts', strategy: 'fs-net', reason: 'requested (--io ts / WALCAST_IO=ts)' });
+    assert.deepEqual(body.listen, { postgres: '127.0.0.1:5454' });
+    assert.equal(body.timelines, 1);
+  });
+
+  test('GET /v1/timelines lists the timeline', async () => {
+    const { status, body } = await getJson('/v1/timelines');
+    assert.equal(status, 200);
+    assert.equal(body.length, 1);
+    assert.deepEqual(body[0], {
+      tenant_id: TENANT, timeline_id: TIMELINE, pg_timeline_id: 1, timeline_start_lsn: '0/1000000',
+      commit_lsn: '0/3000100', flush_lsn: '0/3000100', replicas: 0, has_writer: false,
+    });
+  });
+
+  test('the timeline document has Neon TimelineStatus fields and one walsender per replica', async () => {
+    const standby = fixture.timeline.replicas.register({ appName: 'stby1', remoteAddress: '127.0.0.1:40001', startLsn: 0x2000000n, startedAt: new Date(), connId: 7 });
+    const pageserver = fixture.timeline.replicas.register({ appName: 'pageserver-1', remoteAddress: '127.0.0.1:40002', startLsn: 0x2000000n, startedAt: new Date(), connId: 8 });
+    try {
+      standby.setSentLsn(COMMIT_LSN);
+      standby.addBytesSent(4096);
+      standby.update({ kind: 'standby_reply', writeLsn: COMMIT_LSN, flushLsn: COMMIT_LSN - 0x100n, applyLsn: COMMIT_LSN - 0x200n, replyTimeMicros: 812_345_678_901_234_567n, replyRequested: false });
+      // Epoch 3, xid 1000: the full transaction id keeps the epoch in the high half and must survive JSON exactly.
+      standby.update({ kind: 'hot_standby', timeMicros: 812_345_678_901_234_568n, xmin: (3n << 32n) | 1000n, catalogXmin: 0n });
+      pageserver.update(pageserverFeedback(COMMIT_LSN - 0x10n));
+      const response = await fetch(`${fixture.base}/v1/tenant/${TENANT}/timeline/${TIMELINE}`);
+      assert.equal(response.status, 200);
+      const text = await response.text();
+      assert.match(text, /"xmin":12884902888[,}]/, 'xmin is a JSON number, not a string');
+      assert.match(text, /"reply_ts":812345678901234567[,}]/, 'a timestamp past 2^53 is written exactly');
+      const body = JSON.parse(text) as { commit_lsn: string; flush_lsn: string; timeline_start_lsn: string; walsenders: Array<Record<string, unknown>> };
+      assert.equal(body.commit_lsn, '0/3000100');
+      assert.equal(body.flush_lsn, '0/3000100');
+      assert.equal(body.timeline_start_lsn, '0/1000000');
+      const byName = new Map(body.walsenders.map((sender) => [sender.appname, sender]));
+      const standbyDoc = byName.get('stby1');
+      assert.ok(standbyDoc !== undefined);
+      assert.deepEqual(standbyDoc.ttid, { tenant_id: TENANT, timeline_id: TIMELINE });
+      assert.equal(standbyDoc.addr, '127.0.0.1:40001');
+      assert.equal(standbyDoc.conn_id, 7);
+      const standbyFeedback = (standbyDoc.feedback as { Standby: { reply: Record<string, unknown>; hs_feedback: Record<string, unknown> } }).Standby;
+      assert.equal(standbyFeedback.reply.flush_lsn, formatLsn(COMMIT_LSN - 0x100n));
+      assert.equal(standbyFeedback.reply.apply_lsn, formatLsn(COMMIT_LSN - 0x200n));
+      assert.equal(standbyDoc.sent_lsn, '0/3000100');
+      assert.equal(standbyDoc.bytes_sent, 4096);
+      assert.equal(standbyDoc.lag_bytes, 0x100);
+      assert.equal(standbyDoc.apply_lag_bytes, 0x200);
+      assert.ok(typeof standbyDoc.last_feedback_age_seconds === 'number');
+      const pageserverDoc = byName.get('pageserver-1');
+      const psFeedback = (pageserverDoc?.feedback as { Pageserver: Record<string, unknown> }).Pageserver;
+      assert.equal(psFeedback.last_received_lsn, formatLsn(COMMIT_LSN - 0x10n));
+      assert.equal(psFeedback.remote_consistent_lsn, formatLsn(COMMIT_LSN - 0x210n));
+      assert.equal(pageserverDoc?.lag_bytes, 0x10);
+    } finally {
+      standby.unregister();
+      pageserver.unregister();
+    }
+    const { body } = await getJson(`/v1/tenant/${TENANT}/timeline/${TIMELINE}`);
+    assert.deepEqual(body.walsenders, [], 'unregistered replicas disappear at once');
+  });
+
+  test('a replica that has not sent feedback yet has null feedback and null lag', async () => {
+    const silent = fixture.timeline.replicas.register({ appName: '', remoteAddress: '127.0.0.1:40003', startLsn: 0x2000000n, startedAt: new Date(), connId: 9 });
+    try {
+      const { body } = await getJson(`/v1/tenant/${TENANT.toUpperCase()}/timeline/${TIMELINE}`);
+      const [sender] = body.walsenders as Array<Record<string, unknown>>;
+      assert.equal(sender?.feedback, null);
+      assert.equal(sender?.appname, null);
+      assert.equal(sender?.lag_bytes, null);
+      assert.equal(sender?.send_lag_bytes, Number(COMMIT_LSN - 0x2000000n));
+    } finally {
+      silent.unregister();
+    }
+  });
+
+  test('unknown timelines are 404, malformed ids 400, unknown routes 404, other methods 405, all JSON', async () => {
+    const unknown = await getJson(`/v1/tenant/${TENANT}/timeline/${'0'.repeat(32)}`);
+    assert.equal(unknown.status, 404);
+    assert.equal(unknown.body.error, 'not_found');
+    assert.match(String(unknown.body.msg), /not served/);
+    assert.equal((await getJson(`/v1/tenant/xyz/timeline/${TIMELINE}`)).status, 400);
+    assert.equal((await getJson(`/v1/tenant/%zz/timeline/${TIMELINE}`)).status, 400);
+    assert.equal((await getJson('/v1/nothing')).status, 404);
+    const post = await getJson('/v1/status', { method: 'POST', body: 'x' });
+    assert.equal(post.status, 405);
+  });
+
+  test('/metrics parses as Prometheus text and follows replicas until their lag is 0', async () => {
+    const replica = fixture.timeline.replicas.register({ appName: 'recv', remoteAddress: '127.0.0.1:40004', startLsn: 0x2000000n, startedAt: new Date(), connId: 11 });
+    fixture.metrics.hooks.onCommand('identify_system');
+    fixture.metrics.hooks.onCommand('start_replication');
+    fixture.metrics.hooks.onConnectionRefused('too_many_connections');
+    try {
+      replica.update({ kind: 'standby_reply', writeLsn: 0x2800000n, flushLsn: 0x2800000n, applyLsn: 0n, replyTimeMicros: 1n, replyRequested: false });
+      let families = await scrape();
+      const lag = families.get('walcast_replica_lag_bytes')?.metrics.find((sample) => sample.labels?.appname === 'recv');
+      assert.equal(Number(lag?.value), Number(COMMIT_LSN - 0x2800000n));
+      assert.equal(families.get('walcast_replica_apply_lag_bytes')?.metrics.length, 0, 'pg_receivewal-style 0/0 apply is not a lag');
+      assert.equal(Number(families.get('walcast_commit_lsn')?.metrics[0]?.value), Number(COMMIT_LSN));
+      assert.equal(families.get('walcast_commit_lsn')?.metrics[0]?.labels?.tenant_id, TENANT);
+      assert.equal(Number(families.get('walcast_wal_readers')?.metrics[0]?.value), 1);
+      assert.equal(Number(families.get('walcast_active_senders')?.metrics[0]?.value), 1);
+      assert.equal(families.get('walcast_pg_queries_received_total')?.type, 'COUNTER');
+      assert.equal(Number(families.get('walcast_pg_queries_received_total')?.metrics.find((sample) => sample.labels?.command === 'start_replication')?.value), 1);
+      assert.equal(Number(families.get('walcast_connection_errors_total')?.metrics.find((sample) => sample.labels?.cause === 'too_many_connections')?.value), 1);
+      assert.ok(families.has('nodejs_eventloop_lag_seconds'), 'event-loop lag is exported');
+      replica.update({ kind: 'standby_reply', writeLsn: COMMIT_LSN, flushLsn: COMMIT_LSN, applyLsn: 0n, replyTimeMicros: 2n, replyRequested: false });
+      families = await scrape();
+      const caughtUp = families.get('walcast_replica_lag_bytes')?.metrics.find((sample) => sample.labels?.appname === 'recv');
+      assert.equal(Number(caughtUp?.value), 0);
+      const feedbacks = families.get('walcast_received_feedbacks_total')?.metrics.find((sample) => sample.labels?.kind === 'standby_reply');
+      assert.ok(Number(feedbacks?.value) >= 2);
+    } finally {
+      replica.unregister();
+    }
+    const families = await scrape();
+    assert.equal(families.get('walcast_replica_lag_bytes')?.metrics.length, 0, 'a gone replica leaves no series');
+    assert.equal(Number(families.get('walcast_wal_readers')?.metrics[0]?.value), 0);
+  });
+
+  test('stream endings become bounded labels; errors are counted by cause', async () => {
+    assert.equal(streamEndingLabel('I/O error: write EPIPE 127.0.0.1:5'), 'io_error');
+    assert.equal(streamEndingLabel('WALCAST_ERR_FEEDBACK_MALFORMED'), 'feedback_malformed');
+    assert.equal(streamEndingLabel('client CopyDone'), 'client_copy_done');
+    assert.equal(streamEndingLabel('anything else'), 'other');
+    fixture.metrics.hooks.onStreamEnd({ how: 'WALCAST_ERR_REPLICA_TIMEOUT', startLsn: 0n, endLsn: 0n, bytesSent: 0, keepConnection: false }, 'x');
+    fixture.metrics.hooks.onStreamEnd({ how: 'client CopyDone', startLsn: 0n, endLsn: 0n, bytesSent: 0, keepConnection: true }, 'x');
+    const families = await scrape();
+    const causes = families.get('walcast_connection_errors_total')?.metrics.map((sample) => sample.labels?.cause);
+    assert.ok(causes?.includes('replica_timeout'));
+    assert.ok(!causes?.includes('client_copy_done'));
+    const ended = families.get('walcast_streams_ended_total')?.metrics.map((sample) => sample.labels?.how);
+    assert.deepEqual(ended?.sort(), ['client_copy_done', 'replica_timeout']);
+  });
+});
+
+describe('HTTP API auth', () => {
+  test('off loopback without a token is refused before binding', async () => {
+    const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' });
+    await assert.rejects(
+      startHttpApi({ listen: { host: '0.0.0.0', port: 0 }, authToken: undefined, view: makeView(new TimelineRegistry()), metrics, log: silentLogger() }),
+      (error: { code?: string; message: string }) => error.code === 'WALCAST_ERR_CONFIG' && /--http-auth-token-file/.test(error.message),
+    );
+  });
+
+  test('with a token, requests need the right bearer token', async () => {
+    const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' });
+    const api = await startHttpApi({ listen: { host: '127.0.0.1', port: 0 }, authToken: 'tok-123', view: makeView(new TimelineRegistry()), metrics, log: silentLogger() });
+    try {
+      const url = `http://127.0.0.1:${api.address().port}/v1/status`;
+      assert.equal((await fetch(url)).status, 401);
+      assert.equal((await fetch(url, { headers: { authorization: 'Bearer tok-12' } })).status, 401);
+      assert.equal((await fetch(url, { headers: { authorization: 'Basic tok-123' } })).status, 401);
+      assert.equal((await fetch(url, { headers: { authorization: 'Bearer tok-123' } })).status, 200);
+      assert.equal((await fetch(url.replace('/v1/status', '/metrics'), { headers: { authorization: 'bearer tok-123' } })).status, 200);
+    } finally {
+      await api.close();
+    }
+  });
+});

@@ -1,0 +1,246 @@
+/**
+ * Prometheus metrics for one server, in a per-server prom-client Registry (never the global one, so several
+ * servers can run in one process, as tests do). Timeline and replica gauges are computed when scraped, from the
+ * timeline and replica registries (prom-client `collect`), so the streaming path pays nothing per message; only
+ * events that leave no state behind (commands, stream endings, refused connections) are counted as they happen,
+ * through the server's hooks.
+ *
+ * Names follow Neon's safekeeper (safekeeper/src/metrics.rs) with `safekeeper_` replaced by `walcast_` where a Neon
+ * metric exists; docs/operations.md lists every metric and its Neon counterpart.
+ */
+import assert from 'node:assert/strict';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import type { ServerHooks } from '../server.js';
+import type { StreamOutcome } from '../replication/start-replication.js';
+import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
+import type { Timeline } from '../timeline/timeline.js';
+import type { TimelineRegistry } from '../timeline/timeline-registry.js';
+import { replicaLag } from './status-model.js';
+
+const TIMELINE_LABELS = ['tenant_id', 'timeline_id'] as const;
+const REPLICA_LABELS = ['tenant_id', 'timeline_id', 'appname', 'conn_id'] as const;
+/** Command kinds the replication command parser produces; anything else is counted as "other" (bounded labels). */
+const COMMAND_KINDS = new Set([
+  'identify_system', 'show', 'timeline_status', 'read_replication_slot', 'timeline_history', 'start_replication',
+  'set', 'empty', 'create_replication_slot', 'drop_replication_slot', 'unsupported', 'sql', 'invalid',
+]);
+/** Stream endings that are the replica's or the server's ordinary business, not errors. */
+const ORDINARY_ENDINGS = new Set(['caught_up', 'recovery_finished', 'client_copy_done', 'client_terminate', 'client_disconnected', 'server_shutdown']);
+/** Longest label value derived from an error code; codes are short, this only guards the label set. */
+const CAUSE_LABEL_MAX_CHARS = 64;
+const MS_PER_SECOND = 1000;
+
+export interface OperationsMetrics {
+  readonly registry: Registry;
+  /** Pass to WalcastServer.start({ hooks }). */
+  readonly hooks: Required<ServerHooks>;
+  /** Connects the scrape-time gauges to the server's timelines (the server exists only after start()). */
+  bindTimelines(timelines: TimelineRegistry): void;
+  /** The Prometheus text exposition, and its content type. */
+  render(): Promise<{ contentType: string; body: string }>;
+}
+
+export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string }): OperationsMetrics {
+  const registry = new Registry();
+  let timelines: TimelineRegistry | undefined;
+  const eachTimeline = (visit: (timeline: Timeline) => void): void => {
+    for (const timeline of timelines?.list() ?? []) visit(timeline);
+  };
+  registerTimelineGauges(registry, eachTimeline);
+  registerReplicaGauges(registry, eachTimeline);
+  registerTotals(registry, eachTimeline, io);
+  const events = registerEventCounters(registry);
+  // Process metrics, including nodejs_eventloop_lag_seconds: a stalled event loop stalls every replica at once.
+  collectDefaultMetrics({ register: registry });
+  return {
+    registry,
+    hooks: events,
+    bindTimelines(registryOfTimelines) {
+      assert.ok(timelines === undefined, 'metrics are bound to one server');
+      timelines = registryOfTimelines;
+    },
+    async render() {
+      return { contentType: registry.contentType, body: await registry.metrics() };
+    },
+  };
+}
+
+type EachTimeline = (visit: (timeline: Timeline) => void) => void;
+
+function timelineLabels(timeline: Timeline): Record<(typeof TIMELINE_LABELS)[number], string> {
+  return { tenant_id: timeline.tenantId, timeline_id: timeline.timelineId };
+}
+
+/** A gauge recomputed from scratch at every scrape, so timelines and replicas that went away leave no series. */
+function scrapeGauge<L extends string>(registry: Registry, name: string, help: string, labelNames: readonly L[], fill: (gauge: Gauge<L>) => void): void {
+  new Gauge<L>({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      this.reset();
+      fill(this);
+    },
+  });
+}
+
+function registerTimelineGauges(registry: Registry, eachTimeline: EachTimeline): void {
+  const lsnGauge = (name: string, help: string, read: (timeline: Timeline) => bigint | undefined): void =>
+    scrapeGauge(registry, name, help, TIMELINE_LABELS, (gauge) =>
+      eachTimeline((timeline) => {
+        const lsn = read(timeline);
+        // LSNs are exported as doubles, like Neon's; they stay exact up to 8 PiB of WAL.
+        if (lsn !== undefined) gauge.set(timelineLabels(timeline), Number(lsn));
+      }),
+    );
+  lsnGauge('walcast_commit_lsn', 'Committed WAL end of the timeline (safekeeper_commit_lsn).', (timeline) => timeline.commitLsn.get());
+  lsnGauge('walcast_flush_lsn', 'Durably stored WAL end of the timeline (safekeeper_flush_lsn).', (timeline) => timeline.flushLsn.get());
+  lsnGauge('walcast_timeline_start_lsn', 'First WAL byte the timeline holds.', (timeline) => timeline.timelineStartLsn);
+  lsnGauge('walcast_remote_consistent_lsn', 'Highest remote_consistent_lsn a pageserver reported (safekeeper_remote_consistent_lsn).', (timeline) =>
+    timeline.replicas.aggregates().remoteConsistentLsn,
+  );
+  lsnGauge('walcast_ps_last_received_lsn', 'Lowest last_received_lsn over connected pageservers (safekeeper_ps_last_received_lsn).', (timeline) =>
+    timeline.replicas.aggregates().pageserverLaggardLsn,
+  );
+  scrapeGauge(registry, 'walcast_wal_readers', 'Replicas streaming the timeline now (safekeeper_wal_readers).', TIMELINE_LABELS, (gauge) =>
+    eachTimeline((timeline) => gauge.set(timelineLabels(timeline), timeline.replicas.count())),
+  );
+}
+
+function registerReplicaGauges(registry: Registry, eachTimeline: EachTimeline): void {
+  const perReplica = (name: string, help: string, value: (timeline: Timeline, commitLsn: bigint) => (replica: ReplicaSnapshot) => number | undefined): void =>
+    scrapeGauge(registry, name, help, REPLICA_LABELS, (gauge) =>
+      eachTimeline((timeline) => {
+        const read = value(timeline, timeline.commitLsn.get());
+        for (const replica of timeline.replicas.snapshot()) {
+          const sample = read(replica);
+          if (sample !== undefined) gauge.set({ ...timelineLabels(timeline), appname: replica.appName, conn_id: String(replica.connId) }, sample);
+        }
+      }),
+    );
+  perReplica('walcast_replica_lag_bytes', 'Commit LSN minus what the replica confirmed: pageserver last_received_lsn, else standby flush LSN.', (_timeline, commitLsn) => (replica) =>
+    replicaLag(replica, commitLsn).confirmedBytes,
+  );
+  perReplica('walcast_replica_apply_lag_bytes', 'Commit LSN minus the standby apply LSN (standbys that report one).', (_timeline, commitLsn) => (replica) =>
+    replicaLag(replica, commitLsn).applyBytes,
+  );
+  perReplica('walcast_replica_send_lag_bytes', 'Commit LSN minus what walcast has sent to the replica.', (_timeline, commitLsn) => (replica) =>
+    replicaLag(replica, commitLsn).sentBytes,
+  );
+  perReplica('walcast_replica_sent_lsn', 'WAL position walcast has sent the replica up to.', () => (replica) => Number(replica.sentLsn));
+  perReplica('walcast_replica_bytes_sent', 'Bytes sent to the replica on this stream.', () => (replica) => replica.bytesSent);
+  perReplica('walcast_replica_feedback_age_seconds', 'Seconds since the replica last sent feedback (safekeeper_feedback_last_time_seconds, as an age).', () => (replica) =>
+    replica.lastFeedbackAt === undefined ? undefined : Math.max(0, (Date.now() - replica.lastFeedbackAt.getTime()) / MS_PER_SECOND),
+  );
+}
+
+/** Totals over all timelines: counters that only ever grow, read from the registries at scrape time. */
+function registerTotals(registry: Registry, eachTimeline: EachTimeline, io: { readonly backend: string; readonly strategy: string }): void {
+  new Counter({
+    name: 'walcast_received_ps_feedbacks_total',
+    help: "Pageserver ('z') feedback messages received (safekeeper_received_ps_feedbacks_total).",
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachTimeline((timeline) => this.inc(timeline.replicas.feedbackTotals.pageserver));
+    },
+  });
+  new Counter({
+    name: 'walcast_received_feedbacks_total',
+    help: "Feedback messages received, by kind: standby_reply ('r'), hot_standby ('h'), pageserver ('z').",
+    labelNames: [...TIMELINE_LABELS, 'kind'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachTimeline((timeline) => {
+        const totals = timeline.replicas.feedbackTotals;
+        this.inc({ ...timelineLabels(timeline), kind: 'standby_reply' }, totals.standbyReply);
+        this.inc({ ...timelineLabels(timeline), kind: 'hot_standby' }, totals.hotStandby);
+        this.inc({ ...timelineLabels(timeline), kind: 'pageserver' }, totals.pageserver);
+      });
+    },
+  });
+  new Counter({
+    name: 'walcast_wal_bytes_sent_total',
+    help: 'WAL stream bytes sent to replicas, by I/O backend and strategy.',
+    labelNames: ['backend', 'strategy'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      let bytes = 0;
+      eachTimeline((timeline) => (bytes += timeline.replicas.bytesSentTotal));
+      this.inc({ backend: io.backend, strategy: io.strategy }, bytes);
+    },
+  });
+  new Gauge({
+    name: 'walcast_active_senders',
+    help: 'Replication streams running now, over all timelines.',
+    registers: [registry],
+    collect() {
+      let count = 0;
+      eachTimeline((timeline) => (count += timeline.replicas.count()));
+      this.set(count);
+    },
+  });
+}
+
+/** Counters fed by server hooks. */
+function registerEventCounters(registry: Registry): Required<ServerHooks> {
+  const queries = new Counter({
+    name: 'walcast_pg_queries_received_total',
+    help: 'Replication protocol queries received, by command (safekeeper_pg_queries_received_total).',
+    labelNames: ['command'],
+    registers: [registry],
+  });
+  const streamsEnded = new Counter({
+    name: 'walcast_streams_ended_total',
+    help: 'Replication streams that ended, by how they ended.',
+    labelNames: ['how'],
+    registers: [registry],
+  });
+  const connectionErrors = new Counter({
+    name: 'walcast_connection_errors_total',
+    help: 'Connections refused or streams ended by an error, by cause.',
+    labelNames: ['cause'],
+    registers: [registry],
+  });
+  return {
+    onCommand(kind: string) {
+      queries.inc({ command: COMMAND_KINDS.has(kind) ? kind : 'other' });
+    },
+    onStreamEnd(outcome: StreamOutcome) {
+      const how = streamEndingLabel(outcome.how);
+      streamsEnded.inc({ how });
+      if (!ORDINARY_ENDINGS.has(how)) connectionErrors.inc({ cause: how });
+    },
+    onConnectionRefused(cause: string) {
+      connectionErrors.inc({ cause: boundedLabel(cause) });
+    },
+  };
+}
+
+/**
+ * Turns StreamOutcome.how (free text from the replication layer) into a bounded label: known phrases become
+ * snake_case, WALCAST_ERR_* codes lose their prefix, I/O errors (whose text carries addresses) collapse to one.
+ */
+export function streamEndingLabel(how: string): string {
+  if (how.startsWith('I/O error')) return 'io_error';
+  if (how.startsWith('WALCAST_ERR_')) return boundedLabel(how.slice('WALCAST_ERR_'.length));
+  const known: Record<string, string> = {
+    caught_up: 'caught_up',
+    recovery_finished: 'recovery_finished',
+    'client CopyDone': 'client_copy_done',
+    'client CopyFail': 'client_copy_fail',
+    'client terminate': 'client_terminate',
+    'client disconnected': 'client_disconnected',
+    'server shutdown': 'server_shutdown',
+    'invalid timeline': 'invalid_timeline',
+  };
+  return known[how] ?? 'other';
+}
+
+function boundedLabel(text: string): string {
+  const label = text.toLowerCase().replace(/[^a-z0-9_]+/g, '_').slice(0, CAUSE_LABEL_MAX_CHARS);
+  return label === '' ? 'other' : label;
+}

@@ -1,0 +1,189 @@
+/**
+ * The documents the HTTP API serves, built from live server state: server status, the timeline list, and one
+ * timeline's status in the shape of Neon's safekeeper TimelineStatus (safekeeper/src/http/routes.rs,
+ * send_wal.rs WalSenderState) plus what Neon lacks (per replica sent LSN, lag, bytes sent, start time).
+ *
+ * Pure: it reads registries and returns plain objects (LSNs as "X/Y" strings, 64-bit ids as bigint, which
+ * json.ts writes as exact numbers). The HTTP layer decides routes and status codes; this decides content.
+ */
+import assert from 'node:assert/strict';
+import { formatLsn, type Lsn } from '../lsn.js';
+import type { HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../replication/feedback.js';
+import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
+import type { Timeline } from '../timeline/timeline.js';
+import type { TimelineRegistry } from '../timeline/timeline-registry.js';
+import { PG_SERVER_VERSION, WALCAST_VERSION } from '../version.js';
+
+/** Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC): replytime is µs since the latter. */
+const PG_EPOCH_OFFSET_MICROS = 946_684_800_000_000n;
+const MICROS_PER_SECOND = 1_000_000n;
+const NANOS_PER_MICRO = 1000n;
+const MS_PER_SECOND = 1000;
+
+/** What the API reads from a running server; WalcastServer plus what only `serve` knows (the I/O choice). */
+export interface ServerView {
+  readonly timelines: TimelineRegistry;
+  readonly io: { readonly backend: string; readonly strategy: string; readonly reason: string };
+  readonly startedAt: Date;
+  /** "host:port" per protocol, e.g. { postgres: "127.0.0.1:5454", http: "127.0.0.1:7676" }. */
+  listenAddresses(): Record<string, string>;
+  connectionCount(): number;
+}
+
+export function serverStatus(view: ServerView, now: Date): Record<string, unknown> {
+  return {
+    version: WALCAST_VERSION,
+    pg_server_version: PG_SERVER_VERSION,
+    started_at: view.startedAt.toISOString(),
+    uptime_seconds: Math.max(0, (now.getTime() - view.startedAt.getTime()) / MS_PER_SECOND),
+    io: { backend: view.io.backend, strategy: view.io.strategy, reason: view.io.reason },
+    listen: view.listenAddresses(),
+    connections: view.connectionCount(),
+    timelines: view.timelines.list().length,
+  };
+}
+
+/** One line per timeline, enough for a list and for `walcast status` to pick what to fetch. */
+export function timelineSummary(timeline: Timeline): Record<string, unknown> {
+  return {
+    tenant_id: timeline.tenantId,
+    timeline_id: timeline.timelineId,
+    pg_timeline_id: timeline.pgTimelineId,
+    timeline_start_lsn: formatLsn(timeline.timelineStartLsn),
+    commit_lsn: formatLsn(timeline.commitLsn.get()),
+    flush_lsn: formatLsn(timeline.flushLsn.get()),
+    replicas: timeline.replicas.count(),
+    has_writer: timeline.hasWriter(),
+  };
+}
+
+/** Neon's TimelineStatus fields that apply to walcast, then walcast's own. */
+export function timelineStatus(timeline: Timeline, now: Date): Record<string, unknown> {
+  const commitLsn = timeline.commitLsn.get();
+  const aggregates = timeline.replicas.aggregates();
+  return {
+    tenant_id: timeline.tenantId,
+    timeline_id: timeline.timelineId,
+    pg_info: { pg_version: timeline.pgVersion, system_id: timeline.systemId, wal_seg_size: timeline.segmentBytes },
+    flush_lsn: formatLsn(timeline.flushLsn.get()),
+    timeline_start_lsn: formatLsn(timeline.timelineStartLsn),
+    local_start_lsn: formatLsn(timeline.timelineStartLsn),
+    commit_lsn: formatLsn(commitLsn),
+    remote_consistent_lsn: formatLsn(aggregates.remoteConsistentLsn ?? 0n),
+    walsenders: timeline.replicas.snapshot().map((replica) => walsenderStatus(timeline, replica, commitLsn, now)),
+    walreceivers: [],
+    // walcast's additions.
+    pg_timeline_id: timeline.pgTimelineId,
+    has_writer: timeline.hasWriter(),
+    aggregates: {
+      hot_standby_xmin: aggregates.hotStandbyXmin ?? null,
+      hot_standby_catalog_xmin: aggregates.hotStandbyCatalogXmin ?? null,
+      standby_write_lsn: optionalLsn(aggregates.standbyWriteLsn),
+      standby_flush_lsn: optionalLsn(aggregates.standbyFlushLsn),
+      standby_apply_lsn: optionalLsn(aggregates.standbyApplyLsn),
+      pageserver_laggard_lsn: optionalLsn(aggregates.pageserverLaggardLsn),
+    },
+  };
+}
+
+/** Neon's WalSenderState (ttid, addr, conn_id, appname, feedback) plus walcast's per replica progress. */
+export function walsenderStatus(timeline: Timeline, replica: ReplicaSnapshot, commitLsn: Lsn, now: Date): Record<string, unknown> {
+  const lag = replicaLag(replica, commitLsn);
+  return {
+    ttid: { tenant_id: timeline.tenantId, timeline_id: timeline.timelineId },
+    addr: replica.remoteAddress,
+    conn_id: replica.connId,
+    appname: replica.appName === '' ? null : replica.appName,
+    feedback: feedbackDocument(replica),
+    replica_id: replica.replicaId,
+    started_at: replica.startedAt.toISOString(),
+    start_lsn: formatLsn(replica.startLsn),
+    sent_lsn: formatLsn(replica.sentLsn),
+    bytes_sent: replica.bytesSent,
+    lag_bytes: lag.confirmedBytes ?? null,
+    apply_lag_bytes: lag.applyBytes ?? null,
+    send_lag_bytes: lag.sentBytes,
+    last_feedback_at: replica.lastFeedbackAt?.toISOString() ?? null,
+    last_feedback_age_seconds: replica.lastFeedbackAt === undefined ? null : Math.max(0, (now.getTime() - replica.lastFeedbackAt.getTime()) / MS_PER_SECOND),
+    feedback_counts: {
+      standby_reply: replica.feedbackCounts.standbyReply,
+      hot_standby: replica.feedbackCounts.hotStandby,
+      pageserver: replica.feedbackCounts.pageserver,
+    },
+  };
+}
+
+export interface ReplicaLag {
+  /** Commit LSN minus what the replica confirmed (pageserver last_received, else standby flush); undefined: no report. */
+  readonly confirmedBytes: number | undefined;
+  /** Commit LSN minus the standby's apply LSN; undefined when it reports none (pg_receivewal sends 0/0). */
+  readonly applyBytes: number | undefined;
+  /** Commit LSN minus what walcast has sent: the part of the lag that is walcast's, not the replica's. */
+  readonly sentBytes: number;
+}
+
+export function replicaLag(replica: ReplicaSnapshot, commitLsn: Lsn): ReplicaLag {
+  const confirmedLsn = replica.pageserver?.lastReceivedLsn ?? replica.standbyReply?.flushLsn;
+  const applyLsn = replica.standbyReply?.applyLsn;
+  return {
+    confirmedBytes: confirmedLsn === undefined ? undefined : bytesBehind(commitLsn, confirmedLsn),
+    applyBytes: applyLsn === undefined || applyLsn === 0n ? undefined : bytesBehind(commitLsn, applyLsn),
+    sentBytes: bytesBehind(commitLsn, replica.sentLsn),
+  };
+}
+
+/** A replica can report a position past our commit LSN (its own WAL, or a test client): that is no lag. */
+export function bytesBehind(commitLsn: Lsn, position: Lsn): number {
+  const behind = commitLsn > position ? commitLsn - position : 0n;
+  assert.ok(behind <= BigInt(Number.MAX_SAFE_INTEGER));
+  return Number(behind);
+}
+
+/**
+ * Neon's ReplicationFeedback enum as serde writes it: {"Pageserver":{…}} or {"Standby":{"reply":…,"hs_feedback":…}}.
+ * Neon starts every walsender as an empty Pageserver; walcast says null until the replica reported anything, so a
+ * standby that has not spoken yet is not shown as a pageserver.
+ */
+export function feedbackDocument(replica: ReplicaSnapshot): Record<string, unknown> | null {
+  if (replica.pageserver !== undefined) return { Pageserver: pageserverDocument(replica.pageserver) };
+  if (replica.standbyReply === undefined && replica.hotStandby === undefined) return null;
+  return { Standby: { reply: standbyReplyDocument(replica.standbyReply), hs_feedback: hotStandbyDocument(replica.hotStandby) } };
+}
+
+function pageserverDocument(feedback: PageserverFeedback): Record<string, unknown> {
+  return {
+    current_timeline_size: feedback.currentTimelineSize,
+    last_received_lsn: formatLsn(feedback.lastReceivedLsn),
+    disk_consistent_lsn: formatLsn(feedback.diskConsistentLsn),
+    remote_consistent_lsn: formatLsn(feedback.remoteConsistentLsn),
+    replytime: systemTimeDocument(feedback.replyTimeMicros),
+    shard_number: feedback.shardNumber,
+    corruption_detected: feedback.corruptionDetected,
+  };
+}
+
+/** Neon's empty StandbyReply / HotStandbyFeedback stand in for the half a standby has not sent yet. */
+function standbyReplyDocument(reply: StandbyReply | undefined): Record<string, unknown> {
+  return {
+    write_lsn: formatLsn(reply?.writeLsn ?? 0n),
+    flush_lsn: formatLsn(reply?.flushLsn ?? 0n),
+    apply_lsn: formatLsn(reply?.applyLsn ?? 0n),
+    reply_ts: reply?.replyTimeMicros ?? 0n,
+    reply_requested: reply?.replyRequested ?? false,
+  };
+}
+
+function hotStandbyDocument(feedback: HotStandbyFeedback | undefined): Record<string, unknown> {
+  return { ts: feedback?.timeMicros ?? 0n, xmin: feedback?.xmin ?? 0n, catalog_xmin: feedback?.catalogXmin ?? 0n };
+}
+
+/** serde's SystemTime: seconds and nanoseconds since the Unix epoch (Neon's PageserverFeedback.replytime). */
+function systemTimeDocument(pgMicros: bigint): Record<string, bigint> {
+  const unixMicros = pgMicros + PG_EPOCH_OFFSET_MICROS;
+  const clamped = unixMicros < 0n ? 0n : unixMicros;
+  return { secs_since_epoch: clamped / MICROS_PER_SECOND, nanos_since_epoch: (clamped % MICROS_PER_SECOND) * NANOS_PER_MICRO };
+}
+
+function optionalLsn(lsn: Lsn | undefined): string | null {
+  return lsn === undefined ? null : formatLsn(lsn);
+}
