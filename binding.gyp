@@ -1,3 +1,43 @@
+# Builds the native I/O addon (native/): sendfile / writev / io_uring sends and io_uring prefetch reads for walcast.
+# Built offline by scripts/build-native.mjs (node-gyp --nodedir=/usr); a failed build leaves walcast on its TS backend.
 {
-  "targets": []
+  "targets": [
+    {
+      "target_name": "walcast_native",
+      "conditions": [
+        ["OS=='linux'", {
+          "sources": [
+            "native/addon.cc",
+            "native/native-errors.cc",
+            "native/file-maps.cc",
+            "native/io-engine.cc"
+          ],
+          "libraries": ["-luring"]
+        }]
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_DISABLE_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED"
+      ],
+      "cflags_cc!": ["-std=gnu++17"],
+      "cflags_cc": [
+        "-std=c++17",
+        "-isystem", "<!(node -p \"require('path').resolve(require('node-addon-api').include_dir)\")",
+        "-fvisibility=hidden",
+        "-Wall",
+        "-Wextra",
+        "-Wshadow",
+        "-Wformat=2",
+        "-Wnon-virtual-dtor",
+        "-Wold-style-cast",
+        "-Wnull-dereference",
+        "-Wimplicit-fallthrough"
+      ],
+      "configurations": {
+        "Debug": { "cflags_cc": ["-O1", "-g"] },
+        "Release": { "cflags_cc": ["-O2"] }
+      }
+    }
+  ]
 }

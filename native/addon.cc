@@ -1,0 +1,379 @@
+// Owns the JavaScript surface of the addon: argument checks (REQUIRE_* macros, style anchor 12), the Engine
+// class wrapping io-engine.h, event delivery back to JavaScript, and a self-test used by probeNative().
+// Every protocol byte is built in TypeScript; this file only moves the bytes it is given.
+#include <napi.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "io-engine.h"
+#include "native-errors.h"
+
+namespace walcast {
+
+namespace {
+
+// Uniform argument checks: TypeScript validated already; these keep a wrong call from reaching a syscall.
+#define REQUIRE_ARGUMENT_COUNT(info, count)                                                        \
+  if ((info).Length() < (count)) {                                                                 \
+    Napi::TypeError::New((info).Env(), "expected " #count " arguments").ThrowAsJavaScriptException(); \
+    return (info).Env().Undefined();                                                               \
+  }
+
+#define REQUIRE_ARGUMENT_INTEGER(info, index, name, target, minimum, maximum)                           \
+  if (!(info)[index].IsNumber()) {                                                                      \
+    Napi::TypeError::New((info).Env(), name " must be a number").ThrowAsJavaScriptException();          \
+    return (info).Env().Undefined();                                                                    \
+  }                                                                                                     \
+  {                                                                                                     \
+    const double value_ = (info)[index].As<Napi::Number>().DoubleValue();                              \
+    if (!(value_ >= static_cast<double>(minimum) && value_ <= static_cast<double>(maximum)) ||          \
+        value_ != static_cast<double>(static_cast<int64_t>(value_))) {                                  \
+      Napi::RangeError::New((info).Env(), name " is out of range").ThrowAsJavaScriptException();        \
+      return (info).Env().Undefined();                                                                  \
+    }                                                                                                   \
+    target = static_cast<decltype(target)>(value_);                                                     \
+  }
+
+#define REQUIRE_ARGUMENT_BUFFER(info, index, name, target, maximum_bytes)                                \
+  if (!(info)[index].IsBuffer()) {                                                                       \
+    Napi::TypeError::New((info).Env(), name " must be a Buffer").ThrowAsJavaScriptException();           \
+    return (info).Env().Undefined();                                                                     \
+  }                                                                                                      \
+  target = (info)[index].As<Napi::Buffer<uint8_t>>();                                                    \
+  if (target.Length() == 0 || target.Length() > (maximum_bytes)) {                                       \
+    Napi::RangeError::New((info).Env(), name " has a bad length").ThrowAsJavaScriptException();          \
+    return (info).Env().Undefined();                                                                     \
+  }
+
+#define REQUIRE_ARGUMENT_FUNCTION(info, index, name, target)                                            \
+  if (!(info)[index].IsFunction()) {                                                                    \
+    Napi::TypeError::New((info).Env(), name " must be a function").ThrowAsJavaScriptException();        \
+    return (info).Env().Undefined();                                                                    \
+  }                                                                                                     \
+  target = (info)[index].As<Napi::Function>();
+
+// JS numbers hold stream ids and offsets exactly up to 2^53.
+constexpr int64_t kSafeIntegerMax = (int64_t{1} << 53) - 1;
+constexpr int kFdMax = 1 << 30;
+// The self-test sends this many bytes through each path.
+constexpr size_t kSelfTestBytes = 64 * 1024;
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Engine",
+                       {InstanceMethod<&EngineWrap::OpenStream>("openStream"),
+                        InstanceMethod<&EngineWrap::SendChunk>("sendChunk"),
+                        InstanceMethod<&EngineWrap::SendMessage>("sendMessage"),
+                        InstanceMethod<&EngineWrap::Flush>("flush"),
+                        InstanceMethod<&EngineWrap::CloseStream>("closeStream"),
+                        InstanceMethod<&EngineWrap::BytesSent>("bytesSent"),
+                        InstanceMethod<&EngineWrap::Prefetch>("prefetch"),
+                        InstanceMethod<&EngineWrap::Stats>("stats"),
+                        InstanceMethod<&EngineWrap::Close>("close")});
+  }
+
+  // new Engine(strategy: 0 | 1 | 2, onEvent: (kind, id, error?) => void)
+  explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) { Construct(info); }
+
+ private:
+  Napi::Value Construct(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 2);
+    int strategy = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 0, "strategy", strategy, 0, 2);
+    Napi::Function on_event;
+    REQUIRE_ARGUMENT_FUNCTION(info, 1, "onEvent", on_event);
+    Napi::Env env = info.Env();
+    on_event_ = Napi::Persistent(on_event);
+    async_context_ = std::make_unique<Napi::AsyncContext>(env, "walcast_native_io");
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+      Napi::Error::New(env, "no libuv loop").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Failure failure;
+    engine_ = Engine::Create(static_cast<Strategy>(strategy), loop,
+                             [this](std::vector<Event>& events) { Deliver(events); }, &failure);
+    if (!engine_) ThrowNativeError(env, failure);
+    return env.Undefined();
+  }
+
+  bool RequireOpen(Napi::Env env) {
+    if (engine_) return true;
+    Napi::Error::New(env, "the native engine is closed").ThrowAsJavaScriptException();
+    return false;
+  }
+
+  // openStream(fd) -> stream id
+  Napi::Value OpenStream(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 1);
+    int fd = -1;
+    REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
+    if (!RequireOpen(info.Env())) return info.Env().Undefined();
+    Failure failure;
+    const uint64_t id = engine_->OpenStream(fd, &failure);
+    if (id == 0) {
+      ThrowNativeError(info.Env(), failure);
+      return info.Env().Undefined();
+    }
+    return Napi::Number::New(info.Env(), static_cast<double>(id));
+  }
+
+  // sendChunk(id, header, fd, offset, count) -> 0 sent | 1 queued | 2 queued, wait for a space event
+  Napi::Value SendChunk(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 5);
+    uint64_t id = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
+    Napi::Buffer<uint8_t> header;
+    REQUIRE_ARGUMENT_BUFFER(info, 1, "header", header, kHeaderBytesMax);
+    int fd = -1;
+    REQUIRE_ARGUMENT_INTEGER(info, 2, "fd", fd, 0, kFdMax);
+    uint64_t offset = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 3, "offset", offset, 0, kSafeIntegerMax);
+    size_t count = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 4, "count", count, 1, kPayloadBytesMax);
+    if (!RequireOpen(info.Env())) return info.Env().Undefined();
+    Failure failure;
+    int status = engine_->SendChunk(id, header.Data(), header.Length(), fd, offset, count, &failure);
+    return StatusOrThrow(info.Env(), status, failure);
+  }
+
+  // sendMessage(id, bytes) -> status as sendChunk
+  Napi::Value SendMessage(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 2);
+    uint64_t id = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
+    Napi::Buffer<uint8_t> bytes;
+    REQUIRE_ARGUMENT_BUFFER(info, 1, "bytes", bytes, kMessageBytesMax);
+    if (!RequireOpen(info.Env())) return info.Env().Undefined();
+    Failure failure;
+    int status = engine_->SendMessage(id, bytes.Data(), bytes.Length(), &failure);
+    return StatusOrThrow(info.Env(), status, failure);
+  }
+
+  Napi::Value StatusOrThrow(Napi::Env env, int status, const Failure& failure) {
+    if (status == kSendFailed) {
+      ThrowNativeError(env, failure);
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, status);
+  }
+
+  // flush(id) -> true when nothing is queued; else a drained (or failed) event follows
+  Napi::Value Flush(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 1);
+    uint64_t id = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
+    if (!engine_) return Napi::Boolean::New(info.Env(), true);
+    return Napi::Boolean::New(info.Env(), engine_->Flush(id));
+  }
+
+  Napi::Value CloseStream(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 1);
+    uint64_t id = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
+    if (engine_) engine_->CloseStream(id);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value BytesSent(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 1);
+    uint64_t id = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
+    return Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->BytesSent(id)) : 0.0);
+  }
+
+  // prefetch(fd, offset, count, token) -> true when cached now; else a prefetched event with token follows
+  Napi::Value Prefetch(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 4);
+    int fd = -1;
+    REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
+    uint64_t offset = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 1, "offset", offset, 0, kSafeIntegerMax);
+    size_t count = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 2, "count", count, 1, kPrefetchBytesMax);
+    uint64_t token = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 3, "token", token, 1, kSafeIntegerMax);
+    if (!RequireOpen(info.Env())) return info.Env().Undefined();
+    Failure failure;
+    int status = engine_->Prefetch(fd, offset, count, token, &failure);
+    if (status < 0) {
+      ThrowNativeError(info.Env(), failure);
+      return info.Env().Undefined();
+    }
+    return Napi::Boolean::New(info.Env(), status == 1);
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Object stats = Napi::Object::New(info.Env());
+    stats.Set("streams", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->stream_count()) : 0));
+    stats.Set("mappedFiles", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->mapped_file_count()) : 0));
+    stats.Set("ring", Napi::Boolean::New(info.Env(), engine_ && engine_->ring_ready()));
+    return stats;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (engine_) engine_->Close();
+    engine_.reset();
+    return info.Env().Undefined();
+  }
+
+  // Runs on the JS thread from the uv_poll / uv_idle callbacks, after the engine finished its turn.
+  void Deliver(std::vector<Event>& events) {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    for (const Event& event : events) {
+      if (!engine_) return;  // closed by an earlier callback of this batch
+      Napi::Value error = env.Undefined();
+      if (event.kind == EventKind::kFailed) error = MakeNativeError(env, event.failure);
+      if (error.IsEmpty()) error = env.Undefined();
+      on_event_.MakeCallback(Value(), {Napi::Number::New(env, static_cast<int>(event.kind)),
+                                       Napi::Number::New(env, static_cast<double>(event.id)), error},
+                             *async_context_);
+      if (env.IsExceptionPending()) {
+        // Nobody above us could catch it: report it as Node reports any uncaught exception.
+        Napi::Error uncaught = env.GetAndClearPendingException();
+        napi_fatal_exception(env, uncaught.Value());
+      }
+    }
+  }
+
+  std::unique_ptr<Engine> engine_;
+  Napi::FunctionReference on_event_;
+  std::unique_ptr<Napi::AsyncContext> async_context_;
+};
+
+// Sends a header + kSelfTestBytes from a memfd over a socketpair with sendfile and with sendmsg, reads it back.
+bool SelfTestPath(bool use_sendfile, Failure* failure) {
+  int sockets[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sockets) != 0) {
+    *failure = {errno, "socketpair"};
+    return false;
+  }
+  UniqueFd sender(sockets[0]);
+  UniqueFd receiver(sockets[1]);
+  UniqueFd file(memfd_create("walcast-self-test", MFD_CLOEXEC));
+  if (file.get() < 0) {
+    *failure = {errno, "memfd_create"};
+    return false;
+  }
+  std::vector<uint8_t> expected(kSelfTestBytes);
+  for (size_t index = 0; index < expected.size(); index++) expected[index] = static_cast<uint8_t>(index * 7 + 3);
+  if (write(file.get(), expected.data(), expected.size()) != static_cast<ssize_t>(expected.size())) {
+    *failure = {errno, "write"};
+    return false;
+  }
+  ssize_t sent = 0;
+  if (use_sendfile) {
+    off_t offset = 0;
+    sent = sendfile(sender.get(), file.get(), &offset, expected.size());
+  } else {
+    void* base = mmap(nullptr, expected.size(), PROT_READ, MAP_SHARED, file.get(), 0);
+    if (base == MAP_FAILED) {
+      *failure = {errno, "mmap"};
+      return false;
+    }
+    struct iovec iov = {base, expected.size()};
+    struct msghdr message {};
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    sent = sendmsg(sender.get(), &message, MSG_NOSIGNAL);
+    munmap(base, expected.size());
+  }
+  if (sent != static_cast<ssize_t>(expected.size())) {
+    *failure = {sent < 0 ? errno : EIO, use_sendfile ? "sendfile" : "sendmsg"};
+    return false;
+  }
+  std::vector<uint8_t> received(expected.size());
+  size_t got = 0;
+  while (got < received.size()) {
+    ssize_t count = read(receiver.get(), received.data() + got, received.size() - got);
+    if (count <= 0) {
+      *failure = {count < 0 ? errno : EIO, "read"};
+      return false;
+    }
+    got += static_cast<size_t>(count);
+  }
+  if (received != expected) {
+    *failure = {EIO, "self-test compare"};
+    return false;
+  }
+  return true;
+}
+
+// selfTest() -> { ok: true, ring: boolean } or throws the native error of the first failing call.
+Napi::Value SelfTest(const Napi::CallbackInfo& info) {
+  Failure failure;
+  if (!SelfTestPath(true, &failure) || !SelfTestPath(false, &failure)) {
+    ThrowNativeError(info.Env(), failure);
+    return info.Env().Undefined();
+  }
+  io_uring ring;
+  const bool ring_ok = io_uring_queue_init(4, &ring, 0) == 0;
+  if (ring_ok) io_uring_queue_exit(&ring);
+  Napi::Object result = Napi::Object::New(info.Env());
+  result.Set("ok", Napi::Boolean::New(info.Env(), true));
+  result.Set("ring", Napi::Boolean::New(info.Env(), ring_ok));
+  return result;
+}
+
+// init(ErrorClass): the constructor (message, errno, code, syscall) used for every native error.
+Napi::Value Init(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 1);
+  Napi::Function error_class;
+  REQUIRE_ARGUMENT_FUNCTION(info, 0, "ErrorClass", error_class);
+  SetErrorClass(info.Env(), error_class);
+  return info.Env().Undefined();
+}
+
+// errorForTest(errno, syscall): builds the error a failed call would raise (for the error-shape tests).
+Napi::Value ErrorForTest(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 1);
+  int errnum = 0;
+  REQUIRE_ARGUMENT_INTEGER(info, 0, "errno", errnum, 1, 1 << 20);
+  return MakeNativeError(info.Env(), {errnum, "errorForTest"});
+}
+
+// dropCache(fd, offset, length): posix_fadvise(DONTNEED), so tests and the benchmark can make a file cold
+// without dropping the whole machine's page cache.
+Napi::Value DropCache(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 3);
+  int fd = -1;
+  REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
+  int64_t offset = 0;
+  REQUIRE_ARGUMENT_INTEGER(info, 1, "offset", offset, 0, kSafeIntegerMax);
+  int64_t length = 0;
+  REQUIRE_ARGUMENT_INTEGER(info, 2, "length", length, 0, kSafeIntegerMax);
+  int status = posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
+  if (status != 0) ThrowNativeError(info.Env(), {status, "posix_fadvise"});
+  return info.Env().Undefined();
+}
+
+Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  exports.Set("dropCache", Napi::Function::New(env, DropCache, "dropCache"));
+  exports.Set("init", Napi::Function::New(env, Init, "init"));
+  exports.Set("Engine", EngineWrap::Define(env));
+  exports.Set("selfTest", Napi::Function::New(env, SelfTest, "selfTest"));
+  exports.Set("errorForTest", Napi::Function::New(env, ErrorForTest, "errorForTest"));
+  exports.Set("headerBytesMax", Napi::Number::New(env, static_cast<double>(kHeaderBytesMax)));
+  exports.Set("messageBytesMax", Napi::Number::New(env, static_cast<double>(kMessageBytesMax)));
+  exports.Set("payloadBytesMax", Napi::Number::New(env, static_cast<double>(kPayloadBytesMax)));
+  exports.Set("prefetchBytesMax", Napi::Number::New(env, static_cast<double>(kPrefetchBytesMax)));
+  return exports;
+}
+
+}  // namespace
+
+}  // namespace walcast
+
+// NODE_API_MODULE pastes the name into an identifier, so it needs an unqualified one.
+static Napi::Object InitWalcastNative(Napi::Env env, Napi::Object exports) { return walcast::InitModule(env, exports); }
+
+NODE_API_MODULE(walcast_native, InitWalcastNative)

@@ -1,0 +1,58 @@
+// Owns the whole-file mmap cache (see file-maps.h).
+#include "file-maps.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cassert>
+#include <cerrno>
+
+namespace walcast {
+
+namespace {
+// Expired cache entries are swept once the table grows past this many files (16 MiB segments: 1 GiB mapped).
+constexpr size_t kMapEntriesBeforePrune = 64;
+}  // namespace
+
+FileMap::~FileMap() {
+  if (base != nullptr) munmap(const_cast<uint8_t*>(base), length);
+}
+
+std::shared_ptr<FileMap> FileMapCache::Get(int fd, uint64_t end_offset, Failure* failure) {
+  struct stat info;
+  if (fstat(fd, &info) != 0) {
+    *failure = {errno, "fstat"};
+    return nullptr;
+  }
+  const auto key = std::make_pair(info.st_dev, info.st_ino);
+  auto found = maps_.find(key);
+  if (found != maps_.end()) {
+    std::shared_ptr<FileMap> map = found->second.lock();
+    if (map && map->length >= end_offset) return map;
+  }
+  // A new file, or one that grew past its mapping (the segment being written): map its current size. Older
+  // mappings stay alive as long as queued chunks still point into them.
+  const uint64_t file_bytes = static_cast<uint64_t>(info.st_size);
+  if (file_bytes < end_offset || file_bytes == 0) {
+    *failure = {ENXIO, "mmap"};
+    return nullptr;
+  }
+  void* base = mmap(nullptr, file_bytes, PROT_READ, MAP_SHARED, fd, 0);
+  if (base == MAP_FAILED) {
+    *failure = {errno, "mmap"};
+    return nullptr;
+  }
+  auto map = std::make_shared<FileMap>(static_cast<const uint8_t*>(base), file_bytes);
+  if (maps_.size() >= kMapEntriesBeforePrune) PruneExpired();
+  maps_[key] = map;
+  assert(map->length >= end_offset);
+  return map;
+}
+
+void FileMapCache::PruneExpired() {
+  for (auto it = maps_.begin(); it != maps_.end();) {
+    it = it->second.expired() ? maps_.erase(it) : std::next(it);
+  }
+}
+
+}  // namespace walcast

@@ -1,0 +1,667 @@
+// Owns the I/O engine (see io-engine.h): fd ownership, send queues, the epoll/io_uring turn and prefetch reads.
+#include "io-engine.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+
+namespace walcast {
+
+namespace {
+
+// epoll data of the io_uring eventfd; stream ids start at 1.
+constexpr uint64_t kRingEventTag = 0;
+// io_uring user_data: (id << kOpBits) | operation.
+constexpr unsigned kOpBits = 2;
+constexpr uint64_t kOpSend = 1;
+constexpr uint64_t kOpRead = 2;
+constexpr uint64_t kOpCancel = 3;
+constexpr uint64_t kOpMask = (1u << kOpBits) - 1;
+
+#ifndef __NR_cachestat
+// cachestat(2), Linux 6.5; the same number in the generic and x86-64 tables.
+constexpr long kCachestatSyscall = 451;
+#else
+constexpr long kCachestatSyscall = __NR_cachestat;
+#endif
+
+struct CachestatRange {
+  uint64_t offset;
+  uint64_t length;
+};
+struct Cachestat {
+  uint64_t nr_cache;
+  uint64_t nr_dirty;
+  uint64_t nr_writeback;
+  uint64_t nr_evicted;
+  uint64_t nr_recently_evicted;
+};
+
+uint64_t Tag(uint64_t id, uint64_t op) { return (id << kOpBits) | op; }
+
+bool WouldBlock(int errnum) { return errnum == EAGAIN || errnum == EWOULDBLOCK; }
+
+}  // namespace
+
+UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
+  if (this != &other) {
+    reset();
+    fd_ = other.release();
+  }
+  return *this;
+}
+
+void UniqueFd::reset() {
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+}
+
+void SendUnit::Advance(size_t bytes) {
+  const size_t head_part = std::min(bytes, head_bytes - head_sent);
+  head_sent += head_part;
+  payload_sent += bytes - head_part;
+  assert(payload_sent <= payload_bytes);
+}
+
+Engine::Engine(Strategy strategy, EventSink sink) : strategy_(strategy), sink_(std::move(sink)) {}
+
+std::unique_ptr<Engine> Engine::Create(Strategy strategy, uv_loop_t* loop, EventSink sink, Failure* failure) {
+  std::unique_ptr<Engine> engine(new Engine(strategy, std::move(sink)));
+  if (!engine->Start(loop, failure)) return nullptr;
+  return engine;
+}
+
+bool Engine::Start(uv_loop_t* loop, Failure* failure) {
+  epoll_fd_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+  if (epoll_fd_.get() < 0) {
+    *failure = {errno, "epoll_create1"};
+    return false;
+  }
+  // The ring is optional for sendfile/writev (prefetch then falls back to fadvise), required for uring.
+  Failure ring_failure;
+  if (!StartRing(&ring_failure) && strategy_ == Strategy::kUring) {
+    *failure = ring_failure;
+    return false;
+  }
+  scratch_.reset(new uint8_t[kPrefetchBytesMax]);
+  poll_ = new uv_poll_t();
+  idle_ = new uv_idle_t();
+  int status = uv_poll_init(loop, poll_, epoll_fd_.get());
+  if (status != 0) {
+    delete poll_;
+    delete idle_;
+    poll_ = nullptr;
+    idle_ = nullptr;
+    *failure = {-status, "uv_poll_init"};
+    return false;
+  }
+  uv_idle_init(loop, idle_);
+  poll_->data = this;
+  idle_->data = this;
+  // Unreferenced: live sockets keep the loop alive; the engine alone must not keep a process from exiting.
+  uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+  uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
+  uv_poll_start(poll_, UV_READABLE, OnPoll);
+  return true;
+}
+
+bool Engine::StartRing(Failure* failure) {
+  int status = io_uring_queue_init(kRingEntries, &ring_, 0);
+  if (status < 0) {
+    *failure = {-status, "io_uring_queue_init"};
+    return false;
+  }
+  event_fd_ = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (event_fd_.get() < 0) {
+    *failure = {errno, "eventfd"};
+    io_uring_queue_exit(&ring_);
+    return false;
+  }
+  status = io_uring_register_eventfd(&ring_, event_fd_.get());
+  struct epoll_event interest {};
+  interest.events = EPOLLIN;
+  interest.data.u64 = kRingEventTag;
+  if (status < 0 || epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, event_fd_.get(), &interest) != 0) {
+    *failure = {status < 0 ? -status : errno, status < 0 ? "io_uring_register_eventfd" : "epoll_ctl"};
+    io_uring_queue_exit(&ring_);
+    event_fd_.reset();
+    return false;
+  }
+  ring_ready_ = true;
+  return true;
+}
+
+Engine::~Engine() { Close(); }
+
+void Engine::Close() {
+  if (closed_) return;
+  closed_ = true;
+  // Tear the ring down first: the kernel cancels in-flight sends and reads, which hold their own file
+  // references, so closing the descriptors afterwards is safe.
+  if (ring_ready_) io_uring_queue_exit(&ring_);
+  ring_ready_ = false;
+  for (auto& entry : streams_) {
+    if (entry.second->in_epoll) epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, entry.second->fd.get(), nullptr);
+  }
+  streams_.clear();
+  reads_in_flight_.clear();
+  reads_waiting_.clear();
+  ready_.clear();
+  if (poll_ != nullptr) {
+    poll_->data = nullptr;
+    uv_poll_stop(poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
+    poll_ = nullptr;
+  }
+  if (idle_ != nullptr) {
+    idle_->data = nullptr;
+    uv_idle_stop(idle_);
+    uv_close(reinterpret_cast<uv_handle_t*>(idle_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_idle_t*>(handle); });
+    idle_ = nullptr;
+  }
+  // Only after uv_poll_stop: libuv must not watch a closed (and possibly reused) descriptor.
+  event_fd_.reset();
+  epoll_fd_.reset();
+}
+
+Stream* Engine::Find(uint64_t id) const {
+  auto found = streams_.find(id);
+  return found == streams_.end() ? nullptr : found->second.get();
+}
+
+uint64_t Engine::OpenStream(int socket_fd, Failure* failure) {
+  assert(!closed_);
+  // Our own descriptor for the socket: Node may close (and the kernel reuse) its number at any time, ours
+  // stays valid until CloseStream, which removes it from the epoll set before closing it.
+  UniqueFd fd(fcntl(socket_fd, F_DUPFD_CLOEXEC, 0));
+  if (fd.get() < 0) {
+    *failure = {errno, "dup"};
+    return 0;
+  }
+  auto stream = std::make_unique<Stream>();
+  stream->id = next_stream_id_++;
+  if (strategy_ != Strategy::kUring) {
+    // Write interest only, edge-triggered: Node keeps reading replica feedback on its own descriptor.
+    struct epoll_event interest {};
+    interest.events = EPOLLOUT | EPOLLET;
+    interest.data.u64 = stream->id;
+    if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd.get(), &interest) != 0) {
+      *failure = {errno, "epoll_ctl"};
+      return 0;
+    }
+    stream->in_epoll = true;
+  }
+  stream->fd = std::move(fd);
+  const uint64_t id = stream->id;
+  streams_.emplace(id, std::move(stream));
+  return id;
+}
+
+int Engine::SendChunk(uint64_t id, const uint8_t* header, size_t header_bytes, int file_fd, uint64_t offset,
+                      size_t payload_bytes, Failure* failure) {
+  assert(header_bytes > 0 && header_bytes <= kHeaderBytesMax);
+  assert(payload_bytes > 0 && payload_bytes <= kPayloadBytesMax);
+  Stream* stream = Find(id);
+  if (stream == nullptr || stream->closing) {
+    *failure = {EBADF, "send"};
+    return kSendFailed;
+  }
+  SendUnit unit;
+  std::memcpy(unit.inline_head.data(), header, header_bytes);
+  unit.head_bytes = header_bytes;
+  unit.payload_offset = offset;
+  unit.payload_bytes = payload_bytes;
+  if (strategy_ == Strategy::kSendfile) {
+    unit.payload_fd = file_fd;
+  } else {
+    unit.map = maps_.Get(file_fd, offset + payload_bytes, failure);
+    if (!unit.map) return kSendFailed;
+    stream->current_map = unit.map;
+  }
+  return Submit(*stream, std::move(unit), failure);
+}
+
+int Engine::SendMessage(uint64_t id, const uint8_t* bytes, size_t byte_count, Failure* failure) {
+  assert(byte_count > 0 && byte_count <= kMessageBytesMax);
+  Stream* stream = Find(id);
+  if (stream == nullptr || stream->closing) {
+    *failure = {EBADF, "send"};
+    return kSendFailed;
+  }
+  SendUnit unit;
+  if (byte_count <= kHeaderBytesMax) {
+    std::memcpy(unit.inline_head.data(), bytes, byte_count);
+  } else {
+    unit.heap_head.assign(bytes, bytes + byte_count);
+  }
+  unit.head_bytes = byte_count;
+  return Submit(*stream, std::move(unit), failure);
+}
+
+int Engine::Submit(Stream& stream, SendUnit&& unit, Failure* failure) {
+  if (stream.failure.errnum != 0) {
+    *failure = stream.failure;
+    return kSendFailed;
+  }
+  if (stream.queue.size() >= kQueuedUnitsHardMax) {
+    *failure = {ENOBUFS, "send"};
+    return kSendFailed;
+  }
+  if (strategy_ == Strategy::kUring) {
+    stream.queue.push_back(std::move(unit));
+    KickUring(stream);
+    SubmitRing();
+    return QueueStatus(stream);
+  }
+  // Nothing queued and the socket had room last time: write now, on the caller's stack, from the caller's fd.
+  if (stream.queue.empty() && stream.writable) {
+    Progress progress = WriteUnit(stream, unit, failure);
+    if (progress == Progress::kDone) return kSendDone;
+    if (progress == Progress::kFailed) {
+      Fail(stream, *failure, false);
+      return kSendFailed;
+    }
+    stream.writable = false;
+  }
+  // Queued: the caller may close its fd once we return, so the rest is sent from our own dup.
+  if (unit.payload_fd >= 0 && unit.owned_fd.get() < 0) {
+    unit.owned_fd = UniqueFd(fcntl(unit.payload_fd, F_DUPFD_CLOEXEC, 0));
+    if (unit.owned_fd.get() < 0) {
+      *failure = {errno, "dup"};
+      Fail(stream, *failure, false);
+      return kSendFailed;
+    }
+    unit.payload_fd = unit.owned_fd.get();
+  }
+  stream.queue.push_back(std::move(unit));
+  if (stream.writable) MarkReady(stream);
+  return QueueStatus(stream);
+}
+
+int Engine::QueueStatus(Stream& stream) {
+  if (stream.queue.size() < kQueuedUnitsSoftMax) return kSendQueued;
+  stream.want_space = true;
+  return kSendQueueFull;
+}
+
+bool Engine::Flush(uint64_t id) {
+  Stream* stream = Find(id);
+  if (stream == nullptr || stream->failure.errnum != 0) return true;
+  if (stream->queue.empty() && !stream->uring_busy) return true;
+  stream->want_drain = true;
+  return false;
+}
+
+uint64_t Engine::BytesSent(uint64_t id) const {
+  Stream* stream = Find(id);
+  return stream == nullptr ? 0 : stream->bytes_sent;
+}
+
+void Engine::CloseStream(uint64_t id) {
+  Stream* stream = Find(id);
+  if (stream == nullptr || stream->closing) return;
+  stream->closing = true;
+  stream->queue.clear();
+  stream->current_map.reset();
+  if (stream->uring_busy && ring_ready_) {
+    // The kernel still uses the msghdr and the socket: close once the cancelled send completes.
+    io_uring_sqe* sqe = NextSqe();
+    if (sqe != nullptr) {
+      io_uring_prep_cancel64(sqe, Tag(id, kOpSend), 0);
+      io_uring_sqe_set_data64(sqe, Tag(id, kOpCancel));
+      SubmitRing();
+    }
+    return;
+  }
+  FinishClose(id);
+}
+
+void Engine::FinishClose(uint64_t id) {
+  Stream* stream = Find(id);
+  assert(stream != nullptr);
+  assert(!stream->uring_busy);
+  // EPOLL_CTL_DEL before close: the set must never hold a descriptor number the kernel may hand out again.
+  if (stream->in_epoll) epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, stream->fd.get(), nullptr);
+  streams_.erase(id);
+}
+
+Engine::Progress Engine::WriteUnit(Stream& stream, SendUnit& unit, Failure* failure) {
+  if (strategy_ == Strategy::kSendfile && unit.payload_bytes > 0) return WriteSendfile(stream, unit, failure);
+  return WriteVectored(stream, unit, failure);
+}
+
+Engine::Progress Engine::WriteSendfile(Stream& stream, SendUnit& unit, Failure* failure) {
+  while (!unit.done()) {
+    if (unit.head_sent < unit.head_bytes) {
+      // MSG_MORE: the header waits for the payload, so header and payload leave in full segments.
+      ssize_t sent = send(stream.fd.get(), unit.head() + unit.head_sent, unit.head_bytes - unit.head_sent,
+                          MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE);
+      if (sent < 0) {
+        if (errno == EINTR) continue;
+        if (WouldBlock(errno)) return Progress::kBlocked;
+        *failure = {errno, "send"};
+        return Progress::kFailed;
+      }
+      unit.Advance(static_cast<size_t>(sent));
+      stream.bytes_sent += static_cast<uint64_t>(sent);
+      continue;
+    }
+    off_t offset = static_cast<off_t>(unit.payload_offset + unit.payload_sent);
+    ssize_t sent = sendfile(stream.fd.get(), unit.payload_fd, &offset, unit.payload_bytes - unit.payload_sent);
+    if (sent < 0) {
+      if (errno == EINTR) continue;
+      if (WouldBlock(errno)) return Progress::kBlocked;
+      *failure = {errno, "sendfile"};
+      return Progress::kFailed;
+    }
+    if (sent == 0) {
+      // The file ends before the chunk does: storage handed out a range it does not hold.
+      *failure = {ENXIO, "sendfile"};
+      return Progress::kFailed;
+    }
+    unit.Advance(static_cast<size_t>(sent));
+    stream.bytes_sent += static_cast<uint64_t>(sent);
+  }
+  return Progress::kDone;
+}
+
+Engine::Progress Engine::WriteVectored(Stream& stream, SendUnit& unit, Failure* failure) {
+  while (!unit.done()) {
+    // The header is its own iovec: the payload is never copied, least of all to an unaligned offset.
+    struct iovec iov[2];
+    size_t count = 0;
+    if (unit.head_sent < unit.head_bytes) {
+      iov[count++] = {const_cast<uint8_t*>(unit.head() + unit.head_sent), unit.head_bytes - unit.head_sent};
+    }
+    if (unit.payload_sent < unit.payload_bytes) {
+      iov[count++] = {const_cast<uint8_t*>(unit.map->base + unit.payload_offset + unit.payload_sent),
+                      unit.payload_bytes - unit.payload_sent};
+    }
+    struct msghdr message {};
+    message.msg_iov = iov;
+    message.msg_iovlen = count;
+    // sendmsg is writev plus MSG_NOSIGNAL (no SIGPIPE when the replica is gone).
+    ssize_t sent = sendmsg(stream.fd.get(), &message, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent < 0) {
+      if (errno == EINTR) continue;
+      if (WouldBlock(errno)) return Progress::kBlocked;
+      *failure = {errno, "sendmsg"};
+      return Progress::kFailed;
+    }
+    unit.Advance(static_cast<size_t>(sent));
+    stream.bytes_sent += static_cast<uint64_t>(sent);
+  }
+  return Progress::kDone;
+}
+
+void Engine::Fail(Stream& stream, Failure failure, bool emit) {
+  if (stream.failure.errnum != 0) return;
+  stream.failure = failure;
+  stream.queue.clear();
+  stream.current_map.reset();
+  stream.want_space = false;
+  stream.want_drain = false;
+  if (emit) events_.push_back({EventKind::kFailed, stream.id, failure});
+}
+
+void Engine::AfterUnitSent(Stream& stream) {
+  if (stream.want_space && stream.queue.size() < kQueuedUnitsSoftMax) {
+    stream.want_space = false;
+    events_.push_back({EventKind::kSpace, stream.id, {}});
+  }
+  if (stream.want_drain && stream.queue.empty() && !stream.uring_busy) {
+    stream.want_drain = false;
+    events_.push_back({EventKind::kDrained, stream.id, {}});
+  }
+}
+
+void Engine::MarkReady(Stream& stream) {
+  if (stream.in_ready) return;
+  stream.in_ready = true;
+  ready_.push_back(stream.id);
+  if (!idle_active_ && idle_ != nullptr) {
+    idle_active_ = true;
+    uv_idle_start(idle_, OnIdle);
+  }
+}
+
+void Engine::DrainStream(Stream& stream) {
+  size_t written_before = static_cast<size_t>(stream.bytes_sent);
+  while (!stream.queue.empty() && static_cast<size_t>(stream.bytes_sent) - written_before < kTurnBudgetBytes) {
+    Failure failure;
+    Progress progress = WriteUnit(stream, stream.queue.front(), &failure);
+    if (progress == Progress::kBlocked) {
+      stream.writable = false;
+      return;
+    }
+    if (progress == Progress::kFailed) {
+      Fail(stream, failure, true);
+      return;
+    }
+    stream.queue.pop_front();
+    AfterUnitSent(stream);
+  }
+}
+
+// One round over the streams that are writable and have work; a stream that used its budget goes to the back.
+void Engine::RunTurn() {
+  for (size_t turns = ready_.size(); turns > 0 && !ready_.empty(); turns--) {
+    const uint64_t id = ready_.front();
+    ready_.pop_front();
+    Stream* stream = Find(id);
+    if (stream == nullptr) continue;
+    stream->in_ready = false;
+    if (stream->closing || stream->failure.errnum != 0) continue;
+    DrainStream(*stream);
+    if (stream->writable && !stream->queue.empty() && stream->failure.errnum == 0) MarkReady(*stream);
+  }
+  if (ready_.empty() && idle_active_ && idle_ != nullptr) {
+    idle_active_ = false;
+    uv_idle_stop(idle_);
+  }
+}
+
+void Engine::OnPoll(uv_poll_t* handle, int status, int) {
+  Engine* engine = static_cast<Engine*>(handle->data);
+  if (engine == nullptr || status < 0) return;
+  struct epoll_event events[kEpollEventsPerWait];
+  int count = epoll_wait(engine->epoll_fd_.get(), events, kEpollEventsPerWait, 0);
+  for (int index = 0; index < count; index++) {
+    const uint64_t id = events[index].data.u64;
+    if (id == kRingEventTag) {
+      uint64_t ignored;
+      while (read(engine->event_fd_.get(), &ignored, sizeof ignored) > 0) {
+      }
+      engine->ReapRing();
+      continue;
+    }
+    // Events fetched for a stream closed earlier in this batch find nothing and are dropped.
+    Stream* stream = engine->Find(id);
+    if (stream == nullptr || stream->closing) continue;
+    stream->writable = true;
+    if (!stream->queue.empty()) engine->MarkReady(*stream);
+  }
+  engine->RunTurn();
+  engine->SubmitRing();
+  engine->DeliverEvents();
+}
+
+void Engine::OnIdle(uv_idle_t* handle) {
+  Engine* engine = static_cast<Engine*>(handle->data);
+  if (engine == nullptr) return;
+  engine->RunTurn();
+  engine->DeliverEvents();
+}
+
+// Events go to JavaScript only after a turn, when no iteration is in progress: JS may call back in.
+void Engine::DeliverEvents() {
+  if (events_.empty()) return;
+  std::vector<Event> batch;
+  batch.swap(events_);
+  sink_(batch);
+}
+
+io_uring_sqe* Engine::NextSqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe != nullptr) return sqe;
+  // The submission queue is full: hand it to the kernel and take a fresh entry.
+  io_uring_submit(&ring_);
+  return io_uring_get_sqe(&ring_);
+}
+
+void Engine::KickUring(Stream& stream) {
+  if (stream.uring_busy || stream.queue.empty() || stream.closing || stream.failure.errnum != 0) return;
+  SendUnit& unit = stream.queue.front();
+  io_uring_sqe* sqe = NextSqe();
+  if (sqe == nullptr) {
+    Fail(stream, {EBUSY, "io_uring_get_sqe"}, true);
+    return;
+  }
+  size_t count = 0;
+  if (unit.head_sent < unit.head_bytes) {
+    stream.iov[count++] = {const_cast<uint8_t*>(unit.head() + unit.head_sent), unit.head_bytes - unit.head_sent};
+  }
+  if (unit.payload_sent < unit.payload_bytes) {
+    stream.iov[count++] = {const_cast<uint8_t*>(unit.map->base + unit.payload_offset + unit.payload_sent),
+                           unit.payload_bytes - unit.payload_sent};
+  }
+  stream.message = {};
+  stream.message.msg_iov = stream.iov.data();
+  stream.message.msg_iovlen = count;
+  // MSG_WAITALL: the kernel retries short sends itself, so one completion usually covers the whole unit.
+  io_uring_prep_sendmsg(sqe, stream.fd.get(), &stream.message, MSG_NOSIGNAL | MSG_WAITALL);
+  // After -EAGAIN, wait for room inside the kernel instead of spinning on the socket.
+  if (stream.poll_first) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  io_uring_sqe_set_data64(sqe, Tag(stream.id, kOpSend));
+  stream.uring_busy = true;
+  ring_dirty_ = true;
+}
+
+void Engine::SubmitRing() {
+  if (!ring_ready_ || !ring_dirty_) return;
+  ring_dirty_ = false;
+  io_uring_submit(&ring_);
+}
+
+void Engine::ReapRing() {
+  if (!ring_ready_) return;
+  // Completions may queue new submissions (next unit, next read); they are submitted once, after the batch.
+  for (;;) {
+    io_uring_cqe* cqe = nullptr;
+    if (io_uring_peek_cqe(&ring_, &cqe) != 0 || cqe == nullptr) break;
+    const uint64_t data = io_uring_cqe_get_data64(cqe);
+    const int result = cqe->res;
+    io_uring_cqe_seen(&ring_, cqe);
+    const uint64_t op = data & kOpMask;
+    if (op == kOpSend) OnSendCompletion(data >> kOpBits, result);
+    if (op == kOpRead) OnReadCompletion(data >> kOpBits, result);
+  }
+  SubmitRing();
+}
+
+void Engine::OnSendCompletion(uint64_t id, int result) {
+  Stream* stream = Find(id);
+  assert(stream != nullptr);  // a stream with a send in flight is only erased after this completion
+  assert(stream->uring_busy);
+  stream->uring_busy = false;
+  if (stream->closing) {
+    FinishClose(id);
+    return;
+  }
+  if (result == -EAGAIN || result == -EINTR) {
+    stream->poll_first = true;
+    KickUring(*stream);
+    return;
+  }
+  if (result < 0) {
+    Fail(*stream, {-result, "io_uring_sendmsg"}, true);
+    return;
+  }
+  // A failure recorded meanwhile emptied the queue; nothing is left to advance.
+  if (stream->failure.errnum != 0 || stream->queue.empty()) return;
+  stream->poll_first = false;
+  SendUnit& unit = stream->queue.front();
+  unit.Advance(static_cast<size_t>(result));
+  stream->bytes_sent += static_cast<uint64_t>(result);
+  if (unit.done()) {
+    stream->queue.pop_front();
+    AfterUnitSent(*stream);
+  }
+  KickUring(*stream);
+}
+
+bool Engine::IsCached(int fd, uint64_t offset, size_t byte_count) {
+  if (!cachestat_available_) return false;
+  CachestatRange range{offset, byte_count};
+  Cachestat stat{};
+  if (syscall(kCachestatSyscall, fd, &range, &stat, 0) != 0) {
+    if (errno == ENOSYS) cachestat_available_ = false;
+    return false;
+  }
+  const uint64_t page_bytes = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t pages = (offset + byte_count - 1) / page_bytes - offset / page_bytes + 1;
+  return stat.nr_cache >= pages;
+}
+
+int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t token, Failure* failure) {
+  assert(byte_count > 0 && byte_count <= kPrefetchBytesMax);
+  if (IsCached(file_fd, offset, byte_count)) return 1;
+  if (!ring_ready_) {
+    // No ring: ask for readahead and hope; sendfile may then block on a miss (documented fallback).
+    posix_fadvise(file_fd, static_cast<off_t>(offset), static_cast<off_t>(byte_count), POSIX_FADV_WILLNEED);
+    return 1;
+  }
+  PrefetchRead read;
+  read.token = token;
+  read.fd = UniqueFd(fcntl(file_fd, F_DUPFD_CLOEXEC, 0));
+  if (read.fd.get() < 0) {
+    *failure = {errno, "dup"};
+    return -1;
+  }
+  read.offset = offset;
+  read.bytes = byte_count;
+  if (reads_in_flight_.size() < kPrefetchReadsInFlightMax) {
+    StartRead(std::move(read));
+    SubmitRing();
+  } else {
+    reads_waiting_.push_back(std::move(read));
+  }
+  return 0;
+}
+
+void Engine::StartRead(PrefetchRead&& read) {
+  io_uring_sqe* sqe = NextSqe();
+  if (sqe == nullptr) {
+    events_.push_back({EventKind::kPrefetched, read.token, {}});
+    return;
+  }
+  const uint64_t slot = next_read_slot_++;
+  // Every read lands in the same scratch buffer: the bytes are thrown away, only the page cache matters.
+  io_uring_prep_read(sqe, read.fd.get(), scratch_.get(), static_cast<unsigned>(read.bytes), read.offset);
+  io_uring_sqe_set_data64(sqe, Tag(slot, kOpRead));
+  ring_dirty_ = true;
+  reads_in_flight_.emplace(slot, std::move(read));
+}
+
+void Engine::OnReadCompletion(uint64_t slot, int) {
+  auto found = reads_in_flight_.find(slot);
+  assert(found != reads_in_flight_.end());
+  // Best effort: a failed read is reported as done; the send path surfaces real errors.
+  events_.push_back({EventKind::kPrefetched, found->second.token, {}});
+  reads_in_flight_.erase(found);
+  while (!reads_waiting_.empty() && reads_in_flight_.size() < kPrefetchReadsInFlightMax) {
+    StartRead(std::move(reads_waiting_.front()));
+    reads_waiting_.pop_front();
+  }
+}
+
+}  // namespace walcast

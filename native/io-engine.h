@@ -1,0 +1,209 @@
+// Owns the addon's I/O engine: one epoll set (and, when available, one io_uring whose completions signal an
+// eventfd in that set) watched by a single uv_poll handle on the JS thread. Each replica stream has a dup of its
+// socket fd, a bounded queue of send units (header bytes + a file range, or a whole small message), and is
+// drained round-robin with a per-turn byte budget. Prefetch reads go through io_uring so a cold segment never
+// blocks the event loop. The engine knows nothing about PostgreSQL: headers arrive as finished bytes.
+#pragma once
+
+#include <liburing.h>
+#include <sys/uio.h>
+#include <uv.h>
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "file-maps.h"
+#include "native-errors.h"
+
+namespace walcast {
+
+enum class Strategy : int { kSendfile = 0, kWritev = 1, kUring = 2 };
+
+// Largest header sendChunk takes (the XLogData CopyData header is 30 bytes).
+constexpr size_t kHeaderBytesMax = 64;
+// Largest sendMessage (keepalives, ErrorResponse, CopyDone are far smaller).
+constexpr size_t kMessageBytesMax = 1024 * 1024;
+// Largest payload of one unit: MAX_SEND_BYTES of the sender loop.
+constexpr size_t kPayloadBytesMax = 128 * 1024;
+// Units queued per stream before sendChunk makes its caller wait (2-4 chunks in flight per replica).
+constexpr size_t kQueuedUnitsSoftMax = 4;
+// Hard cap per stream: messages are accepted past the soft bound, but never without limit.
+constexpr size_t kQueuedUnitsHardMax = 64;
+// Bytes one stream may write per turn before the next ready stream gets its go (fairness, as nginx's
+// sendfile_max_chunk): 512 KiB is four chunks and matches the sender loop's per-turn budget.
+constexpr size_t kTurnBudgetBytes = 512 * 1024;
+// Events taken from the epoll set per uv_poll callback; more stay ready for the next loop iteration.
+constexpr int kEpollEventsPerWait = 256;
+// io_uring submission queue entries (completion queue is twice that; the kernel never drops overflow).
+constexpr unsigned kRingEntries = 256;
+// Prefetch reads in flight at once; further requests wait in a FIFO. 32 x 128 KiB keeps a disk busy.
+constexpr size_t kPrefetchReadsInFlightMax = 32;
+// Largest prefetch request, and the size of the scratch buffer all prefetch reads land in (and are discarded).
+constexpr size_t kPrefetchBytesMax = 1024 * 1024;
+
+enum class EventKind : int { kSpace = 1, kDrained = 2, kFailed = 3, kPrefetched = 4 };
+
+struct Event {
+  EventKind kind;
+  uint64_t id;  // stream id, or prefetch token
+  Failure failure;
+};
+
+// SendChunk / SendMessage results (negative: failure, see the Failure out-parameter).
+enum SendStatus : int { kSendFailed = -1, kSendDone = 0, kSendQueued = 1, kSendQueueFull = 2 };
+
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept;
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { reset(); }
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset();
+
+ private:
+  int fd_ = -1;
+};
+
+// One thing to send: head bytes (a header, or a whole message) and optionally a file range after it.
+struct SendUnit {
+  std::array<uint8_t, kHeaderBytesMax> inline_head{};
+  std::vector<uint8_t> heap_head;  // messages larger than inline_head
+  size_t head_bytes = 0;
+  size_t head_sent = 0;
+  int payload_fd = -1;  // sendfile: the caller's fd while sending synchronously, then owned_fd
+  UniqueFd owned_fd;
+  uint64_t payload_offset = 0;
+  std::shared_ptr<FileMap> map;  // writev / uring: the payload lives in this mapping
+  size_t payload_bytes = 0;
+  size_t payload_sent = 0;
+
+  const uint8_t* head() const { return heap_head.empty() ? inline_head.data() : heap_head.data(); }
+  bool done() const { return head_sent == head_bytes && payload_sent == payload_bytes; }
+  // Moves the cursor over `bytes` just sent: header first, then payload.
+  void Advance(size_t bytes);
+};
+
+struct Stream {
+  uint64_t id = 0;
+  UniqueFd fd;  // dup of Node's socket fd: ours alone, so Node closing its fd cannot alias it
+  bool in_epoll = false;
+  bool writable = true;
+  bool in_ready = false;
+  bool want_space = false;
+  bool want_drain = false;
+  bool closing = false;
+  bool uring_busy = false;
+  bool poll_first = false;
+  Failure failure;
+  uint64_t bytes_sent = 0;
+  std::deque<SendUnit> queue;
+  std::shared_ptr<FileMap> current_map;  // keeps the segment mapped between chunks
+  // The in-flight io_uring SENDMSG points here, so they live as long as the stream.
+  struct msghdr message {};
+  std::array<struct iovec, 2> iov{};
+};
+
+struct PrefetchRead {
+  uint64_t token = 0;
+  UniqueFd fd;
+  uint64_t offset = 0;
+  size_t bytes = 0;
+};
+
+class Engine {
+ public:
+  using EventSink = std::function<void(std::vector<Event>&)>;
+
+  // nullptr with *failure set when the event source (or, for kUring, the ring) cannot be set up.
+  static std::unique_ptr<Engine> Create(Strategy strategy, uv_loop_t* loop, EventSink sink, Failure* failure);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  uint64_t OpenStream(int socket_fd, Failure* failure);
+  int SendChunk(uint64_t id, const uint8_t* header, size_t header_bytes, int file_fd, uint64_t offset,
+                size_t payload_bytes, Failure* failure);
+  int SendMessage(uint64_t id, const uint8_t* bytes, size_t byte_count, Failure* failure);
+  // True when everything accepted reached the kernel (or the stream failed); else a kDrained event follows.
+  bool Flush(uint64_t id);
+  void CloseStream(uint64_t id);
+  uint64_t BytesSent(uint64_t id) const;
+  // 1: the range is in page cache now; 0: a kPrefetched event with `token` follows.
+  int Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t token, Failure* failure);
+  void Close();
+
+  Strategy strategy() const { return strategy_; }
+  bool ring_ready() const { return ring_ready_; }
+  size_t stream_count() const { return streams_.size(); }
+  size_t mapped_file_count() const { return maps_.size(); }
+
+ private:
+  enum class Progress { kDone, kBlocked, kFailed };
+
+  Engine(Strategy strategy, EventSink sink);
+  bool Start(uv_loop_t* loop, Failure* failure);
+  bool StartRing(Failure* failure);
+  Stream* Find(uint64_t id) const;
+  int Submit(Stream& stream, SendUnit&& unit, Failure* failure);
+  int QueueStatus(Stream& stream);
+  Progress WriteUnit(Stream& stream, SendUnit& unit, Failure* failure);
+  Progress WriteSendfile(Stream& stream, SendUnit& unit, Failure* failure);
+  Progress WriteVectored(Stream& stream, SendUnit& unit, Failure* failure);
+  void DrainStream(Stream& stream);
+  void AfterUnitSent(Stream& stream);
+  void Fail(Stream& stream, Failure failure, bool emit);
+  void MarkReady(Stream& stream);
+  void RunTurn();
+  void DeliverEvents();
+  void FinishClose(uint64_t id);
+  // io_uring side.
+  io_uring_sqe* NextSqe();
+  void KickUring(Stream& stream);
+  void SubmitRing();
+  void ReapRing();
+  void OnSendCompletion(uint64_t id, int result);
+  void OnReadCompletion(uint64_t slot, int result);
+  void StartRead(PrefetchRead&& read);
+  bool IsCached(int fd, uint64_t offset, size_t byte_count);
+
+  static void OnPoll(uv_poll_t* handle, int status, int events);
+  static void OnIdle(uv_idle_t* handle);
+
+  Strategy strategy_;
+  EventSink sink_;
+  UniqueFd epoll_fd_;
+  UniqueFd event_fd_;
+  uv_poll_t* poll_ = nullptr;
+  uv_idle_t* idle_ = nullptr;
+  bool idle_active_ = false;
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  bool ring_dirty_ = false;
+  bool cachestat_available_ = true;
+  bool closed_ = false;
+  uint64_t next_stream_id_ = 1;
+  uint64_t next_read_slot_ = 1;
+  std::unordered_map<uint64_t, std::unique_ptr<Stream>> streams_;
+  std::deque<uint64_t> ready_;
+  std::vector<Event> events_;
+  FileMapCache maps_;
+  std::unordered_map<uint64_t, PrefetchRead> reads_in_flight_;
+  std::deque<PrefetchRead> reads_waiting_;
+  std::unique_ptr<uint8_t[]> scratch_;
+};
+
+}  // namespace walcast

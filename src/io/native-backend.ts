@@ -1,0 +1,337 @@
+/**
+ * The `native` I/O backend: streams WAL from segment files to replica sockets through the C++ addon (native/),
+ * so the payload never enters the JavaScript heap. This file owns the TypeScript side of that: argument checks
+ * before anything crosses into C++, one engine per backend, per-stream promises (in-flight bound, release,
+ * failure), prefetch tokens, handing a socket to the addon and back, and turning native errors into WalcastErrors.
+ *
+ * Socket ownership while a stream is open: the addon writes through its own dup of the socket's fd (write
+ * interest only, in its epoll set); Node keeps reading replica feedback through libuv and must not write. The
+ * first native write waits until libuv's write queue is empty; release() waits until the addon's queue is empty,
+ * then the addon removes and closes its dup, and Node may write again. See native/README.md.
+ *
+ * It knows nothing about PostgreSQL: headers arrive finished from the sender loop.
+ */
+import assert from 'node:assert/strict';
+import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
+import { WalcastError } from '../errors.js';
+import { MAX_SEND_BYTES } from '../replication/stream-messages.js';
+import type { IoBackend, StreamWriter, WalChunk } from './backend.js';
+import {
+  NATIVE_STRATEGY_CODES,
+  NativeEventKind,
+  NativeIoError,
+  NativeSendStatus,
+  loadNativeAddon,
+  type NativeAddon,
+  type NativeEngine,
+  type NativeEventHandler,
+} from './native-binding.js';
+import { createTsBackend } from './ts-backend.js';
+
+export type NativeStrategy = 'sendfile' | 'writev' | 'uring';
+
+export const NATIVE_STRATEGIES: readonly NativeStrategy[] = ['sendfile', 'writev', 'uring'];
+
+/**
+ * The fastest strategy measured on this machine by bench/io-backends.ts (figures in native/README.md):
+ * sendfile, as the reference measurements predicted (io_uring sends bring no gain on loopback sockets).
+ */
+export const DEFAULT_NATIVE_STRATEGY: NativeStrategy = 'sendfile';
+
+/** Largest header sendChunk takes: the addon's inline header room (io-engine.h kHeaderBytesMax). */
+export const NATIVE_HEADER_BYTES_MAX = 64;
+/** Largest sendMessage: control messages are tiny; the bound keeps a bug from queueing megabytes natively. */
+export const NATIVE_MESSAGE_BYTES_MAX = 1024 * 1024;
+/** Largest single prefetch request the addon takes (io-engine.h kPrefetchBytesMax); larger ones are split. */
+export const NATIVE_PREFETCH_BYTES_MAX = 1024 * 1024;
+
+assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefetch request');
+
+let probeResult: { ok: true } | { ok: false; reason: string } | undefined;
+
+/** Loads the addon and runs its self-test (sendfile and sendmsg over a socketpair). Cached per process. */
+export function probeNative(): { ok: true } | { ok: false; reason: string } {
+  probeResult ??= runProbe();
+  return probeResult;
+}
+
+function runProbe(): { ok: true } | { ok: false; reason: string } {
+  const loaded = loadNativeAddon();
+  if (!loaded.ok) return { ok: false, reason: loaded.reason };
+  const mismatch = checkAddonBounds(loaded.addon);
+  if (mismatch !== undefined) return { ok: false, reason: mismatch };
+  try {
+    loaded.addon.selfTest();
+    return { ok: true };
+  } catch (error) {
+    return { ok: false, reason: `the native self-test failed: ${(error as Error).message}` };
+  }
+}
+
+/** The addon and this file must agree on their bounds (an old build next to new TypeScript would not). */
+function checkAddonBounds(addon: NativeAddon): string | undefined {
+  if (addon.headerBytesMax !== NATIVE_HEADER_BYTES_MAX) return `addon header bound ${addon.headerBytesMax} != ${NATIVE_HEADER_BYTES_MAX}`;
+  if (addon.payloadBytesMax < MAX_SEND_BYTES) return `addon payload bound ${addon.payloadBytesMax} < ${MAX_SEND_BYTES}`;
+  if (addon.prefetchBytesMax !== NATIVE_PREFETCH_BYTES_MAX) return `addon prefetch bound ${addon.prefetchBytesMax} != ${NATIVE_PREFETCH_BYTES_MAX}`;
+  if (addon.messageBytesMax !== NATIVE_MESSAGE_BYTES_MAX) return `addon message bound ${addon.messageBytesMax} != ${NATIVE_MESSAGE_BYTES_MAX}`;
+  return undefined;
+}
+
+export async function createNativeBackend(strategy: NativeStrategy): Promise<IoBackend> {
+  if (!NATIVE_STRATEGIES.includes(strategy)) throw new RangeError(`native strategy must be one of ${NATIVE_STRATEGIES.join(', ')}, got "${String(strategy)}"`);
+  const probe = probeNative();
+  const loaded = loadNativeAddon();
+  if (!probe.ok || !loaded.ok) {
+    throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `the native I/O addon is unavailable: ${probe.ok ? 'load failed' : probe.reason}`);
+  }
+  return new NativeBackend(loaded.addon, strategy);
+}
+
+class NativeBackend implements IoBackend {
+  readonly kind = 'native' as const;
+  readonly strategy: NativeStrategy;
+  private readonly engine: NativeEngine;
+  private readonly streams = new Map<number, NativeStreamWriter>();
+  private readonly prefetches = new Map<number, () => void>();
+  private nextPrefetchToken = 1;
+  private fallback: IoBackend | undefined;
+  private closed = false;
+
+  constructor(addon: NativeAddon, strategy: NativeStrategy) {
+    this.strategy = strategy;
+    try {
+      this.engine = new addon.Engine(NATIVE_STRATEGY_CODES[strategy], this.onEvent);
+    } catch (error) {
+      throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `the native ${strategy} engine could not start: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  async openStream(socket: Socket): Promise<StreamWriter> {
+    if (this.closed) throw new WalcastError('WALCAST_ERR_STREAM_IO', 'the native I/O backend is closed');
+    const fd = socketFd(socket);
+    // TLS sockets encrypt in Node (no kTLS), so their bytes must go through socket.write: the TS path.
+    if (socket instanceof TLSSocket || fd === undefined) {
+      this.fallback ??= createTsBackend();
+      return this.fallback.openStream(socket);
+    }
+    await waitForEmptyWriteQueue(socket);
+    if (socket.destroyed) throw new WalcastError('WALCAST_ERR_STREAM_IO', 'the replica socket closed before streaming started');
+    let id: number;
+    try {
+      id = this.engine.openStream(fd);
+    } catch (error) {
+      throw new WalcastError('WALCAST_ERR_NATIVE_IO', `the native backend could not take the socket: ${(error as Error).message}`, { cause: error });
+    }
+    const writer = new NativeStreamWriter(this, this.engine, id, socket);
+    this.streams.set(id, writer);
+    return writer;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const writer of this.streams.values()) writer.abort(new Error('the native I/O backend closed'));
+    this.streams.clear();
+    this.engine.close();
+    for (const resolve of this.prefetches.values()) resolve();
+    this.prefetches.clear();
+    await this.fallback?.close();
+  }
+
+  /** Best effort, never rejects: resolves once every piece is cached or its read finished (or failed). */
+  prefetch(chunk: WalChunk): Promise<void> {
+    validateChunk(chunk);
+    if (this.closed) return Promise.resolve();
+    const pieces: Promise<void>[] = [];
+    for (let done = 0; done < chunk.byteCount; done += NATIVE_PREFETCH_BYTES_MAX) {
+      const bytes = Math.min(NATIVE_PREFETCH_BYTES_MAX, chunk.byteCount - done);
+      pieces.push(this.prefetchPiece(chunk.file.fd, chunk.fileOffset + done, bytes));
+    }
+    return Promise.all(pieces).then(() => undefined);
+  }
+
+  private prefetchPiece(fd: number, offset: number, bytes: number): Promise<void> {
+    const token = this.nextPrefetchToken++;
+    try {
+      if (this.engine.prefetch(fd, offset, bytes, token)) return Promise.resolve();
+    } catch {
+      // Advisory: a bad descriptor shows up again, as an error, when the range is sent.
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.prefetches.set(token, resolve));
+  }
+
+  forget(id: number): void {
+    this.streams.delete(id);
+  }
+
+  private readonly onEvent: NativeEventHandler = (kind, id, error) => {
+    if (kind === NativeEventKind.prefetched) {
+      const resolve = this.prefetches.get(id);
+      this.prefetches.delete(id);
+      resolve?.();
+      return;
+    }
+    this.streams.get(id)?.onEngineEvent(kind, error);
+  };
+}
+
+interface Waiter {
+  resolve(): void;
+  reject(error: Error): void;
+}
+
+class NativeStreamWriter implements StreamWriter {
+  private open = true;
+  private failure: WalcastError | undefined;
+  private readonly spaceWaiters: Waiter[] = [];
+  private drainWaiter: (() => void) | undefined;
+  private releasing: Promise<void> | undefined;
+  private finalBytesSent = 0;
+  private readonly onClose = (): void => this.abort(new Error('the replica socket closed'));
+
+  constructor(
+    private readonly backend: NativeBackend,
+    private readonly engine: NativeEngine,
+    private readonly id: number,
+    private readonly socket: Socket,
+  ) {
+    socket.once('close', this.onClose);
+  }
+
+  get bytesSent(): number {
+    return this.open ? this.engine.bytesSent(this.id) : this.finalBytesSent;
+  }
+
+  async sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {
+    validateHeader(header);
+    validateChunk(chunk);
+    this.throwIfUnusable();
+    let status: NativeSendStatus;
+    try {
+      status = this.engine.sendChunk(this.id, header, chunk.file.fd, chunk.fileOffset, chunk.byteCount);
+    } catch (error) {
+      throw this.failWith(error);
+    }
+    if (status === NativeSendStatus.queueFull) await this.waitForSpace();
+  }
+
+  /** Accepted at once (bytes copied natively), sent in order after the chunks queued before it. */
+  async sendMessage(bytes: Buffer): Promise<void> {
+    if (!Buffer.isBuffer(bytes)) throw new TypeError('sendMessage: bytes must be a Buffer');
+    if (bytes.length === 0 || bytes.length > NATIVE_MESSAGE_BYTES_MAX) throw new RangeError(`sendMessage: ${bytes.length} bytes is outside 1..${NATIVE_MESSAGE_BYTES_MAX}`);
+    this.throwIfUnusable();
+    try {
+      this.engine.sendMessage(this.id, bytes);
+    } catch (error) {
+      throw this.failWith(error);
+    }
+  }
+
+  prefetch(chunk: WalChunk): Promise<void> {
+    return this.backend.prefetch(chunk);
+  }
+
+  release(): Promise<void> {
+    this.releasing ??= this.drainAndClose();
+    return this.releasing;
+  }
+
+  /** Stops the stream now: drops what is queued, rejects waiters, closes the addon's descriptor. */
+  abort(cause: Error): void {
+    if (!this.open) return;
+    this.failWith(cause);
+    this.closeNative();
+  }
+
+  onEngineEvent(kind: NativeEventKind, error: NativeIoError | undefined): void {
+    if (kind === NativeEventKind.space) this.wakeSpaceWaiters();
+    if (kind === NativeEventKind.drained) this.wakeDrainWaiter();
+    if (kind === NativeEventKind.failed) this.failWith(error ?? new Error('native write failed'));
+  }
+
+  private async drainAndClose(): Promise<void> {
+    if (this.open && this.failure === undefined && !this.engine.flush(this.id)) {
+      await new Promise<void>((resolve) => (this.drainWaiter = resolve));
+    }
+    this.closeNative();
+  }
+
+  private closeNative(): void {
+    if (!this.open) return;
+    this.finalBytesSent = this.engine.bytesSent(this.id);
+    this.open = false;
+    // Removes the dup from the epoll set, then closes it: from here on the socket is Node's alone.
+    this.engine.closeStream(this.id);
+    this.backend.forget(this.id);
+    this.socket.off('close', this.onClose);
+    this.wakeDrainWaiter();
+  }
+
+  private waitForSpace(): Promise<void> {
+    return new Promise((resolve, reject) => this.spaceWaiters.push({ resolve, reject }));
+  }
+
+  private wakeSpaceWaiters(): void {
+    for (const waiter of this.spaceWaiters.splice(0)) waiter.resolve();
+  }
+
+  private wakeDrainWaiter(): void {
+    const resolve = this.drainWaiter;
+    this.drainWaiter = undefined;
+    resolve?.();
+  }
+
+  /** Records the first failure, rejects waiters with it, and returns it (to throw). Programmer errors pass through. */
+  private failWith(cause: unknown): Error {
+    if (cause instanceof TypeError || cause instanceof RangeError) return cause;
+    const message = cause instanceof Error ? cause.message : String(cause);
+    this.failure ??= new WalcastError('WALCAST_ERR_STREAM_IO', `sending WAL failed: ${message}`, { cause });
+    for (const waiter of this.spaceWaiters.splice(0)) waiter.reject(this.failure);
+    // Release must not wait for bytes that can no longer leave.
+    this.wakeDrainWaiter();
+    return this.failure;
+  }
+
+  private throwIfUnusable(): void {
+    if (this.failure !== undefined) throw this.failure;
+    if (!this.open || this.releasing !== undefined) throw new WalcastError('WALCAST_ERR_STREAM_IO', 'the native stream was released');
+  }
+}
+
+/** The socket's descriptor, or undefined when it has none libuv exposes (not a TCP/pipe socket). */
+function socketFd(socket: Socket): number | undefined {
+  const handle = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle;
+  const fd = handle?.fd;
+  return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined;
+}
+
+/** libuv writes immediately only while its queue is empty; a native write before that would reorder bytes. */
+async function waitForEmptyWriteQueue(socket: Socket): Promise<void> {
+  while (socket.writableLength > 0 && !socket.destroyed) {
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        socket.off('drain', done);
+        socket.off('close', done);
+        resolve();
+      };
+      socket.once('drain', done);
+      socket.once('close', done);
+    });
+  }
+}
+
+function validateHeader(header: Buffer): void {
+  if (!Buffer.isBuffer(header)) throw new TypeError('sendChunk: header must be a Buffer');
+  if (header.length === 0 || header.length > NATIVE_HEADER_BYTES_MAX) throw new RangeError(`sendChunk: header of ${header.length} bytes is outside 1..${NATIVE_HEADER_BYTES_MAX}`);
+}
+
+function validateChunk(chunk: WalChunk): void {
+  const { fd } = chunk.file;
+  if (!Number.isInteger(fd) || fd < 0) throw new RangeError(`chunk.file.fd must be a descriptor, got ${fd}`);
+  if (!Number.isSafeInteger(chunk.fileOffset) || chunk.fileOffset < 0) throw new RangeError(`chunk.fileOffset must be a non-negative integer, got ${chunk.fileOffset}`);
+  if (!Number.isInteger(chunk.byteCount) || chunk.byteCount < 1 || chunk.byteCount > MAX_SEND_BYTES) {
+    throw new RangeError(`chunk.byteCount must be 1..${MAX_SEND_BYTES}, got ${chunk.byteCount}`);
+  }
+}

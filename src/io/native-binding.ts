@@ -1,0 +1,131 @@
+/**
+ * Loads the native I/O addon (build/…/walcast_native.node) and describes its JavaScript surface.
+ *
+ * Load order (style anchor 13): an explicit path (option, or env WALCAST_NATIVE_PATH), then build/Debug, then
+ * build/Release; Debug first because tests run against the Debug build when one exists, where C++ asserts are on.
+ * Loading never throws: it returns why not, and the caller falls back to the TS backend. The error class every
+ * native failure is built with (errno, code, syscall: style anchor 11) is defined here and handed to the addon once.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The file name node-gyp gives the addon (binding.gyp target `walcast_native`). */
+export const NATIVE_ADDON_FILE = 'walcast_native.node';
+
+/** Engine event kinds, as io-engine.h `EventKind`. */
+export enum NativeEventKind {
+  /** The stream's queue dropped below its bound: a waiting sendChunk may resolve. */
+  space = 1,
+  /** Everything accepted on the stream reached the kernel (asked for by flush()). */
+  drained = 2,
+  /** A write failed; the third argument is a NativeIoError. */
+  failed = 3,
+  /** A prefetch read finished (the id is the prefetch token). */
+  prefetched = 4,
+}
+
+/** sendChunk / sendMessage results, as io-engine.h `SendStatus`. */
+export enum NativeSendStatus {
+  sent = 0,
+  queued = 1,
+  /** Queued, but the stream is at its in-flight bound: wait for a `space` event before sending more. */
+  queueFull = 2,
+}
+
+/** Socket strategies by number, as io-engine.h `Strategy`. */
+export const NATIVE_STRATEGY_CODES = { sendfile: 0, writev: 1, uring: 2 } as const;
+
+/** A failed system call in the addon. The addon builds every one of its errors with this class. */
+export class NativeIoError extends Error {
+  readonly errno: number;
+  readonly code: string;
+  readonly syscall: string;
+
+  constructor(message: string, errno: number, code: string, syscall: string) {
+    super(message);
+    this.name = 'NativeIoError';
+    this.errno = errno;
+    this.code = code;
+    this.syscall = syscall;
+  }
+}
+
+export type NativeEventHandler = (kind: NativeEventKind, id: number, error: NativeIoError | undefined) => void;
+
+/** One engine: an epoll set (+ io_uring) behind one uv_poll handle, for all streams of one backend. */
+export interface NativeEngine {
+  openStream(fd: number): number;
+  sendChunk(id: number, header: Buffer, fd: number, offset: number, count: number): NativeSendStatus;
+  sendMessage(id: number, bytes: Buffer): NativeSendStatus;
+  flush(id: number): boolean;
+  closeStream(id: number): void;
+  bytesSent(id: number): number;
+  prefetch(fd: number, offset: number, count: number, token: number): boolean;
+  stats(): { streams: number; mappedFiles: number; ring: boolean };
+  close(): void;
+}
+
+export interface NativeAddon {
+  init(errorClass: typeof NativeIoError): void;
+  Engine: new (strategy: number, onEvent: NativeEventHandler) => NativeEngine;
+  selfTest(): { ok: true; ring: boolean };
+  errorForTest(errno: number): NativeIoError;
+  /** posix_fadvise(DONTNEED) on a range: makes a file cold for tests and the benchmark. */
+  dropCache(fd: number, offset: number, length: number): void;
+  readonly headerBytesMax: number;
+  readonly messageBytesMax: number;
+  readonly payloadBytesMax: number;
+  readonly prefetchBytesMax: number;
+}
+
+export type NativeLoadResult = { ok: true; addon: NativeAddon; path: string } | { ok: false; reason: string };
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/**
+ * Where the addon is looked for, in order. An explicit path (option, else WALCAST_NATIVE_PATH) is the only
+ * candidate when given: an operator who names a file must not silently get another build.
+ */
+export function nativeAddonCandidates(explicitPath?: string): string[] {
+  const explicit = explicitPath ?? process.env.WALCAST_NATIVE_PATH;
+  if (explicit !== undefined && explicit !== '') return [resolve(explicit)];
+  const candidates: string[] = [];
+  candidates.push(join(REPO_ROOT, 'build', 'Debug', NATIVE_ADDON_FILE), join(REPO_ROOT, 'build', 'Release', NATIVE_ADDON_FILE));
+  return candidates;
+}
+
+let cached: NativeLoadResult | undefined;
+
+/** Loads the addon once per process (a .node file cannot be unloaded anyway). */
+export function loadNativeAddon(options: { path?: string } = {}): NativeLoadResult {
+  if (cached !== undefined && options.path === undefined) return cached;
+  const result = loadFirst(nativeAddonCandidates(options.path));
+  if (options.path === undefined) cached = result;
+  return result;
+}
+
+function loadFirst(candidates: readonly string[]): NativeLoadResult {
+  if (process.platform !== 'linux') return { ok: false, reason: `the native addon exists only for Linux (this is ${process.platform})` };
+  const require = createRequire(import.meta.url);
+  const tried: string[] = [];
+  for (const path of candidates) {
+    if (!existsSync(path)) {
+      tried.push(`${path}: not built`);
+      continue;
+    }
+    try {
+      const addon = require(path) as NativeAddon;
+      if (typeof addon.init !== 'function' || typeof addon.Engine !== 'function') {
+        tried.push(`${path}: not a walcast addon`);
+        continue;
+      }
+      addon.init(NativeIoError);
+      return { ok: true, addon, path };
+    } catch (error) {
+      tried.push(`${path}: ${(error as Error).message}`);
+    }
+  }
+  return { ok: false, reason: tried.join('; ') };
+}
