@@ -1,0 +1,126 @@
+/**
+ * Locating stored WAL for the sender: turns an LSN range into a byte range of an open segment file
+ * (a `WalChunk` for the I/O backend), and the errors PostgreSQL sends when a start cannot be served.
+ *
+ * File descriptors: the reader keeps the current segment open and reuses it while the stream stays in that
+ * segment. When it moves on, the I/O backend may still hold in-flight sends (sendfile / io_uring) on the old
+ * descriptor, and closing it would let the kernel reuse the number for another file under those sends. So the
+ * previous segment stays open one segment longer: it is closed when the reader moves two segments on (by then a
+ * whole segment, at least 1 MiB, was located after it, far more than any backend's in-flight bound) or on close().
+ */
+import assert from 'node:assert/strict';
+import { open, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { WalcastError } from '../errors.js';
+import type { WalChunk, WalFileHandle } from '../io/backend.js';
+import { formatLsn, minLsn, type Lsn } from '../lsn.js';
+import { PARTIAL_SUFFIX, offsetInSegment, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
+
+/** What the reader needs to know about a timeline; the Timeline object satisfies it. */
+export interface SegmentLayout {
+  readonly segmentBytes: number;
+  readonly pgTimelineId: number;
+  readonly timelineStartLsn: Lsn;
+}
+
+interface OpenSegment {
+  readonly segno: bigint;
+  readonly handle: FileHandle;
+  readonly file: WalFileHandle;
+}
+
+/** PostgreSQL's message when a start is past the end (walsender.c StartReplication); SQLSTATE XX000. */
+export function startAheadError(startLsn: Lsn, endLsn: Lsn): WalcastError {
+  return new WalcastError(
+    'WALCAST_ERR_START_AHEAD',
+    `requested starting point ${formatLsn(startLsn)} is ahead of the WAL flush position of this server ${formatLsn(endLsn)}`,
+  );
+}
+
+export class WalReader {
+  private current: OpenSegment | undefined;
+  private previous: OpenSegment | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly dir: string,
+    private readonly layout: SegmentLayout,
+  ) {
+    assert.ok(layout.timelineStartLsn % BigInt(layout.segmentBytes) === 0n, 'a timeline starts at a segment start');
+  }
+
+  /** PostgreSQL's message for WAL not held (walsender.c XLogRead / CheckXLogRemoved); SQLSTATE 58P01. */
+  removedError(lsn: Lsn): WalcastError {
+    const name = segmentFileName(this.layout.pgTimelineId, segmentOf(lsn, this.layout.segmentBytes), this.layout.segmentBytes);
+    return new WalcastError('WALCAST_ERR_WAL_REMOVED', `requested WAL segment ${name} has already been removed`);
+  }
+
+  /** The file range [lsn, min(endLsn, end of lsn's segment)). Throws WALCAST_ERR_WAL_REMOVED when not held. */
+  async locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> {
+    assert.ok(endLsn > lsn, 'locate: the range is not empty');
+    assert.ok(!this.closed, 'locate after close');
+    if (lsn < this.layout.timelineStartLsn) throw this.removedError(lsn);
+    const { segmentBytes } = this.layout;
+    const segno = segmentOf(lsn, segmentBytes);
+    const segment = this.current?.segno === segno ? this.current : await this.switchTo(segno, lsn);
+    const segmentEnd = segmentStartLsn(segno + 1n, segmentBytes);
+    const byteCount = Number(minLsn(endLsn, segmentEnd) - lsn);
+    const fileOffset = offsetInSegment(lsn, segmentBytes);
+    assert.ok(byteCount > 0 && fileOffset + byteCount <= segmentBytes, 'the chunk stays inside its segment');
+    return { file: segment.file, fileOffset, byteCount };
+  }
+
+  /**
+   * Copies WAL from `lsn` into `target` across segments (tests, benchmarks, validation). Resolves the bytes
+   * copied: fewer than asked only if a file is shorter than its segment.
+   */
+  async readRange(lsn: Lsn, target: Buffer): Promise<number> {
+    let filled = 0;
+    while (filled < target.length) {
+      const position = lsn + BigInt(filled);
+      const chunk = await this.locate(position, position + BigInt(target.length - filled));
+      const segment = this.current;
+      assert.ok(segment !== undefined);
+      const { bytesRead } = await segment.handle.read(target, filled, chunk.byteCount, chunk.fileOffset);
+      filled += bytesRead;
+      if (bytesRead < chunk.byteCount) break;
+    }
+    return filled;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const segments = [this.previous, this.current];
+    this.previous = undefined;
+    this.current = undefined;
+    await Promise.all(segments.map((segment) => segment?.handle.close()));
+  }
+
+  private async switchTo(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
+    const opened = await this.openSegment(segno, lsn);
+    if (this.closed) {
+      await opened.handle.close();
+      assert.fail('locate raced with close');
+    }
+    const retired = this.previous;
+    this.previous = this.current;
+    this.current = opened;
+    await retired?.handle.close();
+    return opened;
+  }
+
+  /** NAME.partial first (the segment being filled), then NAME: a .partial may be renamed while we look. */
+  private async openSegment(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
+    const name = segmentFileName(this.layout.pgTimelineId, segno, this.layout.segmentBytes);
+    for (const candidate of [name + PARTIAL_SUFFIX, name]) {
+      const path = join(this.dir, candidate);
+      try {
+        const handle = await open(path, 'r');
+        return { segno, handle, file: { fd: handle.fd, path } };
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      }
+    }
+    throw this.removedError(lsn);
+  }
+}
