@@ -52,6 +52,17 @@ function buildProgram(): Command {
       await runImport(options);
     });
 
+  program
+    .command('status')
+    .description("show a running server's timelines and replicas with their lag (from its HTTP API)")
+    .option('--http <url>', 'the server HTTP API: URL or HOST:PORT', 'http://127.0.0.1:7676')
+    .option('--http-auth-token-file <file>', 'bearer token file (else env WALCAST_HTTP_AUTH_TOKEN)')
+    .option('--json', 'print one JSON document instead of a table')
+    .action(async (options: Record<string, unknown>) => {
+      const { runStatus } = await import('./status-command.js');
+      await runStatus(options);
+    });
+
   return program;
 }
 

@@ -2,6 +2,8 @@
  * `walcast serve`: turns flags and environment into a server configuration, starts the server, and stops it on
  * SIGINT/SIGTERM. Refuses unsafe configurations (trust auth off loopback) before opening any socket.
  */
+import { createOperationsMetrics, type OperationsMetrics } from '../api/metrics.js';
+import { resolveHttpSettings, startOperationsApi, type HttpSettings } from '../api/operations.js';
 import { WalcastError } from '../errors.js';
 import { createIoBackend, type IoSelection } from '../io/select-backend.js';
 import { createLogger, type Logger } from '../log.js';
@@ -30,8 +32,11 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const log = createLogger({ level: flags.logLevel as 'info' });
   const listen = parseListenAddress(flags.listen, '--listen');
   const auth = await resolveAuth(flags, listen);
+  const http = await resolveHttpSettings(flags.http, flags.httpAuthTokenFile);
+  const startedAt = new Date();
   const selection = await createIoBackend(resolveIoChoice(flags));
   log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason }, 'I/O backend selected');
+  const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy });
   const server = await WalcastServer.start({
     dataDir: flags.dataDir,
     listen,
@@ -40,8 +45,10 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     maxConnections: flags.maxConnections,
     replicaTimeoutMs: flags.replicaTimeout,
     log,
+    hooks: metrics.hooks,
   });
-  const stopHttp = await startHttpIfWanted(flags, server, selection, log);
+  metrics.bindTimelines(server.timelines);
+  const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log });
   const address = server.address();
   log.info({ listen: formatListenAddress(address), port: address.port, dataDir: flags.dataDir, timelines: server.timelines.list().length, auth: auth.method }, 'listening');
   await waitForSignal(log);
@@ -73,9 +80,19 @@ function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; str
   return strategy === undefined ? { io } : { io, strategy };
 }
 
-/** The HTTP status API is wired in by the operations module; until then this is a no-op. */
-async function startHttpIfWanted(_flags: ServeFlags, _server: WalcastServer, _selection: IoSelection, _log: Logger): Promise<() => Promise<void>> {
-  return async () => undefined;
+/** Starts the HTTP status/metrics API unless --no-http; a failure to bind stops the server rather than leave it half up. */
+async function startHttpIfWanted(
+  settings: HttpSettings | undefined,
+  context: { server: WalcastServer; selection: IoSelection; metrics: OperationsMetrics; startedAt: Date; log: Logger },
+): Promise<() => Promise<void>> {
+  if (settings === undefined) return async () => undefined;
+  try {
+    const api = await startOperationsApi({ settings, ...context });
+    return () => api.close();
+  } catch (error) {
+    await context.server.stop();
+    throw error;
+  }
 }
 
 function waitForSignal(log: Logger): Promise<void> {

@@ -1,0 +1,61 @@
+/**
+ * Wires the operations surface into `walcast serve`: turns the --http flags into settings (refusing an HTTP API off
+ * loopback without a bearer token, before any socket opens), and starts the HTTP API over a running server.
+ * serve-command.ts calls these two functions and creates the metrics (whose hooks the server needs at start).
+ */
+import { formatListenAddress, isLoopbackHost, parseListenAddress, type ListenAddress } from '../cli/listen-address.js';
+import { readSecret } from '../cli/secrets.js';
+import { WalcastError } from '../errors.js';
+import type { IoSelection } from '../io/select-backend.js';
+import type { Logger } from '../log.js';
+import type { WalcastServer } from '../server.js';
+import { startHttpApi, type HttpApi } from './http-server.js';
+import type { OperationsMetrics } from './metrics.js';
+import type { ServerView } from './status-model.js';
+
+/** The environment variable that may hold the bearer token instead of --http-auth-token-file. */
+export const HTTP_AUTH_TOKEN_ENV = 'WALCAST_HTTP_AUTH_TOKEN';
+
+export interface HttpSettings {
+  readonly listen: ListenAddress;
+  readonly authToken: string | undefined;
+}
+
+/** undefined when --no-http; throws WALCAST_ERR_CONFIG for a non-loopback address without a token. */
+export async function resolveHttpSettings(http: string | false, tokenFile: string | undefined): Promise<HttpSettings | undefined> {
+  if (http === false) return undefined;
+  const listen = parseListenAddress(http, '--http');
+  const authToken = await readSecret({ file: tokenFile, envName: HTTP_AUTH_TOKEN_ENV, what: 'HTTP auth token' });
+  if (authToken === undefined && !isLoopbackHost(listen.host)) {
+    throw new WalcastError('WALCAST_ERR_CONFIG', `--http ${formatListenAddress(listen)} is not a loopback address: it needs --http-auth-token-file`);
+  }
+  return { listen, authToken };
+}
+
+export interface OperationsApiOptions {
+  readonly settings: HttpSettings;
+  readonly server: WalcastServer;
+  readonly selection: IoSelection;
+  readonly metrics: OperationsMetrics;
+  readonly startedAt: Date;
+  readonly log: Logger;
+}
+
+export async function startOperationsApi(options: OperationsApiOptions): Promise<HttpApi> {
+  const { server, selection } = options;
+  let api: HttpApi | undefined;
+  const view: ServerView = {
+    timelines: server.timelines,
+    io: { backend: selection.backend.kind, strategy: selection.backend.strategy, reason: selection.reason },
+    startedAt: options.startedAt,
+    listenAddresses: () => ({
+      postgres: formatListenAddress(server.address()),
+      ...(api === undefined ? {} : { http: formatListenAddress(api.address()) }),
+    }),
+    connectionCount: () => server.connectionCount(),
+  };
+  api = await startHttpApi({ listen: options.settings.listen, authToken: options.settings.authToken, view, metrics: options.metrics, log: options.log });
+  const address = api.address();
+  options.log.info({ http: formatListenAddress(address), auth: options.settings.authToken === undefined ? 'none (loopback)' : 'bearer' }, 'HTTP API listening');
+  return api;
+}
