@@ -1,0 +1,91 @@
+/** Control file: round trip, atomic replace, and corruption detection. */
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { isWalcastError } from '../errors.js';
+import { parseLsnOrThrow } from '../lsn.js';
+import { crc32c } from './crc32c.js';
+import { CONTROL_FILE_NAME, decodeControlFile, encodeControlFile, readControlFile, writeControlFile, type ControlState } from './control-file.js';
+
+const state: ControlState = {
+  formatVersion: 1,
+  tenantId: 'a'.repeat(32),
+  timelineId: '0123456789abcdef0123456789abcdef',
+  systemId: 18446744073709551615n,
+  pgVersion: 150000,
+  segmentBytes: 16 * 1024 * 1024,
+  pgTimelineId: 1,
+  timelineStartLsn: parseLsnOrThrow('0/49000000'),
+  flushLsn: parseLsnOrThrow('0/49006040'),
+  commitLsn: parseLsnOrThrow('0/49006040'),
+  lastRecordLsn: parseLsnOrThrow('0/49006000'),
+  upstream: 'host=127.0.0.1 port=5432',
+  createdAt: '2026-11-25T08:00:00.000Z',
+};
+
+const dirs: string[] = [];
+after(async () => {
+  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+});
+
+async function tempDir(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'walcast-control-'));
+  dirs.push(dir);
+  return dir;
+}
+
+function isControlError(error: unknown): boolean {
+  return isWalcastError(error, 'WALCAST_ERR_CONTROL_FILE');
+}
+
+test('write then read gives the same state (64-bit system id intact); the temp file is gone', async () => {
+  const dir = await tempDir();
+  await writeControlFile(dir, state);
+  assert.deepEqual(await readControlFile(dir), state);
+  assert.deepEqual(await readdir(dir), [CONTROL_FILE_NAME]);
+  const updated = { ...state, flushLsn: parseLsnOrThrow('0/4A000000'), commitLsn: parseLsnOrThrow('0/4A000000') };
+  await writeControlFile(dir, updated);
+  assert.deepEqual(await readControlFile(dir), updated);
+});
+
+test('optional fields may be absent', () => {
+  const minimal: ControlState = { ...state, lastRecordLsn: undefined, upstream: undefined };
+  assert.deepEqual(decodeControlFile(encodeControlFile(minimal)), minimal);
+});
+
+test('any flipped byte is detected', () => {
+  const bytes = encodeControlFile(state);
+  for (let index = 0; index < bytes.length; index++) {
+    const damaged = Buffer.from(bytes);
+    damaged[index] = (damaged[index] ?? 0) ^ 0x01;
+    assert.throws(() => decodeControlFile(damaged), isControlError, `byte ${index}`);
+  }
+});
+
+test('truncation, garbage and a missing file are WALCAST_ERR_CONTROL_FILE', async () => {
+  const bytes = encodeControlFile(state);
+  assert.throws(() => decodeControlFile(bytes.subarray(0, bytes.length - 5)), isControlError);
+  assert.throws(() => decodeControlFile(Buffer.from('{}\n')), isControlError);
+  assert.throws(() => decodeControlFile(Buffer.alloc(0)), isControlError);
+  const dir = await tempDir();
+  await assert.rejects(readControlFile(dir), isControlError);
+  await writeFile(join(dir, CONTROL_FILE_NAME), 'not a control file');
+  await assert.rejects(readControlFile(dir), isControlError);
+});
+
+test('a well-checksummed but inconsistent body is refused', () => {
+  const forge = (body: Record<string, unknown>): Buffer => {
+    const good = encodeControlFile(state).toString('utf8').split('\n')[0] ?? '';
+    const json = JSON.stringify({ ...JSON.parse(good), ...body });
+    return Buffer.from(`${json}\ncrc32c:${crc32c(Buffer.from(json)).toString(16).padStart(8, '0')}\n`);
+  };
+  assert.doesNotThrow(() => decodeControlFile(forge({})));
+  assert.throws(() => decodeControlFile(forge({ commitLsn: '0/4A000000' })), /commitLsn is past flushLsn/);
+  assert.throws(() => decodeControlFile(forge({ segmentBytes: 12345 })), /segment size/);
+  assert.throws(() => decodeControlFile(forge({ formatVersion: 2 })), /unsupported format version/);
+  assert.throws(() => decodeControlFile(forge({ tenantId: 'XYZ' })), /tenantId/);
+  assert.throws(() => decodeControlFile(forge({ systemId: 42 })), /systemId/);
+  assert.throws(() => decodeControlFile(forge({ flushLsn: 'nope' })), /flushLsn/);
+});

@@ -1,0 +1,120 @@
+/** WalReader: chunks across segment boundaries, descriptor reuse and retirement, .partial renames, errors. */
+import assert from 'node:assert/strict';
+import { fstatSync } from 'node:fs';
+import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { isWalcastError } from '../errors.js';
+import { parseLsnOrThrow } from '../lsn.js';
+import { segmentFileName } from './segment-name.js';
+import { WalReader, startAheadError, type SegmentLayout } from './wal-reader.js';
+
+const SEGMENT_BYTES = 1024 * 1024;
+const FIRST_SEGNO = 4n;
+const SEGMENT_COUNT = 4;
+const layout: SegmentLayout = { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1, timelineStartLsn: FIRST_SEGNO * BigInt(SEGMENT_BYTES) };
+let dir: string;
+
+/** Segment i is filled with byte (i * 7 + offset / 8192) & 0xff, so every page is recognisable. */
+function segmentContent(segno: bigint): Buffer {
+  const bytes = Buffer.alloc(SEGMENT_BYTES);
+  for (let page = 0; page < SEGMENT_BYTES / 8192; page++) bytes.fill((Number(segno) * 7 + page) & 0xff, page * 8192, (page + 1) * 8192);
+  return bytes;
+}
+
+function nameOf(segno: bigint): string {
+  return segmentFileName(1, segno, SEGMENT_BYTES);
+}
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'walcast-reader-'));
+  for (let index = 0; index < SEGMENT_COUNT; index++) {
+    const segno = FIRST_SEGNO + BigInt(index);
+    const last = index === SEGMENT_COUNT - 1;
+    await writeFile(join(dir, nameOf(segno) + (last ? '.partial' : '')), segmentContent(segno));
+  }
+});
+
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function isOpen(fd: number): boolean {
+  try {
+    fstatSync(fd);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test('locate cuts at the segment end and reuses the open descriptor within a segment', async () => {
+  const reader = new WalReader(dir, layout);
+  const start = layout.timelineStartLsn + 1000n;
+  const first = await reader.locate(start, start + 4096n);
+  assert.deepEqual({ fileOffset: first.fileOffset, byteCount: first.byteCount }, { fileOffset: 1000, byteCount: 4096 });
+  assert.equal(first.file.path, join(dir, nameOf(FIRST_SEGNO)));
+  const second = await reader.locate(start + 4096n, start + 10n * BigInt(SEGMENT_BYTES));
+  assert.equal(second.file.fd, first.file.fd);
+  assert.equal(second.byteCount, SEGMENT_BYTES - 1000 - 4096, 'cut at the segment end');
+  await reader.close();
+  assert.equal(isOpen(first.file.fd), false, 'close() closes it');
+});
+
+test('the previous segment stays open one segment longer (in-flight sends), then is closed', async () => {
+  const reader = new WalReader(dir, layout);
+  const base = layout.timelineStartLsn;
+  const segmentA = await reader.locate(base, base + 100n);
+  const segmentB = await reader.locate(base + BigInt(SEGMENT_BYTES), base + BigInt(SEGMENT_BYTES) + 100n);
+  assert.notEqual(segmentA.file.fd, segmentB.file.fd);
+  assert.equal(isOpen(segmentA.file.fd), true, 'A still open after moving to B');
+  const segmentC = await reader.locate(base + 2n * BigInt(SEGMENT_BYTES), base + 2n * BigInt(SEGMENT_BYTES) + 100n);
+  assert.equal(isOpen(segmentB.file.fd), true, 'B still open after moving to C');
+  assert.ok(segmentC.file.fd !== segmentA.file.fd || !isOpen(segmentA.file.fd));
+  await reader.close();
+  assert.equal(isOpen(segmentB.file.fd), false);
+  assert.equal(isOpen(segmentC.file.fd), false);
+});
+
+test('readRange copies across segment boundaries, including the .partial one', async () => {
+  const reader = new WalReader(dir, layout);
+  const lsn = layout.timelineStartLsn + BigInt(SEGMENT_BYTES) * 2n + BigInt(SEGMENT_BYTES - 5000);
+  const target = Buffer.alloc(20_000);
+  assert.equal(await reader.readRange(lsn, target), target.length);
+  const expected = Buffer.concat([segmentContent(FIRST_SEGNO + 2n).subarray(SEGMENT_BYTES - 5000), segmentContent(FIRST_SEGNO + 3n).subarray(0, 15_000)]);
+  assert.ok(target.equals(expected));
+  await reader.close();
+});
+
+test('a .partial renamed to its final name is still found', async () => {
+  const segno = FIRST_SEGNO + 3n;
+  await rename(join(dir, nameOf(segno) + '.partial'), join(dir, nameOf(segno)));
+  const reader = new WalReader(dir, layout);
+  const chunk = await reader.locate(segno * BigInt(SEGMENT_BYTES), segno * BigInt(SEGMENT_BYTES) + 10n);
+  assert.equal(chunk.file.path, join(dir, nameOf(segno)));
+  await reader.close();
+  await rename(join(dir, nameOf(segno)), join(dir, nameOf(segno) + '.partial'));
+});
+
+test('before the timeline start or a missing segment: 58P01 "has already been removed"', async () => {
+  const reader = new WalReader(dir, layout);
+  const early = layout.timelineStartLsn - 1n;
+  await assert.rejects(reader.locate(early, early + 10n), (error) => {
+    assert.ok(isWalcastError(error, 'WALCAST_ERR_WAL_REMOVED'));
+    assert.equal(error.sqlState, '58P01');
+    assert.equal(error.message, 'requested WAL segment 000000010000000000000003 has already been removed');
+    return true;
+  });
+  const missing = (FIRST_SEGNO + BigInt(SEGMENT_COUNT)) * BigInt(SEGMENT_BYTES);
+  await assert.rejects(reader.locate(missing, missing + 10n), (error) => isWalcastError(error, 'WALCAST_ERR_WAL_REMOVED') && error.message.includes(nameOf(FIRST_SEGNO + BigInt(SEGMENT_COUNT))));
+  await assert.rejects(reader.locate(missing, missing), /the range is not empty/);
+  await reader.close();
+});
+
+test('startAheadError has PostgreSQL\'s text and SQLSTATE XX000', () => {
+  const error = startAheadError(parseLsnOrThrow('0/99000000'), parseLsnOrThrow('0/49006040'));
+  assert.equal(error.code, 'WALCAST_ERR_START_AHEAD');
+  assert.equal(error.sqlState, 'XX000');
+  assert.equal(error.message, 'requested starting point 0/99000000 is ahead of the WAL flush position of this server 0/49006040');
+});
