@@ -47,6 +47,7 @@ const fakeSource: WalSource = {
 
 function options(overrides: Partial<SendWalOptions> & { endWatch: LsnWatch; writer: StreamWriter; signal: AbortSignal }): SendWalOptions {
   return {
+    replicaName: 'test-replica',
     startLsn: 0x100010n,
     segmentBytes: SEGMENT_BYTES,
     source: fakeSource,
@@ -104,7 +105,7 @@ test('ends with caught_up when the stop rule says so after an idle interval', as
   const writer = new RecordingWriter();
   const end = await sendWal(options({ endWatch, writer, signal: new AbortController().signal, shouldStop: (sent) => sent === 0x100100n }));
   assert.equal(end.kind, 'caught_up');
-  assert.ok(end.kind === 'caught_up' && /ending streaming to .* receiver is caughtup and there is no computes/.test(end.message));
+  assert.ok(end.kind === 'caught_up' && /^ending streaming to test-replica at 0\/100100, receiver is caughtup and there is no computes$/.test(end.message));
 });
 
 test('a recovery stream ends at the flush LSN it started with, even if more arrives', async () => {

@@ -54,6 +54,8 @@ export interface EndWatch {
 }
 
 export interface SendWalOptions {
+  /** The replica's application_name, for the stream-ending messages. */
+  readonly replicaName: string;
   readonly startLsn: Lsn;
   readonly segmentBytes: number;
   readonly endWatch: EndWatch;
@@ -94,7 +96,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
 
   while (!signal.aborted) {
     if (stopLsn !== undefined && sentLsn >= stopLsn) {
-      return { kind: 'recovery_finished', sentLsn, message: `ending streaming to walproposer at ${formatLsn(sentLsn)}, recovery finished` };
+      return { kind: 'recovery_finished', sentLsn, message: `ending streaming to ${options.replicaName} at ${formatLsn(sentLsn)}, recovery finished` };
     }
     let endLsn = endWatch.get();
     if (endLsn <= sentLsn) {
@@ -103,7 +105,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       if (advanced === undefined) {
         if (options.shouldStop(sentLsn)) {
           // A contract: Neon's pageserver matches "ending streaming" with SQLSTATE 00000 as a clean end.
-          return { kind: 'caught_up', sentLsn, message: `ending streaming to replica at ${formatLsn(sentLsn)}, receiver is caughtup and there is no computes` };
+          return { kind: 'caught_up', sentLsn, message: `ending streaming to ${options.replicaName} at ${formatLsn(sentLsn)}, receiver is caughtup and there is no computes` };
         }
         await options.writer.sendMessage(encodeKeepalive(endWatch.get(), pgNowMicros(), true));
         sentThisTurnBytes = 0;

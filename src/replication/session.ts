@@ -4,6 +4,8 @@
  * and the connection stays usable; only protocol violations, FATAL startup errors and stream endings that
  * PostgreSQL or Neon end with a close, close it.
  */
+import assert from 'node:assert/strict';
+import { randomInt } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError, isWalcastError } from '../errors.js';
@@ -53,41 +55,38 @@ interface SessionState {
 
 export async function runSession(context: SessionContext): Promise<void> {
   const { conn, log } = context;
-  let startup: StartupResult;
+  let state: SessionState | undefined;
   try {
-    startup = await acceptStartup(conn, {
+    const startup = await acceptStartup(conn, {
       auth: context.auth,
       serverVersion: PG_SERVER_VERSION,
       backendPid: context.connId,
-      secretKey: (Math.random() * 0x7fff_ffff) | 0,
+      secretKey: randomInt(0x7fff_ffff),
       startupTimeoutMs: STARTUP_TIMEOUT_MS,
+      validate: (result) => {
+        state = prepareSession(context, result);
+      },
     });
+    assert.ok(state !== undefined && state.startup === startup, 'validate ran before ReadyForQuery');
   } catch (error) {
     log.info({ err: describe(error) }, 'connection refused during startup');
     return;
   }
-  const state = prepareSession(context, startup);
-  if (state === undefined) return;
   await commandLoop(context, state);
 }
 
-/** Checks the startup parameters that PostgreSQL checks before ReadyForQuery would matter. */
-function prepareSession(context: SessionContext, startup: StartupResult): SessionState | undefined {
-  const { conn } = context;
+/**
+ * Checks what PostgreSQL checks before ReadyForQuery: the replication mode, and here also the timeline named in
+ * `options`. Throws a WalcastError, which refuses the connection with that FATAL error.
+ */
+function prepareSession(context: SessionContext, startup: StartupResult): SessionState {
   if (startup.replication !== undefined && !isPhysicalReplication(startup.replication)) {
     const logical = startup.replication.toLowerCase() === 'database';
-    const message = logical ? 'logical replication is not supported by walcast' : `invalid value for parameter "replication": "${startup.replication}"`;
-    void conn.close({ sqlState: logical ? '0A000' : '22023', message });
-    return undefined;
+    if (logical) throw new WalcastError('WALCAST_ERR_NOT_REPLICATION', 'logical replication is not supported by walcast');
+    throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for parameter "replication": "${startup.replication}"`);
   }
-  try {
-    const defaultKey = context.timelines.soleTimelineKey();
-    return { startup, timelineKey: selectTimeline(startup.options, defaultKey) };
-  } catch (error) {
-    const walcastError = error as WalcastError;
-    void conn.close({ sqlState: walcastError.sqlState, message: walcastError.message });
-    return undefined;
-  }
+  const defaultKey = context.timelines.soleTimelineKey();
+  return { startup, timelineKey: selectTimeline(startup.options, defaultKey) };
 }
 
 async function commandLoop(context: SessionContext, state: SessionState): Promise<void> {

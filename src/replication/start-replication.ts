@@ -109,6 +109,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   try {
     writer = await context.backend.openStream(conn.socket);
     sent = await sendWal({
+      replicaName: context.applicationName === '' ? 'replica' : context.applicationName,
       startLsn: request.startLsn,
       segmentBytes: timeline.segmentBytes,
       endWatch,

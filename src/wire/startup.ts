@@ -27,6 +27,11 @@ export interface StartupOptions {
   readonly backendPid: number;
   readonly secretKey: number;
   readonly startupTimeoutMs: number;
+  /**
+   * Checks the accepted startup parameters after authentication and before ReadyForQuery, as PostgreSQL checks the
+   * database and GUCs: throwing a WalcastError refuses the connection with that FATAL error.
+   */
+  readonly validate?: (result: StartupResult) => void;
 }
 
 export interface StartupResult {
@@ -54,6 +59,7 @@ export async function acceptStartup(conn: PgConnection, options: StartupOptions)
     const packet = await readStartupMessage(conn, remainingMs);
     const result = checkStartupMessage(packet);
     await authenticate(conn, options.auth, result.user, remainingMs);
+    options.validate?.(result);
     await conn.write([...sessionParameters(options.serverVersion, result), backendKeyData(options.backendPid, options.secretKey), readyForQuery('I')]);
     return result;
   } catch (error) {
