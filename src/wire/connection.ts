@@ -100,7 +100,8 @@ export class PgConnection {
 
   /**
    * While a handler is set, every message goes to it synchronously as it is parsed (queued ones first);
-   * readMessage is not used meanwhile. Unset it to queue messages for readMessage again.
+   * readMessage is not used meanwhile. Unset it to queue messages for readMessage again; calling
+   * readMessage also unsets it.
    */
   setMessageHandler(handler: MessageHandler | undefined): void {
     assert.ok(handler === undefined || this.waiter === undefined, 'no readMessage may be pending while a handler is set');
@@ -110,6 +111,14 @@ export class PgConnection {
       if (item.kind === 'message') handler(item.message);
     }
     this.resumeIfDrained();
+  }
+
+  /**
+   * Unsets `handler` only if it is still the current one, so that the late cleanup of an old stream cannot take
+   * the input away from the stream that followed it on the same connection.
+   */
+  releaseMessageHandler(handler: MessageHandler): void {
+    if (this.handler === handler) this.setMessageHandler(undefined);
   }
 
   /** Writes control messages; resolves once they reach the kernel, rejects with DisconnectedError if they cannot. */
@@ -215,7 +224,9 @@ export class PgConnection {
   private next(timeoutMs: number, timeoutCode: 'WALCAST_ERR_STARTUP_TIMEOUT' | 'WALCAST_ERR_IDLE_TIMEOUT', timeoutText: string): Promise<Incoming> {
     assert.ok(timeoutMs > 0);
     assert.equal(this.waiter, undefined, 'one reader at a time');
-    assert.equal(this.handler, undefined, 'readMessage is not used while a message handler is set');
+    // A reader takes the input back from a handler left over from a stream that ended early (an error path may
+    // return to the command loop before the stream's cleanup unsets it); messages must not go to a dead stream.
+    this.handler = undefined;
     if (this.queue.length > 0) {
       const item = this.shift();
       this.resumeIfDrained();

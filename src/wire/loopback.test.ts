@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { isWalcastError } from '../errors.js';
 import { commandComplete, copyBothResponse, copyData, copyDone, errorResponse, readyForQuery } from './backend-serializer.js';
 import { ServerError, connectReplication } from './client.js';
-import { PgConnection } from './connection.js';
+import { MAX_QUEUED_MESSAGES, PgConnection } from './connection.js';
 import type { FrontendMessage } from './messages.js';
 import { simpleResultSet } from './result-set.js';
 import { createScramVerifier } from './scram.js';
@@ -321,6 +321,44 @@ describe('PgConnection directly', () => {
     assert.ok(conn.isClosed());
     await assert.rejects(conn.write(Buffer.from('x')));
     await conn.close();
+    close();
+  });
+
+  test('more queued messages than the bound close the connection with 08P01', async () => {
+    const { conn, peer, close } = await pair();
+    const received: Buffer[] = [];
+    peer.on('data', (chunk: Buffer) => received.push(chunk));
+    const sync = Buffer.from([0x53, 0, 0, 0, 4]);
+    peer.write(Buffer.concat([startup, ...new Array<Buffer>(MAX_QUEUED_MESSAGES + 1).fill(sync)]));
+    await conn.closed;
+    assert.equal(errorCode(messages(Buffer.concat(received))[0]![1]), '08P01');
+    // Queued messages are still handed out, then the reason the input ended.
+    assert.equal((await conn.readStartupPacket(TIMEOUT_MS)).type, 'startup');
+    for (let index = 0; index < MAX_QUEUED_MESSAGES - 1; index++) assert.equal((await conn.readMessage(TIMEOUT_MS)).type, 'sync');
+    await assert.rejects(conn.readMessage(TIMEOUT_MS), (error) => isWalcastError(error, 'WALCAST_ERR_PROTOCOL_VIOLATION'));
+    close();
+  });
+
+  test('readMessage takes input back from a stale handler; releaseMessageHandler leaves a newer one alone', async () => {
+    const { conn, peer, close } = await pair();
+    peer.write(startup);
+    await conn.readStartupPacket(TIMEOUT_MS);
+    const stale = (): void => assert.fail('the stale handler must not see messages');
+    conn.setMessageHandler(stale);
+    const next = conn.readMessage(TIMEOUT_MS);
+    peer.write(query('E'));
+    assert.deepEqual(await next, { type: 'query', sql: 'E' });
+    const current: FrontendMessage[] = [];
+    const handler = (message: FrontendMessage): void => void current.push(message);
+    conn.setMessageHandler(handler);
+    conn.releaseMessageHandler(stale);
+    peer.write(query('F'));
+    await waitFor(() => current.length === 1);
+    conn.releaseMessageHandler(handler);
+    peer.write(query('G'));
+    assert.deepEqual(await conn.readMessage(TIMEOUT_MS), { type: 'query', sql: 'G' });
+    peer.destroy();
+    await conn.closed;
     close();
   });
 
