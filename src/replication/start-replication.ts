@@ -82,6 +82,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
     startedAt: new Date(),
     connId: context.connId,
   });
+  log.info({ appname: context.applicationName, startLsn: formatLsn(request.startLsn), recovery: request.recovery }, 'stream started');
   const stopController = new AbortController();
   const onShutdown = (): void => stopController.abort();
   context.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
