@@ -8,13 +8,15 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import { pino } from 'pino';
 import parsePrometheusTextFormat, { type ParsedFamily } from 'parse-prometheus-text-format';
 import { createOperationsMetrics, type OperationsMetrics } from '../src/api/metrics.js';
 import { startOperationsApi } from '../src/api/operations.js';
 import type { HttpApi } from '../src/api/http-server.js';
 import { createIoBackend } from '../src/io/select-backend.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger, type Logger } from '../src/log.js';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { WalcastServer } from '../src/server.js';
 import { importWal } from '../src/storage/wal-import.js';
@@ -40,6 +42,18 @@ interface Fixture {
   timelinePath: string;
   endLsn: Lsn;
   receiveWal: ChildProcess;
+  logLines: Array<Record<string, unknown>>;
+}
+
+/** The server's JSON log lines, kept in memory so the test can check what an operator's log shows. */
+function memoryLogger(lines: Array<Record<string, unknown>>): Logger {
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  return pino({ level: 'info' }, sink);
 }
 
 let fixture: Fixture;
@@ -53,6 +67,7 @@ before(async () => {
   const dataDir = await makeTempDir('walcast-ops-data');
   const imported = await importWal({ dataDir, fromDir: primary.walDir });
   const selection = await createIoBackend(backendUnderTest());
+  const logLines: Array<Record<string, unknown>> = [];
   const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy });
   const server = await WalcastServer.start({
     dataDir,
@@ -61,7 +76,7 @@ before(async () => {
     backend: selection.backend,
     maxConnections: 64,
     replicaTimeoutMs: 60_000,
-    log: silentLogger(),
+    log: memoryLogger(logLines),
     hooks: metrics.hooks,
   });
   metrics.bindTimelines(server.timelines);
@@ -72,7 +87,7 @@ before(async () => {
   const timeline = server.timelines.list()[0];
   assert.ok(timeline !== undefined);
   fixture = {
-    primary, standby, server, metrics, api, receiveWal, endLsn: imported.endLsn,
+    primary, standby, server, metrics, api, receiveWal, logLines, endLsn: imported.endLsn,
     base: `http://127.0.0.1:${api.address().port}`,
     timelinePath: `/v1/tenant/${timeline.tenantId}/timeline/${timeline.timelineId}`,
   };
@@ -251,8 +266,19 @@ describe('operations surface with real replicas', { timeout: TEST_TIMEOUT_MS }, 
     await waitFor('the standby leaves the status', async () => ((await timelineDocument()).walsenders.length === 0 ? true : undefined), DISAPPEAR_DEADLINE_MS);
     const families = await scrape();
     assert.equal(families.get('walcast_replica_lag_bytes')?.metrics.length, 0);
+    // One log line when the stream starts and one when it ends, with who, where from, the LSNs, bytes and how.
+    const receiverLines = fixture.logLines.filter((line) => line.appname === RECEIVEWAL_APPNAME);
+    const started = receiverLines.find((line) => line.msg === 'stream started');
+    const ended = receiverLines.find((line) => line.msg === 'stream ended');
+    assert.ok(started !== undefined && ended !== undefined, `log lines: ${JSON.stringify(receiverLines)}`);
+    assert.match(String(started.addr), /^127\.0\.0\.1:\d+$/);
+    assert.equal(ended.addr, started.addr);
+    assert.equal(typeof started.startLsn, 'string');
+    assert.equal(ended.endLsn, formatLsn(fixture.endLsn));
+    assert.ok(Number(ended.bytesSent) > 0);
+    assert.equal(typeof ended.how, 'string');
     assert.equal(Number(families.get('walcast_active_senders')?.metrics[0]?.value), 0);
-    const ended = families.get('walcast_streams_ended_total')?.metrics ?? [];
-    assert.ok(ended.reduce((sum, sample) => sum + Number(sample.value), 0) >= 4, 'every stream ending was counted');
+    const endings = families.get('walcast_streams_ended_total')?.metrics ?? [];
+    assert.ok(endings.reduce((sum, sample) => sum + Number(sample.value), 0) >= 4, 'every stream ending was counted');
   });
 });
