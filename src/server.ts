@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { ListenAddress } from './cli/listen-address.js';
+import { startIngest, type IngestHandle } from './ingest/ingest-manager.js';
 import type { IoBackend } from './io/backend.js';
 import type { Logger } from './log.js';
 import { runSession } from './replication/session.js';
@@ -27,6 +28,10 @@ export interface ServerOptions {
   readonly maxConnections: number;
   readonly replicaTimeoutMs: number;
   readonly log: Logger;
+  /** Password for the upstreams that timelines follow (live ingest); see src/ingest. */
+  readonly upstreamPassword?: string | undefined;
+  /** Follow upstreams recorded in control files (default true); false serves stored WAL only. */
+  readonly ingest?: boolean;
   /** Hooks for the operations surface (metrics); optional so tests can run a bare server. */
   readonly hooks?: ServerHooks;
 }
@@ -46,6 +51,8 @@ export class WalcastServer {
   private readonly sessions = new Set<Promise<void>>();
   private readonly shutdown = new AbortController();
   private nextConnId = 1;
+  /** Live ingest: one follower per timeline that has an upstream. */
+  ingest: IngestHandle | undefined;
 
   private constructor(options: ServerOptions, timelines: TimelineRegistry) {
     this.options = options;
@@ -65,6 +72,7 @@ export class WalcastServer {
         resolve();
       });
     });
+    if (options.ingest !== false) server.ingest = await startIngest({ timelines, upstreamPassword: options.upstreamPassword, log: options.log });
     return server;
   }
 
@@ -120,6 +128,8 @@ export class WalcastServer {
   async stop(): Promise<void> {
     if (this.shutdown.signal.aborted) return;
     this.shutdown.abort();
+    // Ingest first: its final flush publishes what is durable before the senders are told to end.
+    await this.ingest?.stop();
     const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const socket of this.sockets) socket.end();
     const grace = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS).unref());

@@ -26,6 +26,7 @@ function buildProgram(): Command {
     .option('--listen <host:port>', 'PostgreSQL protocol listen address', '127.0.0.1:5454')
     .addOption(new Option('--auth <method>', 'client authentication; trust is allowed only on loopback').choices(['trust', 'scram-sha-256']).default('trust'))
     .option('--password-file <file>', 'file holding the replication password (else env WALCAST_PASSWORD)')
+    .option('--upstream-password-file <file>', 'file holding the password for upstreams that timelines follow (else env WALCAST_UPSTREAM_PASSWORD)')
     .addOption(new Option('--io <backend>', 'I/O backend (env WALCAST_IO; the flag wins)').choices(['auto', 'native', 'ts']))
     .addOption(new Option('--native-strategy <strategy>', 'socket strategy of the native backend (env WALCAST_NATIVE_STRATEGY)').choices(['sendfile', 'writev', 'uring']))
     .option('--max-connections <n>', 'connections served at once; more are refused with 53300', parsePositiveInt, 4096)
@@ -61,6 +62,23 @@ function buildProgram(): Command {
     .action(async (options: Record<string, unknown>) => {
       const { runStatus } = await import('./status-command.js');
       await runStatus(options);
+    });
+
+  const timeline = program.command('timeline').description('manage timelines');
+  timeline
+    .command('create')
+    .description('create a timeline that follows an upstream server (PostgreSQL or walcast) over physical replication')
+    .requiredOption('--upstream <conninfo>', "libpq-style connection string, e.g. 'host=10.0.0.5 port=5432 user=repl' (no password)")
+    .option('--upstream-password-file <file>', 'file holding the upstream password (else env WALCAST_UPSTREAM_PASSWORD)')
+    .option('--data-dir <dir>', 'walcast data directory', './walcast-data')
+    .option('--tenant-id <id>', 'tenant id (32 hex); a new one when omitted')
+    .option('--timeline-id <id>', 'timeline id (32 hex); a new one when omitted')
+    .option('--start-lsn <X/Y>', "where to start (rounded down to a segment start); default: the start of the upstream's current segment")
+    .option('--json', 'print the result as JSON')
+    .addOption(new Option('--log-level <level>', 'log level (logs go to stderr)').choices(LOG_LEVELS as string[]).default('warn'))
+    .action(async (options: Record<string, unknown>) => {
+      const { runTimelineCreate } = await import('./timeline-command.js');
+      await runTimelineCreate(options);
     });
 
   return program;

@@ -18,6 +18,7 @@ export interface ServeFlags {
   readonly listen: string;
   readonly auth: 'trust' | 'scram-sha-256';
   readonly passwordFile?: string;
+  readonly upstreamPasswordFile?: string;
   readonly io?: string;
   readonly nativeStrategy?: string;
   readonly maxConnections: number;
@@ -46,6 +47,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     replicaTimeoutMs: flags.replicaTimeout,
     log,
     hooks: metrics.hooks,
+    upstreamPassword: await readSecret({ file: flags.upstreamPasswordFile, envName: 'WALCAST_UPSTREAM_PASSWORD', what: 'upstream password' }),
   });
   metrics.bindTimelines(server.timelines);
   const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log });

@@ -24,6 +24,7 @@ test('parses host, port, user and application_name with defaults', () => {
     applicationName: 'walcast',
     connectTimeoutS: undefined,
     sslMode: 'prefer',
+    options: undefined,
   });
   const defaults = parseOk('  host = db.example ');
   assert.equal(defaults.port, 5432);
@@ -61,7 +62,7 @@ test('refuses passwords, unknown keywords, bad ports, TLS modes and malformed te
 });
 
 test('formatConnInfo round-trips through the parser', () => {
-  for (const text of ['host=127.0.0.1 port=5433 user=repl', "host='a b' user='it\\'s' application_name=r connect_timeout=3 sslmode=disable"]) {
+  for (const text of ['host=127.0.0.1 port=5433 user=repl', "host='a b' user='it\\'s' application_name=r connect_timeout=3 sslmode=disable options='-c tenant_id=x'"]) {
     const info = parseOk(text);
     assert.deepEqual(parseOk(formatConnInfo(info)), info);
   }

@@ -27,11 +27,13 @@ export interface UpstreamConnInfo {
   readonly connectTimeoutS: number | undefined;
   /** Only 'disable' and 'prefer'/'allow' (which fall back to plain) are supported: the wire client has no TLS. */
   readonly sslMode: 'disable' | 'allow' | 'prefer';
+  /** The startup `options` parameter, e.g. "-c tenant_id=... -c timeline_id=..." to pick a walcast upstream's timeline. */
+  readonly options: string | undefined;
 }
 
 /** Keywords accepted and ignored: they are meaningful to libpq but change nothing for a replication client. */
-const IGNORED_KEYWORDS = new Set(['dbname', 'replication', 'keepalives', 'keepalives_idle', 'keepalives_interval', 'keepalives_count', 'target_session_attrs', 'gssencmode', 'channel_binding', 'client_encoding', 'options', 'fallback_application_name']);
-const KNOWN_KEYWORDS = new Set(['host', 'hostaddr', 'port', 'user', 'application_name', 'connect_timeout', 'sslmode', 'password', 'passfile', ...IGNORED_KEYWORDS]);
+const IGNORED_KEYWORDS = new Set(['dbname', 'replication', 'keepalives', 'keepalives_idle', 'keepalives_interval', 'keepalives_count', 'target_session_attrs', 'gssencmode', 'channel_binding', 'client_encoding', 'fallback_application_name']);
+const KNOWN_KEYWORDS = new Set(['host', 'hostaddr', 'port', 'user', 'application_name', 'connect_timeout', 'sslmode', 'password', 'passfile', 'options', ...IGNORED_KEYWORDS]);
 
 function configError(message: string): WalcastError {
   return new WalcastError('WALCAST_ERR_CONFIG', `invalid upstream connection string: ${message}`);
@@ -111,6 +113,7 @@ export function parseConnInfo(text: string, defaultUser: string): UpstreamConnIn
     applicationName: pairs.get('application_name') ?? DEFAULT_APPLICATION_NAME,
     connectTimeoutS,
     sslMode,
+    options: pairs.get('options'),
   };
 }
 
@@ -135,5 +138,6 @@ export function formatConnInfo(info: UpstreamConnInfo): string {
   const parts = [`host=${quote(info.host)}`, `port=${info.port}`, `user=${quote(info.user)}`, `application_name=${quote(info.applicationName)}`];
   if (info.connectTimeoutS !== undefined) parts.push(`connect_timeout=${info.connectTimeoutS}`);
   if (info.sslMode !== 'prefer') parts.push(`sslmode=${info.sslMode}`);
+  if (info.options !== undefined) parts.push(`options=${quote(info.options)}`);
   return parts.join(' ');
 }

@@ -1,0 +1,494 @@
+/**
+ * Following one upstream for one timeline: the replication-client state machine of live ingest (walreceiver.c's
+ * job). It recovers the stored WAL's end, connects, checks IDENTIFY_SYSTEM, runs START_REPLICATION from exactly the
+ * next byte it needs, writes every XLogData into the segments, and publishes a position only once it is durable
+ * (group-committed fdatasync, storage/wal-writer.ts). It reports what is written and durable upstream ('r', so a
+ * primary may use walcast as a synchronous standby) and forwards the hot-standby xmin of its own replicas ('h', as
+ * a cascading standby does). Errors reconnect with capped backoff; an upstream timeline switch or a failed write
+ * stops ingest, leaving the stored WAL as it is.
+ *
+ * States (each change is logged once): recovering → connecting → streaming → waiting → connecting ... → stopped |
+ * failed. The timeline counts a writer as attached only while a stream is live.
+ */
+import assert from 'node:assert/strict';
+import { WalcastError, isWalcastError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { formatLsn, lsnDistance, parseLsn, type Lsn } from '../lsn.js';
+import { pgNowMicros } from '../replication/stream-messages.js';
+import { writeControlFile, type ControlState } from '../storage/control-file.js';
+import { WalWriter } from '../storage/wal-writer.js';
+import type { Timeline } from '../timeline/timeline.js';
+import { ServerError, connectReplication, type QueryResult, type ReplicationClientOptions, type ReplicationStream, type StreamEnd } from '../wire/client.js';
+import { Backoff } from './backoff.js';
+import type { UpstreamConnInfo } from './conninfo.js';
+import { recoverTimelineEnd } from './recovery.js';
+import { decodeUpstreamMessage, encodeHotStandbyFeedback, encodeStandbyStatus, type XLogDataMessage } from './upstream-messages.js';
+
+/** Bounds connecting, startup and each command when the connection string has no connect_timeout. */
+export const UPSTREAM_COMMAND_TIMEOUT_MS = 10_000;
+/** A status update at least this often, as walreceiver's wal_receiver_status_interval (10 s) but tighter for lag views. */
+export const STATUS_INTERVAL_MS = 1_000;
+/** Hot-standby feedback is re-checked and, when changed, sent at most this often (the issue: ~1 s). */
+export const HOT_STANDBY_FEEDBACK_INTERVAL_MS = 1_000;
+/** The control file's flush LSN is persisted at most this often; recovery makes up for the lag. */
+export const CONTROL_PERSIST_INTERVAL_MS = 1_000;
+/** An upstream silent this long is presumed dead (PostgreSQL wal_receiver_timeout default); half of it asks for a reply. */
+export const UPSTREAM_SILENCE_TIMEOUT_MS = 60_000;
+/** Written but not yet durable bytes before reading pauses for the running fdatasync: bounds the page-cache debt. */
+export const UNFLUSHED_BYTES_MAX = 64 * 1024 * 1024;
+/** How long the closing handshake (CopyDone → CommandComplete → ReadyForQuery) may take before we hang up. */
+const STREAM_END_TIMEOUT_MS = 5_000;
+/** SQLSTATE of "replication slot ... does not exist" (slot.c ReplicationSlotAcquire). */
+const SQLSTATE_UNDEFINED_OBJECT = '42704';
+
+assert.ok(HOT_STANDBY_FEEDBACK_INTERVAL_MS <= UPSTREAM_SILENCE_TIMEOUT_MS / 2);
+
+export type FollowerState = 'recovering' | 'connecting' | 'streaming' | 'waiting' | 'stopped' | 'failed';
+
+/** The subset of the wire client the follower uses, so tests can substitute it. */
+export type UpstreamConnect = (options: ReplicationClientOptions) => Promise<UpstreamClient>;
+export interface UpstreamClient {
+  query(sql: string): Promise<QueryResult>;
+  startReplication(command: string): Promise<UpstreamStream>;
+  end(): Promise<void>;
+  readonly parameters: Map<string, string>;
+}
+export type UpstreamStream = Pick<ReplicationStream, 'read' | 'sendCopyData' | 'sendCopyDone'>;
+
+export interface FollowerOptions {
+  readonly timeline: Timeline;
+  /** The timeline's control file as read at start; rewritten with new flush positions. */
+  readonly control: ControlState;
+  readonly conninfo: UpstreamConnInfo;
+  readonly password: string | undefined;
+  readonly log: Logger;
+  readonly connect?: UpstreamConnect;
+}
+
+export interface FollowerStats {
+  bytesReceived: number;
+  messagesReceived: number;
+  statusSent: number;
+  hotStandbySent: number;
+  connects: number;
+}
+
+/** The physical slot walcast creates upstream for a timeline (the issue fixes the name). */
+export function upstreamSlotName(timelineId: string): string {
+  return `walcast_${timelineId.slice(0, 16)}`;
+}
+
+export class UpstreamFollower {
+  readonly stats: FollowerStats = { bytesReceived: 0, messagesReceived: 0, statusSent: 0, hotStandbySent: 0, connects: 0 };
+  private stateValue: FollowerState = 'recovering';
+  private lastLoggedProblem: string | undefined;
+  private readonly options: FollowerOptions;
+  private readonly log: Logger;
+  private readonly timeline: Timeline;
+  private readonly connect: UpstreamConnect;
+  private writer: WalWriter | undefined;
+  private client: UpstreamClient | undefined;
+  private stream: UpstreamStream | undefined;
+  private flushInFlight: Promise<void> | undefined;
+  private fatal: Error | undefined;
+  private stopping = false;
+  private wake: (() => void) | undefined;
+  private useSlot = true;
+  private lastMessageAt = 0;
+  private sentHotStandby: { xmin: bigint; catalogXmin: bigint } | undefined;
+  private control: ControlState;
+  private persisting: Promise<void> | undefined;
+  private runPromise: Promise<void> | undefined;
+
+  constructor(options: FollowerOptions) {
+    this.options = options;
+    this.timeline = options.timeline;
+    this.control = options.control;
+    this.connect = options.connect ?? connectReplication;
+    this.log = options.log.child({ tenantId: this.timeline.tenantId, timelineId: this.timeline.timelineId, upstream: `${options.conninfo.host}:${options.conninfo.port}` });
+  }
+
+  get state(): FollowerState {
+    return this.stateValue;
+  }
+
+  /** The error that stopped ingest for good (timeline switch, write failure), if any. */
+  get failure(): Error | undefined {
+    return this.fatal;
+  }
+
+  /** Starts following in the background; `done` settles when it stops. */
+  start(): Promise<void> {
+    assert.equal(this.runPromise, undefined, 'a follower starts once');
+    this.runPromise = this.run();
+    return this.runPromise;
+  }
+
+  /** Ends the stream, makes everything written durable, persists the control file. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.wake?.();
+    void this.client?.end();
+    await this.runPromise;
+  }
+
+  private async run(): Promise<void> {
+    const timers = [setInterval(() => void this.persistControl(), CONTROL_PERSIST_INTERVAL_MS)];
+    try {
+      await this.recover();
+      await this.followUntilStopped();
+    } catch (error) {
+      this.fatal ??= error instanceof Error ? error : new Error(String(error));
+    } finally {
+      for (const timer of timers) clearInterval(timer);
+      await this.shutDownWriter();
+      if (this.fatal !== undefined) {
+        this.setState('failed');
+        this.log.error({ err: this.fatal, code: isWalcastError(this.fatal) ? this.fatal.code : undefined }, 'ingest stopped: ' + this.fatal.message);
+      } else {
+        this.setState('stopped');
+      }
+    }
+  }
+
+  private async recover(): Promise<void> {
+    this.setState('recovering');
+    const timeline = this.timeline;
+    const result = await recoverTimelineEnd(
+      {
+        dir: timeline.dir,
+        segmentBytes: timeline.segmentBytes,
+        pgTimelineId: timeline.pgTimelineId,
+        systemId: timeline.systemId,
+        timelineStartLsn: timeline.timelineStartLsn,
+        controlFlushLsn: this.control.flushLsn,
+      },
+      this.log,
+    );
+    // Only forward: the watches may already be ahead of a lagging control file only if someone else wrote, which the
+    // single-writer rule forbids; publish() asserts that.
+    if (result.resumeLsn > timeline.flushLsn.get()) timeline.publish({ flushLsn: result.resumeLsn, commitLsn: result.resumeLsn });
+    this.writer = new WalWriter({ dir: timeline.dir, pgTimelineId: timeline.pgTimelineId, segmentBytes: timeline.segmentBytes, startLsn: result.resumeLsn });
+    await this.persistControl();
+  }
+
+  private async followUntilStopped(): Promise<void> {
+    const backoff = new Backoff();
+    while (!this.stopping && this.fatal === undefined) {
+      const receivedBefore = this.stats.bytesReceived;
+      try {
+        await this.followOnce();
+        this.noteProblem('the upstream ended the stream');
+      } catch (error) {
+        if (isFatal(error)) throw error;
+        if (this.fatal !== undefined) break;
+        this.noteProblem(describe(error), error);
+      }
+      if (this.stopping || this.fatal !== undefined) break;
+      // A stream that delivered WAL was a success: the next failure starts the backoff from the minimum again.
+      if (this.stats.bytesReceived > receivedBefore) backoff.reset();
+      const delayMs = backoff.nextDelayMs();
+      this.setState('waiting', { retryInMs: delayMs });
+      await this.sleep(delayMs);
+    }
+    if (this.fatal !== undefined) throw this.fatal;
+  }
+
+  private async followOnce(): Promise<void> {
+    this.setState('connecting');
+    const info = this.options.conninfo;
+    const client = await this.connect({
+      host: info.host,
+      port: info.port,
+      user: info.user,
+      password: this.options.password,
+      applicationName: info.applicationName,
+      options: info.options,
+      timeoutMs: info.connectTimeoutS === undefined ? UPSTREAM_COMMAND_TIMEOUT_MS : info.connectTimeoutS * 1000,
+    });
+    this.stats.connects++;
+    this.client = client;
+    try {
+      if (this.stopping) return;
+      await this.checkIdentity(client);
+      const stream = await this.startStream(client);
+      await this.streamUntilEnd(stream);
+    } finally {
+      this.client = undefined;
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  /** IDENTIFY_SYSTEM must show the same system and the same PostgreSQL timeline as the stored WAL. */
+  private async checkIdentity(client: UpstreamClient): Promise<void> {
+    const identity = parseIdentifySystem(await client.query('IDENTIFY_SYSTEM'));
+    if (identity.systemId !== this.timeline.systemId) {
+      throw new WalcastError('WALCAST_ERR_SYSTEM_ID_MISMATCH', `the upstream's system identifier ${identity.systemId} differs from this timeline's ${this.timeline.systemId}`);
+    }
+    if (identity.pgTimelineId !== this.timeline.pgTimelineId) {
+      throw new WalcastError(
+        'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH',
+        `the upstream is on PostgreSQL timeline ${identity.pgTimelineId}, this timeline stores timeline ${this.timeline.pgTimelineId}: create a new walcast timeline to follow it`,
+      );
+    }
+  }
+
+  private async startStream(client: UpstreamClient): Promise<UpstreamStream> {
+    const writer = this.requireWriter();
+    const position = `${formatLsn(writer.writtenLsn)} TIMELINE ${this.timeline.pgTimelineId}`;
+    if (this.useSlot) {
+      try {
+        return await client.startReplication(`START_REPLICATION SLOT "${upstreamSlotName(this.timeline.timelineId)}" PHYSICAL ${position}`);
+      } catch (error) {
+        if (!(error instanceof ServerError) || error.sqlState !== SQLSTATE_UNDEFINED_OBJECT) throw error;
+        this.useSlot = false;
+        this.log.warn({ err: error.message }, 'the upstream has no walcast slot for this timeline: streaming without one (WAL may be recycled while walcast is away)');
+      }
+    }
+    return client.startReplication(`START_REPLICATION PHYSICAL ${position}`);
+  }
+
+  private async streamUntilEnd(stream: UpstreamStream): Promise<void> {
+    const detach = this.timeline.attachWriter();
+    this.stream = stream;
+    this.lastMessageAt = Date.now();
+    this.sentHotStandby = undefined;
+    this.setState('streaming', { from: formatLsn(this.requireWriter().writtenLsn) });
+    this.lastLoggedProblem = undefined;
+    const timers = [
+      setInterval(() => this.onStatusTick(), STATUS_INTERVAL_MS),
+      setInterval(() => this.sendHotStandbyIfChanged(), HOT_STANDBY_FEEDBACK_INTERVAL_MS),
+    ];
+    try {
+      this.sendStatus(false);
+      this.sendHotStandbyIfChanged();
+      await this.consume(stream);
+      await this.finishStream(stream);
+    } finally {
+      for (const timer of timers) clearInterval(timer);
+      this.stream = undefined;
+      detach();
+    }
+  }
+
+  private async consume(stream: UpstreamStream): Promise<void> {
+    for (;;) {
+      const payload = await stream.read();
+      if (payload === undefined || this.fatal !== undefined) return;
+      this.lastMessageAt = Date.now();
+      this.stats.messagesReceived++;
+      const message = decodeUpstreamMessage(payload);
+      if (message instanceof WalcastError) throw message;
+      if (message.kind === 'xlog_data') {
+        this.onXLogData(message);
+        await this.waitIfTooFarAhead();
+      } else if (message.replyRequested) {
+        this.sendStatus(false);
+      }
+    }
+  }
+
+  private onXLogData(message: XLogDataMessage): void {
+    const writer = this.requireWriter();
+    const written = writer.writtenLsn;
+    const end = message.dataStart + BigInt(message.data.length);
+    if (message.dataStart > written) {
+      throw new WalcastError('WALCAST_ERR_UPSTREAM', `the upstream sent WAL at ${formatLsn(message.dataStart)}, expected ${formatLsn(written)}: a gap`);
+    }
+    if (end <= written) return;
+    // A resent prefix (the upstream restarted at a page boundary) is skipped; the rest must continue exactly.
+    const data = message.dataStart < written ? message.data.subarray(lsnDistance(written, message.dataStart)) : message.data;
+    writer.write(written, data);
+    this.stats.bytesReceived += data.length;
+    this.kickFlush();
+  }
+
+  /** Group commit: one fdatasync runs at a time and covers everything written before it started. */
+  private kickFlush(): void {
+    const writer = this.requireWriter();
+    if (this.flushInFlight !== undefined || writer.writtenLsn === writer.durableLsn) return;
+    this.flushInFlight = writer.flush().then(
+      (durableLsn) => {
+        this.flushInFlight = undefined;
+        // Commit = flush: a PostgreSQL primary sends only flushed WAL, a walcast upstream only committed WAL.
+        this.timeline.publish({ flushLsn: durableLsn, commitLsn: durableLsn });
+        this.sendStatus(false);
+        this.kickFlush();
+      },
+      (error: unknown) => {
+        this.flushInFlight = undefined;
+        this.fail(error);
+      },
+    );
+  }
+
+  private async waitIfTooFarAhead(): Promise<void> {
+    const writer = this.requireWriter();
+    while (this.flushInFlight !== undefined && lsnDistance(writer.writtenLsn, writer.durableLsn) > UNFLUSHED_BYTES_MAX) await this.flushInFlight;
+  }
+
+  /** The stream's input ended: close our side, then tell a timeline switch from a plain disconnect. */
+  private async finishStream(stream: UpstreamStream): Promise<void> {
+    const end = await withTimeout(stream.sendCopyDone(), STREAM_END_TIMEOUT_MS);
+    if (end === undefined || this.stopping) return;
+    if (end.how === 'error') throw new WalcastError('WALCAST_ERR_UPSTREAM', `the upstream ended the stream: ${end.error.message} (SQLSTATE ${end.error.sqlState})`, { cause: end.error });
+    if (end.how === 'completed' && end.serverCopyDone && end.rows.length > 0) throw timelineSwitchError(end, this.timeline.pgTimelineId);
+  }
+
+  private onStatusTick(): void {
+    const silentMs = Date.now() - this.lastMessageAt;
+    if (silentMs > UPSTREAM_SILENCE_TIMEOUT_MS) {
+      this.log.warn({ silentMs }, 'the upstream sent nothing for too long: reconnecting');
+      void this.client?.end();
+      return;
+    }
+    // walreceiver.c WalRcvComputeNextWakeup: past half the timeout, ask the upstream for a sign of life.
+    this.sendStatus(silentMs > UPSTREAM_SILENCE_TIMEOUT_MS / 2);
+  }
+
+  /** 'r': write = received, flush = apply = durable (walcast "applies" WAL by making it servable). */
+  private sendStatus(replyRequested: boolean): void {
+    const stream = this.stream;
+    const writer = this.writer;
+    if (stream === undefined || writer === undefined) return;
+    const durable = writer.durableLsn;
+    const status = encodeStandbyStatus({ writeLsn: writer.writtenLsn, flushLsn: durable, applyLsn: durable, sendTimeMicros: pgNowMicros(), replyRequested });
+    this.stats.statusSent++;
+    stream.sendCopyData(status).catch(() => undefined); // a dead socket surfaces as the stream's end
+  }
+
+  /** 'h': the minimum xmin over walcast's own hot standbys, when it changed (0 = none, which releases the upstream's). */
+  private sendHotStandbyIfChanged(): void {
+    const stream = this.stream;
+    if (stream === undefined) return;
+    const aggregates = this.timeline.replicas.aggregates();
+    const next = { xmin: aggregates.hotStandbyXmin ?? 0n, catalogXmin: aggregates.hotStandbyCatalogXmin ?? 0n };
+    const sent = this.sentHotStandby;
+    if (sent !== undefined && sent.xmin === next.xmin && sent.catalogXmin === next.catalogXmin) return;
+    this.sentHotStandby = next;
+    this.stats.hotStandbySent++;
+    stream.sendCopyData(encodeHotStandbyFeedback(next.xmin, next.catalogXmin, pgNowMicros())).catch(() => undefined);
+  }
+
+  private fail(error: unknown): void {
+    this.fatal ??= error instanceof Error ? error : new Error(String(error));
+    this.wake?.();
+    void this.client?.end();
+  }
+
+  private async shutDownWriter(): Promise<void> {
+    const writer = this.writer;
+    if (writer === undefined) return;
+    if (this.flushInFlight !== undefined) await this.flushInFlight.catch(() => undefined);
+    if (this.fatal === undefined || !isWalcastError(this.fatal, 'WALCAST_ERR_WAL_WRITE')) {
+      try {
+        await writer.close();
+        this.timeline.publish({ flushLsn: writer.durableLsn, commitLsn: writer.durableLsn });
+      } catch (error) {
+        this.fatal ??= error instanceof Error ? error : new Error(String(error));
+        writer.abandon();
+      }
+    } else {
+      writer.abandon();
+    }
+    await this.persistControl();
+  }
+
+  /** Writes the durable position into the control file, at most one write at a time. */
+  private async persistControl(): Promise<void> {
+    if (this.persisting !== undefined) return this.persisting;
+    const durable = this.writer?.durableLsn ?? this.control.flushLsn;
+    if (durable === this.control.flushLsn && this.writer !== undefined && this.control.commitLsn === durable) return;
+    const next: ControlState = { ...this.control, flushLsn: durable, commitLsn: durable, lastRecordLsn: undefined };
+    this.persisting = writeControlFile(this.timeline.dir, next)
+      .then(() => {
+        this.control = next;
+      })
+      .catch((error: unknown) => this.log.warn({ err: error }, 'could not persist the control file (recovery will catch up)'))
+      .finally(() => {
+        this.persisting = undefined;
+      });
+    return this.persisting;
+  }
+
+  private requireWriter(): WalWriter {
+    assert.ok(this.writer !== undefined, 'recovery opened the writer');
+    return this.writer;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wake = done;
+    });
+  }
+
+  private setState(state: FollowerState, details: Record<string, unknown> = {}): void {
+    if (state === this.stateValue && state !== 'waiting') return;
+    const previous = this.stateValue;
+    this.stateValue = state;
+    if (state === 'waiting' || (state === 'connecting' && previous === 'waiting')) {
+      this.log.debug({ state, ...details }, `ingest ${state}`);
+      return;
+    }
+    this.log.info({ state, ...details }, `ingest ${state}`);
+  }
+
+  /** Logs a failure once until it changes or a stream goes live again, so a long outage is one line, not thousands. */
+  private noteProblem(problem: string, error?: unknown): void {
+    if (problem === this.lastLoggedProblem) return;
+    this.lastLoggedProblem = problem;
+    this.log.warn({ err: error instanceof Error ? error.message : undefined }, `upstream: ${problem}; reconnecting with backoff`);
+  }
+}
+
+interface UpstreamIdentity {
+  readonly systemId: bigint;
+  readonly pgTimelineId: number;
+  readonly xlogPos: Lsn;
+}
+
+/** IDENTIFY_SYSTEM's one row: systemid text, timeline int4, xlogpos text, dbname. */
+export function parseIdentifySystem(result: QueryResult): UpstreamIdentity {
+  const row = result.rows[0];
+  const systemText = row?.[0];
+  const timelineText = row?.[1];
+  const xlogPos = parseLsn(row?.[2] ?? '');
+  if (systemText == null || !/^\d{1,20}$/.test(systemText) || timelineText == null || !/^\d{1,10}$/.test(timelineText) || xlogPos === undefined) {
+    throw new WalcastError('WALCAST_ERR_UPSTREAM', `the upstream's IDENTIFY_SYSTEM answer is malformed: ${JSON.stringify(result.rows)}`);
+  }
+  return { systemId: BigInt(systemText), pgTimelineId: Number(timelineText), xlogPos };
+}
+
+function timelineSwitchError(end: Extract<StreamEnd, { how: 'completed' }>, pgTimelineId: number): WalcastError {
+  const [nextTimeline, switchPoint] = end.rows[0] ?? [];
+  return new WalcastError(
+    'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH',
+    `the upstream ended PostgreSQL timeline ${pgTimelineId} at ${switchPoint ?? '?'} and continues on timeline ${nextTimeline ?? '?'}: ingest stopped; the stored WAL ends at the switch point`,
+  );
+}
+
+function isFatal(error: unknown): boolean {
+  return isWalcastError(error, 'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH') || isWalcastError(error, 'WALCAST_ERR_WAL_WRITE') || isWalcastError(error, 'WALCAST_ERR_SYSTEM_ID_MISMATCH');
+}
+
+function describe(error: unknown): string {
+  if (error instanceof ServerError) return `${error.message} (SQLSTATE ${error.sqlState})`;
+  return error instanceof Error ? error.message : String(error);
+}
+
+async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
