@@ -4,6 +4,7 @@
  * session does, so that the wire layer is tested without the replication layer.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
@@ -170,6 +171,14 @@ describe('startup over loopback (raw client bytes)', () => {
     assert.equal(startup.options.get('timeline_id'), 'x1');
   });
 
+  test('a third encryption request is a protocol violation', async () => {
+    const ssl = Buffer.concat([int32(8), int32(80877103)]);
+    const { received, closed } = await rawExchange(server.port, [ssl, 'waitN', ssl, ssl]);
+    assert.ok(closed);
+    assert.equal(received.subarray(0, 2).toString('latin1'), 'NN');
+    assert.equal(errorCode(messages(received.subarray(2))[0]![1]), '08P01');
+  });
+
   test('protocol 2.0 is refused with FATAL 0A000', async () => {
     const { received, closed } = await rawExchange(server.port, [startupPacket(131072, { user: 'repl' })]);
     const list = messages(received);
@@ -274,6 +283,62 @@ describe('client.ts against the in-test server', () => {
     assert.deepEqual(trust.feedback.map(String), ['r-status'], 'CopyData from the client reached the message handler');
     assert.equal((await client.query('IDENTIFY_SYSTEM')).tag, 'IDENTIFY_SYSTEM', 'usable after the stream');
     await client.end();
+  });
+});
+
+describe('client.ts password methods against a hand-written server', () => {
+  /** Serves one connection: sends `request` after the startup packet, captures the 'p' reply, then R(0) and Z. */
+  async function passwordExchange(request: Buffer, password: string | undefined): Promise<{ reply: string | undefined; error: unknown }> {
+    let reply: string | undefined;
+    const server = createServer((socket) => {
+      let buffered = Buffer.alloc(0);
+      let sentRequest = false;
+      socket.on('data', (chunk: Buffer) => {
+        buffered = Buffer.concat([buffered, chunk]);
+        if (!sentRequest && buffered.length >= 4 && buffered.length >= buffered.readInt32BE(0)) {
+          buffered = buffered.subarray(buffered.readInt32BE(0));
+          sentRequest = true;
+          socket.write(request);
+        }
+        if (sentRequest && buffered.length >= 5 && buffered.length >= 1 + buffered.readInt32BE(1)) {
+          reply = buffered.subarray(5, 1 + buffered.readInt32BE(1)).toString('latin1');
+          socket.write(Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 0, 0x5a, 0, 0, 0, 5, 0x49]));
+        }
+      });
+      socket.on('error', () => undefined);
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const client = await connectReplication({ host: '127.0.0.1', port, user: 'alice', password, timeoutMs: TIMEOUT_MS });
+      client['socket'].destroy();
+      return { reply, error: undefined };
+    } catch (error) {
+      return { reply, error };
+    } finally {
+      server.close();
+    }
+  }
+
+  test('cleartext sends the password NUL-terminated', async () => {
+    const { reply, error } = await passwordExchange(Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 3]), 'pw');
+    assert.equal(error, undefined);
+    assert.equal(reply, 'pw\0');
+  });
+
+  test('md5 sends "md5" + md5(md5(password + user) + salt)', async () => {
+    const salt = Buffer.from([1, 2, 3, 250]);
+    const { reply, error } = await passwordExchange(Buffer.concat([Buffer.from([0x52, 0, 0, 0, 12, 0, 0, 0, 5]), salt]), 'pw');
+    assert.equal(error, undefined);
+    const inner = createHash('md5').update('pwalice').digest('hex');
+    const outer = createHash('md5').update(Buffer.concat([Buffer.from(inner), salt])).digest('hex');
+    assert.equal(reply, `md5${outer}\0`);
+  });
+
+  test('an unsupported authentication request fails the connect', async () => {
+    const { error } = await passwordExchange(Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 7]), 'pw');
+    assert.match(String(error), /unsupported authentication request 7/);
   });
 });
 
