@@ -21,8 +21,8 @@ import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { WalcastServer } from '../src/server.js';
 import { importWal } from '../src/storage/wal-import.js';
 import { connectReplication, type ReplicationClient, type ReplicationStream } from '../src/wire/client.js';
-import { makeStandby, makeTempDir, PG_BIN_DIR, REPL_USER, startPrimary, type PgCluster, type PgStandby } from './support/postgres.js';
-import { backendUnderTest } from './support/walcast.js';
+import { freePort, makeStandby, makeTempDir, PG_BIN_DIR, REPL_USER, startPrimary, type PgCluster, type PgStandby } from './support/postgres.js';
+import { backendUnderTest, runWalcastCli } from './support/walcast.js';
 
 const TEST_TIMEOUT_MS = 240_000;
 const CATCH_UP_TIMEOUT_MS = 120_000;
@@ -257,6 +257,19 @@ describe('operations surface with real replicas', { timeout: TEST_TIMEOUT_MS }, 
     await waitFor('the second closed client leaves the status', async () => ((await sender('ps-new-keys')) === undefined ? true : undefined), DISAPPEAR_DEADLINE_MS);
   });
 
+  test('walcast status prints both replicas as a table and as JSON', async () => {
+    const json = await runWalcastCli(['status', '--http', fixture.base, '--json'], { timeoutMs: 60_000 });
+    assert.equal(json.code, 0, json.stderr);
+    const document = JSON.parse(json.stdout) as { server: { io: { backend: string } }; timelines: Array<{ walsenders: Walsender[] }> };
+    assert.equal(document.server.io.backend, fixture.server.backend.kind);
+    const names = document.timelines[0]?.walsenders.map((entry) => entry.appname).sort();
+    assert.deepEqual(names, [RECEIVEWAL_APPNAME, STANDBY_APPNAME].sort());
+    const table = await runWalcastCli(['status', '--http', fixture.base.replace('http://', '')], { timeoutMs: 60_000 });
+    assert.equal(table.code, 0, table.stderr);
+    assert.match(table.stdout, new RegExp(`\\n +${STANDBY_APPNAME} +127\\.0\\.0\\.1:\\d+ +standby +${formatLsn(fixture.endLsn)} `));
+    assert.match(table.stdout, /replicas 2\n/);
+  });
+
   test('pg_receivewal and the standby leave the status and the metrics within a second of disconnecting', async () => {
     const exited = new Promise((resolve) => fixture.receiveWal.once('exit', resolve));
     fixture.receiveWal.kill('SIGINT');
@@ -280,5 +293,22 @@ describe('operations surface with real replicas', { timeout: TEST_TIMEOUT_MS }, 
     assert.equal(Number(families.get('walcast_active_senders')?.metrics[0]?.value), 0);
     const endings = families.get('walcast_streams_ended_total')?.metrics ?? [];
     assert.ok(endings.reduce((sum, sample) => sum + Number(sample.value), 0) >= 4, 'every stream ending was counted');
+  });
+});
+
+describe('operations command line', { timeout: TEST_TIMEOUT_MS }, () => {
+  test('serve refuses an HTTP API off loopback without a token, before listening', async () => {
+    const dataDir = await makeTempDir('walcast-ops-empty');
+    const result = await runWalcastCli(['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--http', '0.0.0.0:0', '--io', 'ts'], { timeoutMs: 60_000 });
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /WALCAST_ERR_CONFIG: --http 0\.0\.0\.0:0 is not a loopback address: it needs --http-auth-token-file/);
+  });
+
+  test('status reports an unreachable server in one line and exits 1', async () => {
+    // A port nobody listens on (fetch refuses the "bad ports" such as 1, 7 and 9 before connecting).
+    const port = await freePort();
+    const result = await runWalcastCli(['status', '--http', `http://127.0.0.1:${port}`], { timeoutMs: 60_000 });
+    assert.equal(result.code, 1);
+    assert.equal(result.stderr, `walcast: cannot reach the walcast HTTP API at http://127.0.0.1:${port}: ECONNREFUSED\n`);
   });
 });
