@@ -1,0 +1,104 @@
+/**
+ * Drives the C discarding consumer (bench/native/wal-consumer.c) and pg_receivewal, the two clients every
+ * scenario uses. The consumer reports on stdout as JSON lines and holds its connections open after "done"
+ * until released, so the harness can read server-side accounting while PostgreSQL's walsenders still exist.
+ */
+import assert from 'node:assert/strict';
+import { createInterface } from 'node:readline';
+import { formatLsn, type Lsn } from '../../src/lsn.js';
+import { spawnTracked, type Tracked } from './processes.js';
+
+export interface ConsumerResult {
+  readonly connections: number;
+  readonly completed: number;
+  readonly failed: number;
+  readonly timedOut: boolean;
+  /** WAL payload bytes received, counted up to the requested byte count per connection. */
+  readonly bytesTotal: number;
+  readonly bytesMin: number;
+  readonly bytesMax: number;
+  readonly messages: number;
+  /** From the first START_REPLICATION sent to the last connection reaching its byte count. */
+  readonly wallSeconds: number;
+  /** From the first START_REPLICATION to every connection streaming. */
+  readonly setupSeconds: number;
+  readonly cpuUserSeconds: number;
+  readonly cpuSystemSeconds: number;
+  readonly latencyRecords: number;
+  readonly error: string;
+}
+
+export interface ConsumerOptions {
+  readonly binary: string;
+  readonly port: number;
+  readonly connections: number;
+  readonly startLsn: Lsn;
+  /** WAL bytes each connection must receive; 0 streams until `stopStreaming()`. */
+  readonly bytesPerConnection: number;
+  readonly appName: string;
+  readonly timeoutMs: number;
+  readonly latencyLog?: string;
+  readonly pgTimelineId?: number;
+}
+
+export interface RunningConsumer {
+  readonly pid: number;
+  /** Resolves once every connection is streaming (or failed). */
+  readonly streaming: Promise<{ connections: number; failed: number }>;
+  /** Resolves with the consumer's final report. */
+  readonly done: Promise<ConsumerResult>;
+  /** Unlimited mode: ask the consumer to report and stop. */
+  stopStreaming(): void;
+  /** Closes the consumer's connections and waits for it to exit. */
+  release(): Promise<void>;
+}
+
+export function startConsumer(options: ConsumerOptions): RunningConsumer {
+  assert.ok(options.connections > 0, 'at least one connection');
+  assert.ok(options.bytesPerConnection >= 0, 'byte count is not negative');
+  const args = [
+    '--port', String(options.port),
+    '--connections', String(options.connections),
+    '--start', formatLsn(options.startLsn),
+    '--bytes', String(options.bytesPerConnection),
+    '--timeline', String(options.pgTimelineId ?? 1),
+    '--app-name', options.appName,
+    '--timeout-ms', String(options.timeoutMs),
+    ...(options.latencyLog === undefined ? [] : ['--latency-log', options.latencyLog]),
+  ];
+  const tracked = spawnTracked(options.binary, args);
+  return wrapConsumer(tracked);
+}
+
+function wrapConsumer(tracked: Tracked): RunningConsumer {
+  const lines = createInterface({ input: tracked.child.stdout! });
+  let resolveStreaming!: (value: { connections: number; failed: number }) => void;
+  let resolveDone!: (value: ConsumerResult) => void;
+  let rejectDone!: (error: Error) => void;
+  const streaming = new Promise<{ connections: number; failed: number }>((resolve) => (resolveStreaming = resolve));
+  const done = new Promise<ConsumerResult>((resolve, reject) => {
+    resolveDone = resolve;
+    rejectDone = reject;
+  });
+  lines.on('line', (line) => {
+    const event = JSON.parse(line) as { event: string } & Record<string, unknown>;
+    if (event.event === 'streaming') resolveStreaming(event as unknown as { connections: number; failed: number });
+    if (event.event === 'done') {
+      resolveStreaming({ connections: Number(event.connections), failed: Number(event.failed) });
+      resolveDone(event as unknown as ConsumerResult);
+    }
+  });
+  void tracked.exited.then((code) => rejectDone(new Error(`wal-consumer exited (${code}) without a report: ${tracked.stderr()}`)));
+  return {
+    pid: tracked.pid,
+    streaming,
+    done,
+    stopStreaming: () => {
+      tracked.child.stdin?.write('q\n');
+    },
+    release: async () => {
+      tracked.child.stdin?.end();
+      await tracked.exited;
+    },
+  };
+}

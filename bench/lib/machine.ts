@@ -1,0 +1,49 @@
+/**
+ * The machine description every result file carries (style anchor 19: a published number names its date,
+ * machine, Node and PostgreSQL versions): CPU model, cores, memory, kernel, Node, PostgreSQL.
+ */
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { cpus, release, totalmem } from 'node:os';
+
+export interface MachineDescription {
+  readonly date: string;
+  readonly cpuModel: string;
+  readonly cores: number;
+  readonly memoryBytes: number;
+  readonly kernel: string;
+  readonly node: string;
+  readonly postgres: string;
+  readonly walcastCommit: string;
+}
+
+export function describeMachine(postgresBinDir: string, repoRoot: string): MachineDescription {
+  return {
+    date: new Date().toISOString(),
+    cpuModel: cpuModel(),
+    cores: cpus().length,
+    memoryBytes: totalmem(),
+    kernel: release(),
+    node: process.version,
+    postgres: commandOutput(`${postgresBinDir}/postgres`, ['--version']),
+    walcastCommit: commandOutput('git', ['-C', repoRoot, 'rev-parse', '--short', 'HEAD']),
+  };
+}
+
+function cpuModel(): string {
+  try {
+    const line = readFileSync('/proc/cpuinfo', 'utf8').split('\n').find((entry) => entry.startsWith('model name'));
+    if (line !== undefined) return line.slice(line.indexOf(':') + 1).trim();
+  } catch {
+    // Not Linux: fall back to what Node knows.
+  }
+  return cpus()[0]?.model ?? 'unknown';
+}
+
+function commandOutput(command: string, args: readonly string[]): string {
+  try {
+    return execFileSync(command, args as string[], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return 'unknown';
+  }
+}

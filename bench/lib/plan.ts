@@ -1,0 +1,97 @@
+/**
+ * What each mode measures and how much: `--smoke` (CI: tiny WAL, one repetition, 2 replicas; checks the
+ * harness, not speed), `--quick` (`npm run bench`, under 3 minutes on 2 cores: 256 MiB of WAL) and `--full`
+ * (`npm run bench:full`: 1 GiB of WAL, more repetitions, 1,000 replicas). Fan-out replicas each stream the
+ * same WAL from the same start, but only its first `bytesPerReplica`, so that 1,000 replicas finish in seconds.
+ */
+import assert from 'node:assert/strict';
+
+export type BenchMode = 'smoke' | 'quick' | 'full';
+
+const MIB = 1024 * 1024;
+
+export interface FanOutStep {
+  readonly replicas: number;
+  /** Bytes each replica streams from the range start; 0 means the whole range. */
+  readonly bytesPerReplica: number;
+}
+
+export interface BenchPlan {
+  readonly mode: BenchMode;
+  /** pgbench -i -s SCALE: ~13 MiB of WAL per scale unit (scale 20 ≈ 256 MiB, 80 ≈ 1 GiB). */
+  readonly pgbenchScale: number;
+  /** Repetitions of every catch-up / fan-out measurement (min/median/max are over these). */
+  readonly repetitions: number;
+  readonly fanOut: readonly FanOutStep[];
+  readonly coldRepetitions: number;
+  readonly receiveWal: boolean;
+  readonly latency: {
+    readonly replicaCounts: readonly number[];
+    readonly commitsPerSecond: number;
+    readonly durationMs: number;
+    readonly repetitions: number;
+  };
+  /** tinybench time per micro-benchmark task. */
+  readonly microTimeMs: number;
+  /** Upper bound for one consumer run; a run past it is recorded as failed, never hangs the harness. */
+  readonly runTimeoutMs: number;
+  readonly note: string;
+}
+
+export function planFor(mode: BenchMode): BenchPlan {
+  switch (mode) {
+    case 'smoke':
+      return {
+        mode,
+        pgbenchScale: 1,
+        repetitions: 1,
+        fanOut: [{ replicas: 2, bytesPerReplica: 0 }],
+        coldRepetitions: 1,
+        receiveWal: true,
+        latency: { replicaCounts: [2], commitsPerSecond: 20, durationMs: 1_000, repetitions: 1 },
+        microTimeMs: 50,
+        runTimeoutMs: 60_000,
+        note: 'smoke run: a few MB of WAL, one repetition; checks the harness, the numbers mean nothing',
+      };
+    case 'quick':
+      return {
+        mode,
+        pgbenchScale: 20,
+        repetitions: 3,
+        fanOut: [
+          { replicas: 10, bytesPerReplica: 64 * MIB },
+          { replicas: 100, bytesPerReplica: 8 * MIB },
+        ],
+        coldRepetitions: 3,
+        receiveWal: true,
+        latency: { replicaCounts: [1, 100], commitsPerSecond: 100, durationMs: 2_000, repetitions: 2 },
+        microTimeMs: 300,
+        runTimeoutMs: 120_000,
+        note: 'quick run: 256 MiB of WAL instead of 1 GiB, 3 repetitions, fan-out up to 100 replicas (npm run bench:full for 1 GiB and 1,000)',
+      };
+    case 'full':
+      return {
+        mode,
+        pgbenchScale: 80,
+        repetitions: 5,
+        fanOut: [
+          { replicas: 10, bytesPerReplica: 256 * MIB },
+          { replicas: 100, bytesPerReplica: 32 * MIB },
+          { replicas: 1000, bytesPerReplica: 4 * MIB },
+        ],
+        coldRepetitions: 3,
+        receiveWal: true,
+        latency: { replicaCounts: [1, 100, 1000], commitsPerSecond: 100, durationMs: 5_000, repetitions: 3 },
+        microTimeMs: 1_000,
+        runTimeoutMs: 300_000,
+        note: 'full run: 1 GiB of WAL, 5 repetitions, fan-out up to 1,000 replicas',
+      };
+  }
+}
+
+export function maxReplicas(plan: BenchPlan): number {
+  const counts = [1, ...plan.fanOut.map((step) => step.replicas), ...plan.latency.replicaCounts];
+  const largest = Math.max(...counts);
+  assert.ok(largest >= 1, 'at least one replica');
+  return largest;
+}

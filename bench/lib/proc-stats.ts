@@ -1,0 +1,124 @@
+/**
+ * Reads the kernel's accounting of other processes from /proc: CPU seconds (utime + stime, and the reaped
+ * children's cutime + cstime), resident memory, and PostgreSQL walsender discovery. The benchmark charges a
+ * server only with what the kernel says its own processes spent, never with the harness's or the consumer's.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+
+/** Clock ticks per second for /proc/PID/stat times (sysconf(_SC_CLK_TCK); 100 on every Linux we target). */
+const CLOCK_TICKS_PER_SECOND = readClockTicks();
+
+/** Field numbers (1-based, man 5 proc) counted after the ")" that ends the command name. */
+const STAT_FIELD_PPID = 4;
+const STAT_FIELD_UTIME = 14;
+const STAT_FIELD_STIME = 15;
+const STAT_FIELD_CUTIME = 16;
+const STAT_FIELD_CSTIME = 17;
+/** The first field after "pid (comm)" is field 3 (state). */
+const STAT_FIRST_FIELD_AFTER_COMM = 3;
+
+function readClockTicks(): number {
+  try {
+    const ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+    return Number.isSafeInteger(ticks) && ticks > 0 ? ticks : 100;
+  } catch {
+    return 100;
+  }
+}
+
+function statFields(pid: number): string[] | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // The command name may contain spaces and parentheses; everything after the last ")" is space separated.
+  const afterComm = text.slice(text.lastIndexOf(')') + 2).trim().split(' ');
+  assert.ok(afterComm.length > STAT_FIELD_CSTIME - STAT_FIRST_FIELD_AFTER_COMM, `short /proc/${pid}/stat`);
+  return afterComm;
+}
+
+function field(fields: string[], number: number): number {
+  const value = Number(fields[number - STAT_FIRST_FIELD_AFTER_COMM]);
+  assert.ok(Number.isFinite(value), `bad /proc stat field ${number}`);
+  return value;
+}
+
+export interface CpuSample {
+  /** utime + stime of the live process (all its threads), seconds. */
+  readonly ownSeconds: number;
+  /** cutime + cstime: CPU of children the process has reaped (PostgreSQL's exited backends), seconds. */
+  readonly reapedChildrenSeconds: number;
+}
+
+/** The process's CPU accounting, or undefined once it has exited. */
+export function readCpu(pid: number): CpuSample | undefined {
+  const fields = statFields(pid);
+  if (fields === undefined) return undefined;
+  return {
+    ownSeconds: (field(fields, STAT_FIELD_UTIME) + field(fields, STAT_FIELD_STIME)) / CLOCK_TICKS_PER_SECOND,
+    reapedChildrenSeconds: (field(fields, STAT_FIELD_CUTIME) + field(fields, STAT_FIELD_CSTIME)) / CLOCK_TICKS_PER_SECOND,
+  };
+}
+
+function statusKilobytes(pid: number, file: 'status' | 'smaps_rollup', key: string): number | undefined {
+  try {
+    const line = readFileSync(`/proc/${pid}/${file}`, 'utf8').split('\n').find((entry) => entry.startsWith(`${key}:`));
+    if (line === undefined) return undefined;
+    const kilobytes = Number(line.slice(key.length + 1).trim().split(/\s+/)[0]);
+    return Number.isFinite(kilobytes) ? kilobytes : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resident set size in bytes (VmRSS), or undefined once the process has exited. */
+export function readRssBytes(pid: number): number | undefined {
+  const kilobytes = statusKilobytes(pid, 'status', 'VmRSS');
+  return kilobytes === undefined ? undefined : kilobytes * 1024;
+}
+
+/**
+ * Proportional set size in bytes: shared pages (PostgreSQL's shared memory, libraries) divided among the
+ * processes mapping them. Used for per-process PostgreSQL walsenders, where plain RSS would count shared
+ * buffers once per walsender.
+ */
+export function readPssBytes(pid: number): number | undefined {
+  const kilobytes = statusKilobytes(pid, 'smaps_rollup', 'Pss');
+  return kilobytes === undefined ? undefined : kilobytes * 1024;
+}
+
+export interface ChildProcessInfo {
+  readonly pid: number;
+  /** The state letter of /proc/PID/stat: R, S, D, Z (exited, not yet reaped) ... */
+  readonly state: string;
+  /** The command line with NULs as spaces (PostgreSQL's process title); empty for zombies. */
+  readonly title: string;
+}
+
+/** Every child of `parentPid`, from a scan of /proc. */
+export function listChildren(parentPid: number): ChildProcessInfo[] {
+  const found: ChildProcessInfo[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    const fields = statFields(pid);
+    if (fields === undefined || field(fields, STAT_FIELD_PPID) !== parentPid) continue;
+    let title = '';
+    try {
+      title = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+    } catch {
+      // Exited between the two reads.
+    }
+    found.push({ pid, state: fields[0] ?? '?', title });
+  }
+  return found;
+}
+
+/** PostgreSQL walsender backends of a postmaster (process title "postgres: walsender ..."). */
+export function findWalsenders(postmasterPid: number): number[] {
+  return listChildren(postmasterPid).filter((child) => child.title.startsWith('postgres: walsender')).map((child) => child.pid);
+}

@@ -1,0 +1,122 @@
+/**
+ * Renders one run's results as the markdown table bench/results/latest.md: the machine, then per scenario a row
+ * per server with median [min–max] of every figure and the pairwise ratios against PostgreSQL, the TS backend
+ * and the C ceiling. Pure: results in, text out.
+ */
+import type { MicroResult } from '../scenarios/micro.js';
+import type { MachineDescription } from './machine.js';
+import type { Figure, FigureMetric, Ratio } from './results.js';
+import type { Summary } from './stats.js';
+
+export interface BenchReport {
+  readonly mode: string;
+  readonly note: string;
+  readonly machine: MachineDescription;
+  readonly wal: { readonly bytes: number; readonly startLsn: string; readonly endLsn: string; readonly pgbenchScale: number; readonly generateSeconds: number; readonly importSeconds: number };
+  readonly servers: readonly { readonly name: string; readonly status: 'ok' | 'unavailable'; readonly reason?: string }[];
+  readonly figures: readonly Figure[];
+  readonly ratios: readonly Ratio[];
+  readonly micro: readonly MicroResult[];
+  readonly notes: readonly string[];
+  readonly elapsedSeconds: number;
+}
+
+function format(value: number, digits: number): string {
+  return value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+function cell(summary: Summary | undefined, digits: number, scale = 1): string {
+  if (summary === undefined) return 'n/a';
+  if (summary.runs === 1) return format(summary.median * scale, digits);
+  return `${format(summary.median * scale, digits)} [${format(summary.min * scale, digits)}–${format(summary.max * scale, digits)}]`;
+}
+
+function ratioCell(ratios: readonly Ratio[], figure: Figure, kind: Ratio['kind'], metric: Ratio['metric']): string {
+  const found = ratios.find((ratio) => ratio.kind === kind && ratio.metric === metric && ratio.numerator === figure.server && ratio.scenario === figure.scenario && ratio.consumer === figure.consumer && ratio.replicas === figure.replicas);
+  return found === undefined ? '' : `${cell(found.summary, 2)}×`;
+}
+
+const SCENARIO_TITLES: Record<string, string> = {
+  'catch-up': 'Catch-up: one replica streams the whole range from warm page cache',
+  'fan-out': 'Fan-out: N replicas stream the same WAL at once (aggregate)',
+  'cold-catch-up': 'Cold catch-up: one replica, served files evicted from page cache first',
+  'live-latency': 'Live latency: commit on the primary → bytes at every waiting replica',
+};
+
+function streamingTable(figures: readonly Figure[], ratios: readonly Ratio[], extra: readonly [string, FigureMetric, number, number][]): string[] {
+  const headers = ['server', 'consumer', 'replicas', 'MB/s', 'server CPU s/GB', 'consumer CPU s', ...extra.map(([title]) => title), 'vs PostgreSQL (MB/s, CPU/GB)', 'native/ts (MB/s)', 'vs ceiling (MB/s)', 'runs'];
+  const lines = [`| ${headers.join(' | ')} |`, `|${headers.map(() => '---').join('|')}|`];
+  for (const figure of figures) {
+    const vsPostgres = [ratioCell(ratios, figure, 'walcast/postgres', 'throughputMBps'), ratioCell(ratios, figure, 'walcast/postgres', 'serverCpuSecondsPerGB')].filter((text) => text !== '').join(', ');
+    const row = [
+      figure.server,
+      figure.consumer,
+      String(figure.replicas),
+      cell(figure.metrics.throughputMBps, 0),
+      cell(figure.metrics.serverCpuSecondsPerGB, 3),
+      cell(figure.metrics.consumerCpuSeconds, 2),
+      ...extra.map(([, metric, digits, scale]) => cell(figure.metrics[metric], digits, scale)),
+      vsPostgres,
+      ratioCell(ratios, figure, 'native/ts', 'throughputMBps'),
+      ratioCell(ratios, figure, 'walcast/ceiling', 'throughputMBps'),
+      figure.failedRuns > 0 ? `${figure.runs} (+${figure.failedRuns} failed)` : String(figure.runs),
+    ];
+    lines.push(`| ${row.join(' | ')} |`);
+  }
+  return lines;
+}
+
+function latencyTable(figures: readonly Figure[]): string[] {
+  const lines = ['| server | replicas | p50 ms | p99 ms | max ms | server CPU s | runs |', '|---|---|---|---|---|---|---|'];
+  for (const figure of figures) {
+    const runs = figure.failedRuns > 0 ? `${figure.runs} (+${figure.failedRuns} failed)` : String(figure.runs);
+    lines.push(`| ${figure.server} | ${figure.replicas} | ${cell(figure.metrics.latencyP50Ms, 2)} | ${cell(figure.metrics.latencyP99Ms, 2)} | ${cell(figure.metrics.latencyMaxMs, 2)} | ${cell(figure.metrics.serverCpuSeconds, 2)} | ${runs} |`);
+  }
+  return lines;
+}
+
+function microTable(micro: readonly MicroResult[]): string[] {
+  const lines = ['| benchmark | backend | ops/s | mean µs | p99 µs | implied MB/s |', '|---|---|---|---|---|---|'];
+  for (const result of micro) {
+    if (result.error !== undefined) {
+      lines.push(`| ${result.name} | ${result.backend} | n/a: ${result.error.replaceAll('|', '/').slice(0, 120)} | | | |`);
+      continue;
+    }
+    const implied = result.impliedMBps === undefined ? '' : format(result.impliedMBps, 0);
+    lines.push(`| ${result.name} | ${result.backend} | ${format(result.opsPerSecond ?? 0, 0)} | ${format(result.meanMicros ?? 0, 2)} | ${format(result.p99Micros ?? 0, 2)} | ${implied} |`);
+  }
+  return lines;
+}
+
+const SCENARIO_EXTRAS: Record<string, readonly [string, FigureMetric, number, number][]> = {
+  'catch-up': [],
+  'fan-out': [['server memory KiB/replica', 'memoryBytesPerReplica', 0, 1 / 1024], ['setup s', 'setupSeconds', 2, 1]],
+  'cold-catch-up': [['cached at start', 'residentFractionBefore', 3, 1], ['event-loop max ms', 'eventLoopMaxMs', 1, 1], ['probe RTT max ms', 'probeMaxMs', 1, 1]],
+};
+
+export function renderMarkdown(report: BenchReport): string {
+  const machine = report.machine;
+  const lines = [
+    `# walcast benchmark (${report.mode})`,
+    '',
+    `${machine.date} · ${machine.cpuModel}, ${machine.cores} cores, ${format(machine.memoryBytes / 1024 ** 3, 0)} GiB · Linux ${machine.kernel} · Node ${machine.node} · ${machine.postgres} · walcast ${machine.walcastCommit}`,
+    '',
+    `WAL: ${format(report.wal.bytes / 1024 ** 2, 0)} MiB (${report.wal.startLsn} – ${report.wal.endLsn}, pgbench -i -s ${report.wal.pgbenchScale}). ${report.note}. Every cell: median [min–max] over the runs; ratios are computed run by run (same repetition round) and summarized the same way. MB = 10^6 bytes, GB = 10^9 bytes. CPU = the server's processes only (/proc utime+stime; PostgreSQL: its walsender backends).`,
+    '',
+  ];
+  const unavailable = report.servers.filter((server) => server.status === 'unavailable');
+  if (unavailable.length > 0) lines.push(...unavailable.map((server) => `- ${server.name}: not measured (${server.reason ?? 'unavailable'})`), '');
+  for (const scenario of ['catch-up', 'fan-out', 'cold-catch-up', 'live-latency']) {
+    const figures = report.figures.filter((figure) => figure.scenario === scenario);
+    lines.push(`## ${SCENARIO_TITLES[scenario]}`, '');
+    if (figures.length === 0) {
+      lines.push('not measured in this run', '');
+      continue;
+    }
+    lines.push(...(scenario === 'live-latency' ? latencyTable(figures) : streamingTable(figures, report.ratios, SCENARIO_EXTRAS[scenario] ?? [])), '');
+  }
+  lines.push('## Micro-benchmarks (tinybench, in the harness process)', '', ...microTable(report.micro), '');
+  if (report.notes.length > 0) lines.push('## Notes', '', ...report.notes.map((note) => `- ${note}`), '');
+  lines.push(`Harness wall time: ${format(report.elapsedSeconds, 0)} s. Reproduce: see docs/benchmarks.md.`, '');
+  return lines.join('\n');
+}

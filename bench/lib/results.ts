@@ -1,0 +1,136 @@
+/**
+ * The result model: one RunRecord per measured run, then figures (min/median/max per scenario, consumer,
+ * replica count and server) and ratios computed pair by pair between servers measured in the same repetition
+ * round: walcast/PostgreSQL, native/ts and walcast/ceiling.
+ */
+import { pairwiseRatio, summarize, type Summary } from './stats.js';
+
+export type ScenarioName = 'catch-up' | 'fan-out' | 'cold-catch-up' | 'live-latency';
+export type ConsumerName = 'wal-consumer' | 'pg_receivewal';
+
+/** Decimal units, as disk and network vendors (and PostgreSQL's own docs) count throughput. */
+export const BYTES_PER_MB = 1e6;
+export const BYTES_PER_GB = 1e9;
+
+export interface RunRecord {
+  readonly scenario: ScenarioName;
+  readonly server: string;
+  readonly consumer: ConsumerName;
+  readonly replicas: number;
+  readonly repetition: number;
+  readonly ok: boolean;
+  readonly error?: string;
+  /** WAL payload bytes every replica together had to receive, and what they received (must be equal). */
+  readonly bytesExpected: number;
+  readonly bytesReceived: number;
+  readonly wallSeconds?: number;
+  readonly setupSeconds?: number;
+  readonly throughputMBps?: number;
+  readonly serverCpuSeconds?: number;
+  readonly serverCpuSecondsPerGB?: number;
+  readonly consumerCpuSeconds?: number;
+  readonly memoryBytesPerReplica?: number;
+  readonly eventLoopMaxMs?: number;
+  readonly probeMaxMs?: number;
+  readonly residentFractionBefore?: number;
+  readonly latencyP50Ms?: number;
+  readonly latencyP99Ms?: number;
+  readonly latencyMaxMs?: number;
+  readonly latencySamples?: number;
+}
+
+export const FIGURE_METRICS = [
+  'throughputMBps',
+  'serverCpuSecondsPerGB',
+  'serverCpuSeconds',
+  'consumerCpuSeconds',
+  'memoryBytesPerReplica',
+  'wallSeconds',
+  'setupSeconds',
+  'eventLoopMaxMs',
+  'probeMaxMs',
+  'residentFractionBefore',
+  'latencyP50Ms',
+  'latencyP99Ms',
+  'latencyMaxMs',
+] as const;
+export type FigureMetric = (typeof FIGURE_METRICS)[number];
+
+export interface Figure {
+  readonly scenario: ScenarioName;
+  readonly consumer: ConsumerName;
+  readonly replicas: number;
+  readonly server: string;
+  readonly runs: number;
+  readonly failedRuns: number;
+  readonly metrics: Partial<Record<FigureMetric, Summary>>;
+}
+
+export interface Ratio {
+  readonly scenario: ScenarioName;
+  readonly consumer: ConsumerName;
+  readonly replicas: number;
+  readonly kind: 'walcast/postgres' | 'native/ts' | 'walcast/ceiling';
+  readonly numerator: string;
+  readonly denominator: string;
+  readonly metric: 'throughputMBps' | 'serverCpuSecondsPerGB' | 'memoryBytesPerReplica';
+  readonly summary: Summary;
+}
+
+function groupKey(record: Pick<RunRecord, 'scenario' | 'consumer' | 'replicas'>): string {
+  return `${record.scenario}|${record.consumer}|${record.replicas}`;
+}
+
+export function computeFigures(records: readonly RunRecord[]): Figure[] {
+  const groups = new Map<string, RunRecord[]>();
+  for (const record of records) {
+    const key = `${groupKey(record)}|${record.server}`;
+    groups.set(key, [...(groups.get(key) ?? []), record]);
+  }
+  return [...groups.values()].map((group) => {
+    const first = group[0]!;
+    const good = group.filter((record) => record.ok);
+    const metrics: Partial<Record<FigureMetric, Summary>> = {};
+    for (const metric of FIGURE_METRICS) {
+      const summary = summarize(good.flatMap((record) => (record[metric] === undefined ? [] : [record[metric]])));
+      if (summary !== undefined) metrics[metric] = summary;
+    }
+    return { scenario: first.scenario, consumer: first.consumer, replicas: first.replicas, server: first.server, runs: good.length, failedRuns: group.length - good.length, metrics };
+  });
+}
+
+const RATIO_METRICS = ['throughputMBps', 'serverCpuSecondsPerGB', 'memoryBytesPerReplica'] as const;
+
+/** Every ratio the issue asks for, pairing runs by repetition index inside one scenario/consumer/replica group. */
+export function computeRatios(records: readonly RunRecord[]): Ratio[] {
+  const ratios: Ratio[] = [];
+  const groups = new Map<string, RunRecord[]>();
+  for (const record of records) groups.set(groupKey(record), [...(groups.get(groupKey(record)) ?? []), record]);
+  for (const group of groups.values()) {
+    const servers = [...new Set(group.map((record) => record.server))];
+    const walcasts = servers.filter((server) => server.startsWith('walcast-'));
+    const natives = walcasts.filter((server) => server.startsWith('walcast-native-'));
+    const pairs: [Ratio['kind'], string, string][] = [
+      ...walcasts.filter(() => servers.includes('postgres')).map((server): [Ratio['kind'], string, string] => ['walcast/postgres', server, 'postgres']),
+      ...natives.filter(() => servers.includes('walcast-ts')).map((server): [Ratio['kind'], string, string] => ['native/ts', server, 'walcast-ts']),
+      ...walcasts.filter(() => servers.includes('ceiling')).map((server): [Ratio['kind'], string, string] => ['walcast/ceiling', server, 'ceiling']),
+    ];
+    for (const [kind, numerator, denominator] of pairs) {
+      for (const metric of RATIO_METRICS) {
+        const summary = pairwiseRatio(byRepetition(group, numerator, metric), byRepetition(group, denominator, metric));
+        const first = group[0]!;
+        if (summary !== undefined) ratios.push({ scenario: first.scenario, consumer: first.consumer, replicas: first.replicas, kind, numerator, denominator, metric, summary });
+      }
+    }
+  }
+  return ratios;
+}
+
+function byRepetition(group: readonly RunRecord[], server: string, metric: (typeof RATIO_METRICS)[number]): (number | undefined)[] {
+  const values: (number | undefined)[] = [];
+  for (const record of group) {
+    if (record.server !== server) continue;
+    values[record.repetition] = record.ok ? record[metric] : undefined;
+  }
+  return values;
+}

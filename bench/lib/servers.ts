@@ -1,0 +1,196 @@
+/**
+ * The servers under test, behind one face: walcast (one child process per I/O backend and strategy), the
+ * PostgreSQL 15 walsender of the primary that produced the WAL, and the C sendfile ceiling. Each knows which
+ * processes are "the server" for CPU and memory accounting, taken from the kernel (/proc), and which files it
+ * reads (for the cold-cache scenario).
+ */
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { formatLsn } from '../../src/lsn.js';
+import { freePort, type PgCluster } from '../../test/support/postgres.js';
+import { spawnTracked, type Tracked } from './processes.js';
+import { findWalsenders, listChildren, readCpu, readPssBytes, readRssBytes } from './proc-stats.js';
+import { REPO_ROOT } from './tools.js';
+import type { PreparedWal } from './wal-source.js';
+
+/** walcast under tsx starts in ~1-2 s; a cold machine or a busy CI runner may need much longer. */
+const SERVER_START_TIMEOUT_MS = 60_000;
+const READY_POLL_INTERVAL_MS = 100;
+/** After pg_receivewal exits, its walsender exits and is reaped by the postmaster within milliseconds. */
+const WALSENDER_EXIT_TIMEOUT_MS = 10_000;
+
+export type ServerFamily = 'walcast' | 'postgres' | 'ceiling';
+
+export interface RunCost {
+  /** CPU seconds (user + system) the server's processes spent during the run. */
+  readonly cpuSeconds: number;
+  /** Memory the server holds per connected replica, bytes; undefined when unmeasurable. */
+  readonly memoryBytesPerReplica: number | undefined;
+}
+
+export interface RunMeter {
+  /**
+   * Reads the server's accounting. Call while the consumer still holds its connections; pass
+   * `afterDisconnect` when the client already left (pg_receivewal), so exited walsenders are waited for.
+   */
+  finish(replicas: number, options?: { afterDisconnect?: boolean }): Promise<RunCost>;
+}
+
+export interface ServerTarget {
+  /** Stable identifier used in results: walcast-ts, walcast-native-sendfile, postgres, ceiling. */
+  readonly name: string;
+  readonly family: ServerFamily;
+  readonly port: number;
+  /** pg_receivewal needs SHOW/IDENTIFY_SYSTEM; the ceiling only speaks START_REPLICATION. */
+  readonly speaksFullProtocol: boolean;
+  /** The WAL files this server reads for the benchmark range. */
+  readonly walFiles: readonly string[];
+  /** The HTTP metrics URL when the server exposes one (walcast --http). */
+  readonly metricsUrl: string | undefined;
+  beginRun(): RunMeter;
+  stop(): Promise<void>;
+}
+
+/** Meter for servers that are one process (walcast, the ceiling): CPU delta and RSS growth per replica. */
+function singleProcessMeter(pid: number): RunMeter {
+  const cpuBefore = readCpu(pid);
+  const rssBefore = readRssBytes(pid);
+  assert.ok(cpuBefore !== undefined && rssBefore !== undefined, `server process ${pid} is not running`);
+  return {
+    finish: async (replicas) => {
+      const cpuAfter = readCpu(pid);
+      const rssAfter = readRssBytes(pid);
+      assert.ok(cpuAfter !== undefined && rssAfter !== undefined, `server process ${pid} died during the run`);
+      return { cpuSeconds: cpuAfter.ownSeconds - cpuBefore.ownSeconds, memoryBytesPerReplica: Math.max(0, rssAfter - rssBefore) / replicas };
+    },
+  };
+}
+
+async function waitForPort(port: number, server: Tracked, what: string): Promise<void> {
+  const deadline = Date.now() + SERVER_START_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (server.child.exitCode !== null) throw new Error(`${what} exited with ${server.child.exitCode}: ${server.stderr().trim()}`);
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port }, () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    await sleep(READY_POLL_INTERVAL_MS);
+  }
+  await server.stop();
+  throw new Error(`${what} did not listen on ${port} within ${SERVER_START_TIMEOUT_MS} ms: ${server.stderr().trim()}`);
+}
+
+export interface WalcastServerOptions {
+  readonly wal: PreparedWal;
+  readonly io: 'ts' | 'native';
+  readonly strategy?: 'sendfile' | 'writev' | 'uring';
+}
+
+/** Starts `walcast serve` as its own child process, so /proc/PID/stat is the server's CPU and nobody else's. */
+export async function startWalcastServer(options: WalcastServerOptions): Promise<ServerTarget> {
+  const port = await freePort();
+  const httpPort = await freePort();
+  const name = options.io === 'ts' ? 'walcast-ts' : `walcast-native-${options.strategy ?? 'default'}`;
+  const args = [
+    '--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve',
+    '--data-dir', options.wal.dataDir,
+    '--listen', `127.0.0.1:${port}`,
+    '--io', options.io,
+    ...(options.strategy === undefined ? [] : ['--native-strategy', options.strategy]),
+    '--max-connections', '4096',
+    '--http', `127.0.0.1:${httpPort}`,
+    '--log-level', 'warn',
+  ];
+  const server = spawnTracked(process.execPath, args, { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  await waitForPort(port, server, name);
+  return {
+    name,
+    family: 'walcast',
+    port,
+    speaksFullProtocol: true,
+    walFiles: options.wal.walcastFiles,
+    metricsUrl: `http://127.0.0.1:${httpPort}/metrics`,
+    beginRun: () => singleProcessMeter(server.pid),
+    stop: () => server.stop(),
+  };
+}
+
+/** The C sendfile loop (bench/native/ceiling-server.c) serving walcast's segment files. */
+export async function startCeilingServer(binary: string, wal: PreparedWal): Promise<ServerTarget> {
+  const server = spawnTracked(binary, [
+    '--wal-dir', wal.timelineDir,
+    '--end-lsn', formatLsn(wal.endLsn),
+    '--timeline', String(wal.pgTimelineId),
+    '--segment-bytes', String(wal.segmentBytes),
+  ]);
+  const lines = createInterface({ input: server.child.stdout! });
+  const port = await new Promise<number>((resolve, reject) => {
+    lines.once('line', (line) => resolve((JSON.parse(line) as { port: number }).port));
+    void server.exited.then((code) => reject(new Error(`ceiling-server exited with ${code}: ${server.stderr()}`)));
+  });
+  return {
+    name: 'ceiling',
+    family: 'ceiling',
+    port,
+    speaksFullProtocol: false,
+    walFiles: wal.walcastFiles,
+    metricsUrl: undefined,
+    beginRun: () => singleProcessMeter(server.pid),
+    stop: () => server.stop(),
+  };
+}
+
+/**
+ * PostgreSQL's walsenders: one backend process per replica. CPU = live walsenders' utime+stime at the end plus
+ * the growth of the postmaster's reaped-children time (walsenders that already exited). Memory = walsenders'
+ * proportional set size (PSS), so shared buffers are not counted once per walsender.
+ */
+export function postgresTarget(primary: PgCluster, wal: PreparedWal): ServerTarget {
+  return {
+    name: 'postgres',
+    family: 'postgres',
+    port: primary.port,
+    speaksFullProtocol: true,
+    walFiles: wal.postgresFiles,
+    metricsUrl: undefined,
+    beginRun: () => postgresMeter(primary.pid),
+    stop: async () => undefined,
+  };
+}
+
+function postgresMeter(postmasterPid: number): RunMeter {
+  const preexisting = new Map(findWalsenders(postmasterPid).map((pid) => [pid, readCpu(pid)?.ownSeconds ?? 0]));
+  const reapedBefore = readCpu(postmasterPid)?.reapedChildrenSeconds;
+  assert.ok(reapedBefore !== undefined, 'the postmaster is running');
+  return {
+    finish: async (replicas, options = {}) => {
+      if (options.afterDisconnect === true) await waitForWalsendersToExit(postmasterPid, preexisting);
+      let liveSeconds = 0;
+      let pssBytes = 0;
+      for (const pid of findWalsenders(postmasterPid)) {
+        liveSeconds += (readCpu(pid)?.ownSeconds ?? 0) - (preexisting.get(pid) ?? 0);
+        pssBytes += preexisting.has(pid) ? 0 : (readPssBytes(pid) ?? 0);
+      }
+      const reapedAfter = readCpu(postmasterPid)?.reapedChildrenSeconds ?? reapedBefore;
+      const memoryBytesPerReplica = options.afterDisconnect === true ? undefined : pssBytes / replicas;
+      return { cpuSeconds: liveSeconds + (reapedAfter - reapedBefore), memoryBytesPerReplica };
+    },
+  };
+}
+
+async function waitForWalsendersToExit(postmasterPid: number, preexisting: ReadonlyMap<number, number>): Promise<void> {
+  const deadline = Date.now() + WALSENDER_EXIT_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    // A zombie (state Z) has not been reaped yet, so its CPU is not in the postmaster's cutime/cstime yet.
+    const pending = listChildren(postmasterPid).filter((child) => child.state === 'Z' || (child.title.startsWith('postgres: walsender') && !preexisting.has(child.pid)));
+    if (pending.length === 0) return;
+    await sleep(READY_POLL_INTERVAL_MS / 10);
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * Live latency: N replicas connected and caught up; the primary commits at a steady rate; for every commit and
+ * every replica, the time from the commit to that replica receiving the bytes up to the commit's flush LSN.
+ *
+ * The commit's start is taken just before the driver sends its autocommit INSERT (CLOCK_MONOTONIC, the clock
+ * the consumer stamps arrivals with), so each figure is an upper bound that includes the INSERT's own execution.
+ * The commit's LSN is pg_current_wal_flush_lsn() read right after the commit returned (synchronous_commit=on:
+ * the commit record is flushed by then). Only servers that receive WAL live can take part: PostgreSQL's
+ * walsender; walcast once it can follow an upstream (ingest).
+ */
+import assert from 'node:assert/strict';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
+import { startConsumer } from '../lib/consumer.js';
+import { SqlClient } from '../lib/sql-client.js';
+import { percentile } from '../lib/stats.js';
+import { BYTES_PER_GB, type RunRecord } from '../lib/results.js';
+import type { ServerTarget } from '../lib/servers.js';
+import { SCRATCH_DIR } from '../lib/tools.js';
+import type { BenchContext } from './streaming.js';
+
+/** Replicas first stream whatever is in flight; this pause lets them settle before the first commit. */
+const SETTLE_MS = 500;
+/** After the last commit, time for every replica to receive it before the consumer stops. */
+const DRAIN_MS = 1_000;
+/** u64 connection, u64 end LSN, u64 CLOCK_MONOTONIC ns: the consumer's --latency-log record (little-endian). */
+const LATENCY_RECORD_BYTES = 24;
+const NANOS_PER_MS = 1e6;
+
+interface Commit {
+  readonly sentNs: bigint;
+  readonly flushLsn: Lsn;
+}
+
+export async function measureLatencyRun(context: BenchContext, target: ServerTarget, replicas: number, repetition: number): Promise<RunRecord> {
+  const base = { scenario: 'live-latency' as const, server: target.name, consumer: 'wal-consumer' as const, replicas, repetition };
+  const log = join(SCRATCH_DIR, `latency-${process.pid}-${replicas}-${repetition}.bin`);
+  const driver = await SqlClient.connect(context.wal.primary.port, { user: 'postgres', database: 'postgres' });
+  try {
+    await driver.query('CREATE TABLE IF NOT EXISTS bench_latency (id bigint)');
+    const startLsn = parseLsnOrThrow((await driver.query('SELECT pg_current_wal_flush_lsn()'))[0] ?? '');
+    const meter = target.beginRun();
+    const consumer = startConsumer({
+      binary: context.tools.consumer,
+      port: target.port,
+      connections: replicas,
+      startLsn,
+      bytesPerConnection: 0,
+      appName: 'bench-latency',
+      timeoutMs: context.plan.runTimeoutMs,
+      latencyLog: log,
+    });
+    const streaming = await consumer.streaming;
+    if (streaming.failed > 0) throw new Error(`${streaming.failed} of ${replicas} replicas failed to start`);
+    await sleep(SETTLE_MS);
+    const commits = await commitSteadily(driver, context.plan.latency.commitsPerSecond, context.plan.latency.durationMs);
+    await sleep(DRAIN_MS);
+    consumer.stopStreaming();
+    const result = await consumer.done;
+    const cost = await meter.finish(replicas);
+    await consumer.release();
+    const latencies = commitLatenciesMs(readFileSync(log), commits, replicas);
+    const missing = commits.length * replicas - latencies.length;
+    const ok = result.failed === 0 && missing === 0 && latencies.length > 0;
+    const bytesReceived = result.bytesTotal;
+    return {
+      ...base,
+      ok,
+      ...(ok ? {} : { error: result.error || `${missing} commit arrivals missing` }),
+      bytesExpected: bytesReceived,
+      bytesReceived,
+      serverCpuSeconds: cost.cpuSeconds,
+      ...(bytesReceived > 0 ? { serverCpuSecondsPerGB: cost.cpuSeconds / (bytesReceived / BYTES_PER_GB) } : {}),
+      consumerCpuSeconds: result.cpuUserSeconds + result.cpuSystemSeconds,
+      ...(latencies.length === 0
+        ? {}
+        : { latencyP50Ms: percentile(latencies, 50), latencyP99Ms: percentile(latencies, 99), latencyMaxMs: percentile(latencies, 100), latencySamples: latencies.length }),
+    };
+  } catch (error) {
+    return { ...base, ok: false, error: (error instanceof Error ? error.message : String(error)).slice(0, 500), bytesExpected: 0, bytesReceived: 0 };
+  } finally {
+    driver.end();
+    rmSync(log, { force: true });
+  }
+}
+
+/** Autocommit INSERTs on a fixed schedule (not back to back), each followed by reading its flush LSN. */
+async function commitSteadily(driver: SqlClient, commitsPerSecond: number, durationMs: number): Promise<Commit[]> {
+  assert.ok(commitsPerSecond > 0, 'a positive commit rate');
+  const periodMs = 1000 / commitsPerSecond;
+  const count = Math.max(1, Math.floor((durationMs / 1000) * commitsPerSecond));
+  const commits: Commit[] = [];
+  const origin = performance.now();
+  for (let index = 0; index < count; index++) {
+    const due = origin + index * periodMs;
+    const wait = due - performance.now();
+    if (wait > 0) await sleep(wait);
+    const sentNs = process.hrtime.bigint();
+    await driver.query(`INSERT INTO bench_latency VALUES (${index})`);
+    const flushLsn = parseLsnOrThrow((await driver.query('SELECT pg_current_wal_flush_lsn()'))[0] ?? '');
+    commits.push({ sentNs, flushLsn });
+  }
+  return commits;
+}
+
+/**
+ * For each replica and commit: the first arrival whose end LSN reaches the commit's flush LSN, minus the time
+ * the commit was sent. Arrivals per replica are in time order, commits in LSN order, so one pass suffices.
+ */
+export function commitLatenciesMs(log: Buffer, commits: readonly Commit[], replicas: number): number[] {
+  assert.equal(log.length % LATENCY_RECORD_BYTES, 0, 'whole latency records');
+  const arrivals: { endLsn: bigint; timeNs: bigint }[][] = Array.from({ length: replicas }, () => []);
+  for (let offset = 0; offset < log.length; offset += LATENCY_RECORD_BYTES) {
+    const connection = Number(log.readBigUInt64LE(offset));
+    arrivals[connection]?.push({ endLsn: log.readBigUInt64LE(offset + 8), timeNs: log.readBigUInt64LE(offset + 16) });
+  }
+  const latencies: number[] = [];
+  for (const replicaArrivals of arrivals) {
+    let next = 0;
+    for (const commit of commits) {
+      while (next < replicaArrivals.length && replicaArrivals[next]!.endLsn < commit.flushLsn) next++;
+      const arrival = replicaArrivals[next];
+      if (arrival === undefined) break;
+      latencies.push(Number(arrival.timeNs - commit.sentNs) / NANOS_PER_MS);
+    }
+  }
+  return latencies;
+}

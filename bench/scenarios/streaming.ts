@@ -1,0 +1,181 @@
+/**
+ * The streaming scenarios that read stored WAL: catch-up (one replica, warm cache, with the discarding consumer
+ * and with pg_receivewal), fan-out (N replicas at once) and cold catch-up (the served files evicted from the
+ * page cache first, responsiveness probed meanwhile). Each function measures one run of one server and returns
+ * its RunRecord; a failing run is recorded, never thrown, so one broken backend cannot hide the others.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { formatLsn } from '../../src/lsn.js';
+import { runReceiveWal } from '../../test/support/postgres.js';
+import { startConsumer } from '../lib/consumer.js';
+import type { BenchPlan } from '../lib/plan.js';
+import { readCpu } from '../lib/proc-stats.js';
+import { scrapeEventLoopMaxMs, startProbe, type Probe } from '../lib/responsiveness.js';
+import { BYTES_PER_GB, BYTES_PER_MB, type RunRecord, type ScenarioName } from '../lib/results.js';
+import type { ServerTarget } from '../lib/servers.js';
+import type { Tools } from '../lib/tools.js';
+import type { PreparedWal } from '../lib/wal-source.js';
+
+/** pg_receivewal writes into tmpfs so the client's disk is not what we measure (the issue's recipe). */
+const RECEIVE_WAL_PARENT_DIR = '/dev/shm';
+
+export interface BenchContext {
+  readonly tools: Tools;
+  readonly wal: PreparedWal;
+  readonly plan: BenchPlan;
+  progress(message: string): void;
+}
+
+export interface ConsumerRunOptions {
+  readonly scenario: ScenarioName;
+  readonly replicas: number;
+  /** 0 = the whole range. */
+  readonly bytesPerReplica: number;
+  readonly repetition: number;
+  readonly cold: boolean;
+}
+
+export function rangeBytes(wal: PreparedWal): number {
+  return Number(wal.endLsn - wal.startLsn);
+}
+
+function failedRecord(options: ConsumerRunOptions, target: ServerTarget, consumer: RunRecord['consumer'], bytesExpected: number, error: unknown): RunRecord {
+  const message = error instanceof Error ? error.message : String(error);
+  return { scenario: options.scenario, server: target.name, consumer, replicas: options.replicas, repetition: options.repetition, ok: false, error: message.slice(0, 500), bytesExpected, bytesReceived: 0 };
+}
+
+/** Evicts the files the server reads and returns the fraction still cached afterwards (0 = fully cold). */
+export function evictFromPageCache(tools: Tools, files: readonly string[]): number {
+  const output = execFileSync(tools.pageCache, ['evict', ...files], { encoding: 'utf8' });
+  const report = JSON.parse(output) as { bytes: number; residentBytes: number };
+  return report.bytes === 0 ? 0 : report.residentBytes / report.bytes;
+}
+
+/** Reads the files once so the warm scenarios start from page cache. */
+export function warmPageCache(files: readonly string[]): void {
+  execFileSync('sh', ['-c', 'cat "$@" > /dev/null', 'sh', ...files]);
+}
+
+/** One run of the discarding consumer with `replicas` connections against `target`. */
+export async function measureConsumerRun(context: BenchContext, target: ServerTarget, options: ConsumerRunOptions): Promise<RunRecord> {
+  const perReplica = options.bytesPerReplica === 0 ? rangeBytes(context.wal) : Math.min(options.bytesPerReplica, rangeBytes(context.wal));
+  const bytesExpected = perReplica * options.replicas;
+  try {
+    const residentFractionBefore = options.cold ? evictFromPageCache(context.tools, target.walFiles) : undefined;
+    let probe: Probe | undefined;
+    if (options.cold) {
+      await scrapeEventLoopMaxMs(target.metricsUrl);
+      if (target.speaksFullProtocol) probe = await startProbe(target.port);
+    }
+    const meter = target.beginRun();
+    const consumer = startConsumer({
+      binary: context.tools.consumer,
+      port: target.port,
+      connections: options.replicas,
+      startLsn: context.wal.startLsn,
+      bytesPerConnection: perReplica,
+      appName: `bench-${options.scenario}`,
+      timeoutMs: context.plan.runTimeoutMs,
+      pgTimelineId: context.wal.pgTimelineId,
+    });
+    const result = await consumer.done;
+    const cost = await meter.finish(options.replicas);
+    const probed = await probe?.stop();
+    const eventLoopMaxMs = options.cold ? await scrapeEventLoopMaxMs(target.metricsUrl) : undefined;
+    await consumer.release();
+    const ok = result.failed === 0 && !result.timedOut && result.bytesTotal === bytesExpected;
+    return {
+      scenario: options.scenario,
+      server: target.name,
+      consumer: 'wal-consumer',
+      replicas: options.replicas,
+      repetition: options.repetition,
+      ok,
+      ...(ok ? {} : { error: result.error || `received ${result.bytesTotal} of ${bytesExpected} bytes${result.timedOut ? ' (timed out)' : ''}` }),
+      bytesExpected,
+      bytesReceived: result.bytesTotal,
+      wallSeconds: result.wallSeconds,
+      setupSeconds: result.setupSeconds,
+      throughputMBps: result.bytesTotal / BYTES_PER_MB / result.wallSeconds,
+      serverCpuSeconds: cost.cpuSeconds,
+      serverCpuSecondsPerGB: cost.cpuSeconds / (result.bytesTotal / BYTES_PER_GB),
+      consumerCpuSeconds: result.cpuUserSeconds + result.cpuSystemSeconds,
+      ...(cost.memoryBytesPerReplica === undefined ? {} : { memoryBytesPerReplica: cost.memoryBytesPerReplica }),
+      ...(eventLoopMaxMs === undefined ? {} : { eventLoopMaxMs }),
+      ...(probed?.maxMs === undefined ? {} : { probeMaxMs: probed.maxMs }),
+      ...(residentFractionBefore === undefined ? {} : { residentFractionBefore }),
+    };
+  } catch (error) {
+    return failedRecord(options, target, 'wal-consumer', bytesExpected, error);
+  }
+}
+
+/**
+ * One pg_receivewal --no-sync run into tmpfs over the whole range. Its CPU is read from the harness's reaped
+ * children (the harness is its parent); the server's from the meter after the walsender has exited.
+ */
+export async function measureReceiveWalRun(context: BenchContext, target: ServerTarget, repetition: number, verifyBytes: boolean): Promise<RunRecord> {
+  const options: ConsumerRunOptions = { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: false };
+  const bytesExpected = rangeBytes(context.wal);
+  const dir = mkdtempSync(join(RECEIVE_WAL_PARENT_DIR, 'walcast-bench-receivewal-'));
+  try {
+    // An empty .partial of the first segment makes pg_receivewal start there (reference §4).
+    const firstSegment = context.wal.walcastFiles[0];
+    assert.ok(firstSegment !== undefined, 'the range has segments');
+    writeFileSync(join(dir, `${segmentName(firstSegment)}.partial`), '');
+    const harnessBefore = readCpu(process.pid)?.reapedChildrenSeconds ?? 0;
+    const meter = target.beginRun();
+    const started = performance.now();
+    const result = await runReceiveWal({ port: target.port, dir, endpos: formatLsn(context.wal.endLsn - 1n), timeoutMs: context.plan.runTimeoutMs });
+    const wallSeconds = (performance.now() - started) / 1000;
+    const cost = await meter.finish(1, { afterDisconnect: true });
+    const consumerCpuSeconds = (readCpu(process.pid)?.reapedChildrenSeconds ?? 0) - harnessBefore;
+    if (result.code !== 0) throw new Error(`pg_receivewal exited ${result.code}: ${result.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    const bytesReceived = verifyBytes ? matchingBytes(dir, context.wal) : bytesExpected;
+    const ok = bytesReceived === bytesExpected;
+    return {
+      scenario: 'catch-up',
+      server: target.name,
+      consumer: 'pg_receivewal',
+      replicas: 1,
+      repetition,
+      ok,
+      ...(ok ? {} : { error: `pg_receivewal files match the source for ${bytesReceived} of ${bytesExpected} bytes` }),
+      bytesExpected,
+      bytesReceived,
+      wallSeconds,
+      throughputMBps: bytesExpected / BYTES_PER_MB / wallSeconds,
+      serverCpuSeconds: cost.cpuSeconds,
+      serverCpuSecondsPerGB: cost.cpuSeconds / (bytesExpected / BYTES_PER_GB),
+      consumerCpuSeconds,
+    };
+  } catch (error) {
+    return failedRecord(options, target, 'pg_receivewal', bytesExpected, error);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function segmentName(path: string): string {
+  return (path.split('/').pop() ?? '').replace('.partial', '');
+}
+
+/** Bytes of [startLsn, endLsn) that pg_receivewal wrote identically to walcast's stored segments. */
+function matchingBytes(dir: string, wal: PreparedWal): number {
+  const received = new Map(readdirSync(dir).map((name) => [name.replace('.partial', ''), join(dir, name)]));
+  let matching = 0;
+  for (const source of wal.walcastFiles) {
+    const copy = received.get(segmentName(source));
+    if (copy === undefined) break;
+    const expected = readFileSync(source);
+    const actual = readFileSync(copy);
+    // Past the range end the two may differ: PostgreSQL keeps writing WAL, walcast zero-pads its last segment.
+    const length = Math.min(expected.length, actual.length, wal.segmentBytes, rangeBytes(wal) - matching);
+    if (!expected.subarray(0, length).equals(actual.subarray(0, length))) break;
+    matching += length;
+  }
+  return Math.min(matching, rangeBytes(wal));
+}
