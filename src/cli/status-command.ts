@@ -12,7 +12,6 @@ import { readSecret } from './secrets.js';
 export const STATUS_TIMEOUT_MS = 10_000;
 /** More timelines than this are listed in the summary but not fetched one by one (a bound on requests). */
 export const STATUS_TIMELINES_MAX = 1000;
-export const DEFAULT_STATUS_URL = 'http://127.0.0.1:7676';
 
 interface StatusFlags {
   readonly http: string;
