@@ -85,8 +85,7 @@ export async function importWal(options: ImportOptions): Promise<ImportResult> {
   const timelineId = options.timelineId ?? newId();
   const dir = timelineDirPath(options.dataDir, tenantId, timelineId);
   if (await exists(dir)) return extendTimeline(dir, source, tenantId, timelineId);
-  const wal = await validateSource(source, source.segments[0]?.segno ?? 0n);
-  await createTimeline(options.dataDir, wal, tenantId, timelineId);
+  const wal = await createTimeline(options.dataDir, source, tenantId, timelineId);
   const segmentCount = countSegments(wal.startLsn, wal.endLsn, wal.segmentBytes);
   return { tenantId, timelineId, startLsn: wal.startLsn, endLsn: wal.endLsn, segmentCount, created: true };
 }
@@ -185,7 +184,7 @@ async function checkSegmentFile(path: string, segmentBytes: number, systemId: bi
 }
 
 /** Walks the source from segment `fromSegno` and turns a missing segment before real WAL into WAL_GAP. */
-async function validateSource(source: SourceWal, fromSegno: bigint): Promise<ValidatedWal> {
+async function validateSource(source: SourceWal, fromSegno: bigint, onSegmentPassed?: (segno: bigint) => void): Promise<ValidatedWal> {
   const { segmentBytes, pgTimelineId } = source;
   const paths = new Map(source.segments.map((segment) => [segment.segno, segment.path]));
   if (!paths.has(fromSegno)) throw gapError(pgTimelineId, fromSegno, segmentBytes);
@@ -196,7 +195,7 @@ async function validateSource(source: SourceWal, fromSegno: bigint): Promise<Val
   const startLsn = segmentStartLsn(fromSegno, segmentBytes);
   let walk: WalkResult;
   try {
-    walk = await walkWal({ source: reader, segmentBytes, startLsn, systemId: source.systemId });
+    walk = await walkWal({ source: reader, segmentBytes, startLsn, systemId: source.systemId, onSegmentPassed });
   } finally {
     await reader.close();
   }
@@ -230,23 +229,94 @@ function countSegments(startLsn: Lsn, endLsn: Lsn, segmentBytes: number): number
   return Number(segmentOf(endLsn - 1n, segmentBytes) - segmentOf(startLsn, segmentBytes)) + 1;
 }
 
-/** Builds the timeline in a temp directory next to its final place, then renames it in. */
-async function createTimeline(dataDir: string, wal: ValidatedWal, tenantId: string, timelineId: string): Promise<void> {
+/**
+ * Builds the timeline in a temp directory next to its final place, then renames it in. Segments are copied while
+ * the walk goes on (each once the walk has passed it), so disk writes overlap the CPU-bound validation.
+ */
+async function createTimeline(dataDir: string, source: SourceWal, tenantId: string, timelineId: string): Promise<ValidatedWal> {
   const tenantDir = await ensureTenantDir(dataDir, tenantId);
   const buildDir = join(tenantDir, `${BUILD_DIR_PREFIX}${timelineId}-${process.pid}`);
   await rm(buildDir, { recursive: true, force: true });
   await mkdir(buildDir, { mode: 0o700 });
+  const copier = new SegmentCopier(source, buildDir);
   try {
-    await copySegments(wal, segmentOf(wal.startLsn, wal.segmentBytes), buildDir);
+    const wal = await validateSource(source, source.segments[0]?.segno ?? 0n, (segno) => copier.enqueue(segno));
+    await copier.drain();
+    await finishCopiedSegments(wal, buildDir, copier.copied);
     await copyHistoryFiles(wal.historyPaths, buildDir);
-    const now = new Date().toISOString();
-    await writeControlFile(buildDir, controlFor(wal, tenantId, timelineId, wal.startLsn, now));
+    await writeControlFile(buildDir, controlFor(wal, tenantId, timelineId, wal.startLsn, new Date().toISOString()));
     await rename(buildDir, join(tenantDir, timelineId));
     await fsyncDirectory(tenantDir);
+    return wal;
   } catch (error) {
+    await copier.drain().catch(() => undefined);
     await rm(buildDir, { recursive: true, force: true });
     throw error;
   }
+}
+
+/** Copies segments into a build directory one at a time, in the background, in the order they are queued. */
+class SegmentCopier {
+  readonly copied = new Set<bigint>();
+  private chain: Promise<void> = Promise.resolve();
+  private failure: { readonly error: unknown } | undefined;
+  private readonly paths: Map<bigint, string>;
+
+  constructor(
+    private readonly source: SourceWal,
+    private readonly targetDir: string,
+  ) {
+    this.paths = new Map(source.segments.map((segment) => [segment.segno, segment.path]));
+  }
+
+  enqueue(segno: bigint): void {
+    const sourcePath = this.paths.get(segno);
+    assert.ok(sourcePath !== undefined, 'the walk only passes segments it read');
+    const name = segmentFileName(this.source.pgTimelineId, segno, this.source.segmentBytes);
+    // Errors are kept, not left in the chain: a rejection nobody awaits yet would be an unhandled rejection.
+    this.chain = this.chain
+      .then(async () => {
+        if (this.failure !== undefined) return;
+        await copyFile(sourcePath, join(this.targetDir, name));
+        await fsyncFile(join(this.targetDir, name));
+        this.copied.add(segno);
+      })
+      .catch((error: unknown) => {
+        this.failure ??= { error };
+      });
+  }
+
+  /** Waits for every queued copy; rejects with the first copy error. */
+  async drain(): Promise<void> {
+    await this.chain;
+    if (this.failure !== undefined) throw this.failure.error;
+  }
+}
+
+/**
+ * After the walk: copies the segments not copied yet, turns the one holding the end into NAME.partial with its
+ * tail zeroed, and removes copies that turned out to lie entirely past the end.
+ */
+async function finishCopiedSegments(wal: ValidatedWal, dir: string, copied: ReadonlySet<bigint>): Promise<void> {
+  const { segmentBytes, pgTimelineId } = wal;
+  const paths = new Map(wal.segments.map((segment) => [segment.segno, segment.path]));
+  for (let segno = segmentOf(wal.startLsn, segmentBytes); segmentStartLsn(segno, segmentBytes) < wal.endLsn; segno++) {
+    const name = segmentFileName(pgTimelineId, segno, segmentBytes);
+    const complete = segmentStartLsn(segno + 1n, segmentBytes) <= wal.endLsn;
+    if (complete && copied.has(segno)) continue;
+    const sourcePath = paths.get(segno);
+    assert.ok(sourcePath !== undefined, 'every segment up to the validated end exists');
+    if (!copied.has(segno)) await copyFile(sourcePath, join(dir, name));
+    if (!complete) {
+      await zeroTail(join(dir, name), offsetInSegment(wal.endLsn, segmentBytes), segmentBytes);
+      await rename(join(dir, name), join(dir, name + PARTIAL_SUFFIX));
+    }
+    await fsyncFile(join(dir, complete ? name : name + PARTIAL_SUFFIX));
+  }
+  for (const segno of copied) {
+    if (segmentStartLsn(segno, segmentBytes) >= wal.endLsn) await unlink(join(dir, segmentFileName(pgTimelineId, segno, segmentBytes)));
+  }
+  await fsyncDirectory(dir);
 }
 
 function controlFor(wal: ValidatedWal, tenantId: string, timelineId: string, timelineStartLsn: Lsn, createdAt: string): ControlState {

@@ -81,6 +81,11 @@ export interface WalkOptions {
   readonly systemId?: bigint | undefined;
   /** Stop before starting a record at or after this LSN. */
   readonly stopLsn?: Lsn | undefined;
+  /**
+   * Told when the walk moves past the end of a segment (every record starting in it was valid, though a record
+   * continuing into the next segment may still fail). Import starts copying the segment then.
+   */
+  readonly onSegmentPassed?: ((segno: bigint) => void) | undefined;
 }
 
 interface Stop {
@@ -128,6 +133,7 @@ class RecordWalker {
   private windowBytes = 0;
   private stopOffset = Number.POSITIVE_INFINITY;
   private readonly stopLsn: Lsn | undefined;
+  private readonly onSegmentPassed: ((segno: bigint) => void) | undefined;
   private skippingContinuation: boolean;
   private checkStartPage: boolean;
   // The record being read.
@@ -145,7 +151,9 @@ class RecordWalker {
   private prevLow = 0;
   private prevHigh = 0;
   private havePrev: boolean;
-  private lastRecordLsn: Lsn | undefined;
+  /** The last good record's start, kept as (segment, offset) so the hot path allocates no bigint. */
+  private lastRecordSegno: bigint | undefined;
+  private lastRecordOffset = 0;
   private endSegno: bigint;
   private endOffset: number;
   private recordCount = 0;
@@ -160,6 +168,7 @@ class RecordWalker {
     this.endSegno = this.segno;
     this.endOffset = this.offset;
     this.stopLsn = options.stopLsn;
+    this.onSegmentPassed = options.onSegmentPassed;
     this.systemId = options.systemId;
     this.skippingContinuation = this.offset % WAL_PAGE_BYTES === 0;
     this.checkStartPage = this.offset % WAL_PAGE_BYTES !== 0;
@@ -174,6 +183,7 @@ class RecordWalker {
   /** Reads the window holding `offset` (moving to the next segment at a segment end). */
   async loadWindow(source: WalSegmentSource, window: Buffer): Promise<Stop | undefined> {
     if (this.offset === this.segmentBytes) {
+      this.onSegmentPassed?.(this.segno);
       this.segno += 1n;
       this.offset = 0;
       this.enterSegment();
@@ -212,7 +222,7 @@ class RecordWalker {
   result(stop: Stop): WalkResult {
     return {
       endLsn: segmentStartLsn(this.endSegno, this.segmentBytes) + BigInt(this.endOffset),
-      lastRecordLsn: this.lastRecordLsn,
+      lastRecordLsn: this.lastRecordSegno === undefined ? undefined : segmentStartLsn(this.lastRecordSegno, this.segmentBytes) + BigInt(this.lastRecordOffset),
       recordCount: this.recordCount,
       stopKind: stop.kind,
       stopReason: stop.reason,
@@ -300,6 +310,8 @@ class RecordWalker {
     if (!this.inRecord) {
       const stop = this.beginRecord(window);
       if (stop !== undefined) return stop;
+      // The common case: the whole record is on this page; check it in place, without copying the header.
+      if (this.offset + this.totalBytes <= pageEnd) return this.walkWholeRecord(window);
     }
     let index = this.offset - this.windowOffset;
     let available = pageEnd - this.offset;
@@ -312,7 +324,7 @@ class RecordWalker {
       available -= take;
       this.offset += take;
       if (this.headerFilled === RECORD_HEADER_BYTES) {
-        const stop = this.checkRecordHeader();
+        const stop = this.checkRecordHeader(this.recordHeader, 0);
         if (stop !== undefined) return stop;
       }
     }
@@ -321,9 +333,19 @@ class RecordWalker {
       this.crcState = crc32cUpdate(this.crcState, window, index, index + take);
       this.gotBytes += take;
       this.offset += take;
-      if (this.gotBytes === this.totalBytes) return this.finishRecord();
+      if (this.gotBytes === this.totalBytes) return this.finishRecord(this.recordHeader, 0);
     }
     return undefined;
+  }
+
+  /** A record entirely inside the current page: header checks, CRC and commit straight from the window. */
+  private walkWholeRecord(window: Buffer): Stop | undefined {
+    const index = this.offset - this.windowOffset;
+    const stop = this.checkRecordHeader(window, index);
+    if (stop !== undefined) return stop;
+    this.crcState = crc32cUpdate(CRC32C_INITIAL, window, index + RECORD_HEADER_BYTES, index + this.totalBytes);
+    this.offset += this.totalBytes;
+    return this.finishRecord(window, index);
   }
 
   /** ValidXLogRecordHeader's length check, on the first 4 bytes (always on this page: records are 8-aligned). */
@@ -346,13 +368,14 @@ class RecordWalker {
     return undefined;
   }
 
-  private checkRecordHeader(): Stop | undefined {
-    const rmid = this.recordHeader[RECORD_RMID_OFFSET]!;
+  /** ValidXLogRecordHeader: rmgr id and prev-link, on the header at `at` in `header`. */
+  private checkRecordHeader(header: Buffer, at: number): Stop | undefined {
+    const rmid = header[at + RECORD_RMID_OFFSET]!;
     if (rmid > RMGR_BUILTIN_MAX && rmid < RMGR_CUSTOM_MIN) {
       return { kind: 'invalid-record', reason: `invalid resource manager ID ${rmid} at ${formatLsn(this.recordLsn())}` };
     }
-    const prevLow = this.recordHeader.readUInt32LE(RECORD_PREV_OFFSET);
-    const prevHigh = this.recordHeader.readUInt32LE(RECORD_PREV_OFFSET + 4);
+    const prevLow = header.readUInt32LE(at + RECORD_PREV_OFFSET);
+    const prevHigh = header.readUInt32LE(at + RECORD_PREV_OFFSET + 4);
     if (this.havePrev && (prevLow !== this.prevLow || prevHigh !== this.prevHigh)) {
       const prev = (BigInt(prevHigh) << 32n) | BigInt(prevLow);
       return { kind: 'invalid-record', reason: `record with incorrect prev-link ${formatLsn(prev)} at ${formatLsn(this.recordLsn())}` };
@@ -360,10 +383,10 @@ class RecordWalker {
     return undefined;
   }
 
-  /** ValidXLogRecord: CRC over the data, then over the header up to xl_crc. */
-  private finishRecord(): Stop | undefined {
-    const state = crc32cUpdate(this.crcState, this.recordHeader, 0, RECORD_CRC_OFFSET);
-    if (crc32cFinish(state) !== this.recordHeader.readUInt32LE(RECORD_CRC_OFFSET)) {
+  /** ValidXLogRecord: CRC over the data (already folded in), then over the header up to xl_crc; then commit. */
+  private finishRecord(header: Buffer, at: number): Stop | undefined {
+    const state = crc32cUpdate(this.crcState, header, at, at + RECORD_CRC_OFFSET);
+    if (crc32cFinish(state) !== header.readUInt32LE(at + RECORD_CRC_OFFSET)) {
       return { kind: 'invalid-record', reason: `incorrect resource manager data checksum in record at ${formatLsn(this.recordLsn())}` };
     }
     this.inRecord = false;
@@ -371,11 +394,12 @@ class RecordWalker {
     this.prevLow = this.recordLow;
     this.prevHigh = this.recordHigh;
     this.havePrev = true;
-    this.lastRecordLsn = this.recordLsn();
-    const info = this.recordHeader[RECORD_INFO_OFFSET]!;
-    const isSwitch = this.recordHeader[RECORD_RMID_OFFSET] === RM_XLOG_ID && (info & XLR_RMGR_INFO_MASK) === XLOG_SWITCH;
+    this.lastRecordSegno = this.recordSegno;
+    this.lastRecordOffset = this.recordOffset;
+    const info = header[at + RECORD_INFO_OFFSET]!;
+    const isSwitch = header[at + RECORD_RMID_OFFSET] === RM_XLOG_ID && (info & XLR_RMGR_INFO_MASK) === XLOG_SWITCH;
     // xlogreader.c: an XLOG_SWITCH record "extends" to the end of its segment; the rest is padding.
-    this.offset = isSwitch && this.offset > 0 ? this.segmentBytes : alignUp(this.offset);
+    this.offset = isSwitch ? this.segmentBytes : alignUp(this.offset);
     this.endSegno = this.segno;
     this.endOffset = this.offset;
     return undefined;
