@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { isWalcastError } from '../errors.js';
 import { commandComplete, copyBothResponse, copyData, copyDone, errorResponse, readyForQuery } from './backend-serializer.js';
 import { ServerError, connectReplication } from './client.js';
-import { MAX_QUEUED_MESSAGES, PgConnection } from './connection.js';
+import { MAX_QUEUED_MESSAGES, PAUSE_QUEUED_MESSAGES, PgConnection } from './connection.js';
 import type { FrontendMessage } from './messages.js';
 import { simpleResultSet } from './result-set.js';
 import { createScramVerifier } from './scram.js';
@@ -386,6 +386,18 @@ describe('PgConnection directly', () => {
     assert.ok(conn.isClosed());
     await assert.rejects(conn.write(Buffer.from('x')));
     await conn.close();
+    close();
+  });
+
+  test('unread input pauses the socket; reading resumes it', async () => {
+    const { conn, peer, close } = await pair();
+    peer.write(Buffer.concat([startup, ...Array.from({ length: PAUSE_QUEUED_MESSAGES + 4 }, (_, index) => query(`Q${index}`))]));
+    await waitFor(() => conn.socket.isPaused());
+    await conn.readStartupPacket(TIMEOUT_MS);
+    for (let index = 0; index < PAUSE_QUEUED_MESSAGES + 4; index++) assert.deepEqual(await conn.readMessage(TIMEOUT_MS), { type: 'query', sql: `Q${index}` });
+    assert.equal(conn.socket.isPaused(), false);
+    peer.destroy();
+    await conn.closed;
     close();
   });
 
