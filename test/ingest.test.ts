@@ -108,7 +108,137 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(result.code, 0, `pg_receivewal failed: ${result.stderr}`);
     await assertSegmentsMatch(target, fixture.primary.walDir, fixture.startLsnA, midLoad);
   });
+
+  test('a chain primary → walcast A → walcast B → standby delivers new rows', async (t) => {
+    const dataDirB = await makeTempDir('walcast-ingest-b');
+    const created = await createFollowingTimeline({ dataDir: dataDirB, upstream: `host=127.0.0.1 port=${fixture.walcastA.port} user=repl application_name=relay_b`, password: undefined, log: silentLogger() });
+    assert.equal(created.slotName, undefined, 'a walcast upstream refuses slots and the create carries on');
+    const walcastB = await startWalcast({ dataDir: dataDirB });
+    cleanups.push(() => walcastB.stop());
+    await fixture.standby.stop();
+    fixture.standby = await fixture.standbyBase.startWithUpstream(walcastB.port);
+    await fixture.primary.sql('INSERT INTO ingest_rows (id) SELECT g FROM generate_series(2001, 2500) g');
+    const started = Date.now();
+    await waitFor(async () => ((await fixture.standby.sql('SELECT count(*) FROM ingest_rows WHERE id > 2000')) === '500' ? true : undefined), CATCH_UP_TIMEOUT_MS);
+    t.diagnostic(`rows visible on the standby behind the chain within ${Date.now() - started} ms (polling every ${POLL_MS} ms, includes the standby's reconnect)`);
+    const relay = soleTimeline(walcastB);
+    assert.ok(relay.commitLsn.get() > created.startLsn, 'walcast B stored WAL from walcast A');
+    const replicaOfA = soleTimeline(fixture.walcastA).replicas.snapshot().find((replica) => replica.appName === 'relay_b');
+    assert.ok(replicaOfA !== undefined, 'walcast B streams from walcast A');
+  });
+
+  test('walcast killed with SIGKILL during pgbench recovers; the standby catches up; stored segments equal the primary', async (t) => {
+    const dataDirC = await makeTempDir('walcast-ingest-c');
+    const created = await runWalcastCli(['timeline', 'create', '--data-dir', dataDirC, '--upstream', `host=127.0.0.1 port=${fixture.primary.port} user=repl application_name=walcast_c`, '--json']);
+    assert.equal(created.code, 0, `timeline create failed: ${created.stderr}`);
+    const createdJson = JSON.parse(created.stdout) as { timeline_id: string; start_lsn: string };
+    const startLsnC = parseLsnOrThrow(createdJson.start_lsn);
+    const port = await freePort();
+    let serve = await spawnServe(dataDirC, port);
+    cleanups.push(() => serve.stop());
+    await fixture.standby.stop();
+    fixture.standby = await fixture.standbyBase.startWithUpstream(port);
+    const load = fixture.primary.pgbench(['-c', '4', '-T', '8', '-n']);
+    await sleep(3000);
+    serve.kill9();
+    await serve.exited;
+    t.diagnostic(`killed walcast at primary flush ${await fixture.primary.sql('SELECT pg_current_wal_flush_lsn()')}`);
+    serve = await spawnServe(dataDirC, port);
+    await load;
+    await fixture.primary.sql('INSERT INTO ingest_rows (id) VALUES (3001)');
+    const primaryEnd = parseLsnOrThrow(await fixture.primary.sql('SELECT pg_current_wal_flush_lsn()'));
+    await waitFor(async () => {
+      const replayed = parseLsnOrThrow(await fixture.standby.sql('SELECT pg_last_wal_replay_lsn()'));
+      return replayed >= primaryEnd ? true : undefined;
+    }, CATCH_UP_TIMEOUT_MS);
+    assert.equal(await fixture.standby.sql('SELECT count(*) FROM ingest_rows WHERE id = 3001'), '1');
+    const flushC = await identifyPosition(port);
+    assert.ok(flushC >= primaryEnd, 'walcast caught up with the primary');
+    const [tenantId] = await readdir(dataDirC);
+    const compared = await assertSegmentsMatch(join(dataDirC, tenantId ?? '', createdJson.timeline_id), fixture.primary.walDir, startLsnC, flushC);
+    t.diagnostic(`${compared} bytes of walcast's segments equal the primary's up to ${formatLsn(flushC)}`);
+    assert.match(serve.output(), /recovered the end of stored WAL/);
+  });
+
+  test('walcast as the synchronous standby: commits complete, stall while walcast is down, resume after', async () => {
+    const primary = fixture.primary;
+    await primary.sql("ALTER SYSTEM SET synchronous_standby_names = 'walcast'");
+    await primary.sql('SELECT pg_reload_conf()');
+    try {
+      await waitFor(async () => ((await primary.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walcast'")) === 'sync' ? true : undefined), 30_000);
+      await primary.sql('INSERT INTO ingest_rows (id) VALUES (4001)');
+      await fixture.walcastA.stop();
+      let settled = false;
+      const stalled = primary.sql('INSERT INTO ingest_rows (id) VALUES (4002)').finally(() => (settled = true));
+      await sleep(2000);
+      assert.equal(settled, false, 'a commit waits for walcast while it is down');
+      const restarted = await startWalcast({ dataDir: fixture.dataDirA });
+      cleanups.push(() => restarted.stop());
+      fixture.walcastA = restarted;
+      await stalled;
+    } finally {
+      await primary.sql("ALTER SYSTEM SET synchronous_standby_names = ''");
+      await primary.sql('SELECT pg_reload_conf()');
+    }
+  });
 });
+
+interface ServeProcess {
+  readonly exited: Promise<void>;
+  kill9(): void;
+  stop(): Promise<void>;
+  output(): string;
+}
+
+/** Output kept from a child walcast, enough for its recovery and error lines. */
+const SERVE_OUTPUT_BYTES_MAX = 256 * 1024;
+
+/** `walcast serve` as a child process on 127.0.0.1:PORT; resolves once it answers IDENTIFY_SYSTEM. */
+async function spawnServe(dataDir: string, port: number): Promise<ServeProcess> {
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--no-http', '--log-level', 'info'], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, WALCAST_IO: 'ts' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const collect = (chunk: Buffer): void => {
+    if (output.length < SERVE_OUTPUT_BYTES_MAX) output += chunk.toString();
+  };
+  child.stdout?.on('data', collect);
+  child.stderr?.on('data', collect);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const serve: ServeProcess = {
+    exited,
+    kill9: () => child.kill('SIGKILL'),
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+    output: () => output,
+  };
+  await waitFor(async () => {
+    if (child.exitCode !== null) throw new Error(`walcast serve exited: ${output}`);
+    await identifyPosition(port);
+    return true;
+  }, 60_000).catch((error: unknown) => {
+    child.kill('SIGKILL');
+    throw new Error(`walcast serve did not come up: ${String(error)}\n${output}`);
+  });
+  return serve;
+}
+
+async function identifyPosition(port: number): Promise<Lsn> {
+  const client = await connectReplication({ host: '127.0.0.1', port, user: 'repl', timeoutMs: 5_000 });
+  try {
+    const result = await client.query('IDENTIFY_SYSTEM');
+    return parseLsnOrThrow(result.rows[0]?.[2] ?? '');
+  } finally {
+    await client.end();
+  }
+}
 
 function soleTimeline(walcast: RunningWalcast): Timeline {
   const [timeline] = walcast.server.timelines.list();
@@ -155,11 +285,3 @@ async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs: number
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
-
-// Used by later tests in this file.
-void spawn;
-void freePort;
-void REPO_ROOT;
-void runWalcastCli;
-void connectReplication;
-export type { ChildProcess };
