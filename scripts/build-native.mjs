@@ -30,8 +30,12 @@ try {
 } catch {
   finish(false, 'node-gyp is not installed (install dev dependencies)');
 }
-// Node's headers ship with this machine's Node (/usr/include/node); using them keeps the build offline.
-const nodeDir = existsSync('/usr/include/node/node.h') ? ['--nodedir=/usr'] : [];
+// Node's headers ship with Node itself (<prefix>/include/node: /usr for distribution packages, the tarball's
+// root for nodejs.org builds); pointing node-gyp at them keeps the build offline. Without them node-gyp would
+// try to download headers, and fail without network, which is tolerated like any other build failure.
+const prefixes = [join(dirname(process.execPath), '..'), '/usr', '/usr/local'];
+const prefix = prefixes.find((candidate) => existsSync(join(candidate, 'include', 'node', 'node.h')));
+const nodeDir = prefix === undefined ? [] : [`--nodedir=${prefix}`];
 const args = [nodeGyp, 'rebuild', ...nodeDir, ...(debug ? ['--debug'] : []), '--loglevel=warn'];
 const result = spawnSync(process.execPath, args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
 if (result.status === 0) finish(true, debug ? 'Debug' : 'Release');

@@ -1,0 +1,302 @@
+/**
+ * Backend-level throughput harness: the real sender loop (replication/send-wal.ts) streaming WAL-like segment
+ * files through each I/O backend (ts, native sendfile / writev / uring) to a C receiver that discards
+ * (native/bench/discard-receiver.c, compiled on first use), over loopback.
+ *
+ * Reports per backend, median [min-max] over --reps runs, all in one process run: MB/s and sender-process CPU
+ * seconds per GB (process.cpuUsage(): every thread of this process, libuv's pool included) for one receiver
+ * streaming --single-mib of warm data and for --fanout receivers streaming --fanout-mib each. With --cold it
+ * also streams --cold-mib from files made cold with posix_fadvise(DONTNEED) and reports the event-loop delay
+ * (perf_hooks.monitorEventLoopDelay) with and without the backend's prefetch.
+ *
+ *   node --import tsx bench/io-backends.ts [--reps 3] [--backends ts,sendfile,writev,uring] [--cold] [--quick]
+ *
+ * Back of the envelope (native/README.md): loopback sendfile tops out near 3-3.6 GB/s at ~0.3 CPU s/GB on this
+ * kind of 2-vCPU guest; one payload copy in JS costs ~1 CPU s/GB, so ts should sit near 1 GB/s.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, statSync, writeFileSync, closeSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { cpus, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import type { IoBackend, StreamWriter, WalChunk, WalFileHandle } from '../src/io/backend.js';
+import { DEFAULT_NATIVE_STRATEGY, createNativeBackend, probeNative, type NativeStrategy } from '../src/io/native-backend.js';
+import { loadNativeAddon } from '../src/io/native-binding.js';
+import { createTsBackend } from '../src/io/ts-backend.js';
+import type { Lsn } from '../src/lsn.js';
+import { sendWal } from '../src/replication/send-wal.js';
+
+const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const RECEIVER_SOURCE = join(REPO_ROOT, 'native', 'bench', 'discard-receiver.c');
+const WORK_DIR = join(tmpdir(), 'walcast-bench-io');
+const RECEIVER_BINARY = join(WORK_DIR, 'discard-receiver');
+
+/** PostgreSQL's default segment size; 64 of them make the 1 GiB data set. */
+const SEGMENT_BYTES = 16 * 1024 * 1024;
+const SEGMENT_COUNT = 64;
+const MIB = 1024 * 1024;
+/** Streams start on distinct segments (10 segments apart, wrapping) so fan-out reads the whole data set. */
+const FANOUT_START_STRIDE_SEGMENTS = 10;
+/** First LSN of the data set: segment 1, as a cluster's first WAL is never at 0/0. */
+const BASE_LSN: Lsn = BigInt(SEGMENT_BYTES);
+/** A run that takes longer than this is broken, not slow. */
+const RUN_TIMEOUT_MS = 300_000;
+
+type BackendName = 'ts' | NativeStrategy;
+
+interface Options {
+  reps: number;
+  backends: BackendName[];
+  singleBytes: number;
+  fanout: number;
+  fanoutBytes: number;
+  cold: boolean;
+  /** Skip the warm tables (for iterating on the cold case). */
+  coldOnly: boolean;
+  coldBytes: number;
+}
+
+interface RunResult {
+  bytes: number;
+  seconds: number;
+  cpuSeconds: number;
+  loopDelayP99Ms: number;
+  loopDelayMaxMs: number;
+}
+
+function parseOptions(argv: readonly string[]): Options {
+  const value = (name: string, fallback: string): string => {
+    const index = argv.indexOf(`--${name}`);
+    return index >= 0 && argv[index + 1] !== undefined ? argv[index + 1]! : fallback;
+  };
+  const quick = argv.includes('--quick');
+  const backends = value('backends', 'ts,sendfile,writev,uring').split(',') as BackendName[];
+  for (const name of backends) assert.ok(['ts', 'sendfile', 'writev', 'uring'].includes(name), `unknown backend ${name}`);
+  return {
+    reps: Number(value('reps', quick ? '1' : '3')),
+    backends,
+    singleBytes: Number(value('single-mib', quick ? '256' : '1024')) * MIB,
+    fanout: Number(value('fanout', '100')),
+    fanoutBytes: Number(value('fanout-mib', quick ? '16' : '64')) * MIB,
+    cold: argv.includes('--cold'),
+    coldOnly: argv.includes('--cold-only'),
+    coldBytes: Number(value('cold-mib', '256')) * MIB,
+  };
+}
+
+/** 64 x 16 MiB of random bytes (incompressible, like WAL full-page images); made once, reused. */
+function ensureDataSet(): WalFileHandle[] {
+  mkdirSync(WORK_DIR, { recursive: true });
+  const handles: WalFileHandle[] = [];
+  for (let index = 0; index < SEGMENT_COUNT; index++) {
+    const path = join(WORK_DIR, `segment-${String(index).padStart(2, '0')}`);
+    if (!existsSync(path) || statSync(path).size !== SEGMENT_BYTES) writeFileSync(path, randomBytes(SEGMENT_BYTES));
+    handles.push({ fd: openSync(path, 'r'), path });
+  }
+  return handles;
+}
+
+function ensureReceiver(): void {
+  if (existsSync(RECEIVER_BINARY) && statSync(RECEIVER_BINARY).mtimeMs >= statSync(RECEIVER_SOURCE).mtimeMs) return;
+  const result = spawnSync('cc', ['-O2', '-o', RECEIVER_BINARY, RECEIVER_SOURCE], { stdio: 'inherit' });
+  assert.equal(result.status, 0, 'compiling the discard receiver failed');
+}
+
+function warmCache(handles: readonly WalFileHandle[]): void {
+  spawnSync('cat', handles.map((handle) => handle.path), { stdio: ['ignore', 'ignore', 'inherit'] });
+}
+
+function coolCache(handles: readonly WalFileHandle[]): void {
+  const loaded = loadNativeAddon();
+  assert.ok(loaded.ok, 'the cold run needs the addon for posix_fadvise');
+  for (const handle of handles) loaded.addon.dropCache(handle.fd, 0, 0);
+}
+
+async function makeBackend(name: BackendName): Promise<IoBackend> {
+  return name === 'ts' ? createTsBackend() : createNativeBackend(name);
+}
+
+/** Maps LSNs onto the data set, wrapping around its 64 segments. */
+function walSource(handles: readonly WalFileHandle[]): { locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> } {
+  return {
+    async locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> {
+      const segment = Number(lsn / BigInt(SEGMENT_BYTES)) % SEGMENT_COUNT;
+      const fileOffset = Number(lsn % BigInt(SEGMENT_BYTES));
+      const byteCount = Math.min(Number(endLsn - lsn), SEGMENT_BYTES - fileOffset);
+      return { file: handles[segment]!, fileOffset, byteCount };
+    },
+  };
+}
+
+/** The writer with prefetch switched off: shows what a cold sendfile does to the event loop. */
+function withoutPrefetch(writer: StreamWriter): StreamWriter {
+  return {
+    sendChunk: (header, chunk) => writer.sendChunk(header, chunk),
+    sendMessage: (bytes) => writer.sendMessage(bytes),
+    prefetch: async () => undefined,
+    release: () => writer.release(),
+    get bytesSent() {
+      return writer.bytesSent;
+    },
+  };
+}
+
+async function streamOne(backend: IoBackend, socket: Socket, handles: readonly WalFileHandle[], startLsn: Lsn, bytes: number, prefetch: boolean): Promise<void> {
+  const opened = await backend.openStream(socket);
+  const writer = prefetch ? opened : withoutPrefetch(opened);
+  const stopLsn = startLsn + BigInt(bytes);
+  const source = walSource(handles);
+  const end = await sendWal({
+    replicaName: 'bench',
+    startLsn,
+    segmentBytes: SEGMENT_BYTES,
+    endWatch: { get: () => stopLsn, waitBeyond: async () => undefined },
+    source,
+    prefetchSource: source,
+    writer,
+    signal: new AbortController().signal,
+    stopAtEnd: true,
+    shouldStop: () => true,
+    onSent: () => undefined,
+  });
+  assert.equal(end.kind, 'recovery_finished');
+  await writer.release();
+  socket.end();
+}
+
+/** One measured run: `receivers` connections, each streaming `bytesEach` from its own start. */
+async function runOnce(name: BackendName, handles: readonly WalFileHandle[], receivers: number, bytesEach: number, prefetch = true): Promise<RunResult> {
+  const backend = await makeBackend(name);
+  const server = createServer();
+  const sockets: Socket[] = [];
+  const allConnected = new Promise<void>((resolve) => {
+    server.on('connection', (socket) => {
+      socket.on('error', () => undefined);
+      sockets.push(socket);
+      if (sockets.length === receivers) resolve();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  const receiver = spawn(RECEIVER_BINARY, ['127.0.0.1', String(port), String(receivers)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let output = '';
+  receiver.stdout.on('data', (data: Buffer) => (output += data.toString()));
+  const exited = new Promise<number | null>((resolve) => receiver.on('exit', resolve));
+  const timeout = setTimeout(() => receiver.kill('SIGKILL'), RUN_TIMEOUT_MS);
+  await allConnected;
+  const delay = monitorEventLoopDelay({ resolution: 1 });
+  delay.enable();
+  const cpuBefore = process.cpuUsage();
+  const started = performance.now();
+  await Promise.all(
+    sockets.map((socket, index) => {
+      const startSegment = (index * FANOUT_START_STRIDE_SEGMENTS) % SEGMENT_COUNT;
+      return streamOne(backend, socket, handles, BASE_LSN + BigInt(startSegment * SEGMENT_BYTES), bytesEach, prefetch);
+    }),
+  );
+  const code = await exited;
+  const seconds = (performance.now() - started) / 1000;
+  const cpu = process.cpuUsage(cpuBefore);
+  delay.disable();
+  clearTimeout(timeout);
+  server.close();
+  await backend.close();
+  assert.equal(code, 0, `receiver failed: ${output}`);
+  const received = Number(/bytes=(\d+)/.exec(output)?.[1] ?? 0);
+  const headerBytes = 30 * Math.ceil(bytesEach / (128 * 1024)) * receivers;
+  assert.ok(received >= bytesEach * receivers && received <= bytesEach * receivers + headerBytes * 2, `received ${received} bytes`);
+  return {
+    bytes: received,
+    seconds,
+    cpuSeconds: (cpu.user + cpu.system) / 1e6,
+    loopDelayP99Ms: delay.percentile(99) / 1e6,
+    loopDelayMaxMs: delay.max / 1e6,
+  };
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+function summary(values: readonly number[], digits: number): string {
+  const sorted = [...values].sort((a, b) => a - b);
+  const spread = sorted.length > 1 ? ` [${sorted[0]!.toFixed(digits)}-${sorted[sorted.length - 1]!.toFixed(digits)}]` : '';
+  return `${median(values).toFixed(digits)}${spread}`;
+}
+
+function row(label: string, runs: readonly RunResult[]): string {
+  const mbPerSecond = runs.map((run) => run.bytes / 1e6 / run.seconds);
+  const cpuPerGb = runs.map((run) => run.cpuSeconds / (run.bytes / 1e9));
+  const p99 = summary(runs.map((run) => run.loopDelayP99Ms), 1);
+  return `| ${label} | ${summary(mbPerSecond, 0)} | ${summary(cpuPerGb, 2)} | ${p99} |`;
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions(process.argv.slice(2));
+  const native = probeNative();
+  if (!native.ok) {
+    console.log(`native addon unavailable (${native.reason}): ts only`);
+    options.backends = options.backends.filter((name) => name === 'ts');
+  }
+  const handles = ensureDataSet();
+  ensureReceiver();
+  warmCache(handles);
+  const single = new Map<BackendName, RunResult[]>();
+  const fanout = new Map<BackendName, RunResult[]>();
+  // Repetitions interleave the backends, so machine noise spreads over all of them alike.
+  for (let rep = 0; rep < (options.coldOnly ? 0 : options.reps); rep++) {
+    for (const name of options.backends) {
+      single.set(name, [...(single.get(name) ?? []), await runOnce(name, handles, 1, options.singleBytes)]);
+      fanout.set(name, [...(fanout.get(name) ?? []), await runOnce(name, handles, options.fanout, options.fanoutBytes)]);
+      process.stderr.write('.');
+    }
+  }
+  process.stderr.write('\n');
+  printHeader(options);
+  if (!options.coldOnly) printWarmTables(options, single, fanout);
+  if ((options.cold || options.coldOnly) && native.ok) await coldRuns(options, handles);
+  for (const handle of handles) closeSync(handle.fd);
+}
+
+function printWarmTables(options: Options, single: Map<BackendName, RunResult[]>, fanout: Map<BackendName, RunResult[]>): void {
+  console.log(`\n### 1 receiver, ${options.singleBytes / MIB} MiB warm\n| backend | MB/s | sender CPU s/GB | event-loop delay p99 ms |\n|---|---|---|---|`);
+  for (const name of options.backends) console.log(row(name, single.get(name)!));
+  console.log(`\n### ${options.fanout} receivers, ${options.fanoutBytes / MIB} MiB each (${((options.fanout * options.fanoutBytes) / 2 ** 30).toFixed(2)} GiB), warm\n| backend | MB/s (aggregate) | sender CPU s/GB | event-loop delay p99 ms |\n|---|---|---|---|`);
+  for (const name of options.backends) console.log(row(name, fanout.get(name)!));
+}
+
+/** Cold catch-up: one receiver from files just dropped from page cache; the event loop must stay responsive. */
+async function coldRuns(options: Options, handles: readonly WalFileHandle[]): Promise<void> {
+  const cases: { label: string; name: BackendName; prefetch: boolean }[] = [
+    { label: 'ts (async pread on the libuv pool)', name: 'ts', prefetch: true },
+    { label: `native ${DEFAULT_NATIVE_STRATEGY} + io_uring prefetch`, name: DEFAULT_NATIVE_STRATEGY, prefetch: true },
+    { label: `native ${DEFAULT_NATIVE_STRATEGY}, prefetch off`, name: DEFAULT_NATIVE_STRATEGY, prefetch: false },
+  ];
+  console.log(`\n### cold cache, 1 receiver, ${options.coldBytes / MIB} MiB (posix_fadvise DONTNEED before each run)`);
+  console.log('| case | MB/s | sender CPU s/GB | event-loop delay p99 ms | max ms |\n|---|---|---|---|---|');
+  for (const entry of cases) {
+    const runs: RunResult[] = [];
+    for (let rep = 0; rep < options.reps; rep++) {
+      coolCache(handles);
+      runs.push(await runOnce(entry.name, handles, 1, options.coldBytes, entry.prefetch));
+    }
+    const max = summary(runs.map((run) => run.loopDelayMaxMs), 1);
+    console.log(`${row(entry.label, runs)} ${max} |`);
+  }
+  warmCache(handles);
+}
+
+function printHeader(options: Options): void {
+  const kernel = spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim();
+  console.log(`## bench/io-backends.ts, ${new Date().toISOString()}`);
+  console.log(`${cpus().length} x ${cpus()[0]?.model ?? 'unknown CPU'}, Linux ${kernel}, Node ${process.version}; loopback, C discard receiver;`);
+  console.log(`16 MiB segments, 128 KiB chunks + 30-byte headers through replication/send-wal.ts; median [min-max] of ${options.reps}.`);
+}
+
+await main();
