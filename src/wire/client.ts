@@ -120,6 +120,7 @@ export class ReplicationClient {
   private readonly framer = new PacketFramer(() => true, checkBackendLength);
   private operation: Operation | undefined;
   private closedError: Error | undefined;
+  private idleError: ServerError | undefined;
   readonly closed: Promise<void>;
 
   constructor(
@@ -217,16 +218,22 @@ export class ReplicationClient {
       this.parameters.set(name, value);
       return;
     }
+    if (this.operation === undefined && code === BackendCode.errorResponse) {
+      // An idle connection gets an ErrorResponse only when the server is about to close it (57P01 on
+      // shutdown): keep it as the reason the next operation fails.
+      this.idleError ??= new ServerError(decodeNotice(body));
+      return;
+    }
     if (this.operation === undefined) throw unexpected(code, 'while idle');
     this.operation.onMessage(code, body);
   }
 
   private onClose(error: Error): void {
     if (this.closedError !== undefined) return;
-    this.closedError = error;
+    this.closedError = this.idleError ?? error;
     const operation = this.operation;
     this.operation = undefined;
-    operation?.onClose(error);
+    operation?.onClose(this.closedError);
   }
 }
 

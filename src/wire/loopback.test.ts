@@ -336,6 +336,25 @@ describe('client.ts password methods against a hand-written server', () => {
     assert.equal(reply, `md5${outer}\0`);
   });
 
+  test('a FATAL ErrorResponse while idle becomes the error of the next operation', async () => {
+    const fatal = Buffer.from('SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0', 'latin1');
+    const header = Buffer.from([0x45, 0, 0, 0, 0]);
+    header.writeInt32BE(fatal.length + 4, 1);
+    const server = createServer((socket) => {
+      socket.once('data', () => {
+        socket.write(Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 0, 0x5a, 0, 0, 0, 5, 0x49]));
+        setTimeout(() => socket.end(Buffer.concat([header, fatal])), 20);
+      });
+      socket.on('error', () => undefined);
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const client = await connectReplication({ host: '127.0.0.1', port: (server.address() as AddressInfo).port, user: 'u', timeoutMs: TIMEOUT_MS });
+    await client.closed;
+    await assert.rejects(client.query('IDENTIFY_SYSTEM'), (error: ServerError) => error.sqlState === '57P01');
+    server.close();
+  });
+
   test('an unsupported authentication request fails the connect', async () => {
     const { error } = await passwordExchange(Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 7]), 'pw');
     assert.match(String(error), /unsupported authentication request 7/);
