@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
@@ -22,7 +23,7 @@ import { WalcastServer } from '../src/server.js';
 import { importWal } from '../src/storage/wal-import.js';
 import { connectReplication, type ReplicationClient, type ReplicationStream } from '../src/wire/client.js';
 import { freePort, makeStandby, makeTempDir, PG_BIN_DIR, REPL_USER, startPrimary, type PgCluster, type PgStandby } from './support/postgres.js';
-import { backendUnderTest, runWalcastCli } from './support/walcast.js';
+import { backendUnderTest, REPO_ROOT, runWalcastCli } from './support/walcast.js';
 
 const TEST_TIMEOUT_MS = 240_000;
 const CATCH_UP_TIMEOUT_MS = 120_000;
@@ -43,6 +44,7 @@ interface Fixture {
   endLsn: Lsn;
   receiveWal: ChildProcess;
   logLines: Array<Record<string, unknown>>;
+  dataDir: string;
 }
 
 /** The server's JSON log lines, kept in memory so the test can check what an operator's log shows. */
@@ -87,7 +89,7 @@ before(async () => {
   const timeline = server.timelines.list()[0];
   assert.ok(timeline !== undefined);
   fixture = {
-    primary, standby, server, metrics, api, receiveWal, logLines, endLsn: imported.endLsn,
+    primary, standby, server, metrics, api, receiveWal, logLines, dataDir, endLsn: imported.endLsn,
     base: `http://127.0.0.1:${api.address().port}`,
     timelinePath: `/v1/tenant/${timeline.tenantId}/timeline/${timeline.timelineId}`,
   };
@@ -310,5 +312,46 @@ describe('operations command line', { timeout: TEST_TIMEOUT_MS }, () => {
     const result = await runWalcastCli(['status', '--http', `http://127.0.0.1:${port}`], { timeoutMs: 60_000 });
     assert.equal(result.code, 1);
     assert.equal(result.stderr, `walcast: cannot reach the walcast HTTP API at http://127.0.0.1:${port}: ECONNREFUSED\n`);
+  });
+});
+
+/** `walcast serve` as a child process; resolves once its HTTP API answers. */
+async function spawnServe(args: readonly string[], httpBase: string, token: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  child.stderr?.resume();
+  await waitFor('walcast serve answers on HTTP', async () => {
+    const response = await fetch(httpBase + '/v1/status', { headers: { authorization: `Bearer ${token}` } }).catch(() => undefined);
+    return response?.status === 200 ? true : undefined;
+  }, 60_000);
+  return child;
+}
+
+describe('walcast serve with the HTTP API, as a process', { timeout: TEST_TIMEOUT_MS }, () => {
+  test('serves status and metrics behind a bearer token, and walcast status reads them with the token file', async () => {
+    const tokenDir = await makeTempDir('walcast-ops-token');
+    const tokenFile = join(tokenDir, 'token');
+    await writeFile(tokenFile, 'ops-secret-token\n', { mode: 0o600 });
+    const httpPort = await freePort();
+    const base = `http://127.0.0.1:${httpPort}`;
+    const child = await spawnServe(['--data-dir', fixture.dataDir, '--listen', '127.0.0.1:0', '--http', `127.0.0.1:${httpPort}`, '--http-auth-token-file', tokenFile, '--io', 'ts'], base, 'ops-secret-token');
+    try {
+      assert.equal((await fetch(base + '/v1/timelines')).status, 401);
+      const metrics = await fetch(base + '/metrics', { headers: { authorization: 'Bearer ops-secret-token' } });
+      const families = new Map(parsePrometheusTextFormat(await metrics.text()).map((family) => [family.name, family]));
+      assert.equal(Number(families.get('walcast_commit_lsn')?.metrics[0]?.value), Number(fixture.endLsn));
+      assert.equal(families.get('walcast_wal_bytes_sent_total')?.metrics[0]?.labels?.backend, 'ts');
+      const denied = await runWalcastCli(['status', '--http', base], { timeoutMs: 60_000 });
+      assert.equal(denied.code, 1);
+      assert.match(denied.stderr, /HTTP 401: missing or wrong bearer token/);
+      const status = await runWalcastCli(['status', '--http', base, '--http-auth-token-file', tokenFile, '--json'], { timeoutMs: 60_000 });
+      assert.equal(status.code, 0, status.stderr);
+      const document = JSON.parse(status.stdout) as { server: { io: { backend: string } }; timelines: Array<{ commit_lsn: string }> };
+      assert.equal(document.server.io.backend, 'ts');
+      assert.equal(document.timelines[0]?.commit_lsn, formatLsn(fixture.endLsn));
+    } finally {
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, 'serve stops cleanly on SIGTERM');
+    }
   });
 });
