@@ -17,7 +17,7 @@ import { renderSvg } from './lib/report-svg.js';
 import { computeFigures, computeRatios, type RunRecord } from './lib/results.js';
 import { postgresTarget, startCeilingServer, startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { buildTools, REPO_ROOT, RESULTS_DIR, SCRATCH_DIR } from './lib/tools.js';
-import { prepareWal, type PreparedWal } from './lib/wal-source.js';
+import { createFollowingDataDir, prepareWal, type PreparedWal } from './lib/wal-source.js';
 import { measureLatencyRun } from './scenarios/live-latency.js';
 import { runMicroBenchmarks } from './scenarios/micro.js';
 import { measureConsumerRun, measureReceiveWalRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
@@ -66,8 +66,11 @@ async function startServers(wal: PreparedWal, ceilingBinary: string): Promise<Se
   const targets: ServerTarget[] = [];
   const statuses: BenchReport['servers'][number][] = [];
   const attempts: [string, () => Promise<ServerTarget>][] = [
-    ['walcast-ts', () => startWalcastServer({ wal, io: 'ts' })],
-    ...NATIVE_STRATEGIES.map((strategy): [string, () => Promise<ServerTarget>] => [`walcast-native-${strategy}`, () => startWalcastServer({ wal, io: 'native', strategy })]),
+    ['walcast-ts', () => startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'ts' })],
+    ...NATIVE_STRATEGIES.map((strategy): [string, () => Promise<ServerTarget>] => [
+      `walcast-native-${strategy}`,
+      () => startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy }),
+    ]),
     ['postgres', async () => postgresTarget(wal.primary, wal)],
     ['ceiling', () => startCeilingServer(ceilingBinary, wal)],
   ];
@@ -106,17 +109,40 @@ async function runStreamingScenarios(context: BenchContext, targets: readonly Se
   }
 }
 
-async function runLatencyScenario(context: BenchContext, targets: readonly ServerTarget[], record: (run: RunRecord) => void): Promise<string[]> {
-  const live = targets.filter((target) => target.family === 'postgres');
-  const notLive = targets.filter((target) => target.family === 'walcast').map((target) => target.name);
-  for (const replicas of context.plan.latency.replicaCounts) {
-    for (let repetition = 0; repetition < context.plan.latency.repetitions; repetition++) {
-      for (const target of live) record(await measureLatencyRun(context, target, replicas, repetition));
+/**
+ * Live latency, one server at a time (a following walcast ingests every commit, so running several at once would
+ * charge each with the others' work): PostgreSQL's walsender first, then each walcast backend on its own fresh
+ * timeline that follows the primary.
+ */
+async function runLatencyScenario(context: BenchContext, statuses: readonly BenchReport['servers'][number][], record: (run: RunRecord) => void): Promise<string[]> {
+  const notes: string[] = [];
+  await measureLatencyRounds(context, postgresTarget(context.wal.primary, context.wal), record);
+  const walcasts = statuses.filter((status) => status.status === 'ok' && status.name.startsWith('walcast-')).map((status) => status.name);
+  for (const name of walcasts) {
+    const strategy = NATIVE_STRATEGIES.find((candidate) => name === `walcast-native-${candidate}`);
+    let target: ServerTarget;
+    try {
+      const dataDir = await createFollowingDataDir(context.wal.primary);
+      target = await startWalcastServer({ dataDir, walFiles: [], ...(strategy === undefined ? { io: 'ts' as const } : { io: 'native' as const, strategy }) });
+      progress(`server ${name} following the primary live`);
+    } catch (error) {
+      notes.push(`live latency: ${name} not measured: ${(error instanceof Error ? error.message : String(error)).slice(0, 200)}`);
+      continue;
+    }
+    try {
+      await measureLatencyRounds(context, target, record);
+    } finally {
+      await target.stop();
     }
   }
-  return notLive.length === 0
-    ? []
-    : [`live latency: n/a for ${notLive.join(', ')} — walcast cannot follow a live upstream in this build (no WAL ingest yet), so only PostgreSQL's walsender was measured; the ceiling serves stored files only.`];
+  notes.push('live latency: from just before the driver sends an autocommit INSERT to the primary (an upper bound: it includes the INSERT) until a replica has received the bytes up to the flush LSN read right after the commit. walcast figures include its ingest hop (primary walsender → walcast durable write with fdatasync → walcast send); the primary runs with fsync=off. The ceiling serves stored files only and takes no part.');
+  return notes;
+}
+
+async function measureLatencyRounds(context: BenchContext, target: ServerTarget, record: (run: RunRecord) => void): Promise<void> {
+  for (const replicas of context.plan.latency.replicaCounts) {
+    for (let repetition = 0; repetition < context.plan.latency.repetitions; repetition++) record(await measureLatencyRun(context, target, replicas, repetition));
+  }
 }
 
 function standingNotes(plan: BenchPlan): string[] {
@@ -149,10 +175,10 @@ async function main(): Promise<void> {
   const notes = standingNotes(plan);
   try {
     await runStreamingScenarios(context, targets, record);
-    notes.push(...(await runLatencyScenario(context, targets, record)));
   } finally {
     await Promise.all(targets.map((target) => target.stop()));
   }
+  notes.push(...(await runLatencyScenario(context, statuses, record)));
   progress('micro-benchmarks');
   const nativeBackends = NATIVE_STRATEGIES.filter((strategy) => statuses.some((status) => status.name === `walcast-native-${strategy}` && status.status === 'ok')).map((strategy) => ({ io: 'native' as const, strategy }));
   const micro = await runMicroBenchmarks(tools, wal, [{ io: 'ts' }, ...nativeBackends], plan.microTimeMs);

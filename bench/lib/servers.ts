@@ -88,7 +88,9 @@ async function waitForPort(port: number, server: Tracked, what: string): Promise
 }
 
 export interface WalcastServerOptions {
-  readonly wal: PreparedWal;
+  readonly dataDir: string;
+  /** The segment files it serves (for eviction); empty for a following timeline that grows. */
+  readonly walFiles: readonly string[];
   readonly io: 'ts' | 'native';
   readonly strategy?: 'sendfile' | 'writev' | 'uring';
 }
@@ -100,7 +102,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
   const name = options.io === 'ts' ? 'walcast-ts' : `walcast-native-${options.strategy ?? 'default'}`;
   const args = [
     '--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve',
-    '--data-dir', options.wal.dataDir,
+    '--data-dir', options.dataDir,
     '--listen', `127.0.0.1:${port}`,
     '--io', options.io,
     ...(options.strategy === undefined ? [] : ['--native-strategy', options.strategy]),
@@ -115,7 +117,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
     family: 'walcast',
     port,
     speaksFullProtocol: true,
-    walFiles: options.wal.walcastFiles,
+    walFiles: options.walFiles,
     metricsUrl: `http://127.0.0.1:${httpPort}/metrics`,
     beginRun: () => singleProcessMeter(server.pid),
     stop: () => server.stop(),

@@ -47,6 +47,11 @@ export class SqlClient {
 
   /** Runs one simple query; returns the first column of each row as text (null for NULL). */
   async query(sql: string): Promise<(string | null)[]> {
+    return (await this.queryRows(sql)).map((row) => row[0] ?? null);
+  }
+
+  /** Runs one simple query; returns every row's columns as text (null for NULL). */
+  async queryRows(sql: string): Promise<(string | null)[][]> {
     const body = Buffer.from(`${sql}\0`);
     const header = Buffer.alloc(MESSAGE_HEADER_BYTES);
     header.write('Q', 0, 'latin1');
@@ -59,14 +64,14 @@ export class SqlClient {
     this.socket.end();
   }
 
-  private async readUntilReady(): Promise<(string | null)[]> {
-    const rows: (string | null)[] = [];
+  private async readUntilReady(): Promise<(string | null)[][]> {
+    const rows: (string | null)[][] = [];
     let error: string | undefined;
     for (;;) {
       const message = await this.nextMessage();
       if (message.type === 'E') error = message.body.toString('latin1').replaceAll('\0', ' ').trim();
       if (message.type === 'R') assert.equal(message.body.readInt32BE(0), 0, 'the benchmark needs trust authentication');
-      if (message.type === 'D') rows.push(firstColumn(message.body));
+      if (message.type === 'D') rows.push(dataRowColumns(message.body));
       if (message.type === 'Z') break;
     }
     if (error !== undefined) throw new Error(`query failed: ${error}`);
@@ -90,11 +95,17 @@ export class SqlClient {
   }
 }
 
-function firstColumn(body: Buffer): string | null {
-  const columns = body.readInt16BE(0);
-  if (columns === 0) return null;
-  const length = body.readInt32BE(2);
-  return length < 0 ? null : body.toString('utf8', 6, 6 + length);
+/** DataRow: Int16 column count, then per column Int32 length (-1 = NULL) and the bytes. */
+function dataRowColumns(body: Buffer): (string | null)[] {
+  const columns: (string | null)[] = [];
+  let offset = 2;
+  for (let index = 0; index < body.readInt16BE(0); index++) {
+    const length = body.readInt32BE(offset);
+    offset += 4;
+    columns.push(length < 0 ? null : body.toString('utf8', offset, offset + length));
+    offset += Math.max(0, length);
+  }
+  return columns;
 }
 
 function startupPacket(parameters: Record<string, string>): Buffer {

@@ -117,3 +117,20 @@ export function segmentFilesIn(dir: string, startLsn: Lsn, endLsn: Lsn, segmentB
   }
   return files.sort((a, b) => (a.segno < b.segno ? -1 : 1)).map((file) => file.path);
 }
+
+/**
+ * A fresh walcast data dir with one timeline that follows the primary live (`walcast timeline create
+ * --upstream`); `walcast serve` on it ingests new WAL as the primary commits. One per walcast server, because a
+ * timeline has one writer.
+ */
+export async function createFollowingDataDir(primary: PgCluster): Promise<string> {
+  const dataDir = await makeTempDir('walcast-bench-live');
+  const upstream = `host=127.0.0.1 port=${primary.port} user=repl application_name=walcast-bench-ingest`;
+  const child = spawnTracked(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'timeline', 'create', '--upstream', upstream, '--data-dir', dataDir, '--json'], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const code = await child.exited;
+  if (code !== 0) throw new Error(`walcast timeline create failed (${code}): ${child.stderr().trim()}`);
+  return dataDir;
+}

@@ -5,14 +5,15 @@
  * The commit's start is taken just before the driver sends its autocommit INSERT (CLOCK_MONOTONIC, the clock
  * the consumer stamps arrivals with), so each figure is an upper bound that includes the INSERT's own execution.
  * The commit's LSN is pg_current_wal_flush_lsn() read right after the commit returned (synchronous_commit=on:
- * the commit record is flushed by then). Only servers that receive WAL live can take part: PostgreSQL's
- * walsender; walcast once it can follow an upstream (ingest).
+ * the commit record is flushed by then). PostgreSQL's walsender serves its own WAL; walcast follows the primary
+ * (a timeline created with `walcast timeline create --upstream`), so its figures include the ingest hop: the
+ * primary's walsender, walcast's durable write, then walcast's send.
  */
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
+import { formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
 import { startConsumer } from '../lib/consumer.js';
 import { SqlClient } from '../lib/sql-client.js';
 import { percentile } from '../lib/stats.js';
@@ -25,6 +26,9 @@ import type { BenchContext } from './streaming.js';
 const SETTLE_MS = 500;
 /** After the last commit, time for every replica to receive it before the consumer stops. */
 const DRAIN_MS = 1_000;
+/** A following walcast must have ingested up to the start position before replicas can start there. */
+const CATCH_UP_TIMEOUT_MS = 30_000;
+const CATCH_UP_POLL_MS = 50;
 /** u64 connection, u64 end LSN, u64 CLOCK_MONOTONIC ns: the consumer's --latency-log record (little-endian). */
 const LATENCY_RECORD_BYTES = 24;
 const NANOS_PER_MS = 1e6;
@@ -41,6 +45,7 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
   try {
     await driver.query('CREATE TABLE IF NOT EXISTS bench_latency (id bigint)');
     const startLsn = parseLsnOrThrow((await driver.query('SELECT pg_current_wal_flush_lsn()'))[0] ?? '');
+    if (target.family === 'walcast') await waitForServerPosition(target.port, startLsn);
     const meter = target.beginRun();
     const consumer = startConsumer({
       binary: context.tools.consumer,
@@ -83,6 +88,22 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
   } finally {
     driver.end();
     rmSync(log, { force: true });
+  }
+}
+
+/** Polls the server's IDENTIFY_SYSTEM xlogpos until it reaches `lsn` (a following walcast catching up). */
+async function waitForServerPosition(port: number, lsn: Lsn): Promise<void> {
+  const client = await SqlClient.connect(port, { user: 'repl', database: 'replication', replication: 'true', application_name: 'bench-position' });
+  try {
+    const deadline = Date.now() + CATCH_UP_TIMEOUT_MS;
+    for (;;) {
+      const position = parseLsnOrThrow((await client.queryRows('IDENTIFY_SYSTEM'))[0]?.[2] ?? '0/0');
+      if (position >= lsn) return;
+      if (Date.now() > deadline) throw new Error(`server stayed at ${formatLsn(position)}, below ${formatLsn(lsn)}, for ${CATCH_UP_TIMEOUT_MS} ms`);
+      await sleep(CATCH_UP_POLL_MS);
+    }
+  } finally {
+    client.end();
   }
 }
 
