@@ -1,0 +1,241 @@
+/**
+ * The follower's state machine against a scripted fake upstream: durable-then-publish, status and hot-standby
+ * feedback, the writer attachment, reconnects after a closed stream or a gap, the slot fallback, and the two ways an
+ * upstream timeline switch shows (CopyDone with a next timeline, IDENTIFY_SYSTEM with a new TLI) stopping ingest.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, test } from 'node:test';
+import { silentLogger } from '../log.js';
+import { CONTROL_FORMAT_VERSION, PG_VERSION_NUM_15, readControlFile, writeControlFile, type ControlState } from '../storage/control-file.js';
+import { Timeline } from '../timeline/timeline.js';
+import { ServerError, type QueryResult, type StreamEnd } from '../wire/client.js';
+import type { ServerNotice } from '../wire/backend-parser.js';
+import { UpstreamFollower, type UpstreamClient, type UpstreamStream } from './follower.js';
+
+const SEGMENT_BYTES = 1024 * 1024;
+const SYSTEM_ID = 7311234567890123456n;
+const START_LSN = 4n * BigInt(SEGMENT_BYTES);
+const TIMELINE_ID = 'ab'.repeat(16);
+
+let dir = '';
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'walcast-follower-'));
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+/** One scripted stream: payloads to deliver, then how it ends. */
+interface StreamScript {
+  readonly payloads: Buffer[];
+  readonly end: 'close' | 'timeline-switch' | 'hold';
+}
+
+class FakeStream implements UpstreamStream {
+  readonly sent: Buffer[] = [];
+  private index = 0;
+  private release: (() => void) | undefined;
+  private closed = false;
+
+  constructor(private readonly script: StreamScript) {}
+
+  async read(): Promise<Buffer | undefined> {
+    const payload = this.script.payloads[this.index];
+    if (payload !== undefined) {
+      this.index++;
+      return payload;
+    }
+    if (this.script.end === 'hold' && !this.closed) await new Promise<void>((resolve) => (this.release = resolve));
+    return undefined;
+  }
+
+  async sendCopyData(payload: Buffer): Promise<void> {
+    this.sent.push(Buffer.from(payload));
+  }
+
+  async sendCopyDone(): Promise<StreamEnd> {
+    if (this.script.end === 'timeline-switch') return { how: 'completed', serverCopyDone: true, tags: ['START_STREAMING'], columns: ['next_tli', 'next_tli_startpos'], rows: [['2', '0/4000100']] };
+    return { how: 'closed', serverCopyDone: false, tags: [], error: new Error('closed') };
+  }
+
+  close(): void {
+    this.closed = true;
+    this.release?.();
+  }
+}
+
+class FakeUpstream {
+  readonly commands: string[] = [];
+  readonly streams: FakeStream[] = [];
+  connects = 0;
+  pgTimelineId = 1;
+  slotMissing = false;
+
+  constructor(private readonly scripts: StreamScript[]) {}
+
+  connect = async (): Promise<UpstreamClient> => {
+    this.connects++;
+    let current: FakeStream | undefined;
+    return {
+      parameters: new Map([['server_version', '15.18']]),
+      query: async (sql: string): Promise<QueryResult> => {
+        this.commands.push(sql);
+        assert.equal(sql, 'IDENTIFY_SYSTEM');
+        return { columns: ['systemid', 'timeline', 'xlogpos', 'dbname'], rows: [[SYSTEM_ID.toString(), String(this.pgTimelineId), '0/5000000', null]], tag: 'IDENTIFY_SYSTEM' };
+      },
+      startReplication: async (command: string): Promise<UpstreamStream> => {
+        this.commands.push(command);
+        if (this.slotMissing && command.includes('SLOT')) throw new ServerError(notice('42704', 'replication slot does not exist'));
+        const script = this.scripts.shift() ?? { payloads: [], end: 'hold' };
+        current = new FakeStream(script);
+        this.streams.push(current);
+        return current;
+      },
+      end: async () => current?.close(),
+    };
+  };
+}
+
+function notice(sqlState: string, message: string): ServerNotice {
+  return { severity: 'ERROR', sqlState, message, detail: undefined, hint: undefined, fields: new Map() };
+}
+
+function xlogData(dataStart: bigint, data: Buffer): Buffer {
+  const header = Buffer.alloc(25);
+  header[0] = 0x77;
+  header.writeBigUInt64BE(dataStart, 1);
+  header.writeBigUInt64BE(dataStart + BigInt(data.length), 9);
+  return Buffer.concat([header, data]);
+}
+
+async function makeTimeline(): Promise<{ timeline: Timeline; control: ControlState }> {
+  const control: ControlState = {
+    formatVersion: CONTROL_FORMAT_VERSION,
+    tenantId: 'cd'.repeat(16),
+    timelineId: TIMELINE_ID,
+    systemId: SYSTEM_ID,
+    pgVersion: PG_VERSION_NUM_15,
+    segmentBytes: SEGMENT_BYTES,
+    pgTimelineId: 1,
+    timelineStartLsn: START_LSN,
+    flushLsn: START_LSN,
+    commitLsn: START_LSN,
+    upstream: 'host=127.0.0.1 port=1 user=repl',
+    createdAt: new Date().toISOString(),
+  };
+  await writeControlFile(dir, control);
+  const timeline = new Timeline({ ...control, dir }, { flushLsn: START_LSN, commitLsn: START_LSN });
+  return { timeline, control };
+}
+
+function makeFollower(timeline: Timeline, control: ControlState, upstream: FakeUpstream): UpstreamFollower {
+  return new UpstreamFollower({
+    timeline,
+    control,
+    conninfo: { host: '127.0.0.1', port: 1, user: 'repl', applicationName: 'walcast', connectTimeoutS: undefined, sslMode: 'prefer', options: undefined },
+    password: undefined,
+    log: silentLogger(),
+    connect: upstream.connect,
+  });
+}
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  for (let attempt = 0; attempt < 500; attempt++) {
+    if (condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.fail(`timed out waiting for ${what}`);
+}
+
+test('writes XLogData, publishes only durable positions, reports them upstream and attaches while streaming', async () => {
+  const { timeline, control } = await makeTimeline();
+  const first = Buffer.alloc(3000, 1);
+  const second = Buffer.alloc(5000, 2);
+  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, first), xlogData(START_LSN + 3000n, second)], end: 'hold' }]);
+  const follower = makeFollower(timeline, control, upstream);
+  void follower.start();
+  await until(() => timeline.flushLsn.get() === START_LSN + 8000n, 'the flush LSN');
+  assert.equal(timeline.commitLsn.get(), START_LSN + 8000n);
+  assert.equal(timeline.hasWriter(), true, 'a live stream counts as an attached writer');
+  assert.match(upstream.commands[1] ?? '', /^START_REPLICATION SLOT "walcast_abababababababab" PHYSICAL 0\/400000 TIMELINE 1$/);
+  const stream = upstream.streams[0];
+  assert.ok(stream !== undefined);
+  await until(() => stream.sent.some((message) => message[0] === 0x72 && message.readBigUInt64BE(9) === START_LSN + 8000n), 'a status update with the durable LSN');
+  const file = readFileSync(join(dir, '000000010000000000000004.partial'));
+  assert.ok(file.subarray(0, 3000).equals(first));
+  assert.ok(file.subarray(3000, 8000).equals(second));
+  await follower.stop();
+  assert.equal(follower.state, 'stopped');
+  assert.equal(timeline.hasWriter(), false);
+  assert.equal((await readControlFile(dir)).flushLsn, START_LSN + 8000n, 'stop persists the durable position');
+});
+
+test('forwards the replicas hot-standby xmin as h with epoch and xid split', async () => {
+  const { timeline, control } = await makeTimeline();
+  const upstream = new FakeUpstream([{ payloads: [], end: 'hold' }]);
+  const follower = makeFollower(timeline, control, upstream);
+  const replica = timeline.replicas.register({ appName: 'stby', remoteAddress: 'x', startLsn: START_LSN, startedAt: new Date(), connId: 1 });
+  replica.update({ kind: 'hot_standby', timeMicros: 0n, xmin: (5n << 32n) | 777n, catalogXmin: 0n });
+  void follower.start();
+  await until(() => upstream.streams[0]?.sent.some((message) => message[0] === 0x68) === true, 'hot-standby feedback');
+  const feedback = upstream.streams[0]?.sent.find((message) => message[0] === 0x68);
+  assert.ok(feedback !== undefined);
+  assert.equal(feedback.readUInt32BE(9), 777);
+  assert.equal(feedback.readUInt32BE(13), 5);
+  await follower.stop();
+});
+
+test('a closed stream reconnects and resumes from the written position; a gap is not written', async () => {
+  const { timeline, control } = await makeTimeline();
+  const upstream = new FakeUpstream([
+    { payloads: [xlogData(START_LSN, Buffer.alloc(100, 3))], end: 'close' },
+    { payloads: [xlogData(START_LSN + 500n, Buffer.alloc(100, 4))], end: 'close' },
+    { payloads: [xlogData(START_LSN + 50n, Buffer.alloc(100, 5))], end: 'hold' },
+  ]);
+  const follower = makeFollower(timeline, control, upstream);
+  void follower.start();
+  await until(() => timeline.flushLsn.get() === START_LSN + 150n, 'the resumed stream');
+  assert.equal(upstream.connects, 3);
+  assert.deepEqual(
+    upstream.commands.filter((command) => command.startsWith('START')).map((command) => command.split(' ').at(-3)),
+    ['0/400000', '0/400064', '0/400064'],
+    'every start asks for exactly the next byte',
+  );
+  const file = readFileSync(join(dir, '000000010000000000000004.partial'));
+  assert.ok(file.subarray(100, 150).equals(Buffer.alloc(50, 5)), 'the overlapping prefix is skipped, the rest appended');
+  await follower.stop();
+});
+
+test('without the upstream slot (42704) it streams without one', async () => {
+  const { timeline, control } = await makeTimeline();
+  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, Buffer.alloc(10, 1))], end: 'hold' }]);
+  upstream.slotMissing = true;
+  const follower = makeFollower(timeline, control, upstream);
+  void follower.start();
+  await until(() => timeline.flushLsn.get() === START_LSN + 10n, 'streaming without a slot');
+  assert.equal(upstream.commands.at(-1), 'START_REPLICATION PHYSICAL 0/400000 TIMELINE 1');
+  await follower.stop();
+});
+
+test('an upstream timeline switch (CopyDone + next timeline) stops ingest with WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH', async () => {
+  const { timeline, control } = await makeTimeline();
+  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, Buffer.alloc(256, 9))], end: 'timeline-switch' }]);
+  const follower = makeFollower(timeline, control, upstream);
+  await follower.start();
+  assert.equal(follower.state, 'failed');
+  assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH');
+  assert.equal(upstream.connects, 1, 'no reconnect after a switch');
+  assert.equal(timeline.flushLsn.get(), START_LSN + 256n, 'what arrived before the switch is kept and durable');
+  assert.equal(timeline.hasWriter(), false);
+});
+
+test('IDENTIFY_SYSTEM showing another timeline stops ingest before streaming', async () => {
+  const { timeline, control } = await makeTimeline();
+  const upstream = new FakeUpstream([]);
+  upstream.pgTimelineId = 2;
+  const follower = makeFollower(timeline, control, upstream);
+  await follower.start();
+  assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH');
+  assert.equal(upstream.commands.filter((command) => command.startsWith('START')).length, 0);
+});
