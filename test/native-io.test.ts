@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, closeSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -315,6 +315,47 @@ for (const strategy of NATIVE_STRATEGIES) {
       await assert.rejects(writer.sendMessage(Buffer.alloc(0)), RangeError);
       await writer.release();
       await assert.rejects(writer.sendMessage(Buffer.from('x')), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO'));
+      client.destroy();
+      server.destroy();
+    });
+
+    test('a segment that grows while it is streamed (the live segment) is sent past its first size', async () => {
+      const path = join(dir, `growing-${strategy}`);
+      const first = randomBytes(CHUNK_BYTES_MAX * 2);
+      const second = randomBytes(CHUNK_BYTES_MAX * 2);
+      writeFileSync(path, first);
+      const file = { fd: openSync(path, 'r'), path };
+      const { client, server } = await connectPair(loopback);
+      try {
+        const header = Buffer.alloc(HEADER_BYTES, 7);
+        const received = collect(client, 2 * (HEADER_BYTES + CHUNK_BYTES_MAX));
+        const writer = await backend.openStream(server);
+        await writer.sendChunk(header, { file, fileOffset: CHUNK_BYTES_MAX, byteCount: CHUNK_BYTES_MAX });
+        appendFileSync(path, second);
+        await writer.sendChunk(header, { file, fileOffset: 3 * CHUNK_BYTES_MAX, byteCount: CHUNK_BYTES_MAX });
+        await writer.release();
+        const expected = Buffer.concat([header, first.subarray(CHUNK_BYTES_MAX), header, second.subarray(CHUNK_BYTES_MAX)]);
+        assert.ok((await received).equals(expected));
+      } finally {
+        closeSync(file.fd);
+        client.destroy();
+        server.destroy();
+      }
+    });
+
+    test('a chunk beyond the end of its file fails the stream, without a crash', async () => {
+      const { client, server } = await connectPair(loopback);
+      const writer = await backend.openStream(server);
+      const file = segments[0]!.handle;
+      const error = await writer.sendChunk(Buffer.alloc(HEADER_BYTES), { file, fileOffset: SEGMENT_BYTES - 100, byteCount: 200 }).then(
+        () => writer.release().then(() => undefined),
+        (caught: unknown) => caught,
+      );
+      // sendfile sends the 100 bytes that exist and then fails; mmap strategies refuse up front.
+      assert.ok(isWalcastError(error, 'WALCAST_ERR_STREAM_IO'), `expected a stream error, got ${String(error)}`);
+      assert.ok(error.cause instanceof NativeIoError);
+      assert.equal(error.cause.code, 'ENXIO');
+      await writer.release();
       client.destroy();
       server.destroy();
     });
