@@ -90,6 +90,18 @@ describe('validating and importing real PostgreSQL 15 WAL', { timeout: SUITE_TIM
     assert.match(wrongPrev.stopReason, /incorrect prev-link/);
   });
 
+  test('stopLsn ends the walk before the record starting there', async () => {
+    const targetIndex = Math.floor(records.length * 0.7);
+    const target = records[targetIndex];
+    assert.ok(target !== undefined);
+    const source = directorySegmentSource(generated.walDir, 1, SEGMENT_BYTES);
+    const walk = await walkWal({ source, segmentBytes: SEGMENT_BYTES, startLsn: firstSegno * BigInt(SEGMENT_BYTES), stopLsn: target.lsn });
+    await source.close();
+    assert.equal(walk.stopKind, 'stop-lsn');
+    assert.equal(formatLsn(walk.endLsn), formatLsn(dumpedEnd(records.slice(0, targetIndex), SEGMENT_BYTES)));
+    assert.equal(walk.recordCount, targetIndex);
+  });
+
   test('a segment starting with a continuation is walked from its first full record', async () => {
     // Find a record that crosses into a later segment and start the walk at that segment.
     const crossing = records.find((entry) => segmentOf(recordEnd(entry.lsn, entry.totalBytes, SEGMENT_BYTES) - 1n, SEGMENT_BYTES) > segmentOf(entry.lsn, SEGMENT_BYTES));
@@ -149,6 +161,21 @@ describe('validating and importing real PostgreSQL 15 WAL', { timeout: SUITE_TIM
     const dataDir = await scratchDir('data-gap');
     await assert.rejects(importWal({ dataDir, fromDir: dir }), (error) => isWalcastError(error, 'WALCAST_ERR_WAL_GAP') && error.message.includes(nameOf(missing)));
     assert.deepEqual(await readdir(dataDir).then((names) => names.flatMap((name) => name)), await leftoverTenants(dataDir));
+  });
+
+  test('recycled segments past the end (old pageaddr) are neither a gap nor imported', async () => {
+    const switchRecord = records.find((entry) => entry.isSwitch);
+    assert.ok(switchRecord !== undefined, 'the generated WAL has an XLOG_SWITCH');
+    const switchSegno = segmentOf(switchRecord.lsn, SEGMENT_BYTES);
+    const dir = await scratchDir('recycled');
+    for (let segno = firstSegno; segno <= switchSegno; segno++) await copyFile(join(generated.walDir, nameOf(segno)), join(dir, nameOf(segno)));
+    // PostgreSQL recycles an old segment by renaming it to a future name; its pages keep their old addresses.
+    await copyFile(join(generated.walDir, nameOf(firstSegno)), join(dir, nameOf(switchSegno + 2n)));
+    const dataDir = await scratchDir('data-recycled');
+    const result = await importWal({ dataDir, fromDir: dir });
+    assert.equal(result.endLsn, (switchSegno + 1n) * BigInt(SEGMENT_BYTES), 'the end is the segment end after XLOG_SWITCH');
+    const files = await listSegmentFiles(timelineDirPath(dataDir, result.tenantId, result.timelineId), SEGMENT_BYTES);
+    assert.deepEqual(files.map((file) => file.name), Array.from({ length: Number(switchSegno - firstSegno) + 1 }, (_, index) => nameOf(firstSegno + BigInt(index))));
   });
 
   test('a segment of another system is WALCAST_ERR_SYSTEM_ID_MISMATCH', async () => {
