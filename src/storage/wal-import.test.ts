@@ -68,6 +68,10 @@ describe('validating and importing real PostgreSQL 15 WAL', { timeout: SUITE_TIM
   test('the end of valid WAL equals pg_waldump\'s last record end', async () => {
     assert.ok(records.length > 1000, 'the generated WAL has many records');
     assert.ok(segmentOf(expectedEnd, SEGMENT_BYTES) - firstSegno >= 3n, 'the generated WAL spans several segments');
+    // The walk's less common paths are exercised: headers split over pages, multi-page records, XLOG_SWITCH.
+    assert.ok(records.some((entry) => Number(entry.lsn % 8192n) > 8192 - 24), 'a record header straddles a page boundary');
+    assert.ok(records.some((entry) => entry.totalBytes > 8192), 'a record spans several pages');
+    assert.ok(records.some((entry) => entry.isSwitch), 'an XLOG_SWITCH record');
     const source = directorySegmentSource(generated.walDir, 1, SEGMENT_BYTES);
     const walk = await walkWal({ source, segmentBytes: SEGMENT_BYTES, startLsn: firstSegno * BigInt(SEGMENT_BYTES) });
     await source.close();

@@ -15,7 +15,7 @@ import { WAL_PAGE_BYTES, formatLsn, type Lsn } from '../lsn.js';
 import { CRC32C_INITIAL, crc32cFinish, crc32cUpdate } from './crc32c.js';
 import { assertSegmentSize, segmentOf, segmentStartLsn, offsetInSegment, SEGMENT_BYTES_MIN } from './segment-name.js';
 import { directorySegmentSource, type WalSegmentSource } from './segment-source.js';
-import { XLP_FIRST_IS_CONTRECORD, checkPage, type WalPageHeader } from './wal-page.js';
+import { XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, checkPage, type WalPageHeader } from './wal-page.js';
 
 /** How much of a segment is read at a time: big enough to amortise the read call, small enough to bound memory. */
 export const READ_WINDOW_BYTES = 1024 * 1024;
@@ -279,6 +279,12 @@ class RecordWalker {
   }
 
   private checkContinuation(header: WalPageHeader, isContinuation: boolean): Stop | undefined {
+    if ((header.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD) !== 0) {
+      // xlogreader.c: the continuation was overwritten after a crash (XLOG_OVERWRITE_CONTRECORD). The unfinished
+      // record is abandoned and reading restarts at this page; the new record's xl_prev is the last good record.
+      this.inRecord = false;
+      return undefined;
+    }
     if (!isContinuation) return { kind: 'invalid-record', reason: `there is no contrecord flag at ${formatLsn(this.here())}` };
     const remaining = this.totalBytes - this.gotBytes;
     if (header.remainingBytes === 0 || header.remainingBytes !== remaining) {
