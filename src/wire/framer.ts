@@ -38,11 +38,6 @@ export class PacketFramer {
     private readonly checkLength: LengthCheck,
   ) {}
 
-  /** True while part of a packet is buffered. */
-  hasPartialPacket(): boolean {
-    return this.headerFilled > 0 || this.body !== undefined;
-  }
-
   /** Bytes buffered for an incomplete packet (for back-pressure accounting). */
   bufferedBytes(): number {
     return this.headerFilled + this.bodyFilled;
