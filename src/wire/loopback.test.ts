@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { isWalcastError } from '../errors.js';
+import { WalcastError, isWalcastError } from '../errors.js';
 import { commandComplete, copyBothResponse, copyData, copyDone, errorResponse, readyForQuery } from './backend-serializer.js';
 import { ServerError, connectReplication } from './client.js';
 import { MAX_QUEUED_MESSAGES, PAUSE_QUEUED_MESSAGES, PgConnection } from './connection.js';
@@ -40,7 +40,10 @@ async function startServer(auth: AuthConfig, startupTimeoutMs = TIMEOUT_MS): Pro
 
 async function serve(conn: PgConnection, auth: AuthConfig, startupTimeoutMs: number, state: Pick<TestServer, 'startups' | 'startupErrors' | 'feedback'>): Promise<void> {
   try {
-    state.startups.push(await acceptStartup(conn, { auth, serverVersion: '15.18 (walcast test)', backendPid: 4242, secretKey: 99, startupTimeoutMs }));
+    const validate = (result: StartupResult): void => {
+      if (result.options.has('refuse')) throw new WalcastError('WALCAST_ERR_NO_TIMELINE', `timeline ${result.options.get('refuse')} not found`);
+    };
+    state.startups.push(await acceptStartup(conn, { auth, serverVersion: '15.18 (walcast test)', backendPid: 4242, secretKey: 99, startupTimeoutMs, validate }));
   } catch (error) {
     state.startupErrors.push(error);
     return;
@@ -177,6 +180,14 @@ describe('startup over loopback (raw client bytes)', () => {
     assert.ok(closed);
     assert.equal(received.subarray(0, 2).toString('latin1'), 'NN');
     assert.equal(errorCode(messages(received.subarray(2))[0]![1]), '08P01');
+  });
+
+  test('the validate hook refuses after authentication, before ReadyForQuery', async () => {
+    const { received, closed } = await rawExchange(server.port, [startupPacket(196608, { user: 'repl', options: '-c refuse=x' })]);
+    const list = messages(received);
+    assert.deepEqual(list.map(([tag]) => tag), ['R', 'E']);
+    assert.equal(errorCode(list[1]![1]), '42704');
+    assert.ok(closed);
   });
 
   test('protocol 2.0 is refused with FATAL 0A000', async () => {
