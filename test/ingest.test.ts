@@ -181,7 +181,93 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
       await primary.sql('SELECT pg_reload_conf()');
     }
   });
+
+  test('measure: ingest throughput and commit-to-replica delay (WALCAST_INGEST_BENCH=1)', { skip: process.env.WALCAST_INGEST_BENCH !== '1' }, async (t) => {
+    const { primary } = fixture;
+    const timeline = soleTimeline(fixture.walcastA);
+    await waitFor(async () => (fixture.walcastA.server.ingest?.followers[0]?.state === 'streaming' ? true : undefined), 30_000);
+    // Live: pgbench -i writes WAL as fast as PostgreSQL can; walcast follows it.
+    const live = await measureLive(primary, timeline, ['-i', '-s', '30', '-q']);
+    t.diagnostic(`live pgbench -i -s 30: ${mb(live.walBytes)} MB of WAL in ${live.loadMs} ms (${rate(live.walBytes, live.loadMs)} MB/s from the primary); walcast durable ${live.tailMs} ms after pgbench ended`);
+    const tpcb = await measureLive(primary, timeline, ['-c', '4', '-j', '2', '-T', '10', '-n']);
+    t.diagnostic(`live pgbench -c 4 -T 10 (TPC-B): ${mb(tpcb.walBytes)} MB of WAL in ${tpcb.loadMs} ms (${rate(tpcb.walBytes, tpcb.loadMs)} MB/s); walcast durable ${tpcb.tailMs} ms after pgbench ended`);
+    // Catch-up: with walcast down the primary writes ~1 GB; then walcast ingests it as fast as it can.
+    await fixture.walcastA.stop();
+    await primary.pgbench(['-i', '-s', '60', '-q']);
+    const target = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()'));
+    const from = parseLsnOrThrow(await identifyPositionOf(fixture.dataDirA));
+    const started = Date.now();
+    const restarted = await startWalcast({ dataDir: fixture.dataDirA });
+    cleanups.push(() => restarted.stop());
+    fixture.walcastA = restarted;
+    const caughtUp = soleTimeline(restarted);
+    await caughtUp.commitLsn.waitBeyond(target - 1n, CATCH_UP_TIMEOUT_MS);
+    const catchUpMs = Date.now() - started;
+    const follower = restarted.server.ingest?.followers[0];
+    t.diagnostic(`catch-up: ${mb(Number(target - from))} MB in ${catchUpMs} ms = ${rate(Number(target - from), catchUpMs)} MB/s (incl. start-up and recovery); ${follower?.stats.messagesReceived} messages`);
+    // Commit-to-replica delay: a commit on the primary until walcast published it, and until the standby replayed it.
+    await fixture.standby.stop();
+    fixture.standby = await fixture.standbyBase.startWithUpstream(restarted.port);
+    const delays = await measureCommitDelays(primary.port, fixture.standby.port, caughtUp, 50);
+    t.diagnostic(`commit→walcast durable: median ${median(delays.walcastMs)} ms, p90 ${percentile(delays.walcastMs, 0.9)} ms; commit→standby replayed: median ${median(delays.standbyMs)} ms, p90 ${percentile(delays.standbyMs, 0.9)} ms (n=${delays.walcastMs.length})`);
+  });
 });
+
+async function measureLive(primary: PgCluster, timeline: Timeline, pgbenchArgs: string[]): Promise<{ walBytes: number; loadMs: number; tailMs: number }> {
+  const before = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()'));
+  const started = Date.now();
+  await primary.pgbench(pgbenchArgs);
+  const loadMs = Date.now() - started;
+  const after = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()'));
+  const ended = Date.now();
+  await timeline.commitLsn.waitBeyond(after - 1n, CATCH_UP_TIMEOUT_MS);
+  return { walBytes: Number(after - before), loadMs, tailMs: Date.now() - ended };
+}
+
+async function measureCommitDelays(primaryPort: number, standbyPort: number, timeline: Timeline, samples: number): Promise<{ walcastMs: number[]; standbyMs: number[] }> {
+  // A database-mode walsender connection runs plain SQL; it is the one persistent SQL session the wire client has.
+  const sqlOptions = { host: '127.0.0.1', user: 'postgres', database: 'postgres', replication: 'database', timeoutMs: 10_000 };
+  const writer = await connectReplication({ ...sqlOptions, port: primaryPort });
+  const reader = await connectReplication({ ...sqlOptions, port: standbyPort });
+  const walcastMs: number[] = [];
+  const standbyMs: number[] = [];
+  try {
+    await writer.query('CREATE TABLE IF NOT EXISTS commit_probe (id int)');
+    for (let sample = 0; sample < samples; sample++) {
+      const started = performance.now();
+      await writer.query(`INSERT INTO commit_probe VALUES (${sample})`);
+      const committed = performance.now();
+      const lsn = parseLsnOrThrow((await writer.query('SELECT pg_current_wal_flush_lsn()')).rows[0]?.[0] ?? '');
+      await timeline.commitLsn.waitBeyond(lsn - 1n, 10_000);
+      walcastMs.push(performance.now() - committed);
+      for (let poll = 0; poll < 100_000; poll++) {
+        const replayed = parseLsnOrThrow((await reader.query('SELECT pg_last_wal_replay_lsn()')).rows[0]?.[0] ?? '0/0');
+        if (replayed >= lsn) break;
+      }
+      standbyMs.push(performance.now() - committed);
+      void started;
+      await sleep(20);
+    }
+  } finally {
+    await writer.end();
+    await reader.end();
+  }
+  return { walcastMs, standbyMs };
+}
+
+async function identifyPositionOf(dataDir: string): Promise<string> {
+  const [tenantId] = await readdir(dataDir);
+  const [timelineId] = await readdir(join(dataDir, tenantId ?? ''));
+  return formatLsn((await readControlFile(join(dataDir, tenantId ?? '', timelineId ?? ''))).flushLsn);
+}
+
+const mb = (bytes: number): string => (bytes / 1e6).toFixed(1);
+const rate = (bytes: number, ms: number): string => (bytes / 1e3 / ms).toFixed(1);
+const median = (values: number[]): string => percentile(values, 0.5);
+function percentile(values: number[], fraction: number): string {
+  const sorted = [...values].sort((a, b) => a - b);
+  return (sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * fraction))] ?? Number.NaN).toFixed(2);
+}
 
 interface ServeProcess {
   readonly exited: Promise<void>;
