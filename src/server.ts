@@ -107,6 +107,7 @@ export class WalcastServer {
       shutdownSignal: this.shutdown.signal,
       log,
       onCommand: (kind) => this.options.hooks?.onCommand?.(kind),
+      onStartupRefused: (cause) => this.options.hooks?.onConnectionRefused?.(cause),
       onStreamEnd: (outcome, applicationName) => {
         log.info(
           { appname: applicationName, startLsn: formatLsn(outcome.startLsn), endLsn: formatLsn(outcome.endLsn), bytesSent: outcome.bytesSent, how: outcome.how },

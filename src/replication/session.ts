@@ -46,6 +46,8 @@ export interface SessionContext {
   /** Called once per finished stream, for logs and metrics. */
   readonly onStreamEnd?: (outcome: StreamOutcome, applicationName: string) => void;
   readonly onCommand?: (command: ReplicationCommand['kind']) => void;
+  /** Called when startup or authentication refuses the connection, with the error code as the cause. */
+  readonly onStartupRefused?: (cause: string) => void;
 }
 
 interface SessionState {
@@ -70,6 +72,7 @@ export async function runSession(context: SessionContext): Promise<void> {
     assert.ok(state !== undefined && state.startup === startup, 'validate ran before ReadyForQuery');
   } catch (error) {
     log.info({ err: describe(error) }, 'connection refused during startup');
+    context.onStartupRefused?.(isWalcastError(error) ? error.code : 'startup_failed');
     return;
   }
   await commandLoop(context, state);

@@ -10,6 +10,7 @@ import type { Logger } from '../log.js';
 import { WalReader, startAheadError } from '../storage/wal-reader.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { PgConnection } from '../wire/connection.js';
+import type { FrontendMessage } from '../wire/messages.js';
 import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
 import { ReplyReader, type ReplicaEnd } from './reply-reader.js';
 import { sendWal, type SendWalEnd } from './send-wal.js';
@@ -96,12 +97,12 @@ async function streamToReplica(context: StreamContext, request: StartReplication
     },
     replicaTimeoutMs: context.replicaTimeoutMs,
   });
-  conn.setMessageHandler((message) => {
-    reader.handle(toStreamInput(message));
-  });
+  const onMessage = (message: FrontendMessage): void => reader.handle(toStreamInput(message));
+  conn.setMessageHandler(onMessage);
   void reader.ended.then(() => {
-    // Messages after the stream (a new command after CopyDone) go back to the session's queue.
-    conn.setMessageHandler(undefined);
+    // Messages after the stream (a new command after CopyDone) go back to the session's queue. Only this stream's
+    // handler is released: a late cleanup must not unset the handler of a next stream on the same connection.
+    conn.releaseMessageHandler(onMessage);
     stopController.abort();
   });
   void conn.closed.then(() => reader.handle({ kind: 'disconnected' }));
