@@ -53,6 +53,9 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log });
   const address = server.address();
   log.info({ listen: formatListenAddress(address), port: address.port, dataDir: flags.dataDir, timelines: server.timelines.list().length, auth: auth.method }, 'listening');
+  if (server.timelines.list().length === 0) {
+    log.warn({ dataDir: flags.dataDir }, 'no timelines to serve yet: add one with `walcast import --from PG_WAL_DIR` or `walcast timeline create --upstream ...`, then restart');
+  }
   await waitForSignal(log);
   await stopHttp();
   await server.stop();
