@@ -66,6 +66,8 @@ interface RunResult {
   cpuSeconds: number;
   loopDelayP99Ms: number;
   loopDelayMaxMs: number;
+  /** Longest synchronous part of one sendChunk call: where a blocking sendfile on a cache miss would show. */
+  sendCallMaxMs: number;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -132,12 +134,23 @@ function walSource(handles: readonly WalFileHandle[]): { locate(lsn: Lsn, endLsn
   };
 }
 
-/** The writer with prefetch switched off: shows what a cold sendfile does to the event loop. */
-function withoutPrefetch(writer: StreamWriter): StreamWriter {
+/** Longest synchronous sendChunk call of the current run, in ms. */
+let sendCallMaxMs = 0;
+
+/**
+ * The writer, timing the synchronous part of each sendChunk (a native send runs entirely inside the call), and
+ * optionally with prefetch switched off: shows what a cold sendfile does to the event loop.
+ */
+function instrumented(writer: StreamWriter, prefetch: boolean): StreamWriter {
   return {
-    sendChunk: (header, chunk) => writer.sendChunk(header, chunk),
+    sendChunk: (header, chunk) => {
+      const started = performance.now();
+      const sending = writer.sendChunk(header, chunk);
+      sendCallMaxMs = Math.max(sendCallMaxMs, performance.now() - started);
+      return sending;
+    },
     sendMessage: (bytes) => writer.sendMessage(bytes),
-    prefetch: async () => undefined,
+    prefetch: prefetch ? (chunk) => writer.prefetch(chunk) : async () => undefined,
     release: () => writer.release(),
     get bytesSent() {
       return writer.bytesSent;
@@ -146,8 +159,7 @@ function withoutPrefetch(writer: StreamWriter): StreamWriter {
 }
 
 async function streamOne(backend: IoBackend, socket: Socket, handles: readonly WalFileHandle[], startLsn: Lsn, bytes: number, prefetch: boolean): Promise<void> {
-  const opened = await backend.openStream(socket);
-  const writer = prefetch ? opened : withoutPrefetch(opened);
+  const writer = instrumented(await backend.openStream(socket), prefetch);
   const stopLsn = startLsn + BigInt(bytes);
   const source = walSource(handles);
   const end = await sendWal({
@@ -190,6 +202,7 @@ async function runOnce(name: BackendName, handles: readonly WalFileHandle[], rec
   await allConnected;
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
+  sendCallMaxMs = 0;
   const cpuBefore = process.cpuUsage();
   const started = performance.now();
   await Promise.all(
@@ -215,6 +228,7 @@ async function runOnce(name: BackendName, handles: readonly WalFileHandle[], rec
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
     loopDelayP99Ms: delay.percentile(99) / 1e6,
     loopDelayMaxMs: delay.max / 1e6,
+    sendCallMaxMs,
   };
 }
 
@@ -279,7 +293,7 @@ async function coldRuns(options: Options, handles: readonly WalFileHandle[]): Pr
     { label: `native ${DEFAULT_NATIVE_STRATEGY}, prefetch off`, name: DEFAULT_NATIVE_STRATEGY, prefetch: false },
   ];
   console.log(`\n### cold cache, 1 receiver, ${options.coldBytes / MIB} MiB (posix_fadvise DONTNEED before each run)`);
-  console.log('| case | MB/s | sender CPU s/GB | event-loop delay p99 ms | max ms |\n|---|---|---|---|---|');
+  console.log('| case | MB/s | sender CPU s/GB | event-loop delay p99 ms | max ms | longest sendChunk call ms |\n|---|---|---|---|---|---|');
   for (const entry of cases) {
     const runs: RunResult[] = [];
     for (let rep = 0; rep < options.reps; rep++) {
@@ -287,7 +301,8 @@ async function coldRuns(options: Options, handles: readonly WalFileHandle[]): Pr
       runs.push(await runOnce(entry.name, handles, 1, options.coldBytes, entry.prefetch));
     }
     const max = summary(runs.map((run) => run.loopDelayMaxMs), 1);
-    console.log(`${row(entry.label, runs)} ${max} |`);
+    const sendCall = summary(runs.map((run) => run.sendCallMaxMs), 2);
+    console.log(`${row(entry.label, runs)} ${max} | ${sendCall} |`);
   }
   warmCache(handles);
 }

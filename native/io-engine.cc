@@ -453,15 +453,20 @@ void Engine::DrainStream(Stream& stream) {
 }
 
 // One round over the streams that are writable and have work; a stream that used its budget goes to the back.
+// The round stops early once kTurnTotalBudgetBytes were written; the ready list keeps its order, so the next
+// callback starts with the streams that did not get their go.
 void Engine::RunTurn() {
-  for (size_t turns = ready_.size(); turns > 0 && !ready_.empty(); turns--) {
+  uint64_t written = 0;
+  for (size_t turns = ready_.size(); turns > 0 && !ready_.empty() && written < kTurnTotalBudgetBytes; turns--) {
     const uint64_t id = ready_.front();
     ready_.pop_front();
     Stream* stream = Find(id);
     if (stream == nullptr) continue;
     stream->in_ready = false;
     if (stream->closing || stream->failure.errnum != 0) continue;
+    const uint64_t before = stream->bytes_sent;
     DrainStream(*stream);
+    written += stream->bytes_sent - before;
     if (stream->writable && !stream->queue.empty() && stream->failure.errnum == 0) MarkReady(*stream);
   }
   if (ready_.empty() && idle_active_ && idle_ != nullptr) {
@@ -612,9 +617,25 @@ bool Engine::IsCached(int fd, uint64_t offset, size_t byte_count) {
   return stat.nr_cache >= pages;
 }
 
+// Present in the cache is not enough: readahead inserts pages before their read completes, and a sendfile that
+// meets such a page sleeps on it (measured: 2-8 ms event-loop stalls right after cachestat said "cached"). A
+// RWF_NOWAIT read fails with EAGAIN, or comes back short, unless every page is up to date; reading into one 4 KiB
+// buffer again and again makes that check a cache-hot copy rather than a second 128 KiB buffer.
+bool Engine::IsUpToDate(int fd, uint64_t offset, size_t byte_count) {
+  assert(byte_count > 0 && byte_count <= kPrefetchBytesMax);
+  std::array<struct iovec, kResidencyIovecsMax> iov;
+  size_t count = 0;
+  for (size_t covered = 0; covered < byte_count; covered += kResidencyProbeBytes) {
+    iov[count++] = {probe_.data(), std::min(kResidencyProbeBytes, byte_count - covered)};
+  }
+  ssize_t got = preadv2(fd, iov.data(), static_cast<int>(count), static_cast<off_t>(offset), RWF_NOWAIT);
+  return got == static_cast<ssize_t>(byte_count);
+}
+
 int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t token, Failure* failure) {
   assert(byte_count > 0 && byte_count <= kPrefetchBytesMax);
-  if (IsCached(file_fd, offset, byte_count)) return 1;
+  // cachestat first: a cold range goes to io_uring without starting readahead on this thread.
+  if ((!cachestat_available_ || IsCached(file_fd, offset, byte_count)) && IsUpToDate(file_fd, offset, byte_count)) return 1;
   if (!ring_ready_) {
     // No ring: ask for readahead and hope; sendfile may then block on a miss (documented fallback).
     posix_fadvise(file_fd, static_cast<off_t>(offset), static_cast<off_t>(byte_count), POSIX_FADV_WILLNEED);

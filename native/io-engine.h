@@ -37,6 +37,10 @@ constexpr size_t kQueuedUnitsHardMax = 64;
 // Bytes one stream may write per turn before the next ready stream gets its go (fairness, as nginx's
 // sendfile_max_chunk): 512 KiB is four chunks and matches the sender loop's per-turn budget.
 constexpr size_t kTurnBudgetBytes = 512 * 1024;
+// Bytes all streams together may write in one poll/idle callback before the engine yields to libuv (the rest
+// of the ready list continues on the next loop iteration): 100 replicas x 512 KiB in one callback held the event
+// loop for tens of milliseconds; 4 MiB is a few milliseconds at loopback speeds.
+constexpr size_t kTurnTotalBudgetBytes = 4 * 1024 * 1024;
 // Events taken from the epoll set per uv_poll callback; more stay ready for the next loop iteration.
 constexpr int kEpollEventsPerWait = 256;
 // io_uring submission queue entries (completion queue is twice that; the kernel never drops overflow).
@@ -45,6 +49,17 @@ constexpr unsigned kRingEntries = 256;
 constexpr size_t kPrefetchReadsInFlightMax = 32;
 // Largest prefetch request, and the size of the scratch buffer all prefetch reads land in (and are discarded).
 constexpr size_t kPrefetchBytesMax = 1024 * 1024;
+
+static_assert(kTurnBudgetBytes <= kTurnTotalBudgetBytes, "one stream's turn fits in the whole turn");
+static_assert(kPayloadBytesMax <= kTurnBudgetBytes, "a stream's turn holds at least one full chunk");
+static_assert(kPayloadBytesMax <= kPrefetchBytesMax, "one chunk fits one prefetch read");
+static_assert(kQueuedUnitsSoftMax < kQueuedUnitsHardMax, "messages can pass the soft bound");
+static_assert(kHeaderBytesMax >= 30, "the XLogData CopyData header fits inline");
+
+// The RWF_NOWAIT residency check reads the range into this one small buffer over and over (cache-hot copies).
+constexpr size_t kResidencyProbeBytes = 4096;
+constexpr size_t kResidencyIovecsMax = kPrefetchBytesMax / kResidencyProbeBytes;
+static_assert(kResidencyIovecsMax <= 1024, "the residency check stays within IOV_MAX");
 
 enum class EventKind : int { kSpace = 1, kDrained = 2, kFailed = 3, kPrefetched = 4 };
 
@@ -179,6 +194,7 @@ class Engine {
   void OnReadCompletion(uint64_t slot, int result);
   void StartRead(PrefetchRead&& read);
   bool IsCached(int fd, uint64_t offset, size_t byte_count);
+  bool IsUpToDate(int fd, uint64_t offset, size_t byte_count);
 
   static void OnPoll(uv_poll_t* handle, int status, int events);
   static void OnIdle(uv_idle_t* handle);
@@ -204,6 +220,7 @@ class Engine {
   std::unordered_map<uint64_t, PrefetchRead> reads_in_flight_;
   std::deque<PrefetchRead> reads_waiting_;
   std::unique_ptr<uint8_t[]> scratch_;
+  std::array<uint8_t, kResidencyProbeBytes> probe_{};
 };
 
 }  // namespace walcast

@@ -368,7 +368,8 @@ for (const strategy of NATIVE_STRATEGIES) {
       const { client, server } = await connectPair(loopback);
       const writer = await backend.openStream(server);
       const units = planRange(2 * SEGMENT_BYTES, 3 * SEGMENT_BYTES);
-      await Promise.all(units.flatMap((unit) => (unit.kind === 'chunk' ? [writer.prefetch(unit.chunk)] : [])));
+      // As the sender's Prefetcher does: whole windows, larger than a send chunk.
+      await writer.prefetch({ file: segment.handle, fileOffset: 0, byteCount: SEGMENT_BYTES });
       const expected = expectedBytes(units);
       const received = collect(client, expected.length);
       await sendAll(writer, units);

@@ -45,6 +45,11 @@ export const NATIVE_HEADER_BYTES_MAX = 64;
 export const NATIVE_MESSAGE_BYTES_MAX = 1024 * 1024;
 /** Largest single prefetch request the addon takes (io-engine.h kPrefetchBytesMax); larger ones are split. */
 export const NATIVE_PREFETCH_BYTES_MAX = 1024 * 1024;
+/**
+ * Largest range prefetch() takes: the sender's Prefetcher passes whole windows (4 MiB, cut at segment ends),
+ * not send-sized chunks, so the bound is PostgreSQL's largest segment size (1 GiB), not MAX_SEND_BYTES.
+ */
+export const PREFETCH_RANGE_BYTES_MAX = 1024 * 1024 * 1024;
 
 assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefetch request');
 
@@ -141,7 +146,7 @@ class NativeBackend implements IoBackend {
 
   /** Best effort, never rejects: resolves once every piece is cached or its read finished (or failed). */
   prefetch(chunk: WalChunk): Promise<void> {
-    validateChunk(chunk);
+    validateChunk(chunk, PREFETCH_RANGE_BYTES_MAX);
     if (this.closed) return Promise.resolve();
     const pieces: Promise<void>[] = [];
     for (let done = 0; done < chunk.byteCount; done += NATIVE_PREFETCH_BYTES_MAX) {
@@ -327,11 +332,11 @@ function validateHeader(header: Buffer): void {
   if (header.length === 0 || header.length > NATIVE_HEADER_BYTES_MAX) throw new RangeError(`sendChunk: header of ${header.length} bytes is outside 1..${NATIVE_HEADER_BYTES_MAX}`);
 }
 
-function validateChunk(chunk: WalChunk): void {
+function validateChunk(chunk: WalChunk, byteCountMax = MAX_SEND_BYTES): void {
   const { fd } = chunk.file;
   if (!Number.isInteger(fd) || fd < 0) throw new RangeError(`chunk.file.fd must be a descriptor, got ${fd}`);
   if (!Number.isSafeInteger(chunk.fileOffset) || chunk.fileOffset < 0) throw new RangeError(`chunk.fileOffset must be a non-negative integer, got ${chunk.fileOffset}`);
-  if (!Number.isInteger(chunk.byteCount) || chunk.byteCount < 1 || chunk.byteCount > MAX_SEND_BYTES) {
-    throw new RangeError(`chunk.byteCount must be 1..${MAX_SEND_BYTES}, got ${chunk.byteCount}`);
+  if (!Number.isInteger(chunk.byteCount) || chunk.byteCount < 1 || chunk.byteCount > byteCountMax) {
+    throw new RangeError(`chunk.byteCount must be 1..${byteCountMax}, got ${chunk.byteCount}`);
   }
 }
