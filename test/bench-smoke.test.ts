@@ -1,0 +1,152 @@
+/**
+ * Keeps the benchmark harness from rotting: runs `bench/run.ts --smoke` (a few MB of WAL, one repetition, 2
+ * replicas, walcast ts + native strategies when built, PostgreSQL's walsender, the C ceiling) into a temp dir and
+ * checks that it produced well-formed JSON, markdown and SVG, and that every consumer received exactly the bytes
+ * it asked for. Benchmarks are not tests: nothing here looks at speed.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { makeTempDir } from './support/postgres.js';
+import { REPO_ROOT } from './support/walcast.js';
+
+/** The smoke run takes ~40 s on 2 idle cores; a loaded CI runner gets room, a hang still ends. */
+const SMOKE_TIMEOUT_MS = 300_000;
+/** What the benchmark's own processes carry on their command lines: its data dirs and its C helpers. */
+const BENCH_PROCESS_MARKERS = ['walcast-bench-data-', 'walcast-bench-live-', '/bench/results/tmp/bin/'];
+/** A process stopped at the very end (SIGTERM'd server) may take a moment to disappear from /proc. */
+const LEFTOVER_GRACE_MS = 5_000;
+const NATIVE_BUILT = ['Release', 'Debug'].some((kind) => existsSync(join(REPO_ROOT, 'build', kind, 'walcast_native.node')));
+
+interface SmokeRun {
+  readonly scenario: string;
+  readonly server: string;
+  readonly consumer: string;
+  readonly replicas: number;
+  readonly ok: boolean;
+  readonly error?: string;
+  readonly bytesExpected: number;
+  readonly bytesReceived: number;
+  readonly latencySamples?: number;
+}
+
+interface SmokeSummary {
+  readonly min: number;
+  readonly median: number;
+  readonly max: number;
+  readonly runs: number;
+}
+
+interface SmokeResult {
+  readonly mode: string;
+  readonly machine: Record<string, unknown>;
+  readonly servers: { name: string; status: string; reason?: string }[];
+  readonly runs: SmokeRun[];
+  readonly figures: { server: string; scenario: string; metrics: Record<string, SmokeSummary> }[];
+  readonly ratios: { kind: string; summary: SmokeSummary }[];
+  readonly micro: { name: string; backend: string; error?: string }[];
+}
+
+function runSmoke(outDir: string): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'bench/run.ts'), '--smoke', '--out', outDir], { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGTERM');
+      reject(new Error(`bench --smoke did not finish in ${SMOKE_TIMEOUT_MS} ms:\n${stderr}`));
+    }, SMOKE_TIMEOUT_MS);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stderr });
+    });
+  });
+}
+
+function assertSummary(summary: SmokeSummary | undefined, what: string): void {
+  assert.ok(summary !== undefined, `${what} has a summary`);
+  for (const key of ['min', 'median', 'max'] as const) assert.ok(Number.isFinite(summary[key]), `${what}.${key} is a number`);
+  assert.ok(summary.min <= summary.median && summary.median <= summary.max, `${what}: min <= median <= max`);
+}
+
+/** Every tag opened is closed, in order: enough to catch a truncated or garbled hand-written SVG. */
+function assertBalancedXml(text: string): void {
+  const stack: string[] = [];
+  for (const match of text.matchAll(/<(\/?)([a-zA-Z]+)[^>]*?(\/?)>/g)) {
+    const [, closing, name, selfClosing] = match;
+    if (selfClosing === '/') continue;
+    if (closing === '/') assert.equal(stack.pop(), name, `</${name}> closes the open tag`);
+    else stack.push(name!);
+  }
+  assert.deepEqual(stack, [], 'every SVG tag is closed');
+}
+
+/** Processes whose command line names a benchmark data dir or helper; exiting ones get a few seconds to go. */
+async function leftoverProcesses(): Promise<string[]> {
+  const deadline = Date.now() + LEFTOVER_GRACE_MS;
+  for (;;) {
+    const found = readdirSync('/proc').filter((entry) => /^\d+$/.test(entry)).flatMap((pid) => {
+      try {
+        const commandLine = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+        return BENCH_PROCESS_MARKERS.some((marker) => commandLine.includes(marker)) ? [`${pid}: ${commandLine}`] : [];
+      } catch {
+        return [];
+      }
+    });
+    if (found.length === 0 || Date.now() > deadline) return found;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+test('bench --smoke produces well-formed results and every consumer gets exactly its bytes', { timeout: SMOKE_TIMEOUT_MS + 30_000 }, async () => {
+  const outDir = await makeTempDir('walcast-bench-smoke');
+  const { code, stderr } = await runSmoke(outDir);
+  assert.equal(code, 0, `bench --smoke failed:\n${stderr}`);
+
+  const jsonFiles = readdirSync(outDir).filter((name) => name.endsWith('.json'));
+  assert.equal(jsonFiles.length, 1, `one result file: ${jsonFiles.join(', ')}`);
+  const result = JSON.parse(readFileSync(join(outDir, jsonFiles[0]!), 'utf8')) as SmokeResult;
+  assert.equal(result.mode, 'smoke');
+  for (const key of ['cpuModel', 'cores', 'kernel', 'node', 'postgres']) assert.ok(result.machine[key] !== undefined && result.machine[key] !== 'unknown', `machine.${key}`);
+
+  const okServers = result.servers.filter((server) => server.status === 'ok').map((server) => server.name);
+  for (const name of ['walcast-ts', 'postgres', 'ceiling']) assert.ok(okServers.includes(name), `${name} ran: ${JSON.stringify(result.servers)}`);
+  if (NATIVE_BUILT) assert.ok(okServers.some((name) => name.startsWith('walcast-native-')), `the built native backend ran: ${JSON.stringify(result.servers)}`);
+
+  const streaming = result.runs.filter((run) => run.scenario !== 'live-latency');
+  for (const scenario of ['catch-up', 'fan-out', 'cold-catch-up']) assert.ok(streaming.some((run) => run.scenario === scenario), `${scenario} ran`);
+  assert.ok(streaming.some((run) => run.consumer === 'pg_receivewal'), 'pg_receivewal ran');
+  assert.ok(streaming.some((run) => run.scenario === 'fan-out' && run.replicas === 2), 'fan-out with 2 replicas ran');
+  for (const run of streaming) {
+    const label = `${run.scenario} ${run.server} ${run.consumer} ×${run.replicas}`;
+    assert.ok(run.ok, `${label} failed: ${run.error}`);
+    assert.ok(run.bytesExpected > 0, `${label} expected bytes`);
+    assert.equal(run.bytesReceived, run.bytesExpected, `${label} received exactly the expected bytes`);
+  }
+  for (const server of okServers) assert.ok(streaming.some((run) => run.server === server && run.ok), `${server} streamed`);
+  const postgresLatency = result.runs.find((run) => run.scenario === 'live-latency' && run.server === 'postgres');
+  assert.ok(postgresLatency !== undefined, 'live latency ran against PostgreSQL');
+
+  for (const figure of result.figures.filter((entry) => entry.scenario !== 'live-latency')) assertSummary(figure.metrics.throughputMBps, `${figure.scenario} ${figure.server} throughput`);
+  assert.ok(result.ratios.some((ratio) => ratio.kind === 'walcast/postgres'), 'walcast/PostgreSQL ratios');
+  assert.ok(result.ratios.some((ratio) => ratio.kind === 'walcast/ceiling'), 'walcast/ceiling ratios');
+  for (const ratio of result.ratios) assertSummary(ratio.summary, `ratio ${ratio.kind}`);
+  assert.ok(result.micro.some((entry) => entry.backend === 'ts' && entry.error === undefined), 'the ts micro-benchmark ran');
+
+  const markdown = readFileSync(join(outDir, 'latest.md'), 'utf8');
+  for (const heading of ['# walcast benchmark (smoke)', '## Catch-up', '## Fan-out', '## Cold catch-up', '## Live latency', '## Micro-benchmarks']) assert.ok(markdown.includes(heading), `markdown has "${heading}"`);
+  const tableRows = markdown.split('\n').filter((line) => line.startsWith('|'));
+  assert.ok(tableRows.length > 10, 'markdown has tables');
+  for (const row of tableRows) assert.ok(row.endsWith('|'), `table row is closed: ${row}`);
+
+  const svg = readFileSync(join(outDir, 'latest.svg'), 'utf8');
+  assert.ok(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"'), 'an SVG document');
+  assert.ok(svg.trimEnd().endsWith('</svg>'), 'the SVG is complete');
+  assert.ok((svg.match(/<rect /g) ?? []).length > okServers.length, 'the chart has bars');
+  assertBalancedXml(svg);
+
+  const leftovers = await leftoverProcesses();
+  assert.deepEqual(leftovers, [], 'no process started by the benchmark is left running');
+});
