@@ -7,7 +7,7 @@
  * durable. Recovery walks records with their CRCs (storage/wal-validate.ts) from the start of the segment that
  * holds the control file's flush LSN; the resume point is the later of that walk's end and the control flush LSN
  * (bytes up to the latter were fdatasynced before it was written, even when they end inside a record). Every byte
- * past the resume point is zero-filled, later segment files are removed, and only then is anything published.
+ * past the resume point is erased (truncated and re-extended: it reads as zeros), later segment files are removed, and only then is anything published.
  */
 import assert from 'node:assert/strict';
 import { closeSync, constants as fsConstants, fdatasyncSync, fstatSync, openSync, renameSync, unlinkSync } from 'node:fs';
@@ -16,7 +16,7 @@ import { alignDown, formatLsn, maxLsn, type Lsn } from '../lsn.js';
 import { listSegmentFiles } from '../storage/timeline-dir.js';
 import { PARTIAL_SUFFIX, offsetInSegment, segmentOf } from '../storage/segment-name.js';
 import { findValidWalEnd } from '../storage/wal-validate.js';
-import { syncDirectory, zeroFill } from '../storage/wal-writer.js';
+import { eraseFrom, syncDirectory } from '../storage/wal-writer.js';
 
 export interface RecoveryInput {
   readonly dir: string;
@@ -97,7 +97,7 @@ function eraseTail(path: string, fromOffset: number, segmentBytes: number): void
   try {
     const size = fstatSync(fd).size;
     assert.ok(size <= segmentBytes, 'a segment file is not larger than the segment size');
-    zeroFill(fd, fromOffset, segmentBytes, path);
+    eraseFrom(fd, fromOffset, segmentBytes, path);
     // The bytes kept may only be in the page cache (written before the crash, never synced): make them durable
     // before anyone is told they exist.
     fdatasyncSync(fd);

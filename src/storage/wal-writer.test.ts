@@ -1,10 +1,10 @@
 /** The segment writer: pre-allocation, offsets, crossing segments, group-commit flushes, rename on completion. */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
-import { WalWriter } from './wal-writer.js';
+import { WalWriter, eraseFrom } from './wal-writer.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 let dir = '';
@@ -95,4 +95,31 @@ test('a whole segment in many writes, then the next one; non-contiguous writes a
 test('a write error becomes WALCAST_ERR_WAL_WRITE', () => {
   const writer = new WalWriter({ dir: join(dir, 'missing'), pgTimelineId: 1, segmentBytes: SEGMENT_BYTES, startLsn: 0n });
   assert.throws(() => writer.write(0n, pattern(10, 0)), (error: Error & { code?: string }) => error.code === 'WALCAST_ERR_WAL_WRITE');
+});
+
+test('zero pre-allocation writes the zeros; both modes read the same', async () => {
+  for (const preallocation of ['zero', 'sparse'] as const) {
+    const sub = join(dir, preallocation);
+    mkdirSync(sub);
+    const writer = new WalWriter({ dir: sub, pgTimelineId: 1, segmentBytes: SEGMENT_BYTES, startLsn: 100n, preallocation });
+    writer.write(100n, pattern(50, 2));
+    await writer.close();
+    const file = readFileSync(join(sub, '000000010000000000000000.partial'));
+    assert.equal(file.length, SEGMENT_BYTES);
+    assert.ok(file.subarray(100, 150).equals(pattern(50, 2)));
+    assert.ok(file.subarray(150).equals(Buffer.alloc(SEGMENT_BYTES - 150)));
+    if (preallocation === 'zero') assert.ok(statSync(join(sub, '000000010000000000000000.partial')).blocks * 512 >= SEGMENT_BYTES, 'zero-fill allocates every block');
+  }
+});
+
+test('eraseFrom makes the tail read as zeros and keeps the size', () => {
+  const path = join(dir, 'segment');
+  writeFileSync(path, pattern(SEGMENT_BYTES, 4));
+  const fd = openSync(path, 'r+');
+  eraseFrom(fd, 12345, SEGMENT_BYTES, path);
+  closeSync(fd);
+  const file = readFileSync(path);
+  assert.equal(file.length, SEGMENT_BYTES);
+  assert.ok(file.subarray(0, 12345).equals(pattern(SEGMENT_BYTES, 4).subarray(0, 12345)));
+  assert.ok(file.subarray(12345).equals(Buffer.alloc(SEGMENT_BYTES - 12345)));
 });

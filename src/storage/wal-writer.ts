@@ -1,8 +1,12 @@
 /**
  * Writing received WAL into a timeline's segment files, durably: the segment being filled is `NAME.partial`,
- * pre-allocated (zero-filled to the segment size, as pg_receivewal and walreceiver.c XLogFileInit do, so that a
- * torn tail reads as zeros and the file's size never changes under an fdatasync), written at the WAL's own offsets,
- * and renamed to `NAME` once it is complete and durable.
+ * pre-allocated to the full segment size (so that a torn or unwritten tail reads as zeros and the file's size never
+ * changes under an fdatasync), written at the WAL's own offsets, and renamed to `NAME` once complete and durable.
+ *
+ * Pre-allocation is `sparse` by default (ftruncate to the segment size) rather than PostgreSQL's zero-fill
+ * (xlog.c XLogFileInitInternal, pg_receivewal): zero-filling writes every segment twice, and on this project's
+ * reference VM (ext4, ~630 MB/s disk) that capped sustained ingest at ~300-320 MB/s against ~870-1230 MB/s sparse,
+ * with the same fdatasync latency for small commits (0.2 ms median). `zero` remains selectable.
  *
  * Durability is a group commit: `write` copies bytes into the page cache at once (pwrite on the calling thread —
  * ~40 µs per 128 KiB, cheaper than a thread-pool round trip); `flush` makes everything written before it started
@@ -13,7 +17,7 @@
  * It knows nothing of the protocol or of who publishes; recovery (the CRC walk) decides where writing resumes.
  */
 import assert from 'node:assert/strict';
-import { closeSync, fdatasync, fstatSync, fsync, openSync, renameSync, writeSync, constants as fsConstants } from 'node:fs';
+import { closeSync, fdatasync, fstatSync, fsync, ftruncateSync, openSync, renameSync, writeSync, constants as fsConstants } from 'node:fs';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
@@ -35,7 +39,11 @@ export interface WalWriterOptions {
   readonly segmentBytes: number;
   /** Where writing resumes: recovery guarantees every byte before it is valid and every byte after it is zero. */
   readonly startLsn: Lsn;
+  /** How a new segment file is pre-allocated (see the module comment); default `sparse`. */
+  readonly preallocation?: Preallocation;
 }
+
+export type Preallocation = 'sparse' | 'zero';
 
 interface OpenSegment {
   readonly segno: bigint;
@@ -54,6 +62,7 @@ export class WalWriter {
   readonly dir: string;
   readonly pgTimelineId: number;
   readonly segmentBytes: number;
+  readonly preallocation: Preallocation;
   private writtenLsnValue: Lsn;
   private durableLsnValue: Lsn;
   private current: OpenSegment | undefined;
@@ -72,6 +81,7 @@ export class WalWriter {
     this.dir = options.dir;
     this.pgTimelineId = options.pgTimelineId;
     this.segmentBytes = options.segmentBytes;
+    this.preallocation = options.preallocation ?? 'sparse';
     this.writtenLsnValue = options.startLsn;
     this.durableLsnValue = options.startLsn;
   }
@@ -184,7 +194,7 @@ export class WalWriter {
     this.currentDirty = false;
   }
 
-  /** Opens NAME.partial for writing, creating and zero-filling it when absent or short. */
+  /** Opens NAME.partial for writing, creating and pre-allocating it when absent or short. */
   private openSegment(segno: bigint): OpenSegment {
     const name = segmentFileName(this.pgTimelineId, segno, this.segmentBytes);
     const partialPath = join(this.dir, name + PARTIAL_SUFFIX);
@@ -197,7 +207,8 @@ export class WalWriter {
     }
     const size = fstatSync(fd).size;
     if (size < this.segmentBytes) {
-      zeroFill(fd, size, this.segmentBytes, partialPath);
+      if (this.preallocation === 'zero') zeroFill(fd, size, this.segmentBytes, partialPath);
+      else extendSparse(fd, this.segmentBytes, partialPath);
       this.directoryDirty = true;
     }
     return { segno, fd, partialPath, finalPath };
@@ -224,6 +235,29 @@ export function zeroFill(fd: number, from: number, to: number, path: string): vo
   for (let position = from; position < to; position += ZERO_FILL_CHUNK_BYTES) {
     writeFully(fd, ZERO_CHUNK, 0, Math.min(ZERO_FILL_CHUNK_BYTES, to - position), position, path);
   }
+}
+
+/** Sets the file's size; the new range is a hole that reads as zeros (POSIX ftruncate). */
+function extendSparse(fd: number, bytes: number, path: string): void {
+  try {
+    ftruncateSync(fd, bytes);
+  } catch (cause) {
+    throw ioError(`cannot size ${path} to ${bytes} bytes`, cause);
+  }
+}
+
+/**
+ * Makes [from, end of file) read as zeros without writing them: cut the file at `from` (the kernel zeroes the rest of
+ * that block) and grow it back to `bytes`. Used by recovery to erase an invalid tail.
+ */
+export function eraseFrom(fd: number, from: number, bytes: number, path: string): void {
+  assert.ok(from >= 0 && from <= bytes, 'erase range is inside the file');
+  try {
+    ftruncateSync(fd, from);
+  } catch (cause) {
+    throw ioError(`cannot truncate ${path} at ${from}`, cause);
+  }
+  extendSparse(fd, bytes, path);
 }
 
 async function syncFile(segment: OpenSegment): Promise<void> {
