@@ -182,6 +182,39 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     }
   });
 
+  test('following a standby that is promoted stops ingest with WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH', async () => {
+    const { primary } = fixture;
+    const cascadeBase = await makeStandby(primary, { applicationName: 'cascade', start: true });
+    const cascade = cascadeBase.standby;
+    assert.ok(cascade !== undefined);
+    cleanups.push(() => cascade.stop({ mode: 'immediate' }));
+    const dataDirD = await makeTempDir('walcast-ingest-d');
+    await createFollowingTimeline({ dataDir: dataDirD, upstream: `host=127.0.0.1 port=${cascade.port} user=repl`, password: undefined, log: silentLogger() });
+    const walcastD = await startWalcast({ dataDir: dataDirD });
+    cleanups.push(() => walcastD.stop());
+    const follower = walcastD.server.ingest?.followers[0];
+    assert.ok(follower !== undefined);
+    await primary.sql('INSERT INTO ingest_rows (id) VALUES (5001)');
+    const written = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()'));
+    await soleTimeline(walcastD).commitLsn.waitBeyond(written - 1n, CATCH_UP_TIMEOUT_MS);
+    await cascade.sql('SELECT pg_promote()');
+    await waitFor(async () => (follower.state === 'failed' ? true : undefined), 60_000);
+    assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH');
+    assert.match(follower.failure?.message ?? '', /timeline 1 .* timeline 2/);
+    assert.equal(soleTimeline(walcastD).hasWriter(), false, 'no writer stays attached after the switch');
+  });
+
+  test('timeline create refuses an inline password and reports an unreachable upstream', async () => {
+    const dataDir = await makeTempDir('walcast-ingest-cli');
+    const inline = await runWalcastCli(['timeline', 'create', '--data-dir', dataDir, '--upstream', `host=127.0.0.1 port=${fixture.primary.port} user=repl password=secret`]);
+    assert.equal(inline.code, 1);
+    assert.match(inline.stderr, /WALCAST_ERR_CONFIG: .*password= is not allowed/);
+    const unreachable = await runWalcastCli(['timeline', 'create', '--data-dir', dataDir, '--upstream', `host=127.0.0.1 port=${await freePort()} user=repl connect_timeout=2`]);
+    assert.equal(unreachable.code, 1);
+    assert.match(unreachable.stderr, /WALCAST_ERR_UPSTREAM: cannot connect to the upstream/);
+    assert.deepEqual(await readdir(dataDir), [], 'a failed create leaves nothing behind');
+  });
+
   test('measure: ingest throughput and commit-to-replica delay (WALCAST_INGEST_BENCH=1)', { skip: process.env.WALCAST_INGEST_BENCH !== '1' }, async (t) => {
     const { primary } = fixture;
     const timeline = soleTimeline(fixture.walcastA);
