@@ -14,6 +14,8 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
+import { createIoBackend } from '../src/io/select-backend.js';
+import { WalcastServer } from '../src/server.js';
 import { upstreamSlotName } from '../src/ingest/follower.js';
 import { silentLogger } from '../src/log.js';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
@@ -213,6 +215,28 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(unreachable.code, 1);
     assert.match(unreachable.stderr, /WALCAST_ERR_UPSTREAM: cannot connect to the upstream/);
     assert.deepEqual(await readdir(dataDir), [], 'a failed create leaves nothing behind');
+  });
+
+  test('a SCRAM upstream: the password comes from --upstream-password-file for create and from serve options', async () => {
+    const secured = await startPrimary({ password: 'up-secret' });
+    cleanups.push(() => secured.stop({ mode: 'immediate' }));
+    const dataDir = await makeTempDir('walcast-ingest-scram');
+    const passwordFile = join(await makeTempDir('walcast-ingest-secret'), 'upstream-password');
+    await writeFile(passwordFile, 'up-secret\n', { mode: 0o600 });
+    const upstream = `host=127.0.0.1 port=${secured.port} user=repl`;
+    const refused = await runWalcastCli(['timeline', 'create', '--data-dir', dataDir, '--upstream', upstream], { env: { WALCAST_UPSTREAM_PASSWORD: 'wrong' } });
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /WALCAST_ERR_UPSTREAM/);
+    const created = await runWalcastCli(['timeline', 'create', '--data-dir', dataDir, '--upstream', upstream, '--upstream-password-file', passwordFile, '--json']);
+    assert.equal(created.code, 0, created.stderr);
+    const { backend } = await createIoBackend({ io: 'ts' });
+    const server = await WalcastServer.start({ dataDir, listen: { host: '127.0.0.1', port: 0 }, auth: { method: 'trust' }, backend, maxConnections: 16, replicaTimeoutMs: 60_000, log: silentLogger(), upstreamPassword: 'up-secret' });
+    cleanups.push(() => server.stop());
+    await secured.sql('CREATE TABLE scram_rows AS SELECT 1 AS id');
+    const written = parseLsnOrThrow(await secured.sql('SELECT pg_current_wal_flush_lsn()'));
+    const [timeline] = server.timelines.list();
+    assert.ok(timeline !== undefined);
+    assert.ok((await timeline.commitLsn.waitBeyond(written - 1n, 30_000)) !== undefined, 'walcast follows the SCRAM upstream');
   });
 
   test('measure: ingest throughput and commit-to-replica delay (WALCAST_INGEST_BENCH=1)', { skip: process.env.WALCAST_INGEST_BENCH !== '1' }, async (t) => {
