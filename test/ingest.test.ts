@@ -291,7 +291,6 @@ async function measureCommitDelays(primaryPort: number, standbyPort: number, tim
   try {
     await writer.query('CREATE TABLE IF NOT EXISTS commit_probe (id int)');
     for (let sample = 0; sample < samples; sample++) {
-      const started = performance.now();
       await writer.query(`INSERT INTO commit_probe VALUES (${sample})`);
       const committed = performance.now();
       const lsn = parseLsnOrThrow((await writer.query('SELECT pg_current_wal_flush_lsn()')).rows[0]?.[0] ?? '');
@@ -302,7 +301,6 @@ async function measureCommitDelays(primaryPort: number, standbyPort: number, tim
         if (replayed >= lsn) break;
       }
       standbyMs.push(performance.now() - committed);
-      void started;
       await sleep(20);
     }
   } finally {

@@ -133,7 +133,7 @@ export class UpstreamFollower {
   }
 
   private async run(): Promise<void> {
-    const timers = [setInterval(() => void this.persistControl(), CONTROL_PERSIST_INTERVAL_MS)];
+    const timers = [setInterval(() => void this.persistControl({ skipIfBusy: true }), CONTROL_PERSIST_INTERVAL_MS)];
     try {
       await this.recover();
       await this.followUntilStopped();
@@ -394,11 +394,17 @@ export class UpstreamFollower {
     await this.persistControl();
   }
 
-  /** Writes the durable position into the control file, at most one write at a time. */
-  private async persistControl(): Promise<void> {
-    if (this.persisting !== undefined) return this.persisting;
-    const durable = this.writer?.durableLsn ?? this.control.flushLsn;
-    if (durable === this.control.flushLsn && this.writer !== undefined && this.control.commitLsn === durable) return;
+  /**
+   * Writes the durable position into the control file, one write at a time. The periodic tick skips a turn while a
+   * write is running; recovery and shutdown wait for it and then write the newest position.
+   */
+  private async persistControl(options: { skipIfBusy: boolean } = { skipIfBusy: false }): Promise<void> {
+    if (options.skipIfBusy && this.persisting !== undefined) return;
+    while (this.persisting !== undefined) await this.persisting;
+    const writer = this.writer;
+    if (writer === undefined) return;
+    const durable = writer.durableLsn;
+    if (durable === this.control.flushLsn && durable === this.control.commitLsn) return;
     const next: ControlState = { ...this.control, flushLsn: durable, commitLsn: durable, lastRecordLsn: undefined };
     this.persisting = writeControlFile(this.timeline.dir, next)
       .then(() => {
@@ -408,7 +414,7 @@ export class UpstreamFollower {
       .finally(() => {
         this.persisting = undefined;
       });
-    return this.persisting;
+    await this.persisting;
   }
 
   private requireWriter(): WalWriter {
