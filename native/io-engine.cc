@@ -94,23 +94,26 @@ bool Engine::Start(uv_loop_t* loop, Failure* failure) {
   }
   scratch_.reset(new uint8_t[kPrefetchBytesMax]);
   poll_ = new uv_poll_t();
-  idle_ = new uv_idle_t();
   int status = uv_poll_init(loop, poll_, epoll_fd_.get());
   if (status != 0) {
     delete poll_;
-    delete idle_;
     poll_ = nullptr;
-    idle_ = nullptr;
     *failure = {-status, "uv_poll_init"};
     return false;
   }
+  idle_ = new uv_idle_t();
+  prepare_ = new uv_prepare_t();
   uv_idle_init(loop, idle_);
+  uv_prepare_init(loop, prepare_);
   poll_->data = this;
   idle_->data = this;
+  prepare_->data = this;
   // Unreferenced: live sockets keep the loop alive; the engine alone must not keep a process from exiting.
   uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
   uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
+  uv_unref(reinterpret_cast<uv_handle_t*>(prepare_));
   uv_poll_start(poll_, UV_READABLE, OnPoll);
+  uv_prepare_start(prepare_, OnPrepare);
   return true;
 }
 
@@ -161,6 +164,12 @@ void Engine::Close() {
     uv_poll_stop(poll_);
     uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
     poll_ = nullptr;
+  }
+  if (prepare_ != nullptr) {
+    prepare_->data = nullptr;
+    uv_prepare_stop(prepare_);
+    uv_close(reinterpret_cast<uv_handle_t*>(prepare_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_prepare_t*>(handle); });
+    prepare_ = nullptr;
   }
   if (idle_ != nullptr) {
     idle_->data = nullptr;
@@ -258,13 +267,20 @@ int Engine::Submit(Stream& stream, SendUnit&& unit, Failure* failure) {
   }
   if (strategy_ == Strategy::kUring) {
     stream.queue.push_back(std::move(unit));
-    KickUring(stream);
-    SubmitRing();
+    if (OverIterationBudget()) {
+      MarkReady(stream);
+    } else {
+      KickUring(stream);
+      SubmitRing();
+    }
     return QueueStatus(stream);
   }
-  // Nothing queued and the socket had room last time: write now, on the caller's stack, from the caller's fd.
-  if (stream.queue.empty() && stream.writable) {
+  // Nothing queued, the socket had room last time and this loop iteration has budget left: write now, on the
+  // caller's stack, from the caller's fd.
+  if (stream.queue.empty() && stream.writable && !OverIterationBudget()) {
+    const uint64_t before = stream.bytes_sent;
     Progress progress = WriteUnit(stream, unit, failure);
+    iteration_bytes_ += stream.bytes_sent - before;
     if (progress == Progress::kDone) return kSendDone;
     if (progress == Progress::kFailed) {
       Fail(stream, *failure, false);
@@ -453,22 +469,27 @@ void Engine::DrainStream(Stream& stream) {
 }
 
 // One round over the streams that are writable and have work; a stream that used its budget goes to the back.
-// The round stops early once kTurnTotalBudgetBytes were written; the ready list keeps its order, so the next
+// The round stops early once the loop iteration's budget (kIterationBudgetBytes) is used; the ready list keeps its order, so the next
 // callback starts with the streams that did not get their go.
 void Engine::RunTurn() {
-  uint64_t written = 0;
-  for (size_t turns = ready_.size(); turns > 0 && !ready_.empty() && written < kTurnTotalBudgetBytes; turns--) {
+  for (size_t turns = ready_.size(); turns > 0 && !ready_.empty() && !OverIterationBudget(); turns--) {
     const uint64_t id = ready_.front();
     ready_.pop_front();
     Stream* stream = Find(id);
     if (stream == nullptr) continue;
     stream->in_ready = false;
     if (stream->closing || stream->failure.errnum != 0) continue;
+    if (strategy_ == Strategy::kUring) {
+      // Deferred by the budget; completions keep the stream going from here.
+      KickUring(*stream);
+      continue;
+    }
     const uint64_t before = stream->bytes_sent;
     DrainStream(*stream);
-    written += stream->bytes_sent - before;
+    iteration_bytes_ += stream->bytes_sent - before;
     if (stream->writable && !stream->queue.empty() && stream->failure.errnum == 0) MarkReady(*stream);
   }
+  SubmitRing();
   if (ready_.empty() && idle_active_ && idle_ != nullptr) {
     idle_active_ = false;
     uv_idle_stop(idle_);
@@ -500,12 +521,20 @@ void Engine::OnPoll(uv_poll_t* handle, int status, int) {
   engine->DeliverEvents();
 }
 
-void Engine::OnIdle(uv_idle_t* handle) {
+// Each loop iteration starts here (just before libuv polls): a fresh byte budget, and streams left over from the
+// last iteration go first, before this iteration's synchronous sends from JS (check phase) can use it up.
+void Engine::OnPrepare(uv_prepare_t* handle) {
   Engine* engine = static_cast<Engine*>(handle->data);
   if (engine == nullptr) return;
+  engine->iteration_bytes_ = 0;
+  if (engine->ready_.empty()) return;
   engine->RunTurn();
   engine->DeliverEvents();
 }
+
+// Active only while streams wait in the ready list: an active idle handle makes libuv poll without blocking, so
+// the next iteration (and OnPrepare) comes at once. The work itself happens in OnPrepare.
+void Engine::OnIdle(uv_idle_t*) {}
 
 // Events go to JavaScript only after a turn, when no iteration is in progress: JS may call back in.
 void Engine::DeliverEvents() {
@@ -549,6 +578,8 @@ void Engine::KickUring(Stream& stream) {
   io_uring_sqe_set_data64(sqe, Tag(stream.id, kOpSend));
   stream.uring_busy = true;
   ring_dirty_ = true;
+  // The kernel tries the send inline in io_uring_enter, on this thread: it counts against the iteration.
+  iteration_bytes_ += (unit.head_bytes - unit.head_sent) + (unit.payload_bytes - unit.payload_sent);
 }
 
 void Engine::SubmitRing() {
@@ -600,6 +631,10 @@ void Engine::OnSendCompletion(uint64_t id, int result) {
   if (unit.done()) {
     stream->queue.pop_front();
     AfterUnitSent(*stream);
+  }
+  if (OverIterationBudget()) {
+    if (!stream->queue.empty()) MarkReady(*stream);
+    return;
   }
   KickUring(*stream);
 }
