@@ -100,7 +100,7 @@ async function runStreamingScenarios(context: BenchContext, targets: readonly Se
     }
   }
   for (const step of plan.fanOut) {
-    for (let repetition = 0; repetition < plan.repetitions; repetition++) {
+    for (let repetition = 0; repetition < (step.repetitions ?? plan.repetitions); repetition++) {
       for (const target of targets) record(await measureConsumerRun(context, target, { scenario: 'fan-out', replicas: step.replicas, bytesPerReplica: step.bytesPerReplica, repetition, cold: false }));
     }
   }

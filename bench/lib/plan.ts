@@ -14,6 +14,8 @@ export interface FanOutStep {
   readonly replicas: number;
   /** Bytes each replica streams from the range start; 0 means the whole range. */
   readonly bytesPerReplica: number;
+  /** Overrides the plan's repetitions (1,000 replicas take long enough that 3 rounds do). */
+  readonly repetitions?: number;
 }
 
 export interface BenchPlan {
@@ -64,7 +66,7 @@ export function planFor(mode: BenchMode): BenchPlan {
         ],
         coldRepetitions: 3,
         receiveWal: true,
-        latency: { replicaCounts: [1, 100], commitsPerSecond: 100, durationMs: 2_000, repetitions: 2 },
+        latency: { replicaCounts: [1, 100], commitsPerSecond: 100, durationMs: 1_500, repetitions: 2 },
         microTimeMs: 300,
         runTimeoutMs: 120_000,
         note: 'quick run: 256 MiB of WAL instead of 1 GiB, 3 repetitions, fan-out up to 100 replicas (npm run bench:full for 1 GiB and 1,000)',
@@ -77,11 +79,11 @@ export function planFor(mode: BenchMode): BenchPlan {
         fanOut: [
           { replicas: 10, bytesPerReplica: 256 * MIB },
           { replicas: 100, bytesPerReplica: 32 * MIB },
-          { replicas: 1000, bytesPerReplica: 4 * MIB },
+          { replicas: 1000, bytesPerReplica: 4 * MIB, repetitions: 3 },
         ],
         coldRepetitions: 3,
         receiveWal: true,
-        latency: { replicaCounts: [1, 100, 1000], commitsPerSecond: 100, durationMs: 5_000, repetitions: 3 },
+        latency: { replicaCounts: [1, 100, 1000], commitsPerSecond: 100, durationMs: 3_000, repetitions: 3 },
         microTimeMs: 1_000,
         runTimeoutMs: 300_000,
         note: 'full run: 1 GiB of WAL, 5 repetitions, fan-out up to 1,000 replicas',

@@ -64,6 +64,45 @@ export function readCpu(pid: number): CpuSample | undefined {
   };
 }
 
+/**
+ * CPU time of one task (a single-threaded process, or a process's main thread) in nanosecond precision, from
+ * /proc/PID/schedstat (sum_exec_runtime). /proc/PID/stat truncates each process's time to clock ticks (10 ms),
+ * which turns 100 walsenders that ran 2 ms each into zero.
+ */
+export function readTaskCpuSeconds(pid: number): number | undefined {
+  try {
+    const nanoseconds = Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]);
+    return Number.isFinite(nanoseconds) ? nanoseconds / 1e9 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function readTaskCpuSecondsOf(pid: number, thread: number): number | undefined {
+  try {
+    const nanoseconds = Number(readFileSync(`/proc/${pid}/task/${thread}/schedstat`, 'utf8').split(' ')[0]);
+    return Number.isFinite(nanoseconds) ? nanoseconds / 1e9 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Per-thread CPU seconds (schedstat) of every live thread of a process, by thread id. */
+export function readThreadCpuSeconds(pid: number): Map<number, number> {
+  const threads = new Map<number, number>();
+  let entries: string[];
+  try {
+    entries = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return threads;
+  }
+  for (const entry of entries) {
+    const seconds = readTaskCpuSecondsOf(pid, Number(entry));
+    if (seconds !== undefined) threads.set(Number(entry), seconds);
+  }
+  return threads;
+}
+
 function statusKilobytes(pid: number, file: 'status' | 'smaps_rollup', key: string): number | undefined {
   try {
     const line = readFileSync(`/proc/${pid}/${file}`, 'utf8').split('\n').find((entry) => entry.startsWith(`${key}:`));

@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn } from '../../src/lsn.js';
 import { freePort, type PgCluster } from '../../test/support/postgres.js';
 import { spawnTracked, type Tracked } from './processes.js';
-import { findWalsenders, listChildren, readCpu, readPssBytes, readRssBytes } from './proc-stats.js';
+import { findWalsenders, listChildren, readCpu, readPssBytes, readRssBytes, readTaskCpuSeconds, readThreadCpuSeconds } from './proc-stats.js';
 import { REPO_ROOT } from './tools.js';
 import type { PreparedWal } from './wal-source.js';
 
@@ -54,17 +54,42 @@ export interface ServerTarget {
   stop(): Promise<void>;
 }
 
+/** The thread group's CPU in 10 ms ticks may differ from the per-thread sum by this much from rounding alone. */
+const TICK_ROUNDING_SECONDS = 0.02;
+
+/**
+ * CPU seconds a process spent between two samples. Per-thread schedstat times are nanosecond-precise but miss
+ * threads that exited in between (io_uring workers come and go); /proc/PID/stat covers the whole thread group,
+ * exited threads included, but in 10 ms ticks. The precise sum is used when the two agree within rounding.
+ */
+interface ProcessCpuSample {
+  readonly ticksSeconds: number;
+  readonly threads: Map<number, number>;
+}
+
+function sampleProcessCpu(pid: number): ProcessCpuSample | undefined {
+  const ticks = readCpu(pid);
+  return ticks === undefined ? undefined : { ticksSeconds: ticks.ownSeconds, threads: readThreadCpuSeconds(pid) };
+}
+
+function cpuBetween(before: ProcessCpuSample, after: ProcessCpuSample): number {
+  let precise = 0;
+  for (const [thread, seconds] of after.threads) precise += seconds - (before.threads.get(thread) ?? 0);
+  const ticks = after.ticksSeconds - before.ticksSeconds;
+  return Math.abs(ticks - precise) <= TICK_ROUNDING_SECONDS ? precise : ticks;
+}
+
 /** Meter for servers that are one process (walcast, the ceiling): CPU delta and RSS growth per replica. */
 function singleProcessMeter(pid: number): RunMeter {
-  const cpuBefore = readCpu(pid);
+  const cpuBefore = sampleProcessCpu(pid);
   const rssBefore = readRssBytes(pid);
   assert.ok(cpuBefore !== undefined && rssBefore !== undefined, `server process ${pid} is not running`);
   return {
     finish: async (replicas) => {
-      const cpuAfter = readCpu(pid);
+      const cpuAfter = sampleProcessCpu(pid);
       const rssAfter = readRssBytes(pid);
       assert.ok(cpuAfter !== undefined && rssAfter !== undefined, `server process ${pid} died during the run`);
-      return { cpuSeconds: cpuAfter.ownSeconds - cpuBefore.ownSeconds, memoryBytesPerReplica: Math.max(0, rssAfter - rssBefore) / replicas };
+      return { cpuSeconds: cpuBetween(cpuBefore, cpuAfter), memoryBytesPerReplica: Math.max(0, rssAfter - rssBefore) / replicas };
     },
   };
 }
@@ -168,7 +193,8 @@ export function postgresTarget(primary: PgCluster, wal: PreparedWal): ServerTarg
 }
 
 function postgresMeter(postmasterPid: number): RunMeter {
-  const preexisting = new Map(findWalsenders(postmasterPid).map((pid) => [pid, readCpu(pid)?.ownSeconds ?? 0]));
+  // Walsenders are single-threaded processes: their own time is read in nanoseconds (schedstat).
+  const preexisting = new Map(findWalsenders(postmasterPid).map((pid) => [pid, readTaskCpuSeconds(pid) ?? 0]));
   const reapedBefore = readCpu(postmasterPid)?.reapedChildrenSeconds;
   assert.ok(reapedBefore !== undefined, 'the postmaster is running');
   return {
@@ -177,7 +203,7 @@ function postgresMeter(postmasterPid: number): RunMeter {
       let liveSeconds = 0;
       let pssBytes = 0;
       for (const pid of findWalsenders(postmasterPid)) {
-        liveSeconds += (readCpu(pid)?.ownSeconds ?? 0) - (preexisting.get(pid) ?? 0);
+        liveSeconds += (readTaskCpuSeconds(pid) ?? 0) - (preexisting.get(pid) ?? 0);
         pssBytes += preexisting.has(pid) ? 0 : (readPssBytes(pid) ?? 0);
       }
       const reapedAfter = readCpu(postmasterPid)?.reapedChildrenSeconds ?? reapedBefore;
