@@ -267,6 +267,11 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     fixture.standby = await fixture.standbyBase.startWithUpstream(restarted.port);
     const delays = await measureCommitDelays(primary.port, fixture.standby.port, caughtUp, 50);
     t.diagnostic(`commit→walcast durable: median ${median(delays.walcastMs)} ms, p90 ${percentile(delays.walcastMs, 0.9)} ms; commit→standby replayed: median ${median(delays.standbyMs)} ms, p90 ${percentile(delays.standbyMs, 0.9)} ms (n=${delays.walcastMs.length})`);
+    // Baseline: the same standby streaming from the primary itself.
+    await fixture.standby.stop();
+    fixture.standby = await fixture.standbyBase.startWithUpstream(primary.port);
+    const direct = await measureCommitDelays(primary.port, fixture.standby.port, undefined, 50);
+    t.diagnostic(`baseline commit→standby replayed, streaming from the primary directly: median ${median(direct.standbyMs)} ms, p90 ${percentile(direct.standbyMs, 0.9)} ms`);
   });
 });
 
@@ -281,7 +286,7 @@ async function measureLive(primary: PgCluster, timeline: Timeline, pgbenchArgs: 
   return { walBytes: Number(after - before), loadMs, tailMs: Date.now() - ended };
 }
 
-async function measureCommitDelays(primaryPort: number, standbyPort: number, timeline: Timeline, samples: number): Promise<{ walcastMs: number[]; standbyMs: number[] }> {
+async function measureCommitDelays(primaryPort: number, standbyPort: number, timeline: Timeline | undefined, samples: number): Promise<{ walcastMs: number[]; standbyMs: number[] }> {
   // A database-mode walsender connection runs plain SQL; it is the one persistent SQL session the wire client has.
   const sqlOptions = { host: '127.0.0.1', user: 'postgres', database: 'postgres', replication: 'database', timeoutMs: 10_000 };
   const writer = await connectReplication({ ...sqlOptions, port: primaryPort });
@@ -294,8 +299,10 @@ async function measureCommitDelays(primaryPort: number, standbyPort: number, tim
       await writer.query(`INSERT INTO commit_probe VALUES (${sample})`);
       const committed = performance.now();
       const lsn = parseLsnOrThrow((await writer.query('SELECT pg_current_wal_flush_lsn()')).rows[0]?.[0] ?? '');
-      await timeline.commitLsn.waitBeyond(lsn - 1n, 10_000);
-      walcastMs.push(performance.now() - committed);
+      if (timeline !== undefined) {
+        await timeline.commitLsn.waitBeyond(lsn - 1n, 10_000);
+        walcastMs.push(performance.now() - committed);
+      }
       for (let poll = 0; poll < 100_000; poll++) {
         const replayed = parseLsnOrThrow((await reader.query('SELECT pg_last_wal_replay_lsn()')).rows[0]?.[0] ?? '0/0');
         if (replayed >= lsn) break;
