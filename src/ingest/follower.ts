@@ -117,7 +117,7 @@ export class UpstreamFollower {
     return this.fatal;
   }
 
-  /** Starts following in the background; `done` settles when it stops. */
+  /** Starts following in the background; the promise settles when ingest has stopped (never rejects). */
   start(): Promise<void> {
     assert.equal(this.runPromise, undefined, 'a follower starts once');
     this.runPromise = this.run();
@@ -165,8 +165,8 @@ export class UpstreamFollower {
       },
       this.log,
     );
-    // Only forward: the watches may already be ahead of a lagging control file only if someone else wrote, which the
-    // single-writer rule forbids; publish() asserts that.
+    // The timeline was opened from the same control file, so its watches hold the (possibly lagging) control flush
+    // LSN; recovery can only move them forward, and publish() asserts it.
     if (result.resumeLsn > timeline.flushLsn.get()) timeline.publish({ flushLsn: result.resumeLsn, commitLsn: result.resumeLsn });
     this.writer = new WalWriter({ dir: timeline.dir, pgTimelineId: timeline.pgTimelineId, segmentBytes: timeline.segmentBytes, startLsn: result.resumeLsn });
     await this.persistControl();
@@ -178,7 +178,7 @@ export class UpstreamFollower {
       const receivedBefore = this.stats.bytesReceived;
       try {
         await this.followOnce();
-        this.noteProblem('the upstream ended the stream');
+        if (!this.stopping) this.noteProblem('the upstream ended the stream');
       } catch (error) {
         if (isFatal(error)) throw error;
         if (this.fatal !== undefined) break;
