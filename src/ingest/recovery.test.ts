@@ -34,12 +34,12 @@ test('keeps what the control file vouches for, zeroes the rest, removes later se
   assert.ok(!existsSync(join(dir, '000000010000000000000005.partial')));
 });
 
-test('a complete segment holding the resume point becomes .partial; a lost rename before it is redone', async () => {
+test('a complete segment holding the resume point becomes .partial; segments before the walk are left alone', async () => {
   writeFileSync(join(dir, '000000010000000000000004.partial'), Buffer.alloc(SEGMENT_BYTES, 0xaa));
   writeFileSync(join(dir, '000000010000000000000005'), Buffer.alloc(SEGMENT_BYTES, 0xcc));
   const result = await recoverTimelineEnd(input(START_LSN + BigInt(SEGMENT_BYTES) + 8192n), silentLogger());
   assert.equal(result.resumeLsn, START_LSN + BigInt(SEGMENT_BYTES) + 8192n);
-  assert.ok(existsSync(join(dir, '000000010000000000000004')), 'the earlier complete segment gets its final name');
+  assert.ok(existsSync(join(dir, '000000010000000000000004.partial')), 'a segment before the walk start is not touched');
   assert.ok(!existsSync(join(dir, '000000010000000000000005')));
   const file = readFileSync(join(dir, '000000010000000000000005.partial'));
   assert.ok(file.subarray(0, 8192).equals(Buffer.alloc(8192, 0xcc)));

@@ -48,7 +48,7 @@ export async function recoverTimelineEnd(input: RecoveryInput, log: Logger): Pro
   });
   const resumeLsn = maxLsn(walk.endLsn, input.controlFlushLsn);
   assert.ok(resumeLsn >= input.controlFlushLsn, 'recovery never takes back what was published');
-  const removedFiles = await truncateAfter(input, resumeLsn);
+  const removedFiles = await truncateAfter(input, walkStart, resumeLsn);
   log.info(
     { walkStart: formatLsn(walkStart), walkEnd: formatLsn(walk.endLsn), controlFlush: formatLsn(input.controlFlushLsn), resume: formatLsn(resumeLsn), stop: walk.stopReason, removed: removedFiles.length },
     'recovered the end of stored WAL',
@@ -57,18 +57,21 @@ export async function recoverTimelineEnd(input: RecoveryInput, log: Logger): Pro
 }
 
 /**
- * Leaves the segment holding `resumeLsn` as a full-size NAME.partial with zeros past it (fdatasynced), and no
- * segment of this timeline after it. Earlier segments are untouched.
+ * Leaves the segment holding `resumeLsn` as a full-size NAME.partial with zeros past it, no segment of this timeline
+ * after it, and every segment the walk vouched for fdatasynced: after kill -9 their bytes may exist only in the page
+ * cache, and nothing may be published before it is durable. Segments before the walk's start were durable already.
  */
-async function truncateAfter(input: RecoveryInput, resumeLsn: Lsn): Promise<string[]> {
+async function truncateAfter(input: RecoveryInput, walkStart: Lsn, resumeLsn: Lsn): Promise<string[]> {
   const resumeSegno = segmentOf(resumeLsn, input.segmentBytes);
+  const walkStartSegno = segmentOf(walkStart, input.segmentBytes);
   const removed: string[] = [];
   let changed = false;
   for (const entry of await listSegmentFiles(input.dir, input.segmentBytes)) {
-    if (entry.pgTimelineId !== input.pgTimelineId) continue;
+    if (entry.pgTimelineId !== input.pgTimelineId || entry.segno < walkStartSegno) continue;
     if (entry.segno < resumeSegno) {
-      // Complete and durable (the writer syncs before it renames), but the rename was lost in the crash.
-      if (entry.partial && entry.segno >= segmentOf(input.timelineStartLsn, input.segmentBytes)) {
+      syncFileAt(entry.path);
+      // Complete (the walk went past it) and now durable, but its rename was lost in the crash.
+      if (entry.partial) {
         renameSync(entry.path, entry.path.slice(0, -PARTIAL_SUFFIX.length));
         changed = true;
       }
@@ -90,6 +93,15 @@ async function truncateAfter(input: RecoveryInput, resumeLsn: Lsn): Promise<stri
   }
   if (changed) await syncDirectory(input.dir);
   return removed;
+}
+
+function syncFileAt(path: string): void {
+  const fd = openSync(path, fsConstants.O_RDWR);
+  try {
+    fdatasyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function eraseTail(path: string, fromOffset: number, segmentBytes: number): void {
