@@ -6,10 +6,23 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isWalcastError } from '../errors.js';
-import { DEFAULT_NATIVE_STRATEGY, NATIVE_STRATEGIES, createNativeBackend, probeNative, type NativeStrategy } from './native-backend.js';
+import {
+  DEFAULT_NATIVE_STRATEGY,
+  MEASURED_FASTEST_STRATEGY,
+  NATIVE_STRATEGIES,
+  NO_RING_STRATEGY,
+  createNativeBackend,
+  probeNative,
+  type NativeStrategy,
+} from './native-backend.js';
+import { loadNativeAddon } from './native-binding.js';
 
-test('the default strategy is one of the selectable ones', () => {
+test('the default strategy is the measured fastest when io_uring works, else sendfile', () => {
   assert.ok(NATIVE_STRATEGIES.includes(DEFAULT_NATIVE_STRATEGY));
+  assert.ok([MEASURED_FASTEST_STRATEGY, NO_RING_STRATEGY].includes(DEFAULT_NATIVE_STRATEGY));
+  assert.equal(NO_RING_STRATEGY, 'sendfile', 'the fallback needs no io_uring');
+  const loaded = loadNativeAddon();
+  if (loaded.ok && loaded.addon.selfTest().ring) assert.equal(DEFAULT_NATIVE_STRATEGY, MEASURED_FASTEST_STRATEGY);
   assert.deepEqual([...NATIVE_STRATEGIES].sort(), ['sendfile', 'uring', 'writev']);
 });
 

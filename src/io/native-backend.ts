@@ -34,10 +34,23 @@ export type NativeStrategy = 'sendfile' | 'writev' | 'uring';
 export const NATIVE_STRATEGIES: readonly NativeStrategy[] = ['sendfile', 'writev', 'uring'];
 
 /**
- * The fastest strategy measured on this machine by bench/io-backends.ts (figures in native/README.md):
- * sendfile, as the reference measurements predicted (io_uring sends bring no gain on loopback sockets).
+ * The fastest strategy measured on this machine by bench/io-backends.ts (figures in native/README.md): uring
+ * had the highest median throughput for one receiver and for 100, at about the CPU per GB of writev.
  */
-export const DEFAULT_NATIVE_STRATEGY: NativeStrategy = 'sendfile';
+export const MEASURED_FASTEST_STRATEGY: NativeStrategy = 'uring';
+/**
+ * Where io_uring is unavailable (kernel.io_uring_disabled, container seccomp profiles that block it) uring
+ * cannot start; sendfile needs nothing but the socket and has the lowest CPU per GB.
+ */
+export const NO_RING_STRATEGY: NativeStrategy = 'sendfile';
+
+let probeResult: { ok: true } | { ok: false; reason: string } | undefined;
+/** Whether the self-test could set up an io_uring (false until probed, or when the probe failed). */
+let ringAvailable = false;
+
+function pickDefaultStrategy(): NativeStrategy {
+  return probeNative().ok && ringAvailable ? MEASURED_FASTEST_STRATEGY : NO_RING_STRATEGY;
+}
 
 /** Largest header sendChunk takes: the addon's inline header room (io-engine.h kHeaderBytesMax). */
 export const NATIVE_HEADER_BYTES_MAX = 64;
@@ -53,7 +66,8 @@ export const PREFETCH_RANGE_BYTES_MAX = 1024 * 1024 * 1024;
 
 assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefetch request');
 
-let probeResult: { ok: true } | { ok: false; reason: string } | undefined;
+/** The strategy `auto` and an unset --native-strategy use: the measured fastest that can run here. */
+export const DEFAULT_NATIVE_STRATEGY: NativeStrategy = pickDefaultStrategy();
 
 /** Loads the addon and runs its self-test (sendfile and sendmsg over a socketpair). Cached per process. */
 export function probeNative(): { ok: true } | { ok: false; reason: string } {
@@ -67,7 +81,7 @@ function runProbe(): { ok: true } | { ok: false; reason: string } {
   const mismatch = checkAddonBounds(loaded.addon);
   if (mismatch !== undefined) return { ok: false, reason: mismatch };
   try {
-    loaded.addon.selfTest();
+    ringAvailable = loaded.addon.selfTest().ring;
     return { ok: true };
   } catch (error) {
     return { ok: false, reason: `the native self-test failed: ${(error as Error).message}` };
