@@ -22,6 +22,8 @@ export interface ConsumerResult {
   readonly wallSeconds: number;
   /** From the first START_REPLICATION to every connection streaming. */
   readonly setupSeconds: number;
+  /** From the first connect() to every connection through startup (ReadyForQuery). */
+  readonly connectSeconds: number;
   readonly cpuUserSeconds: number;
   readonly cpuSystemSeconds: number;
   readonly latencyRecords: number;
@@ -41,10 +43,19 @@ export interface ConsumerOptions {
   readonly pgTimelineId?: number;
 }
 
+interface ConnectionCounts {
+  readonly connections: number;
+  readonly failed: number;
+}
+
 export interface RunningConsumer {
   readonly pid: number;
+  /** Resolves once every connection finished its startup (or failed); nothing streams before `start()`. */
+  readonly ready: Promise<ConnectionCounts>;
+  /** Sends START_REPLICATION on every ready connection at once. */
+  start(): void;
   /** Resolves once every connection is streaming (or failed). */
-  readonly streaming: Promise<{ connections: number; failed: number }>;
+  readonly streaming: Promise<ConnectionCounts>;
   /** Resolves with the consumer's final report. */
   readonly done: Promise<ConsumerResult>;
   /** Unlimited mode: ask the consumer to report and stop. */
@@ -64,6 +75,7 @@ export function startConsumer(options: ConsumerOptions): RunningConsumer {
     '--timeline', String(options.pgTimelineId ?? 1),
     '--app-name', options.appName,
     '--timeout-ms', String(options.timeoutMs),
+    '--wait-start',
     ...(options.latencyLog === undefined ? [] : ['--latency-log', options.latencyLog]),
   ];
   const tracked = spawnTracked(options.binary, args);
@@ -72,25 +84,39 @@ export function startConsumer(options: ConsumerOptions): RunningConsumer {
 
 function wrapConsumer(tracked: Tracked): RunningConsumer {
   const lines = createInterface({ input: tracked.child.stdout! });
-  let resolveStreaming!: (value: { connections: number; failed: number }) => void;
+  let resolveReady!: (value: ConnectionCounts) => void;
+  let resolveStreaming!: (value: ConnectionCounts) => void;
   let resolveDone!: (value: ConsumerResult) => void;
   let rejectDone!: (error: Error) => void;
-  const streaming = new Promise<{ connections: number; failed: number }>((resolve) => (resolveStreaming = resolve));
+  const ready = new Promise<ConnectionCounts>((resolve) => (resolveReady = resolve));
+  const streaming = new Promise<ConnectionCounts>((resolve) => (resolveStreaming = resolve));
   const done = new Promise<ConsumerResult>((resolve, reject) => {
     resolveDone = resolve;
     rejectDone = reject;
   });
   lines.on('line', (line) => {
     const event = JSON.parse(line) as { event: string } & Record<string, unknown>;
-    if (event.event === 'streaming') resolveStreaming(event as unknown as { connections: number; failed: number });
+    const counts = { connections: Number(event.connections), failed: Number(event.failed) };
+    if (event.event === 'ready') resolveReady(counts);
+    if (event.event === 'streaming') resolveStreaming(counts);
     if (event.event === 'done') {
-      resolveStreaming({ connections: Number(event.connections), failed: Number(event.failed) });
+      resolveReady(counts);
+      resolveStreaming(counts);
       resolveDone(event as unknown as ConsumerResult);
     }
   });
-  void tracked.exited.then((code) => rejectDone(new Error(`wal-consumer exited (${code}) without a report: ${tracked.stderr()}`)));
+  void tracked.exited.then((code) => {
+    const error = new Error(`wal-consumer exited (${code}) without a report: ${tracked.stderr()}`);
+    rejectDone(error);
+    resolveReady({ connections: 0, failed: -1 });
+    resolveStreaming({ connections: 0, failed: -1 });
+  });
   return {
     pid: tracked.pid,
+    ready,
+    start: () => {
+      tracked.child.stdin?.write('go\n');
+    },
     streaming,
     done,
     stopStreaming: () => {

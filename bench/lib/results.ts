@@ -25,6 +25,7 @@ export interface RunRecord {
   readonly bytesReceived: number;
   readonly wallSeconds?: number;
   readonly setupSeconds?: number;
+  readonly connectSeconds?: number;
   readonly throughputMBps?: number;
   readonly serverCpuSeconds?: number;
   readonly serverCpuSecondsPerGB?: number;
@@ -47,6 +48,7 @@ export const FIGURE_METRICS = [
   'memoryBytesPerReplica',
   'wallSeconds',
   'setupSeconds',
+  'connectSeconds',
   'eventLoopMaxMs',
   'probeMaxMs',
   'residentFractionBefore',

@@ -33,6 +33,11 @@ export interface RunCost {
 
 export interface RunMeter {
   /**
+   * Restarts the CPU clock (memory keeps its baseline): called once every replica has connected, so CPU per GB
+   * counts streaming, not connection set-up.
+   */
+  restartCpu(): void;
+  /**
    * Reads the server's accounting. Call while the consumer still holds its connections; pass
    * `afterDisconnect` when the client already left (pg_receivewal), so exited walsenders are waited for.
    */
@@ -81,14 +86,18 @@ function cpuBetween(before: ProcessCpuSample, after: ProcessCpuSample): number {
 
 /** Meter for servers that are one process (walcast, the ceiling): CPU delta and RSS growth per replica. */
 function singleProcessMeter(pid: number): RunMeter {
-  const cpuBefore = sampleProcessCpu(pid);
+  let cpuBefore = sampleProcessCpu(pid);
   const rssBefore = readRssBytes(pid);
   assert.ok(cpuBefore !== undefined && rssBefore !== undefined, `server process ${pid} is not running`);
   return {
+    restartCpu: () => {
+      cpuBefore = sampleProcessCpu(pid) ?? cpuBefore;
+    },
     finish: async (replicas) => {
       const cpuAfter = sampleProcessCpu(pid);
       const rssAfter = readRssBytes(pid);
       assert.ok(cpuAfter !== undefined && rssAfter !== undefined, `server process ${pid} died during the run`);
+      assert.ok(cpuBefore !== undefined, 'sampled at start');
       return { cpuSeconds: cpuBetween(cpuBefore, cpuAfter), memoryBytesPerReplica: Math.max(0, rssAfter - rssBefore) / replicas };
     },
   };
@@ -193,27 +202,35 @@ export function postgresTarget(primary: PgCluster, wal: PreparedWal): ServerTarg
 }
 
 function postgresMeter(postmasterPid: number): RunMeter {
+  // Walsenders that existed before the run (the cold scenario's probe) are not the run's: neither CPU nor memory.
+  const preexisting = new Set(findWalsenders(postmasterPid));
   // Walsenders are single-threaded processes: their own time is read in nanoseconds (schedstat).
-  const preexisting = new Map(findWalsenders(postmasterPid).map((pid) => [pid, readTaskCpuSeconds(pid) ?? 0]));
-  const reapedBefore = readCpu(postmasterPid)?.reapedChildrenSeconds;
+  const cpuBaseline = (): Map<number, number> => new Map(findWalsenders(postmasterPid).map((pid) => [pid, readTaskCpuSeconds(pid) ?? 0]));
+  let baseline = cpuBaseline();
+  let reapedBefore = readCpu(postmasterPid)?.reapedChildrenSeconds;
   assert.ok(reapedBefore !== undefined, 'the postmaster is running');
   return {
+    restartCpu: () => {
+      baseline = cpuBaseline();
+      reapedBefore = readCpu(postmasterPid)?.reapedChildrenSeconds ?? reapedBefore;
+    },
     finish: async (replicas, options = {}) => {
       if (options.afterDisconnect === true) await waitForWalsendersToExit(postmasterPid, preexisting);
       let liveSeconds = 0;
       let pssBytes = 0;
       for (const pid of findWalsenders(postmasterPid)) {
-        liveSeconds += (readTaskCpuSeconds(pid) ?? 0) - (preexisting.get(pid) ?? 0);
-        pssBytes += preexisting.has(pid) ? 0 : (readPssBytes(pid) ?? 0);
+        if (preexisting.has(pid)) continue;
+        liveSeconds += (readTaskCpuSeconds(pid) ?? 0) - (baseline.get(pid) ?? 0);
+        pssBytes += readPssBytes(pid) ?? 0;
       }
-      const reapedAfter = readCpu(postmasterPid)?.reapedChildrenSeconds ?? reapedBefore;
+      const reapedAfter = readCpu(postmasterPid)?.reapedChildrenSeconds ?? 0;
       const memoryBytesPerReplica = options.afterDisconnect === true ? undefined : pssBytes / replicas;
-      return { cpuSeconds: liveSeconds + (reapedAfter - reapedBefore), memoryBytesPerReplica };
+      return { cpuSeconds: liveSeconds + (reapedAfter - (reapedBefore ?? reapedAfter)), memoryBytesPerReplica };
     },
   };
 }
 
-async function waitForWalsendersToExit(postmasterPid: number, preexisting: ReadonlyMap<number, number>): Promise<void> {
+async function waitForWalsendersToExit(postmasterPid: number, preexisting: ReadonlySet<number>): Promise<void> {
   const deadline = Date.now() + WALSENDER_EXIT_TIMEOUT_MS;
   while (Date.now() < deadline) {
     // A zombie (state Z) has not been reaped yet, so its CPU is not in the postmaster's cutime/cstime yet.

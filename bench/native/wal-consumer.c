@@ -8,6 +8,9 @@
  * It answers keepalives that ask for a reply, as pg_receivewal does (receivelog.c), and reports its own CPU
  * time so the server's cost can be read apart from the client's.
  *
+ * Every connection completes its startup first ({"event":"ready"}); then START_REPLICATION goes to all of them
+ * back to back (after a line on stdin with --wait-start, so the harness can snapshot the server's accounting),
+ * so N replicas really stream at once and connection set-up is timed apart from streaming.
  * stdout carries one JSON object per line: {"event":"streaming"} once every connection is streaming, then
  * {"event":"done",...} once every connection received --bytes (or failed, or the timeout passed). After "done"
  * the process keeps its connections open until stdin reaches EOF or a line arrives, so the harness can read the
@@ -46,7 +49,7 @@
 #define EPOLL_EVENTS_MAX 256
 #define PG_PROTOCOL_3_0 196608
 
-enum state { IDLE, CONNECTING, STARTUP, STARTING, STREAMING, DONE, FAILED };
+enum state { IDLE, CONNECTING, STARTUP, READY, STARTING, STREAMING, DONE, FAILED };
 
 struct conn {
   int fd;
@@ -85,7 +88,8 @@ static struct {
   const char *latency_log;
   int64_t timeout_ms;
   int raw;
-} options = { "127.0.0.1", 0, 1, 0, 0, 1, "walcast-bench", "repl", NULL, 600000, 0 };
+  int wait_start;
+} options = { "127.0.0.1", 0, 1, 0, 0, 1, "walcast-bench", "repl", NULL, 600000, 0, 0 };
 
 static struct conn *conns;
 static int epoll_fd;
@@ -93,6 +97,9 @@ static int handshakes_in_flight;
 static int next_to_open;
 static int finished_count;
 static int streaming_count;
+static int ready_count;
+static int64_t first_connect_ns = -1;
+static int64_t all_ready_ns = -1;
 static int failed_count;
 static int64_t first_start_ns = -1;
 static int64_t last_done_ns = -1;
@@ -135,7 +142,7 @@ static int parse_lsn(const char *text, uint64_t *out) {
 static void fail(struct conn *c, const char *why) {
   if (c->state == FAILED || c->state == DONE) return;
   if (first_error[0] == 0) snprintf(first_error, sizeof first_error, "connection %d: %s", c->index, why);
-  if (c->state == CONNECTING || c->state == STARTUP || c->state == STARTING) handshakes_in_flight--;
+  if (c->state == CONNECTING || c->state == STARTUP) handshakes_in_flight--;
   c->state = FAILED;
   failed_count++;
   finished_count++;
@@ -182,7 +189,6 @@ static void send_start_replication(struct conn *c) {
   message[0] = 'Q';
   write_be32(message + 1, (uint32_t)(4 + n + 1));
   memcpy(message + 5, sql, (size_t)n + 1);
-  if (first_start_ns < 0) first_start_ns = now_ns();
   if (send_all(c, message, 5 + (size_t)n + 1) == 0) c->state = STARTING;
 }
 
@@ -255,12 +261,16 @@ static void handle_message(struct conn *c) {
   switch (c->state) {
     case STARTUP:
       if (c->type == 'R' && (c->body_have < 4 || read_be32(c->body) != 0)) fail(c, "server asks for a password; the benchmark needs trust auth");
-      else if (c->type == 'Z') send_start_replication(c);
+      else if (c->type == 'Z') {
+        /* Every connection finishes its startup first; START_REPLICATION then goes to all at once (main). */
+        c->state = READY;
+        handshakes_in_flight--;
+        ready_count++;
+      }
       return;
     case STARTING:
       if (c->type == 'W') {
         c->state = STREAMING;
-        handshakes_in_flight--;
         streaming_count++;
         send_status(c, 0);
       }
@@ -325,6 +335,7 @@ static void open_connection(struct conn *c) {
   int one = 1;
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   handshakes_in_flight++;
+  if (first_connect_ns < 0) first_connect_ns = now_ns();
   c->state = CONNECTING;
   struct epoll_event event = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP, .data.u32 = (uint32_t)c->index };
   epoll_ctl(epoll_fd, EPOLL_CTL_ADD, c->fd, &event);
@@ -375,12 +386,13 @@ static void print_done(int timed_out) {
   int64_t end = last_done_ns > 0 ? last_done_ns : now_ns();
   double wall = first_start_ns > 0 ? (double)(end - first_start_ns) / 1e9 : 0;
   double setup = all_streaming_ns > 0 ? (double)(all_streaming_ns - first_start_ns) / 1e9 : -1;
+  double connect = all_ready_ns > 0 ? (double)(all_ready_ns - first_connect_ns) / 1e9 : -1;
   printf("{\"event\":\"done\",\"connections\":%d,\"completed\":%d,\"failed\":%d,\"timedOut\":%s,\"bytesTotal\":%llu,"
-         "\"bytesMin\":%llu,\"bytesMax\":%llu,\"messages\":%llu,\"wallSeconds\":%.6f,\"setupSeconds\":%.6f,"
+         "\"bytesMin\":%llu,\"bytesMax\":%llu,\"messages\":%llu,\"wallSeconds\":%.6f,\"setupSeconds\":%.6f,\"connectSeconds\":%.6f,"
          "\"cpuUserSeconds\":%.6f,\"cpuSystemSeconds\":%.6f,\"latencyRecords\":%zu,\"error\":\"",
          options.connections, finished_count - failed_count, failed_count, timed_out ? "true" : "false",
          (unsigned long long)total, (unsigned long long)(least == UINT64_MAX ? 0 : least), (unsigned long long)most,
-         (unsigned long long)messages, wall, setup, cpu_seconds(usage.ru_utime), cpu_seconds(usage.ru_stime), latency_count);
+         (unsigned long long)messages, wall, setup, connect, cpu_seconds(usage.ru_utime), cpu_seconds(usage.ru_stime), latency_count);
   for (const char *p = first_error; *p; p++) {
     if (*p == '"' || *p == '\\') putchar('\\');
     putchar((unsigned char)*p >= 0x20 ? *p : ' ');
@@ -397,6 +409,18 @@ static void write_latency_log(void) {
   fclose(f);
 }
 
+/* Reads stdin up to a newline or EOF, unbuffered, so later poll()s see only newer input. */
+static void wait_for_stdin_line(void) {
+  char byte;
+  while (read(0, &byte, 1) == 1 && byte != '\n') {}
+}
+
+/* Sends START_REPLICATION to every connection that finished startup, back to back. */
+static void start_all(void) {
+  first_start_ns = now_ns();
+  for (int i = 0; i < options.connections; i++) if (conns[i].state == READY) send_start_replication(&conns[i]);
+}
+
 static int stdin_says_stop(void) {
   struct pollfd p = { 0, POLLIN, 0 };
   return poll(&p, 1, 0) > 0;
@@ -404,7 +428,7 @@ static int stdin_says_stop(void) {
 
 static void usage(void) {
   fprintf(stderr, "usage: wal-consumer --port P [--host H] [--connections N] --start X/X --bytes B [--timeline T]\n"
-                  "       [--app-name NAME] [--user NAME] [--latency-log FILE] [--timeout-ms MS] [--raw]\n");
+                  "       [--app-name NAME] [--user NAME] [--latency-log FILE] [--timeout-ms MS] [--wait-start] [--raw]\n");
   exit(2);
 }
 
@@ -413,6 +437,7 @@ static void parse_arguments(int argc, char **argv) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--raw") == 0) { options.raw = 1; continue; }
+    if (strcmp(a, "--wait-start") == 0) { options.wait_start = 1; continue; }
     if (v == NULL) usage();
     i++;
     if (strcmp(a, "--host") == 0) options.host = v;
@@ -454,6 +479,13 @@ int main(int argc, char **argv) {
       if (events[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) on_readable(c, scratch);
     }
     open_more();
+    if (!options.raw && all_ready_ns < 0 && ready_count + failed_count == options.connections) {
+      all_ready_ns = now_ns();
+      printf("{\"event\":\"ready\",\"connections\":%d,\"failed\":%d}\n", ready_count, failed_count);
+      fflush(stdout);
+      if (options.wait_start) wait_for_stdin_line();
+      start_all();
+    }
     if (all_streaming_ns < 0 && streaming_count + failed_count == options.connections) {
       all_streaming_ns = now_ns();
       printf("{\"event\":\"streaming\",\"connections\":%d,\"failed\":%d}\n", streaming_count, failed_count);
@@ -469,7 +501,7 @@ int main(int argc, char **argv) {
   print_done(timed_out);
   write_latency_log();
   /* Hold the connections until the harness has read the server's accounting (stdin EOF or one line). */
-  if (!stop_requested) { char line[16]; if (fgets(line, sizeof line, stdin) == NULL) { /* EOF */ } }
+  if (!stop_requested) wait_for_stdin_line();
   for (int i = 0; i < options.connections; i++) if (conns[i].fd >= 0) close(conns[i].fd);
   return failed_count > 0 || timed_out ? 1 : 0;
 }

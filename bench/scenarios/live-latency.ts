@@ -57,6 +57,9 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
       timeoutMs: context.plan.runTimeoutMs,
       latencyLog: log,
     });
+    await consumer.ready;
+    meter.restartCpu();
+    consumer.start();
     const streaming = await consumer.streaming;
     if (streaming.failed > 0) throw new Error(`${streaming.failed} of ${replicas} replicas failed to start`);
     await sleep(SETTLE_MS);

@@ -81,6 +81,9 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
       timeoutMs: context.plan.runTimeoutMs,
       pgTimelineId: context.wal.pgTimelineId,
     });
+    await consumer.ready;
+    meter.restartCpu();
+    consumer.start();
     const result = await consumer.done;
     const cost = await meter.finish(options.replicas);
     const probed = await probe?.stop();
@@ -99,6 +102,7 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
       bytesReceived: result.bytesTotal,
       wallSeconds: result.wallSeconds,
       setupSeconds: result.setupSeconds,
+      connectSeconds: result.connectSeconds,
       throughputMBps: result.bytesTotal / BYTES_PER_MB / result.wallSeconds,
       serverCpuSeconds: cost.cpuSeconds,
       serverCpuSecondsPerGB: cost.cpuSeconds / (result.bytesTotal / BYTES_PER_GB),
