@@ -140,12 +140,15 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     cleanups.push(() => serve.stop());
     await fixture.standby.stop();
     fixture.standby = await fixture.standbyBase.startWithUpstream(port);
-    const load = fixture.primary.pgbench(['-c', '4', '-T', '8', '-n']);
-    await sleep(3000);
-    serve.kill9();
-    await serve.exited;
-    t.diagnostic(`killed walcast at primary flush ${await fixture.primary.sql('SELECT pg_current_wal_flush_lsn()')}`);
-    serve = await spawnServe(dataDirC, port);
+    const load = fixture.primary.pgbench(['-c', '4', '-T', '10', '-n']);
+    // Two crashes at different moments of the load; each restart recovers from what the previous one left.
+    for (const delayMs of [2500, 1700]) {
+      await sleep(delayMs);
+      serve.kill9();
+      await serve.exited;
+      t.diagnostic(`killed walcast at primary flush ${await fixture.primary.sql('SELECT pg_current_wal_flush_lsn()')}`);
+      serve = await spawnServe(dataDirC, port);
+    }
     await load;
     await fixture.primary.sql('INSERT INTO ingest_rows (id) VALUES (3001)');
     const primaryEnd = parseLsnOrThrow(await fixture.primary.sql('SELECT pg_current_wal_flush_lsn()'));
