@@ -105,8 +105,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return env.Undefined();
   }
 
+  // The engine while it is open; nullptr before construction succeeded or after close().
+  Engine* Live() const { return engine_ && !engine_->closed() ? engine_.get() : nullptr; }
+
   bool RequireOpen(Napi::Env env) {
-    if (engine_) return true;
+    if (Live() != nullptr) return true;
     Napi::Error::New(env, "the native engine is closed").ThrowAsJavaScriptException();
     return false;
   }
@@ -171,7 +174,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     REQUIRE_ARGUMENT_COUNT(info, 1);
     uint64_t id = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
-    if (!engine_) return Napi::Boolean::New(info.Env(), true);
+    if (Live() == nullptr) return Napi::Boolean::New(info.Env(), true);
     return Napi::Boolean::New(info.Env(), engine_->Flush(id));
   }
 
@@ -179,7 +182,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     REQUIRE_ARGUMENT_COUNT(info, 1);
     uint64_t id = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
-    if (engine_) engine_->CloseStream(id);
+    if (Live() != nullptr) engine_->CloseStream(id);
     return info.Env().Undefined();
   }
 
@@ -187,7 +190,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     REQUIRE_ARGUMENT_COUNT(info, 1);
     uint64_t id = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
-    return Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->BytesSent(id)) : 0.0);
+    return Napi::Number::New(info.Env(), Live() != nullptr ? static_cast<double>(engine_->BytesSent(id)) : 0.0);
   }
 
   // prefetch(fd, offset, count, token) -> true when cached now; else a prefetched event with token follows
@@ -220,8 +223,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
+    // Closed, not destroyed: close() may be called from inside an event callback, which runs on the engine's
+    // stack; the object goes with this wrapper.
     if (engine_) engine_->Close();
-    engine_.reset();
     return info.Env().Undefined();
   }
 
@@ -230,7 +234,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     for (const Event& event : events) {
-      if (!engine_) return;  // closed by an earlier callback of this batch
+      if (Live() == nullptr) return;  // closed by an earlier callback of this batch
       Napi::Value error = env.Undefined();
       if (event.kind == EventKind::kFailed) error = MakeNativeError(env, event.failure);
       if (error.IsEmpty()) error = env.Undefined();

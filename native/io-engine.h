@@ -163,6 +163,7 @@ class Engine {
   void Close();
 
   Strategy strategy() const { return strategy_; }
+  bool closed() const { return closed_; }
   bool ring_ready() const { return ring_ready_; }
   size_t stream_count() const { return streams_.size(); }
   size_t mapped_file_count() const { return maps_.size(); }

@@ -16,7 +16,7 @@ import { constants as osConstants } from 'node:os';
 import { isWalcastError } from '../src/errors.js';
 import type { IoBackend, StreamWriter, WalChunk, WalFileHandle } from '../src/io/backend.js';
 import { NATIVE_STRATEGIES, createNativeBackend, probeNative, type NativeStrategy } from '../src/io/native-backend.js';
-import { NativeIoError, loadNativeAddon } from '../src/io/native-binding.js';
+import { NativeIoError, loadNativeAddon, type NativeEngine } from '../src/io/native-binding.js';
 import { createTsBackend } from '../src/io/ts-backend.js';
 
 /** Small segments keep the files tiny while every range still crosses boundaries. */
@@ -408,6 +408,41 @@ describe('native errors', { skip }, () => {
       assert.throws(() => engine.openStream(999_999), (error: unknown) => error instanceof NativeIoError && error.code === 'EBADF' && error.syscall === 'dup');
     } finally {
       engine.close();
+    }
+  });
+
+  test('closing the engine from inside its own event callback is safe', async () => {
+    const loaded = loadNativeAddon();
+    assert.ok(loaded.ok);
+    const loopback = await listen();
+    const { client, server } = await connectPair(loopback);
+    client.pause();
+    let events = 0;
+    let closedInside: () => void = () => undefined;
+    const closed = new Promise<void>((resolve) => (closedInside = resolve));
+    const engine: NativeEngine = new loaded.addon.Engine(0, () => {
+      events++;
+      engine.close();
+      closedInside();
+    });
+    try {
+      const id = engine.openStream((server as unknown as { _handle: { fd: number } })._handle.fd);
+      const file = segments[0]!.handle;
+      // Fill the paused receiver's buffers until the engine queues, then let it drain: a space event follows.
+      let status = 0;
+      for (let offset = 0; status !== 2 && offset < 64 * SEGMENT_BYTES; offset += CHUNK_BYTES_MAX) {
+        status = engine.sendChunk(id, Buffer.alloc(HEADER_BYTES), file.fd, offset % SEGMENT_BYTES, CHUNK_BYTES_MAX);
+      }
+      assert.equal(status, 2, 'the stream reached its in-flight bound');
+      client.resume();
+      await closed;
+      assert.equal(events, 1, 'no events after close');
+      assert.throws(() => engine.openStream(0), /closed/);
+    } finally {
+      engine.close();
+      client.destroy();
+      server.destroy();
+      loopback.server.close();
     }
   });
 
