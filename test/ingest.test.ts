@@ -207,6 +207,24 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH');
     assert.match(follower.failure?.message ?? '', /timeline 1 .* timeline 2/);
     assert.equal(soleTimeline(walcastD).hasWriter(), false, 'no writer stays attached after the switch');
+
+    // A timeline created from the promoted server keeps its TLI and history: walcast answers as it would.
+    const dataDirE = await makeTempDir('walcast-ingest-e');
+    const createdE = await createFollowingTimeline({ dataDir: dataDirE, upstream: `host=127.0.0.1 port=${cascade.port} user=repl`, password: undefined, log: silentLogger() });
+    assert.equal(createdE.pgTimelineId, 2);
+    assert.deepEqual(createdE.historyFiles, ['00000002.history']);
+    const walcastE = await startWalcast({ dataDir: dataDirE });
+    cleanups.push(() => walcastE.stop());
+    const client = await connectReplication({ host: '127.0.0.1', port: walcastE.port, user: 'repl', timeoutMs: 10_000 });
+    try {
+      const identity = await client.query('IDENTIFY_SYSTEM');
+      assert.equal(identity.rows[0]?.[1], '2');
+      const history = await client.query('TIMELINE_HISTORY 2');
+      assert.equal(history.rows[0]?.[0], '00000002.history');
+      assert.equal(history.rows[0]?.[1], await readFile(join(cascade.dataDir, 'pg_wal', '00000002.history'), 'utf8'));
+    } finally {
+      await client.end();
+    }
   });
 
   test('timeline create refuses an inline password and reports an unreachable upstream', async () => {
