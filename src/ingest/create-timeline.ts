@@ -73,15 +73,23 @@ export async function createFollowingTimeline(options: CreateTimelineOptions): P
   if (await exists(dir)) throw new WalcastError('WALCAST_ERR_TIMELINE_EXISTS', `timeline ${tenantId}/${timelineId} already exists in ${options.dataDir}`);
   const client = await connectUpstream(options, conninfo);
   let facts: UpstreamFacts;
-  let slotName: string | undefined;
+  let slot: SlotOutcome;
+  let startLsn: Lsn;
   try {
     facts = await readUpstreamFacts(client);
-    slotName = await createSlot(client, upstreamSlotName(timelineId), options.log);
+    startLsn = chooseStart(options.startLsn, facts);
+    slot = await createSlot(client, upstreamSlotName(timelineId), options.log);
+    try {
+      await layOutTimeline({ dataDir: options.dataDir, tenantId, timelineId, dir, facts, startLsn, upstream: formatConnInfo(conninfo) });
+    } catch (error) {
+      // A slot nobody follows would hold the upstream's WAL forever: take back the one this call made.
+      if (slot.created) await client.query(`DROP_REPLICATION_SLOT "${slot.name}"`).catch(() => undefined);
+      throw error;
+    }
   } finally {
     await client.end().catch(() => undefined);
   }
-  const startLsn = chooseStart(options.startLsn, facts);
-  await layOutTimeline({ dataDir: options.dataDir, tenantId, timelineId, dir, facts, startLsn, upstream: formatConnInfo(conninfo) });
+  const slotName = slot.name;
   options.log.info({ tenantId, timelineId, startLsn: formatLsn(startLsn), pgTimelineId: facts.pgTimelineId, slot: slotName ?? null }, 'timeline created');
   return {
     tenantId,
@@ -140,19 +148,26 @@ async function upstreamQuery(client: UpstreamClient, sql: string): Promise<Await
   }
 }
 
+interface SlotOutcome {
+  /** The slot reserving WAL upstream, or undefined when the upstream has no slots. */
+  readonly name: string | undefined;
+  /** Whether this call created it (and so may drop it again on failure). */
+  readonly created: boolean;
+}
+
 /** CREATE_REPLICATION_SLOT ... PHYSICAL RESERVE_WAL; an existing slot is reused, a slotless upstream is logged. */
-async function createSlot(client: UpstreamClient, slotName: string, log: Logger): Promise<string | undefined> {
+async function createSlot(client: UpstreamClient, slotName: string, log: Logger): Promise<SlotOutcome> {
   try {
     await client.query(`CREATE_REPLICATION_SLOT "${slotName}" PHYSICAL RESERVE_WAL`);
-    return slotName;
+    return { name: slotName, created: true };
   } catch (error) {
     if (error instanceof ServerError && error.sqlState === SQLSTATE_DUPLICATE_OBJECT) {
       log.info({ slot: slotName }, 'the upstream slot exists already: reusing it');
-      return slotName;
+      return { name: slotName, created: false };
     }
     if (error instanceof ServerError && error.sqlState === SQLSTATE_FEATURE_NOT_SUPPORTED) {
       log.warn({ slot: slotName, reason: error.message }, 'the upstream does not support replication slots: following without one');
-      return undefined;
+      return { name: undefined, created: false };
     }
     throw new WalcastError('WALCAST_ERR_UPSTREAM', `the upstream refused CREATE_REPLICATION_SLOT: ${(error as Error).message}`, { cause: error });
   }
