@@ -235,6 +235,7 @@ for (const strategy of NATIVE_STRATEGIES) {
       const before = openFdCount();
       const units = planRange(0, SEGMENT_COUNT * SEGMENT_BYTES);
       let rejected = 0;
+      let inFlightAtReset = 0;
       const round = async (): Promise<void> => {
         const { client, server } = await connectPair(loopback);
         client.pause();
@@ -248,7 +249,11 @@ for (const strategy of NATIVE_STRATEGIES) {
           assert.ok(isWalcastError(error, 'WALCAST_ERR_STREAM_IO'), `unexpected ${String(error)}`);
           rejected++;
         });
+        let settled = false;
+        void sending.finally(() => (settled = true));
+        // sendAll only yields to the event loop when a unit waits natively for room: that is the moment to reset.
         await new Promise((resolve) => setImmediate(resolve));
+        if (!settled) inFlightAtReset++;
         client.resetAndDestroy();
         await sending;
         await writer.release();
@@ -258,6 +263,7 @@ for (const strategy of NATIVE_STRATEGIES) {
         await Promise.all(Array.from({ length: DISCONNECT_PARALLEL }, round));
       }
       assert.equal(rejected, DISCONNECT_ROUNDS, 'every sender saw its receiver disconnect');
+      assert.equal(inFlightAtReset, DISCONNECT_ROUNDS, 'every reset hit a stream with a send in flight');
       // Closing sockets finish on later loop turns; wait (bounded) until the count settles.
       for (let attempt = 0; attempt < 100 && openFdCount() > before; attempt++) await new Promise((resolve) => setTimeout(resolve, 20));
       assert.equal(openFdCount(), before, 'open descriptors back to the starting count');
