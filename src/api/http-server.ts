@@ -135,7 +135,7 @@ function timelineRoute(view: ServerView, tenantText: string, timelineText: strin
   if (!ID_PATTERN.test(timelineId)) return jsonReply(400, 'bad_request', `timeline_id must be 32 hex digits, got "${timelineText}"`);
   const timeline = view.timelines.get(tenantId, timelineId);
   if (timeline === undefined) return jsonReply(404, 'not_found', `timeline ${tenantId}/${timelineId} is not served here`);
-  return jsonOk(timelineStatus(timeline, now));
+  return jsonOk(timelineStatus(timeline, now, view.upstreamStatus?.(timeline.tenantId, timeline.timelineId)));
 }
 
 /** A malformed %-escape is the client's mistake: keep the raw text, which then fails the id check with a 400. */

@@ -53,6 +53,8 @@ export async function startOperationsApi(options: OperationsApiOptions): Promise
       ...(api === undefined ? {} : { http: formatListenAddress(api.address()) }),
     }),
     connectionCount: () => server.connectionCount(),
+    upstreamStatus: (tenantId, timelineId) =>
+      server.ingest?.followers.map((follower) => follower.status()).find((status) => status.tenantId === tenantId && status.timelineId === timelineId),
   };
   api = await startHttpApi({ listen: options.settings.listen, authToken: options.settings.authToken, view, metrics: options.metrics, log: options.log });
   const address = api.address();

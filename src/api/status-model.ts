@@ -6,6 +6,7 @@
  * Pure: it reads registries and returns plain objects (LSNs as "X/Y" strings, 64-bit ids as bigint, which
  * json.ts writes as exact numbers). The HTTP layer decides routes and status codes; this decides content.
  */
+import type { UpstreamStatus } from '../ingest/follower.js';
 import assert from 'node:assert/strict';
 import { formatLsn, type Lsn } from '../lsn.js';
 import type { HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../replication/feedback.js';
@@ -28,6 +29,8 @@ export interface ServerView {
   /** "host:port" per protocol, e.g. { postgres: "127.0.0.1:5454", http: "127.0.0.1:7676" }. */
   listenAddresses(): Record<string, string>;
   connectionCount(): number;
+  /** Live ingest of a timeline, when it follows an upstream. */
+  upstreamStatus?(tenantId: string, timelineId: string): UpstreamStatus | undefined;
 }
 
 export function serverStatus(view: ServerView, now: Date): Record<string, unknown> {
@@ -58,7 +61,7 @@ export function timelineSummary(timeline: Timeline): Record<string, unknown> {
 }
 
 /** Neon's TimelineStatus fields that apply to walcast, then walcast's own. */
-export function timelineStatus(timeline: Timeline, now: Date): Record<string, unknown> {
+export function timelineStatus(timeline: Timeline, now: Date, upstream?: UpstreamStatus): Record<string, unknown> {
   const commitLsn = timeline.commitLsn.get();
   const aggregates = timeline.replicas.aggregates();
   return {
@@ -73,6 +76,7 @@ export function timelineStatus(timeline: Timeline, now: Date): Record<string, un
     walsenders: timeline.replicas.snapshot().map((replica) => walsenderStatus(timeline, replica, commitLsn, now)),
     walreceivers: [],
     // walcast's additions.
+    upstream: upstream === undefined ? null : upstreamDocument(upstream),
     pg_timeline_id: timeline.pgTimelineId,
     has_writer: timeline.hasWriter(),
     aggregates: {
@@ -83,6 +87,19 @@ export function timelineStatus(timeline: Timeline, now: Date): Record<string, un
       standby_apply_lsn: optionalLsn(aggregates.standbyApplyLsn),
       pageserver_laggard_lsn: optionalLsn(aggregates.pageserverLaggardLsn),
     },
+  };
+}
+
+function upstreamDocument(status: UpstreamStatus): Record<string, unknown> {
+  return {
+    upstream: status.upstream,
+    state: status.state,
+    failure: status.failure ?? null,
+    bytes_received: status.bytesReceived,
+    messages_received: status.messagesReceived,
+    status_updates_sent: status.statusSent,
+    hot_standby_feedback_sent: status.hotStandbySent,
+    connects: status.connects,
   };
 }
 

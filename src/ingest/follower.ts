@@ -65,6 +65,16 @@ export interface FollowerOptions {
   readonly connect?: UpstreamConnect;
 }
 
+/** A follower as the operations API reports it (src/api reads this, never the follower itself). */
+export interface UpstreamStatus extends FollowerStats {
+  readonly tenantId: string;
+  readonly timelineId: string;
+  /** host:port of the upstream; never the connection string, which may name a password file. */
+  readonly upstream: string;
+  readonly state: FollowerState;
+  readonly failure: string | undefined;
+}
+
 export interface FollowerStats {
   bytesReceived: number;
   messagesReceived: number;
@@ -110,6 +120,18 @@ export class UpstreamFollower {
 
   get state(): FollowerState {
     return this.stateValue;
+  }
+
+  /** What the operations API shows of this follower. */
+  status(): UpstreamStatus {
+    return {
+      tenantId: this.timeline.tenantId,
+      timelineId: this.timeline.timelineId,
+      upstream: `${this.options.conninfo.host}:${this.options.conninfo.port}`,
+      state: this.stateValue,
+      failure: this.fatal?.message,
+      ...this.stats,
+    };
   }
 
   /** The error that stopped ingest for good (timeline switch, write failure), if any. */
