@@ -231,6 +231,37 @@ for (const strategy of NATIVE_STRATEGIES) {
       server.destroy();
     });
 
+    test('a message sent while a chunk waits for room lands right after the chunks already accepted', async () => {
+      // 12 MiB: more than loopback socket buffers hold, so the sender must wait with a paused receiver.
+      const once = planRange(0, SEGMENT_COUNT * SEGMENT_BYTES, 1_000_000);
+      const units = [...once, ...once, ...once, ...once];
+      const { client, server } = await connectPair(loopback);
+      client.pause();
+      const writer = await backend.openStream(server);
+      let accepted = 0;
+      const sending = (async () => {
+        for (const unit of units) {
+          assert.equal(unit.kind, 'chunk');
+          if (unit.kind === 'chunk') await writer.sendChunk(unit.header, unit.chunk);
+          accepted++;
+        }
+      })();
+      // The first macrotask turn comes only once a sendChunk waits for room (the paused receiver is full).
+      await new Promise((resolve) => setImmediate(resolve));
+      const keepalive = Buffer.from('keepalive-reply');
+      const before = accepted + 1; // the chunk being awaited is already queued natively
+      await writer.sendMessage(keepalive);
+      assert.ok(before < units.length, 'the message went in while chunks were still pending');
+      const expected = Buffer.concat([expectedBytes(units.slice(0, before)), keepalive, expectedBytes(units.slice(before))]);
+      const received = collect(client, expected.length);
+      client.resume();
+      await sending;
+      await writer.release();
+      assert.ok((await received).equals(expected));
+      client.destroy();
+      server.destroy();
+    });
+
     test('1,000 receivers that disconnect with a send in flight: no crash, descriptors back to the start', async () => {
       const before = openFdCount();
       const units = planRange(0, SEGMENT_COUNT * SEGMENT_BYTES);
