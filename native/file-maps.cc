@@ -12,6 +12,8 @@ namespace walcast {
 namespace {
 // Expired cache entries are swept once the table grows past this many files (16 MiB segments: 1 GiB mapped).
 constexpr size_t kMapEntriesBeforePrune = 64;
+// Files kept mapped after their last user (address space only; a deleted segment's blocks are freed later).
+constexpr size_t kRecentMapsKept = 16;
 }  // namespace
 
 FileMap::~FileMap() {
@@ -28,7 +30,10 @@ std::shared_ptr<FileMap> FileMapCache::Get(int fd, uint64_t end_offset, Failure*
   auto found = maps_.find(key);
   if (found != maps_.end()) {
     std::shared_ptr<FileMap> map = found->second.lock();
-    if (map && map->length >= end_offset) return map;
+    if (map && map->length >= end_offset) {
+      KeepRecent(map);
+      return map;
+    }
   }
   // A new file, or one that grew past its mapping (the segment being written): map its current size. Older
   // mappings stay alive as long as queued chunks still point into them.
@@ -45,8 +50,15 @@ std::shared_ptr<FileMap> FileMapCache::Get(int fd, uint64_t end_offset, Failure*
   auto map = std::make_shared<FileMap>(static_cast<const uint8_t*>(base), file_bytes);
   if (maps_.size() >= kMapEntriesBeforePrune) PruneExpired();
   maps_[key] = map;
+  KeepRecent(map);
   assert(map->length >= end_offset);
   return map;
+}
+
+void FileMapCache::KeepRecent(const std::shared_ptr<FileMap>& map) {
+  if (!recent_.empty() && recent_.front() == map) return;
+  recent_.push_front(map);
+  if (recent_.size() > kRecentMapsKept) recent_.pop_back();
 }
 
 void FileMapCache::PruneExpired() {

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <utility>
@@ -31,6 +32,10 @@ class FileMapCache {
 
  private:
   void PruneExpired();
+  void KeepRecent(const std::shared_ptr<FileMap>& map);
+  // The last few files stay mapped even with no stream on them, so prefetch checks (mincore) on the sendfile
+  // strategy do not mmap and munmap a segment for every call.
+  std::deque<std::shared_ptr<FileMap>> recent_;
   // Keyed by (st_dev, st_ino), never by fd: storage closes and reuses descriptor numbers.
   std::map<std::pair<dev_t, ino_t>, std::weak_ptr<FileMap>> maps_;
 };

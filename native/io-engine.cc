@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -26,25 +27,6 @@ constexpr uint64_t kOpSend = 1;
 constexpr uint64_t kOpRead = 2;
 constexpr uint64_t kOpCancel = 3;
 constexpr uint64_t kOpMask = (1u << kOpBits) - 1;
-
-#ifndef __NR_cachestat
-// cachestat(2), Linux 6.5; the same number in the generic and x86-64 tables.
-constexpr long kCachestatSyscall = 451;
-#else
-constexpr long kCachestatSyscall = __NR_cachestat;
-#endif
-
-struct CachestatRange {
-  uint64_t offset;
-  uint64_t length;
-};
-struct Cachestat {
-  uint64_t nr_cache;
-  uint64_t nr_dirty;
-  uint64_t nr_writeback;
-  uint64_t nr_evicted;
-  uint64_t nr_recently_evicted;
-};
 
 uint64_t Tag(uint64_t id, uint64_t op) { return (id << kOpBits) | op; }
 
@@ -72,7 +54,8 @@ void SendUnit::Advance(size_t bytes) {
   assert(payload_sent <= payload_bytes);
 }
 
-Engine::Engine(Strategy strategy, EventSink sink) : strategy_(strategy), sink_(std::move(sink)) {}
+Engine::Engine(Strategy strategy, EventSink sink)
+    : strategy_(strategy), sink_(std::move(sink)), page_bytes_(static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) {}
 
 std::unique_ptr<Engine> Engine::Create(Strategy strategy, uv_loop_t* loop, EventSink sink, Failure* failure) {
   std::unique_ptr<Engine> engine(new Engine(strategy, std::move(sink)));
@@ -639,38 +622,31 @@ void Engine::OnSendCompletion(uint64_t id, int result) {
   KickUring(*stream);
 }
 
-bool Engine::IsCached(int fd, uint64_t offset, size_t byte_count) {
-  if (!cachestat_available_) return false;
-  CachestatRange range{offset, byte_count};
-  Cachestat stat{};
-  if (syscall(kCachestatSyscall, fd, &range, &stat, 0) != 0) {
-    if (errno == ENOSYS) cachestat_available_ = false;
-    return false;
-  }
-  const uint64_t page_bytes = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  const uint64_t pages = (offset + byte_count - 1) / page_bytes - offset / page_bytes + 1;
-  return stat.nr_cache >= pages;
-}
-
-// Present in the cache is not enough: readahead inserts pages before their read completes, and a sendfile that
-// meets such a page sleeps on it (measured: 2-8 ms event-loop stalls right after cachestat said "cached"). A
-// RWF_NOWAIT read fails with EAGAIN, or comes back short, unless every page is up to date; reading into one 4 KiB
-// buffer again and again makes that check a cache-hot copy rather than a second 128 KiB buffer.
+// "In the page cache" must mean "up to date": readahead inserts pages before their read completes, and a sendfile
+// that meets such a page sleeps on it (measured: 2-8 ms stalls right after cachestat(2) said "cached").
+// mincore(2) on a mapping of the file reports a page only once it is up to date (mm/mincore.c mincore_page:
+// folio_test_uptodate), costs a page-cache lookup per page and copies nothing. The mapping comes from the
+// shared cache, so no page tables are populated for it.
 bool Engine::IsUpToDate(int fd, uint64_t offset, size_t byte_count) {
   assert(byte_count > 0 && byte_count <= kPrefetchBytesMax);
-  std::array<struct iovec, kResidencyIovecsMax> iov;
-  size_t count = 0;
-  for (size_t covered = 0; covered < byte_count; covered += kResidencyProbeBytes) {
-    iov[count++] = {probe_.data(), std::min(kResidencyProbeBytes, byte_count - covered)};
+  Failure ignored;
+  std::shared_ptr<FileMap> map = maps_.Get(fd, offset + byte_count, &ignored);
+  if (!map) return false;
+  const uint64_t page_bytes = page_bytes_;
+  const uint64_t first = offset / page_bytes * page_bytes;
+  const size_t span = static_cast<size_t>(offset + byte_count - first);
+  std::array<unsigned char, kResidencyPagesMax> pages;
+  assert((span + page_bytes - 1) / page_bytes <= pages.size());
+  if (mincore(const_cast<uint8_t*>(map->base + first), span, pages.data()) != 0) return false;
+  for (size_t index = 0; index < (span + page_bytes - 1) / page_bytes; index++) {
+    if ((pages[index] & 1) == 0) return false;
   }
-  ssize_t got = preadv2(fd, iov.data(), static_cast<int>(count), static_cast<off_t>(offset), RWF_NOWAIT);
-  return got == static_cast<ssize_t>(byte_count);
+  return true;
 }
 
 int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t token, Failure* failure) {
   assert(byte_count > 0 && byte_count <= kPrefetchBytesMax);
-  // cachestat first: a cold range goes to io_uring without starting readahead on this thread.
-  if ((!cachestat_available_ || IsCached(file_fd, offset, byte_count)) && IsUpToDate(file_fd, offset, byte_count)) return 1;
+  if (IsUpToDate(file_fd, offset, byte_count)) return 1;
   if (!ring_ready_) {
     // No ring: ask for readahead and hope; sendfile may then block on a miss (documented fallback).
     posix_fadvise(file_fd, static_cast<off_t>(offset), static_cast<off_t>(byte_count), POSIX_FADV_WILLNEED);

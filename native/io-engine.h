@@ -57,10 +57,8 @@ static_assert(kPayloadBytesMax <= kPrefetchBytesMax, "one chunk fits one prefetc
 static_assert(kQueuedUnitsSoftMax < kQueuedUnitsHardMax, "messages can pass the soft bound");
 static_assert(kHeaderBytesMax >= 30, "the XLogData CopyData header fits inline");
 
-// The RWF_NOWAIT residency check reads the range into this one small buffer over and over (cache-hot copies).
-constexpr size_t kResidencyProbeBytes = 4096;
-constexpr size_t kResidencyIovecsMax = kPrefetchBytesMax / kResidencyProbeBytes;
-static_assert(kResidencyIovecsMax <= 1024, "the residency check stays within IOV_MAX");
+// mincore() result bytes for one prefetch request: its pages at 4 KiB, plus one when it is not page-aligned.
+constexpr size_t kResidencyPagesMax = kPrefetchBytesMax / 4096 + 1;
 
 enum class EventKind : int { kSpace = 1, kDrained = 2, kFailed = 3, kPrefetched = 4 };
 
@@ -195,7 +193,6 @@ class Engine {
   void OnSendCompletion(uint64_t id, int result);
   void OnReadCompletion(uint64_t slot, int result);
   void StartRead(PrefetchRead&& read);
-  bool IsCached(int fd, uint64_t offset, size_t byte_count);
   bool IsUpToDate(int fd, uint64_t offset, size_t byte_count);
 
   static void OnPoll(uv_poll_t* handle, int status, int events);
@@ -216,7 +213,7 @@ class Engine {
   io_uring ring_{};
   bool ring_ready_ = false;
   bool ring_dirty_ = false;
-  bool cachestat_available_ = true;
+  uint64_t page_bytes_;
   bool closed_ = false;
   uint64_t next_stream_id_ = 1;
   uint64_t next_read_slot_ = 1;
@@ -227,7 +224,6 @@ class Engine {
   std::unordered_map<uint64_t, PrefetchRead> reads_in_flight_;
   std::deque<PrefetchRead> reads_waiting_;
   std::unique_ptr<uint8_t[]> scratch_;
-  std::array<uint8_t, kResidencyProbeBytes> probe_{};
 };
 
 }  // namespace walcast

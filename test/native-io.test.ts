@@ -11,7 +11,7 @@ import { appendFileSync, closeSync, mkdtempSync, openSync, readdirSync, rmSync, 
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import { constants as osConstants } from 'node:os';
 import { isWalcastError } from '../src/errors.js';
 import type { IoBackend, StreamWriter, WalChunk, WalFileHandle } from '../src/io/backend.js';
@@ -125,6 +125,13 @@ async function listen(): Promise<Loopback> {
   return loopback;
 }
 
+/** Every socket a test opened: destroyed after each test, so a failed assertion cannot leave a server hanging. */
+const openSockets: Socket[] = [];
+
+afterEach(() => {
+  for (const socket of openSockets.splice(0)) socket.destroy();
+});
+
 /** Connects a client and returns both ends. */
 async function connectPair(loopback: Loopback): Promise<{ client: Socket; server: Socket }> {
   const serverSide = new Promise<Socket>((resolve) => {
@@ -134,8 +141,11 @@ async function connectPair(loopback: Loopback): Promise<{ client: Socket; server
   });
   const client = createConnection({ host: '127.0.0.1', port: loopback.port });
   client.on('error', () => undefined);
+  openSockets.push(client);
   await new Promise<void>((resolve) => client.once('connect', () => resolve()));
-  return { client, server: await serverSide };
+  const server = await serverSide;
+  openSockets.push(server);
+  return { client, server };
 }
 
 /** Collects everything the client receives until it has `byteCount` bytes. */
@@ -232,9 +242,9 @@ for (const strategy of NATIVE_STRATEGIES) {
     });
 
     test('a message sent while a chunk waits for room lands right after the chunks already accepted', async () => {
-      // 12 MiB: more than loopback socket buffers hold, so the sender must wait with a paused receiver.
+      // 48 MiB: far more than loopback socket buffers hold, so the sender must wait with a paused receiver.
       const once = planRange(0, SEGMENT_COUNT * SEGMENT_BYTES, 1_000_000);
-      const units = [...once, ...once, ...once, ...once];
+      const units = Array.from({ length: 16 }, () => once).flat();
       const { client, server } = await connectPair(loopback);
       client.pause();
       const writer = await backend.openStream(server);
