@@ -9,6 +9,10 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { renderSvg } from '../bench/lib/report-svg.js';
+import { computeRatios, type RunRecord } from '../bench/lib/results.js';
+import { pairwiseRatio, percentile, summarize } from '../bench/lib/stats.js';
+import { commitLatenciesMs } from '../bench/scenarios/live-latency.js';
 import { makeTempDir } from './support/postgres.js';
 import { REPO_ROOT } from './support/walcast.js';
 
@@ -149,4 +153,46 @@ test('bench --smoke produces well-formed results and every consumer gets exactly
 
   const leftovers = await leftoverProcesses();
   assert.deepEqual(leftovers, [], 'no process started by the benchmark is left running');
+});
+
+test('bench statistics: min/median/max, nearest-rank percentiles, ratios paired by repetition', () => {
+  assert.deepEqual(summarize([3, 1, 2]), { min: 1, median: 2, max: 3, runs: 3 });
+  assert.deepEqual(summarize([4, 1, 2, 3]), { min: 1, median: 2.5, max: 4, runs: 4 });
+  assert.equal(summarize([Number.NaN]), undefined);
+  assert.equal(percentile([5, 1, 4, 2, 3], 50), 3);
+  assert.equal(percentile([5, 1, 4, 2, 3], 100), 5);
+  assert.equal(percentile([5, 1, 4, 2, 3], 1), 1);
+  // Run 1 of each side is missing: only rounds 0 and 2 pair up.
+  assert.deepEqual(pairwiseRatio([2, undefined, 9], [1, 5, 3]), { min: 2, median: 2.5, max: 3, runs: 2 });
+  const run = (server: string, repetition: number, throughputMBps: number): RunRecord => ({
+    scenario: 'catch-up', server, consumer: 'wal-consumer', replicas: 1, repetition, ok: true, bytesExpected: 1, bytesReceived: 1, throughputMBps,
+  });
+  const ratios = computeRatios([run('walcast-ts', 0, 100), run('postgres', 0, 50), run('walcast-native-sendfile', 0, 300), run('ceiling', 0, 600)]);
+  const find = (kind: string, numerator: string): number | undefined =>
+    ratios.find((ratio) => ratio.kind === kind && ratio.numerator === numerator && ratio.metric === 'throughputMBps')?.summary.median;
+  assert.equal(find('walcast/postgres', 'walcast-ts'), 2);
+  assert.equal(find('native/ts', 'walcast-native-sendfile'), 3);
+  assert.equal(find('walcast/ceiling', 'walcast-native-sendfile'), 0.5);
+  assert.equal(find('native/ts', 'walcast-ts'), undefined);
+});
+
+test('bench live latency: each commit meets the first arrival at or past its flush LSN, per replica', () => {
+  const record = (connection: number, endLsn: bigint, timeNs: bigint): Buffer => {
+    const buffer = Buffer.alloc(24);
+    buffer.writeBigUInt64LE(BigInt(connection), 0);
+    buffer.writeBigUInt64LE(endLsn, 8);
+    buffer.writeBigUInt64LE(timeNs, 16);
+    return buffer;
+  };
+  const log = Buffer.concat([record(0, 100n, 1_500_000n), record(1, 50n, 1_200_000n), record(1, 120n, 3_000_000n), record(0, 200n, 5_000_000n)]);
+  const commits = [{ sentNs: 1_000_000n, flushLsn: 100n }, { sentNs: 4_000_000n, flushLsn: 200n }];
+  // Replica 0: 0.5 ms and 1 ms; replica 1: 2 ms for the first commit, and never received the second.
+  assert.deepEqual(commitLatenciesMs(log, commits, 2), [0.5, 1, 2]);
+});
+
+test('bench chart: an SVG with no figures is still complete and balanced', () => {
+  const svg = renderSvg([], 'empty <run> & nothing');
+  assert.ok(svg.trimEnd().endsWith('</svg>'));
+  assert.ok(svg.includes('empty &lt;run&gt; &amp; nothing'), 'captions are escaped');
+  assertBalancedXml(svg);
 });
