@@ -5,8 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn, type Lsn } from '../../src/lsn.js';
 import { spawnTracked, type Tracked } from './processes.js';
+
+/** After stdin closes a consumer exits at once; one that does not within this is stopped. */
+const RELEASE_TIMEOUT_MS = 5_000;
 
 export interface ConsumerResult {
   readonly connections: number;
@@ -124,7 +128,9 @@ function wrapConsumer(tracked: Tracked): RunningConsumer {
     },
     release: async () => {
       tracked.child.stdin?.end();
-      await tracked.exited;
+      // A consumer released before its report (the run failed half-way) may still be streaming: stop it.
+      const exited = await Promise.race([tracked.exited.then(() => true), sleep(RELEASE_TIMEOUT_MS).then(() => false)]);
+      if (!exited) await tracked.stop();
     },
   };
 }

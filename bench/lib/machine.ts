@@ -4,7 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { cpus, release, totalmem } from 'node:os';
+import { cpus, loadavg, release, totalmem } from 'node:os';
 
 export interface MachineDescription {
   readonly date: string;
@@ -15,6 +15,8 @@ export interface MachineDescription {
   readonly node: string;
   readonly postgres: string;
   readonly walcastCommit: string;
+  /** 1/5/15-minute load averages when the measurements began: other work on the machine shows up here. */
+  readonly loadAverage: readonly number[];
 }
 
 export function describeMachine(postgresBinDir: string, repoRoot: string): MachineDescription {
@@ -27,6 +29,7 @@ export function describeMachine(postgresBinDir: string, repoRoot: string): Machi
     node: process.version,
     postgres: commandOutput(`${postgresBinDir}/postgres`, ['--version']),
     walcastCommit: commandOutput('git', ['-C', repoRoot, 'rev-parse', '--short', 'HEAD']),
+    loadAverage: loadavg().map((value) => Number(value.toFixed(2))),
   };
 }
 

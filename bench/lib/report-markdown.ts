@@ -99,7 +99,7 @@ export function renderMarkdown(report: BenchReport): string {
   const lines = [
     `# walcast benchmark (${report.mode})`,
     '',
-    `${machine.date} · ${machine.cpuModel}, ${machine.cores} cores, ${format(machine.memoryBytes / 1024 ** 3, 0)} GiB · Linux ${machine.kernel} · Node ${machine.node} · ${machine.postgres} · walcast ${machine.walcastCommit}`,
+    `${machine.date} · ${machine.cpuModel}, ${machine.cores} cores, ${format(machine.memoryBytes / 1024 ** 3, 0)} GiB · Linux ${machine.kernel} · Node ${machine.node} · ${machine.postgres} · walcast ${machine.walcastCommit} · load average ${machine.loadAverage.join(' / ')} at start`,
     '',
     `WAL: ${format(report.wal.bytes / 1024 ** 2, 0)} MiB (${report.wal.startLsn} – ${report.wal.endLsn}, pgbench -i -s ${report.wal.pgbenchScale}). ${report.note}. Every cell: median [min–max] over the runs; ratios are computed run by run (same repetition round) and summarized the same way. MB = 10^6 bytes, GB = 10^9 bytes. CPU = the server's processes only (/proc utime+stime; PostgreSQL: its walsender backends).`,
     '',

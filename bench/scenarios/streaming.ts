@@ -10,12 +10,12 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import { formatLsn } from '../../src/lsn.js';
 import { runReceiveWal } from '../../test/support/postgres.js';
-import { startConsumer } from '../lib/consumer.js';
+import { startConsumer, type ConsumerResult, type RunningConsumer } from '../lib/consumer.js';
 import type { BenchPlan } from '../lib/plan.js';
 import { readCpu } from '../lib/proc-stats.js';
 import { scrapeEventLoopMaxMs, startProbe, type Probe } from '../lib/responsiveness.js';
 import { BYTES_PER_GB, BYTES_PER_MB, type RunRecord, type ScenarioName } from '../lib/results.js';
-import type { ServerTarget } from '../lib/servers.js';
+import type { RunCost, ServerTarget } from '../lib/servers.js';
 import type { Tools } from '../lib/tools.js';
 import type { PreparedWal } from '../lib/wal-source.js';
 
@@ -63,15 +63,16 @@ export function warmPageCache(files: readonly string[]): void {
 export async function measureConsumerRun(context: BenchContext, target: ServerTarget, options: ConsumerRunOptions): Promise<RunRecord> {
   const perReplica = options.bytesPerReplica === 0 ? rangeBytes(context.wal) : Math.min(options.bytesPerReplica, rangeBytes(context.wal));
   const bytesExpected = perReplica * options.replicas;
+  let probe: Probe | undefined;
+  let consumer: RunningConsumer | undefined;
   try {
     const residentFractionBefore = options.cold ? evictFromPageCache(context.tools, target.walFiles) : undefined;
-    let probe: Probe | undefined;
     if (options.cold) {
       await scrapeEventLoopMaxMs(target.metricsUrl);
       if (target.speaksFullProtocol) probe = await startProbe(target.port);
     }
     const meter = target.beginRun();
-    const consumer = startConsumer({
+    consumer = startConsumer({
       binary: context.tools.consumer,
       port: target.port,
       connections: options.replicas,
@@ -86,35 +87,48 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
     consumer.start();
     const result = await consumer.done;
     const cost = await meter.finish(options.replicas);
-    const probed = await probe?.stop();
+    const probeMaxMs = (await probe?.stop())?.maxMs;
+    probe = undefined;
     const eventLoopMaxMs = options.cold ? await scrapeEventLoopMaxMs(target.metricsUrl) : undefined;
-    await consumer.release();
-    const ok = result.failed === 0 && !result.timedOut && result.bytesTotal === bytesExpected;
-    return {
-      scenario: options.scenario,
-      server: target.name,
-      consumer: 'wal-consumer',
-      replicas: options.replicas,
-      repetition: options.repetition,
-      ok,
-      ...(ok ? {} : { error: result.error || `received ${result.bytesTotal} of ${bytesExpected} bytes${result.timedOut ? ' (timed out)' : ''}` }),
-      bytesExpected,
-      bytesReceived: result.bytesTotal,
-      wallSeconds: result.wallSeconds,
-      setupSeconds: result.setupSeconds,
-      connectSeconds: result.connectSeconds,
-      throughputMBps: result.bytesTotal / BYTES_PER_MB / result.wallSeconds,
-      serverCpuSeconds: cost.cpuSeconds,
-      serverCpuSecondsPerGB: cost.cpuSeconds / (result.bytesTotal / BYTES_PER_GB),
-      consumerCpuSeconds: result.cpuUserSeconds + result.cpuSystemSeconds,
-      ...(cost.memoryBytesPerReplica === undefined ? {} : { memoryBytesPerReplica: cost.memoryBytesPerReplica }),
-      ...(eventLoopMaxMs === undefined ? {} : { eventLoopMaxMs }),
-      ...(probed?.maxMs === undefined ? {} : { probeMaxMs: probed.maxMs }),
-      ...(residentFractionBefore === undefined ? {} : { residentFractionBefore }),
-    };
+    return consumerRecord(options, target.name, bytesExpected, result, cost, { eventLoopMaxMs, probeMaxMs, residentFractionBefore });
   } catch (error) {
     return failedRecord(options, target, 'wal-consumer', bytesExpected, error);
+  } finally {
+    await probe?.stop();
+    await consumer?.release();
   }
+}
+
+interface Responsiveness {
+  readonly eventLoopMaxMs: number | undefined;
+  readonly probeMaxMs: number | undefined;
+  readonly residentFractionBefore: number | undefined;
+}
+
+function consumerRecord(options: ConsumerRunOptions, server: string, bytesExpected: number, result: ConsumerResult, cost: RunCost, extra: Responsiveness): RunRecord {
+  const ok = result.failed === 0 && !result.timedOut && result.bytesTotal === bytesExpected;
+  return {
+    scenario: options.scenario,
+    server,
+    consumer: 'wal-consumer',
+    replicas: options.replicas,
+    repetition: options.repetition,
+    ok,
+    ...(ok ? {} : { error: result.error || `received ${result.bytesTotal} of ${bytesExpected} bytes${result.timedOut ? ' (timed out)' : ''}` }),
+    bytesExpected,
+    bytesReceived: result.bytesTotal,
+    wallSeconds: result.wallSeconds,
+    setupSeconds: result.setupSeconds,
+    connectSeconds: result.connectSeconds,
+    throughputMBps: result.bytesTotal / BYTES_PER_MB / result.wallSeconds,
+    serverCpuSeconds: cost.cpuSeconds,
+    serverCpuSecondsPerGB: cost.cpuSeconds / (result.bytesTotal / BYTES_PER_GB),
+    consumerCpuSeconds: result.cpuUserSeconds + result.cpuSystemSeconds,
+    ...(cost.memoryBytesPerReplica === undefined ? {} : { memoryBytesPerReplica: cost.memoryBytesPerReplica }),
+    ...(extra.eventLoopMaxMs === undefined ? {} : { eventLoopMaxMs: extra.eventLoopMaxMs }),
+    ...(extra.probeMaxMs === undefined ? {} : { probeMaxMs: extra.probeMaxMs }),
+    ...(extra.residentFractionBefore === undefined ? {} : { residentFractionBefore: extra.residentFractionBefore }),
+  };
 }
 
 /**
