@@ -135,7 +135,7 @@ async function runLatencyScenario(context: BenchContext, statuses: readonly Benc
       await target.stop();
     }
   }
-  notes.push('live latency: from just before the driver sends an autocommit INSERT to the primary (an upper bound: it includes the INSERT) until a replica has received the bytes up to the flush LSN read right after the commit. walcast figures include its ingest hop (primary walsender → walcast durable write with fdatasync → walcast send); the primary runs with fsync=off. The ceiling serves stored files only and takes no part.');
+  notes.push('live latency: from just before the driver sends an autocommit INSERT to the primary (an upper bound: it includes the INSERT) until a replica has received the bytes up to the flush LSN read right after the commit. walcast figures include its ingest hop (primary walsender → walcast durable write with fdatasync → walcast send); the primary runs with fsync=off. "added vs direct replica" = arrival at walcast\'s replicas minus arrival of the same commit at one replica streaming straight from the primary meanwhile: walcast\'s own share (ingest, fdatasync, send). The ceiling serves stored files only and takes no part.');
   return notes;
 }
 

@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import { renderSvg } from '../bench/lib/report-svg.js';
 import { computeRatios, type RunRecord } from '../bench/lib/results.js';
 import { pairwiseRatio, percentile, summarize } from '../bench/lib/stats.js';
-import { commitLatenciesMs } from '../bench/scenarios/live-latency.js';
+import { addedLatenciesMs, commitLatenciesMs } from '../bench/scenarios/live-latency.js';
 import { makeTempDir } from './support/postgres.js';
 import { REPO_ROOT } from './support/walcast.js';
 
@@ -188,6 +188,9 @@ test('bench live latency: each commit meets the first arrival at or past its flu
   const commits = [{ sentNs: 1_000_000n, flushLsn: 100n }, { sentNs: 4_000_000n, flushLsn: 200n }];
   // Replica 0: 0.5 ms and 1 ms; replica 1: 2 ms for the first commit, and never received the second.
   assert.deepEqual(commitLatenciesMs(log, commits, 2), [0.5, 1, 2]);
+  // The direct replica of the primary got the commits at 1.2 ms and 4.5 ms: what the server added on top.
+  const reference = Buffer.concat([record(0, 100n, 1_200_000n), record(0, 200n, 4_500_000n)]);
+  assert.deepEqual(addedLatenciesMs(log, reference, commits, 2), [0.3, 0.5, 1.8]);
 });
 
 test('bench chart: an SVG with no figures is still complete and balanced', () => {

@@ -67,12 +67,18 @@ function streamingTable(figures: readonly Figure[], ratios: readonly Ratio[], ex
 }
 
 function latencyTable(figures: readonly Figure[]): string[] {
-  const lines = ['| server | replicas | p50 ms | p99 ms | max ms | server CPU s | runs |', '|---|---|---|---|---|---|---|'];
+  const lines = ['| server | replicas | p50 ms | p99 ms | max ms | added vs direct replica p50 / p99 ms | server CPU s | runs |', '|---|---|---|---|---|---|---|---|'];
   for (const figure of figures) {
     const runs = figure.failedRuns > 0 ? `${figure.runs} (+${figure.failedRuns} failed)` : String(figure.runs);
-    lines.push(`| ${figure.server} | ${figure.replicas} | ${cell(figure.metrics.latencyP50Ms, 2)} | ${cell(figure.metrics.latencyP99Ms, 2)} | ${cell(figure.metrics.latencyMaxMs, 2)} | ${cell(figure.metrics.serverCpuSeconds, 2)} | ${runs} |`);
+    lines.push(`| ${figure.server} | ${figure.replicas} | ${cell(figure.metrics.latencyP50Ms, 2)} | ${cell(figure.metrics.latencyP99Ms, 2)} | ${cell(figure.metrics.latencyMaxMs, 2)} | ${addedCell(figure)} | ${cell(figure.metrics.serverCpuSeconds, 2)} | ${runs} |`);
   }
   return lines;
+}
+
+function addedCell(figure: Figure): string {
+  const p50 = figure.metrics.latencyAddedP50Ms;
+  const p99 = figure.metrics.latencyAddedP99Ms;
+  return p50 === undefined || p99 === undefined ? '' : `${cell(p50, 2)} / ${cell(p99, 2)}`;
 }
 
 function microTable(micro: readonly MicroResult[]): string[] {

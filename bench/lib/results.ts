@@ -38,6 +38,9 @@ export interface RunRecord {
   readonly latencyP99Ms?: number;
   readonly latencyMaxMs?: number;
   readonly latencySamples?: number;
+  /** Arrival at this server's replicas minus arrival at a replica of the primary itself, same commit. */
+  readonly latencyAddedP50Ms?: number;
+  readonly latencyAddedP99Ms?: number;
 }
 
 export const FIGURE_METRICS = [
@@ -55,6 +58,8 @@ export const FIGURE_METRICS = [
   'latencyP50Ms',
   'latencyP99Ms',
   'latencyMaxMs',
+  'latencyAddedP50Ms',
+  'latencyAddedP99Ms',
 ] as const;
 export type FigureMetric = (typeof FIGURE_METRICS)[number];
 

@@ -43,6 +43,8 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
   const log = join(SCRATCH_DIR, `latency-${process.pid}-${replicas}-${repetition}.bin`);
   let driver: SqlClient | undefined;
   let consumer: RunningConsumer | undefined;
+  let reference: RunningConsumer | undefined;
+  const referenceLog = `${log}.reference`;
   try {
     driver = await SqlClient.connect(context.wal.primary.port, { user: 'postgres', database: 'postgres' });
     await driver.query('CREATE TABLE IF NOT EXISTS bench_latency (id bigint)');
@@ -59,6 +61,8 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
       timeoutMs: context.plan.runTimeoutMs,
       latencyLog: log,
     });
+    // For walcast, one replica streams straight from the primary too, so walcast's own share can be told apart.
+    if (target.family === 'walcast') reference = await startReference(context, startLsn, referenceLog);
     await consumer.ready;
     meter.restartCpu();
     consumer.start();
@@ -68,22 +72,46 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
     const commits = await commitSteadily(driver, context.plan.latency.commitsPerSecond, context.plan.latency.durationMs);
     await sleep(DRAIN_MS);
     consumer.stopStreaming();
+    reference?.stopStreaming();
     const result = await consumer.done;
     const cost = await meter.finish(replicas);
     await consumer.release();
-    return { ...base, ...latencyFigures(result, cost, commitLatenciesMs(readFileSync(log), commits, replicas), commits.length * replicas) };
+    await reference?.release();
+    const added = reference === undefined ? undefined : addedLatenciesMs(readFileSync(log), readFileSync(referenceLog), commits, replicas);
+    return { ...base, ...latencyFigures(result, cost, commitLatenciesMs(readFileSync(log), commits, replicas), commits.length * replicas, added) };
   } catch (error) {
     return { ...base, ok: false, error: (error instanceof Error ? error.message : String(error)).slice(0, 500), bytesExpected: 0, bytesReceived: 0 };
   } finally {
     driver?.end();
     await consumer?.release();
+    await reference?.release();
     rmSync(log, { force: true });
+    rmSync(referenceLog, { force: true });
   }
 }
 
 type LatencyFigures = Omit<RunRecord, 'scenario' | 'server' | 'consumer' | 'replicas' | 'repetition'>;
 
-function latencyFigures(result: ConsumerResult, cost: RunCost, latencies: readonly number[], arrivalsExpected: number): LatencyFigures {
+/** One replica of the primary itself, streaming from `startLsn` and logging arrivals, as the latency reference. */
+async function startReference(context: BenchContext, startLsn: Lsn, log: string): Promise<RunningConsumer> {
+  const reference = startConsumer({
+    binary: context.tools.consumer,
+    port: context.wal.primary.port,
+    connections: 1,
+    startLsn,
+    bytesPerConnection: 0,
+    appName: 'bench-latency-reference',
+    timeoutMs: context.plan.runTimeoutMs,
+    latencyLog: log,
+  });
+  await reference.ready;
+  reference.start();
+  const streaming = await reference.streaming;
+  if (streaming.failed !== 0) throw new Error('the direct reference replica of the primary failed to start');
+  return reference;
+}
+
+function latencyFigures(result: ConsumerResult, cost: RunCost, latencies: readonly number[], arrivalsExpected: number, added: readonly number[] | undefined): LatencyFigures {
   const missing = arrivalsExpected - latencies.length;
   const ok = result.failed === 0 && missing === 0 && latencies.length > 0;
   // Live streams have no fixed size: what arrived is what was expected.
@@ -99,6 +127,7 @@ function latencyFigures(result: ConsumerResult, cost: RunCost, latencies: readon
     ...(latencies.length === 0
       ? {}
       : { latencyP50Ms: percentile(latencies, 50), latencyP99Ms: percentile(latencies, 99), latencyMaxMs: percentile(latencies, 100), latencySamples: latencies.length }),
+    ...(added === undefined || added.length === 0 ? {} : { latencyAddedP50Ms: percentile(added, 50), latencyAddedP99Ms: percentile(added, 99) }),
   };
 }
 
@@ -138,25 +167,43 @@ async function commitSteadily(driver: SqlClient, commitsPerSecond: number, durat
 }
 
 /**
- * For each replica and commit: the first arrival whose end LSN reaches the commit's flush LSN, minus the time
- * the commit was sent. Arrivals per replica are in time order, commits in LSN order, so one pass suffices.
+ * For each replica and commit: the time (CLOCK_MONOTONIC ns) of the first arrival whose end LSN reaches the
+ * commit's flush LSN, or undefined when it never arrived. Arrivals per replica are in time order, commits in
+ * LSN order, so one pass per replica suffices.
  */
-export function commitLatenciesMs(log: Buffer, commits: readonly Commit[], replicas: number): number[] {
+export function commitArrivals(log: Buffer, commits: readonly Commit[], replicas: number): (bigint | undefined)[][] {
   assert.equal(log.length % LATENCY_RECORD_BYTES, 0, 'whole latency records');
   const arrivals: { endLsn: bigint; timeNs: bigint }[][] = Array.from({ length: replicas }, () => []);
   for (let offset = 0; offset < log.length; offset += LATENCY_RECORD_BYTES) {
     const connection = Number(log.readBigUInt64LE(offset));
     arrivals[connection]?.push({ endLsn: log.readBigUInt64LE(offset + 8), timeNs: log.readBigUInt64LE(offset + 16) });
   }
-  const latencies: number[] = [];
-  for (const replicaArrivals of arrivals) {
+  return arrivals.map((replicaArrivals) => {
     let next = 0;
-    for (const commit of commits) {
+    return commits.map((commit) => {
       while (next < replicaArrivals.length && replicaArrivals[next]!.endLsn < commit.flushLsn) next++;
-      const arrival = replicaArrivals[next];
-      if (arrival === undefined) break;
-      latencies.push(Number(arrival.timeNs - commit.sentNs) / NANOS_PER_MS);
-    }
-  }
-  return latencies;
+      return replicaArrivals[next]?.timeNs;
+    });
+  });
+}
+
+/** Commit sent → arrival, in ms, for every (replica, commit) that arrived. */
+export function commitLatenciesMs(log: Buffer, commits: readonly Commit[], replicas: number): number[] {
+  return commitArrivals(log, commits, replicas).flatMap((perCommit) =>
+    perCommit.flatMap((arrival, index) => (arrival === undefined ? [] : [Number(arrival - commits[index]!.sentNs) / NANOS_PER_MS])),
+  );
+}
+
+/**
+ * What a server adds over a replica connected straight to the primary: arrival at each replica minus arrival of
+ * the same commit at the reference replica (one direct PostgreSQL connection streaming meanwhile).
+ */
+export function addedLatenciesMs(log: Buffer, referenceLog: Buffer, commits: readonly Commit[], replicas: number): number[] {
+  const reference = commitArrivals(referenceLog, commits, 1)[0] ?? [];
+  return commitArrivals(log, commits, replicas).flatMap((perCommit) =>
+    perCommit.flatMap((arrival, index) => {
+      const direct = reference[index];
+      return arrival === undefined || direct === undefined ? [] : [Number(arrival - direct) / NANOS_PER_MS];
+    }),
+  );
 }
