@@ -6,7 +6,9 @@
  * build:native) a failure exits non-zero.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
@@ -37,6 +39,56 @@ const prefixes = [join(dirname(process.execPath), '..'), '/usr', '/usr/local'];
 const prefix = prefixes.find((candidate) => existsSync(join(candidate, 'include', 'node', 'node.h')));
 const nodeDir = prefix === undefined ? [] : [`--nodedir=${prefix}`];
 const args = [nodeGyp, 'rebuild', ...nodeDir, ...(debug ? ['--debug'] : []), '--loglevel=warn'];
+// `node-gyp rebuild` deletes build/ first, so two builds of one checkout at once (an install and a test run's
+// pretest, say) break each other. One build per checkout at a time: a lock file, waited for (bounded).
+const BUILD_LOCK_WAIT_MS = 300_000;
+/** A lock older than this is left over from a killed build. */
+const BUILD_LOCK_STALE_MS = 600_000;
+const lockPath = join(tmpdir(), `walcast-native-build-${createHash('sha256').update(root).digest('hex').slice(0, 16)}.lock`);
+
+function lockIsStale() {
+  try {
+    if (Date.now() - statSync(lockPath).mtimeMs > BUILD_LOCK_STALE_MS) return true;
+    process.kill(Number(readFileSync(lockPath, 'utf8')), 0);
+    return false;
+  } catch (error) {
+    // ESRCH: the holder is gone; ENOENT: released meanwhile. EPERM: alive, another user's process.
+    return error.code !== 'EPERM';
+  }
+}
+
+function acquireBuildLock() {
+  const deadline = Date.now() + BUILD_LOCK_WAIT_MS;
+  while (Date.now() < deadline) {
+    try {
+      const fd = openSync(lockPath, 'wx');
+      writeSync(fd, String(process.pid));
+      closeSync(fd);
+      process.once('exit', () => {
+        try {
+          unlinkSync(lockPath);
+        } catch {
+          // Already gone.
+        }
+      });
+      return true;
+    } catch (error) {
+      if (error.code !== 'EEXIST') return false;
+      if (lockIsStale()) {
+        try {
+          unlinkSync(lockPath);
+        } catch {
+          // Someone else removed it first.
+        }
+        continue;
+      }
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
+    }
+  }
+  return false;
+}
+
+if (!acquireBuildLock()) finish(false, `another build of this checkout holds ${lockPath}`);
 const result = spawnSync(process.execPath, args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
 if (result.status === 0) finish(true, debug ? 'Debug' : 'Release');
 finish(false, `node-gyp exited with ${result.status ?? result.signal}`);
