@@ -59,6 +59,20 @@ namespace {
   }                                                                                                     \
   target = (info)[index].As<Napi::Function>();
 
+// Engine objects carry this tag (style anchor 12): a method called with a foreign `this` (another addon's wrapped
+// object, say) is refused before any member is touched.
+constexpr napi_type_tag kEngineTypeTag = {0x77616c6361737400ULL, 0x656e67696e650001ULL};
+
+#define REQUIRE_ENGINE_THIS(info)                                                                        \
+  {                                                                                                      \
+    bool tagged_ = false;                                                                                \
+    if (napi_check_object_type_tag((info).Env(), (info).This(), &kEngineTypeTag, &tagged_) != napi_ok || \
+        !tagged_) {                                                                                      \
+      Napi::TypeError::New((info).Env(), "not a walcast Engine").ThrowAsJavaScriptException();           \
+      return (info).Env().Undefined();                                                                   \
+    }                                                                                                    \
+  }
+
 // JS numbers hold stream ids and offsets exactly up to 2^53.
 constexpr int64_t kSafeIntegerMax = (int64_t{1} << 53) - 1;
 constexpr int kFdMax = 1 << 30;
@@ -91,6 +105,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Function on_event;
     REQUIRE_ARGUMENT_FUNCTION(info, 1, "onEvent", on_event);
     Napi::Env env = info.Env();
+    napi_type_tag_object(env, info.This(), &kEngineTypeTag);
     on_event_ = Napi::Persistent(on_event);
     async_context_ = std::make_unique<Napi::AsyncContext>(env, "walcast_native_io");
     uv_loop_t* loop = nullptr;
@@ -116,6 +131,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   // openStream(fd) -> stream id
   Napi::Value OpenStream(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
     REQUIRE_ARGUMENT_COUNT(info, 1);
     int fd = -1;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
@@ -131,6 +147,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   // sendChunk(id, header, fd, offset, count) -> 0 sent | 1 queued | 2 queued, wait for a space event
   Napi::Value SendChunk(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
     REQUIRE_ARGUMENT_COUNT(info, 5);
     uint64_t id = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
@@ -150,6 +167,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   // sendMessage(id, bytes) -> status as sendChunk
   Napi::Value SendMessage(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
     REQUIRE_ARGUMENT_COUNT(info, 2);
     uint64_t id = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
@@ -171,6 +189,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   // flush(id) -> true when nothing is queued; else a drained (or failed) event follows
   Napi::Value Flush(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
     REQUIRE_ARGUMENT_COUNT(info, 1);
     uint64_t id = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
@@ -179,6 +198,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   Napi::Value CloseStream(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
     REQUIRE_ARGUMENT_COUNT(info, 1);
     uint64_t id = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
@@ -187,6 +207,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   Napi::Value BytesSent(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
     REQUIRE_ARGUMENT_COUNT(info, 1);
     uint64_t id = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
@@ -195,6 +216,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   // prefetch(fd, offset, count, token) -> true when cached now; else a prefetched event with token follows
   Napi::Value Prefetch(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
     REQUIRE_ARGUMENT_COUNT(info, 4);
     int fd = -1;
     REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
@@ -215,6 +237,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
     Napi::Object stats = Napi::Object::New(info.Env());
     stats.Set("streams", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->stream_count()) : 0));
     stats.Set("mappedFiles", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->mapped_file_count()) : 0));
@@ -223,6 +246,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
     // Closed, not destroyed: close() may be called from inside an event callback, which runs on the engine's
     // stack; the object goes with this wrapper.
     if (engine_) engine_->Close();

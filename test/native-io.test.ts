@@ -451,6 +451,9 @@ describe('native errors', { skip }, () => {
       assert.throws(() => engine.sendChunk(1, 'header' as unknown as Buffer, 0, 0, 1), TypeError);
       assert.throws(() => engine.sendChunk(1, Buffer.alloc(30), 0, 0, 1 << 20), RangeError);
       assert.throws(() => engine.openStream(1.5), RangeError);
+      // A method called on something that is not an Engine is refused, not unwrapped.
+      const openStream = loaded.addon.Engine.prototype.openStream as (this: unknown, fd: number) => number;
+      assert.throws(() => openStream.call({}, 1));
       // A descriptor that is not open fails in the syscall, as a NativeIoError.
       assert.throws(() => engine.openStream(999_999), (error: unknown) => error instanceof NativeIoError && error.code === 'EBADF' && error.syscall === 'dup');
     } finally {
