@@ -153,6 +153,7 @@ function standingNotes(plan: BenchPlan): string[] {
     'server memory per replica: walcast and ceiling = RSS growth of the process with all replicas connected / replicas; PostgreSQL = mean PSS of its walsender processes (shared buffers divided among processes).',
     'cold catch-up: the served files are dropped from page cache with fdatasync + posix_fadvise(DONTNEED) (bench/native/page-cache.c) and the cached fraction afterwards is recorded; on a VM the host may still cache the disk. Event-loop max = walcast\'s nodejs_eventloop_lag_max_seconds over the run (10 ms resolution: ~10-11 ms means no measurable stall); probe RTT max = worst IDENTIFY_SYSTEM round trip on a second connection every 10 ms.',
     'pg_receivewal rows: --no-sync into /dev/shm; wall time includes its start-up; its CPU is from the harness\'s reaped-children accounting.',
+    'walcast runs from source through tsx (node --import tsx src/cli/main.ts serve, one process per backend, --log-level warn, HTTP API on loopback for /metrics); transpilation happens at start-up, before any measurement.',
   ];
 }
 
