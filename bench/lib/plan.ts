@@ -20,7 +20,7 @@ export interface FanOutStep {
 
 export interface BenchPlan {
   readonly mode: BenchMode;
-  /** pgbench -i -s SCALE: ~13 MiB of WAL per scale unit (scale 20 ≈ 256 MiB, 80 ≈ 1 GiB). */
+  /** pgbench -i -s SCALE: ~12.4 MiB of WAL per scale unit plus initdb's (scale 20 → 256 MiB, 83 → just over 1 GiB). */
   readonly pgbenchScale: number;
   /** Repetitions of every catch-up / fan-out measurement (min/median/max are over these). */
   readonly repetitions: number;
@@ -74,7 +74,7 @@ export function planFor(mode: BenchMode): BenchPlan {
     case 'full':
       return {
         mode,
-        pgbenchScale: 80,
+        pgbenchScale: 83,
         repetitions: 5,
         fanOut: [
           { replicas: 10, bytesPerReplica: 256 * MIB },
