@@ -30,6 +30,9 @@ const DISCONNECT_ROUNDS = 1000;
 /** Disconnect rounds run this many at a time: fast, and well under the default fd limit. */
 const DISCONNECT_PARALLEL = 20;
 const FAN_OUT_RECEIVERS = 200;
+/** The random-interleaving case: streams at once, and units per stream (about 4 MiB each). */
+const RANDOM_STREAMS = 20;
+const RANDOM_UNITS_PER_STREAM = 80;
 /** A disconnect round sends the 3 MiB range at most this often (48 MiB) before the reset must have landed. */
 const DISCONNECT_REPEATS_MAX = 16;
 
@@ -87,6 +90,33 @@ function expectedBytes(units: readonly Unit[]): Buffer {
     parts.push(unit.header, segment.bytes.subarray(unit.chunk.fileOffset, unit.chunk.fileOffset + unit.chunk.byteCount));
   }
   return Buffer.concat(parts);
+}
+
+/** A small deterministic PRNG (mulberry32), so a failing random case can be replayed. */
+function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let mixed = Math.imul(state ^ (state >>> 15), 1 | state);
+    mixed = (mixed + Math.imul(mixed ^ (mixed >>> 7), 61 | mixed)) ^ mixed;
+    return ((mixed ^ (mixed >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Chunks of 1 byte .. 128 KiB at any offset of any segment, and messages of 1 .. 3,000 bytes (inline and heap). */
+function randomUnits(random: () => number, count: number): Unit[] {
+  const units: Unit[] = [];
+  for (let index = 0; index < count; index++) {
+    if (random() < 0.2) {
+      units.push({ kind: 'message', bytes: randomBytes(1 + Math.floor(random() * 3000)) });
+      continue;
+    }
+    const segment = segments[Math.floor(random() * SEGMENT_COUNT)]!;
+    const byteCount = 1 + Math.floor(random() * CHUNK_BYTES_MAX);
+    const fileOffset = Math.floor(random() * (SEGMENT_BYTES - byteCount));
+    units.push({ kind: 'chunk', header: randomBytes(HEADER_BYTES), chunk: { file: segment.handle, fileOffset, byteCount } });
+  }
+  return units;
 }
 
 /** The sender loop's pattern: each unit awaited before the next; the header buffer is reused after each send. */
@@ -270,6 +300,38 @@ for (const strategy of NATIVE_STRATEGIES) {
       assert.ok((await received).equals(expected));
       client.destroy();
       server.destroy();
+    });
+
+    test('random unit sizes and offsets, messages of every size, receivers that pause and resume: exact bytes', async () => {
+      const random = seededRandom(strategy.length * 7919);
+      const streams = await Promise.all(
+        Array.from({ length: RANDOM_STREAMS }, async () => {
+          const units = randomUnits(random, RANDOM_UNITS_PER_STREAM);
+          const { client, server } = await connectPair(loopback);
+          return { client, server, units, expected: expectedBytes(units) };
+        }),
+      );
+      const flapping = setInterval(() => {
+        for (const { client } of streams) if (random() < 0.5) client.pause();
+        else client.resume();
+      }, 5);
+      try {
+        // Receivers keep flapping until every sender has finished; only then do all of them read to the end.
+        const receiving = await Promise.all(
+          streams.map(async ({ client, server, units, expected }) => {
+            const received = collect(client, expected.length);
+            const writer = await backend.openStream(server);
+            await sendAll(writer, units);
+            await writer.release();
+            return received;
+          }),
+        );
+        clearInterval(flapping);
+        for (const { client } of streams) client.resume();
+        for (const [index, received] of receiving.entries()) assert.ok((await received).equals(streams[index]!.expected), `stream ${index}`);
+      } finally {
+        clearInterval(flapping);
+      }
     });
 
     test('1,000 receivers that disconnect with a send in flight: no crash, descriptors back to the start', async () => {
