@@ -19,7 +19,10 @@ export interface WalChunk {
   readonly file: WalFileHandle;
   /** Offset of the first byte inside the segment file. */
   readonly fileOffset: number;
-  /** 1 .. MAX_SEND_BYTES. */
+  /**
+   * At least 1. For sendChunk at most MAX_SEND_BYTES; for prefetch a whole window (up to PREFETCH_WINDOW_BYTES,
+   * cut at the segment end), which backends split into reads of their own size.
+   */
   readonly byteCount: number;
 }
 
