@@ -109,12 +109,16 @@ function wrapConsumer(tracked: Tracked): RunningConsumer {
       resolveDone(event as unknown as ConsumerResult);
     }
   });
-  void tracked.exited.then((code) => {
-    const error = new Error(`wal-consumer exited (${code}) without a report: ${tracked.stderr()}`);
-    rejectDone(error);
-    resolveReady({ connections: 0, failed: -1 });
-    resolveStreaming({ connections: 0, failed: -1 });
+  // 'close' comes after the last stdout line was read ('exit' can come before it): only then is a missing report
+  // a failure. A consumer whose report nobody awaits (a reference released early) must not crash the harness.
+  lines.once('close', () => {
+    void tracked.exited.then((code) => {
+      rejectDone(new Error(`wal-consumer exited (${code}) without a report: ${tracked.stderr()}`));
+      resolveReady({ connections: 0, failed: -1 });
+      resolveStreaming({ connections: 0, failed: -1 });
+    });
   });
+  done.catch(() => undefined);
   return {
     pid: tracked.pid,
     ready,
