@@ -60,6 +60,8 @@ function describeRun(record: RunRecord): string {
 interface ServerSet {
   readonly targets: ServerTarget[];
   readonly statuses: BenchReport['servers'][number][];
+  /** Starts a fresh process of the named server (the cold scenario needs one with nothing mapped or cached). */
+  readonly restart: ReadonlyMap<string, () => Promise<ServerTarget>>;
 }
 
 async function startServers(wal: PreparedWal, ceilingBinary: string): Promise<ServerSet> {
@@ -85,10 +87,11 @@ async function startServers(wal: PreparedWal, ceilingBinary: string): Promise<Se
       progress(`server ${name} unavailable: ${reason}`);
     }
   }
-  return { targets, statuses };
+  return { targets, statuses, restart: new Map(attempts) };
 }
 
-async function runStreamingScenarios(context: BenchContext, targets: readonly ServerTarget[], record: (run: RunRecord) => void): Promise<void> {
+async function runStreamingScenarios(context: BenchContext, servers: ServerSet, record: (run: RunRecord) => void): Promise<void> {
+  const targets = servers.targets;
   const plan = context.plan;
   warmPageCache([...context.wal.walcastFiles, ...context.wal.postgresFiles]);
   for (let repetition = 0; repetition < plan.repetitions; repetition++) {
@@ -104,8 +107,27 @@ async function runStreamingScenarios(context: BenchContext, targets: readonly Se
       for (const target of targets) record(await measureConsumerRun(context, target, { scenario: 'fan-out', replicas: step.replicas, bytesPerReplica: step.bytesPerReplica, repetition, cold: false }));
     }
   }
-  for (let repetition = 0; repetition < plan.coldRepetitions; repetition++) {
-    for (const target of targets) record(await measureConsumerRun(context, target, { scenario: 'cold-catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: true }));
+  await runColdScenario(context, servers, record);
+}
+
+/**
+ * Cold catch-up with only the server under test running, freshly started: walcast's mmap-based strategies keep
+ * recently used segments mapped, and posix_fadvise(DONTNEED) cannot drop pages another process has mapped, so a
+ * warm server next door would leave part of the "cold" files in page cache.
+ */
+async function runColdScenario(context: BenchContext, servers: ServerSet, record: (run: RunRecord) => void): Promise<void> {
+  const restartable = servers.targets.filter((target) => target.family !== 'postgres');
+  await Promise.all(restartable.map((target) => target.stop()));
+  for (let repetition = 0; repetition < context.plan.coldRepetitions; repetition++) {
+    for (const original of servers.targets) {
+      const restart = servers.restart.get(original.name);
+      const target = original.family === 'postgres' || restart === undefined ? original : await restart();
+      try {
+        record(await measureConsumerRun(context, target, { scenario: 'cold-catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: true }));
+      } finally {
+        if (target !== original) await target.stop();
+      }
+    }
   }
 }
 
@@ -151,7 +173,7 @@ function standingNotes(plan: BenchPlan): string[] {
     'catch-up and cold catch-up stream the whole range; fan-out replicas each stream the first bytes of the same range from the same start (see the plan in bench/lib/plan.ts), so aggregate MB/s is comparable, total bytes are not.',
     'server CPU is the kernel accounting of the server processes: walcast = its one process (all threads); PostgreSQL = its walsender backends (live ones plus the postmaster\'s reaped-children time); ceiling = the C loop. On loopback the sender is charged part of the receive-side softirq work.',
     'server memory per replica: walcast and ceiling = RSS growth of the process with all replicas connected / replicas; PostgreSQL = mean PSS of its walsender processes (shared buffers divided among processes).',
-    'cold catch-up: the served files are dropped from page cache with fdatasync + posix_fadvise(DONTNEED) (bench/native/page-cache.c) and the cached fraction afterwards is recorded; on a VM the host may still cache the disk. Event-loop max = walcast\'s nodejs_eventloop_lag_max_seconds over the run (10 ms resolution: ~10-11 ms means no measurable stall); probe RTT max = worst IDENTIFY_SYSTEM round trip on a second connection every 10 ms.',
+    'cold catch-up: the served files are dropped from page cache with fdatasync + posix_fadvise(DONTNEED) (bench/native/page-cache.c) with only the server under test running, freshly started, and the cached fraction afterwards is recorded; on a VM the host may still cache the disk. Event-loop max = walcast\'s nodejs_eventloop_lag_max_seconds over the run (10 ms resolution: ~10-11 ms means no measurable stall); probe RTT max = worst IDENTIFY_SYSTEM round trip on a second connection every 10 ms.',
     'pg_receivewal rows: --no-sync into /dev/shm; wall time includes its start-up; its CPU is from the harness\'s reaped-children accounting.',
     'walcast runs from source through tsx (node --import tsx src/cli/main.ts serve, one process per backend, --log-level warn, HTTP API on loopback for /metrics); transpilation happens at start-up, before any measurement.',
   ];
@@ -166,7 +188,8 @@ async function main(): Promise<void> {
   const wal = await prepareWal({ pgbenchScale: plan.pgbenchScale, maxReplicas: maxReplicas(plan) });
   progress(`WAL ready: ${formatLsn(wal.startLsn)}–${formatLsn(wal.endLsn)} (${(Number(wal.endLsn - wal.startLsn) / 1024 ** 2).toFixed(0)} MiB) generated in ${wal.generateSeconds.toFixed(1)} s, imported in ${wal.importSeconds.toFixed(1)} s`);
   const machine = describeMachine(PG_BIN_DIR, REPO_ROOT);
-  const { targets, statuses } = await startServers(wal, tools.ceiling);
+  const servers = await startServers(wal, tools.ceiling);
+  const { targets, statuses } = servers;
   const runs: RunRecord[] = [];
   const record = (run: RunRecord): void => {
     runs.push(run);
@@ -175,7 +198,7 @@ async function main(): Promise<void> {
   const context: BenchContext = { tools, wal, plan, progress };
   const notes = standingNotes(plan);
   try {
-    await runStreamingScenarios(context, targets, record);
+    await runStreamingScenarios(context, servers, record);
   } finally {
     await Promise.all(targets.map((target) => target.stop()));
   }
