@@ -8,12 +8,12 @@
  * chunk overlaps the send of the previous one; the buffer pool bounds the total across streams.
  */
 import assert from 'node:assert/strict';
-import { read } from 'node:fs';
 import type { Socket } from 'node:net';
 import { WalcastError } from '../errors.js';
 import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES } from '../replication/stream-messages.js';
 import type { IoBackend, StreamWriter, WalChunk } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
+import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
 
 /** Frames per stream handed to the socket and not yet flushed: two overlap a read with a send. */
 export const STREAM_CHUNKS_IN_FLIGHT_MAX = 2;
@@ -24,10 +24,11 @@ export const FRAME_BYTES_MAX = XLOG_DATA_HEADER_BYTES + MAX_SEND_BYTES;
 
 export function createTsBackend(): IoBackend {
   const pool = new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX);
+  const tailCache = new TailReadCache();
   return {
     kind: 'ts',
     strategy: 'fs-net',
-    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool),
+    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache),
     close: async () => undefined,
   };
 }
@@ -43,6 +44,7 @@ class TsStreamWriter implements StreamWriter {
   constructor(
     private readonly socket: Socket,
     private readonly pool: BufferPool,
+    private readonly tailCache: TailReadCache,
   ) {
     socket.once('close', this.onClose);
   }
@@ -55,7 +57,12 @@ class TsStreamWriter implements StreamWriter {
     let handedOff = false;
     try {
       this.throwIfFailed();
-      await readExactly(chunk, frame, XLOG_DATA_HEADER_BYTES);
+      if (chunk.byteCount <= TAIL_READ_BYTES_MAX) {
+        // The live tail: every caught-up replica wants these same bytes; one read serves them all.
+        (await this.tailCache.read(chunk)).copy(frame, XLOG_DATA_HEADER_BYTES);
+      } else {
+        await readExactly(chunk, frame, XLOG_DATA_HEADER_BYTES);
+      }
       this.throwIfFailed();
       header.copy(frame, 0, 0, XLOG_DATA_HEADER_BYTES);
       handedOff = true;
@@ -118,24 +125,6 @@ class TsStreamWriter implements StreamWriter {
     if (this.socket.destroyed) this.fail(new Error('socket destroyed'));
     if (this.failure !== undefined) throw this.failure;
   }
-}
-
-/** Reads the chunk's whole range into `target` at `targetOffset`; a short read of a stored range is an I/O error. */
-async function readExactly(chunk: WalChunk, target: Buffer, targetOffset: number): Promise<void> {
-  let done = 0;
-  while (done < chunk.byteCount) {
-    const bytesRead = await readAt(chunk.file.fd, target, targetOffset + done, chunk.byteCount - done, chunk.fileOffset + done);
-    if (bytesRead === 0) {
-      throw new WalcastError('WALCAST_ERR_STREAM_IO', `short read from ${chunk.file.path} at ${chunk.fileOffset + done}: the segment is shorter than its WAL`);
-    }
-    done += bytesRead;
-  }
-}
-
-function readAt(fd: number, target: Buffer, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    read(fd, target, offset, length, position, (error, bytesRead) => (error === null ? resolve(bytesRead) : reject(error)));
-  });
 }
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
