@@ -11,6 +11,9 @@ const MARGIN_LEFT = 70;
 const MARGIN_TOP = 40;
 const MARGIN_BOTTOM = 60;
 const LEGEND_HEIGHT = 30;
+/** Average advance of a 12 px sans-serif character, generous so that labels never touch. */
+const LEGEND_CHAR_WIDTH_PX = 7;
+const LEGEND_GAP_PX = 18;
 const GROUP_GAP = 24;
 /** Colour per server, stable across runs so charts can be compared by eye. */
 const SERVER_COLOURS: Record<string, string> = {
@@ -83,8 +86,11 @@ export function renderSvg(figures: readonly Figure[], caption: string): string {
   const groups = groupsOf(figures);
   const servers = [...new Set(groups.flatMap((group) => group.figures.map((figure) => figure.server)))];
   const height = 2 * PANEL_HEIGHT + LEGEND_HEIGHT + 30;
-  const legend = servers.map((server, index) => {
-    const x = MARGIN_LEFT + index * 150;
+  // Each entry is as wide as its label (about 7 px a character at 12 px), so long names never overlap.
+  let legendX = MARGIN_LEFT;
+  const legend = servers.map((server) => {
+    const x = legendX;
+    legendX += 16 + server.length * LEGEND_CHAR_WIDTH_PX + LEGEND_GAP_PX;
     const colour = SERVER_COLOURS[server] ?? FALLBACK_COLOUR;
     return `<rect x="${x}" y="${2 * PANEL_HEIGHT + 8}" width="12" height="12" fill="${colour}"/><text x="${x + 16}" y="${2 * PANEL_HEIGHT + 18}" font-size="12">${escapeXml(server)}</text>`;
   });
