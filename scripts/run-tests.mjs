@@ -9,6 +9,8 @@
  * - Files named `*.per-backend.test.ts` (under test/) run once per I/O backend: WALCAST_IO=ts, and, when the
  *   native addon is built (build/Release or build/Debug walcast_native.node), WALCAST_IO=native with
  *   WALCAST_NATIVE_STRATEGY=sendfile, writev and uring in turn.
+ * - When the addon is built (and WALCAST_TEST_BACKENDS is not set), the other integration files (test/) run a
+ *   second time with WALCAST_IO=native and its default strategy: the whole suite runs once per backend.
  *
  * Environment:
  * - WALCAST_TEST_FILTER: only files whose path contains this substring.
@@ -76,8 +78,14 @@ function planRuns() {
   const perBackend = files.filter((file) => file.endsWith(PER_BACKEND_SUFFIX));
   const once = files.filter((file) => !file.endsWith(PER_BACKEND_SUFFIX));
   const runs = [];
+  const chosen = backends();
   if (once.length > 0) runs.push({ name: 'all tests once (WALCAST_IO=ts)', env: { WALCAST_IO: 'ts' }, files: once });
-  if (perBackend.length > 0) for (const backend of backends()) runs.push({ name: `per-backend: ${backend.name}`, env: backend.env, files: perBackend });
+  // The rest of the integration suite (operations, ingest, CLI, native I/O ...) also runs on the native backend
+  // with its default strategy, so the whole suite has run once per backend; unit tests do not depend on it.
+  const integration = once.filter((file) => file.startsWith('test/'));
+  const nativeDefault = process.env.WALCAST_TEST_BACKENDS === undefined || process.env.WALCAST_TEST_BACKENDS === '' ? chosen.some((backend) => backend.name.startsWith('native/')) : false;
+  if (nativeDefault && integration.length > 0) runs.push({ name: 'integration tests again (WALCAST_IO=native, default strategy)', env: { WALCAST_IO: 'native' }, files: integration });
+  if (perBackend.length > 0) for (const backend of chosen) runs.push({ name: `per-backend: ${backend.name}`, env: backend.env, files: perBackend });
   return runs;
 }
 
