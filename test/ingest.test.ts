@@ -25,6 +25,7 @@ import type { Timeline } from '../src/timeline/timeline.js';
 import { connectReplication } from '../src/wire/client.js';
 import { firstDifference, freePort, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type PgStandby, type StandbyBase } from './support/postgres.js';
 import { REPO_ROOT, runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
+import { waitFor } from './support/wait-for.js';
 
 const SEGMENT_BYTES = 16 * 1024 * 1024;
 const TEST_TIMEOUT_MS = 300_000;
@@ -436,20 +437,6 @@ async function assertSegmentsMatch(receivedDir: string, primaryWalDir: string, s
   return compared;
 }
 
-async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms${lastError === undefined ? '' : `: ${String(lastError)}`}`);
-    await sleep(POLL_MS);
-  }
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

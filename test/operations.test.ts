@@ -24,6 +24,7 @@ import { importWal } from '../src/storage/wal-import.js';
 import { connectReplication, type ReplicationClient, type ReplicationStream } from '../src/wire/client.js';
 import { freePort, makeStandby, makeTempDir, PG_BIN_DIR, REPL_USER, startPrimary, type PgCluster, type PgStandby } from './support/postgres.js';
 import { backendUnderTest, REPO_ROOT, runWalcastCli } from './support/walcast.js';
+import { waitFor as pollUntil } from './support/wait-for.js';
 
 const TEST_TIMEOUT_MS = 240_000;
 const CATCH_UP_TIMEOUT_MS = 120_000;
@@ -137,14 +138,10 @@ async function scrape(): Promise<Map<string, ParsedFamily>> {
   return new Map(parsePrometheusTextFormat(await response.text()).map((family) => [family.name, family]));
 }
 
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, POLL_INTERVAL_MS));
-  }
+
+/** Polls fast: some of these checks hold the product to a one-second promise. */
+function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+  return pollUntil(probe, timeoutMs, { what, pollMs: POLL_INTERVAL_MS });
 }
 
 /** A 'z' CopyData payload built here, independently of walcast: 'z', u64 length, u8 key count, name\0 Int32 len value. */

@@ -18,6 +18,7 @@ import { createScramVerifier } from '../src/wire/scram.js';
 import { connectReplication } from '../src/wire/client.js';
 import { firstDifference, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type PgStandby } from './support/postgres.js';
 import { startWalcast, type RunningWalcast } from './support/walcast.js';
+import { waitFor } from './support/wait-for.js';
 
 const SEGMENT_BYTES = 16 * 1024 * 1024;
 const TEST_TIMEOUT_MS = 180_000;
@@ -151,13 +152,4 @@ async function assertSegmentsMatch(receivedDir: string, primaryWalDir: string, s
   }
 }
 
-async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-}
 
