@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
-import type { ListenAddress } from './cli/listen-address.js';
+import type { ListenAddress } from './config/listen-address.js';
 import { startIngest, type IngestHandle } from './ingest/ingest-manager.js';
 import type { IoBackend } from './io/backend.js';
 import type { Logger } from './log.js';

@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { formatListenAddress, isLoopbackHost, type ListenAddress } from '../cli/listen-address.js';
+import { formatListenAddress, isLoopbackHost, type ListenAddress } from '../config/listen-address.js';
 import { WalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { stringifyJson } from './json.js';

@@ -3,8 +3,8 @@
  * loopback without a bearer token, before any socket opens), and starts the HTTP API over a running server.
  * serve-command.ts calls these two functions and creates the metrics (whose hooks the server needs at start).
  */
-import { formatListenAddress, isLoopbackHost, parseListenAddress, type ListenAddress } from '../cli/listen-address.js';
-import { readSecret } from '../cli/secrets.js';
+import { formatListenAddress, isLoopbackHost, parseListenAddress, type ListenAddress } from '../config/listen-address.js';
+import { readSecret } from '../config/secrets.js';
 import { WalcastError } from '../errors.js';
 import type { IoSelection } from '../io/select-backend.js';
 import type { Logger } from '../log.js';

@@ -10,8 +10,8 @@ import { createLogger, type Logger } from '../log.js';
 import { WalcastServer } from '../server.js';
 import { createScramVerifier } from '../wire/scram.js';
 import type { AuthConfig } from '../wire/startup.js';
-import { formatListenAddress, isLoopbackHost, parseListenAddress, type ListenAddress } from './listen-address.js';
-import { readSecret } from './secrets.js';
+import { formatListenAddress, isLoopbackHost, parseListenAddress, type ListenAddress } from '../config/listen-address.js';
+import { readSecret } from '../config/secrets.js';
 
 export interface ServeFlags {
   readonly dataDir: string;

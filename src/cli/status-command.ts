@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { renderStatus } from '../api/status-table.js';
-import { readSecret } from './secrets.js';
+import { readSecret } from '../config/secrets.js';
 
 /** The whole status call (several small requests) must finish within this; a hung server is reported, not waited on. */
 export const STATUS_TIMEOUT_MS = 10_000;

@@ -6,7 +6,7 @@
 import { pino } from 'pino';
 import { formatLsn, parseLsnOrThrow } from '../lsn.js';
 import { createFollowingTimeline } from '../ingest/create-timeline.js';
-import { readSecret } from './secrets.js';
+import { readSecret } from '../config/secrets.js';
 
 interface TimelineCreateFlags {
   readonly dataDir: string;

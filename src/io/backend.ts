@@ -7,24 +7,23 @@
  * knows anything about PostgreSQL. Both must put exactly the same bytes on the wire, in call order.
  */
 import type { Socket } from 'node:net';
+import { WAL_PAGE_BYTES } from '../lsn.js';
+import type { WalChunk } from '../storage/wal-chunk.js';
 
-/** A WAL segment file opened read-only by storage. The backend reads or sends from `fd`; storage closes it. */
-export interface WalFileHandle {
-  readonly fd: number;
-  readonly path: string;
-}
+// The file range types belong to storage (it opens the files and cuts the ranges); re-exported because they are
+// part of this interface.
+export type { WalChunk, WalFileHandle } from '../storage/wal-chunk.js';
 
-/** A byte range of one segment file. A chunk never crosses a segment boundary. */
-export interface WalChunk {
-  readonly file: WalFileHandle;
-  /** Offset of the first byte inside the segment file. */
-  readonly fileOffset: number;
-  /**
-   * At least 1. For sendChunk at most MAX_SEND_BYTES; for prefetch a whole window (up to PREFETCH_WINDOW_BYTES,
-   * cut at the segment end), which backends split into reads of their own size.
-   */
-  readonly byteCount: number;
-}
+/**
+ * The largest chunk the sender hands to sendChunk: MAX_SEND_SIZE in walsender.c and Neon's send_wal.rs
+ * (XLOG_BLCKSZ * 16). Backends size their buffers from it, so it lives at this boundary, below replication.
+ */
+export const MAX_SEND_BYTES = WAL_PAGE_BYTES * 16;
+/**
+ * The header sendChunk puts before a chunk's bytes: the CopyData envelope and the XLogData header
+ * (replication/stream-messages.ts lays it out and asserts the sum).
+ */
+export const XLOG_DATA_HEADER_BYTES = 30;
 
 export type IoBackendKind = 'ts' | 'native';
 

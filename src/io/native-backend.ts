@@ -15,8 +15,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
-import { MAX_SEND_BYTES } from '../replication/stream-messages.js';
-import type { IoBackend, StreamWriter, WalChunk } from './backend.js';
+import { MAX_SEND_BYTES, type IoBackend, type StreamWriter, type WalChunk } from './backend.js';
 import {
   NATIVE_STRATEGY_CODES,
   NativeEventKind,

@@ -10,8 +10,7 @@
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { WalcastError } from '../errors.js';
-import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES } from '../replication/stream-messages.js';
-import type { IoBackend, StreamWriter, WalChunk } from './backend.js';
+import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES, type IoBackend, type StreamWriter, type WalChunk } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
 

@@ -10,6 +10,10 @@
  */
 import { WalcastError } from '../errors.js';
 import type { Lsn } from '../lsn.js';
+import type { Feedback, HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../timeline/replica-feedback.js';
+
+// The decoded shapes belong to the timeline (its replica registry keeps them); re-exported for the codec's users.
+export type { Feedback, HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../timeline/replica-feedback.js';
 
 const enum FeedbackTag {
   StandbyReply = 0x72, // 'r'
@@ -28,36 +32,6 @@ export const PAGESERVER_FEEDBACK_MAX_BYTES = 4096;
 /** Key names are short identifiers; bound the NUL search. */
 const PAGESERVER_KEY_MAX_BYTES = 64;
 
-export interface StandbyReply {
-  readonly kind: 'standby_reply';
-  readonly writeLsn: Lsn;
-  readonly flushLsn: Lsn;
-  readonly applyLsn: Lsn;
-  /** TimestampTz: microseconds since 2000-01-01 UTC. */
-  readonly replyTimeMicros: bigint;
-  readonly replyRequested: boolean;
-}
-
-export interface HotStandbyFeedback {
-  readonly kind: 'hot_standby';
-  readonly timeMicros: bigint;
-  /** FullTransactionId: epoch << 32 | xid (0 = none). */
-  readonly xmin: bigint;
-  readonly catalogXmin: bigint;
-}
-
-export interface PageserverFeedback {
-  readonly kind: 'pageserver';
-  readonly currentTimelineSize: bigint;
-  readonly lastReceivedLsn: Lsn;
-  readonly diskConsistentLsn: Lsn;
-  readonly remoteConsistentLsn: Lsn;
-  readonly replyTimeMicros: bigint;
-  readonly shardNumber: number;
-  readonly corruptionDetected: boolean;
-}
-
-export type Feedback = StandbyReply | HotStandbyFeedback | PageserverFeedback;
 
 function malformed(message: string): WalcastError {
   return new WalcastError('WALCAST_ERR_FEEDBACK_MALFORMED', message);

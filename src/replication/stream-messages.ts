@@ -8,17 +8,16 @@
  * with no further framing.
  */
 import assert from 'node:assert/strict';
+import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES } from '../io/backend.js';
 import { WAL_PAGE_BYTES, alignDown, lsnDistance, type Lsn } from '../lsn.js';
 
-/** MAX_SEND_SIZE in walsender.c and Neon's send_wal.rs: XLOG_BLCKSZ * 16. */
-export const MAX_SEND_BYTES = WAL_PAGE_BYTES * 16;
+// The chunk bounds belong to the I/O boundary (backends size their buffers from them); re-exported for the sender.
+export { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES };
 
 /** CopyData envelope: tag byte 'd' and an Int32 length that counts itself. */
 const COPY_DATA_ENVELOPE_BYTES = 1 + 4;
 /** XLogData body header: 'w', Int64 dataStart, Int64 walEnd, Int64 sendTime. */
 const XLOG_DATA_BODY_HEADER_BYTES = 1 + 8 + 8 + 8;
-/** What precedes the WAL bytes of one chunk on the wire. */
-export const XLOG_DATA_HEADER_BYTES = COPY_DATA_ENVELOPE_BYTES + XLOG_DATA_BODY_HEADER_BYTES;
 /** Keepalive body: 'k', Int64 walEnd, Int64 sendTime, Int8 replyRequested. The walreceiver insists on exactly 17 after the tag. */
 const KEEPALIVE_BODY_BYTES = 1 + 8 + 8 + 1;
 export const KEEPALIVE_MESSAGE_BYTES = COPY_DATA_ENVELOPE_BYTES + KEEPALIVE_BODY_BYTES;
@@ -32,7 +31,7 @@ const enum StreamTag {
 /** Microseconds between the Unix epoch and PostgreSQL's epoch, 2000-01-01 UTC. */
 export const PG_EPOCH_OFFSET_MICROS = 946_684_800_000_000n;
 
-assert.equal(XLOG_DATA_HEADER_BYTES, 30);
+assert.equal(XLOG_DATA_HEADER_BYTES, COPY_DATA_ENVELOPE_BYTES + XLOG_DATA_BODY_HEADER_BYTES, 'what precedes the WAL bytes of one chunk');
 assert.equal(KEEPALIVE_MESSAGE_BYTES, 23);
 assert.equal(MAX_SEND_BYTES % WAL_PAGE_BYTES, 0, 'a full chunk ends on a page boundary');
 

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
-import type { WalChunk, WalFileHandle } from '../io/backend.js';
+import type { WalChunk, WalFileHandle } from './wal-chunk.js';
 import { formatLsn, minLsn, type Lsn } from '../lsn.js';
 import { PARTIAL_SUFFIX, offsetInSegment, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
 

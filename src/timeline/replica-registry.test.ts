@@ -1,7 +1,7 @@
 /** Replica registry: registration by handle, feedback of each kind, aggregates refreshed on every kind. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../replication/feedback.js';
+import type { HotStandbyFeedback, PageserverFeedback, StandbyReply } from './replica-feedback.js';
 import { ReplicaRegistry } from './replica-registry.js';
 import { Timeline } from './timeline.js';
 

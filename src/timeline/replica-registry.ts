@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { maxLsn, minLsn, type Lsn } from '../lsn.js';
-import type { Feedback, HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../replication/feedback.js';
+import type { Feedback, HotStandbyFeedback, PageserverFeedback, StandbyReply } from './replica-feedback.js';
 
 /** Replicas per timeline; the server's connection limit is lower, this bounds a leak of handles. */
 export const REPLICAS_PER_TIMELINE_MAX = 100_000;
