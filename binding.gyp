@@ -10,7 +10,8 @@
             "native/addon.cc",
             "native/native-errors.cc",
             "native/file-maps.cc",
-            "native/io-engine.cc"
+            "native/io-engine.cc",
+            "native/kernel-loans.cc"
           ],
           "libraries": ["-luring"]
         }]

@@ -242,6 +242,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     stats.Set("streams", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->stream_count()) : 0));
     stats.Set("mappedFiles", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->mapped_file_count()) : 0));
     stats.Set("ring", Napi::Boolean::New(info.Env(), engine_ && engine_->ring_ready()));
+    stats.Set("sendsInFlight", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->sends_in_flight()) : 0));
+    stats.Set("readsInFlight", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->reads_in_flight()) : 0));
     return stats;
   }
 

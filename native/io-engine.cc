@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 namespace walcast {
@@ -128,19 +129,26 @@ bool Engine::StartRing(Failure* failure) {
 
 Engine::~Engine() { Close(); }
 
+// Nothing the kernel may still read or write is freed before its completion is reaped: every send and read in
+// flight is cancelled and waited for (bounded), then streams, reads and buffers go, and only then the ring.
 void Engine::Close() {
   if (closed_) return;
   closed_ = true;
-  // Tear the ring down first: the kernel cancels in-flight sends and reads, which hold their own file
-  // references, so closing the descriptors afterwards is safe.
-  if (ring_ready_) io_uring_queue_exit(&ring_);
-  ring_ready_ = false;
+  reads_waiting_.clear();
+  if (ring_ready_) {
+    CancelAndWaitForRing();
+    if (RequestsInFlight() > 0) AbandonInFlight();
+  }
   for (auto& entry : streams_) {
-    if (entry.second->in_epoll) epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, entry.second->fd.get(), nullptr);
+    if (entry.second && entry.second->in_epoll) epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, entry.second->fd.get(), nullptr);
   }
   streams_.clear();
   reads_in_flight_.clear();
-  reads_waiting_.clear();
+  cancels_waiting_.clear();
+  loans_.ExpectNone("when the engine closed");
+  // The kernel holds no more of our memory (or the rest was leaked above): the ring can go.
+  if (ring_ready_) io_uring_queue_exit(&ring_);
+  ring_ready_ = false;
   ready_.clear();
   if (poll_ != nullptr) {
     poll_->data = nullptr;
@@ -163,6 +171,39 @@ void Engine::Close() {
   // Only after uv_poll_stop: libuv must not watch a closed (and possibly reused) descriptor.
   event_fd_.reset();
   epoll_fd_.reset();
+}
+
+// Cancels every send and read in flight and reaps completions until none is left or kCloseWaitMs passed. The
+// completion handlers see closed_ and start nothing new; closing streams stay in streams_ until Close frees them.
+void Engine::CancelAndWaitForRing() {
+  for (auto& entry : streams_) {
+    if (entry.second->uring_busy) SubmitCancel(Tag(entry.first, kOpSend));
+  }
+  for (auto& entry : reads_in_flight_) SubmitCancel(Tag(entry.first, kOpRead));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kCloseWaitMs);
+  while (RequestsInFlight() > 0) {
+    SubmitWaitingCancels();
+    ring_dirty_ = true;
+    SubmitRing();
+    const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return;
+    __kernel_timespec timeout{};
+    timeout.tv_sec = left.count() / 1000000000;
+    timeout.tv_nsec = left.count() % 1000000000;
+    io_uring_cqe* cqe = nullptr;
+    const int status = io_uring_wait_cqe_timeout(&ring_, &cqe, &timeout);
+    if (status < 0 && status != -EINTR && status != -ETIME) return;
+    ReapRing();
+  }
+}
+
+// The bounded wait ran out: what the kernel may still use is leaked, never freed. Busy streams keep their unit,
+// msghdr, iovecs and mapping; reads keep the scratch buffer (each read holds its own file reference).
+void Engine::AbandonInFlight() {
+  for (auto& entry : streams_) {
+    if (entry.second->uring_busy) (void)entry.second.release();
+  }
+  if (!reads_in_flight_.empty()) (void)scratch_.release();
 }
 
 Stream* Engine::Find(uint64_t id) const {
@@ -309,16 +350,13 @@ void Engine::CloseStream(uint64_t id) {
   Stream* stream = Find(id);
   if (stream == nullptr || stream->closing) return;
   stream->closing = true;
-  stream->queue.clear();
-  stream->current_map.reset();
-  if (stream->uring_busy && ring_ready_) {
-    // The kernel still uses the msghdr and the socket: close once the cancelled send completes.
-    io_uring_sqe* sqe = NextSqe();
-    if (sqe != nullptr) {
-      io_uring_prep_cancel64(sqe, Tag(id, kOpSend), 0);
-      io_uring_sqe_set_data64(sqe, Tag(id, kOpCancel));
-      SubmitRing();
-    }
+  stream->want_space = false;
+  stream->want_drain = false;
+  DropQueued(*stream);
+  if (stream->uring_busy) {
+    // The kernel still reads the front unit, the msghdr and the socket: the stream stays (closing) and is freed
+    // by FinishClose when the cancelled send's completion is reaped.
+    SubmitCancel(Tag(id, kOpSend));
     return;
   }
   FinishClose(id);
@@ -405,11 +443,19 @@ Engine::Progress Engine::WriteVectored(Stream& stream, SendUnit& unit, Failure* 
 void Engine::Fail(Stream& stream, Failure failure, bool emit) {
   if (stream.failure.errnum != 0) return;
   stream.failure = failure;
-  stream.queue.clear();
-  stream.current_map.reset();
+  DropQueued(stream);
   stream.want_space = false;
   stream.want_drain = false;
   if (emit) events_.push_back({EventKind::kFailed, stream.id, failure});
+}
+
+// Drops the units no request points at. While a SENDMSG is in flight the front unit is the kernel's (its head bytes
+// and its mapping) and stays until the completion; the stream's current mapping is only a cache for the next chunk.
+void Engine::DropQueued(Stream& stream) {
+  assert(!stream.uring_busy || !stream.queue.empty());
+  const size_t kept = stream.uring_busy ? 1 : 0;
+  stream.queue.erase(stream.queue.begin() + static_cast<std::ptrdiff_t>(kept), stream.queue.end());
+  stream.current_map.reset();
 }
 
 void Engine::AfterUnitSent(Stream& stream) {
@@ -536,7 +582,7 @@ io_uring_sqe* Engine::NextSqe() {
 }
 
 void Engine::KickUring(Stream& stream) {
-  if (stream.uring_busy || stream.queue.empty() || stream.closing || stream.failure.errnum != 0) return;
+  if (closed_ || stream.uring_busy || stream.queue.empty() || stream.closing || stream.failure.errnum != 0) return;
   SendUnit& unit = stream.queue.front();
   io_uring_sqe* sqe = NextSqe();
   if (sqe == nullptr) {
@@ -559,10 +605,39 @@ void Engine::KickUring(Stream& stream) {
   // After -EAGAIN, wait for room inside the kernel instead of spinning on the socket.
   if (stream.poll_first) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
   io_uring_sqe_set_data64(sqe, Tag(stream.id, kOpSend));
+  // The kernel reads all of these until the completion is reaped (checked in sanitizer builds).
+  const LoanKind first_kind = unit.head_sent < unit.head_bytes ? LoanKind::kHeap : LoanKind::kMapped;
+  loans_.Lend(Tag(stream.id, kOpSend), {{{&stream.message, sizeof stream.message, LoanKind::kHeap},
+                                         {stream.iov.data(), sizeof stream.iov, LoanKind::kHeap},
+                                         {stream.iov[0].iov_base, count > 0 ? stream.iov[0].iov_len : 0, first_kind},
+                                         {stream.iov[1].iov_base, count > 1 ? stream.iov[1].iov_len : 0, LoanKind::kMapped}}});
   stream.uring_busy = true;
+  sends_in_flight_++;
   ring_dirty_ = true;
   // The kernel tries the send inline in io_uring_enter, on this thread: it counts against the iteration.
   iteration_bytes_ += (unit.head_bytes - unit.head_sent) + (unit.payload_bytes - unit.payload_sent);
+}
+
+// Cancels the request tagged `target`. A full submission queue is flushed and the entry taken again; if even that
+// finds none (the kernel refused the flush), the cancel waits in cancels_waiting_ for the next reap, never dropped.
+void Engine::SubmitCancel(uint64_t target) {
+  io_uring_sqe* sqe = NextSqe();
+  if (sqe == nullptr) {
+    cancels_waiting_.push_back(target);
+    return;
+  }
+  io_uring_prep_cancel64(sqe, target, 0);
+  io_uring_sqe_set_data64(sqe, Tag(target >> kOpBits, kOpCancel));
+  ring_dirty_ = true;
+  SubmitRing();
+}
+
+void Engine::SubmitWaitingCancels() {
+  for (size_t count = cancels_waiting_.size(); count > 0; count--) {
+    const uint64_t target = cancels_waiting_.front();
+    cancels_waiting_.pop_front();
+    SubmitCancel(target);
+  }
 }
 
 void Engine::SubmitRing() {
@@ -580,10 +655,13 @@ void Engine::ReapRing() {
     const uint64_t data = io_uring_cqe_get_data64(cqe);
     const int result = cqe->res;
     io_uring_cqe_seen(&ring_, cqe);
+    loans_.Return(data);
     const uint64_t op = data & kOpMask;
     if (op == kOpSend) OnSendCompletion(data >> kOpBits, result);
     if (op == kOpRead) OnReadCompletion(data >> kOpBits, result);
   }
+  // Completions freed submission entries: cancels that found none before go now.
+  SubmitWaitingCancels();
   SubmitRing();
 }
 
@@ -592,6 +670,10 @@ void Engine::OnSendCompletion(uint64_t id, int result) {
   assert(stream != nullptr);  // a stream with a send in flight is only erased after this completion
   assert(stream->uring_busy);
   stream->uring_busy = false;
+  assert(sends_in_flight_ > 0);
+  sends_in_flight_--;
+  // Engine closing: Close() frees every stream once nothing is in flight.
+  if (closed_) return;
   if (stream->closing) {
     FinishClose(id);
     return;
@@ -605,8 +687,11 @@ void Engine::OnSendCompletion(uint64_t id, int result) {
     Fail(*stream, {-result, "io_uring_sendmsg"}, true);
     return;
   }
-  // A failure recorded meanwhile emptied the queue; nothing is left to advance.
-  if (stream->failure.errnum != 0 || stream->queue.empty()) return;
+  // A failure recorded meanwhile: the unit this send carried is all that is left, and it is not sent on.
+  if (stream->failure.errnum != 0 || stream->queue.empty()) {
+    stream->queue.clear();
+    return;
+  }
   stream->poll_first = false;
   SendUnit& unit = stream->queue.front();
   unit.Advance(static_cast<size_t>(result));
@@ -684,6 +769,7 @@ void Engine::StartRead(PrefetchRead&& read) {
   // machine's noise; the flag costs one worker hop per cold read, which is cheap next to the disk.)
   io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
   io_uring_sqe_set_data64(sqe, Tag(slot, kOpRead));
+  loans_.Lend(Tag(slot, kOpRead), {{{scratch_.get(), read.bytes, LoanKind::kHeap}}});
   ring_dirty_ = true;
   reads_in_flight_.emplace(slot, std::move(read));
 }
@@ -691,9 +777,12 @@ void Engine::StartRead(PrefetchRead&& read) {
 void Engine::OnReadCompletion(uint64_t slot, int) {
   auto found = reads_in_flight_.find(slot);
   assert(found != reads_in_flight_.end());
-  // Best effort: a failed read is reported as done; the send path surfaces real errors.
-  events_.push_back({EventKind::kPrefetched, found->second.token, {}});
+  // The scratch buffer is free of this read now; its dup closes with the entry.
+  const uint64_t token = found->second.token;
   reads_in_flight_.erase(found);
+  if (closed_) return;
+  // Best effort: a failed read is reported as done; the send path surfaces real errors.
+  events_.push_back({EventKind::kPrefetched, token, {}});
   while (!reads_waiting_.empty() && reads_in_flight_.size() < kPrefetchReadsInFlightMax) {
     StartRead(std::move(reads_waiting_.front()));
     reads_waiting_.pop_front();

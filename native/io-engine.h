@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "file-maps.h"
+#include "kernel-loans.h"
 #include "native-errors.h"
 
 namespace walcast {
@@ -50,6 +51,11 @@ constexpr unsigned kRingEntries = 256;
 constexpr size_t kPrefetchReadsInFlightMax = 32;
 // Largest prefetch request, and the size of the scratch buffer all prefetch reads land in (and are discarded).
 constexpr size_t kPrefetchBytesMax = 1024 * 1024;
+// How long Close() waits for the io_uring requests it cancelled before it frees what they use. Cancelled socket
+// sends complete at once; a prefetch read already running on an io-wq worker cannot be cancelled and finishes
+// with the disk (milliseconds). Past the bound the engine leaks those buffers rather than free them under the
+// kernel: 5 s of a blocked event loop at shutdown is the worst case, a corrupted heap is not an option.
+constexpr int kCloseWaitMs = 5000;
 
 static_assert(kTurnBudgetBytes <= kIterationBudgetBytes, "one stream's turn fits in one loop iteration");
 static_assert(kPayloadBytesMax <= kTurnBudgetBytes, "a stream's turn holds at least one full chunk");
@@ -119,14 +125,17 @@ struct Stream {
   bool in_ready = false;
   bool want_space = false;
   bool want_drain = false;
+  // Closed by JS: no new units; freed by FinishClose once no io_uring send of it is in flight.
   bool closing = false;
+  // A SENDMSG is in flight: the kernel reads msghdr, iov and the front unit (its head bytes and its mapping)
+  // until the completion is reaped, so none of them may be freed or changed before then.
   bool uring_busy = false;
   bool poll_first = false;
   Failure failure;
   uint64_t bytes_sent = 0;
   std::deque<SendUnit> queue;
   std::shared_ptr<FileMap> current_map;  // keeps the segment mapped between chunks
-  // The in-flight io_uring SENDMSG points here, so they live as long as the stream.
+  // The in-flight io_uring SENDMSG points here; the stream (and so these) outlives the send's completion.
   struct msghdr message {};
   std::array<struct iovec, 2> iov{};
 };
@@ -165,6 +174,9 @@ class Engine {
   bool ring_ready() const { return ring_ready_; }
   size_t stream_count() const { return streams_.size(); }
   size_t mapped_file_count() const { return maps_.size(); }
+  // io_uring requests whose completion is not reaped yet (tests check that a close happens with some in flight).
+  size_t sends_in_flight() const { return sends_in_flight_; }
+  size_t reads_in_flight() const { return reads_in_flight_.size(); }
 
  private:
   enum class Progress { kDone, kBlocked, kFailed };
@@ -181,6 +193,7 @@ class Engine {
   void DrainStream(Stream& stream);
   void AfterUnitSent(Stream& stream);
   void Fail(Stream& stream, Failure failure, bool emit);
+  void DropQueued(Stream& stream);
   void MarkReady(Stream& stream);
   void RunTurn();
   void DeliverEvents();
@@ -188,6 +201,11 @@ class Engine {
   // io_uring side.
   io_uring_sqe* NextSqe();
   void KickUring(Stream& stream);
+  void SubmitCancel(uint64_t target);
+  void SubmitWaitingCancels();
+  void CancelAndWaitForRing();
+  void AbandonInFlight();
+  size_t RequestsInFlight() const { return sends_in_flight_ + reads_in_flight_.size(); }
   void SubmitRing();
   void ReapRing();
   void OnSendCompletion(uint64_t id, int result);
@@ -223,7 +241,15 @@ class Engine {
   FileMapCache maps_;
   std::unordered_map<uint64_t, PrefetchRead> reads_in_flight_;
   std::deque<PrefetchRead> reads_waiting_;
+  // Every prefetch READ writes here until its completion is reaped; freed only after the last one (Close()).
   std::unique_ptr<uint8_t[]> scratch_;
+  // SENDMSGs in flight (streams with uring_busy, closing ones included).
+  size_t sends_in_flight_ = 0;
+  // Cancels that found no free submission entry even after a flush: submitted after the next reap (at most one
+  // per stream or read in flight, so bounded by them).
+  std::deque<uint64_t> cancels_waiting_;
+  // Sanitizer builds: every buffer lent to an io_uring request, checked when it comes back.
+  KernelLoans loans_;
 };
 
 }  // namespace walcast

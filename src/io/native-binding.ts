@@ -63,7 +63,8 @@ export interface NativeEngine {
   closeStream(id: number): void;
   bytesSent(id: number): number;
   prefetch(fd: number, offset: number, count: number, token: number): boolean;
-  stats(): { streams: number; mappedFiles: number; ring: boolean };
+  /** sendsInFlight / readsInFlight: io_uring requests whose completions are not reaped yet. */
+  stats(): { streams: number; mappedFiles: number; ring: boolean; sendsInFlight: number; readsInFlight: number };
   close(): void;
 }
 
