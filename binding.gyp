@@ -1,6 +1,11 @@
 # Builds the native I/O addon (native/): sendfile / writev / io_uring sends and io_uring prefetch reads for walcast.
 # Built offline by scripts/build-native.mjs (node-gyp --nodedir=/usr); a failed build leaves walcast on its TS backend.
+# WALCAST_NATIVE_SANITIZE=address (set by scripts/build-native-asan.mjs, which builds into build-asan/) adds
+# AddressSanitizer; the addon then only loads into a node started with LD_PRELOAD=libasan.so.
 {
+  "variables": {
+    "walcast_sanitize%": "<!(node -p \"process.env.WALCAST_NATIVE_SANITIZE || 'none'\")"
+  },
   "targets": [
     {
       "target_name": "walcast_native",
@@ -14,6 +19,10 @@
             "native/kernel-loans.cc"
           ],
           "libraries": ["-luring"]
+        }],
+        ["walcast_sanitize=='address'", {
+          "cflags_cc": ["-fsanitize=address", "-fno-omit-frame-pointer"],
+          "ldflags": ["-fsanitize=address"]
         }]
       ],
       "defines": [
