@@ -24,7 +24,7 @@ import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import type { IoBackend, StreamWriter, WalChunk, WalFileHandle } from '../src/io/backend.js';
-import { DEFAULT_NATIVE_STRATEGY, NATIVE_STRATEGIES, createNativeBackend, probeNative, type NativeStrategy } from '../src/io/native-backend.js';
+import { NATIVE_STRATEGIES, defaultNativeStrategy, createNativeBackend, probeNative, type NativeStrategy } from '../src/io/native-backend.js';
 import { loadNativeAddon } from '../src/io/native-binding.js';
 import { createTsBackend } from '../src/io/ts-backend.js';
 import type { Lsn } from '../src/lsn.js';
@@ -290,7 +290,7 @@ function printWarmTables(options: Options, single: Map<BackendName, RunResult[]>
 async function coldRuns(options: Options, handles: readonly WalFileHandle[]): Promise<void> {
   const cases: { label: string; name: BackendName; prefetch: boolean }[] = [
     { label: 'ts (async pread on the libuv pool)', name: 'ts', prefetch: true },
-    ...NATIVE_STRATEGIES.map((name) => ({ label: `native ${name} + io_uring prefetch${name === DEFAULT_NATIVE_STRATEGY ? ' (default)' : ''}`, name, prefetch: true })),
+    ...NATIVE_STRATEGIES.map((name) => ({ label: `native ${name} + io_uring prefetch${name === defaultNativeStrategy() ? ' (default)' : ''}`, name, prefetch: true })),
     { label: 'native sendfile, prefetch off', name: 'sendfile', prefetch: false },
   ];
   console.log(`\n### cold cache, 1 receiver, ${options.coldBytes / MIB} MiB (posix_fadvise DONTNEED before each run)`);

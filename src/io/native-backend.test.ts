@@ -1,28 +1,51 @@
 /**
- * Unit tests of the native backend's TypeScript surface that need no sockets: the probe, the default
- * strategy, and refusal of a bad strategy before the addon is asked. Socket-level behaviour is tested in
- * test/native-io.test.ts.
+ * Unit tests of the native backend's TypeScript surface that need no sockets: importing loads nothing, the probe,
+ * the default strategy, and refusal of a bad strategy before the addon is asked. Socket-level behaviour is tested
+ * in test/native-io.test.ts.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 import { isWalcastError } from '../errors.js';
 import {
-  DEFAULT_NATIVE_STRATEGY,
   MEASURED_FASTEST_STRATEGY,
   NATIVE_STRATEGIES,
   NO_RING_STRATEGY,
   createNativeBackend,
+  defaultNativeStrategy,
   probeNative,
   type NativeStrategy,
 } from './native-backend.js';
-import { loadNativeAddon } from './native-binding.js';
+import { NATIVE_ADDON_FILE, loadNativeAddon } from './native-binding.js';
+
+/** Bound for the child node below (tsx compiles on the way): generous, the machine is shared. */
+const CHILD_TIMEOUT_MS = 120_000;
+
+test('importing the backend module loads no addon; the first probe does, and reports as before', () => {
+  // A fresh process: this file's own imports must not have loaded anything yet either way. The addon counts as
+  // loaded when its shared object is mapped into the process.
+  const script = `
+    import { readFileSync } from 'node:fs';
+    const mapped = () => readFileSync('/proc/self/maps', 'utf8').includes(${JSON.stringify(NATIVE_ADDON_FILE)});
+    const native = await import(${JSON.stringify(new URL('./native-backend.ts', import.meta.url).href)});
+    const afterImport = mapped();
+    const probe = native.probeNative();
+    console.log(JSON.stringify({ afterImport, afterProbe: mapped(), probe }));
+  `;
+  const output = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '--eval', script], { encoding: 'utf8', timeout: CHILD_TIMEOUT_MS });
+  const seen = JSON.parse(output.trim().split('\n').at(-1)!) as { afterImport: boolean; afterProbe: boolean; probe: { ok: boolean; reason?: string } };
+  assert.equal(seen.afterImport, false, 'import alone loads no addon');
+  assert.deepEqual(seen.probe, probeNative(), 'the child probed to the same answer as this process');
+  assert.equal(seen.afterProbe, seen.probe.ok, 'the addon is loaded exactly when the probe succeeded');
+});
 
 test('the default strategy is the measured fastest when io_uring works, else sendfile', () => {
-  assert.ok(NATIVE_STRATEGIES.includes(DEFAULT_NATIVE_STRATEGY));
-  assert.ok([MEASURED_FASTEST_STRATEGY, NO_RING_STRATEGY].includes(DEFAULT_NATIVE_STRATEGY));
+  const strategy = defaultNativeStrategy();
+  assert.ok(NATIVE_STRATEGIES.includes(strategy));
+  assert.ok([MEASURED_FASTEST_STRATEGY, NO_RING_STRATEGY].includes(strategy));
   assert.equal(NO_RING_STRATEGY, 'sendfile', 'the fallback needs no io_uring');
   const loaded = loadNativeAddon();
-  if (loaded.ok && loaded.addon.selfTest().ring) assert.equal(DEFAULT_NATIVE_STRATEGY, MEASURED_FASTEST_STRATEGY);
+  if (loaded.ok && loaded.addon.selfTest().ring) assert.equal(strategy, MEASURED_FASTEST_STRATEGY);
   assert.deepEqual([...NATIVE_STRATEGIES].sort(), ['sendfile', 'uring', 'writev']);
 });
 

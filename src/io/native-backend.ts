@@ -9,6 +9,10 @@
  * first native write waits until libuv's write queue is empty; release() waits until the addon's queue is empty,
  * then the addon removes and closes its dup, and Node may write again. See native/README.md.
  *
+ * Importing this file loads nothing: the addon is loaded, and its self-test run, on the first probeNative(),
+ * defaultNativeStrategy() or createNativeBackend() (cached per process), so importing it for its types or
+ * constants costs no dlopen and no socketpair.
+ *
  * It knows nothing about PostgreSQL: headers arrive finished from the sender loop.
  */
 import assert from 'node:assert/strict';
@@ -47,10 +51,6 @@ let probeResult: { ok: true } | { ok: false; reason: string } | undefined;
 /** Whether the self-test could set up an io_uring (false until probed, or when the probe failed). */
 let ringAvailable = false;
 
-function pickDefaultStrategy(): NativeStrategy {
-  return probeNative().ok && ringAvailable ? MEASURED_FASTEST_STRATEGY : NO_RING_STRATEGY;
-}
-
 /** Largest header sendChunk takes: the addon's inline header room (io-engine.h kHeaderBytesMax). */
 export const NATIVE_HEADER_BYTES_MAX = 64;
 /** Largest sendMessage: control messages are tiny; the bound keeps a bug from queueing megabytes natively. */
@@ -65,8 +65,13 @@ export const PREFETCH_RANGE_BYTES_MAX = 1024 * 1024 * 1024;
 
 assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefetch request');
 
-/** The strategy `auto` and an unset --native-strategy use: the measured fastest that can run here. */
-export const DEFAULT_NATIVE_STRATEGY: NativeStrategy = pickDefaultStrategy();
+/**
+ * The strategy `auto` and an unset --native-strategy use: the measured fastest that can run here (uring when the
+ * self-test could set up an io_uring, else sendfile). Probes the addon on first use.
+ */
+export function defaultNativeStrategy(): NativeStrategy {
+  return probeNative().ok && ringAvailable ? MEASURED_FASTEST_STRATEGY : NO_RING_STRATEGY;
+}
 
 /** Loads the addon and runs its self-test (sendfile and sendmsg over a socketpair). Cached per process. */
 export function probeNative(): { ok: true } | { ok: false; reason: string } {

@@ -18,7 +18,7 @@ export interface IoSelection {
 
 /** The native module's face, loaded lazily so that a missing or broken addon cannot stop the TS backend. */
 interface NativeModule {
-  readonly DEFAULT_NATIVE_STRATEGY: NativeStrategyChoice;
+  defaultNativeStrategy(): NativeStrategyChoice;
   probeNative(): { ok: true } | { ok: false; reason: string };
   createNativeBackend(strategy: NativeStrategyChoice): Promise<IoBackend>;
 }
@@ -41,7 +41,7 @@ export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeS
     if (choice.io === 'native') throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `--io native was requested but the native addon is unavailable: ${why}`);
     return { backend: createTsBackend(), reason: `auto: native addon unavailable (${why}), using the TypeScript backend` };
   }
-  const strategy = choice.strategy ?? native.DEFAULT_NATIVE_STRATEGY;
+  const strategy = choice.strategy ?? native.defaultNativeStrategy();
   const backend = await native.createNativeBackend(strategy);
   const reason = choice.io === 'native' ? `requested (--io native), strategy ${strategy}` : `auto: native addon loaded on Linux, strategy ${strategy}`;
   return { backend, reason };
