@@ -44,6 +44,8 @@
         "-Wnull-dereference",
         "-Wimplicit-fallthrough"
       ],
+      # Both configurations check invariants (WALCAST_ASSERT, native/invariant.h, independent of NDEBUG): a broken
+      # one means memory shared with the kernel is wrong, and stopping beats streaming bad bytes. Debug adds -g.
       "configurations": {
         "Debug": { "cflags_cc": ["-O1", "-g"] },
         "Release": { "cflags_cc": ["-O2"] }

@@ -4,8 +4,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
-#include <cassert>
 #include <cerrno>
+
+#include "invariant.h"
 
 namespace walcast {
 
@@ -51,7 +52,7 @@ std::shared_ptr<FileMap> FileMapCache::Get(int fd, uint64_t end_offset, Failure*
   if (maps_.size() >= kMapEntriesBeforePrune) PruneExpired();
   maps_[key] = map;
   KeepRecent(map);
-  assert(map->length >= end_offset);
+  WALCAST_ASSERT(map->length >= end_offset);
   return map;
 }
 

@@ -11,10 +11,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cassert>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+
+#include "invariant.h"
 
 namespace walcast {
 
@@ -52,7 +53,7 @@ void SendUnit::Advance(size_t bytes) {
   const size_t head_part = std::min(bytes, head_bytes - head_sent);
   head_sent += head_part;
   payload_sent += bytes - head_part;
-  assert(payload_sent <= payload_bytes);
+  WALCAST_ASSERT(payload_sent <= payload_bytes);
 }
 
 Engine::Engine(Strategy strategy, EventSink sink)
@@ -212,7 +213,7 @@ Stream* Engine::Find(uint64_t id) const {
 }
 
 uint64_t Engine::OpenStream(int socket_fd, Failure* failure) {
-  assert(!closed_);
+  WALCAST_ASSERT(!closed_);
   // Our own descriptor for the socket: Node may close (and the kernel reuse) its number at any time, ours
   // stays valid until CloseStream, which removes it from the epoll set before closing it.
   UniqueFd fd(fcntl(socket_fd, F_DUPFD_CLOEXEC, 0));
@@ -241,8 +242,8 @@ uint64_t Engine::OpenStream(int socket_fd, Failure* failure) {
 
 int Engine::SendChunk(uint64_t id, const uint8_t* header, size_t header_bytes, int file_fd, uint64_t offset,
                       size_t payload_bytes, Failure* failure) {
-  assert(header_bytes > 0 && header_bytes <= kHeaderBytesMax);
-  assert(payload_bytes > 0 && payload_bytes <= kPayloadBytesMax);
+  WALCAST_ASSERT(header_bytes > 0 && header_bytes <= kHeaderBytesMax);
+  WALCAST_ASSERT(payload_bytes > 0 && payload_bytes <= kPayloadBytesMax);
   Stream* stream = Find(id);
   if (stream == nullptr || stream->closing) {
     *failure = {EBADF, "send"};
@@ -264,7 +265,7 @@ int Engine::SendChunk(uint64_t id, const uint8_t* header, size_t header_bytes, i
 }
 
 int Engine::SendMessage(uint64_t id, const uint8_t* bytes, size_t byte_count, Failure* failure) {
-  assert(byte_count > 0 && byte_count <= kMessageBytesMax);
+  WALCAST_ASSERT(byte_count > 0 && byte_count <= kMessageBytesMax);
   Stream* stream = Find(id);
   if (stream == nullptr || stream->closing) {
     *failure = {EBADF, "send"};
@@ -364,8 +365,8 @@ void Engine::CloseStream(uint64_t id) {
 
 void Engine::FinishClose(uint64_t id) {
   Stream* stream = Find(id);
-  assert(stream != nullptr);
-  assert(!stream->uring_busy);
+  WALCAST_ASSERT(stream != nullptr);
+  WALCAST_ASSERT(!stream->uring_busy);
   // EPOLL_CTL_DEL before close: the set must never hold a descriptor number the kernel may hand out again.
   if (stream->in_epoll) epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, stream->fd.get(), nullptr);
   streams_.erase(id);
@@ -452,7 +453,7 @@ void Engine::Fail(Stream& stream, Failure failure, bool emit) {
 // Drops the units no request points at. While a SENDMSG is in flight the front unit is the kernel's (its head bytes
 // and its mapping) and stays until the completion; the stream's current mapping is only a cache for the next chunk.
 void Engine::DropQueued(Stream& stream) {
-  assert(!stream.uring_busy || !stream.queue.empty());
+  WALCAST_ASSERT(!stream.uring_busy || !stream.queue.empty());
   const size_t kept = stream.uring_busy ? 1 : 0;
   stream.queue.erase(stream.queue.begin() + static_cast<std::ptrdiff_t>(kept), stream.queue.end());
   stream.current_map.reset();
@@ -667,10 +668,10 @@ void Engine::ReapRing() {
 
 void Engine::OnSendCompletion(uint64_t id, int result) {
   Stream* stream = Find(id);
-  assert(stream != nullptr);  // a stream with a send in flight is only erased after this completion
-  assert(stream->uring_busy);
+  WALCAST_ASSERT(stream != nullptr);  // a stream with a send in flight is only erased after this completion
+  WALCAST_ASSERT(stream->uring_busy);
   stream->uring_busy = false;
-  assert(sends_in_flight_ > 0);
+  WALCAST_ASSERT(sends_in_flight_ > 0);
   sends_in_flight_--;
   // Engine closing: Close() frees every stream once nothing is in flight.
   if (closed_) return;
@@ -713,7 +714,7 @@ void Engine::OnSendCompletion(uint64_t id, int result) {
 // folio_test_uptodate), costs a page-cache lookup per page and copies nothing. The mapping comes from the
 // shared cache, so no page tables are populated for it.
 bool Engine::IsUpToDate(int fd, uint64_t offset, size_t byte_count) {
-  assert(byte_count > 0 && byte_count <= kPrefetchBytesMax);
+  WALCAST_ASSERT(byte_count > 0 && byte_count <= kPrefetchBytesMax);
   Failure ignored;
   std::shared_ptr<FileMap> map = maps_.Get(fd, offset + byte_count, &ignored);
   if (!map) return false;
@@ -721,7 +722,7 @@ bool Engine::IsUpToDate(int fd, uint64_t offset, size_t byte_count) {
   const uint64_t first = offset / page_bytes * page_bytes;
   const size_t span = static_cast<size_t>(offset + byte_count - first);
   std::array<unsigned char, kResidencyPagesMax> pages;
-  assert((span + page_bytes - 1) / page_bytes <= pages.size());
+  WALCAST_ASSERT((span + page_bytes - 1) / page_bytes <= pages.size());
   if (mincore(const_cast<uint8_t*>(map->base + first), span, pages.data()) != 0) return false;
   for (size_t index = 0; index < (span + page_bytes - 1) / page_bytes; index++) {
     if ((pages[index] & 1) == 0) return false;
@@ -730,7 +731,7 @@ bool Engine::IsUpToDate(int fd, uint64_t offset, size_t byte_count) {
 }
 
 int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t token, Failure* failure) {
-  assert(byte_count > 0 && byte_count <= kPrefetchBytesMax);
+  WALCAST_ASSERT(byte_count > 0 && byte_count <= kPrefetchBytesMax);
   if (IsUpToDate(file_fd, offset, byte_count)) return 1;
   if (!ring_ready_) {
     // No ring: ask for readahead and hope; sendfile may then block on a miss (documented fallback).
@@ -776,7 +777,7 @@ void Engine::StartRead(PrefetchRead&& read) {
 
 void Engine::OnReadCompletion(uint64_t slot, int) {
   auto found = reads_in_flight_.find(slot);
-  assert(found != reads_in_flight_.end());
+  WALCAST_ASSERT(found != reads_in_flight_.end());
   // The scratch buffer is free of this read now; its dup closes with the entry.
   const uint64_t token = found->second.token;
   reads_in_flight_.erase(found);

@@ -1,9 +1,10 @@
 /**
  * Unit tests of the addon loader: candidate order (explicit path, WALCAST_NATIVE_PATH, build/Debug,
- * build/Release), a reason instead of a throw when nothing loads, and the error class handed to the addon.
+ * build/Release), a reason instead of a throw when nothing loads, the error class handed to the addon, and that
+ * every build carries its invariant checks.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, test } from 'node:test';
@@ -53,4 +54,14 @@ test('NativeIoError carries errno, code and syscall', () => {
   assert.equal(error.errno, 32);
   assert.equal(error.code, 'EPIPE');
   assert.equal(error.syscall, 'sendfile');
+});
+
+test('the addon carries its invariant checks in every build, Release included (native/invariant.h)', (context) => {
+  const loaded = loadNativeAddon();
+  if (!loaded.ok) {
+    context.skip(`native addon unavailable: ${loaded.reason}`);
+    return;
+  }
+  // WALCAST_ASSERT's failure message is in the binary exactly when its checks were compiled in.
+  assert.ok(readFileSync(loaded.path).includes('walcast native: invariant failed'), `${loaded.path} was built without its invariant checks`);
 });

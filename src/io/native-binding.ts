@@ -2,7 +2,8 @@
  * Loads the native I/O addon (build/…/walcast_native.node) and describes its JavaScript surface.
  *
  * Load order (style anchor 13): an explicit path (option, or env WALCAST_NATIVE_PATH), then build/Debug, then
- * build/Release; Debug first because tests run against the Debug build when one exists, where C++ asserts are on.
+ * build/Release; Debug first, so a developer who built one (-O1 -g, for a debugger) gets it. Both check the
+ * addon's invariants (WALCAST_ASSERT, live in Release too).
  * Loading never throws: it returns why not, and the caller falls back to the TS backend. The error class every
  * native failure is built with (errno, code, syscall: style anchor 11) is defined here and handed to the addon once.
  */
