@@ -18,6 +18,10 @@ export const SqlState = {
   undefinedObject: '42704',
   duplicateObject: '42710',
   objectNotInPrerequisiteState: '55000',
+  objectInUse: '55006',
+  invalidName: '42602',
+  nameTooLong: '42622',
+  configurationLimitExceeded: '53400',
   undefinedFile: '58P01',
   tooManyConnections: '53300',
   programLimitExceeded: '54000',
@@ -75,6 +79,15 @@ export const ERROR_CATALOGUE = {
   WALCAST_ERR_UPSTREAM: { sqlState: SqlState.internalError, summary: 'the upstream server failed or refused' },
   WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH: { sqlState: SqlState.objectNotInPrerequisiteState, summary: 'the upstream switched PostgreSQL timeline' },
   WALCAST_ERR_WAL_WRITE: { sqlState: SqlState.internalError, summary: 'writing or syncing received WAL failed' },
+  // Replication slots.
+  WALCAST_ERR_SLOT_NAME_INVALID: { sqlState: SqlState.invalidName, summary: 'a replication slot name is empty or has a character outside [a-z0-9_]' },
+  WALCAST_ERR_SLOT_NAME_TOO_LONG: { sqlState: SqlState.nameTooLong, summary: 'a replication slot name is longer than 63 bytes' },
+  WALCAST_ERR_SLOT_EXISTS: { sqlState: SqlState.duplicateObject, summary: 'the replication slot already exists' },
+  WALCAST_ERR_SLOT_UNKNOWN: { sqlState: SqlState.undefinedObject, summary: 'the replication slot does not exist' },
+  WALCAST_ERR_SLOT_ACTIVE: { sqlState: SqlState.objectInUse, summary: 'the replication slot is in use by another connection' },
+  WALCAST_ERR_SLOT_LIMIT: { sqlState: SqlState.configurationLimitExceeded, summary: 'the timeline holds as many replication slots as allowed' },
+  WALCAST_ERR_SLOT_LOGICAL: { sqlState: SqlState.featureNotSupported, summary: 'logical replication slots are not supported' },
+  WALCAST_ERR_SLOT_FILE: { sqlState: SqlState.dataCorrupted, summary: 'the timeline slot file is unreadable or corrupt' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type WalcastErrorCode = keyof typeof ERROR_CATALOGUE;
@@ -85,13 +98,16 @@ export class WalcastError extends Error {
   readonly sqlState: SqlStateCode;
   /** Optional ErrorResponse D field. */
   readonly detail: string | undefined;
+  /** Optional ErrorResponse H field. */
+  readonly hint: string | undefined;
 
-  constructor(code: WalcastErrorCode, message: string, options?: { cause?: unknown; detail?: string }) {
+  constructor(code: WalcastErrorCode, message: string, options?: { cause?: unknown; detail?: string; hint?: string }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'WalcastError';
     this.code = code;
     this.sqlState = ERROR_CATALOGUE[code].sqlState;
     this.detail = options?.detail;
+    this.hint = options?.hint;
   }
 }
 

@@ -1,10 +1,11 @@
 /**
  * One timeline's live state: its identity and WAL layout (from the control file), its commit and flush LSN watches,
- * its replicas, and whether a writer (live ingest) is attached. It knows nothing of sockets or file formats; storage
+ * its replicas, its replication slots, and whether a writer (live ingest) is attached. It knows nothing of sockets or file formats; storage
  * persists what ingest makes durable, and this object publishes it to the senders.
  */
 import assert from 'node:assert/strict';
 import type { Lsn } from '../lsn.js';
+import { SlotTable } from '../slots/slot-table.js';
 import { LsnWatch } from './lsn-watch.js';
 import { ReplicaRegistry } from './replica-registry.js';
 
@@ -41,9 +42,11 @@ export class Timeline implements TimelineIdentity {
   /** Everything committed; ordinary replicas are sent up to here. Never ahead of the flush LSN. */
   readonly commitLsn: LsnWatch;
   readonly replicas = new ReplicaRegistry();
+  /** Replication slots on this timeline; open-timelines.ts passes one loaded from the timeline's slot file. */
+  readonly slots: SlotTable;
   private writersAttached = 0;
 
-  constructor(identity: TimelineIdentity, positions: TimelinePositions) {
+  constructor(identity: TimelineIdentity, positions: TimelinePositions, slots: SlotTable = new SlotTable()) {
     assert.ok(positions.commitLsn <= positions.flushLsn, 'commit LSN is never ahead of flush LSN');
     assert.ok(positions.flushLsn >= identity.timelineStartLsn, 'flush LSN is not before the timeline start');
     this.tenantId = identity.tenantId;
@@ -56,6 +59,7 @@ export class Timeline implements TimelineIdentity {
     this.timelineStartLsn = identity.timelineStartLsn;
     this.flushLsn = new LsnWatch(positions.flushLsn);
     this.commitLsn = new LsnWatch(positions.commitLsn);
+    this.slots = slots;
   }
 
   /** Publishes newly durable WAL: flush first, so that commit never passes it. */
