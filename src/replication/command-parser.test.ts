@@ -1,7 +1,7 @@
 /** Replication command parsing: PostgreSQL's and Neon's forms, and what is SQL or a syntax error. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseReplicationCommand } from './command-parser.js';
+import { parseBoolean, parseReplicationCommand } from './command-parser.js';
 
 test('simple commands, with or without a trailing semicolon and in any case', () => {
   assert.deepEqual(parseReplicationCommand('IDENTIFY_SYSTEM'), { kind: 'identify_system' });
@@ -74,4 +74,47 @@ test('malformed commands are syntax errors with a message', () => {
     assert.equal(command.kind, 'invalid', text.slice(0, 40));
     assert.ok(command.kind === 'invalid' && command.message.length > 0);
   }
+});
+
+test('CREATE_REPLICATION_SLOT: keyword and option-list forms, TEMPORARY, quoted names, LOGICAL recognised', () => {
+  const physical = (slotName: string, temporary: boolean, reserveWal: boolean) => ({ kind: 'create_replication_slot', slotName, temporary, slotKind: 'physical', reserveWal });
+  assert.deepEqual(parseReplicationCommand('CREATE_REPLICATION_SLOT s PHYSICAL'), physical('s', false, false));
+  assert.deepEqual(parseReplicationCommand('create_replication_slot S physical reserve_wal;'), physical('s', false, true));
+  assert.deepEqual(parseReplicationCommand('CREATE_REPLICATION_SLOT "pg_walreceiver_42" TEMPORARY PHYSICAL (RESERVE_WAL)'), physical('pg_walreceiver_42', true, true));
+  assert.deepEqual(parseReplicationCommand("CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL 'off')"), physical('s', false, false));
+  assert.deepEqual(parseReplicationCommand('CREATE_REPLICATION_SLOT s PHYSICAL (reserve_wal tr)'), physical('s', false, true));
+  assert.deepEqual(parseReplicationCommand('CREATE_REPLICATION_SLOT "Bad-Name" PHYSICAL'), physical('Bad-Name', false, false));
+  // repl_scanner.l truncates identifiers to NAMEDATALEN - 1 bytes.
+  assert.deepEqual(parseReplicationCommand(`CREATE_REPLICATION_SLOT ${'x'.repeat(70)} PHYSICAL`), physical('x'.repeat(63), false, false));
+  assert.deepEqual(parseReplicationCommand('CREATE_REPLICATION_SLOT l LOGICAL test_decoding'), { kind: 'create_replication_slot', slotName: 'l', temporary: false, slotKind: 'logical', reserveWal: false });
+});
+
+test('CREATE_REPLICATION_SLOT: the errors PostgreSQL 15 gives for bad options', () => {
+  const cases: Array<[string, string]> = [
+    ['CREATE_REPLICATION_SLOT s', 'syntax error at end of input'],
+    ['CREATE_REPLICATION_SLOT s TEMPORARY', 'syntax error at end of input'],
+    ['CREATE_REPLICATION_SLOT s PHYSICAL ()', 'syntax error at or near ")"'],
+    ['CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL maybe)', 'reserve_wal requires a Boolean value'],
+    ['CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL, RESERVE_WAL)', 'conflicting or redundant options'],
+    ['CREATE_REPLICATION_SLOT s PHYSICAL EXPORT_SNAPSHOT', 'conflicting or redundant options'],
+    ['CREATE_REPLICATION_SLOT s PHYSICAL TWO_PHASE', 'conflicting or redundant options'],
+    ['CREATE_REPLICATION_SLOT s PHYSICAL (FOO)', 'unrecognized option: foo'],
+    ['CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL', 'syntax error at end of input'],
+    ['CREATE_REPLICATION_SLOT s PHYSICAL nonsense', 'syntax error at or near "nonsense"'],
+    ['CREATE_REPLICATION_SLOT s LOGICAL', 'syntax error at end of input'],
+    ['DROP_REPLICATION_SLOT s NOWAIT', 'syntax error at or near "NOWAIT"'],
+    ['DROP_REPLICATION_SLOT', 'syntax error at end of input'],
+  ];
+  for (const [text, message] of cases) assert.deepEqual(parseReplicationCommand(text), { kind: 'invalid', message }, text);
+});
+
+test('DROP_REPLICATION_SLOT name [WAIT]', () => {
+  assert.deepEqual(parseReplicationCommand('DROP_REPLICATION_SLOT s'), { kind: 'drop_replication_slot', slotName: 's', wait: false });
+  assert.deepEqual(parseReplicationCommand('DROP_REPLICATION_SLOT "s" WAIT'), { kind: 'drop_replication_slot', slotName: 's', wait: true });
+});
+
+test('parseBoolean follows parse_bool', () => {
+  for (const text of ['true', 'T', 'yes', 'y', 'on', '1', 'TRU']) assert.equal(parseBoolean(text), true, text);
+  for (const text of ['false', 'f', 'no', 'n', 'off', 'of', '0']) assert.equal(parseBoolean(text), false, text);
+  for (const text of ['', 'o', 'maybe', '2']) assert.equal(parseBoolean(text), undefined, text);
 });

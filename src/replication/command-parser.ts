@@ -24,8 +24,15 @@ export type ReplicationCommand =
     }
   | { readonly kind: 'set' }
   | { readonly kind: 'empty' }
-  | { readonly kind: 'create_replication_slot' }
-  | { readonly kind: 'drop_replication_slot' }
+  | {
+      readonly kind: 'create_replication_slot';
+      readonly slotName: string;
+      readonly temporary: boolean;
+      /** LOGICAL slots parse (so they can be refused clearly) but walcast serves physical replication only. */
+      readonly slotKind: 'physical' | 'logical';
+      readonly reserveWal: boolean;
+    }
+  | { readonly kind: 'drop_replication_slot'; readonly slotName: string; readonly wait: boolean }
   | { readonly kind: 'unsupported'; readonly command: string }
   | { readonly kind: 'sql' }
   | { readonly kind: 'invalid'; readonly message: string };
@@ -67,9 +74,9 @@ export function parseReplicationCommand(sql: string): ReplicationCommand {
     case 'START_REPLICATION':
       return parseStartReplication(rest);
     case 'CREATE_REPLICATION_SLOT':
-      return { kind: 'create_replication_slot' };
+      return parseCreateReplicationSlot(rest);
     case 'DROP_REPLICATION_SLOT':
-      return { kind: 'drop_replication_slot' };
+      return parseDropReplicationSlot(rest);
     default:
       return UNSUPPORTED_COMMANDS.has(keyword) ? { kind: 'unsupported', command: keyword } : { kind: 'sql' };
   }
@@ -143,6 +150,108 @@ function parseTermOption(tokens: Token[]): { term: bigint; consumed: number } | 
   return { term, consumed: 5 };
 }
 
+/**
+ * repl_gram.y create_replication_slot: `name [TEMPORARY] PHYSICAL` then either legacy keywords or `(option [value],
+ * ...)`; walsender.c parseCreateReplSlotOptions then allows a physical slot only reserve_wal, once.
+ */
+function parseCreateReplicationSlot(tokens: Token[]): ReplicationCommand {
+  const name = tokens[0];
+  if (!isIdentifier(name)) return syntaxError(name);
+  let index = 1;
+  const temporary = isKeyword(tokens[index], 'TEMPORARY');
+  if (temporary) index++;
+  const kindToken = tokens[index];
+  const base = { kind: 'create_replication_slot', slotName: identifierText(name), temporary } as const;
+  if (isKeyword(kindToken, 'LOGICAL')) {
+    // LOGICAL needs an output plugin name (repl_gram.y); what follows it is not checked: walcast refuses it anyway.
+    return isIdentifier(tokens[index + 1]) ? { ...base, slotKind: 'logical', reserveWal: false } : syntaxError(tokens[index + 1]);
+  }
+  if (!isKeyword(kindToken, 'PHYSICAL')) return syntaxError(kindToken);
+  const options = tokens[index + 1]?.text === '(' ? parseOptionList(tokens.slice(index + 1)) : parseLegacySlotOptions(tokens.slice(index + 1));
+  if (!Array.isArray(options)) return options;
+  let reserveWal: boolean | undefined;
+  for (const option of options) {
+    if (option.name === 'reserve_wal') {
+      if (reserveWal !== undefined) return { kind: 'invalid', message: 'conflicting or redundant options' };
+      const value = option.value === undefined ? true : parseBoolean(option.value);
+      if (value === undefined) return { kind: 'invalid', message: 'reserve_wal requires a Boolean value' };
+      reserveWal = value;
+    } else if (option.name === 'snapshot' || option.name === 'two_phase') {
+      // walsender.c: options of logical slots on a physical one are "conflicting or redundant".
+      return { kind: 'invalid', message: 'conflicting or redundant options' };
+    } else {
+      return { kind: 'invalid', message: `unrecognized option: ${option.name}` };
+    }
+  }
+  return { ...base, slotKind: 'physical', reserveWal: reserveWal ?? false };
+}
+
+interface SlotOption {
+  readonly name: string;
+  readonly value: string | undefined;
+}
+
+/** The pre-15 keywords after PHYSICAL/LOGICAL, as the option names repl_gram.y turns them into. */
+const LEGACY_SLOT_OPTIONS: Readonly<Record<string, string>> = {
+  RESERVE_WAL: 'reserve_wal',
+  EXPORT_SNAPSHOT: 'snapshot',
+  NOEXPORT_SNAPSHOT: 'snapshot',
+  USE_SNAPSHOT: 'snapshot',
+  TWO_PHASE: 'two_phase',
+};
+
+function parseLegacySlotOptions(tokens: Token[]): SlotOption[] | ReplicationCommand {
+  const options: SlotOption[] = [];
+  for (const token of tokens) {
+    const name = token.kind === 'word' ? LEGACY_SLOT_OPTIONS[token.text.toUpperCase()] : undefined;
+    if (name === undefined) return syntaxError(token);
+    options.push({ name, value: undefined });
+  }
+  return options;
+}
+
+/** `( name [value] [, ...] )`: at least one option; names fold to lower case; a value is a word or a 'string'. */
+function parseOptionList(tokens: Token[]): SlotOption[] | ReplicationCommand {
+  const options: SlotOption[] = [];
+  let index = 1;
+  for (;;) {
+    const name = tokens[index];
+    if (name?.kind !== 'word' || !/^[A-Za-z_]/.test(name.text)) return syntaxError(name);
+    const value = tokens[index + 1];
+    const hasValue = value !== undefined && (value.kind === 'word' || value.kind === 'string');
+    options.push({ name: name.text.toLowerCase(), value: hasValue ? value.text : undefined });
+    index += hasValue ? 2 : 1;
+    const separator = tokens[index];
+    index++;
+    if (separator?.text === ')') break;
+    if (separator?.text !== ',') return syntaxError(separator);
+  }
+  return index === tokens.length ? options : syntaxError(tokens[index]);
+}
+
+/** PostgreSQL's parse_bool (bool.c): true/false, yes/no, on/off, 1/0 and unique prefixes, any case. */
+export function parseBoolean(text: string): boolean | undefined {
+  const value = text.trim().toLowerCase();
+  if (value === '') return undefined;
+  if ('true'.startsWith(value) || 'yes'.startsWith(value) || value === 'on' || value === '1') return true;
+  if ('false'.startsWith(value) || 'no'.startsWith(value) || (value.length >= 2 && 'off'.startsWith(value)) || value === '0') return false;
+  return undefined;
+}
+
+/** repl_gram.y: `DROP_REPLICATION_SLOT name [WAIT]`. */
+function parseDropReplicationSlot(tokens: Token[]): ReplicationCommand {
+  const name = tokens[0];
+  if (!isIdentifier(name)) return syntaxError(name);
+  const wait = isKeyword(tokens[1], 'WAIT');
+  const consumed = wait ? 2 : 1;
+  if (tokens.length !== consumed) return syntaxError(tokens[consumed]);
+  return { kind: 'drop_replication_slot', slotName: identifierText(name), wait };
+}
+
+function isKeyword(token: Token | undefined, keyword: string): boolean {
+  return token?.kind === 'word' && token.text.toUpperCase() === keyword;
+}
+
 function parseUint(token: Token | undefined): number | undefined {
   if (token?.kind !== 'word' || !/^\d{1,10}$/.test(token.text)) return undefined;
   const value = Number(token.text);
@@ -153,9 +262,22 @@ function isIdentifier(token: Token | undefined): token is Token {
   return token !== undefined && (token.kind === 'quoted' || (token.kind === 'word' && /^[A-Za-z_][A-Za-z0-9_$]*$/.test(token.text)));
 }
 
-/** Unquoted identifiers are folded to lower case; "quoted" ones are kept (repl_scanner.l). */
+/** NAMEDATALEN - 1: PostgreSQL truncates longer identifiers to this many bytes (scansup.c truncate_identifier). */
+export const IDENTIFIER_BYTES_MAX = 63;
+
+/**
+ * Unquoted identifiers are folded to lower case; "quoted" ones are kept; both are truncated to 63 bytes at a
+ * character boundary, as repl_scanner.l does (so a 64-character slot name creates its 63-character prefix there too).
+ */
 function identifierText(token: Token): string {
-  return token.kind === 'quoted' ? token.text : token.text.toLowerCase();
+  const text = token.kind === 'quoted' ? token.text : token.text.toLowerCase();
+  if (Buffer.byteLength(text, 'utf8') <= IDENTIFIER_BYTES_MAX) return text;
+  let truncated = '';
+  for (const char of text) {
+    if (Buffer.byteLength(truncated + char, 'utf8') > IDENTIFIER_BYTES_MAX) break;
+    truncated += char;
+  }
+  return truncated;
 }
 
 function syntaxError(token: Token | undefined): ReplicationCommand {

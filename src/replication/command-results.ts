@@ -41,16 +41,40 @@ export function timelineStatusResult(status: { flushLsn: Lsn; commitLsn: Lsn } |
   return simpleResultSet([{ name: 'flush_lsn', type: 'text' }, { name: 'commit_lsn', type: 'text' }], rows, 'TIMELINE_STATUS');
 }
 
-/** walcast keeps no replication slots: an unknown slot is one row of NULLs, as PostgreSQL answers. */
-export function readReplicationSlotResult(): Buffer[] {
+/**
+ * walsender.c ReadReplicationSlot: ('physical', restart LSN, its timeline) for a slot, the LSN and timeline NULL
+ * while the slot holds nothing yet, and a row of NULLs for a slot that does not exist.
+ */
+export function readReplicationSlotResult(slot: { restartLsn: Lsn | undefined; pgTimelineId: number } | undefined): Buffer[] {
+  const row =
+    slot === undefined
+      ? [null, null, null]
+      : ['physical', slot.restartLsn === undefined ? null : formatLsn(slot.restartLsn), slot.restartLsn === undefined ? null : String(slot.pgTimelineId)];
   return simpleResultSet(
     [
       { name: 'slot_type', type: 'text' },
       { name: 'restart_lsn', type: 'text' },
       { name: 'restart_tli', type: 'int8' },
     ],
-    [[null, null, null]],
+    [row],
     'READ_REPLICATION_SLOT',
+  );
+}
+
+/**
+ * walsender.c CreateReplicationSlot: slot_name, consistent_point, snapshot_name, output_plugin, all text. A physical
+ * slot has no consistent point (its confirmed_flush stays 0/0) and neither snapshot nor plugin.
+ */
+export function createReplicationSlotResult(slotName: string): Buffer[] {
+  return simpleResultSet(
+    [
+      { name: 'slot_name', type: 'text' },
+      { name: 'consistent_point', type: 'text' },
+      { name: 'snapshot_name', type: 'text' },
+      { name: 'output_plugin', type: 'text' },
+    ],
+    [[slotName, formatLsn(0n), null, null]],
+    'CREATE_REPLICATION_SLOT',
   );
 }
 

@@ -18,7 +18,9 @@ import type { PgConnection } from '../wire/connection.js';
 import { commandComplete, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
 import { acceptStartup, isPhysicalReplication, type AuthConfig, type StartupResult } from '../wire/startup.js';
 import { parseReplicationCommand, type ReplicationCommand } from './command-parser.js';
+import type { SlotLease } from '../slots/slot-table.js';
 import {
+  createReplicationSlotResult,
   formatSegmentSize,
   identifySystemResult,
   readReplicationSlotResult,
@@ -75,7 +77,12 @@ export async function runSession(context: SessionContext): Promise<void> {
     context.onStartupRefused?.(isWalcastError(error) ? error.code : 'startup_failed');
     return;
   }
-  await commandLoop(context, state);
+  try {
+    await commandLoop(context, state);
+  } finally {
+    // slot.c ReplicationSlotCleanup at backend exit: temporary slots go, acquisitions end.
+    findTimeline(context, state)?.slots.endConnection(context.connId);
+  }
 }
 
 /**
@@ -140,32 +147,46 @@ async function handleQuery(context: SessionContext, state: SessionState, sql: st
   const command = parseReplicationCommand(sql);
   context.onCommand?.(command.kind);
   try {
-    if (command.kind === 'start_replication') {
-      const timeline = requireTimeline(context, state);
-      const recovery = command.term !== undefined || state.startup.applicationName === 'wal_proposer_recovery';
-      const outcome = await runStartReplication(
-        {
-          conn,
-          connId: context.connId,
-          backend: context.backend,
-          timeline,
-          applicationName: state.startup.applicationName,
-          replicaTimeoutMs: context.replicaTimeoutMs,
-          shutdownSignal: context.shutdownSignal,
-          log: context.log,
-        },
-        { startLsn: command.startLsn, pgTimelineId: command.pgTimelineId, recovery },
-      );
-      context.onStreamEnd?.(outcome, state.startup.applicationName);
-      return outcome.keepConnection;
-    }
+    if (command.kind === 'start_replication') return await handleStartReplication(context, state, command);
     const result = await answerCommand(context, state, command);
     await conn.write([...result, readyForQuery('I')]);
   } catch (error) {
     if (!isWalcastError(error)) throw error;
-    await conn.write([errorResponse({ severity: 'ERROR', sqlState: error.sqlState, message: error.message }), readyForQuery('I')]);
+    // walsender.c WalSndErrorCleanup: after any ERROR the connection's temporary slots are dropped (PostgreSQL 15 does
+    // the same, so a client that needs its temporary slot must not provoke errors on that connection).
+    findTimeline(context, state)?.slots.endConnection(context.connId);
+    await conn.write([errorResponse({ severity: 'ERROR', sqlState: error.sqlState, message: error.message, hint: error.hint }), readyForQuery('I')]);
   }
   return true;
+}
+
+type StartReplicationCommand = Extract<ReplicationCommand, { kind: 'start_replication' }>;
+
+/** START_REPLICATION [SLOT name]: the slot is acquired first (walsender.c StartReplication) and released at stream end. */
+async function handleStartReplication(context: SessionContext, state: SessionState, command: StartReplicationCommand): Promise<boolean> {
+  const timeline = requireTimeline(context, state);
+  const slot: SlotLease | undefined = command.slotName === undefined ? undefined : timeline.slots.acquire(command.slotName, context.connId);
+  const recovery = command.term !== undefined || state.startup.applicationName === 'wal_proposer_recovery';
+  try {
+    const outcome = await runStartReplication(
+      {
+        conn: context.conn,
+        connId: context.connId,
+        backend: context.backend,
+        timeline,
+        applicationName: state.startup.applicationName,
+        replicaTimeoutMs: context.replicaTimeoutMs,
+        shutdownSignal: context.shutdownSignal,
+        log: context.log,
+        slot,
+      },
+      { startLsn: command.startLsn, pgTimelineId: command.pgTimelineId, recovery },
+    );
+    context.onStreamEnd?.(outcome, state.startup.applicationName);
+    return outcome.keepConnection;
+  } finally {
+    slot?.release();
+  }
 }
 
 async function answerCommand(context: SessionContext, state: SessionState, command: ReplicationCommand): Promise<Buffer[]> {
@@ -184,8 +205,12 @@ async function answerCommand(context: SessionContext, state: SessionState, comma
       const timeline = findTimeline(context, state);
       return timelineStatusResult(timeline === undefined ? undefined : { flushLsn: timeline.flushLsn.get(), commitLsn: timeline.commitLsn.get() });
     }
-    case 'read_replication_slot':
-      return readReplicationSlotResult();
+    case 'read_replication_slot': {
+      // No timeline selected means no slots: NULLs, as PostgreSQL answers for a slot it does not have.
+      const timeline = findTimeline(context, state);
+      const slot = timeline?.slots.get(command.slotName);
+      return readReplicationSlotResult(slot === undefined || timeline === undefined ? undefined : { restartLsn: slot.invalidated ? undefined : slot.restartLsn, pgTimelineId: timeline.pgTimelineId });
+    }
     case 'timeline_history':
       return answerTimelineHistory(context, state, command.pgTimelineId);
     case 'set':
@@ -193,8 +218,10 @@ async function answerCommand(context: SessionContext, state: SessionState, comma
     case 'empty':
       return [emptyQueryResponse()];
     case 'create_replication_slot':
+      return createSlot(context, state, command);
     case 'drop_replication_slot':
-      throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', 'replication slots are not supported by walcast; stream without a slot');
+      await requireTimeline(context, state).slots.drop(command.slotName, { connId: context.connId, wait: command.wait, signal: context.shutdownSignal });
+      return [commandComplete('DROP_REPLICATION_SLOT')];
     case 'unsupported':
       throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', `${command.command} is not supported by walcast`);
     case 'sql':
@@ -204,6 +231,18 @@ async function answerCommand(context: SessionContext, state: SessionState, comma
     case 'start_replication':
       throw new Error('unreachable: START_REPLICATION is handled by handleQuery');
   }
+}
+
+async function createSlot(context: SessionContext, state: SessionState, command: Extract<ReplicationCommand, { kind: 'create_replication_slot' }>): Promise<Buffer[]> {
+  if (command.slotKind === 'logical') {
+    throw new WalcastError('WALCAST_ERR_SLOT_LOGICAL', 'logical replication slots are not supported: walcast serves physical replication only');
+  }
+  const timeline = requireTimeline(context, state);
+  // slot.c ReplicationSlotReserveWal holds from the current position; walcast's is the commit LSN (what it serves).
+  const restartLsn = command.reserveWal ? timeline.commitLsn.get() : undefined;
+  await timeline.slots.create(command.slotName, { temporary: command.temporary, restartLsn, connId: context.connId });
+  context.log.info({ slot: command.slotName, temporary: command.temporary, reserveWal: command.reserveWal }, 'replication slot created');
+  return createReplicationSlotResult(command.slotName);
 }
 
 function answerShow(context: SessionContext, state: SessionState, name: string): Buffer[] {

@@ -5,13 +5,15 @@
  */
 import { WalcastError, isWalcastError } from '../errors.js';
 import type { IoBackend, StreamWriter } from '../io/backend.js';
-import { formatLsn, type Lsn } from '../lsn.js';
+import { INVALID_LSN, formatLsn, minLsn, type Lsn } from '../lsn.js';
 import type { Logger } from '../log.js';
+import type { SlotLease } from '../slots/slot-table.js';
 import { WalReader, startAheadError } from '../storage/wal-reader.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { PgConnection } from '../wire/connection.js';
 import type { FrontendMessage } from '../wire/messages.js';
 import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
+import type { Feedback } from './feedback.js';
 import { ReplyReader, type ReplicaEnd } from './reply-reader.js';
 import { sendWal, type SendWalEnd } from './send-wal.js';
 import { encodeKeepalive, pgNowMicros } from './stream-messages.js';
@@ -33,6 +35,8 @@ export interface StreamContext {
   readonly replicaTimeoutMs: number;
   readonly shutdownSignal: AbortSignal;
   readonly log: Logger;
+  /** The slot acquired by START_REPLICATION SLOT: the replica's confirmed flush position advances it. */
+  readonly slot?: SlotLease | undefined;
 }
 
 /** How the stream ended, for the connection log line and for the session: keep serving or close. */
@@ -90,8 +94,15 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   const source = new WalReader(timeline.dir, timeline);
   const prefetchSource = new WalReader(timeline.dir, timeline);
   let writer: StreamWriter | undefined;
+  let sentLsn = request.startLsn;
   const reader = new ReplyReader({
-    sink: replica,
+    sink: {
+      update: (feedback) => {
+        replica.update(feedback);
+        const confirmed = slotConfirmedLsn(feedback, sentLsn);
+        if (confirmed !== undefined) context.slot?.confirm(confirmed);
+      },
+    },
     onReplyRequested: () => {
       writer?.sendMessage(encodeKeepalive(endWatch.get(), pgNowMicros(), false)).catch(() => undefined);
     },
@@ -121,8 +132,9 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       signal: stopController.signal,
       stopAtEnd: request.recovery,
       shouldStop: () => timeline.shouldSenderStop(replica.remoteConsistentLsn()),
-      onSent: (sentLsn, bytes) => {
-        replica.setSentLsn(sentLsn);
+      onSent: (lsn, bytes) => {
+        sentLsn = lsn;
+        replica.setSentLsn(lsn);
         replica.addBytesSent(bytes);
       },
     });
@@ -139,6 +151,18 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   reader.stop();
   log.debug({ how, endLsn: formatLsn(endLsn) }, 'stream finished');
   return { how: how.description, startLsn: request.startLsn, endLsn, bytesSent, keepConnection: how.keepConnection };
+}
+
+/**
+ * The position a slot may advance to after this feedback: the replica's flush position from 'r' (walsender.c
+ * ProcessStandbyReplyMessage -> PhysicalConfirmReceivedLocation) or a pageserver's remote-consistent LSN from 'z',
+ * never past what this stream sent (a replica cannot have flushed WAL it was never given; a start position it
+ * already had counts as sent). 'h' carries no position. 0/0 means "none".
+ */
+export function slotConfirmedLsn(feedback: Feedback, sentLsn: Lsn): Lsn | undefined {
+  const reported = feedback.kind === 'standby_reply' ? feedback.flushLsn : feedback.kind === 'pageserver' ? feedback.remoteConsistentLsn : INVALID_LSN;
+  if (reported === INVALID_LSN) return undefined;
+  return minLsn(reported, sentLsn);
 }
 
 interface Finish {
