@@ -137,6 +137,8 @@ export class WalcastServer {
     await Promise.race([Promise.allSettled([...this.sessions]), grace]);
     for (const socket of this.sockets) socket.destroy();
     await closed;
+    // Sessions have ended, so slot acquisitions have too: save what replica feedback advanced since the last save.
+    await Promise.all(this.timelines.list().map((timeline) => timeline.slots.close().catch((error: unknown) => this.options.log.error({ err: error }, 'saving replication slots at shutdown failed'))));
     await this.backend.close();
   }
 }

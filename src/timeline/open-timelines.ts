@@ -7,6 +7,8 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { formatLsn } from '../lsn.js';
+import { readSlotFile, slotFileStore } from '../slots/slot-file.js';
+import { SlotTable } from '../slots/slot-table.js';
 import { CONTROL_FILE_NAME, readControlFile } from '../storage/control-file.js';
 import { Timeline } from './timeline.js';
 import { TimelineRegistry } from './timeline-registry.js';
@@ -23,7 +25,7 @@ export async function openTimelines(dataDir: string, log: Logger): Promise<Timel
         log.warn({ dir }, 'skipping a timeline directory without a control file');
         continue;
       }
-      registry.add(await openTimeline(dir));
+      registry.add(await openTimeline(dir, log));
     }
   }
   for (const timeline of registry.list()) {
@@ -35,8 +37,15 @@ export async function openTimelines(dataDir: string, log: Logger): Promise<Timel
   return registry;
 }
 
-export async function openTimeline(dir: string): Promise<Timeline> {
+/** Reads a timeline's control file and slot file; without a logger, failed background slot saves go unreported. */
+export async function openTimeline(dir: string, log?: Logger): Promise<Timeline> {
   const control = await readControlFile(dir);
+  const slots = new SlotTable({
+    store: slotFileStore(dir),
+    initial: await readSlotFile(dir),
+    // A failed save leaves the table dirty; the next change or the shutdown flush retries it.
+    onSaveError: (error) => log?.error({ err: error, dir }, 'saving replication slots failed'),
+  });
   return new Timeline(
     {
       tenantId: control.tenantId,
@@ -49,6 +58,7 @@ export async function openTimeline(dir: string): Promise<Timeline> {
       timelineStartLsn: control.timelineStartLsn,
     },
     { flushLsn: control.flushLsn, commitLsn: control.commitLsn },
+    slots,
   );
 }
 
