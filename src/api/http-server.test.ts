@@ -251,3 +251,51 @@ describe('HTTP API auth', () => {
     }
   });
 });
+
+describe('replication slot routes', () => {
+  const slotsPath = `/v1/tenant/${TENANT}/timeline/${TIMELINE}/slots`;
+  const post = (body: string) => getJson(slotsPath, { method: 'POST', body, headers: { 'content-type': 'application/json' } });
+
+  test('POST creates (201), GET lists, the timeline document and /metrics show the slot, DELETE drops', async () => {
+    const created = await post(JSON.stringify({ name: 'api_slot', reserve_wal: true }));
+    assert.equal(created.status, 201);
+    assert.equal(created.body.slot_name, 'api_slot');
+    assert.equal(created.body.restart_lsn, formatLsn(COMMIT_LSN));
+    assert.equal(created.body.retained_bytes, 0);
+    assert.equal(created.body.wal_status, 'reserved');
+    assert.equal(created.body.active, false);
+    const listed = await getJson(slotsPath);
+    assert.deepEqual(listed.body.map((slot) => (slot as { slot_name: string }).slot_name), ['api_slot']);
+    const lease = fixture.timeline.slots.acquire('api_slot', 42);
+    const status = await getJson(`/v1/tenant/${TENANT}/timeline/${TIMELINE}`);
+    const slots = status.body.slots as Array<Record<string, unknown>>;
+    assert.deepEqual([slots[0]?.active, slots[0]?.active_pid], [true, 42]);
+    const families = await scrape();
+    const sample = (name: string) => Number(families.get(name)?.metrics.find((metric) => metric.labels?.slot_name === 'api_slot')?.value);
+    assert.equal(sample('walcast_slot_restart_lsn'), Number(COMMIT_LSN));
+    assert.equal(sample('walcast_slot_retained_bytes'), 0);
+    assert.equal(sample('walcast_slot_active'), 1);
+    const busy = await getJson(`${slotsPath}/api_slot`, { method: 'DELETE' });
+    assert.equal(busy.status, 409);
+    assert.equal(busy.body.sqlstate, '55006');
+    lease.release();
+    assert.equal((await getJson(`${slotsPath}/api_slot`, { method: 'DELETE' })).status, 200);
+    assert.equal((await getJson(slotsPath)).body.length, 0);
+  });
+
+  test('bad names 400, duplicates 409, unknown 404, bad bodies 400/413, wrong methods 405', async () => {
+    assert.equal((await post(JSON.stringify({ name: 'Bad-Name' }))).body.sqlstate, '42602');
+    assert.equal((await post(JSON.stringify({ name: 'x'.repeat(64) }))).body.sqlstate, '42622');
+    assert.equal((await post(JSON.stringify({ name: 'dup' }))).status, 201);
+    const duplicate = await post(JSON.stringify({ name: 'dup' }));
+    assert.deepEqual([duplicate.status, duplicate.body.sqlstate], [409, '42710']);
+    assert.equal((await getJson(`${slotsPath}/nope`, { method: 'DELETE' })).status, 404);
+    assert.equal((await post('not json')).status, 400);
+    assert.equal((await post(JSON.stringify({ name: 'r', reserve_wal: 'yes' }))).status, 400);
+    assert.equal((await post(JSON.stringify({ name: 'x'.repeat(5000) }))).status, 413);
+    assert.equal((await getJson(`${slotsPath}/dup`, { method: 'GET' })).status, 405);
+    assert.equal((await getJson(slotsPath, { method: 'PUT', body: '{}' })).status, 405);
+    assert.equal((await getJson(`/v1/tenant/${TENANT}/timeline/${'0'.repeat(32)}/slots`)).status, 404);
+    await fixture.timeline.slots.drop('dup');
+  });
+});

@@ -3,21 +3,29 @@
  * What the documents contain is status-model.ts's business, what the metrics are is metrics.ts's; this module owns
  * the socket, the routes, the status codes and the safety rules (loopback unless a token is configured).
  *
- * Routes (all GET; HEAD is answered like GET without a body):
+ * Routes (GET unless said; HEAD is answered like GET without a body):
  *   /v1/status                                   server version, uptime, I/O backend and why, listen addresses
  *   /v1/timelines                                every timeline, summarized
  *   /v1/tenant/:tenant_id/timeline/:timeline_id  one timeline, Neon TimelineStatus shape (404 when unknown)
+ *   /v1/tenant/:tenant_id/timeline/:timeline_id/slots         the timeline's replication slots;
+ *                                                POST {"name", "reserve_wal"?} creates a persistent slot (201)
+ *   /v1/tenant/:tenant_id/timeline/:timeline_id/slots/:name   DELETE drops a slot (409 while a connection has it)
  *   /metrics                                     Prometheus text exposition
+ *
+ * The slot routes change state; they follow the same token rule as the rest (loopback without a token, anywhere
+ * else only with one), so whoever may read replica positions may also manage slots, as a PostgreSQL role with
+ * REPLICATION may both stream and create slots.
  */
 import assert from 'node:assert/strict';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { formatListenAddress, isLoopbackHost, type ListenAddress } from '../config/listen-address.js';
-import { WalcastError } from '../errors.js';
+import { WalcastError, type WalcastErrorCode } from '../errors.js';
+import { Timeline } from '../timeline/timeline.js';
 import type { Logger } from '../log.js';
 import { stringifyJson } from './json.js';
 import type { OperationsMetrics } from './metrics.js';
-import { serverStatus, timelineStatus, timelineSummary, type ServerView } from './status-model.js';
+import { serverStatus, slotsStatus, timelineStatus, timelineSummary, type ServerView } from './status-model.js';
 
 /** A client must send its request headers within this time (slowloris bound; node's default is 60 s). */
 export const HTTP_HEADERS_TIMEOUT_MS = 10_000;
@@ -32,6 +40,10 @@ export const HTTP_HEADERS_COUNT_MAX = 64;
 /** Tenant and timeline ids are 32 lowercase hex digits (Neon's TenantId / TimelineId). */
 const ID_PATTERN = /^[0-9a-f]{32}$/;
 const TIMELINE_ROUTE = /^\/v1\/tenant\/([^/]+)\/timeline\/([^/]+)\/?$/;
+const SLOTS_ROUTE = /^\/v1\/tenant\/([^/]+)\/timeline\/([^/]+)\/slots\/?$/;
+const SLOT_ROUTE = /^\/v1\/tenant\/([^/]+)\/timeline\/([^/]+)\/slots\/([^/]+)\/?$/;
+/** A slot creation body is a name and a flag, well under 1 KiB; a longer body is refused unread (413). */
+export const HTTP_BODY_BYTES_MAX = 4096;
 const JSON_CONTENT_TYPE = 'application/json';
 /** SHA-256 digest length: tokens are compared as digests so both sides have the same length. */
 const DIGEST_BYTES = 32;
@@ -112,10 +124,10 @@ async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, r
   if (tokenDigest !== undefined && !isAuthorized(request.headers.authorization, tokenDigest)) {
     return { ...jsonReply(401, 'unauthorized', 'missing or wrong bearer token'), headers: { 'www-authenticate': 'Bearer' } };
   }
-  if (request.method !== 'GET' && request.method !== 'HEAD') {
-    return { ...jsonReply(405, 'method_not_allowed', `method ${request.method ?? '?'} is not allowed`), headers: { allow: 'GET, HEAD' } };
-  }
   const path = new URL(request.url ?? '/', 'http://localhost').pathname;
+  const slotsMatch = SLOTS_ROUTE.exec(path) ?? SLOT_ROUTE.exec(path);
+  if (slotsMatch !== null) return slotRoutes(options.view, request, slotsMatch);
+  if (request.method !== 'GET' && request.method !== 'HEAD') return methodNotAllowed(request, 'GET, HEAD');
   const now = new Date();
   if (path === '/metrics') {
     const { contentType, body } = await options.metrics.render();
@@ -124,18 +136,93 @@ async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, r
   if (path === '/v1/status') return jsonOk(serverStatus(options.view, now));
   if (path === '/v1/timelines') return jsonOk(options.view.timelines.list().map(timelineSummary));
   const match = TIMELINE_ROUTE.exec(path);
-  if (match !== null) return timelineRoute(options.view, decodePathPart(match[1] ?? ''), decodePathPart(match[2] ?? ''), now);
+  if (match !== null) return timelineRoute(options.view, match[1] ?? '', match[2] ?? '', now);
   return jsonReply(404, 'not_found', `no route for ${path}`);
 }
 
 function timelineRoute(view: ServerView, tenantText: string, timelineText: string, now: Date): Reply {
-  const tenantId = tenantText.toLowerCase();
-  const timelineId = timelineText.toLowerCase();
+  const timeline = findTimeline(view, tenantText, timelineText);
+  if (!(timeline instanceof Timeline)) return timeline;
+  return jsonOk(timelineStatus(timeline, now, view.upstreamStatus?.(timeline.tenantId, timeline.timelineId)));
+}
+
+function findTimeline(view: ServerView, tenantText: string, timelineText: string): Timeline | Reply {
+  const tenantId = decodePathPart(tenantText).toLowerCase();
+  const timelineId = decodePathPart(timelineText).toLowerCase();
   if (!ID_PATTERN.test(tenantId)) return jsonReply(400, 'bad_request', `tenant_id must be 32 hex digits, got "${tenantText}"`);
   if (!ID_PATTERN.test(timelineId)) return jsonReply(400, 'bad_request', `timeline_id must be 32 hex digits, got "${timelineText}"`);
   const timeline = view.timelines.get(tenantId, timelineId);
   if (timeline === undefined) return jsonReply(404, 'not_found', `timeline ${tenantId}/${timelineId} is not served here`);
-  return jsonOk(timelineStatus(timeline, now, view.upstreamStatus?.(timeline.tenantId, timeline.timelineId)));
+  return timeline;
+}
+
+/** GET/POST .../slots and DELETE .../slots/:name. */
+async function slotRoutes(view: ServerView, request: IncomingMessage, match: RegExpExecArray): Promise<Reply> {
+  const timeline = findTimeline(view, match[1] ?? '', match[2] ?? '');
+  if (!(timeline instanceof Timeline)) return timeline;
+  const slotName = match[3] === undefined ? undefined : decodePathPart(match[3]);
+  try {
+    if (slotName === undefined) {
+      if (request.method === 'GET' || request.method === 'HEAD') return jsonOk(slotsStatus(timeline));
+      if (request.method !== 'POST') return methodNotAllowed(request, 'GET, HEAD, POST');
+      const body = await readJsonBody(request);
+      if (typeof body === 'string') return jsonReply(body === 'too_large' ? 413 : 400, 'bad_request', body === 'too_large' ? `the body exceeds ${HTTP_BODY_BYTES_MAX} bytes` : body);
+      return await createSlotRoute(timeline, body);
+    }
+    if (request.method !== 'DELETE') return methodNotAllowed(request, 'DELETE');
+    await timeline.slots.drop(slotName);
+    return jsonOk({ slot_name: slotName, dropped: true });
+  } catch (error) {
+    if (error instanceof WalcastError && SLOT_ERROR_STATUS[error.code] !== undefined) {
+      return { status: SLOT_ERROR_STATUS[error.code] ?? 400, contentType: JSON_CONTENT_TYPE, body: stringifyJson({ error: error.code, sqlstate: error.sqlState, msg: error.message }) + '\n' };
+    }
+    throw error;
+  }
+}
+
+/** Slot errors as HTTP statuses: the client's mistake (400), a missing slot (404), a conflict with live state (409). */
+const SLOT_ERROR_STATUS: Partial<Record<WalcastErrorCode, number>> = {
+  WALCAST_ERR_SLOT_NAME_INVALID: 400,
+  WALCAST_ERR_SLOT_NAME_TOO_LONG: 400,
+  WALCAST_ERR_SLOT_UNKNOWN: 404,
+  WALCAST_ERR_SLOT_EXISTS: 409,
+  WALCAST_ERR_SLOT_ACTIVE: 409,
+  WALCAST_ERR_SLOT_LIMIT: 409,
+  WALCAST_ERR_SHUTDOWN: 503,
+};
+
+async function createSlotRoute(timeline: Timeline, body: Record<string, unknown>): Promise<Reply> {
+  const { name, reserve_wal: reserveWal } = body;
+  if (typeof name !== 'string') return jsonReply(400, 'bad_request', 'the body needs "name", a string');
+  if (reserveWal !== undefined && typeof reserveWal !== 'boolean') return jsonReply(400, 'bad_request', '"reserve_wal" must be true or false');
+  // As CREATE_REPLICATION_SLOT ... RESERVE_WAL: hold from the current commit LSN.
+  await timeline.slots.create(name, { temporary: false, restartLsn: reserveWal === true ? timeline.commitLsn.get() : undefined });
+  const created = slotsStatus(timeline).find((slot) => slot.slot_name === name);
+  return { ...jsonOk(created), status: 201 };
+}
+
+/** Reads at most HTTP_BODY_BYTES_MAX bytes of a JSON object; returns an error text instead of throwing. */
+async function readJsonBody(request: IncomingMessage): Promise<Record<string, unknown> | string> {
+  const declared = Number(request.headers['content-length'] ?? 0);
+  if (declared > HTTP_BODY_BYTES_MAX) return 'too_large';
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of request) {
+    total += (chunk as Buffer).length;
+    if (total > HTTP_BODY_BYTES_MAX) return 'too_large';
+    chunks.push(chunk as Buffer);
+  }
+  try {
+    const parsed: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)) return parsed as Record<string, unknown>;
+  } catch {
+    // Reported below.
+  }
+  return 'the body must be a JSON object';
+}
+
+function methodNotAllowed(request: IncomingMessage, allow: string): Reply {
+  return { ...jsonReply(405, 'method_not_allowed', `method ${request.method ?? '?'} is not allowed`), headers: { allow } };
 }
 
 /** A malformed %-escape is the client's mistake: keep the raw text, which then fails the id check with a 400. */

@@ -14,6 +14,8 @@ import type { ServerHooks } from '../server.js';
 import type { StreamOutcome } from '../replication/start-replication.js';
 import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
 import type { Timeline } from '../timeline/timeline.js';
+import type { SlotSnapshot } from '../slots/slot-table.js';
+import { slotRetainedBytes } from './status-model.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { replicaLag } from './status-model.js';
 
@@ -48,6 +50,7 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
   };
   registerTimelineGauges(registry, eachTimeline);
   registerReplicaGauges(registry, eachTimeline);
+  registerSlotGauges(registry, eachTimeline);
   registerTotals(registry, eachTimeline, io);
   const events = registerEventCounters(registry);
   // Process metrics, including nodejs_eventloop_lag_seconds: a stalled event loop stalls every replica at once.
@@ -106,6 +109,30 @@ function registerTimelineGauges(registry: Registry, eachTimeline: EachTimeline):
   scrapeGauge(registry, 'walcast_wal_readers', 'Replicas streaming the timeline now (safekeeper_wal_readers).', TIMELINE_LABELS, (gauge) =>
     eachTimeline((timeline) => gauge.set(timelineLabels(timeline), timeline.replicas.count())),
   );
+}
+
+/** Per slot (at most SLOTS_PER_TIMELINE_MAX per timeline, so the series count is bounded): what it holds and who has it. */
+function registerSlotGauges(registry: Registry, eachTimeline: EachTimeline): void {
+  const labelNames = [...TIMELINE_LABELS, 'slot_name'] as const;
+  const perSlot = (name: string, help: string, value: (timeline: Timeline, slot: SlotSnapshot) => number | undefined): void =>
+    scrapeGauge(registry, name, help, labelNames, (gauge) =>
+      eachTimeline((timeline) => {
+        for (const slot of timeline.slots.list()) {
+          const sample = value(timeline, slot);
+          if (sample !== undefined) gauge.set({ ...timelineLabels(timeline), slot_name: slot.name }, sample);
+        }
+      }),
+    );
+  perSlot('walcast_slot_restart_lsn', 'Restart LSN of a replication slot: the oldest WAL it holds (absent while it holds none).', (_timeline, slot) =>
+    slot.restartLsn === undefined || slot.invalidated ? undefined : Number(slot.restartLsn),
+  );
+  perSlot('walcast_slot_retained_bytes', 'WAL a replication slot holds: flush LSN minus its restart LSN.', (timeline, slot) =>
+    slot.restartLsn === undefined || slot.invalidated ? undefined : slotRetainedBytes(timeline.flushLsn.get(), slot.restartLsn),
+  );
+  perSlot('walcast_slot_active', '1 while a connection has the replication slot acquired (streaming, or its temporary slot), else 0.', (_timeline, slot) =>
+    slot.activeConnId === undefined ? 0 : 1,
+  );
+  perSlot('walcast_slot_lost', '1 when the replication slot was invalidated (wal_status lost), else 0.', (_timeline, slot) => (slot.invalidated ? 1 : 0));
 }
 
 function registerReplicaGauges(registry: Registry, eachTimeline: EachTimeline): void {

@@ -10,6 +10,7 @@ import type { UpstreamStatus } from '../ingest/follower.js';
 import assert from 'node:assert/strict';
 import { formatLsn, type Lsn } from '../lsn.js';
 import type { HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../replication/feedback.js';
+import { slotWalStatus } from '../slots/slot-table.js';
 import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
@@ -79,6 +80,7 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
     upstream: upstream === undefined ? null : upstreamDocument(upstream),
     pg_timeline_id: timeline.pgTimelineId,
     has_writer: timeline.hasWriter(),
+    slots: slotsStatus(timeline),
     aggregates: {
       hot_standby_xmin: aggregates.hotStandbyXmin ?? null,
       hot_standby_catalog_xmin: aggregates.hotStandbyCatalogXmin ?? null,
@@ -88,6 +90,35 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
       pageserver_laggard_lsn: optionalLsn(aggregates.pageserverLaggardLsn),
     },
   };
+}
+
+/**
+ * The timeline's replication slots, as pg_replication_slots shows them (slotfuncs.c pg_get_replication_slots):
+ * name, whether a connection has it (and which: walcast's PID is the connection id), restart LSN, WAL retained
+ * (flush LSN minus restart LSN) and wal_status.
+ */
+export function slotsStatus(timeline: Timeline): Record<string, unknown>[] {
+  const flushLsn = timeline.flushLsn.get();
+  return timeline.slots.list().map((slot) => {
+    const holds = slot.restartLsn !== undefined && !slot.invalidated;
+    return {
+      slot_name: slot.name,
+      slot_type: 'physical',
+      temporary: slot.temporary,
+      active: slot.activeConnId !== undefined,
+      active_pid: slot.activeConnId ?? null,
+      restart_lsn: holds ? formatLsn(slot.restartLsn as Lsn) : null,
+      retained_bytes: holds ? slotRetainedBytes(flushLsn, slot.restartLsn as Lsn) : null,
+      wal_status: slotWalStatus(slot, flushLsn) ?? null,
+      invalidation_reason: slot.invalidationReason ?? null,
+      created_at: slot.createdAt,
+    };
+  });
+}
+
+/** Flush LSN minus restart LSN; a restart LSN at or past the flush LSN retains nothing. */
+export function slotRetainedBytes(flushLsn: Lsn, restartLsn: Lsn): number {
+  return bytesBehind(flushLsn, restartLsn);
 }
 
 function upstreamDocument(status: UpstreamStatus): Record<string, unknown> {

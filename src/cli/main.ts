@@ -64,6 +64,30 @@ function buildProgram(): Command {
       await runStatus(options);
     });
 
+  const slot = program.command('slot').description("manage a timeline's replication slots (through the running server's HTTP API, or on the files when none runs)");
+  const slotOptions = (command: Command): Command =>
+    command
+      .option('--data-dir <dir>', 'walcast data directory', './walcast-data')
+      .option('--tenant-id <id>', 'tenant id (32 hex); needed when the data directory holds several timelines')
+      .option('--timeline-id <id>', 'timeline id (32 hex); needed when the data directory holds several timelines')
+      .option('--http <url>', "the server's HTTP API (default: the address the running server recorded in the data directory)")
+      .option('--http-auth-token-file <file>', 'bearer token file (else env WALCAST_HTTP_AUTH_TOKEN)')
+      .option('--json', 'print JSON');
+  slotOptions(slot.command('list').description('list the slots: name, active, restart LSN, bytes retained, wal_status')).action(async (options: Record<string, unknown>) => {
+    const { runSlot } = await import('./slot-command.js');
+    await runSlot('list', undefined, options);
+  });
+  slotOptions(slot.command('create').description('create a persistent physical slot').argument('<name>', 'slot name: [a-z0-9_], at most 63 bytes'))
+    .option('--reserve-wal', 'hold WAL from the current commit LSN at once (as RESERVE_WAL), not from the first feedback')
+    .action(async (name: string, options: Record<string, unknown>) => {
+      const { runSlot } = await import('./slot-command.js');
+      await runSlot('create', name, options);
+    });
+  slotOptions(slot.command('drop').description('drop a slot (refused while a connection has it)').argument('<name>', 'slot name')).action(async (name: string, options: Record<string, unknown>) => {
+    const { runSlot } = await import('./slot-command.js');
+    await runSlot('drop', name, options);
+  });
+
   const timeline = program.command('timeline').description('manage timelines');
   timeline
     .command('create')

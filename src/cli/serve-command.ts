@@ -12,6 +12,7 @@ import { createScramVerifier } from '../wire/scram.js';
 import type { AuthConfig } from '../wire/startup.js';
 import { formatListenAddress, isLoopbackHost, parseListenAddress, type ListenAddress } from '../config/listen-address.js';
 import { readSecret } from '../config/secrets.js';
+import { removeServerState, writeServerState } from './server-state.js';
 
 export interface ServeFlags {
   readonly dataDir: string;
@@ -51,6 +52,8 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   });
   metrics.bindTimelines(server.timelines);
   const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log });
+  // `walcast slot` finds the running server (and its API) through this file; see server-state.ts.
+  await writeServerState(flags.dataDir, { pid: process.pid, http: stopHttp.address ?? null });
   const address = server.address();
   log.info({ listen: formatListenAddress(address), port: address.port, dataDir: flags.dataDir, timelines: server.timelines.list().length, auth: auth.method }, 'listening');
   if (server.timelines.list().length === 0) {
@@ -59,6 +62,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   await waitForSignal(log);
   await stopHttp();
   await server.stop();
+  await removeServerState(flags.dataDir);
   log.info('stopped');
 }
 
@@ -89,11 +93,11 @@ function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; str
 async function startHttpIfWanted(
   settings: HttpSettings | undefined,
   context: { server: WalcastServer; selection: IoSelection; metrics: OperationsMetrics; startedAt: Date; log: Logger },
-): Promise<() => Promise<void>> {
+): Promise<(() => Promise<void>) & { address?: string }> {
   if (settings === undefined) return async () => undefined;
   try {
     const api = await startOperationsApi({ settings, ...context });
-    return () => api.close();
+    return Object.assign(() => api.close(), { address: formatListenAddress(api.address()) });
   } catch (error) {
     await context.server.stop();
     throw error;
