@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages walcast's tests and native build need, only those that are missing: PostgreSQL 15
-# server and client (real primaries, standbys and pg_receivewal in the tests), liburing-dev (the native addon's
-# io_uring strategy) and a C++ toolchain for node-gyp. Used by .ci/run before `npm ci`, and by `npm test` itself
+# server and client (real primaries, standbys and pg_receivewal in the tests), barman (a real backup client of
+# walcast's replication slots), liburing-dev (the native addon's io_uring strategy) and a C++ toolchain for node-gyp. Used by .ci/run before `npm ci`, and by `npm test` itself
 # (pretest) so that `npm ci && npm test` works on a fresh Debian machine. Needs root or passwordless sudo when
 # something is missing; when everything is present it changes nothing and needs neither.
 #
@@ -28,7 +28,7 @@ as_root() {
 }
 
 install_packages() {
-  local wanted=(postgresql-15 postgresql-client-15 liburing-dev)
+  local wanted=(postgresql-15 postgresql-client-15 liburing-dev barman)
   # The toolchain node-gyp needs; only installed when a piece is absent, since CI images often carry their own.
   command -v g++ >/dev/null 2>&1 || wanted+=(g++)
   command -v make >/dev/null 2>&1 || wanted+=(make)

@@ -115,7 +115,8 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
   test('a chain primary → walcast A → walcast B → standby delivers new rows', async (t) => {
     const dataDirB = await makeTempDir('walcast-ingest-b');
     const created = await createFollowingTimeline({ dataDir: dataDirB, upstream: `host=127.0.0.1 port=${fixture.walcastA.port} user=repl application_name=relay_b`, password: undefined, log: silentLogger() });
-    assert.equal(created.slotName, undefined, 'a walcast upstream refuses slots and the create carries on');
+    assert.equal(created.slotName, upstreamSlotName(created.timelineId), 'walcast B reserves its WAL on walcast A with a slot');
+    assert.ok(soleTimeline(fixture.walcastA).slots.get(created.slotName) !== undefined, 'the slot is on walcast A');
     const walcastB = await startWalcast({ dataDir: dataDirB });
     cleanups.push(() => walcastB.stop());
     await fixture.standby.stop();
@@ -128,6 +129,7 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.ok(relay.commitLsn.get() > created.startLsn, 'walcast B stored WAL from walcast A');
     const replicaOfA = soleTimeline(fixture.walcastA).replicas.snapshot().find((replica) => replica.appName === 'relay_b');
     assert.ok(replicaOfA !== undefined, 'walcast B streams from walcast A');
+    assert.equal(soleTimeline(fixture.walcastA).slots.get(created.slotName ?? '')?.activeConnId, replicaOfA.connId, 'through its slot');
   });
 
   test('walcast killed with SIGKILL during pgbench recovers; the standby catches up; stored segments equal the primary', async (t) => {
