@@ -14,16 +14,18 @@ import { REPO_ROOT, runWalcastCli } from './support/walcast.js';
 test('--help explains every subcommand and flag', async () => {
   const top = await runWalcastCli(['--help']);
   assert.equal(top.code, 0);
-  for (const word of ['serve', 'import']) assert.match(top.stdout, new RegExp(word));
+  for (const word of ['serve', 'import', 'slot']) assert.match(top.stdout, new RegExp(word));
   const serve = await runWalcastCli(['serve', '--help']);
   assert.equal(serve.code, 0);
   for (const flag of ['--data-dir', '--listen', '--auth', '--password-file', '--io', '--native-strategy']) assert.ok(serve.stdout.includes(flag), flag);
   const importHelp = await runWalcastCli(['import', '--help']);
   for (const flag of ['--from', '--data-dir', '--tenant-id', '--timeline-id']) assert.ok(importHelp.stdout.includes(flag), flag);
+  const slotCreate = await runWalcastCli(['slot', 'create', '--help']);
+  for (const flag of ['--data-dir', '--tenant-id', '--timeline-id', '--http', '--reserve-wal', '<name>']) assert.ok(slotCreate.stdout.includes(flag), flag);
 });
 
 test('a wrong flag is one line on stderr and exit 2', async () => {
-  for (const args of [['serve', '--bogus'], ['serve', '--auth', 'md5'], ['nosuchcommand'], ['serve', '--max-connections', '-3'], ['serve', '--listen', 'nonsense']]) {
+  for (const args of [['serve', '--bogus'], ['serve', '--auth', 'md5'], ['nosuchcommand'], ['serve', '--max-connections', '-3'], ['serve', '--listen', 'nonsense'], ['slot', 'create']]) {
     const result = await runWalcastCli(args);
     assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
     assert.equal(result.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${result.stderr}`);
