@@ -221,6 +221,7 @@ async function answerCommand(context: SessionContext, state: SessionState, comma
       return createSlot(context, state, command);
     case 'drop_replication_slot':
       await requireTimeline(context, state).slots.drop(command.slotName, { connId: context.connId, wait: command.wait, signal: context.shutdownSignal });
+      context.log.info({ slot: command.slotName }, 'replication slot dropped');
       return [commandComplete('DROP_REPLICATION_SLOT')];
     case 'unsupported':
       throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', `${command.command} is not supported by walcast`);
