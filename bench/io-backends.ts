@@ -174,6 +174,9 @@ async function streamOne(backend: IoBackend, socket: Socket, handles: readonly W
     stopAtEnd: true,
     shouldStop: () => true,
     onSent: () => undefined,
+    // The bench receiver only reads; a last reply of "now" means the sender never asks it for one.
+    replicaTimeoutMs: 60_000,
+    lastReplyAtMs: () => Date.now(),
   });
   assert.equal(end.kind, 'recovery_finished');
   await writer.release();

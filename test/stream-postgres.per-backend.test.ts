@@ -8,7 +8,7 @@
  * with SCRAM, and misbehaving raw clients that must not disturb a concurrent stream.
  */
 import assert from 'node:assert/strict';
-import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
@@ -16,9 +16,10 @@ import { importWal } from '../src/storage/wal-import.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
 import { createScramVerifier } from '../src/wire/scram.js';
 import { connectReplication } from '../src/wire/client.js';
-import { firstDifference, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type PgStandby } from './support/postgres.js';
+import { makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type PgStandby } from './support/postgres.js';
 import { startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
+import { assertSegmentsMatch } from './support/wal-compare.js';
 
 const SEGMENT_BYTES = 16 * 1024 * 1024;
 const TEST_TIMEOUT_MS = 180_000;
@@ -133,23 +134,3 @@ describe('streaming from walcast to real PostgreSQL clients', { timeout: TEST_TI
     await assertSegmentsMatch(target, fixture.primaryWalDir, fixture.startLsn, fixture.endLsn);
   });
 });
-
-/** Every segment pg_receivewal wrote equals the primary's, up to the end LSN (the rest of a .partial is padding). */
-async function assertSegmentsMatch(receivedDir: string, primaryWalDir: string, startLsn: Lsn, endLsn: Lsn): Promise<void> {
-  const names = (await readdir(receivedDir)).filter((name) => /^[0-9A-F]{24}(\.partial)?$/.test(name)).sort();
-  const firstSegment = startLsn / BigInt(SEGMENT_BYTES);
-  const lastSegment = (endLsn - 1n) / BigInt(SEGMENT_BYTES);
-  assert.equal(names.length, Number(lastSegment - firstSegment + 1n), `segments received: ${names.join(', ')}`);
-  for (const name of names) {
-    const plain = name.replace('.partial', '');
-    const received = await readFile(join(receivedDir, name));
-    const original = await readFile(join(primaryWalDir, plain));
-    const segno = BigInt(parseInt(plain.slice(16), 16)) + BigInt(parseInt(plain.slice(8, 16), 16)) * (0x1_0000_0000n / BigInt(SEGMENT_BYTES));
-    const segmentStart = segno * BigInt(SEGMENT_BYTES);
-    const validBytes = endLsn - segmentStart >= BigInt(SEGMENT_BYTES) ? SEGMENT_BYTES : Number(endLsn - segmentStart);
-    const difference = firstDifference(received.subarray(0, validBytes), original.subarray(0, validBytes));
-    assert.equal(difference, -1, `${name} differs from the primary at offset ${difference}`);
-  }
-}
-
-

@@ -81,6 +81,11 @@ export class ReplyReader {
     }
   }
 
+  /** When the replica last sent any message (Date.now() milliseconds); the stream's start before the first one. */
+  lastMessageAt(): number {
+    return this.lastMessageAtMs;
+  }
+
   /** Stops the timeout timer; the session calls this when the stream ends for any reason. */
   stop(): void {
     this.finish({ kind: 'disconnected' });

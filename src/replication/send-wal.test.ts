@@ -24,16 +24,37 @@ interface Sent {
 class RecordingWriter implements StreamWriter {
   readonly sent: Sent[] = [];
   bytesSent = 0;
+  private readonly waiters: { matches: (entry: Sent) => boolean; resolve: (entry: Sent) => void }[] = [];
+  /** Called after each recorded entry, in order: tests use it to play the replica (a reply arrives). */
+  onRecord: (entry: Sent) => void = () => undefined;
+
   async sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {
     assert.equal(header.readUInt32BE(1), 4 + 25 + chunk.byteCount, 'CopyData length covers header and payload');
-    this.sent.push({ kind: 'chunk', dataStart: header.readBigUInt64BE(6), walEnd: header.readBigUInt64BE(14), bytes: chunk.byteCount });
+    this.record({ kind: 'chunk', dataStart: header.readBigUInt64BE(6), walEnd: header.readBigUInt64BE(14), bytes: chunk.byteCount });
     this.bytesSent += 30 + chunk.byteCount;
   }
   async sendMessage(bytes: Buffer): Promise<void> {
-    this.sent.push({ kind: 'message', type: String.fromCharCode(bytes[5] ?? 0), bytes: bytes.length, replyRequested: bytes[22] === 1 });
+    // A keepalive: 'd', length, 'k', walEnd at 6, clock at 14, replyRequested at 22.
+    this.record({ kind: 'message', type: String.fromCharCode(bytes[5] ?? 0), walEnd: bytes.readBigUInt64BE(6), bytes: bytes.length, replyRequested: bytes[22] === 1 });
   }
   async prefetch(): Promise<void> {}
   async release(): Promise<void> {}
+
+  /** Resolves with the first entry (already sent or sent later) that matches: an event, not a poll. */
+  waitForSent(matches: (entry: Sent) => boolean): Promise<Sent> {
+    const found = this.sent.find(matches);
+    if (found !== undefined) return Promise.resolve(found);
+    return new Promise((resolve) => this.waiters.push({ matches, resolve }));
+  }
+
+  private record(entry: Sent): void {
+    this.sent.push(entry);
+    this.onRecord(entry);
+    for (const waiter of this.waiters.filter((candidate) => candidate.matches(entry))) {
+      this.waiters.splice(this.waiters.indexOf(waiter), 1);
+      waiter.resolve(entry);
+    }
+  }
 }
 
 /** Storage fake: every segment is one pretend file; locate cuts at the segment end like the real reader. */
@@ -55,6 +76,9 @@ function options(overrides: Partial<SendWalOptions> & { endWatch: LsnWatch; writ
     stopAtEnd: false,
     shouldStop: () => false,
     onSent: () => undefined,
+    // A replica that always has just replied: no reply is ever due unless a test says otherwise.
+    replicaTimeoutMs: 60_000,
+    lastReplyAtMs: () => Date.now(),
     keepaliveIntervalMs: 30,
     ...overrides,
   };
@@ -116,4 +140,50 @@ test('a recovery stream ends at the flush LSN it started with, even if more arri
   const end = await running;
   assert.equal(end.kind, 'recovery_finished');
   assert.equal(end.sentLsn, 0x100100n);
+});
+
+test('a busy stream asks a silent replica for a reply once, and again only after the replica answered', async () => {
+  const startLsn = 0x100010n;
+  const endWatch = new LsnWatch(startLsn + 3n * BigInt(SEGMENT_BYTES));
+  const writer = new RecordingWriter();
+  // The replica last spoke long before half of the timeout; it answers once, after the fifth chunk.
+  let lastReplyAtMs = Date.now() - 10_000;
+  let chunksSeen = 0;
+  writer.onRecord = (entry) => {
+    if (entry.kind === 'chunk' && ++chunksSeen === 5) lastReplyAtMs += 1;
+  };
+  const end = await sendWal(options({ endWatch, writer, signal: new AbortController().signal, stopAtEnd: true, replicaTimeoutMs: 1000, lastReplyAtMs: () => lastReplyAtMs }));
+  assert.equal(end.kind, 'recovery_finished');
+  const keepalives = writer.sent.flatMap((entry, index) => (entry.kind === 'message' ? [{ entry, index }] : []));
+  assert.equal(keepalives.length, 2, 'one request before the first chunk, one after the reply; none while waiting for it');
+  for (const { entry } of keepalives) {
+    assert.equal(entry.type, 'k');
+    assert.equal(entry.replyRequested, true);
+  }
+  assert.equal(keepalives[0]?.index, 0);
+  assert.equal(keepalives[0]?.entry.walEnd, startLsn, 'walEnd of a keepalive is the sent position');
+  assert.equal(keepalives[1]?.index, 6, 'asked again right after the reply that followed the fifth chunk');
+  assert.equal(keepalives[1]?.entry.walEnd, writer.sent[7]?.dataStart, 'the keepalive sits between whole chunks, at the sent position');
+});
+
+test('a busy stream does not ask a replica that replied within half the timeout', async () => {
+  const endWatch = new LsnWatch(0x100010n + 3n * BigInt(SEGMENT_BYTES));
+  const writer = new RecordingWriter();
+  const end = await sendWal(options({ endWatch, writer, signal: new AbortController().signal, stopAtEnd: true, replicaTimeoutMs: 60_000, lastReplyAtMs: () => Date.now() }));
+  assert.equal(end.kind, 'recovery_finished');
+  assert.ok(writer.sent.length > 20, 'many chunks were sent');
+  assert.deepEqual(writer.sent.filter((entry) => entry.kind === 'message'), []);
+});
+
+test('an idle stream asks for a reply within half the replica timeout even when the keepalive interval is longer', { timeout: 30_000 }, async () => {
+  const endWatch = new LsnWatch(0x100010n);
+  const writer = new RecordingWriter();
+  const controller = new AbortController();
+  // With a one-hour interval, only the half-timeout bound can make this keepalive go out.
+  const running = sendWal(options({ endWatch, writer, signal: controller.signal, keepaliveIntervalMs: 3_600_000, replicaTimeoutMs: 200 }));
+  const keepalive = await writer.waitForSent((entry) => entry.kind === 'message');
+  controller.abort();
+  assert.equal((await running).kind, 'aborted');
+  assert.equal(keepalive.type, 'k');
+  assert.equal(keepalive.replyRequested, true);
 });

@@ -4,8 +4,10 @@
  * One call of `sendWal` streams one replica from its start LSN: wait until the end watch (commit LSN, or flush
  * LSN for recovery streams) passes what was sent, cut the next chunk, hand "header + segment range" to the I/O
  * backend, advance. While idle it sends a keepalive that asks for a reply every `keepaliveIntervalMs`, or ends
- * the stream when the replica has caught up and nothing writes the timeline any more. Encoding the protocol is
- * done here; moving bytes is the backend's job, so nothing below depends on which backend runs.
+ * the stream when the replica has caught up and nothing writes the timeline any more. While busy it asks for a
+ * reply once half of the replica timeout passed without one, so that a replica which replies only when asked
+ * (pg_receivewal -s 0) is not timed out during a long catch-up. Encoding the protocol is done here; moving bytes
+ * is the backend's job, so nothing below depends on which backend runs.
  *
  * It does not read the socket: the reply reader does, concurrently, and stops this loop through `signal`.
  */
@@ -74,6 +76,10 @@ export interface SendWalOptions {
   readonly shouldStop: (sentLsn: Lsn) => boolean;
   /** Told after every chunk, so the replica registry shows the sent position. */
   readonly onSent: (sentLsn: Lsn, bytes: number) => void;
+  /** The reply reader's timeout: silence this long from the replica ends the stream (wal_sender_timeout). */
+  readonly replicaTimeoutMs: number;
+  /** When the replica last sent anything (Date.now() milliseconds), as the reply reader saw it. */
+  readonly lastReplyAtMs: () => number;
   readonly keepaliveIntervalMs?: number;
 }
 
@@ -85,7 +91,11 @@ export type SendWalEnd =
 
 export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
   const { endWatch, signal, segmentBytes } = options;
-  const keepaliveIntervalMs = options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS;
+  assert.ok(options.replicaTimeoutMs > 0, 'the replica timeout is positive');
+  const replyRequests = new ReplyRequests(options.replicaTimeoutMs, options.lastReplyAtMs);
+  // Idle, a reply is asked for every interval; never less often than half the timeout, or an idle replica that
+  // replies only when asked would be timed out between two keepalives.
+  const idleWaitMs = Math.min(options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS, replyRequests.askAfterSilenceMs);
   // One header buffer per stream: the backend copies or sends it before sendChunk resolves.
   const header = Buffer.allocUnsafe(XLOG_DATA_HEADER_BYTES);
   const prefetcher = new Prefetcher(options);
@@ -100,18 +110,25 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     }
     let endLsn = endWatch.get();
     if (endLsn <= sentLsn) {
-      const advanced = await endWatch.waitBeyond(sentLsn, keepaliveIntervalMs, signal);
+      const advanced = await endWatch.waitBeyond(sentLsn, idleWaitMs, signal);
       if (signal.aborted) break;
       if (advanced === undefined) {
         if (options.shouldStop(sentLsn)) {
           // A contract: Neon's pageserver matches "ending streaming" with SQLSTATE 00000 as a clean end.
           return { kind: 'caught_up', sentLsn, message: `ending streaming to ${options.replicaName} at ${formatLsn(sentLsn)}, receiver is caughtup and there is no computes` };
         }
+        replyRequests.asked();
         await options.writer.sendMessage(encodeKeepalive(endWatch.get(), pgNowMicros(), true));
         sentThisTurnBytes = 0;
         continue;
       }
       endLsn = advanced;
+    }
+    if (replyRequests.due(Date.now())) {
+      // walsender.c WalSndKeepalive: a keepalive's walEnd is the sent position. It follows the chunks already
+      // handed to the backend on the same stream, so it can never land inside a frame.
+      replyRequests.asked();
+      await options.writer.sendMessage(encodeKeepalive(sentLsn, pgNowMicros(), true));
     }
     if (stopLsn !== undefined && endLsn > stopLsn) endLsn = stopLsn;
     const chunkEnd = decideChunkEnd(sentLsn, endLsn, segmentBytes);
@@ -131,6 +148,33 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     }
   }
   return { kind: 'aborted', sentLsn };
+}
+
+/**
+ * When a busy sender asks for a reply: once half of the replica timeout passed since the replica's last message,
+ * and then not again until the replica sends something (walsender.c WalSndKeepaliveIfNecessary and its
+ * waiting_for_ping_response). Half leaves the replica the other half to answer before the reply reader gives up.
+ */
+class ReplyRequests {
+  readonly askAfterSilenceMs: number;
+  private readonly lastReplyAtMs: () => number;
+  /** The last-reply time at which a reply was last asked for; a newer one means the replica answered. */
+  private askedAtReplyMs: number | undefined;
+
+  constructor(replicaTimeoutMs: number, lastReplyAtMs: () => number) {
+    this.askAfterSilenceMs = Math.max(1, Math.floor(replicaTimeoutMs / 2));
+    this.lastReplyAtMs = lastReplyAtMs;
+  }
+
+  due(nowMs: number): boolean {
+    const lastReplyAtMs = this.lastReplyAtMs();
+    if (this.askedAtReplyMs === lastReplyAtMs) return false;
+    return nowMs - lastReplyAtMs >= this.askAfterSilenceMs;
+  }
+
+  asked(): void {
+    this.askedAtReplyMs = this.lastReplyAtMs();
+  }
 }
 
 /**

@@ -132,6 +132,8 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       signal: stopController.signal,
       stopAtEnd: request.recovery,
       shouldStop: () => timeline.shouldSenderStop(replica.remoteConsistentLsn()),
+      replicaTimeoutMs: context.replicaTimeoutMs,
+      lastReplyAtMs: () => reader.lastMessageAt(),
       onSent: (lsn, bytes) => {
         sentLsn = lsn;
         replica.setSentLsn(lsn);
