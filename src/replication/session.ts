@@ -16,7 +16,7 @@ import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { PG_SERVER_VERSION } from '../version.js';
 import type { PgConnection } from '../wire/connection.js';
 import { commandComplete, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
-import { acceptStartup, isPhysicalReplication, type AuthConfig, type StartupResult } from '../wire/startup.js';
+import { acceptStartup, replicationMode, type AuthConfig, type StartupResult } from '../wire/startup.js';
 import { parseReplicationCommand, type ReplicationCommand } from './command-parser.js';
 import type { SlotLease } from '../slots/slot-table.js';
 import {
@@ -90,10 +90,16 @@ export async function runSession(context: SessionContext): Promise<void> {
  * `options`. Throws a WalcastError, which refuses the connection with that FATAL error.
  */
 function prepareSession(context: SessionContext, startup: StartupResult): SessionState {
-  if (startup.replication !== undefined && !isPhysicalReplication(startup.replication)) {
-    const logical = startup.replication.toLowerCase() === 'database';
-    if (logical) throw new WalcastError('WALCAST_ERR_NOT_REPLICATION', 'logical replication is not supported by walcast');
-    throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for parameter "replication": "${startup.replication}"`);
+  switch (replicationMode(startup.replication)) {
+    case 'physical':
+      break;
+    case 'none':
+      // PostgreSQL would start a normal SQL backend here; walcast has none, so it refuses rather than answer SQL.
+      throw new WalcastError('WALCAST_ERR_NOT_REPLICATION', 'walcast serves only physical replication connections: connect with replication=true');
+    case 'logical':
+      throw new WalcastError('WALCAST_ERR_NOT_REPLICATION', 'logical replication is not supported by walcast: connect with replication=true');
+    case 'invalid':
+      throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for parameter "replication": "${startup.replication ?? ''}"`);
   }
   const defaultKey = context.timelines.soleTimelineKey();
   return { startup, timelineKey: selectTimeline(startup.options, defaultKey) };

@@ -15,7 +15,7 @@ import { MAX_QUEUED_MESSAGES, PAUSE_QUEUED_MESSAGES, PgConnection } from './conn
 import type { FrontendMessage } from './messages.js';
 import { simpleResultSet } from './result-set.js';
 import { createScramVerifier } from './scram.js';
-import { acceptStartup, isPhysicalReplication, parseOptions, type AuthConfig, type StartupResult } from './startup.js';
+import { acceptStartup, isPhysicalReplication, parseOptions, replicationMode, type AuthConfig, type StartupResult } from './startup.js';
 
 const TIMEOUT_MS = 5000;
 const CHUNK_BYTES = 128 * 1024;
@@ -489,6 +489,14 @@ describe('startup helpers', () => {
   test('isPhysicalReplication follows parse_bool', () => {
     for (const value of ['true', 'ON', 'yes', '1', 't', 'Y', 'tru']) assert.equal(isPhysicalReplication(value), true, value);
     for (const value of ['false', 'off', 'database', '0', '', 'o', 'nope']) assert.equal(isPhysicalReplication(value), false, value);
+  });
+
+  test('replicationMode: absent or false is a normal connection, database is logical, anything else invalid', () => {
+    assert.equal(replicationMode(undefined), 'none');
+    for (const value of ['false', 'OFF', 'of', 'no', 'n', 'f', '0']) assert.equal(replicationMode(value), 'none', value);
+    for (const value of ['true', 'on', '1', 'y']) assert.equal(replicationMode(value), 'physical', value);
+    assert.equal(replicationMode('Database'), 'logical');
+    for (const value of ['', 'o', 'maybe', '2']) assert.equal(replicationMode(value), 'invalid', value);
   });
 
   test('parseOptions collects -c k=v, -ck=v, --k=v and bare k=v', () => {

@@ -172,6 +172,28 @@ export function isPhysicalReplication(value: string): boolean {
   return 'true'.startsWith(lower) || 'yes'.startsWith(lower);
 }
 
+/** PostgreSQL parse_bool's false: false/off/no/0 (any case; prefixes of false and no, and "of"). */
+function isParseBoolFalse(value: string): boolean {
+  const lower = value.trim().toLowerCase();
+  if (lower === '') return false;
+  if (lower === '0' || lower === 'of' || lower === 'off') return true;
+  return 'false'.startsWith(lower) || 'no'.startsWith(lower);
+}
+
+/**
+ * What kind of connection the `replication` startup parameter asks for (postmaster.c ProcessStartupPacket):
+ * absent or false is a normal SQL connection, true a physical walsender, "database" a logical one; any other
+ * value is refused by PostgreSQL as invalid.
+ */
+export type ReplicationMode = 'none' | 'physical' | 'logical' | 'invalid';
+
+export function replicationMode(value: string | undefined): ReplicationMode {
+  if (value === undefined) return 'none';
+  if (isPhysicalReplication(value)) return 'physical';
+  if (value.toLowerCase() === 'database') return 'logical';
+  return isParseBoolFalse(value) ? 'none' : 'invalid';
+}
+
 async function authenticate(conn: PgConnection, auth: AuthConfig, user: string, remainingMs: () => number): Promise<void> {
   if (auth.method === 'trust') {
     await conn.write(authenticationOk());

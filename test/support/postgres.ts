@@ -569,6 +569,11 @@ export async function runReceiveWal(options: { port: number; dir: string; endpos
   });
 }
 
+/** Runs psql with a connection string (as whoever runs the tests) and returns its exit code and output. */
+export function runPsql(conninfo: string, command: string): Promise<ReceiveWalResult> {
+  return runTool('psql', ['-X', '-A', '-t', '-d', conninfo, '-c', command], { timeoutMs: SQL_TIMEOUT_MS });
+}
+
 /** Synchronous clean-up for process exit: immediate shutdown of every postmaster we started, then temp dirs. */
 function cleanUpSync(): void {
   const pids = [...livePostmasters].map((postmaster) => postmaster.pid).filter(isProcessAlive);
