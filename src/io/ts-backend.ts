@@ -4,8 +4,10 @@
  * blocks the event loop) straight into a pooled buffer after 30 bytes of room, its header is copied in front, and
  * the whole frame goes out in one socket write: one copy of the payload (kernel to buffer), no allocation.
  *
- * Up to STREAM_CHUNKS_IN_FLIGHT_MAX chunks per stream are queued in the socket at once, so the read of the next
- * chunk overlaps the send of the previous one; the buffer pool bounds the total across streams.
+ * Up to STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream are queued in the socket at once, so the read of the next
+ * chunk overlaps the send of the previous one; the buffer pool bounds the total across streams. Sends of one stream
+ * run one after another in call order (the sender's chunks and the reply reader's keepalives), so bytes reach the
+ * socket in that order and the in-flight bound cannot be passed by two sends that both saw room.
  */
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
@@ -18,6 +20,12 @@ import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cac
 export const STREAM_CHUNKS_IN_FLIGHT_MAX = 2;
 /** Send buffers across all streams: 512 × 128 KiB = 64 MiB, the backend's memory bound for WAL in flight. */
 export const POOL_BUFFERS_MAX = 512;
+/**
+ * Sends of one stream waiting behind the one being written. The sender has one outstanding at a time; keepalives
+ * the replica asks for add one each, so only a replica that asks faster than it reads ever reaches this, and
+ * its stream fails rather than queue without bound.
+ */
+export const STREAM_SENDS_WAITING_MAX = 64;
 /** Each pooled buffer holds one frame: the header and a full chunk. */
 export const FRAME_BYTES_MAX = XLOG_DATA_HEADER_BYTES + MAX_SEND_BYTES;
 
@@ -35,6 +43,9 @@ export function createTsBackend(): IoBackend {
 class TsStreamWriter implements StreamWriter {
   bytesSent = 0;
   private inFlight = 0;
+  /** The last send queued on this stream; the next one starts when it settles (its failure is the caller's). */
+  private sendsTail: Promise<void> = Promise.resolve();
+  private sendsWaiting = 0;
   private failure: WalcastError | undefined;
   /** Resolved (and replaced) whenever an in-flight write completes or the stream fails; any number may wait on it. */
   private progress: { promise: Promise<void>; resolve: () => void } = deferred();
@@ -48,9 +59,18 @@ class TsStreamWriter implements StreamWriter {
     socket.once('close', this.onClose);
   }
 
-  async sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {
+  sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {
     assert.equal(header.length, XLOG_DATA_HEADER_BYTES, 'header size');
-    assert.ok(chunk.byteCount > 0 && chunk.byteCount <= MAX_SEND_BYTES, 'chunk size');
+    assert.ok(chunk.byteCount > 0, 'chunk is not empty');
+    assert.ok(chunk.byteCount <= MAX_SEND_BYTES, 'chunk fits one frame');
+    return this.inOrder(() => this.sendChunkNow(header, chunk));
+  }
+
+  sendMessage(bytes: Buffer): Promise<void> {
+    return this.inOrder(() => this.sendMessageNow(bytes));
+  }
+
+  private async sendChunkNow(header: Buffer, chunk: WalChunk): Promise<void> {
     await this.waitForRoom();
     const frame = await this.pool.acquire();
     let handedOff = false;
@@ -71,21 +91,39 @@ class TsStreamWriter implements StreamWriter {
     }
   }
 
-  async sendMessage(bytes: Buffer): Promise<void> {
+  private async sendMessageNow(bytes: Buffer): Promise<void> {
     await this.waitForRoom();
-    this.throwIfFailed();
     this.write(bytes, () => undefined);
+  }
+
+  /** Runs `send` after every send queued before it has settled: one send of this stream at a time. */
+  private inOrder(send: () => Promise<void>): Promise<void> {
+    if (this.sendsWaiting >= STREAM_SENDS_WAITING_MAX) {
+      this.fail(new Error(`more than ${STREAM_SENDS_WAITING_MAX} sends waiting: the replica is not reading`));
+    }
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    this.sendsWaiting++;
+    const run = this.sendsTail.then(() => {
+      this.sendsWaiting--;
+      return send();
+    });
+    this.sendsTail = run.catch(() => undefined);
+    return run;
   }
 
   /** Asynchronous reads never block the event loop on a cache miss, so there is nothing to prefetch. */
   async prefetch(_chunk: WalChunk): Promise<void> {}
 
   async release(): Promise<void> {
+    // A keepalive queued by the reply reader goes out before the socket is handed back, not after.
+    await this.sendsTail;
     while (this.inFlight > 0 && this.failure === undefined) await this.waitForProgress();
     this.socket.off('close', this.onClose);
   }
 
   private write(bytes: Buffer, done: () => void): void {
+    // Only the one running send writes, after waitForRoom: the bound holds however sends interleave with I/O.
+    assert.ok(this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX, 'frames in flight stay within the stream bound');
     this.inFlight++;
     this.socket.write(bytes, (error) => {
       this.inFlight--;

@@ -1,0 +1,138 @@
+/**
+ * The TS backend on a real loopback socket and a real file: frames in flight per stream stay within
+ * STREAM_CHUNKS_IN_FLIGHT_MAX when a chunk and a keepalive are sent concurrently (issue 15, item 6), and the
+ * bytes reach the peer in call order.
+ */
+import assert from 'node:assert/strict';
+import { closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import type { WalChunk } from './backend.js';
+import { isWalcastError } from '../errors.js';
+import { STREAM_CHUNKS_IN_FLIGHT_MAX, STREAM_SENDS_WAITING_MAX, createTsBackend } from './ts-backend.js';
+
+const CHUNK_BYTES = 128 * 1024;
+const HEADER_BYTES = 30;
+/** Far more than loopback's socket buffers take, so writes after it stay queued until the peer reads. */
+const FILLER_BYTES = 64 * 1024 * 1024;
+
+const dir = mkdtempSync(join(tmpdir(), 'walcast-ts-backend-'));
+const path = join(dir, 'segment');
+const content = Buffer.alloc(2 * CHUNK_BYTES);
+for (let index = 0; index < content.length; index++) content[index] = (index * 13 + 5) & 0xff;
+writeFileSync(path, content);
+
+/** A connected pair over 127.0.0.1; the accepted side is paused so nothing is read until the test says so. */
+async function socketPair(): Promise<{ server: Server; local: Socket; peer: Socket }> {
+  const server = createServer({ pauseOnConnect: true });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  assert.ok(address !== null && typeof address === 'object');
+  const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+  const local = connect({ host: '127.0.0.1', port: address.port });
+  await new Promise<void>((resolve) => local.once('connect', resolve));
+  return { server, local, peer: await accepted };
+}
+
+/** Counts socket writes made after `arm()` whose callbacks have not run, and the most seen at once. */
+function countWritesInFlight(socket: Socket): { arm(): void; now(): number; max(): number } {
+  const original = socket.write.bind(socket) as (bytes: Buffer, callback: (error?: Error | null) => void) => boolean;
+  let armed = false;
+  let now = 0;
+  let max = 0;
+  (socket as unknown as { write: typeof original }).write = (bytes, callback) => {
+    if (!armed) return original(bytes, callback);
+    now++;
+    max = Math.max(max, now);
+    return original(bytes, (error) => {
+      now--;
+      callback(error);
+    });
+  };
+  return { arm: () => (armed = true), now: () => now, max: () => max };
+}
+
+function header(marker: number, payloadBytes: number): Buffer {
+  const bytes = Buffer.alloc(HEADER_BYTES, marker);
+  bytes.write('d', 0, 'latin1');
+  bytes.writeUInt32BE(4 + 25 + payloadBytes, 1);
+  return bytes;
+}
+
+test('a chunk and a keepalive sent concurrently stay within the in-flight bound and keep their order', async () => {
+  const { server, local, peer } = await socketPair();
+  const fd = openSync(path, 'r');
+  const backend = createTsBackend();
+  try {
+    const spy = countWritesInFlight(local);
+    // The peer reads nothing yet: this fills the kernel buffers and leaves the rest queued in Node.
+    local.write(Buffer.alloc(FILLER_BYTES, 0x11));
+    const writer = await backend.openStream(local);
+    spy.arm();
+    const chunk = (offset: number): WalChunk => ({ file: { fd, path }, fileOffset: offset, byteCount: CHUNK_BYTES });
+    await writer.sendChunk(header(0xa1, CHUNK_BYTES), chunk(0));
+    assert.equal(spy.now(), 1, 'the first frame waits in the socket');
+    // A chunk (whose read takes a trip to the thread pool) and a keepalive, both while one frame is in flight.
+    const keepalive = Buffer.from('keepalive-bytes');
+    const second = writer.sendChunk(header(0xa2, CHUNK_BYTES), chunk(CHUNK_BYTES));
+    const message = writer.sendMessage(keepalive);
+    let messageSettled = false;
+    void message.then(() => (messageSettled = true), () => (messageSettled = true));
+    await second;
+    assert.equal(spy.now(), STREAM_CHUNKS_IN_FLIGHT_MAX, 'both frames wait in the socket');
+    assert.equal(messageSettled, false, 'the keepalive waits for room instead of passing the bound');
+    assert.ok(spy.max() <= STREAM_CHUNKS_IN_FLIGHT_MAX, `at most ${STREAM_CHUNKS_IN_FLIGHT_MAX} in flight, saw ${spy.max()}`);
+
+    const expectedBytes = FILLER_BYTES + 2 * (HEADER_BYTES + CHUNK_BYTES) + keepalive.length;
+    const received: Buffer[] = [];
+    let receivedBytes = 0;
+    const all = new Promise<void>((resolve) => {
+      peer.on('data', (data: Buffer) => {
+        received.push(data);
+        receivedBytes += data.length;
+        if (receivedBytes >= expectedBytes) resolve();
+      });
+    });
+    peer.resume();
+    await message;
+    await writer.release();
+    await all;
+    assert.ok(spy.max() <= STREAM_CHUNKS_IN_FLIGHT_MAX, `at most ${STREAM_CHUNKS_IN_FLIGHT_MAX} in flight, saw ${spy.max()}`);
+    const stream = Buffer.concat(received).subarray(FILLER_BYTES);
+    const firstFrame = Buffer.concat([header(0xa1, CHUNK_BYTES), content.subarray(0, CHUNK_BYTES)]);
+    const secondFrame = Buffer.concat([header(0xa2, CHUNK_BYTES), content.subarray(CHUNK_BYTES)]);
+    assert.ok(stream.equals(Buffer.concat([firstFrame, secondFrame, keepalive])), 'frames and the keepalive arrive whole, in call order');
+    assert.equal(writer.bytesSent, 2 * (HEADER_BYTES + CHUNK_BYTES) + keepalive.length);
+  } finally {
+    closeSync(fd);
+    local.destroy();
+    peer.destroy();
+    server.close();
+    await backend.close();
+  }
+});
+
+test('a replica that asks for more sends than it reads fails its stream instead of queueing without bound', async () => {
+  const { server, local, peer } = await socketPair();
+  const backend = createTsBackend();
+  try {
+    local.write(Buffer.alloc(FILLER_BYTES, 0x11));
+    const writer = await backend.openStream(local);
+    // Called back to back: none has started when the last one is queued, so it finds the queue full.
+    const sends = Array.from({ length: STREAM_SENDS_WAITING_MAX + 1 }, () => writer.sendMessage(Buffer.from('k')));
+    const outcomes = await Promise.allSettled(sends);
+    for (const outcome of outcomes) {
+      assert.equal(outcome.status, 'rejected');
+      assert.ok(outcome.status === 'rejected' && isWalcastError(outcome.reason, 'WALCAST_ERR_STREAM_IO'), 'every waiting send fails with the stream');
+    }
+    assert.match(String((outcomes.at(-1) as PromiseRejectedResult).reason), /sends waiting: the replica is not reading/);
+    await assert.rejects(writer.sendMessage(Buffer.from('k')), (error) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO'));
+  } finally {
+    local.destroy();
+    peer.destroy();
+    server.close();
+    await backend.close();
+  }
+});
