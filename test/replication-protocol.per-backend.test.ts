@@ -143,6 +143,7 @@ describe('replication commands', { timeout: TIMEOUT_MS }, () => {
     const status = await client.query('TIMELINE_STATUS');
     assert.deepEqual(status.rows, [[formatLsn(endLsn), formatLsn(endLsn)]]);
     await assert.rejects(client.query('TIMELINE_HISTORY 1'), (error: ServerError) => error.sqlState === '58P01');
+    assert.deepEqual((await client.query('')).rows, [], 'an empty query gets EmptyQueryResponse and ReadyForQuery');
     await assert.rejects(client.query('SHOW shared_buffers'), (error: ServerError) => error.sqlState === '42704');
     await assert.rejects(client.query('SELECT 1'), (error: ServerError) => error.sqlState === '0A000');
     await assert.rejects(client.query('BASE_BACKUP'), (error: ServerError) => error.sqlState === '0A000');

@@ -6,16 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { WalcastError, isWalcastError } from '../errors.js';
 import type { IoBackend } from '../io/backend.js';
 import type { Logger } from '../log.js';
+import { readTimelineHistory } from '../storage/timeline-history.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { PG_SERVER_VERSION } from '../version.js';
 import type { PgConnection } from '../wire/connection.js';
-import { commandComplete, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
+import { commandComplete, emptyQueryResponse, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
 import { acceptStartup, replicationMode, type AuthConfig, type StartupResult } from '../wire/startup.js';
 import { parseReplicationCommand, type ReplicationCommand } from './command-parser.js';
 import type { SlotLease } from '../slots/slot-table.js';
@@ -268,14 +267,8 @@ function answerShow(context: SessionContext, state: SessionState, name: string):
 }
 
 async function answerTimelineHistory(context: SessionContext, state: SessionState, pgTimelineId: number): Promise<Buffer[]> {
-  const timeline = requireTimeline(context, state);
-  const fileName = `${pgTimelineId.toString(16).toUpperCase().padStart(8, '0')}.history`;
-  try {
-    const content = await readFile(join(timeline.dir, fileName), 'utf8');
-    return timelineHistoryResult(fileName, content);
-  } catch (cause) {
-    throw new WalcastError('WALCAST_ERR_WAL_REMOVED', `could not open file "${fileName}": no such file or directory`, { cause });
-  }
+  const history = await readTimelineHistory(requireTimeline(context, state).dir, pgTimelineId);
+  return timelineHistoryResult(history.fileName, history.content);
 }
 
 function findTimeline(context: SessionContext, state: SessionState): Timeline | undefined {
@@ -289,14 +282,6 @@ function requireTimeline(context: SessionContext, state: SessionState): Timeline
     throw new WalcastError('WALCAST_ERR_NO_TIMELINE', 'no timeline selected: pass -c tenant_id=... -c timeline_id=... in options (the data directory does not hold exactly one timeline)');
   }
   throw new WalcastError('WALCAST_ERR_NO_TIMELINE', `timeline ${state.timelineKey.tenantId}/${state.timelineKey.timelineId} not found`);
-}
-
-function emptyQueryResponse(): Buffer {
-  // 'I' EmptyQueryResponse: Int32 length 4 and no body.
-  const message = Buffer.alloc(5);
-  message.write('I', 0, 'latin1');
-  message.writeInt32BE(4, 1);
-  return message;
 }
 
 function describe(error: unknown): string {
