@@ -63,6 +63,7 @@ export const ERROR_CATALOGUE = {
   WALCAST_ERR_STREAM_IO: { sqlState: SqlState.internalError, summary: 'sending WAL to the replica failed' },
   WALCAST_ERR_FEEDBACK_MALFORMED: { sqlState: SqlState.protocolViolation, summary: 'replica feedback was malformed' },
   WALCAST_ERR_REPLICA_TIMEOUT: { sqlState: SqlState.protocolViolation, summary: 'the replica sent no feedback for too long' },
+  WALCAST_ERR_COPY_FAILED: { sqlState: SqlState.queryCanceled, summary: 'the replica ended the stream with CopyFail' },
   // Storage.
   WALCAST_ERR_WAL_INVALID: { sqlState: SqlState.dataCorrupted, summary: 'WAL failed validation' },
   WALCAST_ERR_WAL_GAP: { sqlState: SqlState.dataCorrupted, summary: 'WAL segments are not contiguous' },

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { ListenAddress } from './config/listen-address.js';
+import { WalcastError } from './errors.js';
 import { startIngest, type IngestHandle } from './ingest/ingest-manager.js';
 import type { IoBackend } from './io/backend.js';
 import type { Logger } from './log.js';
@@ -92,7 +93,8 @@ export class WalcastServer {
     const conn = new PgConnection(socket);
     if (this.sockets.size >= this.options.maxConnections || this.shutdown.signal.aborted) {
       this.options.hooks?.onConnectionRefused?.('too_many_connections');
-      void conn.close({ sqlState: '53300', message: 'sorry, too many clients already' });
+      const refusal = new WalcastError('WALCAST_ERR_TOO_MANY_CONNECTIONS', 'sorry, too many clients already');
+      void conn.close({ sqlState: refusal.sqlState, message: refusal.message });
       return;
     }
     this.sockets.add(socket);

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
-import { WalcastError } from '../errors.js';
+import { SqlState, WalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { alignDown, formatLsn, type Lsn } from '../lsn.js';
 import { CONTROL_FORMAT_VERSION, PG_VERSION_NUM_15, fsyncDirectory, writeControlFile } from '../storage/control-file.js';
@@ -21,8 +21,6 @@ import { formatConnInfo, parseConnInfo, type UpstreamConnInfo } from './conninfo
 import { UPSTREAM_COMMAND_TIMEOUT_MS, parseIdentifySystem, upstreamSlotName, type UpstreamClient, type UpstreamConnect } from './follower.js';
 
 /** SQLSTATEs the slot step tolerates: the slot exists already (a re-create), or the upstream has no slots (walcast). */
-const SQLSTATE_DUPLICATE_OBJECT = '42710';
-const SQLSTATE_FEATURE_NOT_SUPPORTED = '0A000';
 /** History files are a line per ancestor timeline; a bigger answer is not a history file. */
 const HISTORY_FILE_BYTES_MAX = 1024 * 1024;
 
@@ -161,11 +159,11 @@ async function createSlot(client: UpstreamClient, slotName: string, log: Logger)
     await client.query(`CREATE_REPLICATION_SLOT "${slotName}" PHYSICAL RESERVE_WAL`);
     return { name: slotName, created: true };
   } catch (error) {
-    if (error instanceof ServerError && error.sqlState === SQLSTATE_DUPLICATE_OBJECT) {
+    if (error instanceof ServerError && error.sqlState === SqlState.duplicateObject) {
       log.info({ slot: slotName }, 'the upstream slot exists already: reusing it');
       return { name: slotName, created: false };
     }
-    if (error instanceof ServerError && error.sqlState === SQLSTATE_FEATURE_NOT_SUPPORTED) {
+    if (error instanceof ServerError && error.sqlState === SqlState.featureNotSupported) {
       log.warn({ slot: slotName, reason: error.message }, 'the upstream does not support replication slots: following without one');
       return { name: undefined, created: false };
     }

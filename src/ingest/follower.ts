@@ -11,7 +11,7 @@
  * failed. The timeline counts a writer as attached only while a stream is live.
  */
 import assert from 'node:assert/strict';
-import { WalcastError, isWalcastError } from '../errors.js';
+import { SqlState, WalcastError, isWalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { formatLsn, lsnDistance, parseLsn, type Lsn } from '../lsn.js';
 import { pgNowMicros } from '../replication/stream-messages.js';
@@ -39,7 +39,6 @@ export const UNFLUSHED_BYTES_MAX = 64 * 1024 * 1024;
 /** How long the closing handshake (CopyDone → CommandComplete → ReadyForQuery) may take before we hang up. */
 const STREAM_END_TIMEOUT_MS = 5_000;
 /** SQLSTATE of "replication slot ... does not exist" (slot.c ReplicationSlotAcquire). */
-const SQLSTATE_UNDEFINED_OBJECT = '42704';
 
 assert.ok(HOT_STANDBY_FEEDBACK_INTERVAL_MS <= UPSTREAM_SILENCE_TIMEOUT_MS / 2);
 
@@ -262,7 +261,7 @@ export class UpstreamFollower {
       try {
         return await client.startReplication(`START_REPLICATION SLOT "${upstreamSlotName(this.timeline.timelineId)}" PHYSICAL ${position}`);
       } catch (error) {
-        if (!(error instanceof ServerError) || error.sqlState !== SQLSTATE_UNDEFINED_OBJECT) throw error;
+        if (!(error instanceof ServerError) || error.sqlState !== SqlState.undefinedObject) throw error;
         this.useSlot = false;
         this.log.warn({ err: error.message }, 'the upstream has no walcast slot for this timeline: streaming without one (WAL may be recycled while walcast is away)');
       }

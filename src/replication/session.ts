@@ -139,7 +139,8 @@ async function commandLoop(context: SessionContext, state: SessionState): Promis
       case 'password':
       case 'other': {
         const what = message.type === 'other' ? `message type 0x${message.code.toString(16)}` : 'a password message';
-        void conn.close({ sqlState: '08P01', message: `unexpected ${what} on a replication connection` });
+        const violation = new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', `unexpected ${what} on a replication connection`);
+        void conn.close({ sqlState: violation.sqlState, message: violation.message });
         return;
       }
     }

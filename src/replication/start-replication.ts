@@ -3,7 +3,7 @@
  * and ends the stream the way the client expects (walsender.c StartReplication / WalSndLoop; Neon
  * send_wal.rs handle_start_replication). The replica is registered for exactly as long as this runs.
  */
-import { WalcastError, isWalcastError } from '../errors.js';
+import { SqlState, WalcastError, isWalcastError } from '../errors.js';
 import type { IoBackend, StreamWriter } from '../io/backend.js';
 import { INVALID_LSN, formatLsn, minLsn, type Lsn } from '../lsn.js';
 import type { Logger } from '../log.js';
@@ -192,7 +192,7 @@ async function finishStream(
   }
   if (sent.kind === 'caught_up' || sent.kind === 'recovery_finished') {
     // Neon ends these with an ErrorResponse carrying SQLSTATE 00000, then closes (a contract with pageservers).
-    await writer?.sendMessage(errorResponse({ severity: 'ERROR', sqlState: '00000', message: sent.message })).catch(() => undefined);
+    await writer?.sendMessage(errorResponse({ severity: 'ERROR', sqlState: SqlState.successfulCompletion, message: sent.message })).catch(() => undefined);
     await writer?.release().catch(() => undefined);
     return { description: sent.kind, keepConnection: false };
   }
@@ -215,7 +215,8 @@ async function finishReplicaEnd(context: StreamContext, writer: StreamWriter | u
       return { description: 'client CopyDone', keepConnection: true };
     case 'copy_fail':
       await writer?.release().catch(() => undefined);
-      await conn.write([errorResponse({ severity: 'ERROR', sqlState: '57014', message: `COPY from stdin failed: ${end.message}` }), readyForQuery('I')]).catch(() => undefined);
+      const failed = new WalcastError('WALCAST_ERR_COPY_FAILED', `COPY from stdin failed: ${end.message}`);
+      await conn.write([errorResponse({ severity: 'ERROR', sqlState: failed.sqlState, message: failed.message }), readyForQuery('I')]).catch(() => undefined);
       return { description: 'client CopyFail', keepConnection: true };
     case 'error':
       await writer?.sendMessage(errorResponse({ severity: 'FATAL', sqlState: end.error.sqlState, message: end.error.message })).catch(() => undefined);
