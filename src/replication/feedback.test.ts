@@ -114,6 +114,9 @@ test('wrong value lengths, bad flags, unknown tags and oversized payloads are er
     Buffer.concat([Buffer.from('z'), u64(0n), Buffer.from([1]), Buffer.from('ps_writelsn\0'), u32(0x7fffffff)]),
     // A key name with no terminator.
     Buffer.concat([Buffer.from('z'), u64(0n), Buffer.from([1]), Buffer.alloc(100, 0x61)]),
+    // A negative value length, and a terminated key name longer than any real key.
+    Buffer.concat([Buffer.from('z'), u64(0n), Buffer.from([1]), Buffer.from('ps_writelsn\0'), u32(0xffffffff)]),
+    zMessage([key('k'.repeat(65), u64(1n))]),
   ];
   for (const message of cases) assert.ok(decodeFeedback(message) instanceof WalcastError, message.toString('hex').slice(0, 40));
 });

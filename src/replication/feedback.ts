@@ -8,8 +8,10 @@
  * PageserverFeedback (old wire names ps_writelsn/ps_flushlsn/ps_applylsn/ps_replytime as the Rust pageserver writes
  * them, new names last_received_lsn/disk_consistent_lsn/remote_consistent_lsn/replytime as newer computes accept).
  */
-import { WalcastError } from '../errors.js';
+import { WalcastError, isWalcastError } from '../errors.js';
 import type { Lsn } from '../lsn.js';
+import { BufferReader } from '../wire/buffer-reader.js';
+import { BYTE1_BYTES, INT32_BYTES, INT64_BYTES } from '../wire/field-sizes.js';
 import type { Feedback, HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../timeline/replica-feedback.js';
 
 // The decoded shapes belong to the timeline (its replica registry keeps them); re-exported for the codec's users.
@@ -21,12 +23,19 @@ const enum FeedbackTag {
   Pageserver = 0x7a, // 'z'
 }
 
+/** The fields of these layouts, by what they hold. */
+const LSN_BYTES = INT64_BYTES;
+const TIMESTAMP_BYTES = INT64_BYTES;
+const XID_BYTES = INT32_BYTES;
+const EPOCH_BYTES = INT32_BYTES;
+const FLAG_BYTES = BYTE1_BYTES;
+
 /** 'r': Int64 write, Int64 flush, Int64 apply, Int64 sendTime, Int8 replyRequested. */
-const STANDBY_REPLY_BODY_BYTES = 8 + 8 + 8 + 8 + 1;
+const STANDBY_REPLY_BODY_BYTES = LSN_BYTES + LSN_BYTES + LSN_BYTES + TIMESTAMP_BYTES + FLAG_BYTES;
 /** 'h': Int64 sendTime, UInt32 xmin, UInt32 xmin epoch, UInt32 catalog_xmin, UInt32 catalog_xmin epoch. */
-const HOT_STANDBY_BODY_BYTES = 8 + 4 + 4 + 4 + 4;
+const HOT_STANDBY_BODY_BYTES = TIMESTAMP_BYTES + XID_BYTES + EPOCH_BYTES + XID_BYTES + EPOCH_BYTES;
 /** 'z': Neon writes the tag, then a u64 length, then the key/value payload (send_wal.rs skips 9 bytes). */
-const PAGESERVER_LENGTH_BYTES = 8;
+const PAGESERVER_LENGTH_BYTES = INT64_BYTES;
 /** A pageserver feedback payload is a handful of keys; anything larger is not feedback. */
 export const PAGESERVER_FEEDBACK_MAX_BYTES = 4096;
 /** Key names are short identifiers; bound the NUL search. */
@@ -40,8 +49,10 @@ function malformed(message: string): WalcastError {
 /** Decodes one CopyData payload sent by a replica. */
 export function decodeFeedback(payload: Buffer): Feedback | WalcastError {
   if (payload.length === 0) return malformed('empty CopyData from replica');
-  const body = payload.subarray(1);
-  switch (payload[0]) {
+  const reader = feedbackReader(payload, 'replica feedback');
+  const tag = reader.int8();
+  const body = reader.rest();
+  switch (tag) {
     case FeedbackTag.StandbyReply:
       return decodeStandbyReply(body);
     case FeedbackTag.HotStandby:
@@ -49,38 +60,41 @@ export function decodeFeedback(payload: Buffer): Feedback | WalcastError {
     case FeedbackTag.Pageserver:
       return decodePageserverEnvelope(body);
     default:
-      return malformed(`unexpected message type "${String.fromCharCode(payload[0] ?? 0)}" (0x${(payload[0] ?? 0).toString(16)}) in replica feedback`);
+      return malformed(`unexpected message type "${String.fromCharCode(tag)}" (0x${tag.toString(16)}) in replica feedback`);
   }
 }
 
 export function decodeStandbyReply(body: Buffer): StandbyReply | WalcastError {
   // PostgreSQL reads exactly these fields; a longer message is tolerated (as pq_getmsg* would), a shorter one is not.
   if (body.length < STANDBY_REPLY_BODY_BYTES) return malformed(`standby status update too short: ${body.length} bytes, need ${STANDBY_REPLY_BODY_BYTES}`);
-  const replyRequested = body[32];
+  const reader = feedbackReader(body, 'standby status update');
+  const writeLsn = reader.uint64();
+  const flushLsn = reader.uint64();
+  const applyLsn = reader.uint64();
+  const replyTimeMicros = reader.int64();
+  const replyRequested = reader.int8();
   if (replyRequested !== 0 && replyRequested !== 1) return malformed(`standby status update replyRequested must be 0 or 1, got ${replyRequested}`);
-  return {
-    kind: 'standby_reply',
-    writeLsn: body.readBigUInt64BE(0),
-    flushLsn: body.readBigUInt64BE(8),
-    applyLsn: body.readBigUInt64BE(16),
-    replyTimeMicros: body.readBigInt64BE(24),
-    replyRequested: replyRequested === 1,
-  };
+  return { kind: 'standby_reply', writeLsn, flushLsn, applyLsn, replyTimeMicros, replyRequested: replyRequested === 1 };
 }
 
 export function decodeHotStandby(body: Buffer): HotStandbyFeedback | WalcastError {
   if (body.length < HOT_STANDBY_BODY_BYTES) return malformed(`hot standby feedback too short: ${body.length} bytes, need ${HOT_STANDBY_BODY_BYTES}`);
+  const reader = feedbackReader(body, 'hot standby feedback');
+  const timeMicros = reader.int64();
   // Full transaction ids: the epoch is the high half (the seed's version swapped them; Neon fixed it later).
-  const xid = BigInt(body.readUInt32BE(8));
-  const xidEpoch = BigInt(body.readUInt32BE(12));
-  const catalogXid = BigInt(body.readUInt32BE(16));
-  const catalogEpoch = BigInt(body.readUInt32BE(20));
-  return {
-    kind: 'hot_standby',
-    timeMicros: body.readBigInt64BE(0),
-    xmin: xid === 0n ? 0n : (xidEpoch << 32n) | xid,
-    catalogXmin: catalogXid === 0n ? 0n : (catalogEpoch << 32n) | catalogXid,
-  };
+  const xmin = fullTransactionId(reader.uint32(), reader.uint32());
+  const catalogXmin = fullTransactionId(reader.uint32(), reader.uint32());
+  return { kind: 'hot_standby', timeMicros, xmin, catalogXmin };
+}
+
+/** epoch << 32 | xid, with xid 0 (InvalidTransactionId) meaning none whatever the epoch. */
+function fullTransactionId(xid: number, epoch: number): bigint {
+  return xid === 0 ? 0n : (BigInt(epoch) << 32n) | BigInt(xid);
+}
+
+/** A cursor whose short reads become WALCAST_ERR_FEEDBACK_MALFORMED. */
+function feedbackReader(body: Buffer, what: string): BufferReader {
+  return new BufferReader(body, what, 'WALCAST_ERR_FEEDBACK_MALFORMED');
 }
 
 function decodePageserverEnvelope(body: Buffer): PageserverFeedback | WalcastError {
@@ -95,6 +109,16 @@ type PageserverFields = { -readonly [K in keyof Omit<PageserverFeedback, 'kind'>
 export function decodePageserverFeedback(payload: Buffer): PageserverFeedback | WalcastError {
   if (payload.length > PAGESERVER_FEEDBACK_MAX_BYTES) return malformed(`pageserver feedback larger than ${PAGESERVER_FEEDBACK_MAX_BYTES} bytes`);
   if (payload.length < 1) return malformed('pageserver feedback has no key count');
+  try {
+    return { kind: 'pageserver', ...readPageserverFields(feedbackReader(payload, 'pageserver feedback')) };
+  } catch (error) {
+    // The reader throws for short or malformed input; this codec reports it instead.
+    if (isWalcastError(error)) return error;
+    throw error;
+  }
+}
+
+function readPageserverFields(reader: BufferReader): PageserverFields {
   const fields: PageserverFields = {
     currentTimelineSize: 0n,
     lastReceivedLsn: 0n,
@@ -104,22 +128,15 @@ export function decodePageserverFeedback(payload: Buffer): PageserverFeedback | 
     shardNumber: 0,
     corruptionDetected: false,
   };
-  const keyCount = payload[0] ?? 0;
-  let offset = 1;
+  const keyCount = reader.int8();
   for (let index = 0; index < keyCount; index++) {
-    const nameEnd = payload.indexOf(0, offset);
-    if (nameEnd < 0 || nameEnd - offset > PAGESERVER_KEY_MAX_BYTES) return malformed(`pageserver feedback key ${index} is not NUL-terminated`);
-    const name = payload.toString('latin1', offset, nameEnd);
-    offset = nameEnd + 1;
-    if (offset + 4 > payload.length) return malformed(`pageserver feedback key "${name}" has no length`);
-    const valueBytes = payload.readInt32BE(offset);
-    offset += 4;
-    if (valueBytes < 0 || offset + valueBytes > payload.length) return malformed(`pageserver feedback key "${name}" has length ${valueBytes} past the end`);
-    const error = applyPageserverKey(fields, name, payload.subarray(offset, offset + valueBytes));
-    if (error !== undefined) return error;
-    offset += valueBytes;
+    const name = reader.cString({ maxBytes: PAGESERVER_KEY_MAX_BYTES, encoding: 'latin1' });
+    const valueBytes = reader.int32();
+    if (valueBytes < 0) throw malformed(`pageserver feedback key "${name}" has negative length ${valueBytes}`);
+    const error = applyPageserverKey(fields, name, reader.bytes(valueBytes));
+    if (error !== undefined) throw error;
   }
-  return { kind: 'pageserver', ...fields };
+  return fields;
 }
 
 /** Sets one known key; unknown keys are skipped, as Neon does, so newer pageservers can add keys. */
@@ -128,23 +145,23 @@ function applyPageserverKey(fields: PageserverFields, name: string, value: Buffe
     value.length === bytes ? undefined : malformed(`pageserver feedback key "${name}" has length ${value.length}, expected ${bytes}`);
   switch (name) {
     case 'current_timeline_size':
-      return expectBytes(8) ?? void (fields.currentTimelineSize = value.readBigUInt64BE(0));
+      return expectBytes(INT64_BYTES) ?? void (fields.currentTimelineSize = value.readBigUInt64BE(0));
     case 'ps_writelsn':
     case 'last_received_lsn':
-      return expectBytes(8) ?? void (fields.lastReceivedLsn = value.readBigUInt64BE(0));
+      return expectBytes(LSN_BYTES) ?? void (fields.lastReceivedLsn = value.readBigUInt64BE(0));
     case 'ps_flushlsn':
     case 'disk_consistent_lsn':
-      return expectBytes(8) ?? void (fields.diskConsistentLsn = value.readBigUInt64BE(0));
+      return expectBytes(LSN_BYTES) ?? void (fields.diskConsistentLsn = value.readBigUInt64BE(0));
     case 'ps_applylsn':
     case 'remote_consistent_lsn':
-      return expectBytes(8) ?? void (fields.remoteConsistentLsn = value.readBigUInt64BE(0));
+      return expectBytes(LSN_BYTES) ?? void (fields.remoteConsistentLsn = value.readBigUInt64BE(0));
     case 'ps_replytime':
     case 'replytime':
-      return expectBytes(8) ?? void (fields.replyTimeMicros = value.readBigInt64BE(0));
+      return expectBytes(TIMESTAMP_BYTES) ?? void (fields.replyTimeMicros = value.readBigInt64BE(0));
     case 'shard_number':
-      return expectBytes(4) ?? void (fields.shardNumber = value.readUInt32BE(0));
+      return expectBytes(INT32_BYTES) ?? void (fields.shardNumber = value.readUInt32BE(0));
     case 'corruption_detected':
-      return expectBytes(1) ?? void (fields.corruptionDetected = value[0] !== 0);
+      return expectBytes(FLAG_BYTES) ?? void (fields.corruptionDetected = value[0] !== 0);
     default:
       return undefined;
   }

@@ -10,16 +10,25 @@
 import assert from 'node:assert/strict';
 import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES } from '../io/backend.js';
 import { WAL_PAGE_BYTES, alignDown, lsnDistance, type Lsn } from '../lsn.js';
+import { BufferWriter } from '../wire/buffer-writer.js';
+import { BYTE1_BYTES, INT32_BYTES, INT64_BYTES } from '../wire/field-sizes.js';
 
 // The chunk bounds belong to the I/O boundary (backends size their buffers from them); re-exported for the sender.
 export { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES };
 
+/** The fields of these layouts, by what they hold. */
+const TAG_BYTES = BYTE1_BYTES;
+const LENGTH_BYTES = INT32_BYTES;
+const LSN_BYTES = INT64_BYTES;
+const TIMESTAMP_BYTES = INT64_BYTES;
+const FLAG_BYTES = BYTE1_BYTES;
+
 /** CopyData envelope: tag byte 'd' and an Int32 length that counts itself. */
-const COPY_DATA_ENVELOPE_BYTES = 1 + 4;
+const COPY_DATA_ENVELOPE_BYTES = TAG_BYTES + LENGTH_BYTES;
 /** XLogData body header: 'w', Int64 dataStart, Int64 walEnd, Int64 sendTime. */
-const XLOG_DATA_BODY_HEADER_BYTES = 1 + 8 + 8 + 8;
+const XLOG_DATA_BODY_HEADER_BYTES = TAG_BYTES + LSN_BYTES + LSN_BYTES + TIMESTAMP_BYTES;
 /** Keepalive body: 'k', Int64 walEnd, Int64 sendTime, Int8 replyRequested. The walreceiver insists on exactly 17 after the tag. */
-const KEEPALIVE_BODY_BYTES = 1 + 8 + 8 + 1;
+const KEEPALIVE_BODY_BYTES = TAG_BYTES + LSN_BYTES + TIMESTAMP_BYTES + FLAG_BYTES;
 export const KEEPALIVE_MESSAGE_BYTES = COPY_DATA_ENVELOPE_BYTES + KEEPALIVE_BODY_BYTES;
 
 const enum StreamTag {
@@ -33,6 +42,7 @@ export const PG_EPOCH_OFFSET_MICROS = 946_684_800_000_000n;
 
 assert.equal(XLOG_DATA_HEADER_BYTES, COPY_DATA_ENVELOPE_BYTES + XLOG_DATA_BODY_HEADER_BYTES, 'what precedes the WAL bytes of one chunk');
 assert.equal(KEEPALIVE_MESSAGE_BYTES, 23);
+assert.equal(KEEPALIVE_BODY_BYTES - TAG_BYTES, 17, 'walreceiver.c XLogWalRcvProcessMsg checks this length');
 assert.equal(MAX_SEND_BYTES % WAL_PAGE_BYTES, 0, 'a full chunk ends on a page boundary');
 
 /** Now as a PostgreSQL TimestampTz: microseconds since 2000-01-01 UTC. */
@@ -47,28 +57,24 @@ export function pgMicrosToDate(micros: bigint): Date {
 
 /**
  * Writes the 30-byte CopyData + XLogData header for a chunk of `walBytes` bytes starting at `dataStart` into
- * `target` (reused per stream, so the hot path allocates nothing).
+ * `target` (reused per stream, so the hot path allocates no buffer).
  */
 export function writeXLogDataHeader(target: Buffer, dataStart: Lsn, walEnd: Lsn, sendTimeMicros: bigint, walBytes: number): void {
-  assert.ok(target.length >= XLOG_DATA_HEADER_BYTES, 'header buffer too small');
-  assert.ok(walBytes > 0 && walBytes <= MAX_SEND_BYTES, 'chunk size out of range');
-  target[0] = StreamTag.CopyData;
-  target.writeUInt32BE(4 + XLOG_DATA_BODY_HEADER_BYTES + walBytes, 1);
-  target[5] = StreamTag.XLogData;
-  target.writeBigUInt64BE(dataStart, 6);
-  target.writeBigUInt64BE(walEnd, 14);
-  target.writeBigInt64BE(sendTimeMicros, 22);
+  assert.ok(walBytes > 0, 'a chunk is not empty');
+  assert.ok(walBytes <= MAX_SEND_BYTES, 'a chunk fits MAX_SEND_SIZE');
+  const writer = new BufferWriter(target, XLOG_DATA_HEADER_BYTES);
+  writer.uint8(StreamTag.CopyData).uint32(LENGTH_BYTES + XLOG_DATA_BODY_HEADER_BYTES + walBytes);
+  writer.uint8(StreamTag.XLogData).uint64(dataStart).uint64(walEnd).int64(sendTimeMicros);
+  writer.end();
 }
 
 /** A complete CopyData-wrapped primary keepalive message. */
 export function encodeKeepalive(walEnd: Lsn, sendTimeMicros: bigint, replyRequested: boolean): Buffer {
   const message = Buffer.allocUnsafe(KEEPALIVE_MESSAGE_BYTES);
-  message[0] = StreamTag.CopyData;
-  message.writeUInt32BE(4 + KEEPALIVE_BODY_BYTES, 1);
-  message[5] = StreamTag.Keepalive;
-  message.writeBigUInt64BE(walEnd, 6);
-  message.writeBigInt64BE(sendTimeMicros, 14);
-  message[22] = replyRequested ? 1 : 0;
+  const writer = new BufferWriter(message, KEEPALIVE_MESSAGE_BYTES);
+  writer.uint8(StreamTag.CopyData).uint32(LENGTH_BYTES + KEEPALIVE_BODY_BYTES);
+  writer.uint8(StreamTag.Keepalive).uint64(walEnd).int64(sendTimeMicros).uint8(replyRequested ? 1 : 0);
+  writer.end();
   return message;
 }
 

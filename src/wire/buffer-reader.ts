@@ -3,7 +3,8 @@
  * short or malformed body becomes one typed protocol error instead of a RangeError from deep inside Buffer.
  */
 import assert from 'node:assert/strict';
-import { WalcastError } from '../errors.js';
+import { WalcastError, type WalcastErrorCode } from '../errors.js';
+import { BYTE1_BYTES, INT32_BYTES, INT64_BYTES } from './field-sizes.js';
 
 const NUL = 0;
 
@@ -14,6 +15,8 @@ export class BufferReader {
     private readonly buffer: Buffer,
     /** Names the message in error texts, e.g. "StartupMessage". */
     private readonly what: string,
+    /** The error a short or malformed body becomes (replica feedback has its own code). */
+    private readonly errorCode: WalcastErrorCode = 'WALCAST_ERR_PROTOCOL_VIOLATION',
   ) {}
 
   remaining(): number {
@@ -21,9 +24,9 @@ export class BufferReader {
   }
 
   int8(): number {
-    this.need(1);
+    this.need(BYTE1_BYTES);
     const value = this.buffer.readUInt8(this.offset);
-    this.offset += 1;
+    this.offset += BYTE1_BYTES;
     return value;
   }
 
@@ -35,9 +38,32 @@ export class BufferReader {
   }
 
   int32(): number {
-    this.need(4);
+    this.need(INT32_BYTES);
     const value = this.buffer.readInt32BE(this.offset);
-    this.offset += 4;
+    this.offset += INT32_BYTES;
+    return value;
+  }
+
+  uint32(): number {
+    this.need(INT32_BYTES);
+    const value = this.buffer.readUInt32BE(this.offset);
+    this.offset += INT32_BYTES;
+    return value;
+  }
+
+  /** An unsigned Int64 (an LSN). */
+  uint64(): bigint {
+    this.need(INT64_BYTES);
+    const value = this.buffer.readBigUInt64BE(this.offset);
+    this.offset += INT64_BYTES;
+    return value;
+  }
+
+  /** A signed Int64 (a TimestampTz). */
+  int64(): bigint {
+    this.need(INT64_BYTES);
+    const value = this.buffer.readBigInt64BE(this.offset);
+    this.offset += INT64_BYTES;
     return value;
   }
 
@@ -54,11 +80,15 @@ export class BufferReader {
     return this.bytes(this.remaining());
   }
 
-  /** A NUL-terminated string (pq_getmsgstring); the terminator is consumed. */
-  cString(): string {
+  /**
+   * A NUL-terminated string (pq_getmsgstring); the terminator is consumed. `maxBytes` bounds the string (not
+   * counting the NUL) for fields that are short by nature.
+   */
+  cString(options: { readonly maxBytes?: number; readonly encoding?: BufferEncoding } = {}): string {
     const end = this.buffer.indexOf(NUL, this.offset);
     if (end < 0) throw this.malformed('a string is not NUL-terminated');
-    const value = this.buffer.toString('utf8', this.offset, end);
+    if (options.maxBytes !== undefined && end - this.offset > options.maxBytes) throw this.malformed(`a string is longer than ${options.maxBytes} bytes`);
+    const value = this.buffer.toString(options.encoding ?? 'utf8', this.offset, end);
     this.offset = end + 1;
     assert.ok(this.offset <= this.buffer.length);
     return value;
@@ -74,6 +104,6 @@ export class BufferReader {
   }
 
   private malformed(reason: string): WalcastError {
-    return new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', `invalid ${this.what} message format: ${reason}`);
+    return new WalcastError(this.errorCode, `invalid ${this.what} message format: ${reason}`);
   }
 }
