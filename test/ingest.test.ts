@@ -178,7 +178,9 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
       await fixture.walcastA.stop();
       let settled = false;
       const stalled = primary.sql('INSERT INTO ingest_rows (id) VALUES (4002)').finally(() => (settled = true));
-      await sleep(2000);
+      // The primary reports the commit as waiting for its synchronous standby (wait event SyncRep): the event
+      // itself, rather than a guess at how long to wait.
+      await waitFor(async () => ((await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND query LIKE '%(4002)%'")) === '1' ? true : undefined), 30_000, { what: 'the commit waits in SyncRep' });
       assert.equal(settled, false, 'a commit waits for walcast while it is down');
       const restarted = await startWalcast({ dataDir: fixture.dataDirA });
       cleanups.push(() => restarted.stop());

@@ -18,6 +18,7 @@ import type { IoBackend, StreamWriter, WalChunk, WalFileHandle } from '../src/io
 import { NATIVE_STRATEGIES, createNativeBackend, probeNative, type NativeStrategy } from '../src/io/native-backend.js';
 import { NativeIoError, loadNativeAddon, type NativeEngine } from '../src/io/native-binding.js';
 import { createTsBackend } from '../src/io/ts-backend.js';
+import { waitFor } from './support/wait-for.js';
 
 /** Small segments keep the files tiny while every range still crosses boundaries. */
 const SEGMENT_BYTES = 1024 * 1024;
@@ -140,8 +141,8 @@ interface Loopback {
   waiters: ((socket: Socket) => void)[];
 }
 
-async function listen(): Promise<Loopback> {
-  const loopback: Loopback = { server: createServer(), port: 0, accepted: [], waiters: [] };
+async function listen(options: { pauseOnConnect?: boolean } = {}): Promise<Loopback> {
+  const loopback: Loopback = { server: createServer({ pauseOnConnect: options.pauseOnConnect ?? false }), port: 0, accepted: [], waiters: [] };
   loopback.server.on('connection', (socket) => {
     socket.on('error', () => undefined);
     const waiter = loopback.waiters.shift();
@@ -251,16 +252,19 @@ for (const strategy of NATIVE_STRATEGIES) {
     });
 
     test('a receiver that stops reading until its socket buffer fills, then resumes', async () => {
-      const units = [...planRange(0, SEGMENT_COUNT * SEGMENT_BYTES), ...planRange(0, SEGMENT_COUNT * SEGMENT_BYTES)];
+      // 48 MiB: far more than loopback socket buffers hold, so with nobody reading it cannot all be accepted.
+      const once = [...planRange(0, SEGMENT_COUNT * SEGMENT_BYTES), ...planRange(0, SEGMENT_COUNT * SEGMENT_BYTES)];
+      const units = Array.from({ length: 8 }, () => once).flat();
       const expected = expectedBytes(units);
       const { client, server } = await connectPair(loopback);
       client.pause();
       const writer = await backend.openStream(server);
       let settled = false;
       const sending = sendAll(writer, units).finally(() => (settled = true));
-      // With nobody reading, the sender must end up waiting on the in-flight bound, not finish.
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      assert.equal(settled, false, 'sending 6 MiB to a receiver that does not read must wait');
+      // sendAll yields to the event loop only when a unit waits natively for room; without the in-flight bound it
+      // would accept every unit in microtasks and have settled by the first macrotask turn.
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(settled, false, 'sending 48 MiB to a receiver that does not read must wait');
       assert.ok(writer.bytesSent < expected.length, 'not everything reached the kernel');
       const received = collect(client, expected.length);
       client.resume();
@@ -368,7 +372,7 @@ for (const strategy of NATIVE_STRATEGIES) {
       assert.equal(rejected, DISCONNECT_ROUNDS, 'every sender saw its receiver disconnect');
       assert.equal(inFlightAtReset, DISCONNECT_ROUNDS, 'every reset hit a stream with a send in flight');
       // Closing sockets finish on later loop turns; wait (bounded) until the count settles.
-      for (let attempt = 0; attempt < 100 && openFdCount() > before; attempt++) await new Promise((resolve) => setTimeout(resolve, 20));
+      await waitFor(async () => (openFdCount() <= before ? true : undefined), STEP_TIMEOUT_MS, { what: 'open descriptors back to the starting count', pollMs: 20 }).catch(() => undefined);
       assert.equal(openFdCount(), before, 'open descriptors back to the starting count');
     });
 
@@ -393,25 +397,31 @@ for (const strategy of NATIVE_STRATEGIES) {
     });
 
     test('a write to a vanished peer fails with a NativeIoError carrying errno, code and syscall', async () => {
-      const { client, server } = await connectPair(loopback);
-      const writer = await backend.openStream(server);
-      client.resetAndDestroy();
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      const units = planRange(0, SEGMENT_BYTES);
-      const error = await sendAll(writer, units).then(
-        () => undefined,
-        (caught: unknown) => caught,
-      );
-      assert.ok(isWalcastError(error, 'WALCAST_ERR_STREAM_IO'), `expected a stream error, got ${String(error)}`);
-      // Either the write failed (native error as cause) or Node saw the reset first (socket closed).
-      if (error.cause instanceof NativeIoError) {
+      // The accepted side never starts reading (pauseOnConnect), so Node cannot see the reset and close the
+      // stream first: the native write is what must fail, and its error is what this test checks.
+      const quiet = await listen({ pauseOnConnect: true });
+      try {
+        const { client, server } = await connectPair(quiet);
+        const writer = await backend.openStream(server);
+        // On loopback the reset reaches the server's socket when the client's descriptor closes, before 'close'.
+        const clientClosed = new Promise((resolve) => client.once('close', resolve));
+        client.resetAndDestroy();
+        await clientClosed;
+        const error = await sendAll(writer, planRange(0, SEGMENT_BYTES)).then(
+          () => undefined,
+          (caught: unknown) => caught,
+        );
+        assert.ok(isWalcastError(error, 'WALCAST_ERR_STREAM_IO'), `expected a stream error, got ${String(error)}`);
+        assert.ok(error.cause instanceof NativeIoError, `expected a NativeIoError as the cause, got ${String(error.cause)}`);
         assert.ok([osConstants.errno.EPIPE, osConstants.errno.ECONNRESET].includes(error.cause.errno), `errno ${error.cause.errno}`);
         assert.match(error.cause.code, /^(EPIPE|ECONNRESET)$/);
         assert.match(error.cause.syscall, /^(send|sendfile|sendmsg|io_uring_sendmsg)$/);
+        await writer.release();
+        await writer.release(); // idempotent
+        server.destroy();
+      } finally {
+        quiet.server.close();
       }
-      await writer.release();
-      await writer.release(); // idempotent
-      server.destroy();
     });
 
     test('arguments are checked in TypeScript before they reach C++', async () => {

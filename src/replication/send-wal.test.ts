@@ -57,6 +57,18 @@ class RecordingWriter implements StreamWriter {
   }
 }
 
+/** An LSN watch that tells the test when the sender starts waiting on it: an event instead of a sleep. */
+class ObservedLsnWatch extends LsnWatch {
+  private resolveFirstWait: () => void = () => undefined;
+  readonly firstWait = new Promise<void>((resolve) => (this.resolveFirstWait = resolve));
+
+  override waitBeyond(position: Lsn, timeoutMs: number, signal?: AbortSignal): Promise<Lsn | undefined> {
+    const waiting = super.waitBeyond(position, timeoutMs, signal);
+    this.resolveFirstWait();
+    return waiting;
+  }
+}
+
 /** Storage fake: every segment is one pretend file; locate cuts at the segment end like the real reader. */
 const fakeSource: WalSource = {
   async locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> {
@@ -90,7 +102,7 @@ test('streams contiguous chunks from exactly the start LSN up to the end, then k
   const controller = new AbortController();
   let lastSent = 0n;
   const running = sendWal(options({ endWatch, writer, signal: controller.signal, onSent: (lsn) => (lastSent = lsn) }));
-  while (!writer.sent.some((entry) => entry.kind === 'message')) await new Promise((resolve) => setTimeout(resolve, 5));
+  await writer.waitForSent((entry) => entry.kind === 'message');
   controller.abort();
   const end = await running;
   assert.equal(end.kind, 'aborted');
@@ -110,16 +122,18 @@ test('streams contiguous chunks from exactly the start LSN up to the end, then k
   assert.equal(keepalive?.replyRequested, true);
 });
 
-test('new WAL is sent as soon as the watch advances', async () => {
-  const endWatch = new LsnWatch(0x100010n);
+test('new WAL is sent as soon as the watch advances', { timeout: 30_000 }, async () => {
+  const endWatch = new ObservedLsnWatch(0x100010n);
   const writer = new RecordingWriter();
   const controller = new AbortController();
+  // A one-minute interval: only the watch advancing can wake the sender before the test's timeout.
   const running = sendWal(options({ endWatch, writer, signal: controller.signal, keepaliveIntervalMs: 60_000 }));
-  await new Promise((resolve) => setTimeout(resolve, 10));
+  // Nothing is sent before the sender starts waiting on the watch.
+  await endWatch.firstWait;
   assert.equal(writer.sent.length, 0);
   endWatch.advance(0x100020n);
-  for (let tries = 0; tries < 100 && writer.sent.length === 0; tries++) await new Promise((resolve) => setTimeout(resolve, 2));
-  assert.deepEqual(writer.sent[0], { kind: 'chunk', dataStart: 0x100010n, walEnd: 0x100020n, bytes: 16 });
+  const first = await writer.waitForSent(() => true);
+  assert.deepEqual(first, { kind: 'chunk', dataStart: 0x100010n, walEnd: 0x100020n, bytes: 16 });
   controller.abort();
   assert.equal((await running).kind, 'aborted');
 });
