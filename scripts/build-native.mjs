@@ -6,7 +6,7 @@
  * build:native) a failure exits non-zero.
  *
  * A build whose stamp (build/walcast-native.stamp: a hash of binding.gyp, native/ sources, the node-addon-api
- * version, platform, arch and Debug/Release) matches is kept, so reinstalling does not recompile; --force rebuilds.
+ * version, platform, arch, Debug/Release and WALCAST_NATIVE_SANITIZE) matches is kept, so reinstalling does not recompile; --force rebuilds.
  * node-gyp comes from the package's own dependencies when installed (a checkout's devDependencies), else from the
  * copy npm bundles and names in npm_config_node_gyp (a user's `npm install walcast`).
  */
@@ -38,6 +38,8 @@ if (process.env.WALCAST_SKIP_NATIVE === '1') finish(false, 'WALCAST_SKIP_NATIVE=
 function buildKey() {
   const hash = createHash('sha256');
   hash.update(`${process.platform} ${process.arch} ${debug ? 'Debug' : 'Release'}\n`);
+  // binding.gyp reads this one environment variable (the ASan build's); a build made with it is another build.
+  hash.update(`sanitize ${process.env.WALCAST_NATIVE_SANITIZE ?? 'none'}\n`);
   try {
     hash.update(`node-addon-api ${requireFromRoot('node-addon-api/package.json').version}\n`);
   } catch {
