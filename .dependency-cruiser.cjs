@@ -32,10 +32,9 @@ const LAYERS = [
 
 /**
  * Files of src/wire and src/replication allowed to touch sockets or files. wire/connection.ts is the server's
- * socket adapter (PgConnection), wire/client.ts the replication client's. replication/session.ts still reads
- * `.history` files itself; issue 15 moves that to the storage reader, and this exemption goes with it.
+ * socket adapter (PgConnection), wire/client.ts the replication client's.
  */
-const CODEC_EXEMPT = ['src/wire/connection.ts', 'src/wire/client.ts', 'src/replication/session.ts'];
+const CODEC_EXEMPT = ['src/wire/connection.ts', 'src/wire/client.ts'];
 
 const escape = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
