@@ -422,14 +422,15 @@ export class UpstreamFollower {
   private async persistControl(options: { skipIfBusy: boolean } = { skipIfBusy: false }): Promise<void> {
     if (options.skipIfBusy && this.persisting !== undefined) return;
     while (this.persisting !== undefined) await this.persisting;
-    const writer = this.writer;
-    if (writer === undefined) return;
-    const durable = writer.durableLsn;
+    if (this.writer === undefined) return;
+    // The published flush LSN: durable (fdatasynced) by construction, and never ahead of what senders were told.
+    const durable = this.timeline.flushLsn.get();
     if (durable === this.control.flushLsn && durable === this.control.commitLsn) return;
     const next: ControlState = { ...this.control, flushLsn: durable, commitLsn: durable, lastRecordLsn: undefined };
     this.persisting = writeControlFile(this.timeline.dir, next)
       .then(() => {
         this.control = next;
+        this.timeline.recordPersistedFlush(durable);
       })
       .catch((error: unknown) => this.log.warn({ err: error }, 'could not persist the control file (recovery will catch up)'))
       .finally(() => {
