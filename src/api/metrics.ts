@@ -113,6 +113,23 @@ function registerTimelineGauges(registry: Registry, eachTimeline: EachTimeline):
       }
     }),
   );
+  scrapeGauge(registry, 'walcast_ingest_state', 'Live ingest state of the timeline: 1 for the current state (paused: storage full or failing).', [...TIMELINE_LABELS, 'state'], (gauge) =>
+    eachTimeline((timeline) => {
+      if (timeline.ingestState !== undefined) gauge.set({ ...timelineLabels(timeline), state: timeline.ingestState.state }, 1);
+    }),
+  );
+  new Counter({
+    name: 'walcast_ingest_state_changes_total',
+    help: 'Times live ingest of the timeline entered each state.',
+    labelNames: [...TIMELINE_LABELS, 'state'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachTimeline((timeline) => {
+        for (const [state, count] of timeline.ingestStateChanges) this.inc({ ...timelineLabels(timeline), state }, count);
+      });
+    },
+  });
   scrapeGauge(registry, 'walcast_wal_readers', 'Replicas streaming the timeline now (safekeeper_wal_readers).', TIMELINE_LABELS, (gauge) =>
     eachTimeline((timeline) => gauge.set(timelineLabels(timeline), timeline.replicas.count())),
   );

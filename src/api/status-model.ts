@@ -153,6 +153,7 @@ function upstreamDocument(status: UpstreamStatus): Record<string, unknown> {
     upstream: status.upstream,
     state: status.state,
     failure: status.failure ?? null,
+    paused_reason: status.pausedReason ?? null,
     bytes_received: status.bytesReceived,
     messages_received: status.messagesReceived,
     status_updates_sent: status.statusSent,

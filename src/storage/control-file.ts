@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
+import { failpoint } from '../failpoints.js';
 import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
 import { crc32c } from './crc32c.js';
 import { assertSegmentSize } from './segment-name.js';
@@ -197,6 +198,7 @@ export async function writeControlFile(dir: string, state: ControlState): Promis
     } finally {
       await handle.close();
     }
+    failpoint('control-before-rename');
     await rename(tempPath, join(dir, CONTROL_FILE_NAME));
   } catch (error) {
     await unlink(tempPath).catch(() => undefined);

@@ -47,6 +47,10 @@ export class Timeline implements TimelineIdentity {
   readonly slots: SlotTable;
   /** What the start-up check found wrong with the timeline's files (holes are errors); empty when all is well. */
   storageProblems: readonly TimelineProblem[] = [];
+  /** Live ingest's state as its follower last reported it (src/ingest), and why when paused; undefined without ingest. */
+  ingestState: { readonly state: string; readonly reason: string | undefined } | undefined;
+  /** How often ingest entered each state, for the state-change metric. */
+  readonly ingestStateChanges = new Map<string, number>();
   private writersAttached = 0;
   private persistedFlushLsnValue: Lsn;
 
@@ -73,6 +77,12 @@ export class Timeline implements TimelineIdentity {
    */
   get persistedFlushLsn(): Lsn {
     return this.persistedFlushLsnValue;
+  }
+
+  /** Ingest reports each state change here, so that metrics (which see only timelines) can show it. */
+  reportIngestState(state: string, reason: string | undefined): void {
+    this.ingestState = { state, reason };
+    this.ingestStateChanges.set(state, (this.ingestStateChanges.get(state) ?? 0) + 1);
   }
 
   /** Called once a control file with this flush LSN is durably in place. */
