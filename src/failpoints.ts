@@ -20,6 +20,8 @@ export const FAILPOINT_NAMES = [
   'wal-after-fsync',
   /** walcast.control.tmp written and synced, not yet renamed over walcast.control. */
   'control-before-rename',
+  /** walcast.slots.tmp written and synced, not yet renamed over walcast.slots (slots/slot-file.ts). */
+  'slot-before-rename',
 ] as const;
 export type FailpointName = (typeof FAILPOINT_NAMES)[number];
 

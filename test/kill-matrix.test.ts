@@ -1,7 +1,10 @@
 /**
  * The kill -9 matrix: `walcast serve` follows a real PostgreSQL 15 primary while pgbench writes, and a failpoint
  * (src/failpoints.ts) kills it with SIGKILL at a named point of the durability path: after a WAL write before its
- * fdatasync, after the fdatasync before the control file, and between writing walcast.control.tmp and renaming it.
+ * fdatasync, after the fdatasync before the control file, between writing walcast.control.tmp and renaming it, and
+ * between writing walcast.slots.tmp and renaming it (a pg_receivewal streams through a walcast slot meanwhile, so its
+ * feedback advances the slot; after the restart the slot must still be there and its restart LSN not past the
+ * durable LSN).
  * After each kill walcast is restarted; every stored byte up to the durable LSN it reports (the control file's flush
  * LSN) must equal the primary's WAL, no temp file may remain, and ingest must go on to catch up with the primary.
  * The same harness injects a transient EIO and EROFS into a WAL write: walcast must pause, resume by itself, and
@@ -15,9 +18,11 @@ import { after, before, describe, test } from 'node:test';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
+import { readSlotFile } from '../src/slots/slot-file.js';
 import { readControlFile } from '../src/storage/control-file.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
-import { firstDifference, freePort, makeTempDir, startPrimary, type PgCluster } from './support/postgres.js';
+import { connectReplication } from '../src/wire/client.js';
+import { firstDifference, freePort, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
 import { REPO_ROOT } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
 
@@ -33,12 +38,16 @@ interface Case {
   readonly failpoint: string;
   /** `kill`: the process dies at the point; `pause`: it pauses on the injected errno and resumes. */
   readonly expect: 'kill' | 'pause';
+  /** Stream a pg_receivewal through a walcast slot during the case, so the slot file is rewritten. */
+  readonly slot?: boolean;
 }
 
 const CASES: readonly Case[] = [
   { failpoint: 'wal-after-write=exit@40', expect: 'kill' },
   { failpoint: 'wal-after-fsync=exit@40', expect: 'kill' },
   { failpoint: 'control-before-rename=exit@3', expect: 'kill' },
+  // Save 1 is the slot's creation; save 2 is the first batched restart-LSN advance from the receiver's feedback.
+  { failpoint: 'slot-before-rename=exit@2', expect: 'kill', slot: true },
   { failpoint: 'wal-after-write=eio@40', expect: 'pause' },
   { failpoint: 'wal-after-write=erofs@40', expect: 'pause' },
 ];
@@ -71,11 +80,19 @@ describe('kill -9 matrix and injected I/O errors during pgbench', { timeout: TIM
       const started = Date.now();
       serve = await spawnServe({ WALCAST_FAILPOINTS_ENABLE: '1', WALCAST_FAILPOINTS: testCase.failpoint });
       const load = primary.pgbench(['-T', LOAD_SECONDS, '-c', '2', '-n']);
+      const receiver = testCase.slot === true ? await startSlotReceiver() : undefined;
       if (testCase.expect === 'kill') {
         const signal = await withTimeout(serve.exited, EVENT_TIMEOUT_MS, `walcast was not killed by ${testCase.failpoint}`);
         assert.equal(signal, 'SIGKILL', `walcast died by its failpoint: ${serve.output().slice(-2000)}`);
         const durableAtKill = (await readControlFile(timelineDir)).flushLsn;
         await assertStoredEqualsPrimary(durableAtKill);
+        if (receiver !== undefined) {
+          await receiver;
+          const slots = await readSlotFile(timelineDir);
+          const slot = slots.find((candidate) => candidate.name === SLOT_NAME);
+          assert.ok(slot !== undefined, 'the slot survived the kill');
+          assert.ok(slot.restartLsn !== undefined && slot.restartLsn <= durableAtKill, 'a saved restart LSN never passes durable WAL');
+        }
         serve = await spawnServe({});
         t.diagnostic(`killed with durable LSN ${formatLsn(durableAtKill)}; restarted`);
       } else {
@@ -98,6 +115,21 @@ describe('kill -9 matrix and injected I/O errors during pgbench', { timeout: TIM
     });
   }
 });
+
+const SLOT_NAME = 'kill_matrix_slot';
+
+/** Creates a persistent walcast slot and streams pg_receivewal through it (1 s status interval) in the background. */
+async function startSlotReceiver(): Promise<Promise<unknown>> {
+  const client = await connectReplication({ host: '127.0.0.1', port, user: 'repl', timeoutMs: 10_000 });
+  try {
+    await client.query(`CREATE_REPLICATION_SLOT ${SLOT_NAME} PHYSICAL RESERVE_WAL`);
+  } finally {
+    await client.end();
+  }
+  const dir = await makeTempDir('walcast-kill-receiver');
+  // It ends with an error when walcast is killed; that is the point, so its result only needs to settle.
+  return runReceiveWal({ port, dir, endpos: 'FFFFFFFF/0', slot: SLOT_NAME, extraArgs: ['-s', '1'], timeoutMs: EVENT_TIMEOUT_MS }).catch((error: unknown) => error);
+}
 
 /** Every stored byte from the timeline start to `durable` equals the primary's WAL. */
 async function assertStoredEqualsPrimary(durable: Lsn): Promise<number> {
