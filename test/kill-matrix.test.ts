@@ -8,7 +8,8 @@
  * After each kill walcast is restarted; every stored byte up to the durable LSN it reports (the control file's flush
  * LSN) must equal the primary's WAL, no temp file may remain, and ingest must go on to catch up with the primary.
  * The same harness injects a transient EIO and EROFS into a WAL write: walcast must pause, resume by itself, and
- * store the same bytes. One primary and one timeline go through every case in turn.
+ * store the same bytes. One primary and one timeline go through every case in turn; the child runs on the I/O backend
+ * the test runner chose (WALCAST_IO).
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -162,7 +163,7 @@ async function spawnServe(env: Record<string, string>): Promise<ServeProcess> {
   const child: ChildProcess = spawn(
     process.execPath,
     ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--no-http', '--log-level', 'debug'],
-    { cwd: REPO_ROOT, env: { ...process.env, WALCAST_IO: 'ts', ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
+    { cwd: REPO_ROOT, env: { ...process.env, WALCAST_IO: process.env.WALCAST_IO ?? 'ts', ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let output = '';
   const collect = (chunk: Buffer): void => {
