@@ -27,7 +27,7 @@ const LAYERS = [
   ['io'],
   ['storage', 'remote'],
   ['wire', 'config', 'tls', 'auth'],
-  ['lsn.ts', 'errors.ts', 'log.ts', 'version.ts'],
+  ['lsn.ts', 'errors.ts', 'log.ts', 'version.ts', 'failpoints.ts'],
 ];
 
 /**

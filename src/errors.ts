@@ -72,6 +72,7 @@ export const ERROR_CATALOGUE = {
   WALCAST_ERR_CONTROL_FILE: { sqlState: SqlState.dataCorrupted, summary: 'the timeline control file is missing or corrupt' },
   WALCAST_ERR_TIMELINE_EXISTS: { sqlState: SqlState.duplicateObject, summary: 'the timeline already exists' },
   WALCAST_ERR_NOTHING_TO_IMPORT: { sqlState: SqlState.undefinedFile, summary: 'the import directory holds no WAL segments' },
+  WALCAST_ERR_SEGMENT_TRUNCATED: { sqlState: SqlState.dataCorrupted, summary: 'a stored WAL segment file is shorter than the WAL it must hold' },
   // Configuration and native I/O.
   WALCAST_ERR_CONFIG: { sqlState: SqlState.invalidParameterValue, summary: 'the configuration is invalid' },
   WALCAST_ERR_NATIVE_UNAVAILABLE: { sqlState: SqlState.featureNotSupported, summary: 'the native I/O addon could not be loaded' },

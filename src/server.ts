@@ -111,10 +111,10 @@ export class WalcastServer {
       onCommand: (kind) => this.options.hooks?.onCommand?.(kind),
       onStartupRefused: (cause) => this.options.hooks?.onConnectionRefused?.(cause),
       onStreamEnd: (outcome, applicationName) => {
-        log.info(
-          { appname: applicationName, startLsn: formatLsn(outcome.startLsn), endLsn: formatLsn(outcome.endLsn), bytesSent: outcome.bytesSent, how: outcome.how },
-          'stream ended',
-        );
+        const fields = { appname: applicationName, startLsn: formatLsn(outcome.startLsn), endLsn: formatLsn(outcome.endLsn), bytesSent: outcome.bytesSent, how: outcome.how };
+        // Damaged storage is the operator's problem, not the replica's: it must stand out in the log.
+        if (outcome.storageError !== undefined) log.error({ ...fields, code: outcome.storageError.code, sqlState: outcome.storageError.sqlState }, `stream ended by a storage error: ${outcome.storageError.message}`);
+        else log.info(fields, 'stream ended');
         this.options.hooks?.onStreamEnd?.(outcome, applicationName);
       },
     })

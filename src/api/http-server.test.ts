@@ -102,7 +102,7 @@ describe('HTTP operations API', () => {
     assert.equal(body.length, 1);
     assert.deepEqual(body[0], {
       tenant_id: TENANT, timeline_id: TIMELINE, pg_timeline_id: 1, timeline_start_lsn: '0/1000000',
-      commit_lsn: '0/3000100', flush_lsn: '0/3000100', replicas: 0, has_writer: false,
+      commit_lsn: '0/3000100', flush_lsn: '0/3000100', replicas: 0, has_writer: false, storage_state: 'ok',
     });
   });
 

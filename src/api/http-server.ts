@@ -25,7 +25,7 @@ import { Timeline } from '../timeline/timeline.js';
 import type { Logger } from '../log.js';
 import { stringifyJson } from './json.js';
 import type { OperationsMetrics } from './metrics.js';
-import { serverStatus, slotsStatus, timelineStatus, timelineSummary, type ServerView } from './status-model.js';
+import { serverStatus, slotsStatus, timelineStatus, timelineSummary, unavailableTimelineSummary, type ServerView } from './status-model.js';
 
 /** A client must send its request headers within this time (slowloris bound; node's default is 60 s). */
 export const HTTP_HEADERS_TIMEOUT_MS = 10_000;
@@ -134,7 +134,9 @@ async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, r
     return { status: 200, contentType, body };
   }
   if (path === '/v1/status') return jsonOk(serverStatus(options.view, now));
-  if (path === '/v1/timelines') return jsonOk(options.view.timelines.list().map(timelineSummary));
+  if (path === '/v1/timelines') {
+    return jsonOk([...options.view.timelines.list().map(timelineSummary), ...options.view.timelines.listUnavailable().map(unavailableTimelineSummary)]);
+  }
   const match = TIMELINE_ROUTE.exec(path);
   if (match !== null) return timelineRoute(options.view, match[1] ?? '', match[2] ?? '', now);
   return jsonReply(404, 'not_found', `no route for ${path}`);
@@ -152,6 +154,8 @@ function findTimeline(view: ServerView, tenantText: string, timelineText: string
   if (!ID_PATTERN.test(tenantId)) return jsonReply(400, 'bad_request', `tenant_id must be 32 hex digits, got "${tenantText}"`);
   if (!ID_PATTERN.test(timelineId)) return jsonReply(400, 'bad_request', `timeline_id must be 32 hex digits, got "${timelineText}"`);
   const timeline = view.timelines.get(tenantId, timelineId);
+  const unavailable = view.timelines.getUnavailable(tenantId, timelineId);
+  if (unavailable !== undefined) return jsonReply(503, 'timeline_unavailable', `timeline ${tenantId}/${timelineId} is not served: ${unavailable.error.message}`);
   if (timeline === undefined) return jsonReply(404, 'not_found', `timeline ${tenantId}/${timelineId} is not served here`);
   return timeline;
 }

@@ -98,7 +98,7 @@ function registerTimelineGauges(registry: Registry, eachTimeline: EachTimeline):
       }),
     );
   lsnGauge('walcast_commit_lsn', 'Committed WAL end of the timeline (safekeeper_commit_lsn).', (timeline) => timeline.commitLsn.get());
-  lsnGauge('walcast_flush_lsn', 'Durably stored WAL end of the timeline (safekeeper_flush_lsn).', (timeline) => timeline.flushLsn.get());
+  lsnGauge('walcast_flush_lsn', 'Durably stored WAL end of the timeline, as its control file records it (safekeeper_flush_lsn).', (timeline) => timeline.persistedFlushLsn);
   lsnGauge('walcast_timeline_start_lsn', 'First WAL byte the timeline holds.', (timeline) => timeline.timelineStartLsn);
   lsnGauge('walcast_remote_consistent_lsn', 'Highest remote_consistent_lsn a pageserver reported (safekeeper_remote_consistent_lsn).', (timeline) =>
     timeline.replicas.aggregates().remoteConsistentLsn,
@@ -106,6 +106,30 @@ function registerTimelineGauges(registry: Registry, eachTimeline: EachTimeline):
   lsnGauge('walcast_ps_last_received_lsn', 'Lowest last_received_lsn over connected pageservers (safekeeper_ps_last_received_lsn).', (timeline) =>
     timeline.replicas.aggregates().pageserverLaggardLsn,
   );
+  scrapeGauge(registry, 'walcast_timeline_storage_problems', 'Problems the start-up check found in the timeline\'s files, by severity (error: a hole that ends streams).', [...TIMELINE_LABELS, 'severity'], (gauge) =>
+    eachTimeline((timeline) => {
+      for (const severity of ['error', 'warning'] as const) {
+        gauge.set({ ...timelineLabels(timeline), severity }, timeline.storageProblems.filter((problem) => problem.severity === severity).length);
+      }
+    }),
+  );
+  scrapeGauge(registry, 'walcast_ingest_state', 'Live ingest state of the timeline: 1 for the current state (paused: storage full or failing).', [...TIMELINE_LABELS, 'state'], (gauge) =>
+    eachTimeline((timeline) => {
+      if (timeline.ingestState !== undefined) gauge.set({ ...timelineLabels(timeline), state: timeline.ingestState.state }, 1);
+    }),
+  );
+  new Counter({
+    name: 'walcast_ingest_state_changes_total',
+    help: 'Times live ingest of the timeline entered each state.',
+    labelNames: [...TIMELINE_LABELS, 'state'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachTimeline((timeline) => {
+        for (const [state, count] of timeline.ingestStateChanges) this.inc({ ...timelineLabels(timeline), state }, count);
+      });
+    },
+  });
   scrapeGauge(registry, 'walcast_wal_readers', 'Replicas streaming the timeline now (safekeeper_wal_readers).', TIMELINE_LABELS, (gauge) =>
     eachTimeline((timeline) => gauge.set(timelineLabels(timeline), timeline.replicas.count())),
   );

@@ -13,7 +13,7 @@ import type { HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../re
 import { slotWalStatus } from '../slots/slot-table.js';
 import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
 import type { Timeline } from '../timeline/timeline.js';
-import type { TimelineRegistry } from '../timeline/timeline-registry.js';
+import type { TimelineRegistry, UnavailableTimeline } from '../timeline/timeline-registry.js';
 import { PG_SERVER_VERSION, WALCAST_VERSION } from '../version.js';
 
 /** Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC): replytime is µs since the latter. */
@@ -55,9 +55,34 @@ export function timelineSummary(timeline: Timeline): Record<string, unknown> {
     pg_timeline_id: timeline.pgTimelineId,
     timeline_start_lsn: formatLsn(timeline.timelineStartLsn),
     commit_lsn: formatLsn(timeline.commitLsn.get()),
-    flush_lsn: formatLsn(timeline.flushLsn.get()),
+    flush_lsn: formatLsn(timeline.persistedFlushLsn),
     replicas: timeline.replicas.count(),
     has_writer: timeline.hasWriter(),
+    storage_state: storageState(timeline),
+  };
+}
+
+/** A timeline whose control file could not be used: listed so that an operator sees it, with why. */
+export function unavailableTimelineSummary(entry: UnavailableTimeline): Record<string, unknown> {
+  return { tenant_id: entry.tenantId, timeline_id: entry.timelineId, storage_state: 'unavailable', error: entry.error.message };
+}
+
+/** `ok`, `warnings` (nothing that can make a byte unservable) or `damaged` (a hole: see storage.problems). */
+function storageState(timeline: Timeline): 'ok' | 'warnings' | 'damaged' {
+  if (timeline.storageProblems.some((problem) => problem.severity === 'error')) return 'damaged';
+  return timeline.storageProblems.length > 0 ? 'warnings' : 'ok';
+}
+
+function storageDocument(timeline: Timeline): Record<string, unknown> {
+  return {
+    state: storageState(timeline),
+    problems: timeline.storageProblems.map((problem) => ({
+      kind: problem.kind,
+      severity: problem.severity,
+      file: problem.file,
+      lsn: problem.lsn === undefined ? null : formatLsn(problem.lsn),
+      message: problem.message,
+    })),
   };
 }
 
@@ -69,7 +94,8 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
     tenant_id: timeline.tenantId,
     timeline_id: timeline.timelineId,
     pg_info: { pg_version: timeline.pgVersion, system_id: timeline.systemId, wal_seg_size: timeline.segmentBytes },
-    flush_lsn: formatLsn(timeline.flushLsn.get()),
+    // Only what survives a restart: the control file's flush LSN (the in-memory one may be ahead by a second).
+    flush_lsn: formatLsn(timeline.persistedFlushLsn),
     timeline_start_lsn: formatLsn(timeline.timelineStartLsn),
     local_start_lsn: formatLsn(timeline.timelineStartLsn),
     commit_lsn: formatLsn(commitLsn),
@@ -81,6 +107,7 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
     pg_timeline_id: timeline.pgTimelineId,
     has_writer: timeline.hasWriter(),
     slots: slotsStatus(timeline),
+    storage: storageDocument(timeline),
     aggregates: {
       hot_standby_xmin: aggregates.hotStandbyXmin ?? null,
       hot_standby_catalog_xmin: aggregates.hotStandbyCatalogXmin ?? null,
@@ -126,6 +153,7 @@ function upstreamDocument(status: UpstreamStatus): Record<string, unknown> {
     upstream: status.upstream,
     state: status.state,
     failure: status.failure ?? null,
+    paused_reason: status.pausedReason ?? null,
     bytes_received: status.bytesReceived,
     messages_received: status.messagesReceived,
     status_updates_sent: status.statusSent,

@@ -4,11 +4,16 @@
  * next byte it needs, writes every XLogData into the segments, and publishes a position only once it is durable
  * (group-committed fdatasync, storage/wal-writer.ts). It reports what is written and durable upstream ('r', so a
  * primary may use walcast as a synchronous standby) and forwards the hot-standby xmin of its own replicas ('h', as
- * a cascading standby does). Errors reconnect with capped backoff; an upstream timeline switch or a failed write
- * stops ingest, leaving the stored WAL as it is.
+ * a cascading standby does). Errors reconnect with capped backoff; an upstream timeline switch stops ingest.
  *
- * States (each change is logged once): recovering → connecting → streaming → waiting → connecting ... → stopped |
- * failed. The timeline counts a writer as attached only while a stream is live.
+ * A full, failing or read-only disk (ENOSPC, EDQUOT, EIO, EROFS from a WAL write, an fdatasync or the control file)
+ * pauses ingest instead of stopping it: the stream is dropped, the writer abandoned, everything after the last
+ * published (fdatasynced) position discarded, and then, with backoff, the control file is rewritten as a probe; once
+ * that works, ingest reconnects from exactly the published position, so no byte is lost or written twice.
+ *
+ * States (each change is logged once and counted on the timeline): recovering → connecting → streaming → waiting →
+ * connecting ... | paused → connecting ... → stopped | failed. The timeline counts a writer as attached only while a
+ * stream is live.
  */
 import assert from 'node:assert/strict';
 import { SqlState, WalcastError, isWalcastError } from '../errors.js';
@@ -21,7 +26,7 @@ import type { Timeline } from '../timeline/timeline.js';
 import { ServerError, connectReplication, type QueryResult, type ReplicationClientOptions, type ReplicationStream, type StreamEnd } from '../wire/client.js';
 import { Backoff } from './backoff.js';
 import type { UpstreamConnInfo } from './conninfo.js';
-import { recoverTimelineEnd } from './recovery.js';
+import { discardAfter, recoverTimelineEnd } from './recovery.js';
 import { decodeUpstreamMessage, encodeHotStandbyFeedback, encodeStandbyStatus, type XLogDataMessage } from './upstream-messages.js';
 
 /** Bounds connecting, startup and each command when the connection string has no connect_timeout. */
@@ -38,11 +43,17 @@ export const UPSTREAM_SILENCE_TIMEOUT_MS = 60_000;
 export const UNFLUSHED_BYTES_MAX = 64 * 1024 * 1024;
 /** How long the closing handshake (CopyDone → CommandComplete → ReadyForQuery) may take before we hang up. */
 const STREAM_END_TIMEOUT_MS = 5_000;
+/** A paused ingest first retries this soon: a disk freed by an operator is used again at once. */
+export const STORAGE_RETRY_MIN_MS = 200;
+/** ... and then at least this often while the disk stays full: each retry is one small control-file write. */
+export const STORAGE_RETRY_MAX_MS = 5_000;
+/** errno codes that mean "the disk cannot take writes now" rather than "walcast is broken": ingest pauses on them. */
+const STORAGE_FAULT_CODES: ReadonlySet<string> = new Set(['ENOSPC', 'EDQUOT', 'EIO', 'EROFS']);
 /** SQLSTATE of "replication slot ... does not exist" (slot.c ReplicationSlotAcquire). */
 
 assert.ok(HOT_STANDBY_FEEDBACK_INTERVAL_MS <= UPSTREAM_SILENCE_TIMEOUT_MS / 2);
 
-export type FollowerState = 'recovering' | 'connecting' | 'streaming' | 'waiting' | 'stopped' | 'failed';
+export type FollowerState = 'recovering' | 'connecting' | 'streaming' | 'waiting' | 'paused' | 'stopped' | 'failed';
 
 /** The subset of the wire client the follower uses, so tests can substitute it. */
 export type UpstreamConnect = (options: ReplicationClientOptions) => Promise<UpstreamClient>;
@@ -72,6 +83,8 @@ export interface UpstreamStatus extends FollowerStats {
   readonly upstream: string;
   readonly state: FollowerState;
   readonly failure: string | undefined;
+  /** Why ingest is paused (the storage error), while it is. */
+  readonly pausedReason: string | undefined;
 }
 
 export interface FollowerStats {
@@ -100,6 +113,11 @@ export class UpstreamFollower {
   private stream: UpstreamStream | undefined;
   private flushInFlight: Promise<void> | undefined;
   private fatal: Error | undefined;
+  /** A storage error (STORAGE_FAULT_CODES) that ends the current stream and pauses ingest until the disk works. */
+  private storageFault: Error | undefined;
+  private pausedReason: string | undefined;
+  /** Across pauses, reset only once WAL was durably written again: a disk that fills at once is retried slower. */
+  private readonly storageBackoff = new Backoff(STORAGE_RETRY_MIN_MS, STORAGE_RETRY_MAX_MS);
   private stopping = false;
   private wake: (() => void) | undefined;
   private useSlot = true;
@@ -129,6 +147,7 @@ export class UpstreamFollower {
       upstream: `${this.options.conninfo.host}:${this.options.conninfo.port}`,
       state: this.stateValue,
       failure: this.fatal?.message,
+      pausedReason: this.pausedReason,
       ...this.stats,
     };
   }
@@ -199,13 +218,18 @@ export class UpstreamFollower {
       const receivedBefore = this.stats.bytesReceived;
       try {
         await this.followOnce();
-        if (!this.stopping) this.noteProblem('the upstream ended the stream');
+        if (!this.stopping && this.storageFault === undefined) this.noteProblem('the upstream ended the stream');
       } catch (error) {
-        if (isFatal(error)) throw error;
+        if (isStorageFault(error)) this.storageFault ??= error;
+        else if (isFatal(error)) throw error;
         if (this.fatal !== undefined) break;
-        this.noteProblem(describe(error), error);
+        if (this.storageFault === undefined) this.noteProblem(describe(error), error);
       }
       if (this.stopping || this.fatal !== undefined) break;
+      if (this.storageFault !== undefined) {
+        await this.pauseUntilStorageWorks(this.storageFault);
+        continue;
+      }
       // A stream that delivered WAL was a success: the next failure starts the backoff from the minimum again.
       if (this.stats.bytesReceived > receivedBefore) backoff.reset();
       const delayMs = backoff.nextDelayMs();
@@ -295,7 +319,7 @@ export class UpstreamFollower {
   private async consume(stream: UpstreamStream): Promise<void> {
     for (;;) {
       const payload = await stream.read();
-      if (payload === undefined || this.fatal !== undefined) return;
+      if (payload === undefined || this.fatal !== undefined || this.storageFault !== undefined) return;
       this.lastMessageAt = Date.now();
       this.stats.messagesReceived++;
       const message = decodeUpstreamMessage(payload);
@@ -327,10 +351,11 @@ export class UpstreamFollower {
   /** Group commit: one fdatasync runs at a time and covers everything written before it started. */
   private kickFlush(): void {
     const writer = this.requireWriter();
-    if (this.flushInFlight !== undefined || writer.writtenLsn === writer.durableLsn) return;
+    if (this.flushInFlight !== undefined || writer.writtenLsn === writer.durableLsn || this.storageFault !== undefined) return;
     this.flushInFlight = writer.flush().then(
       (durableLsn) => {
         this.flushInFlight = undefined;
+        this.storageBackoff.reset();
         // Commit = flush: a PostgreSQL primary sends only flushed WAL, a walcast upstream only committed WAL.
         this.timeline.publish({ flushLsn: durableLsn, commitLsn: durableLsn });
         this.sendStatus(false);
@@ -338,7 +363,8 @@ export class UpstreamFollower {
       },
       (error: unknown) => {
         this.flushInFlight = undefined;
-        this.fail(error);
+        if (isStorageFault(error)) this.noteStorageFault(error);
+        else this.fail(error);
       },
     );
   }
@@ -391,6 +417,58 @@ export class UpstreamFollower {
     stream.sendCopyData(encodeHotStandbyFeedback(next.xmin, next.catalogXmin, pgNowMicros())).catch(() => undefined);
   }
 
+  /** Ends the stream; the follow loop then pauses. */
+  private noteStorageFault(error: Error): void {
+    this.storageFault ??= error;
+    void this.client?.end();
+  }
+
+  /**
+   * Paused: drop the writer and wait, with backoff, until the disk takes writes again (see the module comment).
+   * Resolves once a writer is open again at the published position, or when stopping.
+   */
+  private async pauseUntilStorageWorks(fault: Error): Promise<void> {
+    this.pausedReason = describe(fault);
+    this.setState('paused', { reason: this.pausedReason });
+    while (this.flushInFlight !== undefined) await this.flushInFlight.catch(() => undefined);
+    this.abandonWriter();
+    while (!this.stopping && this.fatal === undefined) {
+      await this.sleep(this.storageBackoff.nextDelayMs());
+      if (this.stopping) break;
+      try {
+        await this.reopenAtPublished();
+        break;
+      } catch (error) {
+        if (!isStorageFault(error)) throw error;
+        this.abandonWriter();
+        this.pausedReason = describe(error);
+        this.log.debug({ reason: this.pausedReason }, 'storage still unavailable: ingest stays paused');
+      }
+    }
+    this.storageFault = undefined;
+    const writer = this.currentWriter();
+    if (writer !== undefined) this.log.info({ from: formatLsn(writer.writtenLsn) }, 'storage writable again: ingest resumes');
+    this.pausedReason = undefined;
+  }
+
+  private abandonWriter(): void {
+    this.writer?.abandon();
+    this.writer = undefined;
+  }
+
+  private currentWriter(): WalWriter | undefined {
+    return this.writer;
+  }
+
+  /** Discards what follows the published position, opens a writer there and persists the control file (the probe). */
+  private async reopenAtPublished(): Promise<void> {
+    const timeline = this.timeline;
+    const resumeLsn = timeline.flushLsn.get();
+    await discardAfter({ dir: timeline.dir, segmentBytes: timeline.segmentBytes, pgTimelineId: timeline.pgTimelineId }, resumeLsn);
+    this.writer = new WalWriter({ dir: timeline.dir, pgTimelineId: timeline.pgTimelineId, segmentBytes: timeline.segmentBytes, startLsn: resumeLsn });
+    await this.persistControl({ skipIfBusy: false, force: true, rethrow: true });
+  }
+
   private fail(error: unknown): void {
     this.fatal ??= error instanceof Error ? error : new Error(String(error));
     this.wake?.();
@@ -419,23 +497,31 @@ export class UpstreamFollower {
    * Writes the durable position into the control file, one write at a time. The periodic tick skips a turn while a
    * write is running; recovery and shutdown wait for it and then write the newest position.
    */
-  private async persistControl(options: { skipIfBusy: boolean } = { skipIfBusy: false }): Promise<void> {
+  private async persistControl(options: PersistOptions = { skipIfBusy: false }): Promise<void> {
     if (options.skipIfBusy && this.persisting !== undefined) return;
     while (this.persisting !== undefined) await this.persisting;
-    const writer = this.writer;
-    if (writer === undefined) return;
-    const durable = writer.durableLsn;
-    if (durable === this.control.flushLsn && durable === this.control.commitLsn) return;
+    if (this.writer === undefined) return;
+    // The published flush LSN: durable (fdatasynced) by construction, and never ahead of what senders were told.
+    const durable = this.timeline.flushLsn.get();
+    if (options.force !== true && durable === this.control.flushLsn && durable === this.control.commitLsn) return;
     const next: ControlState = { ...this.control, flushLsn: durable, commitLsn: durable, lastRecordLsn: undefined };
+    let failure: unknown;
     this.persisting = writeControlFile(this.timeline.dir, next)
       .then(() => {
         this.control = next;
+        this.timeline.recordPersistedFlush(durable);
       })
-      .catch((error: unknown) => this.log.warn({ err: error }, 'could not persist the control file (recovery will catch up)'))
+      .catch((error: unknown) => {
+        failure = error;
+        // A disk that cannot take a control file cannot take WAL either: pause rather than run ahead of it.
+        if (isStorageFault(error)) this.noteStorageFault(error);
+        else this.log.warn({ err: error }, 'could not persist the control file (recovery will catch up)');
+      })
       .finally(() => {
         this.persisting = undefined;
       });
     await this.persisting;
+    if (options.rethrow === true && failure !== undefined) throw failure;
   }
 
   private requireWriter(): WalWriter {
@@ -458,8 +544,13 @@ export class UpstreamFollower {
     if (state === this.stateValue && state !== 'waiting') return;
     const previous = this.stateValue;
     this.stateValue = state;
+    this.timeline.reportIngestState(state, state === 'paused' ? this.pausedReason : undefined);
     if (state === 'waiting' || (state === 'connecting' && previous === 'waiting')) {
       this.log.debug({ state, ...details }, `ingest ${state}`);
+      return;
+    }
+    if (state === 'paused') {
+      this.log.warn({ state, ...details }, 'ingest paused: the disk cannot take writes; retrying with backoff');
       return;
     }
     this.log.info({ state, ...details }, `ingest ${state}`);
@@ -497,6 +588,21 @@ function timelineSwitchError(end: Extract<StreamEnd, { how: 'completed' }>, pgTi
     'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH',
     `the upstream ended PostgreSQL timeline ${pgTimelineId} at ${switchPoint ?? '?'} and continues on timeline ${nextTimeline ?? '?'}: ingest stopped; the stored WAL ends at the switch point`,
   );
+}
+
+interface PersistOptions {
+  readonly skipIfBusy: boolean;
+  /** Write even when nothing changed: the pause loop uses the write as its probe of the disk. */
+  readonly force?: boolean;
+  /** Throw the write's error (after noting it) instead of only logging it. */
+  readonly rethrow?: boolean;
+}
+
+/** A WAL write/fsync or control-file failure whose errno says the disk is full, failing or read-only. */
+export function isStorageFault(error: unknown): error is Error {
+  const own = (error as NodeJS.ErrnoException | undefined)?.code;
+  const cause = isWalcastError(error, 'WALCAST_ERR_WAL_WRITE') ? (error.cause as NodeJS.ErrnoException | undefined)?.code : undefined;
+  return (own !== undefined && STORAGE_FAULT_CODES.has(own)) || (cause !== undefined && STORAGE_FAULT_CODES.has(cause));
 }
 
 function isFatal(error: unknown): boolean {

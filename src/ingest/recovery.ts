@@ -57,11 +57,20 @@ export async function recoverTimelineEnd(input: RecoveryInput, log: Logger): Pro
 }
 
 /**
+ * After a write or fsync failed in this process (ENOSPC, EIO, EROFS): every byte up to `durableLsn` was fdatasynced
+ * before it was published; everything after it is thrown away, without reading it back (after a failed fsync the page
+ * cache may hold bytes that never reached the disk, and a CRC walk would believe them). The upstream sends them again.
+ */
+export async function discardAfter(input: Pick<RecoveryInput, 'dir' | 'segmentBytes' | 'pgTimelineId'>, durableLsn: Lsn): Promise<readonly string[]> {
+  return truncateAfter(input, alignDown(durableLsn, input.segmentBytes), durableLsn);
+}
+
+/**
  * Leaves the segment holding `resumeLsn` as a full-size NAME.partial with zeros past it, no segment of this timeline
  * after it, and every segment the walk vouched for fdatasynced: after kill -9 their bytes may exist only in the page
  * cache, and nothing may be published before it is durable. Segments before the walk's start were durable already.
  */
-async function truncateAfter(input: RecoveryInput, walkStart: Lsn, resumeLsn: Lsn): Promise<string[]> {
+async function truncateAfter(input: Pick<RecoveryInput, 'dir' | 'segmentBytes' | 'pgTimelineId'>, walkStart: Lsn, resumeLsn: Lsn): Promise<string[]> {
   const resumeSegno = segmentOf(resumeLsn, input.segmentBytes);
   const walkStartSegno = segmentOf(walkStart, input.segmentBytes);
   const removed: string[] = [];

@@ -45,7 +45,10 @@ assert.ok(PREFETCH_WINDOW_BYTES >= MAX_SEND_BYTES, 'a prefetch window holds at l
 
 /** Where WAL comes from: the storage reader, or a fake in unit tests. */
 export interface WalSource {
-  /** The file range holding [lsn, endLsn), cut at the segment end. Throws WalcastError when not held. */
+  /**
+   * The file range holding [lsn, endLsn), cut at the segment end, or shorter where the segment file ends early.
+   * Throws WalcastError when `lsn` itself is not held.
+   */
   locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk>;
 }
 
@@ -131,11 +134,14 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       await options.writer.sendMessage(encodeKeepalive(sentLsn, pgNowMicros(), true));
     }
     if (stopLsn !== undefined && endLsn > stopLsn) endLsn = stopLsn;
-    const chunkEnd = decideChunkEnd(sentLsn, endLsn, segmentBytes);
+    const wantedEnd = decideChunkEnd(sentLsn, endLsn, segmentBytes);
     await prefetcher.ensureCached(sentLsn, endLsn);
-    const chunk = await options.source.locate(sentLsn, chunkEnd);
-    const chunkBytes = lsnDistance(chunkEnd, sentLsn);
-    assert.equal(chunk.byteCount, chunkBytes, 'storage returned a chunk of the wrong size');
+    // Storage may return less than asked, only where a segment file ends early: the bytes it has are sent, and the
+    // next locate (at the file's end) throws the error that names the segment and offset.
+    const chunk = await options.source.locate(sentLsn, wantedEnd);
+    const chunkBytes = chunk.byteCount;
+    assert.ok(chunkBytes > 0 && chunkBytes <= lsnDistance(wantedEnd, sentLsn), 'storage returned a chunk inside the range asked for');
+    const chunkEnd = sentLsn + BigInt(chunkBytes);
     // walEnd is always the current end (never 0/0: Neon #3972, reconnect storms on some clients).
     writeXLogDataHeader(header, sentLsn, endWatch.get(), pgNowMicros(), chunkBytes);
     await options.writer.sendChunk(header, chunk);

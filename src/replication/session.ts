@@ -282,6 +282,10 @@ function requireTimeline(context: SessionContext, state: SessionState): Timeline
   if (state.timelineKey === undefined) {
     throw new WalcastError('WALCAST_ERR_NO_TIMELINE', 'no timeline selected: pass -c tenant_id=... -c timeline_id=... in options (the data directory does not hold exactly one timeline)');
   }
+  const unavailable = context.timelines.getUnavailable(state.timelineKey.tenantId, state.timelineKey.timelineId);
+  if (unavailable !== undefined) {
+    throw new WalcastError('WALCAST_ERR_CONTROL_FILE', `timeline ${unavailable.tenantId}/${unavailable.timelineId} is not served: ${unavailable.error.message}`);
+  }
   throw new WalcastError('WALCAST_ERR_NO_TIMELINE', `timeline ${state.timelineKey.tenantId}/${state.timelineKey.timelineId} not found`);
 }
 

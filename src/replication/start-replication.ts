@@ -43,7 +43,10 @@ export interface StreamContext {
 export interface StreamOutcome {
   readonly how: string;
   readonly startLsn: Lsn;
+  /** The end of the last WAL handed to the backend: where the replica's WAL stops. */
   readonly endLsn: Lsn;
+  /** A storage error that ended the stream (sent to the replica as an ErrorResponse); the server logs it as an error. */
+  readonly storageError?: { readonly code: string; readonly sqlState: string; readonly message: string };
   readonly bytesSent: number;
   readonly keepConnection: boolean;
 }
@@ -94,6 +97,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   const source = new WalReader(timeline.dir, timeline);
   const prefetchSource = new WalReader(timeline.dir, timeline);
   let writer: StreamWriter | undefined;
+  // Kept from onSent, not only from sendWal's result: a stream that fails has no result but did send up to here.
   let sentLsn = request.startLsn;
   const reader = new ReplyReader({
     sink: {
@@ -148,11 +152,17 @@ async function streamToReplica(context: StreamContext, request: StartReplication
     await Promise.all([source.close(), prefetchSource.close()]);
   }
   const bytesSent = writer?.bytesSent ?? 0;
-  const endLsn = sent?.sentLsn ?? request.startLsn;
+  const endLsn = sent?.sentLsn ?? sentLsn;
   const how = await finishStream(context, writer, sent, failure, reader);
   reader.stop();
   log.debug({ how, endLsn: formatLsn(endLsn) }, 'stream finished');
-  return { how: how.description, startLsn: request.startLsn, endLsn, bytesSent, keepConnection: how.keepConnection };
+  const storageError = isStorageFailure(failure) ? { code: failure.code, sqlState: failure.sqlState, message: failure.message } : undefined;
+  return { how: how.description, startLsn: request.startLsn, endLsn, bytesSent, keepConnection: how.keepConnection, ...(storageError === undefined ? {} : { storageError }) };
+}
+
+/** An error of the stored WAL (not of the replica's socket): it ends the stream with an ErrorResponse. */
+function isStorageFailure(failure: unknown): failure is WalcastError {
+  return isWalcastError(failure) && failure.code !== 'WALCAST_ERR_STREAM_IO';
 }
 
 /**
@@ -183,7 +193,7 @@ async function finishStream(
   const { conn } = context;
   if (failure !== undefined || sent === undefined) {
     await writer?.release().catch(() => undefined);
-    if (isWalcastError(failure) && failure.code !== 'WALCAST_ERR_STREAM_IO' && !conn.isClosed()) {
+    if (isStorageFailure(failure) && !conn.isClosed()) {
       // A storage error (a segment removed under the stream, invalid WAL): report it like PostgreSQL, E then Z.
       await conn.write([errorResponse({ severity: 'ERROR', sqlState: failure.sqlState, message: failure.message }), readyForQuery('I')]).catch(() => undefined);
       return { description: failure.code, keepConnection: true };

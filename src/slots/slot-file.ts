@@ -10,6 +10,7 @@
 import { open, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
+import { failpoint } from '../failpoints.js';
 import { formatLsn, parseLsn } from '../lsn.js';
 import { fsyncDirectory } from '../storage/control-file.js';
 import { crc32c } from '../storage/crc32c.js';
@@ -104,6 +105,7 @@ export async function writeSlotFile(dir: string, slots: readonly PersistedSlot[]
   } finally {
     await handle.close();
   }
+  failpoint('slot-before-rename');
   await rename(tempPath, join(dir, SLOT_FILE_NAME));
   await fsyncDirectory(dir);
 }

@@ -1,13 +1,13 @@
 /** Control file: round trip, atomic replace, and corruption detection. */
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { isWalcastError } from '../errors.js';
 import { parseLsnOrThrow } from '../lsn.js';
 import { crc32c } from './crc32c.js';
-import { CONTROL_FILE_NAME, decodeControlFile, encodeControlFile, readControlFile, writeControlFile, type ControlState } from './control-file.js';
+import { CONTROL_FILE_NAME, CONTROL_TEMP_NAME, decodeControlFile, encodeControlFile, readControlFile, removeStaleControlTemp, writeControlFile, type ControlState } from './control-file.js';
 
 const state: ControlState = {
   formatVersion: 1,
@@ -88,4 +88,22 @@ test('a well-checksummed but inconsistent body is refused', () => {
   assert.throws(() => decodeControlFile(forge({ tenantId: 'XYZ' })), /tenantId/);
   assert.throws(() => decodeControlFile(forge({ systemId: 42 })), /systemId/);
   assert.throws(() => decodeControlFile(forge({ flushLsn: 'nope' })), /flushLsn/);
+});
+
+test('a failed update leaves no temp file and the old control file in place', async () => {
+  const dir = await tempDir();
+  // A directory where the control file belongs makes the rename fail after the temp file was written and synced.
+  await mkdir(join(dir, CONTROL_FILE_NAME));
+  await assert.rejects(writeControlFile(dir, state), (error: NodeJS.ErrnoException) => error.code === 'EISDIR');
+  assert.deepEqual(await readdir(dir), [CONTROL_FILE_NAME]);
+});
+
+test('a temp file left by a crash is removed at open, and only then', async () => {
+  const dir = await tempDir();
+  await writeControlFile(dir, state);
+  assert.equal(await removeStaleControlTemp(dir), false);
+  await writeFile(join(dir, CONTROL_TEMP_NAME), '');
+  assert.equal(await removeStaleControlTemp(dir), true);
+  assert.deepEqual(await readdir(dir), [CONTROL_FILE_NAME]);
+  assert.deepEqual(await readControlFile(dir), state);
 });

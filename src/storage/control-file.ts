@@ -7,15 +7,17 @@
  * fsync the directory), so a reader sees the old file or the new one, never a mix; the checksum catches the rest.
  */
 import assert from 'node:assert/strict';
-import { open, readFile, rename } from 'node:fs/promises';
+import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
+import { failpoint } from '../failpoints.js';
 import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
 import { crc32c } from './crc32c.js';
 import { assertSegmentSize } from './segment-name.js';
 
 export const CONTROL_FILE_NAME = 'walcast.control';
-const CONTROL_TEMP_NAME = 'walcast.control.tmp';
+/** Where a new control file is written before it is renamed over the old one; never left behind (see below). */
+export const CONTROL_TEMP_NAME = 'walcast.control.tmp';
 export const CONTROL_FORMAT_VERSION = 1;
 /** PG_VERSION_NUM of the only PostgreSQL major walcast reads WAL of (page magic 0xD110). */
 export const PG_VERSION_NUM_15 = 150000;
@@ -181,19 +183,39 @@ export async function readControlFile(dir: string): Promise<ControlState> {
   return decodeControlFile(bytes, path);
 }
 
-/** Replaces DIR/walcast.control atomically and durably. */
+/**
+ * Replaces DIR/walcast.control atomically and durably. On failure (ENOSPC, EIO, EROFS ...) the temp file is removed
+ * before the error is thrown, so a full disk leaves no stray `walcast.control.tmp` behind; the old control file stays.
+ */
 export async function writeControlFile(dir: string, state: ControlState): Promise<void> {
   const bytes = encodeControlFile(state);
   const tempPath = join(dir, CONTROL_TEMP_NAME);
-  const handle = await open(tempPath, 'w', 0o600);
   try {
-    await handle.writeFile(bytes);
-    await handle.sync();
-  } finally {
-    await handle.close();
+    const handle = await open(tempPath, 'w', 0o600);
+    try {
+      await handle.writeFile(bytes);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    failpoint('control-before-rename');
+    await rename(tempPath, join(dir, CONTROL_FILE_NAME));
+  } catch (error) {
+    await unlink(tempPath).catch(() => undefined);
+    throw error;
   }
-  await rename(tempPath, join(dir, CONTROL_FILE_NAME));
   await fsyncDirectory(dir);
+}
+
+/** Removes a `walcast.control.tmp` left by a crash between writing and renaming it; true when there was one. */
+export async function removeStaleControlTemp(dir: string): Promise<boolean> {
+  try {
+    await unlink(join(dir, CONTROL_TEMP_NAME));
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw error;
+  }
 }
 
 /** Makes a rename or create in `dir` durable (the directory entry itself must reach the disk). */

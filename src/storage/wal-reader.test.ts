@@ -118,3 +118,26 @@ test('startAheadError has PostgreSQL\'s text and SQLSTATE XX000', () => {
   assert.equal(error.sqlState, 'XX000');
   assert.equal(error.message, 'requested starting point 0/99000000 is ahead of the WAL flush position of this server 0/49006040');
 });
+
+test('a truncated segment: the chunk is cut at the file end, then XX001 names the segment and the exact offset', async () => {
+  const shortDir = await mkdtemp(join(tmpdir(), 'walcast-reader-short-'));
+  const segno = FIRST_SEGNO;
+  const keptBytes = 3 * 8192 + 100;
+  await writeFile(join(shortDir, nameOf(segno)), segmentContent(segno).subarray(0, keptBytes));
+  const reader = new WalReader(shortDir, layout);
+  try {
+    const start = layout.timelineStartLsn + 8192n;
+    const chunk = await reader.locate(start, start + 128n * 1024n);
+    assert.deepEqual([chunk.fileOffset, chunk.byteCount], [8192, keptBytes - 8192]);
+    const end = layout.timelineStartLsn + BigInt(keptBytes);
+    await assert.rejects(reader.locate(end, end + 10n), (error) => {
+      assert.ok(isWalcastError(error, 'WALCAST_ERR_SEGMENT_TRUNCATED'));
+      assert.equal(error.sqlState, 'XX001');
+      assert.ok(error.message.includes(`${nameOf(segno)} is truncated at offset ${keptBytes} `) && error.message.endsWith(`(offset ${keptBytes})`), error.message);
+      return true;
+    });
+  } finally {
+    await reader.close();
+    await rm(shortDir, { recursive: true, force: true });
+  }
+});

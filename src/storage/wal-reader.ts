@@ -7,6 +7,12 @@
  * descriptor, and closing it would let the kernel reuse the number for another file under those sends. So the
  * previous segment stays open one segment longer: it is closed when the reader moves two segments on (by then a
  * whole segment, at least 1 MiB, was located after it, far more than any backend's in-flight bound) or on close().
+ *
+ * Damaged storage is reported at the exact byte: a segment file shorter than the range asked for yields a chunk cut
+ * at the file's end, and the next locate (at that end) throws WALCAST_ERR_SEGMENT_TRUNCATED (XX001) naming the segment
+ * and offset; a segment missing inside the timeline throws WALCAST_ERR_WAL_REMOVED (58P01) naming it. No backend is
+ * ever handed a range the file does not hold, so a replica receives every stored byte before the damage and then
+ * an ErrorResponse, never a short CopyData or a silent close.
  */
 import assert from 'node:assert/strict';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -27,6 +33,8 @@ interface OpenSegment {
   readonly segno: bigint;
   readonly handle: FileHandle;
   readonly file: WalFileHandle;
+  /** The file's size when last looked at; looked at again only when a range reaches past it. */
+  bytes: number;
 }
 
 /** PostgreSQL's message when a start is past the end (walsender.c StartReplication); SQLSTATE XX000. */
@@ -64,10 +72,31 @@ export class WalReader {
     const segno = segmentOf(lsn, segmentBytes);
     const segment = this.current?.segno === segno ? this.current : await this.switchTo(segno, lsn);
     const segmentEnd = segmentStartLsn(segno + 1n, segmentBytes);
-    const byteCount = Number(minLsn(endLsn, segmentEnd) - lsn);
+    const wantedBytes = Number(minLsn(endLsn, segmentEnd) - lsn);
     const fileOffset = offsetInSegment(lsn, segmentBytes);
-    assert.ok(byteCount > 0 && fileOffset + byteCount <= segmentBytes, 'the chunk stays inside its segment');
+    assert.ok(wantedBytes > 0 && fileOffset + wantedBytes <= segmentBytes, 'the chunk stays inside its segment');
+    if (fileOffset + wantedBytes > segment.bytes) segment.bytes = (await segment.handle.stat()).size;
+    if (fileOffset >= segment.bytes) throw this.truncatedError(segment, lsn);
+    const byteCount = Math.min(wantedBytes, segment.bytes - fileOffset);
+    assert.ok(byteCount > 0 && fileOffset + byteCount <= segment.bytes, 'the chunk is inside the file');
     return { file: segment.file, fileOffset, byteCount };
+  }
+
+  /** A segment file that ends before the WAL it must hold (XX001: stored data is damaged). */
+  private truncatedError(segment: OpenSegment, lsn: Lsn): WalcastError {
+    const name = segmentFileName(this.layout.pgTimelineId, segment.segno, this.layout.segmentBytes);
+    const offset = offsetInSegment(lsn, this.layout.segmentBytes);
+    return new WalcastError(
+      'WALCAST_ERR_SEGMENT_TRUNCATED',
+      `WAL segment ${name} is truncated at offset ${segment.bytes} (${this.layout.segmentBytes} expected): cannot send WAL at ${formatLsn(lsn)} (offset ${offset})`,
+    );
+  }
+
+  /** A segment inside the timeline that is not there (58P01, as PostgreSQL's "has already been removed"). */
+  private missingError(lsn: Lsn): WalcastError {
+    const name = segmentFileName(this.layout.pgTimelineId, segmentOf(lsn, this.layout.segmentBytes), this.layout.segmentBytes);
+    const offset = offsetInSegment(lsn, this.layout.segmentBytes);
+    return new WalcastError('WALCAST_ERR_WAL_REMOVED', `WAL segment ${name} is missing from storage: cannot send WAL at ${formatLsn(lsn)} (offset ${offset})`);
   }
 
   /**
@@ -116,11 +145,11 @@ export class WalReader {
       const path = join(this.dir, candidate);
       try {
         const handle = await open(path, 'r');
-        return { segno, handle, file: { fd: handle.fd, path } };
+        return { segno, handle, file: { fd: handle.fd, path }, bytes: (await handle.stat()).size };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
       }
     }
-    throw this.removedError(lsn);
+    throw this.missingError(lsn);
   }
 }

@@ -25,6 +25,7 @@ import { closeSync, fdatasync, fstatSync, fsync, ftruncateSync, openSync, rename
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
+import { failpoint } from '../failpoints.js';
 import { assertLsn, formatLsn, type Lsn } from '../lsn.js';
 import { PARTIAL_SUFFIX, assertSegmentSize, offsetInSegment, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
 
@@ -145,6 +146,7 @@ export class WalWriter {
     this.currentDirty = false;
     const directoryDirty = this.directoryDirty || completed.length > 0;
     this.directoryDirty = false;
+    failpoint('wal-after-write');
     const syncs = completed.map((segment) => syncFile(segment));
     if (current !== undefined) syncs.push(syncFile(current));
     await Promise.all(syncs);
@@ -155,6 +157,7 @@ export class WalWriter {
       this.stats.segmentsCompleted++;
     }
     if (directoryDirty) await syncDirectory(this.dir);
+    failpoint('wal-after-fsync');
     assert.ok(target >= this.durableLsnValue, 'the durable position only moves forward');
     this.durableLsnValue = target;
     return target;

@@ -1,15 +1,24 @@
 /**
  * Opens every timeline in a data directory at server start: `DATA/<tenant_id>/<timeline_id>/walcast.control`.
- * A directory without a control file is not a timeline (an import that never finished leaves none); a control file
- * that fails its checksum stops the server rather than serving WAL it cannot vouch for.
+ * A directory without a control file is not a timeline (an import that never finished leaves none).
+ *
+ * One damaged timeline never stops the server. A control file that cannot be read or fails its checksum makes the
+ * timeline unavailable: logged at error level, listed by the status API, and refused to replicas with that error,
+ * because without it nothing says how far the WAL goes. The files of an opened timeline are checked against its
+ * control file (storage/timeline-check.ts): a hole is logged at error level and shown in the status API, and the
+ * timeline is still served, because the WAL before and after a hole is good and most replicas want only the newest;
+ * a stream that reaches the hole ends there with an ErrorResponse naming the segment and offset (wal-reader.ts).
+ * A `walcast.control.tmp` left by a crash mid-rename is removed.
  */
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { formatLsn } from '../lsn.js';
+import { isWalcastError } from '../errors.js';
 import { readSlotFile, slotFileStore } from '../slots/slot-file.js';
 import { SlotTable } from '../slots/slot-table.js';
-import { CONTROL_FILE_NAME, readControlFile } from '../storage/control-file.js';
+import { CONTROL_FILE_NAME, readControlFile, removeStaleControlTemp, type ControlState } from '../storage/control-file.js';
+import { checkTimelineFiles } from '../storage/timeline-check.js';
 import { Timeline } from './timeline.js';
 import { TimelineRegistry } from './timeline-registry.js';
 
@@ -25,7 +34,7 @@ export async function openTimelines(dataDir: string, log: Logger): Promise<Timel
         log.warn({ dir }, 'skipping a timeline directory without a control file');
         continue;
       }
-      registry.add(await openTimeline(dir, log));
+      await openOrReport(registry, { tenantId, timelineId, dir }, log);
     }
   }
   for (const timeline of registry.list()) {
@@ -37,9 +46,34 @@ export async function openTimelines(dataDir: string, log: Logger): Promise<Timel
   return registry;
 }
 
+async function openOrReport(registry: TimelineRegistry, where: { tenantId: string; timelineId: string; dir: string }, log: Logger): Promise<void> {
+  const timelineLog = log.child({ tenantId: where.tenantId, timelineId: where.timelineId });
+  if (await removeStaleControlTemp(where.dir)) timelineLog.warn({ dir: where.dir }, 'removed a walcast.control.tmp left by an interrupted control-file update');
+  let control: ControlState;
+  try {
+    control = await readControlFile(where.dir);
+  } catch (error) {
+    if (!isWalcastError(error, 'WALCAST_ERR_CONTROL_FILE')) throw error;
+    timelineLog.error({ err: error.message, code: error.code }, 'timeline unavailable: its control file is unusable; it is not served');
+    registry.addUnavailable({ ...where, error });
+    return;
+  }
+  const timeline = await timelineFromControl(where.dir, control, log);
+  timeline.storageProblems = await checkTimelineFiles(where.dir, control);
+  for (const problem of timeline.storageProblems) {
+    const fields = { kind: problem.kind, file: problem.file, ...(problem.lsn === undefined ? {} : { lsn: formatLsn(problem.lsn) }) };
+    if (problem.severity === 'error') timelineLog.error(fields, `timeline storage damaged: ${problem.message}`);
+    else timelineLog.warn(fields, `timeline storage: ${problem.message}`);
+  }
+  registry.add(timeline);
+}
+
 /** Reads a timeline's control file and slot file; without a logger, failed background slot saves go unreported. */
 export async function openTimeline(dir: string, log?: Logger): Promise<Timeline> {
-  const control = await readControlFile(dir);
+  return timelineFromControl(dir, await readControlFile(dir), log);
+}
+
+async function timelineFromControl(dir: string, control: ControlState, log?: Logger): Promise<Timeline> {
   const slots = new SlotTable({
     store: slotFileStore(dir),
     initial: await readSlotFile(dir),

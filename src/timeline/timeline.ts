@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import type { Lsn } from '../lsn.js';
 import { SlotTable } from '../slots/slot-table.js';
+import type { TimelineProblem } from '../storage/timeline-check.js';
 import { LsnWatch } from './lsn-watch.js';
 import { ReplicaRegistry } from './replica-registry.js';
 
@@ -44,7 +45,14 @@ export class Timeline implements TimelineIdentity {
   readonly replicas = new ReplicaRegistry();
   /** Replication slots on this timeline; open-timelines.ts passes one loaded from the timeline's slot file. */
   readonly slots: SlotTable;
+  /** What the start-up check found wrong with the timeline's files (holes are errors); empty when all is well. */
+  storageProblems: readonly TimelineProblem[] = [];
+  /** Live ingest's state as its follower last reported it (src/ingest), and why when paused; undefined without ingest. */
+  ingestState: { readonly state: string; readonly reason: string | undefined } | undefined;
+  /** How often ingest entered each state, for the state-change metric. */
+  readonly ingestStateChanges = new Map<string, number>();
   private writersAttached = 0;
+  private persistedFlushLsnValue: Lsn;
 
   constructor(identity: TimelineIdentity, positions: TimelinePositions, slots: SlotTable = new SlotTable()) {
     assert.ok(positions.commitLsn <= positions.flushLsn, 'commit LSN is never ahead of flush LSN');
@@ -60,6 +68,28 @@ export class Timeline implements TimelineIdentity {
     this.flushLsn = new LsnWatch(positions.flushLsn);
     this.commitLsn = new LsnWatch(positions.commitLsn);
     this.slots = slots;
+    this.persistedFlushLsnValue = positions.flushLsn;
+  }
+
+  /**
+   * The flush LSN recorded in the control file: the position that survives a restart. The flush watch may be ahead
+   * of it (fdatasynced, not yet recorded); the operations API reports this one as the durable position.
+   */
+  get persistedFlushLsn(): Lsn {
+    return this.persistedFlushLsnValue;
+  }
+
+  /** Ingest reports each state change here, so that metrics (which see only timelines) can show it. */
+  reportIngestState(state: string, reason: string | undefined): void {
+    this.ingestState = { state, reason };
+    this.ingestStateChanges.set(state, (this.ingestStateChanges.get(state) ?? 0) + 1);
+  }
+
+  /** Called once a control file with this flush LSN is durably in place. */
+  recordPersistedFlush(flushLsn: Lsn): void {
+    assert.ok(flushLsn >= this.persistedFlushLsnValue, 'the persisted flush LSN moves only forward');
+    assert.ok(flushLsn <= this.flushLsn.get(), 'only published WAL is persisted');
+    this.persistedFlushLsnValue = flushLsn;
   }
 
   /** Publishes newly durable WAL: flush first, so that commit never passes it. */
