@@ -13,6 +13,7 @@
         ["OS=='linux'", {
           "sources": [
             "native/addon.cc",
+            "native/crc32c.cc",
             "native/native-errors.cc",
             "native/file-maps.cc",
             "native/io-engine.cc",

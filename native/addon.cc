@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "crc32c.h"
 #include "io-engine.h"
 #include "native-errors.h"
 
@@ -396,6 +397,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("messageBytesMax", Napi::Number::New(env, static_cast<double>(kMessageBytesMax)));
   exports.Set("payloadBytesMax", Napi::Number::New(env, static_cast<double>(kPayloadBytesMax)));
   exports.Set("prefetchBytesMax", Napi::Number::New(env, static_cast<double>(kPrefetchBytesMax)));
+  RegisterCrc32c(env, exports);
   return exports;
 }
 

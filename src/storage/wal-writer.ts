@@ -18,15 +18,22 @@
  * none is running, so an idle stream pays one fsync per message (lowest latency) and a busy one pays one fsync per
  * batch (highest throughput). What `flush` resolves with is the only position anyone may publish.
  *
+ * Page checksums: as pages fill, their CRC-32C (computed from the received bytes, not read back) is appended to the
+ * segment's sidecar (page-checksums.ts), fsynced with the segment by the flush that publishes them. The page being
+ * filled has no entry until it is full; the writer keeps its bytes (one 8 KiB page) so the send path can check a
+ * prefix of it (`tailPagePrefixCrc`), and `close` records it as it stands (bytes past the end are zeros on disk).
+ *
  * It knows nothing of the protocol or of who publishes; recovery (the CRC walk) decides where writing resumes.
  */
 import assert from 'node:assert/strict';
-import { closeSync, fdatasync, fstatSync, fsync, ftruncateSync, openSync, renameSync, writeSync, constants as fsConstants } from 'node:fs';
+import { closeSync, fdatasync, fstatSync, fsync, ftruncateSync, openSync, readSync, renameSync, writeSync, constants as fsConstants } from 'node:fs';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
 import { failpoint } from '../failpoints.js';
-import { assertLsn, formatLsn, type Lsn } from '../lsn.js';
+import { WAL_PAGE_BYTES, assertLsn, formatLsn, type Lsn } from '../lsn.js';
+import { crc32c } from './crc32c.js';
+import { SidecarAppender, sidecarPathFor } from './page-checksums.js';
 import { PARTIAL_SUFFIX, assertSegmentSize, offsetInSegment, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
 
 /** Zero-fill is written in pieces of this size: big enough to be cheap, small enough not to hold a big buffer. */
@@ -55,6 +62,7 @@ interface OpenSegment {
   readonly fd: number;
   readonly partialPath: string;
   readonly finalPath: string;
+  readonly sidecar: SidecarAppender;
 }
 
 export interface WalWriterStats {
@@ -78,6 +86,10 @@ export class WalWriter {
   private directoryDirty = false;
   private flushing: Promise<Lsn> | undefined;
   private closed = false;
+  /** The page being filled: its first LSN, its bytes so far (zeros after), and how many there are. */
+  private tailPageLsn: Lsn;
+  private readonly tailPage = Buffer.alloc(WAL_PAGE_BYTES);
+  private tailPageFill = 0;
   readonly stats: WalWriterStats = { fsyncCount: 0, bytesWritten: 0, segmentsCompleted: 0 };
 
   constructor(options: WalWriterOptions) {
@@ -89,6 +101,7 @@ export class WalWriter {
     this.preallocation = options.preallocation ?? 'sparse';
     this.writtenLsnValue = options.startLsn;
     this.durableLsnValue = options.startLsn;
+    this.tailPageLsn = options.startLsn - (options.startLsn % BigInt(WAL_PAGE_BYTES));
   }
 
   /** Received: in the page cache, maybe not durable. */
@@ -116,6 +129,7 @@ export class WalWriter {
       const fileOffset = offsetInSegment(lsn, this.segmentBytes);
       const bytes = Math.min(data.length - offset, this.segmentBytes - fileOffset);
       writeFully(segment.fd, data, offset, bytes, fileOffset, segment.partialPath);
+      this.recordPages(segment, data, offset, fileOffset, bytes);
       this.currentDirty = true;
       offset += bytes;
       this.writtenLsnValue = lsn + BigInt(bytes);
@@ -123,6 +137,46 @@ export class WalWriter {
       if (fileOffset + bytes === this.segmentBytes) this.completeCurrent();
     }
     assert.equal(this.writtenLsnValue, dataStart + BigInt(data.length));
+  }
+
+  /**
+   * The CRC-32C of the first `prefixBytes` bytes of the page starting at `pageLsn`, when that is the page being
+   * filled and holds that many bytes; undefined otherwise (then the page is full and its sidecar entry counts).
+   */
+  tailPagePrefixCrc(pageLsn: Lsn, prefixBytes: number): number | undefined {
+    assert.ok(prefixBytes > 0 && prefixBytes <= WAL_PAGE_BYTES, 'a prefix of one page');
+    if (pageLsn !== this.tailPageLsn || prefixBytes > this.tailPageFill) return undefined;
+    return crc32c(this.tailPage, 0, prefixBytes);
+  }
+
+  /** Checksums every page this write completed (into the sidecar) and keeps the bytes of the page left partial. */
+  private recordPages(segment: OpenSegment, data: Buffer, dataOffset: number, fileOffset: number, bytes: number): void {
+    const completed: number[] = [];
+    const firstPage = Math.floor(fileOffset / WAL_PAGE_BYTES);
+    let position = fileOffset;
+    while (position < fileOffset + bytes) {
+      const inPage = position % WAL_PAGE_BYTES;
+      const take = Math.min(WAL_PAGE_BYTES - inPage, fileOffset + bytes - position);
+      const source = dataOffset + (position - fileOffset);
+      assert.equal(inPage, this.tailPageFill, 'pages fill contiguously');
+      if (inPage === 0 && take === WAL_PAGE_BYTES) {
+        completed.push(crc32c(data, source, source + WAL_PAGE_BYTES));
+      } else {
+        data.copy(this.tailPage, inPage, source, source + take);
+        this.tailPageFill += take;
+        if (this.tailPageFill === WAL_PAGE_BYTES) completed.push(crc32c(this.tailPage));
+      }
+      position += take;
+      if (position % WAL_PAGE_BYTES === 0) this.startNextTailPage();
+    }
+    segment.sidecar.append(firstPage, completed);
+  }
+
+  private startNextTailPage(): void {
+    // Pages written whole never touch the buffer, so it only needs clearing after a partial one.
+    if (this.tailPageFill > 0) this.tailPage.fill(0);
+    this.tailPageFill = 0;
+    this.tailPageLsn += BigInt(WAL_PAGE_BYTES);
   }
 
   /**
@@ -149,11 +203,13 @@ export class WalWriter {
     failpoint('wal-after-write');
     const syncs = completed.map((segment) => syncFile(segment));
     if (current !== undefined) syncs.push(syncFile(current));
-    await Promise.all(syncs);
+    const sidecarSyncs = [...completed, ...(current === undefined ? [] : [current])].map((segment) => syncSidecar(segment));
+    await Promise.all([...syncs, ...sidecarSyncs]);
     this.stats.fsyncCount += syncs.length;
     for (const segment of completed) {
       renameSync(segment.partialPath, segment.finalPath);
       closeSync(segment.fd);
+      segment.sidecar.close();
       this.stats.segmentsCompleted++;
     }
     if (directoryDirty) await syncDirectory(this.dir);
@@ -168,16 +224,33 @@ export class WalWriter {
     if (this.closed) return;
     await this.flush();
     this.closed = true;
-    if (this.current !== undefined) closeSync(this.current.fd);
+    if (this.current !== undefined) {
+      await this.recordPartialPage(this.current);
+      closeSync(this.current.fd);
+      this.current.sidecar.close();
+    }
     this.current = undefined;
     assert.equal(this.completed.length, 0, 'a flush renamed every completed segment');
+  }
+
+  /**
+   * On close, the page left partial gets its entry as it stands: with no writer its bytes no longer change (the
+   * rest is zeros on disk), and a writer that resumes cuts the entry off again (SidecarAppender).
+   */
+  private async recordPartialPage(segment: OpenSegment): Promise<void> {
+    if (this.tailPageFill === 0) return;
+    segment.sidecar.append(Math.floor(offsetInSegment(this.tailPageLsn, this.segmentBytes) / WAL_PAGE_BYTES), [crc32c(this.tailPage)]);
+    await syncSidecar(segment);
   }
 
   /** Closes the files without flushing: for a failed writer whose unflushed bytes recovery will judge. */
   abandon(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const segment of [...this.completed, ...(this.current === undefined ? [] : [this.current])]) closeSync(segment.fd);
+    for (const segment of [...this.completed, ...(this.current === undefined ? [] : [this.current])]) {
+      closeSync(segment.fd);
+      segment.sidecar.close();
+    }
     this.completed = [];
     this.current = undefined;
   }
@@ -218,7 +291,20 @@ export class WalWriter {
       else extendSparse(fd, this.segmentBytes, partialPath);
       this.directoryDirty = true;
     }
-    return { segno, fd, partialPath, finalPath };
+    const resumeOffset = segmentOf(this.writtenLsnValue, this.segmentBytes) === segno ? offsetInSegment(this.writtenLsnValue, this.segmentBytes) : 0;
+    const sidecar = new SidecarAppender(sidecarPathFor(this.dir, name), fd, Math.floor(resumeOffset / WAL_PAGE_BYTES));
+    this.loadTailPage(fd, resumeOffset);
+    return { segno, fd, partialPath, finalPath, sidecar };
+  }
+
+  /** Resuming inside a page: its stored prefix (validated by recovery) is the start of the page being filled. */
+  private loadTailPage(fd: number, resumeOffset: number): void {
+    const inPage = resumeOffset % WAL_PAGE_BYTES;
+    this.tailPage.fill(0);
+    this.tailPageFill = inPage;
+    if (inPage === 0) return;
+    const got = readSync(fd, this.tailPage, 0, inPage, resumeOffset - inPage);
+    assert.equal(got, inPage, 'the stored prefix of the page being resumed is readable');
   }
 }
 
@@ -265,6 +351,14 @@ export function eraseFrom(fd: number, from: number, bytes: number, path: string)
     throw ioError(`cannot truncate ${path} at ${from}`, cause);
   }
   extendSparse(fd, bytes, path);
+}
+
+async function syncSidecar(segment: OpenSegment): Promise<void> {
+  try {
+    await segment.sidecar.sync();
+  } catch (cause) {
+    throw ioError(`fdatasync of ${segment.sidecar.path} failed`, cause);
+  }
 }
 
 async function syncFile(segment: OpenSegment): Promise<void> {
