@@ -90,6 +90,8 @@ export const ERROR_CATALOGUE = {
   WALCAST_ERR_SLOT_LIMIT: { sqlState: SqlState.configurationLimitExceeded, summary: 'the timeline holds as many replication slots as allowed' },
   WALCAST_ERR_SLOT_LOGICAL: { sqlState: SqlState.featureNotSupported, summary: 'logical replication slots are not supported' },
   WALCAST_ERR_SLOT_FILE: { sqlState: SqlState.dataCorrupted, summary: 'the timeline slot file is unreadable or corrupt' },
+  // Integrity.
+  WALCAST_ERR_WAL_CORRUPTED: { sqlState: SqlState.dataCorrupted, summary: 'stored WAL failed its page checksum; the page is refused until it verifies again' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type WalcastErrorCode = keyof typeof ERROR_CATALOGUE;

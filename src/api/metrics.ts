@@ -213,6 +213,26 @@ function registerTotals(registry: Registry, eachTimeline: EachTimeline, io: { re
     },
   });
   new Counter({
+    name: 'walcast_wal_corruption_detected_total',
+    help: 'Stored WAL pages found corrupted (failed their page checksum) before being sent; each counted once per detection.',
+    labelNames: [...TIMELINE_LABELS],
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachTimeline((timeline) => this.inc(timelineLabels(timeline), timeline.pages.corruptionsDetected));
+    },
+  });
+  new Gauge({
+    name: 'walcast_wal_pages_quarantined',
+    help: 'Stored WAL pages refused to every replica now because they failed their checksum and have not verified since.',
+    labelNames: [...TIMELINE_LABELS],
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachTimeline((timeline) => this.set(timelineLabels(timeline), timeline.pages.quarantinedPages));
+    },
+  });
+  new Counter({
     name: 'walcast_wal_bytes_sent_total',
     help: 'WAL stream bytes sent to replicas, by I/O backend and strategy.',
     labelNames: ['backend', 'strategy'],

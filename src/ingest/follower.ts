@@ -209,6 +209,7 @@ export class UpstreamFollower {
     // LSN; recovery can only move them forward, and publish() asserts it.
     if (result.resumeLsn > timeline.flushLsn.get()) timeline.publish({ flushLsn: result.resumeLsn, commitLsn: result.resumeLsn });
     this.writer = new WalWriter({ dir: timeline.dir, pgTimelineId: timeline.pgTimelineId, segmentBytes: timeline.segmentBytes, startLsn: result.resumeLsn });
+    timeline.setTailPages(this.writer);
     await this.persistControl();
   }
 

@@ -8,6 +8,8 @@
  * holds the control file's flush LSN; the resume point is the later of that walk's end and the control flush LSN
  * (bytes up to the latter were fdatasynced before it was written, even when they end inside a record). Every byte
  * past the resume point is erased (truncated and re-extended: it reads as zeros), later segment files are removed, and only then is anything published.
+ * The page-checksum sidecars of the segments the walk re-validated are rebuilt from their stored bytes (a crash may
+ * have left entries for pages that never became durable); the page being filled gets its entry from the writer.
  */
 import assert from 'node:assert/strict';
 import { closeSync, constants as fsConstants, fdatasyncSync, fstatSync, openSync, renameSync, unlinkSync } from 'node:fs';
@@ -15,6 +17,8 @@ import type { Logger } from '../log.js';
 import { alignDown, formatLsn, maxLsn, type Lsn } from '../lsn.js';
 import { listSegmentFiles } from '../storage/timeline-dir.js';
 import { PARTIAL_SUFFIX, offsetInSegment, segmentOf } from '../storage/segment-name.js';
+import { WAL_PAGE_BYTES } from '../lsn.js';
+import { sidecarPathFor, writeSidecarFromSegment } from '../storage/page-checksums.js';
 import { findValidWalEnd } from '../storage/wal-validate.js';
 import { eraseFrom, syncDirectory } from '../storage/wal-writer.js';
 
@@ -80,10 +84,10 @@ async function truncateAfter(input: Pick<RecoveryInput, 'dir' | 'segmentBytes' |
     if (entry.segno < resumeSegno) {
       syncFileAt(entry.path);
       // Complete (the walk went past it) and now durable, but its rename was lost in the crash.
-      if (entry.partial) {
-        renameSync(entry.path, entry.path.slice(0, -PARTIAL_SUFFIX.length));
-        changed = true;
-      }
+      const finalPath = entry.partial ? entry.path.slice(0, -PARTIAL_SUFFIX.length) : entry.path;
+      if (entry.partial) renameSync(entry.path, finalPath);
+      writeSidecarFromSegment(finalPath, sidecarPathFor(input.dir, entry.name), input.segmentBytes / WAL_PAGE_BYTES);
+      changed = true;
       continue;
     }
     if (entry.segno > resumeSegno) {
@@ -99,6 +103,8 @@ async function truncateAfter(input: Pick<RecoveryInput, 'dir' | 'segmentBytes' |
       changed = true;
     }
     eraseTail(partialPath, offsetInSegment(resumeLsn, input.segmentBytes), input.segmentBytes);
+    writeSidecarFromSegment(partialPath, sidecarPathFor(input.dir, entry.name), Math.floor(offsetInSegment(resumeLsn, input.segmentBytes) / WAL_PAGE_BYTES));
+    changed = true;
   }
   if (changed) await syncDirectory(input.dir);
   return removed;

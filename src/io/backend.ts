@@ -36,6 +36,12 @@ export interface IoBackend {
    * writes to the socket; reading (replica feedback) stays with Node.
    */
   openStream(socket: Socket): Promise<StreamWriter>;
+  /**
+   * out[i] = CRC-32C of the i-th `pageBytes` piece of the chunk's range, as the file holds it now (the last piece
+   * may be shorter). The page verifier calls it before bytes are sent; `byteCount` may exceed MAX_SEND_BYTES by
+   * the pages the chunk only partly covers. Rejects with a WalcastError when the range cannot be read.
+   */
+  checksumPages(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void>;
   /** Frees backend-wide resources (event sources, buffer pools). */
   close(): Promise<void>;
 }

@@ -121,7 +121,10 @@ class NativeBackend implements IoBackend {
   private fallback: IoBackend | undefined;
   private closed = false;
 
-  constructor(addon: NativeAddon, strategy: NativeStrategy) {
+  constructor(
+    private readonly addon: NativeAddon,
+    strategy: NativeStrategy,
+  ) {
     this.strategy = strategy;
     try {
       this.engine = new addon.Engine(NATIVE_STRATEGY_CODES[strategy], this.onEvent);
@@ -149,6 +152,19 @@ class NativeBackend implements IoBackend {
     const writer = new NativeStreamWriter(this, this.engine, id, socket);
     this.streams.set(id, writer);
     return writer;
+  }
+
+  /** In place in the page cache, with the CPU's CRC-32C instruction (native/crc32c.cc). */
+  async checksumPages(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
+    validateChunk(chunk, this.addon.crc32cFileRangeBytesMax);
+    if (!Number.isInteger(pageBytes) || pageBytes <= 0) throw new RangeError(`pageBytes must be a positive integer, got ${pageBytes}`);
+    if (out.length < Math.ceil(chunk.byteCount / pageBytes)) throw new RangeError('out must hold a checksum per page');
+    try {
+      this.addon.crc32cFilePages(chunk.file.fd, chunk.fileOffset, chunk.byteCount, pageBytes, out);
+    } catch (error) {
+      if (error instanceof TypeError || error instanceof RangeError) throw error;
+      throw new WalcastError('WALCAST_ERR_NATIVE_IO', `checksumming ${chunk.file.path} at ${chunk.fileOffset} failed: ${(error as Error).message}`, { cause: error });
+    }
   }
 
   async close(): Promise<void> {

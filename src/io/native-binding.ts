@@ -80,6 +80,16 @@ export interface NativeAddon {
   readonly messageBytesMax: number;
   readonly payloadBytesMax: number;
   readonly prefetchBytesMax: number;
+  /** COMP_CRC32C over bytes[start, end) from a raw state (native/crc32c.cc; hardware when crc32cHardware). */
+  crc32cUpdate(state: number, bytes: Uint8Array, start: number, end: number): number;
+  /** The portable slice-by-8 path, for tests against the hardware one. */
+  crc32cUpdateSoftware(state: number, bytes: Uint8Array, start: number, end: number): number;
+  /** out[i] = CRC-32C of the i-th pageBytes piece of the file range, read through a shared mapping. */
+  crc32cFilePages(fd: number, offset: number, byteCount: number, pageBytes: number, out: Uint32Array): void;
+  /** Whether the CPU's CRC-32C instruction (SSE4.2) is in use. */
+  readonly crc32cHardware: boolean;
+  /** Largest byteCount of one crc32cFilePages call. */
+  readonly crc32cFileRangeBytesMax: number;
 }
 
 export type NativeLoadResult = { ok: true; addon: NativeAddon; path: string } | { ok: false; reason: string };

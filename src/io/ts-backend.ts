@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { WalcastError } from '../errors.js';
 import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES, type IoBackend, type StreamWriter, type WalChunk } from './backend.js';
+import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
 
@@ -28,6 +29,11 @@ export const POOL_BUFFERS_MAX = 512;
 export const STREAM_SENDS_WAITING_MAX = 64;
 /** Each pooled buffer holds one frame: the header and a full chunk. */
 export const FRAME_BYTES_MAX = XLOG_DATA_HEADER_BYTES + MAX_SEND_BYTES;
+/**
+ * Largest range checksumPages reads at once: a chunk and the pages it only partly covers (one on each side),
+ * so a verification read is never bigger than a send frame plus two pages.
+ */
+export const CHECKSUM_RANGE_BYTES_MAX = MAX_SEND_BYTES + 2 * 8192;
 
 export function createTsBackend(): IoBackend {
   const pool = new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX);
@@ -36,8 +42,26 @@ export function createTsBackend(): IoBackend {
     kind: 'ts',
     strategy: 'fs-net',
     openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache),
+    checksumPages: checksumPagesByReading,
     close: async () => undefined,
   };
+}
+
+/**
+ * The TS backend's page checksums: an asynchronous read (the thread pool, as for sends) and the TypeScript
+ * CRC-32C. Ranges larger than CHECKSUM_RANGE_BYTES_MAX are read in pieces of that size.
+ */
+export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
+  assert.ok(pageBytes > 0 && CHECKSUM_RANGE_BYTES_MAX % pageBytes === 0, 'pages divide the read size');
+  assert.ok(out.length >= Math.ceil(chunk.byteCount / pageBytes), 'out holds a checksum per page');
+  const buffer = Buffer.allocUnsafe(Math.min(chunk.byteCount, CHECKSUM_RANGE_BYTES_MAX));
+  for (let done = 0; done < chunk.byteCount; done += buffer.length) {
+    const bytes = Math.min(buffer.length, chunk.byteCount - done);
+    await readExactly({ file: chunk.file, fileOffset: chunk.fileOffset + done, byteCount: bytes }, buffer, 0);
+    for (let offset = 0; offset < bytes; offset += pageBytes) {
+      out[(done + offset) / pageBytes] = crc32c(buffer, offset, Math.min(offset + pageBytes, bytes));
+    }
+  }
 }
 
 class TsStreamWriter implements StreamWriter {

@@ -15,6 +15,7 @@ import assert from 'node:assert/strict';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { StreamWriter, WalChunk } from '../io/backend.js';
 import { formatLsn, lsnDistance, type Lsn } from '../lsn.js';
+import { WalCorruptionError } from '../storage/page-verifier.js';
 import {
   MAX_SEND_BYTES,
   XLOG_DATA_HEADER_BYTES,
@@ -71,6 +72,11 @@ export interface SendWalOptions {
    */
   readonly prefetchSource: WalSource;
   readonly writer: StreamWriter;
+  /**
+   * Checks the stored pages a chunk touches before any of its bytes is sent (storage/page-verifier.ts); rejects
+   * with WalCorruptionError, whose verified prefix is sent before the stream ends. Absent only in unit tests.
+   */
+  readonly verify?: (chunk: WalChunk, chunkLsn: Lsn) => Promise<void>;
   /** Aborted when the replica ends the stream (CopyDone, disconnect, bad feedback) or the server stops. */
   readonly signal: AbortSignal;
   /** Recovery/term streams: end once everything up to the end watch at that moment was sent. */
@@ -142,6 +148,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     const chunkBytes = chunk.byteCount;
     assert.ok(chunkBytes > 0 && chunkBytes <= lsnDistance(wantedEnd, sentLsn), 'storage returned a chunk inside the range asked for');
     const chunkEnd = sentLsn + BigInt(chunkBytes);
+    await verifyChunk(options, header, chunk, sentLsn);
     // walEnd is always the current end (never 0/0: Neon #3972, reconnect storms on some clients).
     writeXLogDataHeader(header, sentLsn, endWatch.get(), pgNowMicros(), chunkBytes);
     await options.writer.sendChunk(header, chunk);
@@ -180,6 +187,25 @@ class ReplyRequests {
 
   asked(): void {
     this.askedAtReplyMs = this.lastReplyAtMs();
+  }
+}
+
+/**
+ * Verifies a chunk before it is sent. On corruption the pages before the bad one verified: they are sent (the
+ * replica gets every good byte up to the damage, as from PostgreSQL), then the error ends the stream.
+ */
+async function verifyChunk(options: SendWalOptions, header: Buffer, chunk: WalChunk, chunkLsn: Lsn): Promise<void> {
+  if (options.verify === undefined) return;
+  try {
+    await options.verify(chunk, chunkLsn);
+  } catch (error) {
+    if (error instanceof WalCorruptionError && error.goodBytes > 0) {
+      assert.ok(error.goodBytes < chunk.byteCount, 'the bad page lies inside the chunk');
+      writeXLogDataHeader(header, chunkLsn, options.endWatch.get(), pgNowMicros(), error.goodBytes);
+      await options.writer.sendChunk(header, { file: chunk.file, fileOffset: chunk.fileOffset, byteCount: error.goodBytes });
+      options.onSent(chunkLsn + BigInt(error.goodBytes), error.goodBytes + XLOG_DATA_HEADER_BYTES);
+    }
+    throw error;
   }
 }
 

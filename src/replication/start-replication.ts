@@ -133,6 +133,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       source,
       prefetchSource,
       writer,
+      verify: (chunk, chunkLsn) => timeline.pages.verify(chunk, chunkLsn, { checksummer: context.backend, tail: timeline.tailPages(), log }),
       signal: stopController.signal,
       stopAtEnd: request.recovery,
       shouldStop: () => timeline.shouldSenderStop(replica.remoteConsistentLsn()),

@@ -7,6 +7,8 @@
 export interface WalFileHandle {
   readonly fd: number;
   readonly path: string;
+  /** "dev:ino" of the file, when storage knows it: caches keyed by file survive a rename and see a replacement. */
+  readonly identity?: string;
 }
 
 /** A byte range of one segment file. A chunk never crosses a segment boundary. */

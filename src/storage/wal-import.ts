@@ -4,7 +4,8 @@
  * Order of work, so that a failure never leaves something that looks valid: pick the segment files of the
  * highest PostgreSQL timeline, check sizes, system id and segment size from the long page headers, walk and
  * validate every record to find the end of valid WAL, copy the segments up to that end (the last one as
- * NAME.partial with the bytes past the end zeroed), fsync, and write the control file LAST. A new timeline is
+ * NAME.partial with the bytes past the end zeroed), fsync, record each copied segment's page checksums (its
+ * `NAME.crc` sidecar, page-checksums.ts: the send path verifies every page against it), and write the control file LAST. A new timeline is
  * built in a temp directory and renamed into place; an existing one gets new segment files renamed in, then
  * its control file rewritten.
  */
@@ -13,6 +14,7 @@ import { copyFile, mkdir, open, readFile, readdir, rename, rm, stat, truncate, u
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
 import { WAL_PAGE_BYTES, formatLsn, type Lsn } from '../lsn.js';
+import { sidecarPathFor, writeSidecarFromSegment } from './page-checksums.js';
 import { CONTROL_FORMAT_VERSION, PG_VERSION_NUM_15, fsyncDirectory, readControlFile, writeControlFile, type ControlState } from './control-file.js';
 import {
   PARTIAL_SUFFIX,
@@ -243,6 +245,7 @@ async function createTimeline(dataDir: string, source: SourceWal, tenantId: stri
     const wal = await validateSource(source, source.segments[0]?.segno ?? 0n, (segno) => copier.enqueue(segno));
     await copier.drain();
     await finishCopiedSegments(wal, buildDir, copier.copied);
+    await writeSidecars(wal, segmentOf(wal.startLsn, wal.segmentBytes), buildDir);
     await copyHistoryFiles(wal.historyPaths, buildDir);
     await writeControlFile(buildDir, controlFor(wal, tenantId, timelineId, wal.startLsn, new Date().toISOString()));
     await rename(buildDir, join(tenantDir, timelineId));
@@ -363,6 +366,22 @@ async function copySegments(wal: ValidatedWal, fromSegno: bigint, targetDir: str
   return copied;
 }
 
+/**
+ * Records page checksums for segments [fromSegno, segment of endLsn] as copied: every page of a complete segment;
+ * of the last one, the pages up to the end, the partial last page with its zeroed tail (a writer resuming there
+ * cuts that entry off). Checksummed from the copies just fsynced, after the walk validated their records.
+ */
+async function writeSidecars(wal: ValidatedWal, fromSegno: bigint, dir: string): Promise<void> {
+  const { segmentBytes, pgTimelineId } = wal;
+  for (let segno = fromSegno; segmentStartLsn(segno, segmentBytes) < wal.endLsn; segno++) {
+    const name = segmentFileName(pgTimelineId, segno, segmentBytes);
+    const complete = segmentStartLsn(segno + 1n, segmentBytes) <= wal.endLsn;
+    const pages = complete ? segmentBytes / WAL_PAGE_BYTES : Math.ceil(offsetInSegment(wal.endLsn, segmentBytes) / WAL_PAGE_BYTES);
+    writeSidecarFromSegment(join(dir, complete ? name : name + PARTIAL_SUFFIX), sidecarPathFor(dir, name), pages);
+  }
+  await fsyncDirectory(dir);
+}
+
 /** Cutting the file to the end and growing it back zero-fills the tail without writing it (sparse). */
 async function zeroTail(path: string, endOffset: number, segmentBytes: number): Promise<void> {
   assert.ok(endOffset > 0 && endOffset < segmentBytes, 'the partial segment holds some valid bytes');
@@ -417,6 +436,7 @@ async function extendTimeline(dir: string, source: SourceWal, tenantId: string, 
   if (wal.endLsn <= control.flushLsn) return unchanged;
   await checkOverlapMatches(dir, control, wal);
   const segmentCount = await copySegments(wal, flushSegno, dir);
+  await writeSidecars(wal, flushSegno, dir);
   await copyHistoryFiles(wal.historyPaths, dir);
   await writeControlFile(dir, { ...control, flushLsn: wal.endLsn, commitLsn: wal.endLsn, lastRecordLsn: wal.lastRecordLsn });
   return { ...unchanged, endLsn: wal.endLsn, segmentCount };

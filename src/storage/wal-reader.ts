@@ -145,7 +145,8 @@ export class WalReader {
       const path = join(this.dir, candidate);
       try {
         const handle = await open(path, 'r');
-        return { segno, handle, file: { fd: handle.fd, path }, bytes: (await handle.stat()).size };
+        const info = await handle.stat();
+        return { segno, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}` }, bytes: info.size };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
       }

@@ -1,12 +1,15 @@
 /**
  * One timeline's live state: its identity and WAL layout (from the control file), its commit and flush LSN watches,
- * its replicas, its replication slots, and whether a writer (live ingest) is attached. It knows nothing of sockets or file formats; storage
+ * its replicas, its replication slots, whether a writer (live ingest) is attached, and the page verifier every
+ * sender of it shares (storage/page-verifier.ts: verified-page bitmaps and the quarantine of corrupted pages). It
+ * knows nothing of sockets or file formats; storage
  * persists what ingest makes durable, and this object publishes it to the senders.
  */
 import assert from 'node:assert/strict';
 import type { Lsn } from '../lsn.js';
 import { SlotTable } from '../slots/slot-table.js';
 import type { TimelineProblem } from '../storage/timeline-check.js';
+import { PageVerifier, type TailPageSource } from '../storage/page-verifier.js';
 import { LsnWatch } from './lsn-watch.js';
 import { ReplicaRegistry } from './replica-registry.js';
 
@@ -51,8 +54,11 @@ export class Timeline implements TimelineIdentity {
   ingestState: { readonly state: string; readonly reason: string | undefined } | undefined;
   /** How often ingest entered each state, for the state-change metric. */
   readonly ingestStateChanges = new Map<string, number>();
-  private writersAttached = 0;
   private persistedFlushLsnValue: Lsn;
+  /** Checks stored pages before they are sent; one per timeline so a page is checked once, not once per replica. */
+  readonly pages: PageVerifier;
+  private writersAttached = 0;
+  private tail: TailPageSource | undefined;
 
   constructor(identity: TimelineIdentity, positions: TimelinePositions, slots: SlotTable = new SlotTable()) {
     assert.ok(positions.commitLsn <= positions.flushLsn, 'commit LSN is never ahead of flush LSN');
@@ -69,6 +75,7 @@ export class Timeline implements TimelineIdentity {
     this.commitLsn = new LsnWatch(positions.commitLsn);
     this.slots = slots;
     this.persistedFlushLsnValue = positions.flushLsn;
+    this.pages = new PageVerifier(identity.dir, identity);
   }
 
   /**
@@ -90,6 +97,18 @@ export class Timeline implements TimelineIdentity {
     assert.ok(flushLsn >= this.persistedFlushLsnValue, 'the persisted flush LSN moves only forward');
     assert.ok(flushLsn <= this.flushLsn.get(), 'only published WAL is persisted');
     this.persistedFlushLsnValue = flushLsn;
+  }
+
+  /**
+   * The WAL writer of this timeline, whose page being filled has no stored checksum yet: senders check that page
+   * against the writer's copy. Set when ingest opens a writer; kept after it closes (its copy stays right).
+   */
+  setTailPages(tail: TailPageSource): void {
+    this.tail = tail;
+  }
+
+  tailPages(): TailPageSource | undefined {
+    return this.tail;
   }
 
   /** Publishes newly durable WAL: flush first, so that commit never passes it. */

@@ -1,0 +1,248 @@
+/**
+ * Verifying stored WAL before it is sent: one `PageVerifier` per timeline checks every 8 KiB page a chunk touches
+ * against the page's checksum in its segment's sidecar (page-checksums.ts) before the sender hands the chunk to
+ * the I/O backend, and refuses what fails.
+ *
+ * Cost: a page is checksummed when it first comes into this process's view, not once per replica. Each segment
+ * has a verified-page bitmap shared by every stream of the timeline; a page whose bit is set is sent without
+ * being read again. Bitmaps live in an LRU of VERIFIED_SEGMENTS_MAX segments and are dropped with it, or when the
+ * segment file is replaced (another device/inode), so fan-out to 1,000 replicas costs one checksum per page per
+ * residency, and the backend computes it (the native one in place in the page cache with the CPU's CRC-32C
+ * instruction; the TS one after a read). The page being filled by live ingest has no sidecar entry yet: its
+ * prefix is checked against the writer's in-memory copy (`TailPageSource`), per prefix length, shared likewise.
+ *
+ * What it catches: any change to a page's stored bytes between the moment its checksum was recorded (from the
+ * bytes ingest received, import copied or recovery re-validated) and the moment the page is first verified in
+ * this process: bit rot, torn or misdirected writes, a zeroed or overwritten block, an edited or truncated file, a
+ * damaged sidecar (then the page is refused too, which is safe). What it cannot catch: damage to a page after it
+ * was verified while its bit stays set (e.g. a page-cache or memory error, or an on-disk change under an
+ * unevicted bitmap), damage that happened before the checksum was recorded (ingest validates what it receives;
+ * see follower.ts), and pages of segments written before sidecars existed (logged once per segment and sent).
+ *
+ * A mismatch quarantines the page for the timeline: every stream reaching it is refused (XX001, naming the file
+ * and byte offset) until the page verifies again (e.g. after the segment was re-imported); only the first
+ * detection logs at error level and counts in `corruptionsDetected`, so a retrying replica cannot flood the log.
+ */
+import assert from 'node:assert/strict';
+import { WalcastError } from '../errors.js';
+import type { WalChunk, WalFileHandle } from './wal-chunk.js';
+import type { Logger } from '../log.js';
+import { WAL_PAGE_BYTES, formatLsn, type Lsn } from '../lsn.js';
+import { readSidecar, sidecarPathFor } from './page-checksums.js';
+import { segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
+
+/**
+ * Segments whose verified-page bitmaps are kept per timeline. 64 × 16 MiB covers the 1 GiB a busy fan-out reads
+ * from; the memory is tiny (a bit per page plus the sidecar: ~8.5 KiB per 16 MiB segment, ~550 KiB in all).
+ */
+export const VERIFIED_SEGMENTS_MAX = 64;
+/** Pages quarantined per timeline before the oldest is forgotten (it is still refused: it never verifies). */
+export const QUARANTINED_PAGES_MAX = 1024;
+
+/** Computes the CRC-32C of each page-sized piece of a file range: the I/O backend's `checksumPages`. */
+export interface PageChecksummer {
+  checksumPages(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void>;
+}
+
+/** The live writer's page being filled (storage/wal-writer.ts `tailPagePrefixCrc`). */
+export interface TailPageSource {
+  tailPagePrefixCrc(pageLsn: Lsn, prefixBytes: number): number | undefined;
+}
+
+export interface VerifyContext {
+  readonly checksummer: PageChecksummer;
+  readonly tail: TailPageSource | undefined;
+  readonly log: Logger;
+}
+
+/** Stored WAL failed its page checksum. `goodBytes`: how much of the chunk, from its start, did verify. */
+export class WalCorruptionError extends WalcastError {
+  constructor(
+    message: string,
+    readonly goodBytes: number,
+    readonly segmentPath: string,
+    readonly fileOffset: number,
+  ) {
+    super('WALCAST_ERR_WAL_CORRUPTED', message);
+  }
+}
+
+interface SegmentState {
+  readonly identity: string;
+  readonly path: string;
+  readonly sidecarPath: string;
+  /** Entries 0 .. n-1 as last read. */
+  sidecar: Uint32Array;
+  /** One bit per page: verified since this state was made. */
+  readonly verified: Uint8Array;
+  /** The writer's partial page: its index and the longest prefix verified. */
+  tailPage: number;
+  tailBytes: number;
+  warnedUnverifiable: boolean;
+}
+
+export class PageVerifier {
+  /** First detections of corrupted pages since start (a metric). */
+  corruptionsDetected = 0;
+  private readonly segments = new Map<bigint, SegmentState>();
+  /** Quarantined pages by "segno:page", with where they are. */
+  private readonly quarantine = new Map<string, { readonly path: string; readonly fileOffset: number }>();
+  private readonly pagesPerSegment: number;
+
+  constructor(
+    private readonly dir: string,
+    private readonly layout: { readonly segmentBytes: number; readonly pgTimelineId: number },
+  ) {
+    assert.equal(layout.segmentBytes % WAL_PAGE_BYTES, 0, 'pages divide a segment');
+    this.pagesPerSegment = layout.segmentBytes / WAL_PAGE_BYTES;
+  }
+
+  get quarantinedPages(): number {
+    return this.quarantine.size;
+  }
+
+  /** Resolves when every page the chunk touches verified; rejects with WalCorruptionError at the first that did not. */
+  async verify(chunk: WalChunk, chunkLsn: Lsn, context: VerifyContext): Promise<void> {
+    const segno = segmentOf(chunkLsn, this.layout.segmentBytes);
+    const state = this.stateFor(segno, chunk.file);
+    const endOffset = chunk.fileOffset + chunk.byteCount;
+    const firstPage = Math.floor(chunk.fileOffset / WAL_PAGE_BYTES);
+    const endPage = Math.ceil(endOffset / WAL_PAGE_BYTES);
+    assert.ok(endPage <= this.pagesPerSegment, 'a chunk stays inside its segment');
+    let page = firstPage;
+    while (page < endPage) {
+      if (isVerified(state, page)) {
+        page++;
+        continue;
+      }
+      let runEnd = page + 1;
+      while (runEnd < endPage && !isVerified(state, runEnd)) runEnd++;
+      await this.verifyRun(state, segno, page, runEnd, chunk, context);
+      page = runEnd;
+    }
+  }
+
+  /** Pages [firstPage, endPage), none verified yet: those with sidecar entries in one checksum call, then the rest. */
+  private async verifyRun(state: SegmentState, segno: bigint, firstPage: number, endPage: number, chunk: WalChunk, context: VerifyContext): Promise<void> {
+    if (state.sidecar.length < endPage) state.sidecar = await readSidecar(state.sidecarPath, 0);
+    const recordedEnd = Math.min(endPage, state.sidecar.length);
+    if (recordedEnd > firstPage) await this.verifyRecorded(state, segno, firstPage, recordedEnd, chunk, context);
+    for (let page = Math.max(firstPage, recordedEnd); page < endPage; page++) await this.verifyUnrecorded(state, segno, page, chunk, context);
+  }
+
+  private async verifyRecorded(state: SegmentState, segno: bigint, firstPage: number, endPage: number, chunk: WalChunk, context: VerifyContext): Promise<void> {
+    const actual = await this.checksum(state, firstPage * WAL_PAGE_BYTES, (endPage - firstPage) * WAL_PAGE_BYTES, chunk, context);
+    const chunkEnd = chunk.fileOffset + chunk.byteCount;
+    for (let page = firstPage; page < endPage; page++) {
+      if (actual[page - firstPage] !== state.sidecar[page]) {
+        // The sidecar may have changed since it was read (a writer resumed a closed partial page): reread once.
+        state.sidecar = await readSidecar(state.sidecarPath, 0);
+        if (actual[page - firstPage] !== state.sidecar[page]) this.fail(state, segno, page, chunk, context, actual[page - firstPage], state.sidecar[page]);
+      }
+      this.passed(state, segno, page, context);
+      // A page is done for good only when it is entirely below what may be sent (a closed writer's partial last
+      // page has an entry, but a resumed writer will extend that page and record it anew).
+      if ((page + 1) * WAL_PAGE_BYTES <= chunkEnd) setVerified(state, page);
+    }
+  }
+
+  /** A page without a sidecar entry: the live writer's partial page, checked by prefix against its memory. */
+  private async verifyUnrecorded(state: SegmentState, segno: bigint, page: number, chunk: WalChunk, context: VerifyContext): Promise<void> {
+    const pageOffset = page * WAL_PAGE_BYTES;
+    const prefixBytes = Math.min(WAL_PAGE_BYTES, chunk.fileOffset + chunk.byteCount - pageOffset);
+    if (state.tailPage === page && state.tailBytes >= prefixBytes) return;
+    const pageLsn = segmentStartLsn(segno, this.layout.segmentBytes) + BigInt(pageOffset);
+    const expected = context.tail?.tailPagePrefixCrc(pageLsn, prefixBytes);
+    if (expected === undefined) {
+      // The page filled meanwhile (its entry is in the sidecar now), or nobody recorded it (an old segment).
+      state.sidecar = await readSidecar(state.sidecarPath, 0);
+      if (page < state.sidecar.length) return this.verifyRecorded(state, segno, page, page + 1, chunk, context);
+      this.warnUnverifiable(state, page, context);
+      return;
+    }
+    const actual = await this.checksum(state, pageOffset, prefixBytes, chunk, context);
+    if (actual[0] !== expected) this.fail(state, segno, page, chunk, context, actual[0], expected);
+    this.passed(state, segno, page, context);
+    state.tailPage = page;
+    state.tailBytes = prefixBytes;
+  }
+
+  private async checksum(state: SegmentState, fileOffset: number, byteCount: number, chunk: WalChunk, context: VerifyContext): Promise<Uint32Array> {
+    const out = new Uint32Array(Math.ceil(byteCount / WAL_PAGE_BYTES));
+    await context.checksummer.checksumPages({ file: chunk.file, fileOffset, byteCount }, WAL_PAGE_BYTES, out);
+    assert.ok(state.path.length > 0, 'a segment state names its file');
+    return out;
+  }
+
+  private fail(state: SegmentState, segno: bigint, page: number, chunk: WalChunk, context: VerifyContext, actual: number | undefined, expected: number | undefined): never {
+    const fileOffset = page * WAL_PAGE_BYTES;
+    const lsn = segmentStartLsn(segno, this.layout.segmentBytes) + BigInt(fileOffset);
+    const key = `${segno}:${page}`;
+    if (!this.quarantine.has(key)) {
+      if (this.quarantine.size >= QUARANTINED_PAGES_MAX) this.quarantine.delete(this.quarantine.keys().next().value as string);
+      this.quarantine.set(key, { path: chunk.file.path, fileOffset });
+      this.corruptionsDetected++;
+      context.log.error(
+        { segment: chunk.file.path, offset: fileOffset, lsn: formatLsn(lsn), expectedCrc: hex(expected), actualCrc: hex(actual) },
+        'stored WAL failed its page checksum; the page is refused to every replica until it verifies again',
+      );
+    }
+    const goodBytes = Math.max(0, fileOffset - chunk.fileOffset);
+    throw new WalCorruptionError(
+      `stored WAL is corrupted: the page at ${formatLsn(lsn)} (byte offset ${fileOffset} of ${chunk.file.path}) failed its checksum`,
+      goodBytes,
+      chunk.file.path,
+      fileOffset,
+    );
+  }
+
+  private passed(state: SegmentState, segno: bigint, page: number, context: VerifyContext): void {
+    const key = `${segno}:${page}`;
+    if (!this.quarantine.has(key)) return;
+    this.quarantine.delete(key);
+    context.log.info({ segment: state.path, offset: page * WAL_PAGE_BYTES }, 'a quarantined WAL page verifies again and is served');
+  }
+
+  private warnUnverifiable(state: SegmentState, page: number, context: VerifyContext): void {
+    if (state.warnedUnverifiable) return;
+    state.warnedUnverifiable = true;
+    context.log.warn({ segment: state.path, firstPage: page }, 'WAL pages without a recorded checksum are sent unverified (re-import the segment to record them)');
+  }
+
+  /** The segment's state, made anew when the file behind it changed; the least recently used beyond the bound is dropped. */
+  private stateFor(segno: bigint, file: WalFileHandle): SegmentState {
+    const identity = file.identity ?? file.path;
+    const existing = this.segments.get(segno);
+    this.segments.delete(segno);
+    if (existing !== undefined && existing.identity === identity) {
+      this.segments.set(segno, existing);
+      return existing;
+    }
+    const name = segmentFileName(this.layout.pgTimelineId, segno, this.layout.segmentBytes);
+    const state: SegmentState = {
+      identity,
+      path: file.path,
+      sidecarPath: sidecarPathFor(this.dir, name),
+      sidecar: new Uint32Array(0),
+      verified: new Uint8Array(Math.ceil(this.pagesPerSegment / 8)),
+      tailPage: -1,
+      tailBytes: 0,
+      warnedUnverifiable: false,
+    };
+    this.segments.set(segno, state);
+    if (this.segments.size > VERIFIED_SEGMENTS_MAX) this.segments.delete(this.segments.keys().next().value as bigint);
+    return state;
+  }
+}
+
+function isVerified(state: SegmentState, page: number): boolean {
+  return (state.verified[page >> 3]! & (1 << (page & 7))) !== 0;
+}
+
+function setVerified(state: SegmentState, page: number): void {
+  state.verified[page >> 3] = (state.verified[page >> 3] ?? 0) | (1 << (page & 7));
+}
+
+function hex(value: number | undefined): string {
+  return value === undefined ? 'none' : value.toString(16).padStart(8, '0');
+}
