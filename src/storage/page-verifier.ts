@@ -140,9 +140,9 @@ export class PageVerifier {
         if (actual[page - firstPage] !== state.sidecar[page]) this.fail(state, segno, page, chunk, context, actual[page - firstPage], state.sidecar[page]);
       }
       this.passed(state, segno, page, context);
-      // A page is done for good only when it is entirely below what may be sent (a closed writer's partial last
-      // page has an entry, but a resumed writer will extend that page and record it anew).
-      if ((page + 1) * WAL_PAGE_BYTES <= chunkEnd) setVerified(state, page);
+      // A page is done for good once a later page is recorded or it lies below what may be sent: only the last
+      // recorded page can be a closed writer's partial one, which a resumed writer extends and records anew.
+      if (page + 1 < state.sidecar.length || (page + 1) * WAL_PAGE_BYTES <= chunkEnd) setVerified(state, page);
     }
   }
 

@@ -1,0 +1,129 @@
+/**
+ * The page verifier on real files written by the real WAL writer: full pages against the sidecar, the page being
+ * filled against the writer's copy, one checksum per page however many replicas ask, corruption refused with the
+ * verified prefix, logged and counted once, quarantined until the page verifies again, and pages nobody recorded.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, test } from 'node:test';
+import { pino } from 'pino';
+import type { WalChunk } from '../io/backend.js';
+import { WAL_PAGE_BYTES } from '../lsn.js';
+import { crc32c } from './crc32c.js';
+import { PageVerifier, WalCorruptionError, type PageChecksummer, type VerifyContext } from './page-verifier.js';
+import { WalWriter } from './wal-writer.js';
+
+const SEGMENT_BYTES = 1024 * 1024;
+const SEGMENT = '000000010000000000000000';
+let dir = '';
+let fd = -1;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'walcast-verifier-'));
+});
+afterEach(() => {
+  if (fd >= 0) closeSync(fd);
+  fd = -1;
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Reads and checksums, counting the pages it checksummed (what fan-out must not multiply). */
+class CountingChecksummer implements PageChecksummer {
+  pages = 0;
+  async checksumPages(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
+    const bytes = Buffer.alloc(chunk.byteCount);
+    readSync(chunk.file.fd, bytes, 0, chunk.byteCount, chunk.fileOffset);
+    for (let offset = 0, index = 0; offset < chunk.byteCount; offset += pageBytes, index++) {
+      out[index] = crc32c(bytes, offset, Math.min(offset + pageBytes, chunk.byteCount));
+      this.pages++;
+    }
+  }
+}
+
+function captureLog(): { context: (checksummer: PageChecksummer, tail?: VerifyContext['tail']) => VerifyContext; lines: { level: number; msg: string }[] } {
+  const lines: { level: number; msg: string }[] = [];
+  const log = pino({ level: 'debug' }, { write: (line: string) => lines.push(JSON.parse(line) as { level: number; msg: string }) });
+  return { lines, context: (checksummer, tail) => ({ checksummer, tail, log }) };
+}
+
+async function writeWal(bytes: number): Promise<{ writer: WalWriter; data: Buffer }> {
+  const writer = new WalWriter({ dir, pgTimelineId: 1, segmentBytes: SEGMENT_BYTES, startLsn: 0n });
+  const data = randomBytes(bytes);
+  writer.write(0n, data);
+  await writer.flush();
+  fd = openSync(join(dir, `${SEGMENT}.partial`), 'r+');
+  return { writer, data };
+}
+
+function chunkOf(fileOffset: number, byteCount: number): WalChunk {
+  return { file: { fd, path: join(dir, `${SEGMENT}.partial`), identity: 'test-file' }, fileOffset, byteCount };
+}
+
+const PAGE_ERROR_LEVEL = 50;
+
+test('full pages verify once for any number of replicas; the partial page against the writer', async () => {
+  const { writer } = await writeWal(20 * WAL_PAGE_BYTES + 3000);
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const checksummer = new CountingChecksummer();
+  const { context, lines } = captureLog();
+  for (let replica = 0; replica < 1000; replica++) await verifier.verify(chunkOf(100, 16 * WAL_PAGE_BYTES), 100n, context(checksummer, writer));
+  assert.equal(checksummer.pages, 17, 'pages 0..16, each checksummed once for 1,000 replicas');
+  const tailChunk = chunkOf(20 * WAL_PAGE_BYTES, 3000);
+  for (let replica = 0; replica < 1000; replica++) await verifier.verify(tailChunk, BigInt(20 * WAL_PAGE_BYTES), context(checksummer, writer));
+  assert.equal(checksummer.pages, 18, 'the tail prefix is checked once per length');
+  assert.equal(lines.length, 0, 'nothing to report');
+  await writer.close();
+});
+
+test('a damaged page is refused with the verified prefix, logged and counted once, and served again once repaired', async () => {
+  const { writer } = await writeWal(8 * WAL_PAGE_BYTES);
+  await writer.close();
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const { context, lines } = captureLog();
+  const good = Buffer.alloc(WAL_PAGE_BYTES);
+  readSync(fd, good, 0, WAL_PAGE_BYTES, 5 * WAL_PAGE_BYTES);
+  const bad = Buffer.from(good);
+  bad[700]! ^= 0x10;
+  writeSync(fd, bad, 0, WAL_PAGE_BYTES, 5 * WAL_PAGE_BYTES);
+  for (let attempt = 0; attempt < 3; attempt++) {
+    await assert.rejects(verifier.verify(chunkOf(2 * WAL_PAGE_BYTES + 10, 6 * WAL_PAGE_BYTES - 10), BigInt(2 * WAL_PAGE_BYTES + 10), context(new CountingChecksummer())), (error: unknown) => {
+      assert.ok(error instanceof WalCorruptionError);
+      assert.equal(error.sqlState, 'XX001');
+      assert.equal(error.goodBytes, 3 * WAL_PAGE_BYTES - 10, 'pages 2..4 verified before the bad one');
+      assert.equal(error.fileOffset, 5 * WAL_PAGE_BYTES);
+      assert.match(error.message, new RegExp(`byte offset ${5 * WAL_PAGE_BYTES} of \\S*${SEGMENT}`));
+      return true;
+    });
+  }
+  assert.equal(verifier.corruptionsDetected, 1);
+  assert.equal(verifier.quarantinedPages, 1);
+  assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1, 'one error line, not one per refusal');
+  await assert.rejects(verifier.verify(chunkOf(5 * WAL_PAGE_BYTES + 100, 50), BigInt(5 * WAL_PAGE_BYTES + 100), context(new CountingChecksummer())), WalCorruptionError, 'any range of the page is refused');
+  writeSync(fd, good, 0, WAL_PAGE_BYTES, 5 * WAL_PAGE_BYTES);
+  await verifier.verify(chunkOf(0, 8 * WAL_PAGE_BYTES), 0n, context(new CountingChecksummer()));
+  assert.equal(verifier.quarantinedPages, 0, 'repaired');
+  assert.ok(lines.some((line) => /verifies again/.test(line.msg)));
+});
+
+test('a damaged partial page of the live writer is refused', async () => {
+  const { writer } = await writeWal(3 * WAL_PAGE_BYTES + 500);
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const { context } = captureLog();
+  writeSync(fd, Buffer.from([0xee]), 0, 1, 3 * WAL_PAGE_BYTES + 20);
+  await assert.rejects(verifier.verify(chunkOf(3 * WAL_PAGE_BYTES, 500), BigInt(3 * WAL_PAGE_BYTES), context(new CountingChecksummer(), writer)), WalCorruptionError);
+  writer.abandon();
+});
+
+test('pages without a recorded checksum (segments from before sidecars) are sent with one warning per segment', async () => {
+  const { writer } = await writeWal(4 * WAL_PAGE_BYTES);
+  await writer.close();
+  unlinkSync(join(dir, `${SEGMENT}.crc`));
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const { context, lines } = captureLog();
+  await verifier.verify(chunkOf(0, 2 * WAL_PAGE_BYTES), 0n, context(new CountingChecksummer()));
+  await verifier.verify(chunkOf(2 * WAL_PAGE_BYTES, 2 * WAL_PAGE_BYTES), BigInt(2 * WAL_PAGE_BYTES), context(new CountingChecksummer()));
+  assert.equal(lines.filter((line) => /without a recorded checksum/.test(line.msg)).length, 1);
+});
