@@ -4,7 +4,7 @@
  * upstream timeline switch shows (CopyDone with a next timeline, IDENTIFY_SYSTEM with a new TLI) stopping ingest.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
@@ -109,6 +109,20 @@ function xlogData(dataStart: bigint, data: Buffer): Buffer {
   return Buffer.concat([header, data]);
 }
 
+/** Makes `data` (received at START_LSN, a segment start) begin with a valid long page header, as real WAL does. */
+function walAtSegmentStart(data: Buffer): Buffer {
+  const header = Buffer.alloc(40);
+  header.writeUInt16LE(0xd110, 0); // XLOG_PAGE_MAGIC (PostgreSQL 15)
+  header.writeUInt16LE(0x0002, 2); // XLP_LONG_HEADER
+  header.writeUInt32LE(1, 4);
+  header.writeBigUInt64LE(START_LSN, 8);
+  header.writeBigUInt64LE(SYSTEM_ID, 24);
+  header.writeUInt32LE(SEGMENT_BYTES, 32);
+  header.writeUInt32LE(8192, 36);
+  header.copy(data, 0, 0, Math.min(header.length, data.length));
+  return data;
+}
+
 async function makeTimeline(): Promise<{ timeline: Timeline; control: ControlState }> {
   const control: ControlState = {
     formatVersion: CONTROL_FORMAT_VERSION,
@@ -150,7 +164,7 @@ async function until(condition: () => boolean, what: string): Promise<void> {
 
 test('writes XLogData, publishes only durable positions, reports them upstream and attaches while streaming', async () => {
   const { timeline, control } = await makeTimeline();
-  const first = Buffer.alloc(3000, 1);
+  const first = walAtSegmentStart(Buffer.alloc(3000, 1));
   const second = Buffer.alloc(5000, 2);
   const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, first), xlogData(START_LSN + 3000n, second)], end: 'hold' }]);
   const follower = makeFollower(timeline, control, upstream);
@@ -171,6 +185,20 @@ test('writes XLogData, publishes only durable positions, reports them upstream a
   assert.equal((await readControlFile(dir)).flushLsn, START_LSN + 8000n, 'stop persists the durable position');
 });
 
+test('WAL with an invalid page header is neither written nor published; ingest retries', async () => {
+  const { timeline, control } = await makeTimeline();
+  const bad = walAtSegmentStart(Buffer.alloc(300, 7));
+  bad.writeBigUInt64LE(START_LSN + 8192n, 8); // xlp_pageaddr of another page: a misdirected write upstream
+  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, bad)], end: 'hold' }]);
+  const follower = makeFollower(timeline, control, upstream);
+  void follower.start();
+  await until(() => follower.state === 'waiting', 'the retry after invalid WAL');
+  assert.equal(timeline.flushLsn.get(), START_LSN, 'nothing published');
+  const path = join(dir, '000000010000000000000004.partial');
+  assert.ok(!existsSync(path) || readFileSync(path).subarray(0, 300).equals(Buffer.alloc(300)), 'nothing written');
+  await follower.stop();
+});
+
 test('forwards the replicas hot-standby xmin as h with epoch and xid split', async () => {
   const { timeline, control } = await makeTimeline();
   const upstream = new FakeUpstream([{ payloads: [], end: 'hold' }]);
@@ -189,7 +217,7 @@ test('forwards the replicas hot-standby xmin as h with epoch and xid split', asy
 test('a closed stream reconnects and resumes from the written position; a gap is not written', async () => {
   const { timeline, control } = await makeTimeline();
   const upstream = new FakeUpstream([
-    { payloads: [xlogData(START_LSN, Buffer.alloc(100, 3))], end: 'close' },
+    { payloads: [xlogData(START_LSN, walAtSegmentStart(Buffer.alloc(100, 3)))], end: 'close' },
     { payloads: [xlogData(START_LSN + 500n, Buffer.alloc(100, 4))], end: 'close' },
     { payloads: [xlogData(START_LSN + 50n, Buffer.alloc(100, 5))], end: 'hold' },
   ]);
@@ -209,7 +237,7 @@ test('a closed stream reconnects and resumes from the written position; a gap is
 
 test('without the upstream slot (42704) it streams without one', async () => {
   const { timeline, control } = await makeTimeline();
-  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, Buffer.alloc(10, 1))], end: 'hold' }]);
+  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, walAtSegmentStart(Buffer.alloc(10, 1)))], end: 'hold' }]);
   upstream.slotMissing = true;
   const follower = makeFollower(timeline, control, upstream);
   void follower.start();
@@ -220,7 +248,7 @@ test('without the upstream slot (42704) it streams without one', async () => {
 
 test('an upstream timeline switch (CopyDone + next timeline) stops ingest with WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH', async () => {
   const { timeline, control } = await makeTimeline();
-  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, Buffer.alloc(256, 9))], end: 'timeline-switch' }]);
+  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, walAtSegmentStart(Buffer.alloc(256, 9)))], end: 'timeline-switch' }]);
   const follower = makeFollower(timeline, control, upstream);
   await follower.start();
   assert.equal(follower.state, 'failed');

@@ -22,6 +22,7 @@ import { formatLsn, lsnDistance, parseLsn, type Lsn } from '../lsn.js';
 import { pgNowMicros } from '../replication/stream-messages.js';
 import { writeControlFile, type ControlState } from '../storage/control-file.js';
 import { WalWriter } from '../storage/wal-writer.js';
+import { IncomingPageChecker } from './incoming-pages.js';
 import type { Timeline } from '../timeline/timeline.js';
 import { ServerError, connectReplication, type QueryResult, type ReplicationClientOptions, type ReplicationStream, type StreamEnd } from '../wire/client.js';
 import { Backoff } from './backoff.js';
@@ -109,6 +110,8 @@ export class UpstreamFollower {
   private readonly timeline: Timeline;
   private readonly connect: UpstreamConnect;
   private writer: WalWriter | undefined;
+  /** Page headers of received WAL are validated before it is written (incoming-pages.ts). */
+  private readonly incomingPages: IncomingPageChecker;
   private client: UpstreamClient | undefined;
   private stream: UpstreamStream | undefined;
   private flushInFlight: Promise<void> | undefined;
@@ -130,6 +133,7 @@ export class UpstreamFollower {
   constructor(options: FollowerOptions) {
     this.options = options;
     this.timeline = options.timeline;
+    this.incomingPages = new IncomingPageChecker({ segmentBytes: options.timeline.segmentBytes, systemId: options.timeline.systemId });
     this.control = options.control;
     this.connect = options.connect ?? connectReplication;
     this.log = options.log.child({ tenantId: this.timeline.tenantId, timelineId: this.timeline.timelineId, upstream: `${options.conninfo.host}:${options.conninfo.port}` });
@@ -344,6 +348,7 @@ export class UpstreamFollower {
     if (end <= written) return;
     // A resent prefix (the upstream restarted at a page boundary) is skipped; the rest must continue exactly.
     const data = message.dataStart < written ? message.data.subarray(lsnDistance(written, message.dataStart)) : message.data;
+    this.incomingPages.check(written, data);
     writer.write(written, data);
     this.stats.bytesReceived += data.length;
     this.kickFlush();
