@@ -7,9 +7,11 @@
  * seconds per GB (process.cpuUsage(): every thread of this process, libuv's pool included) for one receiver
  * streaming --single-mib of warm data and for --fanout receivers streaming --fanout-mib each. With --cold it
  * also streams --cold-mib from files made cold with posix_fadvise(DONTNEED) and reports the event-loop delay
- * (perf_hooks.monitorEventLoopDelay) with and without the backend's prefetch.
+ * (perf_hooks.monitorEventLoopDelay) with and without the backend's prefetch. With --verify it measures instead
+ * what page verification (storage/page-verifier.ts, sidecars made for the data set) costs: the same warm runs
+ * with and without it, paired per repetition, and the CPU s/GB it adds.
  *
- *   node --import tsx bench/io-backends.ts [--reps 3] [--backends ts,sendfile,writev,uring] [--cold] [--quick]
+ *   node --import tsx bench/io-backends.ts [--reps 3] [--backends ts,sendfile,writev,uring] [--cold] [--quick] [--verify]
  *
  * Back of the envelope (native/README.md): loopback sendfile tops out near 3-3.6 GB/s at ~0.3 CPU s/GB on this
  * kind of 2-vCPU guest; one payload copy in JS costs ~1 CPU s/GB, so ts should sit near 1 GB/s.
@@ -28,7 +30,12 @@ import { NATIVE_STRATEGIES, defaultNativeStrategy, createNativeBackend, probeNat
 import { loadNativeAddon } from '../src/io/native-binding.js';
 import { createTsBackend } from '../src/io/ts-backend.js';
 import type { Lsn } from '../src/lsn.js';
+import { silentLogger } from '../src/log.js';
 import { sendWal } from '../src/replication/send-wal.js';
+import { encodeEntries } from '../src/storage/page-checksums.js';
+import { PageVerifier } from '../src/storage/page-verifier.js';
+import { segmentFileName } from '../src/storage/segment-name.js';
+import { checksumPagesByReading } from '../src/io/ts-backend.js';
 
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const RECEIVER_SOURCE = join(REPO_ROOT, 'native', 'bench', 'discard-receiver.c');
@@ -58,6 +65,7 @@ interface Options {
   /** Skip the warm tables (for iterating on the cold case). */
   coldOnly: boolean;
   coldBytes: number;
+  verify: boolean;
 }
 
 interface RunResult {
@@ -87,6 +95,7 @@ function parseOptions(argv: readonly string[]): Options {
     cold: argv.includes('--cold'),
     coldOnly: argv.includes('--cold-only'),
     coldBytes: Number(value('cold-mib', '256')) * MIB,
+    verify: argv.includes('--verify'),
   };
 }
 
@@ -100,6 +109,25 @@ function ensureDataSet(): WalFileHandle[] {
     handles.push({ fd: openSync(path, 'r'), path });
   }
   return handles;
+}
+
+const SIDECAR_DIR = join(WORK_DIR, 'sidecars');
+/** Segment numbers the runs reach: starts up to segment 64 plus 1 GiB (64 segments), with room. */
+const SIDECAR_SEGMENTS = 3 * SEGMENT_COUNT;
+const PAGE_BYTES = 8192;
+
+/** Page-checksum sidecars for every segment number the runs use (segment n is file n % 64), made from the files. */
+async function ensureSidecars(handles: readonly WalFileHandle[]): Promise<void> {
+  mkdirSync(SIDECAR_DIR, { recursive: true });
+  const perFile: Buffer[] = [];
+  for (const handle of handles) {
+    const crcs = new Uint32Array(SEGMENT_BYTES / PAGE_BYTES);
+    await checksumPagesByReading({ file: handle, fileOffset: 0, byteCount: SEGMENT_BYTES }, PAGE_BYTES, crcs);
+    perFile.push(encodeEntries(crcs));
+  }
+  for (let segno = 0; segno < SIDECAR_SEGMENTS; segno++) {
+    writeFileSync(join(SIDECAR_DIR, `${segmentFileName(1, BigInt(segno), SEGMENT_BYTES)}.crc`), perFile[segno % SEGMENT_COUNT]!);
+  }
 }
 
 function ensureReceiver(): void {
@@ -158,8 +186,9 @@ function instrumented(writer: StreamWriter, prefetch: boolean): StreamWriter {
   };
 }
 
-async function streamOne(backend: IoBackend, socket: Socket, handles: readonly WalFileHandle[], startLsn: Lsn, bytes: number, prefetch: boolean): Promise<void> {
+async function streamOne(backend: IoBackend, socket: Socket, handles: readonly WalFileHandle[], startLsn: Lsn, bytes: number, prefetch: boolean, verifier: PageVerifier | undefined): Promise<void> {
   const writer = instrumented(await backend.openStream(socket), prefetch);
+  const log = silentLogger();
   const stopLsn = startLsn + BigInt(bytes);
   const source = walSource(handles);
   const end = await sendWal({
@@ -170,6 +199,7 @@ async function streamOne(backend: IoBackend, socket: Socket, handles: readonly W
     source,
     prefetchSource: source,
     writer,
+    verify: verifier === undefined ? undefined : (chunk, chunkLsn) => verifier.verify(chunk, chunkLsn, { checksummer: backend, tail: undefined, log }),
     signal: new AbortController().signal,
     stopAtEnd: true,
     shouldStop: () => true,
@@ -184,8 +214,10 @@ async function streamOne(backend: IoBackend, socket: Socket, handles: readonly W
 }
 
 /** One measured run: `receivers` connections, each streaming `bytesEach` from its own start. */
-async function runOnce(name: BackendName, handles: readonly WalFileHandle[], receivers: number, bytesEach: number, prefetch = true): Promise<RunResult> {
+async function runOnce(name: BackendName, handles: readonly WalFileHandle[], receivers: number, bytesEach: number, prefetch = true, verify = false): Promise<RunResult> {
   const backend = await makeBackend(name);
+  // A fresh verifier per run: every page is checked once in the run, as after a restart (the worst case).
+  const verifier = verify ? new PageVerifier(SIDECAR_DIR, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 }) : undefined;
   const server = createServer();
   const sockets: Socket[] = [];
   const allConnected = new Promise<void>((resolve) => {
@@ -211,7 +243,7 @@ async function runOnce(name: BackendName, handles: readonly WalFileHandle[], rec
   await Promise.all(
     sockets.map((socket, index) => {
       const startSegment = (index * FANOUT_START_STRIDE_SEGMENTS) % SEGMENT_COUNT;
-      return streamOne(backend, socket, handles, BASE_LSN + BigInt(startSegment * SEGMENT_BYTES), bytesEach, prefetch);
+      return streamOne(backend, socket, handles, BASE_LSN + BigInt(startSegment * SEGMENT_BYTES), bytesEach, prefetch, verifier);
     }),
   );
   const code = await exited;
@@ -265,6 +297,11 @@ async function main(): Promise<void> {
   const handles = ensureDataSet();
   ensureReceiver();
   warmCache(handles);
+  if (options.verify) {
+    await verifyRuns(options, handles);
+    for (const handle of handles) closeSync(handle.fd);
+    return;
+  }
   const single = new Map<BackendName, RunResult[]>();
   const fanout = new Map<BackendName, RunResult[]>();
   // Repetitions interleave the backends, so machine noise spreads over all of them alike.
@@ -308,6 +345,43 @@ async function coldRuns(options: Options, handles: readonly WalFileHandle[]): Pr
     console.log(`${row(entry.label, runs)} ${max} |`);
   }
   warmCache(handles);
+}
+
+/**
+ * The cost of page verification: warm runs with and without it, interleaved per repetition (1 receiver and the
+ * fan-out case), and the CPU s/GB it adds, computed per pair so machine noise between pairs cancels.
+ */
+async function verifyRuns(options: Options, handles: readonly WalFileHandle[]): Promise<void> {
+  await ensureSidecars(handles);
+  const cases = [
+    { label: `1 receiver, ${options.singleBytes / MIB} MiB`, receivers: 1, bytes: options.singleBytes },
+    { label: `${options.fanout} receivers, ${options.fanoutBytes / MIB} MiB each`, receivers: options.fanout, bytes: options.fanoutBytes },
+  ];
+  const results = new Map<string, { plain: RunResult[]; verified: RunResult[] }>();
+  for (let rep = 0; rep < options.reps; rep++) {
+    for (const entry of cases) {
+      for (const name of options.backends) {
+        const key = `${entry.label}|${name}`;
+        const runs = results.get(key) ?? { plain: [], verified: [] };
+        runs.plain.push(await runOnce(name, handles, entry.receivers, entry.bytes, true, false));
+        runs.verified.push(await runOnce(name, handles, entry.receivers, entry.bytes, true, true));
+        results.set(key, runs);
+        process.stderr.write('.');
+      }
+    }
+  }
+  process.stderr.write('\n');
+  printHeader(options);
+  for (const entry of cases) {
+    console.log(`\n### page verification, ${entry.label}, warm\n| backend | MB/s off | MB/s on | CPU s/GB off | CPU s/GB on | added CPU s/GB (per pair) |\n|---|---|---|---|---|---|`);
+    for (const name of options.backends) {
+      const { plain, verified } = results.get(`${entry.label}|${name}`)!;
+      const cpuPerGb = (run: RunResult): number => run.cpuSeconds / (run.bytes / 1e9);
+      const rate = (run: RunResult): number => run.bytes / 1e6 / run.seconds;
+      const added = plain.map((run, index) => cpuPerGb(verified[index]!) - cpuPerGb(run));
+      console.log(`| ${name} | ${summary(plain.map(rate), 0)} | ${summary(verified.map(rate), 0)} | ${summary(plain.map(cpuPerGb), 3)} | ${summary(verified.map(cpuPerGb), 3)} | ${summary(added, 3)} |`);
+    }
+  }
 }
 
 function printHeader(options: Options): void {
