@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
 import { pino } from 'pino';
-import type { WalChunk } from '../io/backend.js';
+import type { WalChunk } from './wal-chunk.js';
 import { WAL_PAGE_BYTES } from '../lsn.js';
 import { crc32c } from './crc32c.js';
 import { PageVerifier, WalCorruptionError, type PageChecksummer, type VerifyContext } from './page-verifier.js';
