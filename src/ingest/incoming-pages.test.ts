@@ -40,12 +40,15 @@ function feed(bytes: Buffer, cuts: readonly number[]): void {
   }
 }
 
-test('valid pages pass when a message ends at any byte of a header', () => {
+test('valid pages pass when a message ends at any byte of a header, and so does switch padding (zeros)', () => {
   const wal = pages();
   for (let split = 0; split <= 41; split++) {
     feed(wal, [split, WAL_PAGE_BYTES + Math.min(split, 24), 2 * WAL_PAGE_BYTES - 1, 2 * WAL_PAGE_BYTES + 3, 2 * WAL_PAGE_BYTES + 5]);
   }
   feed(wal, []);
+  const padded = pages();
+  padded.fill(0, 2 * WAL_PAGE_BYTES);
+  feed(padded, [2 * WAL_PAGE_BYTES + 10]);
 });
 
 test('bad magic, pageaddr, timeline, system id and a missing long header are refused, also when split', () => {

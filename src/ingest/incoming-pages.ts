@@ -3,7 +3,8 @@
  * starts inside received data is checked (magic, info bits, xlp_pageaddr equal to the page's own LSN, a non-zero
  * timeline, and at a segment start the long header's system id, segment size and page size: PostgreSQL
  * xlogreader.c XLogReaderValidatePageHeader, via storage/wal-page.ts). A header split across two messages is
- * carried over (at most LONG_PAGE_HEADER_BYTES) and checked once complete.
+ * carried over (at most LONG_PAGE_HEADER_BYTES) and checked once complete. An all-zero header is accepted: it is
+ * the padding PostgreSQL sends after an XLOG_SWITCH record (this check does not walk records to know).
  *
  * Records and their CRCs are not walked here: a stream's records straddle messages and pages, and crash recovery
  * walks them (storage/wal-validate.ts) before anything unsynced is published again. What passes here gets its
@@ -12,7 +13,7 @@
 import assert from 'node:assert/strict';
 import { WalcastError } from '../errors.js';
 import { WAL_PAGE_BYTES, type Lsn } from '../lsn.js';
-import { LONG_PAGE_HEADER_BYTES, checkPage, decodePageHeader } from '../storage/wal-page.js';
+import { LONG_PAGE_HEADER_BYTES, SHORT_PAGE_HEADER_BYTES, checkPage, decodePageHeader } from '../storage/wal-page.js';
 
 export class IncomingPageChecker {
   /** Bytes of a page header received so far, when a message ended inside one. */
@@ -59,7 +60,16 @@ export class IncomingPageChecker {
   }
 
   private validate(bytes: Buffer, offset: number, pageLsn: Lsn): void {
+    // After an XLOG_SWITCH record PostgreSQL sends the rest of the segment as zeros (padding, no page headers:
+    // xlog.c XLogInsertRecord "fill the rest of the segment"); without walking records, a page starting with
+    // an all-zero header is taken as that padding. Recovery and import walk records and stop at real zeros.
+    if (isZero(bytes, offset, SHORT_PAGE_HEADER_BYTES)) return;
     const result = checkPage(bytes, offset, { pageLsn, segmentBytes: this.expect.segmentBytes, systemId: this.expect.systemId });
     if (!result.ok) throw new WalcastError('WALCAST_ERR_WAL_INVALID', `the upstream sent invalid WAL: ${result.reason}`);
   }
+}
+
+function isZero(bytes: Buffer, offset: number, length: number): boolean {
+  for (let index = offset; index < offset + length; index++) if (bytes[index] !== 0) return false;
+  return true;
 }
