@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { WAL_PAGE_BYTES } from '../lsn.js';
 import { crc32c } from './crc32c.js';
-import { PARTIAL_SUFFIX } from './segment-name.js';
+import { PARTIAL_SUFFIX, isSegmentFileName } from './segment-name.js';
 
 const fdatasyncAsync = promisify(fdatasync);
 
@@ -33,6 +33,11 @@ export const CHECKSUM_READ_PAGES = 128;
 export function sidecarNameFor(segmentFileName: string): string {
   const base = segmentFileName.endsWith(PARTIAL_SUFFIX) ? segmentFileName.slice(0, -PARTIAL_SUFFIX.length) : segmentFileName;
   return base + SIDECAR_SUFFIX;
+}
+
+/** Whether a directory entry is a segment's sidecar (the timeline start-up check accepts these). */
+export function isSidecarFileName(name: string): boolean {
+  return name.endsWith(SIDECAR_SUFFIX) && isSegmentFileName(name.slice(0, -SIDECAR_SUFFIX.length));
 }
 
 export function sidecarPathFor(dir: string, segmentName: string): string {

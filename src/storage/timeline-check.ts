@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatLsn, type Lsn } from '../lsn.js';
+import { isSidecarFileName } from './page-checksums.js';
 import { CONTROL_FILE_NAME, CONTROL_TEMP_NAME, type ControlState } from './control-file.js';
 
 import { PARTIAL_SUFFIX, isSegmentFileName, parseHistoryFileName, parseSegmentFileName, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
@@ -97,6 +98,8 @@ function ownSegmentNumber(entry: DirectoryEntry, control: Layout): bigint | unde
 
 function describeOtherEntry(entry: DirectoryEntry, control: Layout): TimelineProblem | undefined {
   if (entry.name.startsWith(OWN_FILE_PREFIX) || parseHistoryFileName(entry.name) !== undefined) return undefined;
+  // A segment's page checksums (page-checksums.ts): NAME.crc lives and goes with NAME.
+  if (isSidecarFileName(entry.name) && entry.isFile) return undefined;
   if (isSegmentFileName(entry.name) && entry.isFile) {
     return warning('foreign_segment', entry.name, `${entry.name} is not a segment of PostgreSQL timeline ${control.pgTimelineId}: it is ignored`);
   }
