@@ -17,15 +17,11 @@
  */
 import assert from 'node:assert/strict';
 import { minLsn, type Lsn } from '../lsn.js';
+import type { SlotHold } from '../slots/slot-table.js';
 import { segmentOf, segmentStartLsn } from '../storage/segment-name.js';
 
-/** What retention reads of one slot (src/slots SlotTable.holds() has this shape). */
-export interface SlotHold {
-  readonly name: string;
-  /** Undefined: a slot created without RESERVE_WAL that no replica has used yet holds nothing. */
-  readonly restartLsn: Lsn | undefined;
-  readonly invalidated: boolean;
-}
+/** What retention reads of one slot: SlotTable.holds(). A slot without a restart LSN (no RESERVE_WAL, unused) holds nothing. */
+export type { SlotHold };
 
 export interface HorizonInput {
   readonly segmentBytes: number;
