@@ -78,10 +78,14 @@ export interface RetentionTaskOptions {
   readonly backupLsn?: () => Lsn | undefined;
   readonly fs?: RetentionFs;
   readonly slotRetainedBytesWarn?: number;
+  /** False: only measure disk usage (a timeline that does not grow keeps all its WAL). Default true. */
+  readonly removes?: boolean;
 }
 
 /** What the status API and /metrics show of a timeline's retention. */
 export interface RetentionStatus {
+  /** Whether this timeline's WAL is removed at all (only timelines that follow an upstream). */
+  readonly removes: boolean;
   readonly walKeepBytes: number;
   readonly maxSlotWalKeepBytes: number | undefined;
   readonly horizonLsn: Lsn | undefined;
@@ -153,6 +157,7 @@ export class RetentionTask {
 
   status(): RetentionStatus {
     return {
+      removes: this.options.removes !== false,
       walKeepBytes: this.options.settings.walKeepBytes,
       maxSlotWalKeepBytes: this.options.settings.maxSlotWalKeepBytes,
       horizonLsn: this.horizon?.horizonLsn,
@@ -170,6 +175,10 @@ export class RetentionTask {
   private async pass(): Promise<void> {
     if (this.stopped) return;
     this.passes++;
+    if (this.options.removes === false) {
+      await this.measureDiskUsage(false);
+      return;
+    }
     const timeline = this.timeline;
     const control = await timeline.controlFile.read();
     const holds = timeline.slots.holds();
