@@ -5,8 +5,8 @@
  *
  * It follows PostgreSQL 15's KeepLogSeg and InvalidateObsoleteReplicationSlots (src/backend/access/transam/xlog.c),
  * in whole segments as they are:
- * - start from the segment of the end of durable, served WAL (the commit LSN, and no further than the flush LSN
- *   recorded in the control file, so the control file never names a start past its own flush LSN);
+ * - start from the segment of the end of durable, served WAL (the commit LSN, and no further than the durable flush
+ *   LSN);
  * - the oldest restart LSN of the non-invalidated slots keeps its segment, except that with a cap a slot keeps at
  *   most `cap / segment size` segments behind the end;
  * - `--wal-keep-size` keeps at least `keep / segment size` segments behind the end, slot or not (so a slot inside
@@ -27,7 +27,7 @@ export interface HorizonInput {
   readonly segmentBytes: number;
   /** The end of WAL served to replicas. */
   readonly commitLsn: Lsn;
-  /** The flush LSN the control file records (durable); the horizon never passes it. */
+  /** The durable flush LSN; the horizon never passes it. */
   readonly durableLsn: Lsn;
   /** --wal-keep-size in bytes (0: keep nothing for slotless replicas). */
   readonly walKeepBytes: number;

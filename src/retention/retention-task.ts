@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { lstat, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
-import { formatLsn, type Lsn } from '../lsn.js';
+import { formatLsn, maxLsn, type Lsn } from '../lsn.js';
 import { fsyncDirectory } from '../storage/control-file.js';
 import { PARTIAL_SUFFIX, parseSegmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
 import type { Timeline } from '../timeline/timeline.js';
@@ -180,12 +180,13 @@ export class RetentionTask {
       return;
     }
     const timeline = this.timeline;
-    const control = await timeline.controlFile.read();
     const holds = timeline.slots.holds();
     const horizon = computeHorizon({
       segmentBytes: timeline.segmentBytes,
       commitLsn: timeline.commitLsn.get(),
-      durableLsn: control.flushLsn,
+      // Published flush positions are durable (fdatasync'd before publish); persistStart raises the control file's
+      // lagging copy (ingest persists it once a second) when the new start needs it.
+      durableLsn: timeline.flushLsn.get(),
       walKeepBytes: this.options.settings.walKeepBytes,
       maxSlotWalKeepBytes: this.options.settings.maxSlotWalKeepBytes,
       slots: holds,
@@ -244,11 +245,16 @@ export class RetentionTask {
 
   /** Records the in-memory start in the control file (durably) and returns the start the file now records. */
   private async persistStart(): Promise<Lsn> {
-    const startLsn = this.timeline.timelineStartLsn;
-    const state = await this.timeline.controlFile.update((current) => {
+    const timeline = this.timeline;
+    const startLsn = timeline.timelineStartLsn;
+    const flushLsn = timeline.flushLsn.get();
+    const commitLsn = timeline.commitLsn.get();
+    assert.ok(startLsn <= flushLsn, 'the start never passes the durable flush LSN');
+    const state = await timeline.controlFile.update((current) => {
       if (current.timelineStartLsn >= startLsn) return undefined;
-      assert.ok(startLsn <= current.flushLsn, 'the start never passes the durable flush LSN the control file records');
-      return { ...current, timelineStartLsn: startLsn };
+      // The file must stay consistent (start <= flush): raise its flush and commit LSN to the published, durable
+      // ones when ingest has not persisted them yet. Both only ever grow, so ingest's next patch agrees.
+      return { ...current, timelineStartLsn: startLsn, flushLsn: maxLsn(current.flushLsn, flushLsn), commitLsn: maxLsn(current.commitLsn, commitLsn) };
     });
     assert.ok(state.timelineStartLsn >= startLsn, 'the control file records the start before anything is unlinked');
     return state.timelineStartLsn;
