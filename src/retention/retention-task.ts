@@ -257,6 +257,7 @@ export class RetentionTask {
       return { ...current, timelineStartLsn: startLsn, flushLsn: maxLsn(current.flushLsn, flushLsn), commitLsn: maxLsn(current.commitLsn, commitLsn) };
     });
     assert.ok(state.timelineStartLsn >= startLsn, 'the control file records the start before anything is unlinked');
+    if (state.flushLsn > timeline.persistedFlushLsn) timeline.recordPersistedFlush(state.flushLsn);
     return state.timelineStartLsn;
   }
 
