@@ -11,6 +11,8 @@ import { startIngest, type IngestHandle } from './ingest/ingest-manager.js';
 import type { IoBackend } from './io/backend.js';
 import type { Logger } from './log.js';
 import { runSession } from './replication/session.js';
+import { startRetention, type RetentionHandle } from './retention/retention-manager.js';
+import { RETENTION_SETTINGS_DEFAULT, type RetentionSettings } from './retention/retention-task.js';
 import type { StreamOutcome } from './replication/start-replication.js';
 import { openTimelines } from './timeline/open-timelines.js';
 import type { TimelineRegistry } from './timeline/timeline-registry.js';
@@ -33,6 +35,8 @@ export interface ServerOptions {
   readonly upstreamPassword?: string | undefined;
   /** Follow upstreams recorded in control files (default true); false serves stored WAL only. */
   readonly ingest?: boolean;
+  /** WAL retention limits (--wal-keep-size, --max-slot-wal-keep-size); RETENTION_SETTINGS_DEFAULT when absent. */
+  readonly retention?: RetentionSettings;
   /** Hooks for the operations surface (metrics); optional so tests can run a bare server. */
   readonly hooks?: ServerHooks;
 }
@@ -54,6 +58,8 @@ export class WalcastServer {
   private nextConnId = 1;
   /** Live ingest: one follower per timeline that has an upstream. */
   ingest: IngestHandle | undefined;
+  /** WAL removal: one task per timeline that follows an upstream. */
+  retention: RetentionHandle | undefined;
 
   private constructor(options: ServerOptions, timelines: TimelineRegistry) {
     this.options = options;
@@ -74,6 +80,7 @@ export class WalcastServer {
       });
     });
     if (options.ingest !== false) server.ingest = await startIngest({ timelines, upstreamPassword: options.upstreamPassword, log: options.log });
+    server.retention = await startRetention({ timelines, settings: options.retention ?? RETENTION_SETTINGS_DEFAULT, log: options.log });
     return server;
   }
 
@@ -131,6 +138,8 @@ export class WalcastServer {
   async stop(): Promise<void> {
     if (this.shutdown.signal.aborted) return;
     this.shutdown.abort();
+    // Retention stops before ingest, so no pass runs against a timeline whose writer is closing.
+    await this.retention?.stop();
     // Ingest first: its final flush publishes what is durable before the senders are told to end.
     await this.ingest?.stop();
     const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));

@@ -17,7 +17,7 @@ test('--help explains every subcommand and flag', async () => {
   for (const word of ['serve', 'import', 'slot']) assert.match(top.stdout, new RegExp(word));
   const serve = await runWalcastCli(['serve', '--help']);
   assert.equal(serve.code, 0);
-  for (const flag of ['--data-dir', '--listen', '--auth', '--password-file', '--io', '--native-strategy']) assert.ok(serve.stdout.includes(flag), flag);
+  for (const flag of ['--data-dir', '--listen', '--auth', '--password-file', '--io', '--native-strategy', '--wal-keep-size', '--max-slot-wal-keep-size']) assert.ok(serve.stdout.includes(flag), flag);
   const importHelp = await runWalcastCli(['import', '--help']);
   for (const flag of ['--from', '--data-dir', '--tenant-id', '--timeline-id']) assert.ok(importHelp.stdout.includes(flag), flag);
   const slotCreate = await runWalcastCli(['slot', 'create', '--help']);
@@ -25,7 +25,7 @@ test('--help explains every subcommand and flag', async () => {
 });
 
 test('a wrong flag is one line on stderr and exit 2', async () => {
-  for (const args of [['serve', '--bogus'], ['serve', '--auth', 'md5'], ['nosuchcommand'], ['serve', '--max-connections', '-3'], ['serve', '--listen', 'nonsense'], ['slot', 'create']]) {
+  for (const args of [['serve', '--bogus'], ['serve', '--auth', 'md5'], ['nosuchcommand'], ['serve', '--max-connections', '-3'], ['serve', '--listen', 'nonsense'], ['slot', 'create'], ['serve', '--wal-keep-size', '1gb'], ['serve', '--max-slot-wal-keep-size', '-2']]) {
     const result = await runWalcastCli(args);
     assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
     assert.equal(result.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${result.stderr}`);

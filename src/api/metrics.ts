@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { ServerHooks } from '../server.js';
 import type { StreamOutcome } from '../replication/start-replication.js';
+import type { RetentionStatus } from '../retention/retention-task.js';
 import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { SlotSnapshot } from '../slots/slot-table.js';
@@ -37,7 +38,7 @@ export interface OperationsMetrics {
   /** Pass to WalcastServer.start({ hooks }). */
   readonly hooks: Required<ServerHooks>;
   /** Connects the scrape-time gauges to the server's timelines (the server exists only after start()). */
-  bindTimelines(timelines: TimelineRegistry): void;
+  bindTimelines(timelines: TimelineRegistry, retention?: RetentionLookup): void;
   /** The Prometheus text exposition, and its content type. */
   render(): Promise<{ contentType: string; body: string }>;
 }
@@ -45,6 +46,7 @@ export interface OperationsMetrics {
 export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string }): OperationsMetrics {
   const registry = new Registry();
   let timelines: TimelineRegistry | undefined;
+  let retention: RetentionLookup = () => undefined;
   const eachTimeline = (visit: (timeline: Timeline) => void): void => {
     for (const timeline of timelines?.list() ?? []) visit(timeline);
   };
@@ -52,15 +54,17 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
   registerReplicaGauges(registry, eachTimeline);
   registerSlotGauges(registry, eachTimeline);
   registerTotals(registry, eachTimeline, io);
+  registerRetentionMetrics(registry, eachTimeline, (timeline) => retention(timeline));
   const events = registerEventCounters(registry);
   // Process metrics, including nodejs_eventloop_lag_seconds: a stalled event loop stalls every replica at once.
   collectDefaultMetrics({ register: registry });
   return {
     registry,
     hooks: events,
-    bindTimelines(registryOfTimelines) {
+    bindTimelines(registryOfTimelines, retentionOfTimeline) {
       assert.ok(timelines === undefined, 'metrics are bound to one server');
       timelines = registryOfTimelines;
+      if (retentionOfTimeline !== undefined) retention = retentionOfTimeline;
     },
     async render() {
       return { contentType: registry.contentType, body: await registry.metrics() };
@@ -69,6 +73,8 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
 }
 
 type EachTimeline = (visit: (timeline: Timeline) => void) => void;
+/** A timeline's retention status (src/retention), when retention runs for it. */
+export type RetentionLookup = (timeline: Timeline) => RetentionStatus | undefined;
 
 function timelineLabels(timeline: Timeline): Record<(typeof TIMELINE_LABELS)[number], string> {
   return { tenant_id: timeline.tenantId, timeline_id: timeline.timelineId };
@@ -254,6 +260,37 @@ function registerTotals(registry: Registry, eachTimeline: EachTimeline, io: { re
       this.set(count);
     },
   });
+}
+
+/** Disk usage and removals per timeline, read from its retention task at scrape time. */
+function registerRetentionMetrics(registry: Registry, eachTimeline: EachTimeline, retention: RetentionLookup): void {
+  const perTimeline = (name: string, help: string, read: (status: RetentionStatus) => number): void =>
+    scrapeGauge(registry, name, help, TIMELINE_LABELS, (gauge) =>
+      eachTimeline((timeline) => {
+        const status = retention(timeline);
+        if (status !== undefined) gauge.set(timelineLabels(timeline), read(status));
+      }),
+    );
+  perTimeline('walcast_timeline_wal_disk_bytes', 'Bytes the timeline\'s WAL segment files occupy on disk (allocated blocks), at the last measurement.', (status) => status.diskBytes);
+  perTimeline('walcast_timeline_wal_segment_files', 'WAL segment files of the timeline on disk.', (status) => status.segmentFiles);
+  const perTimelineCounter = (name: string, help: string, read: (status: RetentionStatus) => number): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: TIMELINE_LABELS,
+      registers: [registry],
+      collect() {
+        this.reset();
+        eachTimeline((timeline) => {
+          const status = retention(timeline);
+          if (status !== undefined) this.inc(timelineLabels(timeline), read(status));
+        });
+      },
+    });
+  };
+  perTimelineCounter('walcast_wal_segments_removed_total', 'WAL segment files removed by retention.', (status) => status.segmentsRemoved);
+  perTimelineCounter('walcast_slots_invalidated_total', 'Replication slots invalidated for falling behind --max-slot-wal-keep-size (wal_status lost).', (status) => status.slotsInvalidated);
+  perTimelineCounter('walcast_retention_failures_total', 'WAL removal passes that failed (retried by the next pass).', (status) => status.failures);
 }
 
 /** Counters fed by server hooks. */

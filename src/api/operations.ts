@@ -55,6 +55,7 @@ export async function startOperationsApi(options: OperationsApiOptions): Promise
     connectionCount: () => server.connectionCount(),
     upstreamStatus: (tenantId, timelineId) =>
       server.ingest?.followers.map((follower) => follower.status()).find((status) => status.tenantId === tenantId && status.timelineId === timelineId),
+    retentionStatus: (tenantId, timelineId) => server.retention?.status(tenantId, timelineId),
   };
   api = await startHttpApi({ listen: options.settings.listen, authToken: options.settings.authToken, view, metrics: options.metrics, log: options.log });
   const address = api.address();

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { formatLsn, type Lsn } from '../lsn.js';
 import type { HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../replication/feedback.js';
 import { slotWalStatus } from '../slots/slot-table.js';
+import type { RetentionStatus } from '../retention/retention-task.js';
 import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry, UnavailableTimeline } from '../timeline/timeline-registry.js';
@@ -32,6 +33,8 @@ export interface ServerView {
   connectionCount(): number;
   /** Live ingest of a timeline, when it follows an upstream. */
   upstreamStatus?(tenantId: string, timelineId: string): UpstreamStatus | undefined;
+  /** WAL retention and disk usage of a timeline. */
+  retentionStatus?(tenantId: string, timelineId: string): RetentionStatus | undefined;
 }
 
 export function serverStatus(view: ServerView, now: Date): Record<string, unknown> {
@@ -87,7 +90,7 @@ function storageDocument(timeline: Timeline): Record<string, unknown> {
 }
 
 /** Neon's TimelineStatus fields that apply to walcast, then walcast's own. */
-export function timelineStatus(timeline: Timeline, now: Date, upstream?: UpstreamStatus): Record<string, unknown> {
+export function timelineStatus(timeline: Timeline, now: Date, upstream?: UpstreamStatus, retention?: RetentionStatus): Record<string, unknown> {
   const commitLsn = timeline.commitLsn.get();
   const aggregates = timeline.replicas.aggregates();
   return {
@@ -104,6 +107,8 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
     walreceivers: [],
     // walcast's additions.
     upstream: upstream === undefined ? null : upstreamDocument(upstream),
+    wal_disk_bytes: retention?.diskBytes ?? null,
+    retention: retention === undefined ? null : retentionDocument(retention),
     pg_timeline_id: timeline.pgTimelineId,
     has_writer: timeline.hasWriter(),
     slots: slotsStatus(timeline),
@@ -146,6 +151,22 @@ export function slotsStatus(timeline: Timeline): Record<string, unknown>[] {
 /** Flush LSN minus restart LSN; a restart LSN at or past the flush LSN retains nothing. */
 export function slotRetainedBytes(flushLsn: Lsn, restartLsn: Lsn): number {
   return bytesBehind(flushLsn, restartLsn);
+}
+
+function retentionDocument(status: RetentionStatus): Record<string, unknown> {
+  return {
+    removes_wal: status.removes,
+    wal_keep_size_bytes: status.walKeepBytes,
+    max_slot_wal_keep_size_bytes: status.maxSlotWalKeepBytes ?? -1,
+    horizon_lsn: optionalLsn(status.horizonLsn),
+    limited_by: status.limitedBy ?? null,
+    limiting_slot: status.limitingSlot ?? null,
+    wal_disk_bytes: status.diskBytes,
+    wal_segment_files: status.segmentFiles,
+    segments_removed: status.segmentsRemoved,
+    slots_invalidated: status.slotsInvalidated,
+    failed_passes: status.failures,
+  };
 }
 
 function upstreamDocument(status: UpstreamStatus): Record<string, unknown> {

@@ -31,6 +31,8 @@ function buildProgram(): Command {
     .addOption(new Option('--native-strategy <strategy>', 'socket strategy of the native backend (env WALCAST_NATIVE_STRATEGY)').choices(['sendfile', 'writev', 'uring']))
     .option('--max-connections <n>', 'connections served at once; more are refused with 53300', parsePositiveInt, 4096)
     .option('--replica-timeout <ms>', 'end a stream whose replica sent nothing for this long (PostgreSQL wal_sender_timeout)', parsePositiveInt, 60_000)
+    .option('--wal-keep-size <size>', 'WAL kept behind the end for replicas without a slot, as PostgreSQL wal_keep_size (64MB, 1GB; a plain number is MB)', '1GB')
+    .option('--max-slot-wal-keep-size <size>', 'a slot further behind than this is invalidated and its WAL removed, as PostgreSQL max_slot_wal_keep_size (-1: unlimited)', '-1')
     .option('--http <host:port>', 'HTTP status/metrics listen address', '127.0.0.1:7676')
     .option('--no-http', 'do not serve the HTTP status API')
     .option('--http-auth-token-file <file>', 'bearer token file; required when --http is not loopback')

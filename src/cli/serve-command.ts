@@ -3,6 +3,8 @@
  * SIGINT/SIGTERM. Refuses unsafe configurations (trust auth off loopback) before opening any socket.
  */
 import { createOperationsMetrics, type OperationsMetrics } from '../api/metrics.js';
+import { SIZE_UNLIMITED, megabytesToBytes, parseSizeMegabytes } from '../config/size.js';
+import type { RetentionSettings } from '../retention/retention-task.js';
 import { resolveHttpSettings, startOperationsApi, type HttpSettings } from '../api/operations.js';
 import { WalcastError } from '../errors.js';
 import { createIoBackend, type IoSelection } from '../io/select-backend.js';
@@ -24,6 +26,8 @@ export interface ServeFlags {
   readonly nativeStrategy?: string;
   readonly maxConnections: number;
   readonly replicaTimeout: number;
+  readonly walKeepSize: string;
+  readonly maxSlotWalKeepSize: string;
   readonly http: string | false;
   readonly httpAuthTokenFile?: string;
   readonly logLevel: string;
@@ -33,6 +37,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const flags = rawFlags as unknown as ServeFlags;
   const log = createLogger({ level: flags.logLevel as 'info' });
   const listen = parseListenAddress(flags.listen, '--listen');
+  const retention = resolveRetention(flags);
   const auth = await resolveAuth(flags, listen);
   const http = await resolveHttpSettings(flags.http, flags.httpAuthTokenFile);
   const startedAt = new Date();
@@ -46,11 +51,12 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     backend: selection.backend,
     maxConnections: flags.maxConnections,
     replicaTimeoutMs: flags.replicaTimeout,
+    retention,
     log,
     hooks: metrics.hooks,
     upstreamPassword: await readSecret({ file: flags.upstreamPasswordFile, envName: 'WALCAST_UPSTREAM_PASSWORD', what: 'upstream password' }),
   });
-  metrics.bindTimelines(server.timelines);
+  metrics.bindTimelines(server.timelines, (timeline) => server.retention?.status(timeline.tenantId, timeline.timelineId));
   const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log });
   // `walcast slot` finds the running server (and its API) through this file; see server-state.ts.
   await writeServerState(flags.dataDir, { pid: process.pid, http: stopHttp.address ?? null });
@@ -64,6 +70,16 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   await server.stop();
   await removeServerState(flags.dataDir);
   log.info('stopped');
+}
+
+/** The size flags in PostgreSQL's syntax; a bad value is a RangeError (exit 2) naming the flag. */
+function resolveRetention(flags: ServeFlags): RetentionSettings {
+  const walKeepMegabytes = parseSizeMegabytes(flags.walKeepSize, { name: '--wal-keep-size', allowUnlimited: false });
+  const capMegabytes = parseSizeMegabytes(flags.maxSlotWalKeepSize, { name: '--max-slot-wal-keep-size', allowUnlimited: true });
+  return {
+    walKeepBytes: megabytesToBytes(walKeepMegabytes),
+    maxSlotWalKeepBytes: capMegabytes === SIZE_UNLIMITED ? undefined : megabytesToBytes(capMegabytes),
+  };
 }
 
 async function resolveAuth(flags: ServeFlags, listen: ListenAddress): Promise<AuthConfig> {

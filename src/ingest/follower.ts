@@ -18,9 +18,9 @@
 import assert from 'node:assert/strict';
 import { SqlState, WalcastError, isWalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { formatLsn, lsnDistance, parseLsn, type Lsn } from '../lsn.js';
+import { formatLsn, lsnDistance, maxLsn, parseLsn, type Lsn } from '../lsn.js';
 import { pgNowMicros } from '../replication/stream-messages.js';
-import { writeControlFile, type ControlState } from '../storage/control-file.js';
+import type { ControlState } from '../storage/control-file.js';
 import { WalWriter } from '../storage/wal-writer.js';
 import { IncomingPageChecker } from './incoming-pages.js';
 import type { Timeline } from '../timeline/timeline.js';
@@ -126,7 +126,7 @@ export class UpstreamFollower {
   private useSlot = true;
   private lastMessageAt = 0;
   private sentHotStandby: { xmin: bigint; catalogXmin: bigint } | undefined;
-  private control: ControlState;
+  private readonly control: ControlState;
   private persisting: Promise<void> | undefined;
   private runPromise: Promise<void> | undefined;
 
@@ -500,8 +500,9 @@ export class UpstreamFollower {
   }
 
   /**
-   * Writes the durable position into the control file, one write at a time. The periodic tick skips a turn while a
-   * write is running; recovery and shutdown wait for it and then write the newest position.
+   * Writes the durable position into the control file through the timeline's one control-file writer (retention
+   * writes the timeline start through it too; each patch changes only its own fields). The periodic tick skips a
+   * turn while a write is running; recovery and shutdown wait for it and then write the newest position.
    */
   private async persistControl(options: PersistOptions = { skipIfBusy: false }): Promise<void> {
     if (options.skipIfBusy && this.persisting !== undefined) return;
@@ -509,13 +510,15 @@ export class UpstreamFollower {
     if (this.writer === undefined) return;
     // The published flush LSN: durable (fdatasynced) by construction, and never ahead of what senders were told.
     const durable = this.timeline.flushLsn.get();
-    if (options.force !== true && durable === this.control.flushLsn && durable === this.control.commitLsn) return;
-    const next: ControlState = { ...this.control, flushLsn: durable, commitLsn: durable, lastRecordLsn: undefined };
     let failure: unknown;
-    this.persisting = writeControlFile(this.timeline.dir, next)
-      .then(() => {
-        this.control = next;
-        this.timeline.recordPersistedFlush(durable);
+    this.persisting = this.timeline.controlFile
+      .update((state) => {
+        if (options.force !== true && durable === state.flushLsn && durable === state.commitLsn) return undefined;
+        // Retention may have raised the file's positions already (with a new start): never move them back.
+        return { ...state, flushLsn: maxLsn(state.flushLsn, durable), commitLsn: maxLsn(state.commitLsn, durable), lastRecordLsn: undefined };
+      })
+      .then((state) => {
+        this.timeline.recordPersistedFlush(state.flushLsn);
       })
       .catch((error: unknown) => {
         failure = error;

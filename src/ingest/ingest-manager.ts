@@ -6,7 +6,6 @@
 import { userInfo } from 'node:os';
 import { WalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { readControlFile } from '../storage/control-file.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { parseConnInfo } from './conninfo.js';
 import { UpstreamFollower, type UpstreamConnect } from './follower.js';
@@ -27,7 +26,7 @@ export interface IngestHandle {
 export async function startIngest(options: IngestOptions): Promise<IngestHandle> {
   const followers: UpstreamFollower[] = [];
   for (const timeline of options.timelines.list()) {
-    const control = await readControlFile(timeline.dir);
+    const control = await timeline.controlFile.read();
     if (control.upstream === undefined) continue;
     const conninfo = parseConnInfo(control.upstream, userInfo().username);
     if (conninfo instanceof WalcastError) throw conninfo;

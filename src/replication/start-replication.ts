@@ -94,8 +94,9 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   const stopController = new AbortController();
   const onShutdown = (): void => stopController.abort();
   context.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
-  const source = new WalReader(timeline.dir, timeline);
-  const prefetchSource = new WalReader(timeline.dir, timeline);
+  // Both readers pin the segments they open, so retention never unlinks one under this stream.
+  const source = new WalReader(timeline.dir, timeline, timeline);
+  const prefetchSource = new WalReader(timeline.dir, timeline, timeline);
   let writer: StreamWriter | undefined;
   // Kept from onSent, not only from sendWal's result: a stream that fails has no result but did send up to here.
   let sentLsn = request.startLsn;

@@ -141,3 +141,48 @@ test('a truncated segment: the chunk is cut at the file end, then XX001 names th
     await rm(shortDir, { recursive: true, force: true });
   }
 });
+
+/** A pinner like Timeline.pinSegment: refuses segments before `floor`, counts pins per segment. */
+function countingPinner(floor: bigint): { pinSegment(segno: bigint): (() => void) | undefined; pinned: Map<bigint, number>; floor: bigint } {
+  const pinner = {
+    floor,
+    pinned: new Map<bigint, number>(),
+    pinSegment(segno: bigint) {
+      if (segno < pinner.floor) return undefined;
+      pinner.pinned.set(segno, (pinner.pinned.get(segno) ?? 0) + 1);
+      return () => {
+        const count = (pinner.pinned.get(segno) ?? 0) - 1;
+        assert.ok(count >= 0, 'released once');
+        if (count === 0) pinner.pinned.delete(segno);
+        else pinner.pinned.set(segno, count);
+      };
+    },
+  };
+  return pinner;
+}
+
+test('a pinned reader holds the current and the retained previous segment, and releases each after closing it', async () => {
+  const pinner = countingPinner(FIRST_SEGNO);
+  const reader = new WalReader(dir, layout, pinner);
+  const segmentStart = (segno: bigint): bigint => segno * BigInt(SEGMENT_BYTES);
+  await reader.locate(segmentStart(FIRST_SEGNO), segmentStart(FIRST_SEGNO) + 10n);
+  assert.deepEqual([...pinner.pinned.keys()], [FIRST_SEGNO]);
+  await reader.locate(segmentStart(FIRST_SEGNO + 1n), segmentStart(FIRST_SEGNO + 1n) + 10n);
+  assert.deepEqual([...pinner.pinned.keys()].sort(), [FIRST_SEGNO, FIRST_SEGNO + 1n], 'the previous segment stays pinned while it stays open');
+  await reader.locate(segmentStart(FIRST_SEGNO + 2n), segmentStart(FIRST_SEGNO + 2n) + 10n);
+  assert.deepEqual([...pinner.pinned.keys()].sort(), [FIRST_SEGNO + 1n, FIRST_SEGNO + 2n], 'retired: closed, then unpinned');
+  await reader.close();
+  assert.equal(pinner.pinned.size, 0);
+});
+
+test('a refused pin is 58P01 for that segment even though the file is still there; a failed open releases its pin', async () => {
+  const pinner = countingPinner(FIRST_SEGNO + 1n);
+  const reader = new WalReader(dir, layout, pinner);
+  const inFirst = FIRST_SEGNO * BigInt(SEGMENT_BYTES) + 100n;
+  await assert.rejects(reader.locate(inFirst, inFirst + 10n), (error) => isWalcastError(error, 'WALCAST_ERR_WAL_REMOVED') && error.message.includes(nameOf(FIRST_SEGNO)));
+  assert.equal(pinner.pinned.size, 0);
+  const missing = (FIRST_SEGNO + BigInt(SEGMENT_COUNT)) * BigInt(SEGMENT_BYTES);
+  await assert.rejects(reader.locate(missing, missing + 10n), (error) => isWalcastError(error, 'WALCAST_ERR_WAL_REMOVED'));
+  assert.equal(pinner.pinned.size, 0, 'the pin of a segment that could not be opened is released');
+  await reader.close();
+});

@@ -13,6 +13,10 @@
  * and offset; a segment missing inside the timeline throws WALCAST_ERR_WAL_REMOVED (58P01) naming it. No backend is
  * ever handed a range the file does not hold, so a replica receives every stored byte before the damage and then
  * an ErrorResponse, never a short CopyData or a silent close.
+ *
+ * Retention: with a `SegmentPinner` (the Timeline), the reader pins a segment before it opens it and unpins it
+ * after closing it, so retention never unlinks a file a sender has open or is about to open. A refused pin means
+ * the segment is before the timeline start: WALCAST_ERR_WAL_REMOVED, as PostgreSQL's CheckXLogRemoved.
  */
 import assert from 'node:assert/strict';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -29,12 +33,19 @@ export interface SegmentLayout {
   readonly timelineStartLsn: Lsn;
 }
 
+/** Guards segment files against removal while they are open (src/timeline Timeline.pinSegment). */
+export interface SegmentPinner {
+  /** Pins `segno`; returns the release function, or undefined when the segment is no longer held. */
+  pinSegment(segno: bigint): (() => void) | undefined;
+}
+
 interface OpenSegment {
   readonly segno: bigint;
   readonly handle: FileHandle;
   readonly file: WalFileHandle;
   /** The file's size when last looked at; looked at again only when a range reaches past it. */
   bytes: number;
+  readonly unpin: () => void;
 }
 
 /** PostgreSQL's message when a start is past the end (walsender.c StartReplication); SQLSTATE XX000. */
@@ -53,6 +64,7 @@ export class WalReader {
   constructor(
     private readonly dir: string,
     private readonly layout: SegmentLayout,
+    private readonly pinner?: SegmentPinner,
   ) {
     assert.ok(layout.timelineStartLsn % BigInt(layout.segmentBytes) === 0n, 'a timeline starts at a segment start');
   }
@@ -122,35 +134,58 @@ export class WalReader {
     const segments = [this.previous, this.current];
     this.previous = undefined;
     this.current = undefined;
-    await Promise.all(segments.map((segment) => segment?.handle.close()));
+    await Promise.all(segments.map((segment) => closeSegment(segment)));
   }
 
   private async switchTo(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
     const opened = await this.openSegment(segno, lsn);
     if (this.closed) {
-      await opened.handle.close();
+      await closeSegment(opened);
       assert.fail('locate raced with close');
     }
     const retired = this.previous;
     this.previous = this.current;
     this.current = opened;
-    await retired?.handle.close();
+    await closeSegment(retired);
     return opened;
   }
 
   /** NAME.partial first (the segment being filled), then NAME: a .partial may be renamed while we look. */
   private async openSegment(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
+    const unpin = this.pinner === undefined ? noUnpin : this.pinner.pinSegment(segno);
+    if (unpin === undefined) throw this.removedError(lsn);
+    try {
+      return await this.openPinned(segno, lsn, unpin);
+    } catch (error) {
+      unpin();
+      throw error;
+    }
+  }
+
+  private async openPinned(segno: bigint, lsn: Lsn, unpin: () => void): Promise<OpenSegment> {
     const name = segmentFileName(this.layout.pgTimelineId, segno, this.layout.segmentBytes);
     for (const candidate of [name + PARTIAL_SUFFIX, name]) {
       const path = join(this.dir, candidate);
       try {
         const handle = await open(path, 'r');
         const info = await handle.stat();
-        return { segno, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}` }, bytes: info.size };
+        return { segno, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}` }, bytes: info.size, unpin };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
       }
     }
     throw this.missingError(lsn);
+  }
+}
+
+function noUnpin(): void {}
+
+/** Closes the descriptor, then releases the pin: the file may be unlinked only once nobody holds it. */
+async function closeSegment(segment: OpenSegment | undefined): Promise<void> {
+  if (segment === undefined) return;
+  try {
+    await segment.handle.close();
+  } finally {
+    segment.unpin();
   }
 }

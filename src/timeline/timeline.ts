@@ -6,10 +6,12 @@
  * persists what ingest makes durable, and this object publishes it to the senders.
  */
 import assert from 'node:assert/strict';
-import type { Lsn } from '../lsn.js';
+import { formatLsn, type Lsn } from '../lsn.js';
 import { SlotTable } from '../slots/slot-table.js';
 import type { TimelineProblem } from '../storage/timeline-check.js';
 import { PageVerifier, type TailPageSource } from '../storage/page-verifier.js';
+import { ControlFileWriter } from '../storage/control-writer.js';
+import { segmentOf } from '../storage/segment-name.js';
 import { LsnWatch } from './lsn-watch.js';
 import { ReplicaRegistry } from './replica-registry.js';
 
@@ -23,9 +25,12 @@ export interface TimelineIdentity {
   readonly segmentBytes: number;
   /** The PostgreSQL timeline (TLI) the WAL belongs to, as IDENTIFY_SYSTEM reports it. */
   readonly pgTimelineId: number;
-  /** The first byte of WAL this timeline holds. */
+  /** The first byte of WAL this timeline holds (retention moves it forward while the server runs). */
   readonly timelineStartLsn: Lsn;
 }
+
+/** Releases a segment pin; idempotent. */
+export type UnpinSegment = () => void;
 
 export interface TimelinePositions {
   readonly flushLsn: Lsn;
@@ -40,12 +45,13 @@ export class Timeline implements TimelineIdentity {
   readonly pgVersion: number;
   readonly segmentBytes: number;
   readonly pgTimelineId: number;
-  readonly timelineStartLsn: Lsn;
   /** Everything durably stored; recovery (term) streams may send up to here. */
   readonly flushLsn: LsnWatch;
   /** Everything committed; ordinary replicas are sent up to here. Never ahead of the flush LSN. */
   readonly commitLsn: LsnWatch;
   readonly replicas = new ReplicaRegistry();
+  /** The one writer of walcast.control while the server runs (ingest positions, retention's start). */
+  readonly controlFile: ControlFileWriter;
   /** Replication slots on this timeline; open-timelines.ts passes one loaded from the timeline's slot file. */
   readonly slots: SlotTable;
   /** What the start-up check found wrong with the timeline's files (holes are errors); empty when all is well. */
@@ -59,6 +65,9 @@ export class Timeline implements TimelineIdentity {
   readonly pages: PageVerifier;
   private writersAttached = 0;
   private tail: TailPageSource | undefined;
+  private startLsn: Lsn;
+  /** Open-segment pins of the WAL readers: segment number → readers holding it. */
+  private readonly pins = new Map<bigint, number>();
 
   constructor(identity: TimelineIdentity, positions: TimelinePositions, slots: SlotTable = new SlotTable()) {
     assert.ok(positions.commitLsn <= positions.flushLsn, 'commit LSN is never ahead of flush LSN');
@@ -70,7 +79,8 @@ export class Timeline implements TimelineIdentity {
     this.pgVersion = identity.pgVersion;
     this.segmentBytes = identity.segmentBytes;
     this.pgTimelineId = identity.pgTimelineId;
-    this.timelineStartLsn = identity.timelineStartLsn;
+    this.startLsn = identity.timelineStartLsn;
+    this.controlFile = new ControlFileWriter(identity.dir);
     this.flushLsn = new LsnWatch(positions.flushLsn);
     this.commitLsn = new LsnWatch(positions.commitLsn);
     this.slots = slots;
@@ -109,6 +119,50 @@ export class Timeline implements TimelineIdentity {
 
   tailPages(): TailPageSource | undefined {
     return this.tail;
+  }
+
+  /** The first byte of WAL held now: a segment start, moved forward by retention (advanceStart). */
+  get timelineStartLsn(): Lsn {
+    return this.startLsn;
+  }
+
+  /**
+   * Pins segment `segno` for a reader that is about to open it or has it open; undefined when the segment is before
+   * the timeline start (removed, or about to be). Retention never advances the start past a pinned segment, and the
+   * check and the pin happen in one synchronous step, so a reader can never open a file that is being unlinked.
+   */
+  pinSegment(segno: bigint): UnpinSegment | undefined {
+    if (segno < segmentOf(this.startLsn, this.segmentBytes)) return undefined;
+    this.pins.set(segno, (this.pins.get(segno) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const count = this.pins.get(segno) ?? 0;
+      assert.ok(count > 0, 'a segment pin is released once');
+      if (count === 1) this.pins.delete(segno);
+      else this.pins.set(segno, count - 1);
+    };
+  }
+
+  /** The lowest pinned segment number, if any reader holds one. */
+  lowestPinnedSegment(): bigint | undefined {
+    let lowest: bigint | undefined;
+    for (const segno of this.pins.keys()) if (lowest === undefined || segno < lowest) lowest = segno;
+    return lowest;
+  }
+
+  /**
+   * Moves the timeline start forward to `lsn` (a segment start, not past the flush LSN): from now on nothing before
+   * it is served or pinned. Retention calls this before it persists the start and unlinks the segments before it.
+   */
+  advanceStart(lsn: Lsn): void {
+    assert.ok(lsn % BigInt(this.segmentBytes) === 0n, 'the timeline start is a segment start');
+    assert.ok(lsn >= this.startLsn, `the timeline start moves only forward (${formatLsn(this.startLsn)} → ${formatLsn(lsn)})`);
+    assert.ok(lsn <= this.flushLsn.get(), 'the timeline start is not past the flush LSN');
+    const lowestPinned = this.lowestPinnedSegment();
+    assert.ok(lowestPinned === undefined || lowestPinned >= segmentOf(lsn, this.segmentBytes), 'the start never passes a pinned segment');
+    this.startLsn = lsn;
   }
 
   /** Publishes newly durable WAL: flush first, so that commit never passes it. */

@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { RetentionSettings } from '../../src/retention/retention-task.js';
 import type { AuthConfig } from '../../src/wire/startup.js';
 import { createIoBackend } from '../../src/io/select-backend.js';
 import { silentLogger } from '../../src/log.js';
@@ -26,7 +27,7 @@ export function backendUnderTest(): { io: 'ts' | 'native'; strategy?: 'sendfile'
   return strategy === undefined || io === 'ts' ? { io } : { io, strategy };
 }
 
-export async function startWalcast(options: { dataDir: string; auth?: AuthConfig; replicaTimeoutMs?: number; maxConnections?: number }): Promise<RunningWalcast> {
+export async function startWalcast(options: { dataDir: string; auth?: AuthConfig; replicaTimeoutMs?: number; maxConnections?: number; retention?: RetentionSettings }): Promise<RunningWalcast> {
   const { backend } = await createIoBackend(backendUnderTest());
   const server = await WalcastServer.start({
     dataDir: options.dataDir,
@@ -35,6 +36,7 @@ export async function startWalcast(options: { dataDir: string; auth?: AuthConfig
     backend,
     maxConnections: options.maxConnections ?? 4096,
     replicaTimeoutMs: options.replicaTimeoutMs ?? 60_000,
+    ...(options.retention === undefined ? {} : { retention: options.retention }),
     log: silentLogger(),
   });
   return { server, port: server.address().port, stop: () => server.stop() };

@@ -1,0 +1,40 @@
+/**
+ * Starts and stops WAL retention for a server: one RetentionTask per timeline. WAL is removed only from timelines
+ * that follow an upstream (the timelines that grow); a timeline built by `walcast import` without an upstream is an
+ * archive the operator made on purpose and does not grow, so its task only measures its disk usage.
+ */
+import type { Logger } from '../log.js';
+import type { TimelineRegistry } from '../timeline/timeline-registry.js';
+import { RetentionTask, type RetentionSettings, type RetentionStatus } from './retention-task.js';
+
+export interface RetentionHandle {
+  /** The task of a timeline, when retention runs for it. */
+  task(tenantId: string, timelineId: string): RetentionTask | undefined;
+  status(tenantId: string, timelineId: string): RetentionStatus | undefined;
+  stop(): Promise<void>;
+}
+
+export async function startRetention(options: { timelines: TimelineRegistry; settings: RetentionSettings; log: Logger }): Promise<RetentionHandle> {
+  const tasks = new Map<string, RetentionTask>();
+  for (const timeline of options.timelines.list()) {
+    const control = await timeline.controlFile.read();
+    const task = new RetentionTask({ timeline, settings: options.settings, log: options.log, removes: control.upstream !== undefined });
+    tasks.set(key(timeline.tenantId, timeline.timelineId), task);
+    task.start();
+  }
+  const removing = [...tasks.values()].filter((task) => task.status().removes).length;
+  if (removing > 0) {
+    options.log.info({ timelines: removing, walKeepBytes: options.settings.walKeepBytes, maxSlotWalKeepBytes: options.settings.maxSlotWalKeepBytes ?? -1 }, 'WAL retention started');
+  }
+  return {
+    task: (tenantId, timelineId) => tasks.get(key(tenantId, timelineId)),
+    status: (tenantId, timelineId) => tasks.get(key(tenantId, timelineId))?.status(),
+    stop: async () => {
+      await Promise.all([...tasks.values()].map((task) => task.stop()));
+    },
+  };
+}
+
+function key(tenantId: string, timelineId: string): string {
+  return `${tenantId}/${timelineId}`;
+}
