@@ -14,6 +14,7 @@ import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { PG_SERVER_VERSION } from '../version.js';
 import type { PgConnection } from '../wire/connection.js';
+import { quoteClientText } from '../wire/client-text.js';
 import { commandComplete, emptyQueryResponse, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
 import { acceptStartup, replicationMode, type AuthConfig, type StartupResult } from '../wire/startup.js';
 import { parseReplicationCommand, type ReplicationCommand } from './command-parser.js';
@@ -98,7 +99,7 @@ function prepareSession(context: SessionContext, startup: StartupResult): Sessio
     case 'logical':
       throw new WalcastError('WALCAST_ERR_NOT_REPLICATION', 'logical replication is not supported by walcast: connect with replication=true');
     case 'invalid':
-      throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for parameter "replication": "${startup.replication ?? ''}"`);
+      throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for parameter "replication": ${quoteClientText(startup.replication ?? '')}`);
   }
   const defaultKey = context.timelines.soleTimelineKey();
   return { startup, timelineKey: selectTimeline(startup.options, defaultKey) };
@@ -230,7 +231,7 @@ async function answerCommand(context: SessionContext, state: SessionState, comma
       context.log.info({ slot: command.slotName }, 'replication slot dropped');
       return [commandComplete('DROP_REPLICATION_SLOT')];
     case 'unsupported':
-      throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', `${command.command} is not supported by walcast`);
+      throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', `${quoteClientText(command.command)} is not supported by walcast`);
     case 'sql':
       throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', 'cannot execute SQL commands in WAL sender for physical replication');
     case 'invalid':
@@ -263,7 +264,7 @@ function answerShow(context: SessionContext, state: SessionState, name: string):
     case 'integer_datetimes':
       return showResult('integer_datetimes', 'on');
     default:
-      throw new WalcastError('WALCAST_ERR_UNKNOWN_SETTING', `unrecognized configuration parameter "${name}"`);
+      throw new WalcastError('WALCAST_ERR_UNKNOWN_SETTING', `unrecognized configuration parameter ${quoteClientText(name)}`);
   }
 }
 

@@ -12,12 +12,16 @@ import { WalReader, startAheadError } from '../storage/wal-reader.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { PgConnection } from '../wire/connection.js';
 import type { FrontendMessage } from '../wire/messages.js';
+import { quoteClientText } from '../wire/client-text.js';
 import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
 import type { Feedback } from './feedback.js';
 import { ReplyReader, type ReplicaEnd } from './reply-reader.js';
 import { sendWal, type SendWalEnd } from './send-wal.js';
 import { encodeKeepalive, pgNowMicros } from './stream-messages.js';
 import { toStreamInput } from './stream-input.js';
+
+/** CopyFail's reason is client text; PostgreSQL repeats it whole, walcast a bounded, escaped prefix of it. */
+const COPY_FAIL_QUOTE_MAX_CHARS = 200;
 
 export interface StartReplicationRequest {
   readonly startLsn: Lsn;
@@ -225,7 +229,7 @@ async function finishReplicaEnd(context: StreamContext, writer: StreamWriter | u
       return { description: 'client CopyDone', keepConnection: true };
     case 'copy_fail':
       await writer?.release().catch(() => undefined);
-      const failed = new WalcastError('WALCAST_ERR_COPY_FAILED', `COPY from stdin failed: ${end.message}`);
+      const failed = new WalcastError('WALCAST_ERR_COPY_FAILED', `COPY from stdin failed: ${quoteClientText(end.message, COPY_FAIL_QUOTE_MAX_CHARS)}`);
       await conn.write([errorResponse({ severity: 'ERROR', sqlState: failed.sqlState, message: failed.message }), readyForQuery('I')]).catch(() => undefined);
       return { description: 'client CopyFail', keepConnection: true };
     case 'error':
