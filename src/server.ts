@@ -48,9 +48,14 @@ export class WalcastServer {
   readonly backend: IoBackend;
   private readonly options: ServerOptions;
   private readonly listener: Server;
-  private readonly sockets = new Set<Socket>();
+  /**
+   * Every open socket, with the signal that tells its session to end. One controller per connection rather than
+   * one shared signal: each stream listens for shutdown while it runs, and N streams on one AbortSignal pile up N
+   * listeners (MaxListenersExceededWarning at 11); here each signal has at most the listeners of one session.
+   */
+  private readonly sockets = new Map<Socket, AbortController>();
   private readonly sessions = new Set<Promise<void>>();
-  private readonly shutdown = new AbortController();
+  private stopping = false;
   private nextConnId = 1;
   /** Live ingest: one follower per timeline that has an upstream. */
   ingest: IngestHandle | undefined;
@@ -91,13 +96,14 @@ export class WalcastServer {
     const connId = this.nextConnId++;
     const log = this.options.log.child({ conn: connId, addr: `${socket.remoteAddress}:${socket.remotePort}` });
     const conn = new PgConnection(socket);
-    if (this.sockets.size >= this.options.maxConnections || this.shutdown.signal.aborted) {
+    if (this.sockets.size >= this.options.maxConnections || this.stopping) {
       this.options.hooks?.onConnectionRefused?.('too_many_connections');
       const refusal = new WalcastError('WALCAST_ERR_TOO_MANY_CONNECTIONS', 'sorry, too many clients already');
       void conn.close({ sqlState: refusal.sqlState, message: refusal.message });
       return;
     }
-    this.sockets.add(socket);
+    const sessionStop = new AbortController();
+    this.sockets.set(socket, sessionStop);
     socket.once('close', () => this.sockets.delete(socket));
     const session = runSession({
       conn,
@@ -106,7 +112,7 @@ export class WalcastServer {
       backend: this.backend,
       auth: this.options.auth,
       replicaTimeoutMs: this.options.replicaTimeoutMs,
-      shutdownSignal: this.shutdown.signal,
+      shutdownSignal: sessionStop.signal,
       log,
       onCommand: (kind) => this.options.hooks?.onCommand?.(kind),
       onStartupRefused: (cause) => this.options.hooks?.onConnectionRefused?.(cause),
@@ -129,15 +135,16 @@ export class WalcastServer {
 
   /** Stops accepting, asks every session to end, waits a bounded time, then destroys what is left. */
   async stop(): Promise<void> {
-    if (this.shutdown.signal.aborted) return;
-    this.shutdown.abort();
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const sessionStop of this.sockets.values()) sessionStop.abort();
     // Ingest first: its final flush publishes what is durable before the senders are told to end.
     await this.ingest?.stop();
     const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
-    for (const socket of this.sockets) socket.end();
+    for (const socket of this.sockets.keys()) socket.end();
     const grace = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS).unref());
     await Promise.race([Promise.allSettled([...this.sessions]), grace]);
-    for (const socket of this.sockets) socket.destroy();
+    for (const socket of this.sockets.keys()) socket.destroy();
     await closed;
     // Sessions have ended, so slot acquisitions have too: save what replica feedback advanced since the last save.
     await Promise.all(this.timelines.list().map((timeline) => timeline.slots.close().catch((error: unknown) => this.options.log.error({ err: error }, 'saving replication slots at shutdown failed'))));
