@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { ListenAddress } from './config/listen-address.js';
+import { checkMaxConnections } from './config/limits.js';
 import { WalcastError } from './errors.js';
 import { startIngest, type IngestHandle } from './ingest/ingest-manager.js';
 import type { IoBackend } from './io/backend.js';
@@ -68,7 +69,8 @@ export class WalcastServer {
   }
 
   static async start(options: ServerOptions): Promise<WalcastServer> {
-    assert.ok(options.maxConnections > 0);
+    // The bound the replica registry and the LSN watches derive from: refuse a setting above it before opening anything.
+    checkMaxConnections(options.maxConnections);
     const timelines = await openTimelines(options.dataDir, options.log);
     const server = new WalcastServer(options, timelines);
     await new Promise<void>((resolve, reject) => {

@@ -4,7 +4,8 @@
  * work lives in its own module. Flag names are a public contract (scripts and outside tools use them).
  * A wrong flag prints one line and exits 2; an operating error prints one line and exits 1.
  */
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { CONNECTIONS_MAX } from '../config/limits.js';
 import { isWalcastError } from '../errors.js';
 import { LOG_LEVELS } from '../log.js';
 import { WALCAST_VERSION } from '../version.js';
@@ -29,7 +30,7 @@ function buildProgram(): Command {
     .option('--upstream-password-file <file>', 'file holding the password for upstreams that timelines follow (else env WALCAST_UPSTREAM_PASSWORD)')
     .addOption(new Option('--io <backend>', 'I/O backend (env WALCAST_IO; the flag wins)').choices(['auto', 'native', 'ts']))
     .addOption(new Option('--native-strategy <strategy>', 'socket strategy of the native backend (env WALCAST_NATIVE_STRATEGY)').choices(['sendfile', 'writev', 'uring']))
-    .option('--max-connections <n>', 'connections served at once; more are refused with 53300', parsePositiveInt, 4096)
+    .option('--max-connections <n>', `connections served at once, 1 to ${CONNECTIONS_MAX}; more are refused with 53300`, parseIntUpTo(CONNECTIONS_MAX), 4096)
     .option('--replica-timeout <ms>', 'end a stream whose replica sent nothing for this long (PostgreSQL wal_sender_timeout)', parsePositiveInt, 60_000)
     .option('--http <host:port>', 'HTTP status/metrics listen address', '127.0.0.1:7676')
     .option('--no-http', 'do not serve the HTTP status API')
@@ -108,9 +109,18 @@ function buildProgram(): Command {
   return program;
 }
 
+/** A flag parser for an integer from 1 to `max`: an out-of-range setting is a usage error naming the range. */
+function parseIntUpTo(max: number): (text: string) => number {
+  return (text) => {
+    const value = parsePositiveInt(text);
+    if (value > max) throw new InvalidArgumentError(`expected an integer from 1 to ${max}, got "${text}"`);
+    return value;
+  };
+}
+
 function parsePositiveInt(text: string): number {
   const value = Number(text);
-  if (!Number.isSafeInteger(value) || value <= 0) throw new CommanderError(EXIT_USAGE, 'walcast.invalidNumber', `expected a positive integer, got "${text}"`);
+  if (!Number.isSafeInteger(value) || value <= 0) throw new InvalidArgumentError(`expected a positive integer, got "${text}"`);
   return value;
 }
 
