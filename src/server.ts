@@ -98,9 +98,9 @@ export class WalcastServer {
     const connId = this.nextConnId++;
     const log = this.options.log.child({ conn: connId, addr: `${socket.remoteAddress}:${socket.remotePort}` });
     const conn = new PgConnection(socket);
-    if (this.sockets.size >= this.options.maxConnections || this.stopping) {
-      this.options.hooks?.onConnectionRefused?.('too_many_connections');
-      const refusal = new WalcastError('WALCAST_ERR_TOO_MANY_CONNECTIONS', 'sorry, too many clients already');
+    const refusal = this.refusal();
+    if (refusal !== undefined) {
+      this.options.hooks?.onConnectionRefused?.(refusal.code === 'WALCAST_ERR_SHUTTING_DOWN' ? 'shutting_down' : 'too_many_connections');
       void conn.close({ sqlState: refusal.sqlState, message: refusal.message });
       return;
     }
@@ -131,21 +131,33 @@ export class WalcastServer {
         log.error({ err: error }, 'session failed');
         socket.destroy();
       })
+      // A session is over once its socket is: its goodbye (a FATAL) gets CLOSE_GRACE_MS to reach the client.
+      .then(() => conn.close())
       .finally(() => this.sessions.delete(session));
     this.sessions.add(session);
   }
 
-  /** Stops accepting, asks every session to end, waits a bounded time, then destroys what is left. */
+  /** Why a new connection is refused before its session starts (texts as PostgreSQL's canAcceptConnections). */
+  private refusal(): WalcastError | undefined {
+    if (this.stopping) return new WalcastError('WALCAST_ERR_SHUTTING_DOWN', 'the database system is shutting down');
+    if (this.sockets.size >= this.options.maxConnections) return new WalcastError('WALCAST_ERR_TOO_MANY_CONNECTIONS', 'sorry, too many clients already');
+    return undefined;
+  }
+
+  /**
+   * Asks every session to end (each sends FATAL 57P01, a stream after its last chunk), waits a bounded time, then
+   * destroys what is left. Until then the listener stays open, so a client connecting meanwhile hears 57P03 "the
+   * database system is shutting down" rather than a refused connection, as from PostgreSQL's postmaster.
+   */
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    for (const sessionStop of this.sockets.values()) sessionStop.abort();
     // Ingest first: its final flush publishes what is durable before the senders are told to end.
     await this.ingest?.stop();
-    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
-    for (const socket of this.sockets.keys()) socket.end();
+    for (const sessionStop of this.sockets.values()) sessionStop.abort();
     const grace = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS).unref());
     await Promise.race([Promise.allSettled([...this.sessions]), grace]);
+    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const socket of this.sockets.keys()) socket.destroy();
     await closed;
     // Sessions have ended, so slot acquisitions have too: save what replica feedback advanced since the last save.

@@ -29,6 +29,7 @@ import {
   timelineStatusResult,
 } from './command-results.js';
 import { runStartReplication, type StreamOutcome } from './start-replication.js';
+import { adminShutdownError } from './shutdown-error.js';
 import { selectTimeline, type TimelineKey } from './timeline-selection.js';
 
 /** A client must finish startup and authentication within this time (PostgreSQL authentication_timeout: 60 s). */
@@ -58,6 +59,23 @@ interface SessionState {
 }
 
 export async function runSession(context: SessionContext): Promise<void> {
+  const phase = { streaming: false };
+  // Outside a stream the session closes the connection with 57P01 itself; a stream ends through its own writer.
+  const onShutdown = (): void => {
+    if (phase.streaming) return;
+    const shutdown = adminShutdownError();
+    void context.conn.close({ sqlState: shutdown.sqlState, message: shutdown.message });
+  };
+  if (context.shutdownSignal.aborted) onShutdown();
+  context.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
+  try {
+    await startupAndCommands(context, phase);
+  } finally {
+    context.shutdownSignal.removeEventListener('abort', onShutdown);
+  }
+}
+
+async function startupAndCommands(context: SessionContext, phase: { streaming: boolean }): Promise<void> {
   const { conn, log } = context;
   let state: SessionState | undefined;
   try {
@@ -78,7 +96,7 @@ export async function runSession(context: SessionContext): Promise<void> {
     return;
   }
   try {
-    await commandLoop(context, state);
+    await commandLoop(context, state, phase);
   } finally {
     // slot.c ReplicationSlotCleanup at backend exit: temporary slots go, acquisitions end.
     findTimeline(context, state)?.slots.endConnection(context.connId);
@@ -105,7 +123,7 @@ function prepareSession(context: SessionContext, startup: StartupResult): Sessio
   return { startup, timelineKey: selectTimeline(startup.options, defaultKey) };
 }
 
-async function commandLoop(context: SessionContext, state: SessionState): Promise<void> {
+async function commandLoop(context: SessionContext, state: SessionState, phase: { streaming: boolean }): Promise<void> {
   const { conn } = context;
   while (!conn.isClosed() && !context.shutdownSignal.aborted) {
     let message;
@@ -118,7 +136,7 @@ async function commandLoop(context: SessionContext, state: SessionState): Promis
     }
     switch (message.type) {
       case 'query': {
-        const keep = await handleQuery(context, state, message.sql);
+        const keep = await handleQuery(context, state, message.sql, phase);
         if (!keep) {
           void conn.close();
           return;
@@ -146,15 +164,20 @@ async function commandLoop(context: SessionContext, state: SessionState): Promis
       }
     }
   }
+  // A stream refused during shutdown (start out of range...) leaves the connection open: it ends like any other.
+  if (context.shutdownSignal.aborted && !conn.isClosed()) {
+    const shutdown = adminShutdownError();
+    void conn.close({ sqlState: shutdown.sqlState, message: shutdown.message });
+  }
 }
 
 /** Runs one simple Query; returns false when the connection must close afterwards. */
-async function handleQuery(context: SessionContext, state: SessionState, sql: string): Promise<boolean> {
+async function handleQuery(context: SessionContext, state: SessionState, sql: string, phase: { streaming: boolean }): Promise<boolean> {
   const { conn } = context;
   const command = parseReplicationCommand(sql);
   context.onCommand?.(command.kind);
   try {
-    if (command.kind === 'start_replication') return await handleStartReplication(context, state, command);
+    if (command.kind === 'start_replication') return await handleStartReplication(context, state, command, phase);
     const result = await answerCommand(context, state, command);
     await conn.write([...result, readyForQuery('I')]);
   } catch (error) {
@@ -170,10 +193,11 @@ async function handleQuery(context: SessionContext, state: SessionState, sql: st
 type StartReplicationCommand = Extract<ReplicationCommand, { kind: 'start_replication' }>;
 
 /** START_REPLICATION [SLOT name]: the slot is acquired first (walsender.c StartReplication) and released at stream end. */
-async function handleStartReplication(context: SessionContext, state: SessionState, command: StartReplicationCommand): Promise<boolean> {
+async function handleStartReplication(context: SessionContext, state: SessionState, command: StartReplicationCommand, phase: { streaming: boolean }): Promise<boolean> {
   const timeline = requireTimeline(context, state);
   const slot: SlotLease | undefined = command.slotName === undefined ? undefined : timeline.slots.acquire(command.slotName, context.connId);
   const recovery = command.term !== undefined || state.startup.applicationName === 'wal_proposer_recovery';
+  phase.streaming = true;
   try {
     const outcome = await runStartReplication(
       {
@@ -192,6 +216,7 @@ async function handleStartReplication(context: SessionContext, state: SessionSta
     context.onStreamEnd?.(outcome, state.startup.applicationName);
     return outcome.keepConnection;
   } finally {
+    phase.streaming = false;
     slot?.release();
   }
 }

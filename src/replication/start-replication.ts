@@ -17,6 +17,7 @@ import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQue
 import type { Feedback } from './feedback.js';
 import { ReplyReader, type ReplicaEnd } from './reply-reader.js';
 import { sendWal, type SendWalEnd } from './send-wal.js';
+import { adminShutdownError } from './shutdown-error.js';
 import { encodeKeepalive, pgNowMicros } from './stream-messages.js';
 import { toStreamInput } from './stream-input.js';
 
@@ -217,6 +218,9 @@ async function finishStream(
 async function finishReplicaEnd(context: StreamContext, writer: StreamWriter | undefined, end: ReplicaEnd): Promise<Finish> {
   const { conn } = context;
   if (context.shutdownSignal.aborted) {
+    // Through the writer, after the last chunk: a FATAL written to the socket beside it could land mid-message.
+    const shutdown = adminShutdownError();
+    await writer?.sendMessage(errorResponse({ severity: 'FATAL', sqlState: shutdown.sqlState, message: shutdown.message })).catch(() => undefined);
     await writer?.release().catch(() => undefined);
     return { description: 'server shutdown', keepConnection: false };
   }
