@@ -23,6 +23,9 @@ export interface ServeFlags {
   readonly io?: string;
   readonly nativeStrategy?: string;
   readonly maxConnections: number;
+  readonly maxStartupConnections?: number;
+  readonly maxStartupConnectionsPerAddress?: number;
+  readonly authenticationTimeout?: number;
   readonly replicaTimeout: number;
   readonly http: string | false;
   readonly httpAuthTokenFile?: string;
@@ -45,6 +48,9 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     auth,
     backend: selection.backend,
     maxConnections: flags.maxConnections,
+    maxStartupConnections: flags.maxStartupConnections,
+    maxStartupConnectionsPerAddress: flags.maxStartupConnectionsPerAddress,
+    authenticationTimeoutMs: flags.authenticationTimeout,
     replicaTimeoutMs: flags.replicaTimeout,
     log,
     hooks: metrics.hooks,

@@ -32,8 +32,6 @@ import { runStartReplication, type StreamOutcome } from './start-replication.js'
 import { adminShutdownError } from './shutdown-error.js';
 import { selectTimeline, type TimelineKey } from './timeline-selection.js';
 
-/** A client must finish startup and authentication within this time (PostgreSQL authentication_timeout: 60 s). */
-export const STARTUP_TIMEOUT_MS = 60_000;
 /** An idle command connection is closed after this long (Neon's safekeeper uses a 10-minute read timeout). */
 export const COMMAND_IDLE_TIMEOUT_MS = 10 * 60_000;
 
@@ -44,6 +42,13 @@ export interface SessionContext {
   readonly backend: IoBackend;
   readonly auth: AuthConfig;
   readonly replicaTimeoutMs: number;
+  /** Startup and authentication must finish within this (`--authentication-timeout`). */
+  readonly startupTimeoutMs: number;
+  /**
+   * Asked once the client has authenticated, before ReadyForQuery: an error refuses the connection with it
+   * (the authenticated pool is full). See src/admission.
+   */
+  readonly admit?: () => WalcastError | undefined;
   readonly shutdownSignal: AbortSignal;
   readonly log: Logger;
   /** Called once per finished stream, for logs and metrics. */
@@ -84,9 +89,12 @@ async function startupAndCommands(context: SessionContext, phase: { streaming: b
       serverVersion: PG_SERVER_VERSION,
       backendPid: context.connId,
       secretKey: randomInt(0x7fff_ffff),
-      startupTimeoutMs: STARTUP_TIMEOUT_MS,
+      startupTimeoutMs: context.startupTimeoutMs,
       validate: (result) => {
-        state = prepareSession(context, result);
+        const prepared = prepareSession(context, result);
+        const refusal = context.admit?.();
+        if (refusal !== undefined) throw refusal;
+        state = prepared;
       },
     });
     assert.ok(state !== undefined && state.startup === startup, 'validate ran before ReadyForQuery');

@@ -26,7 +26,17 @@ export function backendUnderTest(): { io: 'ts' | 'native'; strategy?: 'sendfile'
   return strategy === undefined || io === 'ts' ? { io } : { io, strategy };
 }
 
-export async function startWalcast(options: { dataDir: string; auth?: AuthConfig; replicaTimeoutMs?: number; maxConnections?: number }): Promise<RunningWalcast> {
+export interface StartWalcastOptions {
+  readonly dataDir: string;
+  readonly auth?: AuthConfig;
+  readonly replicaTimeoutMs?: number;
+  readonly maxConnections?: number;
+  readonly maxStartupConnections?: number;
+  readonly maxStartupConnectionsPerAddress?: number;
+  readonly authenticationTimeoutMs?: number;
+}
+
+export async function startWalcast(options: StartWalcastOptions): Promise<RunningWalcast> {
   const { backend } = await createIoBackend(backendUnderTest());
   const server = await WalcastServer.start({
     dataDir: options.dataDir,
@@ -35,6 +45,9 @@ export async function startWalcast(options: { dataDir: string; auth?: AuthConfig
     backend,
     maxConnections: options.maxConnections ?? 4096,
     replicaTimeoutMs: options.replicaTimeoutMs ?? 60_000,
+    maxStartupConnections: options.maxStartupConnections,
+    maxStartupConnectionsPerAddress: options.maxStartupConnectionsPerAddress,
+    authenticationTimeoutMs: options.authenticationTimeoutMs,
     log: silentLogger(),
   });
   return { server, port: server.address().port, stop: () => server.stop() };
