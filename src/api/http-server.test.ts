@@ -344,3 +344,15 @@ describe('slow clients', () => {
     }
   });
 });
+
+test('a request target URL cannot parse ("//", "/\\\\") is a 400, not a 500 (found by the fuzz suite)', async () => {
+  for (const target of ['//', '/\\']) {
+    const answer = await new Promise<string>((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port: fixture.api.address().port }, () => socket.write(`GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`));
+      const chunks: Buffer[] = [];
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+      socket.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    });
+    assert.match(answer, /^HTTP\/1\.1 400 /, `${target}: ${answer.slice(0, 80)}`);
+  }
+});

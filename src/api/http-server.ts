@@ -158,7 +158,8 @@ async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, r
   if (tokenDigest !== undefined && !isAuthorized(request.headers.authorization, tokenDigest)) {
     return { ...jsonReply(401, 'unauthorized', 'missing or wrong bearer token'), headers: { 'www-authenticate': 'Bearer' } };
   }
-  const path = new URL(request.url ?? '/', 'http://localhost').pathname;
+  const path = requestPath(request.url ?? '/');
+  if (path === undefined) return jsonReply(400, 'bad_request', 'malformed request target');
   const slotsMatch = SLOTS_ROUTE.exec(path) ?? SLOT_ROUTE.exec(path);
   if (slotsMatch !== null) return slotRoutes(options.view, request, slotsMatch);
   if (request.method !== 'GET' && request.method !== 'HEAD') return methodNotAllowed(request, 'GET, HEAD');
@@ -261,6 +262,18 @@ async function readJsonBody(request: IncomingMessage): Promise<Record<string, un
 
 function methodNotAllowed(request: IncomingMessage, allow: string): Reply {
   return { ...jsonReply(405, 'method_not_allowed', `method ${request.method ?? '?'} is not allowed`), headers: { allow } };
+}
+
+/**
+ * The path of a request target, or undefined when it is not one: URL throws on targets such as "//" or "/\\"
+ * (a network-path reference without a host), which the fuzz suite found reaching the 500 handler.
+ */
+function requestPath(target: string): string | undefined {
+  try {
+    return new URL(target, 'http://localhost').pathname;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A malformed %-escape is the client's mistake: keep the raw text, which then fails the id check with a 400. */
