@@ -6,6 +6,11 @@
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
+import { CONNECTIONS_MAX } from '../src/config/limits.js';
+import { isWalcastError } from '../src/errors.js';
+import { createIoBackend } from '../src/io/select-backend.js';
+import { silentLogger } from '../src/log.js';
+import { WalcastServer } from '../src/server.js';
 import { connectReplication } from '../src/wire/client.js';
 import { makeTempDir } from './support/postgres.js';
 import { startWalcast, type RunningWalcast, type StartWalcastOptions } from './support/walcast.js';
@@ -48,6 +53,15 @@ async function replicaConnects(port: number): Promise<void> {
 }
 
 describe('admission', { timeout: TIMEOUT_MS }, () => {
+  test('WalcastServer.start refuses maxConnections above the ceiling before listening', async () => {
+    const { backend } = await createIoBackend({ io: 'ts' });
+    await assert.rejects(
+      WalcastServer.start({ dataDir: '/nonexistent-walcast-dir', listen: { host: '127.0.0.1', port: 0 }, auth: { method: 'trust' }, backend, maxConnections: CONNECTIONS_MAX + 1, replicaTimeoutMs: 1000, log: silentLogger() }),
+      (error: unknown) => isWalcastError(error, 'WALCAST_ERR_CONFIG'),
+    );
+    await backend.close();
+  });
+
   test('more idle sockets than --max-connections do not lock a replica out (it got 53300 before)', async () => {
     const walcast = await server({ maxConnections: 256 });
     await idleSockets(walcast.port, 300);

@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isWalcastError } from '../errors.js';
-import { decodeFeedback } from '../replication/feedback.js';
 import { errorResponse } from './backend-serializer.js';
 import { CLIENT_TEXT_QUOTE_MAX_CHARS, describeClientByte, quoteClientText } from './client-text.js';
 import { ScramServerExchange, createScramVerifier } from './scram.js';
@@ -34,13 +33,6 @@ test('every byte value quotes to text without NUL or control characters', () => 
   }
   assert.equal(describeClientByte(0), '0x00');
   assert.equal(describeClientByte(0x71), '"q" (0x71)');
-});
-
-test('feedback with type byte 0x00 is an error whose reply serializes (it tripped "protocol strings cannot contain NUL")', () => {
-  const decoded = decodeFeedback(Buffer.from([0x00, 1, 2, 3]));
-  assert.ok(isWalcastError(decoded, 'WALCAST_ERR_FEEDBACK_MALFORMED'));
-  assert.match(decoded.message, /0x00/);
-  errorResponse({ severity: 'FATAL', sqlState: decoded.sqlState, message: decoded.message });
 });
 
 test('a SCRAM client-first message with NUL in an attribute is refused with an error that serializes', () => {

@@ -6,12 +6,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isWalcastError } from '../errors.js';
-import { silentLogger } from '../log.js';
-import { WalcastServer } from '../server.js';
-import { createIoBackend } from '../io/select-backend.js';
-import { LSN_WATCH_WAITERS_MAX } from '../timeline/lsn-watch.js';
-import { REPLICAS_PER_TIMELINE_MAX } from '../timeline/replica-registry.js';
-import { CONNECTIONS_MAX, checkMaxConnections } from './limits.js';
+import { LSN_WATCH_WAITERS_MAX } from './lsn-watch.js';
+import { REPLICAS_PER_TIMELINE_MAX } from './replica-registry.js';
+import { CONNECTIONS_MAX, checkMaxConnections } from '../config/limits.js';
 
 test('the registry and watch bounds derive from the connection ceiling', () => {
   assert.ok(REPLICAS_PER_TIMELINE_MAX >= CONNECTIONS_MAX);
@@ -24,13 +21,4 @@ test('checkMaxConnections accepts 1..CONNECTIONS_MAX and refuses the rest with a
   for (const bad of [0, -1, 1.5, CONNECTIONS_MAX + 1, Number.NaN]) {
     assert.throws(() => checkMaxConnections(bad), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_CONFIG') && /from 1 to 100000/.test(error.message));
   }
-});
-
-test('WalcastServer.start refuses maxConnections above the ceiling before listening', async () => {
-  const { backend } = await createIoBackend({ io: 'ts' });
-  await assert.rejects(
-    WalcastServer.start({ dataDir: '/nonexistent-walcast-dir', listen: { host: '127.0.0.1', port: 0 }, auth: { method: 'trust' }, backend, maxConnections: CONNECTIONS_MAX + 1, replicaTimeoutMs: 1000, log: silentLogger() }),
-    (error: unknown) => isWalcastError(error, 'WALCAST_ERR_CONFIG'),
-  );
-  await backend.close();
 });
