@@ -19,7 +19,7 @@ const LAYERS = [
   ['cli', 'index.ts'],
   ['api'],
   ['server.ts'],
-  ['ingest'],
+  ['ingest', 'admission'],
   ['replication'],
   ['retention'],
   ['timeline'],

@@ -26,6 +26,7 @@ export const SqlState = {
   tooManyConnections: '53300',
   programLimitExceeded: '54000',
   adminShutdown: '57P01',
+  cannotConnectNow: '57P03',
   queryCanceled: '57014',
   internalError: 'XX000',
   dataCorrupted: 'XX001',
@@ -92,6 +93,8 @@ export const ERROR_CATALOGUE = {
   WALCAST_ERR_SLOT_FILE: { sqlState: SqlState.dataCorrupted, summary: 'the timeline slot file is unreadable or corrupt' },
   // Integrity.
   WALCAST_ERR_WAL_CORRUPTED: { sqlState: SqlState.dataCorrupted, summary: 'stored WAL failed its page checksum; the page is refused until it verifies again' },
+  // Connection admission (appended: codes are never renumbered).
+  WALCAST_ERR_SHUTTING_DOWN: { sqlState: SqlState.cannotConnectNow, summary: 'a new connection arrived while the server is shutting down' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type WalcastErrorCode = keyof typeof ERROR_CATALOGUE;

@@ -5,6 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
+import { Admission, type AdmissionTicket, type AdmitResult } from './admission/admission.js';
+import { resolveAdmission, type ResolvedAdmission } from './admission/admission-options.js';
 import type { ListenAddress } from './config/listen-address.js';
 import { WalcastError } from './errors.js';
 import { startIngest, type IngestHandle } from './ingest/ingest-manager.js';
@@ -28,7 +30,14 @@ export interface ServerOptions {
   readonly listen: ListenAddress;
   readonly auth: AuthConfig;
   readonly backend: IoBackend;
+  /** Authenticated sessions at once (`--max-connections`); connections still starting up have their own pool. */
   readonly maxConnections: number;
+  /** Connections in startup/authentication at once (default STARTUP_CONNECTIONS_DEFAULT); see src/admission. */
+  readonly maxStartupConnections?: number;
+  /** Of those, from one address (default STARTUP_CONNECTIONS_PER_ADDRESS_DEFAULT). */
+  readonly maxStartupConnectionsPerAddress?: number;
+  /** Startup and authentication must finish within this (default AUTHENTICATION_TIMEOUT_MS_DEFAULT). */
+  readonly authenticationTimeoutMs?: number;
   readonly replicaTimeoutMs: number;
   readonly log: Logger;
   /** Password for the upstreams that timelines follow (live ingest); see src/ingest. */
@@ -47,31 +56,53 @@ export interface ServerHooks {
   onConnectionRefused?(cause: string): void;
 }
 
+/** One accepted connection, from accept until its socket closes. */
+interface LiveConnection {
+  readonly socket: Socket;
+  readonly conn: PgConnection;
+  readonly ticket: AdmissionTicket;
+  /**
+   * Tells this connection's session to end. One controller per connection rather than one shared signal: each
+   * stream listens for shutdown while it runs, and N streams on one AbortSignal pile up N listeners
+   * (MaxListenersExceededWarning at 11); here each signal has at most the listeners of one session.
+   */
+  readonly stop: AbortController;
+}
+
 export class WalcastServer {
   readonly timelines: TimelineRegistry;
   readonly backend: IoBackend;
   private readonly options: ServerOptions;
   private readonly listener: Server;
-  private readonly sockets = new Set<Socket>();
+  /** Every open connection by admission ticket id, until its socket closes. */
+  private readonly live = new Map<number, LiveConnection>();
+  private readonly admission: Admission;
+  /** Both pools full: the most sockets open at once (descriptors are bounded by this, not by the pools alone). */
+  private readonly socketsMax: number;
+  private readonly authenticationTimeoutMs: number;
   private readonly sessions = new Set<Promise<void>>();
-  private readonly shutdown = new AbortController();
+  private stopping = false;
   private nextConnId = 1;
   /** Live ingest: one follower per timeline that has an upstream. */
   ingest: IngestHandle | undefined;
   /** WAL removal: one task per timeline that follows an upstream. */
   retention: RetentionHandle | undefined;
 
-  private constructor(options: ServerOptions, timelines: TimelineRegistry) {
+  private constructor(options: ServerOptions, admission: ResolvedAdmission, timelines: TimelineRegistry) {
     this.options = options;
     this.timelines = timelines;
     this.backend = options.backend;
+    this.admission = new Admission(admission.limits);
+    this.authenticationTimeoutMs = admission.authenticationTimeoutMs;
+    this.socketsMax = this.admission.limits.maxConnections + this.admission.limits.maxStartupConnections;
     this.listener = createServer({ noDelay: true }, (socket) => this.accept(socket));
   }
 
   static async start(options: ServerOptions): Promise<WalcastServer> {
-    assert.ok(options.maxConnections > 0);
+    // The bound the replica registry and the LSN watches derive from: refuse a setting above it before opening anything.
+    const admission = resolveAdmission(options);
     const timelines = await openTimelines(options.dataDir, options.log);
-    const server = new WalcastServer(options, timelines);
+    const server = new WalcastServer(options, admission, timelines);
     await new Promise<void>((resolve, reject) => {
       server.listener.once('error', reject);
       server.listener.listen(options.listen.port, options.listen.host, () => {
@@ -91,29 +122,64 @@ export class WalcastServer {
   }
 
   connectionCount(): number {
-    return this.sockets.size;
+    return this.live.size;
   }
 
   private accept(socket: Socket): void {
     const connId = this.nextConnId++;
-    const log = this.options.log.child({ conn: connId, addr: `${socket.remoteAddress}:${socket.remotePort}` });
     const conn = new PgConnection(socket);
-    if (this.sockets.size >= this.options.maxConnections || this.shutdown.signal.aborted) {
-      this.options.hooks?.onConnectionRefused?.('too_many_connections');
-      const refusal = new WalcastError('WALCAST_ERR_TOO_MANY_CONNECTIONS', 'sorry, too many clients already');
+    const admitted = this.admit(socket);
+    if ('refused' in admitted) {
+      const refusal = admitted.refused;
+      this.options.hooks?.onConnectionRefused?.(refusal.code === 'WALCAST_ERR_SHUTTING_DOWN' ? 'shutting_down' : 'too_many_connections');
       void conn.close({ sqlState: refusal.sqlState, message: refusal.message });
       return;
     }
-    this.sockets.add(socket);
-    socket.once('close', () => this.sockets.delete(socket));
-    const session = runSession({
+    const { ticket, evicted } = admitted;
+    if (evicted !== undefined) this.evict(evicted.ticket, evicted.error);
+    const live: LiveConnection = { socket, conn, ticket, stop: new AbortController() };
+    this.live.set(ticket.id, live);
+    // Bytes from the client make it a less likely squatter: idle connections are evicted first.
+    socket.once('data', () => this.admission.markActive(ticket));
+    socket.once('close', () => {
+      this.live.delete(ticket.id);
+      this.admission.release(ticket);
+    });
+    const session = this.runSession(live, connId)
+      // A session is over once its socket is: its goodbye (a FATAL) gets CLOSE_GRACE_MS to reach the client.
+      .then(() => conn.close())
+      .finally(() => this.sessions.delete(session));
+    this.sessions.add(session);
+  }
+
+  /** Admission (src/admission): refused while stopping or beyond every pool; else a ticket, maybe at another's cost. */
+  private admit(socket: Socket): AdmitResult {
+    if (this.stopping) return { refused: new WalcastError('WALCAST_ERR_SHUTTING_DOWN', 'the database system is shutting down') };
+    // Sockets still closing after an eviction count too: this bounds descriptors, whatever the pools say.
+    if (this.live.size >= this.socketsMax) return { refused: new WalcastError('WALCAST_ERR_TOO_MANY_CONNECTIONS', 'sorry, too many clients already') };
+    return this.admission.admit(socket.remoteAddress ?? 'unknown', Date.now());
+  }
+
+  private evict(ticket: AdmissionTicket, error: WalcastError): void {
+    const victim = this.live.get(ticket.id);
+    assert.ok(victim !== undefined, 'an admitted ticket has a live connection until its socket closes');
+    this.options.hooks?.onConnectionRefused?.('startup_evicted');
+    void victim.conn.close({ sqlState: error.sqlState, message: error.message });
+  }
+
+  private runSession(live: LiveConnection, connId: number): Promise<void> {
+    const { socket, conn, ticket } = live;
+    const log = this.options.log.child({ conn: connId, addr: `${socket.remoteAddress}:${socket.remotePort}` });
+    return runSession({
       conn,
       connId,
       timelines: this.timelines,
       backend: this.backend,
       auth: this.options.auth,
       replicaTimeoutMs: this.options.replicaTimeoutMs,
-      shutdownSignal: this.shutdown.signal,
+      startupTimeoutMs: this.authenticationTimeoutMs,
+      admit: () => this.admission.authenticate(ticket),
+      shutdownSignal: live.stop.signal,
       log,
       onCommand: (kind) => this.options.hooks?.onCommand?.(kind),
       onStartupRefused: (cause) => this.options.hooks?.onConnectionRefused?.(cause),
@@ -124,29 +190,30 @@ export class WalcastServer {
         else log.info(fields, 'stream ended');
         this.options.hooks?.onStreamEnd?.(outcome, applicationName);
       },
-    })
-      .catch((error: unknown) => {
-        // A bug, not a client's doing: log it loudly, drop this connection, keep serving everyone else.
-        log.error({ err: error }, 'session failed');
-        socket.destroy();
-      })
-      .finally(() => this.sessions.delete(session));
-    this.sessions.add(session);
+    }).catch((error: unknown) => {
+      // A bug, not a client's doing: log it loudly, drop this connection, keep serving everyone else.
+      log.error({ err: error }, 'session failed');
+      socket.destroy();
+    });
   }
 
-  /** Stops accepting, asks every session to end, waits a bounded time, then destroys what is left. */
+  /**
+   * Asks every session to end (each sends FATAL 57P01, a stream after its last chunk), waits a bounded time, then
+   * destroys what is left. Until then the listener stays open, so a client connecting meanwhile hears 57P03 "the
+   * database system is shutting down" rather than a refused connection, as from PostgreSQL's postmaster.
+   */
   async stop(): Promise<void> {
-    if (this.shutdown.signal.aborted) return;
-    this.shutdown.abort();
+    if (this.stopping) return;
+    this.stopping = true;
     // Retention stops before ingest, so no pass runs against a timeline whose writer is closing.
     await this.retention?.stop();
     // Ingest first: its final flush publishes what is durable before the senders are told to end.
     await this.ingest?.stop();
-    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
-    for (const socket of this.sockets) socket.end();
+    for (const live of this.live.values()) live.stop.abort();
     const grace = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS).unref());
     await Promise.race([Promise.allSettled([...this.sessions]), grace]);
-    for (const socket of this.sockets) socket.destroy();
+    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
+    for (const live of this.live.values()) live.socket.destroy();
     await closed;
     // Sessions have ended, so slot acquisitions have too: save what replica feedback advanced since the last save.
     await Promise.all(this.timelines.list().map((timeline) => timeline.slots.close().catch((error: unknown) => this.options.log.error({ err: error }, 'saving replication slots at shutdown failed'))));

@@ -25,11 +25,17 @@ test('--help explains every subcommand and flag', async () => {
 });
 
 test('a wrong flag is one line on stderr and exit 2', async () => {
-  for (const args of [['serve', '--bogus'], ['serve', '--auth', 'md5'], ['nosuchcommand'], ['serve', '--max-connections', '-3'], ['serve', '--listen', 'nonsense'], ['slot', 'create'], ['serve', '--wal-keep-size', '1gb'], ['serve', '--max-slot-wal-keep-size', '-2']]) {
+  for (const args of [['serve', '--bogus'], ['serve', '--auth', 'md5'], ['nosuchcommand'], ['serve', '--max-connections', '-3'], ['serve', '--listen', 'nonsense'], ['slot', 'create'], ['serve', '--wal-keep-size', '1gb'], ['serve', '--max-slot-wal-keep-size', '-2'], ['serve', '--max-connections', '100001']]) {
     const result = await runWalcastCli(args);
     assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
     assert.equal(result.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${result.stderr}`);
   }
+});
+
+test('--max-connections above the ceiling the replica registry and LSN watches derive from is refused at startup', async () => {
+  const result = await runWalcastCli(['serve', '--data-dir', await makeTempDir('cli-max'), '--listen', '127.0.0.1:0', '--no-http', '--max-connections', '1000000'], { timeoutMs: 30_000 });
+  assert.equal(result.code, 2, result.stderr);
+  assert.match(result.stderr, /from 1 to 100000, got "1000000"/);
 });
 
 test('trust off loopback and scram without a password are refused before listening', async () => {

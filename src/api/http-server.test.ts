@@ -3,13 +3,14 @@
  * routes, status codes, the Neon-shaped timeline document, auth, and /metrics parsed as Prometheus text.
  */
 import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import parsePrometheusTextFormat, { type ParsedFamily } from 'parse-prometheus-text-format';
 import { silentLogger } from '../log.js';
 import { formatLsn, parseLsnOrThrow } from '../lsn.js';
 import { Timeline } from '../timeline/timeline.js';
 import { TimelineRegistry } from '../timeline/timeline-registry.js';
-import { startHttpApi, type HttpApi } from './http-server.js';
+import { HTTP_CONNECTIONS_MAX, HTTP_HEADERS_TIMEOUT_MS, startHttpApi, type HttpApi } from './http-server.js';
 import { createOperationsMetrics, streamEndingLabel, type OperationsMetrics } from './metrics.js';
 import type { ServerView } from './status-model.js';
 
@@ -298,4 +299,60 @@ describe('replication slot routes', () => {
     assert.equal((await getJson(`/v1/tenant/${TENANT}/timeline/${'0'.repeat(32)}/slots`)).status, 404);
     await fixture.timeline.slots.drop('dup');
   });
+});
+
+describe('slow clients', () => {
+  /** Sockets that send the start of a request head and then nothing: a slowloris. */
+  async function slowHeaderSockets(count: number): Promise<{ sockets: Socket[]; closedAtMs: Promise<number>[] }> {
+    const port = fixture.api.address().port;
+    const sockets = await Promise.all(
+      Array.from({ length: count }, () => new Promise<Socket>((resolve, reject) => {
+        const socket = connect({ host: '127.0.0.1', port }, () => resolve(socket));
+        socket.once('error', reject);
+      })),
+    );
+    const closedAtMs = sockets.map((socket) => {
+      socket.on('error', () => undefined);
+      socket.resume();
+      socket.write('GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+      return new Promise<number>((resolve) => socket.once('close', () => resolve(Date.now())));
+    });
+    return { sockets, closedAtMs };
+  }
+
+  test(`${HTTP_CONNECTIONS_MAX} slow-header connections neither block /v1/status and /metrics nor outlive the header timeout by much`, { timeout: 90_000 }, async () => {
+    const startedAtMs = Date.now();
+    const slow = await slowHeaderSockets(HTTP_CONNECTIONS_MAX);
+    try {
+      // Let the server accept them all before asking: node dropped every newcomer beyond its maxConnections.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      // Generous bounds: the property is that they are answered at all, not how fast.
+      for (const path of ['/v1/status', '/metrics']) {
+        const response = await fetch(`${fixture.base}${path}`, { signal: AbortSignal.timeout(10_000) });
+        assert.equal(response.status, 200, path);
+        await response.text();
+      }
+      // The newest slow client (not displaced by the two requests) is closed by the header timeout, which node
+      // checked only every 30 s by default: it lived 30-40 s, now about 10-11 s.
+      const newestClosedAtMs = await slow.closedAtMs[slow.closedAtMs.length - 1];
+      assert.ok(newestClosedAtMs !== undefined);
+      const livedMs = newestClosedAtMs - startedAtMs;
+      assert.ok(livedMs >= HTTP_HEADERS_TIMEOUT_MS - 1_000, `closed by the timeout, not before: ${livedMs} ms`);
+      assert.ok(livedMs < HTTP_HEADERS_TIMEOUT_MS + 10_000, `closed after ${livedMs} ms`);
+    } finally {
+      for (const socket of slow.sockets) socket.destroy();
+    }
+  });
+});
+
+test('a request target URL cannot parse ("//", "/\\\\") is a 400, not a 500 (found by the fuzz suite)', async () => {
+  for (const target of ['//', '/\\']) {
+    const answer = await new Promise<string>((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port: fixture.api.address().port }, () => socket.write(`GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`));
+      const chunks: Buffer[] = [];
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+      socket.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    });
+    assert.match(answer, /^HTTP\/1\.1 400 /, `${target}: ${answer.slice(0, 80)}`);
+  }
 });

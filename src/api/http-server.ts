@@ -22,6 +22,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { formatListenAddress, isLoopbackHost, type ListenAddress } from '../config/listen-address.js';
 import { WalcastError, type WalcastErrorCode } from '../errors.js';
 import { Timeline } from '../timeline/timeline.js';
+import type { Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import { stringifyJson } from './json.js';
 import type { OperationsMetrics } from './metrics.js';
@@ -35,6 +36,11 @@ export const HTTP_REQUEST_TIMEOUT_MS = 30_000;
 export const HTTP_KEEP_ALIVE_TIMEOUT_MS = 5_000;
 /** Monitoring needs a handful of connections; this bounds what a misbehaving client can hold open. */
 export const HTTP_CONNECTIONS_MAX = 256;
+/**
+ * How often node looks for connections past headersTimeout/requestTimeout. Node's default is 30 s, so a documented
+ * 10 s header timeout really fired after up to 40 s; at 1 s it fires within 11 s, for one timer per server.
+ */
+export const HTTP_CONNECTIONS_CHECK_INTERVAL_MS = 1_000;
 /** Header lines per request: a real client sends about ten. */
 export const HTTP_HEADERS_COUNT_MAX = 64;
 /** Tenant and timeline ids are 32 lowercase hex digits (Neon's TenantId / TimelineId). */
@@ -75,7 +81,7 @@ export async function startHttpApi(options: HttpApiOptions): Promise<HttpApi> {
     throw new WalcastError('WALCAST_ERR_CONFIG', `--http ${formatListenAddress(options.listen)} is not a loopback address: it needs --http-auth-token-file`);
   }
   const tokenDigest = options.authToken === undefined ? undefined : digest(options.authToken);
-  const server = createServer((request, response) => {
+  const server = createServer({ connectionsCheckingInterval: HTTP_CONNECTIONS_CHECK_INTERVAL_MS }, (request, response) => {
     handleRequest(options, tokenDigest, request, response).catch((error: unknown) => {
       options.log.error({ err: error, url: request.url }, 'HTTP handler failed');
       if (!response.headersSent) send(response, request, jsonReply(500, 'internal_error', 'internal error'));
@@ -83,6 +89,7 @@ export async function startHttpApi(options: HttpApiOptions): Promise<HttpApi> {
     });
   });
   configureBounds(server);
+  reserveForRequests(server);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.listen.port, options.listen.host, () => {
@@ -110,8 +117,35 @@ function configureBounds(server: Server): void {
   server.requestTimeout = HTTP_REQUEST_TIMEOUT_MS;
   server.keepAliveTimeout = HTTP_KEEP_ALIVE_TIMEOUT_MS;
   server.maxHeadersCount = HTTP_HEADERS_COUNT_MAX;
-  server.maxConnections = HTTP_CONNECTIONS_MAX;
   assert.ok(server.headersTimeout <= server.requestTimeout, 'node requires headersTimeout <= requestTimeout');
+  assert.ok(HTTP_CONNECTIONS_CHECK_INTERVAL_MS < HTTP_HEADERS_TIMEOUT_MS, 'the timeout is checked more often than it lasts');
+}
+
+/**
+ * Bounds connections at HTTP_CONNECTIONS_MAX without letting slow-header clients lock /metrics and /v1/status
+ * out: node's own maxConnections drops the newcomer, so 256 sockets that never finish their headers blocked the
+ * API until their timeout. Here a newcomer beyond the bound closes the oldest connection that has not yet sent a
+ * whole request head (a slowloris or a silent socket); only when every connection is serving a request is the
+ * newcomer dropped. A real scraper sends its request at once, so the room is effectively reserved for requests.
+ */
+function reserveForRequests(server: Server): void {
+  /** Connections that have not delivered a request head yet, oldest first (Set keeps insertion order). */
+  const waiting = new Set<Socket>();
+  let open = 0;
+  server.on('connection', (socket: Socket) => {
+    open++;
+    waiting.add(socket);
+    socket.once('close', () => {
+      open--;
+      waiting.delete(socket);
+    });
+    if (open <= HTTP_CONNECTIONS_MAX) return;
+    const victim = waiting.values().next().value;
+    assert.ok(victim !== undefined, 'the newcomer itself is waiting');
+    // The newcomer is the victim only when nothing older is waiting: every other connection is serving.
+    victim.destroy();
+  });
+  server.on('request', (request: IncomingMessage) => waiting.delete(request.socket));
 }
 
 async function handleRequest(options: HttpApiOptions, tokenDigest: Buffer | undefined, request: IncomingMessage, response: ServerResponse): Promise<void> {
@@ -124,7 +158,8 @@ async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, r
   if (tokenDigest !== undefined && !isAuthorized(request.headers.authorization, tokenDigest)) {
     return { ...jsonReply(401, 'unauthorized', 'missing or wrong bearer token'), headers: { 'www-authenticate': 'Bearer' } };
   }
-  const path = new URL(request.url ?? '/', 'http://localhost').pathname;
+  const path = requestPath(request.url ?? '/');
+  if (path === undefined) return jsonReply(400, 'bad_request', 'malformed request target');
   const slotsMatch = SLOTS_ROUTE.exec(path) ?? SLOT_ROUTE.exec(path);
   if (slotsMatch !== null) return slotRoutes(options.view, request, slotsMatch);
   if (request.method !== 'GET' && request.method !== 'HEAD') return methodNotAllowed(request, 'GET, HEAD');
@@ -227,6 +262,18 @@ async function readJsonBody(request: IncomingMessage): Promise<Record<string, un
 
 function methodNotAllowed(request: IncomingMessage, allow: string): Reply {
   return { ...jsonReply(405, 'method_not_allowed', `method ${request.method ?? '?'} is not allowed`), headers: { allow } };
+}
+
+/**
+ * The path of a request target, or undefined when it is not one: URL throws on targets such as "//" or "/\\"
+ * (a network-path reference without a host), which the fuzz suite found reaching the 500 handler.
+ */
+function requestPath(target: string): string | undefined {
+  try {
+    return new URL(target, 'http://localhost').pathname;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A malformed %-escape is the client's mistake: keep the raw text, which then fails the id check with a 400. */

@@ -4,7 +4,10 @@
  * work lives in its own module. Flag names are a public contract (scripts and outside tools use them).
  * A wrong flag prints one line and exits 2; an operating error prints one line and exits 1.
  */
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { AUTHENTICATION_TIMEOUT_MS_MAX } from '../admission/admission-options.js';
+import { AUTHENTICATION_TIMEOUT_MS_DEFAULT, STARTUP_CONNECTIONS_DEFAULT, STARTUP_CONNECTIONS_PER_ADDRESS_DEFAULT } from '../admission/admission.js';
+import { CONNECTIONS_MAX, STARTUP_CONNECTIONS_MAX } from '../config/limits.js';
 import { isWalcastError } from '../errors.js';
 import { LOG_LEVELS } from '../log.js';
 import { WALCAST_VERSION } from '../version.js';
@@ -29,7 +32,10 @@ function buildProgram(): Command {
     .option('--upstream-password-file <file>', 'file holding the password for upstreams that timelines follow (else env WALCAST_UPSTREAM_PASSWORD)')
     .addOption(new Option('--io <backend>', 'I/O backend (env WALCAST_IO; the flag wins)').choices(['auto', 'native', 'ts']))
     .addOption(new Option('--native-strategy <strategy>', 'socket strategy of the native backend (env WALCAST_NATIVE_STRATEGY)').choices(['sendfile', 'writev', 'uring']))
-    .option('--max-connections <n>', 'connections served at once; more are refused with 53300', parsePositiveInt, 4096)
+    .option('--max-connections <n>', `authenticated connections served at once, 1 to ${CONNECTIONS_MAX}; more are refused with 53300`, parseIntUpTo(CONNECTIONS_MAX), 4096)
+    .option('--max-startup-connections <n>', `connections still starting up or authenticating, a pool of their own (default ${STARTUP_CONNECTIONS_DEFAULT}, at most ${STARTUP_CONNECTIONS_MAX}); when full the oldest idle one is closed`, parseIntUpTo(STARTUP_CONNECTIONS_MAX))
+    .option('--max-startup-connections-per-address <n>', `of those, from one client address (default ${STARTUP_CONNECTIONS_PER_ADDRESS_DEFAULT})`, parseIntUpTo(STARTUP_CONNECTIONS_MAX))
+    .option('--authentication-timeout <ms>', `startup and authentication must finish within this (PostgreSQL authentication_timeout; default ${AUTHENTICATION_TIMEOUT_MS_DEFAULT})`, parseIntUpTo(AUTHENTICATION_TIMEOUT_MS_MAX))
     .option('--replica-timeout <ms>', 'end a stream whose replica sent nothing for this long (PostgreSQL wal_sender_timeout)', parsePositiveInt, 60_000)
     .option('--wal-keep-size <size>', 'WAL kept behind the end for replicas without a slot, as PostgreSQL wal_keep_size (64MB, 1GB; a plain number is MB)', '1GB')
     .option('--max-slot-wal-keep-size <size>', 'a slot further behind than this is invalidated and its WAL removed, as PostgreSQL max_slot_wal_keep_size (-1: unlimited)', '-1')
@@ -110,9 +116,18 @@ function buildProgram(): Command {
   return program;
 }
 
+/** A flag parser for an integer from 1 to `max`: an out-of-range setting is a usage error naming the range. */
+function parseIntUpTo(max: number): (text: string) => number {
+  return (text) => {
+    const value = parsePositiveInt(text);
+    if (value > max) throw new InvalidArgumentError(`expected an integer from 1 to ${max}, got "${text}"`);
+    return value;
+  };
+}
+
 function parsePositiveInt(text: string): number {
   const value = Number(text);
-  if (!Number.isSafeInteger(value) || value <= 0) throw new CommanderError(EXIT_USAGE, 'walcast.invalidNumber', `expected a positive integer, got "${text}"`);
+  if (!Number.isSafeInteger(value) || value <= 0) throw new InvalidArgumentError(`expected a positive integer, got "${text}"`);
   return value;
 }
 

@@ -25,6 +25,9 @@ export interface ServeFlags {
   readonly io?: string;
   readonly nativeStrategy?: string;
   readonly maxConnections: number;
+  readonly maxStartupConnections?: number;
+  readonly maxStartupConnectionsPerAddress?: number;
+  readonly authenticationTimeout?: number;
   readonly replicaTimeout: number;
   readonly walKeepSize: string;
   readonly maxSlotWalKeepSize: string;
@@ -50,6 +53,9 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     auth,
     backend: selection.backend,
     maxConnections: flags.maxConnections,
+    maxStartupConnections: flags.maxStartupConnections,
+    maxStartupConnectionsPerAddress: flags.maxStartupConnectionsPerAddress,
+    authenticationTimeoutMs: flags.authenticationTimeout,
     replicaTimeoutMs: flags.replicaTimeout,
     retention,
     log,

@@ -7,6 +7,7 @@
  * physical walsender refuses (0A000) rather than a syntax error.
  */
 import { parseLsn, type Lsn } from '../lsn.js';
+import { quoteClientText } from '../wire/client-text.js';
 
 export type ReplicationCommand =
   | { readonly kind: 'identify_system' }
@@ -119,7 +120,7 @@ function parseStartReplication(tokens: Token[]): ReplicationCommand {
   if (mode?.kind === 'word' && mode.text.toUpperCase() === 'PHYSICAL') index++;
   const position = tokens[index];
   const startLsn = position?.kind === 'word' ? parseLsn(position.text) : undefined;
-  if (startLsn === undefined) return { kind: 'invalid', message: `syntax error: START_REPLICATION needs a start position X/X${position === undefined ? '' : `, got "${position.text}"`}` };
+  if (startLsn === undefined) return { kind: 'invalid', message: `syntax error: START_REPLICATION needs a start position X/X${position === undefined ? '' : `, got ${quoteClientText(position.text)}`}` };
   index++;
   let pgTimelineId: number | undefined;
   if (tokens[index]?.kind === 'word' && tokens[index]?.text.toUpperCase() === 'TIMELINE') {
@@ -281,7 +282,7 @@ function identifierText(token: Token): string {
 }
 
 function syntaxError(token: Token | undefined): ReplicationCommand {
-  return { kind: 'invalid', message: token === undefined ? 'syntax error at end of input' : `syntax error at or near "${token.text}"` };
+  return { kind: 'invalid', message: token === undefined ? 'syntax error at end of input' : `syntax error at or near ${quoteClientText(token.text)}` };
 }
 
 /** Characters of an unquoted word: keywords, identifiers, numbers and X/X positions. */

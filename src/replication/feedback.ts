@@ -11,6 +11,7 @@
 import { WalcastError, isWalcastError } from '../errors.js';
 import type { Lsn } from '../lsn.js';
 import { BufferReader } from '../wire/buffer-reader.js';
+import { describeClientByte, quoteClientText } from '../wire/client-text.js';
 import { BYTE1_BYTES, INT32_BYTES, INT64_BYTES } from '../wire/field-sizes.js';
 import type { Feedback, HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../timeline/replica-feedback.js';
 
@@ -60,7 +61,7 @@ export function decodeFeedback(payload: Buffer): Feedback | WalcastError {
     case FeedbackTag.Pageserver:
       return decodePageserverEnvelope(body);
     default:
-      return malformed(`unexpected message type "${String.fromCharCode(tag)}" (0x${tag.toString(16)}) in replica feedback`);
+      return malformed(`unexpected message type ${describeClientByte(tag)} in replica feedback`);
   }
 }
 
@@ -132,7 +133,7 @@ function readPageserverFields(reader: BufferReader): PageserverFields {
   for (let index = 0; index < keyCount; index++) {
     const name = reader.cString({ maxBytes: PAGESERVER_KEY_MAX_BYTES, encoding: 'latin1' });
     const valueBytes = reader.int32();
-    if (valueBytes < 0) throw malformed(`pageserver feedback key "${name}" has negative length ${valueBytes}`);
+    if (valueBytes < 0) throw malformed(`pageserver feedback key ${quoteClientText(name)} has negative length ${valueBytes}`);
     const error = applyPageserverKey(fields, name, reader.bytes(valueBytes));
     if (error !== undefined) throw error;
   }
@@ -142,7 +143,7 @@ function readPageserverFields(reader: BufferReader): PageserverFields {
 /** Sets one known key; unknown keys are skipped, as Neon does, so newer pageservers can add keys. */
 function applyPageserverKey(fields: PageserverFields, name: string, value: Buffer): WalcastError | undefined {
   const expectBytes = (bytes: number): WalcastError | undefined =>
-    value.length === bytes ? undefined : malformed(`pageserver feedback key "${name}" has length ${value.length}, expected ${bytes}`);
+    value.length === bytes ? undefined : malformed(`pageserver feedback key ${quoteClientText(name)} has length ${value.length}, expected ${bytes}`);
   switch (name) {
     case 'current_timeline_size':
       return expectBytes(INT64_BYTES) ?? void (fields.currentTimelineSize = value.readBigUInt64BE(0));

@@ -14,6 +14,7 @@ import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { PG_SERVER_VERSION } from '../version.js';
 import type { PgConnection } from '../wire/connection.js';
+import { quoteClientText } from '../wire/client-text.js';
 import { commandComplete, emptyQueryResponse, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
 import { acceptStartup, replicationMode, type AuthConfig, type StartupResult } from '../wire/startup.js';
 import { parseReplicationCommand, type ReplicationCommand } from './command-parser.js';
@@ -28,10 +29,9 @@ import {
   timelineStatusResult,
 } from './command-results.js';
 import { runStartReplication, type StreamOutcome } from './start-replication.js';
+import { adminShutdownError } from './shutdown-error.js';
 import { selectTimeline, type TimelineKey } from './timeline-selection.js';
 
-/** A client must finish startup and authentication within this time (PostgreSQL authentication_timeout: 60 s). */
-export const STARTUP_TIMEOUT_MS = 60_000;
 /** An idle command connection is closed after this long (Neon's safekeeper uses a 10-minute read timeout). */
 export const COMMAND_IDLE_TIMEOUT_MS = 10 * 60_000;
 
@@ -42,6 +42,13 @@ export interface SessionContext {
   readonly backend: IoBackend;
   readonly auth: AuthConfig;
   readonly replicaTimeoutMs: number;
+  /** Startup and authentication must finish within this (`--authentication-timeout`). */
+  readonly startupTimeoutMs: number;
+  /**
+   * Asked once the client has authenticated, before ReadyForQuery: an error refuses the connection with it
+   * (the authenticated pool is full). See src/admission.
+   */
+  readonly admit?: () => WalcastError | undefined;
   readonly shutdownSignal: AbortSignal;
   readonly log: Logger;
   /** Called once per finished stream, for logs and metrics. */
@@ -57,6 +64,23 @@ interface SessionState {
 }
 
 export async function runSession(context: SessionContext): Promise<void> {
+  const phase = { streaming: false };
+  // Outside a stream the session closes the connection with 57P01 itself; a stream ends through its own writer.
+  const onShutdown = (): void => {
+    if (phase.streaming) return;
+    const shutdown = adminShutdownError();
+    void context.conn.close({ sqlState: shutdown.sqlState, message: shutdown.message });
+  };
+  if (context.shutdownSignal.aborted) onShutdown();
+  context.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
+  try {
+    await startupAndCommands(context, phase);
+  } finally {
+    context.shutdownSignal.removeEventListener('abort', onShutdown);
+  }
+}
+
+async function startupAndCommands(context: SessionContext, phase: { streaming: boolean }): Promise<void> {
   const { conn, log } = context;
   let state: SessionState | undefined;
   try {
@@ -65,9 +89,12 @@ export async function runSession(context: SessionContext): Promise<void> {
       serverVersion: PG_SERVER_VERSION,
       backendPid: context.connId,
       secretKey: randomInt(0x7fff_ffff),
-      startupTimeoutMs: STARTUP_TIMEOUT_MS,
+      startupTimeoutMs: context.startupTimeoutMs,
       validate: (result) => {
-        state = prepareSession(context, result);
+        const prepared = prepareSession(context, result);
+        const refusal = context.admit?.();
+        if (refusal !== undefined) throw refusal;
+        state = prepared;
       },
     });
     assert.ok(state !== undefined && state.startup === startup, 'validate ran before ReadyForQuery');
@@ -77,7 +104,7 @@ export async function runSession(context: SessionContext): Promise<void> {
     return;
   }
   try {
-    await commandLoop(context, state);
+    await commandLoop(context, state, phase);
   } finally {
     // slot.c ReplicationSlotCleanup at backend exit: temporary slots go, acquisitions end.
     findTimeline(context, state)?.slots.endConnection(context.connId);
@@ -98,13 +125,13 @@ function prepareSession(context: SessionContext, startup: StartupResult): Sessio
     case 'logical':
       throw new WalcastError('WALCAST_ERR_NOT_REPLICATION', 'logical replication is not supported by walcast: connect with replication=true');
     case 'invalid':
-      throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for parameter "replication": "${startup.replication ?? ''}"`);
+      throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for parameter "replication": ${quoteClientText(startup.replication ?? '')}`);
   }
   const defaultKey = context.timelines.soleTimelineKey();
   return { startup, timelineKey: selectTimeline(startup.options, defaultKey) };
 }
 
-async function commandLoop(context: SessionContext, state: SessionState): Promise<void> {
+async function commandLoop(context: SessionContext, state: SessionState, phase: { streaming: boolean }): Promise<void> {
   const { conn } = context;
   while (!conn.isClosed() && !context.shutdownSignal.aborted) {
     let message;
@@ -117,7 +144,7 @@ async function commandLoop(context: SessionContext, state: SessionState): Promis
     }
     switch (message.type) {
       case 'query': {
-        const keep = await handleQuery(context, state, message.sql);
+        const keep = await handleQuery(context, state, message.sql, phase);
         if (!keep) {
           void conn.close();
           return;
@@ -145,15 +172,20 @@ async function commandLoop(context: SessionContext, state: SessionState): Promis
       }
     }
   }
+  // A stream refused during shutdown (start out of range...) leaves the connection open: it ends like any other.
+  if (context.shutdownSignal.aborted && !conn.isClosed()) {
+    const shutdown = adminShutdownError();
+    void conn.close({ sqlState: shutdown.sqlState, message: shutdown.message });
+  }
 }
 
 /** Runs one simple Query; returns false when the connection must close afterwards. */
-async function handleQuery(context: SessionContext, state: SessionState, sql: string): Promise<boolean> {
+async function handleQuery(context: SessionContext, state: SessionState, sql: string, phase: { streaming: boolean }): Promise<boolean> {
   const { conn } = context;
   const command = parseReplicationCommand(sql);
   context.onCommand?.(command.kind);
   try {
-    if (command.kind === 'start_replication') return await handleStartReplication(context, state, command);
+    if (command.kind === 'start_replication') return await handleStartReplication(context, state, command, phase);
     const result = await answerCommand(context, state, command);
     await conn.write([...result, readyForQuery('I')]);
   } catch (error) {
@@ -169,10 +201,11 @@ async function handleQuery(context: SessionContext, state: SessionState, sql: st
 type StartReplicationCommand = Extract<ReplicationCommand, { kind: 'start_replication' }>;
 
 /** START_REPLICATION [SLOT name]: the slot is acquired first (walsender.c StartReplication) and released at stream end. */
-async function handleStartReplication(context: SessionContext, state: SessionState, command: StartReplicationCommand): Promise<boolean> {
+async function handleStartReplication(context: SessionContext, state: SessionState, command: StartReplicationCommand, phase: { streaming: boolean }): Promise<boolean> {
   const timeline = requireTimeline(context, state);
   const slot: SlotLease | undefined = command.slotName === undefined ? undefined : timeline.slots.acquire(command.slotName, context.connId);
   const recovery = command.term !== undefined || state.startup.applicationName === 'wal_proposer_recovery';
+  phase.streaming = true;
   try {
     const outcome = await runStartReplication(
       {
@@ -191,6 +224,7 @@ async function handleStartReplication(context: SessionContext, state: SessionSta
     context.onStreamEnd?.(outcome, state.startup.applicationName);
     return outcome.keepConnection;
   } finally {
+    phase.streaming = false;
     slot?.release();
   }
 }
@@ -230,7 +264,7 @@ async function answerCommand(context: SessionContext, state: SessionState, comma
       context.log.info({ slot: command.slotName }, 'replication slot dropped');
       return [commandComplete('DROP_REPLICATION_SLOT')];
     case 'unsupported':
-      throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', `${command.command} is not supported by walcast`);
+      throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', `${quoteClientText(command.command)} is not supported by walcast`);
     case 'sql':
       throw new WalcastError('WALCAST_ERR_SQL_NOT_SUPPORTED', 'cannot execute SQL commands in WAL sender for physical replication');
     case 'invalid':
@@ -263,7 +297,7 @@ function answerShow(context: SessionContext, state: SessionState, name: string):
     case 'integer_datetimes':
       return showResult('integer_datetimes', 'on');
     default:
-      throw new WalcastError('WALCAST_ERR_UNKNOWN_SETTING', `unrecognized configuration parameter "${name}"`);
+      throw new WalcastError('WALCAST_ERR_UNKNOWN_SETTING', `unrecognized configuration parameter ${quoteClientText(name)}`);
   }
 }
 

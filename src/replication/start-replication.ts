@@ -12,12 +12,17 @@ import { WalReader, startAheadError } from '../storage/wal-reader.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { PgConnection } from '../wire/connection.js';
 import type { FrontendMessage } from '../wire/messages.js';
+import { quoteClientText } from '../wire/client-text.js';
 import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
 import type { Feedback } from './feedback.js';
 import { ReplyReader, type ReplicaEnd } from './reply-reader.js';
 import { sendWal, type SendWalEnd } from './send-wal.js';
+import { adminShutdownError } from './shutdown-error.js';
 import { encodeKeepalive, pgNowMicros } from './stream-messages.js';
 import { toStreamInput } from './stream-input.js';
+
+/** CopyFail's reason is client text; PostgreSQL repeats it whole, walcast a bounded, escaped prefix of it. */
+const COPY_FAIL_QUOTE_MAX_CHARS = 200;
 
 export interface StartReplicationRequest {
   readonly startLsn: Lsn;
@@ -215,6 +220,9 @@ async function finishStream(
 async function finishReplicaEnd(context: StreamContext, writer: StreamWriter | undefined, end: ReplicaEnd): Promise<Finish> {
   const { conn } = context;
   if (context.shutdownSignal.aborted) {
+    // Through the writer, after the last chunk: a FATAL written to the socket beside it could land mid-message.
+    const shutdown = adminShutdownError();
+    await writer?.sendMessage(errorResponse({ severity: 'FATAL', sqlState: shutdown.sqlState, message: shutdown.message })).catch(() => undefined);
     await writer?.release().catch(() => undefined);
     return { description: 'server shutdown', keepConnection: false };
   }
@@ -227,7 +235,7 @@ async function finishReplicaEnd(context: StreamContext, writer: StreamWriter | u
       return { description: 'client CopyDone', keepConnection: true };
     case 'copy_fail':
       await writer?.release().catch(() => undefined);
-      const failed = new WalcastError('WALCAST_ERR_COPY_FAILED', `COPY from stdin failed: ${end.message}`);
+      const failed = new WalcastError('WALCAST_ERR_COPY_FAILED', `COPY from stdin failed: ${quoteClientText(end.message, COPY_FAIL_QUOTE_MAX_CHARS)}`);
       await conn.write([errorResponse({ severity: 'ERROR', sqlState: failed.sqlState, message: failed.message }), readyForQuery('I')]).catch(() => undefined);
       return { description: 'client CopyFail', keepConnection: true };
     case 'error':

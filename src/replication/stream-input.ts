@@ -3,6 +3,7 @@
  * CopyData, CopyDone, CopyFail and Terminate from a replica while it streams (walsender.c ProcessRepliesIfAny);
  * everything else is a protocol violation that ends the stream.
  */
+import { describeClientByte } from '../wire/client-text.js';
 import type { FrontendMessage } from '../wire/messages.js';
 import type { StreamInput } from './reply-reader.js';
 
@@ -23,6 +24,6 @@ export function toStreamInput(message: FrontendMessage): StreamInput {
     case 'password':
       return { kind: 'unexpected', description: message.type };
     case 'other':
-      return { kind: 'unexpected', description: `message type 0x${message.code.toString(16)}` };
+      return { kind: 'unexpected', description: `message type ${describeClientByte(message.code)}` };
   }
 }

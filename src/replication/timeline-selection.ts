@@ -4,6 +4,7 @@
  * a data directory that holds exactly one timeline serves it to everyone by default.
  */
 import { WalcastError } from '../errors.js';
+import { quoteClientText } from '../wire/client-text.js';
 
 export interface TimelineKey {
   readonly tenantId: string;
@@ -35,7 +36,7 @@ export function selectTimeline(options: ReadonlyMap<string, string>, defaultKey:
   }
   for (const [name, value] of [['tenant_id', tenantId], ['timeline_id', timelineId]] as const) {
     if (!ID_PATTERN.test(value)) {
-      throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for ${name}: "${value}" (expected 32 hex digits)`);
+      throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for ${name}: ${quoteClientText(value)} (expected 32 hex digits)`);
     }
   }
   return { tenantId, timelineId };

@@ -4,10 +4,16 @@
  * POLL_STATE_TIMEOUT). One watch serves every sender of a timeline, so waiting costs one entry per waiter.
  */
 import assert from 'node:assert/strict';
+import { CONNECTIONS_MAX } from '../config/limits.js';
 import { assertLsn, type Lsn } from '../lsn.js';
 
-/** Waiters per watch: one per connected sender; far above any sane replica count, it bounds a leak. */
-export const LSN_WATCH_WAITERS_MAX = 100_000;
+/** Waiters per watch that are not senders (ingest, tests); a handful at most. */
+const LSN_WATCH_OTHER_WAITERS_MAX = 64;
+/**
+ * Waiters per watch: one per sender, and a sender needs a connection, so the connection ceiling bounds them (plus a
+ * few others); more would be a leak. Derived, so that no accepted `--max-connections` can reach the assertion.
+ */
+export const LSN_WATCH_WAITERS_MAX = CONNECTIONS_MAX + LSN_WATCH_OTHER_WAITERS_MAX;
 
 interface Waiter {
   readonly position: Lsn;

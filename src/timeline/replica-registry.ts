@@ -8,11 +8,15 @@
  * standby's flush position in the aggregate lagged behind its real one).
  */
 import assert from 'node:assert/strict';
+import { CONNECTIONS_MAX } from '../config/limits.js';
 import { maxLsn, minLsn, type Lsn } from '../lsn.js';
 import type { Feedback, HotStandbyFeedback, PageserverFeedback, StandbyReply } from './replica-feedback.js';
 
-/** Replicas per timeline; the server's connection limit is lower, this bounds a leak of handles. */
-export const REPLICAS_PER_TIMELINE_MAX = 100_000;
+/**
+ * Replicas per timeline: each streams on its own connection, so the connection ceiling bounds them; more would be
+ * a leak of handles. Derived, so that no accepted `--max-connections` can reach the assertion in register().
+ */
+export const REPLICAS_PER_TIMELINE_MAX = CONNECTIONS_MAX;
 
 export interface ReplicaInfo {
   readonly appName: string;

@@ -10,6 +10,10 @@ import assert from 'node:assert/strict';
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { WalcastError } from '../errors.js';
 import { BufferReader } from './buffer-reader.js';
+import { quoteClientText } from './client-text.js';
+
+/** A malformed SCRAM attribute is quoted only this far: it may be a whole client message. */
+const SCRAM_ATTRIBUTE_QUOTE_MAX_CHARS = 20;
 
 export const SCRAM_MECHANISM = 'SCRAM-SHA-256';
 /** PostgreSQL's SCRAM_DEFAULT_ITERATIONS (scram-common.h). */
@@ -104,7 +108,7 @@ export function parseSaslInitialResponse(payload: Buffer): { readonly mechanism:
 function attributes(message: string): Array<[string, string]> {
   if (message.length > SCRAM_MESSAGE_MAX_BYTES) throw malformed('too long');
   return message.split(',').map((part) => {
-    if (part.length < 2 || part[1] !== '=') throw malformed(`attribute "${part.slice(0, 20)}"`);
+    if (part.length < 2 || part[1] !== '=') throw malformed(`attribute ${quoteClientText(part, SCRAM_ATTRIBUTE_QUOTE_MAX_CHARS)}`);
     return [part[0]!, part.slice(2)];
   });
 }
@@ -195,7 +199,7 @@ export class ScramClientExchange {
     const iterations = parsed[2]?.[0] === 'i' ? Number(parsed[2][1]) : Number.NaN;
     if (nonce === undefined || !nonce.startsWith(this.clientNonce) || nonce.length === this.clientNonce.length) throw malformed('bad server nonce');
     if (salt === undefined || salt.length === 0) throw malformed('bad salt');
-    if (!Number.isInteger(iterations) || iterations < 1 || iterations > SCRAM_CLIENT_MAX_ITERATIONS) throw malformed(`bad iteration count ${parsed[2]?.[1]}`);
+    if (!Number.isInteger(iterations) || iterations < 1 || iterations > SCRAM_CLIENT_MAX_ITERATIONS) throw malformed(`bad iteration count ${quoteClientText(parsed[2]?.[1] ?? '')}`);
     const withoutProof = `c=biws,r=${nonce}`;
     const authMessage = `${this.clientFirstBare},${serverFirst},${withoutProof}`;
     const salted = saltedPassword(this.password, salt, iterations);
@@ -209,7 +213,7 @@ export class ScramClientExchange {
   verifyServerFinal(serverFinal: string): void {
     assert.ok(this.expectedServerSignature !== undefined, 'clientFinal first');
     const parsed = attributes(serverFinal);
-    if (parsed[0]?.[0] === 'e') throw malformed(`server error ${parsed[0][1]}`);
+    if (parsed[0]?.[0] === 'e') throw malformed(`server error ${quoteClientText(parsed[0][1])}`);
     const signature = parsed[0]?.[0] === 'v' ? Buffer.from(parsed[0][1], 'base64') : Buffer.alloc(0);
     if (signature.length !== SCRAM_KEY_BYTES || !timingSafeEqual(signature, this.expectedServerSignature)) {
       throw malformed('invalid server signature');

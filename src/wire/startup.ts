@@ -15,6 +15,7 @@ import {
   parameterStatus,
   readyForQuery,
 } from './backend-serializer.js';
+import { quoteClientText } from './client-text.js';
 import type { PgConnection } from './connection.js';
 import { StartupCode, type StartupPacket } from './messages.js';
 import { SCRAM_MECHANISM, ScramServerExchange, parseSaslInitialResponse, type ScramVerifier } from './scram.js';
@@ -203,13 +204,13 @@ async function authenticate(conn: PgConnection, auth: AuthConfig, user: string, 
   const exchange = new ScramServerExchange(auth.verifier);
   const initial = parseSaslInitialResponse(await readPassword(conn, remainingMs));
   if (initial.mechanism !== SCRAM_MECHANISM) {
-    throw new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', `client selected an invalid SASL authentication mechanism "${initial.mechanism}"`);
+    throw new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', `client selected an invalid SASL authentication mechanism ${quoteClientText(initial.mechanism)}`);
   }
   await conn.write(authenticationSaslContinue(exchange.serverFirst(initial.data)));
   const final = exchange.verifyClientFinal((await readPassword(conn, remainingMs)).toString('utf8'));
   if (final === undefined) {
     // The text is a contract: PostgreSQL clients and operators grep for it (auth.c auth_failed).
-    throw new WalcastError('WALCAST_ERR_AUTH_FAILED', `password authentication failed for user "${user}"`);
+    throw new WalcastError('WALCAST_ERR_AUTH_FAILED', `password authentication failed for user ${quoteClientText(user)}`);
   }
   await conn.write([authenticationSaslFinal(final), authenticationOk()]);
 }

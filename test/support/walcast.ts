@@ -27,7 +27,18 @@ export function backendUnderTest(): { io: 'ts' | 'native'; strategy?: 'sendfile'
   return strategy === undefined || io === 'ts' ? { io } : { io, strategy };
 }
 
-export async function startWalcast(options: { dataDir: string; auth?: AuthConfig; replicaTimeoutMs?: number; maxConnections?: number; retention?: RetentionSettings }): Promise<RunningWalcast> {
+export interface StartWalcastOptions {
+  readonly dataDir: string;
+  readonly auth?: AuthConfig;
+  readonly replicaTimeoutMs?: number;
+  readonly maxConnections?: number;
+  readonly maxStartupConnections?: number;
+  readonly maxStartupConnectionsPerAddress?: number;
+  readonly authenticationTimeoutMs?: number;
+  readonly retention?: RetentionSettings;
+}
+
+export async function startWalcast(options: StartWalcastOptions): Promise<RunningWalcast> {
   const { backend } = await createIoBackend(backendUnderTest());
   const server = await WalcastServer.start({
     dataDir: options.dataDir,
@@ -37,6 +48,9 @@ export async function startWalcast(options: { dataDir: string; auth?: AuthConfig
     maxConnections: options.maxConnections ?? 4096,
     replicaTimeoutMs: options.replicaTimeoutMs ?? 60_000,
     ...(options.retention === undefined ? {} : { retention: options.retention }),
+    maxStartupConnections: options.maxStartupConnections,
+    maxStartupConnectionsPerAddress: options.maxStartupConnectionsPerAddress,
+    authenticationTimeoutMs: options.authenticationTimeoutMs,
     log: silentLogger(),
   });
   return { server, port: server.address().port, stop: () => server.stop() };
