@@ -202,7 +202,7 @@ async function slotRoutes(view: ServerView, request: IncomingMessage, match: Reg
   const slotName = match[3] === undefined ? undefined : decodePathPart(match[3]);
   try {
     if (slotName === undefined) {
-      if (request.method === 'GET' || request.method === 'HEAD') return jsonOk(slotsStatus(timeline));
+      if (request.method === 'GET' || request.method === 'HEAD') return jsonOk(slotsStatus(timeline, view.retentionStatus?.(timeline.tenantId, timeline.timelineId)));
       if (request.method !== 'POST') return methodNotAllowed(request, 'GET, HEAD, POST');
       const body = await readJsonBody(request);
       if (typeof body === 'string') return jsonReply(body === 'too_large' ? 413 : 400, 'bad_request', body === 'too_large' ? `the body exceeds ${HTTP_BODY_BYTES_MAX} bytes` : body);

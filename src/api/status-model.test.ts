@@ -39,3 +39,18 @@ test('a timeline without an upstream shows upstream null; with one, its state an
     connects: 1,
   });
 });
+
+test('slot wal_status follows the retention limits where WAL is removed, as pg_replication_slots', async () => {
+  const slotted = new Timeline(
+    { tenantId: 'c'.repeat(32), timelineId: 'd'.repeat(32), dir: '/nonexistent', systemId: 7n, pgVersion: 150000, segmentBytes: 16 << 20, pgTimelineId: 1, timelineStartLsn: 0x1000000n },
+    { flushLsn: 0x9000000n, commitLsn: 0x9000000n },
+  );
+  await slotted.slots.create('near', { temporary: false, restartLsn: 0x8f00000n });
+  await slotted.slots.create('behind', { temporary: false, restartLsn: 0x5000000n });
+  await slotted.slots.create('far', { temporary: false, restartLsn: 0x1000000n });
+  const retention = { removes: true, walKeepBytes: 32 << 20, maxSlotWalKeepBytes: 96 << 20, horizonLsn: undefined, limitedBy: undefined, limitingSlot: undefined, diskBytes: 0, segmentFiles: 0, passes: 0, segmentsRemoved: 0, slotsInvalidated: 0, failures: 0 };
+  const statusOf = (document: Record<string, unknown>): Record<string, unknown> =>
+    Object.fromEntries((document.slots as { slot_name: string; wal_status: unknown }[]).map((slot) => [slot.slot_name, slot.wal_status]));
+  assert.deepEqual(statusOf(timelineStatus(slotted, new Date(), undefined, retention)), { near: 'reserved', behind: 'extended', far: 'unreserved' });
+  assert.deepEqual(statusOf(timelineStatus(slotted, new Date(), undefined, { ...retention, removes: false })), { near: 'reserved', behind: 'reserved', far: 'reserved' }, 'nothing is removed, so every slot is reserved');
+});

@@ -111,7 +111,7 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
     retention: retention === undefined ? null : retentionDocument(retention),
     pg_timeline_id: timeline.pgTimelineId,
     has_writer: timeline.hasWriter(),
-    slots: slotsStatus(timeline),
+    slots: slotsStatus(timeline, retention),
     storage: storageDocument(timeline),
     aggregates: {
       hot_standby_xmin: aggregates.hotStandbyXmin ?? null,
@@ -129,8 +129,10 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
  * name, whether a connection has it (and which: walcast's PID is the connection id), restart LSN, WAL retained
  * (flush LSN minus restart LSN) and wal_status.
  */
-export function slotsStatus(timeline: Timeline): Record<string, unknown>[] {
+export function slotsStatus(timeline: Timeline, retention?: RetentionStatus): Record<string, unknown>[] {
   const flushLsn = timeline.flushLsn.get();
+  // wal_status 'extended' / 'unreserved' (slotfuncs.c) only mean something where retention removes WAL.
+  const limits = retention?.removes === true ? { walKeepBytes: BigInt(retention.walKeepBytes), maxSlotWalKeepBytes: retention.maxSlotWalKeepBytes === undefined ? undefined : BigInt(retention.maxSlotWalKeepBytes) } : {};
   return timeline.slots.list().map((slot) => {
     const holds = slot.restartLsn !== undefined && !slot.invalidated;
     return {
@@ -141,7 +143,7 @@ export function slotsStatus(timeline: Timeline): Record<string, unknown>[] {
       active_pid: slot.activeConnId ?? null,
       restart_lsn: holds ? formatLsn(slot.restartLsn as Lsn) : null,
       retained_bytes: holds ? slotRetainedBytes(flushLsn, slot.restartLsn as Lsn) : null,
-      wal_status: slotWalStatus(slot, flushLsn) ?? null,
+      wal_status: slotWalStatus(slot, flushLsn, limits) ?? null,
       invalidation_reason: slot.invalidationReason ?? null,
       created_at: slot.createdAt,
     };
