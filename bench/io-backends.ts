@@ -171,6 +171,7 @@ let sendCallMaxMs = 0;
  */
 function instrumented(writer: StreamWriter, prefetch: boolean): StreamWriter {
   return {
+    path: writer.path,
     sendChunk: (header, chunk) => {
       const started = performance.now();
       const sending = writer.sendChunk(header, chunk);

@@ -95,6 +95,11 @@ export const ERROR_CATALOGUE = {
   WALCAST_ERR_WAL_CORRUPTED: { sqlState: SqlState.dataCorrupted, summary: 'stored WAL failed its page checksum; the page is refused until it verifies again' },
   // Connection admission (appended: codes are never renumbered).
   WALCAST_ERR_SHUTTING_DOWN: { sqlState: SqlState.cannotConnectNow, summary: 'a new connection arrived while the server is shutting down' },
+  // TLS and tokens.
+  WALCAST_ERR_TLS_REQUIRED: { sqlState: SqlState.invalidAuthorizationSpecification, summary: 'a plain connection reached a server that requires TLS' },
+  WALCAST_ERR_CERT_AUTH: { sqlState: SqlState.invalidAuthorizationSpecification, summary: 'client certificate authentication failed' },
+  WALCAST_ERR_TOKEN_INVALID: { sqlState: SqlState.invalidAuthorizationSpecification, summary: 'a token failed verification' },
+  WALCAST_ERR_TOKEN_SCOPE: { sqlState: SqlState.invalidAuthorizationSpecification, summary: 'a valid token does not grant access to the tenant asked for' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type WalcastErrorCode = keyof typeof ERROR_CATALOGUE;

@@ -21,6 +21,7 @@ import type { TimelineRegistry } from './timeline/timeline-registry.js';
 import { formatLsn } from './lsn.js';
 import { PgConnection } from './wire/connection.js';
 import type { AuthConfig } from './wire/startup.js';
+import type { ServerTls } from './tls/server-tls.js';
 
 /** How long shutdown waits for sessions to end after asking them to, before destroying their sockets. */
 export const SHUTDOWN_GRACE_MS = 5_000;
@@ -29,6 +30,8 @@ export interface ServerOptions {
   readonly dataDir: string;
   readonly listen: ListenAddress;
   readonly auth: AuthConfig;
+  /** Certificate, key, client CA and mode for TLS on the replication port; undefined: plain only ('N'). */
+  readonly tls?: ServerTls | undefined;
   readonly backend: IoBackend;
   /** Authenticated sessions at once (`--max-connections`); connections still starting up have their own pool. */
   readonly maxConnections: number;
@@ -176,6 +179,7 @@ export class WalcastServer {
       timelines: this.timelines,
       backend: this.backend,
       auth: this.options.auth,
+      tls: this.options.tls,
       replicaTimeoutMs: this.options.replicaTimeoutMs,
       startupTimeoutMs: this.authenticationTimeoutMs,
       admit: () => this.admission.authenticate(ticket),

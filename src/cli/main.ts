@@ -27,8 +27,14 @@ function buildProgram(): Command {
     .description('serve every timeline in the data directory over the PostgreSQL replication protocol')
     .option('--data-dir <dir>', 'data directory holding <tenant_id>/<timeline_id>/ timelines', './walcast-data')
     .option('--listen <host:port>', 'PostgreSQL protocol listen address', '127.0.0.1:5454')
-    .addOption(new Option('--auth <method>', 'client authentication; trust is allowed only on loopback').choices(['trust', 'scram-sha-256']).default('trust'))
+    .addOption(new Option('--auth <method>', 'client authentication; trust is allowed only on loopback').choices(['trust', 'scram-sha-256', 'cert', 'jwt']).default('trust'))
     .option('--password-file <file>', 'file holding the replication password (else env WALCAST_PASSWORD)')
+    .option('--tls-cert <file>', 'PEM server certificate (chain): answer SSLRequest with TLS; reloaded on SIGHUP')
+    .option('--tls-key <file>', 'PEM private key of --tls-cert; reloaded on SIGHUP')
+    .option('--tls-ca <file>', 'PEM CA bundle client certificates must chain to (asks clients for a certificate; needed by --auth cert)')
+    .addOption(new Option('--tls-mode <mode>', 'prefer: plain and TLS clients; require: plain clients are refused with 28000').choices(['prefer', 'require']).default('prefer'))
+    .option('--allow-plaintext', 'allow password or token auth without TLS on a non-loopback address (logs a warning)')
+    .option('--jwt-public-key <file>', 'Ed25519 public key(s), PEM or JWK/JWKS, for --auth jwt and the HTTP API; repeatable; reloaded on SIGHUP', collect, [])
     .option('--upstream-password-file <file>', 'file holding the password for upstreams that timelines follow (else env WALCAST_UPSTREAM_PASSWORD)')
     .addOption(new Option('--io <backend>', 'I/O backend (env WALCAST_IO; the flag wins)').choices(['auto', 'native', 'ts']))
     .addOption(new Option('--native-strategy <strategy>', 'socket strategy of the native backend (env WALCAST_NATIVE_STRATEGY)').choices(['sendfile', 'writev', 'uring']))
@@ -123,6 +129,11 @@ function parseIntUpTo(max: number): (text: string) => number {
     if (value > max) throw new InvalidArgumentError(`expected an integer from 1 to ${max}, got "${text}"`);
     return value;
   };
+}
+
+/** Commander accumulator for a repeatable flag (--jwt-public-key A --jwt-public-key B). */
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
 }
 
 function parsePositiveInt(text: string): number {

@@ -1,6 +1,8 @@
 /**
  * `walcast serve`: turns flags and environment into a server configuration, starts the server, and stops it on
- * SIGINT/SIGTERM. Refuses unsafe configurations (trust auth off loopback) before opening any socket.
+ * SIGINT/SIGTERM; SIGHUP reloads the TLS certificate and key and the token public keys. Refuses unsafe
+ * configurations before opening any socket: trust auth off loopback, and off loopback any auth without TLS
+ * (unless --allow-plaintext) or tokens that could travel in clear text.
  */
 import { createOperationsMetrics, type OperationsMetrics } from '../api/metrics.js';
 import { SIZE_UNLIMITED, megabytesToBytes, parseSizeMegabytes } from '../config/size.js';
@@ -11,6 +13,8 @@ import { createIoBackend, type IoSelection } from '../io/select-backend.js';
 import { createLogger, type Logger } from '../log.js';
 import { WalcastServer } from '../server.js';
 import { createScramVerifier } from '../wire/scram.js';
+import { TokenVerifier } from '../auth/jwt.js';
+import { ServerTls, type TlsMode } from '../tls/server-tls.js';
 import type { AuthConfig } from '../wire/startup.js';
 import { formatListenAddress, isLoopbackHost, parseListenAddress, type ListenAddress } from '../config/listen-address.js';
 import { readSecret } from '../config/secrets.js';
@@ -19,8 +23,14 @@ import { removeServerState, writeServerState } from './server-state.js';
 export interface ServeFlags {
   readonly dataDir: string;
   readonly listen: string;
-  readonly auth: 'trust' | 'scram-sha-256';
+  readonly auth: 'trust' | 'scram-sha-256' | 'cert' | 'jwt';
   readonly passwordFile?: string;
+  readonly tlsCert?: string;
+  readonly tlsKey?: string;
+  readonly tlsCa?: string;
+  readonly tlsMode: TlsMode;
+  readonly allowPlaintext?: boolean;
+  readonly jwtPublicKey?: readonly string[];
   readonly upstreamPasswordFile?: string;
   readonly io?: string;
   readonly nativeStrategy?: string;
@@ -41,7 +51,9 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const log = createLogger({ level: flags.logLevel as 'info' });
   const listen = parseListenAddress(flags.listen, '--listen');
   const retention = resolveRetention(flags);
-  const auth = await resolveAuth(flags, listen);
+  const tls = await resolveTls(flags);
+  const auth = await resolveAuth(flags, listen, tls);
+  checkTransportSecurity(flags, listen, tls, auth, log);
   const http = await resolveHttpSettings(flags.http, flags.httpAuthTokenFile);
   const startedAt = new Date();
   const selection = await createIoBackend(resolveIoChoice(flags));
@@ -51,6 +63,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     dataDir: flags.dataDir,
     listen,
     auth,
+    tls,
     backend: selection.backend,
     maxConnections: flags.maxConnections,
     maxStartupConnections: flags.maxStartupConnections,
@@ -67,11 +80,13 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   // `walcast slot` finds the running server (and its API) through this file; see server-state.ts.
   await writeServerState(flags.dataDir, { pid: process.pid, http: stopHttp.address ?? null });
   const address = server.address();
-  log.info({ listen: formatListenAddress(address), port: address.port, dataDir: flags.dataDir, timelines: server.timelines.list().length, auth: auth.method }, 'listening');
+  log.info({ listen: formatListenAddress(address), port: address.port, dataDir: flags.dataDir, timelines: server.timelines.list().length, auth: auth.method, tls: tls?.mode ?? 'off' }, 'listening');
   if (server.timelines.list().length === 0) {
     log.warn({ dataDir: flags.dataDir }, 'no timelines to serve yet: add one with `walcast import --from PG_WAL_DIR` or `walcast timeline create --upstream ...`, then restart');
   }
+  const stopReloading = reloadOnSighup({ tls, tokens: auth.method === 'jwt' ? auth.tokens : undefined }, log);
   await waitForSignal(log);
+  stopReloading();
   await stopHttp();
   await server.stop();
   await removeServerState(flags.dataDir);
@@ -88,16 +103,70 @@ function resolveRetention(flags: ServeFlags): RetentionSettings {
   };
 }
 
-async function resolveAuth(flags: ServeFlags, listen: ListenAddress): Promise<AuthConfig> {
-  if (flags.auth === 'trust') {
-    if (!isLoopbackHost(listen.host)) {
-      throw new WalcastError('WALCAST_ERR_CONFIG', `--auth trust is allowed only on a loopback address, not ${listen.host}: use --auth scram-sha-256 with --password-file`);
-    }
-    return { method: 'trust' };
+async function resolveTls(flags: ServeFlags): Promise<ServerTls | undefined> {
+  if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) throw new WalcastError('WALCAST_ERR_CONFIG', '--tls-cert and --tls-key go together');
+  if (flags.tlsCert === undefined || flags.tlsKey === undefined) {
+    if (flags.tlsCa !== undefined) throw new WalcastError('WALCAST_ERR_CONFIG', '--tls-ca needs --tls-cert and --tls-key');
+    if (flags.tlsMode === 'require') throw new WalcastError('WALCAST_ERR_CONFIG', '--tls-mode require needs --tls-cert and --tls-key');
+    return undefined;
   }
-  const password = await readSecret({ file: flags.passwordFile, envName: 'WALCAST_PASSWORD', what: 'password' });
-  if (password === undefined) throw new WalcastError('WALCAST_ERR_CONFIG', '--auth scram-sha-256 needs --password-file FILE or the WALCAST_PASSWORD environment variable');
-  return { method: 'scram-sha-256', verifier: createScramVerifier(password) };
+  return ServerTls.load({ certFile: flags.tlsCert, keyFile: flags.tlsKey, caFile: flags.tlsCa }, flags.tlsMode);
+}
+
+async function resolveAuth(flags: ServeFlags, listen: ListenAddress, tls: ServerTls | undefined): Promise<AuthConfig> {
+  switch (flags.auth) {
+    case 'trust':
+      if (!isLoopbackHost(listen.host)) {
+        throw new WalcastError('WALCAST_ERR_CONFIG', `--auth trust is allowed only on a loopback address, not ${listen.host}: use --auth scram-sha-256 with --password-file`);
+      }
+      return { method: 'trust' };
+    case 'cert':
+      if (tls === undefined || !tls.requestClientCertificate) throw new WalcastError('WALCAST_ERR_CONFIG', '--auth cert needs --tls-cert, --tls-key and --tls-ca (the CA client certificates chain to)');
+      return { method: 'cert' };
+    case 'jwt':
+      if (flags.jwtPublicKey === undefined || flags.jwtPublicKey.length === 0) throw new WalcastError('WALCAST_ERR_CONFIG', '--auth jwt needs --jwt-public-key FILE (Ed25519, PEM or JWK)');
+      return { method: 'jwt', tokens: await TokenVerifier.load(flags.jwtPublicKey) };
+    case 'scram-sha-256': {
+      const password = await readSecret({ file: flags.passwordFile, envName: 'WALCAST_PASSWORD', what: 'password' });
+      if (password === undefined) throw new WalcastError('WALCAST_ERR_CONFIG', '--auth scram-sha-256 needs --password-file FILE or the WALCAST_PASSWORD environment variable');
+      return { method: 'scram-sha-256', verifier: createScramVerifier(password) };
+    }
+  }
+}
+
+/**
+ * Off loopback, credentials and WAL must not cross the network in clear text: without TLS walcast refuses to start
+ * unless --allow-plaintext says the operator knows (then it warns). Tokens travel as cleartext password messages,
+ * so off loopback they need --tls-mode require (else a plain client would send its token in clear).
+ */
+function checkTransportSecurity(flags: ServeFlags, listen: ListenAddress, tls: ServerTls | undefined, auth: AuthConfig, log: Logger): void {
+  if (isLoopbackHost(listen.host) || auth.method === 'trust') return;
+  const plainPossible = tls === undefined || (auth.method === 'jwt' && tls.mode !== 'require');
+  if (!plainPossible) return;
+  const what = tls === undefined ? `--auth ${auth.method} without TLS` : '--auth jwt with --tls-mode prefer (tokens would be sent in clear text by plain clients)';
+  if (flags.allowPlaintext !== true) {
+    throw new WalcastError('WALCAST_ERR_CONFIG', `${what} on ${listen.host} would expose credentials and WAL on the network: give --tls-cert/--tls-key${auth.method === 'jwt' ? ' and --tls-mode require' : ''}, or --allow-plaintext`);
+  }
+  log.warn({ listen: listen.host, auth: auth.method }, `${what} off loopback (--allow-plaintext): credentials and WAL travel unencrypted`);
+}
+
+/** SIGHUP reloads what can change without a restart; a failed reload keeps the old material and logs why. */
+function reloadOnSighup(reloadable: { tls: ServerTls | undefined; tokens: TokenVerifier | undefined }, log: Logger): () => void {
+  const onHangup = (): void => {
+    void (async () => {
+      for (const [what, target] of [['TLS certificate and key', reloadable.tls], ['token public keys', reloadable.tokens]] as const) {
+        if (target === undefined) continue;
+        try {
+          await target.reload();
+          log.info({ what }, 'reloaded on SIGHUP');
+        } catch (error) {
+          log.error({ err: error, what }, 'reload on SIGHUP failed; still using the previous ones');
+        }
+      }
+    })();
+  };
+  process.on('SIGHUP', onHangup);
+  return () => process.off('SIGHUP', onHangup);
 }
 
 function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; strategy?: 'sendfile' | 'writev' | 'uring' } {

@@ -64,4 +64,6 @@ export interface StreamWriter {
   release(): Promise<void>;
   /** Payload + header bytes handed to the kernel so far. */
   readonly bytesSent: number;
+  /** How this stream's bytes reach the socket (the log names it per stream): e.g. 'sendfile', 'fs-net', 'fs-net+tls'. */
+  readonly path: string;
 }

@@ -222,6 +222,10 @@ interface Waiter {
 }
 
 class NativeStreamWriter implements StreamWriter {
+  get path(): string {
+    return this.backend.strategy;
+  }
+
   private open = true;
   private failure: WalcastError | undefined;
   private readonly spaceWaiters: Waiter[] = [];

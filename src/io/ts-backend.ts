@@ -11,6 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
 import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES, type IoBackend, type StreamWriter, type WalChunk } from './backend.js';
 import { crc32c } from '../storage/crc32c.js';
@@ -66,6 +67,8 @@ export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number,
 
 class TsStreamWriter implements StreamWriter {
   bytesSent = 0;
+  /** socket.write on a TLSSocket encrypts in OpenSSL before the bytes reach the kernel. */
+  readonly path: string;
   private inFlight = 0;
   /** The last send queued on this stream; the next one starts when it settles (its failure is the caller's). */
   private sendsTail: Promise<void> = Promise.resolve();
@@ -81,6 +84,7 @@ class TsStreamWriter implements StreamWriter {
     private readonly tailCache: TailReadCache,
   ) {
     socket.once('close', this.onClose);
+    this.path = socket instanceof TLSSocket ? 'fs-net+tls' : 'fs-net';
   }
 
   sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {

@@ -23,6 +23,7 @@ interface Sent {
 
 class RecordingWriter implements StreamWriter {
   readonly sent: Sent[] = [];
+  readonly path = 'recording';
   bytesSent = 0;
   private readonly waiters: { matches: (entry: Sent) => boolean; resolve: (entry: Sent) => void }[] = [];
   /** Called after each recorded entry, in order: tests use it to play the replica (a reply arrives). */

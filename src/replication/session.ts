@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
 import { WalcastError, isWalcastError } from '../errors.js';
 import type { IoBackend } from '../io/backend.js';
+import { mayAccessTenant } from '../auth/jwt.js';
+import type { ServerTls } from '../tls/server-tls.js';
 import type { Logger } from '../log.js';
 import { readTimelineHistory } from '../storage/timeline-history.js';
 import type { Timeline } from '../timeline/timeline.js';
@@ -41,6 +43,8 @@ export interface SessionContext {
   readonly timelines: TimelineRegistry;
   readonly backend: IoBackend;
   readonly auth: AuthConfig;
+  /** TLS material and mode, when the server was given a certificate. */
+  readonly tls?: ServerTls | undefined;
   readonly replicaTimeoutMs: number;
   /** Startup and authentication must finish within this (`--authentication-timeout`). */
   readonly startupTimeoutMs: number;
@@ -90,6 +94,7 @@ async function startupAndCommands(context: SessionContext, phase: { streaming: b
       backendPid: context.connId,
       secretKey: randomInt(0x7fff_ffff),
       startupTimeoutMs: context.startupTimeoutMs,
+      tls: context.tls,
       validate: (result) => {
         const prepared = prepareSession(context, result);
         const refusal = context.admit?.();
@@ -128,7 +133,24 @@ function prepareSession(context: SessionContext, startup: StartupResult): Sessio
       throw new WalcastError('WALCAST_ERR_INVALID_STARTUP_PARAMETER', `invalid value for parameter "replication": ${quoteClientText(startup.replication ?? '')}`);
   }
   const defaultKey = context.timelines.soleTimelineKey();
-  return { startup, timelineKey: selectTimeline(startup.options, defaultKey) };
+  const timelineKey = selectTimeline(startup.options, defaultKey);
+  checkTokenScope(startup, timelineKey);
+  return { startup, timelineKey };
+}
+
+/**
+ * A tenant token reads only its tenant's timelines (Neon safekeeper handler.rs check_permission): the connection is
+ * refused before ReadyForQuery, so not one WAL byte of another tenant is sent.
+ */
+function checkTokenScope(startup: StartupResult, timelineKey: TimelineKey | undefined): void {
+  if (startup.token === undefined) return;
+  if (timelineKey === undefined) {
+    if (startup.token.scope === 'safekeeperdata') return;
+    throw new WalcastError('WALCAST_ERR_TOKEN_SCOPE', 'a tenant token must select its timeline: pass -c tenant_id=... -c timeline_id=... in options');
+  }
+  if (!mayAccessTenant(startup.token, timelineKey.tenantId)) {
+    throw new WalcastError('WALCAST_ERR_TOKEN_SCOPE', `the token does not grant access to tenant ${timelineKey.tenantId}`);
+  }
 }
 
 async function commandLoop(context: SessionContext, state: SessionState, phase: { streaming: boolean }): Promise<void> {

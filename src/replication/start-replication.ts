@@ -76,6 +76,19 @@ export async function runStartReplication(context: StreamContext, request: Start
   return streamToReplica(context, request, endWatch);
 }
 
+/**
+ * Names, per stream, how its bytes reach the socket. A TLS stream on the native backend cannot use it (the addon
+ * writes plaintext to the fd), so it goes through the TLSSocket instead; operators must be able to see that.
+ */
+function logStreamPath(context: StreamContext, writer: StreamWriter): void {
+  const fields = { io: context.backend.kind, path: writer.path, tls: context.conn.encrypted };
+  if (context.backend.kind === 'native' && context.conn.encrypted) {
+    context.log.info(fields, 'TLS stream: the native backend cannot encrypt, so this stream is sent through the TLS socket (TypeScript path)');
+  } else {
+    context.log.debug(fields, 'stream I/O path');
+  }
+}
+
 /** Refuses a start the timeline cannot serve: before its first byte, or ahead of its end. */
 function checkStartRange(startLsn: Lsn, endLsn: Lsn, timeline: Timeline): WalcastError | undefined {
   if (startLsn > endLsn) return startAheadError(startLsn, endLsn);
@@ -131,6 +144,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   let failure: unknown;
   try {
     writer = await context.backend.openStream(conn.socket);
+    logStreamPath(context, writer);
     sent = await sendWal({
       replicaName: context.applicationName === '' ? 'replica' : context.applicationName,
       startLsn: request.startLsn,

@@ -6,7 +6,9 @@
  */
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
+import { TLSSocket, type PeerCertificate, type SecureContext } from 'node:tls';
 import { WalcastError, isWalcastError } from '../errors.js';
+import { tlsServerEndPoint } from '../tls/channel-binding.js';
 import { errorResponse } from './backend-serializer.js';
 import { FrontendParser } from './frontend-parser.js';
 import type { FrontendMessage, StartupPacket } from './messages.js';
@@ -45,11 +47,25 @@ interface Waiter {
 
 export type MessageHandler = (message: FrontendMessage) => void;
 
+/** What startTls needs: the handshake's context, whether to ask for a client certificate, and a deadline. */
+export interface StartTlsOptions {
+  readonly secureContext: SecureContext;
+  readonly requestClientCertificate: boolean;
+  readonly handshakeTimeoutMs: number;
+}
+
+/** The byte that accepts an SSLRequest; the client starts its TLS handshake right after it. */
+const ACCEPT_ENCRYPTION = Buffer.from('S', 'latin1');
+
 export class PgConnection {
-  readonly socket: Socket;
+  /** The plain socket, or the TLSSocket wrapping it once startTls has run. */
+  socket: Socket;
   readonly remoteAddress: string;
   /** Resolves once the socket has closed, for whatever reason. Never rejects. */
   readonly closed: Promise<void>;
+  private resolveClosed: () => void = () => undefined;
+  /** Why the client's certificate failed chain verification (set after a handshake that requested one). */
+  private clientVerifyError: string | undefined;
 
   private readonly parser = new FrontendParser();
   private readonly queue: Incoming[] = [];
@@ -67,16 +83,95 @@ export class PgConnection {
     // Replication control messages are small and latency-sensitive; Nagle would hold them back.
     socket.setNoDelay(true);
     this.closed = new Promise((resolve) => {
-      socket.once('close', () => {
-        this.socketClosed = true;
-        this.endInput(new DisconnectedError());
-        resolve();
-      });
+      this.resolveClosed = resolve;
     });
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.endInput(new DisconnectedError()));
-    // 'close' follows every 'error'; the error itself becomes the cause readers see.
-    socket.on('error', (cause) => this.endInput(new DisconnectedError(`connection error: ${cause.message}`, { cause })));
+    this.bind(socket);
+  }
+
+  /** True when startTls completed: every byte since is encrypted. */
+  get encrypted(): boolean {
+    return this.socket instanceof TLSSocket;
+  }
+
+  /** tls-server-end-point data of the certificate this connection's handshake used; undefined without TLS. */
+  tlsEndPoint(): Buffer | undefined {
+    if (!(this.socket instanceof TLSSocket)) return undefined;
+    const certificate = this.socket.getCertificate();
+    const raw = certificate !== null && 'raw' in certificate ? (certificate as PeerCertificate).raw : undefined;
+    return raw === undefined ? undefined : tlsServerEndPoint(raw);
+  }
+
+  /**
+   * The client's certificate when it sent one over TLS, with whether it chains to the configured CA (and why not);
+   * undefined without TLS or without a certificate.
+   */
+  clientCertificate(): { readonly certificate: PeerCertificate; readonly verified: boolean; readonly why: string | undefined } | undefined {
+    if (!(this.socket instanceof TLSSocket)) return undefined;
+    const certificate = this.socket.getPeerCertificate();
+    if (certificate === null || Object.keys(certificate).length === 0) return undefined;
+    const why = this.clientVerifyError;
+    return { certificate, verified: why === undefined, why };
+  }
+
+  private readonly onSocketClose = (): void => {
+    this.socketClosed = true;
+    this.endInput(new DisconnectedError());
+    this.resolveClosed();
+  };
+  private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onSocketEnd = (): void => this.endInput(new DisconnectedError());
+  // 'close' follows every 'error'; the error itself becomes the cause readers see.
+  private readonly onSocketError = (cause: Error): void => this.endInput(new DisconnectedError(`connection error: ${cause.message}`, { cause }));
+
+  private bind(socket: Socket): void {
+    socket.once('close', this.onSocketClose);
+    socket.on('data', this.onSocketData);
+    socket.on('end', this.onSocketEnd);
+    socket.on('error', this.onSocketError);
+  }
+
+  private unbind(socket: Socket): void {
+    socket.off('close', this.onSocketClose);
+    socket.off('data', this.onSocketData);
+    socket.off('end', this.onSocketEnd);
+    socket.off('error', this.onSocketError);
+  }
+
+  /**
+   * Answers an SSLRequest with 'S' and runs the server side of the TLS handshake on this socket; from then on every
+   * byte in both directions goes through the TLSSocket (and the I/O backend sees a TLSSocket, so it encrypts too).
+   * Refuses plaintext the client sent after its SSLRequest, as PostgreSQL does since CVE-2021-23214. Rejects with
+   * DisconnectedError when the handshake fails or times out (the connection is then closed).
+   */
+  async startTls(options: StartTlsOptions): Promise<void> {
+    assert.ok(!this.encrypted, 'TLS starts once');
+    assert.ok(options.handshakeTimeoutMs > 0);
+    if (this.queue.length > 0 || this.parser.bufferedBytes() > 0) {
+      throw new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', 'received unencrypted data after SSL request');
+    }
+    const plain = this.socket;
+    const accepted = this.write(ACCEPT_ENCRYPTION);
+    // From here the plain socket's bytes are the client's TLS handshake: they must not reach the parser. Bytes that
+    // arrive meanwhile stay in the socket's buffer, and TLSSocket takes them over when it wraps it.
+    this.unbind(plain);
+    plain.pause();
+    try {
+      await accepted;
+    } catch (error) {
+      this.bind(plain);
+      throw error;
+    }
+    const secure = new TLSSocket(plain, {
+      isServer: true,
+      secureContext: options.secureContext,
+      requestCert: options.requestClientCertificate,
+      // Client certificates are checked by the cert auth method (startup.ts), which says why one is refused.
+      rejectUnauthorized: false,
+    });
+    this.socket = secure;
+    this.bind(secure);
+    await handshake(secure, options.handshakeTimeoutMs);
+    if (options.requestClientCertificate) this.clientVerifyError = chainVerifyError(secure);
   }
 
   /** True once the socket closed or close() was called. */
@@ -268,6 +363,46 @@ export class PgConnection {
     if (this.inputEnd !== undefined || this.socketClosed) return;
     if (this.queue.length < PAUSE_QUEUED_MESSAGES && this.queuedBytes < PAUSE_QUEUED_BYTES && this.socket.isPaused()) this.socket.resume();
   }
+}
+
+/**
+ * The result of OpenSSL's chain verification of the client certificate against the context's CA. tls.Server reads
+ * it in its own 'secure' handler (_tls_wrap.js onServerSocketSecure, via the handle's verifyError()); a TLSSocket
+ * made around an existing socket gets no such handler, so this reads it the same way. If the handle lacks the
+ * method (a future Node), verification counts as failed: cert auth fails closed.
+ */
+function chainVerifyError(secure: TLSSocket): string | undefined {
+  const handle = (secure as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } | null })._handle;
+  if (typeof handle?.verifyError !== 'function') return 'the TLS handle cannot report verification';
+  const error = handle.verifyError();
+  if (error === null) return undefined;
+  return error.code ?? error.message;
+}
+
+/** Resolves once the server side of the handshake is done; destroys the socket and rejects if it fails or stalls. */
+function handshake(secure: TLSSocket, timeoutMs: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error(`the TLS handshake did not finish in ${timeoutMs} ms`)), timeoutMs);
+    const cleanUp = (): void => {
+      clearTimeout(timer);
+      secure.off('secure', onSecure);
+      secure.off('error', fail);
+      secure.off('close', onClose);
+    };
+    const onSecure = (): void => {
+      cleanUp();
+      resolve();
+    };
+    function fail(cause: Error): void {
+      cleanUp();
+      secure.destroy();
+      reject(new DisconnectedError(`TLS handshake failed: ${cause.message}`, { cause }));
+    }
+    const onClose = (): void => fail(new Error('the client closed the connection during the TLS handshake'));
+    secure.once('secure', onSecure);
+    secure.once('error', fail);
+    secure.once('close', onClose);
+  });
 }
 
 /** Payload bytes a queued message pins in memory (for the pause threshold). */

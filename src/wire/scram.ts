@@ -3,7 +3,9 @@
  * verifier and exchange state machine, and the client side used by client.ts. Pure apart from node:crypto.
  *
  * Without TLS there is no channel binding: the server advertises only "SCRAM-SHA-256" and accepts the gs2
- * headers "n,," and "y,,". The user name inside the SCRAM message is ignored, like PostgreSQL does: the
+ * headers "n,," and "y,,". Over TLS it also advertises "SCRAM-SHA-256-PLUS" with `tls-server-end-point` binding
+ * (auth-scram.c read_client_first_message / verify_client_proof's channel binding check), so libpq's
+ * `channel_binding=require` works. The user name inside the SCRAM message is ignored, like PostgreSQL does: the
  * startup packet's user is authoritative and libpq sends "n=" empty.
  */
 import assert from 'node:assert/strict';
@@ -16,6 +18,19 @@ import { quoteClientText } from './client-text.js';
 const SCRAM_ATTRIBUTE_QUOTE_MAX_CHARS = 20;
 
 export const SCRAM_MECHANISM = 'SCRAM-SHA-256';
+export const SCRAM_PLUS_MECHANISM = 'SCRAM-SHA-256-PLUS';
+/** The only channel binding type walcast (like PostgreSQL) supports. */
+const CHANNEL_BINDING_TYPE = 'tls-server-end-point';
+
+/** What the server knows about channel binding for one exchange. */
+export interface ScramChannel {
+  /** The client selected SCRAM-SHA-256-PLUS. */
+  readonly plusSelected: boolean;
+  /** tls-server-end-point data of this connection's certificate; undefined without TLS (no binding offered). */
+  readonly endPoint: Buffer | undefined;
+}
+
+const NO_CHANNEL: ScramChannel = { plusSelected: false, endPoint: undefined };
 /** PostgreSQL's SCRAM_DEFAULT_ITERATIONS (scram-common.h). */
 export const SCRAM_ITERATIONS = 4096;
 /** PostgreSQL's SCRAM_DEFAULT_SALT_LEN (scram-common.h). */
@@ -121,23 +136,25 @@ export class ScramServerExchange {
   private clientFirstBare: string | undefined;
   private serverFirstMessage: string | undefined;
   private gs2Header: string | undefined;
+  /** The bytes the client's c= attribute must hold: the GS2 header, plus the binding data when it bound. */
+  private expectedBinding: Buffer | undefined;
   private nonce: string | undefined;
 
   constructor(
     private readonly verifier: ScramVerifier,
     private readonly serverNonce: string = randomBytes(SCRAM_NONCE_BYTES).toString('base64'),
+    private readonly channel: ScramChannel = NO_CHANNEL,
   ) {
     assert.ok(NONCE_TEXT.test(serverNonce));
+    assert.ok(!channel.plusSelected || channel.endPoint !== undefined, 'PLUS is offered only with binding data');
   }
 
   /** Takes client-first-message, returns server-first-message. Throws WalcastError on malformed input. */
   serverFirst(clientFirst: string): string {
     assert.equal(this.serverFirstMessage, undefined, 'serverFirst runs once');
-    const match = /^([ny]),(a=[^,]*)?,(.*)$/s.exec(clientFirst);
-    if (match === null) {
-      const reason = clientFirst.startsWith('p=') ? 'channel binding is not supported without TLS' : 'bad GS2 header';
-      throw malformed(reason);
-    }
+    const match = /^(n|y|p=[^,]*),(a=[^,]*)?,(.*)$/s.exec(clientFirst);
+    if (match === null) throw malformed('bad GS2 header');
+    const bindsWith = this.checkBindingFlag(match[1]!);
     const bare = match[3]!;
     const parsed = attributes(bare);
     if (parsed[0]?.[0] === 'm') throw malformed('mandatory extensions are not supported');
@@ -145,6 +162,7 @@ export class ScramServerExchange {
     const clientNonce = parsed[1][1];
     if (!NONCE_TEXT.test(clientNonce)) throw malformed('bad client nonce');
     this.gs2Header = clientFirst.slice(0, clientFirst.length - bare.length);
+    this.expectedBinding = Buffer.concat([Buffer.from(this.gs2Header, 'utf8'), bindsWith ?? Buffer.alloc(0)]);
     this.clientFirstBare = bare;
     this.nonce = clientNonce + this.serverNonce;
     this.serverFirstMessage = `r=${this.nonce},s=${this.verifier.salt.toString('base64')},i=${this.verifier.iterations}`;
@@ -152,17 +170,37 @@ export class ScramServerExchange {
   }
 
   /**
+   * The GS2 channel binding flag against what was negotiated (auth-scram.c read_client_first_message): returns the
+   * binding data the client bound to, or undefined when it did not bind. Throws on a mismatch or a downgrade.
+   */
+  private checkBindingFlag(flag: string): Buffer | undefined {
+    if (flag.startsWith('p=')) {
+      if (!this.channel.plusSelected) {
+        throw malformed(this.channel.endPoint === undefined ? 'channel binding is not supported without TLS' : 'channel binding requested but SCRAM-SHA-256-PLUS was not selected');
+      }
+      if (flag.slice(2) !== CHANNEL_BINDING_TYPE) throw malformed(`unsupported SCRAM channel-binding type "${flag.slice(2)}"`);
+      return this.channel.endPoint;
+    }
+    if (this.channel.plusSelected) throw malformed('SCRAM-SHA-256-PLUS was selected but the client did not use channel binding');
+    // "y": the client could bind but thinks the server cannot. Over TLS the server can: someone stripped the PLUS
+    // mechanism from the offer (a downgrade), so PostgreSQL refuses, and so does walcast.
+    if (flag === 'y' && this.channel.endPoint !== undefined) throw malformed('channel binding negotiation error: the client thinks the server does not support channel binding, but it does');
+    return undefined;
+  }
+
+  /**
    * Checks client-final-message. Returns server-final-message ("v=...") when the proof is right, undefined when
    * the password is wrong. Throws WalcastError when the message is malformed or does not match this exchange.
    */
   verifyClientFinal(clientFinal: string): string | undefined {
-    assert.ok(this.serverFirstMessage !== undefined && this.nonce !== undefined && this.gs2Header !== undefined, 'serverFirst first');
+    assert.ok(this.serverFirstMessage !== undefined && this.nonce !== undefined && this.expectedBinding !== undefined, 'serverFirst first');
     const proofAt = clientFinal.lastIndexOf(',p=');
     if (proofAt < 0) throw malformed('no proof in client-final-message');
     const withoutProof = clientFinal.slice(0, proofAt);
     const parsed = attributes(withoutProof);
     if (parsed[0]?.[0] !== 'c' || parsed[1]?.[0] !== 'r') throw malformed('expected c= and r= in client-final-message');
-    if (Buffer.from(parsed[0][1], 'base64').toString('utf8') !== this.gs2Header) throw malformed('channel binding does not match');
+    const binding = Buffer.from(parsed[0][1], 'base64');
+    if (binding.length !== this.expectedBinding.length || !timingSafeEqual(binding, this.expectedBinding)) throw malformed('channel binding does not match');
     if (parsed[1][1] !== this.nonce) throw malformed('nonce does not match');
     const proof = Buffer.from(clientFinal.slice(proofAt + 3), 'base64');
     if (proof.length !== SCRAM_KEY_BYTES) throw malformed('proof has the wrong length');

@@ -1,12 +1,15 @@
 /**
  * The startup phase of a server connection (postmaster.c ProcessStartupPacket, auth.c ClientAuthentication,
- * postinit.c): TLS/GSS negotiation refusals, the StartupMessage, authentication, then the ParameterStatus set,
- * BackendKeyData and the first ReadyForQuery. Every failure closes the connection with a FATAL ErrorResponse,
+ * postinit.c): TLS negotiation (SSLRequest answered 'S' when TLS is configured; GSSENCRequest always 'N'), the
+ * StartupMessage, the `--tls-mode require` check (as pg_hba hostssl), authentication (trust, SCRAM-SHA-256 with
+ * -PLUS over TLS, client certificates, tokens), then the ParameterStatus set, BackendKeyData and the first
+ * ReadyForQuery. Every failure closes the connection with a FATAL ErrorResponse,
  * as PostgreSQL does, and rejects.
  */
 import assert from 'node:assert/strict';
 import { WalcastError, isWalcastError } from '../errors.js';
 import {
+  authenticationCleartextPassword,
   authenticationOk,
   authenticationSasl,
   authenticationSaslContinue,
@@ -18,9 +21,17 @@ import {
 import { quoteClientText } from './client-text.js';
 import type { PgConnection } from './connection.js';
 import { StartupCode, type StartupPacket } from './messages.js';
-import { SCRAM_MECHANISM, ScramServerExchange, parseSaslInitialResponse, type ScramVerifier } from './scram.js';
+import { SCRAM_MECHANISM, SCRAM_PLUS_MECHANISM, ScramServerExchange, parseSaslInitialResponse, type ScramVerifier } from './scram.js';
+import type { TokenClaims, TokenVerifier } from '../auth/jwt.js';
+import { clientCertificateNames, type ServerTls } from '../tls/server-tls.js';
 
-export type AuthConfig = { readonly method: 'trust' } | { readonly method: 'scram-sha-256'; readonly verifier: ScramVerifier };
+export type AuthConfig =
+  | { readonly method: 'trust' }
+  | { readonly method: 'scram-sha-256'; readonly verifier: ScramVerifier }
+  /** PostgreSQL's cert method: a client certificate that chains to --tls-ca, whose CN (or a SAN) is the user. */
+  | { readonly method: 'cert' }
+  /** Neon's model: the password is an Ed25519-signed JWT; its claims scope the connection to a tenant. */
+  | { readonly method: 'jwt'; readonly tokens: TokenVerifier };
 
 export interface StartupOptions {
   readonly auth: AuthConfig;
@@ -28,6 +39,8 @@ export interface StartupOptions {
   readonly backendPid: number;
   readonly secretKey: number;
   readonly startupTimeoutMs: number;
+  /** TLS material and mode; undefined: SSLRequest gets 'N', as before TLS existed. */
+  readonly tls?: ServerTls | undefined;
   /**
    * Checks the accepted startup parameters after authentication and before ReadyForQuery, as PostgreSQL checks the
    * database and GUCs: throwing a WalcastError refuses the connection with that FATAL error.
@@ -43,6 +56,8 @@ export interface StartupResult {
   /** `options` "-c k=v" / "--k=v" / "k=v" tokens, Neon style. */
   readonly options: ReadonlyMap<string, string>;
   readonly parameters: ReadonlyMap<string, string>;
+  /** The token's claims when the auth method is jwt: the session checks them against the timeline it serves. */
+  readonly token?: TokenClaims | undefined;
 }
 
 /** SSLRequest + GSSENCRequest: a client may try each once before its StartupMessage (libpq does at most both). */
@@ -57,9 +72,11 @@ export async function acceptStartup(conn: PgConnection, options: StartupOptions)
   const deadline = Date.now() + options.startupTimeoutMs;
   const remainingMs = (): number => Math.max(1, deadline - Date.now());
   try {
-    const packet = await readStartupMessage(conn, remainingMs);
-    const result = checkStartupMessage(packet);
-    await authenticate(conn, options.auth, result.user, remainingMs);
+    const packet = await readStartupMessage(conn, options.tls, remainingMs);
+    const checked = checkStartupMessage(packet);
+    if (options.tls?.mode === 'require' && !conn.encrypted) throw tlsRequiredError(conn, checked);
+    const token = await authenticate(conn, options.auth, checked.user, remainingMs);
+    const result = token === undefined ? checked : { ...checked, token };
     options.validate?.(result);
     await conn.write([...sessionParameters(options.serverVersion, result), backendKeyData(options.backendPid, options.secretKey), readyForQuery('I')]);
     return result;
@@ -78,7 +95,7 @@ export class CancelRequestReceived extends Error {
   }
 }
 
-async function readStartupMessage(conn: PgConnection, remainingMs: () => number): Promise<Extract<StartupPacket, { type: 'startup' }>> {
+async function readStartupMessage(conn: PgConnection, tls: ServerTls | undefined, remainingMs: () => number): Promise<Extract<StartupPacket, { type: 'startup' }>> {
   for (let negotiations = 0; ; negotiations++) {
     const packet = await conn.readStartupPacket(remainingMs());
     switch (packet.type) {
@@ -90,6 +107,14 @@ async function readStartupMessage(conn: PgConnection, remainingMs: () => number)
       case 'gssEncRequest':
         if (negotiations >= MAX_NEGOTIATION_REQUESTS) {
           throw new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', 'too many SSL/GSS negotiation requests');
+        }
+        if (conn.encrypted) {
+          // postmaster.c: a negotiation request inside TLS is a protocol violation, not a second handshake.
+          throw new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', 'encryption negotiation request received over an encrypted connection');
+        }
+        if (packet.type === 'sslRequest' && tls !== undefined) {
+          await conn.startTls({ secureContext: tls.secureContext(), requestClientCertificate: tls.requestClientCertificate, handshakeTimeoutMs: remainingMs() });
+          break;
         }
         await conn.write(REFUSE_ENCRYPTION);
     }
@@ -195,17 +220,34 @@ export function replicationMode(value: string | undefined): ReplicationMode {
   return isParseBoolFalse(value) ? 'none' : 'invalid';
 }
 
-async function authenticate(conn: PgConnection, auth: AuthConfig, user: string, remainingMs: () => number): Promise<void> {
-  if (auth.method === 'trust') {
-    await conn.write(authenticationOk());
-    return;
+/** Runs the configured method; returns the token's claims for jwt, undefined otherwise. Throws when refused. */
+async function authenticate(conn: PgConnection, auth: AuthConfig, user: string, remainingMs: () => number): Promise<TokenClaims | undefined> {
+  switch (auth.method) {
+    case 'trust':
+      await conn.write(authenticationOk());
+      return undefined;
+    case 'scram-sha-256':
+      await authenticateScram(conn, auth.verifier, user, remainingMs);
+      return undefined;
+    case 'cert':
+      checkClientCertificate(conn, user);
+      await conn.write(authenticationOk());
+      return undefined;
+    case 'jwt':
+      return authenticateToken(conn, auth.tokens, remainingMs);
   }
-  await conn.write(authenticationSasl([SCRAM_MECHANISM]));
-  const exchange = new ScramServerExchange(auth.verifier);
+}
+
+async function authenticateScram(conn: PgConnection, verifier: ScramVerifier, user: string, remainingMs: () => number): Promise<void> {
+  // Over TLS PostgreSQL offers the PLUS variant first (auth.c CheckSASLAuth / be-secure.c be_tls_get_certificate_hash).
+  const endPoint = conn.tlsEndPoint();
+  await conn.write(authenticationSasl(endPoint === undefined ? [SCRAM_MECHANISM] : [SCRAM_PLUS_MECHANISM, SCRAM_MECHANISM]));
   const initial = parseSaslInitialResponse(await readPassword(conn, remainingMs));
-  if (initial.mechanism !== SCRAM_MECHANISM) {
+  const plusSelected = initial.mechanism === SCRAM_PLUS_MECHANISM && endPoint !== undefined;
+  if (initial.mechanism !== SCRAM_MECHANISM && !plusSelected) {
     throw new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', `client selected an invalid SASL authentication mechanism ${quoteClientText(initial.mechanism)}`);
   }
+  const exchange = new ScramServerExchange(verifier, undefined, { plusSelected, endPoint });
   await conn.write(authenticationSaslContinue(exchange.serverFirst(initial.data)));
   const final = exchange.verifyClientFinal((await readPassword(conn, remainingMs)).toString('utf8'));
   if (final === undefined) {
@@ -213,6 +255,42 @@ async function authenticate(conn: PgConnection, auth: AuthConfig, user: string, 
     throw new WalcastError('WALCAST_ERR_AUTH_FAILED', `password authentication failed for user ${quoteClientText(user)}`);
   }
   await conn.write([authenticationSaslFinal(final), authenticationOk()]);
+}
+
+/** auth.c CheckCertAuth: a verified client certificate whose CN (or, here, a SAN) equals the user name. */
+function checkClientCertificate(conn: PgConnection, user: string): void {
+  const presented = conn.clientCertificate();
+  if (presented === undefined) {
+    // PostgreSQL: "connection requires a valid client certificate" (auth.c ClientAuthentication, uaCert).
+    throw new WalcastError('WALCAST_ERR_CERT_AUTH', 'connection requires a valid client certificate');
+  }
+  if (!presented.verified) {
+    throw new WalcastError('WALCAST_ERR_CERT_AUTH', `certificate authentication failed for user "${user}": the certificate is not trusted (${presented.why ?? 'unverified'})`);
+  }
+  if (!clientCertificateNames(presented.certificate).includes(user)) {
+    throw new WalcastError('WALCAST_ERR_CERT_AUTH', `certificate authentication failed for user "${user}": the certificate's CN and SANs do not name this user`);
+  }
+}
+
+/** The token travels as a cleartext password message, as Neon's compute sends it (so only over TLS off loopback). */
+async function authenticateToken(conn: PgConnection, tokens: TokenVerifier, remainingMs: () => number): Promise<TokenClaims> {
+  await conn.write(authenticationCleartextPassword());
+  const payload = await readPassword(conn, remainingMs);
+  // PasswordMessage: the password as a NUL-terminated string.
+  const end = payload.indexOf(0);
+  const token = payload.subarray(0, end < 0 ? payload.length : end).toString('utf8');
+  const claims = await tokens.verify(token);
+  await conn.write(authenticationOk());
+  return claims;
+}
+
+/** pg_hba hostssl refusing a plain connection, in PostgreSQL's words plus the fix. */
+function tlsRequiredError(conn: PgConnection, startup: StartupResult): WalcastError {
+  const host = conn.remoteAddress.replace(/:\d+$/, '');
+  const kind = startup.replication === undefined ? 'connection' : 'replication connection';
+  return new WalcastError('WALCAST_ERR_TLS_REQUIRED', `no pg_hba.conf entry for ${kind} from host "${host}", user "${startup.user}", no encryption: walcast requires TLS (--tls-mode require)`, {
+    hint: 'connect with sslmode=require (or verify-ca / verify-full)',
+  });
 }
 
 /** The next 'p' message; a client that gives up sends Terminate or hangs up, which ends the startup. */

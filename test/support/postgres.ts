@@ -574,6 +574,19 @@ export function runPsql(conninfo: string, command: string): Promise<ReceiveWalRe
   return runTool('psql', ['-X', '-A', '-t', '-d', conninfo, '-c', command], { timeoutMs: SQL_TIMEOUT_MS });
 }
 
+/**
+ * Runs psql (as the postgres OS user, so client keys it owns are usable) with a full connection string, for tests of
+ * what a libpq client sees: sslmode, channel_binding, client certificates. Never throws on a failed connection.
+ */
+export async function runPsqlAsServerUser(conninfo: string, sql: string, options: { password?: string; timeoutMs?: number } = {}): Promise<ReceiveWalResult> {
+  return runTool('psql', ['-X', '-At', '-w', '-d', conninfo, '-c', sql], {
+    timeoutMs: options.timeoutMs ?? SQL_TIMEOUT_MS,
+    asServerUser: true,
+    // libpq looks for ~/.postgresql/postgresql.crt; root's home is not the postgres user's to read.
+    env: { HOME: tempBase(), ...(options.password === undefined ? {} : { PGPASSWORD: options.password }) },
+  });
+}
+
 /** Synchronous clean-up for process exit: immediate shutdown of every postmaster we started, then temp dirs. */
 function cleanUpSync(): void {
   const pids = [...livePostmasters].map((postmaster) => postmaster.pid).filter(isProcessAlive);

@@ -8,6 +8,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RetentionSettings } from '../../src/retention/retention-task.js';
 import type { AuthConfig } from '../../src/wire/startup.js';
+import type { ServerTls } from '../../src/tls/server-tls.js';
+import type { Logger } from '../../src/log.js';
 import { createIoBackend } from '../../src/io/select-backend.js';
 import { silentLogger } from '../../src/log.js';
 import { WalcastServer } from '../../src/server.js';
@@ -30,6 +32,8 @@ export function backendUnderTest(): { io: 'ts' | 'native'; strategy?: 'sendfile'
 export interface StartWalcastOptions {
   readonly dataDir: string;
   readonly auth?: AuthConfig;
+  readonly tls?: ServerTls;
+  readonly log?: Logger;
   readonly replicaTimeoutMs?: number;
   readonly maxConnections?: number;
   readonly maxStartupConnections?: number;
@@ -44,6 +48,7 @@ export async function startWalcast(options: StartWalcastOptions): Promise<Runnin
     dataDir: options.dataDir,
     listen: { host: '127.0.0.1', port: 0 },
     auth: options.auth ?? { method: 'trust' },
+    tls: options.tls,
     backend,
     maxConnections: options.maxConnections ?? 4096,
     replicaTimeoutMs: options.replicaTimeoutMs ?? 60_000,
@@ -51,7 +56,7 @@ export async function startWalcast(options: StartWalcastOptions): Promise<Runnin
     maxStartupConnections: options.maxStartupConnections,
     maxStartupConnectionsPerAddress: options.maxStartupConnectionsPerAddress,
     authenticationTimeoutMs: options.authenticationTimeoutMs,
-    log: silentLogger(),
+    log: options.log ?? silentLogger(),
   });
   return { server, port: server.address().port, stop: () => server.stop() };
 }
