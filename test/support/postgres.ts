@@ -14,7 +14,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, chmodSync, chownSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 /** Debian's PostgreSQL 15; /usr/local/bin may hold an unrelated pg_ctl. WALCAST_PG_BIN overrides it. */
 export const PG_BIN_DIR = process.env.WALCAST_PG_BIN ?? '/usr/lib/postgresql/15/bin';
@@ -90,8 +90,11 @@ export interface StandbyBase {
   readonly dataDir: string;
   /** The running standby once started (by `start: true` or `startWithUpstream`). */
   readonly standby: PgStandby | undefined;
-  /** Points primary_conninfo at 127.0.0.1:PORT and starts the standby; may be called again after its stop(). */
-  startWithUpstream(port: number, options?: { password?: string }): Promise<PgStandby>;
+  /**
+   * Points primary_conninfo at 127.0.0.1:PORT and starts the standby; may be called again after its stop().
+   * `conninfo` adds keywords (sslmode=verify-full sslrootcert=...).
+   */
+  startWithUpstream(port: number, options?: { password?: string; conninfo?: string }): Promise<PgStandby>;
 }
 
 export interface ReceiveWalResult {
@@ -313,7 +316,9 @@ async function spawnPostmaster(dataDir: string, port: number, logFile: string, t
   if (user !== undefined) chownSync(logFile, user.uid, user.gid);
   const child = spawn(join(PG_BIN_DIR, 'postgres'), ['-D', dataDir, '-p', String(port)], {
     cwd: dataDir,
-    env: cleanEnv(),
+    // HOME is the cluster's own dir: a walreceiver's libpq reads ~/.postgresql/ for TLS files, and root's home is
+    // not the postgres user's to read.
+    env: cleanEnv({ HOME: dirname(dataDir) }),
     // No pipes: a postmaster must never block on a full pipe, and its children inherit the log fd.
     stdio: ['ignore', logFd, logFd],
     ...(user === undefined ? {} : { uid: user.uid, gid: user.gid }),
@@ -511,7 +516,7 @@ export async function makeStandby(primary: PgCluster, options: StandbyOptions = 
     dataDir,
     get standby() { return standby; },
     async startWithUpstream(port, startOptions = {}) {
-      configureStandby(cluster, root, { ...options, upstreamPort: port }, startOptions.password);
+      configureStandby(cluster, root, { ...options, upstreamPort: port, conninfoExtra: startOptions.conninfo }, startOptions.password);
       await cluster.start();
       standby = standbyFacade(cluster);
       return standby;
@@ -522,9 +527,10 @@ export async function makeStandby(primary: PgCluster, options: StandbyOptions = 
 }
 
 /** primary_conninfo and friends; appended, so a later call (a new upstream) overrides an earlier one. */
-function configureStandby(cluster: ClusterProcess, root: string, options: StandbyOptions & { upstreamPort: number }, password: string | undefined): void {
+function configureStandby(cluster: ClusterProcess, root: string, options: StandbyOptions & { upstreamPort: number; conninfoExtra?: string | undefined }, password: string | undefined): void {
   assert.ok(options.upstreamPort > 0, 'a standby needs an upstream port');
   let conninfo = `host=127.0.0.1 port=${options.upstreamPort} user=${REPL_USER} application_name=${options.applicationName ?? 'standby'}`;
+  if (options.conninfoExtra !== undefined) conninfo += ` ${options.conninfoExtra}`;
   if (password !== undefined) {
     const passfile = join(root, 'pgpass');
     writeAsServerUser(passfile, `127.0.0.1:${options.upstreamPort}:*:${REPL_USER}:${password.replaceAll('\\', '\\\\').replaceAll(':', '\\:')}\n`, false);
