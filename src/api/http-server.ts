@@ -19,6 +19,9 @@
 import assert from 'node:assert/strict';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { mayAccessTenant, type TokenClaims, type TokenVerifier } from '../auth/jwt.js';
+import type { ServerTls } from '../tls/server-tls.js';
 import { formatListenAddress, isLoopbackHost, type ListenAddress } from '../config/listen-address.js';
 import { WalcastError, type WalcastErrorCode } from '../errors.js';
 import { Timeline } from '../timeline/timeline.js';
@@ -47,6 +50,8 @@ export const HTTP_HEADERS_COUNT_MAX = 64;
 const ID_PATTERN = /^[0-9a-f]{32}$/;
 const TIMELINE_ROUTE = /^\/v1\/tenant\/([^/]+)\/timeline\/([^/]+)\/?$/;
 const SLOTS_ROUTE = /^\/v1\/tenant\/([^/]+)\/timeline\/([^/]+)\/slots\/?$/;
+/** The tenant part of every per-tenant route. */
+const TENANT_PATH = /^\/v1\/tenant\/([^/]+)(\/|$)/;
 const SLOT_ROUTE = /^\/v1\/tenant\/([^/]+)\/timeline\/([^/]+)\/slots\/([^/]+)\/?$/;
 /** A slot creation body is a name and a flag, well under 1 KiB; a longer body is refused unread (413). */
 export const HTTP_BODY_BYTES_MAX = 4096;
@@ -58,6 +63,13 @@ export interface HttpApiOptions {
   readonly listen: ListenAddress;
   /** Bearer token every request must carry; required when `listen` is not a loopback address. */
   readonly authToken: string | undefined;
+  /**
+   * Ed25519 JWTs accepted as Bearer tokens (Neon's model): a `tenant` token reads only /v1/tenant/<its tenant>/...,
+   * a `safekeeperdata` token everything. The static authToken, when also set, stays an admin token.
+   */
+  readonly tokens?: TokenVerifier | undefined;
+  /** Serve HTTPS with the replication port's certificate (--http-tls); reloads follow the replication port's. */
+  readonly tls?: ServerTls | undefined;
   readonly view: ServerView;
   readonly metrics: OperationsMetrics;
   readonly log: Logger;
@@ -76,18 +88,19 @@ interface Reply {
 }
 
 export async function startHttpApi(options: HttpApiOptions): Promise<HttpApi> {
-  if (options.authToken === undefined && !isLoopbackHost(options.listen.host)) {
+  if (options.authToken === undefined && options.tokens === undefined && !isLoopbackHost(options.listen.host)) {
     // Replica addresses, LSNs and xmins are not for the whole network: off loopback only with a token.
-    throw new WalcastError('WALCAST_ERR_CONFIG', `--http ${formatListenAddress(options.listen)} is not a loopback address: it needs --http-auth-token-file`);
+    throw new WalcastError('WALCAST_ERR_CONFIG', `--http ${formatListenAddress(options.listen)} is not a loopback address: it needs --http-auth-token-file or --auth jwt`);
   }
   const tokenDigest = options.authToken === undefined ? undefined : digest(options.authToken);
-  const server = createServer({ connectionsCheckingInterval: HTTP_CONNECTIONS_CHECK_INTERVAL_MS }, (request, response) => {
+  const handler = (request: IncomingMessage, response: ServerResponse): void => {
     handleRequest(options, tokenDigest, request, response).catch((error: unknown) => {
       options.log.error({ err: error, url: request.url }, 'HTTP handler failed');
       if (!response.headersSent) send(response, request, jsonReply(500, 'internal_error', 'internal error'));
       else response.destroy();
     });
-  });
+  };
+  const server = options.tls === undefined ? createServer({ connectionsCheckingInterval: HTTP_CONNECTIONS_CHECK_INTERVAL_MS }, handler) : httpsServer(options.tls, handler);
   configureBounds(server);
   reserveForRequests(server);
   await new Promise<void>((resolve, reject) => {
@@ -110,6 +123,23 @@ export async function startHttpApi(options: HttpApiOptions): Promise<HttpApi> {
       });
     },
   };
+}
+
+/**
+ * HTTPS with the replication port's material. Each handshake takes the ServerTls's current context (through
+ * SNICallback when the client names a host, and the default context refreshed on every reload otherwise).
+ */
+function httpsServer(tls: ServerTls, handler: (request: IncomingMessage, response: ServerResponse) => void): Server {
+  const pem = tls.pem();
+  const server = createHttpsServer(
+    { connectionsCheckingInterval: HTTP_CONNECTIONS_CHECK_INTERVAL_MS, cert: pem.cert, key: pem.key, SNICallback: (_name, done) => done(null, tls.secureContext()) },
+    handler,
+  );
+  tls.onReload(() => {
+    const current = tls.pem();
+    server.setSecureContext({ cert: current.cert, key: current.key });
+  });
+  return server as unknown as Server;
 }
 
 function configureBounds(server: Server): void {
@@ -154,12 +184,42 @@ async function handleRequest(options: HttpApiOptions, tokenDigest: Buffer | unde
   send(response, request, reply);
 }
 
-async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, request: IncomingMessage): Promise<Reply> {
-  if (tokenDigest !== undefined && !isAuthorized(request.headers.authorization, tokenDigest)) {
-    return { ...jsonReply(401, 'unauthorized', 'missing or wrong bearer token'), headers: { 'www-authenticate': 'Bearer' } };
+/** Who the request is: an admin (static token, safekeeperdata JWT, or no auth configured on loopback) or a tenant. */
+type Access = { readonly admin: true } | { readonly admin: false; readonly claims: TokenClaims };
+
+const UNAUTHORIZED: Reply = { ...jsonReply(401, 'unauthorized', 'missing or wrong bearer token'), headers: { 'www-authenticate': 'Bearer' } };
+
+async function authorize(options: HttpApiOptions, tokenDigest: Buffer | undefined, header: string | undefined): Promise<Access | undefined> {
+  if (tokenDigest === undefined && options.tokens === undefined) return { admin: true };
+  if (tokenDigest !== undefined && isAuthorized(header, tokenDigest)) return { admin: true };
+  if (options.tokens === undefined) return undefined;
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  if (match === null) return undefined;
+  try {
+    const claims = await options.tokens.verify(match[1]!);
+    return claims.scope === 'safekeeperdata' ? { admin: true } : { admin: false, claims };
+  } catch (error) {
+    if (error instanceof WalcastError) return undefined;
+    throw error;
   }
+}
+
+/** Neon's per-tenant scoping: /v1/tenant/:t/... needs a token for t; everything else is server-wide (admin). */
+function scopeRefusal(access: Access, path: string): Reply | undefined {
+  if (access.admin) return undefined;
+  const tenant = TENANT_PATH.exec(path);
+  if (tenant === null) return jsonReply(403, 'forbidden', 'a tenant token cannot read server-wide endpoints: use a safekeeperdata token');
+  if (!mayAccessTenant(access.claims, decodePathPart(tenant[1] ?? ''))) return jsonReply(403, 'forbidden', 'the token does not grant access to this tenant');
+  return undefined;
+}
+
+async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, request: IncomingMessage): Promise<Reply> {
+  const access = await authorize(options, tokenDigest, request.headers.authorization);
+  if (access === undefined) return UNAUTHORIZED;
   const path = requestPath(request.url ?? '/');
   if (path === undefined) return jsonReply(400, 'bad_request', 'malformed request target');
+  const refusal = scopeRefusal(access, path);
+  if (refusal !== undefined) return refusal;
   const slotsMatch = SLOTS_ROUTE.exec(path) ?? SLOT_ROUTE.exec(path);
   if (slotsMatch !== null) return slotRoutes(options.view, request, slotsMatch);
   if (request.method !== 'GET' && request.method !== 'HEAD') return methodNotAllowed(request, 'GET, HEAD');

@@ -8,6 +8,8 @@ import { readSecret } from '../config/secrets.js';
 import { WalcastError } from '../errors.js';
 import type { IoSelection } from '../io/select-backend.js';
 import type { Logger } from '../log.js';
+import type { TokenVerifier } from '../auth/jwt.js';
+import type { ServerTls } from '../tls/server-tls.js';
 import type { WalcastServer } from '../server.js';
 import { startHttpApi, type HttpApi } from './http-server.js';
 import type { OperationsMetrics } from './metrics.js';
@@ -21,13 +23,13 @@ export interface HttpSettings {
   readonly authToken: string | undefined;
 }
 
-/** undefined when --no-http; throws WALCAST_ERR_CONFIG for a non-loopback address without a token. */
-export async function resolveHttpSettings(http: string | false, tokenFile: string | undefined): Promise<HttpSettings | undefined> {
+/** undefined when --no-http; throws WALCAST_ERR_CONFIG for a non-loopback address without a token or JWTs. */
+export async function resolveHttpSettings(http: string | false, tokenFile: string | undefined, jwt = false): Promise<HttpSettings | undefined> {
   if (http === false) return undefined;
   const listen = parseListenAddress(http, '--http');
   const authToken = await readSecret({ file: tokenFile, envName: HTTP_AUTH_TOKEN_ENV, what: 'HTTP auth token' });
-  if (authToken === undefined && !isLoopbackHost(listen.host)) {
-    throw new WalcastError('WALCAST_ERR_CONFIG', `--http ${formatListenAddress(listen)} is not a loopback address: it needs --http-auth-token-file`);
+  if (authToken === undefined && !jwt && !isLoopbackHost(listen.host)) {
+    throw new WalcastError('WALCAST_ERR_CONFIG', `--http ${formatListenAddress(listen)} is not a loopback address: it needs --http-auth-token-file or --auth jwt`);
   }
   return { listen, authToken };
 }
@@ -39,6 +41,10 @@ export interface OperationsApiOptions {
   readonly metrics: OperationsMetrics;
   readonly startedAt: Date;
   readonly log: Logger;
+  /** JWTs accepted as Bearer tokens, scoped per tenant (--auth jwt). */
+  readonly tokens?: TokenVerifier | undefined;
+  /** HTTPS with this material (--http-tls). */
+  readonly tls?: ServerTls | undefined;
 }
 
 export async function startOperationsApi(options: OperationsApiOptions): Promise<HttpApi> {
@@ -57,8 +63,9 @@ export async function startOperationsApi(options: OperationsApiOptions): Promise
       server.ingest?.followers.map((follower) => follower.status()).find((status) => status.tenantId === tenantId && status.timelineId === timelineId),
     retentionStatus: (tenantId, timelineId) => server.retention?.status(tenantId, timelineId),
   };
-  api = await startHttpApi({ listen: options.settings.listen, authToken: options.settings.authToken, view, metrics: options.metrics, log: options.log });
+  api = await startHttpApi({ listen: options.settings.listen, authToken: options.settings.authToken, tokens: options.tokens, tls: options.tls, view, metrics: options.metrics, log: options.log });
   const address = api.address();
-  options.log.info({ http: formatListenAddress(address), auth: options.settings.authToken === undefined ? 'none (loopback)' : 'bearer' }, 'HTTP API listening');
+  const auth = [options.settings.authToken === undefined ? undefined : 'bearer', options.tokens === undefined ? undefined : 'jwt'].filter((name) => name !== undefined).join('+');
+  options.log.info({ http: formatListenAddress(address), https: options.tls !== undefined, auth: auth === '' ? 'none (loopback)' : auth }, 'HTTP API listening');
   return api;
 }

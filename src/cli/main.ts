@@ -47,7 +47,8 @@ function buildProgram(): Command {
     .option('--max-slot-wal-keep-size <size>', 'a slot further behind than this is invalidated and its WAL removed, as PostgreSQL max_slot_wal_keep_size (-1: unlimited)', '-1')
     .option('--http <host:port>', 'HTTP status/metrics listen address', '127.0.0.1:7676')
     .option('--no-http', 'do not serve the HTTP status API')
-    .option('--http-auth-token-file <file>', 'bearer token file; required when --http is not loopback')
+    .option('--http-auth-token-file <file>', 'bearer token file; required when --http is not loopback (unless --auth jwt)')
+    .option('--http-tls', 'serve the HTTP API over HTTPS with --tls-cert/--tls-key')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS as string[]).default('info'))
     .action(async (options: Record<string, unknown>) => {
       const { runServe } = await import('./serve-command.js');
@@ -101,6 +102,19 @@ function buildProgram(): Command {
     const { runSlot } = await import('./slot-command.js');
     await runSlot('drop', name, options);
   });
+
+  const token = program.command('token').description('authentication tokens (Ed25519 JWTs, Neon claims) for --auth jwt and the HTTP API');
+  token
+    .command('create')
+    .description('print a signed token on stdout')
+    .requiredOption('--private-key <file>', 'Ed25519 private key (PEM), e.g. from `openssl genpkey -algorithm ed25519`')
+    .addOption(new Option('--scope <scope>', 'tenant: one tenant\'s timelines; safekeeperdata: everything').choices(['tenant', 'safekeeperdata']).makeOptionMandatory())
+    .option('--tenant-id <id>', 'tenant id (32 hex) for --scope tenant')
+    .option('--ttl <duration>', 'lifetime: seconds, or 90s, 30m, 24h, 7d', '24h')
+    .action(async (options: Record<string, unknown>) => {
+      const { runTokenCreate } = await import('./token-command.js');
+      await runTokenCreate(options);
+    });
 
   const timeline = program.command('timeline').description('manage timelines');
   timeline

@@ -31,6 +31,7 @@ export interface ServeFlags {
   readonly tlsMode: TlsMode;
   readonly allowPlaintext?: boolean;
   readonly jwtPublicKey?: readonly string[];
+  readonly httpTls?: boolean;
   readonly upstreamPasswordFile?: string;
   readonly io?: string;
   readonly nativeStrategy?: string;
@@ -52,9 +53,10 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const listen = parseListenAddress(flags.listen, '--listen');
   const retention = resolveRetention(flags);
   const tls = await resolveTls(flags);
+  if (flags.httpTls === true && tls === undefined) throw new WalcastError('WALCAST_ERR_CONFIG', '--http-tls needs --tls-cert and --tls-key');
   const auth = await resolveAuth(flags, listen, tls);
   checkTransportSecurity(flags, listen, tls, auth, log);
-  const http = await resolveHttpSettings(flags.http, flags.httpAuthTokenFile);
+  const http = await resolveHttpSettings(flags.http, flags.httpAuthTokenFile, auth.method === 'jwt');
   const startedAt = new Date();
   const selection = await createIoBackend(resolveIoChoice(flags));
   log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason }, 'I/O backend selected');
@@ -76,7 +78,8 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     upstreamPassword: await readSecret({ file: flags.upstreamPasswordFile, envName: 'WALCAST_UPSTREAM_PASSWORD', what: 'upstream password' }),
   });
   metrics.bindTimelines(server.timelines, (timeline) => server.retention?.status(timeline.tenantId, timeline.timelineId));
-  const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log });
+  const httpSecurity = { tokens: auth.method === 'jwt' ? auth.tokens : undefined, tls: flags.httpTls === true ? tls : undefined };
+  const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log, ...httpSecurity });
   // `walcast slot` finds the running server (and its API) through this file; see server-state.ts.
   await writeServerState(flags.dataDir, { pid: process.pid, http: stopHttp.address ?? null });
   const address = server.address();
@@ -183,7 +186,7 @@ function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; str
 /** Starts the HTTP status/metrics API unless --no-http; a failure to bind stops the server rather than leave it half up. */
 async function startHttpIfWanted(
   settings: HttpSettings | undefined,
-  context: { server: WalcastServer; selection: IoSelection; metrics: OperationsMetrics; startedAt: Date; log: Logger },
+  context: { server: WalcastServer; selection: IoSelection; metrics: OperationsMetrics; startedAt: Date; log: Logger; tokens: TokenVerifier | undefined; tls: ServerTls | undefined },
 ): Promise<(() => Promise<void>) & { address?: string }> {
   if (settings === undefined) return async () => undefined;
   try {

@@ -14,6 +14,8 @@ export type TlsMode = 'prefer' | 'require';
 
 /** A PEM file bigger than this is not a certificate chain or key: refuse it rather than parse a stray file. */
 export const TLS_FILE_MAX_BYTES = 1024 * 1024;
+/** Listeners on reload: the HTTPS API and tests; more means a leak (a listener added per connection). */
+const RELOAD_LISTENERS_MAX = 8;
 
 export interface ServerTlsFiles {
   readonly certFile: string;
@@ -31,6 +33,7 @@ export interface TlsPem {
 
 export class ServerTls {
   private current: { readonly pem: TlsPem; readonly context: SecureContext };
+  private readonly reloadListeners: Array<() => void> = [];
 
   private constructor(
     readonly files: ServerTlsFiles,
@@ -61,6 +64,13 @@ export class ServerTls {
   /** Re-reads the files; throws WalcastError (and keeps serving the old material) when they are unusable. */
   async reload(): Promise<void> {
     this.current = await loadContext(this.files);
+    for (const listener of this.reloadListeners) listener();
+  }
+
+  /** Called after each successful reload (the HTTPS server swaps its default context). */
+  onReload(listener: () => void): void {
+    assert.ok(this.reloadListeners.length < RELOAD_LISTENERS_MAX, 'a handful of servers share one ServerTls');
+    this.reloadListeners.push(listener);
   }
 }
 
