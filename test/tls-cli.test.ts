@@ -13,7 +13,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { importWal } from '../src/storage/wal-import.js';
-import { freePort, makeTempDir, runPsql, startPrimary } from './support/postgres.js';
+import { freePort, makeTempDir, runPsqlAsServerUser, startPrimary } from './support/postgres.js';
 import { makeTestCertificates, type TestCertificates } from './support/tls-certs.js';
 import { REPO_ROOT, runWalcastCli } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
@@ -109,9 +109,9 @@ describe('walcast serve with TLS and tokens', { timeout: TEST_TIMEOUT_MS }, () =
   test('replication over TLS with a tenant token; a plain client is refused with the TLS-required error', async () => {
     const own = await token('tenant', fixture.tenantId);
     const conninfo = `host=localhost hostaddr=127.0.0.1 port=${fixture.pgPort} user=repl replication=true sslmode=verify-full sslrootcert=${fixture.certs.caCert}`;
-    const ok = await runPsql(conninfo, 'IDENTIFY_SYSTEM', { password: own });
+    const ok = await runPsqlAsServerUser(conninfo, 'IDENTIFY_SYSTEM', { password: own });
     assert.equal(ok.code, 0, ok.stderr);
-    const plain = await runPsql(`host=127.0.0.1 port=${fixture.pgPort} user=repl replication=true sslmode=disable`, 'IDENTIFY_SYSTEM', { password: own });
+    const plain = await runPsqlAsServerUser(`host=127.0.0.1 port=${fixture.pgPort} user=repl replication=true sslmode=disable`, 'IDENTIFY_SYSTEM', { password: own });
     assert.match(plain.stderr, /no encryption: walcast requires TLS/);
   });
 

@@ -13,7 +13,7 @@ import { TokenVerifier, createToken } from '../src/auth/jwt.js';
 import { importWal } from '../src/storage/wal-import.js';
 import { ServerTls } from '../src/tls/server-tls.js';
 import { createScramVerifier } from '../src/wire/scram.js';
-import { makeTempDir, runPsql, startPrimary, type PgCluster } from './support/postgres.js';
+import { makeTempDir, runPsqlAsServerUser, startPrimary, type PgCluster } from './support/postgres.js';
 import { queryMessage, sendRawAndCollect, startupPacket, typedMessage } from './support/raw-client.js';
 import { makeTestCertificates, type TestCertificates } from './support/tls-certs.js';
 import { startWalcast, type RunningWalcast } from './support/walcast.js';
@@ -66,57 +66,57 @@ const verifyFull = (): string => `sslmode=verify-full sslrootcert=${fixture.cert
 describe('TLS on the replication port', { timeout: TEST_TIMEOUT_MS }, () => {
   test('psql with sslmode=verify-full gets a TLS connection and IDENTIFY_SYSTEM answers', async () => {
     const server = await serve({ dataDir: fixture.dataDir, tls: await tls() });
-    const result = await runPsql(conninfo(server.port, verifyFull()), 'IDENTIFY_SYSTEM');
+    const result = await runPsqlAsServerUser(conninfo(server.port, verifyFull()), 'IDENTIFY_SYSTEM');
     assert.equal(result.code, 0, result.stderr);
-    const info = await runPsql(conninfo(server.port, verifyFull()), '\\conninfo');
+    const info = await runPsqlAsServerUser(conninfo(server.port, verifyFull()), '\\conninfo');
     assert.match(info.stdout, /SSL connection \(protocol: TLSv1\.[23]/, info.stdout);
   });
 
   test('verify-full refuses a host name the certificate does not name', async () => {
     const server = await serve({ dataDir: fixture.dataDir, tls: await tls() });
     // hostaddr connects to 127.0.0.1 while the name checked is "wrong.example".
-    const result = await runPsql(`host=wrong.example hostaddr=127.0.0.1 port=${server.port} user=repl replication=true ${verifyFull()}`, 'IDENTIFY_SYSTEM');
+    const result = await runPsqlAsServerUser(`host=wrong.example hostaddr=127.0.0.1 port=${server.port} user=repl replication=true ${verifyFull()}`, 'IDENTIFY_SYSTEM');
     assert.notEqual(result.code, 0);
     assert.match(result.stderr, /does not match host name "wrong.example"/);
   });
 
   test('sslmode=require against a walcast without TLS fails as it does against PostgreSQL', async () => {
     const server = await serve({ dataDir: fixture.dataDir });
-    const result = await runPsql(conninfo(server.port, 'sslmode=require'), 'IDENTIFY_SYSTEM');
+    const result = await runPsqlAsServerUser(conninfo(server.port, 'sslmode=require'), 'IDENTIFY_SYSTEM');
     assert.notEqual(result.code, 0);
     assert.match(result.stderr, /server does not support SSL, but SSL was required/);
   });
 
   test('a plain client against --tls-mode require gets 28000 and a message saying TLS is required', async () => {
     const server = await serve({ dataDir: fixture.dataDir, tls: await tls('require') });
-    const result = await runPsql(conninfo(server.port, 'sslmode=disable'), 'IDENTIFY_SYSTEM');
+    const result = await runPsqlAsServerUser(conninfo(server.port, 'sslmode=disable'), 'IDENTIFY_SYSTEM');
     assert.notEqual(result.code, 0);
     assert.match(result.stderr, /no encryption: walcast requires TLS/);
     const raw = await sendRawAndCollect(server.port, startupPacket({ user: 'repl', replication: 'true' }));
     assert.equal(errorCode(raw.received), '28000');
-    const ok = await runPsql(conninfo(server.port, 'sslmode=require'), 'IDENTIFY_SYSTEM');
+    const ok = await runPsqlAsServerUser(conninfo(server.port, 'sslmode=require'), 'IDENTIFY_SYSTEM');
     assert.equal(ok.code, 0, ok.stderr);
   });
 
   test('channel_binding=require works over TLS with SCRAM-SHA-256-PLUS; plain SCRAM still works', async () => {
     const auth = { method: 'scram-sha-256' as const, verifier: createScramVerifier(PASSWORD) };
     const server = await serve({ dataDir: fixture.dataDir, tls: await tls(), auth });
-    const bound = await runPsql(conninfo(server.port, `${verifyFull()} channel_binding=require`), 'IDENTIFY_SYSTEM', { password: PASSWORD });
+    const bound = await runPsqlAsServerUser(conninfo(server.port, `${verifyFull()} channel_binding=require`), 'IDENTIFY_SYSTEM', { password: PASSWORD });
     assert.equal(bound.code, 0, bound.stderr);
-    const wrong = await runPsql(conninfo(server.port, `${verifyFull()} channel_binding=require`), 'IDENTIFY_SYSTEM', { password: 'wrong' });
+    const wrong = await runPsqlAsServerUser(conninfo(server.port, `${verifyFull()} channel_binding=require`), 'IDENTIFY_SYSTEM', { password: 'wrong' });
     assert.match(wrong.stderr, /password authentication failed/);
-    const plain = await runPsql(conninfo(server.port, 'sslmode=disable'), 'IDENTIFY_SYSTEM', { password: PASSWORD });
+    const plain = await runPsqlAsServerUser(conninfo(server.port, 'sslmode=disable'), 'IDENTIFY_SYSTEM', { password: PASSWORD });
     assert.equal(plain.code, 0, plain.stderr);
-    const tlsNoBinding = await runPsql(conninfo(server.port, 'sslmode=require channel_binding=disable'), 'IDENTIFY_SYSTEM', { password: PASSWORD });
+    const tlsNoBinding = await runPsqlAsServerUser(conninfo(server.port, 'sslmode=require channel_binding=disable'), 'IDENTIFY_SYSTEM', { password: PASSWORD });
     assert.equal(tlsNoBinding.code, 0, tlsNoBinding.stderr);
-    const unboundPlain = await runPsql(conninfo(server.port, 'sslmode=disable channel_binding=require'), 'IDENTIFY_SYSTEM', { password: PASSWORD });
+    const unboundPlain = await runPsqlAsServerUser(conninfo(server.port, 'sslmode=disable channel_binding=require'), 'IDENTIFY_SYSTEM', { password: PASSWORD });
     assert.notEqual(unboundPlain.code, 0, 'libpq refuses a connection without channel binding');
   });
 
   test('SIGHUP-style reload: new connections get the new certificate, an open connection keeps working', async () => {
     const material = await tls();
     const server = await serve({ dataDir: fixture.dataDir, tls: material });
-    const before = await runPsql(conninfo(server.port, verifyFull()), '\\conninfo');
+    const before = await runPsqlAsServerUser(conninfo(server.port, verifyFull()), '\\conninfo');
     assert.equal(before.code, 0, before.stderr);
     // Point the same ServerTls at the second certificate, as SIGHUP does after files change on disk.
     const swapped = await ServerTls.load({ certFile: fixture.certs.serverCert2, keyFile: fixture.certs.serverKey2 });
@@ -124,7 +124,7 @@ describe('TLS on the replication port', { timeout: TEST_TIMEOUT_MS }, () => {
     await material.reload();
     const subject = await peerSubject(server.port);
     assert.match(subject, /walcast-reloaded/);
-    const afterReload = await runPsql(conninfo(server.port, verifyFull()), 'IDENTIFY_SYSTEM');
+    const afterReload = await runPsqlAsServerUser(conninfo(server.port, verifyFull()), 'IDENTIFY_SYSTEM');
     assert.equal(afterReload.code, 0, afterReload.stderr);
   });
 });
@@ -137,17 +137,17 @@ describe('client certificate authentication (--auth cert)', { timeout: TEST_TIME
   const withCert = (cert: string, key: string): string => `${verifyFull()} sslcert=${cert} sslkey=${key}`;
 
   test('a certificate from the CA whose CN is the user gets in', async () => {
-    const result = await runPsql(conninfo(port, withCert(fixture.certs.clientCert, fixture.certs.clientKey)), 'IDENTIFY_SYSTEM');
+    const result = await runPsqlAsServerUser(conninfo(port, withCert(fixture.certs.clientCert, fixture.certs.clientKey)), 'IDENTIFY_SYSTEM');
     assert.equal(result.code, 0, result.stderr);
   });
 
   test('a CA certificate for another name, a self-signed one, and none are refused', async () => {
-    const other = await runPsql(conninfo(port, withCert(fixture.certs.otherClientCert, fixture.certs.otherClientKey)), 'IDENTIFY_SYSTEM');
+    const other = await runPsqlAsServerUser(conninfo(port, withCert(fixture.certs.otherClientCert, fixture.certs.otherClientKey)), 'IDENTIFY_SYSTEM');
     assert.match(other.stderr, /certificate authentication failed for user "repl"/);
-    const rogue = await runPsql(conninfo(port, withCert(fixture.certs.rogueClientCert, fixture.certs.rogueClientKey)), 'IDENTIFY_SYSTEM');
+    const rogue = await runPsqlAsServerUser(conninfo(port, withCert(fixture.certs.rogueClientCert, fixture.certs.rogueClientKey)), 'IDENTIFY_SYSTEM');
     assert.notEqual(rogue.code, 0);
     assert.match(rogue.stderr, /certificate authentication failed|not trusted/);
-    const none = await runPsql(conninfo(port, `${verifyFull()} sslcert=/nonexistent sslkey=/nonexistent`), 'IDENTIFY_SYSTEM');
+    const none = await runPsqlAsServerUser(conninfo(port, `${verifyFull()} sslcert=/nonexistent sslkey=/nonexistent`), 'IDENTIFY_SYSTEM');
     assert.match(none.stderr, /connection requires a valid client certificate/);
   });
 });
@@ -165,10 +165,10 @@ describe('token authentication (--auth jwt)', { timeout: TEST_TIMEOUT_MS }, () =
 
   test('a token for the tenant streams over TLS; a safekeeperdata token too', async () => {
     const selected = `options='-c tenant_id=${fixture.tenantId} -c timeline_id=${fixture.timelineId}'`;
-    const ok = await runPsql(conninfo(port, `${verifyFull()} ${selected}`), 'IDENTIFY_SYSTEM', { password: await tenantToken(fixture.tenantId) });
+    const ok = await runPsqlAsServerUser(conninfo(port, `${verifyFull()} ${selected}`), 'IDENTIFY_SYSTEM', { password: await tenantToken(fixture.tenantId) });
     assert.equal(ok.code, 0, ok.stderr);
     const admin = await createToken({ privateKeyPem, scope: 'safekeeperdata', ttlSeconds: 60 });
-    const adminOk = await runPsql(conninfo(port, verifyFull()), 'IDENTIFY_SYSTEM', { password: admin });
+    const adminOk = await runPsqlAsServerUser(conninfo(port, verifyFull()), 'IDENTIFY_SYSTEM', { password: admin });
     assert.equal(adminOk.code, 0, adminOk.stderr);
     const raw = await tokenAttempt(port, await tenantToken(fixture.tenantId));
     assert.equal(errorCode(raw), undefined, 'no error for the right tenant');
@@ -193,7 +193,7 @@ describe('token authentication (--auth jwt)', { timeout: TEST_TIMEOUT_MS }, () =
       assert.equal(errorCode(received), '28000', `${what}: expected 28000`);
       assert.ok(!received.includes(Buffer.from('W', 'latin1')) || copyBothCount(received) === 0, `${what}: no CopyBoth`);
       assert.equal(copyDataCount(received), 0, `${what}: no WAL byte`);
-      const psql = await runPsql(conninfo(port, verifyFull()), 'IDENTIFY_SYSTEM', { password: token });
+      const psql = await runPsqlAsServerUser(conninfo(port, verifyFull()), 'IDENTIFY_SYSTEM', { password: token });
       assert.notEqual(psql.code, 0, `${what}: psql must fail`);
     }
   });
