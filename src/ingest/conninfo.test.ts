@@ -24,6 +24,10 @@ test('parses host, port, user and application_name with defaults', () => {
     applicationName: 'walcast',
     connectTimeoutS: undefined,
     sslMode: 'prefer',
+    sslRootCert: undefined,
+    sslCert: undefined,
+    sslKey: undefined,
+    serverName: '127.0.0.1',
     options: undefined,
   });
   const defaults = parseOk('  host = db.example ');
@@ -51,7 +55,9 @@ test('refuses passwords, unknown keywords, bad ports, TLS modes and malformed te
   assert.match(parseError('host=h colour=blue'), /unknown keyword "colour"/);
   assert.match(parseError('host=h port=99999'), /not a TCP port/);
   assert.match(parseError('host=h port=12ab'), /not a TCP port/);
-  assert.match(parseError('host=h sslmode=require'), /sslmode=require/);
+  assert.match(parseError('host=h sslmode=on'), /sslmode=on is not one of/);
+  assert.match(parseError('host=h sslmode=verify-full'), /needs sslrootcert/);
+  assert.match(parseError('host=h sslmode=require sslcert=/c'), /go together/);
   assert.match(parseError('host=h user'), /missing "="/);
   assert.match(parseError("host='unterminated"), /unterminated/);
   assert.match(parseError('port=5432'), /host= is required/);
@@ -61,8 +67,17 @@ test('refuses passwords, unknown keywords, bad ports, TLS modes and malformed te
   assert.match(parseError('host=h ' + 'x'.repeat(5000)), /longer than/);
 });
 
+test('TLS keywords keep libpq meanings: the verify-full name is host= even with hostaddr=', () => {
+  const info = parseOk('host=db.example hostaddr=10.0.0.1 sslmode=verify-full sslrootcert=/ca.crt sslcert=/c.crt sslkey=/c.key');
+  assert.equal(info.host, '10.0.0.1');
+  assert.equal(info.serverName, 'db.example');
+  assert.equal(info.sslMode, 'verify-full');
+  assert.equal(info.sslRootCert, '/ca.crt');
+  assert.equal(parseOk('host=h sslmode=require').sslMode, 'require');
+});
+
 test('formatConnInfo round-trips through the parser', () => {
-  for (const text of ['host=127.0.0.1 port=5433 user=repl', "host='a b' user='it\\'s' application_name=r connect_timeout=3 sslmode=disable options='-c tenant_id=x'"]) {
+  for (const text of ['host=db.example hostaddr=10.0.0.1 sslmode=verify-full sslrootcert=/ca.crt sslcert=/c.crt sslkey=/c.key', 'host=127.0.0.1 port=5433 user=repl', "host='a b' user='it\\'s' application_name=r connect_timeout=3 sslmode=disable options='-c tenant_id=x'"]) {
     const info = parseOk(text);
     assert.deepEqual(parseOk(formatConnInfo(info)), info);
   }

@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { WalcastError } from '../errors.js';
+import type { ClientTlsOptions } from '../wire/client.js';
 
 /** libpq's default port (pg_config_manual.h DEF_PGPORT). */
 export const DEFAULT_UPSTREAM_PORT = 5432;
@@ -25,15 +26,25 @@ export interface UpstreamConnInfo {
   readonly applicationName: string;
   /** Seconds; undefined means the caller's default. */
   readonly connectTimeoutS: number | undefined;
-  /** Only 'disable' and 'prefer'/'allow' (which fall back to plain) are supported: the wire client has no TLS. */
-  readonly sslMode: 'disable' | 'allow' | 'prefer';
+  /** libpq's sslmode, with libpq's meanings (see wire/client.ts negotiateTls). */
+  readonly sslMode: SslMode;
+  /** CA file the upstream's certificate must chain to (verify-ca, verify-full, and require when given). */
+  readonly sslRootCert: string | undefined;
+  /** Client certificate and key files, for an upstream that authenticates walcast by certificate. */
+  readonly sslCert: string | undefined;
+  readonly sslKey: string | undefined;
+  /** The name verify-full checks the certificate against: host=, even when hostaddr= says where to connect. */
+  readonly serverName: string;
   /** The startup `options` parameter, e.g. "-c tenant_id=... -c timeline_id=..." to pick a walcast upstream's timeline. */
   readonly options: string | undefined;
 }
 
+export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
+const SSL_MODES: ReadonlySet<string> = new Set(['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']);
+
 /** Keywords accepted and ignored: they are meaningful to libpq but change nothing for a replication client. */
 const IGNORED_KEYWORDS = new Set(['dbname', 'replication', 'keepalives', 'keepalives_idle', 'keepalives_interval', 'keepalives_count', 'target_session_attrs', 'gssencmode', 'channel_binding', 'client_encoding', 'fallback_application_name']);
-const KNOWN_KEYWORDS = new Set(['host', 'hostaddr', 'port', 'user', 'application_name', 'connect_timeout', 'sslmode', 'password', 'passfile', 'options', ...IGNORED_KEYWORDS]);
+const KNOWN_KEYWORDS = new Set(['host', 'hostaddr', 'port', 'user', 'application_name', 'connect_timeout', 'sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'password', 'passfile', 'options', ...IGNORED_KEYWORDS]);
 
 function configError(message: string): WalcastError {
   return new WalcastError('WALCAST_ERR_CONFIG', `invalid upstream connection string: ${message}`);
@@ -104,17 +115,32 @@ export function parseConnInfo(text: string, defaultUser: string): UpstreamConnIn
   if (port instanceof WalcastError) return port;
   const connectTimeoutS = parseConnectTimeout(pairs.get('connect_timeout'));
   if (connectTimeoutS instanceof WalcastError) return connectTimeoutS;
-  const sslMode = pairs.get('sslmode') ?? 'prefer';
-  if (sslMode !== 'disable' && sslMode !== 'allow' && sslMode !== 'prefer') return configError(`sslmode=${sslMode} is not supported (walcast's upstream client has no TLS): use disable or prefer`);
+  const ssl = parseSsl(pairs);
+  if (ssl instanceof WalcastError) return ssl;
   return {
     host,
     port,
     user: pairs.get('user') ?? defaultUser,
     applicationName: pairs.get('application_name') ?? DEFAULT_APPLICATION_NAME,
     connectTimeoutS,
-    sslMode,
+    ...ssl,
+    serverName: pairs.get('host') || host,
     options: pairs.get('options'),
   };
+}
+
+function parseSsl(pairs: ReadonlyMap<string, string>): Pick<UpstreamConnInfo, 'sslMode' | 'sslRootCert' | 'sslCert' | 'sslKey'> | WalcastError {
+  const sslMode = pairs.get('sslmode') ?? 'prefer';
+  if (!SSL_MODES.has(sslMode)) return configError(`sslmode=${sslMode} is not one of disable, allow, prefer, require, verify-ca, verify-full`);
+  const sslRootCert = pairs.get('sslrootcert');
+  const sslCert = pairs.get('sslcert');
+  const sslKey = pairs.get('sslkey');
+  if ((sslMode === 'verify-ca' || sslMode === 'verify-full') && sslRootCert === undefined) {
+    // libpq falls back to ~/.postgresql/root.crt; a server's home is no place for trust anchors, so walcast asks.
+    return configError(`sslmode=${sslMode} needs sslrootcert=FILE (walcast does not read ~/.postgresql/root.crt)`);
+  }
+  if ((sslCert === undefined) !== (sslKey === undefined)) return configError('sslcert= and sslkey= go together');
+  return { sslMode: sslMode as SslMode, sslRootCert, sslCert, sslKey };
 }
 
 function parsePort(text: string | undefined): number | WalcastError {
@@ -132,12 +158,21 @@ function parseConnectTimeout(text: string | undefined): number | undefined | Wal
   return seconds === 0 ? undefined : seconds;
 }
 
+/** The wire client's TLS settings for this upstream. */
+export function upstreamTls(info: UpstreamConnInfo): ClientTlsOptions {
+  return { mode: info.sslMode, rootCertFile: info.sslRootCert, certFile: info.sslCert, keyFile: info.sslKey, serverName: info.serverName };
+}
+
 /** The string back in canonical form, for logs and the control file (never holds a password). */
 export function formatConnInfo(info: UpstreamConnInfo): string {
   const quote = (value: string): string => (/^[^\s'\\]+$/.test(value) ? value : `'${value.replaceAll('\\', '\\\\').replaceAll("'", "\\'")}'`);
-  const parts = [`host=${quote(info.host)}`, `port=${info.port}`, `user=${quote(info.user)}`, `application_name=${quote(info.applicationName)}`];
+  const parts = [`host=${quote(info.serverName)}`, `port=${info.port}`, `user=${quote(info.user)}`, `application_name=${quote(info.applicationName)}`];
   if (info.connectTimeoutS !== undefined) parts.push(`connect_timeout=${info.connectTimeoutS}`);
   if (info.sslMode !== 'prefer') parts.push(`sslmode=${info.sslMode}`);
+  if (info.serverName !== info.host) parts.push(`hostaddr=${quote(info.host)}`);
+  for (const [keyword, value] of [['sslrootcert', info.sslRootCert], ['sslcert', info.sslCert], ['sslkey', info.sslKey]] as const) {
+    if (value !== undefined) parts.push(`${keyword}=${quote(value)}`);
+  }
   if (info.options !== undefined) parts.push(`options=${quote(info.options)}`);
   return parts.join(' ');
 }

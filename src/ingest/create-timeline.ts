@@ -17,7 +17,7 @@ import { CONTROL_FORMAT_VERSION, PG_VERSION_NUM_15, fsyncDirectory, writeControl
 import { assertSegmentSize, historyFileName } from '../storage/segment-name.js';
 import { assertValidId, ensureTenantDir, newId, timelineDirPath } from '../storage/timeline-dir.js';
 import { ServerError, connectReplication } from '../wire/client.js';
-import { formatConnInfo, parseConnInfo, type UpstreamConnInfo } from './conninfo.js';
+import { formatConnInfo, parseConnInfo, upstreamTls, type UpstreamConnInfo } from './conninfo.js';
 import { UPSTREAM_COMMAND_TIMEOUT_MS, parseIdentifySystem, upstreamSlotName, type UpstreamClient, type UpstreamConnect } from './follower.js';
 
 /** SQLSTATEs the slot step tolerates: the slot exists already (a re-create), or the upstream has no slots (walcast). */
@@ -113,6 +113,7 @@ async function connectUpstream(options: CreateTimelineOptions, conninfo: Upstrea
       password: options.password,
       applicationName: conninfo.applicationName,
       options: conninfo.options,
+      tls: upstreamTls(conninfo),
       timeoutMs: conninfo.connectTimeoutS === undefined ? UPSTREAM_COMMAND_TIMEOUT_MS : conninfo.connectTimeoutS * 1000,
     });
   } catch (cause) {

@@ -147,7 +147,7 @@ function makeFollower(timeline: Timeline, control: ControlState, upstream: FakeU
   return new UpstreamFollower({
     timeline,
     control,
-    conninfo: { host: '127.0.0.1', port: 1, user: 'repl', applicationName: 'walcast', connectTimeoutS: undefined, sslMode: 'prefer', options: undefined },
+    conninfo: { host: '127.0.0.1', port: 1, user: 'repl', applicationName: 'walcast', connectTimeoutS: undefined, sslMode: 'prefer', sslRootCert: undefined, sslCert: undefined, sslKey: undefined, serverName: '127.0.0.1', options: undefined },
     password: undefined,
     log: silentLogger(),
     connect: upstream.connect,

@@ -26,7 +26,7 @@ import { IncomingPageChecker } from './incoming-pages.js';
 import type { Timeline } from '../timeline/timeline.js';
 import { ServerError, connectReplication, type QueryResult, type ReplicationClientOptions, type ReplicationStream, type StreamEnd } from '../wire/client.js';
 import { Backoff } from './backoff.js';
-import type { UpstreamConnInfo } from './conninfo.js';
+import { upstreamTls, type UpstreamConnInfo } from './conninfo.js';
 import { discardAfter, recoverTimelineEnd } from './recovery.js';
 import { decodeUpstreamMessage, encodeHotStandbyFeedback, encodeStandbyStatus, type XLogDataMessage } from './upstream-messages.js';
 
@@ -254,6 +254,7 @@ export class UpstreamFollower {
       password: this.options.password,
       applicationName: info.applicationName,
       options: info.options,
+      tls: upstreamTls(info),
       timeoutMs: info.connectTimeoutS === undefined ? UPSTREAM_COMMAND_TIMEOUT_MS : info.connectTimeoutS * 1000,
     });
     this.stats.connects++;

@@ -8,7 +8,9 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import { readFile } from 'node:fs/promises';
+import { connect, isIP, type Socket } from 'node:net';
+import { checkServerIdentity, connect as connectTls, type ConnectionOptions, type PeerCertificate } from 'node:tls';
 import { WalcastError } from '../errors.js';
 import {
   MAX_BACKEND_MESSAGE_BYTES,
@@ -56,6 +58,8 @@ export interface ReplicationClientOptions {
   readonly replication?: string | undefined;
   /** Bounds connecting, startup, each query and each START_REPLICATION answer. */
   readonly timeoutMs: number;
+  /** TLS towards the server, with libpq's sslmode meanings; absent means sslmode=disable. */
+  readonly tls?: ClientTlsOptions | undefined;
 }
 
 /** An ErrorResponse from the server. */
@@ -97,10 +101,34 @@ function unexpected(code: number, where: string): WalcastError {
   return new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', `unexpected message '${String.fromCharCode(code)}' ${where}`);
 }
 
+/** libpq's sslmode values (libpq-connect.html "sslmode"). */
+export type ClientSslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
+
+export interface ClientTlsOptions {
+  readonly mode: ClientSslMode;
+  /** PEM CA file; with require it also turns on chain verification, as libpq does when root.crt exists. */
+  readonly rootCertFile?: string | undefined;
+  readonly certFile?: string | undefined;
+  readonly keyFile?: string | undefined;
+  /** The name verify-full checks (host=, not hostaddr=). */
+  readonly serverName: string;
+}
+
+/** SSLRequest: length 8 and the code 1234.5679 (pqcomm.h NEGOTIATE_SSL_CODE). */
+const SSL_REQUEST_CODE = 80877103;
+const SSL_REQUEST_BYTES = 8;
+
 export async function connectReplication(options: ReplicationClientOptions): Promise<ReplicationClient> {
   assert.ok(options.timeoutMs > 0);
-  const socket = connect({ host: options.host, port: options.port });
-  socket.setNoDelay(true);
+  const plain = connect({ host: options.host, port: options.port });
+  plain.setNoDelay(true);
+  let socket: Socket;
+  try {
+    socket = await negotiateTls(plain, options.tls, options.timeoutMs);
+  } catch (error) {
+    plain.destroy();
+    throw error;
+  }
   const client = new ReplicationClient(socket, options.timeoutMs);
   try {
     await client.startup(options);
@@ -109,6 +137,78 @@ export async function connectReplication(options: ReplicationClientOptions): Pro
     throw error;
   }
   return client;
+}
+
+/**
+ * libpq's sslmode (fe-connect.c PQconnectPoll, fe-secure-openssl.c): disable and allow stay plain (walcast does not
+ * retry allow with TLS); prefer asks and falls back on 'N'; require, verify-ca and verify-full fail on 'N'.
+ * require verifies the chain only when a root certificate is given; verify-ca always; verify-full also checks that
+ * the certificate names host=. Bytes after 'S' before the handshake are refused (CVE-2021-23222).
+ */
+async function negotiateTls(plain: Socket, tls: ClientTlsOptions | undefined, timeoutMs: number): Promise<Socket> {
+  if (tls === undefined || tls.mode === 'disable' || tls.mode === 'allow') return plain;
+  const request = Buffer.alloc(SSL_REQUEST_BYTES);
+  request.writeInt32BE(SSL_REQUEST_BYTES, 0);
+  request.writeInt32BE(SSL_REQUEST_CODE, 4);
+  plain.write(request);
+  const answer = await readAnswerByte(plain, timeoutMs);
+  if (answer !== 'S') {
+    if (answer !== 'N') throw new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', `received invalid response to SSL negotiation: ${JSON.stringify(answer)}`);
+    if (tls.mode === 'prefer') return plain;
+    // libpq's words: operators search for this text.
+    throw new Error('server does not support SSL, but SSL was required');
+  }
+  const secure = connectTls({ socket: plain, ...(await tlsConnectionOptions(tls)) });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => secure.destroy(new Error(`the TLS handshake did not finish in ${timeoutMs} ms`)), timeoutMs);
+    secure.once('secureConnect', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    secure.once('error', (error) => {
+      clearTimeout(timer);
+      reject(new Error(`TLS to the server failed: ${error.message}`, { cause: error }));
+    });
+  });
+  return secure;
+}
+
+async function tlsConnectionOptions(tls: ClientTlsOptions): Promise<ConnectionOptions> {
+  const verifyChain = tls.mode === 'verify-ca' || tls.mode === 'verify-full' || (tls.mode === 'require' && tls.rootCertFile !== undefined);
+  const read = async (file: string | undefined): Promise<Buffer | undefined> => (file === undefined ? undefined : readFile(file));
+  const [ca, cert, key] = await Promise.all([read(tls.rootCertFile), read(tls.certFile), read(tls.keyFile)]);
+  return {
+    ...(ca === undefined ? {} : { ca }),
+    ...(cert === undefined || key === undefined ? {} : { cert, key }),
+    // SNI carries names only (RFC 6066 §3), never IP addresses.
+    ...(isIP(tls.serverName) === 0 ? { servername: tls.serverName } : {}),
+    rejectUnauthorized: verifyChain,
+    checkServerIdentity: (_host: string, certificate: PeerCertificate) => (tls.mode === 'verify-full' ? checkServerIdentity(tls.serverName, certificate) : undefined),
+  };
+}
+
+/** The one-byte answer to SSLRequest; more bytes at once mean someone injected plaintext before the handshake. */
+function readAnswerByte(socket: Socket, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => finish(new Error(`no answer to SSLRequest in ${timeoutMs} ms`)), timeoutMs);
+    // The server says nothing more until the client speaks again, so removing this listener loses no bytes.
+    const onData = (chunk: Buffer): void => {
+      if (chunk.length !== 1) finish(new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', 'received unencrypted data after SSL response'));
+      else finish(undefined, chunk.toString('latin1'));
+    };
+    const onEnd = (error?: Error): void => finish(error ?? new Error('the server closed the connection during SSL negotiation'));
+    function finish(error: Error | undefined, answer?: string): void {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', onEnd);
+      socket.off('close', onEnd);
+      if (error !== undefined) reject(error);
+      else resolve(answer!);
+    }
+    socket.on('data', onData);
+    socket.once('error', onEnd);
+    socket.once('close', onEnd);
+  });
 }
 
 export class ReplicationClient {
