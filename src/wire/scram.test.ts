@@ -131,3 +131,45 @@ describe('saslPrep', () => {
     assert.deepEqual(createScramVerifier('cafe\u0301', verifier.salt).storedKey, verifier.storedKey);
   });
 });
+
+describe('SCRAM-SHA-256-PLUS (tls-server-end-point channel binding)', () => {
+  const endPoint = createHash('sha256').update('a server certificate').digest();
+  const password = 'pencil';
+  const verifier = createScramVerifier(password, RFC.salt, 4096);
+  const bindHeader = 'p=tls-server-end-point,,';
+
+  /** A client-final computed here, independently of ScramClientExchange, binding `binding` after the GS2 header. */
+  function clientFinalFor(serverFirst: string, gs2Header: string, binding: Buffer): string {
+    const clientFirstBare = 'n=,r=clientnonce';
+    const channel = Buffer.concat([Buffer.from(gs2Header), binding]).toString('base64');
+    const nonce = /r=([^,]+)/.exec(serverFirst)![1]!;
+    const withoutProof = `c=${channel},r=${nonce}`;
+    const salted = pbkdf2Sync(password, RFC.salt, 4096, 32, 'sha256');
+    const clientKey = createHmac('sha256', salted).update('Client Key').digest();
+    const signature = createHmac('sha256', createHash('sha256').update(clientKey).digest()).update(`${clientFirstBare},${serverFirst},${withoutProof}`).digest();
+    const proof = Buffer.from(clientKey.map((byte, index) => byte ^ signature[index]!));
+    return `${withoutProof},p=${proof.toString('base64')}`;
+  }
+
+  test('a client bound to this certificate authenticates', () => {
+    const server = new ScramServerExchange(verifier, 'servernonce', { plusSelected: true, endPoint });
+    const serverFirst = server.serverFirst(`${bindHeader}n=,r=clientnonce`);
+    assert.match(server.verifyClientFinal(clientFinalFor(serverFirst, bindHeader, endPoint)) ?? '', /^v=/);
+  });
+
+  test('binding data of another certificate (a man in the middle) is refused', () => {
+    const server = new ScramServerExchange(verifier, 'servernonce', { plusSelected: true, endPoint });
+    const serverFirst = server.serverFirst(`${bindHeader}n=,r=clientnonce`);
+    const other = createHash('sha256').update('the attacker certificate').digest();
+    assert.throws(() => server.verifyClientFinal(clientFinalFor(serverFirst, bindHeader, other)), /channel binding does not match/);
+  });
+
+  test('negotiation errors: PLUS without binding, binding without PLUS, a downgrade "y", an unknown type', () => {
+    assert.throws(() => new ScramServerExchange(verifier, 'n1', { plusSelected: true, endPoint }).serverFirst('n,,n=,r=c'), /did not use channel binding/);
+    assert.throws(() => new ScramServerExchange(verifier, 'n1', { plusSelected: false, endPoint }).serverFirst(`${bindHeader}n=,r=c`), /SCRAM-SHA-256-PLUS was not selected/);
+    assert.throws(() => new ScramServerExchange(verifier, 'n1', { plusSelected: false, endPoint }).serverFirst('y,,n=,r=c'), /negotiation error/);
+    assert.throws(() => new ScramServerExchange(verifier, 'n1', { plusSelected: true, endPoint }).serverFirst('p=tls-unique,,n=,r=c'), /unsupported SCRAM channel-binding type/);
+    // Without TLS, "y" is fine: the client could bind, the server cannot.
+    assert.match(new ScramServerExchange(verifier, 'n1').serverFirst('y,,n=,r=c'), /^r=cn1/);
+  });
+});
