@@ -146,9 +146,12 @@ export class PgConnection {
   async startTls(options: StartTlsOptions): Promise<void> {
     assert.ok(!this.encrypted, 'TLS starts once');
     assert.ok(options.handshakeTimeoutMs > 0);
-    if (this.queue.length > 0 || this.parser.bufferedBytes() > 0) {
+    // Anything after the SSLRequest (a queued packet, a partial one, or bytes the parser already refused) was sent in
+    // plain text before the handshake: an injection attempt or a broken client.
+    if (this.queue.length > 0 || this.parser.bufferedBytes() > 0 || isWalcastError(this.inputEnd)) {
       throw new WalcastError('WALCAST_ERR_PROTOCOL_VIOLATION', 'received unencrypted data after SSL request');
     }
+    if (this.inputEnd !== undefined) throw this.inputEnd;
     const plain = this.socket;
     const accepted = this.write(ACCEPT_ENCRYPTION);
     // From here the plain socket's bytes are the client's TLS handshake: they must not reach the parser. Bytes that
