@@ -27,6 +27,11 @@ const CHUNK_BYTES_MAX = 128 * 1024;
 const HEADER_BYTES = 30;
 /** Upper bound for any single wait in these tests; nothing here should come close. */
 const STEP_TIMEOUT_MS = 20_000;
+/**
+ * How long a receiver may get no byte at all before collect() calls it a stall. One round-robin round of the
+ * 200-receiver case (every stream's 512 KiB turn, 100 MiB) took about 6 s at load 20 on 2 cores; 20 s is well past it.
+ */
+const STALL_TIMEOUT_MS = 20_000;
 const DISCONNECT_ROUNDS = 1000;
 /** Disconnect rounds run this many at a time: fast, and well under the default fd limit. */
 const DISCONNECT_PARALLEL = 20;
@@ -179,19 +184,28 @@ async function connectPair(loopback: Loopback): Promise<{ client: Socket; server
   return { client, server };
 }
 
-/** Collects everything the client receives until it has `byteCount` bytes. */
-function collect(client: Socket, byteCount: number): Promise<Buffer> {
+/**
+ * Collects everything the client receives until it has `byteCount` bytes. It fails only when no byte arrives for
+ * `stallMs`: a lost wake-up leaves a receiver silent for good, while a slow machine only makes it wait. A deadline on
+ * the whole transfer would be a speed assertion: the engine serves ready streams round-robin, so with 200 receivers
+ * every one of them finishes near the end of the whole 300 MiB, and on a loaded machine (load 15-25 on 2 cores) that
+ * took longer than 20 s while every stream was still moving (all stopped at the same unit, in lockstep).
+ */
+function collect(client: Socket, byteCount: number, stallMs = STALL_TIMEOUT_MS): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let received = 0;
-    const timer = setTimeout(() => reject(new Error(`received ${received} of ${byteCount} bytes`)), STEP_TIMEOUT_MS);
+    const stalled = (): void => reject(new Error(`received ${received} of ${byteCount} bytes, then nothing for ${stallMs} ms`));
+    let timer = setTimeout(stalled, stallMs);
     client.on('data', (data: Buffer) => {
       parts.push(data);
       received += data.length;
+      clearTimeout(timer);
       if (received >= byteCount) {
-        clearTimeout(timer);
         resolve(Buffer.concat(parts));
+        return;
       }
+      timer = setTimeout(stalled, stallMs);
     });
   });
 }
@@ -218,6 +232,32 @@ async function streamOnce(backend: IoBackend, loopback: Loopback, units: readonl
   client.destroy();
   server.destroy();
 }
+
+/** The helper-check: a receiver fed slowly but steadily for longer than the stall bound, in pieces this far apart. */
+const TRICKLE_STALL_MS = 2_000;
+const TRICKLE_PIECES = 30;
+const TRICKLE_GAP_MS = 100;
+
+describe('collect(): a stall is no bytes for a while, not a slow transfer', () => {
+  test('a transfer slower than the stall bound but never silent that long completes; a silent one fails', async () => {
+    const loopback = await listen();
+    try {
+      const { client, server } = await connectPair(loopback);
+      const piece = randomBytes(1000);
+      const received = collect(client, TRICKLE_PIECES * piece.length, TRICKLE_STALL_MS);
+      for (let index = 0; index < TRICKLE_PIECES; index++) {
+        server.write(piece);
+        await new Promise((resolve) => setTimeout(resolve, TRICKLE_GAP_MS));
+      }
+      // 30 x 100 ms is longer than the 2 s bound: a deadline on the whole transfer (the old collect) fails here.
+      assert.ok((await received).equals(Buffer.concat(Array.from({ length: TRICKLE_PIECES }, () => piece))));
+      const silent = collect(client, 1, TRICKLE_STALL_MS);
+      await assert.rejects(silent, /received 0 of 1 bytes, then nothing for 2000 ms/);
+    } finally {
+      loopback.server.close();
+    }
+  });
+});
 
 describe('ts backend: the reference bytes', () => {
   test('a range crossing segment boundaries', async () => {
