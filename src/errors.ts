@@ -100,6 +100,9 @@ export const ERROR_CATALOGUE = {
   WALCAST_ERR_CERT_AUTH: { sqlState: SqlState.invalidAuthorizationSpecification, summary: 'client certificate authentication failed' },
   WALCAST_ERR_TOKEN_INVALID: { sqlState: SqlState.invalidAuthorizationSpecification, summary: 'a token failed verification' },
   WALCAST_ERR_TOKEN_SCOPE: { sqlState: SqlState.invalidAuthorizationSpecification, summary: 'a valid token does not grant access to the tenant asked for' },
+  // Remote object storage (offload).
+  WALCAST_ERR_REMOTE_STORAGE: { sqlState: SqlState.internalError, summary: 'an object storage request failed' },
+  WALCAST_ERR_REMOTE_METADATA: { sqlState: SqlState.dataCorrupted, summary: 'the remote timeline metadata object is missing or invalid' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type WalcastErrorCode = keyof typeof ERROR_CATALOGUE;

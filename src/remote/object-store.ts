@@ -1,0 +1,40 @@
+/**
+ * The object store interface walcast offloads WAL through: a put streamed from a local file with a checksum the
+ * server verifies, ranged gets, head, list and delete. `s3-object-store.ts` implements it with the AWS SDK; the
+ * uploader, the segment cache and restore only see this interface (style anchor 3).
+ */
+
+export interface ObjectInfo {
+  readonly key: string;
+  readonly sizeBytes: number;
+}
+
+export interface ObjectStore {
+  /** A readable description for logs ("s3://bucket/prefix at http://…"). */
+  readonly description: string;
+  /**
+   * Uploads `sizeBytes` bytes of the file at `path` as `key`, streamed (never the whole file in memory), with a
+   * checksum the server checks before it stores the object; an existing object is replaced (uploads are idempotent).
+   * Rejects on any failure, including a checksum mismatch; the caller retries.
+   */
+  putFile(key: string, path: string, sizeBytes: number, signal?: AbortSignal): Promise<void>;
+  /** Uploads a small object held in memory (metadata), with the same server-verified checksum. */
+  putBytes(key: string, bytes: Buffer, signal?: AbortSignal): Promise<void>;
+  /** Bytes [start, start + length) of `key`. Rejects with ObjectNotFoundError when the key does not exist. */
+  getRange(key: string, start: number, length: number, signal?: AbortSignal): Promise<Buffer>;
+  /** Size of `key`, or undefined when it does not exist. */
+  head(key: string, signal?: AbortSignal): Promise<ObjectInfo | undefined>;
+  /** Every key under `prefix` (paged internally), in lexical order. */
+  list(prefix: string, signal?: AbortSignal): Promise<ObjectInfo[]>;
+  /** Removes `key`; removing a missing key is not an error (S3 semantics). */
+  delete(key: string, signal?: AbortSignal): Promise<void>;
+  close(): void;
+}
+
+/** The store answered that the object does not exist: permanent, not retried. */
+export class ObjectNotFoundError extends Error {
+  constructor(readonly key: string, options?: { cause?: unknown }) {
+    super(`object ${key} does not exist`, options);
+    this.name = 'ObjectNotFoundError';
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * ObjectStore over the AWS SDK v3 S3 client, for AWS S3 and S3-compatible servers (path-style addressing when an
+ * endpoint is given, as MinIO, Ceph RGW and s3rver expect).
+ *
+ * Checksums: every put carries Content-MD5, which S3 and S3-compatible servers verify before they store the object
+ * (a mismatch is 400 BadDigest, and nothing is stored). The MD5 is computed by streaming the file once, then the
+ * file is streamed again as the body, so memory stays at one read buffer whatever the segment size. The SDK's
+ * newer default (a CRC32 trailer in aws-chunked encoding on every put) is turned off ("WHEN_REQUIRED"): several
+ * S3-compatible servers store the chunk framing as object bytes, which would break "bytes are sacred".
+ *
+ * Retries belong to the callers (the uploader backs off, the segment cache retries GETs), so the SDK makes one
+ * attempt per call and every call has a bounded time.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsCommand,
+  PutObjectCommand,
+  S3Client,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import assert from 'node:assert/strict';
+import { WalcastError } from '../errors.js';
+import { ObjectNotFoundError, type ObjectInfo, type ObjectStore } from './object-store.js';
+import { describeRemoteStorage, type RemoteStorageConfig } from './remote-config.js';
+
+/** The region when neither the flag nor the SDK's chain names one; S3-compatible servers mostly ignore it. */
+export const REMOTE_REGION_DEFAULT = 'us-east-1';
+/** Connecting to the store; a loopback or LAN server answers in milliseconds, AWS in well under a second. */
+export const REMOTE_CONNECT_TIMEOUT_MS = 10_000;
+/** One request, including the transfer of a whole segment (1 GiB at the largest, at >= 20 MB/s: under a minute). */
+export const REMOTE_REQUEST_TIMEOUT_MS = 120_000;
+/** Keys per ListObjectsV2 page: S3's own maximum. */
+const LIST_PAGE_KEYS_MAX = 1000;
+
+export class S3ObjectStore implements ObjectStore {
+  readonly description: string;
+  private readonly client: S3Client;
+
+  constructor(private readonly config: RemoteStorageConfig) {
+    this.description = describeRemoteStorage(config);
+    const clientConfig: S3ClientConfig = {
+      region: config.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? REMOTE_REGION_DEFAULT,
+      maxAttempts: 1,
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      requestHandler: { connectionTimeout: REMOTE_CONNECT_TIMEOUT_MS, requestTimeout: REMOTE_REQUEST_TIMEOUT_MS },
+      ...(config.endpoint === undefined ? {} : { endpoint: config.endpoint, forcePathStyle: true }),
+    };
+    this.client = new S3Client(clientConfig);
+  }
+
+  /** The full key of `relative` under the configured prefix. */
+  key(relative: string): string {
+    assert.ok(!relative.startsWith('/'), 'relative keys do not start with a slash');
+    return this.config.prefix === '' ? relative : `${this.config.prefix}/${relative}`;
+  }
+
+  async putFile(key: string, path: string, sizeBytes: number, signal?: AbortSignal): Promise<void> {
+    assert.ok(Number.isSafeInteger(sizeBytes) && sizeBytes > 0, 'a put file is not empty');
+    const md5 = await fileMd5(path, sizeBytes);
+    const body = createReadStream(path, { start: 0, end: sizeBytes - 1 });
+    try {
+      const answer = await this.client.send(
+        new PutObjectCommand({ Bucket: this.config.bucket, Key: key, Body: body, ContentLength: sizeBytes, ContentMD5: md5, ContentType: 'application/octet-stream' }),
+        { abortSignal: signal },
+      );
+      checkEtag(key, answer.ETag, md5);
+    } finally {
+      body.destroy();
+    }
+  }
+
+  async putBytes(key: string, bytes: Buffer, signal?: AbortSignal): Promise<void> {
+    const md5 = createHash('md5').update(bytes).digest('base64');
+    const answer = await this.client.send(new PutObjectCommand({ Bucket: this.config.bucket, Key: key, Body: bytes, ContentLength: bytes.length, ContentMD5: md5 }), {
+      abortSignal: signal,
+    });
+    checkEtag(key, answer.ETag, md5);
+  }
+
+  async getRange(key: string, start: number, length: number, signal?: AbortSignal): Promise<Buffer> {
+    assert.ok(start >= 0 && length > 0, 'a ranged get asks for at least one byte');
+    try {
+      const answer = await this.client.send(new GetObjectCommand({ Bucket: this.config.bucket, Key: key, Range: `bytes=${start}-${start + length - 1}` }), {
+        abortSignal: signal,
+      });
+      assert.ok(answer.Body !== undefined, 'a GET answer has a body');
+      return Buffer.from(await answer.Body.transformToByteArray());
+    } catch (error) {
+      throw notFoundOr(error, key);
+    }
+  }
+
+  async head(key: string, signal?: AbortSignal): Promise<ObjectInfo | undefined> {
+    try {
+      const answer = await this.client.send(new HeadObjectCommand({ Bucket: this.config.bucket, Key: key }), { abortSignal: signal });
+      return { key, sizeBytes: answer.ContentLength ?? 0 };
+    } catch (error) {
+      if (notFoundOr(error, key) instanceof ObjectNotFoundError) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * ListObjects (V1) paged with Marker = the last key seen: every S3-compatible server implements it, while V2's
+   * opaque continuation tokens are where they differ (s3rver's are DES-encrypted, which Node 20's OpenSSL 3 lacks).
+   */
+  async list(prefix: string, signal?: AbortSignal): Promise<ObjectInfo[]> {
+    const found: ObjectInfo[] = [];
+    let marker: string | undefined;
+    for (;;) {
+      const page = await this.client.send(new ListObjectsCommand({ Bucket: this.config.bucket, Prefix: prefix, Marker: marker, MaxKeys: LIST_PAGE_KEYS_MAX }), {
+        abortSignal: signal,
+      });
+      const contents = page.Contents ?? [];
+      for (const item of contents) if (item.Key !== undefined) found.push({ key: item.Key, sizeBytes: item.Size ?? 0 });
+      const last = contents.at(-1)?.Key;
+      if (page.IsTruncated !== true || last === undefined) break;
+      assert.ok(marker === undefined || last > marker, 'list pages move forward');
+      marker = last;
+    }
+    return found.sort((left, right) => (left.key < right.key ? -1 : left.key > right.key ? 1 : 0));
+  }
+
+  async delete(key: string, signal?: AbortSignal): Promise<void> {
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.config.bucket, Key: key }), { abortSignal: signal });
+  }
+
+  close(): void {
+    this.client.destroy();
+  }
+}
+
+/** Base64 MD5 of the first `sizeBytes` bytes of a file, streamed. */
+async function fileMd5(path: string, sizeBytes: number): Promise<string> {
+  const hash = createHash('md5');
+  if (sizeBytes > 0) for await (const piece of createReadStream(path, { start: 0, end: sizeBytes - 1 })) hash.update(piece as Buffer);
+  return hash.digest('base64');
+}
+
+/**
+ * The second half of the checksum pair: for a single-part PUT without SSE-KMS, S3 (and MinIO, Ceph, s3rver) answer
+ * the MD5 of the bytes they stored as the ETag. Servers that verify Content-MD5 refuse a mismatch already; this
+ * also catches one that does not (s3rver). An ETag that is not a plain MD5 (SSE-KMS, some gateways) proves nothing
+ * either way and is accepted.
+ */
+function checkEtag(key: string, etag: string | undefined, md5Base64: string): void {
+  const stored = etag?.replace(/"/g, '').toLowerCase();
+  if (stored === undefined || !/^[0-9a-f]{32}$/.test(stored)) return;
+  const sent = Buffer.from(md5Base64, 'base64').toString('hex');
+  if (stored !== sent) throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `object ${key} was stored with MD5 ${stored}, expected ${sent}`);
+}
+
+/** S3 says "no such key" as NoSuchKey (GET) or a bare 404 NotFound (HEAD, no body). */
+function notFoundOr(error: unknown, key: string): unknown {
+  const named = error as { name?: string; $metadata?: { httpStatusCode?: number } };
+  const missing = named.name === 'NoSuchKey' || named.name === 'NotFound' || named.$metadata?.httpStatusCode === 404;
+  return missing ? new ObjectNotFoundError(key, { cause: error }) : error;
+}
