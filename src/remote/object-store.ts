@@ -12,6 +12,8 @@ export interface ObjectInfo {
 export interface ObjectStore {
   /** A readable description for logs ("s3://bucket/prefix at http://…"). */
   readonly description: string;
+  /** The full key of `relative` (e.g. "<tenant>/<timeline>/<segment>") under the configured prefix. */
+  key(relative: string): string;
   /**
    * Uploads `sizeBytes` bytes of the file at `path` as `key`, streamed (never the whole file in memory), with a
    * checksum the server checks before it stores the object; an existing object is replaced (uploads are idempotent).

@@ -1,0 +1,212 @@
+/**
+ * The uploader of one timeline: offloads every completed segment below the durable flush LSN to the object store,
+ * once, and advances the timeline's backup LSN only over a contiguous run of confirmed uploads.
+ *
+ * - At most REMOTE_UPLOADS_IN_FLIGHT_MAX segments upload at once; each streams from its file (the store reads it
+ *   in pieces), so memory stays bounded whatever the segment size and however far behind the uploader is.
+ * - A failed upload is retried after a capped exponential backoff; the others keep going, but the backup LSN waits
+ *   at the failed segment, so retention (which keeps everything from the backup LSN on) never removes it locally.
+ * - The backup LSN is persisted (the caller's `persistBackupLsn`, the control file) only after the uploads below
+ *   it are confirmed by the store; after a crash the uploader starts again from the persisted value and uploads
+ *   some segments a second time, which is harmless (same key, same bytes).
+ * - After each advance the timeline's metadata object is rewritten, so the bucket alone describes the timeline.
+ */
+import assert from 'node:assert/strict';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import { formatLsn, type Lsn } from '../lsn.js';
+import { PARTIAL_SUFFIX, segmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
+import type { ObjectStore } from './object-store.js';
+import { REMOTE_METADATA_FORMAT_VERSION, encodeRemoteMetadata, metadataKey, segmentKey, type RemoteTimelineMetadata, type TimelineKeys } from './remote-layout.js';
+
+/** Concurrent segment uploads per timeline: enough to hide one request's latency, few enough not to flood a link. */
+export const REMOTE_UPLOADS_IN_FLIGHT_MAX = 4;
+/** How often the uploader looks for newly completed segments: segments complete at most a few per second. */
+export const REMOTE_UPLOAD_POLL_MS = 500;
+/** First retry delay after a failed upload. */
+export const REMOTE_RETRY_DELAY_MIN_MS = 200;
+/** Retry delay cap: a store that is down for long is tried again every 10 s, not hammered. */
+export const REMOTE_RETRY_DELAY_MAX_MS = 10_000;
+
+assert.ok(REMOTE_RETRY_DELAY_MIN_MS < REMOTE_RETRY_DELAY_MAX_MS);
+
+/** Counters for the status API and /metrics. */
+export interface UploaderStats {
+  bytesUploaded: number;
+  segmentsUploaded: number;
+  uploadErrors: number;
+  /** Completed segments not yet confirmed in the store (in flight or waiting). */
+  queueDepth: number;
+}
+
+export interface UploaderOptions {
+  readonly store: ObjectStore;
+  readonly dir: string;
+  readonly keys: TimelineKeys;
+  /** Everything the metadata object says, except the backup LSN, which the uploader owns. */
+  readonly identity: Omit<RemoteTimelineMetadata, 'backupLsn' | 'formatVersion'>;
+  /** The persisted backup LSN (a segment start), or the timeline start when nothing was offloaded yet. */
+  readonly backupLsn: Lsn;
+  /** End of durable WAL now; segments wholly below it are complete. */
+  readonly flushLsn: () => Lsn;
+  /** Makes the new backup LSN durable (control file); the uploader awaits it before publishing the value. */
+  readonly persistBackupLsn: (lsn: Lsn) => Promise<void>;
+  readonly log: Logger;
+  readonly inFlightMax?: number;
+  readonly pollMs?: number;
+  readonly retryDelayMinMs?: number;
+}
+
+export class SegmentUploader {
+  readonly stats: UploaderStats = { bytesUploaded: 0, segmentsUploaded: 0, uploadErrors: 0, queueDepth: 0 };
+  private confirmedBackupLsn: Lsn;
+  /** Segments at or past the backup LSN whose upload is confirmed, waiting for the ones before them. */
+  private readonly confirmed = new Set<bigint>();
+  private readonly inFlight = new Set<bigint>();
+  /** Segment → earliest time (ms) of its next attempt after a failure, and its failure count. */
+  private readonly retries = new Map<bigint, { notBeforeMs: number; failures: number }>();
+  private readonly stop = new AbortController();
+  private loop: Promise<void> | undefined;
+  private persisting: Promise<void> = Promise.resolve();
+  private wake: (() => void) | undefined;
+
+  constructor(private readonly options: UploaderOptions) {
+    assert.ok(options.backupLsn % BigInt(options.identity.segmentBytes) === 0n, 'the backup LSN is a segment start');
+    this.confirmedBackupLsn = options.backupLsn;
+  }
+
+  /** Everything before this is confirmed in the store and persisted locally. */
+  get backupLsn(): Lsn {
+    return this.confirmedBackupLsn;
+  }
+
+  start(): void {
+    assert.ok(this.loop === undefined, 'an uploader starts once');
+    this.loop = this.run();
+  }
+
+  /** Looks for new segments now rather than at the next poll (tests, shutdown flush). */
+  poke(): void {
+    this.wake?.();
+  }
+
+  /** Stops starting uploads, aborts those in flight, and waits for the loop and any persist to end. */
+  async close(): Promise<void> {
+    this.stop.abort();
+    this.wake?.();
+    await this.loop;
+    await this.persisting;
+  }
+
+  private async run(): Promise<void> {
+    const pollMs = this.options.pollMs ?? REMOTE_UPLOAD_POLL_MS;
+    await this.putMetadata(this.confirmedBackupLsn).catch((error: unknown) => {
+      this.options.log.warn({ err: error }, 'could not write the timeline metadata object; it is written again after the next upload');
+    });
+    while (!this.stop.signal.aborted) {
+      this.startUploads();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, pollMs);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
+    while (this.inFlight.size > 0) await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+
+  /** Starts uploads of the oldest complete segments not yet confirmed, up to the in-flight bound. */
+  private startUploads(): void {
+    const { segmentBytes } = this.options.identity;
+    const inFlightMax = this.options.inFlightMax ?? REMOTE_UPLOADS_IN_FLIGHT_MAX;
+    const endSegno = segmentOf(this.options.flushLsn(), segmentBytes);
+    const now = Date.now();
+    let segno = segmentOf(this.confirmedBackupLsn, segmentBytes);
+    this.stats.queueDepth = Math.max(0, Number(endSegno - segno) - this.confirmed.size);
+    for (; segno < endSegno && this.inFlight.size < inFlightMax && !this.stop.signal.aborted; segno++) {
+      if (this.confirmed.has(segno) || this.inFlight.has(segno)) continue;
+      if ((this.retries.get(segno)?.notBeforeMs ?? 0) > now) continue;
+      this.launch(segno);
+    }
+  }
+
+  private launch(segno: bigint): void {
+    this.inFlight.add(segno);
+    void this.upload(segno).finally(() => {
+      this.inFlight.delete(segno);
+      this.wake?.();
+    });
+  }
+
+  private async upload(segno: bigint): Promise<void> {
+    const { identity, keys, store } = this.options;
+    const key = store.key(segmentKey(keys, identity.pgTimelineId, segno, identity.segmentBytes));
+    try {
+      const path = await this.segmentPath(segno);
+      await store.putFile(key, path, identity.segmentBytes, this.stop.signal);
+      this.stats.bytesUploaded += identity.segmentBytes;
+      this.stats.segmentsUploaded++;
+      this.retries.delete(segno);
+      this.confirmed.add(segno);
+      this.advance();
+    } catch (error) {
+      if (this.stop.signal.aborted) return;
+      this.stats.uploadErrors++;
+      const failures = (this.retries.get(segno)?.failures ?? 0) + 1;
+      const delayMs = retryDelayMs(failures, this.options.retryDelayMinMs ?? REMOTE_RETRY_DELAY_MIN_MS);
+      this.retries.set(segno, { notBeforeMs: Date.now() + delayMs, failures });
+      this.options.log.warn({ err: error, object: key, failures, retryInMs: delayMs }, 'segment upload failed; retrying');
+    }
+  }
+
+  /** NAME once complete; a segment whose rename has not happened yet is still NAME.partial (same bytes). */
+  private async segmentPath(segno: bigint): Promise<string> {
+    const { identity, dir } = this.options;
+    const name = segmentFileName(identity.pgTimelineId, segno, identity.segmentBytes);
+    for (const candidate of [name, name + PARTIAL_SUFFIX]) {
+      const path = join(dir, candidate);
+      const info = await stat(path).catch(() => undefined);
+      if (info !== undefined && info.size >= identity.segmentBytes) return path;
+    }
+    throw new Error(`segment ${name} is not on local disk in full`);
+  }
+
+  /** Moves the backup LSN over the contiguous confirmed run, persists it, then rewrites the metadata object. */
+  private advance(): void {
+    const { segmentBytes } = this.options.identity;
+    let segno = segmentOf(this.confirmedBackupLsn, segmentBytes);
+    if (!this.confirmed.has(segno)) return;
+    while (this.confirmed.delete(segno)) segno++;
+    const target = segmentStartLsn(segno, segmentBytes);
+    this.persisting = this.persisting.then(() => this.persist(target));
+  }
+
+  private async persist(target: Lsn): Promise<void> {
+    if (target <= this.confirmedBackupLsn) return;
+    try {
+      await this.options.persistBackupLsn(target);
+      this.confirmedBackupLsn = target;
+      await this.putMetadata(target);
+    } catch (error) {
+      this.options.log.warn({ err: error, backupLsn: formatLsn(target) }, 'could not persist the backup LSN; it will be retried with the next upload');
+      this.stats.uploadErrors++;
+    }
+  }
+
+  private async putMetadata(backupLsn: Lsn): Promise<void> {
+    const { keys, store, identity } = this.options;
+    const metadata: RemoteTimelineMetadata = { formatVersion: REMOTE_METADATA_FORMAT_VERSION, ...identity, backupLsn };
+    // Not aborted by close(): an interrupted put could leave a truncated object on servers that store what they got
+    // (s3rver does); the request timeout bounds it instead.
+    await store.putBytes(store.key(metadataKey(keys)), encodeRemoteMetadata(metadata));
+  }
+}
+
+/** Exponential from `minMs`, capped at REMOTE_RETRY_DELAY_MAX_MS. Pure. */
+export function retryDelayMs(failures: number, minMs: number): number {
+  assert.ok(failures >= 1, 'a retry follows a failure');
+  return Math.min(REMOTE_RETRY_DELAY_MAX_MS, minMs * 2 ** Math.min(failures - 1, 16));
+}
