@@ -13,6 +13,9 @@ import { startIngest, type IngestHandle } from './ingest/ingest-manager.js';
 import type { IoBackend } from './io/backend.js';
 import type { Logger } from './log.js';
 import { runSession } from './replication/session.js';
+import { startOffload, type OffloadHandle } from './remote/offload-manager.js';
+import type { RemoteStorageConfig } from './remote/remote-config.js';
+import { S3ObjectStore } from './remote/s3-object-store.js';
 import { startRetention, type RetentionHandle } from './retention/retention-manager.js';
 import { RETENTION_SETTINGS_DEFAULT, type RetentionSettings } from './retention/retention-task.js';
 import type { StreamOutcome } from './replication/start-replication.js';
@@ -49,6 +52,8 @@ export interface ServerOptions {
   readonly ingest?: boolean;
   /** WAL retention limits (--wal-keep-size, --max-slot-wal-keep-size); RETENTION_SETTINGS_DEFAULT when absent. */
   readonly retention?: RetentionSettings;
+  /** Offload completed segments to this object store (--remote-storage); absent: local disk only. */
+  readonly remoteStorage?: RemoteStorageConfig | undefined;
   /** Hooks for the operations surface (metrics); optional so tests can run a bare server. */
   readonly hooks?: ServerHooks;
 }
@@ -90,6 +95,8 @@ export class WalcastServer {
   ingest: IngestHandle | undefined;
   /** WAL removal: one task per timeline that follows an upstream. */
   retention: RetentionHandle | undefined;
+  /** Offload to object storage: one uploader per timeline, when --remote-storage is given. */
+  offload: OffloadHandle | undefined;
 
   private constructor(options: ServerOptions, admission: ResolvedAdmission, timelines: TimelineRegistry) {
     this.options = options;
@@ -114,7 +121,17 @@ export class WalcastServer {
       });
     });
     if (options.ingest !== false) server.ingest = await startIngest({ timelines, upstreamPassword: options.upstreamPassword, log: options.log });
-    server.retention = await startRetention({ timelines, settings: options.retention ?? RETENTION_SETTINGS_DEFAULT, log: options.log });
+    // Offload starts before retention: with it, retention keeps every segment not yet confirmed in the bucket.
+    if (options.remoteStorage !== undefined) {
+      server.offload = await startOffload({ timelines: timelines.list(), store: new S3ObjectStore(options.remoteStorage), log: options.log });
+    }
+    const offload = server.offload;
+    server.retention = await startRetention({
+      timelines,
+      settings: options.retention ?? RETENTION_SETTINGS_DEFAULT,
+      log: options.log,
+      backupLsn: offload === undefined ? undefined : (timeline) => offload.uploader(timeline.tenantId, timeline.timelineId)?.backupLsn ?? timeline.timelineStartLsn,
+    });
     return server;
   }
 
@@ -211,6 +228,7 @@ export class WalcastServer {
     this.stopping = true;
     // Retention stops before ingest, so no pass runs against a timeline whose writer is closing.
     await this.retention?.stop();
+    await this.offload?.stop();
     // Ingest first: its final flush publishes what is durable before the senders are told to end.
     await this.ingest?.stop();
     for (const live of this.live.values()) live.stop.abort();

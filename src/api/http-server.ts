@@ -240,7 +240,7 @@ async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, r
 function timelineRoute(view: ServerView, tenantText: string, timelineText: string, now: Date): Reply {
   const timeline = findTimeline(view, tenantText, timelineText);
   if (!(timeline instanceof Timeline)) return timeline;
-  return jsonOk(timelineStatus(timeline, now, view.upstreamStatus?.(timeline.tenantId, timeline.timelineId), view.retentionStatus?.(timeline.tenantId, timeline.timelineId)));
+  return jsonOk(timelineStatus(timeline, now, view.upstreamStatus?.(timeline.tenantId, timeline.timelineId), view.retentionStatus?.(timeline.tenantId, timeline.timelineId), view.offloadStatus?.(timeline.tenantId, timeline.timelineId)));
 }
 
 function findTimeline(view: ServerView, tenantText: string, timelineText: string): Timeline | Reply {

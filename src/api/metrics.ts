@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { ServerHooks } from '../server.js';
 import type { StreamOutcome } from '../replication/start-replication.js';
+import type { OffloadStatus } from '../remote/segment-uploader.js';
 import type { RetentionStatus } from '../retention/retention-task.js';
 import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
 import type { Timeline } from '../timeline/timeline.js';
@@ -38,7 +39,7 @@ export interface OperationsMetrics {
   /** Pass to WalcastServer.start({ hooks }). */
   readonly hooks: Required<ServerHooks>;
   /** Connects the scrape-time gauges to the server's timelines (the server exists only after start()). */
-  bindTimelines(timelines: TimelineRegistry, retention?: RetentionLookup): void;
+  bindTimelines(timelines: TimelineRegistry, retention?: RetentionLookup, offload?: OffloadLookup): void;
   /** The Prometheus text exposition, and its content type. */
   render(): Promise<{ contentType: string; body: string }>;
 }
@@ -47,6 +48,7 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
   const registry = new Registry();
   let timelines: TimelineRegistry | undefined;
   let retention: RetentionLookup = () => undefined;
+  let offload: OffloadLookup = () => undefined;
   const eachTimeline = (visit: (timeline: Timeline) => void): void => {
     for (const timeline of timelines?.list() ?? []) visit(timeline);
   };
@@ -55,16 +57,18 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
   registerSlotGauges(registry, eachTimeline);
   registerTotals(registry, eachTimeline, io);
   registerRetentionMetrics(registry, eachTimeline, (timeline) => retention(timeline));
+  registerOffloadMetrics(registry, eachTimeline, (timeline) => offload(timeline));
   const events = registerEventCounters(registry);
   // Process metrics, including nodejs_eventloop_lag_seconds: a stalled event loop stalls every replica at once.
   collectDefaultMetrics({ register: registry });
   return {
     registry,
     hooks: events,
-    bindTimelines(registryOfTimelines, retentionOfTimeline) {
+    bindTimelines(registryOfTimelines, retentionOfTimeline, offloadOfTimeline) {
       assert.ok(timelines === undefined, 'metrics are bound to one server');
       timelines = registryOfTimelines;
       if (retentionOfTimeline !== undefined) retention = retentionOfTimeline;
+      if (offloadOfTimeline !== undefined) offload = offloadOfTimeline;
     },
     async render() {
       return { contentType: registry.contentType, body: await registry.metrics() };
@@ -73,6 +77,8 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
 }
 
 type EachTimeline = (visit: (timeline: Timeline) => void) => void;
+/** A timeline's offload status (src/remote), when --remote-storage is given. */
+export type OffloadLookup = (timeline: Timeline) => OffloadStatus | undefined;
 /** A timeline's retention status (src/retention), when retention runs for it. */
 export type RetentionLookup = (timeline: Timeline) => RetentionStatus | undefined;
 
@@ -291,6 +297,37 @@ function registerRetentionMetrics(registry: Registry, eachTimeline: EachTimeline
   perTimelineCounter('walcast_wal_segments_removed_total', 'WAL segment files removed by retention.', (status) => status.segmentsRemoved);
   perTimelineCounter('walcast_slots_invalidated_total', 'Replication slots invalidated for falling behind --max-slot-wal-keep-size (wal_status lost).', (status) => status.slotsInvalidated);
   perTimelineCounter('walcast_retention_failures_total', 'WAL removal passes that failed (retried by the next pass).', (status) => status.failures);
+}
+
+/** Offload to object storage per timeline, read from its uploader at scrape time. */
+function registerOffloadMetrics(registry: Registry, eachTimeline: EachTimeline, offload: OffloadLookup): void {
+  const perTimeline = (name: string, help: string, read: (status: OffloadStatus) => number): void =>
+    scrapeGauge(registry, name, help, TIMELINE_LABELS, (gauge) =>
+      eachTimeline((timeline) => {
+        const status = offload(timeline);
+        if (status !== undefined) gauge.set(timelineLabels(timeline), read(status));
+      }),
+    );
+  const perTimelineCounter = (name: string, help: string, read: (status: OffloadStatus) => number): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: TIMELINE_LABELS,
+      registers: [registry],
+      collect() {
+        this.reset();
+        eachTimeline((timeline) => {
+          const status = offload(timeline);
+          if (status !== undefined) this.inc(timelineLabels(timeline), read(status));
+        });
+      },
+    });
+  };
+  perTimeline('walcast_timeline_backup_lsn', 'Everything before this LSN is confirmed in object storage (Neon backup_lsn).', (status) => Number(status.backupLsn));
+  perTimeline('walcast_offload_queue_segments', 'Completed WAL segments not yet confirmed in object storage.', (status) => status.queueDepth);
+  perTimelineCounter('walcast_offload_segments_uploaded_total', 'WAL segments uploaded to object storage.', (status) => status.segmentsUploaded);
+  perTimelineCounter('walcast_offload_bytes_uploaded_total', 'Bytes of WAL uploaded to object storage.', (status) => status.bytesUploaded);
+  perTimelineCounter('walcast_offload_upload_errors_total', 'Failed uploads to object storage (each retried with backoff).', (status) => status.uploadErrors);
 }
 
 /** Counters fed by server hooks. */

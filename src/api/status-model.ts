@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { formatLsn, type Lsn } from '../lsn.js';
 import type { HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../replication/feedback.js';
 import { slotWalStatus } from '../slots/slot-table.js';
+import type { OffloadStatus } from '../remote/segment-uploader.js';
 import type { RetentionStatus } from '../retention/retention-task.js';
 import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
 import type { Timeline } from '../timeline/timeline.js';
@@ -35,6 +36,8 @@ export interface ServerView {
   upstreamStatus?(tenantId: string, timelineId: string): UpstreamStatus | undefined;
   /** WAL retention and disk usage of a timeline. */
   retentionStatus?(tenantId: string, timelineId: string): RetentionStatus | undefined;
+  /** Offload to object storage of a timeline, when --remote-storage is given. */
+  offloadStatus?(tenantId: string, timelineId: string): OffloadStatus | undefined;
 }
 
 export function serverStatus(view: ServerView, now: Date): Record<string, unknown> {
@@ -90,7 +93,7 @@ function storageDocument(timeline: Timeline): Record<string, unknown> {
 }
 
 /** Neon's TimelineStatus fields that apply to walcast, then walcast's own. */
-export function timelineStatus(timeline: Timeline, now: Date, upstream?: UpstreamStatus, retention?: RetentionStatus): Record<string, unknown> {
+export function timelineStatus(timeline: Timeline, now: Date, upstream?: UpstreamStatus, retention?: RetentionStatus, offload?: OffloadStatus): Record<string, unknown> {
   const commitLsn = timeline.commitLsn.get();
   const aggregates = timeline.replicas.aggregates();
   return {
@@ -109,6 +112,9 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
     upstream: upstream === undefined ? null : upstreamDocument(upstream),
     wal_disk_bytes: retention?.diskBytes ?? null,
     retention: retention === undefined ? null : retentionDocument(retention),
+    // Neon's name for "everything before this is in object storage".
+    backup_lsn: offload === undefined ? null : formatLsn(offload.backupLsn),
+    offload: offload === undefined ? null : offloadDocument(offload),
     pg_timeline_id: timeline.pgTimelineId,
     has_writer: timeline.hasWriter(),
     slots: slotsStatus(timeline, retention),
@@ -153,6 +159,17 @@ export function slotsStatus(timeline: Timeline, retention?: RetentionStatus): Re
 /** Flush LSN minus restart LSN; a restart LSN at or past the flush LSN retains nothing. */
 export function slotRetainedBytes(flushLsn: Lsn, restartLsn: Lsn): number {
   return bytesBehind(flushLsn, restartLsn);
+}
+
+function offloadDocument(status: OffloadStatus): Record<string, unknown> {
+  return {
+    remote_storage: status.store,
+    backup_lsn: formatLsn(status.backupLsn),
+    segments_uploaded: status.segmentsUploaded,
+    bytes_uploaded: status.bytesUploaded,
+    upload_errors: status.uploadErrors,
+    queue_depth: status.queueDepth,
+  };
 }
 
 function retentionDocument(status: RetentionStatus): Record<string, unknown> {

@@ -7,6 +7,7 @@
 import { createOperationsMetrics, type OperationsMetrics } from '../api/metrics.js';
 import { SIZE_UNLIMITED, megabytesToBytes, parseSizeMegabytes } from '../config/size.js';
 import type { RetentionSettings } from '../retention/retention-task.js';
+import { parseRemoteStorageUrl, type RemoteStorageConfig } from '../remote/remote-config.js';
 import { resolveHttpSettings, startOperationsApi, type HttpSettings } from '../api/operations.js';
 import { WalcastError } from '../errors.js';
 import { createIoBackend, type IoSelection } from '../io/select-backend.js';
@@ -41,6 +42,9 @@ export interface ServeFlags {
   readonly authenticationTimeout?: number;
   readonly replicaTimeout: number;
   readonly walKeepSize: string;
+  readonly remoteStorage?: string;
+  readonly remoteStorageEndpoint?: string;
+  readonly remoteStorageRegion?: string;
   readonly maxSlotWalKeepSize: string;
   readonly http: string | false;
   readonly httpAuthTokenFile?: string;
@@ -57,6 +61,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const auth = await resolveAuth(flags, listen, tls);
   checkTransportSecurity(flags, listen, tls, auth, log);
   const http = await resolveHttpSettings(flags.http, flags.httpAuthTokenFile, auth.method === 'jwt');
+  const remoteStorage = resolveRemoteStorage(flags);
   const startedAt = new Date();
   const selection = await createIoBackend(resolveIoChoice(flags));
   log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason }, 'I/O backend selected');
@@ -73,11 +78,16 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     authenticationTimeoutMs: flags.authenticationTimeout,
     replicaTimeoutMs: flags.replicaTimeout,
     retention,
+    remoteStorage,
     log,
     hooks: metrics.hooks,
     upstreamPassword: await readSecret({ file: flags.upstreamPasswordFile, envName: 'WALCAST_UPSTREAM_PASSWORD', what: 'upstream password' }),
   });
-  metrics.bindTimelines(server.timelines, (timeline) => server.retention?.status(timeline.tenantId, timeline.timelineId));
+  metrics.bindTimelines(
+    server.timelines,
+    (timeline) => server.retention?.status(timeline.tenantId, timeline.timelineId),
+    (timeline) => server.offload?.uploader(timeline.tenantId, timeline.timelineId)?.status(),
+  );
   const httpSecurity = { tokens: auth.method === 'jwt' ? auth.tokens : undefined, tls: flags.httpTls === true ? tls : undefined };
   const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log, ...httpSecurity });
   // `walcast slot` finds the running server (and its API) through this file; see server-state.ts.
@@ -94,6 +104,17 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   await server.stop();
   await removeServerState(flags.dataDir);
   log.info('stopped');
+}
+
+/** --remote-storage and its companions; the companions alone are a usage error. */
+function resolveRemoteStorage(flags: ServeFlags): RemoteStorageConfig | undefined {
+  if (flags.remoteStorage === undefined) {
+    if (flags.remoteStorageEndpoint !== undefined || flags.remoteStorageRegion !== undefined) {
+      throw new WalcastError('WALCAST_ERR_CONFIG', '--remote-storage-endpoint and --remote-storage-region need --remote-storage');
+    }
+    return undefined;
+  }
+  return parseRemoteStorageUrl(flags.remoteStorage, { endpoint: flags.remoteStorageEndpoint, region: flags.remoteStorageRegion });
 }
 
 /** The size flags in PostgreSQL's syntax; a bad value is a RangeError (exit 2) naming the flag. */

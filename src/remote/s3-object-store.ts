@@ -8,11 +8,11 @@
  * newer default (a CRC32 trailer in aws-chunked encoding on every put) is turned off ("WHEN_REQUIRED"): several
  * S3-compatible servers store the chunk framing as object bytes, which would break "bytes are sacred".
  *
- * Retries belong to the callers (the uploader backs off, the segment cache retries GETs), so the SDK makes one
- * attempt per call and every call has a bounded time.
+ * The SDK retries a request a few times on transient faults; longer outages are the callers' (the uploader backs
+ * off and retries without end). Every request has a bounded time.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import {
   DeleteObjectCommand,
   GetObjectCommand,
@@ -33,7 +33,9 @@ export const REMOTE_REGION_DEFAULT = 'us-east-1';
 export const REMOTE_CONNECT_TIMEOUT_MS = 10_000;
 /** One request, including the transfer of a whole segment (1 GiB at the largest, at >= 20 MB/s: under a minute). */
 export const REMOTE_REQUEST_TIMEOUT_MS = 120_000;
-/** Keys per ListObjectsV2 page: S3's own maximum. */
+/** Attempts per request inside the SDK (standard retry mode, with its own jittered backoff). */
+export const REMOTE_SDK_ATTEMPTS_MAX = 3;
+/** Keys per ListObjects page: S3's own maximum. */
 const LIST_PAGE_KEYS_MAX = 1000;
 
 export class S3ObjectStore implements ObjectStore {
@@ -44,7 +46,9 @@ export class S3ObjectStore implements ObjectStore {
     this.description = describeRemoteStorage(config);
     const clientConfig: S3ClientConfig = {
       region: config.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? REMOTE_REGION_DEFAULT,
-      maxAttempts: 1,
+      // The SDK's standard retries cover transient faults of one request (a keep-alive socket the server closed);
+      // a streamed upload body cannot be replayed by it, so the uploader retries those itself.
+      maxAttempts: REMOTE_SDK_ATTEMPTS_MAX,
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       requestHandler: { connectionTimeout: REMOTE_CONNECT_TIMEOUT_MS, requestTimeout: REMOTE_REQUEST_TIMEOUT_MS },
@@ -61,16 +65,22 @@ export class S3ObjectStore implements ObjectStore {
 
   async putFile(key: string, path: string, sizeBytes: number, signal?: AbortSignal): Promise<void> {
     assert.ok(Number.isSafeInteger(sizeBytes) && sizeBytes > 0, 'a put file is not empty');
-    const md5 = await fileMd5(path, sizeBytes);
-    const body = createReadStream(path, { start: 0, end: sizeBytes - 1 });
+    // One descriptor for both passes: a missing file is a plain rejection here, never a stream error later.
+    const handle = await open(path, 'r');
     try {
-      const answer = await this.client.send(
-        new PutObjectCommand({ Bucket: this.config.bucket, Key: key, Body: body, ContentLength: sizeBytes, ContentMD5: md5, ContentType: 'application/octet-stream' }),
-        { abortSignal: signal },
-      );
-      checkEtag(key, answer.ETag, md5);
+      const md5 = await fileMd5(handle, sizeBytes);
+      const body = handle.createReadStream({ start: 0, end: sizeBytes - 1, autoClose: false });
+      try {
+        const answer = await this.client.send(
+          new PutObjectCommand({ Bucket: this.config.bucket, Key: key, Body: body, ContentLength: sizeBytes, ContentMD5: md5, ContentType: 'application/octet-stream' }),
+          { abortSignal: signal },
+        );
+        checkEtag(key, answer.ETag, md5);
+      } finally {
+        body.destroy();
+      }
     } finally {
-      body.destroy();
+      await handle.close();
     }
   }
 
@@ -135,10 +145,19 @@ export class S3ObjectStore implements ObjectStore {
   }
 }
 
-/** Base64 MD5 of the first `sizeBytes` bytes of a file, streamed. */
-async function fileMd5(path: string, sizeBytes: number): Promise<string> {
+/** Bytes read per step while hashing: one buffer, whatever the segment size. */
+const HASH_READ_BYTES = 1024 * 1024;
+
+/** Base64 MD5 of the first `sizeBytes` bytes of an open file, read in HASH_READ_BYTES pieces. */
+async function fileMd5(handle: FileHandle, sizeBytes: number): Promise<string> {
   const hash = createHash('md5');
-  if (sizeBytes > 0) for await (const piece of createReadStream(path, { start: 0, end: sizeBytes - 1 })) hash.update(piece as Buffer);
+  const buffer = Buffer.allocUnsafe(Math.min(HASH_READ_BYTES, sizeBytes));
+  for (let position = 0; position < sizeBytes; ) {
+    const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, sizeBytes - position), position);
+    if (bytesRead === 0) throw new Error(`file ended at ${position} of ${sizeBytes} bytes`);
+    hash.update(buffer.subarray(0, bytesRead));
+    position += bytesRead;
+  }
   return hash.digest('base64');
 }
 

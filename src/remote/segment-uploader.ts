@@ -40,6 +40,12 @@ export interface UploaderStats {
   queueDepth: number;
 }
 
+/** What the status API and /metrics show of a timeline's offload. */
+export interface OffloadStatus extends Readonly<UploaderStats> {
+  readonly backupLsn: Lsn;
+  readonly store: string;
+}
+
 export interface UploaderOptions {
   readonly store: ObjectStore;
   readonly dir: string;
@@ -60,7 +66,10 @@ export interface UploaderOptions {
 
 export class SegmentUploader {
   readonly stats: UploaderStats = { bytesUploaded: 0, segmentsUploaded: 0, uploadErrors: 0, queueDepth: 0 };
+  /** Persisted and published: everything before it is in the store and the control file says so. */
   private confirmedBackupLsn: Lsn;
+  /** The end of the contiguous run of confirmed uploads (>= confirmedBackupLsn); persisted next. */
+  private uploadedLsn: Lsn;
   /** Segments at or past the backup LSN whose upload is confirmed, waiting for the ones before them. */
   private readonly confirmed = new Set<bigint>();
   private readonly inFlight = new Set<bigint>();
@@ -69,16 +78,23 @@ export class SegmentUploader {
   private readonly stop = new AbortController();
   private loop: Promise<void> | undefined;
   private persisting: Promise<void> = Promise.resolve();
+  /** One persist waits at most behind the running one; it takes the newest uploaded end when it starts. */
+  private persistQueued = false;
   private wake: (() => void) | undefined;
 
   constructor(private readonly options: UploaderOptions) {
     assert.ok(options.backupLsn % BigInt(options.identity.segmentBytes) === 0n, 'the backup LSN is a segment start');
     this.confirmedBackupLsn = options.backupLsn;
+    this.uploadedLsn = options.backupLsn;
   }
 
   /** Everything before this is confirmed in the store and persisted locally. */
   get backupLsn(): Lsn {
     return this.confirmedBackupLsn;
+  }
+
+  status(): OffloadStatus {
+    return { ...this.stats, backupLsn: this.confirmedBackupLsn, store: this.options.store.description };
   }
 
   start(): void {
@@ -105,6 +121,7 @@ export class SegmentUploader {
       this.options.log.warn({ err: error }, 'could not write the timeline metadata object; it is written again after the next upload');
     });
     while (!this.stop.signal.aborted) {
+      if (this.uploadedLsn > this.confirmedBackupLsn) this.persistSoon();
       this.startUploads();
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, pollMs);
@@ -124,7 +141,9 @@ export class SegmentUploader {
     const inFlightMax = this.options.inFlightMax ?? REMOTE_UPLOADS_IN_FLIGHT_MAX;
     const endSegno = segmentOf(this.options.flushLsn(), segmentBytes);
     const now = Date.now();
-    let segno = segmentOf(this.confirmedBackupLsn, segmentBytes);
+    // From the uploaded run's end, not the persisted one: segments in between are done and must not go again
+    // (retention may remove them the moment their persist completes).
+    let segno = segmentOf(this.uploadedLsn, segmentBytes);
     this.stats.queueDepth = Math.max(0, Number(endSegno - segno) - this.confirmed.size);
     for (; segno < endSegno && this.inFlight.size < inFlightMax && !this.stop.signal.aborted; segno++) {
       if (this.confirmed.has(segno) || this.inFlight.has(segno)) continue;
@@ -174,26 +193,40 @@ export class SegmentUploader {
     throw new Error(`segment ${name} is not on local disk in full`);
   }
 
-  /** Moves the backup LSN over the contiguous confirmed run, persists it, then rewrites the metadata object. */
+  /** Moves the uploaded run's end over the contiguous confirmed segments, then persists it as the backup LSN. */
   private advance(): void {
     const { segmentBytes } = this.options.identity;
-    let segno = segmentOf(this.confirmedBackupLsn, segmentBytes);
+    let segno = segmentOf(this.uploadedLsn, segmentBytes);
     if (!this.confirmed.has(segno)) return;
     while (this.confirmed.delete(segno)) segno++;
-    const target = segmentStartLsn(segno, segmentBytes);
-    this.persisting = this.persisting.then(() => this.persist(target));
+    this.uploadedLsn = segmentStartLsn(segno, segmentBytes);
+    this.persistSoon();
+  }
+
+  /** Chains one persist of the newest uploaded end; a failed persist is tried again by the next poll. */
+  private persistSoon(): void {
+    if (this.persistQueued) return;
+    this.persistQueued = true;
+    this.persisting = this.persisting.then(() => {
+      this.persistQueued = false;
+      return this.persist(this.uploadedLsn);
+    });
   }
 
   private async persist(target: Lsn): Promise<void> {
     if (target <= this.confirmedBackupLsn) return;
     try {
       await this.options.persistBackupLsn(target);
+      assert.ok(target > this.confirmedBackupLsn, 'persists run one at a time, in order');
       this.confirmedBackupLsn = target;
-      await this.putMetadata(target);
     } catch (error) {
-      this.options.log.warn({ err: error, backupLsn: formatLsn(target) }, 'could not persist the backup LSN; it will be retried with the next upload');
+      this.options.log.warn({ err: error, backupLsn: formatLsn(target) }, 'could not persist the backup LSN; retrying');
       this.stats.uploadErrors++;
+      return;
     }
+    await this.putMetadata(target).catch((error: unknown) => {
+      this.options.log.warn({ err: error }, 'could not write the timeline metadata object; it is written again after the next upload');
+    });
   }
 
   private async putMetadata(backupLsn: Lsn): Promise<void> {

@@ -4,6 +4,8 @@
  * archive the operator made on purpose and does not grow, so its task only measures its disk usage.
  */
 import type { Logger } from '../log.js';
+import type { Lsn } from '../lsn.js';
+import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { RetentionTask, type RetentionSettings, type RetentionStatus } from './retention-task.js';
 
@@ -14,11 +16,26 @@ export interface RetentionHandle {
   stop(): Promise<void>;
 }
 
-export async function startRetention(options: { timelines: TimelineRegistry; settings: RetentionSettings; log: Logger }): Promise<RetentionHandle> {
+export interface StartRetentionOptions {
+  readonly timelines: TimelineRegistry;
+  readonly settings: RetentionSettings;
+  readonly log: Logger;
+  /** With offload: a timeline's backup LSN (everything before it is in object storage), which bounds the horizon. */
+  readonly backupLsn?: ((timeline: Timeline) => Lsn) | undefined;
+}
+
+export async function startRetention(options: StartRetentionOptions): Promise<RetentionHandle> {
   const tasks = new Map<string, RetentionTask>();
   for (const timeline of options.timelines.list()) {
     const control = await timeline.controlFile.read();
-    const task = new RetentionTask({ timeline, settings: options.settings, log: options.log, removes: control.upstream !== undefined });
+    const backupLsn = options.backupLsn;
+    const task = new RetentionTask({
+      timeline,
+      settings: options.settings,
+      log: options.log,
+      removes: control.upstream !== undefined,
+      ...(backupLsn === undefined ? {} : { backupLsn: () => backupLsn(timeline) }),
+    });
     tasks.set(key(timeline.tenantId, timeline.timelineId), task);
     task.start();
   }

@@ -88,6 +88,14 @@ test('a well-checksummed but inconsistent body is refused', () => {
   assert.throws(() => decodeControlFile(forge({ tenantId: 'XYZ' })), /tenantId/);
   assert.throws(() => decodeControlFile(forge({ systemId: 42 })), /systemId/);
   assert.throws(() => decodeControlFile(forge({ flushLsn: 'nope' })), /flushLsn/);
+  assert.throws(() => decodeControlFile(forge({ backupLsn: '0/49000001' })), /backupLsn is not a segment start/);
+  assert.throws(() => decodeControlFile(forge({ backupLsn: 7 })), /backupLsn/);
+});
+
+test('the offload backup LSN round-trips when present and is absent from files written without it', () => {
+  const offloaded: ControlState = { ...state, backupLsn: parseLsnOrThrow('0/49000000') };
+  assert.deepEqual(decodeControlFile(encodeControlFile(offloaded)), offloaded);
+  assert.ok(!encodeControlFile(state).toString('utf8').includes('backupLsn'), 'older readers see the same bytes as before');
 });
 
 test('a failed update leaves no temp file and the old control file in place', async () => {

@@ -46,6 +46,12 @@ export interface ControlState {
   readonly commitLsn: Lsn;
   /** Start of the last valid record before flushLsn, when known (recovery checks the next xl_prev with it). */
   readonly lastRecordLsn?: Lsn | undefined;
+  /**
+   * Object-storage offload: every segment before this LSN (a segment start) is confirmed in the bucket. Written only
+   * after the uploads are confirmed; absent when the timeline was never offloaded. Retention keeps everything from
+   * here on (src/retention/horizon.ts).
+   */
+  readonly backupLsn?: Lsn | undefined;
   /** Where ingest follows from, e.g. a connection string without the password. */
   readonly upstream?: string | undefined;
   /** ISO 8601. */
@@ -67,6 +73,7 @@ export function encodeControlFile(state: ControlState): Buffer {
     flushLsn: formatLsn(state.flushLsn),
     commitLsn: formatLsn(state.commitLsn),
     ...(state.lastRecordLsn === undefined ? {} : { lastRecordLsn: formatLsn(state.lastRecordLsn) }),
+    ...(state.backupLsn === undefined ? {} : { backupLsn: formatLsn(state.backupLsn) }),
     ...(state.upstream === undefined ? {} : { upstream: state.upstream }),
     createdAt: state.createdAt,
   });
@@ -114,6 +121,8 @@ function parseFields(raw: unknown, fail: Fail): ControlState {
     flushLsn: lsnField(record, 'flushLsn', fail),
     commitLsn: lsnField(record, 'commitLsn', fail),
     lastRecordLsn: record.lastRecordLsn === undefined ? undefined : lsnField(record, 'lastRecordLsn', fail),
+    // Only when present, so a state without it decodes exactly as before the field existed.
+    ...(record.backupLsn === undefined ? {} : { backupLsn: lsnField(record, 'backupLsn', fail) }),
     upstream: record.upstream === undefined ? undefined : stringField(record, 'upstream', fail),
     createdAt: stringField(record, 'createdAt', fail),
   };
@@ -160,6 +169,7 @@ function describeInconsistency(state: ControlState): string | undefined {
   if (state.timelineStartLsn % BigInt(state.segmentBytes) !== 0n) return 'timelineStartLsn is not a segment start';
   if (state.flushLsn < state.timelineStartLsn) return 'flushLsn is before timelineStartLsn';
   if (state.commitLsn > state.flushLsn) return 'commitLsn is past flushLsn';
+  if (state.backupLsn !== undefined && state.backupLsn % BigInt(state.segmentBytes) !== 0n) return 'backupLsn is not a segment start';
   if (Number.isNaN(Date.parse(state.createdAt))) return 'createdAt is not a date';
   return undefined;
 }

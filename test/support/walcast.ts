@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { RemoteStorageConfig } from '../../src/remote/remote-config.js';
 import type { RetentionSettings } from '../../src/retention/retention-task.js';
 import type { AuthConfig } from '../../src/wire/startup.js';
 import type { ServerTls } from '../../src/tls/server-tls.js';
@@ -40,6 +41,7 @@ export interface StartWalcastOptions {
   readonly maxStartupConnectionsPerAddress?: number;
   readonly authenticationTimeoutMs?: number;
   readonly retention?: RetentionSettings;
+  readonly remoteStorage?: RemoteStorageConfig;
 }
 
 export async function startWalcast(options: StartWalcastOptions): Promise<RunningWalcast> {
@@ -56,6 +58,7 @@ export async function startWalcast(options: StartWalcastOptions): Promise<Runnin
     maxStartupConnections: options.maxStartupConnections,
     maxStartupConnectionsPerAddress: options.maxStartupConnectionsPerAddress,
     authenticationTimeoutMs: options.authenticationTimeoutMs,
+    ...(options.remoteStorage === undefined ? {} : { remoteStorage: options.remoteStorage }),
     log: options.log ?? silentLogger(),
   });
   return { server, port: server.address().port, stop: () => server.stop() };
