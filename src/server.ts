@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
 import { Admission, type AdmissionTicket, type AdmitResult } from './admission/admission.js';
 import { resolveAdmission, type ResolvedAdmission } from './admission/admission-options.js';
+import { join } from 'node:path';
 import type { ListenAddress } from './config/listen-address.js';
 import { WalcastError } from './errors.js';
 import { startIngest, type IngestHandle } from './ingest/ingest-manager.js';
@@ -25,6 +26,9 @@ import { formatLsn } from './lsn.js';
 import { PgConnection } from './wire/connection.js';
 import type { AuthConfig } from './wire/startup.js';
 import type { ServerTls } from './tls/server-tls.js';
+
+/** Segments fetched back from object storage are cached under DATA/<this>/<tenant>/<timeline>/ (not a timeline id). */
+export const REMOTE_CACHE_DIR_NAME = '.remote-cache';
 
 /** How long shutdown waits for sessions to end after asking them to, before destroying their sockets. */
 export const SHUTDOWN_GRACE_MS = 5_000;
@@ -123,7 +127,12 @@ export class WalcastServer {
     if (options.ingest !== false) server.ingest = await startIngest({ timelines, upstreamPassword: options.upstreamPassword, log: options.log });
     // Offload starts before retention: with it, retention keeps every segment not yet confirmed in the bucket.
     if (options.remoteStorage !== undefined) {
-      server.offload = await startOffload({ timelines: timelines.list(), store: new S3ObjectStore(options.remoteStorage), log: options.log });
+      server.offload = await startOffload({
+        timelines: timelines.list(),
+        store: new S3ObjectStore(options.remoteStorage),
+        cacheRoot: join(options.dataDir, REMOTE_CACHE_DIR_NAME),
+        log: options.log,
+      });
     }
     const offload = server.offload;
     server.retention = await startRetention({

@@ -20,9 +20,9 @@ import { S3ObjectStore } from '../src/remote/s3-object-store.js';
 import { readControlFile } from '../src/storage/control-file.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
 import type { Timeline } from '../src/timeline/timeline.js';
-import { firstDifference, makeTempDir, startPrimary, type PgCluster } from './support/postgres.js';
+import { firstDifference, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
 import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
-import { startWalcast, type RunningWalcast } from './support/walcast.js';
+import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
 
 const SEGMENT_BYTES = 16 * 1024 * 1024;
@@ -44,6 +44,7 @@ let timeline: Timeline;
 let store: S3ObjectStore;
 let bulkScript: string;
 let remote: RemoteStorageConfig;
+let timelineFirstLsn: Lsn = 0n;
 
 before(async () => {
   s3 = await startTestS3();
@@ -71,6 +72,7 @@ after(async () => {
 describe('offload to object storage following a real primary', { timeout: 1_200_000 }, () => {
   test(`pgbench writes ${RUN_WAL_BYTES / MIB} MiB: every completed segment is in the bucket byte-identical; retention removed only offloaded WAL`, async (t) => {
     const firstLsn = timeline.timelineStartLsn;
+    timelineFirstLsn = firstLsn;
     await produceWalUntil(firstLsn + BigInt(RUN_WAL_BYTES));
     const flushed = alignDown(timeline.flushLsn.get());
     await until(() => backupLsn() >= flushed, 'the uploader reached the flush LSN');
@@ -113,6 +115,84 @@ describe('offload to object storage following a real primary', { timeout: 1_200_
     t.diagnostic(`after the outage ${compared} more segments uploaded, equal to the primary's`);
   });
 });
+
+describe('reading offloaded WAL back', { timeout: 1_200_000 }, () => {
+  test('an object deleted from the bucket: a replica asking for that range gets 58P01 naming the segment, without touching other ranges', async () => {
+    const firstSegno = firstLsn() / BigInt(SEGMENT_BYTES);
+    assert.ok(timeline.timelineStartLsn > firstLsn(), 'the first segment is no longer on local disk');
+    const key = store.key(segmentKey(timeline, 1, firstSegno, SEGMENT_BYTES));
+    await store.delete(key);
+    try {
+      const dir = await receiveDirFrom(firstSegno);
+      const result = await runReceiveWal({ port: walcast.port, dir, endpos: formatLsn(firstLsn() + BigInt(SEGMENT_BYTES)), timeoutMs: 120_000 });
+      assert.notEqual(result.code, 0);
+      assert.match(result.stderr, new RegExp(`requested WAL segment ${segmentFileName(1, firstSegno, SEGMENT_BYTES)} has already been removed`));
+    } finally {
+      const original = join(primary.walDir, segmentFileName(1, firstSegno, SEGMENT_BYTES));
+      await store.putFile(key, original, SEGMENT_BYTES);
+    }
+  });
+
+  test("pg_receivewal from the timeline's first LSN receives everything byte-identical, most of it from object storage", async (t) => {
+    const endLsn = alignDown(timeline.flushLsn.get());
+    const localStart = timeline.timelineStartLsn;
+    const dir = await receiveDirFrom(firstLsn() / BigInt(SEGMENT_BYTES));
+    const result = await runReceiveWal({ port: walcast.port, dir, endpos: formatLsn(endLsn), timeoutMs: 600_000 });
+    assert.equal(result.code, 0, result.stderr);
+    let compared = 0;
+    for (let segno = firstLsn() / BigInt(SEGMENT_BYTES); segno * BigInt(SEGMENT_BYTES) < endLsn; segno++) {
+      const name = segmentFileName(1, segno, SEGMENT_BYTES);
+      const ours = await readFile(join(dir, name));
+      const theirs = await readFile(join(primary.walDir, name));
+      assert.equal(firstDifference(ours, theirs), -1, `${name} differs from the primary's`);
+      compared++;
+    }
+    const reads = walcast.server.offload?.cache(timeline.tenantId, timeline.timelineId)?.stats;
+    assert.ok(reads !== undefined && reads.segmentsFetched >= Number((localStart - firstLsn()) / BigInt(SEGMENT_BYTES)) - 1, JSON.stringify(reads));
+    t.diagnostic(`${compared} segments from ${formatLsn(firstLsn())} equal to the primary's; local start was ${formatLsn(localStart)}; remote reads ${JSON.stringify(reads)}`);
+  });
+});
+
+describe('restore from the bucket', { timeout: 1_200_000 }, () => {
+  test('wipe the data directory, `walcast timeline restore`, serve: pg_receivewal gets byte-identical WAL from the first LSN', async (t) => {
+    const backup = backupLsn();
+    await walcast.stop();
+    const dataDir = await makeTempDir('walcast-restored');
+    const restore = await runWalcastCli([
+      'timeline', 'restore', '--data-dir', dataDir, '--remote-storage', `s3://${TEST_BUCKET}/offload`, '--remote-storage-endpoint', s3.endpoint,
+      '--tenant-id', timeline.tenantId, '--timeline-id', timeline.timelineId, '--json',
+    ]);
+    assert.equal(restore.code, 0, restore.stderr);
+    const restored = JSON.parse(restore.stdout) as Record<string, string>;
+    assert.equal(restored.backup_lsn, formatLsn(backup));
+    assert.equal(restored.timeline_start_lsn, formatLsn(firstLsn()));
+    t.diagnostic(`restored: ${restore.stdout.trim()}`);
+    const again = await runWalcastCli(['timeline', 'restore', '--data-dir', dataDir, '--remote-storage', `s3://${TEST_BUCKET}/offload`, '--remote-storage-endpoint', s3.endpoint, '--tenant-id', timeline.tenantId, '--timeline-id', timeline.timelineId]);
+    assert.notEqual(again.code, 0, 'a second restore over an existing timeline is refused');
+    walcast = await startWalcast({ dataDir, remoteStorage: remote });
+    const dir = await receiveDirFrom(firstLsn() / BigInt(SEGMENT_BYTES));
+    const result = await runReceiveWal({ port: walcast.port, dir, endpos: formatLsn(backup), timeoutMs: 600_000 });
+    assert.equal(result.code, 0, result.stderr);
+    let compared = 0;
+    for (let segno = firstLsn() / BigInt(SEGMENT_BYTES); segno * BigInt(SEGMENT_BYTES) < backup; segno++) {
+      const name = segmentFileName(1, segno, SEGMENT_BYTES);
+      assert.equal(firstDifference(await readFile(join(dir, name)), await readFile(join(primary.walDir, name))), -1, `${name} differs from the primary's`);
+      compared++;
+    }
+    t.diagnostic(`${compared} segments served by the restored walcast, equal to the primary's`);
+  });
+});
+
+/** A pg_receivewal directory that makes it start at `segno`: a zeroed full-size .partial of that segment (receivelog.c FindStreamingStart). */
+async function receiveDirFrom(segno: bigint): Promise<string> {
+  const dir = await makeTempDir('offload-receivewal');
+  await writeFile(join(dir, `${segmentFileName(1, segno, SEGMENT_BYTES)}.partial`), Buffer.alloc(SEGMENT_BYTES));
+  return dir;
+}
+
+function firstLsn(): Lsn {
+  return timelineFirstLsn;
+}
 
 function backupLsn(): Lsn {
   return walcast.server.offload?.uploader(timeline.tenantId, timeline.timelineId)?.backupLsn ?? 0n;

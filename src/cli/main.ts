@@ -135,6 +135,20 @@ function buildProgram(): Command {
       const { runTimelineCreate } = await import('./timeline-command.js');
       await runTimelineCreate(options);
     });
+  timeline
+    .command('restore')
+    .description('bring a timeline up from object storage on a new machine (then: walcast serve --remote-storage …)')
+    .requiredOption('--remote-storage <s3://bucket/prefix>', 'where the timeline was offloaded (credentials: the AWS SDK chain)')
+    .option('--remote-storage-endpoint <url>', 'S3-compatible endpoint (path-style addressing)')
+    .option('--remote-storage-region <region>', 'S3 region (default: AWS_REGION, else us-east-1)')
+    .requiredOption('--tenant-id <id>', 'tenant id (32 hex)')
+    .requiredOption('--timeline-id <id>', 'timeline id (32 hex)')
+    .option('--data-dir <dir>', 'walcast data directory', './walcast-data')
+    .option('--json', 'print the result as JSON')
+    .action(async (options: Record<string, unknown>) => {
+      const { runTimelineRestore } = await import('./timeline-command.js');
+      await runTimelineRestore(options);
+    });
 
   return program;
 }

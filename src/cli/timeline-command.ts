@@ -1,5 +1,5 @@
 /**
- * `walcast timeline create`: records a timeline that follows an upstream (see src/ingest/create-timeline.ts) and
+ * `walcast timeline create` and `walcast timeline restore` (from object storage). `create` records a timeline that follows an upstream (see src/ingest/create-timeline.ts) and
  * prints its ids and start position (as text, or JSON with --json). The upstream password is read from
  * --upstream-password-file or WALCAST_UPSTREAM_PASSWORD, never from the command line.
  */
@@ -7,6 +7,9 @@ import { pino } from 'pino';
 import { formatLsn, parseLsnOrThrow } from '../lsn.js';
 import { createFollowingTimeline } from '../ingest/create-timeline.js';
 import { readSecret } from '../config/secrets.js';
+import { parseRemoteStorageUrl } from '../remote/remote-config.js';
+import { restoreTimeline } from '../remote/restore-timeline.js';
+import { S3ObjectStore } from '../remote/s3-object-store.js';
 
 interface TimelineCreateFlags {
   readonly dataDir: string;
@@ -48,4 +51,42 @@ export async function runTimelineCreate(rawFlags: Record<string, unknown>): Prom
     return;
   }
   for (const [key, value] of Object.entries(printable)) process.stdout.write(`${key}: ${value}\n`);
+}
+
+interface TimelineRestoreFlags {
+  readonly dataDir: string;
+  readonly remoteStorage: string;
+  readonly remoteStorageEndpoint?: string;
+  readonly remoteStorageRegion?: string;
+  readonly tenantId: string;
+  readonly timelineId: string;
+  readonly json?: boolean;
+}
+
+/** `walcast timeline restore`: see src/remote/restore-timeline.ts. Credentials come from the AWS SDK's chain. */
+export async function runTimelineRestore(rawFlags: Record<string, unknown>): Promise<void> {
+  const flags = rawFlags as unknown as TimelineRestoreFlags;
+  const keys = { tenantId: flags.tenantId.toLowerCase(), timelineId: flags.timelineId.toLowerCase() };
+  for (const [name, value] of Object.entries({ '--tenant-id': keys.tenantId, '--timeline-id': keys.timelineId })) {
+    if (!/^[0-9a-f]{32}$/.test(value)) throw new RangeError(`${name} must be 32 hex characters`);
+  }
+  const store = new S3ObjectStore(parseRemoteStorageUrl(flags.remoteStorage, { endpoint: flags.remoteStorageEndpoint, region: flags.remoteStorageRegion }));
+  try {
+    const result = await restoreTimeline({ dataDir: flags.dataDir, store, keys });
+    const printable = {
+      tenant_id: result.tenantId,
+      timeline_id: result.timelineId,
+      timeline_start_lsn: formatLsn(result.timelineStartLsn),
+      local_start_lsn: formatLsn(result.localStartLsn),
+      backup_lsn: formatLsn(result.backupLsn),
+      upstream: result.upstream ?? null,
+    };
+    if (flags.json === true) {
+      process.stdout.write(JSON.stringify(printable) + '\n');
+      return;
+    }
+    for (const [key, value] of Object.entries(printable)) process.stdout.write(`${key}: ${value}\n`);
+  } finally {
+    store.close();
+  }
 }

@@ -4,10 +4,13 @@
  * imports the timeline layer above it. The backup LSN is persisted through the timeline's ControlFileWriter, the one
  * writer of walcast.control while the server runs, so it never races ingest's or retention's writes.
  */
+import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { maxLsn, type Lsn } from '../lsn.js';
 import type { ControlFileWriter } from '../storage/control-writer.js';
+import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import type { ObjectStore } from './object-store.js';
+import { SegmentCache } from './segment-cache.js';
 import { SegmentUploader } from './segment-uploader.js';
 
 /** What offload reads of a timeline. */
@@ -22,17 +25,41 @@ export interface OffloadTimeline {
   readonly timelineStartLsn: Lsn;
   readonly flushLsn: { get(): Lsn };
   readonly controlFile: ControlFileWriter;
+  /** Set here: the reader's source of segments before the local start. */
+  remoteSegments: RemoteSegmentSource | undefined;
 }
 
 export interface OffloadHandle {
   readonly store: ObjectStore;
   uploader(tenantId: string, timelineId: string): SegmentUploader | undefined;
+  cache(tenantId: string, timelineId: string): SegmentCache | undefined;
   stop(): Promise<void>;
 }
 
-export async function startOffload(options: { timelines: readonly OffloadTimeline[]; store: ObjectStore; log: Logger }): Promise<OffloadHandle> {
+export interface StartOffloadOptions {
+  readonly timelines: readonly OffloadTimeline[];
+  readonly store: ObjectStore;
+  /** Root of the fetched-segment caches: <cacheRoot>/<tenant>/<timeline>/. */
+  readonly cacheRoot: string;
+  readonly cacheBytesMax?: number;
+  readonly log: Logger;
+}
+
+export async function startOffload(options: StartOffloadOptions): Promise<OffloadHandle> {
   const uploaders = new Map<string, SegmentUploader>();
+  const caches = new Map<string, SegmentCache>();
   for (const timeline of options.timelines) {
+    const cache = new SegmentCache({
+      store: options.store,
+      keys: timeline,
+      dir: join(options.cacheRoot, timeline.tenantId, timeline.timelineId),
+      segmentBytes: timeline.segmentBytes,
+      pgTimelineId: timeline.pgTimelineId,
+      log: options.log.child({ tenant: timeline.tenantId, timeline: timeline.timelineId, component: 'remote-read' }),
+      ...(options.cacheBytesMax === undefined ? {} : { cacheBytesMax: options.cacheBytesMax }),
+    });
+    caches.set(`${timeline.tenantId}/${timeline.timelineId}`, cache);
+    timeline.remoteSegments = cache;
     const control = await timeline.controlFile.read();
     // Segments before the local start are gone (removed before offload was turned on): they cannot be uploaded.
     const backupLsn = maxLsn(control.backupLsn ?? timeline.timelineStartLsn, timeline.timelineStartLsn);
@@ -64,6 +91,7 @@ export async function startOffload(options: { timelines: readonly OffloadTimelin
   return {
     store: options.store,
     uploader: (tenantId, timelineId) => uploaders.get(`${tenantId}/${timelineId}`),
+    cache: (tenantId, timelineId) => caches.get(`${tenantId}/${timelineId}`),
     stop: async () => {
       await Promise.all([...uploaders.values()].map((uploader) => uploader.close()));
       options.store.close();

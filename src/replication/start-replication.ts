@@ -92,7 +92,8 @@ function logStreamPath(context: StreamContext, writer: StreamWriter): void {
 /** Refuses a start the timeline cannot serve: before its first byte, or ahead of its end. */
 function checkStartRange(startLsn: Lsn, endLsn: Lsn, timeline: Timeline): WalcastError | undefined {
   if (startLsn > endLsn) return startAheadError(startLsn, endLsn);
-  if (startLsn < timeline.timelineStartLsn) {
+  // With offload, WAL before the local start may still be in object storage: the reader decides (58P01 if not).
+  if (startLsn < timeline.timelineStartLsn && timeline.remoteSegments === undefined) {
     const reader = new WalReader(timeline.dir, timeline);
     return reader.removedError(startLsn);
   }
@@ -113,8 +114,8 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   const onShutdown = (): void => stopController.abort();
   context.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
   // Both readers pin the segments they open, so retention never unlinks one under this stream.
-  const source = new WalReader(timeline.dir, timeline, timeline);
-  const prefetchSource = new WalReader(timeline.dir, timeline, timeline);
+  const source = new WalReader(timeline.dir, timeline, timeline, timeline.remoteSegments);
+  const prefetchSource = new WalReader(timeline.dir, timeline, timeline, timeline.remoteSegments);
   let writer: StreamWriter | undefined;
   // Kept from onSent, not only from sendWal's result: a stream that fails has no result but did send up to here.
   let sentLsn = request.startLsn;

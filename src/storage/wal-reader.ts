@@ -39,6 +39,14 @@ export interface SegmentPinner {
   pinSegment(segno: bigint): (() => void) | undefined;
 }
 
+/**
+ * Where segments no longer on local disk come from (src/remote SegmentCache: fetched from object storage into a
+ * local cache file). Resolves a local path holding the whole segment, or undefined when it is held nowhere.
+ */
+export interface RemoteSegmentSource {
+  fetch(segno: bigint): Promise<string | undefined>;
+}
+
 interface OpenSegment {
   readonly segno: bigint;
   readonly handle: FileHandle;
@@ -65,6 +73,7 @@ export class WalReader {
     private readonly dir: string,
     private readonly layout: SegmentLayout,
     private readonly pinner?: SegmentPinner,
+    private readonly remote?: RemoteSegmentSource,
   ) {
     assert.ok(layout.timelineStartLsn % BigInt(layout.segmentBytes) === 0n, 'a timeline starts at a segment start');
   }
@@ -79,7 +88,7 @@ export class WalReader {
   async locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> {
     assert.ok(endLsn > lsn, 'locate: the range is not empty');
     assert.ok(!this.closed, 'locate after close');
-    if (lsn < this.layout.timelineStartLsn) throw this.removedError(lsn);
+    if (lsn < this.layout.timelineStartLsn && this.remote === undefined) throw this.removedError(lsn);
     const { segmentBytes } = this.layout;
     const segno = segmentOf(lsn, segmentBytes);
     const segment = this.current?.segno === segno ? this.current : await this.switchTo(segno, lsn);
@@ -153,13 +162,24 @@ export class WalReader {
   /** NAME.partial first (the segment being filled), then NAME: a .partial may be renamed while we look. */
   private async openSegment(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
     const unpin = this.pinner === undefined ? noUnpin : this.pinner.pinSegment(segno);
-    if (unpin === undefined) throw this.removedError(lsn);
+    if (unpin === undefined) return this.openRemote(segno, lsn);
     try {
       return await this.openPinned(segno, lsn, unpin);
     } catch (error) {
       unpin();
       throw error;
     }
+  }
+
+  /**
+   * A segment before the local start: from object storage through the cache, when offload is on. The cache file is
+   * not pinned: the cache may unlink it under us, and the open descriptor keeps its bytes readable.
+   */
+  private async openRemote(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
+    const path = this.remote === undefined ? undefined : await this.remote.fetch(segno);
+    if (path === undefined) throw this.removedError(lsn);
+    const handle = await open(path, 'r');
+    return { segno, handle, file: { fd: handle.fd, path }, bytes: (await handle.stat()).size, unpin: noUnpin };
   }
 
   private async openPinned(segno: bigint, lsn: Lsn, unpin: () => void): Promise<OpenSegment> {

@@ -11,6 +11,7 @@ import { SlotTable } from '../slots/slot-table.js';
 import type { TimelineProblem } from '../storage/timeline-check.js';
 import { PageVerifier, type TailPageSource } from '../storage/page-verifier.js';
 import { ControlFileWriter } from '../storage/control-writer.js';
+import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import { segmentOf } from '../storage/segment-name.js';
 import { LsnWatch } from './lsn-watch.js';
 import { ReplicaRegistry } from './replica-registry.js';
@@ -50,6 +51,8 @@ export class Timeline implements TimelineIdentity {
   /** Everything committed; ordinary replicas are sent up to here. Never ahead of the flush LSN. */
   readonly commitLsn: LsnWatch;
   readonly replicas = new ReplicaRegistry();
+  /** Offload: where segments before the local start are read from (object storage via a cache); set by the server. */
+  remoteSegments: RemoteSegmentSource | undefined;
   /** The one writer of walcast.control while the server runs (ingest positions, retention's start). */
   readonly controlFile: ControlFileWriter;
   /** Replication slots on this timeline; open-timelines.ts passes one loaded from the timeline's slot file. */

@@ -1,0 +1,109 @@
+/**
+ * `walcast timeline restore`: brings a timeline up on a new machine from object storage alone. It reads the
+ * timeline's metadata object, downloads the last offloaded segment (so recovery at the next start validates real
+ * WAL and ingest resumes from the backup LSN), and writes a control file whose local start is that segment and
+ * whose backup LSN says everything before is in the bucket. `walcast serve --remote-storage …` then serves the
+ * older WAL from the bucket through the segment cache, and follows the recorded upstream from the backup LSN.
+ *
+ * Explicit rather than automatic on serve: restoring decides which machine owns a timeline, an operator's call,
+ * and a serve that silently created timelines from a bucket could start a second writer for one timeline.
+ * The directory appears atomically (built under a temp name, fsynced, renamed), as `walcast timeline create` does.
+ */
+import assert from 'node:assert/strict';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { WalcastError } from '../errors.js';
+import type { Lsn } from '../lsn.js';
+import { CONTROL_FORMAT_VERSION, fsyncDirectory, writeControlFile } from '../storage/control-file.js';
+import { segmentFileName, segmentOf } from '../storage/segment-name.js';
+import { ObjectNotFoundError, type ObjectStore } from './object-store.js';
+import { REMOTE_GET_RANGE_BYTES } from './segment-cache.js';
+import { REMOTE_METADATA_BYTES_MAX, decodeRemoteMetadata, metadataKey, segmentKey, type RemoteTimelineMetadata, type TimelineKeys } from './remote-layout.js';
+
+export interface RestoreResult {
+  readonly tenantId: string;
+  readonly timelineId: string;
+  /** The first byte held locally after restore: the last offloaded segment's start. */
+  readonly localStartLsn: Lsn;
+  /** Everything before this is in the bucket; ingest resumes here. */
+  readonly backupLsn: Lsn;
+  /** The first byte the bucket holds. */
+  readonly timelineStartLsn: Lsn;
+  readonly upstream: string | undefined;
+}
+
+export async function restoreTimeline(options: { dataDir: string; store: ObjectStore; keys: TimelineKeys }): Promise<RestoreResult> {
+  const { store, keys } = options;
+  const finalDir = join(options.dataDir, keys.tenantId, keys.timelineId);
+  if (await stat(finalDir).catch(() => undefined)) {
+    throw new WalcastError('WALCAST_ERR_TIMELINE_EXISTS', `timeline ${keys.tenantId}/${keys.timelineId} already exists in ${options.dataDir}`);
+  }
+  const metadata = await readMetadata(store, keys);
+  if (metadata.backupLsn <= metadata.timelineStartLsn) {
+    throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `timeline ${keys.tenantId}/${keys.timelineId} has no offloaded segment in ${store.description}`);
+  }
+  const lastSegno = segmentOf(metadata.backupLsn, metadata.segmentBytes) - 1n;
+  const localStartLsn = lastSegno * BigInt(metadata.segmentBytes);
+  const tempDir = join(options.dataDir, keys.tenantId, `.restore-${keys.timelineId}`);
+  await rm(tempDir, { recursive: true, force: true });
+  await mkdir(tempDir, { recursive: true, mode: 0o700 });
+  try {
+    const name = segmentFileName(metadata.pgTimelineId, lastSegno, metadata.segmentBytes);
+    await download(store, store.key(segmentKey(keys, metadata.pgTimelineId, lastSegno, metadata.segmentBytes)), join(tempDir, name), metadata.segmentBytes);
+    await writeControlFile(tempDir, {
+      formatVersion: CONTROL_FORMAT_VERSION,
+      tenantId: keys.tenantId,
+      timelineId: keys.timelineId,
+      systemId: metadata.systemId,
+      pgVersion: metadata.pgVersion,
+      segmentBytes: metadata.segmentBytes,
+      pgTimelineId: metadata.pgTimelineId,
+      timelineStartLsn: localStartLsn,
+      flushLsn: metadata.backupLsn,
+      commitLsn: metadata.backupLsn,
+      backupLsn: metadata.backupLsn,
+      upstream: metadata.upstream,
+      createdAt: new Date().toISOString(),
+    });
+    await rename(tempDir, finalDir);
+    await fsyncDirectory(join(options.dataDir, keys.tenantId));
+  } catch (error) {
+    await rm(tempDir, { recursive: true, force: true });
+    throw error;
+  }
+  return { ...keys, localStartLsn, backupLsn: metadata.backupLsn, timelineStartLsn: metadata.timelineStartLsn, upstream: metadata.upstream };
+}
+
+async function readMetadata(store: ObjectStore, keys: TimelineKeys): Promise<RemoteTimelineMetadata> {
+  const key = store.key(metadataKey(keys));
+  const head = await store.head(key);
+  if (head === undefined) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `no timeline metadata object ${key} in ${store.description}`);
+  if (head.sizeBytes === 0 || head.sizeBytes > REMOTE_METADATA_BYTES_MAX) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `timeline metadata object ${key} has ${head.sizeBytes} bytes`);
+  const metadata = decodeRemoteMetadata(await store.getRange(key, 0, head.sizeBytes), key);
+  if (metadata.tenantId !== keys.tenantId || metadata.timelineId !== keys.timelineId) {
+    throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `timeline metadata object ${key} describes ${metadata.tenantId}/${metadata.timelineId}`);
+  }
+  return metadata;
+}
+
+/** Copies an object to a new file in REMOTE_GET_RANGE_BYTES pieces and fsyncs it. */
+async function download(store: ObjectStore, key: string, path: string, sizeBytes: number): Promise<void> {
+  const handle = await open(path, 'wx', 0o600);
+  try {
+    for (let position = 0; position < sizeBytes; position += REMOTE_GET_RANGE_BYTES) {
+      const length = Math.min(REMOTE_GET_RANGE_BYTES, sizeBytes - position);
+      let bytes: Buffer;
+      try {
+        bytes = await store.getRange(key, position, length);
+      } catch (error) {
+        if (error instanceof ObjectNotFoundError) throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `segment object ${key} is missing from the bucket`, { cause: error });
+        throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `reading ${key} failed: ${(error as Error).message}`, { cause: error });
+      }
+      assert.equal(bytes.length, length, 'a ranged GET returns the bytes asked for');
+      await handle.write(bytes, 0, length, position);
+    }
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * Reading offloaded WAL back: a bounded local cache directory of segments fetched from the object store. The WAL
+ * reader asks for a segment that is no longer on local disk; the cache downloads it (ranged GETs of
+ * REMOTE_GET_RANGE_BYTES, each retried), writes it to a temp file, renames it into place and hands back the path,
+ * so both I/O backends keep sending from a local file (sendfile / io_uring) and bytes stay byte-identical.
+ *
+ * Bounds: one download per segment at a time (concurrent readers of one segment share it), at most
+ * REMOTE_FETCHES_IN_FLIGHT_MAX downloads at once, memory of one range per download, and the directory's size capped
+ * (least recently used segments are unlinked first; a reader that has one open keeps reading it, as Linux keeps an
+ * unlinked open file). A segment the store does not have ends the reader's stream with 58P01, and a log line
+ * names the object.
+ */
+import assert from 'node:assert/strict';
+import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import { segmentFileName } from '../storage/segment-name.js';
+import type { RemoteSegmentSource } from '../storage/wal-reader.js';
+import { ObjectNotFoundError, type ObjectStore } from './object-store.js';
+import { segmentKey, type TimelineKeys } from './remote-layout.js';
+
+/** One GET: large enough that request overhead is small, small enough to hold in memory per download. */
+export const REMOTE_GET_RANGE_BYTES = 4 * 1024 * 1024;
+/** Attempts per range before the read fails (transient faults; a missing object is not retried). */
+export const REMOTE_GET_ATTEMPTS_MAX = 5;
+/** First pause after a failed GET; doubles per attempt. */
+export const REMOTE_GET_RETRY_DELAY_MS = 200;
+/** Segment downloads at once per timeline: catch-up readers rarely need more than one segment ahead each. */
+export const REMOTE_FETCHES_IN_FLIGHT_MAX = 4;
+/** Default cache size: 16 segments of 16 MiB; enough for a few replicas catching up from object storage. */
+export const REMOTE_CACHE_BYTES_DEFAULT = 256 * 1024 * 1024;
+
+assert.ok(REMOTE_GET_RANGE_BYTES <= REMOTE_CACHE_BYTES_DEFAULT);
+
+/** Remote reads for the status API and /metrics. */
+export interface RemoteReadStats {
+  segmentsFetched: number;
+  bytesFetched: number;
+  fetchMsTotal: number;
+  cacheHits: number;
+  fetchErrors: number;
+}
+
+export interface SegmentCacheOptions {
+  readonly store: ObjectStore;
+  readonly keys: TimelineKeys;
+  readonly dir: string;
+  readonly segmentBytes: number;
+  readonly pgTimelineId: number;
+  readonly cacheBytesMax?: number;
+  readonly log: Logger;
+}
+
+export class SegmentCache implements RemoteSegmentSource {
+  readonly stats: RemoteReadStats = { segmentsFetched: 0, bytesFetched: 0, fetchMsTotal: 0, cacheHits: 0, fetchErrors: 0 };
+  /** Cached segment files, least recently used first (Map keeps insertion order; a hit re-inserts). */
+  private readonly cached = new Map<bigint, string>();
+  private readonly downloads = new Map<bigint, Promise<string | undefined>>();
+  private readonly waiting: (() => void)[] = [];
+  private ready: Promise<void> | undefined;
+
+  constructor(private readonly options: SegmentCacheOptions) {
+    assert.ok((options.cacheBytesMax ?? REMOTE_CACHE_BYTES_DEFAULT) >= options.segmentBytes, 'the cache holds at least one segment');
+  }
+
+  /** The local path of segment `segno` fetched from the store, or undefined when the store does not have it. */
+  async fetch(segno: bigint): Promise<string | undefined> {
+    await (this.ready ??= this.prepare());
+    const path = this.cached.get(segno);
+    if (path !== undefined) {
+      this.cached.delete(segno);
+      this.cached.set(segno, path);
+      this.stats.cacheHits++;
+      return path;
+    }
+    let download = this.downloads.get(segno);
+    if (download === undefined) {
+      download = this.download(segno).finally(() => this.downloads.delete(segno));
+      this.downloads.set(segno, download);
+    }
+    return download;
+  }
+
+  /** Creates the directory and forgets files of an earlier run (their completeness is not known). */
+  private async prepare(): Promise<void> {
+    await mkdir(this.options.dir, { recursive: true });
+    for (const name of await readdir(this.options.dir)) await unlink(join(this.options.dir, name)).catch(() => undefined);
+  }
+
+  private async download(segno: bigint): Promise<string | undefined> {
+    await this.acquireSlot();
+    const { store, keys, segmentBytes, pgTimelineId, dir } = this.options;
+    const name = segmentFileName(pgTimelineId, segno, segmentBytes);
+    const key = store.key(segmentKey(keys, pgTimelineId, segno, segmentBytes));
+    const startedMs = Date.now();
+    const tempPath = join(dir, `${name}.download`);
+    const handle = await open(tempPath, 'w');
+    try {
+      for (let position = 0; position < segmentBytes; position += REMOTE_GET_RANGE_BYTES) {
+        const length = Math.min(REMOTE_GET_RANGE_BYTES, segmentBytes - position);
+        const bytes = await this.getWithRetries(key, position, length);
+        if (bytes.length !== length) throw new Error(`object ${key} returned ${bytes.length} bytes at ${position}, expected ${length}`);
+        await handle.write(bytes, 0, length, position);
+      }
+    } catch (error) {
+      await handle.close();
+      await unlink(tempPath).catch(() => undefined);
+      this.releaseSlot();
+      if (error instanceof ObjectNotFoundError) {
+        this.options.log.error({ object: key, segment: name }, 'WAL segment is neither on local disk nor in object storage');
+        return undefined;
+      }
+      this.stats.fetchErrors++;
+      throw error;
+    }
+    await handle.close();
+    const path = join(dir, name);
+    await rename(tempPath, path);
+    this.releaseSlot();
+    this.stats.segmentsFetched++;
+    this.stats.bytesFetched += segmentBytes;
+    this.stats.fetchMsTotal += Date.now() - startedMs;
+    this.cached.set(segno, path);
+    await this.evict(segno);
+    return path;
+  }
+
+  private async getWithRetries(key: string, position: number, length: number): Promise<Buffer> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.options.store.getRange(key, position, length);
+      } catch (error) {
+        if (error instanceof ObjectNotFoundError || attempt >= REMOTE_GET_ATTEMPTS_MAX) throw error;
+        this.stats.fetchErrors++;
+        this.options.log.warn({ err: error, object: key, attempt }, 'object storage GET failed; retrying');
+        await new Promise((resolve) => setTimeout(resolve, REMOTE_GET_RETRY_DELAY_MS * 2 ** (attempt - 1)));
+      }
+    }
+  }
+
+  /** Unlinks least recently used segments until the cache fits its cap; never the one just fetched. */
+  private async evict(keep: bigint): Promise<void> {
+    const cap = this.options.cacheBytesMax ?? REMOTE_CACHE_BYTES_DEFAULT;
+    while (this.cached.size * this.options.segmentBytes > cap) {
+      const oldest = [...this.cached.keys()].find((segno) => segno !== keep);
+      if (oldest === undefined) break;
+      const path = this.cached.get(oldest);
+      this.cached.delete(oldest);
+      if (path !== undefined) await unlink(path).catch(() => undefined);
+    }
+  }
+
+  private async acquireSlot(): Promise<void> {
+    while (this.active >= REMOTE_FETCHES_IN_FLIGHT_MAX) {
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    }
+    this.active++;
+  }
+
+  private releaseSlot(): void {
+    this.active--;
+    this.waiting.shift()?.();
+  }
+
+  private active = 0;
+
+  /** Bytes the cache directory holds now (tests). */
+  async cachedBytes(): Promise<number> {
+    let total = 0;
+    for (const path of this.cached.values()) total += (await stat(path).catch(() => undefined))?.size ?? 0;
+    return total;
+  }
+}
