@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createOperationsMetrics } from '../src/api/metrics.js';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
@@ -150,6 +151,14 @@ describe('reading offloaded WAL back', { timeout: 1_200_000 }, () => {
     const reads = walcast.server.offload?.cache(timeline.tenantId, timeline.timelineId)?.stats;
     assert.ok(reads !== undefined && reads.segmentsFetched >= Number((localStart - firstLsn()) / BigInt(SEGMENT_BYTES)) - 1, JSON.stringify(reads));
     t.diagnostic(`${compared} segments from ${formatLsn(firstLsn())} equal to the primary's; local start was ${formatLsn(localStart)}; remote reads ${JSON.stringify(reads)}`);
+    const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'test' });
+    metrics.bindTimelines(walcast.server.timelines, undefined, (of) => walcast.server.offload?.status(of.tenantId, of.timelineId));
+    const { body } = await metrics.render();
+    const sample = (name: string): number => Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, 'm').exec(body)?.[1] ?? Number.NaN);
+    assert.equal(sample('walcast_timeline_backup_lsn'), Number(backupLsn()));
+    assert.ok(sample('walcast_remote_segments_fetched_total') >= (reads?.segmentsFetched ?? 1));
+    assert.ok(sample('walcast_offload_segments_uploaded_total') > 0);
+    assert.equal(sample('walcast_offload_queue_segments') >= 0, true);
   });
 });
 

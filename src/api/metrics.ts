@@ -328,6 +328,11 @@ function registerOffloadMetrics(registry: Registry, eachTimeline: EachTimeline, 
   perTimelineCounter('walcast_offload_segments_uploaded_total', 'WAL segments uploaded to object storage.', (status) => status.segmentsUploaded);
   perTimelineCounter('walcast_offload_bytes_uploaded_total', 'Bytes of WAL uploaded to object storage.', (status) => status.bytesUploaded);
   perTimelineCounter('walcast_offload_upload_errors_total', 'Failed uploads to object storage (each retried with backoff).', (status) => status.uploadErrors);
+  perTimelineCounter('walcast_remote_segments_fetched_total', 'WAL segments read back from object storage into the local cache.', (status) => status.remoteReads?.segmentsFetched ?? 0);
+  perTimelineCounter('walcast_remote_bytes_fetched_total', 'Bytes of WAL read back from object storage.', (status) => status.remoteReads?.bytesFetched ?? 0);
+  perTimelineCounter('walcast_remote_fetch_seconds_total', 'Time spent fetching segments from object storage (divide by fetched segments for the mean latency).', (status) => (status.remoteReads?.fetchMsTotal ?? 0) / 1000);
+  perTimelineCounter('walcast_remote_cache_hits_total', 'Reads of offloaded segments served from the local cache without a fetch.', (status) => status.remoteReads?.cacheHits ?? 0);
+  perTimelineCounter('walcast_remote_fetch_errors_total', 'Failed GETs from object storage (retried) and failed segment fetches.', (status) => status.remoteReads?.fetchErrors ?? 0);
 }
 
 /** Counters fed by server hooks. */

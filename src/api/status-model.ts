@@ -169,6 +169,16 @@ function offloadDocument(status: OffloadStatus): Record<string, unknown> {
     bytes_uploaded: status.bytesUploaded,
     upload_errors: status.uploadErrors,
     queue_depth: status.queueDepth,
+    remote_reads:
+      status.remoteReads === undefined
+        ? null
+        : {
+            segments_fetched: status.remoteReads.segmentsFetched,
+            bytes_fetched: status.remoteReads.bytesFetched,
+            fetch_seconds_total: status.remoteReads.fetchMsTotal / MS_PER_SECOND,
+            cache_hits: status.remoteReads.cacheHits,
+            fetch_errors: status.remoteReads.fetchErrors,
+          },
   };
 }
 

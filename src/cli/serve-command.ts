@@ -86,7 +86,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   metrics.bindTimelines(
     server.timelines,
     (timeline) => server.retention?.status(timeline.tenantId, timeline.timelineId),
-    (timeline) => server.offload?.uploader(timeline.tenantId, timeline.timelineId)?.status(),
+    (timeline) => server.offload?.status(timeline.tenantId, timeline.timelineId),
   );
   const httpSecurity = { tokens: auth.method === 'jwt' ? auth.tokens : undefined, tls: flags.httpTls === true ? tls : undefined };
   const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log, ...httpSecurity });

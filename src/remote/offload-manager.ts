@@ -11,7 +11,7 @@ import type { ControlFileWriter } from '../storage/control-writer.js';
 import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import type { ObjectStore } from './object-store.js';
 import { SegmentCache } from './segment-cache.js';
-import { SegmentUploader } from './segment-uploader.js';
+import { SegmentUploader, type OffloadStatus } from './segment-uploader.js';
 
 /** What offload reads of a timeline. */
 export interface OffloadTimeline {
@@ -32,6 +32,8 @@ export interface OffloadTimeline {
 export interface OffloadHandle {
   readonly store: ObjectStore;
   uploader(tenantId: string, timelineId: string): SegmentUploader | undefined;
+  /** Upload and read-back figures of a timeline for the status API and /metrics. */
+  status(tenantId: string, timelineId: string): OffloadStatus | undefined;
   cache(tenantId: string, timelineId: string): SegmentCache | undefined;
   stop(): Promise<void>;
 }
@@ -92,6 +94,10 @@ export async function startOffload(options: StartOffloadOptions): Promise<Offloa
     store: options.store,
     uploader: (tenantId, timelineId) => uploaders.get(`${tenantId}/${timelineId}`),
     cache: (tenantId, timelineId) => caches.get(`${tenantId}/${timelineId}`),
+    status: (tenantId, timelineId) => {
+      const uploader = uploaders.get(`${tenantId}/${timelineId}`);
+      return uploader === undefined ? undefined : { ...uploader.status(), remoteReads: caches.get(`${tenantId}/${timelineId}`)?.stats };
+    },
     stop: async () => {
       await Promise.all([...uploaders.values()].map((uploader) => uploader.close()));
       options.store.close();

@@ -18,6 +18,7 @@ import type { Logger } from '../log.js';
 import { formatLsn, type Lsn } from '../lsn.js';
 import { PARTIAL_SUFFIX, segmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
 import type { ObjectStore } from './object-store.js';
+import type { RemoteReadStats } from './segment-cache.js';
 import { REMOTE_METADATA_FORMAT_VERSION, encodeRemoteMetadata, metadataKey, segmentKey, type RemoteTimelineMetadata, type TimelineKeys } from './remote-layout.js';
 
 /** Concurrent segment uploads per timeline: enough to hide one request's latency, few enough not to flood a link. */
@@ -44,6 +45,8 @@ export interface UploaderStats {
 export interface OffloadStatus extends Readonly<UploaderStats> {
   readonly backupLsn: Lsn;
   readonly store: string;
+  /** Reads back from the store (src/remote/segment-cache.ts), when the cache exists. */
+  readonly remoteReads?: Readonly<RemoteReadStats> | undefined;
 }
 
 export interface UploaderOptions {
