@@ -17,7 +17,9 @@ test('--help explains every subcommand and flag', async () => {
   for (const word of ['serve', 'import', 'slot']) assert.match(top.stdout, new RegExp(word));
   const serve = await runWalcastCli(['serve', '--help']);
   assert.equal(serve.code, 0);
-  for (const flag of ['--data-dir', '--listen', '--auth', '--password-file', '--io', '--native-strategy', '--wal-keep-size', '--max-slot-wal-keep-size']) assert.ok(serve.stdout.includes(flag), flag);
+  for (const flag of ['--data-dir', '--listen', '--auth', '--password-file', '--io', '--native-strategy', '--wal-keep-size', '--max-slot-wal-keep-size', '--remote-storage', '--remote-storage-endpoint', '--remote-storage-region']) assert.ok(serve.stdout.includes(flag), flag);
+  const restoreHelp = await runWalcastCli(['timeline', 'restore', '--help']);
+  for (const flag of ['--remote-storage', '--remote-storage-endpoint', '--tenant-id', '--timeline-id', '--data-dir']) assert.ok(restoreHelp.stdout.includes(flag), flag);
   const importHelp = await runWalcastCli(['import', '--help']);
   for (const flag of ['--from', '--data-dir', '--tenant-id', '--timeline-id']) assert.ok(importHelp.stdout.includes(flag), flag);
   const slotCreate = await runWalcastCli(['slot', 'create', '--help']);
@@ -29,6 +31,20 @@ test('a wrong flag is one line on stderr and exit 2', async () => {
     const result = await runWalcastCli(args);
     assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
     assert.equal(result.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${result.stderr}`);
+  }
+});
+
+test('a malformed --remote-storage, or its companions without it, is refused at startup with one line', async () => {
+  const dataDir = await makeTempDir('cli-remote');
+  for (const [args, message] of [
+    [['--remote-storage', 'http://bucket/x'], /expected s3:\/\/BUCKET\/PREFIX/],
+    [['--remote-storage', 's3://bucket/x', '--remote-storage-endpoint', 'http://key:secret@127.0.0.1:9000'], /must not carry credentials/],
+    [['--remote-storage-endpoint', 'http://127.0.0.1:9000'], /need --remote-storage/],
+  ] as const) {
+    const result = await runWalcastCli(['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--no-http', ...args], { timeoutMs: 30_000 });
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(result.stderr, message);
+    assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
   }
 });
 
