@@ -24,7 +24,9 @@
  * detection logs at error level and counts in `corruptionsDetected`, so a retrying replica cannot flood the log.
  */
 import assert from 'node:assert/strict';
-import { WalcastError } from '../errors.js';
+import { fstatSync } from 'node:fs';
+import { basename } from 'node:path';
+import { WalcastError, type WalcastErrorCode } from '../errors.js';
 import type { WalChunk, WalFileHandle } from './wal-chunk.js';
 import type { Logger } from '../log.js';
 import { WAL_PAGE_BYTES, formatLsn, type Lsn } from '../lsn.js';
@@ -62,8 +64,9 @@ export class WalCorruptionError extends WalcastError {
     readonly goodBytes: number,
     readonly segmentPath: string,
     readonly fileOffset: number,
+    code: WalcastErrorCode = 'WALCAST_ERR_WAL_CORRUPTED',
   ) {
-    super('WALCAST_ERR_WAL_CORRUPTED', message);
+    super(code, message);
   }
 }
 
@@ -131,7 +134,9 @@ export class PageVerifier {
   }
 
   private async verifyRecorded(state: SegmentState, segno: bigint, firstPage: number, endPage: number, chunk: WalChunk, context: VerifyContext): Promise<void> {
-    const actual = await this.checksum(state, firstPage * WAL_PAGE_BYTES, (endPage - firstPage) * WAL_PAGE_BYTES, chunk, context);
+    const actual = await this.checksum(state, firstPage * WAL_PAGE_BYTES, (endPage - firstPage) * WAL_PAGE_BYTES, chunk, context).catch((error: unknown) =>
+      this.truncatedOrRethrow(error, state, segno, firstPage, endPage, chunk, context),
+    );
     const chunkEnd = chunk.fileOffset + chunk.byteCount;
     for (let page = firstPage; page < endPage; page++) {
       if (actual[page - firstPage] !== state.sidecar[page]) {
@@ -172,6 +177,29 @@ export class PageVerifier {
     await context.checksummer.checksumPages({ file: chunk.file, fileOffset, byteCount }, WAL_PAGE_BYTES, out);
     assert.ok(state.path.length > 0, 'a segment state names its file');
     return out;
+  }
+
+  /**
+   * A recorded page the file no longer holds whole (the segment was truncated after its checksum was recorded): the
+   * whole pages before the cut are verified and sent, then the stream ends with WALCAST_ERR_SEGMENT_TRUNCATED. The
+   * partial page at the cut is never sent, since its bytes cannot be checked against a whole page's checksum.
+   * Any other checksum failure is rethrown as it is.
+   */
+  private async truncatedOrRethrow(error: unknown, state: SegmentState, segno: bigint, firstPage: number, endPage: number, chunk: WalChunk, context: VerifyContext): Promise<never> {
+    const fileBytes = fstatSync(chunk.file.fd).size;
+    if (fileBytes >= endPage * WAL_PAGE_BYTES) throw error;
+    const wholePages = Math.floor(fileBytes / WAL_PAGE_BYTES);
+    if (wholePages > firstPage) await this.verifyRecorded(state, segno, firstPage, Math.min(wholePages, endPage), chunk, context);
+    const goodBytes = Math.max(0, wholePages * WAL_PAGE_BYTES - chunk.fileOffset);
+    assert.ok(goodBytes < chunk.byteCount, 'the cut lies inside the chunk');
+    const name = basename(chunk.file.path);
+    throw new WalCorruptionError(
+      `WAL segment ${name} is truncated at offset ${fileBytes} (${this.layout.segmentBytes} expected): the page at offset ${wholePages * WAL_PAGE_BYTES} cannot be verified`,
+      goodBytes,
+      chunk.file.path,
+      wholePages * WAL_PAGE_BYTES,
+      'WALCAST_ERR_SEGMENT_TRUNCATED',
+    );
   }
 
   private fail(state: SegmentState, segno: bigint, page: number, chunk: WalChunk, context: VerifyContext, actual: number | undefined, expected: number | undefined): never {
