@@ -10,15 +10,18 @@
  * a stream that reaches the hole ends there with an ErrorResponse naming the segment and offset (wal-reader.ts).
  * A `walcast.control.tmp` left by a crash mid-rename is removed.
  */
-import { readdir } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { WalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { formatLsn } from '../lsn.js';
 import { isWalcastError } from '../errors.js';
 import { readSlotFile, slotFileStore } from '../slots/slot-file.js';
 import { SlotTable } from '../slots/slot-table.js';
 import { CONTROL_FILE_NAME, readControlFile, removeStaleControlTemp, type ControlState } from '../storage/control-file.js';
+import { historyFileName } from '../storage/segment-name.js';
 import { checkTimelineFiles } from '../storage/timeline-check.js';
+import { HISTORY_FILE_BYTES_MAX, parseTimelineHistory, singleTimelineHistory, type TimelineHistory } from '../storage/timeline-history.js';
 import { Timeline } from './timeline.js';
 import { TimelineRegistry } from './timeline-registry.js';
 
@@ -90,10 +93,28 @@ async function timelineFromControl(dir: string, control: ControlState, log?: Log
       segmentBytes: control.segmentBytes,
       pgTimelineId: control.pgTimelineId,
       timelineStartLsn: control.timelineStartLsn,
+      history: await readHistory(dir, control.pgTimelineId),
     },
     { flushLsn: control.flushLsn, commitLsn: control.commitLsn },
     slots,
   );
+}
+
+/**
+ * The history of the control file's current TLI, from its `%08X.history` (which lists every ancestor). TLI 1 has
+ * none; a higher TLI without one (a timeline imported without its history) is served as a single timeline.
+ */
+export async function readHistory(dir: string, pgTimelineId: number): Promise<TimelineHistory> {
+  if (pgTimelineId === 1) return singleTimelineHistory(1);
+  let content: Buffer;
+  try {
+    content = await readFile(join(dir, historyFileName(pgTimelineId)));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return singleTimelineHistory(pgTimelineId);
+    throw error;
+  }
+  if (content.length > HISTORY_FILE_BYTES_MAX) throw new WalcastError('WALCAST_ERR_WAL_INVALID', `history file ${historyFileName(pgTimelineId)} in ${dir} is too large`);
+  return parseTimelineHistory(content.toString('utf8'), pgTimelineId);
 }
 
 /** Subdirectories named by 32 hex digits; a missing data directory holds no timelines. */
