@@ -18,9 +18,26 @@ export const CONNINFO_MAX_BYTES = 4096;
 /** Above this a connect attempt is not worth waiting for; libpq's connect_timeout is in seconds too. */
 const CONNECT_TIMEOUT_MAX_S = 3600;
 
-export interface UpstreamConnInfo {
+/** One host of a multi-host string, tried in order (libpq "Specifying Multiple Hosts"). */
+export interface UpstreamHost {
   readonly host: string;
   readonly port: number;
+}
+
+/** libpq target_session_attrs as it applies to a replication connection (fe-connect.c). */
+export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby' | 'prefer-standby';
+const TARGET_SESSION_ATTRS: readonly TargetSessionAttrs[] = ['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby'];
+/** A list of hosts is typed by a person; more than this is a mistake (and bounds one connect round). */
+export const UPSTREAM_HOSTS_MAX = 16;
+
+export interface UpstreamConnInfo {
+  /** The first host (for logs and single-host callers); `hosts` holds them all. */
+  readonly host: string;
+  readonly port: number;
+  /** Every host:port, in the order they are tried; at least one. */
+  readonly hosts: readonly UpstreamHost[];
+  /** Which server a connect round accepts; `any` by default, as libpq. */
+  readonly targetSessionAttrs: TargetSessionAttrs;
   readonly user: string;
   readonly applicationName: string;
   /** Seconds; undefined means the caller's default. */
@@ -32,8 +49,8 @@ export interface UpstreamConnInfo {
 }
 
 /** Keywords accepted and ignored: they are meaningful to libpq but change nothing for a replication client. */
-const IGNORED_KEYWORDS = new Set(['dbname', 'replication', 'keepalives', 'keepalives_idle', 'keepalives_interval', 'keepalives_count', 'target_session_attrs', 'gssencmode', 'channel_binding', 'client_encoding', 'fallback_application_name']);
-const KNOWN_KEYWORDS = new Set(['host', 'hostaddr', 'port', 'user', 'application_name', 'connect_timeout', 'sslmode', 'password', 'passfile', 'options', ...IGNORED_KEYWORDS]);
+const IGNORED_KEYWORDS = new Set(['dbname', 'replication', 'keepalives', 'keepalives_idle', 'keepalives_interval', 'keepalives_count', 'gssencmode', 'channel_binding', 'client_encoding', 'fallback_application_name']);
+const KNOWN_KEYWORDS = new Set(['host', 'hostaddr', 'port', 'target_session_attrs', 'user', 'application_name', 'connect_timeout', 'sslmode', 'password', 'passfile', 'options', ...IGNORED_KEYWORDS]);
 
 function configError(message: string): WalcastError {
   return new WalcastError('WALCAST_ERR_CONFIG', `invalid upstream connection string: ${message}`);
@@ -96,25 +113,54 @@ export function parseConnInfo(text: string, defaultUser: string): UpstreamConnIn
   }
   if (pairs.has('password')) return configError('password= is not allowed here: use --upstream-password-file or WALCAST_UPSTREAM_PASSWORD');
   if (pairs.has('passfile')) return configError('passfile= is not supported: use --upstream-password-file or WALCAST_UPSTREAM_PASSWORD');
-  const host = pairs.get('hostaddr') ?? pairs.get('host');
-  if (host === undefined || host.length === 0) return configError('host= is required');
-  if (host.includes(',')) return configError('multiple hosts are not supported');
-  if (host.startsWith('/')) return configError('unix-domain sockets are not supported: give a TCP host');
-  const port = parsePort(pairs.get('port'));
-  if (port instanceof WalcastError) return port;
+  const hosts = parseHosts(pairs);
+  if (hosts instanceof WalcastError) return hosts;
+  const targetSessionAttrs = pairs.get('target_session_attrs') ?? 'any';
+  if (!isTargetSessionAttrs(targetSessionAttrs)) return configError(`target_session_attrs=${targetSessionAttrs} is invalid: use one of ${TARGET_SESSION_ATTRS.join(', ')}`);
+  const [first] = hosts;
+  assert.ok(first !== undefined, 'at least one host');
   const connectTimeoutS = parseConnectTimeout(pairs.get('connect_timeout'));
   if (connectTimeoutS instanceof WalcastError) return connectTimeoutS;
   const sslMode = pairs.get('sslmode') ?? 'prefer';
   if (sslMode !== 'disable' && sslMode !== 'allow' && sslMode !== 'prefer') return configError(`sslmode=${sslMode} is not supported (walcast's upstream client has no TLS): use disable or prefer`);
   return {
-    host,
-    port,
+    host: first.host,
+    port: first.port,
+    hosts,
+    targetSessionAttrs,
     user: pairs.get('user') ?? defaultUser,
     applicationName: pairs.get('application_name') ?? DEFAULT_APPLICATION_NAME,
     connectTimeoutS,
     sslMode,
     options: pairs.get('options'),
   };
+}
+
+function isTargetSessionAttrs(text: string): text is TargetSessionAttrs {
+  return (TARGET_SESSION_ATTRS as readonly string[]).includes(text);
+}
+
+/**
+ * host (or hostaddr) and port as comma-separated lists, as libpq: one port applies to every host, otherwise there
+ * must be one port per host; an empty port is the default port.
+ */
+function parseHosts(pairs: Map<string, string>): UpstreamHost[] | WalcastError {
+  const hostText = pairs.get('hostaddr') ?? pairs.get('host');
+  if (hostText === undefined || hostText.length === 0) return configError('host= is required');
+  const names = hostText.split(',');
+  if (names.length > UPSTREAM_HOSTS_MAX) return configError(`more than ${UPSTREAM_HOSTS_MAX} hosts`);
+  const portTexts = (pairs.get('port') ?? '').split(',');
+  if (portTexts.length !== 1 && portTexts.length !== names.length) return configError(`could not match ${portTexts.length} port numbers to ${names.length} hosts`);
+  const hosts: UpstreamHost[] = [];
+  for (const [index, host] of names.entries()) {
+    if (host.length === 0) return configError('an empty host in the host list');
+    if (host.startsWith('/')) return configError('unix-domain sockets are not supported: give a TCP host');
+    const portText = portTexts.length === 1 ? portTexts[0] : portTexts[index];
+    const port = parsePort(portText === '' ? undefined : portText);
+    if (port instanceof WalcastError) return port;
+    hosts.push({ host, port });
+  }
+  return hosts;
 }
 
 function parsePort(text: string | undefined): number | WalcastError {
@@ -135,7 +181,10 @@ function parseConnectTimeout(text: string | undefined): number | undefined | Wal
 /** The string back in canonical form, for logs and the control file (never holds a password). */
 export function formatConnInfo(info: UpstreamConnInfo): string {
   const quote = (value: string): string => (/^[^\s'\\]+$/.test(value) ? value : `'${value.replaceAll('\\', '\\\\').replaceAll("'", "\\'")}'`);
-  const parts = [`host=${quote(info.host)}`, `port=${info.port}`, `user=${quote(info.user)}`, `application_name=${quote(info.applicationName)}`];
+  const hostList = info.hosts.map((entry) => entry.host).join(',');
+  const portList = info.hosts.map((entry) => String(entry.port)).join(',');
+  const parts = [`host=${quote(hostList)}`, `port=${portList}`, `user=${quote(info.user)}`, `application_name=${quote(info.applicationName)}`];
+  if (info.targetSessionAttrs !== 'any') parts.push(`target_session_attrs=${info.targetSessionAttrs}`);
   if (info.connectTimeoutS !== undefined) parts.push(`connect_timeout=${info.connectTimeoutS}`);
   if (info.sslMode !== 'prefer') parts.push(`sslmode=${info.sslMode}`);
   if (info.options !== undefined) parts.push(`options=${quote(info.options)}`);
