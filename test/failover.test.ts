@@ -87,9 +87,9 @@ describe('failover: walcast follows a promotion and its replicas follow walcast'
     assert.equal(await promoted.sql('SELECT pg_promote()'), 't');
     await promoted.sql('INSERT INTO failover_rows SELECT g, 2 FROM generate_series(101, 200) g');
 
-    await waitFor(async () => (timeline.pgTimelineId === 2 ? true : undefined), CATCH_UP_TIMEOUT_MS);
+    const walcastSwitchedAt = await waitFor(async () => (timeline.pgTimelineId === 2 ? Date.now() : undefined), CATCH_UP_TIMEOUT_MS, { pollMs: 10 });
     const firstByteMs = (await probe) - promotedAt;
-    t.diagnostic(`promotion to the first timeline-2 byte flushed by the standby behind walcast: ${firstByteMs} ms (probe every ${PROBE_INTERVAL_MS} ms)`);
+    t.diagnostic(`promotion (pg_promote called) to walcast on timeline 2: ${walcastSwitchedAt - promotedAt} ms; to the standby behind walcast receiving timeline 2: ${firstByteMs} ms (probe every ${PROBE_INTERVAL_MS} ms)`);
     const historyText = await readFile(join(promoted.dataDir, 'pg_wal', '00000002.history'), 'utf8');
     const sEnd = switchPointOf(1, parseTimelineHistory(historyText, 2));
     assert.ok(sEnd !== undefined);
