@@ -2,7 +2,7 @@
  * Failover end to end against real PostgreSQL 15: primary P, its physical standby S, walcast W following
  * `host=P,S`, a hot standby R and pg_receivewal streaming from W while pgbench writes. P stops and S is promoted:
  * W finds S by itself and follows it onto timeline 2; R and pg_receivewal follow W onto timeline 2 as they would
- * follow PostgreSQL; every stored and received byte equals S's pg_wal. Then the historic-timeline protocol of W is
+ * follow PostgreSQL, and so does a chain W → W2 → R2; every stored and received byte equals S's pg_wal. Then the historic-timeline protocol of W is
  * checked directly: a replica far behind on timeline 1 is streamed up to the switch point and handed the next
  * timeline, a start exactly at the switch point skips COPY mode, a start past it is refused.
  */
@@ -34,6 +34,9 @@ interface Fixture {
   promoted: PgStandby;
   walcast: RunningWalcast;
   replica: PgStandby;
+  /** A second walcast following the first (the chain P → W → W2 → R2). */
+  relay: RunningWalcast;
+  relayReplica: PgStandby;
 }
 
 let fixture: Fixture;
@@ -52,10 +55,17 @@ before(async () => {
   await createFollowingTimeline({ dataDir, upstream, password: undefined, log: silentLogger() });
   const walcast = await startWalcast({ dataDir });
   cleanups.push(() => walcast.stop());
+  const relayDir = await makeTempDir('walcast-failover-relay');
+  await createFollowingTimeline({ dataDir: relayDir, upstream: `host=127.0.0.1 port=${walcast.port} user=repl application_name=relay`, password: undefined, log: silentLogger() });
+  const relay = await startWalcast({ dataDir: relayDir });
+  cleanups.push(() => relay.stop());
   const replicaBase = await makeStandby(primary, { applicationName: 'failover_r', start: false });
   const replica = await replicaBase.startWithUpstream(walcast.port);
   cleanups.push(() => replica.stop({ mode: 'immediate' }));
-  fixture = { primary, promoted, walcast, replica };
+  const relayReplicaBase = await makeStandby(primary, { applicationName: 'failover_r2', start: false });
+  const relayReplica = await relayReplicaBase.startWithUpstream(relay.port);
+  cleanups.push(() => relayReplica.stop({ mode: 'immediate' }));
+  fixture = { primary, promoted, walcast, replica, relay, relayReplica };
 }, { timeout: TEST_TIMEOUT_MS });
 
 after(async () => {
@@ -100,6 +110,12 @@ describe('failover: walcast follows a promotion and its replicas follow walcast'
 
     await waitFor(async () => ((await replica.sql('SELECT count(*) FROM failover_rows WHERE tli = 2')) === '100' ? true : undefined), CATCH_UP_TIMEOUT_MS);
     assert.equal(await replica.sql('SELECT received_tli FROM pg_stat_wal_receiver'), '2');
+    // The chain: W ended timeline 1 under W2's live stream at the switch point; W2 followed, and so did R2.
+    const relayTimeline = soleTimeline(fixture.relay);
+    await waitFor(async () => ((await fixture.relayReplica.sql('SELECT count(*) FROM failover_rows WHERE tli = 2')) === '100' ? true : undefined), CATCH_UP_TIMEOUT_MS);
+    assert.equal(relayTimeline.pgTimelineId, 2);
+    assert.deepEqual(relayTimeline.pgTimelineEnd(1), { switchLsn, nextPgTimelineId: 2 });
+    assert.equal(await readFile(join(relayTimeline.dir, '00000002.history'), 'utf8'), historyText);
 
     // Move S past pg_receivewal's end position; each pg_switch_wal closes a segment.
     for (let round = 0; parseLsnOrThrow(await promoted.sql('SELECT pg_current_wal_flush_lsn()')) <= receiveEnd; round++) {
@@ -119,6 +135,9 @@ describe('failover: walcast follows a promotion and its replicas follow walcast'
     const storedTli1 = await assertTimeline1Matches(timeline.dir, join(promoted.dataDir, 'pg_wal'), timeline.timelineStartLsn, switchLsn);
     const storedTli2 = await assertTimeline2Matches(timeline.dir, join(promoted.dataDir, 'pg_wal'), switchLsn, promotedFlush);
     t.diagnostic(`walcast: ${storedTli1} bytes of timeline 1 and ${storedTli2} of timeline 2 equal S's pg_wal`);
+    await relayTimeline.commitLsn.waitBeyond(promotedFlush - 1n, CATCH_UP_TIMEOUT_MS);
+    await assertTimeline1Matches(relayTimeline.dir, join(promoted.dataDir, 'pg_wal'), relayTimeline.timelineStartLsn, switchLsn);
+    await assertTimeline2Matches(relayTimeline.dir, join(promoted.dataDir, 'pg_wal'), switchLsn, promotedFlush);
   });
 
   test('a replica far behind on timeline 1 is streamed up to the switch point, then told the next timeline', async () => {
@@ -159,6 +178,46 @@ describe('failover: walcast follows a promotion and its replicas follow walcast'
       await assert.rejects(client.startReplication(`START_REPLICATION ${formatLsn(switchLsn)} TIMELINE 3`), /requested timeline 3 is not in this server's history/);
       const history = await client.query('TIMELINE_HISTORY 2');
       assert.equal(history.rows[0]?.[1], await readFile(join(fixture.promoted.dataDir, 'pg_wal', '00000002.history'), 'utf8'));
+    } finally {
+      await client.end();
+    }
+  });
+});
+
+describe('divergence: walcast ahead of the promoted standby refuses to follow it', { timeout: TEST_TIMEOUT_MS }, () => {
+  test('W holds timeline-1 WAL the promoted S never had: ingest stops with WALCAST_ERR_UPSTREAM_DIVERGED, nothing is served as timeline 2', async () => {
+    const primary = await startPrimary();
+    cleanups.push(() => primary.stop({ mode: 'immediate' }));
+    const standbyBase = await makeStandby(primary, { applicationName: 'diverge_s', start: true });
+    const standby = standbyBase.standby;
+    assert.ok(standby !== undefined);
+    const dataDir = await makeTempDir('walcast-diverge');
+    await createFollowingTimeline({ dataDir, upstream: `host=127.0.0.1,127.0.0.1 port=${primary.port},${standby.port} user=repl`, password: undefined, log: silentLogger() });
+    const walcast = await startWalcast({ dataDir });
+    cleanups.push(() => walcast.stop());
+    const timeline = soleTimeline(walcast);
+    const follower = walcast.server.ingest?.followers[0];
+    assert.ok(follower !== undefined);
+    // S stops receiving; P goes on writing to W only; then P is gone and S, restarted, is promoted behind W.
+    await standby.stop();
+    await primary.sql('CREATE TABLE diverged_rows AS SELECT g AS id FROM generate_series(1, 1000) g');
+    const primaryEnd = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()'));
+    await timeline.commitLsn.waitBeyond(primaryEnd - 1n, CATCH_UP_TIMEOUT_MS);
+    await primary.stop({ mode: 'fast' });
+    const restarted = await standbyBase.startWithUpstream(primary.port);
+    cleanups.push(() => restarted.stop({ mode: 'immediate' }));
+    assert.equal(await restarted.sql('SELECT pg_promote()'), 't');
+    await waitFor(async () => (follower.state === 'failed' ? true : undefined), CATCH_UP_TIMEOUT_MS, { what: 'ingest to stop' });
+    assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_DIVERGED');
+    assert.match(follower.status().failure ?? '', /past the upstream's switch point/);
+    assert.equal(timeline.pgTimelineId, 1, 'the diverged history is never adopted');
+    assert.equal(timeline.hasWriter(), false);
+    assert.deepEqual((await readdir(timeline.dir)).filter((name) => name.endsWith('.history')), [], 'no history file of the new timeline is kept');
+    const client = await connectReplication({ host: '127.0.0.1', port: walcast.port, user: 'repl', timeoutMs: 10_000 });
+    try {
+      assert.equal((await client.query('IDENTIFY_SYSTEM')).rows[0]?.[1], '1');
+      await assert.rejects(client.startReplication(`START_REPLICATION ${formatLsn(alignDown(primaryEnd, SEGMENT_BYTES))} TIMELINE 2`), /requested timeline 2 is not in this server's history/);
+      await assert.rejects(client.query('TIMELINE_HISTORY 2'), /could not open file "00000002.history"/);
     } finally {
       await client.end();
     }
