@@ -198,15 +198,17 @@ describe('divergence: walcast ahead of the promoted standby refuses to follow it
     const timeline = soleTimeline(walcast);
     const follower = walcast.server.ingest?.followers[0];
     assert.ok(follower !== undefined);
-    // S stops receiving; P goes on writing to W only; then P is gone and S, restarted, is promoted behind W.
-    await standby.stop();
+    // S stops receiving (an empty primary_conninfo ends its walreceiver; it keeps its port); P goes on writing to W
+    // only; then P is gone and S is promoted behind W.
+    await standby.sql("ALTER SYSTEM SET primary_conninfo = ''");
+    await standby.sql('SELECT pg_reload_conf()');
+    await waitFor(async () => ((await standby.sql('SELECT count(*) FROM pg_stat_wal_receiver')) === '0' ? true : undefined), CATCH_UP_TIMEOUT_MS, { what: "S's walreceiver to stop" });
     await primary.sql('CREATE TABLE diverged_rows AS SELECT g AS id FROM generate_series(1, 1000) g');
     const primaryEnd = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()'));
     await timeline.commitLsn.waitBeyond(primaryEnd - 1n, CATCH_UP_TIMEOUT_MS);
     await primary.stop({ mode: 'fast' });
-    const restarted = await standbyBase.startWithUpstream(primary.port);
-    cleanups.push(() => restarted.stop({ mode: 'immediate' }));
-    assert.equal(await restarted.sql('SELECT pg_promote()'), 't');
+    cleanups.push(() => standby.stop({ mode: 'immediate' }));
+    assert.equal(await standby.sql('SELECT pg_promote()'), 't');
     await waitFor(async () => (follower.state === 'failed' ? true : undefined), CATCH_UP_TIMEOUT_MS, { what: 'ingest to stop' });
     assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_DIVERGED');
     assert.match(follower.status().failure ?? '', /past the upstream's switch point/);
