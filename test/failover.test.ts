@@ -182,6 +182,23 @@ describe('failover: walcast follows a promotion and its replicas follow walcast'
       await client.end();
     }
   });
+
+  test('W restarted after the failover reopens on timeline 2 with its history and no storage problem', async () => {
+    const dataDir = soleTimeline(fixture.walcast).dir.split('/').slice(0, -2).join('/');
+    await fixture.walcast.stop();
+    const restarted = await startWalcast({ dataDir });
+    cleanups.push(() => restarted.stop());
+    fixture.walcast = restarted;
+    const timeline = soleTimeline(restarted);
+    assert.equal(timeline.pgTimelineId, 2);
+    assert.deepEqual(timeline.pgTimelineEnd(1), { switchLsn, nextPgTimelineId: 2 });
+    assert.deepEqual(timeline.storageProblems, [], 'segments are expected under the TLI that holds them');
+    const follower = restarted.server.ingest?.followers[0];
+    assert.ok(follower !== undefined);
+    await fixture.promoted.sql('INSERT INTO failover_rows VALUES (5000, 2)');
+    const promotedFlush = parseLsnOrThrow(await fixture.promoted.sql('SELECT pg_current_wal_flush_lsn()'));
+    assert.notEqual(await timeline.commitLsn.waitBeyond(promotedFlush - 1n, CATCH_UP_TIMEOUT_MS), undefined, 'ingest resumes on timeline 2');
+  });
 });
 
 describe('divergence: walcast ahead of the promoted standby refuses to follow it', { timeout: TEST_TIMEOUT_MS }, () => {

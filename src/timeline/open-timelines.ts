@@ -71,7 +71,7 @@ async function openOrReport(registry: TimelineRegistry, where: { tenantId: strin
     return undefined;
   }
   const timeline = await timelineFromControl(where.dir, control, log);
-  timeline.storageProblems = await checkTimelineFiles(where.dir, control);
+  timeline.storageProblems = await checkTimelineFiles(where.dir, { ...control, history: timeline.history });
   for (const problem of timeline.storageProblems) {
     const fields = { kind: problem.kind, file: problem.file, ...(problem.lsn === undefined ? {} : { lsn: formatLsn(problem.lsn) }) };
     if (problem.severity === 'error') timelineLog.error(fields, `timeline storage damaged: ${problem.message}`);
