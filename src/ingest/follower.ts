@@ -330,17 +330,29 @@ export class UpstreamFollower {
     await previous.close();
     this.timeline.publish({ flushLsn: previous.durableLsn, commitLsn: previous.durableLsn });
     while (this.persisting !== undefined) await this.persisting;
-    this.writer = await storeTimelineSwitch({
-      dir: this.timeline.dir,
-      segmentBytes: this.timeline.segmentBytes,
-      pgTimelineId: this.timeline.pgTimelineId,
-      writtenLsn: previous.writtenLsn,
-      switchLsn,
-      nextPgTimelineId,
-      historyContent,
-      commitSwitch: () => this.commitSwitchToControl(nextPgTimelineId, switchLsn),
-    });
-    this.timeline.setTailPages(this.writer);
+    // The control file goes through the timeline's one writer, whose patches keep the fields they do not change,
+    // so the periodic position write cannot undo the switch. Without a writer it also skips while the switch runs.
+    this.writer = undefined;
+    let next: WalWriter;
+    try {
+      next = await storeTimelineSwitch({
+        dir: this.timeline.dir,
+        segmentBytes: this.timeline.segmentBytes,
+        pgTimelineId: this.timeline.pgTimelineId,
+        writtenLsn: previous.writtenLsn,
+        switchLsn,
+        nextPgTimelineId,
+        historyContent,
+        commitSwitch: () => this.commitSwitchToControl(nextPgTimelineId, switchLsn),
+      });
+    } catch (error) {
+      // Nothing was committed: continue on the old timeline at the switch point; the next connect retries the switch.
+      this.writer = new WalWriter({ dir: this.timeline.dir, pgTimelineId: this.timeline.pgTimelineId, segmentBytes: this.timeline.segmentBytes, startLsn: previous.durableLsn });
+      this.timeline.setTailPages(this.writer);
+      throw error;
+    }
+    this.writer = next;
+    this.timeline.setTailPages(next);
     this.timeline.switchPgTimeline(parseTimelineHistory(historyContent, nextPgTimelineId));
     this.log.info({ switchLsn: formatLsn(switchLsn), pgTimelineId: nextPgTimelineId }, 'followed the upstream onto a new PostgreSQL timeline');
   }
