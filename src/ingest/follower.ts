@@ -4,7 +4,12 @@
  * next byte it needs, writes every XLogData into the segments, and publishes a position only once it is durable
  * (group-committed fdatasync, storage/wal-writer.ts). It reports what is written and durable upstream ('r', so a
  * primary may use walcast as a synchronous standby) and forwards the hot-standby xmin of its own replicas ('h', as
- * a cascading standby does). Errors reconnect with capped backoff; an upstream timeline switch stops ingest.
+ * a cascading standby does). Errors reconnect with capped backoff, through every host of a multi-host connection
+ * string (upstream-connect.ts).
+ *
+ * A promotion upstream is followed as a cascading standby follows it (timeline-switch.ts): the new timeline's history
+ * is fetched and kept, the rest of the old timeline streamed up to the switch point, then ingest continues on the new
+ * timeline from there; if walcast holds WAL past the switch point (a diverged history), ingest stops for good.
  *
  * A full, failing or read-only disk (ENOSPC, EDQUOT, EIO, EROFS from a WAL write, an fdatasync or the control file)
  * pauses ingest instead of stopping it: the stream is dropped, the writer abandoned, everything after the last
