@@ -104,7 +104,7 @@ export class WalReader {
 
   /** A segment file that ends before the WAL it must hold (XX001: stored data is damaged). */
   private truncatedError(segment: OpenSegment, lsn: Lsn): WalcastError {
-    const name = segmentFileName(this.layout.pgTimelineId, segment.segno, this.layout.segmentBytes);
+    const name = segment.name;
     const offset = offsetInSegment(lsn, this.layout.segmentBytes);
     return new WalcastError(
       'WALCAST_ERR_SEGMENT_TRUNCATED',
@@ -114,7 +114,7 @@ export class WalReader {
 
   /** A segment inside the timeline that is not there (58P01, as PostgreSQL's "has already been removed"). */
   private missingError(lsn: Lsn): WalcastError {
-    const name = segmentFileName(this.layout.pgTimelineId, segmentOf(lsn, this.layout.segmentBytes), this.layout.segmentBytes);
+    const name = this.segmentName(segmentOf(lsn, this.layout.segmentBytes));
     const offset = offsetInSegment(lsn, this.layout.segmentBytes);
     return new WalcastError('WALCAST_ERR_WAL_REMOVED', `WAL segment ${name} is missing from storage: cannot send WAL at ${formatLsn(lsn)} (offset ${offset})`);
   }
