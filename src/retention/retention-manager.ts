@@ -4,6 +4,7 @@
  * archive the operator made on purpose and does not grow, so its task only measures its disk usage.
  */
 import type { Logger } from '../log.js';
+import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { RetentionTask, type RetentionSettings, type RetentionStatus } from './retention-task.js';
 
@@ -11,17 +12,22 @@ export interface RetentionHandle {
   /** The task of a timeline, when retention runs for it. */
   task(tenantId: string, timelineId: string): RetentionTask | undefined;
   status(tenantId: string, timelineId: string): RetentionStatus | undefined;
+  /** Starts retention for a timeline opened while the server runs. */
+  add(timeline: Timeline): Promise<void>;
   stop(): Promise<void>;
 }
 
 export async function startRetention(options: { timelines: TimelineRegistry; settings: RetentionSettings; log: Logger }): Promise<RetentionHandle> {
   const tasks = new Map<string, RetentionTask>();
-  for (const timeline of options.timelines.list()) {
+  let stopped = false;
+  const add = async (timeline: Timeline): Promise<void> => {
+    if (stopped || tasks.has(key(timeline.tenantId, timeline.timelineId))) return;
     const control = await timeline.controlFile.read();
     const task = new RetentionTask({ timeline, settings: options.settings, log: options.log, removes: control.upstream !== undefined });
     tasks.set(key(timeline.tenantId, timeline.timelineId), task);
     task.start();
-  }
+  };
+  for (const timeline of options.timelines.list()) await add(timeline);
   const removing = [...tasks.values()].filter((task) => task.status().removes).length;
   if (removing > 0) {
     options.log.info({ timelines: removing, walKeepBytes: options.settings.walKeepBytes, maxSlotWalKeepBytes: options.settings.maxSlotWalKeepBytes ?? -1 }, 'WAL retention started');
@@ -29,7 +35,9 @@ export async function startRetention(options: { timelines: TimelineRegistry; set
   return {
     task: (tenantId, timelineId) => tasks.get(key(tenantId, timelineId)),
     status: (tenantId, timelineId) => tasks.get(key(tenantId, timelineId))?.status(),
+    add,
     stop: async () => {
+      stopped = true;
       await Promise.all([...tasks.values()].map((task) => task.stop()));
     },
   };

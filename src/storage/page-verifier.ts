@@ -31,7 +31,7 @@ import type { WalChunk, WalFileHandle } from './wal-chunk.js';
 import type { Logger } from '../log.js';
 import { WAL_PAGE_BYTES, formatLsn, type Lsn } from '../lsn.js';
 import { readSidecar, sidecarPathFor } from './page-checksums.js';
-import { segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
+import { PARTIAL_SUFFIX, isSegmentFileName, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
 
 /**
  * Segments whose verified-page bitmaps are kept per timeline. 64 × 16 MiB covers the 1 GiB a busy fan-out reads
@@ -246,7 +246,9 @@ export class PageVerifier {
       this.segments.set(segno, existing);
       return existing;
     }
-    const name = segmentFileName(this.layout.pgTimelineId, segno, this.layout.segmentBytes);
+    // The sidecar of the file actually read: after a PostgreSQL timeline switch the same segment number is read from
+    // the new timeline's file (storage/wal-reader.ts), whose checksums are its own.
+    const name = segmentNameOfPath(file.path) ?? segmentFileName(this.layout.pgTimelineId, segno, this.layout.segmentBytes);
     const state: SegmentState = {
       identity,
       path: file.path,
@@ -273,4 +275,11 @@ function setVerified(state: SegmentState, page: number): void {
 
 function hex(value: number | undefined): string {
   return value === undefined ? 'none' : value.toString(16).padStart(8, '0');
+}
+
+/** NAME of a segment file path (NAME or NAME.partial), or undefined for a path that is not a segment file. */
+function segmentNameOfPath(path: string): string | undefined {
+  const base = basename(path);
+  const name = base.endsWith(PARTIAL_SUFFIX) ? base.slice(0, -PARTIAL_SUFFIX.length) : base;
+  return isSegmentFileName(name) ? name : undefined;
 }
