@@ -11,7 +11,7 @@ import type { Logger } from '../log.js';
 import type { SlotLease } from '../slots/slot-table.js';
 import { WalReader, startAheadError } from '../storage/wal-reader.js';
 import type { Timeline } from '../timeline/timeline.js';
-import type { PgConnection } from '../wire/connection.js';
+import { CLOSE_GRACE_MS, type PgConnection } from '../wire/connection.js';
 import type { FrontendMessage } from '../wire/messages.js';
 import { quoteClientText } from '../wire/client-text.js';
 import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
@@ -162,11 +162,18 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   });
   const onMessage = (message: FrontendMessage): void => reader.handle(toStreamInput(message));
   conn.setMessageHandler(onMessage);
-  void reader.ended.then(() => {
+  let finished = false;
+  let stalledEnd: NodeJS.Timeout | undefined;
+  void reader.ended.then((end) => {
     // Messages after the stream (a new command after CopyDone) go back to the session's queue. Only this stream's
     // handler is released: a late cleanup must not unset the handler of a next stream on the same connection.
     conn.releaseMessageHandler(onMessage);
     stopController.abort();
+    // A replica that stopped reading (the usual cause of a replica timeout) leaves this stream's sends waiting for
+    // room that never comes, so neither the sender's stop nor the FATAL below would ever go through and the session
+    // would hold its slot forever. As PostgreSQL's walsender (WalSndCheckTimeOut, then exit), the connection goes:
+    // after CLOSE_GRACE_MS for the FATAL to get out, the socket is destroyed, which fails the waiting sends.
+    if (end.kind === 'error' && !finished) stalledEnd = setTimeout(() => finished || conn.socket.destroy(), CLOSE_GRACE_MS);
   });
   void conn.closed.then(() => reader.handle({ kind: 'disconnected' }));
   let sent: SendWalEnd | undefined;
@@ -205,6 +212,8 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   const bytesSent = writer?.bytesSent ?? 0;
   const endLsn = sent?.sentLsn ?? sentLsn;
   const how = await finishStream(context, writer, sent, failure, reader, request.pgTimelineId);
+  finished = true;
+  clearTimeout(stalledEnd);
   reader.stop();
   log.debug({ how, endLsn: formatLsn(endLsn) }, 'stream finished');
   const storageError = isStorageFailure(failure) ? { code: failure.code, sqlState: failure.sqlState, message: failure.message } : undefined;
