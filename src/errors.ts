@@ -80,7 +80,8 @@ export const ERROR_CATALOGUE = {
   WALCAST_ERR_NATIVE_IO: { sqlState: SqlState.internalError, summary: 'a native I/O call failed' },
   // Ingest.
   WALCAST_ERR_UPSTREAM: { sqlState: SqlState.internalError, summary: 'the upstream server failed or refused' },
-  WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH: { sqlState: SqlState.objectNotInPrerequisiteState, summary: 'the upstream switched PostgreSQL timeline' },
+  WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH: { sqlState: SqlState.objectNotInPrerequisiteState, summary: 'the upstream is on an older PostgreSQL timeline than walcast' },
+  WALCAST_ERR_UPSTREAM_DIVERGED: { sqlState: SqlState.objectNotInPrerequisiteState, summary: "the upstream's timeline history does not contain walcast's position" },
   WALCAST_ERR_WAL_WRITE: { sqlState: SqlState.internalError, summary: 'writing or syncing received WAL failed' },
   // Replication slots.
   WALCAST_ERR_SLOT_NAME_INVALID: { sqlState: SqlState.invalidName, summary: 'a replication slot name is empty or has a character outside [a-z0-9_]' },

@@ -20,7 +20,7 @@ import { S3ObjectStore } from './remote/s3-object-store.js';
 import { startRetention, type RetentionHandle } from './retention/retention-manager.js';
 import { RETENTION_SETTINGS_DEFAULT, type RetentionSettings } from './retention/retention-task.js';
 import type { StreamOutcome } from './replication/start-replication.js';
-import { openTimelines } from './timeline/open-timelines.js';
+import { openNewTimelines, openTimelines } from './timeline/open-timelines.js';
 import type { TimelineRegistry } from './timeline/timeline-registry.js';
 import { formatLsn } from './lsn.js';
 import { PgConnection } from './wire/connection.js';
@@ -29,6 +29,11 @@ import type { ServerTls } from './tls/server-tls.js';
 
 /** Segments fetched back from object storage are cached under DATA/<this>/<tenant>/<timeline>/ (not a timeline id). */
 export const REMOTE_CACHE_DIR_NAME = '.remote-cache';
+/**
+ * How often serve looks for timelines created while it runs (`walcast timeline create`): the issue asks for a new
+ * timeline to be streamable within a second, and one readdir per tenant every half second costs nothing.
+ */
+export const TIMELINE_SCAN_INTERVAL_MS = 500;
 
 /** How long shutdown waits for sessions to end after asking them to, before destroying their sockets. */
 export const SHUTDOWN_GRACE_MS = 5_000;
@@ -101,6 +106,10 @@ export class WalcastServer {
   retention: RetentionHandle | undefined;
   /** Offload to object storage: one uploader per timeline, when --remote-storage is given. */
   offload: OffloadHandle | undefined;
+  private scanTimer: NodeJS.Timeout | undefined;
+  private scanning: Promise<void> | undefined;
+  /** The last scan failure, logged once until it changes (a broken directory would otherwise log twice a second). */
+  private lastScanError: string | undefined;
 
   private constructor(options: ServerOptions, admission: ResolvedAdmission, timelines: TimelineRegistry) {
     this.options = options;
@@ -141,7 +150,29 @@ export class WalcastServer {
       log: options.log,
       backupLsn: offload === undefined ? undefined : (timeline) => offload.uploader(timeline.tenantId, timeline.timelineId)?.backupLsn ?? timeline.timelineStartLsn,
     });
+    server.scanTimer = setInterval(() => server.scanForNewTimelines(), TIMELINE_SCAN_INTERVAL_MS);
     return server;
+  }
+
+  /** Opens timelines created since start (see openNewTimelines for why a half-made one is never picked up). */
+  private scanForNewTimelines(): void {
+    if (this.scanning !== undefined || this.stopping) return;
+    this.scanning = openNewTimelines(this.options.dataDir, this.timelines, this.options.log)
+      .then(async (opened) => {
+        for (const timeline of opened) {
+          await this.ingest?.follow(timeline);
+          await this.retention?.add(timeline);
+        }
+        this.lastScanError = undefined;
+      })
+      .catch((error: unknown) => {
+        const message = error instanceof Error ? error.message : String(error);
+        if (message !== this.lastScanError) this.options.log.error({ err: error }, 'opening a new timeline failed');
+        this.lastScanError = message;
+      })
+      .finally(() => {
+        this.scanning = undefined;
+      });
   }
 
   address(): ListenAddress {
@@ -235,6 +266,8 @@ export class WalcastServer {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    clearInterval(this.scanTimer);
+    await this.scanning;
     // Retention stops before ingest, so no pass runs against a timeline whose writer is closing.
     await this.retention?.stop();
     await this.offload?.stop();

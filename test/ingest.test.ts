@@ -192,7 +192,7 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     }
   });
 
-  test('following a standby that is promoted stops ingest with WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH', async () => {
+  test('following a standby that is promoted: the upstream ends timeline 1 mid-stream and ingest continues on timeline 2', async () => {
     const { primary } = fixture;
     const cascadeBase = await makeStandby(primary, { applicationName: 'cascade', start: true });
     const cascade = cascadeBase.standby;
@@ -206,12 +206,20 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     assert.ok(follower !== undefined);
     await primary.sql('INSERT INTO ingest_rows (id) VALUES (5001)');
     const written = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()'));
-    await soleTimeline(walcastD).commitLsn.waitBeyond(written - 1n, CATCH_UP_TIMEOUT_MS);
+    const timelineD = soleTimeline(walcastD);
+    await timelineD.commitLsn.waitBeyond(written - 1n, CATCH_UP_TIMEOUT_MS);
+    const connectsBefore = follower.stats.connects;
     await cascade.sql('SELECT pg_promote()');
-    await waitFor(async () => (follower.state === 'failed' ? true : undefined), 60_000);
-    assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH');
-    assert.match(follower.failure?.message ?? '', /timeline 1 .* timeline 2/);
-    assert.equal(soleTimeline(walcastD).hasWriter(), false, 'no writer stays attached after the switch');
+    await waitFor(async () => (timelineD.pgTimelineId === 2 ? true : undefined), 60_000);
+    await cascade.sql('INSERT INTO ingest_rows (id) VALUES (5002)');
+    const promotedEnd = parseLsnOrThrow(await cascade.sql('SELECT pg_current_wal_flush_lsn()'));
+    await timelineD.commitLsn.waitBeyond(promotedEnd - 1n, CATCH_UP_TIMEOUT_MS);
+    assert.equal(follower.failure, undefined);
+    assert.equal(follower.state, 'streaming');
+    assert.equal(timelineD.hasWriter(), true, 'the writer stays attached on the new timeline');
+    assert.ok(follower.stats.connects - connectsBefore <= 1, 'the next timeline streams on the same connection (or one reconnect)');
+    assert.equal((await readControlFile(timelineD.dir)).pgTimelineId, 2);
+    assert.equal(await readFile(join(timelineD.dir, '00000002.history'), 'utf8'), await readFile(join(cascade.dataDir, 'pg_wal', '00000002.history'), 'utf8'));
 
     // A timeline created from the promoted server keeps its TLI and history: walcast answers as it would.
     const dataDirE = await makeTempDir('walcast-ingest-e');

@@ -20,6 +20,8 @@ test('parses host, port, user and application_name with defaults', () => {
   assert.deepEqual(parseOk('host=127.0.0.1 port=5433 user=repl'), {
     host: '127.0.0.1',
     port: 5433,
+    hosts: [{ host: '127.0.0.1', port: 5433 }],
+    targetSessionAttrs: 'any',
     user: 'repl',
     applicationName: 'walcast',
     connectTimeoutS: undefined,
@@ -61,7 +63,9 @@ test('refuses passwords, unknown keywords, bad ports, TLS modes and malformed te
   assert.match(parseError('host=h user'), /missing "="/);
   assert.match(parseError("host='unterminated"), /unterminated/);
   assert.match(parseError('port=5432'), /host= is required/);
-  assert.match(parseError('host=a,b'), /multiple hosts/);
+  assert.match(parseError('host=a,b,c port=1,2'), /could not match 2 port numbers to 3 hosts/);
+  assert.match(parseError('host=a,,b'), /empty host/);
+  assert.match(parseError('host=a target_session_attrs=primary-ish'), /target_session_attrs=primary-ish is invalid/);
   assert.match(parseError('host=/var/run/postgresql'), /unix-domain/);
   assert.match(parseError('host=h connect_timeout=-1'), /connect_timeout/);
   assert.match(parseError('host=h ' + 'x'.repeat(5000)), /longer than/);
@@ -76,8 +80,18 @@ test('TLS keywords keep libpq meanings: the verify-full name is host= even with 
   assert.equal(parseOk('host=h sslmode=require').sslMode, 'require');
 });
 
+test('multiple hosts as libpq: one port for all or one per host, an empty port is the default', () => {
+  const pair = parseOk('host=10.0.0.1,10.0.0.2 port=5432,5433 target_session_attrs=read-write');
+  assert.deepEqual(pair.hosts, [{ host: '10.0.0.1', port: 5432 }, { host: '10.0.0.2', port: 5433 }]);
+  assert.equal(pair.targetSessionAttrs, 'read-write');
+  assert.equal(pair.host, '10.0.0.1');
+  assert.deepEqual(parseOk('host=a,b port=6000').hosts, [{ host: 'a', port: 6000 }, { host: 'b', port: 6000 }]);
+  assert.deepEqual(parseOk('host=a,b port=,7000').hosts, [{ host: 'a', port: 5432 }, { host: 'b', port: 7000 }]);
+  assert.deepEqual(parseOk('host=a,b').hosts, [{ host: 'a', port: 5432 }, { host: 'b', port: 5432 }]);
+});
+
 test('formatConnInfo round-trips through the parser', () => {
-  for (const text of ['host=db.example hostaddr=10.0.0.1 sslmode=verify-full sslrootcert=/ca.crt sslcert=/c.crt sslkey=/c.key', 'host=127.0.0.1 port=5433 user=repl', "host='a b' user='it\\'s' application_name=r connect_timeout=3 sslmode=disable options='-c tenant_id=x'"]) {
+  for (const text of ['host=db.example hostaddr=10.0.0.1 sslmode=verify-full sslrootcert=/ca.crt sslcert=/c.crt sslkey=/c.key', 'host=127.0.0.1 port=5433 user=repl', "host='a b' user='it\\'s' application_name=r connect_timeout=3 sslmode=disable options='-c tenant_id=x'", 'host=a,b port=1,2 target_session_attrs=standby']) {
     const info = parseOk(text);
     assert.deepEqual(parseOk(formatConnInfo(info)), info);
   }

@@ -19,9 +19,26 @@ export const CONNINFO_MAX_BYTES = 4096;
 /** Above this a connect attempt is not worth waiting for; libpq's connect_timeout is in seconds too. */
 const CONNECT_TIMEOUT_MAX_S = 3600;
 
-export interface UpstreamConnInfo {
+/** One host of a multi-host string, tried in order (libpq "Specifying Multiple Hosts"). */
+export interface UpstreamHost {
   readonly host: string;
   readonly port: number;
+}
+
+/** libpq target_session_attrs as it applies to a replication connection (fe-connect.c). */
+export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby' | 'prefer-standby';
+const TARGET_SESSION_ATTRS: readonly TargetSessionAttrs[] = ['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby'];
+/** A list of hosts is typed by a person; more than this is a mistake (and bounds one connect round). */
+export const UPSTREAM_HOSTS_MAX = 16;
+
+export interface UpstreamConnInfo {
+  /** The first host (for logs and single-host callers); `hosts` holds them all. */
+  readonly host: string;
+  readonly port: number;
+  /** Every host:port, in the order they are tried; at least one. */
+  readonly hosts: readonly UpstreamHost[];
+  /** Which server a connect round accepts; `any` by default, as libpq. */
+  readonly targetSessionAttrs: TargetSessionAttrs;
   readonly user: string;
   readonly applicationName: string;
   /** Seconds; undefined means the caller's default. */
@@ -33,7 +50,10 @@ export interface UpstreamConnInfo {
   /** Client certificate and key files, for an upstream that authenticates walcast by certificate. */
   readonly sslCert: string | undefined;
   readonly sslKey: string | undefined;
-  /** The name verify-full checks the certificate against: host=, even when hostaddr= says where to connect. */
+  /**
+   * The name verify-full checks the first host's certificate against: host=, even when hostaddr= says where to
+   * connect. With several hosts each is checked against its own name (upstreamTls).
+   */
   readonly serverName: string;
   /** The startup `options` parameter, e.g. "-c tenant_id=... -c timeline_id=..." to pick a walcast upstream's timeline. */
   readonly options: string | undefined;
@@ -43,8 +63,8 @@ export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' |
 const SSL_MODES: ReadonlySet<string> = new Set(['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']);
 
 /** Keywords accepted and ignored: they are meaningful to libpq but change nothing for a replication client. */
-const IGNORED_KEYWORDS = new Set(['dbname', 'replication', 'keepalives', 'keepalives_idle', 'keepalives_interval', 'keepalives_count', 'target_session_attrs', 'gssencmode', 'channel_binding', 'client_encoding', 'fallback_application_name']);
-const KNOWN_KEYWORDS = new Set(['host', 'hostaddr', 'port', 'user', 'application_name', 'connect_timeout', 'sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'password', 'passfile', 'options', ...IGNORED_KEYWORDS]);
+const IGNORED_KEYWORDS = new Set(['dbname', 'replication', 'keepalives', 'keepalives_idle', 'keepalives_interval', 'keepalives_count', 'gssencmode', 'channel_binding', 'client_encoding', 'fallback_application_name']);
+const KNOWN_KEYWORDS = new Set(['host', 'hostaddr', 'port', 'target_session_attrs', 'user', 'application_name', 'connect_timeout', 'sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'password', 'passfile', 'options', ...IGNORED_KEYWORDS]);
 
 function configError(message: string): WalcastError {
   return new WalcastError('WALCAST_ERR_CONFIG', `invalid upstream connection string: ${message}`);
@@ -107,24 +127,26 @@ export function parseConnInfo(text: string, defaultUser: string): UpstreamConnIn
   }
   if (pairs.has('password')) return configError('password= is not allowed here: use --upstream-password-file or WALCAST_UPSTREAM_PASSWORD');
   if (pairs.has('passfile')) return configError('passfile= is not supported: use --upstream-password-file or WALCAST_UPSTREAM_PASSWORD');
-  const host = pairs.get('hostaddr') ?? pairs.get('host');
-  if (host === undefined || host.length === 0) return configError('host= is required');
-  if (host.includes(',')) return configError('multiple hosts are not supported');
-  if (host.startsWith('/')) return configError('unix-domain sockets are not supported: give a TCP host');
-  const port = parsePort(pairs.get('port'));
-  if (port instanceof WalcastError) return port;
+  const hosts = parseHosts(pairs);
+  if (hosts instanceof WalcastError) return hosts;
+  const targetSessionAttrs = pairs.get('target_session_attrs') ?? 'any';
+  if (!isTargetSessionAttrs(targetSessionAttrs)) return configError(`target_session_attrs=${targetSessionAttrs} is invalid: use one of ${TARGET_SESSION_ATTRS.join(', ')}`);
+  const [first] = hosts;
+  assert.ok(first !== undefined, 'at least one host');
   const connectTimeoutS = parseConnectTimeout(pairs.get('connect_timeout'));
   if (connectTimeoutS instanceof WalcastError) return connectTimeoutS;
   const ssl = parseSsl(pairs);
   if (ssl instanceof WalcastError) return ssl;
   return {
-    host,
-    port,
+    host: first.host,
+    port: first.port,
+    hosts,
+    targetSessionAttrs,
     user: pairs.get('user') ?? defaultUser,
     applicationName: pairs.get('application_name') ?? DEFAULT_APPLICATION_NAME,
     connectTimeoutS,
     ...ssl,
-    serverName: pairs.get('host') || host,
+    serverName: pairs.get('host')?.split(',')[0] || first.host,
     options: pairs.get('options'),
   };
 }
@@ -143,6 +165,42 @@ function parseSsl(pairs: ReadonlyMap<string, string>): Pick<UpstreamConnInfo, 's
   return { sslMode: sslMode as SslMode, sslRootCert, sslCert, sslKey };
 }
 
+/**
+ * The wire client's TLS settings for one host of this upstream: verify-full checks each host's certificate against
+ * that host's own name (libpq), or against host= when hostaddr= gave the address of a single host.
+ */
+export function upstreamTls(info: UpstreamConnInfo, host: UpstreamHost = info.hosts[0] ?? { host: info.host, port: info.port }): ClientTlsOptions {
+  const serverName = info.hosts.length === 1 ? info.serverName : host.host;
+  return { mode: info.sslMode, rootCertFile: info.sslRootCert, certFile: info.sslCert, keyFile: info.sslKey, serverName };
+}
+
+function isTargetSessionAttrs(text: string): text is TargetSessionAttrs {
+  return (TARGET_SESSION_ATTRS as readonly string[]).includes(text);
+}
+
+/**
+ * host (or hostaddr) and port as comma-separated lists, as libpq: one port applies to every host, otherwise there
+ * must be one port per host; an empty port is the default port.
+ */
+function parseHosts(pairs: Map<string, string>): UpstreamHost[] | WalcastError {
+  const hostText = pairs.get('hostaddr') ?? pairs.get('host');
+  if (hostText === undefined || hostText.length === 0) return configError('host= is required');
+  const names = hostText.split(',');
+  if (names.length > UPSTREAM_HOSTS_MAX) return configError(`more than ${UPSTREAM_HOSTS_MAX} hosts`);
+  const portTexts = (pairs.get('port') ?? '').split(',');
+  if (portTexts.length !== 1 && portTexts.length !== names.length) return configError(`could not match ${portTexts.length} port numbers to ${names.length} hosts`);
+  const hosts: UpstreamHost[] = [];
+  for (const [index, host] of names.entries()) {
+    if (host.length === 0) return configError('an empty host in the host list');
+    if (host.startsWith('/')) return configError('unix-domain sockets are not supported: give a TCP host');
+    const portText = portTexts.length === 1 ? portTexts[0] : portTexts[index];
+    const port = parsePort(portText === '' ? undefined : portText);
+    if (port instanceof WalcastError) return port;
+    hosts.push({ host, port });
+  }
+  return hosts;
+}
+
 function parsePort(text: string | undefined): number | WalcastError {
   if (text === undefined) return DEFAULT_UPSTREAM_PORT;
   const port = Number(text);
@@ -158,18 +216,16 @@ function parseConnectTimeout(text: string | undefined): number | undefined | Wal
   return seconds === 0 ? undefined : seconds;
 }
 
-/** The wire client's TLS settings for this upstream. */
-export function upstreamTls(info: UpstreamConnInfo): ClientTlsOptions {
-  return { mode: info.sslMode, rootCertFile: info.sslRootCert, certFile: info.sslCert, keyFile: info.sslKey, serverName: info.serverName };
-}
-
 /** The string back in canonical form, for logs and the control file (never holds a password). */
 export function formatConnInfo(info: UpstreamConnInfo): string {
   const quote = (value: string): string => (/^[^\s'\\]+$/.test(value) ? value : `'${value.replaceAll('\\', '\\\\').replaceAll("'", "\\'")}'`);
-  const parts = [`host=${quote(info.serverName)}`, `port=${info.port}`, `user=${quote(info.user)}`, `application_name=${quote(info.applicationName)}`];
+  const hostList = info.hosts.length === 1 ? info.serverName : info.hosts.map((entry) => entry.host).join(',');
+  const portList = info.hosts.map((entry) => String(entry.port)).join(',');
+  const parts = [`host=${quote(hostList)}`, `port=${portList}`, `user=${quote(info.user)}`, `application_name=${quote(info.applicationName)}`];
+  if (info.targetSessionAttrs !== 'any') parts.push(`target_session_attrs=${info.targetSessionAttrs}`);
   if (info.connectTimeoutS !== undefined) parts.push(`connect_timeout=${info.connectTimeoutS}`);
   if (info.sslMode !== 'prefer') parts.push(`sslmode=${info.sslMode}`);
-  if (info.serverName !== info.host) parts.push(`hostaddr=${quote(info.host)}`);
+  if (info.hosts.length === 1 && info.serverName !== info.host) parts.push(`hostaddr=${quote(info.host)}`);
   for (const [keyword, value] of [['sslrootcert', info.sslRootCert], ['sslcert', info.sslCert], ['sslkey', info.sslKey]] as const) {
     if (value !== undefined) parts.push(`${keyword}=${quote(value)}`);
   }

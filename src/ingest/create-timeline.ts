@@ -17,7 +17,8 @@ import { CONTROL_FORMAT_VERSION, PG_VERSION_NUM_15, fsyncDirectory, writeControl
 import { assertSegmentSize, historyFileName } from '../storage/segment-name.js';
 import { assertValidId, ensureTenantDir, newId, timelineDirPath } from '../storage/timeline-dir.js';
 import { ServerError, connectReplication } from '../wire/client.js';
-import { formatConnInfo, parseConnInfo, upstreamTls, type UpstreamConnInfo } from './conninfo.js';
+import { formatConnInfo, parseConnInfo, type UpstreamConnInfo } from './conninfo.js';
+import { connectFirstMatching } from './upstream-connect.js';
 import { UPSTREAM_COMMAND_TIMEOUT_MS, parseIdentifySystem, upstreamSlotName, type UpstreamClient, type UpstreamConnect } from './follower.js';
 
 /** SQLSTATEs the slot step tolerates: the slot exists already (a re-create), or the upstream has no slots (walcast). */
@@ -103,21 +104,18 @@ export async function createFollowingTimeline(options: CreateTimelineOptions): P
   };
 }
 
+/** The first host of the connection string that accepts and matches target_session_attrs, as ingest connects. */
 async function connectUpstream(options: CreateTimelineOptions, conninfo: UpstreamConnInfo): Promise<UpstreamClient> {
-  const connect = options.connect ?? connectReplication;
   try {
-    return await connect({
-      host: conninfo.host,
-      port: conninfo.port,
-      user: conninfo.user,
+    const { client } = await connectFirstMatching({
+      conninfo,
       password: options.password,
-      applicationName: conninfo.applicationName,
-      options: conninfo.options,
-      tls: upstreamTls(conninfo),
       timeoutMs: conninfo.connectTimeoutS === undefined ? UPSTREAM_COMMAND_TIMEOUT_MS : conninfo.connectTimeoutS * 1000,
+      connect: options.connect ?? connectReplication,
     });
+    return client;
   } catch (cause) {
-    throw new WalcastError('WALCAST_ERR_UPSTREAM', `cannot connect to the upstream ${conninfo.host}:${conninfo.port}: ${(cause as Error).message}`, { cause });
+    throw new WalcastError('WALCAST_ERR_UPSTREAM', `cannot connect to the upstream: ${(cause as Error).message}`, { cause });
   }
 }
 

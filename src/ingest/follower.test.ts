@@ -1,7 +1,8 @@
 /**
  * The follower's state machine against a scripted fake upstream: durable-then-publish, status and hot-standby
  * feedback, the writer attachment, reconnects after a closed stream or a gap, the slot fallback, and the two ways an
- * upstream timeline switch shows (CopyDone with a next timeline, IDENTIFY_SYSTEM with a new TLI) stopping ingest.
+ * upstream timeline switch shows (CopyDone with a next timeline, IDENTIFY_SYSTEM with a new TLI) moving ingest onto
+ * the new timeline, and a diverged history stopping it.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -55,7 +56,7 @@ class FakeStream implements UpstreamStream {
   }
 
   async sendCopyDone(): Promise<StreamEnd> {
-    if (this.script.end === 'timeline-switch') return { how: 'completed', serverCopyDone: true, tags: ['START_STREAMING'], columns: ['next_tli', 'next_tli_startpos'], rows: [['2', '0/4000100']] };
+    if (this.script.end === 'timeline-switch') return { how: 'completed', serverCopyDone: true, tags: ['START_STREAMING'], columns: ['next_tli', 'next_tli_startpos'], rows: [['2', '0/400100']] };
     return { how: 'closed', serverCopyDone: false, tags: [], error: new Error('closed') };
   }
 
@@ -71,6 +72,8 @@ class FakeUpstream {
   connects = 0;
   pgTimelineId = 1;
   slotMissing = false;
+  /** 00000002.history as the upstream sends it: timeline 1 ends 256 bytes into the start segment. */
+  history2 = '1\t0/400100\tno recovery target specified\n';
 
   constructor(private readonly scripts: StreamScript[]) {}
 
@@ -81,6 +84,7 @@ class FakeUpstream {
       parameters: new Map([['server_version', '15.18']]),
       query: async (sql: string): Promise<QueryResult> => {
         this.commands.push(sql);
+        if (sql === 'TIMELINE_HISTORY 2') return { columns: ['filename', 'content'], rows: [['00000002.history', this.history2]], tag: 'TIMELINE_HISTORY' };
         assert.equal(sql, 'IDENTIFY_SYSTEM');
         return { columns: ['systemid', 'timeline', 'xlogpos', 'dbname'], rows: [[SYSTEM_ID.toString(), String(this.pgTimelineId), '0/5000000', null]], tag: 'IDENTIFY_SYSTEM' };
       },
@@ -147,7 +151,7 @@ function makeFollower(timeline: Timeline, control: ControlState, upstream: FakeU
   return new UpstreamFollower({
     timeline,
     control,
-    conninfo: { host: '127.0.0.1', port: 1, user: 'repl', applicationName: 'walcast', connectTimeoutS: undefined, sslMode: 'prefer', sslRootCert: undefined, sslCert: undefined, sslKey: undefined, serverName: '127.0.0.1', options: undefined },
+    conninfo: { host: '127.0.0.1', port: 1, hosts: [{ host: '127.0.0.1', port: 1 }], targetSessionAttrs: 'any', user: 'repl', applicationName: 'walcast', connectTimeoutS: undefined, sslMode: 'prefer', sslRootCert: undefined, sslCert: undefined, sslKey: undefined, serverName: '127.0.0.1', options: undefined },
     password: undefined,
     log: silentLogger(),
     connect: upstream.connect,
@@ -246,24 +250,92 @@ test('without the upstream slot (42704) it streams without one', async () => {
   await follower.stop();
 });
 
-test('an upstream timeline switch (CopyDone + next timeline) stops ingest with WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH', async () => {
+test('an upstream timeline end (CopyDone + next_tli row) moves ingest onto timeline 2 on the same connection', async () => {
   const { timeline, control } = await makeTimeline();
-  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, walAtSegmentStart(Buffer.alloc(256, 9)))], end: 'timeline-switch' }]);
+  const before = walAtSegmentStart(Buffer.alloc(256, 9));
+  const after = Buffer.alloc(100, 7);
+  const upstream = new FakeUpstream([
+    { payloads: [xlogData(START_LSN, before)], end: 'timeline-switch' },
+    { payloads: [xlogData(START_LSN + 256n, after)], end: 'hold' },
+  ]);
   const follower = makeFollower(timeline, control, upstream);
-  await follower.start();
-  assert.equal(follower.state, 'failed');
-  assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH');
-  assert.equal(upstream.connects, 1, 'no reconnect after a switch');
-  assert.equal(timeline.flushLsn.get(), START_LSN + 256n, 'what arrived before the switch is kept and durable');
+  void follower.start();
+  await until(() => timeline.flushLsn.get() === START_LSN + 356n, 'WAL of timeline 2');
+  assert.equal(timeline.pgTimelineId, 2);
+  assert.equal(upstream.connects, 1, 'no reconnect: the next timeline streams on the same connection');
+  assert.ok(upstream.commands.includes('TIMELINE_HISTORY 2'));
+  assert.equal(upstream.commands.at(-1), 'START_REPLICATION SLOT "walcast_abababababababab" PHYSICAL 0/400100 TIMELINE 2');
+  assert.equal(readFileSync(join(dir, '00000002.history'), 'utf8'), upstream.history2, 'the history file is kept byte for byte');
+  const newSegment = readFileSync(join(dir, '000000020000000000000004.partial'));
+  assert.ok(newSegment.subarray(0, 256).equals(before), "the new timeline's first segment starts with the old timeline's bytes");
+  assert.ok(newSegment.subarray(256, 356).equals(after));
+  assert.ok(readFileSync(join(dir, '000000010000000000000004.partial')).subarray(0, 256).equals(before), "the old timeline's segment stays");
+  assert.equal((await readControlFile(dir)).pgTimelineId, 2, 'the control file commits the switch');
+  assert.deepEqual(timeline.pgTimelineEnd(1), { switchLsn: START_LSN + 256n, nextPgTimelineId: 2 });
+  await follower.stop();
+  assert.equal(follower.state, 'stopped');
+});
+
+test('IDENTIFY_SYSTEM on a newer timeline: stream the rest of ours up to the switch point, then switch', async () => {
+  const { timeline, control } = await makeTimeline();
+  const upstream = new FakeUpstream([
+    { payloads: [xlogData(START_LSN, walAtSegmentStart(Buffer.alloc(256, 3)))], end: 'timeline-switch' },
+    { payloads: [xlogData(START_LSN + 256n, Buffer.alloc(10, 4))], end: 'hold' },
+  ]);
+  upstream.pgTimelineId = 2;
+  const follower = makeFollower(timeline, control, upstream);
+  void follower.start();
+  await until(() => timeline.flushLsn.get() === START_LSN + 266n, 'WAL of timeline 2');
+  const starts = upstream.commands.filter((command) => command.startsWith('START'));
+  assert.deepEqual(starts.map((command) => command.split(' ').slice(-3).join(' ')), ['0/400000 TIMELINE 1', '0/400100 TIMELINE 2']);
+  assert.equal(timeline.pgTimelineId, 2);
+  await follower.stop();
+});
+
+test('IDENTIFY_SYSTEM on a newer timeline whose switch point is exactly our end: switch without streaming the old one', async () => {
+  const { timeline, control } = await makeTimeline();
+  const first = walAtSegmentStart(Buffer.alloc(64, 4));
+  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, first)], end: 'hold' }]);
+  upstream.pgTimelineId = 2;
+  upstream.history2 = '1\t0/400000\tno recovery target specified\n';
+  const follower = makeFollower(timeline, control, upstream);
+  void follower.start();
+  await until(() => timeline.flushLsn.get() === START_LSN + 64n, 'WAL of timeline 2');
+  assert.deepEqual(upstream.commands.filter((command) => command.startsWith('START')).map((command) => command.split(' ').slice(-3).join(' ')), ['0/400000 TIMELINE 2']);
+  assert.ok(readFileSync(join(dir, '000000020000000000000004.partial')).subarray(0, 64).equals(first));
+  await follower.stop();
+});
+
+test('walcast ahead of the new timeline\'s switch point: ingest stops with WALCAST_ERR_UPSTREAM_DIVERGED and stays on timeline 1', async () => {
+  const { timeline, control } = await makeTimeline();
+  const upstream = new FakeUpstream([{ payloads: [xlogData(START_LSN, walAtSegmentStart(Buffer.alloc(512, 1)))], end: 'close' }]);
+  upstream.history2 = '1\t0/400100\tno recovery target specified\n';
+  const follower = makeFollower(timeline, control, upstream);
+  void follower.start();
+  await until(() => timeline.flushLsn.get() === START_LSN + 512n, 'WAL of timeline 1');
+  upstream.pgTimelineId = 2;
+  await until(() => follower.state === 'failed', 'ingest to stop');
+  assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_DIVERGED');
+  assert.match(follower.status().failure ?? '', /past the upstream's switch point 0\/400100/);
+  assert.equal(timeline.pgTimelineId, 1, 'a diverged history is never adopted');
+  assert.equal(upstream.commands.filter((command) => command.includes('TIMELINE 2')).length, 0);
   assert.equal(timeline.hasWriter(), false);
 });
 
-test('IDENTIFY_SYSTEM showing another timeline stops ingest before streaming', async () => {
+test('IDENTIFY_SYSTEM on an older timeline than ours is refused and retried, never streamed', async () => {
   const { timeline, control } = await makeTimeline();
   const upstream = new FakeUpstream([]);
   upstream.pgTimelineId = 2;
+  upstream.history2 = '1\t0/400000\tno recovery target specified\n';
   const follower = makeFollower(timeline, control, upstream);
-  await follower.start();
-  assert.equal((follower.failure as { code?: string } | undefined)?.code, 'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH');
-  assert.equal(upstream.commands.filter((command) => command.startsWith('START')).length, 0);
+  void follower.start();
+  await until(() => timeline.pgTimelineId === 2, 'the switch');
+  const startsBefore = upstream.commands.filter((command) => command.startsWith('START')).length;
+  upstream.pgTimelineId = 1;
+  upstream.streams[0]?.close();
+  await until(() => upstream.connects >= 2, 'a reconnect');
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(upstream.commands.filter((command) => command.startsWith('START')).length, startsBefore, 'no stream from an older timeline');
+  assert.notEqual(follower.state, 'failed');
+  await follower.stop();
 });

@@ -4,7 +4,12 @@
  * next byte it needs, writes every XLogData into the segments, and publishes a position only once it is durable
  * (group-committed fdatasync, storage/wal-writer.ts). It reports what is written and durable upstream ('r', so a
  * primary may use walcast as a synchronous standby) and forwards the hot-standby xmin of its own replicas ('h', as
- * a cascading standby does). Errors reconnect with capped backoff; an upstream timeline switch stops ingest.
+ * a cascading standby does). Errors reconnect with capped backoff, through every host of a multi-host connection
+ * string (upstream-connect.ts).
+ *
+ * A promotion upstream is followed as a cascading standby follows it (timeline-switch.ts): the new timeline's history
+ * is fetched and kept, the rest of the old timeline streamed up to the switch point, then ingest continues on the new
+ * timeline from there; if walcast holds WAL past the switch point (a diverged history), ingest stops for good.
  *
  * A full, failing or read-only disk (ENOSPC, EDQUOT, EIO, EROFS from a WAL write, an fdatasync or the control file)
  * pauses ingest instead of stopping it: the stream is dropped, the writer abandoned, everything after the last
@@ -21,13 +26,17 @@ import type { Logger } from '../log.js';
 import { formatLsn, lsnDistance, maxLsn, parseLsn, type Lsn } from '../lsn.js';
 import { pgNowMicros } from '../replication/stream-messages.js';
 import type { ControlState } from '../storage/control-file.js';
+import { historyFileName } from '../storage/segment-name.js';
+import { HISTORY_FILE_BYTES_MAX, parseTimelineHistory, type TimelineHistory } from '../storage/timeline-history.js';
 import { WalWriter } from '../storage/wal-writer.js';
 import { IncomingPageChecker } from './incoming-pages.js';
 import type { Timeline } from '../timeline/timeline.js';
 import { ServerError, connectReplication, type QueryResult, type ReplicationClientOptions, type ReplicationStream, type StreamEnd } from '../wire/client.js';
 import { Backoff } from './backoff.js';
-import { upstreamTls, type UpstreamConnInfo } from './conninfo.js';
+import type { UpstreamConnInfo } from './conninfo.js';
 import { discardAfter, recoverTimelineEnd } from './recovery.js';
+import { planTimelineSwitch, storeTimelineSwitch } from './timeline-switch.js';
+import { connectFirstMatching } from './upstream-connect.js';
 import { decodeUpstreamMessage, encodeHotStandbyFeedback, encodeStandbyStatus, type XLogDataMessage } from './upstream-messages.js';
 
 /** Bounds connecting, startup and each command when the connection string has no connect_timeout. */
@@ -129,6 +138,8 @@ export class UpstreamFollower {
   private readonly control: ControlState;
   private persisting: Promise<void> | undefined;
   private runPromise: Promise<void> | undefined;
+  /** host:port of the host the last connect round reached (a multi-host string may name several). */
+  private connectedHost: string | undefined;
 
   constructor(options: FollowerOptions) {
     this.options = options;
@@ -148,7 +159,7 @@ export class UpstreamFollower {
     return {
       tenantId: this.timeline.tenantId,
       timelineId: this.timeline.timelineId,
-      upstream: `${this.options.conninfo.host}:${this.options.conninfo.port}`,
+      upstream: this.connectedHost ?? `${this.options.conninfo.host}:${this.options.conninfo.port}`,
       state: this.stateValue,
       failure: this.fatal?.message,
       pausedReason: this.pausedReason,
@@ -247,41 +258,120 @@ export class UpstreamFollower {
   private async followOnce(): Promise<void> {
     this.setState('connecting');
     const info = this.options.conninfo;
-    const client = await this.connect({
-      host: info.host,
-      port: info.port,
-      user: info.user,
+    const { client, host } = await connectFirstMatching({
+      conninfo: info,
       password: this.options.password,
-      applicationName: info.applicationName,
-      options: info.options,
-      tls: upstreamTls(info),
       timeoutMs: info.connectTimeoutS === undefined ? UPSTREAM_COMMAND_TIMEOUT_MS : info.connectTimeoutS * 1000,
+      connect: this.connect,
     });
     this.stats.connects++;
     this.client = client;
+    this.connectedHost = `${host.host}:${host.port}`;
     try {
       if (this.stopping) return;
-      await this.checkIdentity(client);
-      const stream = await this.startStream(client);
-      await this.streamUntilEnd(stream);
+      const upstreamTli = await this.checkIdentity(client);
+      await this.catchUpTimelines(client, upstreamTli);
+      // As pg_receivewal: when the upstream ends a timeline, switch and stream the next one on the same connection.
+      for (;;) {
+        const stream = await this.startStream(client);
+        const timelineEnd = await this.streamUntilEnd(stream);
+        if (timelineEnd === undefined || this.stopping || this.fatal !== undefined) return;
+        await this.followTimelineEnd(client, timelineEnd);
+      }
     } finally {
       this.client = undefined;
       await client.end().catch(() => undefined);
     }
   }
 
-  /** IDENTIFY_SYSTEM must show the same system and the same PostgreSQL timeline as the stored WAL. */
-  private async checkIdentity(client: UpstreamClient): Promise<void> {
+  /** IDENTIFY_SYSTEM must show the same system as the stored WAL; resolves the upstream's PostgreSQL timeline. */
+  private async checkIdentity(client: UpstreamClient): Promise<number> {
     const identity = parseIdentifySystem(await client.query('IDENTIFY_SYSTEM'));
     if (identity.systemId !== this.timeline.systemId) {
       throw new WalcastError('WALCAST_ERR_SYSTEM_ID_MISMATCH', `the upstream's system identifier ${identity.systemId} differs from this timeline's ${this.timeline.systemId}`);
     }
-    if (identity.pgTimelineId !== this.timeline.pgTimelineId) {
-      throw new WalcastError(
-        'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH',
-        `the upstream is on PostgreSQL timeline ${identity.pgTimelineId}, this timeline stores timeline ${this.timeline.pgTimelineId}: create a new walcast timeline to follow it`,
-      );
+    if (identity.pgTimelineId < this.timeline.pgTimelineId) {
+      // An old primary that came back after a failover: not ours to follow; the next host or a retry may be.
+      throw new WalcastError('WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH', `the upstream is on PostgreSQL timeline ${identity.pgTimelineId}, walcast already follows timeline ${this.timeline.pgTimelineId}`);
     }
+    return identity.pgTimelineId;
+  }
+
+  /**
+   * The upstream is on a newer timeline (a promotion while walcast was away): switch through each timeline the
+   * upstream's history lists after ours, or return to stream the rest of ours first (the upstream ends that stream
+   * at the switch point), or stop for good when walcast holds WAL past the fork.
+   */
+  private async catchUpTimelines(client: UpstreamClient, upstreamTli: number): Promise<void> {
+    while (upstreamTli > this.timeline.pgTimelineId) {
+      const upstream = await fetchTimelineHistory(client, upstreamTli);
+      const plan = planTimelineSwitch(this.timeline.pgTimelineId, this.requireWriter().writtenLsn, upstream.history);
+      if (plan.kind === 'diverged') throw plan.error;
+      if (plan.kind === 'catch_up') {
+        this.log.info({ switchLsn: formatLsn(plan.switchLsn), upstreamTli }, 'the upstream is on a newer timeline: streaming the rest of ours up to its switch point first');
+        return;
+      }
+      const next = plan.nextPgTimelineId === upstreamTli ? upstream : await fetchTimelineHistory(client, plan.nextPgTimelineId);
+      await this.switchTimeline(plan.switchLsn, plan.nextPgTimelineId, next.content);
+    }
+  }
+
+  /** The upstream ended our timeline mid-stream (CopyDone + next_tli row): check the position, then switch. */
+  private async followTimelineEnd(client: UpstreamClient, end: TimelineEnd): Promise<void> {
+    const written = this.requireWriter().writtenLsn;
+    const next = await fetchTimelineHistory(client, end.nextPgTimelineId);
+    const plan = planTimelineSwitch(this.timeline.pgTimelineId, written, next.history);
+    if (plan.kind === 'diverged') throw plan.error;
+    if (plan.kind === 'catch_up' || plan.switchLsn !== end.switchLsn) {
+      throw new WalcastError('WALCAST_ERR_UPSTREAM', `the upstream ended timeline ${this.timeline.pgTimelineId} at ${formatLsn(end.switchLsn)}, but walcast holds it to ${formatLsn(written)} and the history says ${formatLsn(plan.switchLsn)}`);
+    }
+    await this.switchTimeline(plan.switchLsn, plan.nextPgTimelineId, next.content);
+  }
+
+  /** Makes the old timeline durable, stores the switch, then moves the served timeline (never past what is durable). */
+  private async switchTimeline(switchLsn: Lsn, nextPgTimelineId: number, historyContent: string): Promise<void> {
+    const previous = this.requireWriter();
+    if (this.flushInFlight !== undefined) await this.flushInFlight;
+    await previous.close();
+    this.timeline.publish({ flushLsn: previous.durableLsn, commitLsn: previous.durableLsn });
+    while (this.persisting !== undefined) await this.persisting;
+    // The control file goes through the timeline's one writer, whose patches keep the fields they do not change,
+    // so the periodic position write cannot undo the switch. Without a writer it also skips while the switch runs.
+    this.writer = undefined;
+    let next: WalWriter;
+    try {
+      next = await storeTimelineSwitch({
+        dir: this.timeline.dir,
+        segmentBytes: this.timeline.segmentBytes,
+        pgTimelineId: this.timeline.pgTimelineId,
+        writtenLsn: previous.writtenLsn,
+        switchLsn,
+        nextPgTimelineId,
+        historyContent,
+        commitSwitch: () => this.commitSwitchToControl(nextPgTimelineId, switchLsn),
+      });
+    } catch (error) {
+      // Nothing was committed: continue on the old timeline at the switch point; the next connect retries the switch.
+      this.writer = new WalWriter({ dir: this.timeline.dir, pgTimelineId: this.timeline.pgTimelineId, segmentBytes: this.timeline.segmentBytes, startLsn: previous.durableLsn });
+      this.timeline.setTailPages(this.writer);
+      throw error;
+    }
+    this.writer = next;
+    this.timeline.setTailPages(next);
+    this.timeline.switchPgTimeline(parseTimelineHistory(historyContent, nextPgTimelineId));
+    this.log.info({ switchLsn: formatLsn(switchLsn), pgTimelineId: nextPgTimelineId }, 'followed the upstream onto a new PostgreSQL timeline');
+  }
+
+  /** The control file's commit of a switch: the new TLI, positions at least at the switch point. */
+  private async commitSwitchToControl(nextPgTimelineId: number, switchLsn: Lsn): Promise<void> {
+    const state = await this.timeline.controlFile.update((current) => ({
+      ...current,
+      pgTimelineId: nextPgTimelineId,
+      flushLsn: maxLsn(current.flushLsn, switchLsn),
+      commitLsn: maxLsn(current.commitLsn, switchLsn),
+      lastRecordLsn: undefined,
+    }));
+    this.timeline.recordPersistedFlush(state.flushLsn);
   }
 
   private async startStream(client: UpstreamClient): Promise<UpstreamStream> {
@@ -299,7 +389,7 @@ export class UpstreamFollower {
     return client.startReplication(`START_REPLICATION PHYSICAL ${position}`);
   }
 
-  private async streamUntilEnd(stream: UpstreamStream): Promise<void> {
+  private async streamUntilEnd(stream: UpstreamStream): Promise<TimelineEnd | undefined> {
     const detach = this.timeline.attachWriter();
     this.stream = stream;
     this.lastMessageAt = Date.now();
@@ -314,7 +404,7 @@ export class UpstreamFollower {
       this.sendStatus(false);
       this.sendHotStandbyIfChanged();
       await this.consume(stream);
-      await this.finishStream(stream);
+      return await this.finishStream(stream);
     } finally {
       for (const timer of timers) clearInterval(timer);
       this.stream = undefined;
@@ -381,12 +471,13 @@ export class UpstreamFollower {
     while (this.flushInFlight !== undefined && lsnDistance(writer.writtenLsn, writer.durableLsn) > UNFLUSHED_BYTES_MAX) await this.flushInFlight;
   }
 
-  /** The stream's input ended: close our side, then tell a timeline switch from a plain disconnect. */
-  private async finishStream(stream: UpstreamStream): Promise<void> {
+  /** The stream's input ended: close our side, then tell the end of a timeline (next_tli row) from a plain disconnect. */
+  private async finishStream(stream: UpstreamStream): Promise<TimelineEnd | undefined> {
     const end = await withTimeout(stream.sendCopyDone(), STREAM_END_TIMEOUT_MS);
-    if (end === undefined || this.stopping) return;
+    if (end === undefined || this.stopping) return undefined;
     if (end.how === 'error') throw new WalcastError('WALCAST_ERR_UPSTREAM', `the upstream ended the stream: ${end.error.message} (SQLSTATE ${end.error.sqlState})`, { cause: end.error });
-    if (end.how === 'completed' && end.serverCopyDone && end.rows.length > 0) throw timelineSwitchError(end, this.timeline.pgTimelineId);
+    if (end.how === 'completed' && end.serverCopyDone && end.rows.length > 0) return parseTimelineEnd(end.rows);
+    return undefined;
   }
 
   private onStatusTick(): void {
@@ -592,12 +683,29 @@ export function parseIdentifySystem(result: QueryResult): UpstreamIdentity {
   return { systemId: BigInt(systemText), pgTimelineId: Number(timelineText), xlogPos };
 }
 
-function timelineSwitchError(end: Extract<StreamEnd, { how: 'completed' }>, pgTimelineId: number): WalcastError {
-  const [nextTimeline, switchPoint] = end.rows[0] ?? [];
-  return new WalcastError(
-    'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH',
-    `the upstream ended PostgreSQL timeline ${pgTimelineId} at ${switchPoint ?? '?'} and continues on timeline ${nextTimeline ?? '?'}: ingest stopped; the stored WAL ends at the switch point`,
-  );
+/** walsender.c StartReplication's row after a historic timeline: next_tli int8, next_tli_startpos text. */
+interface TimelineEnd {
+  readonly nextPgTimelineId: number;
+  readonly switchLsn: Lsn;
+}
+
+function parseTimelineEnd(rows: readonly (readonly (string | null)[])[]): TimelineEnd {
+  const [nextText, switchText] = rows[0] ?? [];
+  const switchLsn = parseLsn(switchText ?? '');
+  if (nextText == null || !/^\d{1,10}$/.test(nextText) || switchLsn === undefined) {
+    throw new WalcastError('WALCAST_ERR_UPSTREAM', `the upstream's end-of-timeline row is malformed: ${JSON.stringify(rows)}`);
+  }
+  return { nextPgTimelineId: Number(nextText), switchLsn };
+}
+
+/** TIMELINE_HISTORY n: the file's exact text and its parsed history. */
+async function fetchTimelineHistory(client: UpstreamClient, pgTimelineId: number): Promise<{ content: string; history: TimelineHistory }> {
+  const result = await client.query(`TIMELINE_HISTORY ${pgTimelineId}`);
+  const [fileName, content] = result.rows[0] ?? [];
+  if (fileName !== historyFileName(pgTimelineId) || content == null || Buffer.byteLength(content) > HISTORY_FILE_BYTES_MAX) {
+    throw new WalcastError('WALCAST_ERR_UPSTREAM', `the upstream's TIMELINE_HISTORY ${pgTimelineId} answer is malformed`);
+  }
+  return { content, history: parseTimelineHistory(content, pgTimelineId) };
 }
 
 interface PersistOptions {
@@ -616,7 +724,7 @@ export function isStorageFault(error: unknown): error is Error {
 }
 
 function isFatal(error: unknown): boolean {
-  return isWalcastError(error, 'WALCAST_ERR_UPSTREAM_TIMELINE_SWITCH') || isWalcastError(error, 'WALCAST_ERR_WAL_WRITE') || isWalcastError(error, 'WALCAST_ERR_SYSTEM_ID_MISMATCH');
+  return isWalcastError(error, 'WALCAST_ERR_UPSTREAM_DIVERGED') || isWalcastError(error, 'WALCAST_ERR_WAL_WRITE') || isWalcastError(error, 'WALCAST_ERR_SYSTEM_ID_MISMATCH');
 }
 
 function describe(error: unknown): string {

@@ -81,3 +81,18 @@ export function createReplicationSlotResult(slotName: string): Buffer[] {
 export function timelineHistoryResult(fileName: string, content: string): Buffer[] {
   return simpleResultSet([{ name: 'filename', type: 'text' }, { name: 'content', type: 'text' }], [[fileName, content]], 'TIMELINE_HISTORY');
 }
+
+/**
+ * After a stream of a historic timeline: one row (next_tli int8, next_tli_startpos text) with no CommandComplete of
+ * its own; the caller sends "START_STREAMING" and "START_REPLICATION" after it (walsender.c StartReplication).
+ */
+export function nextTimelineResult(nextPgTimelineId: number, switchLsn: Lsn): Buffer[] {
+  return simpleResultSet(
+    [
+      { name: 'next_tli', type: 'int8' },
+      { name: 'next_tli_startpos', type: 'text' },
+    ],
+    [[String(nextPgTimelineId), formatLsn(switchLsn)]],
+    undefined,
+  );
+}

@@ -202,3 +202,31 @@ test('an idle stream asks for a reply within half the replica timeout even when 
   assert.equal(keepalive.type, 'k');
   assert.equal(keepalive.replyRequested, true);
 });
+
+test('a live stream whose timeline ends sends up to the switch point, never past it, and ends with timeline_end', { timeout: 30_000 }, async () => {
+  const endWatch = new ObservedLsnWatch(0x100100n);
+  const writer = new RecordingWriter();
+  const controller = new AbortController();
+  let timelineEnd: Lsn | undefined;
+  const running = sendWal(options({ endWatch, writer, signal: controller.signal, keepaliveIntervalMs: 60_000, timelineEnd: () => timelineEnd }));
+  await endWatch.firstWait;
+  // The switch is recorded before WAL of the new timeline is published (Timeline.switchPgTimeline), as ingest does.
+  timelineEnd = 0x100180n;
+  endWatch.advance(0x100400n);
+  const end = await running;
+  assert.deepEqual(end, { kind: 'timeline_end', sentLsn: 0x100180n });
+  const chunks = writer.sent.filter((entry) => entry.kind === 'chunk');
+  const last = chunks.at(-1);
+  assert.equal((last?.dataStart ?? 0n) + BigInt(last?.bytes ?? 0), 0x100180n, 'the last chunk ends at the switch point');
+  assert.ok(chunks.every((chunk) => (chunk.dataStart ?? 0n) + BigInt(chunk.bytes) <= 0x100180n), 'no byte past the switch point');
+});
+
+test('a stream of a historic timeline started before its end stops exactly there', async () => {
+  const endWatch = new LsnWatch(0x100010n + 2n * BigInt(SEGMENT_BYTES));
+  const writer = new RecordingWriter();
+  const switchLsn = 0x100010n + BigInt(SEGMENT_BYTES) + 5n;
+  const end = await sendWal(options({ endWatch, writer, signal: new AbortController().signal, timelineEnd: () => switchLsn }));
+  assert.deepEqual(end, { kind: 'timeline_end', sentLsn: switchLsn });
+  const total = writer.sent.filter((entry) => entry.kind === 'chunk').reduce((sum, chunk) => sum + chunk.bytes, 0);
+  assert.equal(BigInt(total), switchLsn - 0x100010n);
+});

@@ -90,11 +90,17 @@ export interface SendWalOptions {
   /** When the replica last sent anything (Date.now() milliseconds), as the reply reader saw it. */
   readonly lastReplyAtMs: () => number;
   readonly keepaliveIntervalMs?: number;
+  /**
+   * Where the requested PostgreSQL timeline ends (its switch point), read again before every chunk; undefined while
+   * it is the newest. The stream never sends past it and ends there (walsender.c XLogSendPhysical, historic case).
+   */
+  readonly timelineEnd?: () => Lsn | undefined;
 }
 
 /** Why a sender loop ended; the session turns this into the right protocol ending. */
 export type SendWalEnd =
   | { readonly kind: 'aborted'; readonly sentLsn: Lsn }
+  | { readonly kind: 'timeline_end'; readonly sentLsn: Lsn }
   | { readonly kind: 'caught_up'; readonly sentLsn: Lsn; readonly message: string }
   | { readonly kind: 'recovery_finished'; readonly sentLsn: Lsn; readonly message: string };
 
@@ -117,6 +123,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     if (stopLsn !== undefined && sentLsn >= stopLsn) {
       return { kind: 'recovery_finished', sentLsn, message: `ending streaming to ${options.replicaName} at ${formatLsn(sentLsn)}, recovery finished` };
     }
+    if (reachedTimelineEnd(options, sentLsn)) return { kind: 'timeline_end', sentLsn };
     let endLsn = endWatch.get();
     if (endLsn <= sentLsn) {
       const advanced = await endWatch.waitBeyond(sentLsn, idleWaitMs, signal);
@@ -140,6 +147,10 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       await options.writer.sendMessage(encodeKeepalive(sentLsn, pgNowMicros(), true));
     }
     if (stopLsn !== undefined && endLsn > stopLsn) endLsn = stopLsn;
+    // Read after the end watch: a switch is recorded before any WAL past it is published (Timeline.switchPgTimeline).
+    const timelineEndLsn = options.timelineEnd?.();
+    if (timelineEndLsn !== undefined && endLsn > timelineEndLsn) endLsn = timelineEndLsn;
+    if (endLsn <= sentLsn) continue;
     const wantedEnd = decideChunkEnd(sentLsn, endLsn, segmentBytes);
     await prefetcher.ensureCached(sentLsn, endLsn);
     // Storage may return less than asked, only where a segment file ends early: the bytes it has are sent, and the
@@ -161,6 +172,13 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     }
   }
   return { kind: 'aborted', sentLsn };
+}
+
+function reachedTimelineEnd(options: SendWalOptions, sentLsn: Lsn): boolean {
+  const timelineEndLsn = options.timelineEnd?.();
+  if (timelineEndLsn === undefined) return false;
+  assert.ok(sentLsn <= timelineEndLsn, 'nothing past the switch point was sent');
+  return sentLsn === timelineEndLsn;
 }
 
 /**

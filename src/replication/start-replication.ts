@@ -3,6 +3,7 @@
  * and ends the stream the way the client expects (walsender.c StartReplication / WalSndLoop; Neon
  * send_wal.rs handle_start_replication). The replica is registered for exactly as long as this runs.
  */
+import assert from 'node:assert/strict';
 import { SqlState, WalcastError, isWalcastError } from '../errors.js';
 import type { IoBackend, StreamWriter } from '../io/backend.js';
 import { INVALID_LSN, formatLsn, minLsn, type Lsn } from '../lsn.js';
@@ -10,7 +11,7 @@ import type { Logger } from '../log.js';
 import type { SlotLease } from '../slots/slot-table.js';
 import { WalReader, startAheadError } from '../storage/wal-reader.js';
 import type { Timeline } from '../timeline/timeline.js';
-import type { PgConnection } from '../wire/connection.js';
+import { CLOSE_GRACE_MS, type PgConnection } from '../wire/connection.js';
 import type { FrontendMessage } from '../wire/messages.js';
 import { quoteClientText } from '../wire/client-text.js';
 import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
@@ -18,6 +19,7 @@ import type { Feedback } from './feedback.js';
 import { ReplyReader, type ReplicaEnd } from './reply-reader.js';
 import { sendWal, type SendWalEnd } from './send-wal.js';
 import { adminShutdownError } from './shutdown-error.js';
+import { nextTimelineResult } from './command-results.js';
 import { encodeKeepalive, pgNowMicros } from './stream-messages.js';
 import { toStreamInput } from './stream-input.js';
 
@@ -60,11 +62,18 @@ export async function runStartReplication(context: StreamContext, request: Start
   const { conn, timeline } = context;
   const endWatch = request.recovery ? timeline.flushLsn : timeline.commitLsn;
   const base = { startLsn: request.startLsn, endLsn: request.startLsn, bytesSent: 0 };
-  if (request.pgTimelineId !== undefined && request.pgTimelineId !== timeline.pgTimelineId) {
-    // PostgreSQL checks this before COPY BOTH (walsender.c StartReplication).
-    const error = new WalcastError('WALCAST_ERR_INVALID_TIMELINE', `requested timeline ${request.pgTimelineId} is not in this server's history`);
-    await conn.write([errorResponse({ severity: 'ERROR', sqlState: error.sqlState, message: error.message }), readyForQuery('I')]);
-    return { ...base, how: 'invalid timeline', keepConnection: true };
+  const pgTimelineId = request.pgTimelineId ?? timeline.pgTimelineId;
+  // PostgreSQL checks the timeline before COPY BOTH (walsender.c StartReplication).
+  const timelineError = checkRequestedTimeline(request.startLsn, pgTimelineId, timeline);
+  if (timelineError !== undefined) {
+    await conn.write([errorResponse({ severity: 'ERROR', sqlState: timelineError.sqlState, message: timelineError.message, detail: timelineError.detail }), readyForQuery('I')]);
+    return { ...base, how: timelineError.code, keepConnection: true };
+  }
+  const historicEnd = timeline.pgTimelineEnd(pgTimelineId);
+  if (historicEnd !== undefined && request.startLsn === historicEnd.switchLsn) {
+    // "If there is nothing to stream, don't even enter COPY mode": the next-timeline row and the two tags at once.
+    await conn.write(endOfTimelineMessages(historicEnd));
+    return { ...base, how: 'start at the end of a historic timeline', keepConnection: true };
   }
   await conn.write(copyBothResponse());
   // Like PostgreSQL, range errors come after CopyBothResponse, as ErrorResponse + ReadyForQuery.
@@ -73,7 +82,27 @@ export async function runStartReplication(context: StreamContext, request: Start
     await conn.write([errorResponse({ severity: 'ERROR', sqlState: rangeError.sqlState, message: rangeError.message }), readyForQuery('I')]);
     return { ...base, how: rangeError.code, keepConnection: true };
   }
-  return streamToReplica(context, request, endWatch);
+  return streamToReplica(context, { ...request, pgTimelineId }, endWatch);
+}
+
+/**
+ * PostgreSQL's timeline checks: the TLI must be in this server's history, and a start on a historic TLI must not
+ * be past its switch point (the messages are walsender.c StartReplication's).
+ */
+function checkRequestedTimeline(startLsn: Lsn, pgTimelineId: number, timeline: Timeline): WalcastError | undefined {
+  if (!timeline.hasPgTimeline(pgTimelineId)) {
+    return new WalcastError('WALCAST_ERR_INVALID_TIMELINE', `requested timeline ${pgTimelineId} is not in this server's history`);
+  }
+  const end = timeline.pgTimelineEnd(pgTimelineId);
+  if (end === undefined || startLsn <= end.switchLsn) return undefined;
+  return new WalcastError('WALCAST_ERR_INVALID_TIMELINE', `requested starting point ${formatLsn(startLsn)} on timeline ${pgTimelineId} is not in this server's history`, {
+    detail: `This server's history forked from timeline ${pgTimelineId} at ${formatLsn(end.switchLsn)}.`,
+  });
+}
+
+/** The end of a historic timeline's stream after COPY: next_tli row, "START_STREAMING", "START_REPLICATION", Z. */
+function endOfTimelineMessages(end: { readonly switchLsn: Lsn; readonly nextPgTimelineId: number }): Buffer[] {
+  return [...nextTimelineResult(end.nextPgTimelineId, end.switchLsn), commandComplete('START_STREAMING'), commandComplete('START_REPLICATION'), readyForQuery('I')];
 }
 
 /**
@@ -100,7 +129,7 @@ function checkStartRange(startLsn: Lsn, endLsn: Lsn, timeline: Timeline): Walcas
   return undefined;
 }
 
-async function streamToReplica(context: StreamContext, request: StartReplicationRequest, endWatch: Timeline['commitLsn']): Promise<StreamOutcome> {
+async function streamToReplica(context: StreamContext, request: StartReplicationRequest & { readonly pgTimelineId: number }, endWatch: Timeline['commitLsn']): Promise<StreamOutcome> {
   const { conn, timeline, log } = context;
   const replica = timeline.replicas.register({
     appName: context.applicationName,
@@ -134,11 +163,18 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   });
   const onMessage = (message: FrontendMessage): void => reader.handle(toStreamInput(message));
   conn.setMessageHandler(onMessage);
-  void reader.ended.then(() => {
+  let finished = false;
+  let stalledEnd: NodeJS.Timeout | undefined;
+  void reader.ended.then((end) => {
     // Messages after the stream (a new command after CopyDone) go back to the session's queue. Only this stream's
     // handler is released: a late cleanup must not unset the handler of a next stream on the same connection.
     conn.releaseMessageHandler(onMessage);
     stopController.abort();
+    // A replica that stopped reading (the usual cause of a replica timeout) leaves this stream's sends waiting for
+    // room that never comes, so neither the sender's stop nor the FATAL below would ever go through and the session
+    // would hold its slot forever. As PostgreSQL's walsender (WalSndCheckTimeOut, then exit), the connection goes:
+    // after CLOSE_GRACE_MS for the FATAL to get out, the socket is destroyed, which fails the waiting sends.
+    if (end.kind === 'error' && !finished) stalledEnd = setTimeout(() => finished || conn.socket.destroy(), CLOSE_GRACE_MS);
   });
   void conn.closed.then(() => reader.handle({ kind: 'disconnected' }));
   let sent: SendWalEnd | undefined;
@@ -157,6 +193,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       verify: (chunk, chunkLsn) => timeline.pages.verify(chunk, chunkLsn, { checksummer: context.backend, tail: timeline.tailPages(), log }),
       signal: stopController.signal,
       stopAtEnd: request.recovery,
+      timelineEnd: () => timeline.pgTimelineEnd(request.pgTimelineId)?.switchLsn,
       shouldStop: () => timeline.shouldSenderStop(replica.remoteConsistentLsn()),
       replicaTimeoutMs: context.replicaTimeoutMs,
       lastReplyAtMs: () => reader.lastMessageAt(),
@@ -175,7 +212,9 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   }
   const bytesSent = writer?.bytesSent ?? 0;
   const endLsn = sent?.sentLsn ?? sentLsn;
-  const how = await finishStream(context, writer, sent, failure, reader);
+  const how = await finishStream(context, writer, sent, failure, reader, request.pgTimelineId);
+  finished = true;
+  clearTimeout(stalledEnd);
   reader.stop();
   log.debug({ how, endLsn: formatLsn(endLsn) }, 'stream finished');
   const storageError = isStorageFailure(failure) ? { code: failure.code, sqlState: failure.sqlState, message: failure.message } : undefined;
@@ -211,6 +250,7 @@ async function finishStream(
   sent: SendWalEnd | undefined,
   failure: unknown,
   reader: ReplyReader,
+  pgTimelineId: number,
 ): Promise<Finish> {
   const { conn } = context;
   if (failure !== undefined || sent === undefined) {
@@ -228,8 +268,25 @@ async function finishStream(
     await writer?.release().catch(() => undefined);
     return { description: sent.kind, keepConnection: false };
   }
+  if (sent.kind === 'timeline_end') return finishTimelineEnd(context, writer, reader, pgTimelineId);
   const replicaEnd: ReplicaEnd = context.shutdownSignal.aborted ? { kind: 'disconnected' } : await reader.ended;
   return finishReplicaEnd(context, writer, replicaEnd);
+}
+
+/**
+ * The requested timeline ended at its switch point (walsender.c WalSndLoop, sendTimeLineIsHistoric): CopyDone,
+ * wait for the client's CopyDone, then the next-timeline row and the command tags. A standby or pg_receivewal then
+ * asks for the next timeline's history and streams it from the switch point.
+ */
+async function finishTimelineEnd(context: StreamContext, writer: StreamWriter | undefined, reader: ReplyReader, pgTimelineId: number): Promise<Finish> {
+  const end = context.timeline.pgTimelineEnd(pgTimelineId);
+  assert.ok(end !== undefined, 'a stream ends at a timeline end only on a historic timeline');
+  await writer?.sendMessage(copyDone()).catch(() => undefined);
+  const replicaEnd: ReplicaEnd = context.shutdownSignal.aborted ? { kind: 'disconnected' } : await reader.ended;
+  if (context.shutdownSignal.aborted || replicaEnd.kind !== 'copy_done') return finishReplicaEnd(context, writer, replicaEnd);
+  await writer?.release().catch(() => undefined);
+  await context.conn.write(endOfTimelineMessages(end)).catch(() => undefined);
+  return { description: `end of timeline ${pgTimelineId} at ${formatLsn(end.switchLsn)}`, keepConnection: true };
 }
 
 async function finishReplicaEnd(context: StreamContext, writer: StreamWriter | undefined, end: ReplicaEnd): Promise<Finish> {

@@ -13,6 +13,8 @@ export interface RetentionHandle {
   /** The task of a timeline, when retention runs for it. */
   task(tenantId: string, timelineId: string): RetentionTask | undefined;
   status(tenantId: string, timelineId: string): RetentionStatus | undefined;
+  /** Starts retention for a timeline opened while the server runs. */
+  add(timeline: Timeline): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -26,7 +28,9 @@ export interface StartRetentionOptions {
 
 export async function startRetention(options: StartRetentionOptions): Promise<RetentionHandle> {
   const tasks = new Map<string, RetentionTask>();
-  for (const timeline of options.timelines.list()) {
+  let stopped = false;
+  const add = async (timeline: Timeline): Promise<void> => {
+    if (stopped || tasks.has(key(timeline.tenantId, timeline.timelineId))) return;
     const control = await timeline.controlFile.read();
     const backupLsn = options.backupLsn;
     const task = new RetentionTask({
@@ -38,7 +42,8 @@ export async function startRetention(options: StartRetentionOptions): Promise<Re
     });
     tasks.set(key(timeline.tenantId, timeline.timelineId), task);
     task.start();
-  }
+  };
+  for (const timeline of options.timelines.list()) await add(timeline);
   const removing = [...tasks.values()].filter((task) => task.status().removes).length;
   if (removing > 0) {
     options.log.info({ timelines: removing, walKeepBytes: options.settings.walKeepBytes, maxSlotWalKeepBytes: options.settings.maxSlotWalKeepBytes ?? -1 }, 'WAL retention started');
@@ -46,7 +51,9 @@ export async function startRetention(options: StartRetentionOptions): Promise<Re
   return {
     task: (tenantId, timelineId) => tasks.get(key(tenantId, timelineId)),
     status: (tenantId, timelineId) => tasks.get(key(tenantId, timelineId))?.status(),
+    add,
     stop: async () => {
+      stopped = true;
       await Promise.all([...tasks.values()].map((task) => task.stop()));
     },
   };

@@ -24,12 +24,14 @@
  * detection logs at error level and counts in `corruptionsDetected`, so a retrying replica cannot flood the log.
  */
 import assert from 'node:assert/strict';
-import { WalcastError } from '../errors.js';
+import { fstatSync } from 'node:fs';
+import { basename } from 'node:path';
+import { WalcastError, type WalcastErrorCode } from '../errors.js';
 import type { WalChunk, WalFileHandle } from './wal-chunk.js';
 import type { Logger } from '../log.js';
 import { WAL_PAGE_BYTES, formatLsn, type Lsn } from '../lsn.js';
 import { readSidecar, sidecarPathFor } from './page-checksums.js';
-import { segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
+import { PARTIAL_SUFFIX, isSegmentFileName, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
 
 /**
  * Segments whose verified-page bitmaps are kept per timeline. 64 × 16 MiB covers the 1 GiB a busy fan-out reads
@@ -62,8 +64,9 @@ export class WalCorruptionError extends WalcastError {
     readonly goodBytes: number,
     readonly segmentPath: string,
     readonly fileOffset: number,
+    code: WalcastErrorCode = 'WALCAST_ERR_WAL_CORRUPTED',
   ) {
-    super('WALCAST_ERR_WAL_CORRUPTED', message);
+    super(code, message);
   }
 }
 
@@ -131,7 +134,9 @@ export class PageVerifier {
   }
 
   private async verifyRecorded(state: SegmentState, segno: bigint, firstPage: number, endPage: number, chunk: WalChunk, context: VerifyContext): Promise<void> {
-    const actual = await this.checksum(state, firstPage * WAL_PAGE_BYTES, (endPage - firstPage) * WAL_PAGE_BYTES, chunk, context);
+    const actual = await this.checksum(state, firstPage * WAL_PAGE_BYTES, (endPage - firstPage) * WAL_PAGE_BYTES, chunk, context).catch((error: unknown) =>
+      this.truncatedOrRethrow(error, state, segno, firstPage, endPage, chunk, context),
+    );
     const chunkEnd = chunk.fileOffset + chunk.byteCount;
     for (let page = firstPage; page < endPage; page++) {
       if (actual[page - firstPage] !== state.sidecar[page]) {
@@ -172,6 +177,29 @@ export class PageVerifier {
     await context.checksummer.checksumPages({ file: chunk.file, fileOffset, byteCount }, WAL_PAGE_BYTES, out);
     assert.ok(state.path.length > 0, 'a segment state names its file');
     return out;
+  }
+
+  /**
+   * A recorded page the file no longer holds whole (the segment was truncated after its checksum was recorded): the
+   * whole pages before the cut are verified and sent, then the stream ends with WALCAST_ERR_SEGMENT_TRUNCATED. The
+   * partial page at the cut is never sent, since its bytes cannot be checked against a whole page's checksum.
+   * Any other checksum failure is rethrown as it is.
+   */
+  private async truncatedOrRethrow(error: unknown, state: SegmentState, segno: bigint, firstPage: number, endPage: number, chunk: WalChunk, context: VerifyContext): Promise<never> {
+    const fileBytes = fstatSync(chunk.file.fd).size;
+    if (fileBytes >= endPage * WAL_PAGE_BYTES) throw error;
+    const wholePages = Math.floor(fileBytes / WAL_PAGE_BYTES);
+    if (wholePages > firstPage) await this.verifyRecorded(state, segno, firstPage, Math.min(wholePages, endPage), chunk, context);
+    const goodBytes = Math.max(0, wholePages * WAL_PAGE_BYTES - chunk.fileOffset);
+    assert.ok(goodBytes < chunk.byteCount, 'the cut lies inside the chunk');
+    const name = basename(chunk.file.path);
+    throw new WalCorruptionError(
+      `WAL segment ${name} is truncated at offset ${fileBytes} (${this.layout.segmentBytes} expected): the page at offset ${wholePages * WAL_PAGE_BYTES} cannot be verified`,
+      goodBytes,
+      chunk.file.path,
+      wholePages * WAL_PAGE_BYTES,
+      'WALCAST_ERR_SEGMENT_TRUNCATED',
+    );
   }
 
   private fail(state: SegmentState, segno: bigint, page: number, chunk: WalChunk, context: VerifyContext, actual: number | undefined, expected: number | undefined): never {
@@ -218,7 +246,9 @@ export class PageVerifier {
       this.segments.set(segno, existing);
       return existing;
     }
-    const name = segmentFileName(this.layout.pgTimelineId, segno, this.layout.segmentBytes);
+    // The sidecar of the file actually read: after a PostgreSQL timeline switch the same segment number is read from
+    // the new timeline's file (storage/wal-reader.ts), whose checksums are its own.
+    const name = segmentNameOfPath(file.path) ?? segmentFileName(this.layout.pgTimelineId, segno, this.layout.segmentBytes);
     const state: SegmentState = {
       identity,
       path: file.path,
@@ -245,4 +275,11 @@ function setVerified(state: SegmentState, page: number): void {
 
 function hex(value: number | undefined): string {
   return value === undefined ? 'none' : value.toString(16).padStart(8, '0');
+}
+
+/** NAME of a segment file path (NAME or NAME.partial), or undefined for a path that is not a segment file. */
+function segmentNameOfPath(path: string): string | undefined {
+  const base = basename(path);
+  const name = base.endsWith(PARTIAL_SUFFIX) ? base.slice(0, -PARTIAL_SUFFIX.length) : base;
+  return isSegmentFileName(name) ? name : undefined;
 }

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { TIMELINE_PROBLEMS_MAX, checkTimelineFiles, findTimelineProblems, type DirectoryEntry } from './timeline-check.js';
+import { parseTimelineHistory } from './timeline-history.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 const MiB = BigInt(SEGMENT_BYTES);
@@ -30,6 +31,17 @@ const HEALTHY: DirectoryEntry[] = [
 describe('timeline file check', () => {
   test('a healthy directory has no problems', () => {
     assert.deepEqual(findTimelineProblems(HEALTHY, CONTROL), []);
+  });
+
+  test('after a promotion each segment is expected under its TLI; the old TLI\'s partial switch segment is kept quietly', () => {
+    // Timeline 1 ends inside segment 3: segment 2 is TLI 1, segments 3 and 4 are TLI 2 (3 starts with TLI 1's bytes).
+    const history = parseTimelineHistory('1\t0/300100\tno recovery target specified\n', 2);
+    const control = { ...CONTROL, pgTimelineId: 2, history };
+    const tli2 = (segno: number, suffix = ''): DirectoryEntry => ({ name: `00000002000000000000000${segno}${suffix}`, bytes: SEGMENT_BYTES, isFile: true });
+    const promoted = [segment(2), segment(3, SEGMENT_BYTES, '.partial'), tli2(3), tli2(4, '.partial'), { name: '00000002.history', bytes: 40, isFile: true }];
+    assert.deepEqual(findTimelineProblems(promoted, control), []);
+    const missing = findTimelineProblems(promoted.filter((entry) => entry.name !== '000000020000000000000003'), control);
+    assert.deepEqual(missing.map((problem) => [problem.kind, problem.file]), [['missing_segment', '000000020000000000000003']], 'the old TLI\'s copy does not stand in for the new one');
   });
 
   test('a missing segment is an error at its first byte', () => {

@@ -16,6 +16,7 @@ import { isSidecarFileName } from './page-checksums.js';
 import { CONTROL_FILE_NAME, CONTROL_TEMP_NAME, type ControlState } from './control-file.js';
 
 import { PARTIAL_SUFFIX, isSegmentFileName, parseHistoryFileName, parseSegmentFileName, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
+import { historyEntryOf, segmentPgTimeline, type TimelineHistory } from './timeline-history.js';
 
 /**
  * walcast's own state files are named `walcast.*` (walcast.control, walcast.slots, their .tmp files, and what later
@@ -53,7 +54,12 @@ export interface DirectoryEntry {
   readonly isFile: boolean;
 }
 
-type Layout = Pick<ControlState, 'segmentBytes' | 'pgTimelineId' | 'timelineStartLsn' | 'flushLsn' | 'upstream'>;
+/**
+ * With a `history` (a timeline that followed a promotion), each segment is expected under the TLI that holds its
+ * last byte, as pg_wal names them; segments of older TLIs in the history (the old timeline's `.partial` of the
+ * switch point's segment) are kept as PostgreSQL keeps them and not reported.
+ */
+type Layout = Pick<ControlState, 'segmentBytes' | 'pgTimelineId' | 'timelineStartLsn' | 'flushLsn' | 'upstream'> & { readonly history?: TimelineHistory };
 
 /** Lists and stats `dir`, then checks it; entries that vanish while we look are skipped. */
 export async function checkTimelineFiles(dir: string, control: Layout): Promise<TimelineProblem[]> {
@@ -92,14 +98,27 @@ export function findTimelineProblems(entries: readonly DirectoryEntry[], control
 function ownSegmentNumber(entry: DirectoryEntry, control: Layout): bigint | undefined {
   const base = entry.name.endsWith(PARTIAL_SUFFIX) ? entry.name.slice(0, -PARTIAL_SUFFIX.length) : entry.name;
   const parsed = parseSegmentFileName(base, control.segmentBytes);
-  if (parsed === undefined || parsed.pgTimelineId !== control.pgTimelineId || !entry.isFile) return undefined;
+  if (parsed === undefined || parsed.pgTimelineId !== expectedPgTimeline(parsed.segno, control) || !entry.isFile) return undefined;
   return parsed.segno;
+}
+
+function expectedPgTimeline(segno: bigint, control: Layout): number {
+  return control.history === undefined ? control.pgTimelineId : segmentPgTimeline(segno, control.segmentBytes, control.history);
+}
+
+/** A segment file of an older PostgreSQL timeline of this history (superseded by the newer TLI's copy). */
+function isOlderTimelineSegment(name: string, control: Layout): boolean {
+  if (control.history === undefined) return false;
+  const base = name.endsWith(PARTIAL_SUFFIX) ? name.slice(0, -PARTIAL_SUFFIX.length) : name;
+  const parsed = parseSegmentFileName(base, control.segmentBytes);
+  return parsed !== undefined && historyEntryOf(parsed.pgTimelineId, control.history) !== undefined;
 }
 
 function describeOtherEntry(entry: DirectoryEntry, control: Layout): TimelineProblem | undefined {
   if (entry.name.startsWith(OWN_FILE_PREFIX) || parseHistoryFileName(entry.name) !== undefined) return undefined;
   // A segment's page checksums (page-checksums.ts): NAME.crc lives and goes with NAME.
   if (isSidecarFileName(entry.name) && entry.isFile) return undefined;
+  if (entry.isFile && isOlderTimelineSegment(entry.name, control)) return undefined;
   if (isSegmentFileName(entry.name) && entry.isFile) {
     return warning('foreign_segment', entry.name, `${entry.name} is not a segment of PostgreSQL timeline ${control.pgTimelineId}: it is ignored`);
   }
@@ -113,7 +132,7 @@ function checkHeldRange(segments: ReadonlyMap<bigint, DirectoryEntry[]>, control
   const first = segmentOf(control.timelineStartLsn, control.segmentBytes);
   const last = segmentOf(control.flushLsn - 1n, control.segmentBytes);
   for (let segno = first; segno <= last && problems.length < TIMELINE_PROBLEMS_MAX; segno++) {
-    const name = segmentFileName(control.pgTimelineId, segno, control.segmentBytes);
+    const name = segmentFileName(expectedPgTimeline(segno, control), segno, control.segmentBytes);
     const start = segmentStartLsn(segno, control.segmentBytes);
     const found = segments.get(segno) ?? [];
     const chosen = found.find((entry) => entry.name.endsWith(PARTIAL_SUFFIX)) ?? found[0];

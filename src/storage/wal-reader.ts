@@ -25,12 +25,18 @@ import { WalcastError } from '../errors.js';
 import type { WalChunk, WalFileHandle } from './wal-chunk.js';
 import { formatLsn, minLsn, type Lsn } from '../lsn.js';
 import { PARTIAL_SUFFIX, offsetInSegment, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
+import { segmentPgTimeline, type TimelineHistory } from './timeline-history.js';
 
-/** What the reader needs to know about a timeline; the Timeline object satisfies it. */
+/**
+ * What the reader needs to know about a timeline; the Timeline object satisfies it. With a `history`, each segment
+ * is read from the file of the PostgreSQL timeline that holds its last byte (as pg_wal after a promotion); the
+ * history is read at every segment change, so a reader follows a timeline switch made while it runs.
+ */
 export interface SegmentLayout {
   readonly segmentBytes: number;
   readonly pgTimelineId: number;
   readonly timelineStartLsn: Lsn;
+  readonly history?: TimelineHistory;
 }
 
 /** Guards segment files against removal while they are open (src/timeline Timeline.pinSegment). */
@@ -49,6 +55,7 @@ export interface RemoteSegmentSource {
 
 interface OpenSegment {
   readonly segno: bigint;
+  readonly name: string;
   readonly handle: FileHandle;
   readonly file: WalFileHandle;
   /** The file's size when last looked at; looked at again only when a range reaches past it. */
@@ -80,7 +87,7 @@ export class WalReader {
 
   /** PostgreSQL's message for WAL not held (walsender.c XLogRead / CheckXLogRemoved); SQLSTATE 58P01. */
   removedError(lsn: Lsn): WalcastError {
-    const name = segmentFileName(this.layout.pgTimelineId, segmentOf(lsn, this.layout.segmentBytes), this.layout.segmentBytes);
+    const name = this.segmentName(segmentOf(lsn, this.layout.segmentBytes));
     return new WalcastError('WALCAST_ERR_WAL_REMOVED', `requested WAL segment ${name} has already been removed`);
   }
 
@@ -91,7 +98,8 @@ export class WalReader {
     if (lsn < this.layout.timelineStartLsn && this.remote === undefined) throw this.removedError(lsn);
     const { segmentBytes } = this.layout;
     const segno = segmentOf(lsn, segmentBytes);
-    const segment = this.current?.segno === segno ? this.current : await this.switchTo(segno, lsn);
+    // Keyed by name, not segno: after a timeline switch the same segment number is read from the new TLI's file.
+    const segment = this.current?.name === this.segmentName(segno) ? this.current : await this.switchTo(segno, lsn);
     const segmentEnd = segmentStartLsn(segno + 1n, segmentBytes);
     const wantedBytes = Number(minLsn(endLsn, segmentEnd) - lsn);
     const fileOffset = offsetInSegment(lsn, segmentBytes);
@@ -105,7 +113,7 @@ export class WalReader {
 
   /** A segment file that ends before the WAL it must hold (XX001: stored data is damaged). */
   private truncatedError(segment: OpenSegment, lsn: Lsn): WalcastError {
-    const name = segmentFileName(this.layout.pgTimelineId, segment.segno, this.layout.segmentBytes);
+    const name = segment.name;
     const offset = offsetInSegment(lsn, this.layout.segmentBytes);
     return new WalcastError(
       'WALCAST_ERR_SEGMENT_TRUNCATED',
@@ -115,7 +123,7 @@ export class WalReader {
 
   /** A segment inside the timeline that is not there (58P01, as PostgreSQL's "has already been removed"). */
   private missingError(lsn: Lsn): WalcastError {
-    const name = segmentFileName(this.layout.pgTimelineId, segmentOf(lsn, this.layout.segmentBytes), this.layout.segmentBytes);
+    const name = this.segmentName(segmentOf(lsn, this.layout.segmentBytes));
     const offset = offsetInSegment(lsn, this.layout.segmentBytes);
     return new WalcastError('WALCAST_ERR_WAL_REMOVED', `WAL segment ${name} is missing from storage: cannot send WAL at ${formatLsn(lsn)} (offset ${offset})`);
   }
@@ -160,6 +168,12 @@ export class WalReader {
   }
 
   /** NAME.partial first (the segment being filled), then NAME: a .partial may be renamed while we look. */
+  private segmentName(segno: bigint): string {
+    const { history, segmentBytes } = this.layout;
+    const pgTimelineId = history === undefined ? this.layout.pgTimelineId : segmentPgTimeline(segno, segmentBytes, history);
+    return segmentFileName(pgTimelineId, segno, segmentBytes);
+  }
+
   private async openSegment(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
     const unpin = this.pinner === undefined ? noUnpin : this.pinner.pinSegment(segno);
     if (unpin === undefined) return this.openRemote(segno, lsn);
@@ -179,17 +193,18 @@ export class WalReader {
     const path = this.remote === undefined ? undefined : await this.remote.fetch(segno);
     if (path === undefined) throw this.removedError(lsn);
     const handle = await open(path, 'r');
-    return { segno, handle, file: { fd: handle.fd, path }, bytes: (await handle.stat()).size, unpin: noUnpin };
+    const info = await handle.stat();
+    return { segno, name: this.segmentName(segno), handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}` }, bytes: info.size, unpin: noUnpin };
   }
 
   private async openPinned(segno: bigint, lsn: Lsn, unpin: () => void): Promise<OpenSegment> {
-    const name = segmentFileName(this.layout.pgTimelineId, segno, this.layout.segmentBytes);
+    const name = this.segmentName(segno);
     for (const candidate of [name + PARTIAL_SUFFIX, name]) {
       const path = join(this.dir, candidate);
       try {
         const handle = await open(path, 'r');
         const info = await handle.stat();
-        return { segno, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}` }, bytes: info.size, unpin };
+        return { segno, name, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}` }, bytes: info.size, unpin };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
       }

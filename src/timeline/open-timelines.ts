@@ -10,15 +10,18 @@
  * a stream that reaches the hole ends there with an ErrorResponse naming the segment and offset (wal-reader.ts).
  * A `walcast.control.tmp` left by a crash mid-rename is removed.
  */
-import { readdir } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { WalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { formatLsn } from '../lsn.js';
 import { isWalcastError } from '../errors.js';
 import { readSlotFile, slotFileStore } from '../slots/slot-file.js';
 import { SlotTable } from '../slots/slot-table.js';
 import { CONTROL_FILE_NAME, readControlFile, removeStaleControlTemp, type ControlState } from '../storage/control-file.js';
+import { historyFileName } from '../storage/segment-name.js';
 import { checkTimelineFiles } from '../storage/timeline-check.js';
+import { HISTORY_FILE_BYTES_MAX, parseTimelineHistory, singleTimelineHistory, type TimelineHistory } from '../storage/timeline-history.js';
 import { Timeline } from './timeline.js';
 import { TimelineRegistry } from './timeline-registry.js';
 
@@ -26,27 +29,36 @@ const TIMELINE_ID_PATTERN = /^[0-9a-f]{32}$/;
 
 export async function openTimelines(dataDir: string, log: Logger): Promise<TimelineRegistry> {
   const registry = new TimelineRegistry();
-  for (const tenantId of await listIdDirs(dataDir)) {
-    for (const timelineId of await listIdDirs(join(dataDir, tenantId))) {
-      const dir = join(dataDir, tenantId, timelineId);
-      const entries = await readdir(dir);
-      if (!entries.includes(CONTROL_FILE_NAME)) {
-        log.warn({ dir }, 'skipping a timeline directory without a control file');
-        continue;
-      }
-      await openOrReport(registry, { tenantId, timelineId, dir }, log);
-    }
-  }
-  for (const timeline of registry.list()) {
-    log.info(
-      { tenantId: timeline.tenantId, timelineId: timeline.timelineId, startLsn: formatLsn(timeline.timelineStartLsn), commitLsn: formatLsn(timeline.commitLsn.get()) },
-      'timeline opened',
-    );
-  }
+  await openNewTimelines(dataDir, registry, log, { warnIncomplete: true });
   return registry;
 }
 
-async function openOrReport(registry: TimelineRegistry, where: { tenantId: string; timelineId: string; dir: string }, log: Logger): Promise<void> {
+/**
+ * Opens and registers every timeline of the data directory that `registry` does not hold yet, and returns them.
+ * Serve calls this again while it runs, so a `walcast timeline create` needs no restart: create lays a timeline out
+ * in a temp directory and renames it into place with its control file, so a directory that holds a control file is
+ * complete, and one without is skipped (an import still in progress, or one that never finished).
+ */
+export async function openNewTimelines(dataDir: string, registry: TimelineRegistry, log: Logger, options: { warnIncomplete: boolean } = { warnIncomplete: false }): Promise<Timeline[]> {
+  const opened: Timeline[] = [];
+  for (const tenantId of await listIdDirs(dataDir)) {
+    for (const timelineId of await listIdDirs(join(dataDir, tenantId))) {
+      if (registry.get(tenantId, timelineId) !== undefined || registry.getUnavailable(tenantId, timelineId) !== undefined) continue;
+      const dir = join(dataDir, tenantId, timelineId);
+      const entries = await readdir(dir);
+      if (!entries.includes(CONTROL_FILE_NAME)) {
+        if (options.warnIncomplete) log.warn({ dir }, 'skipping a timeline directory without a control file');
+        continue;
+      }
+      const timeline = await openOrReport(registry, { tenantId, timelineId, dir }, log);
+      if (timeline !== undefined) opened.push(timeline);
+    }
+  }
+  return opened;
+}
+
+/** Opens one timeline and registers it, or registers it as unavailable (and returns undefined) when its control file is unusable. */
+async function openOrReport(registry: TimelineRegistry, where: { tenantId: string; timelineId: string; dir: string }, log: Logger): Promise<Timeline | undefined> {
   const timelineLog = log.child({ tenantId: where.tenantId, timelineId: where.timelineId });
   if (await removeStaleControlTemp(where.dir)) timelineLog.warn({ dir: where.dir }, 'removed a walcast.control.tmp left by an interrupted control-file update');
   let control: ControlState;
@@ -56,16 +68,18 @@ async function openOrReport(registry: TimelineRegistry, where: { tenantId: strin
     if (!isWalcastError(error, 'WALCAST_ERR_CONTROL_FILE')) throw error;
     timelineLog.error({ err: error.message, code: error.code }, 'timeline unavailable: its control file is unusable; it is not served');
     registry.addUnavailable({ ...where, error });
-    return;
+    return undefined;
   }
   const timeline = await timelineFromControl(where.dir, control, log);
-  timeline.storageProblems = await checkTimelineFiles(where.dir, control);
+  timeline.storageProblems = await checkTimelineFiles(where.dir, { ...control, history: timeline.history });
   for (const problem of timeline.storageProblems) {
     const fields = { kind: problem.kind, file: problem.file, ...(problem.lsn === undefined ? {} : { lsn: formatLsn(problem.lsn) }) };
     if (problem.severity === 'error') timelineLog.error(fields, `timeline storage damaged: ${problem.message}`);
     else timelineLog.warn(fields, `timeline storage: ${problem.message}`);
   }
   registry.add(timeline);
+  timelineLog.info({ startLsn: formatLsn(timeline.timelineStartLsn), commitLsn: formatLsn(timeline.commitLsn.get()) }, 'timeline opened');
+  return timeline;
 }
 
 /** Reads a timeline's control file and slot file; without a logger, failed background slot saves go unreported. */
@@ -90,10 +104,28 @@ async function timelineFromControl(dir: string, control: ControlState, log?: Log
       segmentBytes: control.segmentBytes,
       pgTimelineId: control.pgTimelineId,
       timelineStartLsn: control.timelineStartLsn,
+      history: await readHistory(dir, control.pgTimelineId),
     },
     { flushLsn: control.flushLsn, commitLsn: control.commitLsn },
     slots,
   );
+}
+
+/**
+ * The history of the control file's current TLI, from its `%08X.history` (which lists every ancestor). TLI 1 has
+ * none; a higher TLI without one (a timeline imported without its history) is served as a single timeline.
+ */
+export async function readHistory(dir: string, pgTimelineId: number): Promise<TimelineHistory> {
+  if (pgTimelineId === 1) return singleTimelineHistory(1);
+  let content: Buffer;
+  try {
+    content = await readFile(join(dir, historyFileName(pgTimelineId)));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return singleTimelineHistory(pgTimelineId);
+    throw error;
+  }
+  if (content.length > HISTORY_FILE_BYTES_MAX) throw new WalcastError('WALCAST_ERR_WAL_INVALID', `history file ${historyFileName(pgTimelineId)} in ${dir} is too large`);
+  return parseTimelineHistory(content.toString('utf8'), pgTimelineId);
 }
 
 /** Subdirectories named by 32 hex digits; a missing data directory holds no timelines. */

@@ -13,6 +13,7 @@ import { PageVerifier, type TailPageSource } from '../storage/page-verifier.js';
 import { ControlFileWriter } from '../storage/control-writer.js';
 import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import { segmentOf } from '../storage/segment-name.js';
+import { historyEntryOf, pgTimelineAt, singleTimelineHistory, switchPointOf, type TimelineHistory } from '../storage/timeline-history.js';
 import { LsnWatch } from './lsn-watch.js';
 import { ReplicaRegistry } from './replica-registry.js';
 
@@ -24,10 +25,12 @@ export interface TimelineIdentity {
   readonly systemId: bigint;
   readonly pgVersion: number;
   readonly segmentBytes: number;
-  /** The PostgreSQL timeline (TLI) the WAL belongs to, as IDENTIFY_SYSTEM reports it. */
+  /** The PostgreSQL timeline (TLI) the newest WAL belongs to, as IDENTIFY_SYSTEM reports it. */
   readonly pgTimelineId: number;
   /** The first byte of WAL this timeline holds (retention moves it forward while the server runs). */
   readonly timelineStartLsn: Lsn;
+  /** The PostgreSQL timelines the WAL went through, oldest first (from the current TLI's history file). */
+  readonly history?: TimelineHistory;
 }
 
 /** Releases a segment pin; idempotent. */
@@ -45,7 +48,7 @@ export class Timeline implements TimelineIdentity {
   readonly systemId: bigint;
   readonly pgVersion: number;
   readonly segmentBytes: number;
-  readonly pgTimelineId: number;
+  private historyValue: TimelineHistory;
   /** Everything durably stored; recovery (term) streams may send up to here. */
   readonly flushLsn: LsnWatch;
   /** Everything committed; ordinary replicas are sent up to here. Never ahead of the flush LSN. */
@@ -81,7 +84,8 @@ export class Timeline implements TimelineIdentity {
     this.systemId = identity.systemId;
     this.pgVersion = identity.pgVersion;
     this.segmentBytes = identity.segmentBytes;
-    this.pgTimelineId = identity.pgTimelineId;
+    this.historyValue = identity.history ?? singleTimelineHistory(identity.pgTimelineId);
+    assert.equal(this.pgTimelineId, identity.pgTimelineId, 'the history ends with the current PostgreSQL timeline');
     this.startLsn = identity.timelineStartLsn;
     this.controlFile = new ControlFileWriter(identity.dir);
     this.flushLsn = new LsnWatch(positions.flushLsn);
@@ -166,6 +170,46 @@ export class Timeline implements TimelineIdentity {
     const lowestPinned = this.lowestPinnedSegment();
     assert.ok(lowestPinned === undefined || lowestPinned >= segmentOf(lsn, this.segmentBytes), 'the start never passes a pinned segment');
     this.startLsn = lsn;
+  }
+
+  /** The current (newest) PostgreSQL timeline: ingest moves it forward at a promotion upstream. */
+  get pgTimelineId(): number {
+    const newest = this.historyValue[this.historyValue.length - 1];
+    assert.ok(newest !== undefined, 'a history is never empty');
+    return newest.pgTimelineId;
+  }
+
+  /** The PostgreSQL timelines the stored WAL went through, oldest first; the last one is open-ended. */
+  get history(): TimelineHistory {
+    return this.historyValue;
+  }
+
+  /**
+   * Where PostgreSQL timeline `pgTimelineId` ends in this history (its switch point) and which TLI follows,
+   * undefined while it is the current one. The TLI must be in the history (`hasPgTimeline`).
+   */
+  pgTimelineEnd(pgTimelineId: number): { readonly switchLsn: Lsn; readonly nextPgTimelineId: number } | undefined {
+    return switchPointOf(pgTimelineId, this.historyValue);
+  }
+
+  hasPgTimeline(pgTimelineId: number): boolean {
+    return historyEntryOf(pgTimelineId, this.historyValue) !== undefined;
+  }
+
+  /**
+   * Moves to a new PostgreSQL timeline (ingest followed a promotion). Must run before any byte past the switch
+   * point is published: senders read the commit LSN first and this history second, so a sender that sees WAL past
+   * the switch point also sees the switch and ends its old-timeline stream there.
+   */
+  switchPgTimeline(history: TimelineHistory): void {
+    const previous = this.pgTimelineId;
+    const next = history[history.length - 1];
+    assert.ok(next !== undefined && next.pgTimelineId > previous, 'a timeline switch moves to a newer TLI');
+    const end = switchPointOf(previous, history);
+    assert.ok(end !== undefined, `the new history ends timeline ${previous}`);
+    assert.ok(end.switchLsn >= this.flushLsn.get(), `nothing past the switch point ${formatLsn(end.switchLsn)} was published`);
+    assert.equal(pgTimelineAt(end.switchLsn, history), end.nextPgTimelineId);
+    this.historyValue = history;
   }
 
   /** Publishes newly durable WAL: flush first, so that commit never passes it. */

@@ -23,7 +23,11 @@ const NO_TYPE_MODIFIER = -1;
 const NO_TABLE_OID = 0;
 const NO_COLUMN_NUMBER = 0;
 
-export function simpleResultSet(columns: readonly ColumnSpec[], rows: readonly (readonly (string | null)[])[], tag: string): Buffer[] {
+/**
+ * RowDescription, DataRows, then CommandComplete with `tag`; without a tag no CommandComplete follows (walsender.c
+ * StartReplication sends the next-timeline row that way, and its CommandCompletes separately).
+ */
+export function simpleResultSet(columns: readonly ColumnSpec[], rows: readonly (readonly (string | null)[])[], tag: string | undefined): Buffer[] {
   assert.ok(columns.length > 0, 'a result set has at least one column');
   const fields: FieldDescription[] = columns.map((column) => ({
     name: column.name,
@@ -39,6 +43,6 @@ export function simpleResultSet(columns: readonly ColumnSpec[], rows: readonly (
     assert.equal(row.length, columns.length, 'every row has one value per column');
     messages.push(dataRow(row));
   }
-  messages.push(commandComplete(tag));
+  if (tag !== undefined) messages.push(commandComplete(tag));
   return messages;
 }

@@ -84,3 +84,65 @@ export async function startAndVanish(port: number, startLsn: Lsn, waitForBytes =
   socket.destroy();
   return received;
 }
+
+/**
+ * Opens a replication connection as a trust client, sends START_REPLICATION at `startLsn` once startup is over,
+ * and resolves with the socket once the server's CopyBothResponse and at least `bytesAfterCopyBoth` further bytes
+ * (WAL) have arrived. Messages are parsed by length, so a marker byte inside WAL never misleads it. Rejects on
+ * an ErrorResponse, a close, or `timeoutMs`. The caller owns the socket (and may pause it: a slow replica).
+ */
+export function startStreaming(port: number, startLsn: Lsn, options: { bytesAfterCopyBoth: number; timeoutMs: number }): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    let pending: Buffer = Buffer.alloc(0);
+    /** Bytes received after the CopyBothResponse; -1 until it came. */
+    let streamed = -1;
+    const fail = (why: string): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(new Error(why));
+    };
+    const timer = setTimeout(() => fail(`no stream within ${options.timeoutMs} ms`), options.timeoutMs);
+    const onError = (error: Error): void => fail(`socket error: ${error.message}`);
+    const onClose = (): void => fail('closed before streaming');
+    socket.on('error', onError);
+    socket.once('close', onClose);
+    socket.once('connect', () => socket.write(startupPacket({ user: 'repl', database: 'replication', replication: 'true', application_name: 'storm' })));
+    const onData = (chunk: Buffer): void => {
+      if (streamed >= 0) streamed += chunk.length;
+      else {
+        const step = readUntilCopyBoth(Buffer.concat([pending, chunk]));
+        if (step.error !== undefined) return fail(`ErrorResponse: ${step.error}`);
+        if (step.sendStart) socket.write(queryMessage(`START_REPLICATION PHYSICAL ${formatLsn(startLsn)}`));
+        pending = step.rest;
+        if (step.copyBoth) streamed = step.rest.length;
+      }
+      if (streamed >= options.bytesAfterCopyBoth) {
+        clearTimeout(timer);
+        socket.off('data', onData);
+        socket.off('close', onClose);
+        socket.off('error', onError);
+        socket.on('error', () => undefined);
+        resolve(socket);
+      }
+    };
+    socket.on('data', onData);
+  });
+}
+
+/** Walks whole backend messages: ReadyForQuery means "send START_REPLICATION", CopyBothResponse means streaming. */
+function readUntilCopyBoth(buffer: Buffer): { rest: Buffer; sendStart: boolean; copyBoth: boolean; error?: string } {
+  let offset = 0;
+  let sendStart = false;
+  while (buffer.length - offset >= 5) {
+    const type = String.fromCharCode(buffer[offset] ?? 0);
+    const length = buffer.readInt32BE(offset + 1);
+    if (buffer.length - offset < 1 + length) break;
+    const body = buffer.subarray(offset + 5, offset + 1 + length);
+    offset += 1 + length;
+    if (type === 'E') return { rest: buffer.subarray(offset), sendStart, copyBoth: false, error: body.toString('latin1') };
+    if (type === 'Z') sendStart = true;
+    if (type === 'W') return { rest: buffer.subarray(offset), sendStart, copyBoth: true };
+  }
+  return { rest: buffer.subarray(offset), sendStart, copyBoth: false };
+}
