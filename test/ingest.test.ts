@@ -9,7 +9,6 @@
  * catches up; and walcast serves as the primary's synchronous standby.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -24,8 +23,9 @@ import { segmentFileName } from '../src/storage/segment-name.js';
 import type { Timeline } from '../src/timeline/timeline.js';
 import { connectReplication } from '../src/wire/client.js';
 import { firstDifference, freePort, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type PgStandby, type StandbyBase } from './support/postgres.js';
-import { REPO_ROOT, runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
+import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
+import { spawnServe, type ServeProcess } from './support/serve-process.js';
 
 const SEGMENT_BYTES = 16 * 1024 * 1024;
 const TEST_TIMEOUT_MS = 300_000;
@@ -139,7 +139,7 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     const createdJson = JSON.parse(created.stdout) as { timeline_id: string; start_lsn: string };
     const startLsnC = parseLsnOrThrow(createdJson.start_lsn);
     const port = await freePort();
-    let serve = await spawnServe(dataDirC, port);
+    let serve = await spawnIngestServe(dataDirC, port);
     cleanups.push(() => serve.stop());
     await fixture.standby.stop();
     fixture.standby = await fixture.standbyBase.startWithUpstream(port);
@@ -150,7 +150,7 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
       serve.kill9();
       await serve.exited;
       t.diagnostic(`killed walcast at primary flush ${await fixture.primary.sql('SELECT pg_current_wal_flush_lsn()')}`);
-      serve = await spawnServe(dataDirC, port);
+      serve = await spawnIngestServe(dataDirC, port);
     }
     await load;
     await fixture.primary.sql('INSERT INTO ingest_rows (id) VALUES (3001)');
@@ -365,51 +365,16 @@ function percentile(values: number[], fraction: number): string {
   return (sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * fraction))] ?? Number.NaN).toFixed(2);
 }
 
-interface ServeProcess {
-  readonly exited: Promise<void>;
-  kill9(): void;
-  stop(): Promise<void>;
-  output(): string;
-}
-
-/** Output kept from a child walcast, enough for its recovery and error lines. */
-const SERVE_OUTPUT_BYTES_MAX = 256 * 1024;
-
 /** `walcast serve` as a child process on 127.0.0.1:PORT; resolves once it answers IDENTIFY_SYSTEM. */
-async function spawnServe(dataDir: string, port: number): Promise<ServeProcess> {
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--no-http', '--log-level', 'info'], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, WALCAST_IO: 'ts' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  const collect = (chunk: Buffer): void => {
-    if (output.length < SERVE_OUTPUT_BYTES_MAX) output += chunk.toString();
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const serve: ServeProcess = {
-    exited,
-    kill9: () => child.kill('SIGKILL'),
-    stop: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
+function spawnIngestServe(dataDir: string, port: number): Promise<ServeProcess> {
+  return spawnServe({
+    args: ['--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--no-http', '--log-level', 'info'],
+    env: { WALCAST_IO: 'ts' },
+    ready: async () => {
+      await identifyPosition(port);
+      return true;
     },
-    output: () => output,
-  };
-  await waitFor(async () => {
-    if (child.exitCode !== null) throw new Error(`walcast serve exited: ${output}`);
-    await identifyPosition(port);
-    return true;
-  }, 60_000).catch((error: unknown) => {
-    child.kill('SIGKILL');
-    throw new Error(`walcast serve did not come up: ${String(error)}\n${output}`);
   });
-  return serve;
 }
 
 async function identifyPosition(port: number): Promise<Lsn> {

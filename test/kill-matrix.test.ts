@@ -12,7 +12,6 @@
  * the test runner chose (WALCAST_IO).
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -24,14 +23,12 @@ import { readControlFile } from '../src/storage/control-file.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
 import { connectReplication } from '../src/wire/client.js';
 import { firstDifference, freePort, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
-import { REPO_ROOT } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
+import { spawnServe, type ServeProcess } from './support/serve-process.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 const TIMEOUT_MS = 300_000;
 const EVENT_TIMEOUT_MS = 60_000;
-/** Output kept from a child walcast: enough for its recovery, pause and error lines. */
-const SERVE_OUTPUT_BYTES_MAX = 1024 * 1024;
 /** pgbench runs this long per case: long enough that the failpoint fires under load. */
 const LOAD_SECONDS = '6';
 
@@ -79,7 +76,7 @@ describe('kill -9 matrix and injected I/O errors during pgbench', { timeout: TIM
   for (const testCase of CASES) {
     test(`${testCase.failpoint}: restart or resume, stored WAL equals the primary up to the durable LSN, ingest goes on`, async (t) => {
       const started = Date.now();
-      serve = await spawnServe({ WALCAST_FAILPOINTS_ENABLE: '1', WALCAST_FAILPOINTS: testCase.failpoint });
+      serve = await spawnMatrixServe({ WALCAST_FAILPOINTS_ENABLE: '1', WALCAST_FAILPOINTS: testCase.failpoint });
       const load = primary.pgbench(['-T', LOAD_SECONDS, '-c', '2', '-n']);
       const receiver = testCase.slot === true ? await startSlotReceiver() : undefined;
       if (testCase.expect === 'kill') {
@@ -94,7 +91,7 @@ describe('kill -9 matrix and injected I/O errors during pgbench', { timeout: TIM
           assert.ok(slot !== undefined, 'the slot survived the kill');
           assert.ok(slot.restartLsn !== undefined && slot.restartLsn <= durableAtKill, 'a saved restart LSN never passes durable WAL');
         }
-        serve = await spawnServe({});
+        serve = await spawnMatrixServe({});
         t.diagnostic(`killed with durable LSN ${formatLsn(durableAtKill)}; restarted`);
       } else {
         const code = testCase.failpoint.split('=')[1]?.split('@')[0]?.toUpperCase() ?? '';
@@ -151,43 +148,14 @@ async function assertStoredEqualsPrimary(durable: Lsn): Promise<number> {
   return compared;
 }
 
-interface ServeProcess {
-  /** Resolves with the signal that ended the process (null for a plain exit). */
-  readonly exited: Promise<NodeJS.Signals | null>;
-  stop(): Promise<void>;
-  output(): string;
-}
-
-/** `walcast serve` as a child process with extra environment; resolves once it is listening. */
-async function spawnServe(env: Record<string, string>): Promise<ServeProcess> {
-  const child: ChildProcess = spawn(
-    process.execPath,
-    ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--no-http', '--log-level', 'debug'],
-    { cwd: REPO_ROOT, env: { ...process.env, WALCAST_IO: process.env.WALCAST_IO ?? 'ts', ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let output = '';
-  const collect = (chunk: Buffer): void => {
-    if (output.length < SERVE_OUTPUT_BYTES_MAX) output += chunk.toString();
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  const exited = new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
-  const process_: ServeProcess = {
-    exited,
-    output: () => output,
-    stop: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
-  await waitFor(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`walcast serve exited: ${output}`);
-    return output.includes('"msg":"listening"') ? true : undefined;
-  }, EVENT_TIMEOUT_MS);
-  return process_;
+/** `walcast serve` as a child process with extra environment (failpoints); resolves once it is listening. */
+function spawnMatrixServe(env: Record<string, string>): Promise<ServeProcess> {
+  return spawnServe({
+    args: ['--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--no-http', '--log-level', 'debug'],
+    env,
+    ready: async (serve) => (serve.output().includes('"msg":"listening"') ? true : undefined),
+    readyTimeoutMs: EVENT_TIMEOUT_MS,
+  });
 }
 
 async function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {

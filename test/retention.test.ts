@@ -5,7 +5,6 @@
  * to the primary's. A long variant (1.5 GB of WAL) runs when WALCAST_RETENTION_LONG=1.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFile, lstat, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -17,8 +16,9 @@ import { segmentFileName } from '../src/storage/segment-name.js';
 import type { Timeline } from '../src/timeline/timeline.js';
 import { connectReplication } from '../src/wire/client.js';
 import { firstDifference, freePort, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
-import { REPO_ROOT, startWalcast, type RunningWalcast } from './support/walcast.js';
+import { startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
+import { spawnServe, type ServeProcess } from './support/serve-process.js';
 
 const SEGMENT_BYTES = 16 * 1024 * 1024;
 const MIB = 1024 * 1024;
@@ -199,7 +199,7 @@ describe('WAL retention following a real primary', { timeout: TEST_TIMEOUT_MS },
     const dataDir = await makeTempDir('walcast-retention-kill');
     const created = await createFollowingTimeline({ dataDir, upstream: `host=127.0.0.1 port=${primary.port} user=repl application_name=walcast_kill`, password: undefined, log: silentLogger() });
     const port = await freePort();
-    let serve = await spawnServe(dataDir, port);
+    let serve = await spawnRetentionServe(dataDir, port);
     cleanups.push(() => serve.stop());
     const outputs: string[] = [];
     const timelineDir = join(dataDir, created.tenantId, created.timelineId);
@@ -217,7 +217,7 @@ describe('WAL retention following a real primary', { timeout: TEST_TIMEOUT_MS },
       t.diagnostic(`round ${round}: killed; control start ${formatLsn((await readControlFile(timelineDir)).timelineStartLsn)}, ${(await measureSegments(timelineDir)).files} segment files`);
       await producing;
       outputs.push(serve.output());
-      serve = await spawnServe(dataDir, port);
+      serve = await spawnRetentionServe(dataDir, port);
       // Two kills with only --wal-keep-size holding WAL, then one with a slot holding it too.
       if (round === 1) await replicationQuery(port, 'CREATE_REPLICATION_SLOT kill_keeper PHYSICAL RESERVE_WAL');
     }
@@ -373,48 +373,16 @@ function mib(bytes: number): string {
   return (bytes / MIB).toFixed(1);
 }
 
-interface ServeProcess {
-  readonly exited: Promise<void>;
-  kill9(): void;
-  stop(): Promise<void>;
-  output(): string;
-}
-
-/** Output kept from a child walcast, enough for its removal lines and errors. */
-const SERVE_OUTPUT_BYTES_MAX = 1024 * 1024;
-
 /** `walcast serve` as a child process with the test's retention flags; resolves once it answers IDENTIFY_SYSTEM. */
-async function spawnServe(dataDir: string, port: number): Promise<ServeProcess> {
-  const args = ['serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--no-http', '--log-level', 'info', '--wal-keep-size', `${WAL_KEEP_BYTES / MIB}MB`];
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), ...args], { cwd: REPO_ROOT, env: { ...process.env, WALCAST_IO: 'ts' }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  const collect = (chunk: Buffer): void => {
-    if (output.length < SERVE_OUTPUT_BYTES_MAX) output += chunk.toString();
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const serve: ServeProcess = {
-    exited,
-    kill9: () => child.kill('SIGKILL'),
-    stop: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
+function spawnRetentionServe(dataDir: string, port: number): Promise<ServeProcess> {
+  return spawnServe({
+    args: ['--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--no-http', '--log-level', 'info', '--wal-keep-size', `${WAL_KEEP_BYTES / MIB}MB`],
+    env: { WALCAST_IO: 'ts' },
+    ready: async () => {
+      await replicationQuery(port, 'IDENTIFY_SYSTEM');
+      return true;
     },
-    output: () => output,
-  };
-  await waitFor(async () => {
-    if (child.exitCode !== null) throw new Error(`walcast serve exited: ${output}`);
-    await replicationQuery(port, 'IDENTIFY_SYSTEM');
-    return true;
-  }, 60_000).catch((error: unknown) => {
-    child.kill('SIGKILL');
-    throw new Error(`walcast serve did not come up: ${String(error)}\n${output}`);
   });
-  return serve;
 }
 
 function sleep(ms: number): Promise<void> {

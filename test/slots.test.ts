@@ -9,7 +9,6 @@
  * ahead of what the replica confirmed. `walcast slot` is exercised through a running server and on the files.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFile, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -20,13 +19,13 @@ import { segmentFileName } from '../src/storage/segment-name.js';
 import type { Timeline } from '../src/timeline/timeline.js';
 import { connectReplication, ServerError, type ReplicationClient } from '../src/wire/client.js';
 import { firstDifference, freePort, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
-import { REPO_ROOT, runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
+import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
+import { spawnServe, type ServeProcess } from './support/serve-process.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 const TEST_TIMEOUT_MS = 300_000;
 const CATCH_UP_TIMEOUT_MS = 120_000;
-const SERVE_OUTPUT_BYTES_MAX = 256 * 1024;
 
 let primary: PgCluster;
 let walcast: RunningWalcast;
@@ -259,7 +258,7 @@ describe('replication slots', { timeout: TEST_TIMEOUT_MS }, () => {
     const killDir = await makeTempDir('walcast-slots-kill');
     const created = await createFollowingTimeline({ dataDir: killDir, upstream: `host=127.0.0.1 port=${primary.port} user=repl application_name=walcast_kill`, password: undefined, log: silentLogger() });
     const [pgPort, httpPort] = [await freePort(), await freePort()];
-    const serve = await spawnServe(killDir, pgPort, httpPort);
+    const serve = await spawnSlotServe(killDir, pgPort, httpPort);
     cleanups.push(() => serve.stop());
     const createdSlot = await runWalcastCli(['slot', 'create', 'killed', '--data-dir', killDir, '--json']);
     assert.equal(createdSlot.code, 0, createdSlot.stderr);
@@ -356,46 +355,17 @@ async function assertSegmentsMatch(receivedDir: string, startLsn: Lsn, endLsn: L
   return compared;
 }
 
-interface ServeProcess {
-  readonly exited: Promise<void>;
-  kill9(): void;
-  stop(): Promise<void>;
-}
-
-async function spawnServe(dataDirectory: string, port: number, httpPort: number): Promise<ServeProcess> {
-  const child: ChildProcess = spawn(
-    process.execPath,
-    ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', '--data-dir', dataDirectory, '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${httpPort}`, '--log-level', 'info'],
-    { cwd: REPO_ROOT, env: { ...process.env, WALCAST_IO: 'ts' }, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let output = '';
-  const collect = (chunk: Buffer): void => {
-    if (output.length < SERVE_OUTPUT_BYTES_MAX) output += chunk.toString();
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const serve: ServeProcess = {
-    exited,
-    kill9: () => child.kill('SIGKILL'),
-    stop: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
+/** `walcast serve` with its HTTP API; ready once the API answers and the server has recorded its state file. */
+function spawnSlotServe(dataDirectory: string, port: number, httpPort: number): Promise<ServeProcess> {
+  return spawnServe({
+    args: ['--data-dir', dataDirectory, '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${httpPort}`, '--log-level', 'info'],
+    env: { WALCAST_IO: 'ts' },
+    ready: async (serve) => {
+      const response = await fetch(`http://127.0.0.1:${httpPort}/v1/status`);
+      const state = await readFile(join(dataDirectory, 'walcast.server.json'), 'utf8');
+      return response.ok && state.includes(String(serve.child.pid)) ? true : undefined;
     },
-  };
-  await waitFor(async () => {
-    if (child.exitCode !== null) throw new Error(`walcast serve exited: ${output}`);
-    const response = await fetch(`http://127.0.0.1:${httpPort}/v1/status`);
-    const state = await readFile(join(dataDirectory, 'walcast.server.json'), 'utf8');
-    return response.ok && state.includes(String(child.pid)) ? true : undefined;
-  }, 60_000, { what: 'walcast serve listening' }).catch((error: unknown) => {
-    child.kill('SIGKILL');
-    throw error;
   });
-  return serve;
 }
 
 function sleep(ms: number): Promise<void> {
