@@ -7,12 +7,12 @@
  * A missing file is "no slots" (timelines made before slots existed have none); a corrupt one stops the server,
  * as a slot it cannot read may be holding WAL a replica needs.
  */
-import { open, readFile, rename } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
 import { failpoint } from '../failpoints.js';
 import { formatLsn, parseLsn } from '../lsn.js';
-import { fsyncDirectory } from '../storage/control-file.js';
+import { replaceFileDurably } from '../storage/durable-file.js';
 import { crc32c } from '../storage/crc32c.js';
 import { SLOTS_PER_TIMELINE_MAX, validateSlotName, type PersistedSlot, type SlotStore } from './slot-table.js';
 
@@ -96,18 +96,7 @@ export async function readSlotFile(dir: string): Promise<PersistedSlot[]> {
 
 /** Replaces DIR/walcast.slots atomically and durably. */
 export async function writeSlotFile(dir: string, slots: readonly PersistedSlot[]): Promise<void> {
-  const bytes = encodeSlotFile(slots);
-  const tempPath = join(dir, SLOT_TEMP_NAME);
-  const handle = await open(tempPath, 'w', 0o600);
-  try {
-    await handle.writeFile(bytes);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  failpoint('slot-before-rename');
-  await rename(tempPath, join(dir, SLOT_FILE_NAME));
-  await fsyncDirectory(dir);
+  await replaceFileDurably(dir, SLOT_FILE_NAME, encodeSlotFile(slots), { tempName: SLOT_TEMP_NAME, beforeRename: () => failpoint('slot-before-rename') });
 }
 
 /** The SlotStore of one timeline directory. */

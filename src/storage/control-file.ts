@@ -7,12 +7,16 @@
  * fsync the directory), so a reader sees the old file or the new one, never a mix; the checksum catches the rest.
  */
 import assert from 'node:assert/strict';
-import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
 import { failpoint } from '../failpoints.js';
 import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
 import { crc32c } from './crc32c.js';
+import { replaceFileDurably } from './durable-file.js';
+
+/** Re-exported for the modules that imported it from here before durable-file.ts existed. */
+export { fsyncDirectory } from './durable-file.js';
 import { assertSegmentSize } from './segment-name.js';
 
 export const CONTROL_FILE_NAME = 'walcast.control';
@@ -198,23 +202,7 @@ export async function readControlFile(dir: string): Promise<ControlState> {
  * before the error is thrown, so a full disk leaves no stray `walcast.control.tmp` behind; the old control file stays.
  */
 export async function writeControlFile(dir: string, state: ControlState): Promise<void> {
-  const bytes = encodeControlFile(state);
-  const tempPath = join(dir, CONTROL_TEMP_NAME);
-  try {
-    const handle = await open(tempPath, 'w', 0o600);
-    try {
-      await handle.writeFile(bytes);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    failpoint('control-before-rename');
-    await rename(tempPath, join(dir, CONTROL_FILE_NAME));
-  } catch (error) {
-    await unlink(tempPath).catch(() => undefined);
-    throw error;
-  }
-  await fsyncDirectory(dir);
+  await replaceFileDurably(dir, CONTROL_FILE_NAME, encodeControlFile(state), { tempName: CONTROL_TEMP_NAME, beforeRename: () => failpoint('control-before-rename') });
 }
 
 /** Removes a `walcast.control.tmp` left by a crash between writing and renaming it; true when there was one. */
@@ -225,16 +213,6 @@ export async function removeStaleControlTemp(dir: string): Promise<boolean> {
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw error;
-  }
-}
-
-/** Makes a rename or create in `dir` durable (the directory entry itself must reach the disk). */
-export async function fsyncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

@@ -8,11 +8,11 @@
  * The history of TLI n is the file of TLI n plus n itself (open-ended); TLI 1 has no file.
  */
 import assert from 'node:assert/strict';
-import { open, readFile, rename } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
 import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
-import { fsyncDirectory } from './control-file.js';
+import { replaceFileDurably } from './durable-file.js';
 import { historyFileName, segmentStartLsn } from './segment-name.js';
 
 /** A history file has one short line per earlier timeline; PostgreSQL's are far below this. */
@@ -108,16 +108,7 @@ export async function writeHistoryFile(dir: string, pgTimelineId: number, conten
   const bytes = Buffer.from(content, 'utf8');
   assert.ok(bytes.length <= HISTORY_FILE_BYTES_MAX, 'a history file is small');
   const name = historyFileName(pgTimelineId);
-  const tempPath = join(dir, `${name}.tmp`);
-  const handle = await open(tempPath, 'w', 0o600);
-  try {
-    await handle.writeFile(bytes);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await rename(tempPath, join(dir, name));
-  await fsyncDirectory(dir);
+  await replaceFileDurably(dir, name, bytes, { tempName: `${name}.tmp` });
 }
 
 /** A history file as TIMELINE_HISTORY returns it. */
