@@ -268,18 +268,19 @@ function registerTotals(registry: Registry, eachTimeline: EachTimeline, io: { re
   });
 }
 
-/** Disk usage and removals per timeline, read from its retention task at scrape time. */
-function registerRetentionMetrics(registry: Registry, eachTimeline: EachTimeline, retention: RetentionLookup): void {
-  const perTimeline = (name: string, help: string, read: (status: RetentionStatus) => number): void =>
+/**
+ * Per-timeline gauges and counters read from a status object looked up at scrape time (retention, offload): a
+ * timeline without one (nothing runs for it) is left out of the scrape.
+ */
+function statusMetrics<Status>(registry: Registry, eachTimeline: EachTimeline, lookup: (timeline: Timeline) => Status | undefined) {
+  const perTimeline = (name: string, help: string, read: (status: Status) => number): void =>
     scrapeGauge(registry, name, help, TIMELINE_LABELS, (gauge) =>
       eachTimeline((timeline) => {
-        const status = retention(timeline);
+        const status = lookup(timeline);
         if (status !== undefined) gauge.set(timelineLabels(timeline), read(status));
       }),
     );
-  perTimeline('walcast_timeline_wal_disk_bytes', 'Bytes the timeline\'s WAL segment files occupy on disk (allocated blocks), at the last measurement.', (status) => status.diskBytes);
-  perTimeline('walcast_timeline_wal_segment_files', 'WAL segment files of the timeline on disk.', (status) => status.segmentFiles);
-  const perTimelineCounter = (name: string, help: string, read: (status: RetentionStatus) => number): void => {
+  const perTimelineCounter = (name: string, help: string, read: (status: Status) => number): void => {
     new Counter({
       name,
       help,
@@ -288,12 +289,20 @@ function registerRetentionMetrics(registry: Registry, eachTimeline: EachTimeline
       collect() {
         this.reset();
         eachTimeline((timeline) => {
-          const status = retention(timeline);
+          const status = lookup(timeline);
           if (status !== undefined) this.inc(timelineLabels(timeline), read(status));
         });
       },
     });
   };
+  return { perTimeline, perTimelineCounter };
+}
+
+/** Disk usage and removals per timeline, read from its retention task at scrape time. */
+function registerRetentionMetrics(registry: Registry, eachTimeline: EachTimeline, retention: RetentionLookup): void {
+  const { perTimeline, perTimelineCounter } = statusMetrics(registry, eachTimeline, retention);
+  perTimeline('walcast_timeline_wal_disk_bytes', 'Bytes the timeline\'s WAL segment files occupy on disk (allocated blocks), at the last measurement.', (status) => status.diskBytes);
+  perTimeline('walcast_timeline_wal_segment_files', 'WAL segment files of the timeline on disk.', (status) => status.segmentFiles);
   perTimelineCounter('walcast_wal_segments_removed_total', 'WAL segment files removed by retention.', (status) => status.segmentsRemoved);
   perTimelineCounter('walcast_slots_invalidated_total', 'Replication slots invalidated for falling behind --max-slot-wal-keep-size (wal_status lost).', (status) => status.slotsInvalidated);
   perTimelineCounter('walcast_retention_failures_total', 'WAL removal passes that failed (retried by the next pass).', (status) => status.failures);
@@ -301,28 +310,7 @@ function registerRetentionMetrics(registry: Registry, eachTimeline: EachTimeline
 
 /** Offload to object storage per timeline, read from its uploader at scrape time. */
 function registerOffloadMetrics(registry: Registry, eachTimeline: EachTimeline, offload: OffloadLookup): void {
-  const perTimeline = (name: string, help: string, read: (status: OffloadStatus) => number): void =>
-    scrapeGauge(registry, name, help, TIMELINE_LABELS, (gauge) =>
-      eachTimeline((timeline) => {
-        const status = offload(timeline);
-        if (status !== undefined) gauge.set(timelineLabels(timeline), read(status));
-      }),
-    );
-  const perTimelineCounter = (name: string, help: string, read: (status: OffloadStatus) => number): void => {
-    new Counter({
-      name,
-      help,
-      labelNames: TIMELINE_LABELS,
-      registers: [registry],
-      collect() {
-        this.reset();
-        eachTimeline((timeline) => {
-          const status = offload(timeline);
-          if (status !== undefined) this.inc(timelineLabels(timeline), read(status));
-        });
-      },
-    });
-  };
+  const { perTimeline, perTimelineCounter } = statusMetrics(registry, eachTimeline, offload);
   perTimeline('walcast_timeline_backup_lsn', 'Everything before this LSN is confirmed in object storage (Neon backup_lsn).', (status) => Number(status.backupLsn));
   perTimeline('walcast_offload_queue_segments', 'Completed WAL segments not yet confirmed in object storage.', (status) => status.queueDepth);
   perTimelineCounter('walcast_offload_segments_uploaded_total', 'WAL segments uploaded to object storage.', (status) => status.segmentsUploaded);
