@@ -1,97 +1,266 @@
 /**
- * What TLS costs, measured small: one pg_receivewal replica streams the same imported WAL from walcast (ts backend;
- * native backend plain and with TLS, where TLS streams fall back to the encrypting TS path) and from PostgreSQL 15
- * with ssl=on. Prints MB/s (wall clock of the whole pg_receivewal run) and server CPU seconds per GB (walcast:
- * process.cpuUsage of this process, which runs the server; PostgreSQL: utime+stime of its walsender from /proc).
- * Run: node --import tsx bench/tls-cost.ts [--segments N]. Numbers from a shared machine are indicative only.
+ * What TLS costs (issue 12): walcast ts, walcast native and PostgreSQL 15 with ssl=on, each plain and TLS, stream
+ * the same WAL to the same client, pg_receivewal --no-sync into /dev/shm (sslmode=disable for plain,
+ * sslmode=require for TLS), at 1 replica and at N replicas (N pg_receivewal processes at once). Everything is
+ * interleaved inside each repetition round (replica count → server → plain/TLS), so the paired ratios compare runs
+ * measured back to back. Reported: MB/s and server CPU s/GB, median with min–max over the rounds, and the paired
+ * ratios TLS/plain (per server) and walcast/PostgreSQL (per transport).
+ *
+ * Run:    node --import tsx bench/tls-cost.ts --mib 1024 --replicas 100 --reps 3 [--out DIR]
+ * Smoke:  node --import tsx bench/tls-cost.ts --smoke   (a few MB, 2 replicas, one round, every byte compared;
+ *         checks the harness, the numbers mean nothing)
+ *
+ * Servers and accounting are the main benchmark's (bench/lib): walcast runs as its own `walcast serve` child
+ * process per backend, configured with a certificate and --tls-mode prefer so the same process serves the plain
+ * and the TLS runs; its CPU is the kernel's accounting of that process. PostgreSQL's CPU is its walsenders' (live
+ * plus reaped). On the native backend a TLS stream goes through the encrypting TS send path (the native backend
+ * writes to the socket's fd, which would bypass TLS; docs/security.md), so "native TLS" measures that fallback.
+ * Wall time of an N-replica run goes from starting the first pg_receivewal to the exit of the last: it includes
+ * process start-up and, for TLS, N handshakes. The MB/s figure is payload bytes of all replicas over that time.
  */
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createIoBackend } from '../src/io/select-backend.js';
-import { silentLogger } from '../src/log.js';
 import { formatLsn } from '../src/lsn.js';
-import { WalcastServer } from '../src/server.js';
-import { segmentFileName } from '../src/storage/segment-name.js';
-import { importWal } from '../src/storage/wal-import.js';
-import { ServerTls } from '../src/tls/server-tls.js';
-import { makeTempDir, runReceiveWal, startPrimary } from '../test/support/postgres.js';
+import { PG_BIN_DIR, runReceiveWal } from '../test/support/postgres.js';
 import { makeTestCertificates } from '../test/support/tls-certs.js';
+import { describeMachine } from './lib/machine.js';
+import { stopAllChildren } from './lib/processes.js';
+import { BYTES_PER_GB, BYTES_PER_MB } from './lib/results.js';
+import { postgresTarget, startWalcastServer, type ServerTarget } from './lib/servers.js';
+import { pairwiseRatio, summarize, type Summary } from './lib/stats.js';
+import { REPO_ROOT } from './lib/tools.js';
+import { prepareWal, type PreparedWal } from './lib/wal-source.js';
+import { matchingBytes, rangeBytes, segmentName, warmPageCache } from './scenarios/streaming.js';
 
-const SEGMENT_BYTES = 16 * 1024 * 1024;
-const CLOCK_TICKS_PER_S = 100;
-const segmentsWanted = Number(process.argv[process.argv.indexOf('--segments') + 1] || 8);
+const MIB = 1024 * 1024;
+/** pgbench -i produces ~12.4 MiB of WAL per scale unit (bench/lib/plan.ts). */
+const WAL_MIB_PER_PGBENCH_SCALE = 12.4;
+/** pg_receivewal writes into tmpfs so the client's disk is not what is measured. */
+const RECEIVE_DIR_PARENT = '/dev/shm';
+/** Upper bound for one run (all replicas); a run past it is recorded as failed instead of hanging the harness. */
+const RUN_TIMEOUT_MS = 900_000;
+/** Each of N replicas streams at least this much, so a run is not only connection set-up. */
+const REPLICA_BYTES_MIN = MIB;
+const EXIT_USAGE = 2;
+/**
+ * Before the first round every server streams this much once per transport, unmeasured: the first streams of a
+ * fresh walcast process run cold code (V8 has not optimized the send path yet, tsx-loaded modules initialize).
+ */
+const WARM_UP_BYTES = 64 * MIB;
 
-const certs = await makeTestCertificates();
-const primary = await startPrimary({ extraConf: { ssl: 'on', ssl_cert_file: certs.serverCert, ssl_key_file: certs.serverKey } });
-await primary.sql(`CREATE TABLE filler AS SELECT g, md5(g::text) AS v FROM generate_series(1, ${segmentsWanted * 120_000}) g`);
-const dataDir = await makeTempDir('tls-cost');
-const imported = await importWal({ dataDir, fromDir: primary.walDir });
-const startLsn = imported.startLsn;
-const endLsn = imported.endLsn;
-const gigabytes = Number(endLsn - startLsn) / 1e9;
+type Transport = 'plain' | 'tls';
+const TRANSPORTS: readonly Transport[] = ['plain', 'tls'];
 
-interface Row { readonly server: string; readonly seconds: number; readonly cpuSeconds: number }
-const rows: Row[] = [];
-
-async function receive(port: number, conninfo: string): Promise<number> {
-  const dir = await makeTempDir('tls-cost-recv');
-  writeFileSync(join(dir, `${segmentFileName(1, startLsn / BigInt(SEGMENT_BYTES), SEGMENT_BYTES)}.partial`), '');
-  const started = process.hrtime.bigint();
-  const result = await runReceiveWal({ port, dir, endpos: formatLsn(endLsn - 1n), extraArgs: ['-d', conninfo] });
-  if (result.code !== 0) throw new Error(`pg_receivewal failed: ${result.stderr}`);
-  return Number(process.hrtime.bigint() - started) / 1e9;
+interface Options {
+  readonly smoke: boolean;
+  readonly mib: number;
+  readonly replicas: number;
+  readonly reps: number;
+  readonly outDir: string | undefined;
 }
 
-// One unmeasured pass brings the segments into page cache, so the first measured server does not pay for the disk.
-{
-  const { backend } = await createIoBackend({ io: 'ts' });
-  const warm = await WalcastServer.start({ dataDir, listen: { host: '127.0.0.1', port: 0 }, auth: { method: 'trust' }, backend, maxConnections: 16, replicaTimeoutMs: 60_000, log: silentLogger(), ingest: false });
-  await receive(warm.address().port, 'sslmode=disable');
-  await warm.stop();
+interface TlsRun {
+  readonly server: string;
+  readonly transport: Transport;
+  readonly replicas: number;
+  readonly repetition: number;
+  readonly ok: boolean;
+  readonly error?: string;
+  readonly bytesPerReplica: number;
+  readonly bytesTotal: number;
+  readonly wallSeconds?: number;
+  readonly throughputMBps?: number;
+  readonly serverCpuSeconds?: number;
+  readonly serverCpuSecondsPerGB?: number;
+  /** Smoke runs compare every received byte with the stored WAL; this is how many matched, over all replicas. */
+  readonly bytesVerified?: number;
 }
 
-for (const io of ['ts', 'native'] as const) {
-  for (const useTls of [false, true]) {
-    const { backend } = await createIoBackend({ io });
-    const tls = useTls ? await ServerTls.load({ certFile: certs.serverCert, keyFile: certs.serverKey }) : undefined;
-    const server = await WalcastServer.start({ dataDir, listen: { host: '127.0.0.1', port: 0 }, auth: { method: 'trust' }, tls, backend, maxConnections: 16, replicaTimeoutMs: 60_000, log: silentLogger(), ingest: false });
-    const cpu = process.cpuUsage();
-    const seconds = await receive(server.address().port, useTls ? 'sslmode=require' : 'sslmode=disable');
-    const used = process.cpuUsage(cpu);
-    rows.push({ server: `walcast ${io}${io === 'native' && useTls ? ' (TLS: TS fallback)' : ''} ${useTls ? 'TLS' : 'plain'}`, seconds, cpuSeconds: (used.user + used.system) / 1e6 });
-    await server.stop();
+function usage(message: string): never {
+  process.stderr.write(`${message}\nusage: node --import tsx bench/tls-cost.ts [--mib N] [--replicas N] [--reps N] [--out DIR] | --smoke [--out DIR]\n`);
+  process.exit(EXIT_USAGE);
+}
+
+function parseOptions(argv: readonly string[]): Options {
+  const values = new Map<string, string>();
+  let smoke = false;
+  for (let index = 0; index < argv.length; index++) {
+    const argument = argv[index]!;
+    if (argument === '--smoke') smoke = true;
+    else if (['--mib', '--replicas', '--reps', '--out'].includes(argument) && argv[index + 1] !== undefined) values.set(argument, argv[++index]!);
+    else usage(`unknown or incomplete argument ${argument}`);
+  }
+  const positive = (name: string, fallback: number): number => {
+    const value = Number(values.get(name) ?? fallback);
+    if (!Number.isSafeInteger(value) || value < 1) usage(`${name} must be a positive integer`);
+    return value;
+  };
+  return smoke
+    ? { smoke, mib: positive('--mib', 1), replicas: positive('--replicas', 2), reps: positive('--reps', 1), outDir: values.get('--out') }
+    : { smoke, mib: positive('--mib', 1024), replicas: positive('--replicas', 100), reps: positive('--reps', 3), outDir: values.get('--out') };
+}
+
+const startedAt = performance.now();
+function progress(message: string): void {
+  process.stderr.write(`[${((performance.now() - startedAt) / 1000).toFixed(1).padStart(6)}s] ${message}\n`);
+}
+
+/** Bytes each replica streams: the whole range for one, else an equal share of it (at least REPLICA_BYTES_MIN). */
+function bytesPerReplica(wal: PreparedWal, replicas: number): number {
+  const range = rangeBytes(wal);
+  return replicas === 1 ? range : Math.min(range, Math.max(REPLICA_BYTES_MIN, Math.ceil(range / replicas)));
+}
+
+/**
+ * One run: `replicas` pg_receivewal processes at once against `target`, each streaming `perReplica` bytes from
+ * the range start.
+ */
+async function measure(target: ServerTarget, wal: PreparedWal, transport: Transport, replicas: number, perReplica: number, repetition: number, verify: boolean): Promise<TlsRun> {
+  const base = { server: target.name, transport, replicas, repetition, bytesPerReplica: perReplica, bytesTotal: perReplica * replicas };
+  const firstSegment = wal.walcastFiles[0];
+  if (firstSegment === undefined) return { ...base, ok: false, error: 'the range has no segments' };
+  const dirs = Array.from({ length: replicas }, () => mkdtempSync(join(RECEIVE_DIR_PARENT, 'walcast-tls-cost-')));
+  try {
+    // An empty .partial of the first segment makes pg_receivewal start there (reference §4).
+    for (const dir of dirs) writeFileSync(join(dir, `${segmentName(firstSegment)}.partial`), '');
+    const sslmode = transport === 'tls' ? 'sslmode=require' : 'sslmode=disable';
+    const endpos = formatLsn(wal.startLsn + BigInt(perReplica) - 1n);
+    const meter = target.beginRun();
+    const started = performance.now();
+    const results = await Promise.all(dirs.map((dir) => runReceiveWal({ port: target.port, dir, endpos, timeoutMs: RUN_TIMEOUT_MS, extraArgs: ['-d', `${sslmode} application_name=tls-cost`] })));
+    const wallSeconds = (performance.now() - started) / 1000;
+    const cost = await meter.finish(replicas, { afterDisconnect: true });
+    const failed = results.find((result) => result.code !== 0);
+    if (failed !== undefined) return { ...base, ok: false, error: `pg_receivewal exited ${failed.code}${failed.timedOut ? ' (timed out)' : ''}: ${failed.stderr.trim().split('\n').slice(-3).join(' | ')}` };
+    const bytesVerified = verify ? dirs.reduce((sum, dir) => sum + matchingBytes(dir, wal, perReplica), 0) : undefined;
+    const ok = bytesVerified === undefined || bytesVerified === base.bytesTotal;
+    return {
+      ...base,
+      ok,
+      ...(ok ? {} : { error: `received files match the stored WAL for ${bytesVerified} of ${base.bytesTotal} bytes` }),
+      wallSeconds,
+      throughputMBps: base.bytesTotal / BYTES_PER_MB / wallSeconds,
+      serverCpuSeconds: cost.cpuSeconds,
+      serverCpuSecondsPerGB: cost.cpuSeconds / (base.bytesTotal / BYTES_PER_GB),
+      ...(bytesVerified === undefined ? {} : { bytesVerified }),
+    };
+  } catch (error) {
+    return { ...base, ok: false, error: (error instanceof Error ? error.message : String(error)).slice(0, 500) };
+  } finally {
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
   }
 }
 
-/** CPU of PostgreSQL's walsenders: the postmaster's children whose command line says walsender. */
-function walsenderTicks(postmasterPid: number): number {
-  let ticks = 0;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[1]) !== postmasterPid) continue;
-      if (!readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes('walsender')) continue;
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // The process ended between readdir and read.
+type Metric = 'throughputMBps' | 'serverCpuSecondsPerGB';
+
+function values(runs: readonly TlsRun[], server: string, transport: Transport, replicas: number, metric: Metric): (number | undefined)[] {
+  const byRound: (number | undefined)[] = [];
+  for (const run of runs) if (run.server === server && run.transport === transport && run.replicas === replicas) byRound[run.repetition] = run.ok ? run[metric] : undefined;
+  return byRound;
+}
+
+function cell(summary: Summary | undefined, digits: number): string {
+  if (summary === undefined) return '–';
+  return `${summary.median.toFixed(digits)} (${summary.min.toFixed(digits)}–${summary.max.toFixed(digits)})`;
+}
+
+const SERVER_LABELS: Record<string, string> = { 'walcast-ts': 'walcast ts', 'walcast-native-default': 'walcast native', postgres: 'PostgreSQL 15' };
+
+function renderTables(runs: readonly TlsRun[], servers: readonly string[], replicaCounts: readonly number[]): string {
+  const lines: string[] = [];
+  const defined = (list: readonly (number | undefined)[]): number[] => list.filter((value): value is number => value !== undefined);
+  for (const replicas of replicaCounts) {
+    lines.push('', `### ${replicas} replica${replicas === 1 ? '' : 's'}`, '', '| server | transport | MB/s | server CPU s/GB | TLS/plain MB/s | TLS/plain CPU s/GB | vs PostgreSQL MB/s | vs PostgreSQL CPU s/GB |', '|---|---|---:|---:|---:|---:|---:|---:|');
+    for (const server of servers) {
+      for (const transport of TRANSPORTS) {
+        const mbps = values(runs, server, transport, replicas, 'throughputMBps');
+        const cpu = values(runs, server, transport, replicas, 'serverCpuSecondsPerGB');
+        const vsPlain = transport === 'tls'
+          ? [pairwiseRatio(mbps, values(runs, server, 'plain', replicas, 'throughputMBps')), pairwiseRatio(cpu, values(runs, server, 'plain', replicas, 'serverCpuSecondsPerGB'))]
+          : [undefined, undefined];
+        const vsPostgres = server === 'postgres'
+          ? [undefined, undefined]
+          : [pairwiseRatio(mbps, values(runs, 'postgres', transport, replicas, 'throughputMBps')), pairwiseRatio(cpu, values(runs, 'postgres', transport, replicas, 'serverCpuSecondsPerGB'))];
+        lines.push(`| ${SERVER_LABELS[server] ?? server} | ${transport === 'tls' ? 'TLS' : 'plain'} | ${cell(summarize(defined(mbps)), 0)} | ${cell(summarize(defined(cpu)), 2)} | ${cell(vsPlain[0], 2)} | ${cell(vsPlain[1], 2)} | ${cell(vsPostgres[0], 2)} | ${cell(vsPostgres[1], 2)} |`);
+      }
     }
   }
-  return ticks;
+  return lines.join('\n');
 }
 
-for (const useTls of [false, true]) {
-  let peakTicks = 0;
-  const poll = setInterval(() => (peakTicks = Math.max(peakTicks, walsenderTicks(primary.pid))), 20);
-  const seconds = await receive(primary.port, useTls ? 'sslmode=require' : 'sslmode=disable');
-  clearInterval(poll);
-  // Polled every 20 ms, so the last few ms of the walsender's CPU may be missed: a slight underestimate.
-  rows.push({ server: `PostgreSQL 15 ${useTls ? 'ssl=on TLS' : 'plain'}`, seconds, cpuSeconds: peakTicks / CLOCK_TICKS_PER_S });
+async function main(): Promise<void> {
+  const options = parseOptions(process.argv.slice(2));
+  const replicaCounts = options.replicas === 1 ? [1] : [1, options.replicas];
+  const certs = await makeTestCertificates();
+  const pgbenchScale = Math.max(1, Math.round(options.mib / WAL_MIB_PER_PGBENCH_SCALE));
+  const wal = await prepareWal({ pgbenchScale, maxReplicas: options.replicas, extraConf: { ssl: 'on', ssl_cert_file: certs.serverCert, ssl_key_file: certs.serverKey } });
+  progress(`WAL ready: ${formatLsn(wal.startLsn)}–${formatLsn(wal.endLsn)} (${(rangeBytes(wal) / MIB).toFixed(0)} MiB, pgbench scale ${pgbenchScale})`);
+  const machine = describeMachine(PG_BIN_DIR, REPO_ROOT);
+  const tls = { certFile: certs.serverCert, keyFile: certs.serverKey };
+  const targets: ServerTarget[] = [
+    await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'ts', tls }),
+    await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', tls }),
+    postgresTarget(wal.primary, wal),
+  ];
+  progress(`servers ready: ${targets.map((target) => target.name).join(', ')}`);
+  warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
+  const runs: TlsRun[] = [];
+  try {
+    for (const target of targets) {
+      for (const transport of TRANSPORTS) {
+        const warm = await measure(target, wal, transport, 1, Math.min(WARM_UP_BYTES, rangeBytes(wal)), -1, false);
+        if (!warm.ok) progress(`warm-up ${target.name} ${transport}: FAILED ${warm.error}`);
+      }
+    }
+    progress('warm-up done');
+    for (let repetition = 0; repetition < options.reps; repetition++) {
+      for (const replicas of replicaCounts) {
+        for (const target of targets) {
+          for (const transport of TRANSPORTS) {
+            const run = await measure(target, wal, transport, replicas, bytesPerReplica(wal, replicas), repetition, options.smoke);
+            runs.push(run);
+            const head = `round ${repetition + 1} ×${replicas} ${target.name} ${transport}`;
+            progress(run.ok ? `${head}: ${run.throughputMBps?.toFixed(0)} MB/s, ${run.serverCpuSecondsPerGB?.toFixed(3)} server CPU s/GB` : `${head}: FAILED ${run.error}`);
+          }
+        }
+      }
+    }
+  } finally {
+    await Promise.all(targets.map((target) => target.stop()));
+    await wal.primary.stop();
+  }
+  const heading = [
+    `## TLS cost${options.smoke ? ' (smoke run: checks the harness, the numbers mean nothing)' : ''}`,
+    '',
+    `${machine.date} · ${machine.cpuModel}, ${machine.cores} cores · load ${machine.loadAverage.map((value) => value.toFixed(1)).join(' ')} · Node ${machine.node} · ${machine.postgres} · walcast ${machine.walcastCommit}`,
+    `WAL ${(rangeBytes(wal) / MIB).toFixed(0)} MiB; 1 replica streams all of it, ${options.replicas} replicas ${(bytesPerReplica(wal, options.replicas) / MIB).toFixed(1)} MiB each; ${options.reps} round(s); client pg_receivewal --no-sync into /dev/shm, sslmode=disable / require.`,
+    'Cells: median (min–max) over rounds; ratios are paired within a round. walcast native TLS streams use the encrypting TS path.',
+  ].join('\n');
+  const markdown = `${heading}\n${renderTables(runs, targets.map((target) => target.name), replicaCounts)}\n`;
+  process.stdout.write(markdown);
+  if (options.outDir !== undefined) {
+    mkdirSync(options.outDir, { recursive: true });
+    const stamp = machine.date.replaceAll(':', '-').replace(/\.\d+Z$/, 'Z');
+    writeFileSync(join(options.outDir, `${stamp}-tls-cost.json`), `${JSON.stringify({ options, machine, wal: { bytes: rangeBytes(wal), startLsn: formatLsn(wal.startLsn), endLsn: formatLsn(wal.endLsn) }, runs }, null, 2)}\n`);
+    writeFileSync(join(options.outDir, 'tls-cost.md'), markdown);
+  }
+  const failed = runs.filter((run) => !run.ok).length;
+  progress(`done: ${runs.length} runs, ${failed} failed`);
+  if (failed > 0) process.exitCode = 1;
 }
-await primary.stop();
 
-console.log(`WAL streamed: ${(gigabytes * 1000).toFixed(0)} MB, one pg_receivewal replica, loopback (shared machine: indicative only)`);
-console.log('| server | MB/s | server CPU s/GB |\n|---|---|---|');
-for (const row of rows) console.log(`| ${row.server} | ${(gigabytes * 1000 / row.seconds).toFixed(0)} | ${(row.cpuSeconds / gigabytes).toFixed(2)} |`);
-process.exit(0);
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    progress(`${signal}: stopping every process the benchmark started`);
+    void stopAllChildren().finally(() => process.exit(130));
+  });
+}
+
+try {
+  await main();
+} catch (error) {
+  progress(`tls-cost failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+  process.exitCode = 1;
+} finally {
+  await stopAllChildren();
+}

@@ -2,7 +2,9 @@
  * Keeps the benchmark harness from rotting: runs `bench/run.ts --smoke` (a few MB of WAL, one repetition, 2
  * replicas, walcast ts + native strategies when built, PostgreSQL's walsender, the C ceiling) into a temp dir and
  * checks that it produced well-formed JSON, markdown and SVG, and that every consumer received exactly the bytes
- * it asked for. Benchmarks are not tests: nothing here looks at speed.
+ * it asked for; and `bench/tls-cost.ts --smoke` (walcast ts, native and PostgreSQL, each plain and TLS, 1 and 2
+ * pg_receivewal replicas), checking every run streamed byte-identical WAL. Benchmarks are not tests: nothing here
+ * looks at speed.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -53,9 +55,9 @@ interface SmokeResult {
   readonly micro: { name: string; backend: string; error?: string }[];
 }
 
-function runSmoke(outDir: string): Promise<{ code: number | null; stderr: string }> {
+function runSmoke(outDir: string, script = 'bench/run.ts'): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'bench/run.ts'), '--smoke', '--out', outDir], { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, script), '--smoke', '--out', outDir], { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     const timer = setTimeout(() => {
@@ -153,6 +155,40 @@ test('bench --smoke produces well-formed results and every consumer gets exactly
 
   const leftovers = await leftoverProcesses();
   assert.deepEqual(leftovers, [], 'no process started by the benchmark is left running');
+});
+
+interface TlsCostRun {
+  readonly server: string;
+  readonly transport: string;
+  readonly replicas: number;
+  readonly ok: boolean;
+  readonly error?: string;
+  readonly bytesTotal: number;
+  readonly bytesVerified?: number;
+  readonly throughputMBps?: number;
+  readonly serverCpuSecondsPerGB?: number;
+}
+
+test('bench/tls-cost.ts --smoke: every server, plain and TLS, 1 and 2 replicas, streams byte-identical WAL', { timeout: SMOKE_TIMEOUT_MS + 30_000 }, async () => {
+  const outDir = await makeTempDir('walcast-bench-tls-smoke');
+  const { code, stderr } = await runSmoke(outDir, 'bench/tls-cost.ts');
+  assert.equal(code, 0, `tls-cost --smoke failed:\n${stderr}`);
+  const jsonFiles = readdirSync(outDir).filter((name) => name.endsWith('-tls-cost.json'));
+  assert.equal(jsonFiles.length, 1, `one result file: ${readdirSync(outDir).join(', ')}`);
+  const result = JSON.parse(readFileSync(join(outDir, jsonFiles[0]!), 'utf8')) as { runs: TlsCostRun[] };
+  const expected = ['walcast-ts', 'walcast-native-default', 'postgres'].flatMap((server) => ['plain', 'tls'].flatMap((transport) => [1, 2].map((replicas) => `${server} ${transport} ×${replicas}`)));
+  assert.deepEqual(result.runs.map((run) => `${run.server} ${run.transport} ×${run.replicas}`).sort(), expected.sort(), 'one run per server, transport and replica count');
+  for (const run of result.runs) {
+    const label = `${run.server} ${run.transport} ×${run.replicas}`;
+    assert.ok(run.ok, `${label} failed: ${run.error}`);
+    assert.ok(run.bytesTotal > 0, `${label} streamed bytes`);
+    assert.equal(run.bytesVerified, run.bytesTotal, `${label}: every received byte equals the stored WAL`);
+    assert.ok(Number.isFinite(run.throughputMBps) && Number.isFinite(run.serverCpuSecondsPerGB), `${label} has MB/s and CPU s/GB`);
+  }
+  const markdown = readFileSync(join(outDir, 'tls-cost.md'), 'utf8');
+  for (const heading of ['### 1 replica', '### 2 replicas']) assert.ok(markdown.includes(heading), `markdown has "${heading}"`);
+  for (const row of ['| walcast ts | TLS |', '| walcast native | TLS |', '| PostgreSQL 15 | TLS |', '| PostgreSQL 15 | plain |']) assert.ok(markdown.includes(row), `markdown has "${row}"`);
+  assert.deepEqual(await leftoverProcesses(), [], 'no process started by the benchmark is left running');
 });
 
 test('bench statistics: min/median/max, nearest-rank percentiles, ratios paired by repetition', () => {

@@ -127,6 +127,11 @@ export interface WalcastServerOptions {
   readonly walFiles: readonly string[];
   readonly io: 'ts' | 'native';
   readonly strategy?: 'sendfile' | 'writev' | 'uring';
+  /**
+   * PEM certificate and key: the server also accepts TLS (--tls-mode prefer), so one process serves plain and
+   * TLS clients and the two can be compared on the same server.
+   */
+  readonly tls?: { readonly certFile: string; readonly keyFile: string };
 }
 
 /** Starts `walcast serve` as its own child process, so /proc/PID/stat is the server's CPU and nobody else's. */
@@ -143,6 +148,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
     '--max-connections', '4096',
     '--http', `127.0.0.1:${httpPort}`,
     '--log-level', 'warn',
+    ...(options.tls === undefined ? [] : ['--tls-cert', options.tls.certFile, '--tls-key', options.tls.keyFile, '--tls-mode', 'prefer']),
   ];
   const server = spawnTracked(process.execPath, args, { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
   await waitForPort(port, server, name);

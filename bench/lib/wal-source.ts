@@ -46,8 +46,9 @@ function benchmarkConf(maxReplicas: number): Record<string, string> {
   };
 }
 
-export async function prepareWal(options: { pgbenchScale: number; maxReplicas: number }): Promise<PreparedWal> {
-  const primary = await startPrimary({ extraConf: benchmarkConf(options.maxReplicas) });
+/** `extraConf` adds PostgreSQL settings (the TLS cost benchmark turns on ssl). */
+export async function prepareWal(options: { pgbenchScale: number; maxReplicas: number; extraConf?: Record<string, string> }): Promise<PreparedWal> {
+  const primary = await startPrimary({ extraConf: { ...benchmarkConf(options.maxReplicas), ...options.extraConf } });
   const generateStarted = performance.now();
   await primary.pgbench(['-i', '-s', String(options.pgbenchScale), '-q']);
   // The switch pads the last segment, so the range ends on a segment boundary both servers hold completely.

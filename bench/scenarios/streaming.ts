@@ -177,12 +177,16 @@ export async function measureReceiveWalRun(context: BenchContext, target: Server
   }
 }
 
-function segmentName(path: string): string {
+/** The segment file name of a path, without .partial. */
+export function segmentName(path: string): string {
   return (path.split('/').pop() ?? '').replace('.partial', '');
 }
 
-/** Bytes of [startLsn, endLsn) that pg_receivewal wrote identically to walcast's stored segments. */
-function matchingBytes(dir: string, wal: PreparedWal): number {
+/**
+ * Bytes of [startLsn, startLsn + limit) that pg_receivewal wrote into `dir` identically to walcast's stored
+ * segments (limit: the whole range unless given).
+ */
+export function matchingBytes(dir: string, wal: PreparedWal, limit = rangeBytes(wal)): number {
   const received = new Map(readdirSync(dir).map((name) => [name.replace('.partial', ''), join(dir, name)]));
   let matching = 0;
   for (const source of wal.walcastFiles) {
@@ -191,9 +195,10 @@ function matchingBytes(dir: string, wal: PreparedWal): number {
     const expected = readFileSync(source);
     const actual = readFileSync(copy);
     // Past the range end the two may differ: PostgreSQL keeps writing WAL, walcast zero-pads its last segment.
-    const length = Math.min(expected.length, actual.length, wal.segmentBytes, rangeBytes(wal) - matching);
+    const length = Math.min(expected.length, actual.length, wal.segmentBytes, limit - matching);
     if (!expected.subarray(0, length).equals(actual.subarray(0, length))) break;
     matching += length;
+    if (matching >= limit) break;
   }
-  return Math.min(matching, rangeBytes(wal));
+  return Math.min(matching, limit);
 }
