@@ -1,4 +1,5 @@
-# Builds the native I/O addon (native/): sendfile / writev / io_uring sends and io_uring prefetch reads for walcast.
+# Builds the native I/O addon (native/): sendfile / writev / io_uring sends and io_uring prefetch reads for walcast,
+# plus the kernel TLS probe (native/kernel-tls.cc).
 # Built offline by scripts/build-native.mjs (node-gyp --nodedir=/usr); a failed build leaves walcast on its TS backend.
 # WALCAST_NATIVE_SANITIZE=address (set by scripts/build-native-asan.mjs, which builds into build-asan/) adds
 # AddressSanitizer; the addon then only loads into a node started with LD_PRELOAD=libasan.so.
@@ -17,7 +18,8 @@
             "native/native-errors.cc",
             "native/file-maps.cc",
             "native/io-engine.cc",
-            "native/kernel-loans.cc"
+            "native/kernel-loans.cc",
+            "native/kernel-tls.cc"
           ],
           "libraries": ["-luring"]
         }],

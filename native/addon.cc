@@ -14,6 +14,7 @@
 
 #include "crc32c.h"
 #include "io-engine.h"
+#include "kernel-tls.h"
 #include "native-errors.h"
 
 namespace walcast {
@@ -398,6 +399,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("payloadBytesMax", Napi::Number::New(env, static_cast<double>(kPayloadBytesMax)));
   exports.Set("prefetchBytesMax", Napi::Number::New(env, static_cast<double>(kPrefetchBytesMax)));
   RegisterCrc32c(env, exports);
+  RegisterKernelTls(env, exports);
   return exports;
 }
 

@@ -71,7 +71,7 @@ before(async () => {
   const imported = await importWal({ dataDir, fromDir: primary.walDir });
   const selection = await createIoBackend(backendUnderTest());
   const logLines: Array<Record<string, unknown>> = [];
-  const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy });
+  const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy, kernelTls: selection.backend.kernelTls });
   const server = await WalcastServer.start({
     dataDir,
     listen: { host: '127.0.0.1', port: 0 },
@@ -259,8 +259,9 @@ describe('operations surface with real replicas', { timeout: TEST_TIMEOUT_MS }, 
   test('walcast status prints both replicas as a table and as JSON', async () => {
     const json = await runWalcastCli(['status', '--http', fixture.base, '--json'], { timeoutMs: 60_000 });
     assert.equal(json.code, 0, json.stderr);
-    const document = JSON.parse(json.stdout) as { server: { io: { backend: string } }; timelines: Array<{ walsenders: Walsender[] }> };
+    const document = JSON.parse(json.stdout) as { server: { io: { backend: string; kernel_tls: { state: string; code: string } } }; timelines: Array<{ walsenders: Walsender[] }> };
     assert.equal(document.server.io.backend, fixture.server.backend.kind);
+    assert.deepEqual(document.server.io.kernel_tls, { ...fixture.server.backend.kernelTls }, 'the kernel TLS probe as the backend reports it');
     const names = document.timelines[0]?.walsenders.map((entry) => entry.appname).sort();
     assert.deepEqual(names, [RECEIVEWAL_APPNAME, STANDBY_APPNAME].sort());
     const table = await runWalcastCli(['status', '--http', fixture.base.replace('http://', '')], { timeoutMs: 60_000 });

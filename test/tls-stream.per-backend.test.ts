@@ -15,6 +15,7 @@ import type { Logger } from '../src/log.js';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
 import { importWal } from '../src/storage/wal-import.js';
+import { probeKernelTls } from '../src/io/native-backend.js';
 import { ServerTls } from '../src/tls/server-tls.js';
 import { firstDifference, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgStandby } from './support/postgres.js';
 import { makeTestCertificates, type TestCertificates } from './support/tls-certs.js';
@@ -99,14 +100,19 @@ describe(`WAL over TLS (${backendUnderTest().io}${backendUnderTest().strategy ==
   });
 
   test('every TLS stream names its path; on the native backend it is the encrypting TLS-socket path', () => {
-    const streams = fixture.logLines.map((line) => JSON.parse(line) as { msg: string; path?: string; tls?: boolean; io?: string }).filter((entry) => entry.path !== undefined);
+    const streams = fixture.logLines
+      .map((line) => JSON.parse(line) as { msg: string; path?: string; tls?: boolean; io?: string; kernel_tls?: string; kernel_tls_code?: string })
+      .filter((entry) => entry.path !== undefined);
     if (backendUnderTest().io === 'native') {
       // pg_receivewal's stream at least; the standby's too once it connected.
       assert.ok(streams.length >= 1, `stream path lines: ${JSON.stringify(streams)}`);
+      const kernelTls = probeKernelTls();
       for (const entry of streams) {
         assert.equal(entry.tls, true);
         assert.equal(entry.path, 'fs-net+tls');
         assert.match(entry.msg, /native backend cannot encrypt/);
+        // The line carries the kernel TLS probe's answer, whatever this kernel said.
+        assert.deepEqual([entry.kernel_tls, entry.kernel_tls_code], [kernelTls.state, kernelTls.code]);
       }
     } else {
       // The TS backend logs its path at debug level; the logger here records info, so nothing is expected.

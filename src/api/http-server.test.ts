@@ -12,6 +12,7 @@ import { Timeline } from '../timeline/timeline.js';
 import { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { HTTP_CONNECTIONS_MAX, HTTP_HEADERS_TIMEOUT_MS, startHttpApi, type HttpApi } from './http-server.js';
 import { createOperationsMetrics, streamEndingLabel, type OperationsMetrics } from './metrics.js';
+import type { KernelTlsStatus } from '../io/backend.js';
 import type { ServerView } from './status-model.js';
 
 const TENANT = '0123456789abcdef0123456789abcdef';
@@ -26,10 +27,13 @@ function makeTimeline(): Timeline {
   );
 }
 
+/** A kernel TLS answer as the native backend gives it on a kernel without the tls module. */
+const KERNEL_TLS: KernelTlsStatus = { state: 'unavailable', code: 'ENOENT', detail: 'setsockopt(TCP_ULP) failed with ENOENT' };
+
 function makeView(timelines: TimelineRegistry): ServerView {
   return {
     timelines,
-    io: { backend: 'ts', strategy: 'fs-net', reason: 'requested (--io ts / WALCAST_IO=ts)' },
+    io: { backend: 'ts', strategy: 'fs-net', reason: 'requested (--io ts / WALCAST_IO=ts)', kernelTls: KERNEL_TLS },
     startedAt: new Date(Date.now() - 5000),
     listenAddresses: () => ({ postgres: '127.0.0.1:5454' }),
     connectionCount: () => 2,
@@ -49,7 +53,7 @@ before(async () => {
   const timelines = new TimelineRegistry();
   const timeline = makeTimeline();
   timelines.add(timeline);
-  const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' });
+  const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net', kernelTls: KERNEL_TLS });
   metrics.bindTimelines(timelines);
   const api = await startHttpApi({ listen: { host: '127.0.0.1', port: 0 }, authToken: undefined, view: makeView(timelines), metrics, log: silentLogger() });
   fixture = { timeline, metrics, api, base: `http://127.0.0.1:${api.address().port}` };
@@ -92,7 +96,7 @@ describe('HTTP operations API', () => {
     assert.equal(status, 200);
     assert.equal(body.version, '0.1.0');
     assert.ok(typeof body.uptime_seconds === 'number' && body.uptime_seconds >= 5);
-    assert.deepEqual(body.io, { backend: 'ts', strategy: 'fs-net', reason: 'requested (--io ts / WALCAST_IO=ts)' });
+    assert.deepEqual(body.io, { backend: 'ts', strategy: 'fs-net', reason: 'requested (--io ts / WALCAST_IO=ts)', kernel_tls: { state: 'unavailable', code: 'ENOENT', detail: KERNEL_TLS.detail } });
     assert.deepEqual(body.listen, { postgres: '127.0.0.1:5454' });
     assert.equal(body.timelines, 1);
   });
@@ -198,6 +202,7 @@ describe('HTTP operations API', () => {
       assert.equal(Number(families.get('walcast_pg_queries_received_total')?.metrics.find((sample) => sample.labels?.command === 'start_replication')?.value), 1);
       assert.equal(Number(families.get('walcast_connection_errors_total')?.metrics.find((sample) => sample.labels?.cause === 'too_many_connections')?.value), 1);
       assert.ok(families.has('nodejs_eventloop_lag_seconds'), 'event-loop lag is exported');
+      assert.deepEqual(families.get('walcast_io_kernel_tls_info')?.metrics.map((sample) => ({ labels: sample.labels, value: Number(sample.value) })), [{ labels: { state: 'unavailable', code: 'ENOENT' }, value: 1 }]);
       replica.update({ kind: 'standby_reply', writeLsn: COMMIT_LSN, flushLsn: COMMIT_LSN, applyLsn: 0n, replyTimeMicros: 2n, replyRequested: false });
       families = await scrape();
       const caughtUp = families.get('walcast_replica_lag_bytes')?.metrics.find((sample) => sample.labels?.appname === 'recv');

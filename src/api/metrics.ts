@@ -11,6 +11,7 @@
 import assert from 'node:assert/strict';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { ServerHooks } from '../server.js';
+import type { KernelTlsStatus } from '../io/backend.js';
 import type { StreamOutcome } from '../replication/start-replication.js';
 import type { OffloadStatus } from '../remote/segment-uploader.js';
 import type { RetentionStatus } from '../retention/retention-task.js';
@@ -44,7 +45,8 @@ export interface OperationsMetrics {
   render(): Promise<{ contentType: string; body: string }>;
 }
 
-export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string }): OperationsMetrics {
+/** `io.kernelTls`: the backend's kernel TLS probe, exported as walcast_io_kernel_tls_info (left out when not given). */
+export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string; readonly kernelTls?: KernelTlsStatus }): OperationsMetrics {
   const registry = new Registry();
   let timelines: TimelineRegistry | undefined;
   let retention: RetentionLookup = () => undefined;
@@ -56,6 +58,7 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
   registerReplicaGauges(registry, eachTimeline);
   registerSlotGauges(registry, eachTimeline);
   registerTotals(registry, eachTimeline, io);
+  if (io.kernelTls !== undefined) registerKernelTlsInfo(registry, io.kernelTls);
   registerRetentionMetrics(registry, eachTimeline, (timeline) => retention(timeline));
   registerOffloadMetrics(registry, eachTimeline, (timeline) => offload(timeline));
   const events = registerEventCounters(registry);
@@ -266,6 +269,20 @@ function registerTotals(registry: Registry, eachTimeline: EachTimeline, io: { re
       this.set(count);
     },
   });
+}
+
+/**
+ * The kernel TLS probe as an info metric (value 1, the answer in labels): fixed for the life of the process, so
+ * alerting or dashboards can tell hosts where kTLS would be possible from those where it would not.
+ */
+function registerKernelTlsInfo(registry: Registry, kernelTls: KernelTlsStatus): void {
+  const gauge = new Gauge({
+    name: 'walcast_io_kernel_tls_info',
+    help: 'Kernel TLS probe of the I/O backend (state: available, unavailable, error, not-probed; code: OK or errno name). walcast does not use kTLS; TLS streams take the encrypting TS path.',
+    labelNames: ['state', 'code'],
+    registers: [registry],
+  });
+  gauge.set({ state: kernelTls.state, code: kernelTls.code }, 1);
 }
 
 /**

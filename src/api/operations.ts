@@ -52,7 +52,7 @@ export async function startOperationsApi(options: OperationsApiOptions): Promise
   let api: HttpApi | undefined;
   const view: ServerView = {
     timelines: server.timelines,
-    io: { backend: selection.backend.kind, strategy: selection.backend.strategy, reason: selection.reason },
+    io: { backend: selection.backend.kind, strategy: selection.backend.strategy, reason: selection.reason, kernelTls: selection.backend.kernelTls },
     startedAt: options.startedAt,
     listenAddresses: () => ({
       postgres: formatListenAddress(server.address()),

@@ -7,6 +7,7 @@
  * json.ts writes as exact numbers). The HTTP layer decides routes and status codes; this decides content.
  */
 import type { UpstreamStatus } from '../ingest/follower.js';
+import type { KernelTlsStatus } from '../io/backend.js';
 import assert from 'node:assert/strict';
 import { formatLsn, type Lsn } from '../lsn.js';
 import type { HotStandbyFeedback, PageserverFeedback, StandbyReply } from '../replication/feedback.js';
@@ -27,7 +28,8 @@ const MS_PER_SECOND = 1000;
 /** What the API reads from a running server; WalcastServer plus what only `serve` knows (the I/O choice). */
 export interface ServerView {
   readonly timelines: TimelineRegistry;
-  readonly io: { readonly backend: string; readonly strategy: string; readonly reason: string };
+  /** kernelTls: the backend's kernel TLS probe (`walcast serve` always gives it; status leaves it out otherwise). */
+  readonly io: { readonly backend: string; readonly strategy: string; readonly reason: string; readonly kernelTls?: KernelTlsStatus };
   readonly startedAt: Date;
   /** "host:port" per protocol, e.g. { postgres: "127.0.0.1:5454", http: "127.0.0.1:7676" }. */
   listenAddresses(): Record<string, string>;
@@ -46,7 +48,12 @@ export function serverStatus(view: ServerView, now: Date): Record<string, unknow
     pg_server_version: PG_SERVER_VERSION,
     started_at: view.startedAt.toISOString(),
     uptime_seconds: Math.max(0, (now.getTime() - view.startedAt.getTime()) / MS_PER_SECOND),
-    io: { backend: view.io.backend, strategy: view.io.strategy, reason: view.io.reason },
+    io: {
+      backend: view.io.backend,
+      strategy: view.io.strategy,
+      reason: view.io.reason,
+      ...(view.io.kernelTls === undefined ? {} : { kernel_tls: { state: view.io.kernelTls.state, code: view.io.kernelTls.code, detail: view.io.kernelTls.detail } }),
+    },
     listen: view.listenAddresses(),
     connections: view.connectionCount(),
     timelines: view.timelines.list().length,

@@ -64,8 +64,9 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const remoteStorage = resolveRemoteStorage(flags);
   const startedAt = new Date();
   const selection = await createIoBackend(resolveIoChoice(flags));
-  log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason }, 'I/O backend selected');
-  const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy });
+  const kernelTls = selection.backend.kernelTls;
+  log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason, kernel_tls: kernelTls.state, kernel_tls_code: kernelTls.code, kernel_tls_detail: kernelTls.detail }, 'I/O backend selected');
+  const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy, kernelTls });
   const server = await WalcastServer.start({
     dataDir: flags.dataDir,
     listen,

@@ -27,10 +27,32 @@ export const XLOG_DATA_HEADER_BYTES = 30;
 
 export type IoBackendKind = 'ts' | 'native';
 
+/**
+ * What the kernel could do for TLS streams (kernel TLS: the `tls` TCP upper-layer protocol), as the native
+ * backend probes it once per process (native/kernel-tls.cc). walcast does not hand TLS sessions to the kernel
+ * (docs/security.md, "Kernel TLS"): TLS streams always take the encrypting TypeScript path. The probe is reported
+ * (startup log, per-stream log, status `io.kernel_tls`, metric walcast_io_kernel_tls_info) so an operator sees
+ * whether the kernel side of that work would be there.
+ */
+export interface KernelTlsStatus {
+  /**
+   * available: the kernel took the `tls` ULP and TLS_TX keys on a loopback socket; unavailable: it refused (code
+   * = errno name, e.g. ENOENT: no tls module); error: the probe's loopback connection failed; not-probed: the ts
+   * backend (it never loads the addon).
+   */
+  readonly state: 'available' | 'unavailable' | 'error' | 'not-probed';
+  /** OK, an errno name, or TS_BACKEND. */
+  readonly code: string;
+  /** One sentence for logs and the status API. */
+  readonly detail: string;
+}
+
 export interface IoBackend {
   readonly kind: IoBackendKind;
   /** 'fs-net' for ts; 'sendfile' | 'writev' | 'uring' for native. */
   readonly strategy: string;
+  /** The kernel TLS probe's answer (not-probed on the ts backend). */
+  readonly kernelTls: KernelTlsStatus;
   /**
    * Takes over writes to `socket` for one replication stream. Until `release()` resolves, nobody else
    * writes to the socket; reading (replica feedback) stays with Node.

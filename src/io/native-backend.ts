@@ -19,7 +19,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
-import { MAX_SEND_BYTES, type IoBackend, type StreamWriter, type WalChunk } from './backend.js';
+import { MAX_SEND_BYTES, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
 import {
   NATIVE_STRATEGY_CODES,
   NativeEventKind,
@@ -101,6 +101,35 @@ function checkAddonBounds(addon: NativeAddon): string | undefined {
   return undefined;
 }
 
+let kernelTlsResult: KernelTlsStatus | undefined;
+
+/**
+ * Whether this kernel could carry TLS records itself (kTLS), probed once per process through the addon. Only
+ * reported: TLS streams take the encrypting TS path either way (docs/security.md, "Kernel TLS").
+ */
+export function probeKernelTls(): KernelTlsStatus {
+  kernelTlsResult ??= runKernelTlsProbe();
+  return kernelTlsResult;
+}
+
+function runKernelTlsProbe(): KernelTlsStatus {
+  const loaded = loadNativeAddon();
+  if (!loaded.ok) return { state: 'error', code: 'ADDON_UNAVAILABLE', detail: `the native addon did not load: ${loaded.reason}` };
+  if (typeof loaded.addon.probeKernelTls !== 'function') return { state: 'error', code: 'ADDON_TOO_OLD', detail: 'the loaded addon has no kernel TLS probe (rebuild it: npm run build:native)' };
+  const probe = loaded.addon.probeKernelTls();
+  const notUsed = 'walcast does not hand TLS sessions to the kernel, TLS streams take the encrypting TypeScript path';
+  switch (probe.state) {
+    case 'available':
+      return { state: 'available', code: probe.code, detail: `the kernel accepts the tls ULP and TLS_TX keys; ${notUsed}` };
+    case 'unavailable': {
+      const why = probe.code === 'ENOENT' && probe.step === 'setsockopt(TCP_ULP)' ? ' (no tls module: not built in, not loaded; modprobe tls)' : '';
+      return { state: 'unavailable', code: probe.code, detail: `${probe.step} failed with ${probe.code}${why}; ${notUsed}` };
+    }
+    default:
+      return { state: 'error', code: probe.code, detail: `the probe's loopback connection failed at ${probe.step} with ${probe.code}; ${notUsed}` };
+  }
+}
+
 export async function createNativeBackend(strategy: NativeStrategy): Promise<IoBackend> {
   if (!NATIVE_STRATEGIES.includes(strategy)) throw new RangeError(`native strategy must be one of ${NATIVE_STRATEGIES.join(', ')}, got "${String(strategy)}"`);
   const probe = probeNative();
@@ -114,6 +143,7 @@ export async function createNativeBackend(strategy: NativeStrategy): Promise<IoB
 class NativeBackend implements IoBackend {
   readonly kind = 'native' as const;
   readonly strategy: NativeStrategy;
+  readonly kernelTls = probeKernelTls();
   private readonly engine: NativeEngine;
   private readonly streams = new Map<number, NativeStreamWriter>();
   private readonly prefetches = new Map<number, () => void>();
@@ -136,7 +166,8 @@ class NativeBackend implements IoBackend {
   async openStream(socket: Socket): Promise<StreamWriter> {
     if (this.closed) throw new WalcastError('WALCAST_ERR_STREAM_IO', 'the native I/O backend is closed');
     const fd = socketFd(socket);
-    // TLS sockets encrypt in Node (no kTLS), so their bytes must go through socket.write: the TS path.
+    // TLS sockets encrypt in Node (walcast does not hand sessions to kTLS: docs/security.md), so their bytes must
+    // go through socket.write: the TS path.
     if (socket instanceof TLSSocket || fd === undefined) {
       this.fallback ??= createTsBackend();
       return this.fallback.openStream(socket);

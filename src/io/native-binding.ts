@@ -86,6 +86,11 @@ export interface NativeAddon {
   crc32cUpdateSoftware(state: number, bytes: Uint8Array, start: number, end: number): number;
   /** out[i] = CRC-32C of the i-th pageBytes piece of the file range, read through a shared mapping. */
   crc32cFilePages(fd: number, offset: number, byteCount: number, pageBytes: number, out: Uint32Array): void;
+  /**
+   * Tries the `tls` TCP ULP and TLS_TX keys on a private loopback connection (native/kernel-tls.cc). code is OK
+   * or the errno name of the failing step.
+   */
+  probeKernelTls(): { state: 'available' | 'unavailable' | 'error'; code: string; step: string };
   /** Whether the CPU's CRC-32C instruction (SSE4.2) is in use. */
   readonly crc32cHardware: boolean;
   /** Largest byteCount of one crc32cFilePages call. */

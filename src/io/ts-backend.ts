@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
-import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES, type IoBackend, type StreamWriter, type WalChunk } from './backend.js';
+import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
 import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
@@ -36,12 +36,20 @@ export const FRAME_BYTES_MAX = XLOG_DATA_HEADER_BYTES + MAX_SEND_BYTES;
  */
 export const CHECKSUM_RANGE_BYTES_MAX = MAX_SEND_BYTES + 2 * 8192;
 
+/** The ts backend never loads the addon, so it does not probe the kernel: TLS goes through Node's TLSSocket. */
+const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
+  state: 'not-probed',
+  code: 'TS_BACKEND',
+  detail: 'the ts backend sends through Node sockets (TLS streams through node:tls); kernel TLS is probed by the native backend only',
+};
+
 export function createTsBackend(): IoBackend {
   const pool = new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX);
   const tailCache = new TailReadCache();
   return {
     kind: 'ts',
     strategy: 'fs-net',
+    kernelTls: TS_BACKEND_KERNEL_TLS,
     openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache),
     checksumPages: checksumPagesByReading,
     close: async () => undefined,

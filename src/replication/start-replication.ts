@@ -112,7 +112,9 @@ function endOfTimelineMessages(end: { readonly switchLsn: Lsn; readonly nextPgTi
 function logStreamPath(context: StreamContext, writer: StreamWriter): void {
   const fields = { io: context.backend.kind, path: writer.path, tls: context.conn.encrypted };
   if (context.backend.kind === 'native' && context.conn.encrypted) {
-    context.log.info(fields, 'TLS stream: the native backend cannot encrypt, so this stream is sent through the TLS socket (TypeScript path)');
+    // The kernel TLS probe's answer rides along, so the line says whether kTLS could have been an option here.
+    const kernelTls = context.backend.kernelTls;
+    context.log.info({ ...fields, kernel_tls: kernelTls.state, kernel_tls_code: kernelTls.code }, 'TLS stream: the native backend cannot encrypt, so this stream is sent through the TLS socket (TypeScript path)');
   } else {
     context.log.debug(fields, 'stream I/O path');
   }
