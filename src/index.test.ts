@@ -10,7 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { WalcastError, isWalcastError } from './errors.js';
-import { silentLogger } from './log.js';
+import { pino } from 'pino';
+import { Writable } from 'node:stream';
+import { silentLogger, type Logger } from './log.js';
 import { WALCAST_VERSION, startWalcast } from './index.js';
 
 async function withDataDir(body: (dataDir: string) => Promise<void>): Promise<void> {
@@ -20,6 +22,17 @@ async function withDataDir(body: (dataDir: string) => Promise<void>): Promise<vo
   } finally {
     await rm(dataDir, { recursive: true, force: true });
   }
+}
+
+/** A pino logger whose JSON lines the test reads. */
+function recordingLogger(lines: string[]): Logger {
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(...chunk.toString('utf8').split('\n').filter((line) => line !== ''));
+      done();
+    },
+  });
+  return pino<never>({ level: 'info' }, sink);
 }
 
 function canConnect(port: number): Promise<boolean> {
@@ -58,11 +71,38 @@ test('trust off loopback, an empty password and a bad port are refused', async (
   });
 });
 
-test('scram-sha-256 with a password may listen off loopback', async () => {
+test('off loopback, scram-sha-256 without TLS is refused as walcast serve refuses it, unless allowPlaintext (warned)', async () => {
   await withDataDir(async (dataDir) => {
-    const walcast = await startWalcast({ dataDir, host: '0.0.0.0', io: 'ts', auth: { method: 'scram-sha-256', password: 'pw' }, logger: silentLogger() });
+    const scram = { method: 'scram-sha-256', password: 'pw' } as const;
+    await assert.rejects(startWalcast({ dataDir, host: '0.0.0.0', io: 'ts', auth: scram, logger: silentLogger() }), (error) =>
+      isWalcastError(error, 'WALCAST_ERR_CONFIG') && /would expose credentials and WAL on the network: give tls: \{ certFile, keyFile \}, or allowPlaintext: true/.test(error.message));
+    // jwt is refused before its key files are read: none of these exist.
+    await assert.rejects(startWalcast({ dataDir, host: '0.0.0.0', io: 'ts', auth: { method: 'jwt', publicKeyFiles: ['/nonexistent.pub'] }, logger: silentLogger() }), (error) =>
+      isWalcastError(error, 'WALCAST_ERR_CONFIG') && /mode: 'require'/.test(error.message));
+    const lines: string[] = [];
+    const walcast = await startWalcast({ dataDir, host: '0.0.0.0', io: 'ts', auth: scram, allowPlaintext: true, logger: recordingLogger(lines) });
     try {
       assert.equal(walcast.host, '0.0.0.0');
+      assert.ok(lines.some((line) => /"level":40.*credentials and WAL travel unencrypted/.test(line)), `a warning is logged: ${lines.join('\n')}`);
+    } finally {
+      await walcast.stop();
+    }
+  });
+});
+
+test('cert auth needs a CA, jwt needs key files, and a bad TLS mode is a RangeError', async () => {
+  await withDataDir(async (dataDir) => {
+    await assert.rejects(startWalcast({ dataDir, io: 'ts', auth: { method: 'cert' }, logger: silentLogger() }), (error) => isWalcastError(error, 'WALCAST_ERR_CONFIG') && /caFile/.test(error.message));
+    await assert.rejects(startWalcast({ dataDir, io: 'ts', auth: { method: 'jwt', publicKeyFiles: [] }, logger: silentLogger() }), (error) => isWalcastError(error, 'WALCAST_ERR_CONFIG'));
+    await assert.rejects(startWalcast({ dataDir, io: 'ts', tls: { certFile: 'a', keyFile: 'b', mode: 'always' as 'require' }, logger: silentLogger() }), RangeError);
+  });
+});
+
+test('the kernel TLS probe is part of the reported I/O choice', async () => {
+  await withDataDir(async (dataDir) => {
+    const walcast = await startWalcast({ dataDir, io: 'ts', logger: silentLogger() });
+    try {
+      assert.deepEqual([walcast.io.kernelTls.state, walcast.io.kernelTls.code], ['not-probed', 'TS_BACKEND']);
     } finally {
       await walcast.stop();
     }

@@ -1,8 +1,9 @@
 /**
  * `walcast serve`: turns flags and environment into a server configuration, starts the server, and stops it on
  * SIGINT/SIGTERM; SIGHUP reloads the TLS certificate and key and the token public keys. Refuses unsafe
- * configurations before opening any socket: trust auth off loopback, and off loopback any auth without TLS
- * (unless --allow-plaintext) or tokens that could travel in clear text.
+ * configurations before opening any socket (config/transport-security.ts, the rule startWalcast shares): trust auth
+ * off loopback, and off loopback any auth without TLS (unless --allow-plaintext) or tokens that could travel in
+ * clear text.
  */
 import { createOperationsMetrics, type OperationsMetrics } from '../api/metrics.js';
 import { SIZE_UNLIMITED, megabytesToBytes, parseSizeMegabytes } from '../config/size.js';
@@ -17,7 +18,8 @@ import { createScramVerifier } from '../wire/scram.js';
 import { TokenVerifier } from '../auth/jwt.js';
 import { ServerTls, type TlsMode } from '../tls/server-tls.js';
 import type { AuthConfig } from '../wire/startup.js';
-import { formatListenAddress, isLoopbackHost, parseListenAddress, type ListenAddress } from '../config/listen-address.js';
+import { formatListenAddress, parseListenAddress } from '../config/listen-address.js';
+import { resolveTransportSecurity } from '../config/transport-security.js';
 import { readSecret } from '../config/secrets.js';
 import { removeServerState, writeServerState } from './server-state.js';
 
@@ -58,8 +60,10 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const retention = resolveRetention(flags);
   const tls = await resolveTls(flags);
   if (flags.httpTls === true && tls === undefined) throw new WalcastError('WALCAST_ERR_CONFIG', '--http-tls needs --tls-cert and --tls-key');
-  const auth = await resolveAuth(flags, listen, tls);
-  checkTransportSecurity(flags, listen, tls, auth, log);
+  // Before any secret is read: a configuration that would expose credentials is refused whatever they are.
+  const transport = resolveTransportSecurity({ host: listen.host, authMethod: flags.auth, tlsMode: tls?.mode, allowPlaintext: flags.allowPlaintext === true, vocabulary: 'cli' });
+  if (transport.warning !== undefined) log.warn({ listen: listen.host, auth: flags.auth }, transport.warning);
+  const auth = await resolveAuth(flags, tls);
   const http = await resolveHttpSettings(flags.http, flags.httpAuthTokenFile, auth.method === 'jwt');
   const remoteStorage = resolveRemoteStorage(flags);
   const startedAt = new Date();
@@ -138,12 +142,10 @@ async function resolveTls(flags: ServeFlags): Promise<ServerTls | undefined> {
   return ServerTls.load({ certFile: flags.tlsCert, keyFile: flags.tlsKey, caFile: flags.tlsCa }, flags.tlsMode);
 }
 
-async function resolveAuth(flags: ServeFlags, listen: ListenAddress, tls: ServerTls | undefined): Promise<AuthConfig> {
+/** The auth method's material; whether the method may run on this address was decided by resolveTransportSecurity. */
+async function resolveAuth(flags: ServeFlags, tls: ServerTls | undefined): Promise<AuthConfig> {
   switch (flags.auth) {
     case 'trust':
-      if (!isLoopbackHost(listen.host)) {
-        throw new WalcastError('WALCAST_ERR_CONFIG', `--auth trust is allowed only on a loopback address, not ${listen.host}: use --auth scram-sha-256 with --password-file`);
-      }
       return { method: 'trust' };
     case 'cert':
       if (tls === undefined || !tls.requestClientCertificate) throw new WalcastError('WALCAST_ERR_CONFIG', '--auth cert needs --tls-cert, --tls-key and --tls-ca (the CA client certificates chain to)');
@@ -157,22 +159,6 @@ async function resolveAuth(flags: ServeFlags, listen: ListenAddress, tls: Server
       return { method: 'scram-sha-256', verifier: createScramVerifier(password) };
     }
   }
-}
-
-/**
- * Off loopback, credentials and WAL must not cross the network in clear text: without TLS walcast refuses to start
- * unless --allow-plaintext says the operator knows (then it warns). Tokens travel as cleartext password messages,
- * so off loopback they need --tls-mode require (else a plain client would send its token in clear).
- */
-function checkTransportSecurity(flags: ServeFlags, listen: ListenAddress, tls: ServerTls | undefined, auth: AuthConfig, log: Logger): void {
-  if (isLoopbackHost(listen.host) || auth.method === 'trust') return;
-  const plainPossible = tls === undefined || (auth.method === 'jwt' && tls.mode !== 'require');
-  if (!plainPossible) return;
-  const what = tls === undefined ? `--auth ${auth.method} without TLS` : '--auth jwt with --tls-mode prefer (tokens would be sent in clear text by plain clients)';
-  if (flags.allowPlaintext !== true) {
-    throw new WalcastError('WALCAST_ERR_CONFIG', `${what} on ${listen.host} would expose credentials and WAL on the network: give --tls-cert/--tls-key${auth.method === 'jwt' ? ' and --tls-mode require' : ''}, or --allow-plaintext`);
-  }
-  log.warn({ listen: listen.host, auth: auth.method }, `${what} off loopback (--allow-plaintext): credentials and WAL travel unencrypted`);
 }
 
 /** SIGHUP reloads what can change without a restart; a failed reload keeps the old material and logs why. */
