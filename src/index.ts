@@ -128,9 +128,11 @@ export async function startWalcast(options: WalcastOptions): Promise<Walcast> {
   }
   const address = server.address();
   const io = { backend: selection.backend.kind, strategy: selection.backend.strategy, reason: selection.reason, kernelTls: selection.backend.kernelTls };
+  // Both are tried, as SIGHUP does: a bad certificate file must not keep new token keys from loading.
   const reload = async (): Promise<void> => {
-    await tls?.reload();
-    if (auth.method === 'jwt') await auth.tokens.reload();
+    const results = await Promise.allSettled([tls?.reload(), auth.method === 'jwt' ? auth.tokens.reload() : undefined]);
+    const failed = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
   };
   return { host: address.host, port: address.port, io, version: WALCAST_VERSION, reload, stop: () => server.stop() };
 }

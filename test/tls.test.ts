@@ -3,13 +3,15 @@
  * certificates made by openssl: sslmode verify-full against walcast's certificate, SCRAM-SHA-256-PLUS with
  * channel_binding=require, client certificates (--auth cert), sslmode=require against a plain-only walcast, a plain
  * client against --tls-mode require, certificate reload, and JWTs: the right tenant gets in, every bad token and
- * the wrong tenant get 28000 before a single WAL byte.
+ * the wrong tenant get 28000 before a single WAL byte. The same through the programmatic API (startWalcast).
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { copyFile, readFile, writeFile } from 'node:fs/promises';
 import { createHmac } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { TokenVerifier, createToken } from '../src/auth/jwt.js';
+import { startWalcast as startPublicWalcast, type Walcast, type WalcastOptions } from '../src/index.js';
+import { silentLogger } from '../src/log.js';
 import { importWal } from '../src/storage/wal-import.js';
 import { ServerTls } from '../src/tls/server-tls.js';
 import { createScramVerifier } from '../src/wire/scram.js';
@@ -271,3 +273,50 @@ async function signEd25519(privateKeyPem: string, claims: Record<string, unknown
   const { createPrivateKey } = await import('node:crypto');
   return new SignJWT(claims).setProtectedHeader({ alg: 'EdDSA' }).sign(createPrivateKey(privateKeyPem));
 }
+
+/**
+ * The programmatic API (`import { startWalcast } from 'walcast'`) takes the same TLS and token configuration as
+ * `walcast serve` and refuses the same unsafe ones (src/config/transport-security.ts); real libpq clients here.
+ */
+describe('TLS and tokens through the programmatic API (startWalcast)', { timeout: TEST_TIMEOUT_MS }, () => {
+  const started: Walcast[] = [];
+  after(async () => {
+    for (const walcast of started) await walcast.stop();
+  });
+  const api = async (options: Omit<WalcastOptions, 'dataDir' | 'logger'>): Promise<Walcast> => {
+    const walcast = await startPublicWalcast({ dataDir: fixture.dataDir, logger: silentLogger(), ...options });
+    started.push(walcast);
+    return walcast;
+  };
+
+  test('SCRAM with channel binding over verify-full; a plain client gets the TLS-required error', async () => {
+    const walcast = await api({ tls: { certFile: fixture.certs.serverCert, keyFile: fixture.certs.serverKey, mode: 'require' }, auth: { method: 'scram-sha-256', password: PASSWORD } });
+    const bound = await runPsqlAsServerUser(conninfo(walcast.port, `${verifyFull()} channel_binding=require`), 'IDENTIFY_SYSTEM', { password: PASSWORD });
+    assert.equal(bound.code, 0, bound.stderr);
+    const plain = await runPsqlAsServerUser(conninfo(walcast.port, 'sslmode=disable'), 'IDENTIFY_SYSTEM', { password: PASSWORD });
+    assert.notEqual(plain.code, 0);
+    assert.match(plain.stderr, /walcast requires TLS/);
+  });
+
+  test('jwt from key files: a tenant token gets in over TLS, a token signed by another key does not; reload keeps working material', async () => {
+    const dir = await makeTempDir('walcast-api-tls');
+    const certFile = `${dir}/server.crt`;
+    const keyFile = `${dir}/server.key`;
+    await copyFile(fixture.certs.serverCert, certFile);
+    await copyFile(fixture.certs.serverKey, keyFile);
+    const walcast = await api({ host: '127.0.0.1', tls: { certFile, keyFile, mode: 'require' }, auth: { method: 'jwt', publicKeyFiles: [fixture.certs.tokenPublicKey] } });
+    const selected = `options='-c tenant_id=${fixture.tenantId} -c timeline_id=${fixture.timelineId}'`;
+    const privateKeyPem = await readFile(fixture.certs.tokenPrivateKey, 'utf8');
+    const good = await createToken({ privateKeyPem, scope: 'tenant', tenantId: fixture.tenantId, ttlSeconds: 600 });
+    const ok = await runPsqlAsServerUser(conninfo(walcast.port, `${verifyFull()} ${selected}`), 'IDENTIFY_SYSTEM', { password: good });
+    assert.equal(ok.code, 0, ok.stderr);
+    const foreign = await createToken({ privateKeyPem: await readFile(fixture.certs.otherTokenPrivateKey, 'utf8'), scope: 'tenant', tenantId: fixture.tenantId, ttlSeconds: 600 });
+    const refused = await runPsqlAsServerUser(conninfo(walcast.port, `${verifyFull()} ${selected}`), 'IDENTIFY_SYSTEM', { password: foreign });
+    assert.notEqual(refused.code, 0, 'a token from an untrusted key is refused');
+    // A half-written key file: reload rejects and the previous certificate stays in use.
+    await writeFile(keyFile, '-----BEGIN PRIVATE KEY-----\ngarbage\n');
+    await assert.rejects(walcast.reload());
+    const still = await runPsqlAsServerUser(conninfo(walcast.port, `${verifyFull()} ${selected}`), 'IDENTIFY_SYSTEM', { password: good });
+    assert.equal(still.code, 0, still.stderr);
+  });
+});
