@@ -6,7 +6,9 @@
  * measured back to back. Reported: MB/s and server CPU s/GB, median with min–max over the rounds, and the paired
  * ratios TLS/plain (per server) and walcast/PostgreSQL (per transport).
  *
- * Run:    node --import tsx bench/tls-cost.ts --mib 1024 --replicas 100 --reps 3 [--out DIR]
+ * Run:    node --import tsx bench/tls-cost.ts --mib 1024 --replicas 100 --reps 3 [--replica-mib M] [--out DIR]
+ *         (--mib: WAL generated, via pgbench scale; N replicas each stream --replica-mib, default an equal share
+ *         of the range, so the N-replica runs move about as many bytes as the 1-replica run)
  * Smoke:  node --import tsx bench/tls-cost.ts --smoke   (a few MB, 2 replicas, one round, every byte compared;
  *         checks the harness, the numbers mean nothing)
  *
@@ -16,7 +18,8 @@
  * plus reaped). On the native backend a TLS stream goes through the encrypting TS send path (the native backend
  * writes to the socket's fd, which would bypass TLS; docs/security.md), so "native TLS" measures that fallback.
  * Wall time of an N-replica run goes from starting the first pg_receivewal to the exit of the last: it includes
- * process start-up and, for TLS, N handshakes. The MB/s figure is payload bytes of all replicas over that time.
+ * process start-up and, for TLS, N handshakes (server CPU includes the servers' share of those). The MB/s figure
+ * is payload bytes of all replicas over that time; a larger --replica-mib makes start-up a smaller part of it.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -56,6 +59,8 @@ interface Options {
   readonly mib: number;
   readonly replicas: number;
   readonly reps: number;
+  /** MiB each of the N replicas streams; undefined: an equal share of the range (at least REPLICA_BYTES_MIN). */
+  readonly replicaMib: number | undefined;
   readonly outDir: string | undefined;
 }
 
@@ -77,7 +82,7 @@ interface TlsRun {
 }
 
 function usage(message: string): never {
-  process.stderr.write(`${message}\nusage: node --import tsx bench/tls-cost.ts [--mib N] [--replicas N] [--reps N] [--out DIR] | --smoke [--out DIR]\n`);
+  process.stderr.write(`${message}\nusage: node --import tsx bench/tls-cost.ts [--mib N] [--replicas N] [--reps N] [--replica-mib N] [--out DIR] | --smoke [...]\n`);
   process.exit(EXIT_USAGE);
 }
 
@@ -87,7 +92,7 @@ function parseOptions(argv: readonly string[]): Options {
   for (let index = 0; index < argv.length; index++) {
     const argument = argv[index]!;
     if (argument === '--smoke') smoke = true;
-    else if (['--mib', '--replicas', '--reps', '--out'].includes(argument) && argv[index + 1] !== undefined) values.set(argument, argv[++index]!);
+    else if (['--mib', '--replicas', '--reps', '--replica-mib', '--out'].includes(argument) && argv[index + 1] !== undefined) values.set(argument, argv[++index]!);
     else usage(`unknown or incomplete argument ${argument}`);
   }
   const positive = (name: string, fallback: number): number => {
@@ -95,9 +100,10 @@ function parseOptions(argv: readonly string[]): Options {
     if (!Number.isSafeInteger(value) || value < 1) usage(`${name} must be a positive integer`);
     return value;
   };
+  const replicaMib = values.has('--replica-mib') ? positive('--replica-mib', 1) : undefined;
   return smoke
-    ? { smoke, mib: positive('--mib', 1), replicas: positive('--replicas', 2), reps: positive('--reps', 1), outDir: values.get('--out') }
-    : { smoke, mib: positive('--mib', 1024), replicas: positive('--replicas', 100), reps: positive('--reps', 3), outDir: values.get('--out') };
+    ? { smoke, mib: positive('--mib', 1), replicas: positive('--replicas', 2), reps: positive('--reps', 1), replicaMib, outDir: values.get('--out') }
+    : { smoke, mib: positive('--mib', 1024), replicas: positive('--replicas', 100), reps: positive('--reps', 3), replicaMib, outDir: values.get('--out') };
 }
 
 const startedAt = performance.now();
@@ -105,10 +111,14 @@ function progress(message: string): void {
   process.stderr.write(`[${((performance.now() - startedAt) / 1000).toFixed(1).padStart(6)}s] ${message}\n`);
 }
 
-/** Bytes each replica streams: the whole range for one, else an equal share of it (at least REPLICA_BYTES_MIN). */
-function bytesPerReplica(wal: PreparedWal, replicas: number): number {
+/**
+ * Bytes each replica streams: the whole range for one; for N, --replica-mib or an equal share of the range (at
+ * least REPLICA_BYTES_MIN), never more than the range.
+ */
+function bytesPerReplica(wal: PreparedWal, replicas: number, replicaMib: number | undefined): number {
   const range = rangeBytes(wal);
-  return replicas === 1 ? range : Math.min(range, Math.max(REPLICA_BYTES_MIN, Math.ceil(range / replicas)));
+  if (replicas === 1) return range;
+  return Math.min(range, replicaMib === undefined ? Math.max(REPLICA_BYTES_MIN, Math.ceil(range / replicas)) : replicaMib * MIB);
 }
 
 /**
@@ -217,7 +227,7 @@ async function main(): Promise<void> {
       for (const replicas of replicaCounts) {
         for (const target of targets) {
           for (const transport of TRANSPORTS) {
-            const run = await measure(target, wal, transport, replicas, bytesPerReplica(wal, replicas), repetition, options.smoke);
+            const run = await measure(target, wal, transport, replicas, bytesPerReplica(wal, replicas, options.replicaMib), repetition, options.smoke);
             runs.push(run);
             const head = `round ${repetition + 1} ×${replicas} ${target.name} ${transport}`;
             progress(run.ok ? `${head}: ${run.throughputMBps?.toFixed(0)} MB/s, ${run.serverCpuSecondsPerGB?.toFixed(3)} server CPU s/GB` : `${head}: FAILED ${run.error}`);
@@ -233,7 +243,7 @@ async function main(): Promise<void> {
     `## TLS cost${options.smoke ? ' (smoke run: checks the harness, the numbers mean nothing)' : ''}`,
     '',
     `${machine.date} · ${machine.cpuModel}, ${machine.cores} cores · load ${machine.loadAverage.map((value) => value.toFixed(1)).join(' ')} · Node ${machine.node} · ${machine.postgres} · walcast ${machine.walcastCommit}`,
-    `WAL ${(rangeBytes(wal) / MIB).toFixed(0)} MiB; 1 replica streams all of it, ${options.replicas} replicas ${(bytesPerReplica(wal, options.replicas) / MIB).toFixed(1)} MiB each; ${options.reps} round(s); client pg_receivewal --no-sync into /dev/shm, sslmode=disable / require.`,
+    `WAL ${(rangeBytes(wal) / MIB).toFixed(0)} MiB; 1 replica streams all of it, ${options.replicas} replicas ${(bytesPerReplica(wal, options.replicas, options.replicaMib) / MIB).toFixed(1)} MiB each; ${options.reps} round(s); client pg_receivewal --no-sync into /dev/shm, sslmode=disable / require.`,
     'Cells: median (min–max) over rounds; ratios are paired within a round. walcast native TLS streams use the encrypting TS path.',
   ].join('\n');
   const markdown = `${heading}\n${renderTables(runs, targets.map((target) => target.name), replicaCounts)}\n`;
