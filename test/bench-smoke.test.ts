@@ -89,14 +89,18 @@ function assertBalancedXml(text: string): void {
   assert.deepEqual(stack, [], 'every SVG tag is closed');
 }
 
-/** Processes whose command line names a benchmark data dir or helper; exiting ones get a few seconds to go. */
+/**
+ * Processes of this checkout (their command line names REPO_ROOT: walcast serve and the C helpers do) that name a
+ * benchmark data dir or helper; exiting ones get a few seconds to go. Other checkouts' benchmarks on the same
+ * machine are not this run's leftovers.
+ */
 async function leftoverProcesses(): Promise<string[]> {
   const deadline = Date.now() + LEFTOVER_GRACE_MS;
   for (;;) {
     const found = readdirSync('/proc').filter((entry) => /^\d+$/.test(entry)).flatMap((pid) => {
       try {
         const commandLine = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
-        return BENCH_PROCESS_MARKERS.some((marker) => commandLine.includes(marker)) ? [`${pid}: ${commandLine}`] : [];
+        return commandLine.includes(`${REPO_ROOT}/`) && BENCH_PROCESS_MARKERS.some((marker) => commandLine.includes(marker)) ? [`${pid}: ${commandLine}`] : [];
       } catch {
         return [];
       }
