@@ -110,11 +110,12 @@ function endOfTimelineMessages(end: { readonly switchLsn: Lsn; readonly nextPgTi
  * writes plaintext to the fd), so it goes through the TLSSocket instead; operators must be able to see that.
  */
 function logStreamPath(context: StreamContext, writer: StreamWriter): void {
-  const fields = { io: context.backend.kind, path: writer.path, tls: context.conn.encrypted };
+  // On TLS streams the kernel TLS probe's answer rides along, so the line says whether kTLS could have been an
+  // option here (docs/security.md: it is not used either way).
+  const kernelTls = context.conn.encrypted ? { kernel_tls: context.backend.kernelTls.state, kernel_tls_code: context.backend.kernelTls.code } : {};
+  const fields = { io: context.backend.kind, path: writer.path, tls: context.conn.encrypted, ...kernelTls };
   if (context.backend.kind === 'native' && context.conn.encrypted) {
-    // The kernel TLS probe's answer rides along, so the line says whether kTLS could have been an option here.
-    const kernelTls = context.backend.kernelTls;
-    context.log.info({ ...fields, kernel_tls: kernelTls.state, kernel_tls_code: kernelTls.code }, 'TLS stream: the native backend cannot encrypt, so this stream is sent through the TLS socket (TypeScript path)');
+    context.log.info(fields, 'TLS stream: the native backend cannot encrypt, so this stream is sent through the TLS socket (TypeScript path)');
   } else {
     context.log.debug(fields, 'stream I/O path');
   }
