@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import type { StreamWriter, WalChunk } from '../io/backend.js';
 import type { Lsn } from '../lsn.js';
 import { LsnWatch } from '../timeline/lsn-watch.js';
-import { sendWal, type SendWalOptions, type WalSource } from './send-wal.js';
+import { PREFETCH_PIECE_BYTES, PREFETCH_WINDOW_BYTES, Prefetcher, sendWal, type SendWalOptions, type WalSource } from './send-wal.js';
 import { MAX_SEND_BYTES } from './stream-messages.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
@@ -38,7 +38,8 @@ class RecordingWriter implements StreamWriter {
     // A keepalive: 'd', length, 'k', walEnd at 6, clock at 14, replyRequested at 22.
     this.record({ kind: 'message', type: String.fromCharCode(bytes[5] ?? 0), walEnd: bytes.readBigUInt64BE(6), bytes: bytes.length, replyRequested: bytes[22] === 1 });
   }
-  async prefetch(): Promise<void> {}
+  /** Replaceable: a test of the prefetcher records and holds requests. */
+  prefetch: (chunk: WalChunk) => Promise<void> = async () => undefined;
   async release(): Promise<void> {}
 
   /** Resolves with the first entry (already sent or sent later) that matches: an event, not a poll. */
@@ -229,4 +230,42 @@ test('a stream of a historic timeline started before its end stops exactly there
   assert.deepEqual(end, { kind: 'timeline_end', sentLsn: switchLsn });
   const total = writer.sent.filter((entry) => entry.kind === 'chunk').reduce((sum, chunk) => sum + chunk.bytes, 0);
   assert.equal(BigInt(total), switchLsn - 0x100010n);
+});
+
+test('the prefetcher requests the window ahead in pieces and waits only for the piece being sent from', async () => {
+  const requested: { offset: number; bytes: number; release: () => void }[] = [];
+  const writer = new RecordingWriter();
+  writer.prefetch = (chunk: WalChunk) =>
+    new Promise<void>((resolve) => requested.push({ offset: chunk.fileOffset, bytes: chunk.byteCount, release: resolve }));
+  const prefetcher = new Prefetcher({ prefetchSource: fakeSource, writer });
+  const piece = BigInt(PREFETCH_PIECE_BYTES);
+  const start = 4n * BigInt(SEGMENT_BYTES) + 100n;
+  const end = start + 64n * piece;
+
+  // Bounded: the requests reach the writer after the (asynchronous) locate, within a few turns.
+  const untilRequested = async (count: number): Promise<void> => {
+    for (let turn = 0; turn < 1000 && requested.length < count; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(requested.length, count);
+  };
+  let currentCached = false;
+  const waiting = prefetcher.ensureCached(start, end).then(() => (currentCached = true));
+  // Locate is asynchronous: let the requests reach the writer.
+  await untilRequested(PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES + 1);
+  assert.equal(prefetcher.pendingCount, PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES + 1, 'current piece plus a window ahead');
+  assert.deepEqual(requested[0] && { offset: requested[0].offset, bytes: requested[0].bytes }, { offset: 100, bytes: PREFETCH_PIECE_BYTES - 100 }, 'the current piece from exactly the send position');
+  for (const later of requested.slice(1)) assert.equal(later.bytes, PREFETCH_PIECE_BYTES, 'later pieces are whole');
+  // Later pieces still in flight do not hold the sender back once its own piece is cached.
+  requested[0]?.release();
+  await waiting;
+  assert.equal(currentCached, true);
+
+  // Moving into the next piece drops the old one and asks for exactly one more piece at the far end.
+  const before = requested.length;
+  const next = prefetcher.ensureCached(start + piece, end);
+  await untilRequested(before + 1);
+  requested[1]?.release();
+  await next;
+  assert.equal(requested.length, before + 1);
+  assert.ok(prefetcher.pendingCount <= PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES + 1);
+  for (const request of requested) request.release();
 });

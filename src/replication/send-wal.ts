@@ -228,33 +228,54 @@ async function verifyChunk(options: SendWalOptions, header: Buffer, chunk: WalCh
 }
 
 /**
- * Keeps the window ahead of the send position in page cache. The window being sent is awaited (the first one
- * on a cold start, or when the disk is slower than the socket); the next one is requested without waiting.
+ * The window is requested in pieces of this size, and the sender waits only for the piece it is about to send
+ * from. Waiting for a whole 4 MiB window made a cold catch-up alternate between "disk busy, socket idle" and
+ * "socket busy, disk idle": profiled on a cold cache, the sender sat on each window's last read while the three
+ * pieces before it were already cached. With 1 MiB pieces the disk always has the next pieces queued while the
+ * current one is sent (cold catch-up, sendfile: 579 -> 688 MB/s in one interleaved run). 1 MiB is also the
+ * addon's largest single prefetch request, so a piece is one request.
  */
-class Prefetcher {
-  private readonly options: SendWalOptions;
-  /** Prefetch requests for window starts at or after the send position, by window start. */
+export const PREFETCH_PIECE_BYTES = 1024 * 1024;
+
+assert.ok(PREFETCH_WINDOW_BYTES % PREFETCH_PIECE_BYTES === 0, 'the window is a whole number of pieces');
+assert.ok(PREFETCH_PIECE_BYTES >= MAX_SEND_BYTES, 'a chunk never spans more than two pieces');
+
+/**
+ * Keeps the window ahead of the send position in page cache: pieces from the one holding the send position up to
+ * PREFETCH_WINDOW_BYTES past it are requested, and only the current piece is awaited (the first one on a cold
+ * start, or when the disk is slower than the socket). At most window/piece + 1 requests are pending per stream.
+ */
+export class Prefetcher {
+  private readonly options: Pick<SendWalOptions, 'prefetchSource' | 'writer'>;
+  /** Prefetch requests for pieces at or after the send position, by piece start. */
   private readonly pending = new Map<Lsn, Promise<void>>();
 
-  constructor(options: SendWalOptions) {
+  constructor(options: Pick<SendWalOptions, 'prefetchSource' | 'writer'>) {
     this.options = options;
   }
 
+  /** Pending requests, for tests of the bound. */
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
   async ensureCached(sentLsn: Lsn, endLsn: Lsn): Promise<void> {
-    const windowBytes = BigInt(PREFETCH_WINDOW_BYTES);
-    const current = sentLsn - (sentLsn % windowBytes);
+    const pieceBytes = BigInt(PREFETCH_PIECE_BYTES);
+    const current = sentLsn - (sentLsn % pieceBytes);
     for (const start of this.pending.keys()) if (start < current) this.pending.delete(start);
-    this.request(current, sentLsn, endLsn);
-    this.request(current + windowBytes, current + windowBytes, endLsn);
+    const windowLimit = sentLsn + BigInt(PREFETCH_WINDOW_BYTES);
+    for (let start = current; start < windowLimit && start < endLsn; start += pieceBytes) {
+      this.request(start, start === current ? sentLsn : start, endLsn);
+    }
+    assert.ok(this.pending.size <= PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES + 1, 'prefetch requests stay within the window');
     await this.pending.get(current);
   }
 
-  private request(windowStart: Lsn, from: Lsn, endLsn: Lsn): void {
-    if (this.pending.has(windowStart) || from >= endLsn) return;
-    const windowEnd = windowStart + BigInt(PREFETCH_WINDOW_BYTES);
-    const until = windowEnd < endLsn ? windowEnd : endLsn;
-    const work = this.prefetchRange(from, until);
-    this.pending.set(windowStart, work);
+  private request(pieceStart: Lsn, from: Lsn, endLsn: Lsn): void {
+    if (this.pending.has(pieceStart) || from >= endLsn) return;
+    const pieceEnd = pieceStart + BigInt(PREFETCH_PIECE_BYTES);
+    const until = pieceEnd < endLsn ? pieceEnd : endLsn;
+    this.pending.set(pieceStart, this.prefetchRange(from, until));
   }
 
   /** Prefetch is advisory: a failure here surfaces, if it matters, when the range is located to be sent. */
