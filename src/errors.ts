@@ -26,6 +26,7 @@ export const SqlState = {
   tooManyConnections: '53300',
   programLimitExceeded: '54000',
   adminShutdown: '57P01',
+  databaseDropped: '57P04',
   cannotConnectNow: '57P03',
   queryCanceled: '57014',
   internalError: 'XX000',
@@ -104,6 +105,8 @@ export const ERROR_CATALOGUE = {
   // Remote object storage (offload).
   WALCAST_ERR_REMOTE_STORAGE: { sqlState: SqlState.internalError, summary: 'an object storage request failed' },
   WALCAST_ERR_REMOTE_METADATA: { sqlState: SqlState.dataCorrupted, summary: 'the remote timeline metadata object is missing or invalid' },
+  // Timeline removal while serving.
+  WALCAST_ERR_TIMELINE_REMOVED: { sqlState: SqlState.databaseDropped, summary: 'the timeline was removed (or is being removed) while the connection used it' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type WalcastErrorCode = keyof typeof ERROR_CATALOGUE;

@@ -21,7 +21,8 @@ import { startRetention, type RetentionHandle } from './retention/retention-mana
 import { RETENTION_SETTINGS_DEFAULT, type RetentionSettings } from './retention/retention-task.js';
 import type { StreamOutcome } from './replication/start-replication.js';
 import { openNewTimelines, openTimelines } from './timeline/open-timelines.js';
-import type { TimelineRegistry } from './timeline/timeline-registry.js';
+import type { TimelineKeyPair, TimelineRegistry } from './timeline/timeline-registry.js';
+import { TimelineRemovals, type TimelineRemovalResult } from './timeline/timeline-removal.js';
 import { formatLsn } from './lsn.js';
 import { PgConnection } from './wire/connection.js';
 import type { AuthConfig } from './wire/startup.js';
@@ -84,6 +85,10 @@ interface LiveConnection {
    * (MaxListenersExceededWarning at 11); here each signal has at most the listeners of one session.
    */
   readonly stop: AbortController;
+  /** The timeline the session selected at startup (set before ReadyForQuery): a removal ends this connection. */
+  timelineKey?: TimelineKeyPair | undefined;
+  /** The session, from accept until it ends. */
+  session?: Promise<void>;
 }
 
 export class WalcastServer {
@@ -110,6 +115,8 @@ export class WalcastServer {
   private scanning: Promise<void> | undefined;
   /** The last scan failure, logged once until it changes (a broken directory would otherwise log twice a second). */
   private lastScanError: string | undefined;
+  /** Timeline removals while serving (timeline/timeline-removal.ts); the server supplies the hooks. */
+  readonly removals: TimelineRemovals;
 
   private constructor(options: ServerOptions, admission: ResolvedAdmission, timelines: TimelineRegistry) {
     this.options = options;
@@ -119,6 +126,18 @@ export class WalcastServer {
     this.authenticationTimeoutMs = admission.authenticationTimeoutMs;
     this.socketsMax = this.admission.limits.maxConnections + this.admission.limits.maxStartupConnections;
     this.listener = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.removals = new TimelineRemovals({
+      registry: timelines,
+      log: options.log,
+      hooks: {
+        endConnections: (tenantId, timelineId, error) => this.endTimelineConnections(tenantId, timelineId, error),
+        stopTasks: async (tenantId, timelineId) => {
+          await this.ingest?.unfollow(tenantId, timelineId);
+          await this.retention?.remove(tenantId, timelineId);
+          await this.offload?.remove(tenantId, timelineId);
+        },
+      },
+    });
   }
 
   static async start(options: ServerOptions): Promise<WalcastServer> {
@@ -154,10 +173,39 @@ export class WalcastServer {
     return server;
   }
 
-  /** Opens timelines created since start (see openNewTimelines for why a half-made one is never picked up). */
+  /**
+   * Removes a timeline while serving (HTTP DELETE, `walcast timeline remove`, or a `walcast.remove` marker the scan
+   * found): see timeline/timeline-removal.ts. Resolves once its directory is gone.
+   */
+  removeTimeline(tenantId: string, timelineId: string, requestedBy: string): Promise<TimelineRemovalResult> {
+    if (this.stopping) return Promise.reject(new WalcastError('WALCAST_ERR_SHUTDOWN', 'the server is stopping: the removal request stays in walcast.remove and is finished at the next start'));
+    return this.removals.remove(tenantId, timelineId, requestedBy);
+  }
+
+  /**
+   * Ends every connection that selected the timeline with `error` (FATAL 57P04), as shutdown ends them all: a
+   * bounded wait, then their sockets are destroyed. Returns how many there were.
+   */
+  private async endTimelineConnections(tenantId: string, timelineId: string, error: WalcastError): Promise<number> {
+    const ending = [...this.live.values()].filter((live) => live.timelineKey?.tenantId === tenantId && live.timelineKey.timelineId === timelineId);
+    for (const live of ending) live.stop.abort(error);
+    const sessions = ending.map((live) => live.session ?? Promise.resolve());
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS).unref());
+    await Promise.race([Promise.allSettled(sessions), grace]);
+    for (const live of ending) if (this.live.has(live.ticket.id)) live.socket.destroy();
+    await Promise.allSettled(sessions);
+    return ending.length;
+  }
+
+  /**
+   * Opens timelines created since start (see openNewTimelines for why a half-made one is never picked up) and starts
+   * the removal of served timelines whose directory holds a removal request (`walcast.remove`).
+   */
   private scanForNewTimelines(): void {
     if (this.scanning !== undefined || this.stopping) return;
-    this.scanning = openNewTimelines(this.options.dataDir, this.timelines, this.options.log)
+    this.scanning = this.removals
+      .startRequestedRemovals()
+      .then(() => openNewTimelines(this.options.dataDir, this.timelines, this.options.log))
       .then(async (opened) => {
         for (const timeline of opened) {
           await this.ingest?.follow(timeline);
@@ -210,6 +258,7 @@ export class WalcastServer {
       .then(() => conn.close())
       .finally(() => this.sessions.delete(session));
     this.sessions.add(session);
+    live.session = session;
   }
 
   /** Admission (src/admission): refused while stopping or beyond every pool; else a ticket, maybe at another's cost. */
@@ -244,6 +293,9 @@ export class WalcastServer {
       log,
       onCommand: (kind) => this.options.hooks?.onCommand?.(kind),
       onStartupRefused: (cause) => this.options.hooks?.onConnectionRefused?.(cause),
+      onTimelineSelected: (key) => {
+        live.timelineKey = key;
+      },
       onStreamEnd: (outcome, applicationName) => {
         const fields = { appname: applicationName, startLsn: formatLsn(outcome.startLsn), endLsn: formatLsn(outcome.endLsn), bytesSent: outcome.bytesSent, how: outcome.how };
         // Damaged storage is the operator's problem, not the replica's: it must stand out in the log.
@@ -268,6 +320,9 @@ export class WalcastServer {
     this.stopping = true;
     clearInterval(this.scanTimer);
     await this.scanning;
+    // A removal under way finishes first (its connections end with 57P04 rather than 57P01); one that cannot is
+    // finished at the next start from its durable walcast.remove.
+    await this.removals.settle();
     // Retention stops before ingest, so no pass runs against a timeline whose writer is closing.
     await this.retention?.stop();
     await this.offload?.stop();

@@ -6,7 +6,9 @@
  * Routes (GET unless said; HEAD is answered like GET without a body):
  *   /v1/status                                   server version, uptime, I/O backend and why, listen addresses
  *   /v1/timelines                                every timeline, summarized
- *   /v1/tenant/:tenant_id/timeline/:timeline_id  one timeline, Neon TimelineStatus shape (404 when unknown)
+ *   /v1/tenant/:tenant_id/timeline/:timeline_id  one timeline, Neon TimelineStatus shape (404 when unknown);
+ *                                                DELETE removes it while serving (admin tokens only; answers once
+ *                                                its streams ended with 57P04 and its directory is gone)
  *   /v1/tenant/:tenant_id/timeline/:timeline_id/slots         the timeline's replication slots;
  *                                                POST {"name", "reserve_wal"?} creates a persistent slot (201)
  *   /v1/tenant/:tenant_id/timeline/:timeline_id/slots/:name   DELETE drops a slot (409 while a connection has it)
@@ -14,7 +16,8 @@
  *
  * The slot routes change state; they follow the same token rule as the rest (loopback without a token, anywhere
  * else only with one), so whoever may read replica positions may also manage slots, as a PostgreSQL role with
- * REPLICATION may both stream and create slots.
+ * REPLICATION may both stream and create slots. Removing a timeline destroys data and ends other clients' streams,
+ * so it is server-wide business: a tenant token gets 403 even for its own tenant.
  */
 import assert from 'node:assert/strict';
 import { createHash, timingSafeEqual } from 'node:crypto';
@@ -222,7 +225,9 @@ async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, r
   if (refusal !== undefined) return refusal;
   const slotsMatch = SLOTS_ROUTE.exec(path) ?? SLOT_ROUTE.exec(path);
   if (slotsMatch !== null) return slotRoutes(options.view, request, slotsMatch);
-  if (request.method !== 'GET' && request.method !== 'HEAD') return methodNotAllowed(request, 'GET, HEAD');
+  const removeMatch = request.method === 'DELETE' ? TIMELINE_ROUTE.exec(path) : null;
+  if (removeMatch !== null) return removeTimelineRoute(options.view, access, removeMatch[1] ?? '', removeMatch[2] ?? '');
+  if (request.method !== 'GET' && request.method !== 'HEAD') return methodNotAllowed(request, TIMELINE_ROUTE.test(path) ? 'GET, HEAD, DELETE' : 'GET, HEAD');
   const now = new Date();
   if (path === '/metrics') {
     const { contentType, body } = await options.metrics.render();
@@ -243,11 +248,41 @@ function timelineRoute(view: ServerView, tenantText: string, timelineText: strin
   return jsonOk(timelineStatus(timeline, now, view.upstreamStatus?.(timeline.tenantId, timeline.timelineId), view.retentionStatus?.(timeline.tenantId, timeline.timelineId), view.offloadStatus?.(timeline.tenantId, timeline.timelineId)));
 }
 
-function findTimeline(view: ServerView, tenantText: string, timelineText: string): Timeline | Reply {
+/** Removal errors as HTTP statuses; anything else is a failed removal (500, the timeline listed as unavailable). */
+const REMOVAL_ERROR_STATUS: Partial<Record<WalcastErrorCode, number>> = {
+  WALCAST_ERR_NO_TIMELINE: 404,
+  WALCAST_ERR_SHUTDOWN: 503,
+};
+
+/** DELETE /v1/tenant/:t/timeline/:l: removes the timeline while serving (timeline/timeline-removal.ts). */
+async function removeTimelineRoute(view: ServerView, access: Access, tenantText: string, timelineText: string): Promise<Reply> {
+  if (!access.admin) return jsonReply(403, 'forbidden', 'removing a timeline needs an admin token (the static token or a safekeeperdata token)');
+  const ids = parseIds(tenantText, timelineText);
+  if ('status' in ids) return ids;
+  if (view.removeTimeline === undefined) return jsonReply(501, 'not_implemented', 'this server cannot remove timelines');
+  try {
+    const result = await view.removeTimeline(ids.tenantId, ids.timelineId);
+    return jsonOk({ tenant_id: ids.tenantId, timeline_id: ids.timelineId, removed: true, connections_ended: result.connectionsEnded });
+  } catch (error) {
+    const code = error instanceof WalcastError ? error.code : undefined;
+    const status = code === undefined ? 500 : (REMOVAL_ERROR_STATUS[code] ?? 500);
+    return jsonReply(status, status === 500 ? 'removal_failed' : (code ?? 'removal_failed'), error instanceof Error ? error.message : String(error));
+  }
+}
+
+function parseIds(tenantText: string, timelineText: string): { tenantId: string; timelineId: string } | Reply {
   const tenantId = decodePathPart(tenantText).toLowerCase();
   const timelineId = decodePathPart(timelineText).toLowerCase();
   if (!ID_PATTERN.test(tenantId)) return jsonReply(400, 'bad_request', `tenant_id must be 32 hex digits, got "${tenantText}"`);
   if (!ID_PATTERN.test(timelineId)) return jsonReply(400, 'bad_request', `timeline_id must be 32 hex digits, got "${timelineText}"`);
+  return { tenantId, timelineId };
+}
+
+function findTimeline(view: ServerView, tenantText: string, timelineText: string): Timeline | Reply {
+  const ids = parseIds(tenantText, timelineText);
+  if ('status' in ids) return ids;
+  const { tenantId, timelineId } = ids;
+  if (view.timelines.removalError(tenantId, timelineId) !== undefined) return jsonReply(503, 'timeline_removing', `timeline ${tenantId}/${timelineId} is being removed`);
   const timeline = view.timelines.get(tenantId, timelineId);
   const unavailable = view.timelines.getUnavailable(tenantId, timelineId);
   if (unavailable !== undefined) return jsonReply(503, 'timeline_unavailable', `timeline ${tenantId}/${timelineId} is not served: ${unavailable.error.message}`);

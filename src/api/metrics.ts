@@ -30,7 +30,7 @@ const COMMAND_KINDS = new Set([
   'set', 'empty', 'create_replication_slot', 'drop_replication_slot', 'unsupported', 'sql', 'invalid',
 ]);
 /** Stream endings that are the replica's or the server's ordinary business, not errors. */
-const ORDINARY_ENDINGS = new Set(['caught_up', 'recovery_finished', 'client_copy_done', 'client_terminate', 'client_disconnected', 'server_shutdown']);
+const ORDINARY_ENDINGS = new Set(['caught_up', 'recovery_finished', 'client_copy_done', 'client_terminate', 'client_disconnected', 'server_shutdown', 'timeline_removed']);
 /** Longest label value derived from an error code; codes are short, this only guards the label set. */
 const CAUSE_LABEL_MAX_CHARS = 64;
 const MS_PER_SECOND = 1000;
@@ -61,6 +61,7 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
   if (io.kernelTls !== undefined) registerKernelTlsInfo(registry, io.kernelTls);
   registerRetentionMetrics(registry, eachTimeline, (timeline) => retention(timeline));
   registerOffloadMetrics(registry, eachTimeline, (timeline) => offload(timeline));
+  registerRemovalMetrics(registry, () => timelines);
   const events = registerEventCounters(registry);
   // Process metrics, including nodejs_eventloop_lag_seconds: a stalled event loop stalls every replica at once.
   collectDefaultMetrics({ register: registry });
@@ -338,6 +339,34 @@ function registerOffloadMetrics(registry: Registry, eachTimeline: EachTimeline, 
   perTimelineCounter('walcast_remote_fetch_seconds_total', 'Time spent fetching segments from object storage (divide by fetched segments for the mean latency).', (status) => (status.remoteReads?.fetchMsTotal ?? 0) / 1000);
   perTimelineCounter('walcast_remote_cache_hits_total', 'Reads of offloaded segments served from the local cache without a fetch.', (status) => status.remoteReads?.cacheHits ?? 0);
   perTimelineCounter('walcast_remote_fetch_errors_total', 'Failed GETs from object storage (retried) and failed segment fetches.', (status) => status.remoteReads?.fetchErrors ?? 0);
+}
+
+/**
+ * Timeline removals while serving (timeline/timeline-removal.ts): finished and failed ones since start, and those
+ * under way. A removed timeline's own series vanish with it (every per-timeline gauge is rebuilt at each scrape); a
+ * failed one stays listed as unavailable in the status API.
+ */
+function registerRemovalMetrics(registry: Registry, timelines: () => TimelineRegistry | undefined): void {
+  new Counter({
+    name: 'walcast_timeline_removals_total',
+    help: 'Timeline removals since start, by outcome (removed, failed).',
+    labelNames: ['outcome'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const removals = timelines()?.removals ?? { completed: 0, failed: 0 };
+      this.inc({ outcome: 'removed' }, removals.completed);
+      this.inc({ outcome: 'failed' }, removals.failed);
+    },
+  });
+  new Gauge({
+    name: 'walcast_timelines_removing',
+    help: 'Timelines being removed now (out of service, connections ending, directory not yet deleted).',
+    registers: [registry],
+    collect() {
+      this.set(timelines()?.removingCount() ?? 0);
+    },
+  });
 }
 
 /** Counters fed by server hooks. */

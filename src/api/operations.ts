@@ -63,6 +63,7 @@ export async function startOperationsApi(options: OperationsApiOptions): Promise
       server.ingest?.followers.map((follower) => follower.status()).find((status) => status.tenantId === tenantId && status.timelineId === timelineId),
     retentionStatus: (tenantId, timelineId) => server.retention?.status(tenantId, timelineId),
     offloadStatus: (tenantId, timelineId) => server.offload?.status(tenantId, timelineId),
+    removeTimeline: (tenantId, timelineId) => server.removeTimeline(tenantId, timelineId, 'HTTP API'),
   };
   api = await startHttpApi({ listen: options.settings.listen, authToken: options.settings.authToken, tokens: options.tokens, tls: options.tls, view, metrics: options.metrics, log: options.log });
   const address = api.address();

@@ -40,6 +40,8 @@ export interface ServerView {
   retentionStatus?(tenantId: string, timelineId: string): RetentionStatus | undefined;
   /** Offload to object storage of a timeline, when --remote-storage is given. */
   offloadStatus?(tenantId: string, timelineId: string): OffloadStatus | undefined;
+  /** Removes a timeline while serving (HTTP DELETE); resolves once its directory is gone. */
+  removeTimeline?(tenantId: string, timelineId: string): Promise<{ readonly connectionsEnded: number }>;
 }
 
 export function serverStatus(view: ServerView, now: Date): Record<string, unknown> {
@@ -77,7 +79,7 @@ export function timelineSummary(timeline: Timeline): Record<string, unknown> {
 
 /** A timeline whose control file could not be used: listed so that an operator sees it, with why. */
 export function unavailableTimelineSummary(entry: UnavailableTimeline): Record<string, unknown> {
-  return { tenant_id: entry.tenantId, timeline_id: entry.timelineId, storage_state: 'unavailable', error: entry.error.message };
+  return { tenant_id: entry.tenantId, timeline_id: entry.timelineId, storage_state: 'unavailable', error: entry.error.message, removal_failed: entry.removalFailed === true };
 }
 
 /** `ok`, `warnings` (nothing that can make a byte unservable) or `damaged` (a hole: see storage.problems). */

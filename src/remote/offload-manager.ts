@@ -4,6 +4,7 @@
  * imports the timeline layer above it. The backup LSN is persisted through the timeline's ControlFileWriter, the one
  * writer of walcast.control while the server runs, so it never races ingest's or retention's writes.
  */
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { maxLsn, type Lsn } from '../lsn.js';
@@ -35,6 +36,11 @@ export interface OffloadHandle {
   /** Upload and read-back figures of a timeline for the status API and /metrics. */
   status(tenantId: string, timelineId: string): OffloadStatus | undefined;
   cache(tenantId: string, timelineId: string): SegmentCache | undefined;
+  /**
+   * Stops offloading a timeline being removed and deletes its local cache of fetched segments. Its objects in the
+   * bucket stay: they are the timeline's backup, and `walcast timeline restore` can bring it back.
+   */
+  remove(tenantId: string, timelineId: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -97,6 +103,14 @@ export async function startOffload(options: StartOffloadOptions): Promise<Offloa
     status: (tenantId, timelineId) => {
       const uploader = uploaders.get(`${tenantId}/${timelineId}`);
       return uploader === undefined ? undefined : { ...uploader.status(), remoteReads: caches.get(`${tenantId}/${timelineId}`)?.stats };
+    },
+    remove: async (tenantId, timelineId) => {
+      const key = `${tenantId}/${timelineId}`;
+      const uploader = uploaders.get(key);
+      uploaders.delete(key);
+      caches.delete(key);
+      await uploader?.close();
+      await rm(join(options.cacheRoot, tenantId, timelineId), { recursive: true, force: true });
     },
     stop: async () => {
       await Promise.all([...uploaders.values()].map((uploader) => uploader.close()));

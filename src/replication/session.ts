@@ -31,7 +31,7 @@ import {
   timelineStatusResult,
 } from './command-results.js';
 import { runStartReplication, type StreamOutcome } from './start-replication.js';
-import { adminShutdownError } from './shutdown-error.js';
+import { stopErrorOf } from './shutdown-error.js';
 import { selectTimeline, type TimelineKey } from './timeline-selection.js';
 
 /** An idle command connection is closed after this long (Neon's safekeeper uses a 10-minute read timeout). */
@@ -60,6 +60,11 @@ export interface SessionContext {
   readonly onCommand?: (command: ReplicationCommand['kind']) => void;
   /** Called when startup or authentication refuses the connection, with the error code as the cause. */
   readonly onStartupRefused?: (cause: string) => void;
+  /**
+   * Called once, before ReadyForQuery, with the timeline the connection selected (undefined: none). Synchronous with
+   * the check that it is not being removed, so a removal either sees the connection or the connection sees it.
+   */
+  readonly onTimelineSelected?: (key: TimelineKey | undefined) => void;
 }
 
 interface SessionState {
@@ -72,7 +77,7 @@ export async function runSession(context: SessionContext): Promise<void> {
   // Outside a stream the session closes the connection with 57P01 itself; a stream ends through its own writer.
   const onShutdown = (): void => {
     if (phase.streaming) return;
-    const shutdown = adminShutdownError();
+    const shutdown = stopErrorOf(context.shutdownSignal);
     void context.conn.close({ sqlState: shutdown.sqlState, message: shutdown.message });
   };
   if (context.shutdownSignal.aborted) onShutdown();
@@ -99,6 +104,7 @@ async function startupAndCommands(context: SessionContext, phase: { streaming: b
         const prepared = prepareSession(context, result);
         const refusal = context.admit?.();
         if (refusal !== undefined) throw refusal;
+        context.onTimelineSelected?.(prepared.timelineKey);
         state = prepared;
       },
     });
@@ -135,6 +141,9 @@ function prepareSession(context: SessionContext, startup: StartupResult): Sessio
   const defaultKey = context.timelines.soleTimelineKey();
   const timelineKey = selectTimeline(startup.options, defaultKey);
   checkTokenScope(startup, timelineKey);
+  // A timeline being removed refuses newcomers with the FATAL its connections got (57P04).
+  const removed = timelineKey === undefined ? undefined : context.timelines.removalError(timelineKey.tenantId, timelineKey.timelineId);
+  if (removed !== undefined) throw removed;
   return { startup, timelineKey };
 }
 
@@ -196,7 +205,7 @@ async function commandLoop(context: SessionContext, state: SessionState, phase: 
   }
   // A stream refused during shutdown (start out of range...) leaves the connection open: it ends like any other.
   if (context.shutdownSignal.aborted && !conn.isClosed()) {
-    const shutdown = adminShutdownError();
+    const shutdown = stopErrorOf(context.shutdownSignal);
     void conn.close({ sqlState: shutdown.sqlState, message: shutdown.message });
   }
 }
@@ -338,6 +347,8 @@ function requireTimeline(context: SessionContext, state: SessionState): Timeline
   if (state.timelineKey === undefined) {
     throw new WalcastError('WALCAST_ERR_NO_TIMELINE', 'no timeline selected: pass -c tenant_id=... -c timeline_id=... in options (the data directory does not hold exactly one timeline)');
   }
+  const removed = context.timelines.removalError(state.timelineKey.tenantId, state.timelineKey.timelineId);
+  if (removed !== undefined) throw removed;
   const unavailable = context.timelines.getUnavailable(state.timelineKey.tenantId, state.timelineKey.timelineId);
   if (unavailable !== undefined) {
     throw new WalcastError('WALCAST_ERR_CONTROL_FILE', `timeline ${unavailable.tenantId}/${unavailable.timelineId} is not served: ${unavailable.error.message}`);

@@ -18,7 +18,7 @@ import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQue
 import type { Feedback } from './feedback.js';
 import { ReplyReader, type ReplicaEnd } from './reply-reader.js';
 import { sendWal, type SendWalEnd } from './send-wal.js';
-import { adminShutdownError } from './shutdown-error.js';
+import { stopErrorOf } from './shutdown-error.js';
 import { nextTimelineResult } from './command-results.js';
 import { encodeKeepalive, pgNowMicros } from './stream-messages.js';
 import { toStreamInput } from './stream-input.js';
@@ -296,10 +296,10 @@ async function finishReplicaEnd(context: StreamContext, writer: StreamWriter | u
   const { conn } = context;
   if (context.shutdownSignal.aborted) {
     // Through the writer, after the last chunk: a FATAL written to the socket beside it could land mid-message.
-    const shutdown = adminShutdownError();
+    const shutdown = stopErrorOf(context.shutdownSignal);
     await writer?.sendMessage(errorResponse({ severity: 'FATAL', sqlState: shutdown.sqlState, message: shutdown.message })).catch(() => undefined);
     await writer?.release().catch(() => undefined);
-    return { description: 'server shutdown', keepConnection: false };
+    return { description: shutdown.code === 'WALCAST_ERR_SHUTDOWN' ? 'server shutdown' : shutdown.code, keepConnection: false };
   }
   switch (end.kind) {
     case 'copy_done':

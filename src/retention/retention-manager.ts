@@ -15,6 +15,8 @@ export interface RetentionHandle {
   status(tenantId: string, timelineId: string): RetentionStatus | undefined;
   /** Starts retention for a timeline opened while the server runs. */
   add(timeline: Timeline): Promise<void>;
+  /** Stops retention for a timeline being removed; its last pass finishes first. */
+  remove(tenantId: string, timelineId: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -52,6 +54,11 @@ export async function startRetention(options: StartRetentionOptions): Promise<Re
     task: (tenantId, timelineId) => tasks.get(key(tenantId, timelineId)),
     status: (tenantId, timelineId) => tasks.get(key(tenantId, timelineId))?.status(),
     add,
+    remove: async (tenantId, timelineId) => {
+      const task = tasks.get(key(tenantId, timelineId));
+      tasks.delete(key(tenantId, timelineId));
+      await task?.stop();
+    },
     stop: async () => {
       stopped = true;
       await Promise.all([...tasks.values()].map((task) => task.stop()));

@@ -9,6 +9,10 @@
  * timeline is still served, because the WAL before and after a hole is good and most replicas want only the newest;
  * a stream that reaches the hole ends there with an ErrorResponse naming the segment and offset (wal-reader.ts).
  * A `walcast.control.tmp` left by a crash mid-rename is removed.
+ *
+ * A timeline whose directory holds a removal request (`walcast.remove`, see timeline-removal.ts) is never opened:
+ * its removal is finished here instead (rename out of the way, delete), and at start `.removing-*` directories a
+ * crash left behind are deleted.
  */
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,6 +25,7 @@ import { SlotTable } from '../slots/slot-table.js';
 import { CONTROL_FILE_NAME, readControlFile, removeStaleControlTemp, type ControlState } from '../storage/control-file.js';
 import { historyFileName } from '../storage/segment-name.js';
 import { checkTimelineFiles } from '../storage/timeline-check.js';
+import { REMOVE_MARKER_FILE_NAME, deleteRetiredDir, retireTimelineDir, sweepRetiredTimelineDirs } from '../storage/timeline-removal-files.js';
 import { HISTORY_FILE_BYTES_MAX, parseTimelineHistory, singleTimelineHistory, type TimelineHistory } from '../storage/timeline-history.js';
 import { Timeline } from './timeline.js';
 import { TimelineRegistry } from './timeline-registry.js';
@@ -29,6 +34,7 @@ const TIMELINE_ID_PATTERN = /^[0-9a-f]{32}$/;
 
 export async function openTimelines(dataDir: string, log: Logger): Promise<TimelineRegistry> {
   const registry = new TimelineRegistry();
+  for (const path of await sweepRetiredTimelineDirs(dataDir)) log.warn({ dir: path }, 'deleted the rest of a timeline removal a stop interrupted');
   await openNewTimelines(dataDir, registry, log, { warnIncomplete: true });
   return registry;
 }
@@ -44,8 +50,13 @@ export async function openNewTimelines(dataDir: string, registry: TimelineRegist
   for (const tenantId of await listIdDirs(dataDir)) {
     for (const timelineId of await listIdDirs(join(dataDir, tenantId))) {
       if (registry.get(tenantId, timelineId) !== undefined || registry.getUnavailable(tenantId, timelineId) !== undefined) continue;
+      if (registry.removalError(tenantId, timelineId) !== undefined) continue;
       const dir = join(dataDir, tenantId, timelineId);
       const entries = await readdir(dir);
+      if (entries.includes(REMOVE_MARKER_FILE_NAME)) {
+        await finishRequestedRemoval(registry, { tenantId, timelineId, dir }, log);
+        continue;
+      }
       if (!entries.includes(CONTROL_FILE_NAME)) {
         if (options.warnIncomplete) log.warn({ dir }, 'skipping a timeline directory without a control file');
         continue;
@@ -55,6 +66,24 @@ export async function openNewTimelines(dataDir: string, registry: TimelineRegist
     }
   }
   return opened;
+}
+
+/**
+ * A timeline marked for removal that nothing serves (the request came while serve was down, or serve stopped
+ * mid-removal): removed on the files. A failure is logged and the timeline listed as unavailable, never served.
+ */
+async function finishRequestedRemoval(registry: TimelineRegistry, where: { tenantId: string; timelineId: string; dir: string }, log: Logger): Promise<void> {
+  const timelineLog = log.child({ tenantId: where.tenantId, timelineId: where.timelineId });
+  try {
+    const retired = await retireTimelineDir(where.dir);
+    await deleteRetiredDir(retired);
+    registry.removals.completed++;
+    timelineLog.info({ dir: where.dir }, 'timeline removed (its removal was requested while it was not served)');
+  } catch (error) {
+    timelineLog.error({ err: error, dir: where.dir }, 'timeline removal failed: the timeline is not served');
+    registry.removals.failed++;
+    registry.addUnavailable({ ...where, error: new Error(`removal failed: ${(error as Error).message}`, { cause: error }), removalFailed: true });
+  }
 }
 
 /** Opens one timeline and registers it, or registers it as unavailable (and returns undefined) when its control file is unusable. */
