@@ -3,13 +3,19 @@
  * routes, status codes, the Neon-shaped timeline document, auth, and /metrics parsed as Prometheus text.
  */
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, stat, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import parsePrometheusTextFormat, { type ParsedFamily } from 'parse-prometheus-text-format';
+import { createToken, TokenVerifier } from '../auth/jwt.js';
 import { silentLogger } from '../log.js';
 import { formatLsn, parseLsnOrThrow } from '../lsn.js';
 import { Timeline } from '../timeline/timeline.js';
 import { TimelineRegistry } from '../timeline/timeline-registry.js';
+import { TimelineRemovals } from '../timeline/timeline-removal.js';
 import { HTTP_CONNECTIONS_MAX, HTTP_HEADERS_TIMEOUT_MS, startHttpApi, type HttpApi } from './http-server.js';
 import { createOperationsMetrics, streamEndingLabel, type OperationsMetrics } from './metrics.js';
 import type { KernelTlsStatus } from '../io/backend.js';
@@ -360,4 +366,139 @@ test('a request target URL cannot parse ("//", "/\\\\") is a 400, not a 500 (fou
     });
     assert.match(answer, /^HTTP\/1\.1 400 /, `${target}: ${answer.slice(0, 80)}`);
   }
+});
+
+describe('DELETE /v1/tenant/:t/timeline/:l (timeline removal while serving)', () => {
+  const ADMIN_TOKEN = 'admin-tok-remove';
+  const OTHER_TIMELINE = '00112233445566778899aabbccddeeff';
+
+  interface RemovalFixture {
+    api: HttpApi;
+    base: string;
+    timelines: TimelineRegistry;
+    metrics: OperationsMetrics;
+    tenantToken: string;
+    safekeeperToken: string;
+    dirs: Map<string, string>;
+    failStopTasks: Set<string>;
+    ended: string[];
+  }
+
+  async function removalFixture(): Promise<RemovalFixture> {
+    const root = await mkdtemp(join(tmpdir(), 'walcast-http-remove-'));
+    const keys = generateKeyPairSync('ed25519');
+    const publicKeyFile = join(root, 'auth.pub');
+    await writeFile(publicKeyFile, keys.publicKey.export({ type: 'spki', format: 'pem' }));
+    const privateKeyPem = keys.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    const timelines = new TimelineRegistry();
+    const dirs = new Map<string, string>();
+    for (const timelineId of [TIMELINE, OTHER_TIMELINE]) {
+      const dir = join(root, TENANT, timelineId);
+      await mkdir(dir, { recursive: true });
+      await writeFile(join(dir, '000000010000000000000001'), Buffer.alloc(4096, 7));
+      dirs.set(timelineId, dir);
+      timelines.add(new Timeline(
+        { tenantId: TENANT, timelineId, dir, systemId: 7_400_000_000_000_000_001n, pgVersion: 150018, segmentBytes: SEGMENT_BYTES, pgTimelineId: 1, timelineStartLsn: 0x1000000n },
+        { flushLsn: COMMIT_LSN, commitLsn: COMMIT_LSN },
+      ));
+    }
+    const failStopTasks = new Set<string>();
+    const ended: string[] = [];
+    const removals = new TimelineRemovals({
+      registry: timelines,
+      log: silentLogger(),
+      hooks: {
+        endConnections: async (_tenantId, timelineId, error) => {
+          ended.push(`${timelineId}:${error.sqlState}`);
+          return 0;
+        },
+        stopTasks: async (_tenantId, timelineId) => {
+          if (failStopTasks.has(timelineId)) throw new Error('injected: stopping ingest failed');
+        },
+      },
+    });
+    const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' });
+    metrics.bindTimelines(timelines);
+    const view: ServerView = { ...makeView(timelines), removeTimeline: (tenantId, timelineId) => removals.remove(tenantId, timelineId, 'test') };
+    const api = await startHttpApi({ listen: { host: '127.0.0.1', port: 0 }, authToken: ADMIN_TOKEN, tokens: await TokenVerifier.load([publicKeyFile]), view, metrics, log: silentLogger() });
+    return {
+      api,
+      base: `http://127.0.0.1:${api.address().port}`,
+      timelines,
+      metrics,
+      tenantToken: await createToken({ privateKeyPem, scope: 'tenant', tenantId: TENANT, ttlSeconds: 600 }),
+      safekeeperToken: await createToken({ privateKeyPem, scope: 'safekeeperdata', ttlSeconds: 600 }),
+      dirs,
+      failStopTasks,
+      ended,
+    };
+  }
+
+  async function call(base: string, method: string, path: string, token?: string): Promise<{ status: number; body: Record<string, unknown> }> {
+    const response = await fetch(base + path, { method, headers: token === undefined ? {} : { authorization: `Bearer ${token}` } });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  }
+
+  async function removalCounter(base: string, outcome: string): Promise<number | undefined> {
+    const families = parsePrometheusTextFormat(await (await fetch(base + '/metrics', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text());
+    const family = families.find((each) => each.name === 'walcast_timeline_removals_total');
+    const sample = family?.metrics.find((metric) => 'labels' in metric && metric.labels?.outcome === outcome);
+    return sample === undefined || !('value' in sample) ? undefined : Number(sample.value);
+  }
+
+  test('only an admin token may remove; the timeline and its directory are gone afterwards and /metrics counts it', async () => {
+    const removal = await removalFixture();
+    try {
+      const path = `/v1/tenant/${TENANT}/timeline/${TIMELINE}`;
+      assert.equal((await call(removal.base, 'DELETE', path)).status, 401);
+      const tenantAnswer = await call(removal.base, 'DELETE', path, removal.tenantToken);
+      assert.equal(tenantAnswer.status, 403, 'a tenant token cannot remove even its own timeline');
+      assert.equal((await call(removal.base, 'DELETE', `/v1/tenant/${TENANT}/timeline/not-hex`, ADMIN_TOKEN)).status, 400);
+      assert.equal((await call(removal.base, 'DELETE', `/v1/tenant/${TENANT}/timeline/${'9'.repeat(32)}`, ADMIN_TOKEN)).status, 404);
+      assert.equal((await stat(removal.dirs.get(TIMELINE) ?? '')).isDirectory(), true, 'refused requests changed nothing');
+      assert.deepEqual(removal.ended, []);
+
+      const removed = await call(removal.base, 'DELETE', path, removal.safekeeperToken);
+      assert.equal(removed.status, 200, JSON.stringify(removed.body));
+      assert.deepEqual(removed.body, { tenant_id: TENANT, timeline_id: TIMELINE, removed: true, connections_ended: 0 });
+      assert.deepEqual(removal.ended, [`${TIMELINE}:57P04`], 'its connections were ended with 57P04');
+      await assert.rejects(stat(removal.dirs.get(TIMELINE) ?? ''), { code: 'ENOENT' });
+      assert.deepEqual((await readdir(join(removal.dirs.get(TIMELINE) ?? '', '..'))).sort(), [OTHER_TIMELINE], 'no .removing-* directory is left');
+      assert.equal((await call(removal.base, 'GET', path, ADMIN_TOKEN)).status, 404);
+      const listed = (await (await fetch(`${removal.base}/v1/timelines`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()) as Array<{ timeline_id: string }>;
+      assert.deepEqual(listed.map((entry) => entry.timeline_id), [OTHER_TIMELINE]);
+      assert.equal(await removalCounter(removal.base, 'removed'), 1);
+      assert.equal((await call(removal.base, 'DELETE', path, ADMIN_TOKEN)).status, 404, 'a second DELETE finds nothing');
+    } finally {
+      await removal.api.close();
+    }
+  });
+
+  test('a failed removal is visible (500, listed unavailable with removal_failed, counted) and a retry finishes it', async () => {
+    const removal = await removalFixture();
+    try {
+      const path = `/v1/tenant/${TENANT}/timeline/${OTHER_TIMELINE}`;
+      removal.failStopTasks.add(OTHER_TIMELINE);
+      const failed = await call(removal.base, 'DELETE', path, ADMIN_TOKEN);
+      assert.equal(failed.status, 500);
+      assert.equal(failed.body.error, 'removal_failed');
+      assert.match(String(failed.body.msg), /injected: stopping ingest failed/);
+      const listed = (await (await fetch(`${removal.base}/v1/timelines`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json()) as Array<Record<string, unknown>>;
+      const entry = listed.find((each) => each.timeline_id === OTHER_TIMELINE);
+      assert.equal(entry?.storage_state, 'unavailable');
+      assert.equal(entry?.removal_failed, true);
+      assert.match(String(entry?.error), /^removal failed: injected/);
+      assert.equal(await removalCounter(removal.base, 'failed'), 1);
+      assert.equal((await stat(join(removal.dirs.get(OTHER_TIMELINE) ?? '', 'walcast.remove'))).isFile(), true, 'the durable request stays for the next start');
+
+      removal.failStopTasks.clear();
+      const retried = await call(removal.base, 'DELETE', path, ADMIN_TOKEN);
+      assert.equal(retried.status, 200, JSON.stringify(retried.body));
+      await assert.rejects(stat(removal.dirs.get(OTHER_TIMELINE) ?? ''), { code: 'ENOENT' });
+      assert.equal(removal.timelines.listUnavailable().length, 0);
+      assert.equal(await removalCounter(removal.base, 'removed'), 1);
+    } finally {
+      await removal.api.close();
+    }
+  });
 });

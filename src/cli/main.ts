@@ -136,6 +136,20 @@ function buildProgram(): Command {
       await runTimelineCreate(options);
     });
   timeline
+    .command('remove')
+    .description('remove a timeline and its WAL; while serve runs, its streams end with FATAL 57P04 (no restart needed)')
+    .requiredOption('--tenant-id <id>', 'tenant id (32 hex)')
+    .requiredOption('--timeline-id <id>', 'timeline id (32 hex)')
+    .option('--data-dir <dir>', 'walcast data directory', './walcast-data')
+    .option('--wait-seconds <n>', 'wait at most this long for the removal to finish (0: only record the request, which serve acts on)', parseNonNegativeInt, 60)
+    .option('--http <url>', "the server's HTTP API (default: the address the running server recorded in the data directory)")
+    .option('--http-auth-token-file <file>', 'admin bearer token file (else env WALCAST_HTTP_AUTH_TOKEN)')
+    .option('--json', 'print the result as JSON')
+    .action(async (options: Record<string, unknown>) => {
+      const { runTimelineRemove } = await import('./timeline-remove-command.js');
+      await runTimelineRemove(options);
+    });
+  timeline
     .command('restore')
     .description('bring a timeline up from object storage on a new machine (then: walcast serve --remote-storage …)')
     .requiredOption('--remote-storage <s3://bucket/prefix>', 'where the timeline was offloaded (credentials: the AWS SDK chain)')
@@ -165,6 +179,12 @@ function parseIntUpTo(max: number): (text: string) => number {
 /** Commander accumulator for a repeatable flag (--jwt-public-key A --jwt-public-key B). */
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
+}
+
+function parseNonNegativeInt(text: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 0) throw new InvalidArgumentError(`expected an integer of 0 or more, got "${text}"`);
+  return value;
 }
 
 function parsePositiveInt(text: string): number {

@@ -79,7 +79,7 @@ async function runThroughApi(action: SlotAction, name: string | undefined, flags
   const base = parseBaseUrl(http);
   const token = await readSecret({ file: flags.httpAuthTokenFile, envName: 'WALCAST_HTTP_AUTH_TOKEN', what: 'HTTP auth token' });
   const signal = AbortSignal.timeout(SLOT_COMMAND_TIMEOUT_MS);
-  const call = (method: string, path: string, body?: unknown): Promise<unknown> => request(base, token, signal, method, path, body);
+  const call = (method: string, path: string, body?: unknown): Promise<unknown> => apiRequest(base, token, signal, method, path, body);
   const { tenantId, timelineId } = flags.tenantId !== undefined && flags.timelineId !== undefined ? { tenantId: flags.tenantId, timelineId: flags.timelineId } : await soleTimeline(call, flags);
   const slotsPath = `/v1/tenant/${encodeURIComponent(tenantId)}/timeline/${encodeURIComponent(timelineId)}/slots`;
   switch (action) {
@@ -100,7 +100,8 @@ async function soleTimeline(call: (method: string, path: string) => Promise<unkn
   return { tenantId: only.tenant_id, timelineId: only.timeline_id };
 }
 
-async function request(base: URL, token: string | undefined, signal: AbortSignal, method: string, path: string, body?: unknown): Promise<unknown> {
+/** One JSON request to the HTTP API; a non-2xx answer throws with its error code and message. Also used by `timeline remove`. */
+export async function apiRequest(base: URL, token: string | undefined, signal: AbortSignal, method: string, path: string, body?: unknown, timeoutMs = SLOT_COMMAND_TIMEOUT_MS): Promise<unknown> {
   const url = new URL(base.pathname.replace(/\/$/, '') + path, base);
   const headers: Record<string, string> = token === undefined ? {} : { authorization: `Bearer ${token}` };
   if (body !== undefined) headers['content-type'] = 'application/json';
@@ -108,7 +109,7 @@ async function request(base: URL, token: string | undefined, signal: AbortSignal
   try {
     response = await fetch(url, { method, signal, headers, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
   } catch (cause) {
-    throw new Error(`cannot reach the walcast HTTP API at ${url.origin}: ${signal.aborted ? `no answer within ${SLOT_COMMAND_TIMEOUT_MS} ms` : (cause as Error).message}`, { cause });
+    throw new Error(`cannot reach the walcast HTTP API at ${url.origin}: ${signal.aborted ? `no answer within ${timeoutMs} ms` : (cause as Error).message}`, { cause });
   }
   const text = await response.text();
   let parsed: unknown;
