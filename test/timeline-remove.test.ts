@@ -1,0 +1,228 @@
+/**
+ * Removing a timeline while `walcast serve` runs (docs/timeline-removal.md), on real PostgreSQL 15 WAL imported into
+ * four timelines of one tenant: a client streaming the removed timeline and an idle client of it both get FATAL
+ * 57P04, its directory is gone with no `.removing-*` left, a client naming it afterwards is told it does not exist,
+ * and a client streaming another timeline all along receives WAL byte-identical to the primary's. A `walcast.remove`
+ * marker is acted on by the running server's scan, and at start a marked timeline is removed (not served) and a
+ * `.removing-*` directory a crash left is swept. The CLI removes through serve's HTTP API and on the files.
+ */
+import assert from 'node:assert/strict';
+import { access, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { formatLsn, type Lsn } from '../src/lsn.js';
+import { segmentFileName } from '../src/storage/segment-name.js';
+import { importWal } from '../src/storage/wal-import.js';
+import { writeRemovalMarker } from '../src/storage/timeline-removal-files.js';
+import { connectReplication, ServerError, type ReplicationClient, type ReplicationStream } from '../src/wire/client.js';
+import { generateWal, type GeneratedWal } from './fixtures/storage/postgres-wal.js';
+import { freePort, makeTempDir } from './support/postgres.js';
+import { spawnServe, type ServeProcess } from './support/serve-process.js';
+import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
+import { waitFor } from './support/wait-for.js';
+
+const TIMEOUT_MS = 300_000;
+const SEGMENT_BYTES = 1024 * 1024;
+const TENANT = 'abcdef0123456789abcdef0123456789';
+const REMOVED = '11111111111111111111111111111111';
+const BYSTANDER = '22222222222222222222222222222222';
+const MARKED = '33333333333333333333333333333333';
+const SPARE = '44444444444444444444444444444444';
+
+let wal: GeneratedWal;
+let dataDir: string;
+let startLsn: Lsn;
+let endLsn: Lsn;
+let walcast: RunningWalcast | undefined;
+
+before(async () => {
+  wal = await generateWal(['CREATE TABLE filler AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g']);
+  dataDir = await makeTempDir('walcast-remove');
+  for (const timelineId of [REMOVED, BYSTANDER, MARKED, SPARE]) {
+    const imported = await importWal({ dataDir, fromDir: wal.walDir, tenantId: TENANT, timelineId });
+    startLsn = imported.startLsn;
+    endLsn = imported.endLsn;
+  }
+}, { timeout: TIMEOUT_MS });
+
+after(async () => {
+  await walcast?.stop();
+  await wal?.cleanup();
+});
+
+/** The primary's own bytes for [from, to), from its segment files. */
+async function primaryWal(from: Lsn, to: Lsn): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  const segmentBytes = BigInt(SEGMENT_BYTES);
+  for (let position = from; position < to; ) {
+    const segno = position / segmentBytes;
+    const until = to < (segno + 1n) * segmentBytes ? to : (segno + 1n) * segmentBytes;
+    const file = await readFile(join(wal.walDir, segmentFileName(1, segno, SEGMENT_BYTES)));
+    parts.push(file.subarray(Number(position - segno * segmentBytes), Number(until - segno * segmentBytes)));
+    position = until;
+  }
+  return Buffer.concat(parts);
+}
+
+function connectTo(port: number, timelineId: string, applicationName: string): Promise<ReplicationClient> {
+  return connectReplication({ host: '127.0.0.1', port, user: 'repl', applicationName, timeoutMs: 30_000, options: `-c tenant_id=${TENANT} -c timeline_id=${timelineId}` });
+}
+
+/** Reads XLogData until `bytes` WAL bytes arrived (keepalives skipped). */
+async function readWal(stream: ReplicationStream, bytes: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let received = 0;
+  while (received < bytes) {
+    const payload = await stream.read();
+    if (payload === undefined) throw new Error(`the stream ended after ${received} bytes`);
+    if (payload[0] !== 0x77) continue;
+    const data = payload.subarray(25);
+    parts.push(data);
+    received += data.length;
+  }
+  return Buffer.concat(parts);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+describe('timeline removal while serving', { timeout: TIMEOUT_MS }, () => {
+  test('streams and idle connections of the removed timeline get FATAL 57P04; its directory goes; another timeline streams on byte-identical', async () => {
+    walcast = await startWalcast({ dataDir });
+    const server = walcast.server;
+    assert.equal(server.timelines.list().length, 4);
+    const victim = await connectTo(walcast.port, REMOVED, 'victim');
+    const victimStream = await victim.startReplication(`START_REPLICATION PHYSICAL ${formatLsn(startLsn)}`);
+    await readWal(victimStream, 64 * 1024);
+    const idle = await connectTo(walcast.port, REMOVED, 'idle');
+    const bystander = await connectTo(walcast.port, BYSTANDER, 'bystander');
+    const bystanderStream = await bystander.startReplication(`START_REPLICATION PHYSICAL ${formatLsn(startLsn)}`);
+    const before = await readWal(bystanderStream, 64 * 1024);
+
+    const result = await server.removeTimeline(TENANT, REMOVED, 'test');
+    assert.equal(result.connectionsEnded, 2, 'the streaming and the idle connection');
+
+    const end = await victimStream.ended;
+    assert.ok(end.how !== 'completed' && end.error instanceof ServerError, `the stream got an ErrorResponse, got ${JSON.stringify(end)}`);
+    assert.equal(end.error.sqlState, '57P04');
+    assert.equal(end.error.severity, 'FATAL');
+    assert.match(end.error.message, new RegExp(`timeline ${TENANT}/${REMOVED} was removed`));
+    await assert.rejects(idle.query('IDENTIFY_SYSTEM'), (error: unknown) => error instanceof ServerError && error.sqlState === '57P04');
+
+    assert.equal(await exists(join(dataDir, TENANT, REMOVED)), false, 'the directory is gone');
+    assert.deepEqual((await readdir(join(dataDir, TENANT))).filter((name) => name.startsWith('.')), [], 'no .removing-* left');
+    assert.equal(server.timelines.get(TENANT, REMOVED), undefined);
+    assert.equal(server.timelines.removalError(TENANT, REMOVED), undefined, 'the removal is over');
+
+    const late = await connectTo(walcast.port, REMOVED, 'late');
+    try {
+      await assert.rejects(late.query('IDENTIFY_SYSTEM'), (error: unknown) => error instanceof ServerError && error.sqlState === '42704' && /not found/.test(error.message));
+    } finally {
+      await late.end();
+    }
+
+    // The bystander never noticed: the rest of its WAL, to the end, equals the primary's.
+    const rest = await readWal(bystanderStream, Number(endLsn - startLsn) - before.length);
+    const streamed = Buffer.concat([before, rest]).subarray(0, Number(endLsn - startLsn));
+    assert.ok(streamed.equals(await primaryWal(startLsn, endLsn)), 'the other timeline streamed byte-identical WAL');
+    assert.equal(server.timelines.get(TENANT, BYSTANDER)?.replicas.count(), 1);
+    await bystanderStream.sendCopyDone();
+    await bystander.end();
+    await victim.end().catch(() => undefined);
+    await idle.end().catch(() => undefined);
+  });
+
+  test('a walcast.remove marker is acted on by the running server within a scan', async () => {
+    assert.ok(walcast !== undefined);
+    const server = walcast.server;
+    assert.ok(server.timelines.get(TENANT, MARKED) !== undefined);
+    await writeRemovalMarker(join(dataDir, TENANT, MARKED), { requestedAt: new Date(), requestedBy: 'test' });
+    await waitFor(async () => (!(await exists(join(dataDir, TENANT, MARKED))) && server.timelines.removalError(TENANT, MARKED) === undefined ? true : undefined), 30_000, {
+      what: 'the marked timeline to be removed by the scan',
+      pollMs: 20,
+    });
+    assert.equal(server.timelines.get(TENANT, MARKED), undefined);
+    assert.ok(server.timelines.get(TENANT, BYSTANDER) !== undefined, 'the others stay');
+    await walcast.stop();
+    walcast = undefined;
+  });
+
+  test('at start a marked timeline is removed instead of served, and a .removing-* directory a crash left is swept', async () => {
+    const leftover = join(dataDir, TENANT, `.removing-${'5'.repeat(32)}-1`);
+    await mkdir(join(leftover, 'deep'), { recursive: true });
+    await writeFile(join(leftover, 'deep', '000000010000000000000001'), Buffer.alloc(1024));
+    await writeRemovalMarker(join(dataDir, TENANT, SPARE), { requestedAt: new Date(), requestedBy: 'test' });
+    walcast = await startWalcast({ dataDir });
+    assert.equal(walcast.server.timelines.get(TENANT, SPARE), undefined);
+    assert.equal(await exists(join(dataDir, TENANT, SPARE)), false);
+    assert.equal(await exists(leftover), false);
+    assert.deepEqual(walcast.server.timelines.list().map((timeline) => timeline.timelineId), [BYSTANDER]);
+    await walcast.stop();
+    walcast = undefined;
+  });
+});
+
+describe('walcast timeline remove', { timeout: TIMEOUT_MS }, () => {
+  let cliDataDir: string;
+  const ids = ['66666666666666666666666666666666', '77777777777777777777777777777777'] as const;
+
+  before(async () => {
+    cliDataDir = await makeTempDir('walcast-remove-cli');
+    for (const timelineId of ids) await importWal({ dataDir: cliDataDir, fromDir: wal.walDir, tenantId: TENANT, timelineId });
+  });
+
+  test('bad ids exit 2, an unknown timeline exits 1, and nothing is touched', async () => {
+    const bad = await runWalcastCli(['timeline', 'remove', '--data-dir', cliDataDir, '--tenant-id', TENANT, '--timeline-id', 'xyz']);
+    assert.equal(bad.code, 2, bad.stderr);
+    const unknown = await runWalcastCli(['timeline', 'remove', '--data-dir', cliDataDir, '--tenant-id', TENANT, '--timeline-id', '8'.repeat(32)]);
+    assert.equal(unknown.code, 1, unknown.stderr);
+    assert.match(unknown.stderr, /WALCAST_ERR_NO_TIMELINE/);
+    assert.deepEqual((await readdir(join(cliDataDir, TENANT))).sort(), [...ids]);
+  });
+
+  test('through the HTTP API of a running serve: its stream gets 57P04 and the status API no longer lists it', async () => {
+    let serve: ServeProcess | undefined;
+    try {
+      const port = await freePort();
+      const httpPort = await freePort();
+      serve = await spawnServe({
+        args: ['--data-dir', cliDataDir, '--listen', `127.0.0.1:${port}`, '--http', `127.0.0.1:${httpPort}`, '--log-level', 'info'],
+        ready: async (child) => {
+          const response = await fetch(`http://127.0.0.1:${httpPort}/v1/status`);
+          const state = await readFile(join(cliDataDir, 'walcast.server.json'), 'utf8');
+          return response.ok && state.includes(String(child.child.pid)) ? true : undefined;
+        },
+      });
+      const state = { http: `127.0.0.1:${httpPort}` };
+      const client = await connectTo(port, ids[0], 'cli-victim');
+      const stream = await client.startReplication(`START_REPLICATION PHYSICAL ${formatLsn(startLsn)}`);
+      await readWal(stream, 64 * 1024);
+
+      const removed = await runWalcastCli(['timeline', 'remove', '--data-dir', cliDataDir, '--tenant-id', TENANT, '--timeline-id', ids[0], '--json']);
+      assert.equal(removed.code, 0, removed.stderr);
+      const result = JSON.parse(removed.stdout) as Record<string, unknown>;
+      assert.deepEqual(result, { tenant_id: TENANT, timeline_id: ids[0], removed: true, connections_ended: 1, via: 'http' });
+      const end = await stream.ended;
+      assert.ok(end.how !== 'completed' && end.error instanceof ServerError);
+      assert.equal(end.error.sqlState, '57P04');
+      await client.end().catch(() => undefined);
+      assert.equal(await exists(join(cliDataDir, TENANT, ids[0])), false);
+      const listed = (await (await fetch(`http://${state.http}/v1/timelines`)).json()) as Array<{ timeline_id: string }>;
+      assert.deepEqual(listed.map((entry) => entry.timeline_id), [ids[1]]);
+      assert.match(serve.output(), /timeline removed/);
+    } finally {
+      await serve?.stop();
+    }
+  });
+
+  test('with no serve running it removes the files itself', async () => {
+    const removed = await runWalcastCli(['timeline', 'remove', '--data-dir', cliDataDir, '--tenant-id', TENANT, '--timeline-id', ids[1], '--json']);
+    assert.equal(removed.code, 0, removed.stderr);
+    assert.deepEqual(JSON.parse(removed.stdout), { tenant_id: TENANT, timeline_id: ids[1], removed: true, via: 'files' });
+    assert.deepEqual(await readdir(join(cliDataDir, TENANT)), []);
+  });
+});
