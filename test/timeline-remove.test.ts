@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { access, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { connect as connectSocket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { formatLsn, type Lsn } from '../src/lsn.js';
@@ -17,6 +18,7 @@ import { writeRemovalMarker } from '../src/storage/timeline-removal-files.js';
 import { connectReplication, ServerError, type ReplicationClient, type ReplicationStream } from '../src/wire/client.js';
 import { generateWal, type GeneratedWal } from './fixtures/storage/postgres-wal.js';
 import { freePort, makeTempDir } from './support/postgres.js';
+import { startupPacket } from './support/raw-client.js';
 import { spawnServe, type ServeProcess } from './support/serve-process.js';
 import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
@@ -28,6 +30,9 @@ const REMOVED = '11111111111111111111111111111111';
 const BYSTANDER = '22222222222222222222222222222222';
 const MARKED = '33333333333333333333333333333333';
 const SPARE = '44444444444444444444444444444444';
+const LINGERING = '55555555555555555555555555555555';
+
+const READY_FOR_QUERY = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]);
 
 let wal: GeneratedWal;
 let dataDir: string;
@@ -38,7 +43,7 @@ let walcast: RunningWalcast | undefined;
 before(async () => {
   wal = await generateWal(['CREATE TABLE filler AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g']);
   dataDir = await makeTempDir('walcast-remove');
-  for (const timelineId of [REMOVED, BYSTANDER, MARKED, SPARE]) {
+  for (const timelineId of [REMOVED, BYSTANDER, MARKED, SPARE, LINGERING]) {
     const imported = await importWal({ dataDir, fromDir: wal.walDir, tenantId: TENANT, timelineId });
     startLsn = imported.startLsn;
     endLsn = imported.endLsn;
@@ -94,7 +99,7 @@ describe('timeline removal while serving', { timeout: TIMEOUT_MS }, () => {
   test('streams and idle connections of the removed timeline get FATAL 57P04; its directory goes; another timeline streams on byte-identical', async () => {
     walcast = await startWalcast({ dataDir });
     const server = walcast.server;
-    assert.equal(server.timelines.list().length, 4);
+    assert.equal(server.timelines.list().length, 5);
     const victim = await connectTo(walcast.port, REMOVED, 'victim');
     const victimStream = await victim.startReplication(`START_REPLICATION PHYSICAL ${formatLsn(startLsn)}`);
     await readWal(victimStream, 64 * 1024);
@@ -134,6 +139,36 @@ describe('timeline removal while serving', { timeout: TIMEOUT_MS }, () => {
     await bystander.end();
     await victim.end().catch(() => undefined);
     await idle.end().catch(() => undefined);
+  });
+
+  test('while the removal waits for a connection that does not hang up, a newcomer naming the timeline is refused with FATAL 57P04', async () => {
+    assert.ok(walcast !== undefined);
+    const server = walcast.server;
+    // A raw client that keeps its half of the connection open: its session lingers CLOSE_GRACE_MS after the FATAL.
+    const lingering = connectSocket({ host: '127.0.0.1', port: walcast.port, allowHalfOpen: true });
+    const received: Buffer[] = [];
+    lingering.on('data', (chunk: Buffer) => received.push(chunk));
+    lingering.on('error', () => undefined);
+    await new Promise<void>((resolve) => lingering.once('connect', resolve));
+    lingering.write(startupPacket({ user: 'repl', database: 'replication', replication: 'true', application_name: 'lingering', options: `-c tenant_id=${TENANT} -c timeline_id=${LINGERING}` }));
+    await waitFor(async () => (Buffer.concat(received).includes(READY_FOR_QUERY) ? true : undefined), 10_000, { what: 'ReadyForQuery', pollMs: 10 });
+
+    const removal = server.removeTimeline(TENANT, LINGERING, 'test');
+    await waitFor(async () => (server.timelines.removalError(TENANT, LINGERING) !== undefined ? true : undefined), 10_000, { what: 'the removal to begin', pollMs: 1 });
+    const refused = await connectTo(walcast.port, LINGERING, 'newcomer').then(
+      async (client) => {
+        await client.end();
+        return undefined;
+      },
+      (error: unknown) => error,
+    );
+    assert.ok(refused instanceof ServerError, `the newcomer was refused at startup, got ${String(refused)}`);
+    assert.equal(refused.sqlState, '57P04');
+    assert.equal(refused.severity, 'FATAL');
+    assert.equal((await removal).connectionsEnded, 1);
+    assert.ok(Buffer.concat(received).includes(Buffer.from('C57P04\0', 'latin1')), 'the lingering client got the FATAL too');
+    assert.equal(await exists(join(dataDir, TENANT, LINGERING)), false);
+    lingering.destroy();
   });
 
   test('a walcast.remove marker is acted on by the running server within a scan', async () => {
