@@ -4,7 +4,8 @@
  * 57P04, its directory is gone with no `.removing-*` left, a client naming it afterwards is told it does not exist,
  * and a client streaming another timeline all along receives WAL byte-identical to the primary's. A `walcast.remove`
  * marker is acted on by the running server's scan, and at start a marked timeline is removed (not served) and a
- * `.removing-*` directory a crash left is swept. The CLI removes through serve's HTTP API and on the files.
+ * `.removing-*` directory a crash left is swept. The CLI removes through serve's HTTP API and on the files. A
+ * timeline following a live primary loses its ingest and the upstream slot walcast created for it.
  */
 import assert from 'node:assert/strict';
 import { access, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
@@ -17,7 +18,7 @@ import { importWal } from '../src/storage/wal-import.js';
 import { writeRemovalMarker } from '../src/storage/timeline-removal-files.js';
 import { connectReplication, ServerError, type ReplicationClient, type ReplicationStream } from '../src/wire/client.js';
 import { generateWal, type GeneratedWal } from './fixtures/storage/postgres-wal.js';
-import { freePort, makeTempDir } from './support/postgres.js';
+import { freePort, makeTempDir, startPrimary, type PgCluster } from './support/postgres.js';
 import { startupPacket } from './support/raw-client.js';
 import { spawnServe, type ServeProcess } from './support/serve-process.js';
 import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
@@ -259,5 +260,33 @@ describe('walcast timeline remove', { timeout: TIMEOUT_MS }, () => {
     assert.equal(removed.code, 0, removed.stderr);
     assert.deepEqual(JSON.parse(removed.stdout), { tenant_id: TENANT, timeline_id: ids[1], removed: true, via: 'files' });
     assert.deepEqual(await readdir(join(cliDataDir, TENANT)), []);
+  });
+});
+
+describe('removing a timeline that follows an upstream', { timeout: TIMEOUT_MS }, () => {
+  test('its ingest stops and the upstream slot walcast created for it is dropped on the primary', async () => {
+    const primary: PgCluster = await startPrimary();
+    let running: RunningWalcast | undefined;
+    try {
+      const followDir = await makeTempDir('walcast-remove-follow');
+      running = await startWalcast({ dataDir: followDir });
+      const created = await runWalcastCli(['timeline', 'create', '--data-dir', followDir, '--upstream', `host=127.0.0.1 port=${primary.port} user=repl`, '--json']);
+      assert.equal(created.code, 0, created.stderr);
+      const { tenant_id: tenantId, timeline_id: timelineId, slot } = JSON.parse(created.stdout) as { tenant_id: string; timeline_id: string; slot: string };
+      const slotCount = async (): Promise<string> => primary.sql(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = '${slot}'`);
+      assert.equal(await slotCount(), '1');
+      const server = running.server;
+      const timeline = await waitFor(async () => server.timelines.get(tenantId, timelineId), 60_000, { what: 'the new timeline to be opened', pollMs: 20 });
+      await waitFor(async () => (timeline.hasWriter() ? true : undefined), 60_000, { what: 'ingest to stream from the primary' });
+
+      await server.removeTimeline(tenantId, timelineId, 'test');
+      assert.equal(await slotCount(), '0', 'the upstream slot is gone');
+      assert.equal(timeline.hasWriter(), false, 'ingest stopped');
+      assert.equal(server.ingest?.followers.length, 0);
+      assert.equal(await exists(join(followDir, tenantId, timelineId)), false);
+    } finally {
+      await running?.stop();
+      await primary.stop({ mode: 'immediate' });
+    }
   });
 });
