@@ -22,6 +22,10 @@ export const FAILPOINT_NAMES = [
   'control-before-rename',
   /** walcast.slots.tmp written and synced, not yet renamed over walcast.slots (slots/slot-file.ts). */
   'slot-before-rename',
+  /** A timeline removal's walcast.remove is durable; nothing is torn down yet (timeline/timeline-removal.ts). */
+  'removal-after-marker',
+  /** The removed timeline's directory is renamed to .removing-*, not yet deleted. */
+  'removal-after-rename',
 ] as const;
 export type FailpointName = (typeof FAILPOINT_NAMES)[number];
 

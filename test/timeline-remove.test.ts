@@ -290,3 +290,44 @@ describe('removing a timeline that follows an upstream', { timeout: TIMEOUT_MS }
     }
   });
 });
+
+describe('a crash during a removal', { timeout: TIMEOUT_MS }, () => {
+  const crashTimelines = { marker: '88888888888888888888888888888888', rename: '99999999999999999999999999999999', kept: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa' } as const;
+
+  test('kill -9 after the marker or after the rename: the next start finishes the removal and the other timeline streams byte-identical', async () => {
+    const crashDir = await makeTempDir('walcast-remove-crash');
+    for (const timelineId of Object.values(crashTimelines)) await importWal({ dataDir: crashDir, fromDir: wal.walDir, tenantId: TENANT, timelineId });
+    for (const [point, timelineId] of [['removal-after-marker', crashTimelines.marker], ['removal-after-rename', crashTimelines.rename]] as const) {
+      const httpPort = await freePort();
+      const serve = await spawnServe({
+        args: ['--data-dir', crashDir, '--listen', `127.0.0.1:${await freePort()}`, '--http', `127.0.0.1:${httpPort}`, '--log-level', 'info'],
+        env: { WALCAST_FAILPOINTS_ENABLE: '1', WALCAST_FAILPOINTS: `${point}=exit` },
+        ready: async () => ((await fetch(`http://127.0.0.1:${httpPort}/v1/status`)).ok ? true : undefined),
+      });
+      try {
+        const removed = await runWalcastCli(['timeline', 'remove', '--data-dir', crashDir, '--tenant-id', TENANT, '--timeline-id', timelineId, '--json']);
+        assert.equal(await serve.exited, 'SIGKILL', `serve died at ${point}`);
+        assert.notEqual(removed.code, 0, 'the command saw serve die');
+      } finally {
+        await serve.stop();
+      }
+      const left = await readdir(join(crashDir, TENANT));
+      if (point === 'removal-after-marker') assert.ok(left.includes(timelineId), 'killed before anything was torn down');
+      else assert.ok(left.some((name) => name.startsWith(`.removing-${timelineId}-`)), `killed between rename and delete: ${left.join(', ')}`);
+    }
+
+    const restarted = await startWalcast({ dataDir: crashDir });
+    try {
+      assert.deepEqual(await readdir(join(crashDir, TENANT)), [crashTimelines.kept], 'both removals finished at start, nothing left');
+      assert.deepEqual(restarted.server.timelines.list().map((timeline) => timeline.timelineId), [crashTimelines.kept]);
+      const client = await connectTo(restarted.port, crashTimelines.kept, 'after-crash');
+      const stream = await client.startReplication(`START_REPLICATION PHYSICAL ${formatLsn(startLsn)}`);
+      const streamed = (await readWal(stream, Number(endLsn - startLsn))).subarray(0, Number(endLsn - startLsn));
+      assert.ok(streamed.equals(await primaryWal(startLsn, endLsn)), 'the kept timeline streams byte-identical WAL');
+      await stream.sendCopyDone();
+      await client.end();
+    } finally {
+      await restarted.stop();
+    }
+  });
+});

@@ -20,6 +20,7 @@
  */
 import { formatLsn } from '../lsn.js';
 import { WalcastError } from '../errors.js';
+import { failpoint } from '../failpoints.js';
 import type { Logger } from '../log.js';
 import { deleteRetiredDir, hasRemovalMarker, retireTimelineDir, writeRemovalMarker } from '../storage/timeline-removal-files.js';
 import type { Timeline } from './timeline.js';
@@ -104,6 +105,7 @@ export class TimelineRemovals {
     const retiredBefore = this.retired.get(key);
     // 1. Durable request (unless an earlier attempt already renamed the directory).
     if (retiredBefore === undefined) await writeRemovalMarker(dir, { requestedAt: new Date(), requestedBy });
+    failpoint('removal-after-marker');
     log.info({ dir, requestedBy }, 'timeline removal requested: the request is durable (walcast.remove)');
     // 2. Out of service.
     const removedError = new WalcastError('WALCAST_ERR_TIMELINE_REMOVED', `terminating connection because timeline ${key} was removed`);
@@ -128,6 +130,7 @@ export class TimelineRemovals {
       if (retiredDir === undefined) {
         retiredDir = await retireTimelineDir(dir);
         this.retired.set(key, retiredDir);
+        failpoint('removal-after-rename');
         log.info({ retiredDir }, 'timeline removal: directory renamed out of the data directory');
       }
       await deleteRetiredDir(retiredDir);
