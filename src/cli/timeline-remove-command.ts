@@ -70,8 +70,15 @@ export async function runTimelineRemove(rawFlags: Record<string, unknown>): Prom
 async function removeThroughApi(http: string, flags: TimelineRemoveFlags, ids: { tenantId: string; timelineId: string }, waitMs: number): Promise<Record<string, unknown>> {
   const token = await readSecret({ file: flags.httpAuthTokenFile, envName: 'WALCAST_HTTP_AUTH_TOKEN', what: 'HTTP auth token' });
   const path = `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`;
-  const answer = (await apiRequest(parseBaseUrl(http), token, AbortSignal.timeout(waitMs), 'DELETE', path, undefined, waitMs)) as Record<string, unknown>;
-  return { ...answer, via: 'http' };
+  const signal = AbortSignal.timeout(waitMs);
+  try {
+    const answer = (await apiRequest(parseBaseUrl(http), token, signal, 'DELETE', path, undefined, waitMs)) as Record<string, unknown>;
+    return { ...answer, via: 'http' };
+  } catch (error) {
+    // Still running when the wait ran out: serve goes on with it (and its scan would pick up the marker anyway).
+    if (signal.aborted) return { tenant_id: ids.tenantId, timeline_id: ids.timelineId, removed: false, requested: true, via: `http (no answer within ${waitMs / 1000} s; serve finishes the removal)` };
+    throw error;
+  }
 }
 
 /** serve runs without an HTTP API: its scan finds the marker; wait for the directory to go. */
