@@ -18,7 +18,7 @@ import { importWal } from '../src/storage/wal-import.js';
 import { writeRemovalMarker } from '../src/storage/timeline-removal-files.js';
 import { connectReplication, ServerError, type ReplicationClient, type ReplicationStream } from '../src/wire/client.js';
 import { generateWal, type GeneratedWal } from './fixtures/storage/postgres-wal.js';
-import { freePort, makeTempDir, startPrimary, type PgCluster } from './support/postgres.js';
+import { freePort, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
 import { startupPacket } from './support/raw-client.js';
 import { spawnServe, type ServeProcess } from './support/serve-process.js';
 import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
@@ -32,6 +32,7 @@ const BYSTANDER = '22222222222222222222222222222222';
 const MARKED = '33333333333333333333333333333333';
 const SPARE = '44444444444444444444444444444444';
 const LINGERING = '55555555555555555555555555555555';
+const RECEIVED = 'cccccccccccccccccccccccccccccccc';
 
 const READY_FOR_QUERY = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]);
 
@@ -44,7 +45,7 @@ let walcast: RunningWalcast | undefined;
 before(async () => {
   wal = await generateWal(['CREATE TABLE filler AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g']);
   dataDir = await makeTempDir('walcast-remove');
-  for (const timelineId of [REMOVED, BYSTANDER, MARKED, SPARE, LINGERING]) {
+  for (const timelineId of [REMOVED, BYSTANDER, MARKED, SPARE, LINGERING, RECEIVED]) {
     const imported = await importWal({ dataDir, fromDir: wal.walDir, tenantId: TENANT, timelineId });
     startLsn = imported.startLsn;
     endLsn = imported.endLsn;
@@ -100,7 +101,7 @@ describe('timeline removal while serving', { timeout: TIMEOUT_MS }, () => {
   test('streams and idle connections of the removed timeline get FATAL 57P04; its directory goes; another timeline streams on byte-identical', async () => {
     walcast = await startWalcast({ dataDir });
     const server = walcast.server;
-    assert.equal(server.timelines.list().length, 5);
+    assert.equal(server.timelines.list().length, 6);
     const victim = await connectTo(walcast.port, REMOVED, 'victim');
     const victimStream = await victim.startReplication(`START_REPLICATION PHYSICAL ${formatLsn(startLsn)}`);
     await readWal(victimStream, 64 * 1024);
@@ -170,6 +171,27 @@ describe('timeline removal while serving', { timeout: TIMEOUT_MS }, () => {
     assert.ok(Buffer.concat(received).includes(Buffer.from('C57P04\0', 'latin1')), 'the lingering client got the FATAL too');
     assert.equal(await exists(join(dataDir, TENANT, LINGERING)), false);
     lingering.destroy();
+  });
+
+  test('a real pg_receivewal streaming the removed timeline reports the 57P04 message', async (t) => {
+    assert.ok(walcast !== undefined);
+    const server = walcast.server;
+    const dir = await makeTempDir('receivewal-removed');
+    // An end position far ahead: pg_receivewal streams everything and waits for more until the timeline goes.
+    const receiving = runReceiveWal({
+      port: walcast.port,
+      dir,
+      endpos: formatLsn(endLsn + 64n * 1024n * 1024n),
+      timeoutMs: 60_000,
+      extraArgs: ['-d', `options='-c tenant_id=${TENANT} -c timeline_id=${RECEIVED}'`],
+    });
+    await waitFor(async () => (server.timelines.get(TENANT, RECEIVED)?.replicas.count() === 1 ? true : undefined), 30_000, { what: 'pg_receivewal to stream', pollMs: 20 });
+    assert.equal((await server.removeTimeline(TENANT, RECEIVED, 'test')).connectionsEnded, 1);
+    const result = await receiving;
+    assert.equal(result.timedOut, false);
+    assert.notEqual(result.code, 0, result.stderr);
+    assert.match(result.stderr, new RegExp(`terminating connection because timeline ${TENANT}/${RECEIVED} was removed`));
+    t.diagnostic(`pg_receivewal: ${result.stderr.trim().split('\n').slice(-2).join(' | ')}`);
   });
 
   test('a walcast.remove marker is acted on by the running server within a scan', async () => {
