@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -732,19 +733,34 @@ bool Engine::IsUpToDate(int fd, uint64_t offset, size_t byte_count) {
 
 int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t token, Failure* failure) {
   WALCAST_ASSERT(byte_count > 0 && byte_count <= kPrefetchBytesMax);
-  if (IsUpToDate(file_fd, offset, byte_count)) return 1;
+  // Our own dup first, and every check and read on it: the caller's number may be closed (and reused) by another
+  // thread at any time, ours cannot.
+  UniqueFd fd(fcntl(file_fd, F_DUPFD_CLOEXEC, 0));
+  if (fd.get() < 0) {
+    *failure = {errno, "dup"};
+    return -1;
+  }
+  // A prefetch reads and throws the bytes away. On a socket or pipe that read would consume a client's bytes (seen:
+  // a segment descriptor closed by storage, its number reused by accept() for a new client, whose startup packet
+  // this READ then swallowed), so anything but a regular file is refused before any read.
+  struct stat info;
+  if (fstat(fd.get(), &info) != 0) {
+    *failure = {errno, "fstat"};
+    return -1;
+  }
+  if (!S_ISREG(info.st_mode)) {
+    *failure = {ESPIPE, "prefetch (not a regular file)"};
+    return -1;
+  }
+  if (IsUpToDate(fd.get(), offset, byte_count)) return 1;
   if (!ring_ready_) {
     // No ring: ask for readahead and hope; sendfile may then block on a miss (documented fallback).
-    posix_fadvise(file_fd, static_cast<off_t>(offset), static_cast<off_t>(byte_count), POSIX_FADV_WILLNEED);
+    posix_fadvise(fd.get(), static_cast<off_t>(offset), static_cast<off_t>(byte_count), POSIX_FADV_WILLNEED);
     return 1;
   }
   PrefetchRead read;
   read.token = token;
-  read.fd = UniqueFd(fcntl(file_fd, F_DUPFD_CLOEXEC, 0));
-  if (read.fd.get() < 0) {
-    *failure = {errno, "dup"};
-    return -1;
-  }
+  read.fd = std::move(fd);
   read.offset = offset;
   read.bytes = byte_count;
   if (reads_in_flight_.size() < kPrefetchReadsInFlightMax) {

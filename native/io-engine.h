@@ -165,7 +165,8 @@ class Engine {
   bool Flush(uint64_t id);
   void CloseStream(uint64_t id);
   uint64_t BytesSent(uint64_t id) const;
-  // 1: the range is in page cache now; 0: a kPrefetched event with `token` follows.
+  // 1: the range is in page cache now; 0: a kPrefetched event with `token` follows; -1 (with *failure): file_fd
+  // is not an open regular file (ESPIPE for a socket or pipe: a prefetch never reads one, see io-engine.cc).
   int Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t token, Failure* failure);
   void Close();
 

@@ -540,6 +540,70 @@ for (const strategy of NATIVE_STRATEGIES) {
   });
 }
 
+/**
+ * The storm hang: storage closed a segment, accept() gave its number to a new client, and a late prefetch of the old
+ * chunk made the engine READ the client's socket, swallowing its startup packet (the client then hung until the
+ * authentication timeout). The engine must refuse any descriptor that is not a regular file, before any read.
+ */
+describe('prefetch of a descriptor that is a socket now', { skip }, () => {
+  for (const [strategy, code] of [['sendfile', 0], ['writev', 1], ['uring', 2]] as const) {
+    test(`native ${strategy}: the engine refuses it with ESPIPE and the socket's bytes all reach Node`, async () => {
+      const loaded = loadNativeAddon();
+      assert.ok(loaded.ok);
+      // Paused: Node does not read the accepted socket, so the bytes wait in the kernel as a startup packet does.
+      const loopback = await listen({ pauseOnConnect: true });
+      const { client, server } = await connectPair(loopback);
+      const engine: NativeEngine = new loaded.addon.Engine(code, () => undefined);
+      try {
+        const packet = randomBytes(4096);
+        client.write(packet);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        const serverFd = (server as unknown as { _handle: { fd: number } })._handle.fd;
+        assert.throws(() => engine.prefetch(serverFd, 0, 4096, 1), (error: unknown) => error instanceof NativeIoError && error.code === 'ESPIPE');
+        // A READ submitted anyway would complete within this wait and take the bytes.
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        const received = collect(server, packet.length, 2_000);
+        server.resume();
+        assert.ok((await received).equals(packet), 'every byte the client sent reached the server');
+      } finally {
+        engine.close();
+        client.destroy();
+        server.destroy();
+        loopback.server.close();
+      }
+    });
+  }
+
+  test('the backend skips a chunk whose file storage has closed, and survives a stale number that is a socket', async () => {
+    const loopback = await listen({ pauseOnConnect: true });
+    const { client, server } = await connectPair(loopback);
+    // The stream whose sender prefetches; the victim is another connection, as in the storm.
+    const streamLoopback = await listen();
+    const replica = await connectPair(streamLoopback);
+    const backend = await createNativeBackend('uring');
+    try {
+      const writer = await backend.openStream(replica.server);
+      const packet = randomBytes(4096);
+      client.write(packet);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const serverFd = (server as unknown as { _handle: { fd: number } })._handle.fd;
+      await writer.prefetch({ file: { fd: serverFd, path: 'closed-segment', closed: true }, fileOffset: 0, byteCount: 4096 });
+      await writer.prefetch({ file: { fd: serverFd, path: 'stale-segment' }, fileOffset: 0, byteCount: 4096 });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const received = collect(server, packet.length, 2_000);
+      server.resume();
+      assert.ok((await received).equals(packet), 'every byte the client sent reached the server');
+      await writer.release();
+    } finally {
+      await backend.close();
+      client.destroy();
+      server.destroy();
+      loopback.server.close();
+      streamLoopback.server.close();
+    }
+  });
+});
+
 describe('native errors', { skip }, () => {
   test('the addon builds errors with errno, code and syscall, with a fallback code', () => {
     const loaded = loadNativeAddon();

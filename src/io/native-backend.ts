@@ -209,10 +209,14 @@ class NativeBackend implements IoBackend {
     await this.fallback?.close();
   }
 
-  /** Best effort, never rejects: resolves once every piece is cached or its read finished (or failed). */
+  /**
+   * Best effort, never rejects: resolves once every piece is cached or its read finished (or failed). A handle storage
+   * has closed is skipped: its number may be a client's socket by now (the addon also refuses anything but a regular
+   * file, so a READ never consumes socket bytes even if a stale number slipped through).
+   */
   prefetch(chunk: WalChunk): Promise<void> {
     validateChunk(chunk, PREFETCH_RANGE_BYTES_MAX);
-    if (this.closed) return Promise.resolve();
+    if (this.closed || chunk.file.closed === true) return Promise.resolve();
     const pieces: Promise<void>[] = [];
     for (let done = 0; done < chunk.byteCount; done += NATIVE_PREFETCH_BYTES_MAX) {
       const bytes = Math.min(NATIVE_PREFETCH_BYTES_MAX, chunk.byteCount - done);
@@ -281,6 +285,9 @@ class NativeStreamWriter implements StreamWriter {
   async sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {
     validateHeader(header);
     validateChunk(chunk);
+    // The send reader closes its segments only after the sender loop ended; a closed handle here is a lifetime bug,
+    // and its number may be another file's now (WalFileHandle.closed).
+    assert.ok(chunk.file.closed !== true, `sendChunk: ${chunk.file.path} was closed by storage`);
     this.throwIfUnusable();
     let status: NativeSendStatus;
     try {

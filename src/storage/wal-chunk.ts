@@ -9,6 +9,12 @@ export interface WalFileHandle {
   readonly path: string;
   /** "dev:ino" of the file, when storage knows it: caches keyed by file survive a rename and see a replacement. */
   readonly identity?: string;
+  /**
+   * True once storage has started closing `fd`; absent when the creator keeps the file open for as long as the handle
+   * is used. The number may then belong to anything the process opens next (a client's socket), so nothing may read,
+   * send or prefetch through it: a prefetch READ of a reused number once swallowed a new client's startup packet.
+   */
+  readonly closed?: boolean;
 }
 
 /** A byte range of one segment file. A chunk never crosses a segment boundary. */

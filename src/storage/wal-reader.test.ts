@@ -186,3 +186,53 @@ test('a refused pin is 58P01 for that segment even though the file is still ther
   assert.equal(pinner.pinned.size, 0, 'the pin of a segment that could not be opened is released');
   await reader.close();
 });
+
+test('a segment closed while a locate awaited is never handed out: the chunk of a closed reader is refused', async () => {
+  // The prefetcher's reader is closed when the stream ends, possibly while a locate is between its awaits (here:
+  // the retired segment's close inside the switch). The chunk that locate would return names a descriptor number
+  // that accept() may already have given to a new client; a late prefetch of it once read that client's socket.
+  const seg = BigInt(SEGMENT_BYTES);
+  for (let round = 0; round < 20; round++) {
+    const reader = new WalReader(dir, layout);
+    const start = layout.timelineStartLsn;
+    await reader.locate(start, start + 100n);
+    await reader.locate(start + seg, start + seg + 100n);
+    // Moving two segments on retires the first one: locate awaits its close, and close() runs meanwhile.
+    const racing = reader.locate(start + 2n * seg, start + 2n * seg + 100n).then(
+      (chunk) => chunk,
+      (error: unknown) => error as Error,
+    );
+    await reader.close();
+    const outcome = await racing;
+    if (outcome instanceof Error) {
+      assert.equal(outcome.name, 'ReaderClosedError');
+      continue;
+    }
+    assert.notEqual(outcome.file.closed, true, 'a chunk handed out refers to an open segment');
+    assert.fail('the reader was closed before the locate finished, so no chunk can be handed out');
+  }
+});
+
+test('a segment retired by a concurrent locate while another locate awaited is reopened, not handed out closed', async () => {
+  const seg = BigInt(SEGMENT_BYTES);
+  const reader = new WalReader(dir, layout);
+  try {
+    const start = layout.timelineStartLsn;
+    // Two windows on one reader, as the sender's prefetcher does; each result must be an open descriptor of its file.
+    // Checked as the prefetcher uses a chunk: at once, when its locate resolves.
+    const chunks = await Promise.all(
+      [0n, 2n, 1n, 3n, 0n, 2n].map((segment) =>
+        reader.locate(start + segment * seg, start + segment * seg + 100n).then((chunk) => {
+          assert.notEqual(chunk.file.closed, true, 'never a closed handle');
+          assert.ok(isOpen(chunk.file.fd), 'an open descriptor');
+          assert.equal(chunk.file.path.replace(/\.partial$/, ''), join(dir, nameOf(FIRST_SEGNO + segment)));
+          return chunk;
+        }),
+      ),
+    );
+    const last = chunks.at(-1)!;
+    assert.equal(last.file.path, join(dir, nameOf(FIRST_SEGNO + 2n)));
+  } finally {
+    await reader.close();
+  }
+});

@@ -7,6 +7,8 @@
  * descriptor, and closing it would let the kernel reuse the number for another file under those sends. So the
  * previous segment stays open one segment longer: it is closed when the reader moves two segments on (by then a
  * whole segment, at least 1 MiB, was located after it, far more than any backend's in-flight bound) or on close().
+ * A handle is marked `closed` synchronously when its close starts, and locate never returns a chunk of a handle closed
+ * during its awaits (a concurrent locate or close() may retire it): the number may already be a new client's socket.
  *
  * Damaged storage is reported at the exact byte: a segment file shorter than the range asked for yields a chunk cut
  * at the file's end, and the next locate (at that end) throws WALCAST_ERR_SEGMENT_TRUNCATED (XX001) naming the segment
@@ -53,11 +55,16 @@ export interface RemoteSegmentSource {
   fetch(segno: bigint): Promise<string | undefined>;
 }
 
+/** The WalFileHandle storage hands out for an open segment; `closed` is set as soon as its close starts. */
+interface SegmentFile extends WalFileHandle {
+  closed: boolean;
+}
+
 interface OpenSegment {
   readonly segno: bigint;
   readonly name: string;
   readonly handle: FileHandle;
-  readonly file: WalFileHandle;
+  readonly file: SegmentFile;
   /** The file's size when last looked at; looked at again only when a range reaches past it. */
   bytes: number;
   readonly unpin: () => void;
@@ -94,7 +101,7 @@ export class WalReader {
   /** The file range [lsn, min(endLsn, end of lsn's segment)). Throws WALCAST_ERR_WAL_REMOVED when not held. */
   async locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> {
     assert.ok(endLsn > lsn, 'locate: the range is not empty');
-    assert.ok(!this.closed, 'locate after close');
+    if (this.closed) throw new ReaderClosedError();
     if (lsn < this.layout.timelineStartLsn && this.remote === undefined) throw this.removedError(lsn);
     const { segmentBytes } = this.layout;
     const segno = segmentOf(lsn, segmentBytes);
@@ -108,6 +115,14 @@ export class WalReader {
     if (fileOffset >= segment.bytes) throw this.truncatedError(segment, lsn);
     const byteCount = Math.min(wantedBytes, segment.bytes - fileOffset);
     assert.ok(byteCount > 0 && fileOffset + byteCount <= segment.bytes, 'the chunk is inside the file');
+    // The awaits above (open, stat, the retired segment's close) let other work run: a close() of this reader, or a
+    // concurrent locate (the sender's prefetcher runs two windows on one reader) that moved two segments on, may have
+    // closed this segment meanwhile. Its descriptor number may already belong to a new client's socket, so the
+    // chunk is never handed out: locate again (reopening the segment), or fail when the reader itself closed.
+    if (segment.file.closed) {
+      if (this.closed) throw new ReaderClosedError();
+      return this.locate(lsn, endLsn);
+    }
     return { file: segment.file, fileOffset, byteCount };
   }
 
@@ -158,7 +173,7 @@ export class WalReader {
     const opened = await this.openSegment(segno, lsn);
     if (this.closed) {
       await closeSegment(opened);
-      assert.fail('locate raced with close');
+      throw new ReaderClosedError();
     }
     const retired = this.previous;
     this.previous = this.current;
@@ -194,7 +209,7 @@ export class WalReader {
     if (path === undefined) throw this.removedError(lsn);
     const handle = await open(path, 'r');
     const info = await handle.stat();
-    return { segno, name: this.segmentName(segno), handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}` }, bytes: info.size, unpin: noUnpin };
+    return { segno, name: this.segmentName(segno), handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size, unpin: noUnpin };
   }
 
   private async openPinned(segno: bigint, lsn: Lsn, unpin: () => void): Promise<OpenSegment> {
@@ -204,7 +219,7 @@ export class WalReader {
       try {
         const handle = await open(path, 'r');
         const info = await handle.stat();
-        return { segno, name, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}` }, bytes: info.size, unpin };
+        return { segno, name, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size, unpin };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
       }
@@ -215,9 +230,24 @@ export class WalReader {
 
 function noUnpin(): void {}
 
-/** Closes the descriptor, then releases the pin: the file may be unlinked only once nobody holds it. */
+/**
+ * A locate that ran into (or after) close(): the stream ended meanwhile, typically while the sender's prefetcher was
+ * still looking ahead. Not a storage failure; the prefetcher ignores it and the send reader is never closed early.
+ */
+export class ReaderClosedError extends Error {
+  constructor() {
+    super('the WAL reader was closed during locate');
+    this.name = 'ReaderClosedError';
+  }
+}
+
+/**
+ * Closes the descriptor, then releases the pin: the file may be unlinked only once nobody holds it. The handle is
+ * marked closed before the close starts (synchronously), so no chunk of it is handed out or used from then on.
+ */
 async function closeSegment(segment: OpenSegment | undefined): Promise<void> {
   if (segment === undefined) return;
+  segment.file.closed = true;
   try {
     await segment.handle.close();
   } finally {
