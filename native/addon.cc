@@ -398,6 +398,11 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("messageBytesMax", Napi::Number::New(env, static_cast<double>(kMessageBytesMax)));
   exports.Set("payloadBytesMax", Napi::Number::New(env, static_cast<double>(kPayloadBytesMax)));
   exports.Set("prefetchBytesMax", Napi::Number::New(env, static_cast<double>(kPrefetchBytesMax)));
+  // What one stream may hold on the heap (tests bound server memory with these): its record and a full queue of
+  // units. Payloads are never copied (sendfile or a shared mapping of the file), so no WAL bytes are counted here.
+  exports.Set("queuedUnitsHardMax", Napi::Number::New(env, static_cast<double>(kQueuedUnitsHardMax)));
+  exports.Set("streamRecordBytes", Napi::Number::New(env, static_cast<double>(sizeof(Stream))));
+  exports.Set("sendUnitBytes", Napi::Number::New(env, static_cast<double>(sizeof(SendUnit))));
   RegisterCrc32c(env, exports);
   RegisterKernelTls(env, exports);
   return exports;

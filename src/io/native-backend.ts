@@ -65,6 +65,19 @@ export const PREFETCH_RANGE_BYTES_MAX = 1024 * 1024 * 1024;
 
 assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefetch request');
 
+/** Units one native stream may queue, chunks and messages together (io-engine.h kQueuedUnitsHardMax). */
+export const NATIVE_QUEUED_UNITS_MAX = 64;
+
+/**
+ * Heap bytes one native stream may hold however slow its replica: the engine's stream record and a full queue of
+ * units whose heads are inline (headers and the sender's control messages are at most NATIVE_HEADER_BYTES_MAX).
+ * WAL payloads are never copied: they stay in the page cache, sent by sendfile or from a shared mapping of the
+ * segment file (file-backed memory, bounded by the stored WAL, not by the number of replicas).
+ */
+export function nativeStreamHeapBytesMax(addon: NativeAddon): number {
+  return addon.streamRecordBytes + NATIVE_QUEUED_UNITS_MAX * addon.sendUnitBytes;
+}
+
 /**
  * The strategy `auto` and an unset --native-strategy use: the measured fastest that can run here (uring when the
  * self-test could set up an io_uring, else sendfile). Probes the addon on first use.
@@ -98,6 +111,7 @@ function checkAddonBounds(addon: NativeAddon): string | undefined {
   if (addon.payloadBytesMax < MAX_SEND_BYTES) return `addon payload bound ${addon.payloadBytesMax} < ${MAX_SEND_BYTES}`;
   if (addon.prefetchBytesMax !== NATIVE_PREFETCH_BYTES_MAX) return `addon prefetch bound ${addon.prefetchBytesMax} != ${NATIVE_PREFETCH_BYTES_MAX}`;
   if (addon.messageBytesMax !== NATIVE_MESSAGE_BYTES_MAX) return `addon message bound ${addon.messageBytesMax} != ${NATIVE_MESSAGE_BYTES_MAX}`;
+  if (addon.queuedUnitsHardMax !== NATIVE_QUEUED_UNITS_MAX) return `addon queue bound ${addon.queuedUnitsHardMax} != ${NATIVE_QUEUED_UNITS_MAX}`;
   return undefined;
 }
 

@@ -80,6 +80,11 @@ export interface NativeAddon {
   readonly messageBytesMax: number;
   readonly payloadBytesMax: number;
   readonly prefetchBytesMax: number;
+  /** Units one stream may queue (io-engine.h kQueuedUnitsHardMax). */
+  readonly queuedUnitsHardMax: number;
+  /** sizeof(Stream) and sizeof(SendUnit): with queuedUnitsHardMax, the heap one stream may hold. */
+  readonly streamRecordBytes: number;
+  readonly sendUnitBytes: number;
   /** COMP_CRC32C over bytes[start, end) from a raw state (native/crc32c.cc; hardware when crc32cHardware). */
   crc32cUpdate(state: number, bytes: Uint8Array, start: number, end: number): number;
   /** The portable slice-by-8 path, for tests against the hardware one. */
