@@ -35,7 +35,7 @@ import { sendWal } from '../src/replication/send-wal.js';
 import { encodeEntries } from '../src/storage/page-checksums.js';
 import { PageVerifier } from '../src/storage/page-verifier.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
-import { checksumPagesByReading } from '../src/io/ts-backend.js';
+import { checksumPagesByReading, createChecksumPool } from '../src/io/ts-backend.js';
 
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const RECEIVER_SOURCE = join(REPO_ROOT, 'native', 'bench', 'discard-receiver.c');
@@ -120,9 +120,10 @@ const PAGE_BYTES = 8192;
 async function ensureSidecars(handles: readonly WalFileHandle[]): Promise<void> {
   mkdirSync(SIDECAR_DIR, { recursive: true });
   const perFile: Buffer[] = [];
+  const checksumPool = createChecksumPool();
   for (const handle of handles) {
     const crcs = new Uint32Array(SEGMENT_BYTES / PAGE_BYTES);
-    await checksumPagesByReading({ file: handle, fileOffset: 0, byteCount: SEGMENT_BYTES }, PAGE_BYTES, crcs);
+    await checksumPagesByReading({ file: handle, fileOffset: 0, byteCount: SEGMENT_BYTES }, PAGE_BYTES, crcs, checksumPool);
     perFile.push(encodeEntries(crcs));
   }
   for (let segno = 0; segno < SIDECAR_SEGMENTS; segno++) {

@@ -54,6 +54,8 @@ export class TailReadCache {
 /** Reads the chunk's whole range into a buffer of its own; a short read of a stored range is an I/O error. */
 export async function readExactly(chunk: WalChunk, target: Buffer, targetOffset: number): Promise<void> {
   assert.ok(target.length - targetOffset >= chunk.byteCount, 'target too small');
+  // A closed handle's number may be a client's socket by now, and a read would consume its bytes (WalFileHandle.closed).
+  assert.ok(chunk.file.closed !== true, `${chunk.file.path} is read after storage closed it`);
   let done = 0;
   while (done < chunk.byteCount) {
     const bytesRead = await readAt(chunk.file.fd, target, targetOffset + done, chunk.byteCount - done, chunk.fileOffset + done);

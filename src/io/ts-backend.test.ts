@@ -11,7 +11,9 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import type { WalChunk } from './backend.js';
 import { isWalcastError } from '../errors.js';
-import { STREAM_CHUNKS_IN_FLIGHT_MAX, STREAM_SENDS_WAITING_MAX, createTsBackend } from './ts-backend.js';
+import { crc32c } from '../storage/crc32c.js';
+import { BufferPool } from './buffer-pool.js';
+import { CHECKSUM_RANGE_BYTES_MAX, STREAM_CHUNKS_IN_FLIGHT_MAX, STREAM_SENDS_WAITING_MAX, checksumPagesByReading, createTsBackend } from './ts-backend.js';
 
 const CHUNK_BYTES = 128 * 1024;
 const HEADER_BYTES = 30;
@@ -134,5 +136,36 @@ test('a replica that asks for more sends than it reads fails its stream instead 
     peer.destroy();
     server.close();
     await backend.close();
+  }
+});
+
+test('page checksums read through pooled buffers: correct CRCs, one buffer per call at most, returned even on failure', async () => {
+  const PAGE = 8192;
+  // Longer than one verification buffer, so a call reuses its one buffer for several reads.
+  const bytes = 2 * CHECKSUM_RANGE_BYTES_MAX + 3 * PAGE;
+  const data = Buffer.alloc(bytes);
+  for (let index = 0; index < bytes; index++) data[index] = (index * 31 + 7) & 0xff;
+  const file = join(dir, 'pages');
+  writeFileSync(file, data);
+  const fd = openSync(file, 'r');
+  try {
+    const expected = new Uint32Array(bytes / PAGE);
+    for (let page = 0; page < expected.length; page++) expected[page] = crc32c(data, page * PAGE, (page + 1) * PAGE);
+    // One buffer for three concurrent calls: they take turns, none allocates a buffer of its own.
+    const pool = new BufferPool(CHECKSUM_RANGE_BYTES_MAX, 1);
+    const only = pool.tryAcquire();
+    assert.ok(only !== undefined);
+    pool.release(only);
+    const outs = [0, 1, 2].map(() => new Uint32Array(bytes / PAGE));
+    await Promise.all(outs.map((out) => checksumPagesByReading({ file: { fd, path: file }, fileOffset: 0, byteCount: bytes }, PAGE, out, pool)));
+    for (const out of outs) assert.deepEqual(out, expected);
+    assert.equal(pool.inUse(), 0, 'every call returned its buffer');
+    assert.equal(pool.tryAcquire(), only, 'the pool still holds its one buffer: no call allocated another');
+    pool.release(only);
+    // A range past the end of the file fails the call, and the buffer still goes back.
+    await assert.rejects(checksumPagesByReading({ file: { fd, path: file }, fileOffset: bytes - PAGE, byteCount: 2 * PAGE }, PAGE, new Uint32Array(2), pool), (error: unknown) => isWalcastError(error));
+    assert.equal(pool.inUse(), 0, 'a failed call returned its buffer');
+  } finally {
+    closeSync(fd);
   }
 });

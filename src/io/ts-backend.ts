@@ -8,6 +8,10 @@
  * chunk overlaps the send of the previous one; the buffer pool bounds the total across streams. Sends of one stream
  * run one after another in call order (the sender's chunks and the reply reader's keepalives), so bytes reach the
  * socket in that order and the in-flight bound cannot be passed by two sends that both saw room.
+ *
+ * Page verification (checksumPages) reads into buffers of its own bounded pool (CHECKSUM_BUFFERS_MAX), not the send
+ * pool: a verification and a send of one stream then never wait on each other, and 1,000 replicas verifying at once
+ * neither allocate a fresh buffer per call (page faults and GC on the send path) nor grow memory past the bound.
  */
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
@@ -35,6 +39,11 @@ export const FRAME_BYTES_MAX = XLOG_DATA_HEADER_BYTES + MAX_SEND_BYTES;
  * so a verification read is never bigger than a send frame plus two pages.
  */
 export const CHECKSUM_RANGE_BYTES_MAX = MAX_SEND_BYTES + 2 * 8192;
+/**
+ * Verification read buffers across all streams: 32 × 144 KiB = 4.5 MiB. A stream verifies one chunk at a time and
+ * returns the buffer before it sends, so this bounds concurrency (more wait in FIFO order), never holds up a send.
+ */
+export const CHECKSUM_BUFFERS_MAX = 32;
 
 /** The ts backend never loads the addon, so it does not probe the kernel: TLS goes through Node's TLSSocket. */
 const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
@@ -45,31 +54,42 @@ const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
 
 export function createTsBackend(): IoBackend {
   const pool = new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX);
+  const checksumPool = createChecksumPool();
   const tailCache = new TailReadCache();
   return {
     kind: 'ts',
     strategy: 'fs-net',
     kernelTls: TS_BACKEND_KERNEL_TLS,
     openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache),
-    checksumPages: checksumPagesByReading,
+    checksumPages: (chunk, pageBytes, out) => checksumPagesByReading(chunk, pageBytes, out, checksumPool),
     close: async () => undefined,
   };
 }
 
+/** A pool of verification read buffers (one per TS backend; tests and the benchmark make their own). */
+export function createChecksumPool(): BufferPool {
+  return new BufferPool(CHECKSUM_RANGE_BYTES_MAX, CHECKSUM_BUFFERS_MAX);
+}
+
 /**
- * The TS backend's page checksums: an asynchronous read (the thread pool, as for sends) and the TypeScript
- * CRC-32C. Ranges larger than CHECKSUM_RANGE_BYTES_MAX are read in pieces of that size.
+ * The TS backend's page checksums: an asynchronous read (the thread pool, as for sends) into a buffer from `pool`
+ * and the TypeScript CRC-32C. Ranges larger than the pool's buffers are read in pieces of that size, with the one
+ * buffer; it goes back to the pool when the call ends, failed or not.
  */
-export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
-  assert.ok(pageBytes > 0 && CHECKSUM_RANGE_BYTES_MAX % pageBytes === 0, 'pages divide the read size');
+export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number, out: Uint32Array, pool: BufferPool): Promise<void> {
+  assert.ok(pageBytes > 0 && pool.bufferBytes % pageBytes === 0, 'pages divide the read size');
   assert.ok(out.length >= Math.ceil(chunk.byteCount / pageBytes), 'out holds a checksum per page');
-  const buffer = Buffer.allocUnsafe(Math.min(chunk.byteCount, CHECKSUM_RANGE_BYTES_MAX));
-  for (let done = 0; done < chunk.byteCount; done += buffer.length) {
-    const bytes = Math.min(buffer.length, chunk.byteCount - done);
-    await readExactly({ file: chunk.file, fileOffset: chunk.fileOffset + done, byteCount: bytes }, buffer, 0);
-    for (let offset = 0; offset < bytes; offset += pageBytes) {
-      out[(done + offset) / pageBytes] = crc32c(buffer, offset, Math.min(offset + pageBytes, bytes));
+  const buffer = await pool.acquire();
+  try {
+    for (let done = 0; done < chunk.byteCount; done += buffer.length) {
+      const bytes = Math.min(buffer.length, chunk.byteCount - done);
+      await readExactly({ file: chunk.file, fileOffset: chunk.fileOffset + done, byteCount: bytes }, buffer, 0);
+      for (let offset = 0; offset < bytes; offset += pageBytes) {
+        out[(done + offset) / pageBytes] = crc32c(buffer, offset, Math.min(offset + pageBytes, bytes));
+      }
     }
+  } finally {
+    pool.release(buffer);
   }
 }
 
