@@ -68,6 +68,58 @@ function exchange(port: number, bytes: Buffer): Promise<{ received: Buffer; clos
   });
 }
 
+/**
+ * Runs one case and checks that the server logged nothing at error level meanwhile. Whatever fails (an assertion on
+ * the answer, or a bug log), the error names the server's error-level lines of this case, formatted for reading
+ * (message, error and stack), so fast-check's report of the shrunk counterexample carries what is needed to
+ * reproduce and diagnose it, not only "expected [] to equal [...]".
+ */
+/** The failure of the last failing case: after shrinking, the counterexample fast-check reports. */
+let lastCaseFailure: string | undefined;
+
+async function checkCase(run: () => Promise<void>): Promise<void> {
+  const logsBefore = bugLogs.length;
+  let failure: unknown;
+  try {
+    await run();
+  } catch (error) {
+    failure = error;
+  }
+  // The server logs asynchronously after the client hung up: give it a turn.
+  await new Promise((resolve) => setImmediate(resolve));
+  const lines = bugLogs.slice(logsBefore);
+  if (failure === undefined && lines.length === 0) return;
+  const why = failure === undefined ? 'the server logged at error level' : (failure as Error).message;
+  const shown = lines.length === 0 ? '(none)' : lines.map(formatLogLine).join('\n');
+  lastCaseFailure = `${why}\nserver error-level log lines of this case:\n${shown}`;
+  throw new Error(lastCaseFailure, { cause: failure });
+}
+
+/**
+ * fast-check's report names the seed, the path and the shrunk counterexample, but not what went wrong in it: the
+ * last failing case's failure (that counterexample's) is appended, server log lines included.
+ */
+async function withCaseFailure(property: Promise<void>): Promise<void> {
+  lastCaseFailure = undefined;
+  try {
+    await property;
+  } catch (error) {
+    throw new Error(`${(error as Error).message}\n\nWhat failed in the counterexample:\n${lastCaseFailure ?? '(not recorded)'}`, { cause: error });
+  }
+}
+
+/** A pino JSON line as "msg: err.type err.message" and the stack below it; the raw line when it is not JSON. */
+function formatLogLine(line: string): string {
+  try {
+    const entry = JSON.parse(line) as { msg?: string; err?: { type?: string; message?: string; stack?: string } };
+    const error = entry.err === undefined ? '' : `: ${entry.err.type ?? 'Error'} ${entry.err.message ?? ''}`;
+    const stack = entry.err?.stack === undefined ? '' : `\n    ${entry.err.stack.split('\n').slice(1, 8).map((frame) => frame.trim()).join('\n    ')}`;
+    return `  - ${entry.msg ?? '(no msg)'}${error}${stack}\n    ${line.trim()}`;
+  } catch {
+    return `  - ${line.trim()}`;
+  }
+}
+
 /** SQLSTATEs of every complete ErrorResponse in a backend byte stream (a cut-off last message is ignored). */
 function errorSqlStates(received: Buffer): string[] {
   const states: string[] = [];
@@ -141,17 +193,15 @@ function session(): fc.Arbitrary<Buffer> {
 
 test('random sessions: only catalogued SQLSTATEs, no session failure, the bystander streams on', { timeout: TIMEOUT_MS }, async () => {
   const port = server.address().port;
-  await fc.assert(
-    fc.asyncProperty(session(), async (input) => {
-      const logsBefore = bugLogs.length;
-      const { received } = await exchange(port, input);
-      for (const sqlState of errorSqlStates(received)) assert.ok(isCataloguedSqlState(sqlState), `uncatalogued SQLSTATE ${sqlState}`);
-      // The server logs asynchronously after the client hung up: give it a turn.
-      await new Promise((resolve) => setImmediate(resolve));
-      assert.deepEqual(bugLogs.slice(logsBefore), []);
-    }),
+  await withCaseFailure(fc.assert(
+    fc.asyncProperty(session(), (input) =>
+      checkCase(async () => {
+        const { received } = await exchange(port, input);
+        for (const sqlState of errorSqlStates(received)) assert.ok(isCataloguedSqlState(sqlState), `uncatalogued SQLSTATE ${sqlState}`);
+      }),
+    ),
     fuzzParameters(0.02, 50),
-  );
+  ));
   // The bystander got every byte of the stored WAL, identical to the primary's, while all that went on.
   const parts: Buffer[] = [];
   let received = 0;
@@ -179,16 +229,14 @@ test('random HTTP request heads: an answer or a close, never a 500', { timeout: 
   const head = fc.tuple(method, path, fc.constantFrom('HTTP/1.1', 'HTTP/1.0', 'HTTP/9', ''), fc.array(header, { maxLength: 4 }), fc.boolean()).map(
     ([verb, target, version, headers, finished]) => Buffer.from(`${verb} ${target} ${version}\r\nHost: x\r\n${headers.join('')}${finished ? '\r\n' : ''}`, 'utf8'),
   );
-  await fc.assert(
-    fc.asyncProperty(fc.oneof(head, bytes(64)), async (request) => {
-      const logsBefore = bugLogs.length;
-      const { received } = await exchange(port, request);
-      const statusLine = /^HTTP\/1\.[01] (\d{3})/.exec(received.toString('latin1'));
-      if (statusLine !== null) assert.notEqual(statusLine[1], '500', received.toString('latin1').slice(0, 200));
-      // The server logs asynchronously after the client hung up: give it a turn.
-      await new Promise((resolve) => setImmediate(resolve));
-      assert.deepEqual(bugLogs.slice(logsBefore), []);
-    }),
+  await withCaseFailure(fc.assert(
+    fc.asyncProperty(fc.oneof(head, bytes(64)), (request) =>
+      checkCase(async () => {
+        const { received } = await exchange(port, request);
+        const statusLine = /^HTTP\/1\.[01] (\d{3})/.exec(received.toString('latin1'));
+        if (statusLine !== null) assert.notEqual(statusLine[1], '500', received.toString('latin1').slice(0, 200));
+      }),
+    ),
     fuzzParameters(0.03, 50),
-  );
+  ));
 });
