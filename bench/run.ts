@@ -1,26 +1,29 @@
 /**
  * The benchmark command: `npm run bench` (--quick), `npm run bench:full` (--full) and the CI smoke run
  * (--smoke). Starts everything itself — a PostgreSQL 15 primary that produces the WAL, walcast once per I/O
- * backend and native strategy, the C sendfile ceiling — runs the scenarios with servers interleaved inside each
- * repetition round (so ratios pair runs measured back to back), prints progress, stops every process it
- * started, and writes bench/results/<timestamp>.json, latest.md and latest.svg (or into --out DIR).
+ * backend and native strategy, the C sendfile ceiling, PostgreSQL standbys as consumers and as the cascading
+ * relay reference, the --load spinners — runs the scenarios (all, or those --scenarios names) with servers
+ * interleaved inside each repetition round and idle and loaded rounds interleaved (so ratios pair runs measured
+ * back to back under the same condition), prints progress (with server PIDs, for profilers to attach), stops
+ * every process it started, and writes bench/results/<timestamp>.json, latest.md and latest.svg (or --out DIR).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { formatLsn } from '../src/lsn.js';
 import { PG_BIN_DIR } from '../test/support/postgres.js';
 import { describeMachine } from './lib/machine.js';
-import { maxReplicas, planFor, type BenchMode, type BenchPlan } from './lib/plan.js';
+import { CpuLoad } from './lib/cpu-load.js';
+import { maxReplicas, parseScenarios, planFor, type BenchMode, type BenchPlan, type ScenarioKey } from './lib/plan.js';
 import { stopAllChildren } from './lib/processes.js';
 import { renderMarkdown, type BenchReport } from './lib/report-markdown.js';
 import { renderSvg } from './lib/report-svg.js';
 import { computeFigures, computeRatios, type RunRecord } from './lib/results.js';
-import { postgresTarget, startCeilingServer, startWalcastServer, type ServerTarget } from './lib/servers.js';
+import { postgresTarget, SERVER_NODE_ARGS_ENV, startCeilingServer, startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { buildTools, REPO_ROOT, RESULTS_DIR, SCRATCH_DIR } from './lib/tools.js';
 import { createFollowingDataDir, prepareWal, type PreparedWal } from './lib/wal-source.js';
-import { measureLatencyRun } from './scenarios/live-latency.js';
+import { measureLatencyRun, startCascade } from './scenarios/live-latency.js';
 import { runMicroBenchmarks } from './scenarios/micro.js';
-import { measureConsumerRun, measureReceiveWalRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
+import { measureConsumerRun, measureReceiveWalRun, measureStandbyRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
 
 const NATIVE_STRATEGIES = ['sendfile', 'writev', 'uring'] as const;
 const EXIT_USAGE = 2;
@@ -29,19 +32,45 @@ const EXIT_INTERRUPTED = 130;
 interface Arguments {
   readonly mode: BenchMode;
   readonly outDir: string;
+  /** Busy-spinning processes in loaded rounds; undefined = the mode's default. */
+  readonly load: number | undefined;
+  readonly scenarios: ReadonlySet<ScenarioKey>;
+}
+
+const USAGE = 'usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [--out DIR] [--load N] [--scenarios LIST]\n' +
+  '  LIST: comma-separated, from catch-up, catch-up:wal-consumer, catch-up:pg_receivewal, catch-up:standby, fan-out, cold-catch-up, live-latency, micro\n' +
+  `  ${SERVER_NODE_ARGS_ENV}="--cpu-prof --cpu-prof-dir DIR" passes node flags to every walcast server\n`;
+
+function usage(message?: string): never {
+  process.stderr.write(`${message === undefined ? '' : `${message}\n`}${USAGE}`);
+  process.exit(EXIT_USAGE);
 }
 
 function parseArguments(argv: readonly string[]): Arguments {
-  const modes: string[] = argv.filter((argument) => argument === '--smoke' || argument === '--quick' || argument === '--full');
-  const outIndex = argv.indexOf('--out');
-  const unknown = argv.filter((argument, index) => !modes.includes(argument) && argument !== '--out' && index !== outIndex + 1);
-  if (modes.length > 1 || unknown.length > 0 || (outIndex >= 0 && argv[outIndex + 1] === undefined)) {
-    process.stderr.write('usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [--out DIR]\n');
-    process.exit(EXIT_USAGE);
+  const modes: string[] = [];
+  const values = new Map<string, string>();
+  for (let index = 0; index < argv.length; index++) {
+    const argument = argv[index]!;
+    if (argument === '--smoke' || argument === '--quick' || argument === '--full') modes.push(argument);
+    else if (argument === '--out' || argument === '--load' || argument === '--scenarios') {
+      const value = argv[++index];
+      if (value === undefined) usage(`${argument} needs a value`);
+      values.set(argument, value);
+    } else usage(`unknown argument ${argument}`);
   }
+  if (modes.length > 1) usage('one mode at most');
   const mode = (modes[0]?.slice(2) ?? 'quick') as BenchMode;
   const defaultOut = mode === 'smoke' ? join(SCRATCH_DIR, 'smoke') : RESULTS_DIR;
-  return { mode, outDir: outIndex >= 0 ? argv[outIndex + 1]! : defaultOut };
+  const loadText = values.get('--load');
+  const load = loadText === undefined ? undefined : Number(loadText);
+  if (load !== undefined && !/^\d+$/.test(loadText ?? '')) usage('--load takes a whole number of processes');
+  let scenarios: ReadonlySet<ScenarioKey>;
+  try {
+    scenarios = parseScenarios(values.get('--scenarios'));
+  } catch (error) {
+    usage((error as Error).message);
+  }
+  return { mode, outDir: values.get('--out') ?? defaultOut, load, scenarios };
 }
 
 const startedAt = performance.now();
@@ -51,10 +80,35 @@ function progress(message: string): void {
 }
 
 function describeRun(record: RunRecord): string {
-  const head = `${record.scenario} ${record.server} ${record.consumer} ×${record.replicas} #${record.repetition + 1}`;
+  const head = `${record.scenario} ${record.server} ${record.consumer} ×${record.replicas} #${record.repetition + 1} ${record.condition ?? 'idle'}`;
   if (!record.ok) return `${head}: FAILED ${record.error ?? ''}`;
   if (record.scenario === 'live-latency') return `${head}: p50 ${record.latencyP50Ms?.toFixed(2)} ms, p99 ${record.latencyP99Ms?.toFixed(2)} ms, max ${record.latencyMaxMs?.toFixed(2)} ms`;
   return `${head}: ${record.throughputMBps?.toFixed(0)} MB/s, ${record.serverCpuSecondsPerGB?.toFixed(3)} server CPU s/GB`;
+}
+
+/** What every scenario runner needs: the measurement context, the selection, the load switch and the recorder. */
+interface Harness {
+  readonly context: BenchContext;
+  readonly scenarios: ReadonlySet<ScenarioKey>;
+  readonly load: CpuLoad;
+  record(run: RunRecord): void;
+}
+
+/**
+ * Runs `body` once per repetition and, inside each repetition, once per condition (idle, then loaded when
+ * --load > 0): idle and loaded rounds interleave, so slow drift of the machine hits both alike.
+ */
+async function rounds(harness: Harness, repetitions: number, body: (repetition: number) => Promise<void>): Promise<void> {
+  try {
+    for (let repetition = 0; repetition < repetitions; repetition++) {
+      for (const condition of harness.load.conditions) {
+        harness.load.set(condition);
+        await body(repetition);
+      }
+    }
+  } finally {
+    harness.load.set('idle');
+  }
 }
 
 interface ServerSet {
@@ -62,6 +116,10 @@ interface ServerSet {
   readonly statuses: BenchReport['servers'][number][];
   /** Starts a fresh process of the named server (the cold scenario needs one with nothing mapped or cached). */
   readonly restart: ReadonlyMap<string, () => Promise<ServerTarget>>;
+}
+
+function describeServer(target: ServerTarget): string {
+  return `server ${target.name} ready on port ${target.port}, pid ${target.pid}`;
 }
 
 async function startServers(wal: PreparedWal, ceilingBinary: string): Promise<ServerSet> {
@@ -78,9 +136,10 @@ async function startServers(wal: PreparedWal, ceilingBinary: string): Promise<Se
   ];
   for (const [name, start] of attempts) {
     try {
-      targets.push(await start());
+      const target = await start();
+      targets.push(target);
       statuses.push({ name, status: 'ok' });
-      progress(`server ${name} ready`);
+      progress(describeServer(target));
     } catch (error) {
       const reason = (error instanceof Error ? error.message : String(error)).split('\n').slice(0, 2).join(' ').slice(0, 300);
       statuses.push({ name, status: 'unavailable', reason });
@@ -90,24 +149,40 @@ async function startServers(wal: PreparedWal, ceilingBinary: string): Promise<Se
   return { targets, statuses, restart: new Map(attempts) };
 }
 
-async function runStreamingScenarios(context: BenchContext, servers: ServerSet, record: (run: RunRecord) => void): Promise<void> {
+const WARM_SCENARIOS: readonly ScenarioKey[] = ['catch-up:wal-consumer', 'catch-up:pg_receivewal', 'catch-up:standby', 'fan-out'];
+
+async function runStreamingScenarios(harness: Harness, servers: ServerSet): Promise<void> {
+  const { context, scenarios, record } = harness;
   const targets = servers.targets;
   const plan = context.plan;
-  warmPageCache([...context.wal.walcastFiles, ...context.wal.postgresFiles]);
-  for (let repetition = 0; repetition < plan.repetitions; repetition++) {
-    for (const target of targets) record(await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: false }));
-  }
-  if (plan.receiveWal) {
-    for (let repetition = 0; repetition < plan.repetitions; repetition++) {
-      for (const target of targets.filter((candidate) => candidate.speaksFullProtocol)) record(await measureReceiveWalRun(context, target, repetition, plan.mode === 'smoke'));
+  if (WARM_SCENARIOS.some((key) => scenarios.has(key))) {
+    warmPageCache([...context.wal.walcastFiles, ...context.wal.postgresFiles]);
+    // One unrecorded catch-up per server first: JIT, page tables and connection caches, not what we measure.
+    for (const target of targets) {
+      const warmUp = await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition: 0, cold: false });
+      progress(`warm-up ${target.name}: ${warmUp.ok ? 'ok' : `FAILED ${warmUp.error ?? ''}`}`);
     }
   }
-  for (const step of plan.fanOut) {
-    for (let repetition = 0; repetition < (step.repetitions ?? plan.repetitions); repetition++) {
-      for (const target of targets) record(await measureConsumerRun(context, target, { scenario: 'fan-out', replicas: step.replicas, bytesPerReplica: step.bytesPerReplica, repetition, cold: false }));
+  const fullProtocol = targets.filter((candidate) => candidate.speaksFullProtocol);
+  await rounds(harness, plan.repetitions, async (repetition) => {
+    if (scenarios.has('catch-up:wal-consumer')) {
+      for (const target of targets) record(await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: false }));
+    }
+    if (scenarios.has('catch-up:pg_receivewal') && plan.receiveWal) {
+      for (const target of fullProtocol) record(await measureReceiveWalRun(context, target, repetition, plan.mode === 'smoke'));
+    }
+    if (scenarios.has('catch-up:standby')) {
+      for (const target of fullProtocol) record(await measureStandbyRun(context, target, repetition));
+    }
+  });
+  if (scenarios.has('fan-out')) {
+    for (const step of plan.fanOut) {
+      await rounds(harness, step.repetitions ?? plan.repetitions, async (repetition) => {
+        for (const target of targets) record(await measureConsumerRun(context, target, { scenario: 'fan-out', replicas: step.replicas, bytesPerReplica: step.bytesPerReplica, repetition, cold: false }));
+      });
     }
   }
-  await runColdScenario(context, servers, record);
+  if (scenarios.has('cold-catch-up')) await runColdScenario(harness, servers);
 }
 
 /**
@@ -115,62 +190,86 @@ async function runStreamingScenarios(context: BenchContext, servers: ServerSet, 
  * recently used segments mapped, and posix_fadvise(DONTNEED) cannot drop pages another process has mapped, so a
  * warm server next door would leave part of the "cold" files in page cache.
  */
-async function runColdScenario(context: BenchContext, servers: ServerSet, record: (run: RunRecord) => void): Promise<void> {
+async function runColdScenario(harness: Harness, servers: ServerSet): Promise<void> {
+  const { context, record } = harness;
   const restartable = servers.targets.filter((target) => target.family !== 'postgres');
   await Promise.all(restartable.map((target) => target.stop()));
-  for (let repetition = 0; repetition < context.plan.coldRepetitions; repetition++) {
+  await rounds(harness, context.plan.coldRepetitions, async (repetition) => {
     for (const original of servers.targets) {
       const restart = servers.restart.get(original.name);
       const target = original.family === 'postgres' || restart === undefined ? original : await restart();
+      if (target !== original) progress(describeServer(target));
       try {
         record(await measureConsumerRun(context, target, { scenario: 'cold-catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: true }));
       } finally {
         if (target !== original) await target.stop();
       }
     }
-  }
+  });
 }
 
 /**
  * Live latency, one server at a time (a following walcast ingests every commit, so running several at once would
- * charge each with the others' work): PostgreSQL's walsender first, then each walcast backend on its own fresh
- * timeline that follows the primary.
+ * charge each with the others' work): PostgreSQL's walsender first, then the cascading standby (the relay
+ * PostgreSQL offers), then each walcast backend on its own fresh timeline that follows the primary.
  */
-async function runLatencyScenario(context: BenchContext, statuses: readonly BenchReport['servers'][number][], record: (run: RunRecord) => void): Promise<string[]> {
+async function runLatencyScenario(harness: Harness, statuses: readonly BenchReport['servers'][number][]): Promise<string[]> {
+  const { context } = harness;
   const notes: string[] = [];
-  await measureLatencyRounds(context, postgresTarget(context.wal.primary, context.wal), record);
+  await measureLatencyRounds(harness, postgresTarget(context.wal.primary, context.wal));
+  try {
+    const cascade = await startCascade(context);
+    progress(`${describeServer(cascade)} (cascading standby of the primary, caught up)`);
+    try {
+      await measureLatencyRounds(harness, cascade);
+    } finally {
+      await cascade.stop();
+    }
+  } catch (error) {
+    notes.push(`live latency: postgres-cascade not measured: ${(error instanceof Error ? error.message : String(error)).slice(0, 200)}`);
+  }
   const walcasts = statuses.filter((status) => status.status === 'ok' && status.name.startsWith('walcast-')).map((status) => status.name);
   for (const name of walcasts) {
     const strategy = NATIVE_STRATEGIES.find((candidate) => name === `walcast-native-${candidate}`);
     let target: ServerTarget;
     try {
       const dataDir = await createFollowingDataDir(context.wal.primary);
-      target = await startWalcastServer({ dataDir, walFiles: [], ...(strategy === undefined ? { io: 'ts' as const } : { io: 'native' as const, strategy }) });
-      progress(`server ${name} following the primary live`);
+      target = await startWalcastServer({ dataDir, walFiles: [], following: true, ...(strategy === undefined ? { io: 'ts' as const } : { io: 'native' as const, strategy }) });
+      progress(`${describeServer(target)} (following the primary live)`);
     } catch (error) {
       notes.push(`live latency: ${name} not measured: ${(error instanceof Error ? error.message : String(error)).slice(0, 200)}`);
       continue;
     }
     try {
-      await measureLatencyRounds(context, target, record);
+      await measureLatencyRounds(harness, target);
     } finally {
       await target.stop();
     }
   }
-  notes.push('live latency: from just before the driver sends an autocommit INSERT to the primary (an upper bound: it includes the INSERT) until a replica has received the bytes up to the flush LSN read right after the commit. walcast figures include its ingest hop (primary walsender → walcast durable write with fdatasync → walcast send); the primary runs with fsync=off. "added vs direct replica" = arrival at walcast\'s replicas minus arrival of the same commit at one replica streaming straight from the primary meanwhile: walcast\'s own share (ingest, fdatasync, send). The ceiling serves stored files only and takes no part.');
+  notes.push('live latency: from just before the driver sends an autocommit INSERT to the primary (an upper bound: it includes the INSERT) until a replica has received the bytes up to the flush LSN read right after the commit. walcast figures include its ingest hop (primary walsender → walcast durable write with fdatasync → walcast send); the primary runs with fsync=off. postgres = replicas streaming straight from the primary; postgres-cascade = replicas streaming from a cascading standby of the primary (primary → standby → replicas), the relay PostgreSQL offers. "added vs direct replica" = arrival at a relay\'s replicas minus arrival of the same commit at one replica streaming straight from the primary meanwhile: the relay\'s own share (for walcast: ingest, fdatasync, send). The ceiling serves stored files only and takes no part.');
   return notes;
 }
 
-async function measureLatencyRounds(context: BenchContext, target: ServerTarget, record: (run: RunRecord) => void): Promise<void> {
+async function measureLatencyRounds(harness: Harness, target: ServerTarget): Promise<void> {
+  const { context, record } = harness;
+  if (context.plan.latency.warmUp) {
+    const warmUp = await measureLatencyRun(context, target, 1, 0);
+    progress(`warm-up ${target.name} live latency: ${warmUp.ok ? 'ok' : `FAILED ${warmUp.error ?? ''}`}`);
+  }
   for (const replicas of context.plan.latency.replicaCounts) {
-    for (let repetition = 0; repetition < context.plan.latency.repetitions; repetition++) record(await measureLatencyRun(context, target, replicas, repetition));
+    await rounds(harness, context.plan.latency.repetitions, async (repetition) => record(await measureLatencyRun(context, target, replicas, repetition)));
   }
 }
 
-function standingNotes(plan: BenchPlan): string[] {
+function standingNotes(plan: BenchPlan, load: CpuLoad): string[] {
   return [
     plan.note,
+    load.processes === 0
+      ? 'conditions: idle rounds only (--load 0): nothing but the benchmark itself was started on the machine; other work on it shows in the load average.'
+      : `conditions: every repetition runs an idle round, then a loaded round with ${load.processes} busy-spinning Node process(es) (--load ${load.processes}, bench/lib/cpu-load.ts; paused with SIGSTOP in idle rounds), so each ratio pairs runs under the same condition.`,
+    'every server gets one unrecorded warm-up catch-up (and, outside smoke runs, one unrecorded live-latency run) before its measured rounds.',
     'catch-up and cold catch-up stream the whole range; fan-out replicas each stream the first bytes of the same range from the same start (see the plan in bench/lib/plan.ts), so aggregate MB/s is comparable, total bytes are not.',
+    'standby rows: a PostgreSQL 15 standby, a copy of a pg_basebackup taken before pgbench produced the range, streams from the server under test and replays [its start, range end); wall time from starting the standby until pg_last_wal_replay_lsn() reaches the range end (polled every 10 ms), start-up included; "consumer CPU" is the standby cluster\'s (startup process, walreceiver, the rest). The standby replays with fsync=off (copied from the primary).',
     'server CPU is the kernel accounting of the server processes: walcast = its one process (all threads); PostgreSQL = its walsender backends (live ones plus the postmaster\'s reaped-children time); ceiling = the C loop. On loopback the sender is charged part of the receive-side softirq work.',
     'server memory per replica: walcast and ceiling = RSS growth of the process with all replicas connected / replicas; PostgreSQL = mean PSS of its walsender processes (shared buffers divided among processes).',
     'cold catch-up: the served files are dropped from page cache with fdatasync + posix_fadvise(DONTNEED) (bench/native/page-cache.c) with only the server under test running, freshly started, and the cached fraction afterwards is recorded; on a VM the host may still cache the disk. Event-loop max = walcast\'s nodejs_eventloop_lag_max_seconds over the run (10 ms resolution: ~10-11 ms means no measurable stall); probe RTT max = worst IDENTIFY_SYSTEM round trip on a second connection every 10 ms.',
@@ -182,37 +281,57 @@ function standingNotes(plan: BenchPlan): string[] {
 async function main(): Promise<void> {
   const args = parseArguments(process.argv.slice(2));
   const plan = planFor(args.mode);
-  progress(`walcast benchmark, ${args.mode} mode: ${plan.note}`);
+  const load = CpuLoad.start(args.load ?? plan.load);
+  progress(`walcast benchmark, ${args.mode} mode: ${plan.note}; scenarios: ${[...args.scenarios].join(', ')}; load ${load.processes}${load.processes > 0 ? ` (spinner pids ${load.pids.join(', ')})` : ''}`);
+  const nodeArgs = process.env[SERVER_NODE_ARGS_ENV];
+  if (nodeArgs !== undefined && nodeArgs.trim() !== '') progress(`walcast servers run with node flags: ${nodeArgs}`);
   const tools = buildTools();
   progress('C helpers built (consumer, ceiling, page-cache)');
   const wal = await prepareWal({ pgbenchScale: plan.pgbenchScale, maxReplicas: maxReplicas(plan) });
-  progress(`WAL ready: ${formatLsn(wal.startLsn)}–${formatLsn(wal.endLsn)} (${(Number(wal.endLsn - wal.startLsn) / 1024 ** 2).toFixed(0)} MiB) generated in ${wal.generateSeconds.toFixed(1)} s, imported in ${wal.importSeconds.toFixed(1)} s`);
+  progress(`WAL ready: ${formatLsn(wal.startLsn)}–${formatLsn(wal.endLsn)} (${(Number(wal.endLsn - wal.startLsn) / 1024 ** 2).toFixed(0)} MiB) generated in ${wal.generateSeconds.toFixed(1)} s, imported in ${wal.importSeconds.toFixed(1)} s; primary postmaster pid ${wal.primary.pid}, port ${wal.primary.port}`);
   const machine = describeMachine(PG_BIN_DIR, REPO_ROOT);
-  const servers = await startServers(wal, tools.ceiling);
-  const { targets, statuses } = servers;
   const runs: RunRecord[] = [];
-  const record = (run: RunRecord): void => {
-    runs.push(run);
-    progress(describeRun(run));
-  };
   const context: BenchContext = { tools, wal, plan, progress };
-  const notes = standingNotes(plan);
+  const harness: Harness = {
+    context,
+    scenarios: args.scenarios,
+    load,
+    record: (run) => {
+      const stamped: RunRecord = { ...run, condition: load.condition };
+      runs.push(stamped);
+      progress(describeRun(stamped));
+    },
+  };
+  const notes = standingNotes(plan, load);
+  const streamingKeys: readonly ScenarioKey[] = [...WARM_SCENARIOS, 'cold-catch-up'];
+  const needServers = streamingKeys.some((key) => args.scenarios.has(key));
+  const servers: ServerSet = needServers ? await startServers(wal, tools.ceiling) : { targets: [], statuses: [], restart: new Map() };
   try {
-    await runStreamingScenarios(context, servers, record);
+    await runStreamingScenarios(harness, servers);
   } finally {
-    await Promise.all(targets.map((target) => target.stop()));
+    await Promise.all(servers.targets.map((target) => target.stop()));
   }
-  notes.push(...(await runLatencyScenario(context, statuses, record)));
-  progress('micro-benchmarks');
-  const nativeBackends = NATIVE_STRATEGIES.filter((strategy) => statuses.some((status) => status.name === `walcast-native-${strategy}` && status.status === 'ok')).map((strategy) => ({ io: 'native' as const, strategy }));
-  const micro = await runMicroBenchmarks(tools, wal, [{ io: 'ts' }, ...nativeBackends], plan.microTimeMs);
+  // Without stored-range servers (--scenarios live-latency,micro) every walcast backend is tried; one that cannot load is reported.
+  const statuses: readonly BenchReport['servers'][number][] = needServers
+    ? servers.statuses
+    : [{ name: 'walcast-ts', status: 'ok' }, ...NATIVE_STRATEGIES.map((strategy) => ({ name: `walcast-native-${strategy}`, status: 'ok' as const }))];
+  if (args.scenarios.has('live-latency')) notes.push(...(await runLatencyScenario(harness, statuses)));
+  await load.stop();
+  let micro: BenchReport['micro'] = [];
+  if (args.scenarios.has('micro')) {
+    progress('micro-benchmarks');
+    const nativeBackends = NATIVE_STRATEGIES.filter((strategy) => statuses.some((status) => status.name === `walcast-native-${strategy}` && status.status === 'ok')).map((strategy) => ({ io: 'native' as const, strategy }));
+    micro = await runMicroBenchmarks(tools, wal, [{ io: 'ts' }, ...nativeBackends], plan.microTimeMs);
+  }
   await wal.primary.stop();
   const report: BenchReport = {
     mode: args.mode,
     note: plan.note,
     machine,
+    load: load.processes,
+    scenarios: [...args.scenarios],
     wal: { bytes: Number(wal.endLsn - wal.startLsn), startLsn: formatLsn(wal.startLsn), endLsn: formatLsn(wal.endLsn), pgbenchScale: plan.pgbenchScale, generateSeconds: wal.generateSeconds, importSeconds: wal.importSeconds },
-    servers: statuses,
+    servers: servers.statuses,
     figures: computeFigures(runs),
     ratios: computeRatios(runs),
     micro,

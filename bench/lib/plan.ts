@@ -1,7 +1,8 @@
 /**
  * What each mode measures and how much: `--smoke` (CI: tiny WAL, one repetition, 2 replicas; checks the
  * harness, not speed), `--quick` (`npm run bench`, under 3 minutes on 2 cores: 256 MiB of WAL) and `--full`
- * (`npm run bench:full`: 1 GiB of WAL, more repetitions, 1,000 replicas). Fan-out replicas each stream the
+ * (`npm run bench:full`: 1 GiB of WAL, more repetitions, 1,000 replicas). Quick and full interleave idle rounds
+ * with rounds under one busy core of background load (`--load N` changes it); the smoke run has no load. Fan-out replicas each stream the
  * same WAL from the same start, but only its first `bytesPerReplica`, so that 1,000 replicas finish in seconds.
  */
 import assert from 'node:assert/strict';
@@ -27,11 +28,15 @@ export interface BenchPlan {
   readonly fanOut: readonly FanOutStep[];
   readonly coldRepetitions: number;
   readonly receiveWal: boolean;
+  /** Busy-spinning processes in the loaded rounds (--load overrides); 0 = idle rounds only. */
+  readonly load: number;
   readonly latency: {
     readonly replicaCounts: readonly number[];
     readonly commitsPerSecond: number;
     readonly durationMs: number;
     readonly repetitions: number;
+    /** One unrecorded run per server first (JIT, connection caches), as the streaming scenarios do. */
+    readonly warmUp: boolean;
   };
   /** tinybench time per micro-benchmark task. */
   readonly microTimeMs: number;
@@ -50,7 +55,8 @@ export function planFor(mode: BenchMode): BenchPlan {
         fanOut: [{ replicas: 2, bytesPerReplica: 0 }],
         coldRepetitions: 1,
         receiveWal: true,
-        latency: { replicaCounts: [2], commitsPerSecond: 20, durationMs: 1_000, repetitions: 1 },
+        load: 0,
+        latency: { replicaCounts: [2], commitsPerSecond: 20, durationMs: 1_000, repetitions: 1, warmUp: false },
         microTimeMs: 50,
         runTimeoutMs: 60_000,
         note: 'smoke run: a few MB of WAL, one repetition; checks the harness, the numbers mean nothing',
@@ -66,7 +72,8 @@ export function planFor(mode: BenchMode): BenchPlan {
         ],
         coldRepetitions: 3,
         receiveWal: true,
-        latency: { replicaCounts: [1, 100], commitsPerSecond: 100, durationMs: 1_500, repetitions: 2 },
+        load: 1,
+        latency: { replicaCounts: [1, 100], commitsPerSecond: 100, durationMs: 1_500, repetitions: 2, warmUp: true },
         microTimeMs: 300,
         runTimeoutMs: 120_000,
         note: 'quick run: 256 MiB of WAL instead of 1 GiB, 3 repetitions, fan-out up to 100 replicas (npm run bench:full for 1 GiB and 1,000)',
@@ -83,7 +90,8 @@ export function planFor(mode: BenchMode): BenchPlan {
         ],
         coldRepetitions: 3,
         receiveWal: true,
-        latency: { replicaCounts: [1, 100, 1000], commitsPerSecond: 100, durationMs: 3_000, repetitions: 3 },
+        load: 1,
+        latency: { replicaCounts: [1, 100, 1000], commitsPerSecond: 100, durationMs: 3_000, repetitions: 3, warmUp: true },
         microTimeMs: 1_000,
         runTimeoutMs: 300_000,
         note: 'full run: 1 GiB of WAL, 5 repetitions, fan-out up to 1,000 replicas',
@@ -96,4 +104,21 @@ export function maxReplicas(plan: BenchPlan): number {
   const largest = Math.max(...counts);
   assert.ok(largest >= 1, 'at least one replica');
   return largest;
+}
+
+/** What `--scenarios` can select; `catch-up` alone means all three catch-up consumers. */
+export const SCENARIO_KEYS = ['catch-up:wal-consumer', 'catch-up:pg_receivewal', 'catch-up:standby', 'fan-out', 'cold-catch-up', 'live-latency', 'micro'] as const;
+export type ScenarioKey = (typeof SCENARIO_KEYS)[number];
+
+/** Parses a comma-separated --scenarios list; throws on an unknown name. Undefined = everything. */
+export function parseScenarios(text: string | undefined): ReadonlySet<ScenarioKey> {
+  if (text === undefined) return new Set(SCENARIO_KEYS);
+  const selected = new Set<ScenarioKey>();
+  for (const name of text.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '')) {
+    const matches = SCENARIO_KEYS.filter((key) => key === name || key.startsWith(`${name}:`));
+    if (matches.length === 0) throw new Error(`unknown scenario "${name}" (known: catch-up, ${SCENARIO_KEYS.join(', ')})`);
+    for (const key of matches) selected.add(key);
+  }
+  if (selected.size === 0) throw new Error('--scenarios selects nothing');
+  return selected;
 }

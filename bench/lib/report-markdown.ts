@@ -1,9 +1,11 @@
 /**
- * Renders one run's results as the markdown table bench/results/latest.md: the machine, then per scenario a row
- * per server with median [min–max] of every figure and the pairwise ratios against PostgreSQL, the TS backend
- * and the C ceiling. Pure: results in, text out.
+ * Renders one run's results as the markdown table bench/results/latest.md: the machine, then per scenario and
+ * condition (idle, loaded) a conditions line and a row per server with median [min–max] of every figure and the
+ * pairwise ratios, as median× [min–max] over rounds, against PostgreSQL, the TS backend, the C ceiling and (live
+ * latency) the cascading standby. Pure: results in, text out.
  */
 import type { MicroResult } from '../scenarios/micro.js';
+import type { Condition } from './cpu-load.js';
 import type { MachineDescription } from './machine.js';
 import type { Figure, FigureMetric, Ratio } from './results.js';
 import type { Summary } from './stats.js';
@@ -12,6 +14,9 @@ export interface BenchReport {
   readonly mode: string;
   readonly note: string;
   readonly machine: MachineDescription;
+  /** Busy-spinning processes in the loaded rounds (0: idle rounds only). */
+  readonly load: number;
+  readonly scenarios: readonly string[];
   readonly wal: { readonly bytes: number; readonly startLsn: string; readonly endLsn: string; readonly pgbenchScale: number; readonly generateSeconds: number; readonly importSeconds: number };
   readonly servers: readonly { readonly name: string; readonly status: 'ok' | 'unavailable'; readonly reason?: string }[];
   readonly figures: readonly Figure[];
@@ -31,13 +36,19 @@ function cell(summary: Summary | undefined, digits: number, scale = 1): string {
   return `${format(summary.median * scale, digits)} [${format(summary.min * scale, digits)}–${format(summary.max * scale, digits)}]`;
 }
 
+/** A ratio as `median× [min–max]`: the ratios were computed round by round, then summarized. */
+export function ratioText(summary: Summary): string {
+  if (summary.runs === 1) return `${format(summary.median, 2)}×`;
+  return `${format(summary.median, 2)}× [${format(summary.min, 2)}–${format(summary.max, 2)}]`;
+}
+
 function ratioCell(ratios: readonly Ratio[], figure: Figure, kind: Ratio['kind'], metric: Ratio['metric']): string {
-  const found = ratios.find((ratio) => ratio.kind === kind && ratio.metric === metric && ratio.numerator === figure.server && ratio.scenario === figure.scenario && ratio.consumer === figure.consumer && ratio.replicas === figure.replicas);
-  return found === undefined ? '' : `${cell(found.summary, 2)}×`;
+  const found = ratios.find((ratio) => ratio.kind === kind && ratio.metric === metric && ratio.numerator === figure.server && ratio.scenario === figure.scenario && ratio.consumer === figure.consumer && ratio.replicas === figure.replicas && ratio.condition === figure.condition);
+  return found === undefined ? '' : ratioText(found.summary);
 }
 
 const SCENARIO_TITLES: Record<string, string> = {
-  'catch-up': 'Catch-up: one replica streams the whole range from warm page cache',
+  'catch-up': 'Catch-up: one replica streams the whole range from warm page cache (discarding C consumer, pg_receivewal, a replaying standby)',
   'fan-out': 'Fan-out: N replicas stream the same WAL at once (aggregate)',
   'cold-catch-up': 'Cold catch-up: one replica, served files evicted from page cache first',
   'live-latency': 'Live latency: commit on the primary → bytes at every waiting replica',
@@ -66,13 +77,20 @@ function streamingTable(figures: readonly Figure[], ratios: readonly Ratio[], ex
   return lines;
 }
 
-function latencyTable(figures: readonly Figure[]): string[] {
-  const lines = ['| server | replicas | p50 ms | p99 ms | max ms | added vs direct replica p50 / p99 ms | server CPU s | runs |', '|---|---|---|---|---|---|---|---|'];
+function latencyTable(figures: readonly Figure[], ratios: readonly Ratio[]): string[] {
+  const lines = ['| server | replicas | p50 ms | p99 ms | max ms | added vs direct replica p50 / p99 ms | p99 vs cascading standby | server CPU s | runs |', '|---|---|---|---|---|---|---|---|---|'];
   for (const figure of figures) {
     const runs = figure.failedRuns > 0 ? `${figure.runs} (+${figure.failedRuns} failed)` : String(figure.runs);
-    lines.push(`| ${figure.server} | ${figure.replicas} | ${cell(figure.metrics.latencyP50Ms, 2)} | ${cell(figure.metrics.latencyP99Ms, 2)} | ${cell(figure.metrics.latencyMaxMs, 2)} | ${addedCell(figure)} | ${cell(figure.metrics.serverCpuSeconds, 2)} | ${runs} |`);
+    lines.push(`| ${figure.server} | ${figure.replicas} | ${cell(figure.metrics.latencyP50Ms, 2)} | ${cell(figure.metrics.latencyP99Ms, 2)} | ${cell(figure.metrics.latencyMaxMs, 2)} | ${addedCell(figure)} | ${ratioCell(ratios, figure, 'walcast/cascade', 'latencyP99Ms')} | ${cell(figure.metrics.serverCpuSeconds, 2)} | ${runs} |`);
   }
   return lines;
+}
+
+/** The line above every table: under what load it was measured, on what machine. */
+function conditionsLine(report: BenchReport, condition: Condition): string {
+  const machine = report.machine;
+  const load = condition === 'idle' ? 'idle (no background load started)' : `loaded (${report.load} busy-spinning process${report.load === 1 ? '' : 'es'}, --load ${report.load})`;
+  return `Conditions: ${load} · machine: ${machine.cpuModel}, ${machine.cores} cores · load average ${machine.loadAverage.join(' / ')} at start`;
 }
 
 function addedCell(figure: Figure): string {
@@ -107,7 +125,7 @@ export function renderMarkdown(report: BenchReport): string {
     '',
     `${machine.date} · ${machine.cpuModel}, ${machine.cores} cores, ${format(machine.memoryBytes / 1024 ** 3, 0)} GiB · Linux ${machine.kernel} · Node ${machine.node} · ${machine.postgres} · walcast ${machine.walcastCommit} · load average ${machine.loadAverage.join(' / ')} at start`,
     '',
-    `WAL: ${format(report.wal.bytes / 1024 ** 2, 0)} MiB (${report.wal.startLsn} – ${report.wal.endLsn}, pgbench -i -s ${report.wal.pgbenchScale}). ${report.note}. Every cell: median [min–max] over the runs; ratios are computed run by run (same repetition round) and summarized the same way. MB = 10^6 bytes, GB = 10^9 bytes. CPU = the server's processes only (/proc utime+stime; PostgreSQL: its walsender backends).`,
+    `WAL: ${format(report.wal.bytes / 1024 ** 2, 0)} MiB (${report.wal.startLsn} – ${report.wal.endLsn}, pgbench -i -s ${report.wal.pgbenchScale}). ${report.note}. Scenarios: ${report.scenarios.join(', ')}. Every cell: median [min–max] over the runs; ratios are computed run by run (same repetition round, same condition) and shown as median× [min–max]. MB = 10^6 bytes, GB = 10^9 bytes. CPU = the server's processes only (/proc utime+stime; PostgreSQL: its walsender backends).`,
     '',
   ];
   const unavailable = report.servers.filter((server) => server.status === 'unavailable');
@@ -119,9 +137,15 @@ export function renderMarkdown(report: BenchReport): string {
       lines.push('not measured in this run', '');
       continue;
     }
-    lines.push(...(scenario === 'live-latency' ? latencyTable(figures) : streamingTable(figures, report.ratios, SCENARIO_EXTRAS[scenario] ?? [])), '');
+    for (const condition of ['idle', 'loaded'] as const) {
+      const measured = figures.filter((figure) => figure.condition === condition);
+      if (measured.length === 0) continue;
+      lines.push(conditionsLine(report, condition), '');
+      lines.push(...(scenario === 'live-latency' ? latencyTable(measured, report.ratios) : streamingTable(measured, report.ratios, SCENARIO_EXTRAS[scenario] ?? [])), '');
+    }
   }
-  lines.push('## Micro-benchmarks (tinybench, in the harness process)', '', ...microTable(report.micro), '');
+  lines.push('## Micro-benchmarks (tinybench, in the harness process)', '');
+  lines.push(...(report.micro.length === 0 ? ['not measured in this run'] : microTable(report.micro)), '');
   if (report.notes.length > 0) lines.push('## Notes', '', ...report.notes.map((note) => `- ${note}`), '');
   lines.push(`Harness wall time: ${format(report.elapsedSeconds, 0)} s. Reproduce: see docs/benchmarks.md.`, '');
   return lines.join('\n');

@@ -1,6 +1,6 @@
 /**
  * Draws bench/results/latest.svg by hand (no chart library): two panels, throughput (MB/s) and server CPU
- * seconds per GB, each with one group of bars per scenario and replica count (discarding consumer), one bar per
+ * seconds per GB, each with one group of bars per scenario, replica count and condition (discarding consumer), one bar per
  * server at its median, with a min–max whisker. Pure: figures in, SVG text out.
  */
 import type { Figure, FigureMetric } from './results.js';
@@ -44,10 +44,10 @@ interface Group {
 
 function groupsOf(figures: readonly Figure[]): Group[] {
   const chartable = figures.filter((figure) => figure.consumer === 'wal-consumer' && figure.scenario !== 'live-latency');
-  const keys = [...new Set(chartable.map((figure) => `${figure.scenario}|${figure.replicas}`))];
+  const keys = [...new Set(chartable.map((figure) => `${figure.scenario}|${figure.replicas}|${figure.condition}`))];
   return keys.map((key) => {
-    const [scenario, replicas] = key.split('|');
-    return { label: `${scenario} ×${replicas}`, figures: chartable.filter((figure) => `${figure.scenario}|${figure.replicas}` === key) };
+    const [scenario, replicas, condition] = key.split('|');
+    return { label: `${scenario} ×${replicas}${condition === 'idle' ? '' : ` ${condition}`}`, figures: chartable.filter((figure) => `${figure.scenario}|${figure.replicas}|${figure.condition}` === key) };
   });
 }
 

@@ -1,12 +1,14 @@
 /**
  * The result model: one RunRecord per measured run, then figures (min/median/max per scenario, consumer,
- * replica count and server) and ratios computed pair by pair between servers measured in the same repetition
- * round: walcast/PostgreSQL, native/ts and walcast/ceiling.
+ * replica count, machine condition and server) and ratios computed pair by pair between servers measured in the
+ * same repetition round under the same condition: walcast/PostgreSQL, native/ts, walcast/ceiling, and for live
+ * latency walcast/cascading standby.
  */
+import type { Condition } from './cpu-load.js';
 import { pairwiseRatio, summarize, type Summary } from './stats.js';
 
 export type ScenarioName = 'catch-up' | 'fan-out' | 'cold-catch-up' | 'live-latency';
-export type ConsumerName = 'wal-consumer' | 'pg_receivewal';
+export type ConsumerName = 'wal-consumer' | 'pg_receivewal' | 'standby';
 
 /** Decimal units, as disk and network vendors (and PostgreSQL's own docs) count throughput. */
 export const BYTES_PER_MB = 1e6;
@@ -18,6 +20,8 @@ export interface RunRecord {
   readonly consumer: ConsumerName;
   readonly replicas: number;
   readonly repetition: number;
+  /** Idle machine, or with the --load spinners running; absent in records that predate conditions = idle. */
+  readonly condition?: Condition;
   readonly ok: boolean;
   readonly error?: string;
   /** WAL payload bytes every replica together had to receive, and what they received (must be equal). */
@@ -67,6 +71,7 @@ export interface Figure {
   readonly scenario: ScenarioName;
   readonly consumer: ConsumerName;
   readonly replicas: number;
+  readonly condition: Condition;
   readonly server: string;
   readonly runs: number;
   readonly failedRuns: number;
@@ -77,15 +82,23 @@ export interface Ratio {
   readonly scenario: ScenarioName;
   readonly consumer: ConsumerName;
   readonly replicas: number;
-  readonly kind: 'walcast/postgres' | 'native/ts' | 'walcast/ceiling';
+  readonly condition: Condition;
+  readonly kind: 'walcast/postgres' | 'native/ts' | 'walcast/ceiling' | 'walcast/cascade';
   readonly numerator: string;
   readonly denominator: string;
-  readonly metric: 'throughputMBps' | 'serverCpuSecondsPerGB' | 'memoryBytesPerReplica';
+  readonly metric: (typeof RATIO_METRICS)[number];
   readonly summary: Summary;
 }
 
-function groupKey(record: Pick<RunRecord, 'scenario' | 'consumer' | 'replicas'>): string {
-  return `${record.scenario}|${record.consumer}|${record.replicas}`;
+/** The reference a relay is compared with for live latency: PostgreSQL's cascading standby. */
+export const CASCADE_SERVER = 'postgres-cascade';
+
+function conditionOf(record: Pick<RunRecord, 'condition'>): Condition {
+  return record.condition ?? 'idle';
+}
+
+function groupKey(record: Pick<RunRecord, 'scenario' | 'consumer' | 'replicas' | 'condition'>): string {
+  return `${record.scenario}|${record.consumer}|${record.replicas}|${conditionOf(record)}`;
 }
 
 export function computeFigures(records: readonly RunRecord[]): Figure[] {
@@ -102,11 +115,11 @@ export function computeFigures(records: readonly RunRecord[]): Figure[] {
       const summary = summarize(good.flatMap((record) => (record[metric] === undefined ? [] : [record[metric]])));
       if (summary !== undefined) metrics[metric] = summary;
     }
-    return { scenario: first.scenario, consumer: first.consumer, replicas: first.replicas, server: first.server, runs: good.length, failedRuns: group.length - good.length, metrics };
+    return { scenario: first.scenario, consumer: first.consumer, replicas: first.replicas, condition: conditionOf(first), server: first.server, runs: good.length, failedRuns: group.length - good.length, metrics };
   });
 }
 
-const RATIO_METRICS = ['throughputMBps', 'serverCpuSecondsPerGB', 'memoryBytesPerReplica'] as const;
+const RATIO_METRICS = ['throughputMBps', 'serverCpuSecondsPerGB', 'memoryBytesPerReplica', 'latencyP99Ms'] as const;
 
 /** Every ratio the issue asks for, pairing runs by repetition index inside one scenario/consumer/replica group. */
 export function computeRatios(records: readonly RunRecord[]): Ratio[] {
@@ -121,12 +134,13 @@ export function computeRatios(records: readonly RunRecord[]): Ratio[] {
       ...walcasts.filter(() => servers.includes('postgres')).map((server): [Ratio['kind'], string, string] => ['walcast/postgres', server, 'postgres']),
       ...natives.filter(() => servers.includes('walcast-ts')).map((server): [Ratio['kind'], string, string] => ['native/ts', server, 'walcast-ts']),
       ...walcasts.filter(() => servers.includes('ceiling')).map((server): [Ratio['kind'], string, string] => ['walcast/ceiling', server, 'ceiling']),
+      ...walcasts.filter(() => servers.includes(CASCADE_SERVER)).map((server): [Ratio['kind'], string, string] => ['walcast/cascade', server, CASCADE_SERVER]),
     ];
     for (const [kind, numerator, denominator] of pairs) {
       for (const metric of RATIO_METRICS) {
         const summary = pairwiseRatio(byRepetition(group, numerator, metric), byRepetition(group, denominator, metric));
         const first = group[0]!;
-        if (summary !== undefined) ratios.push({ scenario: first.scenario, consumer: first.consumer, replicas: first.replicas, kind, numerator, denominator, metric, summary });
+        if (summary !== undefined) ratios.push({ scenario: first.scenario, consumer: first.consumer, replicas: first.replicas, condition: conditionOf(first), kind, numerator, denominator, metric, summary });
       }
     }
   }

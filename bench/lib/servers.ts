@@ -1,6 +1,7 @@
 /**
  * The servers under test, behind one face: walcast (one child process per I/O backend and strategy), the
- * PostgreSQL 15 walsender of the primary that produced the WAL, and the C sendfile ceiling. Each knows which
+ * PostgreSQL 15 walsender of the primary that produced the WAL, a cascading standby of that primary (the relay
+ * PostgreSQL users deploy instead of walcast, for live latency), and the C sendfile ceiling. Each knows which
  * processes are "the server" for CPU and memory accounting, taken from the kernel (/proc), and which files it
  * reads (for the cold-cache scenario).
  */
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn } from '../../src/lsn.js';
-import { freePort, type PgCluster } from '../../test/support/postgres.js';
+import { freePort, type PgCluster, type PgStandby } from '../../test/support/postgres.js';
 import { spawnTracked, type Tracked } from './processes.js';
 import { findWalsenders, listChildren, readCpu, readPssBytes, readRssBytes, readTaskCpuSeconds, readThreadCpuSeconds } from './proc-stats.js';
 import { REPO_ROOT } from './tools.js';
@@ -45,10 +46,15 @@ export interface RunMeter {
 }
 
 export interface ServerTarget {
-  /** Stable identifier used in results: walcast-ts, walcast-native-sendfile, postgres, ceiling. */
+  /** Stable identifier used in results: walcast-ts, walcast-native-sendfile, postgres, postgres-cascade, ceiling. */
   readonly name: string;
   readonly family: ServerFamily;
   readonly port: number;
+  /** The server's main process (walcast's node process, the postmaster, the ceiling), printed for profiling. */
+  readonly pid: number;
+  /** A relay between the primary and the replicas (walcast following it, a cascading standby): live latency
+   * then also measures one replica streaming straight from the primary, to tell the relay's own share. */
+  readonly relay: boolean;
   /** pg_receivewal needs SHOW/IDENTIFY_SYSTEM; the ceiling only speaks START_REPLICATION. */
   readonly speaksFullProtocol: boolean;
   /** The WAL files this server reads for the benchmark range. */
@@ -132,6 +138,18 @@ export interface WalcastServerOptions {
    * TLS clients and the two can be compared on the same server.
    */
   readonly tls?: { readonly certFile: string; readonly keyFile: string };
+  /** The data dir's timeline follows the primary live (a relay), rather than serving an imported range. */
+  readonly following?: boolean;
+}
+
+/**
+ * Extra node flags for every walcast server the harness starts (profiling: `--cpu-prof --cpu-prof-dir DIR`,
+ * `--perf-basic-prof`), split on whitespace.
+ */
+export const SERVER_NODE_ARGS_ENV = 'WALCAST_BENCH_SERVER_NODE_ARGS';
+
+function serverNodeArgs(): string[] {
+  return (process.env[SERVER_NODE_ARGS_ENV] ?? '').split(/\s+/).filter((arg) => arg !== '');
 }
 
 /** Starts `walcast serve` as its own child process, so /proc/PID/stat is the server's CPU and nobody else's. */
@@ -140,6 +158,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
   const httpPort = await freePort();
   const name = options.io === 'ts' ? 'walcast-ts' : `walcast-native-${options.strategy ?? 'default'}`;
   const args = [
+    ...serverNodeArgs(),
     '--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve',
     '--data-dir', options.dataDir,
     '--listen', `127.0.0.1:${port}`,
@@ -156,6 +175,8 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
     name,
     family: 'walcast',
     port,
+    pid: server.pid,
+    relay: options.following === true,
     speaksFullProtocol: true,
     walFiles: options.walFiles,
     metricsUrl: `http://127.0.0.1:${httpPort}/metrics`,
@@ -181,6 +202,8 @@ export async function startCeilingServer(binary: string, wal: PreparedWal): Prom
     name: 'ceiling',
     family: 'ceiling',
     port,
+    pid: server.pid,
+    relay: false,
     speaksFullProtocol: false,
     walFiles: wal.walcastFiles,
     metricsUrl: undefined,
@@ -199,11 +222,32 @@ export function postgresTarget(primary: PgCluster, wal: PreparedWal): ServerTarg
     name: 'postgres',
     family: 'postgres',
     port: primary.port,
+    pid: primary.pid,
+    relay: false,
     speaksFullProtocol: true,
     walFiles: wal.postgresFiles,
     metricsUrl: undefined,
     beginRun: () => postgresMeter(primary.pid),
     stop: async () => undefined,
+  };
+}
+
+/**
+ * A cascading standby (streaming from the primary) serving its own replicas: the relay PostgreSQL offers. Its
+ * walsenders are measured like the primary's. `stop` stops it and removes its data dir.
+ */
+export function cascadeTarget(standby: PgStandby, stop: () => Promise<void>): ServerTarget {
+  return {
+    name: 'postgres-cascade',
+    family: 'postgres',
+    port: standby.port,
+    pid: standby.pid,
+    relay: true,
+    speaksFullProtocol: true,
+    walFiles: [],
+    metricsUrl: undefined,
+    beginRun: () => postgresMeter(standby.pid),
+    stop,
   };
 }
 

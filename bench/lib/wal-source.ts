@@ -3,12 +3,15 @@
  * `pgbench -i -s SCALE` and switches to a new segment; `walcast import` copies that pg_wal into a walcast data
  * dir. Both servers then hold the same bytes [startLsn, endLsn): PostgreSQL in pg_wal, walcast in its timeline
  * dir. The primary keeps running, so its walsender can serve the same range and live-latency runs can commit.
+ * Before pgbench runs, a pg_basebackup of the empty primary is taken and never started: each standby-replay run
+ * (and the cascading standby of the live-latency reference) starts from a copy of it, so it must stream and
+ * replay the whole pgbench range [standbyStartLsn, endLsn) from the server under test.
  */
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
-import { makeTempDir, startPrimary, type PgCluster } from '../../test/support/postgres.js';
+import { makeStandby, makeTempDir, startPrimary, type PgCluster, type StandbyBase } from '../../test/support/postgres.js';
 import { spawnTracked } from './processes.js';
 import { REPO_ROOT } from './tools.js';
 
@@ -30,6 +33,10 @@ export interface PreparedWal {
   readonly postgresFiles: readonly string[];
   readonly generateSeconds: number;
   readonly importSeconds: number;
+  /** A base backup taken before the range was produced; never started, only copied (copyStandby). */
+  readonly standbyTemplate: StandbyBase;
+  /** The primary's insert position right after that backup: a standby streams at most [standbyStartLsn, endLsn). */
+  readonly standbyStartLsn: Lsn;
 }
 
 /** PostgreSQL settings for the benchmark primary: room for every walsender, no WAL recycled, quiet logs. */
@@ -49,6 +56,8 @@ function benchmarkConf(maxReplicas: number): Record<string, string> {
 /** `extraConf` adds PostgreSQL settings (the TLS cost benchmark turns on ssl). */
 export async function prepareWal(options: { pgbenchScale: number; maxReplicas: number; extraConf?: Record<string, string> }): Promise<PreparedWal> {
   const primary = await startPrimary({ extraConf: { ...benchmarkConf(options.maxReplicas), ...options.extraConf } });
+  const standbyTemplate = await makeStandby(primary);
+  const standbyStartLsn = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_insert_lsn()'));
   const generateStarted = performance.now();
   await primary.pgbench(['-i', '-s', String(options.pgbenchScale), '-q']);
   // The switch pads the last segment, so the range ends on a segment boundary both servers hold completely.
@@ -76,6 +85,8 @@ export async function prepareWal(options: { pgbenchScale: number; maxReplicas: n
     postgresFiles: segmentFilesIn(primary.walDir, startLsn, endLsn, segmentBytes),
     generateSeconds,
     importSeconds,
+    standbyTemplate,
+    standbyStartLsn,
   };
 }
 

@@ -7,20 +7,22 @@
  * The commit's LSN is pg_current_wal_flush_lsn() read right after the commit returned (synchronous_commit=on:
  * the commit record is flushed by then). PostgreSQL's walsender serves its own WAL; walcast follows the primary
  * (a timeline created with `walcast timeline create --upstream`), so its figures include the ingest hop: the
- * primary's walsender, walcast's durable write, then walcast's send.
+ * primary's walsender, walcast's durable write, then walcast's send. The relay PostgreSQL users would deploy
+ * instead, a cascading standby (primary → standby → replicas), is measured the same way as a reference.
  */
 import assert from 'node:assert/strict';
 import { readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
+import { copyStandby } from '../../test/support/postgres.js';
 import { startConsumer, type ConsumerResult, type RunningConsumer } from '../lib/consumer.js';
 import { SqlClient } from '../lib/sql-client.js';
 import { percentile } from '../lib/stats.js';
 import { BYTES_PER_GB, type RunRecord } from '../lib/results.js';
-import type { RunCost, ServerTarget } from '../lib/servers.js';
+import { cascadeTarget, type RunCost, type ServerTarget } from '../lib/servers.js';
 import { SCRATCH_DIR } from '../lib/tools.js';
-import type { BenchContext } from './streaming.js';
+import { waitForReplay, type BenchContext } from './streaming.js';
 
 /** Replicas first stream whatever is in flight; this pause lets them settle before the first commit. */
 const SETTLE_MS = 500;
@@ -49,7 +51,7 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
     driver = await SqlClient.connect(context.wal.primary.port, { user: 'postgres', database: 'postgres' });
     await driver.query('CREATE TABLE IF NOT EXISTS bench_latency (id bigint)');
     const startLsn = parseLsnOrThrow((await driver.query('SELECT pg_current_wal_flush_lsn()'))[0] ?? '');
-    if (target.family === 'walcast') await waitForServerPosition(target.port, startLsn);
+    if (target.relay) await waitForServerPosition(target.port, startLsn);
     const meter = target.beginRun();
     consumer = startConsumer({
       binary: context.tools.consumer,
@@ -61,8 +63,8 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
       timeoutMs: context.plan.runTimeoutMs,
       latencyLog: log,
     });
-    // For walcast, one replica streams straight from the primary too, so walcast's own share can be told apart.
-    if (target.family === 'walcast') reference = await startReference(context, startLsn, referenceLog);
+    // For a relay, one replica streams straight from the primary too, so the relay's own share can be told apart.
+    if (target.relay) reference = await startReference(context, startLsn, referenceLog);
     await consumer.ready;
     meter.restartCpu();
     consumer.start();
@@ -87,6 +89,29 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
     await reference?.release();
     rmSync(log, { force: true });
     rmSync(referenceLog, { force: true });
+  }
+}
+
+/**
+ * The cascading standby: a copy of the base backup taken before the range, streaming from the primary, caught
+ * up (replayed to the primary's current position, so replay of the whole range does not run during the
+ * measurements) before it serves the replicas. `stop` removes its data dir.
+ */
+export async function startCascade(context: BenchContext): Promise<ServerTarget> {
+  const base = await copyStandby(context.wal.standbyTemplate, { applicationName: 'bench-cascade' });
+  const remove = (): void => rmSync(dirname(base.dataDir), { recursive: true, force: true });
+  try {
+    const standby = await base.startWithUpstream(context.wal.primary.port);
+    const primaryPosition = parseLsnOrThrow(await context.wal.primary.sql('SELECT pg_current_wal_flush_lsn()'));
+    await waitForReplay(standby, primaryPosition, context.plan.runTimeoutMs);
+    return cascadeTarget(standby, async () => {
+      await standby.stop({ mode: 'immediate' });
+      remove();
+    });
+  } catch (error) {
+    await base.standby?.stop({ mode: 'immediate' });
+    remove();
+    throw error;
   }
 }
 

@@ -1,26 +1,33 @@
 /**
- * The streaming scenarios that read stored WAL: catch-up (one replica, warm cache, with the discarding consumer
- * and with pg_receivewal), fan-out (N replicas at once) and cold catch-up (the served files evicted from the
+ * The streaming scenarios that read stored WAL: catch-up (one replica, warm cache, with the discarding consumer,
+ * with pg_receivewal and with a PostgreSQL 15 standby replaying the range), fan-out (N replicas at once) and cold catch-up (the served files evicted from the
  * page cache first, responsiveness probed meanwhile). Each function measures one run of one server and returns
  * its RunRecord; a failing run is recorded, never thrown, so one broken backend cannot hide the others.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { formatLsn } from '../../src/lsn.js';
-import { runReceiveWal } from '../../test/support/postgres.js';
+import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
+import { copyStandby, runReceiveWal, type PgStandby, type StandbyBase } from '../../test/support/postgres.js';
 import { startConsumer, type ConsumerResult, type RunningConsumer } from '../lib/consumer.js';
 import type { BenchPlan } from '../lib/plan.js';
-import { readCpu } from '../lib/proc-stats.js';
+import { listChildren, readCpu } from '../lib/proc-stats.js';
 import { scrapeEventLoopMaxMs, startProbe, type Probe } from '../lib/responsiveness.js';
 import { BYTES_PER_GB, BYTES_PER_MB, type RunRecord, type ScenarioName } from '../lib/results.js';
 import type { RunCost, ServerTarget } from '../lib/servers.js';
+import { SqlClient } from '../lib/sql-client.js';
 import type { Tools } from '../lib/tools.js';
 import type { PreparedWal } from '../lib/wal-source.js';
 
 /** pg_receivewal writes into tmpfs so the client's disk is not what we measure (the issue's recipe). */
 const RECEIVE_WAL_PARENT_DIR = '/dev/shm';
+/**
+ * How often the harness asks the standby for its replay position. One cheap query on an open connection: at
+ * 10 ms it adds well under 1% of a core to the standby's side and bounds the timing error to 10 ms.
+ */
+const REPLAY_POLL_MS = 10;
 
 export interface BenchContext {
   readonly tools: Tools;
@@ -201,4 +208,80 @@ export function matchingBytes(dir: string, wal: PreparedWal, limit = rangeBytes(
     if (matching >= limit) break;
   }
   return Math.min(matching, limit);
+}
+
+/**
+ * One PostgreSQL 15 standby replaying the range from `target`: a fresh copy of the base backup taken before the
+ * range was produced starts with primary_conninfo pointing at the server under test; the run ends when
+ * pg_last_wal_replay_lsn() reaches the range end. Wall time runs from the standby's start (a few hundred ms of
+ * start-up, the same for every server) to that moment; the server's CPU is metered meanwhile, the standby's
+ * own CPU (startup process, walreceiver, the rest) is reported as the consumer's.
+ */
+export async function measureStandbyRun(context: BenchContext, target: ServerTarget, repetition: number): Promise<RunRecord> {
+  const options: ConsumerRunOptions = { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: false };
+  const bytesExpected = Number(context.wal.endLsn - context.wal.standbyStartLsn);
+  let base: StandbyBase | undefined;
+  try {
+    base = await copyStandby(context.wal.standbyTemplate, { applicationName: 'bench-standby' });
+    const meter = target.beginRun();
+    const started = performance.now();
+    const standby = await base.startWithUpstream(target.port);
+    await waitForReplay(standby, context.wal.endLsn, context.plan.runTimeoutMs);
+    const wallSeconds = (performance.now() - started) / 1000;
+    const cost = await meter.finish(1);
+    const consumerCpuSeconds = clusterCpuSeconds(standby.pid);
+    return {
+      scenario: 'catch-up',
+      server: target.name,
+      consumer: 'standby',
+      replicas: 1,
+      repetition,
+      ok: true,
+      bytesExpected,
+      bytesReceived: bytesExpected,
+      wallSeconds,
+      throughputMBps: bytesExpected / BYTES_PER_MB / wallSeconds,
+      serverCpuSeconds: cost.cpuSeconds,
+      serverCpuSecondsPerGB: cost.cpuSeconds / (bytesExpected / BYTES_PER_GB),
+      consumerCpuSeconds,
+    };
+  } catch (error) {
+    return failedRecord(options, target, 'standby', bytesExpected, error);
+  } finally {
+    await base?.standby?.stop({ mode: 'immediate' });
+    // A replayed standby holds the whole pgbench database and range: gone after every run, or disks fill up.
+    if (base !== undefined) rmSync(dirname(base.dataDir), { recursive: true, force: true });
+  }
+}
+
+/** Polls pg_last_wal_replay_lsn() on one connection until it reaches `lsn`; connects once hot standby admits it. */
+export async function waitForReplay(standby: PgStandby, lsn: Lsn, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let client: SqlClient | undefined;
+  let position: Lsn = 0n;
+  try {
+    while (Date.now() < deadline) {
+      try {
+        client ??= await SqlClient.connect(standby.port, { user: 'postgres', database: 'postgres', application_name: 'bench-replay-probe' });
+        const text = (await client.query('SELECT pg_last_wal_replay_lsn()'))[0];
+        if (text !== null && text !== undefined) position = parseLsnOrThrow(text);
+        if (position >= lsn) return;
+      } catch {
+        // Not accepting connections yet ("the database system is starting up"): try again.
+        client?.end();
+        client = undefined;
+      }
+      await sleep(REPLAY_POLL_MS);
+    }
+  } finally {
+    client?.end();
+  }
+  throw new Error(`standby replayed up to ${formatLsn(position)}, not ${formatLsn(lsn)}, within ${timeoutMs} ms; log tail: ${standby.logTail().slice(-600)}`);
+}
+
+/** CPU seconds of a cluster started for this run: the postmaster, its live children and the ones it reaped. */
+function clusterCpuSeconds(postmasterPid: number): number {
+  const own = readCpu(postmasterPid);
+  const children = listChildren(postmasterPid).reduce((sum, child) => sum + (readCpu(child.pid)?.ownSeconds ?? 0), 0);
+  return (own?.ownSeconds ?? 0) + (own?.reapedChildrenSeconds ?? 0) + children;
 }

@@ -510,7 +510,32 @@ export async function makeStandby(primary: PgCluster, options: StandbyOptions = 
     cwd: root,
     env: { PGPASSWORD: password },
   });
-  const cluster = new ClusterProcess(dataDir, root, logFile);
+  const base = standbyBase(new ClusterProcess(dataDir, root, logFile), root, options);
+  if (options.start === true) await base.startWithUpstream(options.upstreamPort === undefined || options.upstreamPort === 0 ? primary.port : options.upstreamPort);
+  return base;
+}
+
+/**
+ * A standby from a copy of a base backup that was never started (a `makeStandby` without `start`): the benchmark
+ * takes one pg_basebackup before it produces its WAL range and copies it per run, so every run replays the same
+ * range from the same starting point, and a run costs a file copy instead of a base backup.
+ */
+export async function copyStandby(template: StandbyBase, options: StandbyOptions = {}): Promise<StandbyBase> {
+  assert.ok(template.standby === undefined, 'the template base backup must never have been started');
+  const { root, dataDir, logFile } = await makeClusterDir('walcast-pg-standby-copy');
+  // cp -a keeps modes and (as root) the postgres user's ownership; the template is a stopped cluster.
+  execFileSync('cp', ['-a', template.dataDir, dataDir]);
+  for (const stale of ['postmaster.pid', 'postmaster.opts']) rmSync(join(dataDir, stale), { force: true });
+  const base = standbyBase(new ClusterProcess(dataDir, root, logFile), root, options);
+  if (options.start === true) {
+    assert.ok(options.upstreamPort !== undefined && options.upstreamPort > 0, 'copyStandby({ start: true }) needs an upstreamPort');
+    await base.startWithUpstream(options.upstreamPort);
+  }
+  return base;
+}
+
+function standbyBase(cluster: ClusterProcess, root: string, options: StandbyOptions): StandbyBase {
+  const dataDir = cluster.dataDir;
   let standby: PgStandby | undefined;
   const base: StandbyBase = {
     dataDir,
@@ -522,7 +547,6 @@ export async function makeStandby(primary: PgCluster, options: StandbyOptions = 
       return standby;
     },
   };
-  if (options.start === true) await base.startWithUpstream(options.upstreamPort === undefined || options.upstreamPort === 0 ? primary.port : options.upstreamPort);
   return base;
 }
 
