@@ -1,16 +1,20 @@
 /**
  * Keeps the benchmark harness from rotting: runs `bench/run.ts --smoke` (a few MB of WAL, one repetition, 2
- * replicas, walcast ts + native strategies when built, PostgreSQL's walsender, the C ceiling) into a temp dir and
- * checks that it produced well-formed JSON, markdown and SVG, and that every consumer received exactly the bytes
- * it asked for; and `bench/tls-cost.ts --smoke` (walcast ts, native and PostgreSQL, each plain and TLS, 1 and 2
- * pg_receivewal replicas), checking every run streamed byte-identical WAL. Benchmarks are not tests: nothing here
- * looks at speed.
+ * replicas, no background load, walcast ts + native strategies when built, PostgreSQL's walsender, a replaying
+ * standby, the cascading-standby latency reference, the C ceiling) into a temp dir and checks that it produced
+ * well-formed JSON, markdown and SVG, and that every consumer received exactly the bytes it asked for. The load
+ * spinners and the --scenarios parser are checked on their own. Also `bench/tls-cost.ts --smoke` (walcast ts,
+ * native and PostgreSQL, each plain and TLS, 1 and 2 pg_receivewal replicas), checking every run streamed
+ * byte-identical WAL. Benchmarks are not tests: nothing here looks at speed.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { CpuLoad } from '../bench/lib/cpu-load.js';
+import { parseScenarios } from '../bench/lib/plan.js';
+import { ratioText } from '../bench/lib/report-markdown.js';
 import { renderSvg } from '../bench/lib/report-svg.js';
 import { computeRatios, type RunRecord } from '../bench/lib/results.js';
 import { pairwiseRatio, percentile, summarize } from '../bench/lib/stats.js';
@@ -18,7 +22,7 @@ import { addedLatenciesMs, commitLatenciesMs } from '../bench/scenarios/live-lat
 import { makeTempDir } from './support/postgres.js';
 import { REPO_ROOT } from './support/walcast.js';
 
-/** The smoke run takes ~40 s on 2 idle cores; a loaded CI runner gets room, a hang still ends. */
+/** The smoke run takes ~50 s on 2 idle cores; a loaded CI runner gets room, a hang still ends. */
 const SMOKE_TIMEOUT_MS = 300_000;
 /** What the benchmark's own processes carry on their command lines: its data dirs and its C helpers. */
 const BENCH_PROCESS_MARKERS = ['walcast-bench-data-', 'walcast-bench-live-', '/bench/results/tmp/bin/'];
@@ -31,6 +35,7 @@ interface SmokeRun {
   readonly server: string;
   readonly consumer: string;
   readonly replicas: number;
+  readonly condition: string;
   readonly ok: boolean;
   readonly error?: string;
   readonly bytesExpected: number;
@@ -55,9 +60,9 @@ interface SmokeResult {
   readonly micro: { name: string; backend: string; error?: string }[];
 }
 
-function runSmoke(outDir: string, script = 'bench/run.ts'): Promise<{ code: number | null; stderr: string }> {
+function runSmoke(outDir: string, script = 'bench/run.ts', extraArgs: readonly string[] = []): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, script), '--smoke', '--out', outDir], { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, script), '--smoke', ...extraArgs, '--out', outDir], { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     const timer = setTimeout(() => {
@@ -112,7 +117,7 @@ async function leftoverProcesses(): Promise<string[]> {
 
 test('bench --smoke produces well-formed results and every consumer gets exactly its bytes', { timeout: SMOKE_TIMEOUT_MS + 30_000 }, async () => {
   const outDir = await makeTempDir('walcast-bench-smoke');
-  const { code, stderr } = await runSmoke(outDir);
+  const { code, stderr } = await runSmoke(outDir, 'bench/run.ts', ['--load', '0']);
   assert.equal(code, 0, `bench --smoke failed:\n${stderr}`);
 
   const jsonFiles = readdirSync(outDir).filter((name) => name.endsWith('.json'));
@@ -128,6 +133,9 @@ test('bench --smoke produces well-formed results and every consumer gets exactly
   const streaming = result.runs.filter((run) => run.scenario !== 'live-latency');
   for (const scenario of ['catch-up', 'fan-out', 'cold-catch-up']) assert.ok(streaming.some((run) => run.scenario === scenario), `${scenario} ran`);
   assert.ok(streaming.some((run) => run.consumer === 'pg_receivewal'), 'pg_receivewal ran');
+  // A standby run is ok only once pg_last_wal_replay_lsn() reached the range end: every server fed a real replay.
+  for (const server of okServers.filter((name) => name !== 'ceiling')) assert.ok(streaming.some((run) => run.consumer === 'standby' && run.server === server), `a standby replayed from ${server}`);
+  for (const run of result.runs) assert.equal(run.condition, 'idle', 'no background load in the smoke run');
   assert.ok(streaming.some((run) => run.scenario === 'fan-out' && run.replicas === 2), 'fan-out with 2 replicas ran');
   for (const run of streaming) {
     const label = `${run.scenario} ${run.server} ${run.consumer} ×${run.replicas}`;
@@ -138,6 +146,9 @@ test('bench --smoke produces well-formed results and every consumer gets exactly
   for (const server of okServers) assert.ok(streaming.some((run) => run.server === server && run.ok), `${server} streamed`);
   const postgresLatency = result.runs.find((run) => run.scenario === 'live-latency' && run.server === 'postgres');
   assert.ok(postgresLatency !== undefined, 'live latency ran against PostgreSQL');
+  const cascadeLatency = result.runs.find((run) => run.scenario === 'live-latency' && run.server === 'postgres-cascade');
+  assert.ok(cascadeLatency?.ok === true, `live latency through a cascading standby: ${cascadeLatency?.error ?? 'missing'}`);
+  assert.equal(cascadeLatency.latencySamples, 2 * 20, 'every commit reached both replicas of the cascading standby');
 
   for (const figure of result.figures.filter((entry) => entry.scenario !== 'live-latency')) assertSummary(figure.metrics.throughputMBps, `${figure.scenario} ${figure.server} throughput`);
   assert.ok(result.ratios.some((ratio) => ratio.kind === 'walcast/postgres'), 'walcast/PostgreSQL ratios');
@@ -147,6 +158,7 @@ test('bench --smoke produces well-formed results and every consumer gets exactly
 
   const markdown = readFileSync(join(outDir, 'latest.md'), 'utf8');
   for (const heading of ['# walcast benchmark (smoke)', '## Catch-up', '## Fan-out', '## Cold catch-up', '## Live latency', '## Micro-benchmarks']) assert.ok(markdown.includes(heading), `markdown has "${heading}"`);
+  assert.equal(markdown.split('\n').filter((line) => line.startsWith('Conditions: idle')).length, 4, 'a conditions line above each scenario table');
   const tableRows = markdown.split('\n').filter((line) => line.startsWith('|'));
   assert.ok(tableRows.length > 10, 'markdown has tables');
   for (const row of tableRows) assert.ok(row.endsWith('|'), `table row is closed: ${row}`);
@@ -231,6 +243,48 @@ test('bench live latency: each commit meets the first arrival at or past its flu
   // The direct replica of the primary got the commits at 1.2 ms and 4.5 ms: what the server added on top.
   const reference = Buffer.concat([record(0, 100n, 1_200_000n), record(0, 200n, 4_500_000n)]);
   assert.deepEqual(addedLatenciesMs(log, reference, commits, 2), [0.3, 0.5, 1.8]);
+});
+
+test('bench --scenarios: names select scenarios, catch-up means all three consumers, unknown names are refused', () => {
+  assert.equal(parseScenarios(undefined).size, 7);
+  assert.deepEqual([...parseScenarios('catch-up')], ['catch-up:wal-consumer', 'catch-up:pg_receivewal', 'catch-up:standby']);
+  assert.deepEqual([...parseScenarios('catch-up:standby, live-latency')], ['catch-up:standby', 'live-latency']);
+  assert.throws(() => parseScenarios('catchup'), /unknown scenario "catchup"/);
+  assert.throws(() => parseScenarios(','), /selects nothing/);
+});
+
+test('bench ratios: median× [min–max] over rounds, paired within one condition only', () => {
+  assert.equal(ratioText({ min: 0.8, median: 1.25, max: 2, runs: 3 }), '1.25× [0.80–2.00]');
+  assert.equal(ratioText({ min: 1.5, median: 1.5, max: 1.5, runs: 1 }), '1.50×');
+  const run = (server: string, condition: 'idle' | 'loaded', throughputMBps: number): RunRecord => ({
+    scenario: 'catch-up', server, consumer: 'standby', replicas: 1, repetition: 0, condition, ok: true, bytesExpected: 1, bytesReceived: 1, throughputMBps,
+  });
+  const ratios = computeRatios([run('walcast-ts', 'idle', 100), run('postgres', 'idle', 50), run('walcast-ts', 'loaded', 30), run('postgres', 'loaded', 60)])
+    .filter((ratio) => ratio.metric === 'throughputMBps');
+  assert.deepEqual(ratios.map((ratio) => [ratio.condition, ratio.summary.median]), [['idle', 2], ['loaded', 0.5]]);
+});
+
+test('bench --load: spinners run only in loaded rounds and are gone after stop', async () => {
+  const state = (pid: number): string => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.slice(0, 1);
+  const load = CpuLoad.start(1);
+  const [pid] = load.pids;
+  assert.ok(pid !== undefined);
+  try {
+    assert.deepEqual(load.conditions, ['idle', 'loaded']);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(state(pid), 'T', 'paused while idle');
+    load.set('loaded');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.notEqual(state(pid), 'T', 'running while loaded');
+    load.set('idle');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(state(pid), 'T', 'paused again');
+  } finally {
+    await load.stop();
+  }
+  assert.ok(!existsSync(`/proc/${pid}`), 'the spinner exited');
+  assert.deepEqual(CpuLoad.start(0).conditions, ['idle']);
+  assert.throws(() => CpuLoad.start(-1), /--load/);
 });
 
 test('bench chart: an SVG with no figures is still complete and balanced', () => {
