@@ -1,9 +1,9 @@
 /**
  * What each mode measures and how much: `--smoke` (CI: tiny WAL, one repetition, 2 replicas; checks the
- * harness, not speed), `--quick` (`npm run bench`, under 3 minutes on 2 cores: 256 MiB of WAL) and `--full`
- * (`npm run bench:full`: 1 GiB of WAL, more repetitions, 1,000 replicas). Quick and full interleave idle rounds
- * with rounds under one busy core of background load (`--load N` changes it); the smoke run has no load. Fan-out replicas each stream the
- * same WAL from the same start, but only its first `bytesPerReplica`, so that 1,000 replicas finish in seconds.
+ * harness, not speed), `--quick` (`npm run bench`: 256 MiB of WAL) and `--full` (`npm run bench:full`: 1 GiB of
+ * WAL, more repetitions, 1,000 replicas). Quick and full interleave idle rounds with rounds under one busy core
+ * of background load (`--load N` changes it); the smoke run has no load. Fan-out replicas each stream the same
+ * WAL from the same start, but only its first `bytesPerReplica`, so that 1,000 replicas finish in seconds.
  */
 import assert from 'node:assert/strict';
 
