@@ -171,7 +171,7 @@ async function runStreamingScenarios(harness: Harness, servers: ServerSet): Prom
     if (scenarios.has('catch-up:pg_receivewal') && plan.receiveWal) {
       for (const target of fullProtocol) record(await measureReceiveWalRun(context, target, repetition, plan.mode === 'smoke'));
     }
-    if (scenarios.has('catch-up:standby')) {
+    if (scenarios.has('catch-up:standby') && repetition < plan.standbyRepetitions) {
       for (const target of fullProtocol) record(await measureStandbyRun(context, target, repetition));
     }
   });

@@ -28,6 +28,11 @@ export interface BenchPlan {
   readonly fanOut: readonly FanOutStep[];
   readonly coldRepetitions: number;
   readonly receiveWal: boolean;
+  /**
+   * Rounds with the replaying standby as consumer (the first N of `repetitions`): replaying 1 GiB takes tens of
+   * seconds per server, so full runs do fewer of these than of the cheap consumers.
+   */
+  readonly standbyRepetitions: number;
   /** Busy-spinning processes in the loaded rounds (--load overrides); 0 = idle rounds only. */
   readonly load: number;
   readonly latency: {
@@ -55,6 +60,7 @@ export function planFor(mode: BenchMode): BenchPlan {
         fanOut: [{ replicas: 2, bytesPerReplica: 0 }],
         coldRepetitions: 1,
         receiveWal: true,
+        standbyRepetitions: 1,
         load: 0,
         latency: { replicaCounts: [2], commitsPerSecond: 20, durationMs: 1_000, repetitions: 1, warmUp: false },
         microTimeMs: 50,
@@ -72,6 +78,7 @@ export function planFor(mode: BenchMode): BenchPlan {
         ],
         coldRepetitions: 3,
         receiveWal: true,
+        standbyRepetitions: 3,
         load: 1,
         latency: { replicaCounts: [1, 100], commitsPerSecond: 100, durationMs: 1_500, repetitions: 2, warmUp: true },
         microTimeMs: 300,
@@ -90,6 +97,7 @@ export function planFor(mode: BenchMode): BenchPlan {
         ],
         coldRepetitions: 3,
         receiveWal: true,
+        standbyRepetitions: 3,
         load: 1,
         latency: { replicaCounts: [1, 100, 1000], commitsPerSecond: 100, durationMs: 3_000, repetitions: 3, warmUp: true },
         microTimeMs: 1_000,
