@@ -1,6 +1,7 @@
 /**
  * Self-test of the real-PostgreSQL fixture (test/support/postgres.ts): a primary with pgbench data, a hot
- * standby streaming from that primary, pg_receivewal against the primary, a crash and restart, and proof that
+ * standby streaming from that primary, standbys copied from one unstarted base backup (the benchmark's
+ * standby-replay consumer), pg_receivewal against the primary, a crash and restart, and proof that
  * every postgres process the fixture started is gone afterwards. If this file fails, integration failures
  * elsewhere are probably the fixture's, not walcast's.
  */
@@ -12,7 +13,7 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
-import { childPids, firstDifference, isProcessAlive, makeStandby, makeTempDir, runReceiveWal, startPrimary } from './support/postgres.js';
+import { childPids, copyStandby, firstDifference, isProcessAlive, makeStandby, makeTempDir, runReceiveWal, startPrimary } from './support/postgres.js';
 
 const TEST_TIMEOUT_MS = 120_000;
 const REPLICATION_WAIT_MS = 60_000;
@@ -65,6 +66,35 @@ test('primary + streaming standby + pg_receivewal, and nothing left running afte
   assert.ok(pids.length >= 4);
   const survivors = pids.filter(isProcessAlive);
   assert.deepEqual(survivors, [], 'no postgres process of ours is left');
+});
+
+test('copyStandby: each copy of one unstarted base backup replays what the primary wrote after the backup', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const primary = await startPrimary();
+  try {
+    const template = await makeStandby(primary);
+    await primary.sql('CREATE TABLE after_backup AS SELECT 7 AS seven');
+    const started = await makeStandby(primary, { start: true, applicationName: 'started' });
+    try {
+      await assert.rejects(copyStandby(started), /never have been started/, 'a started standby is no template');
+    } finally {
+      await started.standby?.stop();
+    }
+    for (const name of ['copy-a', 'copy-b']) {
+      const copy = await copyStandby(template, { applicationName: name });
+      assert.notEqual(copy.dataDir, template.dataDir);
+      const standby = await copy.startWithUpstream(primary.port);
+      try {
+        assert.equal(await waitFor(() => standby.sql('SELECT seven FROM after_backup'), REPLICATION_WAIT_MS), '7', `${name} replayed past the backup`);
+        assert.equal(await primary.sql(`SELECT count(*) FROM pg_stat_replication WHERE application_name = '${name}'`), '1');
+      } finally {
+        await standby.stop();
+      }
+    }
+    assert.ok(!existsSync(join(template.dataDir, 'postmaster.pid')), 'the template itself never ran');
+    assert.ok(!existsSync(join(template.dataDir, 'standby.signal')), 'the template stays unconfigured');
+  } finally {
+    await primary.stop();
+  }
 });
 
 test('a cluster the test never stops is stopped, and its dir removed, when the process exits', { timeout: TEST_TIMEOUT_MS }, async () => {
