@@ -102,12 +102,12 @@ async function rounds(harness: Harness, repetitions: number, body: (repetition: 
   try {
     for (let repetition = 0; repetition < repetitions; repetition++) {
       for (const condition of harness.load.conditions) {
-        harness.load.set(condition);
+        await harness.load.set(condition);
         await body(repetition);
       }
     }
   } finally {
-    harness.load.set('idle');
+    await harness.load.set('idle');
   }
 }
 
@@ -266,7 +266,7 @@ function standingNotes(plan: BenchPlan, load: CpuLoad): string[] {
     plan.note,
     load.processes === 0
       ? 'conditions: idle rounds only (--load 0): nothing but the benchmark itself was started on the machine; other work on it shows in the load average.'
-      : `conditions: every repetition runs an idle round, then a loaded round with ${load.processes} busy-spinning Node process(es) (--load ${load.processes}, bench/lib/cpu-load.ts; paused with SIGSTOP in idle rounds), so each ratio pairs runs under the same condition.`,
+      : `conditions: every repetition runs an idle round, then a loaded round with ${load.processes} busy-spinning Node process(es) (--load ${load.processes}, bench/lib/cpu-load.ts; told to sit idle in idle rounds), so each ratio pairs runs under the same condition.`,
     'every server gets one unrecorded warm-up catch-up (and, outside smoke runs, one unrecorded live-latency run) before its measured rounds.',
     'catch-up and cold catch-up stream the whole range; fan-out replicas each stream the first bytes of the same range from the same start (see the plan in bench/lib/plan.ts), so aggregate MB/s is comparable, total bytes are not.',
     'standby rows: a PostgreSQL 15 standby, a copy of a pg_basebackup taken before pgbench produced the range, streams from the server under test and replays [its start, range end); wall time from starting the standby until pg_last_wal_replay_lsn() reaches the range end (polled every 10 ms), start-up included; "consumer CPU" is the standby cluster\'s (startup process, walreceiver, the rest). The standby replays with fsync=off (copied from the primary).',
@@ -281,7 +281,7 @@ function standingNotes(plan: BenchPlan, load: CpuLoad): string[] {
 async function main(): Promise<void> {
   const args = parseArguments(process.argv.slice(2));
   const plan = planFor(args.mode);
-  const load = CpuLoad.start(args.load ?? plan.load);
+  const load = await CpuLoad.start(args.load ?? plan.load);
   progress(`walcast benchmark, ${args.mode} mode: ${plan.note}; scenarios: ${[...args.scenarios].join(', ')}; load ${load.processes}${load.processes > 0 ? ` (spinner pids ${load.pids.join(', ')})` : ''}`);
   const nodeArgs = process.env[SERVER_NODE_ARGS_ENV];
   if (nodeArgs !== undefined && nodeArgs.trim() !== '') progress(`walcast servers run with node flags: ${nodeArgs}`);

@@ -13,6 +13,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { CpuLoad } from '../bench/lib/cpu-load.js';
+import { readCpu } from '../bench/lib/proc-stats.js';
 import { parseScenarios } from '../bench/lib/plan.js';
 import { ratioText } from '../bench/lib/report-markdown.js';
 import { renderSvg } from '../bench/lib/report-svg.js';
@@ -264,27 +265,48 @@ test('bench ratios: median× [min–max] over rounds, paired within one conditio
   assert.deepEqual(ratios.map((ratio) => [ratio.condition, ratio.summary.median]), [['idle', 2], ['loaded', 0.5]]);
 });
 
-test('bench --load: spinners run only in loaded rounds and are gone after stop', async () => {
-  const state = (pid: number): string => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.slice(0, 1);
-  const load = CpuLoad.start(1);
+test('bench --load: spinners spin only in loaded rounds and are gone after stop', async () => {
+  const cpu = (pid: number): number => readCpu(pid)?.ownSeconds ?? Number.NaN;
+  const pause = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+  const load = await CpuLoad.start(1);
   const [pid] = load.pids;
   assert.ok(pid !== undefined);
   try {
     assert.deepEqual(load.conditions, ['idle', 'loaded']);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    assert.equal(state(pid), 'T', 'paused while idle');
-    load.set('loaded');
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    assert.notEqual(state(pid), 'T', 'running while loaded');
-    load.set('idle');
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    assert.equal(state(pid), 'T', 'paused again');
+    let before = cpu(pid);
+    await pause(300);
+    assert.ok(cpu(pid) - before < 0.05, 'idle while the round is idle');
+    await load.set('loaded');
+    before = cpu(pid);
+    await pause(1_000);
+    // On a busy 2-core machine it gets less than a full core, but far more than nothing.
+    assert.ok(cpu(pid) - before >= 0.05, `spins while loaded (${(cpu(pid) - before).toFixed(2)} s)`);
+    await load.set('idle');
+    before = cpu(pid);
+    await pause(300);
+    assert.ok(cpu(pid) - before < 0.05, 'idle again');
   } finally {
     await load.stop();
   }
   assert.ok(!existsSync(`/proc/${pid}`), 'the spinner exited');
-  assert.deepEqual(CpuLoad.start(0).conditions, ['idle']);
-  assert.throws(() => CpuLoad.start(-1), /--load/);
+  assert.deepEqual((await CpuLoad.start(0)).conditions, ['idle']);
+  await assert.rejects(CpuLoad.start(-1), /--load/);
+});
+
+test('bench --load: a spinner ends when the harness dies by SIGKILL (no exit handler runs)', async () => {
+  const script = `import { CpuLoad } from ${JSON.stringify(join(REPO_ROOT, 'bench/lib/cpu-load.ts'))}; const load = await CpuLoad.start(1); await load.set('loaded'); console.log(load.pids[0]); setInterval(() => {}, 1000);`;
+  const harness = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+  const spinnerPid = await new Promise<number>((resolve, reject) => {
+    harness.stdout.once('data', (chunk: Buffer) => resolve(Number(chunk.toString().trim())));
+    harness.once('exit', (code) => reject(new Error(`harness exited ${code} before starting the spinner`)));
+  });
+  assert.ok(spinnerPid > 0 && existsSync(`/proc/${spinnerPid}`), 'the spinner runs');
+  harness.kill('SIGKILL');
+  const deadline = Date.now() + LEFTOVER_GRACE_MS;
+  while (existsSync(`/proc/${spinnerPid}`) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+  const left = existsSync(`/proc/${spinnerPid}`);
+  if (left) process.kill(spinnerPid, 'SIGKILL');
+  assert.equal(left, false, 'the orphaned spinner exited');
 });
 
 test('bench chart: an SVG with no figures is still complete and balanced', () => {
