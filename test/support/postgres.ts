@@ -1,6 +1,7 @@
 /**
  * The one shared fixture for real PostgreSQL 15 on 127.0.0.1 in integration tests: temp dirs, primaries,
- * base-backed-up standbys, pg_receivewal runs, and the clean-up that keeps clusters from outliving a test file.
+ * base-backed-up standbys (and copies of one unstarted base backup, for the benchmark), pg_receivewal runs, and the
+ * clean-up that keeps clusters from outliving a test file.
  *
  * PostgreSQL refuses to run as root, so when the tests run as root the server-side programs (initdb, postgres,
  * pg_basebackup) are spawned with the uid/gid of the `postgres` OS user and every temp dir is chowned to it.
