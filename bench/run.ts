@@ -8,6 +8,7 @@
  * every process it started, and writes bench/results/<timestamp>.json, latest.md and latest.svg (or --out DIR).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { formatLsn } from '../src/lsn.js';
 import { PG_BIN_DIR } from '../test/support/postgres.js';
@@ -297,7 +298,7 @@ async function main(): Promise<void> {
     scenarios: args.scenarios,
     load,
     record: (run) => {
-      const stamped: RunRecord = { ...run, condition: load.condition };
+      const stamped: RunRecord = { ...run, condition: load.condition, loadAverage1m: Number(loadavg()[0]!.toFixed(2)) };
       runs.push(stamped);
       progress(describeRun(stamped));
     },

@@ -86,11 +86,13 @@ function latencyTable(figures: readonly Figure[], ratios: readonly Ratio[]): str
   return lines;
 }
 
-/** The line above every table: under what load it was measured, on what machine. */
-function conditionsLine(report: BenchReport, condition: Condition): string {
+/** The line above every table: under what load it was measured, on what machine, how busy it was. */
+function conditionsLine(report: BenchReport, condition: Condition, figures: readonly Figure[]): string {
   const machine = report.machine;
   const load = condition === 'idle' ? 'idle (no background load started)' : `loaded (${report.load} busy-spinning process${report.load === 1 ? '' : 'es'}, --load ${report.load})`;
-  return `Conditions: ${load} · machine: ${machine.cpuModel}, ${machine.cores} cores · load average ${machine.loadAverage.join(' / ')} at start`;
+  const averages = figures.flatMap((figure) => (figure.metrics.loadAverage1m === undefined ? [] : [figure.metrics.loadAverage1m]));
+  const during = averages.length === 0 ? '' : ` · 1-min load average ${format(Math.min(...averages.map((summary) => summary.min)), 1)}–${format(Math.max(...averages.map((summary) => summary.max)), 1)} during these runs`;
+  return `Conditions: ${load} · machine: ${machine.cpuModel}, ${machine.cores} cores · load average ${machine.loadAverage.join(' / ')} at start${during}`;
 }
 
 function addedCell(figure: Figure): string {
@@ -140,7 +142,7 @@ export function renderMarkdown(report: BenchReport): string {
     for (const condition of ['idle', 'loaded'] as const) {
       const measured = figures.filter((figure) => figure.condition === condition);
       if (measured.length === 0) continue;
-      lines.push(conditionsLine(report, condition), '');
+      lines.push(conditionsLine(report, condition, measured), '');
       lines.push(...(scenario === 'live-latency' ? latencyTable(measured, report.ratios) : streamingTable(measured, report.ratios, SCENARIO_EXTRAS[scenario] ?? [])), '');
     }
   }

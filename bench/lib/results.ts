@@ -22,6 +22,8 @@ export interface RunRecord {
   readonly repetition: number;
   /** Idle machine, or with the --load spinners running; absent in records that predate conditions = idle. */
   readonly condition?: Condition;
+  /** The machine's 1-minute load average when the run ended: other work on it shows here. */
+  readonly loadAverage1m?: number;
   readonly ok: boolean;
   readonly error?: string;
   /** WAL payload bytes every replica together had to receive, and what they received (must be equal). */
@@ -64,6 +66,7 @@ export const FIGURE_METRICS = [
   'latencyMaxMs',
   'latencyAddedP50Ms',
   'latencyAddedP99Ms',
+  'loadAverage1m',
 ] as const;
 export type FigureMetric = (typeof FIGURE_METRICS)[number];
 
