@@ -13,6 +13,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { CpuLoad } from '../bench/lib/cpu-load.js';
+import { bucketDelta, histogramPercentileMs, parseHistogramBuckets } from '../bench/lib/metrics-histogram.js';
 import { readCpu } from '../bench/lib/proc-stats.js';
 import { parseScenarios } from '../bench/lib/plan.js';
 import { ratioText } from '../bench/lib/report-markdown.js';
@@ -307,6 +308,31 @@ test('bench --load: a spinner ends when the harness dies by SIGKILL (no exit han
   const left = existsSync(`/proc/${spinnerPid}`);
   if (left) process.kill(spinnerPid, 'SIGKILL');
   assert.equal(left, false, 'the orphaned spinner exited');
+});
+
+test('bench /metrics histogram: buckets summed over labels, differenced between scrapes, percentile = bucket bound', () => {
+  const scrape = (fast: number, slow: number, tail: number): string => [
+    '# TYPE walcast_publish_to_socket_seconds histogram',
+    `walcast_publish_to_socket_seconds_bucket{timeline="a",le="0.001"} ${fast}`,
+    `walcast_publish_to_socket_seconds_bucket{timeline="a",le="0.005"} ${fast + slow}`,
+    `walcast_publish_to_socket_seconds_bucket{timeline="a",le="+Inf"} ${fast + slow + tail}`,
+    'walcast_publish_to_socket_seconds_bucket{timeline="b",le="0.001"} 1',
+    'walcast_publish_to_socket_seconds_bucket{timeline="b",le="0.005"} 1',
+    'walcast_publish_to_socket_seconds_bucket{timeline="b",le="+Inf"} 1',
+    'walcast_publish_to_socket_seconds_sum 0.5',
+    'walcast_publish_to_socket_seconds_bucket_other{le="1"} 99',
+  ].join('\n');
+  assert.equal(parseHistogramBuckets(scrape(1, 1, 1), 'walcast_missing_seconds'), undefined);
+  const before = parseHistogramBuckets(scrape(10, 0, 0), 'walcast_publish_to_socket_seconds');
+  assert.deepEqual(before, new Map([[0.001, 11], [0.005, 11], [Number.POSITIVE_INFINITY, 11]]));
+  // Between the scrapes: 98 fast, 1 slow, 1 past every bound.
+  const after = parseHistogramBuckets(scrape(108, 1, 1), 'walcast_publish_to_socket_seconds');
+  assert.ok(after !== undefined);
+  const delta = bucketDelta(before, after);
+  assert.equal(histogramPercentileMs(delta, 50), 1);
+  assert.equal(histogramPercentileMs(delta, 99), 5);
+  assert.equal(histogramPercentileMs(delta, 100), Number.POSITIVE_INFINITY);
+  assert.equal(histogramPercentileMs(bucketDelta(after, after), 99), undefined, 'nothing observed');
 });
 
 test('bench chart: an SVG with no figures is still complete and balanced', () => {

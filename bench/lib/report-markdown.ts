@@ -78,10 +78,10 @@ function streamingTable(figures: readonly Figure[], ratios: readonly Ratio[], ex
 }
 
 function latencyTable(figures: readonly Figure[], ratios: readonly Ratio[]): string[] {
-  const lines = ['| server | replicas | p50 ms | p99 ms | max ms | added vs direct replica p50 / p99 ms | p99 vs cascading standby | server CPU s | runs |', '|---|---|---|---|---|---|---|---|---|'];
+  const lines = ['| server | replicas | p50 ms | p99 ms | max ms | added vs direct replica p50 / p99 ms | walcast publish → socket p50 / p99 ms (/metrics) | p99 vs cascading standby | server CPU s | runs |', '|---|---|---|---|---|---|---|---|---|---|'];
   for (const figure of figures) {
     const runs = figure.failedRuns > 0 ? `${figure.runs} (+${figure.failedRuns} failed)` : String(figure.runs);
-    lines.push(`| ${figure.server} | ${figure.replicas} | ${cell(figure.metrics.latencyP50Ms, 2)} | ${cell(figure.metrics.latencyP99Ms, 2)} | ${cell(figure.metrics.latencyMaxMs, 2)} | ${addedCell(figure)} | ${ratioCell(ratios, figure, 'walcast/cascade', 'latencyP99Ms')} | ${cell(figure.metrics.serverCpuSeconds, 2)} | ${runs} |`);
+    lines.push(`| ${figure.server} | ${figure.replicas} | ${cell(figure.metrics.latencyP50Ms, 2)} | ${cell(figure.metrics.latencyP99Ms, 2)} | ${cell(figure.metrics.latencyMaxMs, 2)} | ${addedCell(figure)} | ${pairCell(figure.metrics.internalPublishP50Ms, figure.metrics.internalPublishP99Ms)} | ${ratioCell(ratios, figure, 'walcast/cascade', 'latencyP99Ms')} | ${cell(figure.metrics.serverCpuSeconds, 2)} | ${runs} |`);
   }
   return lines;
 }
@@ -96,8 +96,10 @@ function conditionsLine(report: BenchReport, condition: Condition, figures: read
 }
 
 function addedCell(figure: Figure): string {
-  const p50 = figure.metrics.latencyAddedP50Ms;
-  const p99 = figure.metrics.latencyAddedP99Ms;
+  return pairCell(figure.metrics.latencyAddedP50Ms, figure.metrics.latencyAddedP99Ms);
+}
+
+function pairCell(p50: Summary | undefined, p99: Summary | undefined): string {
   return p50 === undefined || p99 === undefined ? '' : `${cell(p50, 2)} / ${cell(p99, 2)}`;
 }
 

@@ -47,6 +47,9 @@ export interface RunRecord {
   /** Arrival at this server's replicas minus arrival at a replica of the primary itself, same commit. */
   readonly latencyAddedP50Ms?: number;
   readonly latencyAddedP99Ms?: number;
+  /** walcast's own histogram (bench/lib/metrics-histogram.ts) over the run: publish → socket, bucket upper bounds. */
+  readonly internalPublishP50Ms?: number;
+  readonly internalPublishP99Ms?: number;
 }
 
 export const FIGURE_METRICS = [
@@ -66,6 +69,8 @@ export const FIGURE_METRICS = [
   'latencyMaxMs',
   'latencyAddedP50Ms',
   'latencyAddedP99Ms',
+  'internalPublishP50Ms',
+  'internalPublishP99Ms',
   'loadAverage1m',
 ] as const;
 export type FigureMetric = (typeof FIGURE_METRICS)[number];

@@ -17,6 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
 import { copyStandby } from '../../test/support/postgres.js';
 import { startConsumer, type ConsumerResult, type RunningConsumer } from '../lib/consumer.js';
+import { bucketDelta, histogramPercentileMs, scrapeHistogram } from '../lib/metrics-histogram.js';
 import { SqlClient } from '../lib/sql-client.js';
 import { percentile } from '../lib/stats.js';
 import { BYTES_PER_GB, type RunRecord } from '../lib/results.js';
@@ -71,8 +72,11 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
     const streaming = await consumer.streaming;
     if (streaming.failed !== 0) throw new Error(`${streaming.failed} of ${replicas} replicas failed to start`);
     await sleep(SETTLE_MS);
+    const histogramBefore = await scrapeHistogram(target.metricsUrl);
     const commits = await commitSteadily(driver, context.plan.latency.commitsPerSecond, context.plan.latency.durationMs);
     await sleep(DRAIN_MS);
+    const histogramAfter = await scrapeHistogram(target.metricsUrl);
+    const internal = histogramAfter === undefined ? {} : internalFigures(bucketDelta(histogramBefore, histogramAfter));
     consumer.stopStreaming();
     reference?.stopStreaming();
     const result = await consumer.done;
@@ -80,7 +84,7 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
     await consumer.release();
     await reference?.release();
     const added = reference === undefined ? undefined : addedLatenciesMs(readFileSync(log), readFileSync(referenceLog), commits, replicas);
-    return { ...base, ...latencyFigures(result, cost, commitLatenciesMs(readFileSync(log), commits, replicas), commits.length * replicas, added) };
+    return { ...base, ...latencyFigures(result, cost, commitLatenciesMs(readFileSync(log), commits, replicas), commits.length * replicas, added), ...internal };
   } catch (error) {
     return { ...base, ok: false, error: (error instanceof Error ? error.message : String(error)).slice(0, 500), bytesExpected: 0, bytesReceived: 0 };
   } finally {
@@ -113,6 +117,16 @@ export async function startCascade(context: BenchContext): Promise<ServerTarget>
     remove();
     throw error;
   }
+}
+
+/** Percentiles of walcast's publish → socket histogram over the run; only finite bounds are figures. */
+function internalFigures(delta: ReturnType<typeof bucketDelta>): Pick<RunRecord, 'internalPublishP50Ms' | 'internalPublishP99Ms'> {
+  const p50 = histogramPercentileMs(delta, 50);
+  const p99 = histogramPercentileMs(delta, 99);
+  return {
+    ...(p50 === undefined || !Number.isFinite(p50) ? {} : { internalPublishP50Ms: p50 }),
+    ...(p99 === undefined || !Number.isFinite(p99) ? {} : { internalPublishP99Ms: p99 }),
+  };
 }
 
 type LatencyFigures = Omit<RunRecord, 'scenario' | 'server' | 'consumer' | 'replicas' | 'repetition'>;

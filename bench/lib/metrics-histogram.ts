@@ -1,0 +1,60 @@
+/**
+ * walcast's own view of its share of live latency: a Prometheus histogram in /metrics of the time from a commit
+ * LSN being published (durably ingested) to the bytes being written to every waiting replica's socket. The
+ * harness scrapes it before and after a live-latency run and reports percentiles of the difference, beside its
+ * own outside measurement ("added vs direct replica"). A server without the histogram reports nothing, so the
+ * harness works with walcast versions before and after it exists.
+ */
+
+/** The histogram's name in /metrics (without _bucket); one constant to change if walcast names it otherwise. */
+export const PUBLISH_TO_SOCKET_HISTOGRAM = 'walcast_publish_to_socket_seconds';
+const METRICS_TIMEOUT_MS = 5_000;
+const MS_PER_SECOND = 1000;
+
+/** Cumulative counts per upper bound (seconds; Infinity for +Inf), summed over every label set. */
+export type Buckets = ReadonlyMap<number, number>;
+
+/** Parses `NAME_bucket{...,le="X",...} COUNT` lines of a Prometheus text exposition. */
+export function parseHistogramBuckets(text: string, name: string): Buckets | undefined {
+  const buckets = new Map<number, number>();
+  const prefix = `${name}_bucket`;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(prefix) || (line[prefix.length] !== '{' && line[prefix.length] !== ' ')) continue;
+    const le = /le="([^"]+)"/.exec(line)?.[1];
+    const count = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (le === undefined || !Number.isFinite(count)) continue;
+    const bound = le === '+Inf' ? Number.POSITIVE_INFINITY : Number(le);
+    if (Number.isNaN(bound)) continue;
+    buckets.set(bound, (buckets.get(bound) ?? 0) + count);
+  }
+  return buckets.size === 0 ? undefined : buckets;
+}
+
+/** What was observed between two scrapes (cumulative counts only grow; a restart in between is not handled). */
+export function bucketDelta(before: Buckets | undefined, after: Buckets): Buckets {
+  return new Map([...after].map(([bound, count]) => [bound, count - (before?.get(bound) ?? 0)]));
+}
+
+/**
+ * The upper bound (ms) of the first bucket that holds the p-th percentile observation: "at most this", as
+ * precise as the buckets. undefined when nothing was observed; Infinity when it lies past the last finite bound.
+ */
+export function histogramPercentileMs(buckets: Buckets, p: number): number | undefined {
+  const bounds = [...buckets.keys()].sort((a, b) => a - b);
+  const total = buckets.get(Number.POSITIVE_INFINITY) ?? Math.max(0, ...buckets.values());
+  if (total <= 0) return undefined;
+  const rank = Math.max(1, Math.ceil((p / 100) * total));
+  for (const bound of bounds) if ((buckets.get(bound) ?? 0) >= rank) return bound * MS_PER_SECOND;
+  return Number.POSITIVE_INFINITY;
+}
+
+/** Scrapes the histogram; undefined when the server has no metrics URL, no such histogram, or did not answer. */
+export async function scrapeHistogram(metricsUrl: string | undefined, name = PUBLISH_TO_SOCKET_HISTOGRAM): Promise<Buckets | undefined> {
+  if (metricsUrl === undefined) return undefined;
+  try {
+    const response = await fetch(metricsUrl, { signal: AbortSignal.timeout(METRICS_TIMEOUT_MS) });
+    return parseHistogramBuckets(await response.text(), name);
+  } catch {
+    return undefined;
+  }
+}
