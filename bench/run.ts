@@ -14,7 +14,7 @@ import { formatLsn } from '../src/lsn.js';
 import { PG_BIN_DIR } from '../test/support/postgres.js';
 import { describeMachine } from './lib/machine.js';
 import { CpuLoad } from './lib/cpu-load.js';
-import { maxReplicas, parseScenarios, planFor, type BenchMode, type BenchPlan, type ScenarioKey } from './lib/plan.js';
+import { capRepetitions, maxReplicas, parseScenarios, planFor, type BenchMode, type BenchPlan, type ScenarioKey } from './lib/plan.js';
 import { stopAllChildren } from './lib/processes.js';
 import { renderMarkdown, type BenchReport } from './lib/report-markdown.js';
 import { renderSvg } from './lib/report-svg.js';
@@ -36,9 +36,11 @@ interface Arguments {
   /** Busy-spinning processes in loaded rounds; undefined = the mode's default. */
   readonly load: number | undefined;
   readonly scenarios: ReadonlySet<ScenarioKey>;
+  /** Caps every repetition count of the mode (a 1 GiB run in a time box); undefined = the mode's counts. */
+  readonly reps: number | undefined;
 }
 
-const USAGE = 'usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [--out DIR] [--load N] [--scenarios LIST]\n' +
+const USAGE = 'usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [--out DIR] [--load N] [--scenarios LIST] [--reps N]\n' +
   '  LIST: comma-separated, from catch-up, catch-up:wal-consumer, catch-up:pg_receivewal, catch-up:standby, fan-out, cold-catch-up, live-latency, micro\n' +
   `  ${SERVER_NODE_ARGS_ENV}="--cpu-prof --cpu-prof-dir DIR" passes node flags to every walcast server\n`;
 
@@ -53,7 +55,7 @@ function parseArguments(argv: readonly string[]): Arguments {
   for (let index = 0; index < argv.length; index++) {
     const argument = argv[index]!;
     if (argument === '--smoke' || argument === '--quick' || argument === '--full') modes.push(argument);
-    else if (argument === '--out' || argument === '--load' || argument === '--scenarios') {
+    else if (argument === '--out' || argument === '--load' || argument === '--scenarios' || argument === '--reps') {
       const value = argv[++index];
       if (value === undefined) usage(`${argument} needs a value`);
       values.set(argument, value);
@@ -65,13 +67,16 @@ function parseArguments(argv: readonly string[]): Arguments {
   const loadText = values.get('--load');
   const load = loadText === undefined ? undefined : Number(loadText);
   if (load !== undefined && !/^\d+$/.test(loadText ?? '')) usage('--load takes a whole number of processes');
+  const repsText = values.get('--reps');
+  if (repsText !== undefined && !/^[1-9]\d*$/.test(repsText)) usage('--reps takes a positive whole number');
+  const reps = repsText === undefined ? undefined : Number(repsText);
   let scenarios: ReadonlySet<ScenarioKey>;
   try {
     scenarios = parseScenarios(values.get('--scenarios'));
   } catch (error) {
     usage((error as Error).message);
   }
-  return { mode, outDir: values.get('--out') ?? defaultOut, load, scenarios };
+  return { mode, outDir: values.get('--out') ?? defaultOut, load, scenarios, reps };
 }
 
 const startedAt = performance.now();
@@ -281,7 +286,7 @@ function standingNotes(plan: BenchPlan, load: CpuLoad): string[] {
 
 async function main(): Promise<void> {
   const args = parseArguments(process.argv.slice(2));
-  const plan = planFor(args.mode);
+  const plan = capRepetitions(planFor(args.mode), args.reps);
   const load = await CpuLoad.start(args.load ?? plan.load);
   progress(`walcast benchmark, ${args.mode} mode: ${plan.note}; scenarios: ${[...args.scenarios].join(', ')}; load ${load.processes}${load.processes > 0 ? ` (spinner pids ${load.pids.join(', ')})` : ''}`);
   const nodeArgs = process.env[SERVER_NODE_ARGS_ENV];

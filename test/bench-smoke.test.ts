@@ -15,7 +15,7 @@ import { test } from 'node:test';
 import { CpuLoad } from '../bench/lib/cpu-load.js';
 import { bucketDelta, histogramPercentileMs, parseHistogramBuckets } from '../bench/lib/metrics-histogram.js';
 import { readCpu } from '../bench/lib/proc-stats.js';
-import { parseScenarios } from '../bench/lib/plan.js';
+import { capRepetitions, parseScenarios, planFor } from '../bench/lib/plan.js';
 import { ratioText } from '../bench/lib/report-markdown.js';
 import { renderSvg } from '../bench/lib/report-svg.js';
 import { computeRatios, type RunRecord } from '../bench/lib/results.js';
@@ -253,6 +253,19 @@ test('bench --scenarios: names select scenarios, catch-up means all three consum
   assert.deepEqual([...parseScenarios('catch-up:standby, live-latency')], ['catch-up:standby', 'live-latency']);
   assert.throws(() => parseScenarios('catchup'), /unknown scenario "catchup"/);
   assert.throws(() => parseScenarios(','), /selects nothing/);
+});
+
+test('bench --reps caps every repetition count of a mode and leaves the rest of the plan alone', () => {
+  const full = planFor('full');
+  const capped = capRepetitions(full, 2);
+  assert.equal(capped.repetitions, 2);
+  assert.equal(capped.coldRepetitions, 2);
+  assert.equal(capped.standbyRepetitions, 2);
+  assert.equal(capped.latency.repetitions, 2);
+  assert.deepEqual(capped.fanOut.map((step) => step.replicas), full.fanOut.map((step) => step.replicas));
+  assert.ok(capped.fanOut.every((step) => (step.repetitions ?? capped.repetitions) <= 2));
+  assert.equal(capped.pgbenchScale, full.pgbenchScale);
+  assert.equal(capRepetitions(full, undefined), full);
 });
 
 test('bench ratios: median× [min–max] over rounds, paired within one condition only', () => {

@@ -107,6 +107,22 @@ export function planFor(mode: BenchMode): BenchPlan {
   }
 }
 
+/** The plan with every repetition count at most `reps` (undefined: unchanged). */
+export function capRepetitions(plan: BenchPlan, reps: number | undefined): BenchPlan {
+  if (reps === undefined) return plan;
+  assert.ok(Number.isInteger(reps) && reps >= 1, 'at least one repetition');
+  const cap = (count: number): number => Math.min(count, reps);
+  return {
+    ...plan,
+    repetitions: cap(plan.repetitions),
+    coldRepetitions: cap(plan.coldRepetitions),
+    standbyRepetitions: cap(plan.standbyRepetitions),
+    fanOut: plan.fanOut.map((step) => (step.repetitions === undefined ? step : { ...step, repetitions: cap(step.repetitions) })),
+    latency: { ...plan.latency, repetitions: cap(plan.latency.repetitions) },
+    note: `${plan.note}; repetitions capped at ${reps} (--reps)`,
+  };
+}
+
 export function maxReplicas(plan: BenchPlan): number {
   const counts = [1, ...plan.fanOut.map((step) => step.replicas), ...plan.latency.replicaCounts];
   const largest = Math.max(...counts);
