@@ -7,13 +7,14 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, test } from 'node:test';
+import { afterEach, beforeEach, describe, test } from 'node:test';
 import { isWalcastError } from '../errors.js';
 import { silentLogger } from '../log.js';
 import { CONTROL_FORMAT_VERSION, PG_VERSION_NUM_15, readControlFile, writeControlFile } from '../storage/control-file.js';
 import { fsyncDirectory } from '../storage/control-file.js';
 import { SIDECAR_SUFFIX, sidecarNameFor } from '../storage/page-checksums.js';
 import { segmentFileName } from '../storage/segment-name.js';
+import { formatLsn } from '../lsn.js';
 import { WalReader } from '../storage/wal-reader.js';
 import { openTimeline } from '../timeline/open-timelines.js';
 import type { Timeline } from '../timeline/timeline.js';
@@ -215,4 +216,125 @@ test('a failed control-file write unlinks nothing', async () => {
   await retention.runPass();
   assert.equal(retention.status().failures, 1);
   assert.deepEqual(await segnosOnDisk(), range(FIRST, LAST));
+});
+
+describe('after a promotion upstream (the timeline moved from PostgreSQL TLI 1 to TLI 2 inside segment 6)', () => {
+  const SWITCH_SEGNO = 6;
+  const switchLsn = seg(SWITCH_SEGNO, 100);
+  const tliName = (pgTimelineId: number, segno: number): string => segmentFileName(pgTimelineId, BigInt(segno), SEG);
+  /** The fill byte of a file tells which TLI's copy the reader opened. */
+  const fillOf = (pgTimelineId: number, segno: number): number => pgTimelineId * 0x20 + segno;
+  let switchedDir: string;
+
+  beforeEach(async () => {
+    switchedDir = await mkdtemp(join(tmpdir(), 'walcast-retention-tli-'));
+    const put = async (pgTimelineId: number, segno: number, partial: boolean): Promise<void> => {
+      const name = tliName(pgTimelineId, segno);
+      await writeFile(join(switchedDir, name + (partial ? '.partial' : '')), Buffer.alloc(4096, fillOf(pgTimelineId, segno)));
+      await writeFile(join(switchedDir, sidecarNameFor(name)), Buffer.alloc(4, segno));
+    };
+    // TLI 1 up to the switch; its switch segment stays NAME.partial, as PostgreSQL renames it at promotion.
+    for (let segno = FIRST; segno <= SWITCH_SEGNO; segno++) await put(1, segno, segno === SWITCH_SEGNO);
+    // TLI 2 from the switch segment on (its file starts with TLI 1's bytes before the switch point).
+    for (let segno = SWITCH_SEGNO; segno <= LAST; segno++) await put(2, segno, segno === LAST);
+    await writeFile(join(switchedDir, '00000002.history'), `1\t${formatLsn(switchLsn)}\tno recovery target specified\n`);
+    await writeControlFile(switchedDir, {
+      formatVersion: CONTROL_FORMAT_VERSION,
+      tenantId: 'ab'.repeat(16),
+      timelineId: 'ef'.repeat(16),
+      systemId: 7n,
+      pgVersion: PG_VERSION_NUM_15,
+      segmentBytes: SEG,
+      pgTimelineId: 2,
+      timelineStartLsn: seg(FIRST),
+      flushLsn: seg(LAST, 100),
+      commitLsn: seg(LAST, 100),
+      createdAt: new Date(0).toISOString(),
+    });
+  });
+
+  afterEach(async () => {
+    await rm(switchedDir, { recursive: true, force: true });
+  });
+
+  /** "TLI:segno" of every segment file (not sidecars), and the same for sidecars. */
+  async function filesOnDisk(): Promise<{ segments: string[]; sidecars: string[]; others: string[] }> {
+    const segments: string[] = [];
+    const sidecars: string[] = [];
+    const others: string[] = [];
+    for (const name of (await readdir(switchedDir)).sort()) {
+      if (!/^[0-9A-F]{24}/.test(name)) {
+        others.push(name);
+        continue;
+      }
+      const label = `${Number.parseInt(name.slice(0, 8), 16)}:${Number.parseInt(name.slice(16, 24), 16)}`;
+      (name.endsWith(SIDECAR_SUFFIX) ? sidecars : segments).push(label);
+    }
+    return { segments, sidecars, others };
+  }
+
+  async function firstByteServedAt(timeline: Timeline, lsn: bigint): Promise<number> {
+    const reader = new WalReader(switchedDir, timeline, timeline);
+    try {
+      const bytes = Buffer.alloc(1);
+      assert.equal(await reader.readRange(lsn, bytes), 1);
+      return bytes[0] ?? -1;
+    } finally {
+      await reader.close();
+    }
+  }
+
+  test('old-TLI segments and their sidecars go once below the horizon, with the current TLI\'s; the history file stays', async () => {
+    const timeline = await openTimeline(switchedDir);
+    assert.equal(timeline.pgTimelineId, 2);
+    const retention = task(timeline, keepSegments(2));
+    await retention.runPass();
+    assert.equal((await readControlFile(switchedDir)).timelineStartLsn, seg(8));
+    const files = await filesOnDisk();
+    assert.deepEqual(files.segments, ['2:8', '2:9', '2:10'], 'no TLI 1 file is left once the start passed the switch segment');
+    assert.deepEqual(files.sidecars, ['2:8', '2:9', '2:10']);
+    assert.ok(files.others.includes('00000002.history'), 'TIMELINE_HISTORY 2 still has its file');
+    // Removed: TLI 1 segments 2..6 (6 is the .partial) and TLI 2 segments 6..7.
+    assert.equal(retention.status().segmentsRemoved, 5 + 2);
+    assert.equal(retention.status().segmentFiles, 3);
+    assert.equal(await firstByteServedAt(await openTimeline(switchedDir), seg(8)), fillOf(2, 8));
+  });
+
+  test('a horizon before the switch keeps the old TLI\'s segments from it on, the switch segment under both names, and serves each from the file the history names', async () => {
+    const timeline = await openTimeline(switchedDir);
+    const retention = task(timeline, keepSegments(6));
+    await retention.runPass();
+    assert.equal(timeline.timelineStartLsn, seg(4));
+    const files = await filesOnDisk();
+    assert.deepEqual(files.segments, ['1:4', '1:5', '1:6', '2:6', '2:7', '2:8', '2:9', '2:10']);
+    assert.deepEqual(files.sidecars, files.segments, 'each kept segment keeps its sidecar, each removed one lost it');
+    assert.equal(retention.status().segmentFiles, 8, 'disk usage counts the files of every TLI');
+    assert.equal(retention.status().segmentsRemoved, 2);
+    assert.equal(await firstByteServedAt(timeline, seg(4)), fillOf(1, 4), 'before the switch segment: the TLI 1 file');
+    assert.equal(await firstByteServedAt(timeline, seg(5)), fillOf(1, 5));
+    assert.equal(await firstByteServedAt(timeline, seg(SWITCH_SEGNO)), fillOf(2, SWITCH_SEGNO), 'the switch segment: the TLI 2 file (walsender.c)');
+  });
+
+  test('a slot holding WAL of the old TLI keeps those files; dropping it lets them go', async () => {
+    const timeline = await openTimeline(switchedDir);
+    await timeline.slots.create('behind', { temporary: false, restartLsn: seg(3, 10) });
+    const retention = task(timeline, keepSegments(1));
+    await retention.runPass();
+    assert.deepEqual((await filesOnDisk()).segments, ['1:3', '1:4', '1:5', '1:6', '2:6', '2:7', '2:8', '2:9', '2:10']);
+    assert.equal(retention.status().limitingSlot, 'behind');
+    assert.equal(await firstByteServedAt(timeline, seg(3, 10)), fillOf(1, 3));
+    await timeline.slots.drop('behind');
+    await retention.runPass();
+    assert.deepEqual((await filesOnDisk()).segments, ['2:9', '2:10']);
+  });
+
+  test('files of a TLI no history lists (left by an interrupted attempt) also go once below the start', async () => {
+    await writeFile(join(switchedDir, tliName(3, 4)), Buffer.alloc(4096, 0x77));
+    await writeFile(join(switchedDir, sidecarNameFor(tliName(3, 4))), Buffer.alloc(4));
+    await writeFile(join(switchedDir, tliName(3, 9) + '.partial'), Buffer.alloc(4096, 0x77));
+    const timeline = await openTimeline(switchedDir);
+    await task(timeline, keepSegments(3)).runPass();
+    assert.deepEqual((await filesOnDisk()).segments, ['2:7', '2:8', '2:9', '2:10', '3:9'], 'below the start every name goes; above it nothing is touched');
+    assert.deepEqual((await filesOnDisk()).sidecars, ['2:7', '2:8', '2:9', '2:10']);
+  });
 });

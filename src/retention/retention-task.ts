@@ -3,7 +3,9 @@
  * timeline's positions, its slots and the operator's limits; invalidate slots past --max-slot-wal-keep-size; move
  * the timeline start to the horizon, but never past a segment a WAL reader has pinned (open or about to be opened);
  * persist that start in the control file (fsync'd, through the timeline's one control-file writer); and only then
- * unlink the segments wholly before it, a few per event-loop turn, with asynchronous unlinks.
+ * unlink the segments wholly before it, a few per event-loop turn, with asynchronous unlinks. After a promotion
+ * upstream that means the segments of every PostgreSQL timeline in the directory, not only the current one's
+ * (see segmentFilesOnDisk), so the WAL kept from before the switch does not grow without bound.
  *
  * Crash safety: the start is durable before any file goes, so a crash between the two leaves files below the
  * recorded start (swept by the next pass, also after a restart), never a hole inside the range the control file
@@ -264,7 +266,7 @@ export class RetentionTask {
     return state.timelineStartLsn;
   }
 
-  /** Unlinks this timeline's segment files before `startSegno`, UNLINKS_PER_TURN_MAX per event-loop turn. */
+  /** Unlinks this timeline's segment files (of every TLI) before `startSegno`, UNLINKS_PER_TURN_MAX per event-loop turn. */
   private async removeSegmentsBefore(startSegno: bigint): Promise<number> {
     const timeline = this.timeline;
     const lowestPinned = timeline.lowestPinnedSegment();
@@ -284,15 +286,24 @@ export class RetentionTask {
   }
 
   /**
-   * Every segment file of this timeline's PostgreSQL timeline, NAME and NAME.partial alike, and each segment's page
-   * checksum sidecar (NAME.crc, storage/page-checksums.ts), by segment number: a segment's sidecar goes with it.
+   * Every segment file in the timeline directory, of whichever PostgreSQL timeline (TLI) names it, NAME and
+   * NAME.partial alike, and each segment's page-checksum sidecar (NAME.crc, storage/page-checksums.ts), by segment
+   * number: a segment's sidecar goes with it.
+   *
+   * All TLIs, not only the current one: after a promotion upstream the WAL before the switch point stays in files
+   * named by the old TLI (`000000010000000000000005` once the timeline is on TLI 2), and the reader picks each
+   * segment's file through the history (timeline-history.ts segmentPgTimeline). The removal rule needs no history:
+   * the reader serves nothing before the recorded start, so a segment wholly before it is dead under every name
+   * (old TLI, current TLI, or a TLI no history lists). At and after the start every file stays, the old TLI's
+   * `.partial` of the switch segment included (as PostgreSQL keeps it), so whatever the history maps a served LSN
+   * to is still there.
    */
   private async segmentFilesOnDisk(): Promise<SegmentFile[]> {
-    const { dir, segmentBytes, pgTimelineId } = this.timeline;
+    const { dir, segmentBytes } = this.timeline;
     const found: SegmentFile[] = [];
     for (const name of await this.fs.readdir(dir)) {
       const parsed = parseSegmentFileName(segmentNameOf(name), segmentBytes);
-      if (parsed !== undefined && parsed.pgTimelineId === pgTimelineId) found.push({ name, segno: parsed.segno, path: join(dir, name), sidecar: isSidecarFileName(name) });
+      if (parsed !== undefined) found.push({ name, segno: parsed.segno, path: join(dir, name), sidecar: isSidecarFileName(name) });
     }
     return found.sort((a, b) => (a.segno < b.segno ? -1 : a.segno > b.segno ? 1 : 0));
   }
