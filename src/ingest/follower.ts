@@ -349,6 +349,7 @@ export class UpstreamFollower {
         nextPgTimelineId,
         historyContent,
         commitSwitch: () => this.commitSwitchToControl(nextPgTimelineId, switchLsn),
+        log: this.log,
       });
     } catch (error) {
       // Nothing was committed: continue on the old timeline at the switch point; the next connect retries the switch.

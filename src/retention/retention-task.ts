@@ -18,8 +18,8 @@ import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { formatLsn, maxLsn, type Lsn } from '../lsn.js';
 import { fsyncDirectory } from '../storage/control-file.js';
-import { SIDECAR_SUFFIX, isSidecarFileName } from '../storage/page-checksums.js';
-import { PARTIAL_SUFFIX, parseSegmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
+import { isSidecarFileName, segmentNameOfEntry } from '../storage/page-checksums.js';
+import { parseSegmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
 import type { Timeline } from '../timeline/timeline.js';
 import { computeHorizon, type Horizon, type SlotHold } from './horizon.js';
 
@@ -302,7 +302,7 @@ export class RetentionTask {
     const { dir, segmentBytes } = this.timeline;
     const found: SegmentFile[] = [];
     for (const name of await this.fs.readdir(dir)) {
-      const parsed = parseSegmentFileName(segmentNameOf(name), segmentBytes);
+      const parsed = parseSegmentFileName(segmentNameOfEntry(name), segmentBytes);
       if (parsed !== undefined) found.push({ name, segno: parsed.segno, path: join(dir, name), sidecar: isSidecarFileName(name) });
     }
     return found.sort((a, b) => (a.segno < b.segno ? -1 : a.segno > b.segno ? 1 : 0));
@@ -327,10 +327,4 @@ export class RetentionTask {
     this.diskBytes = bytes;
     this.segmentFiles = entries.filter((entry) => !entry.sidecar).length;
   }
-}
-
-/** The segment name a directory entry belongs to: NAME for NAME, NAME.partial and the sidecar NAME.crc. */
-function segmentNameOf(entry: string): string {
-  if (isSidecarFileName(entry)) return entry.slice(0, -SIDECAR_SUFFIX.length);
-  return entry.endsWith(PARTIAL_SUFFIX) ? entry.slice(0, -PARTIAL_SUFFIX.length) : entry;
 }

@@ -40,6 +40,15 @@ export function isSidecarFileName(name: string): boolean {
   return name.endsWith(SIDECAR_SUFFIX) && isSegmentFileName(name.slice(0, -SIDECAR_SUFFIX.length));
 }
 
+/**
+ * The segment name a directory entry belongs to: NAME for NAME, NAME.partial and the sidecar NAME.crc. Retention and
+ * a timeline switch remove a segment's files by it, the sidecar with its segment.
+ */
+export function segmentNameOfEntry(entry: string): string {
+  if (isSidecarFileName(entry)) return entry.slice(0, -SIDECAR_SUFFIX.length);
+  return entry.endsWith(PARTIAL_SUFFIX) ? entry.slice(0, -PARTIAL_SUFFIX.length) : entry;
+}
+
 export function sidecarPathFor(dir: string, segmentName: string): string {
   return join(dir, sidecarNameFor(segmentName));
 }
