@@ -13,15 +13,14 @@ import { after, before, describe, test } from 'node:test';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
 import { alignDown, formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
-import { segmentFileName } from '../src/storage/segment-name.js';
 import { parseTimelineHistory, switchPointOf } from '../src/storage/timeline-history.js';
-import type { Timeline } from '../src/timeline/timeline.js';
 import { ServerError, connectReplication } from '../src/wire/client.js';
 import { firstDifference, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type PgStandby, type ReceiveWalResult } from './support/postgres.js';
+import { FAILOVER_SEGMENT_BYTES, SegmentFiles, assertTimeline1Matches, assertTimeline2Matches, soleTimeline } from './support/timeline-wal.js';
 import { startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
 
-const SEGMENT_BYTES = 16 * 1024 * 1024;
+const SEGMENT_BYTES = FAILOVER_SEGMENT_BYTES;
 const TEST_TIMEOUT_MS = 600_000;
 const CATCH_UP_TIMEOUT_MS = 180_000;
 /** pg_receivewal stops this many segments past the primary's position at its start: a few segments into TLI 2. */
@@ -246,64 +245,4 @@ describe('divergence: walcast ahead of the promoted standby refuses to follow it
 /** Resolves with the time the standby behind walcast first reports a flushed timeline-2 position. */
 async function probeNewTimeline(replica: PgStandby): Promise<number> {
   return waitFor(async () => ((await replica.sql('SELECT received_tli FROM pg_stat_wal_receiver')) === '2' ? Date.now() : undefined), CATCH_UP_TIMEOUT_MS, { pollMs: PROBE_INTERVAL_MS, what: "the standby behind walcast on timeline 2" });
-}
-
-function soleTimeline(walcast: RunningWalcast): Timeline {
-  const [timeline] = walcast.server.timelines.list();
-  assert.ok(timeline !== undefined, 'walcast has a timeline');
-  return timeline;
-}
-
-/** Reads WAL of one TLI out of a pg_wal-like directory, by LSN (NAME or NAME.partial). */
-class SegmentFiles {
-  private readonly cache = new Map<string, Buffer>();
-  constructor(
-    private readonly dir: string,
-    private readonly pgTimelineId: number,
-  ) {}
-
-  async segment(segno: bigint): Promise<Buffer> {
-    const name = segmentFileName(this.pgTimelineId, segno, SEGMENT_BYTES);
-    const cached = this.cache.get(name);
-    if (cached !== undefined) return cached;
-    const names = await readdir(this.dir);
-    const found = names.includes(name) ? name : names.find((candidate) => candidate === `${name}.partial`);
-    assert.ok(found !== undefined, `${name} is missing from ${this.dir}`);
-    const bytes = await readFile(join(this.dir, found));
-    this.cache.clear();
-    this.cache.set(name, bytes);
-    return bytes;
-  }
-
-  async read(lsn: Lsn, length: number): Promise<Buffer> {
-    const segno = lsn / BigInt(SEGMENT_BYTES);
-    const offset = Number(lsn % BigInt(SEGMENT_BYTES));
-    assert.ok(offset + length <= SEGMENT_BYTES, 'a read stays in its segment');
-    return (await this.segment(segno)).subarray(offset, offset + length);
-  }
-}
-
-/** Every byte of [from, to) in `dir`'s files of `pgTimelineId` equals the same range of S's. */
-async function assertRangeMatches(dir: string, promotedWalDir: string, pgTimelineId: number, from: Lsn, to: Lsn): Promise<number> {
-  const actual = new SegmentFiles(dir, pgTimelineId);
-  const expected = new SegmentFiles(promotedWalDir, pgTimelineId);
-  let compared = 0;
-  for (let position = from; position < to; ) {
-    const segmentEnd = alignDown(position, SEGMENT_BYTES) + BigInt(SEGMENT_BYTES);
-    const length = Number((segmentEnd < to ? segmentEnd : to) - position);
-    const difference = firstDifference(await actual.read(position, length), await expected.read(position, length));
-    assert.equal(difference, -1, `timeline ${pgTimelineId} differs from S at ${formatLsn(position + BigInt(difference))} in ${dir}`);
-    compared += length;
-    position += BigInt(length);
-  }
-  return compared;
-}
-
-function assertTimeline1Matches(dir: string, promotedWalDir: string, from: Lsn, switchLsn: Lsn): Promise<number> {
-  return assertRangeMatches(dir, promotedWalDir, 1, from, switchLsn);
-}
-
-/** Timeline 2 starts with its first segment, which holds timeline 1's bytes before the switch point. */
-function assertTimeline2Matches(dir: string, promotedWalDir: string, switchLsn: Lsn, to: Lsn): Promise<number> {
-  return assertRangeMatches(dir, promotedWalDir, 2, alignDown(switchLsn, SEGMENT_BYTES), to);
 }

@@ -72,6 +72,8 @@ export interface PgStandby {
   readonly pid: number;
   readonly logFile: string;
   sql(query: string, db?: string): Promise<string>;
+  /** Runs pgbench against database `postgres` (writes need a promoted standby); returns its stdout. */
+  pgbench(args: readonly string[]): Promise<string>;
   stop(options?: { mode?: 'fast' | 'immediate' }): Promise<void>;
   kill9(): Promise<void>;
   logTail(): string;
@@ -490,7 +492,7 @@ function primaryFacade(cluster: ClusterProcess, replPassword: string): PgCluster
     logFile: cluster.logFile,
     replPassword,
     sql: (query, db) => cluster.sql(query, db),
-    pgbench: (args) => runToolOrThrow('pgbench', ['-h', cluster.socketDir, '-p', String(cluster.port), '-U', SUPERUSER, ...args, 'postgres'], { timeoutMs: PGBENCH_TIMEOUT_MS }),
+    pgbench: (args) => runPgbench(cluster, args),
     stop: (options) => cluster.stop(options),
     kill9: () => cluster.kill9(),
     start: () => cluster.start(),
@@ -583,10 +585,15 @@ function standbyFacade(cluster: ClusterProcess): PgStandby {
     dataDir: cluster.dataDir,
     logFile: cluster.logFile,
     sql: (query, db) => cluster.sql(query, db),
+    pgbench: (args) => runPgbench(cluster, args),
     stop: (options) => cluster.stop(options),
     kill9: () => cluster.kill9(),
     logTail: () => cluster.logTail(),
   };
+}
+
+function runPgbench(cluster: ClusterProcess, args: readonly string[]): Promise<string> {
+  return runToolOrThrow('pgbench', ['-h', cluster.socketDir, '-p', String(cluster.port), '-U', SUPERUSER, ...args, 'postgres'], { timeoutMs: PGBENCH_TIMEOUT_MS });
 }
 
 /** pg_receivewal as repl from 127.0.0.1:PORT into DIR until ENDPOS; killed after timeoutMs (then code is null). */
