@@ -5,7 +5,7 @@
  * the new timeline, and a diverged history stopping it.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
@@ -274,6 +274,32 @@ test('an upstream timeline end (CopyDone + next_tli row) moves ingest onto timel
   assert.deepEqual(timeline.pgTimelineEnd(1), { switchLsn: START_LSN + 256n, nextPgTimelineId: 2 });
   await follower.stop();
   assert.equal(follower.state, 'stopped');
+});
+
+test('a switch retried after an attempt that left timeline-2 files but never committed: the stale files are not built on', async () => {
+  const { timeline, control } = await makeTimeline();
+  // An earlier attempt (a crash after writing new-TLI files, before the control file recorded the switch).
+  writeFileSync(join(dir, '000000020000000000000004.partial'), Buffer.alloc(SEGMENT_BYTES, 0xee));
+  writeFileSync(join(dir, '000000020000000000000004.crc'), Buffer.alloc(64, 0xee));
+  writeFileSync(join(dir, '000000020000000000000005'), Buffer.alloc(SEGMENT_BYTES, 0xee));
+  const before = walAtSegmentStart(Buffer.alloc(256, 9));
+  const after = Buffer.alloc(100, 7);
+  const upstream = new FakeUpstream([
+    { payloads: [xlogData(START_LSN, before)], end: 'timeline-switch' },
+    { payloads: [xlogData(START_LSN + 256n, after)], end: 'hold' },
+  ]);
+  const follower = makeFollower(timeline, control, upstream);
+  void follower.start();
+  try {
+    await until(() => timeline.flushLsn.get() === START_LSN + 356n, 'WAL of timeline 2');
+    const newSegment = readFileSync(join(dir, '000000020000000000000004.partial'));
+    assert.ok(newSegment.subarray(0, 256).equals(before));
+    assert.ok(newSegment.subarray(256, 356).equals(after));
+    assert.ok(newSegment.subarray(356).equals(Buffer.alloc(SEGMENT_BYTES - 356)), 'past the written WAL the segment is zeros, not the stale attempt\'s bytes');
+    assert.equal(existsSync(join(dir, '000000020000000000000005')), false, 'a stale later segment of timeline 2 is gone');
+  } finally {
+    await follower.stop();
+  }
 });
 
 test('IDENTIFY_SYSTEM on a newer timeline: stream the rest of ours up to the switch point, then switch', async () => {
