@@ -1,8 +1,8 @@
 /**
  * Following an upstream onto a new PostgreSQL timeline (a promotion upstream): deciding from the upstream's history
  * what ingest must do (stream the rest of the old timeline, switch now, or refuse a diverged history), and the
- * storage steps of a switch, in the order that keeps a crash safe: the history file; every file already named with
- * the new TLI removed (left by an earlier attempt that did not commit), the directory fsync'd; then the new
+ * storage steps of a switch, in the order that keeps a crash safe: every file already named with the new TLI
+ * removed (left by an earlier attempt that did not commit) and the directory fsync'd; the history file; then the new
  * timeline's first segment (the old timeline's bytes before the switch point, as xlog.c XLogInitNewTimeline copies
  * them), made durable; and only then the control file, which commits the switch.
  *
