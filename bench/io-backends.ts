@@ -181,6 +181,7 @@ function instrumented(writer: StreamWriter, prefetch: boolean): StreamWriter {
     },
     sendMessage: (bytes) => writer.sendMessage(bytes),
     prefetch: prefetch ? (chunk) => writer.prefetch(chunk) : async () => undefined,
+    afterWritten: (observer) => writer.afterWritten(observer),
     release: () => writer.release(),
     get bytesSent() {
       return writer.bytesSent;

@@ -9,7 +9,7 @@
  * metric exists; docs/operations.md lists every metric and its Neon counterpart.
  */
 import assert from 'node:assert/strict';
-import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry, type Histogram } from 'prom-client';
 import type { ServerHooks } from '../server.js';
 import type { KernelTlsStatus } from '../io/backend.js';
 import type { StreamOutcome } from '../replication/start-replication.js';
@@ -17,6 +17,7 @@ import type { OffloadStatus } from '../remote/segment-uploader.js';
 import type { RetentionStatus } from '../retention/retention-task.js';
 import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
 import type { Timeline } from '../timeline/timeline.js';
+import { PUBLISH_LATENCY_BUCKETS_SECONDS, type LatencyHistogram } from '../timeline/publish-timing.js';
 import type { SlotSnapshot } from '../slots/slot-table.js';
 import { slotRetainedBytes } from './status-model.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
@@ -62,6 +63,7 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
   registerRetentionMetrics(registry, eachTimeline, (timeline) => retention(timeline));
   registerOffloadMetrics(registry, eachTimeline, (timeline) => offload(timeline));
   registerRemovalMetrics(registry, () => timelines);
+  registerPublishTiming(registry, eachTimeline);
   const events = registerEventCounters(registry);
   // Process metrics, including nodejs_eventloop_lag_seconds: a stalled event loop stalls every replica at once.
   collectDefaultMetrics({ register: registry });
@@ -367,6 +369,70 @@ function registerRemovalMetrics(registry: Registry, timelines: () => TimelineReg
       this.set(timelines()?.removingCount() ?? 0);
     },
   });
+}
+
+/**
+ * walcast's own share of commit latency (timeline/publish-timing.ts), per timeline: histograms the timeline keeps
+ * itself and exports at scrape time, so the send path records into plain arrays and never touches prom-client.
+ */
+function registerPublishTiming(registry: Registry, eachTimeline: EachTimeline): void {
+  scrapedHistogram(
+    registry,
+    'walcast_publish_to_socket_seconds',
+    'Time from a commit LSN being published to a live replica\'s chunk holding it written to that replica\'s socket, per stream; state: waiting (woken by the publish) or busy (still sending an earlier one).',
+    (visit) =>
+      eachTimeline((timeline) => {
+        for (const state of ['waiting', 'busy'] as const) visit({ ...timelineLabels(timeline), state }, timeline.publishTiming.publishToSocket[state]);
+      }),
+  );
+  scrapedHistogram(
+    registry,
+    'walcast_publish_fanout_seconds',
+    'Time from a commit LSN being published until the last live replica owing it has written it to its socket, per publish.',
+    (visit) => eachTimeline((timeline) => visit(timelineLabels(timeline), timeline.publishTiming.fanout)),
+  );
+  new Counter({
+    name: 'walcast_publish_timing_streams_dropped_total',
+    help: 'Live streams no longer timed because they fell more than a bounded number of publishes behind (catching up).',
+    labelNames: TIMELINE_LABELS,
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachTimeline((timeline) => this.inc(timelineLabels(timeline), timeline.publishTiming.streamsDropped));
+    },
+  });
+}
+
+type HistogramLabels = Record<string, string>;
+
+/**
+ * A Prometheus histogram whose buckets live elsewhere (a LatencyHistogram), rendered at scrape time. prom-client
+ * has no histogram that takes counts, so this is a metric object of its own; the registry only calls get() and
+ * reset() on it, the two members it has (hence the cast at registration).
+ */
+function scrapedHistogram(registry: Registry, name: string, help: string, each: (visit: (labels: HistogramLabels, histogram: LatencyHistogram) => void) => void): void {
+  const metric = {
+    name,
+    help,
+    type: 'histogram' as const,
+    aggregator: 'sum' as const,
+    reset: (): void => undefined,
+    get: async () => {
+      const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+      each((labels, histogram) => {
+        let cumulative = 0;
+        PUBLISH_LATENCY_BUCKETS_SECONDS.forEach((bound, index) => {
+          cumulative += histogram.counts[index] ?? 0;
+          values.push({ metricName: `${name}_bucket`, labels: { ...labels, le: bound }, value: cumulative });
+        });
+        values.push({ metricName: `${name}_bucket`, labels: { ...labels, le: '+Inf' }, value: histogram.count });
+        values.push({ metricName: `${name}_sum`, labels, value: histogram.sumSeconds });
+        values.push({ metricName: `${name}_count`, labels, value: histogram.count });
+      });
+      return { name, help, type: metric.type, aggregator: metric.aggregator, values };
+    },
+  };
+  registry.registerMetric(metric as unknown as Histogram);
 }
 
 /** Counters fed by server hooks. */

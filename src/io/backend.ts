@@ -25,6 +25,12 @@ export const MAX_SEND_BYTES = WAL_PAGE_BYTES * 16;
  */
 export const XLOG_DATA_HEADER_BYTES = 30;
 
+/**
+ * Write observers one stream may have waiting (StreamWriter.afterWritten). The sender asks for at most one per chunk
+ * it has handed over and not yet seen written, and backends bound those chunks to a few, so more means a bug.
+ */
+export const STREAM_WRITE_OBSERVERS_MAX = 16;
+
 export type IoBackendKind = 'ts' | 'native';
 
 /**
@@ -82,6 +88,14 @@ export interface StreamWriter {
    * Best effort: resolves (never rejects) once the range is cached or the attempt failed.
    */
   prefetch(chunk: WalChunk): Promise<void>;
+  /**
+   * Calls `observer` once every byte accepted on this stream so far (sends that resolved or are queued) has been
+   * written to the socket (handed to the kernel), at once when that is already so. Never called when the stream
+   * fails or is released first. Returns false, without registering, when STREAM_WRITE_OBSERVERS_MAX observers
+   * already wait. Backends may report later than the exact moment (native: when the stream's queue is empty), never
+   * earlier.
+   */
+  afterWritten(observer: () => void): boolean;
   /** Waits until every accepted byte reached the kernel, then gives the socket back to Node. Idempotent. */
   release(): Promise<void>;
   /** Payload + header bytes handed to the kernel so far. */

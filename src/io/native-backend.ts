@@ -19,7 +19,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
-import { MAX_SEND_BYTES, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
+import { MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
 import {
   NATIVE_STRATEGY_CODES,
   NativeEventKind,
@@ -279,6 +279,11 @@ class NativeStreamWriter implements StreamWriter {
   private failure: WalcastError | undefined;
   private readonly spaceWaiters: Waiter[] = [];
   private drainWaiter: (() => void) | undefined;
+  /**
+   * afterWritten observers: all answered by the next `drained` event, which the addon sends once the stream's queue
+   * is empty (flush). A stream that keeps its queue busy answers late, never early.
+   */
+  private writeObservers: (() => void)[] = [];
   private releasing: Promise<void> | undefined;
   private finalBytesSent = 0;
   private readonly onClose = (): void => this.abort(new Error('the replica socket closed'));
@@ -328,6 +333,17 @@ class NativeStreamWriter implements StreamWriter {
     return this.backend.prefetch(chunk);
   }
 
+  afterWritten(observer: () => void): boolean {
+    if (!this.open || this.failure !== undefined) return true;
+    if (this.engine.flush(this.id)) {
+      observer();
+      return true;
+    }
+    if (this.writeObservers.length >= STREAM_WRITE_OBSERVERS_MAX) return false;
+    this.writeObservers.push(observer);
+    return true;
+  }
+
   release(): Promise<void> {
     this.releasing ??= this.drainAndClose();
     return this.releasing;
@@ -342,7 +358,10 @@ class NativeStreamWriter implements StreamWriter {
 
   onEngineEvent(kind: NativeEventKind, error: NativeIoError | undefined): void {
     if (kind === NativeEventKind.space) this.wakeSpaceWaiters();
-    if (kind === NativeEventKind.drained) this.wakeDrainWaiter();
+    if (kind === NativeEventKind.drained) {
+      this.wakeDrainWaiter();
+      this.answerWriteObservers();
+    }
     if (kind === NativeEventKind.failed) this.failWith(error ?? new Error('native write failed'));
   }
 
@@ -361,6 +380,7 @@ class NativeStreamWriter implements StreamWriter {
     this.engine.closeStream(this.id);
     this.backend.forget(this.id);
     this.socket.off('close', this.onClose);
+    this.writeObservers = [];
     this.wakeDrainWaiter();
   }
 
@@ -370,6 +390,12 @@ class NativeStreamWriter implements StreamWriter {
 
   private wakeSpaceWaiters(): void {
     for (const waiter of this.spaceWaiters.splice(0)) waiter.resolve();
+  }
+
+  private answerWriteObservers(): void {
+    const observers = this.writeObservers;
+    this.writeObservers = [];
+    for (const observer of observers) observer();
   }
 
   private wakeDrainWaiter(): void {
@@ -384,6 +410,7 @@ class NativeStreamWriter implements StreamWriter {
     const message = cause instanceof Error ? cause.message : String(cause);
     this.failure ??= new WalcastError('WALCAST_ERR_STREAM_IO', `sending WAL failed: ${message}`, { cause });
     for (const waiter of this.spaceWaiters.splice(0)) waiter.reject(this.failure);
+    this.writeObservers = [];
     // Release must not wait for bytes that can no longer leave.
     this.wakeDrainWaiter();
     return this.failure;

@@ -17,7 +17,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
-import { MAX_SEND_BYTES, XLOG_DATA_HEADER_BYTES, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
+import { MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, XLOG_DATA_HEADER_BYTES, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
 import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
@@ -105,6 +105,12 @@ class TsStreamWriter implements StreamWriter {
   /** Resolved (and replaced) whenever an in-flight write completes or the stream fails; any number may wait on it. */
   private progress: { promise: Promise<void>; resolve: () => void } = deferred();
   private readonly onClose = (): void => this.fail(new Error('socket closed'));
+  /** Sends accepted so far, numbered in call order (which is also the order their writes complete in). */
+  private sendsAccepted = 0;
+  /** The number of the latest send whose socket write completed. */
+  private sendsWritten = 0;
+  /** afterWritten observers with the send number they wait for, in ascending order. */
+  private writeObservers: { readonly send: number; readonly observer: () => void }[] = [];
 
   constructor(
     private readonly socket: Socket,
@@ -119,14 +125,26 @@ class TsStreamWriter implements StreamWriter {
     assert.equal(header.length, XLOG_DATA_HEADER_BYTES, 'header size');
     assert.ok(chunk.byteCount > 0, 'chunk is not empty');
     assert.ok(chunk.byteCount <= MAX_SEND_BYTES, 'chunk fits one frame');
-    return this.inOrder(() => this.sendChunkNow(header, chunk));
+    const send = ++this.sendsAccepted;
+    return this.inOrder(() => this.sendChunkNow(header, chunk, send));
   }
 
   sendMessage(bytes: Buffer): Promise<void> {
-    return this.inOrder(() => this.sendMessageNow(bytes));
+    const send = ++this.sendsAccepted;
+    return this.inOrder(() => this.sendMessageNow(bytes, send));
   }
 
-  private async sendChunkNow(header: Buffer, chunk: WalChunk): Promise<void> {
+  afterWritten(observer: () => void): boolean {
+    if (this.sendsWritten >= this.sendsAccepted) {
+      observer();
+      return true;
+    }
+    if (this.writeObservers.length >= STREAM_WRITE_OBSERVERS_MAX) return false;
+    this.writeObservers.push({ send: this.sendsAccepted, observer });
+    return true;
+  }
+
+  private async sendChunkNow(header: Buffer, chunk: WalChunk, send: number): Promise<void> {
     await this.waitForRoom();
     const frame = await this.pool.acquire();
     let handedOff = false;
@@ -141,15 +159,15 @@ class TsStreamWriter implements StreamWriter {
       this.throwIfFailed();
       header.copy(frame, 0, 0, XLOG_DATA_HEADER_BYTES);
       handedOff = true;
-      this.write(frame.subarray(0, XLOG_DATA_HEADER_BYTES + chunk.byteCount), () => this.pool.release(frame));
+      this.write(frame.subarray(0, XLOG_DATA_HEADER_BYTES + chunk.byteCount), send, () => this.pool.release(frame));
     } finally {
       if (!handedOff) this.pool.release(frame);
     }
   }
 
-  private async sendMessageNow(bytes: Buffer): Promise<void> {
+  private async sendMessageNow(bytes: Buffer, send: number): Promise<void> {
     await this.waitForRoom();
-    this.write(bytes, () => undefined);
+    this.write(bytes, send, () => undefined);
   }
 
   /** Runs `send` after every send queued before it has settled: one send of this stream at a time. */
@@ -175,19 +193,36 @@ class TsStreamWriter implements StreamWriter {
     await this.sendsTail;
     while (this.inFlight > 0 && this.failure === undefined) await this.waitForProgress();
     this.socket.off('close', this.onClose);
+    // A send that failed before its write leaves its observers unanswered: they are dropped with the stream.
+    this.writeObservers = [];
   }
 
-  private write(bytes: Buffer, done: () => void): void {
+  private write(bytes: Buffer, send: number, done: () => void): void {
     // Only the one running send writes, after waitForRoom: the bound holds however sends interleave with I/O.
     assert.ok(this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX, 'frames in flight stay within the stream bound');
     this.inFlight++;
     this.socket.write(bytes, (error) => {
       this.inFlight--;
       done();
-      if (error === undefined || error === null) this.bytesSent += bytes.length;
-      else this.fail(error);
+      if (error === undefined || error === null) {
+        this.bytesSent += bytes.length;
+        this.wrote(send);
+      } else {
+        this.fail(error);
+      }
       this.signalProgress();
     });
+  }
+
+  /** Send number `send` is written, and (writes completing in order) every send before it. */
+  private wrote(send: number): void {
+    if (send > this.sendsWritten) this.sendsWritten = send;
+    let answered = 0;
+    while (answered < this.writeObservers.length && (this.writeObservers[answered]?.send ?? Infinity) <= this.sendsWritten) answered++;
+    if (answered === 0) return;
+    const ready = this.writeObservers.slice(0, answered);
+    this.writeObservers = this.writeObservers.slice(answered);
+    for (const { observer } of ready) observer();
   }
 
   private async waitForRoom(): Promise<void> {
@@ -210,6 +245,7 @@ class TsStreamWriter implements StreamWriter {
 
   private fail(cause: Error): void {
     this.failure ??= new WalcastError('WALCAST_ERR_STREAM_IO', `sending WAL failed: ${cause.message}`, { cause });
+    this.writeObservers = [];
     this.signalProgress();
   }
 

@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import type { StreamWriter, WalChunk } from '../io/backend.js';
 import type { Lsn } from '../lsn.js';
 import { LsnWatch } from '../timeline/lsn-watch.js';
-import { PREFETCH_PIECE_BYTES, PREFETCH_WINDOW_BYTES, Prefetcher, sendWal, type SendWalOptions, type WalSource } from './send-wal.js';
+import { PublishTiming } from '../timeline/publish-timing.js';
+import { PREFETCH_PIECE_BYTES, PREFETCH_WINDOW_BYTES, Prefetcher, sendWal, type PublishClock, type SendWalOptions, type WalSource } from './send-wal.js';
 import { MAX_SEND_BYTES } from './stream-messages.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
@@ -28,8 +29,13 @@ class RecordingWriter implements StreamWriter {
   private readonly waiters: { matches: (entry: Sent) => boolean; resolve: (entry: Sent) => void }[] = [];
   /** Called after each recorded entry, in order: tests use it to play the replica (a reply arrives). */
   onRecord: (entry: Sent) => void = () => undefined;
+  /** afterWritten observers not yet answered: the test decides when the pretend socket wrote (writeAll). */
+  readonly writeObservers: (() => void)[] = [];
+  /** While set, sendChunk waits for it: a sender stuck in a send is busy, not waiting on the watch. */
+  gate: Promise<void> | undefined;
 
   async sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {
+    if (this.gate !== undefined) await this.gate;
     assert.equal(header.readUInt32BE(1), 4 + 25 + chunk.byteCount, 'CopyData length covers header and payload');
     this.record({ kind: 'chunk', dataStart: header.readBigUInt64BE(6), walEnd: header.readBigUInt64BE(14), bytes: chunk.byteCount });
     this.bytesSent += 30 + chunk.byteCount;
@@ -41,6 +47,15 @@ class RecordingWriter implements StreamWriter {
   /** Replaceable: a test of the prefetcher records and holds requests. */
   prefetch: (chunk: WalChunk) => Promise<void> = async () => undefined;
   async release(): Promise<void> {}
+  afterWritten(observer: () => void): boolean {
+    this.writeObservers.push(observer);
+    return true;
+  }
+
+  /** The pretend socket wrote everything accepted so far. */
+  writeAll(): void {
+    for (const observer of this.writeObservers.splice(0)) observer();
+  }
 
   /** Resolves with the first entry (already sent or sent later) that matches: an event, not a poll. */
   waitForSent(matches: (entry: Sent) => boolean): Promise<Sent> {
@@ -268,4 +283,101 @@ test('the prefetcher requests the window ahead in pieces and waits only for the 
   assert.equal(requested.length, before + 1);
   assert.ok(prefetcher.pendingCount <= PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES + 1);
   for (const request of requested) request.release();
+});
+
+/** A publish clock that tells the test each time its sender starts waiting on the watch. */
+function observedClock(timing: PublishTiming): { clock: PublishClock & { close(): void }; nextWait: () => Promise<void> } {
+  const inner = timing.openStream();
+  let waiters: (() => void)[] = [];
+  const clock = {
+    waiting: (sentLsn: Lsn) => {
+      inner.waiting(sentLsn);
+      for (const resolve of waiters.splice(0)) resolve();
+    },
+    chunkAccepted: (lsn: Lsn) => inner.chunkAccepted(lsn),
+    written: (lsn: Lsn) => inner.written(lsn),
+    close: () => inner.close(),
+  };
+  return { clock, nextWait: () => new Promise<void>((resolve) => waiters.push(resolve)) };
+}
+
+test('publish timing: a waiting stream counts a publish once its chunk is written, not when it is accepted', async () => {
+  const timing = new PublishTiming();
+  const start = 0x100010n;
+  const endWatch = new LsnWatch(start, timing);
+  const writers = [new RecordingWriter(), new RecordingWriter()];
+  const controller = new AbortController();
+  const clocks = writers.map(() => observedClock(timing));
+  const waits = clocks.map(({ nextWait }) => nextWait());
+  const running = writers.map((writer, index) => sendWal(options({ endWatch, writer, signal: controller.signal, startLsn: start, publishClock: clocks[index]?.clock })));
+  await Promise.all(waits);
+  assert.equal(timing.liveStreams(), 2);
+  const sentChunks = writers.map((writer) => writer.waitForSent((entry) => entry.kind === 'chunk'));
+  const waitsAgain = clocks.map(({ nextWait }) => nextWait());
+  endWatch.advance(start + 1000n);
+  await Promise.all(sentChunks);
+  await Promise.all(waitsAgain);
+  // Accepted by the backend, not yet written: nothing observed.
+  assert.equal(timing.publishToSocket.waiting.count, 0);
+  assert.equal(timing.fanout.count, 0);
+  writers[0]?.writeAll();
+  assert.equal(timing.publishToSocket.waiting.count, 1);
+  assert.equal(timing.fanout.count, 0, 'the fan-out ends with the last stream');
+  writers[1]?.writeAll();
+  assert.equal(timing.publishToSocket.waiting.count, 2);
+  assert.equal(timing.publishToSocket.busy.count, 0);
+  assert.equal(timing.fanout.count, 1);
+  assert.ok(timing.fanout.sumSeconds >= 0 && timing.fanout.sumSeconds < 60);
+  controller.abort();
+  await Promise.all(running);
+  for (const { clock } of clocks) clock.close();
+  assert.equal(timing.liveStreams(), 0);
+});
+
+test('publish timing: a publish landing while a live stream is still sending counts as busy; a catching-up stream is not timed', async () => {
+  const timing = new PublishTiming();
+  const start = 0x100010n;
+  const endWatch = new LsnWatch(start, timing);
+  const writer = new RecordingWriter();
+  const controller = new AbortController();
+  const { clock, nextWait } = observedClock(timing);
+  const firstWait = nextWait();
+  const running = sendWal(options({ endWatch, writer, signal: controller.signal, startLsn: start, publishClock: clock }));
+  await firstWait;
+  // Stuck in its first send of P1, the stream is busy when P2 lands.
+  let openGate: () => void = () => undefined;
+  writer.gate = new Promise((resolve) => (openGate = resolve));
+  endWatch.advance(start + 100n);
+  const p1 = writer.waitForSent((entry) => entry.kind === 'chunk');
+  await new Promise((resolve) => setImmediate(resolve));
+  endWatch.advance(start + 200n);
+  writer.gate = undefined;
+  const waitedAgain = nextWait();
+  openGate();
+  await p1;
+  await writer.waitForSent((entry) => entry.kind === 'chunk' && entry.dataStart === start + 100n);
+  await waitedAgain;
+  writer.writeAll();
+  assert.equal(timing.publishToSocket.waiting.count, 1, 'P1 woke the waiting stream');
+  assert.equal(timing.publishToSocket.busy.count, 1, 'P2 landed while it was sending P1');
+  assert.equal(timing.fanout.count, 2);
+
+  // A second stream far behind, never waiting: publishes do not wait for it.
+  const lagging = new RecordingWriter();
+  let openLaggingGate: () => void = () => undefined;
+  lagging.gate = new Promise((resolve) => (openLaggingGate = resolve));
+  const laggingClock = timing.openStream();
+  const laggingRun = sendWal(options({ endWatch, writer: lagging, signal: controller.signal, startLsn: start, publishClock: laggingClock }));
+  const waitedAfterP3 = nextWait();
+  endWatch.advance(start + 300n);
+  await writer.waitForSent((entry) => entry.kind === 'chunk' && entry.dataStart === start + 200n);
+  await waitedAfterP3;
+  writer.writeAll();
+  assert.equal(timing.fanout.count, 3, 'the catching-up stream does not hold the fan-out open');
+  assert.equal(timing.liveStreams(), 1);
+  controller.abort();
+  openLaggingGate();
+  await Promise.all([running, laggingRun]);
+  laggingClock.close();
+  clock.close();
 });

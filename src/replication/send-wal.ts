@@ -59,6 +59,17 @@ export interface EndWatch {
   waitBeyond(position: Lsn, timeoutMs: number, signal?: AbortSignal): Promise<Lsn | undefined>;
 }
 
+/**
+ * How long the stream takes from a commit-LSN publish to its socket (timeline/publish-timing.ts StreamPublishClock):
+ * told when the stream waits, when a chunk was handed to the backend, and when that chunk was written.
+ */
+export interface PublishClock {
+  waiting(sentLsn: Lsn): void;
+  /** True when the caller should report `written(throughLsn)` once the chunk ending there is written. */
+  chunkAccepted(throughLsn: Lsn): boolean;
+  written(throughLsn: Lsn): void;
+}
+
 export interface SendWalOptions {
   /** The replica's application_name, for the stream-ending messages. */
   readonly replicaName: string;
@@ -95,6 +106,8 @@ export interface SendWalOptions {
    * it is the newest. The stream never sends past it and ends there (walsender.c XLogSendPhysical, historic case).
    */
   readonly timelineEnd?: () => Lsn | undefined;
+  /** Measures publish → socket latency for the commit watch (absent for recovery streams and in most unit tests). */
+  readonly publishClock?: PublishClock;
 }
 
 /** Why a sender loop ended; the session turns this into the right protocol ending. */
@@ -126,6 +139,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     if (reachedTimelineEnd(options, sentLsn)) return { kind: 'timeline_end', sentLsn };
     let endLsn = endWatch.get();
     if (endLsn <= sentLsn) {
+      options.publishClock?.waiting(sentLsn);
       const advanced = await endWatch.waitBeyond(sentLsn, idleWaitMs, signal);
       if (signal.aborted) break;
       if (advanced === undefined) {
@@ -164,6 +178,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     writeXLogDataHeader(header, sentLsn, endWatch.get(), pgNowMicros(), chunkBytes);
     await options.writer.sendChunk(header, chunk);
     sentLsn = chunkEnd;
+    reportWhenWritten(options, chunkEnd);
     options.onSent(sentLsn, chunkBytes + XLOG_DATA_HEADER_BYTES);
     sentThisTurnBytes += chunkBytes;
     if (sentThisTurnBytes >= SEND_BUDGET_PER_TURN_BYTES) {
@@ -172,6 +187,14 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     }
   }
   return { kind: 'aborted', sentLsn };
+}
+
+/** Asks the backend to tell the publish clock when the chunk ending at `chunkEnd` is written, if that completes a publish. */
+function reportWhenWritten(options: SendWalOptions, chunkEnd: Lsn): void {
+  const clock = options.publishClock;
+  if (clock === undefined || !clock.chunkAccepted(chunkEnd)) return;
+  // Refused only past the backend's observer bound (a bug): the publish then counts when a later chunk is written.
+  options.writer.afterWritten(() => clock.written(chunkEnd));
 }
 
 function reachedTimelineEnd(options: SendWalOptions, sentLsn: Lsn): boolean {

@@ -182,6 +182,8 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   void conn.closed.then(() => reader.handle({ kind: 'disconnected' }));
   let sent: SendWalEnd | undefined;
   let failure: unknown;
+  // Commit latency is measured for ordinary streams only: recovery streams follow the flush watch, not commits.
+  const publishClock = request.recovery ? undefined : timeline.publishTiming.openStream();
   try {
     writer = await context.backend.openStream(conn.socket);
     logStreamPath(context, writer);
@@ -197,6 +199,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       signal: stopController.signal,
       stopAtEnd: request.recovery,
       timelineEnd: () => timeline.pgTimelineEnd(request.pgTimelineId)?.switchLsn,
+      ...(publishClock === undefined ? {} : { publishClock }),
       shouldStop: () => timeline.shouldSenderStop(replica.remoteConsistentLsn()),
       replicaTimeoutMs: context.replicaTimeoutMs,
       lastReplyAtMs: () => reader.lastMessageAt(),
@@ -209,6 +212,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   } catch (error) {
     failure = error;
   } finally {
+    publishClock?.close();
     context.shutdownSignal.removeEventListener('abort', onShutdown);
     replica.unregister();
     await Promise.all([source.close(), prefetchSource.close()]);

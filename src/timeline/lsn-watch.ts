@@ -15,6 +15,11 @@ const LSN_WATCH_OTHER_WAITERS_MAX = 64;
  */
 export const LSN_WATCH_WAITERS_MAX = CONNECTIONS_MAX + LSN_WATCH_OTHER_WAITERS_MAX;
 
+/** Told of every move of the watch before the waiters it wakes run (timeline/publish-timing.ts). */
+export interface LsnWatchSink {
+  published(lsn: Lsn): void;
+}
+
 interface Waiter {
   readonly position: Lsn;
   readonly resolve: (lsn: Lsn | undefined) => void;
@@ -26,7 +31,10 @@ export class LsnWatch {
   /** The smallest position any waiter waits beyond; lets `advance` skip the scan when nobody can wake. */
   private lowestWaitPosition: Lsn | undefined;
 
-  constructor(initial: Lsn) {
+  constructor(
+    initial: Lsn,
+    private readonly sink?: LsnWatchSink,
+  ) {
     assertLsn(initial);
     this.value = initial;
   }
@@ -45,6 +53,7 @@ export class LsnWatch {
     assert.ok(lsn >= this.value, 'LsnWatch moves only forward');
     if (lsn === this.value) return;
     this.value = lsn;
+    this.sink?.published(lsn);
     if (this.lowestWaitPosition === undefined || lsn <= this.lowestWaitPosition) return;
     let lowest: Lsn | undefined;
     for (const waiter of this.waiters) {

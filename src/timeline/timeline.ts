@@ -15,6 +15,7 @@ import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import { segmentOf } from '../storage/segment-name.js';
 import { historyEntryOf, pgTimelineAt, singleTimelineHistory, switchPointOf, type TimelineHistory } from '../storage/timeline-history.js';
 import { LsnWatch } from './lsn-watch.js';
+import { PublishTiming } from './publish-timing.js';
 import { ReplicaRegistry } from './replica-registry.js';
 
 export interface TimelineIdentity {
@@ -53,6 +54,8 @@ export class Timeline implements TimelineIdentity {
   readonly flushLsn: LsnWatch;
   /** Everything committed; ordinary replicas are sent up to here. Never ahead of the flush LSN. */
   readonly commitLsn: LsnWatch;
+  /** How long each commit LSN move takes to reach the sockets of the live replicas (the metrics' histograms). */
+  readonly publishTiming = new PublishTiming();
   readonly replicas = new ReplicaRegistry();
   /** Offload: where segments before the local start are read from (object storage via a cache); set by the server. */
   remoteSegments: RemoteSegmentSource | undefined;
@@ -89,7 +92,7 @@ export class Timeline implements TimelineIdentity {
     this.startLsn = identity.timelineStartLsn;
     this.controlFile = new ControlFileWriter(identity.dir);
     this.flushLsn = new LsnWatch(positions.flushLsn);
-    this.commitLsn = new LsnWatch(positions.commitLsn);
+    this.commitLsn = new LsnWatch(positions.commitLsn, this.publishTiming);
     this.slots = slots;
     this.persistedFlushLsnValue = positions.flushLsn;
     this.pages = new PageVerifier(identity.dir, identity);

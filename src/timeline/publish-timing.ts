@@ -1,0 +1,224 @@
+/**
+ * walcast's own share of commit latency, measured inside walcast: from the moment a commit LSN is published (the
+ * commit watch moves, waking the senders that wait on it) to the moment each live replica's chunk holding it was
+ * written to that replica's socket. Two histograms come out of it (src/api/metrics.ts exports them):
+ *
+ * - publish → socket, one observation per live stream and publish, labelled by what the stream was doing when
+ *   the publish landed: `waiting` (parked on the watch, woken by this publish) or `busy` (a live stream still
+ *   sending an earlier publish; it picks this one up on its next turn, and its latency counts from the publish,
+ *   not from when it got round to it).
+ * - publish fan-out, one observation per publish that reached at least one live stream: until the last of them
+ *   wrote it.
+ *
+ * "Live" is what makes the numbers mean commit latency: a stream becomes live the first time it waits on the
+ * watch (it has sent everything published), and stops being live when it ends or falls so far behind that it owes
+ * more than OWED_PUBLISHES_PER_STREAM_MAX publishes (it is catching up, like a new replica, and its waits would
+ * measure its backlog, not walcast). Catching-up streams are never counted. Dropped streams are counted.
+ *
+ * The sender loop drives one StreamPublishClock per stream (replication/send-wal.ts): `waiting` before it waits,
+ * `chunkAccepted` after a chunk is handed to the I/O backend, and `written` once the backend reports that chunk
+ * written (StreamWriter.afterWritten). Costs: one entry per live stream per publish, no timers, no allocation per
+ * chunk beyond the backend's observer.
+ */
+import assert from 'node:assert/strict';
+import { performance } from 'node:perf_hooks';
+import type { Lsn } from '../lsn.js';
+
+/**
+ * Publishes one live stream may owe before it is no longer counted as live. At thousands of publishes a second a
+ * stream that writes within a few milliseconds owes a handful; 256 owed means it is hundreds of milliseconds
+ * behind, i.e. catching up. Bounds the memory per stream.
+ */
+export const OWED_PUBLISHES_PER_STREAM_MAX = 256;
+
+/**
+ * Histogram bucket upper bounds, in seconds: dense around the goals (1 ms at 100 replicas, 5 ms at 1,000), then
+ * coarse up to seconds for a stalled event loop.
+ */
+export const PUBLISH_LATENCY_BUCKETS_SECONDS: readonly number[] = [
+  0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+];
+
+/** A cumulative latency histogram with fixed buckets (Prometheus semantics: counts are per bucket, not cumulative here). */
+export class LatencyHistogram {
+  /** counts[i] = observations ≤ bounds[i] and > bounds[i-1]; the last slot counts those above every bound (+Inf). */
+  readonly counts: number[] = new Array<number>(PUBLISH_LATENCY_BUCKETS_SECONDS.length + 1).fill(0);
+  count = 0;
+  sumSeconds = 0;
+
+  observe(seconds: number): void {
+    let index = 0;
+    while (index < PUBLISH_LATENCY_BUCKETS_SECONDS.length && seconds > (PUBLISH_LATENCY_BUCKETS_SECONDS[index] ?? Infinity)) index++;
+    this.counts[index] = (this.counts[index] ?? 0) + 1;
+    this.count++;
+    this.sumSeconds += seconds;
+  }
+}
+
+export type StreamStateAtPublish = 'waiting' | 'busy';
+
+/** One publish that reached live streams, until the last of them wrote it or stopped being counted. */
+interface Publish {
+  readonly lsn: Lsn;
+  readonly atMs: number;
+  /** Live streams that owe this publish a write. */
+  pending: number;
+  /** When the latest of its streams wrote it, if any did. */
+  lastWrittenAtMs: number | undefined;
+}
+
+interface Owed {
+  readonly publish: Publish;
+  readonly state: StreamStateAtPublish;
+}
+
+/** The sender loop's side of the timing (one per stream); replication/send-wal.ts PublishClock. */
+export interface StreamPublishClock {
+  /** The stream has sent everything up to `sentLsn` and now waits on the watch: it is live. */
+  waiting(sentLsn: Lsn): void;
+  /**
+   * A chunk ending at `throughLsn` was handed to the backend. True when its written report would complete a publish
+   * no earlier report covers: the caller then asks the backend to call `written(throughLsn)` once it is written.
+   */
+  chunkAccepted(throughLsn: Lsn): boolean;
+  /** Everything up to `throughLsn` reached the socket. */
+  written(throughLsn: Lsn): void;
+  /** The stream ended: it owes nothing any more. Idempotent. */
+  close(): void;
+}
+
+/** Per watch (the commit watch of one timeline): the sink LsnWatch reports each move to, and the histograms. */
+export class PublishTiming {
+  readonly publishToSocket: Record<StreamStateAtPublish, LatencyHistogram> = { waiting: new LatencyHistogram(), busy: new LatencyHistogram() };
+  readonly fanout = new LatencyHistogram();
+  /** Streams that stopped being counted because they owed too many publishes (fell behind). */
+  streamsDropped = 0;
+  private readonly live = new Set<StreamClock>();
+
+  /** Called by the watch when its LSN moves forward to `lsn`, before the waiters it wakes run. */
+  published(lsn: Lsn): void {
+    if (this.live.size === 0) return;
+    const publish: Publish = { lsn, atMs: performance.now(), pending: 0, lastWrittenAtMs: undefined };
+    for (const stream of this.live) {
+      if (stream.owe(publish)) publish.pending++;
+    }
+  }
+
+  /** A clock for one sender stream; close it when the stream ends. */
+  openStream(): StreamPublishClock {
+    return new StreamClock(this);
+  }
+
+  /** Streams counted as live now (for tests and the status of a running benchmark). */
+  liveStreams(): number {
+    return this.live.size;
+  }
+
+  /** @internal StreamClock's bookkeeping. */
+  setLive(stream: StreamClock, live: boolean): void {
+    if (live) this.live.add(stream);
+    else this.live.delete(stream);
+  }
+
+  /** @internal A stream wrote `owed`'s publish at `nowMs`. */
+  completed(owed: Owed, nowMs: number): void {
+    const { publish } = owed;
+    this.publishToSocket[owed.state].observe((nowMs - publish.atMs) / 1000);
+    publish.lastWrittenAtMs = nowMs;
+    this.settle(publish);
+  }
+
+  /** @internal A stream stopped owing `publish` without writing it (ended, or dropped as behind). */
+  abandoned(publish: Publish): void {
+    this.settle(publish);
+  }
+
+  /** @internal */
+  dropped(): void {
+    this.streamsDropped++;
+  }
+
+  private settle(publish: Publish): void {
+    assert.ok(publish.pending > 0, 'a publish is settled once per stream that owed it');
+    publish.pending--;
+    if (publish.pending === 0 && publish.lastWrittenAtMs !== undefined) this.fanout.observe((publish.lastWrittenAtMs - publish.atMs) / 1000);
+  }
+}
+
+class StreamClock implements StreamPublishClock {
+  /** Publishes this stream owes a write, oldest (lowest LSN) first. */
+  private owed: Owed[] = [];
+  /** Everything up to here was accepted by the backend and its written report was asked for (or it was sent before it went live). */
+  private reportedThrough: Lsn | undefined;
+  /** What the stream has sent when it last waited; a publish at or below it is not owed. */
+  private sentLsn: Lsn = 0n;
+  private isWaiting = false;
+  private isLive = false;
+  private closed = false;
+
+  constructor(private readonly timing: PublishTiming) {}
+
+  waiting(sentLsn: Lsn): void {
+    if (this.closed) return;
+    this.sentLsn = sentLsn;
+    this.isWaiting = true;
+    if (!this.isLive) {
+      this.isLive = true;
+      this.timing.setLive(this, true);
+    }
+  }
+
+  /** @internal Called by PublishTiming.published for each live stream; true when this stream now owes it. */
+  owe(publish: Publish): boolean {
+    if (publish.lsn <= this.sentLsn) return false;
+    if (this.owed.length >= OWED_PUBLISHES_PER_STREAM_MAX) {
+      this.timing.dropped();
+      this.stopCounting();
+      return false;
+    }
+    this.owed.push({ publish, state: this.isWaiting ? 'waiting' : 'busy' });
+    // Whatever woke it, the stream is busy from this publish on until it waits again.
+    this.isWaiting = false;
+    return true;
+  }
+
+  chunkAccepted(throughLsn: Lsn): boolean {
+    if (this.closed || !this.isLive) return false;
+    this.sentLsn = throughLsn > this.sentLsn ? throughLsn : this.sentLsn;
+    const first = this.owed.find((owed) => this.reportedThrough === undefined || owed.publish.lsn > this.reportedThrough);
+    if (first === undefined || first.publish.lsn > throughLsn) return false;
+    this.reportedThrough = throughLsn;
+    return true;
+  }
+
+  written(throughLsn: Lsn): void {
+    if (this.closed) return;
+    const nowMs = performance.now();
+    let done = 0;
+    while (done < this.owed.length && (this.owed[done]?.publish.lsn ?? 0n) <= throughLsn) {
+      const owed = this.owed[done];
+      assert.ok(owed !== undefined);
+      this.timing.completed(owed, nowMs);
+      done++;
+    }
+    if (done > 0) this.owed = this.owed.slice(done);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.stopCounting();
+    this.closed = true;
+  }
+
+  /** Leaves the live set and gives up what it owes; waiting again makes it live again. */
+  private stopCounting(): void {
+    for (const owed of this.owed) this.timing.abandoned(owed.publish);
+    this.owed = [];
+    this.reportedThrough = undefined;
+    this.isWaiting = false;
+    if (this.isLive) {
+      this.isLive = false;
+      this.timing.setLive(this, false);
+    }
+  }
+}
