@@ -1,13 +1,15 @@
 /**
- * walcast's own view of its share of live latency: a Prometheus histogram in /metrics of the time from a commit
- * LSN being published (durably ingested) to the bytes being written to every waiting replica's socket. The
- * harness scrapes it before and after a live-latency run and reports percentiles of the difference, beside its
- * own outside measurement ("added vs direct replica"). A server without the histogram reports nothing, so the
- * harness works with walcast versions before and after it exists.
+ * walcast's own view of its share of live latency: Prometheus histograms in /metrics (src/timeline/publish-timing.ts)
+ * of the time from a commit LSN being published (durably ingested) to the bytes being written to a waiting
+ * replica's socket (per replica and publish), and to the last waiting replica's socket (per publish: the fan-out).
+ * The harness scrapes them before and after a live-latency run's commits and reports percentiles of the difference,
+ * beside its own outside measurement ("added vs direct replica"). A server without them reports nothing, so the
+ * harness works with walcast versions before and after they exist.
  */
 
-/** The histogram's name in /metrics (without _bucket); one constant to change if walcast names it otherwise. */
+/** The histograms' names in /metrics (without _bucket); one constant each to change if walcast names them otherwise. */
 export const PUBLISH_TO_SOCKET_HISTOGRAM = 'walcast_publish_to_socket_seconds';
+export const PUBLISH_FANOUT_HISTOGRAM = 'walcast_publish_fanout_seconds';
 const METRICS_TIMEOUT_MS = 5_000;
 const MS_PER_SECOND = 1000;
 

@@ -50,6 +50,11 @@ export interface RunRecord {
   /** walcast's own histogram (bench/lib/metrics-histogram.ts) over the run: publish → socket, bucket upper bounds. */
   readonly internalPublishP50Ms?: number;
   readonly internalPublishP99Ms?: number;
+  /** walcast's fan-out histogram over the run: publish → the last waiting replica's socket, bucket upper bounds. */
+  readonly internalFanoutP50Ms?: number;
+  readonly internalFanoutP99Ms?: number;
+  /** Publishes walcast timed during the run's commits (a publish may carry several commits). */
+  readonly internalPublishes?: number;
 }
 
 export const FIGURE_METRICS = [
@@ -71,6 +76,8 @@ export const FIGURE_METRICS = [
   'latencyAddedP99Ms',
   'internalPublishP50Ms',
   'internalPublishP99Ms',
+  'internalFanoutP50Ms',
+  'internalFanoutP99Ms',
   'loadAverage1m',
 ] as const;
 export type FigureMetric = (typeof FIGURE_METRICS)[number];

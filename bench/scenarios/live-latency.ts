@@ -17,7 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
 import { copyStandby } from '../../test/support/postgres.js';
 import { startConsumer, type ConsumerResult, type RunningConsumer } from '../lib/consumer.js';
-import { bucketDelta, histogramPercentileMs, scrapeHistogram } from '../lib/metrics-histogram.js';
+import { PUBLISH_FANOUT_HISTOGRAM, bucketDelta, histogramPercentileMs, scrapeHistogram, type Buckets } from '../lib/metrics-histogram.js';
 import { SqlClient } from '../lib/sql-client.js';
 import { percentile } from '../lib/stats.js';
 import { BYTES_PER_GB, type RunRecord } from '../lib/results.js';
@@ -73,10 +73,15 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
     if (streaming.failed !== 0) throw new Error(`${streaming.failed} of ${replicas} replicas failed to start`);
     await sleep(SETTLE_MS);
     const histogramBefore = await scrapeHistogram(target.metricsUrl);
+    const fanoutBefore = await scrapeHistogram(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
     const commits = await commitSteadily(driver, context.plan.latency.commitsPerSecond, context.plan.latency.durationMs);
     await sleep(DRAIN_MS);
     const histogramAfter = await scrapeHistogram(target.metricsUrl);
-    const internal = histogramAfter === undefined ? {} : internalFigures(bucketDelta(histogramBefore, histogramAfter));
+    const fanoutAfter = await scrapeHistogram(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
+    const internal = {
+      ...(histogramAfter === undefined ? {} : internalFigures(bucketDelta(histogramBefore, histogramAfter))),
+      ...(fanoutAfter === undefined ? {} : fanoutFigures(bucketDelta(fanoutBefore, fanoutAfter))),
+    };
     consumer.stopStreaming();
     reference?.stopStreaming();
     const result = await consumer.done;
@@ -126,6 +131,17 @@ function internalFigures(delta: ReturnType<typeof bucketDelta>): Pick<RunRecord,
   return {
     ...(p50 === undefined || !Number.isFinite(p50) ? {} : { internalPublishP50Ms: p50 }),
     ...(p99 === undefined || !Number.isFinite(p99) ? {} : { internalPublishP99Ms: p99 }),
+  };
+}
+
+/** The same for walcast's fan-out histogram (publish → the last waiting replica's socket), and how many publishes it timed. */
+function fanoutFigures(delta: Buckets): Pick<RunRecord, 'internalFanoutP50Ms' | 'internalFanoutP99Ms' | 'internalPublishes'> {
+  const p50 = histogramPercentileMs(delta, 50);
+  const p99 = histogramPercentileMs(delta, 99);
+  return {
+    internalPublishes: delta.get(Number.POSITIVE_INFINITY) ?? 0,
+    ...(p50 === undefined || !Number.isFinite(p50) ? {} : { internalFanoutP50Ms: p50 }),
+    ...(p99 === undefined || !Number.isFinite(p99) ? {} : { internalFanoutP99Ms: p99 }),
   };
 }
 
