@@ -26,6 +26,10 @@ export const FAILPOINT_NAMES = [
   'removal-after-marker',
   /** The removed timeline's directory is renamed to .removing-*, not yet deleted. */
   'removal-after-rename',
+  /** A segment's PUT is confirmed by the object store; the backup LSN over it is not yet persisted (remote/segment-uploader.ts). */
+  'offload-after-put',
+  /** One ranged GET of an offloaded segment has answered; its bytes are not yet in the cache file (remote/segment-cache.ts). */
+  'remote-read-after-get',
 ] as const;
 export type FailpointName = (typeof FAILPOINT_NAMES)[number];
 

@@ -13,6 +13,7 @@
 import assert from 'node:assert/strict';
 import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { failpoint } from '../failpoints.js';
 import type { Logger } from '../log.js';
 import { segmentFileName } from '../storage/segment-name.js';
 import type { RemoteSegmentSource } from '../storage/wal-reader.js';
@@ -99,6 +100,7 @@ export class SegmentCache implements RemoteSegmentSource {
       for (let position = 0; position < segmentBytes; position += REMOTE_GET_RANGE_BYTES) {
         const length = Math.min(REMOTE_GET_RANGE_BYTES, segmentBytes - position);
         const bytes = await this.getWithRetries(key, position, length);
+        failpoint('remote-read-after-get');
         if (bytes.length !== length) throw new Error(`object ${key} returned ${bytes.length} bytes at ${position}, expected ${length}`);
         await handle.write(bytes, 0, length, position);
       }

@@ -14,6 +14,7 @@
 import assert from 'node:assert/strict';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { failpoint } from '../failpoints.js';
 import type { Logger } from '../log.js';
 import { formatLsn, type Lsn } from '../lsn.js';
 import { PARTIAL_SUFFIX, segmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
@@ -169,6 +170,7 @@ export class SegmentUploader {
     try {
       const path = await this.segmentPath(segno);
       await store.putFile(key, path, identity.segmentBytes, this.stop.signal);
+      failpoint('offload-after-put');
       this.stats.bytesUploaded += identity.segmentBytes;
       this.stats.segmentsUploaded++;
       this.retries.delete(segno);
