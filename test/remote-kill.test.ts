@@ -39,6 +39,7 @@ const MIB = 1024 * 1024;
 const SEGMENT_BYTES = MIB;
 const SEGMENT = BigInt(SEGMENT_BYTES);
 const PREFIX = 'kill';
+const SEGMENT_NAME = /^[0-9A-F]{24}$/;
 /** The PUT that kills: late enough that retention has removed offloaded WAL by then. */
 const KILL_AT_PUT = 16;
 /** The ranged GET that kills (one GET per 1 MiB segment; the reader fetches up to 4 ahead): the replica has received a few segments by then. */
@@ -105,9 +106,11 @@ describe('kill -9 of an offloading walcast', { timeout: 600_000 }, () => {
       assert.ok(beyond.length >= 1, `an object past the persisted backup LSN ${formatLsn(backupAtKill)} (the crash window) is in the bucket`);
       for (const segno of beyond) await assertBucketEqualsPrimary(segmentStartLsn(segno, SEGMENT_BYTES), segmentStartLsn(segno + 1n, SEGMENT_BYTES));
       // Not offloaded as far as the control file knows, so still local: every segment from the backup LSN through the
-      // last one PUT (complete, since it was uploaded) and on to the durable end the control file records.
-      const lastPut = beyond.reduce((max, segno) => (segno > max ? segno : max), 0n);
-      const localEnd = segmentStartLsn(lastPut + 1n, SEGMENT_BYTES) > atKill.flushLsn ? segmentStartLsn(lastPut + 1n, SEGMENT_BYTES) : atKill.flushLsn;
+      // last one PUT and the last one completed locally (renamed only once durable), and on to the durable end the
+      // control file records (which lags the WAL files: recovery scans past it on start).
+      const completedLocally = (await readdir(timelineDir)).filter((name) => SEGMENT_NAME.test(name)).map(segnoOf);
+      const lastWhole = [...beyond, ...completedLocally].reduce((max, segno) => (segno > max ? segno : max), 0n);
+      const localEnd = segmentStartLsn(lastWhole + 1n, SEGMENT_BYTES) > atKill.flushLsn ? segmentStartLsn(lastWhole + 1n, SEGMENT_BYTES) : atKill.flushLsn;
       const local = await assertLocalEqualsPrimary(backupAtKill, localEnd);
 
       serve = await spawnOffloadingServe({});
@@ -160,7 +163,7 @@ describe('kill -9 of an offloading walcast', { timeout: 600_000 }, () => {
     assert.equal(signal, 'SIGKILL', `walcast died by its failpoint: ${serve.output().slice(-2000)}`);
     serve = undefined;
     assert.notEqual(interrupted.code, 0, 'the replica lost its stream');
-    const received = (await readdir(dir)).filter((name) => /^[0-9A-F]{24}$/.test(name));
+    const received = (await readdir(dir)).filter((name) => SEGMENT_NAME.test(name));
     assert.ok(received.length >= 1, `the replica had completed segments before the kill: ${JSON.stringify(await readdir(dir))}`);
 
     serve = await spawnOffloadingServe({});
@@ -176,7 +179,7 @@ describe('kill -9 of an offloading walcast', { timeout: 600_000 }, () => {
       compared++;
     }
     const cacheDir = join(dataDir, REMOTE_CACHE_DIR_NAME, tenantId, timelineId);
-    const leftovers = (await readdir(cacheDir)).filter((name) => !/^[0-9A-F]{24}$/.test(name));
+    const leftovers = (await readdir(cacheDir)).filter((name) => !SEGMENT_NAME.test(name));
     assert.deepEqual(leftovers, [], 'no half-downloaded file is left in the cache');
     await serve.stop();
     serve = undefined;
@@ -233,11 +236,16 @@ async function objectsFrom(from: Lsn): Promise<bigint[]> {
   const found: bigint[] = [];
   for (const object of await store.list(prefix)) {
     const name = object.key.slice(prefix.length);
-    if (!/^[0-9A-F]{24}$/.test(name)) continue;
-    const segno = BigInt(`0x${name.slice(8, 16)}`) * (0x1_0000_0000n / SEGMENT) + BigInt(`0x${name.slice(16)}`);
+    if (!SEGMENT_NAME.test(name)) continue;
+    const segno = segnoOf(name);
     if (segmentStartLsn(segno, SEGMENT_BYTES) >= from) found.push(segno);
   }
   return found;
+}
+
+/** The segment number of a plain segment name (TLI, log, seg: 8 hex digits each). */
+function segnoOf(name: string): bigint {
+  return BigInt(`0x${name.slice(8, 16)}`) * (0x1_0000_0000n / SEGMENT) + BigInt(`0x${name.slice(16)}`);
 }
 
 /** Every segment object in [from, to) equals the primary's file; returns how many were compared. */
