@@ -6,7 +6,8 @@
  *   flight): at the kill every segment below the persisted backup LSN is in the bucket byte-identical, the segment
  *   just PUT is there too (past the backup LSN: the crash window), and every segment from the backup LSN to the
  *   durable end is still on local disk, equal to the primary's. After a restart the uploader resumes from the
- *   persisted backup LSN until every completed segment is in the bucket byte-identical. All along, a poller of the
+ *   persisted backup LSN until every completed segment is in the bucket byte-identical (and the metadata object
+ *   records the new backup LSN). All along, a poller of the
  *   control file sees the backup LSN never go backwards and the local start never pass it (retention removed WAL,
  *   but never WAL not yet offloaded);
  * - during remote reads (`remote-read-after-get`: a ranged GET of an offloaded segment answered, its bytes not yet
@@ -24,7 +25,7 @@ import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
-import { segmentKey } from '../src/remote/remote-layout.js';
+import { decodeRemoteMetadata, metadataKey, segmentKey } from '../src/remote/remote-layout.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
 import { REMOTE_CACHE_DIR_NAME } from '../src/server.js';
 import { readControlFile } from '../src/storage/control-file.js';
@@ -121,6 +122,12 @@ describe('kill -9 of an offloading walcast', { timeout: 600_000 }, () => {
         return (control.backupLsn ?? 0n) >= target ? control : undefined;
       }, WAIT_MS, { what: `the restarted uploader reached ${formatLsn(target)}`, pollMs: 200 });
       const compared = await assertBucketEqualsPrimary(firstLsn, resumed.backupLsn ?? 0n);
+      // The bucket alone describes the timeline again: its metadata object caught up with the resumed backup LSN.
+      const metadataObject = store.key(metadataKey({ tenantId, timelineId }));
+      await waitFor(async () => {
+        const bytes = await store.getRange(metadataObject, 0, (await store.head(metadataObject))?.sizeBytes ?? 1);
+        return decodeRemoteMetadata(bytes, metadataObject).backupLsn >= target ? true : undefined;
+      }, WAIT_MS, { what: 'the metadata object records the resumed backup LSN', pollMs: 200 });
       // Retention (a pass a second) removes offloaded WAL behind the 3 MB window: "nothing un-uploaded removed" was put to the test.
       const removedTo = await waitFor(async () => {
         const { timelineStartLsn } = await readControlFile(timelineDir);
