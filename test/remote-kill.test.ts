@@ -7,9 +7,8 @@
  *   just PUT is there too (past the backup LSN: the crash window), and every segment from the backup LSN to the
  *   durable end is still on local disk, equal to the primary's. After a restart the uploader resumes from the
  *   persisted backup LSN until every completed segment is in the bucket byte-identical (and the metadata object
- *   records the new backup LSN). All along, a poller of the
- *   control file sees the backup LSN never go backwards and the local start never pass it (retention removed WAL,
- *   but never WAL not yet offloaded);
+ *   records the new backup LSN). All along, a poller of the control file sees the backup LSN never go backwards and
+ *   the local start never pass it (retention removed WAL, but never WAL not yet offloaded);
  * - during remote reads (`remote-read-after-get`: a ranged GET of an offloaded segment answered, its bytes not yet
  *   in the cache file) while pg_receivewal streams from the timeline's first LSN: after a restart the same
  *   pg_receivewal directory resumes where the replica stopped, and ends byte-identical to the primary's WAL; no
