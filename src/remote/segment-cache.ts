@@ -13,8 +13,8 @@
 import assert from 'node:assert/strict';
 import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { failpoint } from '../failpoints.js';
 import type { Logger } from '../log.js';
+import { failpoint } from '../failpoints.js';
 import { segmentFileName } from '../storage/segment-name.js';
 import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import { ObjectNotFoundError, type ObjectStore } from './object-store.js';
@@ -100,7 +100,6 @@ export class SegmentCache implements RemoteSegmentSource {
       for (let position = 0; position < segmentBytes; position += REMOTE_GET_RANGE_BYTES) {
         const length = Math.min(REMOTE_GET_RANGE_BYTES, segmentBytes - position);
         const bytes = await this.getWithRetries(key, position, length);
-        failpoint('remote-read-after-get');
         if (bytes.length !== length) throw new Error(`object ${key} returned ${bytes.length} bytes at ${position}, expected ${length}`);
         await handle.write(bytes, 0, length, position);
       }
@@ -130,7 +129,9 @@ export class SegmentCache implements RemoteSegmentSource {
   private async getWithRetries(key: string, position: number, length: number): Promise<Buffer> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.options.store.getRange(key, position, length);
+        const bytes = await this.options.store.getRange(key, position, length);
+        failpoint('remote-read-after-get');
+        return bytes;
       } catch (error) {
         if (error instanceof ObjectNotFoundError || attempt >= REMOTE_GET_ATTEMPTS_MAX) throw error;
         this.stats.fetchErrors++;
