@@ -12,7 +12,10 @@
  * - during remote reads (`remote-read-after-get`: a ranged GET of an offloaded segment answered, its bytes not yet
  *   in the cache file) while pg_receivewal streams from the timeline's first LSN: after a restart the same
  *   pg_receivewal directory resumes where the replica stopped, and ends byte-identical to the primary's WAL; no
- *   half-downloaded cache file is used or left.
+ *   half-downloaded cache file is used or left;
+ * - with the object store down (more WAL than the keep window written meanwhile): killed -9, restarted while the store
+ *   is still down, the backup LSN holds and every segment from it to the durable end stays on local disk; once the
+ *   store is back the uploader catches up, byte-identical.
  * test/remote-faults.test.ts kills a restored walcast with PUTs and GETs delayed by its fault proxy; this file kills
  * the live, retention-bounded walcast at the exact crash windows.
  */
@@ -47,6 +50,8 @@ const KILL_AT_GET = 10;
 /** WAL written while the first walcast runs: well past KILL_AT_PUT segments. */
 const FIRST_RUN_WAL_BYTES = 26 * MIB;
 const WAIT_MS = 120_000;
+/** WAL written while the store is down, per phase: more than the 3 MB keep window. */
+const OUTAGE_WAL_BYTES = 6 * MIB;
 /** Between inserts of the first run (2.2 MB each): retention (a pass a second) removes offloaded WAL before the kill. */
 const PRODUCE_PAUSE_MS = 500;
 /** How often the watcher reads the control file: often enough to see every persist of a 1 MiB segment's upload. */
@@ -191,6 +196,58 @@ describe('kill -9 of an offloading walcast', { timeout: 600_000 }, () => {
     serve = undefined;
     t.diagnostic(`killed at GET ${KILL_AT_GET} with ${received.length} segments received; resumed at ${resumedAt}; ${compared} segments from ${formatLsn(firstLsn)} to ${formatLsn(endLsn)} (local start ${formatLsn(localStart)}) byte-identical`);
   });
+
+  test('with the object store down: kill -9, a restart while it is still down, then its return: the backup LSN holds, nothing un-uploaded is removed, the uploader catches up', async (t) => {
+    const watch = watchControlFile();
+    let storeDown = false;
+    try {
+      await s3.stop();
+      storeDown = true;
+      serve = await spawnOffloadingServe({});
+      const heldAt = (await readControlFile(timelineDir)).backupLsn ?? firstLsn;
+      // More than the 3 MB keep window while nothing can be uploaded: retention would remove it if it could.
+      const outageTarget = (await currentLsn()) + BigInt(OUTAGE_WAL_BYTES);
+      await produceWalUntil(outageTarget, PRODUCE_PAUSE_MS);
+      await waitForDurable(outageTarget - SEGMENT);
+      serve.kill9();
+      assert.equal(await serve.exited, 'SIGKILL');
+      serve = undefined;
+      const atKill = await readControlFile(timelineDir);
+      assert.equal(atKill.backupLsn ?? firstLsn, heldAt, 'the backup LSN did not move while the store was down');
+      const localAtKill = await assertLocalEqualsPrimary(heldAt, atKill.flushLsn);
+
+      serve = await spawnOffloadingServe({});
+      const secondTarget = (await currentLsn()) + BigInt(OUTAGE_WAL_BYTES);
+      await produceWalUntil(secondTarget, PRODUCE_PAUSE_MS);
+      const durable = await waitForDurable(secondTarget - SEGMENT);
+      const whileDown = await readControlFile(timelineDir);
+      assert.equal(whileDown.backupLsn ?? firstLsn, heldAt, 'restarted with the store down, the backup LSN still holds');
+      assert.ok(durable - heldAt > 4n * SEGMENT, 'more WAL than the keep window waits for the store: retention would have removed some');
+      const localAfterRestart = await assertLocalEqualsPrimary(heldAt, durable);
+
+      await s3.start();
+      storeDown = false;
+      const target = alignDown(await currentLsn());
+      const caughtUp = await waitFor(async () => {
+        const control = await readControlFile(timelineDir);
+        return (control.backupLsn ?? 0n) >= target ? control : undefined;
+      }, WAIT_MS, { what: `the uploader caught up to ${formatLsn(target)} once the store was back`, pollMs: 200 });
+      const compared = await assertBucketEqualsPrimary(heldAt, caughtUp.backupLsn ?? 0n);
+      await serve.stop();
+      serve = undefined;
+      const { samples, violation } = await watch.stop();
+      assert.equal(violation, undefined);
+      t.diagnostic(
+        `store down: backup LSN held at ${formatLsn(heldAt)}; at the kill ${localAtKill} segments up to ${formatLsn(atKill.flushLsn)} local; after a restart still down ${localAfterRestart} up to ${formatLsn(durable)}; ` +
+          `store back: backup LSN ${formatLsn(caughtUp.backupLsn ?? 0n)}, ${compared} more segments byte-identical in the bucket; ${samples} control-file samples`,
+      );
+    } finally {
+      await watch.stop();
+      if (storeDown) await s3.start();
+      await serve?.stop();
+      serve = undefined;
+    }
+  });
 });
 
 /** `walcast serve` as a child process offloading to the test bucket, with a small keep window; ready once listening. */
@@ -293,6 +350,14 @@ async function produceWalUntil(target: Lsn, pauseMs = 0): Promise<void> {
     await primary.sql(FILLER_SQL);
     if (pauseMs > 0) await new Promise((resolve) => setTimeout(resolve, pauseMs));
   }
+}
+
+/** Waits until the control file's durable flush LSN reaches `lsn` (walcast ingested it); returns that flush LSN. */
+async function waitForDurable(lsn: Lsn): Promise<Lsn> {
+  return waitFor(async () => {
+    const { flushLsn } = await readControlFile(timelineDir);
+    return flushLsn >= lsn ? flushLsn : undefined;
+  }, WAIT_MS, { what: `walcast made ${formatLsn(lsn)} durable`, pollMs: 100 });
 }
 
 function alignDown(lsn: Lsn): Lsn {
