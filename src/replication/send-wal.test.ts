@@ -381,3 +381,46 @@ test('publish timing: a publish landing while a live stream is still sending cou
   laggingClock.close();
   clock.close();
 });
+
+test('a slow storage step (a fetch from object storage) keeps the stream alive: reply-requesting keepalives at the sent position until it returns', async () => {
+  const startLsn = 0x100010n;
+  const endWatch = new LsnWatch(startLsn + 1000n);
+  const writer = new RecordingWriter();
+  const controller = new AbortController();
+  let release: () => void = () => undefined;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const slowSource: WalSource = {
+    async locate(lsn, endLsn) {
+      await released;
+      return fakeSource.locate(lsn, endLsn);
+    },
+  };
+  const running = sendWal(options({ endWatch, writer, signal: controller.signal, source: slowSource, prefetchSource: fakeSource, keepaliveIntervalMs: 20 }));
+  // Three keepalives while the first chunk's storage step has not returned.
+  for (let count = 1; count <= 3; count++) await writer.waitForSent(() => writer.sent.filter((entry) => entry.kind === 'message').length >= count);
+  assert.equal(writer.sent.filter((entry) => entry.kind === 'chunk').length, 0, 'nothing was sent before storage answered');
+  for (const entry of writer.sent) {
+    assert.equal(entry.type, 'k');
+    assert.equal(entry.replyRequested, true);
+    assert.equal(entry.walEnd, startLsn, 'a keepalive during the wait reports the sent position');
+  }
+  release();
+  await writer.waitForSent((entry) => entry.kind === 'chunk');
+  controller.abort();
+  const end = await running;
+  assert.equal(end.kind, 'aborted');
+  assert.equal(end.sentLsn, endWatch.get());
+});
+
+test('a stream aborted while storage is slow ends at once, without waiting for the storage step', async () => {
+  const endWatch = new LsnWatch(0x100010n + 1000n);
+  const writer = new RecordingWriter();
+  const controller = new AbortController();
+  const neverSource: WalSource = { locate: () => new Promise<WalChunk>(() => undefined) };
+  const running = sendWal(options({ endWatch, writer, signal: controller.signal, source: neverSource, prefetchSource: fakeSource, keepaliveIntervalMs: 20 }));
+  await writer.waitForSent((entry) => entry.kind === 'message');
+  controller.abort();
+  const end = await running;
+  assert.equal(end.kind, 'aborted');
+  assert.equal(end.sentLsn, 0x100010n);
+});

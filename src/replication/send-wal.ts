@@ -6,7 +6,10 @@
  * backend, advance. While idle it sends a keepalive that asks for a reply every `keepaliveIntervalMs`, or ends
  * the stream when the replica has caught up and nothing writes the timeline any more. While busy it asks for a
  * reply once half of the replica timeout passed without one, so that a replica which replies only when asked
- * (pg_receivewal -s 0) is not timed out during a long catch-up. Encoding the protocol is done here; moving bytes
+ * (pg_receivewal -s 0) is not timed out during a long catch-up. While it waits for storage (a segment fetched from
+ * object storage can take seconds: ranged GETs, retries), it keeps sending reply-requesting keepalives on the idle
+ * schedule, so neither the replica's wal_receiver_timeout nor walcast's --replica-timeout ends the stream during a
+ * slow GET (walsender.c keeps its keepalive schedule while WALRead waits, too). Encoding the protocol is done here; moving bytes
  * is the backend's job, so nothing below depends on which backend runs.
  *
  * It does not read the socket: the reply reader does, concurrently, and stops this loop through `signal`.
@@ -131,62 +134,145 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
   let sentThisTurnBytes = 0;
   // Recovery streams end at the flush LSN as it is when they start, as the seed's stop_pos.
   const stopLsn = options.stopAtEnd ? endWatch.get() : undefined;
+  // While storage is awaited: walEnd is the sent position, as in the busy case below.
+  const storageWaits = new StorageWaits(idleWaitMs, signal, async () => {
+    replyRequests.asked();
+    await options.writer.sendMessage(encodeKeepalive(sentLsn, pgNowMicros(), true));
+  });
+  try {
+    return await streamLoop();
+  } finally {
+    storageWaits.close();
+  }
 
-  while (!signal.aborted) {
-    if (stopLsn !== undefined && sentLsn >= stopLsn) {
-      return { kind: 'recovery_finished', sentLsn, message: `ending streaming to ${options.replicaName} at ${formatLsn(sentLsn)}, recovery finished` };
-    }
-    if (reachedTimelineEnd(options, sentLsn)) return { kind: 'timeline_end', sentLsn };
-    let endLsn = endWatch.get();
-    if (endLsn <= sentLsn) {
-      options.publishClock?.waiting(sentLsn);
-      const advanced = await endWatch.waitBeyond(sentLsn, idleWaitMs, signal);
-      if (signal.aborted) break;
-      if (advanced === undefined) {
-        if (options.shouldStop(sentLsn)) {
-          // A contract: Neon's pageserver matches "ending streaming" with SQLSTATE 00000 as a clean end.
-          return { kind: 'caught_up', sentLsn, message: `ending streaming to ${options.replicaName} at ${formatLsn(sentLsn)}, receiver is caughtup and there is no computes` };
-        }
-        replyRequests.asked();
-        await options.writer.sendMessage(encodeKeepalive(endWatch.get(), pgNowMicros(), true));
-        sentThisTurnBytes = 0;
-        continue;
+  async function streamLoop(): Promise<SendWalEnd> {
+    while (!signal.aborted) {
+      if (stopLsn !== undefined && sentLsn >= stopLsn) {
+        return { kind: 'recovery_finished', sentLsn, message: `ending streaming to ${options.replicaName} at ${formatLsn(sentLsn)}, recovery finished` };
       }
-      endLsn = advanced;
+      if (reachedTimelineEnd(options, sentLsn)) return { kind: 'timeline_end', sentLsn };
+      let endLsn = endWatch.get();
+      if (endLsn <= sentLsn) {
+        options.publishClock?.waiting(sentLsn);
+        const advanced = await endWatch.waitBeyond(sentLsn, idleWaitMs, signal);
+        if (signal.aborted) break;
+        if (advanced === undefined) {
+          if (options.shouldStop(sentLsn)) {
+            // A contract: Neon's pageserver matches "ending streaming" with SQLSTATE 00000 as a clean end.
+            return { kind: 'caught_up', sentLsn, message: `ending streaming to ${options.replicaName} at ${formatLsn(sentLsn)}, receiver is caughtup and there is no computes` };
+          }
+          replyRequests.asked();
+          await options.writer.sendMessage(encodeKeepalive(endWatch.get(), pgNowMicros(), true));
+          sentThisTurnBytes = 0;
+          continue;
+        }
+        endLsn = advanced;
+      }
+      if (replyRequests.due(Date.now())) {
+        // walsender.c WalSndKeepalive: a keepalive's walEnd is the sent position. It follows the chunks already
+        // handed to the backend on the same stream, so it can never land inside a frame.
+        replyRequests.asked();
+        await options.writer.sendMessage(encodeKeepalive(sentLsn, pgNowMicros(), true));
+      }
+      if (stopLsn !== undefined && endLsn > stopLsn) endLsn = stopLsn;
+      // Read after the end watch: a switch is recorded before any WAL past it is published (Timeline.switchPgTimeline).
+      const timelineEndLsn = options.timelineEnd?.();
+      if (timelineEndLsn !== undefined && endLsn > timelineEndLsn) endLsn = timelineEndLsn;
+      if (endLsn <= sentLsn) continue;
+      const wantedEnd = decideChunkEnd(sentLsn, endLsn, segmentBytes);
+      if ((await storageWaits.wait(prefetcher.ensureCached(sentLsn, endLsn))) === STREAM_ABORTED) break;
+      // Storage may return less than asked, only where a segment file ends early: the bytes it has are sent, and the
+      // next locate (at the file's end) throws the error that names the segment and offset.
+      const chunk = await storageWaits.wait(options.source.locate(sentLsn, wantedEnd));
+      if (chunk === STREAM_ABORTED) break;
+      const chunkBytes = chunk.byteCount;
+      assert.ok(chunkBytes > 0 && chunkBytes <= lsnDistance(wantedEnd, sentLsn), 'storage returned a chunk inside the range asked for');
+      const chunkEnd = sentLsn + BigInt(chunkBytes);
+      await verifyChunk(options, header, chunk, sentLsn);
+      // walEnd is always the current end (never 0/0: Neon #3972, reconnect storms on some clients).
+      writeXLogDataHeader(header, sentLsn, endWatch.get(), pgNowMicros(), chunkBytes);
+      await options.writer.sendChunk(header, chunk);
+      sentLsn = chunkEnd;
+      reportWhenWritten(options, chunkEnd);
+      options.onSent(sentLsn, chunkBytes + XLOG_DATA_HEADER_BYTES);
+      sentThisTurnBytes += chunkBytes;
+      if (sentThisTurnBytes >= SEND_BUDGET_PER_TURN_BYTES) {
+        sentThisTurnBytes = 0;
+        await yieldToEventLoop();
+      }
     }
-    if (replyRequests.due(Date.now())) {
-      // walsender.c WalSndKeepalive: a keepalive's walEnd is the sent position. It follows the chunks already
-      // handed to the backend on the same stream, so it can never land inside a frame.
-      replyRequests.asked();
-      await options.writer.sendMessage(encodeKeepalive(sentLsn, pgNowMicros(), true));
+    return { kind: 'aborted', sentLsn };
+  }
+}
+
+const STREAM_ABORTED = Symbol('stream aborted');
+
+/**
+ * Awaits storage steps while keeping the stream alive. A fetch from object storage can take seconds (ranged GETs,
+ * retries); while one is pending, a keepalive asking for a reply goes out at least every `intervalMs`, as when
+ * idle. Local reads settle in microseconds, so a wait costs no timer of its own: one ticker per stream (started at
+ * the first wait, every half interval) looks at the wait in progress, and one abort listener per stream ends a wait
+ * at once when the stream is aborted (the storage step then finishes on its own; its failure is of no interest, the
+ * caller closes the reader, and a racing open closes its own file).
+ */
+class StorageWaits {
+  private readonly intervalMs: number;
+  private readonly signal: AbortSignal;
+  private readonly keepalive: () => Promise<void>;
+  private ticker: NodeJS.Timeout | undefined;
+  /** While a wait is in progress: when it started or last sent a keepalive, and how to end it on abort. */
+  private current: { lastSentAtMs: number; escape: (aborted: typeof STREAM_ABORTED) => void } | undefined;
+  /** A keepalive sent by the ticker that has not completed; a wait returns only after it. */
+  private sending: Promise<void> | undefined;
+  private readonly onAbort = (): void => this.current?.escape(STREAM_ABORTED);
+
+  constructor(intervalMs: number, signal: AbortSignal, keepalive: () => Promise<void>) {
+    this.intervalMs = intervalMs;
+    this.signal = signal;
+    this.keepalive = keepalive;
+    signal.addEventListener('abort', this.onAbort, { once: true });
+  }
+
+  async wait<T>(work: Promise<T>): Promise<T | typeof STREAM_ABORTED> {
+    assert.ok(this.current === undefined, 'one storage wait at a time per stream');
+    if (this.signal.aborted) {
+      work.catch(() => undefined);
+      return STREAM_ABORTED;
     }
-    if (stopLsn !== undefined && endLsn > stopLsn) endLsn = stopLsn;
-    // Read after the end watch: a switch is recorded before any WAL past it is published (Timeline.switchPgTimeline).
-    const timelineEndLsn = options.timelineEnd?.();
-    if (timelineEndLsn !== undefined && endLsn > timelineEndLsn) endLsn = timelineEndLsn;
-    if (endLsn <= sentLsn) continue;
-    const wantedEnd = decideChunkEnd(sentLsn, endLsn, segmentBytes);
-    await prefetcher.ensureCached(sentLsn, endLsn);
-    // Storage may return less than asked, only where a segment file ends early: the bytes it has are sent, and the
-    // next locate (at the file's end) throws the error that names the segment and offset.
-    const chunk = await options.source.locate(sentLsn, wantedEnd);
-    const chunkBytes = chunk.byteCount;
-    assert.ok(chunkBytes > 0 && chunkBytes <= lsnDistance(wantedEnd, sentLsn), 'storage returned a chunk inside the range asked for');
-    const chunkEnd = sentLsn + BigInt(chunkBytes);
-    await verifyChunk(options, header, chunk, sentLsn);
-    // walEnd is always the current end (never 0/0: Neon #3972, reconnect storms on some clients).
-    writeXLogDataHeader(header, sentLsn, endWatch.get(), pgNowMicros(), chunkBytes);
-    await options.writer.sendChunk(header, chunk);
-    sentLsn = chunkEnd;
-    reportWhenWritten(options, chunkEnd);
-    options.onSent(sentLsn, chunkBytes + XLOG_DATA_HEADER_BYTES);
-    sentThisTurnBytes += chunkBytes;
-    if (sentThisTurnBytes >= SEND_BUDGET_PER_TURN_BYTES) {
-      sentThisTurnBytes = 0;
-      await yieldToEventLoop();
+    this.ticker ??= setInterval(() => this.tick(), Math.max(1, Math.floor(this.intervalMs / 2)));
+    let escape: (aborted: typeof STREAM_ABORTED) => void = () => undefined;
+    const escaped = new Promise<typeof STREAM_ABORTED>((resolve) => (escape = resolve));
+    this.current = { lastSentAtMs: Date.now(), escape };
+    try {
+      const result = await Promise.race([work, escaped]);
+      if (result === STREAM_ABORTED) work.catch(() => undefined);
+      return result;
+    } finally {
+      this.current = undefined;
+      // Keep the stream's frames in order: the loop's next send goes after the keepalive, never beside it.
+      if (this.sending !== undefined) await this.sending;
     }
   }
-  return { kind: 'aborted', sentLsn };
+
+  /** Every half interval: a keepalive when the wait in progress has gone half an interval without one. */
+  private tick(): void {
+    const current = this.current;
+    if (current === undefined || this.sending !== undefined) return;
+    const now = Date.now();
+    if (now - current.lastSentAtMs < this.intervalMs / 2) return;
+    current.lastSentAtMs = now;
+    // A failed send fails the stream's next send too, which reports it; nothing to do with it here.
+    this.sending = this.keepalive()
+      .catch(() => undefined)
+      .finally(() => {
+        this.sending = undefined;
+      });
+  }
+
+  close(): void {
+    clearInterval(this.ticker);
+    this.signal.removeEventListener('abort', this.onAbort);
+  }
 }
 
 /** Asks the backend to tell the publish clock when the chunk ending at `chunkEnd` is written, if that completes a publish. */
