@@ -340,7 +340,8 @@ function registerOffloadMetrics(registry: Registry, eachTimeline: EachTimeline, 
   perTimelineCounter('walcast_remote_bytes_fetched_total', 'Bytes of WAL read back from object storage.', (status) => status.remoteReads?.bytesFetched ?? 0);
   perTimelineCounter('walcast_remote_fetch_seconds_total', 'Time spent fetching segments from object storage (divide by fetched segments for the mean latency).', (status) => (status.remoteReads?.fetchMsTotal ?? 0) / 1000);
   perTimelineCounter('walcast_remote_cache_hits_total', 'Reads of offloaded segments served from the local cache without a fetch.', (status) => status.remoteReads?.cacheHits ?? 0);
-  perTimelineCounter('walcast_remote_fetch_errors_total', 'Failed GETs from object storage (retried) and failed segment fetches.', (status) => status.remoteReads?.fetchErrors ?? 0);
+  perTimelineCounter('walcast_remote_fetch_errors_total', 'Segment fetches from object storage that failed for good (after the retries); each ended the streams that needed the segment.', (status) => status.remoteReads?.fetchErrors ?? 0);
+  perTimelineCounter('walcast_remote_get_retries_total', 'GETs from object storage that failed and were retried.', (status) => status.remoteReads?.getRetries ?? 0);
 }
 
 /**

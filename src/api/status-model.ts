@@ -187,6 +187,7 @@ function offloadDocument(status: OffloadStatus): Record<string, unknown> {
             fetch_seconds_total: status.remoteReads.fetchMsTotal / MS_PER_SECOND,
             cache_hits: status.remoteReads.cacheHits,
             fetch_errors: status.remoteReads.fetchErrors,
+            get_retries: status.remoteReads.getRetries,
           },
   };
 }

@@ -8,11 +8,14 @@
  * REMOTE_FETCHES_IN_FLIGHT_MAX downloads at once, memory of one range per download, and the directory's size capped
  * (least recently used segments are unlinked first; a reader that has one open keeps reading it, as Linux keeps an
  * unlinked open file). A segment the store does not have ends the reader's stream with 58P01, and a log line
- * names the object.
+ * names the object. Any other failure is retried (REMOTE_GET_ATTEMPTS_MAX per range, doubling pauses, on top of the
+ * SDK's own few attempts); when it persists, the fetch rejects with WALCAST_ERR_REMOTE_STORAGE (XX000) naming the
+ * object, which ends only the streams that need this segment with an ErrorResponse.
  */
 import assert from 'node:assert/strict';
 import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { WalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { failpoint } from '../failpoints.js';
 import { segmentFileName } from '../storage/segment-name.js';
@@ -39,7 +42,10 @@ export interface RemoteReadStats {
   bytesFetched: number;
   fetchMsTotal: number;
   cacheHits: number;
+  /** Segment fetches that failed for good (after REMOTE_GET_ATTEMPTS_MAX attempts of a range). */
   fetchErrors: number;
+  /** Failed GETs that were retried (each also logged as a warning). */
+  getRetries: number;
 }
 
 export interface SegmentCacheOptions {
@@ -53,7 +59,7 @@ export interface SegmentCacheOptions {
 }
 
 export class SegmentCache implements RemoteSegmentSource {
-  readonly stats: RemoteReadStats = { segmentsFetched: 0, bytesFetched: 0, fetchMsTotal: 0, cacheHits: 0, fetchErrors: 0 };
+  readonly stats: RemoteReadStats = { segmentsFetched: 0, bytesFetched: 0, fetchMsTotal: 0, cacheHits: 0, fetchErrors: 0, getRetries: 0 };
   /** Cached segment files, least recently used first (Map keeps insertion order; a hit re-inserts). */
   private readonly cached = new Map<bigint, string>();
   private readonly downloads = new Map<bigint, Promise<string | undefined>>();
@@ -90,34 +96,47 @@ export class SegmentCache implements RemoteSegmentSource {
 
   private async download(segno: bigint): Promise<string | undefined> {
     await this.acquireSlot();
+    try {
+      return await this.downloadInSlot(segno);
+    } finally {
+      this.releaseSlot();
+    }
+  }
+
+  private async downloadInSlot(segno: bigint): Promise<string | undefined> {
     const { store, keys, segmentBytes, pgTimelineId, dir } = this.options;
     const name = segmentFileName(pgTimelineId, segno, segmentBytes);
     const key = store.key(segmentKey(keys, pgTimelineId, segno, segmentBytes));
     const startedMs = Date.now();
     const tempPath = join(dir, `${name}.download`);
-    const handle = await open(tempPath, 'w');
     try {
-      for (let position = 0; position < segmentBytes; position += REMOTE_GET_RANGE_BYTES) {
-        const length = Math.min(REMOTE_GET_RANGE_BYTES, segmentBytes - position);
-        const bytes = await this.getWithRetries(key, position, length);
-        if (bytes.length !== length) throw new Error(`object ${key} returned ${bytes.length} bytes at ${position}, expected ${length}`);
-        await handle.write(bytes, 0, length, position);
+      const handle = await open(tempPath, 'w');
+      try {
+        for (let position = 0; position < segmentBytes; position += REMOTE_GET_RANGE_BYTES) {
+          const length = Math.min(REMOTE_GET_RANGE_BYTES, segmentBytes - position);
+          const bytes = await this.getWithRetries(key, position, length);
+          if (bytes.length !== length) throw new Error(`object ${key} returned ${bytes.length} bytes at ${position}, expected ${length}`);
+          await handle.write(bytes, 0, length, position);
+        }
+      } finally {
+        await handle.close();
       }
     } catch (error) {
-      await handle.close();
       await unlink(tempPath).catch(() => undefined);
-      this.releaseSlot();
       if (error instanceof ObjectNotFoundError) {
         this.options.log.error({ object: key, segment: name }, 'WAL segment is neither on local disk nor in object storage');
         return undefined;
       }
+      // Permanent after the retries (or a local write failure): the streams reading this segment end with an
+      // ErrorResponse (XX000) that names the object; other streams, and a later attempt at this one, go on.
       this.stats.fetchErrors++;
-      throw error;
+      this.options.log.error({ err: error, object: key, segment: name }, 'reading WAL segment from object storage failed');
+      throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `could not read WAL segment ${name} from object storage (object ${key}): ${(error as Error).message}`, {
+        cause: error,
+      });
     }
-    await handle.close();
     const path = join(dir, name);
     await rename(tempPath, path);
-    this.releaseSlot();
     this.stats.segmentsFetched++;
     this.stats.bytesFetched += segmentBytes;
     this.stats.fetchMsTotal += Date.now() - startedMs;
@@ -134,7 +153,7 @@ export class SegmentCache implements RemoteSegmentSource {
         return bytes;
       } catch (error) {
         if (error instanceof ObjectNotFoundError || attempt >= REMOTE_GET_ATTEMPTS_MAX) throw error;
-        this.stats.fetchErrors++;
+        this.stats.getRetries++;
         this.options.log.warn({ err: error, object: key, attempt }, 'object storage GET failed; retrying');
         await new Promise((resolve) => setTimeout(resolve, REMOTE_GET_RETRY_DELAY_MS * 2 ** (attempt - 1)));
       }
