@@ -130,3 +130,125 @@ describe('uploads and reads through a failing store', { timeout: 300_000 }, () =
     assert.equal(cache.stats.segmentsFetched, 1);
   });
 });
+
+describe('streams of offloaded WAL through a slow or failing store (real primary, restored walcast)', { timeout: 900_000 }, () => {
+  const SEGMENT_BYTES = MIB;
+  /** Segments offloaded before the restore: the restored walcast holds only the last one locally. */
+  const OFFLOADED_SEGMENTS = 10;
+  /** walcast's --replica-timeout for the restored server: shorter than one slow GET. */
+  const REPLICA_TIMEOUT_MS = 2000;
+  const SLOW_GET_MS = 3000;
+  let primary: PgCluster;
+  let restoredDir: string;
+  let tenantId: string;
+  let timelineId: string;
+  let firstLsn: Lsn;
+  let backupLsn: Lsn;
+  const proxied = (): RemoteStorageConfig => parseRemoteStorageUrl(`s3://${TEST_BUCKET}/live`, { endpoint: proxy.endpoint });
+
+  before(async () => {
+    primary = await startPrimary({ walSegmentMb: 1, extraConf: { wal_keep_size: '1GB' } });
+    await primary.sql('CREATE TABLE faults_filler (id int, pad text) WITH (autovacuum_enabled = off)');
+    const dataDir = await makeTempDir('walcast-faults-origin');
+    await createFollowingTimeline({ dataDir, upstream: `host=127.0.0.1 port=${primary.port} user=repl`, password: undefined, log: silentLogger() });
+    const origin: RunningWalcast = await startWalcast({ dataDir, remoteStorage: parseRemoteStorageUrl(`s3://${TEST_BUCKET}/live`, { endpoint: s3.endpoint }) });
+    try {
+      const [timeline] = origin.server.timelines.list();
+      assert.ok(timeline !== undefined);
+      ({ tenantId, timelineId } = timeline);
+      firstLsn = timeline.timelineStartLsn;
+      const target = firstLsn + BigInt(OFFLOADED_SEGMENTS * SEGMENT_BYTES);
+      while (parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()')) < target) {
+        await primary.sql("INSERT INTO faults_filler SELECT g, repeat('x', 1000) FROM generate_series(1, 600) g");
+        await primary.sql('SELECT pg_switch_wal()');
+      }
+      const uploader = origin.server.offload?.uploader(tenantId, timelineId);
+      assert.ok(uploader !== undefined);
+      await until(() => uploader.backupLsn >= target, 'the origin walcast offloaded the WAL');
+      backupLsn = uploader.backupLsn;
+    } finally {
+      await origin.stop();
+    }
+    restoredDir = await makeTempDir('walcast-faults-restored');
+    const restore = await runWalcastCli([
+      'timeline', 'restore', '--data-dir', restoredDir, '--remote-storage', `s3://${TEST_BUCKET}/live`, '--remote-storage-endpoint', s3.endpoint,
+      '--tenant-id', tenantId, '--timeline-id', timelineId,
+    ]);
+    assert.equal(restore.code, 0, restore.stderr);
+  }, { timeout: 600_000 });
+
+  after(async () => {
+    await primary?.stop({ mode: 'immediate' });
+  });
+
+  /** A pg_receivewal directory that makes it start at `segno`: a zeroed full-size .partial (receivelog.c FindStreamingStart). */
+  async function receiveDirFrom(segno: bigint): Promise<string> {
+    const dir = await makeTempDir('faults-receivewal');
+    await writeFile(join(dir, `${segmentFileName(1, segno, SEGMENT_BYTES)}.partial`), Buffer.alloc(SEGMENT_BYTES));
+    return dir;
+  }
+
+  async function assertSameAsPrimary(dir: string, from: Lsn, to: Lsn): Promise<number> {
+    let compared = 0;
+    for (let segno = from / BigInt(SEGMENT_BYTES); segmentStartLsn(segno, SEGMENT_BYTES) < to; segno++) {
+      const name = segmentFileName(1, segno, SEGMENT_BYTES);
+      const difference = firstDifference(await readFile(join(dir, name)), await readFile(join(primary.walDir, name)));
+      assert.equal(difference, -1, `${name} differs from the primary's at ${difference}`);
+      compared++;
+    }
+    return compared;
+  }
+
+  test(`GETs slower (${SLOW_GET_MS} ms) than the ${REPLICA_TIMEOUT_MS} ms replica timeout: pg_receivewal -s 0 keeps its stream and receives old WAL byte-identical`, async (t) => {
+    const walcast = await startWalcast({ dataDir: restoredDir, remoteStorage: proxied(), replicaTimeoutMs: REPLICA_TIMEOUT_MS });
+    const slow = proxy.inject({ method: 'GET', pathIncludes: `/${timelineId}/00000001`, delayMs: SLOW_GET_MS, times: Number.POSITIVE_INFINITY });
+    try {
+      const [timeline] = walcast.server.timelines.list();
+      assert.ok(timeline !== undefined && timeline.timelineStartLsn > firstLsn + 3n * BigInt(SEGMENT_BYTES), 'the WAL asked for is not on local disk');
+      const endLsn = firstLsn + 3n * BigInt(SEGMENT_BYTES);
+      const dir = await receiveDirFrom(firstLsn / BigInt(SEGMENT_BYTES));
+      // -s 0: pg_receivewal answers only when asked, so only walcast's keepalives keep the stream within its timeout.
+      const result = await runReceiveWal({ port: walcast.port, dir, endpos: formatLsn(endLsn), extraArgs: ['-s', '0'], timeoutMs: 300_000 });
+      assert.equal(result.code, 0, result.stderr);
+      assert.doesNotMatch(result.stderr, /timeout/i);
+      const compared = await assertSameAsPrimary(dir, firstLsn, endLsn);
+      assert.ok(slow.hits >= 3, `the slow GETs happened (${slow.hits})`);
+      const reads = walcast.server.offload?.cache(tenantId, timelineId)?.stats;
+      t.diagnostic(`${compared} segments byte-identical through ${slow.hits} GETs delayed ${SLOW_GET_MS} ms each; remote reads ${JSON.stringify(reads)}`);
+    } finally {
+      slow.remove();
+      await walcast.stop();
+    }
+  });
+
+  test('a segment whose GETs always fail ends that stream with an ErrorResponse naming the object; a concurrent stream of local WAL completes byte-identical', async (t) => {
+    const walcast = await startWalcast({ dataDir: restoredDir, remoteStorage: proxied(), replicaTimeoutMs: REPLICA_TIMEOUT_MS });
+    const broken = segmentFileName(1, firstLsn / BigInt(SEGMENT_BYTES), SEGMENT_BYTES);
+    const failing = proxy.inject({ method: 'GET', pathIncludes: `/${timelineId}/${broken}`, status: 500, times: Number.POSITIVE_INFINITY });
+    try {
+      const [timeline] = walcast.server.timelines.list();
+      assert.ok(timeline !== undefined);
+      const localStart = timeline.timelineStartLsn;
+      assert.ok(localStart < backupLsn + BigInt(SEGMENT_BYTES) && localStart > firstLsn);
+      const localEnd = localStart + BigInt(SEGMENT_BYTES);
+      const [remote, local] = await Promise.all([
+        runReceiveWal({ port: walcast.port, dir: await receiveDirFrom(firstLsn / BigInt(SEGMENT_BYTES)), endpos: formatLsn(firstLsn + BigInt(SEGMENT_BYTES)), extraArgs: ['-s', '0'], timeoutMs: 300_000 }),
+        (async () => {
+          const dir = await receiveDirFrom(localStart / BigInt(SEGMENT_BYTES));
+          return { dir, result: await runReceiveWal({ port: walcast.port, dir, endpos: formatLsn(localEnd), extraArgs: ['-s', '0'], timeoutMs: 300_000 }) };
+        })(),
+      ]);
+      assert.notEqual(remote.code, 0, 'the stream of the broken segment failed');
+      assert.match(remote.stderr, new RegExp(`ERROR: +could not read WAL segment ${broken} from object storage \\(object [^)]*${broken}\\)`));
+      assert.equal(local.result.code, 0, local.result.stderr);
+      await assertSameAsPrimary(local.dir, localStart, localEnd);
+      assert.ok(failing.hits >= 5, `the failing GETs were retried (${failing.hits} requests)`);
+      const reads = walcast.server.offload?.cache(tenantId, timelineId)?.stats;
+      assert.ok(reads !== undefined && reads.fetchErrors >= 1 && reads.getRetries >= 1, JSON.stringify(reads));
+      t.diagnostic(`remote stream: ${remote.stderr.trim().split('\n').filter((line) => /ERROR/.test(line)).join(' | ')}; ${failing.hits} failed GETs; ${JSON.stringify(reads)}`);
+    } finally {
+      failing.remove();
+      await walcast.stop();
+    }
+  });
+});
