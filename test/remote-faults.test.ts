@@ -14,6 +14,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createOperationsMetrics } from '../src/api/metrics.js';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
@@ -214,6 +215,14 @@ describe('streams of offloaded WAL through a slow or failing store (real primary
       const compared = await assertSameAsPrimary(dir, firstLsn, endLsn);
       assert.ok(slow.hits >= 3, `the slow GETs happened (${slow.hits})`);
       const reads = walcast.server.offload?.cache(tenantId, timelineId)?.stats;
+      assert.ok(timeline.walBytesServed.remote >= Number(endLsn - firstLsn), `served from object storage: ${JSON.stringify(timeline.walBytesServed)}`);
+      assert.equal(timeline.walBytesServed.local, 0, 'none of it came from local disk');
+      const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'test' });
+      metrics.bindTimelines(walcast.server.timelines);
+      const { body } = await metrics.render();
+      const served = (source: string): number => Number(new RegExp(`^walcast_wal_bytes_served_total\\{[^}]*source="${source}"\\} (\\S+)$`, 'm').exec(body)?.[1] ?? Number.NaN);
+      assert.equal(served('remote'), timeline.walBytesServed.remote);
+      assert.equal(served('local'), 0);
       t.diagnostic(`${compared} segments byte-identical through ${slow.hits} GETs delayed ${SLOW_GET_MS} ms each; remote reads ${JSON.stringify(reads)}`);
     } finally {
       slow.remove();
@@ -242,6 +251,7 @@ describe('streams of offloaded WAL through a slow or failing store (real primary
       assert.match(remote.stderr, new RegExp(`ERROR: +could not read WAL segment ${broken} from object storage \\(object [^)]*${broken}\\)`));
       assert.equal(local.result.code, 0, local.result.stderr);
       await assertSameAsPrimary(local.dir, localStart, localEnd);
+      assert.ok(timeline.walBytesServed.local >= Number(localEnd - localStart), `served from local disk: ${JSON.stringify(timeline.walBytesServed)}`);
       assert.ok(failing.hits >= 5, `the failing GETs were retried (${failing.hits} requests)`);
       const reads = walcast.server.offload?.cache(tenantId, timelineId)?.stats;
       assert.ok(reads !== undefined && reads.fetchErrors >= 1 && reads.getRetries >= 1, JSON.stringify(reads));

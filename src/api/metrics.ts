@@ -231,6 +231,19 @@ function registerTotals(registry: Registry, eachTimeline: EachTimeline, io: { re
     },
   });
   new Counter({
+    name: 'walcast_wal_bytes_served_total',
+    help: 'WAL bytes sent to replicas, by where the segment was read: local disk, or object storage (remote, through the fetched-segment cache).',
+    labelNames: [...TIMELINE_LABELS, 'source'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachTimeline((timeline) => {
+        this.inc({ ...timelineLabels(timeline), source: 'local' }, timeline.walBytesServed.local);
+        this.inc({ ...timelineLabels(timeline), source: 'remote' }, timeline.walBytesServed.remote);
+      });
+    },
+  });
+  new Counter({
     name: 'walcast_wal_corruption_detected_total',
     help: 'Stored WAL pages found corrupted (failed their page checksum) before being sent; each counted once per detection.',
     labelNames: [...TIMELINE_LABELS],

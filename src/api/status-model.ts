@@ -124,6 +124,7 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
     // Neon's name for "everything before this is in object storage".
     backup_lsn: offload === undefined ? null : formatLsn(offload.backupLsn),
     offload: offload === undefined ? null : offloadDocument(offload),
+    wal_bytes_served: { local: timeline.walBytesServed.local, remote: timeline.walBytesServed.remote },
     pg_timeline_id: timeline.pgTimelineId,
     has_writer: timeline.hasWriter(),
     slots: slotsStatus(timeline, retention),

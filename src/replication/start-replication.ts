@@ -204,6 +204,10 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       replicaTimeoutMs: context.replicaTimeoutMs,
       lastReplyAtMs: () => reader.lastMessageAt(),
       onSent: (lsn, bytes) => {
+        // The send reader's open segment is still the one this chunk came from: the next locate comes after.
+        const served = timeline.walBytesServed;
+        if (source.locatedRemote) served.remote += Number(lsn - sentLsn);
+        else served.local += Number(lsn - sentLsn);
         sentLsn = lsn;
         replica.setSentLsn(lsn);
         replica.addBytesSent(bytes);

@@ -68,6 +68,8 @@ interface OpenSegment {
   /** The file's size when last looked at; looked at again only when a range reaches past it. */
   bytes: number;
   readonly unpin: () => void;
+  /** Read back from object storage (a cache file), not a segment of the timeline's directory. */
+  readonly remote: boolean;
 }
 
 /** PostgreSQL's message when a start is past the end (walsender.c StartReplication); SQLSTATE XX000. */
@@ -161,6 +163,11 @@ export class WalReader {
     return filled;
   }
 
+  /** Whether the segment of the last located chunk was read back from object storage (bytes-served accounting). */
+  get locatedRemote(): boolean {
+    return this.current?.remote === true;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     const segments = [this.previous, this.current];
@@ -209,7 +216,7 @@ export class WalReader {
     if (path === undefined) throw this.removedError(lsn);
     const handle = await open(path, 'r');
     const info = await handle.stat();
-    return { segno, name: this.segmentName(segno), handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size, unpin: noUnpin };
+    return { segno, name: this.segmentName(segno), handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size, unpin: noUnpin, remote: true };
   }
 
   private async openPinned(segno: bigint, lsn: Lsn, unpin: () => void): Promise<OpenSegment> {
@@ -219,7 +226,7 @@ export class WalReader {
       try {
         const handle = await open(path, 'r');
         const info = await handle.stat();
-        return { segno, name, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size, unpin };
+        return { segno, name, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size, unpin, remote: false };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
       }

@@ -67,6 +67,12 @@ export class Timeline implements TimelineIdentity {
   storageProblems: readonly TimelineProblem[] = [];
   /** Live ingest's state as its follower last reported it (src/ingest), and why when paused; undefined without ingest. */
   ingestState: { readonly state: string; readonly reason: string | undefined } | undefined;
+  /**
+   * WAL bytes sent to replicas, by where the segment was read: local disk, or object storage (through the fetched
+   * segment cache). Message headers are not counted. Status API `wal_bytes_served`, /metrics
+   * walcast_wal_bytes_served_total{source}.
+   */
+  readonly walBytesServed: { local: number; remote: number } = { local: 0, remote: 0 };
   /** How often ingest entered each state, for the state-change metric. */
   readonly ingestStateChanges = new Map<string, number>();
   private persistedFlushLsnValue: Lsn;
