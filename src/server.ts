@@ -209,6 +209,8 @@ export class WalcastServer {
       .then(async (opened) => {
         for (const timeline of opened) {
           await this.ingest?.follow(timeline);
+          // Offload before retention, as at start: retention then keeps every segment not yet in the bucket.
+          await this.offload?.add(timeline);
           await this.retention?.add(timeline);
         }
         this.lastScanError = undefined;

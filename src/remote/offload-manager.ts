@@ -4,6 +4,7 @@
  * imports the timeline layer above it. The backup LSN is persisted through the timeline's ControlFileWriter, the one
  * writer of walcast.control while the server runs, so it never races ingest's or retention's writes.
  */
+import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
@@ -32,6 +33,11 @@ export interface OffloadTimeline {
 
 export interface OffloadHandle {
   readonly store: ObjectStore;
+  /**
+   * Starts offload (an uploader, and read-back through a segment cache) for a timeline opened while serving, before
+   * its retention starts: retention then keeps everything from its backup LSN on. Adding one twice does nothing.
+   */
+  add(timeline: OffloadTimeline): Promise<void>;
   uploader(tenantId: string, timelineId: string): SegmentUploader | undefined;
   /** Upload and read-back figures of a timeline for the status API and /metrics. */
   status(tenantId: string, timelineId: string): OffloadStatus | undefined;
@@ -56,7 +62,19 @@ export interface StartOffloadOptions {
 export async function startOffload(options: StartOffloadOptions): Promise<OffloadHandle> {
   const uploaders = new Map<string, SegmentUploader>();
   const caches = new Map<string, SegmentCache>();
-  for (const timeline of options.timelines) {
+  let stopped = false;
+  /** Adds in progress, so that a remove of the same timeline waits for its add and then undoes it. */
+  const adding = new Map<string, Promise<void>>();
+  const add = async (timeline: OffloadTimeline): Promise<void> => {
+    const id = `${timeline.tenantId}/${timeline.timelineId}`;
+    const running = adding.get(id) ?? addNow(timeline).finally(() => adding.delete(id));
+    adding.set(id, running);
+    await running;
+  };
+  const addNow = async (timeline: OffloadTimeline): Promise<void> => {
+    const id = `${timeline.tenantId}/${timeline.timelineId}`;
+    assert.ok(!stopped, 'no timeline is added to a stopped offload');
+    if (uploaders.has(id)) return;
     const cache = new SegmentCache({
       store: options.store,
       keys: timeline,
@@ -66,8 +84,6 @@ export async function startOffload(options: StartOffloadOptions): Promise<Offloa
       log: options.log.child({ tenant: timeline.tenantId, timeline: timeline.timelineId, component: 'remote-read' }),
       ...(options.cacheBytesMax === undefined ? {} : { cacheBytesMax: options.cacheBytesMax }),
     });
-    caches.set(`${timeline.tenantId}/${timeline.timelineId}`, cache);
-    timeline.remoteSegments = cache;
     const control = await timeline.controlFile.read();
     // Segments before the local start are gone (removed before offload was turned on): they cannot be uploaded.
     const backupLsn = maxLsn(control.backupLsn ?? timeline.timelineStartLsn, timeline.timelineStartLsn);
@@ -92,12 +108,21 @@ export async function startOffload(options: StartOffloadOptions): Promise<Offloa
       },
       log: options.log.child({ tenant: timeline.tenantId, timeline: timeline.timelineId, component: 'offload' }),
     });
-    uploaders.set(`${timeline.tenantId}/${timeline.timelineId}`, uploader);
+    // A stop (or a second add) may have come while the control file was read.
+    if (stopped || uploaders.has(id)) return;
+    caches.set(id, cache);
+    timeline.remoteSegments = cache;
+    uploaders.set(id, uploader);
     uploader.start();
-  }
+  };
+  for (const timeline of options.timelines) await add(timeline);
   options.log.info({ timelines: uploaders.size, store: options.store.description }, 'WAL offload to object storage started');
   return {
     store: options.store,
+    add: async (timeline) => {
+      await add(timeline);
+      options.log.info({ tenant: timeline.tenantId, timeline: timeline.timelineId, store: options.store.description }, 'WAL offload started for a new timeline');
+    },
     uploader: (tenantId, timelineId) => uploaders.get(`${tenantId}/${timelineId}`),
     cache: (tenantId, timelineId) => caches.get(`${tenantId}/${timelineId}`),
     status: (tenantId, timelineId) => {
@@ -106,6 +131,7 @@ export async function startOffload(options: StartOffloadOptions): Promise<Offloa
     },
     remove: async (tenantId, timelineId) => {
       const key = `${tenantId}/${timelineId}`;
+      await adding.get(key);
       const uploader = uploaders.get(key);
       uploaders.delete(key);
       caches.delete(key);
@@ -113,6 +139,7 @@ export async function startOffload(options: StartOffloadOptions): Promise<Offloa
       await rm(join(options.cacheRoot, tenantId, timelineId), { recursive: true, force: true });
     },
     stop: async () => {
+      stopped = true;
       await Promise.all([...uploaders.values()].map((uploader) => uploader.close()));
       options.store.close();
     },
