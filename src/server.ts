@@ -157,7 +157,7 @@ export class WalcastServer {
     if (options.remoteStorage !== undefined) {
       server.offload = await startOffload({
         timelines: timelines.list(),
-        store: new S3ObjectStore(options.remoteStorage),
+        store: new S3ObjectStore(options.remoteStorage, options.log),
         cacheRoot: join(options.dataDir, REMOTE_CACHE_DIR_NAME),
         log: options.log,
       });

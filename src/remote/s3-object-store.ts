@@ -13,6 +13,7 @@
  */
 import { createHash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
+import { inspect } from 'node:util';
 import {
   DeleteObjectCommand,
   GetObjectCommand,
@@ -24,6 +25,7 @@ import {
 } from '@aws-sdk/client-s3';
 import assert from 'node:assert/strict';
 import { WalcastError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { ObjectNotFoundError, type ObjectInfo, type ObjectStore } from './object-store.js';
 import { describeRemoteStorage, type RemoteStorageConfig } from './remote-config.js';
 
@@ -42,9 +44,14 @@ export class S3ObjectStore implements ObjectStore {
   readonly description: string;
   private readonly client: S3Client;
 
-  constructor(private readonly config: RemoteStorageConfig) {
+  /** `log` receives the SDK's own messages at debug level; without it they are dropped (never the console). */
+  constructor(
+    private readonly config: RemoteStorageConfig,
+    log?: Logger,
+  ) {
     this.description = describeRemoteStorage(config);
     const clientConfig: S3ClientConfig = {
+      logger: sdkLogger(log),
       region: config.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? REMOTE_REGION_DEFAULT,
       // The SDK's standard retries cover transient faults of one request (a keep-alive socket the server closed);
       // a streamed upload body cannot be replayed by it, so the uploader retries those itself.
@@ -143,6 +150,18 @@ export class S3ObjectStore implements ObjectStore {
   close(): void {
     this.client.destroy();
   }
+}
+
+/**
+ * The SDK writes some warnings (a streamed PUT it will not retry) to the console unless given a logger. walcast's
+ * callers log every failure themselves, with the object and attempt, so the SDK's lines go to debug.
+ */
+function sdkLogger(log: Logger | undefined): NonNullable<S3ClientConfig['logger']> {
+  // Only when debug is on: the SDK passes whole request and socket objects, which are large and circular.
+  const write = (...content: unknown[]): void => {
+    if (log?.isLevelEnabled('debug') === true) log.debug({ component: 'aws-sdk' }, inspect(content, { depth: 1, breakLength: Infinity }));
+  };
+  return { trace: write, debug: write, info: write, warn: write, error: write };
 }
 
 /** Bytes read per step while hashing: one buffer, whatever the segment size. */
