@@ -15,13 +15,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createOperationsMetrics } from '../src/api/metrics.js';
+import { SqlState, isWalcastError } from '../src/errors.js';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { parseRemoteStorageUrl, type RemoteStorageConfig } from '../src/remote/remote-config.js';
 import { segmentKey } from '../src/remote/remote-layout.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
-import { SegmentCache } from '../src/remote/segment-cache.js';
+import { REMOTE_GET_ATTEMPTS_MAX, SegmentCache } from '../src/remote/segment-cache.js';
 import { SegmentUploader } from '../src/remote/segment-uploader.js';
 import { PARTIAL_SUFFIX, segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
 import { firstDifference, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
@@ -129,6 +130,35 @@ describe('uploads and reads through a failing store', { timeout: 300_000 }, () =
     assert.ok(cache.stats.getRetries >= 1, JSON.stringify(cache.stats));
     assert.equal(cache.stats.fetchErrors, 0);
     assert.equal(cache.stats.segmentsFetched, 1);
+  });
+  test('a GET that keeps failing: the fetch rejects with WALCAST_ERR_REMOTE_STORAGE naming the object, after the retries; an immediate second fetch gets the same failure without new GETs', async () => {
+    const direct = directStore('get');
+    const name = segmentFileName(1, 11n, SEGMENT_BYTES);
+    const key = direct.key(segmentKey(keys, 1, 11n, SEGMENT_BYTES));
+    await direct.putBytes(key, randomBytes(SEGMENT_BYTES));
+    const failing = proxy.inject({ method: 'GET', pathIncludes: name, status: 500, times: Number.POSITIVE_INFINITY });
+    const store = proxiedStore('get');
+    const cache = new SegmentCache({ store, keys, dir: await mkdtemp(join(root, 'cache-')), segmentBytes: SEGMENT_BYTES, pgTimelineId: 1, log: silentLogger() });
+    try {
+      const expected = (error: unknown): boolean => {
+        assert.ok(isWalcastError(error), String(error));
+        assert.equal(error.code, 'WALCAST_ERR_REMOTE_STORAGE');
+        assert.equal(error.sqlState, SqlState.internalError);
+        assert.ok(error.message.includes(`could not read WAL segment ${name} from object storage (object ${key})`), error.message);
+        return true;
+      };
+      await assert.rejects(cache.fetch(11n), expected);
+      const hits = failing.hits;
+      assert.ok(hits >= REMOTE_GET_ATTEMPTS_MAX, `every attempt was made (${hits} GETs)`);
+      await assert.rejects(cache.fetch(11n), expected);
+      assert.equal(failing.hits, hits, 'the failure just seen answered the second fetch');
+      assert.equal(cache.stats.fetchErrors, 1);
+      assert.equal(cache.stats.getRetries, REMOTE_GET_ATTEMPTS_MAX - 1);
+    } finally {
+      failing.remove();
+      store.close();
+      direct.close();
+    }
   });
 });
 

@@ -31,6 +31,12 @@ export const REMOTE_GET_ATTEMPTS_MAX = 5;
 export const REMOTE_GET_RETRY_DELAY_MS = 200;
 /** Segment downloads at once per timeline: catch-up readers rarely need more than one segment ahead each. */
 export const REMOTE_FETCHES_IN_FLIGHT_MAX = 4;
+/**
+ * How long a segment's failed download answers for it: the send reader and the prefetch reader of one stream (and
+ * streams asking at the same moment) get that failure instead of each starting the whole retry sequence again.
+ * Short, so a store that recovers is tried again by the next stream.
+ */
+export const REMOTE_FAILURE_REMEMBER_MS = 5_000;
 /** Default cache size: 16 segments of 16 MiB; enough for a few replicas catching up from object storage. */
 export const REMOTE_CACHE_BYTES_DEFAULT = 256 * 1024 * 1024;
 
@@ -63,6 +69,8 @@ export class SegmentCache implements RemoteSegmentSource {
   /** Cached segment files, least recently used first (Map keeps insertion order; a hit re-inserts). */
   private readonly cached = new Map<bigint, string>();
   private readonly downloads = new Map<bigint, Promise<string | undefined>>();
+  /** Recent download failures by segment (bounded: entries older than REMOTE_FAILURE_REMEMBER_MS are dropped). */
+  private readonly failures = new Map<bigint, { readonly error: WalcastError; readonly atMs: number }>();
   private readonly waiting: (() => void)[] = [];
   private ready: Promise<void> | undefined;
 
@@ -80,12 +88,20 @@ export class SegmentCache implements RemoteSegmentSource {
       this.stats.cacheHits++;
       return path;
     }
+    const failed = this.recentFailure(segno);
+    if (failed !== undefined) throw failed;
     let download = this.downloads.get(segno);
     if (download === undefined) {
       download = this.download(segno).finally(() => this.downloads.delete(segno));
       this.downloads.set(segno, download);
     }
     return download;
+  }
+
+  private recentFailure(segno: bigint): WalcastError | undefined {
+    const now = Date.now();
+    for (const [failedSegno, failure] of this.failures) if (now - failure.atMs >= REMOTE_FAILURE_REMEMBER_MS) this.failures.delete(failedSegno);
+    return this.failures.get(segno)?.error;
   }
 
   /** Creates the directory and forgets files of an earlier run (their completeness is not known). */
@@ -131,9 +147,11 @@ export class SegmentCache implements RemoteSegmentSource {
       // ErrorResponse (XX000) that names the object; other streams, and a later attempt at this one, go on.
       this.stats.fetchErrors++;
       this.options.log.error({ err: error, object: key, segment: name }, 'reading WAL segment from object storage failed');
-      throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `could not read WAL segment ${name} from object storage (object ${key}): ${(error as Error).message}`, {
+      const failure = new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `could not read WAL segment ${name} from object storage (object ${key}): ${(error as Error).message}`, {
         cause: error,
       });
+      this.failures.set(segno, { error: failure, atMs: Date.now() });
+      throw failure;
     }
     const path = join(dir, name);
     await rename(tempPath, path);
