@@ -6,7 +6,10 @@
  * - a real primary, walcast offloading to the bucket, then a walcast restored from the bucket serving old WAL through
  *   the proxy: GETs slower than the 2 s replica timeout do not end a pg_receivewal -s 0 stream (keepalives go on
  *   while the GET is in flight), and a segment whose GETs always fail ends that stream with an ErrorResponse naming
- *   the object while a concurrent stream of local WAL completes byte-identical.
+ *   the object while a concurrent stream of local WAL completes byte-identical;
+ * - walcast killed -9 (a child process) while a GET is in flight, and while PUTs are in flight: after a restart the
+ *   stream is served byte-identical, the backup LSN persisted at the kill covers only objects that are in the bucket,
+ *   and the uploader resumes until every segment is there byte-identical.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -24,9 +27,12 @@ import { segmentKey } from '../src/remote/remote-layout.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
 import { REMOTE_GET_ATTEMPTS_MAX, SegmentCache } from '../src/remote/segment-cache.js';
 import { SegmentUploader } from '../src/remote/segment-uploader.js';
+import { readControlFile } from '../src/storage/control-file.js';
 import { PARTIAL_SUFFIX, segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
-import { firstDifference, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
+import { timelineDirPath } from '../src/storage/timeline-dir.js';
+import { firstDifference, freePort, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
 import { startS3FaultProxy, type S3FaultProxy } from './support/s3-fault-proxy.js';
+import { spawnServe, type ServeProcess } from './support/serve-process.js';
 import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
 import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
@@ -291,4 +297,85 @@ describe('streams of offloaded WAL through a slow or failing store (real primary
       await walcast.stop();
     }
   });
+
+  /** `walcast serve` on the restored directory as a child process (so it can be killed -9), storage through the proxy. */
+  async function spawnRestored(port: number): Promise<ServeProcess> {
+    return spawnServe({
+      args: ['--data-dir', restoredDir, '--listen', `127.0.0.1:${port}`, '--no-http', '--replica-timeout', String(REPLICA_TIMEOUT_MS),
+        '--remote-storage', `s3://${TEST_BUCKET}/live`, '--remote-storage-endpoint', proxy.endpoint],
+      ready: async (serve) => (serve.output().includes('"msg":"listening"') ? true : undefined),
+    });
+  }
+
+  test('kill -9 while a remote read is in flight: after a restart the same stream is served byte-identical', async (t) => {
+    const port = await freePort();
+    const slow = proxy.inject({ method: 'GET', pathIncludes: `/${timelineId}/00000001`, delayMs: SLOW_GET_MS, times: Number.POSITIVE_INFINITY });
+    let serve = await spawnRestored(port);
+    const endLsn = firstLsn + 2n * BigInt(SEGMENT_BYTES);
+    try {
+      const hitsBefore = slow.hits;
+      const first = runReceiveWal({ port, dir: await receiveDirFrom(firstLsn / BigInt(SEGMENT_BYTES)), endpos: formatLsn(endLsn), extraArgs: ['-s', '0'], timeoutMs: 120_000 });
+      await until(() => slow.hits > hitsBefore, 'a GET of an offloaded segment is in flight');
+      serve.kill9();
+      assert.equal(await serve.exited, 'SIGKILL');
+      const interrupted = await first;
+      assert.notEqual(interrupted.code, 0, 'the stream of the killed server failed');
+      slow.remove();
+      serve = await spawnRestored(port);
+      const dir = await receiveDirFrom(firstLsn / BigInt(SEGMENT_BYTES));
+      const result = await runReceiveWal({ port, dir, endpos: formatLsn(endLsn), extraArgs: ['-s', '0'], timeoutMs: 120_000 });
+      assert.equal(result.code, 0, `${result.stderr}\n${serve.output().slice(-4000)}`);
+      const compared = await assertSameAsPrimary(dir, firstLsn, endLsn);
+      t.diagnostic(`killed with a GET in flight; after the restart ${compared} segments byte-identical`);
+    } finally {
+      slow.remove();
+      await serve.stop();
+    }
+  });
+
+  test('kill -9 while uploads are in flight: the persisted backup LSN only covers objects in the bucket; after a restart the uploader resumes and every segment is byte-identical', async (t) => {
+    const port = await freePort();
+    const timelineDir = timelineDirPath(restoredDir, tenantId, timelineId);
+    const slowPuts = proxy.inject({ method: 'PUT', pathIncludes: `/${timelineId}/00000001`, delayMs: SLOW_GET_MS, times: Number.POSITIVE_INFINITY });
+    let serve = await spawnRestored(port);
+    const store = directStore('live');
+    try {
+      const before = (await readControlFile(timelineDir)).backupLsn ?? 0n;
+      const target = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()')) + 3n * BigInt(SEGMENT_BYTES);
+      while (parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()')) < target) {
+        await primary.sql("INSERT INTO faults_filler SELECT g, repeat('x', 1000) FROM generate_series(1, 600) g");
+        await primary.sql('SELECT pg_switch_wal()');
+      }
+      await until(() => slowPuts.hits > 0, 'a segment PUT is in flight');
+      serve.kill9();
+      assert.equal(await serve.exited, 'SIGKILL');
+      // Whatever the control file says is offloaded must be in the bucket: it is written only after the PUT answered.
+      const persisted = (await readControlFile(timelineDir)).backupLsn ?? 0n;
+      assert.ok(persisted >= before);
+      const checkedBeforeRestart = await assertBucketSameAsPrimary(store, firstLsn, persisted);
+      slowPuts.remove();
+      serve = await spawnRestored(port);
+      const flushed = target - (target % BigInt(SEGMENT_BYTES));
+      await waitFor(async () => (((await readControlFile(timelineDir)).backupLsn ?? 0n) >= flushed ? true : undefined), WAIT_MS, { what: 'the uploader resumed after kill -9', pollMs: 200 });
+      const compared = await assertBucketSameAsPrimary(store, firstLsn, flushed);
+      t.diagnostic(`killed with ${slowPuts.hits} delayed PUTs; backup LSN ${formatLsn(persisted)} at the kill (${checkedBeforeRestart} segments in the bucket), ${formatLsn(flushed)} after the restart: ${compared} segments byte-identical`);
+    } finally {
+      slowPuts.remove();
+      store.close();
+      await serve.stop();
+    }
+  });
+
+  /** Every segment object in [from, to) equals the primary's file; returns how many were compared. */
+  async function assertBucketSameAsPrimary(store: S3ObjectStore, from: Lsn, to: Lsn): Promise<number> {
+    let compared = 0;
+    for (let segno = from / BigInt(SEGMENT_BYTES); segmentStartLsn(segno, SEGMENT_BYTES) < to; segno++) {
+      const name = segmentFileName(1, segno, SEGMENT_BYTES);
+      const stored = await store.getRange(store.key(segmentKey({ tenantId, timelineId }, 1, segno, SEGMENT_BYTES)), 0, SEGMENT_BYTES);
+      const difference = firstDifference(stored, await readFile(join(primary.walDir, name)));
+      assert.equal(difference, -1, `${name} in the bucket differs from the primary's at ${difference}`);
+      compared++;
+    }
+    return compared;
+  }
 });
