@@ -7,6 +7,8 @@
  *   the proxy: GETs slower than the 2 s replica timeout do not end a pg_receivewal -s 0 stream (keepalives go on
  *   while the GET is in flight), and a segment whose GETs always fail ends that stream with an ErrorResponse naming
  *   the object while a concurrent stream of local WAL completes byte-identical;
+ * - a standby from a base backup older than the restored walcast's local WAL catches up from object storage on one
+ *   connection while every GET takes longer than its wal_receiver_timeout;
  * - walcast killed -9 (a child process) while a GET is in flight, and while PUTs are in flight: after a restart the
  *   stream is served byte-identical, the backup LSN persisted at the kill covers only objects that are in the bucket,
  *   and the uploader resumes until every segment is there byte-identical.
@@ -30,7 +32,7 @@ import { SegmentUploader } from '../src/remote/segment-uploader.js';
 import { readControlFile } from '../src/storage/control-file.js';
 import { PARTIAL_SUFFIX, segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
 import { timelineDirPath } from '../src/storage/timeline-dir.js';
-import { firstDifference, freePort, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
+import { firstDifference, freePort, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type StandbyBase } from './support/postgres.js';
 import { startS3FaultProxy, type S3FaultProxy } from './support/s3-fault-proxy.js';
 import { spawnServe, type ServeProcess } from './support/serve-process.js';
 import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
@@ -181,6 +183,7 @@ describe('streams of offloaded WAL through a slow or failing store (real primary
   let timelineId: string;
   let firstLsn: Lsn;
   let backupLsn: Lsn;
+  let earlyBase: StandbyBase | undefined;
   const proxied = (): RemoteStorageConfig => parseRemoteStorageUrl(`s3://${TEST_BUCKET}/live`, { endpoint: proxy.endpoint });
 
   before(async () => {
@@ -194,6 +197,8 @@ describe('streams of offloaded WAL through a slow or failing store (real primary
       assert.ok(timeline !== undefined);
       ({ tenantId, timelineId } = timeline);
       firstLsn = timeline.timelineStartLsn;
+      // Taken now, before the WAL below: the standby will need all of it, and will get it from object storage.
+      earlyBase = await makeStandby(primary, { applicationName: 'early', extraConf: { wal_receiver_timeout: '2s', wal_receiver_status_interval: '0' } });
       const target = firstLsn + BigInt(OFFLOADED_SEGMENTS * SEGMENT_BYTES);
       while (parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()')) < target) {
         await primary.sql("INSERT INTO faults_filler SELECT g, repeat('x', 1000) FROM generate_series(1, 600) g");
@@ -215,6 +220,7 @@ describe('streams of offloaded WAL through a slow or failing store (real primary
   }, { timeout: 600_000 });
 
   after(async () => {
+    await earlyBase?.standby?.stop({ mode: 'immediate' }).catch(() => undefined);
     await primary?.stop({ mode: 'immediate' });
   });
 
@@ -294,6 +300,41 @@ describe('streams of offloaded WAL through a slow or failing store (real primary
       t.diagnostic(`remote stream: ${remote.stderr.trim().split('\n').filter((line) => /ERROR/.test(line)).join(' | ')}; ${failing.hits} failed GETs; ${JSON.stringify(reads)}`);
     } finally {
       failing.remove();
+      await walcast.stop();
+    }
+  });
+
+  test(`a standby from a base backup older than the local WAL catches up through walcast from object storage on one connection, with GETs slower than its 2 s wal_receiver_timeout`, async (t) => {
+    assert.ok(earlyBase !== undefined);
+    const walcast = await startWalcast({ dataDir: restoredDir, remoteStorage: proxied(), replicaTimeoutMs: REPLICA_TIMEOUT_MS });
+    const slow = proxy.inject({ method: 'GET', pathIncludes: `/${timelineId}/00000001`, delayMs: SLOW_GET_MS, times: Number.POSITIVE_INFINITY });
+    try {
+      const [timeline] = walcast.server.timelines.list();
+      assert.ok(timeline !== undefined);
+      const primaryEnd = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_flush_lsn()'));
+      const expectedRows = await primary.sql('SELECT count(*) FROM faults_filler');
+      // A walreceiver pings at half its wal_receiver_timeout and walcast answers at once, so a standby keeps both
+      // timeouts satisfied by itself (the pg_receivewal -s 0 test above is the one that needs walcast's keepalives);
+      // this checks that it catches up from object storage on one connection, GETs slower than its timeout or not.
+      const standby = await earlyBase.startWithUpstream(walcast.port);
+      await waitFor(
+        async () => {
+          const replayed = await standby.sql('SELECT pg_last_wal_replay_lsn()').catch(() => '');
+          return replayed !== '' && parseLsnOrThrow(replayed) >= primaryEnd ? true : undefined;
+        },
+        300_000,
+        { what: 'the standby replayed up to the primary', pollMs: 500 },
+      );
+      assert.equal(await standby.sql('SELECT count(*) FROM faults_filler'), expectedRows);
+      // One connection the whole way: no timeout on either side cut the stream while a GET was slow.
+      const log = await readFile(standby.logFile, 'utf8');
+      assert.equal([...log.matchAll(/started streaming WAL from primary/g)].length, 1, log.split('\n').filter((line) => !line.includes('connection')).join('\n'));
+      assert.doesNotMatch(log, /terminating walreceiver due to timeout|replication terminated by primary server|could not receive data from WAL stream/);
+      assert.ok(slow.hits >= 1 && timeline.walBytesServed.remote > 0, `served from object storage through slow GETs (${slow.hits}): ${JSON.stringify(timeline.walBytesServed)}`);
+      t.diagnostic(`standby caught up to ${formatLsn(primaryEnd)} (${expectedRows} rows); ${slow.hits} GETs delayed ${SLOW_GET_MS} ms; served ${JSON.stringify(timeline.walBytesServed)}`);
+      await standby.stop({ mode: 'fast' });
+    } finally {
+      slow.remove();
       await walcast.stop();
     }
   });
