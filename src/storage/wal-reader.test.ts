@@ -236,3 +236,36 @@ test('a segment retired by a concurrent locate while another locate awaited is r
     await reader.close();
   }
 });
+
+test('a remote segment whose cache file was evicted before it was opened is fetched again; served bytes say remote', async () => {
+  const remoteDir = await mkdtemp(join(tmpdir(), 'walcast-reader-remote-'));
+  try {
+    const segno = FIRST_SEGNO - 1n;
+    const cached = join(remoteDir, nameOf(segno));
+    const fetched: string[] = [];
+    const remote = {
+      async fetch(asked: bigint): Promise<string | undefined> {
+        assert.equal(asked, segno);
+        // First answer: a path the cache has already unlinked again; second: the file fetched anew.
+        if (fetched.length === 0) {
+          fetched.push('evicted');
+          return join(remoteDir, 'evicted-before-open');
+        }
+        await writeFile(cached, segmentContent(segno));
+        fetched.push(cached);
+        return cached;
+      },
+    };
+    const reader = new WalReader(dir, layout, countingPinner(FIRST_SEGNO), remote);
+    const target = Buffer.alloc(SEGMENT_BYTES);
+    assert.equal(await reader.readRange(segno * BigInt(SEGMENT_BYTES), target), SEGMENT_BYTES);
+    assert.ok(target.equals(segmentContent(segno)));
+    assert.deepEqual(fetched, ['evicted', cached]);
+    assert.equal(reader.locatedRemote, true);
+    await reader.locate(FIRST_SEGNO * BigInt(SEGMENT_BYTES), FIRST_SEGNO * BigInt(SEGMENT_BYTES) + 100n);
+    assert.equal(reader.locatedRemote, false, 'a local segment is not remote');
+    await reader.close();
+  } finally {
+    await rm(remoteDir, { recursive: true, force: true });
+  }
+});

@@ -80,6 +80,9 @@ export function startAheadError(startLsn: Lsn, endLsn: Lsn): WalcastError {
   );
 }
 
+/** Fetch-and-open attempts of one remote segment whose cache file vanished before it was opened (evicted). */
+const REMOTE_OPEN_ATTEMPTS_MAX = 3;
+
 export class WalReader {
   private current: OpenSegment | undefined;
   private previous: OpenSegment | undefined;
@@ -212,11 +215,25 @@ export class WalReader {
    * not pinned: the cache may unlink it under us, and the open descriptor keeps its bytes readable.
    */
   private async openRemote(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
-    const path = this.remote === undefined ? undefined : await this.remote.fetch(segno);
-    if (path === undefined) throw this.removedError(lsn);
-    const handle = await open(path, 'r');
+    const { handle, path } = await this.openFetched(segno, lsn);
     const info = await handle.stat();
     return { segno, name: this.segmentName(segno), handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size, unpin: noUnpin, remote: true };
+  }
+
+  /**
+   * Fetches and opens a remote segment. The cache may evict the file between handing out its path and our open (a
+   * small cache, many readers): then it is fetched again, a bounded number of times.
+   */
+  private async openFetched(segno: bigint, lsn: Lsn): Promise<{ readonly handle: FileHandle; readonly path: string }> {
+    for (let attempt = 1; ; attempt++) {
+      const path = this.remote === undefined ? undefined : await this.remote.fetch(segno);
+      if (path === undefined) throw this.removedError(lsn);
+      try {
+        return { handle: await open(path, 'r'), path };
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= REMOTE_OPEN_ATTEMPTS_MAX) throw error;
+      }
+    }
   }
 
   private async openPinned(segno: bigint, lsn: Lsn, unpin: () => void): Promise<OpenSegment> {
