@@ -72,6 +72,11 @@ export async function startS3FaultProxy(targetPort: () => number): Promise<S3Fau
       answer.pipe(res);
     });
     upstream.on('error', () => res.destroy());
+    // A client that goes away (killed walcast) takes its forwarded request with it, as a real network would: the
+    // store then sees an aborted upload, never a request left hanging that could complete later.
+    res.on('close', () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
     req.pipe(upstream);
   };
 
