@@ -32,6 +32,7 @@ import { SegmentUploader } from '../src/remote/segment-uploader.js';
 import { readControlFile } from '../src/storage/control-file.js';
 import { PARTIAL_SUFFIX, segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
 import { timelineDirPath } from '../src/storage/timeline-dir.js';
+import { singleTimelineHistory } from '../src/storage/timeline-history.js';
 import { firstDifference, freePort, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type StandbyBase } from './support/postgres.js';
 import { startS3FaultProxy, type S3FaultProxy } from './support/s3-fault-proxy.js';
 import { spawnServe, type ServeProcess } from './support/serve-process.js';
@@ -89,7 +90,8 @@ describe('uploads and reads through a failing store', { timeout: 300_000 }, () =
       store,
       dir,
       keys,
-      identity: { ...keys, systemId: 7n, pgVersion: 150000, segmentBytes: SEGMENT_BYTES, pgTimelineId: 1, timelineStartLsn: segmentStartLsn(2n, SEGMENT_BYTES) },
+      identity: { ...keys, systemId: 7n, pgVersion: 150000, segmentBytes: SEGMENT_BYTES, timelineStartLsn: segmentStartLsn(2n, SEGMENT_BYTES) },
+      history: () => singleTimelineHistory(1),
       backupLsn: segmentStartLsn(2n, SEGMENT_BYTES),
       flushLsn: () => segmentStartLsn(5n, SEGMENT_BYTES) + 100n,
       persistBackupLsn: async () => undefined,
@@ -124,7 +126,7 @@ describe('uploads and reads through a failing store', { timeout: 300_000 }, () =
     await direct.putBytes(direct.key(segmentKey(keys, 1, 9n, SEGMENT_BYTES)), bytes);
     const failing = proxy.inject({ method: 'GET', pathIncludes: name, status: 500, times: 5 });
     const store = proxiedStore('get');
-    const cache = new SegmentCache({ store, keys, dir: await mkdtemp(join(root, 'cache-')), segmentBytes: SEGMENT_BYTES, pgTimelineId: 1, log: silentLogger() });
+    const cache = new SegmentCache({ store, keys, dir: await mkdtemp(join(root, 'cache-')), segmentBytes: SEGMENT_BYTES, history: () => singleTimelineHistory(1), log: silentLogger() });
     try {
       const path = await cache.fetch(9n);
       assert.ok(path !== undefined);
@@ -146,7 +148,7 @@ describe('uploads and reads through a failing store', { timeout: 300_000 }, () =
     await direct.putBytes(key, randomBytes(SEGMENT_BYTES));
     const failing = proxy.inject({ method: 'GET', pathIncludes: name, status: 500, times: Number.POSITIVE_INFINITY });
     const store = proxiedStore('get');
-    const cache = new SegmentCache({ store, keys, dir: await mkdtemp(join(root, 'cache-')), segmentBytes: SEGMENT_BYTES, pgTimelineId: 1, log: silentLogger() });
+    const cache = new SegmentCache({ store, keys, dir: await mkdtemp(join(root, 'cache-')), segmentBytes: SEGMENT_BYTES, history: () => singleTimelineHistory(1), log: silentLogger() });
     try {
       const expected = (error: unknown): boolean => {
         assert.ok(isWalcastError(error), String(error));

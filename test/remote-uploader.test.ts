@@ -17,6 +17,7 @@ import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
 import { SegmentUploader } from '../src/remote/segment-uploader.js';
 import { PARTIAL_SUFFIX, segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
+import { singleTimelineHistory } from '../src/storage/timeline-history.js';
 import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
 import { waitFor } from './support/wait-for.js';
 
@@ -66,7 +67,8 @@ function uploader(f: Fixture, backupLsn: Lsn, overrides: { inFlightMax?: number;
     store: overrides.store ?? f.store,
     dir: f.dir,
     keys: f.keys,
-    identity: { ...f.keys, systemId: 7n, pgVersion: 150000, segmentBytes: SEGMENT_BYTES, pgTimelineId: 1, timelineStartLsn: segmentStartLsn(2n, SEGMENT_BYTES) },
+    identity: { ...f.keys, systemId: 7n, pgVersion: 150000, segmentBytes: SEGMENT_BYTES, timelineStartLsn: segmentStartLsn(2n, SEGMENT_BYTES) },
+    history: () => singleTimelineHistory(1),
     backupLsn,
     flushLsn: () => f.flushLsn,
     persistBackupLsn: async (lsn) => {

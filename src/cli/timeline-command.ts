@@ -79,6 +79,8 @@ export async function runTimelineRestore(rawFlags: Record<string, unknown>): Pro
       timeline_start_lsn: formatLsn(result.timelineStartLsn),
       local_start_lsn: formatLsn(result.localStartLsn),
       backup_lsn: formatLsn(result.backupLsn),
+      pg_timeline_id: result.pgTimelineId,
+      history_files: result.historyFiles.join(',') || null,
       upstream: result.upstream ?? null,
     };
     if (flags.json === true) {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { maxLsn, type Lsn } from '../lsn.js';
 import type { ControlFileWriter } from '../storage/control-writer.js';
+import type { TimelineHistory } from '../storage/timeline-history.js';
 import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import type { ObjectStore } from './object-store.js';
 import { SegmentCache } from './segment-cache.js';
@@ -23,7 +24,11 @@ export interface OffloadTimeline {
   readonly systemId: bigint;
   readonly pgVersion: number;
   readonly segmentBytes: number;
-  readonly pgTimelineId: number;
+  /**
+   * The PostgreSQL timeline history now; ingest replaces it when it follows a promotion, so offload reads it at
+   * every use (never a TLI copied at start) to name each segment by the TLI the history assigns it.
+   */
+  readonly history: TimelineHistory;
   readonly timelineStartLsn: Lsn;
   readonly flushLsn: { get(): Lsn };
   readonly controlFile: ControlFileWriter;
@@ -80,7 +85,7 @@ export async function startOffload(options: StartOffloadOptions): Promise<Offloa
       keys: timeline,
       dir: join(options.cacheRoot, timeline.tenantId, timeline.timelineId),
       segmentBytes: timeline.segmentBytes,
-      pgTimelineId: timeline.pgTimelineId,
+      history: () => timeline.history,
       log: options.log.child({ tenant: timeline.tenantId, timeline: timeline.timelineId, component: 'remote-read' }),
       ...(options.cacheBytesMax === undefined ? {} : { cacheBytesMax: options.cacheBytesMax }),
     });
@@ -97,10 +102,10 @@ export async function startOffload(options: StartOffloadOptions): Promise<Offloa
         systemId: timeline.systemId,
         pgVersion: timeline.pgVersion,
         segmentBytes: timeline.segmentBytes,
-        pgTimelineId: timeline.pgTimelineId,
         timelineStartLsn: timeline.timelineStartLsn,
         upstream: control.upstream,
       },
+      history: () => timeline.history,
       backupLsn,
       flushLsn: () => timeline.flushLsn.get(),
       persistBackupLsn: async (lsn) => {

@@ -1,13 +1,16 @@
 /**
  * The object layout of offloaded WAL and its metadata codec (pure):
  *   PREFIX/<tenant_id>/<timeline_id>/<segment name>      one completed segment, byte-identical to the file
+ *   PREFIX/<tenant_id>/<timeline_id>/0000000N.history    each PostgreSQL timeline history file, byte-identical
  *   PREFIX/<tenant_id>/<timeline_id>/walcast.timeline.json  what a fresh walcast needs to open the timeline
- * Segment objects use PostgreSQL's names, so `aws s3 cp --recursive` of a timeline prefix is a usable WAL archive
- * (restore_command can read it). The metadata object is JSON with the same field spellings as walcast.control.
+ * Segment and history objects use PostgreSQL's names, and a segment is named with the TLI its history assigns it
+ * (after a promotion: the switch segment and later ones with the new TLI, as pg_wal), so `aws s3 cp --recursive`
+ * of a timeline prefix is a usable WAL archive (restore_command can read it, recovery_target_timeline = latest
+ * finds the history files). The metadata object is JSON with the same field spellings as walcast.control.
  */
 import { WalcastError } from '../errors.js';
 import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
-import { assertSegmentSize, parseSegmentFileName, segmentFileName } from '../storage/segment-name.js';
+import { assertSegmentSize, historyFileName, parseSegmentFileName, segmentFileName } from '../storage/segment-name.js';
 
 export const TIMELINE_METADATA_NAME = 'walcast.timeline.json';
 export const REMOTE_METADATA_FORMAT_VERSION = 1;
@@ -27,6 +30,10 @@ export interface RemoteTimelineMetadata {
   readonly systemId: bigint;
   readonly pgVersion: number;
   readonly segmentBytes: number;
+  /**
+   * The timeline's current PostgreSQL timeline when the object was written. When its history has more than one
+   * timeline, its history file is in the bucket beside it (the uploader puts the histories first).
+   */
   readonly pgTimelineId: number;
   /** The first byte offloaded: a segment start. */
   readonly timelineStartLsn: Lsn;
@@ -42,6 +49,11 @@ export function timelinePrefix(keys: TimelineKeys): string {
 
 export function segmentKey(keys: TimelineKeys, pgTimelineId: number, segno: bigint, segmentBytes: number): string {
   return timelinePrefix(keys) + segmentFileName(pgTimelineId, segno, segmentBytes);
+}
+
+/** The object of PostgreSQL timeline `pgTimelineId`'s history file ("0000000N.history"). */
+export function historyKey(keys: TimelineKeys, pgTimelineId: number): string {
+  return timelinePrefix(keys) + historyFileName(pgTimelineId);
 }
 
 export function metadataKey(keys: TimelineKeys): string {

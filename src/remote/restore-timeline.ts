@@ -8,6 +8,13 @@
  * Explicit rather than automatic on serve: restoring decides which machine owns a timeline, an operator's call,
  * and a serve that silently created timelines from a bucket could start a second writer for one timeline.
  * The directory appears atomically (built under a temp name, fsynced, renamed), as `walcast timeline create` does.
+ *
+ * PostgreSQL timelines: the metadata names the timeline's current TLI, whose history file (when it has ancestors)
+ * is in the bucket. The restored segment is read from the object the history names (the uploader's rule), and the
+ * restored control file records the TLI of that segment, i.e. the history cut at the backup LSN: when the backup
+ * LSN is still before the newest switch, the WAL after it is the old TLI's, and ingest follows the upstream across
+ * the switch as it always does (catching up to the switch point, then switching). The history files of that TLI
+ * and its ancestors come back byte-identical, so TIMELINE_HISTORY and replicas work as before.
  */
 import assert from 'node:assert/strict';
 import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
@@ -15,10 +22,11 @@ import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
 import type { Lsn } from '../lsn.js';
 import { CONTROL_FORMAT_VERSION, fsyncDirectory, writeControlFile } from '../storage/control-file.js';
-import { segmentFileName, segmentOf } from '../storage/segment-name.js';
+import { historyFileName, segmentFileName, segmentOf } from '../storage/segment-name.js';
+import { HISTORY_FILE_BYTES_MAX, parseTimelineHistory, segmentPgTimeline, singleTimelineHistory, type TimelineHistory } from '../storage/timeline-history.js';
 import { ObjectNotFoundError, type ObjectStore } from './object-store.js';
 import { REMOTE_GET_RANGE_BYTES } from './segment-cache.js';
-import { REMOTE_METADATA_BYTES_MAX, decodeRemoteMetadata, metadataKey, segmentKey, type RemoteTimelineMetadata, type TimelineKeys } from './remote-layout.js';
+import { REMOTE_METADATA_BYTES_MAX, decodeRemoteMetadata, historyKey, metadataKey, segmentKey, type RemoteTimelineMetadata, type TimelineKeys } from './remote-layout.js';
 
 export interface RestoreResult {
   readonly tenantId: string;
@@ -29,6 +37,9 @@ export interface RestoreResult {
   readonly backupLsn: Lsn;
   /** The first byte the bucket holds. */
   readonly timelineStartLsn: Lsn;
+  /** The PostgreSQL timeline of the restored WAL's end (the control file's); history files restored up to it. */
+  readonly pgTimelineId: number;
+  readonly historyFiles: readonly string[];
   readonly upstream: string | undefined;
 }
 
@@ -42,14 +53,30 @@ export async function restoreTimeline(options: { dataDir: string; store: ObjectS
   if (metadata.backupLsn <= metadata.timelineStartLsn) {
     throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `timeline ${keys.tenantId}/${keys.timelineId} has no offloaded segment in ${store.description}`);
   }
+  const history = await readRemoteHistory(store, keys, metadata.pgTimelineId);
   const lastSegno = segmentOf(metadata.backupLsn, metadata.segmentBytes) - 1n;
   const localStartLsn = lastSegno * BigInt(metadata.segmentBytes);
+  const pgTimelineId = segmentPgTimeline(lastSegno, metadata.segmentBytes, history.history);
   const tempDir = join(options.dataDir, keys.tenantId, `.restore-${keys.timelineId}`);
   await rm(tempDir, { recursive: true, force: true });
   await mkdir(tempDir, { recursive: true, mode: 0o700 });
+  const historyFiles: string[] = [];
   try {
-    const name = segmentFileName(metadata.pgTimelineId, lastSegno, metadata.segmentBytes);
-    await download(store, store.key(segmentKey(keys, metadata.pgTimelineId, lastSegno, metadata.segmentBytes)), join(tempDir, name), metadata.segmentBytes);
+    for (const [index, entry] of history.history.entries()) {
+      if (entry.pgTimelineId > pgTimelineId) break;
+      const key = store.key(historyKey(keys, entry.pgTimelineId));
+      const head = entry.pgTimelineId === metadata.pgTimelineId ? history.sizeBytes : (await store.head(key))?.sizeBytes;
+      if (head === undefined) {
+        // The oldest TLI has no file (TLI 1, or a timeline imported without its history); the restored one must.
+        if (index === 0 || entry.pgTimelineId !== pgTimelineId) continue;
+        throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} of PostgreSQL timeline ${pgTimelineId} is missing from ${store.description}`);
+      }
+      if (head > HISTORY_FILE_BYTES_MAX) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} has ${head} bytes`);
+      await download(store, key, join(tempDir, historyFileName(entry.pgTimelineId)), head);
+      historyFiles.push(historyFileName(entry.pgTimelineId));
+    }
+    const name = segmentFileName(pgTimelineId, lastSegno, metadata.segmentBytes);
+    await download(store, store.key(segmentKey(keys, pgTimelineId, lastSegno, metadata.segmentBytes)), join(tempDir, name), metadata.segmentBytes);
     await writeControlFile(tempDir, {
       formatVersion: CONTROL_FORMAT_VERSION,
       tenantId: keys.tenantId,
@@ -57,7 +84,7 @@ export async function restoreTimeline(options: { dataDir: string; store: ObjectS
       systemId: metadata.systemId,
       pgVersion: metadata.pgVersion,
       segmentBytes: metadata.segmentBytes,
-      pgTimelineId: metadata.pgTimelineId,
+      pgTimelineId,
       timelineStartLsn: localStartLsn,
       flushLsn: metadata.backupLsn,
       commitLsn: metadata.backupLsn,
@@ -71,7 +98,24 @@ export async function restoreTimeline(options: { dataDir: string; store: ObjectS
     await rm(tempDir, { recursive: true, force: true });
     throw error;
   }
-  return { ...keys, localStartLsn, backupLsn: metadata.backupLsn, timelineStartLsn: metadata.timelineStartLsn, upstream: metadata.upstream };
+  return { ...keys, localStartLsn, backupLsn: metadata.backupLsn, timelineStartLsn: metadata.timelineStartLsn, pgTimelineId, historyFiles, upstream: metadata.upstream };
+}
+
+/**
+ * The history of the metadata's TLI from its history file in the bucket. Without one, the TLI is served as a single
+ * timeline, as open-timelines.ts readHistory does locally (TLI 1, or a timeline imported without its history).
+ */
+async function readRemoteHistory(store: ObjectStore, keys: TimelineKeys, pgTimelineId: number): Promise<{ history: TimelineHistory; sizeBytes: number | undefined }> {
+  const key = store.key(historyKey(keys, pgTimelineId));
+  const head = pgTimelineId === 1 ? undefined : await store.head(key);
+  if (head === undefined) return { history: singleTimelineHistory(pgTimelineId), sizeBytes: undefined };
+  if (head.sizeBytes > HISTORY_FILE_BYTES_MAX) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} has ${head.sizeBytes} bytes`);
+  const bytes = head.sizeBytes === 0 ? Buffer.alloc(0) : await store.getRange(key, 0, head.sizeBytes);
+  try {
+    return { history: parseTimelineHistory(bytes.toString('utf8'), pgTimelineId), sizeBytes: head.sizeBytes };
+  } catch (error) {
+    throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} is invalid: ${(error as Error).message}`, { cause: error });
+  }
 }
 
 async function readMetadata(store: ObjectStore, keys: TimelineKeys): Promise<RemoteTimelineMetadata> {

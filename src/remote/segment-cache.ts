@@ -19,6 +19,7 @@ import { WalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { failpoint } from '../failpoints.js';
 import { segmentFileName } from '../storage/segment-name.js';
+import { segmentPgTimeline, type TimelineHistory } from '../storage/timeline-history.js';
 import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import { ObjectNotFoundError, type ObjectStore } from './object-store.js';
 import { segmentKey, type TimelineKeys } from './remote-layout.js';
@@ -59,7 +60,8 @@ export interface SegmentCacheOptions {
   readonly keys: TimelineKeys;
   readonly dir: string;
   readonly segmentBytes: number;
-  readonly pgTimelineId: number;
+  /** The timeline's PostgreSQL timeline history now: a segment's object is named by the TLI it assigns it. */
+  readonly history: () => TimelineHistory;
   readonly cacheBytesMax?: number;
   readonly log: Logger;
 }
@@ -120,7 +122,9 @@ export class SegmentCache implements RemoteSegmentSource {
   }
 
   private async downloadInSlot(segno: bigint): Promise<string | undefined> {
-    const { store, keys, segmentBytes, pgTimelineId, dir } = this.options;
+    const { store, keys, segmentBytes, dir } = this.options;
+    // The uploader's naming rule (segment-uploader.ts), so a segment of an older TLI is read from its own object.
+    const pgTimelineId = segmentPgTimeline(segno, segmentBytes, this.options.history());
     const name = segmentFileName(pgTimelineId, segno, segmentBytes);
     const key = store.key(segmentKey(keys, pgTimelineId, segno, segmentBytes));
     const startedMs = Date.now();

@@ -10,17 +10,25 @@
  *   it are confirmed by the store; after a crash the uploader starts again from the persisted value and uploads
  *   some segments a second time, which is harmless (same key, same bytes).
  * - After each advance the timeline's metadata object is rewritten, so the bucket alone describes the timeline.
+ * - Each segment is named with the PostgreSQL timeline (TLI) its history assigns it, the rule the WAL reader uses
+ *   (timeline-history.ts segmentPgTimeline: the segment holding a switch point comes from the new TLI's file). The
+ *   history is read at each upload, not once: ingest moves the timeline to a new TLI while the server runs (a
+ *   promotion upstream), and a name fixed at start would look for old-TLI files that never come, stalling the
+ *   backup LSN and with it retention. Before the first segment of a TLI goes up, the history files of it and its
+ *   ancestors go up, byte-identical (the bucket is a WAL archive as pg_wal is: recovery needs `0000000N.history`),
+ *   and the metadata object names the current TLI only once its history file is in the bucket.
  */
 import assert from 'node:assert/strict';
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { failpoint } from '../failpoints.js';
 import type { Logger } from '../log.js';
 import { formatLsn, type Lsn } from '../lsn.js';
-import { PARTIAL_SUFFIX, segmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
+import { PARTIAL_SUFFIX, historyFileName, segmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
+import { HISTORY_FILE_BYTES_MAX, segmentPgTimeline, type TimelineHistory } from '../storage/timeline-history.js';
 import type { ObjectStore } from './object-store.js';
 import type { RemoteReadStats } from './segment-cache.js';
-import { REMOTE_METADATA_FORMAT_VERSION, encodeRemoteMetadata, metadataKey, segmentKey, type RemoteTimelineMetadata, type TimelineKeys } from './remote-layout.js';
+import { REMOTE_METADATA_FORMAT_VERSION, encodeRemoteMetadata, historyKey, metadataKey, segmentKey, type RemoteTimelineMetadata, type TimelineKeys } from './remote-layout.js';
 
 /** Concurrent segment uploads per timeline: enough to hide one request's latency, few enough not to flood a link. */
 export const REMOTE_UPLOADS_IN_FLIGHT_MAX = 4;
@@ -54,8 +62,13 @@ export interface UploaderOptions {
   readonly store: ObjectStore;
   readonly dir: string;
   readonly keys: TimelineKeys;
-  /** Everything the metadata object says, except the backup LSN, which the uploader owns. */
-  readonly identity: Omit<RemoteTimelineMetadata, 'backupLsn' | 'formatVersion'>;
+  /** Everything the metadata object says, except the backup LSN, which the uploader owns, and the TLI (`history`). */
+  readonly identity: Omit<RemoteTimelineMetadata, 'backupLsn' | 'formatVersion' | 'pgTimelineId'>;
+  /**
+   * The timeline's PostgreSQL timeline history now (the Timeline object's `history`, replaced by a switch); its
+   * newest entry is the current TLI. Read at every upload.
+   */
+  readonly history: () => TimelineHistory;
   /** The persisted backup LSN (a segment start), or the timeline start when nothing was offloaded yet. */
   readonly backupLsn: Lsn;
   /** End of durable WAL now; segments wholly below it are complete. */
@@ -85,6 +98,8 @@ export class SegmentUploader {
   /** One persist waits at most behind the running one; it takes the newest uploaded end when it starts. */
   private persistQueued = false;
   private wake: (() => void) | undefined;
+  /** History files in the bucket (TLI → its put, shared by concurrent uploads); a failed put is forgotten. */
+  private readonly histories = new Map<number, Promise<void>>();
 
   constructor(private readonly options: UploaderOptions) {
     assert.ok(options.backupLsn % BigInt(options.identity.segmentBytes) === 0n, 'the backup LSN is a segment start');
@@ -166,9 +181,14 @@ export class SegmentUploader {
 
   private async upload(segno: bigint): Promise<void> {
     const { identity, keys, store } = this.options;
-    const key = store.key(segmentKey(keys, identity.pgTimelineId, segno, identity.segmentBytes));
+    // Complete segments never change TLI: a switch only renames from the segment of its switch point on, which was
+    // not complete before it. So the history read now names this segment as any later history will.
+    const history = this.options.history();
+    const pgTimelineId = segmentPgTimeline(segno, identity.segmentBytes, history);
+    const key = store.key(segmentKey(keys, pgTimelineId, segno, identity.segmentBytes));
     try {
-      const path = await this.segmentPath(segno);
+      await this.putHistories(history, pgTimelineId);
+      const path = await this.segmentPath(segno, pgTimelineId);
       await store.putFile(key, path, identity.segmentBytes, this.stop.signal);
       failpoint('offload-after-put');
       this.stats.bytesUploaded += identity.segmentBytes;
@@ -187,9 +207,9 @@ export class SegmentUploader {
   }
 
   /** NAME once complete; a segment whose rename has not happened yet is still NAME.partial (same bytes). */
-  private async segmentPath(segno: bigint): Promise<string> {
+  private async segmentPath(segno: bigint, pgTimelineId: number): Promise<string> {
     const { identity, dir } = this.options;
-    const name = segmentFileName(identity.pgTimelineId, segno, identity.segmentBytes);
+    const name = segmentFileName(pgTimelineId, segno, identity.segmentBytes);
     for (const candidate of [name, name + PARTIAL_SUFFIX]) {
       const path = join(dir, candidate);
       const info = await stat(path).catch(() => undefined);
@@ -234,9 +254,52 @@ export class SegmentUploader {
     });
   }
 
+  /**
+   * Puts the history files of `upTo` and every older TLI of `history` that the timeline directory holds, each once
+   * per uploader. The oldest TLI of a history has no file (TLI 1, or a timeline imported without its history); a
+   * later one always has (a switch writes it before committing, create fetches every ancestor's), so one missing
+   * is logged but does not hold the segments back: the newest history file lists every ancestor anyway.
+   */
+  private async putHistories(history: TimelineHistory, upTo: number): Promise<void> {
+    const puts: Promise<void>[] = [];
+    for (const [index, entry] of history.entries()) {
+      if (entry.pgTimelineId > upTo) break;
+      let put = this.histories.get(entry.pgTimelineId);
+      if (put === undefined) {
+        put = this.putHistory(entry.pgTimelineId, index === 0);
+        this.histories.set(entry.pgTimelineId, put);
+        put.catch(() => this.histories.delete(entry.pgTimelineId));
+      }
+      puts.push(put);
+    }
+    await Promise.all(puts);
+  }
+
+  private async putHistory(pgTimelineId: number, oldest: boolean): Promise<void> {
+    const { dir, keys, store } = this.options;
+    const name = historyFileName(pgTimelineId);
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(join(dir, name));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      if (!oldest) this.options.log.warn({ file: name }, 'history file of a timeline in the history is not on local disk; it is not offloaded');
+      return;
+    }
+    if (bytes.length > HISTORY_FILE_BYTES_MAX) throw new Error(`history file ${name} has ${bytes.length} bytes`);
+    // Not aborted by close(), as the metadata object: a history file is tiny, and a truncated one would mislead.
+    await store.putBytes(store.key(historyKey(keys, pgTimelineId)), bytes);
+    this.options.log.info({ object: store.key(historyKey(keys, pgTimelineId)) }, 'timeline history file offloaded');
+  }
+
   private async putMetadata(backupLsn: Lsn): Promise<void> {
     const { keys, store, identity } = this.options;
-    const metadata: RemoteTimelineMetadata = { formatVersion: REMOTE_METADATA_FORMAT_VERSION, ...identity, backupLsn };
+    const history = this.options.history();
+    const pgTimelineId = history[history.length - 1]?.pgTimelineId;
+    assert.ok(pgTimelineId !== undefined, 'a history is never empty');
+    // The metadata names the current TLI; restore reads that TLI's history file, so it goes up first.
+    await this.putHistories(history, pgTimelineId);
+    const metadata: RemoteTimelineMetadata = { formatVersion: REMOTE_METADATA_FORMAT_VERSION, ...identity, pgTimelineId, backupLsn };
     // Not aborted by close(): an interrupted put could leave a truncated object on servers that store what they got
     // (s3rver does); the request timeout bounds it instead.
     await store.putBytes(store.key(metadataKey(keys)), encodeRemoteMetadata(metadata));
