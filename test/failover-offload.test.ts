@@ -10,7 +10,9 @@
  * - the bucket prefix is a WAL archive as S's pg_wal: TLI-1 segments before the switch segment, the history file,
  *   TLI-2 segments from the switch segment on, all byte-identical to S's;
  * - pg_receivewal from W's first LSN (most of it read back from the bucket) crosses to timeline 2 and gets every
- *   byte of both timelines identical to S's.
+ *   byte of both timelines identical to S's;
+ * - `walcast timeline restore` into an empty data directory brings back the history file and TLI 2, and the
+ *   restored walcast serves both timelines from the bucket byte-identical.
  */
 import assert from 'node:assert/strict';
 import { lstat, readFile, readdir, writeFile } from 'node:fs/promises';
@@ -19,7 +21,7 @@ import { after, before, describe, test } from 'node:test';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
 import { alignDown, formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
-import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
+import { parseRemoteStorageUrl, type RemoteStorageConfig } from '../src/remote/remote-config.js';
 import { historyKey, segmentKey, timelinePrefix } from '../src/remote/remote-layout.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
@@ -28,7 +30,7 @@ import type { Timeline } from '../src/timeline/timeline.js';
 import { makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type PgStandby } from './support/postgres.js';
 import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
 import { FAILOVER_SEGMENT_BYTES, assertRangeMatches, assertTimeline2Matches, soleTimeline } from './support/timeline-wal.js';
-import { startWalcast, type RunningWalcast } from './support/walcast.js';
+import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
 
 const SEGMENT_BYTES = FAILOVER_SEGMENT_BYTES;
@@ -46,6 +48,7 @@ const BULK_SCRIPT = "INSERT INTO failover_filler SELECT g, repeat('x', 1000) FRO
 const PGBENCH_RATE_TPS = 3;
 const SEGMENT_FILE = /^[0-9A-F]{24}(\.partial|\.crc)?$/;
 const PREFIX = 'failover';
+const SAMPLE_INTERVAL_MS = 250;
 
 let s3: TestS3;
 let store: S3ObjectStore;
@@ -54,12 +57,13 @@ let promoted: PgStandby;
 let walcast: RunningWalcast;
 let timeline: Timeline;
 let bulkScript: string;
+let remote: RemoteStorageConfig;
 const cleanups: (() => Promise<void>)[] = [];
 
 before(async () => {
   s3 = await startTestS3();
   cleanups.push(() => s3.dispose());
-  const remote = parseRemoteStorageUrl(`s3://${TEST_BUCKET}/${PREFIX}`, { endpoint: s3.endpoint });
+  remote = parseRemoteStorageUrl(`s3://${TEST_BUCKET}/${PREFIX}`, { endpoint: s3.endpoint });
   store = new S3ObjectStore(remote);
   cleanups.push(async () => store.close());
   primary = await startPrimary({ extraConf: { wal_keep_size: '1GB', max_wal_size: '256MB' } });
@@ -76,6 +80,7 @@ before(async () => {
   const dataDir = await makeTempDir('walcast-failover-offload');
   await createFollowingTimeline({ dataDir, upstream: `host=127.0.0.1,127.0.0.1 port=${primary.port},${promoted.port} user=repl`, password: undefined, log: silentLogger() });
   walcast = await startWalcast({ dataDir, retention: { walKeepBytes: WAL_KEEP_BYTES, maxSlotWalKeepBytes: undefined }, remoteStorage: remote });
+  // walcast is replaced by the restore test: stop whichever runs.
   cleanups.push(() => walcast.stop());
   timeline = soleTimeline(walcast);
 }, { timeout: 300_000 });
@@ -104,6 +109,7 @@ describe('offload across a failover', { timeout: TEST_TIMEOUT_MS }, () => {
     const backupAtSwitch = backupLsn();
     t.diagnostic(`switch at ${formatLsn(switchLsn)}; backup LSN then ${formatLsn(backupAtSwitch)}; W's start ${formatLsn(timeline.timelineStartLsn)}`);
 
+    const sampler = sampleDisk(timeline);
     await produceWalUntil(promoted, switchLsn + BigInt(TLI2_WAL_BYTES));
     const promotedFlush = parseLsnOrThrow(await promoted.sql('SELECT pg_current_wal_flush_lsn()'));
     await timeline.commitLsn.waitBeyond(promotedFlush - 1n, CATCH_UP_TIMEOUT_MS);
@@ -120,6 +126,12 @@ describe('offload across a failover', { timeout: TEST_TIMEOUT_MS }, () => {
     await task.runPass();
     const startLsn = timeline.timelineStartLsn;
     assert.ok(startLsn > switchSegmentStart + BigInt(SEGMENT_BYTES), `retention moved the start ${formatLsn(startLsn)} past the switch segment`);
+    const samples = await sampler.stop();
+    for (const sample of samples) {
+      assert.ok(sample.diskBytes <= sample.allowedBytes, `at ${sample.atMs} ms ${mib(sample.diskBytes)} MiB on disk, over ${mib(sample.allowedBytes)} MiB (backup LSN ${sample.backup})`);
+    }
+    const largest = Math.max(...samples.map((sample) => sample.diskBytes));
+    t.diagnostic(`${samples.length} disk samples on timeline 2, largest ${mib(largest)} MiB`);
     const diskBytes = await segmentDiskBytes(timeline.dir);
     t.diagnostic(`after ${mib(Number(promotedFlush - switchLsn))} MiB on timeline 2: backup ${formatLsn(backup)}, start ${formatLsn(startLsn)}, ${mib(diskBytes)} MiB of segment files on disk`);
     assert.ok(diskBytes <= DISK_BOUND_BYTES, `${mib(diskBytes)} MiB on disk, over ${mib(DISK_BOUND_BYTES)} MiB`);
@@ -153,8 +165,79 @@ describe('offload across a failover', { timeout: TEST_TIMEOUT_MS }, () => {
     const reads = walcast.server.offload?.cache(timeline.tenantId, timeline.timelineId)?.stats;
     assert.ok(reads !== undefined && reads.segmentsFetched > 0 && reads.fetchErrors === 0, JSON.stringify(reads));
     t.diagnostic(`pg_receivewal: ${mib(received1)} MiB of timeline 1 and ${mib(received2)} MiB of timeline 2 equal S's; ${reads.segmentsFetched} segments read back from the bucket`);
+    restoreCheck = { firstLsn, switchLsn, backup, historyText };
+  });
+
+  test('`walcast timeline restore` of the switched timeline: history file back, serve reads both timelines from the bucket byte-identical', async (t) => {
+    assert.ok(restoreCheck !== undefined, 'the failover test ran');
+    const { firstLsn, switchLsn, historyText } = restoreCheck;
+    await walcast.stop();
+    const dataDir = await makeTempDir('walcast-failover-restored');
+    const restore = await runWalcastCli([
+      'timeline', 'restore', '--data-dir', dataDir, '--remote-storage', `s3://${TEST_BUCKET}/${PREFIX}`, '--remote-storage-endpoint', s3.endpoint,
+      '--tenant-id', timeline.tenantId, '--timeline-id', timeline.timelineId, '--json',
+    ]);
+    assert.equal(restore.code, 0, restore.stderr);
+    const restored = JSON.parse(restore.stdout) as Record<string, unknown>;
+    t.diagnostic(`restored: ${restore.stdout.trim()}`);
+    assert.equal(restored.pg_timeline_id, 2);
+    assert.equal(restored.history_files, '00000002.history');
+    const restoredDir = join(dataDir, timeline.tenantId, timeline.timelineId);
+    assert.equal(await readFile(join(restoredDir, '00000002.history'), 'utf8'), historyText);
+    // The restored walcast follows S again from the backup LSN, on timeline 2.
+    walcast = await startWalcast({ dataDir, remoteStorage: remote });
+    const served = soleTimeline(walcast);
+    assert.equal(served.pgTimelineId, 2);
+    const end = served.flushLsn.get();
+    assert.ok(end >= restoreCheck.backup);
+    const receiveDir = await makeTempDir('failover-offload-restored-receivewal');
+    await writeFile(join(receiveDir, `${segmentFileName(1, firstLsn / BigInt(SEGMENT_BYTES), SEGMENT_BYTES)}.partial`), Buffer.alloc(SEGMENT_BYTES));
+    const result = await runReceiveWal({ port: walcast.port, dir: receiveDir, endpos: formatLsn(restoreCheck.backup), timeoutMs: CATCH_UP_TIMEOUT_MS });
+    assert.equal(result.code, 0, `pg_receivewal: ${result.stderr}`);
+    assert.match(result.stderr, /switched to timeline 2/);
+    const received1 = await assertRangeMatches(receiveDir, join(promoted.dataDir, 'pg_wal'), 1, firstLsn, switchLsn);
+    const received2 = await assertTimeline2Matches(receiveDir, join(promoted.dataDir, 'pg_wal'), switchLsn, restoreCheck.backup);
+    t.diagnostic(`restored walcast served ${mib(received1)} MiB of timeline 1 and ${mib(received2)} MiB of timeline 2, equal to S's`);
   });
 });
+
+/** What the failover test leaves for the restore test. */
+let restoreCheck: { readonly firstLsn: Lsn; readonly switchLsn: Lsn; readonly backup: Lsn; readonly historyText: string } | undefined;
+
+interface DiskSample {
+  readonly atMs: number;
+  readonly diskBytes: number;
+  readonly backup: string;
+  /** The bound, raised by how far the backup LSN (which retention may not pass) trails the keep window. */
+  readonly allowedBytes: number;
+}
+
+/**
+ * Samples W's segment files while WAL comes in. Uploads to the loopback server normally keep up; the allowance for
+ * an upload lag keeps the sample honest without making it timing-dependent. A stalled backup LSN is caught by the
+ * test's wait for it to reach the flush segment, and the end state is checked against the plain bound.
+ */
+function sampleDisk(of: Timeline): { stop(): Promise<DiskSample[]> } {
+  const samples: DiskSample[] = [];
+  const startedAt = Date.now();
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      const keepFrom = of.commitLsn.get() - BigInt(WAL_KEEP_BYTES);
+      const backup = backupLsn();
+      const uploadLag = backup < keepFrom ? Number(keepFrom - backup) : 0;
+      samples.push({ atMs: Date.now() - startedAt, diskBytes: await segmentDiskBytes(of.dir), backup: formatLsn(backup), allowedBytes: DISK_BOUND_BYTES + uploadLag });
+      await new Promise((resolve) => setTimeout(resolve, SAMPLE_INTERVAL_MS));
+    }
+  })();
+  return {
+    stop: async () => {
+      stopped = true;
+      await loop;
+      return samples;
+    },
+  };
+}
 
 function backupLsn(): Lsn {
   return walcast.server.offload?.uploader(timeline.tenantId, timeline.timelineId)?.backupLsn ?? 0n;

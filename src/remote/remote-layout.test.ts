@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isWalcastError } from '../errors.js';
-import { decodeRemoteMetadata, encodeRemoteMetadata, metadataKey, segmentKey, segnoOfKey, type RemoteTimelineMetadata } from './remote-layout.js';
+import { decodeRemoteMetadata, encodeRemoteMetadata, historyKey, metadataKey, segmentKey, segnoOfKey, type RemoteTimelineMetadata } from './remote-layout.js';
 
 const keys = { tenantId: 'a'.repeat(32), timelineId: 'b'.repeat(32) };
 const MIB16 = 16 * 1024 * 1024;
@@ -24,6 +24,12 @@ test('segment keys use PostgreSQL segment names under tenant/timeline and parse 
   assert.equal(segnoOfKey(key, keys, MIB16, 1), 0x105n);
   assert.equal(segnoOfKey(metadataKey(keys), keys, MIB16, 1), undefined);
   assert.equal(segnoOfKey(key, keys, MIB16, 2), undefined, 'another PostgreSQL timeline is not ours');
+});
+
+test('history files keep PostgreSQL names beside the segments (a WAL archive as pg_wal), and are not segments', () => {
+  const key = historyKey(keys, 0x1a);
+  assert.equal(key, `${keys.tenantId}/${keys.timelineId}/0000001A.history`);
+  assert.equal(segnoOfKey(key, keys, MIB16, 0x1a), undefined);
 });
 
 test('metadata round-trips, 64-bit system id included', () => {
