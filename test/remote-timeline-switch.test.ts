@@ -10,11 +10,12 @@
  * - reading back from the bucket (segment cache + WAL reader, nothing local) returns the whole stream
  *   byte-identical across the switch;
  * - restore brings back the history file and the last segment under the right names, and the restored directory
- *   passes the start-up check; with a backup LSN still before the switch, restore stops at TLI 1.
+ *   passes the start-up check; with a backup LSN still before the switch, restore stops at TLI 1;
+ * - a store that refuses the history file holds back the new TLI's segments (and the backup LSN) until it takes it.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -27,6 +28,7 @@ import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
 import { REMOTE_METADATA_FORMAT_VERSION, decodeRemoteMetadata, encodeRemoteMetadata, historyKey, metadataKey, segmentKey, timelinePrefix } from '../src/remote/remote-layout.js';
 import { restoreTimeline } from '../src/remote/restore-timeline.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
+import { SegmentUploader } from '../src/remote/segment-uploader.js';
 import { CONTROL_FORMAT_VERSION, readControlFile, writeControlFile } from '../src/storage/control-file.js';
 import { segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
 import { checkTimelineFiles } from '../src/storage/timeline-check.js';
@@ -250,4 +252,57 @@ test('restore with a backup LSN still before the switch (metadata on TLI 2): the
   assert.equal(control.pgTimelineId, 1);
   assert.equal(control.flushLsn, seg(5));
   assert.deepEqual(await checkTimelineFiles(restored, control).then((problems) => problems.filter((problem) => problem.severity === 'error')), []);
+});
+
+test('a history file the store refuses holds back the first segment of its TLI (the backup LSN waits at the switch segment), then both go up', async () => {
+  const keys = { tenantId: 'c'.repeat(32), timelineId: 'd'.repeat(32) };
+  const switchDir = await mkdtemp(join(root, 'refused-'));
+  const switchLsn = seg(4, 0x100);
+  const history = `1\t${formatLsn(switchLsn)}\tno recovery target specified\n`;
+  await writeFile(join(switchDir, '00000002.history'), history);
+  const bytes = new Map<number, Buffer>();
+  for (const [segno, tli, suffix] of [[2, 1, ''], [3, 1, ''], [4, 1, '.partial'], [4, 2, ''], [5, 2, ''], [6, 2, '.partial']] as const) {
+    const content = randomBytes(SEG);
+    if (tli === 2 || segno < 4) bytes.set(segno, content);
+    await writeFile(join(switchDir, segmentFileName(tli, BigInt(segno), SEG) + suffix), content);
+  }
+  let refuseHistory = true;
+  const refusing = newStore();
+  const putBytes = refusing.putBytes.bind(refusing);
+  refusing.putBytes = async (key, ...rest) => {
+    if (refuseHistory && key.endsWith('.history')) throw new Error('injected: the store refuses the history file');
+    await putBytes(key, ...rest);
+  };
+  const persisted: Lsn[] = [];
+  const uploader = new SegmentUploader({
+    store: refusing,
+    dir: switchDir,
+    keys,
+    identity: { ...keys, systemId: 7n, pgVersion: 150000, segmentBytes: SEG, timelineStartLsn: seg(2) },
+    history: () => parseTimelineHistory(history, 2),
+    backupLsn: seg(2),
+    flushLsn: () => seg(6, 10),
+    persistBackupLsn: async (lsn) => {
+      persisted.push(lsn);
+    },
+    log,
+    pollMs: 50,
+    retryDelayMinMs: 50,
+  });
+  uploader.start();
+  try {
+    await until(() => uploader.backupLsn === seg(4) && uploader.stats.uploadErrors >= 3, 'TLI-1 segments up, TLI-2 segments failing on the history file');
+    assert.equal(uploader.backupLsn, seg(4), 'the backup LSN waits at the switch segment');
+    for (const segno of [4n, 5n]) assert.equal(await getObject(store, segmentKey(keys, 2, segno, SEG)), undefined, `no TLI-2 segment ${segno} before its history file`);
+    refuseHistory = false;
+    await until(() => uploader.backupLsn === seg(6), 'the history file and the TLI-2 segments go up once the store takes them');
+  } finally {
+    await uploader.close();
+    refusing.close();
+  }
+  assert.equal(await getObject(store, historyKey(keys, 2)).then((stored) => stored?.toString('utf8')), history);
+  for (const segno of [2, 3]) assert.ok((await getObject(store, segmentKey(keys, 1, BigInt(segno), SEG)))?.equals(bytes.get(segno) ?? Buffer.alloc(0)));
+  for (const segno of [4, 5]) assert.ok((await getObject(store, segmentKey(keys, 2, BigInt(segno), SEG)))?.equals(bytes.get(segno) ?? Buffer.alloc(0)));
+  assert.equal(await getObject(store, segmentKey(keys, 1, 4n, SEG)), undefined, "the old TLI's .partial of the switch segment is not uploaded");
+  assert.deepEqual(persisted.at(-1), seg(6));
 });
