@@ -140,6 +140,10 @@ export interface WalcastServerOptions {
   readonly tls?: { readonly certFile: string; readonly keyFile: string };
   /** The data dir's timeline follows the primary live (a relay), rather than serving an imported range. */
   readonly following?: boolean;
+  /** More `walcast serve` flags (the remote catch-up benchmark adds --remote-storage and its endpoint). */
+  readonly extraArgs?: readonly string[];
+  /** Overrides the result name (walcast-ts, walcast-native-…), to tell two servers of one backend apart. */
+  readonly name?: string;
 }
 
 /**
@@ -156,7 +160,7 @@ function serverNodeArgs(): string[] {
 export async function startWalcastServer(options: WalcastServerOptions): Promise<ServerTarget> {
   const port = await freePort();
   const httpPort = await freePort();
-  const name = options.io === 'ts' ? 'walcast-ts' : `walcast-native-${options.strategy ?? 'default'}`;
+  const name = options.name ?? (options.io === 'ts' ? 'walcast-ts' : `walcast-native-${options.strategy ?? 'default'}`);
   const args = [
     ...serverNodeArgs(),
     '--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve',
@@ -168,6 +172,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
     '--http', `127.0.0.1:${httpPort}`,
     '--log-level', 'warn',
     ...(options.tls === undefined ? [] : ['--tls-cert', options.tls.certFile, '--tls-key', options.tls.keyFile, '--tls-mode', 'prefer']),
+    ...(options.extraArgs ?? []),
   ];
   const server = spawnTracked(process.execPath, args, { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
   await waitForPort(port, server, name);

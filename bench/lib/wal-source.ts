@@ -53,9 +53,12 @@ function benchmarkConf(maxReplicas: number): Record<string, string> {
   };
 }
 
-/** `extraConf` adds PostgreSQL settings (the TLS cost benchmark turns on ssl). */
-export async function prepareWal(options: { pgbenchScale: number; maxReplicas: number; extraConf?: Record<string, string> }): Promise<PreparedWal> {
-  const primary = await startPrimary({ extraConf: { ...benchmarkConf(options.maxReplicas), ...options.extraConf } });
+/**
+ * `extraConf` adds PostgreSQL settings (the TLS cost benchmark turns on ssl); `walSegmentMb` sets initdb's WAL
+ * segment size (default 16; the remote catch-up smoke run uses 1 so a few MB are many segments).
+ */
+export async function prepareWal(options: { pgbenchScale: number; maxReplicas: number; extraConf?: Record<string, string>; walSegmentMb?: number }): Promise<PreparedWal> {
+  const primary = await startPrimary({ extraConf: { ...benchmarkConf(options.maxReplicas), ...options.extraConf }, ...(options.walSegmentMb === undefined ? {} : { walSegmentMb: options.walSegmentMb }) });
   const standbyTemplate = await makeStandby(primary);
   const standbyStartLsn = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_insert_lsn()'));
   const generateStarted = performance.now();
