@@ -5,7 +5,9 @@
  * well-formed JSON, markdown and SVG, and that every consumer received exactly the bytes it asked for. The load
  * spinners and the --scenarios parser are checked on their own. Also `bench/tls-cost.ts --smoke` (walcast ts,
  * native and PostgreSQL, each plain and TLS, 1 and 2 pg_receivewal replicas), checking every run streamed
- * byte-identical WAL. Benchmarks are not tests: nothing here looks at speed.
+ * byte-identical WAL, and `bench/remote-catchup.ts --smoke` (the same range served from local disk and from s3rver:
+ * byte-identical, and the remote case really read from the bucket). Benchmarks are not tests: nothing here looks at
+ * speed.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -27,7 +29,7 @@ import { REPO_ROOT } from './support/walcast.js';
 /** The smoke run takes ~50 s on 2 idle cores; a loaded CI runner gets room, a hang still ends. */
 const SMOKE_TIMEOUT_MS = 300_000;
 /** What the benchmark's own processes carry on their command lines: its data dirs and its C helpers. */
-const BENCH_PROCESS_MARKERS = ['walcast-bench-data-', 'walcast-bench-live-', '/bench/results/tmp/bin/'];
+const BENCH_PROCESS_MARKERS = ['walcast-bench-data-', 'walcast-bench-live-', 'walcast-bench-offload-', 'walcast-bench-restored-', '/bench/lib/s3-server-main.ts', '/bench/results/tmp/bin/'];
 /** A process stopped at the very end (SIGTERM'd server) may take a moment to disappear from /proc. */
 const LEFTOVER_GRACE_MS = 5_000;
 const NATIVE_BUILT = ['Release', 'Debug'].some((kind) => existsSync(join(REPO_ROOT, 'build', kind, 'walcast_native.node')));
@@ -206,6 +208,52 @@ test('bench/tls-cost.ts --smoke: every server, plain and TLS, 1 and 2 replicas, 
   const markdown = readFileSync(join(outDir, 'tls-cost.md'), 'utf8');
   for (const heading of ['### 1 replica', '### 2 replicas']) assert.ok(markdown.includes(heading), `markdown has "${heading}"`);
   for (const row of ['| walcast ts | TLS |', '| walcast native | TLS |', '| PostgreSQL 15 | TLS |', '| PostgreSQL 15 | plain |']) assert.ok(markdown.includes(row), `markdown has "${row}"`);
+  assert.deepEqual(await leftoverProcesses(), [], 'no process started by the benchmark is left running');
+});
+
+interface RemoteCatchUpRun {
+  readonly case: string;
+  readonly repetition: number;
+  readonly ok: boolean;
+  readonly error?: string;
+  readonly bytesExpected: number;
+  readonly bytesReceived?: number;
+  readonly throughputMBps?: number;
+  readonly serverCpuSecondsPerGB?: number;
+  readonly eventLoopMaxMs?: number;
+  readonly bytesServedLocal?: number;
+  readonly bytesServedRemote?: number;
+}
+
+test('bench/remote-catchup.ts --smoke: the range streams byte-identical from local disk and from object storage, the remote case from the bucket', { timeout: SMOKE_TIMEOUT_MS + 30_000 }, async () => {
+  const outDir = await makeTempDir('walcast-bench-remote-smoke');
+  const { code, stderr } = await runSmoke(outDir, 'bench/remote-catchup.ts');
+  assert.equal(code, 0, `remote-catchup --smoke failed:\n${stderr}`);
+  const jsonFiles = readdirSync(outDir).filter((name) => name.endsWith('-remote-catchup.json'));
+  assert.equal(jsonFiles.length, 1, `one result file: ${readdirSync(outDir).join(', ')}`);
+  const result = JSON.parse(readFileSync(join(outDir, jsonFiles[0]!), 'utf8')) as {
+    wal: { bytes: number; segmentBytes: number };
+    runs: RemoteCatchUpRun[];
+    verifications: { case: string; ok: boolean; error?: string; bytesExpected: number; bytesVerified: number; bytesServedRemote?: number }[];
+  };
+  assert.deepEqual(result.runs.map((run) => `${run.case} ${run.repetition}`).sort(), ['local 0', 'remote 0'], 'one measured run per case');
+  // The restored data dir holds only the last segment: everything before it must have come from the bucket.
+  const remoteExpected = result.wal.bytes - result.wal.segmentBytes;
+  assert.ok(remoteExpected > 0, 'the smoke range spans several segments');
+  for (const run of result.runs) {
+    assert.ok(run.ok, `${run.case} failed: ${run.error}`);
+    assert.equal(run.bytesReceived, result.wal.bytes, `${run.case}: the consumer received the whole range`);
+    assert.ok(Number.isFinite(run.throughputMBps) && Number.isFinite(run.serverCpuSecondsPerGB) && Number.isFinite(run.eventLoopMaxMs), `${run.case} has MB/s, CPU s/GB and event-loop max`);
+    assert.equal(run.bytesServedRemote, run.case === 'remote' ? remoteExpected : 0, `${run.case}: WAL bytes served from object storage`);
+    assert.equal((run.bytesServedLocal ?? 0) + (run.bytesServedRemote ?? 0), result.wal.bytes, `${run.case}: served bytes by source add up to the range`);
+  }
+  assert.deepEqual(result.verifications.map((check) => check.case).sort(), ['local', 'remote']);
+  for (const check of result.verifications) {
+    assert.ok(check.ok, `verify ${check.case}: ${check.error}`);
+    assert.equal(check.bytesVerified, result.wal.bytes, `${check.case}: every byte pg_receivewal wrote equals the imported WAL`);
+  }
+  const markdown = readFileSync(join(outDir, 'remote-catchup.md'), 'utf8');
+  for (const row of ['| local disk |', '| object storage (s3rver, loopback) |']) assert.ok(markdown.includes(row), `markdown has "${row}"`);
   assert.deepEqual(await leftoverProcesses(), [], 'no process started by the benchmark is left running');
 });
 
