@@ -106,6 +106,8 @@ interface Verification {
   /** Bytes pg_receivewal wrote identical to the imported segments, from the range start on. */
   readonly bytesVerified: number;
   readonly bytesServedRemote?: number;
+  /** pg_receivewal's rate in this one stream (informational: one run, not interleaved rounds). */
+  readonly throughputMBps?: number;
 }
 
 function usage(message: string): never {
@@ -299,12 +301,15 @@ async function verify(bench: Bench, which: CaseName): Promise<Verification> {
     // An empty .partial of the first segment makes pg_receivewal start there (reference §4).
     writeFileSync(join(dir, `${segmentName(firstSegment)}.partial`), '');
     target = await startCase(bench, which);
+    const started = performance.now();
     const result = await runReceiveWal({ port: target.port, dir, endpos: formatLsn(bench.wal.endLsn - 1n), timeoutMs: RUN_TIMEOUT_MS, extraArgs: ['-d', 'application_name=remote-catchup-verify'] });
+    const wallSeconds = (performance.now() - started) / 1000;
     if (result.code !== 0) throw new Error(`pg_receivewal exited ${result.code}${result.timedOut ? ' (timed out)' : ''}: ${result.stderr.trim().split('\n').slice(-3).join(' | ')}`);
     const served = await scrapeServed(target);
     const bytesVerified = matchingBytes(dir, bench.wal);
     const error = bytesVerified !== bytesExpected ? `pg_receivewal's files match the stored WAL for ${bytesVerified} of ${bytesExpected} bytes` : sourceError(bench, which, served, bytesExpected);
-    return { case: which, ok: error === undefined, ...(error === undefined ? {} : { error }), bytesExpected, bytesVerified, bytesServedRemote: served.remote };
+    const throughputMBps = bytesExpected / BYTES_PER_MB / wallSeconds;
+    return { case: which, ok: error === undefined, ...(error === undefined ? {} : { error }), bytesExpected, bytesVerified, bytesServedRemote: served.remote, throughputMBps };
   } catch (error) {
     return { case: which, ok: false, error: message(error), bytesExpected, bytesVerified: 0 };
   } finally {
@@ -332,7 +337,7 @@ function defined(values: readonly (number | undefined)[]): number[] {
 
 function renderTable(runs: readonly CatchUpRun[], verifications: readonly Verification[]): string {
   const lines = [
-    '| served from | MB/s | walcast CPU s/GB | s3rver CPU s/GB | event-loop max ms | WAL from object storage | bytes verified |',
+    '| served from | MB/s | walcast CPU s/GB | s3rver CPU s/GB | event-loop max ms | WAL read from object storage per run | bytes verified |',
     '|---|---:|---:|---:|---:|---:|---:|',
   ];
   for (const which of CASES) {
@@ -348,6 +353,11 @@ function renderTable(runs: readonly CatchUpRun[], verifications: readonly Verifi
   const mbps = pairwiseRatio(byRound(runs, 'remote', 'throughputMBps'), byRound(runs, 'local', 'throughputMBps'));
   const cpu = pairwiseRatio(byRound(runs, 'remote', 'serverCpuSecondsPerGB'), byRound(runs, 'local', 'serverCpuSecondsPerGB'));
   lines.push('', `Object storage / local disk, paired per round: MB/s ${cell(mbps, 2)}×, walcast CPU s/GB ${cell(cpu, 2)}×.`);
+  const receiveWal = CASES.map((which) => {
+    const rate = verifications.find((entry) => entry.case === which)?.throughputMBps;
+    return `${which} ${rate === undefined ? '–' : rate.toFixed(0)} MB/s`;
+  });
+  lines.push(`pg_receivewal (--no-sync into /dev/shm; the verification stream, one run per case on a fresh server process, wall time including pg_receivewal's own start-up): ${receiveWal.join(', ')}.`);
   return lines.join('\n');
 }
 
@@ -368,7 +378,7 @@ async function main(): Promise<void> {
   let restoredDir: string | undefined;
   try {
     const offloadSeconds = await offloadRange(wal, remoteArgs, tenantId, timelineId, options.mib);
-    progress(`offloaded to ${s3.endpoint} in ${offloadSeconds.toFixed(1)} s`);
+    progress(`offloaded to ${s3.endpoint} (s3rver, objects in ${s3.directory}) in ${offloadSeconds.toFixed(1)} s`);
     restoredDir = await makeTempDir('walcast-bench-restored');
     await runWalcastCli(['timeline', 'restore', '--data-dir', restoredDir, ...remoteArgs, '--tenant-id', tenantId, '--timeline-id', timelineId]);
     const localFiles = segmentFilesIn(join(restoredDir, tenantId, timelineId), wal.startLsn, wal.endLsn, wal.segmentBytes);
@@ -397,7 +407,7 @@ async function main(): Promise<void> {
     for (const which of CASES) {
       const check = await verify(bench, which);
       verifications.push(check);
-      progress(`verify ${which}: ${check.ok ? 'byte-identical' : `FAILED ${check.error}`} (${check.bytesVerified} of ${check.bytesExpected} bytes)`);
+      progress(`verify ${which}: ${check.ok ? 'byte-identical' : `FAILED ${check.error}`} (${check.bytesVerified} of ${check.bytesExpected} bytes${check.throughputMBps === undefined ? '' : `, pg_receivewal ${check.throughputMBps.toFixed(0)} MB/s`})`);
     }
   } finally {
     await s3.stop();

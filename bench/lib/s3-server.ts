@@ -13,6 +13,8 @@ import { BENCH_DIR, REPO_ROOT } from './tools.js';
 export interface BenchS3 {
   readonly endpoint: string;
   readonly bucket: string;
+  /** Where s3rver keeps the objects (removed when it stops). */
+  readonly directory: string;
   readonly pid: number;
   stop(): Promise<void>;
 }
@@ -21,8 +23,8 @@ export async function startBenchS3(): Promise<BenchS3> {
   useTestS3Credentials();
   const child = spawnTracked(process.execPath, ['--import', 'tsx', join(BENCH_DIR, 'lib', 's3-server-main.ts')], { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
   const lines = createInterface({ input: child.child.stdout! });
-  const ready = await new Promise<{ endpoint: string; bucket: string }>((resolve, reject) => {
-    lines.once('line', (line) => resolve(JSON.parse(line) as { endpoint: string; bucket: string }));
+  const ready = await new Promise<{ endpoint: string; bucket: string; directory: string }>((resolve, reject) => {
+    lines.once('line', (line) => resolve(JSON.parse(line) as { endpoint: string; bucket: string; directory: string }));
     void child.exited.then((code) => reject(new Error(`s3rver exited with ${code}: ${child.stderr().trim()}`)));
   });
   return { ...ready, pid: child.pid, stop: () => child.stop() };
