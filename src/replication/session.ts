@@ -15,7 +15,7 @@ import { readTimelineHistory } from '../storage/timeline-history.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { PG_SERVER_VERSION } from '../version.js';
-import type { PgConnection } from '../wire/connection.js';
+import { isDisconnected, type PgConnection } from '../wire/connection.js';
 import { quoteClientText } from '../wire/client-text.js';
 import { commandComplete, emptyQueryResponse, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
 import { acceptStartup, replicationMode, type AuthConfig, type StartupResult } from '../wire/startup.js';
@@ -84,6 +84,11 @@ export async function runSession(context: SessionContext): Promise<void> {
   context.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
   try {
     await startupAndCommands(context, phase);
+  } catch (error) {
+    // The client went away while its command was being answered (found by the session fuzzer: a Query pipelined
+    // behind other messages, then a close): its doing, not a bug, so not an error-level "session failed".
+    if (!isDisconnected(error)) throw error;
+    context.log.info({ err: describe(error) }, 'client disconnected while its command was answered');
   } finally {
     context.shutdownSignal.removeEventListener('abort', onShutdown);
   }
