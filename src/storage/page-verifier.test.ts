@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readSync, renameSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
@@ -13,6 +13,7 @@ import { pino } from 'pino';
 import type { WalChunk } from './wal-chunk.js';
 import { WAL_PAGE_BYTES } from '../lsn.js';
 import { crc32c } from './crc32c.js';
+import { sidecarPathFor } from './page-checksums.js';
 import { PageVerifier, WalCorruptionError, type PageChecksummer, type VerifyContext } from './page-verifier.js';
 import { WalWriter } from './wal-writer.js';
 
@@ -75,6 +76,39 @@ test('full pages verify once for any number of replicas; the partial page agains
   for (let replica = 0; replica < 1000; replica++) await verifier.verify(tailChunk, BigInt(20 * WAL_PAGE_BYTES), context(checksummer, writer));
   assert.equal(checksummer.pages, 18, 'the tail prefix is checked once per length');
   assert.equal(lines.length, 0, 'nothing to report');
+  await writer.close();
+});
+
+test('the page being filled is checked against the writer without rereading the sidecar; a page it completed is read from it', async () => {
+  const { writer, data } = await writeWal(20 * WAL_PAGE_BYTES + 3000);
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const checksummer = new CountingChecksummer();
+  const { context, lines } = captureLog();
+  await verifier.verify(chunkOf(19 * WAL_PAGE_BYTES, WAL_PAGE_BYTES + 3000), BigInt(19 * WAL_PAGE_BYTES), context(checksummer, writer));
+  // Every live stream verifies the growing tail at each publish: the sidecar must not be read for it. A directory in
+  // its place makes any read fail, so a reread would reject here.
+  const sidecar = sidecarPathFor(dir, SEGMENT);
+  renameSync(sidecar, `${sidecar}.away`);
+  mkdirSync(sidecar);
+  const more = randomBytes(500);
+  writer.write(BigInt(data.length), more);
+  await writer.flush();
+  for (let replica = 0; replica < 100; replica++) await verifier.verify(chunkOf(20 * WAL_PAGE_BYTES, 3500), BigInt(20 * WAL_PAGE_BYTES), context(checksummer, writer));
+  assert.equal(checksummer.pages, 3, 'pages 19 and 20 once, then the longer tail prefix once');
+  // Once the writer completes the page, the next chunk needs its sidecar entry: read, and a damaged copy refused.
+  rmdirSync(sidecar);
+  renameSync(`${sidecar}.away`, sidecar);
+  writer.write(BigInt(data.length + more.length), randomBytes(WAL_PAGE_BYTES));
+  await writer.flush();
+  const pastTail = chunkOf(20 * WAL_PAGE_BYTES, WAL_PAGE_BYTES + 100);
+  await verifier.verify(pastTail, BigInt(20 * WAL_PAGE_BYTES), context(checksummer, writer));
+  const page20 = Buffer.alloc(WAL_PAGE_BYTES);
+  readSync(fd, page20, 0, WAL_PAGE_BYTES, 20 * WAL_PAGE_BYTES);
+  page20[4000]! ^= 0x01;
+  writeSync(fd, page20, 0, WAL_PAGE_BYTES, 20 * WAL_PAGE_BYTES);
+  const fresh = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  await assert.rejects(fresh.verify(pastTail, BigInt(20 * WAL_PAGE_BYTES), context(checksummer, writer)), WalCorruptionError);
+  assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1, 'the damage is reported');
   await writer.close();
 });
 
