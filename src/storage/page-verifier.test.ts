@@ -112,6 +112,33 @@ test('the page being filled is checked against the writer without rereading the 
   await writer.close();
 });
 
+test('streams woken together share one check of the tail prefix; a damaged tail is refused to each of them', async () => {
+  const { writer, data } = await writeWal(4 * WAL_PAGE_BYTES + 1000);
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const checksummer = new CountingChecksummer();
+  const { context, lines } = captureLog();
+  // An earlier publish: the segment's state is known, so the next verifies start without any I/O of their own.
+  await verifier.verify(chunkOf(4 * WAL_PAGE_BYTES, 500), BigInt(4 * WAL_PAGE_BYTES), context(checksummer, writer));
+  // 100 streams at the same position, woken by one publish: concurrent, so none finished before the others asked.
+  const tail = (): Promise<void> => verifier.verify(chunkOf(4 * WAL_PAGE_BYTES, 1000), BigInt(4 * WAL_PAGE_BYTES), context(checksummer, writer));
+  await Promise.all(Array.from({ length: 100 }, tail));
+  assert.equal(checksummer.pages, 2, 'one checksum of the longer tail prefix for 100 streams');
+  // The next publish lands on a damaged file: every stream that asks is refused, with what did verify before the page.
+  writer.write(BigInt(data.length), randomBytes(700));
+  await writer.flush();
+  const page = Buffer.alloc(1700);
+  readSync(fd, page, 0, page.length, 4 * WAL_PAGE_BYTES);
+  page[1500]! ^= 0x40;
+  writeSync(fd, page, 0, page.length, 4 * WAL_PAGE_BYTES);
+  const fromEarlier = verifier.verify(chunkOf(3 * WAL_PAGE_BYTES, WAL_PAGE_BYTES + 1700), BigInt(3 * WAL_PAGE_BYTES), context(checksummer, writer));
+  const atTail = Array.from({ length: 20 }, () => verifier.verify(chunkOf(4 * WAL_PAGE_BYTES, 1700), BigInt(4 * WAL_PAGE_BYTES), context(checksummer, writer)));
+  const results = await Promise.allSettled([fromEarlier, ...atTail]);
+  const goodBytes = results.map((result) => (result.status === 'rejected' && result.reason instanceof WalCorruptionError ? result.reason.goodBytes : -1));
+  assert.deepEqual(goodBytes, [WAL_PAGE_BYTES, ...atTail.map(() => 0)], 'each refused, each with its own verified prefix');
+  assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1, 'logged once');
+  await writer.close();
+});
+
 test('a damaged page is refused with the verified prefix, logged and counted once, and served again once repaired', async () => {
   const { writer } = await writeWal(8 * WAL_PAGE_BYTES);
   await writer.close();

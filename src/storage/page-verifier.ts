@@ -81,6 +81,13 @@ interface SegmentState {
   /** The writer's partial page: its index and the longest prefix verified. */
   tailPage: number;
   tailBytes: number;
+  /**
+   * The tail check under way, if any: the streams a publish wakes all ask for the same prefix at once, before the
+   * first check finished, so without this each computed the writer's CRC and checksummed the page itself
+   * (profiled at 1,000 waiting replicas: a seventh of the event loop). A stream needing at most this prefix of
+   * this page waits for it instead, and checks on its own only if it did not verify.
+   */
+  tailCheck: { readonly page: number; readonly prefixBytes: number; readonly done: Promise<void> } | undefined;
   warnedUnverifiable: boolean;
 }
 
@@ -160,6 +167,23 @@ export class PageVerifier {
     const pageOffset = page * WAL_PAGE_BYTES;
     const prefixBytes = Math.min(WAL_PAGE_BYTES, chunk.fileOffset + chunk.byteCount - pageOffset);
     if (state.tailPage === page && state.tailBytes >= prefixBytes) return;
+    const underWay = state.tailCheck;
+    if (underWay !== undefined && underWay.page === page && underWay.prefixBytes >= prefixBytes) {
+      await underWay.done.catch(() => undefined);
+      // Verified by prefix against the writer, or (the page filled meanwhile) whole against the sidecar.
+      if (isVerified(state, page) || (state.tailPage === page && state.tailBytes >= prefixBytes)) return;
+    }
+    const done = this.checkTail(state, segno, page, prefixBytes, chunk, context);
+    state.tailCheck = { page, prefixBytes, done };
+    try {
+      await done;
+    } finally {
+      if (state.tailCheck?.done === done) state.tailCheck = undefined;
+    }
+  }
+
+  private async checkTail(state: SegmentState, segno: bigint, page: number, prefixBytes: number, chunk: WalChunk, context: VerifyContext): Promise<void> {
+    const pageOffset = page * WAL_PAGE_BYTES;
     const pageLsn = segmentStartLsn(segno, this.layout.segmentBytes) + BigInt(pageOffset);
     const expected = context.tail?.tailPagePrefixCrc(pageLsn, prefixBytes);
     if (expected === undefined) {
@@ -172,8 +196,11 @@ export class PageVerifier {
     const actual = await this.checksum(state, pageOffset, prefixBytes, chunk, context);
     if (actual[0] !== expected) this.fail(state, segno, page, chunk, context, actual[0], expected);
     this.passed(state, segno, page, context);
-    state.tailPage = page;
-    state.tailBytes = prefixBytes;
+    // Never shrink: a shorter check finishing after a longer one of the same page must not undo it.
+    if (state.tailPage !== page || state.tailBytes < prefixBytes) {
+      state.tailPage = page;
+      state.tailBytes = prefixBytes;
+    }
   }
 
   private async checksum(state: SegmentState, fileOffset: number, byteCount: number, chunk: WalChunk, context: VerifyContext): Promise<Uint32Array> {
@@ -261,6 +288,7 @@ export class PageVerifier {
       verified: new Uint8Array(Math.ceil(this.pagesPerSegment / 8)),
       tailPage: -1,
       tailBytes: 0,
+      tailCheck: undefined,
       warnedUnverifiable: false,
     };
     this.segments.set(segno, state);
