@@ -89,17 +89,22 @@ bool Engine::Start(uv_loop_t* loop, Failure* failure) {
   }
   idle_ = new uv_idle_t();
   prepare_ = new uv_prepare_t();
+  check_ = new uv_check_t();
   uv_idle_init(loop, idle_);
   uv_prepare_init(loop, prepare_);
+  uv_check_init(loop, check_);
   poll_->data = this;
   idle_->data = this;
   prepare_->data = this;
+  check_->data = this;
   // Unreferenced: live sockets keep the loop alive; the engine alone must not keep a process from exiting.
   uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
   uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
   uv_unref(reinterpret_cast<uv_handle_t*>(prepare_));
+  uv_unref(reinterpret_cast<uv_handle_t*>(check_));
   uv_poll_start(poll_, UV_READABLE, OnPoll);
   uv_prepare_start(prepare_, OnPrepare);
+  uv_check_start(check_, OnCheck);
   return true;
 }
 
@@ -163,6 +168,12 @@ void Engine::Close() {
     uv_prepare_stop(prepare_);
     uv_close(reinterpret_cast<uv_handle_t*>(prepare_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_prepare_t*>(handle); });
     prepare_ = nullptr;
+  }
+  if (check_ != nullptr) {
+    check_->data = nullptr;
+    uv_check_stop(check_);
+    uv_close(reinterpret_cast<uv_handle_t*>(check_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_check_t*>(handle); });
+    check_ = nullptr;
   }
   if (idle_ != nullptr) {
     idle_->data = nullptr;
@@ -293,11 +304,13 @@ int Engine::Submit(Stream& stream, SendUnit&& unit, Failure* failure) {
   }
   if (strategy_ == Strategy::kUring) {
     stream.queue.push_back(std::move(unit));
+    // Not submitted here: a publish wakes every waiting stream, and each sends in the same loop iteration. One
+    // io_uring_enter per stream cost 1,000 syscalls per publish at 1,000 replicas (the largest native item in the
+    // profile); the check handle (after this iteration's callbacks) or the next prepare submits them all at once.
     if (OverIterationBudget()) {
       MarkReady(stream);
     } else {
       KickUring(stream);
-      SubmitRing();
     }
     return QueueStatus(stream);
   }
@@ -557,10 +570,20 @@ void Engine::OnPoll(uv_poll_t* handle, int status, int) {
 void Engine::OnPrepare(uv_prepare_t* handle) {
   Engine* engine = static_cast<Engine*>(handle->data);
   if (engine == nullptr) return;
+  // Sends queued since the check phase (timers, setImmediate callbacks) go before the loop sleeps.
+  engine->SubmitRing();
   engine->iteration_bytes_ = 0;
   if (engine->ready_.empty()) return;
   engine->RunTurn();
   engine->DeliverEvents();
+}
+
+// After the poll phase's callbacks (socket reads, ingest publishing to the senders) and the microtasks they ran:
+// the sends they queued are submitted in one io_uring_enter.
+void Engine::OnCheck(uv_check_t* handle) {
+  Engine* engine = static_cast<Engine*>(handle->data);
+  if (engine == nullptr) return;
+  engine->SubmitRing();
 }
 
 // Active only while streams wait in the ready list: an active idle handle makes libuv poll without blocking, so

@@ -217,6 +217,7 @@ class Engine {
   static void OnPoll(uv_poll_t* handle, int status, int events);
   static void OnIdle(uv_idle_t* handle);
   static void OnPrepare(uv_prepare_t* handle);
+  static void OnCheck(uv_check_t* handle);
   bool OverIterationBudget() const { return iteration_bytes_ >= kIterationBudgetBytes; }
 
   Strategy strategy_;
@@ -226,6 +227,8 @@ class Engine {
   uv_poll_t* poll_ = nullptr;
   uv_idle_t* idle_ = nullptr;
   uv_prepare_t* prepare_ = nullptr;
+  // Submits the sends JavaScript queued in this loop iteration's poll phase, once for all of them (see Submit).
+  uv_check_t* check_ = nullptr;
   bool idle_active_ = false;
   // Bytes handed to the kernel (or, for uring, submitted) in the current loop iteration.
   uint64_t iteration_bytes_ = 0;
