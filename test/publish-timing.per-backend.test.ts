@@ -200,4 +200,51 @@ describe('publish → socket timing with live replicas', { timeout: TEST_TIMEOUT
     }
     await waitFor(async () => (timeline.publishTiming.liveStreams() === 0 ? true : undefined), CATCH_UP_TIMEOUT_MS, { what: 'ended streams leave the timing' });
   });
+
+  test('streams at different positions and a stalled one share publishes: each gets exactly the primary\'s bytes', async () => {
+    const { timeline, primary } = fixture;
+    const open = async (name: string, startLsn: Lsn): Promise<Replica> => {
+      const client = await connectReplication({ host: '127.0.0.1', port: fixture.walcast.port, user: 'repl', applicationName: name, timeoutMs: 10_000 });
+      const stream = await client.startReplication(`START_REPLICATION PHYSICAL ${formatLsn(startLsn)}`);
+      return new Replica(client, stream, startLsn);
+    };
+    const oldLsn = timeline.commitLsn.get();
+    const replicas: Replica[] = [];
+    try {
+      // Live from the start, and one that stops reading: its socket fills and its sends wait for room while the
+      // others are woken by the same publishes.
+      replicas.push(await open('live-0', oldLsn), await open('live-1', oldLsn));
+      const stalled = await open('stalled', oldLsn);
+      replicas.push(stalled);
+      stalled.client.setPaused(true);
+      await primary.sql('INSERT INTO commits SELECT generate_series(1, 200000)');
+      const bulkEnd = BigInt(await primary.sql('SELECT pg_current_wal_flush_lsn() - \'0/0\'::pg_lsn'));
+      await waitFor(async () => (timeline.commitLsn.get() >= bulkEnd ? true : undefined), CATCH_UP_TIMEOUT_MS, { what: 'walcast published the bulk insert' });
+      // Catching up from the old position while the next commits are published, and two waiting at the newest one.
+      replicas.push(await open('behind-0', oldLsn), await open('behind-1', oldLsn));
+      const newLsn = timeline.commitLsn.get();
+      replicas.push(await open('new-0', newLsn), await open('new-1', newLsn));
+      for (let index = 0; index < COMMITS; index++) await primary.sql(`INSERT INTO commits VALUES (${index})`);
+      const target = BigInt(await primary.sql('SELECT pg_current_wal_flush_lsn() - \'0/0\'::pg_lsn'));
+      // Behind on the server's side too (its sends wait for room), not only in its own socket buffer.
+      const stalledSent = timeline.replicas.snapshot().find((replica) => replica.appName === 'stalled')?.sentLsn;
+      assert.ok(stalledSent !== undefined && stalledSent < target, 'the stalled replica is behind while the others are served');
+      stalled.client.setPaused(false);
+      await waitFor(
+        async () => (replicas.every((replica) => replica.receivedLsn >= target) ? true : undefined),
+        CATCH_UP_TIMEOUT_MS,
+        { what: 'every replica reached the last commit' },
+      );
+      for (const replica of replicas) {
+        let bytes = 0;
+        for (const piece of replica.pieces) {
+          assert.ok((await primaryBytes(primary, piece.lsn, piece.bytes.length)).equals(piece.bytes), `bytes at ${formatLsn(piece.lsn)}`);
+          bytes += piece.bytes.length;
+        }
+        assert.ok(bytes > 0 && replica.receivedLsn >= target);
+      }
+    } finally {
+      for (const replica of replicas) await replica.stop().catch(() => undefined);
+    }
+  });
 });
