@@ -4,8 +4,8 @@
  * from them (the seed's WalSenders / ReplicaState).
  *
  * A replica is registered when START_REPLICATION begins and unregistered by its handle however the stream ends.
- * Aggregates are recomputed on every feedback of any kind and on unregister (Neon recomputed only on 'h', so a
- * standby's flush position in the aggregate lagged behind its real one).
+ * Aggregates reflect every feedback of any kind and every unregister, recomputed on the next read after one (Neon
+ * recomputed only on 'h', so a standby's flush position in the aggregate lagged behind its real one).
  */
 import assert from 'node:assert/strict';
 import { CONNECTIONS_MAX } from '../config/limits.js';
@@ -142,7 +142,11 @@ export class ReplicaHandle {
 export class ReplicaRegistry {
   private readonly replicas = new Map<number, ReplicaState>();
   private nextReplicaId = 1;
-  private aggregatesCache: ReplicaAggregates = EMPTY_AGGREGATES;
+  /**
+   * Recomputed when read after a change (undefined: stale), not on every feedback: a publish makes every replica
+   * reply, and a fold over all replicas per reply was O(replicas²) per publish at 1,000 replicas (issue 13).
+   */
+  private aggregatesCache: ReplicaAggregates | undefined = EMPTY_AGGREGATES;
   /** Kept across disconnects: a remote-consistent LSN once reported stays true (Neon persists it). */
   private remoteConsistentLsnMax: Lsn | undefined;
   /** Feedback messages received on this timeline, by kind, since the server started. */
@@ -186,6 +190,7 @@ export class ReplicaRegistry {
   }
 
   aggregates(): ReplicaAggregates {
+    this.aggregatesCache ??= this.recompute();
     return this.aggregatesCache;
   }
 
@@ -203,21 +208,21 @@ export class ReplicaRegistry {
         this.remoteConsistentLsnMax = maxOptional(this.remoteConsistentLsnMax, feedback.remoteConsistentLsn);
         break;
     }
-    this.recompute();
+    this.aggregatesCache = undefined;
   }
 
   /** @internal called by ReplicaHandle. */
   remove(replicaId: number): void {
     const removed = this.replicas.delete(replicaId);
     assert.ok(removed, 'a replica is unregistered once');
-    this.recompute();
+    this.aggregatesCache = undefined;
   }
 
-  private recompute(): void {
+  private recompute(): ReplicaAggregates {
     let aggregates: { -readonly [K in keyof ReplicaAggregates]: ReplicaAggregates[K] } = { ...EMPTY_AGGREGATES };
     for (const state of this.replicas.values()) aggregates = foldReplica(aggregates, state);
     aggregates.remoteConsistentLsn = this.remoteConsistentLsnMax;
-    this.aggregatesCache = aggregates;
+    return aggregates;
   }
 }
 
