@@ -1,5 +1,6 @@
 /** The LSN watch: forward only, wakes waiters the moment it passes their position, times out, honours abort. */
 import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
 import { test } from 'node:test';
 import { LsnWatch } from './lsn-watch.js';
 
@@ -54,4 +55,23 @@ test('the watch never moves back', () => {
   assert.throws(() => watch.advance(9n));
   watch.advance(10n);
   assert.equal(watch.get(), 10n);
+});
+
+test('a stream waiting once per publish keeps one abort listener, and abort still ends its current wait', async () => {
+  const watch = new LsnWatch(0n);
+  const controller = new AbortController();
+  for (let lsn = 1n; lsn <= 100n; lsn++) {
+    const woken = watch.waitBeyond(lsn - 1n, 10_000, controller.signal);
+    watch.advance(lsn);
+    assert.equal(await woken, lsn);
+  }
+  assert.ok(getEventListeners(controller.signal, 'abort').length <= 1, 'listeners do not pile up with the waits');
+  const other = new AbortController();
+  const bystander = watch.waitBeyond(100n, 10_000, other.signal);
+  const current = watch.waitBeyond(100n, 10_000, controller.signal);
+  controller.abort();
+  assert.equal(await current, undefined);
+  watch.advance(101n);
+  assert.equal(await bystander, 101n, 'another signal\'s wait is not ended by it');
+  assert.equal(watch.waiterCount(), 0);
 });
