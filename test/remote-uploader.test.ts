@@ -6,16 +6,18 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { createLogger, silentLogger } from '../src/log.js';
-import type { Lsn } from '../src/lsn.js';
+import { WAL_PAGE_BYTES, type Lsn } from '../src/lsn.js';
 import { decodeRemoteMetadata, metadataKey, segmentKey } from '../src/remote/remote-layout.js';
 import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
+import { SegmentCache } from '../src/remote/segment-cache.js';
 import { SegmentUploader } from '../src/remote/segment-uploader.js';
+import { SIDECAR_SUFFIX, sidecarPathFor, writeSidecarFromSegment } from '../src/storage/page-checksums.js';
 import { PARTIAL_SUFFIX, segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
 import { singleTimelineHistory } from '../src/storage/timeline-history.js';
 import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
@@ -174,5 +176,30 @@ test('a restart resumes from the persisted backup LSN; new segments follow', asy
   await second.close();
   assert.equal(second.stats.segmentsUploaded, 1);
   await assertInBucket(f, [4n, 5n, 6n]);
+  f.store.close();
+});
+
+test('page-checksum sidecars go up with their segments and come back with them into the segment cache', async () => {
+  const f = await fixture(3);
+  const sidecars = new Map<bigint, Buffer>();
+  for (const segno of [2n, 3n]) {
+    const name = segmentFileName(1, segno, SEGMENT_BYTES);
+    writeSidecarFromSegment(join(f.dir, name), sidecarPathFor(f.dir, name), SEGMENT_BYTES / WAL_PAGE_BYTES);
+    sidecars.set(segno, await readFile(sidecarPathFor(f.dir, name)));
+  }
+  const up = uploader(f, segmentStartLsn(2n, SEGMENT_BYTES));
+  up.start();
+  await until(() => up.backupLsn === segmentStartLsn(4n, SEGMENT_BYTES), 'backup LSN reaches the segment being filled');
+  await up.close();
+  for (const [segno, expected] of sidecars) {
+    const key = f.store.key(segmentKey(f.keys, 1, segno, SEGMENT_BYTES)) + SIDECAR_SUFFIX;
+    assert.ok((await f.store.getRange(key, 0, expected.length)).equals(expected), `sidecar of segment ${segno} is in the bucket byte-identical`);
+  }
+  const cacheDir = join(f.dir, 'cache');
+  const cache = new SegmentCache({ store: f.store, keys: f.keys, dir: cacheDir, segmentBytes: SEGMENT_BYTES, history: () => singleTimelineHistory(1), log: silentLogger() });
+  const path = await cache.fetch(3n);
+  assert.ok(path !== undefined);
+  assert.ok((await readFile(path)).equals(f.segments.get(3n) ?? Buffer.alloc(0)), 'the segment comes back byte-identical');
+  assert.ok((await readFile(sidecarPathFor(cacheDir, segmentFileName(1, 3n, SEGMENT_BYTES)))).equals(sidecars.get(3n) ?? Buffer.alloc(0)), 'with its sidecar next to it');
   f.store.close();
 });

@@ -20,7 +20,8 @@ import assert from 'node:assert/strict';
 import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
-import type { Lsn } from '../lsn.js';
+import { WAL_PAGE_BYTES, type Lsn } from '../lsn.js';
+import { SIDECAR_ENTRY_BYTES, SIDECAR_SUFFIX, sidecarPathFor } from '../storage/page-checksums.js';
 import { CONTROL_FORMAT_VERSION, fsyncDirectory, writeControlFile } from '../storage/control-file.js';
 import { historyFileName, segmentFileName, segmentOf } from '../storage/segment-name.js';
 import { HISTORY_FILE_BYTES_MAX, parseTimelineHistory, segmentPgTimeline, singleTimelineHistory, type TimelineHistory } from '../storage/timeline-history.js';
@@ -76,7 +77,14 @@ export async function restoreTimeline(options: { dataDir: string; store: ObjectS
       historyFiles.push(historyFileName(entry.pgTimelineId));
     }
     const name = segmentFileName(pgTimelineId, lastSegno, metadata.segmentBytes);
-    await download(store, store.key(segmentKey(keys, pgTimelineId, lastSegno, metadata.segmentBytes)), join(tempDir, name), metadata.segmentBytes);
+    const segmentObjectKey = store.key(segmentKey(keys, pgTimelineId, lastSegno, metadata.segmentBytes));
+    await download(store, segmentObjectKey, join(tempDir, name), metadata.segmentBytes);
+    // Its page checksums, when the bucket has them (segment-uploader.ts putSidecar), so the one local segment is
+    // verified before it is sent like every other.
+    const sidecar = await store.head(segmentObjectKey + SIDECAR_SUFFIX);
+    if (sidecar !== undefined && sidecar.sizeBytes > 0 && sidecar.sizeBytes <= (metadata.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES) {
+      await download(store, segmentObjectKey + SIDECAR_SUFFIX, sidecarPathFor(tempDir, name), sidecar.sizeBytes);
+    }
     await writeControlFile(tempDir, {
       formatVersion: CONTROL_FORMAT_VERSION,
       tenantId: keys.tenantId,

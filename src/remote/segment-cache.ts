@@ -13,11 +13,13 @@
  * object, which ends only the streams that need this segment with an ErrorResponse.
  */
 import assert from 'node:assert/strict';
-import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { WalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { failpoint } from '../failpoints.js';
+import { WAL_PAGE_BYTES } from '../lsn.js';
+import { SIDECAR_ENTRY_BYTES, SIDECAR_SUFFIX, sidecarPathFor } from '../storage/page-checksums.js';
 import { segmentFileName } from '../storage/segment-name.js';
 import { segmentPgTimeline, type TimelineHistory } from '../storage/timeline-history.js';
 import type { RemoteSegmentSource } from '../storage/wal-reader.js';
@@ -158,6 +160,9 @@ export class SegmentCache implements RemoteSegmentSource {
       throw failure;
     }
     const path = join(dir, name);
+    // The sidecar goes in place first: the verifier must never find this segment without the checksums it came with.
+    const hasSidecar = await this.fetchSidecar(key, name);
+    if (!hasSidecar) this.options.log.warn({ object: key + SIDECAR_SUFFIX, segment: name }, 'no page-checksum sidecar in object storage for this segment: it is served unverified');
     await rename(tempPath, path);
     this.stats.segmentsFetched++;
     this.stats.bytesFetched += segmentBytes;
@@ -165,6 +170,22 @@ export class SegmentCache implements RemoteSegmentSource {
     this.cached.set(segno, path);
     await this.evict(segno);
     return path;
+  }
+
+  /** Fetches `<segment key>.crc` into the cache directory next to the segment; false when the bucket has none. */
+  private async fetchSidecar(segmentObjectKey: string, name: string): Promise<boolean> {
+    const sidecarKey = segmentObjectKey + SIDECAR_SUFFIX;
+    const info = await this.options.store.head(sidecarKey);
+    if (info === undefined) return false;
+    const entriesMax = (this.options.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES;
+    if (info.sizeBytes > entriesMax || info.sizeBytes % SIDECAR_ENTRY_BYTES !== 0) {
+      throw new Error(`object ${sidecarKey} holds ${info.sizeBytes} bytes, not whole checksum entries of at most ${entriesMax}`);
+    }
+    const bytes = info.sizeBytes === 0 ? Buffer.alloc(0) : await this.getWithRetries(sidecarKey, 0, info.sizeBytes);
+    const sidecarPath = sidecarPathFor(this.options.dir, name);
+    await writeFile(`${sidecarPath}.download`, bytes);
+    await rename(`${sidecarPath}.download`, sidecarPath);
+    return true;
   }
 
   private async getWithRetries(key: string, position: number, length: number): Promise<Buffer> {
@@ -190,7 +211,10 @@ export class SegmentCache implements RemoteSegmentSource {
       if (oldest === undefined) break;
       const path = this.cached.get(oldest);
       this.cached.delete(oldest);
-      if (path !== undefined) await unlink(path).catch(() => undefined);
+      if (path !== undefined) {
+        await unlink(path).catch(() => undefined);
+        await unlink(sidecarPathFor(dirname(path), basename(path))).catch(() => undefined);
+      }
     }
   }
 

@@ -23,7 +23,8 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { failpoint } from '../failpoints.js';
 import type { Logger } from '../log.js';
-import { formatLsn, type Lsn } from '../lsn.js';
+import { WAL_PAGE_BYTES, formatLsn, type Lsn } from '../lsn.js';
+import { SIDECAR_ENTRY_BYTES, SIDECAR_SUFFIX, sidecarPathFor } from '../storage/page-checksums.js';
 import { PARTIAL_SUFFIX, historyFileName, segmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
 import { HISTORY_FILE_BYTES_MAX, segmentPgTimeline, type TimelineHistory } from '../storage/timeline-history.js';
 import type { ObjectStore } from './object-store.js';
@@ -190,6 +191,7 @@ export class SegmentUploader {
       await this.putHistories(history, pgTimelineId);
       const path = await this.segmentPath(segno, pgTimelineId);
       await store.putFile(key, path, identity.segmentBytes, this.stop.signal);
+      await this.putSidecar(key, segno, pgTimelineId);
       failpoint('offload-after-put');
       this.stats.bytesUploaded += identity.segmentBytes;
       this.stats.segmentsUploaded++;
@@ -204,6 +206,27 @@ export class SegmentUploader {
       this.retries.set(segno, { notBeforeMs: Date.now() + delayMs, failures });
       this.options.log.warn({ err: error, object: key, failures, retryInMs: delayMs }, 'segment upload failed; retrying');
     }
+  }
+
+  /**
+   * Puts the segment's page-checksum sidecar as `<segment key>.crc`, so a segment read back from the bucket is
+   * verified page by page before it is sent, like one on local disk (storage/page-checksums.ts). Part of the
+   * segment's upload: the backup LSN covers a segment only once both are stored. A segment stored before sidecars
+   * existed has none; it goes up alone and is served from the bucket with the verifier's "unverifiable" warning.
+   */
+  private async putSidecar(segmentObjectKey: string, segno: bigint, pgTimelineId: number): Promise<void> {
+    const { identity, dir, store } = this.options;
+    const name = segmentFileName(pgTimelineId, segno, identity.segmentBytes);
+    const bytes = await readFile(sidecarPathFor(dir, name)).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    });
+    if (bytes === undefined) {
+      this.options.log.warn({ segment: name }, 'segment has no page-checksum sidecar: offloaded without one, served from object storage unverified');
+      return;
+    }
+    assert.ok(bytes.length <= (identity.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES, 'a sidecar holds at most an entry per page');
+    await store.putBytes(segmentObjectKey + SIDECAR_SUFFIX, bytes, this.stop.signal);
   }
 
   /** NAME once complete; a segment whose rename has not happened yet is still NAME.partial (same bytes). */

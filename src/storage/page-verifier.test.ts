@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readSync, renameSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readSync, renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
@@ -13,7 +13,7 @@ import { pino } from 'pino';
 import type { WalChunk } from './wal-chunk.js';
 import { WAL_PAGE_BYTES } from '../lsn.js';
 import { crc32c } from './crc32c.js';
-import { sidecarPathFor } from './page-checksums.js';
+import { sidecarPathFor, writeSidecarFromSegment } from './page-checksums.js';
 import { PageVerifier, WalCorruptionError, type PageChecksummer, type VerifyContext } from './page-verifier.js';
 import { WalWriter } from './wal-writer.js';
 
@@ -187,4 +187,27 @@ test('pages without a recorded checksum (segments from before sidecars) are sent
   await verifier.verify(chunkOf(0, 2 * WAL_PAGE_BYTES), 0n, context(new CountingChecksummer()));
   await verifier.verify(chunkOf(2 * WAL_PAGE_BYTES, 2 * WAL_PAGE_BYTES), BigInt(2 * WAL_PAGE_BYTES), context(new CountingChecksummer()));
   assert.equal(lines.filter((line) => /without a recorded checksum/.test(line.msg)).length, 1);
+});
+
+test('a segment read from another directory (fetched back from object storage) is verified against the sidecar next to it', async () => {
+  // The segment cache keeps fetched segments and their sidecars in its own directory; the timeline directory has
+  // neither any more (retention removed them), so the sidecar must be looked up next to the file actually read.
+  const cacheDir = join(dir, 'remote-cache');
+  mkdirSync(cacheDir);
+  const segmentPath = join(cacheDir, SEGMENT);
+  writeFileSync(segmentPath, randomBytes(SEGMENT_BYTES));
+  writeSidecarFromSegment(segmentPath, sidecarPathFor(cacheDir, SEGMENT), SEGMENT_BYTES / WAL_PAGE_BYTES);
+  fd = openSync(segmentPath, 'r+');
+  const chunk: WalChunk = { file: { fd, path: segmentPath, identity: 'cached-file' }, fileOffset: 0, byteCount: 16 * WAL_PAGE_BYTES };
+  const checksummer = new CountingChecksummer();
+  const { context, lines } = captureLog();
+  await new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 }).verify(chunk, 0n, context(checksummer));
+  assert.equal(checksummer.pages, 16, 'every page was checked');
+  assert.deepEqual(lines, [], 'verified, not sent with an "unverifiable" warning');
+  const page = Buffer.alloc(WAL_PAGE_BYTES);
+  readSync(fd, page, 0, WAL_PAGE_BYTES, 3 * WAL_PAGE_BYTES);
+  page[100]! ^= 0x01;
+  writeSync(fd, page, 0, WAL_PAGE_BYTES, 3 * WAL_PAGE_BYTES);
+  const fresh = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  await assert.rejects(fresh.verify(chunk, 0n, context(checksummer)), WalCorruptionError);
 });

@@ -25,7 +25,7 @@
  */
 import assert from 'node:assert/strict';
 import { fstatSync } from 'node:fs';
-import { basename } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { WalcastError, type WalcastErrorCode } from '../errors.js';
 import type { WalChunk, WalFileHandle } from './wal-chunk.js';
 import type { Logger } from '../log.js';
@@ -283,7 +283,9 @@ export class PageVerifier {
     const state: SegmentState = {
       identity,
       path: file.path,
-      sidecarPath: sidecarPathFor(this.dir, name),
+      // Next to the file read: a segment fetched back from object storage lives in the cache directory with the
+      // sidecar fetched with it (remote/segment-cache.ts), not in the timeline directory.
+      sidecarPath: sidecarPathFor(file.path.includes('/') ? dirname(file.path) : this.dir, name),
       sidecar: new Uint32Array(0),
       verified: new Uint8Array(Math.ceil(this.pagesPerSegment / 8)),
       tailPage: -1,
