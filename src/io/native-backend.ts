@@ -37,10 +37,13 @@ export type NativeStrategy = 'sendfile' | 'writev' | 'uring';
 export const NATIVE_STRATEGIES: readonly NativeStrategy[] = ['sendfile', 'writev', 'uring'];
 
 /**
- * The fastest strategy measured on this machine by bench/io-backends.ts (figures in native/README.md): uring,
- * 3.0 GB/s with 100 receivers (sendfile 2.4, ts 2.6) and 2.1 GB/s with one (sendfile 2.5, ts 1.2).
+ * The default strategy, chosen from `npm run bench:full` across the scenarios users run (2026-12-06, native/README.md
+ * "Strategy choice"): sendfile had the lowest server CPU per GB in every table (catch-up with the C consumer,
+ * pg_receivewal and a replaying standby; fan-out to 10, 100 and 1,000; cold catch-up; idle and under load) and the
+ * highest MB/s in most of them. writev and uring pay a copy of every payload into the socket (sendmsg from the
+ * mapping) plus page faults on the mapping; sendfile hands page-cache pages to the socket.
  */
-export const MEASURED_FASTEST_STRATEGY: NativeStrategy = 'uring';
+export const MEASURED_FASTEST_STRATEGY: NativeStrategy = 'sendfile';
 /**
  * Where io_uring is unavailable (kernel.io_uring_disabled, container seccomp profiles that block it) uring
  * cannot start; sendfile needs nothing but the socket and has the lowest CPU per GB.
