@@ -19,7 +19,7 @@ import { assertValidId, ensureTenantDir, newId, timelineDirPath } from '../stora
 import { ServerError, connectReplication } from '../wire/client.js';
 import { formatConnInfo, parseConnInfo, type UpstreamConnInfo } from './conninfo.js';
 import { connectFirstMatching } from './upstream-connect.js';
-import { UPSTREAM_COMMAND_TIMEOUT_MS, parseIdentifySystem, upstreamSlotName, type UpstreamClient, type UpstreamConnect } from './follower.js';
+import { parseIdentifySystem, upstreamConnectTimeoutMs, upstreamSlotName, type UpstreamClient, type UpstreamConnect } from './follower.js';
 
 /** SQLSTATEs the slot step tolerates: the slot exists already (a re-create), or the upstream has no slots (walcast). */
 /** History files are a line per ancestor timeline; a bigger answer is not a history file. */
@@ -110,7 +110,7 @@ async function connectUpstream(options: CreateTimelineOptions, conninfo: Upstrea
     const { client } = await connectFirstMatching({
       conninfo,
       password: options.password,
-      timeoutMs: conninfo.connectTimeoutS === undefined ? UPSTREAM_COMMAND_TIMEOUT_MS : conninfo.connectTimeoutS * 1000,
+      timeoutMs: upstreamConnectTimeoutMs(conninfo),
       connect: options.connect ?? connectReplication,
     });
     return client;

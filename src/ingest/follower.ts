@@ -41,6 +41,11 @@ import { decodeUpstreamMessage, encodeHotStandbyFeedback, encodeStandbyStatus, t
 
 /** Bounds connecting, startup and each command when the connection string has no connect_timeout. */
 export const UPSTREAM_COMMAND_TIMEOUT_MS = 10_000;
+
+/** How long one connection attempt may take: libpq's connect_timeout when the connection string sets it. */
+export function upstreamConnectTimeoutMs(conninfo: { readonly connectTimeoutS?: number | undefined }): number {
+  return conninfo.connectTimeoutS === undefined ? UPSTREAM_COMMAND_TIMEOUT_MS : conninfo.connectTimeoutS * 1000;
+}
 /** A status update at least this often, as walreceiver's wal_receiver_status_interval (10 s) but tighter for lag views. */
 export const STATUS_INTERVAL_MS = 1_000;
 /** Hot-standby feedback is re-checked and, when changed, sent at most this often (the issue: ~1 s). */
@@ -261,7 +266,7 @@ export class UpstreamFollower {
     const { client, host } = await connectFirstMatching({
       conninfo: info,
       password: this.options.password,
-      timeoutMs: info.connectTimeoutS === undefined ? UPSTREAM_COMMAND_TIMEOUT_MS : info.connectTimeoutS * 1000,
+      timeoutMs: upstreamConnectTimeoutMs(info),
       connect: this.connect,
     });
     this.stats.connects++;

@@ -12,7 +12,7 @@ import { ServerError, connectReplication } from '../wire/client.js';
 import { SqlState } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { UpstreamConnInfo } from './conninfo.js';
-import { UPSTREAM_COMMAND_TIMEOUT_MS, upstreamSlotName, type UpstreamConnect } from './follower.js';
+import { upstreamConnectTimeoutMs, upstreamSlotName, type UpstreamConnect } from './follower.js';
 import { connectFirstMatching } from './upstream-connect.js';
 
 export type UpstreamSlotDrop = { readonly outcome: 'dropped' | 'absent'; readonly slotName: string } | { readonly outcome: 'failed'; readonly slotName: string; readonly error: string };
@@ -30,7 +30,7 @@ export async function dropUpstreamSlot(options: {
     const { client } = await connectFirstMatching({
       conninfo,
       password: options.password,
-      timeoutMs: conninfo.connectTimeoutS === undefined ? UPSTREAM_COMMAND_TIMEOUT_MS : conninfo.connectTimeoutS * 1000,
+      timeoutMs: upstreamConnectTimeoutMs(conninfo),
       connect: options.connect ?? connectReplication,
     });
     try {
