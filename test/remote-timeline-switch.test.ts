@@ -194,13 +194,10 @@ test('a promotion while the uploader runs: TLI-2 segments uploaded under TLI-2 n
   assert.equal(metadata.pgTimelineId, 2, 'the metadata names the current TLI');
   assert.equal(metadata.backupLsn, seg(9));
   const names = (await store.list(store.key(timelinePrefix(KEYS)))).map((info) => relative(info.key)).sort();
-  const expected = [
-    ...[2n, 3n, 4n].map((segno) => segmentFileName(1, segno, SEG)),
-    '00000002.history',
-    ...[5n, 6n, 7n, 8n].map((segno) => segmentFileName(2, segno, SEG)),
-    'walcast.timeline.json',
-  ];
-  assert.deepEqual(names, expected.sort(), 'the prefix is a WAL archive as pg_wal after the promotion (plus the metadata)');
+  const segments = [...[2n, 3n, 4n].map((segno) => segmentFileName(1, segno, SEG)), ...[5n, 6n, 7n, 8n].map((segno) => segmentFileName(2, segno, SEG))];
+  // Each segment's page-checksum sidecar goes with it (NAME.crc): a restore_command fetching by name ignores them.
+  const expected = [...segments, ...segments.map((name) => `${name}.crc`), '00000002.history', 'walcast.timeline.json'];
+  assert.deepEqual(names, expected.sort(), 'the prefix is a WAL archive as pg_wal after the promotion (plus the metadata and sidecars)');
 });
 
 test('read back from the bucket alone: old-TLI, switch and new-TLI segments byte-identical through the segment cache', async () => {
@@ -246,7 +243,7 @@ test('restore with a backup LSN still before the switch (metadata on TLI 2): the
   const result = await restoreTimeline({ dataDir, store, keys: KEYS });
   assert.equal(result.pgTimelineId, 1);
   const restored = join(dataDir, KEYS.tenantId, KEYS.timelineId);
-  assert.deepEqual((await readdir(restored)).filter((name) => !name.startsWith('walcast.')).sort(), [segmentFileName(1, 4n, SEG)]);
+  assert.deepEqual((await readdir(restored)).filter((name) => !name.startsWith('walcast.')).sort(), [segmentFileName(1, 4n, SEG), `${segmentFileName(1, 4n, SEG)}.crc`]);
   assert.ok((await readFile(join(restored, segmentFileName(1, 4n, SEG)))).equals(expectedSegment(4)));
   const control = await readControlFile(restored);
   assert.equal(control.pgTimelineId, 1);
