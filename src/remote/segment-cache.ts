@@ -136,7 +136,7 @@ export class SegmentCache implements RemoteSegmentSource {
       try {
         for (let position = 0; position < segmentBytes; position += REMOTE_GET_RANGE_BYTES) {
           const length = Math.min(REMOTE_GET_RANGE_BYTES, segmentBytes - position);
-          const bytes = await this.getWithRetries(key, position, length);
+          const bytes = await this.getWithRetries(key, position, length, true);
           if (bytes.length !== length) throw new Error(`object ${key} returned ${bytes.length} bytes at ${position}, expected ${length}`);
           await handle.write(bytes, 0, length, position);
         }
@@ -188,11 +188,12 @@ export class SegmentCache implements RemoteSegmentSource {
     return true;
   }
 
-  private async getWithRetries(key: string, position: number, length: number): Promise<Buffer> {
+  /** `segmentRange`: a GET of segment bytes, the one the `remote-read-after-get` failpoint counts (not sidecars). */
+  private async getWithRetries(key: string, position: number, length: number, segmentRange = false): Promise<Buffer> {
     for (let attempt = 1; ; attempt++) {
       try {
         const bytes = await this.options.store.getRange(key, position, length);
-        failpoint('remote-read-after-get');
+        if (segmentRange) failpoint('remote-read-after-get');
         return bytes;
       } catch (error) {
         if (error instanceof ObjectNotFoundError || attempt >= REMOTE_GET_ATTEMPTS_MAX) throw error;
