@@ -19,7 +19,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { planFor, type BenchPlan } from './lib/plan.js';
-import { stopAllChildren } from './lib/processes.js';
+import { runBenchmark } from './lib/processes.js';
 import type { RunRecord } from './lib/results.js';
 import { startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { buildTools } from './lib/tools.js';
@@ -28,7 +28,6 @@ import { measureLatencyRun } from './scenarios/live-latency.js';
 import type { BenchContext } from './scenarios/streaming.js';
 
 const EXIT_USAGE = 2;
-const EXIT_INTERRUPTED = 130;
 const BACKENDS = ['ts', 'native/sendfile', 'native/writev', 'native/uring'] as const;
 type BackendName = (typeof BACKENDS)[number];
 const MS_PER_SECOND = 1000;
@@ -201,18 +200,4 @@ async function main(): Promise<void> {
   if (runs.some((run) => !run.ok)) process.exitCode = 1;
 }
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    progress(`${signal}: stopping every process the benchmark started`);
-    void stopAllChildren().finally(() => process.exit(EXIT_INTERRUPTED));
-  });
-}
-
-try {
-  await main();
-} catch (error) {
-  progress(`benchmark failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-  process.exitCode = 1;
-} finally {
-  await stopAllChildren();
-}
+await runBenchmark('benchmark', main, progress);

@@ -38,7 +38,7 @@ import { PG_BIN_DIR, makeTempDir, runReceiveWal } from '../test/support/postgres
 import { startConsumer, type RunningConsumer } from './lib/consumer.js';
 import { describeMachine } from './lib/machine.js';
 import { readCpu } from './lib/proc-stats.js';
-import { spawnTracked, stopAllChildren } from './lib/processes.js';
+import { runBenchmark, spawnTracked } from './lib/processes.js';
 import { scrapeEventLoopMaxMs } from './lib/responsiveness.js';
 import { BYTES_PER_GB, BYTES_PER_MB } from './lib/results.js';
 import { startBenchS3, type BenchS3 } from './lib/s3-server.js';
@@ -64,7 +64,6 @@ const RECEIVE_DIR_PARENT = '/dev/shm';
 /** The bucket prefix the timeline is offloaded under. */
 const REMOTE_PREFIX = 'bench';
 const EXIT_USAGE = 2;
-const EXIT_INTERRUPTED = 130;
 
 type CaseName = 'local' | 'remote';
 const CASES: readonly CaseName[] = ['local', 'remote'];
@@ -434,18 +433,4 @@ async function main(): Promise<void> {
   if (failed > 0 || verifications.length < CASES.length) process.exitCode = 1;
 }
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    progress(`${signal}: stopping every process the benchmark started`);
-    void stopAllChildren().finally(() => process.exit(EXIT_INTERRUPTED));
-  });
-}
-
-try {
-  await main();
-} catch (error) {
-  progress(`remote-catchup failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-  process.exitCode = 1;
-} finally {
-  await stopAllChildren();
-}
+await runBenchmark('remote-catchup', main, progress);

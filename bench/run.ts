@@ -15,7 +15,7 @@ import { PG_BIN_DIR } from '../test/support/postgres.js';
 import { describeMachine } from './lib/machine.js';
 import { CpuLoad } from './lib/cpu-load.js';
 import { capRepetitions, maxReplicas, parseScenarios, planFor, type BenchMode, type BenchPlan, type ScenarioKey } from './lib/plan.js';
-import { stopAllChildren } from './lib/processes.js';
+import { runBenchmark } from './lib/processes.js';
 import { renderMarkdown, type BenchReport } from './lib/report-markdown.js';
 import { renderSvg } from './lib/report-svg.js';
 import { computeFigures, computeRatios, type RunRecord } from './lib/results.js';
@@ -28,7 +28,6 @@ import { measureConsumerRun, measureReceiveWalRun, measureStandbyRun, warmPageCa
 
 const NATIVE_STRATEGIES = ['sendfile', 'writev', 'uring'] as const;
 const EXIT_USAGE = 2;
-const EXIT_INTERRUPTED = 130;
 
 interface Arguments {
   readonly mode: BenchMode;
@@ -358,18 +357,4 @@ function writeOutputs(outDir: string, report: BenchReport, runs: readonly RunRec
   writeFileSync(join(outDir, 'latest.svg'), renderSvg(report.figures, `${report.mode} run ${report.machine.date} · ${report.machine.cpuModel}, ${report.machine.cores} cores · Node ${report.machine.node} · ${report.machine.postgres}`));
 }
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    progress(`${signal}: stopping every process the benchmark started`);
-    void stopAllChildren().finally(() => process.exit(EXIT_INTERRUPTED));
-  });
-}
-
-try {
-  await main();
-} catch (error) {
-  progress(`benchmark failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-  process.exitCode = 1;
-} finally {
-  await stopAllChildren();
-}
+await runBenchmark('benchmark', main, progress);

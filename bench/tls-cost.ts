@@ -27,7 +27,7 @@ import { formatLsn } from '../src/lsn.js';
 import { PG_BIN_DIR, runReceiveWal } from '../test/support/postgres.js';
 import { makeTestCertificates } from '../test/support/tls-certs.js';
 import { describeMachine } from './lib/machine.js';
-import { stopAllChildren } from './lib/processes.js';
+import { runBenchmark } from './lib/processes.js';
 import { BYTES_PER_GB, BYTES_PER_MB } from './lib/results.js';
 import { postgresTarget, startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { pairwiseRatio, summarize, type Summary } from './lib/stats.js';
@@ -259,18 +259,4 @@ async function main(): Promise<void> {
   if (failed > 0) process.exitCode = 1;
 }
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    progress(`${signal}: stopping every process the benchmark started`);
-    void stopAllChildren().finally(() => process.exit(130));
-  });
-}
-
-try {
-  await main();
-} catch (error) {
-  progress(`tls-cost failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-  process.exitCode = 1;
-} finally {
-  await stopAllChildren();
-}
+await runBenchmark('tls-cost', main, progress);

@@ -67,3 +67,27 @@ function killAllSync(): void {
 }
 
 process.once('exit', killAllSync);
+
+/** Exit status of a benchmark stopped by SIGINT / SIGTERM (128 + SIGINT, as shells report it). */
+const EXIT_INTERRUPTED = 130;
+
+/**
+ * Runs a benchmark script's `main`: on SIGINT/SIGTERM, and however `main` ends, every child process the benchmark
+ * started is stopped; a failure is reported through `progress` and sets exit status 1.
+ */
+export async function runBenchmark(name: string, main: () => Promise<void>, progress: (message: string) => void): Promise<void> {
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      progress(`${signal}: stopping every process the benchmark started`);
+      void stopAllChildren().finally(() => process.exit(EXIT_INTERRUPTED));
+    });
+  }
+  try {
+    await main();
+  } catch (error) {
+    progress(`${name} failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+    process.exitCode = 1;
+  } finally {
+    await stopAllChildren();
+  }
+}

@@ -338,11 +338,9 @@ async function verifyChunk(options: SendWalOptions, header: Buffer, chunk: WalCh
 
 /**
  * The window is requested in pieces of this size, and the sender waits only for the piece it is about to send
- * from. Waiting for a whole 4 MiB window made a cold catch-up alternate between "disk busy, socket idle" and
- * "socket busy, disk idle": profiled on a cold cache, the sender sat on each window's last read while the three
- * pieces before it were already cached. With 1 MiB pieces the disk always has the next pieces queued while the
- * current one is sent (cold catch-up, sendfile: 579 -> 688 MB/s in one interleaved run). 1 MiB is also the
- * addon's largest single prefetch request, so a piece is one request.
+ * from. Waiting for a whole 4 MiB window makes a cold catch-up alternate between "disk busy, socket idle" and
+ * "socket busy, disk idle"; with pieces the disk has the next reads queued while the current piece is sent. 1 MiB
+ * is also the addon's largest single prefetch request, so a piece is one request.
  */
 export const PREFETCH_PIECE_BYTES = 1024 * 1024;
 
