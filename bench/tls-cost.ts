@@ -23,6 +23,7 @@
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { formatLsn } from '../src/lsn.js';
 import { PG_BIN_DIR, runReceiveWal } from '../test/support/postgres.js';
 import { makeTestCertificates } from '../test/support/tls-certs.js';
@@ -87,23 +88,39 @@ function usage(message: string): never {
 }
 
 function parseOptions(argv: readonly string[]): Options {
-  const values = new Map<string, string>();
-  let smoke = false;
-  for (let index = 0; index < argv.length; index++) {
-    const argument = argv[index]!;
-    if (argument === '--smoke') smoke = true;
-    else if (['--mib', '--replicas', '--reps', '--replica-mib', '--out'].includes(argument) && argv[index + 1] !== undefined) values.set(argument, argv[++index]!);
-    else usage(`unknown or incomplete argument ${argument}`);
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: {
+        smoke: { type: 'boolean', default: false },
+        mib: { type: 'string' },
+        replicas: { type: 'string' },
+        reps: { type: 'string' },
+        'replica-mib': { type: 'string' },
+        out: { type: 'string' },
+      },
+      strict: true,
+    }));
+  } catch (error) {
+    usage((error as Error).message);
   }
-  const positive = (name: string, fallback: number): number => {
-    const value = Number(values.get(name) ?? fallback);
-    if (!Number.isSafeInteger(value) || value < 1) usage(`${name} must be a positive integer`);
+  const positive = (text: string | undefined, name: string, fallback: number): number => {
+    const value = Number(text ?? fallback);
+    if (!Number.isSafeInteger(value) || value < 1) usage(`--${name} must be a positive integer, got "${text}"`);
     return value;
   };
-  const replicaMib = values.has('--replica-mib') ? positive('--replica-mib', 1) : undefined;
-  return smoke
-    ? { smoke, mib: positive('--mib', 1), replicas: positive('--replicas', 2), reps: positive('--reps', 1), replicaMib, outDir: values.get('--out') }
-    : { smoke, mib: positive('--mib', 1024), replicas: positive('--replicas', 100), reps: positive('--reps', 3), replicaMib, outDir: values.get('--out') };
+  // A smoke run is a few MB, 2 replicas, one round unless told otherwise; a measurement defaults to 1 GiB, 100, 3.
+  const smoke = values.smoke;
+  const defaults = smoke ? { mib: 1, replicas: 2, reps: 1 } : { mib: 1024, replicas: 100, reps: 3 };
+  return {
+    smoke,
+    mib: positive(values.mib, 'mib', defaults.mib),
+    replicas: positive(values.replicas, 'replicas', defaults.replicas),
+    reps: positive(values.reps, 'reps', defaults.reps),
+    replicaMib: values['replica-mib'] === undefined ? undefined : positive(values['replica-mib'], 'replica-mib', 1),
+    outDir: values.out,
+  };
 }
 
 const startedAt = performance.now();
