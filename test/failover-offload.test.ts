@@ -15,49 +15,47 @@
  *   restored walcast serves both timelines from the bucket byte-identical.
  */
 import assert from 'node:assert/strict';
-import { lstat, readFile, readdir, writeFile } from 'node:fs/promises';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
-import { silentLogger } from '../src/log.js';
 import { alignDown, formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { parseRemoteStorageUrl, type RemoteStorageConfig } from '../src/remote/remote-config.js';
 import { historyKey, segmentKey, timelinePrefix } from '../src/remote/remote-layout.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
-import { parseTimelineHistory, switchPointOf } from '../src/storage/timeline-history.js';
-import type { Timeline } from '../src/timeline/timeline.js';
-import { makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type PgStandby } from './support/postgres.js';
+import {
+  FAILOVER_CATCH_UP_TIMEOUT_MS as CATCH_UP_TIMEOUT_MS,
+  FAILOVER_DISK_BOUND_BYTES as DISK_BOUND_BYTES,
+  FAILOVER_WAL_KEEP_BYTES as WAL_KEEP_BYTES,
+  assertSamplesBounded,
+  failOver,
+  mib,
+  produceWalUntil,
+  sampleDisk,
+  segmentDiskBytes,
+  startFailoverCluster,
+  waitBothStreaming,
+  type FailoverCluster,
+} from './support/failover-cluster.js';
+import { makeTempDir, runReceiveWal } from './support/postgres.js';
 import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
 import { FAILOVER_SEGMENT_BYTES, assertRangeMatches, assertTimeline2Matches, soleTimeline } from './support/timeline-wal.js';
 import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
 
 const SEGMENT_BYTES = FAILOVER_SEGMENT_BYTES;
-const MIB = 1024 * 1024;
-const WAL_KEEP_BYTES = 3 * SEGMENT_BYTES;
-/** As test/failover-retention.test.ts: the segment being written, WAL arriving during a pass, the old TLI's `.partial`. */
-const DISK_SLACK_BYTES = 6 * SEGMENT_BYTES;
-const DISK_BOUND_BYTES = WAL_KEEP_BYTES + DISK_SLACK_BYTES;
+/** WAL written on timeline 1 before the failover, and on timeline 2 after it. */
 const TLI1_WAL_BYTES = 4 * SEGMENT_BYTES;
 const TLI2_WAL_BYTES = 8 * SEGMENT_BYTES;
 const TEST_TIMEOUT_MS = 900_000;
-const CATCH_UP_TIMEOUT_MS = 300_000;
-const PRODUCE_TIMEOUT_MS = 420_000;
-const BULK_SCRIPT = "INSERT INTO failover_filler SELECT g, repeat('x', 1000) FROM generate_series(1, 4000) g;\n";
-const PGBENCH_RATE_TPS = 3;
-const SEGMENT_FILE = /^[0-9A-F]{24}(\.partial|\.crc)?$/;
 const PREFIX = 'failover';
-const SAMPLE_INTERVAL_MS = 250;
 
 let s3: TestS3;
 let store: S3ObjectStore;
-let primary: PgCluster;
-let promoted: PgStandby;
-let walcast: RunningWalcast;
-let timeline: Timeline;
-let bulkScript: string;
 let remote: RemoteStorageConfig;
+let cluster: FailoverCluster;
+/** The restore test replaces the cluster's walcast with the restored one; the cleanup stops whichever runs. */
+let walcast: RunningWalcast;
 const cleanups: (() => Promise<void>)[] = [];
 
 before(async () => {
@@ -66,23 +64,9 @@ before(async () => {
   remote = parseRemoteStorageUrl(`s3://${TEST_BUCKET}/${PREFIX}`, { endpoint: s3.endpoint });
   store = new S3ObjectStore(remote);
   cleanups.push(async () => store.close());
-  primary = await startPrimary({ extraConf: { wal_keep_size: '1GB', max_wal_size: '256MB' } });
-  cleanups.push(() => primary.stop({ mode: 'immediate' }));
-  await primary.pgbench(['-i', '-s', '1', '-q']);
-  await primary.sql('CREATE TABLE failover_filler (id int, pad text) WITH (autovacuum_enabled = off)');
-  bulkScript = join(await makeTempDir('failover-offload-pgbench'), 'bulk.sql');
-  await writeFile(bulkScript, BULK_SCRIPT);
-  // S keeps its WAL of both timelines: the byte reference.
-  const standbyBase = await makeStandby(primary, { applicationName: 'failover_offload_s', start: true, extraConf: { wal_keep_size: '1GB' } });
-  assert.ok(standbyBase.standby !== undefined);
-  promoted = standbyBase.standby;
-  cleanups.push(() => promoted.stop({ mode: 'immediate' }));
-  const dataDir = await makeTempDir('walcast-failover-offload');
-  await createFollowingTimeline({ dataDir, upstream: `host=127.0.0.1,127.0.0.1 port=${primary.port},${promoted.port} user=repl`, password: undefined, log: silentLogger() });
-  walcast = await startWalcast({ dataDir, retention: { walKeepBytes: WAL_KEEP_BYTES, maxSlotWalKeepBytes: undefined }, remoteStorage: remote });
-  // walcast is replaced by the restore test: stop whichever runs.
+  cluster = await startFailoverCluster({ name: 'failover-offload', remoteStorage: remote, cleanups });
+  walcast = cluster.walcast;
   cleanups.push(() => walcast.stop());
-  timeline = soleTimeline(walcast);
 }, { timeout: 300_000 });
 
 after(async () => {
@@ -91,26 +75,25 @@ after(async () => {
 
 describe('offload across a failover', { timeout: TEST_TIMEOUT_MS }, () => {
   test('after the switch to timeline 2 the backup LSN keeps advancing, disk stays bounded, the bucket is a WAL archive of both timelines', async (t) => {
-    await waitFor(async () => ((await primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name IN ('walcast', 'failover_offload_s') AND state = 'streaming'")) === '2' ? true : undefined), CATCH_UP_TIMEOUT_MS, { what: 'W and S streaming from P' });
+    const { primary, promoted, timeline } = cluster;
+    await waitBothStreaming(cluster);
     const firstLsn = timeline.timelineStartLsn;
 
-    await produceWalUntil(primary, firstLsn + BigInt(TLI1_WAL_BYTES));
-    await primary.stop({ mode: 'fast' });
-    const walcastEnd = timeline.flushLsn.get();
-    await waitFor(async () => (parseLsnOrThrow(await promoted.sql('SELECT pg_last_wal_receive_lsn()')) >= walcastEnd ? true : undefined), CATCH_UP_TIMEOUT_MS, { what: 'S received what W holds' });
-    assert.equal(await promoted.sql('SELECT pg_promote()'), 't');
-    await waitFor(async () => (timeline.pgTimelineId === 2 ? true : undefined), CATCH_UP_TIMEOUT_MS, { what: 'W on timeline 2' });
-    const historyText = await readFile(join(promoted.dataDir, 'pg_wal', '00000002.history'), 'utf8');
-    const end = switchPointOf(1, parseTimelineHistory(historyText, 2));
-    assert.ok(end !== undefined);
-    const switchLsn = end.switchLsn;
-    assert.equal(switchLsn, walcastEnd, "W held timeline 1 exactly up to S's switch point");
+    await produceWalUntil(cluster, primary, firstLsn + BigInt(TLI1_WAL_BYTES));
+    const { switchLsn, historyText } = await failOver(cluster);
     const switchSegmentStart = alignDown(switchLsn, SEGMENT_BYTES);
     const backupAtSwitch = backupLsn();
     t.diagnostic(`switch at ${formatLsn(switchLsn)}; backup LSN then ${formatLsn(backupAtSwitch)}; W's start ${formatLsn(timeline.timelineStartLsn)}`);
 
-    const sampler = sampleDisk(timeline);
-    await produceWalUntil(promoted, switchLsn + BigInt(TLI2_WAL_BYTES));
+    // Uploads to the loopback server normally keep up; the allowance for an upload lag (retention may not pass the
+    // backup LSN) keeps the samples honest without making them timing-dependent. A stalled backup LSN is caught by
+    // the wait for it to reach the flush segment below, and the end state is checked against the plain bound.
+    const sampler = sampleDisk(timeline, () => {
+      const keepFrom = timeline.commitLsn.get() - BigInt(WAL_KEEP_BYTES);
+      const backup = backupLsn();
+      return { bytes: backup < keepFrom ? Number(keepFrom - backup) : 0, note: `backup LSN ${formatLsn(backup)}` };
+    });
+    await produceWalUntil(cluster, promoted, switchLsn + BigInt(TLI2_WAL_BYTES));
     const promotedFlush = parseLsnOrThrow(await promoted.sql('SELECT pg_current_wal_flush_lsn()'));
     await timeline.commitLsn.waitBeyond(promotedFlush - 1n, CATCH_UP_TIMEOUT_MS);
     const flushSegmentStart = alignDown(timeline.flushLsn.get(), SEGMENT_BYTES);
@@ -127,11 +110,8 @@ describe('offload across a failover', { timeout: TEST_TIMEOUT_MS }, () => {
     const startLsn = timeline.timelineStartLsn;
     assert.ok(startLsn > switchSegmentStart + BigInt(SEGMENT_BYTES), `retention moved the start ${formatLsn(startLsn)} past the switch segment`);
     const samples = await sampler.stop();
-    for (const sample of samples) {
-      assert.ok(sample.diskBytes <= sample.allowedBytes, `at ${sample.atMs} ms ${mib(sample.diskBytes)} MiB on disk, over ${mib(sample.allowedBytes)} MiB (backup LSN ${sample.backup})`);
-    }
-    const largest = Math.max(...samples.map((sample) => sample.diskBytes));
-    t.diagnostic(`${samples.length} disk samples on timeline 2, largest ${mib(largest)} MiB`);
+    const largest = assertSamplesBounded(samples);
+    t.diagnostic(`${samples.length} disk samples on timeline 2, largest ${mib(largest.diskBytes)} MiB (${largest.describe})`);
     const diskBytes = await segmentDiskBytes(timeline.dir);
     t.diagnostic(`after ${mib(Number(promotedFlush - switchLsn))} MiB on timeline 2: backup ${formatLsn(backup)}, start ${formatLsn(startLsn)}, ${mib(diskBytes)} MiB of segment files on disk`);
     assert.ok(diskBytes <= DISK_BOUND_BYTES, `${mib(diskBytes)} MiB on disk, over ${mib(DISK_BOUND_BYTES)} MiB`);
@@ -171,6 +151,7 @@ describe('offload across a failover', { timeout: TEST_TIMEOUT_MS }, () => {
   test('`walcast timeline restore` of the switched timeline: history file back, serve reads both timelines from the bucket byte-identical', async (t) => {
     assert.ok(restoreCheck !== undefined, 'the failover test ran');
     const { firstLsn, switchLsn, historyText } = restoreCheck;
+    const { promoted, timeline } = cluster;
     await walcast.stop();
     const dataDir = await makeTempDir('walcast-failover-restored');
     const restore = await runWalcastCli([
@@ -204,65 +185,7 @@ describe('offload across a failover', { timeout: TEST_TIMEOUT_MS }, () => {
 /** What the failover test leaves for the restore test. */
 let restoreCheck: { readonly firstLsn: Lsn; readonly switchLsn: Lsn; readonly backup: Lsn; readonly historyText: string } | undefined;
 
-interface DiskSample {
-  readonly atMs: number;
-  readonly diskBytes: number;
-  readonly backup: string;
-  /** The bound, raised by how far the backup LSN (which retention may not pass) trails the keep window. */
-  readonly allowedBytes: number;
-}
-
-/**
- * Samples W's segment files while WAL comes in. Uploads to the loopback server normally keep up; the allowance for
- * an upload lag keeps the sample honest without making it timing-dependent. A stalled backup LSN is caught by the
- * test's wait for it to reach the flush segment, and the end state is checked against the plain bound.
- */
-function sampleDisk(of: Timeline): { stop(): Promise<DiskSample[]> } {
-  const samples: DiskSample[] = [];
-  const startedAt = Date.now();
-  let stopped = false;
-  const loop = (async () => {
-    while (!stopped) {
-      const keepFrom = of.commitLsn.get() - BigInt(WAL_KEEP_BYTES);
-      const backup = backupLsn();
-      const uploadLag = backup < keepFrom ? Number(keepFrom - backup) : 0;
-      samples.push({ atMs: Date.now() - startedAt, diskBytes: await segmentDiskBytes(of.dir), backup: formatLsn(backup), allowedBytes: DISK_BOUND_BYTES + uploadLag });
-      await new Promise((resolve) => setTimeout(resolve, SAMPLE_INTERVAL_MS));
-    }
-  })();
-  return {
-    stop: async () => {
-      stopped = true;
-      await loop;
-      return samples;
-    },
-  };
-}
-
 function backupLsn(): Lsn {
+  const { timeline } = cluster;
   return walcast.server.offload?.uploader(timeline.tenantId, timeline.timelineId)?.backupLsn ?? 0n;
-}
-
-/** pgbench rounds (TPC-B and the bulk script, 1:4) on `cluster` until its WAL passes `targetLsn`, as test/failover-retention.test.ts. */
-async function produceWalUntil(cluster: PgCluster | PgStandby, targetLsn: Lsn): Promise<void> {
-  const deadline = Date.now() + PRODUCE_TIMEOUT_MS;
-  for (;;) {
-    const flushed = parseLsnOrThrow(await cluster.sql('SELECT pg_current_wal_flush_lsn()'));
-    if (flushed >= targetLsn) return;
-    assert.ok(Date.now() < deadline, `reached only ${formatLsn(flushed)} of ${formatLsn(targetLsn)} in ${PRODUCE_TIMEOUT_MS} ms`);
-    await cluster.pgbench(['-c', '2', '-T', '3', '-R', String(PGBENCH_RATE_TPS), '-n', '-b', 'tpcb-like@1', '-f', `${bulkScript}@4`]);
-  }
-}
-
-/** Allocated bytes of W's segment files of every TLI (sidecars included), measured independently of walcast. */
-async function segmentDiskBytes(dir: string): Promise<number> {
-  let total = 0;
-  for (const name of await readdir(dir)) {
-    if (SEGMENT_FILE.test(name)) total += await lstat(join(dir, name)).then((stat) => stat.blocks * 512, () => 0);
-  }
-  return total;
-}
-
-function mib(bytes: number): string {
-  return (bytes / MIB).toFixed(1);
 }
