@@ -111,7 +111,12 @@ function ensureDataSet(): WalFileHandle[] {
   return handles;
 }
 
-const SIDECAR_DIR = join(WORK_DIR, 'sidecars');
+/**
+ * The verifier reads a segment's sidecar from beside the file read (storage/page-verifier.ts), named after the
+ * segment number the LSN is in: the data set's files are in WORK_DIR, so their sidecars go there too. (Kept in a
+ * subdirectory, they were never found, and every page cost a failed open instead of a checksum.)
+ */
+const SIDECAR_DIR = WORK_DIR;
 /** Segment numbers the runs reach: starts up to segment 64 plus 1 GiB (64 segments), with room. */
 const SIDECAR_SEGMENTS = 3 * SEGMENT_COUNT;
 const PAGE_BYTES = 8192;
