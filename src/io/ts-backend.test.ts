@@ -12,8 +12,8 @@ import { test } from 'node:test';
 import type { WalChunk } from './backend.js';
 import { isWalcastError } from '../errors.js';
 import { crc32c } from '../storage/crc32c.js';
-import { BufferPool } from './buffer-pool.js';
-import { CHECKSUM_RANGE_BYTES_MAX, STREAM_CHUNKS_IN_FLIGHT_MAX, STREAM_SENDS_WAITING_MAX, checksumPagesByReading, createTsBackend } from './ts-backend.js';
+import { CHECKSUM_RANGE_BYTES_MAX, STREAM_CHUNKS_IN_FLIGHT_MAX, STREAM_SENDS_WAITING_MAX, checksumPagesByReading, createChecksumPool, createTsBackend } from './ts-backend.js';
+import { VERIFIED_READS_KEPT_MAX, VerifiedReads } from './verified-reads.js';
 
 const CHUNK_BYTES = 128 * 1024;
 const HEADER_BYTES = 30;
@@ -152,7 +152,7 @@ test('page checksums read through pooled buffers: correct CRCs, one buffer per c
     const expected = new Uint32Array(bytes / PAGE);
     for (let page = 0; page < expected.length; page++) expected[page] = crc32c(data, page * PAGE, (page + 1) * PAGE);
     // One buffer for three concurrent calls: they take turns, none allocates a buffer of its own.
-    const pool = new BufferPool(CHECKSUM_RANGE_BYTES_MAX, 1);
+    const pool = createChecksumPool(1);
     const only = pool.tryAcquire();
     assert.ok(only !== undefined);
     pool.release(only);
@@ -165,6 +165,77 @@ test('page checksums read through pooled buffers: correct CRCs, one buffer per c
     // A range past the end of the file fails the call, and the buffer still goes back.
     await assert.rejects(checksumPagesByReading({ file: { fd, path: file }, fileOffset: bytes - PAGE, byteCount: 2 * PAGE }, PAGE, new Uint32Array(2), pool), (error: unknown) => isWalcastError(error));
     assert.equal(pool.inUse(), 0, 'a failed call returned its buffer');
+  } finally {
+    closeSync(fd);
+  }
+});
+
+test('a verified read is sent as it was checksummed: exact bytes, also for a chunk starting inside the range, never for another handle', async () => {
+  const { server, local, peer } = await socketPair();
+  const fd = openSync(path, 'r');
+  const backend = createTsBackend();
+  try {
+    const received: Buffer[] = [];
+    peer.on('data', (data: Buffer) => received.push(data));
+    peer.resume();
+    const writer = await backend.openStream(local);
+    const file = { fd, path };
+    // Verified as the page verifier asks: whole pages around the chunk; the chunk starts 100 bytes into the range.
+    const out = new Uint32Array(CHUNK_BYTES / 8192);
+    await backend.checksumPages({ file, fileOffset: 0, byteCount: CHUNK_BYTES }, 8192, out);
+    for (let page = 0; page < out.length; page++) assert.equal(out[page], crc32c(content, page * 8192, (page + 1) * 8192), `page ${page}`);
+    const inner = { file, fileOffset: 100, byteCount: CHUNK_BYTES - 100 - 7 };
+    await writer.sendChunk(header(0xb1, inner.byteCount), inner);
+    // The same range verified through another handle object for the same fd is not taken for this chunk.
+    await backend.checksumPages({ file: { fd, path }, fileOffset: CHUNK_BYTES, byteCount: CHUNK_BYTES }, 8192, out);
+    const second = { file, fileOffset: CHUNK_BYTES, byteCount: CHUNK_BYTES };
+    await writer.sendChunk(header(0xb2, CHUNK_BYTES), second);
+    // Taken once: the first range again is read from the file, not from the buffer the header was written into.
+    await writer.sendChunk(header(0xb3, inner.byteCount), inner);
+    await writer.release();
+    const expected = Buffer.concat([
+      header(0xb1, inner.byteCount),
+      content.subarray(100, 100 + inner.byteCount),
+      header(0xb2, CHUNK_BYTES),
+      content.subarray(CHUNK_BYTES),
+      header(0xb3, inner.byteCount),
+      content.subarray(100, 100 + inner.byteCount),
+    ]);
+    while (Buffer.concat(received).length < expected.length) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.ok(Buffer.concat(received).equals(expected), 'the peer got each header and exactly the chunk bytes');
+  } finally {
+    closeSync(fd);
+    local.destroy();
+    peer.destroy();
+    server.close();
+    await backend.close();
+  }
+});
+
+test('kept verified reads are bounded: the oldest goes back to the pool, a taken one leaves it', async () => {
+  const pool = createChecksumPool(VERIFIED_READS_KEPT_MAX + 2);
+  const kept = new VerifiedReads(pool);
+  const fd = openSync(path, 'r');
+  try {
+    const file = { fd, path };
+    const out = new Uint32Array(1);
+    for (let round = 0; round < VERIFIED_READS_KEPT_MAX + 3; round++) {
+      await checksumPagesByReading({ file, fileOffset: round * 8192, byteCount: 8192 }, 8192, out, pool, kept);
+      assert.ok(kept.size() <= VERIFIED_READS_KEPT_MAX, 'kept reads stay within their bound');
+      assert.equal(pool.inUse(), kept.size(), 'every buffer not kept is back in the pool');
+    }
+    // The oldest were pushed out; the newest is there and is taken (containing range), exactly once.
+    assert.equal(kept.take({ file, fileOffset: 0, byteCount: 8192 }), undefined);
+    const newest = (VERIFIED_READS_KEPT_MAX + 2) * 8192;
+    const frame = kept.take({ file, fileOffset: newest + 10, byteCount: 100 });
+    assert.ok(frame !== undefined && frame.frameOffset === 10);
+    assert.ok(frame.buffer.subarray(frame.frameOffset + HEADER_BYTES, frame.frameOffset + HEADER_BYTES + 100).equals(content.subarray(newest + 10, newest + 110)));
+    assert.equal(kept.take({ file, fileOffset: newest + 10, byteCount: 100 }), undefined, 'taken once');
+    pool.release(frame.buffer);
+    // A range read in more than one piece is not kept.
+    await checksumPagesByReading({ file, fileOffset: 0, byteCount: CHECKSUM_RANGE_BYTES_MAX + 8192 }, 8192, new Uint32Array(17), pool, kept);
+    assert.equal(kept.take({ file, fileOffset: 0, byteCount: 8192 }), undefined);
+    assert.equal(pool.inUse(), kept.size());
   } finally {
     closeSync(fd);
   }

@@ -12,6 +12,10 @@
  * Page verification (checksumPages) reads into buffers of its own bounded pool (CHECKSUM_BUFFERS_MAX), not the send
  * pool: a verification and a send of one stream then never wait on each other, and 1,000 replicas verifying at once
  * neither allocate a fresh buffer per call (page faults and GC on the send path) nor grow memory past the bound.
+ * A verification read is laid out as a frame (header room first) and kept for the send that follows
+ * (verified-reads.ts): that send writes the verified buffer instead of reading the chunk again, and gives the
+ * verification pool the send buffer it acquired in exchange (all buffers of both pools are FRAME_BYTES_MAX long),
+ * so each pool keeps its count and bound.
  */
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
@@ -21,6 +25,7 @@ import { MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, XLOG_DATA_HEADER_BYTES, typ
 import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
+import { VerifiedReads } from './verified-reads.js';
 
 /** Frames per stream handed to the socket and not yet flushed: two overlap a read with a send. */
 export const STREAM_CHUNKS_IN_FLIGHT_MAX = 2;
@@ -35,13 +40,16 @@ export const STREAM_SENDS_WAITING_MAX = 64;
 /** Each pooled buffer holds one frame: the header and a full chunk. */
 export const FRAME_BYTES_MAX = XLOG_DATA_HEADER_BYTES + MAX_SEND_BYTES;
 /**
- * Largest range checksumPages reads at once: a chunk and the pages it only partly covers (one on each side),
- * so a verification read is never bigger than a send frame plus two pages.
+ * Largest range checksumPages reads at once: a chunk's worth, which holds the pages of every chunk but a rare
+ * first one that starts and ends inside a page (that one is read in two pieces and not kept for its send).
  */
-export const CHECKSUM_RANGE_BYTES_MAX = MAX_SEND_BYTES + 2 * 8192;
+export const CHECKSUM_RANGE_BYTES_MAX = MAX_SEND_BYTES;
+/** A verification buffer is a send frame: header room, then the range read, so its send can take it as it is. */
+export const CHECKSUM_BUFFER_BYTES = FRAME_BYTES_MAX;
 /**
- * Verification read buffers across all streams: 32 × 144 KiB = 4.5 MiB. A stream verifies one chunk at a time and
- * returns the buffer before it sends, so this bounds concurrency (more wait in FIFO order), never holds up a send.
+ * Verification read buffers across all streams: 32 × 128 KiB = 4 MiB. A stream verifies one chunk at a time and
+ * returns the buffer when it sends (the one kept for the send, or another in exchange), so this bounds
+ * concurrency (more wait in FIFO order), never holds up a send.
  */
 export const CHECKSUM_BUFFERS_MAX = 32;
 
@@ -54,42 +62,53 @@ const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
 
 export function createTsBackend(): IoBackend {
   const pool = new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX);
-  const checksumPool = createChecksumPool();
+  const verifiedReads = new VerifiedReads(createChecksumPool());
   const tailCache = new TailReadCache();
   return {
     kind: 'ts',
     strategy: 'fs-net',
     kernelTls: TS_BACKEND_KERNEL_TLS,
-    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache),
-    checksumPages: (chunk, pageBytes, out) => checksumPagesByReading(chunk, pageBytes, out, checksumPool),
+    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache, verifiedReads),
+    checksumPages: (chunk, pageBytes, out) => checksumPagesByReading(chunk, pageBytes, out, verifiedReads.pool, verifiedReads),
     close: async () => undefined,
   };
 }
 
 /** A pool of verification read buffers (one per TS backend; tests and the benchmark make their own). */
-export function createChecksumPool(): BufferPool {
-  return new BufferPool(CHECKSUM_RANGE_BYTES_MAX, CHECKSUM_BUFFERS_MAX);
+export function createChecksumPool(buffersMax = CHECKSUM_BUFFERS_MAX): BufferPool {
+  return new BufferPool(CHECKSUM_BUFFER_BYTES, buffersMax);
 }
 
 /**
- * The TS backend's page checksums: an asynchronous read (the thread pool, as for sends) into a buffer from `pool`
- * and the TypeScript CRC-32C. Ranges larger than the pool's buffers are read in pieces of that size, with the one
- * buffer; it goes back to the pool when the call ends, failed or not.
+ * The TS backend's page checksums: an asynchronous read (the thread pool, as for sends) into a buffer from `pool`,
+ * behind XLOG_DATA_HEADER_BYTES of header room, and the TypeScript CRC-32C. Ranges larger than the buffer's room
+ * are read in pieces of that size, with the one buffer. A range read whole is handed to `kept` for the send of
+ * the same bytes (the buffer goes back to the pool from there); otherwise the buffer goes back to the pool when
+ * the call ends, failed or not.
  */
-export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number, out: Uint32Array, pool: BufferPool): Promise<void> {
-  assert.ok(pageBytes > 0 && pool.bufferBytes % pageBytes === 0, 'pages divide the read size');
+export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number, out: Uint32Array, pool: BufferPool, kept?: VerifiedReads): Promise<void> {
+  const pieceBytes = pool.bufferBytes - XLOG_DATA_HEADER_BYTES;
+  assert.ok(pageBytes > 0 && pieceBytes > 0 && pieceBytes % pageBytes === 0, 'pages divide the read size');
   assert.ok(out.length >= Math.ceil(chunk.byteCount / pageBytes), 'out holds a checksum per page');
+  assert.ok(kept === undefined || kept.pool === pool, 'kept reads go back to the pool they came from');
   const buffer = await pool.acquire();
+  let handedOff = false;
   try {
-    for (let done = 0; done < chunk.byteCount; done += buffer.length) {
-      const bytes = Math.min(buffer.length, chunk.byteCount - done);
-      await readExactly({ file: chunk.file, fileOffset: chunk.fileOffset + done, byteCount: bytes }, buffer, 0);
+    for (let done = 0; done < chunk.byteCount; done += pieceBytes) {
+      const bytes = Math.min(pieceBytes, chunk.byteCount - done);
+      await readExactly({ file: chunk.file, fileOffset: chunk.fileOffset + done, byteCount: bytes }, buffer, XLOG_DATA_HEADER_BYTES);
+      // One CRC call per page straight on the read buffer: no copy, no allocation.
       for (let offset = 0; offset < bytes; offset += pageBytes) {
-        out[(done + offset) / pageBytes] = crc32c(buffer, offset, Math.min(offset + pageBytes, bytes));
+        const start = XLOG_DATA_HEADER_BYTES + offset;
+        out[(done + offset) / pageBytes] = crc32c(buffer, start, start + Math.min(pageBytes, bytes - offset));
       }
     }
+    if (kept !== undefined && chunk.byteCount > 0 && chunk.byteCount <= pieceBytes) {
+      kept.keep(chunk.file, chunk.fileOffset, chunk.byteCount, buffer);
+      handedOff = true;
+    }
   } finally {
-    pool.release(buffer);
+    if (!handedOff) pool.release(buffer);
   }
 }
 
@@ -116,6 +135,7 @@ class TsStreamWriter implements StreamWriter {
     private readonly socket: Socket,
     private readonly pool: BufferPool,
     private readonly tailCache: TailReadCache,
+    private readonly verifiedReads: VerifiedReads,
   ) {
     socket.once('close', this.onClose);
     this.path = socket instanceof TLSSocket ? 'fs-net+tls' : 'fs-net';
@@ -146,20 +166,30 @@ class TsStreamWriter implements StreamWriter {
 
   private async sendChunkNow(header: Buffer, chunk: WalChunk, send: number): Promise<void> {
     await this.waitForRoom();
-    const frame = await this.pool.acquire();
+    let frame = await this.pool.acquire();
+    /** Where the frame starts in `frame`: 0, or inside a verified read whose range began before the chunk. */
+    let frameOffset = 0;
     let handedOff = false;
     try {
       this.throwIfFailed();
-      if (chunk.byteCount <= TAIL_READ_BYTES_MAX) {
+      const verified = this.verifiedReads.take(chunk);
+      if (verified !== undefined) {
+        // The bytes just verified, already behind header room: sent as they are. The buffer joins the send pool (it
+        // is released there after its write) and the one acquired takes its place in the verification pool.
+        this.verifiedReads.pool.release(frame);
+        frame = verified.buffer;
+        frameOffset = verified.frameOffset;
+      } else if (chunk.byteCount <= TAIL_READ_BYTES_MAX) {
         // The live tail: every caught-up replica wants these same bytes; one read serves them all.
         (await this.tailCache.read(chunk)).copy(frame, XLOG_DATA_HEADER_BYTES);
       } else {
         await readExactly(chunk, frame, XLOG_DATA_HEADER_BYTES);
       }
       this.throwIfFailed();
-      header.copy(frame, 0, 0, XLOG_DATA_HEADER_BYTES);
+      header.copy(frame, frameOffset, 0, XLOG_DATA_HEADER_BYTES);
       handedOff = true;
-      this.write(frame.subarray(0, XLOG_DATA_HEADER_BYTES + chunk.byteCount), send, () => this.pool.release(frame));
+      const sending = frame;
+      this.write(frame.subarray(frameOffset, frameOffset + XLOG_DATA_HEADER_BYTES + chunk.byteCount), send, () => this.pool.release(sending));
     } finally {
       if (!handedOff) this.pool.release(frame);
     }
