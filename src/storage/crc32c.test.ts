@@ -2,7 +2,14 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
-import { CRC32C_INITIAL, crc32c, crc32cFinish, crc32cUpdate } from './crc32c.js';
+import { CRC32C_IMPLEMENTATION, CRC32C_INITIAL, crc32c, crc32cFinish, crc32cUpdate, crc32cUpdateUsing, type Crc32cImplementation } from './crc32c.js';
+
+/** Every loop crc32c.ts has: each must agree with the reference to the bit. */
+const IMPLEMENTATIONS: readonly Crc32cImplementation[] = ['wasm', 'words', 'bytes'];
+
+function crc32cUsing(implementation: Crc32cImplementation, bytes: Uint8Array, start: number, end: number): number {
+  return crc32cFinish(crc32cUpdateUsing(implementation, CRC32C_INITIAL, bytes, start, end));
+}
 
 /** Bit-at-a-time reference, independent of the table code. */
 function referenceCrc32c(bytes: Uint8Array): number {
@@ -46,19 +53,29 @@ test('ranges and incremental updates split at every point give the same value', 
   }
 });
 
-test('the word path (aligned 32-bit reads) matches the reference at every start alignment, odd lengths and views', () => {
+test('this runtime checksums long ranges with WebAssembly (the fast path did not silently fall back)', () => {
+  assert.equal(typeof WebAssembly, 'object');
+  assert.equal(CRC32C_IMPLEMENTATION, 'wasm');
+});
+
+test('every loop (wasm, aligned words, bytes) matches the reference at every start alignment, odd lengths and views', () => {
   // Lengths around the byte-loop/word-loop threshold and around 16-byte steps, pages and a chunk.
   const data = randomBytes(140 * 1024 + 64);
   const lengths = [0, 1, 7, 15, 16, 17, 255, 256, 257, 271, 272, 1000, 4099, 8191, 8192, 8193, 131072, 131073];
   for (const start of [0, 1, 2, 3, 4, 5, 6, 7, 13]) {
     for (const length of lengths) {
-      assert.equal(crc32c(data, start, start + length), referenceCrc32c(data.subarray(start, start + length)), `start ${start}, length ${length}`);
+      const expected = referenceCrc32c(data.subarray(start, start + length));
+      assert.equal(crc32c(data, start, start + length), expected, `start ${start}, length ${length}`);
+      for (const implementation of IMPLEMENTATIONS) assert.equal(crc32cUsing(implementation, data, start, start + length), expected, `${implementation}: start ${start}, length ${length}`);
     }
   }
   // A Buffer whose own byteOffset is odd (a slice of a larger allocation): alignment is of the memory, not the index.
   for (const shift of [1, 2, 3]) {
     const view = data.subarray(shift, shift + 9000);
-    for (const start of [0, 1, 2, 3]) assert.equal(crc32c(view, start, 9000 - start), referenceCrc32c(view.subarray(start, 9000 - start)), `shift ${shift}, start ${start}`);
+    for (const start of [0, 1, 2, 3]) {
+      const expected = referenceCrc32c(view.subarray(start, 9000 - start));
+      for (const implementation of IMPLEMENTATIONS) assert.equal(crc32cUsing(implementation, view, start, 9000 - start), expected, `${implementation}: shift ${shift}, start ${start}`);
+    }
   }
 });
 
@@ -71,15 +88,22 @@ test('known answers over 8 KiB pages of fixed patterns, from aligned and unalign
   assert.equal(crc32c(zeros, 0, 8192), referenceCrc32c(zeros.subarray(0, 8192)));
   assert.equal(crc32c(zeros, 3, 8195), crc32c(zeros, 0, 8192));
   assert.equal(crc32c(ramp, 1, 8194), referenceCrc32c(ramp.subarray(1, 8194)));
-  assert.equal(crc32c(zeros, 0, 8192), KNOWN_ZEROS_8192);
-  assert.equal(crc32c(ramp, 0, 8192), KNOWN_RAMP_8192);
-  assert.equal(crc32c(ramp, 3, 8192 + 3), KNOWN_RAMP_3_8195);
+  for (const implementation of IMPLEMENTATIONS) {
+    assert.equal(crc32cUsing(implementation, zeros, 0, 8192), KNOWN_ZEROS_8192, implementation);
+    assert.equal(crc32cUsing(implementation, ramp, 0, 8192), KNOWN_RAMP_8192, implementation);
+    assert.equal(crc32cUsing(implementation, ramp, 3, 8192 + 3), KNOWN_RAMP_3_8195, implementation);
+  }
 });
 
-test('incremental updates split across the word path give the whole range\'s value', () => {
-  const data = randomBytes(20_000);
-  const whole = crc32c(data, 5, 19_999);
-  for (const split of [5, 6, 261, 262, 263, 264, 8197, 10_000, 19_743, 19_998, 19_999]) {
-    assert.equal(crc32cFinish(crc32cUpdate(crc32cUpdate(CRC32C_INITIAL, data, 5, split), data, split, 19_999)), whole, `split ${split}`);
+test('incremental updates split across the fast paths give the whole range\'s value', () => {
+  // Longer than the WebAssembly scratch area (64 KiB), so one call folds it in several copies.
+  const data = randomBytes(200_000);
+  const whole = referenceCrc32c(data.subarray(5, 199_999));
+  for (const split of [5, 6, 261, 262, 263, 264, 8197, 65_541, 65_542, 100_000, 199_743, 199_998, 199_999]) {
+    assert.equal(crc32cFinish(crc32cUpdate(crc32cUpdate(CRC32C_INITIAL, data, 5, split), data, split, 199_999)), whole, `split ${split}`);
+    for (const implementation of IMPLEMENTATIONS) {
+      const state = crc32cUpdateUsing(implementation, crc32cUpdateUsing(implementation, CRC32C_INITIAL, data, 5, split), data, split, 199_999);
+      assert.equal(crc32cFinish(state), whole, `${implementation}: split ${split}`);
+    }
   }
 });
