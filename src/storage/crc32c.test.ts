@@ -81,8 +81,7 @@ test('every loop (wasm, aligned words, bytes) matches the reference at every sta
 
 test('known answers over 8 KiB pages of fixed patterns, from aligned and unaligned starts', () => {
   // Values agreed by the bit-wise reference above, the previous slice-by-8 code and the CPU CRC-32C instruction
-  // (native addon crc32cUpdate); fixed here so a
-  // change to both the tables and the reference cannot pass unnoticed.
+  // (native addon crc32cUpdate); fixed here so a change to both the tables and the reference cannot pass unnoticed.
   const zeros = Buffer.alloc(8192 + 3, 0);
   const ramp = Buffer.from(Array.from({ length: 8192 + 3 }, (_, index) => (index * 31 + 7) & 0xff));
   assert.equal(crc32c(zeros, 0, 8192), referenceCrc32c(zeros.subarray(0, 8192)));

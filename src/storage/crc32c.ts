@@ -2,14 +2,14 @@
  * CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the checksum of PostgreSQL WAL records
  * (src/include/port/pg_crc32c.h: INIT_CRC32C, COMP_CRC32C, FIN_CRC32C) and of walcast's control file.
  *
- * Pure TypeScript, table-driven: sixteen 256-entry tables let the loop fold sixteen input bytes per step, read as
- * four aligned 32-bit words through an Int32Array view of the buffer's memory (on little-endian hosts, where a word
- * read is the bytes in CRC order). That is ~1.9x faster than eight bytes per step assembled from byte reads (the TS
- * backend verifies every page it sends, issue 13: ~0.42 vs ~0.79 CPU s/GB in a microbenchmark). Short ranges, the
- * unaligned head and the tail go eight or one byte at a time from the same tables. Where the runtime has
- * WebAssembly, long ranges go through the same loop compiled to it instead (crc32c-wasm.ts: ~0.28 CPU s/GB with
- * its copy). It works on a range of a Buffer and is incremental, so a WAL record split over pages and reads is checksummed piece by piece
- * without being reassembled.
+ * Table-driven, no native code: sixteen 256-entry tables let the loop fold sixteen input bytes per step. Where the
+ * runtime has WebAssembly, long ranges go through that loop compiled to it (crc32c-wasm.ts, built from its opcodes
+ * at load: ~0.28 CPU s/GB on 8 KiB pages, copy into its memory included); otherwise through the same loop in
+ * TypeScript, reading four aligned 32-bit words through an Int32Array view of the buffer's memory on little-endian
+ * hosts (~0.44), where a word read is the bytes in CRC order. The former slice-by-8 over byte reads cost ~0.79
+ * (module microbenchmark, issue 13: the TS backend verifies every page it sends). Short ranges, the unaligned head
+ * and the tail go eight or one byte at a time from the same tables. It works on a range of a Buffer and is
+ * incremental, so a WAL record split over pages and reads is checksummed piece by piece without being reassembled.
  */
 import assert from 'node:assert/strict';
 import { endianness } from 'node:os';
@@ -21,8 +21,8 @@ const TABLE_ENTRIES = 256;
 /** Tables: slice k maps a byte to its CRC contribution k bytes ahead of the end of a step. */
 const SLICES = 16;
 /**
- * Ranges shorter than this take the byte-read loop: making the word view (an object per call) costs more than
- * the word loop saves on a record header or a small record.
+ * Ranges shorter than this take the byte-read loop: the word view (an object per call) or the call into
+ * WebAssembly costs more than the faster loop saves on a record header or a small record.
  */
 const WORD_PATH_BYTES_MIN = 256;
 /** A 32-bit word read is the four bytes in CRC order only on a little-endian host; elsewhere bytes are read. */
