@@ -144,6 +144,11 @@ export interface WalcastServerOptions {
   readonly extraArgs?: readonly string[];
   /** Overrides the result name (walcast-ts, walcast-native-…), to tell two servers of one backend apart. */
   readonly name?: string;
+  /**
+   * Another checkout to run walcast from (its src/cli/main.ts, its build/ addon): bench/single-stream.ts compares
+   * a baseline tree with this one in the same run. Default: this repository.
+   */
+  readonly repoRoot?: string;
 }
 
 /**
@@ -163,7 +168,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
   const name = options.name ?? (options.io === 'ts' ? 'walcast-ts' : `walcast-native-${options.strategy ?? 'default'}`);
   const args = [
     ...serverNodeArgs(),
-    '--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve',
+    '--import', 'tsx', join(options.repoRoot ?? REPO_ROOT, 'src/cli/main.ts'), 'serve',
     '--data-dir', options.dataDir,
     '--listen', `127.0.0.1:${port}`,
     '--io', options.io,
@@ -174,7 +179,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
     ...(options.tls === undefined ? [] : ['--tls-cert', options.tls.certFile, '--tls-key', options.tls.keyFile, '--tls-mode', 'prefer']),
     ...(options.extraArgs ?? []),
   ];
-  const server = spawnTracked(process.execPath, args, { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  const server = spawnTracked(process.execPath, args, { cwd: options.repoRoot ?? REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
   await waitForPort(port, server, name);
   return {
     name,
