@@ -142,6 +142,44 @@ test('a truncated segment: the chunk is cut at the file end, then XX001 names th
   }
 });
 
+test('locateNow answers exactly as locate inside the open segment and defers to it for anything needing I/O or a check', async () => {
+  const shortDir = await mkdtemp(join(tmpdir(), 'walcast-reader-now-'));
+  const keptBytes = 5 * 8192;
+  await writeFile(join(shortDir, nameOf(FIRST_SEGNO)), segmentContent(FIRST_SEGNO).subarray(0, keptBytes));
+  await writeFile(join(shortDir, nameOf(FIRST_SEGNO + 1n)), segmentContent(FIRST_SEGNO + 1n));
+  let history: SegmentLayout['history'] = [{ pgTimelineId: 1, beginLsn: 0n, endLsn: undefined }];
+  const switching: SegmentLayout = {
+    segmentBytes: SEGMENT_BYTES,
+    pgTimelineId: 1,
+    timelineStartLsn: FIRST_SEGNO * BigInt(SEGMENT_BYTES),
+    get history() {
+      return history;
+    },
+  };
+  const reader = new WalReader(shortDir, switching);
+  try {
+    const start = switching.timelineStartLsn;
+    assert.equal(reader.locateNow(start, start + 8192n), undefined, 'nothing open yet: locate opens the segment');
+    const first = await reader.locate(start, start + 8192n);
+    const now = reader.locateNow(start + 8192n, start + 3n * 8192n);
+    assert.deepEqual(now, await reader.locate(start + 8192n, start + 3n * 8192n), 'the same chunk as locate');
+    assert.equal(now?.file, first.file, 'from the open descriptor');
+    assert.equal(reader.locateNow(start + 4n * 8192n, start + 6n * 8192n), undefined, 'past the known size: locate stats the file (and cuts the chunk)');
+    assert.equal(reader.locateNow(start - 8192n, start), undefined, 'before the timeline start: locate throws 58P01');
+    const nextSegment = start + BigInt(SEGMENT_BYTES);
+    assert.equal(reader.locateNow(nextSegment, nextSegment + 8192n), undefined, 'another segment: locate opens it');
+    // A new history (a PostgreSQL timeline switch) may rename segments: the name is checked by locate again.
+    history = [...history];
+    assert.equal(reader.locateNow(start + 8192n, start + 2n * 8192n), undefined, 'a new history: locate checks the name');
+    assert.equal((await reader.locate(start + 8192n, start + 2n * 8192n)).file, first.file, 'still the same file under the same name');
+    await reader.close();
+    assert.equal(reader.locateNow(start + 8192n, start + 2n * 8192n), undefined, 'a closed reader hands out nothing');
+  } finally {
+    await reader.close();
+    await rm(shortDir, { recursive: true, force: true });
+  }
+});
+
 /** A pinner like Timeline.pinSegment: refuses segments before `floor`, counts pins per segment. */
 function countingPinner(floor: bigint): { pinSegment(segno: bigint): (() => void) | undefined; pinned: Map<bigint, number>; floor: bigint } {
   const pinner = {
