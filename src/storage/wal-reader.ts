@@ -223,7 +223,6 @@ export class WalReader {
     return { history: this.layout.history, pgTimelineId: this.layout.pgTimelineId };
   }
 
-  /** NAME.partial first (the segment being filled), then NAME: a .partial may be renamed while we look. */
   private segmentName(segno: bigint): string {
     const { history, segmentBytes } = this.layout;
     const pgTimelineId = history === undefined ? this.layout.pgTimelineId : segmentPgTimeline(segno, segmentBytes, history);
@@ -270,7 +269,11 @@ export class WalReader {
   private async openPinned(segno: bigint, lsn: Lsn, unpin: () => void): Promise<OpenSegment> {
     const namedFor = this.namingNow();
     const name = this.segmentName(segno);
-    for (const candidate of [name + PARTIAL_SUFFIX, name]) {
+    // NAME first: every segment but the one being filled is complete, so a catch-up opens each with one open instead
+    // of a failed open of NAME.partial first (an ENOENT error object and a thread-pool round trip per segment and
+    // reader). Then NAME.partial (the segment being filled), then NAME again: the writer renames NAME.partial to NAME
+    // when the segment completes, and that may happen between the first two tries.
+    for (const candidate of [name, name + PARTIAL_SUFFIX, name]) {
       const path = join(this.dir, candidate);
       try {
         const handle = await open(path, 'r');
