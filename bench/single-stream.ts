@@ -15,6 +15,7 @@
  * PostgreSQL run. WALCAST_BENCH_SERVER_NODE_ARGS passes node flags to both walcast servers (profiling).
  */
 import { loadavg } from 'node:os';
+import { parseArgs } from 'node:util';
 import { formatLsn } from '../src/lsn.js';
 import { CpuLoad, type Condition } from './lib/cpu-load.js';
 import { planFor } from './lib/plan.js';
@@ -30,6 +31,7 @@ import { measureConsumerRun, measureReceiveWalRun, warmPageCache, type BenchCont
 const WAL_MIB_PER_PGBENCH_SCALE = 12.4;
 const CONSUMERS = ['pg_receivewal', 'wal-consumer'] as const;
 type Consumer = (typeof CONSUMERS)[number];
+const STRATEGIES = ['sendfile', 'writev', 'uring'] as const;
 const EXIT_USAGE = 2;
 
 interface Arguments {
@@ -39,44 +41,57 @@ interface Arguments {
   readonly reps: number;
   readonly load: number;
   readonly consumers: readonly Consumer[];
-  readonly strategy: 'sendfile' | 'writev' | 'uring';
+  readonly strategy: (typeof STRATEGIES)[number];
 }
 
 const USAGE = 'usage: node --import tsx bench/single-stream.ts [--baseline DIR] [--also NAME=DIR]... [--mib N] [--reps N] [--load N] [--consumers pg_receivewal,wal-consumer] [--strategy sendfile|writev|uring]\n';
 
+function usage(message: string): never {
+  process.stderr.write(`${message}\n${USAGE}`);
+  process.exit(EXIT_USAGE);
+}
+
 function parseArguments(argv: readonly string[]): Arguments {
-  const values = new Map<string, string>();
-  const others: [string, string][] = [];
-  for (let index = 0; index < argv.length; index += 2) {
-    const key = argv[index]!;
-    const value = argv[index + 1];
-    if (!['--baseline', '--also', '--mib', '--reps', '--load', '--consumers', '--strategy'].includes(key) || value === undefined) {
-      process.stderr.write(USAGE);
-      process.exit(EXIT_USAGE);
-    }
-    if (key === '--baseline') others.unshift(['base', value]);
-    else if (key === '--also') {
-      const [name, dir] = value.split('=');
-      if (name === undefined || dir === undefined || name === 'new' || name === 'postgres') {
-        process.stderr.write(USAGE);
-        process.exit(EXIT_USAGE);
-      }
-      others.push([name, dir]);
-    } else values.set(key, value);
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: {
+        baseline: { type: 'string' },
+        also: { type: 'string', multiple: true, default: [] },
+        mib: { type: 'string', default: '1024' },
+        reps: { type: 'string', default: '3' },
+        load: { type: 'string', default: '1' },
+        consumers: { type: 'string', default: CONSUMERS.join(',') },
+        strategy: { type: 'string', default: 'sendfile' },
+      },
+      strict: true,
+    }));
+  } catch (error) {
+    usage((error as Error).message);
   }
-  const consumers = (values.get('--consumers') ?? CONSUMERS.join(',')).split(',') as Consumer[];
-  const strategy = (values.get('--strategy') ?? 'sendfile') as Arguments['strategy'];
-  if (consumers.some((consumer) => !CONSUMERS.includes(consumer)) || !['sendfile', 'writev', 'uring'].includes(strategy)) {
-    process.stderr.write(USAGE);
-    process.exit(EXIT_USAGE);
+  const count = (text: string, what: string, least: number): number => {
+    const value = Number(text);
+    if (!Number.isInteger(value) || value < least) usage(`${what} must be an integer >= ${least}, got "${text}"`);
+    return value;
+  };
+  const others: [string, string][] = values.baseline === undefined ? [] : [['base', values.baseline]];
+  for (const entry of values.also) {
+    const [name, dir] = entry.split('=');
+    if (name === undefined || dir === undefined || name === '' || ['base', 'new', 'postgres'].includes(name)) usage(`--also takes NAME=DIR with a new name, got "${entry}"`);
+    others.push([name, dir]);
   }
+  const consumers = values.consumers.split(',');
+  const unknown = consumers.filter((consumer) => !(CONSUMERS as readonly string[]).includes(consumer));
+  if (unknown.length > 0) usage(`unknown consumer(s) ${unknown.join(', ')}`);
+  if (!(STRATEGIES as readonly string[]).includes(values.strategy)) usage(`unknown strategy ${values.strategy}`);
   return {
     others,
-    mib: Number(values.get('--mib') ?? 1024),
-    reps: Number(values.get('--reps') ?? 3),
-    load: Number(values.get('--load') ?? 1),
-    consumers,
-    strategy,
+    mib: count(values.mib, '--mib', 1),
+    reps: count(values.reps, '--reps', 1),
+    load: count(values.load, '--load', 0),
+    consumers: consumers as Consumer[],
+    strategy: values.strategy as Arguments['strategy'],
   };
 }
 
