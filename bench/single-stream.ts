@@ -12,9 +12,12 @@
  * The baseline is a copy of the repository at the commit to compare with (`git archive BASE | tar -x -C DIR`,
  * then node_modules linked and its native addon built or copied into DIR/build). `--also NAME=DIR` adds more
  * checkouts (variants of an experiment), compared with the baseline too. Without --baseline only this tree and
- * PostgreSQL run. WALCAST_BENCH_SERVER_NODE_ARGS passes node flags to both walcast servers (profiling).
+ * PostgreSQL run. WALCAST_BENCH_SERVER_NODE_ARGS passes node flags to both walcast servers (profiling). `--smoke`
+ * (test/bench-smoke.test.ts) streams a 16 MiB range once, idle, and compares pg_receivewal's files with the source.
  */
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatLsn } from '../src/lsn.js';
 import { CpuLoad, type Condition } from './lib/cpu-load.js';
@@ -32,6 +35,8 @@ const WAL_MIB_PER_PGBENCH_SCALE = 12.4;
 const CONSUMERS = ['pg_receivewal', 'wal-consumer'] as const;
 type Consumer = (typeof CONSUMERS)[number];
 const STRATEGIES = ['sendfile', 'writev', 'uring'] as const;
+/** --smoke: the smallest pgbench range (scale 1), enough for a few segments. */
+const SMOKE_MIB = 16;
 const EXIT_USAGE = 2;
 
 interface Arguments {
@@ -42,9 +47,13 @@ interface Arguments {
   readonly load: number;
   readonly consumers: readonly Consumer[];
   readonly strategy: (typeof STRATEGIES)[number];
+  /** CI: a tiny range, one idle round, pg_receivewal's files compared byte for byte with the source. */
+  readonly smoke: boolean;
+  /** Where single-stream.json (every run) and single-stream.md (the table) go; stdout gets the table either way. */
+  readonly out: string | undefined;
 }
 
-const USAGE = 'usage: node --import tsx bench/single-stream.ts [--baseline DIR] [--also NAME=DIR]... [--mib N] [--reps N] [--load N] [--consumers pg_receivewal,wal-consumer] [--strategy sendfile|writev|uring]\n';
+const USAGE = 'usage: node --import tsx bench/single-stream.ts [--smoke] [--out DIR] [--baseline DIR] [--also NAME=DIR]... [--mib N] [--reps N] [--load N] [--consumers pg_receivewal,wal-consumer] [--strategy sendfile|writev|uring]\n';
 
 function usage(message: string): never {
   process.stderr.write(`${message}\n${USAGE}`);
@@ -59,9 +68,11 @@ function parseArguments(argv: readonly string[]): Arguments {
       options: {
         baseline: { type: 'string' },
         also: { type: 'string', multiple: true, default: [] },
-        mib: { type: 'string', default: '1024' },
-        reps: { type: 'string', default: '3' },
-        load: { type: 'string', default: '1' },
+        smoke: { type: 'boolean', default: false },
+        out: { type: 'string' },
+        mib: { type: 'string' },
+        reps: { type: 'string' },
+        load: { type: 'string' },
         consumers: { type: 'string', default: CONSUMERS.join(',') },
         strategy: { type: 'string', default: 'sendfile' },
       },
@@ -87,9 +98,11 @@ function parseArguments(argv: readonly string[]): Arguments {
   if (!(STRATEGIES as readonly string[]).includes(values.strategy)) usage(`unknown strategy ${values.strategy}`);
   return {
     others,
-    mib: count(values.mib, '--mib', 1),
-    reps: count(values.reps, '--reps', 1),
-    load: count(values.load, '--load', 0),
+    mib: count(values.mib ?? (values.smoke ? String(SMOKE_MIB) : '1024'), '--mib', 1),
+    reps: count(values.reps ?? (values.smoke ? '1' : '3'), '--reps', 1),
+    load: count(values.load ?? (values.smoke ? '0' : '1'), '--load', 0),
+    smoke: values.smoke,
+    out: values.out,
     consumers: consumers as Consumer[],
     strategy: values.strategy as Arguments['strategy'],
   };
@@ -135,7 +148,7 @@ async function main(): Promise<void> {
           for (let turn = 0; turn < targets.length; turn++) {
             const target = targets[(turn + repetition) % targets.length]!;
             const record = consumer === 'pg_receivewal'
-              ? await measureReceiveWalRun(context, target, repetition, false)
+              ? await measureReceiveWalRun(context, target, repetition, args.smoke)
               : await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: false });
             runs.push({ ...record, condition });
             progress(`#${repetition + 1} ${condition} ${consumer} ${target.name}: ${record.ok ? `${record.throughputMBps?.toFixed(0)} MB/s, ${record.serverCpuSecondsPerGB?.toFixed(3)} CPU s/GB (load ${loadavg()[0]!.toFixed(1)})` : `FAILED ${record.error ?? ''}`}`);
@@ -166,8 +179,14 @@ async function main(): Promise<void> {
       }
     }
     process.stdout.write(`${lines.join('\n')}\n`);
+    if (args.out !== undefined) {
+      mkdirSync(args.out, { recursive: true });
+      writeFileSync(join(args.out, 'single-stream.json'), `${JSON.stringify({ servers: targets.map((target) => target.name), args, runs }, null, 2)}\n`);
+      writeFileSync(join(args.out, 'single-stream.md'), `${lines.join('\n')}\n`);
+    }
     const failed = runs.filter((run) => !run.ok).length;
     progress(`done: ${runs.length} runs, ${failed} failed`);
+    if (failed > 0) process.exitCode = 1;
   } finally {
     await Promise.all(targets.map((target) => target.stop()));
     await load.stop();

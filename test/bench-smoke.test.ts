@@ -5,7 +5,8 @@
  * well-formed JSON, markdown and SVG, and that every consumer received exactly the bytes it asked for. The load
  * spinners and the --scenarios parser are checked on their own. Also `bench/tls-cost.ts --smoke` (walcast ts,
  * native and PostgreSQL, each plain and TLS, 1 and 2 pg_receivewal replicas), checking every run streamed
- * byte-identical WAL, and `bench/remote-catchup.ts --smoke` (the same range served from local disk and from s3rver:
+ * byte-identical WAL, `bench/single-stream.ts --smoke` (this tree beside a baseline checkout and PostgreSQL, one
+ * replica), and `bench/remote-catchup.ts --smoke` (the same range served from local disk and from s3rver:
  * byte-identical, and the remote case really read from the bucket). Benchmarks are not tests: nothing here looks at
  * speed.
  */
@@ -208,6 +209,25 @@ test('bench/tls-cost.ts --smoke: every server, plain and TLS, 1 and 2 replicas, 
   const markdown = readFileSync(join(outDir, 'tls-cost.md'), 'utf8');
   for (const heading of ['### 1 replica', '### 2 replicas']) assert.ok(markdown.includes(heading), `markdown has "${heading}"`);
   for (const row of ['| walcast ts | TLS |', '| walcast native | TLS |', '| PostgreSQL 15 | TLS |', '| PostgreSQL 15 | plain |']) assert.ok(markdown.includes(row), `markdown has "${row}"`);
+  assert.deepEqual(await leftoverProcesses(), [], 'no process started by the benchmark is left running');
+});
+
+test('bench/single-stream.ts --smoke: this tree beside a baseline checkout and PostgreSQL, byte-identical WAL to every consumer', { timeout: SMOKE_TIMEOUT_MS + 30_000 }, async () => {
+  const outDir = await makeTempDir('walcast-bench-single-smoke');
+  // The repository itself as the baseline: exercises starting walcast from another checkout (repoRoot).
+  const { code, stderr } = await runSmoke(outDir, 'bench/single-stream.ts', ['--baseline', REPO_ROOT]);
+  assert.equal(code, 0, `single-stream --smoke failed:\n${stderr}`);
+  const result = JSON.parse(readFileSync(join(outDir, 'single-stream.json'), 'utf8')) as { servers: string[]; runs: { server: string; consumer: string; ok: boolean; error?: string; bytesExpected: number; bytesReceived: number; serverCpuSecondsPerGB?: number }[] };
+  assert.deepEqual(result.servers, ['base', 'new', 'postgres']);
+  const expected = ['pg_receivewal', 'wal-consumer'].flatMap((consumer) => result.servers.map((server) => `${consumer} ${server}`));
+  assert.deepEqual(result.runs.map((run) => `${run.consumer} ${run.server}`).sort(), expected.sort(), 'one run per consumer and server');
+  for (const run of result.runs) {
+    assert.ok(run.ok, `${run.consumer} ${run.server} failed: ${run.error}`);
+    assert.ok(run.bytesExpected > 0 && run.bytesReceived === run.bytesExpected, `${run.consumer} ${run.server}: every byte (pg_receivewal: compared with the source)`);
+    assert.ok(Number.isFinite(run.serverCpuSecondsPerGB), `${run.consumer} ${run.server} has CPU s/GB`);
+  }
+  const markdown = readFileSync(join(outDir, 'single-stream.md'), 'utf8');
+  for (const row of ['| pg_receivewal | idle | new |', '| wal-consumer | idle | base |', '| wal-consumer | idle | postgres |']) assert.ok(markdown.includes(row), `markdown has "${row}"`);
   assert.deepEqual(await leftoverProcesses(), [], 'no process started by the benchmark is left running');
 });
 
