@@ -388,8 +388,52 @@ Napi::Value DropCache(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// residentBytes(fd, offset, length) -> bytes of the range in page cache and up to date (mincore on a private
+// mapping, whole pages; the file must be at least offset + length long), so tests can check what a prefetch left.
+Napi::Value ResidentBytes(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 3);
+  int fd = -1;
+  REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
+  int64_t offset = 0;
+  REQUIRE_ARGUMENT_INTEGER(info, 1, "offset", offset, 0, kSafeIntegerMax);
+  int64_t length = 0;
+  REQUIRE_ARGUMENT_INTEGER(info, 2, "length", length, 1, kSafeIntegerMax);
+  const int64_t page = sysconf(_SC_PAGESIZE);
+  const int64_t first = offset / page * page;
+  const size_t span = static_cast<size_t>(offset + length - first);
+  void* base = mmap(nullptr, span, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(first));
+  if (base == MAP_FAILED) {
+    ThrowNativeError(info.Env(), {errno, "mmap"});
+    return info.Env().Undefined();
+  }
+  std::vector<unsigned char> pages((span + page - 1) / page);
+  const int status = mincore(base, span, pages.data());
+  const int mincore_errno = errno;
+  munmap(base, span);
+  if (status != 0) {
+    ThrowNativeError(info.Env(), {mincore_errno, "mincore"});
+    return info.Env().Undefined();
+  }
+  int64_t resident = 0;
+  for (unsigned char entry : pages) resident += (entry & 1) != 0 ? page : 0;
+  return Napi::Number::New(info.Env(), static_cast<double>(resident));
+}
+
+// adviseRandom(fd): posix_fadvise(RANDOM), which turns the kernel's readahead off for the open file (every
+// descriptor dup'ed from it), so tests can check a prefetch that gets no help from readahead.
+Napi::Value AdviseRandom(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 1);
+  int fd = -1;
+  REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
+  int status = posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+  if (status != 0) ThrowNativeError(info.Env(), {status, "posix_fadvise"});
+  return info.Env().Undefined();
+}
+
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("dropCache", Napi::Function::New(env, DropCache, "dropCache"));
+  exports.Set("residentBytes", Napi::Function::New(env, ResidentBytes, "residentBytes"));
+  exports.Set("adviseRandom", Napi::Function::New(env, AdviseRandom, "adviseRandom"));
   exports.Set("init", Napi::Function::New(env, Init, "init"));
   exports.Set("Engine", EngineWrap::Define(env));
   exports.Set("selfTest", Napi::Function::New(env, SelfTest, "selfTest"));

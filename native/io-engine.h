@@ -47,7 +47,8 @@ constexpr size_t kIterationBudgetBytes = 4 * 1024 * 1024;
 constexpr int kEpollEventsPerWait = 256;
 // io_uring submission queue entries (completion queue is twice that; the kernel never drops overflow).
 constexpr unsigned kRingEntries = 256;
-// Prefetch reads in flight at once; further requests wait in a FIFO. 32 x 128 KiB keeps a disk busy.
+// Prefetch reads in flight at once (one per file being prefetched, see Engine::Prefetch); further requests wait in
+// a FIFO.
 constexpr size_t kPrefetchReadsInFlightMax = 32;
 // Largest prefetch request, and the size of the scratch buffer all prefetch reads land in (and are discarded).
 constexpr size_t kPrefetchBytesMax = 1024 * 1024;
@@ -62,6 +63,11 @@ static_assert(kPayloadBytesMax <= kTurnBudgetBytes, "a stream's turn holds at le
 static_assert(kPayloadBytesMax <= kPrefetchBytesMax, "one chunk fits one prefetch read");
 static_assert(kQueuedUnitsSoftMax < kQueuedUnitsHardMax, "messages can pass the soft bound");
 static_assert(kHeaderBytesMax >= 30, "the XLogData CopyData header fits inline");
+
+// kWait steps per prefetch request before the whole range is read (kRead): with the kernel's readahead running
+// (read_ahead_kb of 128 KiB and up) a 1 MiB piece is up to date within a few; a range the kernel will not read ahead
+// (readahead off for the file, pages dropped again under memory pressure) is read in full soon.
+constexpr int kPrefetchWaitsMax = 16;
 
 // mincore() result bytes for one prefetch request: its pages at 4 KiB, plus one when it is not page-aligned.
 constexpr size_t kResidencyPagesMax = kPrefetchBytesMax / 4096 + 1;
@@ -140,11 +146,23 @@ struct Stream {
   std::array<struct iovec, 2> iov{};
 };
 
+// How a prefetch request brings its range in (io-engine.cc, Engine::Prefetch): kWait steps READ one page, the first
+// one of the range not up to date, which sleeps until it is (or, when the page is not in page cache at all, starts
+// the kernel's readahead from it); after kPrefetchWaitsMax of them, one kRead step READs the whole range.
+enum class PrefetchStep : int { kWait = 0, kRead = 1 };
+
 struct PrefetchRead {
   uint64_t token = 0;
   UniqueFd fd;
+  // The range to bring into page cache.
   uint64_t offset = 0;
   size_t bytes = 0;
+  PrefetchStep step = PrefetchStep::kWait;
+  // kWait: the page to read, and how many kWait steps ran.
+  uint64_t wait_offset = 0;
+  int waits = 0;
+  // The file (inode and device): its requests are worked on one at a time, in order (Engine::Prefetch).
+  uint64_t file_key = 0;
 };
 
 class Engine {
@@ -211,8 +229,15 @@ class Engine {
   void ReapRing();
   void OnSendCompletion(uint64_t id, int result);
   void OnReadCompletion(uint64_t slot, int result);
+  // Starts the read, or queues it while kPrefetchReadsInFlightMax are in flight.
+  void QueueRead(PrefetchRead&& read);
   void StartRead(PrefetchRead&& read);
+  // Posts the request's kPrefetched event and moves its file on to the next request waiting for it.
+  void PrefetchDone(const PrefetchRead& read);
   bool IsUpToDate(int fd, uint64_t offset, size_t byte_count);
+  // The offset of the first page of the range not up to date in page cache (`offset` itself when that is the
+  // range's first page, or when residency cannot be checked), or offset + byte_count when all are.
+  uint64_t FirstNotUpToDate(int fd, uint64_t offset, size_t byte_count);
 
   static void OnPoll(uv_poll_t* handle, int status, int events);
   static void OnIdle(uv_idle_t* handle);
@@ -245,6 +270,8 @@ class Engine {
   FileMapCache maps_;
   std::unordered_map<uint64_t, PrefetchRead> reads_in_flight_;
   std::deque<PrefetchRead> reads_waiting_;
+  // Files with a prefetch request being worked on, each with the requests for it that wait their turn.
+  std::unordered_map<uint64_t, std::deque<PrefetchRead>> file_prefetches_;
   // Every prefetch READ writes here until its completion is reaped; freed only after the last one (Close()).
   std::unique_ptr<uint8_t[]> scratch_;
   // SENDMSGs in flight (streams with uring_busy, closing ones included).

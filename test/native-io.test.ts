@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { appendFileSync, closeSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, closeSync, fdatasyncSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -537,6 +537,45 @@ for (const strategy of NATIVE_STRATEGIES) {
       client.destroy();
       server.destroy();
     });
+
+    // The engine works on one request per file at a time and waits for the kernel's readahead page by page, falling
+    // back to reading a range in full: with readahead on or off, every requested byte is up to date once the
+    // requests resolve, and a range nobody asked for is not read whole.
+    for (const readahead of ['on', 'off'] as const) {
+      test(`prefetch of a cold file's window in 1 MiB pieces, all asked at once, readahead ${readahead}: every piece up to date`, async () => {
+        const loaded = loadNativeAddon();
+        assert.ok(loaded.ok);
+        const directory = mkdtempSync(join(tmpdir(), 'walcast-prefetch-'));
+        const path = join(directory, 'window');
+        const pieceBytes = 1024 * 1024;
+        const pieces = 6;
+        writeFileSync(path, randomBytes((pieces + 2) * pieceBytes));
+        const fd = openSync(path, 'r');
+        try {
+          // Written pages are dirty, and DONTNEED skips dirty pages: write them back first.
+          fdatasyncSync(fd);
+          loaded.addon.dropCache(fd, 0, 0);
+          assert.equal(loaded.addon.residentBytes(fd, 0, (pieces + 2) * pieceBytes), 0, 'the file starts cold');
+          if (readahead === 'off') loaded.addon.adviseRandom(fd);
+          const { client, server } = await connectPair(loopback);
+          const writer = await backend.openStream(server);
+          const file = { fd, path };
+          // As the sender's Prefetcher does: the current piece from the send position, the window ahead whole.
+          const from = 12_345;
+          await Promise.all(Array.from({ length: pieces }, (_, index) => (index === 0 ? writer.prefetch({ file, fileOffset: from, byteCount: pieceBytes - from }) : writer.prefetch({ file, fileOffset: index * pieceBytes, byteCount: pieceBytes }))));
+          const page = 4096;
+          const firstPage = Math.floor(from / page) * page;
+          assert.equal(loaded.addon.residentBytes(fd, firstPage, pieces * pieceBytes - firstPage), pieces * pieceBytes - firstPage);
+          if (readahead === 'off') assert.equal(loaded.addon.residentBytes(fd, (pieces + 1) * pieceBytes, pieceBytes), 0, 'without readahead nothing past the window is read');
+          await writer.release();
+          client.destroy();
+          server.destroy();
+        } finally {
+          closeSync(fd);
+          rmSync(directory, { recursive: true, force: true });
+        }
+      });
+    }
   });
 }
 

@@ -76,6 +76,10 @@ export interface NativeAddon {
   errorForTest(errno: number): NativeIoError;
   /** posix_fadvise(DONTNEED) on a range: makes a file cold for tests and the benchmark. */
   dropCache(fd: number, offset: number, length: number): void;
+  /** Bytes of the range in page cache and up to date, in whole pages (tests of prefetch). */
+  residentBytes(fd: number, offset: number, length: number): number;
+  /** posix_fadvise(RANDOM): no kernel readahead for this open file (tests of prefetch without it). */
+  adviseRandom(fd: number): void;
   readonly headerBytesMax: number;
   readonly messageBytesMax: number;
   readonly payloadBytesMax: number;
