@@ -12,6 +12,10 @@
  * with and without it, paired per repetition, and the CPU s/GB it adds.
  *
  *   node --import tsx bench/io-backends.ts [--reps 3] [--backends ts,sendfile,writev,uring] [--cold] [--quick] [--verify]
+ *   node --import tsx bench/io-backends.ts --cold-only --reps 9 --cold-cases sendfile,sendfile-off [--cold-mib 256]
+ *
+ * The data set lives in $TMPDIR/walcast-bench-io: give each concurrent user of the machine its own TMPDIR, or one
+ * run's DONTNEED evicts the files another run is measuring.
  *
  * Back of the envelope (native/README.md): loopback sendfile tops out near 3-3.6 GB/s at ~0.3 CPU s/GB on this
  * kind of 2-vCPU guest; one payload copy in JS costs ~1 CPU s/GB, so ts should sit near 1 GB/s.
@@ -36,6 +40,7 @@ import { encodeEntries } from '../src/storage/page-checksums.js';
 import { PageVerifier } from '../src/storage/page-verifier.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
 import { checksumPagesByReading, createChecksumPool } from '../src/io/ts-backend.js';
+import { diskDelta, diskStatPath, sampleDisk, type DiskDelta } from './lib/disk-stats.js';
 
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const RECEIVER_SOURCE = join(REPO_ROOT, 'native', 'bench', 'discard-receiver.c');
@@ -65,6 +70,8 @@ interface Options {
   /** Skip the warm tables (for iterating on the cold case). */
   coldOnly: boolean;
   coldBytes: number;
+  /** Which cold cases to run (keys of COLD_CASES), in this order within every repetition. */
+  coldCases: ColdCaseKey[];
   verify: boolean;
 }
 
@@ -76,6 +83,10 @@ interface RunResult {
   loopDelayMaxMs: number;
   /** Longest synchronous part of one sendChunk call: where a blocking sendfile on a cache miss would show. */
   sendCallMaxMs: number;
+  /** What the block device holding the data set did meanwhile (undefined when its stats are not readable). */
+  disk: DiskDelta | undefined;
+  /** Event-loop delay p99 of this process idling right after the run: what the machine's load alone costs. */
+  idleLoopDelayP99Ms?: number;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -95,6 +106,10 @@ function parseOptions(argv: readonly string[]): Options {
     cold: argv.includes('--cold'),
     coldOnly: argv.includes('--cold-only'),
     coldBytes: Number(value('cold-mib', '256')) * MIB,
+    coldCases: value('cold-cases', Object.keys(COLD_CASES).join(',')).split(',').map((key) => {
+      assert.ok(key in COLD_CASES, `unknown cold case ${key} (known: ${Object.keys(COLD_CASES).join(', ')})`);
+      return key as ColdCaseKey;
+    }),
     verify: argv.includes('--verify'),
   };
 }
@@ -167,6 +182,9 @@ function walSource(handles: readonly WalFileHandle[]): { locate(lsn: Lsn, endLsn
     },
   };
 }
+
+/** The block device counters of the data set's file system (set once the data set exists). */
+let DISK_STAT_PATH: string | undefined;
 
 /** Longest synchronous sendChunk call of the current run, in ms. */
 let sendCallMaxMs = 0;
@@ -247,6 +265,7 @@ async function runOnce(name: BackendName, handles: readonly WalFileHandle[], rec
   delay.enable();
   sendCallMaxMs = 0;
   const cpuBefore = process.cpuUsage();
+  const diskBefore = sampleDisk(DISK_STAT_PATH);
   const started = performance.now();
   await Promise.all(
     sockets.map((socket, index) => {
@@ -257,6 +276,7 @@ async function runOnce(name: BackendName, handles: readonly WalFileHandle[], rec
   const code = await exited;
   const seconds = (performance.now() - started) / 1000;
   const cpu = process.cpuUsage(cpuBefore);
+  const disk = diskDelta(diskBefore, sampleDisk(DISK_STAT_PATH));
   delay.disable();
   clearTimeout(timeout);
   server.close();
@@ -272,6 +292,7 @@ async function runOnce(name: BackendName, handles: readonly WalFileHandle[], rec
     loopDelayP99Ms: delay.percentile(99) / 1e6,
     loopDelayMaxMs: delay.max / 1e6,
     sendCallMaxMs,
+    disk,
   };
 }
 
@@ -303,6 +324,7 @@ async function main(): Promise<void> {
     options.backends = options.backends.filter((name) => name === 'ts');
   }
   const handles = ensureDataSet();
+  DISK_STAT_PATH = diskStatPath(WORK_DIR);
   ensureReceiver();
   warmCache(handles);
   if (options.verify) {
@@ -334,23 +356,63 @@ function printWarmTables(options: Options, single: Map<BackendName, RunResult[]>
   for (const name of options.backends) console.log(row(name, fanout.get(name)!));
 }
 
-/** Cold catch-up: one receiver from files just dropped from page cache; the event loop must stay responsive. */
+/** Bytes of the unrecorded warm-up run per cold case. */
+const COLD_WARM_UP_BYTES = 64 * MIB;
+
+/** How long the idle reference measurement after each cold run lasts. */
+const IDLE_REFERENCE_MS = 300;
+
+/**
+ * The event-loop delay p99 of this process doing nothing for IDLE_REFERENCE_MS: on a loaded machine the loop waits
+ * for a CPU as well, which no backend can help; a run's p99 near this figure means the backend added nothing.
+ */
+async function idleLoopDelayP99Ms(): Promise<number> {
+  const delay = monitorEventLoopDelay({ resolution: 1 });
+  delay.enable();
+  await new Promise((resolve) => setTimeout(resolve, IDLE_REFERENCE_MS));
+  delay.disable();
+  return delay.percentile(99) / 1e6;
+}
+
+/** The cold cases, by the key --cold-cases names them with. */
+const COLD_CASES = {
+  ts: { label: 'ts (async pread on the libuv pool)', name: 'ts', prefetch: true },
+  ...Object.fromEntries(NATIVE_STRATEGIES.map((name) => [name, { label: `native ${name} + prefetch${name === defaultNativeStrategy() ? ' (default)' : ''}`, name, prefetch: true }])),
+  'sendfile-off': { label: 'native sendfile, prefetch off', name: 'sendfile', prefetch: false },
+} as const satisfies Record<string, { label: string; name: BackendName; prefetch: boolean }>;
+type ColdCaseKey = keyof typeof COLD_CASES;
+
+/**
+ * Cold catch-up: one receiver from files just dropped from page cache; the event loop must stay responsive.
+ * Repetitions interleave the cases (A/B per round), so machine noise spreads over all of them alike. The disk
+ * columns come from the block device's counters (bench/lib/disk-stats.ts): average read size and reads in flight.
+ */
 async function coldRuns(options: Options, handles: readonly WalFileHandle[]): Promise<void> {
-  const cases: { label: string; name: BackendName; prefetch: boolean }[] = [
-    { label: 'ts (async pread on the libuv pool)', name: 'ts', prefetch: true },
-    ...NATIVE_STRATEGIES.map((name) => ({ label: `native ${name} + io_uring prefetch${name === defaultNativeStrategy() ? ' (default)' : ''}`, name, prefetch: true })),
-    { label: 'native sendfile, prefetch off', name: 'sendfile', prefetch: false },
-  ];
-  console.log(`\n### cold cache, 1 receiver, ${options.coldBytes / MIB} MiB (posix_fadvise DONTNEED before each run)`);
-  console.log('| case | MB/s | sender CPU s/GB | event-loop delay p99 ms | longest sendChunk call ms | event-loop delay max ms |\n|---|---|---|---|---|---|');
-  for (const entry of cases) {
-    const runs: RunResult[] = [];
-    for (let rep = 0; rep < options.reps; rep++) {
+  const runs = new Map<ColdCaseKey, RunResult[]>();
+  // One unrecorded warm run per case first: otherwise the first case of the process pays V8's compilation of the
+  // send path (CPU, event-loop delay) and looks worse than the cases after it.
+  warmCache(handles);
+  for (const key of options.coldCases) await runOnce(COLD_CASES[key].name, handles, 1, COLD_WARM_UP_BYTES, COLD_CASES[key].prefetch);
+  for (let rep = 0; rep < options.reps; rep++) {
+    for (const key of options.coldCases) {
+      const entry = COLD_CASES[key];
       coolCache(handles);
-      runs.push(await runOnce(entry.name, handles, 1, options.coldBytes, entry.prefetch));
+      const run = await runOnce(entry.name, handles, 1, options.coldBytes, entry.prefetch);
+      run.idleLoopDelayP99Ms = await idleLoopDelayP99Ms();
+      runs.set(key, [...(runs.get(key) ?? []), run]);
+      process.stderr.write('.');
     }
-    const max = summary(runs.map((run) => run.loopDelayMaxMs), 1);
-    console.log(`${row(entry.label, runs)} ${max} |`);
+  }
+  process.stderr.write('\n');
+  console.log(`\n### cold cache, 1 receiver, ${options.coldBytes / MIB} MiB (posix_fadvise DONTNEED before each run), cases interleaved per round`);
+  console.log('| case | MB/s | sender CPU s/GB | event-loop delay p99 ms | longest sendChunk call ms | event-loop delay max ms | disk KiB/read | disk reads in flight | idle event-loop delay p99 ms |\n|---|---|---|---|---|---|---|---|---|');
+  for (const key of options.coldCases) {
+    const caseRuns = runs.get(key)!;
+    const max = summary(caseRuns.map((run) => run.loopDelayMaxMs), 1);
+    const disks = caseRuns.flatMap((run) => (run.disk === undefined ? [] : [run.disk]));
+    const disk = disks.length === 0 ? 'n/a | n/a' : `${summary(disks.map((entry) => entry.kibPerRead), 0)} | ${summary(disks.map((entry) => entry.readsInFlight), 1)}`;
+    const idle = summary(caseRuns.map((run) => run.idleLoopDelayP99Ms ?? 0), 1);
+    console.log(`${row(COLD_CASES[key].label, caseRuns)} ${max} | ${disk} | ${idle} |`);
   }
   warmCache(handles);
 }
