@@ -35,7 +35,7 @@ const CHUNK_BYTES = 128 * 1024;
 const HEADER_BYTES = 30;
 /** Larger than the engine's inline header room (64 bytes): the message lives in a heap vector the kernel reads. */
 const HEAP_MESSAGE_BYTES = 4096;
-/** Prefetch requests per half (1 MiB each, cold): more than the engine's 32 reads in flight, so some wait. */
+/** Prefetch requests per half (1 MiB each, cold): 12 per file, so most queue behind their file's active request. */
 const PREFETCHES = 48;
 const PREFETCH_BYTES = 1024 * 1024;
 /** A paused receiver's sender counts as stuck once no space event came for this long (loopback takes ~4 MiB). */
