@@ -42,6 +42,14 @@ test('a file put streamed comes back byte-identical, whole and by range', async 
   assert.ok((await objects.getRange(key, 1_000_001, 65_536)).equals(bytes.subarray(1_000_001, 1_000_001 + 65_536)));
   await objects.putFile(key, path, bytes.length);
   assert.ok((await objects.getRange(key, bytes.length - 5, 5)).equals(bytes.subarray(-5)), 'a second put of the same object is harmless');
+  // Into a caller's buffer (the segment cache reuses one per download): the answer is a view of it.
+  const target = Buffer.alloc(2 * 1024 * 1024, 0xee);
+  const read = await objects.getRange(key, 1_000_001, 1024 * 1024 + 3, undefined, target);
+  assert.equal(read.buffer, target.buffer, 'read into the given buffer');
+  assert.ok(read.equals(bytes.subarray(1_000_001, 1_000_001 + 1024 * 1024 + 3)));
+  assert.equal(target[1024 * 1024 + 3], 0xee, 'nothing past the range is written');
+  const reused = await objects.getRange(key, 0, 7, undefined, target);
+  assert.ok(reused.equals(bytes.subarray(0, 7)), 'the buffer is reused for the next range');
   objects.close();
 });
 

@@ -22,8 +22,13 @@ export interface ObjectStore {
   putFile(key: string, path: string, sizeBytes: number, signal?: AbortSignal): Promise<void>;
   /** Uploads a small object held in memory (metadata), with the same server-verified checksum. */
   putBytes(key: string, bytes: Buffer, signal?: AbortSignal): Promise<void>;
-  /** Bytes [start, start + length) of `key`. Rejects with ObjectNotFoundError when the key does not exist. */
-  getRange(key: string, start: number, length: number, signal?: AbortSignal): Promise<Buffer>;
+  /**
+   * Bytes [start, start + length) of `key`. Rejects with ObjectNotFoundError when the key does not exist, and when
+   * the store answers more than `length` bytes. `into` (at least `length` bytes): the bytes are read straight into
+   * it and the answer is a view of it, so a caller fetching many ranges reuses one buffer instead of allocating
+   * (and the SDK concatenating, then copying) one per GET. The answer may be shorter than asked: callers check.
+   */
+  getRange(key: string, start: number, length: number, signal?: AbortSignal, into?: Buffer): Promise<Buffer>;
   /** Size of `key`, or undefined when it does not exist. */
   head(key: string, signal?: AbortSignal): Promise<ObjectInfo | undefined>;
   /** Every key under `prefix` (paged internally), in lexical order. */

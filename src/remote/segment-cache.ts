@@ -5,7 +5,8 @@
  * so both I/O backends keep sending from a local file (sendfile / io_uring) and bytes stay byte-identical.
  *
  * Bounds: one download per segment at a time (concurrent readers of one segment share it), at most
- * REMOTE_FETCHES_IN_FLIGHT_MAX downloads at once, memory of one range per download, and the directory's size capped
+ * REMOTE_FETCHES_IN_FLIGHT_MAX downloads at once, memory of one range buffer per download slot (reused: GETs read
+ * into it), and the directory's size capped
  * (least recently used segments are unlinked first; a reader that has one open keeps reading it, as Linux keeps an
  * unlinked open file). A segment the store does not have ends the reader's stream with 58P01, and a log line
  * names the object. Any other failure is retried (REMOTE_GET_ATTEMPTS_MAX per range, doubling pauses, on top of the
@@ -76,6 +77,8 @@ export class SegmentCache implements RemoteSegmentSource {
   /** Recent download failures by segment (bounded: entries older than REMOTE_FAILURE_REMEMBER_MS are dropped). */
   private readonly failures = new Map<bigint, { readonly error: WalcastError; readonly atMs: number }>();
   private readonly waiting: (() => void)[] = [];
+  /** Range buffers of finished downloads, for the next (at most REMOTE_FETCHES_IN_FLIGHT_MAX of them exist). */
+  private readonly rangeBuffers: Buffer[] = [];
   private ready: Promise<void> | undefined;
 
   constructor(private readonly options: SegmentCacheOptions) {
@@ -116,14 +119,17 @@ export class SegmentCache implements RemoteSegmentSource {
 
   private async download(segno: bigint): Promise<string | undefined> {
     await this.acquireSlot();
+    // One range buffer per slot, kept for the next download: GETs read straight into it (no allocation per GET).
+    const buffer = this.rangeBuffers.pop() ?? Buffer.allocUnsafeSlow(Math.min(REMOTE_GET_RANGE_BYTES, this.options.segmentBytes));
     try {
-      return await this.downloadInSlot(segno);
+      return await this.downloadInSlot(segno, buffer);
     } finally {
+      this.rangeBuffers.push(buffer);
       this.releaseSlot();
     }
   }
 
-  private async downloadInSlot(segno: bigint): Promise<string | undefined> {
+  private async downloadInSlot(segno: bigint, buffer: Buffer): Promise<string | undefined> {
     const { store, keys, segmentBytes, dir } = this.options;
     // The uploader's naming rule (segment-uploader.ts), so a segment of an older TLI is read from its own object.
     const pgTimelineId = segmentPgTimeline(segno, segmentBytes, this.options.history());
@@ -136,7 +142,7 @@ export class SegmentCache implements RemoteSegmentSource {
       try {
         for (let position = 0; position < segmentBytes; position += REMOTE_GET_RANGE_BYTES) {
           const length = Math.min(REMOTE_GET_RANGE_BYTES, segmentBytes - position);
-          const bytes = await this.getWithRetries(key, position, length, true);
+          const bytes = await this.getWithRetries(key, position, length, true, buffer);
           if (bytes.length !== length) throw new Error(`object ${key} returned ${bytes.length} bytes at ${position}, expected ${length}`);
           await handle.write(bytes, 0, length, position);
         }
@@ -189,10 +195,10 @@ export class SegmentCache implements RemoteSegmentSource {
   }
 
   /** `segmentRange`: a GET of segment bytes, the one the `remote-read-after-get` failpoint counts (not sidecars). */
-  private async getWithRetries(key: string, position: number, length: number, segmentRange = false): Promise<Buffer> {
+  private async getWithRetries(key: string, position: number, length: number, segmentRange = false, into?: Buffer): Promise<Buffer> {
     for (let attempt = 1; ; attempt++) {
       try {
-        const bytes = await this.options.store.getRange(key, position, length);
+        const bytes = await this.options.store.getRange(key, position, length, undefined, into);
         if (segmentRange) failpoint('remote-read-after-get');
         return bytes;
       } catch (error) {
