@@ -15,7 +15,7 @@ import { WAL_PAGE_BYTES, type Lsn } from '../src/lsn.js';
 import { decodeRemoteMetadata, metadataKey, segmentKey } from '../src/remote/remote-layout.js';
 import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
-import { SegmentCache } from '../src/remote/segment-cache.js';
+import { REMOTE_READ_AHEAD_SEGMENTS, SegmentCache } from '../src/remote/segment-cache.js';
 import { SegmentUploader } from '../src/remote/segment-uploader.js';
 import { SIDECAR_SUFFIX, sidecarPathFor, writeSidecarFromSegment } from '../src/storage/page-checksums.js';
 import { PARTIAL_SUFFIX, segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
@@ -201,5 +201,51 @@ test('page-checksum sidecars go up with their segments and come back with them i
   assert.ok(path !== undefined);
   assert.ok((await readFile(path)).equals(f.segments.get(3n) ?? Buffer.alloc(0)), 'the segment comes back byte-identical');
   assert.ok((await readFile(sidecarPathFor(cacheDir, segmentFileName(1, 3n, SEGMENT_BYTES)))).equals(sidecars.get(3n) ?? Buffer.alloc(0)), 'with its sidecar next to it');
+  f.store.close();
+});
+
+test('the segment cache reads ahead: fetching a segment starts the next REMOTE_READ_AHEAD_SEGMENTS before the local start, byte-identical, within the cache bound', async () => {
+  const f = await fixture(6);
+  for (const segno of f.segments.keys()) {
+    const name = segmentFileName(1, segno, SEGMENT_BYTES);
+    const path = join(f.dir, name + (segno === 7n ? PARTIAL_SUFFIX : ''));
+    writeSidecarFromSegment(path, sidecarPathFor(f.dir, name), SEGMENT_BYTES / WAL_PAGE_BYTES);
+  }
+  const up = uploader(f, segmentStartLsn(2n, SEGMENT_BYTES));
+  up.start();
+  await until(() => up.backupLsn === segmentStartLsn(7n, SEGMENT_BYTES), 'backup LSN reaches the segment being filled');
+  await up.close();
+  const cacheDir = join(f.dir, 'cache');
+  // Segments 2..5 are in the bucket; 6 is "on local disk" (the local start), so it is never read ahead.
+  const localStart = 6n;
+  const cacheBytesMax = (REMOTE_READ_AHEAD_SEGMENTS + 2) * SEGMENT_BYTES;
+  const cache = new SegmentCache({
+    store: f.store,
+    keys: f.keys,
+    dir: cacheDir,
+    segmentBytes: SEGMENT_BYTES,
+    history: () => singleTimelineHistory(1),
+    localStartSegment: () => localStart,
+    cacheBytesMax,
+    log: silentLogger(),
+  });
+  assert.ok(REMOTE_READ_AHEAD_SEGMENTS >= 1);
+  assert.ok((await cache.fetch(2n)) !== undefined);
+  const readAheadEnd = 2n + BigInt(REMOTE_READ_AHEAD_SEGMENTS) < localStart ? 2n + BigInt(REMOTE_READ_AHEAD_SEGMENTS) : localStart - 1n;
+  await until(() => cache.stats.segmentsFetched === Number(readAheadEnd - 2n) + 1, 'the segments after it are fetched without being asked for');
+  const hits = cache.stats.cacheHits;
+  for (let segno = 3n; segno < localStart; segno++) {
+    const path = await cache.fetch(segno);
+    assert.ok(path !== undefined);
+    assert.ok((await readFile(path)).equals(f.segments.get(segno) ?? Buffer.alloc(0)), `segment ${segno} comes back byte-identical`);
+    const name = segmentFileName(1, segno, SEGMENT_BYTES);
+    assert.ok((await readFile(sidecarPathFor(cacheDir, name))).equals(await readFile(sidecarPathFor(f.dir, name))), `with its sidecar (${segno})`);
+    assert.ok((await cache.cachedBytes()) <= cacheBytesMax, 'the cache stays within its bound');
+  }
+  assert.ok(cache.stats.cacheHits > hits, `read-ahead segments were cache hits (${JSON.stringify(cache.stats)})`);
+  await until(() => cache.stats.segmentsFetched === Number(localStart - 2n), 'every segment before the local start fetched once');
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(cache.stats.segmentsFetched, Number(localStart - 2n), 'nothing at or past the local start is read ahead, nothing twice');
+  assert.equal(cache.stats.fetchErrors, 0);
   f.store.close();
 });

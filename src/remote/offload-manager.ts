@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { maxLsn, type Lsn } from '../lsn.js';
 import type { ControlFileWriter } from '../storage/control-writer.js';
+import { segmentOf } from '../storage/segment-name.js';
 import type { TimelineHistory } from '../storage/timeline-history.js';
 import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import type { ObjectStore } from './object-store.js';
@@ -86,6 +87,7 @@ export async function startOffload(options: StartOffloadOptions): Promise<Offloa
       dir: join(options.cacheRoot, timeline.tenantId, timeline.timelineId),
       segmentBytes: timeline.segmentBytes,
       history: () => timeline.history,
+      localStartSegment: () => segmentOf(timeline.timelineStartLsn, timeline.segmentBytes),
       log: options.log.child({ tenant: timeline.tenantId, timeline: timeline.timelineId, component: 'remote-read' }),
       ...(options.cacheBytesMax === undefined ? {} : { cacheBytesMax: options.cacheBytesMax }),
     });

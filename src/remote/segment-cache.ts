@@ -41,10 +41,18 @@ export const REMOTE_FETCHES_IN_FLIGHT_MAX = 4;
  * Short, so a store that recovers is tried again by the next stream.
  */
 export const REMOTE_FAILURE_REMEMBER_MS = 5_000;
+/**
+ * Segments fetched ahead of a reader: asking for segment N also starts N+1 .. N+REMOTE_READ_AHEAD_SEGMENTS (those
+ * before the local start, not cached, not being fetched, while a download slot is free). A catch-up reads segments
+ * in order, and without this each one was fetched only when the sender's 4 MiB prefetch window reached it: one GET
+ * in flight at a time, the sender idle while a whole segment downloads, the store idle while it is sent.
+ */
+export const REMOTE_READ_AHEAD_SEGMENTS = 2;
 /** Default cache size: 16 segments of 16 MiB; enough for a few replicas catching up from object storage. */
 export const REMOTE_CACHE_BYTES_DEFAULT = 256 * 1024 * 1024;
 
 assert.ok(REMOTE_GET_RANGE_BYTES <= REMOTE_CACHE_BYTES_DEFAULT);
+assert.ok(REMOTE_READ_AHEAD_SEGMENTS < REMOTE_FETCHES_IN_FLIGHT_MAX, 'read-ahead leaves a download slot for a reader');
 
 /** Remote reads for the status API and /metrics. */
 export interface RemoteReadStats {
@@ -66,6 +74,11 @@ export interface SegmentCacheOptions {
   /** The timeline's PostgreSQL timeline history now: a segment's object is named by the TLI it assigns it. */
   readonly history: () => TimelineHistory;
   readonly cacheBytesMax?: number;
+  /**
+   * The first segment on local disk now (the timeline start moves forward with retention): segments from it on
+   * are never read ahead. Without it nothing is read ahead.
+   */
+  readonly localStartSegment?: () => bigint;
   readonly log: Logger;
 }
 
@@ -93,16 +106,39 @@ export class SegmentCache implements RemoteSegmentSource {
       this.cached.delete(segno);
       this.cached.set(segno, path);
       this.stats.cacheHits++;
+      this.readAhead(segno);
       return path;
     }
     const failed = this.recentFailure(segno);
     if (failed !== undefined) throw failed;
-    let download = this.downloads.get(segno);
-    if (download === undefined) {
-      download = this.download(segno).finally(() => this.downloads.delete(segno));
-      this.downloads.set(segno, download);
-    }
+    const download = this.downloads.get(segno) ?? this.startDownload(segno);
+    this.readAhead(segno);
     return download;
+  }
+
+  private startDownload(segno: bigint): Promise<string | undefined> {
+    const download = this.download(segno).finally(() => this.downloads.delete(segno));
+    this.downloads.set(segno, download);
+    return download;
+  }
+
+  /**
+   * Starts downloads of the segments after `segno` (REMOTE_READ_AHEAD_SEGMENTS). Never queued behind readers'
+   * downloads (only while a slot is free) and only when the cache holds them beside the segment being read and
+   * one more, so read-ahead cannot evict what a reader is about to open. A read-ahead download is an ordinary one:
+   * a reader reaching the segment joins it, and its failure is logged, counted and remembered as any other.
+   */
+  private readAhead(segno: bigint): void {
+    const localStart = this.options.localStartSegment?.();
+    if (localStart === undefined) return;
+    const cap = this.options.cacheBytesMax ?? REMOTE_CACHE_BYTES_DEFAULT;
+    if ((REMOTE_READ_AHEAD_SEGMENTS + 2) * this.options.segmentBytes > cap) return;
+    for (let next = segno + 1n; next <= segno + BigInt(REMOTE_READ_AHEAD_SEGMENTS) && next < localStart; next++) {
+      if (this.cached.has(next) || this.downloads.has(next) || this.recentFailure(next) !== undefined) continue;
+      if (this.active + this.waiting.length >= REMOTE_FETCHES_IN_FLIGHT_MAX) return;
+      // Nobody awaits it yet: a failure is handled (logged, remembered) inside download, and seen by a later reader.
+      this.startDownload(next).catch(() => undefined);
+    }
   }
 
   private recentFailure(segno: bigint): WalcastError | undefined {
