@@ -83,6 +83,8 @@ interface CatchUpRun {
   readonly repetition: number;
   readonly ok: boolean;
   readonly error?: string;
+  /** walcast's process for this run, to find its profile (`perf report --pid`, the PID in a .cpuprofile's name). */
+  readonly serverPid?: number;
   readonly bytesExpected: number;
   readonly bytesReceived?: number;
   readonly wallSeconds?: number;
@@ -271,6 +273,7 @@ async function measure(bench: Bench, which: CaseName, repetition: number, bytes:
       ...base,
       ok: error === undefined,
       ...(error === undefined ? {} : { error }),
+      serverPid: target.pid,
       bytesReceived: result.bytesTotal,
       wallSeconds: result.wallSeconds,
       throughputMBps: result.bytesTotal / BYTES_PER_MB / result.wallSeconds,
@@ -398,7 +401,7 @@ async function main(): Promise<void> {
         const head = `round ${repetition + 1} ${which}`;
         progress(
           run.ok
-            ? `${head}: ${run.throughputMBps?.toFixed(0)} MB/s, walcast ${run.serverCpuSecondsPerGB?.toFixed(2)} CPU s/GB, s3rver ${run.s3CpuSecondsPerGB?.toFixed(2)} CPU s/GB, event loop max ${run.eventLoopMaxMs?.toFixed(0)} ms, ${((run.bytesServedRemote ?? 0) / MIB).toFixed(0)} MiB from object storage`
+            ? `${head}: ${run.throughputMBps?.toFixed(0)} MB/s, walcast ${run.serverCpuSecondsPerGB?.toFixed(2)} CPU s/GB, s3rver ${run.s3CpuSecondsPerGB?.toFixed(2)} CPU s/GB, event loop max ${run.eventLoopMaxMs?.toFixed(0)} ms, ${((run.bytesServedRemote ?? 0) / MIB).toFixed(0)} MiB from object storage (walcast pid ${run.serverPid})`
             : `${head}: FAILED ${run.error}`,
         );
       }
