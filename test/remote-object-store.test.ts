@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -42,14 +42,24 @@ test('a file put streamed comes back byte-identical, whole and by range', async 
   assert.ok((await objects.getRange(key, 1_000_001, 65_536)).equals(bytes.subarray(1_000_001, 1_000_001 + 65_536)));
   await objects.putFile(key, path, bytes.length);
   assert.ok((await objects.getRange(key, bytes.length - 5, 5)).equals(bytes.subarray(-5)), 'a second put of the same object is harmless');
-  // Into a caller's buffer (the segment cache reuses one per download): the answer is a view of it.
-  const target = Buffer.alloc(2 * 1024 * 1024, 0xee);
-  const read = await objects.getRange(key, 1_000_001, 1024 * 1024 + 3, undefined, target);
-  assert.equal(read.buffer, target.buffer, 'read into the given buffer');
-  assert.ok(read.equals(bytes.subarray(1_000_001, 1_000_001 + 1024 * 1024 + 3)));
-  assert.equal(target[1024 * 1024 + 3], 0xee, 'nothing past the range is written');
-  const reused = await objects.getRange(key, 0, 7, undefined, target);
-  assert.ok(reused.equals(bytes.subarray(0, 7)), 'the buffer is reused for the next range');
+  // Streamed into a file at a position (the segment cache's download): only the range's bytes are written there.
+  const filePath = join(workDir, 'streamed');
+  await writeFile(filePath, Buffer.alloc(3 * 1024 * 1024, 0xee));
+  const file = await open(filePath, 'r+');
+  try {
+    assert.equal(await objects.getRangeToFile(key, 1_000_001, 2 * 1024 * 1024 + 3, file, 17), 2 * 1024 * 1024 + 3);
+  } finally {
+    await file.close();
+  }
+  const streamed = await readFile(filePath);
+  assert.ok(streamed.subarray(17, 17 + 2 * 1024 * 1024 + 3).equals(bytes.subarray(1_000_001, 1_000_001 + 2 * 1024 * 1024 + 3)), 'the range is in the file');
+  assert.ok(streamed.subarray(0, 17).equals(Buffer.alloc(17, 0xee)) && streamed.subarray(17 + 2 * 1024 * 1024 + 3).every((byte) => byte === 0xee), 'nothing else written');
+  // A whole object in one GET, bounded.
+  assert.ok((await objects.getObject(key, bytes.length)).equals(bytes));
+  await assert.rejects(objects.getObject(key, bytes.length - 1), /more than the/);
+  await objects.putBytes(objects.key('t/empty'), Buffer.alloc(0));
+  assert.equal((await objects.getObject(objects.key('t/empty'), 8)).length, 0, 'an empty object is empty, not an error');
+  await assert.rejects(objects.getObject(objects.key('t/absent-whole'), 8), (error: unknown) => error instanceof ObjectNotFoundError);
   objects.close();
 });
 

@@ -3,6 +3,7 @@
  * server verifies, ranged gets, head, list and delete. `s3-object-store.ts` implements it with the AWS SDK; the
  * uploader, the segment cache and restore only see this interface (style anchor 3).
  */
+import type { FileHandle } from 'node:fs/promises';
 
 export interface ObjectInfo {
   readonly key: string;
@@ -24,11 +25,17 @@ export interface ObjectStore {
   putBytes(key: string, bytes: Buffer, signal?: AbortSignal): Promise<void>;
   /**
    * Bytes [start, start + length) of `key`. Rejects with ObjectNotFoundError when the key does not exist, and when
-   * the store answers more than `length` bytes. `into` (at least `length` bytes): the bytes are read straight into
-   * it and the answer is a view of it, so a caller fetching many ranges reuses one buffer instead of allocating
-   * (and the SDK concatenating, then copying) one per GET. The answer may be shorter than asked: callers check.
+   * the store answers more than `length` bytes. The answer may be shorter than asked: callers check.
    */
-  getRange(key: string, start: number, length: number, signal?: AbortSignal, into?: Buffer): Promise<Buffer>;
+  getRange(key: string, start: number, length: number, signal?: AbortSignal): Promise<Buffer>;
+  /**
+   * Streams bytes [start, start + length) of `key` into the open file `file` at `filePosition` as they arrive
+   * (never the whole range in memory) and answers how many were written; same rejections as getRange. A rejection
+   * may leave part of the range written: the caller writes it again or discards the file.
+   */
+  getRangeToFile(key: string, start: number, length: number, file: FileHandle, filePosition: number, signal?: AbortSignal): Promise<number>;
+  /** The whole of `key` in one GET, no HEAD first. Rejects with ObjectNotFoundError, and when it holds more than `maxBytes`. */
+  getObject(key: string, maxBytes: number, signal?: AbortSignal): Promise<Buffer>;
   /** Size of `key`, or undefined when it does not exist. */
   head(key: string, signal?: AbortSignal): Promise<ObjectInfo | undefined>;
   /** Every key under `prefix` (paged internally), in lexical order. */

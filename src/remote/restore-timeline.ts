@@ -138,21 +138,20 @@ async function readMetadata(store: ObjectStore, keys: TimelineKeys): Promise<Rem
   return metadata;
 }
 
-/** Copies an object to a new file in REMOTE_GET_RANGE_BYTES pieces and fsyncs it. */
+/** Copies an object to a new file in REMOTE_GET_RANGE_BYTES GETs streamed into it, and fsyncs it. */
 async function download(store: ObjectStore, key: string, path: string, sizeBytes: number): Promise<void> {
   const handle = await open(path, 'wx', 0o600);
   try {
     for (let position = 0; position < sizeBytes; position += REMOTE_GET_RANGE_BYTES) {
       const length = Math.min(REMOTE_GET_RANGE_BYTES, sizeBytes - position);
-      let bytes: Buffer;
+      let written: number;
       try {
-        bytes = await store.getRange(key, position, length);
+        written = await store.getRangeToFile(key, position, length, handle, position);
       } catch (error) {
         if (error instanceof ObjectNotFoundError) throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `segment object ${key} is missing from the bucket`, { cause: error });
         throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `reading ${key} failed: ${(error as Error).message}`, { cause: error });
       }
-      assert.equal(bytes.length, length, 'a ranged GET returns the bytes asked for');
-      await handle.write(bytes, 0, length, position);
+      assert.equal(written, length, 'a ranged GET returns the bytes asked for');
     }
     await handle.sync();
   } finally {

@@ -5,8 +5,8 @@
  * so both I/O backends keep sending from a local file (sendfile / io_uring) and bytes stay byte-identical.
  *
  * Bounds: one download per segment at a time (concurrent readers of one segment share it), at most
- * REMOTE_FETCHES_IN_FLIGHT_MAX downloads at once, memory of one range buffer per download slot (reused: GETs read
- * into it), and the directory's size capped
+ * REMOTE_FETCHES_IN_FLIGHT_MAX downloads at once, memory of one write batch per download (a GET's body streams
+ * into the cache file), and the directory's size capped
  * (least recently used segments are unlinked first; a reader that has one open keeps reading it, as Linux keeps an
  * unlinked open file). A segment the store does not have ends the reader's stream with 58P01, and a log line
  * names the object. Any other failure is retried (REMOTE_GET_ATTEMPTS_MAX per range, doubling pauses, on top of the
@@ -14,7 +14,7 @@
  * object, which ends only the streams that need this segment with an ErrorResponse.
  */
 import assert from 'node:assert/strict';
-import { mkdir, open, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { WalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -27,8 +27,12 @@ import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import { ObjectNotFoundError, type ObjectStore } from './object-store.js';
 import { segmentKey, type TimelineKeys } from './remote-layout.js';
 
-/** One GET: large enough that request overhead is small, small enough to hold in memory per download. */
-export const REMOTE_GET_RANGE_BYTES = 4 * 1024 * 1024;
+/**
+ * One GET (a whole 16 MiB segment). Its body streams into the cache file, so memory does not grow with it; what
+ * it bounds is the work a failed GET repeats. Each GET costs the AWS SDK about a millisecond of CPU (middleware,
+ * signing; perf), which at 4 MiB per GET was ~15% of walcast's CPU in a catch-up from the bucket.
+ */
+export const REMOTE_GET_RANGE_BYTES = 16 * 1024 * 1024;
 /** Attempts per range before the read fails (transient faults; a missing object is not retried). */
 export const REMOTE_GET_ATTEMPTS_MAX = 5;
 /** First pause after a failed GET; doubles per attempt. */
@@ -90,8 +94,6 @@ export class SegmentCache implements RemoteSegmentSource {
   /** Recent download failures by segment (bounded: entries older than REMOTE_FAILURE_REMEMBER_MS are dropped). */
   private readonly failures = new Map<bigint, { readonly error: WalcastError; readonly atMs: number }>();
   private readonly waiting: (() => void)[] = [];
-  /** Range buffers of finished downloads, for the next (at most REMOTE_FETCHES_IN_FLIGHT_MAX of them exist). */
-  private readonly rangeBuffers: Buffer[] = [];
   private ready: Promise<void> | undefined;
 
   constructor(private readonly options: SegmentCacheOptions) {
@@ -155,17 +157,14 @@ export class SegmentCache implements RemoteSegmentSource {
 
   private async download(segno: bigint): Promise<string | undefined> {
     await this.acquireSlot();
-    // One range buffer per slot, kept for the next download: GETs read straight into it (no allocation per GET).
-    const buffer = this.rangeBuffers.pop() ?? Buffer.allocUnsafeSlow(Math.min(REMOTE_GET_RANGE_BYTES, this.options.segmentBytes));
     try {
-      return await this.downloadInSlot(segno, buffer);
+      return await this.downloadInSlot(segno);
     } finally {
-      this.rangeBuffers.push(buffer);
       this.releaseSlot();
     }
   }
 
-  private async downloadInSlot(segno: bigint, buffer: Buffer): Promise<string | undefined> {
+  private async downloadInSlot(segno: bigint): Promise<string | undefined> {
     const { store, keys, segmentBytes, dir } = this.options;
     // The uploader's naming rule (segment-uploader.ts), so a segment of an older TLI is read from its own object.
     const pgTimelineId = segmentPgTimeline(segno, segmentBytes, this.options.history());
@@ -178,9 +177,8 @@ export class SegmentCache implements RemoteSegmentSource {
       try {
         for (let position = 0; position < segmentBytes; position += REMOTE_GET_RANGE_BYTES) {
           const length = Math.min(REMOTE_GET_RANGE_BYTES, segmentBytes - position);
-          const bytes = await this.getWithRetries(key, position, length, true, buffer);
-          if (bytes.length !== length) throw new Error(`object ${key} returned ${bytes.length} bytes at ${position}, expected ${length}`);
-          await handle.write(bytes, 0, length, position);
+          const written = await this.getWithRetries(key, position, length, handle);
+          if (written !== length) throw new Error(`object ${key} returned ${written} bytes at ${position}, expected ${length}`);
         }
       } finally {
         await handle.close();
@@ -214,29 +212,42 @@ export class SegmentCache implements RemoteSegmentSource {
     return path;
   }
 
-  /** Fetches `<segment key>.crc` into the cache directory next to the segment; false when the bucket has none. */
+  /**
+   * Fetches `<segment key>.crc` into the cache directory next to the segment; false when the bucket has none. One
+   * GET of the whole object (no HEAD first: a request fewer per segment), refused when larger than a segment's
+   * entries or not whole entries.
+   */
   private async fetchSidecar(segmentObjectKey: string, name: string): Promise<boolean> {
     const sidecarKey = segmentObjectKey + SIDECAR_SUFFIX;
-    const info = await this.options.store.head(sidecarKey);
-    if (info === undefined) return false;
     const entriesMax = (this.options.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES;
-    if (info.sizeBytes > entriesMax || info.sizeBytes % SIDECAR_ENTRY_BYTES !== 0) {
-      throw new Error(`object ${sidecarKey} holds ${info.sizeBytes} bytes, not whole checksum entries of at most ${entriesMax}`);
+    let bytes: Buffer;
+    try {
+      bytes = await this.withRetries(sidecarKey, () => this.options.store.getObject(sidecarKey, entriesMax));
+    } catch (error) {
+      if (error instanceof ObjectNotFoundError) return false;
+      throw error;
     }
-    const bytes = info.sizeBytes === 0 ? Buffer.alloc(0) : await this.getWithRetries(sidecarKey, 0, info.sizeBytes);
+    if (bytes.length % SIDECAR_ENTRY_BYTES !== 0) throw new Error(`object ${sidecarKey} holds ${bytes.length} bytes, not whole checksum entries`);
     const sidecarPath = sidecarPathFor(this.options.dir, name);
     await writeFile(`${sidecarPath}.download`, bytes);
     await rename(`${sidecarPath}.download`, sidecarPath);
     return true;
   }
 
-  /** `segmentRange`: a GET of segment bytes, the one the `remote-read-after-get` failpoint counts (not sidecars). */
-  private async getWithRetries(key: string, position: number, length: number, segmentRange = false, into?: Buffer): Promise<Buffer> {
+  /** A GET of segment bytes into the download file: the one the `remote-read-after-get` failpoint counts (not sidecars). */
+  private async getWithRetries(key: string, position: number, length: number, file: FileHandle): Promise<number> {
+    return this.withRetries(key, async () => {
+      const written = await this.options.store.getRangeToFile(key, position, length, file, position);
+      failpoint('remote-read-after-get');
+      return written;
+    });
+  }
+
+  /** `get`, retried on any failure but a missing object (REMOTE_GET_ATTEMPTS_MAX attempts, doubling pauses). */
+  private async withRetries<T>(key: string, get: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
-        const bytes = await this.options.store.getRange(key, position, length, undefined, into);
-        if (segmentRange) failpoint('remote-read-after-get');
-        return bytes;
+        return await get();
       } catch (error) {
         if (error instanceof ObjectNotFoundError || attempt >= REMOTE_GET_ATTEMPTS_MAX) throw error;
         this.stats.getRetries++;
