@@ -15,7 +15,7 @@
  * serves case (a). A copy of it is served once with --remote-storage until its backup LSN covers the whole range
  * (every segment is in the bucket), then removed; `walcast timeline restore` brings a fresh data dir up from the
  * bucket alone, holding only the last segment locally: case (b) reads every other segment from the bucket through
- * the segment cache (4 MiB ranged GETs into DATA/.remote-cache). The copy is needed because retention of the
+ * the segment cache (16 MiB ranged GETs into DATA/.remote-cache). The copy is needed because retention of the
  * offloading server may remove local segments that are in the bucket, and case (a) must keep them.
  *
  * Rounds. Each run starts its own `walcast serve` process and stops it afterwards, for both cases alike: the

@@ -9,8 +9,8 @@
  *   persisted backup LSN until every completed segment is in the bucket byte-identical (and the metadata object
  *   records the new backup LSN). All along, a poller of the control file sees the backup LSN never go backwards and
  *   the local start never pass it (retention removed WAL, but never WAL not yet offloaded);
- * - during remote reads (`remote-read-after-get`: a ranged GET of an offloaded segment answered, its bytes not yet
- *   in the cache file) while pg_receivewal streams from the timeline's first LSN: after a restart the same
+ * - during remote reads (`remote-read-after-get`: a ranged GET of an offloaded segment answered, its bytes in the
+ *   `*.download` file, not yet renamed into the cache) while pg_receivewal streams from the timeline's first LSN: after a restart the same
  *   pg_receivewal directory resumes where the replica stopped, and ends byte-identical to the primary's WAL; no
  *   half-downloaded cache file is used or left;
  * - with the object store down (more WAL than the keep window written meanwhile): killed -9, restarted while the store
