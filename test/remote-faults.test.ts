@@ -15,7 +15,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -140,6 +140,31 @@ describe('uploads and reads through a failing store', { timeout: 300_000 }, () =
     assert.ok(cache.stats.getRetries >= 1, JSON.stringify(cache.stats));
     assert.equal(cache.stats.fetchErrors, 0);
     assert.equal(cache.stats.segmentsFetched, 1);
+  });
+  test('a GET cut short mid-body (part of it already written to the download file) is retried; the segment is byte-identical, no partial file remains', async () => {
+    const direct = directStore('get');
+    const bytes = randomBytes(SEGMENT_BYTES);
+    const name = segmentFileName(1, 10n, SEGMENT_BYTES);
+    await direct.putBytes(direct.key(segmentKey(keys, 1, 10n, SEGMENT_BYTES)), bytes);
+    // Past the first write batch of a streamed GET (1 MiB segments here: cut at 600 KiB, twice).
+    // The segment's GETs come first (its sidecar is fetched once the segment is whole), so both cuts hit them.
+    const cut = proxy.inject({ method: 'GET', pathIncludes: name, cutBodyAfterBytes: 600 * 1024, times: 2 });
+    const store = proxiedStore('get');
+    const dir = await mkdtemp(join(root, 'cache-'));
+    const cache = new SegmentCache({ store, keys, dir, segmentBytes: SEGMENT_BYTES, history: () => singleTimelineHistory(1), log: silentLogger() });
+    try {
+      const path = await cache.fetch(10n);
+      assert.ok(path !== undefined);
+      assert.equal(firstDifference(await readFile(path), bytes), -1, 'the fetched segment is byte-identical');
+      assert.deepEqual((await readdir(dir)).filter((entry) => entry.endsWith('.download')), [], 'no download file is left');
+    } finally {
+      cut.remove();
+      store.close();
+      direct.close();
+    }
+    assert.equal(cut.hits, 2, 'both cuts happened');
+    assert.ok(cache.stats.getRetries >= 2, JSON.stringify(cache.stats));
+    assert.equal(cache.stats.fetchErrors, 0);
   });
   test('a GET that keeps failing: the fetch rejects with WALCAST_ERR_REMOTE_STORAGE naming the object, after the retries; an immediate second fetch gets the same failure without new GETs', async () => {
     const direct = directStore('get');

@@ -4,7 +4,8 @@
  * Host header, which s3rver checks against the same value), except those a rule matches, which are
  *   - answered with an injected status (500 InternalError, 503 SlowDown …) and an S3 XML error body, after the request
  *     body was read (a client still sending a PUT body would otherwise see a reset instead of the answer), or
- *   - delayed before being forwarded (a slow store).
+ *   - delayed before being forwarded (a slow store), or
+ *   - forwarded, with the connection reset part-way through the answer's body (a transfer cut short).
  * A rule applies to `times` matching requests (Infinity: a permanent failure) and counts its hits, so a test can
  * assert the fault really happened. The store behind it stays the real s3rver: nothing of the SDK is mocked.
  */
@@ -21,6 +22,11 @@ export interface FaultRule {
   readonly status?: number;
   /** Wait this long before forwarding (or before answering with `status`). */
   readonly delayMs?: number;
+  /**
+   * Forward the store's answer, but reset the connection after this many bytes of its body (a GET cut short mid-
+   * transfer: the client has already consumed part of the body when the failure comes).
+   */
+  readonly cutBodyAfterBytes?: number;
   /** Matching requests the rule applies to; Infinity for a permanent fault. */
   readonly times: number;
 }
@@ -69,7 +75,23 @@ export async function startS3FaultProxy(targetPort: () => number): Promise<S3Fau
     const upstream = httpRequest({ host: '127.0.0.1', port: targetPort(), method, path, headers: req.headers }, (answer) => {
       requests.push({ method, path, status: answer.statusCode ?? 0, injected: false });
       res.writeHead(answer.statusCode ?? 502, answer.headers);
-      answer.pipe(res);
+      const cutAfter = fault?.rule.cutBodyAfterBytes;
+      if (cutAfter === undefined) {
+        answer.pipe(res);
+        return;
+      }
+      let sent = 0;
+      answer.on('data', (piece: Buffer) => {
+        if (sent >= cutAfter) return;
+        const part = piece.subarray(0, cutAfter - sent);
+        sent += part.length;
+        res.write(part);
+        if (sent >= cutAfter) {
+          answer.destroy();
+          // Flushed first, so the client really has the first bytes before the reset.
+          setTimeout(() => res.destroy(), 50);
+        }
+      });
     });
     upstream.on('error', () => res.destroy());
     // A client that goes away (killed walcast) takes its forwarded request with it, as a real network would: the
