@@ -166,6 +166,33 @@ describe('uploads and reads through a failing store', { timeout: 300_000 }, () =
     assert.ok(cache.stats.getRetries >= 2, JSON.stringify(cache.stats));
     assert.equal(cache.stats.fetchErrors, 0);
   });
+  test("a sidecar whose GETs keep failing fails the segment's fetch the same way (WALCAST_ERR_REMOTE_STORAGE naming the object, counted), and leaves no download file", async () => {
+    const direct = directStore('get');
+    const name = segmentFileName(1, 12n, SEGMENT_BYTES);
+    const key = direct.key(segmentKey(keys, 1, 12n, SEGMENT_BYTES));
+    await direct.putBytes(key, randomBytes(SEGMENT_BYTES));
+    await direct.putBytes(key + '.crc', Buffer.alloc((SEGMENT_BYTES / 8192) * 4));
+    const failing = proxy.inject({ method: 'GET', pathIncludes: `${name}.crc`, status: 500, times: Number.POSITIVE_INFINITY });
+    const store = proxiedStore('get');
+    const dir = await mkdtemp(join(root, 'cache-'));
+    const cache = new SegmentCache({ store, keys, dir, segmentBytes: SEGMENT_BYTES, history: () => singleTimelineHistory(1), log: silentLogger() });
+    try {
+      await assert.rejects(cache.fetch(12n), (error: unknown) => {
+        assert.ok(isWalcastError(error), String(error));
+        assert.equal(error.code, 'WALCAST_ERR_REMOTE_STORAGE');
+        assert.ok(error.message.includes(`could not read WAL segment ${name} from object storage (object ${key})`), error.message);
+        return true;
+      });
+      assert.ok(failing.hits >= REMOTE_GET_ATTEMPTS_MAX, `every attempt was made (${failing.hits} GETs)`);
+      assert.equal(cache.stats.fetchErrors, 1);
+      assert.equal(cache.stats.segmentsFetched, 0);
+      assert.deepEqual((await readdir(dir)).filter((entry) => entry.endsWith('.download') || entry === name), [], 'neither the segment nor a download file is left');
+    } finally {
+      failing.remove();
+      store.close();
+      direct.close();
+    }
+  });
   test('a GET that keeps failing: the fetch rejects with WALCAST_ERR_REMOTE_STORAGE naming the object, after the retries; an immediate second fetch gets the same failure without new GETs', async () => {
     const direct = directStore('get');
     const name = segmentFileName(1, 11n, SEGMENT_BYTES);

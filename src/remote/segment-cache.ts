@@ -172,6 +172,7 @@ export class SegmentCache implements RemoteSegmentSource {
     const key = store.key(segmentKey(keys, pgTimelineId, segno, segmentBytes));
     const startedMs = Date.now();
     const tempPath = join(dir, `${name}.download`);
+    const path = join(dir, name);
     try {
       const handle = await open(tempPath, 'w');
       try {
@@ -183,6 +184,11 @@ export class SegmentCache implements RemoteSegmentSource {
       } finally {
         await handle.close();
       }
+      // The sidecar goes in place first: the verifier must never find this segment without the checksums it came
+      // with. Inside this try, so a sidecar that cannot be read fails the download visibly, like the segment.
+      const hasSidecar = await this.fetchSidecar(key, name);
+      if (!hasSidecar) this.options.log.warn({ object: key + SIDECAR_SUFFIX, segment: name }, 'no page-checksum sidecar in object storage for this segment: it is served unverified');
+      await rename(tempPath, path);
     } catch (error) {
       await unlink(tempPath).catch(() => undefined);
       if (error instanceof ObjectNotFoundError) {
@@ -199,11 +205,6 @@ export class SegmentCache implements RemoteSegmentSource {
       this.failures.set(segno, { error: failure, atMs: Date.now() });
       throw failure;
     }
-    const path = join(dir, name);
-    // The sidecar goes in place first: the verifier must never find this segment without the checksums it came with.
-    const hasSidecar = await this.fetchSidecar(key, name);
-    if (!hasSidecar) this.options.log.warn({ object: key + SIDECAR_SUFFIX, segment: name }, 'no page-checksum sidecar in object storage for this segment: it is served unverified');
-    await rename(tempPath, path);
     this.stats.segmentsFetched++;
     this.stats.bytesFetched += segmentBytes;
     this.stats.fetchMsTotal += Date.now() - startedMs;
