@@ -78,6 +78,8 @@ constexpr napi_type_tag kEngineTypeTag = {0x77616c6361737400ULL, 0x656e67696e650
 // JS numbers hold stream ids and offsets exactly up to 2^53.
 constexpr int64_t kSafeIntegerMax = (int64_t{1} << 53) - 1;
 constexpr int kFdMax = 1 << 30;
+// Streams one sendChunkBatch call takes: the connection ceiling is far below (config/limits.ts CONNECTIONS_MAX).
+constexpr size_t kBatchStreamsMax = 1 << 20;
 // The self-test sends this many bytes through each path.
 constexpr size_t kSelfTestBytes = 64 * 1024;
 
@@ -87,6 +89,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return DefineClass(env, "Engine",
                        {InstanceMethod<&EngineWrap::OpenStream>("openStream"),
                         InstanceMethod<&EngineWrap::SendChunk>("sendChunk"),
+                        InstanceMethod<&EngineWrap::SendChunkBatch>("sendChunkBatch"),
                         InstanceMethod<&EngineWrap::SendMessage>("sendMessage"),
                         InstanceMethod<&EngineWrap::Flush>("flush"),
                         InstanceMethod<&EngineWrap::CloseStream>("closeStream"),
@@ -165,6 +168,59 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Failure failure;
     int status = engine_->SendChunk(id, header.Data(), header.Length(), fd, offset, count, &failure);
     return StatusOrThrow(info.Env(), status, failure);
+  }
+
+  // sendChunkBatch(ids: Float64Array, count, header, fd, offset, bytes, statuses: Int32Array) -> undefined when no
+  // stream failed, else an array holding the NativeIoError of each failed stream at its index (statuses[i] = -1).
+  Napi::Value SendChunkBatch(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
+    REQUIRE_ARGUMENT_COUNT(info, 7);
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+      Napi::TypeError::New(info.Env(), "ids must be a Float64Array").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    Napi::Float64Array ids = info[0].As<Napi::Float64Array>();
+    size_t count = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 1, "count", count, 1, kBatchStreamsMax);
+    Napi::Buffer<uint8_t> header;
+    REQUIRE_ARGUMENT_BUFFER(info, 2, "header", header, kHeaderBytesMax);
+    int fd = -1;
+    REQUIRE_ARGUMENT_INTEGER(info, 3, "fd", fd, 0, kFdMax);
+    uint64_t offset = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 4, "offset", offset, 0, kSafeIntegerMax);
+    size_t bytes = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 5, "bytes", bytes, 1, kPayloadBytesMax);
+    if (!info[6].IsTypedArray() || info[6].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+      Napi::TypeError::New(info.Env(), "statuses must be an Int32Array").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    Napi::Int32Array statuses = info[6].As<Napi::Int32Array>();
+    if (ids.ElementLength() < count || statuses.ElementLength() < count) {
+      Napi::RangeError::New(info.Env(), "ids and statuses must hold count entries").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    std::vector<uint64_t> stream_ids(count);
+    for (size_t index = 0; index < count; index++) {
+      const double id = ids[index];
+      if (!(id >= 1 && id <= static_cast<double>(kSafeIntegerMax)) || id != static_cast<double>(static_cast<int64_t>(id))) {
+        Napi::RangeError::New(info.Env(), "ids holds a value that is not a stream id").ThrowAsJavaScriptException();
+        return info.Env().Undefined();
+      }
+      stream_ids[index] = static_cast<uint64_t>(id);
+    }
+    if (!RequireOpen(info.Env())) return info.Env().Undefined();
+    std::vector<Failure> failures(count);
+    engine_->SendChunkBatch(stream_ids.data(), count, header.Data(), header.Length(), fd, offset, bytes,
+                            statuses.Data(), failures.data());
+    Napi::Array errors;
+    for (size_t index = 0; index < count; index++) {
+      if (statuses[index] != kSendFailed) continue;
+      if (errors.IsEmpty()) errors = Napi::Array::New(info.Env());
+      Napi::Value error = MakeNativeError(info.Env(), failures[index]);
+      if (error.IsEmpty()) return info.Env().Undefined();  // the error class threw: that exception is pending
+      errors.Set(static_cast<uint32_t>(index), error);
+    }
+    return errors.IsEmpty() ? info.Env().Undefined() : Napi::Value(errors);
   }
 
   // sendMessage(id, bytes) -> status as sendChunk

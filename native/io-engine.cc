@@ -277,6 +277,16 @@ int Engine::SendChunk(uint64_t id, const uint8_t* header, size_t header_bytes, i
   return Submit(*stream, std::move(unit), failure);
 }
 
+void Engine::SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* header, size_t header_bytes,
+                            int file_fd, uint64_t offset, size_t payload_bytes, int32_t* statuses,
+                            Failure* failures) {
+  // Per stream exactly SendChunk: the batch saves the crossings into the addon and the per-stream promise chains in
+  // JavaScript, not any per-stream rule (queue bounds, iteration budget, byte accounting).
+  for (size_t index = 0; index < count; index++) {
+    statuses[index] = SendChunk(ids[index], header, header_bytes, file_fd, offset, payload_bytes, &failures[index]);
+  }
+}
+
 int Engine::SendMessage(uint64_t id, const uint8_t* bytes, size_t byte_count, Failure* failure) {
   WALCAST_ASSERT(byte_count > 0 && byte_count <= kMessageBytesMax);
   Stream* stream = Find(id);

@@ -179,6 +179,11 @@ class Engine {
   int SendChunk(uint64_t id, const uint8_t* header, size_t header_bytes, int file_fd, uint64_t offset,
                 size_t payload_bytes, Failure* failure);
   int SendMessage(uint64_t id, const uint8_t* bytes, size_t byte_count, Failure* failure);
+  // One commit's chunk to many streams: the same header and file range, submitted to each stream in `ids` order as
+  // SendChunk would (written now while the socket has room, else the rest queued from a dup). statuses[i] and
+  // failures[i] are SendChunk's result for ids[i]; a failure is recorded on that stream only.
+  void SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* header, size_t header_bytes, int file_fd,
+                      uint64_t offset, size_t payload_bytes, int32_t* statuses, Failure* failures);
   // True when everything accepted reached the kernel (or the stream failed); else a kDrained event follows.
   bool Flush(uint64_t id);
   void CloseStream(uint64_t id);

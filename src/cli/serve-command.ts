@@ -180,7 +180,7 @@ function reloadOnSighup(reloadable: { tls: ServerTls | undefined; tokens: TokenV
   return () => process.off('SIGHUP', onHangup);
 }
 
-function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; strategy?: 'sendfile' | 'writev' | 'uring' } {
+function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; strategy?: 'sendfile' | 'writev' | 'uring'; chunkBatch?: boolean } {
   // The flag wins over the environment, as the issue asks.
   const io = flags.io ?? process.env.WALCAST_IO ?? 'auto';
   if (io !== 'auto' && io !== 'native' && io !== 'ts') throw new RangeError(`WALCAST_IO must be auto, native or ts, got "${io}"`);
@@ -188,7 +188,10 @@ function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; str
   if (strategy !== undefined && strategy !== 'sendfile' && strategy !== 'writev' && strategy !== 'uring') {
     throw new RangeError(`WALCAST_NATIVE_STRATEGY must be sendfile, writev or uring, got "${strategy}"`);
   }
-  return strategy === undefined ? { io } : { io, strategy };
+  // The commit fan-out batch (replication/fanout-batch.ts) is on by default; off is for A/B measurements.
+  const batch = process.env.WALCAST_FANOUT_BATCH;
+  if (batch !== undefined && batch !== 'on' && batch !== 'off') throw new RangeError(`WALCAST_FANOUT_BATCH must be on or off, got "${batch}"`);
+  return { io, ...(strategy === undefined ? {} : { strategy }), ...(batch === 'off' ? { chunkBatch: false } : {}) };
 }
 
 /** Starts the HTTP status/metrics API unless --no-http; a failure to bind stops the server rather than leave it half up. */

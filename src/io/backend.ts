@@ -72,6 +72,34 @@ export interface IoBackend {
   checksumPages(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void>;
   /** Frees backend-wide resources (event sources, buffer pools). */
   close(): Promise<void>;
+  /**
+   * One chunk to many streams in one call (replication/fanout-batch.ts): present on backends that can do it (the
+   * native one, unless turned off); absent, every stream sends on its own.
+   */
+  readonly chunkBatch?: ChunkBatch;
+}
+
+/** What a batched send did on one stream (ChunkBatch.send), as the native engine's SendStatus. */
+export enum BatchOutcome {
+  /** Failed: the stream is failed, its error is in the returned array, its next call throws it. */
+  failed = -1,
+  /** Header and payload reached the kernel. */
+  written = 0,
+  /** Accepted; the socket had no room for all of it, the rest is queued in the backend, in order. */
+  queued = 1,
+  /** Accepted and queued, and the stream is at its in-flight bound: it must not take another chunk until it drains. */
+  full = 2,
+}
+
+export interface ChunkBatch {
+  /** True when `writer` is this backend's, open, and below its in-flight bound: it may take part in `send`. */
+  accepts(writer: StreamWriter): boolean;
+  /**
+   * sendChunk(header, chunk) on writers[0..count), in that order, in one crossing: each stream takes the same header
+   * and range, after everything it was sent before. outcomes[i] tells what happened on writers[i]; the returned
+   * array holds the error of each failed writer at its index (undefined when none failed).
+   */
+  send(writers: readonly StreamWriter[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined;
 }
 
 export interface StreamWriter {

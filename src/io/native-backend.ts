@@ -19,7 +19,15 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
-import { MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
+import {
+  MAX_SEND_BYTES,
+  STREAM_WRITE_OBSERVERS_MAX,
+  type ChunkBatch,
+  type IoBackend,
+  type KernelTlsStatus,
+  type StreamWriter,
+  type WalChunk,
+} from './backend.js';
 import {
   NATIVE_STRATEGY_CODES,
   NativeEventKind,
@@ -147,14 +155,22 @@ function runKernelTlsProbe(): KernelTlsStatus {
   }
 }
 
-export async function createNativeBackend(strategy: NativeStrategy): Promise<IoBackend> {
+export interface NativeBackendOptions {
+  /**
+   * Offer ChunkBatch (one addon call sends a commit's chunk to every waiting replica: replication/fanout-batch.ts).
+   * Default on; off leaves every stream on its own sendChunk (for A/B measurements: WALCAST_FANOUT_BATCH=off).
+   */
+  readonly chunkBatch?: boolean;
+}
+
+export async function createNativeBackend(strategy: NativeStrategy, options: NativeBackendOptions = {}): Promise<IoBackend> {
   if (!NATIVE_STRATEGIES.includes(strategy)) throw new RangeError(`native strategy must be one of ${NATIVE_STRATEGIES.join(', ')}, got "${String(strategy)}"`);
   const probe = probeNative();
   const loaded = loadNativeAddon();
   if (!probe.ok || !loaded.ok) {
     throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `the native I/O addon is unavailable: ${probe.ok ? 'load failed' : probe.reason}`);
   }
-  return new NativeBackend(loaded.addon, strategy);
+  return new NativeBackend(loaded.addon, strategy, options.chunkBatch ?? true);
 }
 
 class NativeBackend implements IoBackend {
@@ -167,12 +183,17 @@ class NativeBackend implements IoBackend {
   private nextPrefetchToken = 1;
   private fallback: IoBackend | undefined;
   private closed = false;
+  readonly chunkBatch: ChunkBatch | undefined;
+  /** sendChunkBatch's stream ids, grown to the largest batch (bounded by the streams open at once). */
+  private batchIds = new Float64Array(64);
 
   constructor(
     private readonly addon: NativeAddon,
     strategy: NativeStrategy,
+    batch: boolean,
   ) {
     this.strategy = strategy;
+    this.chunkBatch = batch ? { accepts: (writer) => this.batchAccepts(writer), send: (writers, count, header, chunk, outcomes) => this.sendBatch(writers, count, header, chunk, outcomes) } : undefined;
     try {
       this.engine = new addon.Engine(NATIVE_STRATEGY_CODES[strategy], this.onEvent);
     } catch (error) {
@@ -253,6 +274,46 @@ class NativeBackend implements IoBackend {
     return new Promise((resolve) => this.prefetches.set(token, resolve));
   }
 
+  private batchAccepts(writer: StreamWriter): boolean {
+    return writer instanceof NativeStreamWriter && writer.backendIs(this) && writer.batchable;
+  }
+
+  /** ChunkBatch.send: one addon call for every stream; each stream's outcome is applied as its own sendChunk would. */
+  private sendBatch(writers: readonly StreamWriter[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined {
+    validateHeader(header);
+    validateChunk(chunk);
+    assert.ok(chunk.file.closed !== true, `sendChunkBatch: ${chunk.file.path} was closed by storage`);
+    assert.ok(count > 0 && count <= writers.length && outcomes.length >= count, 'sendChunkBatch: count fits writers and outcomes');
+    if (this.batchIds.length < count) this.batchIds = new Float64Array(Math.max(count, this.batchIds.length * 2));
+    const native: NativeStreamWriter[] = [];
+    for (let index = 0; index < count; index++) {
+      const writer = writers[index];
+      assert.ok(writer instanceof NativeStreamWriter && writer.backendIs(this) && writer.batchable, 'sendChunkBatch: every writer was accepted');
+      this.batchIds[index] = writer.streamId;
+      native.push(writer);
+    }
+    let errors: (Error | undefined)[] | undefined;
+    try {
+      errors = this.engine.sendChunkBatch(this.batchIds, count, header, chunk.file.fd, chunk.fileOffset, chunk.byteCount, outcomes);
+    } catch (error) {
+      if (error instanceof TypeError || error instanceof RangeError) throw error;
+      // The engine refused the whole call (closed): every stream fails as its own sendChunk would have.
+      outcomes.fill(NativeSendStatus.failed, 0, count);
+      return native.map((writer) => writer.failWith(error));
+    }
+    for (let index = 0; index < count; index++) {
+      const outcome = outcomes[index];
+      const writer = native[index];
+      assert.ok(writer !== undefined);
+      if (outcome === NativeSendStatus.queueFull) writer.markFull();
+      else if (outcome === NativeSendStatus.failed) {
+        errors ??= [];
+        errors[index] = writer.failWith(errors[index] ?? new Error('native batch send failed'));
+      }
+    }
+    return errors;
+  }
+
   forget(id: number): void {
     this.streams.delete(id);
   }
@@ -289,6 +350,8 @@ class NativeStreamWriter implements StreamWriter {
   private writeObservers: (() => void)[] = [];
   private releasing: Promise<void> | undefined;
   private finalBytesSent = 0;
+  /** A send left the queue at its bound: no batched chunk until the engine's space event (sendChunk waits for it). */
+  private full = false;
   private readonly onClose = (): void => this.abort(new Error('the replica socket closed'));
 
   constructor(
@@ -298,6 +361,23 @@ class NativeStreamWriter implements StreamWriter {
     private readonly socket: Socket,
   ) {
     socket.once('close', this.onClose);
+  }
+
+  get streamId(): number {
+    return this.id;
+  }
+
+  backendIs(backend: NativeBackend): boolean {
+    return this.backend === backend;
+  }
+
+  /** May take a batched chunk now: open, not failed, not released, below its in-flight bound. */
+  get batchable(): boolean {
+    return this.open && this.failure === undefined && this.releasing === undefined && !this.full;
+  }
+
+  markFull(): void {
+    this.full = true;
   }
 
   get bytesSent(): number {
@@ -317,7 +397,10 @@ class NativeStreamWriter implements StreamWriter {
     } catch (error) {
       throw this.failWith(error);
     }
-    if (status === NativeSendStatus.queueFull) await this.waitForSpace();
+    if (status === NativeSendStatus.queueFull) {
+      this.full = true;
+      await this.waitForSpace();
+    }
   }
 
   /** Accepted at once (bytes copied natively), sent in order after the chunks queued before it. */
@@ -392,6 +475,7 @@ class NativeStreamWriter implements StreamWriter {
   }
 
   private wakeSpaceWaiters(): void {
+    this.full = false;
     for (const waiter of this.spaceWaiters.splice(0)) waiter.resolve();
   }
 
@@ -408,7 +492,7 @@ class NativeStreamWriter implements StreamWriter {
   }
 
   /** Records the first failure, rejects waiters with it, and returns it (to throw). Programmer errors pass through. */
-  private failWith(cause: unknown): Error {
+  failWith(cause: unknown): Error {
     if (cause instanceof TypeError || cause instanceof RangeError) return cause;
     const message = cause instanceof Error ? cause.message : String(cause);
     this.failure ??= new WalcastError('WALCAST_ERR_STREAM_IO', `sending WAL failed: ${message}`, { cause });

@@ -29,6 +29,8 @@ export enum NativeEventKind {
 
 /** sendChunk / sendMessage results, as io-engine.h `SendStatus`. */
 export enum NativeSendStatus {
+  /** sendChunkBatch only: the stream failed (its error is in the returned array). */
+  failed = -1,
   sent = 0,
   queued = 1,
   /** Queued, but the stream is at its in-flight bound: wait for a `space` event before sending more. */
@@ -59,6 +61,12 @@ export type NativeEventHandler = (kind: NativeEventKind, id: number, error: Nati
 export interface NativeEngine {
   openStream(fd: number): number;
   sendChunk(id: number, header: Buffer, fd: number, offset: number, count: number): NativeSendStatus;
+  /**
+   * sendChunk for `count` streams at once (ids[0..count)), the same header and range to each; statuses[i] is the
+   * NativeSendStatus of ids[i], or -1 when that stream failed: the returned array then holds its NativeIoError at
+   * index i (undefined when none failed).
+   */
+  sendChunkBatch(ids: Float64Array, count: number, header: Buffer, fd: number, offset: number, bytes: number, statuses: Int32Array): (NativeIoError | undefined)[] | undefined;
   sendMessage(id: number, bytes: Buffer): NativeSendStatus;
   flush(id: number): boolean;
   closeStream(id: number): void;

@@ -20,7 +20,7 @@ export interface IoSelection {
 interface NativeModule {
   defaultNativeStrategy(): NativeStrategyChoice;
   probeNative(): { ok: true } | { ok: false; reason: string };
-  createNativeBackend(strategy: NativeStrategyChoice): Promise<IoBackend>;
+  createNativeBackend(strategy: NativeStrategyChoice, options?: { chunkBatch?: boolean }): Promise<IoBackend>;
 }
 
 async function loadNativeModule(): Promise<NativeModule | string> {
@@ -32,7 +32,7 @@ async function loadNativeModule(): Promise<NativeModule | string> {
   }
 }
 
-export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeStrategyChoice }): Promise<IoSelection> {
+export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeStrategyChoice; chunkBatch?: boolean }): Promise<IoSelection> {
   if (choice.io === 'ts') return { backend: createTsBackend(), reason: 'requested (--io ts / WALCAST_IO=ts)' };
   const native = await loadNativeModule();
   const probe = typeof native === 'string' ? { ok: false as const, reason: native } : native.probeNative();
@@ -42,7 +42,8 @@ export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeS
     return { backend: createTsBackend(), reason: `auto: native addon unavailable (${why}), using the TypeScript backend` };
   }
   const strategy = choice.strategy ?? native.defaultNativeStrategy();
-  const backend = await native.createNativeBackend(strategy);
-  const reason = choice.io === 'native' ? `requested (--io native), strategy ${strategy}` : `auto: native addon loaded on Linux, strategy ${strategy}`;
+  const backend = await native.createNativeBackend(strategy, choice.chunkBatch === undefined ? {} : { chunkBatch: choice.chunkBatch });
+  const batch = choice.chunkBatch === false ? ', commit fan-out batch off (WALCAST_FANOUT_BATCH=off)' : '';
+  const reason = `${choice.io === 'native' ? `requested (--io native), strategy ${strategy}` : `auto: native addon loaded on Linux, strategy ${strategy}`}${batch}`;
   return { backend, reason };
 }

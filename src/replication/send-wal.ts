@@ -19,6 +19,7 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { StreamWriter, WalChunk } from '../io/backend.js';
 import { formatLsn, lsnDistance, type Lsn } from '../lsn.js';
 import { WalCorruptionError } from '../storage/page-verifier.js';
+import type { FanoutBatcher, FanoutParticipant } from './fanout-batch.js';
 import {
   MAX_SEND_BYTES,
   XLOG_DATA_HEADER_BYTES,
@@ -116,6 +117,11 @@ export interface SendWalOptions {
   readonly timelineEnd?: () => Lsn | undefined;
   /** Measures publish → socket latency for the commit watch (absent for recovery streams and in most unit tests). */
   readonly publishClock?: PublishClock;
+  /**
+   * The commit watch's batcher (replication/fanout-batch.ts): while caught up, a stream whose writer it accepts parks
+   * there and is sent each publish's chunk in one batch with the others. Absent: the stream always waits alone.
+   */
+  readonly fanout?: FanoutBatcher;
 }
 
 /** Why a sender loop ended; the session turns this into the right protocol ending. */
@@ -144,6 +150,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     replyRequests.asked();
     await options.writer.sendMessage(encodeKeepalive(sentLsn, pgNowMicros(), true));
   });
+  const participant = fanoutParticipant(options, replyRequests, idleWaitMs);
   try {
     return await streamLoop();
   } finally {
@@ -159,7 +166,16 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       let endLsn = endWatch.get();
       if (endLsn <= sentLsn) {
         options.publishClock?.waiting(sentLsn);
-        const advanced = await endWatch.waitBeyond(sentLsn, idleWaitMs, signal);
+        let advanced: Lsn | undefined;
+        if (participant !== undefined && options.fanout?.accepts(options.writer) === true) {
+          // Parked in the commit batch: it may send this stream several chunks before it hands the stream back.
+          const parked = await options.fanout.park(participant, sentLsn);
+          sentLsn = parked.sentLsn;
+          if (parked.kind === 'resume') continue;
+          advanced = undefined;
+        } else {
+          advanced = await endWatch.waitBeyond(sentLsn, idleWaitMs, signal);
+        }
         if (signal.aborted) break;
         if (advanced === undefined) {
           if (options.shouldStop(sentLsn)) {
@@ -217,6 +233,21 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
 }
 
 const STREAM_ABORTED = Symbol('stream aborted');
+
+/** What the commit batch needs from this stream while it is parked; undefined when it never parks (recovery streams). */
+function fanoutParticipant(options: SendWalOptions, replyRequests: ReplyRequests, idleWaitMs: number): FanoutParticipant | undefined {
+  if (options.fanout === undefined || options.stopAtEnd) return undefined;
+  return {
+    writer: options.writer,
+    signal: options.signal,
+    ...(options.verify === undefined ? {} : { verify: options.verify }),
+    replyDue: (nowMs) => replyRequests.due(nowMs),
+    ...(options.timelineEnd === undefined ? {} : { timelineEnd: options.timelineEnd }),
+    onSent: options.onSent,
+    ...(options.publishClock === undefined ? {} : { publishClock: options.publishClock }),
+    idleWaitMs,
+  };
+}
 
 /**
  * Awaits storage steps while keeping the stream alive. A fetch from object storage can take seconds (ranged GETs,

@@ -17,6 +17,7 @@ import { quoteClientText } from '../wire/client-text.js';
 import { commandComplete, copyBothResponse, copyDone, errorResponse, readyForQuery } from '../wire/backend-serializer.js';
 import type { Feedback } from './feedback.js';
 import { ReplyReader, type ReplicaEnd } from './reply-reader.js';
+import { fanoutBatcherFor } from './fanout-batch.js';
 import { sendWal, type SendWalEnd } from './send-wal.js';
 import { stopErrorOf } from './shutdown-error.js';
 import { nextTimelineResult } from './command-results.js';
@@ -200,6 +201,9 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       stopAtEnd: request.recovery,
       timelineEnd: () => timeline.pgTimelineEnd(request.pgTimelineId)?.switchLsn,
       ...(publishClock === undefined ? {} : { publishClock }),
+      ...(request.recovery || context.backend.chunkBatch === undefined
+        ? {}
+        : { fanout: fanoutBatcherFor(endWatch, timeline.segmentBytes, context.backend.chunkBatch, () => new WalReader(timeline.dir, timeline, timeline, timeline.remoteSegments)) }),
       shouldStop: () => timeline.shouldSenderStop(replica.remoteConsistentLsn()),
       replicaTimeoutMs: context.replicaTimeoutMs,
       lastReplyAtMs: () => reader.lastMessageAt(),

@@ -1,0 +1,289 @@
+/**
+ * Commit fan-out in one batch (issue 13): when a commit LSN publish wakes many caught-up replicas, their next chunk
+ * is the same bytes for all of them. Instead of every stream resuming its own promise chain (wake, prefetch check,
+ * locate, verify, header, one addon crossing each), streams park here while they wait on the commit watch, and one
+ * FanoutBatcher per watch does the work once per distinct send position: it waits on the watch as a single waiter,
+ * cuts the chunk (decideChunkEnd: within one segment, at most MAX_SEND_BYTES, never past the watch), locates and
+ * verifies it once (the page verifier's result for the shared range serves every stream at that position), writes
+ * one XLogData header (identical for them: same start, walEnd, send time and length) and hands all the streams to
+ * the backend's ChunkBatch in one call. Which streams advance and to where is decided here, in TypeScript; the
+ * backend only moves the bytes.
+ *
+ * A parked stream leaves the batch and goes on in its own sender loop (replication/send-wal.ts), with everything
+ * the batch sent already counted, whenever the batch cannot decide for it alone:
+ * - a reply is due (the loop sends the reply-requesting keepalive first), or its PostgreSQL timeline has an end;
+ * - its writer is no longer batchable (the backend's queue hit its in-flight bound: its own sendChunk waits for
+ *   room; it failed or was released);
+ * - storage failed to locate or verify the chunk (the loop repeats the step and reports exactly as before, good
+ *   prefix and all);
+ * - it has been idle for its keepalive interval (the loop's idle branch), or its signal aborted.
+ * A socket that takes only part of a chunk is not a reason to leave: the backend queued the rest in order with
+ * exact byte accounting, and the next batch goes behind it (or, at the bound, the stream leaves as above).
+ *
+ * Only streams whose writer the backend's ChunkBatch accepts park (native, plain sockets); TLS streams and the ts
+ * backend wait on the watch as before, so a mix of both works side by side. Recovery streams never park.
+ */
+import assert from 'node:assert/strict';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { BatchOutcome, type ChunkBatch, type StreamWriter, type WalChunk } from '../io/backend.js';
+import type { Lsn } from '../lsn.js';
+import { XLOG_DATA_HEADER_BYTES, decideChunkEnd, pgNowMicros, writeXLogDataHeader } from './stream-messages.js';
+
+/**
+ * How long the batcher's one wait on the watch lasts before it is renewed. The wait ends at once when the watch
+ * moves; the timeout only bounds the LsnWatch timer, and parked streams keep their own idle schedule.
+ */
+const BATCH_WATCH_RENEW_MS = 60_000;
+
+// The sender loop's interfaces (send-wal.ts EndWatch, PublishClock, WalSource), the parts used here: send-wal.ts
+// imports this module, so it cannot import them back.
+interface EndWatch {
+  get(): Lsn;
+  waitBeyond(position: Lsn, timeoutMs: number): Promise<Lsn | undefined>;
+}
+
+interface PublishClock {
+  waiting(sentLsn: Lsn): void;
+  chunkAccepted(throughLsn: Lsn): boolean;
+  written(throughLsn: Lsn): void;
+}
+
+/** A reader the batcher owns (its segment pinned while streams are parked): the storage WalReader. */
+export interface ClosableWalSource {
+  locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk>;
+  close(): Promise<void>;
+}
+
+/** What a stream gives the batcher while it is parked; see send-wal.ts SendWalOptions for each. */
+export interface FanoutParticipant {
+  readonly writer: StreamWriter;
+  readonly signal: AbortSignal;
+  readonly verify?: (chunk: WalChunk, chunkLsn: Lsn) => Promise<void>;
+  /** True when the loop must ask the replica for a reply before its next chunk (ReplyRequests.due). */
+  readonly replyDue: (nowMs: number) => boolean;
+  readonly timelineEnd?: () => Lsn | undefined;
+  readonly onSent: (sentLsn: Lsn, bytes: number) => void;
+  readonly publishClock?: PublishClock;
+  readonly idleWaitMs: number;
+}
+
+/** How a park ended: the stream's loop goes on from `sentLsn` (the batch may have moved it). */
+export interface ParkEnd {
+  readonly sentLsn: Lsn;
+  /** idle: its keepalive interval passed without a chunk; aborted: its signal; resume: go on in the loop. */
+  readonly kind: 'idle' | 'aborted' | 'resume';
+}
+
+interface Parked {
+  readonly participant: FanoutParticipant;
+  sentLsn: Lsn;
+  lastSendAtMs: number;
+  timer: NodeJS.Timeout | undefined;
+  readonly finish: (kind: ParkEnd['kind'], error?: Error) => void;
+}
+
+const batchers = new WeakMap<EndWatch, FanoutBatcher>();
+
+/**
+ * The batcher of `watch` (one per commit watch, made on first use). `openSource` makes its reader; `batch` is the
+ * backend's ChunkBatch (one backend per server, so every caller passes the same one).
+ */
+export function fanoutBatcherFor(watch: EndWatch, segmentBytes: number, batch: ChunkBatch, openSource: () => ClosableWalSource): FanoutBatcher {
+  let batcher = batchers.get(watch);
+  if (batcher === undefined) {
+    batcher = new FanoutBatcher(watch, segmentBytes, batch, openSource);
+    batchers.set(watch, batcher);
+  }
+  assert.ok(batcher.batch === batch, 'one backend per commit watch');
+  return batcher;
+}
+
+export class FanoutBatcher {
+  private readonly parked = new Set<Parked>();
+  private source: ClosableWalSource | undefined;
+  private watching = false;
+  private running = false;
+  /** Reused per round: the writers of one group and their outcomes. */
+  private writers: StreamWriter[] = [];
+  private outcomes = new Int32Array(64);
+  private readonly header = Buffer.allocUnsafe(XLOG_DATA_HEADER_BYTES);
+
+  constructor(
+    private readonly watch: EndWatch,
+    private readonly segmentBytes: number,
+    readonly batch: ChunkBatch,
+    private readonly openSource: () => ClosableWalSource,
+  ) {}
+
+  /** Streams parked now (tests). */
+  get parkedCount(): number {
+    return this.parked.size;
+  }
+
+  /** Whether a stream with this writer may park: the backend takes it in a batch. */
+  accepts(writer: StreamWriter): boolean {
+    return this.batch.accepts(writer);
+  }
+
+  /**
+   * Parks a caught-up stream (sentLsn at the watch) until the batch can no longer send for it alone; resolves with
+   * where it got to. Rejects with the stream's write error when a batched send failed on it.
+   */
+  park(participant: FanoutParticipant, sentLsn: Lsn): Promise<ParkEnd> {
+    if (participant.signal.aborted) return Promise.resolve({ sentLsn, kind: 'aborted' });
+    return new Promise<ParkEnd>((resolve, reject) => {
+      const onAbort = (): void => entry.finish('aborted');
+      const entry: Parked = {
+        participant,
+        sentLsn,
+        lastSendAtMs: Date.now(),
+        timer: undefined,
+        finish: (kind, error) => {
+          if (!this.parked.delete(entry)) return;
+          clearTimeout(entry.timer);
+          participant.signal.removeEventListener('abort', onAbort);
+          if (this.parked.size === 0 && !this.running) this.closeSource();
+          if (error !== undefined) reject(error);
+          else resolve({ sentLsn: entry.sentLsn, kind: participant.signal.aborted ? 'aborted' : kind });
+        },
+      };
+      this.parked.add(entry);
+      participant.signal.addEventListener('abort', onAbort, { once: true });
+      this.armIdle(entry, participant.idleWaitMs);
+      this.arm();
+    });
+  }
+
+  /** One timer per park, not per publish: when it fires early (the batch sent since), it waits out the rest. */
+  private armIdle(entry: Parked, delayMs: number): void {
+    entry.timer = setTimeout(() => {
+      const idleMs = Date.now() - entry.lastSendAtMs;
+      if (idleMs >= entry.participant.idleWaitMs) entry.finish('idle');
+      else this.armIdle(entry, entry.participant.idleWaitMs - idleMs);
+    }, delayMs);
+  }
+
+  /** Waits on the watch, as one waiter for every parked stream, beyond the lowest parked position. */
+  private arm(): void {
+    if (this.watching || this.running || this.parked.size === 0) return;
+    let lowest: Lsn | undefined;
+    for (const entry of this.parked) if (lowest === undefined || entry.sentLsn < lowest) lowest = entry.sentLsn;
+    assert.ok(lowest !== undefined);
+    this.watching = true;
+    void this.watch.waitBeyond(lowest, BATCH_WATCH_RENEW_MS).then((advanced) => {
+      this.watching = false;
+      if (advanced === undefined) this.arm();
+      else void this.run();
+    });
+  }
+
+  /** Rounds until every parked stream reached the watch; the event loop gets a turn between rounds. */
+  private async run(): Promise<void> {
+    assert.ok(!this.running, 'one batch run at a time');
+    this.running = true;
+    try {
+      for (let round = 0; ; round++) {
+        const endLsn = this.watch.get();
+        if (![...this.parked].some((entry) => entry.sentLsn < endLsn)) break;
+        if (round > 0) await yieldToEventLoop();
+        await this.round(endLsn);
+      }
+    } catch (error) {
+      // A bug, not a stream's failure (those end only their stream): every parked stream goes on alone.
+      for (const entry of [...this.parked]) entry.finish('resume', error instanceof Error ? error : new Error(String(error)));
+    } finally {
+      this.running = false;
+      if (this.parked.size === 0) this.closeSource();
+      this.arm();
+    }
+  }
+
+  /** One chunk for every parked stream behind `endLsn`: grouped by send position, one batch per group. */
+  private async round(endLsn: Lsn): Promise<void> {
+    const nowMs = Date.now();
+    const groups = new Map<Lsn, Parked[]>();
+    for (const entry of this.parked) {
+      if (entry.sentLsn >= endLsn) continue;
+      const { participant } = entry;
+      if (participant.replyDue(nowMs) || participant.timelineEnd?.() !== undefined || !this.batch.accepts(participant.writer)) {
+        entry.finish('resume');
+        continue;
+      }
+      const group = groups.get(entry.sentLsn);
+      if (group === undefined) groups.set(entry.sentLsn, [entry]);
+      else group.push(entry);
+    }
+    for (const [chunkLsn, group] of groups) await this.sendGroup(chunkLsn, group, endLsn);
+  }
+
+  private async sendGroup(chunkLsn: Lsn, group: Parked[], endLsn: Lsn): Promise<void> {
+    const first = group[0];
+    assert.ok(first !== undefined);
+    let chunk: WalChunk;
+    try {
+      this.source ??= this.openSource();
+      chunk = await this.source.locate(chunkLsn, decideChunkEnd(chunkLsn, endLsn, this.segmentBytes));
+      // Once for the group: every stream at this position is sent the same pages.
+      await first.participant.verify?.(chunk, chunkLsn);
+    } catch {
+      // Storage errors are each stream's to report (with the verified prefix sent first): its loop repeats the step.
+      for (const entry of group) entry.finish('resume');
+      return;
+    }
+    // Across the awaits streams may have left (aborted, idle); a handle closed meanwhile is never sent from (its
+    // number may be another file's): the streams go on alone rather than spin here.
+    if (chunk.file.closed === true) {
+      for (const entry of group) entry.finish('resume');
+      return;
+    }
+    const chunkEnd = chunkLsn + BigInt(chunk.byteCount);
+    const writers = this.writers;
+    const members: Parked[] = [];
+    for (const entry of group) {
+      if (!this.parked.has(entry) || entry.sentLsn !== chunkLsn) continue;
+      if (!this.batch.accepts(entry.participant.writer)) {
+        entry.finish('resume');
+        continue;
+      }
+      writers[members.length] = entry.participant.writer;
+      members.push(entry);
+    }
+    if (members.length === 0) return;
+    if (this.outcomes.length < members.length) this.outcomes = new Int32Array(Math.max(members.length, this.outcomes.length * 2));
+    // walEnd is the watch now, as the stream loop writes it right before its send.
+    writeXLogDataHeader(this.header, chunkLsn, this.watch.get(), pgNowMicros(), chunk.byteCount);
+    const errors = this.batch.send(writers, members.length, this.header, chunk, this.outcomes);
+    writers.length = 0;
+    const nowMs = Date.now();
+    const caughtUp = chunkEnd >= this.watch.get();
+    for (let index = 0; index < members.length; index++) {
+      const entry = members[index];
+      assert.ok(entry !== undefined);
+      const outcome = this.outcomes[index] as BatchOutcome;
+      if (outcome === BatchOutcome.failed) {
+        entry.finish('resume', errors?.[index] ?? new Error('batched send failed'));
+        continue;
+      }
+      entry.sentLsn = chunkEnd;
+      entry.lastSendAtMs = nowMs;
+      const { participant } = entry;
+      participant.onSent(chunkEnd, chunk.byteCount + XLOG_DATA_HEADER_BYTES);
+      const clock = participant.publishClock;
+      if (clock !== undefined && clock.chunkAccepted(chunkEnd)) {
+        // Written means handed to the kernel: the clock stops now, without asking the backend.
+        if (outcome === BatchOutcome.written) clock.written(chunkEnd);
+        else participant.writer.afterWritten(() => clock.written(chunkEnd));
+      }
+      // As the loop does when it comes back to an empty range: from here the stream waits on the watch again.
+      if (caughtUp) clock?.waiting(chunkEnd);
+      if (outcome === BatchOutcome.full) entry.finish('resume');
+    }
+  }
+
+  private closeSource(): void {
+    const source = this.source;
+    this.source = undefined;
+    // Closing unpins its segment; a failure to close a read-only descriptor has nobody to tell but the log of a stream.
+    source?.close().catch(() => undefined);
+  }
+}
