@@ -39,7 +39,7 @@ const BATCH_WATCH_RENEW_MS = 60_000;
 // imports this module, so it cannot import them back.
 interface EndWatch {
   get(): Lsn;
-  waitBeyond(position: Lsn, timeoutMs: number): Promise<Lsn | undefined>;
+  waitBeyond(position: Lsn, timeoutMs: number, signal?: AbortSignal): Promise<Lsn | undefined>;
 }
 
 interface PublishClock {
@@ -98,10 +98,23 @@ export function fanoutBatcherFor(watch: EndWatch, segmentBytes: number, batch: C
   return batcher;
 }
 
+/** The batcher of `watch` if one was made (tests, status). */
+export function existingFanoutBatcher(watch: EndWatch): FanoutBatcher | undefined {
+  return batchers.get(watch);
+}
+
 export class FanoutBatcher {
+  /** Addon calls made (one per send position per round). */
+  batches = 0;
+  /** Chunks those calls sent, one per stream: chunksBatched / batches is the streams per call. */
+  chunksBatched = 0;
+  /** Parks that ended with the stream going on alone (reply due, queue at its bound, storage error, failure). */
+  resumed = 0;
   private readonly parked = new Set<Parked>();
   private source: ClosableWalSource | undefined;
   private watching = false;
+  /** Ends the batcher's wait on the watch once no stream is parked (its timer must not hold a stopping process). */
+  private watchStop = new AbortController();
   private running = false;
   /** Reused per round: the writers of one group and their outcomes. */
   private writers: StreamWriter[] = [];
@@ -140,9 +153,10 @@ export class FanoutBatcher {
         timer: undefined,
         finish: (kind, error) => {
           if (!this.parked.delete(entry)) return;
+          if (kind === 'resume') this.resumed++;
           clearTimeout(entry.timer);
           participant.signal.removeEventListener('abort', onAbort);
-          if (this.parked.size === 0 && !this.running) this.closeSource();
+          if (this.parked.size === 0) this.idle();
           if (error !== undefined) reject(error);
           else resolve({ sentLsn: entry.sentLsn, kind: participant.signal.aborted ? 'aborted' : kind });
         },
@@ -170,10 +184,15 @@ export class FanoutBatcher {
     for (const entry of this.parked) if (lowest === undefined || entry.sentLsn < lowest) lowest = entry.sentLsn;
     assert.ok(lowest !== undefined);
     this.watching = true;
-    void this.watch.waitBeyond(lowest, BATCH_WATCH_RENEW_MS).then((advanced) => {
+    const stop = this.watchStop.signal;
+    void this.watch.waitBeyond(lowest, BATCH_WATCH_RENEW_MS, stop).then((advanced) => {
       this.watching = false;
-      if (advanced === undefined) this.arm();
-      else void this.run();
+      if (advanced === undefined) {
+        if (stop.aborted) this.watchStop = new AbortController();
+        this.arm();
+      } else {
+        void this.run();
+      }
     });
   }
 
@@ -193,7 +212,7 @@ export class FanoutBatcher {
       for (const entry of [...this.parked]) entry.finish('resume', error instanceof Error ? error : new Error(String(error)));
     } finally {
       this.running = false;
-      if (this.parked.size === 0) this.closeSource();
+      if (this.parked.size === 0) this.idle();
       this.arm();
     }
   }
@@ -254,6 +273,8 @@ export class FanoutBatcher {
     writeXLogDataHeader(this.header, chunkLsn, this.watch.get(), pgNowMicros(), chunk.byteCount);
     const errors = this.batch.send(writers, members.length, this.header, chunk, this.outcomes);
     writers.length = 0;
+    this.batches++;
+    this.chunksBatched += members.length;
     const nowMs = Date.now();
     const caughtUp = chunkEnd >= this.watch.get();
     for (let index = 0; index < members.length; index++) {
@@ -278,6 +299,12 @@ export class FanoutBatcher {
       if (caughtUp) clock?.waiting(chunkEnd);
       if (outcome === BatchOutcome.full) entry.finish('resume');
     }
+  }
+
+  /** The last parked stream left: stop waiting on the watch and unpin the reader's segment. */
+  private idle(): void {
+    if (this.watching) this.watchStop.abort();
+    if (!this.running) this.closeSource();
   }
 
   private closeSource(): void {

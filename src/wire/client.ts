@@ -233,6 +233,11 @@ export class ReplicationClient {
     socket.on('close', () => this.onClose(new Error('the server closed the connection')));
   }
 
+  /** Drops the connection at once, without Terminate: a replica that vanished (tests of the server's side). */
+  destroy(): void {
+    this.socket.destroy();
+  }
+
   /** Runs one simple Query. Rejects with ServerError on ErrorResponse; the connection stays usable. */
   query(sql: string): Promise<QueryResult> {
     return this.run((settle) => new QueryOperation(settle), query(sql), `query ${JSON.stringify(sql.slice(0, 60))}`);
