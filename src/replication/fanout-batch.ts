@@ -242,7 +242,9 @@ export class FanoutBatcher {
     try {
       this.source ??= this.openSource();
       chunk = await this.source.locate(chunkLsn, decideChunkEnd(chunkLsn, endLsn, this.segmentBytes));
-      // Once for the group: every stream at this position is sent the same pages.
+      // Once for the group, as each stream's loop would: the event-loop thread only sends cached pages (the tail
+      // just written is; this resolves at once then), and every stream at this position is sent the same pages.
+      await first.participant.writer.prefetch(chunk);
       await first.participant.verify?.(chunk, chunkLsn);
     } catch {
       // Storage errors are each stream's to report (with the verified prefix sent first): its loop repeats the step.
