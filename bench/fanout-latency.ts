@@ -98,6 +98,8 @@ export interface FanoutRun {
   readonly receivedP99Ms?: number;
   readonly addedP50Ms?: number;
   readonly addedP99Ms?: number;
+  /** The server's CPU seconds (user + system) from the replicas' start to the end of the run: A/B figure on a loaded machine. */
+  readonly serverCpuSeconds?: number;
 }
 
 /**
@@ -123,6 +125,7 @@ async function measure(context: BenchContext, target: ServerTarget, backend: Bac
       receivedP99Ms: run.latencyP99Ms,
       addedP50Ms: run.latencyAddedP50Ms,
       addedP99Ms: run.latencyAddedP99Ms,
+      serverCpuSeconds: run.serverCpuSeconds,
     }),
   };
 }

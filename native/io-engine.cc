@@ -280,11 +280,100 @@ int Engine::SendChunk(uint64_t id, const uint8_t* header, size_t header_bytes, i
 void Engine::SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* header, size_t header_bytes,
                             int file_fd, uint64_t offset, size_t payload_bytes, int32_t* statuses,
                             Failure* failures) {
-  // Per stream exactly SendChunk: the batch saves the crossings into the addon and the per-stream promise chains in
-  // JavaScript, not any per-stream rule (queue bounds, iteration budget, byte accounting).
-  for (size_t index = 0; index < count; index++) {
-    statuses[index] = SendChunk(ids[index], header, header_bytes, file_fd, offset, payload_bytes, &failures[index]);
+  WALCAST_ASSERT(header_bytes > 0 && header_bytes <= kHeaderBytesMax);
+  WALCAST_ASSERT(payload_bytes > 0 && payload_bytes <= kPayloadBytesMax);
+  // Per stream the rules of SendChunk (queue bounds, iteration budget, byte accounting); the batch saves the
+  // crossings into the addon and the per-stream promise chains in JavaScript. io_uring submits per stream anyway.
+  if (payload_bytes > kBatchCopyBytesMax || strategy_ == Strategy::kUring) {
+    for (size_t index = 0; index < count; index++) {
+      statuses[index] = SendChunk(ids[index], header, header_bytes, file_fd, offset, payload_bytes, &failures[index]);
+    }
+    return;
   }
+  batch_bytes_.resize(header_bytes + payload_bytes);
+  std::memcpy(batch_bytes_.data(), header, header_bytes);
+  size_t read_bytes = 0;
+  Failure read_failure;
+  while (read_bytes < payload_bytes) {
+    ssize_t got = pread(file_fd, batch_bytes_.data() + header_bytes + read_bytes, payload_bytes - read_bytes,
+                        static_cast<off_t>(offset + read_bytes));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      // As sendfile reports it: an error, or a file that ends before the range (ENXIO).
+      read_failure = {got < 0 ? errno : ENXIO, "pread"};
+      break;
+    }
+    read_bytes += static_cast<size_t>(got);
+  }
+  for (size_t index = 0; index < count; index++) {
+    if (read_failure.errnum != 0) {
+      Stream* stream = Find(ids[index]);
+      if (stream != nullptr && !stream->closing) Fail(*stream, read_failure, false);
+      failures[index] = stream != nullptr && stream->failure.errnum != 0 ? stream->failure : Failure{EBADF, "send"};
+      statuses[index] = kSendFailed;
+      continue;
+    }
+    statuses[index] = SubmitCopied(ids[index], batch_bytes_.data(), batch_bytes_.size(), header, header_bytes, file_fd,
+                                   offset, payload_bytes, &failures[index]);
+  }
+}
+
+// SendChunk for one stream of a batch whose header + payload are in `bytes`: written with one send() while the
+// socket has room; whatever it does not take is queued as SendChunk queues it (inline header, file range), so the
+// stream's queue never holds the copy.
+int Engine::SubmitCopied(uint64_t id, const uint8_t* bytes, size_t byte_count, const uint8_t* header,
+                         size_t header_bytes, int file_fd, uint64_t offset, size_t payload_bytes, Failure* failure) {
+  WALCAST_ASSERT(strategy_ != Strategy::kUring);
+  WALCAST_ASSERT(byte_count == header_bytes + payload_bytes);
+  Stream* stream = Find(id);
+  if (stream == nullptr || stream->closing) {
+    *failure = {EBADF, "send"};
+    return kSendFailed;
+  }
+  if (stream->failure.errnum != 0) {
+    *failure = stream->failure;
+    return kSendFailed;
+  }
+  if (stream->queue.size() >= kQueuedUnitsHardMax) {
+    *failure = {ENOBUFS, "send"};
+    return kSendFailed;
+  }
+  size_t sent = 0;
+  if (stream->queue.empty() && stream->writable && !OverIterationBudget()) {
+    while (sent < byte_count) {
+      ssize_t written = send(stream->fd.get(), bytes + sent, byte_count - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (written < 0) {
+        if (errno == EINTR) continue;
+        if (WouldBlock(errno)) break;
+        *failure = {errno, "send"};
+        Fail(*stream, *failure, false);
+        return kSendFailed;
+      }
+      sent += static_cast<size_t>(written);
+    }
+    stream->bytes_sent += sent;
+    iteration_bytes_ += sent;
+    if (sent == byte_count) return kSendDone;
+    stream->writable = false;
+  }
+  SendUnit unit;
+  std::memcpy(unit.inline_head.data(), header, header_bytes);
+  unit.head_bytes = header_bytes;
+  unit.payload_offset = offset;
+  unit.payload_bytes = payload_bytes;
+  if (strategy_ == Strategy::kSendfile) {
+    unit.payload_fd = file_fd;
+  } else {
+    unit.map = maps_.Get(file_fd, offset + payload_bytes, failure);
+    if (!unit.map) {
+      // The socket already has `sent` bytes of this unit: the stream cannot go on without the rest.
+      Fail(*stream, *failure, false);
+      return kSendFailed;
+    }
+    stream->current_map = unit.map;
+  }
+  unit.Advance(sent);
+  return QueueUnit(*stream, std::move(unit), failure);
 }
 
 int Engine::SendMessage(uint64_t id, const uint8_t* bytes, size_t byte_count, Failure* failure) {
@@ -338,6 +427,11 @@ int Engine::Submit(Stream& stream, SendUnit&& unit, Failure* failure) {
     }
     stream.writable = false;
   }
+  return QueueUnit(stream, std::move(unit), failure);
+}
+
+// Queues what a stream could not write now (or all of it), behind what it has queued.
+int Engine::QueueUnit(Stream& stream, SendUnit&& unit, Failure* failure) {
   // Queued: the caller may close its fd once we return, so the rest is sent from our own dup.
   if (unit.payload_fd >= 0 && unit.owned_fd.get() < 0) {
     unit.owned_fd = UniqueFd(fcntl(unit.payload_fd, F_DUPFD_CLOEXEC, 0));

@@ -43,6 +43,11 @@ constexpr size_t kTurnBudgetBytes = 512 * 1024;
 // uv_prepare handle resets the count and runs the leftover streams first). 100 replicas each sending their 512 KiB per turn from JS held the event
 // loop for 50-90 ms per iteration; 4 MiB is a few milliseconds at loopback speeds.
 constexpr size_t kIterationBudgetBytes = 4 * 1024 * 1024;
+// sendChunkBatch payloads up to this size (one WAL page) are read once per call and sent to each stream with the
+// header in one send(): a commit's few hundred bytes cost one syscall per replica instead of send(MSG_MORE) +
+// sendfile. Larger payloads go per stream as SendChunk. Whatever a socket does not take is queued as SendChunk
+// would queue it (inline header, file range), so the copy never outlives the call.
+constexpr size_t kBatchCopyBytesMax = 8 * 1024;
 // Events taken from the epoll set per uv_poll callback; more stay ready for the next loop iteration.
 constexpr int kEpollEventsPerWait = 256;
 // io_uring submission queue entries (completion queue is twice that; the kernel never drops overflow).
@@ -210,6 +215,9 @@ class Engine {
   bool StartRing(Failure* failure);
   Stream* Find(uint64_t id) const;
   int Submit(Stream& stream, SendUnit&& unit, Failure* failure);
+  int SubmitCopied(uint64_t id, const uint8_t* bytes, size_t byte_count, const uint8_t* header, size_t header_bytes,
+                   int file_fd, uint64_t offset, size_t payload_bytes, Failure* failure);
+  int QueueUnit(Stream& stream, SendUnit&& unit, Failure* failure);
   int QueueStatus(Stream& stream);
   Progress WriteUnit(Stream& stream, SendUnit& unit, Failure* failure);
   Progress WriteSendfile(Stream& stream, SendUnit& unit, Failure* failure);
@@ -272,6 +280,8 @@ class Engine {
   std::unordered_map<uint64_t, std::unique_ptr<Stream>> streams_;
   std::deque<uint64_t> ready_;
   std::vector<Event> events_;
+  // SendChunkBatch's header + payload copy (kBatchCopyBytesMax + kHeaderBytesMax at most), reused across calls.
+  std::vector<uint8_t> batch_bytes_;
   FileMapCache maps_;
   std::unordered_map<uint64_t, PrefetchRead> reads_in_flight_;
   std::deque<PrefetchRead> reads_waiting_;

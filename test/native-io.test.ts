@@ -260,6 +260,11 @@ describe('collect(): a stall is no bytes for a while, not a slow transfer', () =
 });
 
 describe('ts backend: the reference bytes', () => {
+  test('offers no ChunkBatch: every stream sends on its own', () => {
+    assert.equal(createTsBackend().chunkBatch, undefined);
+  });
+
+
   test('a range crossing segment boundaries', async () => {
     const loopback = await listen();
     const backend = createTsBackend();
@@ -430,6 +435,80 @@ for (const strategy of NATIVE_STRATEGIES) {
         }),
       );
       for (const received of results) assert.ok(received.equals(expected));
+      for (const { client, server } of pairs) {
+        client.destroy();
+        server.destroy();
+      }
+    });
+
+    test('chunkBatch: receivers get every batched chunk byte-identical; one that fills mid-batch goes on alone, one that vanishes fails alone', async () => {
+      const batch = backend.chunkBatch;
+      assert.ok(batch !== undefined, 'the native backend offers ChunkBatch');
+      const random = seededRandom(13);
+      // Small chunks take the copy path (one send per stream), large ones the per-stream path; any offset.
+      const units: Unit[] = [];
+      // About 14 MiB: more than a paused loopback receiver's buffers take.
+      for (let index = 0; index < 600; index++) {
+        const segment = segments[Math.floor(random() * SEGMENT_COUNT)]!;
+        const byteCount = random() < 0.7 ? 1 + Math.floor(random() * 8192) : 8193 + Math.floor(random() * (CHUNK_BYTES_MAX - 8193));
+        const fileOffset = Math.floor(random() * (SEGMENT_BYTES - byteCount));
+        units.push({ kind: 'chunk', header: Buffer.alloc(HEADER_BYTES, index % 251), chunk: { file: segment.handle, fileOffset, byteCount } });
+      }
+      const expected = expectedBytes(units);
+      const pairs = await Promise.all(Array.from({ length: 8 }, () => connectPair(loopback)));
+      const received = pairs.map(({ client }, index) => (index === 1 ? undefined : collect(client, expected.length)));
+      const writers = await Promise.all(pairs.map(({ server }) => backend.openStream(server)));
+      const stalled = pairs[0]!.client;
+      stalled.pause();
+      // Each writer: batched while the batch accepts it and it has nothing pending alone; else its own sendChunk,
+      // chained, so its units stay in order and within the in-flight bound (what fanout-batch.ts does).
+      const alone = new Map<StreamWriter, Promise<void>>();
+      const failures = new Map<StreamWriter, unknown>();
+      const outcomes = new Int32Array(writers.length);
+      let leftBatch = 0;
+      const header = Buffer.alloc(HEADER_BYTES);
+      for (const [index, unit] of units.entries()) {
+        assert.equal(unit.kind, 'chunk');
+        if (unit.kind !== 'chunk') continue;
+        if (index === 100) pairs[1]!.client.resetAndDestroy();
+        const group = writers.filter((writer) => !failures.has(writer) && !alone.has(writer) && batch.accepts(writer));
+        for (const writer of writers) {
+          if (failures.has(writer) || group.includes(writer)) continue;
+          const previous = alone.get(writer) ?? Promise.resolve();
+          if (!alone.has(writer)) leftBatch++;
+          const next = previous.then(() => writer.sendChunk(unit.header, unit.chunk));
+          alone.set(writer, next);
+          void next.then(
+            () => alone.get(writer) === next && alone.delete(writer),
+            (error: unknown) => {
+              failures.set(writer, error);
+              alone.delete(writer);
+            },
+          );
+        }
+        if (group.length === 0) continue;
+        unit.header.copy(header);
+        const errors = batch.send(group, group.length, header, unit.chunk, outcomes);
+        header.fill(0xee); // the backend copies the header within the call
+        for (const [position, writer] of group.entries()) {
+          if (outcomes[position] === -1) failures.set(writer, errors?.[position]);
+        }
+        if (index % 20 === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+      assert.ok(leftBatch > 0, 'the paused receiver left the batch');
+      stalled.resume();
+      await Promise.all([...alone.values()].map((pending) => pending.catch(() => undefined)));
+      for (const [index, writer] of writers.entries()) {
+        if (index === 1) {
+          const error = failures.get(writer);
+          assert.ok(isWalcastError(error) && error.code === 'WALCAST_ERR_STREAM_IO', `the vanished receiver failed alone: ${String(error)}`);
+          continue;
+        }
+        assert.equal(failures.has(writer), false, `receiver ${index} did not fail: ${String(failures.get(writer))}`);
+        await writer.release();
+        assert.equal(writer.bytesSent, expected.length, `receiver ${index}: bytesSent counts headers and payload`);
+        assert.ok((await received[index]!).equals(expected), `receiver ${index} got identical bytes`);
+      }
       for (const { client, server } of pairs) {
         client.destroy();
         server.destroy();
