@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createOperationsMetrics } from '../src/api/metrics.js';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
 import { formatLsn, type Lsn } from '../src/lsn.js';
@@ -186,6 +187,13 @@ describe(`commit fan-out batch (${backendUnderTest().io}${backendUnderTest().str
         assert.ok(batches > 0, 'the commits went through the batch');
         // Several replicas per addon call: the point of it. (Not all: a replica may leave for a reply or its bound.)
         assert.ok(chunks > batches * 2, `${chunks} chunks in ${batches} batch calls`);
+        // And /metrics shows the same counters.
+        const metrics = createOperationsMetrics({ backend: fixture.walcast.server.backend.kind, strategy: fixture.walcast.server.backend.strategy });
+        metrics.bindTimelines(fixture.walcast.server.timelines);
+        const { body } = await metrics.render();
+        const exported = /^walcast_fanout_batch_chunks_total\{[^}]*\} (\d+)$/m.exec(body);
+        assert.ok(exported !== null, 'walcast_fanout_batch_chunks_total is exported');
+        assert.ok(Number(exported[1]) >= after.chunksBatched, 'the exported count is the batcher\'s');
       }
     } finally {
       for (const replica of replicas) await replica.stop().catch(() => undefined);
