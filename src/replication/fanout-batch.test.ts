@@ -1,0 +1,217 @@
+/**
+ * The commit fan-out batch with the real sender loop and LSN watch, against in-memory fakes of storage and of the
+ * backend's ChunkBatch (style anchor 3): what each stream is sent, in how many calls, how often storage is asked,
+ * and how a stream leaves the batch (queue at its bound, failed send, reply due).
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { BatchOutcome, type ChunkBatch, type StreamWriter, type WalChunk } from '../io/backend.js';
+import type { Lsn } from '../lsn.js';
+import { LsnWatch } from '../timeline/lsn-watch.js';
+import { FanoutBatcher, type ClosableWalSource } from './fanout-batch.js';
+import { sendWal, type SendWalEnd, type WalSource } from './send-wal.js';
+import { MAX_SEND_BYTES } from './stream-messages.js';
+
+const SEGMENT_BYTES = 1024 * 1024;
+const START = 0x100010n;
+
+interface Piece {
+  readonly dataStart: Lsn;
+  readonly bytes: number;
+  readonly how: 'batch' | 'alone';
+}
+
+/** A stream's writer: records chunks (batched or its own), keepalives, and says whether the batch may take it. */
+class FakeWriter implements StreamWriter {
+  readonly pieces: Piece[] = [];
+  readonly keepalives: { replyRequested: boolean }[] = [];
+  readonly path = 'fake';
+  bytesSent = 0;
+  batchable = true;
+  /** The outcome the fake batch reports for this writer next (then written again). */
+  nextOutcome: BatchOutcome = BatchOutcome.written;
+
+  async sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {
+    this.record(header, chunk, 'alone');
+  }
+  async sendMessage(bytes: Buffer): Promise<void> {
+    this.keepalives.push({ replyRequested: bytes[22] === 1 });
+  }
+  async prefetch(): Promise<void> {}
+  async release(): Promise<void> {}
+  afterWritten(observer: () => void): boolean {
+    observer();
+    return true;
+  }
+
+  record(header: Buffer, chunk: WalChunk, how: Piece['how']): void {
+    assert.equal(header.readUInt32BE(1), 4 + 25 + chunk.byteCount, 'CopyData length covers header and payload');
+    this.pieces.push({ dataStart: header.readBigUInt64BE(6), bytes: chunk.byteCount, how });
+    this.bytesSent += 30 + chunk.byteCount;
+  }
+
+  /** Everything received is contiguous from START; returns where it ends. */
+  contiguousEnd(): Lsn {
+    let position = START;
+    for (const piece of this.pieces) {
+      assert.equal(piece.dataStart, position, 'contiguous');
+      assert.ok(piece.bytes > 0 && piece.bytes <= MAX_SEND_BYTES, 'at most MAX_SEND_BYTES per chunk');
+      position += BigInt(piece.bytes);
+    }
+    return position;
+  }
+}
+
+class FakeBatch implements ChunkBatch {
+  calls: number[] = [];
+  accepts(writer: StreamWriter): boolean {
+    return writer instanceof FakeWriter && writer.batchable;
+  }
+  send(writers: readonly StreamWriter[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined {
+    this.calls.push(count);
+    let errors: (Error | undefined)[] | undefined;
+    for (let index = 0; index < count; index++) {
+      const writer = writers[index] as FakeWriter;
+      const outcome = writer.nextOutcome;
+      writer.nextOutcome = BatchOutcome.written;
+      outcomes[index] = outcome;
+      if (outcome === BatchOutcome.failed) {
+        (errors ??= [])[index] = new Error(`stream ${index} failed`);
+        writer.batchable = false;
+        continue;
+      }
+      writer.record(header, chunk, 'batch');
+      if (outcome === BatchOutcome.full) writer.batchable = false;
+    }
+    return errors;
+  }
+}
+
+/** Storage fake; counts locates (the batch asks once per position and round, not per stream). */
+class FakeSource implements ClosableWalSource {
+  locates = 0;
+  async locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> {
+    this.locates++;
+    const segmentEnd = (lsn / BigInt(SEGMENT_BYTES) + 1n) * BigInt(SEGMENT_BYTES);
+    const until = endLsn < segmentEnd ? endLsn : segmentEnd;
+    return { file: { fd: -1, path: 'fake' }, fileOffset: Number(lsn % BigInt(SEGMENT_BYTES)), byteCount: Number(until - lsn) };
+  }
+  async close(): Promise<void> {}
+}
+
+const perStreamSource: WalSource = new FakeSource();
+
+interface Harness {
+  readonly watch: LsnWatch;
+  readonly batch: FakeBatch;
+  readonly source: FakeSource;
+  readonly batcher: FanoutBatcher;
+  readonly writers: FakeWriter[];
+  readonly ends: Promise<SendWalEnd>[];
+  readonly controller: AbortController;
+  verifies: number;
+  lastReply: number;
+}
+
+function start(streams: number): Harness {
+  const watch = new LsnWatch(START);
+  const batch = new FakeBatch();
+  const source = new FakeSource();
+  const batcher = new FanoutBatcher(watch, SEGMENT_BYTES, batch, () => source);
+  const controller = new AbortController();
+  const harness: Harness = { watch, batch, source, batcher, writers: [], ends: [], controller, verifies: 0, lastReply: Date.now() };
+  for (let index = 0; index < streams; index++) {
+    const writer = new FakeWriter();
+    harness.writers.push(writer);
+    harness.ends.push(
+      sendWal({
+        replicaName: `r${index}`,
+        startLsn: START,
+        segmentBytes: SEGMENT_BYTES,
+        endWatch: watch,
+        source: perStreamSource,
+        prefetchSource: perStreamSource,
+        writer,
+        verify: async () => {
+          harness.verifies++;
+        },
+        signal: controller.signal,
+        stopAtEnd: false,
+        shouldStop: () => false,
+        onSent: () => undefined,
+        replicaTimeoutMs: 60_000,
+        lastReplyAtMs: () => harness.lastReply,
+        keepaliveIntervalMs: 60_000,
+        fanout: batcher,
+      }),
+    );
+  }
+  return harness;
+}
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  for (let attempt = 0; attempt < 2000; attempt++) {
+    if (condition()) return;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  assert.fail(`never: ${what}`);
+}
+
+async function stop(harness: Harness): Promise<SendWalEnd[]> {
+  harness.controller.abort();
+  return Promise.all(harness.ends.map((end) => end.catch((error: unknown) => ({ kind: 'failed', error }) as unknown as SendWalEnd)));
+}
+
+test('caught-up streams are sent each publish in one call per round, storage asked once per round, exactly up to the watch', async () => {
+  const harness = start(5);
+  await until(() => harness.batcher.parkedCount === 5, 'all five parked');
+  const end = START + 300n * 1024n + 5n;
+  harness.watch.advance(end);
+  await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end), 'every stream reached the watch');
+  // 300 KiB: three chunks (MAX_SEND_BYTES each at most), each one call for all five streams.
+  assert.deepEqual(harness.batch.calls, [5, 5, 5]);
+  assert.equal(harness.source.locates, 3, 'one locate per round, not per stream');
+  assert.equal(harness.verifies, 3, 'one verification per round, not per stream');
+  for (const writer of harness.writers) assert.ok(writer.pieces.every((piece) => piece.how === 'batch'));
+  await until(() => harness.batcher.parkedCount === 5, 'parked again, waiting for the next publish');
+  harness.watch.advance(end + 100n);
+  await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end + 100n), 'the next publish');
+  assert.deepEqual(harness.batch.calls, [5, 5, 5, 5]);
+  const ends = await stop(harness);
+  assert.ok(ends.every((result) => result.kind === 'aborted' && result.sentLsn === end + 100n), 'each loop knows what the batch sent');
+  assert.equal(harness.batcher.parkedCount, 0);
+});
+
+test('a stream whose queue reaches its bound leaves the batch and sends on its own; one whose send failed ends with that error', async () => {
+  const harness = start(3);
+  await until(() => harness.batcher.parkedCount === 3, 'all parked');
+  const [full, failing, steady] = harness.writers;
+  assert.ok(full !== undefined && failing !== undefined && steady !== undefined);
+  full.nextOutcome = BatchOutcome.full;
+  failing.nextOutcome = BatchOutcome.failed;
+  const end = START + 200n * 1024n;
+  harness.watch.advance(end);
+  await assert.rejects(harness.ends[1]!, /stream 1 failed/, 'the failed send ends its stream with its error');
+  await until(() => full.contiguousEnd() === end && steady.contiguousEnd() === end, 'the others reached the watch');
+  assert.deepEqual(full.pieces.map((piece) => piece.how), ['batch', 'alone'], 'after the bound, its own sendChunk');
+  assert.ok(steady.pieces.every((piece) => piece.how === 'batch'));
+  assert.equal(failing.pieces.length, 0, 'nothing was recorded for the failed send');
+  assert.ok(harness.batcher.resumed >= 2);
+  await stop(harness);
+});
+
+test('a stream that owes the replica a reply request leaves the batch: the keepalive goes out before its next chunk', async () => {
+  const harness = start(2);
+  await until(() => harness.batcher.parkedCount === 2, 'both parked');
+  // The replica has been silent for longer than half the timeout: the next chunk must be preceded by a request.
+  harness.lastReply = Date.now() - 40_000;
+  const end = START + 1000n;
+  harness.watch.advance(end);
+  await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end), 'both reached the watch');
+  for (const writer of harness.writers) {
+    assert.deepEqual(writer.keepalives, [{ replyRequested: true }]);
+    assert.deepEqual(writer.pieces.map((piece) => piece.how), ['alone']);
+  }
+  assert.deepEqual(harness.batch.calls, [], 'nothing was batched for streams that owed a request');
+  await stop(harness);
+});
