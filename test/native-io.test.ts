@@ -745,6 +745,18 @@ describe('native errors', { skip }, () => {
       assert.throws(() => engine.sendChunk(1, 'header' as unknown as Buffer, 0, 0, 1), TypeError);
       assert.throws(() => engine.sendChunk(1, Buffer.alloc(30), 0, 0, 1 << 20), RangeError);
       assert.throws(() => engine.openStream(1.5), RangeError);
+      const ids = new Float64Array([1, 2]);
+      const statuses = new Int32Array(2);
+      assert.throws(() => engine.sendChunkBatch([1, 2] as unknown as Float64Array, 2, Buffer.alloc(30), 0, 0, 1, statuses), TypeError);
+      assert.throws(() => engine.sendChunkBatch(ids, 2, Buffer.alloc(30), 0, 0, 1, new Uint32Array(2) as unknown as Int32Array), TypeError);
+      assert.throws(() => engine.sendChunkBatch(ids, 0, Buffer.alloc(30), 0, 0, 1, statuses), RangeError);
+      assert.throws(() => engine.sendChunkBatch(ids, 3, Buffer.alloc(30), 0, 0, 1, statuses), RangeError);
+      assert.throws(() => engine.sendChunkBatch(new Float64Array([1.5, 2]), 2, Buffer.alloc(30), 0, 0, 1, statuses), RangeError);
+      assert.throws(() => engine.sendChunkBatch(ids, 2, Buffer.alloc(30), 0, 0, 1 << 20, statuses), RangeError);
+      // Streams that are not open fail one by one, each with its own error at its index.
+      const errors = engine.sendChunkBatch(ids, 2, Buffer.alloc(30), 0, 0, 1, statuses);
+      assert.deepEqual([...statuses], [-1, -1]);
+      assert.ok(errors?.[0] instanceof NativeIoError && errors[0].code === 'EBADF' && errors[1] instanceof NativeIoError);
       // A method called on something that is not an Engine is refused, not unwrapped.
       const openStream = loaded.addon.Engine.prototype.openStream as (this: unknown, fd: number) => number;
       assert.throws(() => openStream.call({}, 1));
