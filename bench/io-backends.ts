@@ -423,10 +423,11 @@ async function coldRuns(options: Options, handles: readonly WalFileHandle[]): Pr
  */
 async function verifyRuns(options: Options, handles: readonly WalFileHandle[]): Promise<void> {
   await ensureSidecars(handles);
+  // --fanout 0 measures the one-receiver case only (for profiling it: docs/benchmarks.md).
   const cases = [
     { label: `1 receiver, ${options.singleBytes / MIB} MiB`, receivers: 1, bytes: options.singleBytes },
     { label: `${options.fanout} receivers, ${options.fanoutBytes / MIB} MiB each`, receivers: options.fanout, bytes: options.fanoutBytes },
-  ];
+  ].filter((entry) => entry.receivers > 0);
   const results = new Map<string, { plain: RunResult[]; verified: RunResult[] }>();
   for (let rep = 0; rep < options.reps; rep++) {
     for (const entry of cases) {

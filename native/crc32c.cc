@@ -5,6 +5,13 @@
 // blocks keep the unit busy (~20+ GB/s), and the lanes are joined with precomputed "append N zero bytes"
 // operators (Mark Adler, crc32c.c, zlib's crc32_combine). An 8 KiB page is 3 × 2720 bytes in three lanes plus 32
 // bytes in one.
+//
+// CPUs with AVX-512 VPCLMULQDQ take a faster path (UpdateFold): carry-less multiplication folds 256 bytes per step
+// (four 64-byte accumulators, "Fast CRC Computation Using PCLMULQDQ", Intel 2009), and the last 16 bytes are
+// reduced with two crc32q. Measured on the 2-vCPU Xeon guest (issue 14): 0.009 CPU s/GB from L2 against 0.032 for
+// the three lanes, and 0.064 from DRAM (the machine's single-core read floor is 0.062) against 0.111, so checking
+// a page that is not in cache costs little more than reading it. A software prefetch 2 KiB ahead gets it there
+// (0.076 without).
 #include "crc32c.h"
 
 #include <setjmp.h>
@@ -20,7 +27,7 @@
 #include "native-errors.h"
 
 #if defined(__x86_64__)
-#include <nmmintrin.h>
+#include <immintrin.h>
 #endif
 
 namespace walcast {
@@ -133,14 +140,142 @@ __attribute__((target("sse4.2"))) uint32_t UpdateHardware(uint32_t state, const 
 }
 
 bool DetectHardware() { return __builtin_cpu_supports("sse4.2") != 0; }
+
+// ---- Folding with VPCLMULQDQ ----
+// A byte string is the polynomial whose first byte's lowest bit is its highest coefficient (CRC-32C is bit-reflected),
+// and crc(S) with a zero start is S(x)·x^32 mod P. A 16-byte block A followed by d - 16 bytes can be replaced by the
+// 16-byte F ≡ A·x^(8d) (mod P) xored onto the block d bytes later: F = A_hi·(x^(8d+64) mod P) + A_lo·(x^(8d) mod P),
+// where A_hi is A's first 8 bytes. A register holds a polynomial reflected (bit j is coefficient x^(127-j)), and a
+// carry-less product of two reflected 64-bit values comes out multiplied by x, so the constants are x^(8d+63) and
+// x^(8d-1) mod P, reflected into 64 bits.
+constexpr uint64_t kPolynomialNormal = 0x11EDC6F41ULL;  // P with its x^32 term, highest coefficient first
+
+constexpr uint32_t XPowModP(uint64_t exponent) {
+  uint64_t remainder = 1;
+  for (uint64_t i = 0; i < exponent; i++) {
+    remainder <<= 1;
+    if ((remainder & (uint64_t{1} << 32)) != 0) remainder ^= kPolynomialNormal;
+  }
+  return static_cast<uint32_t>(remainder);
+}
+
+// A polynomial of degree < 32 as the 64-bit reflected operand of a carry-less multiply (bit j is x^(63-j)).
+constexpr uint64_t Reflect64(uint32_t polynomial) {
+  uint64_t out = 0;
+  for (int i = 0; i < 32; i++) {
+    if ((polynomial & (1U << i)) != 0) out |= uint64_t{1} << (63 - i);
+  }
+  return out;
+}
+
+struct FoldConstants {
+  uint64_t first;   // multiplies the block's first 8 bytes (its low quadword)
+  uint64_t second;  // multiplies its last 8 bytes
+};
+
+constexpr FoldConstants FoldBy(uint64_t distance_bytes) {
+  return {Reflect64(XPowModP(8 * distance_bytes + 63)), Reflect64(XPowModP(8 * distance_bytes - 1))};
+}
+
+// Bytes folded per step: four 64-byte accumulators.
+constexpr size_t kFoldStepBytes = 256;
+// How far ahead of the loads the loop asks for cache lines: lets DRAM keep up with the multiplies (measured best of
+// 512, 2048 and 4096). A prefetch never faults, so reaching past the end of the range or mapping is harmless.
+constexpr size_t kFoldPrefetchBytes = 2048;
+constexpr FoldConstants kFold256 = FoldBy(256);
+constexpr FoldConstants kFold64 = FoldBy(64);
+constexpr FoldConstants kFold48 = FoldBy(48);
+constexpr FoldConstants kFold32 = FoldBy(32);
+constexpr FoldConstants kFold16 = FoldBy(16);
+
+// GCC 12's AVX-512 headers read a deliberately undefined vector (_mm512_undefined_epi32) in broadcast and extract,
+// which -Wmaybe-uninitialized reports at every use; the lanes it stands for are all overwritten.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define WALCAST_FOLD_TARGET __attribute__((target("avx512f,avx512vl,vpclmulqdq,pclmul,sse4.2")))
+
+WALCAST_FOLD_TARGET inline __m512i Fold512(__m512i accumulator, __m512i constants, __m512i next) {
+  // 0x96: three-way xor.
+  return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(accumulator, constants, 0x00),
+                                   _mm512_clmulepi64_epi128(accumulator, constants, 0x11), next, 0x96);
+}
+
+WALCAST_FOLD_TARGET inline __m128i Fold128(__m128i accumulator, FoldConstants constants, __m128i next) {
+  const __m128i k = _mm_set_epi64x(static_cast<long long>(constants.second), static_cast<long long>(constants.first));
+  return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(accumulator, k, 0x00), _mm_clmulepi64_si128(accumulator, k, 0x11)), next);
+}
+
+WALCAST_FOLD_TARGET __m512i Broadcast(FoldConstants constants) {
+  return _mm512_broadcast_i32x4(_mm_set_epi64x(static_cast<long long>(constants.second), static_cast<long long>(constants.first)));
+}
+
+// Needs length >= kFoldStepBytes. The state goes into the first four bytes (crc32q(s, w) = crc32q(0, w xor s)).
+WALCAST_FOLD_TARGET uint32_t UpdateFold(uint32_t state, const uint8_t* data, size_t length) {
+  assert(length >= kFoldStepBytes);
+  __m512i a0 = _mm512_xor_si512(_mm512_loadu_si512(data), _mm512_zextsi128_si512(_mm_cvtsi32_si128(static_cast<int>(state))));
+  __m512i a1 = _mm512_loadu_si512(data + 64);
+  __m512i a2 = _mm512_loadu_si512(data + 128);
+  __m512i a3 = _mm512_loadu_si512(data + 192);
+  data += kFoldStepBytes;
+  length -= kFoldStepBytes;
+  const __m512i step = Broadcast(kFold256);
+  while (length >= kFoldStepBytes) {
+    for (size_t line = 0; line < kFoldStepBytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(data + kFoldPrefetchBytes + line), _MM_HINT_T0);
+    a0 = Fold512(a0, step, _mm512_loadu_si512(data));
+    a1 = Fold512(a1, step, _mm512_loadu_si512(data + 64));
+    a2 = Fold512(a2, step, _mm512_loadu_si512(data + 128));
+    a3 = Fold512(a3, step, _mm512_loadu_si512(data + 192));
+    data += kFoldStepBytes;
+    length -= kFoldStepBytes;
+  }
+  // Four accumulators into one, then its four 16-byte lanes into one.
+  const __m512i by64 = Broadcast(kFold64);
+  a1 = Fold512(a0, by64, a1);
+  a2 = Fold512(a1, by64, a2);
+  a3 = Fold512(a2, by64, a3);
+  __m128i x = _mm512_extracti32x4_epi32(a3, 3);
+  x = Fold128(_mm512_extracti32x4_epi32(a3, 0), kFold48, x);
+  x = Fold128(_mm512_extracti32x4_epi32(a3, 1), kFold32, x);
+  x = Fold128(_mm512_extracti32x4_epi32(a3, 2), kFold16, x);
+  while (length >= 16) {
+    x = Fold128(x, kFold16, _mm_loadu_si128(reinterpret_cast<const __m128i*>(data)));
+    data += 16;
+    length -= 16;
+  }
+  uint64_t crc = _mm_crc32_u64(0, static_cast<uint64_t>(_mm_cvtsi128_si64(x)));
+  crc = _mm_crc32_u64(crc, static_cast<uint64_t>(_mm_extract_epi64(x, 1)));
+  while (length >= 8) {
+    uint64_t word;
+    std::memcpy(&word, data, 8);
+    crc = _mm_crc32_u64(crc, word);
+    data += 8;
+    length -= 8;
+  }
+  while (length > 0) {
+    crc = _mm_crc32_u8(static_cast<uint32_t>(crc), *data++);
+    length--;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+#pragma GCC diagnostic pop
+
+bool DetectFold() {
+  return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512vl") != 0 &&
+         __builtin_cpu_supports("vpclmulqdq") != 0 && __builtin_cpu_supports("pclmul") != 0 && DetectHardware();
+}
 #else
 uint32_t UpdateHardware(uint32_t state, const uint8_t* data, size_t length) {
   return Crc32cUpdateSoftware(state, data, length);
 }
 bool DetectHardware() { return false; }
+constexpr size_t kFoldStepBytes = 256;
+uint32_t UpdateFold(uint32_t state, const uint8_t* data, size_t length) { return UpdateHardware(state, data, length); }
+bool DetectFold() { return false; }
 #endif
 
 const bool kHardware = DetectHardware();
+const bool kFold = DetectFold();
 
 // ---- Reading mapped pages without dying of SIGBUS ----
 // A mapped page past the end of a file that shrank after it was mapped raises SIGBUS when touched. Storage never
@@ -242,6 +377,15 @@ Napi::Value UpdateJs(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), Crc32cUpdate(state, data, length));
 }
 
+// crc32cUpdateLanes: the three-lane crc32q path even where folding is available, so tests cover both.
+Napi::Value UpdateLanesJs(const Napi::CallbackInfo& info) {
+  uint32_t state = 0;
+  const uint8_t* data = nullptr;
+  size_t length = 0;
+  if (!ReadUpdateArguments(info, &state, &data, &length)) return info.Env().Undefined();
+  return Napi::Number::New(info.Env(), kHardware ? UpdateHardware(state, data, length) : Crc32cUpdateSoftware(state, data, length));
+}
+
 Napi::Value UpdateSoftwareJs(const Napi::CallbackInfo& info) {
   uint32_t state = 0;
   const uint8_t* data = nullptr;
@@ -312,6 +456,7 @@ uint32_t UpdateSlices(const uint32_t (*slice)[256], uint32_t state, const uint8_
 }  // namespace
 
 uint32_t Crc32cUpdate(uint32_t state, const uint8_t* data, size_t length) {
+  if (kFold && length >= kFoldStepBytes) return UpdateFold(state, data, length);
   return kHardware ? UpdateHardware(state, data, length) : Crc32cUpdateSoftware(state, data, length);
 }
 
@@ -321,7 +466,9 @@ void RegisterCrc32c(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32cUpdate", Napi::Function::New(env, UpdateJs, "crc32cUpdate"));
   exports.Set("crc32cUpdateSoftware", Napi::Function::New(env, UpdateSoftwareJs, "crc32cUpdateSoftware"));
   exports.Set("crc32cFilePages", Napi::Function::New(env, FilePagesJs, "crc32cFilePages"));
+  exports.Set("crc32cUpdateLanes", Napi::Function::New(env, UpdateLanesJs, "crc32cUpdateLanes"));
   exports.Set("crc32cHardware", Napi::Boolean::New(env, kHardware));
+  exports.Set("crc32cFold", Napi::Boolean::New(env, kFold));
   exports.Set("crc32cFileRangeBytesMax", Napi::Number::New(env, static_cast<double>(kFileRangeBytesMax)));
 }
 

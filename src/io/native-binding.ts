@@ -101,6 +101,8 @@ export interface NativeAddon {
   crc32cUpdate(state: number, bytes: Uint8Array, start: number, end: number): number;
   /** The portable slice-by-8 path, for tests against the hardware one. */
   crc32cUpdateSoftware(state: number, bytes: Uint8Array, start: number, end: number): number;
+  /** The SSE4.2 three-lane path even where crc32cFold is in use, for tests against the folding one. */
+  crc32cUpdateLanes(state: number, bytes: Uint8Array, start: number, end: number): number;
   /** out[i] = CRC-32C of the i-th pageBytes piece of the file range, read through a shared mapping. */
   crc32cFilePages(fd: number, offset: number, byteCount: number, pageBytes: number, out: Uint32Array): void;
   /**
@@ -110,6 +112,8 @@ export interface NativeAddon {
   probeKernelTls(): { state: 'available' | 'unavailable' | 'error'; code: string; step: string };
   /** Whether the CPU's CRC-32C instruction (SSE4.2) is in use. */
   readonly crc32cHardware: boolean;
+  /** Whether crc32cUpdate folds ranges of 256 bytes or more with AVX-512 VPCLMULQDQ (native/crc32c.cc). */
+  readonly crc32cFold: boolean;
   /** Largest byteCount of one crc32cFilePages call. */
   readonly crc32cFileRangeBytesMax: number;
 }

@@ -1,6 +1,7 @@
 /**
- * The addon's CRC-32C (native/crc32c.cc): the hardware path, the software path and the TypeScript one agree on
- * random data at every alignment and length class (the three-lane loop, its joins and the byte tails), and
+ * The addon's CRC-32C (native/crc32c.cc): the hardware paths (VPCLMULQDQ folding where the CPU has it, and the
+ * three-lane crc32q loop), the software path and the TypeScript one agree on random data at every alignment and
+ * length class (the folding steps and their 16-byte and byte tails, the three-lane loop, its joins and tails), and
  * crc32cFilePages checksums the pages of a file range, refusing a range past the end of the file.
  */
 import assert from 'node:assert/strict';
@@ -21,7 +22,7 @@ test('hardware, software and TypeScript CRC-32C agree on random data', { skip },
   const { addon } = loaded;
   if (process.arch === 'x64') assert.equal(addon.crc32cHardware, true, 'every x86-64 CPU this runs on has SSE4.2');
   const data = randomBytes(64 * 1024 + 64);
-  const lengths = [0, 1, 7, 8, 9, 2719, 2720, 8159, 8160, 8161, 8192, 16_384 + 3, 64 * 1024];
+  const lengths = [0, 1, 7, 8, 9, 255, 256, 257, 271, 272, 511, 512, 513, 2719, 2720, 8159, 8160, 8161, 8192, 16_384 + 3, 64 * 1024];
   for (let round = 0; round < 200; round++) lengths.push(randomInt(0, 64 * 1024));
   for (const length of lengths) {
     const start = randomInt(0, 64);
@@ -29,8 +30,11 @@ test('hardware, software and TypeScript CRC-32C agree on random data', { skip },
     const expected = crc32cUpdate(state, data, start, start + length);
     assert.equal(addon.crc32cUpdate(state, data, start, start + length), expected, `hardware, length ${length} at ${start}`);
     assert.equal(addon.crc32cUpdateSoftware(state, data, start, start + length), expected, `software, length ${length} at ${start}`);
+    assert.equal(addon.crc32cUpdateLanes(state, data, start, start + length), expected, `three lanes, length ${length} at ${start}`);
   }
   assert.equal(addon.crc32cUpdate(CRC32C_INITIAL, Buffer.from('123456789'), 0, 9) ^ 0xffffffff, 0xe3069283 | 0);
+  // Which path ran is logged, so a run on a CPU without VPCLMULQDQ says it did not cover folding.
+  console.log(`crc32cFold: ${addon.crc32cFold}`);
 });
 
 test('crc32cFilePages checksums each page of a range and refuses one past the end of the file', { skip }, () => {
