@@ -321,13 +321,6 @@ bool ChecksumMappedPages(const uint8_t* base, size_t bytes, size_t page_bytes, u
   return true;
 }
 
-// One cache of mappings for checksums, separate from the send engine's (io-engine.cc) so neither reaches into
-// the other; both map the same page-cache pages, so the extra cost is page-table entries, not memory.
-FileMapCache& ChecksumMaps() {
-  static FileMapCache maps;
-  return maps;
-}
-
 bool ReadInteger(const Napi::CallbackInfo& info, size_t index, const char* name, int64_t minimum, int64_t maximum,
                  int64_t* target) {
   if (!info[index].IsNumber()) {
@@ -414,7 +407,7 @@ Napi::Value FilePagesJs(const Napi::CallbackInfo& info) {
     return info.Env().Undefined();
   }
   Failure failure;
-  std::shared_ptr<FileMap> map = ChecksumMaps().Get(static_cast<int>(fd), static_cast<uint64_t>(offset + byte_count), &failure);
+  std::shared_ptr<FileMap> map = ThreadFileMaps().Get(static_cast<int>(fd), static_cast<uint64_t>(offset + byte_count), &failure);
   if (!map) {
     ThrowNativeError(info.Env(), failure);
     return info.Env().Undefined();

@@ -56,6 +56,11 @@ std::shared_ptr<FileMap> FileMapCache::Get(int fd, uint64_t end_offset, Failure*
   return map;
 }
 
+FileMapCache& ThreadFileMaps() {
+  thread_local FileMapCache maps;
+  return maps;
+}
+
 void FileMapCache::KeepRecent(const std::shared_ptr<FileMap>& map) {
   if (!recent_.empty() && recent_.front() == map) return;
   recent_.push_front(map);

@@ -282,7 +282,8 @@ class Engine {
   std::vector<Event> events_;
   // SendChunkBatch's header + payload copy (kBatchCopyBytesMax + kHeaderBytesMax at most), reused across calls.
   std::vector<uint8_t> batch_bytes_;
-  FileMapCache maps_;
+  // The thread's shared cache (file-maps.h): page checksums map the same files, and a send reuses their page tables.
+  FileMapCache& maps_ = ThreadFileMaps();
   std::unordered_map<uint64_t, PrefetchRead> reads_in_flight_;
   std::deque<PrefetchRead> reads_waiting_;
   // Files with a prefetch request being worked on, each with the requests for it that wait their turn.
