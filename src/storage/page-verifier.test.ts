@@ -1,7 +1,8 @@
 /**
  * The page verifier on real files written by the real WAL writer: full pages against the sidecar, the page being
- * filled against the writer's copy, one checksum per page however many replicas ask, corruption refused with the
- * verified prefix, logged and counted once, quarantined until the page verifies again, and pages nobody recorded.
+ * filled against the writer's copy, one checksum per page however many replicas ask (one after another or at once),
+ * corruption refused with the verified prefix, logged and counted once, quarantined until the page verifies again,
+ * and pages nobody recorded.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -137,6 +138,31 @@ test('streams woken together share one check of the tail prefix; a damaged tail 
   assert.deepEqual(goodBytes, [WAL_PAGE_BYTES, ...atTail.map(() => 0)], 'each refused, each with its own verified prefix');
   assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1, 'logged once');
   await writer.close();
+});
+
+test('streams reaching the same recorded pages together share one check of each; a damaged one is refused to each of them', async () => {
+  const { writer } = await writeWal(24 * WAL_PAGE_BYTES);
+  await writer.close();
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const checksummer = new CountingChecksummer();
+  const { context, lines } = captureLog();
+  // The segment's sidecar is read, so the concurrent verifies below start without any I/O of their own.
+  await verifier.verify(chunkOf(0, WAL_PAGE_BYTES), 0n, context(checksummer));
+  // 100 fanned-out streams at the same position, all asking before any check finished.
+  const same = (): Promise<void> => verifier.verify(chunkOf(WAL_PAGE_BYTES, 16 * WAL_PAGE_BYTES), BigInt(WAL_PAGE_BYTES), context(checksummer));
+  await Promise.all(Array.from({ length: 100 }, same));
+  assert.equal(checksummer.pages, 17, 'pages 1..16 checksummed once for 100 concurrent streams');
+  // Overlapping ranges, one of them damaged: each stream is refused with its own verified prefix, logged once.
+  const bad = Buffer.alloc(WAL_PAGE_BYTES);
+  readSync(fd, bad, 0, WAL_PAGE_BYTES, 20 * WAL_PAGE_BYTES);
+  bad[99]! ^= 0x01;
+  writeSync(fd, bad, 0, WAL_PAGE_BYTES, 20 * WAL_PAGE_BYTES);
+  const starts = [17, 18, 18, 19, 17].map((page) => page * WAL_PAGE_BYTES);
+  const results = await Promise.allSettled(starts.map((start) => verifier.verify(chunkOf(start, 22 * WAL_PAGE_BYTES - start), BigInt(start), context(checksummer))));
+  const goodBytes = results.map((result) => (result.status === 'rejected' && result.reason instanceof WalCorruptionError ? result.reason.goodBytes : -1));
+  assert.deepEqual(goodBytes, starts.map((start) => 20 * WAL_PAGE_BYTES - start), 'each refused at the damaged page');
+  assert.equal(verifier.corruptionsDetected, 1);
+  assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1, 'logged once');
 });
 
 test('a damaged page is refused with the verified prefix, logged and counted once, and served again once repaired', async () => {
