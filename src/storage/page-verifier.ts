@@ -92,9 +92,11 @@ interface SegmentState {
    * Pages whose check is under way, with that check. Streams fanned out from the same position reach a page together,
    * and its bit is set only when the first check's continuation runs: without this each checksummed it (measured
    * at 100 receivers: ~2.5× the verification of one pass, issue 14). A stream meeting a page here waits for that
-   * check and checks on its own only if the page did not verify.
+   * check and checks on its own only if the page did not verify. Runs [first, end), not pages: a Map entry per page
+   * cost a set and a delete per page, visible in the one-receiver profile; at most one run per stream checking this
+   * segment is under way, usually none or one.
    */
-  readonly checking: Map<number, Promise<void>>;
+  readonly checking: { readonly first: number; readonly end: number; readonly done: Promise<void> }[];
   warnedUnverifiable: boolean;
 }
 
@@ -132,7 +134,7 @@ export class PageVerifier {
         page++;
         continue;
       }
-      const underWay = state.checking.get(page);
+      const underWay = checkUnderWay(state, page);
       if (underWay !== undefined) {
         await underWay.catch(() => undefined);
         if (isVerified(state, page)) {
@@ -141,13 +143,13 @@ export class PageVerifier {
         }
       }
       let runEnd = page + 1;
-      while (runEnd < endPage && !isVerified(state, runEnd) && !state.checking.has(runEnd)) runEnd++;
-      const done = this.verifyRun(state, segno, page, runEnd, chunk, context);
-      for (let checked = page; checked < runEnd; checked++) state.checking.set(checked, done);
+      while (runEnd < endPage && !isVerified(state, runEnd) && checkUnderWay(state, runEnd) === undefined) runEnd++;
+      const run = { first: page, end: runEnd, done: this.verifyRun(state, segno, page, runEnd, chunk, context) };
+      state.checking.push(run);
       try {
-        await done;
+        await run.done;
       } finally {
-        for (let checked = page; checked < runEnd; checked++) if (state.checking.get(checked) === done) state.checking.delete(checked);
+        state.checking.splice(state.checking.indexOf(run), 1);
       }
       page = runEnd;
     }
@@ -314,7 +316,7 @@ export class PageVerifier {
       tailPage: -1,
       tailBytes: 0,
       tailCheck: undefined,
-      checking: new Map(),
+      checking: [],
       warnedUnverifiable: false,
     };
     this.segments.set(segno, state);
@@ -325,6 +327,12 @@ export class PageVerifier {
 
 function isVerified(state: SegmentState, page: number): boolean {
   return (state.verified[page >> 3]! & (1 << (page & 7))) !== 0;
+}
+
+/** The check under way that covers the page, if any. */
+function checkUnderWay(state: SegmentState, page: number): Promise<void> | undefined {
+  for (const run of state.checking) if (page >= run.first && page < run.end) return run.done;
+  return undefined;
 }
 
 function setVerified(state: SegmentState, page: number): void {
