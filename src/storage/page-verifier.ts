@@ -91,7 +91,7 @@ interface SegmentState {
   /**
    * Pages whose check is under way, with that check. Streams fanned out from the same position reach a page together,
    * and its bit is set only when the first check's continuation runs: without this each checksummed it (measured
-   * at 100 receivers: ~2.5× the verification of one pass, issue 14). A stream meeting a page here waits for that
+   * at 100 receivers: ~3× the verification of one pass, issue 14). A stream meeting a page here waits for that
    * check and checks on its own only if the page did not verify. Runs [first, end), not pages: a Map entry per page
    * cost a set and a delete per page, visible in the one-receiver profile; at most one run per stream checking this
    * segment is under way, usually none or one.
