@@ -40,6 +40,14 @@ import { PARTIAL_SUFFIX, isSegmentFileName, segmentFileName, segmentOf, segmentS
 export const VERIFIED_SEGMENTS_MAX = 64;
 /** Pages quarantined per timeline before the oldest is forgotten (it is still refused: it never verifies). */
 export const QUARANTINED_PAGES_MAX = 1024;
+/**
+ * Checksum result arrays kept for reuse, and the smallest one made (pages: 256 KiB of WAL, two full chunks). A fresh
+ * small Uint32Array per check lives on V8's heap, and the addon reading it made V8 move it off the heap with a
+ * malloc, freed again by the GC: visible in the one-receiver profile (issue 14). Checks of different streams may be
+ * under way at once, so results are not shared, only recycled once read.
+ */
+const SPARE_RESULTS_MAX = 8;
+const RESULT_PAGES_MIN = 32;
 
 /** Computes the CRC-32C of each page-sized piece of a file range: the I/O backend's `checksumPages`. */
 export interface PageChecksummer {
@@ -107,6 +115,7 @@ export class PageVerifier {
   /** Quarantined pages by "segno:page", with where they are. */
   private readonly quarantine = new Map<string, { readonly path: string; readonly fileOffset: number }>();
   private readonly pagesPerSegment: number;
+  private readonly spareResults: Uint32Array[] = [];
 
   constructor(
     private readonly dir: string,
@@ -172,16 +181,20 @@ export class PageVerifier {
       this.truncatedOrRethrow(error, state, segno, firstPage, endPage, chunk, context),
     );
     const chunkEnd = chunk.fileOffset + chunk.byteCount;
-    for (let page = firstPage; page < endPage; page++) {
-      if (actual[page - firstPage] !== state.sidecar[page]) {
-        // The sidecar may have changed since it was read (a writer resumed a closed partial page): reread once.
-        state.sidecar = await readSidecar(state.sidecarPath, 0);
-        if (actual[page - firstPage] !== state.sidecar[page]) this.fail(state, segno, page, chunk, context, actual[page - firstPage], state.sidecar[page]);
+    try {
+      for (let page = firstPage; page < endPage; page++) {
+        if (actual[page - firstPage] !== state.sidecar[page]) {
+          // The sidecar may have changed since it was read (a writer resumed a closed partial page): reread once.
+          state.sidecar = await readSidecar(state.sidecarPath, 0);
+          if (actual[page - firstPage] !== state.sidecar[page]) this.fail(state, segno, page, chunk, context, actual[page - firstPage], state.sidecar[page]);
+        }
+        this.passed(state, segno, page, context);
+        // A page is done for good once a later page is recorded or it lies below what may be sent: only the last
+        // recorded page can be a closed writer's partial one, which a resumed writer extends and records anew.
+        if (page + 1 < state.sidecar.length || (page + 1) * WAL_PAGE_BYTES <= chunkEnd) setVerified(state, page);
       }
-      this.passed(state, segno, page, context);
-      // A page is done for good once a later page is recorded or it lies below what may be sent: only the last
-      // recorded page can be a closed writer's partial one, which a resumed writer extends and records anew.
-      if (page + 1 < state.sidecar.length || (page + 1) * WAL_PAGE_BYTES <= chunkEnd) setVerified(state, page);
+    } finally {
+      this.recycle(actual);
     }
   }
 
@@ -216,8 +229,10 @@ export class PageVerifier {
       this.warnUnverifiable(state, page, context);
       return;
     }
-    const actual = await this.checksum(state, pageOffset, prefixBytes, chunk, context);
-    if (actual[0] !== expected) this.fail(state, segno, page, chunk, context, actual[0], expected);
+    const results = await this.checksum(state, pageOffset, prefixBytes, chunk, context);
+    const actual = results[0];
+    this.recycle(results);
+    if (actual !== expected) this.fail(state, segno, page, chunk, context, actual, expected);
     this.passed(state, segno, page, context);
     // Never shrink: a shorter check finishing after a longer one of the same page must not undo it.
     if (state.tailPage !== page || state.tailBytes < prefixBytes) {
@@ -226,11 +241,23 @@ export class PageVerifier {
     }
   }
 
+  /** The page checksums of the range, in an array at least that long; hand it to recycle() once read. */
   private async checksum(state: SegmentState, fileOffset: number, byteCount: number, chunk: WalChunk, context: VerifyContext): Promise<Uint32Array> {
-    const out = new Uint32Array(Math.ceil(byteCount / WAL_PAGE_BYTES));
-    await context.checksummer.checksumPages({ file: chunk.file, fileOffset, byteCount }, WAL_PAGE_BYTES, out);
+    const pages = Math.ceil(byteCount / WAL_PAGE_BYTES);
+    const spare = this.spareResults.pop();
+    const out = spare !== undefined && spare.length >= pages ? spare : new Uint32Array(Math.max(pages, RESULT_PAGES_MIN));
+    try {
+      await context.checksummer.checksumPages({ file: chunk.file, fileOffset, byteCount }, WAL_PAGE_BYTES, out);
+    } catch (error) {
+      this.recycle(out);
+      throw error;
+    }
     assert.ok(state.path.length > 0, 'a segment state names its file');
     return out;
+  }
+
+  private recycle(results: Uint32Array): void {
+    if (this.spareResults.length < SPARE_RESULTS_MAX) this.spareResults.push(results);
   }
 
   /**
