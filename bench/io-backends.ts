@@ -235,6 +235,7 @@ async function streamOne(backend: IoBackend, socket: Socket, handles: readonly W
     prefetchSource: source,
     writer,
     verify: verifier === undefined ? undefined : (chunk, chunkLsn) => verifier.verify(chunk, chunkLsn, { checksummer: backend, tail: undefined, log }),
+    verifyNow: verifier === undefined ? undefined : (chunk, chunkLsn) => verifier.verifyNow(chunk, chunkLsn, { checksummer: backend, tail: undefined, log }),
     signal: new AbortController().signal,
     stopAtEnd: true,
     shouldStop: () => true,

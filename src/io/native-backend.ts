@@ -225,6 +225,10 @@ class NativeBackend implements IoBackend {
 
   /** In place in the page cache, with the CPU's CRC-32C instruction (native/crc32c.cc). */
   async checksumPages(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
+    this.checksumPagesNow(chunk, pageBytes, out);
+  }
+
+  checksumPagesNow(chunk: WalChunk, pageBytes: number, out: Uint32Array): void {
     validateChunk(chunk, this.addon.crc32cFileRangeBytesMax);
     if (!Number.isInteger(pageBytes) || pageBytes <= 0) throw new RangeError(`pageBytes must be a positive integer, got ${pageBytes}`);
     if (out.length < Math.ceil(chunk.byteCount / pageBytes)) throw new RangeError('out must hold a checksum per page');

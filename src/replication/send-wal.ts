@@ -97,6 +97,8 @@ export interface SendWalOptions {
    * with WalCorruptionError, whose verified prefix is sent before the stream ends. Absent only in unit tests.
    */
   readonly verify?: (chunk: WalChunk, chunkLsn: Lsn) => Promise<void>;
+  /** verify's synchronous attempt (PageVerifier.verifyNow): true when the chunk is verified; else verify runs. */
+  readonly verifyNow?: (chunk: WalChunk, chunkLsn: Lsn) => boolean;
   /** Aborted when the replica ends the stream (CopyDone, disconnect, bad feedback) or the server stops. */
   readonly signal: AbortSignal;
   /** Recovery/term streams: end once everything up to the end watch at that moment was sent. */
@@ -215,7 +217,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       const chunkBytes = chunk.byteCount;
       assert.ok(chunkBytes > 0 && chunkBytes <= lsnDistance(wantedEnd, sentLsn), 'storage returned a chunk inside the range asked for');
       const chunkEnd = sentLsn + BigInt(chunkBytes);
-      await verifyChunk(options, header, chunk, sentLsn);
+      if (options.verifyNow?.(chunk, sentLsn) !== true) await verifyChunk(options, header, chunk, sentLsn);
       // walEnd is always the current end (never 0/0: Neon #3972, reconnect storms on some clients).
       writeXLogDataHeader(header, sentLsn, endWatch.get(), pgNowMicros(), chunkBytes);
       await options.writer.sendChunk(header, chunk);

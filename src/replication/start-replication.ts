@@ -197,6 +197,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       prefetchSource,
       writer,
       verify: (chunk, chunkLsn) => timeline.pages.verify(chunk, chunkLsn, { checksummer: context.backend, tail: timeline.tailPages(), log }),
+      verifyNow: (chunk, chunkLsn) => timeline.pages.verifyNow(chunk, chunkLsn, { checksummer: context.backend, tail: undefined, log }),
       signal: stopController.signal,
       stopAtEnd: request.recovery,
       timelineEnd: () => timeline.pgTimelineEnd(request.pgTimelineId)?.switchLsn,

@@ -165,6 +165,48 @@ test('streams reaching the same recorded pages together share one check of each;
   assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1, 'logged once');
 });
 
+/** A checksummer that can answer synchronously too, as the native backend does. */
+class SyncCountingChecksummer extends CountingChecksummer {
+  checksumPagesNow(chunk: WalChunk, pageBytes: number, out: Uint32Array): void {
+    const bytes = Buffer.alloc(chunk.byteCount);
+    if (readSync(chunk.file.fd, bytes, 0, chunk.byteCount, chunk.fileOffset) < chunk.byteCount) throw new Error('short read');
+    for (let offset = 0, index = 0; offset < chunk.byteCount; offset += pageBytes, index++) {
+      out[index] = crc32c(bytes, offset, Math.min(offset + pageBytes, chunk.byteCount));
+      this.pages++;
+    }
+  }
+}
+
+test('verifyNow checks recorded pages without waiting, and leaves everything else (and every failure) to verify', async () => {
+  const { writer } = await writeWal(12 * WAL_PAGE_BYTES + 500);
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const checksummer = new SyncCountingChecksummer();
+  const { context, lines } = captureLog();
+  assert.equal(verifier.verifyNow(chunkOf(0, WAL_PAGE_BYTES), 0n, context(checksummer, writer)), false, 'the sidecar is not read yet');
+  assert.equal(checksummer.pages, 0);
+  await verifier.verify(chunkOf(0, WAL_PAGE_BYTES), 0n, context(checksummer, writer));
+  assert.equal(verifier.verifyNow(chunkOf(WAL_PAGE_BYTES + 10, 4 * WAL_PAGE_BYTES), BigInt(WAL_PAGE_BYTES + 10), context(checksummer, writer)), true);
+  assert.equal(checksummer.pages, 1 + 5, 'pages 1..5 checksummed synchronously');
+  assert.equal(verifier.verifyNow(chunkOf(2 * WAL_PAGE_BYTES, 2 * WAL_PAGE_BYTES), BigInt(2 * WAL_PAGE_BYTES), context(checksummer, writer)), true);
+  assert.equal(checksummer.pages, 6, 'verified pages are not checksummed again');
+  assert.equal(verifier.verifyNow(chunkOf(12 * WAL_PAGE_BYTES, 500), BigInt(12 * WAL_PAGE_BYTES), context(checksummer, writer)), false, 'the live page is checked against the writer by verify');
+  assert.equal(verifier.verifyNow(chunkOf(0, 4 * WAL_PAGE_BYTES), 0n, context(new CountingChecksummer(), writer)), true, 'nothing left to check');
+  assert.equal(verifier.verifyNow(chunkOf(6 * WAL_PAGE_BYTES, WAL_PAGE_BYTES), BigInt(6 * WAL_PAGE_BYTES), context(new CountingChecksummer(), writer)), false, 'a checksummer without checksumPagesNow');
+  // A damaged page: verifyNow marks nothing and verify refuses it, logged and counted once.
+  const bad = Buffer.alloc(WAL_PAGE_BYTES);
+  readSync(fd, bad, 0, WAL_PAGE_BYTES, 8 * WAL_PAGE_BYTES);
+  bad[5]! ^= 0x80;
+  writeSync(fd, bad, 0, WAL_PAGE_BYTES, 8 * WAL_PAGE_BYTES);
+  const damaged = chunkOf(7 * WAL_PAGE_BYTES, 3 * WAL_PAGE_BYTES);
+  assert.equal(verifier.verifyNow(damaged, BigInt(7 * WAL_PAGE_BYTES), context(checksummer, writer)), false);
+  assert.equal(verifier.corruptionsDetected, 0, 'verifyNow decides nothing about a mismatch');
+  await assert.rejects(verifier.verify(damaged, BigInt(7 * WAL_PAGE_BYTES), context(checksummer, writer)), (error: unknown) => error instanceof WalCorruptionError && error.goodBytes === WAL_PAGE_BYTES);
+  assert.equal(verifier.verifyNow(damaged, BigInt(7 * WAL_PAGE_BYTES), context(checksummer, writer)), false, 'still refused');
+  assert.equal(verifier.corruptionsDetected, 1);
+  assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1);
+  await writer.close();
+});
+
 test('a damaged page is refused with the verified prefix, logged and counted once, and served again once repaired', async () => {
   const { writer } = await writeWal(8 * WAL_PAGE_BYTES);
   await writer.close();
