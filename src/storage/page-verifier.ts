@@ -10,6 +10,8 @@
  * residency, and the backend computes it (the native one in place in the page cache with the CPU's CRC-32C
  * instruction; the TS one after a read). The page being filled by live ingest has no sidecar entry yet: its
  * prefix is checked against the writer's in-memory copy (`TailPageSource`), per prefix length, shared likewise.
+ * The sender first calls `verifyNow`, which does the common case (pages verified already, or recorded pages the
+ * backend can checksum synchronously) without a promise; anything else, every failure included, goes to `verify`.
  *
  * What it catches: any change to a page's stored bytes between the moment its checksum was recorded (from the
  * bytes ingest received, import copied or recovery re-validated) and the moment the page is first verified in
