@@ -257,6 +257,44 @@ test('pages without a recorded checksum (segments from before sidecars) are sent
   assert.equal(lines.filter((line) => /without a recorded checksum/.test(line.msg)).length, 1);
 });
 
+test('pages without a recorded checksum are settled: other streams do not read the sidecar for them again', async () => {
+  const { writer } = await writeWal(4 * WAL_PAGE_BYTES);
+  await writer.close();
+  unlinkSync(join(dir, `${SEGMENT}.crc`));
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const checksummer = new CountingChecksummer();
+  const { context, lines } = captureLog();
+  await verifier.verify(chunkOf(0, 2 * WAL_PAGE_BYTES), 0n, context(checksummer));
+  // A directory in the sidecar's place makes any read of it fail: a reread would reject from here on.
+  const sidecar = sidecarPathFor(dir, SEGMENT);
+  mkdirSync(sidecar);
+  for (let replica = 0; replica < 100; replica++) await verifier.verify(chunkOf(0, 2 * WAL_PAGE_BYTES), 0n, context(checksummer));
+  assert.equal(checksummer.pages, 0, 'nothing to check them against');
+  assert.equal(lines.filter((line) => /without a recorded checksum/.test(line.msg)).length, 1);
+  // verifyNow now answers for them too, without a promise.
+  assert.equal(verifier.verifyNow(chunkOf(0, 2 * WAL_PAGE_BYTES), 0n, context(checksummer)), true);
+  rmdirSync(sidecar);
+});
+
+test('a complete segment (NAME) without a sidecar reads it once for the whole segment', async () => {
+  // A complete segment without a sidecar, as one from before sidecars existed.
+  const segmentPath = join(dir, SEGMENT);
+  writeFileSync(segmentPath, randomBytes(SEGMENT_BYTES));
+  fd = openSync(segmentPath, 'r');
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const { context, lines } = captureLog();
+  const chunkAt = (page: number): WalChunk => ({ file: { fd, path: segmentPath, identity: 'complete-file' }, fileOffset: page * WAL_PAGE_BYTES, byteCount: 16 * WAL_PAGE_BYTES });
+  await verifier.verify(chunkAt(0), 0n, context(new CountingChecksummer()));
+  const sidecar = sidecarPathFor(dir, SEGMENT);
+  mkdirSync(sidecar);
+  // Every later chunk of the segment, ending mid-page included: no reread (it would fail on the directory).
+  for (let page = 16; page < SEGMENT_BYTES / WAL_PAGE_BYTES; page += 16) await verifier.verify(chunkAt(page), BigInt(page * WAL_PAGE_BYTES), context(new CountingChecksummer()));
+  const midPage: WalChunk = { file: { fd, path: segmentPath, identity: 'complete-file' }, fileOffset: 0, byteCount: 100 };
+  await verifier.verify(midPage, 0n, context(new CountingChecksummer()));
+  assert.equal(lines.filter((line) => /without a recorded checksum/.test(line.msg)).length, 1, 'one warning for the segment');
+  rmdirSync(sidecar);
+});
+
 test('a segment read from another directory (fetched back from object storage) is verified against the sidecar next to it', async () => {
   // The segment cache keeps fetched segments and their sidecars in its own directory; the timeline directory has
   // neither any more (retention removed them), so the sidecar must be looked up next to the file actually read.

@@ -110,6 +110,13 @@ interface SegmentState {
    */
   readonly checking: { readonly first: number; readonly end: number; readonly done: Promise<void> }[];
   warnedUnverifiable: boolean;
+  /**
+   * The sidecar as read is all it will ever hold for this file: it was read while the file was a complete segment
+   * (NAME, not NAME.partial), which no writer appends to (ingest writes NAME.partial and renames it when full; import
+   * and the segment cache put the sidecar in place before the segment). Then a page without an entry has none for
+   * good, and the sidecar is not read again for it.
+   */
+  sidecarFinal: boolean;
 }
 
 export class PageVerifier {
@@ -224,10 +231,42 @@ export class PageVerifier {
     // which has none: verifyUnrecorded checks it against the writer and rereads the sidecar itself if the writer has
     // moved on. Rereading for it here cost every live stream an open + stat + read + close per publish: a third of
     // the event loop at 1,000 waiting replicas (profiled, issue 13).
-    if (state.sidecar.length < endPage - 1) state.sidecar = await readSidecar(state.sidecarPath, 0);
+    let readNow = false;
+    if (state.sidecar.length < endPage - 1 && !state.sidecarFinal) {
+      await this.rereadSidecar(state, chunk);
+      readNow = true;
+    }
     const recordedEnd = Math.min(endPage, state.sidecar.length);
     if (recordedEnd > firstPage) await this.verifyRecorded(state, segno, firstPage, recordedEnd, chunk, context);
-    for (let page = Math.max(firstPage, recordedEnd); page < endPage; page++) await this.verifyUnrecorded(state, segno, page, chunk, context);
+    const chunkEnd = chunk.fileOffset + chunk.byteCount;
+    for (let page = Math.max(firstPage, recordedEnd); page < endPage; page++) {
+      // Ingest appends a page's entry when the page fills, before the flush that publishes it, so a page this chunk
+      // holds whole (it lies below the published position) without an entry in a sidecar read since the chunk was
+      // located has none: an old segment's. Only the writer's partial page, which the chunk ends in, is asked about.
+      // Before, each such page reread the sidecar (a failed open per page per stream on segments from before
+      // sidecars: ~2.8 CPU s/GB, issue 13) and stayed unsettled, so every stream paid it again.
+      if ((readNow || state.sidecarFinal) && (page + 1) * WAL_PAGE_BYTES <= chunkEnd) {
+        this.settleUnrecorded(state, page, context);
+        continue;
+      }
+      await this.verifyUnrecorded(state, segno, page, chunk, context);
+    }
+  }
+
+  /** Reads the sidecar next to the chunk's file again; final when the file is a complete segment (see sidecarFinal). */
+  private async rereadSidecar(state: SegmentState, chunk: WalChunk): Promise<void> {
+    const complete = !chunk.file.path.endsWith(PARTIAL_SUFFIX);
+    state.sidecar = await readSidecar(state.sidecarPath, 0);
+    if (complete) state.sidecarFinal = true;
+  }
+
+  /**
+   * A page with no recorded checksum is sent unverified (one warning per segment) and settled: its bit is set, so no
+   * stream asks again while this state lives. A re-import that records it replaces the file, hence the state.
+   */
+  private settleUnrecorded(state: SegmentState, page: number, context: VerifyContext): void {
+    this.warnUnverifiable(state, page, context);
+    setVerified(state, page);
   }
 
   private async verifyRecorded(state: SegmentState, segno: bigint, firstPage: number, endPage: number, chunk: WalChunk, context: VerifyContext): Promise<void> {
@@ -278,9 +317,11 @@ export class PageVerifier {
     const expected = context.tail?.tailPagePrefixCrc(pageLsn, prefixBytes);
     if (expected === undefined) {
       // The page filled meanwhile (its entry is in the sidecar now), or nobody recorded it (an old segment).
-      state.sidecar = await readSidecar(state.sidecarPath, 0);
+      if (!state.sidecarFinal) await this.rereadSidecar(state, chunk);
       if (page < state.sidecar.length) return this.verifyRecorded(state, segno, page, page + 1, chunk, context);
-      this.warnUnverifiable(state, page, context);
+      // Settled when nothing can record it any more: the sidecar is final, or the chunk holds the page whole.
+      if (state.sidecarFinal || (page + 1) * WAL_PAGE_BYTES <= chunk.fileOffset + chunk.byteCount) this.settleUnrecorded(state, page, context);
+      else this.warnUnverifiable(state, page, context);
       return;
     }
     const results = await this.checksum(state, pageOffset, prefixBytes, chunk, context);
@@ -402,6 +443,7 @@ export class PageVerifier {
       tailCheck: undefined,
       checking: [],
       warnedUnverifiable: false,
+      sidecarFinal: false,
     };
     this.segments.set(segno, state);
     if (this.segments.size > VERIFIED_SEGMENTS_MAX) this.segments.delete(this.segments.keys().next().value as bigint);
