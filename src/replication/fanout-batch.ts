@@ -24,6 +24,7 @@
  * backend wait on the watch as before, so a mix of both works side by side. Recovery streams never park.
  */
 import assert from 'node:assert/strict';
+import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { BatchOutcome, type ChunkBatch, type StreamWriter, type WalChunk } from '../io/backend.js';
 import type { Lsn } from '../lsn.js';
@@ -45,7 +46,7 @@ interface EndWatch {
 interface PublishClock {
   waiting(sentLsn: Lsn): void;
   chunkAccepted(throughLsn: Lsn): boolean;
-  written(throughLsn: Lsn): void;
+  written(throughLsn: Lsn, atMs?: number): void;
 }
 
 /** A reader the batcher owns (its segment pinned while streams are parked): the storage WalReader. */
@@ -274,6 +275,9 @@ export class FanoutBatcher {
     // walEnd is the watch now, as the stream loop writes it right before its send.
     writeXLogDataHeader(this.header, chunkLsn, this.watch.get(), pgNowMicros(), chunk.byteCount);
     const errors = this.batch.send(writers, members.length, this.header, chunk, this.outcomes);
+    // The bytes of every stream the call wrote whole reached their sockets by now: one clock read stamps them all,
+    // so the bookkeeping below (per stream) is not counted as the later streams' publish -> socket time.
+    const writtenAtMs = performance.now();
     writers.length = 0;
     this.batches++;
     this.chunksBatched += members.length;
@@ -294,7 +298,7 @@ export class FanoutBatcher {
       const clock = participant.publishClock;
       if (clock !== undefined && clock.chunkAccepted(chunkEnd)) {
         // Written means handed to the kernel: the clock stops now, without asking the backend.
-        if (outcome === BatchOutcome.written) clock.written(chunkEnd);
+        if (outcome === BatchOutcome.written) clock.written(chunkEnd, writtenAtMs);
         else participant.writer.afterWritten(() => clock.written(chunkEnd));
       }
       // As the loop does when it comes back to an empty range: from here the stream waits on the watch again.

@@ -2,6 +2,7 @@
  * The publish timing bookkeeping on its own: which publishes a stream owes, when they count, and its bounds.
  */
 import assert from 'node:assert/strict';
+import { performance } from 'node:perf_hooks';
 import { test } from 'node:test';
 import { LsnWatch } from './lsn-watch.js';
 import { LatencyHistogram, OWED_PUBLISHES_PER_STREAM_MAX, PUBLISH_LATENCY_BUCKETS_SECONDS, PublishTiming } from './publish-timing.js';
@@ -59,4 +60,21 @@ test('a stream that owes more than the bound is dropped from the timing until it
   assert.equal(timing.publishToSocket.busy.count, 0);
   slow.waiting(watch.get());
   assert.equal(timing.liveStreams(), 2);
+});
+
+test('a written report stamped by the caller (one clock read for a whole batch) counts from the publish to that stamp', async () => {
+  const timing = new PublishTiming();
+  const watch = new LsnWatch(0n, timing);
+  const stream = timing.openStream();
+  stream.waiting(0n);
+  watch.advance(100n);
+  assert.equal(stream.chunkAccepted(100n), true);
+  const stampMs = performance.now();
+  // Bookkeeping after the write that takes longer than the 2.5 ms bucket must not be counted.
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  stream.written(100n, stampMs);
+  assert.equal(timing.fanout.count, 1);
+  assert.ok(timing.fanout.sumSeconds < 0.025, `counted until the stamp, not until the report: ${timing.fanout.sumSeconds} s`);
+  assert.equal(timing.publishToSocket.waiting.count, 1);
+  assert.ok(timing.publishToSocket.waiting.sumSeconds < 0.025);
 });

@@ -81,8 +81,11 @@ export interface StreamPublishClock {
    * no earlier report covers: the caller then asks the backend to call `written(throughLsn)` once it is written.
    */
   chunkAccepted(throughLsn: Lsn): boolean;
-  /** Everything up to `throughLsn` reached the socket. */
-  written(throughLsn: Lsn): void;
+  /**
+   * Everything up to `throughLsn` reached the socket, at `atMs` (performance.now()) when the caller read the clock
+   * as the write returned (a batch writes many streams in one call: one clock read for all), else now.
+   */
+  written(throughLsn: Lsn, atMs?: number): void;
   /** The stream ended: it owes nothing any more. Idempotent. */
   close(): void;
 }
@@ -191,9 +194,9 @@ class StreamClock implements StreamPublishClock {
     return true;
   }
 
-  written(throughLsn: Lsn): void {
+  written(throughLsn: Lsn, atMs?: number): void {
     if (this.closed) return;
-    const nowMs = performance.now();
+    const nowMs = atMs ?? performance.now();
     let done = 0;
     while (done < this.owed.length && (this.owed[done]?.publish.lsn ?? 0n) <= throughLsn) {
       const owed = this.owed[done];
