@@ -204,7 +204,7 @@ export class FanoutBatcher {
     try {
       for (let round = 0; ; round++) {
         const endLsn = this.watch.get();
-        if (![...this.parked].some((entry) => entry.sentLsn < endLsn)) break;
+        if (!this.anyBehind(endLsn)) break;
         if (round > 0) await yieldToEventLoop();
         await this.round(endLsn);
       }
@@ -216,6 +216,12 @@ export class FanoutBatcher {
       if (this.parked.size === 0) this.idle();
       this.arm();
     }
+  }
+
+  /** Whether a parked stream is behind `endLsn` (without copying the set: it runs per publish over every stream). */
+  private anyBehind(endLsn: Lsn): boolean {
+    for (const entry of this.parked) if (entry.sentLsn < endLsn) return true;
+    return false;
   }
 
   /** One chunk for every parked stream behind `endLsn`: grouped by send position, one batch per group. */

@@ -204,7 +204,9 @@ class StreamClock implements StreamPublishClock {
       this.timing.completed(owed, nowMs);
       done++;
     }
-    if (done > 0) this.owed = this.owed.slice(done);
+    // A caught-up stream wrote everything it owed (the usual case, per stream and publish): no new array.
+    if (done === this.owed.length) this.owed.length = 0;
+    else if (done > 0) this.owed = this.owed.slice(done);
   }
 
   close(): void {
