@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BatchOutcome, type ChunkBatch, type StreamWriter, type WalChunk } from '../io/backend.js';
 import type { Lsn } from '../lsn.js';
+import { WalCorruptionError } from '../storage/page-verifier.js';
 import { LsnWatch } from '../timeline/lsn-watch.js';
 import { FanoutBatcher, type ClosableWalSource } from './fanout-batch.js';
 import { sendWal, type SendWalEnd, type WalSource } from './send-wal.js';
@@ -110,16 +111,37 @@ interface Harness {
   readonly ends: Promise<SendWalEnd>[];
   readonly controller: AbortController;
   verifies: number;
+  /** verifyNow calls, and what it answers (undefined: the streams have no verifyNow, only verify). */
+  syncVerifies: number;
+  verifyNowAnswer: ((chunkLsn: Lsn) => boolean) | undefined;
+  /** Each verification in order: which path, at which LSN. */
+  readonly verifyLog: { readonly how: 'now' | 'async'; readonly lsn: Lsn }[];
   lastReply: number;
+  /** When set, what verify rejects with (every call). */
+  asyncFailure: (() => Error) | undefined;
 }
 
-function start(streams: number): Harness {
+function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean): Harness {
   const watch = new LsnWatch(START);
   const batch = new FakeBatch();
   const source = new FakeSource();
   const batcher = new FanoutBatcher(watch, SEGMENT_BYTES, batch, () => source);
   const controller = new AbortController();
-  const harness: Harness = { watch, batch, source, batcher, writers: [], ends: [], controller, verifies: 0, lastReply: Date.now() };
+  const harness: Harness = {
+    watch,
+    batch,
+    source,
+    batcher,
+    writers: [],
+    ends: [],
+    controller,
+    verifies: 0,
+    syncVerifies: 0,
+    verifyNowAnswer,
+    verifyLog: [],
+    lastReply: Date.now(),
+    asyncFailure: undefined,
+  };
   for (let index = 0; index < streams; index++) {
     const writer = new FakeWriter();
     harness.writers.push(writer);
@@ -132,9 +154,20 @@ function start(streams: number): Harness {
         source: perStreamSource,
         prefetchSource: perStreamSource,
         writer,
-        verify: async () => {
+        verify: async (_chunk, chunkLsn) => {
           harness.verifies++;
+          harness.verifyLog.push({ how: 'async', lsn: chunkLsn });
+          if (harness.asyncFailure !== undefined) throw harness.asyncFailure();
         },
+        ...(verifyNowAnswer === undefined
+          ? {}
+          : {
+              verifyNow: (_chunk: WalChunk, chunkLsn: Lsn) => {
+                harness.syncVerifies++;
+                harness.verifyLog.push({ how: 'now', lsn: chunkLsn });
+                return verifyNowAnswer(chunkLsn);
+              },
+            }),
         signal: controller.signal,
         stopAtEnd: false,
         shouldStop: () => false,
@@ -213,5 +246,45 @@ test('a stream that owes the replica a reply request leaves the batch: the keepa
     assert.deepEqual(writer.pieces.map((piece) => piece.how), ['alone']);
   }
   assert.deepEqual(harness.batch.calls, [], 'nothing was batched for streams that owed a request');
+  await stop(harness);
+});
+
+test('the batch verifies with verifyNow when it answers, and with verify (once, after it) when it does not', async () => {
+  // The second chunk misses the synchronous check (e.g. its pages need the sidecar read, or a check is under way).
+  let nowCalls = 0;
+  const harness = start(4, () => ++nowCalls !== 2);
+  await until(() => harness.batcher.parkedCount === 4, 'all parked');
+  const end = START + 3n * BigInt(MAX_SEND_BYTES);
+  harness.watch.advance(end);
+  await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end), 'every stream reached the watch');
+  const rounds = harness.batch.calls.length;
+  assert.ok(rounds >= 3 && harness.batch.calls.every((count) => count === 4), 'every chunk went in a batch to all four');
+  const log = harness.verifyLog;
+  const second = log[1];
+  assert.ok(second !== undefined && second.how === 'now');
+  assert.deepEqual(
+    log.map((entry) => entry.how),
+    ['now', 'now', 'async', ...Array<'now'>(rounds - 2).fill('now')],
+    'once per round, synchronously; the async path only on the miss, right after it',
+  );
+  assert.equal(log[2]?.lsn, second.lsn, 'the async check is of the chunk the synchronous one missed');
+  for (const writer of harness.writers) assert.ok(writer.pieces.every((piece) => piece.how === 'batch'));
+  await stop(harness);
+});
+
+test('a chunk that fails verification is batched to nobody: each loop sends the verified prefix alone, then ends with the error', async () => {
+  // verifyNow never answers for a damaged page; verify rejects with the verified prefix (500 bytes), every time.
+  const harness = start(2, () => false);
+  harness.asyncFailure = () => new WalCorruptionError('page damaged', 500, 'fake', Number(START % BigInt(SEGMENT_BYTES)) + 500);
+  await until(() => harness.batcher.parkedCount === 2, 'both parked');
+  harness.watch.advance(START + 1000n);
+  for (const end of harness.ends) await assert.rejects(end, (error: unknown) => error instanceof WalCorruptionError && error.goodBytes === 500);
+  assert.deepEqual(harness.batch.calls, [], 'nothing unverified was batched');
+  for (const writer of harness.writers) {
+    assert.deepEqual(writer.pieces, [{ dataStart: START, bytes: 500, how: 'alone' }], 'the verified prefix, from its own loop');
+  }
+  // The batch's attempt (now, then async), then each loop's.
+  assert.deepEqual(harness.verifyLog.map((entry) => entry.how), ['now', 'async', 'now', 'async', 'now', 'async']);
+  assert.ok(harness.batcher.resumed >= 2);
   await stop(harness);
 });

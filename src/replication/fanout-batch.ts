@@ -60,6 +60,8 @@ export interface FanoutParticipant {
   readonly writer: StreamWriter;
   readonly signal: AbortSignal;
   readonly verify?: (chunk: WalChunk, chunkLsn: Lsn) => Promise<void>;
+  /** verify's synchronous attempt (PageVerifier.verifyNow): true when the chunk is verified; else verify runs. */
+  readonly verifyNow?: (chunk: WalChunk, chunkLsn: Lsn) => boolean;
   /** True when the loop must ask the replica for a reply before its next chunk (ReplyRequests.due). */
   readonly replyDue: (nowMs: number) => boolean;
   readonly timelineEnd?: () => Lsn | undefined;
@@ -252,7 +254,10 @@ export class FanoutBatcher {
       // Once for the group, as each stream's loop would: the event-loop thread only sends cached pages (the tail
       // just written is; this resolves at once then), and every stream at this position is sent the same pages.
       await first.participant.writer.prefetch(chunk);
-      await first.participant.verify?.(chunk, chunkLsn);
+      // As the loop does: the synchronous check first (pages verified already, or checksummed now), the full one for
+      // anything else (the live tail page, a check under way, every failure: its quarantine, log and error).
+      const { verify, verifyNow } = first.participant;
+      if (verify !== undefined && verifyNow?.(chunk, chunkLsn) !== true) await verify(chunk, chunkLsn);
     } catch {
       // Storage errors are each stream's to report (with the verified prefix sent first): its loop repeats the step.
       for (const entry of group) entry.finish('resume');

@@ -243,6 +243,7 @@ function fanoutParticipant(options: SendWalOptions, replyRequests: ReplyRequests
     writer: options.writer,
     signal: options.signal,
     ...(options.verify === undefined ? {} : { verify: options.verify }),
+    ...(options.verifyNow === undefined ? {} : { verifyNow: options.verifyNow }),
     replyDue: (nowMs) => replyRequests.due(nowMs),
     ...(options.timelineEnd === undefined ? {} : { timelineEnd: options.timelineEnd }),
     onSent: options.onSent,
