@@ -159,6 +159,11 @@ describe('reading offloaded WAL back', { timeout: 1_200_000 }, () => {
     const sample = (name: string): number => Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, 'm').exec(body)?.[1] ?? Number.NaN);
     assert.equal(sample('walcast_timeline_backup_lsn'), Number(backupLsn()));
     assert.ok(sample('walcast_remote_segments_fetched_total') >= (reads?.segmentsFetched ?? 1));
+    // Read-ahead is a part of the fetches; what was used or evicted unread, a part of the read-ahead.
+    assert.ok(reads.readAheadFetched <= reads.segmentsFetched && reads.readAheadUsed + reads.readAheadEvictedUnused <= reads.readAheadFetched, JSON.stringify(reads));
+    assert.ok(sample('walcast_remote_read_ahead_segments_fetched_total') >= reads.readAheadFetched);
+    assert.ok(sample('walcast_remote_read_ahead_segments_used_total') >= reads.readAheadUsed);
+    assert.ok(sample('walcast_remote_read_ahead_segments_evicted_unused_total') >= reads.readAheadEvictedUnused);
     assert.ok(sample('walcast_offload_segments_uploaded_total') > 0);
     assert.equal(sample('walcast_offload_queue_segments') >= 0, true);
   });

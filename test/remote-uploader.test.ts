@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -18,7 +18,7 @@ import { S3ObjectStore } from '../src/remote/s3-object-store.js';
 import { REMOTE_READ_AHEAD_SEGMENTS, SegmentCache } from '../src/remote/segment-cache.js';
 import { SegmentUploader } from '../src/remote/segment-uploader.js';
 import { SIDECAR_SUFFIX, sidecarPathFor, writeSidecarFromSegment } from '../src/storage/page-checksums.js';
-import { PARTIAL_SUFFIX, segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
+import { PARTIAL_SUFFIX, isSegmentFileName, segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
 import { singleTimelineHistory } from '../src/storage/timeline-history.js';
 import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
 import { waitFor } from './support/wait-for.js';
@@ -247,5 +247,46 @@ test('the segment cache reads ahead: fetching a segment starts the next REMOTE_R
   await new Promise((resolve) => setTimeout(resolve, 200));
   assert.equal(cache.stats.segmentsFetched, Number(localStart - 2n), 'nothing at or past the local start is read ahead, nothing twice');
   assert.equal(cache.stats.fetchErrors, 0);
+  // Only 2 was a reader's download; every read-ahead segment was then read, none wasted.
+  assert.equal(cache.stats.readAheadFetched, Number(localStart - 3n), JSON.stringify(cache.stats));
+  assert.equal(cache.stats.readAheadUsed, cache.stats.readAheadFetched);
+  assert.equal(cache.stats.readAheadEvictedUnused, 0);
+
+  // A read-ahead segment evicted before anyone read it counts as wasted. Segments 2..6 are in the bucket; with 7 the
+  // local start and room for REMOTE_READ_AHEAD_SEGMENTS + 2 segments, reading 2 reads ahead 3 and 4, reading 5
+  // reads ahead 6; reading 2 again makes the first of 3 and 4 to arrive (they download side by side) the least
+  // recently used, so it is evicted, never read, for 5 and 6.
+  assert.equal(REMOTE_READ_AHEAD_SEGMENTS, 2, 'the segment numbers below assume two segments of read-ahead');
+  const second = new SegmentCache({
+    store: f.store,
+    keys: f.keys,
+    dir: join(f.dir, 'cache2'),
+    segmentBytes: SEGMENT_BYTES,
+    history: () => singleTimelineHistory(1),
+    localStartSegment: () => 7n,
+    cacheBytesMax,
+    log: silentLogger(),
+  });
+  assert.ok((await second.fetch(2n)) !== undefined);
+  await until(() => second.stats.segmentsFetched === 3, 'segments 3 and 4 read ahead');
+  assert.deepEqual([second.stats.readAheadFetched, second.stats.readAheadUsed, second.stats.readAheadEvictedUnused], [2, 0, 0]);
+  assert.ok((await second.fetch(2n)) !== undefined);
+  assert.ok((await second.fetch(5n)) !== undefined);
+  await until(() => second.stats.segmentsFetched === 5, 'segment 6 read ahead');
+  await until(() => second.stats.readAheadEvictedUnused === 1, 'the eviction for 5 and 6 done');
+  assert.deepEqual(
+    { fetched: second.stats.segmentsFetched, readAhead: second.stats.readAheadFetched, used: second.stats.readAheadUsed, evictedUnused: second.stats.readAheadEvictedUnused },
+    { fetched: 5, readAhead: 3, used: 0, evictedUnused: 1 },
+    `3, 4 and 6 read ahead: one of 3 and 4 evicted unread, the other and 6 still cached unread (${JSON.stringify(second.stats)})`,
+  );
+  // The count goes up as the entry leaves the cache; its file is unlinked right after.
+  let cached2: string[] = [];
+  for (let attempt = 0; attempt < 100; attempt++) {
+    cached2 = (await readdir(join(f.dir, 'cache2'))).filter((name) => isSegmentFileName(name));
+    if (cached2.length <= 4) break;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.equal(cached2.length, 4, `the cache holds four segments: ${cached2.join(' ')}`);
+  assert.equal([3n, 4n].filter((segno) => cached2.includes(segmentFileName(1, segno, SEGMENT_BYTES))).length, 1, 'exactly one of 3 and 4 was evicted');
   f.store.close();
 });

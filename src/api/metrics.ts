@@ -355,6 +355,9 @@ function registerOffloadMetrics(registry: Registry, eachTimeline: EachTimeline, 
   perTimelineCounter('walcast_remote_fetch_seconds_total', 'Time spent fetching segments from object storage (divide by fetched segments for the mean latency).', (status) => (status.remoteReads?.fetchMsTotal ?? 0) / 1000);
   perTimelineCounter('walcast_remote_cache_hits_total', 'Reads of offloaded segments served from the local cache without a fetch.', (status) => status.remoteReads?.cacheHits ?? 0);
   perTimelineCounter('walcast_remote_fetch_errors_total', 'Segment fetches from object storage that failed for good (after the retries); each ended the streams that needed the segment.', (status) => status.remoteReads?.fetchErrors ?? 0);
+  perTimelineCounter('walcast_remote_read_ahead_segments_fetched_total', 'Of the segments fetched, those downloaded by read-ahead before a reader asked for them.', (status) => status.remoteReads?.readAheadFetched ?? 0);
+  perTimelineCounter('walcast_remote_read_ahead_segments_used_total', 'Read-ahead segments a reader then asked for.', (status) => status.remoteReads?.readAheadUsed ?? 0);
+  perTimelineCounter('walcast_remote_read_ahead_segments_evicted_unused_total', 'Read-ahead segments evicted from the cache before any reader asked for them (wasted downloads).', (status) => status.remoteReads?.readAheadEvictedUnused ?? 0);
   perTimelineCounter('walcast_remote_get_retries_total', 'GETs from object storage that failed and were retried.', (status) => status.remoteReads?.getRetries ?? 0);
 }
 

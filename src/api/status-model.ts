@@ -189,6 +189,9 @@ function offloadDocument(status: OffloadStatus): Record<string, unknown> {
             cache_hits: status.remoteReads.cacheHits,
             fetch_errors: status.remoteReads.fetchErrors,
             get_retries: status.remoteReads.getRetries,
+            read_ahead_fetched: status.remoteReads.readAheadFetched,
+            read_ahead_used: status.remoteReads.readAheadUsed,
+            read_ahead_evicted_unused: status.remoteReads.readAheadEvictedUnused,
           },
   };
 }

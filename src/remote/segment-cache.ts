@@ -68,6 +68,12 @@ export interface RemoteReadStats {
   fetchErrors: number;
   /** Failed GETs that were retried (each also logged as a warning). */
   getRetries: number;
+  /** Of segmentsFetched, those started by read-ahead (REMOTE_READ_AHEAD_SEGMENTS), not by a reader. */
+  readAheadFetched: number;
+  /** Read-ahead segments a reader then asked for (while downloading or cached). */
+  readAheadUsed: number;
+  /** Read-ahead segments evicted before any reader asked for them: downloads that were wasted. */
+  readAheadEvictedUnused: number;
 }
 
 export interface SegmentCacheOptions {
@@ -87,7 +93,23 @@ export interface SegmentCacheOptions {
 }
 
 export class SegmentCache implements RemoteSegmentSource {
-  readonly stats: RemoteReadStats = { segmentsFetched: 0, bytesFetched: 0, fetchMsTotal: 0, cacheHits: 0, fetchErrors: 0, getRetries: 0 };
+  readonly stats: RemoteReadStats = {
+    segmentsFetched: 0,
+    bytesFetched: 0,
+    fetchMsTotal: 0,
+    cacheHits: 0,
+    fetchErrors: 0,
+    getRetries: 0,
+    readAheadFetched: 0,
+    readAheadUsed: 0,
+    readAheadEvictedUnused: 0,
+  };
+  /**
+   * Read-ahead segments no reader has asked for yet: downloading, and cached. Once fetched, each ends up counted
+   * exactly once as used or as evicted unused (or is still in `readAheadUnused`); both sets are bounded by the cache.
+   */
+  private readonly readAheadPending = new Set<bigint>();
+  private readonly readAheadUnused = new Set<bigint>();
   /** Cached segment files, least recently used first (Map keeps insertion order; a hit re-inserts). */
   private readonly cached = new Map<bigint, string>();
   private readonly downloads = new Map<bigint, Promise<string | undefined>>();
@@ -108,18 +130,25 @@ export class SegmentCache implements RemoteSegmentSource {
       this.cached.delete(segno);
       this.cached.set(segno, path);
       this.stats.cacheHits++;
+      if (this.readAheadUnused.delete(segno)) this.stats.readAheadUsed++;
       this.readAhead(segno);
       return path;
     }
     const failed = this.recentFailure(segno);
     if (failed !== undefined) throw failed;
-    const download = this.downloads.get(segno) ?? this.startDownload(segno);
+    // A reader joining a read-ahead download makes it used (counted when it completes).
+    this.readAheadPending.delete(segno);
+    const download = this.downloads.get(segno) ?? this.startDownload(segno, false);
     this.readAhead(segno);
     return download;
   }
 
-  private startDownload(segno: bigint): Promise<string | undefined> {
-    const download = this.download(segno).finally(() => this.downloads.delete(segno));
+  private startDownload(segno: bigint, readAhead: boolean): Promise<string | undefined> {
+    if (readAhead) this.readAheadPending.add(segno);
+    const download = this.download(segno, readAhead).finally(() => {
+      this.downloads.delete(segno);
+      this.readAheadPending.delete(segno);
+    });
     this.downloads.set(segno, download);
     return download;
   }
@@ -139,7 +168,7 @@ export class SegmentCache implements RemoteSegmentSource {
       if (this.cached.has(next) || this.downloads.has(next) || this.recentFailure(next) !== undefined) continue;
       if (this.active + this.waiting.length >= REMOTE_FETCHES_IN_FLIGHT_MAX) return;
       // Nobody awaits it yet: a failure is handled (logged, remembered) inside download, and seen by a later reader.
-      this.startDownload(next).catch(() => undefined);
+      this.startDownload(next, true).catch(() => undefined);
     }
   }
 
@@ -155,16 +184,16 @@ export class SegmentCache implements RemoteSegmentSource {
     for (const name of await readdir(this.options.dir)) await unlink(join(this.options.dir, name)).catch(() => undefined);
   }
 
-  private async download(segno: bigint): Promise<string | undefined> {
+  private async download(segno: bigint, readAhead: boolean): Promise<string | undefined> {
     await this.acquireSlot();
     try {
-      return await this.downloadInSlot(segno);
+      return await this.downloadInSlot(segno, readAhead);
     } finally {
       this.releaseSlot();
     }
   }
 
-  private async downloadInSlot(segno: bigint): Promise<string | undefined> {
+  private async downloadInSlot(segno: bigint, readAhead: boolean): Promise<string | undefined> {
     const { store, keys, segmentBytes, dir } = this.options;
     // The uploader's naming rule (segment-uploader.ts), so a segment of an older TLI is read from its own object.
     const pgTimelineId = segmentPgTimeline(segno, segmentBytes, this.options.history());
@@ -208,6 +237,11 @@ export class SegmentCache implements RemoteSegmentSource {
     this.stats.segmentsFetched++;
     this.stats.bytesFetched += segmentBytes;
     this.stats.fetchMsTotal += Date.now() - startedMs;
+    if (readAhead) {
+      this.stats.readAheadFetched++;
+      if (this.readAheadPending.has(segno)) this.readAheadUnused.add(segno);
+      else this.stats.readAheadUsed++;
+    }
     this.cached.set(segno, path);
     await this.evict(segno);
     return path;
@@ -266,6 +300,7 @@ export class SegmentCache implements RemoteSegmentSource {
       if (oldest === undefined) break;
       const path = this.cached.get(oldest);
       this.cached.delete(oldest);
+      if (this.readAheadUnused.delete(oldest)) this.stats.readAheadEvictedUnused++;
       if (path !== undefined) {
         await unlink(path).catch(() => undefined);
         await unlink(sidecarPathFor(dirname(path), basename(path))).catch(() => undefined);
