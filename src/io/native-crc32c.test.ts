@@ -37,6 +37,80 @@ test('hardware, software and TypeScript CRC-32C agree on random data', { skip },
   console.log(`crc32cFold: ${addon.crc32cFold}`);
 });
 
+test('every length 0-600 at every alignment 0-63 agrees with the software path, whatever lies outside the range', { skip }, () => {
+  assert.ok(loaded.ok);
+  const { addon } = loaded;
+  // Exhaustive where the folding path has its joins: below one 256-byte step (three-lane/byte paths), one and two
+  // steps, and every 64/16/8/1-byte tail after them; every start from 0 to 63 bytes past a 64-byte line.
+  const data = randomBytes(64 + 600 + 64);
+  const scrambled = Buffer.from(data);
+  for (let length = 0; length <= 600; length++) {
+    for (let start = 0; start < 64; start++) {
+      const state = round32(randomInt(0, 2 ** 32 - 1));
+      const expected = addon.crc32cUpdateSoftware(state, data, start, start + length);
+      assert.equal(addon.crc32cUpdate(state, data, start, start + length), expected, `hardware, length ${length} at ${start}`);
+      assert.equal(addon.crc32cUpdateLanes(state, data, start, start + length), expected, `three lanes, length ${length} at ${start}`);
+      if (start % 16 === 0) assert.equal(crc32cUpdate(state, data, start, start + length), expected, `TypeScript, length ${length} at ${start}`);
+      // The bytes just outside the range never count (an overread that folded them in would change the result).
+      scrambled.fill(0xa5, 0, start);
+      scrambled.fill(0x5a, start + length);
+      assert.equal(addon.crc32cUpdate(state, scrambled, start, start + length), expected, `hardware with other bytes around, length ${length} at ${start}`);
+      data.copy(scrambled);
+    }
+  }
+});
+
+test('ranges around the 2 KiB prefetch distance and ending at the end of their buffer agree with the software path', { skip }, () => {
+  assert.ok(loaded.ok);
+  const { addon } = loaded;
+  const prefetchBytes = 2048;
+  const lengths: number[] = [];
+  for (let steps = 7; steps <= 10; steps++) for (const delta of [-17, -16, -1, 0, 1, 15, 16, 63, 64, 65]) lengths.push(steps * 256 + delta);
+  for (const delta of [-1, 0, 1, 255, 256, 257]) lengths.push(2 * prefetchBytes + delta, 4 * prefetchBytes + delta);
+  for (const length of lengths) {
+    for (const start of [0, 1, 8, 31, 63]) {
+      // A buffer of exactly start + length bytes (not a slice of the pool): the range ends where the memory does.
+      const exact = new Uint8Array(new ArrayBuffer(start + length));
+      exact.set(randomBytes(start + length));
+      const state = round32(randomInt(0, 2 ** 32 - 1));
+      const expected = addon.crc32cUpdateSoftware(state, exact, start, start + length);
+      assert.equal(addon.crc32cUpdate(state, exact, start, start + length), expected, `hardware, length ${length} at ${start}`);
+      assert.equal(crc32cUpdate(state, exact, start, start + length), expected, `TypeScript, length ${length} at ${start}`);
+    }
+  }
+});
+
+test('crc32cFilePages agrees at unaligned offsets and odd piece sizes, up to a page-aligned end of file', { skip }, () => {
+  assert.ok(loaded.ok);
+  const { addon } = loaded;
+  const dir = mkdtempSync(join(tmpdir(), 'walcast-crc-'));
+  try {
+    const path = join(dir, 'file');
+    // The file ends on a memory page, so its mapping does too: a read past the range's end would fault or differ.
+    const content = randomBytes(4 * 4096);
+    writeFileSync(path, content);
+    const fd = openSync(path, 'r');
+    try {
+      for (const pieceBytes of [1, 63, 255, 256, 257, 2047, 2049, 4095, 8192]) {
+        for (const offset of [0, 1, 63, 4096 - 257, 4096 + 5]) {
+          const byteCount = content.length - offset;
+          const out = new Uint32Array(Math.ceil(byteCount / pieceBytes));
+          addon.crc32cFilePages(fd, offset, byteCount, pieceBytes, out);
+          for (let piece = 0; piece < out.length; piece++) {
+            const from = offset + piece * pieceBytes;
+            const to = Math.min(from + pieceBytes, content.length);
+            assert.equal(out[piece], crc32c(content, from, to), `piece ${piece} of ${pieceBytes} bytes from offset ${offset}`);
+          }
+        }
+      }
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('crc32cFilePages checksums each page of a range and refuses one past the end of the file', { skip }, () => {
   assert.ok(loaded.ok);
   const { addon } = loaded;
