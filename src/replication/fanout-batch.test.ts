@@ -121,7 +121,7 @@ interface Harness {
   asyncFailure: (() => Error) | undefined;
 }
 
-function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean): Harness {
+function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean, extra: { timelineEnd?: () => Lsn | undefined; startLsns?: readonly Lsn[] } = {}): Harness {
   const watch = new LsnWatch(START);
   const batch = new FakeBatch();
   const source = new FakeSource();
@@ -148,7 +148,7 @@ function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean): H
     harness.ends.push(
       sendWal({
         replicaName: `r${index}`,
-        startLsn: START,
+        startLsn: extra.startLsns?.[index] ?? START,
         segmentBytes: SEGMENT_BYTES,
         endWatch: watch,
         source: perStreamSource,
@@ -176,6 +176,7 @@ function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean): H
         lastReplyAtMs: () => harness.lastReply,
         keepaliveIntervalMs: 60_000,
         fanout: batcher,
+        ...(extra.timelineEnd === undefined ? {} : { timelineEnd: extra.timelineEnd }),
       }),
     );
   }
@@ -288,3 +289,81 @@ test('a chunk that fails verification is batched to nobody: each loop sends the 
   assert.ok(harness.batcher.resumed >= 2);
   await stop(harness);
 });
+
+test('a PostgreSQL timeline switch while streams are parked: nothing past the switch point is batched, each stream ends there', async () => {
+  let switchLsn: Lsn | undefined;
+  const harness = start(3, undefined, { timelineEnd: () => switchLsn });
+  await until(() => harness.batcher.parkedCount === 3, 'all parked');
+  const first = START + 700n;
+  harness.watch.advance(first);
+  await until(() => harness.writers.every((writer) => writer.contiguousEnd() === first), 'the first publish');
+  await until(() => harness.batcher.parkedCount === 3, 'parked again');
+  // As Timeline.switchPgTimeline: the switch is recorded before any WAL past it is published.
+  switchLsn = START + 1000n;
+  harness.watch.advance(START + 5000n);
+  const ends = await Promise.all(harness.ends);
+  for (const [index, writer] of harness.writers.entries()) {
+    assert.equal(writer.contiguousEnd(), switchLsn, `stream ${index} ends exactly at the switch point`);
+    assert.deepEqual(ends[index], { kind: 'timeline_end', sentLsn: switchLsn });
+  }
+  assert.equal(harness.batcher.parkedCount, 0);
+});
+
+test('streams parked at different positions (mid-page, mid-segment) are each sent from their own position, never past the watch', async () => {
+  const starts = [START, START + 3n, START + 8192n - 1n, 2n * BigInt(SEGMENT_BYTES) - 5n];
+  const harness = start(starts.length, undefined, { startLsns: starts });
+  // The first parks at the watch (START), the others ahead of it; the publish goes past all of them, across a segment.
+  const end = 2n * BigInt(SEGMENT_BYTES) + 4000n;
+  harness.watch.advance(end);
+  await until(() => harness.writers.every((writer) => writer.pieces.length > 0 && lastEnd(writer) === end), 'every stream reached the watch').catch((error: unknown) => {
+    console.log(harness.writers.map((writer) => writer.pieces.map((piece) => `${piece.dataStart.toString(16)}+${piece.bytes} ${piece.how}`).join(', ')).join('\n'), harness.batcher.parkedCount);
+    throw error;
+  });
+  assert.ok(harness.batch.calls.length > 0, 'some of it was batched');
+  for (const [index, writer] of harness.writers.entries()) {
+    let position = starts[index]!;
+    for (const piece of writer.pieces) {
+      assert.equal(piece.dataStart, position, `stream ${index} contiguous from its start`);
+      const segmentEnd = (position / BigInt(SEGMENT_BYTES) + 1n) * BigInt(SEGMENT_BYTES);
+      assert.ok(position + BigInt(piece.bytes) <= segmentEnd, 'a chunk never crosses a segment boundary');
+      position += BigInt(piece.bytes);
+    }
+    assert.equal(position, end);
+  }
+  await stop(harness);
+});
+
+test('a stream aborted while the batch awaits storage is sent nothing more; the others are', async () => {
+  const harness = start(3);
+  await until(() => harness.batcher.parkedCount === 3, 'all parked');
+  const aborted = new AbortController();
+  // The third stream is replaced by one with its own signal, parked directly, aborted during the locate.
+  const source = harness.source;
+  const originalLocate = source.locate.bind(source);
+  let abortNow = true;
+  source.locate = async (lsn, endLsn) => {
+    const chunk = await originalLocate(lsn, endLsn);
+    if (abortNow) {
+      abortNow = false;
+      aborted.abort();
+    }
+    return chunk;
+  };
+  const lone = new FakeWriter();
+  const park = harness.batcher.park(
+    { writer: lone, signal: aborted.signal, replyDue: () => false, onSent: () => undefined, idleWaitMs: 60_000 },
+    START,
+  );
+  await until(() => harness.batcher.parkedCount === 4, 'four parked');
+  const end = START + 100n;
+  harness.watch.advance(end);
+  assert.deepEqual(await park, { sentLsn: START, kind: 'aborted' });
+  await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end), 'the others reached the watch');
+  assert.equal(lone.pieces.length, 0, 'nothing was sent to the aborted stream');
+  await stop(harness);
+});
+
+function lastEnd(writer: FakeWriter): Lsn {
+  const last = writer.pieces.at(-1)!;
+  return last.dataStart + BigInt(last.bytes);
+}
