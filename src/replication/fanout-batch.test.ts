@@ -121,7 +121,7 @@ interface Harness {
   asyncFailure: (() => Error) | undefined;
 }
 
-function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean, extra: { timelineEnd?: () => Lsn | undefined; startLsns?: readonly Lsn[] } = {}): Harness {
+function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean, extra: { timelineEnd?: () => Lsn | undefined; startLsns?: readonly Lsn[]; keepaliveIntervalMs?: number } = {}): Harness {
   const watch = new LsnWatch(START);
   const batch = new FakeBatch();
   const source = new FakeSource();
@@ -174,7 +174,7 @@ function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean, ex
         onSent: () => undefined,
         replicaTimeoutMs: 60_000,
         lastReplyAtMs: () => harness.lastReply,
-        keepaliveIntervalMs: 60_000,
+        keepaliveIntervalMs: extra.keepaliveIntervalMs ?? 60_000,
         fanout: batcher,
         ...(extra.timelineEnd === undefined ? {} : { timelineEnd: extra.timelineEnd }),
       }),
@@ -367,3 +367,19 @@ function lastEnd(writer: FakeWriter): Lsn {
   const last = writer.pieces.at(-1)!;
   return last.dataStart + BigInt(last.bytes);
 }
+
+test('parked streams with nothing to send get a reply-requesting keepalive every interval, and park again after each', async () => {
+  const harness = start(2, undefined, { keepaliveIntervalMs: 40 });
+  await until(() => harness.batcher.parkedCount === 2, 'both parked');
+  // A standby's wal_receiver_timeout fires when nothing arrives: an idle parked stream must still hear from us.
+  // (No deadline on the machine's speed: the keepalives must come, however slowly; without them this never ends.)
+  while (!harness.writers.every((writer) => writer.keepalives.length >= 3)) await new Promise((resolve) => setTimeout(resolve, 20));
+  for (const writer of harness.writers) assert.ok(writer.keepalives.every((keepalive) => keepalive.replyRequested));
+  await until(() => harness.batcher.parkedCount === 2, 'parked again after the keepalives');
+  // And a publish after idle periods is still batched, not sent alone.
+  const end = START + 64n;
+  harness.watch.advance(end);
+  await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end), 'the publish');
+  for (const writer of harness.writers) assert.deepEqual(writer.pieces.map((piece) => piece.how), ['batch']);
+  await stop(harness);
+});
