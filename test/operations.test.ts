@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
@@ -325,6 +325,22 @@ async function spawnServe(args: readonly string[], httpBase: string, token: stri
 }
 
 describe('walcast serve with the HTTP API, as a process', { timeout: TEST_TIMEOUT_MS }, () => {
+  test('a data directory that does not exist yet is made (owner only) and served, as `npm start` on a fresh checkout needs', async () => {
+    const dataDir = join(await makeTempDir('walcast-ops-fresh'), 'not-yet', 'walcast-data');
+    const httpPort = await freePort();
+    const base = `http://127.0.0.1:${httpPort}`;
+    const child = await spawnServe(['--data-dir', dataDir, '--listen', '127.0.0.1:0', '--http', `127.0.0.1:${httpPort}`, '--io', 'ts'], base, 'unused-on-loopback');
+    try {
+      assert.equal((await stat(dataDir)).mode & 0o777, 0o700);
+      const state = JSON.parse(await readFile(join(dataDir, 'walcast.server.json'), 'utf8')) as { pid: number };
+      assert.equal(state.pid, child.pid, 'serve names itself in the new directory');
+    } finally {
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, 'serve stops cleanly on SIGTERM');
+    }
+  });
+
   test('serves status and metrics behind a bearer token, and walcast status reads them with the token file', async () => {
     const tokenDir = await makeTempDir('walcast-ops-token');
     const tokenFile = join(tokenDir, 'token');

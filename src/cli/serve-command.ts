@@ -5,6 +5,7 @@
  * off loopback, and off loopback any auth without TLS (unless --allow-plaintext) or tokens that could travel in
  * clear text.
  */
+import { mkdir } from 'node:fs/promises';
 import { createOperationsMetrics, type OperationsMetrics } from '../api/metrics.js';
 import { SIZE_UNLIMITED, megabytesToBytes, parseSizeMegabytes } from '../config/size.js';
 import type { RetentionSettings } from '../retention/retention-task.js';
@@ -67,6 +68,9 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const http = await resolveHttpSettings(flags.http, flags.httpAuthTokenFile, auth.method === 'jwt');
   const remoteStorage = resolveRemoteStorage(flags);
   const startedAt = new Date();
+  // The data directory is made when missing (owner only, as PostgreSQL's): `npm start` on a fresh checkout serves
+  // ./walcast-data, which nothing has created yet, and serve writes walcast.server.json into it.
+  if ((await mkdir(flags.dataDir, { recursive: true, mode: 0o700 })) !== undefined) log.info({ dataDir: flags.dataDir }, 'data directory created');
   const selection = await createIoBackend(resolveIoChoice(flags));
   const kernelTls = selection.backend.kernelTls;
   log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason, kernel_tls: kernelTls.state, kernel_tls_code: kernelTls.code, kernel_tls_detail: kernelTls.detail }, 'I/O backend selected');
