@@ -263,18 +263,24 @@ int Engine::SendChunk(uint64_t id, const uint8_t* header, size_t header_bytes, i
     return kSendFailed;
   }
   SendUnit unit;
-  std::memcpy(unit.inline_head.data(), header, header_bytes);
-  unit.head_bytes = header_bytes;
-  unit.payload_offset = offset;
-  unit.payload_bytes = payload_bytes;
-  if (strategy_ == Strategy::kSendfile) {
-    unit.payload_fd = file_fd;
-  } else {
-    unit.map = maps_.Get(file_fd, offset + payload_bytes, failure);
-    if (!unit.map) return kSendFailed;
-    stream->current_map = unit.map;
-  }
+  if (!MakeFileUnit(*stream, header, header_bytes, file_fd, offset, payload_bytes, &unit, failure)) return kSendFailed;
   return Submit(*stream, std::move(unit), failure);
+}
+
+bool Engine::MakeFileUnit(Stream& stream, const uint8_t* header, size_t header_bytes, int file_fd, uint64_t offset,
+                          size_t payload_bytes, SendUnit* unit, Failure* failure) {
+  std::memcpy(unit->inline_head.data(), header, header_bytes);
+  unit->head_bytes = header_bytes;
+  unit->payload_offset = offset;
+  unit->payload_bytes = payload_bytes;
+  if (strategy_ == Strategy::kSendfile) {
+    unit->payload_fd = file_fd;
+    return true;
+  }
+  unit->map = maps_.Get(file_fd, offset + payload_bytes, failure);
+  if (!unit->map) return false;
+  stream.current_map = unit->map;
+  return true;
 }
 
 void Engine::SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* header, size_t header_bytes,
@@ -357,20 +363,10 @@ int Engine::SubmitCopied(uint64_t id, const uint8_t* bytes, size_t byte_count, c
     stream->writable = false;
   }
   SendUnit unit;
-  std::memcpy(unit.inline_head.data(), header, header_bytes);
-  unit.head_bytes = header_bytes;
-  unit.payload_offset = offset;
-  unit.payload_bytes = payload_bytes;
-  if (strategy_ == Strategy::kSendfile) {
-    unit.payload_fd = file_fd;
-  } else {
-    unit.map = maps_.Get(file_fd, offset + payload_bytes, failure);
-    if (!unit.map) {
-      // The socket already has `sent` bytes of this unit: the stream cannot go on without the rest.
-      Fail(*stream, *failure, false);
-      return kSendFailed;
-    }
-    stream->current_map = unit.map;
+  if (!MakeFileUnit(*stream, header, header_bytes, file_fd, offset, payload_bytes, &unit, failure)) {
+    // The socket already has `sent` bytes of this unit: the stream cannot go on without the rest.
+    Fail(*stream, *failure, false);
+    return kSendFailed;
   }
   unit.Advance(sent);
   return QueueUnit(*stream, std::move(unit), failure);

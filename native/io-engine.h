@@ -214,6 +214,10 @@ class Engine {
   bool Start(uv_loop_t* loop, Failure* failure);
   bool StartRing(Failure* failure);
   Stream* Find(uint64_t id) const;
+  // A send unit for header + file range, as every send path queues it: the file's fd for sendfile, a mapping of it for
+  // writev and uring (which becomes the stream's current map). False, with `failure` set, when the file cannot be mapped.
+  bool MakeFileUnit(Stream& stream, const uint8_t* header, size_t header_bytes, int file_fd, uint64_t offset,
+                    size_t payload_bytes, SendUnit* unit, Failure* failure);
   int Submit(Stream& stream, SendUnit&& unit, Failure* failure);
   int SubmitCopied(uint64_t id, const uint8_t* bytes, size_t byte_count, const uint8_t* header, size_t header_bytes,
                    int file_fd, uint64_t offset, size_t payload_bytes, Failure* failure);

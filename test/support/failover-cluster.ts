@@ -149,10 +149,7 @@ export function sampleDisk(of: Timeline, allowance: () => { readonly bytes: numb
     while (!stopped) {
       const extra = allowance();
       const byTli = await segmentFilesByTli(of.dir);
-      let diskBytes = 0;
-      for (const names of byTli.values()) {
-        for (const name of names) diskBytes += await lstat(join(of.dir, name)).then((stat) => stat.blocks * 512, () => 0);
-      }
+      const diskBytes = await allocatedBytes(of.dir, byTli);
       samples.push({ atMs: Date.now() - startedAt, diskBytes, describe: `${describeFiles(byTli)}; ${extra.note}`, allowedBytes: FAILOVER_DISK_BOUND_BYTES + extra.bytes });
       await new Promise((resolve) => setTimeout(resolve, SAMPLE_INTERVAL_MS));
     }
@@ -189,8 +186,13 @@ export async function segmentFilesByTli(dir: string): Promise<Map<number, string
 
 /** Allocated bytes of W's segment files of every TLI (sidecars included). */
 export async function segmentDiskBytes(dir: string): Promise<number> {
+  return allocatedBytes(dir, await segmentFilesByTli(dir));
+}
+
+/** Allocated bytes of the listed files (a file removed meanwhile counts 0). */
+async function allocatedBytes(dir: string, byTli: Map<number, string[]>): Promise<number> {
   let total = 0;
-  for (const names of (await segmentFilesByTli(dir)).values()) {
+  for (const names of byTli.values()) {
     for (const name of names) total += await lstat(join(dir, name)).then((stat) => stat.blocks * 512, () => 0);
   }
   return total;
