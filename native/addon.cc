@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -90,6 +91,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        {InstanceMethod<&EngineWrap::OpenStream>("openStream"),
                         InstanceMethod<&EngineWrap::SendChunk>("sendChunk"),
                         InstanceMethod<&EngineWrap::SendChunkBatch>("sendChunkBatch"),
+                        InstanceMethod<&EngineWrap::SendChunkRun>("sendChunkRun"),
                         InstanceMethod<&EngineWrap::SendMessage>("sendMessage"),
                         InstanceMethod<&EngineWrap::Flush>("flush"),
                         InstanceMethod<&EngineWrap::CloseStream>("closeStream"),
@@ -221,6 +223,64 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       errors.Set(static_cast<uint32_t>(index), error);
     }
     return errors.IsEmpty() ? info.Env().Undefined() : Napi::Value(errors);
+  }
+
+  // sendChunkRun(id, headers, headerBytes, ranges: Float64Array, first, count, result: Int32Array) -> undefined.
+  // Chunks first..first+count-1 of a run: chunk i's header is headers[i * headerBytes, (i + 1) * headerBytes), its
+  // payload ranges[3i] (fd), ranges[3i + 1] (offset), ranges[3i + 2] (bytes). result[0] = chunks taken, result[1] =
+  // the last one's status as sendChunk's; throws the NativeIoError when a chunk failed (result[0] still counts the
+  // chunks taken before it).
+  Napi::Value SendChunkRun(const Napi::CallbackInfo& info) {
+    REQUIRE_ENGINE_THIS(info);
+    REQUIRE_ARGUMENT_COUNT(info, 7);
+    uint64_t id = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 0, "id", id, 1, kSafeIntegerMax);
+    Napi::Buffer<uint8_t> headers;
+    REQUIRE_ARGUMENT_BUFFER(info, 1, "headers", headers, kHeaderBytesMax * kRunChunksMax);
+    size_t header_bytes = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 2, "headerBytes", header_bytes, 1, kHeaderBytesMax);
+    if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+      Napi::TypeError::New(info.Env(), "ranges must be a Float64Array").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    Napi::Float64Array ranges = info[3].As<Napi::Float64Array>();
+    size_t first = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 4, "first", first, 0, kRunChunksMax - 1);
+    size_t count = 0;
+    REQUIRE_ARGUMENT_INTEGER(info, 5, "count", count, 1, kRunChunksMax);
+    if (!info[6].IsTypedArray() || info[6].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+        info[6].As<Napi::Int32Array>().ElementLength() < 2) {
+      Napi::TypeError::New(info.Env(), "result must be an Int32Array of 2").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    Napi::Int32Array result = info[6].As<Napi::Int32Array>();
+    const size_t end = first + count;
+    if (end > kRunChunksMax || ranges.ElementLength() < end * 3 || headers.Length() < end * header_bytes) {
+      Napi::RangeError::New(info.Env(), "headers and ranges must hold every chunk of the run").ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    std::array<Engine::FileRange, kRunChunksMax> run;
+    for (size_t index = 0; index < count; index++) {
+      const double fd = ranges[(first + index) * 3];
+      const double offset = ranges[(first + index) * 3 + 1];
+      const double bytes = ranges[(first + index) * 3 + 2];
+      if (!(fd >= 0 && fd <= kFdMax && fd == static_cast<double>(static_cast<int64_t>(fd))) ||
+          !(offset >= 0 && offset <= static_cast<double>(kSafeIntegerMax) && offset == static_cast<double>(static_cast<int64_t>(offset))) ||
+          !(bytes >= 1 && bytes <= kPayloadBytesMax && bytes == static_cast<double>(static_cast<int64_t>(bytes)))) {
+        Napi::RangeError::New(info.Env(), "ranges holds a chunk that is not a file range").ThrowAsJavaScriptException();
+        return info.Env().Undefined();
+      }
+      run[index] = {static_cast<int>(fd), static_cast<uint64_t>(offset), static_cast<size_t>(bytes)};
+    }
+    if (!RequireOpen(info.Env())) return info.Env().Undefined();
+    Failure failure;
+    size_t accepted = 0;
+    const int status = engine_->SendChunkRun(id, headers.Data() + first * header_bytes, header_bytes, run.data(), count,
+                                             &accepted, &failure);
+    result[0] = static_cast<int32_t>(accepted);
+    result[1] = status;
+    if (status == kSendFailed) ThrowNativeError(info.Env(), failure);
+    return info.Env().Undefined();
   }
 
   // sendMessage(id, bytes) -> status as sendChunk
@@ -497,6 +557,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("headerBytesMax", Napi::Number::New(env, static_cast<double>(kHeaderBytesMax)));
   exports.Set("messageBytesMax", Napi::Number::New(env, static_cast<double>(kMessageBytesMax)));
   exports.Set("payloadBytesMax", Napi::Number::New(env, static_cast<double>(kPayloadBytesMax)));
+  exports.Set("runChunksMax", Napi::Number::New(env, static_cast<double>(kRunChunksMax)));
   exports.Set("prefetchBytesMax", Napi::Number::New(env, static_cast<double>(kPrefetchBytesMax)));
   // What one stream may hold on the heap (tests bound server memory with these): its record and a full queue of
   // units. Payloads are never copied (sendfile or a shared mapping of the file), so no WAL bytes are counted here.

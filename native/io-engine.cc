@@ -267,6 +267,24 @@ int Engine::SendChunk(uint64_t id, const uint8_t* header, size_t header_bytes, i
   return Submit(*stream, std::move(unit), failure);
 }
 
+// One addon call per run instead of one per chunk: JavaScript (the sender loop, its promise, the argument checks)
+// runs once per ~512 KiB in catch-up. Each chunk keeps its own unit and its own SendChunk rules (queue bounds,
+// iteration budget, byte accounting), so the bytes on the wire are those of the same chunks sent one by one.
+int Engine::SendChunkRun(uint64_t id, const uint8_t* headers, size_t header_bytes, const FileRange* ranges,
+                         size_t count, size_t* accepted, Failure* failure) {
+  WALCAST_ASSERT(count > 0 && count <= kRunChunksMax);
+  *accepted = 0;
+  int status = kSendDone;
+  for (size_t index = 0; index < count; index++) {
+    const FileRange& range = ranges[index];
+    status = SendChunk(id, headers + index * header_bytes, header_bytes, range.fd, range.offset, range.bytes, failure);
+    if (status == kSendFailed) return kSendFailed;
+    *accepted = index + 1;
+    if (status == kSendQueueFull) break;
+  }
+  return status;
+}
+
 bool Engine::MakeFileUnit(Stream& stream, const uint8_t* header, size_t header_bytes, int file_fd, uint64_t offset,
                           size_t payload_bytes, SendUnit* unit, Failure* failure) {
   std::memcpy(unit->inline_head.data(), header, header_bytes);

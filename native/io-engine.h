@@ -48,6 +48,9 @@ constexpr size_t kIterationBudgetBytes = 4 * 1024 * 1024;
 // sendfile. Larger payloads go per stream as SendChunk. Whatever a socket does not take is queued as SendChunk
 // would queue it (inline header, file range), so the copy never outlives the call.
 constexpr size_t kBatchCopyBytesMax = 8 * 1024;
+// Chunks one SendChunkRun call takes: a catch-up run is at most the sender's per-turn budget (512 KiB, four chunks of
+// kPayloadBytesMax) and never more than the 1 MiB prefetch piece it comes from; 16 leaves room for short chunks.
+constexpr size_t kRunChunksMax = 16;
 // Events taken from the epoll set per uv_poll callback; more stay ready for the next loop iteration.
 constexpr int kEpollEventsPerWait = 256;
 // io_uring submission queue entries (completion queue is twice that; the kernel never drops overflow).
@@ -189,6 +192,17 @@ class Engine {
   // failures[i] are SendChunk's result for ids[i]; a failure is recorded on that stream only.
   void SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* header, size_t header_bytes, int file_fd,
                       uint64_t offset, size_t payload_bytes, int32_t* statuses, Failure* failures);
+  // One stream's catch-up run: chunk i is header i (headers + i * header_bytes) followed by ranges[i]. Chunks are
+  // taken in order exactly as that many SendChunk calls would take them, stopping after the first that fails or
+  // leaves the stream at its in-flight bound (kSendQueueFull). *accepted: chunks taken (the failed one is not).
+  // Returns the last taken chunk's status, or kSendFailed with *failure set.
+  struct FileRange {
+    int fd;
+    uint64_t offset;
+    size_t bytes;
+  };
+  int SendChunkRun(uint64_t id, const uint8_t* headers, size_t header_bytes, const FileRange* ranges, size_t count,
+                   size_t* accepted, Failure* failure);
   // True when everything accepted reached the kernel (or the stream failed); else a kDrained event follows.
   bool Flush(uint64_t id);
   void CloseStream(uint64_t id);

@@ -31,6 +31,12 @@ export const XLOG_DATA_HEADER_BYTES = 30;
  */
 export const STREAM_WRITE_OBSERVERS_MAX = 16;
 
+/**
+ * Chunks one StreamWriter.sendChunkRun call takes (the native addon's kRunChunksMax). The sender's runs are at most
+ * its per-turn budget (512 KiB: four full chunks); the bound leaves room for short chunks.
+ */
+export const CHUNK_RUN_CHUNKS_MAX = 16;
+
 export type IoBackendKind = 'ts' | 'native';
 
 /**
@@ -114,6 +120,15 @@ export interface StreamWriter {
    * `header` then). Rejects with a StreamIoError when the peer is gone or the write fails.
    */
   sendChunk(header: Buffer, chunk: WalChunk): Promise<void>;
+  /**
+   * sendChunk for a run of 1..CHUNK_RUN_CHUNKS_MAX chunks in one call (catch-up): chunk i goes out as
+   * headers[i * headerBytes, (i + 1) * headerBytes) followed by chunks[i]'s bytes, exactly as chunks.length sendChunk
+   * calls in that order would put them on the wire. Resolves once every chunk is accepted within the in-flight bound
+   * (the caller may reuse `headers` then); rejects as sendChunk, and then none of the run counts as sent. Present
+   * where one call is cheaper than a call per chunk (the native backend: JavaScript is entered once per run, not
+   * once per 128 KiB); absent, the sender calls sendChunk per chunk.
+   */
+  sendChunkRun?(headers: Buffer, headerBytes: number, chunks: readonly WalChunk[]): Promise<void>;
   /** Sends a small complete message (keepalive, ErrorResponse, CopyDone ...) in order with chunks. */
   sendMessage(bytes: Buffer): Promise<void>;
   /**

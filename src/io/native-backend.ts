@@ -20,6 +20,7 @@ import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
 import {
+  CHUNK_RUN_CHUNKS_MAX,
   MAX_SEND_BYTES,
   STREAM_WRITE_OBSERVERS_MAX,
   type ChunkBatch,
@@ -122,6 +123,7 @@ function checkAddonBounds(addon: NativeAddon): string | undefined {
   if (addon.payloadBytesMax < MAX_SEND_BYTES) return `addon payload bound ${addon.payloadBytesMax} < ${MAX_SEND_BYTES}`;
   if (addon.prefetchBytesMax !== NATIVE_PREFETCH_BYTES_MAX) return `addon prefetch bound ${addon.prefetchBytesMax} != ${NATIVE_PREFETCH_BYTES_MAX}`;
   if (addon.messageBytesMax !== NATIVE_MESSAGE_BYTES_MAX) return `addon message bound ${addon.messageBytesMax} != ${NATIVE_MESSAGE_BYTES_MAX}`;
+  if (addon.runChunksMax !== CHUNK_RUN_CHUNKS_MAX) return `addon run bound ${addon.runChunksMax} != ${CHUNK_RUN_CHUNKS_MAX}`;
   if (addon.queuedUnitsHardMax !== NATIVE_QUEUED_UNITS_MAX) return `addon queue bound ${addon.queuedUnitsHardMax} != ${NATIVE_QUEUED_UNITS_MAX}`;
   return undefined;
 }
@@ -356,6 +358,9 @@ class NativeStreamWriter implements StreamWriter {
   private finalBytesSent = 0;
   /** A send left the queue at its bound: no batched chunk until the engine's space event (sendChunk waits for it). */
   private full = false;
+  /** sendChunkRun's ranges (fd, offset, bytes per chunk) and the addon's answer (chunks taken, last status). */
+  private readonly runRanges = new Float64Array(CHUNK_RUN_CHUNKS_MAX * 3);
+  private readonly runResult = new Int32Array(2);
   private readonly onClose = (): void => this.abort(new Error('the replica socket closed'));
 
   constructor(
@@ -404,6 +409,43 @@ class NativeStreamWriter implements StreamWriter {
     if (status === NativeSendStatus.queueFull) {
       this.full = true;
       await this.waitForSpace();
+    }
+  }
+
+  /**
+   * The run in one addon call while the stream takes it; when a chunk leaves the stream at its in-flight bound, the
+   * rest waits for the space event and goes in the next call, as the same chunks' sendChunk calls would wait.
+   */
+  async sendChunkRun(headers: Buffer, headerBytes: number, chunks: readonly WalChunk[]): Promise<void> {
+    const count = chunks.length;
+    if (!Buffer.isBuffer(headers)) throw new TypeError('sendChunkRun: headers must be a Buffer');
+    if (count < 1 || count > CHUNK_RUN_CHUNKS_MAX) throw new RangeError(`sendChunkRun: a run of ${count} chunks is outside 1..${CHUNK_RUN_CHUNKS_MAX}`);
+    if (!Number.isInteger(headerBytes) || headerBytes < 1 || headerBytes > NATIVE_HEADER_BYTES_MAX) throw new RangeError(`sendChunkRun: headers of ${headerBytes} bytes are outside 1..${NATIVE_HEADER_BYTES_MAX}`);
+    if (headers.length < count * headerBytes) throw new RangeError(`sendChunkRun: ${headers.length} header bytes do not hold ${count} headers of ${headerBytes}`);
+    const ranges = this.runRanges;
+    for (let index = 0; index < count; index++) {
+      const chunk = chunks[index]!;
+      validateChunk(chunk);
+      assert.ok(chunk.file.closed !== true, `sendChunkRun: ${chunk.file.path} was closed by storage`);
+      ranges[index * 3] = chunk.file.fd;
+      ranges[index * 3 + 1] = chunk.fileOffset;
+      ranges[index * 3 + 2] = chunk.byteCount;
+    }
+    let taken = 0;
+    while (taken < count) {
+      this.throwIfUnusable();
+      const result = this.runResult;
+      try {
+        this.engine.sendChunkRun(this.id, headers, headerBytes, ranges, taken, count - taken, result);
+      } catch (error) {
+        throw this.failWith(error);
+      }
+      assert.ok(result[0]! >= 1 && result[0]! <= count - taken, 'sendChunkRun: the addon took part of the run');
+      taken += result[0]!;
+      if (result[1] === NativeSendStatus.queueFull) {
+        this.full = true;
+        await this.waitForSpace();
+      }
     }
   }
 

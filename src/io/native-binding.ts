@@ -67,6 +67,13 @@ export interface NativeEngine {
    * index i (undefined when none failed).
    */
   sendChunkBatch(ids: Float64Array, count: number, header: Buffer, fd: number, offset: number, bytes: number, statuses: Int32Array): (NativeIoError | undefined)[] | undefined;
+  /**
+   * sendChunk for chunks first..first+count-1 of one stream's run, in order, stopping after the first that leaves the
+   * stream at its in-flight bound: chunk i's header is headers[i * headerBytes, (i + 1) * headerBytes), its range
+   * ranges[3i] (fd), ranges[3i + 1] (offset), ranges[3i + 2] (bytes). result[0] = chunks taken, result[1] = the last
+   * one's NativeSendStatus. Throws the NativeIoError of a chunk that failed (result[0] counts those taken before it).
+   */
+  sendChunkRun(id: number, headers: Buffer, headerBytes: number, ranges: Float64Array, first: number, count: number, result: Int32Array): void;
   sendMessage(id: number, bytes: Buffer): NativeSendStatus;
   flush(id: number): boolean;
   closeStream(id: number): void;
@@ -91,6 +98,8 @@ export interface NativeAddon {
   readonly headerBytesMax: number;
   readonly messageBytesMax: number;
   readonly payloadBytesMax: number;
+  /** Chunks one sendChunkRun call takes (io-engine.h kRunChunksMax). */
+  readonly runChunksMax: number;
   readonly prefetchBytesMax: number;
   /** Units one stream may queue (io-engine.h kQueuedUnitsHardMax). */
   readonly queuedUnitsHardMax: number;
