@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { constants as osConstants } from 'node:os';
 import { isWalcastError } from '../src/errors.js';
-import type { IoBackend, StreamWriter, WalChunk, WalFileHandle } from '../src/io/backend.js';
+import { CHUNK_RUN_CHUNKS_MAX, type IoBackend, type StreamWriter, type WalChunk, type WalFileHandle } from '../src/io/backend.js';
 import { NATIVE_STRATEGIES, createNativeBackend, probeNative, type NativeStrategy } from '../src/io/native-backend.js';
 import { NativeIoError, loadNativeAddon, type NativeEngine } from '../src/io/native-binding.js';
 import { createTsBackend } from '../src/io/ts-backend.js';
@@ -137,6 +137,39 @@ async function sendAll(writer: StreamWriter, units: readonly Unit[]): Promise<vo
     await writer.sendChunk(header, unit.chunk);
     header.fill(0xee); // a backend that kept a reference instead of a copy would send these bytes
   }
+}
+
+/**
+ * sendAll with sendChunkRun: consecutive chunks go in runs of 1..CHUNK_RUN_CHUNKS_MAX (lengths from `random`), a
+ * message ends a run. The headers buffer is overwritten after each run: a backend that kept a reference instead of
+ * sending or copying would put those bytes on the wire.
+ */
+async function sendAllInRuns(writer: StreamWriter, units: readonly Unit[], random: () => number): Promise<{ runs: number }> {
+  assert.ok(writer.sendChunkRun !== undefined, 'the native writer offers sendChunkRun');
+  const headers = Buffer.alloc(CHUNK_RUN_CHUNKS_MAX * HEADER_BYTES);
+  let runs = 0;
+  let index = 0;
+  while (index < units.length) {
+    const unit = units[index]!;
+    if (unit.kind === 'message') {
+      await writer.sendMessage(unit.bytes);
+      index++;
+      continue;
+    }
+    const wanted = 1 + Math.floor(random() * CHUNK_RUN_CHUNKS_MAX);
+    const chunks: WalChunk[] = [];
+    while (chunks.length < wanted && index < units.length) {
+      const next = units[index]!;
+      if (next.kind !== 'chunk') break;
+      next.header.copy(headers, chunks.length * HEADER_BYTES);
+      chunks.push(next.chunk);
+      index++;
+    }
+    await writer.sendChunkRun(headers, HEADER_BYTES, chunks);
+    headers.fill(0xee);
+    runs++;
+  }
+  return { runs };
 }
 
 interface Loopback {
@@ -439,6 +472,97 @@ for (const strategy of NATIVE_STRATEGIES) {
         client.destroy();
         server.destroy();
       }
+    });
+
+    test('sendChunkRun: runs across segment boundaries and between messages, ending exactly at the range end: exact bytes', async () => {
+      const random = seededRandom(strategy.length * 31);
+      for (const units of [planRange(SEGMENT_BYTES - 300_000, 2 * SEGMENT_BYTES + 200_001, 7), planRange(0, SEGMENT_COUNT * SEGMENT_BYTES, 1_000_000), randomUnits(random, 200)]) {
+        const expected = expectedBytes(units);
+        const { client, server } = await connectPair(loopback);
+        const received = collect(client, expected.length);
+        const writer = await backend.openStream(server);
+        const { runs } = await sendAllInRuns(writer, units, random);
+        await writer.release();
+        assert.ok(runs < units.length, 'chunks went in runs');
+        assert.equal(writer.bytesSent, expected.length, 'bytesSent counts every header and payload of every run');
+        assert.ok((await received).equals(expected), 'streamed bytes are identical');
+        client.destroy();
+        server.destroy();
+      }
+    });
+
+    test('sendChunkRun: a receiver that stops reading mid-run (EAGAIN, partial sends), then resumes: the rest of the run waits, exact bytes', async () => {
+      // 48 MiB in runs: far more than a paused loopback receiver takes, so runs stop at the in-flight bound mid-run.
+      const once = planRange(0, SEGMENT_COUNT * SEGMENT_BYTES, 1_000_000);
+      const units = Array.from({ length: 16 }, () => once).flat();
+      const expected = expectedBytes(units);
+      const { client, server } = await connectPair(loopback);
+      client.pause();
+      const writer = await backend.openStream(server);
+      let settled = false;
+      const sending = sendAllInRuns(writer, units, seededRandom(7)).finally(() => (settled = true));
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(settled, false, 'a run to a receiver that does not read waits');
+      assert.ok(writer.bytesSent < expected.length, 'not everything reached the kernel');
+      const received = collect(client, expected.length);
+      client.resume();
+      await sending;
+      await writer.release();
+      assert.ok((await received).equals(expected));
+      client.destroy();
+      server.destroy();
+    });
+
+    test('sendChunkRun: receivers that pause and resume at random, 20 at once: exact bytes per stream', async () => {
+      const random = seededRandom(strategy.length * 104729);
+      const streams = await Promise.all(
+        Array.from({ length: RANDOM_STREAMS }, async () => {
+          const units = randomUnits(random, RANDOM_UNITS_PER_STREAM);
+          const { client, server } = await connectPair(loopback);
+          return { client, server, units, expected: expectedBytes(units) };
+        }),
+      );
+      const flapping = setInterval(() => {
+        for (const { client } of streams) if (random() < 0.5) client.pause();
+        else client.resume();
+      }, 5);
+      try {
+        const receiving = await Promise.all(
+          streams.map(async ({ client, server, units, expected }) => {
+            const received = collect(client, expected.length);
+            const writer = await backend.openStream(server);
+            await sendAllInRuns(writer, units, random);
+            await writer.release();
+            return received;
+          }),
+        );
+        clearInterval(flapping);
+        for (const { client } of streams) client.resume();
+        for (const [index, received] of receiving.entries()) assert.ok((await received).equals(streams[index]!.expected), `stream ${index}`);
+      } finally {
+        clearInterval(flapping);
+      }
+    });
+
+    test('sendChunkRun: a receiver that vanishes while a run waits fails the run with a stream error, and the next call too', async () => {
+      const units = planRange(0, SEGMENT_COUNT * SEGMENT_BYTES, 1_000_000);
+      const { client, server } = await connectPair(loopback);
+      client.pause();
+      const writer = await backend.openStream(server);
+      const sending = (async () => {
+        for (let repeat = 0; repeat < DISCONNECT_REPEATS_MAX; repeat++) await sendAllInRuns(writer, units, seededRandom(repeat));
+      })();
+      let settled = false;
+      void sending.catch(() => undefined).finally(() => (settled = true));
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(settled, false, 'the run waits for room');
+      client.resetAndDestroy();
+      await assert.rejects(sending, (error: unknown) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO'));
+      const chunk = units.find((unit) => unit.kind === 'chunk');
+      assert.ok(chunk?.kind === 'chunk');
+      await assert.rejects(writer.sendChunkRun!(Buffer.alloc(HEADER_BYTES), HEADER_BYTES, [chunk.chunk]), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO'));
+      await writer.release();
+      server.destroy();
     });
 
     test('chunkBatch: receivers get every batched chunk byte-identical; one that fills mid-batch goes on alone, one that vanishes fails alone', async () => {
@@ -753,6 +877,18 @@ describe('native errors', { skip }, () => {
       assert.throws(() => engine.sendChunkBatch(ids, 3, Buffer.alloc(30), 0, 0, 1, statuses), RangeError);
       assert.throws(() => engine.sendChunkBatch(new Float64Array([1.5, 2]), 2, Buffer.alloc(30), 0, 0, 1, statuses), RangeError);
       assert.throws(() => engine.sendChunkBatch(ids, 2, Buffer.alloc(30), 0, 0, 1 << 20, statuses), RangeError);
+      const ranges = new Float64Array([0, 0, 1, 0, 0, 1]);
+      const result = new Int32Array(2);
+      assert.throws(() => engine.sendChunkRun(1, Buffer.alloc(60), 30, [0, 0, 1] as unknown as Float64Array, 0, 1, result), TypeError);
+      assert.throws(() => engine.sendChunkRun(1, Buffer.alloc(60), 30, ranges, 0, 1, new Int32Array(1)), TypeError);
+      assert.throws(() => engine.sendChunkRun(1, Buffer.alloc(60), 30, ranges, 0, 0, result), RangeError);
+      assert.throws(() => engine.sendChunkRun(1, Buffer.alloc(60), 30, ranges, 0, 3, result), RangeError, 'ranges hold two chunks');
+      assert.throws(() => engine.sendChunkRun(1, Buffer.alloc(59), 30, ranges, 0, 2, result), RangeError, 'headers hold less than two');
+      assert.throws(() => engine.sendChunkRun(1, Buffer.alloc(60), 30, new Float64Array([0, 0, 1 << 20]), 0, 1, result), RangeError);
+      assert.throws(() => engine.sendChunkRun(1, Buffer.alloc(60), 30, new Float64Array([0, 0.5, 1]), 0, 1, result), RangeError);
+      // A stream that is not open: the first chunk fails, none was taken.
+      assert.throws(() => engine.sendChunkRun(1, Buffer.alloc(60), 30, ranges, 0, 2, result), (error: unknown) => error instanceof NativeIoError && error.code === 'EBADF');
+      assert.equal(result[0], 0);
       // Streams that are not open fail one by one, each with its own error at its index.
       const errors = engine.sendChunkBatch(ids, 2, Buffer.alloc(30), 0, 0, 1, statuses);
       assert.deepEqual([...statuses], [-1, -1]);

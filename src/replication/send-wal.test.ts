@@ -4,11 +4,11 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { StreamWriter, WalChunk } from '../io/backend.js';
+import { CHUNK_RUN_CHUNKS_MAX, type StreamWriter, type WalChunk } from '../io/backend.js';
 import type { Lsn } from '../lsn.js';
 import { LsnWatch } from '../timeline/lsn-watch.js';
 import { PublishTiming } from '../timeline/publish-timing.js';
-import { PREFETCH_PIECE_BYTES, PREFETCH_WINDOW_BYTES, Prefetcher, sendWal, type PublishClock, type SendWalOptions, type WalSource } from './send-wal.js';
+import { PREFETCH_PIECE_BYTES, PREFETCH_WINDOW_BYTES, Prefetcher, SEND_BUDGET_PER_TURN_BYTES, sendWal, type PublishClock, type SendWalOptions, type WalSource } from './send-wal.js';
 import { MAX_SEND_BYTES } from './stream-messages.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
@@ -423,4 +423,105 @@ test('a stream aborted while storage is slow ends at once, without waiting for t
   const end = await running;
   assert.equal(end.kind, 'aborted');
   assert.equal(end.sentLsn, 0x100010n);
+});
+
+/** A writer with sendChunkRun (as the native backend): records each chunk of a run as sendChunk would, and the runs. */
+class RunRecordingWriter extends RecordingWriter {
+  /** Per run: [first dataStart, chunk count, payload bytes]. */
+  readonly runs: { start: Lsn; chunks: number; bytes: number }[] = [];
+
+  async sendChunkRun(headers: Buffer, headerBytes: number, chunks: readonly WalChunk[]): Promise<void> {
+    assert.equal(headerBytes, 30);
+    assert.ok(chunks.length >= 1 && chunks.length <= CHUNK_RUN_CHUNKS_MAX && headers.length >= chunks.length * headerBytes);
+    this.runs.push({ start: headers.readBigUInt64BE(6), chunks: chunks.length, bytes: chunks.reduce((sum, chunk) => sum + chunk.byteCount, 0) });
+    for (const [index, chunk] of chunks.entries()) await this.sendChunk(Buffer.from(headers.subarray(index * headerBytes, (index + 1) * headerBytes)), chunk);
+  }
+}
+
+/** fakeSource with a synchronous locate, as the real reader's for an open segment: the sender may build runs. */
+const fakeSourceNow: WalSource = {
+  locate: fakeSource.locate,
+  locateNow(lsn: Lsn, endLsn: Lsn): WalChunk | undefined {
+    const segmentEnd = (lsn / BigInt(SEGMENT_BYTES) + 1n) * BigInt(SEGMENT_BYTES);
+    const until = endLsn < segmentEnd ? endLsn : segmentEnd;
+    return { file: { fd: -1, path: 'fake' }, fileOffset: Number(lsn % BigInt(SEGMENT_BYTES)), byteCount: Number(until - lsn) };
+  },
+};
+
+test('runs: the same chunks and headers as one by one, each run within the turn budget and one segment, never past the end', async () => {
+  // Starts mid-page, ends mid-page three segments later: short first and last chunks, segment ends in between.
+  const startLsn = 0x100010n;
+  const endLsn = startLsn + 3n * BigInt(SEGMENT_BYTES) + 77n;
+  const sendOnce = async (writer: RecordingWriter): Promise<Sent[]> => {
+    const end = await sendWal(options({ startLsn, endWatch: new LsnWatch(endLsn), writer, signal: new AbortController().signal, stopAtEnd: true, source: fakeSourceNow, prefetchSource: fakeSourceNow }));
+    assert.equal(end.kind, 'recovery_finished');
+    assert.equal(end.sentLsn, endLsn);
+    return writer.sent;
+  };
+  const alone = await sendOnce(new RecordingWriter());
+  const runWriter = new RunRecordingWriter();
+  const inRuns = await sendOnce(runWriter);
+  assert.deepEqual(inRuns, alone, 'the same chunks (start, length, walEnd) in the same order');
+  assert.ok(runWriter.runs.some((run) => run.chunks > 1), 'chunks went in runs');
+  let position = startLsn;
+  for (const run of runWriter.runs) {
+    assert.equal(run.start, position, 'runs are contiguous');
+    assert.ok(run.bytes <= SEND_BUDGET_PER_TURN_BYTES, 'a run stays within the turn budget');
+    const runEnd = position + BigInt(run.bytes);
+    assert.ok(runEnd <= endLsn, 'never past the end');
+    assert.ok((runEnd - 1n) / BigInt(SEGMENT_BYTES) === position / BigInt(SEGMENT_BYTES), 'a run never crosses a segment boundary');
+    position = runEnd;
+  }
+  assert.equal(position, endLsn);
+});
+
+test('runs: a chunk that needs an asynchronous verification ends the run and is verified before it is sent', async () => {
+  const startLsn = 0x100000n;
+  const endLsn = startLsn + BigInt(SEGMENT_BYTES);
+  // Pages from this LSN on are not verified yet: verifyNow declines, verify (asynchronous) does the work.
+  const slowFrom = startLsn + 3n * BigInt(MAX_SEND_BYTES);
+  const verified: Lsn[] = [];
+  const writer = new RunRecordingWriter();
+  writer.onRecord = (entry) => {
+    if (entry.kind === 'chunk' && entry.dataStart! >= slowFrom) assert.ok(verified.includes(entry.dataStart!), 'verified before it was sent');
+  };
+  const end = await sendWal(
+    options({
+      startLsn,
+      endWatch: new LsnWatch(endLsn),
+      writer,
+      signal: new AbortController().signal,
+      stopAtEnd: true,
+      source: fakeSourceNow,
+      prefetchSource: fakeSourceNow,
+      verifyNow: (_chunk, lsn) => lsn < slowFrom,
+      verify: async (_chunk, lsn) => {
+        await new Promise((resolve) => setImmediate(resolve));
+        verified.push(lsn);
+      },
+    }),
+  );
+  assert.equal(end.sentLsn, endLsn);
+  assert.deepEqual(writer.runs.slice(0, 2).map((run) => run.chunks), [3, 1], 'the first run stops before the chunk to verify; that one goes alone');
+  assert.equal(verified[0], slowFrom);
+});
+
+test('runs: a busy stream still asks a silent replica for a reply, between whole chunks', async () => {
+  const startLsn = 0x100010n;
+  const endWatch = new LsnWatch(startLsn + 3n * BigInt(SEGMENT_BYTES));
+  const writer = new RunRecordingWriter();
+  let lastReplyAtMs = Date.now() - 10_000;
+  let chunksSeen = 0;
+  writer.onRecord = (entry) => {
+    if (entry.kind === 'chunk' && ++chunksSeen === 5) lastReplyAtMs += 1;
+  };
+  const end = await sendWal(options({ endWatch, writer, signal: new AbortController().signal, stopAtEnd: true, replicaTimeoutMs: 1000, lastReplyAtMs: () => lastReplyAtMs, source: fakeSourceNow, prefetchSource: fakeSourceNow }));
+  assert.equal(end.kind, 'recovery_finished');
+  const keepalives = writer.sent.flatMap((entry, index) => (entry.kind === 'message' ? [{ entry, index }] : []));
+  assert.equal(keepalives.length, 2, 'one request before the first chunk, one after the reply');
+  assert.equal(keepalives[0]?.index, 0);
+  const second = keepalives[1]!;
+  // The reply came during the run holding the fifth chunk: the request follows that run, at the sent position.
+  assert.ok(second.index > 5, 'asked again after the reply');
+  assert.equal(second.entry.walEnd, writer.sent[second.index + 1]?.dataStart, 'the keepalive sits between whole chunks, at the sent position');
 });
