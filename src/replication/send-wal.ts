@@ -3,7 +3,8 @@
  *
  * One call of `sendWal` streams one replica from its start LSN: wait until the end watch (commit LSN, or flush
  * LSN for recovery streams) passes what was sent, cut the next chunk, hand "header + segment range" to the I/O
- * backend, advance. While idle it sends a keepalive that asks for a reply every `keepaliveIntervalMs`, or ends
+ * backend, advance. In catch-up, where the writer takes runs (StreamWriter.sendChunkRun), the chunks that follow and
+ * need no wait go with it in one call (ChunkRuns), so the loop runs once per ~512 KiB rather than per 128 KiB. While idle it sends a keepalive that asks for a reply every `keepaliveIntervalMs`, or ends
  * the stream when the replica has caught up and nothing writes the timeline any more. While busy it asks for a
  * reply once half of the replica timeout passed without one, so that a replica which replies only when asked
  * (pg_receivewal -s 0) is not timed out during a long catch-up. While it waits for storage (a segment fetched from
@@ -105,7 +106,7 @@ export interface SendWalOptions {
   readonly stopAtEnd: boolean;
   /** Asked after each idle interval; returns true when the stream should end (caught up, no writer). */
   readonly shouldStop: (sentLsn: Lsn) => boolean;
-  /** Told after every chunk, so the replica registry shows the sent position. */
+  /** Told after every chunk (or run of chunks, with the bytes of all), so the replica registry shows the sent position. */
   readonly onSent: (sentLsn: Lsn, bytes: number) => void;
   /** The reply reader's timeout: silence this long from the replica ends the stream (wal_sender_timeout). */
   readonly replicaTimeoutMs: number;
