@@ -36,10 +36,13 @@ import { readSidecar, sidecarPathFor } from './page-checksums.js';
 import { PARTIAL_SUFFIX, isSegmentFileName, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
 
 /**
- * Segments whose verified-page bitmaps are kept per timeline. 64 × 16 MiB covers the 1 GiB a busy fan-out reads
- * from; the memory is tiny (a bit per page plus the sidecar: ~8.5 KiB per 16 MiB segment, ~550 KiB in all).
+ * Segments whose verified-page bitmaps are kept per timeline: 256 × 16 MiB = 4 GiB of WAL; the memory is small (a bit
+ * per page plus the sidecar: ~8.5 KiB per 16 MiB segment, ~2.2 MiB in all). The LRU meets sequential readers: a
+ * catch-up over more segments than it holds drops each bitmap before the next reader of that range comes, so every
+ * later catch-up checksums every byte again. At 64 (until 2026-12-06) the 1 GiB catch-up benchmark's 66 segments did
+ * exactly that on every run (issue 13: the CRC of every byte, ~40-60% of the sender's CPU in that profile).
  */
-export const VERIFIED_SEGMENTS_MAX = 64;
+export const VERIFIED_SEGMENTS_MAX = 256;
 /** Pages quarantined per timeline before the oldest is forgotten (it is still refused: it never verifies). */
 export const QUARANTINED_PAGES_MAX = 1024;
 /**
