@@ -1,8 +1,8 @@
 /**
  * The AddressSanitizer test of the native engine's buffer lifetimes (issue 15): for every strategy, 1,000 streams
- * to real loopback receivers (some paused, so their sends stay in flight) get sends (chunks, and messages large
- * enough to live on the heap) and cold prefetch reads; then every stream is closed with its sends and the reads
- * still in flight. In the first half the event loop then reaps the cancelled sends (closing streams are freed by
+ * to real loopback receivers (some paused, so their sends stay in flight) get sends (chunks, alone and in
+ * sendChunkRun runs, and messages large enough to live on the heap) and cold prefetch reads; then every stream is
+ * closed with its sends and the reads still in flight. In the first half the event loop then reaps the cancelled sends (closing streams are freed by
  * their completions); in the second half the engine is closed at once, so close() itself must wait for them.
  *
  * It only means something under ASan: `npm run test:asan` (scripts/test-native-asan.mjs) builds the addon with
@@ -158,10 +158,27 @@ function sendChunk(engine: NativeEngine, id: number, unit: number): NativeSendSt
   return engine.sendChunk(id, header, file, (unit * CHUNK_BYTES) % FILE_BYTES, CHUNK_BYTES);
 }
 
-/** A paused receiver: chunks and heap messages until the stream waits for room that never comes. */
+/** sendChunkRun's buffers: one header per chunk, (fd, offset, bytes) per chunk, the addon's answer. */
+const RUN_CHUNKS = 3;
+const runHeaders = Buffer.alloc(RUN_CHUNKS * HEADER_BYTES, 0x72);
+const runRanges = new Float64Array(RUN_CHUNKS * 3);
+const runResult = new Int32Array(2);
+
+/** A catch-up run of RUN_CHUNKS chunks from `unit` on (the addon stops early at the in-flight bound). */
+function sendRun(engine: NativeEngine, id: number, unit: number): NativeSendStatus {
+  for (let index = 0; index < RUN_CHUNKS; index++) {
+    runRanges[index * 3] = files[(unit + index) % FILE_COUNT]!;
+    runRanges[index * 3 + 1] = ((unit + index) * CHUNK_BYTES) % FILE_BYTES;
+    runRanges[index * 3 + 2] = CHUNK_BYTES;
+  }
+  engine.sendChunkRun(id, runHeaders, HEADER_BYTES, runRanges, 0, RUN_CHUNKS, runResult);
+  return runResult[1] as NativeSendStatus;
+}
+
+/** A paused receiver: chunks (alone, or in runs on odd streams) and heap messages until the stream waits for room that never comes. */
 async function fillUntilStuck(engine: NativeEngine, events: Events, id: number): Promise<void> {
   for (let unit = 0; unit < FILL_UNITS_MAX; unit++) {
-    const status = unit % 3 === 2 ? engine.sendMessage(id, heapMessage) : sendChunk(engine, id, unit);
+    const status = unit % 3 === 2 ? engine.sendMessage(id, heapMessage) : id % 2 === 1 ? sendRun(engine, id, unit) : sendChunk(engine, id, unit);
     if (status === NativeSendStatus.queueFull && !(await events.space(id))) return;
   }
   assert.fail(`a receiver that does not read took ${FILL_UNITS_MAX} units without blocking the sender`);
@@ -170,8 +187,12 @@ async function fillUntilStuck(engine: NativeEngine, events: Events, id: number):
 /** A reading receiver: a heap message first (it is the send in flight on uring), then chunks and a small message. */
 function sendSome(engine: NativeEngine, id: number): void {
   engine.sendMessage(id, heapMessage);
-  sendChunk(engine, id, id);
-  sendChunk(engine, id, id + 1);
+  if (id % 2 === 1) {
+    sendRun(engine, id, id);
+  } else {
+    sendChunk(engine, id, id);
+    sendChunk(engine, id, id + 1);
+  }
   engine.sendMessage(id, inlineMessage);
 }
 
