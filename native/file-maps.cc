@@ -13,10 +13,11 @@ namespace walcast {
 namespace {
 // Expired cache entries are swept once the table grows past this many files (16 MiB segments: 1 GiB mapped).
 constexpr size_t kMapEntriesBeforePrune = 64;
-// Files kept mapped after their last user (address space only; a deleted segment's blocks are freed later). As many
-// as the page verifier keeps segments (VERIFIED_SEGMENTS_MAX): on sendfile nothing else holds a checksum's mapping,
-// and with 16, fan-out over ~60 segments remapped (mmap, faults, munmap) a segment per check (bench, 100 receivers:
-// 0.06-0.08 CPU s/GB added by verification with 16, 0.01-0.04 with 64; issue 14).
+// Files kept mapped after their last user (address space only; a deleted segment's blocks are freed later). On
+// sendfile nothing else holds a checksum's mapping, and with 16, fan-out over ~60 segments remapped (mmap, faults,
+// munmap) a segment per check (bench, 100 receivers: 0.06-0.08 CPU s/GB added by verification with 16, 0.01-0.04 with
+// 64; issue 14). The page verifier keeps more segments' bitmaps (VERIFIED_SEGMENTS_MAX, 256): a bitmap is a few KiB,
+// while a mapping keeps a segment that retention deleted allocated on disk until it is unmapped.
 constexpr size_t kRecentMapsKept = 64;
 }  // namespace
 
