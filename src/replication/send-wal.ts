@@ -225,9 +225,10 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
         const runEnd = runs.collect(chunk, sentLsn, wantedEnd, endLsn, SEND_BUDGET_PER_TURN_BYTES - sentThisTurnBytes);
         const runBytes = lsnDistance(runEnd, sentLsn);
         await runs.send(sentLsn);
-        // A run ends the turn's budget or the WAL there is to send; either way the loop goes round once per run.
-        for (const end of runs.ends) reportWhenWritten(options, end);
         sentLsn = runEnd;
+        // Once for the run: the backend reports a write when its queue is empty (afterWritten), so every publish the
+        // run's chunks complete is written at that same moment, and one observer covers them all.
+        reportWhenWritten(options, runEnd);
         options.onSent(sentLsn, runBytes + runs.chunks.length * XLOG_DATA_HEADER_BYTES);
         sentThisTurnBytes += runBytes;
       } else {
