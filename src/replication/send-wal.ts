@@ -4,10 +4,11 @@
  * One call of `sendWal` streams one replica from its start LSN: wait until the end watch (commit LSN, or flush
  * LSN for recovery streams) passes what was sent, cut the next chunk, hand "header + segment range" to the I/O
  * backend, advance. In catch-up, where the writer takes runs (StreamWriter.sendChunkRun), the chunks that follow and
- * need no wait go with it in one call (ChunkRuns), so the loop runs once per ~512 KiB rather than per 128 KiB. While idle it sends a keepalive that asks for a reply every `keepaliveIntervalMs`, or ends
- * the stream when the replica has caught up and nothing writes the timeline any more. While busy it asks for a
- * reply once half of the replica timeout passed without one, so that a replica which replies only when asked
- * (pg_receivewal -s 0) is not timed out during a long catch-up. While it waits for storage (a segment fetched from
+ * need no wait go with it in one call (ChunkRuns), so the loop runs once per ~512 KiB rather than per 128 KiB.
+ * While idle it sends a keepalive that asks for a reply every `keepaliveIntervalMs`, or ends the stream when the
+ * replica has caught up and nothing writes the timeline any more. While busy it asks for a reply once half of the
+ * replica timeout passed without one, so that a replica which replies only when asked (pg_receivewal -s 0) is not
+ * timed out during a long catch-up. While it waits for storage (a segment fetched from
  * object storage can take seconds: ranged GETs, retries), it keeps sending reply-requesting keepalives on the idle
  * schedule, so neither the replica's wal_receiver_timeout nor walcast's --replica-timeout ends the stream during a
  * slow GET (walsender.c keeps its keepalive schedule while WALRead waits, too). Encoding the protocol is done here; moving bytes
