@@ -141,6 +141,12 @@ export class SidecarAppender {
   private readonly fd: number;
   /** Entries on file (written, maybe not yet durable). */
   private entriesValue: number;
+  /**
+   * Written (or cut) since the last `sync` started. A clean sidecar is not fsynced again: most commits complete no
+   * page, and a second fdatasync per flush on an unchanged file still costs a pool thread and, on ext4, a device
+   * cache flush that the segment's own fdatasync then queues behind.
+   */
+  private dirty = true;
 
   /**
    * Opens (creating) the sidecar of a segment whose first `validPages` pages hold published WAL. Entries past them
@@ -167,13 +173,29 @@ export class SidecarAppender {
   append(firstPage: number, crcs: readonly number[]): void {
     assert.equal(firstPage, this.entriesValue, 'sidecar entries are appended in page order');
     if (crcs.length === 0) return;
+    this.dirty = true;
     writeAll(this.fd, encodeEntries(crcs), firstPage * SIDECAR_ENTRY_BYTES);
     this.entriesValue += crcs.length;
   }
 
-  /** Makes the appended entries durable; run next to the segment's own fdatasync. */
+  /** Whether entries were written since the last `sync` started (it would have something to make durable). */
+  get needsSync(): boolean {
+    return this.dirty;
+  }
+
+  /**
+   * Makes the appended entries durable; run next to the segment's own fdatasync. Nothing to do when nothing was
+   * appended since the last sync started: an append during a running sync marks it dirty again, for the next one.
+   */
   async sync(): Promise<void> {
-    await fdatasyncAsync(this.fd);
+    if (!this.dirty) return;
+    this.dirty = false;
+    try {
+      await fdatasyncAsync(this.fd);
+    } catch (error) {
+      this.dirty = true;
+      throw error;
+    }
   }
 
   close(): void {

@@ -4,6 +4,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
+import { crc32c } from './crc32c.js';
 import { WalWriter, eraseFrom } from './wal-writer.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
@@ -122,4 +123,36 @@ test('eraseFrom makes the tail read as zeros and keeps the size', () => {
   assert.equal(file.length, SEGMENT_BYTES);
   assert.ok(file.subarray(0, 12345).equals(pattern(SEGMENT_BYTES, 4).subarray(0, 12345)));
   assert.ok(file.subarray(12345).equals(Buffer.alloc(SEGMENT_BYTES - 12345)));
+});
+
+test('a flush fsyncs the sidecar only when pages completed since the last one, and the entries it publishes are on file', async () => {
+  const writer = new WalWriter({ dir, pgTimelineId: 1, segmentBytes: SEGMENT_BYTES, startLsn: 0n });
+  const data = pattern(3 * 8192, 5);
+  // The first flush syncs the new sidecar (created, possibly filled on open); small commits inside page 0 then do not.
+  writer.write(0n, data.subarray(0, 100));
+  await writer.flush();
+  const afterFirst = writer.stats.sidecarSyncCount;
+  assert.equal(afterFirst, 1);
+  for (let offset = 100; offset < 8000; offset += 100) {
+    writer.write(BigInt(offset), data.subarray(offset, offset + 100));
+    await writer.flush();
+  }
+  assert.equal(writer.stats.fsyncCount, 80, 'every flush fsyncs the segment');
+  assert.equal(writer.stats.sidecarSyncCount, afterFirst, 'no page completed: the sidecar is not fsynced again');
+  // Crossing into page 1 completes page 0: its entry is appended, and that flush syncs the sidecar.
+  writer.write(8000n, data.subarray(8000, 8292));
+  await writer.flush();
+  assert.equal(writer.stats.sidecarSyncCount, afterFirst + 1);
+  const sidecar = readFileSync(join(dir, '000000010000000000000000.crc'));
+  assert.equal(sidecar.length, 4, 'one entry, for page 0');
+  assert.equal(sidecar.readUInt32LE(0), crc32c(data, 0, 8192));
+  // A page completing while a flush runs is synced by the next flush, not lost to the running one's clean mark.
+  writer.write(8292n, data.subarray(8292, 8392));
+  const running = writer.flush();
+  writer.write(8392n, data.subarray(8392, 2 * 8192 + 10));
+  await running;
+  assert.equal(await writer.flush(), BigInt(2 * 8192 + 10));
+  assert.equal(writer.stats.sidecarSyncCount, afterFirst + 2);
+  assert.equal(readFileSync(join(dir, '000000010000000000000000.crc')).readUInt32LE(4), crc32c(data, 8192, 2 * 8192));
+  await writer.close();
 });

@@ -66,7 +66,10 @@ interface OpenSegment {
 }
 
 export interface WalWriterStats {
+  /** fdatasyncs of segment files. */
   fsyncCount: number;
+  /** fdatasyncs of checksum sidecars: only by flushes after which pages completed (a clean sidecar is not synced). */
+  sidecarSyncCount: number;
   bytesWritten: number;
   segmentsCompleted: number;
 }
@@ -90,7 +93,7 @@ export class WalWriter {
   private tailPageLsn: Lsn;
   private readonly tailPage = Buffer.alloc(WAL_PAGE_BYTES);
   private tailPageFill = 0;
-  readonly stats: WalWriterStats = { fsyncCount: 0, bytesWritten: 0, segmentsCompleted: 0 };
+  readonly stats: WalWriterStats = { fsyncCount: 0, sidecarSyncCount: 0, bytesWritten: 0, segmentsCompleted: 0 };
 
   constructor(options: WalWriterOptions) {
     assertSegmentSize(options.segmentBytes);
@@ -203,9 +206,11 @@ export class WalWriter {
     failpoint('wal-after-write');
     const syncs = completed.map((segment) => syncFile(segment));
     if (current !== undefined) syncs.push(syncFile(current));
-    const sidecarSyncs = [...completed, ...(current === undefined ? [] : [current])].map((segment) => syncSidecar(segment));
+    // Only sidecars that gained entries: most small commits complete no page (SidecarAppender.sync).
+    const sidecarSyncs = [...completed, ...(current === undefined ? [] : [current])].filter((segment) => segment.sidecar.needsSync).map((segment) => syncSidecar(segment));
     await Promise.all([...syncs, ...sidecarSyncs]);
     this.stats.fsyncCount += syncs.length;
+    this.stats.sidecarSyncCount += sidecarSyncs.length;
     for (const segment of completed) {
       renameSync(segment.partialPath, segment.finalPath);
       closeSync(segment.fd);
