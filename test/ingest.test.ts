@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createOperationsMetrics } from '../src/api/metrics.js';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { createIoBackend } from '../src/io/select-backend.js';
 import { WalcastServer } from '../src/server.js';
@@ -96,6 +97,41 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
       const slotXmin = await fixture.primary.sql(`SELECT xmin FROM pg_replication_slots WHERE slot_name = '${slotName}'`);
       return slotXmin !== '' && BigInt(slotXmin) > BigInt(matched) ? true : undefined;
     }, 30_000);
+  });
+
+  test('/metrics times the ingest hop: each commit on the primary adds a publish to walcast_ingest_to_publish_seconds and walcast_ingest_flush_seconds', async (t) => {
+    const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' });
+    metrics.bindTimelines(fixture.walcastA.server.timelines);
+    const timeline = soleTimeline(fixture.walcastA);
+    const labels = `tenant_id="${timeline.tenantId}",timeline_id="${timeline.timelineId}"`;
+    const scrape = async (): Promise<{ hop: IngestHistogram; flush: IngestHistogram }> => {
+      const { body } = await metrics.render();
+      return { hop: ingestHistogram(body, 'walcast_ingest_to_publish_seconds', labels), flush: ingestHistogram(body, 'walcast_ingest_flush_seconds', labels) };
+    };
+    const before = await scrape();
+    const COMMITS = 5;
+    for (let index = 0; index < COMMITS; index++) {
+      await fixture.primary.sql(`INSERT INTO ingest_rows (id) VALUES (${2001 + index})`);
+      // One commit at a time, each published before the next: at least one publish per commit.
+      const flushed = parseLsnOrThrow(await fixture.primary.sql('SELECT pg_current_wal_flush_lsn()'));
+      await timeline.commitLsn.waitBeyond(flushed - 1n, CATCH_UP_TIMEOUT_MS);
+    }
+    const after = await scrape();
+    const publishes = after.hop.count - before.hop.count;
+    assert.ok(publishes >= COMMITS, `at least ${COMMITS} publishes timed, got ${publishes}`);
+    assert.equal(after.flush.count - before.flush.count, publishes, 'one flush observation per publish');
+    const hopSeconds = after.hop.sum - before.hop.sum;
+    const flushSeconds = after.flush.sum - before.flush.sum;
+    assert.ok(flushSeconds > 0, 'the fdatasyncs took time');
+    assert.ok(hopSeconds >= flushSeconds, `the hop (${hopSeconds} s) contains its flushes (${flushSeconds} s)`);
+    // Sub-millisecond buckets, cumulative, ending at +Inf = count.
+    for (const histogram of [after.hop, after.flush]) {
+      assert.ok(histogram.buckets.some(([bound]) => bound <= 0.0001) && histogram.buckets.some(([bound]) => bound === 0.0005), 'buckets resolve 100 µs steps');
+      histogram.buckets.forEach(([, count], index) => assert.ok(index === 0 || count >= (histogram.buckets[index - 1]?.[1] ?? 0), 'cumulative'));
+      assert.equal(histogram.buckets.at(-1)?.[0], Number.POSITIVE_INFINITY);
+      assert.equal(histogram.buckets.at(-1)?.[1], histogram.count);
+    }
+    t.diagnostic(`${publishes} publishes: mean hop ${((hopSeconds / publishes) * 1000).toFixed(3)} ms, of which flush ${((flushSeconds / publishes) * 1000).toFixed(3)} ms`);
   });
 
   test('pg_receivewal from walcast while the primary writes gets segments byte-identical to the primary', async () => {
@@ -417,4 +453,30 @@ async function assertSegmentsMatch(receivedDir: string, primaryWalDir: string, s
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+interface IngestHistogram {
+  readonly buckets: [number, number][];
+  readonly count: number;
+  readonly sum: number;
+}
+
+/** One labelled histogram of a Prometheus text exposition: cumulative buckets in order, count and sum. */
+function ingestHistogram(text: string, name: string, labels: string): IngestHistogram {
+  const buckets: [number, number][] = [];
+  let count: number | undefined;
+  let sum: number | undefined;
+  for (const line of text.split('\n')) {
+    const value = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (line.startsWith(`${name}_bucket{${labels},le="`)) {
+      const le = /le="([^"]+)"/.exec(line)?.[1] ?? '';
+      buckets.push([le === '+Inf' ? Number.POSITIVE_INFINITY : Number(le), value]);
+    } else if (line.startsWith(`${name}_count{${labels}}`)) {
+      count = value;
+    } else if (line.startsWith(`${name}_sum{${labels}}`)) {
+      sum = value;
+    }
+  }
+  assert.ok(count !== undefined && sum !== undefined && buckets.length > 0, `${name}{${labels}} is in /metrics`);
+  return { buckets, count, sum };
 }

@@ -18,6 +18,7 @@ import type { OffloadStatus } from '../remote/segment-uploader.js';
 import type { RetentionStatus } from '../retention/retention-task.js';
 import type { ReplicaSnapshot } from '../timeline/replica-registry.js';
 import type { Timeline } from '../timeline/timeline.js';
+import { INGEST_LATENCY_BUCKETS_SECONDS } from '../timeline/ingest-timing.js';
 import { PUBLISH_LATENCY_BUCKETS_SECONDS, type LatencyHistogram } from '../timeline/publish-timing.js';
 import type { SlotSnapshot } from '../slots/slot-table.js';
 import { slotRetainedBytes } from './status-model.js';
@@ -409,6 +410,21 @@ function registerPublishTiming(registry: Registry, eachTimeline: EachTimeline): 
     'Time from a commit LSN being published until the last live replica owing it has written it to its socket, per publish.',
     (visit) => eachTimeline((timeline) => visit(timelineLabels(timeline), timeline.publishTiming.fanout)),
   );
+  // The ingest hop (timeline/ingest-timing.ts): upstream message received → durable position published.
+  scrapedHistogram(
+    registry,
+    'walcast_ingest_to_publish_seconds',
+    'Time from live ingest receiving an upstream XLogData message to publishing the durable (fdatasynced) position covering it, per publish, from the oldest message it covers: the ingest hop before publish → socket.',
+    (visit) => eachTimeline((timeline) => visit(timelineLabels(timeline), timeline.ingestTiming.receivedToPublished)),
+    INGEST_LATENCY_BUCKETS_SECONDS,
+  );
+  scrapedHistogram(
+    registry,
+    'walcast_ingest_flush_seconds',
+    'Duration of live ingest\'s group-commit flush (fdatasync of the segment, and of its checksum sidecar when pages completed), per publish: the disk\'s part of walcast_ingest_to_publish_seconds.',
+    (visit) => eachTimeline((timeline) => visit(timelineLabels(timeline), timeline.ingestTiming.flush)),
+    INGEST_LATENCY_BUCKETS_SECONDS,
+  );
   new Counter({
     name: 'walcast_publish_timing_streams_dropped_total',
     help: 'Live streams no longer timed because they fell more than a bounded number of publishes behind (catching up).',
@@ -441,13 +457,21 @@ function registerPublishTiming(registry: Registry, eachTimeline: EachTimeline): 
 }
 
 type HistogramLabels = Record<string, string>;
+/** What a scraped histogram reads: per-bucket counts in the order of its bounds, then +Inf. */
+type ScrapedCounts = Pick<LatencyHistogram, 'counts' | 'count' | 'sumSeconds'>;
 
 /**
  * A Prometheus histogram whose buckets live elsewhere (a LatencyHistogram), rendered at scrape time. prom-client
  * has no histogram that takes counts, so this is a metric object of its own; the registry only calls get() and
  * reset() on it, the two members it has (hence the cast at registration).
  */
-function scrapedHistogram(registry: Registry, name: string, help: string, each: (visit: (labels: HistogramLabels, histogram: LatencyHistogram) => void) => void): void {
+function scrapedHistogram(
+  registry: Registry,
+  name: string,
+  help: string,
+  each: (visit: (labels: HistogramLabels, histogram: ScrapedCounts) => void) => void,
+  bounds: readonly number[] = PUBLISH_LATENCY_BUCKETS_SECONDS,
+): void {
   const metric = {
     name,
     help,
@@ -458,7 +482,7 @@ function scrapedHistogram(registry: Registry, name: string, help: string, each: 
       const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
       each((labels, histogram) => {
         let cumulative = 0;
-        PUBLISH_LATENCY_BUCKETS_SECONDS.forEach((bound, index) => {
+        bounds.forEach((bound, index) => {
           cumulative += histogram.counts[index] ?? 0;
           values.push({ metricName: `${name}_bucket`, labels: { ...labels, le: bound }, value: cumulative });
         });

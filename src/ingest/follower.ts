@@ -21,6 +21,7 @@
  * stream is live.
  */
 import assert from 'node:assert/strict';
+import { performance } from 'node:perf_hooks';
 import { SqlState, WalcastError, isWalcastError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { formatLsn, lsnDistance, maxLsn, parseLsn, type Lsn } from '../lsn.js';
@@ -129,6 +130,8 @@ export class UpstreamFollower {
   private client: UpstreamClient | undefined;
   private stream: UpstreamStream | undefined;
   private flushInFlight: Promise<void> | undefined;
+  /** When the oldest message written since the last flush started arrived (performance.now()); for IngestTiming. */
+  private oldestUnflushedAtMs: number | undefined;
   private fatal: Error | undefined;
   /** A storage error (STORAGE_FAULT_CODES) that ends the current stream and pauses ingest until the disk works. */
   private storageFault: Error | undefined;
@@ -422,12 +425,13 @@ export class UpstreamFollower {
     for (;;) {
       const payload = await stream.read();
       if (payload === undefined || this.fatal !== undefined || this.storageFault !== undefined) return;
+      const receivedAtMs = performance.now();
       this.lastMessageAt = Date.now();
       this.stats.messagesReceived++;
       const message = decodeUpstreamMessage(payload);
       if (message instanceof WalcastError) throw message;
       if (message.kind === 'xlog_data') {
-        this.onXLogData(message);
+        this.onXLogData(message, receivedAtMs);
         await this.waitIfTooFarAhead();
       } else if (message.replyRequested) {
         this.sendStatus(false);
@@ -435,7 +439,7 @@ export class UpstreamFollower {
     }
   }
 
-  private onXLogData(message: XLogDataMessage): void {
+  private onXLogData(message: XLogDataMessage, receivedAtMs: number): void {
     const writer = this.requireWriter();
     const written = writer.writtenLsn;
     const end = message.dataStart + BigInt(message.data.length);
@@ -448,6 +452,7 @@ export class UpstreamFollower {
     this.incomingPages.check(written, data);
     writer.write(written, data);
     this.stats.bytesReceived += data.length;
+    this.oldestUnflushedAtMs ??= receivedAtMs;
     this.kickFlush();
   }
 
@@ -455,12 +460,18 @@ export class UpstreamFollower {
   private kickFlush(): void {
     const writer = this.requireWriter();
     if (this.flushInFlight !== undefined || writer.writtenLsn === writer.durableLsn || this.storageFault !== undefined) return;
+    // This flush covers every message written so far; later ones wait for the next.
+    const receivedAtMs = this.oldestUnflushedAtMs ?? performance.now();
+    this.oldestUnflushedAtMs = undefined;
+    const flushStartedAtMs = performance.now();
     this.flushInFlight = writer.flush().then(
       (durableLsn) => {
+        const flushDoneAtMs = performance.now();
         this.flushInFlight = undefined;
         this.storageBackoff.reset();
         // Commit = flush: a PostgreSQL primary sends only flushed WAL, a walcast upstream only committed WAL.
         this.timeline.publish({ flushLsn: durableLsn, commitLsn: durableLsn });
+        this.timeline.ingestTiming.published(receivedAtMs, flushStartedAtMs, flushDoneAtMs, performance.now());
         this.sendStatus(false);
         this.kickFlush();
       },

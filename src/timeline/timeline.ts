@@ -15,6 +15,7 @@ import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import { segmentOf } from '../storage/segment-name.js';
 import { historyEntryOf, pgTimelineAt, singleTimelineHistory, switchPointOf, type TimelineHistory } from '../storage/timeline-history.js';
 import { LsnWatch } from './lsn-watch.js';
+import { IngestTiming } from './ingest-timing.js';
 import { PublishTiming } from './publish-timing.js';
 import { ReplicaRegistry } from './replica-registry.js';
 
@@ -56,6 +57,8 @@ export class Timeline implements TimelineIdentity {
   readonly commitLsn: LsnWatch;
   /** How long each commit LSN move takes to reach the sockets of the live replicas (the metrics' histograms). */
   readonly publishTiming = new PublishTiming();
+  /** How long live ingest takes from an upstream message to the publish that covers it (the metrics' histograms). */
+  readonly ingestTiming = new IngestTiming();
   readonly replicas = new ReplicaRegistry();
   /** Offload: where segments before the local start are read from (object storage via a cache); set by the server. */
   remoteSegments: RemoteSegmentSource | undefined;
