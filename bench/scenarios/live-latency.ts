@@ -106,8 +106,11 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
  * up (replayed to the primary's current position, so replay of the whole range does not run during the
  * measurements) before it serves the replicas. `stop` removes its data dir.
  */
-export async function startCascade(context: BenchContext): Promise<ServerTarget> {
-  const base = await copyStandby(context.wal.standbyTemplate, { applicationName: 'bench-cascade' });
+export async function startCascade(context: BenchContext, options: { readonly fsync?: boolean } = {}): Promise<ServerTarget> {
+  // The primary fixture runs fsync=off and the base backup copies its postgresql.conf: without fsync=on here the
+  // standby's walreceiver would skip the fsync before its walsender sends (issue_xlog_fsync returns at once), and the
+  // reference would not do the durable write walcast does. Same disk as walcast's data dir (both under the temp dir).
+  const base = await copyStandby(context.wal.standbyTemplate, { applicationName: 'bench-cascade', extraConf: { fsync: options.fsync === false ? 'off' : 'on' } });
   const remove = (): void => rmSync(dirname(base.dataDir), { recursive: true, force: true });
   try {
     const standby = await base.startWithUpstream(context.wal.primary.port);
