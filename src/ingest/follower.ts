@@ -620,12 +620,16 @@ export class UpstreamFollower {
     // The published flush LSN: durable (fdatasynced) by construction, and never ahead of what senders were told.
     const durable = this.timeline.flushLsn.get();
     let failure: unknown;
-    this.persisting = this.timeline.controlFile
-      .update((state) => {
+    // The open segment's sidecar is not fsynced on the commit path (wal-writer.ts); it is here, before the control
+    // file vouches for `durable`: every page entry below it was appended before it was published, so once this
+    // returns, the pages up to the control file's flush LSN have durable entries, as when each flush synced them.
+    this.persisting = this.writer
+      .syncOpenSidecar()
+      .then(() => this.timeline.controlFile.update((state) => {
         if (options.force !== true && durable === state.flushLsn && durable === state.commitLsn) return undefined;
         // Retention may have raised the file's positions already (with a new start): never move them back.
         return { ...state, flushLsn: maxLsn(state.flushLsn, durable), commitLsn: maxLsn(state.commitLsn, durable), lastRecordLsn: undefined };
-      })
+      }))
       .then((state) => {
         this.timeline.recordPersistedFlush(state.flushLsn);
       })

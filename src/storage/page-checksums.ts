@@ -6,7 +6,8 @@
  * n × 4 bytes vouches for pages 0 .. n-1 and nothing else.
  *
  * Who writes it, always from bytes that were just validated and before the position covering them is published:
- * the WAL writer (live ingest) as pages fill, fsynced with the flush that publishes them; `walcast import` for
+ * the WAL writer (live ingest) as pages fill, fsynced before the control file vouches for them and with the
+ * flush that completes the segment (wal-writer.ts; recovery rebuilds the open segment's); `walcast import` for
  * every segment it copies; crash recovery for every segment its record walk re-validated. Who reads it: the page
  * verifier (page-verifier.ts), before bytes are sent. Retention must delete `NAME.crc` with `NAME`
  * (`sidecarNameFor`). A damaged sidecar makes its pages fail verification: refused, never sent unchecked.
@@ -135,7 +136,8 @@ export function writeSidecarFromSegment(segmentPath: string, sidecarPath: string
 
 /**
  * The live writer's handle on one segment's sidecar: entries are appended in page order and made durable by
- * `sync`, which the writer runs with the fdatasync of the segment itself, before the flush is published.
+ * `sync`, which the writer runs with the fdatasync of the segment that completes it, before that flush is
+ * published, and on close (wal-writer.ts: the open segment's sidecar is rebuilt by recovery after a crash).
  */
 export class SidecarAppender {
   private readonly fd: number;
@@ -147,6 +149,8 @@ export class SidecarAppender {
    * cache flush that the segment's own fdatasync then queues behind.
    */
   private dirty = true;
+  /** The fdatasync running now, if any: it covers every entry appended before it started. */
+  private syncing: Promise<void> | undefined;
 
   /**
    * Opens (creating) the sidecar of a segment whose first `validPages` pages hold published WAL. Entries past them
@@ -178,24 +182,28 @@ export class SidecarAppender {
     this.entriesValue += crcs.length;
   }
 
-  /** Whether entries were written since the last `sync` started (it would have something to make durable). */
-  get needsSync(): boolean {
-    return this.dirty;
-  }
-
   /**
-   * Makes the appended entries durable; run next to the segment's own fdatasync. Nothing to do when nothing was
-   * appended since the last sync started: an append during a running sync marks it dirty again, for the next one.
+   * Makes every entry appended so far durable; true when it ran an fdatasync. With nothing appended since the last
+   * sync started, it only waits for that one if it still runs (two callers: the writer's flush of a completed
+   * segment and the follower's control-file write). An append during a running sync marks it dirty again.
    */
-  async sync(): Promise<void> {
-    if (!this.dirty) return;
+  async sync(): Promise<boolean> {
+    // One at a time, so the writer never closes the file under a sync still queued for it. A failed one left the
+    // file dirty: this one retries it and reports its own outcome.
+    while (this.syncing !== undefined) await this.syncing.catch(() => undefined);
+    if (!this.dirty) return false;
     this.dirty = false;
-    try {
-      await fdatasyncAsync(this.fd);
-    } catch (error) {
+    const running = fdatasyncAsync(this.fd).catch((error: unknown) => {
       this.dirty = true;
       throw error;
+    });
+    this.syncing = running;
+    try {
+      await running;
+    } finally {
+      if (this.syncing === running) this.syncing = undefined;
     }
+    return true;
   }
 
   close(): void {

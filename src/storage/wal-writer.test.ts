@@ -125,34 +125,39 @@ test('eraseFrom makes the tail read as zeros and keeps the size', () => {
   assert.ok(file.subarray(12345).equals(Buffer.alloc(SEGMENT_BYTES - 12345)));
 });
 
-test('a flush fsyncs the sidecar only when pages completed since the last one, and the entries it publishes are on file', async () => {
+test('flushes fsync the sidecar of a segment they complete, not the open one\'s; syncOpenSidecar and close do, once per change', async () => {
   const writer = new WalWriter({ dir, pgTimelineId: 1, segmentBytes: SEGMENT_BYTES, startLsn: 0n });
-  const data = pattern(3 * 8192, 5);
-  // The first flush syncs the new sidecar (created, possibly filled on open); small commits inside page 0 then do not.
-  writer.write(0n, data.subarray(0, 100));
-  await writer.flush();
-  const afterFirst = writer.stats.sidecarSyncCount;
-  assert.equal(afterFirst, 1);
-  for (let offset = 100; offset < 8000; offset += 100) {
-    writer.write(BigInt(offset), data.subarray(offset, offset + 100));
+  const data = pattern(SEGMENT_BYTES + 8192, 5);
+  // 100-byte commits across three page boundaries: every flush fsyncs the segment, none the open segment's sidecar.
+  let written = 0;
+  for (; written < 3 * 8192 + 100; written += 100) {
+    writer.write(BigInt(written), data.subarray(written, written + 100));
     await writer.flush();
   }
-  assert.equal(writer.stats.fsyncCount, 80, 'every flush fsyncs the segment');
-  assert.equal(writer.stats.sidecarSyncCount, afterFirst, 'no page completed: the sidecar is not fsynced again');
-  // Crossing into page 1 completes page 0: its entry is appended, and that flush syncs the sidecar.
-  writer.write(8000n, data.subarray(8000, 8292));
-  await writer.flush();
-  assert.equal(writer.stats.sidecarSyncCount, afterFirst + 1);
-  const sidecar = readFileSync(join(dir, '000000010000000000000000.crc'));
-  assert.equal(sidecar.length, 4, 'one entry, for page 0');
-  assert.equal(sidecar.readUInt32LE(0), crc32c(data, 0, 8192));
-  // A page completing while a flush runs is synced by the next flush, not lost to the running one's clean mark.
-  writer.write(8292n, data.subarray(8292, 8392));
-  const running = writer.flush();
-  writer.write(8392n, data.subarray(8392, 2 * 8192 + 10));
+  assert.equal(writer.stats.fsyncCount, written / 100, 'every flush fsyncs the segment');
+  assert.equal(writer.stats.sidecarSyncCount, 0, 'no flush fsynced the open segment\'s sidecar');
+  const sidecarPath = join(dir, '000000010000000000000000.crc');
+  const entries = readFileSync(sidecarPath);
+  assert.equal(entries.length, 3 * 4, 'the completed pages have entries (in the page cache) for the send path');
+  for (let page = 0; page < 3; page++) assert.equal(entries.readUInt32LE(page * 4), crc32c(data, page * 8192, (page + 1) * 8192));
+  // Off the commit path: once per change, and waiting for one already running.
+  await Promise.all([writer.syncOpenSidecar(), writer.syncOpenSidecar()]);
+  assert.equal(writer.stats.sidecarSyncCount, 1);
+  await writer.syncOpenSidecar();
+  assert.equal(writer.stats.sidecarSyncCount, 1, 'a clean sidecar is not fsynced again');
+  // The flush that completes the segment fsyncs its sidecar, before the rename, even with a sync of it running.
+  writer.write(BigInt(written), data.subarray(written, 4 * 8192));
+  const running = writer.syncOpenSidecar();
+  writer.write(4n * 8192n, data.subarray(4 * 8192, SEGMENT_BYTES + 100));
+  assert.equal(await writer.flush(), BigInt(SEGMENT_BYTES + 100));
   await running;
-  assert.equal(await writer.flush(), BigInt(2 * 8192 + 10));
-  assert.equal(writer.stats.sidecarSyncCount, afterFirst + 2);
-  assert.equal(readFileSync(join(dir, '000000010000000000000000.crc')).readUInt32LE(4), crc32c(data, 8192, 2 * 8192));
+  assert.equal(writer.stats.sidecarSyncCount, 3);
+  const completed = readFileSync(join(dir, '000000010000000000000000.crc'));
+  assert.equal(completed.length, (SEGMENT_BYTES / 8192) * 4, 'the completed segment\'s sidecar is whole');
+  assert.equal(completed.readUInt32LE(completed.length - 4), crc32c(data, SEGMENT_BYTES - 8192, SEGMENT_BYTES));
+  assert.ok(existsSync(join(dir, '000000010000000000000000')));
+  // close records the next segment's partial page and fsyncs its sidecar.
   await writer.close();
+  assert.equal(writer.stats.sidecarSyncCount, 4);
+  assert.equal(readFileSync(join(dir, '000000010000000000000001.crc')).length, 4);
 });
