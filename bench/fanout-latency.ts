@@ -94,6 +94,8 @@ export interface FanoutRun {
   readonly fanoutP99Ms?: number;
   readonly publishToSocketP50Ms?: number;
   readonly publishToSocketP99Ms?: number;
+  readonly ingestHopP50Ms?: number;
+  readonly ingestHopP99Ms?: number;
   readonly receivedP50Ms?: number;
   readonly receivedP99Ms?: number;
   readonly addedP50Ms?: number;
@@ -121,6 +123,8 @@ async function measure(context: BenchContext, target: ServerTarget, backend: Bac
       fanoutP99Ms: run.internalFanoutP99Ms,
       publishToSocketP50Ms: run.internalPublishP50Ms,
       publishToSocketP99Ms: run.internalPublishP99Ms,
+      ingestHopP50Ms: run.internalIngestP50Ms,
+      ingestHopP99Ms: run.internalIngestP99Ms,
       receivedP50Ms: run.latencyP50Ms,
       receivedP99Ms: run.latencyP99Ms,
       addedP50Ms: run.latencyAddedP50Ms,
@@ -138,20 +142,20 @@ function describe(run: FanoutRun): string {
   const figure = (value: number | undefined): string => (value === undefined ? '—' : value.toFixed(2));
   const head = `${run.backend} × ${run.replicas} replicas (round ${run.round + 1})`;
   if (!run.ok) return `${head}: FAILED ${run.error ?? ''}`;
-  return `${head}: ${run.publishes} publishes, fan-out p50 ${figure(run.fanoutP50Ms)} p99 ${figure(run.fanoutP99Ms)} ms; per replica p50 ${figure(run.publishToSocketP50Ms)} p99 ${figure(run.publishToSocketP99Ms)} ms; commit→received p99 ${figure(run.receivedP99Ms)} ms (added vs direct p99 ${figure(run.addedP99Ms)} ms)`;
+  return `${head}: ${run.publishes} publishes, fan-out p50 ${figure(run.fanoutP50Ms)} p99 ${figure(run.fanoutP99Ms)} ms; per replica p50 ${figure(run.publishToSocketP50Ms)} p99 ${figure(run.publishToSocketP99Ms)} ms; ingest hop p50 ${figure(run.ingestHopP50Ms)} p99 ${figure(run.ingestHopP99Ms)} ms; commit→received p99 ${figure(run.receivedP99Ms)} ms (added vs direct p99 ${figure(run.addedP99Ms)} ms)`;
 }
 
 function table(runs: readonly FanoutRun[]): string {
   const figure = (value: number | undefined): string => (value === undefined ? '—' : value.toFixed(2));
   const lines = [
-    '| backend | replicas | round | publishes | fan-out p50 ms | fan-out p99 ms | per replica p99 ms | commit→received p50 ms | p99 ms | added vs direct p99 ms |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| backend | replicas | round | publishes | ingest hop p50 ms | ingest hop p99 ms | fan-out p50 ms | fan-out p99 ms | per replica p99 ms | commit→received p50 ms | p99 ms | added vs direct p99 ms |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const run of runs) {
     lines.push(
       run.ok
-        ? `| ${run.backend} | ${run.replicas} | ${run.round + 1} | ${run.publishes} | ${figure(run.fanoutP50Ms)} | ${figure(run.fanoutP99Ms)} | ${figure(run.publishToSocketP99Ms)} | ${figure(run.receivedP50Ms)} | ${figure(run.receivedP99Ms)} | ${figure(run.addedP99Ms)} |`
-        : `| ${run.backend} | ${run.replicas} | ${run.round + 1} | failed: ${run.error ?? ''} | | | | | | |`,
+        ? `| ${run.backend} | ${run.replicas} | ${run.round + 1} | ${run.publishes} | ${figure(run.ingestHopP50Ms)} | ${figure(run.ingestHopP99Ms)} | ${figure(run.fanoutP50Ms)} | ${figure(run.fanoutP99Ms)} | ${figure(run.publishToSocketP99Ms)} | ${figure(run.receivedP50Ms)} | ${figure(run.receivedP99Ms)} | ${figure(run.addedP99Ms)} |`
+        : `| ${run.backend} | ${run.replicas} | ${run.round + 1} | failed: ${run.error ?? ''} | | | | | | | | |`,
     );
   }
   return lines.join('\n');
@@ -198,7 +202,7 @@ async function main(): Promise<void> {
     await wal.primary.stop();
   }
   const report = table(runs);
-  process.stdout.write(`${report}\n\nfan-out = commit LSN published → last waiting replica's chunk written to its socket (walcast's /metrics); per replica = the same for each replica; commit→received = driver sends the INSERT → replica received its flush LSN (harness); added vs direct = minus the arrival at a replica streaming straight from the primary.\n`);
+  process.stdout.write(`${report}\n\ningest hop = upstream message received → durable position published (walcast's /metrics); fan-out = commit LSN published → last waiting replica's chunk written to its socket (walcast's /metrics); per replica = the same for each replica; commit→received = driver sends the INSERT → replica received its flush LSN (harness); added vs direct = minus the arrival at a replica streaming straight from the primary.\n`);
   if (options.out !== undefined) writeFileSync(options.out, `${JSON.stringify({ plan: plan.latency, runs }, null, 2)}\n`);
   if (runs.some((run) => !run.ok)) process.exitCode = 1;
 }

@@ -10,6 +10,8 @@
 /** The histograms' names in /metrics (without _bucket); one constant each to change if walcast names them otherwise. */
 export const PUBLISH_TO_SOCKET_HISTOGRAM = 'walcast_publish_to_socket_seconds';
 export const PUBLISH_FANOUT_HISTOGRAM = 'walcast_publish_fanout_seconds';
+/** The hop before them: upstream message received → durable position published (src/timeline/ingest-timing.ts). */
+export const INGEST_TO_PUBLISH_HISTOGRAM = 'walcast_ingest_to_publish_seconds';
 const METRICS_TIMEOUT_MS = 5_000;
 const MS_PER_SECOND = 1000;
 

@@ -78,10 +78,10 @@ function streamingTable(figures: readonly Figure[], ratios: readonly Ratio[], ex
 }
 
 function latencyTable(figures: readonly Figure[], ratios: readonly Ratio[]): string[] {
-  const lines = ['| server | replicas | p50 ms | p99 ms | max ms | added vs direct replica p50 / p99 ms | walcast publish → socket p50 / p99 ms (/metrics) | walcast publish → last socket p50 / p99 ms (/metrics) | p99 vs cascading standby | server CPU s | runs |', '|---|---|---|---|---|---|---|---|---|---|---|'];
+  const lines = ['| server | replicas | p50 ms | p99 ms | max ms | added vs direct replica p50 / p99 ms | walcast publish → socket p50 / p99 ms (/metrics) | walcast publish → last socket p50 / p99 ms (/metrics) | walcast ingest hop p50 / p99 ms (/metrics) | p99 vs cascading standby | server CPU s | runs |', '|---|---|---|---|---|---|---|---|---|---|---|---|'];
   for (const figure of figures) {
     const runs = figure.failedRuns > 0 ? `${figure.runs} (+${figure.failedRuns} failed)` : String(figure.runs);
-    lines.push(`| ${figure.server} | ${figure.replicas} | ${cell(figure.metrics.latencyP50Ms, 2)} | ${cell(figure.metrics.latencyP99Ms, 2)} | ${cell(figure.metrics.latencyMaxMs, 2)} | ${addedCell(figure)} | ${pairCell(figure.metrics.internalPublishP50Ms, figure.metrics.internalPublishP99Ms)} | ${pairCell(figure.metrics.internalFanoutP50Ms, figure.metrics.internalFanoutP99Ms)} | ${ratioCell(ratios, figure, 'walcast/cascade', 'latencyP99Ms')} | ${cell(figure.metrics.serverCpuSeconds, 2)} | ${runs} |`);
+    lines.push(`| ${figure.server} | ${figure.replicas} | ${cell(figure.metrics.latencyP50Ms, 2)} | ${cell(figure.metrics.latencyP99Ms, 2)} | ${cell(figure.metrics.latencyMaxMs, 2)} | ${addedCell(figure)} | ${pairCell(figure.metrics.internalPublishP50Ms, figure.metrics.internalPublishP99Ms)} | ${pairCell(figure.metrics.internalFanoutP50Ms, figure.metrics.internalFanoutP99Ms)} | ${pairCell(figure.metrics.internalIngestP50Ms, figure.metrics.internalIngestP99Ms)} | ${ratioCell(ratios, figure, 'walcast/cascade', 'latencyP99Ms')} | ${cell(figure.metrics.serverCpuSeconds, 2)} | ${runs} |`);
   }
   return lines;
 }

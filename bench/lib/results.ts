@@ -53,6 +53,9 @@ export interface RunRecord {
   /** walcast's fan-out histogram over the run: publish → the last waiting replica's socket, bucket upper bounds. */
   readonly internalFanoutP50Ms?: number;
   readonly internalFanoutP99Ms?: number;
+  /** walcast's ingest-hop histogram over the run: upstream message received → published, bucket upper bounds. */
+  readonly internalIngestP50Ms?: number;
+  readonly internalIngestP99Ms?: number;
   /** Publishes walcast timed during the run's commits (a publish may carry several commits). */
   readonly internalPublishes?: number;
 }
@@ -78,6 +81,8 @@ export const FIGURE_METRICS = [
   'internalPublishP99Ms',
   'internalFanoutP50Ms',
   'internalFanoutP99Ms',
+  'internalIngestP50Ms',
+  'internalIngestP99Ms',
   'loadAverage1m',
 ] as const;
 export type FigureMetric = (typeof FIGURE_METRICS)[number];
