@@ -111,7 +111,7 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     const before = await scrape();
     const COMMITS = 5;
     for (let index = 0; index < COMMITS; index++) {
-      await fixture.primary.sql(`INSERT INTO ingest_rows (id) VALUES (${2001 + index})`);
+      await fixture.primary.sql(`INSERT INTO ingest_rows (id) VALUES (${1101 + index})`);
       // One commit at a time, each published before the next: at least one publish per commit.
       const flushed = parseLsnOrThrow(await fixture.primary.sql('SELECT pg_current_wal_flush_lsn()'));
       await timeline.commitLsn.waitBeyond(flushed - 1n, CATCH_UP_TIMEOUT_MS);
