@@ -402,6 +402,8 @@ export class UpstreamFollower {
     const detach = this.timeline.attachWriter();
     this.stream = stream;
     this.lastMessageAt = Date.now();
+    // A message of an earlier stream left unflushed here was flushed by a close or switch, not timed by kickFlush.
+    this.oldestUnflushedAtMs = undefined;
     this.sentHotStandby = undefined;
     this.setState('streaming', { from: formatLsn(this.requireWriter().writtenLsn) });
     this.lastLoggedProblem = undefined;
