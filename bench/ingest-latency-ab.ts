@@ -87,12 +87,15 @@ async function main(): Promise<void> {
     for (let round = 0; round < plan.latency.repetitions; round++) {
       for (const replicas of replicaCounts) {
         for (const { label, target } of targets) {
+          const meanBefore = await scrapeMean(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
           const hopBefore = await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
           const flushBefore = await scrapeHistogram(target.metricsUrl, INGEST_FLUSH_HISTOGRAM);
           const run = await measureLatencyRun(context, target, replicas, round);
           const hop = quantiles(hopBefore, await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM));
           const flush = quantiles(flushBefore, await scrapeHistogram(target.metricsUrl, INGEST_FLUSH_HISTOGRAM));
-          const row = `| ${label} | ${replicas} | ${round + 1} | ${run.ok ? 'ok' : (run.error ?? 'failed')} | ${ms(run.latencyP50Ms)} | ${ms(run.latencyP99Ms)} | ${ms(run.latencyAddedP50Ms)} | ${ms(run.latencyAddedP99Ms)} | ${ms(run.internalPublishP99Ms)} | ${hop} | ${flush} |`;
+          const meanAfter = await scrapeMean(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
+          const hopMean = meanBefore === undefined || meanAfter === undefined || meanAfter.count === meanBefore.count ? '—' : (((meanAfter.sum - meanBefore.sum) / (meanAfter.count - meanBefore.count)) * 1000).toFixed(3);
+          const row = `| ${label} | ${replicas} | ${round + 1} | ${run.ok ? 'ok' : (run.error ?? 'failed')} | ${ms(run.latencyP50Ms)} | ${ms(run.latencyP99Ms)} | ${ms(run.latencyAddedP50Ms)} | ${ms(run.latencyAddedP99Ms)} | ${ms(run.internalPublishP99Ms)} | ${hop} | ${hopMean} | ${flush} |`;
           rows.push(row);
           progress(row);
         }
@@ -100,8 +103,8 @@ async function main(): Promise<void> {
     }
     process.stdout.write(
       [
-        '| target | replicas | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | ingest hop p50 / p99 ms | flush p50 / p99 ms |',
-        '|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|',
+        '| target | replicas | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | ingest hop p50 / p99 ms | ingest hop mean ms | flush p50 / p99 ms |',
+        '|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|',
         ...rows,
         '',
       ].join('\n'),
@@ -119,6 +122,20 @@ function walreceiverOf(postmasterPid: number): number {
   const pid = children.find((child) => readFileSync(`/proc/${child}/cmdline`).toString().includes('walreceiver'));
   if (pid === undefined) throw new Error(`no walreceiver under postmaster ${postmasterPid}`);
   return Number(pid);
+}
+
+/** The histogram's _sum and _count summed over its label sets (for a mean finer than the buckets). */
+async function scrapeMean(metricsUrl: string | undefined, name: string): Promise<{ sum: number; count: number } | undefined> {
+  if (metricsUrl === undefined) return undefined;
+  const text = await (await fetch(metricsUrl)).text().catch(() => '');
+  let sum = 0;
+  let count = 0;
+  for (const line of text.split('\n')) {
+    const value = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (line.startsWith(`${name}_sum`)) sum += value;
+    else if (line.startsWith(`${name}_count`)) count += value;
+  }
+  return count === 0 ? undefined : { sum, count };
 }
 
 function quantiles(before: Buckets | undefined, after: Buckets | undefined): string {
