@@ -37,10 +37,19 @@ interface Arguments {
   readonly scenarios: ReadonlySet<ScenarioKey>;
   /** Caps every repetition count of the mode (a 1 GiB run in a time box); undefined = the mode's counts. */
   readonly reps: number | undefined;
+  /** Only these servers (by name); undefined = all. */
+  readonly servers: ReadonlySet<string> | undefined;
+  /** Cold scenario: one unrecorded cold run on each freshly started server before the measured one. */
+  readonly coldWarmServer: boolean;
+  /** Extra walcast-native-sendfile servers run from other source trees (A/B of builds in one run): name → root. */
+  readonly variants: ReadonlyMap<string, string>;
 }
 
-const USAGE = 'usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [--out DIR] [--load N] [--scenarios LIST] [--reps N]\n' +
+const USAGE = 'usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [--out DIR] [--load N] [--scenarios LIST] [--reps N] [--servers NAMES] [--variant NAME=DIR]... [--cold-warm-server]\n' +
   '  LIST: comma-separated, from catch-up, catch-up:wal-consumer, catch-up:pg_receivewal, catch-up:standby, fan-out, cold-catch-up, live-latency, micro\n' +
+  '  NAMES: comma-separated server names (walcast-ts, walcast-native-sendfile, ..., postgres, ceiling, and variants)\n' +
+  '  --variant NAME=DIR: also runs walcast-native-sendfile from the source tree DIR (with its node_modules and build/) as server NAME\n' +
+  '  --cold-warm-server: cold catch-up measures the second cold run of each fresh server (the first warms its JIT)\n' +
   `  ${SERVER_NODE_ARGS_ENV}="--cpu-prof --cpu-prof-dir DIR" passes node flags to every walcast server\n`;
 
 function usage(message?: string): never {
@@ -51,9 +60,20 @@ function usage(message?: string): never {
 function parseArguments(argv: readonly string[]): Arguments {
   const modes: string[] = [];
   const values = new Map<string, string>();
+  const variants = new Map<string, string>();
   for (let index = 0; index < argv.length; index++) {
     const argument = argv[index]!;
     if (argument === '--smoke' || argument === '--quick' || argument === '--full') modes.push(argument);
+    else if (argument === '--cold-warm-server') values.set(argument, 'yes');
+    else if (argument === '--variant') {
+      const match = /^([\w.-]+)=(.+)$/.exec(argv[++index] ?? '');
+      if (match === null) usage('--variant takes NAME=DIR');
+      variants.set(match[1]!, match[2]!);
+    } else if (argument === '--servers') {
+      const value = argv[++index];
+      if (value === undefined) usage(`${argument} needs a value`);
+      values.set(argument, value);
+    }
     else if (argument === '--out' || argument === '--load' || argument === '--scenarios' || argument === '--reps') {
       const value = argv[++index];
       if (value === undefined) usage(`${argument} needs a value`);
@@ -75,7 +95,9 @@ function parseArguments(argv: readonly string[]): Arguments {
   } catch (error) {
     usage((error as Error).message);
   }
-  return { mode, outDir: values.get('--out') ?? defaultOut, load, scenarios, reps };
+  const serverList = values.get('--servers');
+  const servers = serverList === undefined ? undefined : new Set([...serverList.split(','), ...variants.keys()]);
+  return { mode, outDir: values.get('--out') ?? defaultOut, load, scenarios, reps, servers, variants, coldWarmServer: values.has('--cold-warm-server') };
 }
 
 const startedAt = performance.now();
@@ -88,7 +110,9 @@ function describeRun(record: RunRecord): string {
   const head = `${record.scenario} ${record.server} ${record.consumer} ×${record.replicas} #${record.repetition + 1} ${record.condition ?? 'idle'}`;
   if (!record.ok) return `${head}: FAILED ${record.error ?? ''}`;
   if (record.scenario === 'live-latency') return `${head}: p50 ${record.latencyP50Ms?.toFixed(2)} ms, p99 ${record.latencyP99Ms?.toFixed(2)} ms, max ${record.latencyMaxMs?.toFixed(2)} ms`;
-  return `${head}: ${record.throughputMBps?.toFixed(0)} MB/s, ${record.serverCpuSecondsPerGB?.toFixed(3)} server CPU s/GB`;
+  const disk = record.diskKibPerRead === undefined ? '' : `, disk ${record.diskKibPerRead.toFixed(0)} KiB/read, ${record.diskReadsInFlight?.toFixed(1)} in flight`;
+  const loop = record.eventLoopMaxMs === undefined ? '' : `, loop max ${record.eventLoopMaxMs.toFixed(1)} ms`;
+  return `${head}: ${record.throughputMBps?.toFixed(0)} MB/s, ${record.serverCpuSecondsPerGB?.toFixed(3)} server CPU s/GB${disk}${loop}`;
 }
 
 /** What every scenario runner needs: the measurement context, the selection, the load switch and the recorder. */
@@ -127,18 +151,23 @@ function describeServer(target: ServerTarget): string {
   return `server ${target.name} ready on port ${target.port}, pid ${target.pid}`;
 }
 
-async function startServers(wal: PreparedWal, ceilingBinary: string): Promise<ServerSet> {
+async function startServers(wal: PreparedWal, ceilingBinary: string, args: Arguments): Promise<ServerSet> {
   const targets: ServerTarget[] = [];
   const statuses: BenchReport['servers'][number][] = [];
-  const attempts: [string, () => Promise<ServerTarget>][] = [
+  const all: [string, () => Promise<ServerTarget>][] = [
     ['walcast-ts', () => startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'ts' })],
     ...NATIVE_STRATEGIES.map((strategy): [string, () => Promise<ServerTarget>] => [
       `walcast-native-${strategy}`,
       () => startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy }),
     ]),
+    ...[...args.variants].map(([name, repoRoot]): [string, () => Promise<ServerTarget>] => [
+      name,
+      () => startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, repoRoot }),
+    ]),
     ['postgres', async () => postgresTarget(wal.primary, wal)],
     ['ceiling', () => startCeilingServer(ceilingBinary, wal)],
   ];
+  const attempts = all.filter(([name]) => args.servers === undefined || args.servers.has(name));
   for (const [name, start] of attempts) {
     try {
       const target = await start();
@@ -156,7 +185,7 @@ async function startServers(wal: PreparedWal, ceilingBinary: string): Promise<Se
 
 const WARM_SCENARIOS: readonly ScenarioKey[] = ['catch-up:wal-consumer', 'catch-up:pg_receivewal', 'catch-up:standby', 'fan-out'];
 
-async function runStreamingScenarios(harness: Harness, servers: ServerSet): Promise<void> {
+async function runStreamingScenarios(harness: Harness, servers: ServerSet, args: Arguments): Promise<void> {
   const { context, scenarios, record } = harness;
   const targets = servers.targets;
   const plan = context.plan;
@@ -187,7 +216,7 @@ async function runStreamingScenarios(harness: Harness, servers: ServerSet): Prom
       });
     }
   }
-  if (scenarios.has('cold-catch-up')) await runColdScenario(harness, servers);
+  if (scenarios.has('cold-catch-up')) await runColdScenario(harness, servers, args);
 }
 
 /**
@@ -195,7 +224,7 @@ async function runStreamingScenarios(harness: Harness, servers: ServerSet): Prom
  * recently used segments mapped, and posix_fadvise(DONTNEED) cannot drop pages another process has mapped, so a
  * warm server next door would leave part of the "cold" files in page cache.
  */
-async function runColdScenario(harness: Harness, servers: ServerSet): Promise<void> {
+async function runColdScenario(harness: Harness, servers: ServerSet, args: Arguments): Promise<void> {
   const { context, record } = harness;
   const restartable = servers.targets.filter((target) => target.family !== 'postgres');
   await Promise.all(restartable.map((target) => target.stop()));
@@ -205,6 +234,10 @@ async function runColdScenario(harness: Harness, servers: ServerSet): Promise<vo
       const target = original.family === 'postgres' || restart === undefined ? original : await restart();
       if (target !== original) progress(describeServer(target));
       try {
+        // --cold-warm-server: one unrecorded cold run on the fresh process first (JIT warm-up, as in a server that has
+        // run for a while), then the files are evicted again for the measured run; "cached at start" shows whether
+        // the first run left anything resident (pages a server keeps mapped cannot be evicted).
+        if (args.coldWarmServer) await measureConsumerRun(context, target, { scenario: 'cold-catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: true });
         record(await measureConsumerRun(context, target, { scenario: 'cold-catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: true }));
       } finally {
         if (target !== original) await target.stop();
@@ -310,9 +343,9 @@ async function main(): Promise<void> {
   const notes = standingNotes(plan, load);
   const streamingKeys: readonly ScenarioKey[] = [...WARM_SCENARIOS, 'cold-catch-up'];
   const needServers = streamingKeys.some((key) => args.scenarios.has(key));
-  const servers: ServerSet = needServers ? await startServers(wal, tools.ceiling) : { targets: [], statuses: [], restart: new Map() };
+  const servers: ServerSet = needServers ? await startServers(wal, tools.ceiling, args) : { targets: [], statuses: [], restart: new Map() };
   try {
-    await runStreamingScenarios(harness, servers);
+    await runStreamingScenarios(harness, servers, args);
   } finally {
     await Promise.all(servers.targets.map((target) => target.stop()));
   }

@@ -40,6 +40,9 @@ export interface RunRecord {
   readonly eventLoopMaxMs?: number;
   readonly probeMaxMs?: number;
   readonly residentFractionBefore?: number;
+  /** Cold runs: the block device's average read size and reads in flight over the run (bench/lib/disk-stats.ts). */
+  readonly diskKibPerRead?: number;
+  readonly diskReadsInFlight?: number;
   readonly latencyP50Ms?: number;
   readonly latencyP99Ms?: number;
   readonly latencyMaxMs?: number;
@@ -72,6 +75,8 @@ export const FIGURE_METRICS = [
   'eventLoopMaxMs',
   'probeMaxMs',
   'residentFractionBefore',
+  'diskKibPerRead',
+  'diskReadsInFlight',
   'latencyP50Ms',
   'latencyP99Ms',
   'latencyMaxMs',

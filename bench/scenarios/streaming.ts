@@ -14,6 +14,7 @@ import { copyStandby, runReceiveWal, type PgStandby, type StandbyBase } from '..
 import { startConsumer, type ConsumerResult, type RunningConsumer } from '../lib/consumer.js';
 import type { BenchPlan } from '../lib/plan.js';
 import { listChildren, readCpu } from '../lib/proc-stats.js';
+import { diskDelta, diskStatPath, sampleDisk, type DiskDelta, type DiskSample } from '../lib/disk-stats.js';
 import { scrapeEventLoopMaxMs, startProbe, type Probe } from '../lib/responsiveness.js';
 import { BYTES_PER_GB, BYTES_PER_MB, type RunRecord, type ScenarioName } from '../lib/results.js';
 import type { RunCost, ServerTarget } from '../lib/servers.js';
@@ -79,6 +80,8 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
       if (target.speaksFullProtocol) probe = await startProbe(target.port);
     }
     const meter = target.beginRun();
+    const diskStat = options.cold && target.walFiles.length > 0 ? diskStatPath(target.walFiles[0]!) : undefined;
+    let diskBefore: DiskSample | undefined;
     consumer = startConsumer({
       binary: context.tools.consumer,
       port: target.port,
@@ -91,13 +94,15 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
     });
     await consumer.ready;
     meter.restartCpu();
+    diskBefore = sampleDisk(diskStat);
     consumer.start();
     const result = await consumer.done;
+    const disk = diskDelta(diskBefore, sampleDisk(diskStat));
     const cost = await meter.finish(options.replicas);
     const probeMaxMs = (await probe?.stop())?.maxMs;
     probe = undefined;
     const eventLoopMaxMs = options.cold ? await scrapeEventLoopMaxMs(target.metricsUrl) : undefined;
-    return consumerRecord(options, target.name, bytesExpected, result, cost, { eventLoopMaxMs, probeMaxMs, residentFractionBefore });
+    return consumerRecord(options, target.name, bytesExpected, result, cost, { eventLoopMaxMs, probeMaxMs, residentFractionBefore, disk });
   } catch (error) {
     return failedRecord(options, target, 'wal-consumer', bytesExpected, error);
   } finally {
@@ -110,6 +115,7 @@ interface Responsiveness {
   readonly eventLoopMaxMs: number | undefined;
   readonly probeMaxMs: number | undefined;
   readonly residentFractionBefore: number | undefined;
+  readonly disk?: DiskDelta | undefined;
 }
 
 function consumerRecord(options: ConsumerRunOptions, server: string, bytesExpected: number, result: ConsumerResult, cost: RunCost, extra: Responsiveness): RunRecord {
@@ -135,6 +141,7 @@ function consumerRecord(options: ConsumerRunOptions, server: string, bytesExpect
     ...(extra.eventLoopMaxMs === undefined ? {} : { eventLoopMaxMs: extra.eventLoopMaxMs }),
     ...(extra.probeMaxMs === undefined ? {} : { probeMaxMs: extra.probeMaxMs }),
     ...(extra.residentFractionBefore === undefined ? {} : { residentFractionBefore: extra.residentFractionBefore }),
+    ...(extra.disk === undefined ? {} : { diskKibPerRead: extra.disk.kibPerRead, diskReadsInFlight: extra.disk.readsInFlight }),
   };
 }
 
