@@ -14,9 +14,12 @@
 // (0.076 without).
 #include "crc32c.h"
 
+#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cassert>
 #include <cerrno>
@@ -420,6 +423,97 @@ Napi::Value FilePagesJs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// crc32cFilePagesAsync(fd, offset, byteCount, pageBytes, out: Uint32Array, done(error | null)): crc32cFilePages on
+// a libuv pool thread. The sender's prefetcher verifies each window piece with it once the piece is in page cache
+// (replication/send-wal.ts Prefetcher), so the checksum and the page faults of reading the mapping happen beside the
+// event loop instead of on it: in a cold catch-up they were the event-loop thread's largest cost (~40% of its
+// samples, docs/benchmarks.md "Profiling cold catch-up"). The descriptor is duplicated before the call returns
+// (storage may close and reuse the caller's number meanwhile) and the range is mapped for the call only
+// (MAP_POPULATE: one call maps its pages instead of a fault per 64 KiB), so pool threads keep no mapping, and no
+// deleted segment's blocks, alive afterwards.
+class FilePagesWorker : public Napi::AsyncWorker {
+ public:
+  FilePagesWorker(Napi::Function done, int fd, uint64_t offset, size_t bytes, size_t page_bytes, Napi::Uint32Array out)
+      : Napi::AsyncWorker(done, "walcast.crc32cFilePages"),
+        fd_(fd),
+        offset_(offset),
+        bytes_(bytes),
+        page_bytes_(page_bytes),
+        out_(out.Data()),
+        out_ref_(Napi::Persistent(out)) {}
+  ~FilePagesWorker() override {
+    if (fd_ >= 0) close(fd_);
+  }
+
+  void Execute() override {
+    struct stat info;
+    if (fstat(fd_, &info) != 0) {
+      failure_ = {errno, "fstat"};
+      return;
+    }
+    if (!S_ISREG(info.st_mode) || static_cast<uint64_t>(info.st_size) < offset_ + bytes_) {
+      failure_ = {ENXIO, "mmap"};
+      return;
+    }
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const uint64_t first = offset_ / page * page;
+    const size_t span = static_cast<size_t>(offset_ + bytes_ - first);
+    void* base = mmap(nullptr, span, PROT_READ, MAP_SHARED | MAP_POPULATE, fd_, static_cast<off_t>(first));
+    if (base == MAP_FAILED) {
+      failure_ = {errno, "mmap"};
+      return;
+    }
+    InstallBusHandlerOnce();
+    if (!ChecksumMappedPages(static_cast<const uint8_t*>(base) + (offset_ - first), bytes_, page_bytes_, out_)) {
+      failure_ = {ENXIO, "crc32c (file shrank)"};
+    }
+    munmap(base, span);
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    Callback().Call({failure_.errnum != 0 ? MakeNativeError(env, failure_) : env.Null()});
+  }
+
+ private:
+  int fd_;
+  const uint64_t offset_;
+  const size_t bytes_;
+  const size_t page_bytes_;
+  uint32_t* const out_;
+  // Keeps `out` (and so out_) alive until the callback ran.
+  Napi::Reference<Napi::Uint32Array> out_ref_;
+  Failure failure_;
+};
+
+Napi::Value FilePagesAsyncJs(const Napi::CallbackInfo& info) {
+  if (info.Length() < 6 || !info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+      !info[5].IsFunction()) {
+    Napi::TypeError::New(info.Env(), "expected (fd, offset, byteCount, pageBytes, out: Uint32Array, done: Function)").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  int64_t fd = 0, offset = 0, byte_count = 0, page_bytes = 0;
+  if (!ReadInteger(info, 0, "fd", 0, kFdMax, &fd) || !ReadInteger(info, 1, "offset", 0, kSafeIntegerMax, &offset) ||
+      !ReadInteger(info, 2, "byteCount", 1, kFileRangeBytesMax, &byte_count) ||
+      !ReadInteger(info, 3, "pageBytes", 1, kPageBytesMax, &page_bytes)) {
+    return info.Env().Undefined();
+  }
+  Napi::Uint32Array out = info[4].As<Napi::Uint32Array>();
+  if (out.ElementLength() < static_cast<size_t>((byte_count + page_bytes - 1) / page_bytes)) {
+    Napi::RangeError::New(info.Env(), "out is too short for the pages of the range").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  const int own = fcntl(static_cast<int>(fd), F_DUPFD_CLOEXEC, 0);
+  if (own < 0) {
+    ThrowNativeError(info.Env(), {errno, "dup"});
+    return info.Env().Undefined();
+  }
+  auto* worker = new FilePagesWorker(info[5].As<Napi::Function>(), own, static_cast<uint64_t>(offset), static_cast<size_t>(byte_count),
+                                     static_cast<size_t>(page_bytes), out);
+  worker->Queue();
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 uint32_t Crc32cUpdateSoftware(uint32_t state, const uint8_t* data, size_t length) {
@@ -459,6 +553,7 @@ void RegisterCrc32c(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32cUpdate", Napi::Function::New(env, UpdateJs, "crc32cUpdate"));
   exports.Set("crc32cUpdateSoftware", Napi::Function::New(env, UpdateSoftwareJs, "crc32cUpdateSoftware"));
   exports.Set("crc32cFilePages", Napi::Function::New(env, FilePagesJs, "crc32cFilePages"));
+  exports.Set("crc32cFilePagesAsync", Napi::Function::New(env, FilePagesAsyncJs, "crc32cFilePagesAsync"));
   exports.Set("crc32cUpdateLanes", Napi::Function::New(env, UpdateLanesJs, "crc32cUpdateLanes"));
   exports.Set("crc32cHardware", Napi::Boolean::New(env, kHardware));
   exports.Set("crc32cFold", Napi::Boolean::New(env, kFold));

@@ -115,6 +115,11 @@ export interface NativeAddon {
   /** out[i] = CRC-32C of the i-th pageBytes piece of the file range, read through a shared mapping. */
   crc32cFilePages(fd: number, offset: number, byteCount: number, pageBytes: number, out: Uint32Array): void;
   /**
+   * crc32cFilePages on a libuv pool thread, off the event loop (the descriptor is duplicated before it returns);
+   * `done` gets null or the native error. Absent from addons built before it existed.
+   */
+  crc32cFilePagesAsync?(fd: number, offset: number, byteCount: number, pageBytes: number, out: Uint32Array, done: (error: Error | null) => void): void;
+  /**
    * Tries the `tls` TCP ULP and TLS_TX keys on a private loopback connection (native/kernel-tls.cc). code is OK
    * or the errno name of the failing step.
    */

@@ -138,3 +138,53 @@ test('crc32cFilePages checksums each page of a range and refuses one past the en
 function round32(value: number): number {
   return value >>> 0;
 }
+
+/** crc32cFilePagesAsync as a promise (null → resolved, native error → rejected). */
+function filePagesAsync(fd: number, offset: number, byteCount: number, pageBytes: number, out: Uint32Array): Promise<void> {
+  assert.ok(loaded.ok);
+  const checksum = loaded.addon.crc32cFilePagesAsync;
+  assert.ok(checksum !== undefined, 'the addon has crc32cFilePagesAsync');
+  return new Promise((resolve, reject) => checksum.call(loaded.addon, fd, offset, byteCount, pageBytes, out, (error) => (error === null ? resolve() : reject(error))));
+}
+
+test('crc32cFilePagesAsync agrees with crc32cFilePages on a cold file, refuses a range past its end, and keeps its own descriptor', { skip }, async () => {
+  assert.ok(loaded.ok);
+  const { addon } = loaded;
+  const dir = mkdtempSync(join(tmpdir(), 'walcast-crc-'));
+  try {
+    const path = join(dir, 'file');
+    const content = randomBytes(300 * WAL_PAGE_BYTES + 4096);
+    writeFileSync(path, content);
+    const fd = openSync(path, 'r');
+    try {
+      for (const [offset, byteCount] of [[0, content.length], [1, 3 * WAL_PAGE_BYTES], [5 * WAL_PAGE_BYTES + 17, 128 * WAL_PAGE_BYTES], [content.length - 100, 100]] as const) {
+        // Cold: the pool thread's mapping reads the pages in (the event loop never does).
+        addon.dropCache(fd, 0, 0);
+        const pages = Math.ceil(byteCount / WAL_PAGE_BYTES);
+        const viaPool = new Uint32Array(pages);
+        await filePagesAsync(fd, offset, byteCount, WAL_PAGE_BYTES, viaPool);
+        const inline = new Uint32Array(pages);
+        addon.crc32cFilePages(fd, offset, byteCount, WAL_PAGE_BYTES, inline);
+        assert.deepEqual(viaPool, inline, `range ${offset}+${byteCount}`);
+        assert.equal(viaPool[0], crc32c(content, offset, Math.min(offset + WAL_PAGE_BYTES, offset + byteCount)));
+      }
+      await assert.rejects(filePagesAsync(fd, content.length - WAL_PAGE_BYTES, 2 * WAL_PAGE_BYTES, WAL_PAGE_BYTES, new Uint32Array(2)), (error: unknown) => error instanceof NativeIoError && error.code === 'ENXIO');
+      assert.throws(() => addon.crc32cFilePagesAsync?.(fd, 0, 5 * WAL_PAGE_BYTES, WAL_PAGE_BYTES, new Uint32Array(4), () => undefined), RangeError);
+      // The caller's descriptor may be closed (and its number reused) while the check runs: the check has its own.
+      const out = new Uint32Array(2);
+      const running = filePagesAsync(fd, 0, 2 * WAL_PAGE_BYTES, WAL_PAGE_BYTES, out);
+      closeSync(fd);
+      await running;
+      assert.equal(out[1], crc32c(content, WAL_PAGE_BYTES, 2 * WAL_PAGE_BYTES));
+    } catch (error) {
+      try {
+        closeSync(fd);
+      } catch {
+        // Closed by the test already.
+      }
+      throw error;
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -285,6 +285,79 @@ test('the prefetcher requests the window ahead in pieces and waits only for the 
   for (const request of requested) request.release();
 });
 
+test('the prefetcher verifies each piece once it is cached, and the sender waits for its own piece to verify; a failed check ahead is ignored', async () => {
+  const cached = new Set<WalChunk>();
+  const writer = new RecordingWriter();
+  writer.prefetch = async (chunk: WalChunk) => {
+    cached.add(chunk);
+  };
+  const checks: { offset: number; lsn: Lsn; bytes: number; settle: (error?: Error) => void }[] = [];
+  const verify = (chunk: WalChunk, chunkLsn: Lsn): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      assert.ok(cached.has(chunk), 'a piece is checked once it is cached');
+      checks.push({ offset: chunk.fileOffset, lsn: chunkLsn, bytes: chunk.byteCount, settle: (error) => (error === undefined ? resolve() : reject(error)) });
+    });
+  const prefetcher = new Prefetcher({ prefetchSource: fakeSource, writer, verify });
+  const piece = BigInt(PREFETCH_PIECE_BYTES);
+  const start = 4n * BigInt(SEGMENT_BYTES) + 100n;
+  const end = start + 64n * piece;
+  const pieces = PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES + 1;
+  let currentCached = false;
+  const waiting = prefetcher.ensureCached(start, end).then(() => (currentCached = true));
+  for (let turn = 0; turn < 1000 && checks.length < pieces; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(checks.length, pieces, 'every piece of the window is checked once it is cached');
+  const pieceLsn = (index: number): Lsn => (index === 0 ? start : start - 100n + BigInt(index) * piece);
+  assert.deepEqual(
+    checks.map((check) => [check.lsn, check.offset, check.bytes]).sort((a, b) => Number(BigInt(a[0]!) - BigInt(b[0]!))),
+    Array.from({ length: pieces }, (_, index) => [pieceLsn(index), Number(pieceLsn(index) % BigInt(SEGMENT_BYTES)), index === 0 ? PREFETCH_PIECE_BYTES - 100 : PREFETCH_PIECE_BYTES]),
+    'each check covers its piece, at its LSN',
+  );
+  // Cached is not enough: the sender's own piece must have verified (its pages' bits are set when the sender gets there).
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(currentCached, false, 'the sender waits for its piece to verify');
+  const checkAt = (lsn: Lsn) => checks.find((check) => check.lsn === lsn);
+  checkAt(pieceLsn(1))?.settle(new Error('a corrupted page ahead'));
+  checkAt(start)?.settle();
+  await waiting;
+  assert.equal(currentCached, true);
+  // The failed check ahead does not hold back or fail the wait for that piece: the sender's own check decides.
+  await prefetcher.ensureCached(start - 100n + piece, end);
+  for (const check of checks) if (check.lsn >= pieceLsn(2)) check.settle();
+});
+
+test('the prefetcher hands the pieces to the writer in order even when their locates finish out of order', async () => {
+  const located: { lsn: Lsn; release: () => void }[] = [];
+  const source: WalSource = {
+    locate: (lsn, endLsn) =>
+      new Promise<WalChunk>((resolve) => {
+        located.push({ lsn, release: () => void fakeSource.locate(lsn, endLsn).then((chunk) => resolve({ ...chunk, file: { fd: -1, path: `at ${lsn}` } })) });
+      }),
+  };
+  const handed: string[] = [];
+  const writer = new RecordingWriter();
+  writer.prefetch = async (chunk: WalChunk) => {
+    handed.push(chunk.file.path);
+  };
+  const prefetcher = new Prefetcher({ prefetchSource: source, writer });
+  const start = 4n * BigInt(SEGMENT_BYTES);
+  const pieces = PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES;
+  const waiting = prefetcher.ensureCached(start, start + 64n * BigInt(PREFETCH_PIECE_BYTES));
+  assert.equal(located.length, pieces, 'every piece of the window is being located');
+  // The last piece's locate finishes first, the first piece's last (as when they all waited for the same open).
+  for (const entry of [...located].reverse()) {
+    entry.release();
+    for (let turn = 0; turn < 5; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+  }
+  await waiting;
+  for (let turn = 0; turn < 100 && handed.length < pieces; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(
+    located.map((entry) => entry.lsn),
+    [...located.map((entry) => entry.lsn)].sort((a, b) => Number(a - b)),
+    'pieces are requested in order',
+  );
+  assert.deepEqual(handed, located.map((entry) => `at ${entry.lsn}`), 'and handed to the writer in the same order');
+});
+
 /** A publish clock that tells the test each time its sender starts waiting on the watch. */
 function observedClock(timing: PublishTiming): { clock: PublishClock & { close(): void }; nextWait: () => Promise<void> } {
   const inner = timing.openStream();

@@ -490,13 +490,27 @@ assert.ok(PREFETCH_PIECE_BYTES >= MAX_SEND_BYTES, 'a chunk never spans more than
  * Keeps the window ahead of the send position in page cache: pieces from the one holding the send position up to
  * PREFETCH_WINDOW_BYTES past it are requested, and only the current piece is awaited (the first one on a cold
  * start, or when the disk is slower than the socket). At most window/piece + 1 requests are pending per stream.
+ *
+ * Each piece is also verified once it is in page cache (`verify`, the asynchronous path: the native backend
+ * checksums on a pool thread), so when the sender reaches it its pages are verified already and verifyNow only
+ * reads their bits. In a cold catch-up the checksum and the page faults of reading the mapping were the event-loop
+ * thread's largest cost when the sender did them chunk by chunk (docs/benchmarks.md, "Profiling cold catch-up").
+ * A failed or refused check ahead is ignored: the sender's own check of the chunk decides what is sent.
  */
 export class Prefetcher {
-  private readonly options: Pick<SendWalOptions, 'prefetchSource' | 'writer'>;
+  private readonly options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verify'>;
   /** Prefetch requests for pieces at or after the send position, by piece start; `done` once it settled. */
   private readonly pending = new Map<Lsn, { readonly promise: Promise<void>; done: boolean }>();
+  /**
+   * Settles once the last requested piece was handed to the writer (or gave up). Locating is asynchronous and the
+   * pieces of a new segment used to reach the backend out of order (the third before the first: each waited for the
+   * same open); the native backend works on a file's requests in arrival order, and a first request in the middle of
+   * a file starts the kernel's readahead there, small and synchronous, while the pieces before it wait. So each
+   * piece is handed over only after the one before it.
+   */
+  private handedOff: Promise<void> = Promise.resolve();
 
-  constructor(options: Pick<SendWalOptions, 'prefetchSource' | 'writer'>) {
+  constructor(options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verify'>) {
     this.options = options;
   }
 
@@ -527,22 +541,34 @@ export class Prefetcher {
     if (this.pending.has(pieceStart) || from >= endLsn) return;
     const pieceEnd = pieceStart + BigInt(PREFETCH_PIECE_BYTES);
     const until = pieceEnd < endLsn ? pieceEnd : endLsn;
-    const piece = { promise: this.prefetchRange(from, until), done: false };
+    const previous = this.handedOff;
+    let handOff = (): void => undefined;
+    this.handedOff = new Promise((resolve) => (handOff = resolve));
+    const piece = { promise: this.prefetchRange(from, until, previous, handOff), done: false };
     void piece.promise.then(() => (piece.done = true));
     this.pending.set(pieceStart, piece);
   }
 
-  /** Prefetch is advisory: a failure here surfaces, if it matters, when the range is located to be sent. */
-  private async prefetchRange(from: Lsn, until: Lsn): Promise<void> {
+  /**
+   * Prefetch is advisory: a failure here surfaces, if it matters, when the range is located to be sent. The first
+   * chunk goes to the writer after the previous piece's (`previous`), and `handOff` lets the next piece go.
+   */
+  private async prefetchRange(from: Lsn, until: Lsn, previous: Promise<void>, handOff: () => void): Promise<void> {
     let position = from;
     try {
       while (position < until) {
         const chunk = await this.options.prefetchSource.locate(position, until);
-        await this.options.writer.prefetch(chunk);
+        await previous;
+        const caching = this.options.writer.prefetch(chunk);
+        handOff();
+        await caching;
+        await this.options.verify?.(chunk, position);
         position += BigInt(chunk.byteCount);
       }
     } catch {
       // Ignored on purpose, see above.
+    } finally {
+      handOff();
     }
   }
 }
