@@ -957,7 +957,9 @@ void Engine::StartRead(PrefetchRead&& read) {
   size_t read_bytes = read.bytes;
   if (read.step == PrefetchStep::kWait) {
     read_offset = read.wait_offset;
-    read_bytes = static_cast<size_t>(std::min<uint64_t>(read.offset + read.bytes, (read_offset / page_bytes_ + 1) * page_bytes_) - read_offset);
+    // The first wait of a request reads up to kPrefetchFirstReadBytes, later ones a page (see kPrefetchFirstReadBytes).
+    const uint64_t wait_end = read.waits == 0 ? read_offset + kPrefetchFirstReadBytes : (read_offset / page_bytes_ + 1) * page_bytes_;
+    read_bytes = static_cast<size_t>(std::min<uint64_t>(read.offset + read.bytes, wait_end) - read_offset);
   }
   // Every read lands in the same scratch buffer: the bytes are thrown away, only the page cache matters.
   io_uring_prep_read(sqe, read.fd.get(), scratch_.get(), static_cast<unsigned>(read_bytes), read_offset);

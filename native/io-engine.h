@@ -77,6 +77,15 @@ static_assert(kHeaderBytesMax >= 30, "the XLogData CopyData header fits inline")
 // (readahead off for the file, pages dropped again under memory pressure) is read in full soon.
 constexpr int kPrefetchWaitsMax = 16;
 
+// Bytes the first kWait step of a request reads (the later ones read a page). Where that step finds the range's pages
+// not in page cache at all, the READ starts the kernel's readahead, sized from it: a one-page READ at the start of
+// a segment began a ramp of synchronous windows of 16, 36, 108, 324 KiB..., each read, waited for and followed by
+// the next (traced with the readahead: tracepoints, docs/benchmarks.md "Profiling cold catch-up"), where a 128 KiB
+// read, like a PostgreSQL walsender's, starts at 512 KiB with an asynchronous part, and later waits meet its mark.
+// The copy it costs into the scratch buffer is an eighth of a cold piece.
+constexpr size_t kPrefetchFirstReadBytes = 128 * 1024;
+static_assert(kPrefetchFirstReadBytes <= kPrefetchBytesMax, "the first read fits the scratch buffer");
+
 // mincore() result bytes for one prefetch request: its pages at 4 KiB, plus one when it is not page-aligned.
 constexpr size_t kResidencyPagesMax = kPrefetchBytesMax / 4096 + 1;
 
