@@ -81,6 +81,11 @@ export interface IoBackend {
    * cache); throws where checksumPages rejects. Lets the verifier check a chunk without a promise chain per chunk.
    */
   checksumPagesNow?(chunk: WalChunk, pageBytes: number, out: Uint32Array): void;
+  /**
+   * The same off the event-loop thread (the native one on a libuv pool thread), for checks nobody waits on right
+   * away: the sender's prefetcher verifies window pieces ahead with it. Rejects for a handle storage is closing.
+   */
+  checksumPagesOffThread?(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void>;
   /** Frees backend-wide resources (event sources, buffer pools). */
   close(): Promise<void>;
   /**

@@ -5,6 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { isWalcastError } from '../errors.js';
 import {
@@ -72,5 +76,30 @@ test('createNativeBackend either starts the engine or throws WALCAST_ERR_NATIVE_
     } catch (error) {
       assert.ok(isWalcastError(error, 'WALCAST_ERR_NATIVE_UNAVAILABLE'), String(error));
     }
+  }
+});
+
+test('checksumPagesOffThread agrees with checksumPagesNow, and refuses a handle storage has started closing', { skip: probeNative().ok ? false : 'the native addon is not available' }, async () => {
+  const backend = await createNativeBackend('sendfile');
+  const dir = mkdtempSync(join(tmpdir(), 'walcast-offthread-'));
+  try {
+    const path = join(dir, 'segment');
+    writeFileSync(path, randomBytes(40 * 8192));
+    const fd = openSync(path, 'r');
+    try {
+      const chunk = { file: { fd, path, closed: false }, fileOffset: 3 * 8192 + 11, byteCount: 20 * 8192 };
+      const offThread = new Uint32Array(21);
+      const inline = new Uint32Array(21);
+      assert.ok(backend.checksumPagesOffThread !== undefined && backend.checksumPagesNow !== undefined);
+      await backend.checksumPagesOffThread(chunk, 8192, offThread);
+      backend.checksumPagesNow(chunk, 8192, inline);
+      assert.deepEqual(offThread, inline);
+      await assert.rejects(backend.checksumPagesOffThread({ ...chunk, file: { ...chunk.file, closed: true } }, 8192, offThread), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_NATIVE_IO'));
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await backend.close();
   }
 });

@@ -225,12 +225,17 @@ class NativeBackend implements IoBackend {
     return writer;
   }
 
-  /**
-   * In place in the page cache, with the CPU's CRC-32C instruction (native/crc32c.cc), on a libuv pool thread: the
-   * mapping's page faults and the checksum stay off the event loop (the sender's prefetcher verifies each window
-   * piece through this before the sender reaches it). checksumPagesNow does the same on the calling thread.
-   */
+  /** In place in the page cache, with the CPU's CRC-32C instruction (native/crc32c.cc). */
   async checksumPages(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
+    this.checksumPagesNow(chunk, pageBytes, out);
+  }
+
+  /**
+   * checksumPages on a libuv pool thread (crc32cFilePagesAsync): the mapping's page faults and the checksum stay off
+   * the event loop. The sender's prefetcher verifies whole window pieces through it before the sender reaches them;
+   * everything the sender or the fan-out batch waits on at once (the live tail page) stays inline, without a hop.
+   */
+  async checksumPagesOffThread(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
     const checksumAsync = this.addon.crc32cFilePagesAsync;
     if (checksumAsync === undefined) {
       this.checksumPagesNow(chunk, pageBytes, out);

@@ -297,7 +297,7 @@ test('the prefetcher verifies each piece once it is cached, and the sender waits
       assert.ok(cached.has(chunk), 'a piece is checked once it is cached');
       checks.push({ offset: chunk.fileOffset, lsn: chunkLsn, bytes: chunk.byteCount, settle: (error) => (error === undefined ? resolve() : reject(error)) });
     });
-  const prefetcher = new Prefetcher({ prefetchSource: fakeSource, writer, verify });
+  const prefetcher = new Prefetcher({ prefetchSource: fakeSource, writer, verifyAhead: verify });
   const piece = BigInt(PREFETCH_PIECE_BYTES);
   const start = 4n * BigInt(SEGMENT_BYTES) + 100n;
   const end = start + 64n * piece;
@@ -323,6 +323,13 @@ test('the prefetcher verifies each piece once it is cached, and the sender waits
   // The failed check ahead does not hold back or fail the wait for that piece: the sender's own check decides.
   await prefetcher.ensureCached(start - 100n + piece, end);
   for (const check of checks) if (check.lsn >= pieceLsn(2)) check.settle();
+
+  // A piece the end watch cuts short (a live stream's, with the writer's partial page) is left to the sender's check.
+  const live = new Prefetcher({ prefetchSource: fakeSource, writer, verifyAhead: verify });
+  const checked = checks.length;
+  await live.ensureCached(end, end + piece / 2n);
+  for (let turn = 0; turn < 10; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(checks.length, checked, 'no check ahead of a piece cut by the end watch');
 });
 
 test('the prefetcher hands the pieces to the writer in order even when their locates finish out of order', async () => {

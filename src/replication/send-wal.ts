@@ -101,6 +101,11 @@ export interface SendWalOptions {
   readonly verify?: (chunk: WalChunk, chunkLsn: Lsn) => Promise<void>;
   /** verify's synchronous attempt (PageVerifier.verifyNow): true when the chunk is verified; else verify runs. */
   readonly verifyNow?: (chunk: WalChunk, chunkLsn: Lsn) => boolean;
+  /**
+   * verify, for whole window pieces the prefetcher brought into page cache, off the event-loop thread where the
+   * backend can (IoBackend.checksumPagesOffThread). Absent: nothing is verified ahead, the sender checks every chunk.
+   */
+  readonly verifyAhead?: (chunk: WalChunk, chunkLsn: Lsn) => Promise<void>;
   /** Aborted when the replica ends the stream (CopyDone, disconnect, bad feedback) or the server stops. */
   readonly signal: AbortSignal;
   /** Recovery/term streams: end once everything up to the end watch at that moment was sent. */
@@ -491,14 +496,16 @@ assert.ok(PREFETCH_PIECE_BYTES >= MAX_SEND_BYTES, 'a chunk never spans more than
  * PREFETCH_WINDOW_BYTES past it are requested, and only the current piece is awaited (the first one on a cold
  * start, or when the disk is slower than the socket). At most window/piece + 1 requests are pending per stream.
  *
- * Each piece is also verified once it is in page cache (`verify`, the asynchronous path: the native backend
- * checksums on a pool thread), so when the sender reaches it its pages are verified already and verifyNow only
- * reads their bits. In a cold catch-up the checksum and the page faults of reading the mapping were the event-loop
- * thread's largest cost when the sender did them chunk by chunk (docs/benchmarks.md, "Profiling cold catch-up").
- * A failed or refused check ahead is ignored: the sender's own check of the chunk decides what is sent.
+ * Each whole piece is also verified once it is in page cache (`verifyAhead`: the native backend checksums on a pool
+ * thread), so when the sender reaches it its pages are verified already and verifyNow only reads their bits. In a
+ * cold catch-up the checksum and the page faults of reading the mapping were the event-loop thread's largest cost
+ * when the sender did them chunk by chunk (docs/benchmarks.md, "Cold catch-up against PostgreSQL in one run"). A
+ * piece cut short by the end watch (a live stream's, holding the writer's partial page) is left to the sender's
+ * inline check: the sender would wait for the hop. A failed or refused check ahead is ignored: the sender's own
+ * check of the chunk decides what is sent.
  */
 export class Prefetcher {
-  private readonly options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verify'>;
+  private readonly options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verifyAhead'>;
   /** Prefetch requests for pieces at or after the send position, by piece start; `done` once it settled. */
   private readonly pending = new Map<Lsn, { readonly promise: Promise<void>; done: boolean }>();
   /**
@@ -510,7 +517,7 @@ export class Prefetcher {
    */
   private handedOff: Promise<void> = Promise.resolve();
 
-  constructor(options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verify'>) {
+  constructor(options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verifyAhead'>) {
     this.options = options;
   }
 
@@ -544,7 +551,7 @@ export class Prefetcher {
     const previous = this.handedOff;
     let handOff = (): void => undefined;
     this.handedOff = new Promise((resolve) => (handOff = resolve));
-    const piece = { promise: this.prefetchRange(from, until, previous, handOff), done: false };
+    const piece = { promise: this.prefetchRange(from, until, until === pieceEnd, previous, handOff), done: false };
     void piece.promise.then(() => (piece.done = true));
     this.pending.set(pieceStart, piece);
   }
@@ -553,7 +560,7 @@ export class Prefetcher {
    * Prefetch is advisory: a failure here surfaces, if it matters, when the range is located to be sent. The first
    * chunk goes to the writer after the previous piece's (`previous`), and `handOff` lets the next piece go.
    */
-  private async prefetchRange(from: Lsn, until: Lsn, previous: Promise<void>, handOff: () => void): Promise<void> {
+  private async prefetchRange(from: Lsn, until: Lsn, whole: boolean, previous: Promise<void>, handOff: () => void): Promise<void> {
     let position = from;
     try {
       while (position < until) {
@@ -562,7 +569,7 @@ export class Prefetcher {
         const caching = this.options.writer.prefetch(chunk);
         handOff();
         await caching;
-        await this.options.verify?.(chunk, position);
+        if (whole) await this.options.verifyAhead?.(chunk, position);
         position += BigInt(chunk.byteCount);
       }
     } catch {

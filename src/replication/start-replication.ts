@@ -188,6 +188,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   try {
     writer = await context.backend.openStream(conn.socket);
     logStreamPath(context, writer);
+    const verifyAheadWith = aheadChecksummer(context.backend);
     sent = await sendWal({
       replicaName: context.applicationName === '' ? 'replica' : context.applicationName,
       startLsn: request.startLsn,
@@ -198,6 +199,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       writer,
       verify: (chunk, chunkLsn) => timeline.pages.verify(chunk, chunkLsn, { checksummer: context.backend, tail: timeline.tailPages(), log }),
       verifyNow: (chunk, chunkLsn) => timeline.pages.verifyNow(chunk, chunkLsn, { checksummer: context.backend, tail: undefined, log }),
+      verifyAhead: (chunk, chunkLsn) => timeline.pages.verify(chunk, chunkLsn, { checksummer: verifyAheadWith, tail: timeline.tailPages(), log }),
       signal: stopController.signal,
       stopAtEnd: request.recovery,
       timelineEnd: () => timeline.pgTimelineEnd(request.pgTimelineId)?.switchLsn,
@@ -238,6 +240,16 @@ async function streamToReplica(context: StreamContext, request: StartReplication
 }
 
 /** An error of the stored WAL (not of the replica's socket): it ends the stream with an ErrorResponse. */
+/**
+ * The checksummer the prefetcher verifies ahead with: the backend's off-thread checksum where it has one (native),
+ * else its ordinary one. No checksumPagesNow: verifying ahead never checksums on the event-loop thread by choice.
+ */
+function aheadChecksummer(backend: IoBackend): Pick<IoBackend, 'checksumPages'> {
+  const offThread = backend.checksumPagesOffThread;
+  if (offThread === undefined) return backend;
+  return { checksumPages: (chunk, pageBytes, out) => offThread.call(backend, chunk, pageBytes, out) };
+}
+
 function isStorageFailure(failure: unknown): failure is WalcastError {
   return isWalcastError(failure) && failure.code !== 'WALCAST_ERR_STREAM_IO';
 }
