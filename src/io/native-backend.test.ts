@@ -15,6 +15,7 @@ import {
   MEASURED_FASTEST_STRATEGY,
   NATIVE_STRATEGIES,
   NO_RING_STRATEGY,
+  OFF_THREAD_CHECKSUMS_MAX,
   createNativeBackend,
   defaultNativeStrategy,
   probeNative,
@@ -79,7 +80,7 @@ test('createNativeBackend either starts the engine or throws WALCAST_ERR_NATIVE_
   }
 });
 
-test('checksumPagesOffThread agrees with checksumPagesNow, and refuses a handle storage has started closing', { skip: probeNative().ok ? false : 'the native addon is not available' }, async () => {
+test('checksumPagesOffThread agrees with checksumPagesNow, refuses a handle storage has started closing, and keeps at most its bound on the pool', { skip: probeNative().ok ? false : 'the native addon is not available' }, async () => {
   const backend = await createNativeBackend('sendfile');
   const dir = mkdtempSync(join(tmpdir(), 'walcast-offthread-'));
   try {
@@ -95,6 +96,14 @@ test('checksumPagesOffThread agrees with checksumPagesNow, and refuses a handle 
       backend.checksumPagesNow(chunk, 8192, inline);
       assert.deepEqual(offThread, inline);
       await assert.rejects(backend.checksumPagesOffThread({ ...chunk, file: { ...chunk.file, closed: true } }, 8192, offThread), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_NATIVE_IO'));
+      // Many at once: at most OFF_THREAD_CHECKSUMS_MAX on the pool, the rest inline, every result right.
+      const outs = Array.from({ length: 12 }, () => new Uint32Array(21));
+      const running = outs.map((out) => backend.checksumPagesOffThread!(chunk, 8192, out));
+      const inFlight = (backend as unknown as { offThreadChecksumsInFlight: number }).offThreadChecksumsInFlight;
+      assert.equal(inFlight, OFF_THREAD_CHECKSUMS_MAX, 'the pool holds the bound, no more');
+      await Promise.all(running);
+      for (const out of outs) assert.deepEqual(out, inline);
+      assert.equal((backend as unknown as { offThreadChecksumsInFlight: number }).offThreadChecksumsInFlight, 0);
     } finally {
       closeSync(fd);
     }

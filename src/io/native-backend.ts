@@ -77,6 +77,15 @@ export const PREFETCH_RANGE_BYTES_MAX = 1024 * 1024 * 1024;
 
 assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefetch request');
 
+/**
+ * checksumPagesOffThread calls on the libuv pool at once, process-wide; more run inline. The pool (4 threads by
+ * default) also serves storage's file operations (segment opens, sidecar reads, the WAL writer's syncs): many cold
+ * streams verifying ahead must not queue those behind their checksums, so one thread of the default four stays
+ * theirs. Inline is the old path (one piece's checksum, ~0.1-0.3 ms, on the event loop). One cold stream ran 8% of
+ * its checks inline with 3 (readahead completes several pieces at once), 19% with 2.
+ */
+export const OFF_THREAD_CHECKSUMS_MAX = 3;
+
 /** Units one native stream may queue, chunks and messages together (io-engine.h kQueuedUnitsHardMax). */
 export const NATIVE_QUEUED_UNITS_MAX = 64;
 
@@ -183,6 +192,8 @@ class NativeBackend implements IoBackend {
   private readonly streams = new Map<number, NativeStreamWriter>();
   private readonly prefetches = new Map<number, () => void>();
   private nextPrefetchToken = 1;
+  /** checksumPagesOffThread calls on the pool now (at most OFF_THREAD_CHECKSUMS_MAX). */
+  private offThreadChecksums = 0;
   private fallback: IoBackend | undefined;
   private closed = false;
   readonly chunkBatch: ChunkBatch | undefined;
@@ -237,7 +248,7 @@ class NativeBackend implements IoBackend {
    */
   async checksumPagesOffThread(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
     const checksumAsync = this.addon.crc32cFilePagesAsync;
-    if (checksumAsync === undefined) {
+    if (checksumAsync === undefined || this.offThreadChecksums >= OFF_THREAD_CHECKSUMS_MAX) {
       this.checksumPagesNow(chunk, pageBytes, out);
       return;
     }
@@ -248,13 +259,23 @@ class NativeBackend implements IoBackend {
       new WalcastError('WALCAST_ERR_NATIVE_IO', `checksumming ${chunk.file.path} at ${chunk.fileOffset} failed: ${(error as Error).message}`, { cause: error });
     // The number is duplicated synchronously below; once storage started closing the handle it may name anything.
     if (chunk.file.closed === true) throw new WalcastError('WALCAST_ERR_NATIVE_IO', `checksumming ${chunk.file.path}: the file was closed`);
-    await new Promise<void>((resolve, reject) => {
-      try {
-        checksumAsync.call(this.addon, chunk.file.fd, chunk.fileOffset, chunk.byteCount, pageBytes, out, (error) => (error === null ? resolve() : reject(failed(error))));
-      } catch (error) {
-        reject(error instanceof TypeError || error instanceof RangeError ? error : failed(error));
-      }
-    });
+    this.offThreadChecksums++;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        try {
+          checksumAsync.call(this.addon, chunk.file.fd, chunk.fileOffset, chunk.byteCount, pageBytes, out, (error) => (error === null ? resolve() : reject(failed(error))));
+        } catch (error) {
+          reject(error instanceof TypeError || error instanceof RangeError ? error : failed(error));
+        }
+      });
+    } finally {
+      this.offThreadChecksums--;
+    }
+  }
+
+  /** checksumPagesOffThread calls on the pool now, for tests of the bound. */
+  get offThreadChecksumsInFlight(): number {
+    return this.offThreadChecksums;
   }
 
   checksumPagesNow(chunk: WalChunk, pageBytes: number, out: Uint32Array): void {
