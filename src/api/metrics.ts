@@ -435,22 +435,9 @@ function registerPublishTiming(registry: Registry, eachTimeline: EachTimeline): 
       eachTimeline((timeline) => this.inc(timelineLabels(timeline), timeline.publishTiming.streamsDropped));
     },
   });
-  // The commit fan-out batch (replication/fanout-batch.ts): chunks / calls is the replicas served per addon call.
-  const batchCounter = (name: string, help: string, read: (counts: { batches: number; chunksBatched: number; resumed: number }) => number): void => {
-    new Counter({
-      name,
-      help,
-      labelNames: TIMELINE_LABELS,
-      registers: [registry],
-      collect() {
-        this.reset();
-        eachTimeline((timeline) => {
-          const batcher = existingFanoutBatcher(timeline.commitLsn);
-          if (batcher !== undefined) this.inc(timelineLabels(timeline), read(batcher));
-        });
-      },
-    });
-  };
+  // The commit fan-out batch (replication/fanout-batch.ts): chunks / calls is the replicas served per addon call. A
+  // timeline whose commit watch never had a batcher (no native stream parked yet) is left out, as statusMetrics does.
+  const { perTimelineCounter: batchCounter } = statusMetrics(registry, eachTimeline, (timeline) => existingFanoutBatcher(timeline.commitLsn));
   batchCounter('walcast_fanout_batch_calls_total', 'Commit fan-out batches: one I/O backend call sending one chunk to every parked replica at one position.', (counts) => counts.batches);
   batchCounter('walcast_fanout_batch_chunks_total', 'Chunks sent by commit fan-out batches, one per replica and batch.', (counts) => counts.chunksBatched);
   batchCounter('walcast_fanout_batch_resumes_total', 'Replicas that left the commit fan-out batch to send on their own (reply due, queue at its bound, storage error, failed send).', (counts) => counts.resumed);

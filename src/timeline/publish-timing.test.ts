@@ -11,12 +11,29 @@ test('a histogram puts each observation in the first bucket whose bound holds it
   const histogram = new LatencyHistogram();
   histogram.observe(0);
   histogram.observe(PUBLISH_LATENCY_BUCKETS_SECONDS[0] ?? 0);
-  histogram.observe(0.0009);
+  histogram.observe(0.00095);
+  histogram.observe(0.0011);
   histogram.observe(1_000);
-  assert.equal(histogram.count, 4);
+  assert.equal(histogram.count, 5);
   assert.equal(histogram.counts[0], 2);
   assert.equal(histogram.counts[PUBLISH_LATENCY_BUCKETS_SECONDS.indexOf(0.001)], 1);
+  assert.equal(histogram.counts[PUBLISH_LATENCY_BUCKETS_SECONDS.indexOf(0.00125)], 1, '1.1 ms is told from 1 ms and from 2.5 ms');
   assert.equal(histogram.counts[PUBLISH_LATENCY_BUCKETS_SECONDS.length], 1);
+});
+
+test('every value lands in the bucket a linear scan of the bounds picks; observeMany counts n of one value', () => {
+  const bounds = PUBLISH_LATENCY_BUCKETS_SECONDS;
+  assert.ok(bounds.every((bound, index) => index === 0 || bound > (bounds[index - 1] ?? 0)), 'bounds ascend');
+  const values = [0, ...bounds.flatMap((bound) => [bound * 0.999, bound, bound * 1.001]), 1e9];
+  for (const value of values) {
+    const histogram = new LatencyHistogram();
+    histogram.observeMany(value, 3);
+    let expected = bounds.findIndex((bound) => value <= bound);
+    if (expected === -1) expected = bounds.length;
+    assert.equal(histogram.counts[expected], 3, `${value} s`);
+    assert.equal(histogram.count, 3);
+    assert.equal(histogram.sumSeconds, value * 3);
+  }
 });
 
 test('publishes before a stream first waits are not owed; a written report completes every publish up to it', () => {
