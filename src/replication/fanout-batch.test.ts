@@ -93,11 +93,24 @@ class FakeSource implements ClosableWalSource {
   locates = 0;
   async locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> {
     this.locates++;
-    const segmentEnd = (lsn / BigInt(SEGMENT_BYTES) + 1n) * BigInt(SEGMENT_BYTES);
-    const until = endLsn < segmentEnd ? endLsn : segmentEnd;
-    return { file: { fd: -1, path: 'fake' }, fileOffset: Number(lsn % BigInt(SEGMENT_BYTES)), byteCount: Number(until - lsn) };
+    return chunkOf(lsn, endLsn);
   }
   async close(): Promise<void> {}
+}
+
+function chunkOf(lsn: Lsn, endLsn: Lsn): WalChunk {
+  const segmentEnd = (lsn / BigInt(SEGMENT_BYTES) + 1n) * BigInt(SEGMENT_BYTES);
+  const until = endLsn < segmentEnd ? endLsn : segmentEnd;
+  return { file: { fd: -1, path: 'fake' }, fileOffset: Number(lsn % BigInt(SEGMENT_BYTES)), byteCount: Number(until - lsn) };
+}
+
+/** As WalReader: locateNow answers without awaits while the open segment holds the range (here: always). */
+class FakeSourceWithNow extends FakeSource {
+  nowLocates = 0;
+  locateNow(lsn: Lsn, endLsn: Lsn): WalChunk | undefined {
+    this.nowLocates++;
+    return chunkOf(lsn, endLsn);
+  }
 }
 
 const perStreamSource: WalSource = new FakeSource();
@@ -121,11 +134,21 @@ interface Harness {
   asyncFailure: (() => Error) | undefined;
 }
 
-function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean, extra: { timelineEnd?: () => Lsn | undefined; startLsns?: readonly Lsn[]; keepaliveIntervalMs?: number } = {}): Harness {
+interface Extra {
+  timelineEnd?: () => Lsn | undefined;
+  /** The timeline history the batcher is given (Timeline.history): replaced at a switch. */
+  history?: () => unknown;
+  startLsns?: readonly Lsn[];
+  keepaliveIntervalMs?: number;
+  replicaTimeoutMs?: number;
+  source?: FakeSource;
+}
+
+function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean, extra: Extra = {}): Harness {
   const watch = new LsnWatch(START);
   const batch = new FakeBatch();
-  const source = new FakeSource();
-  const batcher = new FanoutBatcher(watch, SEGMENT_BYTES, batch, () => source);
+  const source = extra.source ?? new FakeSource();
+  const batcher = new FanoutBatcher(watch, SEGMENT_BYTES, batch, () => source, extra.history);
   const controller = new AbortController();
   const harness: Harness = {
     watch,
@@ -172,7 +195,7 @@ function start(streams: number, verifyNowAnswer?: (chunkLsn: Lsn) => boolean, ex
         stopAtEnd: false,
         shouldStop: () => false,
         onSent: () => undefined,
-        replicaTimeoutMs: 60_000,
+        replicaTimeoutMs: extra.replicaTimeoutMs ?? 60_000,
         lastReplyAtMs: () => harness.lastReply,
         keepaliveIntervalMs: extra.keepaliveIntervalMs ?? 60_000,
         fanout: batcher,
@@ -381,5 +404,73 @@ test('parked streams with nothing to send get a reply-requesting keepalive every
   harness.watch.advance(end);
   await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end), 'the publish');
   for (const writer of harness.writers) assert.deepEqual(writer.pieces.map((piece) => piece.how), ['batch']);
+  await stop(harness);
+});
+
+test('with the timeline history given, timelineEnd is asked once per stream until the history changes; a switch still ends each stream at its point', async () => {
+  let history: readonly string[] = ['tli 1'];
+  let switchLsn: Lsn | undefined;
+  let asked = 0;
+  const harness = start(3, undefined, {
+    history: () => history,
+    timelineEnd: () => {
+      asked++;
+      return switchLsn;
+    },
+  });
+  await until(() => harness.batcher.parkedCount === 3, 'all parked');
+  const askedBefore = asked;
+  for (let publish = 1; publish <= 3; publish++) {
+    const end = START + BigInt(publish) * 100n;
+    harness.watch.advance(end);
+    await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end) && harness.batcher.parkedCount === 3, `publish ${publish}`);
+  }
+  assert.equal(asked - askedBefore, 3, 'once per stream in the first round, not again while the history is the same');
+  assert.deepEqual(harness.batch.calls, [3, 3, 3]);
+  // As Timeline.switchPgTimeline: a new history (a new value), recorded before any WAL past the switch is published.
+  switchLsn = START + 1000n;
+  history = ['tli 1', 'tli 2'];
+  harness.watch.advance(START + 5000n);
+  const ends = await Promise.all(harness.ends);
+  for (const [index, writer] of harness.writers.entries()) {
+    assert.equal(writer.contiguousEnd(), switchLsn, `stream ${index} ends exactly at the switch point`);
+    assert.deepEqual(ends[index], { kind: 'timeline_end', sentLsn: switchLsn });
+  }
+});
+
+test('the batch skips replyDue until the reply could be due, and still leaves for the request once it is: publishes keep coming, the replica is silent', async () => {
+  // Half the replica timeout: a reply is due 200 ms after the replica's last message; the idle keepalive (also
+  // 200 ms, counted from the last send) does not fire while publishes come every 20 ms, so only the due check asks.
+  const harness = start(2, undefined, { replicaTimeoutMs: 400 });
+  await until(() => harness.batcher.parkedCount === 2, 'both parked');
+  harness.lastReply = Date.now();
+  const silentSince = harness.lastReply;
+  let end = START;
+  // Bounded: a batch that never asked again would run out of publishes here and fail below.
+  for (let publish = 0; publish < 200 && !harness.writers.every((writer) => writer.keepalives.length > 0); publish++) {
+    end += 100n;
+    harness.watch.advance(end);
+    await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end), `publish ${publish}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  const askedAt = Date.now();
+  for (const writer of harness.writers) {
+    assert.deepEqual(writer.keepalives, [{ replyRequested: true }], 'one request, once the replica had been silent long enough');
+    assert.equal(writer.pieces[0]?.how, 'batch', 'before that, the publishes were batched');
+  }
+  assert.ok(askedAt - silentSince >= 200, 'not before it was due');
+  await stop(harness);
+});
+
+test('a source that locates without awaiting (WalReader.locateNow) is not asked the asynchronous way', async () => {
+  const source = new FakeSourceWithNow();
+  const harness = start(3, undefined, { source });
+  await until(() => harness.batcher.parkedCount === 3, 'all parked');
+  const end = START + 2n * BigInt(MAX_SEND_BYTES) + 10n;
+  harness.watch.advance(end);
+  await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end), 'every stream reached the watch');
+  assert.deepEqual(harness.batch.calls, [3, 3, 3]);
+  assert.equal(source.nowLocates, 3, 'one per round');
+  assert.equal(source.locates, 0);
   await stop(harness);
 });

@@ -52,6 +52,8 @@ interface PublishClock {
 /** A reader the batcher owns (its segment pinned while streams are parked): the storage WalReader. */
 export interface ClosableWalSource {
   locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk>;
+  /** locate's answer without I/O or awaits when it has one (WalReader.locateNow): the usual case per publish. */
+  locateNow?(lsn: Lsn, endLsn: Lsn): WalChunk | undefined;
   close(): Promise<void>;
 }
 
@@ -64,6 +66,11 @@ export interface FanoutParticipant {
   readonly verifyNow?: (chunk: WalChunk, chunkLsn: Lsn) => boolean;
   /** True when the loop must ask the replica for a reply before its next chunk (ReplyRequests.due). */
   readonly replyDue: (nowMs: number) => boolean;
+  /**
+   * A time (Date.now() ms) before which replyDue is certainly false (ReplyRequests.notDueBeforeMs); the batch does not
+   * ask replyDue before it. Without it, replyDue is asked every round.
+   */
+  readonly replyNotDueBeforeMs?: () => number;
   readonly timelineEnd?: () => Lsn | undefined;
   readonly onSent: (sentLsn: Lsn, bytes: number) => void;
   readonly publishClock?: PublishClock;
@@ -81,20 +88,30 @@ interface Parked {
   readonly participant: FanoutParticipant;
   sentLsn: Lsn;
   lastSendAtMs: number;
+  /** replyDue is not asked before this (participant.replyNotDueBeforeMs); 0: ask at the next round. */
+  replyCheckAtMs: number;
+  /** The timeline history timelineEnd was last asked under (FanoutBatcher's `history`); NOT_ASKED before the first. */
+  endAskedUnder: unknown;
+  /** timelineEnd's answer under endAskedUnder. */
+  timelineEndLsn: Lsn | undefined;
   timer: NodeJS.Timeout | undefined;
   readonly finish: (kind: ParkEnd['kind'], error?: Error) => void;
 }
 
 const batchers = new WeakMap<EndWatch, FanoutBatcher>();
 
+/** Parked.endAskedUnder before timelineEnd was first asked: equal to no history. */
+const NOT_ASKED = Symbol('timelineEnd not asked');
+
 /**
  * The batcher of `watch` (one per commit watch, made on first use). `openSource` makes its reader; `batch` is the
- * backend's ChunkBatch (one backend per server, so every caller passes the same one).
+ * backend's ChunkBatch (one backend per server, so every caller passes the same one); `history` is the timeline's
+ * PostgreSQL timeline history (Timeline.history), see FanoutBatcher.
  */
-export function fanoutBatcherFor(watch: EndWatch, segmentBytes: number, batch: ChunkBatch, openSource: () => ClosableWalSource): FanoutBatcher {
+export function fanoutBatcherFor(watch: EndWatch, segmentBytes: number, batch: ChunkBatch, openSource: () => ClosableWalSource, history?: () => unknown): FanoutBatcher {
   let batcher = batchers.get(watch);
   if (batcher === undefined) {
-    batcher = new FanoutBatcher(watch, segmentBytes, batch, openSource);
+    batcher = new FanoutBatcher(watch, segmentBytes, batch, openSource, history);
     batchers.set(watch, batcher);
   }
   assert.ok(batcher.batch === batch, 'one backend per commit watch');
@@ -124,11 +141,18 @@ export class FanoutBatcher {
   private outcomes = new Int32Array(64);
   private readonly header = Buffer.allocUnsafe(XLOG_DATA_HEADER_BYTES);
 
+  /**
+   * `history`, when given, returns the timeline's history, a value replaced (never mutated) at every PostgreSQL
+   * timeline switch (Timeline.switchPgTimeline): a parked stream's timelineEnd is a function of it, so it is asked
+   * again only when the history changed, not for every stream at every publish (it was a third of the per-stream
+   * work before the send at 1,000 replicas, profiled: issue 13). Without it, timelineEnd is asked every round.
+   */
   constructor(
     private readonly watch: EndWatch,
     private readonly segmentBytes: number,
     readonly batch: ChunkBatch,
     private readonly openSource: () => ClosableWalSource,
+    private readonly history?: () => unknown,
   ) {}
 
   /** Streams parked now (tests). */
@@ -153,6 +177,9 @@ export class FanoutBatcher {
         participant,
         sentLsn,
         lastSendAtMs: Date.now(),
+        replyCheckAtMs: 0,
+        endAskedUnder: NOT_ASKED,
+        timelineEndLsn: undefined,
         timer: undefined,
         finish: (kind, error) => {
           if (!this.parked.delete(entry)) return;
@@ -226,14 +253,18 @@ export class FanoutBatcher {
     return false;
   }
 
-  /** One chunk for every parked stream behind `endLsn`: grouped by send position, one batch per group. */
+  /**
+   * One chunk for every parked stream behind `endLsn`: grouped by send position, one batch per group. This loop runs
+   * for every stream at every publish before anything is sent, so what it asks each stream is kept to a few field
+   * reads: replyDue only once its earliest due time passed, timelineEnd only after a timeline switch.
+   */
   private async round(endLsn: Lsn): Promise<void> {
     const nowMs = Date.now();
+    const history = this.history === undefined ? NOT_ASKED : this.history();
     const groups = new Map<Lsn, Parked[]>();
     for (const entry of this.parked) {
       if (entry.sentLsn >= endLsn) continue;
-      const { participant } = entry;
-      if (participant.replyDue(nowMs) || participant.timelineEnd?.() !== undefined || !this.batch.accepts(participant.writer)) {
+      if (this.mustLeave(entry, nowMs, history)) {
         entry.finish('resume');
         continue;
       }
@@ -244,13 +275,32 @@ export class FanoutBatcher {
     for (const [chunkLsn, group] of groups) await this.sendGroup(chunkLsn, group, endLsn);
   }
 
+  /** Whether `entry` must go on alone before its next chunk: a reply is due, its timeline ended, or the batch cannot take it. */
+  private mustLeave(entry: Parked, nowMs: number, history: unknown): boolean {
+    const { participant } = entry;
+    if (nowMs >= entry.replyCheckAtMs) {
+      if (participant.replyDue(nowMs)) return true;
+      entry.replyCheckAtMs = participant.replyNotDueBeforeMs?.() ?? 0;
+    }
+    if (participant.timelineEnd !== undefined) {
+      if (history === NOT_ASKED || entry.endAskedUnder !== history) {
+        entry.timelineEndLsn = participant.timelineEnd();
+        entry.endAskedUnder = history;
+      }
+      if (entry.timelineEndLsn !== undefined) return true;
+    }
+    return !this.batch.accepts(participant.writer);
+  }
+
   private async sendGroup(chunkLsn: Lsn, group: Parked[], endLsn: Lsn): Promise<void> {
     const first = group[0];
     assert.ok(first !== undefined);
     let chunk: WalChunk;
     try {
       this.source ??= this.openSource();
-      chunk = await this.source.locate(chunkLsn, decideChunkEnd(chunkLsn, endLsn, this.segmentBytes));
+      const wantedEnd = decideChunkEnd(chunkLsn, endLsn, this.segmentBytes);
+      // As the loop does: the open segment answers without awaits (a microtask hop and a promise per publish).
+      chunk = this.source.locateNow?.(chunkLsn, wantedEnd) ?? (await this.source.locate(chunkLsn, wantedEnd));
       // Once for the group, as each stream's loop would: the event-loop thread only sends cached pages (the tail
       // just written is; this resolves at once then), and every stream at this position is sent the same pages.
       await first.participant.writer.prefetch(chunk);

@@ -344,6 +344,7 @@ function fanoutParticipant(options: SendWalOptions, replyRequests: ReplyRequests
     ...(options.verify === undefined ? {} : { verify: options.verify }),
     ...(options.verifyNow === undefined ? {} : { verifyNow: options.verifyNow }),
     replyDue: (nowMs) => replyRequests.due(nowMs),
+    replyNotDueBeforeMs: () => replyRequests.notDueBeforeMs(),
     ...(options.timelineEnd === undefined ? {} : { timelineEnd: options.timelineEnd }),
     onSent: options.onSent,
     ...(options.publishClock === undefined ? {} : { publishClock: options.publishClock }),
@@ -458,6 +459,14 @@ class ReplyRequests {
 
   asked(): void {
     this.askedAtReplyMs = this.lastReplyAtMs();
+  }
+
+  /**
+   * due() is false before this time: the replica's last message only moves later (or a reply was asked for and none
+   * came: due waits for one), so neither case makes it due sooner. The commit batch asks due() only past it.
+   */
+  notDueBeforeMs(): number {
+    return this.lastReplyAtMs() + this.askAfterSilenceMs;
   }
 }
 

@@ -206,7 +206,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       ...(publishClock === undefined ? {} : { publishClock }),
       ...(request.recovery || context.backend.chunkBatch === undefined
         ? {}
-        : { fanout: fanoutBatcherFor(endWatch, timeline.segmentBytes, context.backend.chunkBatch, () => new WalReader(timeline.dir, timeline, timeline, timeline.remoteSegments)) }),
+        : { fanout: fanoutBatcherFor(endWatch, timeline.segmentBytes, context.backend.chunkBatch, () => new WalReader(timeline.dir, timeline, timeline, timeline.remoteSegments), () => timeline.history) }),
       shouldStop: () => timeline.shouldSenderStop(replica.remoteConsistentLsn()),
       replicaTimeoutMs: context.replicaTimeoutMs,
       lastReplyAtMs: () => reader.lastMessageAt(),

@@ -203,7 +203,15 @@ class StreamClock implements StreamPublishClock {
   chunkAccepted(throughLsn: Lsn): boolean {
     if (this.closed || !this.isLive) return false;
     this.sentLsn = throughLsn > this.sentLsn ? throughLsn : this.sentLsn;
-    const first = this.owed.find((owed) => this.reportedThrough === undefined || owed.publish.lsn > this.reportedThrough);
+    // The first owed publish no earlier report covers (a loop, not find: this runs per stream and batch).
+    const reported = this.reportedThrough;
+    let first: Owed | undefined;
+    for (const owed of this.owed) {
+      if (reported === undefined || owed.publish.lsn > reported) {
+        first = owed;
+        break;
+      }
+    }
     if (first === undefined || first.publish.lsn > throughLsn) return false;
     this.reportedThrough = throughLsn;
     return true;
