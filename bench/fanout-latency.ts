@@ -12,9 +12,14 @@
  *   primary meanwhile.
  *
  * Usage: node --import tsx bench/fanout-latency.ts [--replicas 1,100,1000] [--rate 100] [--duration-ms 3000]
- *   [--rounds 1] [--backends ts,native/uring] [--out FILE.json]
+ *   [--rounds 1] [--backends ts,native/uring] [--baseline DIR] [--out FILE.json]
  * Starts and stops everything itself (primary, one following walcast per backend, consumers). Timing runs want an
  * otherwise idle machine; tiny sizes (--replicas 2 --duration-ms 500) only check that it works.
+ *
+ * A/B: --baseline DIR is a copy of the repository at the commit to compare with (`git archive BASE | tar -x -C DIR`,
+ * node_modules and build/ linked or copied in). Its walcast follows the same primary beside this tree's, and every
+ * round runs both, alternating which goes first, so load from elsewhere falls on both alike. The figures to compare
+ * on a loaded machine are the histogram quantiles and the server CPU per publish, not one run's wall clock.
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -38,6 +43,7 @@ interface Options {
   readonly durationMs: number;
   readonly rounds: number;
   readonly backends: readonly BackendName[];
+  readonly baseline: string | undefined;
   readonly out: string | undefined;
 }
 
@@ -50,6 +56,7 @@ function parseOptions(argv: readonly string[]): Options {
       'duration-ms': { type: 'string', default: '3000' },
       rounds: { type: 'string', default: '1' },
       backends: { type: 'string', default: 'ts,native/uring' },
+      baseline: { type: 'string' },
       out: { type: 'string' },
     },
     strict: true,
@@ -68,12 +75,13 @@ function parseOptions(argv: readonly string[]): Options {
     durationMs: positive(values['duration-ms'], '--duration-ms'),
     rounds: positive(values.rounds, '--rounds'),
     backends: backends as BackendName[],
+    baseline: values.baseline,
     out: values.out,
   };
 }
 
 function usage(problem: string): never {
-  process.stderr.write(`${problem}\nusage: node --import tsx bench/fanout-latency.ts [--replicas 1,100,1000] [--rate N] [--duration-ms MS] [--rounds N] [--backends ts,native/uring] [--out FILE]\n`);
+  process.stderr.write(`${problem}\nusage: node --import tsx bench/fanout-latency.ts [--replicas 1,100,1000] [--rate N] [--duration-ms MS] [--rounds N] [--backends ts,native/uring] [--baseline DIR] [--out FILE]\n`);
   process.exit(EXIT_USAGE);
 }
 
@@ -84,6 +92,8 @@ function progress(message: string): void {
 
 /** One run's figures: walcast's own (/metrics over the commits) and the harness's (commit → received), in ms. */
 export interface FanoutRun {
+  /** Which tree's walcast: `new` (this one) or `base` (--baseline). */
+  readonly variant: Variant;
   readonly backend: BackendName;
   readonly replicas: number;
   readonly round: number;
@@ -102,16 +112,21 @@ export interface FanoutRun {
   readonly addedP99Ms?: number;
   /** The server's CPU seconds (user + system) from the replicas' start to the end of the run: A/B figure on a loaded machine. */
   readonly serverCpuSeconds?: number;
+  /** serverCpuSeconds per publish, in ms (the run's idle keepalives and scrapes included, alike for both variants). */
+  readonly serverCpuMsPerPublish?: number;
 }
+
+type Variant = 'new' | 'base';
 
 /**
  * One live-latency run (bench/scenarios/live-latency.ts), which scrapes walcast's /metrics right before the first
  * commit and after the last one has drained, so the histograms cover the commits and nothing else.
  */
-async function measure(context: BenchContext, target: ServerTarget, backend: BackendName, replicas: number, round: number): Promise<FanoutRun> {
+async function measure(context: BenchContext, target: ServerTarget, variant: Variant, backend: BackendName, replicas: number, round: number): Promise<FanoutRun> {
   const run: RunRecord = await measureLatencyRun(context, target, replicas, round);
   const publishes = run.internalPublishes ?? 0;
   return {
+    variant,
     backend,
     replicas,
     round,
@@ -130,6 +145,7 @@ async function measure(context: BenchContext, target: ServerTarget, backend: Bac
       addedP50Ms: run.latencyAddedP50Ms,
       addedP99Ms: run.latencyAddedP99Ms,
       serverCpuSeconds: run.serverCpuSeconds,
+      serverCpuMsPerPublish: run.serverCpuSeconds === undefined || publishes === 0 ? undefined : (run.serverCpuSeconds * MS_PER_SECOND) / publishes,
     }),
   };
 }
@@ -140,22 +156,22 @@ function defined<T extends Record<string, number | undefined>>(figures: T): Part
 
 function describe(run: FanoutRun): string {
   const figure = (value: number | undefined): string => (value === undefined ? '—' : value.toFixed(2));
-  const head = `${run.backend} × ${run.replicas} replicas (round ${run.round + 1})`;
+  const head = `${run.variant} ${run.backend} × ${run.replicas} replicas (round ${run.round + 1})`;
   if (!run.ok) return `${head}: FAILED ${run.error ?? ''}`;
-  return `${head}: ${run.publishes} publishes, fan-out p50 ${figure(run.fanoutP50Ms)} p99 ${figure(run.fanoutP99Ms)} ms; per replica p50 ${figure(run.publishToSocketP50Ms)} p99 ${figure(run.publishToSocketP99Ms)} ms; ingest hop p50 ${figure(run.ingestHopP50Ms)} p99 ${figure(run.ingestHopP99Ms)} ms; commit→received p99 ${figure(run.receivedP99Ms)} ms (added vs direct p99 ${figure(run.addedP99Ms)} ms)`;
+  return `${head}: ${run.publishes} publishes, fan-out p50 ${figure(run.fanoutP50Ms)} p99 ${figure(run.fanoutP99Ms)} ms; per replica p50 ${figure(run.publishToSocketP50Ms)} p99 ${figure(run.publishToSocketP99Ms)} ms; ingest hop p50 ${figure(run.ingestHopP50Ms)} p99 ${figure(run.ingestHopP99Ms)} ms; commit→received p99 ${figure(run.receivedP99Ms)} ms (added vs direct p99 ${figure(run.addedP99Ms)} ms); server CPU ${figure(run.serverCpuMsPerPublish)} ms per publish`;
 }
 
 function table(runs: readonly FanoutRun[]): string {
   const figure = (value: number | undefined): string => (value === undefined ? '—' : value.toFixed(2));
   const lines = [
-    '| backend | replicas | round | publishes | ingest hop p50 ms | ingest hop p99 ms | fan-out p50 ms | fan-out p99 ms | per replica p99 ms | commit→received p50 ms | p99 ms | added vs direct p99 ms |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| variant | backend | replicas | round | publishes | ingest hop p50 ms | ingest hop p99 ms | fan-out p50 ms | fan-out p99 ms | per replica p99 ms | commit→received p50 ms | p99 ms | added vs direct p99 ms | server CPU ms / publish |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const run of runs) {
     lines.push(
       run.ok
-        ? `| ${run.backend} | ${run.replicas} | ${run.round + 1} | ${run.publishes} | ${figure(run.ingestHopP50Ms)} | ${figure(run.ingestHopP99Ms)} | ${figure(run.fanoutP50Ms)} | ${figure(run.fanoutP99Ms)} | ${figure(run.publishToSocketP99Ms)} | ${figure(run.receivedP50Ms)} | ${figure(run.receivedP99Ms)} | ${figure(run.addedP99Ms)} |`
-        : `| ${run.backend} | ${run.replicas} | ${run.round + 1} | failed: ${run.error ?? ''} | | | | | | | | |`,
+        ? `| ${run.variant} | ${run.backend} | ${run.replicas} | ${run.round + 1} | ${run.publishes} | ${figure(run.ingestHopP50Ms)} | ${figure(run.ingestHopP99Ms)} | ${figure(run.fanoutP50Ms)} | ${figure(run.fanoutP99Ms)} | ${figure(run.publishToSocketP99Ms)} | ${figure(run.receivedP50Ms)} | ${figure(run.receivedP99Ms)} | ${figure(run.addedP99Ms)} | ${figure(run.serverCpuMsPerPublish)} |`
+        : `| ${run.variant} | ${run.backend} | ${run.replicas} | ${run.round + 1} | failed: ${run.error ?? ''} | | | | | | | | | |`,
     );
   }
   return lines.join('\n');
@@ -178,24 +194,33 @@ async function main(): Promise<void> {
   const context: BenchContext = { tools, wal, plan, progress };
   const runs: FanoutRun[] = [];
   try {
+    const variants: [Variant, string | undefined][] = options.baseline === undefined ? [['new', undefined]] : [['new', undefined], ['base', options.baseline]];
     for (const backend of options.backends) {
       const [io, strategy] = backend.split('/') as ['ts' | 'native', ('sendfile' | 'writev' | 'uring') | undefined];
-      const dataDir = await createFollowingDataDir(wal.primary);
-      const target = await startWalcastServer({ dataDir, walFiles: [], following: true, io, ...(strategy === undefined ? {} : { strategy }) });
-      progress(`walcast ${backend} following the primary`);
+      const targets: [Variant, ServerTarget][] = [];
       try {
-        // One unrecorded run first (JIT, connection caches), as bench/run.ts does.
-        const warmUp = await measureLatencyRun(context, target, 1, 0);
-        progress(`warm-up ${backend}: ${warmUp.ok ? 'ok' : `FAILED ${warmUp.error ?? ''}`}`);
+        for (const [variant, repoRoot] of variants) {
+          const dataDir = await createFollowingDataDir(wal.primary);
+          const target = await startWalcastServer({ dataDir, walFiles: [], following: true, io, ...(strategy === undefined ? {} : { strategy }), ...(repoRoot === undefined ? {} : { repoRoot, name: `walcast-base-${backend}` }) });
+          targets.push([variant, target]);
+          progress(`walcast ${variant} ${backend} following the primary`);
+          // One unrecorded run first (JIT, connection caches), as bench/run.ts does.
+          const warmUp = await measureLatencyRun(context, target, 1, 0);
+          progress(`warm-up ${variant} ${backend}: ${warmUp.ok ? 'ok' : `FAILED ${warmUp.error ?? ''}`}`);
+        }
         for (const replicas of options.replicaCounts) {
           for (let round = 0; round < options.rounds; round++) {
-            const run = await measure(context, target, backend, replicas, round);
-            runs.push(run);
-            progress(describe(run));
+            // Alternate which variant goes first, so a drift in the machine's load does not favour one.
+            const order = round % 2 === 0 ? targets : [...targets].reverse();
+            for (const [variant, target] of order) {
+              const run = await measure(context, target, variant, backend, replicas, round);
+              runs.push(run);
+              progress(describe(run));
+            }
           }
         }
       } finally {
-        await target.stop();
+        for (const [, target] of targets) await target.stop();
       }
     }
   } finally {
