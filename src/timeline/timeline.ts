@@ -191,7 +191,11 @@ export class Timeline implements TimelineIdentity {
     return newest.pgTimelineId;
   }
 
-  /** The PostgreSQL timelines the stored WAL went through, oldest first; the last one is open-ended. */
+  /**
+   * The PostgreSQL timelines the stored WAL went through, oldest first; the last one is open-ended. A new value at
+   * every switch, never mutated: the commit fan-out batch (replication/fanout-batch.ts) compares it by identity to
+   * know when its streams' timeline ends must be asked again.
+   */
   get history(): TimelineHistory {
     return this.historyValue;
   }
