@@ -132,32 +132,79 @@ export function readPssBytes(pid: number): number | undefined {
 
 export interface ChildProcessInfo {
   readonly pid: number;
-  /** The state letter of /proc/PID/stat: R, S, D, Z (exited, not yet reaped) ... */
+  /** The state letter of /proc/PID/stat: R, S, D, Z (exited, not yet reaped), X (being reaped) ... */
   readonly state: string;
-  /** The command line with NULs as spaces (PostgreSQL's process title); empty for zombies. */
+  /**
+   * The command line with NULs as spaces (PostgreSQL's process title). Empty once the process is exiting: the
+   * kernel drops its memory map (exit_mm) before it becomes a zombie, and cmdline is read from that map.
+   */
   readonly title: string;
 }
 
-/** Every child of `parentPid`, from a scan of /proc. */
+/** State and title of a child of `parentPid`, or undefined when it is gone or (pid reused) not that parent's. */
+export function readChild(pid: number, parentPid: number): ChildProcessInfo | undefined {
+  const fields = statFields(pid);
+  if (fields === undefined || field(fields, STAT_FIELD_PPID) !== parentPid) return undefined;
+  let title = '';
+  try {
+    title = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+  } catch {
+    // Exited between the two reads.
+  }
+  return { pid, state: fields[0] ?? '?', title };
+}
+
+/**
+ * A child that has started to exit and is not reaped yet: a zombie (Z), being reaped (X), or still running its
+ * exit (no memory map any more, so no title; it is neither a zombie nor counted in its parent's reaped time yet).
+ */
+export function isExiting(child: ChildProcessInfo): boolean {
+  return child.state === 'Z' || child.state === 'X' || child.title === '';
+}
+
+/** Every child of `parentPid`, from a scan of /proc (slow with many processes, but misses none). */
 export function listChildren(parentPid: number): ChildProcessInfo[] {
   const found: ChildProcessInfo[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    const pid = Number(entry);
-    const fields = statFields(pid);
-    if (fields === undefined || field(fields, STAT_FIELD_PPID) !== parentPid) continue;
-    let title = '';
-    try {
-      title = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
-    } catch {
-      // Exited between the two reads.
-    }
-    found.push({ pid, state: fields[0] ?? '?', title });
+    const child = readChild(Number(entry), parentPid);
+    if (child !== undefined) found.push(child);
   }
   return found;
 }
 
+/**
+ * Child pids of `parentPid` from /proc/PID/task/TID/children: one small read per thread instead of a scan of
+ * /proc, cheap enough to poll during a run. The kernel documents the list as possibly incomplete while children
+ * come and go, so it only discovers; decisions that must not miss a child use listChildren. Undefined when the
+ * kernel lacks the file (CONFIG_PROC_CHILDREN) or the process is gone.
+ */
+export function readChildPids(parentPid: number): number[] | undefined {
+  let threads: string[];
+  try {
+    threads = readdirSync(`/proc/${parentPid}/task`);
+  } catch {
+    return undefined;
+  }
+  const pids: number[] = [];
+  for (const thread of threads) {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${parentPid}/task/${thread}/children`, 'utf8');
+    } catch {
+      return undefined;
+    }
+    for (const entry of text.split(' ')) if (entry.trim() !== '') pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/** The process title PostgreSQL gives its walsender backends ("postgres: walsender USER HOST ..."). */
+export function isWalsenderTitle(title: string): boolean {
+  return title.startsWith('postgres: walsender');
+}
+
 /** PostgreSQL walsender backends of a postmaster (process title "postgres: walsender ..."). */
 export function findWalsenders(postmasterPid: number): number[] {
-  return listChildren(postmasterPid).filter((child) => child.title.startsWith('postgres: walsender')).map((child) => child.pid);
+  return listChildren(postmasterPid).filter((child) => isWalsenderTitle(child.title)).map((child) => child.pid);
 }

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn } from '../../src/lsn.js';
 import { freePort, type PgCluster, type PgStandby } from '../../test/support/postgres.js';
 import { spawnTracked, type Tracked } from './processes.js';
-import { findWalsenders, listChildren, readCpu, readPssBytes, readRssBytes, readTaskCpuSeconds, readThreadCpuSeconds } from './proc-stats.js';
+import { findWalsenders, isExiting, isWalsenderTitle, listChildren, readChild, readChildPids, readCpu, readPssBytes, readRssBytes, readTaskCpuSeconds, readThreadCpuSeconds } from './proc-stats.js';
 import { REPO_ROOT } from './tools.js';
 import type { PreparedWal } from './wal-source.js';
 
@@ -104,7 +104,11 @@ function singleProcessMeter(pid: number): RunMeter {
       const rssAfter = readRssBytes(pid);
       assert.ok(cpuAfter !== undefined && rssAfter !== undefined, `server process ${pid} died during the run`);
       assert.ok(cpuBefore !== undefined, 'sampled at start');
-      return { cpuSeconds: cpuBetween(cpuBefore, cpuAfter), memoryBytesPerReplica: Math.max(0, rssAfter - rssBefore) / replicas };
+      const cpuSeconds = cpuBetween(cpuBefore, cpuAfter);
+      // One long-lived process whose exited threads stay in its thread-group ticks: a run that served WAL cannot
+      // read 0 unless the accounting broke, and a 0 in the results would skew medians and ratios unnoticed.
+      if (!(cpuSeconds > 0)) throw new Error(`server process ${pid}'s CPU was not measured (${cpuSeconds} s)`);
+      return { cpuSeconds, memoryBytesPerReplica: Math.max(0, rssAfter - rssBefore) / replicas };
     },
   };
 }
@@ -223,9 +227,10 @@ export async function startCeilingServer(binary: string, wal: PreparedWal): Prom
 }
 
 /**
- * PostgreSQL's walsenders: one backend process per replica. CPU = live walsenders' utime+stime at the end plus
- * the growth of the postmaster's reaped-children time (walsenders that already exited). Memory = walsenders'
- * proportional set size (PSS), so shared buffers are not counted once per walsender.
+ * PostgreSQL's walsenders: one backend process per replica. CPU = the run's walsenders, followed by pid: live
+ * ones' schedstat time, exited ones' sampled time or the growth of the postmaster's reaped-children time
+ * (postgresMeter). Memory = walsenders' proportional set size (PSS), so shared buffers are not counted once per
+ * walsender.
  */
 export function postgresTarget(primary: PgCluster, wal: PreparedWal): ServerTarget {
   return {
@@ -261,41 +266,184 @@ export function cascadeTarget(standby: PgStandby, stop: () => Promise<void>): Se
   };
 }
 
+/** How often a PostgreSQL meter looks for the run's walsenders and samples their CPU while the run goes on. */
+const WALSENDER_SAMPLE_INTERVAL_MS = 20;
+/**
+ * At most this many walsenders are sampled on every tick: a fan-out run holds hundreds of connections to its end,
+ * where the end-of-run read is exact, and reading each of them 50 times a second would load the harness.
+ */
+const MAX_SAMPLED_WALSENDERS = 16;
+/**
+ * While waiting for a client's walsenders to exit, how often they are read: their exit takes milliseconds, and a
+ * read during it is their whole CPU (a read before it misses what is left, a few ms for a short run).
+ */
+const EXIT_POLL_INTERVAL_MS = 1;
+
+interface TrackedWalsender {
+  /** Its schedstat CPU at the meter's baseline; 0 for one forked after it. */
+  baseline: number;
+  /** The latest schedstat read: what it spent up to then, a lower bound once it has exited. */
+  last: number;
+  /**
+   * `last` was read after it had started to exit (zombie, or no memory map left): only the end of the kernel's exit
+   * path is missing from it, so it is its whole CPU to well under a millisecond.
+   */
+  complete: boolean;
+}
+
+/** The sampler of the meter running on each postmaster: a new meter stops one a failed run left behind. */
+const activeSamplers = new Map<number, () => void>();
+
+/**
+ * PostgreSQL's walsenders are processes that come and go with their clients, so a run's CPU is read two ways.
+ * Every walsender of the run is tracked by pid from when it is first seen (a sampler polls the postmaster's
+ * children every WALSENDER_SAMPLE_INTERVAL_MS) and its schedstat CPU is sampled while it lives: nanosecond-
+ * precise, exact while it lives, a lower bound once it has exited. One that exited is also in the growth of the
+ * postmaster's reaped-children time (cutime + cstime): complete, but in 10 ms ticks and only once the postmaster
+ * has reaped it. Exited walsenders are charged the larger of the two.
+ *
+ * The hole this closes (2026-12-06 afternoon A/B, "postgres 0.172 [0.000–0.181]"): after pg_receivewal exits, its
+ * walsender spends a moment exiting with no memory map: its cmdline reads empty (no "walsender" title) while it is
+ * not a zombie yet and not reaped. Title-based discovery missed it, nor was its time in cutime yet, and the run
+ * read 0. Now the run's walsenders are followed by pid until they are gone from /proc, any exiting child is waited
+ * for, and a run that still reads 0 throws instead of reporting it.
+ */
 function postgresMeter(postmasterPid: number): RunMeter {
+  activeSamplers.get(postmasterPid)?.();
   // Walsenders that existed before the run (the cold scenario's probe) are not the run's: neither CPU nor memory.
   const preexisting = new Set(findWalsenders(postmasterPid));
-  // Walsenders are single-threaded processes: their own time is read in nanoseconds (schedstat).
-  const cpuBaseline = (): Map<number, number> => new Map(findWalsenders(postmasterPid).map((pid) => [pid, readTaskCpuSeconds(pid) ?? 0]));
-  let baseline = cpuBaseline();
-  let reapedBefore = readCpu(postmasterPid)?.reapedChildrenSeconds;
-  assert.ok(reapedBefore !== undefined, 'the postmaster is running');
+  const tracked = new Map<number, TrackedWalsender>();
+  // Children already exiting at the baseline (an earlier run's walsender): their CPU is the earlier run's, but it
+  // lands in the reaped time when the postmaster reaps them. Their schedstat, read while they exit, is subtracted.
+  let leftovers = new Map<number, number>();
+  let reapedBefore = 0;
+
+  const track = (pid: number): void => {
+    if (tracked.has(pid) || preexisting.has(pid) || leftovers.has(pid)) return;
+    const child = readChild(pid, postmasterPid);
+    // A new backend carries the postmaster's command line until it sets its title: looked at again next tick.
+    if (child === undefined || isExiting(child) || !isWalsenderTitle(child.title)) return;
+    tracked.set(pid, { baseline: 0, last: readTaskCpuSeconds(pid) ?? 0, complete: false });
+  };
+  /** Reads each tracked walsender's state and CPU; true while any is still there (alive or not reaped yet). */
+  const sampleTracked = (): boolean => {
+    let present = false;
+    for (const [pid, walsender] of tracked) {
+      // The state before the CPU: CPU read after an "exiting" state holds everything but the last of the exit.
+      const child = readChild(pid, postmasterPid);
+      if (child === undefined) continue;
+      present = true;
+      const seconds = readTaskCpuSeconds(pid);
+      if (seconds === undefined) continue;
+      walsender.last = seconds;
+      if (isExiting(child)) walsender.complete = true;
+    }
+    return present;
+  };
+  /** `thorough`: a full /proc scan and each walsender's state (at the end of a run); else a cheap tick. */
+  const sample = (thorough: boolean): void => {
+    const pids = thorough ? undefined : readChildPids(postmasterPid);
+    for (const pid of pids ?? listChildren(postmasterPid).map((child) => child.pid)) track(pid);
+    if (thorough) {
+      sampleTracked();
+      return;
+    }
+    if (tracked.size > MAX_SAMPLED_WALSENDERS) return;
+    for (const [pid, walsender] of tracked) walsender.last = readTaskCpuSeconds(pid) ?? walsender.last;
+  };
+  const takeBaseline = (): void => {
+    // The reaped time first: a child seen exiting after this read is not in it yet (unless it is being reaped
+    // at this very moment, state X, which is left out below).
+    reapedBefore = readCpu(postmasterPid)?.reapedChildrenSeconds ?? Number.NaN;
+    assert.ok(!Number.isNaN(reapedBefore), `the postmaster ${postmasterPid} is running`);
+    leftovers = new Map();
+    for (const child of listChildren(postmasterPid)) {
+      if (isExiting(child)) {
+        tracked.delete(child.pid);
+        if (child.state !== 'X') leftovers.set(child.pid, readTaskCpuSeconds(child.pid) ?? 0);
+      }
+    }
+    for (const [pid, walsender] of tracked) {
+      const now = readTaskCpuSeconds(pid);
+      // Reaped before the reaped time was read: all of its CPU was before the baseline.
+      if (now === undefined || readChild(pid, postmasterPid) === undefined) tracked.delete(pid);
+      else walsender.baseline = walsender.last = now;
+    }
+    sample(true);
+    for (const walsender of tracked.values()) walsender.baseline = walsender.last;
+  };
+  takeBaseline();
+  const timer = setInterval(() => sample(false), WALSENDER_SAMPLE_INTERVAL_MS);
+  timer.unref();
+  const stopSampler = (): void => {
+    clearInterval(timer);
+    if (activeSamplers.get(postmasterPid) === stopSampler) activeSamplers.delete(postmasterPid);
+  };
+  activeSamplers.set(postmasterPid, stopSampler);
+
   return {
-    restartCpu: () => {
-      baseline = cpuBaseline();
-      reapedBefore = readCpu(postmasterPid)?.reapedChildrenSeconds ?? reapedBefore;
-    },
+    restartCpu: takeBaseline,
     finish: async (replicas, options = {}) => {
-      if (options.afterDisconnect === true) await waitForWalsendersToExit(postmasterPid, preexisting);
+      stopSampler();
+      sample(true);
+      if (options.afterDisconnect === true) {
+        await waitForRunExits(postmasterPid, preexisting, sampleTracked);
+      }
+      const reapedAfter = readCpu(postmasterPid)?.reapedChildrenSeconds;
+      assert.ok(reapedAfter !== undefined, `the postmaster ${postmasterPid} died during the run`);
       let liveSeconds = 0;
       let pssBytes = 0;
-      for (const pid of findWalsenders(postmasterPid)) {
-        if (preexisting.has(pid)) continue;
-        liveSeconds += (readTaskCpuSeconds(pid) ?? 0) - (baseline.get(pid) ?? 0);
-        pssBytes += readPssBytes(pid) ?? 0;
+      let complete = 0;
+      let incomplete = 0;
+      let incompleteCount = 0;
+      let exitedBaselines = 0;
+      for (const [pid, walsender] of tracked) {
+        // After the reaped time was read: one still listed here is not in it.
+        const child = readChild(pid, postmasterPid);
+        if (child !== undefined) {
+          liveSeconds += (readTaskCpuSeconds(pid) ?? walsender.last) - walsender.baseline;
+          if (!isExiting(child)) pssBytes += readPssBytes(pid) ?? 0;
+          continue;
+        }
+        exitedBaselines += walsender.baseline;
+        if (walsender.complete) {
+          complete += walsender.last - walsender.baseline;
+        } else {
+          incomplete += walsender.last - walsender.baseline;
+          incompleteCount += 1;
+        }
       }
-      const reapedAfter = readCpu(postmasterPid)?.reapedChildrenSeconds ?? 0;
+      let leftoverSeconds = 0;
+      for (const [pid, seconds] of leftovers) if (readChild(pid, postmasterPid) === undefined) leftoverSeconds += seconds;
+      // What the postmaster reaped during the run beyond what is accounted for precisely: the exited walsenders not
+      // sampled to their end, one born and gone between two samples, and any other child that ended meanwhile
+      // (an autovacuum worker), in 10 ms ticks. Only taken when some exited walsender is not otherwise accounted.
+      const reapedSeconds = reapedAfter - reapedBefore - leftoverSeconds - exitedBaselines - complete;
+      const needReaped = incompleteCount > 0 || tracked.size === 0;
+      const cpuSeconds = liveSeconds + complete + (needReaped ? Math.max(incomplete, reapedSeconds, 0) : 0);
+      if (!(cpuSeconds > 0)) {
+        throw new Error(`PostgreSQL's walsender CPU was not measured (${tracked.size} walsenders seen, live ${liveSeconds.toFixed(4)} s, exited ${(complete + incomplete).toFixed(4)} s sampled, reaped ${reapedSeconds.toFixed(4)} s)`);
+      }
       const memoryBytesPerReplica = options.afterDisconnect === true ? undefined : pssBytes / replicas;
-      return { cpuSeconds: liveSeconds + (reapedAfter - (reapedBefore ?? reapedAfter)), memoryBytesPerReplica };
+      return { cpuSeconds, memoryBytesPerReplica };
     },
   };
 }
 
-async function waitForWalsendersToExit(postmasterPid: number, preexisting: ReadonlySet<number>): Promise<void> {
+/**
+ * Waits until the run's walsenders are gone: no walsender but the preexisting ones, and no child exiting (a
+ * zombie, or one still in its exit, which has no title any more), since only once reaped is a child's CPU in the
+ * postmaster's reaped time. Meanwhile `sampleTracked` reads the tracked walsenders every EXIT_POLL_INTERVAL_MS
+ * (cheap: a few files each) and says whether any is still there, so a read during its exit makes it complete;
+ * the scan of all /proc is done only once they are gone.
+ */
+async function waitForRunExits(postmasterPid: number, preexisting: ReadonlySet<number>, sampleTracked: () => boolean): Promise<void> {
   const deadline = Date.now() + WALSENDER_EXIT_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    // A zombie (state Z) has not been reaped yet, so its CPU is not in the postmaster's cutime/cstime yet.
-    const pending = listChildren(postmasterPid).filter((child) => child.state === 'Z' || (child.title.startsWith('postgres: walsender') && !preexisting.has(child.pid)));
-    if (pending.length === 0) return;
-    await sleep(READY_POLL_INTERVAL_MS / 10);
+    if (!sampleTracked()) {
+      const pending = listChildren(postmasterPid).filter((child) => isExiting(child) || (isWalsenderTitle(child.title) && !preexisting.has(child.pid)));
+      if (pending.length === 0) return;
+    }
+    await sleep(EXIT_POLL_INTERVAL_MS);
   }
 }
