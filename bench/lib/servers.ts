@@ -308,7 +308,7 @@ const activeSamplers = new Map<number, () => void>();
  * read 0. Now the run's walsenders are followed by pid until they are gone from /proc, any exiting child is waited
  * for, and a run that still reads 0 throws instead of reporting it.
  */
-function postgresMeter(postmasterPid: number): RunMeter {
+export function postgresMeter(postmasterPid: number): RunMeter {
   activeSamplers.get(postmasterPid)?.();
   // Walsenders that existed before the run (the cold scenario's probe) are not the run's: neither CPU nor memory.
   const preexisting = new Set(findWalsenders(postmasterPid));
