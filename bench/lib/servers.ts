@@ -299,8 +299,10 @@ const activeSamplers = new Map<number, () => void>();
  * Every walsender of the run is tracked by pid from when it is first seen (a sampler polls the postmaster's
  * children every WALSENDER_SAMPLE_INTERVAL_MS) and its schedstat CPU is sampled while it lives: nanosecond-
  * precise, exact while it lives, a lower bound once it has exited. One that exited is also in the growth of the
- * postmaster's reaped-children time (cutime + cstime): complete, but in 10 ms ticks and only once the postmaster
- * has reaped it. Exited walsenders are charged the larger of the two.
+ * postmaster's reaped-children time (cutime + cstime): complete, but in 10 ms ticks, only once the postmaster
+ * has reaped it, and mixed with any other child reaped meanwhile. An exited walsender read during its exit is
+ * charged that read (all but the last microseconds of its exit); otherwise exited walsenders are charged the
+ * larger of their sampled time and the reaped-time growth.
  *
  * The hole this closes (2026-12-06 afternoon A/B, "postgres 0.172 [0.000–0.181]"): after pg_receivewal exits, its
  * walsender spends a moment exiting with no memory map: its cmdline reads empty (no "walsender" title) while it is
@@ -372,6 +374,25 @@ export function postgresMeter(postmasterPid: number): RunMeter {
     sample(true);
     for (const walsender of tracked.values()) walsender.baseline = walsender.last;
   };
+  /**
+   * Waits until the run's walsenders are gone: no walsender but the preexisting ones, and no child exiting (a
+   * zombie, or one still in its exit, which has no title any more), since only once reaped is a child's CPU in the
+   * postmaster's reaped time. While tracked ones are there they are read every EXIT_POLL_INTERVAL_MS (a few small
+   * files each), so a read during their exit makes them complete; /proc is scanned once they are gone.
+   */
+  const waitForRunExits = async (): Promise<void> => {
+    const deadline = Date.now() + WALSENDER_EXIT_TIMEOUT_MS;
+    while (Date.now() < deadline) {
+      if (sampleTracked()) {
+        await sleep(EXIT_POLL_INTERVAL_MS);
+        continue;
+      }
+      const pending = listChildren(postmasterPid).filter((child) => isExiting(child) || (isWalsenderTitle(child.title) && !preexisting.has(child.pid)));
+      if (pending.length === 0) return;
+      for (const child of pending) track(child.pid);
+      await sleep(READY_POLL_INTERVAL_MS / 10);
+    }
+  };
   takeBaseline();
   const timer = setInterval(() => sample(false), WALSENDER_SAMPLE_INTERVAL_MS);
   timer.unref();
@@ -386,9 +407,7 @@ export function postgresMeter(postmasterPid: number): RunMeter {
     finish: async (replicas, options = {}) => {
       stopSampler();
       sample(true);
-      if (options.afterDisconnect === true) {
-        await waitForRunExits(postmasterPid, preexisting, sampleTracked);
-      }
+      if (options.afterDisconnect === true) await waitForRunExits();
       const reapedAfter = readCpu(postmasterPid)?.reapedChildrenSeconds;
       assert.ok(reapedAfter !== undefined, `the postmaster ${postmasterPid} died during the run`);
       let liveSeconds = 0;
@@ -428,22 +447,4 @@ export function postgresMeter(postmasterPid: number): RunMeter {
       return { cpuSeconds, memoryBytesPerReplica };
     },
   };
-}
-
-/**
- * Waits until the run's walsenders are gone: no walsender but the preexisting ones, and no child exiting (a
- * zombie, or one still in its exit, which has no title any more), since only once reaped is a child's CPU in the
- * postmaster's reaped time. Meanwhile `sampleTracked` reads the tracked walsenders every EXIT_POLL_INTERVAL_MS
- * (cheap: a few files each) and says whether any is still there, so a read during its exit makes it complete;
- * the scan of all /proc is done only once they are gone.
- */
-async function waitForRunExits(postmasterPid: number, preexisting: ReadonlySet<number>, sampleTracked: () => boolean): Promise<void> {
-  const deadline = Date.now() + WALSENDER_EXIT_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    if (!sampleTracked()) {
-      const pending = listChildren(postmasterPid).filter((child) => isExiting(child) || (isWalsenderTitle(child.title) && !preexisting.has(child.pid)));
-      if (pending.length === 0) return;
-    }
-    await sleep(EXIT_POLL_INTERVAL_MS);
-  }
 }
