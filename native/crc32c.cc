@@ -428,9 +428,35 @@ Napi::Value FilePagesJs(const Napi::CallbackInfo& info) {
 // (replication/send-wal.ts Prefetcher), so the checksum and the page faults of reading the mapping happen beside the
 // event loop instead of on it: in a cold catch-up they were the event-loop thread's largest cost (~40% of its
 // samples, docs/benchmarks.md "Profiling cold catch-up"). The descriptor is duplicated before the call returns
-// (storage may close and reuse the caller's number meanwhile) and the range is mapped for the call only
-// (MAP_POPULATE: one call maps its pages instead of a fault per 64 KiB), so pool threads keep no mapping, and no
-// deleted segment's blocks, alive afterwards.
+// (storage may close and reuse the caller's number meanwhile) and the range is mapped for the call only, so pool
+// threads keep no mapping, and no deleted segment's blocks, alive afterwards.
+//
+// The mapping covers the range's whole 2 MiB-aligned windows of the file (kHugeWindowBytes), not just its pages:
+// the kernel places a file mapping of 2 MiB or more at a 2 MiB-aligned address (thp_get_unmapped_area), and the
+// readahead of a cold sequential read leaves much of the file in 2 MiB folios, which a fault then maps with one
+// page-middle-directory entry instead of 512 page-table entries and their reverse-map updates (about half of a
+// cold 64 MiB file on the 6.18 / ext4 test machine). Mapping only the range (1 MiB pieces at 4 KiB alignment) made
+// every page a PTE: the setup and teardown were a third of a cold catch-up's checksum cost (docs/benchmarks.md).
+// Only the range's own pages are populated (MADV_POPULATE_READ, one call instead of a fault per 64 KiB): the rest
+// of the window may not be in page cache yet, and populating it would read it from disk on this thread.
+// The window the pool checksum maps around its range: x86-64's and arm64's (4 KiB pages) PMD size, the largest folio
+// a fault maps in one entry. On other page sizes it is only a slightly larger mapping.
+constexpr uint64_t kHugeWindowBytes = 2 * 1024 * 1024;
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14; older kernels refuse it (EINVAL) and the checksum faults the pages in.
+#endif
+
+// Maps [data, data + bytes)'s pages that are in page cache: one madvise instead of a fault per 64 KiB (fault-around).
+// Advisory: any failure (an old kernel, a file that shrank: EFAULT) leaves the faults, or the SIGBUS guard, to the
+// checksum loop.
+void PopulateRange(const uint8_t* data, size_t bytes) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + bytes;
+  (void)madvise(reinterpret_cast<void*>(start), end - start, MADV_POPULATE_READ);
+}
+
 class FilePagesWorker : public Napi::AsyncWorker {
  public:
   FilePagesWorker(Napi::Function done, int fd, uint64_t offset, size_t bytes, size_t page_bytes, Napi::Uint32Array out)
@@ -455,16 +481,20 @@ class FilePagesWorker : public Napi::AsyncWorker {
       failure_ = {ENXIO, "mmap"};
       return;
     }
-    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-    const uint64_t first = offset_ / page * page;
-    const size_t span = static_cast<size_t>(offset_ + bytes_ - first);
-    void* base = mmap(nullptr, span, PROT_READ, MAP_SHARED | MAP_POPULATE, fd_, static_cast<off_t>(first));
+    // Past the end of the file the window maps nothing that is touched (the range ends inside the file, checked
+    // above); a mapping may extend past the end of its file.
+    const uint64_t first = offset_ / kHugeWindowBytes * kHugeWindowBytes;
+    const uint64_t last = (offset_ + bytes_ + kHugeWindowBytes - 1) / kHugeWindowBytes * kHugeWindowBytes;
+    const size_t span = static_cast<size_t>(last - first);
+    void* base = mmap(nullptr, span, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(first));
     if (base == MAP_FAILED) {
       failure_ = {errno, "mmap"};
       return;
     }
+    const uint8_t* range = static_cast<const uint8_t*>(base) + (offset_ - first);
+    PopulateRange(range, bytes_);
     InstallBusHandlerOnce();
-    if (!ChecksumMappedPages(static_cast<const uint8_t*>(base) + (offset_ - first), bytes_, page_bytes_, out_)) {
+    if (!ChecksumMappedPages(range, bytes_, page_bytes_, out_)) {
       failure_ = {ENXIO, "crc32c (file shrank)"};
     }
     munmap(base, span);
