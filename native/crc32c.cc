@@ -423,6 +423,10 @@ Napi::Value FilePagesJs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// The window the pool checksum maps around its range: x86-64's and arm64's (4 KiB pages) PMD size, the largest folio
+// a fault maps in one entry. On other page sizes it is only a slightly larger mapping.
+constexpr uint64_t kHugeWindowBytes = 2 * 1024 * 1024;
+
 // crc32cFilePagesAsync(fd, offset, byteCount, pageBytes, out: Uint32Array, done(error | null)): crc32cFilePages on
 // a libuv pool thread. The sender's prefetcher verifies each window piece with it once the piece is in page cache
 // (replication/send-wal.ts Prefetcher), so the checksum and the page faults of reading the mapping happen beside the
@@ -435,27 +439,13 @@ Napi::Value FilePagesJs(const Napi::CallbackInfo& info) {
 // the kernel places a file mapping of 2 MiB or more at a 2 MiB-aligned address (thp_get_unmapped_area), and the
 // readahead of a cold sequential read leaves much of the file in 2 MiB folios, which a fault then maps with one
 // page-middle-directory entry instead of 512 page-table entries and their reverse-map updates (about half of a
-// cold 64 MiB file on the 6.18 / ext4 test machine). Mapping only the range (1 MiB pieces at 4 KiB alignment) made
-// every page a PTE: the setup and teardown were a third of a cold catch-up's checksum cost (docs/benchmarks.md).
-// Only the range's own pages are populated (MADV_POPULATE_READ, one call instead of a fault per 64 KiB): the rest
-// of the window may not be in page cache yet, and populating it would read it from disk on this thread.
-// The window the pool checksum maps around its range: x86-64's and arm64's (4 KiB pages) PMD size, the largest folio
-// a fault maps in one entry. On other page sizes it is only a slightly larger mapping.
-constexpr uint64_t kHugeWindowBytes = 2 * 1024 * 1024;
-
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22  // Linux 5.14; older kernels refuse it (EINVAL) and the checksum faults the pages in.
-#endif
-
-// Maps [data, data + bytes)'s pages that are in page cache: one madvise instead of a fault per 64 KiB (fault-around).
-// Advisory: any failure (an old kernel, a file that shrank: EFAULT) leaves the faults, or the SIGBUS guard, to the
-// checksum loop.
-void PopulateRange(const uint8_t* data, size_t bytes) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t start = reinterpret_cast<uintptr_t>(data) / page * page;
-  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + bytes;
-  (void)madvise(reinterpret_cast<void*>(start), end - start, MADV_POPULATE_READ);
-}
+// cold 64 MiB file on the 6.18 / ext4 test machine). Mapping only the range (1 MiB pieces at 4 KiB alignment) makes
+// every page a PTE. The pages are mapped by the checksum's own faults (fault-around maps 16 cached pages per fault),
+// not populated: MAP_POPULATE and MADV_POPULATE_READ go through get_user_pages, page by page, and mark every page
+// accessed, which (after sendfile's mark) moves the pages of a one-time catch-up to the active LRU list. The window
+// is MADV_SEQUENTIAL so that the unmap does not mark them accessed either (zap_pte_range skips the mark for it).
+// Measured in a cold catch-up: the mapping's samples (faults or populate, munmap, mmap) -17% against
+// MADV_POPULATE_READ, -30% in munmap (docs/benchmarks.md, "Where a cold catch-up's CPU goes").
 
 class FilePagesWorker : public Napi::AsyncWorker {
  public:
@@ -491,8 +481,9 @@ class FilePagesWorker : public Napi::AsyncWorker {
       failure_ = {errno, "mmap"};
       return;
     }
+    // Advisory: a kernel that refuses it only marks the pages accessed at unmap.
+    (void)madvise(base, span, MADV_SEQUENTIAL);
     const uint8_t* range = static_cast<const uint8_t*>(base) + (offset_ - first);
-    PopulateRange(range, bytes_);
     InstallBusHandlerOnce();
     if (!ChecksumMappedPages(range, bytes_, page_bytes_, out_)) {
       failure_ = {ENXIO, "crc32c (file shrank)"};
