@@ -44,10 +44,27 @@ export interface ConsumerRunOptions {
   readonly bytesPerReplica: number;
   readonly repetition: number;
   readonly cold: boolean;
+  /**
+   * Which part of the prepared range each replica streams (default 'all'). `--cold-warm-server` warms a fresh server
+   * on the first half and measures the second: a server remembers pages it verified (storage/page-verifier.ts, up to
+   * VERIFIED_SEGMENTS_MAX segments), so a measured run over the warm-up's range would checksum nothing.
+   */
+  readonly part?: RangePart;
 }
+
+export type RangePart = 'all' | 'first-half' | 'second-half';
 
 export function rangeBytes(wal: PreparedWal): number {
   return Number(wal.endLsn - wal.startLsn);
+}
+
+/** [start, end) of a part of the prepared range; the halves split at a segment boundary. */
+export function rangeOf(wal: PreparedWal, part: RangePart = 'all'): { readonly startLsn: Lsn; readonly endLsn: Lsn } {
+  if (part === 'all') return { startLsn: wal.startLsn, endLsn: wal.endLsn };
+  const segment = BigInt(wal.segmentBytes);
+  const middle = wal.startLsn + ((wal.endLsn - wal.startLsn) / 2n / segment) * segment;
+  if (middle <= wal.startLsn || middle >= wal.endLsn) throw new Error(`the range ${formatLsn(wal.startLsn)}-${formatLsn(wal.endLsn)} is too short to split into halves at a segment boundary`);
+  return part === 'first-half' ? { startLsn: wal.startLsn, endLsn: middle } : { startLsn: middle, endLsn: wal.endLsn };
 }
 
 function failedRecord(options: ConsumerRunOptions, target: ServerTarget, consumer: RunRecord['consumer'], bytesExpected: number, error: unknown): RunRecord {
@@ -69,7 +86,9 @@ export function warmPageCache(files: readonly string[]): void {
 
 /** One run of the discarding consumer with `replicas` connections against `target`. */
 export async function measureConsumerRun(context: BenchContext, target: ServerTarget, options: ConsumerRunOptions): Promise<RunRecord> {
-  const perReplica = options.bytesPerReplica === 0 ? rangeBytes(context.wal) : Math.min(options.bytesPerReplica, rangeBytes(context.wal));
+  const range = rangeOf(context.wal, options.part);
+  const partBytes = Number(range.endLsn - range.startLsn);
+  const perReplica = options.bytesPerReplica === 0 ? partBytes : Math.min(options.bytesPerReplica, partBytes);
   const bytesExpected = perReplica * options.replicas;
   let probe: Probe | undefined;
   let consumer: RunningConsumer | undefined;
@@ -86,7 +105,7 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
       binary: context.tools.consumer,
       port: target.port,
       connections: options.replicas,
-      startLsn: context.wal.startLsn,
+      startLsn: range.startLsn,
       bytesPerConnection: perReplica,
       appName: `bench-${options.scenario}`,
       timeoutMs: context.plan.runTimeoutMs,
