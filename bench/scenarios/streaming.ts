@@ -59,7 +59,7 @@ export function rangeBytes(wal: PreparedWal): number {
 }
 
 /** [start, end) of a part of the prepared range; the halves split at a segment boundary. */
-export function rangeOf(wal: PreparedWal, part: RangePart = 'all'): { readonly startLsn: Lsn; readonly endLsn: Lsn } {
+export function rangeOf(wal: Pick<PreparedWal, 'startLsn' | 'endLsn' | 'segmentBytes'>, part: RangePart = 'all'): { readonly startLsn: Lsn; readonly endLsn: Lsn } {
   if (part === 'all') return { startLsn: wal.startLsn, endLsn: wal.endLsn };
   const segment = BigInt(wal.segmentBytes);
   const middle = wal.startLsn + ((wal.endLsn - wal.startLsn) / 2n / segment) * segment;
