@@ -15,26 +15,36 @@
  * walcast process and to each standby's walreceiver for the whole run (fdatasync counts and durations per file
  * descriptor survive load far better than wall-clock latency).
  *
+ * `--cold 0,1,3` (production mix, issue 13): each walcast run is repeated with that many other replicas catching up
+ * cold at the same time (bench/lib/cold-load.ts: old WAL written by `pgbench -i -s COLD_SCALE` on the primary before
+ * the rounds, ingested by every walcast, each stream reading its own slice, evicted from page cache before each
+ * pass); the table adds the cold streams' MB/s and walcast's event-loop delay p99/max over the run.
+ * `--walcast-only` leaves out the cascading standbys.
+ *
  * Usage: node --import tsx bench/ingest-latency-ab.ts [--base DIR] [--replicas 1,100] [--rounds 3] [--duration-ms 3000]
- *   [--rate 100] [--strace DIR]
+ *   [--rate 100] [--strace DIR] [--cold 0,1,3] [--cold-scale 10] [--walcast-only]
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { INGEST_TO_PUBLISH_HISTOGRAM, bucketDelta, histogramPercentileMs, scrapeHistogram, type Buckets } from './lib/metrics-histogram.js';
 import { planFor, type BenchPlan } from './lib/plan.js';
 import { runBenchmark } from './lib/processes.js';
 import { startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { buildTools } from './lib/tools.js';
-import { createFollowingDataDir, prepareWal } from './lib/wal-source.js';
-import { measureLatencyRun, startCascade } from './scenarios/live-latency.js';
+import { createFollowingDataDir, prepareWal, segmentFilesIn, type PreparedWal } from './lib/wal-source.js';
+import { startColdLoad, timelineDirOf } from './lib/cold-load.js';
+import { parseLsnOrThrow, type Lsn } from '../src/lsn.js';
+import { measureLatencyRun, startCascade, waitForServerPosition } from './scenarios/live-latency.js';
 import type { BenchContext } from './scenarios/streaming.js';
 
 const INGEST_FLUSH_HISTOGRAM = 'walcast_ingest_flush_seconds';
 /** Walsenders the primary needs beyond the replicas of one run: the relays themselves and the direct reference. */
 const PRIMARY_SPARE_SENDERS_FACTOR = 3;
 const STRACE_ATTACH_MS = 1_000;
+const EVENT_LOOP_POLL_MS = 500;
 
 const { values } = parseArgs({
   options: {
@@ -44,6 +54,9 @@ const { values } = parseArgs({
     'duration-ms': { type: 'string', default: '3000' },
     rate: { type: 'string', default: '100' },
     strace: { type: 'string' },
+    cold: { type: 'string', default: '0' },
+    'cold-scale': { type: 'string', default: '10' },
+    'walcast-only': { type: 'boolean', default: false },
   },
   strict: true,
 });
@@ -53,6 +66,8 @@ const progress = (message: string): void => void process.stderr.write(`[${((perf
 interface Target {
   readonly label: string;
   readonly target: ServerTarget;
+  /** A walcast's data dir (its old WAL is what the cold streams read). */
+  readonly dataDir?: string;
 }
 
 async function main(): Promise<void> {
@@ -68,13 +83,20 @@ async function main(): Promise<void> {
   const targets: Target[] = [];
   const tracers: { kill(): void }[] = [];
   try {
-    const walcast = async (name: string, repoRoot?: string): Promise<ServerTarget> =>
-      startWalcastServer({ dataDir: await createFollowingDataDir(wal.primary), walFiles: [], following: true, io: 'native', strategy: 'sendfile', name, ...(repoRoot === undefined ? {} : { repoRoot }) });
-    if (values.base !== undefined) targets.push({ label: 'walcast-base', target: await walcast('walcast-base', values.base) });
-    targets.push({ label: 'walcast', target: await walcast('walcast') });
-    targets.push({ label: 'cascade-fsync-on', target: await startCascade(context, { fsync: true }) });
-    targets.push({ label: 'cascade-fsync-off', target: await startCascade(context, { fsync: false }) });
+    const walcast = async (label: string, repoRoot?: string): Promise<Target> => {
+      const dataDir = await createFollowingDataDir(wal.primary);
+      const target = await startWalcastServer({ dataDir, walFiles: [], following: true, io: 'native', strategy: 'sendfile', name: label, ...(repoRoot === undefined ? {} : { repoRoot }) });
+      return { label, target, dataDir };
+    };
+    if (values.base !== undefined) targets.push(await walcast('walcast-base', values.base));
+    targets.push(await walcast('walcast'));
+    if (!values['walcast-only']) {
+      targets.push({ label: 'cascade-fsync-on', target: await startCascade(context, { fsync: true }) });
+      targets.push({ label: 'cascade-fsync-off', target: await startCascade(context, { fsync: false }) });
+    }
     for (const { target } of targets) await measureLatencyRun(context, target, 1, 0);
+    const coldCounts = values.cold.split(',').map(Number);
+    const old = coldCounts.some((count) => count > 0) ? await writeOldWal(wal.primary, targets) : undefined;
     if (values.strace !== undefined) {
       for (const { label, target } of targets) {
         const pid = target.family === 'postgres' ? walreceiverOf(target.pid) : target.pid;
@@ -86,7 +108,13 @@ async function main(): Promise<void> {
     const rows: string[] = [];
     for (let round = 0; round < plan.latency.repetitions; round++) {
       for (const replicas of replicaCounts) {
-        for (const { label, target } of targets) {
+        for (const cold of coldCounts) {
+        for (const { label, target, dataDir } of targets) {
+          if (cold > 0 && dataDir === undefined) continue;
+          const coldLoad = cold > 0 && old !== undefined && dataDir !== undefined
+            ? startColdLoad({ tools: context.tools, port: target.port, streams: cold, fromLsn: old.from, toLsn: old.to, files: segmentFilesIn(timelineDirOf(dataDir), old.from, old.to, wal.segmentBytes), pgTimelineId: wal.pgTimelineId })
+            : undefined;
+          const loopWatch = watchEventLoop(target.metricsUrl);
           const meanBefore = await scrapeMean(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
           const hopBefore = await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
           const flushBefore = await scrapeHistogram(target.metricsUrl, INGEST_FLUSH_HISTOGRAM);
@@ -94,17 +122,21 @@ async function main(): Promise<void> {
           const hop = quantiles(hopBefore, await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM));
           const flush = quantiles(flushBefore, await scrapeHistogram(target.metricsUrl, INGEST_FLUSH_HISTOGRAM));
           const meanAfter = await scrapeMean(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
+          const loop = await loopWatch.stop();
+          const coldSummary = await coldLoad?.stop();
+          const coldCell = coldSummary === undefined ? '—' : `${coldSummary.mbPerSecondPerStream?.toFixed(0) ?? '—'} (${coldSummary.passes} passes, ${coldSummary.failures} failed, cached ≤ ${(coldSummary.residentFractionMax * 100).toFixed(0)}%)`;
           const hopMean = meanBefore === undefined || meanAfter === undefined || meanAfter.count === meanBefore.count ? '—' : (((meanAfter.sum - meanBefore.sum) / (meanAfter.count - meanBefore.count)) * 1000).toFixed(3);
-          const row = `| ${label} | ${replicas} | ${round + 1} | ${run.ok ? 'ok' : (run.error ?? 'failed')} | ${ms(run.latencyP50Ms)} | ${ms(run.latencyP99Ms)} | ${ms(run.latencyAddedP50Ms)} | ${ms(run.latencyAddedP99Ms)} | ${ms(run.internalPublishP99Ms)} | ${hop} | ${hopMean} | ${flush} |`;
+          const row = `| ${label} | ${replicas} | ${cold} | ${round + 1} | ${run.ok ? 'ok' : (run.error ?? 'failed')} | ${ms(run.latencyP50Ms)} | ${ms(run.latencyP99Ms)} | ${ms(run.latencyAddedP50Ms)} | ${ms(run.latencyAddedP99Ms)} | ${ms(run.internalPublishP99Ms)} | ${hop} | ${hopMean} | ${flush} | ${loop} | ${coldCell} |`;
           rows.push(row);
           progress(row);
+        }
         }
       }
     }
     process.stdout.write(
       [
-        '| target | replicas | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | ingest hop p50 / p99 ms | ingest hop mean ms | flush p50 / p99 ms |',
-        '|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+        '| target | replicas | cold streams | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | ingest hop p50 / p99 ms | ingest hop mean ms | flush p50 / p99 ms | event-loop delay p99 / max ms | cold MB/s per stream |',
+        '|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
         ...rows,
         '',
       ].join('\n'),
@@ -114,6 +146,57 @@ async function main(): Promise<void> {
     for (const { target } of targets) await target.stop();
     await wal.primary.stop();
   }
+}
+
+/**
+ * Old WAL for the cold streams: `pgbench -i` on the primary and a segment switch, then every walcast has ingested it
+ * (its segments are complete files the cold passes evict and read).
+ */
+async function writeOldWal(primary: PreparedWal['primary'], targets: readonly Target[]): Promise<{ from: Lsn; to: Lsn }> {
+  const from = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_insert_lsn()'));
+  await primary.pgbench(['-i', '-s', values['cold-scale'], '-q']);
+  await primary.sql('SELECT pg_switch_wal()');
+  const to = parseLsnOrThrow(await primary.sql('SELECT pg_current_wal_insert_lsn()'));
+  for (const { target, dataDir } of targets) if (dataDir !== undefined) await waitForServerPosition(target.port, to);
+  progress(`old WAL for the cold streams: ${((Number(to - from)) / 2 ** 20).toFixed(0)} MiB`);
+  return { from, to };
+}
+
+/**
+ * walcast's event-loop delay over a run: prom-client resets its delay histogram on every /metrics collect (and the
+ * run scrapes /metrics itself), so it is read every EVENT_LOOP_POLL_MS and the worst window's p99 and the max over
+ * all windows are kept. prom-client samples at 10 ms resolution: ~10 ms means no measurable delay.
+ */
+function watchEventLoop(metricsUrl: string | undefined): { stop(): Promise<string> } {
+  let worstP99 = 0;
+  let max = 0;
+  let stopping = false;
+  const read = async (): Promise<void> => {
+    if (metricsUrl === undefined) return;
+    const text = await (await fetch(metricsUrl)).text().catch(() => '');
+    const value = (name: string): number => {
+      const line = text.split('\n').find((entry) => entry.startsWith(`${name} `));
+      return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1)) * 1000;
+    };
+    worstP99 = Math.max(worstP99, value('nodejs_eventloop_lag_p99_seconds'));
+    max = Math.max(max, value('nodejs_eventloop_lag_max_seconds'));
+  };
+  const loop = (async () => {
+    await read(); // resets the histogram: the run starts counting here
+    worstP99 = 0;
+    max = 0;
+    while (!stopping) {
+      await sleep(EVENT_LOOP_POLL_MS);
+      await read();
+    }
+  })();
+  return {
+    async stop() {
+      stopping = true;
+      await loop;
+      return metricsUrl === undefined ? '—' : `${worstP99.toFixed(1)} / ${max.toFixed(1)}`;
+    },
+  };
 }
 
 /** The standby's walreceiver: the postmaster's child whose command line says so. */

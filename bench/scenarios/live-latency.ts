@@ -203,7 +203,7 @@ function latencyFigures(result: ConsumerResult, cost: RunCost, latencies: readon
 }
 
 /** Polls the server's IDENTIFY_SYSTEM xlogpos until it reaches `lsn` (a following walcast catching up). */
-async function waitForServerPosition(port: number, lsn: Lsn): Promise<void> {
+export async function waitForServerPosition(port: number, lsn: Lsn): Promise<void> {
   const client = await SqlClient.connect(port, { user: 'repl', database: 'replication', replication: 'true', application_name: 'bench-position' });
   try {
     const deadline = Date.now() + CATCH_UP_TIMEOUT_MS;
