@@ -4,7 +4,7 @@
  * in test/native-io.test.ts.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,6 +16,9 @@ import {
   NATIVE_STRATEGIES,
   NO_RING_STRATEGY,
   OFF_THREAD_CHECKSUMS_MAX,
+  offThreadChecksumsMax,
+  libuvPoolThreads,
+  POOL_THREADS_KEPT_FOR_STORAGE,
   createNativeBackend,
   defaultNativeStrategy,
   probeNative,
@@ -96,11 +99,11 @@ test('checksumPagesOffThread agrees with checksumPagesNow, refuses a handle stor
       backend.checksumPagesNow(chunk, 8192, inline);
       assert.deepEqual(offThread, inline);
       await assert.rejects(backend.checksumPagesOffThread({ ...chunk, file: { ...chunk.file, closed: true } }, 8192, offThread), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_NATIVE_IO'));
-      // Many at once: at most OFF_THREAD_CHECKSUMS_MAX on the pool, the rest inline, every result right.
+      // Many at once: at most offThreadChecksumsMax() (OFF_THREAD_CHECKSUMS_MAX with the default pool) on the pool, the rest inline, every result right.
       const outs = Array.from({ length: 12 }, () => new Uint32Array(21));
       const running = outs.map((out) => backend.checksumPagesOffThread!(chunk, 8192, out));
       const inFlight = (backend as unknown as { offThreadChecksumsInFlight: number }).offThreadChecksumsInFlight;
-      assert.equal(inFlight, OFF_THREAD_CHECKSUMS_MAX, 'the pool holds the bound, no more');
+      assert.equal(inFlight, offThreadChecksumsMax(), 'the pool holds the bound, no more');
       await Promise.all(running);
       for (const out of outs) assert.deepEqual(out, inline);
       assert.equal((backend as unknown as { offThreadChecksumsInFlight: number }).offThreadChecksumsInFlight, 0);
@@ -111,4 +114,26 @@ test('checksumPagesOffThread agrees with checksumPagesNow, refuses a handle stor
     rmSync(dir, { recursive: true, force: true });
     await backend.close();
   }
+});
+
+test('libuvPoolThreads reads UV_THREADPOOL_SIZE as libuv does; the checksum bound always leaves a pool thread', () => {
+  assert.equal(libuvPoolThreads({}), 4);
+  assert.equal(libuvPoolThreads({ UV_THREADPOOL_SIZE: '8' }), 8);
+  assert.equal(libuvPoolThreads({ UV_THREADPOOL_SIZE: '0' }), 1);
+  assert.equal(libuvPoolThreads({ UV_THREADPOOL_SIZE: 'many' }), 1);
+  assert.equal(libuvPoolThreads({ UV_THREADPOOL_SIZE: '5000' }), 1024);
+  assert.equal(offThreadChecksumsMax(4), OFF_THREAD_CHECKSUMS_MAX);
+  assert.equal(offThreadChecksumsMax(64), OFF_THREAD_CHECKSUMS_MAX);
+  for (const pool of [1, 2, 3, 4]) assert.equal(offThreadChecksumsMax(pool), Math.min(OFF_THREAD_CHECKSUMS_MAX, pool - POOL_THREADS_KEPT_FOR_STORAGE));
+});
+
+test("the WAL writer's fdatasync is not starved behind a pool full of off-thread checksums, at any pool size", () => {
+  // A real process per pool size (libuv sizes its pool once, from the environment it started with): the bound's
+  // worth of pool threads held, as by cold streams' checksums waiting on disk; the writer's fdatasync still completes.
+  // The control holds every thread (what a fixed bound of 3 allowed with UV_THREADPOOL_SIZE=3): the sync starves.
+  const child = join(import.meta.dirname, '../../test/support/pool-starvation-child.ts');
+  const run = (pool: number, blocked: number): string =>
+    spawnSync(process.execPath, ['--import', 'tsx', child], { env: { ...process.env, UV_THREADPOOL_SIZE: String(pool), BLOCKED: String(blocked) }, encoding: 'utf8' }).stdout.trim();
+  for (const pool of [2, 3, 4]) assert.equal(run(pool, offThreadChecksumsMax(pool)), 'synced', `pool of ${pool}`);
+  assert.equal(run(3, 3), 'starved', 'the control: with every pool thread held the sync waits');
 });

@@ -86,6 +86,32 @@ assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefe
  */
 export const OFF_THREAD_CHECKSUMS_MAX = 3;
 
+/** Pool threads checksums never take: the WAL writer's fdatasync (publish waits on it) must always find one free. */
+export const POOL_THREADS_KEPT_FOR_STORAGE = 1;
+
+/**
+ * libuv's pool size as libuv computes it from UV_THREADPOOL_SIZE at the pool's first use (threadpool.c: unset → 4,
+ * atoi, 0 → 1, at most 1024). It is read from the environment the process started with: node's module loader uses
+ * the pool before any walcast code runs, so setting it from JS later changes nothing (checked on node 20: with 4
+ * pool threads blocked, an fs call starves whatever process.env says by then).
+ */
+export function libuvPoolThreads(env: NodeJS.ProcessEnv = process.env): number {
+  const value = env['UV_THREADPOOL_SIZE'];
+  if (value === undefined) return 4;
+  const parsed = Number.parseInt(value, 10);
+  if (!Number.isFinite(parsed) || parsed <= 0) return 1;
+  return Math.min(parsed, 1024);
+}
+
+/**
+ * checksumPagesOffThread calls allowed on the pool at once: OFF_THREAD_CHECKSUMS_MAX, but never the whole pool. With
+ * UV_THREADPOOL_SIZE=3 (or less) a fixed 3 would let cold streams hold every thread, and the live ingest's fdatasync,
+ * and so every live replica's commit, would wait behind their checksums (issue 13, production mix).
+ */
+export function offThreadChecksumsMax(poolThreads: number = libuvPoolThreads()): number {
+  return Math.max(0, Math.min(OFF_THREAD_CHECKSUMS_MAX, poolThreads - POOL_THREADS_KEPT_FOR_STORAGE));
+}
+
 /** Units one native stream may queue, chunks and messages together (io-engine.h kQueuedUnitsHardMax). */
 export const NATIVE_QUEUED_UNITS_MAX = 64;
 
@@ -192,8 +218,10 @@ class NativeBackend implements IoBackend {
   private readonly streams = new Map<number, NativeStreamWriter>();
   private readonly prefetches = new Map<number, () => void>();
   private nextPrefetchToken = 1;
-  /** checksumPagesOffThread calls on the pool now (at most OFF_THREAD_CHECKSUMS_MAX). */
+  /** checksumPagesOffThread calls on the pool now (at most offThreadChecksumsLimit). */
   private offThreadChecksums = 0;
+  /** offThreadChecksumsMax() for this process's pool. */
+  private readonly offThreadChecksumsLimit = offThreadChecksumsMax();
   private fallback: IoBackend | undefined;
   private closed = false;
   readonly chunkBatch: ChunkBatch | undefined;
@@ -248,7 +276,7 @@ class NativeBackend implements IoBackend {
    */
   async checksumPagesOffThread(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
     const checksumAsync = this.addon.crc32cFilePagesAsync;
-    if (checksumAsync === undefined || this.offThreadChecksums >= OFF_THREAD_CHECKSUMS_MAX) {
+    if (checksumAsync === undefined || this.offThreadChecksums >= this.offThreadChecksumsLimit) {
       this.checksumPagesNow(chunk, pageBytes, out);
       return;
     }
