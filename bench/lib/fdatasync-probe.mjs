@@ -1,5 +1,12 @@
-// Diagnostic preload (bench only): logs each fs.fdatasync's JS call and callback time (realtime µs) per fd, to match
-// with strace -f -tt -T entries of the pool thread: queue wait = syscall entry - call, callback delay = callback - exit.
+/**
+ * Diagnostic preload for a walcast server under a benchmark (never loaded by walcast itself):
+ * WALCAST_BENCH_SERVER_NODE_ARGS="--import bench/lib/fdatasync-probe.mjs" makes every fs.fdatasync log
+ * "FD CALL_US CALLBACK_US" (realtime µs) to FDATASYNC_PROBE_DIR/log-PID.txt (default /tmp). Matched per fd with the
+ * entries of `strace -f -tt -T -e fdatasync` on the server (bench/ingest-latency-ab.ts --strace), taking for each
+ * logged call the first syscall on that fd entered between its call and its callback: pool queue wait = syscall
+ * entry − call, callback delay = callback − syscall exit. It replaces fs.fdatasync before walcast's modules import
+ * node:fs (syncBuiltinESMExports updates the ESM named export the WAL writer imports).
+ */
 import fs from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
 const out = fs.openSync(`${process.env.FDATASYNC_PROBE_DIR ?? '/tmp'}/log-${process.pid}.txt`, 'a');
