@@ -29,6 +29,11 @@ namespace {
     return (info).Env().Undefined();                                                               \
   }
 
+// A number JavaScript can hold exactly that is whole and within [minimum, maximum] (NaN is not).
+inline bool IsWholeNumberIn(double value, double minimum, double maximum) {
+  return value >= minimum && value <= maximum && value == static_cast<double>(static_cast<int64_t>(value));
+}
+
 #define REQUIRE_ARGUMENT_INTEGER(info, index, name, target, minimum, maximum)                           \
   if (!(info)[index].IsNumber()) {                                                                      \
     Napi::TypeError::New((info).Env(), name " must be a number").ThrowAsJavaScriptException();          \
@@ -36,8 +41,7 @@ namespace {
   }                                                                                                     \
   {                                                                                                     \
     const double value_ = (info)[index].As<Napi::Number>().DoubleValue();                              \
-    if (!(value_ >= static_cast<double>(minimum) && value_ <= static_cast<double>(maximum)) ||          \
-        value_ != static_cast<double>(static_cast<int64_t>(value_))) {                                  \
+    if (!IsWholeNumberIn(value_, static_cast<double>(minimum), static_cast<double>(maximum))) {         \
       Napi::RangeError::New((info).Env(), name " is out of range").ThrowAsJavaScriptException();        \
       return (info).Env().Undefined();                                                                  \
     }                                                                                                   \
@@ -54,6 +58,14 @@ namespace {
     Napi::RangeError::New((info).Env(), name " has a bad length").ThrowAsJavaScriptException();          \
     return (info).Env().Undefined();                                                                     \
   }
+
+// `what` names the type in the message ("a Float64Array"); target's type is the Napi typed array class.
+#define REQUIRE_ARGUMENT_TYPED_ARRAY(info, index, name, array_type, what, target)                        \
+  if (!(info)[index].IsTypedArray() || (info)[index].As<Napi::TypedArray>().TypedArrayType() != (array_type)) { \
+    Napi::TypeError::New((info).Env(), name " must be " what).ThrowAsJavaScriptException();               \
+    return (info).Env().Undefined();                                                                      \
+  }                                                                                                       \
+  target = (info)[index].As<decltype(target)>();
 
 #define REQUIRE_ARGUMENT_FUNCTION(info, index, name, target)                                            \
   if (!(info)[index].IsFunction()) {                                                                    \
@@ -177,11 +189,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value SendChunkBatch(const Napi::CallbackInfo& info) {
     REQUIRE_ENGINE_THIS(info);
     REQUIRE_ARGUMENT_COUNT(info, 7);
-    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-      Napi::TypeError::New(info.Env(), "ids must be a Float64Array").ThrowAsJavaScriptException();
-      return info.Env().Undefined();
-    }
-    Napi::Float64Array ids = info[0].As<Napi::Float64Array>();
+    Napi::Float64Array ids;
+    REQUIRE_ARGUMENT_TYPED_ARRAY(info, 0, "ids", napi_float64_array, "a Float64Array", ids);
     size_t count = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 1, "count", count, 1, kBatchStreamsMax);
     Napi::Buffer<uint8_t> header;
@@ -192,11 +201,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     REQUIRE_ARGUMENT_INTEGER(info, 4, "offset", offset, 0, kSafeIntegerMax);
     size_t bytes = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 5, "bytes", bytes, 1, kPayloadBytesMax);
-    if (!info[6].IsTypedArray() || info[6].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-      Napi::TypeError::New(info.Env(), "statuses must be an Int32Array").ThrowAsJavaScriptException();
-      return info.Env().Undefined();
-    }
-    Napi::Int32Array statuses = info[6].As<Napi::Int32Array>();
+    Napi::Int32Array statuses;
+    REQUIRE_ARGUMENT_TYPED_ARRAY(info, 6, "statuses", napi_int32_array, "an Int32Array", statuses);
     if (ids.ElementLength() < count || statuses.ElementLength() < count) {
       Napi::RangeError::New(info.Env(), "ids and statuses must hold count entries").ThrowAsJavaScriptException();
       return info.Env().Undefined();
@@ -204,7 +210,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     std::vector<uint64_t> stream_ids(count);
     for (size_t index = 0; index < count; index++) {
       const double id = ids[index];
-      if (!(id >= 1 && id <= static_cast<double>(kSafeIntegerMax)) || id != static_cast<double>(static_cast<int64_t>(id))) {
+      if (!IsWholeNumberIn(id, 1, static_cast<double>(kSafeIntegerMax))) {
         Napi::RangeError::New(info.Env(), "ids holds a value that is not a stream id").ThrowAsJavaScriptException();
         return info.Env().Undefined();
       }
@@ -239,21 +245,18 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     REQUIRE_ARGUMENT_BUFFER(info, 1, "headers", headers, kHeaderBytesMax * kRunChunksMax);
     size_t header_bytes = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 2, "headerBytes", header_bytes, 1, kHeaderBytesMax);
-    if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-      Napi::TypeError::New(info.Env(), "ranges must be a Float64Array").ThrowAsJavaScriptException();
-      return info.Env().Undefined();
-    }
-    Napi::Float64Array ranges = info[3].As<Napi::Float64Array>();
+    Napi::Float64Array ranges;
+    REQUIRE_ARGUMENT_TYPED_ARRAY(info, 3, "ranges", napi_float64_array, "a Float64Array", ranges);
     size_t first = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 4, "first", first, 0, kRunChunksMax - 1);
     size_t count = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 5, "count", count, 1, kRunChunksMax);
-    if (!info[6].IsTypedArray() || info[6].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
-        info[6].As<Napi::Int32Array>().ElementLength() < 2) {
+    Napi::Int32Array result;
+    REQUIRE_ARGUMENT_TYPED_ARRAY(info, 6, "result", napi_int32_array, "an Int32Array of 2", result);
+    if (result.ElementLength() < 2) {
       Napi::TypeError::New(info.Env(), "result must be an Int32Array of 2").ThrowAsJavaScriptException();
       return info.Env().Undefined();
     }
-    Napi::Int32Array result = info[6].As<Napi::Int32Array>();
     const size_t end = first + count;
     if (end > kRunChunksMax || ranges.ElementLength() < end * 3 || headers.Length() < end * header_bytes) {
       Napi::RangeError::New(info.Env(), "headers and ranges must hold every chunk of the run").ThrowAsJavaScriptException();
@@ -264,9 +267,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       const double fd = ranges[(first + index) * 3];
       const double offset = ranges[(first + index) * 3 + 1];
       const double bytes = ranges[(first + index) * 3 + 2];
-      if (!(fd >= 0 && fd <= kFdMax && fd == static_cast<double>(static_cast<int64_t>(fd))) ||
-          !(offset >= 0 && offset <= static_cast<double>(kSafeIntegerMax) && offset == static_cast<double>(static_cast<int64_t>(offset))) ||
-          !(bytes >= 1 && bytes <= kPayloadBytesMax && bytes == static_cast<double>(static_cast<int64_t>(bytes)))) {
+      if (!IsWholeNumberIn(fd, 0, kFdMax) || !IsWholeNumberIn(offset, 0, static_cast<double>(kSafeIntegerMax)) ||
+          !IsWholeNumberIn(bytes, 1, static_cast<double>(kPayloadBytesMax))) {
         Napi::RangeError::New(info.Env(), "ranges holds a chunk that is not a file range").ThrowAsJavaScriptException();
         return info.Env().Undefined();
       }

@@ -390,6 +390,22 @@ Napi::Value UpdateSoftwareJs(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), Crc32cUpdateSoftware(state, data, length));
 }
 
+// The (fd, offset, byteCount, pageBytes, out) arguments of crc32cFilePages and crc32cFilePagesAsync, out's type
+// already checked by the caller: false with the JS exception pending.
+bool ReadFilePagesArguments(const Napi::CallbackInfo& info, int64_t* fd, int64_t* offset, int64_t* byte_count,
+                            int64_t* page_bytes) {
+  if (!ReadInteger(info, 0, "fd", 0, kFdMax, fd) || !ReadInteger(info, 1, "offset", 0, kSafeIntegerMax, offset) ||
+      !ReadInteger(info, 2, "byteCount", 1, kFileRangeBytesMax, byte_count) ||
+      !ReadInteger(info, 3, "pageBytes", 1, kPageBytesMax, page_bytes)) {
+    return false;
+  }
+  if (info[4].As<Napi::Uint32Array>().ElementLength() < static_cast<size_t>((*byte_count + *page_bytes - 1) / *page_bytes)) {
+    Napi::RangeError::New(info.Env(), "out is too short for the pages of the range").ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
 // crc32cFilePages(fd, offset, byteCount, pageBytes, out: Uint32Array): out[i] = CRC-32C of the i-th page-sized
 // piece of the file range (the last may be shorter). Throws the native error (ENXIO past the end of the file).
 Napi::Value FilePagesJs(const Napi::CallbackInfo& info) {
@@ -398,17 +414,8 @@ Napi::Value FilePagesJs(const Napi::CallbackInfo& info) {
     return info.Env().Undefined();
   }
   int64_t fd = 0, offset = 0, byte_count = 0, page_bytes = 0;
-  if (!ReadInteger(info, 0, "fd", 0, kFdMax, &fd) || !ReadInteger(info, 1, "offset", 0, kSafeIntegerMax, &offset) ||
-      !ReadInteger(info, 2, "byteCount", 1, kFileRangeBytesMax, &byte_count) ||
-      !ReadInteger(info, 3, "pageBytes", 1, kPageBytesMax, &page_bytes)) {
-    return info.Env().Undefined();
-  }
+  if (!ReadFilePagesArguments(info, &fd, &offset, &byte_count, &page_bytes)) return info.Env().Undefined();
   Napi::Uint32Array out = info[4].As<Napi::Uint32Array>();
-  const size_t pages = static_cast<size_t>((byte_count + page_bytes - 1) / page_bytes);
-  if (out.ElementLength() < pages) {
-    Napi::RangeError::New(info.Env(), "out is too short for the pages of the range").ThrowAsJavaScriptException();
-    return info.Env().Undefined();
-  }
   Failure failure;
   std::shared_ptr<FileMap> map = ThreadFileMaps().Get(static_cast<int>(fd), static_cast<uint64_t>(offset + byte_count), &failure);
   if (!map) {
@@ -514,16 +521,8 @@ Napi::Value FilePagesAsyncJs(const Napi::CallbackInfo& info) {
     return info.Env().Undefined();
   }
   int64_t fd = 0, offset = 0, byte_count = 0, page_bytes = 0;
-  if (!ReadInteger(info, 0, "fd", 0, kFdMax, &fd) || !ReadInteger(info, 1, "offset", 0, kSafeIntegerMax, &offset) ||
-      !ReadInteger(info, 2, "byteCount", 1, kFileRangeBytesMax, &byte_count) ||
-      !ReadInteger(info, 3, "pageBytes", 1, kPageBytesMax, &page_bytes)) {
-    return info.Env().Undefined();
-  }
+  if (!ReadFilePagesArguments(info, &fd, &offset, &byte_count, &page_bytes)) return info.Env().Undefined();
   Napi::Uint32Array out = info[4].As<Napi::Uint32Array>();
-  if (out.ElementLength() < static_cast<size_t>((byte_count + page_bytes - 1) / page_bytes)) {
-    Napi::RangeError::New(info.Env(), "out is too short for the pages of the range").ThrowAsJavaScriptException();
-    return info.Env().Undefined();
-  }
   const int own = fcntl(static_cast<int>(fd), F_DUPFD_CLOEXEC, 0);
   if (own < 0) {
     ThrowNativeError(info.Env(), {errno, "dup"});

@@ -384,8 +384,13 @@ for (const strategy of NATIVE_STRATEGIES) {
       server.destroy();
     });
 
-    test('random unit sizes and offsets, messages of every size, receivers that pause and resume: exact bytes', async () => {
-      const random = seededRandom(strategy.length * 7919);
+    /**
+     * RANDOM_STREAMS receivers that pause and resume at random while `send` streams each its own random units, then
+     * read to the end: every stream's bytes exact. `random` (seeded with `seed`) drives the units, the flapping and
+     * whatever else `send` draws from it.
+     */
+    async function flappingReceiversGetExactBytes(seed: number, send: (writer: StreamWriter, units: readonly Unit[], random: () => number) => Promise<unknown>): Promise<void> {
+      const random = seededRandom(seed);
       const streams = await Promise.all(
         Array.from({ length: RANDOM_STREAMS }, async () => {
           const units = randomUnits(random, RANDOM_UNITS_PER_STREAM);
@@ -403,7 +408,7 @@ for (const strategy of NATIVE_STRATEGIES) {
           streams.map(async ({ client, server, units, expected }) => {
             const received = collect(client, expected.length);
             const writer = await backend.openStream(server);
-            await sendAll(writer, units);
+            await send(writer, units, random);
             await writer.release();
             return received;
           }),
@@ -414,6 +419,10 @@ for (const strategy of NATIVE_STRATEGIES) {
       } finally {
         clearInterval(flapping);
       }
+    }
+
+    test('random unit sizes and offsets, messages of every size, receivers that pause and resume: exact bytes', async () => {
+      await flappingReceiversGetExactBytes(strategy.length * 7919, (writer, units) => sendAll(writer, units));
     });
 
     test('1,000 receivers that disconnect with a send in flight: no crash, descriptors back to the start', async () => {
@@ -514,34 +523,7 @@ for (const strategy of NATIVE_STRATEGIES) {
     });
 
     test('sendChunkRun: receivers that pause and resume at random, 20 at once: exact bytes per stream', async () => {
-      const random = seededRandom(strategy.length * 104729);
-      const streams = await Promise.all(
-        Array.from({ length: RANDOM_STREAMS }, async () => {
-          const units = randomUnits(random, RANDOM_UNITS_PER_STREAM);
-          const { client, server } = await connectPair(loopback);
-          return { client, server, units, expected: expectedBytes(units) };
-        }),
-      );
-      const flapping = setInterval(() => {
-        for (const { client } of streams) if (random() < 0.5) client.pause();
-        else client.resume();
-      }, 5);
-      try {
-        const receiving = await Promise.all(
-          streams.map(async ({ client, server, units, expected }) => {
-            const received = collect(client, expected.length);
-            const writer = await backend.openStream(server);
-            await sendAllInRuns(writer, units, random);
-            await writer.release();
-            return received;
-          }),
-        );
-        clearInterval(flapping);
-        for (const { client } of streams) client.resume();
-        for (const [index, received] of receiving.entries()) assert.ok((await received).equals(streams[index]!.expected), `stream ${index}`);
-      } finally {
-        clearInterval(flapping);
-      }
+      await flappingReceiversGetExactBytes(strategy.length * 104729, sendAllInRuns);
     });
 
     test('sendChunkRun: a receiver that vanishes while a run waits fails the run with a stream error, and the next call too', async () => {

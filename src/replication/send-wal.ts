@@ -226,26 +226,26 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       assert.ok(chunkBytes > 0 && chunkBytes <= lsnDistance(wantedEnd, sentLsn), 'storage returned a chunk inside the range asked for');
       const chunkEnd = sentLsn + BigInt(chunkBytes);
       if (options.verifyNow?.(chunk, sentLsn) !== true) await verifyChunk(options, header, chunk, sentLsn);
+      let sentTo: Lsn;
+      let wireBytes: number;
       if (runs !== undefined) {
         // Catch-up: the chunks after this one that need no wait go with it in one backend call (ChunkRuns).
-        const runEnd = runs.collect(chunk, sentLsn, wantedEnd, endLsn, SEND_BUDGET_PER_TURN_BYTES - sentThisTurnBytes);
-        const runBytes = lsnDistance(runEnd, sentLsn);
+        sentTo = runs.collect(chunk, sentLsn, wantedEnd, endLsn, SEND_BUDGET_PER_TURN_BYTES - sentThisTurnBytes);
         await runs.send(sentLsn);
-        sentLsn = runEnd;
-        // Once for the run: the backend reports a write when its queue is empty (afterWritten), so every publish the
-        // run's chunks complete is written at that same moment, and one observer covers them all.
-        reportWhenWritten(options, runEnd);
-        options.onSent(sentLsn, runBytes + runs.chunks.length * XLOG_DATA_HEADER_BYTES);
-        sentThisTurnBytes += runBytes;
+        wireBytes = lsnDistance(sentTo, sentLsn) + runs.chunks.length * XLOG_DATA_HEADER_BYTES;
       } else {
         // walEnd is always the current end (never 0/0: Neon #3972, reconnect storms on some clients).
         writeXLogDataHeader(header, sentLsn, endWatch.get(), pgNowMicros(), chunkBytes);
         await options.writer.sendChunk(header, chunk);
-        sentLsn = chunkEnd;
-        reportWhenWritten(options, chunkEnd);
-        options.onSent(sentLsn, chunkBytes + XLOG_DATA_HEADER_BYTES);
-        sentThisTurnBytes += chunkBytes;
+        sentTo = chunkEnd;
+        wireBytes = chunkBytes + XLOG_DATA_HEADER_BYTES;
       }
+      sentThisTurnBytes += lsnDistance(sentTo, sentLsn);
+      sentLsn = sentTo;
+      // Once per call, run or chunk: the backend reports a write when its queue is empty (afterWritten), so every
+      // publish a run's chunks complete is written at that same moment, and one observer covers them all.
+      reportWhenWritten(options, sentLsn);
+      options.onSent(sentLsn, wireBytes);
       if (sentThisTurnBytes >= SEND_BUDGET_PER_TURN_BYTES) {
         sentThisTurnBytes = 0;
         await yieldToEventLoop();
@@ -269,8 +269,6 @@ const STREAM_ABORTED = Symbol('stream aborted');
  */
 class ChunkRuns {
   readonly chunks: WalChunk[] = [];
-  /** The end LSN of each chunk of the run, in order. */
-  readonly ends: Lsn[] = [];
   private readonly headers = Buffer.allocUnsafe(CHUNK_RUN_CHUNKS_MAX * XLOG_DATA_HEADER_BYTES);
   /** One view per header slot, made once: writeXLogDataHeader writes a whole buffer. */
   private readonly headerViews: Buffer[] = [];
@@ -293,11 +291,9 @@ class ChunkRuns {
     const { options } = this;
     const segmentBytes = BigInt(options.segmentBytes);
     this.chunks.length = 0;
-    this.ends.length = 0;
     let lsn = firstLsn + BigInt(first.byteCount);
     let runBytes = first.byteCount;
     this.chunks.push(first);
-    this.ends.push(lsn);
     // A file that ends early: its short chunk goes alone, and the loop's next locate names the missing bytes.
     if (lsn < firstWantedEnd) return lsn;
     while (this.chunks.length < CHUNK_RUN_CHUNKS_MAX && lsn < endLsn) {
@@ -314,7 +310,6 @@ class ChunkRuns {
       this.chunks.push(chunk);
       lsn += BigInt(chunk.byteCount);
       runBytes += chunk.byteCount;
-      this.ends.push(lsn);
       if (chunk.byteCount < wantedBytes) break;
     }
     return lsn;
@@ -328,8 +323,9 @@ class ChunkRuns {
     const now = pgNowMicros();
     let lsn = firstLsn;
     for (let index = 0; index < this.chunks.length; index++) {
-      writeXLogDataHeader(this.headerViews[index]!, lsn, walEnd, now, this.chunks[index]!.byteCount);
-      lsn = this.ends[index]!;
+      const { byteCount } = this.chunks[index]!;
+      writeXLogDataHeader(this.headerViews[index]!, lsn, walEnd, now, byteCount);
+      lsn += BigInt(byteCount);
     }
     await options.writer.sendChunkRun!(this.headers, XLOG_DATA_HEADER_BYTES, this.chunks);
   }
