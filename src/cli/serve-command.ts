@@ -75,6 +75,10 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const kernelTls = selection.backend.kernelTls;
   log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason, kernel_tls: kernelTls.state, kernel_tls_code: kernelTls.code, kernel_tls_detail: kernelTls.detail }, 'I/O backend selected');
   const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy, kernelTls });
+  // SIGINT/SIGTERM are caught from before anything starts: the HTTP API answers before walcast.server.json is
+  // written and the server is up, and a signal in that window (a supervisor, a test) killed the process with the
+  // default action — exit by signal, state file left behind. Now it stops cleanly once start-up is done.
+  const signalled = waitForSignal(log);
   const server = await WalcastServer.start({
     dataDir: flags.dataDir,
     listen,
@@ -107,7 +111,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     log.warn({ dataDir: flags.dataDir }, 'no timelines to serve yet: add one with `walcast import --from PG_WAL_DIR` or `walcast timeline create --upstream ...`, then restart');
   }
   const stopReloading = reloadOnSighup({ tls, tokens: auth.method === 'jwt' ? auth.tokens : undefined }, log);
-  await waitForSignal(log);
+  await signalled;
   stopReloading();
   await stopHttp();
   await server.stop();
