@@ -116,6 +116,41 @@ test('checksumPagesOffThread agrees with checksumPagesNow, refuses a handle stor
   }
 });
 
+test('a handle storage has started closing is refused on every checksum path, even once its number names another file', { skip: probeNative().ok ? false : 'the native addon is not available' }, async () => {
+  // The CI failure this guards against (cold-catchup, native/sendfile): the prefetcher verifies a piece after awaiting
+  // its prefetch; by then its reader had closed that segment and opened a later one under the same number, and the
+  // pool being full, the check ran inline on the number: the later segment's checksums, good WAL counted as damaged.
+  const backend = await createNativeBackend('sendfile');
+  const dir = mkdtempSync(join(tmpdir(), 'walcast-closed-'));
+  try {
+    const earlier = join(dir, 'earlier');
+    const later = join(dir, 'later');
+    writeFileSync(earlier, randomBytes(8 * 8192));
+    writeFileSync(later, randomBytes(8 * 8192));
+    const earlierFd = openSync(earlier, 'r');
+    closeSync(earlierFd);
+    const laterFd = openSync(later, 'r');
+    try {
+      assert.equal(laterFd, earlierFd, 'the closed number is reused by the next open');
+      const retired = { file: { fd: earlierFd, path: earlier, closed: true }, fileOffset: 0, byteCount: 8 * 8192 };
+      const out = new Uint32Array(8);
+      assert.ok(backend.checksumPagesNow !== undefined && backend.checksumPagesOffThread !== undefined);
+      assert.throws(() => backend.checksumPagesNow!(retired, 8192, out), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_NATIVE_IO'));
+      await assert.rejects(backend.checksumPages(retired, 8192, out), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_NATIVE_IO'));
+      // The pool full (the bound reached by open handles), so the next call would run inline.
+      const open = { file: { fd: laterFd, path: later, closed: false }, fileOffset: 0, byteCount: 8 * 8192 };
+      const running = Array.from({ length: offThreadChecksumsMax() }, () => backend.checksumPagesOffThread!(open, 8192, new Uint32Array(8)));
+      await assert.rejects(backend.checksumPagesOffThread(retired, 8192, out), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_NATIVE_IO'));
+      await Promise.all(running);
+    } finally {
+      closeSync(laterFd);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await backend.close();
+  }
+});
+
 test('libuvPoolThreads reads UV_THREADPOOL_SIZE as libuv does; the checksum bound always leaves a pool thread', () => {
   assert.equal(libuvPoolThreads({}), 4);
   assert.equal(libuvPoolThreads({ UV_THREADPOOL_SIZE: '8' }), 8);

@@ -307,6 +307,10 @@ class NativeBackend implements IoBackend {
   }
 
   checksumPagesNow(chunk: WalChunk, pageBytes: number, out: Uint32Array): void {
+    // Once storage started closing the handle its number may name another file (a later segment the same reader
+    // opened): checksumming that would take good WAL for damaged. checksumPagesOffThread falls back to this path
+    // when the pool is full, after awaiting the piece's prefetch, by which time the prefetch reader may have moved on.
+    if (chunk.file.closed === true) throw new WalcastError('WALCAST_ERR_NATIVE_IO', `checksumming ${chunk.file.path}: the file was closed`);
     validateChunk(chunk, this.addon.crc32cFileRangeBytesMax);
     if (!Number.isInteger(pageBytes) || pageBytes <= 0) throw new RangeError(`pageBytes must be a positive integer, got ${pageBytes}`);
     if (out.length < Math.ceil(chunk.byteCount / pageBytes)) throw new RangeError('out must hold a checksum per page');

@@ -332,6 +332,34 @@ test('the prefetcher verifies each piece once it is cached, and the sender waits
   assert.equal(checks.length, checked, 'no check ahead of a piece cut by the end watch');
 });
 
+test('the prefetcher does not check a piece whose file its reader closed while the piece was being cached', async () => {
+  const closedDuringPrefetch = new Set<string>();
+  const writer = new RecordingWriter();
+  // Every other piece's file is retired (closed: true) before its prefetch settles, as a reader moving two segments on does.
+  const source: WalSource = {
+    locate: async (lsn, endLsn) => {
+      const chunk = await fakeSource.locate(lsn, endLsn);
+      return { ...chunk, file: { fd: -1, path: `at ${lsn}`, closed: false } };
+    },
+  };
+  let piecesSeen = 0;
+  writer.prefetch = async (chunk: WalChunk) => {
+    if (piecesSeen++ % 2 === 1) {
+      (chunk.file as { closed: boolean }).closed = true;
+      closedDuringPrefetch.add(chunk.file.path);
+    }
+  };
+  const checked: WalChunk[] = [];
+  const prefetcher = new Prefetcher({ prefetchSource: source, writer, verifyAhead: async (chunk) => void checked.push(chunk) });
+  const start = 4n * BigInt(SEGMENT_BYTES);
+  await prefetcher.ensureCached(start, start + 64n * BigInt(PREFETCH_PIECE_BYTES));
+  const pieces = PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES;
+  for (let turn = 0; turn < 1000 && checked.length + closedDuringPrefetch.size < pieces; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+  assert.ok(closedDuringPrefetch.size > 0 && checked.length > 0);
+  assert.equal(checked.length + closedDuringPrefetch.size, pieces, 'every piece was either checked or skipped');
+  for (const chunk of checked) assert.equal(chunk.file.closed, false, 'no check of a closed file');
+});
+
 test('the prefetcher hands the pieces to the writer in order even when their locates finish out of order', async () => {
   const located: { lsn: Lsn; release: () => void }[] = [];
   const source: WalSource = {

@@ -166,6 +166,20 @@ test('streams reaching the same recorded pages together share one check of each;
   assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1, 'logged once');
 });
 
+test('a chunk whose file storage has started closing is refused as an I/O failure, never counted as damage', async () => {
+  await writeWal(12 * WAL_PAGE_BYTES);
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const { context } = captureLog();
+  const refusesClosed: PageChecksummer = {
+    checksumPages: (chunk) => Promise.reject(chunk.file.closed === true ? new Error('the file was closed') : new Error('unexpected')),
+  };
+  // A number nothing has open: the verifier must not fstat it to look for a truncation (it may name another file).
+  const retired: WalChunk = { file: { fd: 1_000_000, path: join(dir, `${SEGMENT}.partial`), identity: 'test-file', closed: true }, fileOffset: 0, byteCount: 4 * WAL_PAGE_BYTES };
+  await assert.rejects(verifier.verify(retired, 0n, context(refusesClosed)), (error: unknown) => !(error instanceof WalCorruptionError) && (error as Error).message === 'the file was closed');
+  assert.equal(verifier.corruptionsDetected, 0);
+  assert.equal(verifier.quarantinedPages, 0);
+});
+
 /** A checksummer that can answer synchronously too, as the native backend does. */
 class SyncCountingChecksummer extends CountingChecksummer {
   checksumPagesNow(chunk: WalChunk, pageBytes: number, out: Uint32Array): void {

@@ -368,6 +368,8 @@ export class PageVerifier {
    * Any other checksum failure is rethrown as it is.
    */
   private async truncatedOrRethrow(error: unknown, state: SegmentState, segno: bigint, firstPage: number, endPage: number, chunk: WalChunk, context: VerifyContext): Promise<never> {
+    // A handle storage started closing names nothing reliable: its number may be another file's by now.
+    if (chunk.file.closed === true) throw error;
     const fileBytes = fstatSync(chunk.file.fd).size;
     if (fileBytes >= endPage * WAL_PAGE_BYTES) throw error;
     const wholePages = Math.floor(fileBytes / WAL_PAGE_BYTES);
