@@ -9,6 +9,8 @@
  *
  *   node --import tsx bench/single-stream.ts --baseline /tmp/walcast-base --mib 1024 --reps 5 --load 1
  *
+ * `--io ts` runs every walcast server on the pure-TypeScript backend (default native, with --strategy).
+ *
  * The baseline is a copy of the repository at the commit to compare with (`git archive BASE | tar -x -C DIR`,
  * then node_modules linked and its native addon built or copied into DIR/build). `--also NAME=DIR` adds more
  * checkouts (variants of an experiment), compared with the baseline too. Without --baseline only this tree and
@@ -47,13 +49,15 @@ interface Arguments {
   readonly load: number;
   readonly consumers: readonly Consumer[];
   readonly strategy: (typeof STRATEGIES)[number];
+  /** The I/O backend of every walcast server (--io ts: the pure-TypeScript backend's CPU per GB, issue 13). */
+  readonly io: 'ts' | 'native';
   /** CI: a tiny range, one idle round, pg_receivewal's files compared byte for byte with the source. */
   readonly smoke: boolean;
   /** Where single-stream.json (every run) and single-stream.md (the table) go; stdout gets the table either way. */
   readonly out: string | undefined;
 }
 
-const USAGE = 'usage: node --import tsx bench/single-stream.ts [--smoke] [--out DIR] [--baseline DIR] [--also NAME=DIR]... [--mib N] [--reps N] [--load N] [--consumers pg_receivewal,wal-consumer] [--strategy sendfile|writev|uring]\n';
+const USAGE = 'usage: node --import tsx bench/single-stream.ts [--smoke] [--out DIR] [--baseline DIR] [--also NAME=DIR]... [--mib N] [--reps N] [--load N] [--consumers pg_receivewal,wal-consumer] [--strategy sendfile|writev|uring] [--io native|ts]\n';
 
 function usage(message: string): never {
   process.stderr.write(`${message}\n${USAGE}`);
@@ -75,6 +79,7 @@ function parseArguments(argv: readonly string[]): Arguments {
         load: { type: 'string' },
         consumers: { type: 'string', default: CONSUMERS.join(',') },
         strategy: { type: 'string', default: 'sendfile' },
+        io: { type: 'string', default: 'native' },
       },
       strict: true,
     }));
@@ -96,6 +101,7 @@ function parseArguments(argv: readonly string[]): Arguments {
   const unknown = consumers.filter((consumer) => !(CONSUMERS as readonly string[]).includes(consumer));
   if (unknown.length > 0) usage(`unknown consumer(s) ${unknown.join(', ')}`);
   if (!(STRATEGIES as readonly string[]).includes(values.strategy)) usage(`unknown strategy ${values.strategy}`);
+  if (values.io !== 'native' && values.io !== 'ts') usage(`--io takes native or ts, got "${values.io}"`);
   return {
     others,
     mib: count(values.mib ?? (values.smoke ? String(SMOKE_MIB) : '1024'), '--mib', 1),
@@ -105,7 +111,13 @@ function parseArguments(argv: readonly string[]): Arguments {
     out: values.out,
     consumers: consumers as Consumer[],
     strategy: values.strategy as Arguments['strategy'],
+    io: values.io,
   };
+}
+
+/** The walcast servers' backend flags: the native strategy only with the native backend. */
+function serverBackend(args: Arguments): { io: 'ts' } | { io: 'native'; strategy: Arguments['strategy'] } {
+  return args.io === 'ts' ? { io: 'ts' } : { io: 'native', strategy: args.strategy };
 }
 
 const startedAt = performance.now();
@@ -130,9 +142,9 @@ async function main(): Promise<void> {
   const targets: ServerTarget[] = [];
   try {
     for (const [name, repoRoot] of args.others) {
-      targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: args.strategy, repoRoot, name }));
+      targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, ...serverBackend(args), repoRoot, name }));
     }
-    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: args.strategy, name: 'new' }));
+    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, ...serverBackend(args), name: 'new' }));
     targets.push(postgresTarget(wal.primary, wal));
     for (const target of targets) progress(`server ${target.name} ready on port ${target.port}, pid ${target.pid}`);
     warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);

@@ -2,7 +2,11 @@
  * The pure-TypeScript I/O backend (node:fs + node:net): walcast's I/O on every OS, and on Linux whenever the native
  * addon is absent. Each chunk is read with an asynchronous pread (libuv's thread pool, so a page-cache miss never
  * blocks the event loop) straight into a pooled buffer after 30 bytes of room, its header is copied in front, and
- * the whole frame goes out in one socket write: one copy of the payload (kernel to buffer), no allocation.
+ * the whole frame goes out in one socket write: one copy of the payload (kernel to buffer), no allocation. A catch-up
+ * run (sendChunkRun: up to 512 KiB of chunks that follow each other in one segment) is read with one vectored read
+ * into its chunks' frames and written corked, as one writev: per 128 KiB chunk, the thread-pool hop and the socket
+ * write's JavaScript cost more CPU than the copies (docs/benchmarks.md, "The TS backend's CPU per GB"), so a run
+ * pays them once. The bytes on the wire are those of the run's chunks sent one by one.
  *
  * Up to STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream are queued in the socket at once, so the read of the next
  * chunk overlaps the send of the previous one; the buffer pool bounds the total across streams. Sends of one stream
@@ -21,14 +25,24 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
-import { MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, XLOG_DATA_HEADER_BYTES, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
+import { CHUNK_RUN_CHUNKS_MAX, MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, XLOG_DATA_HEADER_BYTES, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
 import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
 import { VerifiedReads } from './verified-reads.js';
+import { readRangeInto } from './vectored-read.js';
 
-/** Frames per stream handed to the socket and not yet flushed: two overlap a read with a send. */
+/**
+ * Writes per stream handed to the socket and not yet flushed: two overlap a read with a send. A write is one frame
+ * (sendChunk, sendMessage) or the up to RUN_FRAMES_MAX frames of one part of a run (sendChunkRun).
+ */
 export const STREAM_CHUNKS_IN_FLIGHT_MAX = 2;
+/**
+ * Frames one read and one write of a run take: the sender's runs are its per-turn budget (512 KiB, four full
+ * chunks); a longer run goes in parts. A stream then holds at most STREAM_CHUNKS_IN_FLIGHT_MAX × RUN_FRAMES_MAX
+ * send buffers (1 MiB), within the pool's bound for all streams.
+ */
+export const RUN_FRAMES_MAX = 4;
 /** Send buffers across all streams: 512 × 128 KiB = 64 MiB, the backend's memory bound for WAL in flight. */
 export const POOL_BUFFERS_MAX = 512;
 /**
@@ -130,6 +144,10 @@ class TsStreamWriter implements StreamWriter {
   private sendsWritten = 0;
   /** afterWritten observers with the send number they wait for, in ascending order. */
   private writeObservers: { readonly send: number; readonly observer: () => void }[] = [];
+  /** The frames of the part being sent, where each frame starts in its buffer, and the views one read fills: reused. */
+  private readonly runFrames: Buffer[] = [];
+  private readonly frameOffsets = new Int32Array(RUN_FRAMES_MAX);
+  private readonly readViews: Buffer[] = [];
 
   constructor(
     private readonly socket: Socket,
@@ -143,10 +161,19 @@ class TsStreamWriter implements StreamWriter {
 
   sendChunk(header: Buffer, chunk: WalChunk): Promise<void> {
     assert.equal(header.length, XLOG_DATA_HEADER_BYTES, 'header size');
-    assert.ok(chunk.byteCount > 0, 'chunk is not empty');
-    assert.ok(chunk.byteCount <= MAX_SEND_BYTES, 'chunk fits one frame');
+    validateChunk(chunk);
     const send = ++this.sendsAccepted;
-    return this.inOrder(() => this.sendChunkNow(header, chunk, send));
+    return this.inOrder(() => this.sendChunksNow(header, [chunk], send));
+  }
+
+  sendChunkRun(headers: Buffer, headerBytes: number, chunks: readonly WalChunk[]): Promise<void> {
+    assert.equal(headerBytes, XLOG_DATA_HEADER_BYTES, 'header size');
+    assert.ok(chunks.length >= 1 && chunks.length <= CHUNK_RUN_CHUNKS_MAX, `a run of ${chunks.length} chunks is outside 1..${CHUNK_RUN_CHUNKS_MAX}`);
+    assert.ok(headers.length >= chunks.length * headerBytes, 'a header per chunk');
+    for (const chunk of chunks) validateChunk(chunk);
+    // One send number for the whole run: it counts as written (afterWritten) once its last frame is.
+    const send = ++this.sendsAccepted;
+    return this.inOrder(() => this.sendChunksNow(headers, chunks, send));
   }
 
   sendMessage(bytes: Buffer): Promise<void> {
@@ -164,35 +191,86 @@ class TsStreamWriter implements StreamWriter {
     return true;
   }
 
-  private async sendChunkNow(header: Buffer, chunk: WalChunk, send: number): Promise<void> {
-    await this.waitForRoom();
-    let frame = await this.pool.acquire();
-    /** Where the frame starts in `frame`: 0, or inside a verified read whose range began before the chunk. */
-    let frameOffset = 0;
-    let handedOff = false;
-    try {
-      this.throwIfFailed();
+  /**
+   * Sends chunks[i] behind headers[i * 30, (i + 1) * 30) for every i, in parts of at most RUN_FRAMES_MAX frames: per
+   * part, frame buffers from the pool (at least one, more only while the pool has them free, so a part never holds
+   * buffers while it waits for more), one vectored read per contiguous stretch of the part's chunks into those frames
+   * behind their header room, and one corked write of all the part's frames (a single writev). The caller's
+   * `headers` and `chunks` are read before this resolves, never after.
+   */
+  private async sendChunksNow(headers: Buffer, chunks: readonly WalChunk[], send: number): Promise<void> {
+    for (let taken = 0; taken < chunks.length; ) {
+      await this.waitForRoom();
+      const frames = this.runFrames;
+      frames.length = 0;
+      frames.push(await this.pool.acquire());
+      const partEnd = Math.min(chunks.length, taken + RUN_FRAMES_MAX);
+      for (let index = taken + 1; index < partEnd; index++) {
+        const frame = this.pool.tryAcquire();
+        if (frame === undefined) break;
+        frames.push(frame);
+      }
+      const count = frames.length;
+      let handedOff = false;
+      try {
+        this.throwIfFailed();
+        await this.fillFrames(chunks, taken, frames);
+        this.throwIfFailed();
+        for (let index = 0; index < count; index++) {
+          const headerStart = (taken + index) * XLOG_DATA_HEADER_BYTES;
+          headers.copy(frames[index]!, this.frameOffsets[index]!, headerStart, headerStart + XLOG_DATA_HEADER_BYTES);
+        }
+        handedOff = true;
+        // Written only when the run's last part is: afterWritten counts the run as one send.
+        this.writeFrames(frames, chunks, taken, taken + count === chunks.length ? send : 0);
+      } finally {
+        if (!handedOff) for (const frame of frames) this.pool.release(frame);
+      }
+      taken += count;
+    }
+  }
+
+  /**
+   * Puts chunks[taken + i]'s bytes into frames[i] at frameOffsets[i] + XLOG_DATA_HEADER_BYTES: a verified read kept
+   * for the chunk takes the frame's place, a small chunk comes from the tail cache, and the rest is read with one
+   * vectored read per stretch of chunks that follow each other in one file.
+   */
+  private async fillFrames(chunks: readonly WalChunk[], taken: number, frames: Buffer[]): Promise<void> {
+    const views = this.readViews;
+    let stretchStart = -1;
+    const readStretch = async (end: number): Promise<void> => {
+      if (stretchStart < 0) return;
+      const first = chunks[taken + stretchStart]!;
+      views.length = 0;
+      for (let index = stretchStart; index < end; index++) {
+        views.push(frames[index]!.subarray(XLOG_DATA_HEADER_BYTES, XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount));
+      }
+      stretchStart = -1;
+      await readRangeInto(first.file, first.fileOffset, views);
+    };
+    for (let index = 0; index < frames.length; index++) {
+      const chunk = chunks[taken + index]!;
+      this.frameOffsets[index] = 0;
       const verified = this.verifiedReads.take(chunk);
       if (verified !== undefined) {
+        await readStretch(index);
         // The bytes just verified, already behind header room: sent as they are. The buffer joins the send pool (it
         // is released there after its write) and the one acquired takes its place in the verification pool.
-        this.verifiedReads.pool.release(frame);
-        frame = verified.buffer;
-        frameOffset = verified.frameOffset;
+        this.verifiedReads.pool.release(frames[index]!);
+        frames[index] = verified.buffer;
+        this.frameOffsets[index] = verified.frameOffset;
       } else if (chunk.byteCount <= TAIL_READ_BYTES_MAX) {
+        await readStretch(index);
         // The live tail: every caught-up replica wants these same bytes; one read serves them all.
-        (await this.tailCache.read(chunk)).copy(frame, XLOG_DATA_HEADER_BYTES);
-      } else {
-        await readExactly(chunk, frame, XLOG_DATA_HEADER_BYTES);
+        (await this.tailCache.read(chunk)).copy(frames[index]!, XLOG_DATA_HEADER_BYTES);
+      } else if (stretchStart >= 0 && !followsInFile(chunks[taken + index - 1]!, chunk)) {
+        await readStretch(index);
+        stretchStart = index;
+      } else if (stretchStart < 0) {
+        stretchStart = index;
       }
-      this.throwIfFailed();
-      header.copy(frame, frameOffset, 0, XLOG_DATA_HEADER_BYTES);
-      handedOff = true;
-      const sending = frame;
-      this.write(frame.subarray(frameOffset, frameOffset + XLOG_DATA_HEADER_BYTES + chunk.byteCount), send, () => this.pool.release(sending));
-    } finally {
-      if (!handedOff) this.pool.release(frame);
     }
+    await readStretch(frames.length);
   }
 
   private async sendMessageNow(bytes: Buffer, send: number): Promise<void> {
@@ -229,7 +307,7 @@ class TsStreamWriter implements StreamWriter {
 
   private write(bytes: Buffer, send: number, done: () => void): void {
     // Only the one running send writes, after waitForRoom: the bound holds however sends interleave with I/O.
-    assert.ok(this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX, 'frames in flight stay within the stream bound');
+    assert.ok(this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX, 'writes in flight stay within the stream bound');
     this.inFlight++;
     this.socket.write(bytes, (error) => {
       this.inFlight--;
@@ -242,6 +320,47 @@ class TsStreamWriter implements StreamWriter {
       }
       this.signalProgress();
     });
+  }
+
+  /**
+   * Writes frames[i] (the frame at frameOffsets[i], chunks[taken + i]'s header and bytes) for every i as one write in
+   * flight: corked, so Node hands all of them to the kernel in one writev. Each frame goes back to the pool when its
+   * write completes (failed or not: Node calls every callback once); the last completion counts the write.
+   */
+  private writeFrames(frames: readonly Buffer[], chunks: readonly WalChunk[], taken: number, send: number): void {
+    if (frames.length === 1) {
+      const frame = frames[0]!;
+      const offset = this.frameOffsets[0]!;
+      this.write(frame.subarray(offset, offset + XLOG_DATA_HEADER_BYTES + chunks[taken]!.byteCount), send, () => this.pool.release(frame));
+      return;
+    }
+    assert.ok(this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX, 'writes in flight stay within the stream bound');
+    this.inFlight++;
+    let pending = frames.length;
+    let bytes = 0;
+    let failure: Error | undefined;
+    const socket = this.socket;
+    socket.cork();
+    for (let index = 0; index < frames.length; index++) {
+      const frame = frames[index]!;
+      const offset = this.frameOffsets[index]!;
+      const frameBytes = XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount;
+      bytes += frameBytes;
+      socket.write(frame.subarray(offset, offset + frameBytes), (error) => {
+        this.pool.release(frame);
+        if (error !== undefined && error !== null) failure ??= error;
+        if (--pending > 0) return;
+        this.inFlight--;
+        if (failure === undefined) {
+          this.bytesSent += bytes;
+          this.wrote(send);
+        } else {
+          this.fail(failure);
+        }
+        this.signalProgress();
+      });
+    }
+    socket.uncork();
   }
 
   /** Send number `send` is written, and (writes completing in order) every send before it. */
@@ -284,6 +403,16 @@ class TsStreamWriter implements StreamWriter {
     if (this.socket.destroyed) this.fail(new Error('socket destroyed'));
     if (this.failure !== undefined) throw this.failure;
   }
+}
+
+function validateChunk(chunk: WalChunk): void {
+  assert.ok(chunk.byteCount > 0, 'chunk is not empty');
+  assert.ok(chunk.byteCount <= MAX_SEND_BYTES, 'chunk fits one frame');
+}
+
+/** True when `next` starts in `previous`'s file where `previous` ends: one read covers both. */
+function followsInFile(previous: WalChunk, next: WalChunk): boolean {
+  return next.file === previous.file && next.fileOffset === previous.fileOffset + previous.byteCount;
 }
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
