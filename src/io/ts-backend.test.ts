@@ -1,7 +1,8 @@
 /**
  * The TS backend on a real loopback socket and a real file: frames in flight per stream stay within
  * STREAM_CHUNKS_IN_FLIGHT_MAX when a chunk and a keepalive are sent concurrently (issue 15, item 6), and the
- * bytes reach the peer in call order.
+ * bytes reach the peer in call order. Catch-up runs (sendChunkRun): the bytes of each chunk sent one by one, in parts
+ * within the send pool, with a slow or vanishing reader and a read that fails mid-run.
  */
 import assert from 'node:assert/strict';
 import { closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
@@ -12,7 +13,17 @@ import { test } from 'node:test';
 import type { WalChunk } from './backend.js';
 import { isWalcastError } from '../errors.js';
 import { crc32c } from '../storage/crc32c.js';
-import { CHECKSUM_RANGE_BYTES_MAX, STREAM_CHUNKS_IN_FLIGHT_MAX, STREAM_SENDS_WAITING_MAX, checksumPagesByReading, createChecksumPool, createTsBackend } from './ts-backend.js';
+import { BufferPool } from './buffer-pool.js';
+import {
+  CHECKSUM_RANGE_BYTES_MAX,
+  FRAME_BYTES_MAX,
+  RUN_FRAMES_MAX,
+  STREAM_CHUNKS_IN_FLIGHT_MAX,
+  STREAM_SENDS_WAITING_MAX,
+  checksumPagesByReading,
+  createChecksumPool,
+  createTsBackend,
+} from './ts-backend.js';
 import { VERIFIED_READS_KEPT_MAX, VerifiedReads } from './verified-reads.js';
 
 const CHUNK_BYTES = 128 * 1024;
@@ -238,5 +249,199 @@ test('kept verified reads are bounded: the oldest goes back to the pool, a taken
     assert.equal(pool.inUse(), kept.size());
   } finally {
     closeSync(fd);
+  }
+});
+
+/** A file of RUN_FILE_CHUNKS chunks with bytes of their own, and a second file, for runs across stretches and files. */
+const RUN_FILE_CHUNKS = 10;
+const runContent = Buffer.alloc(RUN_FILE_CHUNKS * CHUNK_BYTES);
+for (let index = 0; index < runContent.length; index++) runContent[index] = (index * 7 + (index >>> 17) * 3 + 1) & 0xff;
+const runPath = join(dir, 'run-segment');
+writeFileSync(runPath, runContent);
+const otherContent = Buffer.alloc(CHUNK_BYTES, 0x5c);
+const otherPath = join(dir, 'other-segment');
+writeFileSync(otherPath, otherContent);
+
+/** The headers of a run, one per chunk (each names its chunk's size and index), in one buffer as the sender lays them out. */
+function runHeaders(chunks: readonly WalChunk[], marker: number): Buffer {
+  return Buffer.concat(chunks.map((chunk, index) => header(marker + index, chunk.byteCount)));
+}
+
+/** What the peer must receive for `chunks` behind `headers`: each header, then exactly that chunk's bytes. */
+function expectedRun(headers: Buffer, chunks: readonly WalChunk[], contentOf: (chunk: WalChunk) => Buffer): Buffer {
+  return Buffer.concat(chunks.flatMap((chunk, index) => [headers.subarray(index * HEADER_BYTES, (index + 1) * HEADER_BYTES), contentOf(chunk)]));
+}
+
+/** Collects everything the peer reads from now on. */
+function collect(peer: Socket): { bytes(): Buffer; until(length: number): Promise<Buffer> } {
+  const received: Buffer[] = [];
+  peer.on('data', (data: Buffer) => received.push(data));
+  peer.resume();
+  const bytes = (): Buffer => Buffer.concat(received);
+  return {
+    bytes,
+    until: async (length) => {
+      while (bytes().length < length) await new Promise((resolve) => setTimeout(resolve, 5));
+      return bytes();
+    },
+  };
+}
+
+test('a run goes out as its chunks one by one would: exact bytes across stretches, files and the tail cache, in parts the send pool holds', async () => {
+  const { server, local, peer } = await socketPair();
+  const fd = openSync(runPath, 'r');
+  const otherFd = openSync(otherPath, 'r');
+  // Three send buffers: the seven-chunk run goes in parts of at most three frames, and nothing is allocated past them.
+  const sendPool = new BufferPool(FRAME_BYTES_MAX, 3);
+  const backend = createTsBackend({ sendPool });
+  try {
+    const file = { fd, path: runPath };
+    const other = { fd: otherFd, path: otherPath };
+    const chunks: WalChunk[] = [
+      { file, fileOffset: 0, byteCount: CHUNK_BYTES },
+      { file, fileOffset: CHUNK_BYTES, byteCount: CHUNK_BYTES },
+      // A shorter chunk (the end of a file), then one of another file, then one after a gap: three more reads.
+      { file, fileOffset: 2 * CHUNK_BYTES, byteCount: 100_000 },
+      { file: other, fileOffset: 0, byteCount: CHUNK_BYTES },
+      { file, fileOffset: 5 * CHUNK_BYTES + 12, byteCount: CHUNK_BYTES - 12 },
+      { file, fileOffset: 6 * CHUNK_BYTES, byteCount: CHUNK_BYTES },
+      // A commit-sized piece: through the tail cache.
+      { file, fileOffset: 7 * CHUNK_BYTES, byteCount: 1000 },
+    ];
+    const contentOf = (chunk: WalChunk): Buffer => (chunk.file === other ? otherContent : runContent).subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount);
+    const peerBytes = collect(peer);
+    const writer = await backend.openStream(local);
+    assert.ok(writer.sendChunkRun !== undefined, 'the TS backend takes runs');
+    const headers = runHeaders(chunks, 0x40);
+    await writer.sendChunkRun(headers, HEADER_BYTES, chunks);
+    // Then a run of the usual shape: full chunks that follow each other, one vectored read.
+    const usual = [8, 9].map((index): WalChunk => ({ file, fileOffset: index * CHUNK_BYTES, byteCount: CHUNK_BYTES }));
+    const usualHeaders = runHeaders(usual, 0x60);
+    await writer.sendChunkRun(usualHeaders, HEADER_BYTES, usual);
+    await writer.release();
+    const expected = Buffer.concat([expectedRun(headers, chunks, contentOf), expectedRun(usualHeaders, usual, contentOf)]);
+    const received = await peerBytes.until(expected.length);
+    assert.ok(received.equals(expected), 'the peer got each header and exactly its chunk bytes, in order');
+    assert.equal(writer.bytesSent, expected.length);
+    assert.equal(sendPool.inUse(), 0, 'every send buffer went back');
+    const all = [sendPool.tryAcquire(), sendPool.tryAcquire(), sendPool.tryAcquire()];
+    assert.equal(sendPool.tryAcquire(), undefined, 'no buffer was allocated past the pool bound');
+    for (const buffer of all) sendPool.release(buffer!);
+  } finally {
+    closeSync(fd);
+    closeSync(otherFd);
+    local.destroy();
+    peer.destroy();
+    server.close();
+    await backend.close();
+  }
+});
+
+test('runs to a replica that does not read: at most two writes in flight, the pool holds its bound, and every byte arrives once it reads', async () => {
+  const { server, local, peer } = await socketPair();
+  const fd = openSync(runPath, 'r');
+  const sendPool = new BufferPool(FRAME_BYTES_MAX, 64);
+  const backend = createTsBackend({ sendPool });
+  try {
+    const file = { fd, path: runPath };
+    local.write(Buffer.alloc(FILLER_BYTES, 0x11));
+    const writer = await backend.openStream(local);
+    const runs = [0, 4, 6, 2].map((start) => Array.from({ length: RUN_FRAMES_MAX }, (_, index): WalChunk => ({ file, fileOffset: ((start + index) % RUN_FILE_CHUNKS) * CHUNK_BYTES, byteCount: CHUNK_BYTES })));
+    const headers = runs.map((run, index) => runHeaders(run, 0x10 * (index + 1)));
+    const settled: boolean[] = runs.map(() => false);
+    const sends = runs.map((run, index) => {
+      const sending = writer.sendChunkRun!(headers[index]!, HEADER_BYTES, run);
+      void sending.then(() => (settled[index] = true), () => undefined);
+      return sending;
+    });
+    await sends[0];
+    await sends[1];
+    // The third run's frames would be a third write in flight: it waits, with the peer reading nothing.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(settled, [true, true, false, false]);
+    assert.ok(sendPool.inUse() <= (STREAM_CHUNKS_IN_FLIGHT_MAX + 1) * RUN_FRAMES_MAX, `send buffers in use ${sendPool.inUse()}: two writes in flight and the part being read`);
+    const expected = Buffer.concat(runs.map((run, index) => expectedRun(headers[index]!, run, (chunk) => runContent.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount))));
+    const peerBytes = collect(peer);
+    await Promise.all(sends);
+    await writer.release();
+    const received = await peerBytes.until(FILLER_BYTES + expected.length);
+    assert.ok(received.subarray(FILLER_BYTES).equals(expected), 'every run arrived whole, in call order, after the filler');
+    assert.equal(sendPool.inUse(), 0, 'every send buffer went back');
+  } finally {
+    closeSync(fd);
+    local.destroy();
+    peer.destroy();
+    server.close();
+    await backend.close();
+  }
+});
+
+test('a replica that vanishes mid-run fails the stream: later runs reject, and every send buffer goes back', async () => {
+  const { server, local, peer } = await socketPair();
+  local.on('error', () => undefined);
+  const fd = openSync(runPath, 'r');
+  const sendPool = new BufferPool(FRAME_BYTES_MAX, 64);
+  const backend = createTsBackend({ sendPool });
+  try {
+    const file = { fd, path: runPath };
+    local.write(Buffer.alloc(FILLER_BYTES, 0x11));
+    const writer = await backend.openStream(local);
+    const run = Array.from({ length: RUN_FRAMES_MAX }, (_, index): WalChunk => ({ file, fileOffset: index * CHUNK_BYTES, byteCount: CHUNK_BYTES }));
+    const headers = runHeaders(run, 0x20);
+    await writer.sendChunkRun!(headers, HEADER_BYTES, run);
+    assert.ok(sendPool.inUse() >= RUN_FRAMES_MAX, 'the run waits in the socket');
+    // Unread bytes in its receive queue: closing the peer resets the connection under the queued frames.
+    const closed = new Promise((resolve) => local.once('close', resolve));
+    peer.destroy();
+    await closed;
+    await assert.rejects(writer.sendChunkRun!(headers, HEADER_BYTES, run), (error) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO'));
+    await assert.rejects(writer.sendChunk(header(0x30, CHUNK_BYTES), run[0]!), (error) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO'));
+    await writer.release();
+    while (sendPool.inUse() > 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(sendPool.inUse(), 0, 'the queued frames went back when their writes failed');
+  } finally {
+    closeSync(fd);
+    local.destroy();
+    server.close();
+    await backend.close();
+  }
+});
+
+test('a read that fails mid-run rejects the run before any of its part is written, returns its buffers, and the stream goes on', async () => {
+  const { server, local, peer } = await socketPair();
+  const fd = openSync(runPath, 'r');
+  const sendPool = new BufferPool(FRAME_BYTES_MAX, 8);
+  const backend = createTsBackend({ sendPool });
+  try {
+    const file = { fd, path: runPath };
+    const peerBytes = collect(peer);
+    const writer = await backend.openStream(local);
+    // The third chunk runs 1,000 bytes past the end of the file: one vectored read, cut short.
+    const end = RUN_FILE_CHUNKS * CHUNK_BYTES;
+    const bad: WalChunk[] = [
+      { file, fileOffset: end - 3 * CHUNK_BYTES + 1000, byteCount: CHUNK_BYTES },
+      { file, fileOffset: end - 2 * CHUNK_BYTES + 1000, byteCount: CHUNK_BYTES },
+      { file, fileOffset: end - CHUNK_BYTES + 1000, byteCount: CHUNK_BYTES },
+    ];
+    await assert.rejects(writer.sendChunkRun!(runHeaders(bad, 0x70), HEADER_BYTES, bad), (error) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO') && /short read/.test(String(error)));
+    assert.equal(sendPool.inUse(), 0, 'the failed part returned its buffers');
+    // The stream is not failed by its file: the next run goes out, and it is the first thing the peer sees.
+    const good: WalChunk[] = [
+      { file, fileOffset: 0, byteCount: CHUNK_BYTES },
+      { file, fileOffset: CHUNK_BYTES, byteCount: CHUNK_BYTES },
+    ];
+    const headers = runHeaders(good, 0x78);
+    await writer.sendChunkRun!(headers, HEADER_BYTES, good);
+    await writer.release();
+    const expected = expectedRun(headers, good, (chunk) => runContent.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount));
+    const received = await peerBytes.until(expected.length);
+    assert.ok(received.equals(expected), 'nothing of the failed run reached the peer');
+    assert.equal(sendPool.inUse(), 0);
+  } finally {
+    closeSync(fd);
+    local.destroy();
+    peer.destroy();
+    server.close();
+    await backend.close();
   }
 });

@@ -74,8 +74,10 @@ const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
   detail: 'the ts backend sends through Node sockets (TLS streams through node:tls); kernel TLS is probed by the native backend only',
 };
 
-export function createTsBackend(): IoBackend {
-  const pool = new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX);
+/** `sendPool`: the send buffers (tests pass a small pool of FRAME_BYTES_MAX buffers to watch it); default POOL_BUFFERS_MAX. */
+export function createTsBackend(options: { readonly sendPool?: BufferPool } = {}): IoBackend {
+  const pool = options.sendPool ?? new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX);
+  assert.equal(pool.bufferBytes, FRAME_BYTES_MAX, 'send buffers hold a frame (and are exchanged with verification buffers)');
   const verifiedReads = new VerifiedReads(createChecksumPool());
   const tailCache = new TailReadCache();
   return {
