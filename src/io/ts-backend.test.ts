@@ -17,7 +17,6 @@ import { BufferPool } from './buffer-pool.js';
 import {
   CHECKSUM_RANGE_BYTES_MAX,
   FRAME_BYTES_MAX,
-  RUN_FRAMES_MAX,
   STREAM_CHUNKS_IN_FLIGHT_MAX,
   STREAM_SENDS_WAITING_MAX,
   checksumPagesByReading,
@@ -84,21 +83,25 @@ test('a chunk and a keepalive sent concurrently stay within the in-flight bound 
     local.write(Buffer.alloc(FILLER_BYTES, 0x11));
     const writer = await backend.openStream(local);
     spy.arm();
-    const chunk = (offset: number): WalChunk => ({ file: { fd, path }, fileOffset: offset, byteCount: CHUNK_BYTES });
-    await writer.sendChunk(header(0xa1, CHUNK_BYTES), chunk(0));
-    assert.equal(spy.now(), 1, 'the first frame waits in the socket');
-    // A chunk (whose read takes a trip to the thread pool) and a keepalive, both while one frame is in flight.
+    // Chunk i: the file's chunk i % 2, behind a header marked 0xa0 + i.
+    const chunk = (index: number): WalChunk => ({ file: { fd, path }, fileOffset: (index % 2) * CHUNK_BYTES, byteCount: CHUNK_BYTES });
+    const frameOf = (index: number): Buffer => Buffer.concat([header(0xa0 + index, CHUNK_BYTES), content.subarray((index % 2) * CHUNK_BYTES, (index % 2 + 1) * CHUNK_BYTES)]);
+    for (let index = 0; index < STREAM_CHUNKS_IN_FLIGHT_MAX - 1; index++) await writer.sendChunk(header(0xa0 + index, CHUNK_BYTES), chunk(index));
+    assert.equal(spy.now(), STREAM_CHUNKS_IN_FLIGHT_MAX - 1, 'the frames wait in the socket');
+    // A chunk (whose read takes a trip to the thread pool) and a keepalive, both while the stream has room for one.
     const keepalive = Buffer.from('keepalive-bytes');
-    const second = writer.sendChunk(header(0xa2, CHUNK_BYTES), chunk(CHUNK_BYTES));
+    const last = STREAM_CHUNKS_IN_FLIGHT_MAX - 1;
+    const lastSend = writer.sendChunk(header(0xa0 + last, CHUNK_BYTES), chunk(last));
     const message = writer.sendMessage(keepalive);
     let messageSettled = false;
     void message.then(() => (messageSettled = true), () => (messageSettled = true));
-    await second;
-    assert.equal(spy.now(), STREAM_CHUNKS_IN_FLIGHT_MAX, 'both frames wait in the socket');
+    await lastSend;
+    assert.equal(spy.now(), STREAM_CHUNKS_IN_FLIGHT_MAX, 'every frame waits in the socket');
     assert.equal(messageSettled, false, 'the keepalive waits for room instead of passing the bound');
     assert.ok(spy.max() <= STREAM_CHUNKS_IN_FLIGHT_MAX, `at most ${STREAM_CHUNKS_IN_FLIGHT_MAX} in flight, saw ${spy.max()}`);
 
-    const expectedBytes = FILLER_BYTES + 2 * (HEADER_BYTES + CHUNK_BYTES) + keepalive.length;
+    const frames = Array.from({ length: STREAM_CHUNKS_IN_FLIGHT_MAX }, (_, index) => frameOf(index));
+    const expectedBytes = FILLER_BYTES + STREAM_CHUNKS_IN_FLIGHT_MAX * (HEADER_BYTES + CHUNK_BYTES) + keepalive.length;
     const received: Buffer[] = [];
     let receivedBytes = 0;
     const all = new Promise<void>((resolve) => {
@@ -114,10 +117,8 @@ test('a chunk and a keepalive sent concurrently stay within the in-flight bound 
     await all;
     assert.ok(spy.max() <= STREAM_CHUNKS_IN_FLIGHT_MAX, `at most ${STREAM_CHUNKS_IN_FLIGHT_MAX} in flight, saw ${spy.max()}`);
     const stream = Buffer.concat(received).subarray(FILLER_BYTES);
-    const firstFrame = Buffer.concat([header(0xa1, CHUNK_BYTES), content.subarray(0, CHUNK_BYTES)]);
-    const secondFrame = Buffer.concat([header(0xa2, CHUNK_BYTES), content.subarray(CHUNK_BYTES)]);
-    assert.ok(stream.equals(Buffer.concat([firstFrame, secondFrame, keepalive])), 'frames and the keepalive arrive whole, in call order');
-    assert.equal(writer.bytesSent, 2 * (HEADER_BYTES + CHUNK_BYTES) + keepalive.length);
+    assert.ok(stream.equals(Buffer.concat([...frames, keepalive])), 'frames and the keepalive arrive whole, in call order');
+    assert.equal(writer.bytesSent, STREAM_CHUNKS_IN_FLIGHT_MAX * (HEADER_BYTES + CHUNK_BYTES) + keepalive.length);
   } finally {
     closeSync(fd);
     local.destroy();
@@ -337,7 +338,7 @@ test('a run goes out as its chunks one by one would: exact bytes across stretche
   }
 });
 
-test('runs to a replica that does not read: at most two writes in flight, the pool holds its bound, and every byte arrives once it reads', async () => {
+test('runs to a replica that does not read: one run in flight, the stream holds its share of the pool, and every byte arrives once it reads', async () => {
   const { server, local, peer } = await socketPair();
   const fd = openSync(runPath, 'r');
   const sendPool = new BufferPool(FRAME_BYTES_MAX, 64);
@@ -346,7 +347,7 @@ test('runs to a replica that does not read: at most two writes in flight, the po
     const file = { fd, path: runPath };
     local.write(Buffer.alloc(FILLER_BYTES, 0x11));
     const writer = await backend.openStream(local);
-    const runs = [0, 4, 6, 2].map((start) => Array.from({ length: RUN_FRAMES_MAX }, (_, index): WalChunk => ({ file, fileOffset: ((start + index) % RUN_FILE_CHUNKS) * CHUNK_BYTES, byteCount: CHUNK_BYTES })));
+    const runs = [0, 4, 6, 2].map((start) => Array.from({ length: STREAM_CHUNKS_IN_FLIGHT_MAX }, (_, index): WalChunk => ({ file, fileOffset: ((start + index) % RUN_FILE_CHUNKS) * CHUNK_BYTES, byteCount: CHUNK_BYTES })));
     const headers = runs.map((run, index) => runHeaders(run, 0x10 * (index + 1)));
     const settled: boolean[] = runs.map(() => false);
     const sends = runs.map((run, index) => {
@@ -355,11 +356,10 @@ test('runs to a replica that does not read: at most two writes in flight, the po
       return sending;
     });
     await sends[0];
-    await sends[1];
-    // The third run's frames would be a third write in flight: it waits, with the peer reading nothing.
+    // The first run fills the stream's room: the second waits, with the peer reading nothing, and acquires nothing.
     await new Promise((resolve) => setTimeout(resolve, 50));
-    assert.deepEqual(settled, [true, true, false, false]);
-    assert.ok(sendPool.inUse() <= (STREAM_CHUNKS_IN_FLIGHT_MAX + 1) * RUN_FRAMES_MAX, `send buffers in use ${sendPool.inUse()}: two writes in flight and the part being read`);
+    assert.deepEqual(settled, [true, false, false, false]);
+    assert.equal(sendPool.inUse(), STREAM_CHUNKS_IN_FLIGHT_MAX, 'a stream that is not read pins its bound of send buffers, no more');
     const expected = Buffer.concat(runs.map((run, index) => expectedRun(headers[index]!, run, (chunk) => runContent.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount))));
     const peerBytes = collect(peer);
     await Promise.all(sends);
@@ -386,10 +386,10 @@ test('a replica that vanishes mid-run fails the stream: later runs reject, and e
     const file = { fd, path: runPath };
     local.write(Buffer.alloc(FILLER_BYTES, 0x11));
     const writer = await backend.openStream(local);
-    const run = Array.from({ length: RUN_FRAMES_MAX }, (_, index): WalChunk => ({ file, fileOffset: index * CHUNK_BYTES, byteCount: CHUNK_BYTES }));
+    const run = Array.from({ length: STREAM_CHUNKS_IN_FLIGHT_MAX }, (_, index): WalChunk => ({ file, fileOffset: index * CHUNK_BYTES, byteCount: CHUNK_BYTES }));
     const headers = runHeaders(run, 0x20);
     await writer.sendChunkRun!(headers, HEADER_BYTES, run);
-    assert.ok(sendPool.inUse() >= RUN_FRAMES_MAX, 'the run waits in the socket');
+    assert.ok(sendPool.inUse() >= STREAM_CHUNKS_IN_FLIGHT_MAX, 'the run waits in the socket');
     // Unread bytes in its receive queue: closing the peer resets the connection under the queued frames.
     const closed = new Promise((resolve) => local.once('close', resolve));
     peer.destroy();
@@ -425,11 +425,9 @@ test('a read that fails mid-run rejects the run before any of its part is writte
     ];
     await assert.rejects(writer.sendChunkRun!(runHeaders(bad, 0x70), HEADER_BYTES, bad), (error) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO') && /short read/.test(String(error)));
     assert.equal(sendPool.inUse(), 0, 'the failed part returned its buffers');
-    // The stream is not failed by its file: the next run goes out, and it is the first thing the peer sees.
-    const good: WalChunk[] = [
-      { file, fileOffset: 0, byteCount: CHUNK_BYTES },
-      { file, fileOffset: CHUNK_BYTES, byteCount: CHUNK_BYTES },
-    ];
+    // The stream is not failed by its file: the next run goes out, and it is the first thing the peer sees. Six chunks:
+    // more than the stream's room, so two parts (two reads, two writes).
+    const good = Array.from({ length: STREAM_CHUNKS_IN_FLIGHT_MAX + 2 }, (_, index): WalChunk => ({ file, fileOffset: index * CHUNK_BYTES, byteCount: CHUNK_BYTES }));
     const headers = runHeaders(good, 0x78);
     await writer.sendChunkRun!(headers, HEADER_BYTES, good);
     await writer.release();

@@ -8,8 +8,8 @@
  * write's JavaScript cost more CPU than the copies (docs/benchmarks.md, "The TS backend's CPU per GB"), so a run
  * pays them once. The bytes on the wire are those of the run's chunks sent one by one.
  *
- * Up to STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream are queued in the socket at once, so the read of the next
- * chunk overlaps the send of the previous one; the buffer pool bounds the total across streams. Sends of one stream
+ * Up to STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream are being read or queued in the socket at once, so the read of
+ * the next chunk overlaps the send of the previous one; the buffer pool bounds the total across streams. Sends of one stream
  * run one after another in call order (the sender's chunks and the reply reader's keepalives), so bytes reach the
  * socket in that order and the in-flight bound cannot be passed by two sends that both saw room.
  *
@@ -33,16 +33,12 @@ import { VerifiedReads } from './verified-reads.js';
 import { readRangeInto } from './vectored-read.js';
 
 /**
- * Writes per stream handed to the socket and not yet flushed: two overlap a read with a send. A write is one frame
- * (sendChunk, sendMessage) or the up to RUN_FRAMES_MAX frames of one part of a run (sendChunkRun).
+ * Frames per stream handed to the socket and not yet written, counting frames being read for a send (a message
+ * counts as one): the stream's share of the send pool. Several overlap a read with a send; four are one part of a
+ * run (sendChunkRun), the sender's 512 KiB turn of full chunks, read with one vectored read and written corked. A
+ * run part takes the room there is, so a replica that stops reading pins at most this many send buffers.
  */
-export const STREAM_CHUNKS_IN_FLIGHT_MAX = 2;
-/**
- * Frames one read and one write of a run take: the sender's runs are its per-turn budget (512 KiB, four full
- * chunks); a longer run goes in parts. A stream then holds at most STREAM_CHUNKS_IN_FLIGHT_MAX × RUN_FRAMES_MAX
- * send buffers (1 MiB), within the pool's bound for all streams.
- */
-export const RUN_FRAMES_MAX = 4;
+export const STREAM_CHUNKS_IN_FLIGHT_MAX = 4;
 /** Send buffers across all streams: 512 × 128 KiB = 64 MiB, the backend's memory bound for WAL in flight. */
 export const POOL_BUFFERS_MAX = 512;
 /**
@@ -148,7 +144,7 @@ class TsStreamWriter implements StreamWriter {
   private writeObservers: { readonly send: number; readonly observer: () => void }[] = [];
   /** The frames of the part being sent, where each frame starts in its buffer, and the views one read fills: reused. */
   private readonly runFrames: Buffer[] = [];
-  private readonly frameOffsets = new Int32Array(RUN_FRAMES_MAX);
+  private readonly frameOffsets = new Int32Array(STREAM_CHUNKS_IN_FLIGHT_MAX);
   private readonly readViews: Buffer[] = [];
 
   constructor(
@@ -194,11 +190,11 @@ class TsStreamWriter implements StreamWriter {
   }
 
   /**
-   * Sends chunks[i] behind headers[i * 30, (i + 1) * 30) for every i, in parts of at most RUN_FRAMES_MAX frames: per
-   * part, frame buffers from the pool (at least one, more only while the pool has them free, so a part never holds
-   * buffers while it waits for more), one vectored read per contiguous stretch of the part's chunks into those frames
-   * behind their header room, and one corked write of all the part's frames (a single writev). The caller's
-   * `headers` and `chunks` are read before this resolves, never after.
+   * Sends chunks[i] behind headers[i * 30, (i + 1) * 30) for every i, in parts as large as the stream's room below
+   * STREAM_CHUNKS_IN_FLIGHT_MAX: per part, frame buffers from the pool (at least one, more only while the pool has
+   * them free, so a part never holds buffers while it waits for more), one vectored read per stretch of the part's
+   * chunks that follow each other in one file, into those frames behind their header room, and one corked write of
+   * all the part's frames (a single writev). The caller's `headers` and `chunks` are read before this resolves.
    */
   private async sendChunksNow(headers: Buffer, chunks: readonly WalChunk[], send: number): Promise<void> {
     for (let taken = 0; taken < chunks.length; ) {
@@ -206,7 +202,8 @@ class TsStreamWriter implements StreamWriter {
       const frames = this.runFrames;
       frames.length = 0;
       frames.push(await this.pool.acquire());
-      const partEnd = Math.min(chunks.length, taken + RUN_FRAMES_MAX);
+      // Only this send writes or reads for the stream now: the room can only have grown while it waited for the pool.
+      const partEnd = Math.min(chunks.length, taken + STREAM_CHUNKS_IN_FLIGHT_MAX - this.inFlight);
       for (let index = taken + 1; index < partEnd; index++) {
         const frame = this.pool.tryAcquire();
         if (frame === undefined) break;
@@ -223,7 +220,7 @@ class TsStreamWriter implements StreamWriter {
           headers.copy(frames[index]!, this.frameOffsets[index]!, headerStart, headerStart + XLOG_DATA_HEADER_BYTES);
         }
         handedOff = true;
-        // Written only when the run's last part is: afterWritten counts the run as one send.
+        // Written only when the run's last frame is: afterWritten counts the run as one send.
         this.writeFrames(frames, chunks, taken, taken + count === chunks.length ? send : 0);
       } finally {
         if (!handedOff) for (const frame of frames) this.pool.release(frame);
@@ -309,7 +306,7 @@ class TsStreamWriter implements StreamWriter {
 
   private write(bytes: Buffer, send: number, done: () => void): void {
     // Only the one running send writes, after waitForRoom: the bound holds however sends interleave with I/O.
-    assert.ok(this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX, 'writes in flight stay within the stream bound');
+    assert.ok(this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX, 'frames in flight stay within the stream bound');
     this.inFlight++;
     this.socket.write(bytes, (error) => {
       this.inFlight--;
@@ -325,44 +322,19 @@ class TsStreamWriter implements StreamWriter {
   }
 
   /**
-   * Writes frames[i] (the frame at frameOffsets[i], chunks[taken + i]'s header and bytes) for every i as one write in
-   * flight: corked, so Node hands all of them to the kernel in one writev. Each frame goes back to the pool when its
-   * write completes (failed or not: Node calls every callback once); the last completion counts the write.
+   * Writes frames[i] (the frame at frameOffsets[i]: chunks[taken + i]'s header and bytes) for every i, corked, so Node
+   * hands them to the kernel in one writev. Each frame goes back to the pool when its write completes (failed or not:
+   * Node calls every callback once, in order); the last frame's counts the send as written.
    */
   private writeFrames(frames: readonly Buffer[], chunks: readonly WalChunk[], taken: number, send: number): void {
-    if (frames.length === 1) {
-      const frame = frames[0]!;
-      const offset = this.frameOffsets[0]!;
-      this.write(frame.subarray(offset, offset + XLOG_DATA_HEADER_BYTES + chunks[taken]!.byteCount), send, () => this.pool.release(frame));
-      return;
-    }
-    assert.ok(this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX, 'writes in flight stay within the stream bound');
-    this.inFlight++;
-    let pending = frames.length;
-    let bytes = 0;
-    let failure: Error | undefined;
-    const socket = this.socket;
-    socket.cork();
-    for (let index = 0; index < frames.length; index++) {
+    const last = frames.length - 1;
+    if (last > 0) this.socket.cork();
+    for (let index = 0; index <= last; index++) {
       const frame = frames[index]!;
       const offset = this.frameOffsets[index]!;
-      const frameBytes = XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount;
-      bytes += frameBytes;
-      socket.write(frame.subarray(offset, offset + frameBytes), (error) => {
-        this.pool.release(frame);
-        if (error !== undefined && error !== null) failure ??= error;
-        if (--pending > 0) return;
-        this.inFlight--;
-        if (failure === undefined) {
-          this.bytesSent += bytes;
-          this.wrote(send);
-        } else {
-          this.fail(failure);
-        }
-        this.signalProgress();
-      });
+      this.write(frame.subarray(offset, offset + XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount), index === last ? send : 0, () => this.pool.release(frame));
     }
-    socket.uncork();
+    if (last > 0) this.socket.uncork();
   }
 
   /** Send number `send` is written, and (writes completing in order) every send before it. */
