@@ -22,7 +22,9 @@
  * `--walcast-only` leaves out the cascading standbys.
  *
  * Usage: node --import tsx bench/ingest-latency-ab.ts [--base DIR] [--replicas 1,100] [--rounds 3] [--duration-ms 3000]
- *   [--rate 100] [--strace DIR] [--cold 0,1,3] [--cold-scale 10] [--walcast-only]
+ *   [--rate 100] [--strace DIR] [--strace-calls fdatasync,fsync,pwrite64] [--cold 0,1,3] [--cold-scale 10] [--walcast-only]
+ * `--strace-calls` widens what is traced, e.g. `read,recvfrom,pwrite64,fdatasync,fsync,sendto,sendfile,writev,rename`
+ * for the whole walcast chain (upstream socket read → segment write → fdatasync → replica socket send).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -54,6 +56,7 @@ const { values } = parseArgs({
     'duration-ms': { type: 'string', default: '3000' },
     rate: { type: 'string', default: '100' },
     strace: { type: 'string' },
+    'strace-calls': { type: 'string', default: 'fdatasync,fsync,pwrite64' },
     cold: { type: 'string', default: '0' },
     'cold-scale': { type: 'string', default: '10' },
     'walcast-only': { type: 'boolean', default: false },
@@ -101,7 +104,7 @@ async function main(): Promise<void> {
       for (const { label, target } of targets) {
         const pid = target.family === 'postgres' ? walreceiverOf(target.pid) : target.pid;
         progress(`strace ${label} pid ${pid}`);
-        tracers.push(spawn('strace', ['-f', '-T', '-tt', '-e', 'trace=fdatasync,fsync,pwrite64', '-o', join(values.strace, `strace-${label}.txt`), '-p', String(pid)], { stdio: 'ignore' }));
+        tracers.push(spawn('strace', ['-f', '-T', '-tt', '-e', `trace=${values['strace-calls']}`, '-o', join(values.strace, `strace-${label}.txt`), '-p', String(pid)], { stdio: 'ignore' }));
       }
       await new Promise((resolve) => setTimeout(resolve, STRACE_ATTACH_MS));
     }

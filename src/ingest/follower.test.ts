@@ -14,7 +14,8 @@ import { CONTROL_FORMAT_VERSION, PG_VERSION_NUM_15, readControlFile, writeContro
 import { Timeline } from '../timeline/timeline.js';
 import { ServerError, type QueryResult, type StreamEnd } from '../wire/client.js';
 import type { ServerNotice } from '../wire/backend-parser.js';
-import { UpstreamFollower, type UpstreamClient, type UpstreamStream } from './follower.js';
+import { WalWriter } from '../storage/wal-writer.js';
+import { UpstreamFollower, type FollowerOptions, type UpstreamClient, type UpstreamStream } from './follower.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 const SYSTEM_ID = 7311234567890123456n;
@@ -31,6 +32,8 @@ afterEach(() => rmSync(dir, { recursive: true, force: true }));
 interface StreamScript {
   readonly payloads: Buffer[];
   readonly end: 'close' | 'timeline-switch' | 'hold';
+  /** Awaited before payload `index` is delivered: paces the stream. */
+  readonly before?: (index: number) => Promise<void>;
 }
 
 class FakeStream implements UpstreamStream {
@@ -44,6 +47,7 @@ class FakeStream implements UpstreamStream {
   async read(): Promise<Buffer | undefined> {
     const payload = this.script.payloads[this.index];
     if (payload !== undefined) {
+      await this.script.before?.(this.index);
       this.index++;
       return payload;
     }
@@ -147,8 +151,9 @@ async function makeTimeline(): Promise<{ timeline: Timeline; control: ControlSta
   return { timeline, control };
 }
 
-function makeFollower(timeline: Timeline, control: ControlState, upstream: FakeUpstream): UpstreamFollower {
+function makeFollower(timeline: Timeline, control: ControlState, upstream: FakeUpstream, extra: Partial<FollowerOptions> = {}): UpstreamFollower {
   return new UpstreamFollower({
+    ...extra,
     timeline,
     control,
     conninfo: { host: '127.0.0.1', port: 1, hosts: [{ host: '127.0.0.1', port: 1 }], targetSessionAttrs: 'any', user: 'repl', applicationName: 'walcast', connectTimeoutS: undefined, sslMode: 'prefer', sslRootCert: undefined, sslCert: undefined, sslKey: undefined, serverName: '127.0.0.1', options: undefined },
@@ -364,4 +369,47 @@ test('IDENTIFY_SYSTEM on an older timeline than ours is refused and retried, nev
   assert.equal(upstream.commands.filter((command) => command.startsWith('START')).length, startsBefore, 'no stream from an older timeline');
   assert.notEqual(follower.state, 'failed');
   await follower.stop();
+});
+
+test('a live stream\'s periodic control-file write waits for a publish with no flush behind it, and still keeps up', async () => {
+  const { timeline, control } = await makeTimeline();
+  const messageBytes = 100;
+  const messages = 80; // 8,000 bytes: inside the first page, whose (long) header is the only one the data needs
+  const payloads = [xlogData(START_LSN, walAtSegmentStart(Buffer.alloc(messageBytes, 1)))];
+  for (let index = 1; index < messages; index++) payloads.push(xlogData(START_LSN + BigInt(index * messageBytes), Buffer.alloc(messageBytes, 1 + (index % 200))));
+  // One commit at a time, as a primary at a low commit rate: the next arrives 2 ms after the previous was published.
+  const before = async (index: number): Promise<void> => {
+    if (index === 0) return;
+    while (timeline.flushLsn.get() < START_LSN + BigInt(index * messageBytes)) await new Promise((resolve) => setTimeout(resolve, 1));
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  };
+  const upstream = new FakeUpstream([{ payloads, end: 'hold', before }]);
+  // Which flushes run when a control-file write starts (its first step is the open sidecar's sync). Each flush is made
+  // 5 ms slower, so that a write started at a random moment would land in one most of the time.
+  const flush = WalWriter.prototype.flush;
+  const syncOpenSidecar = WalWriter.prototype.syncOpenSidecar;
+  let flushesRunning = 0;
+  const flushesRunningAtPersist: number[] = [];
+  WalWriter.prototype.flush = function (this: WalWriter) {
+    flushesRunning++;
+    return new Promise((resolve) => setTimeout(resolve, 5)).then(() => flush.call(this)).finally(() => flushesRunning--);
+  };
+  WalWriter.prototype.syncOpenSidecar = function (this: WalWriter) {
+    if (timeline.hasWriter()) flushesRunningAtPersist.push(flushesRunning);
+    return syncOpenSidecar.call(this);
+  };
+  const follower = makeFollower(timeline, control, upstream, { controlPersistIntervalMs: 60 });
+  try {
+    void follower.start();
+    const end = START_LSN + BigInt(messages * messageBytes);
+    await until(() => timeline.flushLsn.get() === end, 'every message published');
+    await until(() => timeline.persistedFlushLsn === end, 'the control file caught up while the stream stays live');
+    assert.equal(timeline.hasWriter(), true);
+    assert.ok(flushesRunningAtPersist.length >= 2, `periodic control-file writes during the stream: ${flushesRunningAtPersist.length}`);
+    assert.deepEqual(flushesRunningAtPersist.filter((running) => running > 0), [], 'no control-file write started while a commit flush ran');
+  } finally {
+    await follower.stop();
+    WalWriter.prototype.flush = flush;
+    WalWriter.prototype.syncOpenSidecar = syncOpenSidecar;
+  }
 });
