@@ -13,7 +13,8 @@
  * (bucket upper bounds). All targets follow the primary during every run, so each commit is fsynced by every relay at
  * once: absolute figures include that contention, alike for all. `--strace DIR` attaches `strace -f -T` to each
  * walcast process and to each standby's walreceiver for the whole run (fdatasync counts and durations per file
- * descriptor survive load far better than wall-clock latency).
+ * descriptor survive load far better than wall-clock latency); a table after the rounds summarizes each trace
+ * (bench/lib/sync-trace.ts): commit fdatasync durations, other files' syncs, commit syncs that overlapped one.
  *
  * `--cold 0,1,3` (production mix, issue 13): each walcast run is repeated with that many other replicas catching up
  * cold at the same time (bench/lib/cold-load.ts: old WAL written by `pgbench -i -s COLD_SCALE` on the primary before
@@ -38,6 +39,7 @@ import { startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { buildTools } from './lib/tools.js';
 import { createFollowingDataDir, prepareWal, segmentFilesIn, type PreparedWal } from './lib/wal-source.js';
 import { startColdLoad, timelineDirOf } from './lib/cold-load.js';
+import { summarizeSyncTrace } from './lib/sync-trace.js';
 import { parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { measureLatencyRun, startCascade, waitForServerPosition } from './scenarios/live-latency.js';
 import type { BenchContext } from './scenarios/streaming.js';
@@ -144,6 +146,25 @@ async function main(): Promise<void> {
         '',
       ].join('\n'),
     );
+    if (values.strace !== undefined) {
+      for (const tracer of tracers) tracer.kill();
+      tracers.length = 0;
+      await sleep(STRACE_ATTACH_MS); // strace writes its last lines on detach
+      process.stdout.write(
+        [
+          '',
+          '| traced | commit fdatasyncs | p50 ms | p90 ms | p99 ms | max ms | other files\' syncs | commit syncs during one | their p50 ms |',
+          '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+          ...targets.map(({ label }) => {
+            const trace = summarizeSyncTrace(join(values.strace ?? '', `strace-${label}.txt`));
+            if (trace === undefined) return `| ${label} | — | | | | | | | |`;
+            const share = `${trace.overlapped} (${((trace.overlapped / trace.commitSyncs) * 100).toFixed(2)} %)`;
+            return `| ${label} | ${trace.commitSyncs} | ${ms(trace.p50Ms)} | ${ms(trace.p90Ms)} | ${ms(trace.p99Ms)} | ${ms(trace.maxMs)} | ${trace.otherSyncs} | ${share} | ${ms(trace.overlappedP50Ms)} |`;
+          }),
+          '',
+        ].join('\n'),
+      );
+    }
   } finally {
     for (const tracer of tracers) tracer.kill();
     for (const { target } of targets) await target.stop();
