@@ -14,7 +14,9 @@
  * once: absolute figures include that contention, alike for all. `--strace DIR` attaches `strace -f -T` to each
  * walcast process and to each standby's walreceiver for the whole run (fdatasync counts and durations per file
  * descriptor survive load far better than wall-clock latency); a table after the rounds summarizes each trace
- * (bench/lib/sync-trace.ts): commit fdatasync durations, other files' syncs, commit syncs that overlapped one.
+ * (bench/lib/sync-trace.ts): commit fdatasync durations, other files' syncs, commit syncs that overlapped one; and,
+ * when `--strace-calls` has the socket calls, walcast's commit path step by step (receive → write → fdatasync →
+ * event loop → status → replica send).
  *
  * `--cold 0,1,3` (production mix, issue 13): each walcast run is repeated with that many other replicas catching up
  * cold at the same time (bench/lib/cold-load.ts: old WAL written by `pgbench -i -s COLD_SCALE` on the primary before
@@ -39,7 +41,7 @@ import { startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { buildTools } from './lib/tools.js';
 import { createFollowingDataDir, prepareWal, segmentFilesIn, type PreparedWal } from './lib/wal-source.js';
 import { startColdLoad, timelineDirOf } from './lib/cold-load.js';
-import { summarizeSyncTrace } from './lib/sync-trace.js';
+import { commitChain, summarizeSyncTrace } from './lib/sync-trace.js';
 import { parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { measureLatencyRun, startCascade, waitForServerPosition } from './scenarios/live-latency.js';
 import type { BenchContext } from './scenarios/streaming.js';
@@ -164,6 +166,21 @@ async function main(): Promise<void> {
           '',
         ].join('\n'),
       );
+      for (const { label, target } of targets) {
+        const chain = target.family === 'postgres' ? undefined : commitChain(join(values.strace, `strace-${label}.txt`));
+        if (chain === undefined) continue;
+        process.stdout.write(
+          [
+            '',
+            `${label}: ${chain.commits} commits through its system calls (bench/lib/sync-trace.ts commitChain), ms`,
+            '',
+            '| step | p50 | p90 | p99 |',
+            '|---|---:|---:|---:|',
+            ...[...chain.steps].map(([step, [p50, p90, p99]]) => `| ${step} | ${p50.toFixed(3)} | ${p90.toFixed(3)} | ${p99.toFixed(3)} |`),
+            '',
+          ].join('\n'),
+        );
+      }
     }
   } finally {
     for (const tracer of tracers) tracer.kill();
