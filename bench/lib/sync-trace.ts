@@ -150,10 +150,13 @@ export function commitChain(path: string): CommitChain | undefined {
     const read = calls[readAt] as TracedCall;
     const sync = calls[syncAt] as TracedCall;
     const syncEnd = sync.startMs + sync.durationMs;
+    // Commits with no replica waiting (the other targets' runs, the gaps between runs) have no send before the next
+    // commit's write: they are left out.
+    const nextWriteAt = next(syncAt, (call) => call.call === 'pwrite64' && call.fd === segmentFd) ?? calls.length;
     const wakeAt = next(syncAt, (call) => call.startMs >= syncEnd && call.thread === mainThread && call.call === 'read' && call.fd === wakeFd);
     const statusAt = wakeAt === undefined ? undefined : next(wakeAt, (call) => call.thread === mainThread && call.call === 'write' && call.fd === upstreamFd);
     const sendAt = statusAt === undefined ? undefined : next(statusAt, (call) => call.thread === mainThread && SENDS.has(call.call) && call.fd !== upstreamFd);
-    if (wakeAt === undefined || statusAt === undefined || sendAt === undefined) continue;
+    if (wakeAt === undefined || statusAt === undefined || sendAt === undefined || sendAt > nextWriteAt) continue;
     const wake = calls[wakeAt] as TracedCall;
     const status = calls[statusAt] as TracedCall;
     const send = calls[sendAt] as TracedCall;
