@@ -413,3 +413,40 @@ test('a live stream\'s periodic control-file write waits for a publish with no f
     WalWriter.prototype.syncOpenSidecar = syncOpenSidecar;
   }
 });
+
+test('a stream that never leaves a quiet moment (a flush always behind the publish) still gets its control file written', async () => {
+  const { timeline, control } = await makeTimeline();
+  const messageBytes = 100;
+  const messages = 80;
+  const payloads = [xlogData(START_LSN, walAtSegmentStart(Buffer.alloc(messageBytes, 1)))];
+  for (let index = 1; index < messages; index++) payloads.push(xlogData(START_LSN + BigInt(index * messageBytes), Buffer.alloc(messageBytes, 1 + (index % 200))));
+  // A message every 2 ms into flushes made 10 ms slower: every publish finds the next message written, a flush behind it.
+  let persistsStarted = 0;
+  let persistsStartedBeforeLast: number | undefined;
+  const before = async (index: number): Promise<void> => {
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    if (index === messages - 1) persistsStartedBeforeLast = persistsStarted;
+  };
+  const upstream = new FakeUpstream([{ payloads, end: 'hold', before }]);
+  const flush = WalWriter.prototype.flush;
+  const syncOpenSidecar = WalWriter.prototype.syncOpenSidecar;
+  WalWriter.prototype.syncOpenSidecar = function (this: WalWriter) {
+    if (timeline.hasWriter()) persistsStarted++; // a control-file write starts with the open sidecar's sync
+    return syncOpenSidecar.call(this);
+  };
+  WalWriter.prototype.flush = function (this: WalWriter) {
+    // Slower after it took its target, so the messages that arrive meanwhile are left for the next flush.
+    return flush.call(this).then((durable) => new Promise((resolve) => setTimeout(() => resolve(durable), 10)));
+  };
+  const follower = makeFollower(timeline, control, upstream, { controlPersistIntervalMs: 20 });
+  try {
+    void follower.start();
+    await until(() => timeline.flushLsn.get() === START_LSN + BigInt(messages * messageBytes), 'every message published');
+    assert.ok(persistsStartedBeforeLast !== undefined && persistsStartedBeforeLast > 0, 'a control-file write started while the stream was saturated');
+    await until(() => timeline.persistedFlushLsn > START_LSN, 'the control file moved');
+  } finally {
+    await follower.stop();
+    WalWriter.prototype.flush = flush;
+    WalWriter.prototype.syncOpenSidecar = syncOpenSidecar;
+  }
+});

@@ -52,8 +52,8 @@ export const STATUS_INTERVAL_MS = 1_000;
 /** Hot-standby feedback is re-checked and, when changed, sent at most this often (the issue: ~1 s). */
 export const HOT_STANDBY_FEEDBACK_INTERVAL_MS = 1_000;
 /**
- * The control file's flush LSN is persisted about this often (at most twice this apart: a due write waits for a quiet
- * moment of the stream, `onControlPersistTick`); recovery makes up for the lag.
+ * The control file's flush LSN is persisted about this often (about twice this apart at most: a due write waits for a
+ * quiet moment of the stream, `onControlPersistTick`); recovery makes up for the lag.
  */
 export const CONTROL_PERSIST_INTERVAL_MS = 1_000;
 /** An upstream silent this long is presumed dead (PostgreSQL wal_receiver_timeout default); half of it asks for a reply. */
@@ -152,6 +152,8 @@ export class UpstreamFollower {
   private persisting: Promise<void> | undefined;
   /** A periodic control-file write is due and waits for a publish with no flush behind it (onControlPersistTick). */
   private controlPersistDue = false;
+  /** ... and a whole interval passed without one: the next publish starts it, flush behind or not. */
+  private controlPersistOverdue = false;
   private runPromise: Promise<void> | undefined;
   /** host:port of the host the last connect round reached (a multi-host string may name several). */
   private connectedHost: string | undefined;
@@ -483,7 +485,7 @@ export class UpstreamFollower {
         this.timeline.ingestTiming.published(receivedAtMs, flushStartedAtMs, flushDoneAtMs, performance.now());
         this.sendStatus(false);
         this.kickFlush();
-        if (this.controlPersistDue && this.flushInFlight === undefined) this.persistDueControl();
+        if (this.controlPersistDue && (this.flushInFlight === undefined || this.controlPersistOverdue)) this.persistDueControl();
       },
       (error: unknown) => {
         this.flushInFlight = undefined;
@@ -498,18 +500,22 @@ export class UpstreamFollower {
    * commits on ext4, and a commit's fdatasync that overlapped them took several times as long (strace of live ingest
    * at 100 commits/s: ~0.6-0.9 % of commits, which is the p99; a cascading standby's walreceiver has no such write).
    * So while a stream is live a due write waits for the next publish that no flush follows, the moment the next
-   * commit is least likely to be on its way, and a stream that never leaves one (saturated) gets it one tick later.
+   * commit is least likely to be on its way. A stream that leaves no such moment for a whole interval (saturated)
+   * gets it at the next tick that finds no flush running, or else right after the next publish. Either way it never
+   * starts while a commit's fdatasync runs, and the position it writes lags at most about two intervals.
    */
   private onControlPersistTick(): void {
-    if (this.stream !== undefined && !this.controlPersistDue) {
-      this.controlPersistDue = true;
+    if (this.stream === undefined || (this.controlPersistDue && this.flushInFlight === undefined)) {
+      this.persistDueControl();
       return;
     }
-    this.persistDueControl();
+    if (this.controlPersistDue) this.controlPersistOverdue = true;
+    this.controlPersistDue = true;
   }
 
   private persistDueControl(): void {
     this.controlPersistDue = false;
+    this.controlPersistOverdue = false;
     void this.persistControl({ skipIfBusy: true });
   }
 
