@@ -26,7 +26,7 @@
  *
  * Usage: node --import tsx bench/ingest-latency-ab.ts [--base DIR] [--replicas 1,100] [--rounds 3] [--duration-ms 3000]
  *   [--rate 100] [--strace DIR] [--strace-calls fdatasync,fsync,pwrite64] [--cold 0,1,3] [--cold-scale 10] [--walcast-only]
- *   [--event-loop-poll-ms 500]  (0: no /metrics reads during a run; see watchEventLoop)
+ *   [--event-loop-poll-ms 500]  (0: no /metrics reads during a run; see watchEventLoop) [--base-last]
  * `--strace-calls` widens what is traced, e.g. `read,recvfrom,pwrite64,fdatasync,fsync,sendto,sendfile,writev,rename`
  * for the whole walcast chain (upstream socket read → segment write → fdatasync → replica socket send).
  */
@@ -65,6 +65,7 @@ const { values } = parseArgs({
     'cold-scale': { type: 'string', default: '10' },
     'walcast-only': { type: 'boolean', default: false },
     'event-loop-poll-ms': { type: 'string', default: '500' },
+    'base-last': { type: 'boolean', default: false },
   },
   strict: true,
 });
@@ -96,8 +97,12 @@ async function main(): Promise<void> {
       const target = await startWalcastServer({ dataDir, walFiles: [], following: true, io: 'native', strategy: 'sendfile', name: label, ...(repoRoot === undefined ? {} : { repoRoot }) });
       return { label, target, dataDir };
     };
-    if (values.base !== undefined) targets.push(await walcast('walcast-base', values.base));
+    // Start order is connect order to the primary, whose walsenders then wake in that order on every commit: the two
+    // walcasts fdatasync the same commit at the same moment on one disk, and the later may wait behind the earlier.
+    // --base-last swaps it (and so the order of the two in each round) to tell that apart from the change under test.
+    if (values.base !== undefined && !values['base-last']) targets.push(await walcast('walcast-base', values.base));
     targets.push(await walcast('walcast'));
+    if (values.base !== undefined && values['base-last']) targets.push(await walcast('walcast-base', values.base));
     if (!values['walcast-only']) {
       targets.push({ label: 'cascade-fsync-on', target: await startCascade(context, { fsync: true }) });
       targets.push({ label: 'cascade-fsync-off', target: await startCascade(context, { fsync: false }) });
