@@ -2,7 +2,8 @@
  * The follower's state machine against a scripted fake upstream: durable-then-publish, status and hot-standby
  * feedback, the writer attachment, reconnects after a closed stream or a gap, the slot fallback, and the two ways an
  * upstream timeline switch shows (CopyDone with a next timeline, IDENTIFY_SYSTEM with a new TLI) moving ingest onto
- * the new timeline, and a diverged history stopping it.
+ * the new timeline, and a diverged history stopping it; when the periodic control-file write starts (never during a
+ * commit's flush, and still on a saturated stream).
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
