@@ -19,7 +19,8 @@
             "native/file-maps.cc",
             "native/io-engine.cc",
             "native/kernel-loans.cc",
-            "native/kernel-tls.cc"
+            "native/kernel-tls.cc",
+            "native/readahead-thread.cc"
           ],
           "libraries": ["-luring"]
         }],

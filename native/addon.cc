@@ -364,6 +364,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     stats.Set("ring", Napi::Boolean::New(info.Env(), engine_ && engine_->ring_ready()));
     stats.Set("sendsInFlight", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->sends_in_flight()) : 0));
     stats.Set("readsInFlight", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->reads_in_flight()) : 0));
+    stats.Set("lowPriorityReads", Napi::Boolean::New(info.Env(), engine_ && engine_->low_priority_reads()));
+    // Why not (ioprio_set refused, or the A/B switch): the backend logs it once.
+    if (engine_ && !engine_->low_priority_reads() && engine_->low_priority_failure().syscall != nullptr) {
+      const Failure& why = engine_->low_priority_failure();
+      char fallback[32];
+      stats.Set("lowPriorityReadsFailure", Napi::String::New(info.Env(), why.errnum == 0 ? std::string(why.syscall) : std::string(why.syscall) + ": " + ErrnoCode(why.errnum, fallback, sizeof fallback)));
+    }
     return stats;
   }
 

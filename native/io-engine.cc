@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 #include "invariant.h"
@@ -131,6 +132,14 @@ bool Engine::StartRing(Failure* failure) {
     return false;
   }
   ring_ready_ = true;
+  // Prefetch reads at idle I/O priority (readahead-thread.h). WALCAST_PREFETCH_IOPRIO=default keeps them at the
+  // event loop's (for A/B measurements of the two in one build).
+  const char* ioprio = getenv("WALCAST_PREFETCH_IOPRIO");
+  if (ioprio != nullptr && strcmp(ioprio, "default") == 0) {
+    readahead_failure_ = {0, "switched off (WALCAST_PREFETCH_IOPRIO=default)"};
+  } else {
+    readahead_ = ReadaheadThread::Start(event_fd_.get(), &readahead_failure_);
+  }
   return true;
 }
 
@@ -141,6 +150,10 @@ Engine::~Engine() { Close(); }
 void Engine::Close() {
   if (closed_) return;
   closed_ = true;
+  // First: once the thread is joined it holds none of the descriptors in readaheads_in_flight_.
+  readahead_.reset();
+  readaheads_in_flight_.clear();
+  readaheads_done_.clear();
   reads_waiting_.clear();
   file_prefetches_.clear();
   if (ring_ready_) {
@@ -671,6 +684,7 @@ void Engine::OnPoll(uv_poll_t* handle, int status, int) {
       while (read(engine->event_fd_.get(), &ignored, sizeof ignored) > 0) {
       }
       engine->ReapRing();
+      engine->TakeReadaheads();
       continue;
     }
     // Events fetched for a stream closed earlier in this batch find nothing and are dropped.
@@ -939,7 +953,7 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t t
 }
 
 void Engine::QueueRead(PrefetchRead&& read) {
-  if (reads_in_flight_.size() < kPrefetchReadsInFlightMax) {
+  if (PrefetchesInFlight() < kPrefetchReadsInFlightMax) {
     StartRead(std::move(read));
   } else {
     reads_waiting_.push_back(std::move(read));
@@ -947,6 +961,16 @@ void Engine::QueueRead(PrefetchRead&& read) {
 }
 
 void Engine::StartRead(PrefetchRead&& read) {
+  if (read.step == PrefetchStep::kWait && read.waits == 0 && !read.readahead_submitted && readahead_ != nullptr) {
+    // The whole missing part of the range goes to the readahead thread first; its READ waits follow once the reads
+    // are submitted (TakeReadaheads). A full queue (never seen: the engine's own bound is lower) reads as before.
+    read.readahead_submitted = true;
+    const uint64_t slot = next_read_slot_++;
+    if (readahead_->Submit(slot, read.fd.get(), read.wait_offset, static_cast<size_t>(read.offset + read.bytes - read.wait_offset))) {
+      readaheads_in_flight_.emplace(slot, std::move(read));
+      return;
+    }
+  }
   io_uring_sqe* sqe = NextSqe();
   if (sqe == nullptr) {
     PrefetchDone(read);
@@ -995,10 +1019,26 @@ void Engine::OnReadCompletion(uint64_t slot, int) {
   }
   // Best effort: a failed read is reported as done; the send path surfaces real errors.
   PrefetchDone(done);
-  while (!reads_waiting_.empty() && reads_in_flight_.size() < kPrefetchReadsInFlightMax) {
+  while (!reads_waiting_.empty() && PrefetchesInFlight() < kPrefetchReadsInFlightMax) {
     StartRead(std::move(reads_waiting_.front()));
     reads_waiting_.pop_front();
   }
+}
+
+void Engine::TakeReadaheads() {
+  if (readahead_ == nullptr) return;
+  readaheads_done_.clear();
+  readahead_->TakeDone(&readaheads_done_);
+  for (const uint64_t slot : readaheads_done_) {
+    auto found = readaheads_in_flight_.find(slot);
+    WALCAST_ASSERT(found != readaheads_in_flight_.end());
+    PrefetchRead read = std::move(found->second);
+    readaheads_in_flight_.erase(found);
+    if (closed_) continue;
+    // Straight to its first READ wait (readahead_submitted is set): it moves from one in-flight set to the other.
+    StartRead(std::move(read));
+  }
+  readaheads_done_.clear();
 }
 
 void Engine::PrefetchDone(const PrefetchRead& read) {

@@ -20,6 +20,7 @@
 #include "file-maps.h"
 #include "kernel-loans.h"
 #include "native-errors.h"
+#include "readahead-thread.h"
 
 namespace walcast {
 
@@ -180,6 +181,8 @@ struct PrefetchRead {
   int waits = 0;
   // The file (inode and device): its requests are worked on one at a time, in order (Engine::Prefetch).
   uint64_t file_key = 0;
+  // The readahead thread started this range's reads (at idle I/O priority) before its first READ.
+  bool readahead_submitted = false;
 };
 
 class Engine {
@@ -226,9 +229,14 @@ class Engine {
   bool ring_ready() const { return ring_ready_; }
   size_t stream_count() const { return streams_.size(); }
   size_t mapped_file_count() const { return maps_.size(); }
-  // io_uring requests whose completion is not reaped yet (tests check that a close happens with some in flight).
+  // io_uring requests whose completion is not reaped yet, and prefetch requests at the readahead thread (tests check
+  // that a close happens with some in flight).
   size_t sends_in_flight() const { return sends_in_flight_; }
-  size_t reads_in_flight() const { return reads_in_flight_.size(); }
+  size_t reads_in_flight() const { return PrefetchesInFlight(); }
+  // Prefetch reads are started at idle I/O priority (readahead-thread.h); when not, why (ioprio_set refused, no
+  // ring, or WALCAST_PREFETCH_IOPRIO=default).
+  bool low_priority_reads() const { return readahead_ != nullptr; }
+  const Failure& low_priority_failure() const { return readahead_failure_; }
 
  private:
   enum class Progress { kDone, kBlocked, kFailed };
@@ -269,6 +277,9 @@ class Engine {
   void ReapRing();
   void OnSendCompletion(uint64_t id, int result);
   void OnReadCompletion(uint64_t slot, int result);
+  // Moves the requests whose readahead the thread submitted on to their READ waits.
+  void TakeReadaheads();
+  size_t PrefetchesInFlight() const { return reads_in_flight_.size() + readaheads_in_flight_.size(); }
   // Starts the read, or queues it while kPrefetchReadsInFlightMax are in flight.
   void QueueRead(PrefetchRead&& read);
   void StartRead(PrefetchRead&& read);
@@ -313,6 +324,12 @@ class Engine {
   FileMapCache& maps_ = ThreadFileMaps();
   std::unordered_map<uint64_t, PrefetchRead> reads_in_flight_;
   std::deque<PrefetchRead> reads_waiting_;
+  // Started with the ring, unless ioprio_set is refused (readahead_failure_ says why): requests at the readahead
+  // thread, by slot, keeping their descriptors open until it is done with them.
+  std::unique_ptr<ReadaheadThread> readahead_;
+  Failure readahead_failure_;
+  std::unordered_map<uint64_t, PrefetchRead> readaheads_in_flight_;
+  std::vector<uint64_t> readaheads_done_;
   // Files with a prefetch request being worked on, each with the requests for it that wait their turn.
   std::unordered_map<uint64_t, std::deque<PrefetchRead>> file_prefetches_;
   // Every prefetch READ writes here until its completion is reaped; freed only after the last one (Close()).

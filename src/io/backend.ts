@@ -66,6 +66,11 @@ export interface IoBackend {
   /** The kernel TLS probe's answer (not-probed on the ts backend). */
   readonly kernelTls: KernelTlsStatus;
   /**
+   * Native only: when prefetch reads could not be put at idle I/O priority (native/readahead-thread.h: the kernel
+   * refused ioprio_set, or WALCAST_PREFETCH_IOPRIO=default), why; the status API's I/O reason shows it.
+   */
+  readonly prefetchPriorityNote?: string;
+  /**
    * Takes over writes to `socket` for one replication stream. Until `release()` resolves, nobody else
    * writes to the socket; reading (replica feedback) stays with Node.
    */

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -24,7 +24,7 @@ import {
   probeNative,
   type NativeStrategy,
 } from './native-backend.js';
-import { NATIVE_ADDON_FILE, loadNativeAddon } from './native-binding.js';
+import { NATIVE_ADDON_FILE, NATIVE_STRATEGY_CODES, NativeEventKind, loadNativeAddon } from './native-binding.js';
 
 /** Bound for the child node below (tsx compiles on the way): generous, the machine is shared. */
 const CHILD_TIMEOUT_MS = 120_000;
@@ -171,4 +171,82 @@ test("the WAL writer's fdatasync is not starved behind a pool full of off-thread
     spawnSync(process.execPath, ['--import', 'tsx', child], { env: { ...process.env, UV_THREADPOOL_SIZE: String(pool), BLOCKED: String(blocked) }, encoding: 'utf8' }).stdout.trim();
   for (const pool of [2, 3, 4]) assert.equal(run(pool, offThreadChecksumsMax(pool)), 'synced', `pool of ${pool}`);
   assert.equal(run(3, 3), 'starved', 'the control: with every pool thread held the sync waits');
+});
+
+/** The engine's readahead thread (native/readahead-thread.h), by its name; undefined when there is none. */
+function readaheadThreadId(): string | undefined {
+  return readdirSync('/proc/self/task').find((tid) => readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'walcast-ra');
+}
+
+function threadReadBytes(tid: string): number {
+  const line = readFileSync(`/proc/self/task/${tid}/io`, 'utf8').split('\n').find((entry) => entry.startsWith('read_bytes:'));
+  return Number(line?.split(/\s+/)[1] ?? Number.NaN);
+}
+
+const ringSkip = !probeNative().ok ? 'the native addon is not available' : loadNativeAddon().ok && (loadNativeAddon() as { ok: true; addon: { selfTest(): { ring: boolean } } }).addon.selfTest().ring ? false : 'no io_uring here';
+
+test('prefetch reads start on a thread of idle I/O priority that submits them; switched off, the engine says so and still prefetches', { skip: ringSkip }, async () => {
+  const loaded = loadNativeAddon();
+  assert.ok(loaded.ok);
+  const { addon } = loaded;
+  const directory = mkdtempSync(join(tmpdir(), 'walcast-ioprio-'));
+  const path = join(directory, 'cold');
+  const bytes = 4 * 1024 * 1024;
+  writeFileSync(path, randomBytes(bytes));
+  // Written back first: dirty pages cannot be dropped from page cache.
+  const writable = openSync(path, 'r+');
+  fdatasyncSync(writable);
+  closeSync(writable);
+  const fd = openSync(path, 'r');
+  // tmpfs has no block device: nothing is read from storage there, so no thread's read_bytes grows.
+  const onDisk = spawnSync('stat', ['-f', '-c', '%T', directory], { encoding: 'utf8' }).stdout.trim() !== 'tmpfs';
+  const prefetchCold = async (engine: InstanceType<typeof addon.Engine>, done: Map<number, () => void>, token: number): Promise<void> => {
+    addon.dropCache(fd, 0, bytes);
+    const settled = new Promise<void>((resolve) => done.set(token, resolve));
+    // The engine's handles do not keep the loop alive (live sockets do, in the server).
+    const keepAlive = setInterval(() => undefined, 1000);
+    if (engine.prefetch(fd, 0, 1024 * 1024, token)) done.get(token)?.();
+    await settled;
+    clearInterval(keepAlive);
+    assert.equal(addon.residentBytes(fd, 0, 1024 * 1024), 1024 * 1024, 'the range is up to date once prefetched');
+  };
+  const engines: InstanceType<typeof addon.Engine>[] = [];
+  const previous = process.env.WALCAST_PREFETCH_IOPRIO;
+  try {
+    const done = new Map<number, () => void>();
+    const onEvent = (kind: NativeEventKind, id: number): void => {
+      if (kind === NativeEventKind.prefetched) done.get(id)?.();
+    };
+    const engine = new addon.Engine(NATIVE_STRATEGY_CODES.sendfile, onEvent);
+    engines.push(engine);
+    assert.equal(engine.stats().lowPriorityReads, true, JSON.stringify(engine.stats()));
+    const tid = readaheadThreadId();
+    assert.ok(tid !== undefined, 'the readahead thread runs');
+    const ionice = spawnSync('ionice', ['-p', tid], { encoding: 'utf8' });
+    if (ionice.status === 0) assert.equal(ionice.stdout.trim(), 'idle', 'the thread has the idle I/O class');
+    const before = threadReadBytes(tid);
+    await prefetchCold(engine, done, 1);
+    if (onDisk) assert.ok(threadReadBytes(tid) - before >= 1024 * 1024, `the thread submitted the reads: ${threadReadBytes(tid) - before} bytes`);
+    engine.close();
+    assert.equal(readaheadThreadId(), undefined, 'close() stops the thread');
+
+    process.env.WALCAST_PREFETCH_IOPRIO = 'default';
+    const plain = new addon.Engine(NATIVE_STRATEGY_CODES.sendfile, onEvent);
+    engines.push(plain);
+    assert.deepEqual([plain.stats().lowPriorityReads, plain.stats().lowPriorityReadsFailure], [false, 'switched off (WALCAST_PREFETCH_IOPRIO=default)']);
+    assert.equal(readaheadThreadId(), undefined);
+    await prefetchCold(plain, done, 2);
+    const backend = await createNativeBackend('sendfile');
+    try {
+      assert.equal(backend.prefetchPriorityNote, 'prefetch reads at normal I/O priority (switched off (WALCAST_PREFETCH_IOPRIO=default))');
+    } finally {
+      await backend.close();
+    }
+  } finally {
+    if (previous === undefined) delete process.env.WALCAST_PREFETCH_IOPRIO;
+    else process.env.WALCAST_PREFETCH_IOPRIO = previous;
+    for (const engine of engines) engine.close();
+    closeSync(fd);
+    rmSync(directory, { recursive: true, force: true });
+  }
 });

@@ -214,6 +214,7 @@ class NativeBackend implements IoBackend {
   readonly kind = 'native' as const;
   readonly strategy: NativeStrategy;
   readonly kernelTls = probeKernelTls();
+  readonly prefetchPriorityNote: string | undefined;
   private readonly engine: NativeEngine;
   private readonly streams = new Map<number, NativeStreamWriter>();
   private readonly prefetches = new Map<number, () => void>();
@@ -240,6 +241,9 @@ class NativeBackend implements IoBackend {
     } catch (error) {
       throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `the native ${strategy} engine could not start: ${(error as Error).message}`, { cause: error });
     }
+    // A refused ioprio_set is no failure: prefetch reads then run at the event loop's I/O priority, as before.
+    const stats = this.engine.stats();
+    this.prefetchPriorityNote = stats.ring && !stats.lowPriorityReads ? `prefetch reads at normal I/O priority (${stats.lowPriorityReadsFailure ?? 'unknown'})` : undefined;
   }
 
   async openStream(socket: Socket): Promise<StreamWriter> {

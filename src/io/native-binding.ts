@@ -79,8 +79,12 @@ export interface NativeEngine {
   closeStream(id: number): void;
   bytesSent(id: number): number;
   prefetch(fd: number, offset: number, count: number, token: number): boolean;
-  /** sendsInFlight / readsInFlight: io_uring requests whose completions are not reaped yet. */
-  stats(): { streams: number; mappedFiles: number; ring: boolean; sendsInFlight: number; readsInFlight: number };
+  /**
+   * sendsInFlight / readsInFlight: io_uring requests whose completions are not reaped yet (readsInFlight also counts
+   * prefetch requests at the readahead thread). lowPriorityReads: prefetch reads start at idle I/O priority
+   * (native/readahead-thread.h); when not although the ring is up, lowPriorityReadsFailure says why ("ioprio_set: EPERM").
+   */
+  stats(): { streams: number; mappedFiles: number; ring: boolean; sendsInFlight: number; readsInFlight: number; lowPriorityReads: boolean; lowPriorityReadsFailure?: string };
   close(): void;
 }
 

@@ -44,6 +44,7 @@ export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeS
   const strategy = choice.strategy ?? native.defaultNativeStrategy();
   const backend = await native.createNativeBackend(strategy, choice.chunkBatch === undefined ? {} : { chunkBatch: choice.chunkBatch });
   const batch = choice.chunkBatch === false ? ', commit fan-out batch off (WALCAST_FANOUT_BATCH=off)' : '';
-  const reason = `${choice.io === 'native' ? `requested (--io native), strategy ${strategy}` : `auto: native addon loaded on Linux, strategy ${strategy}`}${batch}`;
+  const priority = backend.prefetchPriorityNote === undefined ? '' : `, ${backend.prefetchPriorityNote}`;
+  const reason = `${choice.io === 'native' ? `requested (--io native), strategy ${strategy}` : `auto: native addon loaded on Linux, strategy ${strategy}`}${batch}${priority}`;
   return { backend, reason };
 }

@@ -285,6 +285,33 @@ test('the prefetcher requests the window ahead in pieces and waits only for the 
   for (const request of requested) request.release();
 });
 
+test('a chunk that crosses into the next piece waits for both pieces (their reads run at idle I/O priority)', async () => {
+  const requested: { offset: number; bytes: number; release: () => void }[] = [];
+  const writer = new RecordingWriter();
+  writer.prefetch = (chunk: WalChunk) =>
+    new Promise<void>((resolve) => requested.push({ offset: chunk.fileOffset, bytes: chunk.byteCount, release: resolve }));
+  const prefetcher = new Prefetcher({ prefetchSource: fakeSource, writer });
+  const piece = BigInt(PREFETCH_PIECE_BYTES);
+  const start = 4n * BigInt(SEGMENT_BYTES) + piece - 8192n;
+  const end = start + 16n * piece;
+  const untilRequested = async (count: number): Promise<void> => {
+    for (let turn = 0; turn < 1000 && requested.length < count; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+    assert.ok(requested.length >= count);
+  };
+  let cached = false;
+  const waiting = prefetcher.ensureCached(start, end, start + 65536n).then(() => (cached = true));
+  await untilRequested(2);
+  requested[0]?.release();
+  for (let turn = 0; turn < 20; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(cached, false, 'the second piece is still being read');
+  requested[1]?.release();
+  await waiting;
+  assert.equal(prefetcher.ensureCachedNow(start, end, start + 65536n), undefined, 'both pieces cached: nothing to wait for');
+  // A chunk inside one piece waits for that piece only.
+  assert.equal(prefetcher.ensureCachedNow(start + 8192n, end, start + 8192n + 65536n), undefined);
+  for (const request of requested) request.release();
+});
+
 test('the prefetcher verifies each piece once it is cached, and the sender waits for its own piece to verify; a failed check ahead is ignored', async () => {
   const cached = new Set<WalChunk>();
   const writer = new RecordingWriter();

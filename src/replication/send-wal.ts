@@ -214,7 +214,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       // Most chunks need no wait at all: their prefetch piece was cached chunks ago and their segment is open. Those
       // skip the storage wait (a Promise.race, a promise and a closure each) and its awaits: per chunk, the two were
       // the sender loop's largest cost of its own (profile in docs/benchmarks.md, "One replica").
-      const caching = prefetcher.ensureCachedNow(sentLsn, endLsn);
+      const caching = prefetcher.ensureCachedNow(sentLsn, endLsn, wantedEnd);
       if (caching !== undefined && (await storageWaits.wait(caching)) === STREAM_ABORTED) break;
       // Storage may return less than asked, only where a segment file ends early: the bytes it has are sent, and the
       // next locate (at the file's end) throws the error that names the segment and offset.
@@ -302,7 +302,7 @@ class ChunkRuns {
       const wantedEnd = decideChunkEnd(lsn, endLsn, options.segmentBytes);
       const wantedBytes = lsnDistance(wantedEnd, lsn);
       if (runBytes + wantedBytes > budgetBytes) break;
-      if (this.prefetcher.ensureCachedNow(lsn, endLsn) !== undefined) break;
+      if (this.prefetcher.ensureCachedNow(lsn, endLsn, wantedEnd) !== undefined) break;
       const chunk = options.source.locateNow?.(lsn, wantedEnd);
       if (chunk === undefined) break;
       assert.ok(chunk.byteCount > 0 && chunk.byteCount <= wantedBytes, 'storage returned a chunk inside the range asked for');
@@ -531,12 +531,17 @@ export class Prefetcher {
     return this.pending.size;
   }
 
-  async ensureCached(sentLsn: Lsn, endLsn: Lsn): Promise<void> {
-    await this.ensureCachedNow(sentLsn, endLsn);
+  async ensureCached(sentLsn: Lsn, endLsn: Lsn, chunkEnd?: Lsn): Promise<void> {
+    await this.ensureCachedNow(sentLsn, endLsn, chunkEnd);
   }
 
-  /** As ensureCached, but undefined (nothing to wait for) once the piece holding `sentLsn` is known to be cached. */
-  ensureCachedNow(sentLsn: Lsn, endLsn: Lsn): Promise<void> | undefined {
+  /**
+   * As ensureCached, but undefined (nothing to wait for) once the pieces holding [sentLsn, chunkEnd) are known to be
+   * cached (only the one holding `sentLsn` without `chunkEnd`). A chunk that crosses into the next piece waits for
+   * that one too: its reads run at idle I/O priority (native/readahead-thread.h), and a send or an inline check over
+   * pages still being read would wait for them on the event loop, behind every best-effort I/O on the disk.
+   */
+  ensureCachedNow(sentLsn: Lsn, endLsn: Lsn, chunkEnd?: Lsn): Promise<void> | undefined {
     const pieceBytes = BigInt(PREFETCH_PIECE_BYTES);
     const current = sentLsn - (sentLsn % pieceBytes);
     for (const start of this.pending.keys()) if (start < current) this.pending.delete(start);
@@ -545,8 +550,14 @@ export class Prefetcher {
       this.request(start, start === current ? sentLsn : start, endLsn);
     }
     assert.ok(this.pending.size <= PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES + 1, 'prefetch requests stay within the window');
-    const piece = this.pending.get(current);
-    return piece === undefined || piece.done ? undefined : piece.promise;
+    const last = chunkEnd === undefined || chunkEnd <= sentLsn ? current : (chunkEnd - 1n) - ((chunkEnd - 1n) % pieceBytes);
+    let waitFor: Promise<void> | undefined;
+    // At most two pieces: a chunk is never longer than a piece.
+    for (let start = current; start <= last; start += pieceBytes) {
+      const piece = this.pending.get(start);
+      if (piece !== undefined && !piece.done) waitFor = waitFor === undefined ? piece.promise : Promise.all([waitFor, piece.promise]).then(() => undefined);
+    }
+    return waitFor;
   }
 
   private request(pieceStart: Lsn, from: Lsn, endLsn: Lsn): void {

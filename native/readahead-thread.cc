@@ -1,0 +1,99 @@
+// See readahead-thread.h.
+#include "readahead-thread.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace walcast {
+
+namespace {
+
+// linux/ioprio.h, spelled out: glibc has no wrapper and older headers lack the file.
+constexpr int kIoprioClassShift = 13;
+constexpr int kIoprioClassIdle = 3;
+constexpr int kIoprioWhoProcess = 1;
+
+// The idle class for the calling thread only (who 0 = the caller; each thread has its own io_context, and this one
+// was created by pthread_create, not with CLONE_IO).
+int SetIdlePriority() {
+  return static_cast<int>(syscall(SYS_ioprio_set, kIoprioWhoProcess, 0, kIoprioClassIdle << kIoprioClassShift));
+}
+
+}  // namespace
+
+std::unique_ptr<ReadaheadThread> ReadaheadThread::Start(int wake_fd, Failure* failure) {
+  std::unique_ptr<ReadaheadThread> self(new ReadaheadThread(wake_fd));
+  ReadaheadThread* raw = self.get();
+  self->thread_ = std::thread([raw]() {
+    pthread_setname_np(pthread_self(), "walcast-ra");
+    const int status = SetIdlePriority() == 0 ? 0 : errno;
+    {
+      std::lock_guard<std::mutex> lock(raw->mutex_);
+      raw->start_status_ = status;
+    }
+    raw->started_.notify_one();
+    if (status == 0) raw->Run();
+  });
+  int status;
+  {
+    std::unique_lock<std::mutex> lock(self->mutex_);
+    self->started_.wait(lock, [raw]() { return raw->start_status_ >= 0; });
+    status = self->start_status_;
+  }
+  if (status != 0) {
+    self->thread_.join();
+    *failure = {status, "ioprio_set"};
+    return nullptr;
+  }
+  return self;
+}
+
+ReadaheadThread::~ReadaheadThread() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool ReadaheadThread::Submit(uint64_t slot, int fd, uint64_t offset, size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_ || jobs_.size() >= kReadaheadQueueMax) return false;
+    jobs_.push_back({slot, fd, offset, bytes});
+  }
+  wake_.notify_one();
+  return true;
+}
+
+void ReadaheadThread::TakeDone(std::vector<uint64_t>* out) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  out->insert(out->end(), done_.begin(), done_.end());
+  done_.clear();
+}
+
+void ReadaheadThread::Run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    wake_.wait(lock, [this]() { return stopping_ || !jobs_.empty(); });
+    if (stopping_) return;
+    const Job job = jobs_.front();
+    jobs_.pop_front();
+    lock.unlock();
+    // Best effort: a failure (the file truncated, EINVAL on a file system without readahead) leaves the pages to the
+    // engine's READ, which reads what is missing at the event loop's priority.
+    (void)readahead(job.fd, static_cast<off64_t>(job.offset), job.bytes);
+    lock.lock();
+    done_.push_back(job.slot);
+    const uint64_t one = 1;
+    // The eventfd is the engine's ring eventfd (non-blocking): the engine drains done_ when it wakes.
+    (void)!write(wake_fd_, &one, sizeof one);
+  }
+}
+
+}  // namespace walcast

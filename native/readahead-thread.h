@@ -1,0 +1,75 @@
+// A thread that starts the kernel's reads of prefetch ranges at idle I/O priority (issue 13: cold catch-up next to
+// live replicas). The block layer takes a read's priority from the task that submits it (get_current_ioprio at
+// submit_bio), and mq-deadline serves the idle class only while no best-effort request is queued or in flight. So
+// a cold catch-up's reads, submitted here, give way to the live writer's writes and fdatasyncs (and to any other
+// best-effort I/O) instead of queueing them behind megabytes of reads.
+//
+// Why a thread of our own: the engine's prefetch READs run on io_uring's io-wq workers, which share their
+// submitter's io_context (CLONE_IO), i.e. the event-loop thread's: lowering theirs would lower the event loop's. libuv's
+// pool threads run the live writer's fdatasync. Only a thread nobody else's I/O goes through can carry the idle class.
+//
+// It only submits: readahead(2) inserts the range's missing pages and starts their reads (no readahead marks, so a
+// later sendfile over them starts no readahead of its own at the event loop's priority), and returns; the engine's
+// READ waits then sleep on io-wq workers until the pages are up to date. The event loop never waits for an idle
+// read: the sender sends from a piece only once its prefetch is done (send-wal.ts, Prefetcher).
+#ifndef WALCAST_NATIVE_READAHEAD_THREAD_H_
+#define WALCAST_NATIVE_READAHEAD_THREAD_H_
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "native-errors.h"
+
+namespace walcast {
+
+// Requests waiting for the thread; Submit refuses more (the engine then reads at its own priority). Bounded by the
+// engine's reads in flight anyway (kPrefetchReadsInFlightMax), this is a second, local guard.
+constexpr size_t kReadaheadQueueMax = 64;
+
+class ReadaheadThread {
+ public:
+  // Starts the thread and sets its I/O priority to the idle class; nullptr with *failure set when either fails
+  // (ioprio_set refused: EPERM, EINVAL on kernels or schedulers without it). `wake_fd` (an eventfd) gets a write after
+  // each request is submitted.
+  static std::unique_ptr<ReadaheadThread> Start(int wake_fd, Failure* failure);
+  // Stops and joins the thread: after this returns it uses no descriptor it was given.
+  ~ReadaheadThread();
+  ReadaheadThread(const ReadaheadThread&) = delete;
+  ReadaheadThread& operator=(const ReadaheadThread&) = delete;
+
+  // Queues readahead(fd, offset, bytes); `fd` must stay open until `slot` comes back from TakeDone. False when full.
+  bool Submit(uint64_t slot, int fd, uint64_t offset, size_t bytes);
+  // Slots whose readahead returned (submitted, or failed: best effort), appended to *out.
+  void TakeDone(std::vector<uint64_t>* out);
+
+ private:
+  struct Job {
+    uint64_t slot;
+    int fd;
+    uint64_t offset;
+    size_t bytes;
+  };
+  explicit ReadaheadThread(int wake_fd) : wake_fd_(wake_fd) {}
+  void Run();
+
+  const int wake_fd_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Job> jobs_;
+  std::vector<uint64_t> done_;
+  bool stopping_ = false;
+  // -1 until the thread set its priority, then 0 or the errno of ioprio_set.
+  int start_status_ = -1;
+  std::condition_variable started_;
+  std::thread thread_;
+};
+
+}  // namespace walcast
+
+#endif  // WALCAST_NATIVE_READAHEAD_THREAD_H_
