@@ -132,13 +132,15 @@ bool Engine::StartRing(Failure* failure) {
     return false;
   }
   ring_ready_ = true;
-  // Prefetch reads at idle I/O priority (readahead-thread.h). WALCAST_PREFETCH_IOPRIO=default keeps them at the
-  // event loop's (for A/B measurements of the two in one build).
+  // Prefetch reads at idle I/O priority (readahead-thread.h). For A/B measurements in one build:
+  // WALCAST_PREFETCH_IOPRIO=default keeps them on the io-wq READs at the event loop's priority, =best-effort starts
+  // them on the readahead thread at the best-effort class (the thread without the priority).
   const char* ioprio = getenv("WALCAST_PREFETCH_IOPRIO");
   if (ioprio != nullptr && strcmp(ioprio, "default") == 0) {
     readahead_failure_ = {0, "switched off (WALCAST_PREFETCH_IOPRIO=default)"};
   } else {
-    readahead_ = ReadaheadThread::Start(event_fd_.get(), &readahead_failure_);
+    const bool idle = ioprio == nullptr || strcmp(ioprio, "best-effort") != 0;
+    readahead_ = ReadaheadThread::Start(event_fd_.get(), idle, &readahead_failure_);
   }
   return true;
 }

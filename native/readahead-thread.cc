@@ -14,23 +14,26 @@ namespace {
 
 // linux/ioprio.h, spelled out: glibc has no wrapper and older headers lack the file.
 constexpr int kIoprioClassShift = 13;
+constexpr int kIoprioClassBestEffort = 2;
 constexpr int kIoprioClassIdle = 3;
+constexpr int kIoprioBestEffortLowest = 7;
 constexpr int kIoprioWhoProcess = 1;
 
 // The idle class for the calling thread only (who 0 = the caller; each thread has its own io_context, and this one
 // was created by pthread_create, not with CLONE_IO).
-int SetIdlePriority() {
-  return static_cast<int>(syscall(SYS_ioprio_set, kIoprioWhoProcess, 0, kIoprioClassIdle << kIoprioClassShift));
+int SetLowPriority(bool idle) {
+  const int value = idle ? kIoprioClassIdle << kIoprioClassShift : (kIoprioClassBestEffort << kIoprioClassShift) | kIoprioBestEffortLowest;
+  return static_cast<int>(syscall(SYS_ioprio_set, kIoprioWhoProcess, 0, value));
 }
 
 }  // namespace
 
-std::unique_ptr<ReadaheadThread> ReadaheadThread::Start(int wake_fd, Failure* failure) {
+std::unique_ptr<ReadaheadThread> ReadaheadThread::Start(int wake_fd, bool idle, Failure* failure) {
   std::unique_ptr<ReadaheadThread> self(new ReadaheadThread(wake_fd));
   ReadaheadThread* raw = self.get();
-  self->thread_ = std::thread([raw]() {
+  self->thread_ = std::thread([raw, idle]() {
     pthread_setname_np(pthread_self(), "walcast-ra");
-    const int status = SetIdlePriority() == 0 ? 0 : errno;
+    const int status = SetLowPriority(idle) == 0 ? 0 : errno;
     {
       std::lock_guard<std::mutex> lock(raw->mutex_);
       raw->start_status_ = status;

@@ -37,7 +37,8 @@ class ReadaheadThread {
   // Starts the thread and sets its I/O priority to the idle class; nullptr with *failure set when either fails
   // (ioprio_set refused: EPERM, EINVAL on kernels or schedulers without it). `wake_fd` (an eventfd) gets a write after
   // each request is submitted.
-  static std::unique_ptr<ReadaheadThread> Start(int wake_fd, Failure* failure);
+  // `idle` false: the best-effort class, lowest level (for A/B measurements: mq-deadline ignores levels).
+  static std::unique_ptr<ReadaheadThread> Start(int wake_fd, bool idle, Failure* failure);
   // Stops and joins the thread: after this returns it uses no descriptor it was given.
   ~ReadaheadThread();
   ReadaheadThread(const ReadaheadThread&) = delete;
