@@ -1037,10 +1037,21 @@ void Engine::TakeReadaheads() {
     PrefetchRead read = std::move(found->second);
     readaheads_in_flight_.erase(found);
     if (closed_) continue;
-    // Straight to its first READ wait (readahead_submitted is set): it moves from one in-flight set to the other.
+    // Usually up to date now; else on to its READ waits (readahead_submitted is set): it moves from one in-flight set
+    // to the other.
+    const uint64_t missing = FirstNotUpToDate(read.fd.get(), read.offset, read.bytes);
+    if (missing >= read.offset + read.bytes) {
+      PrefetchDone(read);
+      continue;
+    }
+    read.wait_offset = missing;
     StartRead(std::move(read));
   }
   readaheads_done_.clear();
+  while (!closed_ && !reads_waiting_.empty() && PrefetchesInFlight() < kPrefetchReadsInFlightMax) {
+    StartRead(std::move(reads_waiting_.front()));
+    reads_waiting_.pop_front();
+  }
 }
 
 void Engine::PrefetchDone(const PrefetchRead& read) {

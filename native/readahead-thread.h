@@ -8,10 +8,9 @@
 // submitter's io_context (CLONE_IO), i.e. the event-loop thread's: lowering theirs would lower the event loop's. libuv's
 // pool threads run the live writer's fdatasync. Only a thread nobody else's I/O goes through can carry the idle class.
 //
-// It only submits: readahead(2) inserts the range's missing pages and starts their reads (no readahead marks, so a
-// later sendfile over them starts no readahead of its own at the event loop's priority), and returns; the engine's
-// READ waits then sleep on io-wq workers until the pages are up to date. The event loop never waits for an idle
-// read: the sender sends from a piece only once its prefetch is done (send-wal.ts, Prefetcher).
+// It reads each range (Run: why a read), one request at a time, so the ranges of one file reach the kernel in order;
+// the engine then finds the range up to date (or READs what is still missing). The event loop never waits for an
+// idle read: the sender sends from a piece only once its prefetch is done (send-wal.ts, Prefetcher).
 #ifndef WALCAST_NATIVE_READAHEAD_THREAD_H_
 #define WALCAST_NATIVE_READAHEAD_THREAD_H_
 
@@ -31,6 +30,8 @@ namespace walcast {
 // Requests waiting for the thread; Submit refuses more (the engine then reads at its own priority). Bounded by the
 // engine's reads in flight anyway (kPrefetchReadsInFlightMax), this is a second, local guard.
 constexpr size_t kReadaheadQueueMax = 64;
+// The thread's read buffer (bytes thrown away): one prefetch piece.
+constexpr size_t kReadaheadReadBytesMax = 1024 * 1024;
 
 class ReadaheadThread {
  public:
@@ -44,9 +45,10 @@ class ReadaheadThread {
   ReadaheadThread(const ReadaheadThread&) = delete;
   ReadaheadThread& operator=(const ReadaheadThread&) = delete;
 
-  // Queues readahead(fd, offset, bytes); `fd` must stay open until `slot` comes back from TakeDone. False when full.
+  // Queues a read of [offset, offset + bytes) of fd; `fd` must stay open until `slot` comes back from TakeDone.
+  // False when full.
   bool Submit(uint64_t slot, int fd, uint64_t offset, size_t bytes);
-  // Slots whose readahead returned (submitted, or failed: best effort), appended to *out.
+  // Slots whose read returned (or failed: best effort), appended to *out.
   void TakeDone(std::vector<uint64_t>* out);
 
  private:
@@ -56,10 +58,11 @@ class ReadaheadThread {
     uint64_t offset;
     size_t bytes;
   };
-  explicit ReadaheadThread(int wake_fd) : wake_fd_(wake_fd) {}
+  explicit ReadaheadThread(int wake_fd) : wake_fd_(wake_fd), scratch_(new uint8_t[kReadaheadReadBytesMax]) {}
   void Run();
 
   const int wake_fd_;
+  std::unique_ptr<uint8_t[]> scratch_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Job> jobs_;
