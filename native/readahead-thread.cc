@@ -3,10 +3,10 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/sendfile.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 
 namespace walcast {
@@ -30,28 +30,35 @@ int SetLowPriority(bool idle) {
 }  // namespace
 
 std::unique_ptr<ReadaheadThread> ReadaheadThread::Start(int wake_fd, bool idle, Failure* failure) {
-  std::unique_ptr<ReadaheadThread> self(new ReadaheadThread(wake_fd));
+  const int null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (null_fd < 0) {
+    *failure = {errno, "open /dev/null"};
+    return nullptr;
+  }
+  std::unique_ptr<ReadaheadThread> self(new ReadaheadThread(wake_fd, null_fd));
   ReadaheadThread* raw = self.get();
-  self->thread_ = std::thread([raw, idle]() {
-    pthread_setname_np(pthread_self(), "walcast-ra");
-    const int status = SetLowPriority(idle) == 0 ? 0 : errno;
-    {
-      std::lock_guard<std::mutex> lock(raw->mutex_);
-      raw->start_status_ = status;
-    }
-    raw->started_.notify_one();
-    if (status == 0) raw->Run();
-  });
+  for (size_t index = 0; index < kReadaheadThreads; index++) {
+    raw->threads_.emplace_back([raw, idle]() {
+      pthread_setname_np(pthread_self(), "walcast-ra");
+      const int status = SetLowPriority(idle) == 0 ? 0 : errno;
+      {
+        std::lock_guard<std::mutex> lock(raw->mutex_);
+        raw->started_count_++;
+        if (status != 0 && raw->start_errno_ == 0) raw->start_errno_ = status;
+      }
+      raw->started_.notify_one();
+      if (status == 0) raw->Run();
+    });
+  }
   int status;
   {
-    std::unique_lock<std::mutex> lock(self->mutex_);
-    self->started_.wait(lock, [raw]() { return raw->start_status_ >= 0; });
-    status = self->start_status_;
+    std::unique_lock<std::mutex> lock(raw->mutex_);
+    raw->started_.wait(lock, [raw]() { return raw->started_count_ == kReadaheadThreads; });
+    status = raw->start_errno_;
   }
   if (status != 0) {
-    self->thread_.join();
     *failure = {status, "ioprio_set"};
-    return nullptr;
+    return nullptr;  // the destructor stops the threads that did start
   }
   return self;
 }
@@ -61,8 +68,11 @@ ReadaheadThread::~ReadaheadThread() {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
-  wake_.notify_one();
-  if (thread_.joinable()) thread_.join();
+  wake_.notify_all();
+  for (std::thread& thread : threads_) {
+    if (thread.joinable()) thread.join();
+  }
+  close(null_fd_);
 }
 
 bool ReadaheadThread::Submit(uint64_t slot, int fd, uint64_t offset, size_t bytes) {
@@ -89,15 +99,15 @@ void ReadaheadThread::Run() {
     const Job job = jobs_.front();
     jobs_.pop_front();
     lock.unlock();
-    // A plain read of the whole range, into a buffer thrown away: it starts the kernel's own (on-demand, large-folio)
-    // readahead from this thread, and, reading ahead of the sender, meets every readahead mark first, so the
-    // readahead those start is this thread's too (at idle priority), never the event loop's sendfile's.
-    // readahead(2) was tried first: it reads in single pages and costs the send path CPU per page (cold MB/s -10 to
-    // -35 % against main, docs/benchmarks.md). Best effort: a failure (the file truncated) leaves the pages to the
-    // engine's READ, which reads what is missing at the event loop's priority.
+    // The range is read as a reader would read it, but into /dev/null: sendfile to /dev/null takes page references
+    // and copies nothing. The read starts the kernel's own (on-demand, large-folio) readahead from this thread and
+    // sleeps until the range is up to date. readahead(2) was tried first: it reads in single pages, and the send path
+    // paid per page (cold MB/s 0.65-0.9x main, docs/benchmarks.md). Best effort: a failure (the file truncated)
+    // leaves the pages to the engine's READ, which reads what is missing at the event loop's priority.
+    off_t position = static_cast<off_t>(job.offset);
     size_t done = 0;
     while (done < job.bytes) {
-      const ssize_t count = pread(job.fd, scratch_.get(), std::min(job.bytes - done, kReadaheadReadBytesMax), static_cast<off_t>(job.offset + done));
+      const ssize_t count = sendfile(null_fd_, job.fd, &position, job.bytes - done);
       if (count <= 0) break;
       done += static_cast<size_t>(count);
     }

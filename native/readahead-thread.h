@@ -30,8 +30,9 @@ namespace walcast {
 // Requests waiting for the thread; Submit refuses more (the engine then reads at its own priority). Bounded by the
 // engine's reads in flight anyway (kPrefetchReadsInFlightMax), this is a second, local guard.
 constexpr size_t kReadaheadQueueMax = 64;
-// The thread's read buffer (bytes thrown away): one prefetch piece.
-constexpr size_t kReadaheadReadBytesMax = 1024 * 1024;
+// Threads: each read sleeps until its range is up to date, so one thread would be one read at a time for every
+// stream; the engine works on one request per file at a time, so requests for different files run in parallel.
+constexpr size_t kReadaheadThreads = 4;
 
 class ReadaheadThread {
  public:
@@ -58,20 +59,22 @@ class ReadaheadThread {
     uint64_t offset;
     size_t bytes;
   };
-  explicit ReadaheadThread(int wake_fd) : wake_fd_(wake_fd), scratch_(new uint8_t[kReadaheadReadBytesMax]) {}
+  ReadaheadThread(int wake_fd, int null_fd) : wake_fd_(wake_fd), null_fd_(null_fd) {}
   void Run();
 
   const int wake_fd_;
-  std::unique_ptr<uint8_t[]> scratch_;
+  // /dev/null, where the reads go (Run); closed by the destructor once the threads are joined.
+  const int null_fd_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Job> jobs_;
   std::vector<uint64_t> done_;
   bool stopping_ = false;
-  // -1 until the thread set its priority, then 0 or the errno of ioprio_set.
-  int start_status_ = -1;
+  // Threads that set their priority (or failed to), and the first errno of ioprio_set.
+  size_t started_count_ = 0;
+  int start_errno_ = 0;
   std::condition_variable started_;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
 };
 
 }  // namespace walcast
