@@ -899,7 +899,10 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t t
   // residency check reads nothing, and needs no dup, fstat and close of its own (three of the five system calls per
   // 1 MiB piece; strace in docs/benchmarks.md, "One replica"). A number that is no regular file any more (a socket
   // that reused it) has no mapping, so it reads as "not up to date" and meets the checks below.
-  if (FirstNotUpToDate(file_fd, offset, byte_count) >= offset + byte_count) return 1;
+  if (FirstNotUpToDate(file_fd, offset, byte_count) >= offset + byte_count) {
+    TouchIfCold(file_fd, offset, byte_count);
+    return 1;
+  }
   // Our own dup first, and every check and read on it: the caller's number may be closed (and reused) by another
   // thread at any time, ours cannot.
   UniqueFd fd(fcntl(file_fd, F_DUPFD_CLOEXEC, 0));
@@ -921,6 +924,10 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t t
   }
   const uint64_t missing = FirstNotUpToDate(fd.get(), offset, byte_count);
   if (missing >= offset + byte_count) return 1;
+  if (readahead_ != nullptr) {
+    if (cold_files_.size() >= kColdFilesMax) cold_files_.clear();
+    cold_files_[file_fd] = std::chrono::steady_clock::now();
+  }
   if (!ring_ready_) {
     // No ring: ask for readahead and hope; sendfile may then block on a miss (documented fallback).
     posix_fadvise(fd.get(), static_cast<off_t>(offset), static_cast<off_t>(byte_count), POSIX_FADV_WILLNEED);
@@ -952,6 +959,23 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t t
   QueueRead(std::move(read));
   SubmitRing();
   return 0;
+}
+
+// The kernel's readahead of a cold file runs ahead of the prefetch window, so most pieces of a cold catch-up are up
+// to date when asked for, with readahead marks in them; the sender's sendfile meeting one would start the next window
+// on the event loop, at its priority (measured: half of a cold catch-up's disk reads). So a piece of a file that was
+// cold lately is read once more by a readahead thread, which meets the marks first. Warm files (a warm catch-up, the
+// live tail) never were cold and pay nothing. A descriptor number reused by another file costs one needless read.
+void Engine::TouchIfCold(int file_fd, uint64_t offset, size_t byte_count) {
+  if (readahead_ == nullptr) return;
+  auto found = cold_files_.find(file_fd);
+  if (found == cold_files_.end()) return;
+  if (std::chrono::steady_clock::now() - found->second > std::chrono::milliseconds(kColdFileMs)) {
+    cold_files_.erase(found);
+    return;
+  }
+  const int fd = fcntl(file_fd, F_DUPFD_CLOEXEC, 0);
+  if (fd >= 0) readahead_->Touch(fd, offset, byte_count);
 }
 
 void Engine::QueueRead(PrefetchRead&& read) {

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -61,6 +62,11 @@ constexpr unsigned kRingEntries = 256;
 constexpr size_t kPrefetchReadsInFlightMax = 32;
 // Largest prefetch request, and the size of the scratch buffer all prefetch reads land in (and are discarded).
 constexpr size_t kPrefetchBytesMax = 1024 * 1024;
+// A file stays "cold lately" (Engine::TouchIfCold) this long after a prefetch of it found pages missing: a cold
+// catch-up meets one at least every few pieces, far more often than this.
+constexpr int kColdFileMs = 1000;
+// Files remembered as cold lately; a bound, reached only with that many cold catch-ups at once.
+constexpr size_t kColdFilesMax = 256;
 // How long Close() waits for the io_uring requests it cancelled before it frees what they use. Cancelled socket
 // sends complete at once; a prefetch read already running on an io-wq worker cannot be cancelled and finishes
 // with the disk (milliseconds). Past the bound the engine leaks those buffers rather than free them under the
@@ -279,6 +285,8 @@ class Engine {
   void OnReadCompletion(uint64_t slot, int result);
   // Moves the requests whose readahead the thread submitted on to their READ waits.
   void TakeReadaheads();
+  // A piece already up to date of a file that was cold lately goes to the readahead threads too (io-engine.cc).
+  void TouchIfCold(int file_fd, uint64_t offset, size_t byte_count);
   size_t PrefetchesInFlight() const { return reads_in_flight_.size() + readaheads_in_flight_.size(); }
   // Starts the read, or queues it while kPrefetchReadsInFlightMax are in flight.
   void QueueRead(PrefetchRead&& read);
@@ -330,6 +338,8 @@ class Engine {
   Failure readahead_failure_;
   std::unordered_map<uint64_t, PrefetchRead> readaheads_in_flight_;
   std::vector<uint64_t> readaheads_done_;
+  // Caller descriptors that had a prefetch with pages missing, and when (TouchIfCold); cleared when full.
+  std::unordered_map<int, std::chrono::steady_clock::time_point> cold_files_;
   // Files with a prefetch request being worked on, each with the requests for it that wait their turn.
   std::unordered_map<uint64_t, std::deque<PrefetchRead>> file_prefetches_;
   // Every prefetch READ writes here until its completion is reaped; freed only after the last one (Close()).
