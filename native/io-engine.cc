@@ -988,11 +988,12 @@ void Engine::QueueRead(PrefetchRead&& read) {
 
 void Engine::StartRead(PrefetchRead&& read) {
   if (read.step == PrefetchStep::kWait && read.waits == 0 && !read.readahead_submitted && readahead_ != nullptr) {
-    // The whole missing part of the range goes to the readahead thread first; its READ waits follow once the reads
-    // are submitted (TakeReadaheads). A full queue (never seen: the engine's own bound is lower) reads as before.
+    // The whole range goes to a readahead thread first, its pages up to date too (they may hold a readahead mark the
+    // sender's sendfile must not meet: TouchIfCold); READ waits follow only for what is still missing after
+    // (TakeReadaheads). A full queue (never seen: the engine's own bound is lower) reads as before.
     read.readahead_submitted = true;
     const uint64_t slot = next_read_slot_++;
-    if (readahead_->Submit(slot, read.fd.get(), read.wait_offset, static_cast<size_t>(read.offset + read.bytes - read.wait_offset))) {
+    if (readahead_->Submit(slot, read.fd.get(), read.offset, read.bytes)) {
       readaheads_in_flight_.emplace(slot, std::move(read));
       return;
     }
