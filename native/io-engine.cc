@@ -898,11 +898,10 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t t
   // A warm range (every piece of a warm catch-up) is answered from the caller's descriptor within this call: a
   // residency check reads nothing, and needs no dup, fstat and close of its own (three of the five system calls per
   // 1 MiB piece; strace in docs/benchmarks.md, "One replica"). A number that is no regular file any more (a socket
-  // that reused it) has no mapping, so it reads as "not up to date" and meets the checks below.
-  if (FirstNotUpToDate(file_fd, offset, byte_count) >= offset + byte_count) {
-    TouchIfCold(file_fd, offset, byte_count);
-    return 1;
-  }
+  // that reused it) has no mapping, so it reads as "not up to date" and meets the checks below. A file cold lately
+  // goes to a readahead thread even when up to date (ColdLately).
+  const bool cold_lately = ColdLately(file_fd);
+  if (!cold_lately && FirstNotUpToDate(file_fd, offset, byte_count) >= offset + byte_count) return 1;
   // Our own dup first, and every check and read on it: the caller's number may be closed (and reused) by another
   // thread at any time, ours cannot.
   UniqueFd fd(fcntl(file_fd, F_DUPFD_CLOEXEC, 0));
@@ -923,8 +922,8 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t t
     return -1;
   }
   const uint64_t missing = FirstNotUpToDate(fd.get(), offset, byte_count);
-  if (missing >= offset + byte_count) return 1;
-  if (readahead_ != nullptr) {
+  if (missing >= offset + byte_count && !cold_lately) return 1;
+  if (missing < offset + byte_count && readahead_ != nullptr) {
     if (cold_files_.size() >= kColdFilesMax) cold_files_.clear();
     cold_files_[file_fd] = std::chrono::steady_clock::now();
   }
@@ -962,20 +961,19 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t t
 }
 
 // The kernel's readahead of a cold file runs ahead of the prefetch window, so most pieces of a cold catch-up are up
-// to date when asked for, with readahead marks in them; the sender's sendfile meeting one would start the next window
-// on the event loop, at its priority (measured: half of a cold catch-up's disk reads). So a piece of a file that was
-// cold lately is read once more by a readahead thread, which meets the marks first. Warm files (a warm catch-up, the
-// live tail) never were cold and pay nothing. A descriptor number reused by another file costs one needless read.
-void Engine::TouchIfCold(int file_fd, uint64_t offset, size_t byte_count) {
-  if (readahead_ == nullptr) return;
+// to date when asked for, some with a readahead mark in them; the sender's sendfile meeting one would start the next
+// window on the event loop, at its priority (measured: a third to half of a cold catch-up's disk reads, perf: all
+// from filemap_readahead under sendfile). So every piece of a file that was cold lately is read by a readahead thread
+// before the sender gets it, and meets the marks first (a read of pages up to date only takes page references). Warm
+// files (a warm catch-up, the live tail) never were cold and keep the residency check alone. A descriptor number
+// reused by another file costs one needless hop.
+bool Engine::ColdLately(int file_fd) {
+  if (readahead_ == nullptr) return false;
   auto found = cold_files_.find(file_fd);
-  if (found == cold_files_.end()) return;
-  if (std::chrono::steady_clock::now() - found->second > std::chrono::milliseconds(kColdFileMs)) {
-    cold_files_.erase(found);
-    return;
-  }
-  const int fd = fcntl(file_fd, F_DUPFD_CLOEXEC, 0);
-  if (fd >= 0) readahead_->Touch(fd, offset, byte_count);
+  if (found == cold_files_.end()) return false;
+  if (std::chrono::steady_clock::now() - found->second <= std::chrono::milliseconds(kColdFileMs)) return true;
+  cold_files_.erase(found);
+  return false;
 }
 
 void Engine::QueueRead(PrefetchRead&& read) {
@@ -989,12 +987,17 @@ void Engine::QueueRead(PrefetchRead&& read) {
 void Engine::StartRead(PrefetchRead&& read) {
   if (read.step == PrefetchStep::kWait && read.waits == 0 && !read.readahead_submitted && readahead_ != nullptr) {
     // The whole range goes to a readahead thread first, its pages up to date too (they may hold a readahead mark the
-    // sender's sendfile must not meet: TouchIfCold); READ waits follow only for what is still missing after
+    // sender's sendfile must not meet: ColdLately); READ waits follow only for what is still missing after
     // (TakeReadaheads). A full queue (never seen: the engine's own bound is lower) reads as before.
     read.readahead_submitted = true;
     const uint64_t slot = next_read_slot_++;
     if (readahead_->Submit(slot, read.fd.get(), read.offset, read.bytes)) {
       readaheads_in_flight_.emplace(slot, std::move(read));
+      return;
+    }
+    // Refused: a READ of what is missing, if anything (a range up to date came only for the thread).
+    if (read.wait_offset >= read.offset + read.bytes) {
+      PrefetchDone(read);
       return;
     }
   }

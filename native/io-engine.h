@@ -62,7 +62,7 @@ constexpr unsigned kRingEntries = 256;
 constexpr size_t kPrefetchReadsInFlightMax = 32;
 // Largest prefetch request, and the size of the scratch buffer all prefetch reads land in (and are discarded).
 constexpr size_t kPrefetchBytesMax = 1024 * 1024;
-// A file stays "cold lately" (Engine::TouchIfCold) this long after a prefetch of it found pages missing: a cold
+// A file stays "cold lately" (Engine::ColdLately) this long after a prefetch of it found pages missing: a cold
 // catch-up meets one at least every few pieces, far more often than this.
 constexpr int kColdFileMs = 1000;
 // Files remembered as cold lately; a bound, reached only with that many cold catch-ups at once.
@@ -285,8 +285,9 @@ class Engine {
   void OnReadCompletion(uint64_t slot, int result);
   // Moves the requests whose readahead the thread submitted on to their READ waits.
   void TakeReadaheads();
-  // A piece already up to date of a file that was cold lately goes to the readahead threads too (io-engine.cc).
-  void TouchIfCold(int file_fd, uint64_t offset, size_t byte_count);
+  // A prefetch of `file_fd` found pages missing within kColdFileMs: its pieces go to a readahead thread even when up
+  // to date (io-engine.cc).
+  bool ColdLately(int file_fd);
   size_t PrefetchesInFlight() const { return reads_in_flight_.size() + readaheads_in_flight_.size(); }
   // Starts the read, or queues it while kPrefetchReadsInFlightMax are in flight.
   void QueueRead(PrefetchRead&& read);
@@ -338,7 +339,7 @@ class Engine {
   Failure readahead_failure_;
   std::unordered_map<uint64_t, PrefetchRead> readaheads_in_flight_;
   std::vector<uint64_t> readaheads_done_;
-  // Caller descriptors that had a prefetch with pages missing, and when (TouchIfCold); cleared when full.
+  // Caller descriptors that had a prefetch with pages missing, and when (ColdLately); cleared when full.
   std::unordered_map<int, std::chrono::steady_clock::time_point> cold_files_;
   // Files with a prefetch request being worked on, each with the requests for it that wait their turn.
   std::unordered_map<uint64_t, std::deque<PrefetchRead>> file_prefetches_;

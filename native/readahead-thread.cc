@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/sendfile.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -73,9 +72,6 @@ ReadaheadThread::~ReadaheadThread() {
   for (std::thread& thread : threads_) {
     if (thread.joinable()) thread.join();
   }
-  for (const Job& job : jobs_) {
-    if (job.slot == kTouchSlot) close(job.fd);
-  }
   close(null_fd_);
 }
 
@@ -84,19 +80,6 @@ bool ReadaheadThread::Submit(uint64_t slot, int fd, uint64_t offset, size_t byte
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_ || jobs_.size() >= kReadaheadQueueMax) return false;
     jobs_.push_back({slot, fd, offset, bytes});
-  }
-  wake_.notify_one();
-  return true;
-}
-
-bool ReadaheadThread::Touch(int fd, uint64_t offset, size_t bytes) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_ || jobs_.size() >= kReadaheadQueueMax) {
-      close(fd);
-      return false;
-    }
-    jobs_.push_back({kTouchSlot, fd, offset, bytes});
   }
   wake_.notify_one();
   return true;
@@ -121,21 +104,12 @@ void ReadaheadThread::Run() {
     // sleeps until the range is up to date. readahead(2) was tried first: it reads in single pages, and the send path
     // paid per page (cold MB/s 0.65-0.9x main, docs/benchmarks.md). Best effort: a failure (the file truncated)
     // leaves the pages to the engine's READ, which reads what is missing at the event loop's priority.
-    // A touch (Touch): the descriptor is ours, and only a regular file is read (sendfile from a socket would consume
-    // a client's bytes: io-engine.cc, Engine::Prefetch).
-    struct stat info;
-    const bool readable = job.slot != kTouchSlot || (fstat(job.fd, &info) == 0 && S_ISREG(info.st_mode));
     off_t position = static_cast<off_t>(job.offset);
-    size_t done = readable ? 0 : job.bytes;
+    size_t done = 0;
     while (done < job.bytes) {
       const ssize_t count = sendfile(null_fd_, job.fd, &position, job.bytes - done);
       if (count <= 0) break;
       done += static_cast<size_t>(count);
-    }
-    if (job.slot == kTouchSlot) {
-      close(job.fd);
-      lock.lock();
-      continue;
     }
     lock.lock();
     done_.push_back(job.slot);

@@ -49,17 +49,10 @@ class ReadaheadThread {
   // Queues a read of [offset, offset + bytes) of fd; `fd` must stay open until `slot` comes back from TakeDone.
   // False when full.
   bool Submit(uint64_t slot, int fd, uint64_t offset, size_t bytes);
-  // Reads [offset, offset + bytes) of a range already up to date, with nothing reported back: the read meets the
-  // kernel's readahead marks in it before the sender's sendfile does, so the readahead they start (the next window of
-  // a cold file) is submitted here, at idle priority, not on the event loop. Takes `fd` (a dup; closed here, also when
-  // refused). False when full.
-  bool Touch(int fd, uint64_t offset, size_t bytes);
   // Slots whose read returned (or failed: best effort), appended to *out.
   void TakeDone(std::vector<uint64_t>* out);
 
  private:
-  // Job::slot of a Touch.
-  static constexpr uint64_t kTouchSlot = 0;
   struct Job {
     uint64_t slot;
     int fd;
