@@ -1086,13 +1086,14 @@ void Engine::PrefetchDone(const PrefetchRead& read) {
   events_.push_back({EventKind::kPrefetched, read.token, {}});
   auto active = file_prefetches_.find(read.file_key);
   if (active == file_prefetches_.end()) return;
-  // The file's next request, unless it is up to date by now (the readahead this one started covered it).
+  // The file's next request, unless it is up to date by now (the readahead this one started covered it). With the
+  // readahead threads it goes to one anyway: its pages may hold a readahead mark (ColdLately).
   std::deque<PrefetchRead>& queued = active->second;
   while (!queued.empty()) {
     PrefetchRead next = std::move(queued.front());
     queued.pop_front();
     const uint64_t missing = FirstNotUpToDate(next.fd.get(), next.offset, next.bytes);
-    if (missing < next.offset + next.bytes) {
+    if (missing < next.offset + next.bytes || readahead_ != nullptr) {
       next.wait_offset = missing;
       QueueRead(std::move(next));
       return;
