@@ -1,16 +1,18 @@
-// A thread that starts the kernel's reads of prefetch ranges at idle I/O priority (issue 13: cold catch-up next to
-// live replicas). The block layer takes a read's priority from the task that submits it (get_current_ioprio at
+// Threads that read prefetch ranges at idle I/O priority (issue 13: cold catch-up next to live replicas). The block layer takes a read's priority from the task that submits it (get_current_ioprio at
 // submit_bio), and mq-deadline serves the idle class only while no best-effort request is queued or in flight. So
 // a cold catch-up's reads, submitted here, give way to the live writer's writes and fdatasyncs (and to any other
 // best-effort I/O) instead of queueing them behind megabytes of reads.
 //
-// Why a thread of our own: the engine's prefetch READs run on io_uring's io-wq workers, which share their
-// submitter's io_context (CLONE_IO), i.e. the event-loop thread's: lowering theirs would lower the event loop's. libuv's
-// pool threads run the live writer's fdatasync. Only a thread nobody else's I/O goes through can carry the idle class.
+// Why threads of our own: the engine's prefetch READs run on io_uring's io-wq workers, which share their submitter's
+// io_context (CLONE_IO), i.e. the event-loop thread's: lowering theirs would lower the event loop's. libuv's pool
+// threads run the live writer's fdatasync. Only threads nobody else's I/O goes through can carry the idle class.
 //
-// It reads each range (Run: why a read), one request at a time, so the ranges of one file reach the kernel in order;
-// the engine then finds the range up to date (or READs what is still missing). The event loop never waits for an
-// idle read: the sender sends from a piece only once its prefetch is done (send-wal.ts, Prefetcher).
+// Each range is read whole (Run: how), so the kernel's readahead starts from these threads, and they meet its
+// readahead marks before the sender's sendfile does (which would start the next window on the event loop, at its
+// priority: Engine::ColdLately). The engine works on one request per file at a time, so a file's ranges reach the
+// kernel in order. The event loop and the pool never wait for an idle read: the sender sends from (and checks) a
+// piece only once its prefetch is done (send-wal.ts, Prefetcher). Only Engine::Close does, joining the threads: a
+// read starved by best-effort I/O may take up to mq-deadline's prio_aging_expire (10 s) there, at shutdown.
 #ifndef WALCAST_NATIVE_READAHEAD_THREAD_H_
 #define WALCAST_NATIVE_READAHEAD_THREAD_H_
 
@@ -27,7 +29,7 @@
 
 namespace walcast {
 
-// Requests waiting for the thread; Submit refuses more (the engine then reads at its own priority). Bounded by the
+// Requests waiting for a thread; Submit refuses more (the engine then reads at its own priority). Bounded by the
 // engine's reads in flight anyway (kPrefetchReadsInFlightMax), this is a second, local guard.
 constexpr size_t kReadaheadQueueMax = 64;
 // Threads: each read sleeps until its range is up to date, so one thread would be one read at a time for every
@@ -36,12 +38,11 @@ constexpr size_t kReadaheadThreads = 4;
 
 class ReadaheadThread {
  public:
-  // Starts the thread and sets its I/O priority to the idle class; nullptr with *failure set when either fails
-  // (ioprio_set refused: EPERM, EINVAL on kernels or schedulers without it). `wake_fd` (an eventfd) gets a write after
-  // each request is submitted.
-  // `idle` false: the best-effort class, lowest level (for A/B measurements: mq-deadline ignores levels).
+  // Starts the threads, each setting its own I/O priority to the idle class (`idle` false: best-effort, lowest level,
+  // for A/B measurements; mq-deadline ignores levels); nullptr with *failure set when that fails (ioprio_set refused:
+  // EPERM, or EINVAL on a kernel without it). `wake_fd` (an eventfd) gets a write after each request is read.
   static std::unique_ptr<ReadaheadThread> Start(int wake_fd, bool idle, Failure* failure);
-  // Stops and joins the thread: after this returns it uses no descriptor it was given.
+  // Stops and joins the threads: after this returns they use no descriptor they were given.
   ~ReadaheadThread();
   ReadaheadThread(const ReadaheadThread&) = delete;
   ReadaheadThread& operator=(const ReadaheadThread&) = delete;
