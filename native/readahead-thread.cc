@@ -37,18 +37,17 @@ std::unique_ptr<ReadaheadThread> ReadaheadThread::Start(int wake_fd, bool idle, 
   }
   std::unique_ptr<ReadaheadThread> self(new ReadaheadThread(wake_fd, null_fd));
   ReadaheadThread* raw = self.get();
+  raw->idle_ = idle;
+  // pthread_create, not std::thread: the addon builds without exceptions, and a thread that cannot be created (EAGAIN
+  // at a thread limit) must leave the engine on its old path, not abort the process.
   for (size_t index = 0; index < kReadaheadThreads; index++) {
-    raw->threads_.emplace_back([raw, idle]() {
-      pthread_setname_np(pthread_self(), "walcast-ra");
-      const int status = SetLowPriority(idle) == 0 ? 0 : errno;
-      {
-        std::lock_guard<std::mutex> lock(raw->mutex_);
-        raw->started_count_++;
-        if (status != 0 && raw->start_errno_ == 0) raw->start_errno_ = status;
-      }
-      raw->started_.notify_one();
-      if (status == 0) raw->Run();
-    });
+    pthread_t thread;
+    const int created = pthread_create(&thread, nullptr, &ReadaheadThread::ThreadMain, raw);
+    if (created != 0) {
+      *failure = {created, "pthread_create"};
+      return nullptr;  // the destructor stops and joins the threads that did start
+    }
+    raw->threads_.push_back(thread);
   }
   int status;
   {
@@ -63,15 +62,27 @@ std::unique_ptr<ReadaheadThread> ReadaheadThread::Start(int wake_fd, bool idle, 
   return self;
 }
 
+void* ReadaheadThread::ThreadMain(void* arg) {
+  ReadaheadThread* self = static_cast<ReadaheadThread*>(arg);
+  pthread_setname_np(pthread_self(), "walcast-ra");
+  const int status = SetLowPriority(self->idle_) == 0 ? 0 : errno;
+  {
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    self->started_count_++;
+    if (status != 0 && self->start_errno_ == 0) self->start_errno_ = status;
+  }
+  self->started_.notify_one();
+  if (status == 0) self->Run();
+  return nullptr;
+}
+
 ReadaheadThread::~ReadaheadThread() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
   wake_.notify_all();
-  for (std::thread& thread : threads_) {
-    if (thread.joinable()) thread.join();
-  }
+  for (const pthread_t thread : threads_) pthread_join(thread, nullptr);
   close(null_fd_);
 }
 

@@ -22,7 +22,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <thread>
+#include <pthread.h>
 #include <vector>
 
 #include "native-errors.h"
@@ -61,11 +61,14 @@ class ReadaheadThread {
     size_t bytes;
   };
   ReadaheadThread(int wake_fd, int null_fd) : wake_fd_(wake_fd), null_fd_(null_fd) {}
+  static void* ThreadMain(void* self);
   void Run();
 
   const int wake_fd_;
   // /dev/null, where the reads go (Run); closed by the destructor once the threads are joined.
   const int null_fd_;
+  // The class the threads set (Start).
+  bool idle_ = true;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Job> jobs_;
@@ -75,7 +78,7 @@ class ReadaheadThread {
   size_t started_count_ = 0;
   int start_errno_ = 0;
   std::condition_variable started_;
-  std::vector<std::thread> threads_;
+  std::vector<pthread_t> threads_;
 };
 
 }  // namespace walcast
