@@ -172,6 +172,9 @@ void Engine::Close() {
   // The kernel holds no more of our memory (or the rest was leaked above): the ring can go.
   if (ring_ready_) io_uring_queue_exit(&ring_);
   ring_ready_ = false;
+  // Nothing of the batch ring is in flight between calls (each send is reaped before SendChunkBatch returns).
+  if (batch_ring_state_ == BatchRing::kReady || batch_ring_state_ == BatchRing::kBroken) io_uring_queue_exit(&batch_ring_);
+  batch_ring_state_ = BatchRing::kUnavailable;
   ready_.clear();
   if (poll_ != nullptr) {
     poll_->data = nullptr;
@@ -329,6 +332,7 @@ void Engine::SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* he
     }
     return;
   }
+  if (batch_bytes_.capacity() < kHeaderBytesMax + kBatchCopyBytesMax) batch_bytes_.reserve(kHeaderBytesMax + kBatchCopyBytesMax);
   batch_bytes_.resize(header_bytes + payload_bytes);
   std::memcpy(batch_bytes_.data(), header, header_bytes);
   size_t read_bytes = 0;
@@ -344,65 +348,193 @@ void Engine::SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* he
     }
     read_bytes += static_cast<size_t>(got);
   }
-  for (size_t index = 0; index < count; index++) {
-    if (read_failure.errnum != 0) {
+  if (read_failure.errnum != 0) {
+    for (size_t index = 0; index < count; index++) {
       Stream* stream = Find(ids[index]);
       if (stream != nullptr && !stream->closing) Fail(*stream, read_failure, false);
       failures[index] = stream != nullptr && stream->failure.errnum != 0 ? stream->failure : Failure{EBADF, "send"};
       statuses[index] = kSendFailed;
-      continue;
     }
+    return;
+  }
+  if (SendCopiedBatch(ids, count, header, header_bytes, file_fd, offset, payload_bytes, statuses, failures)) return;
+  for (size_t index = 0; index < count; index++) {
     statuses[index] = SubmitCopied(ids[index], batch_bytes_.data(), batch_bytes_.size(), header, header_bytes, file_fd,
                                    offset, payload_bytes, &failures[index]);
   }
 }
 
-// SendChunk for one stream of a batch whose header + payload are in `bytes`: written with one send() while the
-// socket has room; whatever it does not take is queued as SendChunk queues it (inline header, file range), so the
+bool Engine::StartBatchRing() {
+  if (batch_ring_state_ == BatchRing::kUntried) {
+    batch_ring_state_ = io_uring_queue_init(kBatchRingEntries, &batch_ring_, 0) == 0 ? BatchRing::kReady : BatchRing::kUnavailable;
+    if (batch_ring_state_ == BatchRing::kReady) batch_pending_.reserve(kBatchRingEntries);
+  }
+  return batch_ring_state_ == BatchRing::kReady;
+}
+
+// The copied batch in rounds of at most kBatchRingEntries sends, each round one io_uring_enter. Per stream the
+// same steps as SubmitCopied: the checks, a send while nothing is queued, the socket had room and the iteration
+// has budget (counted as if every earlier send of the round took its bytes whole), else the whole chunk queued; a
+// short send goes on with send() until the socket is full, as SubmitCopied's loop does, and the rest is queued.
+bool Engine::SendCopiedBatch(const uint64_t* ids, size_t count, const uint8_t* header, size_t header_bytes,
+                             int file_fd, uint64_t offset, size_t payload_bytes, int32_t* statuses, Failure* failures) {
+  if (closed_ || !StartBatchRing()) return false;
+  const uint8_t* bytes = batch_bytes_.data();
+  const size_t byte_count = batch_bytes_.size();
+  size_t next = 0;
+  while (next < count) {
+    batch_pending_.clear();
+    uint64_t planned_bytes = 0;
+    for (; next < count && batch_pending_.size() < kBatchRingEntries; next++) {
+      Stream* stream = CopiedTarget(ids[next], &failures[next]);
+      if (stream == nullptr) {
+        statuses[next] = kSendFailed;
+        continue;
+      }
+      if (!stream->queue.empty() || !stream->writable || iteration_bytes_ + planned_bytes >= kIterationBudgetBytes) {
+        statuses[next] = FinishCopied(*stream, 0, false, byte_count, header, header_bytes, file_fd, offset, payload_bytes, &failures[next]);
+        continue;
+      }
+      io_uring_sqe* sqe = io_uring_get_sqe(&batch_ring_);
+      WALCAST_ASSERT(sqe != nullptr);  // at most kBatchRingEntries per round, each reaped before the next round
+      io_uring_prep_send(sqe, stream->fd.get(), bytes, byte_count, MSG_DONTWAIT | MSG_NOSIGNAL);
+      io_uring_sqe_set_data64(sqe, batch_pending_.size());
+      batch_pending_.push_back(next);
+      planned_bytes += byte_count;
+    }
+    if (batch_pending_.empty()) continue;
+    // Every send is issued inline and completes in this call (MSG_DONTWAIT never arms a poll). io_uring_enter only
+    // fails before it took any request, and then for want of kernel memory (EAGAIN) or a signal (EINTR): retried.
+    // A ring that still fails leaves the unsubmitted sends' streams to fail with its error, the others reaped.
+    const size_t submitted_count = batch_pending_.size();
+    int status = 0;
+    for (int attempt = 0; attempt < 3 && io_uring_sq_ready(&batch_ring_) > 0; attempt++) {
+      status = io_uring_submit(&batch_ring_);
+      if (status >= 0) attempt = -1;  // progress: keep going while requests are left
+      else if (status != -EINTR && status != -EAGAIN && status != -EBUSY) break;
+    }
+    const size_t unsubmitted = io_uring_sq_ready(&batch_ring_);
+    if (unsubmitted > 0) {
+      // Never entered again: the requests left in the submission queue are dropped with the ring.
+      batch_ring_state_ = BatchRing::kBroken;
+      const Failure failure{status < 0 ? -status : EIO, "io_uring_submit"};
+      for (size_t slot = submitted_count - unsubmitted; slot < submitted_count; slot++) {
+        const size_t index = batch_pending_[slot];
+        Stream* stream = Find(ids[index]);
+        WALCAST_ASSERT(stream != nullptr);
+        Fail(*stream, failure, false);
+        failures[index] = failure;
+        statuses[index] = kSendFailed;
+      }
+    }
+    for (size_t reaped = 0; reaped < submitted_count - unsubmitted;) {
+      io_uring_cqe* cqe = nullptr;
+      int wait = io_uring_wait_cqe(&batch_ring_, &cqe);
+      if (wait == -EINTR) continue;
+      WALCAST_ASSERT(wait == 0 && cqe != nullptr);
+      const size_t slot = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
+      const int result = cqe->res;
+      io_uring_cqe_seen(&batch_ring_, cqe);
+      reaped++;
+      WALCAST_ASSERT(slot < submitted_count);
+      const size_t index = batch_pending_[slot];
+      Stream* stream = Find(ids[index]);
+      WALCAST_ASSERT(stream != nullptr);
+      size_t sent = result > 0 ? static_cast<size_t>(result) : 0;
+      Progress progress = Progress::kDone;
+      if (result < 0 && !WouldBlock(-result) && result != -EINTR) {
+        failures[index] = {-result, "send"};
+        progress = Progress::kFailed;
+      } else if (result < 0 && WouldBlock(-result)) {
+        progress = Progress::kBlocked;
+      } else if (sent < byte_count) {
+        progress = SendCopiedFrom(*stream, bytes, byte_count, &sent, &failures[index]);
+      }
+      if (progress == Progress::kFailed) {
+        Fail(*stream, failures[index], false);
+        statuses[index] = kSendFailed;
+        continue;
+      }
+      statuses[index] = FinishCopied(*stream, sent, progress == Progress::kBlocked, byte_count, header, header_bytes, file_fd, offset, payload_bytes, &failures[index]);
+    }
+    if (batch_ring_state_ != BatchRing::kReady) {
+      // The rest of the batch per stream.
+      for (; next < count; next++) {
+        statuses[next] = SubmitCopied(ids[next], bytes, byte_count, header, header_bytes, file_fd, offset, payload_bytes, &failures[next]);
+      }
+    }
+  }
+  return true;
+}
+
+Stream* Engine::CopiedTarget(uint64_t id, Failure* failure) {
+  Stream* stream = Find(id);
+  if (stream == nullptr || stream->closing) {
+    *failure = {EBADF, "send"};
+    return nullptr;
+  }
+  if (stream->failure.errnum != 0) {
+    *failure = stream->failure;
+    return nullptr;
+  }
+  if (stream->queue.size() >= kQueuedUnitsHardMax) {
+    *failure = {ENOBUFS, "send"};
+    return nullptr;
+  }
+  return stream;
+}
+
+Engine::Progress Engine::SendCopiedFrom(Stream& stream, const uint8_t* bytes, size_t byte_count, size_t* sent,
+                                        Failure* failure) {
+  while (*sent < byte_count) {
+    ssize_t written = send(stream.fd.get(), bytes + *sent, byte_count - *sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      if (WouldBlock(errno)) return Progress::kBlocked;
+      *failure = {errno, "send"};
+      return Progress::kFailed;
+    }
+    *sent += static_cast<size_t>(written);
+  }
+  return Progress::kDone;
+}
+
+int Engine::FinishCopied(Stream& stream, size_t sent, bool blocked, size_t byte_count, const uint8_t* header,
+                         size_t header_bytes, int file_fd, uint64_t offset, size_t payload_bytes, Failure* failure) {
+  stream.bytes_sent += sent;
+  iteration_bytes_ += sent;
+  if (sent == byte_count) return kSendDone;
+  if (blocked) stream.writable = false;
+  SendUnit unit;
+  if (!MakeFileUnit(stream, header, header_bytes, file_fd, offset, payload_bytes, &unit, failure)) {
+    // The socket may already have `sent` bytes of this unit: the stream cannot go on without the rest.
+    Fail(stream, *failure, false);
+    return kSendFailed;
+  }
+  unit.Advance(sent);
+  return QueueUnit(stream, std::move(unit), failure);
+}
+
+// SendChunk for one stream of a batch whose header + payload are in `bytes`: written with send() while the socket
+// has room; whatever it does not take is queued as SendChunk queues it (inline header, file range), so the
 // stream's queue never holds the copy.
 int Engine::SubmitCopied(uint64_t id, const uint8_t* bytes, size_t byte_count, const uint8_t* header,
                          size_t header_bytes, int file_fd, uint64_t offset, size_t payload_bytes, Failure* failure) {
   WALCAST_ASSERT(strategy_ != Strategy::kUring);
   WALCAST_ASSERT(byte_count == header_bytes + payload_bytes);
-  Stream* stream = Find(id);
-  if (stream == nullptr || stream->closing) {
-    *failure = {EBADF, "send"};
-    return kSendFailed;
-  }
-  if (stream->failure.errnum != 0) {
-    *failure = stream->failure;
-    return kSendFailed;
-  }
-  if (stream->queue.size() >= kQueuedUnitsHardMax) {
-    *failure = {ENOBUFS, "send"};
-    return kSendFailed;
-  }
+  Stream* stream = CopiedTarget(id, failure);
+  if (stream == nullptr) return kSendFailed;
   size_t sent = 0;
+  bool blocked = false;
   if (stream->queue.empty() && stream->writable && !OverIterationBudget()) {
-    while (sent < byte_count) {
-      ssize_t written = send(stream->fd.get(), bytes + sent, byte_count - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (written < 0) {
-        if (errno == EINTR) continue;
-        if (WouldBlock(errno)) break;
-        *failure = {errno, "send"};
-        Fail(*stream, *failure, false);
-        return kSendFailed;
-      }
-      sent += static_cast<size_t>(written);
+    const Progress progress = SendCopiedFrom(*stream, bytes, byte_count, &sent, failure);
+    if (progress == Progress::kFailed) {
+      Fail(*stream, *failure, false);
+      return kSendFailed;
     }
-    stream->bytes_sent += sent;
-    iteration_bytes_ += sent;
-    if (sent == byte_count) return kSendDone;
-    stream->writable = false;
+    blocked = progress == Progress::kBlocked;
   }
-  SendUnit unit;
-  if (!MakeFileUnit(*stream, header, header_bytes, file_fd, offset, payload_bytes, &unit, failure)) {
-    // The socket already has `sent` bytes of this unit: the stream cannot go on without the rest.
-    Fail(*stream, *failure, false);
-    return kSendFailed;
-  }
-  unit.Advance(sent);
-  return QueueUnit(*stream, std::move(unit), failure);
+  return FinishCopied(*stream, sent, blocked, byte_count, header, header_bytes, file_fd, offset, payload_bytes, failure);
 }
 
 int Engine::SendMessage(uint64_t id, const uint8_t* bytes, size_t byte_count, Failure* failure) {

@@ -50,6 +50,13 @@ constexpr size_t kIterationBudgetBytes = 4 * 1024 * 1024;
 // sendfile. Larger payloads go per stream as SendChunk. Whatever a socket does not take is queued as SendChunk
 // would queue it (inline header, file range), so the copy never outlives the call.
 constexpr size_t kBatchCopyBytesMax = 8 * 1024;
+// sendChunkBatch's copied sends go to the kernel through a ring of their own, kBatchRingEntries per io_uring_enter,
+// instead of one send() each: on this kernel (PREEMPT_NONE) every syscall's return to user space is where a
+// replica process the send just woke takes the CPU, and with a same-host consumer on 2 vCPUs 100 send() calls saw
+// up to 100 involuntary context switches in one batch (the publish -> socket p99 at 100 replicas, issue 13).
+// One io_uring_enter issues every send inline (MSG_DONTWAIT: a full socket completes at once with what it took or
+// -EAGAIN, never waits) and returns once: the woken readers get the CPU after the whole batch.
+constexpr unsigned kBatchRingEntries = 256;
 // Chunks one SendChunkRun call takes: a catch-up run is at most the sender's per-turn budget (512 KiB, four chunks of
 // kPayloadBytesMax) and never more than the 1 MiB prefetch piece it comes from; 16 leaves room for short chunks.
 constexpr size_t kRunChunksMax = 16;
@@ -258,6 +265,19 @@ class Engine {
   int Submit(Stream& stream, SendUnit&& unit, Failure* failure);
   int SubmitCopied(uint64_t id, const uint8_t* bytes, size_t byte_count, const uint8_t* header, size_t header_bytes,
                    int file_fd, uint64_t offset, size_t payload_bytes, Failure* failure);
+  // SubmitCopied's checks: the stream a copied send may go to, or nullptr with *failure and kSendFailed to report.
+  Stream* CopiedTarget(uint64_t id, Failure* failure);
+  // A copied send's end, `sent` bytes of it written (`blocked`: the socket filled): done, or the rest queued as
+  // SendChunk queues it.
+  int FinishCopied(Stream& stream, size_t sent, bool blocked, size_t byte_count, const uint8_t* header, size_t header_bytes,
+                   int file_fd, uint64_t offset, size_t payload_bytes, Failure* failure);
+  // send() from bytes[*sent] on until all is written or the socket is full (kBlocked); kFailed with *failure set.
+  Progress SendCopiedFrom(Stream& stream, const uint8_t* bytes, size_t byte_count, size_t* sent, Failure* failure);
+  // SendChunkBatch's copied sends through batch_ring_ (see kBatchRingEntries); false when that ring cannot be made
+  // (then nothing was sent and the caller sends per stream).
+  bool SendCopiedBatch(const uint64_t* ids, size_t count, const uint8_t* header, size_t header_bytes, int file_fd,
+                       uint64_t offset, size_t payload_bytes, int32_t* statuses, Failure* failures);
+  bool StartBatchRing();
   int QueueUnit(Stream& stream, SendUnit&& unit, Failure* failure);
   int QueueStatus(Stream& stream);
   Progress WriteUnit(Stream& stream, SendUnit& unit, Failure* failure);
@@ -328,7 +348,16 @@ class Engine {
   std::deque<uint64_t> ready_;
   std::vector<Event> events_;
   // SendChunkBatch's header + payload copy (kBatchCopyBytesMax + kHeaderBytesMax at most), reused across calls.
+  // Reserved whole before the first use, so its data never moves: batch_ring_'s sends point into it.
   std::vector<uint8_t> batch_bytes_;
+  // SendChunkBatch's ring (kBatchRingEntries): only its copied sends, each reaped before the call returns. Made at
+  // the first batch; kUntried, then kReady or kUnavailable (io_uring refused: per-stream send() as before); kBroken
+  // after an io_uring_enter that kept failing (never entered again; freed at Close).
+  enum class BatchRing { kUntried, kReady, kBroken, kUnavailable };
+  BatchRing batch_ring_state_ = BatchRing::kUntried;
+  io_uring batch_ring_{};
+  // Per batch_ring_ round: the batch index of each send submitted, in submission order.
+  std::vector<size_t> batch_pending_;
   // The thread's shared cache (file-maps.h): page checksums map the same files, and a send reuses their page tables.
   FileMapCache& maps_ = ThreadFileMaps();
   std::unordered_map<uint64_t, PrefetchRead> reads_in_flight_;
