@@ -34,6 +34,18 @@ export function parseHistogramBuckets(text: string, name: string): Buckets | und
   return buckets.size === 0 ? undefined : buckets;
 }
 
+/** The sum of `NAME_sum{...} X` lines (seconds, over every label set); undefined when there is none. */
+export function parseHistogramSum(text: string, name: string): number | undefined {
+  const prefix = `${name}_sum`;
+  let sum: number | undefined;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(prefix) || (line[prefix.length] !== '{' && line[prefix.length] !== ' ')) continue;
+    const value = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (Number.isFinite(value)) sum = (sum ?? 0) + value;
+  }
+  return sum;
+}
+
 /** What was observed between two scrapes (cumulative counts only grow; a restart in between is not handled). */
 export function bucketDelta(before: Buckets | undefined, after: Buckets): Buckets {
   return new Map([...after].map(([bound, count]) => [bound, count - (before?.get(bound) ?? 0)]));
@@ -50,6 +62,20 @@ export function histogramPercentileMs(buckets: Buckets, p: number): number | und
   const rank = Math.max(1, Math.ceil((p / 100) * total));
   for (const bound of bounds) if ((buckets.get(bound) ?? 0) >= rank) return bound * MS_PER_SECOND;
   return Number.POSITIVE_INFINITY;
+}
+
+/**
+ * Scrapes the histogram's sum of observed seconds (with the count of a bucket delta: the mean, exact where the
+ * quantiles are bucket bounds); undefined as for scrapeHistogram.
+ */
+export async function scrapeHistogramSum(metricsUrl: string | undefined, name: string): Promise<number | undefined> {
+  if (metricsUrl === undefined) return undefined;
+  try {
+    const response = await fetch(metricsUrl, { signal: AbortSignal.timeout(METRICS_TIMEOUT_MS) });
+    return parseHistogramSum(await response.text(), name);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Scrapes the histogram; undefined when the server has no metrics URL, no such histogram, or did not answer. */

@@ -56,6 +56,8 @@ export interface RunRecord {
   /** walcast's fan-out histogram over the run: publish → the last waiting replica's socket, bucket upper bounds. */
   readonly internalFanoutP50Ms?: number;
   readonly internalFanoutP99Ms?: number;
+  /** The same histogram's mean over the run (its sum over its count: exact, where the quantiles are bucket bounds). */
+  readonly internalFanoutMeanMs?: number;
   /** walcast's ingest-hop histogram over the run: upstream message received → published, bucket upper bounds. */
   readonly internalIngestP50Ms?: number;
   readonly internalIngestP99Ms?: number;
@@ -86,6 +88,7 @@ export const FIGURE_METRICS = [
   'internalPublishP99Ms',
   'internalFanoutP50Ms',
   'internalFanoutP99Ms',
+  'internalFanoutMeanMs',
   'internalIngestP50Ms',
   'internalIngestP99Ms',
   'loadAverage1m',

@@ -17,7 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
 import { copyStandby } from '../../test/support/postgres.js';
 import { startConsumer, type ConsumerResult, type RunningConsumer } from '../lib/consumer.js';
-import { INGEST_TO_PUBLISH_HISTOGRAM, PUBLISH_FANOUT_HISTOGRAM, bucketDelta, histogramPercentileMs, scrapeHistogram, type Buckets } from '../lib/metrics-histogram.js';
+import { INGEST_TO_PUBLISH_HISTOGRAM, PUBLISH_FANOUT_HISTOGRAM, bucketDelta, histogramPercentileMs, scrapeHistogram, scrapeHistogramSum, type Buckets } from '../lib/metrics-histogram.js';
 import { SqlClient } from '../lib/sql-client.js';
 import { percentile } from '../lib/stats.js';
 import { BYTES_PER_GB, type RunRecord } from '../lib/results.js';
@@ -74,15 +74,17 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
     await sleep(SETTLE_MS);
     const histogramBefore = await scrapeHistogram(target.metricsUrl);
     const fanoutBefore = await scrapeHistogram(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
+    const fanoutSumBefore = await scrapeHistogramSum(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
     const ingestBefore = await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
     const commits = await commitSteadily(driver, context.plan.latency.commitsPerSecond, context.plan.latency.durationMs);
     await sleep(DRAIN_MS);
     const histogramAfter = await scrapeHistogram(target.metricsUrl);
     const fanoutAfter = await scrapeHistogram(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
+    const fanoutSumAfter = await scrapeHistogramSum(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
     const ingestAfter = await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
     const internal = {
       ...(histogramAfter === undefined ? {} : internalFigures(bucketDelta(histogramBefore, histogramAfter))),
-      ...(fanoutAfter === undefined ? {} : fanoutFigures(bucketDelta(fanoutBefore, fanoutAfter))),
+      ...(fanoutAfter === undefined ? {} : fanoutFigures(bucketDelta(fanoutBefore, fanoutAfter), fanoutSumAfter === undefined ? undefined : fanoutSumAfter - (fanoutSumBefore ?? 0))),
       ...(ingestAfter === undefined ? {} : ingestFigures(bucketDelta(ingestBefore, ingestAfter))),
     };
     consumer.stopStreaming();
@@ -141,11 +143,13 @@ function internalFigures(delta: ReturnType<typeof bucketDelta>): Pick<RunRecord,
 }
 
 /** The same for walcast's fan-out histogram (publish → the last waiting replica's socket), and how many publishes it timed. */
-function fanoutFigures(delta: Buckets): Pick<RunRecord, 'internalFanoutP50Ms' | 'internalFanoutP99Ms' | 'internalPublishes'> {
+function fanoutFigures(delta: Buckets, sumSeconds: number | undefined): Pick<RunRecord, 'internalFanoutP50Ms' | 'internalFanoutP99Ms' | 'internalFanoutMeanMs' | 'internalPublishes'> {
   const p50 = histogramPercentileMs(delta, 50);
   const p99 = histogramPercentileMs(delta, 99);
+  const publishes = delta.get(Number.POSITIVE_INFINITY) ?? 0;
   return {
-    internalPublishes: delta.get(Number.POSITIVE_INFINITY) ?? 0,
+    internalPublishes: publishes,
+    ...(sumSeconds === undefined || publishes === 0 ? {} : { internalFanoutMeanMs: (sumSeconds * 1000) / publishes }),
     ...(p50 === undefined || !Number.isFinite(p50) ? {} : { internalFanoutP50Ms: p50 }),
     ...(p99 === undefined || !Number.isFinite(p99) ? {} : { internalFanoutP99Ms: p99 }),
   };
