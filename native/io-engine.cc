@@ -325,8 +325,9 @@ void Engine::SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* he
   WALCAST_ASSERT(header_bytes > 0 && header_bytes <= kHeaderBytesMax);
   WALCAST_ASSERT(payload_bytes > 0 && payload_bytes <= kPayloadBytesMax);
   // Per stream the rules of SendChunk (queue bounds, iteration budget, byte accounting); the batch saves the
-  // crossings into the addon and the per-stream promise chains in JavaScript. io_uring submits per stream anyway.
-  if (payload_bytes > kBatchCopyBytesMax || strategy_ == Strategy::kUring) {
+  // crossings into the addon and the per-stream promise chains in JavaScript. The uring strategy takes the copied
+  // path only through the batch ring (SendCopiedBatch); without it, its sends go per stream on its own ring.
+  if (payload_bytes > kBatchCopyBytesMax || (strategy_ == Strategy::kUring && (closed_ || !StartBatchRing()))) {
     for (size_t index = 0; index < count; index++) {
       statuses[index] = SendChunk(ids[index], header, header_bytes, file_fd, offset, payload_bytes, &failures[index]);
     }
@@ -359,9 +360,15 @@ void Engine::SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* he
   }
   if (SendCopiedBatch(ids, count, header, header_bytes, file_fd, offset, payload_bytes, statuses, failures)) return;
   for (size_t index = 0; index < count; index++) {
-    statuses[index] = SubmitCopied(ids[index], batch_bytes_.data(), batch_bytes_.size(), header, header_bytes, file_fd,
-                                   offset, payload_bytes, &failures[index]);
+    statuses[index] = SendOneCopied(ids[index], header, header_bytes, file_fd, offset, payload_bytes, &failures[index]);
   }
+}
+
+int Engine::SendOneCopied(uint64_t id, const uint8_t* header, size_t header_bytes, int file_fd, uint64_t offset,
+                          size_t payload_bytes, Failure* failure) {
+  if (strategy_ == Strategy::kUring) return SendChunk(id, header, header_bytes, file_fd, offset, payload_bytes, failure);
+  return SubmitCopied(id, batch_bytes_.data(), batch_bytes_.size(), header, header_bytes, file_fd, offset, payload_bytes,
+                      failure);
 }
 
 bool Engine::StartBatchRing() {
@@ -391,7 +398,8 @@ bool Engine::SendCopiedBatch(const uint64_t* ids, size_t count, const uint8_t* h
         statuses[next] = kSendFailed;
         continue;
       }
-      if (!stream->queue.empty() || !stream->writable || iteration_bytes_ + planned_bytes >= kIterationBudgetBytes) {
+      if (!stream->queue.empty() || !stream->writable || stream->uring_busy ||
+          iteration_bytes_ + planned_bytes >= kIterationBudgetBytes) {
         statuses[next] = FinishCopied(*stream, 0, false, byte_count, header, header_bytes, file_fd, offset, payload_bytes, &failures[next]);
         continue;
       }
@@ -460,7 +468,7 @@ bool Engine::SendCopiedBatch(const uint64_t* ids, size_t count, const uint8_t* h
     if (batch_ring_state_ != BatchRing::kReady) {
       // The rest of the batch per stream.
       for (; next < count; next++) {
-        statuses[next] = SubmitCopied(ids[next], bytes, byte_count, header, header_bytes, file_fd, offset, payload_bytes, &failures[next]);
+        statuses[next] = SendOneCopied(ids[next], header, header_bytes, file_fd, offset, payload_bytes, &failures[next]);
       }
     }
   }
@@ -504,7 +512,6 @@ int Engine::FinishCopied(Stream& stream, size_t sent, bool blocked, size_t byte_
   stream.bytes_sent += sent;
   iteration_bytes_ += sent;
   if (sent == byte_count) return kSendDone;
-  if (blocked) stream.writable = false;
   SendUnit unit;
   if (!MakeFileUnit(stream, header, header_bytes, file_fd, offset, payload_bytes, &unit, failure)) {
     // The socket may already have `sent` bytes of this unit: the stream cannot go on without the rest.
@@ -512,6 +519,18 @@ int Engine::FinishCopied(Stream& stream, size_t sent, bool blocked, size_t byte_
     return kSendFailed;
   }
   unit.Advance(sent);
+  if (strategy_ == Strategy::kUring) {
+    // As Submit queues for uring: its ring sends the rest, waiting in the kernel for room after a full socket.
+    stream.queue.push_back(std::move(unit));
+    if (blocked) stream.poll_first = true;
+    if (OverIterationBudget()) {
+      MarkReady(stream);
+    } else {
+      KickUring(stream);
+    }
+    return QueueStatus(stream);
+  }
+  if (blocked) stream.writable = false;
   return QueueUnit(stream, std::move(unit), failure);
 }
 

@@ -55,7 +55,9 @@ constexpr size_t kBatchCopyBytesMax = 8 * 1024;
 // replica process the send just woke takes the CPU, and with a same-host consumer on 2 vCPUs 100 send() calls saw
 // up to 100 involuntary context switches in one batch (the publish -> socket p99 at 100 replicas, issue 13).
 // One io_uring_enter issues every send inline (MSG_DONTWAIT: a full socket completes at once with what it took or
-// -EAGAIN, never waits) and returns once: the woken readers get the CPU after the whole batch.
+// -EAGAIN, never waits) and returns once: the woken readers get the CPU after the whole batch. The uring strategy
+// uses it too (before, its batch only queued, and the sends went out after the loop iteration's callbacks, their
+// written reports one iteration later).
 constexpr unsigned kBatchRingEntries = 256;
 // Chunks one SendChunkRun call takes: a catch-up run is at most the sender's per-turn budget (512 KiB, four chunks of
 // kPayloadBytesMax) and never more than the 1 MiB prefetch piece it comes from; 16 leaves room for short chunks.
@@ -214,7 +216,9 @@ class Engine {
   int SendMessage(uint64_t id, const uint8_t* bytes, size_t byte_count, Failure* failure);
   // One commit's chunk to many streams: the same header and file range, submitted to each stream in `ids` order as
   // SendChunk would (written now while the socket has room, else the rest queued from a dup). statuses[i] and
-  // failures[i] are SendChunk's result for ids[i]; a failure is recorded on that stream only.
+  // failures[i] are SendChunk's result for ids[i]; a failure is recorded on that stream only. Payloads up to
+  // kBatchCopyBytesMax are written within the call through the batch ring (every strategy, uring included: a stream
+  // with nothing queued or in flight), so kSendDone means in the kernel for them too.
   void SendChunkBatch(const uint64_t* ids, size_t count, const uint8_t* header, size_t header_bytes, int file_fd,
                       uint64_t offset, size_t payload_bytes, int32_t* statuses, Failure* failures);
   // One stream's catch-up run: chunk i is header i (headers + i * header_bytes) followed by ranges[i]. Chunks are
@@ -278,6 +282,9 @@ class Engine {
   bool SendCopiedBatch(const uint64_t* ids, size_t count, const uint8_t* header, size_t header_bytes, int file_fd,
                        uint64_t offset, size_t payload_bytes, int32_t* statuses, Failure* failures);
   bool StartBatchRing();
+  // One stream's copied send without the batch ring: SubmitCopied, or for uring SendChunk (its own ring).
+  int SendOneCopied(uint64_t id, const uint8_t* header, size_t header_bytes, int file_fd, uint64_t offset,
+                    size_t payload_bytes, Failure* failure);
   int QueueUnit(Stream& stream, SendUnit&& unit, Failure* failure);
   int QueueStatus(Stream& stream);
   Progress WriteUnit(Stream& stream, SendUnit& unit, Failure* failure);

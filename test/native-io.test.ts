@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { constants as osConstants } from 'node:os';
 import { isWalcastError } from '../src/errors.js';
-import { CHUNK_RUN_CHUNKS_MAX, type IoBackend, type StreamWriter, type WalChunk, type WalFileHandle } from '../src/io/backend.js';
+import { BatchOutcome, CHUNK_RUN_CHUNKS_MAX, type IoBackend, type StreamWriter, type WalChunk, type WalFileHandle } from '../src/io/backend.js';
 import { NATIVE_STRATEGIES, createNativeBackend, probeNative, type NativeStrategy } from '../src/io/native-backend.js';
 import { NativeIoError, loadNativeAddon, type NativeEngine } from '../src/io/native-binding.js';
 import { createTsBackend } from '../src/io/ts-backend.js';
@@ -36,6 +36,8 @@ const DISCONNECT_ROUNDS = 1000;
 /** Disconnect rounds run this many at a time: fast, and well under the default fd limit. */
 const DISCONNECT_PARALLEL = 20;
 const FAN_OUT_RECEIVERS = 200;
+/** Streams in one chunkBatch call: more than one io_uring_enter of the addon's batch ring takes (kBatchRingEntries, 256). */
+const BATCH_RECEIVERS = 300;
 /** The random-interleaving case: streams at once, and units per stream (about 4 MiB each). */
 const RANDOM_STREAMS = 20;
 const RANDOM_UNITS_PER_STREAM = 80;
@@ -618,6 +620,52 @@ for (const strategy of NATIVE_STRATEGIES) {
       for (const { client, server } of pairs) {
         client.destroy();
         server.destroy();
+      }
+    });
+
+    test(`chunkBatch to ${BATCH_RECEIVERS} receivers in one call (more sends than one ring submission takes): all byte-identical, the small chunks written within the call`, async () => {
+      const batch = backend.chunkBatch;
+      assert.ok(batch !== undefined, 'the native backend offers ChunkBatch');
+      const random = seededRandom(29);
+      // A commit's chunk is small (the copied path, ≤ 8 KiB); every tenth is larger (per stream, any strategy).
+      const units: Unit[] = [];
+      for (let index = 0; index < 60; index++) {
+        const segment = segments[Math.floor(random() * SEGMENT_COUNT)]!;
+        const byteCount = index % 10 === 9 ? 8193 + Math.floor(random() * 40_000) : 1 + Math.floor(random() * 8192);
+        const fileOffset = Math.floor(random() * (SEGMENT_BYTES - byteCount));
+        units.push({ kind: 'chunk', header: Buffer.alloc(HEADER_BYTES, (index * 7) % 251), chunk: { file: segment.handle, fileOffset, byteCount } });
+      }
+      const expected = expectedBytes(units);
+      const pairs = await Promise.all(Array.from({ length: BATCH_RECEIVERS }, () => connectPair(loopback)));
+      try {
+        const received = pairs.map(({ client }) => collect(client, expected.length));
+        const writers = await Promise.all(pairs.map(({ server }) => backend.openStream(server)));
+        const outcomes = new Int32Array(writers.length);
+        let written = 0;
+        for (const unit of units) {
+          assert.equal(unit.kind, 'chunk');
+          if (unit.kind !== 'chunk') continue;
+          // A stream at its in-flight bound sits a chunk out until it drained, as fanout-batch.ts would let it go alone.
+          for (const writer of writers) if (!batch.accepts(writer)) await new Promise<void>((resolve) => writer.afterWritten(resolve));
+          const errors = batch.send(writers, writers.length, unit.header, unit.chunk, outcomes);
+          assert.equal(errors?.some((error) => error !== undefined) ?? false, false, 'no stream failed');
+          for (let index = 0; index < writers.length; index++) {
+            assert.notEqual(outcomes[index], BatchOutcome.failed);
+            if (unit.chunk.byteCount <= 8192 && outcomes[index] === BatchOutcome.written) written++;
+          }
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+        assert.ok(written > 0, 'small chunks reached the kernel within the call');
+        for (const [index, writer] of writers.entries()) {
+          await writer.release();
+          assert.equal(writer.bytesSent, expected.length, `receiver ${index}: bytesSent counts headers and payload`);
+          assert.ok((await received[index]!).equals(expected), `receiver ${index} got identical bytes`);
+        }
+      } finally {
+        for (const { client, server } of pairs) {
+          client.destroy();
+          server.destroy();
+        }
       }
     });
 
