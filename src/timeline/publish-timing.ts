@@ -78,13 +78,75 @@ interface Publish {
   readonly atMs: number;
   /** Live streams that owe this publish a write. */
   pending: number;
-  /** When the latest of its streams wrote it, if any did. */
-  lastWrittenAtMs: number | undefined;
+  /**
+   * When the latest of its streams wrote it; NOT_WRITTEN until one did. A number from the start: a field that began
+   * as undefined holds each later double in a new heap box, one per stream and publish.
+   */
+  lastWrittenAtMs: number;
 }
 
-interface Owed {
-  readonly publish: Publish;
-  readonly state: StreamStateAtPublish;
+/** Publish.lastWrittenAtMs before any stream wrote it. */
+const NOT_WRITTEN = -1;
+
+/** Capacity an OwedPublishes starts with: a caught-up stream owes one or two publishes at a time. */
+const OWED_RING_INITIAL = 4;
+
+/**
+ * The publishes one stream owes, oldest first, with the stream's state at each: a ring that grows (to
+ * OWED_PUBLISHES_PER_STREAM_MAX at most) and is then reused, so owing and settling a publish allocates nothing. A
+ * record object per stream and publish, in an array emptied after each write (which frees its backing store, so the
+ * next publish allocates one again), was about a tenth of the server's allocations per publish at 1,000 replicas
+ * (allocation sampling, issue 13): garbage that brings the young-generation collections, each a pause for the next
+ * commit's fan-out.
+ */
+class OwedPublishes {
+  private publishes: (Publish | undefined)[] = new Array<Publish | undefined>(OWED_RING_INITIAL).fill(undefined);
+  private states: StreamStateAtPublish[] = new Array<StreamStateAtPublish>(OWED_RING_INITIAL).fill('busy');
+  private head = 0;
+  length = 0;
+
+  /** The index-th oldest owed publish (index < length). */
+  publishAt(index: number): Publish {
+    const publish = this.publishes[(this.head + index) % this.publishes.length];
+    assert.ok(publish !== undefined && index < this.length, 'an owed publish');
+    return publish;
+  }
+
+  stateAt(index: number): StreamStateAtPublish {
+    return this.states[(this.head + index) % this.states.length] ?? 'busy';
+  }
+
+  push(publish: Publish, state: StreamStateAtPublish): void {
+    if (this.length === this.publishes.length) this.grow();
+    const slot = (this.head + this.length) % this.publishes.length;
+    this.publishes[slot] = publish;
+    this.states[slot] = state;
+    this.length++;
+  }
+
+  /** Forgets the `count` oldest (their publishes are no longer held). */
+  dropOldest(count: number): void {
+    assert.ok(count <= this.length);
+    for (let index = 0; index < count; index++) {
+      this.publishes[this.head] = undefined;
+      this.head = (this.head + 1) % this.publishes.length;
+    }
+    this.length -= count;
+    if (this.length === 0) this.head = 0;
+  }
+
+  private grow(): void {
+    const capacity = this.publishes.length * 2;
+    const publishes = new Array<Publish | undefined>(capacity).fill(undefined);
+    const states = new Array<StreamStateAtPublish>(capacity).fill('busy');
+    for (let index = 0; index < this.length; index++) {
+      publishes[index] = this.publishAt(index);
+      states[index] = this.stateAt(index);
+    }
+    this.publishes = publishes;
+    this.states = states;
+    this.head = 0;
+  }
 }
 
 /** The sender loop's side of the timing (one per stream); replication/send-wal.ts PublishClock. */
@@ -116,7 +178,7 @@ export class PublishTiming {
   /** Called by the watch when its LSN moves forward to `lsn`, before the waiters it wakes run. */
   published(lsn: Lsn): void {
     if (this.live.size === 0) return;
-    const publish: Publish = { lsn, atMs: performance.now(), pending: 0, lastWrittenAtMs: undefined };
+    const publish: Publish = { lsn, atMs: performance.now(), pending: 0, lastWrittenAtMs: NOT_WRITTEN };
     for (const stream of this.live) {
       if (stream.owe(publish)) publish.pending++;
     }
@@ -138,10 +200,9 @@ export class PublishTiming {
     else this.live.delete(stream);
   }
 
-  /** @internal A stream wrote `owed`'s publish at `nowMs`. */
-  completed(owed: Owed, nowMs: number): void {
-    const { publish } = owed;
-    this.publishToSocket[owed.state].observe((nowMs - publish.atMs) / 1000);
+  /** @internal A stream wrote `publish` (owed since it was in `state`) at `nowMs`. */
+  completed(publish: Publish, state: StreamStateAtPublish, nowMs: number): void {
+    this.publishToSocket[state].observe((nowMs - publish.atMs) / 1000);
     publish.lastWrittenAtMs = nowMs;
     this.settle(publish);
   }
@@ -159,13 +220,13 @@ export class PublishTiming {
   private settle(publish: Publish): void {
     assert.ok(publish.pending > 0, 'a publish is settled once per stream that owed it');
     publish.pending--;
-    if (publish.pending === 0 && publish.lastWrittenAtMs !== undefined) this.fanout.observe((publish.lastWrittenAtMs - publish.atMs) / 1000);
+    if (publish.pending === 0 && publish.lastWrittenAtMs !== NOT_WRITTEN) this.fanout.observe((publish.lastWrittenAtMs - publish.atMs) / 1000);
   }
 }
 
 class StreamClock implements StreamPublishClock {
   /** Publishes this stream owes a write, oldest (lowest LSN) first. */
-  private owed: Owed[] = [];
+  private readonly owed = new OwedPublishes();
   /** Everything up to here was accepted by the backend and its written report was asked for (or it was sent before it went live). */
   private reportedThrough: Lsn | undefined;
   /** What the stream has sent when it last waited; a publish at or below it is not owed. */
@@ -194,7 +255,7 @@ class StreamClock implements StreamPublishClock {
       this.stopCounting();
       return false;
     }
-    this.owed.push({ publish, state: this.isWaiting ? 'waiting' : 'busy' });
+    this.owed.push(publish, this.isWaiting ? 'waiting' : 'busy');
     // Whatever woke it, the stream is busy from this publish on until it waits again.
     this.isWaiting = false;
     return true;
@@ -205,14 +266,15 @@ class StreamClock implements StreamPublishClock {
     this.sentLsn = throughLsn > this.sentLsn ? throughLsn : this.sentLsn;
     // The first owed publish no earlier report covers (a loop, not find: this runs per stream and batch).
     const reported = this.reportedThrough;
-    let first: Owed | undefined;
-    for (const owed of this.owed) {
-      if (reported === undefined || owed.publish.lsn > reported) {
-        first = owed;
+    let first: Publish | undefined;
+    for (let index = 0; index < this.owed.length; index++) {
+      const publish = this.owed.publishAt(index);
+      if (reported === undefined || publish.lsn > reported) {
+        first = publish;
         break;
       }
     }
-    if (first === undefined || first.publish.lsn > throughLsn) return false;
+    if (first === undefined || first.lsn > throughLsn) return false;
     this.reportedThrough = throughLsn;
     return true;
   }
@@ -221,15 +283,11 @@ class StreamClock implements StreamPublishClock {
     if (this.closed) return;
     const nowMs = atMs ?? performance.now();
     let done = 0;
-    while (done < this.owed.length && (this.owed[done]?.publish.lsn ?? 0n) <= throughLsn) {
-      const owed = this.owed[done];
-      assert.ok(owed !== undefined);
-      this.timing.completed(owed, nowMs);
+    while (done < this.owed.length && this.owed.publishAt(done).lsn <= throughLsn) {
+      this.timing.completed(this.owed.publishAt(done), this.owed.stateAt(done), nowMs);
       done++;
     }
-    // A caught-up stream wrote everything it owed (the usual case, per stream and publish): no new array.
-    if (done === this.owed.length) this.owed.length = 0;
-    else if (done > 0) this.owed = this.owed.slice(done);
+    this.owed.dropOldest(done);
   }
 
   close(): void {
@@ -240,8 +298,8 @@ class StreamClock implements StreamPublishClock {
 
   /** Leaves the live set and gives up what it owes; waiting again makes it live again. */
   private stopCounting(): void {
-    for (const owed of this.owed) this.timing.abandoned(owed.publish);
-    this.owed = [];
+    for (let index = 0; index < this.owed.length; index++) this.timing.abandoned(this.owed.publishAt(index));
+    this.owed.dropOldest(this.owed.length);
     this.reportedThrough = undefined;
     this.isWaiting = false;
     if (this.isLive) {
