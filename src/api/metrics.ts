@@ -23,7 +23,7 @@ import { PUBLISH_LATENCY_BUCKETS_SECONDS, type LatencyHistogram } from '../timel
 import type { SlotSnapshot } from '../slots/slot-table.js';
 import { slotRetainedBytes } from './status-model.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
-import { replicaLag } from './status-model.js';
+import { replicaLag, type ReplicaLag } from './status-model.js';
 
 const TIMELINE_LABELS = ['tenant_id', 'timeline_id'] as const;
 const REPLICA_LABELS = ['tenant_id', 'timeline_id', 'appname', 'conn_id'] as const;
@@ -179,30 +179,59 @@ function registerSlotGauges(registry: Registry, eachTimeline: EachTimeline): voi
   perSlot('walcast_slot_lost', '1 when the replication slot was invalidated (wal_status lost), else 0.', (_timeline, slot) => (slot.invalidated ? 1 : 0));
 }
 
+/** One replica as the per-replica gauges of one scrape read it. */
+interface ReplicaRow {
+  readonly replica: ReplicaSnapshot;
+  readonly labels: Record<(typeof REPLICA_LABELS)[number], string>;
+  readonly lag: ReplicaLag;
+}
+
+/**
+ * The six per-replica gauges of one scrape share one snapshot of each timeline's replicas, with its labels and lag
+ * computed once per replica: prom-client runs every metric's collect synchronously at the start of a scrape
+ * (Registry.metrics), so rows made in one synchronous stretch are that scrape's, and a microtask later they are
+ * dropped. Each gauge taking its own snapshot (and three computing the lag) was most of a scrape at 1,000 replicas:
+ * ~120 ms per /metrics request on the event loop, a stall that every commit fan-out in that window waits out
+ * (profiled, issue 13).
+ */
 function registerReplicaGauges(registry: Registry, eachTimeline: EachTimeline): void {
-  const perReplica = (name: string, help: string, value: (timeline: Timeline, commitLsn: bigint) => (replica: ReplicaSnapshot) => number | undefined): void =>
+  let rowsByTimeline: Map<Timeline, readonly ReplicaRow[]> | undefined;
+  const rowsOf = (timeline: Timeline): readonly ReplicaRow[] => {
+    if (rowsByTimeline === undefined) {
+      const made = new Map<Timeline, readonly ReplicaRow[]>();
+      rowsByTimeline = made;
+      queueMicrotask(() => {
+        if (rowsByTimeline === made) rowsByTimeline = undefined;
+      });
+    }
+    const known = rowsByTimeline.get(timeline);
+    if (known !== undefined) return known;
+    const commitLsn = timeline.commitLsn.get();
+    const shared = timelineLabels(timeline);
+    const rows = timeline.replicas.snapshot().map((replica) => ({
+      replica,
+      labels: { ...shared, appname: replica.appName, conn_id: String(replica.connId) },
+      lag: replicaLag(replica, commitLsn),
+    }));
+    rowsByTimeline.set(timeline, rows);
+    return rows;
+  };
+  const perReplica = (name: string, help: string, value: (row: ReplicaRow) => number | undefined): void =>
     scrapeGauge(registry, name, help, REPLICA_LABELS, (gauge) =>
       eachTimeline((timeline) => {
-        const read = value(timeline, timeline.commitLsn.get());
-        for (const replica of timeline.replicas.snapshot()) {
-          const sample = read(replica);
-          if (sample !== undefined) gauge.set({ ...timelineLabels(timeline), appname: replica.appName, conn_id: String(replica.connId) }, sample);
+        for (const row of rowsOf(timeline)) {
+          const sample = value(row);
+          if (sample !== undefined) gauge.set(row.labels, sample);
         }
       }),
     );
-  perReplica('walcast_replica_lag_bytes', 'Commit LSN minus what the replica confirmed: pageserver last_received_lsn, else standby flush LSN.', (_timeline, commitLsn) => (replica) =>
-    replicaLag(replica, commitLsn).confirmedBytes,
-  );
-  perReplica('walcast_replica_apply_lag_bytes', 'Commit LSN minus the standby apply LSN (standbys that report one).', (_timeline, commitLsn) => (replica) =>
-    replicaLag(replica, commitLsn).applyBytes,
-  );
-  perReplica('walcast_replica_send_lag_bytes', 'Commit LSN minus what walcast has sent to the replica.', (_timeline, commitLsn) => (replica) =>
-    replicaLag(replica, commitLsn).sentBytes,
-  );
-  perReplica('walcast_replica_sent_lsn', 'WAL position walcast has sent the replica up to.', () => (replica) => Number(replica.sentLsn));
-  perReplica('walcast_replica_bytes_sent', 'Bytes sent to the replica on this stream.', () => (replica) => replica.bytesSent);
-  perReplica('walcast_replica_feedback_age_seconds', 'Seconds since the replica last sent feedback (safekeeper_feedback_last_time_seconds, as an age).', () => (replica) =>
-    replica.lastFeedbackAt === undefined ? undefined : Math.max(0, (Date.now() - replica.lastFeedbackAt.getTime()) / MS_PER_SECOND),
+  perReplica('walcast_replica_lag_bytes', 'Commit LSN minus what the replica confirmed: pageserver last_received_lsn, else standby flush LSN.', (row) => row.lag.confirmedBytes);
+  perReplica('walcast_replica_apply_lag_bytes', 'Commit LSN minus the standby apply LSN (standbys that report one).', (row) => row.lag.applyBytes);
+  perReplica('walcast_replica_send_lag_bytes', 'Commit LSN minus what walcast has sent to the replica.', (row) => row.lag.sentBytes);
+  perReplica('walcast_replica_sent_lsn', 'WAL position walcast has sent the replica up to.', (row) => Number(row.replica.sentLsn));
+  perReplica('walcast_replica_bytes_sent', 'Bytes sent to the replica on this stream.', (row) => row.replica.bytesSent);
+  perReplica('walcast_replica_feedback_age_seconds', 'Seconds since the replica last sent feedback (safekeeper_feedback_last_time_seconds, as an age).', (row) =>
+    row.replica.lastFeedbackAt === undefined ? undefined : Math.max(0, (Date.now() - row.replica.lastFeedbackAt.getTime()) / MS_PER_SECOND),
   );
 }
 
