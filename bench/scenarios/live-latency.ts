@@ -17,7 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
 import { copyStandby } from '../../test/support/postgres.js';
 import { startConsumer, type ConsumerResult, type RunningConsumer } from '../lib/consumer.js';
-import { INGEST_TO_PUBLISH_HISTOGRAM, PUBLISH_FANOUT_HISTOGRAM, bucketDelta, histogramPercentileMs, scrapeHistogram, scrapeHistogramSum, type Buckets } from '../lib/metrics-histogram.js';
+import { INGEST_TO_PUBLISH_HISTOGRAM, PUBLISH_FANOUT_HISTOGRAM, PUBLISH_TO_SOCKET_HISTOGRAM, bucketDelta, histogramPercentileMs, parseHistogramBuckets, parseHistogramSum, scrapeMetricsText, type Buckets } from '../lib/metrics-histogram.js';
 import { SqlClient } from '../lib/sql-client.js';
 import { percentile } from '../lib/stats.js';
 import { BYTES_PER_GB, type RunRecord } from '../lib/results.js';
@@ -72,16 +72,20 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
     const streaming = await consumer.streaming;
     if (streaming.failed !== 0) throw new Error(`${streaming.failed} of ${replicas} replicas failed to start`);
     await sleep(SETTLE_MS);
-    const histogramBefore = await scrapeHistogram(target.metricsUrl);
-    const fanoutBefore = await scrapeHistogram(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
-    const fanoutSumBefore = await scrapeHistogramSum(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
-    const ingestBefore = await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
+    // One scrape each side (see scrapeMetricsText): the histograms are parsed from the same text.
+    const before = await scrapeMetricsText(target.metricsUrl);
     const commits = await commitSteadily(driver, context.plan.latency.commitsPerSecond, context.plan.latency.durationMs);
     await sleep(DRAIN_MS);
-    const histogramAfter = await scrapeHistogram(target.metricsUrl);
-    const fanoutAfter = await scrapeHistogram(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
-    const fanoutSumAfter = await scrapeHistogramSum(target.metricsUrl, PUBLISH_FANOUT_HISTOGRAM);
-    const ingestAfter = await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
+    const after = await scrapeMetricsText(target.metricsUrl);
+    const histogram = (text: string | undefined, name: string): Buckets | undefined => (text === undefined ? undefined : parseHistogramBuckets(text, name));
+    const histogramBefore = histogram(before, PUBLISH_TO_SOCKET_HISTOGRAM);
+    const histogramAfter = histogram(after, PUBLISH_TO_SOCKET_HISTOGRAM);
+    const fanoutBefore = histogram(before, PUBLISH_FANOUT_HISTOGRAM);
+    const fanoutAfter = histogram(after, PUBLISH_FANOUT_HISTOGRAM);
+    const fanoutSumBefore = before === undefined ? undefined : parseHistogramSum(before, PUBLISH_FANOUT_HISTOGRAM);
+    const fanoutSumAfter = after === undefined ? undefined : parseHistogramSum(after, PUBLISH_FANOUT_HISTOGRAM);
+    const ingestBefore = histogram(before, INGEST_TO_PUBLISH_HISTOGRAM);
+    const ingestAfter = histogram(after, INGEST_TO_PUBLISH_HISTOGRAM);
     const internal = {
       ...(histogramAfter === undefined ? {} : internalFigures(bucketDelta(histogramBefore, histogramAfter))),
       ...(fanoutAfter === undefined ? {} : fanoutFigures(bucketDelta(fanoutBefore, fanoutAfter), fanoutSumAfter === undefined ? undefined : fanoutSumAfter - (fanoutSumBefore ?? 0))),
