@@ -16,7 +16,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { CpuLoad } from '../bench/lib/cpu-load.js';
-import { bucketDelta, histogramPercentileMs, parseHistogramBuckets } from '../bench/lib/metrics-histogram.js';
+import { bucketDelta, histogramPercentileMs, parseHistogramBuckets, parseHistogramSum } from '../bench/lib/metrics-histogram.js';
 import { readCpu } from '../bench/lib/proc-stats.js';
 import { capRepetitions, parseScenarios, planFor } from '../bench/lib/plan.js';
 import { ratioText } from '../bench/lib/report-markdown.js';
@@ -401,6 +401,8 @@ test('bench /metrics histogram: buckets summed over labels, differenced between 
     'walcast_publish_to_socket_seconds_bucket{timeline="b",le="0.005"} 1',
     'walcast_publish_to_socket_seconds_bucket{timeline="b",le="+Inf"} 1',
     'walcast_publish_to_socket_seconds_sum 0.5',
+    'walcast_publish_to_socket_seconds_sum{timeline="b"} 0.25',
+    'walcast_publish_to_socket_seconds_sum_other 7',
     'walcast_publish_to_socket_seconds_bucket_other{le="1"} 99',
   ].join('\n');
   assert.equal(parseHistogramBuckets(scrape(1, 1, 1), 'walcast_missing_seconds'), undefined);
@@ -414,6 +416,9 @@ test('bench /metrics histogram: buckets summed over labels, differenced between 
   assert.equal(histogramPercentileMs(delta, 99), 5);
   assert.equal(histogramPercentileMs(delta, 100), Number.POSITIVE_INFINITY);
   assert.equal(histogramPercentileMs(bucketDelta(after, after), 99), undefined, 'nothing observed');
+  // The sum (for the mean): over every label set, not a longer name that starts the same.
+  assert.equal(parseHistogramSum(scrape(1, 1, 1), 'walcast_publish_to_socket_seconds'), 0.75);
+  assert.equal(parseHistogramSum(scrape(1, 1, 1), 'walcast_missing_seconds'), undefined);
 });
 
 test('bench chart: an SVG with no figures is still complete and balanced', () => {
