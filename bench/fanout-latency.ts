@@ -12,7 +12,9 @@
  *   primary meanwhile.
  *
  * Usage: node --import tsx bench/fanout-latency.ts [--replicas 1,100,1000] [--rate 100] [--duration-ms 3000]
- *   [--rounds 1] [--backends ts,native/uring] [--baseline DIR] [--out FILE.json]
+ *   [--rounds 1] [--backends ts,native/uring] [--baseline DIR] [--replies interval|each] [--out FILE.json]
+ * --replies each: every replica sends a standby status update after every XLogData, as a PostgreSQL walreceiver
+ * does after each write and flush (default interval: at start, when asked, and every 10 s, as pg_receivewal).
  * Starts and stops everything itself (primary, one following walcast per backend, consumers). Timing runs want an
  * otherwise idle machine; tiny sizes (--replicas 2 --duration-ms 500) only check that it works.
  *
@@ -44,6 +46,8 @@ interface Options {
   readonly rounds: number;
   readonly backends: readonly BackendName[];
   readonly baseline: string | undefined;
+  /** --replies each: every replica sends a status update after every XLogData (see wal-consumer --reply-each). */
+  readonly replyEach: boolean;
   readonly out: string | undefined;
 }
 
@@ -57,6 +61,7 @@ function parseOptions(argv: readonly string[]): Options {
       rounds: { type: 'string', default: '1' },
       backends: { type: 'string', default: 'ts,native/uring' },
       baseline: { type: 'string' },
+      replies: { type: 'string', default: 'interval' },
       out: { type: 'string' },
     },
     strict: true,
@@ -69,6 +74,7 @@ function parseOptions(argv: readonly string[]): Options {
   const backends = values.backends.split(',').map((name) => name.trim());
   const unknown = backends.filter((name) => !(BACKENDS as readonly string[]).includes(name));
   if (unknown.length > 0) usage(`unknown backend(s) ${unknown.join(', ')}; known: ${BACKENDS.join(', ')}`);
+  if (values.replies !== 'interval' && values.replies !== 'each') usage(`--replies must be interval or each, got "${values.replies}"`);
   return {
     replicaCounts: values.replicas.split(',').map((count) => positive(count.trim(), '--replicas')),
     commitsPerSecond: positive(values.rate, '--rate'),
@@ -76,12 +82,13 @@ function parseOptions(argv: readonly string[]): Options {
     rounds: positive(values.rounds, '--rounds'),
     backends: backends as BackendName[],
     baseline: values.baseline,
+    replyEach: values.replies === 'each',
     out: values.out,
   };
 }
 
 function usage(problem: string): never {
-  process.stderr.write(`${problem}\nusage: node --import tsx bench/fanout-latency.ts [--replicas 1,100,1000] [--rate N] [--duration-ms MS] [--rounds N] [--backends ts,native/uring] [--baseline DIR] [--out FILE]\n`);
+  process.stderr.write(`${problem}\nusage: node --import tsx bench/fanout-latency.ts [--replicas 1,100,1000] [--rate N] [--duration-ms MS] [--rounds N] [--backends ts,native/uring] [--baseline DIR] [--replies interval|each] [--out FILE]\n`);
   process.exit(EXIT_USAGE);
 }
 
@@ -187,8 +194,8 @@ async function main(): Promise<void> {
   const plan: BenchPlan = {
     ...base,
     pgbenchScale: 1,
-    latency: { replicaCounts: options.replicaCounts, commitsPerSecond: options.commitsPerSecond, durationMs: options.durationMs, repetitions: options.rounds, warmUp: true },
-    note: `fan-out latency: ${options.replicaCounts.join(', ')} replicas, ${options.commitsPerSecond} commits/s for ${options.durationMs} ms, ${options.rounds} round(s)`,
+    latency: { replicaCounts: options.replicaCounts, commitsPerSecond: options.commitsPerSecond, durationMs: options.durationMs, repetitions: options.rounds, warmUp: true, replyEach: options.replyEach },
+    note: `fan-out latency: ${options.replicaCounts.join(', ')} replicas, ${options.commitsPerSecond} commits/s for ${options.durationMs} ms, ${options.rounds} round(s)${options.replyEach ? ', replies after every message' : ''}`,
   };
   progress(plan.note);
   const tools = buildTools();

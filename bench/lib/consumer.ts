@@ -45,6 +45,8 @@ export interface ConsumerOptions {
   readonly timeoutMs: number;
   readonly latencyLog?: string;
   readonly pgTimelineId?: number;
+  /** A standby status update after every XLogData (wal-consumer --reply-each), as PostgreSQL's walreceiver replies. */
+  readonly replyEach?: boolean;
 }
 
 interface ConnectionCounts {
@@ -81,6 +83,7 @@ export function startConsumer(options: ConsumerOptions): RunningConsumer {
     '--timeout-ms', String(options.timeoutMs),
     '--wait-start',
     ...(options.latencyLog === undefined ? [] : ['--latency-log', options.latencyLog]),
+    ...(options.replyEach === true ? ['--reply-each'] : []),
   ];
   const tracked = spawnTracked(options.binary, args);
   return wrapConsumer(tracked);

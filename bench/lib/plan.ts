@@ -42,6 +42,8 @@ export interface BenchPlan {
     readonly repetitions: number;
     /** One unrecorded run per server first (JIT, connection caches), as the streaming scenarios do. */
     readonly warmUp: boolean;
+    /** Replicas send a status update after every XLogData, as standbys do (wal-consumer --reply-each); default off. */
+    readonly replyEach?: boolean;
   };
   /** tinybench time per micro-benchmark task. */
   readonly microTimeMs: number;

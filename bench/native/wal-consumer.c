@@ -89,6 +89,8 @@ static struct {
   int64_t timeout_ms;
   int raw;
   int wait_start;
+  /* --reply-each: a standby status update after every XLogData, as a walreceiver replies after each write/flush. */
+  int reply_each;
 } options = { "127.0.0.1", 0, 1, 0, 0, 1, "walcast-bench", "repl", NULL, 600000, 0, 0 };
 
 static struct conn *conns;
@@ -240,6 +242,7 @@ static void handle_xlogdata(struct conn *c) {
   if (options.target_bytes > 0 && c->received + counted > options.target_bytes) counted = options.target_bytes - c->received;
   c->received += counted;
   if (options.target_bytes > 0 && c->received >= options.target_bytes) mark_done(c);
+  if (options.reply_each) send_status(c, 0);
 }
 
 static void handle_error_response(struct conn *c) {
@@ -428,7 +431,7 @@ static int stdin_says_stop(void) {
 
 static void usage(void) {
   fprintf(stderr, "usage: wal-consumer --port P [--host H] [--connections N] --start X/X --bytes B [--timeline T]\n"
-                  "       [--app-name NAME] [--user NAME] [--latency-log FILE] [--timeout-ms MS] [--wait-start] [--raw]\n");
+                  "       [--app-name NAME] [--user NAME] [--latency-log FILE] [--timeout-ms MS] [--wait-start] [--reply-each] [--raw]\n");
   exit(2);
 }
 
@@ -438,6 +441,7 @@ static void parse_arguments(int argc, char **argv) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--raw") == 0) { options.raw = 1; continue; }
     if (strcmp(a, "--wait-start") == 0) { options.wait_start = 1; continue; }
+    if (strcmp(a, "--reply-each") == 0) { options.reply_each = 1; continue; }
     if (v == NULL) usage();
     i++;
     if (strcmp(a, "--host") == 0) options.host = v;

@@ -63,6 +63,7 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
       appName: 'bench-latency',
       timeoutMs: context.plan.runTimeoutMs,
       latencyLog: log,
+      ...(context.plan.latency.replyEach === true ? { replyEach: true } : {}),
     });
     // For a relay, one replica streams straight from the primary too, so the relay's own share can be told apart.
     if (target.relay) reference = await startReference(context, startLsn, referenceLog);
