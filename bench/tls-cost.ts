@@ -9,6 +9,11 @@
  * Run:    node --import tsx bench/tls-cost.ts --mib 1024 --replicas 100 --reps 3 [--replica-mib M] [--out DIR]
  *         (--mib: WAL generated, via pgbench scale; N replicas each stream --replica-mib, default an equal share
  *         of the range, so the N-replica runs move about as many bytes as the 1-replica run)
+ *         [--baseline DIR] [--no-postgres]
+ *         (--baseline: also run walcast ts and native from another tree, e.g. an older commit built with its
+ *         node_modules and native addon, as "walcast-ts-base"/"walcast-native-default-base", interleaved with this
+ *         tree's in every round; a table adds the paired ratios this tree / baseline. --no-postgres leaves
+ *         PostgreSQL out of the rounds, for an A/B of walcast alone)
  * Smoke:  node --import tsx bench/tls-cost.ts --smoke   (a few MB, 2 replicas, one round, every byte compared;
  *         checks the harness, the numbers mean nothing)
  *
@@ -63,6 +68,9 @@ interface Options {
   /** MiB each of the N replicas streams; undefined: an equal share of the range (at least REPLICA_BYTES_MIN). */
   readonly replicaMib: number | undefined;
   readonly outDir: string | undefined;
+  /** Another walcast tree to run beside this one (A/B), or undefined. */
+  readonly baseline: string | undefined;
+  readonly postgres: boolean;
 }
 
 interface TlsRun {
@@ -83,7 +91,7 @@ interface TlsRun {
 }
 
 function usage(message: string): never {
-  process.stderr.write(`${message}\nusage: node --import tsx bench/tls-cost.ts [--mib N] [--replicas N] [--reps N] [--replica-mib N] [--out DIR] | --smoke [...]\n`);
+  process.stderr.write(`${message}\nusage: node --import tsx bench/tls-cost.ts [--mib N] [--replicas N] [--reps N] [--replica-mib N] [--out DIR] [--baseline DIR] [--no-postgres] | --smoke [...]\n`);
   process.exit(EXIT_USAGE);
 }
 
@@ -99,6 +107,8 @@ function parseOptions(argv: readonly string[]): Options {
         reps: { type: 'string' },
         'replica-mib': { type: 'string' },
         out: { type: 'string' },
+        baseline: { type: 'string' },
+        'no-postgres': { type: 'boolean', default: false },
       },
       strict: true,
     }));
@@ -120,6 +130,8 @@ function parseOptions(argv: readonly string[]): Options {
     reps: positive(values.reps, 'reps', defaults.reps),
     replicaMib: values['replica-mib'] === undefined ? undefined : positive(values['replica-mib'], 'replica-mib', 1),
     outDir: values.out,
+    baseline: values.baseline,
+    postgres: !values['no-postgres'],
   };
 }
 
@@ -215,6 +227,25 @@ function renderTables(runs: readonly TlsRun[], servers: readonly string[], repli
   return lines.join('\n');
 }
 
+/** This tree / the baseline's, per server, transport and replica count: CPU s/GB and MB/s, paired within a round. */
+function renderBaselineTable(runs: readonly TlsRun[], servers: readonly string[], replicaCounts: readonly number[], baseline: string): string {
+  const lines = ['', `### this tree / baseline (${baseline})`, '', '| server | replicas | transport | CPU s/GB this | CPU s/GB base | CPU s/GB ratio | MB/s ratio |', '|---|---:|---|---:|---:|---:|---:|'];
+  const defined = (list: readonly (number | undefined)[]): number[] => list.filter((value): value is number => value !== undefined);
+  for (const server of servers) {
+    const base = `${server}-base`;
+    if (!servers.includes(base)) continue;
+    for (const replicas of replicaCounts) {
+      for (const transport of TRANSPORTS) {
+        const cpu = values(runs, server, transport, replicas, 'serverCpuSecondsPerGB');
+        const cpuBase = values(runs, base, transport, replicas, 'serverCpuSecondsPerGB');
+        const mbps = pairwiseRatio(values(runs, server, transport, replicas, 'throughputMBps'), values(runs, base, transport, replicas, 'throughputMBps'));
+        lines.push(`| ${SERVER_LABELS[server] ?? server} | ${replicas} | ${transport === 'tls' ? 'TLS' : 'plain'} | ${cell(summarize(defined(cpu)), 3)} | ${cell(summarize(defined(cpuBase)), 3)} | ${cell(pairwiseRatio(cpu, cpuBase), 2)} | ${cell(mbps, 2)} |`);
+      }
+    }
+  }
+  return lines.join('\n');
+}
+
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   const replicaCounts = options.replicas === 1 ? [1] : [1, options.replicas];
@@ -227,8 +258,13 @@ async function main(): Promise<void> {
   const targets: ServerTarget[] = [
     await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'ts', tls }),
     await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', tls }),
-    postgresTarget(wal.primary, wal),
   ];
+  if (options.baseline !== undefined) {
+    const repoRoot = options.baseline;
+    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'ts', tls, repoRoot, name: 'walcast-ts-base' }));
+    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', tls, repoRoot, name: 'walcast-native-default-base' }));
+  }
+  if (options.postgres) targets.push(postgresTarget(wal.primary, wal));
   progress(`servers ready: ${targets.map((target) => target.name).join(', ')}`);
   warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
   const runs: TlsRun[] = [];
@@ -263,7 +299,8 @@ async function main(): Promise<void> {
     `WAL ${(rangeBytes(wal) / MIB).toFixed(0)} MiB; 1 replica streams all of it, ${options.replicas} replicas ${(bytesPerReplica(wal, options.replicas, options.replicaMib) / MIB).toFixed(1)} MiB each; ${options.reps} round(s); client pg_receivewal --no-sync into /dev/shm, sslmode=disable / require.`,
     'Cells: median (min–max) over rounds; ratios are paired within a round. walcast native TLS streams use the encrypting TS path.',
   ].join('\n');
-  const markdown = `${heading}\n${renderTables(runs, targets.map((target) => target.name), replicaCounts)}\n`;
+  const names = targets.map((target) => target.name);
+  const markdown = `${heading}\n${renderTables(runs, names, replicaCounts)}\n${options.baseline === undefined ? '' : `${renderBaselineTable(runs, names, replicaCounts, options.baseline)}\n`}`;
   process.stdout.write(markdown);
   if (options.outDir !== undefined) {
     mkdirSync(options.outDir, { recursive: true });
