@@ -443,3 +443,46 @@ test('a read that fails mid-run rejects the run before any of its part is writte
     await backend.close();
   }
 });
+
+test('a read that fails before a verified chunk of the same part returns the verified buffer too', async () => {
+  const { server, local, peer } = await socketPair();
+  const fd = openSync(runPath, 'r');
+  const otherFd = openSync(otherPath, 'r');
+  const sendPool = new BufferPool(FRAME_BYTES_MAX, 8);
+  const checksumPool = createChecksumPool(2);
+  const backend = createTsBackend({ sendPool, checksumPool });
+  try {
+    const file = { fd, path: runPath };
+    const other = { fd: otherFd, path: otherPath };
+    const peerBytes = collect(peer);
+    const writer = await backend.openStream(local);
+    // The second chunk's pages are verified (by this or another stream) and its read is kept for the send.
+    const verified: WalChunk = { file, fileOffset: CHUNK_BYTES, byteCount: CHUNK_BYTES };
+    await backend.checksumPages(verified, 8192, new Uint32Array(CHUNK_BYTES / 8192));
+    assert.equal(checksumPool.inUse(), 1, 'the verified read is kept');
+    // The first chunk runs past the end of its file (truncated under the reader): its read fails after the kept read
+    // of the second chunk was taken for this part.
+    const bad: WalChunk[] = [{ file: other, fileOffset: 1000, byteCount: CHUNK_BYTES }, verified];
+    await assert.rejects(writer.sendChunkRun!(runHeaders(bad, 0x90), HEADER_BYTES, bad), (error) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO') && /short read/.test(String(error)));
+    assert.equal(sendPool.inUse(), 0, 'the failed part returned its send buffers');
+    assert.equal(checksumPool.inUse(), 0, 'the verified read taken for the failed part went back, not lost');
+    // Both verification buffers can still be had: verification is not starved by the failed run.
+    const both = [checksumPool.tryAcquire(), checksumPool.tryAcquire()];
+    assert.ok(both.every((buffer) => buffer !== undefined), 'the verification pool keeps its two buffers');
+    for (const buffer of both) checksumPool.release(buffer!);
+    // And the stream goes on with exact bytes.
+    const good: WalChunk[] = [verified];
+    const headers = runHeaders(good, 0x98);
+    await writer.sendChunkRun!(headers, HEADER_BYTES, good);
+    await writer.release();
+    const expected = expectedRun(headers, good, (chunk) => runContent.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount));
+    assert.ok((await peerBytes.until(expected.length)).equals(expected), 'nothing of the failed run reached the peer');
+  } finally {
+    closeSync(fd);
+    closeSync(otherFd);
+    local.destroy();
+    peer.destroy();
+    server.close();
+    await backend.close();
+  }
+});

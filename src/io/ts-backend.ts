@@ -70,11 +70,14 @@ const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
   detail: 'the ts backend sends through Node sockets (TLS streams through node:tls); kernel TLS is probed by the native backend only',
 };
 
-/** `sendPool`: the send buffers (tests pass a small pool of FRAME_BYTES_MAX buffers to watch it); default POOL_BUFFERS_MAX. */
-export function createTsBackend(options: { readonly sendPool?: BufferPool } = {}): IoBackend {
+/**
+ * `sendPool`: the send buffers (tests pass a small pool of FRAME_BYTES_MAX buffers to watch it); default
+ * POOL_BUFFERS_MAX. `checksumPool`: the verification buffers (tests watch it too); default createChecksumPool().
+ */
+export function createTsBackend(options: { readonly sendPool?: BufferPool; readonly checksumPool?: BufferPool } = {}): IoBackend {
   const pool = options.sendPool ?? new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX);
   assert.equal(pool.bufferBytes, FRAME_BYTES_MAX, 'send buffers hold a frame (and are exchanged with verification buffers)');
-  const verifiedReads = new VerifiedReads(createChecksumPool());
+  const verifiedReads = new VerifiedReads(options.checksumPool ?? createChecksumPool());
   const tailCache = new TailReadCache();
   return {
     kind: 'ts',
@@ -252,12 +255,13 @@ class TsStreamWriter implements StreamWriter {
       this.frameOffsets[index] = 0;
       const verified = this.verifiedReads.take(chunk);
       if (verified !== undefined) {
-        await readStretch(index);
         // The bytes just verified, already behind header room: sent as they are. The buffer joins the send pool (it
-        // is released there after its write) and the one acquired takes its place in the verification pool.
+        // is released there after its write) and the one acquired takes its place in the verification pool. Swapped
+        // before the stretch before it is read: the taken buffer is then in `frames`, and goes back if that read fails.
         this.verifiedReads.pool.release(frames[index]!);
         frames[index] = verified.buffer;
         this.frameOffsets[index] = verified.frameOffset;
+        await readStretch(index);
       } else if (chunk.byteCount <= TAIL_READ_BYTES_MAX) {
         await readStretch(index);
         // The live tail: every caught-up replica wants these same bytes; one read serves them all.
