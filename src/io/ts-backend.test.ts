@@ -486,3 +486,52 @@ test('a read that fails before a verified chunk of the same part returns the ver
     await backend.close();
   }
 });
+
+test('streams share a send pool smaller than their runs: no run waits on buffers another part holds, also beside a stalled replica', { timeout: 60_000 }, async () => {
+  // Five buffers: a stalled replica pins its bound of four, and three streams then share the one left. A part that
+  // held buffers while waiting for more would wait forever here (each holding some, none able to finish).
+  const sendPool = new BufferPool(FRAME_BYTES_MAX, STREAM_CHUNKS_IN_FLIGHT_MAX + 1);
+  const backend = createTsBackend({ sendPool });
+  const fd = openSync(runPath, 'r');
+  const pairs = await Promise.all([0, 1, 2, 3].map(() => socketPair()));
+  try {
+    const file = { fd, path: runPath };
+    const contentOf = (chunk: WalChunk): Buffer => runContent.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount);
+    const runAt = (start: number): WalChunk[] => Array.from({ length: STREAM_CHUNKS_IN_FLIGHT_MAX }, (_, index): WalChunk => ({ file, fileOffset: ((start + index) % RUN_FILE_CHUNKS) * CHUNK_BYTES, byteCount: CHUNK_BYTES }));
+    const [stalled, ...readers] = pairs;
+    stalled!.local.write(Buffer.alloc(FILLER_BYTES, 0x11));
+    const stalledWriter = await backend.openStream(stalled!.local);
+    const stalledRun = runAt(0);
+    const stalledHeaders = runHeaders(stalledRun, 0xa0);
+    await stalledWriter.sendChunkRun!(stalledHeaders, HEADER_BYTES, stalledRun);
+    assert.equal(sendPool.inUse(), STREAM_CHUNKS_IN_FLIGHT_MAX, 'the stalled replica pins its four buffers');
+    // Three streams, three runs each, all at once, through the one buffer left.
+    const streams = await Promise.all(readers.map(async ({ local, peer }, stream) => {
+      const peerBytes = collect(peer);
+      const writer = await backend.openStream(local);
+      const runs = [0, 1, 2].map((round) => runAt(stream * 3 + round));
+      const headers = runs.map((run, round) => runHeaders(run, 0x10 * (stream + 1) + round * 4));
+      return { peerBytes, writer, expected: Buffer.concat(runs.map((run, round) => expectedRun(headers[round]!, run, contentOf))), sending: Promise.all(runs.map((run, round) => writer.sendChunkRun!(headers[round]!, HEADER_BYTES, run))) };
+    }));
+    for (const { peerBytes, writer, expected, sending } of streams) {
+      await sending;
+      await writer.release();
+      assert.ok((await peerBytes.until(expected.length)).equals(expected), 'each stream got its runs whole, in order');
+    }
+    assert.equal(sendPool.inUse(), STREAM_CHUNKS_IN_FLIGHT_MAX, 'only the stalled replica holds buffers');
+    // The stalled replica reads again: its run arrives whole after the filler.
+    const stalledBytes = collect(stalled!.peer);
+    await stalledWriter.release();
+    const expected = expectedRun(stalledHeaders, stalledRun, contentOf);
+    assert.ok((await stalledBytes.until(FILLER_BYTES + expected.length)).subarray(FILLER_BYTES).equals(expected));
+    assert.equal(sendPool.inUse(), 0, 'every send buffer went back');
+  } finally {
+    closeSync(fd);
+    for (const { server, local, peer } of pairs) {
+      local.destroy();
+      peer.destroy();
+      server.close();
+    }
+    await backend.close();
+  }
+});
