@@ -7,6 +7,8 @@
 import assert from 'node:assert/strict';
 import { closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { TLSSocket, connect as connectTls, createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -24,6 +26,7 @@ import {
   createTsBackend,
 } from './ts-backend.js';
 import { VERIFIED_READS_KEPT_MAX, VerifiedReads } from './verified-reads.js';
+import { makeTestCertificates } from '../../test/support/tls-certs.js';
 
 const CHUNK_BYTES = 128 * 1024;
 const HEADER_BYTES = 30;
@@ -532,6 +535,100 @@ test('streams share a send pool smaller than their runs: no run waits on buffers
       peer.destroy();
       server.close();
     }
+    await backend.close();
+  }
+});
+
+/** A TLS connection over 127.0.0.1: the server side (walcast's end, a TLSSocket) and the client, paused. */
+async function tlsPair(): Promise<{ close(): void; local: TLSSocket; peer: TLSSocket }> {
+  const certs = await makeTestCertificates();
+  const server = createTlsServer({ key: readFileSync(certs.serverKey), cert: readFileSync(certs.serverCert) });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  assert.ok(address !== null && typeof address === 'object');
+  const accepted = new Promise<TLSSocket>((resolve) => server.once('secureConnection', resolve));
+  const peer = connectTls({ host: '127.0.0.1', port: address.port, rejectUnauthorized: false });
+  await new Promise<void>((resolve) => peer.once('secureConnect', resolve));
+  peer.pause();
+  const local = await accepted;
+  return { local, peer, close: () => { local.destroy(); peer.destroy(); server.close(); } };
+}
+
+test('runs on a TLS socket: one frame per TLS write (no writev, which Node copies into one buffer first), exact bytes behind a replica that does not read, the bound held', { timeout: 120_000 }, async () => {
+  const { local, peer, close } = await tlsPair();
+  const fd = openSync(runPath, 'r');
+  const sendPool = new BufferPool(FRAME_BYTES_MAX, 64);
+  const backend = createTsBackend({ sendPool });
+  try {
+    const file = { fd, path: runPath };
+    // Node's TLSSocket hands a writev's buffers to TLSWrap, which copies them into one buffer before encrypting.
+    let writevCalls = 0;
+    const tlsWritable = local as unknown as { _writev: (...args: unknown[]) => unknown };
+    const writev = tlsWritable._writev.bind(local);
+    tlsWritable._writev = (...args: unknown[]) => {
+      writevCalls++;
+      return writev(...args);
+    };
+    // A filler the peer does not read yet: the runs queue behind it, in the socket and in the writer.
+    local.write(Buffer.alloc(8 * 1024 * 1024, 0x11));
+    const writer = await backend.openStream(local);
+    assert.equal(writer.path, 'fs-net+tls');
+    const runs = [0, 4, 6].map((start) => Array.from({ length: STREAM_CHUNKS_IN_FLIGHT_MAX }, (_, index): WalChunk => ({ file, fileOffset: ((start + index) % RUN_FILE_CHUNKS) * CHUNK_BYTES, byteCount: CHUNK_BYTES })));
+    const headers = runs.map((run, index) => runHeaders(run, 0x10 * (index + 1)));
+    const sends = runs.map((run, index) => writer.sendChunkRun!(headers[index]!, HEADER_BYTES, run));
+    // A keepalive between runs keeps its place.
+    const keepalive = Buffer.from('k-keepalive');
+    const keepaliveSent = writer.sendMessage(keepalive);
+    await sends[0];
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.ok(sendPool.inUse() <= STREAM_CHUNKS_IN_FLIGHT_MAX, 'a TLS stream that is not read pins at most its bound of send buffers');
+    const expected = Buffer.concat([
+      expectedRun(headers[0]!, runs[0]!, (chunk) => runContent.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount)),
+      expectedRun(headers[1]!, runs[1]!, (chunk) => runContent.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount)),
+      expectedRun(headers[2]!, runs[2]!, (chunk) => runContent.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount)),
+      keepalive,
+    ]);
+    const peerBytes = collect(peer);
+    await Promise.all([...sends, keepaliveSent]);
+    await writer.release();
+    const received = await peerBytes.until(8 * 1024 * 1024 + expected.length);
+    assert.ok(received.subarray(8 * 1024 * 1024).equals(expected), 'every run and the keepalive arrived whole, in call order');
+    assert.equal(writer.bytesSent, expected.length);
+    assert.equal(sendPool.inUse(), 0, 'every send buffer went back');
+    assert.equal(writevCalls, 0, 'the TLS socket was given one frame per write');
+  } finally {
+    closeSync(fd);
+    close();
+    await backend.close();
+  }
+});
+
+test('a TLS replica that vanishes mid-run fails the stream, and every queued frame goes back to the pool', { timeout: 120_000 }, async () => {
+  const { local, peer, close } = await tlsPair();
+  local.on('error', () => undefined);
+  const fd = openSync(runPath, 'r');
+  const sendPool = new BufferPool(FRAME_BYTES_MAX, 64);
+  const backend = createTsBackend({ sendPool });
+  try {
+    const file = { fd, path: runPath };
+    local.write(Buffer.alloc(8 * 1024 * 1024, 0x11));
+    const writer = await backend.openStream(local);
+    const run = Array.from({ length: STREAM_CHUNKS_IN_FLIGHT_MAX }, (_, index): WalChunk => ({ file, fileOffset: index * CHUNK_BYTES, byteCount: CHUNK_BYTES }));
+    const headers = runHeaders(run, 0x20);
+    await writer.sendChunkRun!(headers, HEADER_BYTES, run);
+    const second = writer.sendChunkRun!(headers, HEADER_BYTES, run);
+    second.catch(() => undefined);
+    const closed = new Promise((resolve) => local.once('close', resolve));
+    peer.destroy();
+    await closed;
+    await assert.rejects(second, (error) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO'));
+    await assert.rejects(writer.sendChunkRun!(headers, HEADER_BYTES, run), (error) => isWalcastError(error, 'WALCAST_ERR_STREAM_IO'));
+    await writer.release();
+    while (sendPool.inUse() > 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(sendPool.inUse(), 0, 'the queued frames went back');
+  } finally {
+    closeSync(fd);
+    close();
     await backend.close();
   }
 });
