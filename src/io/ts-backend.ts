@@ -6,7 +6,8 @@
  * run (sendChunkRun: up to 512 KiB of chunks that follow each other in one segment) is read with one vectored read
  * into its chunks' frames and written corked, as one writev: per 128 KiB chunk, the thread-pool hop and the socket
  * write's JavaScript cost more CPU than the copies (docs/benchmarks.md, "The TS backend's CPU per GB"), so a run
- * pays them once. The bytes on the wire are those of the run's chunks sent one by one.
+ * pays them once. The bytes on the wire are those of the run's chunks sent one by one. A TLS socket is not corked: it
+ * is given one frame at a time (a TLSSocket's writev copies all its buffers into one before encrypting).
  *
  * Up to STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream are being read or queued in the socket at once, so the read of
  * the next chunk overlaps the send of the previous one; the buffer pool bounds the total across streams. Sends of one
@@ -366,7 +367,7 @@ class TsStreamWriter implements StreamWriter {
 
   /**
    * Writes frames[i] (the frame at frameOffsets[i]: chunks[taken + i]'s header and bytes) for every i, corked, so Node
-   * hands them to the kernel in one writev. Each frame goes back to the pool when its write completes (failed or not:
+   * hands them to the kernel in one writev (a TLS socket: one at a time, see tlsQueue). Each frame goes back to the pool when its write completes (failed or not:
    * Node calls every callback once, in order); the last frame's counts the send as written.
    */
   private writeFrames(frames: readonly Buffer[], chunks: readonly WalChunk[], taken: number, send: number): void {
