@@ -24,6 +24,7 @@ import type { SlotSnapshot } from '../slots/slot-table.js';
 import { slotRetainedBytes } from './status-model.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { replicaLag, type ReplicaLag } from './status-model.js';
+import { formatLabelPairs, formatValue, RENDER_ROWS_PER_CHECK, RenderSlicer, renderSliced, type SlicedFamily } from './metrics-render.js';
 
 const TIMELINE_LABELS = ['tenant_id', 'timeline_id'] as const;
 const REPLICA_LABELS = ['tenant_id', 'timeline_id', 'appname', 'conn_id'] as const;
@@ -44,8 +45,11 @@ export interface OperationsMetrics {
   readonly hooks: Required<ServerHooks>;
   /** Connects the scrape-time gauges to the server's timelines (the server exists only after start()). */
   bindTimelines(timelines: TimelineRegistry, retention?: RetentionLookup, offload?: OffloadLookup): void;
-  /** The Prometheus text exposition, and its content type. */
-  render(): Promise<{ contentType: string; body: string }>;
+  /**
+   * The Prometheus text exposition, and its content type, rendered in event-loop slices of METRICS_RENDER_SLICE_MS
+   * (api/metrics-render.ts); `slicer` lets a test count the turns given.
+   */
+  render(slicer?: RenderSlicer): Promise<{ contentType: string; body: string }>;
 }
 
 /** `io.kernelTls`: the backend's kernel TLS probe, exported as walcast_io_kernel_tls_info (left out when not given). */
@@ -58,7 +62,8 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
     for (const timeline of timelines?.list() ?? []) visit(timeline);
   };
   registerTimelineGauges(registry, eachTimeline);
-  registerReplicaGauges(registry, eachTimeline);
+  const sliced = new Map<object, SlicedReplicaFamily>();
+  registerReplicaGauges(registry, eachTimeline, sliced);
   registerSlotGauges(registry, eachTimeline);
   registerTotals(registry, eachTimeline, io);
   if (io.kernelTls !== undefined) registerKernelTlsInfo(registry, io.kernelTls);
@@ -78,8 +83,8 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
       if (retentionOfTimeline !== undefined) retention = retentionOfTimeline;
       if (offloadOfTimeline !== undefined) offload = offloadOfTimeline;
     },
-    async render() {
-      return { contentType: registry.contentType, body: await registry.metrics() };
+    async render(slicer) {
+      return { contentType: registry.contentType, body: await renderSliced(registry, sliced, slicer) };
     },
   };
 }
@@ -179,60 +184,105 @@ function registerSlotGauges(registry: Registry, eachTimeline: EachTimeline): voi
   perSlot('walcast_slot_lost', '1 when the replication slot was invalidated (wal_status lost), else 0.', (_timeline, slot) => (slot.invalidated ? 1 : 0));
 }
 
-/** One replica as the per-replica gauges of one scrape read it. */
+/** One replica as the per-replica families read it in one scrape: its label text and what the values derive from. */
 interface ReplicaRow {
+  readonly labels: string;
   readonly replica: ReplicaSnapshot;
-  readonly labels: Record<(typeof REPLICA_LABELS)[number], string>;
   readonly lag: ReplicaLag;
+  readonly now: number;
 }
+type ReplicaValue = (row: ReplicaRow) => number | undefined;
 
 /**
- * The six per-replica gauges of one scrape share one snapshot of each timeline's replicas, with its labels and lag
- * computed once per replica: prom-client runs every metric's collect synchronously at the start of a scrape
- * (Registry.metrics), so rows made in one synchronous stretch are that scrape's, and a microtask later they are
- * dropped. Each gauge taking its own snapshot (and three computing the lag) was most of a scrape at 1,000 replicas:
- * ~120 ms per /metrics request on the event loop, a stall that every commit fan-out in that window waits out
- * (profiled, issue 13).
+ * The walcast_replica_* gauges: a series per connected replica (bounded: at most REPLICAS_PER_TIMELINE_MAX =
+ * CONNECTIONS_MAX per timeline; a replica's series go with it at the next scrape). These are most of a scrape's work
+ * with many replicas, so they bypass prom-client's Gauge (a labels object hashed, validated and stored per series,
+ * then formatted again): one walk of the replicas per scrape, shared by the six families, with each replica's label
+ * text built once and rows written in slices (api/metrics-render.ts). get() answers prom-client's own callers
+ * (registry.metrics(), getMetricsAsJSON) with the same values, unsliced.
  */
-function registerReplicaGauges(registry: Registry, eachTimeline: EachTimeline): void {
-  let rowsByTimeline: Map<Timeline, readonly ReplicaRow[]> | undefined;
-  const rowsOf = (timeline: Timeline): readonly ReplicaRow[] => {
-    if (rowsByTimeline === undefined) {
-      const made = new Map<Timeline, readonly ReplicaRow[]>();
-      rowsByTimeline = made;
-      queueMicrotask(() => {
-        if (rowsByTimeline === made) rowsByTimeline = undefined;
-      });
+function registerReplicaGauges(registry: Registry, eachTimeline: EachTimeline, sliced: Map<object, SlicedReplicaFamily>): void {
+  /** Rows of one scrape, keyed by its slicer, so the six families walk the replicas once between them. */
+  const scrapes = new WeakMap<RenderSlicer, Promise<ReplicaRow[]>>();
+  const rowsFor = (slicer: RenderSlicer): Promise<ReplicaRow[]> => {
+    let rows = scrapes.get(slicer);
+    if (rows === undefined) {
+      rows = replicaRows(eachTimeline, slicer);
+      scrapes.set(slicer, rows);
     }
-    const known = rowsByTimeline.get(timeline);
-    if (known !== undefined) return known;
-    const commitLsn = timeline.commitLsn.get();
-    const shared = timelineLabels(timeline);
-    const rows = timeline.replicas.snapshot().map((replica) => ({
-      replica,
-      labels: { ...shared, appname: replica.appName, conn_id: String(replica.connId) },
-      lag: replicaLag(replica, commitLsn),
-    }));
-    rowsByTimeline.set(timeline, rows);
     return rows;
   };
-  const perReplica = (name: string, help: string, value: (row: ReplicaRow) => number | undefined): void =>
-    scrapeGauge(registry, name, help, REPLICA_LABELS, (gauge) =>
-      eachTimeline((timeline) => {
-        for (const row of rowsOf(timeline)) {
+  const perReplica = (name: string, help: string, value: ReplicaValue): void => {
+    const family: SlicedReplicaFamily = {
+      name,
+      help,
+      type: 'gauge',
+      aggregator: 'sum',
+      reset: (): void => undefined,
+      async renderRows(slicer) {
+        const lines: string[] = [];
+        let sinceCheck = 0;
+        for (const row of await rowsFor(slicer)) {
           const sample = value(row);
-          if (sample !== undefined) gauge.set(row.labels, sample);
+          if (sample !== undefined) lines.push(`${name}{${row.labels}} ${formatValue(sample)}`);
+          if (++sinceCheck === RENDER_ROWS_PER_CHECK) {
+            sinceCheck = 0;
+            await slicer.maybeYield();
+          }
         }
-      }),
-    );
+        return lines;
+      },
+      async get() {
+        const values: { labels: Record<string, string>; value: number }[] = [];
+        eachTimeline((timeline) => {
+          const commitLsn = timeline.commitLsn.get();
+          const now = Date.now();
+          for (const replica of timeline.replicas.snapshots()) {
+            const sample = value({ labels: '', replica, lag: replicaLag(replica, commitLsn), now });
+            if (sample !== undefined) values.push({ labels: { ...timelineLabels(timeline), appname: replica.appName, conn_id: String(replica.connId) }, value: sample });
+          }
+        });
+        return { name, help, type: 'gauge' as const, aggregator: 'sum' as const, values };
+      },
+    };
+    registry.registerMetric(family as unknown as Gauge);
+    sliced.set(family, family);
+  };
   perReplica('walcast_replica_lag_bytes', 'Commit LSN minus what the replica confirmed: pageserver last_received_lsn, else standby flush LSN.', (row) => row.lag.confirmedBytes);
   perReplica('walcast_replica_apply_lag_bytes', 'Commit LSN minus the standby apply LSN (standbys that report one).', (row) => row.lag.applyBytes);
   perReplica('walcast_replica_send_lag_bytes', 'Commit LSN minus what walcast has sent to the replica.', (row) => row.lag.sentBytes);
   perReplica('walcast_replica_sent_lsn', 'WAL position walcast has sent the replica up to.', (row) => Number(row.replica.sentLsn));
   perReplica('walcast_replica_bytes_sent', 'Bytes sent to the replica on this stream.', (row) => row.replica.bytesSent);
-  perReplica('walcast_replica_feedback_age_seconds', 'Seconds since the replica last sent feedback (safekeeper_feedback_last_time_seconds, as an age).', (row) =>
-    row.replica.lastFeedbackAt === undefined ? undefined : Math.max(0, (Date.now() - row.replica.lastFeedbackAt.getTime()) / MS_PER_SECOND),
+  perReplica('walcast_replica_feedback_age_seconds', 'Seconds since the replica last sent feedback (safekeeper_feedback_last_time_seconds, as an age).', ({ replica, now }) =>
+    replica.lastFeedbackAt === undefined ? undefined : Math.max(0, (now - replica.lastFeedbackAt.getTime()) / MS_PER_SECOND),
   );
+}
+
+type SlicedReplicaFamily = SlicedFamily & { readonly help: string; readonly type: string; readonly aggregator: 'sum'; reset(): void; get(): Promise<unknown> };
+
+/**
+ * Every replica of every timeline, with its labels as exposition text, yielding between slices. Timelines are
+ * listed up front; a replica that leaves while the walk yields is skipped, one that arrives is included (Map order).
+ */
+async function replicaRows(eachTimeline: EachTimeline, slicer: RenderSlicer): Promise<ReplicaRow[]> {
+  const timelines: Timeline[] = [];
+  eachTimeline((timeline) => timelines.push(timeline));
+  const rows: ReplicaRow[] = [];
+  for (const timeline of timelines) {
+    const prefix = formatLabelPairs([['tenant_id', timeline.tenantId], ['timeline_id', timeline.timelineId]]);
+    const commitLsn = timeline.commitLsn.get();
+    const now = Date.now();
+    let sinceCheck = 0;
+    for (const replica of timeline.replicas.snapshots()) {
+      const labels = `${prefix},${formatLabelPairs([['appname', replica.appName], ['conn_id', String(replica.connId)]])}`;
+      rows.push({ labels, replica, lag: replicaLag(replica, commitLsn), now });
+      if (++sinceCheck === RENDER_ROWS_PER_CHECK) {
+        sinceCheck = 0;
+        await slicer.maybeYield();
+      }
+    }
+  }
+  return rows;
 }
 
 /** Totals over all timelines: counters that only ever grow, read from the registries at scrape time. */

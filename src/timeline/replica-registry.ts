@@ -176,17 +176,28 @@ export class ReplicaRegistry {
   }
 
   snapshot(): ReplicaSnapshot[] {
-    return [...this.replicas.values()].map((state) => ({
-      ...state.info,
-      replicaId: state.replicaId,
-      sentLsn: state.sentLsn,
-      bytesSent: state.bytesSent,
-      standbyReply: state.standbyReply,
-      hotStandby: state.hotStandby,
-      pageserver: state.pageserver,
-      lastFeedbackAt: state.lastFeedbackAt,
-      feedbackCounts: { ...state.feedbackCounts },
-    }));
+    return [...this.snapshots()];
+  }
+
+  /**
+   * The replicas one at a time, each copied when reached: a reader that yields to the event loop between replicas
+   * (the /metrics render, api/metrics-render.ts) sees replicas that left meanwhile skipped and new ones appended,
+   * as a Map iterator does, and never holds the loop for a copy of all of them.
+   */
+  *snapshots(): Generator<ReplicaSnapshot> {
+    for (const state of this.replicas.values()) {
+      yield {
+        ...state.info,
+        replicaId: state.replicaId,
+        sentLsn: state.sentLsn,
+        bytesSent: state.bytesSent,
+        standbyReply: state.standbyReply,
+        hotStandby: state.hotStandby,
+        pageserver: state.pageserver,
+        lastFeedbackAt: state.lastFeedbackAt,
+        feedbackCounts: { ...state.feedbackCounts },
+      };
+    }
   }
 
   aggregates(): ReplicaAggregates {
