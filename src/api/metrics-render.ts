@@ -35,7 +35,7 @@ export class RenderSlicer {
 /** A metric that writes its own exposition rows, sliced; registered in the Registry like any metric. */
 export interface SlicedFamily {
   readonly name: string;
-  /** The rows of this family (no HELP/TYPE lines), one string per row, without newlines. */
+  /** The rows of this family (no HELP/TYPE lines) as strings of one or more rows joined by newlines, none ending in one. */
   renderRows(slicer: RenderSlicer): Promise<string[]>;
 }
 

@@ -186,8 +186,14 @@ export class ReplicaRegistry {
    */
   *snapshots(): Generator<ReplicaSnapshot> {
     for (const state of this.replicas.values()) {
+      const { info, feedbackCounts } = state;
+      // Fields spelled out rather than spread: object spread was most of a 1,000-replica /metrics scrape's CPU.
       yield {
-        ...state.info,
+        appName: info.appName,
+        remoteAddress: info.remoteAddress,
+        startLsn: info.startLsn,
+        startedAt: info.startedAt,
+        connId: info.connId,
         replicaId: state.replicaId,
         sentLsn: state.sentLsn,
         bytesSent: state.bytesSent,
@@ -195,7 +201,7 @@ export class ReplicaRegistry {
         hotStandby: state.hotStandby,
         pageserver: state.pageserver,
         lastFeedbackAt: state.lastFeedbackAt,
-        feedbackCounts: { ...state.feedbackCounts },
+        feedbackCounts: { standbyReply: feedbackCounts.standbyReply, hotStandby: feedbackCounts.hotStandby, pageserver: feedbackCounts.pageserver },
       };
     }
   }
