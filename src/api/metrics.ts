@@ -5,6 +5,10 @@
  * events that leave no state behind (commands, stream endings, refused connections) are counted as they happen,
  * through the server's hooks.
  *
+ * A scrape runs on the event loop that publishes commits, so it is rendered in slices (api/metrics-render.ts:
+ * METRICS_RENDER_SLICE_MS between turns), and the per-replica families, most of a scrape's work with many replicas,
+ * are written from one walk of the replicas per scrape rather than through prom-client Gauges.
+ *
  * Names follow Neon's safekeeper (safekeeper/src/metrics.rs) with `safekeeper_` replaced by `walcast_` where a Neon
  * metric exists; docs/operations.md lists every metric and its Neon counterpart.
  */
