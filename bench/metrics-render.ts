@@ -16,6 +16,7 @@
  * Usage: node --import tsx bench/metrics-render.ts [--replicas 1,100,1000] [--repeats 100] [--root DIR] [--skip-status]
  * Profile: node --cpu-prof --cpu-prof-dir=/tmp/prof --import tsx bench/metrics-render.ts --replicas 1000 --repeats 200
  */
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -41,6 +42,14 @@ const { TimelineRegistry } = await load<RegistryModule>('src/timeline/timeline-r
 const { createOperationsMetrics } = await load<MetricsModule>('src/api/metrics.ts');
 const { timelineStatus } = await load<StatusModule>('src/api/status-model.ts');
 const { stringifyJson } = await load<JsonModule>('src/api/json.ts');
+type DocumentModule = typeof import('../src/api/timeline-document.js');
+/** What the timeline route writes: the sliced document where the tree has it, else stringifyJson(timelineStatus). */
+const timelineDocument: (timeline: InstanceType<typeof Timeline>) => Promise<string> = existsSync(resolve(root, 'src/api/timeline-document.ts'))
+  ? await (async () => {
+    const { renderTimelineDocument } = await load<DocumentModule>('src/api/timeline-document.ts');
+    return (timeline: InstanceType<typeof Timeline>) => renderTimelineDocument(timeline, new Date(), {});
+  })()
+  : (timeline) => Promise.resolve(stringifyJson(timelineStatus(timeline, new Date())));
 
 const COMMIT_LSN = 0x3000100n;
 const US_PER_MS = 1000;
@@ -104,7 +113,7 @@ for (const count of values.replicas.split(',').map(Number)) {
   const render = await measure(repeats, async () => (bytes = (await metrics.render()).body.length));
   console.log(`replicas ${count}: /metrics ${bytes} bytes; CPU ms/scrape ${summary(render.cpu)}; longest loop hold ms ${summary(render.hold)}`);
   if (!values['skip-status']) {
-    const status = await measure(repeats, async () => stringifyJson(timelineStatus(timeline, new Date())).length);
+    const status = await measure(repeats, async () => (await timelineDocument(timeline)).length);
     console.log(`replicas ${count}: timeline status JSON; CPU ms ${summary(status.cpu)}; longest loop hold ms ${summary(status.hold)}`);
   }
 }

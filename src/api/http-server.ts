@@ -32,7 +32,8 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import { stringifyJson } from './json.js';
 import type { OperationsMetrics } from './metrics.js';
-import { serverStatus, slotsStatus, timelineStatus, timelineSummary, unavailableTimelineSummary, type ServerView } from './status-model.js';
+import { renderTimelineDocument } from './timeline-document.js';
+import { serverStatus, slotsStatus, timelineSummary, unavailableTimelineSummary, type ServerView } from './status-model.js';
 
 /** A client must send its request headers within this time (slowloris bound; node's default is 60 s). */
 export const HTTP_HEADERS_TIMEOUT_MS = 10_000;
@@ -242,10 +243,13 @@ async function route(options: HttpApiOptions, tokenDigest: Buffer | undefined, r
   return jsonReply(404, 'not_found', `no route for ${path}`);
 }
 
-function timelineRoute(view: ServerView, tenantText: string, timelineText: string, now: Date): Reply {
+async function timelineRoute(view: ServerView, tenantText: string, timelineText: string, now: Date): Promise<Reply> {
   const timeline = findTimeline(view, tenantText, timelineText);
   if (!(timeline instanceof Timeline)) return timeline;
-  return jsonOk(timelineStatus(timeline, now, view.upstreamStatus?.(timeline.tenantId, timeline.timelineId), view.retentionStatus?.(timeline.tenantId, timeline.timelineId), view.offloadStatus?.(timeline.tenantId, timeline.timelineId)));
+  const { tenantId, timelineId } = timeline;
+  const status = { upstream: view.upstreamStatus?.(tenantId, timelineId), retention: view.retentionStatus?.(tenantId, timelineId), offload: view.offloadStatus?.(tenantId, timelineId) };
+  // Sliced (a walsender object per replica): the event loop that sends WAL gets turns while it is written.
+  return { status: 200, contentType: JSON_CONTENT_TYPE, body: (await renderTimelineDocument(timeline, now, status)) + '\n' };
 }
 
 /** Removal errors as HTTP statuses; anything else is a failed removal (500, the timeline listed as unavailable). */

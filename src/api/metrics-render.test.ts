@@ -2,7 +2,8 @@
  * The sliced /metrics render (metrics-render.ts) against prom-client's own registry.metrics(), with in-process
  * timelines and 1,000 registered replicas (no sockets: the render reads only the registries): the same families,
  * series and values, label values escaped alike, and the event loop given turns during the render, which the
- * one-go render never did (a scrape held the loop for all of it: issue 13).
+ * one-go render never did (a scrape held the loop for all of it: issue 13). The same for the timeline document
+ * (timeline-document.ts), against stringifyJson(timelineStatus(...)).
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -11,7 +12,10 @@ import { parseLsnOrThrow } from '../lsn.js';
 import { Timeline } from '../timeline/timeline.js';
 import { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { createOperationsMetrics, type OperationsMetrics } from './metrics.js';
+import { stringifyJson } from './json.js';
 import { RENDER_ROWS_PER_CHECK, RenderSlicer } from './metrics-render.js';
+import { timelineStatus } from './status-model.js';
+import { renderTimelineDocument } from './timeline-document.js';
 
 const COMMIT_LSN = parseLsnOrThrow('0/3000100');
 const REPLICAS = 1000;
@@ -22,12 +26,12 @@ const PROCESS = /^(process_|nodejs_)/;
 /** Values that move with the clock, compared by series only. */
 const MOVING = /feedback_age_seconds$/;
 
-function timelineWithReplicas(tenantId: string, appName: (index: number) => string): Timeline {
+function timelineWithReplicas(tenantId: string, appName: (index: number) => string, count = REPLICAS / 2): Timeline {
   const timeline = new Timeline(
     { tenantId, timelineId: 'fedcba9876543210fedcba9876543210', dir: '/nonexistent', systemId: 7_400_000_000_000_000_001n, pgVersion: 150018, segmentBytes: 16 * 1024 * 1024, pgTimelineId: 1, timelineStartLsn: 0x1000000n },
     { flushLsn: COMMIT_LSN, commitLsn: COMMIT_LSN },
   );
-  for (let index = 0; index < REPLICAS / 2; index++) {
+  for (let index = 0; index < count; index++) {
     const replica = timeline.replicas.register({ appName: appName(index), remoteAddress: `127.0.0.1:${40000 + index}`, startLsn: 0x2000000n, startedAt: new Date(), connId: index + 1 });
     replica.setSentLsn(COMMIT_LSN - BigInt(index));
     replica.addBytesSent(1000 + index);
@@ -102,5 +106,17 @@ describe('sliced /metrics render', () => {
       labels: { tenant_id: '0123456789abcdef0123456789abcdef', timeline_id: 'fedcba9876543210fedcba9876543210', appname: 'standby-2', conn_id: '3' },
       value: 1002,
     });
+  });
+
+  test('the timeline document written in slices is the one-go document, with turns given between walsender batches', async () => {
+    const timeline = timelineWithReplicas('0123456789abcdef0123456789abcdef', (index) => `odd "name" \\ ${index}\nline`);
+    const now = new Date();
+    const slicer = new RenderSlicer(0);
+    const sliced = await renderTimelineDocument(timeline, now, {}, slicer);
+    assert.equal(sliced, stringifyJson(timelineStatus(timeline, now)));
+    assert.ok(slicer.yields >= REPLICAS / 2 / RENDER_ROWS_PER_CHECK - 1, `${slicer.yields} turns given`);
+    const empty = timelineWithReplicas('22222222222222222222222222222222', () => '', 0);
+    assert.equal(await renderTimelineDocument(empty, now, {}), stringifyJson(timelineStatus(empty, now)));
+    assert.match(await renderTimelineDocument(empty, now, {}), /"walsenders":\[\],/);
   });
 });

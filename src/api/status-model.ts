@@ -101,8 +101,11 @@ function storageDocument(timeline: Timeline): Record<string, unknown> {
   };
 }
 
-/** Neon's TimelineStatus fields that apply to walcast, then walcast's own. */
-export function timelineStatus(timeline: Timeline, now: Date, upstream?: UpstreamStatus, retention?: RetentionStatus, offload?: OffloadStatus): Record<string, unknown> {
+/**
+ * Neon's TimelineStatus fields that apply to walcast, then walcast's own. `walsenders` stands in for the walsender
+ * list when given (api/timeline-document.ts writes that list in event-loop slices and puts it in its place).
+ */
+export function timelineStatus(timeline: Timeline, now: Date, upstream?: UpstreamStatus, retention?: RetentionStatus, offload?: OffloadStatus, walsenders?: unknown): Record<string, unknown> {
   const commitLsn = timeline.commitLsn.get();
   const aggregates = timeline.replicas.aggregates();
   return {
@@ -115,7 +118,7 @@ export function timelineStatus(timeline: Timeline, now: Date, upstream?: Upstrea
     local_start_lsn: formatLsn(timeline.timelineStartLsn),
     commit_lsn: formatLsn(commitLsn),
     remote_consistent_lsn: formatLsn(aggregates.remoteConsistentLsn ?? 0n),
-    walsenders: timeline.replicas.snapshot().map((replica) => walsenderStatus(timeline, replica, commitLsn, now)),
+    walsenders: walsenders ?? timeline.replicas.snapshot().map((replica) => walsenderStatus(timeline, replica, commitLsn, now)),
     walreceivers: [],
     // walcast's additions.
     upstream: upstream === undefined ? null : upstreamDocument(upstream),
