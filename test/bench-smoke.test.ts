@@ -6,9 +6,9 @@
  * spinners and the --scenarios parser are checked on their own. Also `bench/tls-cost.ts --smoke` (walcast ts,
  * native and PostgreSQL, each plain and TLS, 1 and 2 pg_receivewal replicas), checking every run streamed
  * byte-identical WAL, `bench/single-stream.ts --smoke` (this tree beside a baseline checkout and PostgreSQL, one
- * replica), and `bench/remote-catchup.ts --smoke` (the same range served from local disk and from s3rver:
- * byte-identical, and the remote case really read from the bucket). Benchmarks are not tests: nothing here looks at
- * speed.
+ * replica), `bench/remote-catchup.ts --smoke` (the same range served from local disk and from s3rver:
+ * byte-identical, and the remote case really read from the bucket), and `bench/metrics-render.ts` at 1 and 3
+ * replicas. Benchmarks are not tests: nothing here looks at speed.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -426,4 +426,19 @@ test('bench chart: an SVG with no figures is still complete and balanced', () =>
   assert.ok(svg.trimEnd().endsWith('</svg>'));
   assert.ok(svg.includes('empty &lt;run&gt; &amp; nothing'), 'captions are escaped');
   assertBalancedXml(svg);
+});
+
+test('bench/metrics-render.ts renders /metrics and the timeline document at 1 and 3 replicas, six series more per replica', { timeout: SMOKE_TIMEOUT_MS }, async () => {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'bench/metrics-render.ts'), '--replicas', '1,3', '--repeats', '2'], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const code = await new Promise((resolve) => child.once('exit', resolve));
+  assert.equal(code, 0, stderr);
+  const bytes = [...stdout.matchAll(/^replicas (\d+): \/metrics (\d+) bytes; CPU ms\/scrape median [\d.]+ .*longest loop hold ms median [\d.]+/gm)].map((match) => [Number(match[1]), Number(match[2])]);
+  assert.equal(bytes.length, 2, stdout);
+  assert.equal(stdout.match(/^replicas \d+: timeline status JSON; CPU ms median [\d.]+/gm)?.length, 2, stdout);
+  // Two replicas more: six walcast_replica_* rows each, every row over 100 bytes of labels.
+  assert.ok((bytes[1]?.[1] ?? 0) - (bytes[0]?.[1] ?? 0) > 2 * 6 * 100, stdout);
 });
