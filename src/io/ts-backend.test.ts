@@ -235,24 +235,64 @@ test('kept verified reads are bounded: the oldest goes back to the pool, a taken
     const file = { fd, path };
     const out = new Uint32Array(1);
     for (let round = 0; round < VERIFIED_READS_KEPT_MAX + 3; round++) {
-      await checksumPagesByReading({ file, fileOffset: round * 8192, byteCount: 8192 }, 8192, out, pool, kept);
+      // Ranges 4 KiB apart, so this many fit the 256 KiB file.
+      await checksumPagesByReading({ file, fileOffset: round * 4096, byteCount: 8192 }, 8192, out, pool, kept);
       assert.ok(kept.size() <= VERIFIED_READS_KEPT_MAX, 'kept reads stay within their bound');
       assert.equal(pool.inUse(), kept.size(), 'every buffer not kept is back in the pool');
     }
     // The oldest were pushed out; the newest is there and is taken (containing range), exactly once.
     assert.equal(kept.take({ file, fileOffset: 0, byteCount: 8192 }), undefined);
-    const newest = (VERIFIED_READS_KEPT_MAX + 2) * 8192;
-    const frame = kept.take({ file, fileOffset: newest + 10, byteCount: 100 });
-    assert.ok(frame !== undefined && frame.frameOffset === 10);
-    assert.ok(frame.buffer.subarray(frame.frameOffset + HEADER_BYTES, frame.frameOffset + HEADER_BYTES + 100).equals(content.subarray(newest + 10, newest + 110)));
-    assert.equal(kept.take({ file, fileOffset: newest + 10, byteCount: 100 }), undefined, 'taken once');
+    const newest = (VERIFIED_READS_KEPT_MAX + 2) * 4096;
+    // Past the range before it (which ends 4 KiB into this one): only the newest holds these bytes.
+    const frame = kept.take({ file, fileOffset: newest + 4106, byteCount: 100 });
+    assert.ok(frame !== undefined && frame.frameOffset === 4106);
+    assert.ok(frame.buffer.subarray(frame.frameOffset + HEADER_BYTES, frame.frameOffset + HEADER_BYTES + 100).equals(content.subarray(newest + 4106, newest + 4206)));
+    assert.equal(kept.take({ file, fileOffset: newest + 4106, byteCount: 100 }), undefined, 'taken once');
     pool.release(frame.buffer);
-    // A range read in more than one piece is not kept.
-    await checksumPagesByReading({ file, fileOffset: 0, byteCount: CHECKSUM_RANGE_BYTES_MAX + 8192 }, 8192, new Uint32Array(17), pool, kept);
-    assert.equal(kept.take({ file, fileOffset: 0, byteCount: 8192 }), undefined);
+    // A range read in more than one piece (the prefetcher's verify-ahead) is kept piece by piece, a buffer each.
+    const pieceBytes = CHECKSUM_RANGE_BYTES_MAX;
+    await checksumPagesByReading({ file, fileOffset: 0, byteCount: pieceBytes + 8192 }, 8192, new Uint32Array(17), pool, kept);
+    assert.equal(pool.inUse(), kept.size());
+    for (const [fileOffset, byteCount] of [
+      [0, pieceBytes],
+      [pieceBytes, 8192],
+    ] as const) {
+      const piece = kept.take({ file, fileOffset, byteCount });
+      assert.ok(piece !== undefined && piece.frameOffset === 0, `the piece at ${fileOffset} is kept`);
+      assert.ok(piece.buffer.subarray(HEADER_BYTES, HEADER_BYTES + byteCount).equals(content.subarray(fileOffset, fileOffset + byteCount)));
+      pool.release(piece.buffer);
+    }
     assert.equal(pool.inUse(), kept.size());
   } finally {
     closeSync(fd);
+  }
+});
+
+test('a kept verified read is taken through another handle of the same file only while its own handle is open', async () => {
+  const pool = createChecksumPool(VERIFIED_READS_KEPT_MAX + 2);
+  const kept = new VerifiedReads(pool);
+  const aheadFd = openSync(path, 'r');
+  const sendFd = openSync(path, 'r');
+  try {
+    // The prefetcher's reader and the sender's reader open the same segment: two handles, one identity.
+    const ahead = { fd: aheadFd, path, identity: '1:42', closed: false };
+    const send = { fd: sendFd, path, identity: '1:42', closed: false };
+    const out = new Uint32Array(2);
+    await checksumPagesByReading({ file: ahead, fileOffset: 8192, byteCount: 16384 }, 8192, out, pool, kept);
+    assert.equal(kept.take({ file: { fd: sendFd, path, identity: '1:43', closed: false }, fileOffset: 8192, byteCount: 8192 }), undefined, 'another inode');
+    assert.equal(kept.take({ file: { fd: sendFd, path }, fileOffset: 8192, byteCount: 8192 }), undefined, 'no identity: the handle object only');
+    const frame = kept.take({ file: send, fileOffset: 16384, byteCount: 8192 });
+    assert.ok(frame !== undefined && frame.frameOffset === 8192, 'the same identity, the kept handle open');
+    assert.ok(frame.buffer.subarray(frame.frameOffset + HEADER_BYTES, frame.frameOffset + HEADER_BYTES + 8192).equals(content.subarray(16384, 24576)));
+    pool.release(frame.buffer);
+    // Once the kept read's handle is closed its inode may be reused: the identity no longer matches.
+    await checksumPagesByReading({ file: ahead, fileOffset: 8192, byteCount: 16384 }, 8192, out, pool, kept);
+    ahead.closed = true;
+    assert.equal(kept.take({ file: send, fileOffset: 16384, byteCount: 8192 }), undefined, 'the kept handle is closed');
+    assert.equal(pool.inUse(), kept.size(), 'every buffer not kept is back in the pool');
+  } finally {
+    closeSync(aheadFd);
+    closeSync(sendFd);
   }
 });
 

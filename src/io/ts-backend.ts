@@ -30,7 +30,7 @@ import { CHUNK_RUN_CHUNKS_MAX, MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, XLOG_
 import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
-import { VerifiedReads } from './verified-reads.js';
+import { VERIFIED_READS_KEPT_MAX, VerifiedReads } from './verified-reads.js';
 import { readRangeInto } from './vectored-read.js';
 
 /**
@@ -58,11 +58,13 @@ export const CHECKSUM_RANGE_BYTES_MAX = MAX_SEND_BYTES;
 /** A verification buffer is a send frame: header room, then the range read, so its send can take it as it is. */
 export const CHECKSUM_BUFFER_BYTES = FRAME_BYTES_MAX;
 /**
- * Verification read buffers across all streams: 32 × 128 KiB = 4 MiB. A stream verifies one chunk at a time and
- * returns the buffer when it sends (the one kept for the send, or another in exchange), so this bounds
+ * Verification read buffers across all streams: 80 × 128 KiB = 10 MiB, of which up to VERIFIED_READS_KEPT_MAX (48)
+ * are kept for sends and at least 32 serve verifications in progress. A verification holds one buffer at a time and
+ * a kept one goes back when a send takes it (another in exchange) or a newer one pushes it out, so this bounds
  * concurrency (more wait in FIFO order), never holds up a send.
  */
-export const CHECKSUM_BUFFERS_MAX = 32;
+export const CHECKSUM_BUFFERS_MAX = 80;
+assert.ok(CHECKSUM_BUFFERS_MAX >= VERIFIED_READS_KEPT_MAX + 32, 'kept reads leave buffers for verifications in progress');
 
 /** The ts backend never loads the addon, so it does not probe the kernel: TLS goes through Node's TLSSocket. */
 const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
@@ -98,33 +100,37 @@ export function createChecksumPool(buffersMax = CHECKSUM_BUFFERS_MAX): BufferPoo
 /**
  * The TS backend's page checksums: an asynchronous read (the thread pool, as for sends) into a buffer from `pool`,
  * behind XLOG_DATA_HEADER_BYTES of header room, and the TypeScript CRC-32C. Ranges larger than the buffer's room
- * are read in pieces of that size, with the one buffer. A range read whole is handed to `kept` for the send of
- * the same bytes (the buffer goes back to the pool from there); otherwise the buffer goes back to the pool when
- * the call ends, failed or not.
+ * are read in pieces of that size, a buffer each, one after another. Each piece read and checksummed is handed to
+ * `kept` for the send of the same bytes (the buffer goes back to the pool from there), so the prefetcher's 1 MiB
+ * verify-ahead pieces feed the sends that follow instead of being read a second time; without `kept`, or when a
+ * read fails, the buffer goes back to the pool at once.
  */
 export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number, out: Uint32Array, pool: BufferPool, kept?: VerifiedReads): Promise<void> {
   const pieceBytes = pool.bufferBytes - XLOG_DATA_HEADER_BYTES;
   assert.ok(pageBytes > 0 && pieceBytes > 0 && pieceBytes % pageBytes === 0, 'pages divide the read size');
   assert.ok(out.length >= Math.ceil(chunk.byteCount / pageBytes), 'out holds a checksum per page');
   assert.ok(kept === undefined || kept.pool === pool, 'kept reads go back to the pool they came from');
-  const buffer = await pool.acquire();
-  let handedOff = false;
-  try {
-    for (let done = 0; done < chunk.byteCount; done += pieceBytes) {
-      const bytes = Math.min(pieceBytes, chunk.byteCount - done);
+  // One buffer at a time per call, as before pieces were kept: a kept piece's buffer is the pool's to push out.
+  for (let done = 0; done < chunk.byteCount; done += pieceBytes) {
+    const bytes = Math.min(pieceBytes, chunk.byteCount - done);
+    const buffer = await pool.acquire();
+    let handedOff = false;
+    try {
       await readExactly({ file: chunk.file, fileOffset: chunk.fileOffset + done, byteCount: bytes }, buffer, XLOG_DATA_HEADER_BYTES);
       // One CRC call per page straight on the read buffer: no copy, no allocation.
       for (let offset = 0; offset < bytes; offset += pageBytes) {
         const start = XLOG_DATA_HEADER_BYTES + offset;
         out[(done + offset) / pageBytes] = crc32c(buffer, start, start + Math.min(pageBytes, bytes - offset));
       }
+      // Kept only once every page of it is checksummed; the caller compares the checksums afterwards, and a send
+      // takes a kept read only for pages the verifier has passed (it checks a chunk before sending it).
+      if (kept !== undefined) {
+        kept.keep(chunk.file, chunk.fileOffset + done, bytes, buffer);
+        handedOff = true;
+      }
+    } finally {
+      if (!handedOff) pool.release(buffer);
     }
-    if (kept !== undefined && chunk.byteCount > 0 && chunk.byteCount <= pieceBytes) {
-      kept.keep(chunk.file, chunk.fileOffset, chunk.byteCount, buffer);
-      handedOff = true;
-    }
-  } finally {
-    if (!handedOff) pool.release(buffer);
   }
 }
 

@@ -8,21 +8,30 @@
  * What is sent is then exactly what was checksummed, never a second read of the file: a page cannot change
  * between its verification and its send.
  *
- * A kept read is matched by the very file handle object (not its fd number, which the OS reuses after a close)
- * and a range that contains the chunk; it is taken by one send only (the send writes its header into it). The
- * buffers come from the verification pool and at most VERIFIED_READS_KEPT_MAX are kept; the oldest goes back to
- * the pool when another is kept. A kept read nobody sends (the stream ended, another stream sent that range
- * first, the chunk failed verification) costs nothing but its buffer until it is pushed out.
+ * A kept read is matched by a range that contains the chunk and by its file: the very handle object (never its fd
+ * number, which the OS reuses after a close), or the same "dev:ino" identity while the kept read's own handle is
+ * still open. The second is what lets the prefetcher's verify-ahead (which reads through a reader and handles of
+ * its own) feed the sends of the same stream: on the TS backend that pass read every byte twice, once to checksum
+ * it ahead and once to send it (docs/benchmarks.md, "The TS backend's first pass"). An open descriptor pins its
+ * inode, so an equal identity then names the same file, never a later one that reuses the inode number; a kept
+ * read whose handle was closed matches its own handle object only (which a send refuses: WalFileHandle.closed).
+ * A read is taken by one send only (the send writes its header into it). The buffers come from the verification
+ * pool and at most VERIFIED_READS_KEPT_MAX are kept; the oldest goes back to the pool when another is kept. A kept
+ * read nobody sends (the stream ended, another stream sent that range first, the chunk failed verification) costs
+ * nothing but its buffer until it is pushed out.
  */
 import assert from 'node:assert/strict';
 import { XLOG_DATA_HEADER_BYTES, type WalChunk, type WalFileHandle } from './backend.js';
 import type { BufferPool } from './buffer-pool.js';
 
 /**
- * Verification buffers kept for a send: a handful, as the send that takes one follows its verification
- * directly; the rest of the verification pool (CHECKSUM_BUFFERS_MAX) stays free for verifications.
+ * Verification buffers kept for a send: 48 × 128 KiB = 6 MiB. The sender's own check is taken by the send that
+ * follows it directly, but the prefetcher verifies whole pieces up to its window (PREFETCH_WINDOW_BYTES, 4 MiB =
+ * 32 buffers) ahead of the send, so a stream's verify-ahead needs that many kept to reach its sends; with more
+ * streams than that allows the oldest are pushed out and those sends read again, as before. The rest of the
+ * verification pool (CHECKSUM_BUFFERS_MAX) stays free for verifications in progress.
  */
-export const VERIFIED_READS_KEPT_MAX = 4;
+export const VERIFIED_READS_KEPT_MAX = 48;
 
 interface KeptRead {
   readonly file: WalFileHandle;
@@ -61,7 +70,7 @@ export class VerifiedReads {
     const chunkEnd = chunk.fileOffset + chunk.byteCount;
     for (let index = this.kept.length - 1; index >= 0; index--) {
       const read = this.kept[index]!;
-      if (read.file !== chunk.file || read.fileOffset > chunk.fileOffset || read.fileOffset + read.byteCount < chunkEnd) continue;
+      if (!sameFile(read.file, chunk.file) || read.fileOffset > chunk.fileOffset || read.fileOffset + read.byteCount < chunkEnd) continue;
       this.kept.splice(index, 1);
       // The frame starts header-room bytes before the chunk's first byte: over bytes of a page before the chunk
       // (verified, not sent) or the buffer's own header room.
@@ -74,4 +83,13 @@ export class VerifiedReads {
   size(): number {
     return this.kept.length;
   }
+}
+
+/**
+ * The kept read's file is the chunk's: the same handle, or the same "dev:ino" while the kept read's handle is open
+ * (its descriptor pins the inode, so the number cannot name a newer file). The chunk's handle is open (take checks).
+ */
+function sameFile(kept: WalFileHandle, wanted: WalFileHandle): boolean {
+  if (kept === wanted) return true;
+  return kept.closed !== true && kept.identity !== undefined && kept.identity === wanted.identity;
 }
