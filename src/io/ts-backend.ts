@@ -55,6 +55,12 @@ export const FRAME_BYTES_MAX = XLOG_DATA_HEADER_BYTES + MAX_SEND_BYTES;
  * first one that starts and ends inside a page (that one is read in two pieces and not kept for its send).
  */
 export const CHECKSUM_RANGE_BYTES_MAX = MAX_SEND_BYTES;
+/**
+ * Pieces (buffers) one verification reads with one vectored read when its pieces are kept for sends: the
+ * prefetcher's 1 MiB verify-ahead piece is one thread-pool hop instead of eight (the hop costs more CPU than the
+ * copy, see vectored-read.ts).
+ */
+export const CHECKSUM_READ_PIECES_MAX = 8;
 /** A verification buffer is a send frame: header room, then the range read, so its send can take it as it is. */
 export const CHECKSUM_BUFFER_BYTES = FRAME_BYTES_MAX;
 /**
@@ -64,7 +70,7 @@ export const CHECKSUM_BUFFER_BYTES = FRAME_BYTES_MAX;
  * concurrency (more wait in FIFO order), never holds up a send.
  */
 export const CHECKSUM_BUFFERS_MAX = 80;
-assert.ok(CHECKSUM_BUFFERS_MAX >= VERIFIED_READS_KEPT_MAX + 32, 'kept reads leave buffers for verifications in progress');
+assert.ok(CHECKSUM_BUFFERS_MAX >= VERIFIED_READS_KEPT_MAX + 32 && CHECKSUM_READ_PIECES_MAX <= 32, 'kept reads leave buffers for verifications in progress');
 
 /** The ts backend never loads the addon, so it does not probe the kernel: TLS goes through Node's TLSSocket. */
 const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
@@ -100,7 +106,8 @@ export function createChecksumPool(buffersMax = CHECKSUM_BUFFERS_MAX): BufferPoo
 /**
  * The TS backend's page checksums: an asynchronous read (the thread pool, as for sends) into a buffer from `pool`,
  * behind XLOG_DATA_HEADER_BYTES of header room, and the TypeScript CRC-32C. Ranges larger than the buffer's room
- * are read in pieces of that size, a buffer each, one after another. Each piece read and checksummed is handed to
+ * are read in pieces of that size, a buffer each, up to CHECKSUM_READ_PIECES_MAX with one vectored read (one
+ * buffer for all of them when nothing is kept). Each piece read and checksummed is handed to
  * `kept` for the send of the same bytes (the buffer goes back to the pool from there), so the prefetcher's 1 MiB
  * verify-ahead pieces feed the sends that follow instead of being read a second time; without `kept`, or when a
  * read fails, the buffer goes back to the pool at once.
@@ -110,26 +117,45 @@ export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number,
   assert.ok(pageBytes > 0 && pieceBytes > 0 && pieceBytes % pageBytes === 0, 'pages divide the read size');
   assert.ok(out.length >= Math.ceil(chunk.byteCount / pageBytes), 'out holds a checksum per page');
   assert.ok(kept === undefined || kept.pool === pool, 'kept reads go back to the pool they came from');
-  // One buffer at a time per call, as before pieces were kept: a kept piece's buffer is the pool's to push out.
-  for (let done = 0; done < chunk.byteCount; done += pieceBytes) {
-    const bytes = Math.min(pieceBytes, chunk.byteCount - done);
-    const buffer = await pool.acquire();
-    let handedOff = false;
+  const buffers: Buffer[] = [];
+  const views: Buffer[] = [];
+  for (let done = 0; done < chunk.byteCount; ) {
+    // The first buffer may wait for the pool; more only while it has them free (and only when the pieces are kept:
+    // otherwise one buffer serves every piece), so a call never holds buffers while it waits for more.
+    buffers.push(await pool.acquire());
+    const piecesLeft = Math.ceil((chunk.byteCount - done) / pieceBytes);
+    while (kept !== undefined && buffers.length < Math.min(piecesLeft, CHECKSUM_READ_PIECES_MAX)) {
+      const more = pool.tryAcquire();
+      if (more === undefined) break;
+      buffers.push(more);
+    }
+    let handedOff = 0;
     try {
-      await readExactly({ file: chunk.file, fileOffset: chunk.fileOffset + done, byteCount: bytes }, buffer, XLOG_DATA_HEADER_BYTES);
-      // One CRC call per page straight on the read buffer: no copy, no allocation.
-      for (let offset = 0; offset < bytes; offset += pageBytes) {
-        const start = XLOG_DATA_HEADER_BYTES + offset;
-        out[(done + offset) / pageBytes] = crc32c(buffer, start, start + Math.min(pageBytes, bytes - offset));
+      views.length = 0;
+      let readBytes = 0;
+      for (const buffer of buffers) {
+        const bytes = Math.min(pieceBytes, chunk.byteCount - done - readBytes);
+        views.push(buffer.subarray(XLOG_DATA_HEADER_BYTES, XLOG_DATA_HEADER_BYTES + bytes));
+        readBytes += bytes;
       }
-      // Kept only once every page of it is checksummed; the caller compares the checksums afterwards, and a send
-      // takes a kept read only for pages the verifier has passed (it checks a chunk before sending it).
-      if (kept !== undefined) {
-        kept.keep(chunk.file, chunk.fileOffset + done, bytes, buffer);
-        handedOff = true;
+      await readRangeInto(chunk.file, chunk.fileOffset + done, views);
+      for (const buffer of buffers) {
+        const bytes = Math.min(pieceBytes, chunk.byteCount - done);
+        // One CRC call per page straight on the read buffer: no copy, no allocation.
+        for (let offset = 0; offset < bytes; offset += pageBytes) {
+          const start = XLOG_DATA_HEADER_BYTES + offset;
+          out[(done + offset) / pageBytes] = crc32c(buffer, start, start + Math.min(pageBytes, bytes - offset));
+        }
+        // Kept once its pages are checksummed; a send takes it only for a chunk the verifier has passed.
+        if (kept !== undefined) {
+          kept.keep(chunk.file, chunk.fileOffset + done, bytes, buffer);
+          handedOff++;
+        }
+        done += bytes;
       }
     } finally {
-      if (!handedOff) pool.release(buffer);
+      for (let index = handedOff; index < buffers.length; index++) pool.release(buffers[index]!);
+      buffers.length = 0;
     }
   }
 }
