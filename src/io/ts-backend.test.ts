@@ -285,6 +285,11 @@ test('a kept verified read is taken through another handle of the same file only
     assert.ok(frame !== undefined && frame.frameOffset === 8192, 'the same identity, the kept handle open');
     assert.ok(frame.buffer.subarray(frame.frameOffset + HEADER_BYTES, frame.frameOffset + HEADER_BYTES + 8192).equals(content.subarray(16384, 24576)));
     pool.release(frame.buffer);
+    // A read that fails (the range runs past the file's end) keeps nothing of it and returns every buffer.
+    const before = kept.size();
+    await assert.rejects(checksumPagesByReading({ file: ahead, fileOffset: CHUNK_BYTES, byteCount: 3 * CHUNK_BYTES }, 8192, new Uint32Array(48), pool, kept), /short read/);
+    assert.equal(kept.size(), before);
+    assert.equal(pool.inUse(), kept.size(), 'a failed read returns its buffers');
     // Once the kept read's handle is closed its inode may be reused: the identity no longer matches.
     await checksumPagesByReading({ file: ahead, fileOffset: 8192, byteCount: 16384 }, 8192, out, pool, kept);
     ahead.closed = true;
