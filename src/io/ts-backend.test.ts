@@ -281,6 +281,9 @@ test('a kept verified read is taken through another handle of the same file only
     await checksumPagesByReading({ file: ahead, fileOffset: 8192, byteCount: 16384 }, 8192, out, pool, kept);
     assert.equal(kept.take({ file: { fd: sendFd, path, identity: '1:43', closed: false }, fileOffset: 8192, byteCount: 8192 }), undefined, 'another inode');
     assert.equal(kept.take({ file: { fd: sendFd, path }, fileOffset: 8192, byteCount: 8192 }), undefined, 'no identity: the handle object only');
+    // A kept handle without the closed mark may be closed unmarked by its creator: matched by its own object only.
+    await checksumPagesByReading({ file: { fd: aheadFd, path, identity: '1:42' }, fileOffset: 0, byteCount: 8192 }, 8192, out, pool, kept);
+    assert.equal(kept.take({ file: send, fileOffset: 0, byteCount: 8192 }), undefined, 'no closed mark on the kept handle');
     const frame = kept.take({ file: send, fileOffset: 16384, byteCount: 8192 });
     assert.ok(frame !== undefined && frame.frameOffset === 8192, 'the same identity, the kept handle open');
     assert.ok(frame.buffer.subarray(frame.frameOffset + HEADER_BYTES, frame.frameOffset + HEADER_BYTES + 8192).equals(content.subarray(16384, 24576)));

@@ -86,10 +86,12 @@ export class VerifiedReads {
 }
 
 /**
- * The kept read's file is the chunk's: the same handle, or the same "dev:ino" while the kept read's handle is open
+ * The kept read's file is the chunk's: the same handle, or the same "dev:ino" while the kept read's handle is marked open
  * (its descriptor pins the inode, so the number cannot name a newer file). The chunk's handle is open (take checks).
  */
 function sameFile(kept: WalFileHandle, wanted: WalFileHandle): boolean {
   if (kept === wanted) return true;
-  return kept.closed !== true && kept.identity !== undefined && kept.identity === wanted.identity;
+  // `closed === false`, not absent: a handle without the flag may be closed by its creator without a mark once it is
+  // no longer used (WalFileHandle.closed), and a kept read outlives that use.
+  return kept.closed === false && kept.identity !== undefined && kept.identity === wanted.identity;
 }
