@@ -29,7 +29,7 @@ import { createOperationsMetrics } from '../src/api/metrics.js';
 import { startHttpApi, type HttpApi } from '../src/api/http-server.js';
 import { NATIVE_PREFETCH_BYTES_MAX, nativeStreamHeapBytesMax } from '../src/io/native-backend.js';
 import { loadNativeAddon } from '../src/io/native-binding.js';
-import { CHECKSUM_BUFFERS_MAX, CHECKSUM_BUFFER_BYTES, FRAME_BYTES_MAX, POOL_BUFFERS_MAX, STREAM_CHUNKS_IN_FLIGHT_MAX } from '../src/io/ts-backend.js';
+import { CHECKSUM_BUFFERS_MAX, CHECKSUM_BUFFER_BYTES, CHECKSUM_READ_PIECES_MAX, FRAME_BYTES_MAX, POOL_BUFFERS_MAX, STREAM_CHUNKS_IN_FLIGHT_MAX } from '../src/io/ts-backend.js';
 import { VERIFIED_READS_KEPT_MAX } from '../src/io/verified-reads.js';
 import { silentLogger } from '../src/log.js';
 import { connectReplication } from '../src/wire/client.js';
@@ -245,8 +245,9 @@ type MemoryMeasure = 'rss' | 'anon';
 /**
  * The server memory `replicas` paused streams may add, from the running backend's own in-flight constants:
  * - TS: STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream, all from a pool of POOL_BUFFERS_MAX (WAL copies, resident),
- *   and the page-verification pool (CHECKSUM_BUFFERS_MAX buffers, kept once allocated: one per verifying stream
- *   and up to VERIFIED_READS_KEPT_MAX kept for sends; a send exchanges its frame for the one it takes);
+ *   and the page-verification pool (CHECKSUM_BUFFERS_MAX buffers, kept once allocated: up to CHECKSUM_READ_PIECES_MAX
+ *   per verifying stream and up to VERIFIED_READS_KEPT_MAX kept for sends; a send exchanges its frame for the one it
+ *   takes);
  * - native: each stream's record and a full queue of units on the heap (nativeStreamHeapBytesMax), plus the one
  *   prefetch scratch buffer; WAL payloads are never copied, so anonymous memory is what is bounded.
  * Each adds CONNECTION_OVERHEAD_BYTES_MAX per connection.
@@ -264,7 +265,7 @@ function memoryBound(replicas: number): { bytes: number; measure: MemoryMeasure;
     };
   }
   const walInFlightMax = Math.min(POOL_BUFFERS_MAX, replicas * STREAM_CHUNKS_IN_FLIGHT_MAX) * FRAME_BYTES_MAX;
-  const verifyBuffersMax = Math.min(CHECKSUM_BUFFERS_MAX, replicas + VERIFIED_READS_KEPT_MAX) * CHECKSUM_BUFFER_BYTES;
+  const verifyBuffersMax = Math.min(CHECKSUM_BUFFERS_MAX, replicas * CHECKSUM_READ_PIECES_MAX + VERIFIED_READS_KEPT_MAX) * CHECKSUM_BUFFER_BYTES;
   return {
     bytes: walInFlightMax + verifyBuffersMax + overhead,
     measure: 'rss',
