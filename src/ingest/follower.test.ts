@@ -451,3 +451,47 @@ test('a stream that never leaves a quiet moment (a flush always behind the publi
     WalWriter.prototype.syncOpenSidecar = syncOpenSidecar;
   }
 });
+
+test('one segment fdatasync per commit: a paced commit costs one flush, no flush of nothing, no sidecar sync on the commit path; a burst shares them', async () => {
+  // The fan-out benchmark's strace once read 2.2 fdatasyncs per publish: both A/B servers follow one primary, so each
+  // ingested both arms' commits (docs/benchmarks.md, "fdatasyncs per commit"). This pins the count per commit itself.
+  const { timeline, control } = await makeTimeline();
+  const messageBytes = 100;
+  const paced = 20; // one XLogData per commit, as a PostgreSQL 15 walsender sends a small commit (strace: 1 message per read)
+  const burst = 30; // then messages back to back, as a busy primary or a large commit sends them
+  const payloads = [xlogData(START_LSN, walAtSegmentStart(Buffer.alloc(messageBytes, 1)))];
+  for (let index = 1; index < paced + burst; index++) payloads.push(xlogData(START_LSN + BigInt(index * messageBytes), Buffer.alloc(messageBytes, 1 + (index % 200))));
+  const flushesAtPublish: number[] = [];
+  const before = async (index: number): Promise<void> => {
+    if (index === 0 || index > paced) return;
+    // The next commit arrives only after the previous one was published (and its status reply left).
+    while (timeline.flushLsn.get() < START_LSN + BigInt(index * messageBytes)) await new Promise((resolve) => setTimeout(resolve, 1));
+    flushesAtPublish.push(flushes);
+  };
+  const upstream = new FakeUpstream([{ payloads, end: 'hold', before }]);
+  const flush = WalWriter.prototype.flush;
+  let flushes = 0;
+  let writer: WalWriter | undefined;
+  WalWriter.prototype.flush = function (this: WalWriter) {
+    writer = this;
+    flushes++;
+    return flush.call(this);
+  };
+  // No periodic control-file write during the test: its sidecar sync is off the commit path and counted apart.
+  const follower = makeFollower(timeline, control, upstream, { controlPersistIntervalMs: 3_600_000 });
+  try {
+    void follower.start();
+    const end = START_LSN + BigInt((paced + burst) * messageBytes);
+    await until(() => timeline.flushLsn.get() === end, 'every message published');
+    assert.deepEqual(flushesAtPublish, Array.from({ length: paced }, (_, index) => index + 1), 'each paced commit published after exactly one flush of its own');
+    assert.ok(writer !== undefined);
+    const burstFlushes = flushes - paced;
+    assert.ok(burstFlushes >= 1 && burstFlushes <= 2, `the burst of ${burst} messages shares its flushes (group commit): ${burstFlushes}`);
+    assert.equal(writer.stats.fsyncCount, flushes, 'one segment fdatasync per flush (no segment completed)');
+    assert.equal(writer.stats.sidecarSyncCount, 0, 'no sidecar fdatasync on the commit path');
+    assert.equal(timeline.ingestTiming.flush.count, flushes, 'every flush published');
+  } finally {
+    await follower.stop();
+    WalWriter.prototype.flush = flush;
+  }
+});
