@@ -3,6 +3,7 @@
 // Every protocol byte is built in TypeScript; this file only moves the bytes it is given.
 #include <napi.h>
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -10,6 +11,7 @@
 
 #include <array>
 #include <cstring>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -490,6 +492,61 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// readaheadStopWhileReadingForTest(path) -> { liveAfterStop, wakesAfterStop, liveAtEnd }: starts readahead threads
+// whose reads go into a one-page pipe, submits a read of `path` (at least 1 MiB), closes its own descriptor of the
+// file at once (the job reads a dup), takes a page out of the pipe (so a thread is in that read, blocked on the full
+// pipe), then stops the threads: that must return while the read is still blocked (liveAfterStop counts the
+// threads still running). Then it closes the pipe (the read fails with EPIPE) and waits, bounded, for the threads to
+// exit; wakesAfterStop counts eventfd writes after the stop (none may come).
+Napi::Value ReadaheadStopWhileReadingForTest(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 1);
+  if (!info[0].IsString()) {
+    Napi::TypeError::New(info.Env(), "path must be a string").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  UniqueFd wake(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  int pipe_fds[2];
+  if (wake.get() < 0 || pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    ThrowNativeError(info.Env(), {errno, "pipe2"});
+    return info.Env().Undefined();
+  }
+  UniqueFd pipe_read(pipe_fds[0]);
+  fcntl(pipe_fds[1], F_SETPIPE_SZ, 4096);
+  Failure failure;
+  std::unique_ptr<ReadaheadThread> threads = ReadaheadThread::StartWithSinkForTest(wake.get(), pipe_fds[1], &failure);
+  if (threads == nullptr) {
+    ThrowNativeError(info.Env(), failure);
+    return info.Env().Undefined();
+  }
+  const int file = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (file < 0 || !threads->Submit(1, file, 0, 1024 * 1024)) {
+    ThrowNativeError(info.Env(), {file < 0 ? errno : EAGAIN, file < 0 ? "open" : "Submit"});
+    if (file >= 0) close(file);
+    return info.Env().Undefined();
+  }
+  close(file);
+  // Blocking read of one page: the thread is in its read once it wrote into the pipe; it then refills the pipe and blocks.
+  char page[4096];
+  if (read(pipe_read.get(), page, sizeof page) <= 0) {
+    ThrowNativeError(info.Env(), {errno == 0 ? EIO : errno, "read"});
+    return info.Env().Undefined();
+  }
+  uint64_t wakes_before = 0;
+  (void)!read(wake.get(), &wakes_before, sizeof wakes_before);
+  threads.reset();
+  const size_t live_after_stop = ReadaheadThread::LiveThreadsForTest();
+  pipe_read.reset();
+  for (int turn = 0; turn < 1000 && ReadaheadThread::LiveThreadsForTest() > 0; turn++) usleep(10 * 1000);
+  uint64_t wakes_after = 0;
+  (void)!read(wake.get(), &wakes_after, sizeof wakes_after);
+  Napi::Object result = Napi::Object::New(info.Env());
+  result.Set("liveAfterStop", Napi::Number::New(info.Env(), static_cast<double>(live_after_stop)));
+  result.Set("wakesAfterStop", Napi::Number::New(info.Env(), static_cast<double>(wakes_after)));
+  result.Set("liveAtEnd", Napi::Number::New(info.Env(), static_cast<double>(ReadaheadThread::LiveThreadsForTest())));
+  return result;
+}
+
 // errorForTest(errno, syscall): builds the error a failed call would raise (for the error-shape tests).
 Napi::Value ErrorForTest(const Napi::CallbackInfo& info) {
   REQUIRE_ARGUMENT_COUNT(info, 1);
@@ -562,6 +619,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("init", Napi::Function::New(env, Init, "init"));
   exports.Set("Engine", EngineWrap::Define(env));
   exports.Set("selfTest", Napi::Function::New(env, SelfTest, "selfTest"));
+  exports.Set("readaheadStopWhileReadingForTest", Napi::Function::New(env, ReadaheadStopWhileReadingForTest, "readaheadStopWhileReadingForTest"));
   exports.Set("errorForTest", Napi::Function::New(env, ErrorForTest, "errorForTest"));
   exports.Set("headerBytesMax", Napi::Number::New(env, static_cast<double>(kHeaderBytesMax)));
   exports.Set("messageBytesMax", Napi::Number::New(env, static_cast<double>(kMessageBytesMax)));

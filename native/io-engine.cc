@@ -152,7 +152,8 @@ Engine::~Engine() { Close(); }
 void Engine::Close() {
   if (closed_) return;
   closed_ = true;
-  // First: once the thread is joined it holds none of the descriptors in readaheads_in_flight_.
+  // First, and without waiting for a read in hand (it may be starved for seconds behind best-effort I/O): the threads
+  // read their own dups, and after this they write to no eventfd and take no slot (readahead-thread.h).
   readahead_.reset();
   readaheads_in_flight_.clear();
   readaheads_done_.clear();

@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 
 namespace walcast {
@@ -27,6 +28,9 @@ int SetLowPriority(bool idle) {
   return static_cast<int>(syscall(SYS_ioprio_set, kIoprioWhoProcess, 0, value));
 }
 
+// Threads running, stopped ones in their last read included (LiveThreadsForTest).
+std::atomic<size_t> live_threads{0};
+
 }  // namespace
 
 std::unique_ptr<ReadaheadThread> ReadaheadThread::Start(int wake_fd, bool idle, Failure* failure) {
@@ -35,25 +39,47 @@ std::unique_ptr<ReadaheadThread> ReadaheadThread::Start(int wake_fd, bool idle, 
     *failure = {errno, "open /dev/null"};
     return nullptr;
   }
-  std::unique_ptr<ReadaheadThread> self(new ReadaheadThread(wake_fd, null_fd));
-  ReadaheadThread* raw = self.get();
-  raw->idle_ = idle;
+  return StartOn(wake_fd, null_fd, idle, failure);
+}
+
+std::unique_ptr<ReadaheadThread> ReadaheadThread::StartWithSinkForTest(int wake_fd, int sink_fd, Failure* failure) {
+  return StartOn(wake_fd, sink_fd, true, failure);
+}
+
+size_t ReadaheadThread::LiveThreadsForTest() { return live_threads.load(); }
+
+std::unique_ptr<ReadaheadThread> ReadaheadThread::StartOn(int wake_fd, int null_fd, bool idle, Failure* failure) {
+  auto shared = std::make_shared<Shared>();
+  shared->wake_fd = wake_fd;
+  shared->null_fd = null_fd;
+  shared->idle = idle;
+  std::unique_ptr<ReadaheadThread> self(new ReadaheadThread(shared));
   // pthread_create, not std::thread: the addon builds without exceptions, and a thread that cannot be created (EAGAIN
-  // at a thread limit) must leave the engine on its old path, not abort the process.
-  for (size_t index = 0; index < kReadaheadThreads; index++) {
+  // at a thread limit) must leave the engine on its old path, not abort the process. Detached: nobody joins them
+  // (the destructor stops them without waiting, readahead-thread.h); each holds the shared state.
+  size_t created_count = 0;
+  int created = 0;
+  for (; created_count < kReadaheadThreads; created_count++) {
     pthread_t thread;
-    const int created = pthread_create(&thread, nullptr, &ReadaheadThread::ThreadMain, raw);
+    auto* arg = new std::shared_ptr<Shared>(shared);
+    live_threads++;
+    created = pthread_create(&thread, nullptr, &ReadaheadThread::ThreadMain, arg);
     if (created != 0) {
-      *failure = {created, "pthread_create"};
-      return nullptr;  // the destructor stops and joins the threads that did start
+      live_threads--;
+      delete arg;
+      break;
     }
-    raw->threads_.push_back(thread);
+    pthread_detach(thread);
   }
   int status;
   {
-    std::unique_lock<std::mutex> lock(raw->mutex_);
-    raw->started_.wait(lock, [raw]() { return raw->started_count_ == kReadaheadThreads; });
-    status = raw->start_errno_;
+    std::unique_lock<std::mutex> lock(shared->mutex);
+    shared->started.wait(lock, [&]() { return shared->started_count == created_count; });
+    status = shared->start_errno;
+  }
+  if (created != 0) {
+    *failure = {created, "pthread_create"};
+    return nullptr;  // the destructor stops the threads that did start
   }
   if (status != 0) {
     *failure = {status, "ioprio_set"};
@@ -63,52 +89,64 @@ std::unique_ptr<ReadaheadThread> ReadaheadThread::Start(int wake_fd, bool idle, 
 }
 
 void* ReadaheadThread::ThreadMain(void* arg) {
-  ReadaheadThread* self = static_cast<ReadaheadThread*>(arg);
+  std::shared_ptr<Shared> shared = std::move(*static_cast<std::shared_ptr<Shared>*>(arg));
+  delete static_cast<std::shared_ptr<Shared>*>(arg);
   pthread_setname_np(pthread_self(), "walcast-ra");
-  const int status = SetLowPriority(self->idle_) == 0 ? 0 : errno;
+  const int status = SetLowPriority(shared->idle) == 0 ? 0 : errno;
   {
-    std::lock_guard<std::mutex> lock(self->mutex_);
-    self->started_count_++;
-    if (status != 0 && self->start_errno_ == 0) self->start_errno_ = status;
+    std::lock_guard<std::mutex> lock(shared->mutex);
+    shared->started_count++;
+    if (status != 0 && shared->start_errno == 0) shared->start_errno = status;
   }
-  self->started_.notify_one();
-  if (status == 0) self->Run();
+  shared->started.notify_one();
+  if (status == 0) Run(*shared);
+  shared.reset();
+  live_threads--;
   return nullptr;
 }
 
+ReadaheadThread::Shared::~Shared() {
+  for (const Job& job : jobs) close(job.fd);
+  close(null_fd);
+}
+
 ReadaheadThread::~ReadaheadThread() {
+  std::deque<Job> dropped;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
+    std::lock_guard<std::mutex> lock(shared_->mutex);
+    shared_->stopping = true;
+    dropped.swap(shared_->jobs);
   }
-  wake_.notify_all();
-  for (const pthread_t thread : threads_) pthread_join(thread, nullptr);
-  close(null_fd_);
+  shared_->wake.notify_all();
+  for (const Job& job : dropped) close(job.fd);
 }
 
 bool ReadaheadThread::Submit(uint64_t slot, int fd, uint64_t offset, size_t bytes) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_ || jobs_.size() >= kReadaheadQueueMax) return false;
-    jobs_.push_back({slot, fd, offset, bytes});
+    std::lock_guard<std::mutex> lock(shared_->mutex);
+    if (shared_->stopping || shared_->jobs.size() >= kReadaheadQueueMax) return false;
+    // The job's own descriptor: a stopped engine closes its own at once while a thread may still read this one.
+    const int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (own < 0) return false;
+    shared_->jobs.push_back({slot, own, offset, bytes});
   }
-  wake_.notify_one();
+  shared_->wake.notify_one();
   return true;
 }
 
 void ReadaheadThread::TakeDone(std::vector<uint64_t>* out) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  out->insert(out->end(), done_.begin(), done_.end());
-  done_.clear();
+  std::lock_guard<std::mutex> lock(shared_->mutex);
+  out->insert(out->end(), shared_->done.begin(), shared_->done.end());
+  shared_->done.clear();
 }
 
-void ReadaheadThread::Run() {
-  std::unique_lock<std::mutex> lock(mutex_);
+void ReadaheadThread::Run(Shared& shared) {
+  std::unique_lock<std::mutex> lock(shared.mutex);
   for (;;) {
-    wake_.wait(lock, [this]() { return stopping_ || !jobs_.empty(); });
-    if (stopping_) return;
-    const Job job = jobs_.front();
-    jobs_.pop_front();
+    shared.wake.wait(lock, [&shared]() { return shared.stopping || !shared.jobs.empty(); });
+    if (shared.stopping) return;
+    const Job job = shared.jobs.front();
+    shared.jobs.pop_front();
     lock.unlock();
     // The range is read as a reader would read it, but into /dev/null: sendfile to /dev/null takes page references
     // and copies nothing. The read starts the kernel's own (on-demand, large-folio) readahead from this thread and
@@ -118,15 +156,18 @@ void ReadaheadThread::Run() {
     off_t position = static_cast<off_t>(job.offset);
     size_t done = 0;
     while (done < job.bytes) {
-      const ssize_t count = sendfile(null_fd_, job.fd, &position, job.bytes - done);
+      const ssize_t count = sendfile(shared.null_fd, job.fd, &position, job.bytes - done);
       if (count <= 0) break;
       done += static_cast<size_t>(count);
     }
+    close(job.fd);
     lock.lock();
-    done_.push_back(job.slot);
+    // Stopped meanwhile: the engine's eventfd may be closed (and its number reused); nobody takes the slot.
+    if (shared.stopping) return;
+    shared.done.push_back(job.slot);
     const uint64_t one = 1;
-    // The eventfd is the engine's ring eventfd (non-blocking): the engine drains done_ when it wakes.
-    (void)!write(wake_fd_, &one, sizeof one);
+    // The eventfd is the engine's ring eventfd (non-blocking): the engine drains done when it wakes.
+    (void)!write(shared.wake_fd, &one, sizeof one);
   }
 }
 

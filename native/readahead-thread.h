@@ -11,8 +11,12 @@
 // readahead marks before the sender's sendfile does (which would start the next window on the event loop, at its
 // priority: Engine::ColdLately). The engine works on one request per file at a time, so a file's ranges reach the
 // kernel in order. The event loop and the pool never wait for an idle read: the sender sends from (and checks) a
-// piece only once its prefetch is done (send-wal.ts, Prefetcher). Only Engine::Close does, joining the threads: a
-// read starved by best-effort I/O may take up to mq-deadline's prio_aging_expire (10 s) there, at shutdown.
+// piece only once its prefetch is done (send-wal.ts, Prefetcher). Nor does Engine::Close: a read starved by best-effort
+// I/O may take mq-deadline's prio_aging_expire (10 s) per request (measured: pieces waiting 7-8 s next to a saturating
+// writer, docs/benchmarks.md), so stopping drops the queued jobs and leaves the threads to finish the read in hand
+// detached. Each job reads its own dup of the caller's descriptor (closed by the thread), and the threads share their
+// state (queue, /dev/null) through a shared_ptr: nothing a detached thread touches is closed or freed under it, and
+// after stopping it writes to no eventfd (the engine's may be closed and its number reused).
 #ifndef WALCAST_NATIVE_READAHEAD_THREAD_H_
 #define WALCAST_NATIVE_READAHEAD_THREAD_H_
 
@@ -23,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <pthread.h>
+#include <utility>
 #include <vector>
 
 #include "native-errors.h"
@@ -42,43 +47,55 @@ class ReadaheadThread {
   // for A/B measurements; mq-deadline ignores levels); nullptr with *failure set when that fails (ioprio_set refused:
   // EPERM, or EINVAL on a kernel without it). `wake_fd` (an eventfd) gets a write after each request is read.
   static std::unique_ptr<ReadaheadThread> Start(int wake_fd, bool idle, Failure* failure);
-  // Stops and joins the threads: after this returns they use no descriptor they were given.
+  // Stops the threads without waiting for them: queued jobs are dropped, a read in hand finishes on its own (its
+  // descriptor is the job's own dup). After this returns no thread uses `wake_fd` or a descriptor passed to Submit.
   ~ReadaheadThread();
   ReadaheadThread(const ReadaheadThread&) = delete;
   ReadaheadThread& operator=(const ReadaheadThread&) = delete;
 
-  // Queues a read of [offset, offset + bytes) of fd; `fd` must stay open until `slot` comes back from TakeDone.
-  // False when full.
+  // Queues a read of [offset, offset + bytes) of fd (the job reads a dup of it: the caller may close fd at once).
+  // False when full, stopping, or the dup fails.
   bool Submit(uint64_t slot, int fd, uint64_t offset, size_t bytes);
   // Slots whose read returned (or failed: best effort), appended to *out.
   void TakeDone(std::vector<uint64_t>* out);
+  // Threads still running (stopped ones included, until their read in hand returns): for tests.
+  static size_t LiveThreadsForTest();
+  // For the test of a stop while a read is blocked: reads go to `sink_fd` (a pipe the test holds full) instead of
+  // /dev/null; the threads close it when the last one exits.
+  static std::unique_ptr<ReadaheadThread> StartWithSinkForTest(int wake_fd, int sink_fd, Failure* failure);
 
  private:
   struct Job {
     uint64_t slot;
-    int fd;
+    int fd;  // the job's own dup, closed by whoever drops or finishes the job
     uint64_t offset;
     size_t bytes;
   };
-  ReadaheadThread(int wake_fd, int null_fd) : wake_fd_(wake_fd), null_fd_(null_fd) {}
-  static void* ThreadMain(void* self);
-  void Run();
+  // Everything a thread touches, kept alive by every thread and the owner (shared_ptr): a stopped thread may still be
+  // in its read when the owner is gone.
+  struct Shared {
+    ~Shared();
+    int wake_fd;
+    // /dev/null (or a test's sink), where the reads go (Run); closed when the last user is gone.
+    int null_fd;
+    // The class the threads set (Start).
+    bool idle = true;
+    std::mutex mutex;
+    std::condition_variable wake;
+    std::deque<Job> jobs;
+    std::vector<uint64_t> done;
+    bool stopping = false;
+    // Threads that set their priority (or failed to), and the first errno of ioprio_set.
+    size_t started_count = 0;
+    int start_errno = 0;
+    std::condition_variable started;
+  };
+  explicit ReadaheadThread(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
+  static std::unique_ptr<ReadaheadThread> StartOn(int wake_fd, int null_fd, bool idle, Failure* failure);
+  static void* ThreadMain(void* arg);
+  static void Run(Shared& shared);
 
-  const int wake_fd_;
-  // /dev/null, where the reads go (Run); closed by the destructor once the threads are joined.
-  const int null_fd_;
-  // The class the threads set (Start).
-  bool idle_ = true;
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<Job> jobs_;
-  std::vector<uint64_t> done_;
-  bool stopping_ = false;
-  // Threads that set their priority (or failed to), and the first errno of ioprio_set.
-  size_t started_count_ = 0;
-  int start_errno_ = 0;
-  std::condition_variable started_;
-  std::vector<pthread_t> threads_;
+  std::shared_ptr<Shared> shared_;
 };
 
 }  // namespace walcast

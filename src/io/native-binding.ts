@@ -93,6 +93,8 @@ export interface NativeAddon {
   Engine: new (strategy: number, onEvent: NativeEventHandler) => NativeEngine;
   selfTest(): { ok: true; ring: boolean };
   errorForTest(errno: number): NativeIoError;
+  /** Stops readahead threads while one is blocked in its read (native/addon.cc): the stop must not wait for it. */
+  readaheadStopWhileReadingForTest(path: string): { liveAfterStop: number; wakesAfterStop: number; liveAtEnd: number };
   /** posix_fadvise(DONTNEED) on a range: makes a file cold for tests and the benchmark. */
   dropCache(fd: number, offset: number, length: number): void;
   /** Bytes of the range in page cache and up to date, in whole pages (tests of prefetch). */
