@@ -547,6 +547,25 @@ test('a slow storage step (a fetch from object storage) keeps the stream alive: 
   assert.equal(end.sentLsn, endWatch.get());
 });
 
+test('a prefetch starved behind best-effort I/O (an idle-priority read) keeps the stream alive: keepalives until the piece is read, no chunk before', async () => {
+  const startLsn = 0x100010n;
+  const endWatch = new LsnWatch(startLsn + 1000n);
+  const writer = new RecordingWriter();
+  const controller = new AbortController();
+  let release: () => void = () => undefined;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  // The native backend's readahead thread may wait up to mq-deadline's prio_aging_expire (10 s) per request.
+  writer.prefetch = () => released;
+  const running = sendWal(options({ endWatch, writer, signal: controller.signal, source: fakeSource, prefetchSource: fakeSource, keepaliveIntervalMs: 20 }));
+  for (let count = 1; count <= 3; count++) await writer.waitForSent(() => writer.sent.filter((entry) => entry.kind === 'message').length >= count);
+  assert.equal(writer.sent.filter((entry) => entry.kind === 'chunk').length, 0, 'nothing is sent from a piece still being read');
+  for (const entry of writer.sent) assert.deepEqual([entry.type, entry.replyRequested, entry.walEnd], ['k', true, startLsn]);
+  release();
+  await writer.waitForSent((entry) => entry.kind === 'chunk');
+  controller.abort();
+  assert.equal((await running).kind, 'aborted');
+});
+
 test('a stream aborted while storage is slow ends at once, without waiting for the storage step', async () => {
   const endWatch = new LsnWatch(0x100010n + 1000n);
   const writer = new RecordingWriter();
