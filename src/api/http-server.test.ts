@@ -172,6 +172,17 @@ describe('HTTP operations API', () => {
       assert.equal(sender?.appname, null);
       assert.equal(sender?.lag_bytes, null);
       assert.equal(sender?.send_lag_bytes, Number(COMMIT_LSN - 0x2000000n));
+      assert.deepEqual([sender?.disk_wait_seconds, sender?.disk_wait_current_seconds], [0, null], 'no wait for the disk yet');
+      // A sender waiting for a cold read (an idle-priority read held back by a busy disk) shows it while it waits, and after.
+      silent.diskWait(true, new Date(Date.now() - 3000));
+      const waiting = ((await getJson(`/v1/tenant/${TENANT}/timeline/${TIMELINE}`)).body.walsenders as Array<Record<string, unknown>>)[0];
+      assert.ok(Number(waiting?.disk_wait_current_seconds) >= 3, JSON.stringify(waiting));
+      const metrics = await (await fetch(fixture.base + '/metrics')).text();
+      const sample = metrics.split('\n').find((line) => line.startsWith('walcast_replica_disk_wait_seconds{') && line.includes('conn_id="9"'));
+      assert.ok(sample !== undefined && Number(sample.split(' ').at(-1)) >= 3, `metrics: ${String(sample)}`);
+      silent.diskWait(false);
+      const waited = ((await getJson(`/v1/tenant/${TENANT}/timeline/${TIMELINE}`)).body.walsenders as Array<Record<string, unknown>>)[0];
+      assert.ok(Number(waited?.disk_wait_seconds) >= 3 && waited?.disk_wait_current_seconds === null, JSON.stringify(waited));
     } finally {
       silent.unregister();
     }

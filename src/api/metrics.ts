@@ -261,6 +261,9 @@ function registerReplicaGauges(registry: Registry, eachTimeline: EachTimeline, s
   perReplica('walcast_replica_send_lag_bytes', 'Commit LSN minus what walcast has sent to the replica.', (row) => row.lag.sentBytes);
   perReplica('walcast_replica_sent_lsn', 'WAL position walcast has sent the replica up to.', (row) => Number(row.replica.sentLsn));
   perReplica('walcast_replica_bytes_sent', 'Bytes sent to the replica on this stream.', (row) => row.replica.bytesSent);
+  perReplica('walcast_replica_disk_wait_seconds', 'Seconds the sender waited for cold WAL reads from disk on this stream, the wait in progress included (idle I/O priority: a busy disk holds them back).', ({ replica, now }) =>
+    (replica.diskWaitMs + (replica.diskWaitSince === undefined ? 0 : Math.max(0, now - replica.diskWaitSince.getTime()))) / MS_PER_SECOND,
+  );
   perReplica('walcast_replica_feedback_age_seconds', 'Seconds since the replica last sent feedback (safekeeper_feedback_last_time_seconds, as an age).', ({ replica, now }) =>
     replica.lastFeedbackAt === undefined ? undefined : Math.max(0, (now - replica.lastFeedbackAt.getTime()) / MS_PER_SECOND),
   );

@@ -243,6 +243,8 @@ export function walsenderStatus(timeline: Timeline, replica: ReplicaSnapshot, co
     start_lsn: formatLsn(replica.startLsn),
     sent_lsn: formatLsn(replica.sentLsn),
     bytes_sent: replica.bytesSent,
+    disk_wait_seconds: replica.diskWaitMs / MS_PER_SECOND,
+    disk_wait_current_seconds: replica.diskWaitSince === undefined ? null : Math.max(0, (now.getTime() - replica.diskWaitSince.getTime()) / MS_PER_SECOND),
     lag_bytes: lag.confirmedBytes ?? null,
     apply_lag_bytes: lag.applyBytes ?? null,
     send_lag_bytes: lag.sentBytes,

@@ -556,12 +556,15 @@ test('a prefetch starved behind best-effort I/O (an idle-priority read) keeps th
   const released = new Promise<void>((resolve) => (release = resolve));
   // The native backend's readahead thread may wait up to mq-deadline's prio_aging_expire (10 s) per request.
   writer.prefetch = () => released;
-  const running = sendWal(options({ endWatch, writer, signal: controller.signal, source: fakeSource, prefetchSource: fakeSource, keepaliveIntervalMs: 20 }));
+  const diskWaits: boolean[] = [];
+  const running = sendWal({ ...options({ endWatch, writer, signal: controller.signal, source: fakeSource, prefetchSource: fakeSource, keepaliveIntervalMs: 20 }), onDiskWait: (waiting) => diskWaits.push(waiting) });
   for (let count = 1; count <= 3; count++) await writer.waitForSent(() => writer.sent.filter((entry) => entry.kind === 'message').length >= count);
   assert.equal(writer.sent.filter((entry) => entry.kind === 'chunk').length, 0, 'nothing is sent from a piece still being read');
   for (const entry of writer.sent) assert.deepEqual([entry.type, entry.replyRequested, entry.walEnd], ['k', true, startLsn]);
+  assert.deepEqual(diskWaits, [true], 'the registry is told the sender waits for the disk (status and /metrics show it)');
   release();
   await writer.waitForSent((entry) => entry.kind === 'chunk');
+  assert.deepEqual(diskWaits.slice(0, 2), [true, false], 'and when the wait ended');
   controller.abort();
   assert.equal((await running).kind, 'aborted');
 });

@@ -120,6 +120,11 @@ export interface SendWalOptions {
   readonly lastReplyAtMs: () => number;
   readonly keepaliveIntervalMs?: number;
   /**
+   * Told when the sender starts (true) and stops (false) waiting for a prefetch read: cold WAL from disk, read at idle
+   * I/O priority by the native backend, which a busy disk can hold back for seconds (native/readahead-thread.h).
+   */
+  readonly onDiskWait?: (waiting: boolean) => void;
+  /**
    * Where the requested PostgreSQL timeline ends (its switch point), read again before every chunk; undefined while
    * it is the newest. The stream never sends past it and ends there (walsender.c XLogSendPhysical, historic case).
    */
@@ -215,7 +220,12 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       // skip the storage wait (a Promise.race, a promise and a closure each) and its awaits: per chunk, the two were
       // the sender loop's largest cost of its own (profile in docs/benchmarks.md, "One replica").
       const caching = prefetcher.ensureCachedNow(sentLsn, endLsn, wantedEnd);
-      if (caching !== undefined && (await storageWaits.wait(caching)) === STREAM_ABORTED) break;
+      if (caching !== undefined) {
+        options.onDiskWait?.(true);
+        const waited = await storageWaits.wait(caching);
+        options.onDiskWait?.(false);
+        if (waited === STREAM_ABORTED) break;
+      }
       // Storage may return less than asked, only where a segment file ends early: the bytes it has are sent, and the
       // next locate (at the file's end) throws the error that names the segment and offset.
       const chunk = options.source.locateNow?.(sentLsn, wantedEnd) ?? (await storageWaits.wait(options.source.locate(sentLsn, wantedEnd)));

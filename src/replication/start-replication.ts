@@ -26,6 +26,12 @@ import { toStreamInput } from './stream-input.js';
 
 /** CopyFail's reason is client text; PostgreSQL repeats it whole, walcast a bounded, escaped prefix of it. */
 const COPY_FAIL_QUOTE_MAX_CHARS = 200;
+/**
+ * A sender's wait for one prefetch read (cold WAL from disk) this long is logged: the native backend reads at idle I/O
+ * priority, and a disk saturated by best-effort I/O holds such reads back up to mq-deadline's prio_aging_expire (10 s)
+ * per request. Status and /metrics show the waits too (disk_wait_seconds).
+ */
+export const SLOW_DISK_WAIT_LOG_MS = 5_000;
 
 export interface StartReplicationRequest {
   readonly startLsn: Lsn;
@@ -189,6 +195,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
     writer = await context.backend.openStream(conn.socket);
     logStreamPath(context, writer);
     const verifyAheadWith = aheadChecksummer(context.backend);
+    let diskWaitStartedAt = 0;
     sent = await sendWal({
       replicaName: context.applicationName === '' ? 'replica' : context.applicationName,
       startLsn: request.startLsn,
@@ -210,6 +217,15 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       shouldStop: () => timeline.shouldSenderStop(replica.remoteConsistentLsn()),
       replicaTimeoutMs: context.replicaTimeoutMs,
       lastReplyAtMs: () => reader.lastMessageAt(),
+      onDiskWait: (waiting) => {
+        if (waiting) {
+          diskWaitStartedAt = Date.now();
+        } else {
+          const waitedMs = Date.now() - diskWaitStartedAt;
+          if (waitedMs >= SLOW_DISK_WAIT_LOG_MS) log.warn({ waitedMs, sentLsn: formatLsn(sentLsn) }, 'slow cold WAL read: the sender waited for the disk (a busy disk holds back idle-priority reads)');
+        }
+        replica.diskWait(waiting);
+      },
       onSent: (lsn, bytes) => {
         // The send reader's open segment is still the one this chunk came from: the next locate comes after.
         const served = timeline.walBytesServed;

@@ -36,6 +36,12 @@ export interface ReplicaSnapshot extends ReplicaInfo {
   readonly replicaId: number;
   readonly sentLsn: Lsn;
   readonly bytesSent: number;
+  /**
+   * Milliseconds the sender spent waiting for its prefetch reads (cold WAL read from disk, at idle I/O priority with
+   * the native backend: a busy disk holds them back), finished waits; and when the wait in progress started.
+   */
+  readonly diskWaitMs: number;
+  readonly diskWaitSince: Date | undefined;
   readonly standbyReply: StandbyReply | undefined;
   readonly hotStandby: HotStandbyFeedback | undefined;
   readonly pageserver: PageserverFeedback | undefined;
@@ -74,6 +80,8 @@ interface ReplicaState {
   readonly replicaId: number;
   sentLsn: Lsn;
   bytesSent: number;
+  diskWaitMs: number;
+  diskWaitSince: Date | undefined;
   standbyReply: StandbyReply | undefined;
   hotStandby: HotStandbyFeedback | undefined;
   pageserver: PageserverFeedback | undefined;
@@ -127,6 +135,17 @@ export class ReplicaHandle {
     this.registry.bytesSentTotal += bytes;
   }
 
+  /** The sender waits for a prefetch read (true) or that wait ended (false): see ReplicaSnapshot.diskWaitMs. */
+  diskWait(waiting: boolean, now = new Date()): void {
+    const state = this.state;
+    if (waiting) {
+      state.diskWaitSince ??= now;
+    } else if (state.diskWaitSince !== undefined) {
+      state.diskWaitMs += Math.max(0, now.getTime() - state.diskWaitSince.getTime());
+      state.diskWaitSince = undefined;
+    }
+  }
+
   /** This replica's own remote-consistent LSN, from pageserver feedback only (standbys never report one). */
   remoteConsistentLsn(): Lsn | undefined {
     return this.state.pageserver?.remoteConsistentLsn;
@@ -161,6 +180,8 @@ export class ReplicaRegistry {
       replicaId,
       sentLsn: info.startLsn,
       bytesSent: 0,
+      diskWaitMs: 0,
+      diskWaitSince: undefined,
       standbyReply: undefined,
       hotStandby: undefined,
       pageserver: undefined,
@@ -197,6 +218,8 @@ export class ReplicaRegistry {
         replicaId: state.replicaId,
         sentLsn: state.sentLsn,
         bytesSent: state.bytesSent,
+        diskWaitMs: state.diskWaitMs,
+        diskWaitSince: state.diskWaitSince,
         standbyReply: state.standbyReply,
         hotStandby: state.hotStandby,
         pageserver: state.pageserver,
