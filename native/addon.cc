@@ -366,6 +366,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     stats.Set("ring", Napi::Boolean::New(info.Env(), engine_ && engine_->ring_ready()));
     stats.Set("sendsInFlight", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->sends_in_flight()) : 0));
     stats.Set("readsInFlight", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->reads_in_flight()) : 0));
+    stats.Set("idleReadFallbacks", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->idle_read_fallbacks()) : 0));
     stats.Set("lowPriorityReads", Napi::Boolean::New(info.Env(), engine_ && engine_->low_priority_reads()));
     // Why not (ioprio_set refused, or the A/B switch): the backend logs it once.
     if (engine_ && !engine_->low_priority_reads() && engine_->low_priority_failure().syscall != nullptr) {
@@ -547,6 +548,21 @@ Napi::Value ReadaheadStopWhileReadingForTest(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// readaheadSinkForTest(fd): the next Engine's readahead threads read into fd (it owns it from then on), so a test can
+// hold their reads in a full pipe: a read starved for as long as the test likes (Engine::TakeBackStarvedReadaheads).
+Napi::Value ReadaheadSinkForTest(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 1);
+  int fd = -1;
+  REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
+  const int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (own < 0) {
+    ThrowNativeError(info.Env(), {errno, "fcntl"});
+    return info.Env().Undefined();
+  }
+  Engine::SetReadaheadSinkForTest(own);
+  return info.Env().Undefined();
+}
+
 // errorForTest(errno, syscall): builds the error a failed call would raise (for the error-shape tests).
 Napi::Value ErrorForTest(const Napi::CallbackInfo& info) {
   REQUIRE_ARGUMENT_COUNT(info, 1);
@@ -620,6 +636,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineWrap::Define(env));
   exports.Set("selfTest", Napi::Function::New(env, SelfTest, "selfTest"));
   exports.Set("readaheadStopWhileReadingForTest", Napi::Function::New(env, ReadaheadStopWhileReadingForTest, "readaheadStopWhileReadingForTest"));
+  exports.Set("readaheadSinkForTest", Napi::Function::New(env, ReadaheadSinkForTest, "readaheadSinkForTest"));
   exports.Set("errorForTest", Napi::Function::New(env, ErrorForTest, "errorForTest"));
   exports.Set("headerBytesMax", Napi::Number::New(env, static_cast<double>(kHeaderBytesMax)));
   exports.Set("messageBytesMax", Napi::Number::New(env, static_cast<double>(kMessageBytesMax)));

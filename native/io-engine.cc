@@ -22,6 +22,11 @@
 namespace walcast {
 
 namespace {
+// Engine::SetReadaheadSinkForTest: taken by the next engine that starts its readahead threads.
+int readahead_sink_for_test = -1;
+}  // namespace
+
+namespace {
 
 // epoll data of the io_uring eventfd; stream ids start at 1.
 constexpr uint64_t kRingEventTag = 0;
@@ -106,7 +111,48 @@ bool Engine::Start(uv_loop_t* loop, Failure* failure) {
   uv_poll_start(poll_, UV_READABLE, OnPoll);
   uv_prepare_start(prepare_, OnPrepare);
   uv_check_start(check_, OnCheck);
+  if (readahead_ != nullptr) {
+    starve_timer_ = new uv_timer_t();
+    uv_timer_init(loop, starve_timer_);
+    starve_timer_->data = this;
+    uv_unref(reinterpret_cast<uv_handle_t*>(starve_timer_));
+    uv_timer_start(starve_timer_, OnStarveTimer, kIdleReadWaitMaxMs / 2, kIdleReadWaitMaxMs / 2);
+  }
   return true;
+}
+
+void Engine::SetReadaheadSinkForTest(int fd) { readahead_sink_for_test = fd; }
+
+void Engine::OnStarveTimer(uv_timer_t* handle) {
+  Engine* engine = static_cast<Engine*>(handle->data);
+  if (engine == nullptr) return;
+  engine->TakeBackStarvedReadaheads();
+  engine->SubmitRing();
+  engine->DeliverEvents();
+}
+
+void Engine::TakeBackStarvedReadaheads() {
+  if (closed_ || readaheads_in_flight_.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<uint64_t> starved;
+  for (const auto& entry : readaheads_in_flight_) {
+    if (now - entry.second.readahead_at >= std::chrono::milliseconds(kIdleReadWaitMaxMs)) starved.push_back(entry.first);
+  }
+  for (const uint64_t slot : starved) {
+    // The thread keeps its own dup and finishes (or stays starved) on its own; TakeReadaheads skips its slot.
+    auto found = readaheads_in_flight_.find(slot);
+    PrefetchRead read = std::move(found->second);
+    readaheads_in_flight_.erase(found);
+    idle_read_fallbacks_++;
+    idle_starved_until_ = now + std::chrono::milliseconds(kIdleStarvedBackoffMs);
+    const uint64_t missing = FirstNotUpToDate(read.fd.get(), read.offset, read.bytes);
+    if (missing >= read.offset + read.bytes) {
+      PrefetchDone(read);
+      continue;
+    }
+    read.wait_offset = missing;
+    StartRead(std::move(read));
+  }
 }
 
 bool Engine::StartRing(Failure* failure) {
@@ -140,7 +186,10 @@ bool Engine::StartRing(Failure* failure) {
     readahead_failure_ = {0, "switched off (WALCAST_PREFETCH_IOPRIO=default)"};
   } else {
     const bool idle = ioprio == nullptr || strcmp(ioprio, "best-effort") != 0;
-    readahead_ = ReadaheadThread::Start(event_fd_.get(), idle, &readahead_failure_);
+    const int sink = readahead_sink_for_test;
+    readahead_sink_for_test = -1;
+    readahead_ = sink >= 0 ? ReadaheadThread::StartWithSinkForTest(event_fd_.get(), sink, &readahead_failure_)
+                           : ReadaheadThread::Start(event_fd_.get(), idle, &readahead_failure_);
   }
   return true;
 }
@@ -155,6 +204,12 @@ void Engine::Close() {
   // First, and without waiting for a read in hand (it may be starved for seconds behind best-effort I/O): the threads
   // read their own dups, and after this they write to no eventfd and take no slot (readahead-thread.h).
   readahead_.reset();
+  if (starve_timer_ != nullptr) {
+    starve_timer_->data = nullptr;
+    uv_timer_stop(starve_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(starve_timer_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_timer_t*>(handle); });
+    starve_timer_ = nullptr;
+  }
   readaheads_in_flight_.clear();
   readaheads_done_.clear();
   reads_waiting_.clear();
@@ -1142,12 +1197,17 @@ void Engine::StartRead(PrefetchRead&& read) {
     // sender's sendfile must not meet: ColdLately); READ waits follow only for what is still missing after
     // (TakeReadaheads). A full queue (never seen: the engine's own bound is lower) reads as before.
     read.readahead_submitted = true;
-    const uint64_t slot = next_read_slot_++;
-    if (readahead_->Submit(slot, read.fd.get(), read.offset, read.bytes)) {
-      readaheads_in_flight_.emplace(slot, std::move(read));
-      return;
+    const auto now = std::chrono::steady_clock::now();
+    // Not while idle reads were starved lately (kIdleReadWaitMaxMs): then the engine reads at its own priority.
+    if (now >= idle_starved_until_) {
+      const uint64_t slot = next_read_slot_++;
+      read.readahead_at = now;
+      if (readahead_->Submit(slot, read.fd.get(), read.offset, read.bytes)) {
+        readaheads_in_flight_.emplace(slot, std::move(read));
+        return;
+      }
     }
-    // Refused: a READ of what is missing, if anything (a range up to date came only for the thread).
+    // Refused or starved lately: a READ of what is missing, if anything (a range up to date came only for the thread).
     if (read.wait_offset >= read.offset + read.bytes) {
       PrefetchDone(read);
       return;
@@ -1213,7 +1273,8 @@ void Engine::TakeReadaheads() {
   readahead_->TakeDone(&readaheads_done_);
   for (const uint64_t slot : readaheads_done_) {
     auto found = readaheads_in_flight_.find(slot);
-    WALCAST_ASSERT(found != readaheads_in_flight_.end());
+    // Taken back when it starved (TakeBackStarvedReadaheads): its READ waits run already.
+    if (found == readaheads_in_flight_.end()) continue;
     PrefetchRead read = std::move(found->second);
     readaheads_in_flight_.erase(found);
     if (closed_) continue;

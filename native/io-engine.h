@@ -76,6 +76,13 @@ constexpr size_t kPrefetchBytesMax = 1024 * 1024;
 constexpr int kColdFileMs = 1000;
 // Files remembered as cold lately; a bound, reached only with that many cold catch-ups at once.
 constexpr size_t kColdFilesMax = 256;
+// A prefetch at a readahead thread (idle I/O priority) not done after this long is starved: mq-deadline serves the
+// idle class only while no best-effort request is queued, and a saturating writer holds it back up to
+// prio_aging_expire (10 s) per request (measured: a cold catch-up at 0.6 MiB/s against 100 MiB/s at the event
+// loop's priority, docs/benchmarks.md). The engine then reads the rest itself, at its own priority (io-wq READs), and
+// sends every prefetch that way for kIdleStarvedBackoffMs: a catch-up slows down next to a busy disk, never stalls.
+constexpr int kIdleReadWaitMaxMs = 1000;
+constexpr int kIdleStarvedBackoffMs = 10000;
 // How long Close() waits for the io_uring requests it cancelled before it frees what they use. Cancelled socket
 // sends complete at once; a prefetch read already running on an io-wq worker cannot be cancelled and finishes
 // with the disk (milliseconds). Past the bound the engine leaks those buffers rather than free them under the
@@ -196,8 +203,9 @@ struct PrefetchRead {
   int waits = 0;
   // The file (inode and device): its requests are worked on one at a time, in order (Engine::Prefetch).
   uint64_t file_key = 0;
-  // The readahead thread started this range's reads (at idle I/O priority) before its first READ.
+  // The readahead thread started this range's reads (at idle I/O priority) before its first READ, and when.
   bool readahead_submitted = false;
+  std::chrono::steady_clock::time_point readahead_at{};
 };
 
 class Engine {
@@ -254,6 +262,11 @@ class Engine {
   // ring, or WALCAST_PREFETCH_IOPRIO=default).
   bool low_priority_reads() const { return readahead_ != nullptr; }
   const Failure& low_priority_failure() const { return readahead_failure_; }
+  // Prefetches taken back from a starved readahead thread and read at the engine's priority (kIdleReadWaitMaxMs).
+  uint64_t idle_read_fallbacks() const { return idle_read_fallbacks_; }
+  // Tests: the next engine's readahead threads read into this descriptor (a pipe held full: a read that never ends)
+  // instead of /dev/null; -1: /dev/null. The engine's threads own it from then on.
+  static void SetReadaheadSinkForTest(int fd);
 
  private:
   enum class Progress { kDone, kBlocked, kFailed };
@@ -312,6 +325,9 @@ class Engine {
   void OnReadCompletion(uint64_t slot, int result);
   // Moves the requests whose readahead the thread submitted on to their READ waits.
   void TakeReadaheads();
+  // Every kIdleReadWaitMaxMs / 2: takes back readaheads starved past kIdleReadWaitMaxMs (their READ waits start now).
+  static void OnStarveTimer(uv_timer_t* handle);
+  void TakeBackStarvedReadaheads();
   // A prefetch of `file_fd` found pages missing within kColdFileMs: its pieces go to a readahead thread even when up
   // to date (io-engine.cc).
   bool ColdLately(int file_fd);
@@ -374,6 +390,10 @@ class Engine {
   std::unique_ptr<ReadaheadThread> readahead_;
   Failure readahead_failure_;
   std::unordered_map<uint64_t, PrefetchRead> readaheads_in_flight_;
+  uv_timer_t* starve_timer_ = nullptr;
+  uint64_t idle_read_fallbacks_ = 0;
+  // Until then prefetches skip the readahead threads (a starved one was taken back lately).
+  std::chrono::steady_clock::time_point idle_starved_until_{};
   std::vector<uint64_t> readaheads_done_;
   // Caller descriptors that had a prefetch with pages missing, and when (ColdLately); cleared when full.
   std::unordered_map<int, std::chrono::steady_clock::time_point> cold_files_;

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, fdatasyncSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, fdatasyncSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -278,6 +278,69 @@ test('stopping the readahead threads does not wait for a read in hand: the read 
     assert.equal(result.wakesAfterStop, 0, 'a read finished after the stop wakes no eventfd');
     assert.equal(result.liveAtEnd, 0, 'the detached thread exits once its read returns');
   } finally {
+    rmSync(directory, { recursive: true, force: true });
+  }
+});
+
+test('a prefetch starved at a readahead thread is taken back after kIdleReadWaitMaxMs and read at the engine\'s priority, and the next ones skip the threads for a while', { skip: ringSkip }, async () => {
+  const loaded = loadNativeAddon();
+  assert.ok(loaded.ok);
+  const { addon } = loaded;
+  const directory = mkdtempSync(join(tmpdir(), 'walcast-ra-starved-'));
+  const path = join(directory, 'segment');
+  const fifo = join(directory, 'sink');
+  const bytes = 4 * 1024 * 1024;
+  writeFileSync(path, randomBytes(bytes));
+  const writable = openSync(path, 'r+');
+  fdatasyncSync(writable);
+  closeSync(writable);
+  const fd = openSync(path, 'r');
+  execFileSync('mkfifo', [fifo]);
+  // The threads' reads go into a FIFO nobody reads (opened read-write: it never reports a closed reader): a read held
+  // there is a read starved for as long as the test lasts, as mq-deadline holds back idle reads next to a busy writer.
+  const sink = openSync(fifo, 'r+');
+  addon.readaheadSinkForTest(sink);
+  closeSync(sink);
+  const drain = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const done = new Map<number, () => void>();
+  const engine = new addon.Engine(NATIVE_STRATEGY_CODES.sendfile, (kind: NativeEventKind, id: number) => {
+    if (kind === NativeEventKind.prefetched) done.get(id)?.();
+  });
+  const keepAlive = setInterval(() => undefined, 1000);
+  const prefetched = async (offset: number, token: number): Promise<void> => {
+    // The whole file: page cache may hold it in folios larger than the range, which a partial drop leaves.
+    addon.dropCache(fd, 0, bytes);
+    assert.equal(addon.residentBytes(fd, offset, 1024 * 1024), 0, 'the range starts cold');
+    const settled = new Promise<void>((resolve) => done.set(token, resolve));
+    assert.equal(engine.prefetch(fd, offset, 1024 * 1024, token), false, 'a cold range is read, not answered at once');
+    let bound: NodeJS.Timeout | undefined;
+    // A bound on the wait, not a speed check: without the take-back the prefetch never completes.
+    await Promise.race([settled, new Promise((_, reject) => (bound = setTimeout(() => reject(new Error(`prefetch ${token} never completed: ${JSON.stringify(engine.stats())}`)), CHILD_TIMEOUT_MS / 2)))]);
+    clearTimeout(bound);
+  };
+  try {
+    assert.equal(engine.stats().lowPriorityReads, true);
+    await prefetched(0, 1);
+    assert.equal(engine.stats().idleReadFallbacks, 1, 'the starved read was taken back once');
+    assert.equal(addon.residentBytes(fd, 0, 1024 * 1024), 1024 * 1024, 'and the range was read at the engine\'s priority');
+    // Within the back-off the next cold piece goes to the engine's READs directly: nothing more is taken back.
+    await prefetched(2 * 1024 * 1024, 2);
+    assert.equal(engine.stats().idleReadFallbacks, 1, JSON.stringify(engine.stats()));
+    assert.equal(addon.residentBytes(fd, 2 * 1024 * 1024, 1024 * 1024), 1024 * 1024);
+  } finally {
+    clearInterval(keepAlive);
+    engine.close();
+    // Let the held thread finish its read (it exits once stopped); bounded.
+    const scratch = Buffer.alloc(65536);
+    for (let turn = 0; turn < 200 && readaheadThreadIds().length > 0; turn += 1) {
+      try {
+        readSync(drain, scratch);
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    }
+    closeSync(drain);
+    closeSync(fd);
     rmSync(directory, { recursive: true, force: true });
   }
 });

@@ -82,9 +82,10 @@ export interface NativeEngine {
   /**
    * sendsInFlight / readsInFlight: io_uring requests whose completions are not reaped yet (readsInFlight also counts
    * prefetch requests at the readahead thread). lowPriorityReads: prefetch reads start at idle I/O priority
-   * (native/readahead-thread.h); when not although the ring is up, lowPriorityReadsFailure says why ("ioprio_set: EPERM").
+   * (native/readahead-thread.h); idleReadFallbacks: prefetches taken back from a starved readahead thread and read at
+   * the engine's own priority (io-engine.h kIdleReadWaitMaxMs); when not although the ring is up, lowPriorityReadsFailure says why ("ioprio_set: EPERM").
    */
-  stats(): { streams: number; mappedFiles: number; ring: boolean; sendsInFlight: number; readsInFlight: number; lowPriorityReads: boolean; lowPriorityReadsFailure?: string };
+  stats(): { streams: number; mappedFiles: number; ring: boolean; sendsInFlight: number; readsInFlight: number; idleReadFallbacks: number; lowPriorityReads: boolean; lowPriorityReadsFailure?: string };
   close(): void;
 }
 
@@ -94,6 +95,8 @@ export interface NativeAddon {
   selfTest(): { ok: true; ring: boolean };
   errorForTest(errno: number): NativeIoError;
   /** Stops readahead threads while one is blocked in its read (native/addon.cc): the stop must not wait for it. */
+  /** The next Engine's readahead threads read into (a dup of) fd instead of /dev/null: a test holds them in a full FIFO. */
+  readaheadSinkForTest(fd: number): void;
   readaheadStopWhileReadingForTest(path: string): { liveAfterStop: number; wakesAfterStop: number; liveAtEnd: number };
   /** posix_fadvise(DONTNEED) on a range: makes a file cold for tests and the benchmark. */
   dropCache(fd: number, offset: number, length: number): void;
