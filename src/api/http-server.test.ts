@@ -513,3 +513,12 @@ describe('DELETE /v1/tenant/:t/timeline/:l (timeline removal while serving)', ()
     }
   });
 });
+
+test('walcast_prefetch_idle_fallbacks_total reads the backend\'s count of starved idle-priority reads taken back at each scrape, and is absent without one', async () => {
+  let fallbacks = 0;
+  const native = createOperationsMetrics({ backend: 'native', strategy: 'sendfile', prefetchIdleFallbacks: () => fallbacks });
+  assert.match(await native.registry.metrics(), /^walcast_prefetch_idle_fallbacks_total 0$/m);
+  fallbacks = 3;
+  assert.match(await native.registry.metrics(), /^walcast_prefetch_idle_fallbacks_total 3$/m);
+  assert.doesNotMatch(await createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' }).registry.metrics(), /walcast_prefetch_idle_fallbacks_total/);
+});

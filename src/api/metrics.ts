@@ -57,7 +57,7 @@ export interface OperationsMetrics {
 }
 
 /** `io.kernelTls`: the backend's kernel TLS probe, exported as walcast_io_kernel_tls_info (left out when not given). */
-export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string; readonly kernelTls?: KernelTlsStatus }): OperationsMetrics {
+export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string; readonly kernelTls?: KernelTlsStatus; readonly prefetchIdleFallbacks?: () => number }): OperationsMetrics {
   const registry = new Registry();
   let timelines: TimelineRegistry | undefined;
   let retention: RetentionLookup = () => undefined;
@@ -71,6 +71,18 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
   registerSlotGauges(registry, eachTimeline);
   registerTotals(registry, eachTimeline, io);
   if (io.kernelTls !== undefined) registerKernelTlsInfo(registry, io.kernelTls);
+  const idleFallbacks = io.prefetchIdleFallbacks;
+  if (idleFallbacks !== undefined) {
+    new Counter({
+      name: 'walcast_prefetch_idle_fallbacks_total',
+      help: 'Cold WAL reads taken back from an idle-I/O-priority readahead thread after a starved wait (a disk busy with best-effort I/O) and read at normal priority.',
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(idleFallbacks());
+      },
+    });
+  }
   registerRetentionMetrics(registry, eachTimeline, (timeline) => retention(timeline));
   registerOffloadMetrics(registry, eachTimeline, (timeline) => offload(timeline));
   registerRemovalMetrics(registry, () => timelines);

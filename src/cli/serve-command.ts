@@ -74,7 +74,8 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const selection = await createIoBackend(resolveIoChoice(flags));
   const kernelTls = selection.backend.kernelTls;
   log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason, kernel_tls: kernelTls.state, kernel_tls_code: kernelTls.code, kernel_tls_detail: kernelTls.detail }, 'I/O backend selected');
-  const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy, kernelTls });
+  const idleFallbacks = selection.backend.prefetchIdleFallbacks?.bind(selection.backend);
+  const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy, kernelTls, ...(idleFallbacks === undefined ? {} : { prefetchIdleFallbacks: idleFallbacks }) });
   // SIGINT/SIGTERM are caught from before anything starts: the HTTP API answers before walcast.server.json is
   // written and the server is up, and a signal in that window (a supervisor, a test) killed the process with the
   // default action — exit by signal, state file left behind. Now it stops cleanly once start-up is done.

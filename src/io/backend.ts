@@ -71,6 +71,12 @@ export interface IoBackend {
    */
   readonly prefetchPriorityNote?: string;
   /**
+   * Native only: prefetch reads taken back from a readahead thread after a starved wait (io-engine.h
+   * kIdleReadWaitMaxMs: a disk busy with best-effort I/O held the idle-priority read back) and read at the engine's
+   * own priority instead. Exported as walcast_prefetch_idle_fallbacks_total.
+   */
+  prefetchIdleFallbacks?(): number;
+  /**
    * Takes over writes to `socket` for one replication stream. Until `release()` resolves, nobody else
    * writes to the socket; reading (replica feedback) stays with Node.
    */

@@ -246,6 +246,10 @@ class NativeBackend implements IoBackend {
     this.prefetchPriorityNote = stats.ring && !stats.lowPriorityReads ? `prefetch reads at normal I/O priority (${stats.lowPriorityReadsFailure ?? 'unknown'})` : undefined;
   }
 
+  prefetchIdleFallbacks(): number {
+    return this.engine.stats().idleReadFallbacks;
+  }
+
   async openStream(socket: Socket): Promise<StreamWriter> {
     if (this.closed) throw new WalcastError('WALCAST_ERR_STREAM_IO', 'the native I/O backend is closed');
     const fd = socketFd(socket);
