@@ -175,7 +175,14 @@ test("the WAL writer's fdatasync is not starved behind a pool full of off-thread
 
 /** The engine's readahead threads (native/readahead-thread.h), by their name. */
 function readaheadThreadIds(): string[] {
-  return readdirSync('/proc/self/task').filter((tid) => readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'walcast-ra');
+  // A stopped thread exits on its own (detached) and may be gone between the listing and the read.
+  return readdirSync('/proc/self/task').filter((tid) => {
+    try {
+      return readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'walcast-ra';
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** Bytes the threads submitted reads for (accounted to the submitting thread at submit_bio). */
