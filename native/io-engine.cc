@@ -144,7 +144,11 @@ void Engine::TakeBackStarvedReadaheads() {
     PrefetchRead read = std::move(found->second);
     readaheads_in_flight_.erase(found);
     idle_read_fallbacks_++;
-    idle_starved_until_ = now + std::chrono::milliseconds(kIdleStarvedBackoffMs);
+    // Starved again right after a back-off (the first idle read tried since): the disk stays busy, back off longer.
+    if (idle_starved_until_.time_since_epoch().count() != 0 && read.readahead_at >= idle_starved_until_) {
+      idle_starved_backoff_ms_ = std::min(idle_starved_backoff_ms_ * 2, kIdleStarvedBackoffMaxMs);
+    }
+    idle_starved_until_ = now + std::chrono::milliseconds(idle_starved_backoff_ms_);
     const uint64_t missing = FirstNotUpToDate(read.fd.get(), read.offset, read.bytes);
     if (missing >= read.offset + read.bytes) {
       PrefetchDone(read);
@@ -1278,6 +1282,8 @@ void Engine::TakeReadaheads() {
     PrefetchRead read = std::move(found->second);
     readaheads_in_flight_.erase(found);
     if (closed_) continue;
+    // An idle read done in time: the disk gives the idle class its turns again.
+    idle_starved_backoff_ms_ = kIdleStarvedBackoffMs;
     // Usually up to date now; else on to its READ waits (readahead_submitted is set): it moves from one in-flight set
     // to the other.
     const uint64_t missing = FirstNotUpToDate(read.fd.get(), read.offset, read.bytes);

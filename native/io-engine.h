@@ -80,9 +80,14 @@ constexpr size_t kColdFilesMax = 256;
 // idle class only while no best-effort request is queued, and a saturating writer holds it back up to
 // prio_aging_expire (10 s) per request (measured: a cold catch-up at 0.6 MiB/s against 100 MiB/s at the event
 // loop's priority, docs/benchmarks.md). The engine then reads the rest itself, at its own priority (io-wq READs), and
-// sends every prefetch that way for kIdleStarvedBackoffMs: a catch-up slows down next to a busy disk, never stalls.
+// sends every prefetch that way for a back-off: a catch-up slows down next to a busy disk, never stalls. The back-off
+// starts at kIdleStarvedBackoffMs and doubles, up to kIdleStarvedBackoffMaxMs, each time the first idle read tried
+// after it starves again (a disk that stays saturated: every retry of the idle class costs a starved piece, and the
+// pages its readahead put in flight stay at the idle class until prio_aging_expire); an idle read done in time
+// resets it.
 constexpr int kIdleReadWaitMaxMs = 1000;
 constexpr int kIdleStarvedBackoffMs = 10000;
+constexpr int kIdleStarvedBackoffMaxMs = 160000;
 // How long Close() waits for the io_uring requests it cancelled before it frees what they use. Cancelled socket
 // sends complete at once; a prefetch read already running on an io-wq worker cannot be cancelled and finishes
 // with the disk (milliseconds). Past the bound the engine leaks those buffers rather than free them under the
@@ -394,6 +399,7 @@ class Engine {
   uint64_t idle_read_fallbacks_ = 0;
   // Until then prefetches skip the readahead threads (a starved one was taken back lately).
   std::chrono::steady_clock::time_point idle_starved_until_{};
+  int idle_starved_backoff_ms_ = kIdleStarvedBackoffMs;
   std::vector<uint64_t> readaheads_done_;
   // Caller descriptors that had a prefetch with pages missing, and when (ColdLately); cleared when full.
   std::unordered_map<int, std::chrono::steady_clock::time_point> cold_files_;
