@@ -37,6 +37,16 @@ constexpr uint64_t kOpRead = 2;
 constexpr uint64_t kOpCancel = 3;
 constexpr uint64_t kOpMask = (1u << kOpBits) - 1;
 
+// Stops a libuv handle the engine owns, detaches it from the engine and frees it once libuv has closed it.
+template <typename Handle>
+void StopAndCloseHandle(Handle*& handle, int (*stop)(Handle*)) {
+  if (handle == nullptr) return;
+  handle->data = nullptr;
+  stop(handle);
+  uv_close(reinterpret_cast<uv_handle_t*>(handle), [](uv_handle_t* closed) { delete reinterpret_cast<Handle*>(closed); });
+  handle = nullptr;
+}
+
 uint64_t Tag(uint64_t id, uint64_t op) { return (id << kOpBits) | op; }
 
 bool WouldBlock(int errnum) { return errnum == EAGAIN || errnum == EWOULDBLOCK; }
@@ -208,12 +218,7 @@ void Engine::Close() {
   // First, and without waiting for a read in hand (it may be starved for seconds behind best-effort I/O): the threads
   // read their own dups, and after this they write to no eventfd and take no slot (readahead-thread.h).
   readahead_.reset();
-  if (starve_timer_ != nullptr) {
-    starve_timer_->data = nullptr;
-    uv_timer_stop(starve_timer_);
-    uv_close(reinterpret_cast<uv_handle_t*>(starve_timer_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_timer_t*>(handle); });
-    starve_timer_ = nullptr;
-  }
+  StopAndCloseHandle(starve_timer_, uv_timer_stop);
   readaheads_in_flight_.clear();
   readaheads_done_.clear();
   reads_waiting_.clear();
@@ -236,30 +241,10 @@ void Engine::Close() {
   if (batch_ring_state_ == BatchRing::kReady || batch_ring_state_ == BatchRing::kBroken) io_uring_queue_exit(&batch_ring_);
   batch_ring_state_ = BatchRing::kUnavailable;
   ready_.clear();
-  if (poll_ != nullptr) {
-    poll_->data = nullptr;
-    uv_poll_stop(poll_);
-    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
-    poll_ = nullptr;
-  }
-  if (prepare_ != nullptr) {
-    prepare_->data = nullptr;
-    uv_prepare_stop(prepare_);
-    uv_close(reinterpret_cast<uv_handle_t*>(prepare_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_prepare_t*>(handle); });
-    prepare_ = nullptr;
-  }
-  if (check_ != nullptr) {
-    check_->data = nullptr;
-    uv_check_stop(check_);
-    uv_close(reinterpret_cast<uv_handle_t*>(check_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_check_t*>(handle); });
-    check_ = nullptr;
-  }
-  if (idle_ != nullptr) {
-    idle_->data = nullptr;
-    uv_idle_stop(idle_);
-    uv_close(reinterpret_cast<uv_handle_t*>(idle_), [](uv_handle_t* handle) { delete reinterpret_cast<uv_idle_t*>(handle); });
-    idle_ = nullptr;
-  }
+  StopAndCloseHandle(poll_, uv_poll_stop);
+  StopAndCloseHandle(prepare_, uv_prepare_stop);
+  StopAndCloseHandle(check_, uv_check_stop);
+  StopAndCloseHandle(idle_, uv_idle_stop);
   // Only after uv_poll_stop: libuv must not watch a closed (and possibly reused) descriptor.
   event_fd_.reset();
   epoll_fd_.reset();
