@@ -195,6 +195,14 @@ function threadsReadBytes(tids: readonly string[]): number {
   return total;
 }
 
+/** Random bytes written back to disk: dirty pages cannot be dropped from page cache. */
+function writeSyncedFile(path: string, bytes: number): void {
+  writeFileSync(path, randomBytes(bytes));
+  const writable = openSync(path, 'r+');
+  fdatasyncSync(writable);
+  closeSync(writable);
+}
+
 const ringSkip = !probeNative().ok ? 'the native addon is not available' : loadNativeAddon().ok && (loadNativeAddon() as { ok: true; addon: { selfTest(): { ring: boolean } } }).addon.selfTest().ring ? false : 'no io_uring here';
 
 test('prefetch reads start on a thread of idle I/O priority that submits them; switched off, the engine says so and still prefetches', { skip: ringSkip }, async () => {
@@ -204,11 +212,7 @@ test('prefetch reads start on a thread of idle I/O priority that submits them; s
   const directory = mkdtempSync(join(tmpdir(), 'walcast-ioprio-'));
   const path = join(directory, 'cold');
   const bytes = 4 * 1024 * 1024;
-  writeFileSync(path, randomBytes(bytes));
-  // Written back first: dirty pages cannot be dropped from page cache.
-  const writable = openSync(path, 'r+');
-  fdatasyncSync(writable);
-  closeSync(writable);
+  writeSyncedFile(path, bytes);
   const fd = openSync(path, 'r');
   // tmpfs has no block device: nothing is read from storage there, so no thread's read_bytes grows.
   const onDisk = spawnSync('stat', ['-f', '-c', '%T', directory], { encoding: 'utf8' }).stdout.trim() !== 'tmpfs';
@@ -297,10 +301,7 @@ test('a prefetch starved at a readahead thread is taken back after kIdleReadWait
   const path = join(directory, 'segment');
   const fifo = join(directory, 'sink');
   const bytes = 4 * 1024 * 1024;
-  writeFileSync(path, randomBytes(bytes));
-  const writable = openSync(path, 'r+');
-  fdatasyncSync(writable);
-  closeSync(writable);
+  writeSyncedFile(path, bytes);
   const fd = openSync(path, 'r');
   execFileSync('mkfifo', [fifo]);
   // The threads' reads go into a FIFO nobody reads (opened read-write: it never reports a closed reader): a read held
