@@ -60,7 +60,7 @@ constexpr size_t kBatchCopyBytesMax = 8 * 1024;
 // written reports one iteration later).
 constexpr unsigned kBatchRingEntries = 256;
 // Chunks one SendChunkRun call takes: a catch-up run is at most the sender's per-turn budget (512 KiB, four chunks of
-// kPayloadBytesMax) and never more than the 1 MiB prefetch piece it comes from; 16 leaves room for short chunks.
+// kPayloadBytesMax) and never more than the prefetch piece it comes from; 16 leaves room for short chunks.
 constexpr size_t kRunChunksMax = 16;
 // Events taken from the epoll set per uv_poll callback; more stay ready for the next loop iteration.
 constexpr int kEpollEventsPerWait = 256;
@@ -69,8 +69,11 @@ constexpr unsigned kRingEntries = 256;
 // Prefetch reads in flight at once (one per file being prefetched, see Engine::Prefetch); further requests wait in
 // a FIFO.
 constexpr size_t kPrefetchReadsInFlightMax = 32;
-// Largest prefetch request, and the size of the scratch buffer all prefetch reads land in (and are discarded).
-constexpr size_t kPrefetchBytesMax = 1024 * 1024;
+// Largest prefetch request, and the size of the scratch buffer all prefetch reads land in (and are discarded). The
+// sender asks for 4 MiB pieces (native-backend.ts NATIVE_PREFETCH_PIECE_BYTES), one request each: every request is a
+// readahead thread's read, an event, a check ahead on the pool and their promises, and with 1 MiB requests those
+// per-piece costs were a quarter of a cold catch-up's CPU (docs/benchmarks.md, "Cold catch-up next to a busy CPU").
+constexpr size_t kPrefetchBytesMax = 4 * 1024 * 1024;
 // A file stays "cold lately" (Engine::ColdLately) this long after a prefetch of it found pages missing: a cold
 // catch-up meets one at least every few pieces, far more often than this.
 constexpr int kColdFileMs = 1000;

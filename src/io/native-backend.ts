@@ -68,7 +68,17 @@ export const NATIVE_HEADER_BYTES_MAX = 64;
 /** Largest sendMessage: control messages are tiny; the bound keeps a bug from queueing megabytes natively. */
 export const NATIVE_MESSAGE_BYTES_MAX = 1024 * 1024;
 /** Largest single prefetch request the addon takes (io-engine.h kPrefetchBytesMax); larger ones are split. */
-export const NATIVE_PREFETCH_BYTES_MAX = 1024 * 1024;
+export const NATIVE_PREFETCH_BYTES_MAX = 4 * 1024 * 1024;
+/**
+ * The sender's prefetch piece on native streams (StreamWriter.prefetchPieceBytes): the whole 4 MiB window in one
+ * request. Each piece costs a readahead thread's read, an addon event, a check ahead on the libuv pool (its own
+ * mapping) and their promises; next to a busy CPU a cold catch-up is CPU-bound, and at 1 MiB pieces those costs were
+ * about a quarter of its CPU per GB (4 MiB: 0.75x the CPU per GB of 1 MiB pieces, docs/benchmarks.md "Cold catch-up
+ * next to a busy CPU"). The next piece is asked for as soon as the sender enters the current one; the kernel's own
+ * readahead, started by the thread's read, runs further ahead. The TS backend keeps 1 MiB pieces: its checks ahead
+ * read into kept send buffers (VERIFIED_READS_KEPT_MAX) that two 4 MiB pieces would overflow.
+ */
+export const NATIVE_PREFETCH_PIECE_BYTES = NATIVE_PREFETCH_BYTES_MAX;
 /**
  * Largest range prefetch() takes: the sender's Prefetcher passes whole windows (4 MiB, cut at segment ends),
  * not send-sized chunks, so the bound is PostgreSQL's largest segment size (1 GiB), not MAX_SEND_BYTES.
@@ -548,6 +558,8 @@ class NativeStreamWriter implements StreamWriter {
       throw this.failWith(error);
     }
   }
+
+  readonly prefetchPieceBytes = NATIVE_PREFETCH_PIECE_BYTES;
 
   prefetch(chunk: WalChunk): Promise<void> {
     return this.backend.prefetch(chunk);

@@ -10,6 +10,7 @@ import { LsnWatch } from '../timeline/lsn-watch.js';
 import { PublishTiming } from '../timeline/publish-timing.js';
 import { PREFETCH_PIECE_BYTES, PREFETCH_WINDOW_BYTES, Prefetcher, SEND_BUDGET_PER_TURN_BYTES, sendWal, type PublishClock, type SendWalOptions, type WalSource } from './send-wal.js';
 import { MAX_SEND_BYTES } from './stream-messages.js';
+import { NATIVE_PREFETCH_PIECE_BYTES } from '../io/native-backend.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 
@@ -681,4 +682,32 @@ test('runs: a busy stream still asks a silent replica for a reply, between whole
   // The reply came during the run holding the fifth chunk: the request follows that run, at the sent position.
   assert.ok(second.index > 5, 'asked again after the reply');
   assert.equal(second.entry.walEnd, writer.sent[second.index + 1]?.dataStart, 'the keepalive sits between whole chunks, at the sent position');
+});
+
+test('a writer\'s own prefetch piece: one prefetch request and one check ahead per piece (native: 4 MiB, not 1 MiB)', async () => {
+  // Each piece is a round trip through the addon (a readahead thread's read, its event, a promise) and a pool hop for
+  // its check ahead; next to a busy CPU a cold catch-up is CPU-bound, and those per-piece costs were about a quarter of
+  // its CPU at 1 MiB pieces (docs/benchmarks.md, "Cold catch-up next to a busy CPU").
+  const segmentBytes = 16n * 1024n * 1024n;
+  const source: WalSource = {
+    async locate(lsn: Lsn, endLsn: Lsn): Promise<WalChunk> {
+      const segmentEnd = (lsn / segmentBytes + 1n) * segmentBytes;
+      const until = endLsn < segmentEnd ? endLsn : segmentEnd;
+      return { file: { fd: -1, path: `segment ${lsn / segmentBytes}` }, fileOffset: Number(lsn % segmentBytes), byteCount: Number(until - lsn) };
+    },
+  };
+  const requested: number[] = [];
+  const writer = Object.assign(new RecordingWriter(), { prefetchPieceBytes: NATIVE_PREFETCH_PIECE_BYTES });
+  writer.prefetch = async (chunk: WalChunk) => void requested.push(chunk.byteCount);
+  let checks = 0;
+  const prefetcher = new Prefetcher({ prefetchSource: source, writer, verifyAhead: async () => void checks++ });
+  const start = 4n * segmentBytes;
+  const end = start + 4n * segmentBytes;
+  for (let sent = start; sent < end; sent += BigInt(MAX_SEND_BYTES)) await prefetcher.ensureCached(sent, end, sent + BigInt(MAX_SEND_BYTES));
+  const pieces = Number(end - start) / NATIVE_PREFETCH_PIECE_BYTES;
+  assert.deepEqual(requested, Array.from({ length: pieces }, () => NATIVE_PREFETCH_PIECE_BYTES), 'one whole request per piece');
+  // The last pieces' checks may still run when the sender has reached them; bounded.
+  for (let turn = 0; turn < 1000 && checks < pieces; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(checks, pieces, 'one check ahead per piece');
+  assert.throws(() => new Prefetcher({ prefetchSource: source, writer: Object.assign(new RecordingWriter(), { prefetchPieceBytes: 3 * 1024 * 1024 }) }), /a divisor of the window/);
 });

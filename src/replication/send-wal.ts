@@ -498,8 +498,9 @@ async function verifyChunk(options: SendWalOptions, header: Buffer, chunk: WalCh
 /**
  * The window is requested in pieces of this size, and the sender waits only for the piece it is about to send
  * from. Waiting for a whole 4 MiB window makes a cold catch-up alternate between "disk busy, socket idle" and
- * "socket busy, disk idle"; with pieces the disk has the next reads queued while the current piece is sent. 1 MiB
- * is also the addon's largest single prefetch request, so a piece is one request.
+ * "socket busy, disk idle"; with pieces the disk has the next reads queued while the current piece is sent. The
+ * default (the TS backend); a writer may ask for larger pieces (StreamWriter.prefetchPieceBytes: native streams take
+ * the whole window as one piece, one addon request, since each piece costs a thread read, an event and a pool check).
  */
 export const PREFETCH_PIECE_BYTES = 1024 * 1024;
 
@@ -521,6 +522,8 @@ assert.ok(PREFETCH_PIECE_BYTES >= MAX_SEND_BYTES, 'a chunk never spans more than
  */
 export class Prefetcher {
   private readonly options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verifyAhead'>;
+  /** The writer's piece (StreamWriter.prefetchPieceBytes), else PREFETCH_PIECE_BYTES. */
+  private readonly pieceBytes: bigint;
   /** Prefetch requests for pieces at or after the send position, by piece start; `done` once it settled. */
   private readonly pending = new Map<Lsn, { readonly promise: Promise<void>; done: boolean }>();
   /**
@@ -534,6 +537,9 @@ export class Prefetcher {
 
   constructor(options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verifyAhead'>) {
     this.options = options;
+    const pieceBytes = options.writer.prefetchPieceBytes ?? PREFETCH_PIECE_BYTES;
+    assert.ok(Number.isSafeInteger(pieceBytes) && pieceBytes >= MAX_SEND_BYTES && PREFETCH_WINDOW_BYTES % pieceBytes === 0, `prefetch piece ${pieceBytes}: at least one chunk, a divisor of the window`);
+    this.pieceBytes = BigInt(pieceBytes);
   }
 
   /** Pending requests, for tests of the bound. */
@@ -552,14 +558,14 @@ export class Prefetcher {
    * pages still being read would wait for them on the event loop, behind every best-effort I/O on the disk.
    */
   ensureCachedNow(sentLsn: Lsn, endLsn: Lsn, chunkEnd?: Lsn): Promise<void> | undefined {
-    const pieceBytes = BigInt(PREFETCH_PIECE_BYTES);
+    const pieceBytes = this.pieceBytes;
     const current = sentLsn - (sentLsn % pieceBytes);
     for (const start of this.pending.keys()) if (start < current) this.pending.delete(start);
     const windowLimit = sentLsn + BigInt(PREFETCH_WINDOW_BYTES);
     for (let start = current; start < windowLimit && start < endLsn; start += pieceBytes) {
       this.request(start, start === current ? sentLsn : start, endLsn);
     }
-    assert.ok(this.pending.size <= PREFETCH_WINDOW_BYTES / PREFETCH_PIECE_BYTES + 1, 'prefetch requests stay within the window');
+    assert.ok(this.pending.size <= PREFETCH_WINDOW_BYTES / Number(pieceBytes) + 1, 'prefetch requests stay within the window');
     const last = chunkEnd === undefined || chunkEnd <= sentLsn ? current : (chunkEnd - 1n) - ((chunkEnd - 1n) % pieceBytes);
     let waitFor: Promise<void> | undefined;
     // At most two pieces: a chunk is never longer than a piece.
@@ -572,7 +578,7 @@ export class Prefetcher {
 
   private request(pieceStart: Lsn, from: Lsn, endLsn: Lsn): void {
     if (this.pending.has(pieceStart) || from >= endLsn) return;
-    const pieceEnd = pieceStart + BigInt(PREFETCH_PIECE_BYTES);
+    const pieceEnd = pieceStart + this.pieceBytes;
     const until = pieceEnd < endLsn ? pieceEnd : endLsn;
     const previous = this.handedOff;
     let handOff = (): void => undefined;
