@@ -153,11 +153,12 @@ export interface StreamWriter {
    */
   prefetch(chunk: WalChunk): Promise<void>;
   /**
-   * The pieces the sender's prefetcher asks `prefetch` for and checks ahead (replication/send-wal.ts Prefetcher): a
-   * divisor of its window, at least one chunk. Absent: PREFETCH_PIECE_BYTES (1 MiB). Native streams take the whole
-   * window in one piece (NATIVE_PREFETCH_PIECE_BYTES: each piece costs a thread read, an event and a pool check).
+   * The pieces the sender's prefetcher asks `prefetch` for and checks ahead, and how far past the send position it asks
+   * (replication/send-wal.ts Prefetcher): the piece at least one chunk, the window a whole number of pieces. Absent:
+   * PREFETCH_PIECE_BYTES and PREFETCH_WINDOW_BYTES (1 and 4 MiB). Native streams take larger pieces
+   * (NATIVE_PREFETCH_SHAPE: each piece costs a thread read, an event and a pool check).
    */
-  readonly prefetchPieceBytes?: number;
+  readonly prefetchShape?: { readonly pieceBytes: number; readonly windowBytes: number };
   /**
    * Calls `observer` once every byte accepted on this stream so far (sends that resolved or are queued) has been
    * written to the socket (handed to the kernel), at once when that is already so. Never called when the stream

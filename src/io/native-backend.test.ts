@@ -14,7 +14,7 @@ import { isWalcastError } from '../errors.js';
 import {
   MEASURED_FASTEST_STRATEGY,
   NATIVE_STRATEGIES,
-  NATIVE_PREFETCH_PIECE_BYTES,
+  NATIVE_PREFETCH_SHAPE,
   NO_RING_STRATEGY,
   OFF_THREAD_CHECKSUMS_MAX,
   offThreadChecksumsMax,
@@ -222,11 +222,11 @@ test('prefetch reads start on a thread of idle I/O priority that submits them; s
     const settled = new Promise<void>((resolve) => done.set(token, resolve));
     // The engine's handles do not keep the loop alive (live sockets do, in the server).
     const keepAlive = setInterval(() => undefined, 1000);
-    // One request for a native stream's whole 4 MiB prefetch piece (NATIVE_PREFETCH_PIECE_BYTES): one thread read, one event.
-    if (engine.prefetch(fd, 0, NATIVE_PREFETCH_PIECE_BYTES, token)) done.get(token)?.();
+    // One request for a native stream's whole 4 MiB prefetch piece (NATIVE_PREFETCH_SHAPE.pieceBytes): one thread read, one event.
+    if (engine.prefetch(fd, 0, NATIVE_PREFETCH_SHAPE.pieceBytes, token)) done.get(token)?.();
     await settled;
     clearInterval(keepAlive);
-    assert.equal(addon.residentBytes(fd, 0, NATIVE_PREFETCH_PIECE_BYTES), NATIVE_PREFETCH_PIECE_BYTES, 'the range is up to date once prefetched');
+    assert.equal(addon.residentBytes(fd, 0, NATIVE_PREFETCH_SHAPE.pieceBytes), NATIVE_PREFETCH_SHAPE.pieceBytes, 'the range is up to date once prefetched');
   };
   const engines: InstanceType<typeof addon.Engine>[] = [];
   const previous = process.env.WALCAST_PREFETCH_IOPRIO;

@@ -70,15 +70,16 @@ export const NATIVE_MESSAGE_BYTES_MAX = 1024 * 1024;
 /** Largest single prefetch request the addon takes (io-engine.h kPrefetchBytesMax); larger ones are split. */
 export const NATIVE_PREFETCH_BYTES_MAX = 4 * 1024 * 1024;
 /**
- * The sender's prefetch piece on native streams (StreamWriter.prefetchPieceBytes): the whole 4 MiB window in one
- * request. Each piece costs a readahead thread's read, an addon event, a check ahead on the libuv pool (its own
- * mapping) and their promises; next to a busy CPU a cold catch-up is CPU-bound, and at 1 MiB pieces those costs were
- * about a quarter of its CPU per GB (4 MiB: 0.75x the CPU per GB of 1 MiB pieces, docs/benchmarks.md "Cold catch-up
- * next to a busy CPU"). The next piece is asked for as soon as the sender enters the current one; the kernel's own
- * readahead, started by the thread's read, runs further ahead. The TS backend keeps 1 MiB pieces: its checks ahead
- * read into kept send buffers (VERIFIED_READS_KEPT_MAX) that two 4 MiB pieces would overflow.
+ * The sender's prefetch pieces on native streams (StreamWriter.prefetchShape): 4 MiB, one addon request each, and
+ * two of them ahead (an 8 MiB window). Each piece costs a readahead thread's read, an addon event, a check ahead on the
+ * libuv pool (its own mapping) and their promises; next to a busy CPU a cold catch-up is CPU-bound, and at 1 MiB
+ * pieces those costs were about a quarter of its CPU per GB (4 MiB: ~0.78x, docs/benchmarks.md "Cold catch-up next
+ * to a busy CPU"). The window doubles with the piece so that the sender stays as far ahead of its waits as with four
+ * 1 MiB pieces (a 4 MiB window of one 4 MiB piece waited ~35 % longer for the disk per GiB). The TS backend keeps 1
+ * and 4 MiB: its checks ahead read into kept send buffers (VERIFIED_READS_KEPT_MAX, 6 MiB) that a larger window
+ * would overflow.
  */
-export const NATIVE_PREFETCH_PIECE_BYTES = NATIVE_PREFETCH_BYTES_MAX;
+export const NATIVE_PREFETCH_SHAPE = { pieceBytes: NATIVE_PREFETCH_BYTES_MAX, windowBytes: 2 * NATIVE_PREFETCH_BYTES_MAX } as const;
 /**
  * Largest range prefetch() takes: the sender's Prefetcher passes whole windows (4 MiB, cut at segment ends),
  * not send-sized chunks, so the bound is PostgreSQL's largest segment size (1 GiB), not MAX_SEND_BYTES.
@@ -559,7 +560,7 @@ class NativeStreamWriter implements StreamWriter {
     }
   }
 
-  readonly prefetchPieceBytes = NATIVE_PREFETCH_PIECE_BYTES;
+  readonly prefetchShape = NATIVE_PREFETCH_SHAPE;
 
   prefetch(chunk: WalChunk): Promise<void> {
     return this.backend.prefetch(chunk);

@@ -10,7 +10,7 @@ import { LsnWatch } from '../timeline/lsn-watch.js';
 import { PublishTiming } from '../timeline/publish-timing.js';
 import { PREFETCH_PIECE_BYTES, PREFETCH_WINDOW_BYTES, Prefetcher, SEND_BUDGET_PER_TURN_BYTES, sendWal, type PublishClock, type SendWalOptions, type WalSource } from './send-wal.js';
 import { MAX_SEND_BYTES } from './stream-messages.js';
-import { NATIVE_PREFETCH_PIECE_BYTES } from '../io/native-backend.js';
+import { NATIVE_PREFETCH_SHAPE } from '../io/native-backend.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 
@@ -684,7 +684,7 @@ test('runs: a busy stream still asks a silent replica for a reply, between whole
   assert.equal(second.entry.walEnd, writer.sent[second.index + 1]?.dataStart, 'the keepalive sits between whole chunks, at the sent position');
 });
 
-test('a writer\'s own prefetch piece: one prefetch request and one check ahead per piece (native: 4 MiB, not 1 MiB)', async () => {
+test('a writer\'s own prefetch shape: one prefetch request and one check ahead per piece, the window ahead (native: 4 MiB pieces, two ahead)', async () => {
   // Each piece is a round trip through the addon (a readahead thread's read, its event, a promise) and a pool hop for
   // its check ahead; next to a busy CPU a cold catch-up is CPU-bound, and those per-piece costs were about a quarter of
   // its CPU at 1 MiB pieces (docs/benchmarks.md, "Cold catch-up next to a busy CPU").
@@ -697,17 +697,30 @@ test('a writer\'s own prefetch piece: one prefetch request and one check ahead p
     },
   };
   const requested: number[] = [];
-  const writer = Object.assign(new RecordingWriter(), { prefetchPieceBytes: NATIVE_PREFETCH_PIECE_BYTES });
+  const writer = Object.assign(new RecordingWriter(), { prefetchShape: NATIVE_PREFETCH_SHAPE });
+  const piece = NATIVE_PREFETCH_SHAPE.pieceBytes;
   writer.prefetch = async (chunk: WalChunk) => void requested.push(chunk.byteCount);
   let checks = 0;
   const prefetcher = new Prefetcher({ prefetchSource: source, writer, verifyAhead: async () => void checks++ });
   const start = 4n * segmentBytes;
   const end = start + 4n * segmentBytes;
+  // The window reaches 8 MiB past the send position: from a piece start that is two pieces, and once the sender is
+  // inside the first, the third.
+  const settle = async (count: number): Promise<void> => {
+    for (let turn = 0; turn < 1000 && requested.length < count; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+  };
+  await prefetcher.ensureCached(start, end, start + BigInt(MAX_SEND_BYTES));
+  await settle(2);
+  assert.deepEqual(requested, [piece, piece], 'from a piece start: that piece and the next');
+  await prefetcher.ensureCached(start + BigInt(MAX_SEND_BYTES), end, start + 2n * BigInt(MAX_SEND_BYTES));
+  await settle(3);
+  assert.deepEqual(requested, [piece, piece, piece], 'inside it: two whole pieces ahead');
   for (let sent = start; sent < end; sent += BigInt(MAX_SEND_BYTES)) await prefetcher.ensureCached(sent, end, sent + BigInt(MAX_SEND_BYTES));
-  const pieces = Number(end - start) / NATIVE_PREFETCH_PIECE_BYTES;
-  assert.deepEqual(requested, Array.from({ length: pieces }, () => NATIVE_PREFETCH_PIECE_BYTES), 'one whole request per piece');
+  const pieces = Number(end - start) / piece;
+  assert.deepEqual(requested, Array.from({ length: pieces }, () => piece), 'one whole request per piece');
   // The last pieces' checks may still run when the sender has reached them; bounded.
   for (let turn = 0; turn < 1000 && checks < pieces; turn += 1) await new Promise((resolve) => setImmediate(resolve));
   assert.equal(checks, pieces, 'one check ahead per piece');
-  assert.throws(() => new Prefetcher({ prefetchSource: source, writer: Object.assign(new RecordingWriter(), { prefetchPieceBytes: 3 * 1024 * 1024 }) }), /a divisor of the window/);
+  const odd = { pieceBytes: 3 * 1024 * 1024, windowBytes: 8 * 1024 * 1024 };
+  assert.throws(() => new Prefetcher({ prefetchSource: source, writer: Object.assign(new RecordingWriter(), { prefetchShape: odd }) }), /a divisor of the window/);
 });

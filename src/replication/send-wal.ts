@@ -44,7 +44,10 @@ export const SEND_BUDGET_PER_TURN_BYTES = 512 * 1024;
 /**
  * How far ahead of the send position the sender asks the backend to bring WAL into page cache. A cold segment
  * must be read by a worker before the event-loop thread sends from it; 4 MiB keeps the disk busy while the
- * previous window is sent, and is small enough that 1,000 catching-up replicas pin at most 4 GiB of cache.
+ * previous window is sent, and is small enough that 1,000 catching-up replicas pin at most 4 GiB of cache. The
+ * default (TS backend); native streams ask for 8 MiB in 4 MiB pieces (StreamWriter.prefetchShape), up to 12 MiB
+ * per stream with the piece being sent: 1,000 replicas each on a cold range of its own ask for up to 12 GiB (page
+ * cache, evictable: a page evicted before its send is read once more by the send).
  */
 export const PREFETCH_WINDOW_BYTES = 4 * 1024 * 1024;
 
@@ -499,8 +502,8 @@ async function verifyChunk(options: SendWalOptions, header: Buffer, chunk: WalCh
  * The window is requested in pieces of this size, and the sender waits only for the piece it is about to send
  * from. Waiting for a whole 4 MiB window makes a cold catch-up alternate between "disk busy, socket idle" and
  * "socket busy, disk idle"; with pieces the disk has the next reads queued while the current piece is sent. The
- * default (the TS backend); a writer may ask for larger pieces (StreamWriter.prefetchPieceBytes: native streams take
- * the whole window as one piece, one addon request, since each piece costs a thread read, an event and a pool check).
+ * default (the TS backend); a writer may ask for larger pieces and window (StreamWriter.prefetchShape: native streams
+ * take 4 MiB pieces, one addon request each, since each piece costs a thread read, an event and a pool check).
  */
 export const PREFETCH_PIECE_BYTES = 1024 * 1024;
 
@@ -522,8 +525,9 @@ assert.ok(PREFETCH_PIECE_BYTES >= MAX_SEND_BYTES, 'a chunk never spans more than
  */
 export class Prefetcher {
   private readonly options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verifyAhead'>;
-  /** The writer's piece (StreamWriter.prefetchPieceBytes), else PREFETCH_PIECE_BYTES. */
+  /** The writer's piece and window (StreamWriter.prefetchShape), else PREFETCH_PIECE_BYTES and PREFETCH_WINDOW_BYTES. */
   private readonly pieceBytes: bigint;
+  private readonly windowBytes: bigint;
   /** Prefetch requests for pieces at or after the send position, by piece start; `done` once it settled. */
   private readonly pending = new Map<Lsn, { readonly promise: Promise<void>; done: boolean }>();
   /**
@@ -537,9 +541,11 @@ export class Prefetcher {
 
   constructor(options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verifyAhead'>) {
     this.options = options;
-    const pieceBytes = options.writer.prefetchPieceBytes ?? PREFETCH_PIECE_BYTES;
-    assert.ok(Number.isSafeInteger(pieceBytes) && pieceBytes >= MAX_SEND_BYTES && PREFETCH_WINDOW_BYTES % pieceBytes === 0, `prefetch piece ${pieceBytes}: at least one chunk, a divisor of the window`);
+    const { pieceBytes, windowBytes } = options.writer.prefetchShape ?? { pieceBytes: PREFETCH_PIECE_BYTES, windowBytes: PREFETCH_WINDOW_BYTES };
+    assert.ok(Number.isSafeInteger(pieceBytes) && Number.isSafeInteger(windowBytes) && pieceBytes >= MAX_SEND_BYTES && windowBytes % pieceBytes === 0,
+      `prefetch piece ${pieceBytes} of window ${windowBytes}: at least one chunk, a divisor of the window`);
     this.pieceBytes = BigInt(pieceBytes);
+    this.windowBytes = BigInt(windowBytes);
   }
 
   /** Pending requests, for tests of the bound. */
@@ -561,11 +567,11 @@ export class Prefetcher {
     const pieceBytes = this.pieceBytes;
     const current = sentLsn - (sentLsn % pieceBytes);
     for (const start of this.pending.keys()) if (start < current) this.pending.delete(start);
-    const windowLimit = sentLsn + BigInt(PREFETCH_WINDOW_BYTES);
+    const windowLimit = sentLsn + this.windowBytes;
     for (let start = current; start < windowLimit && start < endLsn; start += pieceBytes) {
       this.request(start, start === current ? sentLsn : start, endLsn);
     }
-    assert.ok(this.pending.size <= PREFETCH_WINDOW_BYTES / Number(pieceBytes) + 1, 'prefetch requests stay within the window');
+    assert.ok(this.pending.size <= Number(this.windowBytes / pieceBytes) + 1, 'prefetch requests stay within the window');
     const last = chunkEnd === undefined || chunkEnd <= sentLsn ? current : (chunkEnd - 1n) - ((chunkEnd - 1n) % pieceBytes);
     let waitFor: Promise<void> | undefined;
     // At most two pieces: a chunk is never longer than a piece.
