@@ -15,7 +15,7 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import { constants as osConstants } from 'node:os';
 import { isWalcastError } from '../src/errors.js';
 import { BatchOutcome, CHUNK_RUN_CHUNKS_MAX, type IoBackend, type StreamWriter, type WalChunk, type WalFileHandle } from '../src/io/backend.js';
-import { NATIVE_STRATEGIES, createNativeBackend, probeNative, type NativeStrategy } from '../src/io/native-backend.js';
+import { NATIVE_PREFETCH_BYTES_MAX, NATIVE_STRATEGIES, createNativeBackend, probeNative, type NativeStrategy } from '../src/io/native-backend.js';
 import { NativeIoError, loadNativeAddon, type NativeEngine } from '../src/io/native-binding.js';
 import { createTsBackend } from '../src/io/ts-backend.js';
 import { waitFor } from './support/wait-for.js';
@@ -872,6 +872,25 @@ describe('prefetch of a descriptor that is a socket now', { skip }, () => {
       server.destroy();
       loopback.server.close();
       streamLoopback.server.close();
+    }
+  });
+
+  test('a native stream asks for prefetch pieces the addon takes in one request, two of them ahead', async () => {
+    const loopback = await listen();
+    const replica = await connectPair(loopback);
+    const backend = await createNativeBackend('sendfile');
+    try {
+      const writer = await backend.openStream(replica.server);
+      // One request per piece: a piece split by the backend would pay the per-piece hops (thread read, event, pool
+      // check) per part again (docs/benchmarks.md, "Cold catch-up next to a busy CPU").
+      assert.equal(writer.prefetchShape?.pieceBytes, NATIVE_PREFETCH_BYTES_MAX);
+      assert.equal(writer.prefetchShape?.windowBytes, 2 * NATIVE_PREFETCH_BYTES_MAX);
+      await writer.release();
+    } finally {
+      await backend.close();
+      replica.client.destroy();
+      replica.server.destroy();
+      loopback.server.close();
     }
   });
 });

@@ -10,7 +10,6 @@ import { LsnWatch } from '../timeline/lsn-watch.js';
 import { PublishTiming } from '../timeline/publish-timing.js';
 import { PREFETCH_PIECE_BYTES, PREFETCH_WINDOW_BYTES, Prefetcher, SEND_BUDGET_PER_TURN_BYTES, sendWal, type PublishClock, type SendWalOptions, type WalSource } from './send-wal.js';
 import { MAX_SEND_BYTES } from './stream-messages.js';
-import { NATIVE_PREFETCH_SHAPE } from '../io/native-backend.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 
@@ -697,8 +696,9 @@ test('a writer\'s own prefetch shape: one prefetch request and one check ahead p
     },
   };
   const requested: number[] = [];
-  const writer = Object.assign(new RecordingWriter(), { prefetchShape: NATIVE_PREFETCH_SHAPE });
-  const piece = NATIVE_PREFETCH_SHAPE.pieceBytes;
+  // io/native-backend.ts NATIVE_PREFETCH_SHAPE (replication never imports the native backend).
+  const piece = 4 * 1024 * 1024;
+  const writer = Object.assign(new RecordingWriter(), { prefetchShape: { pieceBytes: piece, windowBytes: 2 * piece } });
   writer.prefetch = async (chunk: WalChunk) => void requested.push(chunk.byteCount);
   let checks = 0;
   const prefetcher = new Prefetcher({ prefetchSource: source, writer, verifyAhead: async () => void checks++ });
