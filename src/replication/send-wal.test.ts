@@ -724,3 +724,29 @@ test('a writer\'s own prefetch shape: one prefetch request and one check ahead p
   const odd = { pieceBytes: 3 * 1024 * 1024, windowBytes: 8 * 1024 * 1024 };
   assert.throws(() => new Prefetcher({ prefetchSource: source, writer: Object.assign(new RecordingWriter(), { prefetchShape: odd }) }), /a divisor of the window/);
 });
+
+test('the loop reads the abort state from its own flag, not from the AbortSignal once per chunk, and still stops at an abort', async () => {
+  // Reading signal.aborted per chunk deoptimized the loop at new streams (a new signal met the optimized code with
+  // another hidden class): the loop keeps the state in a field of its own, set by an abort listener.
+  const chunkCount = 40;
+  const endWatch = new LsnWatch(0x100010n + BigInt(chunkCount * MAX_SEND_BYTES));
+  const writer = new RecordingWriter();
+  const controller = new AbortController();
+  let reads = 0;
+  const signal = controller.signal;
+  const prototypeGetter = Object.getOwnPropertyDescriptor(AbortSignal.prototype, 'aborted')!.get!;
+  Object.defineProperty(signal, 'aborted', {
+    get(): boolean {
+      reads++;
+      return prototypeGetter.call(signal) as boolean;
+    },
+  });
+  const running = sendWal(options({ endWatch, writer, signal }));
+  await writer.waitForSent((entry) => entry.kind === 'message');
+  assert.ok(writer.sent.filter((entry) => entry.kind === 'chunk').length >= chunkCount, 'the whole range went out');
+  assert.ok(reads <= 4, `signal.aborted read ${reads} times for ${chunkCount} chunks`);
+  controller.abort();
+  const end = await running;
+  assert.equal(end.kind, 'aborted');
+  assert.equal(end.sentLsn, endWatch.get());
+});

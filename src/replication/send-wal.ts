@@ -148,7 +148,8 @@ export type SendWalEnd =
   | { readonly kind: 'caught_up'; readonly sentLsn: Lsn; readonly message: string }
   | { readonly kind: 'recovery_finished'; readonly sentLsn: Lsn; readonly message: string };
 
-export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
+export async function sendWal(given: SendWalOptions): Promise<SendWalEnd> {
+  const options = stableOptions(given);
   const { endWatch, signal, segmentBytes } = options;
   assert.ok(options.replicaTimeoutMs > 0, 'the replica timeout is positive');
   const replyRequests = new ReplyRequests(options.replicaTimeoutMs, options.lastReplyAtMs);
@@ -176,7 +177,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
   }
 
   async function streamLoop(): Promise<SendWalEnd> {
-    while (!signal.aborted) {
+    while (!storageWaits.aborted) {
       if (stopLsn !== undefined && sentLsn >= stopLsn) {
         return { kind: 'recovery_finished', sentLsn, message: `ending streaming to ${options.replicaName} at ${formatLsn(sentLsn)}, recovery finished` };
       }
@@ -194,7 +195,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
         } else {
           advanced = await endWatch.waitBeyond(sentLsn, idleWaitMs, signal);
         }
-        if (signal.aborted) break;
+        if (storageWaits.aborted) break;
         if (advanced === undefined) {
           if (options.shouldStop(sentLsn)) {
             // A contract: Neon's pageserver matches "ending streaming" with SQLSTATE 00000 as a clean end.
@@ -234,7 +235,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       const chunk = options.source.locateNow?.(sentLsn, wantedEnd) ?? (await storageWaits.wait(options.source.locate(sentLsn, wantedEnd)));
       // The storage wait returns STREAM_ABORTED for an abort during or before it; without a wait, the keepalive above
       // may have let one happen: nothing more is sent after the replica's CopyDone.
-      if (chunk === STREAM_ABORTED || signal.aborted) break;
+      if (chunk === STREAM_ABORTED || storageWaits.aborted) break;
       const chunkBytes = chunk.byteCount;
       assert.ok(chunkBytes > 0 && chunkBytes <= lsnDistance(wantedEnd, sentLsn), 'storage returned a chunk inside the range asked for');
       const chunkEnd = sentLsn + BigInt(chunkBytes);
@@ -266,6 +267,39 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
     }
     return { kind: 'aborted', sentLsn };
   }
+}
+
+/**
+ * The options as one object shape for every stream: each field present (undefined when not given), in one order. The
+ * caller builds its options with conditional spreads, so a recovery stream (no publish clock, no fan-out batcher) and a
+ * live one hand the loop objects of different hidden classes, and the loop's property loads, shared by all streams of
+ * the process, would turn polymorphic (or deoptimize) as stream kinds alternate. Defensive: the deoptimization measured
+ * per new stream was the AbortSignal's (StorageWaits.aborted), with streams of one kind.
+ */
+function stableOptions(options: SendWalOptions): SendWalOptions {
+  return {
+    replicaName: options.replicaName,
+    startLsn: options.startLsn,
+    segmentBytes: options.segmentBytes,
+    endWatch: options.endWatch,
+    source: options.source,
+    prefetchSource: options.prefetchSource,
+    writer: options.writer,
+    verify: options.verify,
+    verifyNow: options.verifyNow,
+    verifyAhead: options.verifyAhead,
+    signal: options.signal,
+    stopAtEnd: options.stopAtEnd,
+    shouldStop: options.shouldStop,
+    onSent: options.onSent,
+    replicaTimeoutMs: options.replicaTimeoutMs,
+    lastReplyAtMs: options.lastReplyAtMs,
+    keepaliveIntervalMs: options.keepaliveIntervalMs,
+    onDiskWait: options.onDiskWait,
+    timelineEnd: options.timelineEnd,
+    publishClock: options.publishClock,
+    fanout: options.fanout,
+  };
 }
 
 const STREAM_ABORTED = Symbol('stream aborted');
@@ -378,18 +412,29 @@ class StorageWaits {
   private current: { lastSentAtMs: number; escape: (aborted: typeof STREAM_ABORTED) => void } | undefined;
   /** A keepalive sent by the ticker that has not completed; a wait returns only after it. */
   private sending: Promise<void> | undefined;
-  private readonly onAbort = (): void => this.current?.escape(STREAM_ABORTED);
+  /**
+   * signal.aborted, as a field of this class: the loop reads it several times per chunk. Read from the AbortSignal
+   * itself, optimized sender code met a new stream's signal with another hidden class ("wrong map" at the loop's first
+   * line, --trace-deopt) and TurboFan compiled the whole loop again, 30-75 ms of compiler-thread CPU each time, in
+   * three of a fresh server's first five catch-ups (docs/benchmarks.md, "One replica: consumer cost and JIT warm-up").
+   */
+  aborted: boolean;
+  private readonly onAbort = (): void => {
+    this.aborted = true;
+    this.current?.escape(STREAM_ABORTED);
+  };
 
   constructor(intervalMs: number, signal: AbortSignal, keepalive: () => Promise<void>) {
     this.intervalMs = intervalMs;
     this.signal = signal;
     this.keepalive = keepalive;
+    this.aborted = signal.aborted;
     signal.addEventListener('abort', this.onAbort, { once: true });
   }
 
   async wait<T>(work: Promise<T>): Promise<T | typeof STREAM_ABORTED> {
     assert.ok(this.current === undefined, 'one storage wait at a time per stream');
-    if (this.signal.aborted) {
+    if (this.aborted) {
       work.catch(() => undefined);
       return STREAM_ABORTED;
     }
