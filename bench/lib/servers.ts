@@ -6,6 +6,7 @@
  * reads (for the cold-cache scenario).
  */
 import assert from 'node:assert/strict';
+import { openSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -161,6 +162,17 @@ export interface WalcastServerOptions {
  */
 export const SERVER_NODE_ARGS_ENV = 'WALCAST_BENCH_SERVER_NODE_ARGS';
 
+/**
+ * Where a walcast server's stdout goes: PREFIX-NAME.txt when this names a PREFIX (V8's --trace-opt / --trace-deopt
+ * print there, per server), else nowhere.
+ */
+export const SERVER_STDOUT_ENV = 'WALCAST_BENCH_SERVER_STDOUT';
+
+function serverStdout(name: string): 'ignore' | number {
+  const prefix = process.env[SERVER_STDOUT_ENV];
+  return prefix === undefined || prefix === '' ? 'ignore' : openSync(`${prefix}-${name}.txt`, 'w');
+}
+
 function serverNodeArgs(): string[] {
   return (process.env[SERVER_NODE_ARGS_ENV] ?? '').split(/\s+/).filter((arg) => arg !== '');
 }
@@ -183,7 +195,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
     ...(options.tls === undefined ? [] : ['--tls-cert', options.tls.certFile, '--tls-key', options.tls.keyFile, '--tls-mode', 'prefer']),
     ...(options.extraArgs ?? []),
   ];
-  const server = spawnTracked(process.execPath, args, { cwd: options.repoRoot ?? REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  const server = spawnTracked(process.execPath, args, { cwd: options.repoRoot ?? REPO_ROOT, stdio: ['ignore', serverStdout(name), 'pipe'] });
   await waitForPort(port, server, name);
   return {
     name,

@@ -1,0 +1,37 @@
+/**
+ * Holds a one-replica setup up for work by hand (issue 13): prepares a WAL range, starts walcast from this tree (native
+ * sendfile, and native writev as `new-writev`) and from each --also checkout, exposes PostgreSQL's walsender, warms the
+ * page cache, prints the range, ports and PIDs as one JSON line on stdout and waits for SIGTERM/SIGINT. A consumer can
+ * then be run against each server under strace or perf (docs/benchmarks.md, "One replica: consumer cost and JIT
+ * warm-up", has the command lines).
+ *
+ *   node --import tsx bench/hold-servers.ts --mib 1024 [--also NAME=DIR]... > servers.json
+ */
+import { parseArgs } from 'node:util';
+import { formatLsn } from '../src/lsn.js';
+import { postgresTarget, startWalcastServer, type ServerTarget } from './lib/servers.js';
+import { prepareWal } from './lib/wal-source.js';
+import { warmPageCache } from './scenarios/streaming.js';
+
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, also: { type: 'string', multiple: true, default: [] } } });
+const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
+const targets: ServerTarget[] = [];
+for (const entry of values.also) {
+  const [name, dir] = entry.split('=');
+  if (name === undefined || dir === undefined || name === '') throw new Error(`--also takes NAME=DIR, got ${entry}`);
+  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', repoRoot: dir, name }));
+}
+targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
+targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'writev', name: 'new-writev' }));
+targets.push(postgresTarget(wal.primary, wal));
+warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
+process.stdout.write(`${JSON.stringify({ endpos: formatLsn(wal.endLsn - 1n), start: formatLsn(wal.startLsn), bytes: Number(wal.endLsn - wal.startLsn), first: wal.walcastFiles[0], standbyTemplate: wal.standbyTemplate, standbyStart: formatLsn(wal.standbyStartLsn), servers: targets.map((t) => ({ name: t.name, port: t.port, pid: t.pid })), postmaster: wal.primary.pid })}\n`);
+const stop = async (): Promise<void> => {
+  await Promise.all(targets.map((target) => target.stop()));
+  await wal.primary.stop();
+  process.exit(0);
+};
+process.on('SIGTERM', () => void stop());
+process.on('SIGINT', () => void stop());
+// Keeps the process alive until a signal: the servers are child processes, not handles of this loop.
+setInterval(() => undefined, 1 << 30);

@@ -1,0 +1,72 @@
+/**
+ * One-replica probe (issue 13): catch-ups of one consumer (a replaying standby, or pg_receivewal --no-sync into
+ * /dev/shm) from walcast (this tree and --also checkouts, native sendfile) and from PostgreSQL's walsender, round-robin,
+ * each server warmed with one unmeasured run first. Per run it prints the server's and the consumer's CPU s/GB (and MB/s,
+ * which a loaded machine makes meaningless). Optionally each measured run is watched: `--strace DIR` attaches
+ * `strace -c -f` to the server (PostgreSQL: the postmaster, -f follows the walsender it forks; WALCAST_PROBE_STRACE_ARGS
+ * replaces `-c`, e.g. "-tt -e trace=sendfile,sendto,epoll_pwait" for a sequence), `--perf DIR` attaches `perf record -g`.
+ * With WALCAST_BENCH_SERVER_STDOUT=PREFIX the walcast servers' stdout goes to PREFIX-NAME.txt (for V8's --trace-opt
+ * --trace-deopt in WALCAST_BENCH_SERVER_NODE_ARGS) and the line each run starts at is printed, so compiles and
+ * deoptimizations can be counted per catch-up (docs/benchmarks.md, "One replica: consumer cost and JIT warm-up").
+ *
+ *   node --import tsx bench/one-replica-probe.ts --mib 512 --rounds 4 [--consumer standby|pg_receivewal]
+ *     [--strace DIR | --perf DIR] [--also NAME=DIR]...
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { formatLsn } from '../src/lsn.js';
+import { planFor } from './lib/plan.js';
+import { postgresTarget, startWalcastServer, type ServerTarget } from './lib/servers.js';
+import { buildTools } from './lib/tools.js';
+import { prepareWal } from './lib/wal-source.js';
+import { measureReceiveWalRun, measureStandbyRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
+
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] } } });
+if (values.consumer !== 'standby' && values.consumer !== 'pg_receivewal') throw new Error(`--consumer takes standby or pg_receivewal, got ${values.consumer}`);
+const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
+const progress = (message: string): void => void process.stderr.write(`${message}\n`);
+const context: BenchContext = { tools: buildTools(), wal, plan: planFor('full'), progress };
+const targets: ServerTarget[] = [];
+try {
+  for (const entry of values.also) {
+    const [name, dir] = entry.split('=');
+    if (name === undefined || dir === undefined || name === '') throw new Error(`--also takes NAME=DIR, got ${entry}`);
+    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', repoRoot: dir, name }));
+  }
+  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
+  targets.push(postgresTarget(wal.primary, wal));
+  warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
+  progress(`range ${formatLsn(wal.standbyStartLsn)}-${formatLsn(wal.endLsn)}`);
+  for (const target of targets) {
+    const warm = values.consumer === 'standby' ? await measureStandbyRun(context, target, 0) : await measureReceiveWalRun(context, target, 0, false);
+    progress(`warm-up ${target.name}: ${warm.ok ? warm.serverCpuSecondsPerGB?.toFixed(3) : warm.error}`);
+  }
+  const gb = Number(wal.endLsn - wal.standbyStartLsn) / 2 ** 30;
+  for (let round = 1; round <= Number(values.rounds); round++) {
+    for (let turn = 0; turn < targets.length; turn++) {
+      const target = targets[(turn + round) % targets.length];
+      if (target === undefined) continue;
+      let tracer: ChildProcess | undefined;
+      if (values.strace !== undefined) {
+        tracer = spawn('strace', [...(process.env.WALCAST_PROBE_STRACE_ARGS ?? '-c').split(' '), '-f', '-o', `${values.strace}/strace-${target.name}-${round}.txt`, '-p', String(target.pid)], { stdio: 'ignore' });
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      } else if (values.perf !== undefined) {
+        tracer = spawn('perf', ['record', '-g', '-o', `${values.perf}/perf-${target.name}-${round}.data`, '-p', String(target.pid)], { stdio: 'ignore' });
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+      const traceFile = `${process.env.WALCAST_BENCH_SERVER_STDOUT ?? ''}-${target.name}.txt`;
+      // With the servers' stdout captured (e.g. --trace-opt): where each run starts in it.
+      if (process.env.WALCAST_BENCH_SERVER_STDOUT !== undefined && existsSync(traceFile)) progress(`#${round} ${target.name} starts at line ${readFileSync(traceFile, 'utf8').split('\n').length} of ${traceFile}`);
+      const record = values.consumer === 'standby' ? await measureStandbyRun(context, target, round) : await measureReceiveWalRun(context, target, round, false);
+      if (tracer !== undefined) {
+        tracer.kill('SIGINT');
+        await new Promise((resolve) => tracer.once('exit', resolve));
+      }
+      progress(`#${round} ${target.name}: ${record.ok ? `server ${record.serverCpuSecondsPerGB?.toFixed(3)} s/GB, standby ${((record.consumerCpuSeconds ?? 0) / gb).toFixed(3)} s/GB, ${record.throughputMBps?.toFixed(0)} MB/s` : record.error}`);
+    }
+  }
+} finally {
+  await Promise.all(targets.map((target) => target.stop()));
+  await wal.primary.stop();
+}
