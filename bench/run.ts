@@ -41,15 +41,22 @@ interface Arguments {
   readonly servers: ReadonlySet<string> | undefined;
   /** Cold scenario: one unrecorded cold run on each freshly started server before the measured one. */
   readonly coldWarmServer: boolean;
+  /**
+   * Unrecorded warm catch-ups per server before the warm scenarios (default 1). A fresh walcast server's CPU per GB
+   * falls over its first ~5 catch-ups as V8 compiles the send path (docs/benchmarks.md, "One replica: consumer cost
+   * and JIT warm-up"); more warm-ups measure the long-running server instead of its warm-up.
+   */
+  readonly warmUps: number;
   /** Extra walcast-native-sendfile servers run from other source trees (A/B of builds in one run): name → root. */
   readonly variants: ReadonlyMap<string, string>;
 }
 
-const USAGE = 'usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [--out DIR] [--load N] [--scenarios LIST] [--reps N] [--servers NAMES] [--variant NAME=DIR]... [--cold-warm-server]\n' +
+const USAGE = 'usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [--out DIR] [--load N] [--scenarios LIST] [--reps N] [--servers NAMES] [--variant NAME=DIR]... [--cold-warm-server] [--warm-ups N]\n' +
   '  LIST: comma-separated, from catch-up, catch-up:wal-consumer, catch-up:pg_receivewal, catch-up:standby, fan-out, cold-catch-up, live-latency, micro\n' +
   '  NAMES: comma-separated server names (walcast-ts, walcast-native-sendfile, ..., postgres, ceiling, and variants)\n' +
   '  --variant NAME=DIR: also runs walcast-native-sendfile from the source tree DIR (with its node_modules and build/) as server NAME\n' +
   '  --cold-warm-server: cold catch-up warms each fresh server on the first half of the range, measures the second\n' +
+  '  --warm-ups N: unrecorded warm catch-ups per server before the warm scenarios (default 1)\n' +
   `  ${SERVER_NODE_ARGS_ENV}="--cpu-prof --cpu-prof-dir DIR" passes node flags to every walcast server\n`;
 
 function usage(message?: string): never {
@@ -74,7 +81,7 @@ function parseArguments(argv: readonly string[]): Arguments {
       if (value === undefined) usage(`${argument} needs a value`);
       values.set(argument, value);
     }
-    else if (argument === '--out' || argument === '--load' || argument === '--scenarios' || argument === '--reps') {
+    else if (argument === '--out' || argument === '--load' || argument === '--scenarios' || argument === '--reps' || argument === '--warm-ups') {
       const value = argv[++index];
       if (value === undefined) usage(`${argument} needs a value`);
       values.set(argument, value);
@@ -89,6 +96,9 @@ function parseArguments(argv: readonly string[]): Arguments {
   const repsText = values.get('--reps');
   if (repsText !== undefined && !/^[1-9]\d*$/.test(repsText)) usage('--reps takes a positive whole number');
   const reps = repsText === undefined ? undefined : Number(repsText);
+  const warmUpsText = values.get('--warm-ups') ?? '1';
+  if (!/^[1-9]\d*$/.test(warmUpsText)) usage('--warm-ups takes a positive whole number');
+  const warmUps = Number(warmUpsText);
   let scenarios: ReadonlySet<ScenarioKey>;
   try {
     scenarios = parseScenarios(values.get('--scenarios'));
@@ -97,7 +107,7 @@ function parseArguments(argv: readonly string[]): Arguments {
   }
   const serverList = values.get('--servers');
   const servers = serverList === undefined ? undefined : new Set([...serverList.split(','), ...variants.keys()]);
-  return { mode, outDir: values.get('--out') ?? defaultOut, load, scenarios, reps, servers, variants, coldWarmServer: values.has('--cold-warm-server') };
+  return { mode, outDir: values.get('--out') ?? defaultOut, load, scenarios, reps, servers, variants, coldWarmServer: values.has('--cold-warm-server'), warmUps };
 }
 
 const startedAt = performance.now();
@@ -191,10 +201,13 @@ async function runStreamingScenarios(harness: Harness, servers: ServerSet, args:
   const plan = context.plan;
   if (WARM_SCENARIOS.some((key) => scenarios.has(key))) {
     warmPageCache([...context.wal.walcastFiles, ...context.wal.postgresFiles]);
-    // One unrecorded catch-up per server first: JIT, page tables and connection caches, not what we measure.
-    for (const target of targets) {
-      const warmUp = await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition: 0, cold: false });
-      progress(`warm-up ${target.name}: ${warmUp.ok ? 'ok' : `FAILED ${warmUp.error ?? ''}`}`);
+    // Unrecorded catch-ups per server first (--warm-ups, default one): JIT, page tables and connection caches, not
+    // what we measure.
+    for (let warmUpIndex = 0; warmUpIndex < args.warmUps; warmUpIndex++) {
+      for (const target of targets) {
+        const warmUp = await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition: 0, cold: false });
+        progress(`warm-up ${target.name}${args.warmUps > 1 ? ` ${warmUpIndex + 1}/${args.warmUps}` : ''}: ${warmUp.ok ? `ok, ${warmUp.serverCpuSecondsPerGB?.toFixed(3)} CPU s/GB` : `FAILED ${warmUp.error ?? ''}`}`);
+      }
     }
   }
   const fullProtocol = targets.filter((candidate) => candidate.speaksFullProtocol);

@@ -55,9 +55,11 @@ interface Arguments {
   readonly smoke: boolean;
   /** Where single-stream.json (every run) and single-stream.md (the table) go; stdout gets the table either way. */
   readonly out: string | undefined;
+  /** Unrecorded catch-ups per server before the rounds (--warm-ups, default 1): V8 warms up over a fresh server's first few. */
+  readonly warmUps: number;
 }
 
-const USAGE = 'usage: node --import tsx bench/single-stream.ts [--smoke] [--out DIR] [--baseline DIR] [--also NAME=DIR]... [--mib N] [--reps N] [--load N] [--consumers pg_receivewal,wal-consumer] [--strategy sendfile|writev|uring] [--io native|ts]\n';
+const USAGE = 'usage: node --import tsx bench/single-stream.ts [--smoke] [--out DIR] [--baseline DIR] [--also NAME=DIR]... [--mib N] [--reps N] [--load N] [--consumers pg_receivewal,wal-consumer] [--strategy sendfile|writev|uring] [--io native|ts] [--warm-ups N]\n';
 
 function usage(message: string): never {
   process.stderr.write(`${message}\n${USAGE}`);
@@ -80,6 +82,7 @@ function parseArguments(argv: readonly string[]): Arguments {
         consumers: { type: 'string', default: CONSUMERS.join(',') },
         strategy: { type: 'string', default: 'sendfile' },
         io: { type: 'string', default: 'native' },
+        'warm-ups': { type: 'string', default: '1' },
       },
       strict: true,
     }));
@@ -112,6 +115,7 @@ function parseArguments(argv: readonly string[]): Arguments {
     consumers: consumers as Consumer[],
     strategy: values.strategy as Arguments['strategy'],
     io: values.io,
+    warmUps: count(values['warm-ups'], '--warm-ups', 1),
   };
 }
 
@@ -148,11 +152,13 @@ async function main(): Promise<void> {
     targets.push(postgresTarget(wal.primary, wal));
     for (const target of targets) progress(`server ${target.name} ready on port ${target.port}, pid ${target.pid}`);
     warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
-    for (const target of targets) {
-      const warmUp = await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition: 0, cold: false });
-      // The warm-up is each server's first catch-up of the range (walcast verifies every page once here): its CPU per GB
-      // is that first pass's, printed for comparison, not part of the table.
-      progress(`warm-up ${target.name}: ${warmUp.ok ? `ok, ${warmUp.serverCpuSecondsPerGB?.toFixed(3)} CPU s/GB (first catch-up, wal-consumer)` : `FAILED ${warmUp.error ?? ''}`}`);
+    for (let warmUpIndex = 0; warmUpIndex < args.warmUps; warmUpIndex++) {
+      for (const target of targets) {
+        const warmUp = await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition: 0, cold: false });
+        // The first warm-up is each server's first catch-up of the range (walcast verifies every page once here): its CPU
+        // per GB is that first pass's, printed for comparison, not part of the table. Later ones show V8's warm-up fading.
+        progress(`warm-up ${target.name}${args.warmUps > 1 ? ` ${warmUpIndex + 1}/${args.warmUps}` : ''}: ${warmUp.ok ? `ok, ${warmUp.serverCpuSecondsPerGB?.toFixed(3)} CPU s/GB (wal-consumer)` : `FAILED ${warmUp.error ?? ''}`}`);
+      }
     }
     const runs: (RunRecord & { condition: Condition })[] = [];
     for (let repetition = 0; repetition < args.reps; repetition++) {
