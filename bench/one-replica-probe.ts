@@ -63,7 +63,7 @@ try {
         tracer.kill('SIGINT');
         await new Promise((resolve) => tracer.once('exit', resolve));
       }
-      progress(`#${round} ${target.name}: ${record.ok ? `server ${record.serverCpuSecondsPerGB?.toFixed(3)} s/GB, standby ${((record.consumerCpuSeconds ?? 0) / gb).toFixed(3)} s/GB, ${record.throughputMBps?.toFixed(0)} MB/s` : record.error}`);
+      progress(`#${round} ${target.name}: ${record.ok ? `server ${record.serverCpuSecondsPerGB?.toFixed(3)} s/GB, consumer ${((record.consumerCpuSeconds ?? 0) / gb).toFixed(3)} s/GB, ${record.throughputMBps?.toFixed(0)} MB/s` : record.error}`);
     }
   }
 } finally {
