@@ -121,7 +121,7 @@ function describeRun(record: RunRecord): string {
   if (!record.ok) return `${head}: FAILED ${record.error ?? ''}`;
   if (record.scenario === 'live-latency') return `${head}: p50 ${record.latencyP50Ms?.toFixed(2)} ms, p99 ${record.latencyP99Ms?.toFixed(2)} ms, max ${record.latencyMaxMs?.toFixed(2)} ms`;
   const disk = record.diskKibPerRead === undefined ? '' : `, disk ${record.diskKibPerRead.toFixed(0)} KiB/read, ${record.diskReadsInFlight?.toFixed(1)} in flight`;
-  const loop = record.eventLoopMaxMs === undefined ? '' : `, loop max ${record.eventLoopMaxMs.toFixed(1)} ms`;
+  const loop = record.eventLoopMaxMs === undefined ? '' : `, loop p99 ${record.eventLoopP99Ms?.toFixed(1) ?? '?'} ms, max ${record.eventLoopMaxMs.toFixed(1)} ms`;
   return `${head}: ${record.throughputMBps?.toFixed(0)} MB/s, ${record.serverCpuSecondsPerGB?.toFixed(3)} server CPU s/GB${disk}${loop}`;
 }
 
@@ -328,7 +328,7 @@ function standingNotes(plan: BenchPlan, load: CpuLoad): string[] {
     'standby rows: a PostgreSQL 15 standby, a copy of a pg_basebackup taken before pgbench produced the range, streams from the server under test and replays [its start, range end); wall time from starting the standby until pg_last_wal_replay_lsn() reaches the range end (polled every 10 ms), start-up included; "consumer CPU" is the standby cluster\'s (startup process, walreceiver, the rest). The standby replays with fsync=off (copied from the primary).',
     'server CPU is the kernel accounting of the server processes: walcast = its one process (all threads); PostgreSQL = its walsender backends (live ones plus the postmaster\'s reaped-children time); ceiling = the C loop. On loopback the sender is charged part of the receive-side softirq work.',
     'server memory per replica: walcast and ceiling = RSS growth of the process with all replicas connected / replicas; PostgreSQL = mean PSS of its walsender processes (shared buffers divided among processes).',
-    'cold catch-up: the served files are dropped from page cache with fdatasync + posix_fadvise(DONTNEED) (bench/native/page-cache.c) with only the server under test running, freshly started, and the cached fraction afterwards is recorded; on a VM the host may still cache the disk. Event-loop max = walcast\'s nodejs_eventloop_lag_max_seconds over the run (10 ms resolution: ~10-11 ms means no measurable stall); probe RTT max = worst IDENTIFY_SYSTEM round trip on a second connection every 10 ms.',
+    'cold catch-up: the served files are dropped from page cache with fdatasync + posix_fadvise(DONTNEED) (bench/native/page-cache.c) with only the server under test running, freshly started, and the cached fraction afterwards is recorded; on a VM the host may still cache the disk. Event-loop p99 and max = walcast\'s nodejs_eventloop_lag_p99_seconds and _max_seconds over the run (a 10 ms sampling timer whose whole interval is recorded: ~10-11 ms means no measurable stall); probe RTT max = worst IDENTIFY_SYSTEM round trip on a second connection every 10 ms.',
     'pg_receivewal rows: --no-sync into /dev/shm; wall time includes its start-up; its CPU is from the harness\'s reaped-children accounting.',
     'walcast runs from source through tsx (node --import tsx src/cli/main.ts serve, one process per backend, --log-level warn, HTTP API on loopback for /metrics); transpilation happens at start-up, before any measurement.',
   ];

@@ -38,6 +38,8 @@ export interface RunRecord {
   readonly consumerCpuSeconds?: number;
   readonly memoryBytesPerReplica?: number;
   readonly eventLoopMaxMs?: number;
+  /** Cold runs: walcast's event-loop delay p99 over the run (10 ms sampling timer included, see responsiveness.ts). */
+  readonly eventLoopP99Ms?: number;
   readonly probeMaxMs?: number;
   readonly residentFractionBefore?: number;
   /** Cold runs: the block device's average read size and reads in flight over the run (bench/lib/disk-stats.ts). */
@@ -75,6 +77,7 @@ export const FIGURE_METRICS = [
   'setupSeconds',
   'connectSeconds',
   'eventLoopMaxMs',
+  'eventLoopP99Ms',
   'probeMaxMs',
   'residentFractionBefore',
   'diskKibPerRead',

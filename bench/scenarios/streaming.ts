@@ -15,7 +15,7 @@ import { startConsumer, type ConsumerResult, type RunningConsumer } from '../lib
 import type { BenchPlan } from '../lib/plan.js';
 import { listChildren, readCpu } from '../lib/proc-stats.js';
 import { diskDelta, diskStatPath, sampleDisk, type DiskDelta, type DiskSample } from '../lib/disk-stats.js';
-import { scrapeEventLoopMaxMs, startProbe, type Probe } from '../lib/responsiveness.js';
+import { scrapeEventLoopLag, startProbe, type Probe } from '../lib/responsiveness.js';
 import { BYTES_PER_GB, BYTES_PER_MB, type RunRecord, type ScenarioName } from '../lib/results.js';
 import type { RunCost, ServerTarget } from '../lib/servers.js';
 import { SqlClient } from '../lib/sql-client.js';
@@ -95,7 +95,7 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
   try {
     const residentFractionBefore = options.cold ? evictFromPageCache(context.tools, target.walFiles) : undefined;
     if (options.cold) {
-      await scrapeEventLoopMaxMs(target.metricsUrl);
+      await scrapeEventLoopLag(target.metricsUrl);
       if (target.speaksFullProtocol) probe = await startProbe(target.port);
     }
     const meter = target.beginRun();
@@ -120,8 +120,8 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
     const cost = await meter.finish(options.replicas);
     const probeMaxMs = (await probe?.stop())?.maxMs;
     probe = undefined;
-    const eventLoopMaxMs = options.cold ? await scrapeEventLoopMaxMs(target.metricsUrl) : undefined;
-    return consumerRecord(options, target.name, bytesExpected, result, cost, { eventLoopMaxMs, probeMaxMs, residentFractionBefore, disk });
+    const loop = options.cold ? await scrapeEventLoopLag(target.metricsUrl) : undefined;
+    return consumerRecord(options, target.name, bytesExpected, result, cost, { eventLoopMaxMs: loop?.maxMs, eventLoopP99Ms: loop?.p99Ms, probeMaxMs, residentFractionBefore, disk });
   } catch (error) {
     return failedRecord(options, target, 'wal-consumer', bytesExpected, error);
   } finally {
@@ -132,6 +132,7 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
 
 interface Responsiveness {
   readonly eventLoopMaxMs: number | undefined;
+  readonly eventLoopP99Ms: number | undefined;
   readonly probeMaxMs: number | undefined;
   readonly residentFractionBefore: number | undefined;
   readonly disk?: DiskDelta | undefined;
@@ -158,6 +159,7 @@ function consumerRecord(options: ConsumerRunOptions, server: string, bytesExpect
     consumerCpuSeconds: result.cpuUserSeconds + result.cpuSystemSeconds,
     ...(cost.memoryBytesPerReplica === undefined ? {} : { memoryBytesPerReplica: cost.memoryBytesPerReplica }),
     ...(extra.eventLoopMaxMs === undefined ? {} : { eventLoopMaxMs: extra.eventLoopMaxMs }),
+    ...(extra.eventLoopP99Ms === undefined ? {} : { eventLoopP99Ms: extra.eventLoopP99Ms }),
     ...(extra.probeMaxMs === undefined ? {} : { probeMaxMs: extra.probeMaxMs }),
     ...(extra.residentFractionBefore === undefined ? {} : { residentFractionBefore: extra.residentFractionBefore }),
     ...(extra.disk === undefined ? {} : { diskKibPerRead: extra.disk.kibPerRead, diskReadsInFlight: extra.disk.readsInFlight }),
