@@ -48,6 +48,10 @@ import { measureLatencyRun, startCascade, waitForServerPosition } from './scenar
 import type { BenchContext } from './scenarios/streaming.js';
 
 const INGEST_FLUSH_HISTOGRAM = 'walcast_ingest_flush_seconds';
+/** Upstream send timestamp → received by the follower: the wait before the ingest hop (network, socket, event loop). */
+const INGEST_UPSTREAM_HISTOGRAM = 'walcast_ingest_upstream_to_received_seconds';
+/** The upstream wait column counts publishes whose message waited longer than this (ms; a histogram bound). */
+const UPSTREAM_WAIT_SLOW_MS = 0.5;
 /** Walsenders the primary needs beyond the replicas of one run: the relays themselves and the direct reference. */
 const PRIMARY_SPARE_SENDERS_FACTOR = 3;
 const STRACE_ATTACH_MS = 1_000;
@@ -131,15 +135,18 @@ async function main(): Promise<void> {
           const meanBefore = await scrapeMean(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
           const hopBefore = await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
           const flushBefore = await scrapeHistogram(target.metricsUrl, INGEST_FLUSH_HISTOGRAM);
+          const upstreamBefore = await scrapeHistogram(target.metricsUrl, INGEST_UPSTREAM_HISTOGRAM);
+          const upstreamMeanBefore = await scrapeMean(target.metricsUrl, INGEST_UPSTREAM_HISTOGRAM);
           const run = await measureLatencyRun(context, target, replicas, round);
           const hop = quantiles(hopBefore, await scrapeHistogram(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM));
           const flush = quantiles(flushBefore, await scrapeHistogram(target.metricsUrl, INGEST_FLUSH_HISTOGRAM));
           const meanAfter = await scrapeMean(target.metricsUrl, INGEST_TO_PUBLISH_HISTOGRAM);
+          const upstream = upstreamWait(upstreamBefore, await scrapeHistogram(target.metricsUrl, INGEST_UPSTREAM_HISTOGRAM), upstreamMeanBefore, await scrapeMean(target.metricsUrl, INGEST_UPSTREAM_HISTOGRAM));
           const loop = await loopWatch.stop();
           const coldSummary = await coldLoad?.stop();
           const coldCell = coldSummary === undefined ? '—' : `${coldSummary.mbPerSecondPerStream?.toFixed(0) ?? '—'} (${coldSummary.passes} passes, ${coldSummary.failures} failed, cached ≤ ${(coldSummary.residentFractionMax * 100).toFixed(0)}%)`;
           const hopMean = meanBefore === undefined || meanAfter === undefined || meanAfter.count === meanBefore.count ? '—' : (((meanAfter.sum - meanBefore.sum) / (meanAfter.count - meanBefore.count)) * 1000).toFixed(3);
-          const row = `| ${label} | ${replicas} | ${cold} | ${round + 1} | ${run.ok ? 'ok' : (run.error ?? 'failed')} | ${ms(run.latencyP50Ms)} | ${ms(run.latencyP99Ms)} | ${ms(run.latencyAddedP50Ms)} | ${ms(run.latencyAddedP99Ms)} | ${ms(run.internalPublishP99Ms)} | ${hop} | ${hopMean} | ${flush} | ${loop} | ${coldCell} |`;
+          const row = `| ${label} | ${replicas} | ${cold} | ${round + 1} | ${run.ok ? 'ok' : (run.error ?? 'failed')} | ${ms(run.latencyP50Ms)} | ${ms(run.latencyP99Ms)} | ${ms(run.latencyAddedP50Ms)} | ${ms(run.latencyAddedP99Ms)} | ${ms(run.internalPublishP99Ms)} | ${upstream} | ${hop} | ${hopMean} | ${flush} | ${loop} | ${coldCell} |`;
           rows.push(row);
           progress(row);
         }
@@ -148,8 +155,8 @@ async function main(): Promise<void> {
     }
     process.stdout.write(
       [
-        '| target | replicas | cold streams | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | ingest hop p50 / p99 ms | ingest hop mean ms | flush p50 / p99 ms | event-loop delay p99 / max ms | cold MB/s per stream |',
-        '|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+        '| target | replicas | cold streams | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | upstream → received p50 / p99 ms, mean ms, > ${UPSTREAM_WAIT_SLOW_MS} ms | ingest hop p50 / p99 ms | ingest hop mean ms | flush p50 / p99 ms | event-loop delay p99 / max ms | cold MB/s per stream |',
+        '|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
         ...rows,
         '',
       ].join('\n'),
@@ -277,6 +284,18 @@ function quantiles(before: Buckets | undefined, after: Buckets | undefined): str
   if (after === undefined) return '—';
   const delta = bucketDelta(before, after);
   return `${String(histogramPercentileMs(delta, 50) ?? '—')} / ${String(histogramPercentileMs(delta, 99) ?? '—')}`;
+}
+
+/** The upstream wait over a run: bucket p50 / p99, the exact mean, and the share of publishes above UPSTREAM_WAIT_SLOW_MS. */
+function upstreamWait(before: Buckets | undefined, after: Buckets | undefined, meanBefore: { sum: number; count: number } | undefined, meanAfter: { sum: number; count: number } | undefined): string {
+  if (after === undefined || meanAfter === undefined) return '—';
+  const delta = bucketDelta(before, after);
+  const total = delta.get(Number.POSITIVE_INFINITY) ?? 0;
+  const within = delta.get(UPSTREAM_WAIT_SLOW_MS / 1000) ?? 0;
+  const count = meanAfter.count - (meanBefore?.count ?? 0);
+  const mean = count === 0 ? '—' : (((meanAfter.sum - (meanBefore?.sum ?? 0)) / count) * 1000).toFixed(3);
+  const slow = total === 0 ? '—' : `${(((total - within) / total) * 100).toFixed(1)} %`;
+  return `${quantiles(before, after)}, ${mean}, ${slow}`;
 }
 
 function ms(value: number | undefined): string {

@@ -99,14 +99,18 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     }, 30_000);
   });
 
-  test('/metrics times the ingest hop: each commit on the primary adds a publish to walcast_ingest_to_publish_seconds and walcast_ingest_flush_seconds', async (t) => {
+  test('/metrics times the ingest hop: each commit on the primary adds a publish to walcast_ingest_to_publish_seconds, walcast_ingest_flush_seconds and walcast_ingest_upstream_to_received_seconds', async (t) => {
     const metrics = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' });
     metrics.bindTimelines(fixture.walcastA.server.timelines);
     const timeline = soleTimeline(fixture.walcastA);
     const labels = `tenant_id="${timeline.tenantId}",timeline_id="${timeline.timelineId}"`;
-    const scrape = async (): Promise<{ hop: IngestHistogram; flush: IngestHistogram }> => {
+    const scrape = async (): Promise<{ hop: IngestHistogram; flush: IngestHistogram; upstream: IngestHistogram }> => {
       const { body } = await metrics.render();
-      return { hop: ingestHistogram(body, 'walcast_ingest_to_publish_seconds', labels), flush: ingestHistogram(body, 'walcast_ingest_flush_seconds', labels) };
+      return {
+        hop: ingestHistogram(body, 'walcast_ingest_to_publish_seconds', labels),
+        flush: ingestHistogram(body, 'walcast_ingest_flush_seconds', labels),
+        upstream: ingestHistogram(body, 'walcast_ingest_upstream_to_received_seconds', labels),
+      };
     };
     const before = await scrape();
     const COMMITS = 5;
@@ -124,14 +128,20 @@ describe('live ingest from PostgreSQL 15', { timeout: TEST_TIMEOUT_MS }, () => {
     const flushSeconds = after.flush.sum - before.flush.sum;
     assert.ok(flushSeconds > 0, 'the fdatasyncs took time');
     assert.ok(hopSeconds >= flushSeconds, `the hop (${hopSeconds} s) contains its flushes (${flushSeconds} s)`);
+    // PostgreSQL stamps every XLogData with its send time, on this host's clock: each publish has an upstream wait,
+    // above 0 (a conversion that put the send after the receipt would clamp every one to 0) and far below a second
+    // (a wrong epoch or unit is off by years or by a factor of 1,000).
+    assert.equal(after.upstream.count - before.upstream.count, publishes, 'one upstream wait per publish');
+    const upstreamSeconds = after.upstream.sum - before.upstream.sum;
+    assert.ok(upstreamSeconds > 0 && upstreamSeconds / publishes < 1, `upstream waits: ${upstreamSeconds} s over ${publishes} publishes`);
     // Sub-millisecond buckets, cumulative, ending at +Inf = count.
-    for (const histogram of [after.hop, after.flush]) {
+    for (const histogram of [after.hop, after.flush, after.upstream]) {
       assert.ok(histogram.buckets.some(([bound]) => bound <= 0.0001) && histogram.buckets.some(([bound]) => bound === 0.0005), 'buckets resolve 100 µs steps');
       histogram.buckets.forEach(([, count], index) => assert.ok(index === 0 || count >= (histogram.buckets[index - 1]?.[1] ?? 0), 'cumulative'));
       assert.equal(histogram.buckets.at(-1)?.[0], Number.POSITIVE_INFINITY);
       assert.equal(histogram.buckets.at(-1)?.[1], histogram.count);
     }
-    t.diagnostic(`${publishes} publishes: mean hop ${((hopSeconds / publishes) * 1000).toFixed(3)} ms, of which flush ${((flushSeconds / publishes) * 1000).toFixed(3)} ms`);
+    t.diagnostic(`${publishes} publishes: mean hop ${((hopSeconds / publishes) * 1000).toFixed(3)} ms, of which flush ${((flushSeconds / publishes) * 1000).toFixed(3)} ms; upstream wait before it ${((upstreamSeconds / publishes) * 1000).toFixed(3)} ms`);
   });
 
   test('pg_receivewal from walcast while the primary writes gets segments byte-identical to the primary', async () => {

@@ -527,6 +527,13 @@ function registerPublishTiming(registry: Registry, eachTimeline: EachTimeline): 
     (visit) => eachTimeline((timeline) => visit(timelineLabels(timeline), timeline.ingestTiming.flush)),
     INGEST_LATENCY_BUCKETS_SECONDS,
   );
+  scrapedHistogram(
+    registry,
+    'walcast_ingest_upstream_to_received_seconds',
+    'Time from the upstream sending an XLogData message (its send timestamp) to live ingest receiving it, per publish, for the oldest message the publish covers: network, socket buffer and the wait for walcast\'s event loop, the part of the ingest hop before walcast_ingest_to_publish_seconds. Compares the two hosts\' clocks.',
+    (visit) => eachTimeline((timeline) => visit(timelineLabels(timeline), timeline.ingestTiming.upstreamToReceived)),
+    INGEST_LATENCY_BUCKETS_SECONDS,
+  );
   new Counter({
     name: 'walcast_publish_timing_streams_dropped_total',
     help: 'Live streams no longer timed because they fell more than a bounded number of publishes behind (catching up).',

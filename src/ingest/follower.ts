@@ -37,6 +37,7 @@ import { Backoff } from './backoff.js';
 import type { UpstreamConnInfo } from './conninfo.js';
 import { discardAfter, recoverTimelineEnd } from './recovery.js';
 import { planTimelineSwitch, storeTimelineSwitch } from './timeline-switch.js';
+import { UpstreamClock } from './upstream-clock.js';
 import { connectFirstMatching } from './upstream-connect.js';
 import { decodeUpstreamMessage, encodeHotStandbyFeedback, encodeStandbyStatus, type XLogDataMessage } from './upstream-messages.js';
 
@@ -137,6 +138,9 @@ export class UpstreamFollower {
   private flushInFlight: Promise<void> | undefined;
   /** When the oldest message written since the last flush started arrived (performance.now()); for IngestTiming. */
   private oldestUnflushedAtMs: number | undefined;
+  /** When the upstream sent that message (its XLogData send timestamp on our clock); undefined when it does not stamp. */
+  private oldestUnflushedSentAtMs: number | undefined;
+  private readonly upstreamClock = new UpstreamClock();
   private fatal: Error | undefined;
   /** A storage error (STORAGE_FAULT_CODES) that ends the current stream and pauses ingest until the disk works. */
   private storageFault: Error | undefined;
@@ -413,6 +417,7 @@ export class UpstreamFollower {
     this.lastMessageAt = Date.now();
     // A message of an earlier stream left unflushed here was flushed by a close or switch, not timed by kickFlush.
     this.oldestUnflushedAtMs = undefined;
+    this.oldestUnflushedSentAtMs = undefined;
     this.sentHotStandby = undefined;
     this.setState('streaming', { from: formatLsn(this.requireWriter().writtenLsn) });
     this.lastLoggedProblem = undefined;
@@ -463,7 +468,10 @@ export class UpstreamFollower {
     this.incomingPages.check(written, data);
     writer.write(written, data);
     this.stats.bytesReceived += data.length;
-    this.oldestUnflushedAtMs ??= receivedAtMs;
+    if (this.oldestUnflushedAtMs === undefined) {
+      this.oldestUnflushedAtMs = receivedAtMs;
+      this.oldestUnflushedSentAtMs = this.upstreamClock.toMonotonicMs(message.sendTimeMicros);
+    }
     this.kickFlush();
   }
 
@@ -473,7 +481,9 @@ export class UpstreamFollower {
     if (this.flushInFlight !== undefined || writer.writtenLsn === writer.durableLsn || this.storageFault !== undefined) return;
     // This flush covers every message written so far; later ones wait for the next.
     const receivedAtMs = this.oldestUnflushedAtMs ?? performance.now();
+    const sentAtMs = this.oldestUnflushedAtMs === undefined ? undefined : this.oldestUnflushedSentAtMs;
     this.oldestUnflushedAtMs = undefined;
+    this.oldestUnflushedSentAtMs = undefined;
     const flushStartedAtMs = performance.now();
     this.flushInFlight = writer.flush().then(
       (durableLsn) => {
@@ -482,7 +492,7 @@ export class UpstreamFollower {
         this.storageBackoff.reset();
         // Commit = flush: a PostgreSQL primary sends only flushed WAL, a walcast upstream only committed WAL.
         this.timeline.publish({ flushLsn: durableLsn, commitLsn: durableLsn });
-        this.timeline.ingestTiming.published(receivedAtMs, flushStartedAtMs, flushDoneAtMs, performance.now());
+        this.timeline.ingestTiming.published(sentAtMs, receivedAtMs, flushStartedAtMs, flushDoneAtMs, performance.now());
         this.sendStatus(false);
         this.kickFlush();
         if (this.controlPersistDue && (this.flushInFlight === undefined || this.controlPersistOverdue)) this.persistDueControl();
@@ -534,6 +544,7 @@ export class UpstreamFollower {
   }
 
   private onStatusTick(): void {
+    this.upstreamClock.recheck();
     const silentMs = Date.now() - this.lastMessageAt;
     if (silentMs > UPSTREAM_SILENCE_TIMEOUT_MS) {
       this.log.warn({ silentMs }, 'the upstream sent nothing for too long: reconnecting');

@@ -5,10 +5,15 @@
  * publish itself. With the publish → socket histograms (publish-timing.ts) it splits a relayed commit's latency
  * into walcast's two hops; src/api/metrics.ts exports both.
  *
- * Two histograms, one observation per publish by live ingest:
+ * Three histograms, one observation per publish by live ingest:
  * - received → published: from the OLDEST message the publish covers (the one that waited longest; at a low commit
  *   rate each publish covers one commit, so this is per commit);
- * - flush: the group commit alone (flush started → durable), the disk's part of the above.
+ * - flush: the group commit alone (flush started → durable), the disk's part of the above;
+ * - upstream sent → received, for the same oldest message: from the send timestamp the upstream's walsender stamps
+ *   into each XLogData just before it sends it (walsender.c XLogSendPhysical) to the follower receiving it, i.e. the
+ *   network, the socket buffer and the wait for walcast's event loop (which also serves every replica) — the part
+ *   of the ingest share the other two cannot see. It compares two clocks: exact on one host, otherwise as good as
+ *   their synchronisation (a negative difference counts as 0).
  *
  * Buckets are finer than publish → socket's below 5 ms: an fdatasync is tens of µs to a few ms, and the point is
  * to tell those apart (e.g. against a cascading standby, whose walreceiver also fsyncs before its walsender sends).
@@ -43,10 +48,15 @@ export class BucketedLatencyHistogram {
 export class IngestTiming {
   readonly receivedToPublished = new BucketedLatencyHistogram(INGEST_LATENCY_BUCKETS_SECONDS);
   readonly flush = new BucketedLatencyHistogram(INGEST_LATENCY_BUCKETS_SECONDS);
+  readonly upstreamToReceived = new BucketedLatencyHistogram(INGEST_LATENCY_BUCKETS_SECONDS);
 
-  /** One publish: its oldest covered message arrived at `receivedAtMs`, its flush ran from `flushStartedAtMs`, until `publishedAtMs` (performance.now()). */
-  published(receivedAtMs: number, flushStartedAtMs: number, flushDoneAtMs: number, publishedAtMs: number): void {
+  /**
+   * One publish: its oldest covered message was sent by the upstream at `sentAtMs` (undefined: not known) and arrived
+   * at `receivedAtMs`, its flush ran from `flushStartedAtMs`, until `publishedAtMs` (all performance.now() ms).
+   */
+  published(sentAtMs: number | undefined, receivedAtMs: number, flushStartedAtMs: number, flushDoneAtMs: number, publishedAtMs: number): void {
     this.receivedToPublished.observe(Math.max(0, publishedAtMs - receivedAtMs) / 1000);
     this.flush.observe(Math.max(0, flushDoneAtMs - flushStartedAtMs) / 1000);
+    if (sentAtMs !== undefined) this.upstreamToReceived.observe(Math.max(0, receivedAtMs - sentAtMs) / 1000);
   }
 }
