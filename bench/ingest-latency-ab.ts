@@ -22,11 +22,13 @@
  * cold at the same time (bench/lib/cold-load.ts: old WAL written by `pgbench -i -s COLD_SCALE` on the primary before
  * the rounds, ingested by every walcast, each stream reading its own slice, evicted from page cache before each
  * pass); the table adds the cold streams' MB/s and walcast's event-loop delay p99/max over the run.
- * `--walcast-only` leaves out the cascading standbys.
+ * `--walcast-only` leaves out the cascading standbys. `--reply-each`: every replica sends a status update after every
+ * XLogData, as a PostgreSQL standby's walreceiver does (wal-consumer --reply-each; off: every 10 s, as pg_receivewal),
+ * so walcast's one event loop reads one reply per replica per commit, the cascade's walsenders one each.
  *
  * Usage: node --import tsx bench/ingest-latency-ab.ts [--base DIR] [--replicas 1,100] [--rounds 3] [--duration-ms 3000]
  *   [--rate 100] [--strace DIR] [--strace-calls fdatasync,fsync,pwrite64] [--cold 0,1,3] [--cold-scale 10] [--walcast-only]
- *   [--event-loop-poll-ms 500]  (0: no /metrics reads during a run; see watchEventLoop) [--base-last]
+ *   [--event-loop-poll-ms 500]  (0: no /metrics reads during a run; see watchEventLoop) [--base-last] [--reply-each]
  * `--strace-calls` widens what is traced, e.g. `read,recvfrom,pwrite64,fdatasync,fsync,sendto,sendfile,writev,rename`
  * for the whole walcast chain (upstream socket read → segment write → fdatasync → replica socket send).
  */
@@ -70,6 +72,7 @@ const { values } = parseArgs({
     'walcast-only': { type: 'boolean', default: false },
     'event-loop-poll-ms': { type: 'string', default: '500' },
     'base-last': { type: 'boolean', default: false },
+    'reply-each': { type: 'boolean', default: false },
   },
   strict: true,
 });
@@ -88,7 +91,7 @@ async function main(): Promise<void> {
   const plan: BenchPlan = {
     ...planFor('quick'),
     pgbenchScale: 1,
-    latency: { replicaCounts, commitsPerSecond: Number(values.rate), durationMs: Number(values['duration-ms']), repetitions: Number(values.rounds), warmUp: true },
+    latency: { replicaCounts, commitsPerSecond: Number(values.rate), durationMs: Number(values['duration-ms']), repetitions: Number(values.rounds), warmUp: true, replyEach: values['reply-each'] },
     note: 'ingest-hop A/B',
   };
   const wal = await prepareWal({ pgbenchScale: 1, maxReplicas: Math.max(...replicaCounts) * PRIMARY_SPARE_SENDERS_FACTOR });
@@ -155,7 +158,7 @@ async function main(): Promise<void> {
     }
     process.stdout.write(
       [
-        '| target | replicas | cold streams | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | upstream → received p50 / p99 ms, mean ms, > ${UPSTREAM_WAIT_SLOW_MS} ms | ingest hop p50 / p99 ms | ingest hop mean ms | flush p50 / p99 ms | event-loop delay p99 / max ms | cold MB/s per stream |',
+        `| target | replicas | cold streams | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | upstream → received p50 / p99 ms, mean ms, > ${UPSTREAM_WAIT_SLOW_MS} ms | ingest hop p50 / p99 ms | ingest hop mean ms | flush p50 / p99 ms | event-loop delay p99 / max ms | cold MB/s per stream |`,
         '|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
         ...rows,
         '',
