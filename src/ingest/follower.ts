@@ -493,6 +493,10 @@ export class UpstreamFollower {
         // Commit = flush: a PostgreSQL primary sends only flushed WAL, a walcast upstream only committed WAL.
         this.timeline.publish({ flushLsn: durableLsn, commitLsn: durableLsn });
         this.timeline.ingestTiming.published(sentAtMs, receivedAtMs, flushStartedAtMs, flushDoneAtMs, performance.now());
+        // The report goes before the woken senders' sends (their microtasks run after this callback). Sending it after
+        // them (an immediate, PostgreSQL's walreceiver order) was measured at 100 replicas (perf syscall trace,
+        // 2026-12-06 night): the first replica send came 0.03 ms sooner at p50 (p99 alike), and the report 0.39 ms
+        // later, which a primary waiting for walcast as a synchronous standby would add to every commit.
         this.sendStatus(false);
         this.kickFlush();
         if (this.controlPersistDue && (this.flushInFlight === undefined || this.controlPersistOverdue)) this.persistDueControl();
