@@ -22,18 +22,22 @@
  * cold at the same time (bench/lib/cold-load.ts: old WAL written by `pgbench -i -s COLD_SCALE` on the primary before
  * the rounds, ingested by every walcast, each stream reading its own slice, evicted from page cache before each
  * pass); the table adds the cold streams' MB/s and walcast's event-loop delay p99/max over the run.
+ * `--perf DIR` records syscall tracepoints of each walcast for the whole run (`perf record`, which stops nothing:
+ * usable with 100 and 1,000 replicas, where strace's ptrace stops would change what is measured) and prints each
+ * commit's thread hops (bench/lib/perf-hops.ts): pwrite → fdatasync on the pool, the fdatasync, its completion
+ * waiting for the event loop, then the status write and the first replica send. Needs perf and the rights to trace.
  * `--walcast-only` leaves out the cascading standbys. `--reply-each`: every replica sends a status update after every
  * XLogData, as a PostgreSQL standby's walreceiver does (wal-consumer --reply-each; off: every 10 s, as pg_receivewal),
  * so walcast's one event loop reads one reply per replica per commit, the cascade's walsenders one each.
  *
  * Usage: node --import tsx bench/ingest-latency-ab.ts [--base DIR] [--replicas 1,100] [--rounds 3] [--duration-ms 3000]
- *   [--rate 100] [--strace DIR] [--strace-calls fdatasync,fsync,pwrite64] [--cold 0,1,3] [--cold-scale 10] [--walcast-only]
+ *   [--rate 100] [--strace DIR] [--strace-calls fdatasync,fsync,pwrite64] [--cold 0,1,3] [--cold-scale 10] [--walcast-only] [--perf DIR]
  *   [--event-loop-poll-ms 500]  (0: no /metrics reads during a run; see watchEventLoop) [--base-last] [--reply-each]
  * `--strace-calls` widens what is traced, e.g. `read,recvfrom,pwrite64,fdatasync,fsync,sendto,sendfile,writev,rename`
  * for the whole walcast chain (upstream socket read → segment write → fdatasync → replica socket send).
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
@@ -45,6 +49,7 @@ import { buildTools } from './lib/tools.js';
 import { createFollowingDataDir, prepareWal, segmentFilesIn, type PreparedWal } from './lib/wal-source.js';
 import { startColdLoad, timelineDirOf } from './lib/cold-load.js';
 import { commitChain, summarizeSyncTrace } from './lib/sync-trace.js';
+import { PERF_EVENTS, commitHops } from './lib/perf-hops.js';
 import { parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { measureLatencyRun, startCascade, waitForServerPosition } from './scenarios/live-latency.js';
 import type { BenchContext } from './scenarios/streaming.js';
@@ -57,6 +62,8 @@ const UPSTREAM_WAIT_SLOW_MS = 0.5;
 /** Walsenders the primary needs beyond the replicas of one run: the relays themselves and the direct reference. */
 const PRIMARY_SPARE_SENDERS_FACTOR = 3;
 const STRACE_ATTACH_MS = 1_000;
+/** `perf script` of a whole run: ~100 bytes per event, several events per commit and replica send. */
+const PERF_SCRIPT_BYTES_MAX = 1024 * 1024 * 1024;
 
 const { values } = parseArgs({
   options: {
@@ -73,6 +80,7 @@ const { values } = parseArgs({
     'event-loop-poll-ms': { type: 'string', default: '500' },
     'base-last': { type: 'boolean', default: false },
     'reply-each': { type: 'boolean', default: false },
+    perf: { type: 'string' },
   },
   strict: true,
 });
@@ -98,6 +106,7 @@ async function main(): Promise<void> {
   const context: BenchContext = { tools: buildTools(), wal, plan, progress };
   const targets: Target[] = [];
   const tracers: { kill(): void }[] = [];
+  const perfRecorders: { label: string; pid: number; child: ChildProcess }[] = [];
   try {
     const walcast = async (label: string, repoRoot?: string): Promise<Target> => {
       const dataDir = await createFollowingDataDir(wal.primary);
@@ -117,6 +126,15 @@ async function main(): Promise<void> {
     for (const { target } of targets) await measureLatencyRun(context, target, 1, 0);
     const coldCounts = values.cold.split(',').map(Number);
     const old = coldCounts.some((count) => count > 0) ? await writeOldWal(wal.primary, targets) : undefined;
+    if (values.perf !== undefined) {
+      for (const { label, target } of targets) {
+        if (target.family === 'postgres' || target.pid === undefined) continue;
+        progress(`perf ${label} pid ${target.pid}`);
+        const child = spawn('perf', ['record', '-q', '-o', join(values.perf, `perf-${label}.data`), '-e', PERF_EVENTS, '-p', String(target.pid)], { stdio: 'ignore' });
+        perfRecorders.push({ label, pid: target.pid, child });
+      }
+      await sleep(STRACE_ATTACH_MS);
+    }
     if (values.strace !== undefined) {
       for (const { label, target } of targets) {
         const pid = target.family === 'postgres' ? walreceiverOf(target.pid) : target.pid;
@@ -164,6 +182,7 @@ async function main(): Promise<void> {
         '',
       ].join('\n'),
     );
+    if (values.perf !== undefined) await reportPerfHops(values.perf, perfRecorders.splice(0));
     if (values.strace !== undefined) {
       for (const tracer of tracers) tracer.kill();
       tracers.length = 0;
@@ -200,6 +219,7 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const tracer of tracers) tracer.kill();
+    for (const { child } of perfRecorders) child.kill('SIGINT');
     for (const { target } of targets) await target.stop();
     await wal.primary.stop();
   }
@@ -287,6 +307,30 @@ function quantiles(before: Buckets | undefined, after: Buckets | undefined): str
   if (after === undefined) return '—';
   const delta = bucketDelta(before, after);
   return `${String(histogramPercentileMs(delta, 50) ?? '—')} / ${String(histogramPercentileMs(delta, 99) ?? '—')}`;
+}
+
+/** Stops each perf recorder (SIGINT: it writes its file), converts it with `perf script` and prints the hops per target. */
+async function reportPerfHops(dir: string, recorders: readonly { label: string; pid: number; child: ChildProcess }[]): Promise<void> {
+  const lines = ['', 'Commit path by thread hops (perf syscall tracepoints, bench/lib/perf-hops.ts), ms', '', '| target | step | commits | p50 | p90 | p99 |', '|---|---|---:|---:|---:|---:|'];
+  for (const { label, pid, child } of recorders) {
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill('SIGINT');
+    await exited;
+    const script = join(dir, `perf-${label}.txt`);
+    try {
+      writeFileSync(script, execFileSync('perf', ['script', '-i', join(dir, `perf-${label}.data`)], { maxBuffer: PERF_SCRIPT_BYTES_MAX, stdio: ['ignore', 'pipe', 'ignore'] }));
+    } catch (error) {
+      lines.push(`| ${label} | perf script failed: ${error instanceof Error ? error.message : String(error)} | | | | |`);
+      continue;
+    }
+    const hops = commitHops(script, pid);
+    if (hops === undefined) {
+      lines.push(`| ${label} | no commit fdatasync traced | | | | |`);
+      continue;
+    }
+    for (const [step, { p50, p90, p99, count }] of hops.steps) lines.push(`| ${label} | ${step} | ${count} | ${p50.toFixed(3)} | ${p90.toFixed(3)} | ${p99.toFixed(3)} |`);
+  }
+  process.stdout.write([...lines, ''].join('\n'));
 }
 
 /** The upstream wait over a run: bucket p50 / p99, the exact mean, and the share of publishes above UPSTREAM_WAIT_SLOW_MS. */
