@@ -12,7 +12,7 @@
  *   primary meanwhile.
  *
  * Usage: node --import tsx bench/fanout-latency.ts [--replicas 1,100,1000] [--rate 100] [--duration-ms 3000]
- *   [--rounds 1] [--backends ts,native/uring] [--baseline DIR] [--replies interval|each] [--out FILE.json]
+ *   [--rounds 1] [--backends ts,native/uring] [--baseline DIR] [--replies interval|each] [--interleave] [--out FILE.json]
  * --replies each: every replica sends a standby status update after every XLogData, as a PostgreSQL walreceiver
  * does after each write and flush (default interval: at start, when asked, and every 10 s, as pg_receivewal).
  * Starts and stops everything itself (primary, one following walcast per backend, consumers). Timing runs want an
@@ -22,6 +22,11 @@
  * node_modules and build/ linked or copied in). Its walcast follows the same primary beside this tree's, and every
  * round runs both, alternating which goes first, so load from elsewhere falls on both alike. The figures to compare
  * on a loaded machine are the histogram quantiles and the server CPU per publish, not one run's wall clock.
+ *
+ * --interleave: every backend's walcast (and base, with --baseline) runs from the start, and each round runs all of
+ * them in turn (the order rotating per round), instead of one backend's rounds after another's. Comparing backends
+ * (e.g. native/sendfile against native/uring) wants this: without it every run of the first backend comes minutes
+ * before any of the second, and a drift in the machine's load or the primary's state reads as a backend difference.
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -48,6 +53,8 @@ interface Options {
   readonly baseline: string | undefined;
   /** --replies each: every replica sends a status update after every XLogData (see wal-consumer --reply-each). */
   readonly replyEach: boolean;
+  /** --interleave: all backends' servers at once, every round runs each of them (see the module comment). */
+  readonly interleave: boolean;
   readonly out: string | undefined;
 }
 
@@ -62,6 +69,7 @@ function parseOptions(argv: readonly string[]): Options {
       backends: { type: 'string', default: 'ts,native/uring' },
       baseline: { type: 'string' },
       replies: { type: 'string', default: 'interval' },
+      interleave: { type: 'boolean', default: false },
       out: { type: 'string' },
     },
     strict: true,
@@ -83,12 +91,13 @@ function parseOptions(argv: readonly string[]): Options {
     backends: backends as BackendName[],
     baseline: values.baseline,
     replyEach: values.replies === 'each',
+    interleave: values.interleave,
     out: values.out,
   };
 }
 
 function usage(problem: string): never {
-  process.stderr.write(`${problem}\nusage: node --import tsx bench/fanout-latency.ts [--replicas 1,100,1000] [--rate N] [--duration-ms MS] [--rounds N] [--backends ts,native/uring] [--baseline DIR] [--replies interval|each] [--out FILE]\n`);
+  process.stderr.write(`${problem}\nusage: node --import tsx bench/fanout-latency.ts [--replicas 1,100,1000] [--rate N] [--duration-ms MS] [--rounds N] [--backends ts,native/uring] [--baseline DIR] [--replies interval|each] [--interleave] [--out FILE]\n`);
   process.exit(EXIT_USAGE);
 }
 
@@ -126,6 +135,13 @@ export interface FanoutRun {
 }
 
 type Variant = 'new' | 'base';
+
+/** One running walcast of the benchmark: which tree, which backend. */
+interface Target {
+  readonly variant: Variant;
+  readonly backend: BackendName;
+  readonly target: ServerTarget;
+}
 
 /**
  * One live-latency run (bench/scenarios/live-latency.ts), which scrapes walcast's /metrics right before the first
@@ -205,24 +221,29 @@ async function main(): Promise<void> {
   const runs: FanoutRun[] = [];
   try {
     const variants: [Variant, string | undefined][] = options.baseline === undefined ? [['new', undefined]] : [['new', undefined], ['base', options.baseline]];
-    for (const backend of options.backends) {
-      const [io, strategy] = backend.split('/') as ['ts' | 'native', ('sendfile' | 'writev' | 'uring') | undefined];
-      const targets: [Variant, ServerTarget][] = [];
+    // Without --interleave one backend's servers at a time, all its rounds, then the next backend's.
+    const phases: (readonly BackendName[])[] = options.interleave ? [options.backends] : options.backends.map((backend) => [backend]);
+    for (const backends of phases) {
+      const targets: Target[] = [];
       try {
-        for (const [variant, repoRoot] of variants) {
-          const dataDir = await createFollowingDataDir(wal.primary);
-          const target = await startWalcastServer({ dataDir, walFiles: [], following: true, io, ...(strategy === undefined ? {} : { strategy }), ...(repoRoot === undefined ? {} : { repoRoot, name: `walcast-base-${backend}` }) });
-          targets.push([variant, target]);
-          progress(`walcast ${variant} ${backend} following the primary`);
-          // One unrecorded run first (JIT, connection caches), as bench/run.ts does.
-          const warmUp = await measureLatencyRun(context, target, 1, 0);
-          progress(`warm-up ${variant} ${backend}: ${warmUp.ok ? 'ok' : `FAILED ${warmUp.error ?? ''}`}`);
+        for (const backend of backends) {
+          const [io, strategy] = backend.split('/') as ['ts' | 'native', ('sendfile' | 'writev' | 'uring') | undefined];
+          for (const [variant, repoRoot] of variants) {
+            const dataDir = await createFollowingDataDir(wal.primary);
+            const target = await startWalcastServer({ dataDir, walFiles: [], following: true, io, ...(strategy === undefined ? {} : { strategy }), ...(repoRoot === undefined ? {} : { repoRoot, name: `walcast-base-${backend}` }) });
+            targets.push({ variant, backend, target });
+            progress(`walcast ${variant} ${backend} following the primary`);
+            // One unrecorded run first (JIT, connection caches), as bench/run.ts does.
+            const warmUp = await measureLatencyRun(context, target, 1, 0);
+            progress(`warm-up ${variant} ${backend}: ${warmUp.ok ? 'ok' : `FAILED ${warmUp.error ?? ''}`}`);
+          }
         }
         for (const replicas of options.replicaCounts) {
           for (let round = 0; round < options.rounds; round++) {
-            // Alternate which variant goes first, so a drift in the machine's load does not favour one.
-            const order = round % 2 === 0 ? targets : [...targets].reverse();
-            for (const [variant, target] of order) {
+            // Rotate which server goes first (for two, alternate), so a drift in the machine's load favours none.
+            const first = round % targets.length;
+            const order = targets.length === 2 && round % 2 === 1 ? [...targets].reverse() : [...targets.slice(first), ...targets.slice(0, first)];
+            for (const { variant, backend, target } of order) {
               const run = await measure(context, target, variant, backend, replicas, round);
               runs.push(run);
               progress(describe(run));
@@ -230,7 +251,7 @@ async function main(): Promise<void> {
           }
         }
       } finally {
-        for (const [, target] of targets) await target.stop();
+        for (const { target } of targets) await target.stop();
       }
     }
   } finally {
