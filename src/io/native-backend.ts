@@ -358,23 +358,30 @@ class NativeBackend implements IoBackend {
    * file, so a READ never consumes socket bytes even if a stale number slipped through).
    */
   prefetch(chunk: WalChunk): Promise<void> {
-    validateChunk(chunk, PREFETCH_RANGE_BYTES_MAX);
-    if (this.closed || chunk.file.closed === true) return Promise.resolve();
-    const pieces: Promise<void>[] = [];
-    for (let done = 0; done < chunk.byteCount; done += NATIVE_PREFETCH_BYTES_MAX) {
-      const bytes = Math.min(NATIVE_PREFETCH_BYTES_MAX, chunk.byteCount - done);
-      pieces.push(this.prefetchPiece(chunk.file.fd, chunk.fileOffset + done, bytes));
-    }
-    return Promise.all(pieces).then(() => undefined);
+    return this.prefetchNow(chunk) ?? Promise.resolve();
   }
 
-  private prefetchPiece(fd: number, offset: number, bytes: number): Promise<void> {
+  /** StreamWriter.prefetchNow: undefined when every piece was cached at the call (the addon answers that synchronously). */
+  prefetchNow(chunk: WalChunk): Promise<void> | undefined {
+    validateChunk(chunk, PREFETCH_RANGE_BYTES_MAX);
+    if (this.closed || chunk.file.closed === true) return undefined;
+    let pieces: Promise<void>[] | undefined;
+    for (let done = 0; done < chunk.byteCount; done += NATIVE_PREFETCH_BYTES_MAX) {
+      const bytes = Math.min(NATIVE_PREFETCH_BYTES_MAX, chunk.byteCount - done);
+      const reading = this.prefetchPiece(chunk.file.fd, chunk.fileOffset + done, bytes);
+      if (reading !== undefined) (pieces ??= []).push(reading);
+    }
+    return pieces === undefined ? undefined : Promise.all(pieces).then(() => undefined);
+  }
+
+  /** undefined when the piece is cached (or the advisory call failed); else resolves when its read finished. */
+  private prefetchPiece(fd: number, offset: number, bytes: number): Promise<void> | undefined {
     const token = this.nextPrefetchToken++;
     try {
-      if (this.engine.prefetch(fd, offset, bytes, token)) return Promise.resolve();
+      if (this.engine.prefetch(fd, offset, bytes, token)) return undefined;
     } catch {
       // Advisory: a bad descriptor shows up again, as an error, when the range is sent.
-      return Promise.resolve();
+      return undefined;
     }
     return new Promise((resolve) => this.prefetches.set(token, resolve));
   }
@@ -564,6 +571,10 @@ class NativeStreamWriter implements StreamWriter {
 
   prefetch(chunk: WalChunk): Promise<void> {
     return this.backend.prefetch(chunk);
+  }
+
+  prefetchNow(chunk: WalChunk): Promise<void> | undefined {
+    return this.backend.prefetchNow(chunk);
   }
 
   afterWritten(observer: () => void): boolean {

@@ -38,7 +38,13 @@ class FakeWriter implements StreamWriter {
   async sendMessage(bytes: Buffer): Promise<void> {
     this.keepalives.push({ replyRequested: bytes[22] === 1 });
   }
-  async prefetch(): Promise<void> {}
+  /** prefetch calls (the stream's own loop prefetches its windows; the batch, without prefetchNow, per group). */
+  prefetches = 0;
+  async prefetch(): Promise<void> {
+    this.prefetches++;
+  }
+  /** Absent unless a test sets it (the native writer's prefetchNow: undefined when the range is cached now). */
+  prefetchNow?: (chunk: WalChunk) => Promise<void> | undefined;
   async release(): Promise<void> {}
   afterWritten(observer: () => void): boolean {
     observer();
@@ -473,4 +479,37 @@ test('a source that locates without awaiting (WalReader.locateNow) is not asked 
   assert.equal(source.nowLocates, 3, 'one per round');
   assert.equal(source.locates, 0);
   await stop(harness);
+});
+
+test('the batch asks prefetchNow where the writer has it: a cached range goes to the send without a prefetch promise, a read under way is waited for', async () => {
+  const harness = start(3);
+  await until(() => harness.batcher.parkedCount === 3, 'all three parked');
+  let nowCalls = 0;
+  let reading: (() => void) | undefined;
+  for (const writer of harness.writers) {
+    writer.prefetchNow = () => {
+      nowCalls++;
+      // The first answer is a read in progress; later ones find the range cached.
+      if (nowCalls > 1) return undefined;
+      return new Promise<void>((resolve) => (reading = resolve));
+    };
+  }
+  const prefetchesBefore = harness.writers.map((writer) => writer.prefetches);
+  try {
+    const first = START + 100n;
+    harness.watch.advance(first);
+    await until(() => reading !== undefined, 'the batch asked prefetchNow');
+    for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(harness.batch.calls, [], 'nothing is sent while the read is under way');
+    reading?.();
+    await until(() => harness.writers.every((writer) => writer.contiguousEnd() === first), 'sent once the read finished');
+    const second = first + 200n;
+    harness.watch.advance(second);
+    await until(() => harness.writers.every((writer) => writer.contiguousEnd() === second), 'the next publish sent');
+    assert.deepEqual(harness.batch.calls, [3, 3]);
+    assert.equal(nowCalls, 2, 'once per batch');
+    assert.deepEqual(harness.writers.map((writer) => writer.prefetches), prefetchesBefore, 'no prefetch promise where prefetchNow answered');
+  } finally {
+    await stop(harness);
+  }
 });
