@@ -205,7 +205,7 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       prefetchSource,
       writer,
       verify: (chunk, chunkLsn) => timeline.pages.verify(chunk, chunkLsn, { checksummer: context.backend, tail: timeline.tailPages(), log }),
-      verifyNow: (chunk, chunkLsn) => timeline.pages.verifyNow(chunk, chunkLsn, { checksummer: context.backend, tail: undefined, log }),
+      verifyNow: (chunk, chunkLsn) => timeline.pages.verifyNow(chunk, chunkLsn, { checksummer: context.backend, tail: timeline.tailPages(), log }),
       verifyAhead: (chunk, chunkLsn) => timeline.pages.verify(chunk, chunkLsn, { checksummer: verifyAheadWith, tail: timeline.tailPages(), log }),
       signal: stopController.signal,
       stopAtEnd: request.recovery,

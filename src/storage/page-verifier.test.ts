@@ -204,7 +204,8 @@ test('verifyNow checks recorded pages without waiting, and leaves everything els
   assert.equal(checksummer.pages, 1 + 5, 'pages 1..5 checksummed synchronously');
   assert.equal(verifier.verifyNow(chunkOf(2 * WAL_PAGE_BYTES, 2 * WAL_PAGE_BYTES), BigInt(2 * WAL_PAGE_BYTES), context(checksummer, writer)), true);
   assert.equal(checksummer.pages, 6, 'verified pages are not checksummed again');
-  assert.equal(verifier.verifyNow(chunkOf(12 * WAL_PAGE_BYTES, 500), BigInt(12 * WAL_PAGE_BYTES), context(checksummer, writer)), false, 'the live page is checked against the writer by verify');
+  assert.equal(verifier.verifyNow(chunkOf(12 * WAL_PAGE_BYTES, 500), BigInt(12 * WAL_PAGE_BYTES), context(checksummer)), false, 'without the writer the live page is left to verify');
+  assert.equal(verifier.verifyNow(chunkOf(12 * WAL_PAGE_BYTES, 500), BigInt(12 * WAL_PAGE_BYTES), context(checksummer, writer)), true, 'the live page is checked against the writer at once');
   assert.equal(verifier.verifyNow(chunkOf(0, 4 * WAL_PAGE_BYTES), 0n, context(new CountingChecksummer(), writer)), true, 'nothing left to check');
   assert.equal(verifier.verifyNow(chunkOf(6 * WAL_PAGE_BYTES, WAL_PAGE_BYTES), BigInt(6 * WAL_PAGE_BYTES), context(new CountingChecksummer(), writer)), false, 'a checksummer without checksumPagesNow');
   // A damaged page: verifyNow marks nothing and verify refuses it, logged and counted once.
@@ -220,6 +221,38 @@ test('verifyNow checks recorded pages without waiting, and leaves everything els
   assert.equal(verifier.corruptionsDetected, 1);
   assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1);
   await writer.close();
+});
+
+test('verifyNow checks the live writer\'s partial page against the writer without waiting, as each publish grows it; a damaged one is left to verify', async () => {
+  const { writer, data } = await writeWal(3 * WAL_PAGE_BYTES + 500);
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const checksummer = new SyncCountingChecksummer();
+  const { context, lines } = captureLog();
+  await verifier.verify(chunkOf(0, WAL_PAGE_BYTES), 0n, context(checksummer, writer));
+  const pagesBefore = checksummer.pages;
+  assert.equal(verifier.verifyNow(chunkOf(2 * WAL_PAGE_BYTES, WAL_PAGE_BYTES + 500), BigInt(2 * WAL_PAGE_BYTES), context(checksummer, writer)), true, 'a recorded page and the live one');
+  assert.equal(checksummer.pages, pagesBefore + 2, 'page 2 against the sidecar, the live prefix against the writer');
+  // The next publish: the page holds more, and only the longer prefix is checked again.
+  let written = data.length;
+  const publish = async (bytes: number): Promise<void> => {
+    writer.write(BigInt(written), randomBytes(bytes));
+    await writer.flush();
+    written += bytes;
+  };
+  await publish(300);
+  const live = (): WalChunk => chunkOf(3 * WAL_PAGE_BYTES + 500, written - (3 * WAL_PAGE_BYTES + 500));
+  assert.equal(verifier.verifyNow(live(), BigInt(3 * WAL_PAGE_BYTES + 500), context(checksummer)), false, 'without the writer the longer prefix is verify\'s');
+  assert.equal(verifier.verifyNow(live(), BigInt(3 * WAL_PAGE_BYTES + 500), context(checksummer, writer)), true);
+  assert.equal(checksummer.pages, pagesBefore + 3);
+  // Damage on disk under the live page: verifyNow decides nothing, verify refuses it and reports it once.
+  await publish(200);
+  writeSync(fd, Buffer.from([0xee]), 0, 1, 3 * WAL_PAGE_BYTES + 20);
+  assert.equal(verifier.verifyNow(live(), BigInt(3 * WAL_PAGE_BYTES + 500), context(checksummer, writer)), false, 'a mismatch is verify\'s');
+  assert.equal(verifier.corruptionsDetected, 0);
+  await assert.rejects(verifier.verify(live(), BigInt(3 * WAL_PAGE_BYTES + 500), context(checksummer, writer)), WalCorruptionError);
+  assert.equal(verifier.corruptionsDetected, 1);
+  assert.equal(lines.filter((line) => line.level === PAGE_ERROR_LEVEL).length, 1);
+  writer.abandon();
 });
 
 test('a damaged page is refused with the verified prefix, logged and counted once, and served again once repaired', async () => {
