@@ -107,7 +107,7 @@ export async function startWalcast(options: WalcastOptions): Promise<Walcast> {
   if (transport.warning !== undefined) log.warn({ listen: listen.host, auth: authOption.method }, transport.warning);
   const tls = options.tls === undefined ? undefined : await ServerTls.load({ certFile: options.tls.certFile, keyFile: options.tls.keyFile, caFile: options.tls.caFile }, options.tls.mode ?? 'prefer');
   const auth = await resolveAuth(authOption, tls);
-  const selection = await createIoBackend(options.nativeStrategy === undefined ? { io: options.io ?? 'auto' } : { io: options.io ?? 'auto', strategy: options.nativeStrategy });
+  const selection = await createIoBackend(options.nativeStrategy === undefined ? { io: options.io ?? 'auto', log } : { io: options.io ?? 'auto', strategy: options.nativeStrategy, log });
   let server: WalcastServer;
   try {
     server = await WalcastServer.start({

@@ -15,7 +15,7 @@
 import assert from 'node:assert/strict';
 import { collectDefaultMetrics, Counter, Gauge, Registry, type Histogram } from 'prom-client';
 import type { ServerHooks } from '../server.js';
-import type { KernelTlsStatus } from '../io/backend.js';
+import type { KernelTlsStatus, SendBufferStats } from '../io/backend.js';
 import { existingFanoutBatcher } from '../replication/fanout-batch.js';
 import type { StreamOutcome } from '../replication/start-replication.js';
 import type { OffloadStatus } from '../remote/segment-uploader.js';
@@ -56,8 +56,11 @@ export interface OperationsMetrics {
   render(slicer?: RenderSlicer): Promise<{ contentType: string; body: string }>;
 }
 
-/** `io.kernelTls`: the backend's kernel TLS probe, exported as walcast_io_kernel_tls_info (left out when not given). */
-export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string; readonly kernelTls?: KernelTlsStatus; readonly prefetchIdleFallbacks?: () => number }): OperationsMetrics {
+/**
+ * `io.kernelTls`: the backend's kernel TLS probe, exported as walcast_io_kernel_tls_info (left out when not given).
+ * `io.sendBufferStats`: the TS send pool's counts, exported as walcast_ts_send_buffers_* (left out when not given).
+ */
+export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string; readonly kernelTls?: KernelTlsStatus; readonly prefetchIdleFallbacks?: () => number; readonly sendBufferStats?: () => SendBufferStats }): OperationsMetrics {
   const registry = new Registry();
   let timelines: TimelineRegistry | undefined;
   let retention: RetentionLookup = () => undefined;
@@ -83,6 +86,7 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
       },
     });
   }
+  if (io.sendBufferStats !== undefined) registerSendBufferMetrics(registry, io.sendBufferStats);
   registerRetentionMetrics(registry, eachTimeline, (timeline) => retention(timeline));
   registerOffloadMetrics(registry, eachTimeline, (timeline) => offload(timeline));
   registerRemovalMetrics(registry, () => timelines);
@@ -309,6 +313,33 @@ async function replicaRows(eachTimeline: EachTimeline, slicer: RenderSlicer): Pr
 }
 
 /** Totals over all timelines: counters that only ever grow, read from the registries at scrape time. */
+/** The TS send pool (io/buffer-pool.ts, io/send-stall.ts), read when scraped. */
+function registerSendBufferMetrics(registry: Registry, stats: () => SendBufferStats): void {
+  new Counter({
+    name: 'walcast_ts_send_buffers_written_off_total',
+    help: 'TS backend send buffers written off the send pool because their replica stopped reading (its socket completed no write for SEND_STALL_MS) and replaced, so other streams are not starved.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(stats().writtenOffTotal);
+    },
+  });
+  const gauge = (name: string, help: string, value: (now: SendBufferStats) => number): void => {
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(value(stats()));
+      },
+    });
+  };
+  gauge('walcast_ts_send_buffers_in_use', 'TS backend send buffers handed out now (written-off ones not counted).', (now) => now.inUse);
+  gauge('walcast_ts_send_buffers_max', 'TS backend send pool size (POOL_BUFFERS_MAX).', (now) => now.buffersMax);
+  gauge('walcast_ts_send_buffers_written_off', 'TS backend send buffers written off and still held by a socket that is not draining.', (now) => now.writtenOff);
+  gauge('walcast_ts_send_buffers_written_off_max', 'TS backend send buffers that may be written off at once (WRITTEN_OFF_BUFFERS_MAX); at this value sends wait for the pool again.', (now) => now.writtenOffMax);
+}
+
 function registerTotals(registry: Registry, eachTimeline: EachTimeline, io: { readonly backend: string; readonly strategy: string }): void {
   new Counter({
     name: 'walcast_received_ps_feedbacks_total',

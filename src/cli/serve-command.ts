@@ -71,11 +71,18 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   // The data directory is made when missing (owner only, as PostgreSQL's): `npm start` on a fresh checkout serves
   // ./walcast-data, which nothing has created yet, and serve writes walcast.server.json into it.
   if ((await mkdir(flags.dataDir, { recursive: true, mode: 0o700 })) !== undefined) log.info({ dataDir: flags.dataDir }, 'data directory created');
-  const selection = await createIoBackend(resolveIoChoice(flags));
+  const selection = await createIoBackend({ ...resolveIoChoice(flags), log });
   const kernelTls = selection.backend.kernelTls;
   log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason, kernel_tls: kernelTls.state, kernel_tls_code: kernelTls.code, kernel_tls_detail: kernelTls.detail }, 'I/O backend selected');
   const idleFallbacks = selection.backend.prefetchIdleFallbacks?.bind(selection.backend);
-  const metrics = createOperationsMetrics({ backend: selection.backend.kind, strategy: selection.backend.strategy, kernelTls, ...(idleFallbacks === undefined ? {} : { prefetchIdleFallbacks: idleFallbacks }) });
+  const sendBufferStats = selection.backend.sendBufferStats?.bind(selection.backend);
+  const metrics = createOperationsMetrics({
+    backend: selection.backend.kind,
+    strategy: selection.backend.strategy,
+    kernelTls,
+    ...(idleFallbacks === undefined ? {} : { prefetchIdleFallbacks: idleFallbacks }),
+    ...(sendBufferStats === undefined ? {} : { sendBufferStats }),
+  });
   // SIGINT/SIGTERM are caught from before anything starts: the HTTP API answers before walcast.server.json is
   // written and the server is up, and a signal in that window (a supervisor, a test) killed the process with the
   // default action — exit by signal, state file left behind. Now it stops cleanly once start-up is done.

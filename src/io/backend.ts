@@ -59,6 +59,18 @@ export interface KernelTlsStatus {
   readonly detail: string;
 }
 
+/** The TS backend's send pool (buffer-pool.ts, send-stall.ts): buffers in use and written off. */
+export interface SendBufferStats {
+  /** Pooled send buffers handed out now (written-off ones not counted). */
+  readonly inUse: number;
+  readonly buffersMax: number;
+  /** Buffers written off (held by sockets that stopped draining) and not yet returned. */
+  readonly writtenOff: number;
+  readonly writtenOffMax: number;
+  /** Buffers written off since the backend started. */
+  readonly writtenOffTotal: number;
+}
+
 export interface IoBackend {
   readonly kind: IoBackendKind;
   /** 'fs-net' for ts; 'sendfile' | 'writev' | 'uring' for native. */
@@ -76,6 +88,11 @@ export interface IoBackend {
    * own priority instead. Exported as walcast_prefetch_idle_fallbacks_total.
    */
   prefetchIdleFallbacks?(): number;
+  /**
+   * The TS send pool's counts (the ts backend, and the native one for the TLS streams it sends through a ts
+   * backend): exported as walcast_ts_send_buffers_*. Absent where no send pool exists.
+   */
+  sendBufferStats?(): SendBufferStats;
   /**
    * Takes over writes to `socket` for one replication stream. Until `release()` resolves, nobody else
    * writes to the socket; reading (replica feedback) stays with Node.

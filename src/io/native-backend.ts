@@ -26,6 +26,7 @@ import {
   type ChunkBatch,
   type IoBackend,
   type KernelTlsStatus,
+  type SendBufferStats,
   type StreamWriter,
   type WalChunk,
 } from './backend.js';
@@ -39,7 +40,8 @@ import {
   type NativeEngine,
   type NativeEventHandler,
 } from './native-binding.js';
-import { createTsBackend } from './ts-backend.js';
+import { POOL_BUFFERS_MAX, WRITTEN_OFF_BUFFERS_MAX, createTsBackend } from './ts-backend.js';
+import type { Logger } from '../log.js';
 
 export type NativeStrategy = 'sendfile' | 'writev' | 'uring';
 
@@ -209,6 +211,8 @@ export interface NativeBackendOptions {
    * Default on; off leaves every stream on its own sendChunk (for A/B measurements: WALCAST_FANOUT_BATCH=off).
    */
   readonly chunkBatch?: boolean;
+  /** For the TLS streams' ts backend: where written-off send buffers are reported. */
+  readonly log?: Logger;
 }
 
 export async function createNativeBackend(strategy: NativeStrategy, options: NativeBackendOptions = {}): Promise<IoBackend> {
@@ -218,7 +222,7 @@ export async function createNativeBackend(strategy: NativeStrategy, options: Nat
   if (!probe.ok || !loaded.ok) {
     throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `the native I/O addon is unavailable: ${probe.ok ? 'load failed' : probe.reason}`);
   }
-  return new NativeBackend(loaded.addon, strategy, options.chunkBatch ?? true);
+  return new NativeBackend(loaded.addon, strategy, options.chunkBatch ?? true, options.log);
 }
 
 class NativeBackend implements IoBackend {
@@ -244,6 +248,7 @@ class NativeBackend implements IoBackend {
     private readonly addon: NativeAddon,
     strategy: NativeStrategy,
     batch: boolean,
+    private readonly log: Logger | undefined,
   ) {
     this.strategy = strategy;
     this.chunkBatch = batch ? { accepts: (writer) => this.batchAccepts(writer), send: (writers, count, header, chunk, outcomes) => this.sendBatch(writers, count, header, chunk, outcomes) } : undefined;
@@ -261,13 +266,18 @@ class NativeBackend implements IoBackend {
     return this.engine.stats().idleReadFallbacks;
   }
 
+  /** The TLS streams' send pool (the ts fallback), all zero before the first TLS stream. */
+  sendBufferStats(): SendBufferStats {
+    return this.fallback?.sendBufferStats?.() ?? { inUse: 0, buffersMax: POOL_BUFFERS_MAX, writtenOff: 0, writtenOffMax: WRITTEN_OFF_BUFFERS_MAX, writtenOffTotal: 0 };
+  }
+
   async openStream(socket: Socket): Promise<StreamWriter> {
     if (this.closed) throw new WalcastError('WALCAST_ERR_STREAM_IO', 'the native I/O backend is closed');
     const fd = socketFd(socket);
     // TLS sockets encrypt in Node (walcast does not hand sessions to kTLS: docs/security.md), so their bytes must
     // go through socket.write: the TS path.
     if (socket instanceof TLSSocket || fd === undefined) {
-      this.fallback ??= createTsBackend();
+      this.fallback ??= createTsBackend(this.log === undefined ? {} : { log: this.log });
       return this.fallback.openStream(socket);
     }
     await waitForEmptyWriteQueue(socket);

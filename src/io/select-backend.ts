@@ -6,6 +6,7 @@
 import { WalcastError } from '../errors.js';
 import type { IoBackend } from './backend.js';
 import { createTsBackend } from './ts-backend.js';
+import type { Logger } from '../log.js';
 
 export type IoChoice = 'auto' | 'native' | 'ts';
 export type NativeStrategyChoice = 'sendfile' | 'writev' | 'uring';
@@ -20,7 +21,7 @@ export interface IoSelection {
 interface NativeModule {
   defaultNativeStrategy(): NativeStrategyChoice;
   probeNative(): { ok: true } | { ok: false; reason: string };
-  createNativeBackend(strategy: NativeStrategyChoice, options?: { chunkBatch?: boolean }): Promise<IoBackend>;
+  createNativeBackend(strategy: NativeStrategyChoice, options?: { chunkBatch?: boolean; log?: Logger }): Promise<IoBackend>;
 }
 
 async function loadNativeModule(): Promise<NativeModule | string> {
@@ -32,17 +33,19 @@ async function loadNativeModule(): Promise<NativeModule | string> {
   }
 }
 
-export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeStrategyChoice; chunkBatch?: boolean }): Promise<IoSelection> {
-  if (choice.io === 'ts') return { backend: createTsBackend(), reason: 'requested (--io ts / WALCAST_IO=ts)' };
+/** `log`: where the backend reports streams whose send buffers it writes off (send-stall.ts). */
+export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeStrategyChoice; chunkBatch?: boolean; log?: Logger }): Promise<IoSelection> {
+  const tsOptions = choice.log === undefined ? {} : { log: choice.log };
+  if (choice.io === 'ts') return { backend: createTsBackend(tsOptions), reason: 'requested (--io ts / WALCAST_IO=ts)' };
   const native = await loadNativeModule();
   const probe = typeof native === 'string' ? { ok: false as const, reason: native } : native.probeNative();
   if (typeof native === 'string' || !probe.ok) {
     const why = probe.ok ? 'unknown' : probe.reason;
     if (choice.io === 'native') throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `--io native was requested but the native addon is unavailable: ${why}`);
-    return { backend: createTsBackend(), reason: `auto: native addon unavailable (${why}), using the TypeScript backend` };
+    return { backend: createTsBackend(tsOptions), reason: `auto: native addon unavailable (${why}), using the TypeScript backend` };
   }
   const strategy = choice.strategy ?? native.defaultNativeStrategy();
-  const backend = await native.createNativeBackend(strategy, choice.chunkBatch === undefined ? {} : { chunkBatch: choice.chunkBatch });
+  const backend = await native.createNativeBackend(strategy, { ...tsOptions, ...(choice.chunkBatch === undefined ? {} : { chunkBatch: choice.chunkBatch }) });
   const batch = choice.chunkBatch === false ? ', commit fan-out batch off (WALCAST_FANOUT_BATCH=off)' : '';
   const priority = backend.prefetchPriorityNote === undefined ? '' : `, ${backend.prefetchPriorityNote}`;
   const reason = `${choice.io === 'native' ? `requested (--io native), strategy ${strategy}` : `auto: native addon loaded on Linux, strategy ${strategy}`}${batch}${priority}`;

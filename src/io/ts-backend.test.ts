@@ -12,6 +12,7 @@ import { TLSSocket, connect as connectTls, createServer as createTlsServer } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { pino } from 'pino';
 import type { WalChunk } from './backend.js';
 import { isWalcastError } from '../errors.js';
 import { crc32c } from '../storage/crc32c.js';
@@ -679,4 +680,95 @@ test('a TLS replica that vanishes mid-run fails the stream, and every queued fra
     close();
     await backend.close();
   }
+});
+
+/** Settles with `promise`, or rejects after `ms` (a bounded wait: a send starved by the pool fails the test). */
+async function within<T>(ms: number, promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not done within ${ms} ms`)), ms)));
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+test('replicas that stop reading do not starve a healthy one: their send buffers are written off within the budget, and past it sends wait', { timeout: 120_000 }, async () => {
+  // Eight pooled buffers, four more that may be written off: two stalled replicas pin the pool.
+  const budget = STREAM_CHUNKS_IN_FLIGHT_MAX;
+  const sendPool = new BufferPool(FRAME_BYTES_MAX, 2 * STREAM_CHUNKS_IN_FLIGHT_MAX, budget);
+  const logLines: string[] = [];
+  const log = pino({ level: 'warn' }, { write: (line: string) => void logLines.push(line) });
+  const sendStallMs = 200;
+  const backend = createTsBackend({ sendPool, log, sendStallMs });
+  const fd = openSync(runPath, 'r');
+  const pairs = await Promise.all([0, 1, 2, 3].map(() => socketPair()));
+  try {
+    const file = { fd, path: runPath };
+    const contentOf = (chunk: WalChunk): Buffer => runContent.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount);
+    const runAt = (start: number): WalChunk[] => Array.from({ length: STREAM_CHUNKS_IN_FLIGHT_MAX }, (_, index): WalChunk => ({ file, fileOffset: ((start + index) % RUN_FILE_CHUNKS) * CHUNK_BYTES, byteCount: CHUNK_BYTES }));
+    const [a, b, c, healthy] = pairs;
+    const stall = async (pair: typeof a, start: number, marker: number): Promise<{ writer: Awaited<ReturnType<typeof backend.openStream>>; expected: Buffer }> => {
+      pair!.local.write(Buffer.alloc(FILLER_BYTES, 0x11));
+      const writer = await backend.openStream(pair!.local);
+      const run = runAt(start);
+      const headers = runHeaders(run, marker);
+      await writer.sendChunkRun!(headers, HEADER_BYTES, run);
+      return { writer, expected: expectedRun(headers, run, contentOf) };
+    };
+    const stalledA = await stall(a, 0, 0xa0);
+    const stalledB = await stall(b, 4, 0xb0);
+    assert.equal(sendPool.inUse(), sendPool.buffersMax, 'two replicas that do not read pin the whole pool');
+    assert.equal(sendPool.tryAcquire(), undefined);
+
+    // A healthy replica still gets its run, byte for byte, once a stalled stream's frames are written off.
+    const healthyBytes = collect(healthy!.peer);
+    const healthyWriter = await backend.openStream(healthy!.local);
+    const firstRun = runAt(2);
+    const firstHeaders = runHeaders(firstRun, 0x10);
+    await within(30_000, healthyWriter.sendChunkRun!(firstHeaders, HEADER_BYTES, firstRun), 'the healthy run beside stalled replicas');
+    let healthyExpected = expectedRun(firstHeaders, firstRun, contentOf);
+    assert.ok((await within(30_000, healthyBytes.until(healthyExpected.length), 'the healthy peer reading')).equals(healthyExpected), 'the healthy replica got its run whole');
+    assert.equal(sendPool.writtenOff(), budget, 'one stalled stream written off: the whole budget');
+    assert.equal(sendPool.writtenOffTotal(), budget);
+    assert.deepEqual(backend.sendBufferStats!(), { inUse: sendPool.inUse(), buffersMax: 8, writtenOff: budget, writtenOffMax: budget, writtenOffTotal: budget });
+
+    // A third replica stops reading with the replacement buffers: the pool is pinned again and the budget is spent.
+    const stalledC = await stall(c, 6, 0xc0);
+    assert.equal(sendPool.inUse(), sendPool.buffersMax);
+    const secondRun = runAt(8);
+    const secondHeaders = runHeaders(secondRun, 0x20);
+    let secondDone = false;
+    const second = healthyWriter.sendChunkRun!(secondHeaders, HEADER_BYTES, secondRun).then(() => (secondDone = true));
+    await new Promise((resolve) => setTimeout(resolve, 5 * sendStallMs));
+    assert.equal(secondDone, false, 'past the written-off budget a send waits: nothing more is allocated');
+    assert.equal(sendPool.writtenOff(), budget, 'no more written off than the budget');
+    assert.equal(sendPool.tryAcquire(), undefined, 'nor allocated past the pool');
+
+    // Replica A reads again: its written-off frames come back (dropped: the pool is full), the budget frees, the
+    // next stalled stream is written off and the waiting run goes out.
+    const aBytes = collect(a!.peer);
+    assert.ok((await within(60_000, aBytes.until(FILLER_BYTES + stalledA.expected.length), 'replica A reading')).subarray(FILLER_BYTES).equals(stalledA.expected), 'a written-off frame still reaches its replica whole');
+    await within(30_000, second, 'the healthy run once the budget freed');
+    healthyExpected = Buffer.concat([healthyExpected, expectedRun(secondHeaders, secondRun, contentOf)]);
+    assert.ok((await within(30_000, healthyBytes.until(healthyExpected.length), 'the healthy peer reading')).equals(healthyExpected), 'the healthy replica got both runs whole, in order');
+    assert.ok(sendPool.writtenOff() <= budget);
+    assert.equal(sendPool.writtenOffTotal(), 2 * budget);
+    const warnings = logLines.map((line) => JSON.parse(line) as { level: number; msg: string; addr: string });
+    assert.ok(warnings.length >= 2 && warnings.every(({ level, msg }) => level === 40 && /written off/.test(msg)), 'each written-off stream is logged at warn');
+    assert.equal(new Set(warnings.map(({ addr }) => addr)).size, warnings.length, 'once per stream');
+    await healthyWriter.release();
+    await stalledA.writer.release();
+    for (const { writer } of [stalledB, stalledC]) void writer.release();
+  } finally {
+    closeSync(fd);
+    for (const { server, local, peer } of pairs) {
+      local.destroy();
+      peer.destroy();
+      server.close();
+    }
+    await backend.close();
+  }
+  // Destroyed sockets fail their queued writes: every buffer comes back, written off or not.
+  while (sendPool.inUse() > 0 || sendPool.writtenOff() > 0) await new Promise((resolve) => setTimeout(resolve, 5));
 });

@@ -26,12 +26,14 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
-import { CHUNK_RUN_CHUNKS_MAX, MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, XLOG_DATA_HEADER_BYTES, type IoBackend, type KernelTlsStatus, type StreamWriter, type WalChunk } from './backend.js';
+import { CHUNK_RUN_CHUNKS_MAX, MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, XLOG_DATA_HEADER_BYTES, type IoBackend, type KernelTlsStatus, type SendBufferStats, type StreamWriter, type WalChunk } from './backend.js';
 import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
 import { VERIFIED_READS_KEPT_MAX, VerifiedReads } from './verified-reads.js';
 import { readRangeInto } from './vectored-read.js';
+import { SEND_STALL_MS, SendStallWatch, type StallWatched } from './send-stall.js';
+import type { Logger } from '../log.js';
 
 /**
  * Frames per stream handed to the socket and not yet written, counting frames being read for a send (a message
@@ -42,6 +44,11 @@ import { readRangeInto } from './vectored-read.js';
 export const STREAM_CHUNKS_IN_FLIGHT_MAX = 4;
 /** Send buffers across all streams: 512 × 128 KiB = 64 MiB, the backend's memory bound for WAL in flight. */
 export const POOL_BUFFERS_MAX = 512;
+/**
+ * Send buffers written off from the pool at once (send-stall.ts): frames stuck in the sockets of replicas that stopped
+ * reading, replaced so healthy streams go on. With the pool: (512 + 512) × 128 KiB = 128 MiB at most for WAL in flight.
+ */
+export const WRITTEN_OFF_BUFFERS_MAX = POOL_BUFFERS_MAX;
 /**
  * Sends of one stream waiting behind the one being written. The sender has one outstanding at a time; keepalives
  * the replica asks for add one each, so only a replica that asks faster than it reads ever reaches this, and
@@ -79,23 +86,41 @@ const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
   detail: 'the ts backend sends through Node sockets (TLS streams through node:tls); kernel TLS is probed by the native backend only',
 };
 
-/**
- * `sendPool`: the send buffers (tests pass a small pool of FRAME_BYTES_MAX buffers to watch it); default
- * POOL_BUFFERS_MAX. `checksumPool`: the verification buffers (tests watch it too); default createChecksumPool().
- */
-export function createTsBackend(options: { readonly sendPool?: BufferPool; readonly checksumPool?: BufferPool } = {}): IoBackend {
-  const pool = options.sendPool ?? new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX);
+export interface TsBackendOptions {
+  /**
+   * The send buffers (tests pass a small pool of FRAME_BYTES_MAX buffers to watch it); default POOL_BUFFERS_MAX of
+   * them, WRITTEN_OFF_BUFFERS_MAX of which may be written off (a pool with writtenOffMax 0 never writes off).
+   */
+  readonly sendPool?: BufferPool;
+  /** The verification buffers (tests watch it too); default createChecksumPool(). */
+  readonly checksumPool?: BufferPool;
+  /** Where a stream whose send buffers are written off is reported (once per stream, at warn). */
+  readonly log?: Logger;
+  /** How long a stream's socket completes no write before its buffers are written off; default SEND_STALL_MS. */
+  readonly sendStallMs?: number;
+}
+
+export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
+  const pool = options.sendPool ?? new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX, WRITTEN_OFF_BUFFERS_MAX);
   assert.equal(pool.bufferBytes, FRAME_BYTES_MAX, 'send buffers hold a frame (and are exchanged with verification buffers)');
   const verifiedReads = new VerifiedReads(options.checksumPool ?? createChecksumPool());
   const tailCache = new TailReadCache();
+  const stallWatch = new SendStallWatch(pool, options.sendStallMs ?? SEND_STALL_MS);
+  const log = options.log;
   return {
     kind: 'ts',
     strategy: 'fs-net',
     kernelTls: TS_BACKEND_KERNEL_TLS,
-    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache, verifiedReads),
+    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache, verifiedReads, stallWatch, log),
     checksumPages: (chunk, pageBytes, out) => checksumPagesByReading(chunk, pageBytes, out, verifiedReads.pool, verifiedReads),
-    close: async () => undefined,
+    sendBufferStats: () => sendBufferStatsOf(pool),
+    close: async () => stallWatch.stop(),
   };
+}
+
+/** The send pool's counts for /metrics (walcast_ts_send_buffers_*). */
+export function sendBufferStatsOf(pool: BufferPool): SendBufferStats {
+  return { inUse: pool.inUse(), buffersMax: pool.buffersMax, writtenOff: pool.writtenOff(), writtenOffMax: pool.writtenOffMax, writtenOffTotal: pool.writtenOffTotal() };
 }
 
 /** A pool of verification read buffers (one per TS backend; tests and the benchmark make their own). */
@@ -160,7 +185,7 @@ export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number,
   }
 }
 
-class TsStreamWriter implements StreamWriter {
+class TsStreamWriter implements StreamWriter, StallWatched {
   bytesSent = 0;
   /** socket.write on a TLSSocket encrypts in OpenSSL before the bytes reach the kernel. */
   readonly path: string;
@@ -171,7 +196,16 @@ class TsStreamWriter implements StreamWriter {
   private failure: WalcastError | undefined;
   /** Resolved (and replaced) whenever an in-flight write completes or the stream fails; any number may wait on it. */
   private progress: { promise: Promise<void>; resolve: () => void } = deferred();
-  private readonly onClose = (): void => this.fail(new Error('socket closed'));
+  private readonly onClose = (): void => {
+    this.stallWatch.delete(this);
+    this.fail(new Error('socket closed'));
+  };
+  /** Pooled frames handed to the socket, not yet written (nor written off): what a stall would write off. */
+  private readonly pooledInFlight: Buffer[] = [];
+  /** performance.now() when a write last completed, or when the first of the frames in flight went out. */
+  private drainedAt = 0;
+  /** Send buffers of this stream written off so far (the first write-off is logged). */
+  private writtenOff = 0;
   /** Sends accepted so far, numbered in call order (which is also the order their writes complete in). */
   private sendsAccepted = 0;
   /** The number of the latest send whose socket write completed. */
@@ -197,8 +231,11 @@ class TsStreamWriter implements StreamWriter {
     private readonly pool: BufferPool,
     private readonly tailCache: TailReadCache,
     private readonly verifiedReads: VerifiedReads,
+    private readonly stallWatch: SendStallWatch,
+    private readonly log: Logger | undefined,
   ) {
     socket.once('close', this.onClose);
+    stallWatch.add(this);
     this.tls = socket instanceof TLSSocket;
     this.path = this.tls ? 'fs-net+tls' : 'fs-net';
   }
@@ -247,7 +284,7 @@ class TsStreamWriter implements StreamWriter {
       await this.waitForRoom();
       const frames = this.runFrames;
       frames.length = 0;
-      frames.push(await this.pool.acquire());
+      frames.push(await this.stallWatch.acquire());
       // Only this send writes or reads for the stream now: the room can only have grown while it waited for the pool.
       const partEnd = Math.min(chunks.length, taken + STREAM_CHUNKS_IN_FLIGHT_MAX - this.inFlight);
       for (let index = taken + 1; index < partEnd; index++) {
@@ -347,6 +384,7 @@ class TsStreamWriter implements StreamWriter {
     await this.sendsTail;
     while (this.inFlight > 0 && this.failure === undefined) await this.waitForProgress();
     this.socket.off('close', this.onClose);
+    this.stallWatch.delete(this);
     // A send that failed before its write leaves its observers unanswered: they are dropped with the stream.
     this.writeObservers = [];
   }
@@ -354,6 +392,7 @@ class TsStreamWriter implements StreamWriter {
   private write(bytes: Buffer, send: number, done: () => void): void {
     // Only the one running send writes, after waitForRoom: the bound holds however sends interleave with I/O.
     assert.ok(this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX, 'frames in flight stay within the stream bound');
+    if (this.inFlight === 0) this.drainedAt = performance.now();
     this.inFlight++;
     if (this.tls) {
       this.tlsQueue.push({ bytes, send, done });
@@ -366,6 +405,7 @@ class TsStreamWriter implements StreamWriter {
   /** A write handed to the socket completed (or failed, or was never made after a failure): its accounting, once. */
   private written(bytes: Buffer, send: number, done: () => void, error: Error | null | undefined): void {
     this.inFlight--;
+    this.drainedAt = performance.now();
     done();
     if (error === undefined || error === null) {
       this.bytesSent += bytes.length;
@@ -410,9 +450,37 @@ class TsStreamWriter implements StreamWriter {
     for (let index = 0; index <= last; index++) {
       const frame = frames[index]!;
       const offset = this.frameOffsets[index]!;
-      this.write(frame.subarray(offset, offset + XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount), index === last ? send : 0, () => this.pool.release(frame));
+      this.pooledInFlight.push(frame);
+      this.write(frame.subarray(offset, offset + XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount), index === last ? send : 0, () => this.frameDone(frame));
     }
     if (cork) this.socket.uncork();
+  }
+
+  /** A pooled frame's write completed or failed: back to the pool (which knows whether it was written off). */
+  private frameDone(frame: Buffer): void {
+    const index = this.pooledInFlight.indexOf(frame);
+    if (index >= 0) this.pooledInFlight.splice(index, 1);
+    this.pool.release(frame);
+  }
+
+  pooledFramesPendingSince(): number | undefined {
+    return this.pooledInFlight.length > 0 ? this.drainedAt : undefined;
+  }
+
+  writeOffPooledFrames(stalledMs: number): void {
+    let count = 0;
+    while (this.pooledInFlight.length > 0 && this.pool.writeOff(this.pooledInFlight[0]!)) {
+      this.pooledInFlight.shift();
+      count++;
+    }
+    if (count === 0) return;
+    if (this.writtenOff === 0) {
+      this.log?.warn(
+        { addr: `${this.socket.remoteAddress}:${this.socket.remotePort}`, buffers: count, stalledMs: Math.round(stalledMs), writtenOffNow: this.pool.writtenOff(), writtenOffMax: this.pool.writtenOffMax },
+        'replica not reading: its send buffers are written off the TS send pool so other streams go on (the replica timeout ends it)',
+      );
+    }
+    this.writtenOff += count;
   }
 
   /** Send number `send` is written, and (writes completing in order) every send before it. */
