@@ -522,3 +522,20 @@ test('walcast_prefetch_idle_fallbacks_total reads the backend\'s count of starve
   assert.match(await native.registry.metrics(), /^walcast_prefetch_idle_fallbacks_total 3$/m);
   assert.doesNotMatch(await createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' }).registry.metrics(), /walcast_prefetch_idle_fallbacks_total/);
 });
+
+test('walcast_ts_send_buffers_* read the TS send pool at each scrape, and are absent without one', async () => {
+  let writtenOffTotal = 0;
+  let writtenOff = 0;
+  const ts = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net', sendBufferStats: () => ({ inUse: 7, buffersMax: 512, writtenOff, writtenOffMax: 512, writtenOffTotal }) });
+  const first = await ts.registry.metrics();
+  assert.match(first, /^walcast_ts_send_buffers_written_off_total 0$/m);
+  assert.match(first, /^walcast_ts_send_buffers_in_use 7$/m);
+  assert.match(first, /^walcast_ts_send_buffers_max 512$/m);
+  assert.match(first, /^walcast_ts_send_buffers_written_off_max 512$/m);
+  writtenOffTotal = 12;
+  writtenOff = 4;
+  const second = await ts.registry.metrics();
+  assert.match(second, /^walcast_ts_send_buffers_written_off_total 12$/m);
+  assert.match(second, /^walcast_ts_send_buffers_written_off 4$/m);
+  assert.doesNotMatch(await createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' }).registry.metrics(), /walcast_ts_send_buffers/);
+});
