@@ -12,7 +12,10 @@
  * Up to STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream are being read or queued in the socket at once, so the read of
  * the next chunk overlaps the send of the previous one; the buffer pool bounds the total across streams. Sends of one
  * stream run one after another in call order (the sender's chunks and the reply reader's keepalives), so bytes reach
- * the socket in that order and the in-flight bound cannot be passed by two sends that both saw room.
+ * the socket in that order and the in-flight bound cannot be passed by two sends that both saw room. A replica that
+ * stops reading keeps its frames queued in its socket until the replica timeout; so that such replicas cannot hold
+ * the whole pool meanwhile, frames of a stream whose socket completed no write for SEND_STALL_MS are written off the
+ * pool when others wait for it (send-stall.ts), within WRITTEN_OFF_BUFFERS_MAX.
  *
  * Page verification (checksumPages) reads into buffers of its own bounded pool (CHECKSUM_BUFFERS_MAX), not the send
  * pool: a verification and a send of one stream then never wait on each other, and 1,000 replicas verifying at once
