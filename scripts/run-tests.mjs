@@ -61,6 +61,8 @@ const NATIVE_RERUN_SKIPPED = new Set([
   'test/failover-retention.test.ts',
   // Offload naming across a switch against the S3 server, nothing streamed; test/failover-offload.test.ts streams.
   'test/remote-timeline-switch.test.ts',
+  // Makes its own ts backend (a small send pool): the native rerun would run the same thing again.
+  'test/stalled-replicas-send-pool.test.ts',
 ]);
 
 function findTests(dir) {
