@@ -67,6 +67,17 @@ function chunkOf(fileOffset: number, byteCount: number): WalChunk {
 
 const PAGE_ERROR_LEVEL = 50;
 
+/**
+ * Damages one byte of the test segment on disk by flipping its bits: writing a fixed value instead left the random WAL
+ * intact whenever it held that value there (1 run in 256), and the test expecting a refusal failed.
+ */
+function flipByte(fileOffset: number): void {
+  const byte = Buffer.alloc(1);
+  readSync(fd, byte, 0, 1, fileOffset);
+  byte[0]! ^= 0xff;
+  writeSync(fd, byte, 0, 1, fileOffset);
+}
+
 test('full pages verify once for any number of replicas; the partial page against the writer', async () => {
   const { writer } = await writeWal(20 * WAL_PAGE_BYTES + 3000);
   const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
@@ -246,7 +257,7 @@ test('verifyNow checks the live writer\'s partial page against the writer withou
   assert.equal(checksummer.pages, pagesBefore + 3);
   // Damage on disk under the live page: verifyNow decides nothing, verify refuses it and reports it once.
   await publish(200);
-  writeSync(fd, Buffer.from([0xee]), 0, 1, 3 * WAL_PAGE_BYTES + 20);
+  flipByte(3 * WAL_PAGE_BYTES + 20);
   assert.equal(verifier.verifyNow(live(), BigInt(3 * WAL_PAGE_BYTES + 500), context(checksummer, writer)), false, 'a mismatch is verify\'s');
   assert.equal(verifier.corruptionsDetected, 0);
   await assert.rejects(verifier.verify(live(), BigInt(3 * WAL_PAGE_BYTES + 500), context(checksummer, writer)), WalCorruptionError);
@@ -289,7 +300,7 @@ test('a damaged partial page of the live writer is refused', async () => {
   const { writer } = await writeWal(3 * WAL_PAGE_BYTES + 500);
   const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
   const { context } = captureLog();
-  writeSync(fd, Buffer.from([0xee]), 0, 1, 3 * WAL_PAGE_BYTES + 20);
+  flipByte(3 * WAL_PAGE_BYTES + 20);
   await assert.rejects(verifier.verify(chunkOf(3 * WAL_PAGE_BYTES, 500), BigInt(3 * WAL_PAGE_BYTES), context(new CountingChecksummer(), writer)), WalCorruptionError);
   writer.abandon();
 });
