@@ -410,3 +410,36 @@ test('a catch-up over 100 segments, read again in order, checksums no page the s
     for (const file of files) closeSync(file.fd);
   }
 });
+
+test('verifyNow leaves the live page to verify while a tail check is under way, and once the writer filled the page and moved on', async () => {
+  const { writer, data } = await writeWal(3 * WAL_PAGE_BYTES + 500);
+  const verifier = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  const checksummer = new SyncCountingChecksummer();
+  const { context } = captureLog();
+  await verifier.verify(chunkOf(0, WAL_PAGE_BYTES), 0n, context(checksummer, writer));
+  const tail = chunkOf(3 * WAL_PAGE_BYTES, 500);
+  // Another stream's check of the same prefix is under way: verifyNow does not check beside it, nor mark anything.
+  const underWay = verifier.verify(tail, BigInt(3 * WAL_PAGE_BYTES), context(checksummer, writer));
+  const pagesAtStart = checksummer.pages;
+  assert.equal(verifier.verifyNow(tail, BigInt(3 * WAL_PAGE_BYTES), context(checksummer, writer)), false, 'a check under way is verify\'s');
+  assert.equal(checksummer.pages, pagesAtStart, 'nothing checksummed beside it');
+  await underWay;
+  const pagesAfterCheck = checksummer.pages;
+  assert.equal(verifier.verifyNow(tail, BigInt(3 * WAL_PAGE_BYTES), context(checksummer, writer)), true, 'the prefix verified by that check');
+  assert.equal(checksummer.pages, pagesAfterCheck, 'and not checked again');
+  // The writer fills page 3 and moves on: a longer prefix of it is no longer the writer's, and the sidecar as read has
+  // no entry for it, so verifyNow leaves it to verify (which rereads the sidecar); then the entry answers at once.
+  writer.write(BigInt(data.length), randomBytes(WAL_PAGE_BYTES));
+  await writer.flush();
+  const longer = chunkOf(3 * WAL_PAGE_BYTES, 1000);
+  assert.equal(verifier.verifyNow(longer, BigInt(3 * WAL_PAGE_BYTES), context(checksummer, writer)), false, 'a writer page that moved on is verify\'s');
+  await verifier.verify(longer, BigInt(3 * WAL_PAGE_BYTES), context(checksummer, writer));
+  assert.equal(verifier.verifyNow(longer, BigInt(3 * WAL_PAGE_BYTES), context(checksummer, writer)), true, 'the page against its sidecar entry');
+  // Damage in the filled page under the verified prefix: the sidecar entry refuses it (the old prefix does not pass it).
+  flipByte(3 * WAL_PAGE_BYTES + 700);
+  const fresh = new PageVerifier(dir, { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1 });
+  await fresh.verify(chunkOf(0, WAL_PAGE_BYTES), 0n, context(checksummer, writer));
+  assert.equal(fresh.verifyNow(longer, BigInt(3 * WAL_PAGE_BYTES), context(checksummer, writer)), false);
+  await assert.rejects(fresh.verify(longer, BigInt(3 * WAL_PAGE_BYTES), context(checksummer, writer)), WalCorruptionError);
+  writer.abandon();
+});
