@@ -2,10 +2,10 @@
  * The commit fan-out batch (replication/fanout-batch.ts) against live ingest from PostgreSQL 15, on the I/O backend
  * named by WALCAST_IO (the runner repeats this file per backend and native strategy). Many replicas wait on the
  * commit LSN and every one must receive exactly the primary's bytes, contiguous from its start: while the batch
- * sends each commit to all of them in one addon call (native plain sockets), while one of them stops reading (its
+ * sends each commit to all of them in one backend call (plain sockets: one addon call on native, one file read and
+ * one shared frame on ts), while one of them stops reading (its
  * socket fills mid-batch and it goes on alone), while one vanishes mid-batch, and with TLS streams (the encrypting
- * per-stream path) beside plain ones. On the ts backend (no ChunkBatch) the same runs go through the per-stream
- * path, so both backends are held to the same bytes.
+ * per-stream path) beside plain ones. Both backends batch, and are held to the same bytes.
  */
 import assert from 'node:assert/strict';
 import { open } from 'node:fs/promises';
@@ -31,8 +31,8 @@ const REPLICAS = 12;
 const COMMITS = 20;
 const CATCH_UP_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 10_000;
-/** The native backend batches plain streams; the ts backend has no ChunkBatch. */
-const BATCHES = backendUnderTest().io === 'native';
+/** Both backends batch plain streams (the ts one since its ChunkBatch: one read per group, one frame for every socket). */
+const BATCHES = true;
 
 interface Fixture {
   primary: PgCluster;
@@ -275,7 +275,7 @@ describe(`commit fan-out batch (${backendUnderTest().io}${backendUnderTest().str
         replicas.push(await openReplica(`plain-${index}`, startLsn));
         replicas.push(await openReplica(`tls-${index}`, startLsn, tls));
       }
-      // Only the plain ones park: a TLS writer is not the addon's.
+      // Only the plain ones park: TLS writers are not batched (they encrypt per stream).
       await waitParked(BATCHES ? 3 : 0);
       for (let index = 0; index < COMMITS; index++) await fixture.primary.sql(`INSERT INTO commits VALUES (${index}, 't')`);
       await fixture.primary.sql(`INSERT INTO commits SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 2000) g`);

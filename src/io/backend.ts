@@ -144,6 +144,13 @@ export interface ChunkBatch {
    * array holds the error of each failed writer at its index (undefined when none failed).
    */
   send(writers: readonly StreamWriter[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined;
+  /**
+   * Gets the chunk's bytes ready for `send` (which is synchronous) once for the whole group: undefined when they are
+   * ready now, else a promise that settles when they are (it never rejects: a failed read leaves `send` to read or
+   * fail itself). Present on a backend that sends from its own memory (the ts one: one file read per group, every
+   * socket written from that one buffer); absent, `send` moves the bytes itself (native: from the page cache).
+   */
+  stage?(chunk: WalChunk): Promise<void> | undefined;
 }
 
 export interface StreamWriter {

@@ -35,14 +35,15 @@ async function loadNativeModule(): Promise<NativeModule | string> {
 
 /** `log`: where the backend reports streams whose send buffers it writes off (send-stall.ts). */
 export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeStrategyChoice; chunkBatch?: boolean; log?: Logger }): Promise<IoSelection> {
-  const tsOptions = choice.log === undefined ? {} : { log: choice.log };
-  if (choice.io === 'ts') return { backend: createTsBackend(tsOptions), reason: 'requested (--io ts / WALCAST_IO=ts)' };
+  const tsOptions = { ...(choice.log === undefined ? {} : { log: choice.log }), ...(choice.chunkBatch === false ? { chunkBatch: false } : {}) };
+  const tsBatch = choice.chunkBatch === false ? ', commit fan-out batch off (WALCAST_FANOUT_BATCH=off)' : '';
+  if (choice.io === 'ts') return { backend: createTsBackend(tsOptions), reason: `requested (--io ts / WALCAST_IO=ts)${tsBatch}` };
   const native = await loadNativeModule();
   const probe = typeof native === 'string' ? { ok: false as const, reason: native } : native.probeNative();
   if (typeof native === 'string' || !probe.ok) {
     const why = probe.ok ? 'unknown' : probe.reason;
     if (choice.io === 'native') throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `--io native was requested but the native addon is unavailable: ${why}`);
-    return { backend: createTsBackend(tsOptions), reason: `auto: native addon unavailable (${why}), using the TypeScript backend` };
+    return { backend: createTsBackend(tsOptions), reason: `auto: native addon unavailable (${why}), using the TypeScript backend${tsBatch}` };
   }
   const strategy = choice.strategy ?? native.defaultNativeStrategy();
   const backend = await native.createNativeBackend(strategy, { ...tsOptions, ...(choice.chunkBatch === undefined ? {} : { chunkBatch: choice.chunkBatch }) });

@@ -29,7 +29,20 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { WalcastError } from '../errors.js';
-import { CHUNK_RUN_CHUNKS_MAX, MAX_SEND_BYTES, STREAM_WRITE_OBSERVERS_MAX, XLOG_DATA_HEADER_BYTES, type IoBackend, type KernelTlsStatus, type SendBufferStats, type StreamWriter, type WalChunk } from './backend.js';
+import { readSync } from 'node:fs';
+import {
+  BatchOutcome,
+  CHUNK_RUN_CHUNKS_MAX,
+  MAX_SEND_BYTES,
+  STREAM_WRITE_OBSERVERS_MAX,
+  XLOG_DATA_HEADER_BYTES,
+  type ChunkBatch,
+  type IoBackend,
+  type KernelTlsStatus,
+  type SendBufferStats,
+  type StreamWriter,
+  type WalChunk,
+} from './backend.js';
 import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
@@ -58,6 +71,18 @@ export const WRITTEN_OFF_BUFFERS_MAX = POOL_BUFFERS_MAX;
  * its stream fails rather than queue without bound.
  */
 export const STREAM_SENDS_WAITING_MAX = 64;
+/**
+ * Bytes of fan-out batch frames (TsChunkBatch: one frame per group, written to every socket of the group) handed to
+ * sockets and not yet written by all of them. At the bound the batch accepts no stream, so they send on their own
+ * through the pool; a batch may pass it by its one frame (at most FRAME_BYTES_MAX).
+ */
+export const BATCH_FRAME_BYTES_IN_FLIGHT_MAX = 32 * 1024 * 1024;
+/**
+ * Chunks staged (TsChunkBatch.stage) and not yet sent. A batcher stages one group and sends it before the next, so
+ * this only has to cover batchers of several timelines whose stage and send interleave; an evicted one is read again
+ * at its send.
+ */
+export const BATCH_STAGED_CHUNKS_MAX = 8;
 /** Each pooled buffer holds one frame: the header and a full chunk. */
 export const FRAME_BYTES_MAX = XLOG_DATA_HEADER_BYTES + MAX_SEND_BYTES;
 /**
@@ -101,6 +126,8 @@ export interface TsBackendOptions {
   readonly log?: Logger;
   /** How long a stream's socket completes no write before its buffers are written off; default SEND_STALL_MS. */
   readonly sendStallMs?: number;
+  /** Offer ChunkBatch (the commit fan-out batch, TsChunkBatch); default on, off for A/B (WALCAST_FANOUT_BATCH=off). */
+  readonly chunkBatch?: boolean;
 }
 
 export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
@@ -110,11 +137,13 @@ export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
   const tailCache = new TailReadCache();
   const stallWatch = new SendStallWatch(pool, options.sendStallMs ?? SEND_STALL_MS);
   const log = options.log;
+  const batch = options.chunkBatch === false ? undefined : new TsChunkBatch(tailCache);
   return {
     kind: 'ts',
     strategy: 'fs-net',
     kernelTls: TS_BACKEND_KERNEL_TLS,
-    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache, verifiedReads, stallWatch, log),
+    ...(batch === undefined ? {} : { chunkBatch: batch }),
+    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache, verifiedReads, stallWatch, log, batch),
     checksumPages: (chunk, pageBytes, out) => checksumPagesByReading(chunk, pageBytes, out, verifiedReads.pool, verifiedReads),
     sendBufferStats: () => sendBufferStatsOf(pool),
     close: async () => stallWatch.stop(),
@@ -188,6 +217,106 @@ export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number,
   }
 }
 
+/**
+ * The ts backend's commit fan-out (replication/fanout-batch.ts decides who gets what): per group of streams at one
+ * send position, stage reads the chunk once (the tail cache for a commit-sized tail, so streams on their own share
+ * it too), and send builds one frame (the group's header and those bytes) and writes it to every socket of the group
+ * synchronously, in the group's order. Without it every waiting stream resumed its own promise chain per publish
+ * (inOrder, waitForRoom, pool acquire, tail-cache await, copy into its pool buffer, write): at 1,000 replicas that
+ * was most of a publish's fan-out. A batch frame counts as one frame in flight on each stream (the stream's bound
+ * holds), never comes from the send pool, and is not modified after its first write (every socket may still hold
+ * it); BATCH_FRAME_BYTES_IN_FLIGHT_MAX bounds their total.
+ */
+class TsChunkBatch implements ChunkBatch {
+  /** Bytes of frames some socket of their group has not written yet. */
+  frameBytesInFlight = 0;
+  /** Staged chunk bytes, by the chunk the batcher will send (it passes the same object to stage and send). */
+  private readonly staged = new Map<WalChunk, Buffer>();
+
+  constructor(private readonly tailCache: TailReadCache) {}
+
+  accepts(writer: StreamWriter): boolean {
+    return writer instanceof TsStreamWriter && writer.batchable(this) && this.frameBytesInFlight < BATCH_FRAME_BYTES_IN_FLIGHT_MAX;
+  }
+
+  stage(chunk: WalChunk): Promise<void> | undefined {
+    validateChunk(chunk);
+    if (this.staged.has(chunk) || chunk.file.closed === true) return undefined;
+    const reading = chunk.byteCount <= TAIL_READ_BYTES_MAX ? this.tailCache.read(chunk) : readWhole(chunk);
+    // A failed read is not staged: send reads again and fails the group's streams with the error (their loops report it).
+    return reading.then(
+      (bytes) => {
+        this.staged.set(chunk, bytes);
+        for (const oldest of this.staged.keys()) {
+          if (this.staged.size <= BATCH_STAGED_CHUNKS_MAX) break;
+          this.staged.delete(oldest);
+        }
+      },
+      () => undefined,
+    );
+  }
+
+  send(writers: readonly StreamWriter[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined {
+    assert.equal(header.length, XLOG_DATA_HEADER_BYTES, 'header size');
+    validateChunk(chunk);
+    assert.ok(count > 0 && count <= writers.length && outcomes.length >= count, 'batch send: count fits writers and outcomes');
+    const streams: TsStreamWriter[] = [];
+    for (let index = 0; index < count; index++) {
+      const writer = writers[index];
+      assert.ok(writer instanceof TsStreamWriter && writer.batchable(this), 'batch send: every writer was accepted');
+      streams.push(writer);
+    }
+    const frame = Buffer.allocUnsafe(XLOG_DATA_HEADER_BYTES + chunk.byteCount);
+    header.copy(frame, 0, 0, XLOG_DATA_HEADER_BYTES);
+    const staged = this.staged.get(chunk);
+    this.staged.delete(chunk);
+    if (staged !== undefined) {
+      staged.copy(frame, XLOG_DATA_HEADER_BYTES, 0, chunk.byteCount);
+    } else {
+      // Not staged (its read failed, or other timelines' batches pushed it out): read now, from the page cache the
+      // commit just went through. A failure fails every stream of the group, as a failed write would.
+      try {
+        readWholeNow(chunk, frame, XLOG_DATA_HEADER_BYTES);
+      } catch (error) {
+        const cause = error instanceof Error ? error : new Error(String(error));
+        outcomes.fill(BatchOutcome.failed, 0, count);
+        return streams.map((stream) => stream.failWith(cause));
+      }
+    }
+    let writesLeft = count;
+    this.frameBytesInFlight += frame.length;
+    const written = (): void => {
+      if (--writesLeft === 0) this.frameBytesInFlight -= frame.length;
+    };
+    let errors: (Error | undefined)[] | undefined;
+    for (let index = 0; index < count; index++) {
+      const outcome = streams[index]!.sendFrameNow(frame, written);
+      outcomes[index] = outcome;
+      if (outcome === BatchOutcome.failed) (errors ??= [])[index] = streams[index]!.failWith(new Error('batched send failed'));
+    }
+    return errors;
+  }
+}
+
+/** The chunk's bytes into a buffer of their own (a catch-up-sized chunk the tail cache does not keep). */
+async function readWhole(chunk: WalChunk): Promise<Buffer> {
+  const bytes = Buffer.allocUnsafe(chunk.byteCount);
+  await readExactly(chunk, bytes, 0);
+  return bytes;
+}
+
+/** readExactly on the event-loop thread: only for a chunk the batch did not stage (see TsChunkBatch.send). */
+function readWholeNow(chunk: WalChunk, target: Buffer, targetOffset: number): void {
+  assert.ok(chunk.file.closed !== true, `${chunk.file.path} is read after storage closed it`);
+  for (let done = 0; done < chunk.byteCount; ) {
+    const bytesRead = readSync(chunk.file.fd, target, targetOffset + done, chunk.byteCount - done, chunk.fileOffset + done);
+    if (bytesRead === 0) {
+      throw new WalcastError('WALCAST_ERR_STREAM_IO', `short read from ${chunk.file.path} at ${chunk.fileOffset + done}: the segment is shorter than its WAL`);
+    }
+    done += bytesRead;
+  }
+}
+
 class TsStreamWriter implements StreamWriter, StallWatched {
   bytesSent = 0;
   /** socket.write on a TLSSocket encrypts in OpenSSL before the bytes reach the kernel. */
@@ -228,6 +357,10 @@ class TsStreamWriter implements StreamWriter, StallWatched {
   private readonly tlsQueue: { readonly bytes: Buffer; readonly send: number; readonly done: () => void }[] = [];
   private tlsWriting = false;
   private readonly tls: boolean;
+  /** Sends queued or running in inOrder: while any is, a batch write could overtake it, so the stream is not batchable. */
+  private sendsActive = 0;
+  /** release() was called: the socket goes back to Node, no batch writes to it any more. */
+  private releasing = false;
 
   constructor(
     private readonly socket: Socket,
@@ -236,6 +369,7 @@ class TsStreamWriter implements StreamWriter, StallWatched {
     private readonly verifiedReads: VerifiedReads,
     private readonly stallWatch: SendStallWatch,
     private readonly log: Logger | undefined,
+    private readonly batch?: TsChunkBatch,
   ) {
     socket.once('close', this.onClose);
     stallWatch.add(this);
@@ -364,6 +498,44 @@ class TsStreamWriter implements StreamWriter, StallWatched {
     this.write(bytes, send, () => undefined);
   }
 
+  /**
+   * Whether `batch` (this stream's backend's) may write a frame to this stream now: a plain socket, open, below its
+   * in-flight bound, and no send of its own queued or running (a batch write goes straight to the socket, so it
+   * would overtake one).
+   */
+  batchable(batch: TsChunkBatch): boolean {
+    return (
+      this.batch === batch &&
+      !this.tls &&
+      !this.releasing &&
+      this.sendsActive === 0 &&
+      this.inFlight < STREAM_CHUNKS_IN_FLIGHT_MAX &&
+      this.failure === undefined &&
+      !this.socket.destroyed
+    );
+  }
+
+  /**
+   * A batch frame (the group's header and chunk, shared by every stream of the group: never modified) written now,
+   * after everything sent before: one send, one frame in flight. `done` is called once the socket is finished with it
+   * (written or failed).
+   */
+  sendFrameNow(frame: Buffer, done: () => void): BatchOutcome {
+    const send = ++this.sendsAccepted;
+    this.write(frame, send, done);
+    if (this.failure !== undefined) return BatchOutcome.failed;
+    // A write the kernel took whole leaves nothing queued in the socket (its callback only comes on the next tick).
+    if (this.socket.writableLength === 0) return BatchOutcome.written;
+    return this.inFlight >= STREAM_CHUNKS_IN_FLIGHT_MAX ? BatchOutcome.full : BatchOutcome.queued;
+  }
+
+  /** Fails the stream with `cause` (a batched send that failed on it); its error, as its next call rejects with. */
+  failWith(cause: Error): WalcastError {
+    this.fail(cause);
+    assert.ok(this.failure !== undefined);
+    return this.failure;
+  }
+
   /** Runs `send` after every send queued before it has settled: one send of this stream at a time. */
   private inOrder(send: () => Promise<void>): Promise<void> {
     if (this.sendsWaiting >= STREAM_SENDS_WAITING_MAX) {
@@ -371,9 +543,14 @@ class TsStreamWriter implements StreamWriter, StallWatched {
     }
     if (this.failure !== undefined) return Promise.reject(this.failure);
     this.sendsWaiting++;
-    const run = this.sendsTail.then(() => {
+    this.sendsActive++;
+    const run = this.sendsTail.then(async () => {
       this.sendsWaiting--;
-      return send();
+      try {
+        return await send();
+      } finally {
+        this.sendsActive--;
+      }
     });
     this.sendsTail = run.catch(() => undefined);
     return run;
@@ -383,6 +560,7 @@ class TsStreamWriter implements StreamWriter, StallWatched {
   async prefetch(_chunk: WalChunk): Promise<void> {}
 
   async release(): Promise<void> {
+    this.releasing = true;
     // A keepalive queued by the reply reader goes out before the socket is handed back, not after.
     await this.sendsTail;
     while (this.inFlight > 0 && this.failure === undefined) await this.waitForProgress();

@@ -20,8 +20,10 @@
  * A socket that takes only part of a chunk is not a reason to leave: the backend queued the rest in order with
  * exact byte accounting, and the next batch goes behind it (or, at the bound, the stream leaves as above).
  *
- * Only streams whose writer the backend's ChunkBatch accepts park (native, plain sockets); TLS streams and the ts
- * backend wait on the watch as before, so a mix of both works side by side. Recovery streams never park.
+ * Only streams whose writer the backend's ChunkBatch accepts park (plain sockets of the native or the ts backend); TLS
+ * streams wait on the watch as before, so a mix of both works side by side. Recovery streams never park. The ts
+ * backend's ChunkBatch reads the chunk once per group (ChunkBatch.stage, awaited here after verification) and writes
+ * that one buffer to every socket of the group.
  */
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
@@ -312,6 +314,9 @@ export class FanoutBatcher {
       // anything else (the live tail page, a check under way, every failure: its quarantine, log and error).
       const { verify, verifyNow } = first.participant;
       if (verify !== undefined && verifyNow?.(chunk, chunkLsn) !== true) await verify(chunk, chunkLsn);
+      // A backend that sends from memory (ts) reads the chunk once here for the whole group, not once per stream.
+      const staging = this.batch.stage?.(chunk);
+      if (staging !== undefined) await staging;
     } catch {
       // Storage errors are each stream's to report (with the verified prefix sent first): its loop repeats the step.
       for (const entry of group) entry.finish('resume');
