@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { pino } from 'pino';
-import type { WalChunk } from './backend.js';
+import { BatchOutcome, type WalChunk } from './backend.js';
 import { isWalcastError } from '../errors.js';
 import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
@@ -771,4 +771,83 @@ test('replicas that stop reading do not starve a healthy one: their send buffers
   }
   // Destroyed sockets fail their queued writes: every buffer comes back, written off or not.
   while (sendPool.inUse() > 0 || sendPool.writtenOff() > 0) await new Promise((resolve) => setTimeout(resolve, 5));
+});
+
+test('the fan-out batch writes one staged chunk to every accepted stream: exact bytes in order, a stream with its own send queued is not accepted, a full socket reports queued then full', async () => {
+  const pairs = [await socketPair(), await socketPair(), await socketPair()];
+  const fd = openSync(path, 'r');
+  const backend = createTsBackend();
+  const batch = backend.chunkBatch;
+  assert.ok(batch?.stage !== undefined, 'the ts backend batches');
+  try {
+    const writers = await Promise.all(pairs.map(({ local }) => backend.openStream(local)));
+    const received = pairs.map(({ peer }) => collect(peer));
+    // A stream whose own send is queued or running is not batched: a batch write would overtake it.
+    const keepalive = Buffer.from('keepalive-first');
+    const own = writers[2]!.sendMessage(keepalive);
+    assert.equal(batch.accepts(writers[2]!), false, 'a stream with its own send under way is not accepted');
+    await own;
+    await new Promise((resolve) => setImmediate(resolve));
+    for (const writer of writers) assert.equal(batch.accepts(writer), true);
+
+    // A commit-sized tail, then a whole chunk: each staged once, each written to all three.
+    const tail: WalChunk = { file: { fd, path }, fileOffset: 1000, byteCount: 3000 };
+    const whole: WalChunk = { file: { fd, path }, fileOffset: CHUNK_BYTES, byteCount: CHUNK_BYTES };
+    const outcomes = new Int32Array(3);
+    let expected = Buffer.alloc(0);
+    for (const [index, chunk] of [tail, whole].entries()) {
+      const staging = batch.stage(chunk);
+      if (staging !== undefined) await staging;
+      const chunkHeader = header(0xc0 + index, chunk.byteCount);
+      assert.equal(batch.send(writers, 3, chunkHeader, chunk, outcomes), undefined, 'no stream failed');
+      for (const outcome of outcomes) assert.ok(outcome === BatchOutcome.written || outcome === BatchOutcome.queued, `outcome ${outcome}`);
+      // The caller reuses its header at once: the bytes sent must not change with it.
+      chunkHeader.fill(0xee);
+      expected = Buffer.concat([expected, header(0xc0 + index, chunk.byteCount), content.subarray(chunk.fileOffset, chunk.fileOffset + chunk.byteCount)]);
+    }
+    const sent = expected.length;
+    for (const [index, peer] of received.entries()) {
+      const before = index === 2 ? keepalive : Buffer.alloc(0);
+      const bytes = await peer.until(before.length + sent);
+      assert.ok(bytes.equals(Buffer.concat([before, expected])), `stream ${index} received the exact bytes in order`);
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(writers[0]!.bytesSent, sent);
+
+    // A replica that stops reading: its frames queue in the socket up to the stream's bound, then it is full.
+    const stalled = await socketPair();
+    const stalledWriter = await backend.openStream(stalled.local);
+    stalled.local.write(Buffer.alloc(FILLER_BYTES, 0x11));
+    const seen: number[] = [];
+    for (let index = 0; index < STREAM_CHUNKS_IN_FLIGHT_MAX; index++) {
+      assert.equal(batch.accepts(stalledWriter), true, `frame ${index} is within the bound`);
+      const staging = batch.stage(whole);
+      if (staging !== undefined) await staging;
+      batch.send([stalledWriter], 1, header(0xd0 + index, CHUNK_BYTES), whole, outcomes);
+      seen.push(outcomes[0]!);
+    }
+    assert.deepEqual(seen, [...Array<number>(STREAM_CHUNKS_IN_FLIGHT_MAX - 1).fill(BatchOutcome.queued), BatchOutcome.full]);
+    assert.equal(batch.accepts(stalledWriter), false, 'a full stream is not accepted');
+    let observed = false;
+    assert.ok(stalledWriter.afterWritten(() => (observed = true)));
+    const stalledBytes = collect(stalled.peer);
+    const all = await stalledBytes.until(FILLER_BYTES + STREAM_CHUNKS_IN_FLIGHT_MAX * (HEADER_BYTES + CHUNK_BYTES));
+    const frames = Array.from({ length: STREAM_CHUNKS_IN_FLIGHT_MAX }, (_, index) => Buffer.concat([header(0xd0 + index, CHUNK_BYTES), content.subarray(CHUNK_BYTES)]));
+    assert.ok(all.subarray(FILLER_BYTES).equals(Buffer.concat(frames)), 'the queued frames arrive whole, in order');
+    while (!observed) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(batch.accepts(stalledWriter), true, 'drained: accepted again');
+    await stalledWriter.release();
+    assert.equal(batch.accepts(stalledWriter), false, 'released: never again');
+    stalled.local.destroy();
+    stalled.peer.destroy();
+    stalled.server.close();
+  } finally {
+    closeSync(fd);
+    for (const { server, local, peer } of pairs) {
+      local.destroy();
+      peer.destroy();
+      server.close();
+    }
+    await backend.close();
+  }
 });
