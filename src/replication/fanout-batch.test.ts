@@ -71,6 +71,8 @@ class FakeWriter implements StreamWriter {
 
 class FakeBatch implements ChunkBatch {
   calls: number[] = [];
+  /** Set by a test: a backend that sends from memory (ts) and reads the chunk first (ChunkBatch.stage). */
+  stage?: (chunk: WalChunk) => Promise<void> | undefined;
   accepts(writer: StreamWriter): boolean {
     return writer instanceof FakeWriter && writer.batchable;
   }
@@ -509,6 +511,41 @@ test('the batch asks prefetchNow where the writer has it: a cached range goes to
     assert.deepEqual(harness.batch.calls, [3, 3]);
     assert.equal(nowCalls, 2, 'once per batch');
     assert.deepEqual(harness.writers.map((writer) => writer.prefetches), prefetchesBefore, 'no prefetch promise where prefetchNow answered');
+  } finally {
+    await stop(harness);
+  }
+});
+
+test('a backend that stages (ts) is asked once per group and round, after verification, and nothing is sent before its read finished', async () => {
+  const harness = start(3, () => true, { startLsns: [START, START, START + 40n] });
+  await until(() => harness.batcher.parkedCount === 3, 'all three parked');
+  const staged: { readonly fileOffset: number; readonly byteCount: number; readonly verifiesBefore: number }[] = [];
+  let reading: (() => void) | undefined;
+  harness.batch.stage = (chunk) => {
+    staged.push({ fileOffset: chunk.fileOffset, byteCount: chunk.byteCount, verifiesBefore: harness.syncVerifies });
+    // The first group's read is under way until the test ends it; later ones answer at once (staged already).
+    if (staged.length > 1) return undefined;
+    return new Promise<void>((resolve) => (reading = resolve));
+  };
+  try {
+    const first = START + 100n;
+    harness.watch.advance(first);
+    await until(() => reading !== undefined, 'the batch staged the first group');
+    for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(harness.batch.calls, [], 'nothing is sent while the read is under way');
+    assert.equal(staged.length, 1, 'the second group waits for the first');
+    reading?.();
+    await until(() => harness.writers.every((writer) => writer.pieces.length > 0 && lastEnd(writer) === first), 'sent once the read finished');
+    // Two positions: two groups, each staged once (not once per stream), each after its chunk was verified.
+    assert.deepEqual(harness.batch.calls, [2, 1]);
+    assert.equal(staged.length, 2);
+    assert.deepEqual(staged.map(({ byteCount }) => byteCount), [100, 60]);
+    assert.ok(staged.every(({ verifiesBefore }, index) => verifiesBefore >= index + 1), 'staged after verifying');
+    const second = first + 200n;
+    harness.watch.advance(second);
+    await until(() => harness.writers.every((writer) => lastEnd(writer) === second), 'the next publish sent');
+    assert.deepEqual(harness.batch.calls, [2, 1, 3]);
+    assert.equal(staged.length, 3, 'once per group and round');
   } finally {
     await stop(harness);
   }
