@@ -69,6 +69,13 @@ export interface SendBufferStats {
   readonly writtenOffMax: number;
   /** Buffers written off since the backend started. */
   readonly writtenOffTotal: number;
+  /**
+   * The ts fan-out batch (absent without it): bytes of batch frames held by stalled streams and written off its
+   * in-flight bound now, that budget (BATCH_FRAME_BYTES_WRITTEN_OFF_MAX), and bytes written off since the start.
+   */
+  readonly batchFrameBytesWrittenOff?: number;
+  readonly batchFrameBytesWrittenOffMax?: number;
+  readonly batchFrameBytesWrittenOffTotal?: number;
 }
 
 export interface IoBackend {

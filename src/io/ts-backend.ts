@@ -48,7 +48,7 @@ import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
 import { VERIFIED_READS_KEPT_MAX, VerifiedReads } from './verified-reads.js';
 import { readRangeInto } from './vectored-read.js';
-import { SEND_STALL_MS, SendStallWatch, type StallWatched } from './send-stall.js';
+import { SEND_STALL_CHECK_MS, SEND_STALL_MS, SendStallWatch, type StallWatched } from './send-stall.js';
 import type { Logger } from '../log.js';
 
 /**
@@ -77,6 +77,14 @@ export const STREAM_SENDS_WAITING_MAX = 64;
  * through the pool; a batch may pass it by its one frame (at most FRAME_BYTES_MAX).
  */
 export const BATCH_FRAME_BYTES_IN_FLIGHT_MAX = 32 * 1024 * 1024;
+/**
+ * Bytes of batch frames written off BATCH_FRAME_BYTES_IN_FLIGHT_MAX because a stream holding them is stalled (its
+ * socket completed no write for SEND_STALL_MS, as send-stall.ts defines it): a replica that stops reading keeps its
+ * frames (up to STREAM_CHUNKS_IN_FLIGHT_MAX) until the replica timeout, and ~64 of them with full chunks would
+ * otherwise fill the in-flight bound and switch the batch off for every healthy stream meanwhile. Past this budget
+ * nothing more is written off and the in-flight bound holds again: batch frames stay within 32 + 32 MiB (and a frame).
+ */
+export const BATCH_FRAME_BYTES_WRITTEN_OFF_MAX = 32 * 1024 * 1024;
 /**
  * Chunks staged (TsChunkBatch.stage) and not yet sent. A batcher stages one group and sends it before the next, so
  * this only has to cover batchers of several timelines whose stage and send interleave; an evicted one is read again
@@ -128,6 +136,9 @@ export interface TsBackendOptions {
   readonly sendStallMs?: number;
   /** Offer ChunkBatch (the commit fan-out batch, TsChunkBatch); default on, off for A/B (WALCAST_FANOUT_BATCH=off). */
   readonly chunkBatch?: boolean;
+  /** The batch's bounds (tests make them small); default BATCH_FRAME_BYTES_IN_FLIGHT_MAX and BATCH_FRAME_BYTES_WRITTEN_OFF_MAX. */
+  readonly batchFrameBytesInFlightMax?: number;
+  readonly batchFrameBytesWrittenOffMax?: number;
 }
 
 export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
@@ -135,9 +146,17 @@ export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
   assert.equal(pool.bufferBytes, FRAME_BYTES_MAX, 'send buffers hold a frame (and are exchanged with verification buffers)');
   const verifiedReads = new VerifiedReads(options.checksumPool ?? createChecksumPool());
   const tailCache = new TailReadCache();
-  const stallWatch = new SendStallWatch(pool, options.sendStallMs ?? SEND_STALL_MS);
+  const sendStallMs = options.sendStallMs ?? SEND_STALL_MS;
+  const stallWatch = new SendStallWatch(pool, sendStallMs);
   const log = options.log;
-  const batch = options.chunkBatch === false ? undefined : new TsChunkBatch(tailCache);
+  const batch =
+    options.chunkBatch === false
+      ? undefined
+      : new TsChunkBatch(tailCache, {
+          inFlightMax: options.batchFrameBytesInFlightMax ?? BATCH_FRAME_BYTES_IN_FLIGHT_MAX,
+          writtenOffMax: options.batchFrameBytesWrittenOffMax ?? BATCH_FRAME_BYTES_WRITTEN_OFF_MAX,
+          stallMs: sendStallMs,
+        });
   return {
     kind: 'ts',
     strategy: 'fs-net',
@@ -145,7 +164,7 @@ export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
     ...(batch === undefined ? {} : { chunkBatch: batch }),
     openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache, verifiedReads, stallWatch, log, batch),
     checksumPages: (chunk, pageBytes, out) => checksumPagesByReading(chunk, pageBytes, out, verifiedReads.pool, verifiedReads),
-    sendBufferStats: () => sendBufferStatsOf(pool),
+    sendBufferStats: () => ({ ...sendBufferStatsOf(pool), ...(batch === undefined ? {} : batch.stats()) }),
     close: async () => stallWatch.stop(),
   };
 }
@@ -225,18 +244,79 @@ export async function checksumPagesByReading(chunk: WalChunk, pageBytes: number,
  * (inOrder, waitForRoom, pool acquire, tail-cache await, copy into its pool buffer, write): at 1,000 replicas that
  * was most of a publish's fan-out. A batch frame counts as one frame in flight on each stream (the stream's bound
  * holds), never comes from the send pool, and is not modified after its first write (every socket may still hold
- * it); BATCH_FRAME_BYTES_IN_FLIGHT_MAX bounds their total.
+ * it); BATCH_FRAME_BYTES_IN_FLIGHT_MAX bounds their total. At that bound the batch looks (at most every
+ * SEND_STALL_CHECK_MS, only while at the bound) for streams stalled as send-stall.ts defines it, and moves the frames
+ * they hold to a written-off budget of its own (BATCH_FRAME_BYTES_WRITTEN_OFF_MAX): stalled replicas then cannot
+ * switch the batch off for every healthy stream until they time out. A stalled stream is not batched meanwhile (its
+ * in-flight bound is full, or its new frames are written off at the next check).
  */
 class TsChunkBatch implements ChunkBatch {
-  /** Bytes of frames some socket of their group has not written yet. */
+  /** Bytes of frames some socket of their group has not written yet, not written off. */
   frameBytesInFlight = 0;
+  /** Bytes of frames written off (held by a stalled stream) that some socket has not written yet. */
+  frameBytesWrittenOff = 0;
+  /** Bytes written off since the backend started. */
+  private frameBytesWrittenOffTotal = 0;
+  /** Streams holding batch frames (written off or not): where a check looks for stalls. */
+  private readonly holders = new Set<TsStreamWriter>();
+  private lastCheckAt = -Infinity;
+  private readonly checkMs: number;
   /** Staged chunk bytes, by the chunk the batcher will send (it passes the same object to stage and send). */
   private readonly staged = new Map<WalChunk, Buffer>();
 
-  constructor(private readonly tailCache: TailReadCache) {}
+  constructor(
+    private readonly tailCache: TailReadCache,
+    private readonly bounds: { readonly inFlightMax: number; readonly writtenOffMax: number; readonly stallMs: number },
+  ) {
+    this.checkMs = Math.min(SEND_STALL_CHECK_MS, bounds.stallMs);
+  }
 
   accepts(writer: StreamWriter): boolean {
-    return writer instanceof TsStreamWriter && writer.batchable(this) && this.frameBytesInFlight < BATCH_FRAME_BYTES_IN_FLIGHT_MAX;
+    if (!(writer instanceof TsStreamWriter && writer.batchable(this))) return false;
+    if (this.frameBytesInFlight < this.bounds.inFlightMax) return true;
+    this.writeOffStalled();
+    return this.frameBytesInFlight < this.bounds.inFlightMax;
+  }
+
+  /** The written-off counts for /metrics (SendBufferStats). */
+  stats(): { readonly batchFrameBytesWrittenOff: number; readonly batchFrameBytesWrittenOffMax: number; readonly batchFrameBytesWrittenOffTotal: number } {
+    return { batchFrameBytesWrittenOff: this.frameBytesWrittenOff, batchFrameBytesWrittenOffMax: this.bounds.writtenOffMax, batchFrameBytesWrittenOffTotal: this.frameBytesWrittenOffTotal };
+  }
+
+  /** A stream now holds batch frames, or holds none any more. */
+  holding(stream: TsStreamWriter, holds: boolean): void {
+    if (holds) this.holders.add(stream);
+    else this.holders.delete(stream);
+  }
+
+  /** Moves `frame` from the in-flight bound to the written-off budget, if the budget has room for it. */
+  writeOff(frame: BatchFrame): boolean {
+    if (frame.writtenOff) return true;
+    if (this.frameBytesWrittenOff + frame.bytes > this.bounds.writtenOffMax) return false;
+    frame.writtenOff = true;
+    this.frameBytesInFlight -= frame.bytes;
+    this.frameBytesWrittenOff += frame.bytes;
+    this.frameBytesWrittenOffTotal += frame.bytes;
+    return true;
+  }
+
+  /** One socket is finished with `frame` (written or failed); the last one frees its bytes from whichever count holds them. */
+  frameDone(frame: BatchFrame): void {
+    if (--frame.writesLeft > 0) return;
+    if (frame.writtenOff) this.frameBytesWrittenOff -= frame.bytes;
+    else this.frameBytesInFlight -= frame.bytes;
+  }
+
+  /** At the in-flight bound, at most every checkMs: the frames of stalled streams are written off, within the budget. */
+  private writeOffStalled(): void {
+    const now = performance.now();
+    if (now - this.lastCheckAt < this.checkMs) return;
+    this.lastCheckAt = now;
+    for (const stream of this.holders) {
+      if (this.frameBytesWrittenOff >= this.bounds.writtenOffMax) return;
+      const since = stream.batchFramesPendingSince();
+      if (since !== undefined && now - since >= this.bounds.stallMs) stream.writeOffBatchFrames(this);
+    }
   }
 
   stage(chunk: WalChunk): Promise<void> | undefined {
@@ -283,19 +363,23 @@ class TsChunkBatch implements ChunkBatch {
         return streams.map((stream) => stream.failWith(cause));
       }
     }
-    let writesLeft = count;
+    const record: BatchFrame = { bytes: frame.length, writesLeft: count, writtenOff: false };
     this.frameBytesInFlight += frame.length;
-    const written = (): void => {
-      if (--writesLeft === 0) this.frameBytesInFlight -= frame.length;
-    };
     let errors: (Error | undefined)[] | undefined;
     for (let index = 0; index < count; index++) {
-      const outcome = streams[index]!.sendFrameNow(frame, written);
+      const outcome = streams[index]!.sendFrameNow(frame, record);
       outcomes[index] = outcome;
       if (outcome === BatchOutcome.failed) (errors ??= [])[index] = streams[index]!.failWith(new Error('batched send failed'));
     }
     return errors;
   }
+}
+
+/** A batch frame's accounting: its bytes count in flight (or written off) until every socket of its group is done with it. */
+interface BatchFrame {
+  readonly bytes: number;
+  writesLeft: number;
+  writtenOff: boolean;
 }
 
 /** The chunk's bytes into a buffer of their own (a catch-up-sized chunk the tail cache does not keep). */
@@ -334,6 +418,8 @@ class TsStreamWriter implements StreamWriter, StallWatched {
   };
   /** Pooled frames handed to the socket, not yet written (nor written off): what a stall would write off. */
   private readonly pooledInFlight: Buffer[] = [];
+  /** Batch frames handed to the socket, not yet written (at most STREAM_CHUNKS_IN_FLIGHT_MAX). */
+  private readonly batchInFlight: BatchFrame[] = [];
   /** performance.now() when a write last completed, or when the first of the frames in flight went out. */
   private drainedAt = 0;
   /** Send buffers of this stream written off so far (the first write-off is logged). */
@@ -520,9 +606,18 @@ class TsStreamWriter implements StreamWriter, StallWatched {
    * after everything sent before: one send, one frame in flight. `done` is called once the socket is finished with it
    * (written or failed).
    */
-  sendFrameNow(frame: Buffer, done: () => void): BatchOutcome {
+  sendFrameNow(frame: Buffer, record: BatchFrame): BatchOutcome {
     const send = ++this.sendsAccepted;
-    this.write(frame, send, done);
+    const batch = this.batch;
+    assert.ok(batch !== undefined);
+    this.batchInFlight.push(record);
+    if (this.batchInFlight.length === 1) batch.holding(this, true);
+    this.write(frame, send, () => {
+      const index = this.batchInFlight.indexOf(record);
+      if (index >= 0) this.batchInFlight.splice(index, 1);
+      if (this.batchInFlight.length === 0) batch.holding(this, false);
+      batch.frameDone(record);
+    });
     if (this.failure !== undefined) return BatchOutcome.failed;
     // A write the kernel took whole leaves nothing queued in the socket (its callback only comes on the next tick).
     if (this.socket.writableLength === 0) return BatchOutcome.written;
@@ -558,6 +653,11 @@ class TsStreamWriter implements StreamWriter, StallWatched {
 
   /** Asynchronous reads never block the event loop on a cache miss, so there is nothing to prefetch. */
   async prefetch(_chunk: WalChunk): Promise<void> {}
+
+  /** StreamWriter.prefetchNow: prefetch is a no-op here, so there is never anything to wait for. */
+  prefetchNow(_chunk: WalChunk): undefined {
+    return undefined;
+  }
 
   async release(): Promise<void> {
     this.releasing = true;
@@ -642,6 +742,16 @@ class TsStreamWriter implements StreamWriter, StallWatched {
     const index = this.pooledInFlight.indexOf(frame);
     if (index >= 0) this.pooledInFlight.splice(index, 1);
     this.pool.release(frame);
+  }
+
+  /** Like pooledFramesPendingSince, for the batch frames this stream holds (TsChunkBatch's stall check). */
+  batchFramesPendingSince(): number | undefined {
+    return this.batchInFlight.length > 0 ? this.drainedAt : undefined;
+  }
+
+  /** The batch frames this stream holds stop counting against the batch's in-flight bound (as its budget allows). */
+  writeOffBatchFrames(batch: TsChunkBatch): void {
+    for (const frame of this.batchInFlight) if (!batch.writeOff(frame)) return;
   }
 
   pooledFramesPendingSince(): number | undefined {
