@@ -18,6 +18,7 @@ import { isWalcastError } from '../errors.js';
 import { crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import {
+  BATCH_FRAME_BYTES_WRITTEN_OFF_MAX,
   CHECKSUM_RANGE_BYTES_MAX,
   FRAME_BYTES_MAX,
   STREAM_CHUNKS_IN_FLIGHT_MAX,
@@ -731,7 +732,16 @@ test('replicas that stop reading do not starve a healthy one: their send buffers
     assert.ok((await within(30_000, healthyBytes.until(healthyExpected.length), 'the healthy peer reading')).equals(healthyExpected), 'the healthy replica got its run whole');
     assert.equal(sendPool.writtenOff(), budget, 'one stalled stream written off: the whole budget');
     assert.equal(sendPool.writtenOffTotal(), budget);
-    assert.deepEqual(backend.sendBufferStats!(), { inUse: sendPool.inUse(), buffersMax: 8, writtenOff: budget, writtenOffMax: budget, writtenOffTotal: budget });
+    assert.deepEqual(backend.sendBufferStats!(), {
+      inUse: sendPool.inUse(),
+      buffersMax: 8,
+      writtenOff: budget,
+      writtenOffMax: budget,
+      writtenOffTotal: budget,
+      batchFrameBytesWrittenOff: 0,
+      batchFrameBytesWrittenOffMax: BATCH_FRAME_BYTES_WRITTEN_OFF_MAX,
+      batchFrameBytesWrittenOffTotal: 0,
+    });
 
     // A third replica stops reading with the replacement buffers: the pool is pinned again and the budget is spent.
     const stalledC = await stall(c, 6, 0xc0);
@@ -848,6 +858,92 @@ test('the fan-out batch writes one staged chunk to every accepted stream: exact 
       peer.destroy();
       server.close();
     }
+    await backend.close();
+  }
+});
+
+test('replicas that stop reading do not switch the fan-out batch off: their batch frames are written off its in-flight bound within a budget, and past it the batch refuses', { timeout: 120_000 }, async () => {
+  // Bound: two whole-chunk frames in flight; budget: two more written off. Two replicas stop reading and hold both.
+  const frameBytes = HEADER_BYTES + CHUNK_BYTES;
+  const sendStallMs = 200;
+  const backend = createTsBackend({ sendStallMs, batchFrameBytesInFlightMax: 2 * frameBytes, batchFrameBytesWrittenOffMax: 2 * frameBytes });
+  const batch = backend.chunkBatch;
+  assert.ok(batch?.stage !== undefined, 'the ts backend batches');
+  const fd = openSync(path, 'r');
+  const pairs = await Promise.all([0, 1, 2].map(() => socketPair()));
+  try {
+    const [a, b, healthy] = pairs;
+    const whole: WalChunk = { file: { fd, path }, fileOffset: CHUNK_BYTES, byteCount: CHUNK_BYTES };
+    const frame = (marker: number): Buffer => Buffer.concat([header(marker, CHUNK_BYTES), content.subarray(CHUNK_BYTES)]);
+    const outcomes = new Int32Array(2);
+    const sendTo = async (writers: Awaited<ReturnType<typeof backend.openStream>>[], marker: number): Promise<void> => {
+      for (const writer of writers) assert.equal(batch.accepts(writer), true, `frame ${marker.toString(16)} accepted`);
+      const staging = batch.stage(whole);
+      if (staging !== undefined) await staging;
+      assert.equal(batch.send(writers, writers.length, header(marker, CHUNK_BYTES), whole, outcomes), undefined, 'no stream failed');
+    };
+    const stats = (): { now: number; total: number } => {
+      const now = backend.sendBufferStats!();
+      return { now: now.batchFrameBytesWrittenOff!, total: now.batchFrameBytesWrittenOffTotal! };
+    };
+    for (const pair of [a, b]) pair!.local.write(Buffer.alloc(FILLER_BYTES, 0x11));
+    const [writerA, writerB, healthyWriter] = await Promise.all(pairs.map(({ local }) => backend.openStream(local)));
+    await sendTo([writerA!, writerB!], 0xa1);
+    await sendTo([writerA!, writerB!], 0xa2);
+    assert.equal(batch.accepts(healthyWriter!), false, 'the bound is reached: a healthy stream sends on its own');
+
+    // Once the two are stalled, their frames no longer count in flight: the healthy stream is batched again.
+    await new Promise((resolve) => setTimeout(resolve, 3 * sendStallMs));
+    assert.equal(batch.accepts(healthyWriter!), true, 'stalled replicas do not keep the batch off');
+    assert.deepEqual(stats(), { now: 2 * frameBytes, total: 2 * frameBytes });
+    const healthyBytes = collect(healthy!.peer);
+    await sendTo([healthyWriter!], 0xb1);
+    assert.ok((await within(30_000, healthyBytes.until(frameBytes), 'the healthy peer reading')).equals(frame(0xb1)), 'the healthy replica got its frame whole');
+
+    // A stalls again with the budget spent: its frames fill the bound and stay counted, so the batch refuses.
+    while (!batch.accepts(healthyWriter!)) await new Promise((resolve) => setTimeout(resolve, 5));
+    await sendTo([writerA!], 0xa3);
+    await sendTo([writerA!], 0xa4);
+    assert.equal(batch.accepts(writerA!), false, 'a stream at its own in-flight bound is not batched');
+    await new Promise((resolve) => setTimeout(resolve, 3 * sendStallMs));
+    assert.equal(batch.accepts(healthyWriter!), false, 'past the written-off budget the batch refuses: memory stays bounded');
+    assert.deepEqual(stats(), { now: 2 * frameBytes, total: 2 * frameBytes }, 'nothing written off past the budget');
+
+    // Both read again: every frame arrives whole, in order, and the counts go back to nothing.
+    const aBytes = collect(a!.peer);
+    const bBytes = collect(b!.peer);
+    const aExpected = Buffer.concat([frame(0xa1), frame(0xa2), frame(0xa3), frame(0xa4)]);
+    const bExpected = Buffer.concat([frame(0xa1), frame(0xa2)]);
+    assert.ok((await within(60_000, aBytes.until(FILLER_BYTES + aExpected.length), 'replica A reading')).subarray(FILLER_BYTES).equals(aExpected), 'written-off frames still reach their replica whole');
+    assert.ok((await within(60_000, bBytes.until(FILLER_BYTES + bExpected.length), 'replica B reading')).subarray(FILLER_BYTES).equals(bExpected));
+    while (stats().now > 0 || !batch.accepts(healthyWriter!)) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(stats().total, 2 * frameBytes);
+    for (const writer of [writerA!, writerB!, healthyWriter!]) await writer.release();
+  } finally {
+    closeSync(fd);
+    for (const { server, local, peer } of pairs) {
+      local.destroy();
+      peer.destroy();
+      server.close();
+    }
+    await backend.close();
+  }
+});
+
+test('the ts stream writer has prefetchNow: nothing to wait for (its prefetch is a no-op)', async () => {
+  const pair = await socketPair();
+  const backend = createTsBackend();
+  const fd = openSync(path, 'r');
+  try {
+    const writer = await backend.openStream(pair.local);
+    assert.equal(writer.prefetchNow?.({ file: { fd, path }, fileOffset: 0, byteCount: CHUNK_BYTES }), undefined);
+    assert.ok(writer.prefetchNow !== undefined);
+    await writer.release();
+  } finally {
+    closeSync(fd);
+    pair.local.destroy();
+    pair.peer.destroy();
+    pair.server.close();
     await backend.close();
   }
 });
