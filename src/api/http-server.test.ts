@@ -538,4 +538,17 @@ test('walcast_ts_send_buffers_* read the TS send pool at each scrape, and are ab
   assert.match(second, /^walcast_ts_send_buffers_written_off_total 12$/m);
   assert.match(second, /^walcast_ts_send_buffers_written_off 4$/m);
   assert.doesNotMatch(await createOperationsMetrics({ backend: 'ts', strategy: 'fs-net' }).registry.metrics(), /walcast_ts_send_buffers/);
+  assert.doesNotMatch(first, /walcast_ts_batch_frame_bytes/, 'no batch counts without a batch');
+  let batchWrittenOff = 0;
+  const batched = createOperationsMetrics({
+    backend: 'ts',
+    strategy: 'fs-net',
+    sendBufferStats: () => ({ inUse: 0, buffersMax: 512, writtenOff: 0, writtenOffMax: 512, writtenOffTotal: 0, batchFrameBytesWrittenOff: batchWrittenOff, batchFrameBytesWrittenOffMax: 1024, batchFrameBytesWrittenOffTotal: 3 * batchWrittenOff }),
+  });
+  assert.match(await batched.registry.metrics(), /^walcast_ts_batch_frame_bytes_written_off_total 0$/m);
+  batchWrittenOff = 100;
+  const batchedSecond = await batched.registry.metrics();
+  assert.match(batchedSecond, /^walcast_ts_batch_frame_bytes_written_off_total 300$/m);
+  assert.match(batchedSecond, /^walcast_ts_batch_frame_bytes_written_off 100$/m);
+  assert.match(batchedSecond, /^walcast_ts_batch_frame_bytes_written_off_max 1024$/m);
 });

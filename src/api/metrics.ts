@@ -338,6 +338,19 @@ function registerSendBufferMetrics(registry: Registry, stats: () => SendBufferSt
   gauge('walcast_ts_send_buffers_max', 'TS backend send pool size (POOL_BUFFERS_MAX).', (now) => now.buffersMax);
   gauge('walcast_ts_send_buffers_written_off', 'TS backend send buffers written off and still held by a socket that is not draining.', (now) => now.writtenOff);
   gauge('walcast_ts_send_buffers_written_off_max', 'TS backend send buffers that may be written off at once (WRITTEN_OFF_BUFFERS_MAX); at this value sends wait for the pool again.', (now) => now.writtenOffMax);
+  // The ts fan-out batch's frames (not pool buffers): only where the backend batches.
+  if (stats().batchFrameBytesWrittenOffMax === undefined) return;
+  new Counter({
+    name: 'walcast_ts_batch_frame_bytes_written_off_total',
+    help: 'TS backend fan-out batch frame bytes written off the batch in-flight bound because a replica holding them stopped reading (its socket completed no write for SEND_STALL_MS), so the batch goes on for healthy streams.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(stats().batchFrameBytesWrittenOffTotal ?? 0);
+    },
+  });
+  gauge('walcast_ts_batch_frame_bytes_written_off', 'TS backend fan-out batch frame bytes written off and still held by a socket that is not draining.', (now) => now.batchFrameBytesWrittenOff ?? 0);
+  gauge('walcast_ts_batch_frame_bytes_written_off_max', 'TS backend fan-out batch frame bytes that may be written off at once (BATCH_FRAME_BYTES_WRITTEN_OFF_MAX); at this value stalled streams keep the batch at its in-flight bound again.', (now) => now.batchFrameBytesWrittenOffMax ?? 0);
 }
 
 function registerTotals(registry: Registry, eachTimeline: EachTimeline, io: { readonly backend: string; readonly strategy: string }): void {

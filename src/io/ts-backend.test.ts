@@ -878,7 +878,7 @@ test('replicas that stop reading do not switch the fan-out batch off: their batc
     const outcomes = new Int32Array(2);
     const sendTo = async (writers: Awaited<ReturnType<typeof backend.openStream>>[], marker: number): Promise<void> => {
       for (const writer of writers) assert.equal(batch.accepts(writer), true, `frame ${marker.toString(16)} accepted`);
-      const staging = batch.stage(whole);
+      const staging = batch.stage!(whole);
       if (staging !== undefined) await staging;
       assert.equal(batch.send(writers, writers.length, header(marker, CHUNK_BYTES), whole, outcomes), undefined, 'no stream failed');
     };
