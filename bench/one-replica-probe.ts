@@ -10,7 +10,17 @@
  * deoptimizations can be counted per catch-up (docs/benchmarks.md, "One replica: consumer cost and JIT warm-up").
  *
  *   node --import tsx bench/one-replica-probe.ts --mib 512 --rounds 4 [--consumer standby|pg_receivewal]
- *     [--strace DIR | --perf DIR] [--also NAME=DIR]...
+ *     [--strace DIR | --perf DIR] [--also NAME=DIR]... [--load N] [--sched] [--strace-walreceiver DIR] [--writev]
+ *
+ * --writev adds this tree's walcast on the native writev strategy (copying send, as the walsender) as `new-writev`.
+ *
+ * --load N keeps N busy-spinning processes running for the whole probe (bench/lib/cpu-load.ts, as bench/run.ts's loaded
+ * rounds); --sched prints per thread, for each measured standby run, CPU, run-queue wait, timeslices and voluntary /
+ * involuntary switches of the server (walcast's threads by name; PostgreSQL's walsender), the standby's processes
+ * (startup, walreceiver ...; read after replay, before they stop) and the spinners (bench/lib/sched-stats.ts).
+ * --strace-walreceiver DIR attaches `strace -c` to the standby's walreceiver (found by polling the standby's children
+ * every 5 ms, so its first milliseconds may be missed) until replay ends: how it receives (recvfrom calls, EAGAINs,
+ * polls, writes, fsyncs).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -18,16 +28,51 @@ import { parseArgs } from 'node:util';
 import { formatLsn } from '../src/lsn.js';
 import { planFor } from './lib/plan.js';
 import { postgresTarget, startWalcastServer, type ServerTarget } from './lib/servers.js';
+import { CpuLoad } from './lib/cpu-load.js';
+import { listChildren } from './lib/proc-stats.js';
+import { formatSched, readThreads, threadDelta, type TaskSched } from './lib/sched-stats.js';
 import { buildTools } from './lib/tools.js';
 import { prepareWal } from './lib/wal-source.js';
 import { measureReceiveWalRun, measureStandbyRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] } } });
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] }, load: { type: 'string', default: '0' }, sched: { type: 'boolean', default: false }, 'strace-walreceiver': { type: 'string' }, writev: { type: 'boolean', default: false } } });
 if (values.consumer !== 'standby' && values.consumer !== 'pg_receivewal') throw new Error(`--consumer takes standby or pg_receivewal, got ${values.consumer}`);
 const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
 const progress = (message: string): void => void process.stderr.write(`${message}\n`);
 const context: BenchContext = { tools: buildTools(), wal, plan: planFor('full'), progress };
 const targets: ServerTarget[] = [];
+const load = await CpuLoad.start(Number(values.load));
+if (load.processes > 0) await load.set('loaded');
+/** --sched: per-thread CPU, run-queue wait and switches of the server, the standby's processes and the spinners over one run. */
+function schedSnapshot(target: ServerTarget): Map<number, Map<number, TaskSched>> {
+  const pids = [...load.pids, ...(target.family === 'walcast' ? [target.pid] : [])];
+  return new Map(pids.map((pid) => [pid, readThreads(pid)]));
+}
+function schedReport(target: ServerTarget, before: Map<number, Map<number, TaskSched>>, standbyPid: number | undefined): void {
+  const lines: string[] = [];
+  for (const [pid, threads] of before) for (const [name, task] of threadDelta(pid, threads, readThreads(pid))) lines.push(formatSched(`  ${pid === target.pid ? 'server' : 'spinner'} ${name}`, task));
+  // PostgreSQL's walsender is a fresh child of the postmaster: its totals are the run's.
+  if (target.family !== 'walcast') for (const child of listChildren(target.pid).filter((entry) => entry.title.includes('walsender'))) for (const task of readThreads(child.pid).values()) lines.push(formatSched('  server walsender', task));
+  if (standbyPid !== undefined) for (const child of listChildren(standbyPid)) for (const task of readThreads(child.pid).values()) lines.push(formatSched(`  standby ${child.title.replace(/^postgres: /, '').slice(0, 40)}`, task));
+  progress(lines.join('\n'));
+}
+/** --strace-walreceiver DIR: `strace -c` (WALCAST_PROBE_STRACE_ARGS replaces it) on the standby's walreceiver, from the moment it appears to replay's end. */
+let walreceiverTracer: ChildProcess | undefined;
+async function straceWalreceiver(standbyPid: number, file: string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    const receiver = listChildren(standbyPid).find((child) => child.title.includes('walreceiver'));
+    if (receiver !== undefined) {
+      walreceiverTracer = spawn('strace', [...(process.env.WALCAST_PROBE_STRACE_ARGS ?? '-c').split(' '), '-o', file, '-p', String(receiver.pid)], { stdio: 'ignore' });
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+function stopWalreceiverTrace(): void {
+  walreceiverTracer?.kill('SIGINT');
+  walreceiverTracer = undefined;
+}
 try {
   for (const entry of values.also) {
     const [name, dir] = entry.split('=');
@@ -35,6 +80,7 @@ try {
     targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', repoRoot: dir, name }));
   }
   targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
+  if (values.writev) targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'writev', name: 'new-writev' }));
   targets.push(postgresTarget(wal.primary, wal));
   warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
   progress(`range ${formatLsn(wal.standbyStartLsn)}-${formatLsn(wal.endLsn)}`);
@@ -58,7 +104,11 @@ try {
       const traceFile = `${process.env.WALCAST_BENCH_SERVER_STDOUT ?? ''}-${target.name}.txt`;
       // With the servers' stdout captured (e.g. --trace-opt): where each run starts in it.
       if (process.env.WALCAST_BENCH_SERVER_STDOUT !== undefined && existsSync(traceFile)) progress(`#${round} ${target.name} starts at line ${readFileSync(traceFile, 'utf8').split('\n').length} of ${traceFile}`);
-      const record = values.consumer === 'standby' ? await measureStandbyRun(context, target, round) : await measureReceiveWalRun(context, target, round, false);
+      const before = values.sched ? schedSnapshot(target) : undefined;
+      const record = values.consumer === 'standby' ? await measureStandbyRun(context, target, round, {
+            started: (standbyPid) => { if (values['strace-walreceiver'] !== undefined) void straceWalreceiver(standbyPid, `${values['strace-walreceiver']}/walreceiver-${target.name}-${round}.txt`); },
+            replayed: (standbyPid) => { if (before !== undefined) schedReport(target, before, standbyPid); stopWalreceiverTrace(); },
+          }) : await measureReceiveWalRun(context, target, round, false);
       if (tracer !== undefined) {
         tracer.kill('SIGINT');
         await new Promise((resolve) => tracer.once('exit', resolve));
@@ -69,4 +119,5 @@ try {
 } finally {
   await Promise.all(targets.map((target) => target.stop()));
   await wal.primary.stop();
+  await load.stop();
 }

@@ -245,7 +245,15 @@ export function matchingBytes(dir: string, wal: PreparedWal, limit = rangeBytes(
  * start-up, the same for every server) to that moment; the server's CPU is metered meanwhile, the standby's
  * own CPU (startup process, walreceiver, the rest) is reported as the consumer's.
  */
-export async function measureStandbyRun(context: BenchContext, target: ServerTarget, repetition: number): Promise<RunRecord> {
+/** Probes watching a standby run (bench/one-replica-probe.ts): called with the standby's postmaster pid. */
+export interface StandbyRunHooks {
+  /** Right after the standby started (its walreceiver may not be up yet). */
+  readonly started?: (standbyPid: number) => void;
+  /** Once it replayed the range, before it stops: its processes are still there to read. */
+  readonly replayed?: (standbyPid: number) => void;
+}
+
+export async function measureStandbyRun(context: BenchContext, target: ServerTarget, repetition: number, hooks: StandbyRunHooks = {}): Promise<RunRecord> {
   const options: ConsumerRunOptions = { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: false };
   const bytesExpected = Number(context.wal.endLsn - context.wal.standbyStartLsn);
   let base: StandbyBase | undefined;
@@ -254,8 +262,11 @@ export async function measureStandbyRun(context: BenchContext, target: ServerTar
     const meter = target.beginRun();
     const started = performance.now();
     const standby = await base.startWithUpstream(target.port);
+    hooks.started?.(standby.pid);
     await waitForReplay(standby, context.wal.endLsn, context.plan.runTimeoutMs);
     const wallSeconds = (performance.now() - started) / 1000;
+    // A probe reads the standby's processes (startup, walreceiver) before they stop: per-process scheduler figures.
+    hooks.replayed?.(standby.pid);
     const cost = await meter.finish(1);
     const consumerCpuSeconds = clusterCpuSeconds(standby.pid);
     return {
