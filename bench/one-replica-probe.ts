@@ -52,8 +52,8 @@ function schedReport(target: ServerTarget, before: Map<number, Map<number, TaskS
   const lines: string[] = [];
   for (const [pid, threads] of before) for (const [name, task] of threadDelta(pid, threads, readThreads(pid))) lines.push(formatSched(`  ${pid === target.pid ? 'server' : 'spinner'} ${name}`, task));
   // PostgreSQL's walsender is a fresh child of the postmaster: its totals are the run's.
-  if (target.family !== 'walcast') for (const child of listChildren(target.pid).filter((entry) => entry.title.includes('walsender'))) for (const task of readThreads(child.pid).values()) lines.push(formatSched('  server walsender', task));
-  if (standbyPid !== undefined) for (const child of listChildren(standbyPid)) for (const task of readThreads(child.pid).values()) lines.push(formatSched(`  standby ${child.title.replace(/^postgres: /, '').slice(0, 40)}`, task));
+  if (target.family !== 'walcast') for (const child of listChildren(target.pid).filter((entry) => entry.title.includes('walsender'))) for (const task of readThreads(child.pid).values()) lines.push(formatSched(`  server walsender [${child.pid}]`, task));
+  if (standbyPid !== undefined) for (const child of listChildren(standbyPid)) for (const task of readThreads(child.pid).values()) lines.push(formatSched(`  standby ${child.title.replace(/^postgres: /, '').slice(0, 40)} [${child.pid}]`, task));
   progress(lines.join('\n'));
 }
 /** --strace-walreceiver DIR: `strace -c` (WALCAST_PROBE_STRACE_ARGS replaces it) on the standby's walreceiver, from the moment it appears to replay's end. */
