@@ -18,6 +18,7 @@ import { test } from 'node:test';
 import { CpuLoad } from '../bench/lib/cpu-load.js';
 import { bucketDelta, histogramPercentileMs, parseHistogramBuckets, parseHistogramSum } from '../bench/lib/metrics-histogram.js';
 import { readCpu } from '../bench/lib/proc-stats.js';
+import { formatSched, readThreads, threadDelta } from '../bench/lib/sched-stats.js';
 import { capRepetitions, parseScenarios, planFor } from '../bench/lib/plan.js';
 import { ratioText } from '../bench/lib/report-markdown.js';
 import { renderSvg } from '../bench/lib/report-svg.js';
@@ -381,6 +382,29 @@ test('bench --load: spinners spin only in loaded rounds and are gone after stop'
   assert.ok(!existsSync(`/proc/${pid}`), 'the spinner exited');
   assert.deepEqual((await CpuLoad.start(0)).conditions, ['idle']);
   await assert.rejects(CpuLoad.start(-1), /--load/);
+});
+
+test('bench sched stats: a spinning process shows its CPU between two snapshots, its main thread as "main"', async () => {
+  const load = await CpuLoad.start(1);
+  const [pid] = load.pids;
+  assert.ok(pid !== undefined);
+  try {
+    const before = readThreads(pid);
+    assert.ok(before.has(pid), 'the main thread is listed by its tid (= pid)');
+    await load.set('loaded');
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    await load.set('idle');
+    const delta = threadDelta(pid, before, readThreads(pid));
+    const main = delta.get('main');
+    assert.ok(main !== undefined, `threads: ${[...delta.keys()].join(', ')}`);
+    // It spun for a second on a loaded 2-core machine: far more than nothing, never more than the wall time.
+    assert.ok(main.cpuSeconds >= 0.05 && main.cpuSeconds < 5, `main thread CPU ${main.cpuSeconds}`);
+    for (const task of delta.values()) assert.ok(task.cpuSeconds >= 0 && task.waitSeconds >= 0 && task.voluntary >= 0 && task.involuntary >= 0, formatSched(task.name, task));
+    assert.match(formatSched('spinner main', main), /^spinner main cpu \d+\.\d\d s wait \d+\.\d\d s slices \d+ vcs \d+ ivcs \d+$/);
+  } finally {
+    await load.stop();
+  }
+  assert.equal(readThreads(pid).size, 0, 'an exited process has no threads');
 });
 
 test('bench --load: a spinner ends when the harness dies by SIGKILL (no exit handler runs)', async () => {
