@@ -295,8 +295,10 @@ describe('collect(): a stall is no bytes for a while, not a slow transfer', () =
 });
 
 describe('ts backend: the reference bytes', () => {
-  test('offers no ChunkBatch: every stream sends on its own', () => {
-    assert.equal(createTsBackend().chunkBatch, undefined);
+  test('offers a ChunkBatch that reads each group\'s chunk before it sends (stage)', () => {
+    const batch = createTsBackend().chunkBatch;
+    assert.ok(batch !== undefined, 'the ts backend batches commit fan-out too');
+    assert.equal(typeof batch.stage, 'function', 'the ts batch reads the chunk once per group before the sends');
   });
 
 

@@ -29,7 +29,7 @@ import { createOperationsMetrics } from '../src/api/metrics.js';
 import { startHttpApi, type HttpApi } from '../src/api/http-server.js';
 import { NATIVE_PREFETCH_BYTES_MAX, nativeStreamHeapBytesMax } from '../src/io/native-backend.js';
 import { loadNativeAddon } from '../src/io/native-binding.js';
-import { CHECKSUM_BUFFERS_MAX, CHECKSUM_BUFFER_BYTES, CHECKSUM_READ_PIECES_MAX, FRAME_BYTES_MAX, POOL_BUFFERS_MAX, STREAM_CHUNKS_IN_FLIGHT_MAX } from '../src/io/ts-backend.js';
+import { CHECKSUM_BUFFERS_MAX, CHECKSUM_BUFFER_BYTES, CHECKSUM_READ_PIECES_MAX, FRAME_BYTES_MAX, POOL_BUFFERS_MAX, STREAM_CHUNKS_IN_FLIGHT_MAX, WRITTEN_OFF_BUFFERS_MAX } from '../src/io/ts-backend.js';
 import { VERIFIED_READS_KEPT_MAX } from '../src/io/verified-reads.js';
 import { silentLogger } from '../src/log.js';
 import { connectReplication } from '../src/wire/client.js';
@@ -244,7 +244,10 @@ type MemoryMeasure = 'rss' | 'anon';
 
 /**
  * The server memory `replicas` paused streams may add, from the running backend's own in-flight constants:
- * - TS: STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream, all from a pool of POOL_BUFFERS_MAX (WAL copies, resident),
+ * - TS: STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream, all from a pool of POOL_BUFFERS_MAX (WAL copies, resident)
+ *   plus up to WRITTEN_OFF_BUFFERS_MAX replacements for frames of stalled streams written off the pool (send-stall.ts:
+ *   paused replicas are exactly that, so the storm reaches it); the fan-out batch's frames serve streams waiting at
+ *   the live tail, which these paused catch-ups never reach,
  *   and the page-verification pool (CHECKSUM_BUFFERS_MAX buffers, kept once allocated: up to CHECKSUM_READ_PIECES_MAX
  *   per verifying stream and up to VERIFIED_READS_KEPT_MAX kept for sends; a send exchanges its frame for the one it
  *   takes);
@@ -264,12 +267,12 @@ function memoryBound(replicas: number): { bytes: number; measure: MemoryMeasure;
       why: `native: ${perStream} B of stream record and queued units per stream + ${NATIVE_PREFETCH_BYTES_MAX} B prefetch scratch + ${CONNECTION_OVERHEAD_BYTES_MAX} B per connection`,
     };
   }
-  const walInFlightMax = Math.min(POOL_BUFFERS_MAX, replicas * STREAM_CHUNKS_IN_FLIGHT_MAX) * FRAME_BYTES_MAX;
+  const walInFlightMax = Math.min(POOL_BUFFERS_MAX + WRITTEN_OFF_BUFFERS_MAX, replicas * STREAM_CHUNKS_IN_FLIGHT_MAX) * FRAME_BYTES_MAX;
   const verifyBuffersMax = Math.min(CHECKSUM_BUFFERS_MAX, replicas * CHECKSUM_READ_PIECES_MAX + VERIFIED_READS_KEPT_MAX) * CHECKSUM_BUFFER_BYTES;
   return {
     bytes: walInFlightMax + verifyBuffersMax + overhead,
     measure: 'rss',
-    why: `ts: min(${POOL_BUFFERS_MAX} pooled, ${STREAM_CHUNKS_IN_FLIGHT_MAX} per stream) frames of ${FRAME_BYTES_MAX} B + ${CHECKSUM_BUFFERS_MAX} verification buffers of ${CHECKSUM_BUFFER_BYTES} B + ${CONNECTION_OVERHEAD_BYTES_MAX} B per connection`,
+    why: `ts: min(${POOL_BUFFERS_MAX} pooled + ${WRITTEN_OFF_BUFFERS_MAX} written off, ${STREAM_CHUNKS_IN_FLIGHT_MAX} per stream) frames of ${FRAME_BYTES_MAX} B + ${CHECKSUM_BUFFERS_MAX} verification buffers of ${CHECKSUM_BUFFER_BYTES} B + ${CONNECTION_OVERHEAD_BYTES_MAX} B per connection`,
   };
 }
 
