@@ -26,3 +26,28 @@ test('a send timestamp 3.25 ms in the past converts to 3.25 ms before one of now
 test('a sender that does not stamp (0) gives no time', () => {
   assert.equal(new UpstreamClock().toMonotonicMs(0n), undefined);
 });
+
+test('after a step back of the wall clock, rechecks bring the offset back to within 0.1 ms of the truth, not 1 ms low', () => {
+  // A simulated machine: monotonic time advances by 1,000.37 ms between rechecks (random phases of the wall clock's
+  // millisecond), the wall clock reads the true wall time truncated to the ms, and steps back 5 ms at the start.
+  let monotonicMs = 10_000.123;
+  let trueOffsetMs = 1_700_000_000_000.456;
+  const clock = new UpstreamClock(() => Math.floor(trueOffsetMs + monotonicMs), () => monotonicMs, trueOffsetMs);
+  const errorMs = (): number => {
+    // A send timestamp of "now" (µs) converted back: its distance from the monotonic now is the offset's error.
+    const nowMicros = BigInt(Math.round((trueOffsetMs + monotonicMs) * 1000)) - PG_EPOCH_OFFSET_MICROS;
+    return monotonicMs - clock.toMonotonicMs(nowMicros)!;
+  };
+  clock.recheck();
+  assert.ok(Math.abs(errorMs()) < 0.01, `no step: the start offset stands (${errorMs()} ms)`);
+  trueOffsetMs -= 5;
+  const errors: number[] = [];
+  for (let recheck = 0; recheck < 30; recheck++) {
+    monotonicMs += 1000.37;
+    clock.recheck();
+    errors.push(errorMs());
+  }
+  // The estimate errs only low: a converted send time at or after the truth (error <= 0), hops read short, never long.
+  assert.ok(errors.every((error) => error <= 1e-6 && error > -1), `within the truncation after the step: ${errors.join(', ')}`);
+  assert.ok(errors.at(-1)! > -0.1, `refined to within 0.1 ms after 30 rechecks: ${errors.at(-1)} ms`);
+});
