@@ -14,7 +14,6 @@ import { isWalcastError } from '../errors.js';
 import {
   MEASURED_FASTEST_STRATEGY,
   NATIVE_STRATEGIES,
-  INLINE_CHECKSUM_SLICE_BYTES,
   NATIVE_PREFETCH_SHAPE,
   NO_RING_STRATEGY,
   OFF_THREAD_CHECKSUMS_MAX,
@@ -109,41 +108,6 @@ test('checksumPagesOffThread agrees with checksumPagesNow, refuses a handle stor
       await Promise.all(running);
       for (const out of outs) assert.deepEqual(out, inline);
       assert.equal((backend as unknown as { offThreadChecksumsInFlight: number }).offThreadChecksumsInFlight, 0);
-    } finally {
-      closeSync(fd);
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-    await backend.close();
-  }
-});
-
-test('a check ahead that finds the pool share full runs inline in slices, the event loop turning between them, with the same checksums', { skip: probeNative().ok ? false : 'the native addon is not available' }, async () => {
-  // A whole 4 MiB prefetch piece checked inline in one go held the event loop ~1 ms beside live replicas.
-  const backend = await createNativeBackend('sendfile');
-  const dir = mkdtempSync(join(tmpdir(), 'walcast-slices-'));
-  try {
-    const path = join(dir, 'segment');
-    const pieceBytes = NATIVE_PREFETCH_SHAPE.pieceBytes;
-    assert.ok(pieceBytes >= 3 * INLINE_CHECKSUM_SLICE_BYTES, 'a piece spans several slices');
-    writeFileSync(path, randomBytes(pieceBytes + 2 * 8192));
-    const fd = openSync(path, 'r');
-    try {
-      // Not page-aligned, and not a whole number of pages: the slices must keep out's page numbering.
-      const chunk = { file: { fd, path, closed: false }, fileOffset: 8192 + 11, byteCount: pieceBytes - 5 };
-      const pages = Math.ceil(chunk.byteCount / 8192);
-      const expected = new Uint32Array(pages);
-      assert.ok(backend.checksumPagesNow !== undefined && backend.checksumPagesOffThread !== undefined);
-      backend.checksumPagesNow(chunk, 8192, expected);
-      const small = { ...chunk, byteCount: 4 * 8192 };
-      const holding = Array.from({ length: offThreadChecksumsMax() }, () => backend.checksumPagesOffThread!(small, 8192, new Uint32Array(4)));
-      let yielded = false;
-      setImmediate(() => (yielded = true));
-      const out = new Uint32Array(pages);
-      await backend.checksumPagesOffThread(chunk, 8192, out);
-      assert.ok(yielded, 'the event loop turned while the inline check ran');
-      assert.deepEqual(out, expected, 'sliced checksums equal one whole call');
-      await Promise.all(holding);
     } finally {
       closeSync(fd);
     }

@@ -94,17 +94,10 @@ assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefe
  * checksumPagesOffThread calls on the libuv pool at once, process-wide; more run inline. The pool (4 threads by
  * default) also serves storage's file operations (segment opens, sidecar reads, the WAL writer's syncs): many cold
  * streams verifying ahead must not queue those behind their checksums, so one thread of the default four stays
- * theirs. Inline is the old path (one piece's checksum on the event loop, now in INLINE_CHECKSUM_SLICE_BYTES slices). One cold stream ran 8% of
+ * theirs. Inline is the old path (one piece's checksum, ~0.1-0.3 ms, on the event loop). One cold stream ran 8% of
  * its checks inline with 3 (readahead completes several pieces at once), 19% with 2.
  */
 export const OFF_THREAD_CHECKSUMS_MAX = 3;
-/**
- * A check ahead that finds the pool's share full runs inline in slices of at most this many bytes, with a turn of the
- * event loop between them: since the native prefetch reads 4 MiB pieces, one inline check of a whole piece held the
- * event loop ~1 ms, and a live replica beside three cold catch-ups lost 0.3-0.5 ms of commit p50 (quiet A/B of
- * 2026-12-07, docs/benchmarks.md "Cold catch-up next to a busy CPU"). 1 MiB is what one inline check was before.
- */
-export const INLINE_CHECKSUM_SLICE_BYTES = 1024 * 1024;
 
 /** Pool threads checksums never take: the WAL writer's fdatasync (publish waits on it) must always find one free. */
 export const POOL_THREADS_KEPT_FOR_STORAGE = 1;
@@ -313,7 +306,7 @@ class NativeBackend implements IoBackend {
   async checksumPagesOffThread(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
     const checksumAsync = this.addon.crc32cFilePagesAsync;
     if (checksumAsync === undefined || this.offThreadChecksums >= this.offThreadChecksumsLimit) {
-      await this.checksumPagesInSlices(chunk, pageBytes, out);
+      this.checksumPagesNow(chunk, pageBytes, out);
       return;
     }
     validateChunk(chunk, this.addon.crc32cFileRangeBytesMax);
@@ -334,21 +327,6 @@ class NativeBackend implements IoBackend {
       });
     } finally {
       this.offThreadChecksums--;
-    }
-  }
-
-  /**
-   * checksumPagesNow in slices of whole pages of at most INLINE_CHECKSUM_SLICE_BYTES, yielding to the event loop
-   * (setImmediate: I/O callbacks, the live replicas' sends and the ingest's completions go first) between them. Each
-   * slice refuses a handle storage has started closing meanwhile, as checksumPagesNow does.
-   */
-  private async checksumPagesInSlices(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
-    if (!Number.isInteger(pageBytes) || pageBytes <= 0) throw new RangeError(`pageBytes must be a positive integer, got ${pageBytes}`);
-    const sliceBytes = Math.max(pageBytes, INLINE_CHECKSUM_SLICE_BYTES - (INLINE_CHECKSUM_SLICE_BYTES % pageBytes));
-    for (let done = 0; done < chunk.byteCount; done += sliceBytes) {
-      if (done > 0) await new Promise((resolve) => setImmediate(resolve));
-      const bytes = Math.min(sliceBytes, chunk.byteCount - done);
-      this.checksumPagesNow({ file: chunk.file, fileOffset: chunk.fileOffset + done, byteCount: bytes }, pageBytes, out.subarray(done / pageBytes));
     }
   }
 
