@@ -53,6 +53,15 @@ async function socketPair(): Promise<{ server: Server; local: Socket; peer: Sock
   return { server, local, peer: await accepted };
 }
 
+/** Tears down socketPair()s: both ends destroyed, the listener closed. */
+function closePairs(pairs: readonly { readonly server: Server; readonly local: Socket; readonly peer: Socket }[]): void {
+  for (const { server, local, peer } of pairs) {
+    local.destroy();
+    peer.destroy();
+    server.close();
+  }
+}
+
 /** Counts socket writes made after `arm()` whose callbacks have not run, and the most seen at once. */
 function countWritesInFlight(socket: Socket): { arm(): void; now(): number; max(): number } {
   const original = socket.write.bind(socket) as (bytes: Buffer, callback: (error?: Error | null) => void) => boolean;
@@ -580,11 +589,7 @@ test('streams share a send pool smaller than their runs: no run waits on buffers
     assert.equal(sendPool.inUse(), 0, 'every send buffer went back');
   } finally {
     closeSync(fd);
-    for (const { server, local, peer } of pairs) {
-      local.destroy();
-      peer.destroy();
-      server.close();
-    }
+    closePairs(pairs);
     await backend.close();
   }
 });
@@ -772,11 +777,7 @@ test('replicas that stop reading do not starve a healthy one: their send buffers
     for (const { writer } of [stalledB, stalledC]) void writer.release();
   } finally {
     closeSync(fd);
-    for (const { server, local, peer } of pairs) {
-      local.destroy();
-      peer.destroy();
-      server.close();
-    }
+    closePairs(pairs);
     await backend.close();
   }
   // Destroyed sockets fail their queued writes: every buffer comes back, written off or not.
@@ -853,11 +854,7 @@ test('the fan-out batch writes one staged chunk to every accepted stream: exact 
     stalled.server.close();
   } finally {
     closeSync(fd);
-    for (const { server, local, peer } of pairs) {
-      local.destroy();
-      peer.destroy();
-      server.close();
-    }
+    closePairs(pairs);
     await backend.close();
   }
 });
@@ -921,11 +918,7 @@ test('replicas that stop reading do not switch the fan-out batch off: their batc
     for (const writer of [writerA!, writerB!, healthyWriter!]) await writer.release();
   } finally {
     closeSync(fd);
-    for (const { server, local, peer } of pairs) {
-      local.destroy();
-      peer.destroy();
-      server.close();
-    }
+    closePairs(pairs);
     await backend.close();
   }
 });

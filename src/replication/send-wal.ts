@@ -148,8 +148,7 @@ export type SendWalEnd =
   | { readonly kind: 'caught_up'; readonly sentLsn: Lsn; readonly message: string }
   | { readonly kind: 'recovery_finished'; readonly sentLsn: Lsn; readonly message: string };
 
-export async function sendWal(given: SendWalOptions): Promise<SendWalEnd> {
-  const options = stableOptions(given);
+export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
   const { endWatch, signal, segmentBytes } = options;
   assert.ok(options.replicaTimeoutMs > 0, 'the replica timeout is positive');
   const replyRequests = new ReplyRequests(options.replicaTimeoutMs, options.lastReplyAtMs);
@@ -267,39 +266,6 @@ export async function sendWal(given: SendWalOptions): Promise<SendWalEnd> {
     }
     return { kind: 'aborted', sentLsn };
   }
-}
-
-/**
- * The options as one object shape for every stream: each field present (undefined when not given), in one order. The
- * caller builds its options with conditional spreads, so a recovery stream (no publish clock, no fan-out batcher) and a
- * live one hand the loop objects of different hidden classes, and the loop's property loads, shared by all streams of
- * the process, would turn polymorphic (or deoptimize) as stream kinds alternate. Defensive: the deoptimization measured
- * per new stream was the AbortSignal's (StorageWaits.aborted), with streams of one kind.
- */
-function stableOptions(options: SendWalOptions): SendWalOptions {
-  return {
-    replicaName: options.replicaName,
-    startLsn: options.startLsn,
-    segmentBytes: options.segmentBytes,
-    endWatch: options.endWatch,
-    source: options.source,
-    prefetchSource: options.prefetchSource,
-    writer: options.writer,
-    verify: options.verify,
-    verifyNow: options.verifyNow,
-    verifyAhead: options.verifyAhead,
-    signal: options.signal,
-    stopAtEnd: options.stopAtEnd,
-    shouldStop: options.shouldStop,
-    onSent: options.onSent,
-    replicaTimeoutMs: options.replicaTimeoutMs,
-    lastReplyAtMs: options.lastReplyAtMs,
-    keepaliveIntervalMs: options.keepaliveIntervalMs,
-    onDiskWait: options.onDiskWait,
-    timelineEnd: options.timelineEnd,
-    publishClock: options.publishClock,
-    fanout: options.fanout,
-  };
 }
 
 const STREAM_ABORTED = Symbol('stream aborted');

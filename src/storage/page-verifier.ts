@@ -246,12 +246,11 @@ export class PageVerifier {
    */
   private verifyTailNow(state: SegmentState, segno: bigint, page: number, chunk: WalChunk, context: VerifyContext): boolean {
     const pageOffset = page * WAL_PAGE_BYTES;
-    const prefixBytes = Math.min(WAL_PAGE_BYTES, chunk.fileOffset + chunk.byteCount - pageOffset);
+    const prefixBytes = tailPrefixBytes(page, chunk);
     if (state.tailPage === page && state.tailBytes >= prefixBytes) return true;
     const checksumNow = context.checksummer.checksumPagesNow;
     if (checksumNow === undefined || state.tailCheck !== undefined) return false;
-    const pageLsn = segmentStartLsn(segno, this.layout.segmentBytes) + BigInt(pageOffset);
-    const expected = context.tail?.tailPagePrefixCrc(pageLsn, prefixBytes);
+    const expected = context.tail?.tailPagePrefixCrc(this.pageLsn(segno, page), prefixBytes);
     if (expected === undefined) return false;
     const actual = this.takeResults(1);
     try {
@@ -265,8 +264,7 @@ export class PageVerifier {
       this.recycle(actual);
     }
     this.passed(state, segno, page, context);
-    state.tailPage = page;
-    state.tailBytes = prefixBytes;
+    recordTailChecked(state, page, prefixBytes);
     return true;
   }
 
@@ -338,8 +336,7 @@ export class PageVerifier {
 
   /** A page without a sidecar entry: the live writer's partial page, checked by prefix against its memory. */
   private async verifyUnrecorded(state: SegmentState, segno: bigint, page: number, chunk: WalChunk, context: VerifyContext): Promise<void> {
-    const pageOffset = page * WAL_PAGE_BYTES;
-    const prefixBytes = Math.min(WAL_PAGE_BYTES, chunk.fileOffset + chunk.byteCount - pageOffset);
+    const prefixBytes = tailPrefixBytes(page, chunk);
     if (state.tailPage === page && state.tailBytes >= prefixBytes) return;
     const underWay = state.tailCheck;
     if (underWay !== undefined && underWay.page === page && underWay.prefixBytes >= prefixBytes) {
@@ -357,9 +354,7 @@ export class PageVerifier {
   }
 
   private async checkTail(state: SegmentState, segno: bigint, page: number, prefixBytes: number, chunk: WalChunk, context: VerifyContext): Promise<void> {
-    const pageOffset = page * WAL_PAGE_BYTES;
-    const pageLsn = segmentStartLsn(segno, this.layout.segmentBytes) + BigInt(pageOffset);
-    const expected = context.tail?.tailPagePrefixCrc(pageLsn, prefixBytes);
+    const expected = context.tail?.tailPagePrefixCrc(this.pageLsn(segno, page), prefixBytes);
     if (expected === undefined) {
       // The page filled meanwhile (its entry is in the sidecar now), or nobody recorded it (an old segment).
       if (!state.sidecarFinal) await this.rereadSidecar(state, chunk);
@@ -369,16 +364,17 @@ export class PageVerifier {
       else this.warnUnverifiable(state, page, context);
       return;
     }
-    const results = await this.checksum(state, pageOffset, prefixBytes, chunk, context);
+    const results = await this.checksum(state, page * WAL_PAGE_BYTES, prefixBytes, chunk, context);
     const actual = results[0];
     this.recycle(results);
     if (actual !== expected) this.fail(state, segno, page, chunk, context, actual, expected);
     this.passed(state, segno, page, context);
-    // Never shrink: a shorter check finishing after a longer one of the same page must not undo it.
-    if (state.tailPage !== page || state.tailBytes < prefixBytes) {
-      state.tailPage = page;
-      state.tailBytes = prefixBytes;
-    }
+    recordTailChecked(state, page, prefixBytes);
+  }
+
+  /** The LSN at which page `page` of segment `segno` starts. */
+  private pageLsn(segno: bigint, page: number): Lsn {
+    return segmentStartLsn(segno, this.layout.segmentBytes) + BigInt(page * WAL_PAGE_BYTES);
   }
 
   /** The page checksums of the range, in an array at least that long; hand it to recycle() once read. */
@@ -521,4 +517,20 @@ function segmentNameOfPath(path: string): string | undefined {
   const base = basename(path);
   const name = base.endsWith(PARTIAL_SUFFIX) ? base.slice(0, -PARTIAL_SUFFIX.length) : base;
   return isSegmentFileName(name) ? name : undefined;
+}
+
+/** The bytes of page `page` the chunk reaches: the prefix of the live writer's partial page that is checked. */
+function tailPrefixBytes(page: number, chunk: WalChunk): number {
+  return Math.min(WAL_PAGE_BYTES, chunk.fileOffset + chunk.byteCount - page * WAL_PAGE_BYTES);
+}
+
+/**
+ * The writer's page `page` matched its prefix of `prefixBytes`. Never shrinks: a shorter check finishing after a longer
+ * one of the same page must not undo it.
+ */
+function recordTailChecked(state: SegmentState, page: number, prefixBytes: number): void {
+  if (state.tailPage !== page || state.tailBytes < prefixBytes) {
+    state.tailPage = page;
+    state.tailBytes = prefixBytes;
+  }
 }
