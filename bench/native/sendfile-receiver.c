@@ -1,0 +1,158 @@
+/*
+ * sendfile-receiver: what a loopback TCP receiver's CPU per GB depends on when the sender uses sendfile (walcast's
+ * native default) or copies (PostgreSQL's walsender: pread into a buffer, then send). Issue 13: pg_receivewal spends
+ * ~0.1 CPU s/GB more when walcast's sendfile backend feeds it than when PostgreSQL does, and it is the one-replica
+ * bottleneck. Outside walcast, with nothing but the kernel: one process sends FILE over 127.0.0.1 to a forked child
+ * that recv()s into a 128 KiB buffer (as libpq does) and discards; each side prints its own CPU s/GB (getrusage).
+ * Built by hand with cc, never shipped (docs/benchmarks.md, "One replica: the receive copy from page cache").
+ *
+ *   sendfile-receiver MODE FILE [CHUNK_BYTES [REPEAT]]
+ *     sendfile  sendfile() CHUNK_BYTES (default 131072, a walcast chunk) at a time
+ *     touch     read one byte of every cache line of the chunk through a mapping, then sendfile it
+ *     demote    as touch, then CLDEMOTE every line (push it towards the shared L3; needs the cldemote CPU flag)
+ *     send      pread() the chunk into a buffer, send() the buffer (the walsender's way)
+ *     mapsend   send() straight from a mapping of the file (walcast's writev strategy)
+ *   REPEAT sends FILE that many times: a small FILE (2 MiB) repeated stays in CPU cache (hot bytes, same frags).
+ *   Environment: SCPU / RCPU pin the sender / receiver to a CPU; RCVBUF sets the receiver's SO_RCVBUF.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RECV_BUFFER_BYTES (128 * 1024)
+#define CACHE_LINE_BYTES 64
+
+static double cpu_seconds(void) {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return (double)usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + (double)usage.ru_stime.tv_sec + usage.ru_stime.tv_usec / 1e6;
+}
+
+static double now_seconds(void) {
+  struct timespec time;
+  clock_gettime(CLOCK_MONOTONIC, &time);
+  return (double)time.tv_sec + time.tv_nsec / 1e9;
+}
+
+static void pin_from_env(const char *name) {
+  const char *value = getenv(name);
+  if (value == NULL) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(atoi(value), &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) perror("sched_setaffinity");
+}
+
+static void die(const char *what) {
+  perror(what);
+  exit(1);
+}
+
+/* The receiver: recv until EOF, then its own CPU per GB. */
+static void receive(struct sockaddr_in address, const char *mode) {
+  pin_from_env("RCPU");
+  int sock = socket(AF_INET, SOCK_STREAM, 0);
+  const char *rcvbuf = getenv("RCVBUF");
+  if (rcvbuf != NULL) {
+    int value = atoi(rcvbuf);
+    setsockopt(sock, SOL_SOCKET, SO_RCVBUF, &value, sizeof value);
+  }
+  if (connect(sock, (struct sockaddr *)&address, sizeof address) != 0) die("connect");
+  char *buffer = malloc(RECV_BUFFER_BYTES);
+  uint64_t total = 0;
+  ssize_t got;
+  while ((got = recv(sock, buffer, RECV_BUFFER_BYTES, 0)) > 0) total += (uint64_t)got;
+  printf("%s receiver %.3f CPU s/GB (%llu bytes)\n", mode, cpu_seconds() / (total / 1e9), (unsigned long long)total);
+  fflush(stdout);
+  _exit(0);
+}
+
+static volatile uint64_t sink;
+
+static void touch(const uint8_t *bytes, size_t length, int demote) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < length; i += CACHE_LINE_BYTES) sum += bytes[i];
+  sink += sum;
+  if (demote) {
+    for (size_t i = 0; i < length; i += CACHE_LINE_BYTES) __asm__ volatile("cldemote (%0)" ::"r"(bytes + i) : "memory");
+  }
+}
+
+static void send_all(int sock, const uint8_t *bytes, size_t length) {
+  for (size_t done = 0; done < length;) {
+    ssize_t sent = send(sock, bytes + done, length - done, 0);
+    if (sent <= 0) die("send");
+    done += (size_t)sent;
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: sendfile-receiver sendfile|touch|demote|send|mapsend FILE [CHUNK_BYTES [REPEAT]]\n");
+    return 2;
+  }
+  const char *mode = argv[1];
+  int fd = open(argv[2], O_RDONLY);
+  if (fd < 0) die("open");
+  struct stat info;
+  if (fstat(fd, &info) != 0 || info.st_size == 0) die("fstat");
+  const size_t chunk = argc > 3 ? strtoul(argv[3], NULL, 10) : 131072;
+  const int repeat = argc > 4 ? atoi(argv[4]) : 1;
+  const off_t size = info.st_size;
+
+  int listener = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in address = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t address_length = sizeof address;
+  if (bind(listener, (struct sockaddr *)&address, sizeof address) != 0 || listen(listener, 1) != 0) die("listen");
+  getsockname(listener, (struct sockaddr *)&address, &address_length);
+  pid_t child = fork();
+  if (child == 0) receive(address, mode);
+  pin_from_env("SCPU");
+  int sock = accept(listener, NULL, NULL);
+  if (sock < 0) die("accept");
+
+  const uint8_t *map = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) die("mmap");
+  uint8_t *buffer = malloc(chunk);
+  const double cpu_before = cpu_seconds();
+  const double started = now_seconds();
+  for (int round = 0; round < repeat; round++) {
+    for (off_t offset = 0; offset < size;) {
+      const size_t length = (size_t)(size - offset) < chunk ? (size_t)(size - offset) : chunk;
+      if (strcmp(mode, "send") == 0) {
+        if (pread(fd, buffer, length, offset) != (ssize_t)length) die("pread");
+        send_all(sock, buffer, length);
+      } else if (strcmp(mode, "mapsend") == 0) {
+        send_all(sock, map + offset, length);
+      } else {
+        if (strcmp(mode, "touch") == 0) touch(map + offset, length, 0);
+        else if (strcmp(mode, "demote") == 0) touch(map + offset, length, 1);
+        else if (strcmp(mode, "sendfile") != 0) { fprintf(stderr, "unknown mode %s\n", mode); return 2; }
+        for (off_t position = offset; position < offset + (off_t)length;) {
+          if (sendfile(sock, fd, &position, (size_t)(offset + (off_t)length - position)) <= 0) die("sendfile");
+        }
+      }
+      offset += (off_t)length;
+    }
+  }
+  close(sock);
+  int status;
+  waitpid(child, &status, 0);
+  const double bytes = (double)repeat * (double)size;
+  printf("%s sender %.3f CPU s/GB, %.0f MB/s\n", mode, (cpu_seconds() - cpu_before) / (bytes / 1e9), bytes / 1e6 / (now_seconds() - started));
+  return 0;
+}
