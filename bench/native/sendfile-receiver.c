@@ -10,6 +10,8 @@
  *     sendfile  sendfile() CHUNK_BYTES (default 131072, a walcast chunk) at a time
  *     touch     read one byte of every cache line of the chunk through a mapping, then sendfile it
  *     demote    as touch, then CLDEMOTE every line (push it towards the shared L3; needs the cldemote CPU flag)
+ *     flush     CLFLUSHOPT every line of the chunk, then sendfile it: with a small FILE repeated, the same few pages
+ *               (frags, struct pages, TLB entries all warm) but their bytes read from memory
  *     send      pread() the chunk into a buffer, send() the buffer (the walsender's way)
  *     mapsend   send() straight from a mapping of the file (walcast's writev strategy)
  *   REPEAT sends FILE that many times: a small FILE (2 MiB) repeated stays in CPU cache (hot bytes, same frags).
@@ -102,7 +104,7 @@ static void send_all(int sock, const uint8_t *bytes, size_t length) {
 
 int main(int argc, char **argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: sendfile-receiver sendfile|touch|demote|send|mapsend FILE [CHUNK_BYTES [REPEAT]]\n");
+    fprintf(stderr, "usage: sendfile-receiver sendfile|touch|demote|flush|send|mapsend FILE [CHUNK_BYTES [REPEAT]]\n");
     return 2;
   }
   const char *mode = argv[1];
@@ -139,7 +141,10 @@ int main(int argc, char **argv) {
       } else if (strcmp(mode, "mapsend") == 0) {
         send_all(sock, map + offset, length);
       } else {
-        if (strcmp(mode, "touch") == 0) touch(map + offset, length, 0);
+        if (strcmp(mode, "flush") == 0) {
+          for (size_t i = 0; i < length; i += CACHE_LINE_BYTES) __asm__ volatile("clflushopt (%0)" ::"r"(map + offset + i) : "memory");
+          __asm__ volatile("sfence" ::: "memory");
+        } else if (strcmp(mode, "touch") == 0) touch(map + offset, length, 0);
         else if (strcmp(mode, "demote") == 0) touch(map + offset, length, 1);
         else if (strcmp(mode, "sendfile") != 0) { fprintf(stderr, "unknown mode %s\n", mode); return 2; }
         for (off_t position = offset; position < offset + (off_t)length;) {
