@@ -15,7 +15,9 @@
  *     send      pread() the chunk into a buffer, send() the buffer (the walsender's way)
  *     mapsend   send() straight from a mapping of the file (walcast's writev strategy)
  *   REPEAT sends FILE that many times: a small FILE (2 MiB) repeated stays in CPU cache (hot bytes, same frags).
- *   Environment: SCPU / RCPU pin the sender / receiver to a CPU; RCVBUF sets the receiver's SO_RCVBUF.
+ *   Environment: SCPU / RCPU pin the sender / receiver to a CPU; RCVBUF sets the receiver's SO_RCVBUF; TOUCH_AT
+ *   (bytes, may be negative) makes touch read the chunk that far ahead of the one it sends (behind: bytes already
+ *   queued for the receiver), as the sender's checks ahead do.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -115,6 +117,7 @@ int main(int argc, char **argv) {
   const size_t chunk = argc > 3 ? strtoul(argv[3], NULL, 10) : 131072;
   const int repeat = argc > 4 ? atoi(argv[4]) : 1;
   const off_t size = info.st_size;
+  const off_t touch_at = getenv("TOUCH_AT") == NULL ? 0 : (off_t)atoll(getenv("TOUCH_AT"));
 
   int listener = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in address = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -144,7 +147,10 @@ int main(int argc, char **argv) {
         if (strcmp(mode, "flush") == 0) {
           for (size_t i = 0; i < length; i += CACHE_LINE_BYTES) __asm__ volatile("clflushopt (%0)" ::"r"(map + offset + i) : "memory");
           __asm__ volatile("sfence" ::: "memory");
-        } else if (strcmp(mode, "touch") == 0) touch(map + offset, length, 0);
+        } else if (strcmp(mode, "touch") == 0) {
+          const off_t at = offset + touch_at;
+          if (at >= 0 && at + (off_t)length <= size) touch(map + at, length, 0);
+        }
         else if (strcmp(mode, "demote") == 0) touch(map + offset, length, 1);
         else if (strcmp(mode, "sendfile") != 0) { fprintf(stderr, "unknown mode %s\n", mode); return 2; }
         for (off_t position = offset; position < offset + (off_t)length;) {
