@@ -39,6 +39,7 @@
 
 #define RECV_BUFFER_BYTES (128 * 1024)
 #define CACHE_LINE_BYTES 64
+#define SEGMENT_BYTES (16ULL * 1024 * 1024)
 
 static double cpu_seconds(void) {
   struct rusage usage;
@@ -77,9 +78,21 @@ static void receive(struct sockaddr_in address, const char *mode) {
   }
   if (connect(sock, (struct sockaddr *)&address, sizeof address) != 0) die("connect");
   char *buffer = malloc(RECV_BUFFER_BYTES);
+  /* RECV_WRITE=FILE: write what arrives into FILE (on tmpfs: as pg_receivewal --no-sync into /dev/shm), emptied
+   * every 16 MiB so that its pages are new ones, as each new segment's are: a slower receiver, its queue full. */
+  const char *write_path = getenv("RECV_WRITE");
+  int out = write_path == NULL ? -1 : open(write_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (write_path != NULL && out < 0) die("open RECV_WRITE");
   uint64_t total = 0;
   ssize_t got;
-  while ((got = recv(sock, buffer, RECV_BUFFER_BYTES, 0)) > 0) total += (uint64_t)got;
+  while ((got = recv(sock, buffer, RECV_BUFFER_BYTES, 0)) > 0) {
+    if (out >= 0) {
+      if ((total & (SEGMENT_BYTES - 1)) + (uint64_t)got > SEGMENT_BYTES && ftruncate(out, 0) == 0) lseek(out, 0, SEEK_SET);
+      if (write(out, buffer, (size_t)got) != got) die("write");
+    }
+    total += (uint64_t)got;
+  }
+  if (out >= 0) unlink(write_path);
   printf("%s receiver %.3f CPU s/GB (%llu bytes)\n", mode, cpu_seconds() / (total / 1e9), (unsigned long long)total);
   fflush(stdout);
   _exit(0);
