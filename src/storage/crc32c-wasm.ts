@@ -110,9 +110,8 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
   const constant = (value: number): number[] => [I32_CONST, ...signedLeb(value)];
   // Natural alignment hint 2 (4 bytes), then the static offset added to the address.
   const load = (offset: number): number[] => [I32_LOAD, 2, ...unsignedLeb(offset)];
-  /** The four table entries for the word in `local`, xor-ed: bytes 0..3 index tables first..first-3. */
-  const lookups = (local: number, firstTable: number): number[] => {
-    const code: number[] = [];
+  /** The four table lookups for the word in `local`, one code sequence each: bytes 0..3 index tables first..first-3. */
+  const lookups = (local: number, firstTable: number): number[][] => {
     // (word << 2) & 0x3fc is byte 0 × 4; (word >>> 6) & 0x3fc byte 1 × 4; and so on.
     const shifts: [number, number][] = [
       [I32_SHL, 2],
@@ -120,21 +119,29 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
       [I32_SHR_U, 14],
       [I32_SHR_U, 22],
     ];
-    shifts.forEach(([shift, bits], byte) => {
-      code.push(...get(local), ...constant(bits), shift, ...constant(0x3fc), I32_AND, ...load((firstTable - byte) * 1024));
-      if (byte > 0) code.push(I32_XOR);
-    });
-    return code;
+    return shifts.map(([shift, bits], byte) => [...get(local), ...constant(bits), shift, ...constant(0x3fc), I32_AND, ...load((firstTable - byte) * 1024)]);
+  };
+  /** The xor of `parts` as a balanced tree: V8 does not reassociate, so the depth of the code is the depth of the sum. */
+  const xorTree = (parts: number[][]): number[] => {
+    if (parts.length === 1) return parts[0]!;
+    const half = parts.length >> 1;
+    return [...xorTree(parts.slice(0, half)), ...xorTree(parts.slice(half)), I32_XOR];
   };
   const body = [
     ...get(1), ...get(2), I32_ADD, ...set(2),
     BLOCK, EMPTY_BLOCK_TYPE, LOOP, EMPTY_BLOCK_TYPE,
     ...get(1), ...get(2), I32_GE_U, BR_IF, 1,
-    ...get(0), ...get(1), ...load(0), I32_XOR, ...set(3),
+    // word ^ crc, in that operand order: crc ^ word compiles (V8 11, x64) to a loop ~30% slower with the tree below.
+    ...get(1), ...load(0), ...get(0), I32_XOR, ...set(3),
     ...get(1), ...load(4), ...set(4),
     ...get(1), ...load(8), ...set(5),
     ...get(1), ...load(12), ...set(6),
-    ...lookups(3, 15), ...lookups(4, 11), I32_XOR, ...lookups(5, 7), I32_XOR, ...lookups(6, 3), I32_XOR, ...set(0),
+    // The twelve lookups of words 1..3 do not depend on the running crc, the four of word 0 do: those twelve are
+    // summed first (they overlap the previous step's chain), then word 0's four in a tree of depth two, so the chain
+    // from one step's crc to the next is xor, shift, and, load, two xors and the final one. Summed in input order
+    // (word 0 first, one xor after another) the chain was fifteen xors long: ~0.39 CPU s/GB on 8 KiB pages against
+    // ~0.23 now (loop alone, no copy).
+    ...xorTree([...lookups(4, 11), ...lookups(5, 7), ...lookups(6, 3)]), ...xorTree(lookups(3, 15)), I32_XOR, ...set(0),
     ...get(1), ...constant(16), I32_ADD, ...set(1),
     BR, 0, END, END,
     ...get(0), END,
