@@ -1,6 +1,7 @@
 /**
- * BufferPool's written-off budget: a written-off buffer is replaced (the first waiter gets one at once), no more than
- * writtenOffMax are out at once, and one that comes back is taken in again only while the pool is below its bound.
+ * BufferPool: where its buffers come from (the allocator, then the heap), and its written-off budget: a written-off
+ * buffer is replaced (the first waiter gets one at once), no more than writtenOffMax are out at once, and one that
+ * comes back is taken in again only while the pool is below its bound.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -42,4 +43,24 @@ test('a pool without a budget never writes off', () => {
   assert.equal(pool.inUse(), 1);
   pool.release(buffer);
   assert.equal(pool.inUse(), 0);
+});
+
+test('buffers come from the allocator while it has them, then from the heap; the bound is the same either way', () => {
+  const given: Buffer[] = [Buffer.alloc(64, 1), Buffer.alloc(64, 2)];
+  const asked: number[] = [];
+  const pool = new BufferPool(64, 3, 0, (bytes) => {
+    asked.push(bytes);
+    return given.shift();
+  });
+  const first = pool.tryAcquire();
+  const second = pool.tryAcquire();
+  const third = pool.tryAcquire();
+  assert.deepEqual(asked, [64, 64, 64], 'asked once per buffer, at its size');
+  assert.equal(first![0], 1);
+  assert.equal(second![0], 2);
+  assert.ok(third !== undefined && third.length === 64 && third.buffer.byteLength === 64, 'then a heap buffer of its own');
+  assert.equal(pool.tryAcquire(), undefined, 'buffersMax holds');
+  pool.release(second!);
+  assert.equal(pool.tryAcquire(), second, 'a returned buffer is reused, the allocator not asked again');
+  assert.equal(asked.length, 3);
 });

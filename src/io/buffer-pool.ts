@@ -12,8 +12,15 @@
  * written off and not yet back: memory stays within (buffersMax + writtenOffMax) × bufferBytes. A written-off buffer
  * that comes back (its write completed or failed) is taken in again while the pool is below buffersMax, else dropped
  * for the GC; either way it leaves the written-off count.
+ *
+ * Where buffers come from is the creator's choice (`allocate`): the TS backend takes them from the CRC-32C loop's
+ * WebAssembly memory while it has room (allocateCrc32cBuffer), so pages read into them are checksummed in place;
+ * the default, and the fallback when that answers undefined, is a heap buffer of its own.
  */
 import assert from 'node:assert/strict';
+
+/** A buffer of `bytes`, or undefined to have the pool allocate one on the heap. */
+export type BufferAllocator = (bytes: number) => Buffer | undefined;
 
 export class BufferPool {
   private readonly free: Buffer[] = [];
@@ -29,6 +36,7 @@ export class BufferPool {
     readonly buffersMax: number,
     /** Buffers that may be written off at once (0: none; the pool is then a plain bounded pool). */
     readonly writtenOffMax = 0,
+    private readonly allocator?: BufferAllocator,
   ) {
     assert.ok(Number.isSafeInteger(bufferBytes) && bufferBytes > 0);
     assert.ok(Number.isSafeInteger(buffersMax) && buffersMax > 0);
@@ -103,6 +111,11 @@ export class BufferPool {
 
   private allocate(): Buffer {
     this.allocated++;
+    const buffer = this.allocator?.(this.bufferBytes);
+    if (buffer !== undefined) {
+      assert.equal(buffer.length, this.bufferBytes, 'the allocator returns buffers of the size asked');
+      return buffer;
+    }
     // allocUnsafeSlow: a buffer of its own, not a slice of Node's shared 8 KiB pool.
     return Buffer.allocUnsafeSlow(this.bufferBytes);
   }

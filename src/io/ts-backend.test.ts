@@ -16,9 +16,11 @@ import { pino } from 'pino';
 import { BatchOutcome, type WalChunk } from './backend.js';
 import { isWalcastError } from '../errors.js';
 import { crc32c } from '../storage/crc32c.js';
+import { ARENA_BYTES } from '../storage/crc32c-wasm.js';
 import { BufferPool } from './buffer-pool.js';
 import {
   BATCH_FRAME_BYTES_WRITTEN_OFF_MAX,
+  CHECKSUM_BUFFER_BYTES,
   CHECKSUM_RANGE_BYTES_MAX,
   FRAME_BYTES_MAX,
   STREAM_CHUNKS_IN_FLIGHT_MAX,
@@ -181,10 +183,17 @@ test('page checksums read through pooled buffers: correct CRCs, one buffer per c
     const pool = createChecksumPool(1);
     const only = pool.tryAcquire();
     assert.ok(only !== undefined);
+    // The backend's verification buffers are in the CRC-32C loop's WebAssembly memory (checksummed in place).
+    assert.ok(only.buffer.byteLength > ARENA_BYTES, 'a verification buffer is a view of the WebAssembly memory');
     pool.release(only);
     const outs = [0, 1, 2].map(() => new Uint32Array(bytes / PAGE));
     await Promise.all(outs.map((out) => checksumPagesByReading({ file: { fd, path: file }, fileOffset: 0, byteCount: bytes }, PAGE, out, pool)));
     for (const out of outs) assert.deepEqual(out, expected);
+    // A pool of heap buffers (the fallback past the arena) gives the same checksums through the copy.
+    const heapPool = new BufferPool(CHECKSUM_BUFFER_BYTES, 1);
+    const fromHeap = new Uint32Array(bytes / PAGE);
+    await checksumPagesByReading({ file: { fd, path: file }, fileOffset: 0, byteCount: bytes }, PAGE, fromHeap, heapPool);
+    assert.deepEqual(fromHeap, expected);
     assert.equal(pool.inUse(), 0, 'every call returned its buffer');
     assert.equal(pool.tryAcquire(), only, 'the pool still holds its one buffer: no call allocated another');
     pool.release(only);

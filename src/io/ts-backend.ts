@@ -43,7 +43,8 @@ import {
   type StreamWriter,
   type WalChunk,
 } from './backend.js';
-import { crc32c } from '../storage/crc32c.js';
+import { ARENA_ALIGNMENT, ARENA_BYTES } from '../storage/crc32c-wasm.js';
+import { allocateCrc32cBuffer, crc32c } from '../storage/crc32c.js';
 import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
 import { VERIFIED_READS_KEPT_MAX, VerifiedReads } from './verified-reads.js';
@@ -114,6 +115,14 @@ export const CHECKSUM_BUFFER_BYTES = FRAME_BYTES_MAX;
  */
 export const CHECKSUM_BUFFERS_MAX = 80;
 assert.ok(CHECKSUM_BUFFERS_MAX >= VERIFIED_READS_KEPT_MAX + 32 && CHECKSUM_READ_PIECES_MAX <= 32, 'kept reads leave buffers for verifications in progress');
+/**
+ * Both pools' buffers come from the CRC-32C loop's WebAssembly memory (allocateCrc32cBuffer): a verification reads
+ * pages into it and checksums them in place, no copy in (~0.02-0.03 CPU s/GB of the CRC's ~0.25). The send pool's
+ * too, because a send exchanges its buffer with the verification pool's (verified-reads.ts): with send buffers on
+ * the heap, the verification pool would end up holding only those. Buffers past the arena (written-off
+ * replacements beyond its spare room, a second backend in one process) are heap buffers, checksummed with the copy.
+ */
+assert.ok((POOL_BUFFERS_MAX + CHECKSUM_BUFFERS_MAX) * (Math.ceil(FRAME_BYTES_MAX / ARENA_ALIGNMENT) * ARENA_ALIGNMENT) <= ARENA_BYTES, 'both pools fit the CRC-32C arena');
 
 /** The ts backend never loads the addon, so it does not probe the kernel: TLS goes through Node's TLSSocket. */
 const TS_BACKEND_KERNEL_TLS: KernelTlsStatus = {
@@ -142,7 +151,7 @@ export interface TsBackendOptions {
 }
 
 export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
-  const pool = options.sendPool ?? new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX, WRITTEN_OFF_BUFFERS_MAX);
+  const pool = options.sendPool ?? new BufferPool(FRAME_BYTES_MAX, POOL_BUFFERS_MAX, WRITTEN_OFF_BUFFERS_MAX, allocateCrc32cBuffer);
   assert.equal(pool.bufferBytes, FRAME_BYTES_MAX, 'send buffers hold a frame (and are exchanged with verification buffers)');
   const verifiedReads = new VerifiedReads(options.checksumPool ?? createChecksumPool());
   const tailCache = new TailReadCache();
@@ -176,7 +185,7 @@ export function sendBufferStatsOf(pool: BufferPool): SendBufferStats {
 
 /** A pool of verification read buffers (one per TS backend; tests and the benchmark make their own). */
 export function createChecksumPool(buffersMax = CHECKSUM_BUFFERS_MAX): BufferPool {
-  return new BufferPool(CHECKSUM_BUFFER_BYTES, buffersMax);
+  return new BufferPool(CHECKSUM_BUFFER_BYTES, buffersMax, 0, allocateCrc32cBuffer);
 }
 
 /**

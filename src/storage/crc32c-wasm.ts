@@ -8,9 +8,18 @@
  * (microbenchmark on 8 KiB pages, loaded 2-vCPU machine: ~0.26 vs ~0.42 CPU s/GB; with the copy into WebAssembly
  * memory below, ~0.28): table reads need no typed-array bounds checks and fold their table offset into the load.
  *
- * WebAssembly reads only its own memory, so bytes are copied into a scratch area of it, SCRATCH_BYTES at a time
- * (~0.02 CPU s/GB: the bytes were just read and are in cache). The memory is fixed at MEMORY_PAGES and never grows,
- * so the views made of it stay valid. Words are read little-endian, WebAssembly's byte order on every host.
+ * WebAssembly reads only its own memory. Buffers allocated in it (allocate: the TS backend's send and verification
+ * pools) are checksummed in place: a read lands in them and the loop runs over them where they are. Other bytes are
+ * copied into a scratch area of it, SCRATCH_BYTES at a time (~0.02-0.03 CPU s/GB: the bytes were just read and are
+ * in cache). The memory is fixed at MEMORY_PAGES (its maximum is its size) and never grows, so its ArrayBuffer is
+ * never detached and the views and buffers made of it stay valid. Words are read little-endian, WebAssembly's byte
+ * order on every host.
+ *
+ * The arena (ARENA_BYTES, after the tables and the scratch area) hands out buffers until it is full, then
+ * allocate() answers undefined and the caller allocates on the heap (those bytes take the copy). A buffer's room
+ * returns to the arena when the buffer is garbage-collected (FinalizationRegistry), so a pool that drops a buffer
+ * or is dropped whole (tests make many backends) does not leak arena room. The pages of the memory are committed by
+ * the kernel on first touch: the arena costs address space until buffers are used.
  */
 import assert from 'node:assert/strict';
 
@@ -18,13 +27,24 @@ import assert from 'node:assert/strict';
 const TABLES_BYTES = 16 * 256 * 4;
 /** Bytes copied in and folded per call into WebAssembly. */
 const SCRATCH_BYTES = 64 * 1024;
+/**
+ * Bytes of the memory that buffers may be allocated in: the TS backend's send and verification pools,
+ * (512 + 80) × (128 KiB + 30) ≈ 77.6 MiB (src/io/ts-backend.ts asserts they fit), with room to spare for a
+ * few replacement buffers of written-off ones.
+ */
+export const ARENA_BYTES = 80 * 1024 * 1024;
+/** Arena allocations start on a cache line. */
+export const ARENA_ALIGNMENT = 64;
+const ARENA_START = TABLES_BYTES + SCRATCH_BYTES;
 const WASM_PAGE_BYTES = 64 * 1024;
-const MEMORY_PAGES = Math.ceil((TABLES_BYTES + SCRATCH_BYTES) / WASM_PAGE_BYTES);
+const MEMORY_PAGES = Math.ceil((ARENA_START + ARENA_BYTES) / WASM_PAGE_BYTES);
 
 /** Folds whole 16-byte steps; the caller folds the remaining (end - start) % 16 bytes itself. */
 export interface WasmCrc32c {
   /** The state after bytes [start, start + steps × 16) of `bytes`, steps = floor((end - start) / 16). */
   updateSteps(state: number, bytes: Uint8Array, start: number, end: number): number;
+  /** A buffer in the loop's memory (checksummed without a copy), or undefined when the arena has no room for it. */
+  allocate(bytes: number): Buffer | undefined;
 }
 
 /** The WebAssembly loop over `tables` (crc32c.ts: 16 × 256 entries), or undefined where it cannot run. */
@@ -40,12 +60,16 @@ export function createWasmCrc32c(tables: Int32Array): WasmCrc32c | undefined {
   } catch {
     return undefined;
   }
-  new Int32Array(memory.buffer, 0, tables.length).set(tables);
-  const scratch = new Uint8Array(memory.buffer, TABLES_BYTES, SCRATCH_BYTES);
+  const buffer = memory.buffer;
+  new Int32Array(buffer, 0, tables.length).set(tables);
+  const scratch = new Uint8Array(buffer, TABLES_BYTES, SCRATCH_BYTES);
+  const arena = new Arena(buffer, ARENA_START, ARENA_BYTES);
   return {
     updateSteps(state: number, bytes: Uint8Array, start: number, end: number): number {
-      let crc = state;
       const stepsEnd = start + ((end - start) & ~15);
+      // Bytes already in the memory (an arena buffer, or any view of it) are folded where they are.
+      if (bytes.buffer === buffer) return update(state, bytes.byteOffset + start, stepsEnd - start);
+      let crc = state;
       for (let offset = start; offset < stepsEnd; offset += SCRATCH_BYTES) {
         const length = Math.min(SCRATCH_BYTES, stepsEnd - offset);
         scratch.set(bytes.subarray(offset, offset + length));
@@ -53,7 +77,47 @@ export function createWasmCrc32c(tables: Int32Array): WasmCrc32c | undefined {
       }
       return crc;
     },
+    allocate: (bytes) => arena.allocate(bytes),
   };
+}
+
+/**
+ * Bump allocation over [start, start + bytes) of the memory, with the room of collected buffers reused by size (the
+ * pools ask for one size, so a freed slot fits the next request exactly). Slots are ARENA_ALIGNMENT-aligned.
+ */
+class Arena {
+  private next: number;
+  private readonly end: number;
+  /** Free slot offsets by slot size. */
+  private readonly freeSlots = new Map<number, number[]>();
+  private readonly collected = new FinalizationRegistry<{ readonly offset: number; readonly slotBytes: number }>((slot) => {
+    let list = this.freeSlots.get(slot.slotBytes);
+    if (list === undefined) this.freeSlots.set(slot.slotBytes, (list = []));
+    list.push(slot.offset);
+  });
+
+  constructor(
+    private readonly memory: ArrayBuffer,
+    start: number,
+    bytes: number,
+  ) {
+    this.next = start;
+    this.end = start + bytes;
+  }
+
+  allocate(bytes: number): Buffer | undefined {
+    assert.ok(Number.isSafeInteger(bytes) && bytes > 0, 'an arena buffer has a positive size');
+    const slotBytes = Math.ceil(bytes / ARENA_ALIGNMENT) * ARENA_ALIGNMENT;
+    let offset = this.freeSlots.get(slotBytes)?.pop();
+    if (offset === undefined) {
+      if (this.next + slotBytes > this.end) return undefined;
+      offset = this.next;
+      this.next += slotBytes;
+    }
+    const view = Buffer.from(this.memory, offset, bytes);
+    this.collected.register(view, { offset, slotBytes });
+    return view;
+  }
 }
 
 // Opcodes and encodings used below (WebAssembly core spec, binary format).
@@ -153,7 +217,8 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, [1, 0x60, 3, I32, I32, I32, 1, I32]), // type 0: (i32, i32, i32) -> i32
     ...section(3, [1, 0]), // function 0 has type 0
-    ...section(5, [1, 0x00, ...unsignedLeb(MEMORY_PAGES)]), // one memory, MEMORY_PAGES, no maximum
+    // One memory of MEMORY_PAGES whose maximum is MEMORY_PAGES: it cannot grow (a grown memory detaches its buffer).
+    ...section(5, [1, 0x01, ...unsignedLeb(MEMORY_PAGES), ...unsignedLeb(MEMORY_PAGES)]),
     ...section(7, [2, ...name('memory'), 0x02, 0, ...name('update'), 0x00, 0]),
     ...section(10, [1, ...unsignedLeb(code.length), ...code]),
   ]);

@@ -2,7 +2,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
-import { CRC32C_IMPLEMENTATION, CRC32C_INITIAL, crc32c, crc32cFinish, crc32cUpdate, crc32cUpdateUsing, type Crc32cImplementation } from './crc32c.js';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { ARENA_BYTES } from './crc32c-wasm.js';
+import { CRC32C_IMPLEMENTATION, CRC32C_INITIAL, allocateCrc32cBuffer, crc32c, crc32cFinish, crc32cUpdate, crc32cUpdateUsing, type Crc32cImplementation } from './crc32c.js';
 
 /** Every loop crc32c.ts has: each must agree with the reference to the bit. */
 const IMPLEMENTATIONS: readonly Crc32cImplementation[] = ['wasm', 'words', 'bytes'];
@@ -105,4 +108,47 @@ test('incremental updates split across the fast paths give the whole range\'s va
       assert.equal(crc32cFinish(state), whole, `${implementation}: split ${split}`);
     }
   }
+});
+
+test('buffers in the WebAssembly memory are checksummed in place, to the bit: random ranges against the copied path, the word loop and the reference', () => {
+  const bytes = 140 * 1024;
+  const inMemory = allocateCrc32cBuffer(bytes);
+  assert.ok(inMemory !== undefined, 'the arena has room');
+  assert.ok(inMemory.buffer.byteLength > ARENA_BYTES, 'a view of the WebAssembly memory');
+  const onHeap = randomBytes(bytes);
+  onHeap.copy(inMemory);
+  const second = allocateCrc32cBuffer(bytes);
+  assert.ok(second !== undefined);
+  second.fill(0xa5);
+  assert.ok(inMemory.equals(onHeap), 'a second buffer does not overlap the first');
+  for (let round = 0; round < 200; round++) {
+    // Lengths from a few bytes to past a chunk's worth of pages, both ends at any alignment; a few get the reference.
+    const length = Math.floor(Math.random() * (round % 4 === 0 ? bytes : 20_000));
+    const start = Math.floor(Math.random() * (bytes - length + 1));
+    const state = (Math.random() * 0x1_0000_0000) >>> 0;
+    const expected = crc32cUpdateUsing('words', state, onHeap, start, start + length);
+    assert.equal(crc32cUpdateUsing('wasm', state, inMemory, start, start + length), expected, `in place: start ${start}, length ${length}`);
+    assert.equal(crc32cUpdateUsing('wasm', state, onHeap, start, start + length), expected, `copied: start ${start}, length ${length}`);
+    assert.equal(crc32cUpdate(state, inMemory.subarray(start), 0, length), expected, `a subarray of it: start ${start}, length ${length}`);
+    if (round % 20 === 0) assert.equal(crc32c(inMemory, start, start + length), referenceCrc32c(onHeap.subarray(start, start + length)), `reference: start ${start}, length ${length}`);
+  }
+});
+
+test('the arena is bounded: allocation answers undefined when it is full, and the room of collected buffers is used again', async () => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const bytes = 1024 * 1024;
+  let held: Buffer[] = [];
+  for (let buffer = allocateCrc32cBuffer(bytes); buffer !== undefined; buffer = allocateCrc32cBuffer(bytes)) held.push(buffer);
+  assert.ok(held.length > 0 && held.length <= ARENA_BYTES / bytes, `${held.length} buffers of 1 MiB in an arena of ${ARENA_BYTES} bytes`);
+  const offsets = new Set(held.map((buffer) => buffer.byteOffset));
+  assert.equal(offsets.size, held.length, 'no two buffers share a slot');
+  held = [];
+  let again: Buffer | undefined;
+  for (let attempt = 0; attempt < 50 && again === undefined; attempt++) {
+    gc();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    again = allocateCrc32cBuffer(bytes);
+  }
+  assert.ok(again !== undefined && offsets.has(again.byteOffset), 'a collected buffer\'s slot is handed out again');
 });
