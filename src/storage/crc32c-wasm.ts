@@ -4,9 +4,10 @@
  * TypeScript loop otherwise (e.g. node --jitless).
  *
  * Why: the TS backend checksums every page it verifies before sending (issue 13), and the CRC was the largest part
- * of its CPU per GB. The same algorithm and tables run ~1.6x faster as WebAssembly as from TypeScript
- * (microbenchmark on 8 KiB pages, loaded 2-vCPU machine: ~0.26 vs ~0.42 CPU s/GB; with the copy into WebAssembly
- * memory below, ~0.28): table reads need no typed-array bounds checks and fold their table offset into the load.
+ * of its CPU per GB (of its first pass over a range: later ones find the pages verified). The same algorithm and
+ * tables run ~1.8x faster as WebAssembly as from TypeScript (microbenchmark on 8 KiB pages, loaded 2-vCPU machine:
+ * ~0.23 vs ~0.42 CPU s/GB in place, ~0.25 with the copy into WebAssembly memory below): table reads need no
+ * typed-array bounds checks and fold their table offset into the load.
  *
  * WebAssembly reads only its own memory. Buffers allocated in it (allocate: the TS backend's send and verification
  * pools) are checksummed in place: a read lands in them and the loop runs over them where they are. Other bytes are
