@@ -17,6 +17,7 @@ import {
   NATIVE_PREFETCH_SHAPE,
   NO_RING_STRATEGY,
   OFF_THREAD_CHECKSUMS_MAX,
+  OFF_THREAD_CHECKSUMS_QUEUED_MAX,
   offThreadChecksumsMax,
   libuvPoolThreads,
   POOL_THREADS_KEPT_FOR_STORAGE,
@@ -100,7 +101,7 @@ test('checksumPagesOffThread agrees with checksumPagesNow, refuses a handle stor
       backend.checksumPagesNow(chunk, 8192, inline);
       assert.deepEqual(offThread, inline);
       await assert.rejects(backend.checksumPagesOffThread({ ...chunk, file: { ...chunk.file, closed: true } }, 8192, offThread), (error: unknown) => isWalcastError(error, 'WALCAST_ERR_NATIVE_IO'));
-      // Many at once: at most offThreadChecksumsMax() (OFF_THREAD_CHECKSUMS_MAX with the default pool) on the pool, the rest inline, every result right.
+      // Many at once: at most offThreadChecksumsMax() (OFF_THREAD_CHECKSUMS_MAX with the default pool) on the pool, the rest queued, every result right.
       const outs = Array.from({ length: 12 }, () => new Uint32Array(21));
       const running = outs.map((out) => backend.checksumPagesOffThread!(chunk, 8192, out));
       const inFlight = (backend as unknown as { offThreadChecksumsInFlight: number }).offThreadChecksumsInFlight;
@@ -108,6 +109,51 @@ test('checksumPagesOffThread agrees with checksumPagesNow, refuses a handle stor
       await Promise.all(running);
       for (const out of outs) assert.deepEqual(out, inline);
       assert.equal((backend as unknown as { offThreadChecksumsInFlight: number }).offThreadChecksumsInFlight, 0);
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await backend.close();
+  }
+});
+
+test('a check ahead that finds the pool share full waits for a slot instead of running on the event loop, in order, refused if its handle closed while it waited', { skip: probeNative().ok ? false : 'the native addon is not available' }, async () => {
+  // Inline, one check of a whole 4 MiB prefetch piece held the event loop ~1 ms beside live replicas (issue 13).
+  const backend = await createNativeBackend('sendfile');
+  const counters = backend as unknown as { offThreadChecksumsInFlight: number; offThreadChecksumsQueued: number; offThreadChecksumsInline: number };
+  const dir = mkdtempSync(join(tmpdir(), 'walcast-queued-'));
+  try {
+    const path = join(dir, 'segment');
+    const pieceBytes = NATIVE_PREFETCH_SHAPE.pieceBytes;
+    writeFileSync(path, randomBytes(pieceBytes + 2 * 8192));
+    const fd = openSync(path, 'r');
+    try {
+      const chunk = { file: { fd, path, closed: false }, fileOffset: 8192 + 11, byteCount: pieceBytes - 5 };
+      const pages = Math.ceil(chunk.byteCount / 8192);
+      const expected = new Uint32Array(pages);
+      assert.ok(backend.checksumPagesNow !== undefined && backend.checksumPagesOffThread !== undefined);
+      backend.checksumPagesNow(chunk, 8192, expected);
+      assert.ok(offThreadChecksumsMax() > 0 && OFF_THREAD_CHECKSUMS_QUEUED_MAX >= 2);
+      const holding = Array.from({ length: offThreadChecksumsMax() }, () => backend.checksumPagesOffThread!(chunk, 8192, new Uint32Array(pages)));
+      assert.equal(counters.offThreadChecksumsInFlight, offThreadChecksumsMax(), 'the pool share is full');
+      const out = new Uint32Array(pages);
+      const queued = backend.checksumPagesOffThread(chunk, 8192, out);
+      const retiredFile = { fd, path, closed: false };
+      const retired = backend.checksumPagesOffThread({ ...chunk, file: retiredFile }, 8192, new Uint32Array(pages));
+      // Inline, the call would have filled out before returning its promise.
+      assert.ok(out.every((crc) => crc === 0), 'nothing was checksummed on the event loop');
+      assert.equal(counters.offThreadChecksumsQueued, 2);
+      assert.equal(counters.offThreadChecksumsInFlight, offThreadChecksumsMax(), 'the queue does not overtake the bound');
+      retiredFile.closed = true;
+      const refused = assert.rejects(retired, (error: unknown) => isWalcastError(error, 'WALCAST_ERR_NATIVE_IO'), 'a handle closed while queued is refused');
+      await queued;
+      assert.deepEqual(out, expected, 'the queued check ran, on the pool, with the same checksums');
+      await refused;
+      await Promise.all(holding);
+      assert.equal(counters.offThreadChecksumsInline, 0, 'no check ran inline');
+      assert.equal(counters.offThreadChecksumsQueued, 0);
+      assert.equal(counters.offThreadChecksumsInFlight, 0, 'every slot was handed back');
     } finally {
       closeSync(fd);
     }

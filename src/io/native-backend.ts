@@ -91,13 +91,23 @@ export const PREFETCH_RANGE_BYTES_MAX = 1024 * 1024 * 1024;
 assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefetch request');
 
 /**
- * checksumPagesOffThread calls on the libuv pool at once, process-wide; more run inline. The pool (4 threads by
- * default) also serves storage's file operations (segment opens, sidecar reads, the WAL writer's syncs): many cold
- * streams verifying ahead must not queue those behind their checksums, so one thread of the default four stays
- * theirs. Inline is the old path (one piece's checksum, ~0.1-0.3 ms, on the event loop). One cold stream ran 8% of
- * its checks inline with 3 (readahead completes several pieces at once), 19% with 2.
+ * checksumPagesOffThread calls on the libuv pool at once, process-wide; more wait in a queue for one of these slots
+ * (OFF_THREAD_CHECKSUMS_QUEUED_MAX). The pool (4 threads by default) also serves storage's file operations (segment
+ * opens, sidecar reads, the WAL writer's syncs): many cold streams verifying ahead must not queue those behind their
+ * checksums, so one thread of the default four stays theirs. One cold stream found the slots taken for 8% of its
+ * checks with 3 (readahead completes several pieces at once), 19% with 2.
  */
 export const OFF_THREAD_CHECKSUMS_MAX = 3;
+/**
+ * Checks ahead waiting, process-wide, for an OFF_THREAD_CHECKSUMS_MAX slot; past this many a check runs inline on the
+ * event loop (the path every check found a full pool on until 2026-12-07). Inline, one check of a 4 MiB prefetch piece
+ * (NATIVE_PREFETCH_SHAPE) held the event loop ~1 ms, where the live replicas' commits wait (issue 13: a live replica
+ * beside three cold catch-ups lost 0.3-0.5 ms of commit p50 with 4 MiB pieces). The sender awaits a queued check
+ * anyway (its piece's prefetch promise includes it), so a queue is as fast for the cold stream and free for the
+ * loop. Each stream has at most window/piece + 1 = 3 checks ahead pending: 1,024 covers ~340 cold streams at
+ * once; an entry is a closure (the result array belongs to the caller).
+ */
+export const OFF_THREAD_CHECKSUMS_QUEUED_MAX = 1024;
 
 /** Pool threads checksums never take: the WAL writer's fdatasync (publish waits on it) must always find one free. */
 export const POOL_THREADS_KEPT_FOR_STORAGE = 1;
@@ -234,8 +244,12 @@ class NativeBackend implements IoBackend {
   private readonly streams = new Map<number, NativeStreamWriter>();
   private readonly prefetches = new Map<number, () => void>();
   private nextPrefetchToken = 1;
-  /** checksumPagesOffThread calls on the pool now (at most offThreadChecksumsLimit). */
+  /** checksumPagesOffThread calls on the pool now (at most offThreadChecksumsLimit), a slot handed on counting. */
   private offThreadChecksums = 0;
+  /** checksumPagesOffThread calls waiting for a slot, oldest first (at most OFF_THREAD_CHECKSUMS_QUEUED_MAX). */
+  private readonly offThreadChecksumWaiters: (() => void)[] = [];
+  /** Checks that found the pool's share and its queue full and ran inline, for the status API and tests. */
+  private inlineChecksums = 0;
   /** offThreadChecksumsMax() for this process's pool. */
   private readonly offThreadChecksumsLimit = offThreadChecksumsMax();
   private fallback: IoBackend | undefined;
@@ -302,10 +316,14 @@ class NativeBackend implements IoBackend {
    * checksumPages on a libuv pool thread (crc32cFilePagesAsync): the mapping's page faults and the checksum stay off
    * the event loop. The sender's prefetcher verifies whole window pieces through it before the sender reaches them;
    * everything the sender or the fan-out batch waits on at once (the live tail page) stays inline, without a hop.
+   * With the pool's share taken the check waits for a slot (OFF_THREAD_CHECKSUMS_QUEUED_MAX), first come first served.
    */
   async checksumPagesOffThread(chunk: WalChunk, pageBytes: number, out: Uint32Array): Promise<void> {
     const checksumAsync = this.addon.crc32cFilePagesAsync;
-    if (checksumAsync === undefined || this.offThreadChecksums >= this.offThreadChecksumsLimit) {
+    const full = this.offThreadChecksums >= this.offThreadChecksumsLimit;
+    // No slot at all (a pool of one thread) or the queue at its bound: the old inline path.
+    if (checksumAsync === undefined || this.offThreadChecksumsLimit === 0 || (full && this.offThreadChecksumWaiters.length >= OFF_THREAD_CHECKSUMS_QUEUED_MAX)) {
+      this.inlineChecksums++;
       this.checksumPagesNow(chunk, pageBytes, out);
       return;
     }
@@ -314,10 +332,18 @@ class NativeBackend implements IoBackend {
     if (out.length < Math.ceil(chunk.byteCount / pageBytes)) throw new RangeError('out must hold a checksum per page');
     const failed = (error: unknown): WalcastError =>
       new WalcastError('WALCAST_ERR_NATIVE_IO', `checksumming ${chunk.file.path} at ${chunk.fileOffset} failed: ${(error as Error).message}`, { cause: error });
-    // The number is duplicated synchronously below; once storage started closing the handle it may name anything.
-    if (chunk.file.closed === true) throw new WalcastError('WALCAST_ERR_NATIVE_IO', `checksumming ${chunk.file.path}: the file was closed`);
-    this.offThreadChecksums++;
+    const refuseClosed = (): void => {
+      if (chunk.file.closed === true) throw new WalcastError('WALCAST_ERR_NATIVE_IO', `checksumming ${chunk.file.path}: the file was closed`);
+      if (this.closed) throw new WalcastError('WALCAST_ERR_NATIVE_IO', `checksumming ${chunk.file.path}: the native I/O backend is closed`);
+    };
+    refuseClosed();
+    // A slot: free now, or handed on by the check that ends (it stays counted, so nobody overtakes the queue).
+    if (full) await new Promise<void>((resolve) => this.offThreadChecksumWaiters.push(resolve));
+    else this.offThreadChecksums++;
     try {
+      // The number is duplicated synchronously below; once storage started closing the handle (perhaps while this
+      // check waited for its slot) it may name anything.
+      refuseClosed();
       await new Promise<void>((resolve, reject) => {
         try {
           checksumAsync.call(this.addon, chunk.file.fd, chunk.fileOffset, chunk.byteCount, pageBytes, out, (error) => (error === null ? resolve() : reject(failed(error))));
@@ -326,7 +352,9 @@ class NativeBackend implements IoBackend {
         }
       });
     } finally {
-      this.offThreadChecksums--;
+      const next = this.offThreadChecksumWaiters.shift();
+      if (next !== undefined) next();
+      else this.offThreadChecksums--;
     }
   }
 
@@ -335,10 +363,21 @@ class NativeBackend implements IoBackend {
     return this.offThreadChecksums;
   }
 
+  /** checksumPagesOffThread calls waiting for a pool slot now, for tests of the queue. */
+  get offThreadChecksumsQueued(): number {
+    return this.offThreadChecksumWaiters.length;
+  }
+
+  /** checksumPagesOffThread calls that ran inline on the event loop (no slot and the queue full), for tests. */
+  get offThreadChecksumsInline(): number {
+    return this.inlineChecksums;
+  }
+
   checksumPagesNow(chunk: WalChunk, pageBytes: number, out: Uint32Array): void {
     // Once storage started closing the handle its number may name another file (a later segment the same reader
     // opened): checksumming that would take good WAL for damaged. checksumPagesOffThread falls back to this path
-    // when the pool is full, after awaiting the piece's prefetch, by which time the prefetch reader may have moved on.
+    // when the pool and its queue are full, after awaiting the piece's prefetch, by which time the prefetch reader may
+    // have moved on.
     if (chunk.file.closed === true) throw new WalcastError('WALCAST_ERR_NATIVE_IO', `checksumming ${chunk.file.path}: the file was closed`);
     validateChunk(chunk, this.addon.crc32cFileRangeBytesMax);
     if (!Number.isInteger(pageBytes) || pageBytes <= 0) throw new RangeError(`pageBytes must be a positive integer, got ${pageBytes}`);
