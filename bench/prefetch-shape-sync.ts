@@ -6,10 +6,12 @@
  * as the sender's Prefetcher asks for them, every piece of the window in flight, the next requested as one finishes
  * (a sender faster than the disk); meanwhile a writer appends 8 KiB and fdatasyncs through libuv's pool every
  * `--sync-every-ms`, as the WAL writer does per commit. Shapes alternate round by round (each file evicted before each
- * round), so a loaded machine hits them alike. Reported per shape: fdatasync p50/p90/p99, the event loop's lateness
- * (a timer every ms: its delay p50/p99/max) and the cold read MB/s.
+ * round), so a loaded machine hits them alike. A round ends after `--round-ms` or once the files are read, whichever
+ * is first; only syncs and timer ticks that started while reads ran count. Reported per shape: fdatasync p50/p90/p99,
+ * the event loop's lateness (a timer every ms: its delay p50/p99/max) and the cold read MB/s.
  *
- * Usage: node --import tsx bench/prefetch-shape-sync.ts [--shapes 1:4,4:8] (piece:window MiB) [--rounds 6]
+ * Usage: node --import tsx bench/prefetch-shape-sync.ts [--shapes 1:4,4:8,4:8:1] (piece:window[:read] MiB: the sender's
+ *   piece and window, and the size of each request to the addon, default the piece) [--rounds 6]
  *   [--round-ms 4000] [--streams 3] [--file-mib 256] [--sync-every-ms 5] [--dir DIR]
  */
 import { closeSync, fdatasync, mkdirSync, openSync, rmSync, write, writeSync } from 'node:fs';
@@ -27,7 +29,7 @@ const SYNC_BYTES = 8192;
 
 const { values } = parseArgs({
   options: {
-    shapes: { type: 'string', default: '1:4,4:8' },
+    shapes: { type: 'string', default: '1:4,4:8,4:8:1' },
     rounds: { type: 'string', default: '6' },
     'round-ms': { type: 'string', default: '4000' },
     streams: { type: 'string', default: '3' },
@@ -38,9 +40,9 @@ const { values } = parseArgs({
 });
 
 const shapes = values.shapes.split(',').map((text) => {
-  const [piece, window] = text.split(':').map(Number);
-  if (!piece || !window || window % piece !== 0 || piece > 4) throw new RangeError(`shape ${text}: piece:window in MiB, window a multiple of piece, piece ≤ 4`);
-  return { label: `${piece} MiB / ${window} MiB`, pieceBytes: piece * MIB, windowBytes: window * MIB };
+  const [piece, window, read = piece] = text.split(':').map(Number);
+  if (!piece || !window || !read || window % piece !== 0 || piece > 4 || read > piece) throw new RangeError(`shape ${text}: piece:window[:read] in MiB, window a multiple of piece, read ≤ piece ≤ 4`);
+  return { label: `${piece} MiB / ${window} MiB${read === piece ? '' : ` in ${read} MiB reads`}`, pieceBytes: piece * MIB, windowBytes: window * MIB, readBytes: read * MIB };
 });
 const rounds = Number(values.rounds);
 const roundMs = Number(values['round-ms']);
@@ -58,8 +60,12 @@ for (const path of files) {
   for (let done = 0; done < fileBytes; done += block.length) writeSync(fd, block);
   closeSync(fd);
 }
-// prefetch is the native backend's (its streams' prefetch goes through it): not on IoBackend.
-const backend = (await createNativeBackend('sendfile')) as Awaited<ReturnType<typeof createNativeBackend>> & { prefetch(chunk: WalChunk): Promise<void> };
+// prefetch is the native backend's (its streams' prefetch goes through it): not on IoBackend. One backend per read size.
+type Prefetching = Awaited<ReturnType<typeof createNativeBackend>> & { prefetch(chunk: WalChunk): Promise<void> };
+const backends = new Map<number, Prefetching>();
+for (const shape of shapes) {
+  if (!backends.has(shape.readBytes)) backends.set(shape.readBytes, (await createNativeBackend('sendfile', { prefetchReadBytes: shape.readBytes })) as Prefetching);
+}
 
 interface Sample {
   syncs: number[];
@@ -70,7 +76,7 @@ interface Sample {
 const results = new Map<string, Sample[]>();
 
 /** One cold stream: the whole window in flight, in pieces, the next piece asked for as the oldest finishes. */
-async function readCold(path: string, pieceBytes: number, windowBytes: number, until: () => boolean): Promise<number> {
+async function readCold(backend: Prefetching, path: string, pieceBytes: number, windowBytes: number, until: () => boolean): Promise<number> {
   const fd = openSync(path, 'r');
   const file = { fd, path, closed: false };
   let next = 0;
@@ -105,14 +111,16 @@ async function round(shape: (typeof shapes)[number]): Promise<Sample> {
   const lateness: number[] = [];
   let stop = false;
   const started = performance.now();
-  const reading = Promise.all(files.map((path) => readCold(path, shape.pieceBytes, shape.windowBytes, () => stop)));
+  // Only syncs that started while the cold reads ran count (a fast disk finishes the files before the round ends).
+  let readingEndedAt = Number.POSITIVE_INFINITY;
+  const reading = Promise.all(files.map((path) => readCold(backends.get(shape.readBytes)!, path, shape.pieceBytes, shape.windowBytes, () => stop))).finally(() => (readingEndedAt = performance.now()));
   const syncing = (async () => {
     let offset = 0;
     while (!stop) {
       const begin = performance.now();
       await new Promise<void>((resolve, reject) => write(syncFd, page, 0, SYNC_BYTES, offset, (error) => (error ? reject(error) : resolve())));
       await new Promise<void>((resolve, reject) => fdatasync(syncFd, (error) => (error ? reject(error) : resolve())));
-      syncs.push(performance.now() - begin);
+      if (begin < readingEndedAt) syncs.push(performance.now() - begin);
       offset += SYNC_BYTES;
       await sleep(syncEveryMs);
     }
@@ -121,13 +129,13 @@ async function round(shape: (typeof shapes)[number]): Promise<Sample> {
     while (!stop) {
       const begin = performance.now();
       await sleep(1);
-      lateness.push(performance.now() - begin - 1);
+      if (begin < readingEndedAt) lateness.push(performance.now() - begin - 1);
     }
   })();
-  await sleep(roundMs);
+  await Promise.race([sleep(roundMs), reading]);
   stop = true;
   const readBytes = (await reading).reduce((sum, bytes) => sum + bytes, 0);
-  const seconds = (performance.now() - started) / 1000;
+  const seconds = (readingEndedAt - started) / 1000;
   await Promise.all([syncing, ticking]);
   closeSync(syncFd);
   rmSync(syncPath, { force: true });
@@ -163,6 +171,6 @@ try {
     console.log(`| ${shape.label} | ${f(median(samples.map((s) => percentile(s.syncs, 50))))} / ${f(median(samples.map((s) => percentile(s.syncs, 90))))} / ${f(median(samples.map((s) => percentile(s.syncs, 99))))} | ${f(percentile(pooled, 50))} / ${f(percentile(pooled, 90))} / ${f(percentile(pooled, 99))} | ${pooled.length} | ${f(median(samples.map((s) => percentile(s.lateness, 99))))} | ${median(samples.map((s) => s.readBytes / MIB / s.seconds)).toFixed(0)} |`);
   }
 } finally {
-  await backend.close();
+  for (const backend of backends.values()) await backend.close();
   rmSync(dir, { recursive: true, force: true });
 }

@@ -14,6 +14,7 @@ import { isWalcastError } from '../errors.js';
 import {
   MEASURED_FASTEST_STRATEGY,
   NATIVE_STRATEGIES,
+  NATIVE_PREFETCH_READ_BYTES,
   NATIVE_PREFETCH_SHAPE,
   NO_RING_STRATEGY,
   OFF_THREAD_CHECKSUMS_MAX,
@@ -158,6 +159,52 @@ test('a check ahead that finds the pool share full waits for a slot instead of r
       closeSync(fd);
     }
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await backend.close();
+  }
+});
+
+test('a 4 MiB prefetch piece reaches the addon as 1 MiB reads, in order, and settles once all are cached', { skip: probeNative().ok ? false : 'the native addon is not available' }, async () => {
+  // 4 MiB reads held the live writer's fdatasync behind them on the disk (~16 ms p50 against ~8 with 1 MiB reads while
+  // three cold files were read at full speed: bench/prefetch-shape-sync.ts); the sender keeps its 4 MiB pieces.
+  const loaded = loadNativeAddon();
+  assert.ok(loaded.ok);
+  const backend = await createNativeBackend('sendfile');
+  const dir = mkdtempSync(join(tmpdir(), 'walcast-reads-'));
+  // The engine's handles do not keep the loop alive (live sockets do, in the server).
+  const keepAlive = setInterval(() => undefined, 1000);
+  try {
+    const path = join(dir, 'cold');
+    const pieceBytes = NATIVE_PREFETCH_SHAPE.pieceBytes;
+    assert.equal(NATIVE_PREFETCH_READ_BYTES, 1024 * 1024);
+    assert.ok(pieceBytes > NATIVE_PREFETCH_READ_BYTES, 'a piece is several reads');
+    writeSyncedFile(path, pieceBytes + 8192);
+    const fd = openSync(path, 'r');
+    try {
+      loaded.addon.dropCache(fd, 0, pieceBytes + 8192);
+      // The real engine, its prefetch calls recorded on the way through.
+      const engine = (backend as unknown as { engine: { prefetch(fd: number, offset: number, bytes: number, token: number): boolean } }).engine;
+      const requests: [number, number][] = [];
+      const prefetch = engine.prefetch.bind(engine);
+      // The addon's methods are read-only on its prototype: an own property of the instance shadows it.
+      Object.defineProperty(engine, 'prefetch', {
+        configurable: true,
+        value: (file: number, offset: number, bytes: number, token: number): boolean => {
+          requests.push([offset, bytes]);
+          return prefetch(file, offset, bytes, token);
+        },
+      });
+      const writer = backend as unknown as { prefetch(chunk: { file: { fd: number; path: string }; fileOffset: number; byteCount: number }): Promise<void> };
+      await writer.prefetch({ file: { fd, path }, fileOffset: 8192, byteCount: pieceBytes });
+      const expected = Array.from({ length: pieceBytes / NATIVE_PREFETCH_READ_BYTES }, (_, index): [number, number] => [8192 + index * NATIVE_PREFETCH_READ_BYTES, NATIVE_PREFETCH_READ_BYTES]);
+      assert.deepEqual(requests, expected, 'one request per MiB of the piece, in file order');
+      assert.equal(loaded.addon.residentBytes(fd, 8192, pieceBytes), pieceBytes, 'the whole piece is cached once its prefetch settled');
+      await assert.rejects(createNativeBackend('sendfile', { prefetchReadBytes: 5 * 1024 * 1024 }), RangeError);
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    clearInterval(keepAlive);
     rmSync(dir, { recursive: true, force: true });
     await backend.close();
   }

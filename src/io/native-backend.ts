@@ -72,16 +72,26 @@ export const NATIVE_MESSAGE_BYTES_MAX = 1024 * 1024;
 /** Largest single prefetch request the addon takes (io-engine.h kPrefetchBytesMax); larger ones are split. */
 export const NATIVE_PREFETCH_BYTES_MAX = 4 * 1024 * 1024;
 /**
- * The sender's prefetch pieces on native streams (StreamWriter.prefetchShape): 4 MiB, one addon request each, and
- * two of them ahead (an 8 MiB window). Each piece costs a readahead thread's read, an addon event, a check ahead on the
- * libuv pool (its own mapping) and their promises; next to a busy CPU a cold catch-up is CPU-bound, and at 1 MiB
- * pieces those costs were about a quarter of its CPU per GB (4 MiB: ~0.78x, docs/benchmarks.md "Cold catch-up next
- * to a busy CPU"). The window doubles with the piece so that the sender stays as far ahead of its waits as with four
+ * The sender's prefetch pieces on native streams (StreamWriter.prefetchShape): 4 MiB, and two of them ahead (an 8 MiB
+ * window). Each piece costs a sender wait, a check ahead on the libuv pool (its own mapping) and their promises (its
+ * reads go to the addon in NATIVE_PREFETCH_READ_BYTES requests: four since 2026-12-07, one before); next to a busy
+ * CPU a cold catch-up is CPU-bound, and at 1 MiB pieces the per-piece costs were about a quarter of its CPU per GB
+ * (4 MiB: ~0.78x with one request per piece, docs/benchmarks.md "Cold catch-up next to a busy CPU"). The window doubles with the piece so that the sender stays as far ahead of its waits as with four
  * 1 MiB pieces (a 4 MiB window of one 4 MiB piece waited ~35 % longer for the disk per GiB). The TS backend keeps 1
  * and 4 MiB: its checks ahead read into kept send buffers (VERIFIED_READS_KEPT_MAX, 6 MiB) that a larger window
  * would overflow.
  */
 export const NATIVE_PREFETCH_SHAPE = { pieceBytes: NATIVE_PREFETCH_BYTES_MAX, windowBytes: 2 * NATIVE_PREFETCH_BYTES_MAX } as const;
+/**
+ * Each prefetch request the native backend hands the addon reads at most this much: a 4 MiB piece
+ * (NATIVE_PREFETCH_SHAPE) goes as four requests, read one after another by the file's readahead thread. The sender
+ * keeps its 4 MiB pieces (one wait, one check ahead, one set of promises per piece): only the reads are smaller. Reads
+ * of 4 MiB held the live writer's fdatasync behind them on the disk: with three cold files read as fast as the disk
+ * goes, a commit's fdatasync took ~16 ms (p50) beside 4 MiB requests and ~8 ms beside 1 MiB ones, whatever the window
+ * (4 or 8 MiB; bench/prefetch-shape-sync.ts, docs/benchmarks.md "Live replicas beside cold catch-ups"). The price: ~5-10 %
+ * more cold catch-up CPU per GB than one 4 MiB request (three more requests, thread hand-offs and events per piece).
+ */
+export const NATIVE_PREFETCH_READ_BYTES = 1024 * 1024;
 /**
  * Largest range prefetch() takes: the sender's Prefetcher passes whole windows (4 MiB, cut at segment ends),
  * not send-sized chunks, so the bound is PostgreSQL's largest segment size (1 GiB), not MAX_SEND_BYTES.
@@ -89,6 +99,7 @@ export const NATIVE_PREFETCH_SHAPE = { pieceBytes: NATIVE_PREFETCH_BYTES_MAX, wi
 export const PREFETCH_RANGE_BYTES_MAX = 1024 * 1024 * 1024;
 
 assert.ok(MAX_SEND_BYTES <= NATIVE_PREFETCH_BYTES_MAX, 'one chunk fits one prefetch request');
+assert.ok(NATIVE_PREFETCH_READ_BYTES <= NATIVE_PREFETCH_BYTES_MAX && NATIVE_PREFETCH_SHAPE.pieceBytes % NATIVE_PREFETCH_READ_BYTES === 0, 'a piece is whole reads');
 
 /**
  * checksumPagesOffThread calls on the libuv pool at once, process-wide; more wait in a queue for one of these slots
@@ -223,6 +234,8 @@ export interface NativeBackendOptions {
   readonly chunkBatch?: boolean;
   /** For the TLS streams' ts backend: where written-off send buffers are reported. */
   readonly log?: Logger;
+  /** Largest prefetch request to the addon (default NATIVE_PREFETCH_READ_BYTES); other sizes are for measurements. */
+  readonly prefetchReadBytes?: number;
 }
 
 export async function createNativeBackend(strategy: NativeStrategy, options: NativeBackendOptions = {}): Promise<IoBackend> {
@@ -232,7 +245,9 @@ export async function createNativeBackend(strategy: NativeStrategy, options: Nat
   if (!probe.ok || !loaded.ok) {
     throw new WalcastError('WALCAST_ERR_NATIVE_UNAVAILABLE', `the native I/O addon is unavailable: ${probe.ok ? 'load failed' : probe.reason}`);
   }
-  return new NativeBackend(loaded.addon, strategy, options.chunkBatch ?? true, options.log);
+  const readBytes = options.prefetchReadBytes ?? NATIVE_PREFETCH_READ_BYTES;
+  if (!Number.isInteger(readBytes) || readBytes < 1 || readBytes > NATIVE_PREFETCH_BYTES_MAX) throw new RangeError(`prefetchReadBytes must be 1..${NATIVE_PREFETCH_BYTES_MAX}, got ${readBytes}`);
+  return new NativeBackend(loaded.addon, strategy, options.chunkBatch ?? true, options.log, readBytes);
 }
 
 class NativeBackend implements IoBackend {
@@ -263,6 +278,8 @@ class NativeBackend implements IoBackend {
     strategy: NativeStrategy,
     batch: boolean,
     private readonly log: Logger | undefined,
+    /** Largest request prefetchNow hands the addon (NATIVE_PREFETCH_READ_BYTES unless measuring). */
+    private readonly prefetchReadBytes: number,
   ) {
     this.strategy = strategy;
     this.chunkBatch = batch ? { accepts: (writer) => this.batchAccepts(writer), send: (writers, count, header, chunk, outcomes) => this.sendBatch(writers, count, header, chunk, outcomes) } : undefined;
@@ -415,8 +432,9 @@ class NativeBackend implements IoBackend {
     validateChunk(chunk, PREFETCH_RANGE_BYTES_MAX);
     if (this.closed || chunk.file.closed === true) return undefined;
     let pieces: Promise<void>[] | undefined;
-    for (let done = 0; done < chunk.byteCount; done += NATIVE_PREFETCH_BYTES_MAX) {
-      const bytes = Math.min(NATIVE_PREFETCH_BYTES_MAX, chunk.byteCount - done);
+    const step = this.prefetchReadBytes;
+    for (let done = 0; done < chunk.byteCount; done += step) {
+      const bytes = Math.min(step, chunk.byteCount - done);
       const reading = this.prefetchPiece(chunk.file.fd, chunk.fileOffset + done, bytes);
       if (reading !== undefined) (pieces ??= []).push(reading);
     }
