@@ -12,7 +12,7 @@
  *
  * Usage: node --import tsx bench/prefetch-shape-sync.ts [--shapes 1:4,4:8,4:8:1] (piece:window[:read] MiB: the sender's
  *   piece and window, and the size of each request to the addon, default the piece) [--rounds 6]
- *   [--round-ms 4000] [--streams 3] [--file-mib 256] [--sync-every-ms 5] [--dir DIR]
+ *   [--round-ms 4000] [--streams 3] [--file-mib 256] [--sync-every-ms 5] [--stream-mbps N (0: unpaced)] [--dir DIR]
  */
 import { closeSync, fdatasync, mkdirSync, openSync, rmSync, write, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -35,6 +35,7 @@ const { values } = parseArgs({
     streams: { type: 'string', default: '3' },
     'file-mib': { type: 'string', default: '256' },
     'sync-every-ms': { type: 'string', default: '5' },
+    'stream-mbps': { type: 'string', default: '0' },
     dir: { type: 'string' },
   },
 });
@@ -49,6 +50,8 @@ const roundMs = Number(values['round-ms']);
 const streams = Number(values.streams);
 const fileBytes = Number(values['file-mib']) * MIB;
 const syncEveryMs = Number(values['sync-every-ms']);
+/** Each stream's pace, as a sender would take the pieces (0: as fast as the disk). */
+const streamBytesPerMs = (Number(values['stream-mbps']) * MIB) / 1000;
 const dir = values.dir ?? join(SCRATCH_DIR, `prefetch-shape-sync-${process.pid}`);
 
 const tools = buildTools();
@@ -88,10 +91,16 @@ async function readCold(backend: Prefetching, path: string, pieceBytes: number, 
     inFlight.push(backend.prefetch({ file, fileOffset: next, byteCount: bytes }).then(() => void (read += bytes)));
     next += bytes;
   };
+  const started = performance.now();
   try {
     while (inFlight.length < windowBytes / pieceBytes) ask();
     while (inFlight.length > 0 && !until()) {
       await inFlight.shift();
+      // A paced stream asks for the next piece only once it has "sent" the ones before at its rate.
+      if (streamBytesPerMs > 0) {
+        const due = started + (next - windowBytes) / streamBytesPerMs;
+        if (due > performance.now()) await sleep(due - performance.now());
+      }
       ask();
     }
     await Promise.all(inFlight);
