@@ -112,10 +112,11 @@ export const OFF_THREAD_CHECKSUMS_MAX = 3;
 /**
  * Checks ahead waiting, process-wide, for an OFF_THREAD_CHECKSUMS_MAX slot; past this many a check runs inline on the
  * event loop (the path every check found a full pool on until 2026-12-07). Inline, one check of a 4 MiB prefetch piece
- * (NATIVE_PREFETCH_SHAPE) held the event loop ~1 ms, where the live replicas' commits wait (issue 13: a live replica
- * beside three cold catch-ups lost 0.3-0.5 ms of commit p50 with 4 MiB pieces). The sender awaits a queued check
- * anyway (its piece's prefetch promise includes it), so a queue is as fast for the cold stream and free for the
- * loop. Each stream has at most window/piece + 1 = 3 checks ahead pending: 1,024 covers ~340 cold streams at
+ * (NATIVE_PREFETCH_SHAPE) holds the event loop ~1 ms, where the live replicas' commits wait (issue 13), whenever the
+ * checks checksum: WAL this process has not verified yet (in bench/ingest-latency-ab.ts's repeated cold passes they
+ * find their pages verified and checksum nothing, docs/benchmarks.md "Live replicas beside cold catch-ups"). The
+ * sender awaits a queued check anyway (its piece's prefetch promise includes it), so a queue is as fast for the cold
+ * stream and free for the loop. Each stream has at most window/piece + 1 = 3 checks ahead pending: 1,024 covers ~340 cold streams at
  * once; an entry is a closure (the result array belongs to the caller).
  */
 export const OFF_THREAD_CHECKSUMS_QUEUED_MAX = 1024;
