@@ -336,7 +336,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return Napi::Number::New(info.Env(), Live() != nullptr ? static_cast<double>(engine_->BytesSent(id)) : 0.0);
   }
 
-  // prefetch(fd, offset, count, token) -> true when cached now; else a prefetched event with token follows
+  // prefetch(fd, offset, count, token[, readBytes]) -> true when cached now; else one prefetched event with token
+  // follows. readBytes (default count): the range goes to the readahead threads as reads of at most that many bytes,
+  // one after another (Engine::Prefetch).
   Napi::Value Prefetch(const Napi::CallbackInfo& info) {
     REQUIRE_ENGINE_THIS(info);
     REQUIRE_ARGUMENT_COUNT(info, 4);
@@ -348,9 +350,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     REQUIRE_ARGUMENT_INTEGER(info, 2, "count", count, 1, kPrefetchBytesMax);
     uint64_t token = 0;
     REQUIRE_ARGUMENT_INTEGER(info, 3, "token", token, 1, kSafeIntegerMax);
+    size_t read_bytes = count;
+    if (info.Length() > 4 && !info[4].IsUndefined()) {
+      REQUIRE_ARGUMENT_INTEGER(info, 4, "readBytes", read_bytes, 1, kPrefetchBytesMax);
+    }
     if (!RequireOpen(info.Env())) return info.Env().Undefined();
     Failure failure;
-    int status = engine_->Prefetch(fd, offset, count, token, &failure);
+    int status = engine_->Prefetch(fd, offset, count, read_bytes, token, &failure);
     if (status < 0) {
       ThrowNativeError(info.Env(), failure);
       return info.Env().Undefined();
@@ -367,6 +373,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     stats.Set("sendsInFlight", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->sends_in_flight()) : 0));
     stats.Set("readsInFlight", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->reads_in_flight()) : 0));
     stats.Set("idleReadFallbacks", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->idle_read_fallbacks()) : 0));
+    stats.Set("readaheadJobs", Napi::Number::New(info.Env(), engine_ ? static_cast<double>(engine_->readahead_jobs()) : 0));
     stats.Set("lowPriorityReads", Napi::Boolean::New(info.Env(), engine_ && engine_->low_priority_reads()));
     // Why not (ioprio_set refused, or the A/B switch): the backend logs it once.
     if (engine_ && !engine_->low_priority_reads() && engine_->low_priority_failure().syscall != nullptr) {

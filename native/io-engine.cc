@@ -1089,8 +1089,9 @@ uint64_t Engine::FirstNotUpToDate(int fd, uint64_t offset, size_t byte_count) {
   return offset + byte_count;
 }
 
-int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t token, Failure* failure) {
+int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, size_t read_bytes, uint64_t token, Failure* failure) {
   WALCAST_ASSERT(byte_count > 0 && byte_count <= kPrefetchBytesMax);
+  if (read_bytes == 0 || read_bytes > byte_count) read_bytes = byte_count;
   // A warm range (every piece of a warm catch-up) is answered from the caller's descriptor within this call: a
   // residency check reads nothing, and needs no dup, fstat and close of its own (three of the five system calls per
   // 1 MiB piece; strace in docs/benchmarks.md, "One replica"). A number that is no regular file any more (a socket
@@ -1136,22 +1137,48 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t t
   // Until 2026-12-06 every piece of the sender's window was READ in full into the scratch buffer, all at once: the
   // concurrent reads of one file broke its readahead into small, serialized requests, and every byte was copied
   // once more (docs/benchmarks.md, "Profiling cold catch-up": 0.39-0.42 vs 0.34-0.36 CPU s/GB, and slower).
+  // Collisions of the key only serialize two files' requests, never mix them up.
+  const uint64_t file_key = static_cast<uint64_t>(info.st_ino) * 1000003u + static_cast<uint64_t>(info.st_dev);
+  // A range split into reads (read_bytes): each part is a request of its own, queued in file order behind the file's
+  // earlier ones, so the readahead threads see the same jobs, and the disk the same gaps between them, as if the
+  // caller had asked part by part (src/io/native-backend.ts NATIVE_PREFETCH_READ_BYTES: 1 MiB reads keep a live
+  // writer's fdatasync from waiting behind 4 MiB ones); the caller pays one call, one dup check and one event. Only
+  // with readahead threads: the READ fallback below them assumes a part that is not up to date yet. A failed dup of
+  // a part leaves the rest of the range to the last part.
+  uint64_t part_offset = offset;
+  const uint64_t end = offset + byte_count;
+  auto append = [&](PrefetchRead&& read) {
+    auto active = file_prefetches_.find(file_key);
+    if (active != file_prefetches_.end()) {
+      active->second.push_back(std::move(read));
+      return;
+    }
+    file_prefetches_.emplace(file_key, std::deque<PrefetchRead>());
+    QueueRead(std::move(read));
+  };
+  while (readahead_ != nullptr && end - part_offset > read_bytes) {
+    UniqueFd part_fd(fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+    if (part_fd.get() < 0) break;
+    PrefetchRead part;
+    part.silent = true;
+    part.fd = std::move(part_fd);
+    part.offset = part_offset;
+    part.bytes = read_bytes;
+    part.step = PrefetchStep::kWait;
+    part.wait_offset = std::max(missing, part_offset);
+    part.file_key = file_key;
+    append(std::move(part));
+    part_offset += read_bytes;
+  }
   PrefetchRead read;
   read.token = token;
   read.fd = std::move(fd);
-  read.offset = offset;
-  read.bytes = byte_count;
+  read.offset = part_offset;
+  read.bytes = static_cast<size_t>(end - part_offset);
   read.step = PrefetchStep::kWait;
-  read.wait_offset = missing;
-  // Collisions of the key only serialize two files' requests, never mix them up.
-  read.file_key = static_cast<uint64_t>(info.st_ino) * 1000003u + static_cast<uint64_t>(info.st_dev);
-  auto active = file_prefetches_.find(read.file_key);
-  if (active != file_prefetches_.end()) {
-    active->second.push_back(std::move(read));
-    return 0;
-  }
-  file_prefetches_.emplace(read.file_key, std::deque<PrefetchRead>());
-  QueueRead(std::move(read));
+  read.wait_offset = std::max(missing, part_offset);
+  read.file_key = file_key;
+  append(std::move(read));
   SubmitRing();
   return 0;
 }
@@ -1192,6 +1219,7 @@ void Engine::StartRead(PrefetchRead&& read) {
       const uint64_t slot = next_read_slot_++;
       read.readahead_at = now;
       if (readahead_->Submit(slot, read.fd.get(), read.offset, read.bytes)) {
+        readahead_jobs_++;
         readaheads_in_flight_.emplace(slot, std::move(read));
         return;
       }
@@ -1287,7 +1315,7 @@ void Engine::TakeReadaheads() {
 }
 
 void Engine::PrefetchDone(const PrefetchRead& read) {
-  events_.push_back({EventKind::kPrefetched, read.token, {}});
+  if (!read.silent) events_.push_back({EventKind::kPrefetched, read.token, {}});
   auto active = file_prefetches_.find(read.file_key);
   if (active == file_prefetches_.end()) return;
   // The file's next request, unless it is up to date by now (the readahead this one started covered it). With the
@@ -1302,7 +1330,7 @@ void Engine::PrefetchDone(const PrefetchRead& read) {
       QueueRead(std::move(next));
       return;
     }
-    events_.push_back({EventKind::kPrefetched, next.token, {}});
+    if (!next.silent) events_.push_back({EventKind::kPrefetched, next.token, {}});
   }
   file_prefetches_.erase(active);
 }

@@ -214,6 +214,9 @@ struct PrefetchRead {
   // The readahead thread started this range's reads (at idle I/O priority) before its first READ, and when.
   bool readahead_submitted = false;
   std::chrono::steady_clock::time_point readahead_at{};
+  // One of the leading parts of a request split into reads (Engine::Prefetch's read_bytes): done without an event; the
+  // request's last part carries the token, and the file's parts run in order, so its event means the whole range.
+  bool silent = false;
 };
 
 class Engine {
@@ -254,7 +257,9 @@ class Engine {
   uint64_t BytesSent(uint64_t id) const;
   // 1: the range is in page cache now; 0: a kPrefetched event with `token` follows; -1 (with *failure): file_fd
   // is not an open regular file (ESPIPE for a socket or pipe: a prefetch never reads one, see io-engine.cc).
-  int Prefetch(int file_fd, uint64_t offset, size_t byte_count, uint64_t token, Failure* failure);
+  // `read_bytes` (0: byte_count) splits the range into reads of at most that many bytes, each its own readahead-thread
+  // job, one after another; the caller still gets one answer and one event for the range.
+  int Prefetch(int file_fd, uint64_t offset, size_t byte_count, size_t read_bytes, uint64_t token, Failure* failure);
   void Close();
 
   Strategy strategy() const { return strategy_; }
@@ -272,6 +277,8 @@ class Engine {
   const Failure& low_priority_failure() const { return readahead_failure_; }
   // Prefetches taken back from a starved readahead thread and read at the engine's priority (kIdleReadWaitMaxMs).
   uint64_t idle_read_fallbacks() const { return idle_read_fallbacks_; }
+  // Ranges handed to the readahead threads (a request split into reads counts each read): for tests and measurements.
+  uint64_t readahead_jobs() const { return readahead_jobs_; }
   // Tests: the next engine's readahead threads read into this descriptor (a pipe held full: a read that never ends)
   // instead of /dev/null; -1: /dev/null. The engine's threads own it from then on.
   static void SetReadaheadSinkForTest(int fd);
@@ -400,6 +407,7 @@ class Engine {
   std::unordered_map<uint64_t, PrefetchRead> readaheads_in_flight_;
   uv_timer_t* starve_timer_ = nullptr;
   uint64_t idle_read_fallbacks_ = 0;
+  uint64_t readahead_jobs_ = 0;
   // Until then prefetches skip the readahead threads (a starved one was taken back lately).
   std::chrono::steady_clock::time_point idle_starved_until_{};
   int idle_starved_backoff_ms_ = kIdleStarvedBackoffMs;

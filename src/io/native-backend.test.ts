@@ -14,6 +14,7 @@ import { isWalcastError } from '../errors.js';
 import {
   MEASURED_FASTEST_STRATEGY,
   NATIVE_STRATEGIES,
+  NATIVE_PREFETCH_BYTES_MAX,
   NATIVE_PREFETCH_READ_BYTES,
   NATIVE_PREFETCH_SHAPE,
   NO_RING_STRATEGY,
@@ -164,15 +165,19 @@ test('a check ahead that finds the pool share full waits for a slot instead of r
   }
 });
 
-test('a 4 MiB prefetch piece reaches the addon as 1 MiB reads, in order, and settles once all are cached', { skip: probeNative().ok ? false : 'the native addon is not available' }, async () => {
+test('a 4 MiB prefetch piece is one addon request, read by the readahead threads as 1 MiB reads, with one event once all are cached', { skip: probeNative().ok ? false : 'the native addon is not available' }, async () => {
   // 4 MiB reads held the live writer's fdatasync behind them on the disk (~16 ms p50 against ~8 with 1 MiB reads while
-  // three cold files were read at full speed: bench/prefetch-shape-sync.ts); the sender keeps its 4 MiB pieces.
+  // three cold files were read at full speed: bench/prefetch-shape-sync.ts); the sender keeps its 4 MiB pieces, and
+  // since 2026-12-07 so does the backend's call into the addon (one request, token and event per piece): the engine
+  // splits the piece into the readahead threads' 1 MiB jobs, one after another.
   const loaded = loadNativeAddon();
   assert.ok(loaded.ok);
+  const { addon } = loaded;
   const backend = await createNativeBackend('sendfile');
   const dir = mkdtempSync(join(tmpdir(), 'walcast-reads-'));
   // The engine's handles do not keep the loop alive (live sockets do, in the server).
   const keepAlive = setInterval(() => undefined, 1000);
+  const engines: InstanceType<typeof addon.Engine>[] = [];
   try {
     const path = join(dir, 'cold');
     const pieceBytes = NATIVE_PREFETCH_SHAPE.pieceBytes;
@@ -181,29 +186,51 @@ test('a 4 MiB prefetch piece reaches the addon as 1 MiB reads, in order, and set
     writeSyncedFile(path, pieceBytes + 8192);
     const fd = openSync(path, 'r');
     try {
-      loaded.addon.dropCache(fd, 0, pieceBytes + 8192);
+      addon.dropCache(fd, 0, pieceBytes + 8192);
       // The real engine, its prefetch calls recorded on the way through.
-      const engine = (backend as unknown as { engine: { prefetch(fd: number, offset: number, bytes: number, token: number): boolean } }).engine;
-      const requests: [number, number][] = [];
+      const engine = (backend as unknown as { engine: InstanceType<typeof addon.Engine> }).engine;
+      const requests: number[][] = [];
       const prefetch = engine.prefetch.bind(engine);
       // The addon's methods are read-only on its prototype: an own property of the instance shadows it.
       Object.defineProperty(engine, 'prefetch', {
         configurable: true,
-        value: (file: number, offset: number, bytes: number, token: number): boolean => {
-          requests.push([offset, bytes]);
-          return prefetch(file, offset, bytes, token);
+        value: (file: number, offset: number, bytes: number, token: number, readBytes?: number): boolean => {
+          requests.push([offset, bytes, readBytes ?? bytes]);
+          return prefetch(file, offset, bytes, token, readBytes);
         },
       });
+      const jobsBefore = engine.stats().readaheadJobs;
       const writer = backend as unknown as { prefetch(chunk: { file: { fd: number; path: string }; fileOffset: number; byteCount: number }): Promise<void> };
       await writer.prefetch({ file: { fd, path }, fileOffset: 8192, byteCount: pieceBytes });
-      const expected = Array.from({ length: pieceBytes / NATIVE_PREFETCH_READ_BYTES }, (_, index): [number, number] => [8192 + index * NATIVE_PREFETCH_READ_BYTES, NATIVE_PREFETCH_READ_BYTES]);
-      assert.deepEqual(requests, expected, 'one request per MiB of the piece, in file order');
-      assert.equal(loaded.addon.residentBytes(fd, 8192, pieceBytes), pieceBytes, 'the whole piece is cached once its prefetch settled');
+      assert.deepEqual(requests, [[8192, pieceBytes, NATIVE_PREFETCH_READ_BYTES]], 'one request for the piece, its reads 1 MiB');
+      assert.equal(addon.residentBytes(fd, 8192, pieceBytes), pieceBytes, 'the whole piece is cached once its prefetch settled');
+      if (engine.stats().lowPriorityReads) assert.equal(engine.stats().readaheadJobs - jobsBefore, pieceBytes / NATIVE_PREFETCH_READ_BYTES, 'one readahead job per MiB');
       await assert.rejects(createNativeBackend('sendfile', { prefetchReadBytes: 5 * 1024 * 1024 }), RangeError);
+
+      // The engine alone: one event for the split range, after its last read (so after all of them: a file's reads run
+      // in order), and the jobs in file order as far as the thread's reads show (every MiB up to date at the event).
+      const events: number[] = [];
+      let settle: (() => void) | undefined;
+      const direct = new addon.Engine(NATIVE_STRATEGY_CODES.sendfile, (kind: NativeEventKind, id: number) => {
+        if (kind !== NativeEventKind.prefetched) return;
+        events.push(id);
+        if (id === 7) settle?.();
+      });
+      engines.push(direct);
+      addon.dropCache(fd, 0, pieceBytes + 8192);
+      const settled = new Promise<void>((resolve) => (settle = resolve));
+      assert.equal(direct.prefetch(fd, 0, pieceBytes, 7, NATIVE_PREFETCH_READ_BYTES), false, 'cold: an event follows');
+      await settled;
+      assert.equal(addon.residentBytes(fd, 0, pieceBytes), pieceBytes, 'every read is done at the event');
+      if (direct.stats().lowPriorityReads) assert.equal(direct.stats().readaheadJobs, pieceBytes / NATIVE_PREFETCH_READ_BYTES);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.deepEqual(events, [7], 'one event for the range, none for its leading reads');
+      assert.throws(() => direct.prefetch(fd, 0, pieceBytes, 8, NATIVE_PREFETCH_BYTES_MAX + 1), RangeError);
     } finally {
       closeSync(fd);
     }
   } finally {
+    for (const engine of engines) engine.close();
     clearInterval(keepAlive);
     rmSync(dir, { recursive: true, force: true });
     await backend.close();

@@ -90,6 +90,10 @@ export const NATIVE_PREFETCH_SHAPE = { pieceBytes: NATIVE_PREFETCH_BYTES_MAX, wi
  * goes, a commit's fdatasync took ~16 ms (p50) beside 4 MiB requests and ~8 ms beside 1 MiB ones, whatever the window
  * (4 or 8 MiB; bench/prefetch-shape-sync.ts, docs/benchmarks.md "Live replicas beside cold catch-ups"). The price: ~5-10 %
  * more cold catch-up CPU per GB than one 4 MiB request (three more requests, thread hand-offs and events per piece).
+ * Since 2026-12-07 (later) the split is the addon's: one request, token, event and promise per piece, the engine queues
+ * its 1 MiB jobs in file order (Engine::Prefetch); the readahead threads and the disk see the same 1 MiB jobs with the
+ * same gaps. The JavaScript side of the split was not the cost: server CPU per GB 0.96-1.04x the split in JavaScript
+ * (12 interleaved rounds, docs/benchmarks.md "A cold catch-up's CPU, thread by thread").
  */
 export const NATIVE_PREFETCH_READ_BYTES = 1024 * 1024;
 /**
@@ -432,10 +436,13 @@ class NativeBackend implements IoBackend {
   prefetchNow(chunk: WalChunk): Promise<void> | undefined {
     validateChunk(chunk, PREFETCH_RANGE_BYTES_MAX);
     if (this.closed || chunk.file.closed === true) return undefined;
+    // One addon request per NATIVE_PREFETCH_BYTES_MAX (a sender's whole piece); the addon splits it into
+    // prefetchReadBytes reads itself, with one event for the piece (until 2026-12-07 the split was here: a request,
+    // a token and a promise per MiB).
+    if (chunk.byteCount <= NATIVE_PREFETCH_BYTES_MAX) return this.prefetchPiece(chunk.file.fd, chunk.fileOffset, chunk.byteCount);
     let pieces: Promise<void>[] | undefined;
-    const step = this.prefetchReadBytes;
-    for (let done = 0; done < chunk.byteCount; done += step) {
-      const bytes = Math.min(step, chunk.byteCount - done);
+    for (let done = 0; done < chunk.byteCount; done += NATIVE_PREFETCH_BYTES_MAX) {
+      const bytes = Math.min(NATIVE_PREFETCH_BYTES_MAX, chunk.byteCount - done);
       const reading = this.prefetchPiece(chunk.file.fd, chunk.fileOffset + done, bytes);
       if (reading !== undefined) (pieces ??= []).push(reading);
     }
@@ -446,7 +453,7 @@ class NativeBackend implements IoBackend {
   private prefetchPiece(fd: number, offset: number, bytes: number): Promise<void> | undefined {
     const token = this.nextPrefetchToken++;
     try {
-      if (this.engine.prefetch(fd, offset, bytes, token)) return undefined;
+      if (this.engine.prefetch(fd, offset, bytes, token, this.prefetchReadBytes)) return undefined;
     } catch {
       // Advisory: a bad descriptor shows up again, as an error, when the range is sent.
       return undefined;

@@ -78,14 +78,15 @@ export interface NativeEngine {
   flush(id: number): boolean;
   closeStream(id: number): void;
   bytesSent(id: number): number;
-  prefetch(fd: number, offset: number, count: number, token: number): boolean;
+  /** readBytes (default count): the range reaches the readahead threads as reads of at most that many bytes, one event. */
+  prefetch(fd: number, offset: number, count: number, token: number, readBytes?: number): boolean;
   /**
    * sendsInFlight / readsInFlight: io_uring requests whose completions are not reaped yet (readsInFlight also counts
    * prefetch requests at the readahead thread). lowPriorityReads: prefetch reads start at idle I/O priority
    * (native/readahead-thread.h); idleReadFallbacks: prefetches taken back from a starved readahead thread and read at
-   * the engine's own priority (io-engine.h kIdleReadWaitMaxMs); when not although the ring is up, lowPriorityReadsFailure says why ("ioprio_set: EPERM").
+   * the engine's own priority (io-engine.h kIdleReadWaitMaxMs); readaheadJobs: reads handed to the readahead threads; when not although the ring is up, lowPriorityReadsFailure says why ("ioprio_set: EPERM").
    */
-  stats(): { streams: number; mappedFiles: number; ring: boolean; sendsInFlight: number; readsInFlight: number; idleReadFallbacks: number; lowPriorityReads: boolean; lowPriorityReadsFailure?: string };
+  stats(): { streams: number; mappedFiles: number; ring: boolean; sendsInFlight: number; readsInFlight: number; idleReadFallbacks: number; readaheadJobs: number; lowPriorityReads: boolean; lowPriorityReadsFailure?: string };
   close(): void;
 }
 
