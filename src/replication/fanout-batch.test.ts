@@ -247,6 +247,31 @@ test('caught-up streams are sent each publish in one call per round, storage ask
   assert.equal(harness.batcher.parkedCount, 0);
 });
 
+test('the batcher listens on the watch while streams are parked, with no waiter or timer per publish, and stops when none is', async () => {
+  // Storage and verification that answer at once (WalReader.locateNow, PageVerifier.verifyNow, a cached range).
+  const harness = start(3, () => true, { source: new FakeSourceWithNow() });
+  for (const writer of harness.writers) writer.prefetchNow = () => undefined;
+  await until(() => harness.batcher.parkedCount === 3, 'all three parked');
+  assert.equal(harness.watch.listenerCount(), 1, 'one listener for every parked stream');
+  assert.equal(harness.watch.waiterCount(), 0, 'parked streams do not wait on the watch one by one, nor does the batch');
+  let end = START;
+  for (let publish = 0; publish < 5; publish++) {
+    end += 200n;
+    harness.watch.advance(end);
+    // Each publish's round starts in a microtask of the publisher's call, before anything the event loop does next.
+    await Promise.resolve();
+    assert.deepEqual(harness.batch.calls.length, publish + 1, 'the round ran before the event loop turned');
+    await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end) && harness.batcher.parkedCount === 3, 'the publish reached all three');
+    // The run ends after its last round (a publish during a run is its next round, after a turn of the event loop).
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(harness.watch.waiterCount(), 0);
+  }
+  assert.deepEqual(harness.batch.calls, [3, 3, 3, 3, 3]);
+  await stop(harness);
+  assert.equal(harness.batcher.parkedCount, 0);
+  assert.equal(harness.watch.listenerCount(), 0, 'no listener once no stream is parked');
+});
+
 test('a stream whose queue reaches its bound leaves the batch and sends on its own; one whose send failed ends with that error', async () => {
   const harness = start(3);
   await until(() => harness.batcher.parkedCount === 3, 'all parked');

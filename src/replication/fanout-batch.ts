@@ -2,7 +2,7 @@
  * Commit fan-out in one batch (issue 13): when a commit LSN publish wakes many caught-up replicas, their next chunk
  * is the same bytes for all of them. Instead of every stream resuming its own promise chain (wake, prefetch check,
  * locate, verify, header, one addon crossing each), streams park here while they wait on the commit watch, and one
- * FanoutBatcher per watch does the work once per distinct send position: it waits on the watch as a single waiter,
+ * FanoutBatcher per watch does the work once per distinct send position: it listens on the watch as a single listener,
  * cuts the chunk (decideChunkEnd: within one segment, at most MAX_SEND_BYTES, never past the watch), locates and
  * verifies it once (the page verifier's result for the shared range serves every stream at that position), writes
  * one XLogData header (identical for them: same start, walEnd, send time and length) and hands all the streams to
@@ -32,17 +32,13 @@ import { BatchOutcome, type ChunkBatch, type StreamWriter, type WalChunk } from 
 import type { Lsn } from '../lsn.js';
 import { XLOG_DATA_HEADER_BYTES, decideChunkEnd, pgNowMicros, writeXLogDataHeader } from './stream-messages.js';
 
-/**
- * How long the batcher's one wait on the watch lasts before it is renewed. The wait ends at once when the watch
- * moves; the timeout only bounds the LsnWatch timer, and parked streams keep their own idle schedule.
- */
-const BATCH_WATCH_RENEW_MS = 60_000;
-
 // The sender loop's interfaces (send-wal.ts EndWatch, PublishClock, WalSource), the parts used here: send-wal.ts
 // imports this module, so it cannot import them back.
 interface EndWatch {
   get(): Lsn;
   waitBeyond(position: Lsn, timeoutMs: number, signal?: AbortSignal): Promise<Lsn | undefined>;
+  /** LsnWatch.listen: calls back synchronously on every move until the returned function is called. */
+  listen(listener: (lsn: Lsn) => void): () => void;
 }
 
 interface PublishClock {
@@ -134,9 +130,10 @@ export class FanoutBatcher {
   resumed = 0;
   private readonly parked = new Set<Parked>();
   private source: ClosableWalSource | undefined;
-  private watching = false;
-  /** Ends the batcher's wait on the watch once no stream is parked (its timer must not hold a stopping process). */
-  private watchStop = new AbortController();
+  /** Ends the batcher's listening on the watch (LsnWatch.listen); set while any stream is parked. */
+  private unlisten: (() => void) | undefined;
+  /** A run is queued (a microtask) and has not started yet. */
+  private runQueued = false;
   private running = false;
   /** Reused per round: the writers of one group and their outcomes. */
   private writers: StreamWriter[] = [];
@@ -209,24 +206,36 @@ export class FanoutBatcher {
     }, delayMs);
   }
 
-  /** Waits on the watch, as one waiter for every parked stream, beyond the lowest parked position. */
+  /**
+   * Listens on the watch, as one listener for every parked stream, while any is parked, and queues a run when a
+   * parked stream is behind it already. A listener rather than a waitBeyond per publish: that was a promise, a
+   * closure and a timer set and cleared per publish (~0.02 ms of CPU per commit at 1 replica, profiled, issue 13).
+   */
   private arm(): void {
-    if (this.watching || this.running || this.parked.size === 0) return;
-    let lowest: Lsn | undefined;
-    for (const entry of this.parked) if (lowest === undefined || entry.sentLsn < lowest) lowest = entry.sentLsn;
-    assert.ok(lowest !== undefined);
-    this.watching = true;
-    const stop = this.watchStop.signal;
-    void this.watch.waitBeyond(lowest, BATCH_WATCH_RENEW_MS, stop).then((advanced) => {
-      this.watching = false;
-      if (advanced === undefined) {
-        if (stop.aborted) this.watchStop = new AbortController();
-        this.arm();
-      } else {
-        void this.run();
-      }
-    });
+    if (this.running || this.parked.size === 0) return;
+    this.unlisten ??= this.watch.listen(this.onWatchMoved);
+    if (this.anyBehind(this.watch.get())) this.queueRun();
   }
+
+  /**
+   * The watch moved (inside its publisher's call). The run goes in a microtask, as a woken waiter's continuation did:
+   * after the publisher's callback (ingest's status report upstream goes first, ingest/follower.ts), before anything
+   * the event loop does next. A run under way picks the move up itself (it rounds until no stream is behind).
+   */
+  private readonly onWatchMoved = (): void => {
+    if (!this.running) this.queueRun();
+  };
+
+  private queueRun(): void {
+    if (this.runQueued) return;
+    this.runQueued = true;
+    queueMicrotask(this.startQueuedRun);
+  }
+
+  private readonly startQueuedRun = (): void => {
+    this.runQueued = false;
+    if (!this.running && this.parked.size > 0) void this.run();
+  };
 
   /** Rounds until every parked stream reached the watch; the event loop gets a turn between rounds. */
   private async run(): Promise<void> {
@@ -377,9 +386,10 @@ export class FanoutBatcher {
     }
   }
 
-  /** The last parked stream left: stop waiting on the watch and unpin the reader's segment. */
+  /** The last parked stream left: stop listening on the watch and unpin the reader's segment. */
   private idle(): void {
-    if (this.watching) this.watchStop.abort();
+    this.unlisten?.();
+    this.unlisten = undefined;
     if (!this.running) this.closeSource();
   }
 

@@ -75,3 +75,33 @@ test('a stream waiting once per publish keeps one abort listener, and abort stil
   assert.equal(await bystander, 101n, 'another signal\'s wait is not ended by it');
   assert.equal(watch.waiterCount(), 0);
 });
+
+test('a listener is called synchronously on every move, not on a non-move, until it stops listening', () => {
+  const watch = new LsnWatch(10n);
+  const heard: bigint[] = [];
+  const stop = watch.listen((lsn) => heard.push(lsn));
+  assert.equal(watch.listenerCount(), 1);
+  watch.advance(20n);
+  assert.deepEqual(heard, [20n], 'within advance');
+  watch.advance(20n);
+  watch.advance(30n);
+  assert.deepEqual(heard, [20n, 30n]);
+  stop();
+  stop();
+  watch.advance(40n);
+  assert.deepEqual(heard, [20n, 30n]);
+  assert.equal(watch.listenerCount(), 0);
+});
+
+test('a listener that stops listening during a move does not keep the others from hearing it', () => {
+  const watch = new LsnWatch(1n);
+  const heard: string[] = [];
+  const stopFirst = watch.listen(() => {
+    heard.push('first');
+    stopFirst();
+  });
+  watch.listen(() => heard.push('second'));
+  watch.advance(2n);
+  watch.advance(3n);
+  assert.deepEqual(heard, ['first', 'second', 'second']);
+});

@@ -15,6 +15,12 @@ const LSN_WATCH_OTHER_WAITERS_MAX = 64;
  */
 export const LSN_WATCH_WAITERS_MAX = CONNECTIONS_MAX + LSN_WATCH_OTHER_WAITERS_MAX;
 
+/**
+ * Listeners per watch (`listen`): the commit fan-out batcher of the watch (replication/fanout-batch.ts) and a few
+ * others at most; more would be a leak.
+ */
+export const LSN_WATCH_LISTENERS_MAX = 8;
+
 /** Told of every move of the watch before the waiters it wakes run (timeline/publish-timing.ts). */
 export interface LsnWatchSink {
   published(lsn: Lsn): void;
@@ -32,6 +38,8 @@ export class LsnWatch {
   private lowestWaitPosition: Lsn | undefined;
   /** Waiters by the signal that ends them (abortableWaiters). */
   private readonly bySignal = new WeakMap<AbortSignal, Set<Waiter>>();
+  /** Called synchronously on every move (`listen`); an array, iterated per publish without an iterator object. */
+  private listeners: ((lsn: Lsn) => void)[] = [];
 
   constructor(
     initial: Lsn,
@@ -72,6 +80,8 @@ export class LsnWatch {
     if (lsn === this.value) return;
     this.value = lsn;
     this.sink?.published(lsn);
+    const listeners = this.listeners;
+    for (let index = 0; index < listeners.length; index++) listeners[index]!(lsn);
     if (this.lowestWaitPosition === undefined || lsn <= this.lowestWaitPosition) return;
     let lowest: Lsn | undefined;
     for (const waiter of this.waiters) {
@@ -83,6 +93,28 @@ export class LsnWatch {
       }
     }
     this.lowestWaitPosition = lowest;
+  }
+
+  /**
+   * Calls `listener` with the new LSN, synchronously inside `advance`, on every move until the returned function is
+   * called. For a waiter that waits again after every move (the fan-out batcher): a `waitBeyond` per move cost a
+   * promise, a closure and a timer set and cleared per publish (~0.02 ms of CPU per commit, profiled, issue 13). It
+   * runs inside the publisher's call, so a listener that does more than note the move defers it (queueMicrotask).
+   */
+  listen(listener: (lsn: Lsn) => void): () => void {
+    assert.ok(this.listeners.length < LSN_WATCH_LISTENERS_MAX, 'too many LSN watch listeners');
+    // Copy on change: a listener that unsubscribes during advance does not disturb the iteration under way.
+    this.listeners = [...this.listeners, listener];
+    let listening = true;
+    return () => {
+      if (!listening) return;
+      listening = false;
+      this.listeners = this.listeners.filter((entry) => entry !== listener);
+    };
+  }
+
+  listenerCount(): number {
+    return this.listeners.length;
   }
 
   /**
