@@ -34,6 +34,8 @@ export interface RunRecord {
   readonly connectSeconds?: number;
   readonly throughputMBps?: number;
   readonly serverCpuSeconds?: number;
+  /** Of serverCpuSeconds, the server's main thread (walcast's event loop); live-latency runs of walcast only. */
+  readonly serverMainThreadCpuSeconds?: number;
   readonly serverCpuSecondsPerGB?: number;
   readonly consumerCpuSeconds?: number;
   readonly memoryBytesPerReplica?: number;

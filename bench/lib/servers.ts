@@ -29,6 +29,8 @@ export type ServerFamily = 'walcast' | 'postgres' | 'ceiling';
 export interface RunCost {
   /** CPU seconds (user + system) the server's processes spent during the run. */
   readonly cpuSeconds: number;
+  /** Of which the main thread's (walcast: the event loop, i.e. its JavaScript and the calls it makes), when known. */
+  readonly mainThreadCpuSeconds?: number;
   /** Memory the server holds per connected replica, bytes; undefined when unmeasurable. */
   readonly memoryBytesPerReplica: number | undefined;
 }
@@ -109,7 +111,13 @@ function singleProcessMeter(pid: number): RunMeter {
       // One long-lived process whose exited threads stay in its thread-group ticks: a run that served WAL cannot
       // read 0 unless the accounting broke, and a 0 in the results would skew medians and ratios unnoticed.
       if (!(cpuSeconds > 0)) throw new Error(`server process ${pid}'s CPU was not measured (${cpuSeconds} s)`);
-      return { cpuSeconds, memoryBytesPerReplica: Math.max(0, rssAfter - rssBefore) / replicas };
+      const mainBefore = cpuBefore.threads.get(pid);
+      const mainAfter = cpuAfter.threads.get(pid);
+      return {
+        cpuSeconds,
+        ...(mainBefore === undefined || mainAfter === undefined ? {} : { mainThreadCpuSeconds: mainAfter - mainBefore }),
+        memoryBytesPerReplica: Math.max(0, rssAfter - rssBefore) / replicas,
+      };
     },
   };
 }

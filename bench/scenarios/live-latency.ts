@@ -202,6 +202,7 @@ function latencyFigures(result: ConsumerResult, cost: RunCost, latencies: readon
     bytesExpected: bytesReceived,
     bytesReceived,
     serverCpuSeconds: cost.cpuSeconds,
+    ...(cost.mainThreadCpuSeconds === undefined ? {} : { serverMainThreadCpuSeconds: cost.mainThreadCpuSeconds }),
     ...(bytesReceived > 0 ? { serverCpuSecondsPerGB: cost.cpuSeconds / (bytesReceived / BYTES_PER_GB) } : {}),
     consumerCpuSeconds: result.cpuUserSeconds + result.cpuSystemSeconds,
     ...(latencies.length === 0
