@@ -61,6 +61,26 @@ test('the writer records every full page it wrote, across segments and odd write
   assert.deepEqual(sidecarEntries('000000010000000000000001.crc'), pageCrcsOf(join(dir, '000000010000000000000001.partial'), 6), 'close records the partial page with its zeros');
 });
 
+test('the prefix checksum of the page being filled is right after every write, small or across pages (kept as bytes arrive)', async () => {
+  const writer = new WalWriter({ dir, pgTimelineId: 1, segmentBytes: SEGMENT_BYTES, startLsn: 0n });
+  const data = randomBytes(4 * WAL_PAGE_BYTES);
+  const sizes = [150, 1, 3000, 8192, 5000, 200, 12_000];
+  let position = 0;
+  for (let index = 0; position < data.length; index++) {
+    const size = Math.min(sizes[index % sizes.length]!, data.length - position);
+    writer.write(BigInt(position), data.subarray(position, position + size));
+    position += size;
+    const fill = position % WAL_PAGE_BYTES;
+    const pageStart = position - fill;
+    if (fill > 0) {
+      assert.equal(writer.tailPagePrefixCrc(BigInt(pageStart), fill), crc32c(data, pageStart, position), `whole prefix after ${position} bytes`);
+      assert.equal(writer.tailPagePrefixCrc(BigInt(pageStart), 1), crc32c(data, pageStart, pageStart + 1), `shorter prefix after ${position} bytes`);
+    }
+  }
+  await writer.close();
+  assert.deepEqual(sidecarEntries('000000010000000000000000.crc'), pageCrcsOf(join(dir, '000000010000000000000000.partial'), 4));
+});
+
 test('a writer resuming inside a recorded page cuts its entry off and rebuilds it when the page fills', async () => {
   const first = new WalWriter({ dir, pgTimelineId: 1, segmentBytes: SEGMENT_BYTES, startLsn: 0n });
   const data = randomBytes(3 * WAL_PAGE_BYTES);
