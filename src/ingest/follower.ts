@@ -448,7 +448,8 @@ export class UpstreamFollower {
       if (message instanceof WalcastError) throw message;
       if (message.kind === 'xlog_data') {
         this.onXLogData(message, receivedAtMs);
-        await this.waitIfTooFarAhead();
+        // Checked here first: an async call per message was a promise and two microtask turns for nothing, always.
+        if (this.tooFarAhead()) await this.waitIfTooFarAhead();
       } else if (message.replyRequested) {
         this.sendStatus(false);
       }
@@ -534,8 +535,13 @@ export class UpstreamFollower {
   }
 
   private async waitIfTooFarAhead(): Promise<void> {
+    while (this.tooFarAhead()) await this.flushInFlight;
+  }
+
+  /** More than UNFLUSHED_BYTES_MAX written and not durable while a flush runs: reading waits for it. */
+  private tooFarAhead(): boolean {
     const writer = this.requireWriter();
-    while (this.flushInFlight !== undefined && lsnDistance(writer.writtenLsn, writer.durableLsn) > UNFLUSHED_BYTES_MAX) await this.flushInFlight;
+    return this.flushInFlight !== undefined && lsnDistance(writer.writtenLsn, writer.durableLsn) > UNFLUSHED_BYTES_MAX;
   }
 
   /** The stream's input ended: close our side, then tell the end of a timeline (next_tli row) from a plain disconnect. */
