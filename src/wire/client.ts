@@ -540,7 +540,8 @@ export class ReplicationStream implements AsyncIterable<Buffer>, Operation {
   private bufferedBytes = 0;
   private paused = false;
   private inputDone = false;
-  private waiter: ((result: IteratorResult<Buffer>) => void) | undefined;
+  /** The pending read's resolve: a payload, or undefined once the input is over. */
+  private waiter: ((payload: Buffer | undefined) => void) | undefined;
   private serverCopyDone = false;
   private readonly tags: string[] = [];
   private columns: string[] = [];
@@ -567,11 +568,18 @@ export class ReplicationStream implements AsyncIterable<Buffer>, Operation {
 
   /** The next payload, or undefined once the server's side of the stream is over. */
   read(): Promise<Buffer | undefined> {
-    return this.next().then((result) => (result.done === true ? undefined : result.value));
+    // Resolved straight by the message's arrival (push): live ingest reads every XLogData here, and a `.then` on
+    // an iterator result was one more promise and microtask turn between the socket read and the segment write.
+    assert.equal(this.waiter, undefined, 'one reader at a time');
+    if (this.payloadHead < this.payloads.length) return Promise.resolve(this.take());
+    if (this.inputDone) return Promise.resolve(undefined);
+    return new Promise((resolve) => {
+      this.waiter = resolve;
+    });
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Buffer> {
-    return { next: () => this.next() };
+    return { next: () => this.read().then((payload): IteratorResult<Buffer> => (payload === undefined ? { done: true, value: undefined } : { done: false, value: payload })) };
   }
 
   /** @internal */
@@ -623,7 +631,7 @@ export class ReplicationStream implements AsyncIterable<Buffer>, Operation {
     if (this.waiter !== undefined) {
       const waiter = this.waiter;
       this.waiter = undefined;
-      waiter({ done: false, value: payload });
+      waiter(payload);
       return;
     }
     this.payloads.push(payload);
@@ -632,15 +640,6 @@ export class ReplicationStream implements AsyncIterable<Buffer>, Operation {
       this.paused = true;
       this.client.setPaused(true);
     }
-  }
-
-  private next(): Promise<IteratorResult<Buffer>> {
-    assert.equal(this.waiter, undefined, 'one reader at a time');
-    if (this.payloadHead < this.payloads.length) return Promise.resolve({ done: false, value: this.take() });
-    if (this.inputDone) return Promise.resolve({ done: true, value: undefined });
-    return new Promise((resolve) => {
-      this.waiter = resolve;
-    });
   }
 
   private take(): Buffer {
@@ -667,7 +666,7 @@ export class ReplicationStream implements AsyncIterable<Buffer>, Operation {
     this.inputDone = true;
     const waiter = this.waiter;
     this.waiter = undefined;
-    waiter?.({ done: true, value: undefined });
+    waiter?.(undefined);
   }
 }
 
