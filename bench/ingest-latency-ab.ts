@@ -169,7 +169,7 @@ async function main(): Promise<void> {
           const hopMean = meanBefore === undefined || meanAfter === undefined || meanAfter.count === meanBefore.count ? '—' : (((meanAfter.sum - meanBefore.sum) / (meanAfter.count - meanBefore.count)) * 1000).toFixed(3);
           const publishes = meanBefore === undefined || meanAfter === undefined ? 0 : meanAfter.count - meanBefore.count;
           const perThousand = (seconds: number | undefined): string => (seconds === undefined || publishes === 0 ? '—' : ((seconds * 1e6) / publishes).toFixed(0));
-          const cpuPerThousand = `${perThousand(run.serverCpuSeconds)} / ${perThousand(run.serverMainThreadCpuSeconds)}`;
+          const cpuPerThousand = `${perThousand(run.serverCpuSeconds)} / ${perThousand(run.serverMainThreadCpuSeconds)} / ${perThousand(run.serverMainThreadUserSeconds)}`;
           const row = `| ${label} | ${replicas} | ${cold} | ${round + 1} | ${run.ok ? 'ok' : (run.error ?? 'failed')} | ${ms(run.latencyP50Ms)} | ${ms(run.latencyP99Ms)} | ${ms(run.latencyAddedP50Ms)} | ${ms(run.latencyAddedP99Ms)} | ${ms(run.internalPublishP99Ms)} | ${upstream} | ${hop} | ${hopMean} | ${flush} | ${loop} | ${cpuPerThousand} | ${coldCell} |`;
           rows.push(row);
           progress(row);
@@ -179,7 +179,7 @@ async function main(): Promise<void> {
     }
     process.stdout.write(
       [
-        `| target | replicas | cold streams | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | upstream → received p50 / p99 ms, mean ms, > ${UPSTREAM_WAIT_SLOW_MS} ms | ingest hop p50 / p99 ms | ingest hop mean ms | flush p50 / p99 ms | event-loop delay p99 / max ms | server CPU ms / 1,000 publishes: process / main thread | cold MB/s per stream |`,
+        `| target | replicas | cold streams | round | ok | commit→received p50 ms | p99 ms | added vs direct p50 ms | p99 ms | publish → socket p99 ms | upstream → received p50 / p99 ms, mean ms, > ${UPSTREAM_WAIT_SLOW_MS} ms | ingest hop p50 / p99 ms | ingest hop mean ms | flush p50 / p99 ms | event-loop delay p99 / max ms | server CPU ms / 1,000 publishes: process / main thread / its user mode | cold MB/s per stream |`,
         '|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
         ...rows,
         '',

@@ -47,6 +47,22 @@ function field(fields: string[], number: number): number {
   return value;
 }
 
+/**
+ * User-mode CPU seconds of one thread (/proc/PID/task/TID/stat utime, 10 ms ticks): for walcast's main thread, its
+ * JavaScript and the runtime's own work, without the system calls it makes (whose cost moves with the machine's load:
+ * a socket write that wakes a peer is charged the wake-up). Undefined when the thread is gone.
+ */
+export function readThreadUserSeconds(pid: number, tid: number): number | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const fields = text.slice(text.lastIndexOf(')') + 2).trim().split(' ');
+  return field(fields, STAT_FIELD_UTIME) / CLOCK_TICKS_PER_SECOND;
+}
+
 export interface CpuSample {
   /** utime + stime of the live process (all its threads), seconds. */
   readonly ownSeconds: number;

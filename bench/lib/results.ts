@@ -36,6 +36,8 @@ export interface RunRecord {
   readonly serverCpuSeconds?: number;
   /** Of serverCpuSeconds, the server's main thread (walcast's event loop); live-latency runs of walcast only. */
   readonly serverMainThreadCpuSeconds?: number;
+  /** Of that, user mode (JavaScript and the runtime, not the system calls). */
+  readonly serverMainThreadUserSeconds?: number;
   readonly serverCpuSecondsPerGB?: number;
   readonly consumerCpuSeconds?: number;
   readonly memoryBytesPerReplica?: number;

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { formatLsn } from '../../src/lsn.js';
 import { freePort, type PgCluster, type PgStandby } from '../../test/support/postgres.js';
 import { spawnTracked, type Tracked } from './processes.js';
-import { findWalsenders, isExiting, isWalsenderTitle, listChildren, readChild, readChildPids, readCpu, readPssBytes, readRssBytes, readTaskCpuSeconds, readThreadCpuSeconds } from './proc-stats.js';
+import { findWalsenders, isExiting, isWalsenderTitle, listChildren, readChild, readChildPids, readCpu, readPssBytes, readRssBytes, readTaskCpuSeconds, readThreadCpuSeconds, readThreadUserSeconds } from './proc-stats.js';
 import { REPO_ROOT } from './tools.js';
 import type { PreparedWal } from './wal-source.js';
 
@@ -31,6 +31,8 @@ export interface RunCost {
   readonly cpuSeconds: number;
   /** Of which the main thread's (walcast: the event loop, i.e. its JavaScript and the calls it makes), when known. */
   readonly mainThreadCpuSeconds?: number;
+  /** Of that, user mode only (10 ms ticks): JavaScript and the runtime, without the system calls' kernel time. */
+  readonly mainThreadUserSeconds?: number;
   /** Memory the server holds per connected replica, bytes; undefined when unmeasurable. */
   readonly memoryBytesPerReplica: number | undefined;
 }
@@ -96,11 +98,13 @@ function cpuBetween(before: ProcessCpuSample, after: ProcessCpuSample): number {
 /** Meter for servers that are one process (walcast, the ceiling): CPU delta and RSS growth per replica. */
 function singleProcessMeter(pid: number): RunMeter {
   let cpuBefore = sampleProcessCpu(pid);
+  let userBefore = readThreadUserSeconds(pid, pid);
   const rssBefore = readRssBytes(pid);
   assert.ok(cpuBefore !== undefined && rssBefore !== undefined, `server process ${pid} is not running`);
   return {
     restartCpu: () => {
       cpuBefore = sampleProcessCpu(pid) ?? cpuBefore;
+      userBefore = readThreadUserSeconds(pid, pid);
     },
     finish: async (replicas) => {
       const cpuAfter = sampleProcessCpu(pid);
@@ -113,9 +117,11 @@ function singleProcessMeter(pid: number): RunMeter {
       if (!(cpuSeconds > 0)) throw new Error(`server process ${pid}'s CPU was not measured (${cpuSeconds} s)`);
       const mainBefore = cpuBefore.threads.get(pid);
       const mainAfter = cpuAfter.threads.get(pid);
+      const userAfter = readThreadUserSeconds(pid, pid);
       return {
         cpuSeconds,
         ...(mainBefore === undefined || mainAfter === undefined ? {} : { mainThreadCpuSeconds: mainAfter - mainBefore }),
+        ...(userBefore === undefined || userAfter === undefined ? {} : { mainThreadUserSeconds: userAfter - userBefore }),
         memoryBytesPerReplica: Math.max(0, rssAfter - rssBefore) / replicas,
       };
     },

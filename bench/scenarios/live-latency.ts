@@ -203,6 +203,7 @@ function latencyFigures(result: ConsumerResult, cost: RunCost, latencies: readon
     bytesReceived,
     serverCpuSeconds: cost.cpuSeconds,
     ...(cost.mainThreadCpuSeconds === undefined ? {} : { serverMainThreadCpuSeconds: cost.mainThreadCpuSeconds }),
+    ...(cost.mainThreadUserSeconds === undefined ? {} : { serverMainThreadUserSeconds: cost.mainThreadUserSeconds }),
     ...(bytesReceived > 0 ? { serverCpuSecondsPerGB: cost.cpuSeconds / (bytesReceived / BYTES_PER_GB) } : {}),
     consumerCpuSeconds: result.cpuUserSeconds + result.cpuSystemSeconds,
     ...(latencies.length === 0
