@@ -10,7 +10,8 @@
  *
  * Per run: the harness's p50/p99 (bench/scenarios/live-latency.ts), the share over a direct replica of the primary,
  * and walcast's own histograms over the run: publish → socket p99, ingest hop (received → published) and flush p50/p99
- * (bucket upper bounds). All targets follow the primary during every run, so each commit is fsynced by every relay at
+ * (bucket upper bounds), and the server's CPU per 1,000 publishes over the run (whole process / main thread /
+ * the main thread's user mode: the per-commit cost that survives a loaded machine). All targets follow the primary during every run, so each commit is fsynced by every relay at
  * once: absolute figures include that contention, alike for all. `--strace DIR` attaches `strace -f -T` to each
  * walcast process and to each standby's walreceiver for the whole run (fdatasync counts and durations per file
  * descriptor survive load far better than wall-clock latency); a table after the rounds summarizes each trace
