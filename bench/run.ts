@@ -53,7 +53,8 @@ interface Arguments {
 
 const USAGE = 'usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [--out DIR] [--load N] [--scenarios LIST] [--reps N] [--servers NAMES] [--variant NAME=DIR]... [--cold-warm-server] [--warm-ups N]\n' +
   '  LIST: comma-separated, from catch-up, catch-up:wal-consumer, catch-up:pg_receivewal, catch-up:standby, fan-out, cold-catch-up, live-latency, micro\n' +
-  '  NAMES: comma-separated server names (walcast-ts, walcast-native-sendfile, ..., postgres, ceiling, and variants)\n' +
+  '  NAMES: comma-separated server names (walcast-ts, walcast-native-sendfile, ..., postgres, ceiling, and variants);\n' +
+  '    live-latency honours them too (postgres = the primary and its cascading standby, postgres-cascade = the standby alone)\n' +
   '  --variant NAME=DIR: also runs walcast-native-sendfile from the source tree DIR (with its node_modules and build/) as server NAME\n' +
   '  --cold-warm-server: cold catch-up warms each fresh server on the first half of the range, measures the second\n' +
   '  --warm-ups N: unrecorded warm catch-ups per server before the warm scenarios (default 1)\n' +
@@ -269,22 +270,28 @@ async function runColdScenario(harness: Harness, servers: ServerSet, args: Argum
  * charge each with the others' work): PostgreSQL's walsender first, then the cascading standby (the relay
  * PostgreSQL offers), then each walcast backend on its own fresh timeline that follows the primary.
  */
-async function runLatencyScenario(harness: Harness, statuses: readonly BenchReport['servers'][number][]): Promise<string[]> {
+async function runLatencyScenario(harness: Harness, statuses: readonly BenchReport['servers'][number][], selected: ReadonlySet<string> | undefined): Promise<string[]> {
   const { context } = harness;
   const notes: string[] = [];
-  await measureLatencyRounds(harness, postgresTarget(context.wal.primary, context.wal));
-  try {
-    const cascade = await startCascade(context);
-    progress(`${describeServer(cascade)} (cascading standby of the primary, caught up)`);
+  // --servers applies here too: `--scenarios live-latency --servers walcast-native-sendfile` measures that walcast
+  // alone (its direct reference replica of the primary runs regardless); `postgres` selects the primary's walsender
+  // and the cascading standby, `postgres-cascade` the standby alone.
+  const wanted = (name: string): boolean => selected === undefined || selected.has(name);
+  if (wanted('postgres')) await measureLatencyRounds(harness, postgresTarget(context.wal.primary, context.wal));
+  if (wanted('postgres') || wanted('postgres-cascade')) {
     try {
-      await measureLatencyRounds(harness, cascade);
-    } finally {
-      await cascade.stop();
+      const cascade = await startCascade(context);
+      progress(`${describeServer(cascade)} (cascading standby of the primary, caught up)`);
+      try {
+        await measureLatencyRounds(harness, cascade);
+      } finally {
+        await cascade.stop();
+      }
+    } catch (error) {
+      notes.push(`live latency: postgres-cascade not measured: ${(error instanceof Error ? error.message : String(error)).slice(0, 200)}`);
     }
-  } catch (error) {
-    notes.push(`live latency: postgres-cascade not measured: ${(error instanceof Error ? error.message : String(error)).slice(0, 200)}`);
   }
-  const walcasts = statuses.filter((status) => status.status === 'ok' && status.name.startsWith('walcast-')).map((status) => status.name);
+  const walcasts = statuses.filter((status) => status.status === 'ok' && status.name.startsWith('walcast-') && wanted(status.name)).map((status) => status.name);
   for (const name of walcasts) {
     const strategy = NATIVE_STRATEGIES.find((candidate) => name === `walcast-native-${candidate}`);
     let target: ServerTarget;
@@ -371,7 +378,7 @@ async function main(): Promise<void> {
   const statuses: readonly BenchReport['servers'][number][] = needServers
     ? servers.statuses
     : [{ name: 'walcast-ts', status: 'ok' }, ...NATIVE_STRATEGIES.map((strategy) => ({ name: `walcast-native-${strategy}`, status: 'ok' as const }))];
-  if (args.scenarios.has('live-latency')) notes.push(...(await runLatencyScenario(harness, statuses)));
+  if (args.scenarios.has('live-latency')) notes.push(...(await runLatencyScenario(harness, statuses, args.servers)));
   await load.stop();
   let micro: BenchReport['micro'] = [];
   if (args.scenarios.has('micro')) {
