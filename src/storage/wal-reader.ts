@@ -6,9 +6,7 @@
  * segment. When it moves on, the I/O backend may still hold in-flight sends (sendfile / io_uring) on the old
  * descriptor, and closing it would let the kernel reuse the number for another file under those sends. So the
  * previous segment stays open one segment longer: it is closed when the reader moves two segments on (by then a
- * whole segment, at least 1 MiB, was located after it, far more than any backend's in-flight bound; the close runs on the
- * next turn of the event loop) or on close(). Opening, fstat and closing a segment are synchronous metadata calls (see
- * openedFile).
+ * whole segment, at least 1 MiB, was located after it, far more than any backend's in-flight bound) or on close().
  * A handle is marked `closed` synchronously when its close starts, and locate never returns a chunk of a handle closed
  * during its awaits (a concurrent locate or close() may retire it): the number may already be a new client's socket.
  *
