@@ -516,12 +516,10 @@ class TsStreamWriter implements StreamWriter, StallWatched {
    */
   private async sendChunksNow(headers: Buffer, chunks: readonly WalChunk[], send: number): Promise<void> {
     for (let taken = 0; taken < chunks.length; ) {
-      // The common case waits for nothing: no await (each is a promise and a microtask turn per run).
-      if (this.inFlight >= STREAM_CHUNKS_IN_FLIGHT_MAX) await this.waitForRoom();
-      else this.throwIfFailed();
+      await this.waitForRoom();
       const frames = this.runFrames;
       frames.length = 0;
-      frames.push(this.pool.tryAcquire() ?? (await this.stallWatch.acquire()));
+      frames.push(await this.stallWatch.acquire());
       // Only this send writes or reads for the stream now: the room can only have grown while it waited for the pool.
       const partEnd = Math.min(chunks.length, taken + STREAM_CHUNKS_IN_FLIGHT_MAX - this.inFlight);
       for (let index = taken + 1; index < partEnd; index++) {
@@ -557,16 +555,15 @@ class TsStreamWriter implements StreamWriter, StallWatched {
   private async fillFrames(chunks: readonly WalChunk[], taken: number, frames: Buffer[]): Promise<void> {
     const views = this.readViews;
     let stretchStart = -1;
-    // Not async: the read's own promise is awaited by the caller, one level less per run.
-    const readStretch = (end: number): Promise<void> | undefined => {
-      if (stretchStart < 0) return undefined;
+    const readStretch = async (end: number): Promise<void> => {
+      if (stretchStart < 0) return;
       const first = chunks[taken + stretchStart]!;
       views.length = 0;
       for (let index = stretchStart; index < end; index++) {
         views.push(frames[index]!.subarray(XLOG_DATA_HEADER_BYTES, XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount));
       }
       stretchStart = -1;
-      return readRangeInto(first.file, first.fileOffset, views);
+      await readRangeInto(first.file, first.fileOffset, views);
     };
     for (let index = 0; index < frames.length; index++) {
       const chunk = chunks[taken + index]!;
@@ -595,9 +592,7 @@ class TsStreamWriter implements StreamWriter, StallWatched {
   }
 
   private async sendMessageNow(bytes: Buffer, send: number): Promise<void> {
-    // As sendChunksNow: with room, checked and written in one go (no turn between the check and the write).
-    if (this.inFlight >= STREAM_CHUNKS_IN_FLIGHT_MAX) await this.waitForRoom();
-    else this.throwIfFailed();
+    await this.waitForRoom();
     this.write(bytes, send, () => undefined);
   }
 
@@ -648,25 +643,12 @@ class TsStreamWriter implements StreamWriter, StallWatched {
     return this.failure;
   }
 
-  /** A send started by inOrder's fast path settled (either way): it no longer counts as active. */
-  private readonly sendSettled = (): void => {
-    this.sendsActive--;
-  };
-
   /** Runs `send` after every send queued before it has settled: one send of this stream at a time. */
   private inOrder(send: () => Promise<void>): Promise<void> {
     if (this.sendsWaiting >= STREAM_SENDS_WAITING_MAX) {
       this.fail(new Error(`more than ${STREAM_SENDS_WAITING_MAX} sends waiting: the replica is not reading`));
     }
     if (this.failure !== undefined) return Promise.reject(this.failure);
-    if (this.sendsActive === 0) {
-      // Nothing queued or running: start now, without a turn through the tail (three promises and two closures per
-      // send; the sender's runs always come here, one at a time).
-      this.sendsActive = 1;
-      const run = send();
-      this.sendsTail = run.then(this.sendSettled, this.sendSettled);
-      return run;
-    }
     this.sendsWaiting++;
     this.sendsActive++;
     const run = this.sendsTail.then(async () => {
