@@ -419,11 +419,8 @@ class TsStreamWriter implements StreamWriter, StallWatched {
   private sendsTail: Promise<void> = Promise.resolve();
   private sendsWaiting = 0;
   private failure: WalcastError | undefined;
-  /**
-   * Resolved (and dropped) whenever an in-flight write completes or the stream fails; any number may wait on it. Made
-   * only when someone waits: most completions have no waiter, and a promise per completion was a cost per frame.
-   */
-  private progress: { promise: Promise<void>; resolve: () => void } | undefined;
+  /** Resolved (and replaced) whenever an in-flight write completes or the stream fails; any number may wait on it. */
+  private progress: { promise: Promise<void>; resolve: () => void } = deferred();
   private readonly onClose = (): void => {
     this.stallWatch.delete(this);
     this.fail(new Error('socket closed'));
@@ -738,58 +735,15 @@ class TsStreamWriter implements StreamWriter, StallWatched {
   private writeFrames(frames: readonly Buffer[], chunks: readonly WalChunk[], taken: number, send: number): void {
     const last = frames.length - 1;
     // A TLS socket is given one frame at a time instead (write): its writev copies.
-    if (last > 0 && !this.tls) {
-      this.writeCorked(frames, chunks, taken, send);
-      return;
-    }
+    const cork = last > 0 && !this.tls;
+    if (cork) this.socket.cork();
     for (let index = 0; index <= last; index++) {
       const frame = frames[index]!;
       const offset = this.frameOffsets[index]!;
       this.pooledInFlight.push(frame);
       this.write(frame.subarray(offset, offset + XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount), index === last ? send : 0, () => this.frameDone(frame));
     }
-  }
-
-  /**
-   * writeFrames on a plain socket: every frame written corked (one writev), and one completion callback for all of
-   * them, on the last frame's write. Node completes a socket's writes in order and calls every callback (with the
-   * error, after a failure), so when the last frame's comes, every frame before it is finished too: its accounting
-   * (in flight, back to the pool, bytes sent) is done there for all. A callback per frame was a closure, a completion
-   * and a progress signal per 128 KiB (docs/benchmarks.md, "what a warm catch-up spends").
-   */
-  private writeCorked(frames: readonly Buffer[], chunks: readonly WalChunk[], taken: number, send: number): void {
-    const count = frames.length;
-    assert.ok(this.inFlight + count <= STREAM_CHUNKS_IN_FLIGHT_MAX, 'frames in flight stay within the stream bound');
-    if (this.inFlight === 0) this.drainedAt = performance.now();
-    this.inFlight += count;
-    const run = frames.slice();
-    let bytes = 0;
-    this.socket.cork();
-    for (let index = 0; index < count; index++) {
-      const frame = frames[index]!;
-      const offset = this.frameOffsets[index]!;
-      const frameBytes = XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount;
-      bytes += frameBytes;
-      this.pooledInFlight.push(frame);
-      const view = offset === 0 && frameBytes === frame.length ? frame : frame.subarray(offset, offset + frameBytes);
-      if (index < count - 1) this.socket.write(view);
-      else this.socket.write(view, (error) => this.runWritten(run, bytes, send, error));
-    }
-    this.socket.uncork();
-  }
-
-  /** The corked writes of `run` completed (or failed): written()'s accounting for all of its frames at once. */
-  private runWritten(run: readonly Buffer[], bytes: number, send: number, error: Error | null | undefined): void {
-    this.inFlight -= run.length;
-    this.drainedAt = performance.now();
-    for (const frame of run) this.frameDone(frame);
-    if (error === undefined || error === null) {
-      this.bytesSent += bytes;
-      this.wrote(send);
-    } else {
-      this.fail(error);
-    }
-    this.signalProgress();
+    if (cork) this.socket.uncork();
   }
 
   /** A pooled frame's write completed or failed: back to the pool (which knows whether it was written off). */
@@ -849,13 +803,12 @@ class TsStreamWriter implements StreamWriter, StallWatched {
   }
 
   private waitForProgress(): Promise<void> {
-    return (this.progress ??= deferred()).promise;
+    return this.progress.promise;
   }
 
   private signalProgress(): void {
     const current = this.progress;
-    if (current === undefined) return;
-    this.progress = undefined;
+    this.progress = deferred();
     current.resolve();
   }
 
