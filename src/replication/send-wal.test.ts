@@ -725,55 +725,6 @@ test('a writer\'s own prefetch shape: one prefetch request and one check ahead p
   assert.throws(() => new Prefetcher({ prefetchSource: source, writer: Object.assign(new RecordingWriter(), { prefetchShape: odd }) }), /a divisor of the window/);
 });
 
-test('pieces the writer has cached and whose pages are verified settle at once: no locate, no check ahead, no wait', async () => {
-  // A warm catch-up on the TS backend: its prefetch is a no-op and an earlier pass verified every page. Each piece used
-  // to cost an asynchronous locate, the writer's prefetch promise and a check ahead that only read the page bits.
-  let asyncLocates = 0;
-  const segmentOf = (lsn: Lsn): bigint => lsn / BigInt(SEGMENT_BYTES);
-  const source: WalSource = {
-    locate: async (lsn, endLsn) => {
-      asyncLocates++;
-      return fakeSource.locate(lsn, endLsn);
-    },
-    // The reader's open segment is the one at 4 MiB: pieces there are located at once, the next segment's are not.
-    locateNow: (lsn, endLsn) => {
-      if (segmentOf(lsn) !== 4n) return undefined;
-      const until = endLsn < 5n * BigInt(SEGMENT_BYTES) ? endLsn : 5n * BigInt(SEGMENT_BYTES);
-      return { file: { fd: -1, path: 'segment 4', closed: false }, fileOffset: Number(lsn % BigInt(SEGMENT_BYTES)), byteCount: Number(until - lsn) };
-    },
-  };
-  const writer = Object.assign(new RecordingWriter(), { prefetchNow: (): undefined => undefined });
-  let checksAhead = 0;
-  const piece = BigInt(PREFETCH_PIECE_BYTES);
-  const start = 4n * BigInt(SEGMENT_BYTES) + 100n;
-  const verified = new Set<Lsn>([start]);
-  const prefetcher = new Prefetcher({
-    prefetchSource: source,
-    writer,
-    verifyAhead: async () => void checksAhead++,
-    verifyAheadNow: (_chunk, chunkLsn) => verified.has(chunkLsn),
-  });
-  // The window reaches into segment 5 (SEGMENT_BYTES is one piece here): that piece takes the asynchronous path.
-  assert.equal(prefetcher.ensureCachedNow(start, start + 64n * piece, start + 8192n), undefined, 'the current piece settled at once');
-  assert.equal(asyncLocates, 4, 'only the pieces outside the open segment were located asynchronously');
-  for (let turn = 0; turn < 100 && checksAhead < 4; turn += 1) await new Promise((resolve) => setImmediate(resolve));
-  assert.equal(checksAhead, 4, 'the pieces located asynchronously were checked ahead, the current one was not');
-  checksAhead = 0;
-  // Whole pieces whose pages are not all verified are checked ahead, as before.
-  const unverified = new Prefetcher({ prefetchSource: source, writer, verifyAhead: async () => void checksAhead++, verifyAheadNow: () => false });
-  await unverified.ensureCached(4n * BigInt(SEGMENT_BYTES), 4n * BigInt(SEGMENT_BYTES) + 2n * piece);
-  for (let turn = 0; turn < 100 && checksAhead < 2; turn += 1) await new Promise((resolve) => setImmediate(resolve));
-  assert.equal(checksAhead, 2, 'the unverified whole pieces were checked ahead');
-  checksAhead = 0;
-  // Verified whole pieces settle at once too.
-  verified.add(4n * BigInt(SEGMENT_BYTES));
-  const warm = new Prefetcher({ prefetchSource: source, writer, verifyAhead: async () => void checksAhead++, verifyAheadNow: (_chunk, chunkLsn) => verified.has(chunkLsn) });
-  const before = asyncLocates;
-  assert.equal(warm.ensureCachedNow(4n * BigInt(SEGMENT_BYTES), 4n * BigInt(SEGMENT_BYTES) + piece, 4n * BigInt(SEGMENT_BYTES) + 8192n), undefined);
-  assert.equal(asyncLocates, before, 'no asynchronous locate');
-  assert.equal(checksAhead, 0, 'no check ahead of a verified piece');
-});
-
 test('the loop reads the abort state from its own flag, not from the AbortSignal once per chunk, and still stops at an abort', async () => {
   // Reading signal.aborted per chunk deoptimized the loop at new streams (a new signal met the optimized code with
   // another hidden class): the loop keeps the state in a field of its own, set by an abort listener.

@@ -109,11 +109,6 @@ export interface SendWalOptions {
    * backend can (IoBackend.checksumPagesOffThread). Absent: nothing is verified ahead, the sender checks every chunk.
    */
   readonly verifyAhead?: (chunk: WalChunk, chunkLsn: Lsn) => Promise<void>;
-  /**
-   * verifyAhead's answer without waiting and without checksumming: true when every page of the piece is verified
-   * already (the page bitmaps), so the prefetcher has nothing to do for a piece its writer has cached too.
-   */
-  readonly verifyAheadNow?: (chunk: WalChunk, chunkLsn: Lsn) => boolean;
   /** Aborted when the replica ends the stream (CopyDone, disconnect, bad feedback) or the server stops. */
   readonly signal: AbortSignal;
   /** Recovery/term streams: end once everything up to the end watch at that moment was sent. */
@@ -526,12 +521,6 @@ export const PREFETCH_PIECE_BYTES = 1024 * 1024;
 assert.ok(PREFETCH_WINDOW_BYTES % PREFETCH_PIECE_BYTES === 0, 'the window is a whole number of pieces');
 assert.ok(PREFETCH_PIECE_BYTES >= MAX_SEND_BYTES, 'a chunk never spans more than two pieces');
 
-/** What the Prefetcher uses of the sender's options. */
-type PrefetcherOptions = Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verifyAhead' | 'verifyAheadNow'>;
-
-/** A piece with nothing left to do (Prefetcher.settleNow): shared, never changed. */
-const SETTLED_PIECE: { readonly promise: Promise<void>; done: boolean } = Object.freeze({ promise: Promise.resolve(), done: true });
-
 /**
  * Keeps the window ahead of the send position in page cache: pieces from the one holding the send position up to
  * PREFETCH_WINDOW_BYTES past it are requested, and only the current piece is awaited (the first one on a cold
@@ -546,7 +535,7 @@ const SETTLED_PIECE: { readonly promise: Promise<void>; done: boolean } = Object
  * check of the chunk decides what is sent.
  */
 export class Prefetcher {
-  private readonly options: PrefetcherOptions;
+  private readonly options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verifyAhead'>;
   /** The writer's piece and window (StreamWriter.prefetchShape), else PREFETCH_PIECE_BYTES and PREFETCH_WINDOW_BYTES. */
   private readonly pieceBytes: bigint;
   private readonly windowBytes: bigint;
@@ -560,10 +549,8 @@ export class Prefetcher {
    * piece is handed over only after the one before it.
    */
   private handedOff: Promise<void> = Promise.resolve();
-  /** Requested pieces not yet handed to the writer: a piece settles at once (settledNow) only when this is 0. */
-  private handOffsPending = 0;
 
-  constructor(options: PrefetcherOptions) {
+  constructor(options: Pick<SendWalOptions, 'prefetchSource' | 'writer' | 'verifyAhead'>) {
     this.options = options;
     const { pieceBytes, windowBytes } = options.writer.prefetchShape ?? { pieceBytes: PREFETCH_PIECE_BYTES, windowBytes: PREFETCH_WINDOW_BYTES };
     assert.ok(Number.isSafeInteger(pieceBytes) && Number.isSafeInteger(windowBytes) && pieceBytes >= MAX_SEND_BYTES && windowBytes % pieceBytes === 0,
@@ -610,49 +597,12 @@ export class Prefetcher {
     if (this.pending.has(pieceStart) || from >= endLsn) return;
     const pieceEnd = pieceStart + this.pieceBytes;
     const until = pieceEnd < endLsn ? pieceEnd : endLsn;
-    const whole = until === pieceEnd;
-    const settled = this.handOffsPending === 0 ? this.settleNow(from, until, whole) : undefined;
-    if (settled !== undefined) {
-      this.pending.set(pieceStart, settled);
-      return;
-    }
     const previous = this.handedOff;
-    let resolveHandOff = (): void => undefined;
-    this.handedOff = new Promise((resolve) => (resolveHandOff = resolve));
-    this.handOffsPending++;
-    let handedOff = false;
-    const handOff = (): void => {
-      if (handedOff) return;
-      handedOff = true;
-      this.handOffsPending--;
-      resolveHandOff();
-    };
-    const piece = { promise: this.prefetchRange(from, until, whole, previous, handOff), done: false };
+    let handOff = (): void => undefined;
+    this.handedOff = new Promise((resolve) => (handOff = resolve));
+    const piece = { promise: this.prefetchRange(from, until, until === pieceEnd, previous, handOff), done: false };
     void piece.promise.then(() => (piece.done = true));
     this.pending.set(pieceStart, piece);
-  }
-
-  /**
-   * The piece [from, until) without a promise chain, when that can be had at once: every piece before it was handed
-   * to the writer already, the prefetch reader has the whole range in its open segment (locateNow), a whole piece's
-   * pages are all verified (verifyAheadNow), and the writer takes the request synchronously (prefetchNow). Then the
-   * piece is done (SETTLED_PIECE), or pending on the writer's caching alone. Undefined when any of it is missing:
-   * prefetchRange does the piece. On a warm catch-up every piece goes here (the TS backend's prefetch is a no-op, the
-   * pages were verified by an earlier pass): the per-piece locate, awaits and verify promise were ~3% of its CPU.
-   */
-  private settleNow(from: Lsn, until: Lsn, whole: boolean): { readonly promise: Promise<void>; done: boolean } | undefined {
-    const { prefetchSource, writer, verifyAhead, verifyAheadNow } = this.options;
-    if (prefetchSource.locateNow === undefined || writer.prefetchNow === undefined) return undefined;
-    if (whole && verifyAhead !== undefined && verifyAheadNow === undefined) return undefined;
-    const chunk = prefetchSource.locateNow(from, until);
-    if (chunk === undefined || BigInt(chunk.byteCount) !== until - from) return undefined;
-    if (whole && verifyAheadNow !== undefined && !verifyAheadNow(chunk, from)) return undefined;
-    const caching = writer.prefetchNow(chunk);
-    if (caching === undefined) return SETTLED_PIECE;
-    // Requested now (the piece is verified already): done once cached; a failure is ignored, as in prefetchRange.
-    const piece = { promise: caching.catch(() => undefined), done: false };
-    void piece.promise.then(() => (piece.done = true));
-    return piece;
   }
 
   /**

@@ -207,8 +207,6 @@ async function streamToReplica(context: StreamContext, request: StartReplication
       verify: (chunk, chunkLsn) => timeline.pages.verify(chunk, chunkLsn, { checksummer: context.backend, tail: timeline.tailPages(), log }),
       verifyNow: (chunk, chunkLsn) => timeline.pages.verifyNow(chunk, chunkLsn, { checksummer: context.backend, tail: timeline.tailPages(), log }),
       verifyAhead: (chunk, chunkLsn) => timeline.pages.verify(chunk, chunkLsn, { checksummer: verifyAheadWith, tail: timeline.tailPages(), log }),
-      // verifyAheadWith has no checksumPagesNow: this only reads the verified-page bits, it never checksums.
-      verifyAheadNow: (chunk, chunkLsn) => timeline.pages.verifyNow(chunk, chunkLsn, { checksummer: verifyAheadWith, tail: undefined, log }),
       signal: stopController.signal,
       stopAtEnd: request.recovery,
       timelineEnd: () => timeline.pgTimelineEnd(request.pgTimelineId)?.switchLsn,
