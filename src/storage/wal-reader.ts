@@ -21,7 +21,7 @@
  * the segment is before the timeline start: WALCAST_ERR_WAL_REMOVED, as PostgreSQL's CheckXLogRemoved.
  */
 import assert from 'node:assert/strict';
-import { closeSync, fstatSync, openSync, read } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
 import type { WalChunk, WalFileHandle } from './wal-chunk.js';
@@ -63,8 +63,7 @@ interface SegmentFile extends WalFileHandle {
 interface OpenSegment {
   readonly segno: bigint;
   readonly name: string;
-  /** The open descriptor (file.fd); closed by closeSegment only. */
-  readonly fd: number;
+  readonly handle: FileHandle;
   readonly file: SegmentFile;
   /** The file's size when last looked at; looked at again only when a range reaches past it. */
   bytes: number;
@@ -93,8 +92,6 @@ export class WalReader {
   private current: OpenSegment | undefined;
   private previous: OpenSegment | undefined;
   private closed = false;
-  /** Segments retired by switchTo whose close runs on the next turn (retireSoon); close() closes them at once. */
-  private readonly retiring = new Set<OpenSegment>();
 
   constructor(
     private readonly dir: string,
@@ -122,7 +119,7 @@ export class WalReader {
     if (segment === undefined || this.closed || segment.file.closed || endLsn <= lsn) return undefined;
     const { segmentBytes, timelineStartLsn } = this.layout;
     if (lsn < timelineStartLsn && this.remote === undefined) return undefined;
-    if (!this.namedAsNow(segment)) return undefined;
+    if (segment.namedFor.history !== this.layout.history || segment.namedFor.pgTimelineId !== this.layout.pgTimelineId) return undefined;
     const segno = segmentOf(lsn, segmentBytes);
     if (segno !== segment.segno) return undefined;
     const segmentEnd = segmentStartLsn(segno + 1n, segmentBytes);
@@ -139,17 +136,13 @@ export class WalReader {
     if (lsn < this.layout.timelineStartLsn && this.remote === undefined) throw this.removedError(lsn);
     const { segmentBytes } = this.layout;
     const segno = segmentOf(lsn, segmentBytes);
-    // Keyed by name, not segno: after a timeline switch the same segment number is read from the new TLI's file. The
-    // name is a function of the segment number and the naming inputs (namedFor), so while those are the same the
-    // name is too: formatting it (bigints to hex) on every call was most of a prefetch piece's locate.
-    const current = this.current;
-    const sameFile = current !== undefined && (current.segno === segno && this.namedAsNow(current) ? true : current.name === this.segmentName(segno));
-    const segment = sameFile ? current : await this.switchTo(segno, lsn);
+    // Keyed by name, not segno: after a timeline switch the same segment number is read from the new TLI's file.
+    const segment = this.current?.name === this.segmentName(segno) ? this.current : await this.switchTo(segno, lsn);
     const segmentEnd = segmentStartLsn(segno + 1n, segmentBytes);
     const wantedBytes = Number(minLsn(endLsn, segmentEnd) - lsn);
     const fileOffset = offsetInSegment(lsn, segmentBytes);
     assert.ok(wantedBytes > 0 && fileOffset + wantedBytes <= segmentBytes, 'the chunk stays inside its segment');
-    if (fileOffset + wantedBytes > segment.bytes) segment.bytes = fstatSync(segment.fd).size;
+    if (fileOffset + wantedBytes > segment.bytes) segment.bytes = (await segment.handle.stat()).size;
     if (fileOffset >= segment.bytes) throw this.truncatedError(segment, lsn);
     const byteCount = Math.min(wantedBytes, segment.bytes - fileOffset);
     assert.ok(byteCount > 0 && fileOffset + byteCount <= segment.bytes, 'the chunk is inside the file');
@@ -192,7 +185,7 @@ export class WalReader {
       const chunk = await this.locate(position, position + BigInt(target.length - filled));
       const segment = this.current;
       assert.ok(segment !== undefined);
-      const bytesRead = await readAsync(segment.fd, target, filled, chunk.byteCount, chunk.fileOffset);
+      const { bytesRead } = await segment.handle.read(target, filled, chunk.byteCount, chunk.fileOffset);
       filled += bytesRead;
       if (bytesRead < chunk.byteCount) break;
     }
@@ -206,10 +199,9 @@ export class WalReader {
 
   async close(): Promise<void> {
     this.closed = true;
-    const segments = [this.previous, this.current, ...this.retiring];
+    const segments = [this.previous, this.current];
     this.previous = undefined;
     this.current = undefined;
-    this.retiring.clear();
     await Promise.all(segments.map((segment) => closeSegment(segment)));
   }
 
@@ -222,26 +214,8 @@ export class WalReader {
     const retired = this.previous;
     this.previous = this.current;
     this.current = opened;
-    if (retired !== undefined) this.retireSoon(retired);
+    await closeSegment(retired);
     return opened;
-  }
-
-  /**
-   * Closes a retired segment on the next turn of the event loop, not now. Opens are synchronous (openedFile), so the
-   * prefetcher's concurrent locates of a window's pieces run one after another in one turn: closing at once would
-   * retire a segment whose chunk an earlier locate of the same turn just returned, before its caller could use it.
-   */
-  private retireSoon(segment: OpenSegment): void {
-    this.retiring.add(segment);
-    setImmediate(() => {
-      if (!this.retiring.delete(segment)) return;
-      void closeSegment(segment);
-    });
-  }
-
-  /** The segment's name was computed from the naming inputs as they are now: it is segmentName(segment.segno). */
-  private namedAsNow(segment: OpenSegment): boolean {
-    return segment.namedFor.history === this.layout.history && segment.namedFor.pgTimelineId === this.layout.pgTimelineId;
   }
 
   /** What segmentName depends on besides the segment number, as it is now. */
@@ -271,20 +245,21 @@ export class WalReader {
    * not pinned: the cache may unlink it under us, and the open descriptor keeps its bytes readable.
    */
   private async openRemote(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
-    const { fd, path } = await this.openFetched(segno, lsn);
-    return { segno, name: this.segmentName(segno), ...openedFile(fd, path), unpin: noUnpin, remote: true, namedFor: this.namingNow() };
+    const { handle, path } = await this.openFetched(segno, lsn);
+    const info = await handle.stat();
+    return { segno, name: this.segmentName(segno), handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size, unpin: noUnpin, remote: true, namedFor: this.namingNow() };
   }
 
   /**
    * Fetches and opens a remote segment. The cache may evict the file between handing out its path and our open (a
    * small cache, many readers): then it is fetched again, a bounded number of times.
    */
-  private async openFetched(segno: bigint, lsn: Lsn): Promise<{ readonly fd: number; readonly path: string }> {
+  private async openFetched(segno: bigint, lsn: Lsn): Promise<{ readonly handle: FileHandle; readonly path: string }> {
     for (let attempt = 1; ; attempt++) {
       const path = this.remote === undefined ? undefined : await this.remote.fetch(segno);
       if (path === undefined) throw this.removedError(lsn);
       try {
-        return { fd: openSync(path, 'r'), path };
+        return { handle: await open(path, 'r'), path };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= REMOTE_OPEN_ATTEMPTS_MAX) throw error;
       }
@@ -301,8 +276,9 @@ export class WalReader {
     for (const candidate of [name, name + PARTIAL_SUFFIX, name]) {
       const path = join(this.dir, candidate);
       try {
-        const fd = openSync(path, 'r');
-        return { segno, name, ...openedFile(fd, path), unpin, remote: false, namedFor };
+        const handle = await open(path, 'r');
+        const info = await handle.stat();
+        return { segno, name, handle, file: { fd: handle.fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size, unpin, remote: false, namedFor };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
       }
@@ -332,29 +308,8 @@ async function closeSegment(segment: OpenSegment | undefined): Promise<void> {
   if (segment === undefined) return;
   segment.file.closed = true;
   try {
-    closeSync(segment.fd);
+    await segment.handle.close();
   } finally {
     segment.unpin();
-  }
-}
-
-function readAsync(fd: number, target: Buffer, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => read(fd, target, offset, length, position, (error, bytesRead) => (error === null ? resolve(bytesRead) : reject(error))));
-}
-
-/**
- * An opened segment file's descriptor, size and identity. The open, fstat and close of a segment are synchronous
- * calls on the event-loop thread: metadata of a file in the timeline's directory (its inode and dentry are in memory
- * while the directory is in use), no data read, as PostgreSQL's walsender opens its segments. Through fs/promises each
- * was a thread-pool hop and a promise chain, three per segment and reader: ~10% of the TS backend's user-space CPU on
- * a warm catch-up (docs/benchmarks.md, "The TS backend's CRC-32C loop, and what a warm catch-up spends").
- */
-function openedFile(fd: number, path: string): Pick<OpenSegment, 'fd' | 'file' | 'bytes'> {
-  try {
-    const info = fstatSync(fd);
-    return { fd, file: { fd, path, identity: `${info.dev}:${info.ino}`, closed: false }, bytes: info.size };
-  } catch (error) {
-    closeSync(fd);
-    throw error;
   }
 }
