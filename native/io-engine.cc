@@ -1147,7 +1147,18 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, size_t rea
   // a part leaves the rest of the range to the last part.
   uint64_t part_offset = offset;
   const uint64_t end = offset + byte_count;
-  auto append = [&](PrefetchRead&& read) {
+  // Queues [part_offset, part_offset + bytes) behind the file's earlier requests, or starts it when there are none;
+  // a silent part sends no event (the last part carries the token).
+  auto append = [&](UniqueFd&& part_fd, size_t bytes, uint64_t part_token) {
+    PrefetchRead read;
+    read.token = part_token;
+    read.silent = part_token == 0;
+    read.fd = std::move(part_fd);
+    read.offset = part_offset;
+    read.bytes = bytes;
+    read.step = PrefetchStep::kWait;
+    read.wait_offset = std::max(missing, part_offset);
+    read.file_key = file_key;
     auto active = file_prefetches_.find(file_key);
     if (active != file_prefetches_.end()) {
       active->second.push_back(std::move(read));
@@ -1159,26 +1170,10 @@ int Engine::Prefetch(int file_fd, uint64_t offset, size_t byte_count, size_t rea
   while (readahead_ != nullptr && end - part_offset > read_bytes) {
     UniqueFd part_fd(fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
     if (part_fd.get() < 0) break;
-    PrefetchRead part;
-    part.silent = true;
-    part.fd = std::move(part_fd);
-    part.offset = part_offset;
-    part.bytes = read_bytes;
-    part.step = PrefetchStep::kWait;
-    part.wait_offset = std::max(missing, part_offset);
-    part.file_key = file_key;
-    append(std::move(part));
+    append(std::move(part_fd), read_bytes, 0);
     part_offset += read_bytes;
   }
-  PrefetchRead read;
-  read.token = token;
-  read.fd = std::move(fd);
-  read.offset = part_offset;
-  read.bytes = static_cast<size_t>(end - part_offset);
-  read.step = PrefetchStep::kWait;
-  read.wait_offset = std::max(missing, part_offset);
-  read.file_key = file_key;
-  append(std::move(read));
+  append(std::move(fd), static_cast<size_t>(end - part_offset), token);
   SubmitRing();
   return 0;
 }

@@ -76,8 +76,8 @@ export const NATIVE_PREFETCH_BYTES_MAX = 4 * 1024 * 1024;
  * window). Each piece costs a sender wait, a check ahead on the libuv pool (its own mapping) and their promises (its
  * reads go to the addon in NATIVE_PREFETCH_READ_BYTES requests: four since 2026-12-07, one before); next to a busy
  * CPU a cold catch-up is CPU-bound, and at 1 MiB pieces the per-piece costs were about a quarter of its CPU per GB
- * (4 MiB: ~0.78x with one request per piece, docs/benchmarks.md "Cold catch-up next to a busy CPU"). The window doubles with the piece so that the sender stays as far ahead of its waits as with four
- * 1 MiB pieces (a 4 MiB window of one 4 MiB piece waited ~35 % longer for the disk per GiB). The TS backend keeps 1
+ * (4 MiB: ~0.78x with one request per piece, docs/benchmarks.md "Cold catch-up next to a busy CPU"). The window
+ * doubles with the piece so that the sender stays as far ahead of its waits as with four 1 MiB pieces (a 4 MiB window of one 4 MiB piece waited ~35 % longer for the disk per GiB). The TS backend keeps 1
  * and 4 MiB: its checks ahead read into kept send buffers (VERIFIED_READS_KEPT_MAX, 6 MiB) that a larger window
  * would overflow.
  */
@@ -90,10 +90,10 @@ export const NATIVE_PREFETCH_SHAPE = { pieceBytes: NATIVE_PREFETCH_BYTES_MAX, wi
  * goes, a commit's fdatasync took ~16 ms (p50) beside 4 MiB requests and ~8 ms beside 1 MiB ones, whatever the window
  * (4 or 8 MiB; bench/prefetch-shape-sync.ts, docs/benchmarks.md "Live replicas beside cold catch-ups"). The price: ~5-10 %
  * more cold catch-up CPU per GB than one 4 MiB request (three more requests, thread hand-offs and events per piece).
- * Since 2026-12-07 (later) the split is the addon's: one request, token, event and promise per piece, the engine queues
- * its 1 MiB jobs in file order (Engine::Prefetch); the readahead threads and the disk see the same 1 MiB jobs with the
- * same gaps. The JavaScript side of the split was not the cost: server CPU per GB 0.96-1.04x the split in JavaScript
- * (12 interleaved rounds, docs/benchmarks.md "A cold catch-up's CPU, thread by thread").
+ * The split is the addon's: one request, token, event and promise per piece, and the engine queues its 1 MiB jobs in
+ * file order (Engine::Prefetch), so the readahead threads and the disk see 1 MiB jobs with gaps between them (the
+ * same split done in JavaScript measured 0.96-1.04x the CPU per GB: docs/benchmarks.md "A cold catch-up's CPU,
+ * thread by thread").
  */
 export const NATIVE_PREFETCH_READ_BYTES = 1024 * 1024;
 /**
