@@ -48,7 +48,7 @@ test('slot wal_status follows the retention limits where WAL is removed, as pg_r
   await slotted.slots.create('near', { temporary: false, restartLsn: 0x8f00000n });
   await slotted.slots.create('behind', { temporary: false, restartLsn: 0x5000000n });
   await slotted.slots.create('far', { temporary: false, restartLsn: 0x1000000n });
-  const retention = { removes: true, walKeepBytes: 32 << 20, maxSlotWalKeepBytes: 96 << 20, horizonLsn: undefined, limitedBy: undefined, limitingSlot: undefined, diskBytes: 0, segmentFiles: 0, passes: 0, segmentsRemoved: 0, slotsInvalidated: 0, failures: 0 };
+  const retention = { removes: true, walKeepBytes: 32 << 20, maxSlotWalKeepBytes: 96 << 20, horizonLsn: undefined, removedBeforeLsn: undefined, limitedBy: undefined, limitingSlot: undefined, diskBytes: 0, segmentFiles: 0, passes: 0, segmentsRemoved: 0, slotsInvalidated: 0, failures: 0 };
   const statusOf = (document: Record<string, unknown>): Record<string, unknown> =>
     Object.fromEntries((document.slots as { slot_name: string; wal_status: unknown }[]).map((slot) => [slot.slot_name, slot.wal_status]));
   assert.deepEqual(statusOf(timelineStatus(slotted, new Date(), undefined, retention)), { near: 'reserved', behind: 'extended', far: 'unreserved' });

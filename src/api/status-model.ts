@@ -205,6 +205,7 @@ function retentionDocument(status: RetentionStatus): Record<string, unknown> {
     wal_keep_size_bytes: status.walKeepBytes,
     max_slot_wal_keep_size_bytes: status.maxSlotWalKeepBytes ?? -1,
     horizon_lsn: optionalLsn(status.horizonLsn),
+    removed_before_lsn: optionalLsn(status.removedBeforeLsn),
     limited_by: status.limitedBy ?? null,
     limiting_slot: status.limitingSlot ?? null,
     wal_disk_bytes: status.diskBytes,

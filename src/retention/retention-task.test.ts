@@ -67,8 +67,10 @@ function task(timeline: Timeline, settings: RetentionSettings, fs?: RetentionFs)
 test('a pass keeps wal_keep_size behind the end, records the start, then removes what lies before it', async () => {
   const timeline = await openTimeline(dir);
   const retention = task(timeline, keepSegments(3));
+  assert.equal(retention.status().removedBeforeLsn, undefined, 'nothing removed before the first pass');
   await retention.runPass();
   assert.equal(timeline.timelineStartLsn, seg(7));
+  assert.equal(retention.status().removedBeforeLsn, seg(7), 'the completed pass removed everything before the start');
   assert.equal((await readControlFile(dir)).timelineStartLsn, seg(7));
   assert.deepEqual(await segnosOnDisk(), range(7, 10));
   const status = retention.status();

@@ -94,6 +94,12 @@ export interface RetentionStatus {
   readonly walKeepBytes: number;
   readonly maxSlotWalKeepBytes: number | undefined;
   readonly horizonLsn: Lsn | undefined;
+  /**
+   * Every segment file (of any TLI) before this LSN was gone when the last pass ended; undefined before a pass has
+   * removed through the recorded start. It trails the horizon by the WAL that arrived while passes ran, which is
+   * how far past --wal-keep-size the disk may be at that moment.
+   */
+  readonly removedBeforeLsn: Lsn | undefined;
   readonly limitedBy: string | undefined;
   readonly limitingSlot: string | undefined;
   /** Bytes of segment files on disk, and how many files, at the last measurement. */
@@ -113,6 +119,7 @@ export class RetentionTask {
   private running: Promise<void> | undefined;
   private stopped = false;
   private horizon: Horizon | undefined;
+  private removedBeforeLsn: Lsn | undefined;
   private diskMeasuredAt = 0;
   private diskBytes = 0;
   private segmentFiles = 0;
@@ -166,6 +173,7 @@ export class RetentionTask {
       walKeepBytes: this.options.settings.walKeepBytes,
       maxSlotWalKeepBytes: this.options.settings.maxSlotWalKeepBytes,
       horizonLsn: this.horizon?.horizonLsn,
+      removedBeforeLsn: this.removedBeforeLsn,
       limitedBy: this.horizon?.limitedBy,
       limitingSlot: this.horizon?.limitingSlot,
       diskBytes: this.diskBytes,
@@ -202,7 +210,9 @@ export class RetentionTask {
     this.warnAboutLargeHolds(holds);
     this.advanceStartInMemory(horizon);
     const persistedStart = await this.persistStart();
-    const removed = await this.removeSegmentsBefore(segmentOf(persistedStart, timeline.segmentBytes));
+    const startSegno = segmentOf(persistedStart, timeline.segmentBytes);
+    const removed = await this.removeSegmentsBefore(startSegno);
+    this.removedBeforeLsn = segmentStartLsn(startSegno, timeline.segmentBytes);
     await this.measureDiskUsage(removed > 0);
   }
 

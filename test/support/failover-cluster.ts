@@ -13,7 +13,7 @@ import { lstat, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createFollowingTimeline } from '../../src/ingest/create-timeline.js';
 import { silentLogger } from '../../src/log.js';
-import { formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
+import { alignDown, formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
 import type { RemoteStorageConfig } from '../../src/remote/remote-config.js';
 import { parseTimelineHistory, switchPointOf } from '../../src/storage/timeline-history.js';
 import type { Timeline } from '../../src/timeline/timeline.js';
@@ -26,9 +26,10 @@ const SEGMENT_BYTES = FAILOVER_SEGMENT_BYTES;
 /** The keep window under test: 3 segments, far below what the tests write on either timeline. */
 export const FAILOVER_WAL_KEEP_BYTES = 3 * SEGMENT_BYTES;
 /**
- * Besides the keep window: the segment being written, WAL that arrives while a pass waits (up to about two seconds
- * of ingest, more on a loaded machine), the segment a live sender has open, and across the switch the old TLI's
- * `.partial` of the switch segment next to the new TLI's copy. Six segments, as test/retention.test.ts allows.
+ * Besides the keep window (and the pass lag sampleDisk allows for): the segment being written and the next one
+ * being created while the files are listed, the keep window's segment rounding, across the switch the old TLI's
+ * `.partial` of the switch segment next to the new TLI's copy, and the page-checksum sidecars. Six segments, as
+ * test/retention.test.ts allows.
  */
 const DISK_SLACK_BYTES = 6 * SEGMENT_BYTES;
 /** What W may hold on disk at any moment, before a test's own allowance (a lagging sender or uploader). */
@@ -130,27 +131,52 @@ export async function failOver(cluster: FailoverCluster): Promise<{ readonly swi
 export interface DiskSample {
   readonly atMs: number;
   readonly diskBytes: number;
-  /** Files per TLI at that moment, and the test's note on its allowance, for the failure message. */
+  /** Files per TLI at that moment, and the notes on its allowances, for the failure message. */
   readonly describe: string;
-  /** FAILOVER_DISK_BOUND_BYTES plus the test's allowance at that moment. */
+  /** FAILOVER_DISK_BOUND_BYTES plus the larger allowance at that moment (retention's pass lag or the test's own). */
   readonly allowedBytes: number;
+  /** How far the last completed pass's removal trailed the keep window: WAL that arrived while passes ran. */
+  readonly passLagBytes: number;
+  /** Retention's `removedBeforeLsn` at that moment (undefined before a pass completed). */
+  readonly removedBeforeLsn: Lsn | undefined;
 }
 
 /**
  * Samples the allocated bytes of W's segment files of every TLI (sidecars included) every 250 ms, independently of
- * walcast. `allowance` says how far past the plain bound W may be at that moment and why (e.g. a live sender's
- * open segment, which is never removed, or an uploader behind the keep window, which retention may not pass).
+ * walcast. A sample may exceed the plain bound by the larger of two allowances, each read before the files are:
+ *
+ * - retention's pass lag: the keep window's start now, less the LSN before which the last completed pass had removed
+ *   every file (`removedBeforeLsn`). Passes run once a second, but on a loaded machine one can take seconds (it
+ *   fsyncs the control file and the directory), and WAL arriving meanwhile is on disk until the next pass ends. The
+ *   sample then checks the exact claim: nothing is left below what the pass removed. That the lag does not grow
+ *   without end is checked apart, without timing: passes complete during the run (`assertPassesCompleted`), and
+ *   after the last writes two passes bring the disk under the plain bound (the tests' end checks).
+ * - the test's own (`allowance`): e.g. a live sender's open segment, which is never removed, or an uploader behind
+ *   the keep window, which retention may not pass. Both also hold the start, so they show in the pass lag too; the
+ *   note says which.
  */
-export function sampleDisk(of: Timeline, allowance: () => { readonly bytes: number; readonly note: string }): { stop(): Promise<DiskSample[]> } {
+export function sampleDisk(cluster: FailoverCluster, allowance: () => { readonly bytes: number; readonly note: string }): { stop(): Promise<DiskSample[]> } {
+  const { walcast, timeline } = cluster;
   const samples: DiskSample[] = [];
   const startedAt = Date.now();
   let stopped = false;
   const loop = (async () => {
     while (!stopped) {
       const extra = allowance();
-      const byTli = await segmentFilesByTli(of.dir);
-      const diskBytes = await allocatedBytes(of.dir, byTli);
-      samples.push({ atMs: Date.now() - startedAt, diskBytes, describe: `${describeFiles(byTli)}; ${extra.note}`, allowedBytes: FAILOVER_DISK_BOUND_BYTES + extra.bytes });
+      const removedBeforeLsn = walcast.server.retention?.status(timeline.tenantId, timeline.timelineId)?.removedBeforeLsn;
+      const commitLsn = timeline.commitLsn.get();
+      const keepFrom = commitLsn > BigInt(FAILOVER_WAL_KEEP_BYTES) ? alignDown(commitLsn - BigInt(FAILOVER_WAL_KEEP_BYTES), SEGMENT_BYTES) : 0n;
+      const passLagBytes = removedBeforeLsn !== undefined && removedBeforeLsn < keepFrom ? Number(keepFrom - removedBeforeLsn) : 0;
+      const byTli = await segmentFilesByTli(timeline.dir);
+      const diskBytes = await allocatedBytes(timeline.dir, byTli);
+      samples.push({
+        atMs: Date.now() - startedAt,
+        diskBytes,
+        describe: `${describeFiles(byTli)}; ${extra.note}; retention pass lag ${mib(passLagBytes)} MiB`,
+        allowedBytes: FAILOVER_DISK_BOUND_BYTES + Math.max(extra.bytes, passLagBytes),
+        passLagBytes,
+        removedBeforeLsn,
+      });
       await new Promise((resolve) => setTimeout(resolve, SAMPLE_INTERVAL_MS));
     }
   })();
@@ -170,6 +196,23 @@ export function assertSamplesBounded(samples: readonly DiskSample[]): DiskSample
     assert.ok(sample.diskBytes <= sample.allowedBytes, `at ${sample.atMs} ms ${mib(sample.diskBytes)} MiB on disk (${sample.describe}), over ${mib(sample.allowedBytes)} MiB`);
   }
   return samples.reduce((max, sample) => (sample.diskBytes > max.diskBytes ? sample : max));
+}
+
+/**
+ * Retention kept removing while the WAL was written, not only in the passes a test runs at the end: the removal
+ * point moved at least `times` times across the samples. Fails if passes stalled (or stopped removing) for the run.
+ */
+export function assertPassesCompleted(samples: readonly DiskSample[], times: number): { readonly moves: number; readonly worstLagBytes: number } {
+  let moves = 0;
+  let previous: Lsn | undefined;
+  for (const sample of samples) {
+    if (sample.removedBeforeLsn !== undefined && (previous === undefined || sample.removedBeforeLsn > previous)) {
+      if (previous !== undefined) moves++;
+      previous = sample.removedBeforeLsn;
+    }
+  }
+  assert.ok(moves >= times, `retention's removal point moved ${moves} times while the WAL was written (at least ${times} expected)`);
+  return { moves, worstLagBytes: samples.reduce((max, sample) => Math.max(max, sample.passLagBytes), 0) };
 }
 
 /** W's segment files (NAME, NAME.partial, NAME.crc) by the TLI in their name. */
