@@ -15,7 +15,7 @@ import { createOperationsMetrics } from '../src/api/metrics.js';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
 import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
-import { decodeRemoteMetadata, metadataKey, segmentKey } from '../src/remote/remote-layout.js';
+import { REMOTE_METADATA_BYTES_MAX, decodeRemoteMetadata, metadataKey, segmentKey } from '../src/remote/remote-layout.js';
 import { parseRemoteStorageUrl, type RemoteStorageConfig } from '../src/remote/remote-config.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
 import { readControlFile } from '../src/storage/control-file.js';
@@ -82,8 +82,14 @@ describe('offload to object storage following a real primary', { timeout: 1_200_
     t.diagnostic(`${compared} segments from ${formatLsn(firstLsn)} to ${formatLsn(backupLsn())} in the bucket, equal to the primary's; local start ${formatLsn(timeline.timelineStartLsn)}`);
     const control = await readControlFile(timeline.dir);
     assert.ok(control.backupLsn !== undefined && control.backupLsn <= backupLsn() && control.backupLsn >= flushed, 'the control file holds the confirmed backup LSN');
+    // The uploader rewrites the metadata object after it confirms each backup LSN (and goes on while walcast ingests
+    // WAL the primary already flushed), so wait for it and read it in one GET: a HEAD's size for a later ranged GET
+    // once met the object mid-rewrite (0 bytes on s3rver then) and asked for a 0-byte range.
     const metadataObject = store.key(metadataKey(timeline));
-    const metadata = decodeRemoteMetadata(await store.getRange(metadataObject, 0, (await store.head(metadataObject))?.sizeBytes ?? 1), metadataObject);
+    const metadata = await waitFor(async () => {
+      const current = decodeRemoteMetadata(await store.getObject(metadataObject, REMOTE_METADATA_BYTES_MAX), metadataObject);
+      return current.backupLsn >= flushed ? current : undefined;
+    }, OFFLOAD_TIMEOUT_MS, { what: 'the metadata object records the backup LSN', pollMs: 100 });
     assert.equal(metadata.systemId, timeline.systemId);
     assert.equal(metadata.segmentBytes, SEGMENT_BYTES);
     assert.equal(metadata.timelineStartLsn, firstLsn);

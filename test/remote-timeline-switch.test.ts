@@ -22,7 +22,7 @@ import { after, before, test } from 'node:test';
 import { storeTimelineSwitch } from '../src/ingest/timeline-switch.js';
 import { createLogger, silentLogger } from '../src/log.js';
 import { WAL_PAGE_BYTES, formatLsn, type Lsn } from '../src/lsn.js';
-import type { ObjectStore } from '../src/remote/object-store.js';
+import { ObjectNotFoundError, type ObjectStore } from '../src/remote/object-store.js';
 import { startOffload, type OffloadHandle } from '../src/remote/offload-manager.js';
 import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
 import { REMOTE_METADATA_FORMAT_VERSION, decodeRemoteMetadata, encodeRemoteMetadata, historyKey, metadataKey, segmentKey, timelinePrefix } from '../src/remote/remote-layout.js';
@@ -90,10 +90,14 @@ async function until(condition: () => boolean, what: string): Promise<void> {
   await waitFor(async () => (condition() ? true : undefined), WAIT_MS, { what, pollMs: 20 });
 }
 
+/** The whole object in one GET (no HEAD whose size a rewrite by the running uploader could change), or undefined. */
 async function getObject(objectStore: ObjectStore, relativeKey: string): Promise<Buffer | undefined> {
-  const key = objectStore.key(relativeKey);
-  const head = await objectStore.head(key);
-  return head === undefined ? undefined : objectStore.getRange(key, 0, head.sizeBytes);
+  try {
+    return await objectStore.getObject(objectStore.key(relativeKey), SEG);
+  } catch (error) {
+    if (error instanceof ObjectNotFoundError) return undefined;
+    throw error;
+  }
 }
 
 function backupLsn(): Lsn {

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { createLogger, silentLogger } from '../src/log.js';
 import { WAL_PAGE_BYTES, type Lsn } from '../src/lsn.js';
-import { decodeRemoteMetadata, metadataKey, segmentKey } from '../src/remote/remote-layout.js';
+import { REMOTE_METADATA_BYTES_MAX, decodeRemoteMetadata, metadataKey, segmentKey } from '../src/remote/remote-layout.js';
 import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
 import { REMOTE_READ_AHEAD_SEGMENTS, SegmentCache } from '../src/remote/segment-cache.js';
@@ -108,7 +108,7 @@ test('every completed segment below the flush LSN is uploaded once, byte-identic
   assert.equal(await f.store.head(f.store.key(segmentKey(f.keys, 1, 7n, SEGMENT_BYTES))), undefined);
   assert.deepEqual([...f.persisted].sort((a, b) => (a < b ? -1 : 1)), f.persisted, 'persisted backup LSNs only grow');
   assert.equal(f.persisted.at(-1), segmentStartLsn(7n, SEGMENT_BYTES));
-  const metadata = decodeRemoteMetadata(await f.store.getRange(f.store.key(metadataKey(f.keys)), 0, (await f.store.head(f.store.key(metadataKey(f.keys))))?.sizeBytes ?? 1), 'test');
+  const metadata = decodeRemoteMetadata(await f.store.getObject(f.store.key(metadataKey(f.keys)), REMOTE_METADATA_BYTES_MAX), 'test');
   assert.equal(metadata.backupLsn, segmentStartLsn(7n, SEGMENT_BYTES));
   assert.equal(metadata.segmentBytes, SEGMENT_BYTES);
   f.store.close();
