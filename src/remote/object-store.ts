@@ -24,8 +24,10 @@ export interface ObjectStore {
   /** Uploads a small object held in memory (metadata), with the same server-verified checksum. */
   putBytes(key: string, bytes: Buffer, signal?: AbortSignal): Promise<void>;
   /**
-   * Bytes [start, start + length) of `key`. Rejects with ObjectNotFoundError when the key does not exist, and when
-   * the store answers more than `length` bytes. The answer may be shorter than asked: callers check.
+   * Bytes [start, start + length) of `key`; `length` is at least 1 (a caller's fixed read size: the size of an
+   * object that may be rewritten is never taken from a HEAD for a later GET, which getObject avoids). Rejects with
+   * ObjectNotFoundError when the key does not exist, and when the store answers more than `length` bytes. The
+   * answer may be shorter than asked, empty when `start` is at or past the object's end: callers check.
    */
   getRange(key: string, start: number, length: number, signal?: AbortSignal): Promise<Buffer>;
   /**

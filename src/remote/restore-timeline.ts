@@ -16,7 +16,6 @@
  * the switch as it always does (catching up to the switch point, then switching). The history files of that TLI
  * and its ancestors come back byte-identical, so TIMELINE_HISTORY and replicas work as before.
  */
-import assert from 'node:assert/strict';
 import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
@@ -66,14 +65,15 @@ export async function restoreTimeline(options: { dataDir: string; store: ObjectS
     for (const [index, entry] of history.history.entries()) {
       if (entry.pgTimelineId > pgTimelineId) break;
       const key = store.key(historyKey(keys, entry.pgTimelineId));
-      const head = entry.pgTimelineId === metadata.pgTimelineId ? history.sizeBytes : (await store.head(key))?.sizeBytes;
-      if (head === undefined) {
+      // The bytes restore parsed for the metadata's TLI are the ones it writes: one GET per object, never a HEAD's
+      // size applied to a later GET (an object rewritten in between would be cut or padded).
+      const bytes = entry.pgTimelineId === metadata.pgTimelineId ? history.bytes : await getHistoryObject(store, key);
+      if (bytes === undefined) {
         // The oldest TLI has no file (TLI 1, or a timeline imported without its history); the restored one must.
         if (index === 0 || entry.pgTimelineId !== pgTimelineId) continue;
         throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} of PostgreSQL timeline ${pgTimelineId} is missing from ${store.description}`);
       }
-      if (head > HISTORY_FILE_BYTES_MAX) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} has ${head} bytes`);
-      await download(store, key, join(tempDir, historyFileName(entry.pgTimelineId)), head);
+      await writeNewFile(join(tempDir, historyFileName(entry.pgTimelineId)), bytes);
       historyFiles.push(historyFileName(entry.pgTimelineId));
     }
     const name = segmentFileName(pgTimelineId, lastSegno, metadata.segmentBytes);
@@ -81,9 +81,10 @@ export async function restoreTimeline(options: { dataDir: string; store: ObjectS
     await download(store, segmentObjectKey, join(tempDir, name), metadata.segmentBytes);
     // Its page checksums, when the bucket has them (segment-uploader.ts putSidecar), so the one local segment is
     // verified before it is sent like every other.
-    const sidecar = await store.head(segmentObjectKey + SIDECAR_SUFFIX);
-    if (sidecar !== undefined && sidecar.sizeBytes > 0 && sidecar.sizeBytes <= (metadata.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES) {
-      await download(store, segmentObjectKey + SIDECAR_SUFFIX, sidecarPathFor(tempDir, name), sidecar.sizeBytes);
+    // One GET of the whole object, as the segment cache reads it (no HEAD whose size a rewrite could change).
+    const sidecar = await getWholeObject(store, segmentObjectKey + SIDECAR_SUFFIX, (metadata.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES + 1);
+    if (sidecar !== undefined && sidecar.length > 0 && sidecar.length <= (metadata.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES) {
+      await writeNewFile(sidecarPathFor(tempDir, name), sidecar);
     }
     await writeControlFile(tempDir, {
       formatVersion: CONTROL_FORMAT_VERSION,
@@ -110,32 +111,69 @@ export async function restoreTimeline(options: { dataDir: string; store: ObjectS
 }
 
 /**
- * The history of the metadata's TLI from its history file in the bucket. Without one, the TLI is served as a single
- * timeline, as open-timelines.ts readHistory does locally (TLI 1, or a timeline imported without its history).
+ * The history of the metadata's TLI from its history file in the bucket, with the file's bytes. Without one, the TLI
+ * is served as a single timeline, as open-timelines.ts readHistory does locally (TLI 1, or a timeline imported
+ * without its history).
  */
-async function readRemoteHistory(store: ObjectStore, keys: TimelineKeys, pgTimelineId: number): Promise<{ history: TimelineHistory; sizeBytes: number | undefined }> {
+async function readRemoteHistory(store: ObjectStore, keys: TimelineKeys, pgTimelineId: number): Promise<{ history: TimelineHistory; bytes: Buffer | undefined }> {
   const key = store.key(historyKey(keys, pgTimelineId));
-  const head = pgTimelineId === 1 ? undefined : await store.head(key);
-  if (head === undefined) return { history: singleTimelineHistory(pgTimelineId), sizeBytes: undefined };
-  if (head.sizeBytes > HISTORY_FILE_BYTES_MAX) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} has ${head.sizeBytes} bytes`);
-  const bytes = head.sizeBytes === 0 ? Buffer.alloc(0) : await store.getRange(key, 0, head.sizeBytes);
+  const bytes = pgTimelineId === 1 ? undefined : await getHistoryObject(store, key);
+  if (bytes === undefined) return { history: singleTimelineHistory(pgTimelineId), bytes: undefined };
   try {
-    return { history: parseTimelineHistory(bytes.toString('utf8'), pgTimelineId), sizeBytes: head.sizeBytes };
+    return { history: parseTimelineHistory(bytes.toString('utf8'), pgTimelineId), bytes };
   } catch (error) {
     throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} is invalid: ${(error as Error).message}`, { cause: error });
   }
 }
 
+/** A history file object's bytes, or undefined when the bucket has none; refused when larger than any history file. */
+async function getHistoryObject(store: ObjectStore, key: string): Promise<Buffer | undefined> {
+  const bytes = await getWholeObject(store, key, HISTORY_FILE_BYTES_MAX + 1);
+  if (bytes !== undefined && bytes.length > HISTORY_FILE_BYTES_MAX) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} has more than ${HISTORY_FILE_BYTES_MAX} bytes`);
+  return bytes;
+}
+
+/**
+ * The metadata object in one GET of the whole object. Not a HEAD and then a ranged GET of the HEAD's size: the
+ * walcast that offloads the timeline rewrites this object after every advance of its backup LSN, and a rewrite
+ * between the two (a longer LSN, an upstream added) cut the new JSON at the old length, failing restore with
+ * "not JSON". S3 replaces an object atomically, so one GET answers one version whole.
+ */
 async function readMetadata(store: ObjectStore, keys: TimelineKeys): Promise<RemoteTimelineMetadata> {
   const key = store.key(metadataKey(keys));
-  const head = await store.head(key);
-  if (head === undefined) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `no timeline metadata object ${key} in ${store.description}`);
-  if (head.sizeBytes === 0 || head.sizeBytes > REMOTE_METADATA_BYTES_MAX) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `timeline metadata object ${key} has ${head.sizeBytes} bytes`);
-  const metadata = decodeRemoteMetadata(await store.getRange(key, 0, head.sizeBytes), key);
+  const bytes = await getWholeObject(store, key, REMOTE_METADATA_BYTES_MAX + 1);
+  if (bytes === undefined) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `no timeline metadata object ${key} in ${store.description}`);
+  if (bytes.length === 0) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `timeline metadata object ${key} is empty`);
+  if (bytes.length > REMOTE_METADATA_BYTES_MAX) throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `timeline metadata object ${key} has more than ${REMOTE_METADATA_BYTES_MAX} bytes`);
+  const metadata = decodeRemoteMetadata(bytes, key);
   if (metadata.tenantId !== keys.tenantId || metadata.timelineId !== keys.timelineId) {
     throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `timeline metadata object ${key} describes ${metadata.tenantId}/${metadata.timelineId}`);
   }
   return metadata;
+}
+
+/**
+ * The whole of `key` (at most `maxBytes`: the store refuses a larger answer, reported here as WALCAST_ERR_REMOTE_STORAGE
+ * naming the object), or undefined when the bucket does not have it.
+ */
+async function getWholeObject(store: ObjectStore, key: string, maxBytes: number): Promise<Buffer | undefined> {
+  try {
+    return await store.getObject(key, maxBytes);
+  } catch (error) {
+    if (error instanceof ObjectNotFoundError) return undefined;
+    throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `reading ${key} failed: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+/** Writes `bytes` to a new file and fsyncs it. */
+async function writeNewFile(path: string, bytes: Buffer): Promise<void> {
+  const handle = await open(path, 'wx', 0o600);
+  try {
+    await handle.writeFile(bytes);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Copies an object to a new file in REMOTE_GET_RANGE_BYTES GETs streamed into it, and fsyncs it. */
@@ -151,7 +189,11 @@ async function download(store: ObjectStore, key: string, path: string, sizeBytes
         if (error instanceof ObjectNotFoundError) throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `segment object ${key} is missing from the bucket`, { cause: error });
         throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `reading ${key} failed: ${(error as Error).message}`, { cause: error });
       }
-      assert.equal(written, length, 'a ranged GET returns the bytes asked for');
+      // The object is shorter than the metadata says (damaged, or not what walcast put there): the bucket's
+      // state, not an invariant of this code, so a clear error naming the object rather than an assertion.
+      if (written !== length) {
+        throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `object ${key} answered ${written} bytes at offset ${position}, expected ${length}: it is shorter than ${sizeBytes} bytes`);
+      }
     }
     await handle.sync();
   } finally {

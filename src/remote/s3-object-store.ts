@@ -167,6 +167,9 @@ export class S3ObjectStore implements ObjectStore {
         if (!body.readableEnded) body.destroy();
       }
     } catch (error) {
+      // A range past the object's end (an empty object, or one shorter than the caller expected) is 416 on S3: no
+      // bytes there, which the interface reports as a short (empty) answer for the caller to check, not a failure.
+      if (range !== undefined && isRangeNotSatisfiable(error)) return;
       throw notFoundOr(error, key);
     }
   }
@@ -278,6 +281,12 @@ function checkEtag(key: string, etag: string | undefined, md5Base64: string): vo
   if (stored === undefined || !/^[0-9a-f]{32}$/.test(stored)) return;
   const sent = Buffer.from(md5Base64, 'base64').toString('hex');
   if (stored !== sent) throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `object ${key} was stored with MD5 ${stored}, expected ${sent}`);
+}
+
+/** S3's answer to a Range that starts at or past the object's end: 416 InvalidRange. */
+function isRangeNotSatisfiable(error: unknown): boolean {
+  const named = error as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return named.name === 'InvalidRange' || named.$metadata?.httpStatusCode === 416;
 }
 
 /** S3 says "no such key" as NoSuchKey (GET) or a bare 404 NotFound (HEAD, no body). */

@@ -207,8 +207,7 @@ export class SegmentCache implements RemoteSegmentSource {
       try {
         for (let position = 0; position < segmentBytes; position += REMOTE_GET_RANGE_BYTES) {
           const length = Math.min(REMOTE_GET_RANGE_BYTES, segmentBytes - position);
-          const written = await this.getWithRetries(key, position, length, handle);
-          if (written !== length) throw new Error(`object ${key} returned ${written} bytes at ${position}, expected ${length}`);
+          await this.getWithRetries(key, position, length, handle);
         }
       } finally {
         await handle.close();
@@ -269,12 +268,17 @@ export class SegmentCache implements RemoteSegmentSource {
     return true;
   }
 
-  /** A GET of segment bytes into the download file: the one the `remote-read-after-get` failpoint counts (not sidecars). */
-  private async getWithRetries(key: string, position: number, length: number, file: FileHandle): Promise<number> {
-    return this.withRetries(key, async () => {
+  /**
+   * A GET of segment bytes into the download file: the one the `remote-read-after-get` failpoint counts (not
+   * sidecars). A short answer (the object is shorter than a segment: empty, cut, or being replaced on a store that
+   * does not replace atomically) is a failed attempt like a transport fault, retried and then reported naming the
+   * object; the range is written again from its start.
+   */
+  private async getWithRetries(key: string, position: number, length: number, file: FileHandle): Promise<void> {
+    await this.withRetries(key, async () => {
       const written = await this.options.store.getRangeToFile(key, position, length, file, position);
       failpoint('remote-read-after-get');
-      return written;
+      if (written !== length) throw new Error(`object ${key} answered ${written} bytes at offset ${position}, expected ${length}: it is shorter than a segment`);
     });
   }
 
