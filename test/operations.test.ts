@@ -338,7 +338,10 @@ describe('walcast serve with the HTTP API, as a process', { timeout: TEST_TIMEOU
     const child = await spawnServe(['--data-dir', dataDir, '--listen', '127.0.0.1:0', '--http', `127.0.0.1:${httpPort}`, '--io', 'ts'], base, 'unused-on-loopback');
     try {
       assert.equal((await stat(dataDir)).mode & 0o777, 0o700);
-      const state = JSON.parse(await readFile(join(dataDir, 'walcast.server.json'), 'utf8')) as { pid: number };
+      // serve writes walcast.server.json just after its HTTP API listens (the file records the API's address), so the
+      // API can answer a moment before the file is there.
+      const stateText = await pollUntil(async () => readFile(join(dataDir, 'walcast.server.json'), 'utf8').catch(() => undefined), 30_000, { what: 'walcast.server.json' });
+      const state = JSON.parse(stateText) as { pid: number };
       assert.equal(state.pid, child.pid, 'serve names itself in the new directory');
     } finally {
       const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));

@@ -60,7 +60,18 @@ export async function startS3FaultProxy(targetPort: () => number): Promise<S3Fau
     const path = req.url ?? '/';
     const fault = faults.find((candidate) => candidate.hits < candidate.rule.times && (candidate.rule.method === undefined || candidate.rule.method === method) && path.includes(candidate.rule.pathIncludes ?? ''));
     if (fault !== undefined) fault.hits++;
+    // Watched from the start: a client killed during an injected delay must not have its request forwarded later
+    // (its 'close' would have fired before a listener set after the delay, and the forwarded upload would hang
+    // half-sent: s3rver then held a truncated object under the key, clobbering the restarted walcast's upload).
+    let clientGone = false;
+    res.on('close', () => {
+      clientGone = !res.writableFinished;
+    });
     if (fault?.rule.delayMs !== undefined) await delay(fault.rule.delayMs);
+    if (clientGone || req.destroyed) {
+      res.destroy();
+      return;
+    }
     if (fault?.rule.status !== undefined) {
       const status = fault.rule.status;
       // Read the whole body first: the client then gets this answer, not a connection reset mid-upload.
@@ -99,6 +110,10 @@ export async function startS3FaultProxy(targetPort: () => number): Promise<S3Fau
     res.on('close', () => {
       if (!res.writableFinished) upstream.destroy();
     });
+    // A request body cut short (the client reset the connection) aborts the forwarded request: pipe alone would
+    // leave it open, half-sent.
+    req.on('aborted', () => upstream.destroy());
+    req.on('error', () => upstream.destroy());
     req.pipe(upstream);
   };
 
