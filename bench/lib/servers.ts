@@ -292,8 +292,16 @@ export function cascadeTarget(standby: PgStandby, stop: () => Promise<void>): Se
   };
 }
 
-/** How often a PostgreSQL meter looks for the run's walsenders and samples their CPU while the run goes on. */
+/** How often a PostgreSQL meter samples the CPU of the run's walsenders it follows while the run goes on. */
 const WALSENDER_SAMPLE_INTERVAL_MS = 20;
+/**
+ * How often a PostgreSQL meter looks for a new walsender while it follows none that is alive. A client that streams
+ * a few MiB and leaves (bench --smoke's pg_receivewal) has a walsender that lives ~20-40 ms of wall time: at the
+ * follow interval a loaded harness often saw it never, and its few ms of CPU then only showed in the postmaster's
+ * reaped time, whose 10 ms ticks often did not move, so the run read 0. One poll is a read of the postmaster's
+ * children file (~10 us of CPU), so polling this often while waiting costs the harness about 1% of a core.
+ */
+const DISCOVERY_POLL_INTERVAL_MS = 1;
 /**
  * At most this many walsenders are sampled on every tick: a fan-out run holds hundreds of connections to its end,
  * where the end-of-run read is exact, and reading each of them 50 times a second would load the harness.
@@ -368,16 +376,23 @@ export function postgresMeter(postmasterPid: number): RunMeter {
     }
     return present;
   };
-  /** `thorough`: a full /proc scan and each walsender's state (at the end of a run); else a cheap tick. */
-  const sample = (thorough: boolean): void => {
+  /**
+   * `thorough`: a full /proc scan and each walsender's state (at the end of a run); else a cheap tick, which returns
+   * whether the sampler may slow down to WALSENDER_SAMPLE_INTERVAL_MS: a walsender of the run is alive (followed by
+   * pid from now on), or the kernel has no children file and each tick has to scan /proc.
+   */
+  const sample = (thorough: boolean): boolean => {
     const pids = thorough ? undefined : readChildPids(postmasterPid);
-    for (const pid of pids ?? listChildren(postmasterPid).map((child) => child.pid)) track(pid);
+    const children = pids ?? listChildren(postmasterPid).map((child) => child.pid);
+    for (const pid of children) track(pid);
     if (thorough) {
       sampleTracked();
-      return;
+      return true;
     }
-    if (tracked.size > MAX_SAMPLED_WALSENDERS) return;
+    const following = pids === undefined || children.some((pid) => tracked.has(pid));
+    if (tracked.size > MAX_SAMPLED_WALSENDERS) return following;
     for (const [pid, walsender] of tracked) walsender.last = readTaskCpuSeconds(pid) ?? walsender.last;
+    return following;
   };
   const takeBaseline = (): void => {
     // The reaped time first: a child seen exiting after this read is not in it yet (unless it is being reaped
@@ -420,10 +435,11 @@ export function postgresMeter(postmasterPid: number): RunMeter {
     }
   };
   takeBaseline();
-  const timer = setInterval(() => sample(false), WALSENDER_SAMPLE_INTERVAL_MS);
-  timer.unref();
+  // A timer chain rather than an interval: the pace changes with what the last tick found.
+  const schedule = (following: boolean): NodeJS.Timeout => setTimeout(() => (timer = schedule(sample(false))), following ? WALSENDER_SAMPLE_INTERVAL_MS : DISCOVERY_POLL_INTERVAL_MS).unref();
+  let timer = schedule(false);
   const stopSampler = (): void => {
-    clearInterval(timer);
+    clearTimeout(timer);
     if (activeSamplers.get(postmasterPid) === stopSampler) activeSamplers.delete(postmasterPid);
   };
   activeSamplers.set(postmasterPid, stopSampler);
