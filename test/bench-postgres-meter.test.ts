@@ -5,7 +5,10 @@
  * walsender's CPU. The old meter read 0 in some rounds: it looked for walsenders by process title, which an
  * exiting walsender no longer has (cmdline reads empty once its memory map is gone) while it is not yet reaped
  * into the postmaster's cutime; and a short run's walsender often did not move cutime's 10 ms ticks at all. Over
- * a 16 MiB range most rounds read 0 with it, so this test fails on it.
+ * a 16 MiB range most rounds read 0 with it, so this test fails on it. The range is bench --smoke's size: its
+ * walsender lives only ~20-40 ms, so on a loaded machine a meter that looked for walsenders only every 20 ms
+ * sometimes never saw it (1 round in 156 here beside two busy cores and another test file; CI runs failed) and
+ * read 0 again.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';

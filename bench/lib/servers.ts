@@ -331,7 +331,8 @@ const activeSamplers = new Map<number, () => void>();
 /**
  * PostgreSQL's walsenders are processes that come and go with their clients, so a run's CPU is read two ways.
  * Every walsender of the run is tracked by pid from when it is first seen (a sampler polls the postmaster's
- * children every WALSENDER_SAMPLE_INTERVAL_MS) and its schedstat CPU is sampled while it lives: nanosecond-
+ * children every DISCOVERY_POLL_INTERVAL_MS while it follows no live walsender of the run, every
+ * WALSENDER_SAMPLE_INTERVAL_MS while it does) and its schedstat CPU is sampled while it lives: nanosecond-
  * precise, exact while it lives, a lower bound once it has exited. One that exited is also in the growth of the
  * postmaster's reaped-children time (cutime + cstime): complete, but in 10 ms ticks, only once the postmaster
  * has reaped it, and mixed with any other child reaped meanwhile. An exited walsender read during its exit is
@@ -343,6 +344,14 @@ const activeSamplers = new Map<number, () => void>();
  * not a zombie yet and not reaped. Title-based discovery missed it, nor was its time in cutime yet, and the run
  * read 0. Now the run's walsenders are followed by pid until they are gone from /proc, any exiting child is waited
  * for, and a run that still reads 0 throws instead of reporting it.
+ *
+ * The limit: a walsender that is born and reaped while the sampler does not run at all (its whole life is 20-40 ms
+ * for a few MiB) is only in the reaped time, in 10 ms ticks, and a run of under a tick of CPU can then read 0 and
+ * throw. No cgroup-free interface has it finer: /proc/PID/stat truncates cutime/cstime to ticks, and exact exit
+ * accounting needs a cgroup, taskstats over netlink or perf counters inherited from the postmaster, all needing
+ * privileges or tools the benchmark does not assume. The sampler runs on the harness's event loop, which is idle
+ * while pg_receivewal runs, so it takes a harness starved of CPU for the walsender's whole life to miss it; a
+ * benchmark range (256 MiB and up) keeps its walsender alive for hundreds of sampler ticks.
  */
 export function postgresMeter(postmasterPid: number): RunMeter {
   activeSamplers.get(postmasterPid)?.();
