@@ -4,10 +4,15 @@
  * and how a stream leaves the batch (queue at its bound, failed send, reply due).
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { BatchOutcome, type ChunkBatch, type StreamWriter, type WalChunk } from '../io/backend.js';
 import type { Lsn } from '../lsn.js';
 import { WalCorruptionError } from '../storage/page-verifier.js';
+import { segmentFileName } from '../storage/segment-name.js';
+import { WalReader, type SegmentPinner } from '../storage/wal-reader.js';
 import { LsnWatch } from '../timeline/lsn-watch.js';
 import { FanoutBatcher, type ClosableWalSource } from './fanout-batch.js';
 import { sendWal, type SendWalEnd, type WalSource } from './send-wal.js';
@@ -574,4 +579,90 @@ test('a backend that stages (ts) is asked once per group and round, after verifi
   } finally {
     await stop(harness);
   }
+});
+
+/** Counts pins per segment as Timeline.pinSegment does (retention never removes a pinned segment). */
+class CountingPinner implements SegmentPinner {
+  readonly pins = new Map<bigint, number>();
+  pinSegment(segno: bigint): () => void {
+    this.pins.set(segno, (this.pins.get(segno) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const count = this.pins.get(segno) ?? 0;
+      assert.ok(count > 0, 'a pin is released once');
+      if (count === 1) this.pins.delete(segno);
+      else this.pins.set(segno, count - 1);
+    };
+  }
+}
+
+/** Waits (timers, not turns: releasing closes files on the thread pool) until `condition` holds, at most 10 s. */
+async function eventually(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!condition()) {
+    assert.ok(Date.now() < deadline, `never: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+test("a stream parked in the batch does not keep its own readers' segments pinned while the batch sends it on; a resume reopens them", async () => {
+  // Real readers over real segment files, pinning as the timeline does: the stream's send and prefetch readers, and
+  // the batcher's own. The stream starts behind, so its loop reads segment 1 itself before it catches up and parks.
+  const dir = await mkdtemp(join(tmpdir(), 'walcast-fanout-pins-'));
+  const layout = { segmentBytes: SEGMENT_BYTES, pgTimelineId: 1, timelineStartLsn: 0n };
+  for (let segno = 0n; segno < 6n; segno++) await writeFile(join(dir, segmentFileName(1, segno, SEGMENT_BYTES)), Buffer.alloc(SEGMENT_BYTES));
+  const pinner = new CountingPinner();
+  const streamSource = new WalReader(dir, layout, pinner);
+  const prefetchSource = new WalReader(dir, layout, pinner);
+  const batchSource = new WalReader(dir, layout, pinner);
+  const watch = new LsnWatch(START + 300n * 1024n);
+  const batch = new FakeBatch();
+  const batcher = new FanoutBatcher(watch, SEGMENT_BYTES, batch, () => batchSource);
+  const writer = new FakeWriter();
+  const controller = new AbortController();
+  const ended = sendWal({
+    replicaName: 'r0',
+    startLsn: START,
+    segmentBytes: SEGMENT_BYTES,
+    endWatch: watch,
+    source: streamSource,
+    prefetchSource,
+    writer,
+    signal: controller.signal,
+    stopAtEnd: false,
+    shouldStop: () => false,
+    onSent: () => undefined,
+    replicaTimeoutMs: 60_000,
+    lastReplyAtMs: () => Date.now(),
+    keepaliveIntervalMs: 60_000,
+    fanout: batcher,
+  });
+  try {
+    await eventually(() => batcher.parkedCount === 1 && writer.contiguousEnd() === watch.get(), 'caught up by its own loop and parked');
+    assert.ok(writer.pieces.every((piece) => piece.how === 'alone'), 'the catch-up came from the stream\'s own readers');
+    // The batch sends it through segments 2, 3 and 4 while it stays parked.
+    for (let segno = 2n; segno <= 4n; segno++) {
+      watch.advance(segno * BigInt(SEGMENT_BYTES) + 100n);
+      await eventually(() => writer.contiguousEnd() === watch.get(), `the batch sent into segment ${segno}`);
+    }
+    assert.equal(batcher.parkedCount, 1, 'still parked');
+    assert.ok(writer.pieces.some((piece) => piece.how === 'batch'));
+    // Only the batcher's reader holds segments now (the one it sends from and the one before); segment 1 can go.
+    await eventually(() => !pinner.pins.has(1n), 'segment 1 unpinned');
+    assert.deepEqual([...pinner.pins.keys()].sort(), [3n, 4n]);
+    // Out of the batch (its queue at the bound): the loop reads from its readers again, which reopen segment 4.
+    writer.batchable = false;
+    watch.advance(5n * BigInt(SEGMENT_BYTES) - 100n);
+    await eventually(() => writer.contiguousEnd() === watch.get(), 'sent by its own loop after the resume');
+    assert.equal(writer.pieces.at(-1)?.how, 'alone');
+    assert.ok(pinner.pins.has(4n), 'the loop\'s reader pinned the segment it reopened');
+  } finally {
+    controller.abort();
+    await ended.catch(() => undefined);
+    await Promise.all([streamSource.close(), prefetchSource.close(), batchSource.close()]);
+    await rm(dir, { recursive: true, force: true });
+  }
+  assert.equal(pinner.pins.size, 0, 'every pin was released once the readers closed');
 });

@@ -20,6 +20,10 @@
  * A socket that takes only part of a chunk is not a reason to leave: the backend queued the rest in order with
  * exact byte accounting, and the next batch goes behind it (or, at the bound, the stream leaves as above).
  *
+ * Retention pins: the batcher's reader pins the segment it sends from (WalReader), for every parked stream; a parked
+ * stream's own readers release theirs once its sends are written (send-wal.ts ParkedReaders), so a stream the batch
+ * carries on for minutes holds no old segment.
+ *
  * Only streams whose writer the backend's ChunkBatch accepts park (plain sockets of the native or the ts backend); TLS
  * streams wait on the watch as before, so a mix of both works side by side. Recovery streams never park. The ts
  * backend's ChunkBatch reads the chunk once per group (ChunkBatch.stage, awaited here after verification) and writes

@@ -65,6 +65,12 @@ export interface WalSource {
    * known size); undefined otherwise, and then `locate` gives the answer (or the error).
    */
   locateNow?(lsn: Lsn, endLsn: Lsn): WalChunk | undefined;
+  /**
+   * Closes the open segments and releases their retention pins; the next locate opens again (WalReader). Called
+   * only while nothing reads or sends from them: the stream is parked in the commit batch, which reads with a reader
+   * of its own (ParkedReaders).
+   */
+  releaseSegments?(): Promise<void>;
 }
 
 /** The LSN the stream may send up to, and a way to wait until it moves past a position. */
@@ -169,6 +175,7 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
   });
   const participant = fanoutParticipant(options, replyRequests, idleWaitMs);
   const runs = options.writer.sendChunkRun === undefined ? undefined : new ChunkRuns(options, prefetcher);
+  const parkedReaders = participant === undefined ? undefined : new ParkedReaders(options, prefetcher);
   try {
     return await streamLoop();
   } finally {
@@ -187,7 +194,9 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
         let advanced: Lsn | undefined;
         if (participant !== undefined && options.fanout?.accepts(options.writer) === true) {
           // Parked in the commit batch: it may send this stream several chunks before it hands the stream back.
+          parkedReaders?.parked();
           const parked = await options.fanout.park(participant, sentLsn);
+          parkedReaders?.resumed();
           sentLsn = parked.sentLsn;
           if (parked.kind === 'resume') continue;
           advanced = undefined;
@@ -359,6 +368,65 @@ function fanoutParticipant(options: SendWalOptions, replyRequests: ReplyRequests
     ...(options.publishClock === undefined ? {} : { publishClock: options.publishClock }),
     idleWaitMs,
   };
+}
+
+/**
+ * Releases the loop's own readers' segments while the stream is parked in the commit batch. Parked, the stream is
+ * sent by the batch from the batch's reader, and its own readers (the send reader and the prefetch reader) read
+ * nothing: without this they kept the segment they last read open, and pinned (WalReader keeps the one before it
+ * too), for as long as the batch kept sending for the stream. A live replica that left the batch once (a reply due,
+ * its queue at the bound) then held that segment for the rest of its stream, and retention could remove nothing
+ * after it: seen under heavy CPU load as a pg_receivewal stream pinning its first segment for a whole 192 MiB run
+ * (test/retention.test.ts).
+ *
+ * A backend may still send from a descriptor after its send resolved (sendfile, io_uring), and a prefetch piece may
+ * still be locating or checking ahead, so the release waits for both: the writer's afterWritten (every byte accepted
+ * so far is written) and the prefetcher's settled(). It happens only if the stream is still in the same park then;
+ * if it resumed (and may have sent from reopened segments) it waits for the next park. One observer at a time: a
+ * park that starts while one is pending is picked up when it answers. The next locate after a resume opens the
+ * segment again (one open and stat per park that resumes into a send).
+ */
+class ParkedReaders {
+  private parks = 0;
+  /** The number of the park in progress; undefined while the loop runs. */
+  private parkedAs: number | undefined;
+  private observing = false;
+
+  constructor(
+    private readonly options: Pick<SendWalOptions, 'source' | 'prefetchSource' | 'writer'>,
+    private readonly prefetcher: Prefetcher,
+  ) {}
+
+  parked(): void {
+    this.parkedAs = ++this.parks;
+    this.observe();
+  }
+
+  resumed(): void {
+    this.parkedAs = undefined;
+  }
+
+  private observe(): void {
+    const park = this.parkedAs;
+    if (this.observing || park === undefined) return;
+    this.observing = true;
+    // Refused past the backend's observer bound (or never answered by a failed stream): the segments stay pinned
+    // until a later park, as before; a failed stream ends and closes its readers.
+    const registered = this.options.writer.afterWritten(() => {
+      void this.prefetcher.settled().then(() => {
+        this.observing = false;
+        if (this.parkedAs === park) this.release();
+        else this.observe();
+      });
+    });
+    if (!registered) this.observing = false;
+  }
+
+  private release(): void {
+    // Synchronous up to the closes: a locate after this (a resume) opens again, never uses a closing handle.
+    this.options.source.releaseSegments?.().catch(() => undefined);
+    this.options.prefetchSource.releaseSegments?.().catch(() => undefined);
+  }
 }
 
 /**
@@ -562,6 +630,16 @@ export class Prefetcher {
   /** Pending requests, for tests of the bound. */
   get pendingCount(): number {
     return this.pending.size;
+  }
+
+  /**
+   * Settles once every request made so far has settled (none rejects): from then on no piece is located, prefetched
+   * or checked ahead until the next ensureCachedNow. ParkedReaders waits for it before releasing the readers.
+   */
+  settled(): Promise<void> {
+    const running: Promise<void>[] = [];
+    for (const piece of this.pending.values()) if (!piece.done) running.push(piece.promise);
+    return running.length === 0 ? Promise.resolve() : Promise.all(running).then(() => undefined);
   }
 
   async ensureCached(sentLsn: Lsn, endLsn: Lsn, chunkEnd?: Lsn): Promise<void> {

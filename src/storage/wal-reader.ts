@@ -205,6 +205,20 @@ export class WalReader {
     await Promise.all(segments.map((segment) => closeSegment(segment)));
   }
 
+  /**
+   * Closes the open segments and releases their pins, the reader staying usable: the next locate opens again. For a
+   * sender parked in the commit batch (replication/send-wal.ts ParkedReaders), which reads nothing meanwhile: its
+   * segments would otherwise stay pinned, and unremovable, for as long as the batch sends for it. The caller makes
+   * sure no backend still sends from them and no locate is under way (one would locate again, or fail on the closed
+   * handle as after close()).
+   */
+  async releaseSegments(): Promise<void> {
+    const segments = [this.previous, this.current];
+    this.previous = undefined;
+    this.current = undefined;
+    await Promise.all(segments.map((segment) => closeSegment(segment)));
+  }
+
   private async switchTo(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
     const opened = await this.openSegment(segno, lsn);
     if (this.closed) {
