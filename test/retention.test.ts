@@ -45,7 +45,7 @@ interface DiskSample {
   readonly startLsn: Lsn;
   readonly files: number;
   readonly diskBytes: number;
-  /** What held the start at this moment: retention's horizon limit, or the lowest segment a sender has open. */
+  /** What held the start at this moment: retention's horizon limit, the lowest segment a sender has open, and the lowest replica's sent LSN. */
   readonly heldBy: string;
   /** The start of the lowest segment a sender had open, if any. */
   readonly pinnedLsn: Lsn | undefined;
@@ -319,7 +319,9 @@ function passLagBytes(sample: DiskSample): number {
 function heldBy(of: Timeline, server: RunningWalcast): string {
   const status = server.server.retention?.status(of.tenantId, of.timelineId);
   const pinned = of.lowestPinnedSegment();
-  return `${status?.limitedBy ?? '-'} ${status?.horizonLsn === undefined ? '' : formatLsn(status.horizonLsn)}; pinned ${pinned === undefined ? '-' : formatLsn(pinned * BigInt(SEGMENT_BYTES))}`;
+  // Where the live senders are: a pin far behind the lowest of them is held by a reader that no longer reads there.
+  const sent = of.replicas.snapshot().reduce<Lsn | undefined>((lowest, replica) => (lowest === undefined || replica.sentLsn < lowest ? replica.sentLsn : lowest), undefined);
+  return `${status?.limitedBy ?? '-'} ${status?.horizonLsn === undefined ? '' : formatLsn(status.horizonLsn)}; pinned ${pinned === undefined ? '-' : formatLsn(pinned * BigInt(SEGMENT_BYTES))}; sent ${sent === undefined ? '-' : formatLsn(sent)}`;
 }
 
 function sampleDisk(of: Timeline, server: RunningWalcast = walcast): { stop(): Promise<DiskSample[]> } {
