@@ -213,6 +213,31 @@ test('a pinned reader holds the current and the retained previous segment, and r
   assert.equal(pinner.pinned.size, 0);
 });
 
+test('releaseSegments closes both open segments and drops their pins; the reader stays usable and the next locate reopens and pins', async () => {
+  const pinner = countingPinner(FIRST_SEGNO);
+  const reader = new WalReader(dir, layout, pinner);
+  const segmentStart = (segno: bigint): bigint => segno * BigInt(SEGMENT_BYTES);
+  const first = await reader.locate(segmentStart(FIRST_SEGNO), segmentStart(FIRST_SEGNO) + 10n);
+  const second = await reader.locate(segmentStart(FIRST_SEGNO + 1n), segmentStart(FIRST_SEGNO + 1n) + 10n);
+  assert.equal(pinner.pinned.size, 2);
+  const releasing = reader.releaseSegments();
+  // Marked closed at once, before the descriptors are: nothing hands out or sends from them from here on.
+  assert.equal(first.file.closed, true);
+  assert.equal(second.file.closed, true);
+  assert.equal(reader.locateNow(segmentStart(FIRST_SEGNO + 1n), segmentStart(FIRST_SEGNO + 1n) + 10n), undefined);
+  await releasing;
+  assert.equal(pinner.pinned.size, 0, 'nothing pinned while released');
+  const again = await reader.locate(segmentStart(FIRST_SEGNO + 1n) + 8192n, segmentStart(FIRST_SEGNO + 1n) + 8202n);
+  assert.notEqual(again.file, second.file, 'a new handle');
+  assert.ok(isOpen(again.file.fd));
+  assert.deepEqual([...pinner.pinned.keys()], [FIRST_SEGNO + 1n], 'the reopened segment is pinned again');
+  await reader.releaseSegments();
+  await reader.releaseSegments();
+  assert.equal(pinner.pinned.size, 0, 'a second release is a no-op');
+  await reader.close();
+  assert.equal(pinner.pinned.size, 0);
+});
+
 test('a refused pin is 58P01 for that segment even though the file is still there; a failed open releases its pin', async () => {
   const pinner = countingPinner(FIRST_SEGNO + 1n);
   const reader = new WalReader(dir, layout, pinner);
