@@ -238,6 +238,26 @@ test('releaseSegments closes both open segments and drops their pins; the reader
   assert.equal(pinner.pinned.size, 0);
 });
 
+test('concurrent locates of one new segment share one open and one pin; the segment before it stays open', async () => {
+  // As the prefetcher's pieces of a window that crosses into the next segment (or a fresh window after a resume).
+  const pinner = countingPinner(FIRST_SEGNO);
+  const reader = new WalReader(dir, layout, pinner);
+  const seg = BigInt(SEGMENT_BYTES);
+  const start = layout.timelineStartLsn;
+  try {
+    const before = await reader.locate(start, start + 100n);
+    const chunks = await Promise.all([0n, 1n, 2n, 3n].map((piece) => reader.locate(start + seg + piece * 65536n, start + seg + piece * 65536n + 100n)));
+    assert.ok(chunks.every((chunk) => chunk.file === chunks[0]?.file), 'one handle for all four');
+    assert.notEqual(chunks[0]?.file.closed, true);
+    assert.deepEqual([...pinner.pinned.entries()].sort(), [[FIRST_SEGNO, 1], [FIRST_SEGNO + 1n, 1]], 'one pin each');
+    assert.notEqual(before.file.closed, true, 'the segment before is kept one segment longer');
+    assert.ok(isOpen(before.file.fd));
+  } finally {
+    await reader.close();
+  }
+  assert.equal(pinner.pinned.size, 0);
+});
+
 test('a refused pin is 58P01 for that segment even though the file is still there; a failed open releases its pin', async () => {
   const pinner = countingPinner(FIRST_SEGNO + 1n);
   const reader = new WalReader(dir, layout, pinner);

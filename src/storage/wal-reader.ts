@@ -92,6 +92,8 @@ export class WalReader {
   private current: OpenSegment | undefined;
   private previous: OpenSegment | undefined;
   private closed = false;
+  /** The open switchTo has under way, by segment name (see switchTo). */
+  private opening: { readonly name: string; readonly opened: Promise<OpenSegment> } | undefined;
 
   constructor(
     private readonly dir: string,
@@ -219,7 +221,27 @@ export class WalReader {
     await Promise.all(segments.map((segment) => closeSegment(segment)));
   }
 
+  /**
+   * Concurrent locates of one segment share its open: the prefetcher locates up to a window of pieces at once, and
+   * each opening the new segment on its own made a second open retire the first one's handle, or the segment before
+   * it, while a piece may still have been reading it (the previous segment is kept open one segment longer for that),
+   * and pinned and opened the segment once per piece.
+   */
   private async switchTo(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
+    const name = this.segmentName(segno);
+    const pending = this.opening;
+    if (pending !== undefined && pending.name === name) return pending.opened;
+    const opened = this.openAndInstall(segno, lsn);
+    const entry = { name, opened };
+    this.opening = entry;
+    try {
+      return await opened;
+    } finally {
+      if (this.opening === entry) this.opening = undefined;
+    }
+  }
+
+  private async openAndInstall(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
     const opened = await this.openSegment(segno, lsn);
     if (this.closed) {
       await closeSegment(opened);
