@@ -36,7 +36,7 @@ import { singleTimelineHistory } from '../src/storage/timeline-history.js';
 import { firstDifference, freePort, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster, type StandbyBase } from './support/postgres.js';
 import { startS3FaultProxy, type S3FaultProxy } from './support/s3-fault-proxy.js';
 import { spawnServe, type ServeProcess } from './support/serve-process.js';
-import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
+import { TEST_BUCKET, startTestS3, testStore, type TestS3 } from './support/s3.js';
 import { runWalcastCli, startWalcast, type RunningWalcast } from './support/walcast.js';
 import { waitFor } from './support/wait-for.js';
 
@@ -59,11 +59,11 @@ after(async () => {
 });
 
 function proxiedStore(prefix: string): S3ObjectStore {
-  return new S3ObjectStore(parseRemoteStorageUrl(`s3://${TEST_BUCKET}/${prefix}`, { endpoint: proxy.endpoint }));
+  return testStore(proxy.endpoint, prefix);
 }
 
 function directStore(prefix: string): S3ObjectStore {
-  return new S3ObjectStore(parseRemoteStorageUrl(`s3://${TEST_BUCKET}/${prefix}`, { endpoint: s3.endpoint }));
+  return testStore(s3.endpoint, prefix);
 }
 
 async function until(condition: () => boolean, what: string): Promise<void> {

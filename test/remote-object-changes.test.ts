@@ -21,7 +21,6 @@ import { after, before, test } from 'node:test';
 import { isWalcastError } from '../src/errors.js';
 import { silentLogger } from '../src/log.js';
 import { type Lsn } from '../src/lsn.js';
-import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
 import { REMOTE_METADATA_FORMAT_VERSION, encodeRemoteMetadata, metadataKey, segmentKey, type RemoteTimelineMetadata } from '../src/remote/remote-layout.js';
 import { restoreTimeline } from '../src/remote/restore-timeline.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
@@ -30,7 +29,7 @@ import { readControlFile } from '../src/storage/control-file.js';
 import { segmentFileName, segmentStartLsn } from '../src/storage/segment-name.js';
 import { singleTimelineHistory } from '../src/storage/timeline-history.js';
 import { startS3FaultProxy, type S3FaultProxy } from './support/s3-fault-proxy.js';
-import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
+import { startTestS3, testStore, type TestS3 } from './support/s3.js';
 import { waitFor } from './support/wait-for.js';
 
 const SEG = 1024 * 1024;
@@ -53,11 +52,11 @@ after(async () => {
 });
 
 function directStore(prefix: string): S3ObjectStore {
-  return new S3ObjectStore(parseRemoteStorageUrl(`s3://${TEST_BUCKET}/${prefix}`, { endpoint: s3.endpoint }));
+  return testStore(s3.endpoint, prefix);
 }
 
 function proxiedStore(prefix: string): S3ObjectStore {
-  return new S3ObjectStore(parseRemoteStorageUrl(`s3://${TEST_BUCKET}/${prefix}`, { endpoint: proxy.endpoint }));
+  return testStore(proxy.endpoint, prefix);
 }
 
 function metadataOf(keys: { tenantId: string; timelineId: string }, backupLsn: Lsn, upstream?: string): RemoteTimelineMetadata {

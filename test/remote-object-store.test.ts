@@ -9,9 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { ObjectNotFoundError } from '../src/remote/object-store.js';
-import { parseRemoteStorageUrl } from '../src/remote/remote-config.js';
 import { S3ObjectStore } from '../src/remote/s3-object-store.js';
-import { TEST_BUCKET, startTestS3, type TestS3 } from './support/s3.js';
+import { startTestS3, testStore, type TestS3 } from './support/s3.js';
 
 let s3: TestS3;
 let workDir: string;
@@ -27,7 +26,7 @@ after(async () => {
 });
 
 function store(prefix = 'p/q'): S3ObjectStore {
-  return new S3ObjectStore(parseRemoteStorageUrl(`s3://${TEST_BUCKET}/${prefix}`, { endpoint: s3.endpoint }));
+  return testStore(s3.endpoint, prefix);
 }
 
 test('a file put streamed comes back byte-identical, whole and by range', async () => {

@@ -10,13 +10,14 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createFollowingTimeline } from '../src/ingest/create-timeline.js';
 import { silentLogger } from '../src/log.js';
-import { alignDown, formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
+import { formatLsn, parseLsnOrThrow, type Lsn } from '../src/lsn.js';
 import { readControlFile } from '../src/storage/control-file.js';
 import { segmentFileName } from '../src/storage/segment-name.js';
 import type { Timeline } from '../src/timeline/timeline.js';
 import { connectReplication } from '../src/wire/client.js';
 import { firstDifference, freePort, makeStandby, makeTempDir, runReceiveWal, startPrimary, type PgCluster } from './support/postgres.js';
 import { startWalcast, type RunningWalcast } from './support/walcast.js';
+import { retentionPassLagBytes } from './support/retention-lag.js';
 import { waitFor } from './support/wait-for.js';
 import { spawnServe, type ServeProcess } from './support/serve-process.js';
 
@@ -312,8 +313,7 @@ function pinLagBytes(sample: DiskSample): number {
 }
 
 function passLagBytes(sample: DiskSample): number {
-  const keepFrom = alignDown(keepFromOf(sample), SEGMENT_BYTES);
-  return sample.removedBeforeLsn !== undefined && sample.removedBeforeLsn < keepFrom ? Number(keepFrom - sample.removedBeforeLsn) : 0;
+  return retentionPassLagBytes(sample.commitLsn, sample.removedBeforeLsn, WAL_KEEP_BYTES, SEGMENT_BYTES);
 }
 
 function heldBy(of: Timeline, server: RunningWalcast): string {

@@ -22,6 +22,7 @@ import { WalcastError } from '../errors.js';
 import { WAL_PAGE_BYTES, type Lsn } from '../lsn.js';
 import { SIDECAR_ENTRY_BYTES, SIDECAR_SUFFIX, sidecarPathFor } from '../storage/page-checksums.js';
 import { CONTROL_FORMAT_VERSION, fsyncDirectory, writeControlFile } from '../storage/control-file.js';
+import { writeFileSynced } from '../storage/durable-file.js';
 import { historyFileName, segmentFileName, segmentOf } from '../storage/segment-name.js';
 import { HISTORY_FILE_BYTES_MAX, parseTimelineHistory, segmentPgTimeline, singleTimelineHistory, type TimelineHistory } from '../storage/timeline-history.js';
 import { ObjectNotFoundError, type ObjectStore } from './object-store.js';
@@ -73,7 +74,7 @@ export async function restoreTimeline(options: { dataDir: string; store: ObjectS
         if (index === 0 || entry.pgTimelineId !== pgTimelineId) continue;
         throw new WalcastError('WALCAST_ERR_REMOTE_METADATA', `history file object ${key} of PostgreSQL timeline ${pgTimelineId} is missing from ${store.description}`);
       }
-      await writeNewFile(join(tempDir, historyFileName(entry.pgTimelineId)), bytes);
+      await writeFileSynced(join(tempDir, historyFileName(entry.pgTimelineId)), bytes, 'wx');
       historyFiles.push(historyFileName(entry.pgTimelineId));
     }
     const name = segmentFileName(pgTimelineId, lastSegno, metadata.segmentBytes);
@@ -82,9 +83,10 @@ export async function restoreTimeline(options: { dataDir: string; store: ObjectS
     // Its page checksums, when the bucket has them (segment-uploader.ts putSidecar), so the one local segment is
     // verified before it is sent like every other.
     // One GET of the whole object, as the segment cache reads it (no HEAD whose size a rewrite could change).
-    const sidecar = await getWholeObject(store, segmentObjectKey + SIDECAR_SUFFIX, (metadata.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES + 1);
-    if (sidecar !== undefined && sidecar.length > 0 && sidecar.length <= (metadata.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES) {
-      await writeNewFile(sidecarPathFor(tempDir, name), sidecar);
+    const sidecarBytesMax = (metadata.segmentBytes / WAL_PAGE_BYTES) * SIDECAR_ENTRY_BYTES;
+    const sidecar = await getWholeObject(store, segmentObjectKey + SIDECAR_SUFFIX, sidecarBytesMax + 1);
+    if (sidecar !== undefined && sidecar.length > 0 && sidecar.length <= sidecarBytesMax) {
+      await writeFileSynced(sidecarPathFor(tempDir, name), sidecar, 'wx');
     }
     await writeControlFile(tempDir, {
       formatVersion: CONTROL_FORMAT_VERSION,
@@ -162,17 +164,6 @@ async function getWholeObject(store: ObjectStore, key: string, maxBytes: number)
   } catch (error) {
     if (error instanceof ObjectNotFoundError) return undefined;
     throw new WalcastError('WALCAST_ERR_REMOTE_STORAGE', `reading ${key} failed: ${(error as Error).message}`, { cause: error });
-  }
-}
-
-/** Writes `bytes` to a new file and fsyncs it. */
-async function writeNewFile(path: string, bytes: Buffer): Promise<void> {
-  const handle = await open(path, 'wx', 0o600);
-  try {
-    await handle.writeFile(bytes);
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

@@ -12,6 +12,7 @@ import { BatchOutcome, type ChunkBatch, type StreamWriter, type WalChunk } from 
 import type { Lsn } from '../lsn.js';
 import { WalCorruptionError } from '../storage/page-verifier.js';
 import { segmentFileName } from '../storage/segment-name.js';
+import { SegmentPins } from '../storage/segment-pins.js';
 import { WalReader, type SegmentPinner } from '../storage/wal-reader.js';
 import { LsnWatch } from '../timeline/lsn-watch.js';
 import { FanoutBatcher, type ClosableWalSource } from './fanout-batch.js';
@@ -581,20 +582,12 @@ test('a backend that stages (ts) is asked once per group and round, after verifi
   }
 });
 
-/** Counts pins per segment as Timeline.pinSegment does (retention never removes a pinned segment). */
+/** Pins as Timeline.pinSegment does, without its start check (retention never removes a pinned segment). */
 class CountingPinner implements SegmentPinner {
-  readonly pins = new Map<bigint, number>();
+  private readonly counts = new SegmentPins();
+  readonly pins = this.counts.pinned;
   pinSegment(segno: bigint): () => void {
-    this.pins.set(segno, (this.pins.get(segno) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const count = this.pins.get(segno) ?? 0;
-      assert.ok(count > 0, 'a pin is released once');
-      if (count === 1) this.pins.delete(segno);
-      else this.pins.set(segno, count - 1);
-    };
+    return this.counts.pin(segno);
   }
 }
 

@@ -18,13 +18,7 @@ export interface ReplaceFileOptions {
 export async function replaceFileDurably(dir: string, name: string, bytes: Buffer, options: ReplaceFileOptions): Promise<void> {
   const tempPath = join(dir, options.tempName);
   try {
-    const handle = await open(tempPath, 'w', 0o600);
-    try {
-      await handle.writeFile(bytes);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await writeFileSynced(tempPath, bytes, 'w');
     options.beforeRename?.();
     await rename(tempPath, join(dir, name));
   } catch (error) {
@@ -32,6 +26,20 @@ export async function replaceFileDurably(dir: string, name: string, bytes: Buffe
     throw error;
   }
   await fsyncDirectory(dir);
+}
+
+/**
+ * Writes `bytes` to `path` (owner-only) and fsyncs the file; `flag` 'wx' refuses an existing file. Its directory entry
+ * is durable only after the directory is fsynced too (fsyncDirectory).
+ */
+export async function writeFileSynced(path: string, bytes: Buffer, flag: 'w' | 'wx'): Promise<void> {
+  const handle = await open(path, flag, 0o600);
+  try {
+    await handle.writeFile(bytes);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Makes a rename or unlink in `dir` durable (the entry itself lives in the directory). */

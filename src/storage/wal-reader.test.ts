@@ -8,6 +8,7 @@ import { after, before, test } from 'node:test';
 import { isWalcastError } from '../errors.js';
 import { parseLsnOrThrow } from '../lsn.js';
 import { segmentFileName } from './segment-name.js';
+import { SegmentPins } from './segment-pins.js';
 import { WalReader, startAheadError, type SegmentLayout } from './wal-reader.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
@@ -181,20 +182,12 @@ test('locateNow answers exactly as locate inside the open segment and defers to 
 });
 
 /** A pinner like Timeline.pinSegment: refuses segments before `floor`, counts pins per segment. */
-function countingPinner(floor: bigint): { pinSegment(segno: bigint): (() => void) | undefined; pinned: Map<bigint, number>; floor: bigint } {
+function countingPinner(floor: bigint): { pinSegment(segno: bigint): (() => void) | undefined; pinned: ReadonlyMap<bigint, number>; floor: bigint } {
+  const pins = new SegmentPins();
   const pinner = {
     floor,
-    pinned: new Map<bigint, number>(),
-    pinSegment(segno: bigint) {
-      if (segno < pinner.floor) return undefined;
-      pinner.pinned.set(segno, (pinner.pinned.get(segno) ?? 0) + 1);
-      return () => {
-        const count = (pinner.pinned.get(segno) ?? 0) - 1;
-        assert.ok(count >= 0, 'released once');
-        if (count === 0) pinner.pinned.delete(segno);
-        else pinner.pinned.set(segno, count);
-      };
-    },
+    pinned: pins.pinned,
+    pinSegment: (segno: bigint) => (segno < pinner.floor ? undefined : pins.pin(segno)),
   };
   return pinner;
 }

@@ -13,6 +13,7 @@ import { PageVerifier, type TailPageSource } from '../storage/page-verifier.js';
 import { ControlFileWriter } from '../storage/control-writer.js';
 import type { RemoteSegmentSource } from '../storage/wal-reader.js';
 import { segmentOf } from '../storage/segment-name.js';
+import { SegmentPins } from '../storage/segment-pins.js';
 import { historyEntryOf, pgTimelineAt, singleTimelineHistory, switchPointOf, type TimelineHistory } from '../storage/timeline-history.js';
 import { LsnWatch } from './lsn-watch.js';
 import { IngestTiming } from './ingest-timing.js';
@@ -84,8 +85,8 @@ export class Timeline implements TimelineIdentity {
   private writersAttached = 0;
   private tail: TailPageSource | undefined;
   private startLsn: Lsn;
-  /** Open-segment pins of the WAL readers: segment number → readers holding it. */
-  private readonly pins = new Map<bigint, number>();
+  /** Open-segment pins of the WAL readers. */
+  private readonly pins = new SegmentPins();
 
   constructor(identity: TimelineIdentity, positions: TimelinePositions, slots: SlotTable = new SlotTable()) {
     assert.ok(positions.commitLsn <= positions.flushLsn, 'commit LSN is never ahead of flush LSN');
@@ -152,23 +153,12 @@ export class Timeline implements TimelineIdentity {
    */
   pinSegment(segno: bigint): UnpinSegment | undefined {
     if (segno < segmentOf(this.startLsn, this.segmentBytes)) return undefined;
-    this.pins.set(segno, (this.pins.get(segno) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const count = this.pins.get(segno) ?? 0;
-      assert.ok(count > 0, 'a segment pin is released once');
-      if (count === 1) this.pins.delete(segno);
-      else this.pins.set(segno, count - 1);
-    };
+    return this.pins.pin(segno);
   }
 
   /** The lowest pinned segment number, if any reader holds one. */
   lowestPinnedSegment(): bigint | undefined {
-    let lowest: bigint | undefined;
-    for (const segno of this.pins.keys()) if (lowest === undefined || segno < lowest) lowest = segno;
-    return lowest;
+    return this.pins.lowest();
   }
 
   /**

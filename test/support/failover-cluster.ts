@@ -13,10 +13,11 @@ import { lstat, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createFollowingTimeline } from '../../src/ingest/create-timeline.js';
 import { silentLogger } from '../../src/log.js';
-import { alignDown, formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
+import { formatLsn, parseLsnOrThrow, type Lsn } from '../../src/lsn.js';
 import type { RemoteStorageConfig } from '../../src/remote/remote-config.js';
 import { parseTimelineHistory, switchPointOf } from '../../src/storage/timeline-history.js';
 import type { Timeline } from '../../src/timeline/timeline.js';
+import { retentionPassLagBytes } from './retention-lag.js';
 import { makeStandby, makeTempDir, startPrimary, type PgCluster, type PgStandby } from './postgres.js';
 import { FAILOVER_SEGMENT_BYTES, soleTimeline } from './timeline-wal.js';
 import { startWalcast, type RunningWalcast } from './walcast.js';
@@ -164,9 +165,7 @@ export function sampleDisk(cluster: FailoverCluster, allowance: () => { readonly
     while (!stopped) {
       const extra = allowance();
       const removedBeforeLsn = walcast.server.retention?.status(timeline.tenantId, timeline.timelineId)?.removedBeforeLsn;
-      const commitLsn = timeline.commitLsn.get();
-      const keepFrom = commitLsn > BigInt(FAILOVER_WAL_KEEP_BYTES) ? alignDown(commitLsn - BigInt(FAILOVER_WAL_KEEP_BYTES), SEGMENT_BYTES) : 0n;
-      const passLagBytes = removedBeforeLsn !== undefined && removedBeforeLsn < keepFrom ? Number(keepFrom - removedBeforeLsn) : 0;
+      const passLagBytes = retentionPassLagBytes(timeline.commitLsn.get(), removedBeforeLsn, FAILOVER_WAL_KEEP_BYTES, SEGMENT_BYTES);
       const byTli = await segmentFilesByTli(timeline.dir);
       const diskBytes = await allocatedBytes(timeline.dir, byTli);
       samples.push({

@@ -19,8 +19,15 @@ import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import S3rver, { type S3rverFilesystemStore, type S3rverStoredObject } from 's3rver';
+import { parseRemoteStorageUrl } from '../../src/remote/remote-config.js';
+import { S3ObjectStore } from '../../src/remote/s3-object-store.js';
 
 export const TEST_BUCKET = 'walcast-test';
+
+/** A store on `prefix` of the test bucket through `endpoint`: the S3 server's own, or a fault proxy's in front of it. */
+export function testStore(endpoint: string, prefix: string): S3ObjectStore {
+  return new S3ObjectStore(parseRemoteStorageUrl(`s3://${TEST_BUCKET}/${prefix}`, { endpoint }));
+}
 
 export interface TestS3 {
   readonly endpoint: string;
