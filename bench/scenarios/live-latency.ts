@@ -23,6 +23,7 @@ import { percentile } from '../lib/stats.js';
 import { BYTES_PER_GB, type RunRecord } from '../lib/results.js';
 import { cascadeTarget, type RunCost, type ServerTarget } from '../lib/servers.js';
 import { SCRATCH_DIR } from '../lib/tools.js';
+import { settleWriteback } from '../lib/writeback.js';
 import { waitForReplay, type BenchContext } from './streaming.js';
 
 /** Replicas first stream whatever is in flight; this pause lets them settle before the first commit. */
@@ -55,6 +56,7 @@ export async function measureLatencyRun(context: BenchContext, target: ServerTar
     await driver.query('CREATE TABLE IF NOT EXISTS bench_latency (id bigint)');
     const startLsn = parseLsnOrThrow((await driver.query('SELECT pg_current_wal_flush_lsn()'))[0] ?? '');
     if (target.relay) await waitForServerPosition(target.port, startLsn);
+    settleWriteback();
     const meter = target.beginRun();
     consumer = startConsumer({
       binary: context.tools.consumer,

@@ -21,6 +21,7 @@ import type { RunCost, ServerTarget } from '../lib/servers.js';
 import { SqlClient } from '../lib/sql-client.js';
 import type { Tools } from '../lib/tools.js';
 import type { PreparedWal } from '../lib/wal-source.js';
+import { settleWriteback } from '../lib/writeback.js';
 
 /** pg_receivewal writes into tmpfs so the client's disk is not what we measure (the issue's recipe). */
 const RECEIVE_WAL_PARENT_DIR = '/dev/shm';
@@ -93,6 +94,7 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
   let probe: Probe | undefined;
   let consumer: RunningConsumer | undefined;
   try {
+    settleWriteback();
     const residentFractionBefore = options.cold ? evictFromPageCache(context.tools, target.walFiles) : undefined;
     if (options.cold) {
       await scrapeEventLoopLag(target.metricsUrl);
@@ -179,6 +181,7 @@ export async function measureReceiveWalRun(context: BenchContext, target: Server
     const firstSegment = context.wal.walcastFiles[0];
     assert.ok(firstSegment !== undefined, 'the range has segments');
     writeFileSync(join(dir, `${segmentName(firstSegment)}.partial`), '');
+    settleWriteback();
     const harnessBefore = readCpu(process.pid)?.reapedChildrenSeconds ?? 0;
     const meter = target.beginRun();
     const started = performance.now();
@@ -259,6 +262,7 @@ export async function measureStandbyRun(context: BenchContext, target: ServerTar
   let base: StandbyBase | undefined;
   try {
     base = await copyStandby(context.wal.standbyTemplate, { applicationName: 'bench-standby' });
+    settleWriteback();
     const meter = target.beginRun();
     const started = performance.now();
     const standby = await base.startWithUpstream(target.port);
