@@ -122,7 +122,7 @@ function describeRun(record: RunRecord): string {
   if (!record.ok) return `${head}: FAILED ${record.error ?? ''}`;
   if (record.scenario === 'live-latency') return `${head}: p50 ${record.latencyP50Ms?.toFixed(2)} ms, p99 ${record.latencyP99Ms?.toFixed(2)} ms, max ${record.latencyMaxMs?.toFixed(2)} ms`;
   const disk = record.diskKibPerRead === undefined ? '' : `, disk ${record.diskKibPerRead.toFixed(0)} KiB/read, ${record.diskReadsInFlight?.toFixed(1)} in flight`;
-  const loop = record.eventLoopMaxMs === undefined ? '' : `, loop p99 ${record.eventLoopP99Ms?.toFixed(1) ?? '?'} ms, max ${record.eventLoopMaxMs.toFixed(1)} ms`;
+  const loop = record.eventLoopMaxMs === undefined ? '' : `, loop delay p99 ${record.eventLoopDelayP99Ms?.toFixed(1) ?? '?'} ms, max ${record.eventLoopDelayMaxMs?.toFixed(1) ?? '?'} ms (past the 10 ms timer)`;
   return `${head}: ${record.throughputMBps?.toFixed(0)} MB/s, ${record.serverCpuSecondsPerGB?.toFixed(3)} server CPU s/GB${disk}${loop}`;
 }
 

@@ -119,7 +119,7 @@ function microTable(micro: readonly MicroResult[]): string[] {
 const SCENARIO_EXTRAS: Record<string, readonly [string, FigureMetric, number, number][]> = {
   'catch-up': [],
   'fan-out': [['server memory KiB/replica', 'memoryBytesPerReplica', 0, 1 / 1024], ['connect s', 'connectSeconds', 2, 1], ['start s', 'setupSeconds', 2, 1]],
-  'cold-catch-up': [['cached at start', 'residentFractionBefore', 3, 1], ['event-loop p99 ms', 'eventLoopP99Ms', 1, 1], ['event-loop max ms', 'eventLoopMaxMs', 1, 1], ['probe RTT max ms', 'probeMaxMs', 1, 1], ['disk KiB/read', 'diskKibPerRead', 0, 1], ['disk reads in flight', 'diskReadsInFlight', 1, 1]],
+  'cold-catch-up': [['cached at start', 'residentFractionBefore', 3, 1], ['event-loop delay p99 ms', 'eventLoopDelayP99Ms', 1, 1], ['event-loop delay max ms', 'eventLoopDelayMaxMs', 1, 1], ['probe RTT max ms', 'probeMaxMs', 1, 1], ['disk KiB/read', 'diskKibPerRead', 0, 1], ['disk reads in flight', 'diskReadsInFlight', 1, 1]],
 };
 
 export function renderMarkdown(report: BenchReport): string {

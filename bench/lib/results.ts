@@ -42,8 +42,11 @@ export interface RunRecord {
   readonly consumerCpuSeconds?: number;
   readonly memoryBytesPerReplica?: number;
   readonly eventLoopMaxMs?: number;
-  /** Cold runs: walcast's event-loop delay p99 over the run (10 ms sampling timer included, see responsiveness.ts). */
+  /** Cold runs: walcast's event-loop histogram p99 over the run (10 ms sampling timer included, see responsiveness.ts). */
   readonly eventLoopP99Ms?: number;
+  /** Cold runs: the same max and p99 past the 10 ms sampling timer: the delay work queued on the loop could feel. */
+  readonly eventLoopDelayMaxMs?: number;
+  readonly eventLoopDelayP99Ms?: number;
   readonly probeMaxMs?: number;
   readonly residentFractionBefore?: number;
   /** Cold runs: the block device's average read size and reads in flight over the run (bench/lib/disk-stats.ts). */
@@ -87,6 +90,8 @@ export const FIGURE_METRICS = [
   'connectSeconds',
   'eventLoopMaxMs',
   'eventLoopP99Ms',
+  'eventLoopDelayMaxMs',
+  'eventLoopDelayP99Ms',
   'probeMaxMs',
   'residentFractionBefore',
   'diskKibPerRead',

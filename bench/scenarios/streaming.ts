@@ -123,7 +123,7 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
     const probeMaxMs = (await probe?.stop())?.maxMs;
     probe = undefined;
     const loop = options.cold ? await scrapeEventLoopLag(target.metricsUrl) : undefined;
-    return consumerRecord(options, target.name, bytesExpected, result, cost, { eventLoopMaxMs: loop?.maxMs, eventLoopP99Ms: loop?.p99Ms, probeMaxMs, residentFractionBefore, disk });
+    return consumerRecord(options, target.name, bytesExpected, result, cost, { eventLoopMaxMs: loop?.maxMs, eventLoopP99Ms: loop?.p99Ms, eventLoopDelayMaxMs: loop?.delayMaxMs, eventLoopDelayP99Ms: loop?.delayP99Ms, probeMaxMs, residentFractionBefore, disk });
   } catch (error) {
     return failedRecord(options, target, 'wal-consumer', bytesExpected, error);
   } finally {
@@ -135,6 +135,8 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
 interface Responsiveness {
   readonly eventLoopMaxMs: number | undefined;
   readonly eventLoopP99Ms: number | undefined;
+  readonly eventLoopDelayMaxMs: number | undefined;
+  readonly eventLoopDelayP99Ms: number | undefined;
   readonly probeMaxMs: number | undefined;
   readonly residentFractionBefore: number | undefined;
   readonly disk?: DiskDelta | undefined;
@@ -162,6 +164,8 @@ function consumerRecord(options: ConsumerRunOptions, server: string, bytesExpect
     ...(cost.memoryBytesPerReplica === undefined ? {} : { memoryBytesPerReplica: cost.memoryBytesPerReplica }),
     ...(extra.eventLoopMaxMs === undefined ? {} : { eventLoopMaxMs: extra.eventLoopMaxMs }),
     ...(extra.eventLoopP99Ms === undefined ? {} : { eventLoopP99Ms: extra.eventLoopP99Ms }),
+    ...(extra.eventLoopDelayMaxMs === undefined ? {} : { eventLoopDelayMaxMs: extra.eventLoopDelayMaxMs }),
+    ...(extra.eventLoopDelayP99Ms === undefined ? {} : { eventLoopDelayP99Ms: extra.eventLoopDelayP99Ms }),
     ...(extra.probeMaxMs === undefined ? {} : { probeMaxMs: extra.probeMaxMs }),
     ...(extra.residentFractionBefore === undefined ? {} : { residentFractionBefore: extra.residentFractionBefore }),
     ...(extra.disk === undefined ? {} : { diskKibPerRead: extra.disk.kibPerRead, diskReadsInFlight: extra.disk.readsInFlight }),
