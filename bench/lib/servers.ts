@@ -184,7 +184,8 @@ export const SERVER_STDOUT_ENV = 'WALCAST_BENCH_SERVER_STDOUT';
 
 function serverStdout(name: string): 'ignore' | number {
   const prefix = process.env[SERVER_STDOUT_ENV];
-  return prefix === undefined || prefix === '' ? 'ignore' : openSync(`${prefix}-${name}.txt`, 'w');
+  // A baseline server's name holds its backend (walcast-base-native/sendfile): its slash is not a directory.
+  return prefix === undefined || prefix === '' ? 'ignore' : openSync(`${prefix}-${name.replaceAll('/', '-')}.txt`, 'w');
 }
 
 function serverNodeArgs(): string[] {
