@@ -148,9 +148,10 @@ export interface ChunkBatch {
   /**
    * sendChunk(header, chunk) on writers[0..count), in that order, in one crossing: each stream takes the same header
    * and range, after everything it was sent before. outcomes[i] tells what happened on writers[i]; the returned
-   * array holds the error of each failed writer at its index (undefined when none failed).
+   * array holds the error of each failed writer at its index (undefined when none failed). `writers` is the caller's
+   * reused array (slots past `count` may be empty): neither it nor `outcomes` is kept after the call.
    */
-  send(writers: readonly StreamWriter[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined;
+  send(writers: readonly (StreamWriter | undefined)[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined;
   /**
    * Gets the chunk's bytes ready for `send` (which is synchronous) once for the whole group: undefined when they are
    * ready now, else a promise that settles when they are (it never rejects: a failed read leaves `send` to read or

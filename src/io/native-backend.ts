@@ -465,19 +465,21 @@ class NativeBackend implements IoBackend {
     return writer instanceof NativeStreamWriter && writer.backendIs(this) && writer.batchable;
   }
 
-  /** ChunkBatch.send: one addon call for every stream; each stream's outcome is applied as its own sendChunk would. */
-  private sendBatch(writers: readonly StreamWriter[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined {
+  /**
+   * ChunkBatch.send: one addon call for every stream; each stream's outcome is applied as its own sendChunk would. It
+   * allocates nothing per stream (the ids go in a reused Float64Array, the writers are read from the caller's array):
+   * it runs for every publish at every replica count.
+   */
+  private sendBatch(writers: readonly (StreamWriter | undefined)[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined {
     validateHeader(header);
     validateChunk(chunk);
     assert.ok(chunk.file.closed !== true, `sendChunkBatch: ${chunk.file.path} was closed by storage`);
     assert.ok(count > 0 && count <= writers.length && outcomes.length >= count, 'sendChunkBatch: count fits writers and outcomes');
     if (this.batchIds.length < count) this.batchIds = new Float64Array(Math.max(count, this.batchIds.length * 2));
-    const native: NativeStreamWriter[] = [];
     for (let index = 0; index < count; index++) {
-      const writer = writers[index];
-      assert.ok(writer instanceof NativeStreamWriter && writer.backendIs(this) && writer.batchable, 'sendChunkBatch: every writer was accepted');
+      const writer = this.batchWriter(writers, index);
+      assert.ok(writer.batchable, 'sendChunkBatch: every writer was accepted');
       this.batchIds[index] = writer.streamId;
-      native.push(writer);
     }
     let errors: (Error | undefined)[] | undefined;
     try {
@@ -486,19 +488,26 @@ class NativeBackend implements IoBackend {
       if (error instanceof TypeError || error instanceof RangeError) throw error;
       // The engine refused the whole call (closed): every stream fails as its own sendChunk would have.
       outcomes.fill(NativeSendStatus.failed, 0, count);
-      return native.map((writer) => writer.failWith(error));
+      const failures: Error[] = [];
+      for (let index = 0; index < count; index++) failures.push(this.batchWriter(writers, index).failWith(error));
+      return failures;
     }
     for (let index = 0; index < count; index++) {
       const outcome = outcomes[index];
-      const writer = native[index];
-      assert.ok(writer !== undefined);
-      if (outcome === NativeSendStatus.queueFull) writer.markFull();
+      if (outcome === NativeSendStatus.queueFull) this.batchWriter(writers, index).markFull();
       else if (outcome === NativeSendStatus.failed) {
         errors ??= [];
-        errors[index] = writer.failWith(errors[index] ?? new Error('native batch send failed'));
+        errors[index] = this.batchWriter(writers, index).failWith(errors[index] ?? new Error('native batch send failed'));
       }
     }
     return errors;
+  }
+
+  /** writers[index] of a batch, which ChunkBatch.accepts took: one of this backend's native writers. */
+  private batchWriter(writers: readonly (StreamWriter | undefined)[], index: number): NativeStreamWriter {
+    const writer = writers[index];
+    assert.ok(writer instanceof NativeStreamWriter && writer.backendIs(this), 'sendChunkBatch: every writer was accepted');
+    return writer;
   }
 
   forget(id: number): void {

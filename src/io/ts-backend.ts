@@ -345,7 +345,7 @@ class TsChunkBatch implements ChunkBatch {
     );
   }
 
-  send(writers: readonly StreamWriter[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined {
+  send(writers: readonly (StreamWriter | undefined)[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined {
     assert.equal(header.length, XLOG_DATA_HEADER_BYTES, 'header size');
     validateChunk(chunk);
     assert.ok(count > 0 && count <= writers.length && outcomes.length >= count, 'batch send: count fits writers and outcomes');

@@ -82,8 +82,11 @@ class FakeBatch implements ChunkBatch {
   accepts(writer: StreamWriter): boolean {
     return writer instanceof FakeWriter && writer.batchable;
   }
-  send(writers: readonly StreamWriter[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined {
+  /** The writers array of each call (the batcher's, reused): what it holds once the group is done. */
+  readonly writerArrays: (readonly (StreamWriter | undefined)[])[] = [];
+  send(writers: readonly (StreamWriter | undefined)[], count: number, header: Buffer, chunk: WalChunk, outcomes: Int32Array): (Error | undefined)[] | undefined {
     this.calls.push(count);
+    this.writerArrays.push(writers);
     let errors: (Error | undefined)[] | undefined;
     for (let index = 0; index < count; index++) {
       const writer = writers[index] as FakeWriter;
@@ -251,6 +254,23 @@ test('caught-up streams are sent each publish in one call per round, storage ask
   const ends = await stop(harness);
   assert.ok(ends.every((result) => result.kind === 'aborted' && result.sentLsn === end + 100n), 'each loop knows what the batch sent');
   assert.equal(harness.batcher.parkedCount, 0);
+});
+
+test('one reused writers array for every publish, emptied after each group: the batch holds no stream it is not sending', async () => {
+  const harness = start(4, () => true, { source: new FakeSourceWithNow() });
+  for (const writer of harness.writers) writer.prefetchNow = () => undefined;
+  await until(() => harness.batcher.parkedCount === 4, 'all four parked');
+  let end = START;
+  for (let publish = 0; publish < 3; publish++) {
+    end += 300n;
+    harness.watch.advance(end);
+    await until(() => harness.writers.every((writer) => writer.contiguousEnd() === end) && harness.batcher.parkedCount === 4, 'the publish reached all four');
+  }
+  assert.deepEqual(harness.batch.calls, [4, 4, 4]);
+  const [first, ...others] = harness.batch.writerArrays;
+  assert.ok(first !== undefined && others.every((array) => array === first), 'the same array in every call, not one per publish');
+  assert.ok(first.every((writer) => writer === undefined), 'no writer left in it after the group');
+  await stop(harness);
 });
 
 test('the batcher listens on the watch while streams are parked, with no waiter or timer per publish, and stops when none is', async () => {

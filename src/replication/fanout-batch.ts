@@ -74,7 +74,7 @@ export interface FanoutParticipant {
    */
   readonly replyNotDueBeforeMs?: () => number;
   readonly timelineEnd?: () => Lsn | undefined;
-  readonly onSent: (sentLsn: Lsn, bytes: number) => void;
+  readonly onSent: (sentLsn: Lsn, walBytes: number, wireBytes: number) => void;
   readonly publishClock?: PublishClock;
   readonly idleWaitMs: number;
 }
@@ -97,6 +97,8 @@ interface Parked {
   /** timelineEnd's answer under endAskedUnder. */
   timelineEndLsn: Lsn | undefined;
   timer: NodeJS.Timeout | undefined;
+  /** The round (FanoutBatcher.roundNumber) this stream is sent in: it was behind and need not leave; 0: none yet. */
+  round: number;
   readonly finish: (kind: ParkEnd['kind'], error?: Error) => void;
 }
 
@@ -139,9 +141,20 @@ export class FanoutBatcher {
   /** A run is queued (a microtask) and has not started yet. */
   private runQueued = false;
   private running = false;
-  /** Reused per round: the writers of one group and their outcomes. */
-  private writers: StreamWriter[] = [];
+  /**
+   * Reused per round, so that a publish allocates nothing per parked stream (issue 13: per-stream garbage brings the
+   * young-generation collections, each a pause of the next publish). `positions[0..positionCount)` are the send
+   * positions of the round (usually one); `members`/`writers[0..count)` are one group's streams and writers, handed to
+   * the backend with `outcomes`. Never truncated (`length = 0` gives up the backing store, so the next publish grew a
+   * new one); their slots are cleared after each group instead, so that an ended stream is not kept alive.
+   */
+  private readonly positions: Lsn[] = [];
+  private positionCount = 0;
+  private readonly members: (Parked | undefined)[] = [];
+  private readonly writers: (StreamWriter | undefined)[] = [];
   private outcomes = new Int32Array(64);
+  /** Numbers the rounds; a stream takes part in the round whose number it holds (Parked.round). */
+  private roundNumber = 0;
   private readonly header = Buffer.allocUnsafe(XLOG_DATA_HEADER_BYTES);
 
   /**
@@ -184,6 +197,7 @@ export class FanoutBatcher {
         endAskedUnder: NOT_ASKED,
         timelineEndLsn: undefined,
         timer: undefined,
+        round: 0,
         finish: (kind, error) => {
           if (!this.parked.delete(entry)) return;
           if (kind === 'resume') this.resumed++;
@@ -271,23 +285,35 @@ export class FanoutBatcher {
   /**
    * One chunk for every parked stream behind `endLsn`: grouped by send position, one batch per group. This loop runs
    * for every stream at every publish before anything is sent, so what it asks each stream is kept to a few field
-   * reads: replyDue only once its earliest due time passed, timelineEnd only after a timeline switch.
+   * reads: replyDue only once its earliest due time passed, timelineEnd only after a timeline switch. A group is not
+   * an array made per round: its streams are those marked with this round's number at its position (sendGroup).
    */
   private async round(endLsn: Lsn): Promise<void> {
     const nowMs = Date.now();
     const history = this.history === undefined ? NOT_ASKED : this.history();
-    const groups = new Map<Lsn, Parked[]>();
+    const round = ++this.roundNumber;
+    const positions = this.positions;
+    this.positionCount = 0;
     for (const entry of this.parked) {
       if (entry.sentLsn >= endLsn) continue;
       if (this.mustLeave(entry, nowMs, history)) {
         entry.finish('resume');
         continue;
       }
-      const group = groups.get(entry.sentLsn);
-      if (group === undefined) groups.set(entry.sentLsn, [entry]);
-      else group.push(entry);
+      entry.round = round;
+      if (!this.hasPosition(entry.sentLsn)) positions[this.positionCount++] = entry.sentLsn;
     }
-    for (const [chunkLsn, group] of groups) await this.sendGroup(chunkLsn, group, endLsn);
+    for (let index = 0; index < this.positionCount; index++) {
+      const chunkLsn = positions[index];
+      assert.ok(chunkLsn !== undefined);
+      await this.sendGroup(chunkLsn, round, endLsn);
+    }
+  }
+
+  /** Whether `lsn` is among the round's positions (a scan: there is one, or a few, per round). */
+  private hasPosition(lsn: Lsn): boolean {
+    for (let index = 0; index < this.positionCount; index++) if (this.positions[index] === lsn) return true;
+    return false;
   }
 
   /** Whether `entry` must go on alone before its next chunk: a reply is due, its timeline ended, or the batch cannot take it. */
@@ -307,9 +333,16 @@ export class FanoutBatcher {
     return !this.batch.accepts(participant.writer);
   }
 
-  private async sendGroup(chunkLsn: Lsn, group: Parked[], endLsn: Lsn): Promise<void> {
-    const first = group[0];
-    assert.ok(first !== undefined);
+  /** The first stream of `round` at `chunkLsn`, or undefined when none is left (they all went on alone). */
+  private firstOfGroup(chunkLsn: Lsn, round: number): Parked | undefined {
+    for (const entry of this.parked) if (entry.round === round && entry.sentLsn === chunkLsn) return entry;
+    return undefined;
+  }
+
+  /** Sends the chunk at `chunkLsn` to every stream of `round` there (round() marked them). */
+  private async sendGroup(chunkLsn: Lsn, round: number, endLsn: Lsn): Promise<void> {
+    const first = this.firstOfGroup(chunkLsn, round);
+    if (first === undefined) return;
     let chunk: WalChunk;
     try {
       this.source ??= this.openSource();
@@ -332,43 +365,46 @@ export class FanoutBatcher {
       if (staging !== undefined) await staging;
     } catch {
       // Storage errors are each stream's to report (with the verified prefix sent first): its loop repeats the step.
-      for (const entry of group) entry.finish('resume');
+      this.resumeGroup(chunkLsn, round);
       return;
     }
     // Across the awaits streams may have left (aborted, idle); a handle closed meanwhile is never sent from (its
     // number may be another file's): the streams go on alone rather than spin here.
     if (chunk.file.closed === true) {
-      for (const entry of group) entry.finish('resume');
+      this.resumeGroup(chunkLsn, round);
       return;
     }
     const chunkEnd = chunkLsn + BigInt(chunk.byteCount);
-    const writers = this.writers;
-    const members: Parked[] = [];
-    for (const entry of group) {
-      if (!this.parked.has(entry) || entry.sentLsn !== chunkLsn) continue;
+    const { members, writers } = this;
+    let count = 0;
+    for (const entry of this.parked) {
+      if (entry.round !== round || entry.sentLsn !== chunkLsn) continue;
       if (!this.batch.accepts(entry.participant.writer)) {
         entry.finish('resume');
         continue;
       }
-      writers[members.length] = entry.participant.writer;
-      members.push(entry);
+      members[count] = entry;
+      writers[count] = entry.participant.writer;
+      count++;
     }
-    if (members.length === 0) return;
-    if (this.outcomes.length < members.length) this.outcomes = new Int32Array(Math.max(members.length, this.outcomes.length * 2));
+    if (count === 0) return;
+    if (this.outcomes.length < count) this.outcomes = new Int32Array(Math.max(count, this.outcomes.length * 2));
     // walEnd is the watch now, as the stream loop writes it right before its send.
     writeXLogDataHeader(this.header, chunkLsn, this.watch.get(), pgNowMicros(), chunk.byteCount);
-    const errors = this.batch.send(writers, members.length, this.header, chunk, this.outcomes);
+    const errors = this.batch.send(writers, count, this.header, chunk, this.outcomes);
     // The bytes of every stream the call wrote whole reached their sockets by now: one clock read stamps them all,
     // so the bookkeeping below (per stream) is not counted as the later streams' publish -> socket time.
     const writtenAtMs = performance.now();
-    writers.length = 0;
+    writers.fill(undefined, 0, count);
     this.batches++;
-    this.chunksBatched += members.length;
+    this.chunksBatched += count;
     const nowMs = Date.now();
     const caughtUp = chunkEnd >= this.watch.get();
-    for (let index = 0; index < members.length; index++) {
+    const wireBytes = chunk.byteCount + XLOG_DATA_HEADER_BYTES;
+    for (let index = 0; index < count; index++) {
       const entry = members[index];
       assert.ok(entry !== undefined);
+      members[index] = undefined;
       const outcome = this.outcomes[index] as BatchOutcome;
       if (outcome === BatchOutcome.failed) {
         entry.finish('resume', errors?.[index] ?? new Error('batched send failed'));
@@ -377,7 +413,7 @@ export class FanoutBatcher {
       entry.sentLsn = chunkEnd;
       entry.lastSendAtMs = nowMs;
       const { participant } = entry;
-      participant.onSent(chunkEnd, chunk.byteCount + XLOG_DATA_HEADER_BYTES);
+      participant.onSent(chunkEnd, chunk.byteCount, wireBytes);
       const clock = participant.publishClock;
       if (clock !== undefined && clock.chunkAccepted(chunkEnd)) {
         // Written means handed to the kernel: the clock stops now, without asking the backend.
@@ -388,6 +424,11 @@ export class FanoutBatcher {
       if (caughtUp) clock?.waiting(chunkEnd);
       if (outcome === BatchOutcome.full) entry.finish('resume');
     }
+  }
+
+  /** Every stream of `round` at `chunkLsn` goes on alone (its loop repeats the step and reports any error). */
+  private resumeGroup(chunkLsn: Lsn, round: number): void {
+    for (const entry of this.parked) if (entry.round === round && entry.sentLsn === chunkLsn) entry.finish('resume');
   }
 
   /** The last parked stream left: stop listening on the watch and unpin the reader's segment. */

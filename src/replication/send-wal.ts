@@ -121,8 +121,12 @@ export interface SendWalOptions {
   readonly stopAtEnd: boolean;
   /** Asked after each idle interval; returns true when the stream should end (caught up, no writer). */
   readonly shouldStop: (sentLsn: Lsn) => boolean;
-  /** Told after every chunk (or run of chunks, with the bytes of all), so the replica registry shows the sent position. */
-  readonly onSent: (sentLsn: Lsn, bytes: number) => void;
+  /**
+   * Told after every chunk (or run of chunks, with the bytes of all), so the replica registry shows the sent position:
+   * `walBytes` of WAL up to `sentLsn` (so the caller needs no BigInt subtraction per chunk and stream), `wireBytes`
+   * with the XLogData headers.
+   */
+  readonly onSent: (sentLsn: Lsn, walBytes: number, wireBytes: number) => void;
   /** The reply reader's timeout: silence this long from the replica ends the stream (wal_sender_timeout). */
   readonly replicaTimeoutMs: number;
   /** When the replica last sent anything (Date.now() milliseconds), as the reply reader saw it. */
@@ -249,25 +253,28 @@ export async function sendWal(options: SendWalOptions): Promise<SendWalEnd> {
       const chunkEnd = sentLsn + BigInt(chunkBytes);
       if (options.verifyNow?.(chunk, sentLsn) !== true) await verifyChunk(options, header, chunk, sentLsn);
       let sentTo: Lsn;
+      let walBytes: number;
       let wireBytes: number;
       if (runs !== undefined) {
         // Catch-up: the chunks after this one that need no wait go with it in one backend call (ChunkRuns).
         sentTo = runs.collect(chunk, sentLsn, wantedEnd, endLsn, SEND_BUDGET_PER_TURN_BYTES - sentThisTurnBytes);
         await runs.send(sentLsn);
-        wireBytes = lsnDistance(sentTo, sentLsn) + runs.chunks.length * XLOG_DATA_HEADER_BYTES;
+        walBytes = lsnDistance(sentTo, sentLsn);
+        wireBytes = walBytes + runs.chunks.length * XLOG_DATA_HEADER_BYTES;
       } else {
         // walEnd is always the current end (never 0/0: Neon #3972, reconnect storms on some clients).
         writeXLogDataHeader(header, sentLsn, endWatch.get(), pgNowMicros(), chunkBytes);
         await options.writer.sendChunk(header, chunk);
         sentTo = chunkEnd;
+        walBytes = chunkBytes;
         wireBytes = chunkBytes + XLOG_DATA_HEADER_BYTES;
       }
-      sentThisTurnBytes += lsnDistance(sentTo, sentLsn);
+      sentThisTurnBytes += walBytes;
       sentLsn = sentTo;
       // Once per call, run or chunk: the backend reports a write when its queue is empty (afterWritten), so every
       // publish a run's chunks complete is written at that same moment, and one observer covers them all.
       reportWhenWritten(options, sentLsn);
-      options.onSent(sentLsn, wireBytes);
+      options.onSent(sentLsn, walBytes, wireBytes);
       if (sentThisTurnBytes >= SEND_BUDGET_PER_TURN_BYTES) {
         sentThisTurnBytes = 0;
         await yieldToEventLoop();
@@ -571,7 +578,7 @@ async function verifyChunk(options: SendWalOptions, header: Buffer, chunk: WalCh
       assert.ok(error.goodBytes < chunk.byteCount, 'the bad page lies inside the chunk');
       writeXLogDataHeader(header, chunkLsn, options.endWatch.get(), pgNowMicros(), error.goodBytes);
       await options.writer.sendChunk(header, { file: chunk.file, fileOffset: chunk.fileOffset, byteCount: error.goodBytes });
-      options.onSent(chunkLsn + BigInt(error.goodBytes), error.goodBytes + XLOG_DATA_HEADER_BYTES);
+      options.onSent(chunkLsn + BigInt(error.goodBytes), error.goodBytes, error.goodBytes + XLOG_DATA_HEADER_BYTES);
     }
     throw error;
   }

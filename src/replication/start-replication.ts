@@ -226,14 +226,14 @@ async function streamToReplica(context: StreamContext, request: StartReplication
         }
         replica.diskWait(waiting);
       },
-      onSent: (lsn, bytes) => {
+      onSent: (lsn, walBytes, wireBytes) => {
         // The send reader's open segment is still the one this chunk came from: the next locate comes after.
         const served = timeline.walBytesServed;
-        if (source.locatedRemote) served.remote += Number(lsn - sentLsn);
-        else served.local += Number(lsn - sentLsn);
+        if (source.locatedRemote) served.remote += walBytes;
+        else served.local += walBytes;
         sentLsn = lsn;
         replica.setSentLsn(lsn);
-        replica.addBytesSent(bytes);
+        replica.addBytesSent(wireBytes);
       },
     });
   } catch (error) {
