@@ -2,8 +2,9 @@
  * Diagnostic preload for a walcast server under bench/fanout-latency.ts (never loaded by walcast itself): what
  * allocates and how often the young generation is collected, during each run's commits only.
  *
- *   WALCAST_BENCH_SERVER_NODE_ARGS="--import ./bench/lib/alloc-sampler.mjs" [ALLOC_SAMPLER_HEAP=1]
+ *   WALCAST_BENCH_SERVER_NODE_ARGS="--import $PWD/bench/lib/alloc-sampler.mjs" [ALLOC_SAMPLER_HEAP=1]
  *
+ * (an absolute path: a --baseline server runs in the baseline tree, which may not have this file).
  * The harness scrapes /metrics once right before a run's commits and once after they drained (live-latency.ts), so
  * the time between the two scrapes of a pair is a window of steady state: no replica connects or catches up in it.
  * Every GC (perf_hooks 'gc' entries: kind and duration) is logged with the window it fell in, and
