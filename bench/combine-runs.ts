@@ -13,7 +13,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { renderMarkdown, type BenchReport } from './lib/report-markdown.js';
-import { EVENT_LOOP_SAMPLING_MS } from './lib/responsiveness.js';
+import { pastTimer } from './lib/responsiveness.js';
 import { computeFigures, computeRatios, type RunRecord } from './lib/results.js';
 
 const EXIT_USAGE = 2;
@@ -23,9 +23,8 @@ interface ResultFile extends BenchReport {
 }
 
 function withDelayFigures(record: RunRecord): RunRecord {
-  const past = (value: number | undefined): number | undefined => (value === undefined ? undefined : Math.max(0, value - EVENT_LOOP_SAMPLING_MS));
-  const p99 = record.eventLoopDelayP99Ms ?? past(record.eventLoopP99Ms);
-  const max = record.eventLoopDelayMaxMs ?? past(record.eventLoopMaxMs);
+  const p99 = record.eventLoopDelayP99Ms ?? pastTimer(record.eventLoopP99Ms);
+  const max = record.eventLoopDelayMaxMs ?? pastTimer(record.eventLoopMaxMs);
   return { ...record, ...(p99 === undefined ? {} : { eventLoopDelayP99Ms: p99 }), ...(max === undefined ? {} : { eventLoopDelayMaxMs: max }) };
 }
 

@@ -34,7 +34,8 @@ export interface EventLoopLag {
 
 const NO_LAG: EventLoopLag = { maxMs: undefined, p99Ms: undefined, delayMaxMs: undefined, delayP99Ms: undefined };
 
-function pastTimer(intervalMs: number | undefined): number | undefined {
+/** An interval of the histogram as the delay past the sampling timer (≥ 0); undefined stays undefined. */
+export function pastTimer(intervalMs: number | undefined): number | undefined {
   return intervalMs === undefined ? undefined : Math.max(0, intervalMs - EVENT_LOOP_SAMPLING_MS);
 }
 

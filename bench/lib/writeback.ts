@@ -16,28 +16,8 @@
  * as production would see it.
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 
-export interface WritebackSettled {
-  /** Dirty + under-writeback page cache before the sync, kB (/proc/meminfo). */
-  readonly dirtyKbBefore: number;
-  readonly syncMs: number;
-}
-
-/** Flushes every dirty page on the machine (sync(1)) and reports how much there was and how long it took. */
-export function settleWriteback(): WritebackSettled {
-  const dirtyKbBefore = dirtyKb();
-  const started = performance.now();
+/** Flushes every dirty page on the machine (sync(1)). */
+export function settleWriteback(): void {
   execFileSync('sync', [], { stdio: 'ignore' });
-  return { dirtyKbBefore, syncMs: performance.now() - started };
-}
-
-function dirtyKb(): number {
-  try {
-    const meminfo = readFileSync('/proc/meminfo', 'utf8');
-    const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(meminfo)?.[1] ?? 0);
-    return field('Dirty') + field('Writeback');
-  } catch {
-    return 0;
-  }
 }

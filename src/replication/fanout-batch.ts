@@ -335,7 +335,7 @@ export class FanoutBatcher {
 
   /** The first stream of `round` at `chunkLsn`, or undefined when none is left (they all went on alone). */
   private firstOfGroup(chunkLsn: Lsn, round: number): Parked | undefined {
-    for (const entry of this.parked) if (entry.round === round && entry.sentLsn === chunkLsn) return entry;
+    for (const entry of this.parked) if (inGroup(entry, chunkLsn, round)) return entry;
     return undefined;
   }
 
@@ -378,7 +378,7 @@ export class FanoutBatcher {
     const { members, writers } = this;
     let count = 0;
     for (const entry of this.parked) {
-      if (entry.round !== round || entry.sentLsn !== chunkLsn) continue;
+      if (!inGroup(entry, chunkLsn, round)) continue;
       if (!this.batch.accepts(entry.participant.writer)) {
         entry.finish('resume');
         continue;
@@ -428,7 +428,7 @@ export class FanoutBatcher {
 
   /** Every stream of `round` at `chunkLsn` goes on alone (its loop repeats the step and reports any error). */
   private resumeGroup(chunkLsn: Lsn, round: number): void {
-    for (const entry of this.parked) if (entry.round === round && entry.sentLsn === chunkLsn) entry.finish('resume');
+    for (const entry of this.parked) if (inGroup(entry, chunkLsn, round)) entry.finish('resume');
   }
 
   /** The last parked stream left: stop listening on the watch and unpin the reader's segment. */
@@ -444,4 +444,9 @@ export class FanoutBatcher {
     // Closing unpins its segment; a failure to close a read-only descriptor has nobody to tell but the log of a stream.
     source?.close().catch(() => undefined);
   }
+}
+
+/** Whether `entry` is in the group of `round` at `chunkLsn`: round() marked it, and it is still at that position. */
+function inGroup(entry: Parked, chunkLsn: Lsn, round: number): boolean {
+  return entry.round === round && entry.sentLsn === chunkLsn;
 }
