@@ -15,7 +15,7 @@
  * --writev adds this tree's walcast on the native writev strategy (copying send, as the walsender) as `new-writev`.
  *
  * --load N keeps N busy-spinning processes running for the whole probe (bench/lib/cpu-load.ts, as bench/run.ts's loaded
- * rounds); --sched prints per thread, for each measured standby run, CPU, run-queue wait, timeslices and voluntary /
+ * rounds); --sched prints per thread, for each measured run (pg_receivewal: walcast's threads only), CPU, run-queue wait, timeslices and voluntary /
  * involuntary switches of the server (walcast's threads by name; PostgreSQL's walsender), the standby's processes
  * (startup, walreceiver ...; read after replay, before they stop) and the spinners (bench/lib/sched-stats.ts).
  * --strace-walreceiver DIR attaches `strace -c` to the standby's walreceiver (found by polling the standby's children
@@ -111,6 +111,8 @@ try {
             started: (standbyPid) => { if (values['strace-walreceiver'] !== undefined) void straceWalreceiver(standbyPid, `${values['strace-walreceiver']}/walreceiver-${target.name}-${round}.txt`); },
             replayed: (standbyPid) => { if (before !== undefined) schedReport(target, before, standbyPid); stopWalreceiverTrace(); },
           }) : await measureReceiveWalRun(context, target, round, false);
+      // pg_receivewal: the run's totals once it has ended (PostgreSQL's walsender is reaped by then: its row is missing).
+      if (before !== undefined && values.consumer !== 'standby') schedReport(target, before, undefined);
       if (tracer !== undefined) {
         tracer.kill('SIGINT');
         await new Promise((resolve) => tracer.once('exit', resolve));
