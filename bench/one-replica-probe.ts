@@ -9,7 +9,7 @@
  * --trace-deopt in WALCAST_BENCH_SERVER_NODE_ARGS) and the line each run starts at is printed, so compiles and
  * deoptimizations can be counted per catch-up (docs/benchmarks.md, "One replica: consumer cost and JIT warm-up").
  *
- *   node --import tsx bench/one-replica-probe.ts --mib 512 --rounds 4 [--consumer standby|pg_receivewal]
+ *   node --import tsx bench/one-replica-probe.ts --mib 512 --rounds 4 [--consumer standby|pg_receivewal|wal-consumer]
  *     [--strace DIR | --perf DIR] [--also NAME=DIR]... [--load N] [--sched] [--strace-walreceiver DIR] [--writev]
  *
  * --writev adds this tree's walcast on the native writev strategy (copying send, as the walsender) as `new-writev`.
@@ -33,14 +33,20 @@ import { listChildren } from './lib/proc-stats.js';
 import { formatSched, readThreads, threadDelta, type TaskSched } from './lib/sched-stats.js';
 import { buildTools } from './lib/tools.js';
 import { prepareWal } from './lib/wal-source.js';
-import { measureReceiveWalRun, measureStandbyRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
+import { measureConsumerRun, measureReceiveWalRun, measureStandbyRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
+import type { RunRecord } from './lib/results.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] }, load: { type: 'string', default: '0' }, sched: { type: 'boolean', default: false }, 'strace-walreceiver': { type: 'string' }, writev: { type: 'boolean', default: false } } });
-if (values.consumer !== 'standby' && values.consumer !== 'pg_receivewal') throw new Error(`--consumer takes standby or pg_receivewal, got ${values.consumer}`);
+if (values.consumer !== 'standby' && values.consumer !== 'pg_receivewal' && values.consumer !== 'wal-consumer') throw new Error(`--consumer takes standby, pg_receivewal or wal-consumer, got ${values.consumer}`);
 const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
 const progress = (message: string): void => void process.stderr.write(`${message}\n`);
 const context: BenchContext = { tools: buildTools(), wal, plan: planFor('full'), progress };
 const targets: ServerTarget[] = [];
+/** A pg_receivewal run, or one of the discarding C wal-consumer (the server-bound case: no consumer CPU to wait on). */
+function otherConsumerRun(target: ServerTarget, round: number): Promise<RunRecord> {
+  if (values.consumer === 'pg_receivewal') return measureReceiveWalRun(context, target, round, false);
+  return measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition: round, cold: false });
+}
 const load = await CpuLoad.start(Number(values.load));
 if (load.processes > 0) await load.set('loaded');
 /** --sched: per-thread CPU, run-queue wait and switches of the server, the standby's processes and the spinners over one run. */
@@ -86,7 +92,7 @@ try {
   progress(`range ${formatLsn(wal.standbyStartLsn)}-${formatLsn(wal.endLsn)}`);
   const gb = Number(wal.endLsn - wal.standbyStartLsn) / 2 ** 30;
   for (const target of targets) {
-    const warm = values.consumer === 'standby' ? await measureStandbyRun(context, target, 0) : await measureReceiveWalRun(context, target, 0, false);
+    const warm = values.consumer === 'standby' ? await measureStandbyRun(context, target, 0) : await otherConsumerRun(target, 0);
     // The consumer's CPU too: a fresh walcast server checksums every page during its first catch-up (later ones find
     // the pages verified), so warm-up against measured runs shows what the checks ahead cost the consumer.
     progress(`warm-up ${target.name}: ${warm.ok ? `server ${warm.serverCpuSecondsPerGB?.toFixed(3)} s/GB, consumer ${((warm.consumerCpuSeconds ?? 0) / gb).toFixed(3)} s/GB` : warm.error}`);
@@ -110,7 +116,7 @@ try {
       const record = values.consumer === 'standby' ? await measureStandbyRun(context, target, round, {
             started: (standbyPid) => { if (values['strace-walreceiver'] !== undefined) void straceWalreceiver(standbyPid, `${values['strace-walreceiver']}/walreceiver-${target.name}-${round}.txt`); },
             replayed: (standbyPid) => { if (before !== undefined) schedReport(target, before, standbyPid); stopWalreceiverTrace(); },
-          }) : await measureReceiveWalRun(context, target, round, false);
+          }) : await otherConsumerRun(target, round);
       // pg_receivewal: the run's totals once it has ended (PostgreSQL's walsender is reaped by then: its row is missing).
       if (before !== undefined && values.consumer !== 'standby') schedReport(target, before, undefined);
       if (tracer !== undefined) {

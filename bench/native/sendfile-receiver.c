@@ -14,6 +14,7 @@
  *               (frags, struct pages, TLB entries all warm) but their bytes read from memory
  *     send      pread() the chunk into a buffer, send() the buffer (the walsender's way)
  *     mapsend   send() straight from a mapping of the file (walcast's writev strategy)
+ *     splice    file -> pipe -> socket (two splice() calls; the pipe sized by PIPE_BYTES, default 1 MiB)
  *   REPEAT sends FILE that many times: a small FILE (2 MiB) repeated stays in CPU cache (hot bytes, same frags).
  *   Environment: SCPU / RCPU pin the sender / receiver to a CPU; RCVBUF sets the receiver's SO_RCVBUF; TOUCH_AT
  *   (bytes, may be negative) makes touch read the chunk that far ahead of the one it sends (behind: bytes already
@@ -28,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/tcp.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/sendfile.h>
@@ -119,7 +121,7 @@ static void send_all(int sock, const uint8_t *bytes, size_t length) {
 
 int main(int argc, char **argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: sendfile-receiver sendfile|touch|demote|flush|send|mapsend FILE [CHUNK_BYTES [REPEAT]]\n");
+    fprintf(stderr, "usage: sendfile-receiver sendfile|touch|demote|flush|send|mapsend|splice FILE [CHUNK_BYTES [REPEAT]]\n");
     return 2;
   }
   const char *mode = argv[1];
@@ -145,16 +147,30 @@ int main(int argc, char **argv) {
 
   const uint8_t *map = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
   if (map == MAP_FAILED) die("mmap");
-  uint8_t *buffer = malloc(chunk);
+  uint8_t *buffer = malloc(chunk + 64);
+  // HEADER=N: an N-byte header before every chunk (walcast's XLogData header is 30); send and mapsend put it in the same
+  // send() as the payload (as PostgreSQL's walsender), sendfile and splice send it alone with MSG_MORE first.
+  // CORK=N: TCP_CORK around every N chunks (sendfile and splice). splice: file -> pipe (PIPE_BYTES, default 1 MiB) -> socket.
+  const size_t header_bytes = getenv("HEADER") == NULL ? 0 : strtoul(getenv("HEADER"), NULL, 10);
+  const long cork_chunks = getenv("CORK") == NULL ? 0 : atol(getenv("CORK"));
+  uint8_t header[64] = {'d'};
+  if (header_bytes > sizeof header) die("HEADER");
+  const int one = 1, zero = 0;
+  long chunk_index = 0;
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) die("pipe");
+  fcntl(pipe_fds[1], F_SETPIPE_SZ, getenv("PIPE_BYTES") == NULL ? 1048576 : atoi(getenv("PIPE_BYTES")));
   const double cpu_before = cpu_seconds();
   const double started = now_seconds();
   for (int round = 0; round < repeat; round++) {
     for (off_t offset = 0; offset < size;) {
       const size_t length = (size_t)(size - offset) < chunk ? (size_t)(size - offset) : chunk;
       if (strcmp(mode, "send") == 0) {
-        if (pread(fd, buffer, length, offset) != (ssize_t)length) die("pread");
-        send_all(sock, buffer, length);
+        if (pread(fd, buffer + header_bytes, length, offset) != (ssize_t)length) die("pread");
+        memcpy(buffer, header, header_bytes);
+        send_all(sock, buffer, header_bytes + length);
       } else if (strcmp(mode, "mapsend") == 0) {
+        if (header_bytes > 0 && send(sock, header, header_bytes, MSG_MORE) != (ssize_t)header_bytes) die("send header");
         send_all(sock, map + offset, length);
       } else {
         if (strcmp(mode, "flush") == 0) {
@@ -165,10 +181,29 @@ int main(int argc, char **argv) {
           if (at >= 0 && at + (off_t)length <= size) touch(map + at, length, 0);
         }
         else if (strcmp(mode, "demote") == 0) touch(map + offset, length, 1);
-        else if (strcmp(mode, "sendfile") != 0) { fprintf(stderr, "unknown mode %s\n", mode); return 2; }
-        for (off_t position = offset; position < offset + (off_t)length;) {
-          if (sendfile(sock, fd, &position, (size_t)(offset + (off_t)length - position)) <= 0) die("sendfile");
+        else if (strcmp(mode, "sendfile") != 0 && strcmp(mode, "splice") != 0) { fprintf(stderr, "unknown mode %s\n", mode); return 2; }
+        if (header_bytes > 0) {
+          // walcast's pattern: the chunk's header first, held back (MSG_MORE) for the payload that follows.
+          if (cork_chunks > 0 && chunk_index % cork_chunks == 0) setsockopt(sock, IPPROTO_TCP, TCP_CORK, &one, sizeof one);
+          if (send(sock, header, header_bytes, MSG_MORE) != (ssize_t)header_bytes) die("send header");
         }
+        if (strcmp(mode, "splice") == 0) {
+          for (off_t position = offset; position < offset + (off_t)length;) {
+            ssize_t in = splice(fd, &position, pipe_fds[1], NULL, (size_t)(offset + (off_t)length - position), SPLICE_F_MOVE);
+            if (in <= 0) die("splice in");
+            for (ssize_t out = 0; out < in;) {
+              ssize_t moved = splice(pipe_fds[0], NULL, sock, NULL, (size_t)(in - out), SPLICE_F_MOVE | SPLICE_F_MORE);
+              if (moved <= 0) die("splice out");
+              out += moved;
+            }
+          }
+        } else {
+          for (off_t position = offset; position < offset + (off_t)length;) {
+            if (sendfile(sock, fd, &position, (size_t)(offset + (off_t)length - position)) <= 0) die("sendfile");
+          }
+        }
+        if (cork_chunks > 0 && (chunk_index + 1) % cork_chunks == 0) setsockopt(sock, IPPROTO_TCP, TCP_CORK, &zero, sizeof zero);
+        chunk_index++;
       }
       offset += (off_t)length;
     }
