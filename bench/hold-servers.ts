@@ -1,6 +1,7 @@
 /**
  * Holds a one-replica setup up for work by hand (issue 13): prepares a WAL range, starts walcast from this tree (native
- * sendfile, and native writev as `new-writev`) and from each --also checkout, exposes PostgreSQL's walsender, warms the
+ * sendfile, and native writev as `new-writev`) and from each --also checkout, exposes PostgreSQL's walsender and the C
+ * sendfile ceiling (bench/native/ceiling-server.c: header + sendfile, no JavaScript), warms the
  * page cache, prints the range, ports and PIDs as one JSON line on stdout and waits for SIGTERM/SIGINT. A consumer can
  * then be run against each server under strace or perf (docs/benchmarks.md, "One replica: consumer cost and JIT
  * warm-up", has the command lines).
@@ -9,7 +10,8 @@
  */
 import { parseArgs } from 'node:util';
 import { formatLsn } from '../src/lsn.js';
-import { postgresTarget, startWalcastServer, type ServerTarget } from './lib/servers.js';
+import { postgresTarget, startCeilingServer, startWalcastServer, type ServerTarget } from './lib/servers.js';
+import { buildTools } from './lib/tools.js';
 import { prepareWal } from './lib/wal-source.js';
 import { warmPageCache } from './scenarios/streaming.js';
 
@@ -24,6 +26,7 @@ for (const entry of values.also) {
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'writev', name: 'new-writev' }));
 targets.push(postgresTarget(wal.primary, wal));
+targets.push(await startCeilingServer(buildTools().ceiling, wal));
 warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
 process.stdout.write(`${JSON.stringify({ endpos: formatLsn(wal.endLsn - 1n), start: formatLsn(wal.startLsn), bytes: Number(wal.endLsn - wal.startLsn), first: wal.walcastFiles[0], standbyTemplate: wal.standbyTemplate, standbyStart: formatLsn(wal.standbyStartLsn), servers: targets.map((t) => ({ name: t.name, port: t.port, pid: t.pid })), postmaster: wal.primary.pid })}\n`);
 const stop = async (): Promise<void> => {

@@ -156,6 +156,8 @@ int main(int argc, char **argv) {
   uint8_t header[64] = {'d'};
   if (header_bytes > sizeof header) die("HEADER");
   const int one = 1, zero = 0;
+  // NODELAY=1: TCP_NODELAY on the sending socket, as walcast (and PostgreSQL) set it on every client connection.
+  if (getenv("NODELAY") != NULL && atoi(getenv("NODELAY")) != 0) setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   long chunk_index = 0;
   int pipe_fds[2];
   if (pipe(pipe_fds) != 0) die("pipe");
