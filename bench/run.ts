@@ -57,7 +57,7 @@ const USAGE = 'usage: node --import tsx bench/run.ts [--smoke|--quick|--full] [-
   '    live-latency honours them too (postgres = the primary and its cascading standby, postgres-cascade = the standby alone)\n' +
   '  --variant NAME=DIR: also runs walcast-native-sendfile from the source tree DIR (with its node_modules and build/) as server NAME\n' +
   '  --cold-warm-server: cold catch-up warms each fresh server on the first half of the range, measures the second\n' +
-  '  --warm-ups N: unrecorded warm catch-ups per server before the warm scenarios (default 1)\n' +
+  '  --warm-ups N: warm-up passes per server before the warm scenarios, each a catch-up of every measured consumer kind; the first is recorded as first-catch-up (default 1)\n' +
   `  ${SERVER_NODE_ARGS_ENV}="--cpu-prof --cpu-prof-dir DIR" passes node flags to every walcast server\n`;
 
 function usage(message?: string): never {
@@ -202,12 +202,20 @@ async function runStreamingScenarios(harness: Harness, servers: ServerSet, args:
   const plan = context.plan;
   if (WARM_SCENARIOS.some((key) => scenarios.has(key))) {
     warmPageCache([...context.wal.walcastFiles, ...context.wal.postgresFiles]);
-    // Unrecorded catch-ups per server first (--warm-ups, default one): JIT, page tables and connection caches, not
-    // what we measure.
+    // Warm-up passes per server first (--warm-ups, default one): JIT, page tables and connection caches. Each pass
+    // runs every consumer kind the rounds will measure, so that no kind's code path (a standby's feedback, pg_receivewal's
+    // replies) meets the measured rounds cold. The first pass is recorded, as 'first-catch-up': what a client sees of a
+    // server that just started (walcast: V8 still compiling its send path; a long-running server pays that once).
     for (let warmUpIndex = 0; warmUpIndex < args.warmUps; warmUpIndex++) {
       for (const target of targets) {
-        const warmUp = await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition: 0, cold: false });
-        progress(`warm-up ${target.name}${args.warmUps > 1 ? ` ${warmUpIndex + 1}/${args.warmUps}` : ''}: ${warmUp.ok ? `ok, ${warmUp.serverCpuSecondsPerGB?.toFixed(3)} CPU s/GB` : `FAILED ${warmUp.error ?? ''}`}`);
+        const kinds: [string, () => Promise<RunRecord>][] = [['wal-consumer', () => measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition: 0, cold: false })]];
+        if (target.speaksFullProtocol && scenarios.has('catch-up:pg_receivewal') && plan.receiveWal) kinds.push(['pg_receivewal', () => measureReceiveWalRun(context, target, 0, false)]);
+        if (target.speaksFullProtocol && scenarios.has('catch-up:standby') && plan.standbyRepetitions > 0) kinds.push(['standby', () => measureStandbyRun(context, target, 0)]);
+        for (const [kind, run] of kinds) {
+          const warmUp = await run();
+          if (warmUpIndex === 0) record({ ...warmUp, scenario: 'first-catch-up' });
+          progress(`warm-up ${target.name} ${kind}${args.warmUps > 1 ? ` ${warmUpIndex + 1}/${args.warmUps}` : ''}: ${warmUp.ok ? `ok, ${warmUp.serverCpuSecondsPerGB?.toFixed(3)} CPU s/GB` : `FAILED ${warmUp.error ?? ''}`}`);
+        }
       }
     }
   }

@@ -47,6 +47,7 @@ interface SmokeRun {
   readonly bytesExpected: number;
   readonly bytesReceived: number;
   readonly latencySamples?: number;
+  readonly residentFractionBefore?: number;
   readonly eventLoopMaxMs?: number;
   readonly eventLoopP99Ms?: number;
 }
@@ -139,7 +140,16 @@ test('bench --smoke produces well-formed results and every consumer gets exactly
   if (NATIVE_BUILT) assert.ok(okServers.some((name) => name.startsWith('walcast-native-')), `the built native backend ran: ${JSON.stringify(result.servers)}`);
 
   const streaming = result.runs.filter((run) => run.scenario !== 'live-latency');
-  for (const scenario of ['catch-up', 'fan-out', 'cold-catch-up']) assert.ok(streaming.some((run) => run.scenario === scenario), `${scenario} ran`);
+  for (const scenario of ['first-catch-up', 'catch-up', 'fan-out', 'cold-catch-up']) assert.ok(streaming.some((run) => run.scenario === scenario), `${scenario} ran`);
+  // The warm-up pass is recorded: every server's first catch-up with each consumer kind it speaks.
+  for (const server of okServers) {
+    const kinds = server === 'ceiling' ? ['wal-consumer'] : ['wal-consumer', 'pg_receivewal', 'standby'];
+    for (const consumer of kinds) assert.equal(streaming.filter((run) => run.scenario === 'first-catch-up' && run.server === server && run.consumer === consumer).length, 1, `${server}'s first ${consumer} catch-up recorded once`);
+  }
+  // Warm runs read their files again first and record how much was still resident (a share of the served files).
+  for (const run of streaming.filter((entry) => entry.scenario === 'catch-up' || entry.scenario === 'first-catch-up')) {
+    assert.ok(run.residentFractionBefore !== undefined && run.residentFractionBefore >= 0 && run.residentFractionBefore <= 1, `${run.scenario} ${run.server} ${run.consumer}: resident share before the re-warm ${run.residentFractionBefore}`);
+  }
   assert.ok(streaming.some((run) => run.consumer === 'pg_receivewal'), 'pg_receivewal ran');
   // A standby run is ok only once pg_last_wal_replay_lsn() reached the range end: every server fed a real replay.
   for (const server of okServers.filter((name) => name !== 'ceiling')) assert.ok(streaming.some((run) => run.consumer === 'standby' && run.server === server), `a standby replayed from ${server}`);
@@ -171,8 +181,8 @@ test('bench --smoke produces well-formed results and every consumer gets exactly
   assert.ok(result.micro.some((entry) => entry.backend === 'ts' && entry.error === undefined), 'the ts micro-benchmark ran');
 
   const markdown = readFileSync(join(outDir, 'latest.md'), 'utf8');
-  for (const heading of ['# walcast benchmark (smoke)', '## Catch-up', '## Fan-out', '## Cold catch-up', '## Live latency', '## Micro-benchmarks']) assert.ok(markdown.includes(heading), `markdown has "${heading}"`);
-  assert.equal(markdown.split('\n').filter((line) => line.startsWith('Conditions: idle')).length, 4, 'a conditions line above each scenario table');
+  for (const heading of ['# walcast benchmark (smoke)', '## First catch-up after start', '## Catch-up', '## Fan-out', '## Cold catch-up', '## Live latency', '## Micro-benchmarks']) assert.ok(markdown.includes(heading), `markdown has "${heading}"`);
+  assert.equal(markdown.split('\n').filter((line) => line.startsWith('Conditions: idle')).length, 5, 'a conditions line above each scenario table');
   const tableRows = markdown.split('\n').filter((line) => line.startsWith('|'));
   assert.ok(tableRows.length > 10, 'markdown has tables');
   for (const row of tableRows) assert.ok(row.endsWith('|'), `table row is closed: ${row}`);

@@ -48,7 +48,8 @@ function ratioCell(ratios: readonly Ratio[], figure: Figure, kind: Ratio['kind']
 }
 
 const SCENARIO_TITLES: Record<string, string> = {
-  'catch-up': 'Catch-up: one replica streams the whole range from warm page cache (discarding C consumer, pg_receivewal, a replaying standby)',
+  'first-catch-up': "First catch-up after start: each server's first warm catch-up of each consumer kind (the warm-up pass: walcast checks every page of the range against its CRC-32C on the first one, and V8 is still compiling its send path)",
+  'catch-up': 'Catch-up: one replica streams the whole range from warm page cache (discarding C consumer, pg_receivewal, a replaying standby); the served files are read again before every run (DAMON reclaim, see bench/scenarios/streaming.ts rewarmPageCache)',
   'fan-out': 'Fan-out: N replicas stream the same WAL at once (aggregate)',
   'cold-catch-up': 'Cold catch-up: one replica, served files evicted from page cache first',
   'live-latency': 'Live latency: commit on the primary → bytes at every waiting replica',
@@ -117,7 +118,8 @@ function microTable(micro: readonly MicroResult[]): string[] {
 }
 
 const SCENARIO_EXTRAS: Record<string, readonly [string, FigureMetric, number, number][]> = {
-  'catch-up': [],
+  'first-catch-up': [['resident before re-warm', 'residentFractionBefore', 3, 1]],
+  'catch-up': [['resident before re-warm', 'residentFractionBefore', 3, 1]],
   'fan-out': [['server memory KiB/replica', 'memoryBytesPerReplica', 0, 1 / 1024], ['connect s', 'connectSeconds', 2, 1], ['start s', 'setupSeconds', 2, 1]],
   'cold-catch-up': [['cached at start', 'residentFractionBefore', 3, 1], ['event-loop delay p99 ms', 'eventLoopDelayP99Ms', 1, 1], ['event-loop delay max ms', 'eventLoopDelayMaxMs', 1, 1], ['probe RTT max ms', 'probeMaxMs', 1, 1], ['disk KiB/read', 'diskKibPerRead', 0, 1], ['disk reads in flight', 'diskReadsInFlight', 1, 1]],
 };
@@ -134,7 +136,7 @@ export function renderMarkdown(report: BenchReport): string {
   ];
   const unavailable = report.servers.filter((server) => server.status === 'unavailable');
   if (unavailable.length > 0) lines.push(...unavailable.map((server) => `- ${server.name}: not measured (${server.reason ?? 'unavailable'})`), '');
-  for (const scenario of ['catch-up', 'fan-out', 'cold-catch-up', 'live-latency']) {
+  for (const scenario of ['first-catch-up', 'catch-up', 'fan-out', 'cold-catch-up', 'live-latency']) {
     const figures = report.figures.filter((figure) => figure.scenario === scenario);
     lines.push(`## ${SCENARIO_TITLES[scenario]}`, '');
     if (figures.length === 0) {

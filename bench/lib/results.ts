@@ -7,7 +7,11 @@
 import type { Condition } from './cpu-load.js';
 import { pairwiseRatio, summarize, type Summary } from './stats.js';
 
-export type ScenarioName = 'catch-up' | 'fan-out' | 'cold-catch-up' | 'live-latency';
+/**
+ * 'first-catch-up': each server's first warm catch-up of each consumer kind after it started (the warm-up pass, JIT
+ * cold), recorded apart from the 'catch-up' rounds that follow it.
+ */
+export type ScenarioName = 'first-catch-up' | 'catch-up' | 'fan-out' | 'cold-catch-up' | 'live-latency';
 export type ConsumerName = 'wal-consumer' | 'pg_receivewal' | 'standby';
 
 /** Decimal units, as disk and network vendors (and PostgreSQL's own docs) count throughput. */

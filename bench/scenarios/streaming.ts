@@ -85,6 +85,23 @@ export function warmPageCache(files: readonly string[]): void {
   execFileSync('sh', ['-c', 'cat "$@" > /dev/null', 'sh', ...files]);
 }
 
+/**
+ * Before every warm run, the served files are read again, so that "warm" means the same for every server in every
+ * round. The benchmark machine's kernel runs DAMON proactive reclaim (kdamond, a physical-address "pageout" scheme for
+ * pages idle for 12 aggregation intervals of 0.5 s, up to 128 MiB/s; /sys/kernel/mm/damon/admin): between two runs of
+ * one server in an interleaved round, pages of its files idle for ~6 s were paged out, a few to a few hundred KiB per
+ * segment and a different share for each server, so a "warm" catch-up was partly cold (walcast's prefetch then sends
+ * those pieces through its readahead threads; PostgreSQL's walsender reads them inline). Returns the share of the files
+ * still resident before the read, recorded with the run (`residentFractionBefore`): how warm the run would have been.
+ */
+export function rewarmPageCache(tools: Tools, files: readonly string[]): number | undefined {
+  if (files.length === 0) return undefined;
+  const output = execFileSync(tools.pageCache, ['resident', ...files], { encoding: 'utf8' });
+  const report = JSON.parse(output) as { bytes: number; residentBytes: number };
+  warmPageCache(files);
+  return report.bytes === 0 ? undefined : report.residentBytes / report.bytes;
+}
+
 /** One run of the discarding consumer with `replicas` connections against `target`. */
 export async function measureConsumerRun(context: BenchContext, target: ServerTarget, options: ConsumerRunOptions): Promise<RunRecord> {
   const range = rangeOf(context.wal, options.part);
@@ -95,7 +112,7 @@ export async function measureConsumerRun(context: BenchContext, target: ServerTa
   let consumer: RunningConsumer | undefined;
   try {
     settleWriteback();
-    const residentFractionBefore = options.cold ? evictFromPageCache(context.tools, target.walFiles) : undefined;
+    const residentFractionBefore = options.cold ? evictFromPageCache(context.tools, target.walFiles) : rewarmPageCache(context.tools, target.walFiles);
     if (options.cold) {
       await scrapeEventLoopLag(target.metricsUrl);
       if (target.speaksFullProtocol) probe = await startProbe(target.port);
@@ -186,6 +203,7 @@ export async function measureReceiveWalRun(context: BenchContext, target: Server
     assert.ok(firstSegment !== undefined, 'the range has segments');
     writeFileSync(join(dir, `${segmentName(firstSegment)}.partial`), '');
     settleWriteback();
+    const residentFractionBefore = rewarmPageCache(context.tools, target.walFiles);
     const harnessBefore = readCpu(process.pid)?.reapedChildrenSeconds ?? 0;
     const meter = target.beginRun();
     const started = performance.now();
@@ -211,6 +229,7 @@ export async function measureReceiveWalRun(context: BenchContext, target: Server
       serverCpuSeconds: cost.cpuSeconds,
       serverCpuSecondsPerGB: cost.cpuSeconds / (bytesExpected / BYTES_PER_GB),
       consumerCpuSeconds,
+      ...(residentFractionBefore === undefined ? {} : { residentFractionBefore }),
     };
   } catch (error) {
     return failedRecord(options, target, 'pg_receivewal', bytesExpected, error);
@@ -267,6 +286,7 @@ export async function measureStandbyRun(context: BenchContext, target: ServerTar
   try {
     base = await copyStandby(context.wal.standbyTemplate, { applicationName: 'bench-standby' });
     settleWriteback();
+    const residentFractionBefore = rewarmPageCache(context.tools, target.walFiles);
     const meter = target.beginRun();
     const started = performance.now();
     const standby = await base.startWithUpstream(target.port);
@@ -291,6 +311,7 @@ export async function measureStandbyRun(context: BenchContext, target: ServerTar
       serverCpuSeconds: cost.cpuSeconds,
       serverCpuSecondsPerGB: cost.cpuSeconds / (bytesExpected / BYTES_PER_GB),
       consumerCpuSeconds,
+      ...(residentFractionBefore === undefined ? {} : { residentFractionBefore }),
     };
   } catch (error) {
     return failedRecord(options, target, 'standby', bytesExpected, error);
