@@ -9,15 +9,16 @@
  *   node --import tsx bench/hold-servers.ts --mib 1024 --also base=DIR > /tmp/held.json &
  *   node --import tsx bench/held-ab.ts --held /tmp/held.json --rounds 12 [--consumer pg_receivewal] base new ceiling postgres
  *
- * CPU: /proc utime+stime of the server process (PostgreSQL: the postmaster's reaped children, i.e. the walsender,
- * read once it has exited). Nothing here is a benchmark figure for the README: bench/run.ts is.
+ * CPU: bench/run.ts's meters (walcast and the ceiling: the server process; PostgreSQL: the run's walsender, followed by
+ * pid). Nothing here is a benchmark figure for the README: bench/run.ts is.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { PG_BIN_DIR } from '../test/support/postgres.js';
 import { readCpu } from './lib/proc-stats.js';
+import { postgresMeter, singleProcessMeter } from './lib/servers.js';
 import { BYTES_PER_GB, BYTES_PER_MB } from './lib/results.js';
 import { buildTools } from './lib/tools.js';
 
@@ -49,27 +50,28 @@ const servers = positionals.map((name) => {
 });
 const consumerBinary = buildTools().consumer;
 const gigabytes = held.bytes / BYTES_PER_GB;
-/** The server's CPU seconds so far: its own, or (PostgreSQL) what its postmaster reaped from exited walsenders. */
-function serverCpu(name: string, pid: number): number {
-  const sample = readCpu(pid);
-  if (sample === undefined) throw new Error(`server ${name} (pid ${pid}) is gone`);
-  return name === 'postgres' ? sample.ownSeconds + sample.reapedChildrenSeconds : sample.ownSeconds;
-}
 function consumerCpu(): number {
   return readCpu(process.pid)?.reapedChildrenSeconds ?? 0;
 }
-function runConsumer(port: number): void {
+/** Runs a program to its end (asynchronously: PostgreSQL's meter follows the walsender from this event loop). */
+async function run(command: string, args: readonly string[]): Promise<void> {
+  const child = spawn(command, args, { stdio: 'ignore', timeout: 600_000 });
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', resolve);
+  });
+  if (code !== 0) throw new Error(`${basename(command)} exited ${code}`);
+}
+async function runConsumer(port: number): Promise<void> {
   if (values.consumer === 'wal-consumer') {
-    const result = spawnSync(consumerBinary, ['--port', String(port), '--start', held.start, '--bytes', String(held.bytes), '--user', 'repl'], { stdio: 'ignore', timeout: 600_000 });
-    if (result.status !== 0) throw new Error(`wal-consumer exited ${result.status}`);
+    await run(consumerBinary, ['--port', String(port), '--start', held.start, '--bytes', String(held.bytes), '--user', 'repl']);
     return;
   }
   const dir = mkdtempSync('/dev/shm/walcast-held-ab-');
   try {
     // An empty .partial of the range's first segment makes pg_receivewal start there (reference §4).
     writeFileSync(join(dir, `${basename(held.first)}.partial`), '');
-    const result = spawnSync(join(PG_BIN_DIR, 'pg_receivewal'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'repl', '-D', dir, '--endpos', held.endpos, '-n', '--no-sync', '-w'], { stdio: 'ignore', timeout: 600_000 });
-    if (result.status !== 0) throw new Error(`pg_receivewal exited ${result.status}`);
+    await run(join(PG_BIN_DIR, 'pg_receivewal'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'repl', '-D', dir, '--endpos', held.endpos, '-n', '--no-sync', '-w']);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -78,15 +80,15 @@ const samples = new Map<string, Sample[]>(servers.map((server) => [server.name, 
 for (let round = 0; round < rounds; round++) {
   for (let turn = 0; turn < servers.length; turn++) {
     const server = servers[(turn + round) % servers.length]!;
-    const serverBefore = serverCpu(server.name, server.pid);
+    // The harness's own meters: walcast and the ceiling are one process; PostgreSQL's are the run's walsenders only.
+    const meter = server.name === 'postgres' ? postgresMeter(server.pid) : singleProcessMeter(server.pid);
     const consumerBefore = consumerCpu();
     const started = performance.now();
-    runConsumer(server.port);
+    await runConsumer(server.port);
     const seconds = (performance.now() - started) / 1000;
-    // PostgreSQL's walsender is counted once its postmaster has reaped it.
-    await new Promise((resolve) => setTimeout(resolve, 150));
+    const cost = await meter.finish(1, { afterDisconnect: true });
     samples.get(server.name)!.push({
-      serverCpuPerGB: (serverCpu(server.name, server.pid) - serverBefore) / gigabytes,
+      serverCpuPerGB: cost.cpuSeconds / gigabytes,
       mbps: held.bytes / BYTES_PER_MB / seconds,
       consumerCpuPerGB: (consumerCpu() - consumerBefore) / gigabytes,
     });

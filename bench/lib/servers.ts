@@ -96,7 +96,7 @@ function cpuBetween(before: ProcessCpuSample, after: ProcessCpuSample): number {
 }
 
 /** Meter for servers that are one process (walcast, the ceiling): CPU delta and RSS growth per replica. */
-function singleProcessMeter(pid: number): RunMeter {
+export function singleProcessMeter(pid: number): RunMeter {
   let cpuBefore = sampleProcessCpu(pid);
   let userBefore = readThreadUserSeconds(pid, pid);
   const rssBefore = readRssBytes(pid);
