@@ -332,13 +332,14 @@ async function measureLatencyRounds(harness: Harness, target: ServerTarget): Pro
   }
 }
 
-function standingNotes(plan: BenchPlan, load: CpuLoad): string[] {
+function standingNotes(plan: BenchPlan, load: CpuLoad, warmUps: number): string[] {
   return [
     plan.note,
     load.processes === 0
       ? 'conditions: idle rounds only (--load 0): nothing but the benchmark itself was started on the machine; other work on it shows in the load average.'
       : `conditions: every repetition runs an idle round, then a loaded round with ${load.processes} busy-spinning Node process(es) (--load ${load.processes}, bench/lib/cpu-load.ts; told to sit idle in idle rounds), so each ratio pairs runs under the same condition.`,
-    'every server gets one unrecorded warm-up catch-up (and, outside smoke runs, one unrecorded live-latency run) before its measured rounds.',
+    `every server gets ${warmUps} warm-up pass(es) before its measured rounds (--warm-ups), each a warm catch-up of every consumer kind the rounds measure; the first pass is the "first catch-up after start" table. Outside smoke runs, one unrecorded live-latency run per server, too.`,
+    'warm runs (catch-up, fan-out) read the served files again right before they start and record the share that was still resident: the host\'s DAMON proactive reclaim pages out cache idle for ~6 s (bench/scenarios/streaming.ts rewarmPageCache).',
     'catch-up and cold catch-up stream the whole range; fan-out replicas each stream the first bytes of the same range from the same start (see the plan in bench/lib/plan.ts), so aggregate MB/s is comparable, total bytes are not.',
     'standby rows: a PostgreSQL 15 standby, a copy of a pg_basebackup taken before pgbench produced the range, streams from the server under test and replays [its start, range end); wall time from starting the standby until pg_last_wal_replay_lsn() reaches the range end (polled every 10 ms), start-up included; "consumer CPU" is the standby cluster\'s (startup process, walreceiver, the rest). The standby replays with fsync=off (copied from the primary).',
     'server CPU is the kernel accounting of the server processes: walcast = its one process (all threads); PostgreSQL = its walsender backends (live ones plus the postmaster\'s reaped-children time); ceiling = the C loop. On loopback the sender is charged part of the receive-side softirq work.',
@@ -373,7 +374,7 @@ async function main(): Promise<void> {
       progress(describeRun(stamped));
     },
   };
-  const notes = standingNotes(plan, load);
+  const notes = standingNotes(plan, load, args.warmUps);
   const streamingKeys: readonly ScenarioKey[] = [...WARM_SCENARIOS, 'cold-catch-up'];
   const needServers = streamingKeys.some((key) => args.scenarios.has(key));
   const servers: ServerSet = needServers ? await startServers(wal, tools.ceiling, args) : { targets: [], statuses: [], restart: new Map() };
