@@ -151,6 +151,18 @@ async function rounds(harness: Harness, repetitions: number, body: (repetition: 
   }
 }
 
+/**
+ * The servers in one round's order: rotated by one each round, so that no server always runs right after the same
+ * other one. In a fixed order (until 2026-12-07) walcast native always followed walcast ts and PostgreSQL always
+ * followed walcast uring, so whatever a server leaves behind (its GC, its threads winding down) and whatever the host
+ * does at that point of a round landed on the same neighbour every time.
+ */
+function inRoundOrder<T>(servers: readonly T[], round: number): T[] {
+  if (servers.length === 0) return [];
+  const shift = round % servers.length;
+  return [...servers.slice(shift), ...servers.slice(0, shift)];
+}
+
 interface ServerSet {
   readonly targets: ServerTarget[];
   readonly statuses: BenchReport['servers'][number][];
@@ -220,21 +232,24 @@ async function runStreamingScenarios(harness: Harness, servers: ServerSet, args:
     }
   }
   const fullProtocol = targets.filter((candidate) => candidate.speaksFullProtocol);
+  let round = 0;
   await rounds(harness, plan.repetitions, async (repetition) => {
+    round++;
     if (scenarios.has('catch-up:wal-consumer')) {
-      for (const target of targets) record(await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: false }));
+      for (const target of inRoundOrder(targets, round)) record(await measureConsumerRun(context, target, { scenario: 'catch-up', replicas: 1, bytesPerReplica: 0, repetition, cold: false }));
     }
     if (scenarios.has('catch-up:pg_receivewal') && plan.receiveWal) {
-      for (const target of fullProtocol) record(await measureReceiveWalRun(context, target, repetition, plan.mode === 'smoke'));
+      for (const target of inRoundOrder(fullProtocol, round)) record(await measureReceiveWalRun(context, target, repetition, plan.mode === 'smoke'));
     }
     if (scenarios.has('catch-up:standby') && repetition < plan.standbyRepetitions) {
-      for (const target of fullProtocol) record(await measureStandbyRun(context, target, repetition));
+      for (const target of inRoundOrder(fullProtocol, round)) record(await measureStandbyRun(context, target, repetition));
     }
   });
   if (scenarios.has('fan-out')) {
     for (const step of plan.fanOut) {
       await rounds(harness, step.repetitions ?? plan.repetitions, async (repetition) => {
-        for (const target of targets) record(await measureConsumerRun(context, target, { scenario: 'fan-out', replicas: step.replicas, bytesPerReplica: step.bytesPerReplica, repetition, cold: false }));
+        round++;
+        for (const target of inRoundOrder(targets, round)) record(await measureConsumerRun(context, target, { scenario: 'fan-out', replicas: step.replicas, bytesPerReplica: step.bytesPerReplica, repetition, cold: false }));
       });
     }
   }
