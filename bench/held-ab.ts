@@ -12,6 +12,7 @@
  * CPU: bench/run.ts's meters (walcast and the ceiling: the server process; PostgreSQL: the run's walsender, followed by
  * pid). Nothing here is a benchmark figure for the README: bench/run.ts is.
  */
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
@@ -20,6 +21,7 @@ import { PG_BIN_DIR } from '../test/support/postgres.js';
 import { readCpu } from './lib/proc-stats.js';
 import { postgresMeter, singleProcessMeter } from './lib/servers.js';
 import { BYTES_PER_GB, BYTES_PER_MB } from './lib/results.js';
+import { summarize } from './lib/stats.js';
 import { buildTools } from './lib/tools.js';
 
 interface HeldServers {
@@ -95,18 +97,22 @@ for (let round = 0; round < rounds; round++) {
   }
   process.stderr.write(`round ${round + 1}/${rounds} done\n`);
 }
+function medianOf(values: readonly number[]): number {
+  const summary = summarize(values);
+  assert.ok(summary !== undefined, 'every server has samples');
+  return summary.median;
+}
 /** Median and quartiles, as `median [q1–q3]`. */
 function quartiles(values: readonly number[]): string {
   const sorted = [...values].sort((a, b) => a - b);
   const at = (fraction: number): number => sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))]!;
-  const middle = sorted.length % 2 === 1 ? sorted[(sorted.length - 1) / 2]! : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
-  return `${middle.toFixed(3)} [${at(0.25).toFixed(3)}–${at(0.75).toFixed(3)}]`;
+  return `${medianOf(values).toFixed(3)} [${at(0.25).toFixed(3)}–${at(0.75).toFixed(3)}]`;
 }
 const base = samples.get(servers[0]!.name)!;
 const lines = [`${values.consumer}, ${rounds} rounds, ${(held.bytes / 2 ** 20).toFixed(0)} MiB each; median [quartiles]`, '| server | server CPU s/GB | MB/s | consumer CPU s/GB | CPU ÷ ' + servers[0]!.name + ' |', '|---|---|---|---|---|'];
 for (const server of servers) {
   const mine = samples.get(server.name)!;
   const ratio = server === servers[0] ? '' : quartiles(mine.map((sample, index) => sample.serverCpuPerGB / base[index]!.serverCpuPerGB));
-  lines.push(`| ${server.name} | ${quartiles(mine.map((sample) => sample.serverCpuPerGB))} | ${quartiles(mine.map((sample) => sample.mbps)).split(' ')[0]} | ${quartiles(mine.map((sample) => sample.consumerCpuPerGB))} | ${ratio} |`);
+  lines.push(`| ${server.name} | ${quartiles(mine.map((sample) => sample.serverCpuPerGB))} | ${medianOf(mine.map((sample) => sample.mbps)).toFixed(3)} | ${quartiles(mine.map((sample) => sample.consumerCpuPerGB))} | ${ratio} |`);
 }
 process.stdout.write(`${lines.join('\n')}\n`);

@@ -73,11 +73,16 @@ function failedRecord(options: ConsumerRunOptions, target: ServerTarget, consume
   return { scenario: options.scenario, server: target.name, consumer, replicas: options.replicas, repetition: options.repetition, ok: false, error: message.slice(0, 500), bytesExpected, bytesReceived: 0 };
 }
 
+/** bench/native/page-cache.c `evict` or `resident` on the files: the share of their bytes in page cache afterwards (undefined: no bytes). */
+function pageCacheResidentShare(tools: Tools, verb: 'evict' | 'resident', files: readonly string[]): number | undefined {
+  const output = execFileSync(tools.pageCache, [verb, ...files], { encoding: 'utf8' });
+  const report = JSON.parse(output) as { bytes: number; residentBytes: number };
+  return report.bytes === 0 ? undefined : report.residentBytes / report.bytes;
+}
+
 /** Evicts the files the server reads and returns the fraction still cached afterwards (0 = fully cold). */
 export function evictFromPageCache(tools: Tools, files: readonly string[]): number {
-  const output = execFileSync(tools.pageCache, ['evict', ...files], { encoding: 'utf8' });
-  const report = JSON.parse(output) as { bytes: number; residentBytes: number };
-  return report.bytes === 0 ? 0 : report.residentBytes / report.bytes;
+  return pageCacheResidentShare(tools, 'evict', files) ?? 0;
 }
 
 /** Reads the files once so the warm scenarios start from page cache. */
@@ -96,10 +101,9 @@ export function warmPageCache(files: readonly string[]): void {
  */
 export function rewarmPageCache(tools: Tools, files: readonly string[]): number | undefined {
   if (files.length === 0) return undefined;
-  const output = execFileSync(tools.pageCache, ['resident', ...files], { encoding: 'utf8' });
-  const report = JSON.parse(output) as { bytes: number; residentBytes: number };
+  const share = pageCacheResidentShare(tools, 'resident', files);
   warmPageCache(files);
-  return report.bytes === 0 ? undefined : report.residentBytes / report.bytes;
+  return share;
 }
 
 /** One run of the discarding consumer with `replicas` connections against `target`. */
