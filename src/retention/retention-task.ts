@@ -21,6 +21,7 @@ import { fsyncDirectory } from '../storage/control-file.js';
 import { isSidecarFileName, segmentNameOfEntry } from '../storage/page-checksums.js';
 import { parseSegmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
 import type { Timeline } from '../timeline/timeline.js';
+import { DiskUsageCache } from './disk-usage.js';
 import { computeHorizon, type Horizon, type SlotHold } from './horizon.js';
 
 /**
@@ -34,7 +35,10 @@ export const WAL_KEEP_BYTES_DEFAULT = 1024 * 1024 * 1024;
 export const RETENTION_PASS_INTERVAL_MS = 1_000;
 /** Unlinks started per event-loop turn; each is an async libuv request, so a turn stays well under a millisecond. */
 export const UNLINKS_PER_TURN_MAX = 4;
-/** Disk usage is re-measured (one lstat per segment file) at most this often, or after a removal. */
+/**
+ * Disk usage is re-measured at most this often, or after a removal: new files and .partial ones at once, the rest at
+ * least every DISK_USAGE_FULL_REFRESH_MS (disk-usage.ts).
+ */
 export const DISK_USAGE_REFRESH_MS = 2_000;
 /** A slot that holds more WAL than this is logged at warn (once, until it falls back under), like a lagging standby. */
 export const SLOT_RETAINED_BYTES_WARN = 16 * 1024 * 1024 * 1024;
@@ -121,6 +125,7 @@ export class RetentionTask {
   private horizon: Horizon | undefined;
   private removedBeforeLsn: Lsn | undefined;
   private diskMeasuredAt = 0;
+  private readonly diskUsage: DiskUsageCache;
   private diskBytes = 0;
   private segmentFiles = 0;
   private passes = 0;
@@ -134,6 +139,7 @@ export class RetentionTask {
     assert.ok(options.settings.walKeepBytes >= 0);
     this.timeline = options.timeline;
     this.fs = options.fs ?? NODE_FS;
+    this.diskUsage = new DiskUsageCache((path) => this.fs.diskBytes(path));
     this.log = options.log.child({ tenantId: this.timeline.tenantId, timelineId: this.timeline.timelineId });
   }
 
@@ -332,9 +338,7 @@ export class RetentionTask {
     if (!force && now - this.diskMeasuredAt < DISK_USAGE_REFRESH_MS) return;
     this.diskMeasuredAt = now;
     const entries = await this.segmentFilesOnDisk();
-    let bytes = 0;
-    for (const entry of entries) bytes += await this.fs.diskBytes(entry.path).catch(() => 0);
-    this.diskBytes = bytes;
+    this.diskBytes = (await this.diskUsage.total(entries, now)).bytes;
     this.segmentFiles = entries.filter((entry) => !entry.sidecar).length;
   }
 }
