@@ -7,7 +7,11 @@
  * takes a second: twenty rounds of four servers fit in a few minutes, and the quartiles show the machine's noise.
  *
  *   node --import tsx bench/hold-servers.ts --mib 1024 --also base=DIR > /tmp/held.json &
- *   node --import tsx bench/held-ab.ts --held /tmp/held.json --rounds 12 [--consumer pg_receivewal] base new ceiling postgres
+ *   node --import tsx bench/held-ab.ts --held /tmp/held.json --rounds 12 [--consumer pg_receivewal] [--gap-seconds S] base new ceiling postgres
+ *
+ * --gap-seconds S waits S seconds before every run and then reads the server's files again (as bench/run.ts does before
+ * each warm run: this guest's DAMON reclaim pages out cache idle for ~6 s), so each server idles for minutes between
+ * its runs, as in a full run, instead of seconds.
  *
  * CPU: bench/run.ts's meters (walcast and the ceiling: the server process; PostgreSQL: the run's walsender, followed by
  * pid). Nothing here is a benchmark figure for the README: bench/run.ts is.
@@ -16,6 +20,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { PG_BIN_DIR } from '../test/support/postgres.js';
 import { readCpu } from './lib/proc-stats.js';
@@ -23,13 +28,14 @@ import { postgresMeter, singleProcessMeter } from './lib/servers.js';
 import { BYTES_PER_GB, BYTES_PER_MB } from './lib/results.js';
 import { summarize } from './lib/stats.js';
 import { buildTools } from './lib/tools.js';
+import { rewarmPageCache } from './scenarios/streaming.js';
 
 interface HeldServers {
   readonly endpos: string;
   readonly start: string;
   readonly bytes: number;
   readonly first: string;
-  readonly servers: readonly { readonly name: string; readonly port: number; readonly pid: number }[];
+  readonly servers: readonly { readonly name: string; readonly port: number; readonly pid: number; readonly walFiles?: readonly string[] }[];
 }
 
 interface Sample {
@@ -38,19 +44,22 @@ interface Sample {
   readonly consumerCpuPerGB: number;
 }
 
-const USAGE = 'usage: node --import tsx bench/held-ab.ts --held FILE [--rounds N] [--consumer wal-consumer|pg_receivewal] NAME...';
-const { values, positionals } = parseArgs({ allowPositionals: true, options: { held: { type: 'string' }, rounds: { type: 'string', default: '10' }, consumer: { type: 'string', default: 'wal-consumer' } } });
+const USAGE = 'usage: node --import tsx bench/held-ab.ts --held FILE [--rounds N] [--consumer wal-consumer|pg_receivewal] [--gap-seconds S] NAME...';
+const { values, positionals } = parseArgs({ allowPositionals: true, options: { held: { type: 'string' }, rounds: { type: 'string', default: '10' }, consumer: { type: 'string', default: 'wal-consumer' }, 'gap-seconds': { type: 'string', default: '0' } } });
 if (values.held === undefined || positionals.length === 0) throw new Error(USAGE);
 if (values.consumer !== 'wal-consumer' && values.consumer !== 'pg_receivewal') throw new Error(USAGE);
 const rounds = Number(values.rounds);
 if (!Number.isInteger(rounds) || rounds < 1 || rounds > 1000) throw new Error(`--rounds takes 1..1000, got ${values.rounds}`);
+const gapSeconds = Number(values['gap-seconds']);
+if (!Number.isFinite(gapSeconds) || gapSeconds < 0 || gapSeconds > 600) throw new Error(`--gap-seconds takes 0..600, got ${values['gap-seconds']}`);
 const held = JSON.parse(readFileSync(values.held, 'utf8')) as HeldServers;
 const servers = positionals.map((name) => {
   const server = held.servers.find((candidate) => candidate.name === name);
   if (server === undefined) throw new Error(`no held server named ${name} (held: ${held.servers.map((candidate) => candidate.name).join(', ')})`);
   return server;
 });
-const consumerBinary = buildTools().consumer;
+const tools = buildTools();
+const consumerBinary = tools.consumer;
 const gigabytes = held.bytes / BYTES_PER_GB;
 function consumerCpu(): number {
   return readCpu(process.pid)?.reapedChildrenSeconds ?? 0;
@@ -82,6 +91,11 @@ const samples = new Map<string, Sample[]>(servers.map((server) => [server.name, 
 for (let round = 0; round < rounds; round++) {
   for (let turn = 0; turn < servers.length; turn++) {
     const server = servers[(turn + round) % servers.length]!;
+    if (gapSeconds > 0) {
+      await sleep(gapSeconds * 1000);
+      if (server.walFiles === undefined) throw new Error('--gap-seconds needs a held file that lists each server\'s walFiles (bench/hold-servers.ts)');
+      rewarmPageCache(tools, server.walFiles);
+    }
     // The harness's own meters: walcast and the ceiling are one process; PostgreSQL's are the run's walsenders only.
     const meter = server.name === 'postgres' ? postgresMeter(server.pid) : singleProcessMeter(server.pid);
     const consumerBefore = consumerCpu();

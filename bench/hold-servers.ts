@@ -6,7 +6,10 @@
  * then be run against each server under strace or perf (docs/benchmarks.md, "One replica: consumer cost and JIT
  * warm-up", has the command lines).
  *
- *   node --import tsx bench/hold-servers.ts --mib 1024 [--also NAME=DIR]... > servers.json
+ *   node --import tsx bench/hold-servers.ts --mib 1024 [--also NAME=DIR]... [--node-args NAME=ARGS]... > servers.json
+ *
+ * --node-args NAME=ARGS starts one more walcast from this tree, named NAME, with the node flags ARGS (split on spaces),
+ * e.g. `--node-args nomr=--no-memory-reducer` to A/B a V8 setting against `new`.
  */
 import { parseArgs } from 'node:util';
 import { formatLsn } from '../src/lsn.js';
@@ -15,7 +18,7 @@ import { buildTools } from './lib/tools.js';
 import { prepareWal } from './lib/wal-source.js';
 import { warmPageCache } from './scenarios/streaming.js';
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, also: { type: 'string', multiple: true, default: [] } } });
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, also: { type: 'string', multiple: true, default: [] }, 'node-args': { type: 'string', multiple: true, default: [] } } });
 const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
 const targets: ServerTarget[] = [];
 for (const entry of values.also) {
@@ -24,11 +27,18 @@ for (const entry of values.also) {
   targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', repoRoot: dir, name }));
 }
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
+for (const entry of values['node-args']) {
+  const separator = entry.indexOf('=');
+  const name = entry.slice(0, separator);
+  if (separator <= 0) throw new Error(`--node-args takes NAME=ARGS, got ${entry}`);
+  const nodeArgs = entry.slice(separator + 1).split(/\s+/).filter((arg) => arg !== '');
+  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, nodeArgs }));
+}
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'writev', name: 'new-writev' }));
 targets.push(postgresTarget(wal.primary, wal));
 targets.push(await startCeilingServer(buildTools().ceiling, wal));
 warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
-process.stdout.write(`${JSON.stringify({ endpos: formatLsn(wal.endLsn - 1n), start: formatLsn(wal.startLsn), bytes: Number(wal.endLsn - wal.startLsn), first: wal.walcastFiles[0], standbyTemplate: wal.standbyTemplate, standbyStart: formatLsn(wal.standbyStartLsn), servers: targets.map((t) => ({ name: t.name, port: t.port, pid: t.pid })), postmaster: wal.primary.pid })}\n`);
+process.stdout.write(`${JSON.stringify({ endpos: formatLsn(wal.endLsn - 1n), start: formatLsn(wal.startLsn), bytes: Number(wal.endLsn - wal.startLsn), first: wal.walcastFiles[0], standbyTemplate: wal.standbyTemplate, standbyStart: formatLsn(wal.standbyStartLsn), servers: targets.map((t) => ({ name: t.name, port: t.port, pid: t.pid, walFiles: t.walFiles })), postmaster: wal.primary.pid })}\n`);
 const stop = async (): Promise<void> => {
   await Promise.all(targets.map((target) => target.stop()));
   await wal.primary.stop();

@@ -168,6 +168,8 @@ export interface WalcastServerOptions {
    * a baseline tree with this one in the same run. Default: this repository.
    */
   readonly repoRoot?: string;
+  /** Node flags for this server alone, after the SERVER_NODE_ARGS_ENV ones (bench/hold-servers.ts --node-args). */
+  readonly nodeArgs?: readonly string[];
 }
 
 /**
@@ -199,6 +201,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
   const name = options.name ?? (options.io === 'ts' ? 'walcast-ts' : `walcast-native-${options.strategy ?? 'default'}`);
   const args = [
     ...serverNodeArgs(),
+    ...(options.nodeArgs ?? []),
     '--import', 'tsx', join(options.repoRoot ?? REPO_ROOT, 'src/cli/main.ts'), 'serve',
     '--data-dir', options.dataDir,
     '--listen', `127.0.0.1:${port}`,
