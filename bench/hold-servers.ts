@@ -29,8 +29,8 @@ for (const entry of values.also) {
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
 for (const entry of values['node-args']) {
   const separator = entry.indexOf('=');
-  const name = entry.slice(0, separator);
   if (separator <= 0) throw new Error(`--node-args takes NAME=ARGS, got ${entry}`);
+  const name = entry.slice(0, separator);
   const nodeArgs = entry.slice(separator + 1).split(/\s+/).filter((arg) => arg !== '');
   targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, nodeArgs }));
 }

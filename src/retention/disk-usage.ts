@@ -5,7 +5,8 @@
  * file each time is one thread-pool round trip per file: with the default 1 GiB kept that is 64 segments and their
  * sidecars, ~65 round trips a second per timeline, and with slots holding 100 GiB some 6,400 a second. Each round
  * trip wakes a pool thread and then the event loop, and on a two-CPU machine the woken pool thread preempted the
- * event-loop thread in the middle of catch-ups (docs/benchmarks.md, "Background work of an idle server").
+ * event-loop thread in the middle of catch-ups (docs/benchmarks.md, "Context switches per catch-up, and the background
+ * work of an idle server").
  *
  * What may change: a complete segment file (NAME) is written whole before its rename from NAME.partial and is never
  * written again, so its size is known once looked at; NAME.partial grows with ingest and is looked at every time;
@@ -27,7 +28,7 @@ export interface DiskUsageEntry {
 
 export interface DiskUsageTotal {
   readonly bytes: number;
-  /** lstat calls this measurement made (for tests and the docs' before/after counts). */
+  /** lstat calls this measurement made (for tests). */
   readonly measured: number;
 }
 
@@ -52,8 +53,10 @@ export class DiskUsageCache {
     let measured = 0;
     for (const entry of entries) {
       present.add(entry.name);
+      // A .partial is never cached: it grows until it is renamed, and the renamed file is measured once as new.
+      const growing = entry.name.endsWith(PARTIAL_SUFFIX);
       const cached = this.sizes.get(entry.name);
-      if (cached !== undefined && !full && !entry.name.endsWith(PARTIAL_SUFFIX)) {
+      if (cached !== undefined && !full && !growing) {
         bytes += cached;
         continue;
       }
@@ -65,8 +68,7 @@ export class DiskUsageCache {
         // Gone since the directory was read (removed, or renamed from .partial): counted as nothing, cached as nothing.
         size = undefined;
       }
-      // A .partial is never cached: it grows until it is renamed, and the renamed file is measured once as new.
-      if (size === undefined || entry.name.endsWith(PARTIAL_SUFFIX)) this.sizes.delete(entry.name);
+      if (size === undefined || growing) this.sizes.delete(entry.name);
       else this.sizes.set(entry.name, size);
       bytes += size ?? 0;
     }
