@@ -9,6 +9,7 @@ import type { IoBackend, StreamWriter } from '../io/backend.js';
 import { INVALID_LSN, formatLsn, minLsn, type Lsn } from '../lsn.js';
 import type { Logger } from '../log.js';
 import type { SlotLease } from '../slots/slot-table.js';
+import { OpenSegments } from '../storage/open-segments.js';
 import { WalReader, startAheadError } from '../storage/wal-reader.js';
 import type { Timeline } from '../timeline/timeline.js';
 import { CLOSE_GRACE_MS, type PgConnection } from '../wire/connection.js';
@@ -152,9 +153,11 @@ async function streamToReplica(context: StreamContext, request: StartReplication
   const stopController = new AbortController();
   const onShutdown = (): void => stopController.abort();
   context.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
-  // Both readers pin the segments they open, so retention never unlinks one under this stream.
-  const source = new WalReader(timeline.dir, timeline, timeline, timeline.remoteSegments);
-  const prefetchSource = new WalReader(timeline.dir, timeline, timeline, timeline.remoteSegments);
+  // Both readers pin the segments they open, so retention never unlinks one under this stream. They share their open
+  // segments: the prefetch reader opens each one first, and the send reader takes the same descriptor.
+  const openSegments = new OpenSegments();
+  const source = new WalReader(timeline.dir, timeline, timeline, timeline.remoteSegments, openSegments);
+  const prefetchSource = new WalReader(timeline.dir, timeline, timeline, timeline.remoteSegments, openSegments);
   let writer: StreamWriter | undefined;
   // Kept from onSent, not only from sendWal's result: a stream that fails has no result but did send up to here.
   let sentLsn = request.startLsn;

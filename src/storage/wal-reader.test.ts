@@ -9,7 +9,8 @@ import { isWalcastError } from '../errors.js';
 import { parseLsnOrThrow } from '../lsn.js';
 import { segmentFileName } from './segment-name.js';
 import { SegmentPins } from './segment-pins.js';
-import { WalReader, startAheadError, type SegmentLayout } from './wal-reader.js';
+import { OpenSegments } from './open-segments.js';
+import { ReaderClosedError, WalReader, startAheadError, type SegmentLayout } from './wal-reader.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 const FIRST_SEGNO = 4n;
@@ -344,4 +345,96 @@ test('a remote segment whose cache file was evicted before it was opened is fetc
   } finally {
     await rm(remoteDir, { recursive: true, force: true });
   }
+});
+
+/** A pinner that also counts pin calls: each segment open pins once, so this counts opens. */
+function openCountingPinner(): { pinSegment(segno: bigint): (() => void) | undefined; pinned: ReadonlyMap<bigint, number>; opens: number } {
+  const inner = countingPinner(FIRST_SEGNO);
+  const pinner = {
+    opens: 0,
+    pinned: inner.pinned,
+    pinSegment: (segno: bigint) => {
+      pinner.opens++;
+      return inner.pinSegment(segno);
+    },
+  };
+  return pinner;
+}
+
+test('two readers sharing OpenSegments open each segment once; it closes only when neither holds it', async () => {
+  const pinner = openCountingPinner();
+  const segments = new OpenSegments();
+  const ahead = new WalReader(dir, layout, pinner, undefined, segments);
+  const behind = new WalReader(dir, layout, pinner, undefined, segments);
+  const at = (index: bigint, offset = 0n): bigint => (FIRST_SEGNO + index) * BigInt(SEGMENT_BYTES) + offset;
+  try {
+    const aheadFirst = await ahead.locate(at(0n), at(0n, 100n));
+    const behindFirst = await behind.locate(at(0n, 100n), at(0n, 200n));
+    assert.equal(behindFirst.file, aheadFirst.file, 'the same handle');
+    assert.equal(pinner.opens, 1, 'opened once');
+    // The reader ahead moves two segments on: it lets its hold of the first go, the other still reads it.
+    await ahead.locate(at(1n), at(1n, 100n));
+    await ahead.locate(at(2n), at(2n, 100n));
+    assert.equal(aheadFirst.file.closed, false, 'still held by the reader behind');
+    assert.ok(isOpen(aheadFirst.file.fd));
+    assert.deepEqual(behind.locateNow(at(0n, 200n), at(0n, 300n))?.file, aheadFirst.file, 'and still handed out to it');
+    assert.equal(pinner.opens, 3);
+    // The reader behind follows: nothing is opened again, and the first segment closes once it is two segments on.
+    const behindSecond = await behind.locate(at(1n), at(1n, 100n));
+    assert.equal(aheadFirst.file.closed, false, 'kept one segment longer by the reader behind');
+    const behindThird = await behind.locate(at(2n), at(2n, 100n));
+    assert.equal(pinner.opens, 3, 'the reader behind opened nothing');
+    assert.equal(aheadFirst.file.closed, true);
+    assert.equal(isOpen(aheadFirst.file.fd), false, 'its descriptor closed (nothing opened since to reuse the number)');
+    assert.equal(behindSecond.file.closed, false);
+    assert.deepEqual([...pinner.pinned.entries()].sort(), [[FIRST_SEGNO + 1n, 1], [FIRST_SEGNO + 2n, 1]], 'one pin per open segment, however many hold it');
+    await ahead.close();
+    assert.equal(behindThird.file.closed, false, 'closing one reader leaves the other its segments');
+    assert.ok(isOpen(behindThird.file.fd));
+  } finally {
+    await Promise.all([ahead.close(), behind.close()]);
+  }
+  assert.equal(segments.size, 0);
+  assert.equal(pinner.pinned.size, 0, 'every pin released');
+});
+
+test('two readers opening one segment at the same moment share one open', async () => {
+  const pinner = openCountingPinner();
+  const segments = new OpenSegments();
+  const readers = [new WalReader(dir, layout, pinner, undefined, segments), new WalReader(dir, layout, pinner, undefined, segments)];
+  const start = layout.timelineStartLsn + BigInt(SEGMENT_BYTES);
+  try {
+    const chunks = await Promise.all(readers.map((reader, index) => reader.locate(start + BigInt(index) * 8192n, start + BigInt(index) * 8192n + 100n)));
+    assert.equal(chunks[0]?.file, chunks[1]?.file);
+    assert.equal(pinner.opens, 1);
+    await readers[0]?.releaseSegments();
+    assert.equal(chunks[1]?.file.closed, false, 'a parked reader lets go of its share only');
+    await readers[1]?.releaseSegments();
+    assert.equal(chunks[1]?.file.closed, true, 'the last holder closes it');
+    assert.equal(pinner.pinned.size, 0);
+  } finally {
+    await Promise.all(readers.map((reader) => reader.close()));
+  }
+});
+
+test('a reader closed while its open was under way lets its share go; the other reader keeps the segment', async () => {
+  const pinner = openCountingPinner();
+  const segments = new OpenSegments();
+  const closing = new WalReader(dir, layout, pinner, undefined, segments);
+  const staying = new WalReader(dir, layout, pinner, undefined, segments);
+  const start = layout.timelineStartLsn;
+  try {
+    const refused = closing.locate(start, start + 100n);
+    const kept = staying.locate(start + 4096n, start + 4196n);
+    await closing.close();
+    await assert.rejects(refused, (error: unknown) => error instanceof ReaderClosedError);
+    const chunk = await kept;
+    assert.equal(chunk.file.closed, false);
+    assert.ok(isOpen(chunk.file.fd));
+    assert.deepEqual([...pinner.pinned.entries()], [[FIRST_SEGNO, 1]]);
+  } finally {
+    await staying.close();
+  }
+  assert.equal(pinner.pinned.size, 0);
+  assert.equal(segments.size, 0);
 });

@@ -9,6 +9,8 @@
  * whole segment, at least 1 MiB, was located after it, far more than any backend's in-flight bound) or on close().
  * A handle is marked `closed` synchronously when its close starts, and locate never returns a chunk of a handle closed
  * during its awaits (a concurrent locate or close() may retire it): the number may already be a new client's socket.
+ * The readers of one stream (send and prefetch) share their open segments through one OpenSegments
+ * (open-segments.ts): each segment is opened once per stream, and closed when no reader holds it any more.
  *
  * Damaged storage is reported at the exact byte: a segment file shorter than the range asked for yields a chunk cut
  * at the file's end, and the next locate (at that end) throws WALCAST_ERR_SEGMENT_TRUNCATED (XX001) naming the segment
@@ -24,7 +26,8 @@ import assert from 'node:assert/strict';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WalcastError } from '../errors.js';
-import type { WalChunk, WalFileHandle } from './wal-chunk.js';
+import type { WalChunk } from './wal-chunk.js';
+import { OpenSegments, type OpenSegment } from './open-segments.js';
 import { formatLsn, minLsn, type Lsn } from '../lsn.js';
 import { PARTIAL_SUFFIX, offsetInSegment, segmentFileName, segmentOf, segmentStartLsn } from './segment-name.js';
 import { segmentPgTimeline, type TimelineHistory } from './timeline-history.js';
@@ -55,28 +58,6 @@ export interface RemoteSegmentSource {
   fetch(segno: bigint): Promise<string | undefined>;
 }
 
-/** The WalFileHandle storage hands out for an open segment; `closed` is set as soon as its close starts. */
-interface SegmentFile extends WalFileHandle {
-  closed: boolean;
-}
-
-interface OpenSegment {
-  readonly segno: bigint;
-  readonly name: string;
-  readonly handle: FileHandle;
-  readonly file: SegmentFile;
-  /** The file's size when last looked at; looked at again only when a range reaches past it. */
-  bytes: number;
-  readonly unpin: () => void;
-  /** Read back from object storage (a cache file), not a segment of the timeline's directory. */
-  readonly remote: boolean;
-  /**
-   * The layout's history and PostgreSQL timeline when the segment was opened: `name` is a function of them and the
-   * segment number, so while both are the same objects the name needs no recomputing (locateNow).
-   */
-  readonly namedFor: { readonly history: TimelineHistory | undefined; readonly pgTimelineId: number };
-}
-
 /** PostgreSQL's message when a start is past the end (walsender.c StartReplication); SQLSTATE XX000. */
 export function startAheadError(startLsn: Lsn, endLsn: Lsn): WalcastError {
   return new WalcastError(
@@ -100,6 +81,8 @@ export class WalReader {
     private readonly layout: SegmentLayout,
     private readonly pinner?: SegmentPinner,
     private readonly remote?: RemoteSegmentSource,
+    /** Shared with the stream's other reader (see open-segments.ts); a reader of its own by default. */
+    private readonly segments: OpenSegments = new OpenSegments(),
   ) {
     assert.ok(layout.timelineStartLsn % BigInt(layout.segmentBytes) === 0n, 'a timeline starts at a segment start');
   }
@@ -204,7 +187,7 @@ export class WalReader {
     const segments = [this.previous, this.current];
     this.previous = undefined;
     this.current = undefined;
-    await Promise.all(segments.map((segment) => closeSegment(segment)));
+    await Promise.all(segments.map((segment) => this.segments.release(segment)));
   }
 
   /**
@@ -218,7 +201,7 @@ export class WalReader {
     const segments = [this.previous, this.current];
     this.previous = undefined;
     this.current = undefined;
-    await Promise.all(segments.map((segment) => closeSegment(segment)));
+    await Promise.all(segments.map((segment) => this.segments.release(segment)));
   }
 
   /**
@@ -231,7 +214,7 @@ export class WalReader {
     const name = this.segmentName(segno);
     const pending = this.opening;
     if (pending !== undefined && pending.name === name) return pending.opened;
-    const opened = this.openAndInstall(segno, lsn);
+    const opened = this.openAndInstall(segno, name, lsn);
     const entry = { name, opened };
     this.opening = entry;
     try {
@@ -241,16 +224,17 @@ export class WalReader {
     }
   }
 
-  private async openAndInstall(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
-    const opened = await this.openSegment(segno, lsn);
+  private async openAndInstall(segno: bigint, name: string, lsn: Lsn): Promise<OpenSegment> {
+    // Open already when the stream's other reader holds it (the prefetch reader runs ahead of the send reader).
+    const opened = await this.segments.acquire(name, () => this.openSegment(segno, lsn));
     if (this.closed) {
-      await closeSegment(opened);
+      await this.segments.release(opened);
       throw new ReaderClosedError();
     }
     const retired = this.previous;
     this.previous = this.current;
     this.current = opened;
-    await closeSegment(retired);
+    await this.segments.release(retired);
     return opened;
   }
 
@@ -333,19 +317,5 @@ export class ReaderClosedError extends Error {
   constructor() {
     super('the WAL reader was closed during locate');
     this.name = 'ReaderClosedError';
-  }
-}
-
-/**
- * Closes the descriptor, then releases the pin: the file may be unlinked only once nobody holds it. The handle is
- * marked closed before the close starts (synchronously), so no chunk of it is handed out or used from then on.
- */
-async function closeSegment(segment: OpenSegment | undefined): Promise<void> {
-  if (segment === undefined) return;
-  segment.file.closed = true;
-  try {
-    await segment.handle.close();
-  } finally {
-    segment.unpin();
   }
 }
