@@ -93,6 +93,9 @@ test('serve answers a client and exits 0 on SIGTERM', async () => {
       assert.ok(Date.now() < deadline, `serve did not start: ${output}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
+    // Started without `--no-memory-reducer` on node's command line (as `npm start` and the walcast command give it):
+    // serve says so. The installed command's case is test/package-install.test.ts.
+    assert.match(output, /"missing":\["--no-memory-reducer"\].*started without the node flags/, output);
     const client = await connectReplication({ host: '127.0.0.1', port, user: 'anyone', timeoutMs: 10_000 });
     // An empty data directory serves no timeline: commands that need one say so, the connection stays up.
     await assert.rejects(client.query('IDENTIFY_SYSTEM'), (error: { sqlState?: string }) => error.sqlState === '42704');

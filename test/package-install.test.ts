@@ -157,6 +157,8 @@ describe('the packed package, installed into an empty directory', { skip: RERUN_
     try {
       await waitFor(async () => (log.includes('"listening"') ? true : undefined), SERVE_START_TIMEOUT_MS, { what: `walcast serve listening (log so far: ${log})` });
       if (NATIVE_EXPECTED) assert.match(log, /"io":"native"/, log);
+      // The command's shebang (`env -S node FLAGS`) gave node the flags serve runs with (src/cli/node-flags.ts).
+      assert.doesNotMatch(log, /started without the node flags/, log);
       const target = await makeTempDir('installed-receivewal');
       const firstName = segmentFileName(1, wal.startLsn / BigInt(SEGMENT_BYTES), SEGMENT_BYTES);
       // An empty .partial of the first segment makes pg_receivewal start there instead of at the newest segment.

@@ -11,6 +11,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { SERVE_NODE_FLAGS } from '../../src/cli/node-flags.js';
 import { formatLsn } from '../../src/lsn.js';
 import { freePort, type PgCluster, type PgStandby } from '../../test/support/postgres.js';
 import { spawnTracked, type Tracked } from './processes.js';
@@ -200,6 +201,8 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
   const httpPort = await freePort();
   const name = options.name ?? (options.io === 'ts' ? 'walcast-ts' : `walcast-native-${options.strategy ?? 'default'}`);
   const args = [
+    // As `npm start` and the walcast command run it (src/cli/node-flags.ts).
+    ...SERVE_NODE_FLAGS,
     ...serverNodeArgs(),
     ...(options.nodeArgs ?? []),
     '--import', 'tsx', join(options.repoRoot ?? REPO_ROOT, 'src/cli/main.ts'), 'serve',

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --no-memory-reducer
 /**
  * The `walcast` command line: flag parsing and help for every subcommand, and nothing else. Each subcommand's
  * work lives in its own module. Flag names are a public contract (scripts and outside tools use them).

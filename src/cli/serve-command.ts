@@ -6,7 +6,6 @@
  * clear text.
  */
 import { mkdir } from 'node:fs/promises';
-import { setFlagsFromString } from 'node:v8';
 import { createOperationsMetrics, type OperationsMetrics } from '../api/metrics.js';
 import { SIZE_UNLIMITED, megabytesToBytes, parseSizeMegabytes } from '../config/size.js';
 import type { RetentionSettings } from '../retention/retention-task.js';
@@ -24,6 +23,7 @@ import { formatListenAddress, parseListenAddress } from '../config/listen-addres
 import { resolveTransportSecurity } from '../config/transport-security.js';
 import { readSecret } from '../config/secrets.js';
 import { removeServerState, writeServerState } from './server-state.js';
+import { missingServeNodeFlags } from './node-flags.js';
 
 export interface ServeFlags {
   readonly dataDir: string;
@@ -55,21 +55,13 @@ export interface ServeFlags {
   readonly logLevel: string;
 }
 
-/**
- * V8's memory reducer shrinks the heap with full mark-compacts once the allocation rate drops after a busy spell: in a
- * following walcast at 100 commits/s, two "Mark-Compact (reduce)" GCs ~32 s after start paused the event loop for 18 ms
- * (plus 10 ms of incremental steps), and the round of live commits around them had its commit → replica p99 at 10-25
- * ms against 3-5 ms in the others (bench/fanout-latency.ts with --trace-gc; docs/benchmarks.md, "Late commits").
- * A replication server's heap is bounded by its limits (connections, queues, caches), so returning a few MB of it to
- * the OS is worth less than a latency spike for every replica; ordinary GCs still run when allocation needs them.
- * Set before anything else allocates; V8 reads it when it schedules a reducing GC.
- */
-const V8_SERVER_FLAGS = '--no-memory-reducer';
-
 export async function runServe(rawFlags: Record<string, unknown>): Promise<void> {
-  setFlagsFromString(V8_SERVER_FLAGS);
   const flags = rawFlags as unknown as ServeFlags;
   const log = createLogger({ level: flags.logLevel as 'info' });
+  const missingNodeFlags = missingServeNodeFlags(process.execArgv);
+  if (missingNodeFlags.length > 0) {
+    log.warn({ missing: missingNodeFlags, node_args: process.execArgv }, 'started without the node flags walcast serve runs with (npm start and the walcast command set them): expect heap-shrinking GC pauses of ~20 ms after busy spells (src/cli/node-flags.ts)');
+  }
   const listen = parseListenAddress(flags.listen, '--listen');
   const retention = resolveRetention(flags);
   const tls = await resolveTls(flags);

@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
+import { SERVE_NODE_FLAGS } from '../../src/cli/node-flags.js';
 import { waitFor } from './wait-for.js';
 import { REPO_ROOT } from './walcast.js';
 /** Output kept from a child walcast: enough for its recovery, removal and error lines. */
@@ -35,7 +36,7 @@ export interface SpawnServeOptions {
 
 /** Spawns `walcast serve ARGS` and resolves once `ready` says so; kills the child if it never does. */
 export async function spawnServe(options: SpawnServeOptions): Promise<ServeProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', ...options.args], {
+  const child = spawn(process.execPath, [...SERVE_NODE_FLAGS, '--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', ...options.args], {
     cwd: REPO_ROOT,
     env: { ...process.env, WALCAST_IO: process.env.WALCAST_IO ?? 'ts', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
