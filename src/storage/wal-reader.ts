@@ -191,7 +191,8 @@ export class WalReader {
   }
 
   /**
-   * Closes the open segments and releases their pins, the reader staying usable: the next locate opens again. For a
+   * Lets go of the open segments (closed, and their pins released, once the stream's other reader lets go of them
+   * too: ParkedReaders releases both), the reader staying usable: the next locate opens again. For a
    * sender parked in the commit batch (replication/send-wal.ts ParkedReaders), which reads nothing meanwhile: its
    * segments would otherwise stay pinned, and unremovable, for as long as the batch sends for it. The caller makes
    * sure no backend still sends from them and no locate is under way (one would locate again, or fail on the closed
