@@ -58,6 +58,9 @@ const servers = positionals.map((name) => {
   if (server === undefined) throw new Error(`no held server named ${name} (held: ${held.servers.map((candidate) => candidate.name).join(', ')})`);
   return server;
 });
+if (gapSeconds > 0 && servers.some((server) => server.walFiles === undefined)) {
+  throw new Error('--gap-seconds needs a held file that lists each server\'s walFiles (bench/hold-servers.ts)');
+}
 const tools = buildTools();
 const consumerBinary = tools.consumer;
 const gigabytes = held.bytes / BYTES_PER_GB;
@@ -93,8 +96,7 @@ for (let round = 0; round < rounds; round++) {
     const server = servers[(turn + round) % servers.length]!;
     if (gapSeconds > 0) {
       await sleep(gapSeconds * 1000);
-      if (server.walFiles === undefined) throw new Error('--gap-seconds needs a held file that lists each server\'s walFiles (bench/hold-servers.ts)');
-      rewarmPageCache(tools, server.walFiles);
+      rewarmPageCache(tools, server.walFiles!);
     }
     // The harness's own meters: walcast and the ceiling are one process; PostgreSQL's are the run's walsenders only.
     const meter = server.name === 'postgres' ? postgresMeter(server.pid) : singleProcessMeter(server.pid);

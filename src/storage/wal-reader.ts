@@ -122,7 +122,8 @@ export class WalReader {
     const { segmentBytes } = this.layout;
     const segno = segmentOf(lsn, segmentBytes);
     // Keyed by name, not segno: after a timeline switch the same segment number is read from the new TLI's file.
-    const segment = this.current?.name === this.segmentName(segno) ? this.current : await this.switchTo(segno, lsn);
+    const name = this.segmentName(segno);
+    const segment = this.current?.name === name ? this.current : await this.switchTo(segno, name, lsn);
     const segmentEnd = segmentStartLsn(segno + 1n, segmentBytes);
     const wantedBytes = Number(minLsn(endLsn, segmentEnd) - lsn);
     const fileOffset = offsetInSegment(lsn, segmentBytes);
@@ -184,10 +185,7 @@ export class WalReader {
 
   async close(): Promise<void> {
     this.closed = true;
-    const segments = [this.previous, this.current];
-    this.previous = undefined;
-    this.current = undefined;
-    await Promise.all(segments.map((segment) => this.segments.release(segment)));
+    await this.releaseSegments();
   }
 
   /**
@@ -211,8 +209,7 @@ export class WalReader {
    * it, while a piece may still have been reading it (the previous segment is kept open one segment longer for that),
    * and pinned and opened the segment once per piece.
    */
-  private async switchTo(segno: bigint, lsn: Lsn): Promise<OpenSegment> {
-    const name = this.segmentName(segno);
+  private async switchTo(segno: bigint, name: string, lsn: Lsn): Promise<OpenSegment> {
     const pending = this.opening;
     if (pending !== undefined && pending.name === name) return pending.opened;
     const opened = this.openAndInstall(segno, name, lsn);
