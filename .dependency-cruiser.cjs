@@ -24,7 +24,7 @@ const LAYERS = [
   ['retention'],
   ['timeline'],
   ['slots'],
-  ['io'],
+  ['io', 'net'],
   ['storage', 'remote'],
   ['wire', 'config', 'tls', 'auth'],
   ['lsn.ts', 'errors.ts', 'log.ts', 'version.ts', 'failpoints.ts'],

@@ -20,7 +20,8 @@
             "native/io-engine.cc",
             "native/kernel-loans.cc",
             "native/kernel-tls.cc",
-            "native/readahead-thread.cc"
+            "native/readahead-thread.cc",
+            "native/tcp-congestion.cc"
           ],
           "libraries": ["-luring"]
         }],

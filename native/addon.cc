@@ -19,6 +19,7 @@
 #include "io-engine.h"
 #include "kernel-tls.h"
 #include "native-errors.h"
+#include "tcp-congestion.h"
 
 namespace walcast {
 
@@ -635,10 +636,65 @@ Napi::Value AdviseRandom(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// A congestion control name: a string of 1..15 characters (TCP_CA_NAME_MAX - 1); TypeScript checked its alphabet.
+bool ReadCongestionName(const Napi::CallbackInfo& info, size_t index, char* out) {
+  if (!info[index].IsString()) {
+    Napi::TypeError::New(info.Env(), "name must be a string").ThrowAsJavaScriptException();
+    return false;
+  }
+  const std::string name = info[index].As<Napi::String>().Utf8Value();
+  if (name.empty() || name.size() >= kCongestionNameBytes || name.find('\0') != std::string::npos) {
+    Napi::RangeError::New(info.Env(), "name must be 1-15 characters").ThrowAsJavaScriptException();
+    return false;
+  }
+  std::memset(out, 0, kCongestionNameBytes);
+  std::memcpy(out, name.data(), name.size());
+  return true;
+}
+
+// setTcpCongestion(fd, name): TCP_CONGESTION on a socket (src/net/tcp-congestion.ts); throws the NativeIoError.
+Napi::Value SetTcpCongestionJs(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 2);
+  int fd = -1;
+  REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
+  char name[kCongestionNameBytes];
+  if (!ReadCongestionName(info, 1, name)) return info.Env().Undefined();
+  Failure failure = SetTcpCongestion(fd, name);
+  if (failure.errnum != 0) ThrowNativeError(info.Env(), failure);
+  return info.Env().Undefined();
+}
+
+// tcpCongestion(fd) -> the socket's congestion control name.
+Napi::Value TcpCongestionJs(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 1);
+  int fd = -1;
+  REQUIRE_ARGUMENT_INTEGER(info, 0, "fd", fd, 0, kFdMax);
+  char name[kCongestionNameBytes];
+  Failure failure = GetTcpCongestion(fd, name);
+  if (failure.errnum != 0) {
+    ThrowNativeError(info.Env(), failure);
+    return info.Env().Undefined();
+  }
+  return Napi::String::New(info.Env(), name);
+}
+
+// tryTcpCongestion(name): throws the NativeIoError a socket of its own got for this name (ENOENT, EPERM ...).
+Napi::Value TryTcpCongestionJs(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 1);
+  char name[kCongestionNameBytes];
+  if (!ReadCongestionName(info, 0, name)) return info.Env().Undefined();
+  Failure failure = TryTcpCongestion(name);
+  if (failure.errnum != 0) ThrowNativeError(info.Env(), failure);
+  return info.Env().Undefined();
+}
+
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("dropCache", Napi::Function::New(env, DropCache, "dropCache"));
   exports.Set("residentBytes", Napi::Function::New(env, ResidentBytes, "residentBytes"));
   exports.Set("adviseRandom", Napi::Function::New(env, AdviseRandom, "adviseRandom"));
+  exports.Set("setTcpCongestion", Napi::Function::New(env, SetTcpCongestionJs, "setTcpCongestion"));
+  exports.Set("tcpCongestion", Napi::Function::New(env, TcpCongestionJs, "tcpCongestion"));
+  exports.Set("tryTcpCongestion", Napi::Function::New(env, TryTcpCongestionJs, "tryTcpCongestion"));
   exports.Set("init", Napi::Function::New(env, Init, "init"));
   exports.Set("Engine", EngineWrap::Define(env));
   exports.Set("selfTest", Napi::Function::New(env, SelfTest, "selfTest"));

@@ -33,6 +33,8 @@ install_packages() {
   command -v g++ >/dev/null 2>&1 || wanted+=(g++)
   command -v make >/dev/null 2>&1 || wanted+=(make)
   command -v python3 >/dev/null 2>&1 || wanted+=(python3)
+  # ss(8): test/tcp-congestion.test.ts reads the congestion control of walcast's accepted sockets with it.
+  command -v ss >/dev/null 2>&1 || wanted+=(iproute2)
   local missing
   mapfile -t missing < <(missing_packages "${wanted[@]}")
   if [ "${#missing[@]}" -eq 0 ]; then

@@ -10,6 +10,8 @@ import { WalcastError } from './errors.js';
 import type { KernelTlsStatus } from './io/backend.js';
 import { createIoBackend, type IoChoice, type NativeStrategyChoice } from './io/select-backend.js';
 import { createLogger, type Logger } from './log.js';
+import { loadNativeAddon } from './io/native-binding.js';
+import { TCP_CONGESTION_DEFAULT, TcpCongestion, parseCongestionChoice, type CongestionChoice, type TcpCongestionSettings } from './net/tcp-congestion.js';
 import { WalcastServer } from './server.js';
 import { WALCAST_VERSION } from './version.js';
 import { ServerTls, type TlsMode } from './tls/server-tls.js';
@@ -52,6 +54,12 @@ export interface WalcastOptions {
   readonly io?: IoChoice;
   /** The native backend's send strategy; its default when left out. */
   readonly nativeStrategy?: NativeStrategyChoice;
+  /**
+   * TCP congestion control of accepted connections per peer class: algorithm names tried in order (one the kernel
+   * refuses at start-up is a WALCAST_ERR_CONFIG), or 'system'. Default: loopback peers cubic, else reno (no pacing;
+   * a preference, kept to the system's with a warning when refused); other peers the system's (docs/operations.md).
+   */
+  readonly tcpCongestion?: { readonly loopback?: 'system' | readonly string[]; readonly remote?: 'system' | readonly string[] };
   /** Default MAX_CONNECTIONS_DEFAULT. */
   readonly maxConnections?: number;
   /** A replica silent for this long is disconnected. Default REPLICA_TIMEOUT_MS_DEFAULT. */
@@ -110,6 +118,8 @@ export async function startWalcast(options: WalcastOptions): Promise<Walcast> {
   const selection = await createIoBackend(options.nativeStrategy === undefined ? { io: options.io ?? 'auto', log } : { io: options.io ?? 'auto', strategy: options.nativeStrategy, log });
   let server: WalcastServer;
   try {
+    const loaded = loadNativeAddon();
+    const tcpCongestion = TcpCongestion.resolve(tcpCongestionSettings(options.tcpCongestion), { addon: loaded.ok ? loaded.addon : undefined, log });
     server = await WalcastServer.start({
       dataDir: options.dataDir,
       listen,
@@ -121,6 +131,7 @@ export async function startWalcast(options: WalcastOptions): Promise<Walcast> {
       log,
       ingest: options.ingest ?? true,
       upstreamPassword: options.upstreamPassword,
+      tcpCongestion,
     });
   } catch (error) {
     await selection.backend.close();
@@ -154,4 +165,14 @@ async function resolveAuth(auth: WalcastAuth, tls: ServerTls | undefined): Promi
     default:
       throw new RangeError(`auth.method must be trust, scram-sha-256, cert or jwt, got "${String((auth as { method: unknown }).method)}"`);
   }
+}
+
+/** startWalcast's tcpCongestion option as the net module's settings: names given are required, as the CLI's are. */
+function tcpCongestionSettings(option: WalcastOptions['tcpCongestion']): TcpCongestionSettings {
+  const choice = (given: 'system' | readonly string[] | undefined, fallback: CongestionChoice, what: string): CongestionChoice => {
+    if (given === undefined) return fallback;
+    if (given === 'system') return 'system';
+    return parseCongestionChoice([...given].join(','), what);
+  };
+  return { loopback: choice(option?.loopback, TCP_CONGESTION_DEFAULT.loopback, 'tcpCongestion.loopback'), remote: choice(option?.remote, TCP_CONGESTION_DEFAULT.remote, 'tcpCongestion.remote') };
 }

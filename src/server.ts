@@ -27,6 +27,7 @@ import { formatLsn } from './lsn.js';
 import { PgConnection } from './wire/connection.js';
 import type { AuthConfig } from './wire/startup.js';
 import type { ServerTls } from './tls/server-tls.js';
+import type { TcpCongestion } from './net/tcp-congestion.js';
 
 /** Segments fetched back from object storage are cached under DATA/<this>/<tenant>/<timeline>/ (not a timeline id). */
 export const REMOTE_CACHE_DIR_NAME = '.remote-cache';
@@ -66,6 +67,8 @@ export interface ServerOptions {
   readonly remoteStorage?: RemoteStorageConfig | undefined;
   /** Hooks for the operations surface (metrics); optional so tests can run a bare server. */
   readonly hooks?: ServerHooks;
+  /** The congestion control accepted connections get per peer class (src/net); absent: the system's for all. */
+  readonly tcpCongestion?: TcpCongestion | undefined;
 }
 
 export interface ServerHooks {
@@ -236,6 +239,8 @@ export class WalcastServer {
   }
 
   private accept(socket: Socket): void {
+    // Before the first byte is sent: the algorithm decides how every later send is paced.
+    this.options.tcpCongestion?.apply(socket);
     const connId = this.nextConnId++;
     const conn = new PgConnection(socket);
     const admitted = this.admit(socket);

@@ -29,6 +29,7 @@ import { slotRetainedBytes } from './status-model.js';
 import type { TimelineRegistry } from '../timeline/timeline-registry.js';
 import { replicaLag, type ReplicaLag } from './status-model.js';
 import { formatLabelPairs, formatValue, RENDER_ROWS_PER_CHECK, RenderSlicer, renderSliced, type SlicedFamily } from './metrics-render.js';
+import { describeResolved, type TcpCongestion } from '../net/tcp-congestion.js';
 
 const TIMELINE_LABELS = ['tenant_id', 'timeline_id'] as const;
 const REPLICA_LABELS = ['tenant_id', 'timeline_id', 'appname', 'conn_id'] as const;
@@ -60,7 +61,7 @@ export interface OperationsMetrics {
  * `io.kernelTls`: the backend's kernel TLS probe, exported as walcast_io_kernel_tls_info (left out when not given).
  * `io.sendBufferStats`: the TS send pool's counts, exported as walcast_ts_send_buffers_* (left out when not given).
  */
-export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string; readonly kernelTls?: KernelTlsStatus; readonly prefetchIdleFallbacks?: () => number; readonly sendBufferStats?: () => SendBufferStats }): OperationsMetrics {
+export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string; readonly kernelTls?: KernelTlsStatus; readonly prefetchIdleFallbacks?: () => number; readonly sendBufferStats?: () => SendBufferStats; readonly tcpCongestion?: TcpCongestion }): OperationsMetrics {
   const registry = new Registry();
   let timelines: TimelineRegistry | undefined;
   let retention: RetentionLookup = () => undefined;
@@ -87,6 +88,7 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
     });
   }
   if (io.sendBufferStats !== undefined) registerSendBufferMetrics(registry, io.sendBufferStats);
+  if (io.tcpCongestion !== undefined) registerTcpCongestionMetrics(registry, io.tcpCongestion);
   registerRetentionMetrics(registry, eachTimeline, (timeline) => retention(timeline));
   registerOffloadMetrics(registry, eachTimeline, (timeline) => offload(timeline));
   registerRemovalMetrics(registry, () => timelines);
@@ -439,6 +441,30 @@ function registerTotals(registry: Registry, eachTimeline: EachTimeline, io: { re
  * The kernel TLS probe as an info metric (value 1, the answer in labels): fixed for the life of the process, so
  * alerting or dashboards can tell hosts where kTLS would be possible from those where it would not.
  */
+/** The algorithm each peer class gets (src/net/tcp-congestion.ts), and the sockets it was set on or failed for. */
+function registerTcpCongestionMetrics(registry: Registry, tcpCongestion: TcpCongestion): void {
+  const info = new Gauge({
+    name: 'walcast_tcp_congestion_info',
+    help: 'TCP congestion control accepted connections get, per peer class (loopback or remote): an algorithm, or "system (why)" when the kernel default is kept.',
+    labelNames: ['peer', 'algorithm'] as const,
+    registers: [registry],
+  });
+  const chosen = tcpCongestion.describe();
+  for (const peer of ['loopback', 'remote'] as const) info.set({ peer, algorithm: describeResolved(chosen[peer]) }, 1);
+  new Counter({
+    name: 'walcast_tcp_congestion_sockets_total',
+    help: 'Accepted connections whose TCP congestion control was set (outcome "set") or could not be (outcome "failed": the connection keeps the system default; the log names the error once per code).',
+    labelNames: ['peer', 'outcome'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      const counts = tcpCongestion.counts();
+      for (const [peer, count] of counts.set) this.inc({ peer, outcome: 'set' }, count);
+      for (const [peer, count] of counts.failed) this.inc({ peer, outcome: 'failed' }, count);
+    },
+  });
+}
+
 function registerKernelTlsInfo(registry: Registry, kernelTls: KernelTlsStatus): void {
   const gauge = new Gauge({
     name: 'walcast_io_kernel_tls_info',

@@ -13,7 +13,8 @@ import type { ServerTls } from '../tls/server-tls.js';
 import type { WalcastServer } from '../server.js';
 import { startHttpApi, type HttpApi } from './http-server.js';
 import type { OperationsMetrics } from './metrics.js';
-import type { ServerView } from './status-model.js';
+import type { ServerView, TcpCongestionView } from './status-model.js';
+import { describeResolved, type TcpCongestion } from '../net/tcp-congestion.js';
 
 /** The environment variable that may hold the bearer token instead of --http-auth-token-file. */
 export const HTTP_AUTH_TOKEN_ENV = 'WALCAST_HTTP_AUTH_TOKEN';
@@ -38,6 +39,8 @@ export interface OperationsApiOptions {
   readonly settings: HttpSettings;
   readonly server: WalcastServer;
   readonly selection: IoSelection;
+  /** The congestion control accepted connections get (status `io.tcp_congestion`); absent: not shown. */
+  readonly tcpCongestion?: TcpCongestion | undefined;
   readonly metrics: OperationsMetrics;
   readonly startedAt: Date;
   readonly log: Logger;
@@ -52,7 +55,7 @@ export async function startOperationsApi(options: OperationsApiOptions): Promise
   let api: HttpApi | undefined;
   const view: ServerView = {
     timelines: server.timelines,
-    io: { backend: selection.backend.kind, strategy: selection.backend.strategy, reason: selection.reason, kernelTls: selection.backend.kernelTls },
+    io: ioView(options),
     startedAt: options.startedAt,
     listenAddresses: () => ({
       postgres: formatListenAddress(server.address()),
@@ -70,4 +73,26 @@ export async function startOperationsApi(options: OperationsApiOptions): Promise
   const auth = [options.settings.authToken === undefined ? undefined : 'bearer', options.tokens === undefined ? undefined : 'jwt'].filter((name) => name !== undefined).join('+');
   options.log.info({ http: formatListenAddress(address), https: options.tls !== undefined, auth: auth === '' ? 'none (loopback)' : auth }, 'HTTP API listening');
   return api;
+}
+
+/** The backend as chosen at start; the congestion control counts read at each request (a getter, never spread). */
+function ioView(options: OperationsApiOptions): ServerView['io'] {
+  const { selection } = options;
+  const fixed = { backend: selection.backend.kind, strategy: selection.backend.strategy, reason: selection.reason, kernelTls: selection.backend.kernelTls };
+  const congestion = options.tcpCongestion;
+  if (congestion === undefined) return fixed;
+  return {
+    ...fixed,
+    get tcpCongestion() {
+      return tcpCongestionView(congestion);
+    },
+  };
+}
+
+/** The status API's view of the congestion control choice and its per-class socket counts. */
+function tcpCongestionView(tcpCongestion: TcpCongestion): TcpCongestionView {
+  const chosen = tcpCongestion.describe();
+  const counts = tcpCongestion.counts();
+  const peerView = (peer: 'loopback' | 'remote') => ({ algorithm: describeResolved(chosen[peer]), sockets_set: counts.set.get(peer) ?? 0, sockets_failed: counts.failed.get(peer) ?? 0 });
+  return { loopback: peerView('loopback'), remote: peerView('remote') };
 }

@@ -25,11 +25,22 @@ const MICROS_PER_SECOND = 1_000_000n;
 const NANOS_PER_MICRO = 1000n;
 const MS_PER_SECOND = 1000;
 
+/** Per peer class: the congestion control connections get (src/net/tcp-congestion.ts) and how many got it or failed. */
+export interface TcpCongestionPeerView {
+  readonly algorithm: string;
+  readonly sockets_set: number;
+  readonly sockets_failed: number;
+}
+export interface TcpCongestionView {
+  readonly loopback: TcpCongestionPeerView;
+  readonly remote: TcpCongestionPeerView;
+}
+
 /** What the API reads from a running server; WalcastServer plus what only `serve` knows (the I/O choice). */
 export interface ServerView {
   readonly timelines: TimelineRegistry;
   /** kernelTls: the backend's kernel TLS probe (`walcast serve` always gives it; status leaves it out otherwise). */
-  readonly io: { readonly backend: string; readonly strategy: string; readonly reason: string; readonly kernelTls?: KernelTlsStatus };
+  readonly io: { readonly backend: string; readonly strategy: string; readonly reason: string; readonly kernelTls?: KernelTlsStatus; readonly tcpCongestion?: TcpCongestionView };
   readonly startedAt: Date;
   /** "host:port" per protocol, e.g. { postgres: "127.0.0.1:5454", http: "127.0.0.1:7676" }. */
   listenAddresses(): Record<string, string>;
@@ -55,6 +66,7 @@ export function serverStatus(view: ServerView, now: Date): Record<string, unknow
       strategy: view.io.strategy,
       reason: view.io.reason,
       ...(view.io.kernelTls === undefined ? {} : { kernel_tls: { state: view.io.kernelTls.state, code: view.io.kernelTls.code, detail: view.io.kernelTls.detail } }),
+      ...(view.io.tcpCongestion === undefined ? {} : { tcp_congestion: view.io.tcpCongestion }),
     },
     listen: view.listenAddresses(),
     connections: view.connectionCount(),

@@ -38,6 +38,8 @@ function buildProgram(): Command {
     .option('--upstream-password-file <file>', 'file holding the password for upstreams that timelines follow (else env WALCAST_UPSTREAM_PASSWORD)')
     .addOption(new Option('--io <backend>', 'I/O backend (env WALCAST_IO; the flag wins)').choices(['auto', 'native', 'ts']))
     .addOption(new Option('--native-strategy <strategy>', 'socket strategy of the native backend (env WALCAST_NATIVE_STRATEGY)').choices(['sendfile', 'writev', 'uring']))
+    .option('--tcp-congestion-loopback <names>', 'TCP congestion control of connections from loopback addresses: names tried in order, or "system" (default cubic,reno: no pacing, which costs loopback senders ~2x CPU under BBR)')
+    .option('--tcp-congestion <names>', 'TCP congestion control of connections from other addresses: names tried in order, or "system" (the default)')
     .option('--max-connections <n>', `authenticated connections served at once, 1 to ${CONNECTIONS_MAX}; more are refused with 53300`, parseIntUpTo(CONNECTIONS_MAX), 4096)
     .option('--max-startup-connections <n>', `connections still starting up or authenticating, a pool of their own (default ${STARTUP_CONNECTIONS_DEFAULT}, at most ${STARTUP_CONNECTIONS_MAX}); when full the oldest idle one is closed`, parseIntUpTo(STARTUP_CONNECTIONS_MAX))
     .option('--max-startup-connections-per-address <n>', `of those, from one client address (default ${STARTUP_CONNECTIONS_PER_ADDRESS_DEFAULT})`, parseIntUpTo(STARTUP_CONNECTIONS_MAX))

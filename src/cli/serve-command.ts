@@ -24,6 +24,8 @@ import { resolveTransportSecurity } from '../config/transport-security.js';
 import { readSecret } from '../config/secrets.js';
 import { removeServerState, writeServerState } from './server-state.js';
 import { missingServeNodeFlags } from './node-flags.js';
+import { loadNativeAddon } from '../io/native-binding.js';
+import { TCP_CONGESTION_DEFAULT, TcpCongestion, describeResolved, parseCongestionChoice } from '../net/tcp-congestion.js';
 
 export interface ServeFlags {
   readonly dataDir: string;
@@ -40,6 +42,8 @@ export interface ServeFlags {
   readonly upstreamPasswordFile?: string;
   readonly io?: string;
   readonly nativeStrategy?: string;
+  readonly tcpCongestionLoopback?: string;
+  readonly tcpCongestion?: string;
   readonly maxConnections: number;
   readonly maxStartupConnections?: number;
   readonly maxStartupConnectionsPerAddress?: number;
@@ -79,6 +83,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const selection = await createIoBackend({ ...resolveIoChoice(flags), log });
   const kernelTls = selection.backend.kernelTls;
   log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason, kernel_tls: kernelTls.state, kernel_tls_code: kernelTls.code, kernel_tls_detail: kernelTls.detail }, 'I/O backend selected');
+  const tcpCongestion = resolveTcpCongestion(flags, log);
   const idleFallbacks = selection.backend.prefetchIdleFallbacks?.bind(selection.backend);
   const sendBufferStats = selection.backend.sendBufferStats?.bind(selection.backend);
   const metrics = createOperationsMetrics({
@@ -87,6 +92,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     kernelTls,
     ...(idleFallbacks === undefined ? {} : { prefetchIdleFallbacks: idleFallbacks }),
     ...(sendBufferStats === undefined ? {} : { sendBufferStats }),
+    tcpCongestion,
   });
   // SIGINT/SIGTERM are caught from before anything starts: the HTTP API answers before walcast.server.json is
   // written and the server is up, and a signal in that window (a supervisor, a test) killed the process with the
@@ -107,6 +113,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     remoteStorage,
     log,
     hooks: metrics.hooks,
+    tcpCongestion,
     upstreamPassword: await readSecret({ file: flags.upstreamPasswordFile, envName: 'WALCAST_UPSTREAM_PASSWORD', what: 'upstream password' }),
   });
   metrics.bindTimelines(
@@ -115,7 +122,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
     (timeline) => server.offload?.status(timeline.tenantId, timeline.timelineId),
   );
   const httpSecurity = { tokens: auth.method === 'jwt' ? auth.tokens : undefined, tls: flags.httpTls === true ? tls : undefined };
-  const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log, ...httpSecurity });
+  const stopHttp = await startHttpIfWanted(http, { server, selection, metrics, startedAt, log, tcpCongestion, ...httpSecurity });
   // `walcast slot` finds the running server (and its API) through this file; see server-state.ts.
   await writeServerState(flags.dataDir, { pid: process.pid, http: stopHttp.address ?? null });
   const address = server.address();
@@ -218,7 +225,7 @@ function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; str
 /** Starts the HTTP status/metrics API unless --no-http; a failure to bind stops the server rather than leave it half up. */
 async function startHttpIfWanted(
   settings: HttpSettings | undefined,
-  context: { server: WalcastServer; selection: IoSelection; metrics: OperationsMetrics; startedAt: Date; log: Logger; tokens: TokenVerifier | undefined; tls: ServerTls | undefined },
+  context: { server: WalcastServer; selection: IoSelection; metrics: OperationsMetrics; startedAt: Date; log: Logger; tokens: TokenVerifier | undefined; tls: ServerTls | undefined; tcpCongestion: TcpCongestion },
 ): Promise<(() => Promise<void>) & { address?: string }> {
   if (settings === undefined) return async () => undefined;
   try {
@@ -241,4 +248,22 @@ function waitForSignal(log: Logger): Promise<void> {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
   });
+}
+
+/**
+ * --tcp-congestion-loopback / --tcp-congestion (src/net/tcp-congestion.ts): unset flags take TCP_CONGESTION_DEFAULT,
+ * whose loopback names are a preference (refused: a warning); names the operator gives must be accepted (else
+ * WALCAST_ERR_CONFIG before the port opens). The addon is loaded for it whichever backend runs (cached; absent on
+ * other platforms).
+ */
+function resolveTcpCongestion(flags: ServeFlags, log: Logger): TcpCongestion {
+  const settings = {
+    loopback: flags.tcpCongestionLoopback === undefined ? TCP_CONGESTION_DEFAULT.loopback : parseCongestionChoice(flags.tcpCongestionLoopback, '--tcp-congestion-loopback'),
+    remote: flags.tcpCongestion === undefined ? TCP_CONGESTION_DEFAULT.remote : parseCongestionChoice(flags.tcpCongestion, '--tcp-congestion'),
+  };
+  const loaded = loadNativeAddon();
+  const tcpCongestion = TcpCongestion.resolve(settings, { addon: loaded.ok ? loaded.addon : undefined, log });
+  const chosen = tcpCongestion.describe();
+  log.info({ loopback: describeResolved(chosen.loopback), remote: describeResolved(chosen.remote) }, 'TCP congestion control of accepted connections');
+  return tcpCongestion;
 }

@@ -42,6 +42,7 @@ import {
 } from './native-binding.js';
 import { POOL_BUFFERS_MAX, WRITTEN_OFF_BUFFERS_MAX, createTsBackend } from './ts-backend.js';
 import type { Logger } from '../log.js';
+import { socketFd } from './socket-fd.js';
 
 export type NativeStrategy = 'sendfile' | 'writev' | 'uring';
 
@@ -749,13 +750,6 @@ class NativeStreamWriter implements StreamWriter {
     if (this.failure !== undefined) throw this.failure;
     if (!this.open || this.releasing !== undefined) throw new WalcastError('WALCAST_ERR_STREAM_IO', 'the native stream was released');
   }
-}
-
-/** The socket's descriptor, or undefined when it has none libuv exposes (not a TCP/pipe socket). */
-function socketFd(socket: Socket): number | undefined {
-  const handle = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle;
-  const fd = handle?.fd;
-  return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined;
 }
 
 /** libuv writes immediately only while its queue is empty; a native write before that would reorder bytes. */

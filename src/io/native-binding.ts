@@ -105,6 +105,14 @@ export interface NativeAddon {
   residentBytes(fd: number, offset: number, length: number): number;
   /** posix_fadvise(RANDOM): no kernel readahead for this open file (tests of prefetch without it). */
   adviseRandom(fd: number): void;
+  /**
+   * TCP_CONGESTION on a socket (native/tcp-congestion.h): set it, read it, or try a name on a socket of the addon's
+   * own. Each throws the NativeIoError (ENOENT: not available; EPERM: not in tcp_allowed_congestion_control).
+   * Absent from addons built before it existed.
+   */
+  setTcpCongestion?(fd: number, name: string): void;
+  tcpCongestion?(fd: number): string;
+  tryTcpCongestion?(name: string): void;
   readonly headerBytesMax: number;
   readonly messageBytesMax: number;
   readonly payloadBytesMax: number;
