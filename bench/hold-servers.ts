@@ -6,10 +6,11 @@
  * then be run against each server under strace or perf (docs/benchmarks.md, "One replica: consumer cost and JIT
  * warm-up", has the command lines).
  *
- *   node --import tsx bench/hold-servers.ts --mib 1024 [--also NAME=DIR]... [--node-args NAME=ARGS]... > servers.json
+ *   node --import tsx bench/hold-servers.ts --mib 1024 [--also NAME=DIR]... [--node-args NAME=ARGS]... [--serve-args NAME=ARGS]... > servers.json
  *
  * --node-args NAME=ARGS starts one more walcast from this tree, named NAME, with the node flags ARGS (split on spaces),
- * e.g. `--node-args nomr=--no-memory-reducer` to A/B a V8 setting against `new`.
+ * e.g. `--node-args nomr=--no-memory-reducer` to A/B a V8 setting against `new`. --serve-args NAME=ARGS does the same
+ * with flags of `walcast serve`, e.g. `--serve-args "bbr=--tcp-congestion-loopback system"`.
  */
 import { parseArgs } from 'node:util';
 import { formatLsn } from '../src/lsn.js';
@@ -18,7 +19,7 @@ import { buildTools } from './lib/tools.js';
 import { prepareWal } from './lib/wal-source.js';
 import { warmPageCache } from './scenarios/streaming.js';
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, also: { type: 'string', multiple: true, default: [] }, 'node-args': { type: 'string', multiple: true, default: [] } } });
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, also: { type: 'string', multiple: true, default: [] }, 'node-args': { type: 'string', multiple: true, default: [] }, 'serve-args': { type: 'string', multiple: true, default: [] } } });
 const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
 const targets: ServerTarget[] = [];
 for (const entry of values.also) {
@@ -33,6 +34,13 @@ for (const entry of values['node-args']) {
   const name = entry.slice(0, separator);
   const nodeArgs = entry.slice(separator + 1).split(/\s+/).filter((arg) => arg !== '');
   targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, nodeArgs }));
+}
+for (const entry of values['serve-args']) {
+  const separator = entry.indexOf('=');
+  if (separator <= 0) throw new Error(`--serve-args takes NAME=ARGS, got ${entry}`);
+  const name = entry.slice(0, separator);
+  const extraArgs = entry.slice(separator + 1).split(/\s+/).filter((arg) => arg !== '');
+  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, extraArgs }));
 }
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'writev', name: 'new-writev' }));
 targets.push(postgresTarget(wal.primary, wal));

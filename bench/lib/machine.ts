@@ -17,6 +17,12 @@ export interface MachineDescription {
   readonly walcastCommit: string;
   /** 1/5/15-minute load averages when the measurements began: other work on the machine shows up here. */
   readonly loadAverage: readonly number[];
+  /**
+   * net.ipv4.tcp_congestion_control: the algorithm PostgreSQL's walsender (and walcast with --tcp-congestion-loopback
+   * system) sends with; BBR without fq paces every send (docs/benchmarks.md, "Loopback connections and BBR's pacing").
+   * Absent from result files written before it was recorded.
+   */
+  readonly tcpCongestion?: string;
 }
 
 export function describeMachine(postgresBinDir: string, repoRoot: string): MachineDescription {
@@ -30,6 +36,7 @@ export function describeMachine(postgresBinDir: string, repoRoot: string): Machi
     postgres: commandOutput(`${postgresBinDir}/postgres`, ['--version']),
     walcastCommit: commandOutput('git', ['-C', repoRoot, 'rev-parse', '--short', 'HEAD']),
     loadAverage: loadavg().map((value) => Number(value.toFixed(2))),
+    tcpCongestion: fileText('/proc/sys/net/ipv4/tcp_congestion_control'),
   };
 }
 
@@ -41,6 +48,14 @@ function cpuModel(): string {
     // Not Linux: fall back to what Node knows.
   }
   return cpus()[0]?.model ?? 'unknown';
+}
+
+function fileText(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
 }
 
 function commandOutput(command: string, args: readonly string[]): string {

@@ -129,7 +129,7 @@ export function renderMarkdown(report: BenchReport): string {
   const lines = [
     `# walcast benchmark (${report.mode})`,
     '',
-    `${machine.date} · ${machine.cpuModel}, ${machine.cores} cores, ${format(machine.memoryBytes / 1024 ** 3, 0)} GiB · Linux ${machine.kernel} · Node ${machine.node} · ${machine.postgres} · walcast ${machine.walcastCommit} · load average ${machine.loadAverage.join(' / ')} at start`,
+    `${machine.date} · ${machine.cpuModel}, ${machine.cores} cores, ${format(machine.memoryBytes / 1024 ** 3, 0)} GiB · Linux ${machine.kernel} · Node ${machine.node} · ${machine.postgres} · walcast ${machine.walcastCommit} · load average ${machine.loadAverage.join(' / ')} at start${machine.tcpCongestion === undefined ? '' : ` · system TCP congestion control ${machine.tcpCongestion}`}`,
     '',
     `WAL: ${format(report.wal.bytes / 1024 ** 2, 0)} MiB (${report.wal.startLsn} – ${report.wal.endLsn}, pgbench -i -s ${report.wal.pgbenchScale}). ${report.note}. Scenarios: ${report.scenarios.join(', ')}. Every cell: median [min–max] over the runs; ratios are computed run by run (same repetition round, same condition) and shown as median× [min–max]. MB = 10^6 bytes, GB = 10^9 bytes. CPU = the server's processes only (/proc utime+stime; PostgreSQL: its walsender backends).`,
     '',
