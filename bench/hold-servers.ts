@@ -20,6 +20,13 @@ import { prepareWal } from './lib/wal-source.js';
 import { warmPageCache } from './scenarios/streaming.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, also: { type: 'string', multiple: true, default: [] }, 'node-args': { type: 'string', multiple: true, default: [] }, 'serve-args': { type: 'string', multiple: true, default: [] } } });
+/** NAME=ARGS of --node-args and --serve-args: the server's name and its flags, split on spaces. */
+function namedArgs(entry: string, flag: string): { name: string; args: string[] } {
+  const separator = entry.indexOf('=');
+  if (separator <= 0) throw new Error(`${flag} takes NAME=ARGS, got ${entry}`);
+  return { name: entry.slice(0, separator), args: entry.slice(separator + 1).split(/\s+/).filter((arg) => arg !== '') };
+}
+
 const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
 const targets: ServerTarget[] = [];
 for (const entry of values.also) {
@@ -29,18 +36,12 @@ for (const entry of values.also) {
 }
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
 for (const entry of values['node-args']) {
-  const separator = entry.indexOf('=');
-  if (separator <= 0) throw new Error(`--node-args takes NAME=ARGS, got ${entry}`);
-  const name = entry.slice(0, separator);
-  const nodeArgs = entry.slice(separator + 1).split(/\s+/).filter((arg) => arg !== '');
-  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, nodeArgs }));
+  const { name, args } = namedArgs(entry, '--node-args');
+  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, nodeArgs: args }));
 }
 for (const entry of values['serve-args']) {
-  const separator = entry.indexOf('=');
-  if (separator <= 0) throw new Error(`--serve-args takes NAME=ARGS, got ${entry}`);
-  const name = entry.slice(0, separator);
-  const extraArgs = entry.slice(separator + 1).split(/\s+/).filter((arg) => arg !== '');
-  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, extraArgs }));
+  const { name, args } = namedArgs(entry, '--serve-args');
+  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, extraArgs: args }));
 }
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'writev', name: 'new-writev' }));
 targets.push(postgresTarget(wal.primary, wal));
