@@ -60,6 +60,16 @@ test('starts on a free loopback port with the requested backend, and stops (twic
   });
 });
 
+test('tcpCongestion: names the kernel refuses are WALCAST_ERR_CONFIG, a bad name a RangeError, reno and system start', { skip: process.platform !== 'linux' }, async () => {
+  await withDataDir(async (dataDir) => {
+    await assert.rejects(startWalcast({ dataDir, io: 'ts', tcpCongestion: { remote: ['nosuchalgo'] }, logger: silentLogger() }), (error) => isWalcastError(error, 'WALCAST_ERR_CONFIG') && /nosuchalgo: ENOENT/.test(error.message));
+    await assert.rejects(startWalcast({ dataDir, io: 'ts', tcpCongestion: { loopback: ['Not A Name'] }, logger: silentLogger() }), RangeError);
+    const walcast = await startWalcast({ dataDir, io: 'ts', tcpCongestion: { loopback: ['reno'], remote: 'system' }, logger: silentLogger() });
+    assert.equal(await canConnect(walcast.port), true);
+    await walcast.stop();
+  });
+});
+
 test('trust off loopback, an empty password and a bad port are refused', async () => {
   await withDataDir(async (dataDir) => {
     await assert.rejects(startWalcast({ dataDir, host: '0.0.0.0', io: 'ts', logger: silentLogger() }), (error) => isWalcastError(error, 'WALCAST_ERR_CONFIG'));
