@@ -10,8 +10,7 @@ import { WalcastError } from './errors.js';
 import type { KernelTlsStatus } from './io/backend.js';
 import { createIoBackend, type IoChoice, type NativeStrategyChoice } from './io/select-backend.js';
 import { createLogger, type Logger } from './log.js';
-import { loadNativeAddon } from './io/native-binding.js';
-import { TCP_CONGESTION_DEFAULT, TcpCongestion, parseCongestionChoice, type CongestionChoice, type TcpCongestionSettings } from './net/tcp-congestion.js';
+import { startTcpCongestion } from './net/tcp-congestion.js';
 import { WalcastServer } from './server.js';
 import { WALCAST_VERSION } from './version.js';
 import { ServerTls, type TlsMode } from './tls/server-tls.js';
@@ -118,8 +117,9 @@ export async function startWalcast(options: WalcastOptions): Promise<Walcast> {
   const selection = await createIoBackend(options.nativeStrategy === undefined ? { io: options.io ?? 'auto', log } : { io: options.io ?? 'auto', strategy: options.nativeStrategy, log });
   let server: WalcastServer;
   try {
-    const loaded = loadNativeAddon();
-    const tcpCongestion = TcpCongestion.resolve(tcpCongestionSettings(options.tcpCongestion), { addon: loaded.ok ? loaded.addon : undefined, log });
+    const given = options.tcpCongestion;
+    const asText = (choice: 'system' | readonly string[] | undefined): string | undefined => (choice === undefined || choice === 'system' ? choice : choice.join(','));
+    const tcpCongestion = startTcpCongestion({ loopback: asText(given?.loopback), remote: asText(given?.remote) }, { loopback: 'tcpCongestion.loopback', remote: 'tcpCongestion.remote' }, log);
     server = await WalcastServer.start({
       dataDir: options.dataDir,
       listen,
@@ -167,12 +167,3 @@ async function resolveAuth(auth: WalcastAuth, tls: ServerTls | undefined): Promi
   }
 }
 
-/** startWalcast's tcpCongestion option as the net module's settings: names given are required, as the CLI's are. */
-function tcpCongestionSettings(option: WalcastOptions['tcpCongestion']): TcpCongestionSettings {
-  const choice = (given: 'system' | readonly string[] | undefined, fallback: CongestionChoice, what: string): CongestionChoice => {
-    if (given === undefined) return fallback;
-    if (given === 'system') return 'system';
-    return parseCongestionChoice([...given].join(','), what);
-  };
-  return { loopback: choice(option?.loopback, TCP_CONGESTION_DEFAULT.loopback, 'tcpCongestion.loopback'), remote: choice(option?.remote, TCP_CONGESTION_DEFAULT.remote, 'tcpCongestion.remote') };
-}

@@ -24,8 +24,7 @@ import { resolveTransportSecurity } from '../config/transport-security.js';
 import { readSecret } from '../config/secrets.js';
 import { removeServerState, writeServerState } from './server-state.js';
 import { missingServeNodeFlags } from './node-flags.js';
-import { loadNativeAddon } from '../io/native-binding.js';
-import { TCP_CONGESTION_DEFAULT, TcpCongestion, describeResolved, parseCongestionChoice } from '../net/tcp-congestion.js';
+import { startTcpCongestion, type TcpCongestion } from '../net/tcp-congestion.js';
 
 export interface ServeFlags {
   readonly dataDir: string;
@@ -83,7 +82,7 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const selection = await createIoBackend({ ...resolveIoChoice(flags), log });
   const kernelTls = selection.backend.kernelTls;
   log.info({ io: selection.backend.kind, strategy: selection.backend.strategy, why: selection.reason, kernel_tls: kernelTls.state, kernel_tls_code: kernelTls.code, kernel_tls_detail: kernelTls.detail }, 'I/O backend selected');
-  const tcpCongestion = resolveTcpCongestion(flags, log);
+  const tcpCongestion = startTcpCongestion({ loopback: flags.tcpCongestionLoopback, remote: flags.tcpCongestion }, { loopback: '--tcp-congestion-loopback', remote: '--tcp-congestion' }, log);
   const idleFallbacks = selection.backend.prefetchIdleFallbacks?.bind(selection.backend);
   const sendBufferStats = selection.backend.sendBufferStats?.bind(selection.backend);
   const metrics = createOperationsMetrics({
@@ -250,20 +249,3 @@ function waitForSignal(log: Logger): Promise<void> {
   });
 }
 
-/**
- * --tcp-congestion-loopback / --tcp-congestion (src/net/tcp-congestion.ts): unset flags take TCP_CONGESTION_DEFAULT,
- * whose loopback names are a preference (refused: a warning); names the operator gives must be accepted (else
- * WALCAST_ERR_CONFIG before the port opens). The addon is loaded for it whichever backend runs (cached; absent on
- * other platforms).
- */
-function resolveTcpCongestion(flags: ServeFlags, log: Logger): TcpCongestion {
-  const settings = {
-    loopback: flags.tcpCongestionLoopback === undefined ? TCP_CONGESTION_DEFAULT.loopback : parseCongestionChoice(flags.tcpCongestionLoopback, '--tcp-congestion-loopback'),
-    remote: flags.tcpCongestion === undefined ? TCP_CONGESTION_DEFAULT.remote : parseCongestionChoice(flags.tcpCongestion, '--tcp-congestion'),
-  };
-  const loaded = loadNativeAddon();
-  const tcpCongestion = TcpCongestion.resolve(settings, { addon: loaded.ok ? loaded.addon : undefined, log });
-  const chosen = tcpCongestion.describe();
-  log.info({ loopback: describeResolved(chosen.loopback), remote: describeResolved(chosen.remote) }, 'TCP congestion control of accepted connections');
-  return tcpCongestion;
-}

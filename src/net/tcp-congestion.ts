@@ -16,7 +16,7 @@
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
 import { WalcastError } from '../errors.js';
-import type { NativeAddon } from '../io/native-binding.js';
+import { loadNativeAddon, type NativeAddon } from '../io/native-binding.js';
 import { socketFd } from '../io/socket-fd.js';
 import type { Logger } from '../log.js';
 
@@ -116,18 +116,23 @@ export class TcpCongestion {
     const resolved = this.chosen[peer];
     if (!('algorithm' in resolved) || this.calls === undefined) return;
     const fd = socketFd(socket);
+    if (fd === undefined) {
+      this.countFailure(peer, resolved.algorithm, 'ENOTSOCK', new Error('the socket has no descriptor'));
+      return;
+    }
     try {
-      if (fd === undefined) throw Object.assign(new Error('the socket has no descriptor'), { code: 'ENOTSOCK' });
       this.calls.setTcpCongestion(fd, resolved.algorithm);
       this.setCounts.set(peer, (this.setCounts.get(peer) ?? 0) + 1);
     } catch (error) {
-      this.failedCounts.set(peer, (this.failedCounts.get(peer) ?? 0) + 1);
-      const code = String((error as { code?: unknown }).code ?? 'UNKNOWN');
-      if (!this.loggedCodes.has(code) && this.loggedCodes.size < LOGGED_FAILURE_CODES_MAX) {
-        this.loggedCodes.add(code);
-        this.log.warn({ peer, algorithm: resolved.algorithm, code, err: error }, 'could not set the TCP congestion control of a connection: it keeps the system default (logged once per error code; counted in walcast_tcp_congestion_sockets_total)');
-      }
+      this.countFailure(peer, resolved.algorithm, String((error as { code?: unknown }).code ?? 'UNKNOWN'), error);
     }
+  }
+
+  private countFailure(peer: PeerClass, algorithm: string, code: string, error: unknown): void {
+    this.failedCounts.set(peer, (this.failedCounts.get(peer) ?? 0) + 1);
+    if (this.loggedCodes.has(code) || this.loggedCodes.size >= LOGGED_FAILURE_CODES_MAX) return;
+    this.loggedCodes.add(code);
+    this.log.warn({ peer, algorithm, code, err: error }, 'could not set the TCP congestion control of a connection: it keeps the system default (logged once per error code; counted in walcast_tcp_congestion_sockets_total)');
   }
 
   counts(): TcpCongestionCounts {
@@ -162,4 +167,21 @@ function resolveClass(peer: PeerClass, choice: CongestionChoice, calls: TcpConge
 /** "cubic", or "system (why)" for a class left to the kernel's default: logs, the status API, metrics labels. */
 export function describeResolved(resolved: ResolvedCongestion): string {
   return 'algorithm' in resolved ? resolved.algorithm : `system (${resolved.system})`;
+}
+
+/**
+ * What `walcast serve` and startWalcast share: settings from option text per class ('system' or 'cubic,reno'; unset
+ * takes TCP_CONGESTION_DEFAULT, `labels` name the options in errors), resolved against the addon this process loads
+ * (absent on other platforms, whichever I/O backend runs), the choice logged once.
+ */
+export function startTcpCongestion(given: { readonly loopback?: string | undefined; readonly remote?: string | undefined }, labels: Readonly<Record<PeerClass, string>>, log: Logger): TcpCongestion {
+  const settings: TcpCongestionSettings = {
+    loopback: given.loopback === undefined ? TCP_CONGESTION_DEFAULT.loopback : parseCongestionChoice(given.loopback, labels.loopback),
+    remote: given.remote === undefined ? TCP_CONGESTION_DEFAULT.remote : parseCongestionChoice(given.remote, labels.remote),
+  };
+  const loaded = loadNativeAddon();
+  const tcpCongestion = TcpCongestion.resolve(settings, { addon: loaded.ok ? loaded.addon : undefined, log });
+  const chosen = tcpCongestion.describe();
+  log.info({ loopback: describeResolved(chosen.loopback), remote: describeResolved(chosen.remote) }, 'TCP congestion control of accepted connections');
+  return tcpCongestion;
 }
