@@ -73,6 +73,21 @@ describe('streaming from walcast to real PostgreSQL clients', { timeout: TEST_TI
     await assertSegmentsMatch(target, fixture.primaryWalDir, fixture.startLsn, fixture.endLsn);
   });
 
+  test('a second pg_receivewal of the range, its pages verified now, is byte-identical too (TS backend: read on the event loop)', async () => {
+    const target = await makeTempDir('receivewal-again');
+    const firstName = segmentFileName(1, fixture.startLsn / BigInt(SEGMENT_BYTES), SEGMENT_BYTES);
+    await writeFile(join(target, `${firstName}.partial`), '');
+    const before = fixture.walcast.backend.chunkReadStats?.();
+    const result = await runReceiveWal({ port: fixture.walcast.port, dir: target, endpos: formatLsn(fixture.endLsn - 1n) });
+    assert.equal(result.code, 0, `pg_receivewal failed: ${result.stderr}`);
+    await assertSegmentsMatch(target, fixture.primaryWalDir, fixture.startLsn, fixture.endLsn);
+    const after = fixture.walcast.backend.chunkReadStats?.();
+    if (before !== undefined && after !== undefined) {
+      // Warm files: the catch-up runs were read on the event-loop thread (io/sync-read-gate.ts), not all on the pool.
+      assert.ok(after.syncReads > before.syncReads, `no catch-up read ran on the event loop: ${JSON.stringify({ before, after })}`);
+    }
+  });
+
   test('a hot standby replays to the imported end through walcast and reports feedback', async () => {
     const standby = fixture.standby;
     assert.ok(standby !== undefined);

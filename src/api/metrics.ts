@@ -15,7 +15,7 @@
 import assert from 'node:assert/strict';
 import { collectDefaultMetrics, Counter, Gauge, Registry, type Histogram } from 'prom-client';
 import type { ServerHooks } from '../server.js';
-import type { KernelTlsStatus, SendBufferStats } from '../io/backend.js';
+import type { ChunkReadStats, KernelTlsStatus, SendBufferStats } from '../io/backend.js';
 import { existingFanoutBatcher } from '../replication/fanout-batch.js';
 import type { StreamOutcome } from '../replication/start-replication.js';
 import type { OffloadStatus } from '../remote/segment-uploader.js';
@@ -60,8 +60,10 @@ export interface OperationsMetrics {
 /**
  * `io.kernelTls`: the backend's kernel TLS probe, exported as walcast_io_kernel_tls_info (left out when not given).
  * `io.sendBufferStats`: the TS send pool's counts, exported as walcast_ts_send_buffers_* (left out when not given).
+ * `io.chunkReadStats`: where the TS backend's catch-up reads ran, exported as walcast_ts_chunk_reads_total and
+ * walcast_ts_sync_read_* (left out when not given).
  */
-export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string; readonly kernelTls?: KernelTlsStatus; readonly prefetchIdleFallbacks?: () => number; readonly sendBufferStats?: () => SendBufferStats; readonly tcpCongestion?: TcpCongestion }): OperationsMetrics {
+export function createOperationsMetrics(io: { readonly backend: string; readonly strategy: string; readonly kernelTls?: KernelTlsStatus; readonly prefetchIdleFallbacks?: () => number; readonly sendBufferStats?: () => SendBufferStats; readonly chunkReadStats?: () => ChunkReadStats; readonly tcpCongestion?: TcpCongestion }): OperationsMetrics {
   const registry = new Registry();
   let timelines: TimelineRegistry | undefined;
   let retention: RetentionLookup = () => undefined;
@@ -88,6 +90,7 @@ export function createOperationsMetrics(io: { readonly backend: string; readonly
     });
   }
   if (io.sendBufferStats !== undefined) registerSendBufferMetrics(registry, io.sendBufferStats);
+  if (io.chunkReadStats !== undefined) registerChunkReadMetrics(registry, io.chunkReadStats);
   if (io.tcpCongestion !== undefined) registerTcpCongestionMetrics(registry, io.tcpCongestion);
   registerRetentionMetrics(registry, eachTimeline, (timeline) => retention(timeline));
   registerOffloadMetrics(registry, eachTimeline, (timeline) => offload(timeline));
@@ -315,6 +318,39 @@ async function replicaRows(eachTimeline: EachTimeline, slicer: RenderSlicer): Pr
 }
 
 /** Totals over all timelines: counters that only ever grow, read from the registries at scrape time. */
+/** Where the TS backend's catch-up reads ran (io/sync-read-gate.ts), read when scraped. */
+function registerChunkReadMetrics(registry: Registry, stats: () => ChunkReadStats): void {
+  new Counter({
+    name: 'walcast_ts_chunk_reads_total',
+    help: 'TS backend catch-up reads, by the thread they ran on: event_loop (page cache served them, no thread-pool round trip) or pool.',
+    labelNames: ['thread'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const now = stats();
+      this.inc({ thread: 'event_loop' }, now.syncReads);
+      this.inc({ thread: 'pool' }, now.poolReads);
+    },
+  });
+  new Counter({
+    name: 'walcast_ts_sync_read_slow_total',
+    help: 'TS backend catch-up reads on the event-loop thread that waited for the disk or took longer than SYNC_READ_SLOW_MS; each sent reads to the thread pool for a back-off.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(stats().slowSyncReads);
+    },
+  });
+  new Gauge({
+    name: 'walcast_ts_sync_read_gate_open',
+    help: 'Whether the TS backend may read catch-up runs on the event-loop thread now (1), or reads on the thread pool during a back-off (0).',
+    registers: [registry],
+    collect() {
+      this.set(stats().open ? 1 : 0);
+    },
+  });
+}
+
 /** The TS send pool (io/buffer-pool.ts, io/send-stall.ts), read when scraped. */
 function registerSendBufferMetrics(registry: Registry, stats: () => SendBufferStats): void {
   new Counter({

@@ -85,12 +85,14 @@ export async function runServe(rawFlags: Record<string, unknown>): Promise<void>
   const tcpCongestion = startTcpCongestion({ loopback: flags.tcpCongestionLoopback, remote: flags.tcpCongestion }, { loopback: '--tcp-congestion-loopback', remote: '--tcp-congestion' }, log);
   const idleFallbacks = selection.backend.prefetchIdleFallbacks?.bind(selection.backend);
   const sendBufferStats = selection.backend.sendBufferStats?.bind(selection.backend);
+  const chunkReadStats = selection.backend.chunkReadStats?.bind(selection.backend);
   const metrics = createOperationsMetrics({
     backend: selection.backend.kind,
     strategy: selection.backend.strategy,
     kernelTls,
     ...(idleFallbacks === undefined ? {} : { prefetchIdleFallbacks: idleFallbacks }),
     ...(sendBufferStats === undefined ? {} : { sendBufferStats }),
+    ...(chunkReadStats === undefined ? {} : { chunkReadStats }),
     tcpCongestion,
   });
   // SIGINT/SIGTERM are caught from before anything starts: the HTTP API answers before walcast.server.json is
@@ -207,7 +209,7 @@ function reloadOnSighup(reloadable: { tls: ServerTls | undefined; tokens: TokenV
   return () => process.off('SIGHUP', onHangup);
 }
 
-function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; strategy?: 'sendfile' | 'writev' | 'uring'; chunkBatch?: boolean } {
+function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; strategy?: 'sendfile' | 'writev' | 'uring'; chunkBatch?: boolean; syncReads?: boolean } {
   // The flag wins over the environment, as the issue asks.
   const io = flags.io ?? process.env.WALCAST_IO ?? 'auto';
   if (io !== 'auto' && io !== 'native' && io !== 'ts') throw new RangeError(`WALCAST_IO must be auto, native or ts, got "${io}"`);
@@ -218,7 +220,11 @@ function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; str
   // The commit fan-out batch (replication/fanout-batch.ts) is on by default; off is for A/B measurements.
   const batch = process.env.WALCAST_FANOUT_BATCH;
   if (batch !== undefined && batch !== 'on' && batch !== 'off') throw new RangeError(`WALCAST_FANOUT_BATCH must be on or off, got "${batch}"`);
-  return { io, ...(strategy === undefined ? {} : { strategy }), ...(batch === 'off' ? { chunkBatch: false } : {}) };
+  // The TS backend's catch-up reads on the event loop while page cache serves them (io/sync-read-gate.ts); off is for
+  // A/B measurements and storage where any read may block.
+  const syncReads = process.env.WALCAST_TS_SYNC_READS;
+  if (syncReads !== undefined && syncReads !== 'on' && syncReads !== 'off') throw new RangeError(`WALCAST_TS_SYNC_READS must be on or off, got "${syncReads}"`);
+  return { io, ...(strategy === undefined ? {} : { strategy }), ...(batch === 'off' ? { chunkBatch: false } : {}), ...(syncReads === 'off' ? { syncReads: false } : {}) };
 }
 
 /** Starts the HTTP status/metrics API unless --no-http; a failure to bind stops the server rather than leave it half up. */

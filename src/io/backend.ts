@@ -9,10 +9,12 @@
 import type { Socket } from 'node:net';
 import { WAL_PAGE_BYTES } from '../lsn.js';
 import type { WalChunk } from '../storage/wal-chunk.js';
+import type { ChunkReadStats } from './sync-read-gate.js';
 
 // The file range types belong to storage (it opens the files and cuts the ranges); re-exported because they are
 // part of this interface.
 export type { WalChunk, WalFileHandle } from '../storage/wal-chunk.js';
+export type { ChunkReadStats } from './sync-read-gate.js';
 
 /**
  * The largest chunk the sender hands to sendChunk: MAX_SEND_SIZE in walsender.c and Neon's send_wal.rs
@@ -100,6 +102,12 @@ export interface IoBackend {
    * backend): exported as walcast_ts_send_buffers_*. Absent where no send pool exists.
    */
   sendBufferStats?(): SendBufferStats;
+  /**
+   * The TS backend's catch-up reads: how many ran on the event-loop thread and how many on the thread pool, and the
+   * gate between them (sync-read-gate.ts): exported as walcast_ts_chunk_reads_total and walcast_ts_sync_read_*.
+   * Absent where reads never run on the event loop (native, or WALCAST_TS_SYNC_READS=off).
+   */
+  chunkReadStats?(): ChunkReadStats;
   /**
    * Takes over writes to `socket` for one replication stream. Until `release()` resolves, nobody else
    * writes to the socket; reading (replica feedback) stays with Node.

@@ -6,7 +6,8 @@
  * run (sendChunkRun: up to 512 KiB of chunks that follow each other in one segment) is read with one vectored read
  * into its chunks' frames and written corked, as one writev: per 128 KiB chunk, the thread-pool hop and the socket
  * write's JavaScript cost more CPU than the copies (docs/benchmarks.md, "The TS backend's CPU per GB"), so a run
- * pays them once. The bytes on the wire are those of the run's chunks sent one by one. A TLS socket is not corked: it
+ * pays them once. The run's read runs on the event-loop thread itself while page cache serves such reads, and on the
+ * pool as soon as one waited for the disk (sync-read-gate.ts: the hop costs more CPU than the 512 KiB copy). The bytes on the wire are those of the run's chunks sent one by one. A TLS socket is not corked: it
  * is given one frame at a time (a TLSSocket's writev copies all its buffers into one before encrypting).
  *
  * Up to STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream are being read or queued in the socket at once, so the read of
@@ -49,6 +50,7 @@ import { BufferPool } from './buffer-pool.js';
 import { TAIL_READ_BYTES_MAX, TailReadCache, readExactly } from './tail-read-cache.js';
 import { VERIFIED_READS_KEPT_MAX, VerifiedReads } from './verified-reads.js';
 import { readRangeInto } from './vectored-read.js';
+import { SyncReadGate, type GateClosure } from './sync-read-gate.js';
 import { SEND_STALL_CHECK_MS, SEND_STALL_MS, SendStallWatch, type StallWatched } from './send-stall.js';
 import type { Logger } from '../log.js';
 
@@ -148,6 +150,11 @@ export interface TsBackendOptions {
   /** The batch's bounds (tests make them small); default BATCH_FRAME_BYTES_IN_FLIGHT_MAX and BATCH_FRAME_BYTES_WRITTEN_OFF_MAX. */
   readonly batchFrameBytesInFlightMax?: number;
   readonly batchFrameBytesWrittenOffMax?: number;
+  /**
+   * Read catch-up runs on the event-loop thread while page cache serves them (sync-read-gate.ts); default on, off
+   * (every read on the thread pool) for A/B runs (WALCAST_TS_SYNC_READS=off) and on storage where a read may block.
+   */
+  readonly syncReads?: boolean;
 }
 
 export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
@@ -158,6 +165,7 @@ export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
   const sendStallMs = options.sendStallMs ?? SEND_STALL_MS;
   const stallWatch = new SendStallWatch(pool, sendStallMs);
   const log = options.log;
+  const readGate = options.syncReads === false ? undefined : new SyncReadGate({ onClose: (closure) => logGateClosure(log, closure) });
   const batch =
     options.chunkBatch === false
       ? undefined
@@ -171,11 +179,20 @@ export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
     strategy: 'fs-net',
     kernelTls: TS_BACKEND_KERNEL_TLS,
     ...(batch === undefined ? {} : { chunkBatch: batch }),
-    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache, verifiedReads, stallWatch, log, batch),
+    openStream: async (socket: Socket) => new TsStreamWriter(socket, pool, tailCache, verifiedReads, stallWatch, log, readGate, batch),
     checksumPages: (chunk, pageBytes, out) => checksumPagesByReading(chunk, pageBytes, out, verifiedReads.pool, verifiedReads),
     sendBufferStats: () => ({ ...sendBufferStatsOf(pool), ...(batch === undefined ? {} : batch.stats()) }),
+    ...(readGate === undefined ? {} : { chunkReadStats: () => readGate.stats() }),
     close: async () => stallWatch.stop(),
   };
+}
+
+/** A synchronous read waited for the disk (at most once per back-off, so never a flood). */
+function logGateClosure(log: Logger | undefined, closure: GateClosure): void {
+  log?.info(
+    { elapsedMs: Number(closure.elapsedMs.toFixed(3)), blockInputs: closure.blockInputs, backoffMs: closure.backoffMs },
+    'a catch-up read on the event-loop thread waited for the disk; reading on the thread pool for a while',
+  );
 }
 
 /** The send pool's counts for /metrics (walcast_ts_send_buffers_*). */
@@ -464,6 +481,7 @@ class TsStreamWriter implements StreamWriter, StallWatched {
     private readonly verifiedReads: VerifiedReads,
     private readonly stallWatch: SendStallWatch,
     private readonly log: Logger | undefined,
+    private readonly readGate: SyncReadGate | undefined,
     private readonly batch?: TsChunkBatch,
   ) {
     socket.once('close', this.onClose);
@@ -560,7 +578,7 @@ class TsStreamWriter implements StreamWriter, StallWatched {
         views.push(frames[index]!.subarray(XLOG_DATA_HEADER_BYTES, XLOG_DATA_HEADER_BYTES + chunks[taken + index]!.byteCount));
       }
       stretchStart = -1;
-      await readRangeInto(first.file, first.fileOffset, views);
+      await readRangeInto(first.file, first.fileOffset, views, this.readGate);
     };
     for (let index = 0; index < frames.length; index++) {
       const chunk = chunks[taken + index]!;

@@ -11,6 +11,7 @@ import type { RetentionSettings } from '../../src/retention/retention-task.js';
 import type { AuthConfig } from '../../src/wire/startup.js';
 import type { ServerTls } from '../../src/tls/server-tls.js';
 import type { Logger } from '../../src/log.js';
+import type { IoBackend } from '../../src/io/backend.js';
 import { createIoBackend } from '../../src/io/select-backend.js';
 import { silentLogger } from '../../src/log.js';
 import { WalcastServer } from '../../src/server.js';
@@ -20,6 +21,8 @@ export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..
 export interface RunningWalcast {
   readonly server: WalcastServer;
   readonly port: number;
+  /** The I/O backend it runs on (its counters: chunkReadStats, sendBufferStats). */
+  readonly backend: IoBackend;
   stop(): Promise<void>;
 }
 
@@ -61,7 +64,7 @@ export async function startWalcast(options: StartWalcastOptions): Promise<Runnin
     ...(options.remoteStorage === undefined ? {} : { remoteStorage: options.remoteStorage }),
     log: options.log ?? silentLogger(),
   });
-  return { server, port: server.address().port, stop: () => server.stop() };
+  return { server, port: server.address().port, backend, stop: () => server.stop() };
 }
 
 export interface CliResult {
