@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, test } from 'node:test';
+import { afterEach, beforeEach, describe, mock, test } from 'node:test';
 import { isWalcastError } from '../errors.js';
 import { silentLogger } from '../log.js';
 import { CONTROL_FORMAT_VERSION, PG_VERSION_NUM_15, readControlFile, writeControlFile } from '../storage/control-file.js';
@@ -18,7 +18,8 @@ import { formatLsn } from '../lsn.js';
 import { WalReader } from '../storage/wal-reader.js';
 import { openTimeline } from '../timeline/open-timelines.js';
 import type { Timeline } from '../timeline/timeline.js';
-import { RetentionTask, type RetentionFs, type RetentionSettings } from './retention-task.js';
+import { DISK_USAGE_FULL_REFRESH_MS } from './disk-usage.js';
+import { DISK_USAGE_REFRESH_MS, REMOVAL_RELIST_MS, RetentionTask, type RetentionFs, type RetentionSettings } from './retention-task.js';
 
 const SEG = 1024 * 1024;
 const FIRST = 2;
@@ -111,6 +112,57 @@ test('the control file records the new start before the first unlink, and every 
   await task(timeline, keepSegments(0), fs).runPass();
   assert.equal(unlinked.length, LAST - FIRST);
   assert.deepEqual(await segnosOnDisk(), [LAST]);
+});
+
+test('an idle timeline\'s passes do not list its directory every second: again when WAL arrives, a removal is due, or a minute passed', async (context) => {
+  mock.timers.enable({ apis: ['Date'], now: 1_000_000 });
+  context.after(() => mock.timers.reset());
+  const timeline = await openTimeline(dir);
+  let listings = 0;
+  const fs: RetentionFs = {
+    readdir: (path) => {
+      listings++;
+      return readdir(path);
+    },
+    unlink,
+    diskBytes: async () => 4096,
+    syncDir: fsyncDirectory,
+  };
+  const retention = task(timeline, keepSegments(3), fs);
+  await retention.runPass();
+  assert.equal(listings, 2, 'the first pass lists to remove, then to measure');
+  assert.deepEqual(await segnosOnDisk(), range(LAST - 3, LAST));
+  for (let second = 1; second <= 30; second++) {
+    mock.timers.tick(1_000);
+    await retention.runPass();
+  }
+  assert.equal(listings, 2, 'nothing moved: 30 passes, no listing');
+  assert.equal(retention.status().passes, 31);
+  // WAL arrives: disk usage is measured again (at most every DISK_USAGE_REFRESH_MS), still no removal listing.
+  timeline.flushLsn.advance(seg(LAST, 200));
+  mock.timers.tick(DISK_USAGE_REFRESH_MS);
+  await retention.runPass();
+  assert.equal(listings, 3);
+  // The horizon moves a segment on: the pass lists and removes.
+  timeline.flushLsn.advance(seg(LAST + 1, 100));
+  timeline.commitLsn.advance(seg(LAST + 1, 100));
+  await writeFile(join(dir, nameOf(LAST + 1) + '.partial'), Buffer.alloc(4096, LAST + 1));
+  mock.timers.tick(1_000);
+  await retention.runPass();
+  assert.ok(listings >= 4);
+  assert.deepEqual(await segnosOnDisk(), range(LAST - 2, LAST + 1));
+  // Idle again, then a minute: one relist (files put below the start by hand go) and one full measurement.
+  const settled = listings;
+  await writeFile(join(dir, nameOf(FIRST)), Buffer.alloc(4096, FIRST));
+  for (let second = 1; second < Math.min(REMOVAL_RELIST_MS, DISK_USAGE_FULL_REFRESH_MS) / 1_000; second++) {
+    mock.timers.tick(1_000);
+    await retention.runPass();
+  }
+  assert.equal(listings, settled, 'idle for under a minute: no listing');
+  mock.timers.tick(1_000);
+  await retention.runPass();
+  assert.equal(listings, settled + 2);
+  assert.deepEqual(await segnosOnDisk(), range(LAST - 2, LAST + 1), 'the relist removed the stray file below the start');
 });
 
 test('a segment a reader has open is never removed, nor anything after it; closing the reader frees it', async () => {

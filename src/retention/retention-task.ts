@@ -21,7 +21,7 @@ import { fsyncDirectory } from '../storage/control-file.js';
 import { isSidecarFileName, segmentNameOfEntry } from '../storage/page-checksums.js';
 import { parseSegmentFileName, segmentOf, segmentStartLsn } from '../storage/segment-name.js';
 import type { Timeline } from '../timeline/timeline.js';
-import { DiskUsageCache } from './disk-usage.js';
+import { DISK_USAGE_FULL_REFRESH_MS, DiskUsageCache } from './disk-usage.js';
 import { computeHorizon, type Horizon, type SlotHold } from './horizon.js';
 
 /**
@@ -36,10 +36,18 @@ export const RETENTION_PASS_INTERVAL_MS = 1_000;
 /** Unlinks started per event-loop turn; each is an async libuv request, so a turn stays well under a millisecond. */
 export const UNLINKS_PER_TURN_MAX = 4;
 /**
- * Disk usage is re-measured at most this often, or after a removal: new files and .partial ones at once, the rest at
- * least every DISK_USAGE_FULL_REFRESH_MS (disk-usage.ts).
+ * Disk usage is re-measured at most this often while WAL arrives, or after a removal: new files and .partial ones at
+ * once, the rest at least every DISK_USAGE_FULL_REFRESH_MS (disk-usage.ts). A timeline that receives nothing is
+ * measured again only every DISK_USAGE_FULL_REFRESH_MS (sidecars growing as pages are first verified, files changed
+ * by hand).
  */
 export const DISK_USAGE_REFRESH_MS = 2_000;
+/**
+ * A pass whose start is the one the previous pass already removed everything before does not list the directory
+ * again (nothing writes below the start), except at least this often. Why: one readdir a second per timeline, of
+ * every segment file it keeps (6,400 names with slots holding 100 GiB), was most of what an idle server did.
+ */
+export const REMOVAL_RELIST_MS = DISK_USAGE_FULL_REFRESH_MS;
 /** A slot that holds more WAL than this is logged at warn (once, until it falls back under), like a lagging standby. */
 export const SLOT_RETAINED_BYTES_WARN = 16 * 1024 * 1024 * 1024;
 /** POSIX st_blocks counts 512-byte units whatever the file system block size. */
@@ -124,7 +132,11 @@ export class RetentionTask {
   private stopped = false;
   private horizon: Horizon | undefined;
   private removedBeforeLsn: Lsn | undefined;
-  private diskMeasuredAt = 0;
+  private diskMeasuredAt = Number.NEGATIVE_INFINITY;
+  /** The flush LSN at the last disk measurement: unchanged, nothing was written since. */
+  private diskMeasuredFlushLsn: Lsn | undefined;
+  /** When removeSegmentsBefore last listed the directory. */
+  private listedAt = Number.NEGATIVE_INFINITY;
   private readonly diskUsage: DiskUsageCache;
   private diskBytes = 0;
   private segmentFiles = 0;
@@ -217,8 +229,11 @@ export class RetentionTask {
     this.advanceStartInMemory(horizon);
     const persistedStart = await this.persistStart();
     const startSegno = segmentOf(persistedStart, timeline.segmentBytes);
-    const removed = await this.removeSegmentsBefore(startSegno);
-    this.removedBeforeLsn = segmentStartLsn(startSegno, timeline.segmentBytes);
+    const startLsn = segmentStartLsn(startSegno, timeline.segmentBytes);
+    // The last pass that succeeded removed everything before this same start: only a relist could find more.
+    const settled = this.removedBeforeLsn === startLsn && Date.now() - this.listedAt < REMOVAL_RELIST_MS;
+    const removed = settled ? 0 : await this.removeSegmentsBefore(startSegno);
+    this.removedBeforeLsn = startLsn;
     await this.measureDiskUsage(removed > 0);
   }
 
@@ -287,6 +302,7 @@ export class RetentionTask {
     const timeline = this.timeline;
     const lowestPinned = timeline.lowestPinnedSegment();
     assert.ok(lowestPinned === undefined || lowestPinned >= startSegno, 'no pinned segment lies before the recorded start');
+    this.listedAt = Date.now();
     const doomed = (await this.segmentFilesOnDisk()).filter((entry) => entry.segno < startSegno);
     for (let index = 0; index < doomed.length; index += UNLINKS_PER_TURN_MAX) {
       const batch = doomed.slice(index, index + UNLINKS_PER_TURN_MAX);
@@ -335,8 +351,12 @@ export class RetentionTask {
 
   private async measureDiskUsage(force: boolean): Promise<void> {
     const now = Date.now();
-    if (!force && now - this.diskMeasuredAt < DISK_USAGE_REFRESH_MS) return;
+    const flushLsn = this.timeline.flushLsn.get();
+    const since = now - this.diskMeasuredAt;
+    const due = since >= DISK_USAGE_FULL_REFRESH_MS || (since >= DISK_USAGE_REFRESH_MS && flushLsn !== this.diskMeasuredFlushLsn);
+    if (!force && !due) return;
     this.diskMeasuredAt = now;
+    this.diskMeasuredFlushLsn = flushLsn;
     const entries = await this.segmentFilesOnDisk();
     this.diskBytes = (await this.diskUsage.total(entries, now)).bytes;
     this.segmentFiles = entries.filter((entry) => !entry.sidecar).length;
