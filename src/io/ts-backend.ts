@@ -7,8 +7,9 @@
  * into its chunks' frames and written corked, as one writev: per 128 KiB chunk, the thread-pool hop and the socket
  * write's JavaScript cost more CPU than the copies (docs/benchmarks.md, "The TS backend's CPU per GB"), so a run
  * pays them once. The run's read runs on the event-loop thread itself while page cache serves such reads, and on the
- * pool as soon as one waited for the disk (sync-read-gate.ts: the hop costs more CPU than the 512 KiB copy). The bytes on the wire are those of the run's chunks sent one by one. A TLS socket is not corked: it
- * is given one frame at a time (a TLSSocket's writev copies all its buffers into one before encrypting).
+ * pool as soon as one waited for the disk (sync-read-gate.ts: the hop costs more CPU than the 512 KiB copy). The
+ * bytes on the wire are those of the run's chunks sent one by one. A TLS socket is not corked: it is given one frame
+ * at a time (a TLSSocket's writev copies all its buffers into one before encrypting).
  *
  * Up to STREAM_CHUNKS_IN_FLIGHT_MAX frames per stream are being read or queued in the socket at once, so the read of
  * the next chunk overlaps the send of the previous one; the buffer pool bounds the total across streams. Sends of one
