@@ -218,13 +218,18 @@ function resolveIoChoice(flags: ServeFlags): { io: 'auto' | 'native' | 'ts'; str
     throw new RangeError(`WALCAST_NATIVE_STRATEGY must be sendfile, writev or uring, got "${strategy}"`);
   }
   // The commit fan-out batch (replication/fanout-batch.ts) is on by default; off is for A/B measurements.
-  const batch = process.env.WALCAST_FANOUT_BATCH;
-  if (batch !== undefined && batch !== 'on' && batch !== 'off') throw new RangeError(`WALCAST_FANOUT_BATCH must be on or off, got "${batch}"`);
+  const batch = onOffFromEnv('WALCAST_FANOUT_BATCH');
   // The TS backend's catch-up reads on the event loop while page cache serves them (io/sync-read-gate.ts); off is for
   // A/B measurements and storage where any read may block.
-  const syncReads = process.env.WALCAST_TS_SYNC_READS;
-  if (syncReads !== undefined && syncReads !== 'on' && syncReads !== 'off') throw new RangeError(`WALCAST_TS_SYNC_READS must be on or off, got "${syncReads}"`);
+  const syncReads = onOffFromEnv('WALCAST_TS_SYNC_READS');
   return { io, ...(strategy === undefined ? {} : { strategy }), ...(batch === 'off' ? { chunkBatch: false } : {}), ...(syncReads === 'off' ? { syncReads: false } : {}) };
+}
+
+/** An on/off switch from the environment: unset is undefined, anything but on or off a RangeError naming it. */
+function onOffFromEnv(name: string): 'on' | 'off' | undefined {
+  const value = process.env[name];
+  if (value !== undefined && value !== 'on' && value !== 'off') throw new RangeError(`${name} must be on or off, got "${value}"`);
+  return value;
 }
 
 /** Starts the HTTP status/metrics API unless --no-http; a failure to bind stops the server rather than leave it half up. */

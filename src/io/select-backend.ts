@@ -36,7 +36,8 @@ async function loadNativeModule(): Promise<NativeModule | string> {
 /** `log`: where the backend reports streams whose send buffers it writes off (send-stall.ts). */
 export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeStrategyChoice; chunkBatch?: boolean; syncReads?: boolean; log?: Logger }): Promise<IoSelection> {
   const tsOptions = { ...(choice.log === undefined ? {} : { log: choice.log }), ...(choice.chunkBatch === false ? { chunkBatch: false } : {}), ...(choice.syncReads === false ? { syncReads: false } : {}) };
-  const tsBatch = `${choice.chunkBatch === false ? ', commit fan-out batch off (WALCAST_FANOUT_BATCH=off)' : ''}${choice.syncReads === false ? ', catch-up reads on the thread pool only (WALCAST_TS_SYNC_READS=off)' : ''}`;
+  const batch = choice.chunkBatch === false ? ', commit fan-out batch off (WALCAST_FANOUT_BATCH=off)' : '';
+  const tsBatch = `${batch}${choice.syncReads === false ? ', catch-up reads on the thread pool only (WALCAST_TS_SYNC_READS=off)' : ''}`;
   if (choice.io === 'ts') return { backend: createTsBackend(tsOptions), reason: `requested (--io ts / WALCAST_IO=ts)${tsBatch}` };
   const native = await loadNativeModule();
   const probe = typeof native === 'string' ? { ok: false as const, reason: native } : native.probeNative();
@@ -47,7 +48,6 @@ export async function createIoBackend(choice: { io: IoChoice; strategy?: NativeS
   }
   const strategy = choice.strategy ?? native.defaultNativeStrategy();
   const backend = await native.createNativeBackend(strategy, { ...(choice.log === undefined ? {} : { log: choice.log }), ...(choice.chunkBatch === undefined ? {} : { chunkBatch: choice.chunkBatch }) });
-  const batch = choice.chunkBatch === false ? ', commit fan-out batch off (WALCAST_FANOUT_BATCH=off)' : '';
   const priority = backend.prefetchPriorityNote === undefined ? '' : `, ${backend.prefetchPriorityNote}`;
   const reason = `${choice.io === 'native' ? `requested (--io native), strategy ${strategy}` : `auto: native addon loaded on Linux, strategy ${strategy}`}${batch}${priority}`;
   return { backend, reason };

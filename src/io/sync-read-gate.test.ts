@@ -43,6 +43,25 @@ function fakeGate(): { gate: SyncReadGate; clock: { ms: number }; disk: { inputs
   };
 }
 
+/** A temporary file of `length` bytes, byte i = pattern(i), open for reading while `use` runs; removed afterwards. */
+async function withPatternedFile(length: number, pattern: (index: number) => number, use: (opened: { file: WalFileHandle; bytes: Buffer; dir: string }) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'walcast-sync-read-'));
+  try {
+    const path = join(dir, 'segment');
+    const bytes = Buffer.alloc(length);
+    for (let index = 0; index < length; index++) bytes[index] = pattern(index);
+    writeFileSync(path, bytes);
+    const fd = openSync(path, 'r');
+    try {
+      await use({ file: { fd, path }, bytes, dir });
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 describe('SyncReadGate', () => {
   test('reads served from page cache keep it open and are counted', () => {
     const { gate, clock, endTurn } = fakeGate();
@@ -148,68 +167,45 @@ describe('SyncReadGate', () => {
 
 describe('readRangeInto with a gate', () => {
   test('reads exactly the range on the calling thread while the gate allows it, on the pool while it does not', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'walcast-sync-read-'));
-    try {
-      const path = join(dir, 'segment');
-      const bytes = Buffer.alloc(3 * RUN_BYTES);
-      for (let index = 0; index < bytes.length; index++) bytes[index] = (index * 7 + (index >> 12)) & 0xff;
-      writeFileSync(path, bytes);
-      const fd = openSync(path, 'r');
-      try {
-        const file: WalFileHandle = { fd, path };
-        const { gate, clock } = fakeGate();
-        const views = [Buffer.alloc(100_000), Buffer.alloc(RUN_BYTES - 100_000)];
-        await readRangeInto(file, 12_345, views, gate);
-        assert.deepEqual(Buffer.concat(views), bytes.subarray(12_345, 12_345 + RUN_BYTES));
-        assert.deepEqual(gate.stats(), { syncReads: 1, poolReads: 0, slowSyncReads: 0, open: true });
-        // Closed: the same read goes to the pool and reads the same bytes.
-        gate.readNow(1, () => (clock.ms += SYNC_READ_SLOW_MS + 1));
-        const again = [Buffer.alloc(RUN_BYTES)];
-        await readRangeInto(file, 12_345, again, gate);
-        assert.deepEqual(again[0], bytes.subarray(12_345, 12_345 + RUN_BYTES));
-        assert.equal(gate.stats().poolReads, 1);
-        clock.ms += SYNC_READ_BACKOFF_MS;
-        // Past the file's end on the synchronous path: an I/O error naming the file, never bytes that are not there.
-        await assert.rejects(readRangeInto(file, bytes.length - 10, [Buffer.alloc(20)], gate), (error: Error) => error.message.includes(`short read from ${path}`));
-      } finally {
-        closeSync(fd);
-      }
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    await withPatternedFile(3 * RUN_BYTES, (index) => (index * 7 + (index >> 12)) & 0xff, async ({ file, bytes }) => {
+      const { path } = file;
+      const { gate, clock } = fakeGate();
+      const views = [Buffer.alloc(100_000), Buffer.alloc(RUN_BYTES - 100_000)];
+      await readRangeInto(file, 12_345, views, gate);
+      assert.deepEqual(Buffer.concat(views), bytes.subarray(12_345, 12_345 + RUN_BYTES));
+      assert.deepEqual(gate.stats(), { syncReads: 1, poolReads: 0, slowSyncReads: 0, open: true });
+      // Closed: the same read goes to the pool and reads the same bytes.
+      gate.readNow(1, () => (clock.ms += SYNC_READ_SLOW_MS + 1));
+      const again = [Buffer.alloc(RUN_BYTES)];
+      await readRangeInto(file, 12_345, again, gate);
+      assert.deepEqual(again[0], bytes.subarray(12_345, 12_345 + RUN_BYTES));
+      assert.equal(gate.stats().poolReads, 1);
+      clock.ms += SYNC_READ_BACKOFF_MS;
+      // Past the file's end on the synchronous path: an I/O error naming the file, never bytes that are not there.
+      await assert.rejects(readRangeInto(file, bytes.length - 10, [Buffer.alloc(20)], gate), (error: Error) => error.message.includes(`short read from ${path}`));
+    });
   });
 
   const addon = loadNativeAddon();
   test('a read of a file dropped from page cache closes the real gate, and the bytes are right', { skip: addon.ok ? false : 'dropping a file from page cache needs the native addon' }, async (context) => {
     assert.ok(addon.ok);
-    const dir = await mkdtemp(join(tmpdir(), 'walcast-sync-read-cold-'));
-    try {
-      const path = join(dir, 'segment');
-      const bytes = Buffer.alloc(8 * RUN_BYTES);
-      for (let index = 0; index < bytes.length; index++) bytes[index] = (index * 13 + (index >> 9)) & 0xff;
-      writeFileSync(path, bytes);
-      const fd = openSync(path, 'r');
-      try {
-        fdatasyncSync(fd);
-        addon.addon.dropCache(fd, 0, 0);
-        if (addon.addon.residentBytes(fd, 0, bytes.length) > 0) {
-          context.skip(`${dir} keeps its pages in memory (tmpfs?): nothing to read from disk`);
-          return;
-        }
-        const closures: GateClosure[] = [];
-        const gate = new SyncReadGate({ onClose: (closure) => closures.push(closure) });
-        // 2 MiB at once: long enough to wait for the disk (above SYNC_READ_DISK_MIN_MS) even on a fast NVMe drive.
-        const views = [Buffer.alloc(4 * RUN_BYTES)];
-        await readRangeInto({ fd, path }, RUN_BYTES, views, gate);
-        assert.deepEqual(views[0], bytes.subarray(RUN_BYTES, 5 * RUN_BYTES));
-        assert.equal(closures.length, 1, 'the cold read was seen');
-        assert.ok((closures[0]!.blockInputs > 0 && closures[0]!.elapsedMs > SYNC_READ_DISK_MIN_MS) || closures[0]!.elapsedMs > SYNC_READ_SLOW_MS, JSON.stringify(closures[0]));
-        assert.equal(gate.allows(RUN_BYTES), false, 'the next reads go to the pool');
-      } finally {
-        closeSync(fd);
+    await withPatternedFile(8 * RUN_BYTES, (index) => (index * 13 + (index >> 9)) & 0xff, async ({ file, bytes, dir }) => {
+      const { fd } = file;
+      fdatasyncSync(fd);
+      addon.addon.dropCache(fd, 0, 0);
+      if (addon.addon.residentBytes(fd, 0, bytes.length) > 0) {
+        context.skip(`${dir} keeps its pages in memory (tmpfs?): nothing to read from disk`);
+        return;
       }
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+      const closures: GateClosure[] = [];
+      const gate = new SyncReadGate({ onClose: (closure) => closures.push(closure) });
+      // 2 MiB at once: long enough to wait for the disk (above SYNC_READ_DISK_MIN_MS) even on a fast NVMe drive.
+      const views = [Buffer.alloc(4 * RUN_BYTES)];
+      await readRangeInto(file, RUN_BYTES, views, gate);
+      assert.deepEqual(views[0], bytes.subarray(RUN_BYTES, 5 * RUN_BYTES));
+      assert.equal(closures.length, 1, 'the cold read was seen');
+      assert.ok((closures[0]!.blockInputs > 0 && closures[0]!.elapsedMs > SYNC_READ_DISK_MIN_MS) || closures[0]!.elapsedMs > SYNC_READ_SLOW_MS, JSON.stringify(closures[0]));
+      assert.equal(gate.allows(RUN_BYTES), false, 'the next reads go to the pool');
+    });
   });
 });
