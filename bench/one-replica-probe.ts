@@ -10,7 +10,12 @@
  * deoptimizations can be counted per catch-up (docs/benchmarks.md, "One replica: consumer cost and JIT warm-up").
  *
  *   node --import tsx bench/one-replica-probe.ts --mib 512 --rounds 4 [--consumer standby|pg_receivewal|wal-consumer]
- *     [--strace DIR | --perf DIR] [--also NAME=DIR]... [--load N] [--sched] [--strace-walreceiver DIR] [--writev]
+ *     [--strace DIR | --perf DIR] [--also NAME=DIR]... [--variant NAME="node flags"]... [--load N] [--sched]
+ *     [--strace-walreceiver DIR] [--writev] [--warm-ups N]
+ *
+ * --variant NAME="FLAGS" adds this tree's walcast (native sendfile) run with those node flags as NAME, e.g.
+ * `--variant stgc=--single-threaded-gc`: an A/B of a V8 or Node setting on fresh servers with a real consumer.
+ * --warm-ups N runs N unmeasured catch-ups per server first (default 1).
  *
  * --writev adds this tree's walcast on the native writev strategy (copying send, as the walsender) as `new-writev`.
  *
@@ -36,7 +41,7 @@ import { prepareWal } from './lib/wal-source.js';
 import { measureConsumerRun, measureReceiveWalRun, measureStandbyRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
 import type { RunRecord } from './lib/results.js';
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] }, load: { type: 'string', default: '0' }, sched: { type: 'boolean', default: false }, 'strace-walreceiver': { type: 'string' }, writev: { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] }, load: { type: 'string', default: '0' }, sched: { type: 'boolean', default: false }, 'strace-walreceiver': { type: 'string' }, writev: { type: 'boolean', default: false }, variant: { type: 'string', multiple: true, default: [] }, 'warm-ups': { type: 'string', default: '1' } } });
 if (values.consumer !== 'standby' && values.consumer !== 'pg_receivewal' && values.consumer !== 'wal-consumer') throw new Error(`--consumer takes standby, pg_receivewal or wal-consumer, got ${values.consumer}`);
 const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
 const progress = (message: string): void => void process.stderr.write(`${message}\n`);
@@ -86,12 +91,20 @@ try {
     targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', repoRoot: dir, name }));
   }
   targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
+  for (const entry of values.variant) {
+    const split = entry.indexOf('=');
+    if (split <= 0) throw new Error(`--variant takes NAME=FLAGS, got ${entry}`);
+    const nodeArgs = entry.slice(split + 1).split(' ').filter((arg) => arg !== '');
+    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: entry.slice(0, split), nodeArgs }));
+  }
   if (values.writev) targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'writev', name: 'new-writev' }));
   targets.push(postgresTarget(wal.primary, wal));
   warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
   progress(`range ${formatLsn(wal.standbyStartLsn)}-${formatLsn(wal.endLsn)}`);
   const gb = Number(wal.endLsn - wal.standbyStartLsn) / 2 ** 30;
-  for (const target of targets) {
+  const warmUps = Number(values['warm-ups']);
+  if (!Number.isInteger(warmUps) || warmUps < 0 || warmUps > 20) throw new Error(`--warm-ups takes 0..20, got ${values['warm-ups']}`);
+  for (let warmUp = 0; warmUp < warmUps; warmUp++) for (const target of targets) {
     const warm = values.consumer === 'standby' ? await measureStandbyRun(context, target, 0) : await otherConsumerRun(target, 0);
     // The consumer's CPU too: a fresh walcast server checksums every page during its first catch-up (later ones find
     // the pages verified), so warm-up against measured runs shows what the checks ahead cost the consumer.
