@@ -10,14 +10,16 @@
  * deoptimizations can be counted per catch-up (docs/benchmarks.md, "One replica: consumer cost and JIT warm-up").
  *
  *   node --import tsx bench/one-replica-probe.ts --mib 512 --rounds 4 [--consumer standby|pg_receivewal|wal-consumer]
- *     [--strace DIR | --perf DIR] [--also NAME=DIR]... [--variant NAME="node flags"]... [--load N] [--sched]
- *     [--strace-walreceiver DIR] [--writev] [--warm-ups N]
+ *     [--strace DIR | --perf DIR] [--also NAME=DIR]... [--also-io ts|native] [--variant NAME="node flags"]... [--load N] [--sched]
+ *     [--strace-walreceiver DIR] [--writev] [--ts] [--warm-ups N]
  *
  * --variant NAME="FLAGS" adds this tree's walcast (native sendfile) run with those node flags as NAME, e.g.
  * `--variant stgc=--single-threaded-gc`: an A/B of a V8 or Node setting on fresh servers with a real consumer.
  * --warm-ups N runs N unmeasured catch-ups per server first (default 1).
  *
- * --writev adds this tree's walcast on the native writev strategy (copying send, as the walsender) as `new-writev`.
+ * --writev adds this tree's walcast on the native writev strategy (copying send, as the walsender) as `new-writev`;
+ * --ts adds this tree's walcast on the TypeScript backend as `new-ts`; --also-io ts serves the --also checkouts on it too
+ * (default: native sendfile).
  *
  * --load N keeps N busy-spinning processes running for the whole probe (bench/lib/cpu-load.ts, as bench/run.ts's loaded
  * rounds); --sched prints per thread, for each measured run (pg_receivewal: walcast's threads only), CPU, run-queue wait, timeslices and voluntary /
@@ -35,13 +37,14 @@ import { planFor } from './lib/plan.js';
 import { postgresTarget, startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { CpuLoad } from './lib/cpu-load.js';
 import { listChildren } from './lib/proc-stats.js';
+import { scrapeMetricsText } from './lib/metrics-histogram.js';
 import { formatSched, readThreads, threadDelta, type TaskSched } from './lib/sched-stats.js';
 import { buildTools } from './lib/tools.js';
 import { prepareWal } from './lib/wal-source.js';
 import { measureConsumerRun, measureReceiveWalRun, measureStandbyRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
 import type { RunRecord } from './lib/results.js';
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] }, load: { type: 'string', default: '0' }, sched: { type: 'boolean', default: false }, 'strace-walreceiver': { type: 'string' }, writev: { type: 'boolean', default: false }, variant: { type: 'string', multiple: true, default: [] }, 'warm-ups': { type: 'string', default: '1' } } });
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] }, load: { type: 'string', default: '0' }, sched: { type: 'boolean', default: false }, 'strace-walreceiver': { type: 'string' }, writev: { type: 'boolean', default: false }, ts: { type: 'boolean', default: false }, variant: { type: 'string', multiple: true, default: [] }, 'also-io': { type: 'string', default: 'native' }, 'warm-ups': { type: 'string', default: '1' } } });
 if (values.consumer !== 'standby' && values.consumer !== 'pg_receivewal' && values.consumer !== 'wal-consumer') throw new Error(`--consumer takes standby, pg_receivewal or wal-consumer, got ${values.consumer}`);
 const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
 const progress = (message: string): void => void process.stderr.write(`${message}\n`);
@@ -67,6 +70,18 @@ function schedReport(target: ServerTarget, before: Map<number, Map<number, TaskS
   if (standbyPid !== undefined) for (const child of listChildren(standbyPid)) for (const task of readThreads(child.pid).values()) lines.push(formatSched(`  standby ${child.title.replace(/^postgres: /, '').slice(0, 40)} [${child.pid}]`, task));
   progress(lines.join('\n'));
 }
+/** The TS backend's read counters (src/io/sync-read-gate.ts) from a walcast server's /metrics; undefined for others. */
+async function tsReadCounts(target: ServerTarget): Promise<{ eventLoop: number; pool: number; slow: number } | undefined> {
+  const text = await scrapeMetricsText(target.metricsUrl);
+  const value = (pattern: RegExp): number | undefined => {
+    const match = text?.match(pattern);
+    return match?.[1] === undefined ? undefined : Number(match[1]);
+  };
+  const eventLoop = value(/^walcast_ts_chunk_reads_total\{thread="event_loop"\} (\d+)$/m);
+  const pool = value(/^walcast_ts_chunk_reads_total\{thread="pool"\} (\d+)$/m);
+  const slow = value(/^walcast_ts_sync_read_slow_total (\d+)$/m);
+  return eventLoop === undefined || pool === undefined || slow === undefined ? undefined : { eventLoop, pool, slow };
+}
 /** --strace-walreceiver DIR: `strace -c` (WALCAST_PROBE_STRACE_ARGS replaces it) on the standby's walreceiver, from the moment it appears to replay's end. */
 let walreceiverTracer: ChildProcess | undefined;
 async function straceWalreceiver(standbyPid: number, file: string): Promise<void> {
@@ -88,7 +103,9 @@ try {
   for (const entry of values.also) {
     const [name, dir] = entry.split('=');
     if (name === undefined || dir === undefined || name === '') throw new Error(`--also takes NAME=DIR, got ${entry}`);
-    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', repoRoot: dir, name }));
+    const alsoIo = values['also-io'];
+    if (alsoIo !== 'ts' && alsoIo !== 'native') throw new Error(`--also-io takes ts or native, got ${alsoIo}`);
+    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: alsoIo, ...(alsoIo === 'native' ? { strategy: 'sendfile' as const } : {}), repoRoot: dir, name }));
   }
   targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
   for (const entry of values.variant) {
@@ -98,6 +115,7 @@ try {
     targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: entry.slice(0, split), nodeArgs }));
   }
   if (values.writev) targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'writev', name: 'new-writev' }));
+  if (values.ts) targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'ts', name: 'new-ts' }));
   targets.push(postgresTarget(wal.primary, wal));
   warmPageCache([...wal.walcastFiles, ...wal.postgresFiles]);
   progress(`range ${formatLsn(wal.standbyStartLsn)}-${formatLsn(wal.endLsn)}`);
@@ -126,6 +144,7 @@ try {
       // With the servers' stdout captured (e.g. --trace-opt): where each run starts in it.
       if (process.env.WALCAST_BENCH_SERVER_STDOUT !== undefined && existsSync(traceFile)) progress(`#${round} ${target.name} starts at line ${readFileSync(traceFile, 'utf8').split('\n').length} of ${traceFile}`);
       const before = values.sched ? schedSnapshot(target) : undefined;
+      const readsBefore = await tsReadCounts(target);
       const record = values.consumer === 'standby' ? await measureStandbyRun(context, target, round, {
             started: (standbyPid) => { if (values['strace-walreceiver'] !== undefined) void straceWalreceiver(standbyPid, `${values['strace-walreceiver']}/walreceiver-${target.name}-${round}.txt`); },
             replayed: (standbyPid) => { if (before !== undefined) schedReport(target, before, standbyPid); stopWalreceiverTrace(); },
@@ -136,6 +155,8 @@ try {
         tracer.kill('SIGINT');
         await new Promise((resolve) => tracer.once('exit', resolve));
       }
+      const readsAfter = await tsReadCounts(target);
+      if (readsBefore !== undefined && readsAfter !== undefined) progress(`  ts reads: event loop ${readsAfter.eventLoop - readsBefore.eventLoop}, pool ${readsAfter.pool - readsBefore.pool}, gate closures ${readsAfter.slow - readsBefore.slow}`);
       progress(`#${round} ${target.name}: ${record.ok ? `server ${record.serverCpuSecondsPerGB?.toFixed(3)} s/GB, consumer ${((record.consumerCpuSeconds ?? 0) / gb).toFixed(3)} s/GB, ${record.throughputMBps?.toFixed(0)} MB/s` : record.error}`);
     }
   }

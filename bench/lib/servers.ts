@@ -185,6 +185,9 @@ export const SERVER_NODE_ARGS_ENV = 'WALCAST_BENCH_SERVER_NODE_ARGS';
  */
 export const SERVER_STDOUT_ENV = 'WALCAST_BENCH_SERVER_STDOUT';
 
+/** The log level of every walcast server the harness starts (default warn; info shows e.g. the TS read gate's closures). */
+export const SERVER_LOG_LEVEL_ENV = 'WALCAST_BENCH_SERVER_LOG_LEVEL';
+
 function serverStdout(name: string): 'ignore' | number {
   const prefix = process.env[SERVER_STDOUT_ENV];
   // A baseline server's name holds its backend (walcast-base-native/sendfile): its slash is not a directory.
@@ -212,7 +215,7 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
     ...(options.strategy === undefined ? [] : ['--native-strategy', options.strategy]),
     '--max-connections', '4096',
     '--http', `127.0.0.1:${httpPort}`,
-    '--log-level', 'warn',
+    '--log-level', process.env[SERVER_LOG_LEVEL_ENV] ?? 'warn',
     ...(options.tls === undefined ? [] : ['--tls-cert', options.tls.certFile, '--tls-key', options.tls.keyFile, '--tls-mode', 'prefer']),
     ...(options.extraArgs ?? []),
   ];
