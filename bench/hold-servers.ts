@@ -6,8 +6,11 @@
  * then be run against each server under strace or perf (docs/benchmarks.md, "One replica: consumer cost and JIT
  * warm-up", has the command lines).
  *
- *   node --import tsx bench/hold-servers.ts --mib 1024 [--also NAME=DIR]... [--node-args NAME=ARGS]... [--serve-args NAME=ARGS]... > servers.json
+ *   node --import tsx bench/hold-servers.ts --mib 1024 [--also NAME=DIR]... [--also-io ts|native] [--ts] [--node-args NAME=ARGS]...
+ *     [--serve-args NAME=ARGS]... > servers.json
  *
+ * --also-io ts serves the --also checkouts on the TypeScript backend (default native sendfile); --ts adds this tree's
+ * TypeScript backend as `new-ts`.
  * --node-args NAME=ARGS starts one more walcast from this tree, named NAME, with the node flags ARGS (split on spaces),
  * e.g. `--node-args nomr=--no-memory-reducer` to A/B a V8 setting against `new`. --serve-args NAME=ARGS does the same
  * with flags of `walcast serve`, e.g. `--serve-args "bbr=--tcp-congestion-loopback system"`.
@@ -19,7 +22,9 @@ import { buildTools } from './lib/tools.js';
 import { prepareWal } from './lib/wal-source.js';
 import { warmPageCache } from './scenarios/streaming.js';
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, also: { type: 'string', multiple: true, default: [] }, 'node-args': { type: 'string', multiple: true, default: [] }, 'serve-args': { type: 'string', multiple: true, default: [] } } });
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, also: { type: 'string', multiple: true, default: [] }, 'node-args': { type: 'string', multiple: true, default: [] }, 'serve-args': { type: 'string', multiple: true, default: [] }, 'also-io': { type: 'string', default: 'native' }, ts: { type: 'boolean', default: false } } });
+const alsoIo = values['also-io'];
+if (alsoIo !== 'ts' && alsoIo !== 'native') throw new Error(`--also-io takes ts or native, got ${alsoIo}`);
 /** NAME=ARGS of --node-args and --serve-args: the server's name and its flags, split on spaces. */
 function namedArgs(entry: string, flag: string): { name: string; args: string[] } {
   const separator = entry.indexOf('=');
@@ -32,9 +37,10 @@ const targets: ServerTarget[] = [];
 for (const entry of values.also) {
   const [name, dir] = entry.split('=');
   if (name === undefined || dir === undefined || name === '') throw new Error(`--also takes NAME=DIR, got ${entry}`);
-  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', repoRoot: dir, name }));
+  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: alsoIo, ...(alsoIo === 'native' ? { strategy: 'sendfile' as const } : {}), repoRoot: dir, name }));
 }
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
+if (values.ts) targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'ts', name: 'new-ts' }));
 for (const entry of values['node-args']) {
   const { name, args } = namedArgs(entry, '--node-args');
   targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, nodeArgs: args }));
