@@ -524,18 +524,20 @@ test('walcast_prefetch_idle_fallbacks_total reads the backend\'s count of starve
 });
 
 test('walcast_ts_chunk_reads_total and walcast_ts_sync_read_* read the TS backend\'s read gate at each scrape, and are absent without one', async () => {
-  let stats = { syncReads: 0, poolReads: 0, slowSyncReads: 0, open: true };
+  let stats = { syncReads: 0, poolReads: 0, slowSyncReads: 0, preemptedSyncReads: 0, open: true };
   const ts = createOperationsMetrics({ backend: 'ts', strategy: 'fs-net', chunkReadStats: () => stats });
   const first = await ts.registry.metrics();
   assert.match(first, /^walcast_ts_chunk_reads_total\{thread="event_loop"\} 0$/m);
   assert.match(first, /^walcast_ts_chunk_reads_total\{thread="pool"\} 0$/m);
   assert.match(first, /^walcast_ts_sync_read_slow_total 0$/m);
+  assert.match(first, /^walcast_ts_sync_read_preempted_total 0$/m);
   assert.match(first, /^walcast_ts_sync_read_gate_open 1$/m);
-  stats = { syncReads: 40, poolReads: 3, slowSyncReads: 1, open: false };
+  stats = { syncReads: 40, poolReads: 3, slowSyncReads: 1, preemptedSyncReads: 2, open: false };
   const second = await ts.registry.metrics();
   assert.match(second, /^walcast_ts_chunk_reads_total\{thread="event_loop"\} 40$/m);
   assert.match(second, /^walcast_ts_chunk_reads_total\{thread="pool"\} 3$/m);
   assert.match(second, /^walcast_ts_sync_read_slow_total 1$/m);
+  assert.match(second, /^walcast_ts_sync_read_preempted_total 2$/m);
   assert.match(second, /^walcast_ts_sync_read_gate_open 0$/m);
   assert.doesNotMatch(await createOperationsMetrics({ backend: 'native', strategy: 'sendfile' }).registry.metrics(), /walcast_ts_chunk_reads|walcast_ts_sync_read/);
 });

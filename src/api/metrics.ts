@@ -341,6 +341,15 @@ function registerChunkReadMetrics(registry: Registry, stats: () => ChunkReadStat
       this.inc(stats().slowSyncReads);
     },
   });
+  new Counter({
+    name: 'walcast_ts_sync_read_preempted_total',
+    help: 'TS backend catch-up reads on the event-loop thread slower than SYNC_READ_SLOW_MS during which no thread of the process slept (the thread lost its CPU): not a wait for storage, so the gate stays open.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(stats().preemptedSyncReads);
+    },
+  });
   new Gauge({
     name: 'walcast_ts_sync_read_gate_open',
     help: 'Whether the TS backend may read catch-up runs on the event-loop thread now (1), or reads on the thread pool during a back-off (0).',

@@ -19,15 +19,15 @@ import { readRangeInto } from './vectored-read.js';
 
 const RUN_BYTES = 512 * 1024;
 
-/** A gate on a fake clock and block-input count; turns end only when the test says so. */
-function fakeGate(): { gate: SyncReadGate; clock: { ms: number }; disk: { inputs: number }; closures: GateClosure[]; endTurn: () => void } {
+/** A gate on a fake clock, block-input count and voluntary-switch count; turns end only when the test says so. */
+function fakeGate(): { gate: SyncReadGate; clock: { ms: number }; disk: { inputs: number; sleeps: number }; closures: GateClosure[]; endTurn: () => void } {
   const clock = { ms: 1_000 };
-  const disk = { inputs: 0 };
+  const disk = { inputs: 0, sleeps: 0 };
   const closures: GateClosure[] = [];
   let pending: (() => void) | undefined;
   const gate = new SyncReadGate({
     now: () => clock.ms,
-    blockInputs: () => disk.inputs,
+    usage: () => ({ blockInputs: disk.inputs, voluntarySwitches: disk.sleeps }),
     afterTurn: (reset) => (pending = reset),
     onClose: (closure) => closures.push(closure),
   });
@@ -71,7 +71,7 @@ describe('SyncReadGate', () => {
       endTurn();
     }
     gate.countPoolRead();
-    assert.deepEqual(gate.stats(), { syncReads: 3, poolReads: 1, slowSyncReads: 0, open: true });
+    assert.deepEqual(gate.stats(), { syncReads: 3, poolReads: 1, slowSyncReads: 0, preemptedSyncReads: 0, open: true });
   });
 
   test('a read that moved the block-input count and took more than SYNC_READ_DISK_MIN_MS closes it for the back-off, then it opens again', () => {
@@ -88,8 +88,8 @@ describe('SyncReadGate', () => {
     });
     endTurn();
     assert.equal(gate.allows(RUN_BYTES), false);
-    assert.deepEqual(closures, [{ elapsedMs: 0.5, blockInputs: 1024, backoffMs: SYNC_READ_BACKOFF_MS }]);
-    assert.deepEqual(gate.stats(), { syncReads: 2, poolReads: 0, slowSyncReads: 1, open: false });
+    assert.deepEqual(closures, [{ elapsedMs: 0.5, blockInputs: 1024, voluntarySwitches: 0, backoffMs: SYNC_READ_BACKOFF_MS }]);
+    assert.deepEqual(gate.stats(), { syncReads: 2, poolReads: 0, slowSyncReads: 1, preemptedSyncReads: 0, open: false });
     clock.ms += SYNC_READ_BACKOFF_MS - 1;
     assert.equal(gate.allows(RUN_BYTES), false);
     clock.ms += 1;
@@ -97,13 +97,40 @@ describe('SyncReadGate', () => {
     assert.equal(gate.stats().open, true);
   });
 
-  test('a read slower than SYNC_READ_SLOW_MS closes it even without block input (storage that is no block device)', () => {
-    const { gate, clock, closures } = fakeGate();
-    gate.readNow(RUN_BYTES, () => (clock.ms += SYNC_READ_SLOW_MS));
+  test('a read slower than SYNC_READ_SLOW_MS while a thread slept closes it even without block input (storage that is no block device)', () => {
+    const { gate, clock, disk, closures } = fakeGate();
+    const sleepingRead = (ms: number) => () => {
+      disk.sleeps += 1;
+      clock.ms += ms;
+    };
+    gate.readNow(RUN_BYTES, sleepingRead(SYNC_READ_SLOW_MS));
     assert.equal(gate.allows(RUN_BYTES), true, 'exactly the threshold is not slow');
-    gate.readNow(RUN_BYTES, () => (clock.ms += SYNC_READ_SLOW_MS + 0.001));
-    assert.equal(closures.length, 1);
+    gate.readNow(RUN_BYTES, sleepingRead(SYNC_READ_SLOW_MS + 0.5));
+    assert.deepEqual(closures, [{ elapsedMs: SYNC_READ_SLOW_MS + 0.5, blockInputs: 0, voluntarySwitches: 1, backoffMs: SYNC_READ_BACKOFF_MS }]);
     assert.equal(gate.allows(1), false);
+  });
+
+  test('a slow read during which no thread slept (the thread lost its CPU) is counted and leaves it open, and ends a back-off as a fast read does', () => {
+    const { gate, clock, disk, closures, endTurn } = fakeGate();
+    gate.readNow(RUN_BYTES, () => (clock.ms += 5));
+    assert.equal(closures.length, 0);
+    assert.equal(gate.allows(RUN_BYTES), true);
+    assert.deepEqual(gate.stats(), { syncReads: 1, poolReads: 0, slowSyncReads: 0, preemptedSyncReads: 1, open: true });
+    // A disk wait, a back-off, then a preempted read from page cache: the next disk wait starts the back-off over.
+    gate.readNow(RUN_BYTES, () => {
+      disk.inputs += 64;
+      clock.ms += 1;
+    });
+    endTurn();
+    clock.ms += SYNC_READ_BACKOFF_MS;
+    gate.readNow(RUN_BYTES, () => (clock.ms += 5));
+    endTurn();
+    gate.readNow(RUN_BYTES, () => {
+      disk.inputs += 64;
+      clock.ms += 1;
+    });
+    assert.deepEqual(closures.map((closure) => closure.backoffMs), [SYNC_READ_BACKOFF_MS, SYNC_READ_BACKOFF_MS]);
+    assert.equal(gate.stats().preemptedSyncReads, 2);
   });
 
   test('the back-off doubles while the first read after it is slow again, up to its bound, and a fast one resets it', () => {
@@ -144,16 +171,17 @@ describe('SyncReadGate', () => {
   });
 
   test('a read that throws is counted and judged, and its error reaches the caller', () => {
-    const { gate, clock } = fakeGate();
+    const { gate, clock, disk } = fakeGate();
     assert.throws(
       () =>
         gate.readNow(RUN_BYTES, () => {
+          disk.sleeps += 1;
           clock.ms += SYNC_READ_SLOW_MS + 1;
           throw new Error('EIO');
         }),
       /EIO/,
     );
-    assert.deepEqual(gate.stats(), { syncReads: 1, poolReads: 0, slowSyncReads: 1, open: false });
+    assert.deepEqual(gate.stats(), { syncReads: 1, poolReads: 0, slowSyncReads: 1, preemptedSyncReads: 0, open: false });
   });
 
   test('the real gate turns the event loop over with setImmediate', async () => {
@@ -169,13 +197,16 @@ describe('readRangeInto with a gate', () => {
   test('reads exactly the range on the calling thread while the gate allows it, on the pool while it does not', async () => {
     await withPatternedFile(3 * RUN_BYTES, (index) => (index * 7 + (index >> 12)) & 0xff, async ({ file, bytes }) => {
       const { path } = file;
-      const { gate, clock } = fakeGate();
+      const { gate, clock, disk } = fakeGate();
       const views = [Buffer.alloc(100_000), Buffer.alloc(RUN_BYTES - 100_000)];
       await readRangeInto(file, 12_345, views, gate);
       assert.deepEqual(Buffer.concat(views), bytes.subarray(12_345, 12_345 + RUN_BYTES));
-      assert.deepEqual(gate.stats(), { syncReads: 1, poolReads: 0, slowSyncReads: 0, open: true });
+      assert.deepEqual(gate.stats(), { syncReads: 1, poolReads: 0, slowSyncReads: 0, preemptedSyncReads: 0, open: true });
       // Closed: the same read goes to the pool and reads the same bytes.
-      gate.readNow(1, () => (clock.ms += SYNC_READ_SLOW_MS + 1));
+      gate.readNow(1, () => {
+        disk.inputs += 8;
+        clock.ms += SYNC_READ_SLOW_MS + 1;
+      });
       const again = [Buffer.alloc(RUN_BYTES)];
       await readRangeInto(file, 12_345, again, gate);
       assert.deepEqual(again[0], bytes.subarray(12_345, 12_345 + RUN_BYTES));
@@ -204,7 +235,8 @@ describe('readRangeInto with a gate', () => {
       await readRangeInto(file, RUN_BYTES, views, gate);
       assert.deepEqual(views[0], bytes.subarray(RUN_BYTES, 5 * RUN_BYTES));
       assert.equal(closures.length, 1, 'the cold read was seen');
-      assert.ok((closures[0]!.blockInputs > 0 && closures[0]!.elapsedMs > SYNC_READ_DISK_MIN_MS) || closures[0]!.elapsedMs > SYNC_READ_SLOW_MS, JSON.stringify(closures[0]));
+      const closure = closures[0]!;
+      assert.ok((closure.blockInputs > 0 && closure.elapsedMs > SYNC_READ_DISK_MIN_MS) || (closure.voluntarySwitches > 0 && closure.elapsedMs > SYNC_READ_SLOW_MS), JSON.stringify(closure));
       assert.equal(gate.allows(RUN_BYTES), false, 'the next reads go to the pool');
     });
   });

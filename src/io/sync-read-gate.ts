@@ -11,9 +11,14 @@
  *
  * Why not always: a read that misses page cache waits for the disk, and the event loop serves every replica, the
  * reply readers, the live ingest and the status API. So the gate closes as soon as a synchronous read took longer than
- * SYNC_READ_SLOW_MS (a disk, NFS, FUSE, or the thread losing its CPU), or longer than SYNC_READ_DISK_MIN_MS while the
- * process's block-input count (getrusage's ru_inblock) moved: ru_inblock counts every thread's reads, and a pool
- * thread's read of a checksum sidecar during a 0.1 ms copy from page cache is not this read waiting for the disk.
+ * SYNC_READ_DISK_MIN_MS while the process's block-input count (getrusage's ru_inblock) moved (ru_inblock counts every
+ * thread's reads, and a pool thread's read of a checksum sidecar during a 0.1 ms copy from page cache is not this read
+ * waiting for the disk), or longer than SYNC_READ_SLOW_MS while some thread of the process slept (getrusage's
+ * ru_nvcsw moved: NFS, FUSE, a page another process is reading in). A slow read during which no thread slept did not
+ * wait for anything: its thread lost the CPU to another process (an involuntary switch), and the pool would not have
+ * spared the event loop that. On the 2-vCPU benchmark guest a replaying standby beside the server preempted one read
+ * per catch-up for 2-5 ms, each closing the gate for a back-off in which the pool read the stream in 128 KiB parts
+ * (~400 round trips per 512 MiB, docs/benchmarks.md); such reads are counted (preemptedSyncReads) and change nothing.
  * While closed, reads go to the pool; it opens again after a back-off that starts at
  * SYNC_READ_BACKOFF_MS and doubles, up to SYNC_READ_BACKOFF_MAX_MS, each time the first read after a back-off is
  * slow again (a cold catch-up); a fast one resets it. So the event loop waits for the disk at most once per back-off,
@@ -22,7 +27,7 @@
  */
 import assert from 'node:assert/strict';
 
-/** A synchronous read that takes longer than this closes the gate (a warm 512 KiB read takes 0.05-0.3 ms). */
+/** A synchronous read that takes longer than this while a thread slept closes the gate (a warm 512 KiB read takes 0.05-0.3 ms). */
 export const SYNC_READ_SLOW_MS = 2;
 /** A read that took longer than this while the process read from a block device closes the gate too. */
 export const SYNC_READ_DISK_MIN_MS = 0.25;
@@ -43,6 +48,8 @@ export interface ChunkReadStats {
   readonly poolReads: number;
   /** Synchronous reads that touched the disk or were slow, each closing the gate. */
   readonly slowSyncReads: number;
+  /** Synchronous reads slower than SYNC_READ_SLOW_MS during which no thread slept: the thread lost its CPU (no closure). */
+  readonly preemptedSyncReads: number;
   /** Whether the next read may be synchronous (not in a back-off). */
   readonly open: boolean;
 }
@@ -50,23 +57,37 @@ export interface ChunkReadStats {
 export interface SyncReadGateOptions {
   /** Milliseconds, monotonic (performance.now). */
   readonly now?: () => number;
-  /** The process's block input operations so far (process.resourceUsage().fsRead). */
-  readonly blockInputs?: () => number;
+  /** The process's block input operations and voluntary context switches so far (process.resourceUsage()). */
+  readonly usage?: () => ProcessUsage;
   /** Runs `reset` once the current event-loop turn is over (setImmediate). */
   readonly afterTurn?: (reset: () => void) => void;
   /** Told each time a slow read closes the gate (the server logs it). */
   readonly onClose?: (closure: GateClosure) => void;
 }
 
+/** The two getrusage counters the gate reads around each synchronous read (all threads of the process). */
+export interface ProcessUsage {
+  /** ru_inblock: block input operations. */
+  readonly blockInputs: number;
+  /** ru_nvcsw: switches away from a thread that went to sleep (waiting for I/O, a lock, a futex). */
+  readonly voluntarySwitches: number;
+}
+
 export interface GateClosure {
   readonly elapsedMs: number;
   readonly blockInputs: number;
+  readonly voluntarySwitches: number;
   readonly backoffMs: number;
+}
+
+function processUsage(): ProcessUsage {
+  const usage = process.resourceUsage();
+  return { blockInputs: usage.fsRead, voluntarySwitches: usage.voluntaryContextSwitches };
 }
 
 export class SyncReadGate {
   private readonly now: () => number;
-  private readonly blockInputs: () => number;
+  private readonly usage: () => ProcessUsage;
   private readonly afterTurn: (reset: () => void) => void;
   private closedUntil = Number.NEGATIVE_INFINITY;
   private backoffMs = SYNC_READ_BACKOFF_MS;
@@ -77,10 +98,11 @@ export class SyncReadGate {
   private syncReads = 0;
   private poolReads = 0;
   private slowSyncReads = 0;
+  private preemptedSyncReads = 0;
 
   constructor(private readonly options: SyncReadGateOptions = {}) {
     this.now = options.now ?? (() => performance.now());
-    this.blockInputs = options.blockInputs ?? (() => process.resourceUsage().fsRead);
+    this.usage = options.usage ?? processUsage;
     this.afterTurn = options.afterTurn ?? ((reset) => void setImmediate(reset));
   }
 
@@ -101,17 +123,23 @@ export class SyncReadGate {
         this.bytesThisTurn = 0;
       });
     }
-    const inputsBefore = this.blockInputs();
+    const before = this.usage();
     const startedAt = this.now();
     try {
       return read();
     } finally {
       // A failed read is judged too: one that failed after waiting for the disk waited all the same.
       const elapsedMs = this.now() - startedAt;
-      const blockInputs = this.blockInputs() - inputsBefore;
+      const after = this.usage();
+      const blockInputs = after.blockInputs - before.blockInputs;
+      const voluntarySwitches = after.voluntarySwitches - before.voluntarySwitches;
       this.syncReads++;
-      if (elapsedMs > SYNC_READ_SLOW_MS || (blockInputs > 0 && elapsedMs > SYNC_READ_DISK_MIN_MS)) this.close(elapsedMs, blockInputs);
-      else this.fast();
+      if ((blockInputs > 0 && elapsedMs > SYNC_READ_DISK_MIN_MS) || (voluntarySwitches > 0 && elapsedMs > SYNC_READ_SLOW_MS)) {
+        this.close(elapsedMs, blockInputs, voluntarySwitches);
+      } else {
+        if (elapsedMs > SYNC_READ_SLOW_MS) this.preemptedSyncReads++;
+        this.fast();
+      }
     }
   }
 
@@ -120,16 +148,22 @@ export class SyncReadGate {
   }
 
   stats(): ChunkReadStats {
-    return { syncReads: this.syncReads, poolReads: this.poolReads, slowSyncReads: this.slowSyncReads, open: this.now() >= this.closedUntil };
+    return {
+      syncReads: this.syncReads,
+      poolReads: this.poolReads,
+      slowSyncReads: this.slowSyncReads,
+      preemptedSyncReads: this.preemptedSyncReads,
+      open: this.now() >= this.closedUntil,
+    };
   }
 
-  private close(elapsedMs: number, blockInputs: number): void {
+  private close(elapsedMs: number, blockInputs: number, voluntarySwitches: number): void {
     this.slowSyncReads++;
     // Slow again right after a back-off: the disk is still in the way (a cold catch-up), so wait longer.
     if (this.probing) this.backoffMs = Math.min(this.backoffMs * 2, SYNC_READ_BACKOFF_MAX_MS);
     this.closedUntil = this.now() + this.backoffMs;
     this.probing = true;
-    this.options.onClose?.({ elapsedMs, blockInputs, backoffMs: this.backoffMs });
+    this.options.onClose?.({ elapsedMs, blockInputs, voluntarySwitches, backoffMs: this.backoffMs });
   }
 
   private fast(): void {

@@ -191,7 +191,7 @@ export function createTsBackend(options: TsBackendOptions = {}): IoBackend {
 /** A synchronous read waited for the disk (at most once per back-off, so never a flood). */
 function logGateClosure(log: Logger | undefined, closure: GateClosure): void {
   log?.info(
-    { elapsedMs: Number(closure.elapsedMs.toFixed(3)), blockInputs: closure.blockInputs, backoffMs: closure.backoffMs },
+    { elapsedMs: Number(closure.elapsedMs.toFixed(3)), blockInputs: closure.blockInputs, voluntarySwitches: closure.voluntarySwitches, backoffMs: closure.backoffMs },
     'a catch-up read on the event-loop thread waited for the disk; reading on the thread pool for a while',
   );
 }
