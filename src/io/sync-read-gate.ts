@@ -80,6 +80,12 @@ export interface GateClosure {
   readonly backoffMs: number;
 }
 
+/**
+ * Whether getrusage counts voluntary switches here. libuv's Windows getrusage leaves ru_nvcsw at 0: there a slow read
+ * closes the gate whether or not anything slept, as before the rule existed.
+ */
+const VOLUNTARY_SWITCHES_COUNTED = process.platform !== 'win32';
+
 function processUsage(): ProcessUsage {
   const usage = process.resourceUsage();
   return { blockInputs: usage.fsRead, voluntarySwitches: usage.voluntaryContextSwitches };
@@ -134,7 +140,8 @@ export class SyncReadGate {
       const blockInputs = after.blockInputs - before.blockInputs;
       const voluntarySwitches = after.voluntarySwitches - before.voluntarySwitches;
       this.syncReads++;
-      if ((blockInputs > 0 && elapsedMs > SYNC_READ_DISK_MIN_MS) || (voluntarySwitches > 0 && elapsedMs > SYNC_READ_SLOW_MS)) {
+      const slept = voluntarySwitches > 0 || !VOLUNTARY_SWITCHES_COUNTED;
+      if ((blockInputs > 0 && elapsedMs > SYNC_READ_DISK_MIN_MS) || (slept && elapsedMs > SYNC_READ_SLOW_MS)) {
         this.close(elapsedMs, blockInputs, voluntarySwitches);
       } else {
         if (elapsedMs > SYNC_READ_SLOW_MS) this.preemptedSyncReads++;
