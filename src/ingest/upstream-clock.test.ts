@@ -5,13 +5,22 @@ import { PG_EPOCH_OFFSET_MICROS, pgNowMicros } from '../replication/stream-messa
 import { UpstreamClock } from './upstream-clock.js';
 
 test('an upstream send timestamp of now converts to performance.now(), to within Date.now()\'s millisecond', () => {
-  const clock = new UpstreamClock();
-  clock.recheck();
-  const before = performance.now();
-  const converted = clock.toMonotonicMs(pgNowMicros());
-  const after = performance.now();
-  assert.ok(converted !== undefined);
-  assert.ok(converted > before - 2 && converted < after + 2, `${converted} vs [${before}, ${after}]`);
+  // A wall-clock step between the recheck and the timestamp (VM guests get them; a CI run saw one of 17 ms) is no
+  // error of the conversion: such an attempt is taken again, at most five times, and any other miss fails at once.
+  const wallMinusMonotonic = (): number => Date.now() - performance.now();
+  for (let attempt = 1; ; attempt++) {
+    const offsetBefore = wallMinusMonotonic();
+    const clock = new UpstreamClock();
+    clock.recheck();
+    const before = performance.now();
+    const converted = clock.toMonotonicMs(pgNowMicros());
+    const after = performance.now();
+    const stepped = Math.abs(wallMinusMonotonic() - offsetBefore) > 2;
+    assert.ok(converted !== undefined);
+    if (stepped && attempt < 5) continue;
+    assert.ok(converted > before - 2 && converted < after + 2, `${converted} vs [${before}, ${after}]${stepped ? ' (the wall clock stepped in every attempt)' : ''}`);
+    return;
+  }
 });
 
 test('a send timestamp 3.25 ms in the past converts to 3.25 ms before one of now, with µs resolution', () => {
