@@ -17,28 +17,17 @@
  */
 import { parseArgs } from 'node:util';
 import { formatLsn } from '../src/lsn.js';
-import { postgresTarget, startCeilingServer, startWalcastServer, type ServerTarget } from './lib/servers.js';
+import { alsoIoChoice, namedArgs, postgresTarget, startCeilingServer, startCheckoutServer, startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { buildTools } from './lib/tools.js';
 import { prepareWal } from './lib/wal-source.js';
 import { warmPageCache } from './scenarios/streaming.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, also: { type: 'string', multiple: true, default: [] }, 'node-args': { type: 'string', multiple: true, default: [] }, 'serve-args': { type: 'string', multiple: true, default: [] }, 'also-io': { type: 'string', default: 'native' }, ts: { type: 'boolean', default: false } } });
-const alsoIo = values['also-io'];
-if (alsoIo !== 'ts' && alsoIo !== 'native') throw new Error(`--also-io takes ts or native, got ${alsoIo}`);
-/** NAME=ARGS of --node-args and --serve-args: the server's name and its flags, split on spaces. */
-function namedArgs(entry: string, flag: string): { name: string; args: string[] } {
-  const separator = entry.indexOf('=');
-  if (separator <= 0) throw new Error(`${flag} takes NAME=ARGS, got ${entry}`);
-  return { name: entry.slice(0, separator), args: entry.slice(separator + 1).split(/\s+/).filter((arg) => arg !== '') };
-}
+const alsoIo = alsoIoChoice(values['also-io']);
 
 const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
 const targets: ServerTarget[] = [];
-for (const entry of values.also) {
-  const [name, dir] = entry.split('=');
-  if (name === undefined || dir === undefined || name === '') throw new Error(`--also takes NAME=DIR, got ${entry}`);
-  targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: alsoIo, ...(alsoIo === 'native' ? { strategy: 'sendfile' as const } : {}), repoRoot: dir, name }));
-}
+for (const entry of values.also) targets.push(await startCheckoutServer(wal, entry, alsoIo));
 targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
 if (values.ts) targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'ts', name: 'new-ts' }));
 for (const entry of values['node-args']) {

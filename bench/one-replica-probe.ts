@@ -10,11 +10,12 @@
  * deoptimizations can be counted per catch-up (docs/benchmarks.md, "One replica: consumer cost and JIT warm-up").
  *
  *   node --import tsx bench/one-replica-probe.ts --mib 512 --rounds 4 [--consumer standby|pg_receivewal|wal-consumer]
- *     [--strace DIR | --perf DIR] [--also NAME=DIR]... [--also-io ts|native] [--variant NAME="node flags"]... [--load N] [--sched]
+ *     [--strace DIR | --perf DIR] [--also NAME=DIR]... [--also-io ts|native] [--node-args NAME=ARGS]... [--load N] [--sched]
  *     [--strace-walreceiver DIR] [--writev] [--ts] [--warm-ups N]
  *
- * --variant NAME="FLAGS" adds this tree's walcast (native sendfile) run with those node flags as NAME, e.g.
- * `--variant stgc=--single-threaded-gc`: an A/B of a V8 or Node setting on fresh servers with a real consumer.
+ * --node-args NAME=ARGS adds this tree's walcast (native sendfile) run with those node flags as NAME (as
+ * bench/hold-servers.ts), e.g. `--node-args stgc=--single-threaded-gc`: an A/B of a V8 or Node setting on fresh servers
+ * with a real consumer.
  * --warm-ups N runs N unmeasured catch-ups per server first (default 1).
  *
  * --writev adds this tree's walcast on the native writev strategy (copying send, as the walsender) as `new-writev`;
@@ -34,7 +35,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { formatLsn } from '../src/lsn.js';
 import { planFor } from './lib/plan.js';
-import { postgresTarget, startWalcastServer, type ServerTarget } from './lib/servers.js';
+import { alsoIoChoice, namedArgs, postgresTarget, startCheckoutServer, startWalcastServer, type ServerTarget } from './lib/servers.js';
 import { CpuLoad } from './lib/cpu-load.js';
 import { listChildren } from './lib/proc-stats.js';
 import { scrapeMetricsText } from './lib/metrics-histogram.js';
@@ -44,7 +45,7 @@ import { prepareWal } from './lib/wal-source.js';
 import { measureConsumerRun, measureReceiveWalRun, measureStandbyRun, warmPageCache, type BenchContext } from './scenarios/streaming.js';
 import type { RunRecord } from './lib/results.js';
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] }, load: { type: 'string', default: '0' }, sched: { type: 'boolean', default: false }, 'strace-walreceiver': { type: 'string' }, writev: { type: 'boolean', default: false }, ts: { type: 'boolean', default: false }, variant: { type: 'string', multiple: true, default: [] }, 'also-io': { type: 'string', default: 'native' }, 'warm-ups': { type: 'string', default: '1' } } });
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, rounds: { type: 'string', default: '2' }, strace: { type: 'string' }, perf: { type: 'string' }, consumer: { type: 'string', default: 'standby' }, also: { type: 'string', multiple: true, default: [] }, load: { type: 'string', default: '0' }, sched: { type: 'boolean', default: false }, 'strace-walreceiver': { type: 'string' }, writev: { type: 'boolean', default: false }, ts: { type: 'boolean', default: false }, 'node-args': { type: 'string', multiple: true, default: [] }, 'also-io': { type: 'string', default: 'native' }, 'warm-ups': { type: 'string', default: '1' } } });
 if (values.consumer !== 'standby' && values.consumer !== 'pg_receivewal' && values.consumer !== 'wal-consumer') throw new Error(`--consumer takes standby, pg_receivewal or wal-consumer, got ${values.consumer}`);
 const wal = await prepareWal({ pgbenchScale: Math.max(1, Math.round(Number(values.mib) / 12.4)), maxReplicas: 4 });
 const progress = (message: string): void => void process.stderr.write(`${message}\n`);
@@ -100,19 +101,12 @@ function stopWalreceiverTrace(): void {
   walreceiverTracer = undefined;
 }
 try {
-  for (const entry of values.also) {
-    const [name, dir] = entry.split('=');
-    if (name === undefined || dir === undefined || name === '') throw new Error(`--also takes NAME=DIR, got ${entry}`);
-    const alsoIo = values['also-io'];
-    if (alsoIo !== 'ts' && alsoIo !== 'native') throw new Error(`--also-io takes ts or native, got ${alsoIo}`);
-    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: alsoIo, ...(alsoIo === 'native' ? { strategy: 'sendfile' as const } : {}), repoRoot: dir, name }));
-  }
+  const alsoIo = alsoIoChoice(values['also-io']);
+  for (const entry of values.also) targets.push(await startCheckoutServer(wal, entry, alsoIo));
   targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: 'new' }));
-  for (const entry of values.variant) {
-    const split = entry.indexOf('=');
-    if (split <= 0) throw new Error(`--variant takes NAME=FLAGS, got ${entry}`);
-    const nodeArgs = entry.slice(split + 1).split(' ').filter((arg) => arg !== '');
-    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name: entry.slice(0, split), nodeArgs }));
+  for (const entry of values['node-args']) {
+    const { name, args } = namedArgs(entry, '--node-args');
+    targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'sendfile', name, nodeArgs: args }));
   }
   if (values.writev) targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'native', strategy: 'writev', name: 'new-writev' }));
   if (values.ts) targets.push(await startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io: 'ts', name: 'new-ts' }));

@@ -235,6 +235,26 @@ export async function startWalcastServer(options: WalcastServerOptions): Promise
   };
 }
 
+/** NAME=ARGS of a probe's --node-args or --serve-args: the server's name and its flags, split on whitespace. */
+export function namedArgs(entry: string, flag: string): { name: string; args: string[] } {
+  const separator = entry.indexOf('=');
+  if (separator <= 0) throw new Error(`${flag} takes NAME=ARGS, got ${entry}`);
+  return { name: entry.slice(0, separator), args: entry.slice(separator + 1).split(/\s+/).filter((arg) => arg !== '') };
+}
+
+/** --also-io's value: the backend the --also checkouts serve on. */
+export function alsoIoChoice(value: string): 'ts' | 'native' {
+  if (value !== 'ts' && value !== 'native') throw new Error(`--also-io takes ts or native, got ${value}`);
+  return value;
+}
+
+/** walcast from another checkout (--also NAME=DIR) on the held range: the TS backend, or native sendfile. */
+export async function startCheckoutServer(wal: PreparedWal, entry: string, io: 'ts' | 'native'): Promise<ServerTarget> {
+  const [name, dir] = entry.split('=');
+  if (name === undefined || dir === undefined || name === '') throw new Error(`--also takes NAME=DIR, got ${entry}`);
+  return startWalcastServer({ dataDir: wal.dataDir, walFiles: wal.walcastFiles, io, ...(io === 'native' ? { strategy: 'sendfile' as const } : {}), repoRoot: dir, name });
+}
+
 /** The C sendfile loop (bench/native/ceiling-server.c) serving walcast's segment files. */
 export async function startCeilingServer(binary: string, wal: PreparedWal): Promise<ServerTarget> {
   const server = spawnTracked(binary, [
